@@ -1,0 +1,127 @@
+# Custos build. `make run` and `make check` are the two commands that matter;
+# both install their own dependencies first (deploy/install-deps.sh).
+#
+#   make            build kmsd, kmsctl and the tests into $(BUILD)
+#   make check      install deps, build, run every test
+#   make check-asan the same suite under AddressSanitizer + UBSan (no recovery)
+#   make run        install deps, build, create dev tokens/config, start kmsd
+#   make bench      PKCS#11 layer benchmark against a bare PKCS#11 loop
+#   make install    PREFIX=/usr/local DESTDIR=
+#   make clean
+
+CC      ?= gcc
+BUILD   ?= build
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SAN     ?=
+
+PKGS := p11-kit-1 libmicrohttpd libprotobuf-c jansson sqlite3 libcurl openssl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
+        -Wmissing-prototypes -Wwrite-strings -Wvla -Wimplicit-fallthrough \
+        -Wno-format-nonliteral
+
+ifeq ($(SAN),1)
+OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+            -fno-sanitize-recover=all
+HARDEN   :=
+LDHARDEN := -fsanitize=address,undefined
+else
+OPT      := -O2 -g
+HARDEN   := -D_FORTIFY_SOURCE=3 -fstack-protector-strong -fPIE
+LDHARDEN := -pie -Wl,-z,relro,-z,now
+endif
+
+CPPFLAGS += -D_GNU_SOURCE -Ikms -Ipkcs11 -Ipolicy -Itests/lib -I$(BUILD)/gen
+CFLAGS   += -std=c17 $(OPT) $(WARN) $(HARDEN) $(PKG_CFLAGS) -pthread
+LDFLAGS  += $(LDHARDEN) -pthread
+LDLIBS   += $(PKG_LIBS) -ldl
+
+PROTOS    := $(wildcard proto/*.proto)
+PROTO_C   := $(patsubst proto/%.proto,$(BUILD)/gen/proto/%.pb-c.c,$(PROTOS))
+PROTO_H   := $(PROTO_C:.c=.h)
+
+MAINS    := $(wildcard kms/*_main.c)
+LIB_SRCS := $(wildcard pkcs11/*.c policy/*.c) $(filter-out $(MAINS),$(wildcard kms/*.c))
+LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS)) \
+            $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
+LIB      := $(BUILD)/libcustos.a
+
+BINS := $(patsubst kms/%_main.c,$(BUILD)/bin/%,$(MAINS))
+
+TEST_LIB_SRCS := $(wildcard tests/lib/*.c)
+TEST_LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(TEST_LIB_SRCS))
+TEST_SRCS     := $(wildcard tests/unit/test_*.c)
+TEST_BINS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+BENCH_SRCS    := $(wildcard tests/bench/*.c)
+BENCH_BINS    := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+
+.PHONY: all deps check check-asan test run bench install clean
+.SECONDARY: $(PROTO_C) $(PROTO_H)
+
+all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
+
+deps:
+	@sh deploy/install-deps.sh
+
+# Generated protobuf code comes first: every object may include it.
+$(BUILD)/gen/proto/%.pb-c.c $(BUILD)/gen/proto/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen $<
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(filter-out -Wmissing-prototypes,$(CFLAGS)) -Wno-unused-parameter -c -o $@ $<
+
+$(BUILD)/obj/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/bin/%: $(BUILD)/obj/kms/%_main.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TEST_LIB_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_LIB_OBJS) $(LIB) $(LDLIBS) $(CHECK_LIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# `check` runs in a sub-make so that dependencies are installed before the
+# pkg-config probes above are evaluated on a fresh machine.
+check: deps
+	@$(MAKE) --no-print-directory test
+
+test: all
+	@BUILD=$(BUILD) sh tests/run-tests.sh
+
+check-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) sh tests/bench/run-bench.sh
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) sh deploy/dev-run.sh
+
+install: $(BINS)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/custos
+	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 deploy/dev-hsm.sh $(DESTDIR)$(PREFIX)/share/custos/
+
+clean:
+	rm -rf build

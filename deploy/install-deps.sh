@@ -1,0 +1,35 @@
+#!/bin/sh
+# Install every Debian package Custos needs to build, test and run.
+# Idempotent: when everything is present it only asks dpkg, and says nothing.
+set -eu
+
+PKGS="
+build-essential pkg-config clang
+libp11-kit-dev libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
+libjansson-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev
+check libsubunit-dev
+softhsm2 opensc openssl sqlite3 curl
+python3-protobuf python3-pykcs11 python3-cryptography protobuf-compiler
+wrk procps
+"
+
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing="$missing $p"
+    fi
+done
+
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing packages:$missing" >&2
+    echo "install-deps: run as root (or install them) and retry" >&2
+    exit 1
+fi
+
+echo "install-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

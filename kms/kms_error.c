@@ -1,0 +1,87 @@
+/*
+ * kms_error.c - names, Twirp mapping and per-thread details of kms_err.
+ */
+#include "kms_error.h"
+
+#include <stdio.h>
+
+static _Thread_local char err_detail[512];
+
+struct err_row {
+    kms_err err;
+    const char *name;
+    const char *twirp;
+    int status;
+};
+
+/* The one table from project errors to Twirp codes and HTTP statuses. HSM
+ * failures are "internal" unless the token is gone, which is "unavailable":
+ * a load balancer may send the request to another node. */
+static const struct err_row err_table[] = {
+    {KMS_OK, "KMS_OK", "ok", 200},
+    {KMS_ERR_USAGE, "KMS_ERR_USAGE", "internal", 500},
+    {KMS_ERR_INVALID_ARGUMENT, "KMS_ERR_INVALID_ARGUMENT", "invalid_argument", 400},
+    {KMS_ERR_TOO_LARGE, "KMS_ERR_TOO_LARGE", "invalid_argument", 400},
+    {KMS_ERR_NOT_FOUND, "KMS_ERR_NOT_FOUND", "not_found", 404},
+    {KMS_ERR_ALREADY_EXISTS, "KMS_ERR_ALREADY_EXISTS", "already_exists", 409},
+    {KMS_ERR_FAILED_PRECONDITION, "KMS_ERR_FAILED_PRECONDITION", "failed_precondition", 412},
+    {KMS_ERR_BAD_CIPHERTEXT, "KMS_ERR_BAD_CIPHERTEXT", "invalid_argument", 400},
+    {KMS_ERR_UNSUPPORTED, "KMS_ERR_UNSUPPORTED", "failed_precondition", 412},
+    {KMS_ERR_UNAUTHENTICATED, "KMS_ERR_UNAUTHENTICATED", "unauthenticated", 401},
+    {KMS_ERR_PERMISSION_DENIED, "KMS_ERR_PERMISSION_DENIED", "permission_denied", 403},
+    {KMS_ERR_RESOURCE_EXHAUSTED, "KMS_ERR_RESOURCE_EXHAUSTED", "resource_exhausted", 429},
+    {KMS_ERR_HSM, "KMS_ERR_HSM", "internal", 500},
+    {KMS_ERR_HSM_UNAVAILABLE, "KMS_ERR_HSM_UNAVAILABLE", "unavailable", 503},
+    {KMS_ERR_HSM_SESSION, "KMS_ERR_HSM_SESSION", "unavailable", 503},
+    {KMS_ERR_HSM_PIN, "KMS_ERR_HSM_PIN", "unavailable", 503},
+    {KMS_ERR_IO, "KMS_ERR_IO", "unavailable", 503},
+    {KMS_ERR_NOSPC, "KMS_ERR_NOSPC", "unavailable", 503},
+    {KMS_ERR_CONFIG, "KMS_ERR_CONFIG", "internal", 500},
+    {KMS_ERR_NOMEM, "KMS_ERR_NOMEM", "resource_exhausted", 429},
+    {KMS_ERR_INTERNAL, "KMS_ERR_INTERNAL", "internal", 500},
+};
+
+static const struct err_row *err_row(kms_err err)
+{
+    for (size_t i = 0; i < sizeof(err_table) / sizeof(err_table[0]); i++)
+        if (err_table[i].err == err)
+            return &err_table[i];
+    return NULL;
+}
+
+const char *kms_strerror(kms_err err)
+{
+    const struct err_row *r = err_row(err);
+    return r ? r->name : "KMS_ERR_UNKNOWN";
+}
+
+const char *kms_err_twirp_code(kms_err err)
+{
+    const struct err_row *r = err_row(err);
+    return r ? r->twirp : "internal";
+}
+
+int kms_err_http_status(kms_err err)
+{
+    const struct err_row *r = err_row(err);
+    return r ? r->status : 500;
+}
+
+kms_err kms_err_set(kms_err err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+const char *kms_err_detail(void)
+{
+    return err_detail;
+}
+
+void kms_err_clear(void)
+{
+    err_detail[0] = '\0';
+}

@@ -1,0 +1,126 @@
+/*
+ * kmsctl_hsm.c - local HSM administration for operators and the dev setup.
+ *
+ * PINs are named by source (file:/path with mode 0600, or env:NAME), never
+ * given on the command line, where `ps` and shell history would show them.
+ */
+#include "kmsctl_hsm.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms_error.h"
+#include "kms_secret.h"
+#include "p11_module.h"
+
+#define DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+
+static const char *default_module(void)
+{
+    const char *m = getenv("CUSTOS_PKCS11_MODULE");
+    return m && *m ? m : DEFAULT_MODULE;
+}
+
+static void hsm_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kmsctl hsm <command> [options]\n"
+            "\n"
+            "Local PKCS#11 administration (talks to the module, not to kmsd).\n"
+            "\n"
+            "commands:\n"
+            "  list                         list slots and their tokens\n"
+            "  init-token                   initialise a free slot's token and set its user PIN\n"
+            "\n"
+            "options:\n"
+            "  --module PATH                PKCS#11 module (default $CUSTOS_PKCS11_MODULE or\n"
+            "                               " DEFAULT_MODULE ")\n"
+            "  --label LABEL                token label, 1..32 bytes (init-token)\n"
+            "  --so-pin-source SRC          SO PIN source: file:/path (mode 0600) or env:NAME\n"
+            "  --pin-source SRC             user PIN source, same forms\n"
+            "  -h, --help                   this text\n"
+            "\n"
+            "exit codes: 0 success, 1 operation failed, 2 usage error\n");
+}
+
+int kmsctl_hsm_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"module", required_argument, NULL, 'm'},
+        {"label", required_argument, NULL, 'l'},
+        {"so-pin-source", required_argument, NULL, 's'},
+        {"pin-source", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *module = default_module(), *label = NULL, *so_src = NULL, *pin_src = NULL;
+    if (argc < 2) {
+        hsm_usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        hsm_usage(stdout);
+        return 0;
+    }
+    optind = 2;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            module = optarg;
+            break;
+        case 'l':
+            label = optarg;
+            break;
+        case 's':
+            so_src = optarg;
+            break;
+        case 'p':
+            pin_src = optarg;
+            break;
+        case 'h':
+            hsm_usage(stdout);
+            return 0;
+        default:
+            hsm_usage(stderr);
+            return 2;
+        }
+    }
+    if (strcmp(cmd, "list") != 0 && strcmp(cmd, "init-token") != 0) {
+        fprintf(stderr, "kmsctl hsm: unknown command '%s'\n", cmd);
+        hsm_usage(stderr);
+        return 2;
+    }
+    if (strcmp(cmd, "init-token") == 0 && (!label || !so_src || !pin_src)) {
+        fprintf(stderr, "kmsctl hsm init-token: --label, --so-pin-source and --pin-source are required\n");
+        return 2;
+    }
+
+    struct p11_module *mod = NULL;
+    struct kms_secret so = {0}, pin = {0};
+    kms_err rc = p11_module_load(module, &mod);
+    if (rc == KMS_OK) {
+        if (strcmp(cmd, "list") == 0) {
+            rc = p11_module_list_tokens(mod, stdout);
+        } else {
+            rc = kms_secret_read_source(so_src, &so);
+            if (rc == KMS_OK)
+                rc = kms_secret_read_source(pin_src, &pin);
+            if (rc == KMS_OK)
+                rc = p11_module_init_token(mod, label, &so, &pin);
+            if (rc == KMS_OK)
+                printf("initialised token '%s'\n", label);
+        }
+    }
+    kms_secret_wipe(&so);
+    kms_secret_wipe(&pin);
+    p11_module_free(mod);
+    if (rc != KMS_OK) {
+        fprintf(stderr, "kmsctl hsm %s: %s\n", cmd, kms_err_detail());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,134 @@
+/*
+ * p11_internal.h - the inside of pkcs11/, shared by its files and by the
+ * unit tests that need raw access (e.g. to close sessions underneath the
+ * pool). Nothing outside pkcs11/ and tests/ may include it.
+ */
+#ifndef P11_INTERNAL_H
+#define P11_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "p11_key.h"
+#include "p11_module.h"
+#include "p11_token.h"
+
+CK_FUNCTION_LIST_PTR p11_module_fl(const struct p11_module *mod);
+
+/* Copy a blank-padded PKCS#11 string field into a NUL-terminated string. */
+void p11_str_from_field(char *dst, size_t dst_len, const CK_UTF8CHAR *src, size_t src_len);
+
+/* Handle cache: CKA_ID x CKA_CLASS -> object handle. Read-mostly; guarded by
+ * its own rwlock so lookups on the hot path never contend with each other. */
+struct p11_handle_entry {
+    uint8_t id[P11_KEY_ID_LEN];
+    CK_OBJECT_CLASS cls;
+    CK_OBJECT_HANDLE handle;
+    bool used;
+};
+
+struct p11_handle_cache {
+    pthread_rwlock_t lock;
+    struct p11_handle_entry *slots;
+    size_t cap; /* power of two */
+    size_t count;
+};
+
+struct p11_token {
+    struct p11_module *mod;
+    CK_FUNCTION_LIST_PTR fl;
+    CK_SLOT_ID slot;
+    char region[P11_REGION_MAX + 1];
+    char label[33];
+    char serial[17];
+    char manufacturer[33];
+    char *pin_source;
+
+    CK_MECHANISM_TYPE *mechs;
+    CK_MECHANISM_INFO *mech_info;
+    size_t n_mechs;
+    int oaep_sha256; /* -1 unknown, 0 refused by token, 1 accepted */
+
+    /* Session pool. Sessions are leased with p11_session_take and returned
+     * with p11_session_give; `lock` guards everything below it. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    CK_SESSION_HANDLE *idle;
+    size_t n_idle;
+    size_t n_open;
+    size_t cap;
+    atomic_bool unavailable;
+    atomic_bool pin_failed; /* a PIN error is never retried automatically */
+    atomic_ulong sessions_replaced;
+
+    struct p11_handle_cache cache;
+};
+
+/* Lease a logged-in read/write session; waits up to a few seconds when all
+ * `cap` sessions are in use. */
+kms_err p11_session_take(struct p11_token *tok, CK_SESSION_HANDLE *out);
+
+/* Return a lease. broken=true closes the session, drops idle sessions that no
+ * longer answer and clears the handle cache, so the next take is fresh. */
+void p11_session_give(struct p11_token *tok, CK_SESSION_HANDLE s, bool broken);
+
+/* Close every pooled session (token shutdown). */
+void p11_session_pool_drain(struct p11_token *tok);
+
+kms_err p11_cache_init(struct p11_handle_cache *c);
+void p11_cache_cleanup(struct p11_handle_cache *c);
+bool p11_cache_get(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLASS cls,
+                   CK_OBJECT_HANDLE *out);
+void p11_cache_put(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLASS cls,
+                   CK_OBJECT_HANDLE h);
+void p11_cache_forget(struct p11_handle_cache *c, const uint8_t *id);
+void p11_cache_clear(struct p11_handle_cache *c);
+
+/* Resolve (id, class) to a handle valid in session s: cache first, then
+ * C_FindObjects. KMS_ERR_NOT_FOUND when no such object exists. */
+kms_err p11_key_handle(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
+                       CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out);
+
+/* Run fn with a leased session, replacing the session and retrying once when
+ * fn reports KMS_ERR_HSM_SESSION; marks the token unavailable on
+ * KMS_ERR_HSM_UNAVAILABLE. */
+typedef kms_err (*p11_session_fn)(struct p11_token *tok, CK_SESSION_HANDLE s, void *arg);
+kms_err p11_with_session(struct p11_token *tok, p11_session_fn fn, void *arg);
+
+
+/* ---- templates (p11_key.c) ---- */
+
+#define P11_TMPL_MAX 32
+
+struct p11_tmpl {
+    CK_ATTRIBUTE a[P11_TMPL_MAX];
+    size_t n;
+    CK_ATTRIBUTE unwrap_tmpl[4]; /* storage for CKA_UNWRAP_TEMPLATE */
+    size_t unwrap_n;
+    CK_ULONG value_len;
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE key_type;
+};
+
+/* Template of the secret key (or the private half) of `kind`. for_unwrap
+ * leaves out what C_UnwrapKey derives from the wrapped data (CKA_VALUE_LEN).
+ * `id` and `label` are referenced, not copied: keep them alive while the
+ * template is used. */
+void p11_tmpl_secret(struct p11_tmpl *t, enum p11_key_kind kind, unsigned flags,
+                     const struct p11_key_id *id, const char *label, bool for_unwrap);
+
+/* Read the attributes of a freshly made object back and compare them with its
+ * kind's template. `generated` is false for unwrapped keys, which the
+ * specification marks as neither always-sensitive nor never-extractable. */
+kms_err p11_key_verify(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                       enum p11_key_kind kind, unsigned flags, bool generated);
+
+/* Destroy every object with this id in session s, and drop it from the
+ * cache. Used to undo a half-made key. */
+void p11_key_destroy_in(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id);
+
+#endif

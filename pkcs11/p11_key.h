@@ -1,0 +1,103 @@
+/*
+ * p11_key.h - key objects in a token: kinds, templates, identity, lifecycle.
+ *
+ * Every key is one of a few kinds, and every kind has exactly one template,
+ * built in p11_key.c; callers never pass raw attributes. Templates are
+ * defensive: CKA_TOKEN, CKA_PRIVATE and CKA_SENSITIVE are true, every usage
+ * attribute is set explicitly (SoftHSMv2 defaults unspecified
+ * ENCRYPT/DECRYPT/WRAP/UNWRAP to true), and a key that can wrap or unwrap can
+ * never encrypt or decrypt, and the reverse. After each create or unwrap the
+ * attributes are read back and checked; a key whose attributes differ from its
+ * template is destroyed and the call fails.
+ *
+ * A key is identified by a random 16-byte CKA_ID (both halves of a pair share
+ * it). Handles are cached per token; the cache is cleared on session loss and
+ * an entry is dropped on destroy.
+ */
+#ifndef P11_KEY_H
+#define P11_KEY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kms_error.h"
+
+struct p11_token;
+
+#define P11_KEY_ID_LEN 16
+
+struct p11_key_id {
+    uint8_t b[P11_KEY_ID_LEN];
+};
+
+enum p11_key_kind {
+    P11_KEY_AES_ENCRYPT = 1, /* AES-256: encrypt, decrypt (GCM) */
+    P11_KEY_AES_WRAP,        /* AES-256: wrap, unwrap (KWP); unwraps only into
+                                sensitive, non-extractable keys */
+    P11_KEY_AES_TRANSPORT,   /* AES-256: unwrap only; BYOK's ephemeral key.
+                                Its unwrap template forces sensitive results
+                                but allows extractable ones, for escrow */
+    P11_KEY_HMAC_SHA256,     /* 256-bit generic secret: sign, verify */
+    P11_KEY_EC_P256_SIGN,    /* P-256 pair: private signs, public verifies */
+    P11_KEY_RSA3072_UNWRAP,  /* RSA-3072 pair: private unwraps only, into
+                                sensitive non-extractable keys */
+};
+
+enum p11_key_flags {
+    /* Created extractable and modifiable so that it can be wrapped once under
+     * an escrow key, then locked with p11_key_lock(). Secret keys only. */
+    P11_KEY_ESCROWABLE = 1u << 0,
+    /* A session object (CKA_TOKEN false): gone when its session closes. Used
+     * for short-lived keys such as the BYOK transport key. */
+    P11_KEY_EPHEMERAL = 1u << 1,
+};
+
+/* Name of a kind for messages. */
+const char *p11_key_kind_name(enum p11_key_kind kind);
+
+/* Fail with KMS_ERR_UNSUPPORTED, naming the missing mechanism, when the token
+ * cannot generate and use keys of this kind. Callers ask before changing any
+ * state. */
+kms_err p11_key_kind_supported(const struct p11_token *tok, enum p11_key_kind kind);
+
+/* Fresh random CKA_ID (from the token's RNG). */
+kms_err p11_key_id_new(struct p11_token *tok, struct p11_key_id *out_id);
+
+/* Lowercase hex of an id into out (33 bytes). */
+void p11_key_id_hex(const struct p11_key_id *id, char out[2 * P11_KEY_ID_LEN + 1]);
+
+/* Generate a key of `kind` with the given id. `label` (<= 64 bytes) becomes
+ * CKA_LABEL for operators looking at the token; it must hold no secret. */
+kms_err p11_key_generate(struct p11_token *tok, enum p11_key_kind kind, unsigned flags,
+                         const struct p11_key_id *id, const char *label);
+
+/* Make an escrowable key non-extractable. The token makes this one-way. */
+kms_err p11_key_lock(struct p11_token *tok, const struct p11_key_id *id);
+
+/* Destroy every object with this id (both halves of a pair).
+ * KMS_ERR_NOT_FOUND if there was none. */
+kms_err p11_key_destroy(struct p11_token *tok, const struct p11_key_id *id);
+
+/* True if an object with this id exists (any class). */
+kms_err p11_key_exists(struct p11_token *tok, const struct p11_key_id *id, bool *out_exists);
+
+/* Attributes read back from the token, for checks and tests. For a pair,
+ * these describe the private (secret) half. */
+struct p11_key_info {
+    bool token, priv, sensitive, extractable, always_sensitive, never_extractable, modifiable;
+    bool encrypt, decrypt, wrap, unwrap, sign, verify, derive;
+    unsigned long key_type;
+    unsigned long value_len; /* bytes, secret keys only */
+};
+kms_err p11_key_info(struct p11_token *tok, const struct p11_key_id *id,
+                     struct p11_key_info *out);
+
+/* Every CKA_ID of a key object in the token labelled with the given label
+ * prefix (for reconciling the store with the token at start; this walks the
+ * token with C_FindObjects and is not for the request path). The caller frees
+ * *out_ids. */
+kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
+                         struct p11_key_id **out_ids, size_t *out_n);
+
+#endif

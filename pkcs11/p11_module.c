@@ -1,0 +1,249 @@
+/*
+ * p11_module.c - dlopen a PKCS#11 module, initialise it, list and init tokens.
+ */
+#include "p11_module.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms_log.h"
+#include "p11_internal.h"
+#include "p11_rv.h"
+
+/* PKCS#11 3.0 interface discovery. p11-kit 0.24's header predates 3.0, so the
+ * two types are spelled out here exactly as the 3.0 specification has them.
+ * The 3.0 function list begins with the same members, in the same order, as
+ * the 2.x list, so it can be used through CK_FUNCTION_LIST. */
+struct p11_interface {
+    CK_UTF8CHAR *name;
+    void *function_list;
+    CK_FLAGS flags;
+};
+typedef CK_RV (*p11_get_interface_fn)(CK_UTF8CHAR *name, CK_VERSION *version,
+                                      struct p11_interface **out, CK_FLAGS flags);
+
+struct p11_module {
+    void *dl;
+    CK_FUNCTION_LIST_PTR fl;
+    char *path;
+    bool owns_init; /* false when someone in the process initialised it first */
+};
+
+CK_FUNCTION_LIST_PTR p11_module_fl(const struct p11_module *mod)
+{
+    return mod->fl;
+}
+
+const char *p11_module_path(const struct p11_module *mod)
+{
+    return mod->path;
+}
+
+void p11_str_from_field(char *dst, size_t dst_len, const CK_UTF8CHAR *src, size_t src_len)
+{
+    size_t n = src_len;
+    while (n > 0 && (src[n - 1] == ' ' || src[n - 1] == '\0'))
+        n--;
+    if (n >= dst_len)
+        n = dst_len - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static kms_err resolve_function_list(struct p11_module *mod)
+{
+    p11_get_interface_fn get_interface = (p11_get_interface_fn)dlsym(mod->dl, "C_GetInterface");
+    if (get_interface != NULL) {
+        struct p11_interface *iface = NULL;
+        CK_RV rv = get_interface((CK_UTF8CHAR *)"PKCS 11", NULL, &iface, 0);
+        if (rv == CKR_OK && iface != NULL && iface->function_list != NULL) {
+            mod->fl = iface->function_list;
+            return KMS_OK;
+        }
+        kms_log_info("pkcs11", "%s: C_GetInterface returned %s, using C_GetFunctionList",
+                     mod->path, p11_rv_name(rv));
+    }
+    CK_C_GetFunctionList get_list = (CK_C_GetFunctionList)dlsym(mod->dl, "C_GetFunctionList");
+    KMS_ENSURE(get_list != NULL, KMS_ERR_CONFIG,
+               "%s: neither C_GetInterface nor C_GetFunctionList is exported", mod->path);
+    CK_RV rv = get_list(&mod->fl);
+    if (rv != CKR_OK || mod->fl == NULL)
+        return p11_rv_err(rv == CKR_OK ? CKR_GENERAL_ERROR : rv, "C_GetFunctionList", mod->path);
+    return KMS_OK;
+}
+
+kms_err p11_module_load(const char *path, struct p11_module **out_mod)
+{
+    kms_err rc = KMS_OK;
+    *out_mod = NULL;
+    KMS_ENSURE(path != NULL && *path, KMS_ERR_CONFIG, "no PKCS#11 module path configured");
+
+    struct p11_module *mod = calloc(1, sizeof(*mod));
+    KMS_ENSURE(mod != NULL, KMS_ERR_NOMEM, "out of memory");
+    mod->path = strdup(path);
+    KMS_ENSURE_GOTO(mod->path != NULL, fail, KMS_ERR_NOMEM, "out of memory");
+
+    /* RTLD_LOCAL keeps the module's symbols (often a private OpenSSL) from
+     * interposing on ours. */
+    mod->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    KMS_ENSURE_GOTO(mod->dl != NULL, fail, KMS_ERR_CONFIG, "cannot load PKCS#11 module: %s",
+                    dlerror());
+    KMS_GUARD_GOTO(resolve_function_list(mod), fail);
+
+    CK_C_INITIALIZE_ARGS args;
+    memset(&args, 0, sizeof(args));
+    args.flags = CKF_OS_LOCKING_OK;
+    CK_RV rv = mod->fl->C_Initialize(&args);
+    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        /* Another part of the process owns the initialisation; share it and
+         * leave C_Finalize to its owner. */
+        kms_log_info("pkcs11", "%s was already initialised in this process", path);
+        rv = CKR_OK;
+    } else if (rv == CKR_OK) {
+        mod->owns_init = true;
+    }
+    if (rv != CKR_OK) {
+        rc = p11_rv_err(rv, "C_Initialize", path);
+        goto fail;
+    }
+    *out_mod = mod;
+    return KMS_OK;
+
+fail:
+    if (mod->dl)
+        dlclose(mod->dl);
+    free(mod->path);
+    free(mod);
+    return rc;
+}
+
+void p11_module_free(struct p11_module *mod)
+{
+    if (mod == NULL)
+        return;
+    if (mod->owns_init)
+        mod->fl->C_Finalize(NULL);
+    /* SoftHSMv2 and others register atexit handlers and thread-local state;
+     * unloading them while the process lives is a known source of crashes at
+     * exit, so the library stays mapped. */
+    free(mod->path);
+    free(mod);
+}
+
+static kms_err slot_list(struct p11_module *mod, CK_SLOT_ID **out, CK_ULONG *out_n)
+{
+    CK_ULONG n = 0;
+    *out = NULL;
+    *out_n = 0;
+    CK_RV rv = mod->fl->C_GetSlotList(CK_TRUE, NULL, &n);
+    KMS_GUARD(p11_rv_err(rv, "C_GetSlotList", mod->path));
+    if (n == 0)
+        return KMS_OK;
+    CK_SLOT_ID *slots = calloc(n, sizeof(*slots));
+    KMS_ENSURE(slots != NULL, KMS_ERR_NOMEM, "out of memory");
+    rv = mod->fl->C_GetSlotList(CK_TRUE, slots, &n);
+    if (rv != CKR_OK) {
+        free(slots);
+        return p11_rv_err(rv, "C_GetSlotList", mod->path);
+    }
+    *out = slots;
+    *out_n = n;
+    return KMS_OK;
+}
+
+/* Find the slot whose initialised token carries label; KMS_ERR_NOT_FOUND if
+ * none. Also reports the first uninitialised slot through out_free. */
+static kms_err find_label(struct p11_module *mod, const char *label, CK_SLOT_ID *out_slot,
+                          bool *out_free_found, CK_SLOT_ID *out_free)
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG n = 0;
+    bool found = false;
+    *out_free_found = false;
+    KMS_GUARD(slot_list(mod, &slots, &n));
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (mod->fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+            continue;
+        if (!(ti.flags & CKF_TOKEN_INITIALIZED)) {
+            if (!*out_free_found) {
+                *out_free_found = true;
+                *out_free = slots[i];
+            }
+            continue;
+        }
+        char l[33];
+        p11_str_from_field(l, sizeof(l), ti.label, sizeof(ti.label));
+        if (!found && strcmp(l, label) == 0) {
+            found = true;
+            *out_slot = slots[i];
+        }
+    }
+    free(slots);
+    return found ? KMS_OK : KMS_ERR_NOT_FOUND;
+}
+
+kms_err p11_module_init_token(struct p11_module *mod, const char *label,
+                              const struct kms_secret *so_pin,
+                              const struct kms_secret *user_pin)
+{
+    CK_FUNCTION_LIST_PTR fl = mod->fl;
+    CK_SLOT_ID slot = 0, free_slot = 0;
+    bool have_free = false;
+    KMS_ENSURE(label != NULL && *label && strlen(label) <= 32, KMS_ERR_INVALID_ARGUMENT,
+               "token label must be 1..32 bytes");
+    kms_err rc = find_label(mod, label, &slot, &have_free, &free_slot);
+    KMS_ENSURE(rc == KMS_ERR_NOT_FOUND, rc == KMS_OK ? KMS_ERR_ALREADY_EXISTS : rc,
+               "a token labelled '%s' already exists", label);
+    KMS_ENSURE(have_free, KMS_ERR_FAILED_PRECONDITION, "no uninitialised slot to put '%s' in",
+               label);
+
+    CK_UTF8CHAR padded[32];
+    memset(padded, ' ', sizeof(padded));
+    memcpy(padded, label, strlen(label));
+    CK_RV rv = fl->C_InitToken(free_slot, so_pin->data, so_pin->len, padded);
+    KMS_GUARD(p11_rv_err(rv, "C_InitToken", label));
+
+    /* Some modules (SoftHSMv2) renumber slots after C_InitToken. */
+    bool ignored;
+    CK_SLOT_ID ignored_slot;
+    KMS_GUARD(find_label(mod, label, &slot, &ignored, &ignored_slot));
+
+    CK_SESSION_HANDLE s;
+    rv = fl->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    KMS_GUARD(p11_rv_err(rv, "C_OpenSession", label));
+    rv = fl->C_Login(s, CKU_SO, so_pin->data, so_pin->len);
+    if (rv == CKR_OK) {
+        rv = fl->C_InitPIN(s, user_pin->data, user_pin->len);
+        rc = p11_rv_err(rv, "C_InitPIN", label);
+        fl->C_Logout(s);
+    } else {
+        rc = p11_rv_err(rv, "C_Login(SO)", label);
+    }
+    fl->C_CloseSession(s);
+    return rc;
+}
+
+kms_err p11_module_list_tokens(struct p11_module *mod, FILE *out)
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG n = 0;
+    KMS_GUARD(slot_list(mod, &slots, &n));
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (mod->fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+            continue;
+        char label[33], serial[17], model[17], manuf[33];
+        p11_str_from_field(label, sizeof(label), ti.label, sizeof(ti.label));
+        p11_str_from_field(serial, sizeof(serial), ti.serialNumber, sizeof(ti.serialNumber));
+        p11_str_from_field(model, sizeof(model), ti.model, sizeof(ti.model));
+        p11_str_from_field(manuf, sizeof(manuf), ti.manufacturerID, sizeof(ti.manufacturerID));
+        fprintf(out, "slot %-12lu label=%-20s serial=%-16s model=%s (%s)%s\n",
+                (unsigned long)slots[i], (ti.flags & CKF_TOKEN_INITIALIZED) ? label : "-",
+                serial, model, manuf,
+                (ti.flags & CKF_TOKEN_INITIALIZED) ? "" : " [uninitialised]");
+    }
+    free(slots);
+    return KMS_OK;
+}

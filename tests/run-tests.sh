@@ -1,0 +1,78 @@
+#!/bin/sh
+# Run every test binary in $BUILD/tests, then every end-to-end script in
+# tests/e2e/, against throw-away SoftHSMv2 tokens made here and removed after.
+#
+# Each check-based binary prints "NN%: Checks: C, Failures: F, Errors: E";
+# the totals are summed into one closing line "N passed, N failed".
+set -u
+
+BUILD=${BUILD:-build}
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+work=$(mktemp -d /tmp/custos-test.XXXXXX)
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+# Throw-away tokens: two regions, the same way the dev setup makes them.
+if [ -x "$BUILD/bin/kmsctl" ]; then
+    if ! KMSCTL="$BUILD/bin/kmsctl" sh deploy/dev-hsm.sh "$work/hsm" eu-west us-east >"$work/hsm.log" 2>&1; then
+        cat "$work/hsm.log" >&2
+        echo "run-tests: could not create test tokens" >&2
+        exit 1
+    fi
+    export SOFTHSM2_CONF="$work/hsm/softhsm2.conf"
+    export CUSTOS_TEST_HSM_DIR="$work/hsm"
+fi
+export CUSTOS_TEST_MODULE=${CUSTOS_TEST_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+export CUSTOS_TEST_BUILD="$top/$BUILD"
+export CUSTOS_TEST_WORK="$work"
+# Forked check tests and ASan: report every error, leaks included.
+export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-120}
+
+passed=0
+failed=0
+bad=""
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    out="$work/$name.out"
+    "$t" >"$out" 2>&1
+    rc=$?
+    summary=$(grep -E '^[0-9]+%: Checks:' "$out" | tail -n 1)
+    c=$(echo "$summary" | sed -n 's/.*Checks: \([0-9]*\), Failures: \([0-9]*\), Errors: \([0-9]*\).*/\1 \2 \3/p')
+    if [ -n "$c" ]; then
+        set -- $c
+        passed=$((passed + $1 - $2 - $3))
+        failed=$((failed + $2 + $3))
+    fi
+    if [ $rc -ne 0 ] || [ -z "$c" ]; then
+        [ -z "$c" ] && failed=$((failed + 1))
+        bad="$bad $name"
+        cat "$out"
+    else
+        echo "$name: $summary"
+    fi
+done
+
+for t in tests/e2e/test_*.sh; do
+    [ -f "$t" ] || continue
+    name=$(basename "$t" .sh)
+    out="$work/$name.out"
+    if sh "$t" >"$out" 2>&1; then
+        n=$(grep -c '^ok ' "$out")
+        passed=$((passed + n))
+        echo "$name: $n ok"
+    else
+        n=$(grep -c '^ok ' "$out")
+        passed=$((passed + n))
+        failed=$((failed + 1))
+        bad="$bad $name"
+        cat "$out"
+    fi
+done
+
+echo
+[ -n "$bad" ] && echo "failing:$bad"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
