@@ -20,6 +20,18 @@
 
 /* ---- AES-GCM --------------------------------------------------------------- */
 
+/* SoftHSMv2 reports a failed GCM tag check and a failed OAEP or RFC 5649
+ * integrity check as CKR_GENERAL_ERROR, where the specification says
+ * CKR_ENCRYPTED_DATA_INVALID / CKR_WRAPPED_KEY_INVALID. For that module, and
+ * only on the data-processing call (after a successful ...Init), read it as
+ * the authentication failure it is; other modules keep their own codes. */
+static CK_RV p11_rv_auth_failure(const struct p11_token *tok, CK_RV rv)
+{
+    if (rv == CKR_GENERAL_ERROR && strncmp(tok->manufacturer, "SoftHSM", 7) == 0)
+        return CKR_ENCRYPTED_DATA_INVALID;
+    return rv;
+}
+
 struct gcm_arg {
     const struct p11_key_id *key;
     const uint8_t *iv, *aad, *in;
@@ -48,13 +60,36 @@ static kms_err do_gcm(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     if (a->encrypt) {
         rv = tok->fl->C_EncryptInit(s, &m, h);
         KMS_GUARD(p11_rv_err(rv, "C_EncryptInit", tok->label));
-        rv = tok->fl->C_Encrypt(s, (CK_BYTE *)a->in, a->in_len, a->out, &out_len);
+        /* SoftHSMv2 refuses a NULL input even of length 0. */
+        static CK_BYTE empty[1];
+        CK_BYTE *in = a->in_len ? (CK_BYTE *)a->in : empty;
+        rv = tok->fl->C_Encrypt(s, in, a->in_len, a->out, &out_len);
         KMS_GUARD(p11_rv_err(rv, "C_Encrypt", tok->label));
     } else {
+        /* SoftHSMv2 wants room for the whole input (tag included) before it
+         * has checked the tag, and a CKR_BUFFER_TOO_SMALL would leave the
+         * operation active on the session. Decrypt into scratch space of the
+         * input's size, then copy out only the verified plaintext. */
+        uint8_t stack[4096];
+        uint8_t *scratch = a->in_len <= sizeof(stack) ? stack : malloc(a->in_len);
+        KMS_ENSURE(scratch != NULL, KMS_ERR_NOMEM, "out of memory");
+        out_len = a->in_len;
+        kms_err rc;
         rv = tok->fl->C_DecryptInit(s, &m, h);
-        KMS_GUARD(p11_rv_err(rv, "C_DecryptInit", tok->label));
-        rv = tok->fl->C_Decrypt(s, (CK_BYTE *)a->in, a->in_len, a->out, &out_len);
-        KMS_GUARD(p11_rv_err(rv, "C_Decrypt", tok->label));
+        rc = p11_rv_err(rv, "C_DecryptInit", tok->label);
+        if (rc == KMS_OK) {
+            rv = tok->fl->C_Decrypt(s, (CK_BYTE *)a->in, a->in_len, scratch, &out_len);
+            rc = p11_rv_err(p11_rv_auth_failure(tok, rv), "C_Decrypt", tok->label);
+        }
+        if (rc == KMS_OK && out_len > a->out_cap)
+            rc = kms_err_set(KMS_ERR_HSM, "token '%s' returned more plaintext than expected",
+                             tok->label);
+        if (rc == KMS_OK)
+            memcpy(a->out, scratch, out_len);
+        OPENSSL_cleanse(scratch, a->in_len);
+        if (scratch != stack)
+            free(scratch);
+        KMS_GUARD(rc);
     }
     a->out_len = out_len;
     return KMS_OK;
@@ -169,7 +204,7 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     p11_tmpl_secret(&t, a->kind, a->flags, a->new_id, a->label, true);
     CK_RV rv = tok->fl->C_UnwrapKey(s, &a->mech, hu, (CK_BYTE *)a->wrapped, a->wrapped_len, t.a,
                                     t.n, &h);
-    KMS_GUARD(p11_rv_err(rv, "C_UnwrapKey", tok->label));
+    KMS_GUARD(p11_rv_err(p11_rv_auth_failure(tok, rv), "C_UnwrapKey", tok->label));
     rc = p11_key_verify(tok, s, h, a->kind, a->flags, false);
     if (rc != KMS_OK) {
         kms_log_error("pkcs11", "%s; destroying the unwrapped key", kms_err_detail());

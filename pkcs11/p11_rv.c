@@ -133,6 +133,9 @@ static kms_err p11_rv_class(CK_RV rv)
     case CKR_KEY_HANDLE_INVALID:
     case CKR_WRAPPING_KEY_HANDLE_INVALID:
     case CKR_UNWRAPPING_KEY_HANDLE_INVALID:
+    /* An operation left active (by an earlier failure on this session)
+     * poisons the session: replace it. */
+    case CKR_OPERATION_ACTIVE:
         return KMS_ERR_HSM_SESSION;
     case CKR_DEVICE_REMOVED:
     case CKR_TOKEN_NOT_PRESENT:
