@@ -6,7 +6,7 @@ set -eu
 PKGS="
 build-essential pkg-config clang
 libp11-kit-dev libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
-libjansson-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev
+libjansson-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev libgnutls28-dev
 check libsubunit-dev
 softhsm2 opensc openssl sqlite3 curl
 python3-protobuf python3-pykcs11 python3-cryptography protobuf-compiler

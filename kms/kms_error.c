@@ -27,6 +27,8 @@ static const struct err_row err_table[] = {
     {KMS_ERR_FAILED_PRECONDITION, "KMS_ERR_FAILED_PRECONDITION", "failed_precondition", 412},
     {KMS_ERR_BAD_CIPHERTEXT, "KMS_ERR_BAD_CIPHERTEXT", "invalid_argument", 400},
     {KMS_ERR_UNSUPPORTED, "KMS_ERR_UNSUPPORTED", "failed_precondition", 412},
+    {KMS_ERR_MALFORMED, "KMS_ERR_MALFORMED", "malformed", 400},
+    {KMS_ERR_BAD_ROUTE, "KMS_ERR_BAD_ROUTE", "bad_route", 404},
     {KMS_ERR_UNAUTHENTICATED, "KMS_ERR_UNAUTHENTICATED", "unauthenticated", 401},
     {KMS_ERR_PERMISSION_DENIED, "KMS_ERR_PERMISSION_DENIED", "permission_denied", 403},
     {KMS_ERR_RESOURCE_EXHAUSTED, "KMS_ERR_RESOURCE_EXHAUSTED", "resource_exhausted", 429},

@@ -27,6 +27,8 @@ typedef enum kms_err {
     KMS_ERR_FAILED_PRECONDITION,
     KMS_ERR_BAD_CIPHERTEXT, /* authentication failed or malformed blob */
     KMS_ERR_UNSUPPORTED,    /* a spec or mechanism the token cannot serve */
+    KMS_ERR_MALFORMED,      /* a request body that does not decode */
+    KMS_ERR_BAD_ROUTE,      /* no such method, wrong HTTP method or content type */
 
     /* policy and authentication */
     KMS_ERR_UNAUTHENTICATED = 300,

@@ -4,7 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kmsctl_crypto.h"
 #include "kmsctl_hsm.h"
+#include "kmsctl_key.h"
+#include "kmsctl_rpc.h"
 
 static void usage(FILE *f)
 {
@@ -13,9 +16,19 @@ static void usage(FILE *f)
             "\n"
             "commands:\n"
             "  hsm        local PKCS#11 administration (list, init-token)\n"
+            "  key        key lifecycle on kmsd: create, describe, list, rotate, enable,\n"
+            "             disable, schedule-deletion, cancel-deletion\n"
+            "  encrypt    encrypt up to 64 KiB under a key\n"
+            "  decrypt    decrypt a ciphertext blob\n"
+            "  re-encrypt decrypt and encrypt under another key inside kmsd\n"
+            "  data-key   generate a data key, or decrypt a data-key blob\n"
             "\n"
-            "Run 'kmsctl <command> --help' for the options of a command.\n"
-            "exit codes: 0 success, 1 operation failed, 2 usage error\n");
+            "Run 'kmsctl <command> --help' for the options of a command. Connection\n"
+            "options (--addr, --api-key-file, --cacert, --cert, --key, --correlation-id)\n"
+            "may come before or after the command.\n"
+            "exit codes: 0 success; 1 operation failed (kmsd: the server refused or failed\n"
+            "the request); 2 usage error; 3 transport error (connect, TLS, timeout,\n"
+            "non-Twirp reply); 4 local file or secret error\n");
 }
 
 int main(int argc, char **argv)
@@ -24,6 +37,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* Connection options may precede the command: move the command word to
+     * argv[1] so the command parses them as its own. */
+    kmsctl_conn_hoist(argc, argv);
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
         strcmp(argv[1], "help") == 0) {
         usage(stdout);
@@ -31,6 +47,11 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "hsm") == 0)
         return kmsctl_hsm_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "key") == 0)
+        return kmsctl_key_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "encrypt") == 0 || strcmp(argv[1], "decrypt") == 0 ||
+        strcmp(argv[1], "re-encrypt") == 0 || strcmp(argv[1], "data-key") == 0)
+        return kmsctl_crypto_main(argc - 1, argv + 1);
     fprintf(stderr, "kmsctl: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

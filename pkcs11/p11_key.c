@@ -638,3 +638,30 @@ kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
     *out_n = a.n;
     return KMS_OK;
 }
+
+struct label_arg {
+    const struct p11_key_id *id;
+    char *out;
+};
+
+static kms_err do_label(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    struct label_arg *a = varg;
+    CK_ATTRIBUTE t = {CKA_ID, (void *)a->id->b, P11_KEY_ID_LEN};
+    CK_OBJECT_HANDLE found[1];
+    CK_ULONG n = 0;
+    KMS_GUARD(find_objects(tok, s, &t, 1, found, 1, &n));
+    KMS_ENSURE(n > 0, KMS_ERR_NOT_FOUND, "no such key in token '%s'", tok->label);
+    CK_ATTRIBUTE at = {CKA_LABEL, a->out, 64};
+    CK_RV rv = tok->fl->C_GetAttributeValue(s, found[0], &at, 1);
+    KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_LABEL)", tok->label));
+    a->out[at.ulValueLen <= 64 ? at.ulValueLen : 0] = '\0';
+    return KMS_OK;
+}
+
+kms_err p11_key_label(struct p11_token *tok, const struct p11_key_id *id, char out[65])
+{
+    struct label_arg a = {id, out};
+    out[0] = '\0';
+    return p11_with_session(tok, do_label, &a);
+}

@@ -93,6 +93,9 @@ struct p11_key_info {
 kms_err p11_key_info(struct p11_token *tok, const struct p11_key_id *id,
                      struct p11_key_info *out);
 
+/* CKA_LABEL of the object(s) with this id, into out (<= 64 bytes + NUL). */
+kms_err p11_key_label(struct p11_token *tok, const struct p11_key_id *id, char out[65]);
+
 /* Every CKA_ID of a key object in the token labelled with the given label
  * prefix (for reconciling the store with the token at start; this walks the
  * token with C_FindObjects and is not for the request path). The caller frees

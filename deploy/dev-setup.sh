@@ -1,0 +1,118 @@
+#!/bin/sh
+# Create a complete development (or test) installation of Custos under DIR:
+#
+#   deploy/dev-setup.sh DIR [PORT]
+#
+#   DIR/hsm/            SoftHSMv2 config and tokens custos-eu-west, custos-us-east
+#   DIR/credentials/    random API keys, one 0600 file per principal:
+#                       demo-broker, demo-broker-us (home us-east), demo-admin,
+#                       officer-1..3, auditor, operator, other-broker and
+#                       other-admin (a second tenant, "other");
+#                       officer-N.key.pem: each officer's ECDSA P-256 key
+#   DIR/policy.json     tenants "demo" and "other", principals above
+#   DIR/kmsd.json       dev-mode config listening on 127.0.0.1:PORT (8700)
+#   DIR/kmsd.db         created by kmsd on first start
+#
+# Idempotent: existing files are kept. Environment knobs for tests:
+# CUSTOS_DEV_DAY_SECONDS (length of a deletion "day", default 86400),
+# CUSTOS_DEV_MIN_DAYS (default 7), CUSTOS_DEV_SWEEP_S (default 60).
+set -eu
+[ $# -ge 1 ] || { echo "usage: $0 DIR [PORT]" >&2; exit 2; }
+dir=$1
+port=${2:-8700}
+BUILD=${BUILD:-build}
+KMSCTL=${KMSCTL:-$BUILD/bin/kmsctl}
+PY=/usr/bin/python3
+
+umask 077
+mkdir -p "$dir/credentials"
+KMSCTL="$KMSCTL" sh "$(dirname "$0")/dev-hsm.sh" "$dir/hsm" eu-west us-east >/dev/null
+dir=$(cd "$dir" && pwd)
+
+for p in demo-broker demo-broker-us demo-admin officer-1 officer-2 officer-3 auditor operator \
+         other-broker other-admin; do
+    f="$dir/credentials/$p.key"
+    [ -f "$f" ] || { printf 'ck_%s\n' "$(openssl rand -hex 24)" >"$f"; chmod 600 "$f"; }
+done
+for o in officer-1 officer-2 officer-3; do
+    k="$dir/credentials/$o.key.pem"
+    [ -f "$k" ] || openssl ecparam -name prime256v1 -genkey -noout -out "$k" 2>/dev/null
+    [ -f "$k.pub" ] || openssl ec -in "$k" -pubout -out "$k.pub" 2>/dev/null
+done
+
+if [ ! -f "$dir/policy.json" ]; then
+    "$PY" - "$dir" <<'PYEOF'
+import hashlib, json, sys
+d = sys.argv[1]
+def h(p):
+    key = open(f"{d}/credentials/{p}.key").read().strip()
+    return hashlib.sha256(key.encode()).hexdigest()
+def pub(p):
+    return open(f"{d}/credentials/{p}.key.pem.pub").read()
+def principal(pid, role, home, **extra):
+    p = {"id": pid, "role": role, "home_region": home, "api_key_sha256": h(pid)}
+    p.update(extra)
+    return p
+policy = {
+    "version": 1,
+    "description": "Custos development policy, made by deploy/dev-setup.sh with random credentials.",
+    "tenants": [
+        {
+            "id": "demo",
+            "allowed_regions": ["eu-west", "us-east"],
+            "escrow_required": False,
+            "quorum": {"approvals": 2, "officers": ["officer-1", "officer-2", "officer-3"]},
+            "principals": [
+                principal("demo-broker", "broker", "eu-west",
+                          cert_subject="CN=demo-broker,O=Custos Dev"),
+                principal("demo-broker-us", "broker", "us-east"),
+                principal("demo-admin", "key-admin", "eu-west",
+                          cert_subject="CN=demo-admin,O=Custos Dev"),
+            ] + [principal(o, "officer", "eu-west", public_key_pem=pub(o))
+                 for o in ("officer-1", "officer-2", "officer-3")],
+        },
+        {
+            "id": "other",
+            "allowed_regions": ["eu-west"],
+            "escrow_required": False,
+            "principals": [
+                principal("other-broker", "broker", "eu-west"),
+                principal("other-admin", "key-admin", "eu-west"),
+            ],
+        },
+    ],
+    "principals": [
+        principal("auditor", "auditor", "eu-west"),
+        principal("operator", "operator", "eu-west"),
+    ],
+}
+with open(f"{d}/policy.json", "w") as f:
+    json.dump(policy, f, indent=2)
+PYEOF
+fi
+
+if [ ! -f "$dir/kmsd.json" ]; then
+    cat >"$dir/kmsd.json" <<EOF
+{
+  "mode": "dev",
+  "listen": { "address": "127.0.0.1", "port": $port },
+  "pkcs11": {
+    "module": "/usr/lib/softhsm/libsofthsm2.so",
+    "tokens": [
+      { "region": "eu-west", "token": "custos-eu-west", "pin": "file:hsm/pins/eu-west.pin" },
+      { "region": "us-east", "token": "pkcs11:token=custos-us-east", "pin": "file:hsm/pins/us-east.pin" }
+    ]
+  },
+  "policy": "policy.json",
+  "store": "kmsd.db",
+  "limits": { "max_body_bytes": 98304, "max_connections": 512, "connection_timeout_s": 30 },
+  "deletion": {
+    "default_days": 30,
+    "min_days": ${CUSTOS_DEV_MIN_DAYS:-7},
+    "day_seconds": ${CUSTOS_DEV_DAY_SECONDS:-86400},
+    "sweep_interval_s": ${CUSTOS_DEV_SWEEP_S:-60}
+  }
+}
+EOF
+fi
+echo "dev installation ready in $dir"

@@ -1,0 +1,185 @@
+/*
+ * kms_blob.c - ciphertext header and context encoding (see kms_blob.h).
+ */
+#include "kms_blob.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool region_char(uint8_t c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+}
+
+kms_err kms_blob_write_header(const struct kms_blob_header *h, uint8_t *out, size_t *out_len)
+{
+    size_t r = strlen(h->region);
+    KMS_ENSURE(r >= 1 && r <= KMS_BLOB_REGION_MAX, KMS_ERR_USAGE, "region length %zu", r);
+    size_t o = 0;
+    out[o++] = KMS_BLOB_MAGIC;
+    out[o++] = KMS_BLOB_VERSION;
+    out[o++] = (uint8_t)r;
+    memcpy(out + o, h->region, r);
+    o += r;
+    memcpy(out + o, h->key_id, KMS_BLOB_KEY_ID_LEN);
+    o += KMS_BLOB_KEY_ID_LEN;
+    out[o++] = (uint8_t)(h->version >> 24);
+    out[o++] = (uint8_t)(h->version >> 16);
+    out[o++] = (uint8_t)(h->version >> 8);
+    out[o++] = (uint8_t)h->version;
+    memcpy(out + o, h->iv, KMS_BLOB_IV_LEN);
+    o += KMS_BLOB_IV_LEN;
+    *out_len = o;
+    return KMS_OK;
+}
+
+kms_err kms_blob_parse(const uint8_t *blob, size_t len, struct kms_blob_header *h,
+                       size_t *out_header_len)
+{
+    KMS_ENSURE(blob != NULL && len >= 3, KMS_ERR_BAD_CIPHERTEXT, "ciphertext too short");
+    KMS_ENSURE(len <= KMS_BLOB_MAX, KMS_ERR_BAD_CIPHERTEXT, "ciphertext longer than %d bytes",
+               KMS_BLOB_MAX);
+    KMS_ENSURE(blob[0] == KMS_BLOB_MAGIC, KMS_ERR_BAD_CIPHERTEXT,
+               "not a Custos ciphertext (bad magic byte)");
+    KMS_ENSURE(blob[1] == KMS_BLOB_VERSION, KMS_ERR_BAD_CIPHERTEXT,
+               "unsupported ciphertext format version %u", blob[1]);
+    size_t r = blob[2];
+    KMS_ENSURE(r >= 1 && r <= KMS_BLOB_REGION_MAX, KMS_ERR_BAD_CIPHERTEXT,
+               "bad region length in ciphertext");
+    size_t hl = 3 + r + KMS_BLOB_KEY_ID_LEN + 4 + KMS_BLOB_IV_LEN;
+    KMS_ENSURE(len >= hl + KMS_BLOB_TAG_LEN, KMS_ERR_BAD_CIPHERTEXT, "ciphertext truncated");
+    for (size_t i = 0; i < r; i++)
+        KMS_ENSURE(region_char(blob[3 + i]), KMS_ERR_BAD_CIPHERTEXT,
+                   "bad region name in ciphertext");
+    memcpy(h->region, blob + 3, r);
+    h->region[r] = '\0';
+    const uint8_t *p = blob + 3 + r;
+    memcpy(h->key_id, p, KMS_BLOB_KEY_ID_LEN);
+    p += KMS_BLOB_KEY_ID_LEN;
+    h->version = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    KMS_ENSURE(h->version >= 1, KMS_ERR_BAD_CIPHERTEXT, "bad key version in ciphertext");
+    p += 4;
+    memcpy(h->iv, p, KMS_BLOB_IV_LEN);
+    *out_header_len = hl;
+    return KMS_OK;
+}
+
+/* Strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF, and no
+ * NUL (protobuf strings may carry one; C strings would silently cut it). */
+static bool utf8_ok(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        size_t extra;
+        uint32_t cp;
+        if (c == 0)
+            return false;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            extra = 1;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            extra = 2;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            extra = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + extra >= n)
+            return false;
+        for (size_t k = 1; k <= extra; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + k] & 0x3F);
+        }
+        if ((extra == 1 && cp < 0x80) || (extra == 2 && cp < 0x800) ||
+            (extra == 3 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += extra + 1;
+    }
+    return true;
+}
+
+static int cmp_pair(const void *a, const void *b)
+{
+    const struct kms_ctx_pair *x = *(const struct kms_ctx_pair *const *)a;
+    const struct kms_ctx_pair *y = *(const struct kms_ctx_pair *const *)b;
+    return strcmp(x->key, y->key);
+}
+
+kms_err kms_ctx_encode(const struct kms_ctx_pair *pairs, size_t n, uint8_t *out, size_t *out_len)
+{
+    KMS_ENSURE(n <= KMS_CTX_MAX_PAIRS, KMS_ERR_INVALID_ARGUMENT,
+               "encryption context has %zu pairs (at most %d)", n, KMS_CTX_MAX_PAIRS);
+    const struct kms_ctx_pair *sorted[KMS_CTX_MAX_PAIRS];
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *k = pairs[i].key ? pairs[i].key : "";
+        const char *v = pairs[i].value ? pairs[i].value : "";
+        size_t kl = strlen(k), vl = strlen(v);
+        KMS_ENSURE(kl >= 1 && kl <= KMS_CTX_KEY_MAX, KMS_ERR_INVALID_ARGUMENT,
+                   "encryption context pair %zu: key must be 1..%d bytes", i, KMS_CTX_KEY_MAX);
+        KMS_ENSURE(vl <= KMS_CTX_VALUE_MAX, KMS_ERR_INVALID_ARGUMENT,
+                   "encryption context pair %zu: value longer than %d bytes", i,
+                   KMS_CTX_VALUE_MAX);
+        KMS_ENSURE(utf8_ok((const uint8_t *)k, kl) && utf8_ok((const uint8_t *)v, vl),
+                   KMS_ERR_INVALID_ARGUMENT, "encryption context pair %zu: not valid UTF-8", i);
+        total += kl + vl;
+        sorted[i] = &pairs[i];
+    }
+    KMS_ENSURE(total <= KMS_CTX_TOTAL_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "encryption context larger than %d bytes", KMS_CTX_TOTAL_MAX);
+    qsort(sorted, n, sizeof(sorted[0]), cmp_pair);
+    size_t o = 0;
+    out[o++] = (uint8_t)(n >> 8);
+    out[o++] = (uint8_t)n;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            KMS_ENSURE(strcmp(sorted[i - 1]->key, sorted[i]->key) != 0,
+                       KMS_ERR_INVALID_ARGUMENT, "encryption context repeats a key");
+        const char *k = sorted[i]->key, *v = sorted[i]->value ? sorted[i]->value : "";
+        size_t kl = strlen(k), vl = strlen(v);
+        out[o++] = (uint8_t)(kl >> 8);
+        out[o++] = (uint8_t)kl;
+        memcpy(out + o, k, kl);
+        o += kl;
+        out[o++] = (uint8_t)(vl >> 8);
+        out[o++] = (uint8_t)vl;
+        memcpy(out + o, v, vl);
+        o += vl;
+    }
+    *out_len = o;
+    return KMS_OK;
+}
+
+kms_err kms_key_id_parse(const char *hex, uint8_t out[16])
+{
+    KMS_ENSURE(hex != NULL && strlen(hex) == 32, KMS_ERR_INVALID_ARGUMENT,
+               "key_id must be 32 lowercase hex characters");
+    for (size_t i = 0; i < 32; i++) {
+        char c = hex[i];
+        int v = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+        KMS_ENSURE(v >= 0, KMS_ERR_INVALID_ARGUMENT, "key_id must be 32 lowercase hex characters");
+        if (i % 2 == 0)
+            out[i / 2] = (uint8_t)(v << 4);
+        else
+            out[i / 2] |= (uint8_t)v;
+    }
+    return KMS_OK;
+}
+
+void kms_key_id_format(const uint8_t id[16], char out[33])
+{
+    static const char hexd[] = "0123456789abcdef";
+    for (size_t i = 0; i < 16; i++) {
+        out[2 * i] = hexd[id[i] >> 4];
+        out[2 * i + 1] = hexd[id[i] & 15];
+    }
+    out[32] = '\0';
+}

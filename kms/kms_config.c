@@ -1,0 +1,282 @@
+/*
+ * kms_config.c - parse and validate kmsd.json.
+ */
+#include "kms_config.h"
+
+#include <arpa/inet.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+
+/* Refuse keys outside `allowed`, so that "max_body_byte" is an error and not
+ * a silently ignored line. */
+static kms_err check_keys(json_t *obj, const char *where, const char *const *allowed)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; allowed[i]; i++)
+            ok |= strcmp(k, allowed[i]) == 0;
+        KMS_ENSURE(ok, KMS_ERR_CONFIG, "%s%s%s: unknown key", where, *where ? "." : "", k);
+    }
+    return KMS_OK;
+}
+
+static char *resolve(const char *base_dir, const char *p)
+{
+    if (p[0] == '/' || strncmp(p, "env:", 4) == 0)
+        return strdup(p);
+    if (strncmp(p, "file:", 5) == 0) {
+        const char *f = p + 5;
+        if (f[0] == '/')
+            return strdup(p);
+        size_t n = strlen(base_dir) + strlen(f) + 8;
+        char *r = malloc(n);
+        if (r)
+            snprintf(r, n, "file:%s/%s", base_dir, f);
+        return r;
+    }
+    size_t n = strlen(base_dir) + strlen(p) + 2;
+    char *r = malloc(n);
+    if (r)
+        snprintf(r, n, "%s/%s", base_dir, p);
+    return r;
+}
+
+static kms_err get_str(json_t *obj, const char *key, const char *where, bool required,
+                       const char *base_dir, bool is_path, char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        KMS_ENSURE(!required, KMS_ERR_CONFIG, "%s.%s: required", where, key);
+        return KMS_OK;
+    }
+    KMS_ENSURE(json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) < 4096,
+               KMS_ERR_CONFIG, "%s.%s: must be a non-empty string", where, key);
+    free(*out);
+    *out = is_path ? resolve(base_dir, json_string_value(v)) : strdup(json_string_value(v));
+    KMS_ENSURE(*out != NULL, KMS_ERR_NOMEM, "out of memory");
+    return KMS_OK;
+}
+
+static kms_err get_uint(json_t *obj, const char *key, const char *where, unsigned long min,
+                        unsigned long max, unsigned long *inout)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return KMS_OK;
+    KMS_ENSURE(json_is_integer(v) && json_integer_value(v) >= (json_int_t)min &&
+                   json_integer_value(v) <= (json_int_t)max,
+               KMS_ERR_CONFIG, "%s.%s: must be an integer in %lu..%lu", where, key, min, max);
+    *inout = (unsigned long)json_integer_value(v);
+    return KMS_OK;
+}
+
+static kms_err get_bool(json_t *obj, const char *key, const char *where, bool *inout)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return KMS_OK;
+    KMS_ENSURE(json_is_boolean(v), KMS_ERR_CONFIG, "%s.%s: must be true or false", where, key);
+    *inout = json_is_true(v);
+    return KMS_OK;
+}
+
+static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
+{
+    static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
+                                      "limits", "deletion", NULL};
+    KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
+    KMS_GUARD(check_keys(root, "", top));
+
+    json_t *mode = json_object_get(root, "mode");
+    if (mode) {
+        KMS_ENSURE(json_is_string(mode) && (strcmp(json_string_value(mode), "dev") == 0 ||
+                                            strcmp(json_string_value(mode), "production") == 0),
+                   KMS_ERR_CONFIG, "mode: must be \"dev\" or \"production\"");
+        c->dev_mode = strcmp(json_string_value(mode), "dev") == 0;
+    }
+
+    json_t *listen = json_object_get(root, "listen");
+    if (listen) {
+        static const char *const k[] = {"address", "port", NULL};
+        KMS_ENSURE(json_is_object(listen), KMS_ERR_CONFIG, "listen: must be an object");
+        KMS_GUARD(check_keys(listen, "listen", k));
+        KMS_GUARD(get_str(listen, "address", "listen", false, dir, false, &c->listen_address));
+        unsigned long port = c->listen_port;
+        KMS_GUARD(get_uint(listen, "port", "listen", 1, 65535, &port));
+        c->listen_port = (unsigned)port;
+    }
+    struct in_addr a4;
+    KMS_ENSURE(inet_pton(AF_INET, c->listen_address, &a4) == 1, KMS_ERR_CONFIG,
+               "listen.address: must be an IPv4 address");
+
+    json_t *tls = json_object_get(root, "tls");
+    if (tls) {
+        static const char *const k[] = {"cert", "key", "client_ca", "require_client_cert", NULL};
+        KMS_ENSURE(json_is_object(tls), KMS_ERR_CONFIG, "tls: must be an object");
+        KMS_GUARD(check_keys(tls, "tls", k));
+        KMS_GUARD(get_str(tls, "cert", "tls", true, dir, true, &c->tls_cert));
+        KMS_GUARD(get_str(tls, "key", "tls", true, dir, true, &c->tls_key));
+        KMS_GUARD(get_str(tls, "client_ca", "tls", false, dir, true, &c->tls_client_ca));
+        c->tls_require_client_cert = c->tls_client_ca != NULL;
+        KMS_GUARD(get_bool(tls, "require_client_cert", "tls", &c->tls_require_client_cert));
+        KMS_ENSURE(!c->tls_require_client_cert || c->tls_client_ca, KMS_ERR_CONFIG,
+                   "tls.require_client_cert: needs tls.client_ca");
+    }
+    /* Production traffic carries bearer keys and plaintext: without TLS it
+     * may only listen on loopback (a TLS-terminating sidecar in front). */
+    KMS_ENSURE(c->tls_cert || (ntohl(a4.s_addr) >> 24) == 127, KMS_ERR_CONFIG,
+               "listen.address: plain HTTP is only allowed on loopback; configure tls");
+
+    json_t *p11 = json_object_get(root, "pkcs11");
+    KMS_ENSURE(json_is_object(p11), KMS_ERR_CONFIG, "pkcs11: required object");
+    static const char *const pk[] = {"module", "tokens", NULL};
+    KMS_GUARD(check_keys(p11, "pkcs11", pk));
+    KMS_GUARD(get_str(p11, "module", "pkcs11", false, dir, true, &c->pkcs11_module));
+    json_t *toks = json_object_get(p11, "tokens");
+    KMS_ENSURE(json_is_array(toks) && json_array_size(toks) >= 1 &&
+                   json_array_size(toks) <= KMS_CONFIG_MAX_TOKENS,
+               KMS_ERR_CONFIG, "pkcs11.tokens: must be an array of 1..%d tokens",
+               KMS_CONFIG_MAX_TOKENS);
+    size_t i;
+    json_t *t;
+    json_array_foreach(toks, i, t)
+    {
+        char where[64];
+        snprintf(where, sizeof(where), "pkcs11.tokens[%zu]", i);
+        static const char *const tk[] = {"region", "token", "pin", "max_sessions", NULL};
+        KMS_ENSURE(json_is_object(t), KMS_ERR_CONFIG, "%s: must be an object", where);
+        KMS_GUARD(check_keys(t, where, tk));
+        struct kms_config_token *ct = &c->tokens[c->n_tokens++];
+        KMS_GUARD(get_str(t, "region", where, true, dir, false, &ct->region));
+        KMS_GUARD(get_str(t, "token", where, true, dir, false, &ct->token));
+        KMS_GUARD(get_str(t, "pin", where, true, dir, true, &ct->pin_source));
+        unsigned long ms = 0;
+        KMS_GUARD(get_uint(t, "max_sessions", where, 0, 1024, &ms));
+        ct->max_sessions = ms;
+        for (size_t j = 0; j + 1 < c->n_tokens; j++)
+            KMS_ENSURE(strcmp(c->tokens[j].region, ct->region) != 0, KMS_ERR_CONFIG,
+                       "%s.region: region \"%s\" already has a token", where, ct->region);
+    }
+
+    KMS_GUARD(get_str(root, "policy", "", true, dir, true, &c->policy_path));
+    KMS_GUARD(get_str(root, "store", "", true, dir, true, &c->store_path));
+
+    json_t *lim = json_object_get(root, "limits");
+    if (lim) {
+        static const char *const k[] = {"max_body_bytes", "max_connections",
+                                        "connection_timeout_s", "threads", NULL};
+        KMS_ENSURE(json_is_object(lim), KMS_ERR_CONFIG, "limits: must be an object");
+        KMS_GUARD(check_keys(lim, "limits", k));
+        unsigned long v = c->max_body_bytes;
+        KMS_GUARD(get_uint(lim, "max_body_bytes", "limits", 1024, 16 * 1024 * 1024, &v));
+        c->max_body_bytes = v;
+        v = c->max_connections;
+        KMS_GUARD(get_uint(lim, "max_connections", "limits", 1, 65536, &v));
+        c->max_connections = (unsigned)v;
+        v = c->connection_timeout_s;
+        KMS_GUARD(get_uint(lim, "connection_timeout_s", "limits", 1, 3600, &v));
+        c->connection_timeout_s = (unsigned)v;
+        v = c->threads;
+        KMS_GUARD(get_uint(lim, "threads", "limits", 0, 256, &v));
+        c->threads = (unsigned)v;
+    }
+
+    json_t *del = json_object_get(root, "deletion");
+    if (del) {
+        static const char *const k[] = {"default_days", "min_days", "day_seconds",
+                                        "sweep_interval_s", NULL};
+        KMS_ENSURE(json_is_object(del), KMS_ERR_CONFIG, "deletion: must be an object");
+        KMS_GUARD(check_keys(del, "deletion", k));
+        unsigned long v = c->deletion_default_days;
+        KMS_GUARD(get_uint(del, "default_days", "deletion", 0, 3650, &v));
+        c->deletion_default_days = (unsigned)v;
+        v = c->deletion_min_days;
+        KMS_GUARD(get_uint(del, "min_days", "deletion", 0, 3650, &v));
+        c->deletion_min_days = (unsigned)v;
+        v = c->deletion_day_seconds;
+        KMS_GUARD(get_uint(del, "day_seconds", "deletion", 1, 86400, &v));
+        c->deletion_day_seconds = (unsigned)v;
+        v = c->sweep_interval_s;
+        KMS_GUARD(get_uint(del, "sweep_interval_s", "deletion", 1, 86400, &v));
+        c->sweep_interval_s = (unsigned)v;
+    }
+    /* A deletion window is the tenant's last chance to notice a mistake:
+     * production keeps AWS's floor of 7 days. */
+    if (!c->dev_mode) {
+        KMS_ENSURE(c->deletion_min_days >= 7, KMS_ERR_CONFIG,
+                   "deletion.min_days: at least 7 outside dev mode");
+        KMS_ENSURE(c->deletion_day_seconds == 86400, KMS_ERR_CONFIG,
+                   "deletion.day_seconds: only dev mode may shorten a day");
+    }
+    KMS_ENSURE(c->deletion_default_days >= c->deletion_min_days, KMS_ERR_CONFIG,
+               "deletion.default_days: below deletion.min_days");
+    return KMS_OK;
+}
+
+kms_err kms_config_load(const char *path, struct kms_config **out)
+{
+    *out = NULL;
+    struct kms_config *c = calloc(1, sizeof(*c));
+    KMS_ENSURE(c != NULL, KMS_ERR_NOMEM, "out of memory");
+    c->listen_address = strdup("127.0.0.1");
+    c->listen_port = 8700;
+    c->pkcs11_module = strdup("/usr/lib/softhsm/libsofthsm2.so");
+    c->max_body_bytes = 96 * 1024;
+    c->max_connections = 1024;
+    c->connection_timeout_s = 30;
+    c->deletion_default_days = 30;
+    c->deletion_min_days = 7;
+    c->deletion_day_seconds = 86400;
+    c->sweep_interval_s = 60;
+
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        kms_config_free(c);
+        return kms_err_set(KMS_ERR_CONFIG, "%s:%d: %s", path, jerr.line, jerr.text);
+    }
+    char dirbuf[PATH_MAX];
+    snprintf(dirbuf, sizeof(dirbuf), "%s", path);
+    char abs[PATH_MAX];
+    const char *dir = dirname(dirbuf);
+    if (realpath(dir, abs) != NULL)
+        dir = abs;
+    kms_err rc = parse(root, dir, c);
+    json_decref(root);
+    if (rc != KMS_OK) {
+        char detail[600];
+        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+        kms_config_free(c);
+        return kms_err_set(rc, "%s: %s", path, detail);
+    }
+    *out = c;
+    return KMS_OK;
+}
+
+void kms_config_free(struct kms_config *c)
+{
+    if (c == NULL)
+        return;
+    free(c->listen_address);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->tls_client_ca);
+    free(c->pkcs11_module);
+    for (size_t i = 0; i < c->n_tokens; i++) {
+        free(c->tokens[i].region);
+        free(c->tokens[i].token);
+        free(c->tokens[i].pin_source);
+    }
+    free(c->policy_path);
+    free(c->store_path);
+    free(c);
+}

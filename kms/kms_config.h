@@ -1,0 +1,56 @@
+/*
+ * kms_config.h - kmsd's configuration file (JSON). docs/configuration.md
+ * lists every key with its default; an unknown key is an error, so a typo
+ * never silently falls back to a default.
+ */
+#ifndef KMS_CONFIG_H
+#define KMS_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "kms_error.h"
+
+#define KMS_CONFIG_MAX_TOKENS 16
+
+struct kms_config_token {
+    char *region;
+    char *token;      /* label or pkcs11: URI */
+    char *pin_source; /* file:/path or env:NAME */
+    size_t max_sessions;
+};
+
+struct kms_config {
+    bool dev_mode; /* "mode": "dev" allows short deletion windows and plain HTTP off loopback is still refused */
+    char *listen_address;
+    unsigned listen_port;
+
+    char *tls_cert;      /* PEM; TLS is on when set */
+    char *tls_key;
+    char *tls_client_ca; /* PEM; client certificates are verified against it */
+    bool tls_require_client_cert;
+
+    char *pkcs11_module;
+    struct kms_config_token tokens[KMS_CONFIG_MAX_TOKENS];
+    size_t n_tokens;
+
+    char *policy_path;
+    char *store_path;
+
+    size_t max_body_bytes;
+    unsigned max_connections;
+    unsigned connection_timeout_s;
+    unsigned threads; /* 0: one per core */
+
+    unsigned deletion_default_days;
+    unsigned deletion_min_days;
+    unsigned deletion_day_seconds; /* 86400; dev mode may shorten it for tests */
+    unsigned sweep_interval_s;
+};
+
+/* Load and validate. Errors name the file and the JSON path. Relative paths
+ * inside the file are taken relative to the file's directory. */
+kms_err kms_config_load(const char *path, struct kms_config **out);
+void kms_config_free(struct kms_config *cfg);
+
+#endif

@@ -1,0 +1,354 @@
+/*
+ * kms_envelope.c - the cryptographic RPCs: Encrypt, Decrypt, ReEncrypt,
+ * GenerateDataKey, DecryptDataKey. All AES-GCM runs inside the key's HSM;
+ * this file builds the public blob around it (kms_blob.h).
+ *
+ * Plaintext and data keys pass through here only in buffers that are wiped
+ * before they are freed; the request message that carried them is wiped too.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "kms_blob.h"
+#include "kms_log.h"
+#include "kms_rpc.h"
+#include "kms_store.h"
+#include "p11_crypto.h"
+#include "pol_eval.h"
+#include "proto/key.pb-c.h"
+
+/* Every map<string,string> entry that protoc-c generates has this layout;
+ * the context code reads them through it. */
+struct map_entry {
+    ProtobufCMessage base;
+    char *key;
+    char *value;
+};
+
+static kms_err encode_context(size_t n, void *const *entries, uint8_t *out, size_t *out_len)
+{
+    KMS_ENSURE(n <= KMS_CTX_MAX_PAIRS, KMS_ERR_INVALID_ARGUMENT,
+               "encryption context has %zu pairs (at most %d)", n, KMS_CTX_MAX_PAIRS);
+    struct kms_ctx_pair pairs[KMS_CTX_MAX_PAIRS];
+    for (size_t i = 0; i < n; i++) {
+        const struct map_entry *e = entries[i];
+        pairs[i].key = e->key;
+        pairs[i].value = e->value;
+    }
+    return kms_ctx_encode(pairs, n, out, out_len);
+}
+
+static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r, bool secret)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    r->data = malloc(n ? n : 1);
+    KMS_ENSURE(r->data != NULL, KMS_ERR_NOMEM, "out of memory");
+    r->len = protobuf_c_message_pack(m, r->data);
+    r->secret = secret;
+    return KMS_OK;
+}
+
+static void wipe_bytes(ProtobufCBinaryData *b)
+{
+    if (b->data)
+        OPENSSL_cleanse(b->data, b->len);
+}
+
+static kms_err key_token(struct kms_call *call, const struct kms_key_record *k,
+                         struct p11_token **out)
+{
+    *out = kms_service_token(call->svc, k->region);
+    KMS_ENSURE(*out != NULL, KMS_ERR_FAILED_PRECONDITION, "region %s is not served by this node",
+               k->region);
+    return KMS_OK;
+}
+
+static kms_err require_enabled(const struct kms_key_record *k)
+{
+    KMS_ENSURE(k->state == KMS_KEY_ENABLED, KMS_ERR_FAILED_PRECONDITION,
+               "key is %s", kms_key_state_name(k->state));
+    return KMS_OK;
+}
+
+/* Encrypt pt under the key's current version. *out_blob is malloc'd. */
+static kms_err seal(struct kms_call *call, const struct kms_key_record *k, size_t n_ctx,
+                    void *const *ctx, const uint8_t *pt, size_t pt_len, uint8_t **out_blob,
+                    size_t *out_len, uint32_t *out_version)
+{
+    kms_err rc = KMS_OK;
+    uint8_t aad[KMS_BLOB_HEADER_MAX + KMS_CTX_ENCODED_MAX];
+    size_t hl = 0, cl = 0, ct_len = 0;
+    *out_blob = NULL;
+    KMS_ENSURE(pt_len <= KMS_PLAINTEXT_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "plaintext longer than %d bytes", KMS_PLAINTEXT_MAX);
+    KMS_GUARD(require_enabled(k));
+    struct p11_token *tok;
+    KMS_GUARD(key_token(call, k, &tok));
+    struct kms_version_record v;
+    KMS_GUARD(kms_store_version_get(kms_service_store(call->svc), k->key_id, k->current_version,
+                                    &v));
+
+    struct kms_blob_header h;
+    memset(&h, 0, sizeof(h));
+    size_t rl = strlen(k->region);
+    KMS_ENSURE(rl >= 1 && rl <= KMS_BLOB_REGION_MAX, KMS_ERR_INTERNAL, "bad region length");
+    memcpy(h.region, k->region, rl + 1);
+    KMS_GUARD(kms_key_id_parse(k->key_id, h.key_id));
+    h.version = v.version;
+    /* A random 96-bit IV per message, from the host DRBG: the NIST bound of
+     * 2^32 messages per key version applies (docs/ciphertext-format.md). */
+    KMS_ENSURE(RAND_bytes(h.iv, sizeof(h.iv)) == 1, KMS_ERR_INTERNAL, "RNG failure");
+    KMS_GUARD(kms_blob_write_header(&h, aad, &hl));
+    KMS_GUARD(encode_context(n_ctx, ctx, aad + hl, &cl));
+
+    size_t cap = hl + pt_len + KMS_BLOB_TAG_LEN;
+    uint8_t *blob = malloc(cap);
+    KMS_ENSURE(blob != NULL, KMS_ERR_NOMEM, "out of memory");
+    memcpy(blob, aad, hl);
+    struct p11_key_id hid;
+    memcpy(hid.b, v.hsm_id, 16);
+    rc = p11_gcm_encrypt(tok, &hid, h.iv, sizeof(h.iv), aad, hl + cl, pt, pt_len, blob + hl,
+                         cap - hl, &ct_len);
+    if (rc != KMS_OK) {
+        free(blob);
+        return rc;
+    }
+    *out_blob = blob;
+    *out_len = hl + ct_len;
+    *out_version = v.version;
+    return KMS_OK;
+}
+
+/* Authenticate and decrypt a blob. *out_pt is malloc'd and must be wiped;
+ * *out_key receives the key it was made with. */
+static kms_err open_blob(struct kms_call *call, enum pol_op op, const ProtobufCBinaryData *blob,
+                         const char *expected_key_id, size_t n_ctx, void *const *ctx,
+                         struct kms_key_record *out_key, uint32_t *out_version, uint8_t **out_pt,
+                         size_t *out_len)
+{
+    struct kms_blob_header h;
+    size_t hl = 0, cl = 0;
+    uint8_t aad[KMS_BLOB_HEADER_MAX + KMS_CTX_ENCODED_MAX];
+    *out_pt = NULL;
+    *out_len = 0;
+    KMS_GUARD(kms_blob_parse(blob->data, blob->len, &h, &hl));
+    char key_id[33];
+    kms_key_id_format(h.key_id, key_id);
+    if (expected_key_id && *expected_key_id)
+        KMS_ENSURE(strcmp(expected_key_id, key_id) == 0, KMS_ERR_INVALID_ARGUMENT,
+                   "the ciphertext was not made with key_id %.32s", expected_key_id);
+    KMS_GUARD(kms_rpc_authorize_key(call, op, key_id, out_key));
+    KMS_GUARD(require_enabled(out_key));
+    /* The region is part of the key's identity: a blob that names another
+     * region is not this key's, whatever its id says. */
+    KMS_ENSURE(strcmp(h.region, out_key->region) == 0, KMS_ERR_BAD_CIPHERTEXT,
+               "ciphertext or encryption context does not match");
+    struct kms_version_record v;
+    kms_err rc = kms_store_version_get(kms_service_store(call->svc), key_id, h.version, &v);
+    KMS_ENSURE(rc != KMS_ERR_NOT_FOUND, KMS_ERR_BAD_CIPHERTEXT,
+               "ciphertext or encryption context does not match");
+    KMS_GUARD(rc);
+    KMS_ENSURE(v.state == KMS_VERSION_ACTIVE, KMS_ERR_FAILED_PRECONDITION,
+               "key version %u is destroyed", v.version);
+    struct p11_token *tok;
+    KMS_GUARD(key_token(call, out_key, &tok));
+
+    memcpy(aad, blob->data, hl);
+    KMS_GUARD(encode_context(n_ctx, ctx, aad + hl, &cl));
+    size_t body = blob->len - hl;
+    uint8_t *pt = malloc(body ? body : 1);
+    KMS_ENSURE(pt != NULL, KMS_ERR_NOMEM, "out of memory");
+    struct p11_key_id hid;
+    memcpy(hid.b, v.hsm_id, 16);
+    rc = p11_gcm_decrypt(tok, &hid, h.iv, sizeof(h.iv), aad, hl + cl, blob->data + hl, body, pt,
+                         body, out_len);
+    if (rc != KMS_OK) {
+        OPENSSL_cleanse(pt, body);
+        free(pt);
+        /* One message for tag, context and tampering alike: the caller
+         * learns only that this blob and context do not belong together. */
+        if (rc == KMS_ERR_BAD_CIPHERTEXT)
+            kms_err_set(rc, "ciphertext or encryption context does not match");
+        return rc;
+    }
+    *out_pt = pt;
+    *out_version = v.version;
+    return KMS_OK;
+}
+
+static void free_secret(uint8_t *p, size_t len)
+{
+    if (p) {
+        OPENSSL_cleanse(p, len);
+        free(p);
+    }
+}
+
+/* ---- Encrypt / Decrypt ---------------------------------------------------- */
+
+kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
+                        struct kms_reply *reply)
+{
+    Custos__V1__EncryptRequest *req = custos__v1__encrypt_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("EncryptRequest");
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
+    uint32_t version = 0;
+    struct kms_key_record k;
+    kms_err rc = kms_rpc_authorize_key(call, POL_OP_ENCRYPT, req->key_id, &k);
+    if (rc == KMS_OK)
+        rc = seal(call, &k, req->n_encryption_context, (void *const *)req->encryption_context,
+                  req->plaintext.data, req->plaintext.len, &blob, &blob_len, &version);
+    if (rc == KMS_OK) {
+        Custos__V1__EncryptResponse resp = CUSTOS__V1__ENCRYPT_RESPONSE__INIT;
+        resp.ciphertext.data = blob;
+        resp.ciphertext.len = blob_len;
+        resp.key_id = k.key_id;
+        resp.key_version = version;
+        rc = pack(&resp.base, reply, false);
+    }
+    free(blob);
+    wipe_bytes(&req->plaintext);
+    custos__v1__encrypt_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
+                        struct kms_reply *reply)
+{
+    Custos__V1__DecryptRequest *req = custos__v1__decrypt_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("DecryptRequest");
+    uint8_t *pt = NULL;
+    size_t pt_len = 0;
+    uint32_t version = 0;
+    struct kms_key_record k;
+    kms_err rc = open_blob(call, POL_OP_DECRYPT, &req->ciphertext, req->key_id,
+                           req->n_encryption_context, (void *const *)req->encryption_context, &k,
+                           &version, &pt, &pt_len);
+    if (rc == KMS_OK) {
+        Custos__V1__DecryptResponse resp = CUSTOS__V1__DECRYPT_RESPONSE__INIT;
+        resp.plaintext.data = pt;
+        resp.plaintext.len = pt_len;
+        resp.key_id = k.key_id;
+        resp.key_version = version;
+        rc = pack(&resp.base, reply, true);
+    }
+    free_secret(pt, pt_len);
+    custos__v1__decrypt_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+/* ---- ReEncrypt --------------------------------------------------------------- */
+
+kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
+                           struct kms_reply *reply)
+{
+    Custos__V1__ReEncryptRequest *req = custos__v1__re_encrypt_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("ReEncryptRequest");
+    uint8_t *pt = NULL, *blob = NULL;
+    size_t pt_len = 0, blob_len = 0;
+    uint32_t src_version = 0, dst_version = 0;
+    struct kms_key_record src, dst;
+    /* Both keys are decided separately: the caller needs ReEncrypt on the
+     * source and on the destination. */
+    kms_err rc = open_blob(call, POL_OP_RE_ENCRYPT, &req->ciphertext, NULL,
+                           req->n_source_encryption_context,
+                           (void *const *)req->source_encryption_context, &src, &src_version, &pt,
+                           &pt_len);
+    if (rc == KMS_OK)
+        rc = kms_rpc_authorize_key(call, POL_OP_RE_ENCRYPT, req->destination_key_id, &dst);
+    if (rc == KMS_OK)
+        rc = seal(call, &dst, req->n_destination_encryption_context,
+                  (void *const *)req->destination_encryption_context, pt, pt_len, &blob,
+                  &blob_len, &dst_version);
+    free_secret(pt, pt_len);
+    if (rc == KMS_OK) {
+        Custos__V1__ReEncryptResponse resp = CUSTOS__V1__RE_ENCRYPT_RESPONSE__INIT;
+        resp.ciphertext.data = blob;
+        resp.ciphertext.len = blob_len;
+        resp.source_key_id = src.key_id;
+        resp.source_key_version = src_version;
+        resp.key_id = dst.key_id;
+        resp.key_version = dst_version;
+        rc = pack(&resp.base, reply, false);
+    }
+    free(blob);
+    custos__v1__re_encrypt_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+/* ---- data keys ---------------------------------------------------------------- */
+
+kms_err kms_rpc_generate_data_key(struct kms_call *call, const uint8_t *body, size_t len,
+                                  struct kms_reply *reply)
+{
+    Custos__V1__GenerateDataKeyRequest *req =
+        custos__v1__generate_data_key_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("GenerateDataKeyRequest");
+    uint8_t dk[64];
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
+    uint32_t version = 0;
+    struct kms_key_record k;
+    size_t n = req->number_of_bytes ? req->number_of_bytes : 32;
+    kms_err rc = KMS_OK;
+    struct p11_token *tok = NULL;
+    KMS_ENSURE_GOTO(n >= 16 && n <= sizeof(dk), done, KMS_ERR_INVALID_ARGUMENT,
+                    "number_of_bytes must be 16..64");
+    KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_GENERATE_DATA_KEY, req->key_id, &k), done);
+    KMS_GUARD_GOTO(require_enabled(&k), done);
+    KMS_GUARD_GOTO(key_token(call, &k, &tok), done);
+    /* Data keys come from the HSM's RNG. */
+    KMS_GUARD_GOTO(p11_random(tok, dk, n), done);
+    KMS_GUARD_GOTO(seal(call, &k, req->n_encryption_context,
+                        (void *const *)req->encryption_context, dk, n, &blob, &blob_len,
+                        &version),
+                   done);
+    Custos__V1__GenerateDataKeyResponse resp = CUSTOS__V1__GENERATE_DATA_KEY_RESPONSE__INIT;
+    resp.plaintext.data = dk;
+    resp.plaintext.len = n;
+    resp.ciphertext_blob.data = blob;
+    resp.ciphertext_blob.len = blob_len;
+    resp.key_id = k.key_id;
+    resp.key_version = version;
+    rc = pack(&resp.base, reply, true);
+done:
+    OPENSSL_cleanse(dk, sizeof(dk));
+    free(blob);
+    custos__v1__generate_data_key_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+kms_err kms_rpc_decrypt_data_key(struct kms_call *call, const uint8_t *body, size_t len,
+                                 struct kms_reply *reply)
+{
+    Custos__V1__DecryptDataKeyRequest *req =
+        custos__v1__decrypt_data_key_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("DecryptDataKeyRequest");
+    uint8_t *pt = NULL;
+    size_t pt_len = 0;
+    uint32_t version = 0;
+    struct kms_key_record k;
+    kms_err rc = open_blob(call, POL_OP_DECRYPT_DATA_KEY, &req->ciphertext_blob, req->key_id,
+                           req->n_encryption_context, (void *const *)req->encryption_context, &k,
+                           &version, &pt, &pt_len);
+    if (rc == KMS_OK) {
+        Custos__V1__DecryptDataKeyResponse resp = CUSTOS__V1__DECRYPT_DATA_KEY_RESPONSE__INIT;
+        resp.plaintext.data = pt;
+        resp.plaintext.len = pt_len;
+        resp.key_id = k.key_id;
+        resp.key_version = version;
+        rc = pack(&resp.base, reply, true);
+    }
+    free_secret(pt, pt_len);
+    custos__v1__decrypt_data_key_request__free_unpacked(req, NULL);
+    return rc;
+}

@@ -1,0 +1,420 @@
+/*
+ * kms_http.c - libmicrohttpd front end.
+ *
+ * A request goes through three calls of the access handler: the first sees
+ * only the headers, and everything that can be refused without the body is
+ * refused there (method, route, content type, declared length, credentials),
+ * so an oversized or unauthenticated upload is never read; the middle calls
+ * append body bytes up to the limit; the last dispatches to the handler.
+ */
+#include "kms_http.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <microhttpd.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "kms_log.h"
+#include "kms_secret.h"
+#include "kms_twirp.h"
+#include "pol_doc.h"
+
+struct kms_http {
+    struct MHD_Daemon *daemon;
+    struct kms_service *svc;
+    const struct kms_config *cfg;
+    char *tls_cert, *tls_key, *tls_ca; /* PEM text; MHD keeps pointers */
+};
+
+struct req_state {
+    struct kms_call call;
+    kms_rpc_fn fn;
+    const char *method;
+    uint8_t *body;
+    size_t len, cap;
+    bool too_large;
+};
+
+/* ---- responses ----------------------------------------------------------- */
+
+struct secret_buf {
+    uint8_t *data;
+    size_t len;
+};
+
+static void free_secret_buf(void *cls)
+{
+    struct secret_buf *b = cls;
+    OPENSSL_cleanse(b->data, b->len);
+    free(b->data);
+    free(b);
+}
+
+static enum MHD_Result respond(struct MHD_Connection *c, struct req_state *st, unsigned status,
+                            struct MHD_Response *r, const char *content_type)
+{
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", content_type);
+    MHD_add_response_header(r, "X-Request-Id", st->call.request_id);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, struct req_state *st, kms_err err,
+                                  const char *msg)
+{
+    char *body = kms_twirp_error_body(err, msg);
+    if (body == NULL)
+        return MHD_NO;
+    kms_log_info("http", "request %s %s: %s: %s", st->call.request_id,
+                 st->method ? st->method : "-", kms_err_twirp_code(err), msg);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    return respond(c, st, (unsigned)kms_err_http_status(err), r, "application/json");
+}
+
+static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st,
+                                  struct kms_reply *reply)
+{
+    struct MHD_Response *r;
+    if (reply->secret) {
+        /* Plaintext or a data key: wiped when MHD is done with it. */
+        struct secret_buf *b = malloc(sizeof(*b));
+        if (b == NULL) {
+            OPENSSL_cleanse(reply->data, reply->len);
+            free(reply->data);
+            return send_error(c, st, KMS_ERR_NOMEM, "out of memory");
+        }
+        b->data = reply->data;
+        b->len = reply->len;
+        r = MHD_create_response_from_buffer_with_free_callback_cls(reply->len, reply->data,
+                                                                   free_secret_buf, b);
+        if (r == NULL)
+            free_secret_buf(b);
+    } else {
+        r = MHD_create_response_from_buffer(reply->len, reply->data, MHD_RESPMEM_MUST_FREE);
+        if (r == NULL)
+            free(reply->data);
+    }
+    reply->data = NULL;
+    return respond(c, st, MHD_HTTP_OK, r, "application/protobuf");
+}
+
+/* ---- authentication -------------------------------------------------------- */
+
+/* The verified subject DN of the client certificate, RFC 4514 form
+ * ("CN=demo-broker,O=Example"). Returns false when there is no certificate
+ * or it does not verify against the configured client CA. */
+static bool client_cert_subject(struct MHD_Connection *c, char *out, size_t out_len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (ci == NULL || ci->tls_session == NULL)
+        return false;
+    gnutls_session_t s = (gnutls_session_t)ci->tls_session;
+    unsigned int n = 0;
+    const gnutls_datum_t *chain = gnutls_certificate_get_peers(s, &n);
+    if (chain == NULL || n == 0)
+        return false;
+    /* The handshake only requested a certificate; verification status is
+     * checked here, not assumed from a successful handshake. */
+    unsigned int status = 0;
+    if (gnutls_certificate_verify_peers2(s, &status) != GNUTLS_E_SUCCESS || status != 0)
+        return false;
+    gnutls_x509_crt_t crt;
+    if (gnutls_x509_crt_init(&crt) != GNUTLS_E_SUCCESS)
+        return false;
+    bool ok = false;
+    gnutls_datum_t dn = {NULL, 0};
+    if (gnutls_x509_crt_import(crt, &chain[0], GNUTLS_X509_FMT_DER) == GNUTLS_E_SUCCESS &&
+        gnutls_x509_crt_get_dn3(crt, &dn, 0) == GNUTLS_E_SUCCESS && dn.size < out_len) {
+        memcpy(out, dn.data, dn.size);
+        out[dn.size] = '\0';
+        ok = true;
+    }
+    gnutls_free(dn.data);
+    gnutls_x509_crt_deinit(crt);
+    return ok;
+}
+
+static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c, struct req_state *st)
+{
+    const struct kms_config *cfg = h->cfg;
+    if (cfg->tls_client_ca) {
+        char subject[1024];
+        if (client_cert_subject(c, subject, sizeof(subject)))
+            return pol_doc_auth_cert_subject(st->call.policy, subject, &st->call.who);
+        if (cfg->tls_require_client_cert)
+            return kms_err_set(KMS_ERR_UNAUTHENTICATED,
+                               "a client certificate signed by the configured CA is required");
+    }
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    KMS_ENSURE(auth != NULL, KMS_ERR_UNAUTHENTICATED, "missing credentials");
+    KMS_ENSURE(strncasecmp(auth, "Bearer ", 7) == 0, KMS_ERR_UNAUTHENTICATED,
+               "Authorization must use the Bearer scheme");
+    const char *key = auth + 7;
+    size_t n = strlen(key);
+    KMS_ENSURE(n >= 1 && n <= KMS_HTTP_BEARER_MAX, KMS_ERR_UNAUTHENTICATED, "invalid credentials");
+    kms_err rc = pol_doc_auth_api_key(st->call.policy, key, n, &st->call.who);
+    if (rc != KMS_OK)
+        return kms_err_set(KMS_ERR_UNAUTHENTICATED, "invalid credentials");
+    return KMS_OK;
+}
+
+/* ---- the access handler ------------------------------------------------------- */
+
+static bool content_type_ok(const char *ct)
+{
+    if (ct == NULL)
+        return false;
+    size_t n = strlen("application/protobuf");
+    return strncasecmp(ct, "application/protobuf", n) == 0 && (ct[n] == '\0' || ct[n] == ';');
+}
+
+static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
+                                  struct req_state *st, const char *url, const char *method)
+{
+    st->fn = kms_twirp_route(url, &st->method);
+    if (strcmp(method, "POST") != 0)
+        return send_error(c, st, KMS_ERR_BAD_ROUTE, "Twirp methods are called with POST");
+    if (st->fn == NULL)
+        return send_error(c, st, KMS_ERR_BAD_ROUTE, "no such method");
+    if (!content_type_ok(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type")))
+        return send_error(c, st, KMS_ERR_BAD_ROUTE,
+                          "unsupported Content-Type: use application/protobuf");
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+    if (cl != NULL) {
+        char *end = NULL;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (end == cl || *end != '\0' || v > h->cfg->max_body_bytes) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "request body larger than %zu bytes",
+                     h->cfg->max_body_bytes);
+            return send_error(c, st, KMS_ERR_TOO_LARGE, msg);
+        }
+    }
+    st->call.policy = kms_service_policy(h->svc);
+    if (authenticate(h, c, st) != KMS_OK)
+        return send_error(c, st, KMS_ERR_UNAUTHENTICATED, kms_err_detail());
+    return MHD_YES;
+}
+
+static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_size,
+                                      void **con_cls)
+{
+    (void)version;
+    struct kms_http *h = cls;
+    struct req_state *st = *con_cls;
+    if (st == NULL) {
+        st = calloc(1, sizeof(*st));
+        if (st == NULL)
+            return MHD_NO;
+        *con_cls = st;
+        st->call.svc = h->svc;
+        uint8_t rid[16];
+        RAND_bytes(rid, sizeof(rid));
+        for (size_t i = 0; i < sizeof(rid); i++)
+            snprintf(st->call.request_id + 2 * i, 3, "%02x", rid[i]);
+        return first_call(h, c, st, url, method);
+    }
+    if (*upload_size > 0) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (st->too_large)
+            return MHD_YES;
+        if (n > h->cfg->max_body_bytes - st->len) {
+            /* Chunked bodies have no length up front: stop storing at the
+             * limit and refuse at the end. */
+            st->too_large = true;
+            return MHD_YES;
+        }
+        if (st->len + n > st->cap) {
+            size_t nc = st->cap ? st->cap : 4096;
+            while (nc < st->len + n)
+                nc *= 2;
+            if (nc > h->cfg->max_body_bytes)
+                nc = h->cfg->max_body_bytes;
+            uint8_t *nb = malloc(nc);
+            if (nb == NULL)
+                return MHD_NO;
+            /* Copy and wipe rather than realloc: the old buffer may hold
+             * plaintext. */
+            if (st->body) {
+                memcpy(nb, st->body, st->len);
+                OPENSSL_cleanse(st->body, st->cap);
+                free(st->body);
+            }
+            st->body = nb;
+            st->cap = nc;
+        }
+        memcpy(st->body + st->len, upload_data, n);
+        st->len += n;
+        return MHD_YES;
+    }
+    if (st->too_large) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "request body larger than %zu bytes", h->cfg->max_body_bytes);
+        return send_error(c, st, KMS_ERR_TOO_LARGE, msg);
+    }
+    struct kms_reply reply = {NULL, 0, false};
+    kms_err_clear();
+    kms_err rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, &reply);
+    if (rc != KMS_OK) {
+        free(reply.data);
+        /* Internal details go to the log only; the client gets the code. */
+        const char *msg = kms_err_detail();
+        if (kms_err_http_status(rc) >= 500) {
+            kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
+                          msg);
+            msg = kms_err_http_status(rc) == 503 ? "the HSM or store is unavailable; retry"
+                                                 : "internal error";
+        }
+        return send_error(c, st, rc, msg);
+    }
+    kms_log_debug("http", "request %s %s by %s: ok", st->call.request_id, st->method,
+                  pol_principal_id(st->call.who));
+    return send_reply(c, st, &reply);
+}
+
+static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                              enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    (void)toe;
+    struct req_state *st = *con_cls;
+    if (st == NULL)
+        return;
+    if (st->body) {
+        OPENSSL_cleanse(st->body, st->cap);
+        free(st->body);
+    }
+    pol_doc_unref(st->call.policy);
+    free(st);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n')
+        msg[--n] = '\0';
+    kms_log_warn("mhd", "%s", msg);
+}
+
+static char *read_pem(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        kms_err_set(KMS_ERR_CONFIG, "%s: cannot open", path);
+        return NULL;
+    }
+    char *buf = calloc(1, 65537);
+    size_t n = buf ? fread(buf, 1, 65536, f) : 0;
+    fclose(f);
+    if (buf == NULL || n == 0 || n == 65536) {
+        free(buf);
+        kms_err_set(KMS_ERR_CONFIG, "%s: empty or larger than 64 KiB", path);
+        return NULL;
+    }
+    return buf;
+}
+
+kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
+{
+    kms_err rc = KMS_OK;
+    *out = NULL;
+    struct kms_http *h = calloc(1, sizeof(*h));
+    KMS_ENSURE(h != NULL, KMS_ERR_NOMEM, "out of memory");
+    h->svc = svc;
+    h->cfg = kms_service_config(svc);
+    const struct kms_config *cfg = h->cfg;
+
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)cfg->listen_port);
+    inet_pton(AF_INET, cfg->listen_address, &addr.sin_addr);
+
+    unsigned threads = cfg->threads;
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (unsigned)n : 1;
+    }
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    struct MHD_OptionItem tls_opts[5];
+    size_t nt = 0;
+    if (cfg->tls_cert) {
+        KMS_ENSURE_GOTO(MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES, fail, KMS_ERR_CONFIG,
+                        "this libmicrohttpd has no TLS support");
+        h->tls_cert = read_pem(cfg->tls_cert);
+        h->tls_key = read_pem(cfg->tls_key);
+        KMS_ENSURE_GOTO(h->tls_cert && h->tls_key, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
+        flags |= MHD_USE_TLS;
+        tls_opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
+        tls_opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+        if (cfg->tls_client_ca) {
+            h->tls_ca = read_pem(cfg->tls_client_ca);
+            KMS_ENSURE_GOTO(h->tls_ca, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
+            /* Makes the server request a client certificate in the
+             * handshake; whether one is required is decided per request. */
+            tls_opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, h->tls_ca};
+        }
+    }
+    tls_opts[nt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+
+    h->daemon = MHD_start_daemon(
+        flags, (uint16_t)cfg->listen_port, NULL, NULL, access_handler, h,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, threads,
+        MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        cfg->connection_timeout_s,
+        /* Bounds the header block of one request (and MHD's read buffer). */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, 0, MHD_OPTION_STRICT_FOR_CLIENT, 1,
+        MHD_OPTION_NOTIFY_COMPLETED, request_completed, h, MHD_OPTION_ARRAY, tls_opts,
+        MHD_OPTION_END);
+    KMS_ENSURE_GOTO(h->daemon != NULL, fail, KMS_ERR_CONFIG, "cannot listen on %s:%u",
+                    cfg->listen_address, cfg->listen_port);
+    kms_log_info("http", "listening on %s://%s:%u with %u threads%s",
+                 cfg->tls_cert ? "https" : "http", cfg->listen_address, cfg->listen_port, threads,
+                 cfg->tls_client_ca ? (cfg->tls_require_client_cert ? ", client certificates required"
+                                                                     : ", client certificates accepted")
+                                    : "");
+    *out = h;
+    return KMS_OK;
+fail:
+    kms_http_stop(h);
+    return rc;
+}
+
+void kms_http_stop(struct kms_http *h)
+{
+    if (h == NULL)
+        return;
+    if (h->daemon)
+        MHD_stop_daemon(h->daemon);
+    if (h->tls_key) {
+        OPENSSL_cleanse(h->tls_key, strlen(h->tls_key));
+        free(h->tls_key);
+    }
+    free(h->tls_cert);
+    free(h->tls_ca);
+    free(h);
+}

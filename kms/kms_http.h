@@ -1,0 +1,25 @@
+/*
+ * kms_http.h - the HTTP(S) front: libmicrohttpd with an internal thread pool
+ * (epoll), explicit limits, TLS and mutual TLS, bearer API keys, Twirp
+ * dispatch.
+ */
+#ifndef KMS_HTTP_H
+#define KMS_HTTP_H
+
+#include "kms_error.h"
+#include "kms_service.h"
+
+struct kms_http;
+
+/* Start listening as the service's configuration says. */
+kms_err kms_http_start(struct kms_service *svc, struct kms_http **out);
+
+/* Stop accepting, finish in-flight requests, stop the threads. NULL ok. */
+void kms_http_stop(struct kms_http *http);
+
+/* Longest bearer key accepted; longer ones are refused unread. */
+#define KMS_HTTP_BEARER_MAX 512
+/* Longest X-Correlation-Id accepted. */
+#define KMS_HTTP_CORRELATION_MAX 128
+
+#endif

@@ -1,0 +1,438 @@
+/*
+ * kms_keyadmin.c - key lifecycle RPCs: create, describe, list, rotate,
+ * enable, disable, schedule and cancel deletion.
+ *
+ * Creating a key or a version follows the store's crash-safety protocol
+ * (kms_store.h): intent row, HSM object, activation. A failure after the
+ * intent row removes the row again, so a refused request changes nothing.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+
+#include "kms_blob.h"
+#include "kms_log.h"
+#include "kms_rpc.h"
+#include "kms_store.h"
+#include "p11_crypto.h"
+#include "p11_key.h"
+#include "pol_eval.h"
+#include "proto/key.pb-c.h"
+
+/* ---- shared helpers ------------------------------------------------------ */
+
+kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
+                              struct kms_key_record *out_key)
+{
+    uint8_t raw[16];
+    KMS_GUARD(kms_key_id_parse(key_id, raw));
+    kms_err rc = kms_store_key_get(kms_service_store(call->svc), key_id, out_key);
+    if (rc == KMS_ERR_NOT_FOUND)
+        return kms_err_set(KMS_ERR_NOT_FOUND, "key not found");
+    KMS_GUARD(rc);
+    struct pol_target t = {out_key->key_id, out_key->tenant, out_key->region};
+    struct pol_decision d;
+    rc = pol_decide(call->policy, call->who, op, &t, &d);
+    if (rc != KMS_OK)
+        kms_log_info("policy", "request %s: %s on key %s refused by rule %s", call->request_id,
+                     pol_op_name(op), key_id, d.rule);
+    return rc;
+}
+
+static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    r->data = malloc(n ? n : 1);
+    KMS_ENSURE(r->data != NULL, KMS_ERR_NOMEM, "out of memory");
+    r->len = protobuf_c_message_pack(m, r->data);
+    return KMS_OK;
+}
+
+/* KeyMetadata borrows strings from the record; versions are allocated here
+ * and released by metadata_release. */
+struct metadata {
+    Custos__V1__KeyMetadata m;
+    Custos__V1__KeyVersion *vs;
+    Custos__V1__KeyVersion **vp;
+};
+
+static kms_err metadata_fill(struct kms_call *call, struct kms_key_record *k, bool versions,
+                             struct metadata *md)
+{
+    custos__v1__key_metadata__init(&md->m);
+    md->vs = NULL;
+    md->vp = NULL;
+    md->m.key_id = k->key_id;
+    md->m.tenant = k->tenant;
+    md->m.region = k->region;
+    md->m.spec = CUSTOS__V1__KEY_SPEC__AES_256;
+    md->m.usage = CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
+    md->m.origin = k->origin == KMS_KEY_ORIGIN_EXTERNAL ? CUSTOS__V1__KEY_ORIGIN__EXTERNAL
+                                                        : CUSTOS__V1__KEY_ORIGIN__HSM;
+    /* The proto enum uses the store's numbers on purpose. */
+    md->m.state = (Custos__V1__KeyState)k->state;
+    md->m.description = k->description;
+    md->m.created_at = k->created_at;
+    md->m.deletion_at = k->deletion_at;
+    md->m.current_version = k->current_version;
+    if (!versions)
+        return KMS_OK;
+    struct kms_version_record *vr = NULL;
+    size_t n = 0;
+    KMS_GUARD(kms_store_versions_list(kms_service_store(call->svc), k->key_id, &vr, &n));
+    md->vs = calloc(n ? n : 1, sizeof(*md->vs));
+    md->vp = calloc(n ? n : 1, sizeof(*md->vp));
+    if (md->vs == NULL || md->vp == NULL) {
+        free(vr);
+        return kms_err_set(KMS_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        custos__v1__key_version__init(&md->vs[i]);
+        md->vs[i].version = vr[i].version;
+        md->vs[i].created_at = vr[i].created_at;
+        md->vs[i].state = (char *)kms_version_state_name(vr[i].state);
+        md->vp[i] = &md->vs[i];
+    }
+    md->m.n_versions = n;
+    md->m.versions = md->vp;
+    free(vr);
+    return KMS_OK;
+}
+
+static void metadata_release(struct metadata *md)
+{
+    free(md->vs);
+    free(md->vp);
+}
+
+/* Reply with the key's metadata; used by every single-key admin RPC, whose
+ * responses all have the one field `key` (field 1). */
+static kms_err reply_key(struct kms_call *call, const char *key_id,
+                         const ProtobufCMessageDescriptor *desc, struct kms_reply *reply)
+{
+    struct kms_key_record k;
+    KMS_GUARD(kms_store_key_get(kms_service_store(call->svc), key_id, &k));
+    struct metadata md;
+    kms_err rc = metadata_fill(call, &k, true, &md);
+    if (rc == KMS_OK) {
+        /* Every *KeyResponse is {base; KeyMetadata *key}: build it through
+         * the descriptor so one function serves them all. */
+        struct {
+            ProtobufCMessage base;
+            Custos__V1__KeyMetadata *key;
+        } resp;
+        protobuf_c_message_init(desc, &resp);
+        resp.key = &md.m;
+        rc = pack(&resp.base, reply);
+    }
+    metadata_release(&md);
+    return rc;
+}
+
+static void hsm_label(char out[80], const char *key_id, uint32_t version)
+{
+    snprintf(out, 80, KMS_HSM_LABEL_PREFIX "%s:v%u", key_id, version);
+}
+
+/* Make the HSM object of a version whose CREATING row exists; on failure
+ * discard the row so nothing is left behind. */
+static kms_err make_version(struct kms_call *call, struct p11_token *tok, const char *key_id,
+                            uint32_t version, const uint8_t hsm_id[16])
+{
+    struct kms_store *st = kms_service_store(call->svc);
+    struct p11_key_id id;
+    memcpy(id.b, hsm_id, 16);
+    char label[80];
+    hsm_label(label, key_id, version);
+    kms_err rc = p11_key_generate(tok, P11_KEY_AES_ENCRYPT, 0, &id, label);
+    if (rc == KMS_OK)
+        rc = kms_store_version_activate(st, key_id, version);
+    if (rc != KMS_OK) {
+        char detail[512];
+        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+        p11_key_destroy(tok, &id);
+        kms_store_creating_discard(st, key_id, version);
+        kms_log_error("keys", "request %s: key %s v%u not created: %s", call->request_id, key_id,
+                      version, detail);
+        kms_err_set(rc, "%s", detail);
+    }
+    return rc;
+}
+
+/* ---- CreateKey ---------------------------------------------------------------- */
+
+kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t len,
+                           struct kms_reply *reply)
+{
+    kms_err rc = KMS_OK;
+    Custos__V1__CreateKeyRequest *req = custos__v1__create_key_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("CreateKeyRequest");
+
+    const char *tenant = pol_principal_tenant_id(call->who);
+    struct pol_target t = {NULL, tenant, req->region};
+    struct pol_decision d;
+    KMS_ENSURE_GOTO(req->region[0] != '\0', done, KMS_ERR_INVALID_ARGUMENT, "region is required");
+    KMS_ENSURE_GOTO(req->spec == CUSTOS__V1__KEY_SPEC__AES_256, done, KMS_ERR_INVALID_ARGUMENT,
+                    "spec must be AES_256");
+    KMS_ENSURE_GOTO(req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT, done,
+                    KMS_ERR_INVALID_ARGUMENT, "usage must be ENCRYPT_DECRYPT");
+    KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
+                    KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
+                    KMS_DESCRIPTION_MAX);
+    rc = pol_decide(call->policy, call->who, POL_OP_CREATE_KEY, &t, &d);
+    if (rc != KMS_OK) {
+        kms_log_info("policy", "request %s: CreateKey in %s refused by rule %s", call->request_id,
+                     req->region, d.rule);
+        goto done;
+    }
+    const struct pol_tenant *pt = pol_principal_tenant(call->who);
+    /* Escrow at birth is a tenant promise to its regulator: never create a
+     * key that skips it. (The escrow feature supplies the wrap step.) */
+    KMS_ENSURE_GOTO(pt == NULL || !pol_tenant_escrow_required(pt), done,
+                    KMS_ERR_FAILED_PRECONDITION,
+                    "tenant requires key escrow, which is not enabled on this server");
+    struct p11_token *tok = kms_service_token(call->svc, req->region);
+    KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
+                    "region %s is not served by this node", req->region);
+    rc = p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
+    if (rc != KMS_OK)
+        goto done;
+
+    struct kms_key_record k;
+    memset(&k, 0, sizeof(k));
+    uint8_t raw_id[16];
+    KMS_ENSURE_GOTO(RAND_bytes(raw_id, sizeof(raw_id)) == 1, done, KMS_ERR_INTERNAL,
+                    "random number generator failed");
+    kms_key_id_format(raw_id, k.key_id);
+    snprintf(k.tenant, sizeof(k.tenant), "%s", tenant);
+    snprintf(k.region, sizeof(k.region), "%s", req->region);
+    snprintf(k.token, sizeof(k.token), "%s", p11_token_label(tok));
+    snprintf(k.description, sizeof(k.description), "%s", req->description);
+    k.spec = KMS_KEY_SPEC_AES_256;
+    k.usage = KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+    k.created_at = (int64_t)time(NULL);
+    struct kms_store *st = kms_service_store(call->svc);
+
+    if (req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL) {
+        /* BYOK: no material until ImportKeyMaterial. */
+        k.origin = KMS_KEY_ORIGIN_EXTERNAL;
+        k.state = KMS_KEY_PENDING_IMPORT;
+        KMS_GUARD_GOTO(kms_store_key_insert(st, &k, NULL), done);
+    } else {
+        k.origin = KMS_KEY_ORIGIN_HSM;
+        k.state = KMS_KEY_CREATING;
+        struct kms_version_record v1;
+        memset(&v1, 0, sizeof(v1));
+        struct p11_key_id hid;
+        KMS_GUARD_GOTO(p11_key_id_new(tok, &hid), done);
+        memcpy(v1.hsm_id, hid.b, 16);
+        v1.version = 1;
+        v1.state = KMS_VERSION_CREATING;
+        v1.created_at = k.created_at;
+        KMS_GUARD_GOTO(kms_store_key_insert(st, &k, &v1), done);
+        KMS_GUARD_GOTO(make_version(call, tok, k.key_id, 1, v1.hsm_id), done);
+    }
+    kms_log_info("keys", "request %s: key %s created in %s for tenant %s", call->request_id,
+                 k.key_id, k.region, k.tenant);
+    rc = reply_key(call, k.key_id, &custos__v1__create_key_response__descriptor, reply);
+done:
+    custos__v1__create_key_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+/* ---- DescribeKey, ListKeys ------------------------------------------------------- */
+
+kms_err kms_rpc_describe_key(struct kms_call *call, const uint8_t *body, size_t len,
+                             struct kms_reply *reply)
+{
+    Custos__V1__DescribeKeyRequest *req = custos__v1__describe_key_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("DescribeKeyRequest");
+    struct kms_key_record k;
+    kms_err rc = kms_rpc_authorize_key(call, POL_OP_DESCRIBE_KEY, req->key_id, &k);
+    if (rc == KMS_OK)
+        rc = reply_key(call, k.key_id, &custos__v1__describe_key_response__descriptor, reply);
+    custos__v1__describe_key_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len,
+                          struct kms_reply *reply)
+{
+    kms_err rc = KMS_OK;
+    Custos__V1__ListKeysRequest *req = custos__v1__list_keys_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("ListKeysRequest");
+    struct kms_key_record *keys = NULL;
+    size_t n = 0;
+    struct metadata *mds = NULL;
+    Custos__V1__KeyMetadata **mp = NULL;
+    char next[KMS_PAGE_TOKEN_SIZE] = "";
+
+    const char *tenant = pol_principal_tenant_id(call->who);
+    struct pol_target t = {NULL, tenant, NULL};
+    struct pol_decision d;
+    KMS_GUARD_GOTO(pol_decide(call->policy, call->who, POL_OP_LIST_KEYS, &t, &d), done);
+    KMS_ENSURE_GOTO(req->page_size <= KMS_PAGE_SIZE_MAX, done, KMS_ERR_INVALID_ARGUMENT,
+                    "page_size must be 1..%d", KMS_PAGE_SIZE_MAX);
+    size_t page = req->page_size ? req->page_size : 100;
+    KMS_GUARD_GOTO(kms_store_keys_list(kms_service_store(call->svc), tenant, req->page_token, page,
+                                       &keys, &n, next),
+                   done);
+    mds = calloc(n ? n : 1, sizeof(*mds));
+    mp = calloc(n ? n : 1, sizeof(*mp));
+    KMS_ENSURE_GOTO(mds && mp, done, KMS_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        metadata_fill(call, &keys[i], false, &mds[i]);
+        mp[i] = &mds[i].m;
+    }
+    Custos__V1__ListKeysResponse resp = CUSTOS__V1__LIST_KEYS_RESPONSE__INIT;
+    resp.n_keys = n;
+    resp.keys = mp;
+    resp.next_page_token = next;
+    rc = pack(&resp.base, reply);
+done:
+    free(mds);
+    free(mp);
+    free(keys);
+    custos__v1__list_keys_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+/* ---- RotateKey -------------------------------------------------------------------- */
+
+kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t len,
+                           struct kms_reply *reply)
+{
+    kms_err rc = KMS_OK;
+    Custos__V1__RotateKeyRequest *req = custos__v1__rotate_key_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("RotateKeyRequest");
+    struct kms_key_record k;
+    KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_ROTATE_KEY, req->key_id, &k), done);
+    KMS_ENSURE_GOTO(k.state == KMS_KEY_ENABLED, done, KMS_ERR_FAILED_PRECONDITION,
+                    "key is %s; only an ENABLED key can be rotated", kms_key_state_name(k.state));
+    struct p11_token *tok = kms_service_token(call->svc, k.region);
+    KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
+                    "region %s is not served by this node", k.region);
+    struct p11_key_id hid;
+    uint32_t version = 0;
+    KMS_GUARD_GOTO(p11_key_id_new(tok, &hid), done);
+    KMS_GUARD_GOTO(kms_store_version_add(kms_service_store(call->svc), k.key_id, hid.b,
+                                         (int64_t)time(NULL), &version),
+                   done);
+    KMS_GUARD_GOTO(make_version(call, tok, k.key_id, version, hid.b), done);
+    kms_log_info("keys", "request %s: key %s rotated to version %u", call->request_id, k.key_id,
+                 version);
+    rc = reply_key(call, k.key_id, &custos__v1__rotate_key_response__descriptor, reply);
+done:
+    custos__v1__rotate_key_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+/* ---- state changes ------------------------------------------------------------------ */
+
+/* The four state RPCs share one shape: {key_id [, days]} -> {key}. */
+struct transition {
+    enum pol_op op;
+    enum kms_key_state from[2];
+    size_t n_from;
+    enum kms_key_state to;
+    const ProtobufCMessageDescriptor *resp;
+};
+
+static kms_err change_state(struct kms_call *call, const char *key_id, const struct transition *tr,
+                            int64_t deletion_at, struct kms_reply *reply)
+{
+    struct kms_key_record k;
+    KMS_GUARD(kms_rpc_authorize_key(call, tr->op, key_id, &k));
+    bool ok = false;
+    for (size_t i = 0; i < tr->n_from; i++)
+        ok |= k.state == tr->from[i];
+    KMS_ENSURE(ok, KMS_ERR_FAILED_PRECONDITION, "key is %s; %s needs %s%s%s",
+               kms_key_state_name(k.state), pol_op_name(tr->op), kms_key_state_name(tr->from[0]),
+               tr->n_from > 1 ? " or " : "", tr->n_from > 1 ? kms_key_state_name(tr->from[1]) : "");
+    /* Compare-and-set: a concurrent change makes this fail cleanly. */
+    KMS_GUARD(kms_store_key_set_state(kms_service_store(call->svc), k.key_id, k.state, tr->to,
+                                      deletion_at));
+    kms_log_info("keys", "request %s: key %s %s -> %s", call->request_id, k.key_id,
+                 kms_key_state_name(k.state), kms_key_state_name(tr->to));
+    return reply_key(call, k.key_id, tr->resp, reply);
+}
+
+kms_err kms_rpc_enable_key(struct kms_call *call, const uint8_t *body, size_t len,
+                           struct kms_reply *reply)
+{
+    Custos__V1__EnableKeyRequest *req = custos__v1__enable_key_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("EnableKeyRequest");
+    static const struct transition tr = {POL_OP_ENABLE_KEY, {KMS_KEY_DISABLED, KMS_KEY_ENABLED}, 1,
+                                         KMS_KEY_ENABLED,
+                                         &custos__v1__enable_key_response__descriptor};
+    kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
+    custos__v1__enable_key_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+kms_err kms_rpc_disable_key(struct kms_call *call, const uint8_t *body, size_t len,
+                            struct kms_reply *reply)
+{
+    Custos__V1__DisableKeyRequest *req = custos__v1__disable_key_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("DisableKeyRequest");
+    static const struct transition tr = {POL_OP_DISABLE_KEY, {KMS_KEY_ENABLED, KMS_KEY_ENABLED}, 1,
+                                         KMS_KEY_DISABLED,
+                                         &custos__v1__disable_key_response__descriptor};
+    kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
+    custos__v1__disable_key_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+kms_err kms_rpc_schedule_key_deletion(struct kms_call *call, const uint8_t *body, size_t len,
+                                      struct kms_reply *reply)
+{
+    Custos__V1__ScheduleKeyDeletionRequest *req =
+        custos__v1__schedule_key_deletion_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("ScheduleKeyDeletionRequest");
+    const struct kms_config *cfg = kms_service_config(call->svc);
+    kms_err rc = KMS_OK;
+    unsigned days = req->pending_window_days ? req->pending_window_days
+                                             : cfg->deletion_default_days;
+    KMS_ENSURE_GOTO(days >= cfg->deletion_min_days && days <= 3650, done,
+                    KMS_ERR_INVALID_ARGUMENT, "pending_window_days must be %u..3650",
+                    cfg->deletion_min_days);
+    static const struct transition tr = {POL_OP_SCHEDULE_KEY_DELETION,
+                                         {KMS_KEY_ENABLED, KMS_KEY_DISABLED},
+                                         2,
+                                         KMS_KEY_PENDING_DELETION,
+                                         &custos__v1__schedule_key_deletion_response__descriptor};
+    int64_t at = (int64_t)time(NULL) + (int64_t)days * cfg->deletion_day_seconds;
+    rc = change_state(call, req->key_id, &tr, at, reply);
+done:
+    custos__v1__schedule_key_deletion_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const uint8_t *body, size_t len,
+                                    struct kms_reply *reply)
+{
+    Custos__V1__CancelKeyDeletionRequest *req =
+        custos__v1__cancel_key_deletion_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("CancelKeyDeletionRequest");
+    /* As in AWS KMS, a cancelled deletion leaves the key disabled: someone
+     * meant to delete it, so a human re-enables it on purpose. */
+    static const struct transition tr = {POL_OP_CANCEL_KEY_DELETION,
+                                         {KMS_KEY_PENDING_DELETION, KMS_KEY_PENDING_DELETION},
+                                         1,
+                                         KMS_KEY_DISABLED,
+                                         &custos__v1__cancel_key_deletion_response__descriptor};
+    kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
+    custos__v1__cancel_key_deletion_request__free_unpacked(req, NULL);
+    return rc;
+}

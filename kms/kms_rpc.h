@@ -1,0 +1,71 @@
+/*
+ * kms_rpc.h - what an RPC handler sees, and the route table.
+ *
+ * The HTTP front authenticates the caller and hands each handler a decoded
+ * call: the service, the policy document in force for this request (a
+ * reference held until the request ends), the principal, and the request
+ * id. A handler unpacks its request, decides, acts, and packs its response
+ * into a kms_reply. Handlers return a kms_err and set a client-safe detail
+ * (kms_err_set); the front turns it into a Twirp error.
+ */
+#ifndef KMS_RPC_H
+#define KMS_RPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kms_error.h"
+#include "kms_service.h"
+#include "pol_doc.h"
+
+struct kms_call {
+    struct kms_service *svc;
+    struct pol_doc *policy;
+    const struct pol_principal *who;
+    char request_id[33];
+};
+
+/* The packed response. secret=true when it carries plaintext or a data key:
+ * the front wipes it after sending. */
+struct kms_reply {
+    uint8_t *data;
+    size_t len;
+    bool secret;
+};
+
+typedef kms_err (*kms_rpc_fn)(struct kms_call *call, const uint8_t *body, size_t len,
+                              struct kms_reply *reply);
+
+/* Handler for "custos.v1.KeyService/Encrypt" etc., or NULL (bad_route). */
+kms_rpc_fn kms_rpc_lookup(const char *service, const char *method);
+
+/* The handlers (kms_keyadmin.c and kms_envelope.c). */
+kms_err kms_rpc_create_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_describe_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_list_keys(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_rotate_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_enable_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_disable_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_schedule_key_deletion(struct kms_call *, const uint8_t *, size_t,
+                                      struct kms_reply *);
+kms_err kms_rpc_cancel_key_deletion(struct kms_call *, const uint8_t *, size_t,
+                                    struct kms_reply *);
+kms_err kms_rpc_encrypt(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_decrypt(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_re_encrypt(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_generate_data_key(struct kms_call *, const uint8_t *, size_t,
+                                  struct kms_reply *);
+kms_err kms_rpc_decrypt_data_key(struct kms_call *, const uint8_t *, size_t,
+                                 struct kms_reply *);
+
+/* Shared by handlers: load a key visible to the caller and authorize op on
+ * it. A missing key and another tenant's key give the same NOT_FOUND. */
+struct kms_key_record;
+kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
+                              struct kms_key_record *out_key);
+
+/* Malformed protobuf body. */
+#define KMS_RPC_MALFORMED(what) kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message", (what))
+
+#endif

@@ -1,0 +1,56 @@
+/*
+ * kms_service.h - the running service: configuration, HSM tokens by region,
+ * the metadata store, the current policy document, and the background
+ * deletion sweeper. One per kmsd process.
+ *
+ * Thread-safety: everything here may be called from any HTTP worker thread.
+ * The policy document is swapped atomically under a mutex on reload; each
+ * request takes its own reference (kms_service_policy) and keeps it until
+ * the request ends, so a reload never changes a decision mid-request.
+ */
+#ifndef KMS_SERVICE_H
+#define KMS_SERVICE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kms_config.h"
+#include "kms_error.h"
+#include "kms_store.h"
+#include "p11_token.h"
+#include "pol_doc.h"
+
+struct kms_service;
+
+/* Load the module, open and log in to every token, open the store, load the
+ * policy, reconcile the store with the tokens (removing half-created keys
+ * and orphan HSM objects), and start the sweeper. cfg must outlive the
+ * service. */
+kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out);
+
+/* Stop the sweeper, close tokens, store and module. NULL is a no-op. */
+void kms_service_free(struct kms_service *svc);
+
+/* Re-read the policy file. A bad document is refused (error returned and
+ * logged) and the current one stays. */
+kms_err kms_service_reload_policy(struct kms_service *svc);
+
+/* A new reference to the current policy; the caller pol_doc_unref()s it. */
+struct pol_doc *kms_service_policy(struct kms_service *svc);
+
+/* The token serving region on this node, or NULL. */
+struct p11_token *kms_service_token(struct kms_service *svc, const char *region);
+
+struct kms_store *kms_service_store(struct kms_service *svc);
+const struct kms_config *kms_service_config(const struct kms_service *svc);
+
+/* One pass of the deletion sweeper (the background thread calls it every
+ * sweep_interval_s): destroys keys whose waiting period is over. Returns the
+ * number of keys destroyed in *out_n. */
+kms_err kms_service_sweep(struct kms_service *svc, int64_t now, size_t *out_n);
+
+/* Label prefix of every HSM object the service creates; reconcile treats
+ * objects with this prefix that the store does not know as orphans. */
+#define KMS_HSM_LABEL_PREFIX "custos:key:"
+
+#endif

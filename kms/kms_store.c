@@ -1,0 +1,596 @@
+/*
+ * kms_store.c - the metadata store: opening it, validating what goes in,
+ * and the key operations. Versions and reconcile are in kms_store_versions.c.
+ *
+ * Every write runs on the one writer connection, holding its mutex, inside
+ * BEGIN IMMEDIATE ... COMMIT: the mutex orders this process's writers, the
+ * IMMEDIATE lock orders us against anything else on the file (an operator's
+ * sqlite3 shell, a backup), and whatever a write checks first is still true
+ * when it writes. Reads run on read-only connections.
+ */
+#include "kms_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kms_log.h"
+#include "kms_store_internal.h"
+
+/* Page tokens: "k1" + created_at in 16 hex digits + key_id of the last key
+ * returned. Opaque to clients; the prefix lets the format change later. */
+#define PAGE_TOKEN_PREFIX "k1"
+#define PAGE_TOKEN_PREFIX_LEN (sizeof(PAGE_TOKEN_PREFIX) - 1)
+#define PAGE_TOKEN_LEN (PAGE_TOKEN_PREFIX_LEN + 16 + KMS_KEY_ID_LEN)
+_Static_assert(PAGE_TOKEN_LEN < KMS_PAGE_TOKEN_SIZE, "page token must fit");
+
+const char *kms_key_state_name(enum kms_key_state state)
+{
+    switch (state) {
+    case KMS_KEY_CREATING:
+        return "CREATING";
+    case KMS_KEY_ENABLED:
+        return "ENABLED";
+    case KMS_KEY_DISABLED:
+        return "DISABLED";
+    case KMS_KEY_PENDING_IMPORT:
+        return "PENDING_IMPORT";
+    case KMS_KEY_PENDING_DELETION:
+        return "PENDING_DELETION";
+    case KMS_KEY_DESTROYED:
+        return "DESTROYED";
+    }
+    return "UNKNOWN";
+}
+
+const char *kms_version_state_name(enum kms_version_state state)
+{
+    switch (state) {
+    case KMS_VERSION_CREATING:
+        return "CREATING";
+    case KMS_VERSION_ACTIVE:
+        return "ACTIVE";
+    case KMS_VERSION_DESTROYED:
+        return "DESTROYED";
+    }
+    return "UNKNOWN";
+}
+
+/* ---- validation --------------------------------------------------------- */
+
+static bool is_lower_hex(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+kms_err store_check_key_id(const char *key_id, const char *op)
+{
+    KMS_ENSURE(key_id != NULL, KMS_ERR_USAGE, "store: %s: key id is NULL", op);
+    /* Not echoed: it is caller input of unknown shape and length. */
+    KMS_ENSURE(strnlen(key_id, KMS_KEY_ID_LEN + 1) == KMS_KEY_ID_LEN &&
+                   is_lower_hex(key_id, KMS_KEY_ID_LEN),
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: key id must be %d lowercase hex characters",
+               op, KMS_KEY_ID_LEN);
+    return KMS_OK;
+}
+
+/* A NUL-terminated string within size bytes, of 1..max bytes (0..max if
+ * allow_empty), each in lo..0x7e. */
+static kms_err check_ascii(const char *s, size_t size, size_t max, char lo, bool allow_empty,
+                           const char *op, const char *what)
+{
+    KMS_ENSURE(s != NULL, KMS_ERR_USAGE, "store: %s: %s is NULL", op, what);
+    size_t n = strnlen(s, size < max + 1 ? size : max + 1);
+    KMS_ENSURE(n <= max && n < size, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: %s longer than %zu bytes", op, what, max);
+    KMS_ENSURE(n > 0 || allow_empty, KMS_ERR_INVALID_ARGUMENT, "store: %s: %s is empty", op,
+               what);
+    for (size_t i = 0; i < n; i++)
+        KMS_ENSURE(s[i] >= lo && s[i] <= 0x7e, KMS_ERR_INVALID_ARGUMENT,
+                   "store: %s: %s has a character outside printable ASCII", op, what);
+    return KMS_OK;
+}
+
+static kms_err check_tenant(const char *tenant, size_t size, const char *op)
+{
+    return check_ascii(tenant, size, KMS_TENANT_MAX, 0x21, false, op, "tenant");
+}
+
+kms_err store_check_token(const char *token, size_t size, const char *op)
+{
+    KMS_GUARD(check_ascii(token, size, KMS_TOKEN_LABEL_MAX, 0x20, false, op, "token label"));
+    size_t n = strlen(token);
+    KMS_ENSURE(token[0] != ' ' && token[n - 1] != ' ', KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: token label starts or ends with a space", op);
+    return KMS_OK;
+}
+
+/* Well-formed UTF-8 (no overlong forms, surrogates or code points past
+ * U+10FFFF) without C0/C1 controls or DEL: descriptions reach terminals and
+ * log viewers, where control characters are an injection vector. */
+static bool is_clean_utf8(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        uint32_t cp;
+        size_t len;
+        if (c < 0x80) {
+            if (c < 0x20 || c == 0x7f)
+                return false;
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf) {
+            len = 2;
+            cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (n - i < len)
+            return false;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+static kms_err check_new_key(const struct kms_key_record *key,
+                             const struct kms_version_record *v1, const char *op)
+{
+    KMS_GUARD(store_check_key_id(key->key_id, op));
+    KMS_GUARD(check_tenant(key->tenant, sizeof(key->tenant), op));
+    KMS_GUARD(check_ascii(key->region, sizeof(key->region), KMS_REGION_MAX, 0x21, false, op,
+                          "region"));
+    KMS_GUARD(store_check_token(key->token, sizeof(key->token), op));
+    size_t dlen = strnlen(key->description, sizeof(key->description));
+    KMS_ENSURE(dlen <= KMS_DESCRIPTION_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: description longer than %d bytes", op, KMS_DESCRIPTION_MAX);
+    KMS_ENSURE(is_clean_utf8((const unsigned char *)key->description, dlen),
+               KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: description is not UTF-8 text without control characters", op);
+
+    KMS_ENSURE(key->spec >= KMS_KEY_SPEC_AES_256 && key->spec <= KMS_KEY_SPEC_METADATA,
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: unknown key spec %d", op, (int)key->spec);
+    KMS_ENSURE(key->usage >= KMS_KEY_USAGE_ENCRYPT_DECRYPT &&
+                   key->usage <= KMS_KEY_USAGE_METADATA,
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: unknown key usage %d", op, (int)key->usage);
+    KMS_ENSURE(key->origin == KMS_KEY_ORIGIN_HSM || key->origin == KMS_KEY_ORIGIN_EXTERNAL,
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: unknown key origin %d", op,
+               (int)key->origin);
+    KMS_ENSURE(key->created_at > 0, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: created_at must be positive", op);
+    KMS_ENSURE(key->deletion_at == 0 && key->current_version == 0, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: a new key has no deletion date and no current version", op);
+
+    switch (key->state) {
+    case KMS_KEY_CREATING:
+        KMS_ENSURE(v1 != NULL, KMS_ERR_INVALID_ARGUMENT,
+                   "store: %s: a CREATING key needs its version 1", op);
+        KMS_ENSURE(v1->key_id[0] == '\0' ||
+                       strncmp(v1->key_id, key->key_id, sizeof(v1->key_id)) == 0,
+                   KMS_ERR_INVALID_ARGUMENT, "store: %s: version 1 belongs to another key", op);
+        KMS_ENSURE(v1->version == 1 && v1->state == KMS_VERSION_CREATING,
+                   KMS_ERR_INVALID_ARGUMENT,
+                   "store: %s: the first version must be version 1 in CREATING", op);
+        KMS_ENSURE(v1->created_at > 0, KMS_ERR_INVALID_ARGUMENT,
+                   "store: %s: version created_at must be positive", op);
+        return KMS_OK;
+    case KMS_KEY_PENDING_IMPORT:
+        KMS_ENSURE(key->origin == KMS_KEY_ORIGIN_EXTERNAL && v1 == NULL,
+                   KMS_ERR_INVALID_ARGUMENT,
+                   "store: %s: a PENDING_IMPORT key is EXTERNAL and has no version yet", op);
+        return KMS_OK;
+    default:
+        return kms_err_set(KMS_ERR_INVALID_ARGUMENT,
+                           "store: %s: a new key is CREATING or PENDING_IMPORT, not %s", op,
+                           kms_key_state_name(key->state));
+    }
+}
+
+/* ---- open / free -------------------------------------------------------- */
+
+void kms_store_free(struct kms_store *store)
+{
+    if (store == NULL)
+        return;
+    /* Readers first: the last connection to close checkpoints the WAL into
+     * the database and removes it, and that should be the writer. */
+    for (int i = 0; i < STORE_READERS; i++)
+        store_conn_close(&store->readers[i]);
+    store_conn_close(&store->writer);
+    if (store->lock_fd >= 0)
+        close(store->lock_fd);
+    free(store->path);
+    free(store);
+}
+
+static kms_err conn_init(struct store_conn *c, const char *path, bool writable)
+{
+    KMS_ENSURE(pthread_mutex_init(&c->mu, NULL) == 0, KMS_ERR_INTERNAL,
+               "store: cannot create a mutex");
+    c->mu_ready = true;
+    return store_conn_open(path, writable, &c->db);
+}
+
+/*
+ * The flock keeps a second kmsd (an overlapping restart, a mistaken second
+ * instance) off the file: reconcile deletes CREATING rows, which is only safe
+ * when no other process can be half-way through creating a key. It is a BSD
+ * lock on our own descriptor, independent of SQLite's POSIX locks, and that
+ * descriptor is closed only after every SQLite connection, so closing it
+ * cannot drop a lock SQLite holds. Creating the file here also gives it mode
+ * 0600, which SQLite then copies to the -wal and -shm files.
+ */
+static kms_err lock_file(struct kms_store *s)
+{
+    struct stat sb;
+
+    s->lock_fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    KMS_ENSURE(s->lock_fd >= 0, KMS_ERR_IO, "store: open %s: %s", s->path, strerror(errno));
+    KMS_ENSURE(fstat(s->lock_fd, &sb) == 0, KMS_ERR_IO, "store: stat %s: %s", s->path,
+               strerror(errno));
+    KMS_ENSURE(S_ISREG(sb.st_mode), KMS_ERR_CONFIG, "store: %s is not a regular file", s->path);
+    if ((sb.st_mode & 077) != 0)
+        kms_log_warn("store", "database %s has mode %04o; 0600 is enough", s->path,
+                     (unsigned)(sb.st_mode & 07777));
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        KMS_ENSURE(errno != EWOULDBLOCK, KMS_ERR_CONFIG,
+                   "store: %s is in use by another process", s->path);
+        return kms_err_set(KMS_ERR_IO, "store: lock %s: %s", s->path, strerror(errno));
+    }
+    return KMS_OK;
+}
+
+kms_err kms_store_open(const char *path, struct kms_store **out)
+{
+    kms_err rc = KMS_OK;
+    struct kms_store *s = NULL;
+    struct kms_store_info info;
+
+    KMS_ENSURE(out != NULL && path != NULL, KMS_ERR_USAGE, "store: open: NULL argument");
+    *out = NULL;
+    /* A real file is required: WAL and the process lock need one, and a
+     * "file:" URI would be opened by SQLite somewhere other than our lock. */
+    KMS_ENSURE(path[0] != '\0' && strcmp(path, ":memory:") != 0 &&
+                   strncmp(path, "file:", 5) != 0,
+               KMS_ERR_CONFIG, "store: the database path must name a file");
+
+    s = calloc(1, sizeof(*s));
+    KMS_ENSURE(s != NULL, KMS_ERR_NOMEM, "store: out of memory");
+    s->lock_fd = -1;
+    s->path = strdup(path);
+    KMS_ENSURE_GOTO(s->path != NULL, fail, KMS_ERR_NOMEM, "store: out of memory");
+    KMS_GUARD_GOTO(lock_file(s), fail);
+    /* The writer first: it migrates the schema the readers will query. */
+    KMS_GUARD_GOTO(conn_init(&s->writer, path, true), fail);
+    for (int i = 0; i < STORE_READERS; i++)
+        KMS_GUARD_GOTO(conn_init(&s->readers[i], path, false), fail);
+
+    KMS_GUARD_GOTO(store_schema_info(s->writer.db, &info), fail);
+    kms_log_info("store", "opened %s (schema %d, store id %s)", path, info.schema_version,
+                 info.store_id);
+    *out = s;
+    return KMS_OK;
+
+fail:
+    kms_store_free(s);
+    return rc;
+}
+
+kms_err kms_store_info(struct kms_store *store, struct kms_store_info *out)
+{
+    KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: info: NULL argument");
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_schema_info(c->db, out);
+    store_conn_give(c);
+    return rc;
+}
+
+/* ---- keys --------------------------------------------------------------- */
+
+kms_err kms_store_key_insert(struct kms_store *store, const struct kms_key_record *key,
+                             const struct kms_version_record *v1)
+{
+    static const char op[] = "insert key";
+    struct store_bind b;
+
+    KMS_ENSURE(store != NULL && key != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_new_key(key, v1, op));
+
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_INSERT, op, &b), end);
+    store_bind_text(&b, 1, key->key_id);
+    store_bind_text(&b, 2, key->tenant);
+    store_bind_text(&b, 3, key->region);
+    store_bind_text(&b, 4, key->token);
+    store_bind_int(&b, 5, key->spec);
+    store_bind_int(&b, 6, key->usage);
+    store_bind_int(&b, 7, key->origin);
+    store_bind_int(&b, 8, key->state);
+    store_bind_text(&b, 9, key->description);
+    store_bind_int(&b, 10, key->created_at);
+    store_bind_int(&b, 11, v1 != NULL ? 1 : 0); /* last_version */
+    store_bind_int(&b, 12, key->escrow_required ? 1 : 0);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+    if (v1 != NULL) {
+        KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_INSERT, op, &b), end);
+        store_bind_text(&b, 1, key->key_id);
+        store_bind_int(&b, 2, 1);
+        store_bind_hsm_id(&b, 3, v1->hsm_id);
+        store_bind_int(&b, 4, v1->created_at);
+        KMS_GUARD_GOTO(store_run(&b, op), end);
+    }
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_key_get(struct kms_store *store, const char *key_id,
+                          struct kms_key_record *out)
+{
+    static const char op[] = "get key";
+    struct store_bind b;
+    bool row = false;
+
+    KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(key_id, op));
+
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_stmt(c, ST_KEY_GET, op, &b);
+    if (rc != KMS_OK)
+        goto out;
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD_GOTO(store_step(&b, op, &row), out);
+    if (row)
+        rc = store_read_key(b.st, out, op);
+    else
+        rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
+    store_done(&b);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+static bool settable_state(enum kms_key_state s)
+{
+    return s == KMS_KEY_ENABLED || s == KMS_KEY_DISABLED || s == KMS_KEY_PENDING_IMPORT ||
+           s == KMS_KEY_PENDING_DELETION;
+}
+
+kms_err kms_store_key_set_state(struct kms_store *store, const char *key_id,
+                                enum kms_key_state expected, enum kms_key_state new_state,
+                                int64_t deletion_at)
+{
+    static const char op[] = "set key state";
+    struct store_key_row row = {0};
+    struct store_bind b;
+
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(key_id, op));
+    /* CREATING and DESTROYED are entered and left only through their own
+     * transitions, which carry their own preconditions. */
+    KMS_ENSURE(settable_state(expected) && settable_state(new_state), KMS_ERR_USAGE,
+               "store: %s: %s -> %s is not a state change this call makes", op,
+               kms_key_state_name(expected), kms_key_state_name(new_state));
+    if (new_state == KMS_KEY_PENDING_DELETION)
+        KMS_ENSURE(deletion_at > 0, KMS_ERR_INVALID_ARGUMENT,
+                   "store: %s: PENDING_DELETION needs a deletion date", op);
+    else
+        KMS_ENSURE(deletion_at == 0, KMS_ERR_INVALID_ARGUMENT,
+                   "store: %s: only PENDING_DELETION has a deletion date", op);
+
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
+    KMS_ENSURE_GOTO(row.state == expected, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s is %s, not %s", op, key_id,
+                    kms_key_state_name(row.state), kms_key_state_name(expected));
+    if (new_state == KMS_KEY_ENABLED || new_state == KMS_KEY_DISABLED)
+        KMS_ENSURE_GOTO(row.current_version > 0, end, KMS_ERR_FAILED_PRECONDITION,
+                        "store: %s: key %s has no key material yet", op, key_id);
+    if (new_state == KMS_KEY_PENDING_IMPORT)
+        KMS_ENSURE_GOTO(row.current_version == 0, end, KMS_ERR_FAILED_PRECONDITION,
+                        "store: %s: key %s already has key material", op, key_id);
+
+    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_SET_STATE, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, new_state);
+    store_bind_int(&b, 3, deletion_at);
+    store_bind_int(&b, 4, expected);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+    /* The state was checked above in this transaction; a miss is a bug. */
+    KMS_ENSURE_GOTO(sqlite3_changes(c->db) == 1, end, KMS_ERR_INTERNAL,
+                    "store: %s: compare-and-set matched no row", op);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+/* The (created_at, key_id) of the last key a page token points past. */
+static kms_err page_token_parse(const char *tok, int64_t *created_at,
+                                char key_id[KMS_KEY_ID_SIZE], const char *op)
+{
+    uint64_t v = 0;
+
+    const char *hex = tok + PAGE_TOKEN_PREFIX_LEN;
+    KMS_ENSURE(strnlen(tok, PAGE_TOKEN_LEN + 1) == PAGE_TOKEN_LEN &&
+                   memcmp(tok, PAGE_TOKEN_PREFIX, PAGE_TOKEN_PREFIX_LEN) == 0 &&
+                   is_lower_hex(hex, PAGE_TOKEN_LEN - PAGE_TOKEN_PREFIX_LEN),
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: malformed page token", op);
+    for (size_t i = 0; i < 16; i++)
+        v = (v << 4) | (uint64_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+    KMS_ENSURE(v > 0 && v <= INT64_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: malformed page token", op);
+    *created_at = (int64_t)v;
+    memcpy(key_id, hex + 16, KMS_KEY_ID_LEN);
+    key_id[KMS_KEY_ID_LEN] = '\0';
+    return KMS_OK;
+}
+
+kms_err kms_store_keys_list(struct kms_store *store, const char *tenant,
+                            const char *page_token, size_t page_size,
+                            struct kms_key_record **out, size_t *out_n,
+                            char next_token[KMS_PAGE_TOKEN_SIZE])
+{
+    static const char op[] = "list keys";
+    int64_t after_created = 0; /* every created_at is > 0: (0, "") precedes all */
+    char after_id[KMS_KEY_ID_SIZE] = "";
+    struct store_bind b;
+    void *arr = NULL;
+    size_t n = 0;
+
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL && next_token != NULL,
+               KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    next_token[0] = '\0';
+    KMS_GUARD(check_tenant(tenant, KMS_TENANT_MAX + 1, op));
+    KMS_ENSURE(page_size >= 1 && page_size <= KMS_PAGE_SIZE_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: page size must be 1..%d", op, KMS_PAGE_SIZE_MAX);
+    if (page_token != NULL && page_token[0] != '\0')
+        KMS_GUARD(page_token_parse(page_token, &after_created, after_id, op));
+
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_stmt(c, ST_KEYS_LIST, op, &b);
+    if (rc != KMS_OK)
+        goto out;
+    store_bind_text(&b, 1, tenant);
+    store_bind_int(&b, 2, after_created);
+    store_bind_text(&b, 3, after_id);
+    /* One row more than asked tells whether another page follows. */
+    store_bind_int(&b, 4, (int64_t)page_size + 1);
+    KMS_GUARD_GOTO(store_collect(&b, sizeof(struct kms_key_record), page_size + 1,
+                                 store_read_key, &arr, &n, op),
+                   out);
+    if (n > page_size) {
+        const struct kms_key_record *last = (struct kms_key_record *)arr + page_size - 1;
+        snprintf(next_token, KMS_PAGE_TOKEN_SIZE, PAGE_TOKEN_PREFIX "%016" PRIx64 "%s",
+                 (uint64_t)last->created_at, last->key_id);
+        n = page_size;
+    }
+    *out = arr;
+    *out_n = n;
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_keys_due_for_deletion(struct kms_store *store, int64_t now, size_t limit,
+                                        struct kms_key_record **out, size_t *out_n)
+{
+    static const char op[] = "list keys due for deletion";
+    struct store_bind b;
+
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    KMS_ENSURE(limit >= 1 && limit <= KMS_PAGE_SIZE_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: limit must be 1..%d", op, KMS_PAGE_SIZE_MAX);
+
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_stmt(c, ST_KEYS_DUE, op, &b);
+    if (rc == KMS_OK) {
+        void *arr = NULL;
+        store_bind_int(&b, 1, now);
+        store_bind_int(&b, 2, (int64_t)limit);
+        rc = store_collect(&b, sizeof(struct kms_key_record), limit, store_read_key, &arr,
+                           out_n, op);
+        *out = arr;
+    }
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_key_mark_destroyed(struct kms_store *store, const char *key_id, int64_t now,
+                                     struct kms_hsm_id **out_ids, size_t *out_n)
+{
+    static const char op[] = "mark key destroyed";
+    struct store_key_row row = {0};
+    struct store_bind b;
+    void *ids = NULL;
+    size_t n = 0;
+
+    KMS_ENSURE(store != NULL && (out_ids == NULL || out_n != NULL), KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    if (out_ids != NULL) {
+        *out_ids = NULL;
+        *out_n = 0;
+    }
+    KMS_GUARD(store_check_key_id(key_id, op));
+
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
+    KMS_ENSURE_GOTO(row.state == KMS_KEY_PENDING_DELETION, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s is %s, not PENDING_DELETION", op, key_id,
+                    kms_key_state_name(row.state));
+    KMS_ENSURE_GOTO(row.deletion_at <= now, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s is not due for deletion yet", op, key_id);
+
+    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_SET_DESTROYED, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, now);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+    KMS_ENSURE_GOTO(sqlite3_changes(c->db) == 1, end, KMS_ERR_INTERNAL,
+                    "store: %s: compare-and-set matched no row", op);
+
+    KMS_GUARD_GOTO(store_stmt(c, ST_VERSIONS_SET_DESTROYED, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+
+    if (out_ids != NULL) {
+        KMS_GUARD_GOTO(store_stmt(c, ST_KEY_HSM_IDS, op, &b), end);
+        store_bind_text(&b, 1, key_id);
+        KMS_GUARD_GOTO(store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX,
+                                     store_read_hsm_id, &ids, &n, op),
+                       end);
+    }
+end:
+    rc = store_tx_end(c, rc, op);
+    /* The ids go out only once the commit is durable: destroying the HSM
+     * objects of a key the store still calls alive would lose the key. */
+    if (rc == KMS_OK && out_ids != NULL) {
+        *out_ids = ids;
+        *out_n = n;
+    } else {
+        free(ids);
+    }
+out:
+    store_conn_give(c);
+    return rc;
+}

@@ -1,0 +1,304 @@
+/*
+ * kms_store_versions.c - key versions: the create protocol's first and last
+ * steps (add in CREATING, activate), reads, and the reconcile queries that
+ * clean up after a crash between those steps.
+ */
+#include "kms_store.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms_store_internal.h"
+
+static kms_err check_version(uint32_t version, const char *op)
+{
+    KMS_ENSURE(version >= 1, KMS_ERR_INVALID_ARGUMENT, "store: %s: versions start at 1", op);
+    return KMS_OK;
+}
+
+/* The state of one version, CREATING included, or KMS_ERR_NOT_FOUND. */
+static kms_err version_state_get(struct store_conn *c, const char *key_id, uint32_t version,
+                                 enum kms_version_state *out, const char *op)
+{
+    struct store_bind b;
+    bool row = false;
+    int state = 0;
+    kms_err rc = KMS_OK;
+
+    KMS_GUARD(store_stmt(c, ST_VERSION_STATE, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD(store_step(&b, op, &row));
+    KMS_ENSURE_GOTO(row, done, KMS_ERR_NOT_FOUND,
+                    "store: %s: key %s has no version %" PRIu32, op, key_id, version);
+    KMS_GUARD_GOTO(store_col_enum(b.st, 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state,
+                                  op),
+                   done);
+    *out = (enum kms_version_state)state;
+done:
+    store_done(&b);
+    return rc;
+}
+
+kms_err kms_store_version_get(struct kms_store *store, const char *key_id, uint32_t version,
+                              struct kms_version_record *out)
+{
+    static const char op[] = "get key version";
+    struct store_bind b;
+    bool row = false;
+
+    KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(key_id, op));
+    KMS_GUARD(check_version(version, op));
+
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_stmt(c, ST_VERSION_GET, op, &b);
+    if (rc != KMS_OK)
+        goto out;
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD_GOTO(store_step(&b, op, &row), out);
+    if (row)
+        rc = store_read_version(b.st, out, op);
+    else
+        rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32, op,
+                         key_id, version);
+    store_done(&b);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_versions_list(struct kms_store *store, const char *key_id,
+                                struct kms_version_record **out, size_t *out_n)
+{
+    static const char op[] = "list key versions";
+    struct store_key_row row = {0};
+    struct store_bind b;
+    void *arr = NULL;
+    size_t n = 0;
+
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    KMS_GUARD(store_check_key_id(key_id, op));
+
+    /* One read transaction, so that "the key is visible" and "these are its
+     * versions" come from the same snapshot. */
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_tx_begin(c, false, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
+    KMS_GUARD_GOTO(store_stmt(c, ST_VERSIONS_LIST, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD_GOTO(store_collect(&b, sizeof(struct kms_version_record), SIZE_MAX,
+                                 store_read_version, &arr, &n, op),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+    if (rc == KMS_OK) {
+        *out = arr;
+        *out_n = n;
+    } else {
+        free(arr);
+    }
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_version_add(struct kms_store *store, const char *key_id,
+                              const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t created_at,
+                              uint32_t *out_version)
+{
+    static const char op[] = "add key version";
+    struct store_key_row row = {0};
+    struct store_bind b;
+    uint32_t version = 0;
+
+    KMS_ENSURE(store != NULL && hsm_id != NULL && out_version != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out_version = 0;
+    KMS_GUARD(store_check_key_id(key_id, op));
+    KMS_ENSURE(created_at > 0, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: created_at must be positive", op);
+
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
+    /* A key pending deletion or destroyed must not grow new HSM objects:
+     * the sweeper would not know to destroy them. */
+    KMS_ENSURE_GOTO(row.state == KMS_KEY_ENABLED || row.state == KMS_KEY_DISABLED ||
+                        row.state == KMS_KEY_PENDING_IMPORT,
+                    end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s is %s; cannot add a version", op, key_id,
+                    kms_key_state_name(row.state));
+    KMS_ENSURE_GOTO(row.last_version < UINT32_MAX, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s has no version numbers left", op, key_id);
+    version = row.last_version + 1;
+
+    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_SET_LAST_VERSION, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+
+    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_INSERT, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    store_bind_hsm_id(&b, 3, hsm_id);
+    store_bind_int(&b, 4, created_at);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+end:
+    rc = store_tx_end(c, rc, op);
+    if (rc == KMS_OK)
+        *out_version = version;
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
+                                   uint32_t version)
+{
+    static const char op[] = "activate key version";
+    struct store_key_row row = {0};
+    enum kms_version_state vstate = KMS_VERSION_CREATING;
+    struct store_bind b;
+
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(key_id, op));
+    KMS_GUARD(check_version(version, op));
+
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, true, &row, op), end);
+    KMS_ENSURE_GOTO(row.state != KMS_KEY_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s is DESTROYED", op, key_id);
+    KMS_GUARD_GOTO(version_state_get(c, key_id, version, &vstate, op), end);
+    KMS_ENSURE_GOTO(vstate != KMS_VERSION_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s version %" PRIu32 " is DESTROYED", op, key_id, version);
+    /* Already ACTIVE: the commit that made it so also updated the key. */
+    if (vstate == KMS_VERSION_ACTIVE)
+        goto end;
+
+    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_SET_ACTIVE, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+
+    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_ACTIVATE, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+/* ---- reconcile ---------------------------------------------------------- */
+
+static kms_err read_creating(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_store_creating *r = elem;
+    memset(r, 0, sizeof(*r));
+    KMS_GUARD(store_col_text(st, 0, r->key_id, sizeof(r->key_id), op));
+    KMS_GUARD(store_col_text(st, 1, r->token, sizeof(r->token), op));
+    KMS_GUARD(store_col_u32(st, 2, &r->version, op));
+    KMS_GUARD(store_col_hsm_id(st, 3, r->hsm_id, op));
+    r->key_creating = sqlite3_column_int(st, 4) == KMS_KEY_CREATING;
+    return KMS_OK;
+}
+
+kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creating **out,
+                                size_t *out_n)
+{
+    static const char op[] = "list creating versions";
+    struct store_bind b;
+
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_stmt(c, ST_CREATING_LIST, op, &b);
+    if (rc == KMS_OK) {
+        void *arr = NULL;
+        rc = store_collect(&b, sizeof(struct kms_store_creating), SIZE_MAX, read_creating,
+                           &arr, out_n, op);
+        *out = arr;
+    }
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_creating_discard(struct kms_store *store, const char *key_id,
+                                   uint32_t version)
+{
+    static const char op[] = "discard creating version";
+    enum kms_version_state vstate = KMS_VERSION_CREATING;
+    struct store_bind b;
+
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(key_id, op));
+    KMS_GUARD(check_version(version, op));
+
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(version_state_get(c, key_id, version, &vstate, op), end);
+    KMS_ENSURE_GOTO(vstate == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s version %" PRIu32 " is %s, not CREATING", op, key_id,
+                    version, kms_version_state_name(vstate));
+
+    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_DELETE_CREATING, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+
+    /* Removes the key only if it is CREATING and this was its last version;
+     * the version number stays spent either way (keys.last_version). */
+    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_DELETE_CREATING, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD_GOTO(store_run(&b, op), end);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_hsm_ids_for_token(struct kms_store *store, const char *token,
+                                    struct kms_hsm_id **out, size_t *out_n)
+{
+    static const char op[] = "list hsm ids of token";
+    struct store_bind b;
+
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    KMS_GUARD(store_check_token(token, KMS_TOKEN_LABEL_MAX + 1, op));
+
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_stmt(c, ST_HSM_IDS_FOR_TOKEN, op, &b);
+    if (rc == KMS_OK) {
+        void *arr = NULL;
+        store_bind_text(&b, 1, token);
+        rc = store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &arr,
+                           out_n, op);
+        *out = arr;
+    }
+    store_conn_give(c);
+    return rc;
+}

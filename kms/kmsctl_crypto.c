@@ -1,0 +1,614 @@
+/*
+ * kmsctl_crypto.c - `kmsctl encrypt|decrypt|re-encrypt` and
+ * `kmsctl data-key generate|decrypt`: the broker operations as filters.
+ *
+ * Inputs are read whole (the service takes at most 64 KiB of plaintext) into
+ * buffers that are wiped when freed, plaintext fields of replies are wiped
+ * before protobuf-c frees them, and files receiving plaintext or a data key
+ * are created 0600 (an existing one is narrowed to 0600 before truncation).
+ * The RPC happens before any output file is touched, so a refused request
+ * leaves no empty file behind.
+ */
+#include "kmsctl_crypto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "kmsctl_rpc.h"
+#include "proto/key.pb-c.h"
+
+#define MAX_PLAINTEXT 65536u
+#define MAX_CIPHERTEXT (65536u + 256u)
+
+enum {
+    O_KEY_ID = 0x3000,
+    O_IN,
+    O_OUT,
+    O_CONTEXT,
+    O_SOURCE_CONTEXT,
+    O_BASE64_IN,
+    O_BASE64_OUT,
+    O_BYTES,
+    O_OUT_PLAINTEXT,
+    O_OUT_BLOB,
+};
+#define F(o) (1u << ((o)-O_KEY_ID))
+#define F_IO (F(O_IN) | F(O_OUT) | F(O_BASE64_IN) | F(O_BASE64_OUT))
+
+/* An owned buffer that is wiped when freed. */
+struct sbuf {
+    uint8_t *data;
+    size_t len;
+};
+
+static void sbuf_wipe(struct sbuf *b)
+{
+    if (b->data) {
+        OPENSSL_cleanse(b->data, b->len);
+        free(b->data);
+    }
+    b->data = NULL;
+    b->len = 0;
+}
+
+struct args;
+struct cmd {
+    const char *name;
+    unsigned opts;
+    int (*run)(struct kmsctl_rpc *rpc, struct args *a);
+};
+
+struct args {
+    const struct cmd *cmd;
+    const char *key_id, *in, *out, *out_plaintext, *out_blob;
+    int b64_in, b64_out, out_given;
+    uint32_t bytes;
+    struct kmsctl_kv ctx, src_ctx;
+};
+
+static void usage(FILE *f, const char *name)
+{
+    if (strcmp(name, "encrypt") == 0)
+        fprintf(f, "usage: kmsctl encrypt --key-id KEY_ID [--in FILE|-] [--out FILE|-]\n"
+                   "                      [--context K=V]... [--base64-in] [--base64-out]\n\n"
+                   "Encrypt at most 65536 bytes under KEY_ID (role broker). The output is a\n"
+                   "self-describing ciphertext blob (docs/ciphertext-format.md).\n");
+    else if (strcmp(name, "decrypt") == 0)
+        fprintf(f, "usage: kmsctl decrypt [--key-id KEY_ID] [--in FILE|-] [--out FILE|-]\n"
+                   "                      [--context K=V]... [--base64-in] [--base64-out]\n\n"
+                   "Decrypt a blob made by encrypt (role broker); --context must repeat the\n"
+                   "encryption context exactly. With --key-id the blob must name that key.\n"
+                   "An output file is created with mode 0600.\n");
+    else if (strcmp(name, "re-encrypt") == 0)
+        fprintf(f, "usage: kmsctl re-encrypt --key-id DEST_KEY_ID [--in FILE|-] [--out FILE|-]\n"
+                   "                         [--source-context K=V]... [--context K=V]...\n"
+                   "                         [--base64-in] [--base64-out]\n\n"
+                   "Decrypt a blob and encrypt it again under DEST_KEY_ID inside the service\n"
+                   "(role broker): the plaintext never reaches this host. --source-context is\n"
+                   "the blob's context, --context the new one.\n");
+    else
+        fprintf(f,
+                "usage: kmsctl data-key generate --key-id KEY_ID [--bytes N] [--context K=V]...\n"
+                "                                --out-plaintext FILE|- --out-blob FILE|-\n"
+                "                                [--base64-out]\n"
+                "       kmsctl data-key decrypt [--key-id KEY_ID] [--in FILE|-] [--out FILE|-]\n"
+                "                               [--context K=V]... [--base64-in] [--base64-out]\n\n"
+                "generate: a fresh data key of N bytes (16..64, default 32) from the HSM,\n"
+                "  written in plaintext to --out-plaintext (mode 0600; a terminal only with\n"
+                "  an explicit '-') and encrypted under KEY_ID to --out-blob (store that).\n"
+                "decrypt: the plaintext data key of a blob made by generate, to --out (mode\n"
+                "  0600; stdout only if it is not a terminal, or with an explicit --out -).\n");
+    fprintf(f, "\noptions:\n"
+               "  --key-id KEY_ID           the key (32 hex characters)\n"
+               "  --context K=V             encryption context pair, repeatable (split at the\n"
+               "                            first '='; K non-empty, unique; at most 64 pairs)\n");
+    if (strcmp(name, "re-encrypt") == 0)
+        fprintf(f,
+                "  --source-context K=V      context the input blob was made with, repeatable\n");
+    if (strcmp(name, "data-key") == 0)
+        fprintf(f, "  --bytes N                 data key length, 16..64 (generate; default 32)\n"
+                   "  --out-plaintext FILE|-    where the plaintext data key goes (generate)\n"
+                   "  --out-blob FILE|-         where the encrypted data key goes (generate)\n");
+    fprintf(f, "  --in FILE|-               input file, '-' for stdin (default)\n"
+               "  --out FILE|-              output file, '-' for stdout (default)\n"
+               "  --base64-in               input is base64 (line breaks allowed)\n"
+               "  --base64-out              write base64 on one line instead of raw bytes\n"
+               "  -h, --help                this text\n"
+               "\n" KMSCTL_CONN_USAGE "\n" KMSCTL_EXIT_USAGE_TEXT);
+}
+
+/* Base64 with or without line breaks (EVP_Decode skips whitespace). */
+static int b64_decode(const struct sbuf *in, struct sbuf *out)
+{
+    EVP_ENCODE_CTX *e = EVP_ENCODE_CTX_new();
+    int n = 0, fin = 0, ok = 0;
+    out->len = (in->len / 4 + 2) * 3; /* 3 bytes per 4 characters, rounded up */
+    out->data = malloc(out->len);
+    if (e && out->data) {
+        EVP_DecodeInit(e);
+        ok = EVP_DecodeUpdate(e, out->data, &n, in->data, (int)in->len) >= 0 &&
+             EVP_DecodeFinal(e, out->data + n, &fin) >= 0;
+    }
+    EVP_ENCODE_CTX_free(e);
+    if (!ok) {
+        sbuf_wipe(out); /* all of it: a failed decode may have written some */
+        fprintf(stderr, "kmsctl: input is not valid base64\n");
+        return 0;
+    }
+    out->len = (size_t)n + (size_t)fin;
+    return 1;
+}
+
+/* Read all of path ('-' = stdin): what, at most max bytes after base64
+ * decoding. Bigger input is refused here rather than by the server after
+ * it has travelled. */
+static int read_input(const char *path, const char *what, int b64, size_t max, struct sbuf *out)
+{
+    /* Base64 is 4/3 of the data plus line breaks; twice is ample. */
+    size_t cap = b64 ? 2 * max + 1024 : max;
+    struct sbuf raw = {malloc(cap + 1), 0};
+    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+    int ret = KMSCTL_EXIT_LOCAL;
+
+    out->data = NULL;
+    out->len = 0;
+    if (fd < 0 || raw.data == NULL) {
+        fprintf(stderr, "kmsctl: %s: %s\n", path, fd < 0 ? strerror(errno) : "out of memory");
+        goto done;
+    }
+    /* The buffer length is cap+1 from here on, so sbuf_wipe clears it all. */
+    for (;;) {
+        ssize_t n = read(fd, raw.data + raw.len, cap + 1 - raw.len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
+            goto done;
+        }
+        if (n == 0)
+            break;
+        raw.len += (size_t)n;
+        if (raw.len > cap)
+            break;
+    }
+    if (raw.len > cap) {
+        fprintf(stderr, "kmsctl: %s: %s larger than %zu bytes, the KeyService limit\n", path, what,
+                max);
+        goto done;
+    }
+    if (b64) {
+        if (!b64_decode(&raw, out))
+            goto done;
+        if (out->len > max) {
+            fprintf(stderr, "kmsctl: %s: %s larger than %zu bytes, the KeyService limit\n", path,
+                    what, max);
+            sbuf_wipe(out);
+            goto done;
+        }
+    } else {
+        *out = raw;
+        raw.data = NULL;
+    }
+    ret = KMSCTL_EXIT_OK;
+done:
+    if (raw.data)
+        raw.len = cap + 1;
+    sbuf_wipe(&raw);
+    if (fd > STDIN_FILENO)
+        close(fd);
+    return ret;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return 0;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 1;
+}
+
+/* Write data to path ('-' = stdout), base64-encoded if b64. A secret output
+ * gets mode 0600 and goes to a terminal only when explicit says so. */
+static int write_output(const char *path, const uint8_t *data, size_t len, int b64, int secret,
+                        int explicit)
+{
+    struct sbuf enc = {0};
+    int to_stdout = strcmp(path, "-") == 0;
+    int fd = to_stdout ? STDOUT_FILENO
+                       : open(path, O_WRONLY | O_CREAT | O_CLOEXEC, secret ? 0600 : 0666);
+    int ret = KMSCTL_EXIT_LOCAL;
+    struct stat st;
+
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
+        goto done;
+    }
+    if (secret && !explicit && isatty(fd)) {
+        fprintf(stderr, "kmsctl: refusing to write a plaintext key to a terminal; "
+                        "name a file (or '-' to insist)\n");
+        goto done;
+    }
+    if (!to_stdout && S_ISREG(st.st_mode)) {
+        /* Narrow an existing file before it holds the secret, then empty it. */
+        if ((secret && (st.st_mode & 077) && fchmod(fd, 0600) != 0) || ftruncate(fd, 0) != 0) {
+            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
+            goto done;
+        }
+    }
+    if (b64) {
+        size_t n = 4 * ((len + 2) / 3);
+        enc.data = malloc(n + 2);
+        if (enc.data == NULL) {
+            fprintf(stderr, "kmsctl: out of memory\n");
+            goto done;
+        }
+        enc.len = n + 2;
+        EVP_EncodeBlock(enc.data, data, (int)len);
+        enc.data[n] = '\n';
+        data = enc.data;
+        len = n + 1;
+    }
+    if (!write_all(fd, data, len)) {
+        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
+        goto done;
+    }
+    ret = KMSCTL_EXIT_OK;
+done:
+    sbuf_wipe(&enc);
+    if (!to_stdout && fd >= 0 && close(fd) != 0 && ret == KMSCTL_EXIT_OK) {
+        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
+        ret = KMSCTL_EXIT_LOCAL;
+    }
+    return ret;
+}
+
+/* Wipe a plaintext field, then free its message. */
+static void free_wiped(ProtobufCMessage *m, ProtobufCBinaryData *secret)
+{
+    if (m && secret && secret->data)
+        OPENSSL_cleanse(secret->data, secret->len);
+    protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static int run_encrypt(struct kmsctl_rpc *rpc, struct args *a)
+{
+    Custos__V1__EncryptRequest req = CUSTOS__V1__ENCRYPT_REQUEST__INIT;
+    Custos__V1__EncryptResponse *resp = NULL;
+    struct sbuf pt = {0};
+    ProtobufCMessage **ents = NULL;
+    int ret = read_input(a->in, "plaintext", a->b64_in, MAX_PLAINTEXT, &pt);
+    if (ret != KMSCTL_EXIT_OK)
+        return ret;
+    ents =
+        kmsctl_kv_map(&a->ctx, &custos__v1__encrypt_request__encryption_context_entry__descriptor);
+    if (ents == NULL) {
+        ret = KMSCTL_EXIT_LOCAL;
+        goto done;
+    }
+    req.key_id = (char *)a->key_id;
+    req.plaintext.data = pt.data;
+    req.plaintext.len = pt.len;
+    req.n_encryption_context = a->ctx.n;
+    req.encryption_context = (Custos__V1__EncryptRequest__EncryptionContextEntry **)ents;
+    ret = kmsctl_rpc_call(rpc, "Encrypt", &req.base, &custos__v1__encrypt_response__descriptor,
+                          (ProtobufCMessage **)&resp);
+    if (ret == KMSCTL_EXIT_OK)
+        ret = write_output(a->out, resp->ciphertext.data, resp->ciphertext.len, a->b64_out, 0, 1);
+done:
+    protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
+    kmsctl_rpc_map_free(ents, a->ctx.n);
+    sbuf_wipe(&pt);
+    return ret;
+}
+
+/* Decrypt and DecryptDataKey share a shape: blob + context + optional key id
+ * in, plaintext out. Only the types differ. */
+static int run_decrypt_like(struct kmsctl_rpc *rpc, struct args *a, int data_key)
+{
+    struct sbuf ct = {0};
+    ProtobufCMessage **ents = NULL, *resp = NULL;
+    ProtobufCBinaryData *pt = NULL;
+    int ret = read_input(a->in, "ciphertext", a->b64_in, MAX_CIPHERTEXT, &ct);
+    if (ret != KMSCTL_EXIT_OK)
+        return ret;
+    ents = kmsctl_kv_map(
+        &a->ctx, data_key
+                     ? &custos__v1__decrypt_data_key_request__encryption_context_entry__descriptor
+                     : &custos__v1__decrypt_request__encryption_context_entry__descriptor);
+    if (ents == NULL) {
+        ret = KMSCTL_EXIT_LOCAL;
+        goto done;
+    }
+    if (data_key) {
+        Custos__V1__DecryptDataKeyRequest req = CUSTOS__V1__DECRYPT_DATA_KEY_REQUEST__INIT;
+        req.ciphertext_blob.data = ct.data;
+        req.ciphertext_blob.len = ct.len;
+        req.n_encryption_context = a->ctx.n;
+        req.encryption_context = (Custos__V1__DecryptDataKeyRequest__EncryptionContextEntry **)ents;
+        if (a->key_id)
+            req.key_id = (char *)a->key_id;
+        ret = kmsctl_rpc_call(rpc, "DecryptDataKey", &req.base,
+                              &custos__v1__decrypt_data_key_response__descriptor, &resp);
+        if (ret == KMSCTL_EXIT_OK)
+            pt = &((Custos__V1__DecryptDataKeyResponse *)resp)->plaintext;
+    } else {
+        Custos__V1__DecryptRequest req = CUSTOS__V1__DECRYPT_REQUEST__INIT;
+        req.ciphertext.data = ct.data;
+        req.ciphertext.len = ct.len;
+        req.n_encryption_context = a->ctx.n;
+        req.encryption_context = (Custos__V1__DecryptRequest__EncryptionContextEntry **)ents;
+        if (a->key_id)
+            req.key_id = (char *)a->key_id;
+        ret = kmsctl_rpc_call(rpc, "Decrypt", &req.base, &custos__v1__decrypt_response__descriptor,
+                              &resp);
+        if (ret == KMSCTL_EXIT_OK)
+            pt = &((Custos__V1__DecryptResponse *)resp)->plaintext;
+    }
+    /* A data key goes to a terminal only on request; message plaintext is
+     * what decrypt is for, so it may. Both files are 0600. */
+    if (ret == KMSCTL_EXIT_OK)
+        ret = write_output(a->out, pt->data, pt->len, a->b64_out, 1, !data_key || a->out_given);
+done:
+    free_wiped(resp, pt);
+    kmsctl_rpc_map_free(ents, a->ctx.n);
+    sbuf_wipe(&ct);
+    return ret;
+}
+
+static int run_decrypt(struct kmsctl_rpc *rpc, struct args *a)
+{
+    return run_decrypt_like(rpc, a, 0);
+}
+
+static int run_dk_decrypt(struct kmsctl_rpc *rpc, struct args *a)
+{
+    return run_decrypt_like(rpc, a, 1);
+}
+
+static int run_reencrypt(struct kmsctl_rpc *rpc, struct args *a)
+{
+    Custos__V1__ReEncryptRequest req = CUSTOS__V1__RE_ENCRYPT_REQUEST__INIT;
+    Custos__V1__ReEncryptResponse *resp = NULL;
+    struct sbuf ct = {0};
+    ProtobufCMessage **src = NULL, **dst = NULL;
+    int ret = read_input(a->in, "ciphertext", a->b64_in, MAX_CIPHERTEXT, &ct);
+    if (ret != KMSCTL_EXIT_OK)
+        return ret;
+    src = kmsctl_kv_map(
+        &a->src_ctx, &custos__v1__re_encrypt_request__source_encryption_context_entry__descriptor);
+    if (src)
+        dst = kmsctl_kv_map(
+            &a->ctx,
+            &custos__v1__re_encrypt_request__destination_encryption_context_entry__descriptor);
+    if (src == NULL || dst == NULL) {
+        ret = KMSCTL_EXIT_LOCAL;
+        goto done;
+    }
+    req.ciphertext.data = ct.data;
+    req.ciphertext.len = ct.len;
+    req.destination_key_id = (char *)a->key_id;
+    req.n_source_encryption_context = a->src_ctx.n;
+    req.source_encryption_context =
+        (Custos__V1__ReEncryptRequest__SourceEncryptionContextEntry **)src;
+    req.n_destination_encryption_context = a->ctx.n;
+    req.destination_encryption_context =
+        (Custos__V1__ReEncryptRequest__DestinationEncryptionContextEntry **)dst;
+    ret = kmsctl_rpc_call(rpc, "ReEncrypt", &req.base, &custos__v1__re_encrypt_response__descriptor,
+                          (ProtobufCMessage **)&resp);
+    if (ret == KMSCTL_EXIT_OK)
+        ret = write_output(a->out, resp->ciphertext.data, resp->ciphertext.len, a->b64_out, 0, 1);
+done:
+    protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
+    kmsctl_rpc_map_free(src, a->src_ctx.n);
+    kmsctl_rpc_map_free(dst, a->ctx.n);
+    sbuf_wipe(&ct);
+    return ret;
+}
+
+static int run_dk_generate(struct kmsctl_rpc *rpc, struct args *a)
+{
+    Custos__V1__GenerateDataKeyRequest req = CUSTOS__V1__GENERATE_DATA_KEY_REQUEST__INIT;
+    Custos__V1__GenerateDataKeyResponse *resp = NULL;
+    ProtobufCMessage **ents = kmsctl_kv_map(
+        &a->ctx, &custos__v1__generate_data_key_request__encryption_context_entry__descriptor);
+    if (ents == NULL)
+        return KMSCTL_EXIT_LOCAL;
+    req.key_id = (char *)a->key_id;
+    req.number_of_bytes = a->bytes;
+    req.n_encryption_context = a->ctx.n;
+    req.encryption_context = (Custos__V1__GenerateDataKeyRequest__EncryptionContextEntry **)ents;
+    int ret = kmsctl_rpc_call(rpc, "GenerateDataKey", &req.base,
+                              &custos__v1__generate_data_key_response__descriptor,
+                              (ProtobufCMessage **)&resp);
+    /* The blob first: a plaintext key without its blob would be useless. */
+    if (ret == KMSCTL_EXIT_OK)
+        ret = write_output(a->out_blob, resp->ciphertext_blob.data, resp->ciphertext_blob.len,
+                           a->b64_out, 0, 1);
+    if (ret == KMSCTL_EXIT_OK)
+        ret = write_output(a->out_plaintext, resp->plaintext.data, resp->plaintext.len, a->b64_out,
+                           1, 1);
+    free_wiped(resp ? &resp->base : NULL, resp ? &resp->plaintext : NULL);
+    kmsctl_rpc_map_free(ents, a->ctx.n);
+    return ret;
+}
+
+static const struct cmd cmds[] = {
+    {"encrypt", F(O_KEY_ID) | F_IO | F(O_CONTEXT), run_encrypt},
+    {"decrypt", F(O_KEY_ID) | F_IO | F(O_CONTEXT), run_decrypt},
+    {"re-encrypt", F(O_KEY_ID) | F_IO | F(O_CONTEXT) | F(O_SOURCE_CONTEXT), run_reencrypt},
+    {"generate",
+     F(O_KEY_ID) | F(O_BYTES) | F(O_CONTEXT) | F(O_OUT_PLAINTEXT) | F(O_OUT_BLOB) | F(O_BASE64_OUT),
+     run_dk_generate},
+    {"decrypt", F(O_KEY_ID) | F_IO | F(O_CONTEXT), run_dk_decrypt}, /* data-key decrypt */
+};
+
+/* Checks that need the command: which options apply, which are required. */
+static int check_args(const char *prog, struct args *a, unsigned seen)
+{
+    static const char *const names[] = {
+        "--key-id",    "--in",         "--out",   "--context",       "--source-context",
+        "--base64-in", "--base64-out", "--bytes", "--out-plaintext", "--out-blob"};
+    unsigned extra = seen & ~a->cmd->opts;
+    if (extra) {
+        fprintf(stderr, "%s: %s does not apply\n", prog, names[__builtin_ctz(extra)]);
+        return 0;
+    }
+    int need_key = a->cmd->run != run_decrypt && a->cmd->run != run_dk_decrypt;
+    if (need_key && (a->key_id == NULL || *a->key_id == '\0')) {
+        fprintf(stderr, "%s: --key-id is required\n", prog);
+        return 0;
+    }
+    if (a->cmd->run == run_dk_generate) {
+        if (!a->out_plaintext || !a->out_blob) {
+            fprintf(stderr, "%s: --out-plaintext and --out-blob are required\n", prog);
+            return 0;
+        }
+        if (strcmp(a->out_plaintext, "-") == 0 && strcmp(a->out_blob, "-") == 0) {
+            fprintf(stderr, "%s: --out-plaintext and --out-blob cannot both be stdout\n", prog);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int kmsctl_crypto_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        KMSCTL_CONN_LONGOPTS,
+        {"key-id", required_argument, NULL, O_KEY_ID},
+        {"in", required_argument, NULL, O_IN},
+        {"out", required_argument, NULL, O_OUT},
+        {"context", required_argument, NULL, O_CONTEXT},
+        {"source-context", required_argument, NULL, O_SOURCE_CONTEXT},
+        {"base64-in", no_argument, NULL, O_BASE64_IN},
+        {"base64-out", no_argument, NULL, O_BASE64_OUT},
+        {"bytes", required_argument, NULL, O_BYTES},
+        {"out-plaintext", required_argument, NULL, O_OUT_PLAINTEXT},
+        {"out-blob", required_argument, NULL, O_OUT_BLOB},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct kmsctl_conn conn;
+    struct args a = {.in = "-", .out = "-"};
+    char prog[64];
+    unsigned seen = 0;
+    int c, ret = KMSCTL_EXIT_USAGE, data_key = strcmp(argv[0], "data-key") == 0;
+
+    kmsctl_conn_init(&conn);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (kmsctl_conn_option(&conn, c, optarg))
+            continue;
+        if (c >= O_KEY_ID && c <= O_OUT_BLOB)
+            seen |= F(c);
+        switch (c) {
+        case O_KEY_ID:
+            a.key_id = optarg;
+            break;
+        case O_IN:
+            a.in = optarg;
+            break;
+        case O_OUT:
+            a.out = optarg;
+            a.out_given = 1;
+            break;
+        case O_CONTEXT:
+        case O_SOURCE_CONTEXT:
+            if (!kmsctl_kv_add(c == O_CONTEXT ? &a.ctx : &a.src_ctx,
+                               c == O_CONTEXT ? "--context" : "--source-context", optarg))
+                goto done;
+            break;
+        case O_BASE64_IN:
+            a.b64_in = 1;
+            break;
+        case O_BASE64_OUT:
+            a.b64_out = 1;
+            break;
+        case O_BYTES: {
+            char *end = NULL;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (optarg[0] < '0' || optarg[0] > '9' || errno || *end || v < 16 || v > 64) {
+                fprintf(stderr, "kmsctl: --bytes must be 16..64\n");
+                goto done;
+            }
+            a.bytes = (uint32_t)v;
+            break;
+        }
+        case O_OUT_PLAINTEXT:
+            a.out_plaintext = optarg;
+            break;
+        case O_OUT_BLOB:
+            a.out_blob = optarg;
+            break;
+        case 'h':
+            usage(stdout, argv[0]);
+            ret = KMSCTL_EXIT_OK;
+            goto done;
+        default:
+            usage(stderr, argv[0]);
+            goto done;
+        }
+    }
+    if (data_key) {
+        const char *verb = optind < argc ? argv[optind++] : "";
+        if (strcmp(verb, "help") == 0) {
+            usage(stdout, argv[0]);
+            ret = KMSCTL_EXIT_OK;
+            goto done;
+        }
+        if (strcmp(verb, "generate") == 0)
+            a.cmd = &cmds[3];
+        else if (strcmp(verb, "decrypt") == 0)
+            a.cmd = &cmds[4];
+        else {
+            if (*verb)
+                fprintf(stderr, "kmsctl data-key: unknown command '%s'\n", verb);
+            else
+                fprintf(stderr, "kmsctl data-key: generate or decrypt?\n");
+            usage(stderr, argv[0]);
+            goto done;
+        }
+        snprintf(prog, sizeof(prog), "kmsctl data-key %s", verb);
+    } else {
+        for (size_t i = 0; i < 3; i++)
+            if (strcmp(argv[0], cmds[i].name) == 0)
+                a.cmd = &cmds[i];
+        snprintf(prog, sizeof(prog), "kmsctl %s", argv[0]);
+    }
+    if (a.cmd == NULL) { /* main() only dispatches the names above */
+        fprintf(stderr, "kmsctl: unknown command '%s'\n", argv[0]);
+        goto done;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
+        goto done;
+    }
+    if (!check_args(prog, &a, seen))
+        goto done;
+
+    struct kmsctl_rpc *rpc = NULL;
+    ret = kmsctl_rpc_open(&conn, &rpc);
+    if (ret == KMSCTL_EXIT_OK)
+        ret = a.cmd->run(rpc, &a);
+    kmsctl_rpc_free(rpc);
+done:
+    kmsctl_kv_cleanup(&a.ctx);
+    kmsctl_kv_cleanup(&a.src_ctx);
+    return ret;
+}

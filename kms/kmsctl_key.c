@@ -1,0 +1,568 @@
+/*
+ * kmsctl_key.c - `kmsctl key <verb>`: key lifecycle for tenant key admins.
+ *
+ * Output is a readable summary by default, `--json` for scripts (one JSON
+ * object; times as UTC ISO 8601 strings), or `-q` for key ids only. Every
+ * string that came from the server is escaped before it reaches a terminal.
+ */
+#include "kmsctl_key.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "kmsctl_rpc.h"
+#include "proto/key.pb-c.h"
+
+/* Long-only options of this command (values past the connection ones). */
+enum {
+    O_REGION = 0x2000,
+    O_DESCRIPTION,
+    O_ORIGIN,
+    O_PAGE_SIZE,
+    O_PAGE_TOKEN,
+    O_ALL,
+    O_DAYS,
+    O_JSON,
+};
+
+/* Bits of the options a verb accepts; anything else is a usage error rather
+ * than silently ignored. */
+#define F_REGION (1u << 0)
+#define F_DESCRIPTION (1u << 1)
+#define F_ORIGIN (1u << 2)
+#define F_PAGE_SIZE (1u << 3)
+#define F_PAGE_TOKEN (1u << 4)
+#define F_ALL (1u << 5)
+#define F_DAYS (1u << 6)
+#define F_OUT 0 /* --json and -q: every verb */
+
+/* Guard against a server that hands back the same page forever. */
+#define MAX_PAGES 100000
+
+struct verb {
+    const char *name;
+    const char *method;
+    const ProtobufCMessageDescriptor *req;
+    const ProtobufCMessageDescriptor *resp;
+    unsigned opts;
+    int needs_id;
+};
+
+static const struct verb verbs[] = {
+    {"create", "CreateKey", &custos__v1__create_key_request__descriptor,
+     &custos__v1__create_key_response__descriptor, F_REGION | F_DESCRIPTION | F_ORIGIN, 0},
+    {"describe", "DescribeKey", &custos__v1__describe_key_request__descriptor,
+     &custos__v1__describe_key_response__descriptor, F_OUT, 1},
+    {"list", "ListKeys", &custos__v1__list_keys_request__descriptor,
+     &custos__v1__list_keys_response__descriptor, F_PAGE_SIZE | F_PAGE_TOKEN | F_ALL, 0},
+    {"rotate", "RotateKey", &custos__v1__rotate_key_request__descriptor,
+     &custos__v1__rotate_key_response__descriptor, F_OUT, 1},
+    {"enable", "EnableKey", &custos__v1__enable_key_request__descriptor,
+     &custos__v1__enable_key_response__descriptor, F_OUT, 1},
+    {"disable", "DisableKey", &custos__v1__disable_key_request__descriptor,
+     &custos__v1__disable_key_response__descriptor, F_OUT, 1},
+    {"schedule-deletion", "ScheduleKeyDeletion",
+     &custos__v1__schedule_key_deletion_request__descriptor,
+     &custos__v1__schedule_key_deletion_response__descriptor, F_DAYS, 1},
+    {"cancel-deletion", "CancelKeyDeletion", &custos__v1__cancel_key_deletion_request__descriptor,
+     &custos__v1__cancel_key_deletion_response__descriptor, F_OUT, 1},
+};
+
+struct key_args {
+    const struct verb *verb;
+    const char *key_id, *region, *description, *origin, *page_token;
+    uint32_t page_size, days;
+    int all, json, quiet;
+};
+
+static void key_usage(FILE *f)
+{
+    fprintf(f, "usage: kmsctl key <command> [options]\n"
+               "\n"
+               "Key lifecycle (role key-admin). Options may come before or after the command.\n"
+               "\n"
+               "commands:\n"
+               "  create --region R [--description D] [--origin hsm|external]\n"
+               "                            create an AES-256 encrypt/decrypt key in region R\n"
+               "  describe KEY_ID           show a key\n"
+               "  list [--page-size N] [--page-token T] [--all]\n"
+               "                            list the tenant's keys, oldest first; N is 1..1000;\n"
+               "                            --all follows every page\n"
+               "  rotate KEY_ID             add a version that encrypts from now on\n"
+               "  enable KEY_ID             DISABLED -> ENABLED\n"
+               "  disable KEY_ID            ENABLED -> DISABLED (no encrypt or decrypt)\n"
+               "  schedule-deletion KEY_ID [--days N]\n"
+               "                            destroy after N days (default: the server's, 30)\n"
+               "  cancel-deletion KEY_ID    PENDING_DELETION -> DISABLED\n"
+               "\n"
+               "output options:\n"
+               "  --json                    print a JSON object (list: {\"keys\": [...],\n"
+               "                            \"next_page_token\": \"...\"})\n"
+               "  -q, --quiet               print only the key id (list: one per line)\n"
+               "  -h, --help                this text\n"
+               "\n" KMSCTL_CONN_USAGE "\n" KMSCTL_EXIT_USAGE_TEXT);
+}
+
+static int parse_u32(const char *s, unsigned long min, unsigned long max, uint32_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    if (s[0] < '0' || s[0] > '9')
+        return 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+static const char *enum_name(const ProtobufCEnumDescriptor *d, int v)
+{
+    const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
+    return ev ? ev->name : "UNKNOWN";
+}
+
+static const char *iso8601(int64_t t, char buf[32])
+{
+    struct tm tm;
+    time_t tt = (time_t)t;
+    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, 32, "@%" PRId64, t);
+    return buf;
+}
+
+static void print_field(const char *name, const char *value)
+{
+    printf("%s: ", name);
+    kmsctl_print_safe(stdout, value);
+    putchar('\n');
+}
+
+/* The summary; its first line is "key_id: <id>" so scripts may sed it. */
+static void print_key_text(const Custos__V1__KeyMetadata *k)
+{
+    char t[32];
+    print_field("key_id", k->key_id);
+    print_field("tenant", k->tenant);
+    print_field("region", k->region);
+    print_field("state", enum_name(&custos__v1__key_state__descriptor, (int)k->state));
+    print_field("spec", enum_name(&custos__v1__key_spec__descriptor, (int)k->spec));
+    print_field("usage", enum_name(&custos__v1__key_usage__descriptor, (int)k->usage));
+    print_field("origin", enum_name(&custos__v1__key_origin__descriptor, (int)k->origin));
+    if (k->description && *k->description)
+        print_field("description", k->description);
+    print_field("created", iso8601(k->created_at, t));
+    if (k->deletion_at != 0)
+        print_field("deletion", iso8601(k->deletion_at, t));
+    printf("current_version: %" PRIu32 "\n", k->current_version);
+    printf("versions:\n");
+    for (size_t i = 0; i < k->n_versions; i++) {
+        const Custos__V1__KeyVersion *v = k->versions[i];
+        printf("  %" PRIu32 "  ", v->version);
+        kmsctl_print_safe(stdout, v->state);
+        printf("  %s\n", iso8601(v->created_at, t));
+    }
+}
+
+/* json_string refuses invalid UTF-8; the server should never send it, but a
+ * lossy ASCII copy beats dropping the field. */
+static json_t *jstr(const char *s)
+{
+    json_t *j = json_string(s ? s : "");
+    if (j)
+        return j;
+    char *c = strdup(s);
+    if (c == NULL)
+        return NULL;
+    for (char *p = c; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    j = json_string(c);
+    free(c);
+    return j;
+}
+
+static json_t *key_json(const Custos__V1__KeyMetadata *k)
+{
+    char t[32];
+    json_t *o = json_object(), *vs = json_array();
+    json_object_set_new(o, "key_id", jstr(k->key_id));
+    json_object_set_new(o, "tenant", jstr(k->tenant));
+    json_object_set_new(o, "region", jstr(k->region));
+    json_object_set_new(o, "state",
+                        jstr(enum_name(&custos__v1__key_state__descriptor, (int)k->state)));
+    json_object_set_new(o, "spec",
+                        jstr(enum_name(&custos__v1__key_spec__descriptor, (int)k->spec)));
+    json_object_set_new(o, "usage",
+                        jstr(enum_name(&custos__v1__key_usage__descriptor, (int)k->usage)));
+    json_object_set_new(o, "origin",
+                        jstr(enum_name(&custos__v1__key_origin__descriptor, (int)k->origin)));
+    json_object_set_new(o, "description", jstr(k->description));
+    json_object_set_new(o, "created_at", jstr(iso8601(k->created_at, t)));
+    json_object_set_new(o, "deletion_at",
+                        k->deletion_at ? jstr(iso8601(k->deletion_at, t)) : json_null());
+    json_object_set_new(o, "current_version", json_integer(k->current_version));
+    for (size_t i = 0; i < k->n_versions; i++) {
+        const Custos__V1__KeyVersion *v = k->versions[i];
+        json_t *vo = json_object();
+        json_object_set_new(vo, "version", json_integer(v->version));
+        json_object_set_new(vo, "state", jstr(v->state));
+        json_object_set_new(vo, "created_at", jstr(iso8601(v->created_at, t)));
+        json_array_append_new(vs, vo);
+    }
+    json_object_set_new(o, "versions", vs);
+    return o;
+}
+
+static int print_json(json_t *j)
+{
+    /* ASCII-only output: safe on any terminal, still valid JSON. */
+    int rc = json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
+    putchar('\n');
+    json_decref(j);
+    if (rc != 0) {
+        fprintf(stderr, "kmsctl: cannot format JSON output\n");
+        return KMSCTL_EXIT_LOCAL;
+    }
+    return KMSCTL_EXIT_OK;
+}
+
+static int print_key(const struct key_args *a, const Custos__V1__KeyMetadata *k)
+{
+    if (k == NULL) {
+        fprintf(stderr, "kmsctl: reply carries no key\n");
+        return KMSCTL_EXIT_TRANSPORT;
+    }
+    if (a->json)
+        return print_json(key_json(k));
+    if (a->quiet) {
+        kmsctl_print_safe(stdout, k->key_id);
+        putchar('\n');
+    } else {
+        print_key_text(k);
+    }
+    return KMSCTL_EXIT_OK;
+}
+
+/* Every response but ListKeys is { KeyMetadata key = 1; }. */
+static const Custos__V1__KeyMetadata *resp_key(const ProtobufCMessage *m)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(m->descriptor, "key");
+    return f ? *(Custos__V1__KeyMetadata *const *)((const char *)m + f->offset) : NULL;
+}
+
+static int do_create(struct kmsctl_rpc *rpc, const struct key_args *a)
+{
+    Custos__V1__CreateKeyRequest req = CUSTOS__V1__CREATE_KEY_REQUEST__INIT;
+    req.region = (char *)a->region;
+    req.spec = CUSTOS__V1__KEY_SPEC__AES_256;
+    req.usage = CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
+    if (a->description)
+        req.description = (char *)a->description;
+    req.origin = a->origin && strcasecmp(a->origin, "external") == 0
+                     ? CUSTOS__V1__KEY_ORIGIN__EXTERNAL
+                     : CUSTOS__V1__KEY_ORIGIN__HSM;
+    ProtobufCMessage *resp = NULL;
+    int ret = kmsctl_rpc_call(rpc, a->verb->method, &req.base, a->verb->resp, &resp);
+    if (ret == KMSCTL_EXIT_OK)
+        ret = print_key(a, resp_key(resp));
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return ret;
+}
+
+/* describe, rotate, enable, disable, schedule-deletion, cancel-deletion:
+ * each request is { string key_id = 1; } (plus the window for scheduling),
+ * so one builder serves them through the descriptors. */
+static int do_one_key(struct kmsctl_rpc *rpc, const struct key_args *a)
+{
+    const ProtobufCMessageDescriptor *d = a->verb->req;
+    ProtobufCMessage *req = calloc(1, d->sizeof_message), *resp = NULL;
+    if (req == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        return KMSCTL_EXIT_LOCAL;
+    }
+    protobuf_c_message_init(d, req);
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(d, "key_id");
+    *(char **)((char *)req + f->offset) = (char *)a->key_id;
+    f = protobuf_c_message_descriptor_get_field_by_name(d, "pending_window_days");
+    if (f)
+        *(uint32_t *)((char *)req + f->offset) = a->days;
+    int ret = kmsctl_rpc_call(rpc, a->verb->method, req, a->verb->resp, &resp);
+    if (ret == KMSCTL_EXIT_OK)
+        ret = print_key(a, resp_key(resp));
+    protobuf_c_message_free_unpacked(resp, NULL);
+    free(req); /* its strings belong to argv */
+    return ret;
+}
+
+/* A table cell: escaped, then padded to width (ids and regions are ASCII). */
+static void print_cell(const char *s, int width)
+{
+    kmsctl_print_safe(stdout, s);
+    for (int n = (int)strlen(s); n < width; n++)
+        putchar(' ');
+    fputs("  ", stdout);
+}
+
+static void print_list_row(const Custos__V1__KeyMetadata *k)
+{
+    char t[32], v[16];
+    snprintf(v, sizeof(v), "%" PRIu32, k->current_version);
+    print_cell(k->key_id, 32);
+    print_cell(k->region, 10);
+    print_cell(enum_name(&custos__v1__key_state__descriptor, (int)k->state), 16);
+    print_cell(v, 7);
+    print_cell(iso8601(k->created_at, t), 20);
+    kmsctl_print_safe(stdout, k->description);
+    putchar('\n');
+}
+
+static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a)
+{
+    json_t *keys = a->json ? json_array() : NULL;
+    char *token = strdup(a->page_token ? a->page_token : "");
+    size_t total = 0;
+    int ret = KMSCTL_EXIT_OK;
+
+    if (token == NULL || (a->json && keys == NULL)) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        ret = KMSCTL_EXIT_LOCAL;
+        goto done;
+    }
+    for (int page = 0;; page++) {
+        Custos__V1__ListKeysRequest req = CUSTOS__V1__LIST_KEYS_REQUEST__INIT;
+        Custos__V1__ListKeysResponse *resp = NULL;
+        req.page_size = a->page_size;
+        req.page_token = token;
+        ret = kmsctl_rpc_call(rpc, a->verb->method, &req.base, a->verb->resp,
+                              (ProtobufCMessage **)&resp);
+        if (ret != KMSCTL_EXIT_OK)
+            goto done;
+        if (!a->json && !a->quiet && page == 0 && resp->n_keys > 0)
+            printf("%-32s  %-10s  %-16s  %-7s  %-20s  %s\n", "KEY_ID", "REGION", "STATE", "VERSION",
+                   "CREATED", "DESCRIPTION");
+        for (size_t i = 0; i < resp->n_keys; i++) {
+            if (a->json) {
+                json_array_append_new(keys, key_json(resp->keys[i]));
+            } else if (a->quiet) {
+                kmsctl_print_safe(stdout, resp->keys[i]->key_id);
+                putchar('\n');
+            } else {
+                print_list_row(resp->keys[i]);
+            }
+        }
+        total += resp->n_keys;
+        const char *next = resp->next_page_token ? resp->next_page_token : "";
+        int again = a->all && *next && strcmp(next, token) != 0;
+        if (a->all && *next && !again) {
+            fprintf(stderr, "kmsctl: server repeated page token; stopping\n");
+            ret = KMSCTL_EXIT_TRANSPORT;
+        }
+        free(token);
+        token = strdup(next);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        if (token == NULL) {
+            fprintf(stderr, "kmsctl: out of memory\n");
+            ret = KMSCTL_EXIT_LOCAL;
+            goto done;
+        }
+        if (!again || ret != KMSCTL_EXIT_OK)
+            break;
+        if (page + 1 >= MAX_PAGES) {
+            fprintf(stderr, "kmsctl: more than %d pages; stopping\n", MAX_PAGES);
+            ret = KMSCTL_EXIT_TRANSPORT;
+            goto done;
+        }
+    }
+    if (ret != KMSCTL_EXIT_OK)
+        goto done;
+    if (a->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "keys", keys);
+        keys = NULL;
+        json_object_set_new(o, "next_page_token", jstr(token));
+        ret = print_json(o);
+    } else {
+        if (total == 0 && !a->quiet)
+            fprintf(stderr, "no keys\n");
+        if (*token) {
+            fputs("kmsctl: more keys: run again with --page-token ", stderr);
+            kmsctl_print_safe(stderr, token);
+            fputc('\n', stderr);
+        }
+    }
+done:
+    json_decref(keys);
+    free(token);
+    return ret;
+}
+
+static const char *option_name(int c)
+{
+    switch (c) {
+    case O_REGION:
+        return "--region";
+    case O_DESCRIPTION:
+        return "--description";
+    case O_ORIGIN:
+        return "--origin";
+    case O_PAGE_SIZE:
+        return "--page-size";
+    case O_PAGE_TOKEN:
+        return "--page-token";
+    case O_ALL:
+        return "--all";
+    default:
+        return "--days";
+    }
+}
+
+int kmsctl_key_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        KMSCTL_CONN_LONGOPTS,
+        {"region", required_argument, NULL, O_REGION},
+        {"description", required_argument, NULL, O_DESCRIPTION},
+        {"origin", required_argument, NULL, O_ORIGIN},
+        {"page-size", required_argument, NULL, O_PAGE_SIZE},
+        {"page-token", required_argument, NULL, O_PAGE_TOKEN},
+        {"all", no_argument, NULL, O_ALL},
+        {"days", required_argument, NULL, O_DAYS},
+        {"json", no_argument, NULL, O_JSON},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct kmsctl_conn conn;
+    struct key_args a = {0};
+    unsigned seen = 0;
+    int c, bad_opt = 0;
+
+    kmsctl_conn_init(&conn);
+    optind = 1;
+    /* GNU getopt permutes, so options may sit before or after the verb. */
+    while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
+        if (kmsctl_conn_option(&conn, c, optarg))
+            continue;
+        switch (c) {
+        case O_REGION:
+            a.region = optarg;
+            break;
+        case O_DESCRIPTION:
+            a.description = optarg;
+            break;
+        case O_ORIGIN:
+            a.origin = optarg;
+            if (strcasecmp(optarg, "hsm") != 0 && strcasecmp(optarg, "external") != 0) {
+                fprintf(stderr, "kmsctl key: --origin must be hsm or external\n");
+                return KMSCTL_EXIT_USAGE;
+            }
+            break;
+        case O_PAGE_SIZE:
+            if (!parse_u32(optarg, 1, 1000, &a.page_size)) {
+                fprintf(stderr, "kmsctl key: --page-size must be 1..1000\n");
+                return KMSCTL_EXIT_USAGE;
+            }
+            break;
+        case O_PAGE_TOKEN:
+            a.page_token = optarg;
+            break;
+        case O_ALL:
+            a.all = 1;
+            break;
+        case O_DAYS:
+            if (!parse_u32(optarg, 1, UINT32_MAX, &a.days)) {
+                fprintf(stderr, "kmsctl key: --days must be a positive number of days\n");
+                return KMSCTL_EXIT_USAGE;
+            }
+            break;
+        case O_JSON:
+            a.json = 1;
+            break;
+        case 'q':
+            a.quiet = 1;
+            break;
+        case 'h':
+            key_usage(stdout);
+            return KMSCTL_EXIT_OK;
+        default:
+            bad_opt = 1;
+            continue;
+        }
+        if (c >= O_REGION && c <= O_DAYS)
+            seen |= 1u << (c - O_REGION);
+    }
+    if (bad_opt || optind >= argc) {
+        key_usage(stderr);
+        return KMSCTL_EXIT_USAGE;
+    }
+    const char *name = argv[optind++];
+    if (strcmp(name, "help") == 0) {
+        key_usage(stdout);
+        return KMSCTL_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+        if (strcmp(name, verbs[i].name) == 0)
+            a.verb = &verbs[i];
+    if (a.verb == NULL) {
+        fprintf(stderr, "kmsctl key: unknown command '%s'\n", name);
+        key_usage(stderr);
+        return KMSCTL_EXIT_USAGE;
+    }
+    if (a.verb->needs_id) {
+        if (optind >= argc || argv[optind][0] == '\0') {
+            fprintf(stderr, "kmsctl key %s: KEY_ID is required\n", name);
+            return KMSCTL_EXIT_USAGE;
+        }
+        a.key_id = argv[optind++];
+    }
+    if (optind < argc) {
+        fprintf(stderr, "kmsctl key %s: unexpected argument '%s'\n", name, argv[optind]);
+        return KMSCTL_EXIT_USAGE;
+    }
+    unsigned extra = seen & ~a.verb->opts;
+    if (extra) {
+        int bit = __builtin_ctz(extra);
+        fprintf(stderr, "kmsctl key %s: %s does not apply\n", name, option_name(O_REGION + bit));
+        return KMSCTL_EXIT_USAGE;
+    }
+    if (a.json && a.quiet) {
+        fprintf(stderr, "kmsctl key %s: --json and --quiet exclude each other\n", name);
+        return KMSCTL_EXIT_USAGE;
+    }
+    if (a.all && a.page_token) {
+        fprintf(stderr, "kmsctl key list: --all starts at the first page; drop --page-token\n");
+        return KMSCTL_EXIT_USAGE;
+    }
+    if (strcmp(name, "create") == 0 && (a.region == NULL || *a.region == '\0')) {
+        fprintf(stderr, "kmsctl key create: --region is required\n");
+        return KMSCTL_EXIT_USAGE;
+    }
+
+    struct kmsctl_rpc *rpc = NULL;
+    int ret = kmsctl_rpc_open(&conn, &rpc);
+    if (ret != KMSCTL_EXIT_OK)
+        return ret;
+    if (strcmp(name, "create") == 0)
+        ret = do_create(rpc, &a);
+    else if (strcmp(name, "list") == 0)
+        ret = do_list(rpc, &a);
+    else
+        ret = do_one_key(rpc, &a);
+    kmsctl_rpc_free(rpc);
+    if (fflush(stdout) != 0 && ret == KMSCTL_EXIT_OK) {
+        fprintf(stderr, "kmsctl: cannot write output: %s\n", strerror(errno));
+        ret = KMSCTL_EXIT_LOCAL;
+    }
+    return ret;
+}

@@ -1,0 +1,556 @@
+/*
+ * kmsctl_rpc.c - Twirp over libcurl for kmsctl.
+ *
+ * One CURL easy handle per process, reused so that `key list --all` keeps
+ * its connection. Request and reply bodies may hold plaintext or data keys,
+ * so every buffer this file owns is wiped before it is freed (growth copies
+ * included), and the Authorization header is wiped in curl's header list too.
+ */
+#include "kmsctl_rpc.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "kms_error.h"
+#include "kms_secret.h"
+
+#define DEFAULT_ADDR "http://127.0.0.1:8700"
+#define TWIRP_PREFIX "/twirp/custos.v1.KeyService/"
+#define CONNECT_TIMEOUT_S 5L
+#define TOTAL_TIMEOUT_S 30L
+/* A reply larger than this is not from a sane kmsd (the biggest is a
+ * 1000-key ListKeys page); refusing it bounds memory. */
+#define MAX_REPLY (16u * 1024u * 1024u)
+#define MAX_CORRELATION_ID 128
+
+struct kmsctl_rpc {
+    CURL *curl;
+    struct curl_slist *headers; /* may hold "Authorization: Bearer ..." */
+    char *url_base;             /* addr without trailing '/' */
+    char errbuf[CURL_ERROR_SIZE];
+    int global_init;
+};
+
+/* A growable reply buffer whose old copies are wiped when it grows. */
+struct reply {
+    uint8_t *data;
+    size_t len, cap;
+    int too_big;
+};
+
+static void reply_wipe(struct reply *r)
+{
+    if (r->data) {
+        OPENSSL_cleanse(r->data, r->cap);
+        free(r->data);
+    }
+    r->data = NULL;
+    r->len = r->cap = 0;
+}
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct reply *r = userdata;
+    size_t n = size * nmemb; /* curl guarantees size == 1 */
+    if (n > MAX_REPLY - r->len) {
+        r->too_big = 1;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    if (r->len + n > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + n)
+            cap *= 2;
+        uint8_t *p = malloc(cap);
+        if (p == NULL)
+            return 0;
+        if (r->data) {
+            memcpy(p, r->data, r->len);
+            OPENSSL_cleanse(r->data, r->cap);
+            free(r->data);
+        }
+        r->data = p;
+        r->cap = cap;
+    }
+    memcpy(r->data + r->len, ptr, n);
+    r->len += n;
+    return n;
+}
+
+void kmsctl_conn_init(struct kmsctl_conn *c)
+{
+    const char *a = getenv("CUSTOS_ADDR");
+    memset(c, 0, sizeof(*c));
+    c->addr = a && *a ? a : DEFAULT_ADDR;
+    c->api_key_file = getenv("CUSTOS_API_KEY_FILE");
+    c->cacert = getenv("CUSTOS_CACERT");
+    c->cert = getenv("CUSTOS_CLIENT_CERT");
+    c->key = getenv("CUSTOS_CLIENT_KEY");
+}
+
+int kmsctl_conn_option(struct kmsctl_conn *c, int opt, const char *arg)
+{
+    switch (opt) {
+    case KMSCTL_OPT_ADDR:
+        c->addr = arg;
+        return 1;
+    case KMSCTL_OPT_API_KEY_FILE:
+        c->api_key_file = arg;
+        return 1;
+    case KMSCTL_OPT_CACERT:
+        c->cacert = arg;
+        return 1;
+    case KMSCTL_OPT_CERT:
+        c->cert = arg;
+        return 1;
+    case KMSCTL_OPT_KEY:
+        c->key = arg;
+        return 1;
+    case KMSCTL_OPT_CORRELATION_ID:
+        c->correlation_id = arg;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void kmsctl_conn_hoist(int argc, char **argv)
+{
+    static const char *const names[] = {"--addr", "--api-key-file", "--cacert",
+                                        "--cert", "--key",          "--correlation-id"};
+    int i = 1;
+    while (i < argc && argv[i][0] == '-') {
+        int step = 0;
+        for (size_t k = 0; k < sizeof(names) / sizeof(names[0]) && !step; k++) {
+            size_t n = strlen(names[k]);
+            if (strncmp(argv[i], names[k], n) != 0)
+                continue;
+            if (argv[i][n] == '=')
+                step = 1;
+            else if (argv[i][n] == '\0')
+                step = 2;
+        }
+        if (step == 0 || i + step > argc)
+            return; /* not ours: main() reports it as an unknown command */
+        i += step;
+    }
+    if (i == 1 || i >= argc)
+        return;
+    /* Rotate argv[1..i] right by one: the command word moves to argv[1],
+     * the options keep their order behind it. */
+    char *cmd = argv[i];
+    memmove(&argv[2], &argv[1], (size_t)(i - 1) * sizeof(argv[0]));
+    argv[1] = cmd;
+}
+
+/* Printable ASCII only: a correlation id goes into a header and a log. */
+static int correlation_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > MAX_CORRELATION_ID)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x21 || s[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+static int file_readable(const char *what, const char *path)
+{
+    if (access(path, R_OK) == 0)
+        return 1;
+    fprintf(stderr, "kmsctl: %s %s: %s\n", what, path, strerror(errno));
+    return 0;
+}
+
+/* Build "Authorization: Bearer <key>" into rpc->headers. curl copies the
+ * string, so our copy is wiped here and curl's in kmsctl_rpc_free. */
+static int add_bearer(struct kmsctl_rpc *rpc, const char *path)
+{
+    static const char prefix[] = "Authorization: Bearer ";
+    struct kms_secret key = {0};
+    char *src = NULL, *hdr = NULL;
+    int ret = KMSCTL_EXIT_LOCAL;
+
+    if (asprintf(&src, "file:%s", path) < 0) {
+        src = NULL;
+        fprintf(stderr, "kmsctl: out of memory\n");
+        goto done;
+    }
+    if (kms_secret_read_source(src, &key) != KMS_OK) {
+        fprintf(stderr, "kmsctl: api key: %s\n", kms_err_detail());
+        goto done;
+    }
+    /* A CR or LF would split the header; anything outside the token68
+     * alphabet's printable range is not a key. */
+    for (size_t i = 0; i < key.len; i++) {
+        if (key.data[i] < 0x21 || key.data[i] > 0x7e) {
+            fprintf(stderr, "kmsctl: api key file %s: not printable ASCII\n", path);
+            goto done;
+        }
+    }
+    size_t n = sizeof(prefix) - 1 + key.len + 1;
+    hdr = malloc(n);
+    if (hdr == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        goto done;
+    }
+    memcpy(hdr, prefix, sizeof(prefix) - 1);
+    memcpy(hdr + sizeof(prefix) - 1, key.data, key.len);
+    hdr[n - 1] = '\0';
+    struct curl_slist *h = curl_slist_append(rpc->headers, hdr);
+    if (h == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        goto done;
+    }
+    rpc->headers = h;
+    ret = KMSCTL_EXIT_OK;
+done:
+    if (hdr) {
+        OPENSSL_cleanse(hdr, n);
+        free(hdr);
+    }
+    kms_secret_wipe(&key);
+    free(src);
+    return ret;
+}
+
+int kmsctl_rpc_open(const struct kmsctl_conn *c, struct kmsctl_rpc **out)
+{
+    *out = NULL;
+    if (strncmp(c->addr, "http://", 7) != 0 && strncmp(c->addr, "https://", 8) != 0) {
+        fprintf(stderr, "kmsctl: --addr must be an http:// or https:// URL\n");
+        return KMSCTL_EXIT_USAGE;
+    }
+    if (c->correlation_id && !correlation_id_ok(c->correlation_id)) {
+        fprintf(stderr, "kmsctl: --correlation-id must be 1..%d printable ASCII characters\n",
+                MAX_CORRELATION_ID);
+        return KMSCTL_EXIT_USAGE;
+    }
+    if ((c->cert && *c->cert) != (c->key && *c->key)) {
+        fprintf(stderr, "kmsctl: --cert and --key go together\n");
+        return KMSCTL_EXIT_USAGE;
+    }
+    /* Missing TLS files are a local error (4), found before any traffic. */
+    if ((c->cacert && *c->cacert && !file_readable("CA file", c->cacert)) ||
+        (c->cert && *c->cert && !file_readable("client certificate", c->cert)) ||
+        (c->key && *c->key && !file_readable("client key", c->key)))
+        return KMSCTL_EXIT_LOCAL;
+
+    struct kmsctl_rpc *rpc = calloc(1, sizeof(*rpc));
+    int ret = KMSCTL_EXIT_LOCAL;
+    if (rpc == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        return ret;
+    }
+    if (c->api_key_file && *c->api_key_file &&
+        (ret = add_bearer(rpc, c->api_key_file)) != KMSCTL_EXIT_OK)
+        goto fail;
+    ret = KMSCTL_EXIT_TRANSPORT;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "kmsctl: cannot initialise libcurl\n");
+        goto fail;
+    }
+    rpc->global_init = 1;
+    rpc->curl = curl_easy_init();
+    rpc->url_base = strdup(c->addr);
+    if (rpc->curl == NULL || rpc->url_base == NULL) {
+        fprintf(stderr, "kmsctl: cannot initialise libcurl\n");
+        goto fail;
+    }
+    size_t n = strlen(rpc->url_base);
+    while (n > 0 && rpc->url_base[n - 1] == '/')
+        rpc->url_base[--n] = '\0';
+
+    struct curl_slist *h = curl_slist_append(rpc->headers, "Content-Type: application/protobuf");
+    h = h ? curl_slist_append(h, "Accept: application/protobuf, application/json") : NULL;
+    /* No "Expect: 100-continue" round trip: bodies are small. */
+    h = h ? curl_slist_append(h, "Expect:") : NULL;
+    char *corr = NULL;
+    if (h && c->correlation_id) {
+        if (asprintf(&corr, "X-Correlation-Id: %s", c->correlation_id) < 0)
+            corr = NULL;
+        h = corr ? curl_slist_append(h, corr) : NULL;
+        free(corr);
+    }
+    if (h == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        goto fail;
+    }
+    rpc->headers = h;
+
+    CURL *e = rpc->curl;
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rpc->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, CONNECT_TIMEOUT_S);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT, TOTAL_TIMEOUT_S);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "kmsctl");
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, rpc->headers);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    /* Never follow redirects (the bearer key must not travel elsewhere) and
+     * never speak anything but HTTP(S). */
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (c->cacert && *c->cacert)
+        curl_easy_setopt(e, CURLOPT_CAINFO, c->cacert);
+    if (c->cert && *c->cert) {
+        curl_easy_setopt(e, CURLOPT_SSLCERT, c->cert);
+        curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+        curl_easy_setopt(e, CURLOPT_SSLKEY, c->key);
+        curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+    }
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    *out = rpc;
+    return KMSCTL_EXIT_OK;
+fail:
+    kmsctl_rpc_free(rpc);
+    return ret;
+}
+
+void kmsctl_rpc_free(struct kmsctl_rpc *rpc)
+{
+    if (rpc == NULL)
+        return;
+    if (rpc->curl)
+        curl_easy_cleanup(rpc->curl);
+    for (struct curl_slist *h = rpc->headers; h; h = h->next)
+        OPENSSL_cleanse(h->data, strlen(h->data));
+    curl_slist_free_all(rpc->headers);
+    free(rpc->url_base);
+    if (rpc->global_init)
+        curl_global_cleanup();
+    free(rpc);
+}
+
+ProtobufCMessage **kmsctl_rpc_map_new(char *const *keys, char *const *values, size_t n,
+                                      const ProtobufCMessageDescriptor *entry_desc)
+{
+    const ProtobufCFieldDescriptor *fk =
+        protobuf_c_message_descriptor_get_field_by_name(entry_desc, "key");
+    const ProtobufCFieldDescriptor *fv =
+        protobuf_c_message_descriptor_get_field_by_name(entry_desc, "value");
+    ProtobufCMessage **v = calloc(n ? n : 1, sizeof(*v));
+    if (v == NULL || fk == NULL || fv == NULL) {
+        free(v);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        v[i] = calloc(1, entry_desc->sizeof_message);
+        if (v[i] == NULL) {
+            kmsctl_rpc_map_free(v, i);
+            return NULL;
+        }
+        protobuf_c_message_init(entry_desc, v[i]);
+        *(char **)((char *)v[i] + fk->offset) = keys[i];
+        *(char **)((char *)v[i] + fv->offset) = values[i];
+    }
+    return v;
+}
+
+void kmsctl_rpc_map_free(ProtobufCMessage **entries, size_t n)
+{
+    if (entries == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(entries[i]);
+    free(entries);
+}
+
+int kmsctl_kv_add(struct kmsctl_kv *kv, const char *opt, char *arg)
+{
+    char *eq = strchr(arg, '=');
+    if (eq == NULL || eq == arg) {
+        fprintf(stderr, "kmsctl: %s wants KEY=VALUE with a non-empty KEY\n", opt);
+        return 0;
+    }
+    if (kv->n == KMSCTL_KV_MAX) {
+        fprintf(stderr, "kmsctl: at most %d %s pairs\n", KMSCTL_KV_MAX, opt);
+        return 0;
+    }
+    size_t klen = (size_t)(eq - arg);
+    /* A map cannot hold a key twice; refusing beats silently keeping one. */
+    for (size_t i = 0; i < kv->n; i++) {
+        if (strlen(kv->key[i]) == klen && memcmp(kv->key[i], arg, klen) == 0) {
+            fprintf(stderr, "kmsctl: %s key '%.*s' given twice\n", opt, (int)klen, arg);
+            return 0;
+        }
+    }
+    kv->key[kv->n] = strndup(arg, klen);
+    if (kv->key[kv->n] == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        return 0;
+    }
+    kv->value[kv->n++] = eq + 1;
+    return 1;
+}
+
+ProtobufCMessage **kmsctl_kv_map(const struct kmsctl_kv *kv,
+                                 const ProtobufCMessageDescriptor *entry_desc)
+{
+    ProtobufCMessage **v = kmsctl_rpc_map_new(kv->key, kv->value, kv->n, entry_desc);
+    if (v == NULL)
+        fprintf(stderr, "kmsctl: out of memory\n");
+    return v;
+}
+
+void kmsctl_kv_cleanup(struct kmsctl_kv *kv)
+{
+    for (size_t i = 0; i < kv->n; i++)
+        free(kv->key[i]);
+    kv->n = 0;
+}
+
+void kmsctl_print_safe(FILE *f, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        /* Let well-formed UTF-8 through (descriptions may be in any
+         * language) but not C1 controls (U+0080..U+009F), which some
+         * terminals obey. */
+        size_t n = 0;
+        if (*p >= 0xc2 && *p <= 0xdf)
+            n = 2;
+        else if (*p >= 0xe0 && *p <= 0xef)
+            n = 3;
+        else if (*p >= 0xf0 && *p <= 0xf4)
+            n = 4;
+        size_t k = 1;
+        while (n && k < n && (p[k] & 0xc0) == 0x80)
+            k++;
+        if (n && k == n && !(p[0] == 0xc2 && p[1] < 0xa0)) {
+            fwrite(p, 1, n, f);
+            p += n;
+        } else if (*p >= 0x20 && *p < 0x7f) {
+            fputc(*p++, f);
+        } else {
+            fprintf(f, "\\x%02x", *p++);
+        }
+    }
+}
+
+/* The X-Request-Id of the last reply, or NULL. */
+static const char *request_id(CURL *e)
+{
+    struct curl_header *h = NULL;
+    if (curl_easy_header(e, "X-Request-Id", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    return h->value;
+}
+
+/* Print the error of a non-200 reply. Returns 1 for a Twirp error, 3 when the
+ * body is not one (a proxy's HTML page, say). */
+static int report_error(CURL *e, long status, const struct reply *r)
+{
+    json_error_t jerr;
+    json_t *root = r->len ? json_loadb((const char *)r->data, r->len, 0, &jerr) : NULL;
+    const char *code = json_string_value(json_object_get(root, "code"));
+    const char *msg = json_string_value(json_object_get(root, "msg"));
+    const char *rid = request_id(e);
+    int ret;
+
+    if (code && *code) {
+        fputs("kmsctl: ", stderr);
+        kmsctl_print_safe(stderr, code);
+        fputs(": ", stderr);
+        kmsctl_print_safe(stderr, msg ? msg : "");
+        ret = KMSCTL_EXIT_REFUSED;
+    } else {
+        fprintf(stderr, "kmsctl: HTTP %ld reply that is not a Twirp error", status);
+        ret = KMSCTL_EXIT_TRANSPORT;
+    }
+    if (rid) {
+        fputs(" (request id ", stderr);
+        kmsctl_print_safe(stderr, rid);
+        fputc(')', stderr);
+    }
+    fputc('\n', stderr);
+    json_decref(root);
+    return ret;
+}
+
+/* curl errors caused by local certificate files are local errors (4). */
+static int transport_exit(CURLcode cc)
+{
+    return cc == CURLE_SSL_CERTPROBLEM || cc == CURLE_SSL_CACERT_BADFILE ||
+                   cc == CURLE_SSL_CRL_BADFILE
+               ? KMSCTL_EXIT_LOCAL
+               : KMSCTL_EXIT_TRANSPORT;
+}
+
+int kmsctl_rpc_call(struct kmsctl_rpc *rpc, const char *method, const ProtobufCMessage *req,
+                    const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **out_resp)
+{
+    struct reply r = {0};
+    uint8_t *body = NULL;
+    char *url = NULL;
+    int ret = KMSCTL_EXIT_TRANSPORT;
+    CURL *e = rpc->curl;
+
+    *out_resp = NULL;
+    size_t n = protobuf_c_message_get_packed_size(req);
+    body = malloc(n ? n : 1);
+    if (body == NULL || asprintf(&url, "%s" TWIRP_PREFIX "%s", rpc->url_base, method) < 0) {
+        url = NULL;
+        fprintf(stderr, "kmsctl: out of memory\n");
+        ret = KMSCTL_EXIT_LOCAL;
+        goto done;
+    }
+    protobuf_c_message_pack(req, body);
+
+    rpc->errbuf[0] = '\0';
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const char *)body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &r);
+    CURLcode cc = curl_easy_perform(e);
+    if (cc != CURLE_OK) {
+        if (r.too_big)
+            fprintf(stderr, "kmsctl: %s: reply larger than %u bytes\n", rpc->url_base, MAX_REPLY);
+        else
+            fprintf(stderr, "kmsctl: %s: %s\n", rpc->url_base,
+                    rpc->errbuf[0] ? rpc->errbuf : curl_easy_strerror(cc));
+        ret = transport_exit(cc);
+        goto done;
+    }
+    long status = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200) {
+        ret = report_error(e, status, &r);
+        goto done;
+    }
+    /* A 200 that is not protobuf is an intermediary's page, not kmsd. */
+    const char *ctype = NULL;
+    curl_easy_getinfo(e, CURLINFO_CONTENT_TYPE, &ctype);
+    if (ctype && strncmp(ctype, "application/protobuf", 20) != 0) {
+        fprintf(stderr, "kmsctl: %s: reply is not application/protobuf\n", rpc->url_base);
+        goto done;
+    }
+    *out_resp = protobuf_c_message_unpack(resp_desc, NULL, r.len, r.data);
+    if (*out_resp == NULL) {
+        fprintf(stderr, "kmsctl: %s: malformed %s reply\n", rpc->url_base, method);
+        goto done;
+    }
+    ret = KMSCTL_EXIT_OK;
+done:
+    /* curl keeps a pointer to the body; drop it before the body goes. */
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+    if (body) {
+        OPENSSL_cleanse(body, n);
+        free(body);
+    }
+    reply_wipe(&r);
+    free(url);
+    return ret;
+}

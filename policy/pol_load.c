@@ -1,0 +1,571 @@
+/*
+ * pol_load.c - parse and validate a policy document.
+ *
+ * Validation is complete and strict: any field this build does not know, any
+ * malformed value, any reference to something that does not exist is an
+ * error, because a typo that silently dropped a restriction would weaken the
+ * policy without anyone noticing. Every error names the JSON path of the
+ * offending value. Strings are borrowed from the JSON tree, which the
+ * document keeps.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "kms_log.h"
+#include "pol_doc.h"
+#include "pol_doc_internal.h"
+#include "pol_json.h"
+
+struct loader {
+    struct pol_doc *doc;
+    size_t next_principal;
+};
+
+static bool list_has(const char *const *list, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i], s) == 0)
+            return true;
+    return false;
+}
+
+/* ---- principals ---------------------------------------------------------- */
+
+static int hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static kms_err add_api_key(struct pol_doc *doc, const struct pol_principal *p, const json_t *v,
+                           const char *path, long slot)
+{
+    KMS_GUARD(pol_json_expect(v, JSON_STRING, "a string", path));
+    const char *hex = json_string_value(v);
+    KMS_ENSURE(json_string_length(v) == 2 * POL_SHA256_LEN, KMS_ERR_CONFIG,
+               "%s: expected 64 hex digits (the SHA-256 of the API key)", path);
+    struct pol_cred *cred = &doc->creds[doc->n_creds];
+    for (size_t i = 0; i < POL_SHA256_LEN; i++) {
+        int hi = hex_nibble(hex[2 * i]), lo = hex_nibble(hex[2 * i + 1]);
+        KMS_ENSURE(hi >= 0 && lo >= 0, KMS_ERR_CONFIG,
+                   "%s: expected 64 hex digits (the SHA-256 of the API key)", path);
+        cred->sha256[i] = (uint8_t)(hi << 4 | lo);
+    }
+    cred->principal = p;
+    cred->slot = slot;
+    cred->seq = doc->n_creds++;
+    return KMS_OK;
+}
+
+static kms_err load_api_keys(struct pol_doc *doc, const struct pol_principal *p, const json_t *v,
+                             const char *path)
+{
+    char item[POL_PATH_LEN];
+    if (!json_is_array(v))
+        return add_api_key(doc, p, v, path, -1);
+    size_t n = json_array_size(v);
+    KMS_ENSURE(n > 0, KMS_ERR_CONFIG, "%s: must not be empty", path);
+    KMS_ENSURE(n <= POL_MAX_API_KEYS, KMS_ERR_CONFIG, "%s: too many entries (%zu, at most %d)",
+               path, n, POL_MAX_API_KEYS);
+    for (size_t i = 0; i < n; i++) {
+        pol_path_index(item, path, i);
+        KMS_GUARD(add_api_key(doc, p, json_array_get(v, i), item, (long)i));
+    }
+    return KMS_OK;
+}
+
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return -1;
+}
+
+static kms_err parse_officer_key(const char *pem, const char *path, EVP_PKEY **out)
+{
+    kms_err rc = KMS_OK;
+    char group[64];
+    size_t group_len = 0;
+    EVP_PKEY *pkey = NULL;
+    BIO *bio = NULL;
+    const char *begin = pem + strspn(pem, " \t\r\n");
+
+    /* PEM readers skip blocks with other labels: insist the text *is* one
+     * public key, not a certificate or private key followed by one. Never
+     * quote the text: a private key pasted by mistake must not reach a log. */
+    KMS_ENSURE_GOTO(strncmp(begin, "-----BEGIN PUBLIC KEY-----", 26) == 0, done, KMS_ERR_CONFIG,
+                    "%s: expected a PEM public key (-----BEGIN PUBLIC KEY-----)", path);
+    bio = BIO_new_mem_buf(begin, -1);
+    KMS_ENSURE_GOTO(bio != NULL, done, KMS_ERR_NOMEM, "out of memory");
+    pkey = PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
+    KMS_ENSURE_GOTO(pkey != NULL, done, KMS_ERR_CONFIG, "%s: not a valid PEM public key", path);
+    char *rest = NULL;
+    long rest_len = BIO_get_mem_data(bio, &rest);
+    for (long i = 0; i < rest_len; i++)
+        KMS_ENSURE_GOTO(rest[i] == ' ' || rest[i] == '\t' || rest[i] == '\r' || rest[i] == '\n',
+                        done, KMS_ERR_CONFIG, "%s: unexpected data after the public key", path);
+    KMS_ENSURE_GOTO(EVP_PKEY_is_a(pkey, "EC"), done, KMS_ERR_CONFIG,
+                    "%s: %s key; officers need an ECDSA P-256 key", path,
+                    EVP_PKEY_get0_type_name(pkey) ? EVP_PKEY_get0_type_name(pkey) : "non-EC");
+    KMS_ENSURE_GOTO(EVP_PKEY_get_group_name(pkey, group, sizeof(group), &group_len) == 1, done,
+                    KMS_ERR_CONFIG, "%s: EC key without a named curve; officers need P-256", path);
+    KMS_ENSURE_GOTO(strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0, done,
+                    KMS_ERR_CONFIG, "%s: curve %s; officers need an ECDSA P-256 key", path, group);
+    *out = pkey;
+    pkey = NULL;
+done:
+    BIO_free(bio);
+    EVP_PKEY_free(pkey);
+    if (rc != KMS_OK)
+        ERR_clear_error();
+    return rc;
+}
+
+static const char *const principal_fields[] = {"id",           "description",     "role",
+                                               "home_region",  "allowed_regions", "api_key_sha256",
+                                               "cert_subject", "public_key_pem",  NULL};
+
+/* t is NULL for a global principal. */
+static kms_err load_principal(struct loader *ld, const struct pol_tenant *t, const json_t *obj,
+                              const char *path, struct pol_principal *p)
+{
+    const char *s;
+    json_t *v;
+    char fpath[POL_PATH_LEN], c[POL_CLIP_LEN];
+
+    KMS_GUARD(pol_json_expect_object(obj, path));
+    KMS_GUARD(pol_json_check_fields(obj, path, principal_fields));
+    KMS_GUARD(pol_json_string(obj, path, "id", true, POL_STR_ID, &p->id));
+    KMS_GUARD(pol_json_string(obj, path, "description", false, POL_STR_TEXT, &s));
+
+    pol_path_join(fpath, path, "role");
+    KMS_GUARD(pol_json_field(obj, path, "role", true, &v));
+    KMS_GUARD(pol_json_expect(v, JSON_STRING, "a string", fpath));
+    KMS_ENSURE(pol_role_from_name(json_string_value(v), &p->role), KMS_ERR_CONFIG,
+               "%s: unknown role \"%s\"", fpath, pol_json_clip(json_string_value(v), c));
+    KMS_ENSURE(t != NULL || p->role == POL_ROLE_AUDITOR || p->role == POL_ROLE_OPERATOR,
+               KMS_ERR_CONFIG,
+               "%s: role %s needs a tenant (define the principal under tenants[].principals)",
+               fpath, pol_role_name(p->role));
+
+    pol_path_join(fpath, path, "home_region");
+    KMS_GUARD(pol_json_string(obj, path, "home_region", true, POL_STR_REGION, &p->home_region));
+    KMS_ENSURE(t == NULL || list_has(t->regions, t->n_regions, p->home_region), KMS_ERR_CONFIG,
+               "%s: region \"%s\" is not in the tenant's allowed_regions", fpath, p->home_region);
+
+    KMS_GUARD(pol_json_string_list(obj, path, "allowed_regions", false, POL_STR_REGION,
+                                   POL_MAX_REGIONS, &p->regions, &p->n_regions));
+    pol_path_join(fpath, path, "allowed_regions");
+    KMS_ENSURE(p->regions == NULL || p->role == POL_ROLE_BROKER, KMS_ERR_CONFIG,
+               "%s: only brokers are bound to their home region; role %s takes no allowed_regions",
+               fpath, pol_role_name(p->role));
+    for (size_t i = 0; t != NULL && i < p->n_regions; i++)
+        KMS_ENSURE(list_has(t->regions, t->n_regions, p->regions[i]), KMS_ERR_CONFIG,
+                   "%s[%zu]: region \"%s\" is not in the tenant's allowed_regions", fpath, i,
+                   p->regions[i]);
+
+    KMS_GUARD(pol_json_field(obj, path, "api_key_sha256", false, &v));
+    pol_path_join(fpath, path, "api_key_sha256");
+    if (v != NULL)
+        KMS_GUARD(load_api_keys(ld->doc, p, v, fpath));
+    KMS_GUARD(pol_json_string(obj, path, "cert_subject", false, POL_STR_SUBJECT, &p->cert_subject));
+    KMS_ENSURE(v != NULL || p->cert_subject != NULL, KMS_ERR_CONFIG,
+               "%s: no credential (needs api_key_sha256 or cert_subject)", path);
+
+    pol_path_join(fpath, path, "public_key_pem");
+    KMS_GUARD(pol_json_string(obj, path, "public_key_pem", p->role == POL_ROLE_OFFICER, POL_STR_PEM,
+                              &p->officer_pem));
+    if (p->role != POL_ROLE_OFFICER)
+        KMS_ENSURE(p->officer_pem == NULL, KMS_ERR_CONFIG, "%s: only officers carry a public key",
+                   fpath);
+    else
+        KMS_GUARD(parse_officer_key(p->officer_pem, fpath, &p->officer_key));
+    return KMS_OK;
+}
+
+static kms_err load_principals(struct loader *ld, const struct pol_tenant *t, const json_t *arr,
+                               const char *path, long tenant_index)
+{
+    char item[POL_PATH_LEN];
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        struct pol_principal *p = &ld->doc->principals[ld->next_principal++];
+        p->tenant = t;
+        p->tenant_index = tenant_index;
+        p->index = i;
+        pol_path_index(item, path, i);
+        KMS_GUARD(load_principal(ld, t, v, item, p));
+    }
+    return KMS_OK;
+}
+
+/* A principal of tenant t named by the string at path, for quorums and grants. */
+static kms_err resolve_principal(const struct pol_doc *doc, const struct pol_tenant *t,
+                                 const json_t *v, const char *path,
+                                 const struct pol_principal **out)
+{
+    const char *id;
+    char c[POL_CLIP_LEN];
+    KMS_GUARD(pol_json_check_string(v, path, POL_STR_ID, &id));
+    *out = pol_doc_principal(doc, id);
+    KMS_ENSURE(*out != NULL, KMS_ERR_CONFIG, "%s: unknown principal \"%s\"", path,
+               pol_json_clip(id, c));
+    KMS_ENSURE((*out)->tenant == t, KMS_ERR_CONFIG, "%s: principal \"%s\" is not in tenant \"%s\"",
+               path, id, t->id);
+    return KMS_OK;
+}
+
+/* ---- tenants ------------------------------------------------------------- */
+
+static const char *const quorum_fields[] = {"approvals", "officers", NULL};
+
+static kms_err load_quorum(struct pol_doc *doc, struct pol_tenant *t, const json_t *obj,
+                           const char *path)
+{
+    json_t *arr, *v;
+    char fpath[POL_PATH_LEN], item[POL_PATH_LEN];
+    size_t i;
+
+    KMS_GUARD(pol_json_expect_object(obj, path));
+    KMS_GUARD(pol_json_check_fields(obj, path, quorum_fields));
+
+    KMS_GUARD(pol_json_array(obj, path, "officers", true, 1, POL_MAX_OFFICERS, &arr));
+    pol_path_join(fpath, path, "officers");
+    t->officers = calloc(json_array_size(arr), sizeof(*t->officers));
+    KMS_ENSURE(t->officers != NULL, KMS_ERR_NOMEM, "out of memory");
+    json_array_foreach(arr, i, v) {
+        const struct pol_principal *p;
+        pol_path_index(item, fpath, i);
+        KMS_GUARD(resolve_principal(doc, t, v, item, &p));
+        KMS_ENSURE(p->role == POL_ROLE_OFFICER, KMS_ERR_CONFIG,
+                   "%s: principal \"%s\" has role %s, not officer", item, p->id,
+                   pol_role_name(p->role));
+        KMS_ENSURE(!pol_tenant_is_quorum_officer(t, p), KMS_ERR_CONFIG,
+                   "%s: \"%s\" is listed twice", item, p->id);
+        /* Two officers with one key are one signer counted twice. */
+        for (size_t j = 0; j < t->n_officers; j++)
+            KMS_ENSURE(EVP_PKEY_eq(t->officers[j]->officer_key, p->officer_key) != 1,
+                       KMS_ERR_CONFIG, "%s: officer \"%s\" has the same public key as \"%s\"", item,
+                       p->id, t->officers[j]->id);
+        t->officers[t->n_officers++] = p;
+    }
+
+    pol_path_join(fpath, path, "approvals");
+    KMS_GUARD(pol_json_field(obj, path, "approvals", true, &v));
+    KMS_GUARD(pol_json_expect(v, JSON_INTEGER, "an integer", fpath));
+    json_int_t m = json_integer_value(v);
+    KMS_ENSURE(m >= 1, KMS_ERR_CONFIG, "%s: must be at least 1", fpath);
+    KMS_ENSURE((size_t)m <= t->n_officers, KMS_ERR_CONFIG,
+               "%s: %lld approvals required but only %zu officers listed", fpath, (long long)m,
+               t->n_officers);
+    t->quorum_approvals = (unsigned)m;
+    /* The requester's own approval does not count, so when every listed
+     * officer is needed a request by one of them can never complete. Legal
+     * (the requester may be an officer outside the list), but worth saying. */
+    if ((size_t)m == t->n_officers)
+        kms_log_warn("policy",
+                     "%s: equals the number of officers (%zu), so a recovery "
+                     "requested by one of them cannot reach quorum",
+                     fpath, t->n_officers);
+    return KMS_OK;
+}
+
+static const char *const grant_fields[] = {"sid",        "description", "key_id",
+                                           "principals", "operations",  NULL};
+
+static kms_err load_grant(struct pol_doc *doc, struct pol_tenant *t, const json_t *obj,
+                          const char *path, struct pol_grant *g)
+{
+    json_t *arr, *v;
+    char fpath[POL_PATH_LEN], item[POL_PATH_LEN], c[POL_CLIP_LEN];
+    const char *s;
+    size_t i;
+
+    KMS_GUARD(pol_json_expect_object(obj, path));
+    KMS_GUARD(pol_json_check_fields(obj, path, grant_fields));
+    KMS_GUARD(pol_json_string(obj, path, "sid", false, POL_STR_ID, &g->sid));
+    for (size_t j = 0; g->sid != NULL && j < g->index; j++)
+        KMS_ENSURE(t->grants[j].sid == NULL || strcmp(t->grants[j].sid, g->sid) != 0,
+                   KMS_ERR_CONFIG, "%s.sid: duplicate sid \"%s\" (also tenants[%zu].grants[%zu])",
+                   path, g->sid, t->index, j);
+    KMS_GUARD(pol_json_string(obj, path, "description", false, POL_STR_TEXT, &s));
+    KMS_GUARD(pol_json_string(obj, path, "key_id", true, POL_STR_KEY_ID, &g->key_id));
+
+    KMS_GUARD(pol_json_array(obj, path, "principals", true, 1, POL_MAX_GRANT_PRINCIPALS, &arr));
+    pol_path_join(fpath, path, "principals");
+    g->principals = calloc(json_array_size(arr), sizeof(*g->principals));
+    KMS_ENSURE(g->principals != NULL, KMS_ERR_NOMEM, "out of memory");
+    json_array_foreach(arr, i, v) {
+        const struct pol_principal *p;
+        pol_path_index(item, fpath, i);
+        KMS_GUARD(resolve_principal(doc, t, v, item, &p));
+        for (size_t j = 0; j < g->n_principals; j++)
+            KMS_ENSURE(g->principals[j] != p, KMS_ERR_CONFIG, "%s: \"%s\" is listed twice", item,
+                       p->id);
+        g->principals[g->n_principals++] = p;
+    }
+
+    KMS_GUARD(pol_json_array(obj, path, "operations", true, 1, POL_OP__COUNT, &arr));
+    pol_path_join(fpath, path, "operations");
+    json_array_foreach(arr, i, v) {
+        enum pol_op op;
+        pol_path_index(item, fpath, i);
+        KMS_GUARD(pol_json_check_string(v, item, POL_STR_NAME, &s));
+        KMS_ENSURE(pol_op_from_name(s, &op), KMS_ERR_CONFIG, "%s: unknown operation \"%s\"", item,
+                   pol_json_clip(s, c));
+        KMS_ENSURE(!(g->ops & (UINT64_C(1) << op)), KMS_ERR_CONFIG, "%s: \"%s\" is listed twice",
+                   item, s);
+        KMS_ENSURE(pol_op_target(op) == POL_TARGET_KEY, KMS_ERR_CONFIG,
+                   "%s: operation %s does not act on one key and cannot be granted per key", item,
+                   s);
+        for (size_t j = 0; j < g->n_principals; j++)
+            KMS_ENSURE(pol_role_allows(g->principals[j]->role, op), KMS_ERR_CONFIG,
+                       "%s: operation %s is not allowed for principal \"%s\" (role %s)", item, s,
+                       g->principals[j]->id, pol_role_name(g->principals[j]->role));
+        g->ops |= UINT64_C(1) << op;
+    }
+    return KMS_OK;
+}
+
+static int cmp_grant(const void *a, const void *b)
+{
+    const struct pol_grant *ga = a, *gb = b;
+    int c = strcmp(ga->key_id, gb->key_id);
+    return c != 0 ? c : (ga->index < gb->index ? -1 : ga->index > gb->index);
+}
+
+static const char *const tenant_fields[] = {
+    "id",     "description", "allowed_regions", "escrow_required",
+    "quorum", "principals",  "grants",          NULL};
+
+/* Pass 1: everything but the quorum and the grants, which name principals
+ * and so wait until every principal of the document is known. */
+static kms_err load_tenant(struct loader *ld, const json_t *obj, const char *path,
+                           struct pol_tenant *t)
+{
+    json_t *v;
+    const char *s;
+    char fpath[POL_PATH_LEN];
+
+    KMS_GUARD(pol_json_expect_object(obj, path));
+    KMS_GUARD(pol_json_check_fields(obj, path, tenant_fields));
+    KMS_GUARD(pol_json_string(obj, path, "id", true, POL_STR_ID, &t->id));
+    KMS_GUARD(pol_json_string(obj, path, "description", false, POL_STR_TEXT, &s));
+    KMS_GUARD(pol_json_string_list(obj, path, "allowed_regions", true, POL_STR_REGION,
+                                   POL_MAX_REGIONS, &t->regions, &t->n_regions));
+    pol_path_join(fpath, path, "escrow_required");
+    KMS_GUARD(pol_json_field(obj, path, "escrow_required", true, &v));
+    KMS_GUARD(pol_json_expect(v, JSON_TRUE, "a boolean", fpath));
+    t->escrow_required = json_is_true(v);
+
+    KMS_GUARD(pol_json_array(obj, path, "principals", false, 0, POL_MAX_PRINCIPALS, &v));
+    pol_path_join(fpath, path, "principals");
+    if (v != NULL)
+        KMS_GUARD(load_principals(ld, t, v, fpath, (long)t->index));
+    return KMS_OK;
+}
+
+/* Pass 2: quorum and grants. */
+static kms_err load_tenant_rules(struct pol_doc *doc, const json_t *obj, const char *path,
+                                 struct pol_tenant *t)
+{
+    json_t *v, *g;
+    char fpath[POL_PATH_LEN], item[POL_PATH_LEN];
+    size_t i;
+
+    KMS_GUARD(pol_json_field(obj, path, "quorum", false, &v));
+    pol_path_join(fpath, path, "quorum");
+    /* Escrow without a quorum would store blobs nobody can ever recover. */
+    KMS_ENSURE(v != NULL || !t->escrow_required, KMS_ERR_CONFIG,
+               "%s: missing required field (escrow_required is true)", fpath);
+    if (v != NULL)
+        KMS_GUARD(load_quorum(doc, t, v, fpath));
+
+    KMS_GUARD(pol_json_array(obj, path, "grants", false, 0, POL_MAX_GRANTS, &v));
+    if (v == NULL || json_array_size(v) == 0)
+        return KMS_OK;
+    pol_path_join(fpath, path, "grants");
+    t->grants = calloc(json_array_size(v), sizeof(*t->grants));
+    KMS_ENSURE(t->grants != NULL, KMS_ERR_NOMEM, "out of memory");
+    json_array_foreach(v, i, g) {
+        pol_path_index(item, fpath, i);
+        t->grants[i].index = i;
+        t->n_grants = i + 1; /* so that a failure frees what this grant holds */
+        KMS_GUARD(load_grant(doc, t, g, item, &t->grants[i]));
+    }
+    qsort(t->grants, t->n_grants, sizeof(*t->grants), cmp_grant);
+    return KMS_OK;
+}
+
+/* ---- document ------------------------------------------------------------ */
+
+static size_t member_array_size(const json_t *obj, const char *name)
+{
+    const json_t *v = json_is_object(obj) ? json_object_get(obj, name) : NULL;
+    return json_is_array(v) ? json_array_size(v) : 0;
+}
+
+/* Size the arrays once, before anything points into them, and refuse a
+ * document over the limits before spending work on it. */
+static kms_err allocate(struct pol_doc *doc, const json_t *tenants, const json_t *globals)
+{
+    size_t n_principals = globals != NULL ? json_array_size(globals) : 0;
+    size_t n_grants = 0;
+    for (size_t i = 0; i < json_array_size(tenants); i++) {
+        n_principals += member_array_size(json_array_get(tenants, i), "principals");
+        n_grants += member_array_size(json_array_get(tenants, i), "grants");
+    }
+    KMS_ENSURE(n_principals <= POL_MAX_PRINCIPALS, KMS_ERR_CONFIG,
+               "document: too many principals (%zu, at most %d)", n_principals, POL_MAX_PRINCIPALS);
+    KMS_ENSURE(n_grants <= POL_MAX_GRANTS, KMS_ERR_CONFIG,
+               "document: too many grants (%zu, at most %d)", n_grants, POL_MAX_GRANTS);
+
+    size_t n_tenants = json_array_size(tenants);
+    doc->tenants = calloc(n_tenants ? n_tenants : 1, sizeof(*doc->tenants));
+    doc->principals = calloc(n_principals ? n_principals : 1, sizeof(*doc->principals));
+    doc->creds = calloc(n_principals ? n_principals * POL_MAX_API_KEYS : 1, sizeof(*doc->creds));
+    KMS_ENSURE(doc->tenants != NULL && doc->principals != NULL && doc->creds != NULL, KMS_ERR_NOMEM,
+               "out of memory");
+    /* Counts only once the arrays exist: the free path walks them. */
+    doc->n_tenants = n_tenants;
+    doc->n_principals = n_principals;
+    return KMS_OK;
+}
+
+static const char *const doc_fields[] = {"version", "description", "tenants", "principals", NULL};
+
+static kms_err load_root(struct loader *ld, const json_t *root)
+{
+    struct pol_doc *doc = ld->doc;
+    json_t *v, *tenants, *globals;
+    const char *s;
+    char item[POL_PATH_LEN];
+
+    KMS_GUARD(pol_json_expect_object(root, ""));
+    KMS_GUARD(pol_json_check_fields(root, "", doc_fields));
+    KMS_GUARD(pol_json_field(root, "", "version", true, &v));
+    KMS_GUARD(pol_json_expect(v, JSON_INTEGER, "an integer", "version"));
+    KMS_ENSURE(json_integer_value(v) == POL_DOC_VERSION, KMS_ERR_CONFIG,
+               "version: unsupported version %lld (this build reads version %d)",
+               (long long)json_integer_value(v), POL_DOC_VERSION);
+    KMS_GUARD(pol_json_string(root, "", "description", false, POL_STR_TEXT, &s));
+    KMS_GUARD(pol_json_array(root, "", "tenants", true, 0, POL_MAX_TENANTS, &tenants));
+    KMS_GUARD(pol_json_array(root, "", "principals", false, 0, POL_MAX_PRINCIPALS, &globals));
+    KMS_GUARD(allocate(doc, tenants, globals));
+
+    for (size_t i = 0; i < doc->n_tenants; i++) {
+        doc->tenants[i].index = i;
+        pol_path_index(item, "tenants", i);
+        KMS_GUARD(load_tenant(ld, json_array_get(tenants, i), item, &doc->tenants[i]));
+    }
+    if (globals != NULL)
+        KMS_GUARD(load_principals(ld, NULL, globals, "principals", -1));
+    KMS_GUARD(pol_doc_index(doc));
+    for (size_t i = 0; i < doc->n_tenants; i++) {
+        pol_path_index(item, "tenants", i);
+        KMS_GUARD(load_tenant_rules(doc, json_array_get(tenants, i), item, &doc->tenants[i]));
+    }
+    return KMS_OK;
+}
+
+kms_err pol_doc_load_buffer(const void *json, size_t len, struct pol_doc **out_doc)
+{
+    kms_err rc = KMS_OK;
+    uint8_t md[POL_SHA256_LEN];
+    unsigned int md_len = 0;
+    json_error_t jerr;
+
+    *out_doc = NULL;
+    KMS_ENSURE(json != NULL || len == 0, KMS_ERR_USAGE, "pol_doc_load_buffer: NULL document");
+    if (json == NULL)
+        json = "";
+    KMS_ENSURE(len <= POL_MAX_DOC_BYTES, KMS_ERR_CONFIG, "document: %zu bytes, at most %d", len,
+               POL_MAX_DOC_BYTES);
+    struct pol_doc *doc = pol_doc_alloc();
+    KMS_ENSURE(doc != NULL, KMS_ERR_NOMEM, "out of memory");
+    struct loader ld = {.doc = doc};
+
+    KMS_ENSURE_GOTO(EVP_Digest(json, len, md, &md_len, EVP_sha256(), NULL) == 1, done,
+                    KMS_ERR_INTERNAL, "SHA-256 failed");
+    for (size_t i = 0; i < sizeof(md); i++)
+        snprintf(doc->digest_hex + 2 * i, 3, "%02x", md[i]);
+
+    /* Duplicate keys are refused: with "last one wins" a second "role" could
+     * quietly override the first. jansson already refuses \u0000 in strings. */
+    doc->root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc->root == NULL) {
+        char c[POL_CLIP_LEN];
+        rc = kms_err_set(KMS_ERR_CONFIG, "JSON syntax error at line %d column %d: %s", jerr.line,
+                         jerr.column, pol_json_clip(jerr.text, c));
+        goto done;
+    }
+    KMS_GUARD_GOTO(load_root(&ld, doc->root), done);
+    *out_doc = doc;
+    doc = NULL;
+done:
+    pol_doc_unref(doc);
+    return rc;
+}
+
+kms_err pol_doc_load_file(const char *path, struct pol_doc **out_doc)
+{
+    kms_err rc = KMS_OK;
+    char *buf = NULL;
+    size_t len = 0;
+    struct stat st;
+
+    *out_doc = NULL;
+    KMS_ENSURE(path != NULL, KMS_ERR_USAGE, "pol_doc_load_file: NULL path");
+    /* Symlinks are followed: configuration systems commonly publish files
+     * through them. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    KMS_ENSURE(fd >= 0, KMS_ERR_CONFIG, "cannot open policy file: %s", strerror(errno));
+    KMS_ENSURE_GOTO(fstat(fd, &st) == 0, done, KMS_ERR_CONFIG, "cannot stat policy file: %s",
+                    strerror(errno));
+    KMS_ENSURE_GOTO(S_ISREG(st.st_mode), done, KMS_ERR_CONFIG, "policy file is not a regular file");
+    /* Whoever can write the policy decides who may use every key. Group
+     * write is the administrator's choice (an admin group); world write is
+     * never right. */
+    KMS_ENSURE_GOTO((st.st_mode & S_IWOTH) == 0, done, KMS_ERR_CONFIG,
+                    "policy file is writable by others (mode %04o)",
+                    (unsigned)(st.st_mode & 07777));
+    KMS_ENSURE_GOTO(st.st_size <= POL_MAX_DOC_BYTES, done, KMS_ERR_CONFIG,
+                    "document: %lld bytes, at most %d", (long long)st.st_size, POL_MAX_DOC_BYTES);
+
+    /* Read one byte past the limit: the file may have grown since fstat. */
+    buf = malloc(POL_MAX_DOC_BYTES + 1);
+    KMS_ENSURE_GOTO(buf != NULL, done, KMS_ERR_NOMEM, "out of memory");
+    for (;;) {
+        ssize_t n = read(fd, buf + len, POL_MAX_DOC_BYTES + 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        KMS_ENSURE_GOTO(n >= 0, done, KMS_ERR_CONFIG, "cannot read policy file: %s",
+                        strerror(errno));
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        KMS_ENSURE_GOTO(len <= POL_MAX_DOC_BYTES, done, KMS_ERR_CONFIG,
+                        "document: more than %d bytes", POL_MAX_DOC_BYTES);
+    }
+    rc = pol_doc_load_buffer(buf, len, out_doc);
+done:
+    free(buf);
+    close(fd);
+    return rc;
+}

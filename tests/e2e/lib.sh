@@ -1,0 +1,53 @@
+# Shared by the end-to-end tests: start and stop a kmsd of our own.
+#
+#   . tests/e2e/lib.sh
+#   e2e_setup NAME           # dev installation in $E2E_DIR, free port in $E2E_PORT
+#   e2e_start [config]       # start kmsd (default $E2E_DIR/kmsd.json), wait until it answers
+#   e2e_stop                 # SIGTERM, wait; fails if kmsd did not exit 0
+#
+# The daemon's log is $E2E_DIR/kmsd.log. Everything lives under
+# $CUSTOS_TEST_WORK (made and removed by tests/run-tests.sh).
+
+BUILD_DIR=${CUSTOS_TEST_BUILD:-$(pwd)/build}
+KMSD="$BUILD_DIR/bin/kmsd"
+KMSCTL="$BUILD_DIR/bin/kmsctl"
+E2E_PID=
+
+e2e_free_port() {
+    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+e2e_setup() {
+    E2E_DIR="${CUSTOS_TEST_WORK:-/tmp}/e2e-$1"
+    E2E_PORT=$(e2e_free_port)
+    rm -rf "$E2E_DIR"
+    BUILD="$BUILD_DIR" KMSCTL="$KMSCTL" sh deploy/dev-setup.sh "$E2E_DIR" "$E2E_PORT" >/dev/null
+    export SOFTHSM2_CONF="$E2E_DIR/hsm/softhsm2.conf"
+    export CUSTOS_ADDR="http://127.0.0.1:$E2E_PORT"
+}
+
+e2e_start() {
+    cfg=${1:-$E2E_DIR/kmsd.json}
+    "$KMSD" --config "$cfg" >>"$E2E_DIR/kmsd.log" 2>&1 &
+    E2E_PID=$!
+    i=0
+    while ! grep -q '"ready' "$E2E_DIR/kmsd.log" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt 300 ] || ! kill -0 "$E2E_PID" 2>/dev/null; then
+            echo "kmsd did not start:" >&2
+            cat "$E2E_DIR/kmsd.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+e2e_stop() {
+    [ -n "$E2E_PID" ] || return 0
+    kill -TERM "$E2E_PID" 2>/dev/null
+    wait "$E2E_PID"
+    rc=$?
+    E2E_PID=
+    [ $rc -eq 0 ] || { echo "kmsd exited with $rc" >&2; tail -n 20 "$E2E_DIR/kmsd.log" >&2; }
+    return $rc
+}

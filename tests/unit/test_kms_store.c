@@ -1,0 +1,1208 @@
+/*
+ * test_kms_store.c - the metadata store against real SQLite files in a
+ * temporary directory (under $CUSTOS_TEST_WORK when set), one per test.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "kms_error.h"
+#include "kms_log.h"
+#include "kms_store.h"
+
+/* main() makes workroot and removes it after the run, so a failing test
+ * (whose teardown check skips) leaves nothing behind either. */
+static char workroot[4096];
+static char tmpdir[4200];
+static char dbpath[4300];
+static struct kms_store *store;
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void setup(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "%s/t.XXXXXX", workroot);
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    snprintf(dbpath, sizeof(dbpath), "%s/custos.db", tmpdir);
+    kms_log_set_level(KMS_LOG_ERROR);
+    store = NULL;
+}
+
+static void teardown(void)
+{
+    kms_store_free(store);
+    store = NULL;
+    nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void open_store(void)
+{
+    kms_err rc = kms_store_open(dbpath, &store);
+    ck_assert_msg(rc == KMS_OK, "open: %s: %s", kms_strerror(rc), kms_err_detail());
+}
+
+#define ck_ok(expr)                                                                            \
+    do {                                                                                       \
+        kms_err ck_rc_ = (expr);                                                               \
+        ck_assert_msg(ck_rc_ == KMS_OK, "%s: %s: %s", #expr, kms_strerror(ck_rc_),              \
+                      kms_err_detail());                                                       \
+    } while (0)
+
+#define ck_err(expr, want)                                                                     \
+    do {                                                                                       \
+        kms_err ck_rc_ = (expr);                                                               \
+        ck_assert_msg(ck_rc_ == (want), "%s: got %s, want %s (%s)", #expr,                     \
+                      kms_strerror(ck_rc_), kms_strerror(want), kms_err_detail());             \
+    } while (0)
+
+/* Deterministic ids: key n of "family" f, and an hsm_id unique per (n, v). */
+static void key_id_of(char out[KMS_KEY_ID_SIZE], unsigned f, unsigned n)
+{
+    snprintf(out, KMS_KEY_ID_SIZE, "%08x%08x%016x", f, 0xc0ffeeu, n);
+}
+
+static void hsm_id_of(uint8_t out[KMS_HSM_ID_LEN], unsigned f, unsigned n, unsigned v)
+{
+    memset(out, 0xa5, KMS_HSM_ID_LEN);
+    memcpy(out, &f, sizeof(f));
+    memcpy(out + 4, &n, sizeof(n));
+    memcpy(out + 8, &v, sizeof(v));
+}
+
+static void make_key(struct kms_key_record *k, struct kms_version_record *v, const char *tenant,
+                     unsigned f, unsigned n, int64_t created_at)
+{
+    memset(k, 0, sizeof(*k));
+    key_id_of(k->key_id, f, n);
+    snprintf(k->tenant, sizeof(k->tenant), "%s", tenant);
+    snprintf(k->region, sizeof(k->region), "eu-west");
+    snprintf(k->token, sizeof(k->token), "custos eu-west");
+    k->spec = KMS_KEY_SPEC_AES_256;
+    k->usage = KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+    k->origin = KMS_KEY_ORIGIN_HSM;
+    k->state = KMS_KEY_CREATING;
+    snprintf(k->description, sizeof(k->description), "key %u", n);
+    k->created_at = created_at;
+    k->escrow_required = (n % 2) == 1;
+    if (v != NULL) {
+        memset(v, 0, sizeof(*v));
+        v->version = 1;
+        v->state = KMS_VERSION_CREATING;
+        v->created_at = created_at;
+        hsm_id_of(v->hsm_id, f, n, 1);
+    }
+}
+
+/* A key through the whole create protocol: CREATING row, then activated. */
+static void create_enabled(const char *tenant, unsigned f, unsigned n, int64_t created_at)
+{
+    struct kms_key_record k;
+    struct kms_version_record v;
+    make_key(&k, &v, tenant, f, n, created_at);
+    ck_ok(kms_store_key_insert(store, &k, &v));
+    ck_ok(kms_store_version_activate(store, k.key_id, 1));
+}
+
+static void create_pending_import(const char *tenant, unsigned f, unsigned n, int64_t created_at)
+{
+    struct kms_key_record k;
+    make_key(&k, NULL, tenant, f, n, created_at);
+    k.origin = KMS_KEY_ORIGIN_EXTERNAL;
+    k.state = KMS_KEY_PENDING_IMPORT;
+    ck_ok(kms_store_key_insert(store, &k, NULL));
+}
+
+static enum kms_key_state state_of(const char *key_id)
+{
+    struct kms_key_record k;
+    ck_ok(kms_store_key_get(store, key_id, &k));
+    return k.state;
+}
+
+static size_t count_tenant(const char *tenant)
+{
+    char tok[KMS_PAGE_TOKEN_SIZE] = "";
+    size_t total = 0;
+    do {
+        struct kms_key_record *page = NULL;
+        size_t n = 0;
+        char next[KMS_PAGE_TOKEN_SIZE];
+        ck_ok(kms_store_keys_list(store, tenant, tok, KMS_PAGE_SIZE_MAX, &page, &n, next));
+        total += n;
+        free(page);
+        memcpy(tok, next, sizeof(tok));
+    } while (tok[0] != '\0');
+    return total;
+}
+
+static sqlite3 *raw_open(void)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+    return db;
+}
+
+static int raw_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    int v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* ---- open, schema, settings --------------------------------------------- */
+
+START_TEST(test_open_creates_and_reopen_keeps)
+{
+    struct kms_store_info info;
+    char first_id[sizeof(info.store_id)];
+    struct kms_key_record k;
+
+    open_store();
+    ck_ok(kms_store_info(store, &info));
+    ck_assert_int_eq(info.schema_version, KMS_STORE_SCHEMA_VERSION);
+    ck_assert_uint_eq(strlen(info.store_id), 32);
+    memcpy(first_id, info.store_id, sizeof(first_id));
+    create_enabled("acme", 1, 1, 1000);
+
+    kms_store_free(store);
+    store = NULL;
+    open_store();
+    ck_ok(kms_store_info(store, &info));
+    ck_assert_str_eq(info.store_id, first_id);
+    char id[KMS_KEY_ID_SIZE];
+    key_id_of(id, 1, 1);
+    ck_ok(kms_store_key_get(store, id, &k));
+    ck_assert_int_eq(k.state, KMS_KEY_ENABLED);
+    ck_assert_uint_eq(k.current_version, 1);
+
+    struct stat sb;
+    ck_assert_int_eq(stat(dbpath, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+}
+END_TEST
+
+START_TEST(test_pragmas)
+{
+    struct kms_store_info info;
+    open_store();
+    ck_ok(kms_store_info(store, &info));
+    ck_assert_str_eq(info.journal_mode, "wal");
+    ck_assert_int_eq(info.synchronous, 2);
+    ck_assert_int_eq(info.foreign_keys, 1);
+    ck_assert_int_gt(info.busy_timeout_ms, 0);
+    kms_store_free(store);
+    store = NULL;
+
+    /* WAL mode and the identity are in the file, not just the connection. */
+    sqlite3 *db = raw_open();
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    ck_assert_int_eq(raw_int(db, "PRAGMA user_version"), KMS_STORE_SCHEMA_VERSION);
+    ck_assert_int_ne(raw_int(db, "PRAGMA application_id"), 0);
+    sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(test_open_refusals)
+{
+    struct kms_store *other = (struct kms_store *)&other;
+
+    /* Newer schema than this build knows. */
+    open_store();
+    kms_store_free(store);
+    store = NULL;
+    sqlite3 *db = raw_open();
+    ck_assert_int_eq(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    ck_err(kms_store_open(dbpath, &other), KMS_ERR_CONFIG);
+    ck_assert_ptr_null(other);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "newer"));
+    db = raw_open();
+    ck_assert_int_eq(raw_int(db, "PRAGMA user_version"), 99); /* left untouched */
+    sqlite3_close(db);
+
+    /* Another application's database. */
+    char path[4400];
+    snprintf(path, sizeof(path), "%s/foreign.db", tmpdir);
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, "CREATE TABLE t (x)", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    ck_err(kms_store_open(path, &other), KMS_ERR_CONFIG);
+
+    /* Not a database at all. */
+    snprintf(path, sizeof(path), "%s/garbage.db", tmpdir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < 200; i++)
+        fputs("this is not an sqlite database ", f);
+    fclose(f);
+    ck_err(kms_store_open(path, &other), KMS_ERR_CONFIG);
+
+    /* No such directory; no file name. */
+    snprintf(path, sizeof(path), "%s/missing/custos.db", tmpdir);
+    ck_err(kms_store_open(path, &other), KMS_ERR_IO);
+    ck_err(kms_store_open(":memory:", &other), KMS_ERR_CONFIG);
+    ck_err(kms_store_open("", &other), KMS_ERR_CONFIG);
+    ck_assert_ptr_null(other);
+}
+END_TEST
+
+START_TEST(test_one_process_per_database)
+{
+    struct kms_store *second = NULL;
+    open_store();
+    ck_err(kms_store_open(dbpath, &second), KMS_ERR_CONFIG);
+    ck_assert_ptr_null(second);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "in use"));
+    kms_store_free(store);
+    store = NULL;
+    ck_ok(kms_store_open(dbpath, &second));
+    kms_store_free(second);
+}
+END_TEST
+
+/* ---- insert and get ----------------------------------------------------- */
+
+START_TEST(test_insert_get)
+{
+    struct kms_key_record k, got;
+    struct kms_version_record v, gv;
+
+    open_store();
+    make_key(&k, &v, "acme", 2, 7, 1234);
+    k.spec = KMS_KEY_SPEC_EC_P256;
+    k.usage = KMS_KEY_USAGE_SIGN_VERIFY;
+    snprintf(k.description, sizeof(k.description), "signing key \xc3\xa9t\xc3\xa9");
+    ck_ok(kms_store_key_insert(store, &k, &v));
+    ck_ok(kms_store_version_activate(store, k.key_id, 1));
+
+    ck_ok(kms_store_key_get(store, k.key_id, &got));
+    ck_assert_str_eq(got.key_id, k.key_id);
+    ck_assert_str_eq(got.tenant, "acme");
+    ck_assert_str_eq(got.region, "eu-west");
+    ck_assert_str_eq(got.token, "custos eu-west");
+    ck_assert_int_eq(got.spec, KMS_KEY_SPEC_EC_P256);
+    ck_assert_int_eq(got.usage, KMS_KEY_USAGE_SIGN_VERIFY);
+    ck_assert_int_eq(got.origin, KMS_KEY_ORIGIN_HSM);
+    ck_assert_int_eq(got.state, KMS_KEY_ENABLED);
+    ck_assert_str_eq(got.description, k.description);
+    ck_assert_int_eq(got.created_at, 1234);
+    ck_assert_int_eq(got.deletion_at, 0);
+    ck_assert_uint_eq(got.current_version, 1);
+    ck_assert(got.escrow_required);
+
+    ck_ok(kms_store_version_get(store, k.key_id, 1, &gv));
+    ck_assert_str_eq(gv.key_id, k.key_id);
+    ck_assert_uint_eq(gv.version, 1);
+    ck_assert_int_eq(gv.state, KMS_VERSION_ACTIVE);
+    ck_assert_int_eq(gv.created_at, 1234);
+    ck_assert_mem_eq(gv.hsm_id, v.hsm_id, KMS_HSM_ID_LEN);
+
+    /* Missing key, missing version, malformed id. */
+    char missing[KMS_KEY_ID_SIZE];
+    key_id_of(missing, 2, 8);
+    ck_err(kms_store_key_get(store, missing, &got), KMS_ERR_NOT_FOUND);
+    ck_err(kms_store_version_get(store, k.key_id, 2, &gv), KMS_ERR_NOT_FOUND);
+    ck_err(kms_store_version_get(store, k.key_id, 0, &gv), KMS_ERR_INVALID_ARGUMENT);
+    ck_err(kms_store_key_get(store, "not-a-key-id", &got), KMS_ERR_INVALID_ARGUMENT);
+
+    /* PENDING_IMPORT: no version, visible, nothing to list yet. */
+    create_pending_import("acme", 2, 9, 1300);
+    char imp[KMS_KEY_ID_SIZE];
+    key_id_of(imp, 2, 9);
+    ck_ok(kms_store_key_get(store, imp, &got));
+    ck_assert_int_eq(got.state, KMS_KEY_PENDING_IMPORT);
+    ck_assert_int_eq(got.origin, KMS_KEY_ORIGIN_EXTERNAL);
+    ck_assert_uint_eq(got.current_version, 0);
+    struct kms_version_record *vs = (struct kms_version_record *)&vs;
+    size_t n = 99;
+    ck_ok(kms_store_versions_list(store, imp, &vs, &n));
+    ck_assert_ptr_null(vs);
+    ck_assert_uint_eq(n, 0);
+}
+END_TEST
+
+START_TEST(test_duplicates_change_nothing)
+{
+    struct kms_key_record k;
+    struct kms_version_record v;
+
+    open_store();
+    make_key(&k, &v, "acme", 3, 1, 1000);
+    ck_ok(kms_store_key_insert(store, &k, &v));
+    ck_err(kms_store_key_insert(store, &k, &v), KMS_ERR_ALREADY_EXISTS);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "key id"));
+
+    /* A new key reusing an hsm_id: refused, and the key row is rolled back
+     * with the version row (one transaction). */
+    struct kms_key_record k2;
+    struct kms_version_record v2;
+    make_key(&k2, &v2, "acme", 3, 2, 1000);
+    memcpy(v2.hsm_id, v.hsm_id, KMS_HSM_ID_LEN);
+    ck_err(kms_store_key_insert(store, &k2, &v2), KMS_ERR_ALREADY_EXISTS);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "hsm id already in use"));
+    struct kms_store_creating *cr = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_creating_list(store, &cr, &n));
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(cr[0].key_id, k.key_id);
+    free(cr);
+    hsm_id_of(v2.hsm_id, 3, 2, 1);
+    ck_ok(kms_store_key_insert(store, &k2, &v2)); /* the id was not taken */
+
+    /* An hsm_id already used by another key's version, via version_add. */
+    ck_ok(kms_store_version_activate(store, k2.key_id, 1));
+    uint32_t ver = 77;
+    ck_err(kms_store_version_add(store, k2.key_id, v.hsm_id, 1001, &ver), KMS_ERR_ALREADY_EXISTS);
+    ck_assert_uint_eq(ver, 0);
+    uint8_t fresh[KMS_HSM_ID_LEN];
+    hsm_id_of(fresh, 3, 2, 2);
+    ck_ok(kms_store_version_add(store, k2.key_id, fresh, 1001, &ver));
+    ck_assert_uint_eq(ver, 2); /* the refused attempt consumed no number */
+}
+END_TEST
+
+START_TEST(test_creating_invisible)
+{
+    struct kms_key_record k, got;
+    struct kms_version_record v, gv;
+    struct kms_version_record *vs = NULL;
+    struct kms_key_record *page = NULL;
+    size_t n = 0;
+    char next[KMS_PAGE_TOKEN_SIZE];
+
+    open_store();
+    make_key(&k, &v, "acme", 4, 1, 1000);
+    ck_ok(kms_store_key_insert(store, &k, &v));
+
+    ck_err(kms_store_key_get(store, k.key_id, &got), KMS_ERR_NOT_FOUND);
+    ck_err(kms_store_version_get(store, k.key_id, 1, &gv), KMS_ERR_NOT_FOUND);
+    ck_err(kms_store_versions_list(store, k.key_id, &vs, &n), KMS_ERR_NOT_FOUND);
+    ck_err(kms_store_key_set_state(store, k.key_id, KMS_KEY_ENABLED, KMS_KEY_DISABLED, 0),
+           KMS_ERR_NOT_FOUND);
+    uint8_t h[KMS_HSM_ID_LEN];
+    uint32_t ver;
+    hsm_id_of(h, 4, 1, 2);
+    ck_err(kms_store_version_add(store, k.key_id, h, 1000, &ver), KMS_ERR_NOT_FOUND);
+    ck_ok(kms_store_keys_list(store, "acme", NULL, 10, &page, &n, next));
+    ck_assert_uint_eq(n, 0);
+    ck_assert_str_eq(next, "");
+    free(page);
+
+    ck_ok(kms_store_version_activate(store, k.key_id, 1));
+    ck_ok(kms_store_key_get(store, k.key_id, &got));
+    ck_assert_int_eq(got.state, KMS_KEY_ENABLED);
+    ck_assert_uint_eq(got.current_version, 1);
+    ck_ok(kms_store_keys_list(store, "acme", NULL, 10, &page, &n, next));
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(page[0].key_id, k.key_id);
+    free(page);
+}
+END_TEST
+
+/* ---- versions ----------------------------------------------------------- */
+
+START_TEST(test_versions)
+{
+    struct kms_key_record got;
+    struct kms_version_record gv;
+    char id[KMS_KEY_ID_SIZE];
+    uint8_t h[KMS_HSM_ID_LEN];
+    uint32_t ver = 0;
+
+    open_store();
+    create_enabled("acme", 5, 1, 1000);
+    key_id_of(id, 5, 1);
+
+    hsm_id_of(h, 5, 1, 2);
+    ck_ok(kms_store_version_add(store, id, h, 1100, &ver));
+    ck_assert_uint_eq(ver, 2);
+    hsm_id_of(h, 5, 1, 3);
+    ck_ok(kms_store_version_add(store, id, h, 1200, &ver));
+    ck_assert_uint_eq(ver, 3);
+    /* Not yet usable, and the key still encrypts with version 1. */
+    ck_err(kms_store_version_get(store, id, 2, &gv), KMS_ERR_NOT_FOUND);
+    ck_ok(kms_store_key_get(store, id, &got));
+    ck_assert_uint_eq(got.current_version, 1);
+
+    /* Two rotations racing: the newer version wins whatever the order. */
+    ck_ok(kms_store_version_activate(store, id, 3));
+    ck_ok(kms_store_version_activate(store, id, 2));
+    ck_ok(kms_store_key_get(store, id, &got));
+    ck_assert_uint_eq(got.current_version, 3);
+    ck_assert_int_eq(got.state, KMS_KEY_ENABLED);
+    ck_ok(kms_store_version_activate(store, id, 3)); /* idempotent */
+
+    struct kms_version_record *vs = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_versions_list(store, id, &vs, &n));
+    ck_assert_uint_eq(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_uint_eq(vs[i].version, i + 1);
+        ck_assert_int_eq(vs[i].state, KMS_VERSION_ACTIVE);
+        hsm_id_of(h, 5, 1, (unsigned)i + 1);
+        ck_assert_mem_eq(vs[i].hsm_id, h, KMS_HSM_ID_LEN);
+    }
+    free(vs);
+
+    /* A discarded number is never handed out again. */
+    hsm_id_of(h, 5, 1, 4);
+    ck_ok(kms_store_version_add(store, id, h, 1300, &ver));
+    ck_assert_uint_eq(ver, 4);
+    ck_ok(kms_store_creating_discard(store, id, 4));
+    hsm_id_of(h, 5, 1, 5);
+    ck_ok(kms_store_version_add(store, id, h, 1400, &ver));
+    ck_assert_uint_eq(ver, 5);
+    ck_err(kms_store_version_activate(store, id, 4), KMS_ERR_NOT_FOUND);
+    ck_err(kms_store_version_activate(store, id, 0), KMS_ERR_INVALID_ARGUMENT);
+
+    /* A disabled key may rotate and stays disabled. */
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_ENABLED, KMS_KEY_DISABLED, 0));
+    ck_ok(kms_store_version_activate(store, id, 5));
+    ck_assert_int_eq(state_of(id), KMS_KEY_DISABLED);
+
+    /* Pending deletion: no new HSM objects. */
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_DISABLED, KMS_KEY_PENDING_DELETION, 9000));
+    hsm_id_of(h, 5, 1, 6);
+    ck_err(kms_store_version_add(store, id, h, 1500, &ver), KMS_ERR_FAILED_PRECONDITION);
+
+    /* Import: the first version of a PENDING_IMPORT key enables it. */
+    char imp[KMS_KEY_ID_SIZE];
+    create_pending_import("acme", 5, 2, 1000);
+    key_id_of(imp, 5, 2);
+    hsm_id_of(h, 5, 2, 1);
+    ck_ok(kms_store_version_add(store, imp, h, 1600, &ver));
+    ck_assert_uint_eq(ver, 1);
+    ck_assert_int_eq(state_of(imp), KMS_KEY_PENDING_IMPORT);
+    ck_ok(kms_store_version_activate(store, imp, 1));
+    ck_ok(kms_store_key_get(store, imp, &got));
+    ck_assert_int_eq(got.state, KMS_KEY_ENABLED);
+    ck_assert_uint_eq(got.current_version, 1);
+}
+END_TEST
+
+/* ---- state changes ------------------------------------------------------ */
+
+START_TEST(test_state_cas)
+{
+    struct kms_key_record got;
+    char id[KMS_KEY_ID_SIZE];
+
+    open_store();
+    create_enabled("acme", 6, 1, 1000);
+    key_id_of(id, 6, 1);
+
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_ENABLED, KMS_KEY_DISABLED, 0));
+    /* A second Disable that read ENABLED earlier must not win. */
+    ck_err(kms_store_key_set_state(store, id, KMS_KEY_ENABLED, KMS_KEY_PENDING_DELETION, 5000),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "DISABLED"));
+    ck_ok(kms_store_key_get(store, id, &got));
+    ck_assert_int_eq(got.state, KMS_KEY_DISABLED);
+    ck_assert_int_eq(got.deletion_at, 0);
+
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_DISABLED, KMS_KEY_PENDING_DELETION, 5000));
+    ck_ok(kms_store_key_get(store, id, &got));
+    ck_assert_int_eq(got.state, KMS_KEY_PENDING_DELETION);
+    ck_assert_int_eq(got.deletion_at, 5000);
+    /* Cancel clears the date. */
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_PENDING_DELETION, KMS_KEY_DISABLED, 0));
+    ck_ok(kms_store_key_get(store, id, &got));
+    ck_assert_int_eq(got.state, KMS_KEY_DISABLED);
+    ck_assert_int_eq(got.deletion_at, 0);
+
+    /* Arguments that break the state machine's contract. */
+    ck_err(kms_store_key_set_state(store, id, KMS_KEY_DISABLED, KMS_KEY_PENDING_DELETION, 0),
+           KMS_ERR_INVALID_ARGUMENT);
+    ck_err(kms_store_key_set_state(store, id, KMS_KEY_DISABLED, KMS_KEY_ENABLED, 5000),
+           KMS_ERR_INVALID_ARGUMENT);
+    ck_err(kms_store_key_set_state(store, id, KMS_KEY_DISABLED, KMS_KEY_DESTROYED, 0),
+           KMS_ERR_USAGE);
+    ck_err(kms_store_key_set_state(store, id, KMS_KEY_CREATING, KMS_KEY_ENABLED, 0),
+           KMS_ERR_USAGE);
+    ck_err(kms_store_key_set_state(store, id, KMS_KEY_DISABLED, KMS_KEY_PENDING_IMPORT, 0),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_int_eq(state_of(id), KMS_KEY_DISABLED);
+
+    /* A key without material cannot be enabled. */
+    char imp[KMS_KEY_ID_SIZE];
+    create_pending_import("acme", 6, 2, 1000);
+    key_id_of(imp, 6, 2);
+    ck_err(kms_store_key_set_state(store, imp, KMS_KEY_PENDING_IMPORT, KMS_KEY_ENABLED, 0),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_ok(kms_store_key_set_state(store, imp, KMS_KEY_PENDING_IMPORT, KMS_KEY_PENDING_DELETION,
+                                  7000));
+    ck_ok(kms_store_key_set_state(store, imp, KMS_KEY_PENDING_DELETION, KMS_KEY_PENDING_IMPORT,
+                                  0));
+
+    char missing[KMS_KEY_ID_SIZE];
+    key_id_of(missing, 6, 3);
+    ck_err(kms_store_key_set_state(store, missing, KMS_KEY_ENABLED, KMS_KEY_DISABLED, 0),
+           KMS_ERR_NOT_FOUND);
+}
+END_TEST
+
+struct race {
+    char key_id[KMS_KEY_ID_SIZE];
+    enum kms_key_state to;
+    kms_err rc;
+};
+
+static void *race_thread(void *arg)
+{
+    struct race *r = arg;
+    r->rc = kms_store_key_set_state(store, r->key_id, KMS_KEY_ENABLED, r->to,
+                                    r->to == KMS_KEY_PENDING_DELETION ? 9000 : 0);
+    return NULL;
+}
+
+START_TEST(test_state_cas_race)
+{
+    open_store();
+    for (unsigned round = 0; round < 20; round++) {
+        struct race r[4];
+        pthread_t t[4];
+        create_enabled("acme", 7, round, 1000);
+        for (int i = 0; i < 4; i++) {
+            key_id_of(r[i].key_id, 7, round);
+            r[i].to = (i % 2) ? KMS_KEY_DISABLED : KMS_KEY_PENDING_DELETION;
+            ck_assert_int_eq(pthread_create(&t[i], NULL, race_thread, &r[i]), 0);
+        }
+        int wins = 0;
+        enum kms_key_state winner = KMS_KEY_ENABLED;
+        for (int i = 0; i < 4; i++) {
+            pthread_join(t[i], NULL);
+            if (r[i].rc == KMS_OK) {
+                wins++;
+                winner = r[i].to;
+            } else {
+                ck_assert_int_eq(r[i].rc, KMS_ERR_FAILED_PRECONDITION);
+            }
+        }
+        ck_assert_int_eq(wins, 1);
+        ck_assert_int_eq(state_of(r[0].key_id), winner);
+    }
+}
+END_TEST
+
+/* ---- listing ------------------------------------------------------------ */
+
+#define PAGING_KEYS 2500
+
+START_TEST(test_paging)
+{
+    static unsigned char seen[PAGING_KEYS];
+    char tok[KMS_PAGE_TOKEN_SIZE] = "";
+    int64_t last_created = 0;
+    char last_id[KMS_KEY_ID_SIZE] = "";
+    size_t total = 0, pages = 0;
+
+    open_store();
+    /* created_at is neither in key_id order nor in insertion order, and
+     * about seven keys share each value, so both parts of the order count. */
+    for (unsigned i = 0; i < PAGING_KEYS; i++) {
+        unsigned n = (i * 7919u) % PAGING_KEYS;
+        create_pending_import("big", 8, n, 1000 + (n * 31u) % 357u);
+    }
+    create_pending_import("other", 9, 1, 1000);
+    struct kms_key_record hidden;
+    struct kms_version_record hv;
+    make_key(&hidden, &hv, "big", 9, 2, 1001);
+    ck_ok(kms_store_key_insert(store, &hidden, &hv)); /* CREATING: not listed */
+
+    do {
+        struct kms_key_record *page = NULL;
+        size_t n = 0;
+        char next[KMS_PAGE_TOKEN_SIZE];
+        ck_ok(kms_store_keys_list(store, "big", tok, 97, &page, &n, next));
+        ck_assert_uint_le(n, 97);
+        if (next[0] != '\0')
+            ck_assert_uint_eq(n, 97);
+        for (size_t i = 0; i < n; i++) {
+            unsigned f, mid, idx;
+            ck_assert_str_eq(page[i].tenant, "big");
+            ck_assert_int_eq(sscanf(page[i].key_id, "%8x%8x%16x", &f, &mid, &idx), 3);
+            ck_assert_uint_eq(f, 8);
+            ck_assert_uint_lt(idx, PAGING_KEYS);
+            ck_assert_uint_eq(seen[idx], 0);
+            seen[idx] = 1;
+            /* Strictly increasing (created_at, key_id). */
+            ck_assert(page[i].created_at > last_created ||
+                      (page[i].created_at == last_created &&
+                       strcmp(page[i].key_id, last_id) > 0));
+            last_created = page[i].created_at;
+            memcpy(last_id, page[i].key_id, sizeof(last_id));
+        }
+        total += n;
+        pages++;
+        free(page);
+        memcpy(tok, next, sizeof(tok));
+    } while (tok[0] != '\0');
+    ck_assert_uint_eq(total, PAGING_KEYS);
+    ck_assert_uint_eq(pages, (PAGING_KEYS + 96) / 97);
+    ck_assert_uint_eq(count_tenant("other"), 1);
+    ck_assert_uint_eq(count_tenant("nobody"), 0);
+}
+END_TEST
+
+START_TEST(test_paging_exact_and_bad_tokens)
+{
+    struct kms_key_record *page = (struct kms_key_record *)&page;
+    size_t n = 99;
+    char next[KMS_PAGE_TOKEN_SIZE];
+    char good[KMS_PAGE_TOKEN_SIZE];
+
+    open_store();
+    for (unsigned i = 0; i < 10; i++)
+        create_pending_import("t", 10, i, 1000 + i);
+    /* Exactly two full pages: no empty third page is promised. */
+    ck_ok(kms_store_keys_list(store, "t", NULL, 5, &page, &n, next));
+    ck_assert_uint_eq(n, 5);
+    ck_assert_str_ne(next, "");
+    memcpy(good, next, sizeof(good));
+    free(page);
+    ck_ok(kms_store_keys_list(store, "t", good, 5, &page, &n, next));
+    ck_assert_uint_eq(n, 5);
+    ck_assert_str_eq(next, "");
+    free(page);
+
+    char bad[KMS_PAGE_TOKEN_SIZE];
+    const char *bads[] = {
+        "garbage",
+        "k1",
+        "k2" "00000000000003e8" "0000000a00c0ffee0000000000000004", /* unknown format */
+        "k1" "00000000000003E8" "0000000a00c0ffee0000000000000004", /* uppercase */
+        "k1" "0000000000000000" "0000000a00c0ffee0000000000000004", /* created_at 0 */
+        "k1" "f000000000000000" "0000000a00c0ffee0000000000000004", /* > INT64_MAX */
+        "k1" "00000000000003e8" "0000000a00c0ffee000000000000000Z", /* bad key id */
+    };
+    for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++) {
+        page = (struct kms_key_record *)&page;
+        ck_err(kms_store_keys_list(store, "t", bads[i], 5, &page, &n, next),
+               KMS_ERR_INVALID_ARGUMENT);
+        ck_assert_ptr_null(page);
+        ck_assert_uint_eq(n, 0);
+    }
+    size_t len = strlen(good);
+    ck_assert_uint_lt(len + 1, sizeof(bad));
+    memcpy(bad, good, len + 1);
+    bad[len] = '0'; /* one byte too long, otherwise well-formed */
+    bad[len + 1] = '\0';
+    ck_err(kms_store_keys_list(store, "t", bad, 5, &page, &n, next), KMS_ERR_INVALID_ARGUMENT);
+
+    ck_err(kms_store_keys_list(store, "t", NULL, 0, &page, &n, next), KMS_ERR_INVALID_ARGUMENT);
+    ck_err(kms_store_keys_list(store, "t", NULL, KMS_PAGE_SIZE_MAX + 1, &page, &n, next),
+           KMS_ERR_INVALID_ARGUMENT);
+    ck_err(kms_store_keys_list(store, "", NULL, 5, &page, &n, next), KMS_ERR_INVALID_ARGUMENT);
+    ck_ok(kms_store_keys_list(store, "t", NULL, KMS_PAGE_SIZE_MAX, &page, &n, next));
+    ck_assert_uint_eq(n, 10);
+    free(page);
+}
+END_TEST
+
+/* ---- deletion ----------------------------------------------------------- */
+
+START_TEST(test_due_for_deletion)
+{
+    char ids[4][KMS_KEY_ID_SIZE];
+    struct kms_key_record *due = NULL;
+    size_t n = 0;
+
+    open_store();
+    const int64_t when[4] = {300, 100, 200, 0};
+    for (unsigned i = 0; i < 4; i++) {
+        create_enabled("acme", 11, i, 1000);
+        key_id_of(ids[i], 11, i);
+        if (when[i] > 0)
+            ck_ok(kms_store_key_set_state(store, ids[i], KMS_KEY_ENABLED,
+                                          KMS_KEY_PENDING_DELETION, when[i]));
+    }
+    ck_ok(kms_store_keys_due_for_deletion(store, 99, 10, &due, &n));
+    ck_assert_uint_eq(n, 0);
+    free(due);
+    ck_ok(kms_store_keys_due_for_deletion(store, 250, 10, &due, &n));
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(due[0].key_id, ids[1]); /* oldest due first */
+    ck_assert_str_eq(due[1].key_id, ids[2]);
+    ck_assert_int_eq(due[0].state, KMS_KEY_PENDING_DELETION);
+    free(due);
+    ck_ok(kms_store_keys_due_for_deletion(store, 1000, 1, &due, &n));
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(due[0].key_id, ids[1]);
+    free(due);
+    /* A cancelled deletion is no longer due. */
+    ck_ok(kms_store_key_set_state(store, ids[1], KMS_KEY_PENDING_DELETION, KMS_KEY_DISABLED, 0));
+    ck_ok(kms_store_keys_due_for_deletion(store, 1000, 10, &due, &n));
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(due[0].key_id, ids[2]);
+    ck_assert_str_eq(due[1].key_id, ids[0]);
+    free(due);
+    ck_err(kms_store_keys_due_for_deletion(store, 1000, 0, &due, &n), KMS_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
+START_TEST(test_mark_destroyed)
+{
+    char id[KMS_KEY_ID_SIZE], live[KMS_KEY_ID_SIZE];
+    uint8_t h[KMS_HSM_ID_LEN];
+    uint32_t ver;
+    struct kms_hsm_id *ids = NULL;
+    size_t n = 0;
+
+    open_store();
+    create_enabled("acme", 12, 1, 1000);
+    create_enabled("acme", 12, 2, 1000);
+    key_id_of(id, 12, 1);
+    key_id_of(live, 12, 2);
+    hsm_id_of(h, 12, 1, 2);
+    ck_ok(kms_store_version_add(store, id, h, 1100, &ver));
+    ck_ok(kms_store_version_activate(store, id, ver));
+    hsm_id_of(h, 12, 1, 3);
+    ck_ok(kms_store_version_add(store, id, h, 1200, &ver)); /* left CREATING */
+
+    /* Not pending deletion, or not yet due: refused, nothing changes. */
+    ck_err(kms_store_key_mark_destroyed(store, id, 10000, &ids, &n),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_ptr_null(ids);
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_ENABLED, KMS_KEY_PENDING_DELETION, 5000));
+    ck_err(kms_store_key_mark_destroyed(store, id, 4999, &ids, &n),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_int_eq(state_of(id), KMS_KEY_PENDING_DELETION);
+
+    ck_ok(kms_store_key_mark_destroyed(store, id, 5000, &ids, &n));
+    ck_assert_uint_eq(n, 3); /* every version, the CREATING one included */
+    for (unsigned v = 0; v < 3; v++) {
+        hsm_id_of(h, 12, 1, v + 1);
+        ck_assert_mem_eq(ids[v].bytes, h, KMS_HSM_ID_LEN);
+    }
+    free(ids);
+
+    struct kms_key_record got;
+    ck_ok(kms_store_key_get(store, id, &got)); /* tombstone stays visible */
+    ck_assert_int_eq(got.state, KMS_KEY_DESTROYED);
+    ck_assert_int_eq(got.deletion_at, 5000);
+    struct kms_version_record *vs = NULL;
+    ck_ok(kms_store_versions_list(store, id, &vs, &n));
+    ck_assert_uint_eq(n, 3);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_int_eq(vs[i].state, KMS_VERSION_DESTROYED);
+    free(vs);
+
+    /* The CREATING row is no longer a reconcile item, and the destroyed
+     * key's objects are no longer kept: only the live key's remain. */
+    struct kms_store_creating *cr = NULL;
+    ck_ok(kms_store_creating_list(store, &cr, &n));
+    ck_assert_uint_eq(n, 0);
+    free(cr);
+    ck_ok(kms_store_hsm_ids_for_token(store, "custos eu-west", &ids, &n));
+    ck_assert_uint_eq(n, 1);
+    hsm_id_of(h, 12, 2, 1);
+    ck_assert_mem_eq(ids[0].bytes, h, KMS_HSM_ID_LEN);
+    free(ids);
+
+    /* Nothing brings it back. */
+    ck_err(kms_store_key_mark_destroyed(store, id, 9000, NULL, NULL),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_err(kms_store_key_set_state(store, id, KMS_KEY_DESTROYED, KMS_KEY_DISABLED, 0),
+           KMS_ERR_USAGE);
+    ck_err(kms_store_key_set_state(store, id, KMS_KEY_PENDING_DELETION, KMS_KEY_DISABLED, 0),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_err(kms_store_version_activate(store, id, 3), KMS_ERR_FAILED_PRECONDITION);
+    hsm_id_of(h, 12, 1, 4);
+    ck_err(kms_store_version_add(store, id, h, 9000, &ver), KMS_ERR_FAILED_PRECONDITION);
+    struct kms_key_record *due = NULL;
+    ck_ok(kms_store_keys_due_for_deletion(store, 99999, 10, &due, &n));
+    ck_assert_uint_eq(n, 0);
+    free(due);
+    ck_assert_int_eq(state_of(live), KMS_KEY_ENABLED);
+}
+END_TEST
+
+/* ---- reconcile ---------------------------------------------------------- */
+
+static int hsm_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, KMS_HSM_ID_LEN);
+}
+
+START_TEST(test_reconcile)
+{
+    struct kms_key_record k;
+    struct kms_version_record v;
+    char a[KMS_KEY_ID_SIZE], b[KMS_KEY_ID_SIZE];
+    uint8_t h[KMS_HSM_ID_LEN];
+    uint32_t ver;
+    struct kms_store_creating *cr = NULL;
+    struct kms_hsm_id *ids = NULL;
+    size_t n = 0;
+
+    open_store();
+    make_key(&k, &v, "acme", 13, 1, 1000); /* A: crashed mid-CreateKey */
+    ck_ok(kms_store_key_insert(store, &k, &v));
+    memcpy(a, k.key_id, sizeof(a));
+    create_enabled("acme", 13, 2, 1000); /* B: crashed mid-RotateKey */
+    key_id_of(b, 13, 2);
+    hsm_id_of(h, 13, 2, 2);
+    ck_ok(kms_store_version_add(store, b, h, 1100, &ver));
+    make_key(&k, &v, "acme", 13, 3, 1000); /* C: other token */
+    snprintf(k.token, sizeof(k.token), "custos us-east");
+    ck_ok(kms_store_key_insert(store, &k, &v));
+    ck_ok(kms_store_version_activate(store, k.key_id, 1));
+
+    ck_ok(kms_store_creating_list(store, &cr, &n));
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(cr[0].key_id, a);
+    ck_assert_uint_eq(cr[0].version, 1);
+    ck_assert(cr[0].key_creating);
+    ck_assert_str_eq(cr[0].token, "custos eu-west");
+    hsm_id_of(h, 13, 1, 1);
+    ck_assert_mem_eq(cr[0].hsm_id, h, KMS_HSM_ID_LEN);
+    ck_assert_str_eq(cr[1].key_id, b);
+    ck_assert_uint_eq(cr[1].version, 2);
+    ck_assert(!cr[1].key_creating);
+    hsm_id_of(h, 13, 2, 2);
+    ck_assert_mem_eq(cr[1].hsm_id, h, KMS_HSM_ID_LEN);
+    free(cr);
+
+    /* Keep-set of eu-west: A1, B1, B2 (CREATING ones too), sorted; not C. */
+    ck_ok(kms_store_hsm_ids_for_token(store, "custos eu-west", &ids, &n));
+    ck_assert_uint_eq(n, 3);
+    uint8_t want[3][KMS_HSM_ID_LEN];
+    hsm_id_of(want[0], 13, 1, 1);
+    hsm_id_of(want[1], 13, 2, 1);
+    hsm_id_of(want[2], 13, 2, 2);
+    qsort(want, 3, KMS_HSM_ID_LEN, hsm_cmp);
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_mem_eq(ids[i].bytes, want[i], KMS_HSM_ID_LEN);
+    hsm_id_of(h, 13, 3, 1);
+    ck_assert_ptr_null(bsearch(h, ids, n, sizeof(ids[0]), hsm_cmp));
+    free(ids);
+    ck_ok(kms_store_hsm_ids_for_token(store, "custos us-east", &ids, &n));
+    ck_assert_uint_eq(n, 1);
+    ck_assert_mem_eq(ids[0].bytes, h, KMS_HSM_ID_LEN);
+    free(ids);
+    ck_err(kms_store_hsm_ids_for_token(store, " padded", &ids, &n), KMS_ERR_INVALID_ARGUMENT);
+
+    /* Discard A: the key goes with its only version, so its id is free. */
+    ck_ok(kms_store_creating_discard(store, a, 1));
+    make_key(&k, &v, "acme", 13, 1, 1000);
+    hsm_id_of(v.hsm_id, 13, 1, 9);
+    ck_ok(kms_store_key_insert(store, &k, &v));
+    ck_ok(kms_store_creating_discard(store, a, 1));
+    /* Discard B2: B stays, with version 1 only. */
+    ck_ok(kms_store_creating_discard(store, b, 2));
+    ck_assert_int_eq(state_of(b), KMS_KEY_ENABLED);
+    struct kms_version_record *vs = NULL;
+    ck_ok(kms_store_versions_list(store, b, &vs, &n));
+    ck_assert_uint_eq(n, 1);
+    free(vs);
+    /* Only CREATING rows can be discarded. */
+    ck_err(kms_store_creating_discard(store, b, 1), KMS_ERR_FAILED_PRECONDITION);
+    ck_err(kms_store_creating_discard(store, b, 2), KMS_ERR_NOT_FOUND);
+    ck_ok(kms_store_creating_list(store, &cr, &n));
+    ck_assert_uint_eq(n, 0);
+    free(cr);
+}
+END_TEST
+
+/* Step 1 of the protocol is durable when the call returns: a process that
+ * dies right after it (no close, no checkpoint) leaves the row behind. */
+START_TEST(test_creating_survives_crash)
+{
+    struct kms_key_record k;
+    struct kms_version_record v;
+    make_key(&k, &v, "acme", 14, 1, 1000);
+
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct kms_store *s = NULL;
+        if (kms_store_open(dbpath, &s) != KMS_OK || kms_store_key_insert(s, &k, &v) != KMS_OK)
+            _exit(1);
+        _exit(0);
+    }
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    open_store();
+    struct kms_store_creating *cr = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_creating_list(store, &cr, &n));
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(cr[0].key_id, k.key_id);
+    ck_assert_mem_eq(cr[0].hsm_id, v.hsm_id, KMS_HSM_ID_LEN);
+    free(cr);
+    /* Reconcile may complete it instead of discarding it. */
+    ck_ok(kms_store_version_activate(store, k.key_id, 1));
+    ck_assert_int_eq(state_of(k.key_id), KMS_KEY_ENABLED);
+}
+END_TEST
+
+/* A full disk fails the write whole: every key the store acknowledged is
+ * there afterwards, complete, and nothing else is. RLIMIT_FSIZE stands in
+ * for the full disk, in a child so the limit does not outlive the test. */
+START_TEST(test_disk_full)
+{
+    int pipefd[2];
+    ck_assert_int_eq(pipe(pipefd), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct rlimit rl = {(rlim_t)1 << 20, (rlim_t)1 << 20};
+        unsigned acked = 0;
+        kms_err rc = KMS_OK;
+        signal(SIGXFSZ, SIG_IGN);
+        close(pipefd[0]);
+        if (kms_store_open(dbpath, &store) != KMS_OK || setrlimit(RLIMIT_FSIZE, &rl) != 0)
+            _exit(2);
+        for (unsigned i = 0; i < 100000 && rc == KMS_OK; i++) {
+            struct kms_key_record k;
+            struct kms_version_record v;
+            make_key(&k, &v, "full", 17, i, 1000);
+            memset(k.description, 'x', KMS_DESCRIPTION_MAX);
+            k.description[KMS_DESCRIPTION_MAX] = '\0';
+            rc = kms_store_key_insert(store, &k, &v);
+            if (rc == KMS_OK)
+                acked++;
+        }
+        if (write(pipefd[1], &acked, sizeof(acked)) != sizeof(acked) ||
+            write(pipefd[1], &rc, sizeof(rc)) != sizeof(rc))
+            _exit(3);
+        _exit(0); /* like a crash: no close, no checkpoint */
+    }
+    close(pipefd[1]);
+    unsigned acked = 0;
+    kms_err rc = KMS_OK;
+    ck_assert_int_eq(read(pipefd[0], &acked, sizeof(acked)), sizeof(acked));
+    ck_assert_int_eq(read(pipefd[0], &rc, sizeof(rc)), sizeof(rc));
+    close(pipefd[0]);
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    ck_assert_msg(rc == KMS_ERR_NOSPC || rc == KMS_ERR_IO, "got %s", kms_strerror(rc));
+    ck_assert_uint_gt(acked, 10);
+
+    open_store();
+    struct kms_store_creating *cr = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_creating_list(store, &cr, &n));
+    ck_assert_uint_eq(n, acked);
+    for (size_t i = 0; i < n; i++) {
+        char id[KMS_KEY_ID_SIZE];
+        key_id_of(id, 17, (unsigned)i);
+        ck_assert_str_eq(cr[i].key_id, id);
+    }
+    free(cr);
+}
+END_TEST
+
+/* ---- bounds ------------------------------------------------------------- */
+
+START_TEST(test_bounds)
+{
+    struct kms_key_record k;
+    struct kms_version_record v;
+
+#define REFUSED(mutate)                                                                        \
+    do {                                                                                       \
+        make_key(&k, &v, "acme", 15, 1, 1000);                                                 \
+        mutate;                                                                                \
+        ck_err(kms_store_key_insert(store, &k, &v), KMS_ERR_INVALID_ARGUMENT);                 \
+    } while (0)
+
+    open_store();
+    REFUSED(memset(k.tenant, 'a', sizeof(k.tenant))); /* no terminator */
+    REFUSED(k.tenant[0] = '\0');
+    REFUSED(snprintf(k.tenant, sizeof(k.tenant), "a tenant"));
+    REFUSED(snprintf(k.region, sizeof(k.region), "eu-w\xc3\xa9st"));
+    REFUSED(memset(k.region, 'r', sizeof(k.region)));
+    REFUSED(snprintf(k.token, sizeof(k.token), "custos eu-west "));
+    REFUSED(snprintf(k.token, sizeof(k.token), " custos"));
+    REFUSED(memset(k.token, 't', sizeof(k.token)));
+    REFUSED(memset(k.description, 'd', sizeof(k.description)));
+    REFUSED(snprintf(k.description, sizeof(k.description), "two\nlines"));
+    REFUSED(snprintf(k.description, sizeof(k.description), "bad \xc3"));
+    REFUSED(snprintf(k.description, sizeof(k.description), "overlong \xc0\xaf"));
+    REFUSED(snprintf(k.description, sizeof(k.description), "surrogate \xed\xa0\x80"));
+    REFUSED(snprintf(k.description, sizeof(k.description), "c1 \xc2\x9b"));
+    REFUSED(k.key_id[0] = 'A');
+    REFUSED(k.key_id[31] = '\0');
+    REFUSED(k.spec = 0);
+    REFUSED(k.spec = 5);
+    REFUSED(k.usage = 4);
+    REFUSED(k.origin = 3);
+    REFUSED(k.state = KMS_KEY_ENABLED);
+    REFUSED(k.state = KMS_KEY_PENDING_IMPORT); /* HSM origin, and v1 given */
+    REFUSED(k.created_at = 0);
+    REFUSED(k.current_version = 1);
+    REFUSED(k.deletion_at = 5);
+    REFUSED(v.version = 2);
+    REFUSED(v.state = KMS_VERSION_ACTIVE);
+    REFUSED(v.created_at = -1);
+    REFUSED(snprintf(v.key_id, sizeof(v.key_id), "%032x", 1u));
+    make_key(&k, &v, "acme", 15, 1, 1000);
+    ck_err(kms_store_key_insert(store, &k, NULL), KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_uint_eq(count_tenant("acme"), 0);
+
+    /* The limits themselves are accepted. */
+    make_key(&k, &v, "acme", 15, 1, 1000);
+    memset(k.tenant, 't', KMS_TENANT_MAX);
+    k.tenant[KMS_TENANT_MAX] = '\0';
+    memset(k.region, 'r', KMS_REGION_MAX);
+    k.region[KMS_REGION_MAX] = '\0';
+    memset(k.token, 'k', KMS_TOKEN_LABEL_MAX);
+    k.token[KMS_TOKEN_LABEL_MAX] = '\0';
+    for (int i = 0; i < KMS_DESCRIPTION_MAX; i += 2)
+        memcpy(k.description + i, "\xc3\xa9", 2);
+    k.description[KMS_DESCRIPTION_MAX] = '\0';
+    ck_ok(kms_store_key_insert(store, &k, &v));
+    ck_ok(kms_store_version_activate(store, k.key_id, 1));
+    struct kms_key_record got;
+    ck_ok(kms_store_key_get(store, k.key_id, &got));
+    ck_assert_uint_eq(strlen(got.tenant), KMS_TENANT_MAX);
+    ck_assert_uint_eq(strlen(got.token), KMS_TOKEN_LABEL_MAX);
+    ck_assert_str_eq(got.description, k.description);
+    ck_assert_uint_eq(count_tenant(k.tenant), 1);
+    char long_tenant[KMS_TENANT_MAX + 2];
+    memset(long_tenant, 't', KMS_TENANT_MAX + 1);
+    long_tenant[KMS_TENANT_MAX + 1] = '\0';
+    struct kms_key_record *page = NULL;
+    size_t n = 0;
+    char next[KMS_PAGE_TOKEN_SIZE];
+    ck_err(kms_store_keys_list(store, long_tenant, NULL, 10, &page, &n, next),
+           KMS_ERR_INVALID_ARGUMENT);
+#undef REFUSED
+}
+END_TEST
+
+/* ---- threads ------------------------------------------------------------ */
+
+#define THREADS 4u
+#define PER_THREAD 150u
+
+struct worker {
+    unsigned index;
+    int failures;
+};
+
+static void *insert_worker(void *arg)
+{
+    struct worker *w = arg;
+    for (unsigned i = 0; i < PER_THREAD; i++) {
+        struct kms_key_record k, got;
+        struct kms_version_record v;
+        make_key(&k, &v, "busy", 16 + w->index, i, 1000 + i);
+        if (kms_store_key_insert(store, &k, &v) != KMS_OK ||
+            kms_store_version_activate(store, k.key_id, 1) != KMS_OK ||
+            kms_store_key_get(store, k.key_id, &got) != KMS_OK || got.state != KMS_KEY_ENABLED)
+            w->failures++;
+    }
+    return NULL;
+}
+
+START_TEST(test_concurrent_inserts)
+{
+    pthread_t t[THREADS];
+    struct worker w[THREADS];
+
+    open_store();
+    for (unsigned i = 0; i < THREADS; i++) {
+        w[i] = (struct worker){i, 0};
+        ck_assert_int_eq(pthread_create(&t[i], NULL, insert_worker, &w[i]), 0);
+    }
+    for (unsigned i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_int_eq(w[i].failures, 0);
+    }
+    ck_assert_uint_eq(count_tenant("busy"), (size_t)THREADS * PER_THREAD);
+    struct kms_hsm_id *ids = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_hsm_ids_for_token(store, "custos eu-west", &ids, &n));
+    ck_assert_uint_eq(n, (size_t)THREADS * PER_THREAD);
+    for (size_t i = 1; i < n; i++)
+        ck_assert_int_lt(memcmp(ids[i - 1].bytes, ids[i].bytes, KMS_HSM_ID_LEN), 0);
+    free(ids);
+}
+END_TEST
+
+static Suite *store_suite(void)
+{
+    Suite *s = suite_create("kms_store");
+    struct {
+        const char *name;
+        const TTest *test;
+    } cases[] = {
+        {"open_creates_and_reopen_keeps", test_open_creates_and_reopen_keeps},
+        {"pragmas", test_pragmas},
+        {"open_refusals", test_open_refusals},
+        {"one_process_per_database", test_one_process_per_database},
+        {"insert_get", test_insert_get},
+        {"duplicates_change_nothing", test_duplicates_change_nothing},
+        {"creating_invisible", test_creating_invisible},
+        {"versions", test_versions},
+        {"state_cas", test_state_cas},
+        {"state_cas_race", test_state_cas_race},
+        {"paging", test_paging},
+        {"paging_exact_and_bad_tokens", test_paging_exact_and_bad_tokens},
+        {"due_for_deletion", test_due_for_deletion},
+        {"mark_destroyed", test_mark_destroyed},
+        {"reconcile", test_reconcile},
+        {"creating_survives_crash", test_creating_survives_crash},
+        {"disk_full", test_disk_full},
+        {"bounds", test_bounds},
+        {"concurrent_inserts", test_concurrent_inserts},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        TCase *tc = tcase_create(cases[i].name);
+        tcase_add_checked_fixture(tc, setup, teardown);
+        /* Every commit is an fsync (synchronous=FULL): the bulk tests take
+         * seconds on a real disk, more under sanitizers. */
+        tcase_set_timeout(tc, 300);
+        tcase_add_test(tc, cases[i].test);
+        suite_add_tcase(s, tc);
+    }
+    return s;
+}
+
+int main(void)
+{
+    const char *base = getenv("CUSTOS_TEST_WORK");
+    snprintf(workroot, sizeof(workroot), "%s/test_kms_store.XXXXXX",
+             base && *base ? base : "/tmp");
+    if (mkdtemp(workroot) == NULL) {
+        perror("mkdtemp");
+        return EXIT_FAILURE;
+    }
+    SRunner *sr = srunner_create(store_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    nftw(workroot, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
