@@ -1,0 +1,141 @@
+"""Reconcile test phases (see test_reconcile.sh).
+
+Usage: reconcile_test.py DIR PORT create|crash|verify
+"""
+import http.client
+import json
+import os
+import sqlite3
+import sys
+import time
+
+import PyKCS11
+import key_pb2 as pb
+
+DIR, PORT, PHASE = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+STATE = f"{DIR}/reconcile-state.json"
+count = failures = 0
+
+
+def check(cond, what):
+    global count, failures
+    count += 1
+    print(f"{'ok' if cond else 'not ok'} {count} - {what}", flush=True)
+    failures += 0 if cond else 1
+
+
+def call(method, req, resp_cls, who):
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+    key = open(f"{DIR}/credentials/{who}.key").read().strip()
+    conn.request("POST", f"/twirp/custos.v1.KeyService/{method}", req.SerializeToString(),
+                 {"Content-Type": "application/protobuf", "Authorization": "Bearer " + key})
+    r = conn.getresponse()
+    data = r.read()
+    if r.status != 200:
+        return r.status, json.loads(data)
+    m = resp_cls()
+    m.ParseFromString(data)
+    return 200, m
+
+
+def token():
+    lib = PyKCS11.PyKCS11Lib()
+    lib.load("/usr/lib/softhsm/libsofthsm2.so")
+    slot = [s for s in lib.getSlotList(tokenPresent=True)
+            if lib.getTokenInfo(s).label.strip() == "custos-eu-west"][0]
+    s = lib.openSession(slot, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+    s.login(open(f"{DIR}/hsm/pins/eu-west.pin").read().strip())
+    return s
+
+
+def make_object(s, hsm_id, label):
+    s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
+                   (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_AES), (PyKCS11.CKA_VALUE_LEN, 32),
+                   (PyKCS11.CKA_TOKEN, True), (PyKCS11.CKA_PRIVATE, True),
+                   (PyKCS11.CKA_SENSITIVE, True), (PyKCS11.CKA_ENCRYPT, True),
+                   (PyKCS11.CKA_DECRYPT, True), (PyKCS11.CKA_ID, tuple(hsm_id)),
+                   (PyKCS11.CKA_LABEL, label)],
+                  PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+
+
+def objects(s, hsm_id):
+    return len(s.findObjects([(PyKCS11.CKA_ID, tuple(hsm_id))]))
+
+
+if PHASE == "create":
+    st, m = call("CreateKey", pb.CreateKeyRequest(region="eu-west", spec=pb.AES_256,
+                                                  usage=pb.ENCRYPT_DECRYPT),
+                 pb.CreateKeyResponse, "demo-admin")
+    st2, e = call("Encrypt", pb.EncryptRequest(key_id=m.key.key_id, plaintext=b"survivor"),
+                  pb.EncryptResponse, "demo-broker")
+    check(st == 200 and st2 == 200, "a live key exists before the crash")
+    json.dump({"live": m.key.key_id, "ct": e.ciphertext.hex()}, open(STATE, "w"))
+
+elif PHASE == "crash":
+    state = json.load(open(STATE))
+    ids = {n: os.urandom(16) for n in ("A", "B", "C", "D", "E")}
+    keys = {n: os.urandom(16).hex() for n in ("A", "B", "D", "E")}
+    now = int(time.time())
+    db = sqlite3.connect(f"{DIR}/kmsd.db")
+    row = "INSERT INTO keys VALUES (?, 'demo', 'eu-west', 'custos-eu-west', 1, 1, 1, ?, '', ?, ?, ?, ?, 0)"
+    # A, B: keys whose creation crashed (A after its HSM object was made).
+    for n in ("A", "B"):
+        db.execute(row, (keys[n], 0, now, 0, 0, 1))
+        db.execute("INSERT INTO key_versions VALUES (?, 1, ?, 0, ?)", (keys[n], ids[n], now))
+    # C: a rotation of the live key that crashed after its HSM object.
+    db.execute("UPDATE keys SET last_version = 2 WHERE key_id = ?", (state["live"],))
+    db.execute("INSERT INTO key_versions VALUES (?, 2, ?, 0, ?)", (state["live"], ids["C"], now))
+    # D: a key the sweeper marked DESTROYED before it could destroy the object.
+    db.execute(row, (keys["D"], 5, now, now, 1, 1))
+    db.execute("INSERT INTO key_versions VALUES (?, 1, ?, 2, ?)", (keys["D"], ids["D"], now))
+    db.commit()
+    db.close()
+    s = token()
+    for n in ("A", "C", "D", "E"):
+        v = 2 if n == "C" else 1
+        k = state["live"] if n == "C" else keys[n]
+        make_object(s, ids[n], f"custos:key:{k}:v{v}")
+    s.logout()
+    state.update({"ids": {n: i.hex() for n, i in ids.items()}, "keys": keys})
+    json.dump(state, open(STATE, "w"))
+    check(True, "crash states written to the store and the token")
+
+else:
+    state = json.load(open(STATE))
+    ids = {n: bytes.fromhex(i) for n, i in state["ids"].items()}
+    keys = state["keys"]
+    s = token()
+    check(objects(s, ids["A"]) == 0, "a half-created key's HSM object is destroyed")
+    check(objects(s, ids["C"]) == 0, "a half-created version's HSM object is destroyed")
+    check(objects(s, ids["D"]) == 0, "a destroyed key's leftover HSM object is destroyed")
+    check(objects(s, ids["E"]) == 1, "an HSM object unknown to the store is left in place")
+    s.logout()
+    db = sqlite3.connect(f"{DIR}/kmsd.db")
+    n_ab = db.execute("SELECT count(*) FROM keys WHERE key_id IN (?, ?)",
+                      (keys["A"], keys["B"])).fetchone()[0]
+    n_c = db.execute("SELECT count(*) FROM key_versions WHERE key_id = ? AND version = 2",
+                     (state["live"],)).fetchone()[0]
+    db.close()
+    check(n_ab == 0, "half-created key rows are removed")
+    check(n_c == 0, "the half-created version row is removed")
+    for n in ("A", "B"):
+        st, m = call("DescribeKey", pb.DescribeKeyRequest(key_id=keys[n]),
+                     pb.DescribeKeyResponse, "demo-admin")
+        check(st == 404, f"half-created key {n} is not visible")
+    st, m = call("DescribeKey", pb.DescribeKeyRequest(key_id=state["live"]),
+                 pb.DescribeKeyResponse, "demo-admin")
+    check(st == 200 and m.key.current_version == 1 and m.key.state == pb.ENABLED,
+          "the live key survives, still at version 1")
+    st, d = call("Decrypt", pb.DecryptRequest(ciphertext=bytes.fromhex(state["ct"])),
+                 pb.DecryptResponse, "demo-broker")
+    check(st == 200 and d.plaintext == b"survivor", "and its acknowledged ciphertext decrypts")
+    st, m = call("RotateKey", pb.RotateKeyRequest(key_id=state["live"]), pb.RotateKeyResponse,
+                 "demo-admin")
+    check(st == 200 and m.key.current_version == 3,
+          "the next rotation takes version 3: a discarded number is never reused")
+    log = open(f"{DIR}/kmsd.log").read()
+    check("removed half-created key" in log and "unknown to the store" in log,
+          "reconcile reports what it did")
+
+print(f"{count - failures} passed, {failures} failed")
+sys.exit(1 if failures else 0)
