@@ -60,7 +60,8 @@ BENCH_SRCS    := $(wildcard tests/bench/*.c)
 BENCH_BINS    := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
 .PHONY: all deps check check-asan test run bench install clean
-.SECONDARY: $(PROTO_C) $(PROTO_H)
+# Keep every intermediate (objects of mains and tests, generated code).
+.SECONDARY:
 
 all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
 
