@@ -41,6 +41,7 @@ struct req_state {
     uint8_t *body;
     size_t len, cap;
     bool too_large;
+    char correlation_id[KMS_HTTP_CORRELATION_MAX + 1];
 };
 
 /* ---- responses ----------------------------------------------------------- */
@@ -204,6 +205,17 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
             return send_error(c, st, KMS_ERR_TOO_LARGE, msg);
         }
     }
+    const char *corr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Correlation-Id");
+    if (corr != NULL) {
+        size_t n = strlen(corr);
+        bool printable = n >= 1 && n <= KMS_HTTP_CORRELATION_MAX;
+        for (size_t i = 0; printable && i < n; i++)
+            printable = corr[i] > 0x20 && corr[i] < 0x7f;
+        if (!printable)
+            return send_error(c, st, KMS_ERR_INVALID_ARGUMENT,
+                              "X-Correlation-Id must be 1..128 printable ASCII characters");
+        memcpy(st->correlation_id, corr, n + 1);
+    }
     st->call.policy = kms_service_policy(h->svc);
     if (authenticate(h, c, st) != KMS_OK)
         return send_error(c, st, KMS_ERR_UNAUTHENTICATED, kms_err_detail());
@@ -284,8 +296,9 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         }
         return send_error(c, st, rc, msg);
     }
-    kms_log_debug("http", "request %s %s by %s: ok", st->call.request_id, st->method,
-                  pol_principal_id(st->call.who));
+    kms_log_debug("http", "request %s %s by %s: ok%s%s", st->call.request_id, st->method,
+                  pol_principal_id(st->call.who), st->correlation_id[0] ? ", correlation " : "",
+                  st->correlation_id);
     return send_reply(c, st, &reply);
 }
 

@@ -366,6 +366,12 @@ try:
 except OSError as e:
     check(False, f"chunked oversize: {e}")
 conn.close()
+r = call("Encrypt", pb.EncryptRequest(key_id=k.key_id, plaintext=b"x"), pb.EncryptResponse,
+         headers={"X-Correlation-Id": "conv-8e1f/msg-42"})
+check(r[0] == 200, "a correlation id is accepted")
+r = call("Encrypt", pb.EncryptRequest(key_id=k.key_id, plaintext=b"x"), pb.EncryptResponse,
+         headers={"X-Correlation-Id": "x" * 129})
+check(err_is(r, 400, "invalid_argument"), "an over-long correlation id is refused")
 check(alive(), "kmsd is still serving after the hostile requests")
 
 # ---- concurrency -------------------------------------------------------------------

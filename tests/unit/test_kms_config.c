@@ -1,0 +1,141 @@
+/*
+ * test_kms_config.c - kmsd.json parsing: defaults, path resolution, and
+ * every refusal naming its JSON path.
+ */
+#include <check.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kms_config.h"
+#include "testenv.h"
+
+static char path[512];
+
+static kms_err load(const char *json, struct kms_config **out)
+{
+    snprintf(path, sizeof(path), "%s/kmsd-%d.json", testenv_work_dir(), (int)getpid());
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(json, f);
+    fclose(f);
+    kms_err rc = kms_config_load(path, out);
+    unlink(path);
+    return rc;
+}
+
+#define TOKENS                                                                                 \
+    "\"pkcs11\": {\"tokens\": [{\"region\": \"eu-west\", \"token\": \"custos-eu-west\","       \
+    " \"pin\": \"file:pins/eu.pin\"}]}, \"policy\": \"policy.json\", \"store\": \"/var/db\""
+
+static void expect_error(const char *json, const char *fragment)
+{
+    struct kms_config *c = (void *)1;
+    kms_err rc = load(json, &c);
+    ck_assert_int_eq(rc, KMS_ERR_CONFIG);
+    ck_assert_ptr_null(c);
+    ck_assert_msg(strstr(kms_err_detail(), fragment) != NULL, "'%s' not in '%s'", fragment,
+                  kms_err_detail());
+}
+
+START_TEST(minimal_with_defaults)
+{
+    struct kms_config *c = NULL;
+    ck_assert_int_eq(load("{" TOKENS "}", &c), KMS_OK);
+    ck_assert(!c->dev_mode);
+    ck_assert_str_eq(c->listen_address, "127.0.0.1");
+    ck_assert_uint_eq(c->listen_port, 8700);
+    ck_assert_uint_eq(c->max_body_bytes, 96 * 1024);
+    ck_assert_uint_eq(c->deletion_default_days, 30);
+    ck_assert_uint_eq(c->deletion_min_days, 7);
+    ck_assert_uint_eq(c->n_tokens, 1);
+    ck_assert_str_eq(c->tokens[0].region, "eu-west");
+    /* Relative paths are taken from the config file's directory. */
+    char want[PATH_MAX + 32];
+    char dir[PATH_MAX];
+    ck_assert_ptr_nonnull(realpath(testenv_work_dir(), dir));
+    snprintf(want, sizeof(want), "%s/policy.json", dir);
+    ck_assert_str_eq(c->policy_path, want);
+    snprintf(want, sizeof(want), "file:%s/pins/eu.pin", dir);
+    ck_assert_str_eq(c->tokens[0].pin_source, want);
+    ck_assert_str_eq(c->store_path, "/var/db");
+    kms_config_free(c);
+}
+END_TEST
+
+START_TEST(refusals_name_the_path)
+{
+    expect_error("{" TOKENS ", \"limits\": {\"max_body_byte\": 5}}", "limits.max_body_byte: unknown key");
+    expect_error("{" TOKENS ", \"colour\": 1}", "colour: unknown key");
+    expect_error("{" TOKENS ", \"listen\": {\"port\": 0}}", "listen.port: must be an integer");
+    expect_error("{" TOKENS ", \"listen\": {\"address\": \"0.0.0.0\"}}",
+                 "plain HTTP is only allowed on loopback");
+    expect_error("{" TOKENS ", \"mode\": \"test\"}", "mode:");
+    expect_error("{" TOKENS ", \"deletion\": {\"min_days\": 1}}", "at least 7 outside dev mode");
+    expect_error("{" TOKENS ", \"deletion\": {\"day_seconds\": 1}}", "only dev mode");
+    expect_error("{\"policy\": \"p\", \"store\": \"s\"}", "pkcs11: required");
+    expect_error("{\"pkcs11\": {\"tokens\": []}, \"policy\": \"p\", \"store\": \"s\"}",
+                 "pkcs11.tokens");
+    expect_error("{\"pkcs11\": {\"tokens\": [{\"region\": \"a\", \"token\": \"t\"}]},"
+                 " \"policy\": \"p\", \"store\": \"s\"}",
+                 "pkcs11.tokens[0].pin: required");
+    expect_error("{\"pkcs11\": {\"tokens\": [{\"region\": \"a\", \"token\": \"t\", \"pin\": \"env:P\"},"
+                 "{\"region\": \"a\", \"token\": \"u\", \"pin\": \"env:P\"}]},"
+                 " \"policy\": \"p\", \"store\": \"s\"}",
+                 "pkcs11.tokens[1].region: region \"a\" already has a token");
+    expect_error("{" TOKENS ", \"tls\": {\"cert\": \"c\"}}", "tls.key: required");
+    expect_error("{" TOKENS ", \"tls\": {\"cert\": \"c\", \"key\": \"k\", \"require_client_cert\": true}}",
+                 "needs tls.client_ca");
+    expect_error("{" TOKENS ", \"policy\": \"a\", \"policy\": \"b\"}", "duplicate");
+    expect_error("not json", ":1:");
+}
+END_TEST
+
+START_TEST(dev_mode_and_tls)
+{
+    struct kms_config *c = NULL;
+    ck_assert_int_eq(load("{\"mode\": \"dev\", " TOKENS
+                          ", \"deletion\": {\"min_days\": 0, \"day_seconds\": 1, "
+                          "\"default_days\": 2, \"sweep_interval_s\": 1}}",
+                          &c),
+                     KMS_OK);
+    ck_assert(c->dev_mode);
+    ck_assert_uint_eq(c->deletion_day_seconds, 1);
+    kms_config_free(c);
+    ck_assert_int_eq(load("{" TOKENS ", \"listen\": {\"address\": \"0.0.0.0\", \"port\": 443},"
+                          " \"tls\": {\"cert\": \"/c.pem\", \"key\": \"/k.pem\", \"client_ca\": \"/ca.pem\"}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_str_eq(c->tls_cert, "/c.pem");
+    /* A client CA implies requiring client certificates unless said otherwise. */
+    ck_assert(c->tls_require_client_cert);
+    kms_config_free(c);
+}
+END_TEST
+
+START_TEST(missing_file)
+{
+    struct kms_config *c = (void *)1;
+    ck_assert_int_eq(kms_config_load("/nonexistent/kmsd.json", &c), KMS_ERR_CONFIG);
+    ck_assert_ptr_null(c);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "/nonexistent/kmsd.json"));
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("kms_config");
+    TCase *tc = tcase_create("load");
+    tcase_add_test(tc, minimal_with_defaults);
+    tcase_add_test(tc, refusals_name_the_path);
+    tcase_add_test(tc, dev_mode_and_tls);
+    tcase_add_test(tc, missing_file);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
