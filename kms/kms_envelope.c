@@ -119,6 +119,7 @@ static kms_err seal(struct kms_call *call, const struct kms_key_record *k, size_
     *out_blob = blob;
     *out_len = hl + ct_len;
     *out_version = v.version;
+    call->audit.key_version = v.version;
     return KMS_OK;
 }
 
@@ -137,6 +138,7 @@ static kms_err open_blob(struct kms_call *call, enum pol_op op, const ProtobufCB
     KMS_GUARD(kms_blob_parse(blob->data, blob->len, &h, &hl));
     char key_id[33];
     kms_key_id_format(h.key_id, key_id);
+    call->audit.key_version = h.version;
     if (expected_key_id && *expected_key_id)
         KMS_ENSURE(strcmp(expected_key_id, key_id) == 0, KMS_ERR_INVALID_ARGUMENT,
                    "the ciphertext was not made with key_id %.32s", expected_key_id);

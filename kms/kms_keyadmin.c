@@ -24,6 +24,17 @@
 
 /* ---- shared helpers ------------------------------------------------------ */
 
+void kms_rpc_audit_key(struct kms_call *call, const char *key_id, const char *region,
+                       const char *token)
+{
+    if (key_id)
+        snprintf(call->audit.key_id, sizeof(call->audit.key_id), "%s", key_id);
+    if (region)
+        snprintf(call->audit.region, sizeof(call->audit.region), "%s", region);
+    if (token)
+        snprintf(call->audit.token, sizeof(call->audit.token), "%s", token);
+}
+
 kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
                               struct kms_key_record *out_key)
 {
@@ -36,6 +47,10 @@ kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char 
     struct pol_target t = {out_key->key_id, out_key->tenant, out_key->region};
     struct pol_decision d;
     rc = pol_decide(call->policy, call->who, op, &t, &d);
+    /* The audit event names the key even when the tenant rule refused it:
+     * the auditor may see what the caller may not. */
+    kms_rpc_audit_key(call, out_key->key_id, out_key->region, out_key->token);
+    call->audit.rule = d.rule;
     if (rc != KMS_OK)
         kms_log_info("policy", "request %s: %s on key %s refused by rule %s", call->request_id,
                      pol_op_name(op), key_id, d.rule);
@@ -184,6 +199,8 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
                     KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
                     KMS_DESCRIPTION_MAX);
     rc = pol_decide(call->policy, call->who, POL_OP_CREATE_KEY, &t, &d);
+    kms_rpc_audit_key(call, NULL, req->region, NULL);
+    call->audit.rule = d.rule;
     if (rc != KMS_OK) {
         kms_log_info("policy", "request %s: CreateKey in %s refused by rule %s", call->request_id,
                      req->region, d.rule);
@@ -236,6 +253,8 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
         KMS_GUARD_GOTO(kms_store_key_insert(st, &k, &v1), done);
         KMS_GUARD_GOTO(make_version(call, tok, k.key_id, 1, v1.hsm_id), done);
     }
+    kms_rpc_audit_key(call, k.key_id, k.region, k.token);
+    call->audit.key_version = k.origin == KMS_KEY_ORIGIN_HSM ? 1 : 0;
     kms_log_info("keys", "request %s: key %s created in %s for tenant %s", call->request_id,
                  k.key_id, k.region, k.tenant);
     rc = reply_key(call, k.key_id, &custos__v1__create_key_response__descriptor, reply);
@@ -276,7 +295,10 @@ kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len
     const char *tenant = pol_principal_tenant_id(call->who);
     struct pol_target t = {NULL, tenant, NULL};
     struct pol_decision d;
-    KMS_GUARD_GOTO(pol_decide(call->policy, call->who, POL_OP_LIST_KEYS, &t, &d), done);
+    rc = pol_decide(call->policy, call->who, POL_OP_LIST_KEYS, &t, &d);
+    call->audit.rule = d.rule;
+    if (rc != KMS_OK)
+        goto done;
     KMS_ENSURE_GOTO(req->page_size <= KMS_PAGE_SIZE_MAX, done, KMS_ERR_INVALID_ARGUMENT,
                     "page_size must be 1..%d", KMS_PAGE_SIZE_MAX);
     size_t page = req->page_size ? req->page_size : 100;
@@ -326,6 +348,7 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
                                          (int64_t)time(NULL), &version),
                    done);
     KMS_GUARD_GOTO(make_version(call, tok, k.key_id, version, hid.b), done);
+    call->audit.key_version = version;
     kms_log_info("keys", "request %s: key %s rotated to version %u", call->request_id, k.key_id,
                  version);
     rc = reply_key(call, k.key_id, &custos__v1__rotate_key_response__descriptor, reply);

@@ -19,11 +19,23 @@
 #include "kms_service.h"
 #include "pol_doc.h"
 
+/* What the audit event of a request records beyond who and what: handlers
+ * fill these as they learn them (kms_rpc_authorize_key fills key, region,
+ * token and rule), and the front writes one event per request from them. */
+struct kms_audit_facts {
+    char key_id[33];
+    uint32_t key_version;
+    char region[64];
+    char token[33];
+    const char *rule; /* static string: the policy rule that decided */
+};
+
 struct kms_call {
     struct kms_service *svc;
     struct pol_doc *policy;
     const struct pol_principal *who;
     char request_id[33];
+    struct kms_audit_facts audit;
 };
 
 /* The packed response. secret=true when it carries plaintext or a data key:
@@ -64,6 +76,10 @@ kms_err kms_rpc_decrypt_data_key(struct kms_call *, const uint8_t *, size_t,
 struct kms_key_record;
 kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
                               struct kms_key_record *out_key);
+
+/* Record the key a request acts on, for its audit event (NULLs allowed). */
+void kms_rpc_audit_key(struct kms_call *call, const char *key_id, const char *region,
+                       const char *token);
 
 /* Malformed protobuf body. */
 #define KMS_RPC_MALFORMED(what) kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message", (what))
