@@ -223,9 +223,8 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 }
 
 /* Write data to path ('-' = stdout), base64-encoded if b64. A secret output
- * gets mode 0600 and goes to a terminal only when explicit says so. */
-static int write_output(const char *path, const uint8_t *data, size_t len, int b64, int secret,
-                        int explicit)
+ * (plaintext, a data key) gets mode 0600. */
+static int write_output(const char *path, const uint8_t *data, size_t len, int b64, int secret)
 {
     struct sbuf enc = {0};
     int to_stdout = strcmp(path, "-") == 0;
@@ -236,11 +235,6 @@ static int write_output(const char *path, const uint8_t *data, size_t len, int b
 
     if (fd < 0 || fstat(fd, &st) != 0) {
         fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        goto done;
-    }
-    if (secret && !explicit && isatty(fd)) {
-        fprintf(stderr, "kmsctl: refusing to write a plaintext key to a terminal; "
-                        "name a file (or '-' to insist)\n");
         goto done;
     }
     if (!to_stdout && S_ISREG(st.st_mode)) {
@@ -308,7 +302,7 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct args *a)
     ret = kmsctl_rpc_call(rpc, "Encrypt", &req.base, &custos__v1__encrypt_response__descriptor,
                           (ProtobufCMessage **)&resp);
     if (ret == KMSCTL_EXIT_OK)
-        ret = write_output(a->out, resp->ciphertext.data, resp->ciphertext.len, a->b64_out, 0, 1);
+        ret = write_output(a->out, resp->ciphertext.data, resp->ciphertext.len, a->b64_out, 0);
 done:
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(ents, a->ctx.n);
@@ -359,10 +353,8 @@ static int run_decrypt_like(struct kmsctl_rpc *rpc, struct args *a, int data_key
         if (ret == KMSCTL_EXIT_OK)
             pt = &((Custos__V1__DecryptResponse *)resp)->plaintext;
     }
-    /* A data key goes to a terminal only on request; message plaintext is
-     * what decrypt is for, so it may. Both files are 0600. */
     if (ret == KMSCTL_EXIT_OK)
-        ret = write_output(a->out, pt->data, pt->len, a->b64_out, 1, !data_key || a->out_given);
+        ret = write_output(a->out, pt->data, pt->len, a->b64_out, 1);
 done:
     free_wiped(resp, pt);
     kmsctl_rpc_map_free(ents, a->ctx.n);
@@ -411,7 +403,7 @@ static int run_reencrypt(struct kmsctl_rpc *rpc, struct args *a)
     ret = kmsctl_rpc_call(rpc, "ReEncrypt", &req.base, &custos__v1__re_encrypt_response__descriptor,
                           (ProtobufCMessage **)&resp);
     if (ret == KMSCTL_EXIT_OK)
-        ret = write_output(a->out, resp->ciphertext.data, resp->ciphertext.len, a->b64_out, 0, 1);
+        ret = write_output(a->out, resp->ciphertext.data, resp->ciphertext.len, a->b64_out, 0);
 done:
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(src, a->src_ctx.n);
@@ -438,10 +430,10 @@ static int run_dk_generate(struct kmsctl_rpc *rpc, struct args *a)
     /* The blob first: a plaintext key without its blob would be useless. */
     if (ret == KMSCTL_EXIT_OK)
         ret = write_output(a->out_blob, resp->ciphertext_blob.data, resp->ciphertext_blob.len,
-                           a->b64_out, 0, 1);
+                           a->b64_out, 0);
     if (ret == KMSCTL_EXIT_OK)
         ret = write_output(a->out_plaintext, resp->plaintext.data, resp->plaintext.len, a->b64_out,
-                           1, 1);
+                           1);
     free_wiped(resp ? &resp->base : NULL, resp ? &resp->plaintext : NULL);
     kmsctl_rpc_map_free(ents, a->ctx.n);
     return ret;
@@ -471,6 +463,15 @@ static int check_args(const char *prog, struct args *a, unsigned seen)
     int need_key = a->cmd->run != run_decrypt && a->cmd->run != run_dk_decrypt;
     if (need_key && (a->key_id == NULL || *a->key_id == '\0')) {
         fprintf(stderr, "%s: --key-id is required\n", prog);
+        return 0;
+    }
+    /* A data key reaches a terminal only when asked for by name ("--out -");
+     * checked before the request, so the HSM does no work for nothing. */
+    if (a->cmd->run == run_dk_decrypt && !a->out_given && isatty(STDOUT_FILENO)) {
+        fprintf(stderr,
+                "%s: refusing to write a plaintext data key to a terminal; "
+                "give --out FILE (or --out - to insist)\n",
+                prog);
         return 0;
     }
     if (a->cmd->run == run_dk_generate) {

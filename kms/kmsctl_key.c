@@ -177,7 +177,7 @@ static void print_key_text(const Custos__V1__KeyMetadata *k)
 static json_t *jstr(const char *s)
 {
     json_t *j = json_string(s ? s : "");
-    if (j)
+    if (j || s == NULL)
         return j;
     char *c = strdup(s);
     if (c == NULL)
@@ -305,13 +305,13 @@ static int do_one_key(struct kmsctl_rpc *rpc, const struct key_args *a)
     return ret;
 }
 
-/* A table cell: escaped, then padded to width (ids and regions are ASCII). */
+/* A table cell: escaped, then padded to width (ids and regions are ASCII)
+ * and followed by the column gap. */
 static void print_cell(const char *s, int width)
 {
     kmsctl_print_safe(stdout, s);
-    for (int n = (int)strlen(s); n < width; n++)
+    for (int n = (int)strlen(s); n < width + 2; n++)
         putchar(' ');
-    fputs("  ", stdout);
 }
 
 static void print_list_row(const Custos__V1__KeyMetadata *k)
@@ -322,8 +322,12 @@ static void print_list_row(const Custos__V1__KeyMetadata *k)
     print_cell(k->region, 10);
     print_cell(enum_name(&custos__v1__key_state__descriptor, (int)k->state), 16);
     print_cell(v, 7);
-    print_cell(iso8601(k->created_at, t), 20);
-    kmsctl_print_safe(stdout, k->description);
+    if (k->description && *k->description) {
+        print_cell(iso8601(k->created_at, t), 20);
+        kmsctl_print_safe(stdout, k->description);
+    } else {
+        fputs(iso8601(k->created_at, t), stdout); /* no trailing blanks */
+    }
     putchar('\n');
 }
 
@@ -348,7 +352,7 @@ static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a)
                               (ProtobufCMessage **)&resp);
         if (ret != KMSCTL_EXIT_OK)
             goto done;
-        if (!a->json && !a->quiet && page == 0 && resp->n_keys > 0)
+        if (!a->json && !a->quiet && total == 0 && resp->n_keys > 0)
             printf("%-32s  %-10s  %-16s  %-7s  %-20s  %s\n", "KEY_ID", "REGION", "STATE", "VERSION",
                    "CREATED", "DESCRIPTION");
         for (size_t i = 0; i < resp->n_keys; i++) {

@@ -1,5 +1,6 @@
 /*
- * kmsctl_rpc.c - Twirp over libcurl for kmsctl.
+ * kmsctl_rpc.c - Twirp over libcurl for kmsctl, and the request plumbing the
+ * commands share (connection options, map<string, string> fields).
  *
  * One CURL easy handle per process, reused so that `key list --all` keeps
  * its connection. Request and reply bodies may hold plaintext or data keys,
@@ -12,6 +13,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -27,7 +30,7 @@
 #define TOTAL_TIMEOUT_S 30L
 /* A reply larger than this is not from a sane kmsd (the biggest is a
  * 1000-key ListKeys page); refusing it bounds memory. */
-#define MAX_REPLY (16u * 1024u * 1024u)
+#define MAX_REPLY ((size_t)16 << 20)
 #define MAX_CORRELATION_ID 128
 
 struct kmsctl_rpc {
@@ -161,12 +164,31 @@ static int correlation_id_ok(const char *s)
     return 1;
 }
 
-static int file_readable(const char *what, const char *path)
+/* A private key, like the API key file, must not be open to group or
+ * others (ssh refuses such keys for the same reason). */
+static int file_usable(const char *what, const char *path, int secret)
 {
-    if (access(path, R_OK) == 0)
-        return 1;
-    fprintf(stderr, "kmsctl: %s %s: %s\n", what, path, strerror(errno));
-    return 0;
+    struct stat st;
+    if (stat(path, &st) != 0 || access(path, R_OK) != 0) {
+        fprintf(stderr, "kmsctl: %s %s: %s\n", what, path, strerror(errno));
+        return 0;
+    }
+    if (secret && (st.st_mode & 077)) {
+        fprintf(stderr, "kmsctl: %s %s: mode %04o is too open (want 0600 or 0400)\n", what, path,
+                (unsigned)(st.st_mode & 07777));
+        return 0;
+    }
+    return 1;
+}
+
+/* Append a copy of line to rpc->headers; 0 when out of memory. */
+static int add_header(struct kmsctl_rpc *rpc, const char *line)
+{
+    struct curl_slist *h = curl_slist_append(rpc->headers, line);
+    if (h == NULL)
+        return 0;
+    rpc->headers = h;
+    return 1;
 }
 
 /* Build "Authorization: Bearer <key>" into rpc->headers. curl copies the
@@ -204,12 +226,10 @@ static int add_bearer(struct kmsctl_rpc *rpc, const char *path)
     memcpy(hdr, prefix, sizeof(prefix) - 1);
     memcpy(hdr + sizeof(prefix) - 1, key.data, key.len);
     hdr[n - 1] = '\0';
-    struct curl_slist *h = curl_slist_append(rpc->headers, hdr);
-    if (h == NULL) {
+    if (!add_header(rpc, hdr)) {
         fprintf(stderr, "kmsctl: out of memory\n");
         goto done;
     }
-    rpc->headers = h;
     ret = KMSCTL_EXIT_OK;
 done:
     if (hdr) {
@@ -238,10 +258,14 @@ int kmsctl_rpc_open(const struct kmsctl_conn *c, struct kmsctl_rpc **out)
         return KMSCTL_EXIT_USAGE;
     }
     /* Missing TLS files are a local error (4), found before any traffic. */
-    if ((c->cacert && *c->cacert && !file_readable("CA file", c->cacert)) ||
-        (c->cert && *c->cert && !file_readable("client certificate", c->cert)) ||
-        (c->key && *c->key && !file_readable("client key", c->key)))
+    if ((c->cacert && *c->cacert && !file_usable("CA file", c->cacert, 0)) ||
+        (c->cert && *c->cert && !file_usable("client certificate", c->cert, 0)) ||
+        (c->key && *c->key && !file_usable("client key", c->key, 1)))
         return KMSCTL_EXIT_LOCAL;
+    /* From here the process holds the API key and soon plaintext or data
+     * keys: no core file may keep them. */
+    const struct rlimit no_core = {0, 0};
+    (void)setrlimit(RLIMIT_CORE, &no_core);
 
     struct kmsctl_rpc *rpc = calloc(1, sizeof(*rpc));
     int ret = KMSCTL_EXIT_LOCAL;
@@ -268,22 +292,18 @@ int kmsctl_rpc_open(const struct kmsctl_conn *c, struct kmsctl_rpc **out)
     while (n > 0 && rpc->url_base[n - 1] == '/')
         rpc->url_base[--n] = '\0';
 
-    struct curl_slist *h = curl_slist_append(rpc->headers, "Content-Type: application/protobuf");
-    h = h ? curl_slist_append(h, "Accept: application/protobuf, application/json") : NULL;
     /* No "Expect: 100-continue" round trip: bodies are small. */
-    h = h ? curl_slist_append(h, "Expect:") : NULL;
     char *corr = NULL;
-    if (h && c->correlation_id) {
-        if (asprintf(&corr, "X-Correlation-Id: %s", c->correlation_id) < 0)
-            corr = NULL;
-        h = corr ? curl_slist_append(h, corr) : NULL;
-        free(corr);
-    }
-    if (h == NULL) {
+    if (c->correlation_id && asprintf(&corr, "X-Correlation-Id: %s", c->correlation_id) < 0)
+        corr = NULL;
+    int ok = add_header(rpc, "Content-Type: application/protobuf") &&
+             add_header(rpc, "Accept: application/protobuf, application/json") &&
+             add_header(rpc, "Expect:") && (!c->correlation_id || (corr && add_header(rpc, corr)));
+    free(corr);
+    if (!ok) {
         fprintf(stderr, "kmsctl: out of memory\n");
         goto fail;
     }
-    rpc->headers = h;
 
     CURL *e = rpc->curl;
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rpc->errbuf);
@@ -517,7 +537,7 @@ int kmsctl_rpc_call(struct kmsctl_rpc *rpc, const char *method, const ProtobufCM
     CURLcode cc = curl_easy_perform(e);
     if (cc != CURLE_OK) {
         if (r.too_big)
-            fprintf(stderr, "kmsctl: %s: reply larger than %u bytes\n", rpc->url_base, MAX_REPLY);
+            fprintf(stderr, "kmsctl: %s: reply larger than %zu bytes\n", rpc->url_base, MAX_REPLY);
         else
             fprintf(stderr, "kmsctl: %s: %s\n", rpc->url_base,
                     rpc->errbuf[0] ? rpc->errbuf : curl_easy_strerror(cc));
