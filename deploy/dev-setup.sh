@@ -12,10 +12,12 @@
 #   DIR/policy.json     tenants "demo" and "other", principals above
 #   DIR/kmsd.json       dev-mode config listening on 127.0.0.1:PORT (8700)
 #   DIR/kmsd.db         created by kmsd on first start
+#   DIR/audit/          the audit logs, one per region (created by kmsd)
 #
 # Idempotent: existing files are kept. Environment knobs for tests:
 # CUSTOS_DEV_DAY_SECONDS (length of a deletion "day", default 86400),
-# CUSTOS_DEV_MIN_DAYS (default 7), CUSTOS_DEV_SWEEP_S (default 60).
+# CUSTOS_DEV_MIN_DAYS (default 7), CUSTOS_DEV_SWEEP_S (default 60),
+# CUSTOS_DEV_HEAD_EVENTS / CUSTOS_DEV_HEAD_MS (signed head cadence, 1000 / 5000).
 set -eu
 [ $# -ge 1 ] || { echo "usage: $0 DIR [PORT]" >&2; exit 2; }
 dir=$1
@@ -106,6 +108,11 @@ if [ ! -f "$dir/kmsd.json" ]; then
   "policy": "policy.json",
   "store": "kmsd.db",
   "limits": { "max_body_bytes": 98304, "max_connections": 512, "connection_timeout_s": 30 },
+  "audit": {
+    "dir": "audit",
+    "head_every_events": ${CUSTOS_DEV_HEAD_EVENTS:-1000},
+    "head_every_ms": ${CUSTOS_DEV_HEAD_MS:-5000}
+  },
   "deletion": {
     "default_days": 30,
     "min_days": ${CUSTOS_DEV_MIN_DAYS:-7},

@@ -92,7 +92,7 @@ static kms_err get_bool(json_t *obj, const char *key, const char *where, bool *i
 static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
-                                      "limits", "deletion", NULL};
+                                      "limits", "deletion", "audit", NULL};
     KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
     KMS_GUARD(check_keys(root, "", top));
 
@@ -209,6 +209,32 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         KMS_GUARD(get_uint(del, "sweep_interval_s", "deletion", 1, 86400, &v));
         c->sweep_interval_s = (unsigned)v;
     }
+    json_t *aud = json_object_get(root, "audit");
+    if (aud) {
+        static const char *const k[] = {"enabled", "dir", "head_every_events", "head_every_ms",
+                                        "key_max_age_s", NULL};
+        KMS_ENSURE(json_is_object(aud), KMS_ERR_CONFIG, "audit: must be an object");
+        KMS_GUARD(check_keys(aud, "audit", k));
+        KMS_GUARD(get_bool(aud, "enabled", "audit", &c->audit_enabled));
+        KMS_GUARD(get_str(aud, "dir", "audit", false, dir, true, &c->audit_dir));
+        unsigned long v = c->audit_head_every_events;
+        KMS_GUARD(get_uint(aud, "head_every_events", "audit", 1, 1000000, &v));
+        c->audit_head_every_events = (unsigned)v;
+        v = c->audit_head_every_ms;
+        KMS_GUARD(get_uint(aud, "head_every_ms", "audit", 10, 86400000, &v));
+        c->audit_head_every_ms = (unsigned)v;
+        v = c->audit_key_max_age_s;
+        KMS_GUARD(get_uint(aud, "key_max_age_s", "audit", 1, 10 * 365 * 86400UL, &v));
+        c->audit_key_max_age_s = (unsigned)v;
+    }
+    /* An unaudited key service is only for measuring what audit costs. */
+    KMS_ENSURE(c->audit_enabled || c->dev_mode, KMS_ERR_CONFIG,
+               "audit.enabled: only dev mode may turn the audit log off");
+    if (c->audit_dir == NULL) {
+        c->audit_dir = resolve(dir, "audit");
+        KMS_ENSURE(c->audit_dir != NULL, KMS_ERR_NOMEM, "out of memory");
+    }
+
     /* A deletion window is the tenant's last chance to notice a mistake:
      * production keeps AWS's floor of 7 days. */
     if (!c->dev_mode) {
@@ -237,6 +263,10 @@ kms_err kms_config_load(const char *path, struct kms_config **out)
     c->deletion_min_days = 7;
     c->deletion_day_seconds = 86400;
     c->sweep_interval_s = 60;
+    c->audit_enabled = true;
+    c->audit_head_every_events = 1000;
+    c->audit_head_every_ms = 10000;
+    c->audit_key_max_age_s = 90 * 86400;
 
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
@@ -278,5 +308,6 @@ void kms_config_free(struct kms_config *c)
     }
     free(c->policy_path);
     free(c->store_path);
+    free(c->audit_dir);
     free(c);
 }

@@ -46,6 +46,12 @@ struct kms_config {
     unsigned deletion_min_days;
     unsigned deletion_day_seconds; /* 86400; dev mode may shorten it for tests */
     unsigned sweep_interval_s;
+
+    bool audit_enabled;               /* only dev mode may turn it off */
+    char *audit_dir;                  /* one log per region in here */
+    unsigned audit_head_every_events;
+    unsigned audit_head_every_ms;
+    unsigned audit_key_max_age_s;     /* rotate audit signing keys when older */
 };
 
 /* Load and validate. Errors name the file and the JSON path. Relative paths

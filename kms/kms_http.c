@@ -22,6 +22,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "audit_event.h"
 #include "kms_log.h"
 #include "kms_secret.h"
 #include "kms_twirp.h"
@@ -83,6 +84,16 @@ static enum MHD_Result send_error(struct MHD_Connection *c, struct req_state *st
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     return respond(c, st, (unsigned)kms_err_http_status(err), r, "application/json");
+}
+
+/* Refuse a request that reached a route: the refusal is an audit event
+ * first. If even that cannot be recorded, the answer is "unavailable". */
+static enum MHD_Result refuse(struct MHD_Connection *c, struct req_state *st, kms_err err,
+                              const char *msg)
+{
+    if (kms_audit_request(&st->call, st->method, err, msg, st->correlation_id) != KMS_OK)
+        return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
+    return send_error(c, st, err, msg);
 }
 
 static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st,
@@ -192,8 +203,8 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
     if (st->fn == NULL)
         return send_error(c, st, KMS_ERR_BAD_ROUTE, "no such method");
     if (!content_type_ok(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type")))
-        return send_error(c, st, KMS_ERR_BAD_ROUTE,
-                          "unsupported Content-Type: use application/protobuf");
+        return refuse(c, st, KMS_ERR_BAD_ROUTE,
+                      "unsupported Content-Type: use application/protobuf");
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
     if (cl != NULL) {
         char *end = NULL;
@@ -202,7 +213,7 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
             char msg[96];
             snprintf(msg, sizeof(msg), "request body larger than %zu bytes",
                      h->cfg->max_body_bytes);
-            return send_error(c, st, KMS_ERR_TOO_LARGE, msg);
+            return refuse(c, st, KMS_ERR_TOO_LARGE, msg);
         }
     }
     const char *corr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Correlation-Id");
@@ -212,13 +223,13 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
         for (size_t i = 0; printable && i < n; i++)
             printable = corr[i] > 0x20 && corr[i] < 0x7f;
         if (!printable)
-            return send_error(c, st, KMS_ERR_INVALID_ARGUMENT,
-                              "X-Correlation-Id must be 1..128 printable ASCII characters");
+            return refuse(c, st, KMS_ERR_INVALID_ARGUMENT,
+                          "X-Correlation-Id must be 1..128 printable ASCII characters");
         memcpy(st->correlation_id, corr, n + 1);
     }
     st->call.policy = kms_service_policy(h->svc);
     if (authenticate(h, c, st) != KMS_OK)
-        return send_error(c, st, KMS_ERR_UNAUTHENTICATED, kms_err_detail());
+        return refuse(c, st, KMS_ERR_UNAUTHENTICATED, kms_err_detail());
     return MHD_YES;
 }
 
@@ -279,22 +290,34 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     if (st->too_large) {
         char msg[96];
         snprintf(msg, sizeof(msg), "request body larger than %zu bytes", h->cfg->max_body_bytes);
-        return send_error(c, st, KMS_ERR_TOO_LARGE, msg);
+        return refuse(c, st, KMS_ERR_TOO_LARGE, msg);
     }
     struct kms_reply reply = {NULL, 0, false};
     kms_err_clear();
     kms_err rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, &reply);
     if (rc != KMS_OK) {
         free(reply.data);
-        /* Internal details go to the log only; the client gets the code. */
-        const char *msg = kms_err_detail();
+        /* Internal details go to the log and the audit event only; the
+         * client gets the code. */
+        char detail[512];
+        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+        const char *msg = detail;
         if (kms_err_http_status(rc) >= 500) {
             kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
-                          msg);
+                          detail);
             msg = kms_err_http_status(rc) == 503 ? "the HSM or store is unavailable; retry"
                                                  : "internal error";
         }
+        if (kms_audit_request(&st->call, st->method, rc, detail, st->correlation_id) != KMS_OK)
+            return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
         return send_error(c, st, rc, msg);
+    }
+    /* No success is acknowledged before its audit event is durable. */
+    if (kms_audit_request(&st->call, st->method, KMS_OK, NULL, st->correlation_id) != KMS_OK) {
+        if (reply.secret)
+            OPENSSL_cleanse(reply.data, reply.len);
+        free(reply.data);
+        return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
     }
     kms_log_debug("http", "request %s %s by %s: ok%s%s", st->call.request_id, st->method,
                   pol_principal_id(st->call.who), st->correlation_id[0] ? ", correlation " : "",

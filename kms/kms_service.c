@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "audit_log.h"
 #include "kms_log.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
@@ -20,6 +21,7 @@ struct kms_service {
     struct p11_token *tokens[KMS_CONFIG_MAX_TOKENS];
     size_t n_tokens;
     struct kms_store *store;
+    struct audit_log *audit[KMS_CONFIG_MAX_TOKENS]; /* by token index; NULL when off */
 
     pthread_mutex_t policy_lock; /* guards `policy` (the pointer, not the doc) */
     struct pol_doc *policy;
@@ -45,6 +47,19 @@ static struct p11_token *token_by_label(struct kms_service *svc, const char *lab
         if (strcmp(p11_token_label(svc->tokens[i]), label) == 0)
             return svc->tokens[i];
     return NULL;
+}
+
+struct audit_log *kms_service_audit_log(struct kms_service *svc, const char *region)
+{
+    for (size_t i = 0; region && i < svc->n_tokens; i++)
+        if (strcmp(p11_token_region(svc->tokens[i]), region) == 0)
+            return svc->audit[i];
+    return NULL;
+}
+
+struct audit_log *kms_service_audit_default(struct kms_service *svc)
+{
+    return svc->n_tokens ? svc->audit[0] : NULL;
 }
 
 struct kms_store *kms_service_store(struct kms_service *svc)
@@ -261,6 +276,16 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     svc->n_tokens = cfg->n_tokens;
     KMS_GUARD_GOTO(kms_store_open(cfg->store_path, &svc->store), fail);
     KMS_GUARD_GOTO(reconcile(svc), fail);
+    if (cfg->audit_enabled) {
+        struct audit_log_config ac = {cfg->audit_head_every_events, cfg->audit_head_every_ms,
+                                      (int64_t)cfg->audit_key_max_age_s};
+        for (size_t i = 0; i < svc->n_tokens; i++)
+            KMS_GUARD_GOTO(audit_log_open(cfg->audit_dir, p11_token_region(svc->tokens[i]),
+                                          svc->tokens[i], &ac, &svc->audit[i]),
+                           fail);
+    } else {
+        kms_log_warn("service", "the audit log is OFF (dev mode): nothing is being recorded");
+    }
 
     KMS_ENSURE_GOTO(pthread_create(&svc->sweeper, NULL, sweeper_main, svc) == 0, fail,
                     KMS_ERR_INTERNAL, "cannot start the deletion sweeper");
@@ -291,6 +316,17 @@ void kms_service_free(struct kms_service *svc)
         pthread_cond_broadcast(&svc->stop_cond);
         pthread_mutex_unlock(&svc->stop_lock);
         pthread_join(svc->sweeper, NULL);
+    }
+    for (size_t i = 0; i < svc->n_tokens; i++) {
+        if (svc->audit[i]) {
+            struct audit_log_stats st;
+            audit_log_stats(svc->audit[i], &st);
+            kms_log_info("audit", "region %s: %llu events in %llu batches (largest %llu), %llu heads",
+                         audit_log_region(svc->audit[i]), (unsigned long long)st.events,
+                         (unsigned long long)st.batches, (unsigned long long)st.max_batch,
+                         (unsigned long long)st.heads);
+        }
+        audit_log_close(svc->audit[i]);
     }
     kms_store_free(svc->store);
     for (size_t i = 0; i < svc->n_tokens; i++)

@@ -49,6 +49,14 @@ const struct kms_config *kms_service_config(const struct kms_service *svc);
  * number of keys destroyed in *out_n. */
 kms_err kms_service_sweep(struct kms_service *svc, int64_t now, size_t *out_n);
 
+/* The audit log of a region served here, or NULL (audit off, or not
+ * served). kms_service_audit_default() is the log for events that name no
+ * served region (e.g. a request whose credentials were refused): the first
+ * configured region's. */
+struct audit_log;
+struct audit_log *kms_service_audit_log(struct kms_service *svc, const char *region);
+struct audit_log *kms_service_audit_default(struct kms_service *svc);
+
 /* Label prefix of every HSM object the service creates; reconcile treats
  * objects with this prefix that the store does not know as orphans. */
 #define KMS_HSM_LABEL_PREFIX "custos:key:"

@@ -8,6 +8,8 @@
 
 #include <jansson.h>
 
+#include "audit_rpc.h"
+
 struct route {
     const char *method;
     kms_rpc_fn fn;
@@ -29,8 +31,24 @@ static const struct route key_service[] = {
     {"DecryptDataKey", kms_rpc_decrypt_data_key},
 };
 
+static const struct route audit_service[] = {
+    {"GetSignedTreeHead", kms_rpc_get_signed_tree_head},
+    {"ExportAuditLog", kms_rpc_export_audit_log},
+    {"GetAuditKeys", kms_rpc_get_audit_keys},
+};
+
+static kms_rpc_fn find(const struct route *r, size_t n, const char *method)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(r[i].method, method) == 0)
+            return r[i].fn;
+    return NULL;
+}
+
 kms_rpc_fn kms_rpc_lookup(const char *service, const char *method)
 {
+    if (strcmp(service, "custos.v1.AuditService") == 0)
+        return find(audit_service, sizeof(audit_service) / sizeof(audit_service[0]), method);
     if (strcmp(service, "custos.v1.KeyService") != 0)
         return NULL;
     for (size_t i = 0; i < sizeof(key_service) / sizeof(key_service[0]); i++)

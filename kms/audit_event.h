@@ -1,0 +1,20 @@
+/*
+ * audit_event.h - turning a request into its audit event.
+ *
+ * The HTTP front calls kms_audit_request() once for every request that
+ * reached a route (allowed or refused, authenticated or not) before it
+ * answers. An error means the event is not durable: the front must not
+ * answer success (fail closed).
+ */
+#ifndef AUDIT_EVENT_H
+#define AUDIT_EVENT_H
+
+#include "kms_error.h"
+#include "kms_rpc.h"
+
+/* operation: the RPC method; outcome: KMS_OK or the error the caller gets;
+ * detail: a non-secret note or NULL; correlation_id may be "" . */
+kms_err kms_audit_request(struct kms_call *call, const char *operation, kms_err outcome,
+                          const char *detail, const char *correlation_id);
+
+#endif

@@ -1,0 +1,859 @@
+/*
+ * audit_log.c - files, recovery, group commit and signed heads of one
+ * region's audit log (see audit_log.h for the contract).
+ */
+#include "audit_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+
+#include "kms_log.h"
+#include "p11_crypto.h"
+#include "p11_key.h"
+
+#define FRAME_HEAD 12
+
+struct file {
+    int fd;
+    char path[512];
+    off_t size; /* durable size: everything before it was fdatasync'ed */
+};
+
+struct pending {
+    uint8_t *buf;
+    size_t len, cap;
+    audit_hash *hashes;
+    size_t n, hcap;
+};
+
+struct audit_log {
+    char region[64];
+    struct p11_token *tok;
+    struct audit_log_config cfg;
+    struct file events, heads, keys;
+
+    struct audit_tree *tree;
+    off_t *offsets; /* offsets[seq]: start of record seq in events */
+    uint64_t n_offsets, cap_offsets;
+
+    pthread_mutex_t lock; /* guards everything below, and offsets */
+    pthread_cond_t work, done;
+    struct pending queue, writing;
+    uint64_t next_seq;    /* next seq to assign */
+    uint64_t durable_seq; /* every seq below it is durable */
+    uint64_t epoch;       /* bumped by every failure: waiters of it fail */
+    int64_t next_recovery_ms;
+    bool failed;
+    bool stopping;
+    pthread_t writer;
+    bool writer_running;
+
+    uint8_t *head;        /* latest signed head, packed */
+    size_t head_len;
+    uint64_t head_size;   /* its tree size */
+    int64_t head_time_ms;
+    struct p11_key_id sign_key;
+    int64_t sign_key_since_ms;
+
+    struct audit_log_stats stats;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put_be(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static uint64_t get_be(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+size_t audit_head_signed_bytes(const char *region, uint64_t tree_size, int64_t timestamp_ms,
+                               const uint8_t root[32], uint8_t *out)
+{
+    size_t r = strlen(region), o = 0;
+    if (r > 255)
+        r = 255;
+    memcpy(out, AUDIT_HEAD_MAGIC, 13);
+    o = 13;
+    out[o++] = (uint8_t)r;
+    memcpy(out + o, region, r);
+    o += r;
+    put_be(out + o, tree_size, 8);
+    o += 8;
+    put_be(out + o, (uint64_t)timestamp_ms, 8);
+    o += 8;
+    memcpy(out + o, root, 32);
+    return o + 32;
+}
+
+/* ---- files ------------------------------------------------------------------ */
+
+static kms_err write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return kms_err_set(errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? KMS_ERR_NOSPC
+                                                                                    : KMS_ERR_IO,
+                               "audit write: %s", strerror(errno));
+        p += w;
+        n -= (size_t)w;
+    }
+    return KMS_OK;
+}
+
+static kms_err sync_fd(int fd, const char *what)
+{
+    if (fdatasync(fd) != 0)
+        return kms_err_set(KMS_ERR_IO, "audit fdatasync of %s: %s", what, strerror(errno));
+    return KMS_OK;
+}
+
+static void frame(uint8_t head[FRAME_HEAD], const uint8_t *payload, size_t len, audit_hash out_hash)
+{
+    audit_hash h;
+    audit_leaf_hash(payload, len, h);
+    put_be(head, len, 4);
+    memcpy(head + 4, h, 8);
+    if (out_hash)
+        memcpy(out_hash, h, AUDIT_HASH_LEN);
+}
+
+/* Append one framed record and make it durable (heads and keys: rare). */
+static kms_err append_record(struct file *f, const uint8_t *payload, size_t len)
+{
+    uint8_t head[FRAME_HEAD];
+    frame(head, payload, len, NULL);
+    kms_err rc = write_all(f->fd, head, FRAME_HEAD);
+    if (rc == KMS_OK)
+        rc = write_all(f->fd, payload, len);
+    if (rc == KMS_OK)
+        rc = sync_fd(f->fd, f->path);
+    if (rc == KMS_OK)
+        f->size += (off_t)(FRAME_HEAD + len);
+    return rc;
+}
+
+typedef kms_err (*record_fn)(struct audit_log *log, uint64_t index, off_t off,
+                             const uint8_t *payload, size_t len, const audit_hash hash);
+
+/* Read every record of f. A torn last record is cut off (the fact goes in
+ * *out_torn); any other damage is an error that names the record. */
+static kms_err scan(struct audit_log *log, struct file *f, record_fn fn, off_t *out_torn)
+{
+    struct stat st;
+    kms_err rc = KMS_OK;
+    *out_torn = -1;
+    KMS_ENSURE(fstat(f->fd, &st) == 0, KMS_ERR_IO, "%s: %s", f->path, strerror(errno));
+    off_t end = st.st_size, off = 0;
+    uint64_t index = 0;
+    uint8_t *buf = malloc(AUDIT_RECORD_MAX + FRAME_HEAD);
+    KMS_ENSURE(buf != NULL, KMS_ERR_NOMEM, "out of memory");
+    while (off < end) {
+        bool torn = false;
+        size_t len = 0;
+        if (end - off < FRAME_HEAD) {
+            torn = true;
+        } else {
+            KMS_ENSURE_GOTO(pread(f->fd, buf, FRAME_HEAD, off) == FRAME_HEAD, done, KMS_ERR_IO,
+                            "%s: read at %lld: %s", f->path, (long long)off, strerror(errno));
+            len = (size_t)get_be(buf, 4);
+            if (len > AUDIT_RECORD_MAX)
+                KMS_ENSURE_GOTO(off + FRAME_HEAD + (off_t)len < end, done, KMS_ERR_IO,
+                                "%s: record %llu at offset %lld has an impossible length",
+                                f->path, (unsigned long long)index, (long long)off);
+            if (off + FRAME_HEAD + (off_t)len > end || len > AUDIT_RECORD_MAX)
+                torn = true;
+        }
+        if (!torn) {
+            KMS_ENSURE_GOTO(pread(f->fd, buf + FRAME_HEAD, len, off + FRAME_HEAD) == (ssize_t)len,
+                            done, KMS_ERR_IO, "%s: read: %s", f->path, strerror(errno));
+            audit_hash h;
+            audit_leaf_hash(buf + FRAME_HEAD, len, h);
+            if (memcmp(h, buf + 4, 8) != 0) {
+                /* Only the very last record may be damaged by a crash. */
+                KMS_ENSURE_GOTO(off + FRAME_HEAD + (off_t)len == end, done, KMS_ERR_IO,
+                                "%s: record %llu at offset %lld fails its check", f->path,
+                                (unsigned long long)index, (long long)off);
+                torn = true;
+            } else {
+                KMS_GUARD_GOTO(fn(log, index, off, buf + FRAME_HEAD, len, h), done);
+            }
+        }
+        if (torn) {
+            *out_torn = off;
+            KMS_ENSURE_GOTO(ftruncate(f->fd, off) == 0 && fsync(f->fd) == 0, done, KMS_ERR_IO,
+                            "%s: cannot truncate a torn tail: %s", f->path, strerror(errno));
+            end = off;
+            break;
+        }
+        off += FRAME_HEAD + (off_t)len;
+        index++;
+    }
+    f->size = end;
+done:
+    free(buf);
+    return rc;
+}
+
+static kms_err open_file(struct file *f, const char *dir, const char *region, const char *ext)
+{
+    snprintf(f->path, sizeof(f->path), "%s/%s.%s", dir, region, ext);
+    f->fd = open(f->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    KMS_ENSURE(f->fd >= 0, KMS_ERR_IO, "%s: %s", f->path, strerror(errno));
+    return KMS_OK;
+}
+
+/* ---- keys ----------------------------------------------------------------------- */
+
+struct key_scan {
+    Custos__V1__AuditKey **keys;
+    size_t n;
+};
+
+static kms_err on_key(struct audit_log *log, uint64_t index, off_t off, const uint8_t *p,
+                      size_t len, const audit_hash h)
+{
+    (void)off;
+    (void)h;
+    Custos__V1__AuditKey *k = custos__v1__audit_key__unpack(NULL, len, p);
+    KMS_ENSURE(k != NULL, KMS_ERR_IO, "%s: key record %llu does not decode", log->keys.path,
+               (unsigned long long)index);
+    uint8_t id[16];
+    bool ok = strlen(k->key_id) == 32;
+    for (int i = 0; ok && i < 16; i++) {
+        unsigned v;
+        ok = sscanf(k->key_id + 2 * i, "%2x", &v) == 1;
+        id[i] = (uint8_t)v;
+    }
+    if (!ok) {
+        custos__v1__audit_key__free_unpacked(k, NULL);
+        return kms_err_set(KMS_ERR_IO, "%s: key record %llu has a bad key id", log->keys.path,
+                           (unsigned long long)index);
+    }
+    memcpy(log->sign_key.b, id, 16);
+    log->sign_key_since_ms = k->not_before_ms;
+    custos__v1__audit_key__free_unpacked(k, NULL);
+    return KMS_OK;
+}
+
+static kms_err new_sign_key(struct audit_log *log)
+{
+    struct p11_key_id id;
+    char label[80], hex[33];
+    int64_t t = now_ms();
+    KMS_GUARD(p11_key_id_new(log->tok, &id));
+    snprintf(label, sizeof(label), "custos:audit:%s:%lld", log->region, (long long)t);
+    KMS_GUARD(p11_key_generate(log->tok, P11_KEY_EC_P256_SIGN, 0, &id, label));
+    uint8_t *der = NULL;
+    size_t der_len = 0;
+    kms_err rc = p11_public_key_der(log->tok, &id, &der, &der_len);
+    char *pem = NULL;
+    if (rc == KMS_OK) {
+        const uint8_t *p = der;
+        EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)der_len);
+        BIO *b = BIO_new(BIO_s_mem());
+        char *data = NULL;
+        long n = 0;
+        if (pk && b && PEM_write_bio_PUBKEY(b, pk) == 1 && (n = BIO_get_mem_data(b, &data)) > 0) {
+            pem = strndup(data, (size_t)n);
+        }
+        BIO_free(b);
+        EVP_PKEY_free(pk);
+        if (pem == NULL)
+            rc = kms_err_set(KMS_ERR_INTERNAL, "cannot encode the audit public key");
+    }
+    free(der);
+    if (rc == KMS_OK) {
+        Custos__V1__AuditKey k = CUSTOS__V1__AUDIT_KEY__INIT;
+        p11_key_id_hex(&id, hex);
+        k.region = log->region;
+        k.key_id = hex;
+        k.public_key_pem = pem;
+        k.not_before_ms = t;
+        size_t n = custos__v1__audit_key__get_packed_size(&k);
+        uint8_t *buf = malloc(n);
+        if (buf == NULL) {
+            rc = kms_err_set(KMS_ERR_NOMEM, "out of memory");
+        } else {
+            custos__v1__audit_key__pack(&k, buf);
+            rc = append_record(&log->keys, buf, n);
+            free(buf);
+        }
+    }
+    free(pem);
+    if (rc != KMS_OK) {
+        p11_key_destroy(log->tok, &id);
+        return rc;
+    }
+    log->sign_key = id;
+    log->sign_key_since_ms = t;
+    kms_log_info("audit", "region %s: new audit signing key %s", log->region, hex);
+    return KMS_OK;
+}
+
+kms_err audit_log_rotate_key(struct audit_log *log)
+{
+    return new_sign_key(log);
+}
+
+/* ---- heads -------------------------------------------------------------------------- */
+
+static kms_err on_head(struct audit_log *log, uint64_t index, off_t off, const uint8_t *p,
+                       size_t len, const audit_hash h)
+{
+    (void)off;
+    (void)h;
+    Custos__V1__SignedTreeHead *sth = custos__v1__signed_tree_head__unpack(NULL, len, p);
+    KMS_ENSURE(sth != NULL, KMS_ERR_IO, "%s: head %llu does not decode", log->heads.path,
+               (unsigned long long)index);
+    kms_err rc = KMS_OK;
+    audit_hash root;
+    KMS_ENSURE_GOTO(sth->tree_size <= audit_tree_size(log->tree) && sth->root_hash.len == 32 &&
+                        sth->tree_size >= log->head_size,
+                    done, KMS_ERR_IO, "%s: head %llu does not fit the events", log->heads.path,
+                    (unsigned long long)index);
+    KMS_GUARD_GOTO(audit_tree_root(log->tree, sth->tree_size, root), done);
+    KMS_ENSURE_GOTO(memcmp(root, sth->root_hash.data, 32) == 0, done, KMS_ERR_IO,
+                    "%s: head %llu (size %llu) does not match the events: the log was altered",
+                    log->heads.path, (unsigned long long)index,
+                    (unsigned long long)sth->tree_size);
+    free(log->head);
+    log->head = malloc(len);
+    KMS_ENSURE_GOTO(log->head != NULL, done, KMS_ERR_NOMEM, "out of memory");
+    memcpy(log->head, p, len);
+    log->head_len = len;
+    log->head_size = sth->tree_size;
+    log->head_time_ms = sth->timestamp_ms;
+done:
+    custos__v1__signed_tree_head__free_unpacked(sth, NULL);
+    return rc;
+}
+
+/* Sign and persist a head for the current tree. Called by the writer only. */
+static kms_err make_head(struct audit_log *log)
+{
+    uint64_t size = audit_tree_size(log->tree);
+    audit_hash root;
+    KMS_GUARD(audit_tree_root(log->tree, size, root));
+    int64_t t = now_ms();
+    if (t <= log->head_time_ms)
+        t = log->head_time_ms + 1; /* timestamps never go backwards */
+    if (log->cfg.key_max_age_s > 0 &&
+        t - log->sign_key_since_ms > log->cfg.key_max_age_s * 1000) {
+        kms_err krc = new_sign_key(log);
+        if (krc != KMS_OK)
+            kms_log_error("audit", "region %s: audit key rotation failed (%s); keeping the old key",
+                          log->region, kms_err_detail());
+    }
+    uint8_t signed_bytes[13 + 1 + 255 + 48], digest[32], raw[64], der[80];
+    size_t sl = audit_head_signed_bytes(log->region, size, t, root, signed_bytes), der_len = 0;
+    SHA256(signed_bytes, sl, digest);
+    KMS_GUARD(p11_ecdsa_sign(log->tok, &log->sign_key, digest, raw));
+    KMS_GUARD(p11_ecdsa_raw_to_der(raw, der, sizeof(der), &der_len));
+
+    char hex[33];
+    p11_key_id_hex(&log->sign_key, hex);
+    Custos__V1__SignedTreeHead sth = CUSTOS__V1__SIGNED_TREE_HEAD__INIT;
+    sth.region = log->region;
+    sth.tree_size = size;
+    sth.root_hash.data = root;
+    sth.root_hash.len = 32;
+    sth.timestamp_ms = t;
+    sth.signature.data = der;
+    sth.signature.len = der_len;
+    sth.key_id = hex;
+    size_t n = custos__v1__signed_tree_head__get_packed_size(&sth);
+    uint8_t *buf = malloc(n);
+    KMS_ENSURE(buf != NULL, KMS_ERR_NOMEM, "out of memory");
+    custos__v1__signed_tree_head__pack(&sth, buf);
+    kms_err rc = append_record(&log->heads, buf, n);
+    if (rc != KMS_OK) {
+        free(buf);
+        return rc;
+    }
+    pthread_mutex_lock(&log->lock);
+    free(log->head);
+    log->head = buf;
+    log->head_len = n;
+    log->head_size = size;
+    log->head_time_ms = t;
+    log->stats.heads++;
+    pthread_mutex_unlock(&log->lock);
+    return KMS_OK;
+}
+
+/* ---- events --------------------------------------------------------------------------- */
+
+static kms_err push_offset(struct audit_log *log, off_t off)
+{
+    if (log->n_offsets == log->cap_offsets) {
+        uint64_t nc = log->cap_offsets ? log->cap_offsets * 2 : 4096;
+        off_t *no = realloc(log->offsets, nc * sizeof(off_t));
+        KMS_ENSURE(no != NULL, KMS_ERR_NOMEM, "out of memory");
+        log->offsets = no;
+        log->cap_offsets = nc;
+    }
+    log->offsets[log->n_offsets++] = off;
+    return KMS_OK;
+}
+
+static kms_err on_event(struct audit_log *log, uint64_t index, off_t off, const uint8_t *p,
+                        size_t len, const audit_hash h)
+{
+    Custos__V1__AuditEvent *ev = custos__v1__audit_event__unpack(NULL, len, p);
+    KMS_ENSURE(ev != NULL, KMS_ERR_IO, "%s: event %llu does not decode", log->events.path,
+               (unsigned long long)index);
+    bool in_order = ev->seq == index;
+    custos__v1__audit_event__free_unpacked(ev, NULL);
+    KMS_ENSURE(in_order, KMS_ERR_IO, "%s: event at position %llu has another sequence number",
+               log->events.path, (unsigned long long)index);
+    KMS_GUARD(audit_tree_append(log->tree, h));
+    return push_offset(log, off);
+}
+
+static kms_err pending_add(struct pending *q, const uint8_t *rec, size_t len, const audit_hash h)
+{
+    if (q->len + len > q->cap) {
+        size_t nc = q->cap ? q->cap * 2 : 65536;
+        while (nc < q->len + len)
+            nc *= 2;
+        uint8_t *nb = realloc(q->buf, nc);
+        KMS_ENSURE(nb != NULL, KMS_ERR_NOMEM, "out of memory");
+        q->buf = nb;
+        q->cap = nc;
+    }
+    if (q->n == q->hcap) {
+        size_t nc = q->hcap ? q->hcap * 2 : 256;
+        audit_hash *nh = realloc(q->hashes, nc * sizeof(audit_hash));
+        KMS_ENSURE(nh != NULL, KMS_ERR_NOMEM, "out of memory");
+        q->hashes = nh;
+        q->hcap = nc;
+    }
+    memcpy(q->buf + q->len, rec, len);
+    q->len += len;
+    memcpy(q->hashes[q->n++], h, AUDIT_HASH_LEN);
+    return KMS_OK;
+}
+
+kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
+{
+    uint8_t stack[4096];
+    pthread_mutex_lock(&log->lock);
+    if (log->failed || log->stopping) {
+        pthread_mutex_unlock(&log->lock);
+        return kms_err_set(KMS_ERR_IO, "the audit log of region %s cannot be written",
+                           log->region);
+    }
+    /* The seq is assigned and the record queued under one lock, so the file
+     * order is the seq order. */
+    ev->seq = log->next_seq;
+    ev->time_ms = now_ms();
+    ev->region = log->region;
+    size_t len = custos__v1__audit_event__get_packed_size(ev);
+    uint8_t *rec = len + FRAME_HEAD <= sizeof(stack) ? stack : malloc(len + FRAME_HEAD);
+    kms_err rc = KMS_OK;
+    if (rec == NULL || len > AUDIT_RECORD_MAX) {
+        rc = kms_err_set(KMS_ERR_INTERNAL, "audit event too large or out of memory");
+    } else {
+        custos__v1__audit_event__pack(ev, rec + FRAME_HEAD);
+        audit_hash h;
+        frame(rec, rec + FRAME_HEAD, len, h);
+        rc = pending_add(&log->queue, rec, len + FRAME_HEAD, h);
+    }
+    if (rec != stack)
+        free(rec);
+    if (rc != KMS_OK) {
+        pthread_mutex_unlock(&log->lock);
+        return rc;
+    }
+    uint64_t seq = log->next_seq++, epoch = log->epoch;
+    pthread_cond_signal(&log->work);
+    while (log->durable_seq <= seq && log->epoch == epoch)
+        pthread_cond_wait(&log->done, &log->lock);
+    bool ok = log->epoch == epoch && log->durable_seq > seq;
+    pthread_mutex_unlock(&log->lock);
+    if (!ok)
+        return kms_err_set(KMS_ERR_IO, "the audit log of region %s cannot be written",
+                           log->region);
+    return KMS_OK;
+}
+
+/* Called by the writer with the lock held after a failed write: everything
+ * queued or being written is lost to its callers (they are told, through
+ * the epoch), and the next recovery attempt cuts the file back to its last
+ * durable size. */
+static void fail_batch(struct audit_log *log)
+{
+    if (!log->failed)
+        kms_log_error("audit", "region %s: %s; failing closed", log->region, kms_err_detail());
+    log->failed = true;
+    log->epoch++;
+    /* Seqs from durable_seq on were never durable: they will be reused. */
+    log->next_seq = log->durable_seq;
+    log->queue.len = log->queue.n = 0;
+    log->next_recovery_ms = now_ms() + 1000;
+    pthread_cond_broadcast(&log->done);
+}
+
+/* Leave the failed state: cut the file back to its durable size and make
+ * that durable. Nothing written after the last successful fdatasync is
+ * trusted or kept. */
+static void try_recover(struct audit_log *log)
+{
+    log->next_recovery_ms = now_ms() + 1000;
+    if (ftruncate(log->events.fd, log->events.size) != 0 || fsync(log->events.fd) != 0)
+        return;
+    log->failed = false;
+    kms_log_warn("audit", "region %s: audit log writable again at %llu events", log->region,
+                 (unsigned long long)log->durable_seq);
+}
+
+static void *writer_main(void *arg)
+{
+    struct audit_log *log = arg;
+    pthread_mutex_lock(&log->lock);
+    for (;;) {
+        int64_t due = log->failed ? log->next_recovery_ms
+                                  : log->head_time_ms + (int64_t)log->cfg.head_every_ms;
+        struct timespec until = {(time_t)(due / 1000), (long)(due % 1000) * 1000000};
+        while (log->queue.n == 0 && !log->stopping && now_ms() < due)
+            if (pthread_cond_timedwait(&log->work, &log->lock, &until) == ETIMEDOUT)
+                break;
+        if (log->failed) {
+            if (now_ms() >= log->next_recovery_ms)
+                try_recover(log);
+            if (log->stopping)
+                break;
+            continue;
+        }
+        /* Swap the queue out; appends continue into the empty one. */
+        struct pending w = log->queue;
+        log->queue = log->writing;
+        log->queue.len = log->queue.n = 0;
+        log->writing = w;
+        uint64_t end = log->next_seq;
+        bool stop = log->stopping;
+        pthread_mutex_unlock(&log->lock);
+
+        kms_err rc = KMS_OK;
+        if (w.n > 0) {
+            rc = write_all(log->events.fd, w.buf, w.len);
+            if (rc == KMS_OK)
+                rc = sync_fd(log->events.fd, log->events.path);
+            size_t pos = 0;
+            for (size_t i = 0; rc == KMS_OK && i < w.n; i++) {
+                rc = audit_tree_append(log->tree, w.hashes[i]);
+                pthread_mutex_lock(&log->lock);
+                if (rc == KMS_OK)
+                    rc = push_offset(log, log->events.size + (off_t)pos);
+                pthread_mutex_unlock(&log->lock);
+                pos += FRAME_HEAD + (size_t)get_be(w.buf + pos, 4);
+            }
+        }
+        pthread_mutex_lock(&log->lock);
+        log->writing = w;
+        if (w.n > 0) {
+            if (rc == KMS_OK) {
+                log->events.size += (off_t)w.len;
+                log->durable_seq = end;
+                log->stats.events += w.n;
+                log->stats.batches++;
+                if (w.n > log->stats.max_batch)
+                    log->stats.max_batch = w.n;
+                pthread_cond_broadcast(&log->done);
+            } else {
+                fail_batch(log);
+                continue;
+            }
+        }
+        /* A head for every new state: after head_every_events events, after
+         * head_every_ms with anything new, at shutdown, and once at start
+         * when the log has no head for its current size. */
+        bool head_due = log->head == NULL ||
+                        (log->durable_seq > log->head_size &&
+                         (log->durable_seq - log->head_size >= log->cfg.head_every_events ||
+                          now_ms() >= log->head_time_ms + (int64_t)log->cfg.head_every_ms ||
+                          stop));
+        if (head_due) {
+            pthread_mutex_unlock(&log->lock);
+            kms_err hrc = make_head(log);
+            pthread_mutex_lock(&log->lock);
+            if (hrc != KMS_OK) {
+                kms_log_error("audit", "region %s: no signed head: %s", log->region,
+                              kms_err_detail());
+                if (hrc == KMS_ERR_IO || hrc == KMS_ERR_NOSPC)
+                    fail_batch(log);
+                else /* an HSM hiccup: try again after a period, do not spin */
+                    log->head_time_ms = now_ms();
+            }
+        } else if (now_ms() >= log->head_time_ms + (int64_t)log->cfg.head_every_ms) {
+            /* Nothing new to sign: wait a whole period again. */
+            log->head_time_ms = now_ms();
+        }
+        if (stop && log->queue.n == 0)
+            break;
+    }
+    pthread_mutex_unlock(&log->lock);
+    return NULL;
+}
+
+/* ---- open / close ------------------------------------------------------------------------ */
+
+kms_err audit_log_open(const char *dir, const char *region, struct p11_token *tok,
+                       const struct audit_log_config *cfg, struct audit_log **out)
+{
+    kms_err rc = KMS_OK;
+    *out = NULL;
+    KMS_ENSURE(strlen(region) < 64, KMS_ERR_CONFIG, "region name too long");
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return kms_err_set(KMS_ERR_CONFIG, "audit directory %s: %s", dir, strerror(errno));
+    struct audit_log *log = calloc(1, sizeof(*log));
+    KMS_ENSURE(log != NULL, KMS_ERR_NOMEM, "out of memory");
+    snprintf(log->region, sizeof(log->region), "%s", region);
+    log->tok = tok;
+    log->cfg = *cfg;
+    log->events.fd = log->heads.fd = log->keys.fd = -1;
+    pthread_mutex_init(&log->lock, NULL);
+    pthread_cond_init(&log->work, NULL);
+    pthread_cond_init(&log->done, NULL);
+    KMS_GUARD_GOTO(audit_tree_new(&log->tree), fail);
+    KMS_GUARD_GOTO(open_file(&log->keys, dir, region, "keys"), fail);
+    KMS_GUARD_GOTO(open_file(&log->events, dir, region, "events"), fail);
+    KMS_GUARD_GOTO(open_file(&log->heads, dir, region, "heads"), fail);
+
+    off_t torn_keys, torn_events, torn_heads;
+    KMS_GUARD_GOTO(scan(log, &log->keys, on_key, &torn_keys), fail);
+    if (log->keys.size == 0 ||
+        (cfg->key_max_age_s > 0 && now_ms() - log->sign_key_since_ms > cfg->key_max_age_s * 1000)) {
+        KMS_GUARD_GOTO(new_sign_key(log), fail);
+    } else {
+        bool exists = false;
+        KMS_GUARD_GOTO(p11_key_exists(tok, &log->sign_key, &exists), fail);
+        KMS_ENSURE_GOTO(exists, fail, KMS_ERR_CONFIG,
+                        "region %s: the audit signing key is missing from token '%s'", region,
+                        p11_token_label(tok));
+    }
+    KMS_GUARD_GOTO(scan(log, &log->events, on_event, &torn_events), fail);
+    KMS_GUARD_GOTO(scan(log, &log->heads, on_head, &torn_heads), fail);
+    log->next_seq = log->durable_seq = audit_tree_size(log->tree);
+    if (log->head == NULL)
+        log->head_time_ms = 0;
+
+    KMS_ENSURE_GOTO(pthread_create(&log->writer, NULL, writer_main, log) == 0, fail,
+                    KMS_ERR_INTERNAL, "cannot start the audit writer");
+    log->writer_running = true;
+
+    /* A torn tail is a fact auditors must see. */
+    off_t torns[3] = {torn_events, torn_heads, torn_keys};
+    const char *names[3] = {"events", "heads", "keys"};
+    for (int i = 0; i < 3; i++) {
+        if (torns[i] < 0)
+            continue;
+        char detail[160];
+        snprintf(detail, sizeof(detail), "torn tail of %s.%s truncated at offset %lld", region,
+                 names[i], (long long)torns[i]);
+        kms_log_warn("audit", "%s", detail);
+        Custos__V1__AuditEvent ev = CUSTOS__V1__AUDIT_EVENT__INIT;
+        ev.operation = (char *)"AuditLogRecovered";
+        ev.outcome = (char *)"ok";
+        ev.detail = detail;
+        KMS_GUARD_GOTO(audit_log_append(log, &ev), fail);
+    }
+    kms_log_info("audit", "region %s: %llu events, last head at %llu", region,
+                 (unsigned long long)log->durable_seq, (unsigned long long)log->head_size);
+    *out = log;
+    return KMS_OK;
+fail:
+    audit_log_close(log);
+    return rc;
+}
+
+void audit_log_close(struct audit_log *log)
+{
+    if (log == NULL)
+        return;
+    if (log->writer_running) {
+        pthread_mutex_lock(&log->lock);
+        log->stopping = true;
+        pthread_cond_signal(&log->work);
+        pthread_mutex_unlock(&log->lock);
+        pthread_join(log->writer, NULL);
+    }
+    if (log->events.fd >= 0)
+        close(log->events.fd);
+    if (log->heads.fd >= 0)
+        close(log->heads.fd);
+    if (log->keys.fd >= 0)
+        close(log->keys.fd);
+    audit_tree_free(log->tree);
+    free(log->offsets);
+    free(log->queue.buf);
+    free(log->queue.hashes);
+    free(log->writing.buf);
+    free(log->writing.hashes);
+    free(log->head);
+    pthread_mutex_destroy(&log->lock);
+    pthread_cond_destroy(&log->work);
+    pthread_cond_destroy(&log->done);
+    free(log);
+}
+
+/* ---- readers ---------------------------------------------------------------------------------- */
+
+const char *audit_log_region(const struct audit_log *log)
+{
+    return log->region;
+}
+
+struct audit_tree *audit_log_tree(struct audit_log *log)
+{
+    return log->tree;
+}
+
+kms_err audit_log_head(struct audit_log *log, uint8_t **out, size_t *out_len)
+{
+    pthread_mutex_lock(&log->lock);
+    kms_err rc = KMS_OK;
+    *out = NULL;
+    if (log->head == NULL) {
+        rc = kms_err_set(KMS_ERR_IO, "region %s has no signed head yet", log->region);
+    } else {
+        *out = malloc(log->head_len);
+        if (*out == NULL) {
+            rc = kms_err_set(KMS_ERR_NOMEM, "out of memory");
+        } else {
+            memcpy(*out, log->head, log->head_len);
+            *out_len = log->head_len;
+        }
+    }
+    pthread_mutex_unlock(&log->lock);
+    return rc;
+}
+
+kms_err audit_log_read(struct audit_log *log, uint64_t seq, uint8_t **out, size_t *out_len)
+{
+    *out = NULL;
+    pthread_mutex_lock(&log->lock);
+    bool have = seq < log->n_offsets;
+    off_t off = have ? log->offsets[seq] : 0;
+    pthread_mutex_unlock(&log->lock);
+    KMS_ENSURE(have, KMS_ERR_NOT_FOUND, "no event %llu", (unsigned long long)seq);
+    uint8_t head[FRAME_HEAD];
+    KMS_ENSURE(pread(log->events.fd, head, FRAME_HEAD, off) == FRAME_HEAD, KMS_ERR_IO,
+               "audit read: %s", strerror(errno));
+    size_t len = (size_t)get_be(head, 4);
+    KMS_ENSURE(len <= AUDIT_RECORD_MAX, KMS_ERR_IO, "audit record %llu is damaged",
+               (unsigned long long)seq);
+    uint8_t *p = malloc(len ? len : 1);
+    KMS_ENSURE(p != NULL, KMS_ERR_NOMEM, "out of memory");
+    if (pread(log->events.fd, p, len, off + FRAME_HEAD) != (ssize_t)len) {
+        free(p);
+        return kms_err_set(KMS_ERR_IO, "audit read: %s", strerror(errno));
+    }
+    *out = p;
+    *out_len = len;
+    return KMS_OK;
+}
+
+struct keys_collect {
+    Custos__V1__AuditKey **keys;
+    size_t n, cap;
+};
+
+kms_err audit_log_keys(struct audit_log *log, Custos__V1__AuditKey ***out, size_t *out_n)
+{
+    *out = NULL;
+    *out_n = 0;
+    struct keys_collect c = {NULL, 0, 0};
+    off_t off = 0;
+    kms_err rc = KMS_OK;
+    pthread_mutex_lock(&log->lock);
+    off_t end = log->keys.size;
+    pthread_mutex_unlock(&log->lock);
+    uint8_t head[FRAME_HEAD];
+    while (rc == KMS_OK && off < end) {
+        if (pread(log->keys.fd, head, FRAME_HEAD, off) != FRAME_HEAD) {
+            rc = kms_err_set(KMS_ERR_IO, "audit keys read: %s", strerror(errno));
+            break;
+        }
+        size_t len = (size_t)get_be(head, 4);
+        uint8_t *p = len <= AUDIT_RECORD_MAX ? malloc(len ? len : 1) : NULL;
+        if (p == NULL || pread(log->keys.fd, p, len, off + FRAME_HEAD) != (ssize_t)len) {
+            free(p);
+            rc = kms_err_set(KMS_ERR_IO, "audit keys read failed");
+            break;
+        }
+        Custos__V1__AuditKey *k = custos__v1__audit_key__unpack(NULL, len, p);
+        free(p);
+        if (k == NULL) {
+            rc = kms_err_set(KMS_ERR_IO, "audit key record does not decode");
+            break;
+        }
+        if (c.n == c.cap) {
+            size_t nc = c.cap ? c.cap * 2 : 8;
+            Custos__V1__AuditKey **nk = realloc(c.keys, nc * sizeof(*nk));
+            if (nk == NULL) {
+                custos__v1__audit_key__free_unpacked(k, NULL);
+                rc = kms_err_set(KMS_ERR_NOMEM, "out of memory");
+                break;
+            }
+            c.keys = nk;
+            c.cap = nc;
+        }
+        if (c.n > 0)
+            c.keys[c.n - 1]->not_after_ms = k->not_before_ms;
+        c.keys[c.n++] = k;
+        off += FRAME_HEAD + (off_t)len;
+    }
+    if (rc != KMS_OK) {
+        audit_log_keys_free(c.keys, c.n);
+        return rc;
+    }
+    *out = c.keys;
+    *out_n = c.n;
+    return KMS_OK;
+}
+
+void audit_log_keys_free(Custos__V1__AuditKey **keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        custos__v1__audit_key__free_unpacked(keys[i], NULL);
+    free(keys);
+}
+
+void audit_log_stats(struct audit_log *log, struct audit_log_stats *out)
+{
+    pthread_mutex_lock(&log->lock);
+    *out = log->stats;
+    out->failed = log->failed;
+    pthread_mutex_unlock(&log->lock);
+}
