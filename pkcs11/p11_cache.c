@@ -1,8 +1,14 @@
 /*
- * p11_cache.c - CKA_ID x class -> object handle, so that the request path
- * never calls C_FindObjects (which costs time linear in the token's object
- * count). Open addressing with linear probing and backward-shift deletion;
- * ids are random, so their first bytes are already a good hash.
+ * p11_cache.c - CKA_ID x class x key type -> object handle, so that the
+ * request path never calls C_FindObjects (which costs time linear in the
+ * token's object count). Open addressing with linear probing and
+ * backward-shift deletion; ids are random, so their first bytes are already
+ * a good hash.
+ *
+ * The hash is of the id alone: the few objects that share an id (a pair's
+ * halves, a metadata version's AES and HMAC keys) share a home slot, so all
+ * of them lie in the probe run that starts there, and forgetting an id is a
+ * scan of that run rather than a guess at which classes and types it had.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -11,12 +17,17 @@
 
 #define CACHE_INITIAL 256
 
-static size_t slot_of(const struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLASS cls)
+static size_t slot_of(const struct p11_handle_cache *c, const uint8_t *id)
 {
     uint64_t h;
     memcpy(&h, id, sizeof(h));
-    h ^= (uint64_t)cls * 0x9e3779b97f4a7c15ULL;
-    return (size_t)h & (c->cap - 1);
+    return (size_t)(h * 0x9e3779b97f4a7c15ULL >> 32) & (c->cap - 1);
+}
+
+static bool same(const struct p11_handle_entry *e, const uint8_t *id, CK_OBJECT_CLASS cls,
+                 CK_KEY_TYPE type)
+{
+    return e->cls == cls && e->type == type && memcmp(e->id, id, P11_KEY_ID_LEN) == 0;
 }
 
 kms_err p11_cache_init(struct p11_handle_cache *c)
@@ -42,24 +53,24 @@ void p11_cache_cleanup(struct p11_handle_cache *c)
     c->slots = NULL;
 }
 
-/* Caller holds the lock. */
+/* Caller holds the lock. any_kind: match the id alone. */
 static struct p11_handle_entry *find(const struct p11_handle_cache *c, const uint8_t *id,
-                                     CK_OBJECT_CLASS cls)
+                                     CK_OBJECT_CLASS cls, CK_KEY_TYPE type, bool any_kind)
 {
-    for (size_t i = slot_of(c, id, cls);; i = (i + 1) & (c->cap - 1)) {
+    for (size_t i = slot_of(c, id);; i = (i + 1) & (c->cap - 1)) {
         struct p11_handle_entry *e = &c->slots[i];
         if (!e->used)
             return NULL;
-        if (e->cls == cls && memcmp(e->id, id, P11_KEY_ID_LEN) == 0)
+        if (any_kind ? memcmp(e->id, id, P11_KEY_ID_LEN) == 0 : same(e, id, cls, type))
             return e;
     }
 }
 
 bool p11_cache_get(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLASS cls,
-                   CK_OBJECT_HANDLE *out)
+                   CK_KEY_TYPE type, CK_OBJECT_HANDLE *out)
 {
     pthread_rwlock_rdlock(&c->lock);
-    const struct p11_handle_entry *e = find(c, id, cls);
+    const struct p11_handle_entry *e = find(c, id, cls, type, false);
     if (e)
         *out = e->handle;
     pthread_rwlock_unlock(&c->lock);
@@ -68,11 +79,11 @@ bool p11_cache_get(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLAS
 
 /* Caller holds the write lock; the table has room. */
 static void insert(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLASS cls,
-                   CK_OBJECT_HANDLE h)
+                   CK_KEY_TYPE type, CK_OBJECT_HANDLE h)
 {
-    size_t i = slot_of(c, id, cls);
+    size_t i = slot_of(c, id);
     while (c->slots[i].used) {
-        if (c->slots[i].cls == cls && memcmp(c->slots[i].id, id, P11_KEY_ID_LEN) == 0) {
+        if (same(&c->slots[i], id, cls, type)) {
             c->slots[i].handle = h;
             return;
         }
@@ -81,6 +92,7 @@ static void insert(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLAS
     struct p11_handle_entry *e = &c->slots[i];
     memcpy(e->id, id, P11_KEY_ID_LEN);
     e->cls = cls;
+    e->type = type;
     e->handle = h;
     e->used = true;
     c->count++;
@@ -99,12 +111,12 @@ static void grow(struct p11_handle_cache *c)
     c->count = 0;
     for (size_t i = 0; i < old_cap; i++)
         if (old[i].used)
-            insert(c, old[i].id, old[i].cls, old[i].handle);
+            insert(c, old[i].id, old[i].cls, old[i].type, old[i].handle);
     free(old);
 }
 
 void p11_cache_put(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLASS cls,
-                   CK_OBJECT_HANDLE h)
+                   CK_KEY_TYPE type, CK_OBJECT_HANDLE h)
 {
     pthread_rwlock_wrlock(&c->lock);
     if ((c->count + 1) * 4 > c->cap * 3)
@@ -112,7 +124,7 @@ void p11_cache_put(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLAS
     /* If growing failed and the table is nearly full, skip caching: a miss
      * costs a C_FindObjects, a full table would loop forever. */
     if (c->count + 1 < c->cap)
-        insert(c, id, cls, h);
+        insert(c, id, cls, type, h);
     pthread_rwlock_unlock(&c->lock);
 }
 
@@ -124,7 +136,7 @@ static void remove_at(struct p11_handle_cache *c, size_t i)
     c->slots[i].used = false;
     c->count--;
     for (size_t j = (i + 1) & mask; c->slots[j].used; j = (j + 1) & mask) {
-        size_t home = slot_of(c, c->slots[j].id, c->slots[j].cls);
+        size_t home = slot_of(c, c->slots[j].id);
         /* Move j into the hole at i if its home is not in (i, j]. */
         bool between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
         if (!between) {
@@ -137,13 +149,12 @@ static void remove_at(struct p11_handle_cache *c, size_t i)
 
 void p11_cache_forget(struct p11_handle_cache *c, const uint8_t *id)
 {
-    static const CK_OBJECT_CLASS classes[] = {CKO_SECRET_KEY, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
     pthread_rwlock_wrlock(&c->lock);
-    for (size_t k = 0; k < sizeof(classes) / sizeof(classes[0]); k++) {
-        struct p11_handle_entry *e = find(c, id, classes[k]);
-        if (e)
-            remove_at(c, (size_t)(e - c->slots));
-    }
+    /* Every entry of the id sits in the run from its home slot; removing one
+     * shifts the run back, so search again from the start each time. */
+    struct p11_handle_entry *e;
+    while ((e = find(c, id, 0, 0, true)) != NULL)
+        remove_at(c, (size_t)(e - c->slots));
     pthread_rwlock_unlock(&c->lock);
 }
 

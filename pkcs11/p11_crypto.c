@@ -45,7 +45,7 @@ static kms_err do_gcm(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct gcm_arg *a = varg;
     CK_OBJECT_HANDLE h;
-    KMS_GUARD(p11_key_handle(tok, s, a->key, CKO_SECRET_KEY, &h));
+    KMS_GUARD(p11_key_handle(tok, s, a->key, CKO_SECRET_KEY, CKK_AES, &h));
     CK_GCM_PARAMS p = {
         .pIv = (CK_BYTE *)a->iv,
         .ulIvLen = P11_GCM_IV_LEN,
@@ -149,8 +149,8 @@ static kms_err do_wrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct wrap_arg *a = varg;
     CK_OBJECT_HANDLE hw, ht;
-    KMS_GUARD(p11_key_handle(tok, s, a->wrapping, CKO_SECRET_KEY, &hw));
-    KMS_GUARD(p11_key_handle(tok, s, a->target, CKO_SECRET_KEY, &ht));
+    KMS_GUARD(p11_key_handle(tok, s, a->wrapping, CKO_SECRET_KEY, CKK_AES, &hw));
+    KMS_GUARD(p11_key_handle_secret(tok, s, a->target, &ht, NULL));
     CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_ULONG len = a->out_cap;
     CK_RV rv = tok->fl->C_WrapKey(s, &m, hw, ht, a->out, &len);
@@ -190,10 +190,14 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct unwrap_arg *a = varg;
     CK_OBJECT_HANDLE hu, h;
-    KMS_GUARD(p11_key_handle(tok, s, a->unwrapping, a->unwrapping_cls, &hu));
+    KMS_GUARD(p11_key_handle(tok, s, a->unwrapping, a->unwrapping_cls,
+                             a->unwrapping_cls == CKO_SECRET_KEY ? CKK_AES : P11_TYPE_ANY, &hu));
 
     CK_OBJECT_HANDLE existing;
-    kms_err rc = p11_key_handle(tok, s, a->new_id, CKO_SECRET_KEY, &existing);
+    CK_OBJECT_CLASS new_cls;
+    CK_KEY_TYPE new_type;
+    p11_kind_object(a->kind, &new_cls, &new_type);
+    kms_err rc = p11_key_handle(tok, s, a->new_id, new_cls, new_type, &existing);
     if (rc == KMS_OK)
         return kms_err_set(KMS_ERR_ALREADY_EXISTS, "key id already exists in token '%s'",
                            tok->label);
@@ -211,7 +215,7 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         tok->fl->C_DestroyObject(s, h);
         return rc;
     }
-    p11_cache_put(&tok->cache, a->new_id->b, CKO_SECRET_KEY, h);
+    p11_cache_put(&tok->cache, a->new_id->b, new_cls, new_type, h);
     return KMS_OK;
 }
 
@@ -298,6 +302,7 @@ kms_err p11_oaep_sha256_supported(struct p11_token *tok, const struct p11_key_id
 struct sign_arg {
     const struct p11_key_id *key;
     CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
     CK_MECHANISM_TYPE mech;
     const uint8_t *data;
     size_t len;
@@ -309,7 +314,7 @@ static kms_err do_sign(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct sign_arg *a = varg;
     CK_OBJECT_HANDLE h;
-    KMS_GUARD(p11_key_handle(tok, s, a->key, a->cls, &h));
+    KMS_GUARD(p11_key_handle(tok, s, a->key, a->cls, a->type, &h));
     CK_MECHANISM m = {a->mech, NULL, 0};
     CK_RV rv = tok->fl->C_SignInit(s, &m, h);
     KMS_GUARD(p11_rv_err(rv, "C_SignInit", tok->label));
@@ -325,7 +330,8 @@ kms_err p11_hmac_sha256(struct p11_token *tok, const struct p11_key_id *key, con
                         size_t len, uint8_t out[32])
 {
     KMS_ENSURE(len <= P11_GCM_MAX_INPUT, KMS_ERR_TOO_LARGE, "HMAC input too large");
-    struct sign_arg a = {key, CKO_SECRET_KEY, CKM_SHA256_HMAC, data, len, out, 32};
+    struct sign_arg a = {key, CKO_SECRET_KEY, CKK_GENERIC_SECRET, CKM_SHA256_HMAC, data, len, out,
+                         32};
     kms_err rc = p11_with_session(tok, do_sign, &a);
     if (rc != KMS_OK)
         OPENSSL_cleanse(out, 32);
@@ -335,7 +341,7 @@ kms_err p11_hmac_sha256(struct p11_token *tok, const struct p11_key_id *key, con
 kms_err p11_ecdsa_sign(struct p11_token *tok, const struct p11_key_id *key,
                        const uint8_t digest[32], uint8_t out_raw[64])
 {
-    struct sign_arg a = {key, CKO_PRIVATE_KEY, CKM_ECDSA, digest, 32, out_raw, 64};
+    struct sign_arg a = {key, CKO_PRIVATE_KEY, P11_TYPE_ANY, CKM_ECDSA, digest, 32, out_raw, 64};
     kms_err rc = p11_with_session(tok, do_sign, &a);
     if (rc != KMS_OK)
         memset(out_raw, 0, 64);
@@ -379,7 +385,7 @@ static kms_err do_pub(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct pub_arg *p = varg;
     CK_OBJECT_HANDLE h;
-    KMS_GUARD(p11_key_handle(tok, s, p->key, CKO_PUBLIC_KEY, &h));
+    KMS_GUARD(p11_key_handle(tok, s, p->key, CKO_PUBLIC_KEY, P11_TYPE_ANY, &h));
     CK_ATTRIBUTE at = {CKA_KEY_TYPE, &p->type, sizeof(p->type)};
     CK_RV rv = tok->fl->C_GetAttributeValue(s, h, &at, 1);
     KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_KEY_TYPE)", tok->label));

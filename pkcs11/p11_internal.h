@@ -22,11 +22,22 @@ CK_FUNCTION_LIST_PTR p11_module_fl(const struct p11_module *mod);
 /* Copy a blank-padded PKCS#11 string field into a NUL-terminated string. */
 void p11_str_from_field(char *dst, size_t dst_len, const CK_UTF8CHAR *src, size_t src_len);
 
-/* Handle cache: CKA_ID x CKA_CLASS -> object handle. Read-mostly; guarded by
- * its own rwlock so lookups on the hot path never contend with each other. */
+/* Handle cache: CKA_ID x CKA_CLASS x CKA_KEY_TYPE -> object handle.
+ * Read-mostly; guarded by its own rwlock so lookups on the hot path never
+ * contend with each other.
+ *
+ * One id may name several objects: the two halves of a pair (told apart by
+ * class) and, for a metadata key version, an AES key and an HMAC generic
+ * secret (both CKO_SECRET_KEY, told apart by key type). Secret keys are
+ * therefore always resolved by (id, CKO_SECRET_KEY, key type); private and
+ * public keys by (id, class) with P11_TYPE_ANY, since an id holds at most one
+ * pair (p11_key_generate refuses a second). */
+#define P11_TYPE_ANY ((CK_KEY_TYPE)CK_UNAVAILABLE_INFORMATION)
+
 struct p11_handle_entry {
     uint8_t id[P11_KEY_ID_LEN];
     CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
     CK_OBJECT_HANDLE handle;
     bool used;
 };
@@ -82,16 +93,31 @@ void p11_session_pool_drain(struct p11_token *tok);
 kms_err p11_cache_init(struct p11_handle_cache *c);
 void p11_cache_cleanup(struct p11_handle_cache *c);
 bool p11_cache_get(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLASS cls,
-                   CK_OBJECT_HANDLE *out);
+                   CK_KEY_TYPE type, CK_OBJECT_HANDLE *out);
 void p11_cache_put(struct p11_handle_cache *c, const uint8_t *id, CK_OBJECT_CLASS cls,
-                   CK_OBJECT_HANDLE h);
+                   CK_KEY_TYPE type, CK_OBJECT_HANDLE h);
+/* Drop every entry of this id, whatever its class and type. */
 void p11_cache_forget(struct p11_handle_cache *c, const uint8_t *id);
 void p11_cache_clear(struct p11_handle_cache *c);
 
-/* Resolve (id, class) to a handle valid in session s: cache first, then
- * C_FindObjects. KMS_ERR_NOT_FOUND when no such object exists. */
+/* Resolve (id, class, key type) to a handle valid in session s: cache first,
+ * then C_FindObjects. type is a CKK_ value for CKO_SECRET_KEY and
+ * P11_TYPE_ANY for private and public keys (KMS_ERR_USAGE otherwise).
+ * KMS_ERR_NOT_FOUND when no such object exists. */
 kms_err p11_key_handle(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
-                       CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out);
+                       CK_OBJECT_CLASS cls, CK_KEY_TYPE type, CK_OBJECT_HANDLE *out);
+
+/* The secret key under id when the caller names it by id alone (the target
+ * of a wrap, a lock, an inspection): the AES key if there is one, else the
+ * generic secret. The order is fixed, so the answer never depends on what
+ * the cache happens to hold. *out_type (may be NULL) receives its type. */
+kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
+                              const struct p11_key_id *id, CK_OBJECT_HANDLE *out,
+                              CK_KEY_TYPE *out_type);
+
+/* Class and lookup type of the object a kind's template makes (the private
+ * half for pairs, with P11_TYPE_ANY). */
+void p11_kind_object(enum p11_key_kind kind, CK_OBJECT_CLASS *out_cls, CK_KEY_TYPE *out_type);
 
 /* Run fn with a leased session, replacing the session and retrying once when
  * fn reports KMS_ERR_HSM_SESSION; marks the token unavailable on

@@ -73,6 +73,17 @@ static bool kind_is_pair(enum p11_key_kind kind)
     return kind == P11_KEY_EC_P256_SIGN || kind == P11_KEY_RSA3072_UNWRAP;
 }
 
+void p11_kind_object(enum p11_key_kind kind, CK_OBJECT_CLASS *out_cls, CK_KEY_TYPE *out_type)
+{
+    if (kind_is_pair(kind)) {
+        *out_cls = CKO_PRIVATE_KEY;
+        *out_type = P11_TYPE_ANY;
+    } else {
+        *out_cls = CKO_SECRET_KEY;
+        *out_type = kind == P11_KEY_HMAC_SHA256 ? CKK_GENERIC_SECRET : CKK_AES;
+    }
+}
+
 kms_err p11_key_kind_supported(const struct p11_token *tok, enum p11_key_kind kind)
 {
     enum p11_cap need[3];
@@ -311,25 +322,46 @@ static kms_err find_objects(struct p11_token *tok, CK_SESSION_HANDLE s, CK_ATTRI
 }
 
 kms_err p11_key_handle(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
-                       CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out)
+                       CK_OBJECT_CLASS cls, CK_KEY_TYPE type, CK_OBJECT_HANDLE *out)
 {
-    if (p11_cache_get(&tok->cache, id->b, cls, out))
+    KMS_ENSURE((cls == CKO_SECRET_KEY) == (type != P11_TYPE_ANY), KMS_ERR_USAGE,
+               "secret keys are looked up by key type, pair halves by class alone");
+    if (p11_cache_get(&tok->cache, id->b, cls, type, out))
         return KMS_OK;
     CK_ATTRIBUTE t[] = {
         {CKA_ID, (void *)id->b, P11_KEY_ID_LEN},
         {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &type, sizeof(type)},
     };
     CK_OBJECT_HANDLE found[2];
     CK_ULONG n = 0;
-    KMS_GUARD(find_objects(tok, s, t, 2, found, 2, &n));
+    KMS_GUARD(find_objects(tok, s, t, type == P11_TYPE_ANY ? 2 : 3, found, 2, &n));
     KMS_ENSURE(n > 0, KMS_ERR_NOT_FOUND, "no such key in token '%s'", tok->label);
-    /* Ids are random and 16 bytes; two objects with one id mean someone else
+    /* Ids are random and 16 bytes, and p11_key_generate never makes two
+     * objects of one class and type under one id: two mean someone else
      * wrote to this token. Refuse rather than pick one. */
-    KMS_ENSURE(n == 1, KMS_ERR_INTERNAL, "token '%s' holds two objects with one key id",
-               tok->label);
-    p11_cache_put(&tok->cache, id->b, cls, found[0]);
+    KMS_ENSURE(n == 1, KMS_ERR_INTERNAL,
+               "token '%s' holds two objects of one class and type with one key id", tok->label);
+    p11_cache_put(&tok->cache, id->b, cls, type, found[0]);
     *out = found[0];
     return KMS_OK;
+}
+
+kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
+                              const struct p11_key_id *id, CK_OBJECT_HANDLE *out,
+                              CK_KEY_TYPE *out_type)
+{
+    static const CK_KEY_TYPE order[] = {CKK_AES, CKK_GENERIC_SECRET};
+    kms_err rc = KMS_ERR_NOT_FOUND;
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+        rc = p11_key_handle(tok, s, id, CKO_SECRET_KEY, order[i], out);
+        if (rc != KMS_ERR_NOT_FOUND) {
+            if (rc == KMS_OK && out_type)
+                *out_type = order[i];
+            return rc;
+        }
+    }
+    return rc;
 }
 
 /* ---- ids ----------------------------------------------------------------- */
@@ -395,11 +427,14 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
     CK_ULONG bits = 0;
     CK_RV rv;
 
-    /* Refuse to create a second object under an existing id. */
+    /* Refuse a second object of this class and type under an existing id.
+     * Secret keys of different types may share one (a metadata version's AES
+     * and HMAC keys); two AES keys, or two pairs, never do. */
     CK_OBJECT_HANDLE existing;
-    kms_err rc = p11_key_handle(tok, s, a->id,
-                                kind_is_pair(a->kind) ? CKO_PRIVATE_KEY : CKO_SECRET_KEY,
-                                &existing);
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    p11_kind_object(a->kind, &cls, &type);
+    kms_err rc = p11_key_handle(tok, s, a->id, cls, type, &existing);
     if (rc == KMS_OK)
         return kms_err_set(KMS_ERR_ALREADY_EXISTS, "key id already exists in token '%s'",
                            tok->label);
@@ -429,9 +464,9 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
             tok->fl->C_DestroyObject(s, hpub);
         return rc;
     }
-    p11_cache_put(&tok->cache, a->id->b, priv.cls, h);
+    p11_cache_put(&tok->cache, a->id->b, cls, type, h);
     if (hpub != CK_INVALID_HANDLE)
-        p11_cache_put(&tok->cache, a->id->b, CKO_PUBLIC_KEY, hpub);
+        p11_cache_put(&tok->cache, a->id->b, CKO_PUBLIC_KEY, P11_TYPE_ANY, hpub);
     return KMS_OK;
 }
 
@@ -453,7 +488,7 @@ static kms_err do_lock(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     const struct p11_key_id *id = varg;
     CK_OBJECT_HANDLE h;
-    KMS_GUARD(p11_key_handle(tok, s, id, CKO_SECRET_KEY, &h));
+    KMS_GUARD(p11_key_handle_secret(tok, s, id, &h, NULL));
     CK_ATTRIBUTE a = {CKA_EXTRACTABLE, &no, sizeof(no)};
     CK_RV rv = tok->fl->C_SetAttributeValue(s, h, &a, 1);
     KMS_GUARD(p11_rv_err(rv, "C_SetAttributeValue(CKA_EXTRACTABLE)", tok->label));
@@ -519,15 +554,24 @@ kms_err p11_key_exists(struct p11_token *tok, const struct p11_key_id *id, bool 
 struct info_arg {
     const struct p11_key_id *id;
     struct p11_key_info *out;
+    int kind; /* 0: any (secret first), else an enum p11_key_kind */
 };
 
 static kms_err do_info(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct info_arg *a = varg;
     CK_OBJECT_HANDLE h;
-    kms_err rc = p11_key_handle(tok, s, a->id, CKO_SECRET_KEY, &h);
-    if (rc == KMS_ERR_NOT_FOUND)
-        rc = p11_key_handle(tok, s, a->id, CKO_PRIVATE_KEY, &h);
+    kms_err rc;
+    if (a->kind != 0) {
+        CK_OBJECT_CLASS cls;
+        CK_KEY_TYPE type;
+        p11_kind_object((enum p11_key_kind)a->kind, &cls, &type);
+        rc = p11_key_handle(tok, s, a->id, cls, type, &h);
+    } else {
+        rc = p11_key_handle_secret(tok, s, a->id, &h, NULL);
+        if (rc == KMS_ERR_NOT_FOUND)
+            rc = p11_key_handle(tok, s, a->id, CKO_PRIVATE_KEY, P11_TYPE_ANY, &h);
+    }
     KMS_GUARD(rc);
 
     struct p11_key_info *o = a->out;
@@ -568,7 +612,14 @@ static kms_err do_info(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 kms_err p11_key_info(struct p11_token *tok, const struct p11_key_id *id,
                      struct p11_key_info *out)
 {
-    struct info_arg a = {id, out};
+    struct info_arg a = {id, out, 0};
+    return p11_with_session(tok, do_info, &a);
+}
+
+kms_err p11_key_info_kind(struct p11_token *tok, const struct p11_key_id *id,
+                          enum p11_key_kind kind, struct p11_key_info *out)
+{
+    struct info_arg a = {id, out, (int)kind};
     return p11_with_session(tok, do_info, &a);
 }
 

@@ -10,9 +10,14 @@
  * attributes are read back and checked; a key whose attributes differ from its
  * template is destroyed and the call fails.
  *
- * A key is identified by a random 16-byte CKA_ID (both halves of a pair share
- * it). Handles are cached per token; the cache is cleared on session loss and
- * an entry is dropped on destroy.
+ * A key is identified by a random 16-byte CKA_ID. Several objects may share
+ * one id when they differ in class or key type: both halves of a pair, and
+ * the AES and HMAC keys of a metadata key version (generated one after the
+ * other under the same id). Lookups name the class and, for secret keys, the
+ * key type, so those objects never shadow one another; destroy and list act
+ * on the id and so on all of them. Handles are cached per token by (id,
+ * class, type); the cache is cleared on session loss and all of an id's
+ * entries are dropped on destroy.
  */
 #ifndef P11_KEY_H
 #define P11_KEY_H
@@ -68,22 +73,26 @@ kms_err p11_key_id_new(struct p11_token *tok, struct p11_key_id *out_id);
 void p11_key_id_hex(const struct p11_key_id *id, char out[2 * P11_KEY_ID_LEN + 1]);
 
 /* Generate a key of `kind` with the given id. `label` (<= 64 bytes) becomes
- * CKA_LABEL for operators looking at the token; it must hold no secret. */
+ * CKA_LABEL for operators looking at the token; it must hold no secret.
+ * KMS_ERR_ALREADY_EXISTS if the id already names an object of the same class
+ * and key type (an AES key, a generic secret, a pair); a secret key of the
+ * other type may share the id. */
 kms_err p11_key_generate(struct p11_token *tok, enum p11_key_kind kind, unsigned flags,
                          const struct p11_key_id *id, const char *label);
 
 /* Make an escrowable key non-extractable. The token makes this one-way. */
 kms_err p11_key_lock(struct p11_token *tok, const struct p11_key_id *id);
 
-/* Destroy every object with this id (both halves of a pair).
- * KMS_ERR_NOT_FOUND if there was none. */
+/* Destroy every object with this id (both halves of a pair, both secret keys
+ * of a metadata version). KMS_ERR_NOT_FOUND if there was none. */
 kms_err p11_key_destroy(struct p11_token *tok, const struct p11_key_id *id);
 
 /* True if an object with this id exists (any class). */
 kms_err p11_key_exists(struct p11_token *tok, const struct p11_key_id *id, bool *out_exists);
 
 /* Attributes read back from the token, for checks and tests. For a pair,
- * these describe the private (secret) half. */
+ * these describe the private (secret) half; for an id holding an AES key and
+ * a generic secret, the AES key (p11_key_info_kind names the other). */
 struct p11_key_info {
     bool token, priv, sensitive, extractable, always_sensitive, never_extractable, modifiable;
     bool encrypt, decrypt, wrap, unwrap, sign, verify, derive;
@@ -92,6 +101,8 @@ struct p11_key_info {
 };
 kms_err p11_key_info(struct p11_token *tok, const struct p11_key_id *id,
                      struct p11_key_info *out);
+kms_err p11_key_info_kind(struct p11_token *tok, const struct p11_key_id *id,
+                          enum p11_key_kind kind, struct p11_key_info *out);
 
 /* CKA_LABEL of the object(s) with this id, into out (<= 64 bytes + NUL). */
 kms_err p11_key_label(struct p11_token *tok, const struct p11_key_id *id, char out[65]);

@@ -47,7 +47,7 @@ static void *worker(void *varg)
         /* The bare baseline: its own session, the handle looked up once. */
         if (tok->fl->C_OpenSession(tok->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
                                    &s) != CKR_OK ||
-            p11_key_handle(tok, s, &key, CKO_SECRET_KEY, &h) != KMS_OK) {
+            p11_key_handle(tok, s, &key, CKO_SECRET_KEY, CKK_AES, &h) != KMS_OK) {
             a->errors++;
             return NULL;
         }

@@ -397,13 +397,13 @@ START_TEST(stale_cached_handle_refound)
     /* Poison the cache with a handle that does not exist: the operation
      * fails once, replaces the session, finds the key again by CKA_ID and
      * succeeds. */
-    p11_cache_put(&env.eu->cache, k.b, CKO_SECRET_KEY, (CK_OBJECT_HANDLE)0x7ffffff0);
+    p11_cache_put(&env.eu->cache, k.b, CKO_SECRET_KEY, CKK_AES, (CK_OBJECT_HANDLE)0x7ffffff0);
     uint8_t iv[12] = {5}, pt[16] = {6}, ct[32];
     size_t ct_len;
     kms_err rc = p11_gcm_encrypt(env.eu, &k, iv, 12, NULL, 0, pt, 16, ct, sizeof(ct), &ct_len);
     ck_assert_msg(rc == KMS_OK, "%s", kms_err_detail());
     CK_OBJECT_HANDLE h = 0;
-    ck_assert(p11_cache_get(&env.eu->cache, k.b, CKO_SECRET_KEY, &h));
+    ck_assert(p11_cache_get(&env.eu->cache, k.b, CKO_SECRET_KEY, CKK_AES, &h));
     ck_assert_uint_ne(h, (CK_OBJECT_HANDLE)0x7ffffff0);
 }
 END_TEST

@@ -134,7 +134,7 @@ START_TEST(separation_wrap_key_cannot_encrypt)
     CK_SESSION_HANDLE s;
     CK_OBJECT_HANDLE h;
     ck_assert_int_eq(p11_session_take(env.eu, &s), KMS_OK);
-    ck_assert_int_eq(p11_key_handle(env.eu, s, &wrap, CKO_SECRET_KEY, &h), KMS_OK);
+    ck_assert_int_eq(p11_key_handle(env.eu, s, &wrap, CKO_SECRET_KEY, CKK_AES, &h), KMS_OK);
     CK_GCM_PARAMS p = {iv, 12, 96, NULL, 0, 128};
     CK_MECHANISM m = {CKM_AES_GCM, &p, sizeof(p)};
     ck_assert_uint_eq(env.eu->fl->C_EncryptInit(s, &m, h), CKR_KEY_FUNCTION_NOT_PERMITTED);
@@ -197,7 +197,7 @@ START_TEST(escrowable_then_locked_one_way)
     CK_SESSION_HANDLE s;
     CK_OBJECT_HANDLE h;
     ck_assert_int_eq(p11_session_take(env.eu, &s), KMS_OK);
-    ck_assert_int_eq(p11_key_handle(env.eu, s, &k, CKO_SECRET_KEY, &h), KMS_OK);
+    ck_assert_int_eq(p11_key_handle(env.eu, s, &k, CKO_SECRET_KEY, CKK_AES, &h), KMS_OK);
     CK_BBOOL t = CK_TRUE;
     CK_ATTRIBUTE a = {CKA_EXTRACTABLE, &t, sizeof(t)};
     ck_assert_uint_ne(env.eu->fl->C_SetAttributeValue(s, h, &a, 1), CKR_OK);
@@ -333,28 +333,185 @@ START_TEST(handle_cache_behaviour)
     for (int i = 0; i < N; i++) {
         for (int j = 0; j < 16; j++)
             ids[i][j] = (uint8_t)rand();
-        p11_cache_put(&c, ids[i], CKO_SECRET_KEY, (CK_OBJECT_HANDLE)i + 1);
+        p11_cache_put(&c, ids[i], CKO_SECRET_KEY, CKK_AES, (CK_OBJECT_HANDLE)i + 1);
     }
     CK_OBJECT_HANDLE h;
     for (int i = 0; i < N; i++) {
-        ck_assert(p11_cache_get(&c, ids[i], CKO_SECRET_KEY, &h));
+        ck_assert(p11_cache_get(&c, ids[i], CKO_SECRET_KEY, CKK_AES, &h));
         ck_assert_uint_eq(h, (CK_OBJECT_HANDLE)i + 1);
-        ck_assert(!p11_cache_get(&c, ids[i], CKO_PRIVATE_KEY, &h));
+        ck_assert(!p11_cache_get(&c, ids[i], CKO_PRIVATE_KEY, P11_TYPE_ANY, &h));
+        ck_assert(!p11_cache_get(&c, ids[i], CKO_SECRET_KEY, CKK_GENERIC_SECRET, &h));
     }
     /* Forget every other entry; the rest must all still be found (this is
      * what backward-shift deletion has to get right). */
     for (int i = 0; i < N; i += 2)
         p11_cache_forget(&c, ids[i]);
     for (int i = 0; i < N; i++) {
-        bool found = p11_cache_get(&c, ids[i], CKO_SECRET_KEY, &h);
+        bool found = p11_cache_get(&c, ids[i], CKO_SECRET_KEY, CKK_AES, &h);
         ck_assert_int_eq(found, i % 2 == 1);
         if (found)
             ck_assert_uint_eq(h, (CK_OBJECT_HANDLE)i + 1);
     }
     p11_cache_clear(&c);
-    ck_assert(!p11_cache_get(&c, ids[1], CKO_SECRET_KEY, &h));
+    ck_assert(!p11_cache_get(&c, ids[1], CKO_SECRET_KEY, CKK_AES, &h));
     free(ids);
     p11_cache_cleanup(&c);
+}
+END_TEST
+
+/* Several objects under one id (a metadata version's AES and HMAC keys, a
+ * pair's halves) are distinct entries; forgetting the id drops all of them
+ * and nothing else, however the entries of many ids interleave in the
+ * table. */
+START_TEST(handle_cache_several_objects_per_id)
+{
+    struct p11_handle_cache c;
+    ck_assert_int_eq(p11_cache_init(&c), KMS_OK);
+    enum { N = 3000 };
+    static const struct {
+        CK_OBJECT_CLASS cls;
+        CK_KEY_TYPE type;
+    } kinds[] = {{CKO_SECRET_KEY, CKK_AES},
+                 {CKO_SECRET_KEY, CKK_GENERIC_SECRET},
+                 {CKO_PRIVATE_KEY, P11_TYPE_ANY},
+                 {CKO_PUBLIC_KEY, P11_TYPE_ANY}};
+    uint8_t (*ids)[16] = calloc(N, 16);
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < 16; j++)
+            ids[i][j] = (uint8_t)rand();
+        /* Id i holds 1 + i % 4 objects. */
+        for (int k = 0; k <= i % 4; k++)
+            p11_cache_put(&c, ids[i], kinds[k].cls, kinds[k].type,
+                          (CK_OBJECT_HANDLE)(i * 4 + k + 1));
+    }
+    /* Re-putting replaces, it does not add. */
+    size_t before = c.count;
+    p11_cache_put(&c, ids[3], CKO_SECRET_KEY, CKK_GENERIC_SECRET, 99999);
+    ck_assert_uint_eq(c.count, before);
+    CK_OBJECT_HANDLE h;
+    ck_assert(p11_cache_get(&c, ids[3], CKO_SECRET_KEY, CKK_GENERIC_SECRET, &h));
+    ck_assert_uint_eq(h, 99999);
+    p11_cache_put(&c, ids[3], CKO_SECRET_KEY, CKK_GENERIC_SECRET, 3 * 4 + 1 + 1);
+
+    for (int i = 0; i < N; i += 3)
+        p11_cache_forget(&c, ids[i]);
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < 4; k++) {
+            bool want = i % 3 != 0 && k <= i % 4;
+            bool found = p11_cache_get(&c, ids[i], kinds[k].cls, kinds[k].type, &h);
+            ck_assert_msg(found == want, "id %d kind %d: found %d", i, k, found);
+            if (found)
+                ck_assert_uint_eq(h, (CK_OBJECT_HANDLE)(i * 4 + k + 1));
+        }
+    free(ids);
+    p11_cache_cleanup(&c);
+}
+END_TEST
+
+/* A metadata key version: an AES key and an HMAC generic secret under one
+ * CKA_ID. Each is found by its type, with its own template and usages; a
+ * second key of either type under the id is refused; listing sees one id;
+ * destroying the id removes both, and neither is then served from a stale
+ * cached handle. */
+START_TEST(aes_and_hmac_share_an_id)
+{
+    struct p11_key_id id;
+    ck_assert_int_eq(p11_key_id_new(env.eu, &id), KMS_OK);
+    char label[64];
+    snprintf(label, sizeof(label), "custos:pair%d:", (int)getpid());
+    ck_assert_int_eq(p11_key_generate(env.eu, P11_KEY_AES_ENCRYPT, 0, &id, label), KMS_OK);
+    kms_err rc = p11_key_generate(env.eu, P11_KEY_HMAC_SHA256, 0, &id, label);
+    ck_assert_msg(rc == KMS_OK, "%s", kms_err_detail());
+    ck_assert_int_eq(p11_key_generate(env.eu, P11_KEY_AES_ENCRYPT, 0, &id, label),
+                     KMS_ERR_ALREADY_EXISTS);
+    ck_assert_int_eq(p11_key_generate(env.eu, P11_KEY_HMAC_SHA256, 0, &id, label),
+                     KMS_ERR_ALREADY_EXISTS);
+    /* An AES key of another kind is still an AES key: refused too. */
+    ck_assert_int_eq(p11_key_generate(env.eu, P11_KEY_AES_WRAP, 0, &id, label),
+                     KMS_ERR_ALREADY_EXISTS);
+
+    /* Each half keeps its own template: key separation holds per object. */
+    struct p11_key_info ai, hi;
+    ck_assert_int_eq(p11_key_info_kind(env.eu, &id, P11_KEY_AES_ENCRYPT, &ai), KMS_OK);
+    ck_assert_int_eq(p11_key_info_kind(env.eu, &id, P11_KEY_HMAC_SHA256, &hi), KMS_OK);
+    ck_assert_uint_eq(ai.key_type, CKK_AES);
+    ck_assert(ai.encrypt && ai.decrypt && !ai.sign && !ai.verify && !ai.wrap && !ai.unwrap);
+    ck_assert_uint_eq(hi.key_type, CKK_GENERIC_SECRET);
+    ck_assert(hi.sign && hi.verify && !hi.encrypt && !hi.decrypt && !hi.wrap && !hi.unwrap);
+    assert_defensive(&ai);
+    assert_defensive(&hi);
+    ck_assert(!ai.extractable && !hi.extractable);
+    /* By id alone, the AES key answers. */
+    struct p11_key_info any;
+    ck_assert_int_eq(p11_key_info(env.eu, &id, &any), KMS_OK);
+    ck_assert_uint_eq(any.key_type, CKK_AES);
+
+    /* Both work, in either order, from a cold cache too. */
+    uint8_t iv[12] = {1}, pt[16] = {2}, ct[32], back[16], mac1[32], mac2[32];
+    size_t ct_len, back_len;
+    for (int round = 0; round < 2; round++) {
+        p11_cache_clear(&env.eu->cache);
+        if (round == 0)
+            ck_assert_int_eq(p11_hmac_sha256(env.eu, &id, pt, sizeof(pt), mac1), KMS_OK);
+        ck_assert_int_eq(p11_gcm_encrypt(env.eu, &id, iv, 12, NULL, 0, pt, sizeof(pt), ct,
+                                         sizeof(ct), &ct_len),
+                         KMS_OK);
+        ck_assert_int_eq(p11_gcm_decrypt(env.eu, &id, iv, 12, NULL, 0, ct, ct_len, back,
+                                         sizeof(back), &back_len),
+                         KMS_OK);
+        ck_assert_mem_eq(back, pt, sizeof(pt));
+        if (round == 1) {
+            ck_assert_int_eq(p11_hmac_sha256(env.eu, &id, pt, sizeof(pt), mac2), KMS_OK);
+            ck_assert_mem_eq(mac1, mac2, 32);
+        }
+    }
+
+    struct p11_key_id *ids = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(p11_key_list_ids(env.eu, label, &ids, &n), KMS_OK);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_mem_eq(ids[0].b, id.b, 16);
+    free(ids);
+    char got[65];
+    ck_assert_int_eq(p11_key_label(env.eu, &id, got), KMS_OK);
+    ck_assert_str_eq(got, label);
+
+    ck_assert_int_eq(p11_key_destroy(env.eu, &id), KMS_OK);
+    bool exists = true;
+    ck_assert_int_eq(p11_key_exists(env.eu, &id, &exists), KMS_OK);
+    ck_assert(!exists);
+    ck_assert_int_eq(p11_gcm_encrypt(env.eu, &id, iv, 12, NULL, 0, pt, sizeof(pt), ct, sizeof(ct),
+                                     &ct_len),
+                     KMS_ERR_NOT_FOUND);
+    ck_assert_int_eq(p11_hmac_sha256(env.eu, &id, pt, sizeof(pt), mac1), KMS_ERR_NOT_FOUND);
+    ck_assert_int_eq(p11_key_destroy(env.eu, &id), KMS_ERR_NOT_FOUND);
+}
+END_TEST
+
+/* Two objects of one class and type under one id are never made by this
+ * layer; if someone else put them there, lookups refuse rather than pick
+ * one. */
+START_TEST(foreign_duplicate_refused)
+{
+    struct p11_key_id id = gen(env.eu, P11_KEY_HMAC_SHA256, 0);
+    CK_SESSION_HANDLE s;
+    ck_assert_int_eq(p11_session_take(env.eu, &s), KMS_OK);
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+    CK_ULONG len = 32;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},   {CKA_KEY_TYPE, &kt, sizeof(kt)},
+                        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_ID, id.b, 16},
+                        {CKA_TOKEN, &yes, sizeof(yes)},   {CKA_SIGN, &yes, sizeof(yes)}};
+    CK_MECHANISM m = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE h;
+    ck_assert_uint_eq(env.eu->fl->C_GenerateKey(s, &m, t, 6, &h), CKR_OK);
+    p11_session_give(env.eu, s, false);
+    p11_cache_clear(&env.eu->cache);
+    uint8_t mac[32];
+    ck_assert_int_eq(p11_hmac_sha256(env.eu, &id, mac, 8, mac), KMS_ERR_INTERNAL);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "two objects"));
+    ck_assert_int_eq(p11_key_destroy(env.eu, &id), KMS_OK);
 }
 END_TEST
 
@@ -391,6 +548,14 @@ static Suite *suite(void)
     tcase_add_test(tc, list_ids_by_label_prefix);
     tcase_add_test(tc, id_hex);
     tcase_add_test(tc, handle_cache_behaviour);
+    tcase_add_test(tc, handle_cache_several_objects_per_id);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("shared_id");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, aes_and_hmac_share_an_id);
+    tcase_add_test(tc, foreign_duplicate_refused);
     suite_add_tcase(s, tc);
     return s;
 }
