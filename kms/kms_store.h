@@ -64,7 +64,7 @@
 #include "kms_error.h"
 
 /* Highest schema version this code knows; see kms_store_schema.c. */
-#define KMS_STORE_SCHEMA_VERSION 1
+#define KMS_STORE_SCHEMA_VERSION 2
 
 /* Key ids are 16 random bytes in 32 lowercase hex chars, made by the caller. */
 #define KMS_KEY_ID_LEN 32
@@ -288,6 +288,164 @@ kms_err kms_store_creating_discard(struct kms_store *store, const char *key_id,
  * memcmp so the caller can bsearch. */
 kms_err kms_store_hsm_ids_for_token(struct kms_store *store, const char *token,
                                     struct kms_hsm_id **out, size_t *out_n);
+
+/* ---- BYOK: import tokens and key check values (kms_store_import.c) -------
+ *
+ * An import token is a random secret handed to a tenant together with an
+ * RSA wrapping key (GetImportParameters). The store never sees the secret:
+ * it keeps its SHA-256 (token_id), the key it was issued for, the PKCS#11
+ * token and CKA_ID (hsm_id) of the wrapping key pair, and its lifecycle:
+ *
+ *   CREATING -issue-> ISSUED -claim-> CLAIMED -commit-> SPENT -close-> CLOSED
+ *      |                ^               |               ^
+ *      |                +----release----+ (a refused    |
+ *      |                                  attempt)      |
+ *      +--------------- retire (expired, burnt, abandoned)
+ *
+ * Crash safety mirrors key creation: the CREATING row with its hsm_id is
+ * durable before the wrapping key exists, and a row is SPENT (unusable)
+ * before its wrapping key is destroyed, so a crash at any instant leaves a
+ * row that kms_store_import_tokens_due() hands to the sweeper, never a
+ * wrapping key nothing knows about. CLOSED rows (wrapping key gone) stay
+ * until purged, so a reused or expired token gets a precise refusal.
+ *
+ * A key check value (KCV) is a digest of a constant computed with a key
+ * version inside the HSM: it tells whether two imports carried the same
+ * material without the material ever leaving the token. One per version of
+ * an EXTERNAL key, written in the commit that activates the version.
+ */
+#define KMS_IMPORT_TOKEN_ID_LEN 32
+#define KMS_KCV_LEN 32
+
+enum kms_import_state {
+    KMS_IMPORT_CREATING = 0, /* intent row; the wrapping key may not exist */
+    KMS_IMPORT_ISSUED = 1,   /* handed out; usable until expires_at */
+    KMS_IMPORT_CLAIMED = 2,  /* an ImportKeyMaterial is using it right now */
+    KMS_IMPORT_SPENT = 3,    /* unusable; its wrapping key is to be destroyed */
+    KMS_IMPORT_CLOSED = 4,   /* wrapping key destroyed; kept for clear errors */
+};
+
+/* Why a token stopped being usable. */
+enum kms_import_end {
+    KMS_IMPORT_END_NONE = 0,
+    KMS_IMPORT_END_USED = 1,      /* material imported with it */
+    KMS_IMPORT_END_EXPIRED = 2,   /* expires_at passed */
+    KMS_IMPORT_END_FAILURES = 3,  /* too many refused attempts */
+    KMS_IMPORT_END_ABANDONED = 4, /* creation interrupted (crash) */
+};
+
+struct kms_import_token_record {
+    uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN]; /* SHA-256 of the secret */
+    char key_id[KMS_KEY_ID_SIZE];
+    char token[KMS_TOKEN_LABEL_MAX + 1]; /* PKCS#11 token of the wrapping key */
+    uint8_t hsm_id[KMS_HSM_ID_LEN];      /* CKA_ID of the wrapping key pair */
+    enum kms_import_state state;
+    enum kms_import_end end;
+    uint32_t failures; /* refused attempts so far */
+    int64_t created_at;
+    int64_t expires_at;
+};
+
+struct kms_kcv_record {
+    uint32_t version;
+    uint8_t kcv[KMS_KCV_LEN];
+};
+
+/*
+ * Step 1 of issuing: insert t (state CREATING, end NONE, failures 0,
+ * expires_at > created_at > 0) in one commit. The key must be visible,
+ * origin EXTERNAL and PENDING_IMPORT, ENABLED or DISABLED
+ * (FAILED_PRECONDITION), and hold fewer than max_live tokens that are
+ * CREATING, ISSUED or CLAIMED and not expired at `now`
+ * (KMS_ERR_RESOURCE_EXHAUSTED): every token costs an RSA key pair in the
+ * HSM. Duplicate token_id or hsm_id: KMS_ERR_ALREADY_EXISTS.
+ */
+kms_err kms_store_import_token_insert(struct kms_store *store,
+                                      const struct kms_import_token_record *t, size_t max_live,
+                                      int64_t now);
+
+/* Step 3 of issuing: CREATING -> ISSUED (FAILED_PRECONDITION otherwise). */
+kms_err kms_store_import_token_issue(struct kms_store *store,
+                                     const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN]);
+
+/* Issuing failed before the token was handed out: delete its CREATING row
+ * (after the wrapping key, if any, was destroyed). */
+kms_err kms_store_import_token_discard(struct kms_store *store,
+                                       const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN]);
+
+/* The token in any state, or KMS_ERR_NOT_FOUND. */
+kms_err kms_store_import_token_get(struct kms_store *store,
+                                   const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                   struct kms_import_token_record *out);
+
+/* Compare-and-set ISSUED -> CLAIMED for an import into key_id, provided it
+ * was issued for key_id and expires_at > now. Absent: NOT_FOUND; anything
+ * else: FAILED_PRECONDITION and nothing changes. Exactly one of several
+ * concurrent claims succeeds. */
+kms_err kms_store_import_token_claim(struct kms_store *store,
+                                     const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                     const char *key_id, int64_t now);
+
+/* An import that claimed the token did not happen: CLAIMED -> ISSUED. If
+ * `failed` (the tenant's material was refused) the attempt is counted, and
+ * the max_failures-th one makes the token SPENT (end FAILURES) instead;
+ * *out_burnt (may be NULL) says so. */
+kms_err kms_store_import_token_release(struct kms_store *store,
+                                       const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                       bool failed, uint32_t max_failures, bool *out_burnt);
+
+/*
+ * Step 3 of an import, one commit:
+ *   - the token, CLAIMED for key_id, becomes SPENT (end USED);
+ *   - the version, CREATING, becomes ACTIVE and the key ENABLED with the
+ *     highest active version current (as kms_store_version_activate); an
+ *     ACTIVE version (re-import of material the key has) is left as is;
+ *   - the version's KCV is recorded, or must equal the one recorded.
+ * Refused with FAILED_PRECONDITION, changing nothing, when another version
+ * of the key already has this KCV (the same material twice), and, with
+ * `first`, when the key has any other active version (two first imports
+ * raced). A DESTROYED or PENDING_DELETION key or version: FAILED_PRECONDITION.
+ */
+kms_err kms_store_import_commit(struct kms_store *store,
+                                const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                const char *key_id, uint32_t version,
+                                const uint8_t kcv[KMS_KCV_LEN], bool first);
+
+/* The KCVs of a visible key's ACTIVE versions, by version (KMS_OK, NULL, 0
+ * if none). */
+kms_err kms_store_key_check_values(struct kms_store *store, const char *key_id,
+                                   struct kms_kcv_record **out, size_t *out_n);
+
+/* Tokens the sweeper must act on, at most limit (1..KMS_PAGE_SIZE_MAX):
+ * SPENT ones (wrapping key still to destroy), ISSUED ones expired at now,
+ * and CLAIMED or CREATING ones older than grace_s past their expiry or
+ * creation (an import or issue interrupted by a crash; in-flight ones are
+ * younger). */
+kms_err kms_store_import_tokens_due(struct kms_store *store, int64_t now, int64_t grace_s,
+                                    size_t limit, struct kms_import_token_record **out,
+                                    size_t *out_n);
+
+/* Sweeper step 1: compare-and-set `expected` (CREATING, ISSUED or CLAIMED)
+ * -> SPENT with `end`. FAILED_PRECONDITION if the state moved meanwhile. */
+kms_err kms_store_import_token_retire(struct kms_store *store,
+                                      const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                      enum kms_import_state expected, enum kms_import_end end);
+
+/* After the wrapping key was destroyed: SPENT -> CLOSED. */
+kms_err kms_store_import_token_close(struct kms_store *store,
+                                     const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN]);
+
+/* Delete CLOSED tokens that expired before `before`; *out_n (may be NULL)
+ * gets how many. */
+kms_err kms_store_import_tokens_purge(struct kms_store *store, int64_t before, size_t *out_n);
+
+/* Orphan detection for wrapping keys: the hsm_ids of every token in
+ * `token` that is not CLOSED, sorted ascending by memcmp. Call it after
+ * listing the HSM's wrapping keys (the order of kms_store_hsm_ids_for_token). */
+kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *token,
+                                           struct kms_hsm_id **out, size_t *out_n);
+
+const char *kms_import_state_name(enum kms_import_state state);
 
 /* Names of enum values for logs and errors ("ENABLED"); never NULL. */
 const char *kms_key_state_name(enum kms_key_state state);

@@ -4,6 +4,7 @@
  *
  *   kms_store.c          open/free, validation, key operations
  *   kms_store_versions.c version operations and reconcile
+ *   kms_store_import.c   BYOK import tokens and key check values
  *   kms_store_sql.c      connections, cached statements, transactions, rows
  *   kms_store_schema.c   connection settings, migrations, SQLite errors
  */

@@ -29,15 +29,7 @@
  *   2. set KMS_STORE_SCHEMA_VERSION in kms_store.h to N (the static assertion
  *      below keeps the two in step);
  *   3. describe it in docs/state.md.
- * For example, the import tokens of BYOK would come as:
- *
- *   {2, "import tokens",
- *    "CREATE TABLE import_tokens ("
- *    "  token_id   TEXT    NOT NULL PRIMARY KEY,"
- *    "  key_id     TEXT    NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,"
- *    "  hsm_id     BLOB    NOT NULL UNIQUE CHECK (length(hsm_id) = 16),"
- *    "  expires_at INTEGER NOT NULL"
- *    ") STRICT, WITHOUT ROWID;"},
+ * Migration 2 (the import tokens of BYOK) is an example.
  *
  * Enumerations (spec, usage, origin, state) are deliberately not CHECKed in
  * SQL: SQLite cannot alter a CHECK without rebuilding the table, so a new key
@@ -97,6 +89,34 @@ static const struct migration migrations[] = {
      ") STRICT, WITHOUT ROWID;"
      /* Reconcile at start reads only CREATING versions. */
      "CREATE INDEX key_versions_creating ON key_versions (key_id, version) WHERE state = 0;"},
+
+    {2, "import_tokens, key_check_values (BYOK)",
+     /* token_id is the SHA-256 of the secret the tenant holds; states and
+      * end reasons are enum kms_import_state / kms_import_end. */
+     "CREATE TABLE import_tokens ("
+     "  token_id   BLOB    NOT NULL PRIMARY KEY CHECK (length(token_id) = 32),"
+     "  key_id     TEXT    NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,"
+     "  token      TEXT    NOT NULL,"
+     "  hsm_id     BLOB    NOT NULL UNIQUE CHECK (length(hsm_id) = 16),"
+     "  state      INTEGER NOT NULL,"
+     "  end_reason INTEGER NOT NULL,"
+     "  failures   INTEGER NOT NULL CHECK (failures >= 0),"
+     "  created_at INTEGER NOT NULL,"
+     "  expires_at INTEGER NOT NULL,"
+     "  CHECK (expires_at > created_at)"
+     ") STRICT, WITHOUT ROWID;"
+     /* Live tokens of a key (the cap), and the sweeper's work list. */
+     "CREATE INDEX import_tokens_by_key ON import_tokens (key_id, state);"
+     "CREATE INDEX import_tokens_open ON import_tokens (expires_at) WHERE state <> 4;"
+     /* One key check value per version of an EXTERNAL key. */
+     "CREATE TABLE key_check_values ("
+     "  key_id     TEXT    NOT NULL,"
+     "  version    INTEGER NOT NULL,"
+     "  kcv        BLOB    NOT NULL CHECK (length(kcv) = 32),"
+     "  PRIMARY KEY (key_id, version),"
+     "  FOREIGN KEY (key_id, version) REFERENCES key_versions (key_id, version)"
+     "    ON DELETE CASCADE"
+     ") STRICT, WITHOUT ROWID;"},
 };
 
 #define MIGRATION_COUNT (sizeof(migrations) / sizeof(migrations[0]))

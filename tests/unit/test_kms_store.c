@@ -1151,6 +1151,391 @@ START_TEST(test_concurrent_inserts)
 }
 END_TEST
 
+/* ---- BYOK: import tokens and key check values ----------------------------- */
+
+static void import_token_of(struct kms_import_token_record *t, const char *key_id, unsigned n,
+                            int64_t created_at, int64_t expires_at)
+{
+    memset(t, 0, sizeof(*t));
+    memset(t->token_id, 0x3c, sizeof(t->token_id));
+    memcpy(t->token_id, &n, sizeof(n));
+    snprintf(t->key_id, sizeof(t->key_id), "%s", key_id);
+    snprintf(t->token, sizeof(t->token), "custos eu-west");
+    hsm_id_of(t->hsm_id, 0x1a, n, 0);
+    t->state = KMS_IMPORT_CREATING;
+    t->created_at = created_at;
+    t->expires_at = expires_at;
+}
+
+static struct kms_import_token_record token_get(const uint8_t *token_id)
+{
+    struct kms_import_token_record t;
+    ck_ok(kms_store_import_token_get(store, token_id, &t));
+    return t;
+}
+
+static void kcv_of(uint8_t out[KMS_KCV_LEN], unsigned material)
+{
+    memset(out, 0x77, KMS_KCV_LEN);
+    memcpy(out, &material, sizeof(material));
+}
+
+START_TEST(test_import_token_lifecycle)
+{
+    char id[KMS_KEY_ID_SIZE], other[KMS_KEY_ID_SIZE];
+    struct kms_import_token_record t, got;
+    uint8_t h[KMS_HSM_ID_LEN], kcv[KMS_KCV_LEN];
+    uint32_t ver = 0;
+
+    open_store();
+    create_pending_import("acme", 20, 1, 1000);
+    create_pending_import("acme", 20, 2, 1000);
+    key_id_of(id, 20, 1);
+    key_id_of(other, 20, 2);
+
+    import_token_of(&t, id, 1, 2000, 2000 + 86400);
+    ck_ok(kms_store_import_token_insert(store, &t, 3, 2000));
+    got = token_get(t.token_id);
+    ck_assert_int_eq(got.state, KMS_IMPORT_CREATING);
+    ck_assert_str_eq(got.key_id, id);
+    ck_assert_str_eq(got.token, "custos eu-west");
+    ck_assert_mem_eq(got.hsm_id, t.hsm_id, KMS_HSM_ID_LEN);
+    ck_assert_int_eq(got.expires_at, 2000 + 86400);
+    /* Not usable before it is issued. */
+    ck_err(kms_store_import_token_claim(store, t.token_id, id, 2001), KMS_ERR_FAILED_PRECONDITION);
+    ck_ok(kms_store_import_token_issue(store, t.token_id));
+    ck_err(kms_store_import_token_issue(store, t.token_id), KMS_ERR_FAILED_PRECONDITION);
+    ck_err(kms_store_import_token_discard(store, t.token_id), KMS_ERR_FAILED_PRECONDITION);
+
+    /* Bound to its key and its expiry. */
+    ck_err(kms_store_import_token_claim(store, t.token_id, other, 2001),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_err(kms_store_import_token_claim(store, t.token_id, id, 2000 + 86400),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_int_eq(token_get(t.token_id).state, KMS_IMPORT_ISSUED);
+    uint8_t forged[KMS_IMPORT_TOKEN_ID_LEN];
+    memset(forged, 0x3c, sizeof(forged));
+    ck_err(kms_store_import_token_claim(store, forged, id, 2001), KMS_ERR_NOT_FOUND);
+    ck_err(kms_store_import_token_get(store, forged, &got), KMS_ERR_NOT_FOUND);
+
+    /* One claim at a time; a refused attempt is counted and gives it back. */
+    ck_ok(kms_store_import_token_claim(store, t.token_id, id, 2001));
+    ck_err(kms_store_import_token_claim(store, t.token_id, id, 2001), KMS_ERR_FAILED_PRECONDITION);
+    bool burnt = true;
+    ck_ok(kms_store_import_token_release(store, t.token_id, true, 5, &burnt));
+    ck_assert(!burnt);
+    got = token_get(t.token_id);
+    ck_assert_int_eq(got.state, KMS_IMPORT_ISSUED);
+    ck_assert_uint_eq(got.failures, 1);
+    ck_err(kms_store_import_token_release(store, t.token_id, false, 5, NULL),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_ok(kms_store_import_token_claim(store, t.token_id, id, 2002));
+    ck_ok(kms_store_import_token_release(store, t.token_id, false, 5, &burnt));
+    ck_assert_uint_eq(token_get(t.token_id).failures, 1);
+
+    /* Import: version in CREATING, then one commit activates it, records
+     * the KCV and spends the token. */
+    ck_ok(kms_store_import_token_claim(store, t.token_id, id, 2003));
+    hsm_id_of(h, 20, 1, 1);
+    ck_ok(kms_store_version_add(store, id, h, 2003, &ver));
+    ck_assert_uint_eq(ver, 1);
+    kcv_of(kcv, 1);
+    ck_ok(kms_store_import_commit(store, t.token_id, id, 1, kcv, true));
+    struct kms_key_record k;
+    ck_ok(kms_store_key_get(store, id, &k));
+    ck_assert_int_eq(k.state, KMS_KEY_ENABLED);
+    ck_assert_uint_eq(k.current_version, 1);
+    got = token_get(t.token_id);
+    ck_assert_int_eq(got.state, KMS_IMPORT_SPENT);
+    ck_assert_int_eq(got.end, KMS_IMPORT_END_USED);
+    struct kms_kcv_record *kcvs = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_key_check_values(store, id, &kcvs, &n));
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(kcvs[0].version, 1);
+    ck_assert_mem_eq(kcvs[0].kcv, kcv, KMS_KCV_LEN);
+    free(kcvs);
+
+    /* Used once: never again. */
+    ck_err(kms_store_import_token_claim(store, t.token_id, id, 2004), KMS_ERR_FAILED_PRECONDITION);
+    ck_err(kms_store_import_commit(store, t.token_id, id, 1, kcv, false),
+           KMS_ERR_FAILED_PRECONDITION);
+
+    /* The sweeper sees the spent token, destroys its wrapping key, closes it. */
+    struct kms_import_token_record *due = NULL;
+    ck_ok(kms_store_import_tokens_due(store, 2004, 600, 100, &due, &n));
+    ck_assert_uint_eq(n, 1);
+    ck_assert_mem_eq(due[0].token_id, t.token_id, KMS_IMPORT_TOKEN_ID_LEN);
+    free(due);
+    struct kms_hsm_id *ids = NULL;
+    ck_ok(kms_store_import_hsm_ids_for_token(store, "custos eu-west", &ids, &n));
+    ck_assert_uint_eq(n, 1);
+    ck_assert_mem_eq(ids[0].bytes, t.hsm_id, KMS_HSM_ID_LEN);
+    free(ids);
+    ck_ok(kms_store_import_token_close(store, t.token_id));
+    got = token_get(t.token_id);
+    ck_assert_int_eq(got.state, KMS_IMPORT_CLOSED);
+    ck_assert_int_eq(got.end, KMS_IMPORT_END_USED); /* the reason survives closing */
+    ck_ok(kms_store_import_tokens_due(store, 2004, 600, 100, &due, &n));
+    ck_assert_uint_eq(n, 0);
+    ck_ok(kms_store_import_hsm_ids_for_token(store, "custos eu-west", &ids, &n));
+    ck_assert_uint_eq(n, 0);
+
+    /* Closed rows go once long expired. */
+    size_t purged = 9;
+    ck_ok(kms_store_import_tokens_purge(store, 2000 + 86400, &purged));
+    ck_assert_uint_eq(purged, 0);
+    ck_ok(kms_store_import_tokens_purge(store, 2000 + 86401, &purged));
+    ck_assert_uint_eq(purged, 1);
+    ck_err(kms_store_import_token_get(store, t.token_id, &got), KMS_ERR_NOT_FOUND);
+}
+END_TEST
+
+START_TEST(test_import_token_refusals)
+{
+    char id[KMS_KEY_ID_SIZE], hsm[KMS_KEY_ID_SIZE], missing[KMS_KEY_ID_SIZE];
+    struct kms_import_token_record t;
+
+    open_store();
+    create_pending_import("acme", 21, 1, 1000);
+    create_enabled("acme", 21, 2, 1000);
+    key_id_of(id, 21, 1);
+    key_id_of(hsm, 21, 2);
+    key_id_of(missing, 21, 3);
+
+    import_token_of(&t, hsm, 1, 2000, 3000);
+    ck_err(kms_store_import_token_insert(store, &t, 3, 2000), KMS_ERR_FAILED_PRECONDITION);
+    import_token_of(&t, missing, 1, 2000, 3000);
+    ck_err(kms_store_import_token_insert(store, &t, 3, 2000), KMS_ERR_NOT_FOUND);
+    import_token_of(&t, id, 1, 2000, 2000);
+    ck_err(kms_store_import_token_insert(store, &t, 3, 2000), KMS_ERR_INVALID_ARGUMENT);
+    import_token_of(&t, id, 1, 2000, 3000);
+    t.state = KMS_IMPORT_ISSUED;
+    ck_err(kms_store_import_token_insert(store, &t, 3, 2000), KMS_ERR_INVALID_ARGUMENT);
+    import_token_of(&t, id, 1, 2000, 3000);
+    snprintf(t.key_id, sizeof(t.key_id), "NOT-HEX");
+    ck_err(kms_store_import_token_insert(store, &t, 3, 2000), KMS_ERR_INVALID_ARGUMENT);
+
+    /* At most max_live unexpired tokens per key; expired ones do not count. */
+    for (unsigned i = 1; i <= 3; i++) {
+        import_token_of(&t, id, i, 2000, 3000);
+        ck_ok(kms_store_import_token_insert(store, &t, 3, 2000));
+    }
+    import_token_of(&t, id, 4, 2000, 3000);
+    ck_err(kms_store_import_token_insert(store, &t, 3, 2000), KMS_ERR_RESOURCE_EXHAUSTED);
+    ck_ok(kms_store_import_token_insert(store, &t, 3, 3000));
+    /* Same secret or same wrapping key twice. */
+    import_token_of(&t, id, 4, 2000, 9000);
+    ck_err(kms_store_import_token_insert(store, &t, 100, 2000), KMS_ERR_ALREADY_EXISTS);
+    import_token_of(&t, id, 5, 2000, 9000);
+    hsm_id_of(t.hsm_id, 0x1a, 1, 0);
+    ck_err(kms_store_import_token_insert(store, &t, 100, 2000), KMS_ERR_ALREADY_EXISTS);
+
+    /* A CREATING row whose wrapping key could not be made is discarded. */
+    import_token_of(&t, id, 1, 2000, 3000);
+    ck_ok(kms_store_import_token_discard(store, t.token_id));
+    ck_err(kms_store_import_token_discard(store, t.token_id), KMS_ERR_FAILED_PRECONDITION);
+
+    /* Keys going away take no new tokens. */
+    ck_ok(kms_store_key_set_state(store, hsm, KMS_KEY_ENABLED, KMS_KEY_PENDING_DELETION, 5000));
+    create_pending_import("acme", 21, 4, 1000);
+    char gone[KMS_KEY_ID_SIZE];
+    key_id_of(gone, 21, 4);
+    import_token_of(&t, gone, 9, 2000, 3000);
+    ck_ok(kms_store_import_token_insert(store, &t, 3, 2000));
+    ck_ok(kms_store_import_token_discard(store, t.token_id));
+}
+END_TEST
+
+START_TEST(test_import_material_checks)
+{
+    char id[KMS_KEY_ID_SIZE];
+    struct kms_import_token_record t;
+    uint8_t h[KMS_HSM_ID_LEN], kcv1[KMS_KCV_LEN], kcv2[KMS_KCV_LEN];
+    uint32_t ver = 0;
+    struct kms_key_record k;
+
+    open_store();
+    create_pending_import("acme", 22, 1, 1000);
+    key_id_of(id, 22, 1);
+    kcv_of(kcv1, 1);
+    kcv_of(kcv2, 2);
+
+    /* Two first imports race: the second commit is refused. */
+    struct kms_import_token_record a, b;
+    import_token_of(&a, id, 1, 2000, 9000);
+    import_token_of(&b, id, 2, 2000, 9000);
+    ck_ok(kms_store_import_token_insert(store, &a, 3, 2000));
+    ck_ok(kms_store_import_token_insert(store, &b, 3, 2000));
+    ck_ok(kms_store_import_token_issue(store, a.token_id));
+    ck_ok(kms_store_import_token_issue(store, b.token_id));
+    ck_ok(kms_store_import_token_claim(store, a.token_id, id, 2001));
+    ck_ok(kms_store_import_token_claim(store, b.token_id, id, 2001));
+    hsm_id_of(h, 22, 1, 1);
+    ck_ok(kms_store_version_add(store, id, h, 2001, &ver));
+    ck_assert_uint_eq(ver, 1);
+    hsm_id_of(h, 22, 1, 2);
+    ck_ok(kms_store_version_add(store, id, h, 2001, &ver));
+    ck_assert_uint_eq(ver, 2);
+    ck_ok(kms_store_import_commit(store, a.token_id, id, 1, kcv1, true));
+    ck_err(kms_store_import_commit(store, b.token_id, id, 2, kcv2, true),
+           KMS_ERR_FAILED_PRECONDITION);
+    /* ...and changed nothing: v2 still CREATING, b still CLAIMED. */
+    struct kms_version_record gv;
+    ck_err(kms_store_version_get(store, id, 2, &gv), KMS_ERR_NOT_FOUND);
+    ck_assert_int_eq(token_get(b.token_id).state, KMS_IMPORT_CLAIMED);
+    ck_ok(kms_store_key_get(store, id, &k));
+    ck_assert_uint_eq(k.current_version, 1);
+
+    /* New material as a new version: fine. The same material twice: no. */
+    ck_err(kms_store_import_commit(store, b.token_id, id, 2, kcv1, false),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_ok(kms_store_import_commit(store, b.token_id, id, 2, kcv2, false));
+    ck_ok(kms_store_key_get(store, id, &k));
+    ck_assert_uint_eq(k.current_version, 2);
+
+    /* Re-import into an ACTIVE version: its KCV must match. */
+    import_token_of(&t, id, 3, 2000, 9000);
+    ck_ok(kms_store_import_token_insert(store, &t, 3, 2000));
+    ck_ok(kms_store_import_token_issue(store, t.token_id));
+    ck_ok(kms_store_import_token_claim(store, t.token_id, id, 2002));
+    ck_err(kms_store_import_commit(store, t.token_id, id, 1, kcv2, false),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_int_eq(token_get(t.token_id).state, KMS_IMPORT_CLAIMED);
+    ck_err(kms_store_import_commit(store, t.token_id, id, 7, kcv1, false), KMS_ERR_NOT_FOUND);
+    ck_ok(kms_store_import_commit(store, t.token_id, id, 1, kcv1, false));
+    ck_ok(kms_store_key_get(store, id, &k));
+    ck_assert_uint_eq(k.current_version, 2); /* a re-import does not rotate */
+    struct kms_kcv_record *kcvs = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_key_check_values(store, id, &kcvs, &n));
+    ck_assert_uint_eq(n, 2);
+    ck_assert_mem_eq(kcvs[1].kcv, kcv2, KMS_KCV_LEN);
+    free(kcvs);
+
+    /* A token is bound to its key in the commit too. */
+    char other[KMS_KEY_ID_SIZE];
+    create_pending_import("acme", 22, 2, 1000);
+    key_id_of(other, 22, 2);
+    import_token_of(&t, id, 4, 2000, 9000);
+    ck_ok(kms_store_import_token_insert(store, &t, 3, 2000));
+    ck_ok(kms_store_import_token_issue(store, t.token_id));
+    ck_ok(kms_store_import_token_claim(store, t.token_id, id, 2002));
+    hsm_id_of(h, 22, 2, 1);
+    ck_ok(kms_store_version_add(store, other, h, 2002, &ver));
+    ck_err(kms_store_import_commit(store, t.token_id, other, ver, kcv1, true),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_int_eq(state_of(other), KMS_KEY_PENDING_IMPORT);
+
+    /* Keys pending deletion take no material. */
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_ENABLED, KMS_KEY_PENDING_DELETION, 5000));
+    ck_err(kms_store_import_commit(store, t.token_id, id, 1, kcv1, false),
+           KMS_ERR_FAILED_PRECONDITION);
+}
+END_TEST
+
+START_TEST(test_import_token_sweeping)
+{
+    char id[KMS_KEY_ID_SIZE];
+    struct kms_import_token_record t[5], *due = NULL;
+    size_t n = 0;
+    bool burnt = false;
+
+    open_store();
+    create_pending_import("acme", 23, 1, 1000);
+    key_id_of(id, 23, 1);
+    for (unsigned i = 0; i < 5; i++) {
+        import_token_of(&t[i], id, i + 1, 2000, 3000);
+        ck_ok(kms_store_import_token_insert(store, &t[i], 10, 2000));
+    }
+    /* t0 stays CREATING (a crash while issuing); t1 ISSUED; t2 CLAIMED (a
+     * crash while importing); t3 burnt by refused attempts; t4 ISSUED. */
+    for (unsigned i = 1; i < 5; i++)
+        ck_ok(kms_store_import_token_issue(store, t[i].token_id));
+    ck_ok(kms_store_import_token_claim(store, t[2].token_id, id, 2001));
+    for (unsigned i = 0; i < 3; i++) {
+        ck_ok(kms_store_import_token_claim(store, t[3].token_id, id, 2001));
+        ck_ok(kms_store_import_token_release(store, t[3].token_id, true, 3, &burnt));
+    }
+    ck_assert(burnt);
+    ck_assert_int_eq(token_get(t[3].token_id).state, KMS_IMPORT_SPENT);
+    ck_assert_int_eq(token_get(t[3].token_id).end, KMS_IMPORT_END_FAILURES);
+
+    /* Before expiry and within the grace period only the burnt one is due. */
+    ck_ok(kms_store_import_tokens_due(store, 2500, 600, 100, &due, &n));
+    ck_assert_uint_eq(n, 1);
+    free(due);
+    /* At expiry the issued ones; CREATING rows once older than the grace. */
+    ck_ok(kms_store_import_tokens_due(store, 3000, 600, 100, &due, &n));
+    ck_assert_uint_eq(n, 4);
+    free(due);
+    /* Past expiry + grace, the claimed one too. */
+    ck_ok(kms_store_import_tokens_due(store, 3600, 600, 100, &due, &n));
+    ck_assert_uint_eq(n, 5);
+    ck_ok(kms_store_import_tokens_due(store, 3600, 600, 2, &due, &n));
+    ck_assert_uint_eq(n, 2);
+    free(due);
+    ck_err(kms_store_import_tokens_due(store, 3600, 600, 0, &due, &n), KMS_ERR_INVALID_ARGUMENT);
+
+    /* Retire is a compare-and-set: a token claimed meanwhile is left. */
+    ck_err(kms_store_import_token_retire(store, t[4].token_id, KMS_IMPORT_CLAIMED,
+                                         KMS_IMPORT_END_EXPIRED),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_ok(kms_store_import_token_retire(store, t[4].token_id, KMS_IMPORT_ISSUED,
+                                        KMS_IMPORT_END_EXPIRED));
+    ck_ok(kms_store_import_token_retire(store, t[0].token_id, KMS_IMPORT_CREATING,
+                                        KMS_IMPORT_END_ABANDONED));
+    ck_err(kms_store_import_token_retire(store, t[1].token_id, KMS_IMPORT_ISSUED,
+                                         KMS_IMPORT_END_USED),
+           KMS_ERR_USAGE);
+    ck_err(kms_store_import_token_close(store, t[1].token_id), KMS_ERR_FAILED_PRECONDITION);
+    for (unsigned i = 0; i < 5; i++)
+        if (i != 1 && i != 2)
+            ck_ok(kms_store_import_token_close(store, t[i].token_id));
+    ck_assert_int_eq(token_get(t[4].token_id).end, KMS_IMPORT_END_EXPIRED);
+    ck_assert_int_eq(token_get(t[0].token_id).end, KMS_IMPORT_END_ABANDONED);
+    struct kms_hsm_id *ids = NULL;
+    ck_ok(kms_store_import_hsm_ids_for_token(store, "custos eu-west", &ids, &n));
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_lt(memcmp(ids[0].bytes, ids[1].bytes, KMS_HSM_ID_LEN), 0);
+    free(ids);
+}
+END_TEST
+
+/* A database written by schema 1 is migrated to 2 at open, keeping its keys. */
+START_TEST(test_migration_1_to_2)
+{
+    char id[KMS_KEY_ID_SIZE];
+    open_store();
+    create_enabled("acme", 24, 1, 1000);
+    key_id_of(id, 24, 1);
+    kms_store_free(store);
+    store = NULL;
+
+    /* Turn the file back into a schema-1 store. */
+    sqlite3 *db = raw_open();
+    ck_assert_int_eq(sqlite3_exec(db,
+                                  "DROP TABLE key_check_values; DROP TABLE import_tokens;"
+                                  "PRAGMA user_version = 1;",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'import_tokens'"),
+                     0);
+    sqlite3_close(db);
+
+    open_store();
+    struct kms_store_info info;
+    ck_ok(kms_store_info(store, &info));
+    ck_assert_int_eq(info.schema_version, 2);
+    ck_assert_int_eq(state_of(id), KMS_KEY_ENABLED);
+    db = raw_open();
+    ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN "
+                                 "('import_tokens', 'key_check_values')"),
+                     2);
+    sqlite3_close(db);
+}
+END_TEST
+
 static Suite *store_suite(void)
 {
     Suite *s = suite_create("kms_store");
@@ -1177,6 +1562,11 @@ static Suite *store_suite(void)
         {"disk_full", test_disk_full},
         {"bounds", test_bounds},
         {"concurrent_inserts", test_concurrent_inserts},
+        {"import_token_lifecycle", test_import_token_lifecycle},
+        {"import_token_refusals", test_import_token_refusals},
+        {"import_material_checks", test_import_material_checks},
+        {"import_token_sweeping", test_import_token_sweeping},
+        {"migration_1_to_2", test_migration_1_to_2},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);

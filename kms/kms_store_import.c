@@ -1,0 +1,691 @@
+/*
+ * kms_store_import.c - BYOK in the store: import tokens (issue, claim,
+ * release, commit, retire, close, purge) and key check values.
+ *
+ * The contract is in kms_store.h. Statements here are prepared per call
+ * rather than cached with the store's hot statements: imports are rare (a
+ * few per key per year) and the HSM work around each one costs milliseconds
+ * to seconds, next to which a prepare is noise.
+ */
+#include "kms_store.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms_store_internal.h"
+
+#define TOKEN_COLS                                                                             \
+    "token_id, key_id, token, hsm_id, state, end_reason, failures, created_at, expires_at"
+
+const char *kms_import_state_name(enum kms_import_state state)
+{
+    switch (state) {
+    case KMS_IMPORT_CREATING:
+        return "CREATING";
+    case KMS_IMPORT_ISSUED:
+        return "ISSUED";
+    case KMS_IMPORT_CLAIMED:
+        return "CLAIMED";
+    case KMS_IMPORT_SPENT:
+        return "SPENT";
+    case KMS_IMPORT_CLOSED:
+        return "CLOSED";
+    }
+    return "UNKNOWN";
+}
+
+/* ---- statements ------------------------------------------------------------ */
+
+static kms_err prep(struct store_conn *c, const char *sql, const char *op, struct store_bind *out)
+{
+    *out = (struct store_bind){c, NULL, SQLITE_OK};
+    int rc = sqlite3_prepare_v2(c->db, sql, -1, &out->st, NULL);
+    if (rc != SQLITE_OK) {
+        kms_err err = store_sql_err(c->db, rc, op);
+        sqlite3_finalize(out->st);
+        out->st = NULL;
+        return err;
+    }
+    return KMS_OK;
+}
+
+static void fin(struct store_bind *b)
+{
+    sqlite3_finalize(b->st);
+    b->st = NULL;
+}
+
+static void bind_blob(struct store_bind *b, int i, const uint8_t *v, int len)
+{
+    if (b->rc == SQLITE_OK)
+        b->rc = sqlite3_bind_blob(b->st, i, v, len, SQLITE_STATIC);
+}
+
+/* Prepare, bind through `bind`, run to completion; *out_changes (may be
+ * NULL) gets the rows changed. */
+typedef void (*binder)(struct store_bind *b, const void *arg);
+
+static kms_err exec_one(struct store_conn *c, const char *sql, const char *op, binder bind,
+                        const void *arg, int *out_changes)
+{
+    struct store_bind b;
+    KMS_GUARD(prep(c, sql, op, &b));
+    bind(&b, arg);
+    kms_err rc = store_run(&b, op);
+    if (rc == KMS_OK && out_changes)
+        *out_changes = sqlite3_changes(c->db);
+    fin(&b);
+    return rc;
+}
+
+/* A one-row, one-integer query; *out_row false when there is no row. */
+static kms_err query_int(struct store_conn *c, const char *sql, const char *op, binder bind,
+                         const void *arg, int64_t *out, bool *out_row)
+{
+    struct store_bind b;
+    bool row = false;
+    KMS_GUARD(prep(c, sql, op, &b));
+    bind(&b, arg);
+    kms_err rc = store_step(&b, op, &row);
+    if (rc == KMS_OK && row)
+        *out = sqlite3_column_int64(b.st, 0);
+    if (out_row)
+        *out_row = row;
+    fin(&b);
+    return rc;
+}
+
+static kms_err check_token_id(const uint8_t *token_id, const char *op)
+{
+    KMS_ENSURE(token_id != NULL, KMS_ERR_USAGE, "store: %s: token id is NULL", op);
+    return KMS_OK;
+}
+
+/* ---- rows ---------------------------------------------------------------------- */
+
+static kms_err read_token(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_import_token_record *t = elem;
+    int state = 0, end = 0;
+    memset(t, 0, sizeof(*t));
+    const void *id = sqlite3_column_blob(st, 0);
+    KMS_ENSURE(id != NULL && sqlite3_column_bytes(st, 0) == KMS_IMPORT_TOKEN_ID_LEN,
+               KMS_ERR_INTERNAL, "store: %s: stored token id has the wrong length", op);
+    memcpy(t->token_id, id, KMS_IMPORT_TOKEN_ID_LEN);
+    KMS_GUARD(store_col_text(st, 1, t->key_id, sizeof(t->key_id), op));
+    KMS_GUARD(store_col_text(st, 2, t->token, sizeof(t->token), op));
+    KMS_GUARD(store_col_hsm_id(st, 3, t->hsm_id, op));
+    KMS_GUARD(store_col_enum(st, 4, KMS_IMPORT_CREATING, KMS_IMPORT_CLOSED, &state, op));
+    KMS_GUARD(store_col_enum(st, 5, KMS_IMPORT_END_NONE, KMS_IMPORT_END_ABANDONED, &end, op));
+    KMS_GUARD(store_col_u32(st, 6, &t->failures, op));
+    t->created_at = sqlite3_column_int64(st, 7);
+    t->expires_at = sqlite3_column_int64(st, 8);
+    t->state = (enum kms_import_state)state;
+    t->end = (enum kms_import_end)end;
+    return KMS_OK;
+}
+
+static void bind_token_id(struct store_bind *b, const void *arg)
+{
+    bind_blob(b, 1, arg, KMS_IMPORT_TOKEN_ID_LEN);
+}
+
+/* The token row as the current transaction sees it. */
+static kms_err token_row_get(struct store_conn *c, const uint8_t *token_id,
+                             struct kms_import_token_record *out, const char *op)
+{
+    struct store_bind b;
+    bool row = false;
+    KMS_GUARD(prep(c, "SELECT " TOKEN_COLS " FROM import_tokens WHERE token_id = ?1", op, &b));
+    bind_token_id(&b, token_id);
+    kms_err rc = store_step(&b, op, &row);
+    if (rc == KMS_OK && !row)
+        rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: no such import token", op);
+    if (rc == KMS_OK)
+        rc = read_token(b.st, out, op);
+    fin(&b);
+    return rc;
+}
+
+struct set_state_arg {
+    const uint8_t *token_id;
+    int to, from, end, failures;
+};
+
+static void bind_set_state(struct store_bind *b, const void *varg)
+{
+    const struct set_state_arg *a = varg;
+    bind_blob(b, 1, a->token_id, KMS_IMPORT_TOKEN_ID_LEN);
+    store_bind_int(b, 2, a->to);
+    store_bind_int(b, 3, a->from);
+    store_bind_int(b, 4, a->end);
+    store_bind_int(b, 5, a->failures);
+}
+
+/* Compare-and-set of a token's state; end_reason and failures are written
+ * too. FAILED_PRECONDITION if the state is not `from`. */
+static kms_err token_cas(struct store_conn *c, const uint8_t *token_id, enum kms_import_state from,
+                         enum kms_import_state to, enum kms_import_end end, uint32_t failures,
+                         const char *op)
+{
+    struct set_state_arg a = {token_id, to, from, end, (int)failures};
+    int changed = 0;
+    KMS_GUARD(exec_one(c,
+                       "UPDATE import_tokens SET state = ?2, end_reason = ?4, failures = ?5 "
+                       "WHERE token_id = ?1 AND state = ?3",
+                       op, bind_set_state, &a, &changed));
+    KMS_ENSURE(changed == 1, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: import token is not %s", op, kms_import_state_name(from));
+    return KMS_OK;
+}
+
+/* ---- issue ------------------------------------------------------------------------ */
+
+struct key_live_arg {
+    const char *key_id;
+    int64_t now;
+};
+
+static void bind_key_id(struct store_bind *b, const void *arg)
+{
+    store_bind_text(b, 1, arg);
+}
+
+static void bind_key_live(struct store_bind *b, const void *varg)
+{
+    const struct key_live_arg *a = varg;
+    store_bind_text(b, 1, a->key_id);
+    store_bind_int(b, 2, a->now);
+}
+
+static void bind_insert(struct store_bind *b, const void *varg)
+{
+    const struct kms_import_token_record *t = varg;
+    bind_blob(b, 1, t->token_id, KMS_IMPORT_TOKEN_ID_LEN);
+    store_bind_text(b, 2, t->key_id);
+    store_bind_text(b, 3, t->token);
+    store_bind_hsm_id(b, 4, t->hsm_id);
+    store_bind_int(b, 5, t->created_at);
+    store_bind_int(b, 6, t->expires_at);
+}
+
+kms_err kms_store_import_token_insert(struct kms_store *store,
+                                      const struct kms_import_token_record *t, size_t max_live,
+                                      int64_t now)
+{
+    static const char op[] = "insert import token";
+    struct store_key_row row = {0};
+    int64_t origin = 0, live = 0;
+    bool found = false;
+
+    KMS_ENSURE(store != NULL && t != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(t->key_id, op));
+    KMS_GUARD(store_check_token(t->token, sizeof(t->token), op));
+    KMS_ENSURE(t->state == KMS_IMPORT_CREATING && t->end == KMS_IMPORT_END_NONE &&
+                   t->failures == 0,
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: a new import token starts CREATING", op);
+    KMS_ENSURE(t->created_at > 0 && t->expires_at > t->created_at, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: expires_at must follow created_at", op);
+    KMS_ENSURE(max_live >= 1, KMS_ERR_USAGE, "store: %s: max_live must be positive", op);
+
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, t->key_id, false, &row, op), end);
+    KMS_GUARD_GOTO(query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op, bind_key_id,
+                             t->key_id, &origin, &found),
+                   end);
+    KMS_ENSURE_GOTO(origin == KMS_KEY_ORIGIN_EXTERNAL, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s does not take imported material", op, t->key_id);
+    KMS_ENSURE_GOTO(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
+                        row.state == KMS_KEY_DISABLED,
+                    end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, t->key_id,
+                    kms_key_state_name(row.state));
+    struct key_live_arg la = {t->key_id, now};
+    KMS_GUARD_GOTO(query_int(c,
+                             "SELECT count(*) FROM import_tokens WHERE key_id = ?1 "
+                             "AND state IN (0, 1, 2) AND expires_at > ?2",
+                             op, bind_key_live, &la, &live, NULL),
+                   end);
+    KMS_ENSURE_GOTO((uint64_t)live < (uint64_t)max_live, end, KMS_ERR_RESOURCE_EXHAUSTED,
+                    "store: %s: key %s already has %" PRId64 " unexpired import tokens", op,
+                    t->key_id, live);
+    KMS_GUARD_GOTO(exec_one(c,
+                            "INSERT INTO import_tokens (" TOKEN_COLS ") "
+                            "VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5, ?6)",
+                            op, bind_insert, t, NULL),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+/* One compare-and-set in its own transaction. */
+static kms_err cas_tx(struct kms_store *store, const uint8_t *token_id,
+                      enum kms_import_state from, enum kms_import_state to,
+                      enum kms_import_end end_reason, bool keep_end, const char *op)
+{
+    struct kms_import_token_record t;
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_token_id(token_id, op));
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
+    KMS_GUARD_GOTO(token_cas(c, token_id, from, to, keep_end ? t.end : end_reason, t.failures,
+                             op),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_import_token_issue(struct kms_store *store,
+                                     const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
+{
+    return cas_tx(store, token_id, KMS_IMPORT_CREATING, KMS_IMPORT_ISSUED, KMS_IMPORT_END_NONE,
+                  false, "issue import token");
+}
+
+kms_err kms_store_import_token_discard(struct kms_store *store,
+                                       const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
+{
+    static const char op[] = "discard import token";
+    int changed = 0;
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_token_id(token_id, op));
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(exec_one(c, "DELETE FROM import_tokens WHERE token_id = ?1 AND state = 0", op,
+                            bind_token_id, token_id, &changed),
+                   end);
+    KMS_ENSURE_GOTO(changed == 1, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: import token is not CREATING", op);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_import_token_get(struct kms_store *store,
+                                   const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                   struct kms_import_token_record *out)
+{
+    static const char op[] = "get import token";
+    KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_token_id(token_id, op));
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = token_row_get(c, token_id, out, op);
+    store_conn_give(c);
+    return rc;
+}
+
+/* ---- use ------------------------------------------------------------------------------ */
+
+kms_err kms_store_import_token_claim(struct kms_store *store,
+                                     const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                     const char *key_id, int64_t now)
+{
+    static const char op[] = "claim import token";
+    struct kms_import_token_record t;
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_token_id(token_id, op));
+    KMS_GUARD(store_check_key_id(key_id, op));
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
+    KMS_ENSURE_GOTO(strcmp(t.key_id, key_id) == 0, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: import token belongs to another key", op);
+    KMS_ENSURE_GOTO(t.expires_at > now, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: import token expired", op);
+    KMS_GUARD_GOTO(token_cas(c, token_id, KMS_IMPORT_ISSUED, KMS_IMPORT_CLAIMED, t.end,
+                             t.failures, op),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_import_token_release(struct kms_store *store,
+                                       const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                       bool failed, uint32_t max_failures, bool *out_burnt)
+{
+    static const char op[] = "release import token";
+    struct kms_import_token_record t;
+    bool burnt = false;
+    if (out_burnt)
+        *out_burnt = false;
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_token_id(token_id, op));
+    KMS_ENSURE(max_failures >= 1, KMS_ERR_USAGE, "store: %s: max_failures must be positive", op);
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
+    uint32_t failures = t.failures + (failed && t.failures < UINT32_MAX ? 1 : 0);
+    burnt = failures >= max_failures;
+    KMS_GUARD_GOTO(token_cas(c, token_id, KMS_IMPORT_CLAIMED,
+                             burnt ? KMS_IMPORT_SPENT : KMS_IMPORT_ISSUED,
+                             burnt ? KMS_IMPORT_END_FAILURES : t.end, failures, op),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+    if (rc == KMS_OK && out_burnt)
+        *out_burnt = burnt;
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+struct kcv_arg {
+    const char *key_id;
+    uint32_t version;
+    const uint8_t *kcv;
+};
+
+static void bind_kcv(struct store_bind *b, const void *varg)
+{
+    const struct kcv_arg *a = varg;
+    store_bind_text(b, 1, a->key_id);
+    store_bind_int(b, 2, a->version);
+    if (a->kcv)
+        bind_blob(b, 3, a->kcv, KMS_KCV_LEN);
+}
+
+kms_err kms_store_import_commit(struct kms_store *store,
+                                const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                const char *key_id, uint32_t version,
+                                const uint8_t kcv[KMS_KCV_LEN], bool first)
+{
+    static const char op[] = "commit import";
+    struct kms_import_token_record t;
+    struct store_key_row row = {0};
+    struct kcv_arg ka = {key_id, version, kcv};
+    int64_t vstate = 0, n = 0;
+    bool found = false;
+
+    KMS_ENSURE(store != NULL && kcv != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_token_id(token_id, op));
+    KMS_GUARD(store_check_key_id(key_id, op));
+    KMS_ENSURE(version >= 1, KMS_ERR_INVALID_ARGUMENT, "store: %s: versions start at 1", op);
+
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
+    KMS_ENSURE_GOTO(strcmp(t.key_id, key_id) == 0, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: import token belongs to another key", op);
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
+    KMS_ENSURE_GOTO(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
+                        row.state == KMS_KEY_DISABLED,
+                    end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
+                    kms_key_state_name(row.state));
+    KMS_GUARD_GOTO(query_int(c,
+                             "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
+                             op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &vstate,
+                             &found),
+                   end);
+    KMS_ENSURE_GOTO(found, end, KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32,
+                    op, key_id, version);
+    KMS_ENSURE_GOTO(vstate == KMS_VERSION_CREATING || vstate == KMS_VERSION_ACTIVE, end,
+                    KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s version %" PRIu32 " is %s",
+                    op, key_id, version,
+                    kms_version_state_name((enum kms_version_state)vstate));
+
+    /* The same material must not become two versions, and two first
+     * imports that raced must not both win. */
+    KMS_GUARD_GOTO(query_int(c,
+                             "SELECT count(*) FROM key_check_values c JOIN key_versions v "
+                             "USING (key_id, version) WHERE c.key_id = ?1 AND c.version <> ?2 "
+                             "AND v.state = 1 AND c.kcv = ?3",
+                             op, bind_kcv, &ka, &n, NULL),
+                   end);
+    KMS_ENSURE_GOTO(n == 0, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s already has this material as another version", op,
+                    key_id);
+    if (first) {
+        KMS_GUARD_GOTO(query_int(c,
+                                 "SELECT count(*) FROM key_versions WHERE key_id = ?1 "
+                                 "AND version <> ?2 AND state = 1",
+                                 op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &n,
+                                 NULL),
+                       end);
+        KMS_ENSURE_GOTO(n == 0, end, KMS_ERR_FAILED_PRECONDITION,
+                        "store: %s: key %s received its material meanwhile", op, key_id);
+    }
+    /* Record the KCV, or check the one recorded. */
+    struct store_bind b;
+    bool have = false;
+    KMS_GUARD_GOTO(prep(c, "SELECT kcv FROM key_check_values WHERE key_id = ?1 AND version = ?2",
+                        op, &b),
+                   end);
+    bind_kcv(&b, &(struct kcv_arg){key_id, version, NULL});
+    rc = store_step(&b, op, &have);
+    if (rc == KMS_OK && have &&
+        (sqlite3_column_bytes(b.st, 0) != KMS_KCV_LEN ||
+         memcmp(sqlite3_column_blob(b.st, 0), kcv, KMS_KCV_LEN) != 0))
+        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION,
+                         "store: %s: key %s version %" PRIu32 " holds other material", op,
+                         key_id, version);
+    fin(&b);
+    if (rc != KMS_OK)
+        goto end;
+    if (!have)
+        KMS_GUARD_GOTO(exec_one(c,
+                                "INSERT INTO key_check_values (key_id, version, kcv) "
+                                "VALUES (?1, ?2, ?3)",
+                                op, bind_kcv, &ka, NULL),
+                       end);
+
+    if (vstate == KMS_VERSION_CREATING) {
+        KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_SET_ACTIVE, op, &b), end);
+        store_bind_text(&b, 1, key_id);
+        store_bind_int(&b, 2, version);
+        KMS_GUARD_GOTO(store_run(&b, op), end);
+        KMS_GUARD_GOTO(store_stmt(c, ST_KEY_ACTIVATE, op, &b), end);
+        store_bind_text(&b, 1, key_id);
+        store_bind_int(&b, 2, version);
+        KMS_GUARD_GOTO(store_run(&b, op), end);
+    }
+    KMS_GUARD_GOTO(token_cas(c, token_id, KMS_IMPORT_CLAIMED, KMS_IMPORT_SPENT,
+                             KMS_IMPORT_END_USED, t.failures, op),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+static kms_err read_kcv(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_kcv_record *r = elem;
+    memset(r, 0, sizeof(*r));
+    KMS_GUARD(store_col_u32(st, 0, &r->version, op));
+    const void *v = sqlite3_column_blob(st, 1);
+    KMS_ENSURE(v != NULL && sqlite3_column_bytes(st, 1) == KMS_KCV_LEN, KMS_ERR_INTERNAL,
+               "store: %s: stored key check value has the wrong length", op);
+    memcpy(r->kcv, v, KMS_KCV_LEN);
+    return KMS_OK;
+}
+
+kms_err kms_store_key_check_values(struct kms_store *store, const char *key_id,
+                                   struct kms_kcv_record **out, size_t *out_n)
+{
+    static const char op[] = "list key check values";
+    struct store_key_row row = {0};
+    struct store_bind b = {0};
+    void *arr = NULL;
+    size_t n = 0;
+
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    KMS_GUARD(store_check_key_id(key_id, op));
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_tx_begin(c, false, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
+    KMS_GUARD_GOTO(prep(c,
+                        "SELECT c.version, c.kcv FROM key_check_values c JOIN key_versions v "
+                        "USING (key_id, version) WHERE c.key_id = ?1 AND v.state = 1 "
+                        "ORDER BY c.version",
+                        op, &b),
+                   end);
+    store_bind_text(&b, 1, key_id);
+    rc = store_collect(&b, sizeof(struct kms_kcv_record), SIZE_MAX, read_kcv, &arr, &n, op);
+    fin(&b);
+end:
+    rc = store_tx_end(c, rc, op);
+    if (rc == KMS_OK) {
+        *out = arr;
+        *out_n = n;
+    } else {
+        free(arr);
+    }
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+/* ---- sweeping ------------------------------------------------------------------------- */
+
+struct due_arg {
+    int64_t now, grace;
+    size_t limit;
+};
+
+static void bind_due(struct store_bind *b, const void *varg)
+{
+    const struct due_arg *a = varg;
+    store_bind_int(b, 1, a->now);
+    store_bind_int(b, 2, a->grace);
+    store_bind_int(b, 3, (int64_t)a->limit);
+}
+
+kms_err kms_store_import_tokens_due(struct kms_store *store, int64_t now, int64_t grace_s,
+                                    size_t limit, struct kms_import_token_record **out,
+                                    size_t *out_n)
+{
+    static const char op[] = "list import tokens due";
+    struct store_bind b;
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    KMS_ENSURE(limit >= 1 && limit <= KMS_PAGE_SIZE_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: limit must be 1..%d", op, KMS_PAGE_SIZE_MAX);
+    KMS_ENSURE(grace_s >= 0, KMS_ERR_INVALID_ARGUMENT, "store: %s: negative grace", op);
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = prep(c,
+                      "SELECT " TOKEN_COLS " FROM import_tokens WHERE state <> 4 AND ("
+                      "  state = 3"
+                      "  OR (state = 1 AND expires_at <= ?1)"
+                      "  OR (state = 2 AND expires_at + ?2 <= ?1)"
+                      "  OR (state = 0 AND created_at + ?2 <= ?1))"
+                      " ORDER BY expires_at, token_id LIMIT ?3",
+                      op, &b);
+    if (rc == KMS_OK) {
+        void *arr = NULL;
+        bind_due(&b, &(struct due_arg){now, grace_s, limit});
+        rc = store_collect(&b, sizeof(struct kms_import_token_record), limit, read_token, &arr,
+                           out_n, op);
+        *out = arr;
+        fin(&b);
+    }
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_import_token_retire(struct kms_store *store,
+                                      const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
+                                      enum kms_import_state expected, enum kms_import_end end)
+{
+    static const char op[] = "retire import token";
+    KMS_ENSURE(expected == KMS_IMPORT_CREATING || expected == KMS_IMPORT_ISSUED ||
+                   expected == KMS_IMPORT_CLAIMED,
+               KMS_ERR_USAGE, "store: %s: only a live token can be retired", op);
+    KMS_ENSURE(end != KMS_IMPORT_END_NONE && end != KMS_IMPORT_END_USED, KMS_ERR_USAGE,
+               "store: %s: retiring needs a reason other than use", op);
+    return cas_tx(store, token_id, expected, KMS_IMPORT_SPENT, end, false, op);
+}
+
+kms_err kms_store_import_token_close(struct kms_store *store,
+                                     const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
+{
+    return cas_tx(store, token_id, KMS_IMPORT_SPENT, KMS_IMPORT_CLOSED, KMS_IMPORT_END_NONE,
+                  true, "close import token");
+}
+
+static void bind_before(struct store_bind *b, const void *arg)
+{
+    store_bind_int(b, 1, *(const int64_t *)arg);
+}
+
+kms_err kms_store_import_tokens_purge(struct kms_store *store, int64_t before, size_t *out_n)
+{
+    static const char op[] = "purge import tokens";
+    int changed = 0;
+    if (out_n)
+        *out_n = 0;
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(exec_one(c, "DELETE FROM import_tokens WHERE state = 4 AND expires_at < ?1",
+                            op, bind_before, &before, &changed),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+    if (rc == KMS_OK && out_n)
+        *out_n = (size_t)changed;
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *token,
+                                           struct kms_hsm_id **out, size_t *out_n)
+{
+    static const char op[] = "list wrapping key ids of token";
+    struct store_bind b;
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    KMS_GUARD(store_check_token(token, KMS_TOKEN_LABEL_MAX + 1, op));
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = prep(c,
+                      "SELECT hsm_id FROM import_tokens WHERE token = ?1 AND state <> 4 "
+                      "ORDER BY hsm_id",
+                      op, &b);
+    if (rc == KMS_OK) {
+        void *arr = NULL;
+        store_bind_text(&b, 1, token);
+        rc = store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &arr,
+                           out_n, op);
+        *out = arr;
+        fin(&b);
+    }
+    store_conn_give(c);
+    return rc;
+}
