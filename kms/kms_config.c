@@ -92,7 +92,7 @@ static kms_err get_bool(json_t *obj, const char *key, const char *where, bool *i
 static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
-                                      "limits", "deletion", "audit", NULL};
+                                      "limits", "deletion", "audit", "import", NULL};
     KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
     KMS_GUARD(check_keys(root, "", top));
 
@@ -235,6 +235,20 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         KMS_ENSURE(c->audit_dir != NULL, KMS_ERR_NOMEM, "out of memory");
     }
 
+    json_t *imp = json_object_get(root, "import");
+    if (imp) {
+        static const char *const k[] = {"token_ttl_s", NULL};
+        KMS_ENSURE(json_is_object(imp), KMS_ERR_CONFIG, "import: must be an object");
+        KMS_GUARD(check_keys(imp, "import", k));
+        unsigned long v = c->import_token_ttl_s;
+        KMS_GUARD(get_uint(imp, "token_ttl_s", "import", 1, 7 * 86400, &v));
+        c->import_token_ttl_s = (unsigned)v;
+    }
+    /* Every import token holds an RSA-3072 key pair in the HSM until it is
+     * used or expires; a minute is the least a human can work with. */
+    KMS_ENSURE(c->import_token_ttl_s >= 60 || c->dev_mode, KMS_ERR_CONFIG,
+               "import.token_ttl_s: at least 60 outside dev mode");
+
     /* A deletion window is the tenant's last chance to notice a mistake:
      * production keeps AWS's floor of 7 days. */
     if (!c->dev_mode) {
@@ -267,6 +281,7 @@ kms_err kms_config_load(const char *path, struct kms_config **out)
     c->audit_head_every_events = 1000;
     c->audit_head_every_ms = 10000;
     c->audit_key_max_age_s = 90 * 86400;
+    c->import_token_ttl_s = 86400;
 
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);

@@ -52,6 +52,8 @@ struct kms_config {
     unsigned audit_head_every_events;
     unsigned audit_head_every_ms;
     unsigned audit_key_max_age_s;     /* rotate audit signing keys when older */
+
+    unsigned import_token_ttl_s; /* BYOK: life of an import token and its wrapping key */
 };
 
 /* Load and validate. Errors name the file and the JSON path. Relative paths

@@ -115,6 +115,31 @@ START_TEST(dev_mode_and_tls)
 }
 END_TEST
 
+START_TEST(import_token_ttl)
+{
+    struct kms_config *c = NULL;
+    /* 24 h by default, as AWS KMS import tokens. */
+    ck_assert_int_eq(load("{" TOKENS "}", &c), KMS_OK);
+    ck_assert_uint_eq(c->import_token_ttl_s, 86400);
+    kms_config_free(c);
+    ck_assert_int_eq(load("{" TOKENS ", \"import\": {\"token_ttl_s\": 3600}}", &c), KMS_OK);
+    ck_assert_uint_eq(c->import_token_ttl_s, 3600);
+    kms_config_free(c);
+    /* Tests may use seconds, in dev mode only. */
+    ck_assert_int_eq(load("{\"mode\": \"dev\", " TOKENS ", \"import\": {\"token_ttl_s\": 2}}", &c),
+                     KMS_OK);
+    ck_assert_uint_eq(c->import_token_ttl_s, 2);
+    kms_config_free(c);
+    expect_error("{" TOKENS ", \"import\": {\"token_ttl_s\": 2}}",
+                 "import.token_ttl_s: at least 60 outside dev mode");
+    expect_error("{" TOKENS ", \"import\": {\"token_ttl_s\": 0}}",
+                 "import.token_ttl_s: must be an integer in 1..604800");
+    expect_error("{" TOKENS ", \"import\": {\"token_ttl_s\": 604801}}", "import.token_ttl_s");
+    expect_error("{" TOKENS ", \"import\": {\"token_ttl\": 60}}", "import.token_ttl: unknown key");
+    expect_error("{" TOKENS ", \"import\": 60}", "import: must be an object");
+}
+END_TEST
+
 START_TEST(missing_file)
 {
     struct kms_config *c = (void *)1;
@@ -131,6 +156,7 @@ int main(void)
     tcase_add_test(tc, minimal_with_defaults);
     tcase_add_test(tc, refusals_name_the_path);
     tcase_add_test(tc, dev_mode_and_tls);
+    tcase_add_test(tc, import_token_ttl);
     tcase_add_test(tc, missing_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
