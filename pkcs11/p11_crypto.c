@@ -268,6 +268,34 @@ kms_err p11_oaep_unwrap(struct p11_token *tok, const struct p11_key_id *rsa,
     return rc;
 }
 
+/* CK_RSA_AES_KEY_WRAP_PARAMS of PKCS#11 v2.40, which p11-kit's header lacks. */
+struct p11_rsa_aes_key_wrap_params {
+    CK_ULONG ulAESKeyBits;
+    CK_RSA_PKCS_OAEP_PARAMS *pOAEPParams;
+};
+
+kms_err p11_rsa_aes_unwrap(struct p11_token *tok, const struct p11_key_id *rsa,
+                           enum p11_oaep_hash hash, const uint8_t *wrapped, size_t wrapped_len,
+                           enum p11_key_kind kind, unsigned flags, const struct p11_key_id *new_id,
+                           const char *label)
+{
+    KMS_GUARD(check_unwrap_target(kind));
+    KMS_ENSURE(p11_token_has(tok, P11_CAP_RSA_AES_KEY_WRAP), KMS_ERR_UNSUPPORTED,
+               "token '%s' lacks %s", tok->label, p11_cap_name(P11_CAP_RSA_AES_KEY_WRAP));
+    /* The OAEP block of the ephemeral key (384 bytes for RSA-3072), then the
+     * RFC 5649 wrap of a 256-bit key (40 bytes). */
+    KMS_ENSURE(wrapped_len == 384 + 40, KMS_ERR_BAD_CIPHERTEXT,
+               "RSA-AES wrapped key must be 424 bytes, got %zu", wrapped_len);
+    CK_RSA_PKCS_OAEP_PARAMS p = {0};
+    p.hashAlg = hash == P11_OAEP_SHA256 ? CKM_SHA256 : CKM_SHA_1;
+    p.mgf = hash == P11_OAEP_SHA256 ? CKG_MGF1_SHA256 : CKG_MGF1_SHA1;
+    p.source = CKZ_DATA_SPECIFIED;
+    struct p11_rsa_aes_key_wrap_params rp = {256, &p};
+    struct unwrap_arg a = {rsa, CKO_PRIVATE_KEY, {CKM_RSA_AES_KEY_WRAP, &rp, sizeof(rp)},
+                           wrapped, wrapped_len, kind, flags, new_id, label};
+    return p11_with_session(tok, do_unwrap, &a);
+}
+
 kms_err p11_oaep_sha256_supported(struct p11_token *tok, const struct p11_key_id *rsa,
                                   bool *out_supported)
 {

@@ -63,6 +63,17 @@ kms_err p11_oaep_unwrap(struct p11_token *tok, const struct p11_key_id *rsa,
                         enum p11_key_kind kind, unsigned flags, const struct p11_key_id *new_id,
                         const char *label);
 
+/* CKM_RSA_AES_KEY_WRAP in one call: `wrapped` is the OAEP block of an
+ * ephemeral AES-256 key followed by the RFC 5649 wrap of a 256-bit key under
+ * it (424 bytes for RSA-3072); the token unwraps both internally and the
+ * ephemeral key never exists as an object. KMS_ERR_UNSUPPORTED, touching
+ * nothing, when the token lacks the mechanism (SoftHSMv2 2.6.1 does; the
+ * two-step p11_oaep_unwrap + p11_kwp_unwrap is the fallback). */
+kms_err p11_rsa_aes_unwrap(struct p11_token *tok, const struct p11_key_id *rsa,
+                           enum p11_oaep_hash hash, const uint8_t *wrapped, size_t wrapped_len,
+                           enum p11_key_kind kind, unsigned flags, const struct p11_key_id *new_id,
+                           const char *label);
+
 /* Does the token accept SHA-256 in OAEP with this RSA key? Asked once, by an
  * unwrap of a deliberately invalid block, and remembered per token. */
 kms_err p11_oaep_sha256_supported(struct p11_token *tok, const struct p11_key_id *rsa,

@@ -271,6 +271,50 @@ START_TEST(oaep_then_kwp_unwrap_matches_host)
 }
 END_TEST
 
+/* CKM_RSA_AES_KEY_WRAP in one step where the token has it; where it does
+ * not (SoftHSMv2 2.6.1), a clear "unsupported" that creates nothing. */
+START_TEST(rsa_aes_single_step_or_unsupported)
+{
+    struct p11_key_id rsa = gen(env.eu, P11_KEY_RSA3072_UNWRAP, 0);
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    ck_assert_int_eq(p11_public_key_der(env.eu, &rsa, &spki, &spki_len), KMS_OK);
+    uint8_t ephemeral[32], tenant_key[32], blob[424 + 16];
+    RAND_bytes(ephemeral, 32);
+    RAND_bytes(tenant_key, 32);
+    ck_assert_uint_eq(host_oaep_sha1(spki, spki_len, ephemeral, 32, blob), 384);
+    ck_assert_uint_eq(host_kwp_wrap(ephemeral, tenant_key, 32, blob + 384), 40);
+    struct p11_key_id imported;
+    ck_assert_int_eq(p11_key_id_new(env.eu, &imported), KMS_OK);
+    kms_err rc = p11_rsa_aes_unwrap(env.eu, &rsa, P11_OAEP_SHA1, blob, 424, P11_KEY_AES_ENCRYPT,
+                                    0, &imported, "custos:test:rsa-aes");
+    bool exists = false;
+    if (!p11_token_has(env.eu, P11_CAP_RSA_AES_KEY_WRAP)) {
+        ck_assert_int_eq(rc, KMS_ERR_UNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(kms_err_detail(), "CKM_RSA_AES_KEY_WRAP"));
+        ck_assert_int_eq(p11_key_exists(env.eu, &imported, &exists), KMS_OK);
+        ck_assert(!exists);
+    } else {
+        ck_assert_msg(rc == KMS_OK, "rsa-aes unwrap: %s", kms_err_detail());
+        uint8_t iv[12] = {0}, pt[16] = {0}, ct[32], back[16];
+        size_t ct_len = 0;
+        ck_assert_int_eq(p11_gcm_encrypt(env.eu, &imported, iv, 12, NULL, 0, pt, 16, ct,
+                                         sizeof(ct), &ct_len),
+                         KMS_OK);
+        host_gcm_decrypt(tenant_key, iv, NULL, 0, ct, ct_len, back);
+        ck_assert_mem_eq(back, pt, 16);
+        p11_key_destroy(env.eu, &imported);
+    }
+    /* Wrong length: refused before the token is asked. */
+    ck_assert_int_eq(p11_rsa_aes_unwrap(env.eu, &rsa, P11_OAEP_SHA1, blob, 423,
+                                        P11_KEY_AES_ENCRYPT, 0, &imported, NULL),
+                     p11_token_has(env.eu, P11_CAP_RSA_AES_KEY_WRAP) ? KMS_ERR_BAD_CIPHERTEXT
+                                                                     : KMS_ERR_UNSUPPORTED);
+    p11_key_destroy(env.eu, &rsa);
+    free(spki);
+}
+END_TEST
+
 /* ---- HMAC, ECDSA ---- */
 
 START_TEST(hmac_consistent_and_keyed)
@@ -481,6 +525,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, oaep_then_kwp_unwrap_matches_host);
+    tcase_add_test(tc, rsa_aes_single_step_or_unsupported);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("mac_sign_random");
