@@ -77,6 +77,9 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit must fail the write (EFBIG -> the audit log fails
+     * closed), not kill the service. */
+    signal(SIGXFSZ, SIG_IGN);
 
     struct kms_config *cfg = NULL;
     if (kms_config_load(path, &cfg) != KMS_OK) {

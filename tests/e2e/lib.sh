@@ -28,12 +28,15 @@ e2e_setup() {
 
 e2e_start() {
     cfg=${1:-$E2E_DIR/kmsd.json}
+    # The log accumulates over restarts: wait for one more "ready" line.
+    before=$(grep -c '"ready' "$E2E_DIR/kmsd.log" 2>/dev/null || true)
+    before=${before:-0}
     "$KMSD" --config "$cfg" >>"$E2E_DIR/kmsd.log" 2>&1 &
     E2E_PID=$!
-    i=0
-    while ! grep -q '"ready' "$E2E_DIR/kmsd.log" 2>/dev/null; do
-        i=$((i + 1))
-        if [ $i -gt 300 ] || ! kill -0 "$E2E_PID" 2>/dev/null; then
+    e2e_i=0
+    while [ "$(grep -c '"ready' "$E2E_DIR/kmsd.log" 2>/dev/null || true)" -le "$before" ]; do
+        e2e_i=$((e2e_i + 1))
+        if [ $e2e_i -gt 300 ] || ! kill -0 "$E2E_PID" 2>/dev/null; then
             echo "kmsd did not start:" >&2
             cat "$E2E_DIR/kmsd.log" >&2
             return 1
