@@ -6,6 +6,7 @@
 #   make check-asan the same suite under AddressSanitizer + UBSan (no recovery)
 #   make run        install deps, build, create dev tokens/config, start kmsd
 #   make bench      PKCS#11 layer benchmark against a bare PKCS#11 loop
+#   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check)
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make clean
 
@@ -59,7 +60,7 @@ TEST_BINS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 BENCH_SRCS    := $(wildcard tests/bench/*.c)
 BENCH_BINS    := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
-.PHONY: all deps check check-asan test run bench install clean
+.PHONY: all deps check check-asan test run bench soak install clean
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
@@ -114,6 +115,11 @@ check-asan: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) sh tests/bench/run-bench.sh
+
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@CUSTOS_CRASH_ROUNDS=$${CUSTOS_CRASH_ROUNDS:-500} BUILD=$(BUILD) \
+	    sh tests/run-tests.sh --only test_audit_crash
 
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -173,7 +173,7 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
     json_t *lim = json_object_get(root, "limits");
     if (lim) {
         static const char *const k[] = {"max_body_bytes", "max_connections",
-                                        "connection_timeout_s", "threads", NULL};
+                                        "connection_timeout_s", "threads", "thread_model", NULL};
         KMS_ENSURE(json_is_object(lim), KMS_ERR_CONFIG, "limits: must be an object");
         KMS_GUARD(check_keys(lim, "limits", k));
         unsigned long v = c->max_body_bytes;
@@ -188,6 +188,13 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         v = c->threads;
         KMS_GUARD(get_uint(lim, "threads", "limits", 0, 256, &v));
         c->threads = (unsigned)v;
+        json_t *tm = json_object_get(lim, "thread_model");
+        if (tm) {
+            KMS_ENSURE(json_is_string(tm) && (strcmp(json_string_value(tm), "pool") == 0 ||
+                                              strcmp(json_string_value(tm), "per-connection") == 0),
+                       KMS_ERR_CONFIG, "limits.thread_model: must be \"pool\" or \"per-connection\"");
+            c->thread_per_connection = strcmp(json_string_value(tm), "per-connection") == 0;
+        }
     }
 
     json_t *del = json_object_get(root, "deletion");

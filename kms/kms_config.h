@@ -40,7 +40,8 @@ struct kms_config {
     size_t max_body_bytes;
     unsigned max_connections;
     unsigned connection_timeout_s;
-    unsigned threads; /* 0: one per core */
+    unsigned threads; /* pool model: workers; 0: one per core */
+    bool thread_per_connection; /* else an epoll thread pool */
 
     unsigned deletion_default_days;
     unsigned deletion_min_days;

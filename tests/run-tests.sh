@@ -7,6 +7,11 @@
 set -u
 
 BUILD=${BUILD:-build}
+# --only NAME: run just that test (unit binary or e2e script), e.g. for soak.
+only=
+if [ "${1:-}" = "--only" ]; then
+    only=$2
+fi
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
@@ -36,6 +41,7 @@ bad=""
 for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
+    [ -z "$only" ] || [ "$only" = "$name" ] || continue
     out="$work/$name.out"
     "$t" >"$out" 2>&1
     rc=$?
@@ -58,6 +64,7 @@ done
 for t in tests/e2e/test_*.sh; do
     [ -f "$t" ] || continue
     name=$(basename "$t" .sh)
+    [ -z "$only" ] || [ "$only" = "$name" ] || continue
     out="$work/$name.out"
     if sh "$t" >"$out" 2>&1; then
         n=$(grep -c '^ok ' "$out")

@@ -1,17 +1,30 @@
 #!/bin/sh
-# make bench: measure on throw-away tokens, print the table and keep a copy
-# in $BUILD/bench/results-<timestamp>.txt so runs can be compared.
+# make bench: everything on throw-away tokens made here, in one run:
+#   1. the raw PKCS#11 baseline and the pkcs11/ layer (bench_p11), 1 and 2 threads
+#   2. kmsd over HTTP with wrk: Encrypt, Decrypt, GenerateDataKey, DecryptDataKey
+#      with the audit log on, Encrypt with it off, latency at half of peak
+# The table goes to stdout and to $BUILD/bench/results-<time>.txt.
+# BENCH_QUICK=1 makes a few-second smoke run (used by make check).
 set -eu
 BUILD=${BUILD:-build}
+top=$(pwd)
 work=$(mktemp -d /tmp/custos-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT INT TERM
-KMSCTL="$BUILD/bin/kmsctl" sh deploy/dev-hsm.sh "$work/hsm" eu-west >/dev/null
+BUILD="$BUILD" KMSCTL="$BUILD/bin/kmsctl" sh deploy/dev-setup.sh "$work" 0 >/dev/null
 export SOFTHSM2_CONF="$work/hsm/softhsm2.conf"
 export CUSTOS_BENCH_HSM_DIR="$work/hsm"
 export CUSTOS_LOG_LEVEL=warn
+mkdir -p "$work/py" "$BUILD/bench"
+protoc --python_out="$work/py" -Iproto proto/key.proto
+quick=
+if [ -n "${BENCH_QUICK:-}" ]; then quick=--quick; secs=1; runs=1; else secs=${BENCH_SECONDS:-2}; runs=${BENCH_RUNS:-5}; fi
 out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
     echo "# $(date -u) $(uname -m) $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo -)"
-    "$BUILD/bench/bench_p11" "${BENCH_SECONDS:-2}" "${BENCH_RUNS:-5}"
+    "$BUILD/bench/bench_p11" "$secs" "$runs" | tee "$work/p11.txt"
+    raw1=$(awk '$1 == "raw" && $2 == 1 {print $3}' "$work/p11.txt")
+    raw2=$(awk '$1 == "raw" && $2 == 2 {print $3}' "$work/p11.txt")
+    echo
+    /usr/bin/python3 tests/bench/bench_http.py "$work" "$top/$BUILD" "$raw1" "$raw2" $quick
 } | tee "$out"
 echo "saved to $out"

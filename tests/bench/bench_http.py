@@ -1,0 +1,211 @@
+"""Custos over HTTP, measured with wrk against a kmsd started here.
+
+Usage: bench_http.py WORKDIR BUILD RAW1 RAW2 [--quick]
+
+WORKDIR holds a dev installation made by deploy/dev-setup.sh (tokens,
+credentials, policy). RAW1/RAW2 are the raw PKCS#11 AES-GCM ops/s at 1 and
+2 threads measured in the same run by bench_p11. Prints the table on stdout.
+"""
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import http.client
+
+WORK, BUILD, RAW1, RAW2 = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+QUICK = "--quick" in sys.argv
+RUNS = 1 if QUICK else int(os.environ.get("BENCH_RUNS", "3"))
+SECONDS = 2 if QUICK else int(os.environ.get("BENCH_HTTP_SECONDS", "5"))
+CONNS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+sys.path.insert(0, f"{WORK}/py")
+import key_pb2 as kpb  # noqa: E402
+
+PORT = None
+PROC = None
+
+
+def cred(p):
+    return open(f"{WORK}/credentials/{p}.key").read().strip()
+
+
+def write_config(name, mode, audit, thread_model):
+    c = json.load(open(f"{WORK}/kmsd.json"))
+    c["mode"] = mode
+    c["audit"] = {"enabled": audit, "dir": "audit", "head_every_events": 10000,
+                  "head_every_ms": 1000}
+    if mode == "production":
+        c.pop("deletion", None)
+    c.setdefault("limits", {})["thread_model"] = thread_model
+    c["limits"]["max_connections"] = 1024
+    path = f"{WORK}/{name}.json"
+    json.dump(c, open(path, "w"), indent=2)
+    return path
+
+
+def start(cfg):
+    global PROC
+    env = dict(os.environ, SOFTHSM2_CONF=f"{WORK}/hsm/softhsm2.conf", CUSTOS_LOG_LEVEL="warn")
+    log = open(f"{WORK}/kmsd-bench.log", "a")
+    PROC = subprocess.Popen([f"{BUILD}/bin/kmsd", "--config", cfg], env=env, stdout=log,
+                            stderr=log)
+    for _ in range(200):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=1)
+            c.request("GET", "/")
+            c.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("kmsd did not start; see kmsd-bench.log")
+
+
+def stop():
+    global PROC
+    if PROC:
+        PROC.send_signal(signal.SIGTERM)
+        PROC.wait(timeout=60)
+        PROC = None
+
+
+def call(method, req, resp_cls, who):
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    c.request("POST", f"/twirp/custos.v1.KeyService/{method}", req.SerializeToString(),
+              {"Content-Type": "application/protobuf", "Authorization": "Bearer " + cred(who)})
+    r = c.getresponse()
+    data = r.read()
+    assert r.status == 200, (method, r.status, data)
+    m = resp_cls()
+    m.ParseFromString(data)
+    return m
+
+
+def lua_for(method, body, who="demo-broker"):
+    path = f"{WORK}/{method}.bin"
+    open(path, "wb").write(body)
+    script = f"{WORK}/{method}.lua"
+    with open(script, "w") as f:
+        f.write(f'''local f = io.open("{path}", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "application/protobuf"
+wrk.headers["Authorization"] = "Bearer {cred(who)}"
+local rate_delay = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if rate_delay > 0 then
+  function delay() return rate_delay end
+end
+function done(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %d %d\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read +
+    summary.errors.write + summary.errors.timeout, latency:percentile(50),
+    latency:percentile(99), latency:percentile(99.9), summary.duration))
+end
+''')
+    return script
+
+
+def wrk(method, script, seconds, conns, delay_ms=0):
+    env = dict(os.environ, BENCH_DELAY_MS=str(delay_ms))
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "-s", script,
+                          f"http://127.0.0.1:{PORT}/twirp/custos.v1.KeyService/{method}"],
+                         capture_output=True, text=True, env=env).stdout
+    m = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out)
+    if not m:
+        raise RuntimeError(out)
+    reqs, errs, p50, p99, p999, dur = map(int, m.groups())
+    return {"rps": reqs / (dur / 1e6), "errors": errs, "p50": p50 / 1000, "p99": p99 / 1000,
+            "p999": p999 / 1000}
+
+
+def measure(method, script, runs=RUNS):
+    rs = [wrk(method, script, SECONDS, CONNS) for _ in range(runs)]
+    rs.sort(key=lambda r: r["rps"])
+    med = rs[len(rs) // 2]
+    return med, rs[0]["rps"], rs[-1]["rps"], sum(r["errors"] for r in rs)
+
+
+rows = []
+
+
+def row(name, med, lo, hi, errs, ratio_to):
+    rows.append((name, med["rps"], lo, hi, med["p50"], med["p99"], med["rps"] / ratio_to, errs))
+
+
+def bodies(key_id):
+    ctx = {"conversation": "c-1"}
+    pt = b"m" * 256
+    enc = call("Encrypt", kpb.EncryptRequest(key_id=key_id, plaintext=pt, encryption_context=ctx),
+               kpb.EncryptResponse, "demo-broker")
+    dk = call("GenerateDataKey", kpb.GenerateDataKeyRequest(key_id=key_id, encryption_context=ctx),
+              kpb.GenerateDataKeyResponse, "demo-broker")
+    return {
+        "Encrypt": kpb.EncryptRequest(key_id=key_id, plaintext=pt,
+                                      encryption_context=ctx).SerializeToString(),
+        "Decrypt": kpb.DecryptRequest(ciphertext=enc.ciphertext,
+                                      encryption_context=ctx).SerializeToString(),
+        "GenerateDataKey": kpb.GenerateDataKeyRequest(key_id=key_id,
+                                                      encryption_context=ctx).SerializeToString(),
+        "DecryptDataKey": kpb.DecryptDataKeyRequest(ciphertext_blob=dk.ciphertext_blob,
+                                                    encryption_context=ctx).SerializeToString(),
+    }
+
+
+def main():
+    global PORT
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    PORT = s.getsockname()[1]
+    s.close()
+    c = json.load(open(f"{WORK}/kmsd.json"))
+    c["listen"]["port"] = PORT
+    json.dump(c, open(f"{WORK}/kmsd.json", "w"))
+    model = os.environ.get("BENCH_THREAD_MODEL", "per-connection")
+    results = {}
+    try:
+        start(write_config("bench-audit", "production", True, model))
+        key = call("CreateKey", kpb.CreateKeyRequest(region="eu-west", spec=kpb.AES_256,
+                                                    usage=kpb.ENCRYPT_DECRYPT),
+                   kpb.CreateKeyResponse, "demo-admin").key.key_id
+        b = bodies(key)
+        for method in ("Encrypt", "Decrypt", "GenerateDataKey", "DecryptDataKey"):
+            med, lo, hi, errs = measure(method, lua_for(method, b[method]))
+            row(f"{method} (audit on)", med, lo, hi, errs, RAW2)
+            results[method] = med
+        # Latency at half of the Encrypt peak: each connection waits between
+        # requests so that the offered rate is about half the peak.
+        peak = results["Encrypt"]["rps"]
+        conns = 16
+        delay = max(1, int(round(1000 * conns / (peak / 2))))
+        half = wrk("Encrypt", lua_for("Encrypt", b["Encrypt"]), SECONDS * 2, conns, delay)
+        stop()
+        start(write_config("bench-noaudit", "dev", False, model))
+        med, lo, hi, errs = measure("Encrypt", lua_for("Encrypt", b["Encrypt"]))
+        row("Encrypt (audit off)", med, lo, hi, errs, RAW2)
+        results["noaudit"] = med
+    finally:
+        stop()
+
+    print(f"Custos over HTTP/1.1 keep-alive, wrk -t2 -c{CONNS}, {RUNS} runs x {SECONDS} s, "
+          f"256-byte plaintext, thread model {model}")
+    print(f"raw PKCS#11 AES-GCM in the same run: {RAW1:.0f} op/s (1 thread), {RAW2:.0f} op/s "
+          "(2 threads)")
+    print(f"{'operation':26} {'median req/s':>12} {'min-max':>17} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'vs raw(2t)':>10} {'errors':>6}")
+    for name, rps, lo, hi, p50, p99, ratio, errs in rows:
+        print(f"{name:26} {rps:12.0f} {f'{lo:.0f}-{hi:.0f}':>17} {p50:8.2f} {p99:8.2f} "
+              f"{ratio:10.2f} {errs:6d}")
+    on, off = results["Encrypt"]["rps"], results["noaudit"]["rps"]
+    print(f"audit on / audit off (Encrypt): {on / off:.2f}")
+    print(f"latency at ~half of peak ({half['rps']:.0f} req/s offered by {conns} connections): "
+          f"p50 {half['p50']:.2f} ms, p99 {half['p99']:.2f} ms, p99.9 {half['p999']:.2f} ms")
+    bad = sum(r[7] for r in rows) + half["errors"]
+    print(f"errors: {bad}")
+    return 0 if bad == 0 else 1
+
+
+sys.exit(main())
