@@ -83,8 +83,10 @@ static kms_err metadata_fill(struct kms_call *call, struct kms_key_record *k, bo
     md->m.key_id = k->key_id;
     md->m.tenant = k->tenant;
     md->m.region = k->region;
-    md->m.spec = CUSTOS__V1__KEY_SPEC__AES_256;
-    md->m.usage = CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
+    md->m.spec = k->spec == KMS_KEY_SPEC_METADATA ? CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC
+                                                  : CUSTOS__V1__KEY_SPEC__AES_256;
+    md->m.usage = k->usage == KMS_KEY_USAGE_METADATA ? CUSTOS__V1__KEY_USAGE__METADATA_FIELDS
+                                                     : CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
     md->m.origin = k->origin == KMS_KEY_ORIGIN_EXTERNAL ? CUSTOS__V1__KEY_ORIGIN__EXTERNAL
                                                         : CUSTOS__V1__KEY_ORIGIN__HSM;
     /* The proto enum uses the store's numbers on purpose. */
@@ -152,10 +154,12 @@ static void hsm_label(char out[80], const char *key_id, uint32_t version)
     snprintf(out, 80, KMS_HSM_LABEL_PREFIX "%s:v%u", key_id, version);
 }
 
-/* Make the HSM object of a version whose CREATING row exists; on failure
- * discard the row so nothing is left behind. */
+/* Make the HSM object(s) of a version whose CREATING row exists; on failure
+ * discard the row so nothing is left behind. A METADATA version is two
+ * objects under the one hsm_id, AES then HMAC (docs/pkcs11.md): destroying
+ * the id removes whichever exist, so a failure between them leaves nothing. */
 static kms_err make_version(struct kms_call *call, struct p11_token *tok, const char *key_id,
-                            uint32_t version, const uint8_t hsm_id[16])
+                            uint32_t version, const uint8_t hsm_id[16], enum kms_key_spec spec)
 {
     struct kms_store *st = kms_service_store(call->svc);
     struct p11_key_id id;
@@ -163,6 +167,8 @@ static kms_err make_version(struct kms_call *call, struct p11_token *tok, const 
     char label[80];
     hsm_label(label, key_id, version);
     kms_err rc = p11_key_generate(tok, P11_KEY_AES_ENCRYPT, 0, &id, label);
+    if (rc == KMS_OK && spec == KMS_KEY_SPEC_METADATA)
+        rc = p11_key_generate(tok, P11_KEY_HMAC_SHA256, 0, &id, label);
     if (rc == KMS_OK)
         rc = kms_store_version_activate(st, key_id, version);
     if (rc != KMS_OK) {
@@ -191,10 +197,20 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     struct pol_target t = {NULL, tenant, req->region};
     struct pol_decision d;
     KMS_ENSURE_GOTO(req->region[0] != '\0', done, KMS_ERR_INVALID_ARGUMENT, "region is required");
-    KMS_ENSURE_GOTO(req->spec == CUSTOS__V1__KEY_SPEC__AES_256, done, KMS_ERR_INVALID_ARGUMENT,
-                    "spec must be AES_256");
-    KMS_ENSURE_GOTO(req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT, done,
-                    KMS_ERR_INVALID_ARGUMENT, "usage must be ENCRYPT_DECRYPT");
+    bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
+    KMS_ENSURE_GOTO(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata, done,
+                    KMS_ERR_INVALID_ARGUMENT, "spec must be AES_256 or METADATA_AES_HMAC");
+    KMS_ENSURE_GOTO(metadata ? req->usage == CUSTOS__V1__KEY_USAGE__METADATA_FIELDS ||
+                                   req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
+                             : req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT,
+                    done, KMS_ERR_INVALID_ARGUMENT,
+                    "usage must be ENCRYPT_DECRYPT for AES_256, METADATA_FIELDS for "
+                    "METADATA_AES_HMAC");
+    /* A metadata key is two HSM objects per version; BYOK imports one. */
+    KMS_ENSURE_GOTO(!metadata || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL, done,
+                    KMS_ERR_INVALID_ARGUMENT,
+                    "METADATA_AES_HMAC keys are generated in the HSM; origin EXTERNAL is for "
+                    "AES_256 keys");
     KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
                     KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
                     KMS_DESCRIPTION_MAX);
@@ -216,6 +232,8 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
                     "region %s is not served by this node", req->region);
     rc = p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
+    if (rc == KMS_OK && metadata)
+        rc = p11_key_kind_supported(tok, P11_KEY_HMAC_SHA256);
     if (rc != KMS_OK)
         goto done;
 
@@ -229,8 +247,8 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     snprintf(k.region, sizeof(k.region), "%s", req->region);
     snprintf(k.token, sizeof(k.token), "%s", p11_token_label(tok));
     snprintf(k.description, sizeof(k.description), "%s", req->description);
-    k.spec = KMS_KEY_SPEC_AES_256;
-    k.usage = KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+    k.spec = metadata ? KMS_KEY_SPEC_METADATA : KMS_KEY_SPEC_AES_256;
+    k.usage = metadata ? KMS_KEY_USAGE_METADATA : KMS_KEY_USAGE_ENCRYPT_DECRYPT;
     k.created_at = (int64_t)time(NULL);
     struct kms_store *st = kms_service_store(call->svc);
 
@@ -251,7 +269,7 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
         v1.state = KMS_VERSION_CREATING;
         v1.created_at = k.created_at;
         KMS_GUARD_GOTO(kms_store_key_insert(st, &k, &v1), done);
-        KMS_GUARD_GOTO(make_version(call, tok, k.key_id, 1, v1.hsm_id), done);
+        KMS_GUARD_GOTO(make_version(call, tok, k.key_id, 1, v1.hsm_id, k.spec), done);
     }
     kms_rpc_audit_key(call, k.key_id, k.region, k.token);
     call->audit.key_version = k.origin == KMS_KEY_ORIGIN_HSM ? 1 : 0;
@@ -347,7 +365,7 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
     KMS_GUARD_GOTO(kms_store_version_add(kms_service_store(call->svc), k.key_id, hid.b,
                                          (int64_t)time(NULL), &version),
                    done);
-    KMS_GUARD_GOTO(make_version(call, tok, k.key_id, version, hid.b), done);
+    KMS_GUARD_GOTO(make_version(call, tok, k.key_id, version, hid.b, k.spec), done);
     call->audit.key_version = version;
     kms_log_info("keys", "request %s: key %s rotated to version %u", call->request_id, k.key_id,
                  version);

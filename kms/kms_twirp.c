@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "audit_rpc.h"
+#include "kms_fields.h"
 
 struct route {
     const char *method;
@@ -37,6 +38,12 @@ static const struct route audit_service[] = {
     {"GetAuditKeys", kms_rpc_get_audit_keys},
 };
 
+static const struct route field_service[] = {
+    {"EncryptFields", kms_rpc_encrypt_fields},
+    {"DecryptFields", kms_rpc_decrypt_fields},
+    {"BlindIndex", kms_rpc_blind_index},
+};
+
 static kms_rpc_fn find(const struct route *r, size_t n, const char *method)
 {
     for (size_t i = 0; i < n; i++)
@@ -49,6 +56,8 @@ kms_rpc_fn kms_rpc_lookup(const char *service, const char *method)
 {
     if (strcmp(service, "custos.v1.AuditService") == 0)
         return find(audit_service, sizeof(audit_service) / sizeof(audit_service[0]), method);
+    if (strcmp(service, "custos.v1.FieldService") == 0)
+        return find(field_service, sizeof(field_service) / sizeof(field_service[0]), method);
     if (strcmp(service, "custos.v1.KeyService") != 0)
         return NULL;
     for (size_t i = 0; i < sizeof(key_service) / sizeof(key_service[0]); i++)
