@@ -13,6 +13,7 @@
 #include <openssl/rand.h>
 
 #include "kms_blob.h"
+#include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_rpc.h"
 #include "kms_store.h"
@@ -92,7 +93,7 @@ static kms_err seal(struct kms_call *call, const struct kms_key_record *k, size_
     struct p11_token *tok;
     KMS_GUARD(key_token(call, k, &tok));
     struct kms_version_record v;
-    KMS_GUARD(kms_store_version_get(kms_service_store(call->svc), k->key_id, k->current_version,
+    KMS_GUARD(kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc), k->key_id, k->current_version,
                                     &v));
 
     struct kms_blob_header h;
@@ -153,7 +154,7 @@ static kms_err open_blob(struct kms_call *call, enum pol_op op, const ProtobufCB
     KMS_ENSURE(strcmp(h.region, out_key->region) == 0, KMS_ERR_BAD_CIPHERTEXT,
                "ciphertext or encryption context does not match");
     struct kms_version_record v;
-    kms_err rc = kms_store_version_get(kms_service_store(call->svc), key_id, h.version, &v);
+    kms_err rc = kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc), key_id, h.version, &v);
     KMS_ENSURE(rc != KMS_ERR_NOT_FOUND, KMS_ERR_BAD_CIPHERTEXT,
                "ciphertext or encryption context does not match");
     KMS_GUARD(rc);

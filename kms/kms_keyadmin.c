@@ -14,6 +14,7 @@
 #include <openssl/rand.h>
 
 #include "kms_blob.h"
+#include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_rpc.h"
 #include "kms_store.h"
@@ -40,7 +41,8 @@ kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char 
 {
     uint8_t raw[16];
     KMS_GUARD(kms_key_id_parse(key_id, raw));
-    kms_err rc = kms_store_key_get(kms_service_store(call->svc), key_id, out_key);
+    kms_err rc = kms_keycache_key(kms_service_keycache(call->svc), kms_service_store(call->svc),
+                                  key_id, out_key);
     if (rc == KMS_ERR_NOT_FOUND)
         return kms_err_set(KMS_ERR_NOT_FOUND, "key not found");
     KMS_GUARD(rc);
@@ -171,6 +173,7 @@ static kms_err make_version(struct kms_call *call, struct p11_token *tok, const 
         rc = p11_key_generate(tok, P11_KEY_HMAC_SHA256, 0, &id, label);
     if (rc == KMS_OK)
         rc = kms_store_version_activate(st, key_id, version);
+    kms_keycache_invalidate(kms_service_keycache(call->svc), key_id);
     if (rc != KMS_OK) {
         char detail[512];
         snprintf(detail, sizeof(detail), "%s", kms_err_detail());
@@ -398,8 +401,10 @@ static kms_err change_state(struct kms_call *call, const char *key_id, const str
                kms_key_state_name(k.state), pol_op_name(tr->op), kms_key_state_name(tr->from[0]),
                tr->n_from > 1 ? " or " : "", tr->n_from > 1 ? kms_key_state_name(tr->from[1]) : "");
     /* Compare-and-set: a concurrent change makes this fail cleanly. */
-    KMS_GUARD(kms_store_key_set_state(kms_service_store(call->svc), k.key_id, k.state, tr->to,
-                                      deletion_at));
+    kms_err src = kms_store_key_set_state(kms_service_store(call->svc), k.key_id, k.state, tr->to,
+                                          deletion_at);
+    kms_keycache_invalidate(kms_service_keycache(call->svc), k.key_id);
+    KMS_GUARD(src);
     kms_log_info("keys", "request %s: key %s %s -> %s", call->request_id, k.key_id,
                  kms_key_state_name(k.state), kms_key_state_name(tr->to));
     return reply_key(call, k.key_id, tr->resp, reply);

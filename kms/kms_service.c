@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "audit_log.h"
+#include "kms_keycache.h"
 #include "kms_log.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
@@ -21,6 +22,7 @@ struct kms_service {
     struct p11_token *tokens[KMS_CONFIG_MAX_TOKENS];
     size_t n_tokens;
     struct kms_store *store;
+    struct kms_keycache *keycache;
     struct audit_log *audit[KMS_CONFIG_MAX_TOKENS]; /* by token index; NULL when off */
 
     pthread_mutex_t policy_lock; /* guards `policy` (the pointer, not the doc) */
@@ -65,6 +67,11 @@ struct audit_log *kms_service_audit_default(struct kms_service *svc)
 struct kms_store *kms_service_store(struct kms_service *svc)
 {
     return svc->store;
+}
+
+struct kms_keycache *kms_service_keycache(struct kms_service *svc)
+{
+    return svc->keycache;
 }
 
 const struct kms_config *kms_service_config(const struct kms_service *svc)
@@ -207,6 +214,7 @@ kms_err kms_service_sweep(struct kms_service *svc, int64_t now, size_t *out_n)
          * crash before the HSM objects go leaves orphans that reconcile
          * removes at the next start. */
         kms_err mrc = kms_store_key_mark_destroyed(svc->store, due[i].key_id, now, &ids, &n_ids);
+        kms_keycache_invalidate(svc->keycache, due[i].key_id);
         if (mrc == KMS_ERR_FAILED_PRECONDITION)
             continue; /* cancelled meanwhile */
         if (mrc != KMS_OK) {
@@ -275,6 +283,9 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     KMS_GUARD_GOTO(p11_tokens_open(svc->mod, tc, cfg->n_tokens, svc->tokens), fail);
     svc->n_tokens = cfg->n_tokens;
     KMS_GUARD_GOTO(kms_store_open(cfg->store_path, &svc->store), fail);
+    /* One second bounds how long another node's change can go unseen here;
+     * this node's own changes invalidate at once. */
+    KMS_GUARD_GOTO(kms_keycache_new(100000, 1000, &svc->keycache), fail);
     KMS_GUARD_GOTO(reconcile(svc), fail);
     if (cfg->audit_enabled) {
         struct audit_log_config ac = {cfg->audit_head_every_events, cfg->audit_head_every_ms,
@@ -328,6 +339,7 @@ void kms_service_free(struct kms_service *svc)
         }
         audit_log_close(svc->audit[i]);
     }
+    kms_keycache_free(svc->keycache);
     kms_store_free(svc->store);
     for (size_t i = 0; i < svc->n_tokens; i++)
         p11_token_free(svc->tokens[i]);

@@ -42,6 +42,11 @@ struct pol_doc *kms_service_policy(struct kms_service *svc);
 struct p11_token *kms_service_token(struct kms_service *svc, const char *region);
 
 struct kms_store *kms_service_store(struct kms_service *svc);
+
+/* The in-memory cache of key records in front of the store. Code that
+ * changes a key's record must invalidate it there. */
+struct kms_keycache;
+struct kms_keycache *kms_service_keycache(struct kms_service *svc);
 const struct kms_config *kms_service_config(const struct kms_service *svc);
 
 /* One pass of the deletion sweeper (the background thread calls it every
