@@ -1,0 +1,13 @@
+#!/bin/sh
+# A few seconds of make bench, so the benchmark cannot rot: every stage runs
+# and reports no error. (Figures from this run mean nothing.)
+set -eu
+BUILD_DIR=${CUSTOS_TEST_BUILD:-$(pwd)/build}
+out=$(BENCH_QUICK=1 BUILD="${BUILD_DIR#$(pwd)/}" sh tests/bench/run-bench.sh 2>&1) || {
+    echo "$out"; echo "not ok 1 - the benchmark smoke run failed"; exit 1; }
+echo "$out" | grep -q '^raw      2' && echo "ok 1 - bench_p11 measured raw PKCS#11 at 2 threads" ||
+    { echo "$out"; echo "not ok 1 - no raw figure"; exit 1; }
+echo "$out" | grep -q '^Encrypt (audit off)' && echo "ok 2 - kmsd over HTTP measured with audit on and off" ||
+    { echo "$out"; echo "not ok 2 - no HTTP figures"; exit 1; }
+[ "$(echo "$out" | grep -c '^errors: 0$')" -eq 2 ] && echo "ok 3 - no errors in either stage" ||
+    { echo "$out"; echo "not ok 3 - errors in the smoke run"; exit 1; }
