@@ -359,6 +359,11 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
     KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_ROTATE_KEY, req->key_id, &k), done);
     KMS_ENSURE_GOTO(k.state == KMS_KEY_ENABLED, done, KMS_ERR_FAILED_PRECONDITION,
                     "key is %s; only an ENABLED key can be rotated", kms_key_state_name(k.state));
+    /* BYOK: Custos must not make material the tenant does not hold, or the
+     * tenant could no longer leave with its own copy (docs/byok.md). */
+    KMS_ENSURE_GOTO(k.origin != KMS_KEY_ORIGIN_EXTERNAL, done, KMS_ERR_FAILED_PRECONDITION,
+                    "key has imported material (origin EXTERNAL): rotate it by importing new "
+                    "material with ImportKeyMaterial and new_version set (docs/byok.md)");
     struct p11_token *tok = kms_service_token(call->svc, k.region);
     KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
                     "region %s is not served by this node", k.region);
@@ -481,4 +486,39 @@ kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const uint8_t *body, 
     kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
     custos__v1__cancel_key_deletion_request__free_unpacked(req, NULL);
     return rc;
+}
+
+/* ---- metadata for other handler files ------------------------------------------------ */
+
+/* The record the metadata borrows its strings from lives beside it. */
+struct owned_metadata {
+    struct metadata md; /* first: md.m is what callers hold */
+    struct kms_key_record k;
+};
+
+kms_err kms_rpc_key_metadata_new(struct kms_call *call, const char *key_id,
+                                 Custos__V1__KeyMetadata **out)
+{
+    *out = NULL;
+    struct owned_metadata *o = calloc(1, sizeof(*o));
+    KMS_ENSURE(o != NULL, KMS_ERR_NOMEM, "out of memory");
+    kms_err rc = kms_store_key_get(kms_service_store(call->svc), key_id, &o->k);
+    if (rc == KMS_OK)
+        rc = metadata_fill(call, &o->k, true, &o->md);
+    if (rc != KMS_OK) {
+        metadata_release(&o->md);
+        free(o);
+        return rc;
+    }
+    *out = &o->md.m;
+    return KMS_OK;
+}
+
+void kms_rpc_key_metadata_free(Custos__V1__KeyMetadata *m)
+{
+    if (m == NULL)
+        return;
+    struct owned_metadata *o = (struct owned_metadata *)(void *)m;
+    metadata_release(&o->md);
+    free(o);
 }

@@ -71,11 +71,25 @@ kms_err kms_rpc_generate_data_key(struct kms_call *, const uint8_t *, size_t,
 kms_err kms_rpc_decrypt_data_key(struct kms_call *, const uint8_t *, size_t,
                                  struct kms_reply *);
 
+/* BYOK import (kms_import.c). */
+kms_err kms_rpc_get_import_parameters(struct kms_call *, const uint8_t *, size_t,
+                                      struct kms_reply *);
+kms_err kms_rpc_import_key_material(struct kms_call *, const uint8_t *, size_t,
+                                    struct kms_reply *);
+
 /* Shared by handlers: load a key visible to the caller and authorize op on
  * it. A missing key and another tenant's key give the same NOT_FOUND. */
 struct kms_key_record;
 kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
                               struct kms_key_record *out_key);
+
+/* The KeyMetadata (versions included) of a key, for handlers in other files
+ * that reply with more than {key} (kms_import.c). Free it with
+ * kms_rpc_key_metadata_free, never with protobuf-c. */
+struct Custos__V1__KeyMetadata;
+kms_err kms_rpc_key_metadata_new(struct kms_call *call, const char *key_id,
+                                 struct Custos__V1__KeyMetadata **out);
+void kms_rpc_key_metadata_free(struct Custos__V1__KeyMetadata *m);
 
 /* Record the key a request acts on, for its audit event (NULLs allowed). */
 void kms_rpc_audit_key(struct kms_call *call, const char *key_id, const char *region,

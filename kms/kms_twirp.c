@@ -30,6 +30,8 @@ static const struct route key_service[] = {
     {"ReEncrypt", kms_rpc_re_encrypt},
     {"GenerateDataKey", kms_rpc_generate_data_key},
     {"DecryptDataKey", kms_rpc_decrypt_data_key},
+    {"GetImportParameters", kms_rpc_get_import_parameters},
+    {"ImportKeyMaterial", kms_rpc_import_key_material},
 };
 
 static const struct route audit_service[] = {

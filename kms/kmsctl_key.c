@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "kmsctl_byok.h"
 #include "kmsctl_rpc.h"
 #include "proto/key.pb-c.h"
 
@@ -102,6 +103,10 @@ static void key_usage(FILE *f)
                "  schedule-deletion KEY_ID [--days N]\n"
                "                            destroy after N days (default: the server's, 30)\n"
                "  cancel-deletion KEY_ID    PENDING_DELETION -> DISABLED\n"
+               "  import-params KEY_ID --out-public-key F [--out-token F]\n"
+               "                            BYOK: a wrapping public key and an import token\n"
+               "  import KEY_ID --token F --wrapped F [--algorithm A] [--new-version]\n"
+               "                            BYOK: import wrapped key material (docs/byok.md)\n"
                "\n"
                "output options:\n"
                "  --json                    print a JSON object (list: {\"keys\": [...],\n"
@@ -451,6 +456,11 @@ int kmsctl_key_main(int argc, char **argv)
     struct key_args a = {0};
     unsigned seen = 0;
     int c, bad_opt = 0;
+    int byok_rc;
+
+    /* import-params and import have their own options (kmsctl_byok.c). */
+    if (kmsctl_byok_key_dispatch(argc, argv, &byok_rc))
+        return byok_rc;
 
     kmsctl_conn_init(&conn);
     optind = 1;
@@ -569,4 +579,15 @@ int kmsctl_key_main(int argc, char **argv)
         ret = KMSCTL_EXIT_LOCAL;
     }
     return ret;
+}
+
+/* For kmsctl_byok.c, whose replies carry a key too. */
+void kmsctl_key_print_text(const Custos__V1__KeyMetadata *k)
+{
+    print_key_text(k);
+}
+
+json_t *kmsctl_key_to_json(const Custos__V1__KeyMetadata *k)
+{
+    return key_json(k);
 }
