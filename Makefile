@@ -6,6 +6,8 @@
 #   make check-asan the same suite under AddressSanitizer + UBSan (no recovery)
 #   make run        install deps, build, create dev tokens/config, start kmsd
 #   make bench      PKCS#11 layer benchmark against a bare PKCS#11 loop
+#   make bench-scale  throughput at 10 / 10,000 / 100,000 keys and RSS over 5 min
+#                   (SCALE_KEYS="10 10000 100000"; prepared tokens cached in build/bench-cache)
 #   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check)
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make clean
@@ -60,7 +62,7 @@ TEST_BINS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 BENCH_SRCS    := $(wildcard tests/bench/*.c)
 BENCH_BINS    := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
-.PHONY: all deps check check-asan test run bench soak install clean
+.PHONY: all deps check check-asan test run bench bench-scale soak install clean
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
@@ -115,6 +117,12 @@ check-asan: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) sh tests/bench/run-bench.sh
+
+bench-scale: deps
+	@$(MAKE) --no-print-directory all
+	@mkdir -p $(BUILD)/bench-cache
+	@/usr/bin/python3 tests/bench/bench_scale.py $(BUILD) $(BUILD)/bench-cache \
+	    $${SCALE_KEYS:-10 10000 100000} | tee $(BUILD)/bench/scale-$$(date -u +%Y%m%dT%H%M%SZ).txt
 
 soak: deps
 	@$(MAKE) --no-print-directory all

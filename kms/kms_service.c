@@ -287,6 +287,12 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
      * this node's own changes invalidate at once. */
     KMS_GUARD_GOTO(kms_keycache_new(100000, 1000, &svc->keycache), fail);
     KMS_GUARD_GOTO(reconcile(svc), fail);
+    for (size_t i = 0; i < svc->n_tokens; i++) {
+        size_t n = 0;
+        KMS_GUARD_GOTO(p11_token_warm_cache(svc->tokens[i], &n), fail);
+        kms_log_info("service", "token '%s': %zu key objects in the handle cache",
+                     p11_token_label(svc->tokens[i]), n);
+    }
     if (cfg->audit_enabled) {
         struct audit_log_config ac = {cfg->audit_head_every_events, cfg->audit_head_every_ms,
                                       (int64_t)cfg->audit_key_max_age_s};

@@ -629,11 +629,10 @@ struct list_arg {
     size_t n, cap;
 };
 
+/* Duplicates (both halves of a pair, a metadata version's two objects) are
+ * removed once at the end: a token may hold 100,000 keys. */
 static kms_err list_add(struct list_arg *a, const uint8_t *id)
 {
-    for (size_t i = 0; i < a->n; i++)
-        if (memcmp(a->ids[i].b, id, P11_KEY_ID_LEN) == 0)
-            return KMS_OK;
     if (a->n == a->cap) {
         size_t nc = a->cap ? a->cap * 2 : 64;
         struct p11_key_id *ni = realloc(a->ids, nc * sizeof(*ni));
@@ -676,6 +675,11 @@ static kms_err do_list(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     return rc;
 }
 
+static int cmp_id(const void *x, const void *y)
+{
+    return memcmp(x, y, P11_KEY_ID_LEN);
+}
+
 kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
                          struct p11_key_id **out_ids, size_t *out_n)
 {
@@ -684,6 +688,14 @@ kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
     if (rc != KMS_OK) {
         free(a.ids);
         return rc;
+    }
+    if (a.n > 1) {
+        qsort(a.ids, a.n, sizeof(*a.ids), cmp_id);
+        size_t k = 1;
+        for (size_t i = 1; i < a.n; i++)
+            if (memcmp(a.ids[i].b, a.ids[k - 1].b, P11_KEY_ID_LEN) != 0)
+                a.ids[k++] = a.ids[i];
+        a.n = k;
     }
     *out_ids = a.ids;
     *out_n = a.n;
@@ -715,4 +727,48 @@ kms_err p11_key_label(struct p11_token *tok, const struct p11_key_id *id, char o
     struct label_arg a = {id, out};
     out[0] = '\0';
     return p11_with_session(tok, do_label, &a);
+}
+
+/* One pass over the token that fills the handle cache with every key
+ * object, so that even the first request for a key finds its handle without
+ * C_FindObjects (whose cost grows with the number of objects in the token). */
+static kms_err do_warm(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    size_t *count = varg;
+    CK_RV rv = tok->fl->C_FindObjectsInit(s, NULL, 0);
+    KMS_GUARD(p11_rv_err(rv, "C_FindObjectsInit", tok->label));
+    kms_err rc = KMS_OK;
+    for (;;) {
+        CK_OBJECT_HANDLE hs[256];
+        CK_ULONG n = 0;
+        rv = tok->fl->C_FindObjects(s, hs, 256, &n);
+        if ((rc = p11_rv_err(rv, "C_FindObjects", tok->label)) != KMS_OK || n == 0)
+            break;
+        for (CK_ULONG i = 0; i < n; i++) {
+            uint8_t id[P11_KEY_ID_LEN];
+            CK_OBJECT_CLASS cls = 0;
+            CK_KEY_TYPE type = 0;
+            CK_ATTRIBUTE at[3] = {{CKA_ID, id, sizeof(id)},
+                                  {CKA_CLASS, &cls, sizeof(cls)},
+                                  {CKA_KEY_TYPE, &type, sizeof(type)}};
+            if (tok->fl->C_GetAttributeValue(s, hs[i], at, 3) != CKR_OK ||
+                at[0].ulValueLen != P11_KEY_ID_LEN)
+                continue; /* not a key object of ours */
+            if (cls != CKO_SECRET_KEY)
+                type = P11_TYPE_ANY;
+            p11_cache_put(&tok->cache, id, cls, type, hs[i]);
+            (*count)++;
+        }
+    }
+    tok->fl->C_FindObjectsFinal(s);
+    return rc;
+}
+
+kms_err p11_token_warm_cache(struct p11_token *tok, size_t *out_count)
+{
+    size_t n = 0;
+    kms_err rc = p11_with_session(tok, do_warm, &n);
+    if (out_count)
+        *out_count = n;
+    return rc;
 }

@@ -104,6 +104,11 @@ kms_err p11_key_info(struct p11_token *tok, const struct p11_key_id *id,
 kms_err p11_key_info_kind(struct p11_token *tok, const struct p11_key_id *id,
                           enum p11_key_kind kind, struct p11_key_info *out);
 
+/* Fill the token's handle cache with every key object in one pass (done at
+ * start, so the request path never needs C_FindObjects for existing keys).
+ * *out_count (may be NULL) receives the number of objects cached. */
+kms_err p11_token_warm_cache(struct p11_token *tok, size_t *out_count);
+
 /* CKA_LABEL of the object(s) with this id, into out (<= 64 bytes + NUL). */
 kms_err p11_key_label(struct p11_token *tok, const struct p11_key_id *id, char out[65]);
 

@@ -313,6 +313,27 @@ START_TEST(list_ids_by_label_prefix)
 }
 END_TEST
 
+START_TEST(warm_cache_finds_every_key)
+{
+    struct p11_key_id a = gen(env.eu, P11_KEY_AES_ENCRYPT, 0);
+    struct p11_key_id b = gen(env.eu, P11_KEY_EC_P256_SIGN, 0);
+    p11_cache_clear(&env.eu->cache);
+    CK_OBJECT_HANDLE h;
+    ck_assert(!p11_cache_get(&env.eu->cache, a.b, CKO_SECRET_KEY, CKK_AES, &h));
+    size_t n = 0;
+    ck_assert_int_eq(p11_token_warm_cache(env.eu, &n), KMS_OK);
+    ck_assert_uint_ge(n, 3); /* at least the AES key and both halves of the pair */
+    ck_assert(p11_cache_get(&env.eu->cache, a.b, CKO_SECRET_KEY, CKK_AES, &h));
+    ck_assert(p11_cache_get(&env.eu->cache, b.b, CKO_PRIVATE_KEY, P11_TYPE_ANY, &h));
+    ck_assert(p11_cache_get(&env.eu->cache, b.b, CKO_PUBLIC_KEY, P11_TYPE_ANY, &h));
+    /* The warmed handle is the right one: the key encrypts through it. */
+    uint8_t iv[12] = {0}, pt[16] = {1}, ct[32];
+    size_t len;
+    ck_assert_int_eq(p11_gcm_encrypt(env.eu, &a, iv, 12, NULL, 0, pt, 16, ct, sizeof(ct), &len),
+                     KMS_OK);
+}
+END_TEST
+
 START_TEST(id_hex)
 {
     struct p11_key_id id;
@@ -546,6 +567,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, identity_and_destroy);
     tcase_add_test(tc, list_ids_by_label_prefix);
+    tcase_add_test(tc, warm_cache_finds_every_key);
     tcase_add_test(tc, id_hex);
     tcase_add_test(tc, handle_cache_behaviour);
     tcase_add_test(tc, handle_cache_several_objects_per_id);
