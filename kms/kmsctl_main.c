@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kmsctl_audit.h"
 #include "kmsctl_byok.h"
 #include "kmsctl_crypto.h"
 #include "kmsctl_hsm.h"
@@ -24,6 +25,7 @@ static void usage(FILE *f)
             "  re-encrypt decrypt and encrypt under another key inside kmsd\n"
             "  data-key   generate a data key, or decrypt a data-key blob\n"
             "  byok       bring your own key: wrap a key locally for `key import`\n"
+            "  audit      audit log: signed heads, keys, exports; offline verify\n"
             "\n"
             "Run 'kmsctl <command> --help' for the options of a command. Connection\n"
             "options (--addr, --api-key-file, --cacert, --cert, --key, --correlation-id)\n"
@@ -53,6 +55,8 @@ int main(int argc, char **argv)
         return kmsctl_key_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "byok") == 0)
         return kmsctl_byok_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "audit") == 0)
+        return kmsctl_audit_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "encrypt") == 0 || strcmp(argv[1], "decrypt") == 0 ||
         strcmp(argv[1], "re-encrypt") == 0 || strcmp(argv[1], "data-key") == 0)
         return kmsctl_crypto_main(argc - 1, argv + 1);

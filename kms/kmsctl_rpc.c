@@ -25,7 +25,7 @@
 #include "kms_secret.h"
 
 #define DEFAULT_ADDR "http://127.0.0.1:8700"
-#define TWIRP_PREFIX "/twirp/custos.v1.KeyService/"
+#define KEY_SERVICE "custos.v1.KeyService"
 #define CONNECT_TIMEOUT_S 5L
 #define TOTAL_TIMEOUT_S 30L
 /* A reply larger than this is not from a sane kmsd (the biggest is a
@@ -512,6 +512,14 @@ static int transport_exit(CURLcode cc)
 int kmsctl_rpc_call(struct kmsctl_rpc *rpc, const char *method, const ProtobufCMessage *req,
                     const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **out_resp)
 {
+    return kmsctl_rpc_call_service(rpc, KEY_SERVICE, method, req, resp_desc, out_resp, NULL, NULL);
+}
+
+int kmsctl_rpc_call_service(struct kmsctl_rpc *rpc, const char *service, const char *method,
+                            const ProtobufCMessage *req,
+                            const ProtobufCMessageDescriptor *resp_desc,
+                            ProtobufCMessage **out_resp, uint8_t **out_body, size_t *out_len)
+{
     struct reply r = {0};
     uint8_t *body = NULL;
     char *url = NULL;
@@ -519,9 +527,14 @@ int kmsctl_rpc_call(struct kmsctl_rpc *rpc, const char *method, const ProtobufCM
     CURL *e = rpc->curl;
 
     *out_resp = NULL;
+    if (out_body) {
+        *out_body = NULL;
+        *out_len = 0;
+    }
     size_t n = protobuf_c_message_get_packed_size(req);
     body = malloc(n ? n : 1);
-    if (body == NULL || asprintf(&url, "%s" TWIRP_PREFIX "%s", rpc->url_base, method) < 0) {
+    if (body == NULL ||
+        asprintf(&url, "%s/twirp/%s/%s", rpc->url_base, service, method) < 0) {
         url = NULL;
         fprintf(stderr, "kmsctl: out of memory\n");
         ret = KMSCTL_EXIT_LOCAL;
@@ -561,6 +574,19 @@ int kmsctl_rpc_call(struct kmsctl_rpc *rpc, const char *method, const ProtobufCM
     if (*out_resp == NULL) {
         fprintf(stderr, "kmsctl: %s: malformed %s reply\n", rpc->url_base, method);
         goto done;
+    }
+    if (out_body) {
+        /* The caller keeps the bytes exactly as received (audit bundles). */
+        *out_body = malloc(r.len ? r.len : 1);
+        if (*out_body == NULL) {
+            fprintf(stderr, "kmsctl: out of memory\n");
+            protobuf_c_message_free_unpacked(*out_resp, NULL);
+            *out_resp = NULL;
+            ret = KMSCTL_EXIT_LOCAL;
+            goto done;
+        }
+        memcpy(*out_body, r.data, r.len);
+        *out_len = r.len;
     }
     ret = KMSCTL_EXIT_OK;
 done:

@@ -20,6 +20,8 @@
 #define KMSCTL_RPC_H
 
 #include <getopt.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <protobuf-c/protobuf-c.h>
@@ -109,6 +111,15 @@ void kmsctl_rpc_free(struct kmsctl_rpc *rpc);
  * "kmsctl: <code>: <msg> (request id <id>)". Returns an exit code. */
 int kmsctl_rpc_call(struct kmsctl_rpc *rpc, const char *method, const ProtobufCMessage *req,
                     const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **out_resp);
+
+/* kmsctl_rpc_call for a method of another service ("custos.v1.AuditService").
+ * If out_body is not NULL it receives a malloc'ed copy of the reply body
+ * exactly as received (*out_len bytes; the caller frees it, and must only ask
+ * for it on replies that carry no secret, since it is not wiped here). */
+int kmsctl_rpc_call_service(struct kmsctl_rpc *rpc, const char *service, const char *method,
+                            const ProtobufCMessage *req,
+                            const ProtobufCMessageDescriptor *resp_desc,
+                            ProtobufCMessage **out_resp, uint8_t **out_body, size_t *out_len);
 
 /* A map<string, string> field for a request: protobuf-c gives each map its
  * own entry message type, all shaped { key = 1; value = 2; }, so entries are
