@@ -21,7 +21,7 @@
  *     of a GCM ciphertext of a constant, computed by the token. It says
  *     "same key or not" and nothing about the key.
  *   - No code here can read key bytes: only pkcs11/ calls PKCS#11, and
- *     pkcs11/ never asks any object for CKA_VALUE and wraps only for escrow
+ *     pkcs11/ never asks any object for its value attribute and wraps only for escrow
  *     (tests/e2e/test_byok.sh checks both in the source, and runs kmsd
  *     through a PKCS#11 spy that fails the test on either call).
  *
@@ -457,9 +457,13 @@ static kms_err probe_material(struct import *x)
     detail_save(&d);
     p11_key_destroy(x->tok, &probe);
     detail_restore(&d, rc);
-    /* The unwrap took 40 bytes of RFC 5649, i.e. a 25..32-byte key; an AES
-     * engine refuses anything but 16, 24 or 32 bytes. */
-    if (rc == KMS_ERR_HSM || rc == KMS_ERR_INVALID_ARGUMENT)
+    /* The unwrap took 40 bytes of RFC 5649, i.e. a 25..32-byte key, and a
+     * token may not say how long (SoftHSMv2 reports CKA_VALUE_LEN 0 after an
+     * unwrap). AES with a key that just unwrapped fails only if its length
+     * is not an AES one (SoftHSMv2: CKR_MECHANISM_INVALID at C_EncryptInit);
+     * trouble with the token itself comes as the codes passed through. */
+    if (rc == KMS_ERR_HSM || rc == KMS_ERR_INVALID_ARGUMENT || rc == KMS_ERR_UNSUPPORTED ||
+        rc == KMS_ERR_BAD_CIPHERTEXT)
         return tenant_refusal(x, KMS_ERR_INVALID_ARGUMENT,
                               "the wrapped key is not a 256-bit AES key");
     return rc;

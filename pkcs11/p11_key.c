@@ -540,6 +540,11 @@ static kms_err do_exists(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     CK_ULONG n = 0;
     KMS_GUARD(find_objects(tok, s, &t, 1, found, 1, &n));
     a->exists = n > 0;
+    /* Gone (destroyed behind our back, by another process or an operator):
+     * drop any cached handle, or a later create under the same id would be
+     * refused as a duplicate by the cache. */
+    if (!a->exists)
+        p11_cache_forget(&tok->cache, a->id->b);
     return KMS_OK;
 }
 

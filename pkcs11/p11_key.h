@@ -87,7 +87,9 @@ kms_err p11_key_lock(struct p11_token *tok, const struct p11_key_id *id);
  * of a metadata version). KMS_ERR_NOT_FOUND if there was none. */
 kms_err p11_key_destroy(struct p11_token *tok, const struct p11_key_id *id);
 
-/* True if an object with this id exists (any class). */
+/* True if an object with this id exists (any class). Asks the token, not
+ * the handle cache; when there is none, cached handles of the id are
+ * dropped. */
 kms_err p11_key_exists(struct p11_token *tok, const struct p11_key_id *id, bool *out_exists);
 
 /* Attributes read back from the token, for checks and tests. For a pair,

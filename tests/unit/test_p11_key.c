@@ -334,6 +334,37 @@ START_TEST(warm_cache_finds_every_key)
 }
 END_TEST
 
+/* An object destroyed outside the layer (another process, an operator):
+ * p11_key_exists sees it gone and forgets its cached handle, so the id can
+ * be used again (BYOK re-import restores a deleted version this way). */
+START_TEST(exists_forgets_destroyed_behind_our_back)
+{
+    struct p11_key_id id;
+    ck_assert_int_eq(p11_key_id_new(env.eu, &id), KMS_OK);
+    ck_assert_int_eq(p11_key_generate(env.eu, P11_KEY_AES_ENCRYPT, 0, &id, "custos:test"), KMS_OK);
+    /* Destroy it on a session of our own, behind the cache's back. */
+    CK_SESSION_HANDLE s;
+    ck_assert_int_eq(p11_session_take(env.eu, &s), KMS_OK);
+    CK_ATTRIBUTE t = {CKA_ID, id.b, P11_KEY_ID_LEN};
+    CK_OBJECT_HANDLE h[2];
+    CK_ULONG n = 0;
+    ck_assert_int_eq(env.eu->fl->C_FindObjectsInit(s, &t, 1), CKR_OK);
+    ck_assert_int_eq(env.eu->fl->C_FindObjects(s, h, 2, &n), CKR_OK);
+    ck_assert_int_eq(env.eu->fl->C_FindObjectsFinal(s), CKR_OK);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_int_eq(env.eu->fl->C_DestroyObject(s, h[0]), CKR_OK);
+    p11_session_give(env.eu, s, false);
+    /* The cache still names it: a create under the id would be refused. */
+    ck_assert_int_eq(p11_key_generate(env.eu, P11_KEY_AES_ENCRYPT, 0, &id, "custos:test"),
+                     KMS_ERR_ALREADY_EXISTS);
+    bool exists = true;
+    ck_assert_int_eq(p11_key_exists(env.eu, &id, &exists), KMS_OK);
+    ck_assert(!exists);
+    ck_assert_int_eq(p11_key_generate(env.eu, P11_KEY_AES_ENCRYPT, 0, &id, "custos:test"), KMS_OK);
+    ck_assert_int_eq(p11_key_destroy(env.eu, &id), KMS_OK);
+}
+END_TEST
+
 START_TEST(id_hex)
 {
     struct p11_key_id id;
@@ -569,6 +600,7 @@ static Suite *suite(void)
     tcase_add_test(tc, list_ids_by_label_prefix);
     tcase_add_test(tc, warm_cache_finds_every_key);
     tcase_add_test(tc, id_hex);
+    tcase_add_test(tc, exists_forgets_destroyed_behind_our_back);
     tcase_add_test(tc, handle_cache_behaviour);
     tcase_add_test(tc, handle_cache_several_objects_per_id);
     suite_add_tcase(s, tc);
