@@ -1472,6 +1472,7 @@ START_TEST(test_import_token_sweeping)
     /* Past expiry + grace, the claimed one too. */
     ck_ok(kms_store_import_tokens_due(store, 3600, 600, 100, &due, &n));
     ck_assert_uint_eq(n, 5);
+    free(due);
     ck_ok(kms_store_import_tokens_due(store, 3600, 600, 2, &due, &n));
     ck_assert_uint_eq(n, 2);
     free(due);
