@@ -19,6 +19,7 @@
 #include <openssl/rand.h>
 
 #include "kms_blob.h"
+#include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_store.h"
 #include "p11_crypto.h"
@@ -198,7 +199,9 @@ static kms_err version_key(struct kms_call *call, const struct kms_key_record *k
                            struct kms_field_key *out)
 {
     struct kms_version_record v;
-    kms_err rc = kms_store_version_get(kms_service_store(call->svc), k->key_id, version, &v);
+    /* Through the key cache, as KeyService does: no store query per call. */
+    kms_err rc = kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc),
+                                      k->key_id, version, &v);
     if (rc == KMS_ERR_NOT_FOUND && from_blob)
         return kms_err_set(KMS_ERR_BAD_CIPHERTEXT,
                            "ciphertext or encryption context does not match");
@@ -258,6 +261,12 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_
                         KMS_ERR_INVALID_ARGUMENT, "field %zu: unknown canonicalizer", i);
         KMS_ENSURE_GOTO(f->value.len <= KMS_FIELD_VALUE_MAX, done, KMS_ERR_INVALID_ARGUMENT,
                         "field %zu: value longer than %d bytes", i, KMS_FIELD_VALUE_MAX);
+        KMS_ENSURE_GOTO(f->index_length_bits == 0 ||
+                            (f->index_length_bits >= KMS_INDEX_BITS_MIN &&
+                             f->index_length_bits <= KMS_INDEX_BITS_MAX),
+                        done, KMS_ERR_INVALID_ARGUMENT,
+                        "field %zu: index_length_bits must be 0 or %d..%d", i, KMS_INDEX_BITS_MIN,
+                        KMS_INDEX_BITS_MAX);
         total += f->value.len;
     }
     KMS_ENSURE_GOTO(total <= KMS_FIELDS_TOTAL_MAX, done, KMS_ERR_INVALID_ARGUMENT,
@@ -276,7 +285,8 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_
             goto done;
         }
         off += canon_len[i];
-        arena_len += canon_len[i] + KMS_FIELD_OVERHEAD;
+        /* The blob, and room for a blind index. */
+        arena_len += canon_len[i] + KMS_FIELD_OVERHEAD + 32;
     }
 
     KMS_GUARD_GOTO(version_key(call, &k, tok, k.current_version, false, &fk), done);
@@ -301,8 +311,23 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_
         outs[i].ciphertext.data = arena + out_off;
         outs[i].ciphertext.len = bl;
         outp[i] = &outs[i];
-        in_off += canon_len[i];
         out_off += bl;
+        if (f->index_length_bits) {
+            /* Exactly BlindIndex's answer for this field, in the same trip. */
+            enum kms_canon c = f->canonicalizer ? (enum kms_canon)f->canonicalizer
+                                                : KMS_CANON_RAW;
+            size_t il = 0;
+            rc = kms_field_blind_index(&fk, c, f->name, strlen(f->name), canon + in_off,
+                                       canon_len[i], f->index_length_bits, arena + out_off, &il);
+            if (rc != KMS_OK) {
+                rc = at_index(rc, "field", i);
+                goto done;
+            }
+            outs[i].blind_index.data = arena + out_off;
+            outs[i].blind_index.len = il;
+            out_off += 32;
+        }
+        in_off += canon_len[i];
     }
     Custos__V1__EncryptFieldsResponse resp = CUSTOS__V1__ENCRYPT_FIELDS_RESPONSE__INIT;
     resp.key_id = k.key_id;

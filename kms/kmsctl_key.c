@@ -32,6 +32,7 @@ enum {
     O_ALL,
     O_DAYS,
     O_JSON,
+    O_SPEC, /* create only; checked by hand, outside the F_ bits */
 };
 
 /* Bits of the options a verb accepts; anything else is a usage error rather
@@ -79,7 +80,7 @@ static const struct verb verbs[] = {
 
 struct key_args {
     const struct verb *verb;
-    const char *key_id, *region, *description, *origin, *page_token;
+    const char *key_id, *region, *description, *origin, *page_token, *spec;
     uint32_t page_size, days;
     int all, json, quiet;
 };
@@ -92,7 +93,9 @@ static void key_usage(FILE *f)
                "\n"
                "commands:\n"
                "  create --region R [--description D] [--origin hsm|external]\n"
-               "                            create an AES-256 encrypt/decrypt key in region R\n"
+               "         [--spec aes-256|metadata]\n"
+               "                            create a key in region R: aes-256 (default) for\n"
+               "                            encrypt/decrypt, metadata for kmsctl fields\n"
                "  describe KEY_ID           show a key\n"
                "  list [--page-size N] [--page-token T] [--all]\n"
                "                            list the tenant's keys, oldest first; N is 1..1000;\n"
@@ -269,8 +272,10 @@ static int do_create(struct kmsctl_rpc *rpc, const struct key_args *a)
 {
     Custos__V1__CreateKeyRequest req = CUSTOS__V1__CREATE_KEY_REQUEST__INIT;
     req.region = (char *)a->region;
-    req.spec = CUSTOS__V1__KEY_SPEC__AES_256;
-    req.usage = CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
+    int metadata = a->spec && strcasecmp(a->spec, "metadata") == 0;
+    req.spec = metadata ? CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC : CUSTOS__V1__KEY_SPEC__AES_256;
+    req.usage = metadata ? CUSTOS__V1__KEY_USAGE__METADATA_FIELDS
+                         : CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
     if (a->description)
         req.description = (char *)a->description;
     req.origin = a->origin && strcasecmp(a->origin, "external") == 0
@@ -443,6 +448,7 @@ int kmsctl_key_main(int argc, char **argv)
         {"region", required_argument, NULL, O_REGION},
         {"description", required_argument, NULL, O_DESCRIPTION},
         {"origin", required_argument, NULL, O_ORIGIN},
+        {"spec", required_argument, NULL, O_SPEC},
         {"page-size", required_argument, NULL, O_PAGE_SIZE},
         {"page-token", required_argument, NULL, O_PAGE_TOKEN},
         {"all", no_argument, NULL, O_ALL},
@@ -472,6 +478,13 @@ int kmsctl_key_main(int argc, char **argv)
         case O_REGION:
             a.region = optarg;
             break;
+        case O_SPEC:
+            a.spec = optarg;
+            if (strcasecmp(optarg, "aes-256") != 0 && strcasecmp(optarg, "metadata") != 0) {
+                fprintf(stderr, "kmsctl key: --spec must be aes-256 or metadata\n");
+                return KMSCTL_EXIT_USAGE;
+            }
+            continue;
         case O_DESCRIPTION:
             a.description = optarg;
             break;
@@ -552,6 +565,10 @@ int kmsctl_key_main(int argc, char **argv)
     }
     if (a.json && a.quiet) {
         fprintf(stderr, "kmsctl key %s: --json and --quiet exclude each other\n", name);
+        return KMSCTL_EXIT_USAGE;
+    }
+    if (a.spec && strcmp(name, "create") != 0) {
+        fprintf(stderr, "kmsctl key %s: --spec does not apply\n", name);
         return KMSCTL_EXIT_USAGE;
     }
     if (a.all && a.page_token) {

@@ -7,6 +7,7 @@
 #include "kmsctl_audit.h"
 #include "kmsctl_byok.h"
 #include "kmsctl_crypto.h"
+#include "kmsctl_fields.h"
 #include "kmsctl_hsm.h"
 #include "kmsctl_key.h"
 #include "kmsctl_rpc.h"
@@ -25,6 +26,8 @@ static void usage(FILE *f)
             "  re-encrypt decrypt and encrypt under another key inside kmsd\n"
             "  data-key   generate a data key, or decrypt a data-key blob\n"
             "  byok       bring your own key: wrap a key locally for `key import`\n"
+            "  fields     field-level encryption and blind indexes (encrypt, decrypt,\n"
+            "             blind-index) with a metadata key\n"
             "  audit      audit log: signed heads, keys, exports; offline verify\n"
             "\n"
             "Run 'kmsctl <command> --help' for the options of a command. Connection\n"
@@ -55,6 +58,8 @@ int main(int argc, char **argv)
         return kmsctl_key_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "byok") == 0)
         return kmsctl_byok_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "fields") == 0)
+        return kmsctl_fields_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "audit") == 0)
         return kmsctl_audit_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "encrypt") == 0 || strcmp(argv[1], "decrypt") == 0 ||
