@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "audit_log.h"
+#include "kms_import.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
 #include "p11_crypto.h"
@@ -194,6 +195,8 @@ static kms_err reconcile(struct kms_service *svc)
         free(ids);
         free(known);
         KMS_GUARD(rc);
+        /* Wrapping keys of import tokens interrupted by a crash. */
+        KMS_GUARD(kms_import_reconcile(svc, tok, NULL));
     }
     return KMS_OK;
 }
@@ -248,6 +251,9 @@ static void *sweeper_main(void *arg)
         size_t n = 0;
         if (kms_service_sweep(svc, (int64_t)time(NULL), &n) != KMS_OK)
             kms_log_error("sweeper", "sweep failed: %s", kms_err_detail());
+        /* Expired or spent BYOK import tokens and their wrapping keys. */
+        if (kms_import_sweep(svc, (int64_t)time(NULL), 100, NULL) != KMS_OK)
+            kms_log_error("sweeper", "import sweep failed: %s", kms_err_detail());
         pthread_mutex_lock(&svc->stop_lock);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);

@@ -158,7 +158,7 @@ START_TEST(context_limits)
     ck_assert_int_eq(kms_ctx_encode(good, 1, out, &len), KMS_OK);
     /* Too many pairs, and too many bytes in all. */
     struct kms_ctx_pair many[KMS_CTX_MAX_PAIRS + 1];
-    char keys[KMS_CTX_MAX_PAIRS + 1][8];
+    char keys[KMS_CTX_MAX_PAIRS + 1][16];
     for (int i = 0; i <= KMS_CTX_MAX_PAIRS; i++) {
         snprintf(keys[i], sizeof(keys[i]), "k%d", i);
         many[i] = (struct kms_ctx_pair){keys[i], "v"};
