@@ -57,11 +57,16 @@ def raw(path, body, headers):
     return r.status, data
 
 
+CORR = {"id": None}  # when set, sent as X-Correlation-Id (to find the audit event)
+
+
 def call(service, method, req, resp_cls, who="demo-broker", body=None):
     """(status, message or error dict)."""
     h = {"Content-Type": "application/protobuf"}
     if who:
         h["Authorization"] = "Bearer " + api_key(who)
+    if CORR["id"]:
+        h["X-Correlation-Id"] = CORR["id"]
     status, data = raw(f"/twirp/custos.v1.{service}/{method}",
                        req.SerializeToString() if body is None else body, h)
     if status == 200:
@@ -586,6 +591,53 @@ if PHASE == "main":
     check(errs[0] == 0 and ops[0] > 50,
           f"8 concurrent clients for 4 s: {ops[0]} calls, {errs[0]} errors")
     check(alive(), "kmsd is alive after all of the above")
+
+    # ---- audit: every call is an event with key and version, never a value -------
+    def tagged(tag, fn, *args, **kw):
+        CORR["id"] = tag
+        try:
+            return fn(*args, **kw)
+        finally:
+            CORR["id"] = None
+    tagged("fa-enc", enc, K, fields(("to", SENTINEL, DET)), CTX)
+    tagged("fa-dec", dec, K, [e1.fields[0], e7.fields[0]], CTX)
+    tagged("fa-idx", bidx, K, "to", [SENTINEL], fpb.CANONICALIZER_E164)
+    tagged("fa-idx-all", bidx, K, "to", [SENTINEL], fpb.CANONICALIZER_E164, all_versions=True)
+    t = bytearray(e1.fields[0].ciphertext)
+    t[-1] ^= 1
+    tagged("fa-bad", dec, K, [ef("to", bytes(t))], CTX)
+    tagged("fa-other", enc, K, fields(("to", SENTINEL, DET)), who="other-broker")
+    tagged("fa-limit", enc, K, fields(("to", SENTINEL + "x" * 4096, DET)))
+    import audit_lib
+    import audit_pb2 as apb
+    auditor = audit_lib.Client(PORT, f"{DIR}/credentials/auditor.key")
+    want = {"fa-enc", "fa-dec", "fa-idx", "fa-idx-all", "fa-bad", "fa-other", "fa-limit"}
+    got, raw_events = {}, []
+    for _ in range(40):  # the signed head trails the log by up to a second
+        _, evs, raw_events = audit_lib.export_all(auditor, "eu-west")
+        got = {e.correlation_id: e for e in evs if e.correlation_id in want}
+        if set(got) == want:
+            break
+        time.sleep(0.25)
+    ev = lambda tag: got.get(tag, apb.AuditEvent())  # noqa: E731
+    check(set(got) == want, f"every tagged FieldService call has an audit event ({len(got)}/7)")
+    check(ev("fa-enc").operation == "EncryptFields" and ev("fa-enc").key_id == K and
+          ev("fa-enc").key_version == 2 and ev("fa-enc").outcome == "ok" and
+          ev("fa-enc").principal == "demo-broker" and ev("fa-enc").token == "custos-eu-west" and
+          ev("fa-enc").rule,
+          "EncryptFields: operation, principal, key, token, rule, and the version that encrypted")
+    check(ev("fa-dec").operation == "DecryptFields" and ev("fa-dec").key_version == 1 and
+          ev("fa-idx").operation == "BlindIndex" and ev("fa-idx").key_version == 2 and
+          ev("fa-idx-all").key_version == 1,
+          "DecryptFields and BlindIndex(all_versions) record the oldest version used, "
+          "BlindIndex the current one")
+    check(ev("fa-bad").outcome == "invalid_argument" and ev("fa-bad").key_id == K and
+          ev("fa-bad").detail.startswith("field 0:") and
+          ev("fa-other").outcome == "not_found" and ev("fa-other").key_id == K and
+          ev("fa-other").rule == "tenant" and ev("fa-limit").outcome == "invalid_argument",
+          "refusals are audited with the key (even another tenant's) and the rule or reason")
+    check(not any(SENTINEL.encode() in r or b"4155550123" in r for r in raw_events),
+          "no audit event holds a field value")
 
     # What must survive a restart, and a key for the crash states.
     KX = new_key()

@@ -11,7 +11,7 @@ CUSTOS_DEV_DAY_SECONDS=1 CUSTOS_DEV_MIN_DAYS=0 CUSTOS_DEV_SWEEP_S=1 \
     sh -c 'rm -f "$0/kmsd.json"; BUILD="$1" KMSCTL="$2" sh deploy/dev-setup.sh "$0" "$3" >/dev/null' \
     "$E2E_DIR" "$BUILD_DIR" "$KMSCTL" "$E2E_PORT"
 mkdir -p "$E2E_DIR/py"
-protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto proto/fields.proto
+protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto proto/fields.proto proto/audit.proto
 export PYTHONPATH="$E2E_DIR/py"
 PY="/usr/bin/python3 tests/e2e/fields_test.py"
 
