@@ -56,6 +56,7 @@ struct audit_log {
     uint64_t epoch;       /* bumped by every failure: waiters of it fail */
     int64_t next_recovery_ms;
     bool failed;
+    bool broken; /* durable events the tree could not take: never recovers */
     bool stopping;
     pthread_t writer;
     bool writer_running;
@@ -147,8 +148,10 @@ static void frame(uint8_t head[FRAME_HEAD], const uint8_t *payload, size_t len, 
         memcpy(out_hash, h, AUDIT_HASH_LEN);
 }
 
-/* Append one framed record and make it durable (heads and keys: rare). */
-static kms_err append_record(struct file *f, const uint8_t *payload, size_t len)
+/* Append one framed record and make it durable (heads and keys: rare).
+ * Called without log->lock; takes it to publish the new size. */
+static kms_err append_record(struct audit_log *log, struct file *f, const uint8_t *payload,
+                             size_t len)
 {
     uint8_t head[FRAME_HEAD];
     frame(head, payload, len, NULL);
@@ -157,61 +160,68 @@ static kms_err append_record(struct file *f, const uint8_t *payload, size_t len)
         rc = write_all(f->fd, payload, len);
     if (rc == KMS_OK)
         rc = sync_fd(f->fd, f->path);
-    if (rc == KMS_OK)
+    if (rc == KMS_OK) {
+        pthread_mutex_lock(&log->lock);
         f->size += (off_t)(FRAME_HEAD + len);
+        pthread_mutex_unlock(&log->lock);
+    }
     return rc;
 }
 
 typedef kms_err (*record_fn)(struct audit_log *log, uint64_t index, off_t off,
                              const uint8_t *payload, size_t len, const audit_hash hash);
 
-/* Read every record of f. A torn last record is cut off (the fact goes in
- * *out_torn); any other damage is an error that names the record. */
-static kms_err scan(struct audit_log *log, struct file *f, record_fn fn, off_t *out_torn)
+/* The first damaged record of a file, if any. */
+struct damage {
+    off_t off; /* -1: none */
+    uint64_t index;
+    bool at_end; /* the damaged record is the file's last: a torn append */
+};
+
+/* Read every record of f up to the first damaged one (which it reports and
+ * does not touch: whether damage may be cut off is decided by the caller,
+ * after every file was read). A record that passes its check but does not
+ * decode is an error, not damage: no crash produces that. */
+static kms_err scan(struct audit_log *log, struct file *f, record_fn fn, struct damage *dmg)
 {
     struct stat st;
     kms_err rc = KMS_OK;
-    *out_torn = -1;
+    dmg->off = -1;
     KMS_ENSURE(fstat(f->fd, &st) == 0, KMS_ERR_IO, "%s: %s", f->path, strerror(errno));
     off_t end = st.st_size, off = 0;
     uint64_t index = 0;
     uint8_t *buf = malloc(AUDIT_RECORD_MAX + FRAME_HEAD);
     KMS_ENSURE(buf != NULL, KMS_ERR_NOMEM, "out of memory");
     while (off < end) {
-        bool torn = false;
+        bool bad = false, at_end = false;
         size_t len = 0;
         if (end - off < FRAME_HEAD) {
-            torn = true;
+            bad = at_end = true;
         } else {
             KMS_ENSURE_GOTO(pread(f->fd, buf, FRAME_HEAD, off) == FRAME_HEAD, done, KMS_ERR_IO,
                             "%s: read at %lld: %s", f->path, (long long)off, strerror(errno));
             len = (size_t)get_be(buf, 4);
             if (len > AUDIT_RECORD_MAX)
-                KMS_ENSURE_GOTO(off + FRAME_HEAD + (off_t)len < end, done, KMS_ERR_IO,
-                                "%s: record %llu at offset %lld has an impossible length",
-                                f->path, (unsigned long long)index, (long long)off);
-            if (off + FRAME_HEAD + (off_t)len > end || len > AUDIT_RECORD_MAX)
-                torn = true;
+                bad = true; /* no writer ever made such a length */
+            else if (end - off - FRAME_HEAD < (off_t)len)
+                bad = at_end = true;
         }
-        if (!torn) {
+        if (!bad) {
             KMS_ENSURE_GOTO(pread(f->fd, buf + FRAME_HEAD, len, off + FRAME_HEAD) == (ssize_t)len,
                             done, KMS_ERR_IO, "%s: read: %s", f->path, strerror(errno));
             audit_hash h;
             audit_leaf_hash(buf + FRAME_HEAD, len, h);
             if (memcmp(h, buf + 4, 8) != 0) {
-                /* Only the very last record may be damaged by a crash. */
-                KMS_ENSURE_GOTO(off + FRAME_HEAD + (off_t)len == end, done, KMS_ERR_IO,
-                                "%s: record %llu at offset %lld fails its check", f->path,
-                                (unsigned long long)index, (long long)off);
-                torn = true;
+                bad = true;
+                at_end = off + FRAME_HEAD + (off_t)len == end;
             } else {
                 KMS_GUARD_GOTO(fn(log, index, off, buf + FRAME_HEAD, len, h), done);
             }
         }
-        if (torn) {
-            *out_torn = off;
-            KMS_ENSURE_GOTO(ftruncate(f->fd, off) == 0 && fsync(f->fd) == 0, done, KMS_ERR_IO,
-                            "%s: cannot truncate a torn tail: %s", f->path, strerror(errno));
+        if (bad) {
+            dmg->off = off;
+            dmg->index = index;
+            dmg->at_end = at_end;
             end = off;
             break;
         }
@@ -222,6 +232,15 @@ static kms_err scan(struct audit_log *log, struct file *f, record_fn fn, off_t *
 done:
     free(buf);
     return rc;
+}
+
+/* Cut a file back to just before its damaged record, durably. */
+static kms_err cut(struct file *f, const struct damage *d)
+{
+    KMS_ENSURE(ftruncate(f->fd, d->off) == 0 && fsync(f->fd) == 0, KMS_ERR_IO,
+               "%s: cannot truncate at %lld: %s", f->path, (long long)d->off, strerror(errno));
+    f->size = d->off;
+    return KMS_OK;
 }
 
 static kms_err open_file(struct file *f, const char *dir, const char *region, const char *ext)
@@ -305,7 +324,7 @@ static kms_err new_sign_key(struct audit_log *log)
             rc = kms_err_set(KMS_ERR_NOMEM, "out of memory");
         } else {
             custos__v1__audit_key__pack(&k, buf);
-            rc = append_record(&log->keys, buf, n);
+            rc = append_record(log, &log->keys, buf, n);
             free(buf);
         }
     }
@@ -314,8 +333,15 @@ static kms_err new_sign_key(struct audit_log *log)
         p11_key_destroy(log->tok, &id);
         return rc;
     }
+    /* The old private key signs nothing any more; kept, it could sign heads
+     * dated inside its old validity. Its public half lives on in .keys. */
+    bool rotating = log->sign_key_since_ms != 0;
+    struct p11_key_id old = log->sign_key;
     log->sign_key = id;
     log->sign_key_since_ms = t;
+    if (rotating && p11_key_destroy(log->tok, &old) != KMS_OK)
+        kms_log_warn("audit", "region %s: old audit key not destroyed: %s", log->region,
+                     kms_err_detail());
     kms_log_info("audit", "region %s: new audit signing key %s", log->region, hex);
     return KMS_OK;
 }
@@ -374,6 +400,9 @@ static kms_err make_head(struct audit_log *log)
             kms_log_error("audit", "region %s: audit key rotation failed (%s); keeping the old key",
                           log->region, kms_err_detail());
     }
+    /* Never date a head before the key that signs it. */
+    if (t < log->sign_key_since_ms)
+        t = log->sign_key_since_ms;
     uint8_t signed_bytes[13 + 1 + 255 + 48], digest[32], raw[64], der[80];
     size_t sl = audit_head_signed_bytes(log->region, size, t, root, signed_bytes), der_len = 0;
     SHA256(signed_bytes, sl, digest);
@@ -395,7 +424,7 @@ static kms_err make_head(struct audit_log *log)
     uint8_t *buf = malloc(n);
     KMS_ENSURE(buf != NULL, KMS_ERR_NOMEM, "out of memory");
     custos__v1__signed_tree_head__pack(&sth, buf);
-    kms_err rc = append_record(&log->heads, buf, n);
+    kms_err rc = append_record(log, &log->heads, buf, n);
     if (rc != KMS_OK) {
         free(buf);
         return rc;
@@ -530,6 +559,8 @@ static void fail_batch(struct audit_log *log)
 static void try_recover(struct audit_log *log)
 {
     log->next_recovery_ms = now_ms() + 1000;
+    if (log->broken)
+        return;
     if (ftruncate(log->events.fd, log->events.size) != 0 || fsync(log->events.fd) != 0)
         return;
     log->failed = false;
@@ -565,10 +596,12 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&log->lock);
 
         kms_err rc = KMS_OK;
+        bool written = false;
         if (w.n > 0) {
             rc = write_all(log->events.fd, w.buf, w.len);
             if (rc == KMS_OK)
                 rc = sync_fd(log->events.fd, log->events.path);
+            written = rc == KMS_OK;
             size_t pos = 0;
             for (size_t i = 0; rc == KMS_OK && i < w.n; i++) {
                 rc = audit_tree_append(log->tree, w.hashes[i]);
@@ -591,6 +624,11 @@ static void *writer_main(void *arg)
                     log->stats.max_batch = w.n;
                 pthread_cond_broadcast(&log->done);
             } else {
+                /* Durable on disk but not in the tree (out of memory): the
+                 * next heads would sign a wrong root. Stop for good; a
+                 * restart rebuilds the tree from the file. */
+                if (written)
+                    log->broken = true;
                 fail_batch(log);
                 continue;
             }
@@ -650,8 +688,44 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     KMS_GUARD_GOTO(open_file(&log->events, dir, region, "events"), fail);
     KMS_GUARD_GOTO(open_file(&log->heads, dir, region, "heads"), fail);
 
-    off_t torn_keys, torn_events, torn_heads;
-    KMS_GUARD_GOTO(scan(log, &log->keys, on_key, &torn_keys), fail);
+    struct damage dk, de, dh;
+    KMS_GUARD_GOTO(scan(log, &log->keys, on_key, &dk), fail);
+    /* A damaged key record anywhere but at the very end is not a crash. */
+    KMS_ENSURE_GOTO(dk.off < 0 || dk.at_end, fail, KMS_ERR_IO,
+                    "%s: record %llu at offset %lld is damaged", log->keys.path,
+                    (unsigned long long)dk.index, (long long)dk.off);
+    KMS_GUARD_GOTO(scan(log, &log->events, on_event, &de), fail);
+    /* Heads are checked against the events read so far: one that covers a
+     * damaged event proves the damage is in acknowledged, signed history. */
+    rc = scan(log, &log->heads, on_head, &dh);
+    if (rc != KMS_OK && de.off >= 0)
+        rc = kms_err_set(KMS_ERR_IO,
+                         "%s: record %llu at offset %lld is damaged and signed heads cover it: "
+                         "the log was altered",
+                         log->events.path, (unsigned long long)de.index, (long long)de.off);
+    if (rc != KMS_OK)
+        goto fail;
+    KMS_ENSURE_GOTO(dh.off < 0 || dh.at_end, fail, KMS_ERR_IO,
+                    "%s: record %llu at offset %lld is damaged", log->heads.path,
+                    (unsigned long long)dh.index, (long long)dh.off);
+    /* Only now, with every file read and checked, cut off what a crash left:
+     * events after the last signed head that never became durable (a power
+     * cut can tear a whole unsynced batch), a torn head, a torn key. */
+    struct file *files[3] = {&log->events, &log->heads, &log->keys};
+    struct damage *dmgs[3] = {&de, &dh, &dk};
+    char torn_detail[3][200];
+    for (int i = 0; i < 3; i++) {
+        torn_detail[i][0] = '\0';
+        if (dmgs[i]->off < 0)
+            continue;
+        struct stat fst;
+        off_t was = fstat(files[i]->fd, &fst) == 0 ? fst.st_size : dmgs[i]->off;
+        KMS_GUARD_GOTO(cut(files[i], dmgs[i]), fail);
+        snprintf(torn_detail[i], sizeof(torn_detail[i]),
+                 "torn tail of %s truncated at offset %lld (record %llu, %lld bytes dropped)",
+                 strrchr(files[i]->path, '/') + 1, (long long)dmgs[i]->off,
+                 (unsigned long long)dmgs[i]->index, (long long)(was - dmgs[i]->off));
+    }
     if (log->keys.size == 0 ||
         (cfg->key_max_age_s > 0 && now_ms() - log->sign_key_since_ms > cfg->key_max_age_s * 1000)) {
         KMS_GUARD_GOTO(new_sign_key(log), fail);
@@ -662,8 +736,6 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
                         "region %s: the audit signing key is missing from token '%s'", region,
                         p11_token_label(tok));
     }
-    KMS_GUARD_GOTO(scan(log, &log->events, on_event, &torn_events), fail);
-    KMS_GUARD_GOTO(scan(log, &log->heads, on_head, &torn_heads), fail);
     log->next_seq = log->durable_seq = audit_tree_size(log->tree);
     if (log->head == NULL)
         log->head_time_ms = 0;
@@ -673,19 +745,14 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     log->writer_running = true;
 
     /* A torn tail is a fact auditors must see. */
-    off_t torns[3] = {torn_events, torn_heads, torn_keys};
-    const char *names[3] = {"events", "heads", "keys"};
     for (int i = 0; i < 3; i++) {
-        if (torns[i] < 0)
+        if (torn_detail[i][0] == '\0')
             continue;
-        char detail[160];
-        snprintf(detail, sizeof(detail), "torn tail of %s.%s truncated at offset %lld", region,
-                 names[i], (long long)torns[i]);
-        kms_log_warn("audit", "%s", detail);
+        kms_log_warn("audit", "region %s: %s", region, torn_detail[i]);
         Custos__V1__AuditEvent ev = CUSTOS__V1__AUDIT_EVENT__INIT;
         ev.operation = (char *)"AuditLogRecovered";
         ev.outcome = (char *)"ok";
-        ev.detail = detail;
+        ev.detail = torn_detail[i];
         KMS_GUARD_GOTO(audit_log_append(log, &ev), fail);
     }
     kms_log_info("audit", "region %s: %llu events, last head at %llu", region,

@@ -43,8 +43,11 @@ kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char 
     KMS_GUARD(kms_key_id_parse(key_id, raw));
     kms_err rc = kms_keycache_key(kms_service_keycache(call->svc), kms_service_store(call->svc),
                                   key_id, out_key);
-    if (rc == KMS_ERR_NOT_FOUND)
+    if (rc == KMS_ERR_NOT_FOUND) {
+        /* Auditors see which ids were probed; the caller learns nothing. */
+        kms_rpc_audit_key(call, key_id, NULL, NULL);
         return kms_err_set(KMS_ERR_NOT_FOUND, "key not found");
+    }
     KMS_GUARD(rc);
     struct pol_target t = {out_key->key_id, out_key->tenant, out_key->region};
     struct pol_decision d;
