@@ -16,6 +16,10 @@ kms_err kms_audit_request(struct kms_call *call, const char *operation, kms_err 
     const struct kms_audit_facts *f = &call->audit;
     /* The key's region if the request named one; else the caller's home
      * region; else this node's first region. */
+    /* An event of a region whose log is out of order is never written
+     * elsewhere: the audit trail stays in its region, so the request fails. */
+    if (f->region[0] && kms_service_region_check(svc, f->region) != KMS_OK)
+        return KMS_ERR_HSM_UNAVAILABLE;
     struct audit_log *log = kms_service_audit_log(svc, f->region[0] ? f->region : NULL);
     if (log == NULL && call->who)
         log = kms_service_audit_log(svc, pol_principal_home_region(call->who));

@@ -49,6 +49,7 @@ kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char 
         return kms_err_set(KMS_ERR_NOT_FOUND, "key not found");
     }
     KMS_GUARD(rc);
+    KMS_GUARD(kms_service_region_check(call->svc, out_key->region));
     struct pol_target t = {out_key->key_id, out_key->tenant, out_key->region};
     struct pol_decision d;
     rc = pol_decide(call->policy, call->who, op, &t, &d);
@@ -237,6 +238,7 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     struct p11_token *tok = kms_service_token(call->svc, req->region);
     KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
                     "region %s is not served by this node", req->region);
+    KMS_GUARD_GOTO(kms_service_region_check(call->svc, req->region), done);
     rc = p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
     if (rc == KMS_OK && metadata)
         rc = p11_key_kind_supported(tok, P11_KEY_HMAC_SHA256);

@@ -25,6 +25,9 @@ struct kms_service {
     struct kms_store *store;
     struct kms_keycache *keycache;
     struct audit_log *audit[KMS_CONFIG_MAX_TOKENS]; /* by token index; NULL when off */
+    /* A region whose audit log could not be opened (damage, missing key) is
+     * not served at all; the others go on. */
+    bool audit_broken[KMS_CONFIG_MAX_TOKENS];
 
     pthread_mutex_t policy_lock; /* guards `policy` (the pointer, not the doc) */
     struct pol_doc *policy;
@@ -62,7 +65,21 @@ struct audit_log *kms_service_audit_log(struct kms_service *svc, const char *reg
 
 struct audit_log *kms_service_audit_default(struct kms_service *svc)
 {
-    return svc->n_tokens ? svc->audit[0] : NULL;
+    for (size_t i = 0; i < svc->n_tokens; i++)
+        if (svc->audit[i])
+            return svc->audit[i];
+    return NULL;
+}
+
+kms_err kms_service_region_check(struct kms_service *svc, const char *region)
+{
+    for (size_t i = 0; region && i < svc->n_tokens; i++)
+        if (strcmp(p11_token_region(svc->tokens[i]), region) == 0 && svc->audit_broken[i])
+            return kms_err_set(KMS_ERR_HSM_UNAVAILABLE,
+                               "region %s is not served: its audit log is damaged (see the "
+                               "operational log)",
+                               region);
+    return KMS_OK;
 }
 
 struct kms_store *kms_service_store(struct kms_service *svc)
@@ -302,10 +319,27 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     if (cfg->audit_enabled) {
         struct audit_log_config ac = {cfg->audit_head_every_events, cfg->audit_head_every_ms,
                                       (int64_t)cfg->audit_key_max_age_s};
-        for (size_t i = 0; i < svc->n_tokens; i++)
-            KMS_GUARD_GOTO(audit_log_open(cfg->audit_dir, p11_token_region(svc->tokens[i]),
-                                          svc->tokens[i], &ac, &svc->audit[i]),
-                           fail);
+        size_t healthy = 0;
+        for (size_t i = 0; i < svc->n_tokens; i++) {
+            const char *region = p11_token_region(svc->tokens[i]);
+            kms_err arc = audit_log_open(cfg->audit_dir, region, svc->tokens[i], &ac,
+                                         &svc->audit[i]);
+            if (arc == KMS_OK) {
+                healthy++;
+                continue;
+            }
+            if (arc == KMS_ERR_NOMEM) {
+                rc = arc;
+                goto fail;
+            }
+            /* Nothing is repaired automatically: the files stay as they
+             * are for the operator and the auditors to examine. */
+            svc->audit_broken[i] = true;
+            kms_log_error("audit", "region %s is NOT SERVED: its audit log cannot be opened: %s",
+                          region, kms_err_detail());
+        }
+        KMS_ENSURE_GOTO(healthy > 0, fail, KMS_ERR_IO,
+                        "no region has a usable audit log; refusing to start");
     } else {
         kms_log_warn("service", "the audit log is OFF (dev mode): nothing is being recorded");
     }

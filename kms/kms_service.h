@@ -62,6 +62,11 @@ struct audit_log;
 struct audit_log *kms_service_audit_log(struct kms_service *svc, const char *region);
 struct audit_log *kms_service_audit_default(struct kms_service *svc);
 
+/* KMS_ERR_HSM_UNAVAILABLE when region is served here but its audit log could
+ * not be opened at start (damage inside signed history, a missing audit
+ * key): such a region serves nothing until an operator intervenes. */
+kms_err kms_service_region_check(struct kms_service *svc, const char *region);
+
 /* Label prefix of every HSM object the service creates; reconcile treats
  * objects with this prefix that the store does not know as orphans. */
 #define KMS_HSM_LABEL_PREFIX "custos:key:"

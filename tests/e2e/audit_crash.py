@@ -46,6 +46,25 @@ if sys.argv[1] == "load":
 
 count = failures = 0
 
+if sys.argv[1] == "refused":
+    broker = Client(PORT, f"{DIR}/credentials/demo-broker.key")
+    s, m, _ = broker.call("KeyService", "Encrypt", kpb.EncryptRequest(key_id=KEY, plaintext=b"x"),
+                          kpb.EncryptResponse)
+    ok = s == 503 and m.get("code") == "unavailable"
+    print(f"{'ok' if ok else 'not ok'} 10 - a key of that region answers unavailable", flush=True)
+    admin = Client(PORT, f"{DIR}/credentials/demo-admin.key")
+    s, m, _ = admin.call("KeyService", "CreateKey",
+                         kpb.CreateKeyRequest(region="us-east", spec=kpb.AES_256,
+                                              usage=kpb.ENCRYPT_DECRYPT), kpb.CreateKeyResponse)
+    ok2 = s == 200
+    print(f"{'ok' if ok2 else 'not ok'} 11 - the other region is still served", flush=True)
+    s, m, _ = admin.call("KeyService", "CreateKey",
+                         kpb.CreateKeyRequest(region="eu-west", spec=kpb.AES_256,
+                                              usage=kpb.ENCRYPT_DECRYPT), kpb.CreateKeyResponse)
+    ok3 = s == 503
+    print(f"{'ok' if ok3 else 'not ok'} 12 - no key is created in the refused region", flush=True)
+    sys.exit(0 if ok and ok2 and ok3 else 1)
+
 if sys.argv[1] == "recovered":
     auditor = Client(PORT, f"{DIR}/credentials/auditor.key")
     time.sleep(0.5)
