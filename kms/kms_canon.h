@@ -2,7 +2,7 @@
  * kms_canon.h - canonical forms of identifiers, so that one person's phone
  * number or address gives one blind index however it was typed.
  *
- * Pure host code (no HSM, no allocation). docs/metadata-encryption.md states
+ * Pure host code (no HSM, no allocation). docs/metadata.md states
  * the same rules for tenants; tests/unit/test_kms_canon.c pins them.
  *
  *   RAW          the bytes as given.

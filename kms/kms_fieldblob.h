@@ -1,7 +1,7 @@
 /*
  * kms_fieldblob.h - the public per-field ciphertext format of FieldService
  * and the exact byte strings that are authenticated or fed to the HSM's
- * HMAC. docs/metadata-encryption.md is the byte-by-byte reference, with a
+ * HMAC. docs/metadata.md is the byte-by-byte reference, with a
  * worked example that tests/unit/test_kms_fields.c checks against this code
  * and against OpenSSL alone. Pure host code: no HSM, no allocation.
  *

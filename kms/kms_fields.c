@@ -1,7 +1,7 @@
 /*
  * kms_fields.c - FieldService: EncryptFields, DecryptFields, BlindIndex
  * (kms_fields.h). Every AES-GCM and HMAC runs in the key's HSM; the formats
- * are in kms_fieldblob.h and docs/metadata-encryption.md.
+ * are in kms_fieldblob.h and docs/metadata.md.
  *
  * Plaintext values and canonical values pass through here only in buffers
  * that are wiped before they are freed, and the request message that

@@ -77,7 +77,7 @@ static void usage(FILE *f)
             "                             [--all-versions] [--in FILE|-] [--out FILE|-]\n"
             "\n"
             "Field-level encryption and blind indexes with a METADATA_AES_HMAC key (role\n"
-            "broker; docs/metadata-encryption.md).\n"
+            "broker; docs/metadata.md).\n"
             "\n"
             "encrypt: reads a JSON object of at most 32 fields, {\"to\": \"+1 415 555 0123\"},\n"
             "  string values of at most 4096 bytes; writes {\"key_id\", \"key_version\",\n"

@@ -3,7 +3,7 @@
  *
  *   format:  the field blob header, AAD, deterministic IV input and blind
  *            index input, pinned byte for byte to the worked example of
- *            docs/metadata-encryption.md; parsing refuses every malformed
+ *            docs/metadata.md; parsing refuses every malformed
  *            blob; names and truncation follow their rules.
  *   openssl: the worked example decrypts, and its IV and index recompute,
  *            with OpenSSL alone (a tenant needs nothing else).
@@ -41,7 +41,7 @@ static void unhex(const char *h, uint8_t *out, size_t *out_len)
     *out_len = n;
 }
 
-/* ---- the worked example of docs/metadata-encryption.md ---- */
+/* ---- the worked example of docs/metadata.md ---- */
 
 /* Keys: AES 00..1f, HMAC 20..3f. Version 1, field "to", context
  * {"tenant": "demo", "conversation": "c-1"}, value "+14155550123",
