@@ -11,7 +11,9 @@
  *   verify     signatures, ordering, completeness, inclusion and consistency
  *              proofs of exported bundles, against heads kept from earlier
  *              runs in a state file
- * docs/audit.md describes the file formats and the checks.
+ * docs/audit.md describes the file formats and the checks. The checks
+ * themselves are a library (audit_verify.h, with audit_keyset.h and
+ * audit_state.h); this is only their command line.
  */
 #ifndef KMSCTL_AUDIT_H
 #define KMSCTL_AUDIT_H
