@@ -3,14 +3,22 @@
 # Idempotent: when everything is present it only asks dpkg, and says nothing.
 set -eu
 
+# Build: the libraries of DESIGN.md, plus libgnutls28-dev because
+# libmicrohttpd's TLS is GnuTLS and verifying a client certificate (and
+# reading its subject) needs the GnuTLS session it exposes.
+# Run: SoftHSMv2 (the dev/test HSM) and openssl (dev PINs, PKI in tests).
+# Tests: check; Python's protobuf (a third-party client generated from the
+# .proto by protoc), PyKCS11 (inspecting tokens independently of our
+# pkcs11/), cryptography (verifying heads and ciphertexts independently);
+# opensc for pkcs11-tool; wrk, the HTTP load generator of make bench.
 PKGS="
-build-essential pkg-config clang
+build-essential pkg-config
 libp11-kit-dev libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
 libjansson-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev libgnutls28-dev
 check libsubunit-dev
 softhsm2 opensc openssl sqlite3 curl
 python3-protobuf python3-pykcs11 python3-cryptography protobuf-compiler
-wrk procps
+wrk procps util-linux
 "
 
 missing=""
