@@ -33,7 +33,7 @@
 
 #define FIELD_SERVICE "custos.v1.FieldService"
 #define MAX_FIELDS 32
-/* JSON of 32 values of 4 KiB, escaped (\uXXXX is 6 bytes per byte). */
+/* JSON of 32 values of 4 KiB, escaped (a \u escape is 6 bytes per input byte). */
 #define FIELDS_INPUT_MAX (1u << 20)
 
 enum {
