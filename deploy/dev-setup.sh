@@ -6,7 +6,8 @@
 #   DIR/hsm/            SoftHSMv2 config and tokens custos-eu-west, custos-us-east
 #   DIR/credentials/    random API keys, one 0600 file per principal:
 #                       demo-broker, demo-broker-us (home us-east), demo-admin,
-#                       officer-1..3, auditor, operator, other-broker and
+#                       officer-1..3, auditor (both regions), auditor-eu
+#                       (eu-west only), operator, other-broker and
 #                       other-admin (a second tenant, "other");
 #                       officer-N.key.pem: each officer's ECDSA P-256 key
 #   DIR/policy.json     tenants "demo" and "other", principals above
@@ -31,8 +32,8 @@ mkdir -p "$dir/credentials"
 KMSCTL="$KMSCTL" sh "$(dirname "$0")/dev-hsm.sh" "$dir/hsm" eu-west us-east >/dev/null
 dir=$(cd "$dir" && pwd)
 
-for p in demo-broker demo-broker-us demo-admin officer-1 officer-2 officer-3 auditor operator \
-         other-broker other-admin; do
+for p in demo-broker demo-broker-us demo-admin officer-1 officer-2 officer-3 auditor auditor-eu \
+         operator other-broker other-admin; do
     f="$dir/credentials/$p.key"
     [ -f "$f" ] || { printf 'ck_%s\n' "$(openssl rand -hex 24)" >"$f"; chmod 600 "$f"; }
 done
@@ -84,7 +85,9 @@ policy = {
         },
     ],
     "principals": [
-        principal("auditor", "auditor", "eu-west"),
+        # Auditors read the logs of their home region and allowed_regions.
+        principal("auditor", "auditor", "eu-west", allowed_regions=["us-east"]),
+        principal("auditor-eu", "auditor", "eu-west"),
         principal("operator", "operator", "eu-west"),
     ],
 }

@@ -192,6 +192,11 @@ kms_err kms_rpc_get_audit_keys(struct kms_call *call, const uint8_t *body, size_
         const char *region = cfg->tokens[t].region;
         if (*req->region && strcmp(req->region, region) != 0)
             continue;
+        /* Listing every region: only those this auditor may read. */
+        struct pol_target rt = {NULL, NULL, region};
+        struct pol_decision rd;
+        if (pol_decide(call->policy, call->who, POL_OP_GET_AUDIT_KEYS, &rt, &rd) != KMS_OK)
+            continue;
         struct audit_log *log = kms_service_audit_log(call->svc, region);
         if (log == NULL)
             continue;

@@ -39,7 +39,8 @@ static bool from_doc(const struct pol_doc *doc, const struct pol_principal *p)
     return (uintptr_t)p >= first && (uintptr_t)p < end;
 }
 
-static bool broker_region_ok(const struct pol_principal *p, const char *region)
+/* Brokers (for keys) and auditors (for logs): home region or allowed_regions. */
+static bool region_ok(const struct pol_principal *p, const char *region)
 {
     if (strcmp(p->home_region, region) == 0)
         return true;
@@ -129,7 +130,13 @@ kms_err pol_decide(const struct pol_doc *doc, const struct pol_principal *p, enu
     if (t != NULL && target->region != NULL && !pol_tenant_region_allowed(t, target->region))
         return deny(out, "residency.tenant_region", KMS_ERR_PERMISSION_DENIED);
     if (p->role == POL_ROLE_BROKER &&
-        (target->region == NULL || !broker_region_ok(p, target->region)))
+        (target->region == NULL || !region_ok(p, target->region)))
+        return deny(out, "residency.home_region", KMS_ERR_PERMISSION_DENIED);
+    /* An audit trail stays in its region: an auditor reads the logs of its
+     * home region and of its allowed_regions. A NULL region (listing audit
+     * keys of every region) is allowed here; the caller asks again for
+     * each region it would return. */
+    if (p->role == POL_ROLE_AUDITOR && target->region != NULL && !region_ok(p, target->region))
         return deny(out, "residency.home_region", KMS_ERR_PERMISSION_DENIED);
 
     if (op == POL_OP_REQUEST_RECOVERY || op == POL_OP_APPROVE_RECOVERY ||

@@ -171,8 +171,12 @@ static kms_err load_principal(struct loader *ld, const struct pol_tenant *t, con
     KMS_GUARD(pol_json_string_list(obj, path, "allowed_regions", false, POL_STR_REGION,
                                    POL_MAX_REGIONS, &p->regions, &p->n_regions));
     pol_path_join(fpath, path, "allowed_regions");
-    KMS_ENSURE(p->regions == NULL || p->role == POL_ROLE_BROKER, KMS_ERR_CONFIG,
-               "%s: only brokers are bound to their home region; role %s takes no allowed_regions",
+    /* Brokers use keys, auditors read logs: both are bound to their home
+     * region unless allowed_regions names more. */
+    KMS_ENSURE(p->regions == NULL || p->role == POL_ROLE_BROKER || p->role == POL_ROLE_AUDITOR,
+               KMS_ERR_CONFIG,
+               "%s: only brokers and auditors are bound to their home region; role %s takes no "
+               "allowed_regions",
                fpath, pol_role_name(p->role));
     for (size_t i = 0; t != NULL && i < p->n_regions; i++)
         KMS_ENSURE(list_has(t->regions, t->n_regions, p->regions[i]), KMS_ERR_CONFIG,

@@ -60,4 +60,21 @@ for h in heads:
                      (meta[0].not_after_ms == 0 or h.timestamp_ms <= meta[0].not_after_ms + 1000)):
         ok = False
 check(ok and len(heads) >= 5, f"all {len(heads)} heads verify with the key they name, within its validity")
+# Residency of the audit trail: an auditor bound to eu-west reads eu-west only.
+eu = Client(PORT, f"{DIR}/credentials/auditor-eu.key")
+s1, _, _ = eu.call("AuditService", "GetSignedTreeHead", apb.GetSignedTreeHeadRequest(region="eu-west"),
+                   apb.GetSignedTreeHeadResponse)
+s2, m2, _ = eu.call("AuditService", "GetSignedTreeHead",
+                    apb.GetSignedTreeHeadRequest(region="us-east"), apb.GetSignedTreeHeadResponse)
+s3, m3, _ = eu.call("AuditService", "ExportAuditLog", apb.ExportAuditLogRequest(region="us-east"),
+                    apb.ExportAuditLogResponse)
+check(s1 == 200 and s2 == 403 and s3 == 403 and m2.get("code") == "permission_denied",
+      "an auditor bound to eu-west reads eu-west and is refused us-east")
+s4, k4, _ = eu.call("AuditService", "GetAuditKeys", apb.GetAuditKeysRequest(),
+                    apb.GetAuditKeysResponse)
+s5, k5, _ = auditor.call("AuditService", "GetAuditKeys", apb.GetAuditKeysRequest(),
+                         apb.GetAuditKeysResponse)
+check(s4 == 200 and {k.region for k in k4.keys} == {"eu-west"} and
+      {k.region for k in k5.keys} == {"eu-west", "us-east"},
+      "listing audit keys of every region shows only the regions the auditor may read")
 sys.exit(1 if failures else 0)

@@ -82,7 +82,7 @@ static const char BASE[] =
     "    {'id': 'acme-officer-3', 'role': 'officer', 'home_region': 'eu-west',"
     "     'api_key_sha256': '" H_ACME_OFFICER3 "'},"
     "    {'id': 'acme-auditor', 'role': 'auditor', 'home_region': 'eu-west',"
-    "     'api_key_sha256': '" H_ACME_AUDITOR "'}],"
+    "     'allowed_regions': ['us-east'], 'api_key_sha256': '" H_ACME_AUDITOR "'}],"
     "   'grants': ["
     "    {'sid': 'orders-broker', 'key_id': 'orders', 'principals': ['acme-broker'],"
     "     'operations': ['Encrypt', 'Decrypt']},"
@@ -95,7 +95,7 @@ static const char BASE[] =
     "     'api_key_sha256': '" H_GLOBEX_OFFICER "'}]}],"
     " 'principals': ["
     "  {'id': 'auditor', 'role': 'auditor', 'home_region': 'eu-west',"
-    "   'api_key_sha256': '" H_AUDITOR "'},"
+    "   'allowed_regions': ['us-east', 'ap-south'], 'api_key_sha256': '" H_AUDITOR "'},"
     "  {'id': 'operator', 'role': 'operator', 'home_region': 'eu-west',"
     "   'cert_subject': 'CN=operator,O=Custos'}]}";
 

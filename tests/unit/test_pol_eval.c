@@ -279,7 +279,8 @@ END_TEST
 
 START_TEST(test_audit)
 {
-    /* A global auditor reads any region's whole log, or one tenant's part. */
+    /* A global auditor reads the whole log of its home region and of its
+     * allowed_regions, or one tenant's part; no other region's. */
     ALLOW("auditor", POL_OP_GET_SIGNED_TREE_HEAD, NULL, NULL, "eu-west", "role");
     ALLOW("auditor", POL_OP_EXPORT_AUDIT_LOG, NULL, NULL, "ap-south", "role");
     ALLOW("auditor", POL_OP_GET_AUDIT_KEYS, NULL, NULL, NULL, "role");
@@ -292,6 +293,9 @@ START_TEST(test_audit)
     DENY("acme-auditor", POL_OP_GET_SIGNED_TREE_HEAD, NULL, "acme", "ap-south",
          "residency.tenant_region");
     DENY("acme-broker", POL_OP_EXPORT_AUDIT_LOG, NULL, "acme", "eu-west", "role");
+    DENY("auditor", POL_OP_EXPORT_AUDIT_LOG, NULL, NULL, "sa-east", "residency.home_region");
+    DENY("auditor", POL_OP_GET_SIGNED_TREE_HEAD, NULL, NULL, "sa-east", "residency.home_region");
+    DENY("auditor", POL_OP_GET_AUDIT_KEYS, NULL, NULL, "sa-east", "residency.home_region");
     DENY("operator", POL_OP_GET_AUDIT_KEYS, NULL, NULL, NULL, "role");
 }
 END_TEST

@@ -252,8 +252,8 @@ START_TEST(test_regions)
 
     d = base();
     set(d, "tenants[0].principals[2]", "allowed_regions", jq("['us-east']"));
-    expect_error(d, "tenants[0].principals[2].allowed_regions: only brokers are bound to their "
-                    "home region; role key-admin takes no allowed_regions");
+    expect_error(d, "tenants[0].principals[2].allowed_regions: only brokers and auditors are "
+                    "bound to their home region; role key-admin takes no allowed_regions");
 
     /* Global principals are not bound to any tenant's regions. */
     d = base();
