@@ -576,14 +576,24 @@ def expiry_phase():
     kid = create_external()
     s, p = params(kid)
     check(s == 200 and p.expires_at - time.time() <= 3, "with token_ttl_s = 2 a token lives 2 s")
-    left = [h for h in planted["hsm_ids"]
-            if eu.sess.findObjects([(PyKCS11.CKA_ID, bytes.fromhex(h))])]
+    # The sweep runs in GetImportParameters and in kmsd's sweeper thread (at
+    # start, then every sweep_interval_s); when the two overlap, the one that
+    # claimed a token finishes it a moment later, so wait a little for both.
+    deadline = time.time() + 15
+    while True:
+        left = [h for h in planted["hsm_ids"]
+                if eu.sess.findObjects([(PyKCS11.CKA_ID, bytes.fromhex(h))])]
+        db = sqlite3.connect(f"file:{DIR}/kmsd.db?mode=ro", uri=True)
+        rows = db.execute("SELECT lower(hex(hsm_id)), state, end_reason FROM import_tokens WHERE "
+                          "key_id = ?", (planted["key_id"],)).fetchall()
+        db.close()
+        by_id = {r[0]: (r[1], r[2]) for r in rows}
+        closed = (by_id.get(planted["hsm_ids"][0]) == (4, 4) and
+                  by_id.get(planted["hsm_ids"][1]) == (4, 2))
+        if (not left and closed) or time.time() > deadline:
+            break
+        time.sleep(0.2)
     check(not left, "the sweep removed the wrapping keys of the crashed issue and the crashed import")
-    db = sqlite3.connect(f"file:{DIR}/kmsd.db?mode=ro", uri=True)
-    rows = db.execute("SELECT lower(hex(hsm_id)), state, end_reason FROM import_tokens WHERE "
-                      "key_id = ?", (planted["key_id"],)).fetchall()
-    db.close()
-    by_id = {r[0]: (r[1], r[2]) for r in rows}
     check(by_id.get(planted["hsm_ids"][0]) == (4, 4) and by_id.get(planted["hsm_ids"][1]) == (4, 2),
           "and closed their tokens (abandoned while issuing; expired while importing)")
     key = new_key()
