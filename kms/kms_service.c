@@ -268,9 +268,6 @@ static void *sweeper_main(void *arg)
         size_t n = 0;
         if (kms_service_sweep(svc, (int64_t)time(NULL), &n) != KMS_OK)
             kms_log_error("sweeper", "sweep failed: %s", kms_err_detail());
-        /* Expired or spent BYOK import tokens and their wrapping keys. */
-        if (kms_import_sweep(svc, (int64_t)time(NULL), 100, NULL) != KMS_OK)
-            kms_log_error("sweeper", "import sweep failed: %s", kms_err_detail());
         pthread_mutex_lock(&svc->stop_lock);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
