@@ -224,21 +224,29 @@ kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
     return rc;
 }
 
-kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
-                        struct kms_reply *reply)
+/* Decrypt and DecryptDataKey answer with the same shape, {plaintext, key_id,
+ * key_version}: one function builds either through its descriptor. */
+static kms_err open_and_reply(struct kms_call *call, enum pol_op op,
+                              const ProtobufCBinaryData *blob, const char *key_id, size_t n_ctx,
+                              void *const *ctx, const ProtobufCMessageDescriptor *desc,
+                              struct kms_reply *reply)
 {
-    Custos__V1__DecryptRequest *req = custos__v1__decrypt_request__unpack(NULL, len, body);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DecryptRequest");
     uint8_t *pt = NULL;
     size_t pt_len = 0;
     uint32_t version = 0;
     struct kms_key_record k;
-    kms_err rc = open_blob(call, POL_OP_DECRYPT, &req->ciphertext, req->key_id,
-                           req->n_encryption_context, (void *const *)req->encryption_context, &k,
-                           &version, &pt, &pt_len);
+    kms_err rc = open_blob(call, op, blob, key_id, n_ctx, ctx, &k, &version, &pt, &pt_len);
     if (rc == KMS_OK) {
-        Custos__V1__DecryptResponse resp = CUSTOS__V1__DECRYPT_RESPONSE__INIT;
+        struct {
+            ProtobufCMessage base;
+            ProtobufCBinaryData plaintext;
+            char *key_id;
+            uint32_t key_version;
+        } resp;
+        _Static_assert(sizeof(resp) == sizeof(Custos__V1__DecryptResponse) &&
+                           sizeof(resp) == sizeof(Custos__V1__DecryptDataKeyResponse),
+                       "Decrypt and DecryptDataKey responses must keep one layout");
+        protobuf_c_message_init(desc, &resp);
         resp.plaintext.data = pt;
         resp.plaintext.len = pt_len;
         resp.key_id = k.key_id;
@@ -246,6 +254,19 @@ kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
         rc = pack(&resp.base, reply, true);
     }
     free_secret(pt, pt_len);
+    return rc;
+}
+
+kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
+                        struct kms_reply *reply)
+{
+    Custos__V1__DecryptRequest *req = custos__v1__decrypt_request__unpack(NULL, len, body);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("DecryptRequest");
+    kms_err rc = open_and_reply(call, POL_OP_DECRYPT, &req->ciphertext, req->key_id,
+                                req->n_encryption_context,
+                                (void *const *)req->encryption_context,
+                                &custos__v1__decrypt_response__descriptor, reply);
     custos__v1__decrypt_request__free_unpacked(req, NULL);
     return rc;
 }
@@ -340,22 +361,10 @@ kms_err kms_rpc_decrypt_data_key(struct kms_call *call, const uint8_t *body, siz
         custos__v1__decrypt_data_key_request__unpack(NULL, len, body);
     if (req == NULL)
         return KMS_RPC_MALFORMED("DecryptDataKeyRequest");
-    uint8_t *pt = NULL;
-    size_t pt_len = 0;
-    uint32_t version = 0;
-    struct kms_key_record k;
-    kms_err rc = open_blob(call, POL_OP_DECRYPT_DATA_KEY, &req->ciphertext_blob, req->key_id,
-                           req->n_encryption_context, (void *const *)req->encryption_context, &k,
-                           &version, &pt, &pt_len);
-    if (rc == KMS_OK) {
-        Custos__V1__DecryptDataKeyResponse resp = CUSTOS__V1__DECRYPT_DATA_KEY_RESPONSE__INIT;
-        resp.plaintext.data = pt;
-        resp.plaintext.len = pt_len;
-        resp.key_id = k.key_id;
-        resp.key_version = version;
-        rc = pack(&resp.base, reply, true);
-    }
-    free_secret(pt, pt_len);
+    kms_err rc = open_and_reply(call, POL_OP_DECRYPT_DATA_KEY, &req->ciphertext_blob, req->key_id,
+                                req->n_encryption_context,
+                                (void *const *)req->encryption_context,
+                                &custos__v1__decrypt_data_key_response__descriptor, reply);
     custos__v1__decrypt_data_key_request__free_unpacked(req, NULL);
     return rc;
 }
