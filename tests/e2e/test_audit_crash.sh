@@ -37,7 +37,7 @@ e2e_start
 grep -q "torn tail of eu-west.events truncated at offset $size" "$E2E_DIR/kmsd.log" &&
     echo "ok 7 - a torn tail is truncated at the last whole record and logged" ||
     { echo "not ok 7 - torn tail not reported"; exit 1; }
-/usr/bin/python3 tests/e2e/audit_crash.py recovered "$E2E_DIR" "$E2E_PORT" "$E2E_PID" "$key" 0
+/usr/bin/python3 tests/e2e/audit_crash.py recovered "$E2E_DIR" "$E2E_PORT" "$E2E_PID" "$key" "$size"
 e2e_stop
 
 # A power cut can leave a whole unsynced batch as zeros, several records
