@@ -32,26 +32,47 @@ mkdir -p "$dir/credentials"
 KMSCTL="$KMSCTL" sh "$(dirname "$0")/dev-hsm.sh" "$dir/hsm" eu-west us-east >/dev/null
 dir=$(cd "$dir" && pwd)
 
+# Each region's escrow key (kmsctl hsm init-region is idempotent).
+for region in eu-west us-east; do
+    if ! out=$(SOFTHSM2_CONF="$dir/hsm/softhsm2.conf" "$KMSCTL" hsm init-region \
+            --label "custos-$region" --region "$region" \
+            --pin-source "file:$dir/hsm/pins/$region.pin" 2>&1); then
+        echo "$out" >&2
+        exit 1
+    fi
+done
+
 for p in demo-broker demo-broker-us demo-admin officer-1 officer-2 officer-3 auditor auditor-eu \
-         operator other-broker other-admin; do
+         operator other-broker other-admin other-officer bank-admin bank-broker \
+         bank-officer-1 bank-officer-2 bank-officer-3; do
     f="$dir/credentials/$p.key"
     [ -f "$f" ] || { printf 'ck_%s\n' "$(openssl rand -hex 24)" >"$f"; chmod 600 "$f"; }
 done
-for o in officer-1 officer-2 officer-3; do
+for o in officer-1 officer-2 officer-3 other-officer bank-officer-1 bank-officer-2 bank-officer-3; do
     k="$dir/credentials/$o.key.pem"
     [ -f "$k" ] || openssl ecparam -name prime256v1 -genkey -noout -out "$k" 2>/dev/null
     [ -f "$k.pub" ] || openssl ec -in "$k" -pubout -out "$k.pub" 2>/dev/null
 done
+# Recipients of EXPORT_WRAPPED recoveries (a legal-hold team per region):
+# their private keys stay here, only the public halves go in the policy.
+for r in bank-legal-eu bank-legal-us; do
+    k="$dir/credentials/$r.rsa.pem"
+    [ -f "$k" ] || openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out "$k" 2>/dev/null
+    [ -f "$k.pub" ] || openssl pkey -in "$k" -pubout -out "$k.pub" 2>/dev/null
+done
 
 if [ ! -f "$dir/policy.json" ]; then
-    "$PY" - "$dir" <<'PYEOF'
-import hashlib, json, sys
+    CUSTOS_DEV_RECOVERY_TTL_S=${CUSTOS_DEV_RECOVERY_TTL_S:-86400} \
+    CUSTOS_DEV_TIME_LOCK_S=${CUSTOS_DEV_TIME_LOCK_S:-0} "$PY" - "$dir" <<'PYEOF'
+import hashlib, json, os, sys
 d = sys.argv[1]
 def h(p):
     key = open(f"{d}/credentials/{p}.key").read().strip()
     return hashlib.sha256(key.encode()).hexdigest()
 def pub(p):
     return open(f"{d}/credentials/{p}.key.pem.pub").read()
+def rsa_pub(r):
+    return open(f"{d}/credentials/{r}.rsa.pem.pub").read()
 def principal(pid, role, home, **extra):
     p = {"id": pid, "role": role, "home_region": home, "api_key_sha256": h(pid)}
     p.update(extra)
@@ -81,7 +102,29 @@ policy = {
             "principals": [
                 principal("other-broker", "broker", "eu-west"),
                 principal("other-admin", "key-admin", "eu-west"),
+                principal("other-officer", "officer", "eu-west",
+                          public_key_pem=pub("other-officer")),
             ],
+        },
+        {
+            # A regulated tenant: every key is escrowed at birth; 2 of 3
+            # officers recover (docs/escrow-recovery.md).
+            "id": "bank",
+            "allowed_regions": ["eu-west", "us-east"],
+            "escrow_required": True,
+            "quorum": {"approvals": 2,
+                       "officers": ["bank-officer-1", "bank-officer-2", "bank-officer-3"],
+                       "request_ttl_s": int(os.environ["CUSTOS_DEV_RECOVERY_TTL_S"]),
+                       "time_lock_s": int(os.environ["CUSTOS_DEV_TIME_LOCK_S"])},
+            "recovery_recipients": [
+                {"id": "bank-legal-eu", "region": "eu-west", "public_key_pem": rsa_pub("bank-legal-eu")},
+                {"id": "bank-legal-us", "region": "us-east", "public_key_pem": rsa_pub("bank-legal-us")},
+            ],
+            "principals": [
+                principal("bank-admin", "key-admin", "eu-west"),
+                principal("bank-broker", "broker", "eu-west"),
+            ] + [principal(o, "officer", "eu-west", public_key_pem=pub(o))
+                 for o in ("bank-officer-1", "bank-officer-2", "bank-officer-3")],
         },
     ],
     "principals": [

@@ -299,21 +299,27 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         free(reply.data);
         /* Internal details go to the log and the audit event only; the
          * client gets the code. */
-        char detail[512];
+        char detail[512], audit_detail[700];
         snprintf(detail, sizeof(detail), "%s", kms_err_detail());
         const char *msg = detail;
+        /* What the handler noted (e.g. which recovery) comes first. */
+        snprintf(audit_detail, sizeof(audit_detail), "%s%s%s", st->call.audit.detail,
+                 st->call.audit.detail[0] ? ": " : "", detail);
         if (kms_err_http_status(rc) >= 500) {
             kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
                           detail);
             msg = kms_err_http_status(rc) == 503 ? "the HSM or store is unavailable; retry"
                                                  : "internal error";
         }
-        if (kms_audit_request(&st->call, st->method, rc, detail, st->correlation_id) != KMS_OK)
+        if (kms_audit_request(&st->call, st->method, rc, audit_detail, st->correlation_id) !=
+            KMS_OK)
             return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
         return send_error(c, st, rc, msg);
     }
     /* No success is acknowledged before its audit event is durable. */
-    if (kms_audit_request(&st->call, st->method, KMS_OK, NULL, st->correlation_id) != KMS_OK) {
+    if (kms_audit_request(&st->call, st->method, KMS_OK,
+                          st->call.audit.detail[0] ? st->call.audit.detail : NULL,
+                          st->correlation_id) != KMS_OK) {
         if (reply.secret)
             OPENSSL_cleanse(reply.data, reply.len);
         free(reply.data);

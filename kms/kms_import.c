@@ -43,6 +43,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "kms_escrow.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_rpc.h"
@@ -114,12 +115,10 @@ static kms_err check_importable(struct kms_call *call, const struct kms_key_reco
     KMS_ENSURE(!new_version || k->state != KMS_KEY_DISABLED, KMS_ERR_FAILED_PRECONDITION,
                "key is DISABLED; only an ENABLED key gets a new version");
     /* Escrow at birth is a tenant promise to its regulator: never import a
-     * key that skips it. The escrow step of do_import() is where it slots
-     * in once the escrow feature supplies a region's escrow key. */
+     * key that skips it; asked before anything is made. */
     const struct pol_tenant *pt = pol_principal_tenant(call->who);
-    KMS_ENSURE(!k->escrow_required && (pt == NULL || !pol_tenant_escrow_required(pt)),
-               KMS_ERR_FAILED_PRECONDITION,
-               "tenant requires key escrow, which is not enabled on this server");
+    if (k->escrow_required || (pt != NULL && pol_tenant_escrow_required(pt)))
+        KMS_GUARD(kms_escrow_ready(call->svc, k->region));
     return KMS_OK;
 }
 
@@ -403,6 +402,7 @@ struct import {
     bool have_transport;
     uint8_t kcv[KMS_KCV_LEN];
     uint32_t version;
+    bool version_is_new; /* CREATING: its escrow blob is still to be stored */
     bool first;
     /* Set when a refusal is the tenant's doing (counts against the token). */
     bool tenant_fault;
@@ -469,25 +469,30 @@ static kms_err probe_material(struct import *x)
     return rc;
 }
 
-/* Escrow at birth (DESIGN.md "Escrow and recovery") slots in here. When the
- * tenant requires escrow, step 2 unwraps with P11_KEY_ESCROWABLE (the
- * transport key's unwrap template allows an extractable result; the RSA
- * key's does not, so escrowed imports take the two-step path), this step
- * wraps the new object under the region's escrow key with
- * p11_escrow_and_lock (which then makes it non-extractable, one-way), and
- * the commit of step 3 stores the blob with the version. Until the escrow
- * feature supplies escrow keys, check_importable() refuses such keys before
- * anything is made, so there is nothing to do. */
+/* Escrow at birth (DESIGN.md "Escrow and recovery"). When the key must be
+ * escrowed, step 2 unwraps with P11_KEY_ESCROWABLE (the transport key's
+ * unwrap template allows an extractable result; the RSA key's does not, so
+ * escrowed imports take the two-step path), and this step wraps the new
+ * object under the region's escrow key, stores the blob with the CREATING
+ * version and locks the object (kms_escrow.h). An object re-made for a
+ * version that is already ACTIVE (and so already escrowed) is only locked. */
+static bool escrowed(const struct import *x)
+{
+    const struct pol_tenant *pt = pol_principal_tenant(x->call->who);
+    return x->key.escrow_required || (pt != NULL && pol_tenant_escrow_required(pt));
+}
+
 static unsigned escrow_flags(const struct import *x)
 {
-    (void)x;
-    return 0;
+    return escrowed(x) ? P11_KEY_ESCROWABLE : 0;
 }
 
 static kms_err escrow_at_birth(struct import *x)
 {
-    (void)x;
-    return KMS_OK;
+    if (!escrowed(x))
+        return KMS_OK;
+    return kms_escrow_seal(x->call->svc, x->tok, x->key.key_id, x->version, &x->target,
+                           KMS_KEY_SPEC_AES_256, x->version_is_new);
 }
 
 /* Step 2: the version's object, unwrapped again from the same material into
@@ -567,6 +572,7 @@ static kms_err do_import(struct import *x, bool new_version)
     KMS_GUARD(p11_key_id_new(x->tok, &x->target));
     KMS_GUARD(kms_store_version_add(x->st, x->key.key_id, x->target.b, (int64_t)time(NULL),
                                     &x->version));
+    x->version_is_new = true;
     version_label(label, x->key.key_id, x->version);
     kms_err rc = make_object(x, label);
     if (rc == KMS_OK)

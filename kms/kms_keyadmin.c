@@ -14,6 +14,7 @@
 #include <openssl/rand.h>
 
 #include "kms_blob.h"
+#include "kms_escrow.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_rpc.h"
@@ -165,16 +166,23 @@ static void hsm_label(char out[80], const char *key_id, uint32_t version)
  * objects under the one hsm_id, AES then HMAC (docs/pkcs11.md): destroying
  * the id removes whichever exist, so a failure between them leaves nothing. */
 static kms_err make_version(struct kms_call *call, struct p11_token *tok, const char *key_id,
-                            uint32_t version, const uint8_t hsm_id[16], enum kms_key_spec spec)
+                            uint32_t version, const uint8_t hsm_id[16], enum kms_key_spec spec,
+                            bool escrow)
 {
     struct kms_store *st = kms_service_store(call->svc);
     struct p11_key_id id;
     memcpy(id.b, hsm_id, 16);
     char label[80];
     hsm_label(label, key_id, version);
-    kms_err rc = p11_key_generate(tok, P11_KEY_AES_ENCRYPT, 0, &id, label);
+    /* Escrow at birth: made extractable, wrapped under the region's escrow
+     * key, the blob stored, then locked, all before activation
+     * (kms_escrow.h). */
+    unsigned flags = escrow ? P11_KEY_ESCROWABLE : 0;
+    kms_err rc = p11_key_generate(tok, P11_KEY_AES_ENCRYPT, flags, &id, label);
     if (rc == KMS_OK && spec == KMS_KEY_SPEC_METADATA)
-        rc = p11_key_generate(tok, P11_KEY_HMAC_SHA256, 0, &id, label);
+        rc = p11_key_generate(tok, P11_KEY_HMAC_SHA256, flags, &id, label);
+    if (rc == KMS_OK && escrow)
+        rc = kms_escrow_seal(call->svc, tok, key_id, version, &id, spec, true);
     if (rc == KMS_OK)
         rc = kms_store_version_activate(st, key_id, version);
     kms_keycache_invalidate(kms_service_keycache(call->svc), key_id);
@@ -230,14 +238,14 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
         goto done;
     }
     const struct pol_tenant *pt = pol_principal_tenant(call->who);
-    /* Escrow at birth is a tenant promise to its regulator: never create a
-     * key that skips it. (The escrow feature supplies the wrap step.) */
-    KMS_ENSURE_GOTO(pt == NULL || !pol_tenant_escrow_required(pt), done,
-                    KMS_ERR_FAILED_PRECONDITION,
-                    "tenant requires key escrow, which is not enabled on this server");
+    bool escrow = pt != NULL && pol_tenant_escrow_required(pt);
     struct p11_token *tok = kms_service_token(call->svc, req->region);
     KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
                     "region %s is not served by this node", req->region);
+    /* Escrow at birth is a tenant promise to its regulator: never create a
+     * key that skips it. Asked before anything is made. */
+    if (escrow)
+        KMS_GUARD_GOTO(kms_escrow_ready(call->svc, req->region), done);
     KMS_GUARD_GOTO(kms_service_region_check(call->svc, req->region), done);
     rc = p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
     if (rc == KMS_OK && metadata)
@@ -258,6 +266,7 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     k.spec = metadata ? KMS_KEY_SPEC_METADATA : KMS_KEY_SPEC_AES_256;
     k.usage = metadata ? KMS_KEY_USAGE_METADATA : KMS_KEY_USAGE_ENCRYPT_DECRYPT;
     k.created_at = (int64_t)time(NULL);
+    k.escrow_required = escrow;
     struct kms_store *st = kms_service_store(call->svc);
 
     if (req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL) {
@@ -277,7 +286,7 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
         v1.state = KMS_VERSION_CREATING;
         v1.created_at = k.created_at;
         KMS_GUARD_GOTO(kms_store_key_insert(st, &k, &v1), done);
-        KMS_GUARD_GOTO(make_version(call, tok, k.key_id, 1, v1.hsm_id, k.spec), done);
+        KMS_GUARD_GOTO(make_version(call, tok, k.key_id, 1, v1.hsm_id, k.spec, escrow), done);
     }
     kms_rpc_audit_key(call, k.key_id, k.region, k.token);
     call->audit.key_version = k.origin == KMS_KEY_ORIGIN_HSM ? 1 : 0;
@@ -372,13 +381,19 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
     struct p11_token *tok = kms_service_token(call->svc, k.region);
     KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
                     "region %s is not served by this node", k.region);
+    /* A tenant that turned escrow on after the key was born escrows its
+     * new versions from now on. */
+    const struct pol_tenant *pt = pol_principal_tenant(call->who);
+    bool escrow = k.escrow_required || (pt != NULL && pol_tenant_escrow_required(pt));
+    if (escrow)
+        KMS_GUARD_GOTO(kms_escrow_ready(call->svc, k.region), done);
     struct p11_key_id hid;
     uint32_t version = 0;
     KMS_GUARD_GOTO(p11_key_id_new(tok, &hid), done);
     KMS_GUARD_GOTO(kms_store_version_add(kms_service_store(call->svc), k.key_id, hid.b,
                                          (int64_t)time(NULL), &version),
                    done);
-    KMS_GUARD_GOTO(make_version(call, tok, k.key_id, version, hid.b, k.spec), done);
+    KMS_GUARD_GOTO(make_version(call, tok, k.key_id, version, hid.b, k.spec, escrow), done);
     call->audit.key_version = version;
     kms_log_info("keys", "request %s: key %s rotated to version %u", call->request_id, k.key_id,
                  version);

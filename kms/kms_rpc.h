@@ -28,6 +28,7 @@ struct kms_audit_facts {
     char region[64];
     char token[33];
     const char *rule; /* static string: the policy rule that decided */
+    char detail[160]; /* non-secret note for a successful request (e.g. a recovery id) */
 };
 
 struct kms_call {
@@ -77,6 +78,14 @@ kms_err kms_rpc_get_import_parameters(struct kms_call *, const uint8_t *, size_t
 kms_err kms_rpc_import_key_material(struct kms_call *, const uint8_t *, size_t,
                                     struct kms_reply *);
 
+/* Escrow and recovery (kms_recovery.c). */
+kms_err kms_rpc_request_recovery(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_get_recovery(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_approve_recovery(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_execute_recovery(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_cancel_recovery(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_list_recoveries(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+
 /* Shared by handlers: load a key visible to the caller and authorize op on
  * it. A missing key and another tenant's key give the same NOT_FOUND. */
 struct kms_key_record;
@@ -94,6 +103,10 @@ void kms_rpc_key_metadata_free(struct Custos__V1__KeyMetadata *m);
 /* Record the key a request acts on, for its audit event (NULLs allowed). */
 void kms_rpc_audit_key(struct kms_call *call, const char *key_id, const char *region,
                        const char *token);
+
+/* Pack a response message into a reply (the front frees reply->data). */
+struct ProtobufCMessage;
+kms_err kms_rpc_pack(const struct ProtobufCMessage *m, struct kms_reply *reply);
 
 /* Malformed protobuf body. */
 #define KMS_RPC_MALFORMED(what) kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message", (what))

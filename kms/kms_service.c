@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "audit_log.h"
+#include "kms_escrow.h"
 #include "kms_import.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
@@ -28,6 +29,8 @@ struct kms_service {
     /* A region whose audit log could not be opened (damage, missing key) is
      * not served at all; the others go on. */
     bool audit_broken[KMS_CONFIG_MAX_TOKENS];
+    struct p11_key_id escrow[KMS_CONFIG_MAX_TOKENS]; /* by token index */
+    bool has_escrow[KMS_CONFIG_MAX_TOKENS];
 
     pthread_mutex_t policy_lock; /* guards `policy` (the pointer, not the doc) */
     struct pol_doc *policy;
@@ -80,6 +83,16 @@ kms_err kms_service_region_check(struct kms_service *svc, const char *region)
                                "operational log)",
                                region);
     return KMS_OK;
+}
+
+bool kms_service_escrow_key(struct kms_service *svc, const char *region, struct p11_key_id *out)
+{
+    for (size_t i = 0; region && i < svc->n_tokens; i++)
+        if (strcmp(p11_token_region(svc->tokens[i]), region) == 0 && svc->has_escrow[i]) {
+            *out = svc->escrow[i];
+            return true;
+        }
+    return false;
 }
 
 struct kms_store *kms_service_store(struct kms_service *svc)
@@ -312,6 +325,12 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
         KMS_GUARD_GOTO(p11_token_warm_cache(svc->tokens[i], &n), fail);
         kms_log_info("service", "token '%s': %zu key objects in the handle cache",
                      p11_token_label(svc->tokens[i]), n);
+        KMS_GUARD_GOTO(kms_escrow_key_find(svc->tokens[i], &svc->escrow[i], &svc->has_escrow[i]),
+                       fail);
+        if (!svc->has_escrow[i])
+            kms_log_warn("service", "region %s has no escrow key: tenants that require escrow "
+                         "cannot create keys there (kmsctl hsm init-region)",
+                         p11_token_region(svc->tokens[i]));
     }
     if (cfg->audit_enabled) {
         struct audit_log_config ac = {cfg->audit_head_every_events, cfg->audit_head_every_ms,

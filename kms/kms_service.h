@@ -67,6 +67,11 @@ struct audit_log *kms_service_audit_default(struct kms_service *svc);
  * key): such a region serves nothing until an operator intervenes. */
 kms_err kms_service_region_check(struct kms_service *svc, const char *region);
 
+/* The escrow key of a region served here, found at start; false if the
+ * region has none (kmsctl hsm init-region was not run). */
+struct p11_key_id;
+bool kms_service_escrow_key(struct kms_service *svc, const char *region, struct p11_key_id *out);
+
 /* Label prefix of every HSM object the service creates; reconcile treats
  * objects with this prefix that the store does not know as orphans. */
 #define KMS_HSM_LABEL_PREFIX "custos:key:"

@@ -64,7 +64,7 @@
 #include "kms_error.h"
 
 /* Highest schema version this code knows; see kms_store_schema.c. */
-#define KMS_STORE_SCHEMA_VERSION 2
+#define KMS_STORE_SCHEMA_VERSION 3
 
 /* Key ids are 16 random bytes in 32 lowercase hex chars, made by the caller. */
 #define KMS_KEY_ID_LEN 32
@@ -446,6 +446,125 @@ kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *
                                            struct kms_hsm_id **out, size_t *out_n);
 
 const char *kms_import_state_name(enum kms_import_state state);
+
+/* ---- escrow blobs and recoveries (kms_store_escrow.c) --------------------
+ *
+ * Escrow at birth writes one blob per HSM object of a version while the
+ * version is still CREATING (kms_store_escrow_put), then the caller locks
+ * the object and activates the version: a crash before activation leaves a
+ * CREATING version that reconcile discards, blob included (cascade). Blobs
+ * stay when the key is destroyed.
+ *
+ * A recovery moves PENDING_APPROVAL -> APPROVED (quorum) -> EXECUTED, or to
+ * CANCELLED or EXPIRED from either open state. Each transition is a
+ * compare-and-set; an approval and the quorum it completes are one commit,
+ * as are a RESTORE's execution and the key's return.
+ */
+#define KMS_ESCROW_BLOB_MAX 64
+#define KMS_RECOVERY_ID_LEN 32
+#define KMS_RECOVERY_MAX_VERSIONS 64
+#define KMS_RECOVERY_TEXT_MAX 512
+#define KMS_RECOVERY_CASE_MAX 128
+#define KMS_RECOVERY_NAME_MAX 64
+#define KMS_RECOVERY_LIST_MAX 100
+#define KMS_RECOVERY_SIG_MAX 80
+
+struct kms_escrow_record {
+    char key_id[KMS_KEY_ID_SIZE];
+    uint32_t version;
+    int part; /* 0: the AES key; 1: the HMAC key of a METADATA version */
+    char token[KMS_TOKEN_LABEL_MAX + 1];
+    uint8_t escrow_hsm_id[KMS_HSM_ID_LEN];
+    uint8_t blob[KMS_ESCROW_BLOB_MAX];
+    size_t blob_len;
+    int64_t created_at;
+};
+
+/* Values match custos.v1.RecoveryState: never renumber. */
+enum kms_recovery_state {
+    KMS_RECOVERY_PENDING = 1,
+    KMS_RECOVERY_APPROVED = 2,
+    KMS_RECOVERY_EXECUTED = 3,
+    KMS_RECOVERY_CANCELLED = 4,
+    KMS_RECOVERY_EXPIRED = 5,
+};
+
+struct kms_recovery_record {
+    char recovery_id[KMS_RECOVERY_ID_LEN + 1];
+    char tenant[KMS_TENANT_MAX + 1];
+    char key_id[KMS_KEY_ID_SIZE];
+    char region[KMS_REGION_MAX + 1];
+    uint32_t versions[KMS_RECOVERY_MAX_VERSIONS]; /* ascending, distinct */
+    size_t n_versions;
+    int mode;          /* custos.v1.RecoveryMode */
+    int justification; /* custos.v1.Justification */
+    char justification_text[KMS_RECOVERY_TEXT_MAX + 1];
+    char case_reference[KMS_RECOVERY_CASE_MAX + 1];
+    int restore_state; /* custos.v1.RestoreState */
+    char recipient[KMS_RECOVERY_NAME_MAX + 1];
+    char recipient_sha256[65];
+    char requester[KMS_RECOVERY_NAME_MAX + 1];
+    enum kms_recovery_state state;
+    uint32_t approvals_required;
+    uint32_t time_lock_s;
+    int64_t created_at, expires_at, quorum_at, executable_at, executed_at;
+    char cancelled_by[KMS_RECOVERY_NAME_MAX + 1];
+    char cancel_reason[KMS_RECOVERY_TEXT_MAX + 1];
+};
+
+struct kms_recovery_approval {
+    char officer[KMS_RECOVERY_NAME_MAX + 1];
+    int64_t approved_at;
+};
+
+/* Store a blob for a version that is CREATING (FAILED_PRECONDITION
+ * otherwise). */
+kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_record *r);
+
+/* Every blob of a key, by version then part (KMS_OK, NULL, 0 if none). */
+kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
+                              struct kms_escrow_record **out, size_t *out_n);
+
+/* Insert a new recovery (state PENDING_APPROVAL, no approvals). */
+kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_recovery_record *r);
+
+/* A recovery and the officers who approved it (oldest first; *out_appr may
+ * be NULL when the caller does not want them). NOT_FOUND if absent. */
+kms_err kms_store_recovery_get(struct kms_store *store, const char *recovery_id,
+                               struct kms_recovery_record *out,
+                               struct kms_recovery_approval **out_appr, size_t *out_n_appr);
+
+/* Newest first, at most KMS_RECOVERY_LIST_MAX, of a tenant; key_id (NULL:
+ * any) and open_only (PENDING_APPROVAL or APPROVED) filter. */
+kms_err kms_store_recovery_list(struct kms_store *store, const char *tenant, const char *key_id,
+                                bool open_only, struct kms_recovery_record **out, size_t *out_n);
+
+/* One commit: record officer's approval (signature kept as evidence) of a
+ * PENDING_APPROVAL recovery with expires_at > now; count the approvals; at
+ * approvals_required, the recovery becomes APPROVED with quorum_at = now and
+ * executable_at = now + time_lock_s. An officer who already approved is not
+ * counted again (*out_counted false). Not PENDING_APPROVAL, or expired:
+ * FAILED_PRECONDITION. */
+kms_err kms_store_recovery_approve(struct kms_store *store, const char *recovery_id,
+                                   const char *officer, const uint8_t *sig, size_t sig_len,
+                                   int64_t now, bool *out_counted);
+
+/* Compare-and-set the state from `expected` to CANCELLED (with by and
+ * reason), EXPIRED, or EXECUTED (an EXPORT_WRAPPED one; executed_at = now). */
+kms_err kms_store_recovery_finish(struct kms_store *store, const char *recovery_id,
+                                  enum kms_recovery_state expected,
+                                  enum kms_recovery_state new_state, int64_t now, const char *by,
+                                  const char *reason);
+
+/* RESTORE's commit: the APPROVED recovery becomes EXECUTED (executed_at =
+ * now); its DESTROYED key becomes `key_state` (ENABLED or DISABLED) with
+ * deletion_at 0; its listed versions, DESTROYED, become ACTIVE; the key's
+ * current version is the highest of them. Anything not in those states:
+ * FAILED_PRECONDITION and nothing changes. */
+kms_err kms_store_recovery_restore(struct kms_store *store, const char *recovery_id, int64_t now,
+                                   enum kms_key_state key_state);
+
+const char *kms_recovery_state_name(enum kms_recovery_state state);
 
 /* Names of enum values for logs and errors ("ENABLED"); never NULL. */
 const char *kms_key_state_name(enum kms_key_state state);

@@ -35,67 +35,6 @@ const char *kms_import_state_name(enum kms_import_state state)
     return "UNKNOWN";
 }
 
-/* ---- statements ------------------------------------------------------------ */
-
-static kms_err prep(struct store_conn *c, const char *sql, const char *op, struct store_bind *out)
-{
-    *out = (struct store_bind){c, NULL, SQLITE_OK};
-    int rc = sqlite3_prepare_v2(c->db, sql, -1, &out->st, NULL);
-    if (rc != SQLITE_OK) {
-        kms_err err = store_sql_err(c->db, rc, op);
-        sqlite3_finalize(out->st);
-        out->st = NULL;
-        return err;
-    }
-    return KMS_OK;
-}
-
-static void fin(struct store_bind *b)
-{
-    sqlite3_finalize(b->st);
-    b->st = NULL;
-}
-
-static void bind_blob(struct store_bind *b, int i, const uint8_t *v, int len)
-{
-    if (b->rc == SQLITE_OK)
-        b->rc = sqlite3_bind_blob(b->st, i, v, len, SQLITE_STATIC);
-}
-
-/* Prepare, bind through `bind`, run to completion; *out_changes (may be
- * NULL) gets the rows changed. */
-typedef void (*binder)(struct store_bind *b, const void *arg);
-
-static kms_err exec_one(struct store_conn *c, const char *sql, const char *op, binder bind,
-                        const void *arg, int *out_changes)
-{
-    struct store_bind b;
-    KMS_GUARD(prep(c, sql, op, &b));
-    bind(&b, arg);
-    kms_err rc = store_run(&b, op);
-    if (rc == KMS_OK && out_changes)
-        *out_changes = sqlite3_changes(c->db);
-    fin(&b);
-    return rc;
-}
-
-/* A one-row, one-integer query; *out_row false when there is no row. */
-static kms_err query_int(struct store_conn *c, const char *sql, const char *op, binder bind,
-                         const void *arg, int64_t *out, bool *out_row)
-{
-    struct store_bind b;
-    bool row = false;
-    KMS_GUARD(prep(c, sql, op, &b));
-    bind(&b, arg);
-    kms_err rc = store_step(&b, op, &row);
-    if (rc == KMS_OK && row)
-        *out = sqlite3_column_int64(b.st, 0);
-    if (out_row)
-        *out_row = row;
-    fin(&b);
-    return rc;
-}
-
 static kms_err check_token_id(const uint8_t *token_id, const char *op)
 {
     KMS_ENSURE(token_id != NULL, KMS_ERR_USAGE, "store: %s: token id is NULL", op);
@@ -128,7 +67,7 @@ static kms_err read_token(sqlite3_stmt *st, void *elem, const char *op)
 
 static void bind_token_id(struct store_bind *b, const void *arg)
 {
-    bind_blob(b, 1, arg, KMS_IMPORT_TOKEN_ID_LEN);
+    store_bind_blob(b, 1, arg, KMS_IMPORT_TOKEN_ID_LEN);
 }
 
 /* The token row as the current transaction sees it. */
@@ -137,14 +76,14 @@ static kms_err token_row_get(struct store_conn *c, const uint8_t *token_id,
 {
     struct store_bind b;
     bool row = false;
-    KMS_GUARD(prep(c, "SELECT " TOKEN_COLS " FROM import_tokens WHERE token_id = ?1", op, &b));
+    KMS_GUARD(store_prep(c, "SELECT " TOKEN_COLS " FROM import_tokens WHERE token_id = ?1", op, &b));
     bind_token_id(&b, token_id);
     kms_err rc = store_step(&b, op, &row);
     if (rc == KMS_OK && !row)
         rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: no such import token", op);
     if (rc == KMS_OK)
         rc = read_token(b.st, out, op);
-    fin(&b);
+    store_fin(&b);
     return rc;
 }
 
@@ -156,7 +95,7 @@ struct set_state_arg {
 static void bind_set_state(struct store_bind *b, const void *varg)
 {
     const struct set_state_arg *a = varg;
-    bind_blob(b, 1, a->token_id, KMS_IMPORT_TOKEN_ID_LEN);
+    store_bind_blob(b, 1, a->token_id, KMS_IMPORT_TOKEN_ID_LEN);
     store_bind_int(b, 2, a->to);
     store_bind_int(b, 3, a->from);
     store_bind_int(b, 4, a->end);
@@ -171,7 +110,7 @@ static kms_err token_cas(struct store_conn *c, const uint8_t *token_id, enum kms
 {
     struct set_state_arg a = {token_id, to, from, end, (int)failures};
     int changed = 0;
-    KMS_GUARD(exec_one(c,
+    KMS_GUARD(store_exec_one(c,
                        "UPDATE import_tokens SET state = ?2, end_reason = ?4, failures = ?5 "
                        "WHERE token_id = ?1 AND state = ?3",
                        op, bind_set_state, &a, &changed));
@@ -202,7 +141,7 @@ static void bind_key_live(struct store_bind *b, const void *varg)
 static void bind_insert(struct store_bind *b, const void *varg)
 {
     const struct kms_import_token_record *t = varg;
-    bind_blob(b, 1, t->token_id, KMS_IMPORT_TOKEN_ID_LEN);
+    store_bind_blob(b, 1, t->token_id, KMS_IMPORT_TOKEN_ID_LEN);
     store_bind_text(b, 2, t->key_id);
     store_bind_text(b, 3, t->token);
     store_bind_hsm_id(b, 4, t->hsm_id);
@@ -234,7 +173,7 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
     if (rc != KMS_OK)
         goto out;
     KMS_GUARD_GOTO(store_key_row_get(c, t->key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op, bind_key_id,
+    KMS_GUARD_GOTO(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op, bind_key_id,
                              t->key_id, &origin, &found),
                    end);
     KMS_ENSURE_GOTO(origin == KMS_KEY_ORIGIN_EXTERNAL, end, KMS_ERR_FAILED_PRECONDITION,
@@ -244,7 +183,7 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
                     end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, t->key_id,
                     kms_key_state_name(row.state));
     struct key_live_arg la = {t->key_id, now};
-    KMS_GUARD_GOTO(query_int(c,
+    KMS_GUARD_GOTO(store_query_int(c,
                              "SELECT count(*) FROM import_tokens WHERE key_id = ?1 "
                              "AND state IN (0, 1, 2) AND expires_at > ?2",
                              op, bind_key_live, &la, &live, NULL),
@@ -252,7 +191,7 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
     KMS_ENSURE_GOTO((uint64_t)live < (uint64_t)max_live, end, KMS_ERR_RESOURCE_EXHAUSTED,
                     "store: %s: key %s already has %" PRId64 " unexpired import tokens", op,
                     t->key_id, live);
-    KMS_GUARD_GOTO(exec_one(c,
+    KMS_GUARD_GOTO(store_exec_one(c,
                             "INSERT INTO import_tokens (" TOKEN_COLS ") "
                             "VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5, ?6)",
                             op, bind_insert, t, NULL),
@@ -305,7 +244,7 @@ kms_err kms_store_import_token_discard(struct kms_store *store,
     kms_err rc = store_tx_begin(c, true, op);
     if (rc != KMS_OK)
         goto out;
-    KMS_GUARD_GOTO(exec_one(c, "DELETE FROM import_tokens WHERE token_id = ?1 AND state = 0", op,
+    KMS_GUARD_GOTO(store_exec_one(c, "DELETE FROM import_tokens WHERE token_id = ?1 AND state = 0", op,
                             bind_token_id, token_id, &changed),
                    end);
     KMS_ENSURE_GOTO(changed == 1, end, KMS_ERR_FAILED_PRECONDITION,
@@ -404,7 +343,7 @@ static void bind_kcv(struct store_bind *b, const void *varg)
     store_bind_text(b, 1, a->key_id);
     store_bind_int(b, 2, a->version);
     if (a->kcv)
-        bind_blob(b, 3, a->kcv, KMS_KCV_LEN);
+        store_bind_blob(b, 3, a->kcv, KMS_KCV_LEN);
 }
 
 kms_err kms_store_import_commit(struct kms_store *store,
@@ -436,7 +375,7 @@ kms_err kms_store_import_commit(struct kms_store *store,
                         row.state == KMS_KEY_DISABLED,
                     end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
                     kms_key_state_name(row.state));
-    KMS_GUARD_GOTO(query_int(c,
+    KMS_GUARD_GOTO(store_query_int(c,
                              "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
                              op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &vstate,
                              &found),
@@ -450,7 +389,7 @@ kms_err kms_store_import_commit(struct kms_store *store,
 
     /* The same material must not become two versions, and two first
      * imports that raced must not both win. */
-    KMS_GUARD_GOTO(query_int(c,
+    KMS_GUARD_GOTO(store_query_int(c,
                              "SELECT count(*) FROM key_check_values c JOIN key_versions v "
                              "USING (key_id, version) WHERE c.key_id = ?1 AND c.version <> ?2 "
                              "AND v.state = 1 AND c.kcv = ?3",
@@ -460,7 +399,7 @@ kms_err kms_store_import_commit(struct kms_store *store,
                     "store: %s: key %s already has this material as another version", op,
                     key_id);
     if (first) {
-        KMS_GUARD_GOTO(query_int(c,
+        KMS_GUARD_GOTO(store_query_int(c,
                                  "SELECT count(*) FROM key_versions WHERE key_id = ?1 "
                                  "AND version <> ?2 AND state = 1",
                                  op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &n,
@@ -472,7 +411,7 @@ kms_err kms_store_import_commit(struct kms_store *store,
     /* Record the KCV, or check the one recorded. */
     struct store_bind b;
     bool have = false;
-    KMS_GUARD_GOTO(prep(c, "SELECT kcv FROM key_check_values WHERE key_id = ?1 AND version = ?2",
+    KMS_GUARD_GOTO(store_prep(c, "SELECT kcv FROM key_check_values WHERE key_id = ?1 AND version = ?2",
                         op, &b),
                    end);
     bind_kcv(&b, &(struct kcv_arg){key_id, version, NULL});
@@ -483,11 +422,11 @@ kms_err kms_store_import_commit(struct kms_store *store,
         rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION,
                          "store: %s: key %s version %" PRIu32 " holds other material", op,
                          key_id, version);
-    fin(&b);
+    store_fin(&b);
     if (rc != KMS_OK)
         goto end;
     if (!have)
-        KMS_GUARD_GOTO(exec_one(c,
+        KMS_GUARD_GOTO(store_exec_one(c,
                                 "INSERT INTO key_check_values (key_id, version, kcv) "
                                 "VALUES (?1, ?2, ?3)",
                                 op, bind_kcv, &ka, NULL),
@@ -544,7 +483,7 @@ kms_err kms_store_key_check_values(struct kms_store *store, const char *key_id,
     if (rc != KMS_OK)
         goto out;
     KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(prep(c,
+    KMS_GUARD_GOTO(store_prep(c,
                         "SELECT c.version, c.kcv FROM key_check_values c JOIN key_versions v "
                         "USING (key_id, version) WHERE c.key_id = ?1 AND v.state = 1 "
                         "ORDER BY c.version",
@@ -552,7 +491,7 @@ kms_err kms_store_key_check_values(struct kms_store *store, const char *key_id,
                    end);
     store_bind_text(&b, 1, key_id);
     rc = store_collect(&b, sizeof(struct kms_kcv_record), SIZE_MAX, read_kcv, &arr, &n, op);
-    fin(&b);
+    store_fin(&b);
 end:
     rc = store_tx_end(c, rc, op);
     if (rc == KMS_OK) {
@@ -595,7 +534,7 @@ kms_err kms_store_import_tokens_due(struct kms_store *store, int64_t now, int64_
                "store: %s: limit must be 1..%d", op, KMS_PAGE_SIZE_MAX);
     KMS_ENSURE(grace_s >= 0, KMS_ERR_INVALID_ARGUMENT, "store: %s: negative grace", op);
     struct store_conn *c = store_reader_take(store);
-    kms_err rc = prep(c,
+    kms_err rc = store_prep(c,
                       "SELECT " TOKEN_COLS " FROM import_tokens WHERE state <> 4 AND ("
                       "  state = 3"
                       "  OR (state = 1 AND expires_at <= ?1)"
@@ -609,7 +548,7 @@ kms_err kms_store_import_tokens_due(struct kms_store *store, int64_t now, int64_
         rc = store_collect(&b, sizeof(struct kms_import_token_record), limit, read_token, &arr,
                            out_n, op);
         *out = arr;
-        fin(&b);
+        store_fin(&b);
     }
     store_conn_give(c);
     return rc;
@@ -651,7 +590,7 @@ kms_err kms_store_import_tokens_purge(struct kms_store *store, int64_t before, s
     kms_err rc = store_tx_begin(c, true, op);
     if (rc != KMS_OK)
         goto out;
-    KMS_GUARD_GOTO(exec_one(c, "DELETE FROM import_tokens WHERE state = 4 AND expires_at < ?1",
+    KMS_GUARD_GOTO(store_exec_one(c, "DELETE FROM import_tokens WHERE state = 4 AND expires_at < ?1",
                             op, bind_before, &before, &changed),
                    end);
 end:
@@ -674,7 +613,7 @@ kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *
     *out_n = 0;
     KMS_GUARD(store_check_token(token, KMS_TOKEN_LABEL_MAX + 1, op));
     struct store_conn *c = store_reader_take(store);
-    kms_err rc = prep(c,
+    kms_err rc = store_prep(c,
                       "SELECT hsm_id FROM import_tokens WHERE token = ?1 AND state <> 4 "
                       "ORDER BY hsm_id",
                       op, &b);
@@ -684,7 +623,7 @@ kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *
         rc = store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &arr,
                            out_n, op);
         *out = arr;
-        fin(&b);
+        store_fin(&b);
     }
     store_conn_give(c);
     return rc;

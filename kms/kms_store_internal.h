@@ -170,6 +170,23 @@ kms_err store_key_row_get(struct store_conn *c, const char *key_id, bool creatin
 /* ---- kms_store.c ---- */
 
 kms_err store_check_key_id(const char *key_id, const char *op);
+/* The state of one version, CREATING included, or KMS_ERR_NOT_FOUND. */
+kms_err store_version_state_get(struct store_conn *c, const char *key_id, uint32_t version,
+                                enum kms_version_state *out, const char *op);
 kms_err store_check_token(const char *token, size_t size, const char *op);
+
+/* Statements prepared per call, for rare operations (imports, escrow,
+ * recoveries) whose HSM work dwarfs a prepare. store_fin finalizes. */
+typedef void (*store_binder)(struct store_bind *b, const void *arg);
+kms_err store_prep(struct store_conn *c, const char *sql, const char *op, struct store_bind *out);
+void store_fin(struct store_bind *b);
+void store_bind_blob(struct store_bind *b, int i, const uint8_t *v, int len);
+/* Prepare, bind through `bind`, run to completion; *out_changes (may be
+ * NULL) gets the rows changed. */
+kms_err store_exec_one(struct store_conn *c, const char *sql, const char *op, store_binder bind,
+                       const void *arg, int *out_changes);
+/* A one-row, one-integer query; *out_row false when there is no row. */
+kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, store_binder bind,
+                        const void *arg, int64_t *out, bool *out_row);
 
 #endif

@@ -117,6 +117,60 @@ static const struct migration migrations[] = {
      "  FOREIGN KEY (key_id, version) REFERENCES key_versions (key_id, version)"
      "    ON DELETE CASCADE"
      ") STRICT, WITHOUT ROWID;"},
+
+    {3, "escrow_blobs, recoveries, recovery_approvals (escrow and recovery)",
+     /* One blob per HSM object of a version (part 0: the AES key, 1: the
+      * HMAC key of a METADATA version), wrapped under the region's escrow
+      * key (escrow_hsm_id) in `token`. Blobs outlive the key's destruction:
+      * that is what they are for. */
+     "CREATE TABLE escrow_blobs ("
+     "  key_id        TEXT    NOT NULL,"
+     "  version       INTEGER NOT NULL,"
+     "  part          INTEGER NOT NULL CHECK (part IN (0, 1)),"
+     "  token         TEXT    NOT NULL,"
+     "  escrow_hsm_id BLOB    NOT NULL CHECK (length(escrow_hsm_id) = 16),"
+     "  blob          BLOB    NOT NULL CHECK (length(blob) BETWEEN 1 AND 64),"
+     "  created_at    INTEGER NOT NULL,"
+     "  PRIMARY KEY (key_id, version, part),"
+     "  FOREIGN KEY (key_id, version) REFERENCES key_versions (key_id, version)"
+     "    ON DELETE CASCADE"
+     ") STRICT, WITHOUT ROWID;"
+     /* States and modes are enum kms_recovery_state / the proto's enums. */
+     "CREATE TABLE recoveries ("
+     "  recovery_id        TEXT    NOT NULL PRIMARY KEY CHECK (length(recovery_id) = 32),"
+     "  tenant             TEXT    NOT NULL,"
+     "  key_id             TEXT    NOT NULL REFERENCES keys (key_id),"
+     "  region             TEXT    NOT NULL,"
+     "  versions           TEXT    NOT NULL,"
+     "  mode               INTEGER NOT NULL,"
+     "  justification      INTEGER NOT NULL,"
+     "  justification_text TEXT    NOT NULL,"
+     "  case_reference     TEXT    NOT NULL,"
+     "  restore_state      INTEGER NOT NULL,"
+     "  recipient          TEXT    NOT NULL,"
+     "  recipient_sha256   TEXT    NOT NULL,"
+     "  requester          TEXT    NOT NULL,"
+     "  state              INTEGER NOT NULL,"
+     "  approvals_required INTEGER NOT NULL CHECK (approvals_required >= 1),"
+     "  time_lock_s        INTEGER NOT NULL CHECK (time_lock_s >= 0),"
+     "  created_at         INTEGER NOT NULL,"
+     "  expires_at         INTEGER NOT NULL,"
+     "  quorum_at          INTEGER NOT NULL,"
+     "  executable_at      INTEGER NOT NULL,"
+     "  executed_at        INTEGER NOT NULL,"
+     "  cancelled_by       TEXT    NOT NULL,"
+     "  cancel_reason      TEXT    NOT NULL,"
+     "  CHECK (expires_at > created_at)"
+     ") STRICT, WITHOUT ROWID;"
+     "CREATE INDEX recoveries_by_tenant ON recoveries (tenant, created_at);"
+     /* The signature is the evidence: kept, so an auditor can re-verify it. */
+     "CREATE TABLE recovery_approvals ("
+     "  recovery_id TEXT    NOT NULL REFERENCES recoveries (recovery_id) ON DELETE CASCADE,"
+     "  officer     TEXT    NOT NULL,"
+     "  signature   BLOB    NOT NULL,"
+     "  approved_at INTEGER NOT NULL,"
+     "  PRIMARY KEY (recovery_id, officer)"
+     ") STRICT, WITHOUT ROWID;"},
 };
 
 #define MIGRATION_COUNT (sizeof(migrations) / sizeof(migrations[0]))

@@ -368,3 +368,64 @@ done:
     store_done(&b);
     return rc;
 }
+
+/* ---- statements prepared per call (rare operations) ------------------------ */
+
+kms_err store_prep(struct store_conn *c, const char *sql, const char *op, struct store_bind *out)
+{
+    *out = (struct store_bind){c, NULL, SQLITE_OK};
+    int rc = sqlite3_prepare_v2(c->db, sql, -1, &out->st, NULL);
+    if (rc != SQLITE_OK) {
+        kms_err err = store_sql_err(c->db, rc, op);
+        sqlite3_finalize(out->st);
+        out->st = NULL;
+        return err;
+    }
+    return KMS_OK;
+}
+
+void store_fin(struct store_bind *b)
+{
+    sqlite3_finalize(b->st);
+    b->st = NULL;
+}
+
+void store_bind_blob(struct store_bind *b, int i, const uint8_t *v, int len)
+{
+    if (b->rc == SQLITE_OK)
+        b->rc = sqlite3_bind_blob(b->st, i, v, len, SQLITE_STATIC);
+}
+
+/* Prepare, bind through `bind`, run to completion; *out_changes (may be
+ * NULL) gets the rows changed. */
+
+kms_err store_exec_one(struct store_conn *c, const char *sql, const char *op, store_binder bind,
+                        const void *arg, int *out_changes)
+{
+    struct store_bind b;
+    KMS_GUARD(store_prep(c, sql, op, &b));
+    bind(&b, arg);
+    kms_err rc = store_run(&b, op);
+    if (rc == KMS_OK && out_changes)
+        *out_changes = sqlite3_changes(c->db);
+    store_fin(&b);
+    return rc;
+}
+
+/* A one-row, one-integer query; *out_row false when there is no row. */
+kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, store_binder bind,
+                         const void *arg, int64_t *out, bool *out_row)
+{
+    struct store_bind b;
+    bool row = false;
+    KMS_GUARD(store_prep(c, sql, op, &b));
+    bind(&b, arg);
+    kms_err rc = store_step(&b, op, &row);
+    if (rc == KMS_OK && row)
+        *out = sqlite3_column_int64(b.st, 0);
+    if (out_row)
+        *out_row = row;
+    store_fin(&b);
+    return rc;
+}
+

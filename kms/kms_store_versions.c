@@ -18,8 +18,8 @@ static kms_err check_version(uint32_t version, const char *op)
 }
 
 /* The state of one version, CREATING included, or KMS_ERR_NOT_FOUND. */
-static kms_err version_state_get(struct store_conn *c, const char *key_id, uint32_t version,
-                                 enum kms_version_state *out, const char *op)
+kms_err store_version_state_get(struct store_conn *c, const char *key_id, uint32_t version,
+                                enum kms_version_state *out, const char *op)
 {
     struct store_bind b;
     bool row = false;
@@ -181,7 +181,7 @@ kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
     KMS_GUARD_GOTO(store_key_row_get(c, key_id, true, &row, op), end);
     KMS_ENSURE_GOTO(row.state != KMS_KEY_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
                     "store: %s: key %s is DESTROYED", op, key_id);
-    KMS_GUARD_GOTO(version_state_get(c, key_id, version, &vstate, op), end);
+    KMS_GUARD_GOTO(store_version_state_get(c, key_id, version, &vstate, op), end);
     KMS_ENSURE_GOTO(vstate != KMS_VERSION_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
                     "store: %s: key %s version %" PRIu32 " is DESTROYED", op, key_id, version);
     /* Already ACTIVE: the commit that made it so also updated the key. */
@@ -256,7 +256,7 @@ kms_err kms_store_creating_discard(struct kms_store *store, const char *key_id,
     kms_err rc = store_tx_begin(c, true, op);
     if (rc != KMS_OK)
         goto out;
-    KMS_GUARD_GOTO(version_state_get(c, key_id, version, &vstate, op), end);
+    KMS_GUARD_GOTO(store_version_state_get(c, key_id, version, &vstate, op), end);
     KMS_ENSURE_GOTO(vstate == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
                     "store: %s: key %s version %" PRIu32 " is %s, not CREATING", op, key_id,
                     version, kms_version_state_name(vstate));

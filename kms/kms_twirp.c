@@ -4,9 +4,11 @@
 #include "kms_twirp.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
+#include <protobuf-c/protobuf-c.h>
 
 #include "audit_rpc.h"
 #include "kms_fields.h"
@@ -46,6 +48,15 @@ static const struct route field_service[] = {
     {"BlindIndex", kms_rpc_blind_index},
 };
 
+static const struct route escrow_service[] = {
+    {"RequestRecovery", kms_rpc_request_recovery},
+    {"GetRecovery", kms_rpc_get_recovery},
+    {"ApproveRecovery", kms_rpc_approve_recovery},
+    {"ExecuteRecovery", kms_rpc_execute_recovery},
+    {"CancelRecovery", kms_rpc_cancel_recovery},
+    {"ListRecoveries", kms_rpc_list_recoveries},
+};
+
 static kms_rpc_fn find(const struct route *r, size_t n, const char *method)
 {
     for (size_t i = 0; i < n; i++)
@@ -58,6 +69,8 @@ kms_rpc_fn kms_rpc_lookup(const char *service, const char *method)
 {
     if (strcmp(service, "custos.v1.AuditService") == 0)
         return find(audit_service, sizeof(audit_service) / sizeof(audit_service[0]), method);
+    if (strcmp(service, "custos.v1.EscrowService") == 0)
+        return find(escrow_service, sizeof(escrow_service) / sizeof(escrow_service[0]), method);
     if (strcmp(service, "custos.v1.FieldService") == 0)
         return find(field_service, sizeof(field_service) / sizeof(field_service[0]), method);
     if (strcmp(service, "custos.v1.KeyService") != 0)
@@ -96,4 +109,13 @@ char *kms_twirp_error_body(kms_err err, const char *msg)
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return s;
+}
+
+kms_err kms_rpc_pack(const ProtobufCMessage *m, struct kms_reply *r)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    r->data = malloc(n ? n : 1);
+    KMS_ENSURE(r->data != NULL, KMS_ERR_NOMEM, "out of memory");
+    r->len = protobuf_c_message_pack(m, r->data);
+    return KMS_OK;
 }

@@ -13,7 +13,9 @@
 
 #include "kms_error.h"
 #include "kms_secret.h"
+#include "kms_escrow.h"
 #include "p11_module.h"
+#include "p11_token.h"
 
 #define DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -33,16 +35,51 @@ static void hsm_usage(FILE *f)
             "commands:\n"
             "  list                         list slots and their tokens\n"
             "  init-token                   initialise a free slot's token and set its user PIN\n"
+            "  init-region                  create the region's escrow key in its token (once;\n"
+            "                               a no-op when it exists)\n"
             "\n"
             "options:\n"
             "  --module PATH                PKCS#11 module (default $CUSTOS_PKCS11_MODULE or\n"
             "                               " DEFAULT_MODULE ")\n"
-            "  --label LABEL                token label, 1..32 bytes (init-token)\n"
+            "  --label LABEL                token label, 1..32 bytes (init-token), or the\n"
+            "                               token label or RFC 7512 URI (init-region)\n"
+            "  --region REGION              the region the token serves (init-region)\n"
             "  --so-pin-source SRC          SO PIN source: file:/path (mode 0600) or env:NAME\n"
             "  --pin-source SRC             user PIN source, same forms\n"
             "  -h, --help                   this text\n"
             "\n"
             "exit codes: 0 success, 1 operation failed, 2 usage error\n");
+}
+
+/* The region's escrow key: AES-256, wrap/unwrap only, made inside the
+ * token (docs/escrow-recovery.md, "Key ceremony"). */
+static int init_region(const char *module, const char *selector, const char *region,
+                       const char *pin_src)
+{
+    struct p11_module *mod = NULL;
+    struct p11_token *tok = NULL;
+    struct p11_key_id id;
+    bool created = false;
+    kms_err rc = p11_module_load(module, &mod);
+    if (rc == KMS_OK) {
+        struct p11_token_config tc = {region, selector, pin_src, 2};
+        rc = p11_tokens_open(mod, &tc, 1, &tok);
+    }
+    if (rc == KMS_OK)
+        rc = kms_escrow_key_init(tok, &id, &created);
+    if (rc == KMS_OK) {
+        char hex[33];
+        p11_key_id_hex(&id, hex);
+        printf("region %s: escrow key %s %s in token '%s'\n", region, hex,
+               created ? "created" : "already present", p11_token_label(tok));
+    }
+    p11_token_free(tok);
+    p11_module_free(mod);
+    if (rc != KMS_OK) {
+        fprintf(stderr, "kmsctl hsm init-region: %s\n", kms_err_detail());
+        return 1;
+    }
+    return 0;
 }
 
 int kmsctl_hsm_main(int argc, char **argv)
@@ -52,10 +89,12 @@ int kmsctl_hsm_main(int argc, char **argv)
         {"label", required_argument, NULL, 'l'},
         {"so-pin-source", required_argument, NULL, 's'},
         {"pin-source", required_argument, NULL, 'p'},
+        {"region", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *module = default_module(), *label = NULL, *so_src = NULL, *pin_src = NULL;
+    const char *module = default_module(), *label = NULL, *so_src = NULL, *pin_src = NULL,
+               *region = NULL;
     if (argc < 2) {
         hsm_usage(stderr);
         return 2;
@@ -81,6 +120,9 @@ int kmsctl_hsm_main(int argc, char **argv)
         case 'p':
             pin_src = optarg;
             break;
+        case 'r':
+            region = optarg;
+            break;
         case 'h':
             hsm_usage(stdout);
             return 0;
@@ -88,6 +130,13 @@ int kmsctl_hsm_main(int argc, char **argv)
             hsm_usage(stderr);
             return 2;
         }
+    }
+    if (strcmp(cmd, "init-region") == 0) {
+        if (!label || !pin_src || !region) {
+            fprintf(stderr, "kmsctl hsm init-region: --label, --region and --pin-source are required\n");
+            return 2;
+        }
+        return init_region(module, label, region, pin_src);
     }
     if (strcmp(cmd, "list") != 0 && strcmp(cmd, "init-token") != 0) {
         fprintf(stderr, "kmsctl hsm: unknown command '%s'\n", cmd);

@@ -141,6 +141,7 @@ kms_err p11_gcm_decrypt(struct p11_token *tok, const struct p11_key_id *key, con
 
 struct wrap_arg {
     const struct p11_key_id *wrapping, *target;
+    enum p11_key_kind target_kind; /* 0: the id's AES key, else its generic secret */
     uint8_t *out;
     size_t out_cap, out_len;
 };
@@ -150,7 +151,14 @@ static kms_err do_wrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     struct wrap_arg *a = varg;
     CK_OBJECT_HANDLE hw, ht;
     KMS_GUARD(p11_key_handle(tok, s, a->wrapping, CKO_SECRET_KEY, CKK_AES, &hw));
-    KMS_GUARD(p11_key_handle_secret(tok, s, a->target, &ht, NULL));
+    if (a->target_kind == 0) {
+        KMS_GUARD(p11_key_handle_secret(tok, s, a->target, &ht, NULL));
+    } else {
+        CK_OBJECT_CLASS cls;
+        CK_KEY_TYPE type;
+        p11_kind_object(a->target_kind, &cls, &type);
+        KMS_GUARD(p11_key_handle(tok, s, a->target, cls, type, &ht));
+    }
     CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_ULONG len = a->out_cap;
     CK_RV rv = tok->fl->C_WrapKey(s, &m, hw, ht, a->out, &len);
@@ -159,12 +167,12 @@ static kms_err do_wrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     return KMS_OK;
 }
 
-kms_err p11_kwp_wrap(struct p11_token *tok, const struct p11_key_id *wrapping,
-                     const struct p11_key_id *target, uint8_t *out, size_t out_cap,
-                     size_t *out_len)
+static kms_err kwp_wrap(struct p11_token *tok, const struct p11_key_id *wrapping,
+                        const struct p11_key_id *target, enum p11_key_kind target_kind,
+                        uint8_t *out, size_t out_cap, size_t *out_len)
 {
     *out_len = 0;
-    struct wrap_arg a = {wrapping, target, out, out_cap, 0};
+    struct wrap_arg a = {wrapping, target, target_kind, out, out_cap, 0};
     kms_err rc = p11_with_session(tok, do_wrap, &a);
     if (rc != KMS_OK) {
         OPENSSL_cleanse(out, out_cap);
@@ -172,6 +180,13 @@ kms_err p11_kwp_wrap(struct p11_token *tok, const struct p11_key_id *wrapping,
     }
     *out_len = a.out_len;
     return KMS_OK;
+}
+
+kms_err p11_kwp_wrap(struct p11_token *tok, const struct p11_key_id *wrapping,
+                     const struct p11_key_id *target, uint8_t *out, size_t out_cap,
+                     size_t *out_len)
+{
+    return kwp_wrap(tok, wrapping, target, 0, out, out_cap, out_len);
 }
 
 struct unwrap_arg {
@@ -517,3 +532,13 @@ kms_err p11_escrow_and_lock(struct p11_token *tok, const struct p11_key_id *escr
     }
     return rc;
 }
+
+kms_err p11_escrow_wrap(struct p11_token *tok, const struct p11_key_id *escrow,
+                        const struct p11_key_id *key, enum p11_key_kind kind, uint8_t *out_blob,
+                        size_t out_cap, size_t *out_len)
+{
+    KMS_ENSURE(kind == P11_KEY_AES_ENCRYPT || kind == P11_KEY_HMAC_SHA256, KMS_ERR_USAGE,
+               "only AES and HMAC keys are escrowed");
+    return kwp_wrap(tok, escrow, key, kind, out_blob, out_cap, out_len);
+}
+

@@ -105,4 +105,13 @@ kms_err p11_escrow_and_lock(struct p11_token *tok, const struct p11_key_id *escr
                             const struct p11_key_id *key, uint8_t *out_blob, size_t out_cap,
                             size_t *out_len);
 
+/* Escrow wrap of one object of a version, named by kind (an AES_256 version
+ * is one AES key; a METADATA version an AES and an HMAC key under one id):
+ * RFC 5649 under `escrow` (P11_KEY_AES_ESCROW). The object must be
+ * escrowable (still extractable); the caller locks it after storing the
+ * blob (p11_key_lock_kind). out_cap >= 40. */
+kms_err p11_escrow_wrap(struct p11_token *tok, const struct p11_key_id *escrow,
+                        const struct p11_key_id *key, enum p11_key_kind kind, uint8_t *out_blob,
+                        size_t out_cap, size_t *out_len);
+
 #endif

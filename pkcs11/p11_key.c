@@ -35,6 +35,8 @@ const char *p11_key_kind_name(enum p11_key_kind kind)
         return "ECDSA P-256";
     case P11_KEY_RSA3072_UNWRAP:
         return "RSA-3072 unwrap";
+    case P11_KEY_AES_ESCROW:
+        return "AES-256 escrow wrap/unwrap";
     }
     return "unknown key kind";
 }
@@ -52,6 +54,7 @@ static struct usage kind_usage(enum p11_key_kind kind)
         u.encrypt = u.decrypt = true;
         break;
     case P11_KEY_AES_WRAP:
+    case P11_KEY_AES_ESCROW:
         u.wrap = u.unwrap = true;
         break;
     case P11_KEY_AES_TRANSPORT:
@@ -95,6 +98,7 @@ kms_err p11_key_kind_supported(const struct p11_token *tok, enum p11_key_kind ki
         break;
     case P11_KEY_AES_WRAP:
     case P11_KEY_AES_TRANSPORT:
+    case P11_KEY_AES_ESCROW:
         need[n++] = P11_CAP_GEN_AES_256;
         need[n++] = P11_CAP_AES_KWP;
         break;
@@ -205,7 +209,7 @@ void p11_tmpl_secret(struct p11_tmpl *t, enum p11_key_kind kind, unsigned flags,
     add_usage(t, t->cls, kind_usage(kind));
     if (kind == P11_KEY_AES_WRAP || kind == P11_KEY_RSA3072_UNWRAP)
         add_unwrap_template(t, true);
-    else if (kind == P11_KEY_AES_TRANSPORT)
+    else if (kind == P11_KEY_AES_TRANSPORT || kind == P11_KEY_AES_ESCROW)
         add_unwrap_template(t, false);
     /* Last: SoftHSMv2 applies a C_UnwrapKey template in order and refuses
      * every attribute after CKA_MODIFIABLE=false as read-only. */
@@ -484,11 +488,23 @@ kms_err p11_key_generate(struct p11_token *tok, enum p11_key_kind kind, unsigned
 
 /* ---- lock, destroy, inspect ------------------------------------------------ */
 
+struct lock_arg {
+    const struct p11_key_id *id;
+    enum p11_key_kind kind; /* 0: the id's AES key, else its generic secret */
+};
+
 static kms_err do_lock(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
-    const struct p11_key_id *id = varg;
+    const struct lock_arg *la = varg;
     CK_OBJECT_HANDLE h;
-    KMS_GUARD(p11_key_handle_secret(tok, s, id, &h, NULL));
+    if (la->kind == 0) {
+        KMS_GUARD(p11_key_handle_secret(tok, s, la->id, &h, NULL));
+    } else {
+        CK_OBJECT_CLASS cls;
+        CK_KEY_TYPE type;
+        p11_kind_object(la->kind, &cls, &type);
+        KMS_GUARD(p11_key_handle(tok, s, la->id, cls, type, &h));
+    }
     CK_ATTRIBUTE a = {CKA_EXTRACTABLE, &no, sizeof(no)};
     CK_RV rv = tok->fl->C_SetAttributeValue(s, h, &a, 1);
     KMS_GUARD(p11_rv_err(rv, "C_SetAttributeValue(CKA_EXTRACTABLE)", tok->label));
@@ -502,7 +518,17 @@ static kms_err do_lock(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 
 kms_err p11_key_lock(struct p11_token *tok, const struct p11_key_id *id)
 {
-    return p11_with_session(tok, do_lock, (void *)id);
+    struct lock_arg la = {id, 0};
+    return p11_with_session(tok, do_lock, &la);
+}
+
+kms_err p11_key_lock_kind(struct p11_token *tok, const struct p11_key_id *id,
+                          enum p11_key_kind kind)
+{
+    KMS_ENSURE(kind == P11_KEY_AES_ENCRYPT || kind == P11_KEY_HMAC_SHA256, KMS_ERR_USAGE,
+               "only AES and HMAC keys are escrowed");
+    struct lock_arg la = {id, kind};
+    return p11_with_session(tok, do_lock, &la);
 }
 
 static kms_err do_destroy(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)

@@ -47,6 +47,11 @@ enum p11_key_kind {
     P11_KEY_EC_P256_SIGN,    /* P-256 pair: private signs, public verifies */
     P11_KEY_RSA3072_UNWRAP,  /* RSA-3072 pair: private unwraps only, into
                                 sensitive non-extractable keys */
+    P11_KEY_AES_ESCROW,      /* AES-256: wrap, unwrap (KWP); a region's escrow
+                                key. Its unwrap template forces sensitive
+                                results; extractability is the caller's
+                                choice (RESTORE: never; EXPORT_WRAPPED: a
+                                session copy, see p11_escrow.h) */
 };
 
 enum p11_key_flags {
@@ -80,8 +85,12 @@ void p11_key_id_hex(const struct p11_key_id *id, char out[2 * P11_KEY_ID_LEN + 1
 kms_err p11_key_generate(struct p11_token *tok, enum p11_key_kind kind, unsigned flags,
                          const struct p11_key_id *id, const char *label);
 
-/* Make an escrowable key non-extractable. The token makes this one-way. */
+/* Make an escrowable key non-extractable. The token makes this one-way.
+ * p11_key_lock acts on the id's AES key if it has one, else its generic
+ * secret; p11_key_lock_kind names the object by kind (secret kinds only). */
 kms_err p11_key_lock(struct p11_token *tok, const struct p11_key_id *id);
+kms_err p11_key_lock_kind(struct p11_token *tok, const struct p11_key_id *id,
+                          enum p11_key_kind kind);
 
 /* Destroy every object with this id (both halves of a pair, both secret keys
  * of a metadata version). KMS_ERR_NOT_FOUND if there was none. */

@@ -96,7 +96,13 @@ enum pol_role pol_op_role(enum pol_op op)
 
 bool pol_role_allows(enum pol_role role, enum pol_op op)
 {
-    return (unsigned)op < POL_OP__COUNT && role != POL_ROLE_OPERATOR && op_table[op].role == role;
+    if ((unsigned)op >= POL_OP__COUNT || role == POL_ROLE_OPERATOR)
+        return false;
+    /* A tenant's key administrators may watch recoveries of their keys
+     * (during a time lock, that is their chance to object). */
+    if (role == POL_ROLE_KEY_ADMIN && (op == POL_OP_LIST_RECOVERIES || op == POL_OP_GET_RECOVERY))
+        return true;
+    return op_table[op].role == role;
 }
 
 enum pol_op_target pol_op_target(enum pol_op op)
@@ -127,6 +133,9 @@ static void doc_free(struct pol_doc *doc)
         free(t->grants);
         free(t->officers);
         free(t->regions);
+        for (size_t r = 0; r < t->n_recipients; r++)
+            EVP_PKEY_free(t->recipients[r].key);
+        free(t->recipients);
     }
     /* The hashes are what a bearer key is checked against: no reason to
      * leave them in freed memory. */
@@ -472,4 +481,37 @@ bool pol_tenant_is_quorum_officer(const struct pol_tenant *t, const struct pol_p
         if (t->officers[i] == p)
             return true;
     return false;
+}
+
+unsigned pol_tenant_recovery_ttl_s(const struct pol_tenant *t)
+{
+    return t->recovery_ttl_s;
+}
+
+unsigned pol_tenant_recovery_time_lock_s(const struct pol_tenant *t)
+{
+    return t->recovery_time_lock_s;
+}
+
+const struct pol_recipient *pol_tenant_recipient(const struct pol_tenant *t, const char *id)
+{
+    for (size_t i = 0; id != NULL && i < t->n_recipients; i++)
+        if (strcmp(t->recipients[i].id, id) == 0)
+            return &t->recipients[i];
+    return NULL;
+}
+
+const char *pol_recipient_id(const struct pol_recipient *r)
+{
+    return r->id;
+}
+
+const char *pol_recipient_region(const struct pol_recipient *r)
+{
+    return r->region;
+}
+
+EVP_PKEY *pol_recipient_key(const struct pol_recipient *r)
+{
+    return r->key;
 }

@@ -38,6 +38,8 @@
 #define POL_MAX_GRANTS 8192          /* in the whole document */
 #define POL_MAX_REGIONS 32           /* in one allowed_regions list */
 #define POL_MAX_OFFICERS 64          /* in one quorum */
+#define POL_MAX_RECIPIENTS 16        /* recovery recipients per tenant */
+#define POL_MAX_RECOVERY_TTL_S 2592000 /* 30 days */
 #define POL_MAX_GRANT_PRINCIPALS 256 /* in one grant */
 #define POL_MAX_API_KEYS 4           /* per principal, for rotation */
 #define POL_MAX_ID_LEN 64            /* tenant and principal ids, sids */
@@ -122,6 +124,7 @@ enum pol_op_target pol_op_target(enum pol_op op);
 struct pol_doc;
 struct pol_tenant;
 struct pol_principal;
+struct pol_recipient;
 
 /* Parse and validate len bytes of JSON. On success *out_doc holds one
  * reference. On failure *out_doc is NULL and the error is KMS_ERR_CONFIG
@@ -188,5 +191,18 @@ unsigned pol_tenant_quorum_approvals(const struct pol_tenant *t);
 size_t pol_tenant_officer_count(const struct pol_tenant *t);
 const struct pol_principal *pol_tenant_officer(const struct pol_tenant *t, size_t i);
 bool pol_tenant_is_quorum_officer(const struct pol_tenant *t, const struct pol_principal *p);
+/* How long a recovery request collects approvals and stays executable
+ * (quorum.request_ttl_s, default 86400), and how long after quorum it
+ * becomes executable (quorum.time_lock_s, default 0; < request_ttl_s). */
+unsigned pol_tenant_recovery_ttl_s(const struct pol_tenant *t);
+unsigned pol_tenant_recovery_time_lock_s(const struct pol_tenant *t);
+
+/* Recipients of EXPORT_WRAPPED recoveries, registered per tenant and region
+ * in advance: an RSA public key (2048..4096 bits). NULL if the tenant has
+ * no recipient with that id. The EVP_PKEY is shared, never freed. */
+const struct pol_recipient *pol_tenant_recipient(const struct pol_tenant *t, const char *id);
+const char *pol_recipient_id(const struct pol_recipient *r);
+const char *pol_recipient_region(const struct pol_recipient *r);
+EVP_PKEY *pol_recipient_key(const struct pol_recipient *r);
 
 #endif

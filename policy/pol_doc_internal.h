@@ -41,6 +41,12 @@ struct pol_grant {
     size_t index; /* position in the tenant's grants array */
 };
 
+struct pol_recipient {
+    const char *id;
+    const char *region;
+    EVP_PKEY *key; /* owned */
+};
+
 struct pol_tenant {
     const char *id;
     const char **regions;
@@ -49,6 +55,10 @@ struct pol_tenant {
     unsigned quorum_approvals; /* 0: no quorum */
     const struct pol_principal **officers;
     size_t n_officers;
+    unsigned recovery_ttl_s;
+    unsigned recovery_time_lock_s;
+    struct pol_recipient *recipients;
+    size_t n_recipients;
     struct pol_grant *grants; /* sorted by key_id, then document order */
     size_t n_grants;
     size_t index;

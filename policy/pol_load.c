@@ -96,7 +96,9 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
     return -1;
 }
 
-static kms_err parse_officer_key(const char *pem, const char *path, EVP_PKEY **out)
+/* One PEM public key, alone: an ECDSA P-256 key (officers) or an RSA key of
+ * 2048..4096 bits (recovery recipients). */
+static kms_err parse_public_key(const char *pem, const char *path, bool rsa, EVP_PKEY **out)
 {
     kms_err rc = KMS_OK;
     char group[64];
@@ -119,6 +121,14 @@ static kms_err parse_officer_key(const char *pem, const char *path, EVP_PKEY **o
     for (long i = 0; i < rest_len; i++)
         KMS_ENSURE_GOTO(rest[i] == ' ' || rest[i] == '\t' || rest[i] == '\r' || rest[i] == '\n',
                         done, KMS_ERR_CONFIG, "%s: unexpected data after the public key", path);
+    if (rsa) {
+        int bits = EVP_PKEY_get_bits(pkey);
+        KMS_ENSURE_GOTO(EVP_PKEY_is_a(pkey, "RSA") && bits >= 2048 && bits <= 4096, done,
+                        KMS_ERR_CONFIG, "%s: recipients need an RSA key of 2048..4096 bits", path);
+        *out = pkey;
+        pkey = NULL;
+        goto done;
+    }
     KMS_ENSURE_GOTO(EVP_PKEY_is_a(pkey, "EC"), done, KMS_ERR_CONFIG,
                     "%s: %s key; officers need an ECDSA P-256 key", path,
                     EVP_PKEY_get0_type_name(pkey) ? EVP_PKEY_get0_type_name(pkey) : "non-EC");
@@ -198,7 +208,7 @@ static kms_err load_principal(struct loader *ld, const struct pol_tenant *t, con
         KMS_ENSURE(p->officer_pem == NULL, KMS_ERR_CONFIG, "%s: only officers carry a public key",
                    fpath);
     else
-        KMS_GUARD(parse_officer_key(p->officer_pem, fpath, &p->officer_key));
+        KMS_GUARD(parse_public_key(p->officer_pem, fpath, false, &p->officer_key));
     return KMS_OK;
 }
 
@@ -237,7 +247,27 @@ static kms_err resolve_principal(const struct pol_doc *doc, const struct pol_ten
 
 /* ---- tenants ------------------------------------------------------------- */
 
-static const char *const quorum_fields[] = {"approvals", "officers", NULL};
+static const char *const quorum_fields[] = {"approvals", "officers", "request_ttl_s",
+                                            "time_lock_s", NULL};
+
+/* An optional integer field in lo..hi, else def. */
+static kms_err opt_uint(const json_t *obj, const char *path, const char *name, json_int_t lo,
+                        json_int_t hi, unsigned def, unsigned *out)
+{
+    json_t *v;
+    char fpath[POL_PATH_LEN];
+    KMS_GUARD(pol_json_field(obj, path, name, false, &v));
+    *out = def;
+    if (v == NULL)
+        return KMS_OK;
+    pol_path_join(fpath, path, name);
+    KMS_GUARD(pol_json_expect(v, JSON_INTEGER, "an integer", fpath));
+    json_int_t x = json_integer_value(v);
+    KMS_ENSURE(x >= lo && x <= hi, KMS_ERR_CONFIG, "%s: must be %lld..%lld", fpath,
+               (long long)lo, (long long)hi);
+    *out = (unsigned)x;
+    return KMS_OK;
+}
 
 static kms_err load_quorum(struct pol_doc *doc, struct pol_tenant *t, const json_t *obj,
                            const char *path)
@@ -279,6 +309,14 @@ static kms_err load_quorum(struct pol_doc *doc, struct pol_tenant *t, const json
                "%s: %lld approvals required but only %zu officers listed", fpath, (long long)m,
                t->n_officers);
     t->quorum_approvals = (unsigned)m;
+    KMS_GUARD(opt_uint(obj, path, "request_ttl_s", 1, POL_MAX_RECOVERY_TTL_S, 86400,
+                       &t->recovery_ttl_s));
+    KMS_GUARD(opt_uint(obj, path, "time_lock_s", 0, POL_MAX_RECOVERY_TTL_S - 1, 0,
+                       &t->recovery_time_lock_s));
+    KMS_ENSURE(t->recovery_time_lock_s < t->recovery_ttl_s, KMS_ERR_CONFIG,
+               "%s.time_lock_s: must be below request_ttl_s (%u), or no recovery could ever "
+               "be executed",
+               path, t->recovery_ttl_s);
     /* The requester's own approval does not count, so when every listed
      * officer is needed a request by one of them can never complete. Legal
      * (the requester may be an officer outside the list), but worth saying. */
@@ -356,7 +394,43 @@ static int cmp_grant(const void *a, const void *b)
 
 static const char *const tenant_fields[] = {
     "id",     "description", "allowed_regions", "escrow_required",
-    "quorum", "principals",  "grants",          NULL};
+    "quorum", "principals",  "grants",          "recovery_recipients", NULL};
+
+static const char *const recipient_fields[] = {"id", "region", "public_key_pem", "description",
+                                               NULL};
+
+static kms_err load_recipients(struct pol_tenant *t, const json_t *arr, const char *path)
+{
+    json_t *v;
+    size_t i;
+    char item[POL_PATH_LEN], fpath[POL_PATH_LEN];
+    const char *s;
+    t->recipients = calloc(json_array_size(arr) ? json_array_size(arr) : 1, sizeof(*t->recipients));
+    KMS_ENSURE(t->recipients != NULL, KMS_ERR_NOMEM, "out of memory");
+    json_array_foreach(arr, i, v) {
+        struct pol_recipient *r = &t->recipients[i];
+        const char *pem;
+        pol_path_index(item, path, i);
+        KMS_GUARD(pol_json_expect_object(v, item));
+        KMS_GUARD(pol_json_check_fields(v, item, recipient_fields));
+        KMS_GUARD(pol_json_string(v, item, "id", true, POL_STR_ID, &r->id));
+        KMS_GUARD(pol_json_string(v, item, "region", true, POL_STR_REGION, &r->region));
+        KMS_GUARD(pol_json_string(v, item, "description", false, POL_STR_TEXT, &s));
+        KMS_GUARD(pol_json_string(v, item, "public_key_pem", true, POL_STR_PEM, &pem));
+        pol_path_join(fpath, item, "region");
+        /* A recipient outside the tenant's regions would be a way out of
+         * residency. */
+        KMS_ENSURE(pol_tenant_region_allowed(t, r->region), KMS_ERR_CONFIG,
+                   "%s: region \"%s\" is not in the tenant's allowed_regions", fpath, r->region);
+        for (size_t j = 0; j < i; j++)
+            KMS_ENSURE(strcmp(t->recipients[j].id, r->id) != 0, KMS_ERR_CONFIG,
+                       "%s.id: duplicate recipient \"%s\"", item, r->id);
+        pol_path_join(fpath, item, "public_key_pem");
+        KMS_GUARD(parse_public_key(pem, fpath, true, &r->key));
+        t->n_recipients = i + 1;
+    }
+    return KMS_OK;
+}
 
 /* Pass 1: everything but the quorum and the grants, which name principals
  * and so wait until every principal of the document is known. */
@@ -377,6 +451,11 @@ static kms_err load_tenant(struct loader *ld, const json_t *obj, const char *pat
     KMS_GUARD(pol_json_field(obj, path, "escrow_required", true, &v));
     KMS_GUARD(pol_json_expect(v, JSON_TRUE, "a boolean", fpath));
     t->escrow_required = json_is_true(v);
+
+    KMS_GUARD(pol_json_array(obj, path, "recovery_recipients", false, 0, POL_MAX_RECIPIENTS, &v));
+    pol_path_join(fpath, path, "recovery_recipients");
+    if (v != NULL)
+        KMS_GUARD(load_recipients(t, v, fpath));
 
     KMS_GUARD(pol_json_array(obj, path, "principals", false, 0, POL_MAX_PRINCIPALS, &v));
     pol_path_join(fpath, path, "principals");

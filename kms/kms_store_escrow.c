@@ -1,0 +1,511 @@
+/*
+ * kms_store_escrow.c - escrow blobs and recovery requests in the store.
+ *
+ * The contract is in kms_store.h. Like imports, these are rare operations:
+ * statements are prepared per call.
+ */
+#include "kms_store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms_store_internal.h"
+
+#define ESCROW_COLS "key_id, version, part, token, escrow_hsm_id, blob, created_at"
+#define RECOVERY_COLS                                                                            \
+    "recovery_id, tenant, key_id, region, versions, mode, justification, justification_text, " \
+    "case_reference, restore_state, recipient, recipient_sha256, requester, state, "          \
+    "approvals_required, time_lock_s, created_at, expires_at, quorum_at, executable_at, "       \
+    "executed_at, cancelled_by, cancel_reason"
+
+const char *kms_recovery_state_name(enum kms_recovery_state state)
+{
+    switch (state) {
+    case KMS_RECOVERY_PENDING:
+        return "PENDING_APPROVAL";
+    case KMS_RECOVERY_APPROVED:
+        return "APPROVED";
+    case KMS_RECOVERY_EXECUTED:
+        return "EXECUTED";
+    case KMS_RECOVERY_CANCELLED:
+        return "CANCELLED";
+    case KMS_RECOVERY_EXPIRED:
+        return "EXPIRED";
+    }
+    return "UNKNOWN";
+}
+
+static void bind_text1(struct store_bind *b, const void *arg)
+{
+    store_bind_text(b, 1, arg);
+}
+
+/* ---- escrow blobs ------------------------------------------------------------- */
+
+static void bind_escrow(struct store_bind *b, const void *varg)
+{
+    const struct kms_escrow_record *r = varg;
+    store_bind_text(b, 1, r->key_id);
+    store_bind_int(b, 2, r->version);
+    store_bind_int(b, 3, r->part);
+    store_bind_text(b, 4, r->token);
+    store_bind_blob(b, 5, r->escrow_hsm_id, KMS_HSM_ID_LEN);
+    store_bind_blob(b, 6, r->blob, (int)r->blob_len);
+    store_bind_int(b, 7, r->created_at);
+}
+
+kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_record *r)
+{
+    static const char op[] = "store escrow blob";
+    KMS_ENSURE(store != NULL && r != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(r->key_id, op));
+    KMS_ENSURE(r->blob_len >= 1 && r->blob_len <= KMS_ESCROW_BLOB_MAX && (r->part == 0 || r->part == 1),
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: bad blob length or part", op);
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    enum kms_version_state vs = KMS_VERSION_ACTIVE;
+    KMS_GUARD_GOTO(store_version_state_get(c, r->key_id, r->version, &vs, op), end);
+    KMS_ENSURE_GOTO(vs == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s version %" PRIu32 " is not being created", op, r->key_id,
+                    r->version);
+    rc = store_exec_one(c, "INSERT INTO escrow_blobs (" ESCROW_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        op, bind_escrow, r, NULL);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+static kms_err read_escrow(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_escrow_record *r = elem;
+    int part = 0;
+    memset(r, 0, sizeof(*r));
+    KMS_GUARD(store_col_text(st, 0, r->key_id, sizeof(r->key_id), op));
+    KMS_GUARD(store_col_u32(st, 1, &r->version, op));
+    KMS_GUARD(store_col_enum(st, 2, 0, 1, &part, op));
+    r->part = part;
+    KMS_GUARD(store_col_text(st, 3, r->token, sizeof(r->token), op));
+    KMS_GUARD(store_col_hsm_id(st, 4, r->escrow_hsm_id, op));
+    const void *blob = sqlite3_column_blob(st, 5);
+    int len = sqlite3_column_bytes(st, 5);
+    KMS_ENSURE(blob != NULL && len >= 1 && len <= KMS_ESCROW_BLOB_MAX, KMS_ERR_INTERNAL,
+               "store: %s: stored escrow blob has a bad length", op);
+    memcpy(r->blob, blob, (size_t)len);
+    r->blob_len = (size_t)len;
+    r->created_at = sqlite3_column_int64(st, 6);
+    return KMS_OK;
+}
+
+kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
+                              struct kms_escrow_record **out, size_t *out_n)
+{
+    static const char op[] = "list escrow blobs";
+    *out = NULL;
+    *out_n = 0;
+    KMS_GUARD(store_check_key_id(key_id, op));
+    struct store_conn *c = store_reader_take(store);
+    struct store_bind b;
+    kms_err rc = store_prep(c, "SELECT " ESCROW_COLS " FROM escrow_blobs WHERE key_id = ?1 "
+                               "ORDER BY version, part", op, &b);
+    if (rc == KMS_OK) {
+        store_bind_text(&b, 1, key_id);
+        void *arr = NULL;
+        rc = store_collect(&b, sizeof(struct kms_escrow_record),
+                           2 * (size_t)KMS_RECOVERY_MAX_VERSIONS * 64, read_escrow, &arr, out_n,
+                           op);
+        *out = arr;
+        store_fin(&b);
+    }
+    store_conn_give(c);
+    return rc;
+}
+
+/* ---- recoveries ------------------------------------------------------------------ */
+
+static void versions_text(const struct kms_recovery_record *r, char *buf, size_t size)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < r->n_versions && off < size; i++)
+        off += (size_t)snprintf(buf + off, size - off, "%s%" PRIu32, i ? "," : "", r->versions[i]);
+}
+
+static kms_err parse_versions(const char *s, struct kms_recovery_record *r, const char *op)
+{
+    r->n_versions = 0;
+    while (*s) {
+        char *end = NULL;
+        unsigned long v = strtoul(s, &end, 10);
+        KMS_ENSURE(end != s && v >= 1 && v <= UINT32_MAX && r->n_versions < KMS_RECOVERY_MAX_VERSIONS &&
+                       (*end == ',' || *end == '\0'),
+                   KMS_ERR_INTERNAL, "store: %s: stored version list is malformed", op);
+        r->versions[r->n_versions++] = (uint32_t)v;
+        s = *end == ',' ? end + 1 : end;
+    }
+    return KMS_OK;
+}
+
+static void bind_recovery(struct store_bind *b, const void *varg)
+{
+    const struct kms_recovery_record *r = varg;
+    char versions[KMS_RECOVERY_MAX_VERSIONS * 11 + 1];
+    versions_text(r, versions, sizeof(versions));
+    store_bind_text(b, 1, r->recovery_id);
+    store_bind_text(b, 2, r->tenant);
+    store_bind_text(b, 3, r->key_id);
+    store_bind_text(b, 4, r->region);
+    /* SQLITE_STATIC would keep a pointer to this stack buffer. */
+    if (b->rc == SQLITE_OK)
+        b->rc = sqlite3_bind_text(b->st, 5, versions, -1, SQLITE_TRANSIENT);
+    store_bind_int(b, 6, r->mode);
+    store_bind_int(b, 7, r->justification);
+    store_bind_text(b, 8, r->justification_text);
+    store_bind_text(b, 9, r->case_reference);
+    store_bind_int(b, 10, r->restore_state);
+    store_bind_text(b, 11, r->recipient);
+    store_bind_text(b, 12, r->recipient_sha256);
+    store_bind_text(b, 13, r->requester);
+    store_bind_int(b, 14, r->state);
+    store_bind_int(b, 15, r->approvals_required);
+    store_bind_int(b, 16, r->time_lock_s);
+    store_bind_int(b, 17, r->created_at);
+    store_bind_int(b, 18, r->expires_at);
+    store_bind_int(b, 19, r->quorum_at);
+    store_bind_int(b, 20, r->executable_at);
+    store_bind_int(b, 21, r->executed_at);
+    store_bind_text(b, 22, r->cancelled_by);
+    store_bind_text(b, 23, r->cancel_reason);
+}
+
+kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_recovery_record *r)
+{
+    static const char op[] = "insert recovery";
+    KMS_ENSURE(store != NULL && r != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_ENSURE(strlen(r->recovery_id) == KMS_RECOVERY_ID_LEN && r->n_versions >= 1 &&
+                   r->n_versions <= KMS_RECOVERY_MAX_VERSIONS && r->state == KMS_RECOVERY_PENDING &&
+                   r->approvals_required >= 1 && r->expires_at > r->created_at,
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: malformed recovery", op);
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc == KMS_OK)
+        rc = store_exec_one(c,
+                            "INSERT INTO recoveries (" RECOVERY_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, "
+                            "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
+                            "?20, ?21, ?22, ?23)",
+                            op, bind_recovery, r, NULL);
+    rc = store_tx_end(c, rc, op);
+    store_conn_give(c);
+    return rc;
+}
+
+static kms_err read_recovery(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_recovery_record *r = elem;
+    int state = 0;
+    char versions[KMS_RECOVERY_MAX_VERSIONS * 11 + 1];
+    memset(r, 0, sizeof(*r));
+    KMS_GUARD(store_col_text(st, 0, r->recovery_id, sizeof(r->recovery_id), op));
+    KMS_GUARD(store_col_text(st, 1, r->tenant, sizeof(r->tenant), op));
+    KMS_GUARD(store_col_text(st, 2, r->key_id, sizeof(r->key_id), op));
+    KMS_GUARD(store_col_text(st, 3, r->region, sizeof(r->region), op));
+    KMS_GUARD(store_col_text(st, 4, versions, sizeof(versions), op));
+    KMS_GUARD(parse_versions(versions, r, op));
+    r->mode = sqlite3_column_int(st, 5);
+    r->justification = sqlite3_column_int(st, 6);
+    KMS_GUARD(store_col_text(st, 7, r->justification_text, sizeof(r->justification_text), op));
+    KMS_GUARD(store_col_text(st, 8, r->case_reference, sizeof(r->case_reference), op));
+    r->restore_state = sqlite3_column_int(st, 9);
+    KMS_GUARD(store_col_text(st, 10, r->recipient, sizeof(r->recipient), op));
+    KMS_GUARD(store_col_text(st, 11, r->recipient_sha256, sizeof(r->recipient_sha256), op));
+    KMS_GUARD(store_col_text(st, 12, r->requester, sizeof(r->requester), op));
+    KMS_GUARD(store_col_enum(st, 13, KMS_RECOVERY_PENDING, KMS_RECOVERY_EXPIRED, &state, op));
+    r->state = (enum kms_recovery_state)state;
+    KMS_GUARD(store_col_u32(st, 14, &r->approvals_required, op));
+    KMS_GUARD(store_col_u32(st, 15, &r->time_lock_s, op));
+    r->created_at = sqlite3_column_int64(st, 16);
+    r->expires_at = sqlite3_column_int64(st, 17);
+    r->quorum_at = sqlite3_column_int64(st, 18);
+    r->executable_at = sqlite3_column_int64(st, 19);
+    r->executed_at = sqlite3_column_int64(st, 20);
+    KMS_GUARD(store_col_text(st, 21, r->cancelled_by, sizeof(r->cancelled_by), op));
+    KMS_GUARD(store_col_text(st, 22, r->cancel_reason, sizeof(r->cancel_reason), op));
+    return KMS_OK;
+}
+
+static kms_err recovery_row_get(struct store_conn *c, const char *id,
+                                struct kms_recovery_record *out, const char *op)
+{
+    struct store_bind b;
+    bool row = false;
+    KMS_GUARD(store_prep(c, "SELECT " RECOVERY_COLS " FROM recoveries WHERE recovery_id = ?1", op,
+                         &b));
+    store_bind_text(&b, 1, id);
+    kms_err rc = store_step(&b, op, &row);
+    if (rc == KMS_OK && !row)
+        rc = kms_err_set(KMS_ERR_NOT_FOUND, "recovery not found");
+    if (rc == KMS_OK)
+        rc = read_recovery(b.st, out, op);
+    store_fin(&b);
+    return rc;
+}
+
+static kms_err read_approval(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_recovery_approval *a = elem;
+    memset(a, 0, sizeof(*a));
+    KMS_GUARD(store_col_text(st, 0, a->officer, sizeof(a->officer), op));
+    a->approved_at = sqlite3_column_int64(st, 1);
+    return KMS_OK;
+}
+
+kms_err kms_store_recovery_get(struct kms_store *store, const char *recovery_id,
+                               struct kms_recovery_record *out,
+                               struct kms_recovery_approval **out_appr, size_t *out_n_appr)
+{
+    static const char op[] = "get recovery";
+    if (out_appr) {
+        *out_appr = NULL;
+        *out_n_appr = 0;
+    }
+    KMS_ENSURE(recovery_id != NULL && strlen(recovery_id) == KMS_RECOVERY_ID_LEN &&
+                   strspn(recovery_id, "0123456789abcdef") == KMS_RECOVERY_ID_LEN,
+               KMS_ERR_NOT_FOUND, "recovery not found");
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_tx_begin(c, false, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(recovery_row_get(c, recovery_id, out, op), end);
+    if (out_appr) {
+        struct store_bind b;
+        KMS_GUARD_GOTO(store_prep(c,
+                                  "SELECT officer, approved_at FROM recovery_approvals "
+                                  "WHERE recovery_id = ?1 ORDER BY approved_at, officer",
+                                  op, &b),
+                       end);
+        store_bind_text(&b, 1, recovery_id);
+        void *arr = NULL;
+        rc = store_collect(&b, sizeof(struct kms_recovery_approval), 1024, read_approval, &arr,
+                           out_n_appr, op);
+        *out_appr = arr;
+        store_fin(&b);
+    }
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_recovery_list(struct kms_store *store, const char *tenant, const char *key_id,
+                                bool open_only, struct kms_recovery_record **out, size_t *out_n)
+{
+    static const char op[] = "list recoveries";
+    *out = NULL;
+    *out_n = 0;
+    struct store_conn *c = store_reader_take(store);
+    struct store_bind b;
+    kms_err rc = store_prep(c,
+                            "SELECT " RECOVERY_COLS " FROM recoveries WHERE tenant = ?1 "
+                            "AND (?2 = '' OR key_id = ?2) AND (?3 = 0 OR state IN (1, 2)) "
+                            "ORDER BY created_at DESC, recovery_id LIMIT 100",
+                            op, &b);
+    if (rc == KMS_OK) {
+        store_bind_text(&b, 1, tenant);
+        store_bind_text(&b, 2, key_id ? key_id : "");
+        store_bind_int(&b, 3, open_only ? 1 : 0);
+        void *arr = NULL;
+        rc = store_collect(&b, sizeof(struct kms_recovery_record), KMS_RECOVERY_LIST_MAX,
+                           read_recovery, &arr, out_n, op);
+        *out = arr;
+        store_fin(&b);
+    }
+    store_conn_give(c);
+    return rc;
+}
+
+struct approve_arg {
+    const char *id, *officer;
+    const uint8_t *sig;
+    size_t sig_len;
+    int64_t now;
+};
+
+static void bind_approve(struct store_bind *b, const void *varg)
+{
+    const struct approve_arg *a = varg;
+    store_bind_text(b, 1, a->id);
+    store_bind_text(b, 2, a->officer);
+    store_bind_blob(b, 3, a->sig, (int)a->sig_len);
+    store_bind_int(b, 4, a->now);
+}
+
+kms_err kms_store_recovery_approve(struct kms_store *store, const char *recovery_id,
+                                   const char *officer, const uint8_t *sig, size_t sig_len,
+                                   int64_t now, bool *out_counted)
+{
+    static const char op[] = "approve recovery";
+    struct kms_recovery_record r;
+    *out_counted = false;
+    KMS_ENSURE(sig_len >= 1 && sig_len <= KMS_RECOVERY_SIG_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "store: %s: signature length", op);
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(recovery_row_get(c, recovery_id, &r, op), end);
+    KMS_ENSURE_GOTO(r.state == KMS_RECOVERY_PENDING && now < r.expires_at, end,
+                    KMS_ERR_FAILED_PRECONDITION, "recovery is %s; approvals are taken only while "
+                    "it is PENDING_APPROVAL and not expired",
+                    now >= r.expires_at && r.state == KMS_RECOVERY_PENDING
+                        ? "expired"
+                        : kms_recovery_state_name(r.state));
+    struct approve_arg a = {recovery_id, officer, sig, sig_len, now};
+    int changed = 0;
+    KMS_GUARD_GOTO(store_exec_one(c,
+                                  "INSERT OR IGNORE INTO recovery_approvals (recovery_id, officer, "
+                                  "signature, approved_at) VALUES (?1, ?2, ?3, ?4)",
+                                  op, bind_approve, &a, &changed),
+                   end);
+    *out_counted = changed == 1;
+    int64_t count = 0;
+    KMS_GUARD_GOTO(store_query_int(c, "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
+                                   op, bind_text1, recovery_id, &count, NULL),
+                   end);
+    if (count >= (int64_t)r.approvals_required) {
+        struct store_bind b;
+        KMS_GUARD_GOTO(store_prep(c,
+                                  "UPDATE recoveries SET state = 2, quorum_at = ?2, "
+                                  "executable_at = ?2 + time_lock_s WHERE recovery_id = ?1 "
+                                  "AND state = 1",
+                                  op, &b),
+                       end);
+        store_bind_text(&b, 1, recovery_id);
+        store_bind_int(&b, 2, now);
+        rc = store_run(&b, op);
+        store_fin(&b);
+    }
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    if (rc != KMS_OK)
+        *out_counted = false;
+    return rc;
+}
+
+struct finish_arg {
+    const char *id;
+    int expected, to;
+    int64_t now;
+    const char *by, *reason;
+};
+
+static void bind_finish(struct store_bind *b, const void *varg)
+{
+    const struct finish_arg *a = varg;
+    store_bind_text(b, 1, a->id);
+    store_bind_int(b, 2, a->expected);
+    store_bind_int(b, 3, a->to);
+    store_bind_int(b, 4, a->now);
+    store_bind_text(b, 5, a->by ? a->by : "");
+    store_bind_text(b, 6, a->reason ? a->reason : "");
+}
+
+kms_err kms_store_recovery_finish(struct kms_store *store, const char *recovery_id,
+                                  enum kms_recovery_state expected,
+                                  enum kms_recovery_state new_state, int64_t now, const char *by,
+                                  const char *reason)
+{
+    static const char op[] = "finish recovery";
+    KMS_ENSURE(new_state == KMS_RECOVERY_CANCELLED || new_state == KMS_RECOVERY_EXPIRED ||
+                   new_state == KMS_RECOVERY_EXECUTED,
+               KMS_ERR_USAGE, "store: %s: bad target state", op);
+    struct finish_arg a = {recovery_id, expected, new_state, now, by, reason};
+    int changed = 0;
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc == KMS_OK)
+        rc = store_exec_one(c,
+                            "UPDATE recoveries SET state = ?3, "
+                            "executed_at = CASE WHEN ?3 = 3 THEN ?4 ELSE executed_at END, "
+                            "cancelled_by = ?5, cancel_reason = ?6 "
+                            "WHERE recovery_id = ?1 AND state = ?2",
+                            op, bind_finish, &a, &changed);
+    if (rc == KMS_OK && changed != 1)
+        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION, "recovery is no longer %s",
+                         kms_recovery_state_name(expected));
+    rc = store_tx_end(c, rc, op);
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_recovery_restore(struct kms_store *store, const char *recovery_id, int64_t now,
+                                   enum kms_key_state key_state)
+{
+    static const char op[] = "restore key";
+    struct kms_recovery_record r;
+    struct store_key_row row = {0};
+    KMS_ENSURE(key_state == KMS_KEY_ENABLED || key_state == KMS_KEY_DISABLED, KMS_ERR_USAGE,
+               "store: %s: bad key state", op);
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(recovery_row_get(c, recovery_id, &r, op), end);
+    KMS_ENSURE_GOTO(r.state == KMS_RECOVERY_APPROVED, end, KMS_ERR_FAILED_PRECONDITION,
+                    "recovery is %s, not APPROVED", kms_recovery_state_name(r.state));
+    KMS_GUARD_GOTO(store_key_row_get(c, r.key_id, false, &row, op), end);
+    KMS_ENSURE_GOTO(row.state == KMS_KEY_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
+                    "key is %s; RESTORE brings back a DESTROYED key", kms_key_state_name(row.state));
+    uint32_t highest = 0;
+    for (size_t i = 0; i < r.n_versions; i++) {
+        struct store_bind b;
+        KMS_GUARD_GOTO(store_prep(c,
+                                  "UPDATE key_versions SET state = 1 WHERE key_id = ?1 AND "
+                                  "version = ?2 AND state = 2",
+                                  op, &b),
+                       end);
+        store_bind_text(&b, 1, r.key_id);
+        store_bind_int(&b, 2, r.versions[i]);
+        rc = store_run(&b, op);
+        int changed = sqlite3_changes(c->db);
+        store_fin(&b);
+        KMS_GUARD_GOTO(rc, end);
+        KMS_ENSURE_GOTO(changed == 1, end, KMS_ERR_FAILED_PRECONDITION,
+                        "key version %" PRIu32 " is not DESTROYED", r.versions[i]);
+        if (r.versions[i] > highest)
+            highest = r.versions[i];
+    }
+    struct store_bind b;
+    KMS_GUARD_GOTO(store_prep(c,
+                              "UPDATE keys SET state = ?2, deletion_at = 0, current_version = ?3 "
+                              "WHERE key_id = ?1 AND state = 5",
+                              op, &b),
+                   end);
+    store_bind_text(&b, 1, r.key_id);
+    store_bind_int(&b, 2, key_state);
+    store_bind_int(&b, 3, highest);
+    rc = store_run(&b, op);
+    store_fin(&b);
+    KMS_GUARD_GOTO(rc, end);
+    KMS_GUARD_GOTO(store_prep(c,
+                              "UPDATE recoveries SET state = 3, executed_at = ?2 "
+                              "WHERE recovery_id = ?1 AND state = 2",
+                              op, &b),
+                   end);
+    store_bind_text(&b, 1, recovery_id);
+    store_bind_int(&b, 2, now);
+    rc = store_run(&b, op);
+    store_fin(&b);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
