@@ -7,6 +7,7 @@
 #include "kmsctl_audit.h"
 #include "kmsctl_byok.h"
 #include "kmsctl_crypto.h"
+#include "kmsctl_escrow.h"
 #include "kmsctl_fields.h"
 #include "kmsctl_hsm.h"
 #include "kmsctl_key.h"
@@ -18,7 +19,7 @@ static void usage(FILE *f)
             "usage: kmsctl <command> [options]\n"
             "\n"
             "commands:\n"
-            "  hsm        local PKCS#11 administration (list, init-token)\n"
+            "  hsm        local PKCS#11 administration (list, init-token, init-region)\n"
             "  key        key lifecycle on kmsd: create, describe, list, rotate, enable,\n"
             "             disable, schedule-deletion, cancel-deletion\n"
             "  encrypt    encrypt up to 64 KiB under a key\n"
@@ -30,6 +31,9 @@ static void usage(FILE *f)
             "  fields     field-level encryption and blind indexes (encrypt, decrypt,\n"
             "             blind-index) with a metadata key\n"
             "  audit      audit log: signed heads, keys, exports; offline verify\n"
+            "  recovery   M-of-N recovery of escrowed keys: request, show, list, approve,\n"
+            "             execute, cancel\n"
+            "  officer    officer sign: sign a recovery statement offline\n"
             "\n"
             "Run 'kmsctl <command> --help' for the options of a command. Connection\n"
             "options (--addr, --api-key-file, --cacert, --cert, --key, --correlation-id)\n"
@@ -67,6 +71,10 @@ int main(int argc, char **argv)
         argv[1] = (char *)"blind-index";
         return kmsctl_fields_main(argc, argv);
     }
+    if (strcmp(argv[1], "recovery") == 0)
+        return kmsctl_recovery_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "officer") == 0)
+        return kmsctl_officer_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "audit") == 0)
         return kmsctl_audit_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "encrypt") == 0 || strcmp(argv[1], "decrypt") == 0 ||

@@ -15,6 +15,85 @@ e2e_start
 trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
 /usr/bin/python3 tests/e2e/escrow_test.py "$E2E_DIR" "$E2E_PORT" "$E2E_PID" main
 
+# ---- the walk-through of docs/escrow-recovery.md, with kmsctl and openssl ----
+ok() { echo "ok - $1"; }
+fail() { echo "not ok - $1"; exit 1; }
+cred() { echo "$E2E_DIR/credentials/$1"; }
+as() { who=$1; shift; CUSTOS_API_KEY_FILE=$(cred "$who.key") "$KMSCTL" "$@"; }
+W="$E2E_DIR/walk"
+mkdir -p "$W"
+key=$(as bank-admin key create --region eu-west -q)
+printf 'walkthrough-sentinel' | as bank-broker encrypt --key-id "$key" >"$W/msg.ct"
+as bank-admin key schedule-deletion "$key" --days 1 >/dev/null
+i=0
+until as bank-admin key describe "$key" | grep -q '^state: DESTROYED'; do
+    i=$((i + 1)); [ $i -lt 100 ] || fail "key not destroyed"; sleep 0.3
+done
+id=$(as bank-officer-1 recovery request "$key" --mode restore --state enabled \
+       --justification accidental-deletion --text "deleted by mistake in change CHG-1042" \
+       --case INC-7731 -q)
+[ ${#id} -eq 32 ] && ok "kmsctl recovery request prints the recovery id" || fail "request: $id"
+as bank-officer-2 recovery approve "$id" --officer-key "$(cred bank-officer-2.key.pem)" \
+    >"$W/approve.out" 2>"$W/approve.err" &&
+    grep -q "^approvals: *1 of 2" "$W/approve.out" &&
+    grep -q "^recovery: $id" "$W/approve.err" &&
+    ok "kmsctl recovery approve shows the statement, signs locally, sends: 1 of 2" ||
+    fail "approve with --officer-key: $(cat "$W/approve.out" "$W/approve.err")"
+# Officer 3 signs offline; anyone can check the signature with openssl.
+as bank-officer-3 recovery show "$id" --statement-out "$W/statement.txt" >/dev/null
+"$KMSCTL" officer sign --officer-key "$(cred bank-officer-3.key.pem)" --in "$W/statement.txt" \
+    --out "$W/sig.der"
+openssl dgst -sha256 -verify "$(cred bank-officer-3.key.pem.pub)" -signature "$W/sig.der" \
+    "$W/statement.txt" >/dev/null &&
+    ok "an offline signature verifies with openssl dgst -verify" || fail "openssl verify"
+openssl dgst -sha256 -sign "$(cred bank-officer-3.key.pem)" -out "$W/sig2.der" "$W/statement.txt"
+openssl dgst -sha256 -verify "$(cred bank-officer-3.key.pem.pub)" -signature "$W/sig2.der" \
+    "$W/statement.txt" >/dev/null || fail "openssl-made signature"
+as bank-officer-3 recovery approve "$id" --signature "$W/sig.der" | grep -q '^state: *APPROVED' &&
+    ok "kmsctl recovery approve --signature: APPROVED" || fail "approve --signature"
+chmod 644 "$W/sig.der"
+cp "$(cred bank-officer-1.key.pem)" "$W/loose.pem"; chmod 644 "$W/loose.pem"
+if "$KMSCTL" officer sign --officer-key "$W/loose.pem" --in "$W/statement.txt" >/dev/null 2>&1; then
+    fail "a group-readable officer key was used"
+fi
+ok "kmsctl refuses an officer key file readable by others"
+as bank-officer-1 recovery execute "$id" | grep -q "key is ENABLED again, current version 1" &&
+    ok "kmsctl recovery execute restores the key" || fail "execute"
+[ "$(as bank-broker decrypt --in "$W/msg.ct")" = "walkthrough-sentinel" ] &&
+    ok "the old ciphertext decrypts again" || fail "decrypt after restore"
+as bank-admin recovery list | grep -q "^$id  EXECUTED" && ok "kmsctl recovery list" ||
+    fail "list"
+# EXPORT to the registered recipient, opened with the page's openssl commands.
+id=$(as bank-officer-1 recovery request "$key" --mode export --recipient bank-legal-eu \
+       --justification lawful-request --text "court order 12/2026" --case COURT-7 -q)
+as bank-officer-2 recovery approve "$id" --officer-key "$(cred bank-officer-2.key.pem)" \
+    >/dev/null 2>&1
+as bank-officer-3 recovery approve "$id" --officer-key "$(cred bank-officer-3.key.pem)" \
+    >/dev/null 2>&1
+as bank-officer-1 recovery execute "$id" --out-dir "$W" >"$W/exec.out"
+grep -q "wrote $W/$key-v1.wrapped (RSA_AES_KEY_WRAP_SHA_1)" "$W/exec.out" ||
+    fail "execute --out-dir: $(cat "$W/exec.out")"
+(
+    cd "$W"
+    cp "$(cred bank-legal-eu.rsa.pem)" bank-legal-eu.pem
+    mv "$key-v1.wrapped" key-v1.wrapped
+    n=384   # bytes of the recipient's RSA modulus (3072 bits)
+    head -c $n key-v1.wrapped > oaep.bin
+    tail -c +$((n + 1)) key-v1.wrapped > kwp.bin
+    openssl pkeyutl -decrypt -inkey bank-legal-eu.pem -in oaep.bin -out eph.bin \
+        -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1
+    openssl enc -d -id-aes256-wrap-pad -iv A65959A6 -K "$(od -An -tx1 -v eph.bin | tr -d ' \n')" \
+        -in kwp.bin -out key-v1.bin
+)
+/usr/bin/python3 - "$W/key-v1.bin" "$W/msg.ct" <<'PYEOF' && ok "the recipient's openssl commands recover the key; it opens the old ciphertext" || fail "exported key"
+import sys
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+key, blob = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
+r = blob[2]
+hl = 35 + r
+assert AESGCM(key).decrypt(blob[23 + r:hl], blob[hl:], blob[:hl] + b"\0\0") == b"walkthrough-sentinel"
+PYEOF
+
 quorum() { # quorum TTL TIME_LOCK [PATTERN]: set the bank tenant's recovery timing,
            # SIGHUP, wait for PATTERN (default: the policy loaded) in the log
     /usr/bin/python3 - "$E2E_DIR/policy.json" "$1" "$2" <<'PYEOF'

@@ -1503,7 +1503,8 @@ START_TEST(test_import_token_sweeping)
 }
 END_TEST
 
-/* A database written by schema 1 is migrated to 2 at open, keeping its keys. */
+/* A database written by schema 1 is migrated to the current schema at open,
+ * keeping its keys. */
 START_TEST(test_migration_1_to_2)
 {
     char id[KMS_KEY_ID_SIZE];
@@ -1516,6 +1517,8 @@ START_TEST(test_migration_1_to_2)
     /* Turn the file back into a schema-1 store. */
     sqlite3 *db = raw_open();
     ck_assert_int_eq(sqlite3_exec(db,
+                                  "DROP TABLE recovery_approvals; DROP TABLE recoveries;"
+                                  "DROP TABLE escrow_blobs;"
                                   "DROP TABLE key_check_values; DROP TABLE import_tokens;"
                                   "PRAGMA user_version = 1;",
                                   NULL, NULL, NULL),
@@ -1527,13 +1530,145 @@ START_TEST(test_migration_1_to_2)
     open_store();
     struct kms_store_info info;
     ck_ok(kms_store_info(store, &info));
-    ck_assert_int_eq(info.schema_version, 2);
+    ck_assert_int_eq(info.schema_version, KMS_STORE_SCHEMA_VERSION);
     ck_assert_int_eq(state_of(id), KMS_KEY_ENABLED);
     db = raw_open();
     ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN "
-                                 "('import_tokens', 'key_check_values')"),
-                     2);
+                                 "('import_tokens', 'key_check_values', 'escrow_blobs', "
+                                 "'recoveries', 'recovery_approvals')"),
+                     5);
     sqlite3_close(db);
+}
+END_TEST
+
+/* Escrow blobs go with CREATING versions only and survive destruction; a
+ * recovery counts each officer once, reaches quorum at M, refuses late or
+ * out-of-state approvals, and RESTORE brings the key and versions back in
+ * one commit. */
+static void recovery_of(struct kms_recovery_record *r, const char *id, const char *key_id,
+                        int64_t now)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->recovery_id, sizeof(r->recovery_id), "%s", id);
+    snprintf(r->tenant, sizeof(r->tenant), "acme");
+    snprintf(r->key_id, sizeof(r->key_id), "%s", key_id);
+    snprintf(r->region, sizeof(r->region), "eu-west");
+    r->versions[0] = 1;
+    r->versions[1] = 2;
+    r->n_versions = 2;
+    r->mode = 1;
+    r->justification = 1;
+    snprintf(r->justification_text, sizeof(r->justification_text), "oops");
+    snprintf(r->case_reference, sizeof(r->case_reference), "C-1");
+    r->restore_state = 2;
+    snprintf(r->requester, sizeof(r->requester), "o1");
+    r->state = KMS_RECOVERY_PENDING;
+    r->approvals_required = 2;
+    r->time_lock_s = 60;
+    r->created_at = now;
+    r->expires_at = now + 100;
+}
+
+START_TEST(test_escrow_and_recovery)
+{
+    char id[KMS_KEY_ID_SIZE];
+    uint8_t h[KMS_HSM_ID_LEN];
+    uint32_t ver = 0;
+    open_store();
+    create_enabled("acme", 30, 1, 1000);
+    key_id_of(id, 30, 1);
+    struct kms_escrow_record b = {0};
+    snprintf(b.key_id, sizeof(b.key_id), "%s", id);
+    b.version = 1;
+    snprintf(b.token, sizeof(b.token), "custos eu-west");
+    memset(b.blob, 7, 40);
+    b.blob_len = 40;
+    /* Version 1 is ACTIVE: too late for its blob. */
+    ck_err(kms_store_escrow_put(store, &b), KMS_ERR_FAILED_PRECONDITION);
+    hsm_id_of(h, 30, 1, 2);
+    ck_ok(kms_store_version_add(store, id, h, 1100, &ver));
+    b.version = ver;
+    ck_ok(kms_store_escrow_put(store, &b));
+    ck_err(kms_store_escrow_put(store, &b), KMS_ERR_ALREADY_EXISTS);
+    ck_ok(kms_store_version_activate(store, id, ver));
+
+    struct kms_escrow_record *bl = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_ENABLED, KMS_KEY_PENDING_DELETION, 2000));
+    ck_ok(kms_store_key_mark_destroyed(store, id, 2000, NULL, NULL));
+    ck_ok(kms_store_escrow_list(store, id, &bl, &n));
+    ck_assert_uint_eq(n, 1); /* kept after destruction */
+    ck_assert_uint_eq(bl[0].version, 2);
+    ck_assert_mem_eq(bl[0].blob, b.blob, 40);
+    free(bl);
+
+    struct kms_recovery_record r, got;
+    recovery_of(&r, "00000000000000000000000000000001", id, 3000);
+    ck_ok(kms_store_recovery_insert(store, &r));
+    ck_err(kms_store_recovery_insert(store, &r), KMS_ERR_ALREADY_EXISTS);
+    bool counted = false;
+    ck_ok(kms_store_recovery_approve(store, r.recovery_id, "o2", (const uint8_t *)"sig2", 4, 3010,
+                                     &counted));
+    ck_assert(counted);
+    ck_ok(kms_store_recovery_approve(store, r.recovery_id, "o2", (const uint8_t *)"sig2", 4, 3011,
+                                     &counted));
+    ck_assert(!counted);
+    ck_ok(kms_store_recovery_get(store, r.recovery_id, &got, NULL, NULL));
+    ck_assert_int_eq(got.state, KMS_RECOVERY_PENDING);
+    /* Not APPROVED yet: RESTORE refused, the key stays DESTROYED. */
+    ck_err(kms_store_recovery_restore(store, r.recovery_id, 3020, KMS_KEY_ENABLED),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_ok(kms_store_recovery_approve(store, r.recovery_id, "o3", (const uint8_t *)"sig3", 4, 3030,
+                                     &counted));
+    struct kms_recovery_approval *ap = NULL;
+    size_t n_ap = 0;
+    ck_ok(kms_store_recovery_get(store, r.recovery_id, &got, &ap, &n_ap));
+    ck_assert_int_eq(got.state, KMS_RECOVERY_APPROVED);
+    ck_assert_int_eq(got.quorum_at, 3030);
+    ck_assert_int_eq(got.executable_at, 3090);
+    ck_assert_uint_eq(n_ap, 2);
+    ck_assert_uint_eq(got.n_versions, 2);
+    free(ap);
+    /* Approvals only while PENDING_APPROVAL. */
+    ck_err(kms_store_recovery_approve(store, r.recovery_id, "o4", (const uint8_t *)"s", 1, 3040,
+                                      &counted),
+           KMS_ERR_FAILED_PRECONDITION);
+
+    ck_ok(kms_store_recovery_restore(store, r.recovery_id, 3100, KMS_KEY_ENABLED));
+    struct kms_key_record k;
+    ck_ok(kms_store_key_get(store, id, &k));
+    ck_assert_int_eq(k.state, KMS_KEY_ENABLED);
+    ck_assert_int_eq(k.deletion_at, 0);
+    ck_assert_uint_eq(k.current_version, 2);
+    ck_ok(kms_store_recovery_get(store, r.recovery_id, &got, NULL, NULL));
+    ck_assert_int_eq(got.state, KMS_RECOVERY_EXECUTED);
+    ck_assert_int_eq(got.executed_at, 3100);
+    ck_err(kms_store_recovery_restore(store, r.recovery_id, 3200, KMS_KEY_ENABLED),
+           KMS_ERR_FAILED_PRECONDITION);
+
+    /* Expiry: a late approval is refused; finish is a compare-and-set. */
+    recovery_of(&r, "00000000000000000000000000000002", id, 4000);
+    ck_ok(kms_store_recovery_insert(store, &r));
+    ck_err(kms_store_recovery_approve(store, r.recovery_id, "o2", (const uint8_t *)"s", 1, 4100,
+                                      &counted),
+           KMS_ERR_FAILED_PRECONDITION);
+    ck_ok(kms_store_recovery_finish(store, r.recovery_id, KMS_RECOVERY_PENDING,
+                                    KMS_RECOVERY_EXPIRED, 4100, NULL, NULL));
+    ck_err(kms_store_recovery_finish(store, r.recovery_id, KMS_RECOVERY_PENDING,
+                                     KMS_RECOVERY_CANCELLED, 4101, "o1", "x"),
+           KMS_ERR_FAILED_PRECONDITION);
+    struct kms_recovery_record *list = NULL;
+    ck_ok(kms_store_recovery_list(store, "acme", NULL, true, &list, &n));
+    ck_assert_uint_eq(n, 0);
+    free(list);
+    ck_ok(kms_store_recovery_list(store, "acme", id, false, &list, &n));
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(list[0].recovery_id, "00000000000000000000000000000002"); /* newest first */
+    free(list);
+    ck_ok(kms_store_recovery_list(store, "other", NULL, false, &list, &n));
+    ck_assert_uint_eq(n, 0);
+    free(list);
+    ck_err(kms_store_recovery_get(store, "../etc/passwd", &got, NULL, NULL), KMS_ERR_NOT_FOUND);
 }
 END_TEST
 
@@ -1568,6 +1703,7 @@ static Suite *store_suite(void)
         {"import_material_checks", test_import_material_checks},
         {"import_token_sweeping", test_import_token_sweeping},
         {"migration_1_to_2", test_migration_1_to_2},
+        {"escrow_and_recovery", test_escrow_and_recovery},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);

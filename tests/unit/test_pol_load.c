@@ -462,6 +462,88 @@ START_TEST(test_quorum)
 }
 END_TEST
 
+/* ---- recovery settings --------------------------------------------------- */
+
+static const char RSA2048[] =
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA5Z3PSdDUFXMgE+DFj4Ms\n"
+    "nMLCLoAi9AbsISd7cuuchRXfj9rfIulE0bCGD8h9jkVGtMKPihJ6iC4MLfgd/Por\n"
+    "QoEv/nzRSlt7+JNoO8DIAdc/4e7CddQowp6o0AxjZtZPDssLfcF8EOpSIyKBe5XT\n"
+    "kbWl0k995mpqma10qU/i4ctVD/BEHhWkq8XTPKbj8HXUXSKIIhUNie5zmrCo/LEG\n"
+    "oRyCaFsb7FcBEExP2I+ymWgX8nB/TnqX8YdD/74y1XcwPa31UBnn7PfnSdK1cXco\n"
+    "fvXH9nif7MzCkD7aNbVxBszW0LO7vMiS0nqxYLRzhNRU0MO0Cvmi4hSOicmiAvR5\n"
+    "MwIDAQAB\n"
+    "-----END PUBLIC KEY-----\n";
+
+static json_t *recipient(const char *id, const char *region, const char *pem)
+{
+    json_t *r = json_object();
+    json_object_set_new(r, "id", json_string(id));
+    json_object_set_new(r, "region", json_string(region));
+    json_object_set_new(r, "public_key_pem", json_string(pem));
+    return r;
+}
+
+static json_t *with_recipients(json_t *r0, json_t *r1)
+{
+    json_t *d = base();
+    json_t *arr = json_array();
+    json_array_append_new(arr, r0);
+    if (r1)
+        json_array_append_new(arr, r1);
+    set(d, "tenants[0]", "recovery_recipients", arr);
+    return d;
+}
+
+START_TEST(test_recovery_settings)
+{
+    /* Defaults, and the values read back. */
+    struct pol_doc *doc = NULL;
+    json_t *d = with_recipients(recipient("legal-eu", "eu-west", RSA2048), NULL);
+    set(d, "tenants[0].quorum", "time_lock_s", json_integer(600));
+    ck_assert_int_eq(load(d, &doc), KMS_OK);
+    const struct pol_tenant *t = pol_doc_tenant(doc, "acme");
+    ck_assert_uint_eq(pol_tenant_recovery_ttl_s(t), 86400);
+    ck_assert_uint_eq(pol_tenant_recovery_time_lock_s(t), 600);
+    const struct pol_recipient *r = pol_tenant_recipient(t, "legal-eu");
+    ck_assert_ptr_nonnull(r);
+    ck_assert_str_eq(pol_recipient_region(r), "eu-west");
+    ck_assert_ptr_nonnull(pol_recipient_key(r));
+    ck_assert_ptr_null(pol_tenant_recipient(t, "legal-us"));
+    pol_doc_unref(doc);
+
+    d = base();
+    set(d, "tenants[0].quorum", "request_ttl_s", json_integer(0));
+    expect_error(d, "tenants[0].quorum.request_ttl_s: must be 1..2592000");
+    d = base();
+    set(d, "tenants[0].quorum", "request_ttl_s", json_integer(100));
+    set(d, "tenants[0].quorum", "time_lock_s", json_integer(100));
+    expect_error(d, "tenants[0].quorum.time_lock_s: must be below request_ttl_s (100), or no "
+                    "recovery could ever be executed");
+    d = base();
+    set(d, "tenants[0].quorum", "time_lock_s", json_string("1h"));
+    expect_error(d, "tenants[0].quorum.time_lock_s: expected an integer, got string");
+
+    /* Recipients: in the tenant's regions, RSA 2048..4096, unique, exact fields. */
+    d = with_recipients(recipient("legal", "ap-south", RSA2048), NULL);
+    expect_error(d, "tenants[0].recovery_recipients[0].region: region \"ap-south\" is not in the "
+                    "tenant's allowed_regions");
+    d = with_recipients(recipient("legal", "eu-west", RSA1024), NULL);
+    expect_error(d, "tenants[0].recovery_recipients[0].public_key_pem: recipients need an RSA key "
+                    "of 2048..4096 bits");
+    d = with_recipients(recipient("legal", "eu-west", P256[0]), NULL);
+    expect_error(d, "tenants[0].recovery_recipients[0].public_key_pem: recipients need an RSA key "
+                    "of 2048..4096 bits");
+    d = with_recipients(recipient("legal", "eu-west", RSA2048),
+                        recipient("legal", "us-east", RSA2048));
+    expect_error(d, "tenants[0].recovery_recipients[1].id: duplicate recipient \"legal\"");
+    json_t *bad = recipient("legal", "eu-west", RSA2048);
+    json_object_set_new(bad, "pem", json_string("x"));
+    d = with_recipients(bad, NULL);
+    expect_error(d, "tenants[0].recovery_recipients[0].pem: unknown field");
+}
+END_TEST
+
 /* ---- grants -------------------------------------------------------------- */
 
 START_TEST(test_grants)
@@ -716,6 +798,7 @@ static Suite *pol_load_suite(void)
         {"credentials", test_credentials},
         {"officer_keys", test_officer_keys},
         {"quorum", test_quorum},
+        {"recovery_settings", test_recovery_settings},
         {"grants", test_grants},
         {"limits_size", test_limits_size},
         {"limits_counts", test_limits_counts},
