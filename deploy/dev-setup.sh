@@ -3,14 +3,17 @@
 #
 #   deploy/dev-setup.sh DIR [PORT]
 #
-#   DIR/hsm/            SoftHSMv2 config and tokens custos-eu-west, custos-us-east
+#   DIR/hsm/            SoftHSMv2 config and tokens custos-eu-west, custos-us-east,
+#                       each with its region's escrow key (kmsctl hsm init-region)
 #   DIR/credentials/    random API keys, one 0600 file per principal:
 #                       demo-broker, demo-broker-us (home us-east), demo-admin,
 #                       officer-1..3, auditor (both regions), auditor-eu
-#                       (eu-west only), operator, other-broker and
-#                       other-admin (a second tenant, "other");
-#                       officer-N.key.pem: each officer's ECDSA P-256 key
-#   DIR/policy.json     tenants "demo" and "other", principals above
+#                       (eu-west only), operator, other-broker, other-admin and
+#                       other-officer (a second tenant, "other"), bank-admin,
+#                       bank-broker, bank-officer-1..3 (an escrow tenant, "bank");
+#                       <officer>.key.pem: each officer's ECDSA P-256 key;
+#                       bank-legal-eu/us.rsa.pem: recovery recipients' RSA keys
+#   DIR/policy.json     tenants "demo", "other" and "bank", principals above
 #   DIR/kmsd.json       dev-mode config listening on 127.0.0.1:PORT (8700)
 #   DIR/kmsd.db         created by kmsd on first start
 #   DIR/audit/          the audit logs, one per region (created by kmsd)
@@ -18,7 +21,9 @@
 # Idempotent: existing files are kept. Environment knobs for tests:
 # CUSTOS_DEV_DAY_SECONDS (length of a deletion "day", default 86400),
 # CUSTOS_DEV_MIN_DAYS (default 7), CUSTOS_DEV_SWEEP_S (default 60),
-# CUSTOS_DEV_HEAD_EVENTS / CUSTOS_DEV_HEAD_MS (signed head cadence, 1000 / 5000).
+# CUSTOS_DEV_HEAD_EVENTS / CUSTOS_DEV_HEAD_MS (signed head cadence, 1000 / 5000),
+# CUSTOS_DEV_RECOVERY_TTL_S / CUSTOS_DEV_TIME_LOCK_S (the bank tenant's
+# recovery request lifetime and time lock, 86400 / 0).
 set -eu
 [ $# -ge 1 ] || { echo "usage: $0 DIR [PORT]" >&2; exit 2; }
 dir=$1

@@ -123,6 +123,45 @@ quorum 7200 3600
 # the policy it has.
 quorum 60 60 'quorum.time_lock_s: must be below request_ttl_s'
 echo "ok - a time lock >= request_ttl_s is refused at reload, naming the field"
+quorum 86400 0
+e2e_stop
+
+# ---- a failing escrow wrap creates nothing ----------------------------------------
+# kmsd talks to the HSM through the PKCS#11 spy, which refuses every
+# C_WrapKey: escrow at birth fails at its wrap step, and the key must not
+# exist afterwards, in the store or in the token.
+cc -Wall -Wextra -Werror -shared -fPIC -o "$E2E_DIR/p11_spy.so" tests/e2e/p11_spy.c \
+    $(pkg-config --cflags p11-kit-1) -ldl -pthread
+export CUSTOS_P11SPY_LOG="$E2E_DIR/p11_spy.log"
+/usr/bin/python3 - "$E2E_DIR/kmsd.json" "$E2E_DIR/p11_spy.so" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["pkcs11"]["module"] = sys.argv[2]
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PYEOF
+objects() { # token objects of eu-west, counted with PyKCS11
+    /usr/bin/python3 - "$E2E_DIR" <<'PYEOF'
+import sys, PyKCS11
+d = sys.argv[1]
+lib = PyKCS11.PyKCS11Lib(); lib.load("/usr/lib/softhsm/libsofthsm2.so")
+slot = [s for s in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(s).label.strip() == "custos-eu-west"][0]
+s = lib.openSession(slot); s.login(open(f"{d}/hsm/pins/eu-west.pin").read().strip())
+print(len(s.findObjects([(PyKCS11.CKA_TOKEN, True)])))
+PYEOF
+}
+e2e_start
+before_objs=$(objects)
+before_keys=$(as bank-admin key list --all -q | wc -l)
+if as bank-admin key create --region eu-west -q >"$W/create.out" 2>&1; then
+    fail "a key was created although its escrow wrap failed"
+fi
+grep -q "C_WrapKey" "$CUSTOS_P11SPY_LOG" || fail "the spy did not see the escrow wrap"
+[ "$(objects)" = "$before_objs" ] && [ "$(as bank-admin key list --all -q | wc -l)" = "$before_keys" ] &&
+    ok "an escrow wrap the HSM refuses: CreateKey fails, no key in the store, no object in the token" ||
+    fail "a half-escrowed key was left behind"
+as demo-admin key create --region eu-west -q >/dev/null &&
+    ok "tenants without escrow are unaffected" || fail "demo CreateKey through the spy"
 e2e_stop
 trap - EXIT
 # API keys (one line) and private keys (their first base64 line).
