@@ -14,15 +14,6 @@
 #define EXPORT_DEFAULT 1000
 #define EXPORT_MAX 10000
 
-static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r)
-{
-    size_t n = protobuf_c_message_get_packed_size(m);
-    r->data = malloc(n ? n : 1);
-    KMS_ENSURE(r->data != NULL, KMS_ERR_NOMEM, "out of memory");
-    r->len = protobuf_c_message_pack(m, r->data);
-    return KMS_OK;
-}
-
 /* Decide op on region and find its log. */
 static kms_err region_log(struct kms_call *call, enum pol_op op, const char *region,
                           struct audit_log **out)
@@ -65,7 +56,7 @@ kms_err kms_rpc_get_signed_tree_head(struct kms_call *call, const uint8_t *body,
             Custos__V1__GetSignedTreeHeadResponse resp =
                 CUSTOS__V1__GET_SIGNED_TREE_HEAD_RESPONSE__INIT;
             resp.head = sth;
-            rc = pack(&resp.base, reply);
+            rc = kms_rpc_pack(&resp.base, reply);
             custos__v1__signed_tree_head__free_unpacked(sth, NULL);
         }
     }
@@ -161,7 +152,7 @@ kms_err kms_rpc_export_audit_log(struct kms_call *call, const uint8_t *body, siz
     resp.n_entries = n;
     resp.entries = ep;
     resp.known_tree_size = req->known_tree_size;
-    rc = pack(&resp.base, reply);
+    rc = kms_rpc_pack(&resp.base, reply);
 done:
     for (size_t i = 0; entries && i < n; i++) {
         free(entries[i].event.data);
@@ -223,7 +214,7 @@ kms_err kms_rpc_get_audit_keys(struct kms_call *call, const uint8_t *body, size_
         Custos__V1__GetAuditKeysResponse resp = CUSTOS__V1__GET_AUDIT_KEYS_RESPONSE__INIT;
         resp.n_keys = n_all;
         resp.keys = all;
-        rc = pack(&resp.base, reply);
+        rc = kms_rpc_pack(&resp.base, reply);
     }
     audit_log_keys_free(all, n_all);
     custos__v1__get_audit_keys_request__free_unpacked(req, NULL);

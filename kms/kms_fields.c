@@ -145,12 +145,8 @@ static kms_err encode_context(size_t n, void *const *entries, uint8_t *out, size
 
 static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r, bool secret)
 {
-    size_t n = protobuf_c_message_get_packed_size(m);
-    r->data = malloc(n ? n : 1);
-    KMS_ENSURE(r->data != NULL, KMS_ERR_NOMEM, "out of memory");
-    r->len = protobuf_c_message_pack(m, r->data);
     r->secret = secret;
-    return KMS_OK;
+    return kms_rpc_pack(m, r);
 }
 
 static void wipe_bytes(ProtobufCBinaryData *b)

@@ -160,12 +160,8 @@ static void version_label(char out[80], const char *key_id, uint32_t version)
 
 static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r, bool secret)
 {
-    size_t n = protobuf_c_message_get_packed_size(m);
-    r->data = malloc(n ? n : 1);
-    KMS_ENSURE(r->data != NULL, KMS_ERR_NOMEM, "out of memory");
-    r->len = protobuf_c_message_pack(m, r->data);
     r->secret = secret;
-    return KMS_OK;
+    return kms_rpc_pack(m, r);
 }
 
 /* ---- cleanup ------------------------------------------------------------------------ */

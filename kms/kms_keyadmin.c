@@ -64,15 +64,6 @@ kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char 
     return rc;
 }
 
-static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r)
-{
-    size_t n = protobuf_c_message_get_packed_size(m);
-    r->data = malloc(n ? n : 1);
-    KMS_ENSURE(r->data != NULL, KMS_ERR_NOMEM, "out of memory");
-    r->len = protobuf_c_message_pack(m, r->data);
-    return KMS_OK;
-}
-
 /* KeyMetadata borrows strings from the record; versions are allocated here
  * and released by metadata_release. */
 struct metadata {
@@ -150,7 +141,7 @@ static kms_err reply_key(struct kms_call *call, const char *key_id,
         } resp;
         protobuf_c_message_init(desc, &resp);
         resp.key = &md.m;
-        rc = pack(&resp.base, reply);
+        rc = kms_rpc_pack(&resp.base, reply);
     }
     metadata_release(&md);
     return rc;
@@ -351,7 +342,7 @@ kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len
     resp.n_keys = n;
     resp.keys = mp;
     resp.next_page_token = next;
-    rc = pack(&resp.base, reply);
+    rc = kms_rpc_pack(&resp.base, reply);
 done:
     free(mds);
     free(mp);
