@@ -19,11 +19,12 @@
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
+#include "audit_index.h"
 #include "kms_log.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 
-#define FRAME_HEAD 12
+#define FRAME_HEAD AUDIT_FRAME_HEAD
 
 struct file {
     int fd;
@@ -44,11 +45,13 @@ struct audit_log {
     struct audit_log_config cfg;
     struct file events, heads, keys;
 
+    /* The tree keeps ~0.25 byte per event and the index 8 bytes per 256
+     * events: older leaves are read back from the events file when a proof
+     * needs them, so memory does not grow with the log. */
     struct audit_tree *tree;
-    off_t *offsets; /* offsets[seq]: start of record seq in events */
-    uint64_t n_offsets, cap_offsets;
+    struct audit_index *index;
 
-    pthread_mutex_t lock; /* guards everything below, and offsets */
+    pthread_mutex_t lock; /* guards everything below */
     pthread_cond_t work, done;
     struct pending queue, writing;
     uint64_t next_seq;    /* next seq to assign */
@@ -442,19 +445,6 @@ static kms_err make_head(struct audit_log *log)
 
 /* ---- events --------------------------------------------------------------------------- */
 
-static kms_err push_offset(struct audit_log *log, off_t off)
-{
-    if (log->n_offsets == log->cap_offsets) {
-        uint64_t nc = log->cap_offsets ? log->cap_offsets * 2 : 4096;
-        off_t *no = realloc(log->offsets, nc * sizeof(off_t));
-        KMS_ENSURE(no != NULL, KMS_ERR_NOMEM, "out of memory");
-        log->offsets = no;
-        log->cap_offsets = nc;
-    }
-    log->offsets[log->n_offsets++] = off;
-    return KMS_OK;
-}
-
 static kms_err on_event(struct audit_log *log, uint64_t index, off_t off, const uint8_t *p,
                         size_t len, const audit_hash h)
 {
@@ -466,7 +456,7 @@ static kms_err on_event(struct audit_log *log, uint64_t index, off_t off, const 
     KMS_ENSURE(in_order, KMS_ERR_IO, "%s: event at position %llu has another sequence number",
                log->events.path, (unsigned long long)index);
     KMS_GUARD(audit_tree_append(log->tree, h));
-    return push_offset(log, off);
+    return audit_index_push(log->index, off);
 }
 
 static kms_err pending_add(struct pending *q, const uint8_t *rec, size_t len, const audit_hash h)
@@ -605,10 +595,8 @@ static void *writer_main(void *arg)
             size_t pos = 0;
             for (size_t i = 0; rc == KMS_OK && i < w.n; i++) {
                 rc = audit_tree_append(log->tree, w.hashes[i]);
-                pthread_mutex_lock(&log->lock);
                 if (rc == KMS_OK)
-                    rc = push_offset(log, log->events.size + (off_t)pos);
-                pthread_mutex_unlock(&log->lock);
+                    rc = audit_index_push(log->index, log->events.size + (off_t)pos);
                 pos += FRAME_HEAD + (size_t)get_be(w.buf + pos, 4);
             }
         }
@@ -683,9 +671,10 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     pthread_mutex_init(&log->lock, NULL);
     pthread_cond_init(&log->work, NULL);
     pthread_cond_init(&log->done, NULL);
-    KMS_GUARD_GOTO(audit_tree_new(&log->tree), fail);
     KMS_GUARD_GOTO(open_file(&log->keys, dir, region, "keys"), fail);
     KMS_GUARD_GOTO(open_file(&log->events, dir, region, "events"), fail);
+    KMS_GUARD_GOTO(audit_index_new(log->events.fd, log->events.path, &log->index), fail);
+    KMS_GUARD_GOTO(audit_tree_new_sparse(audit_index_leaves, log->index, &log->tree), fail);
     KMS_GUARD_GOTO(open_file(&log->heads, dir, region, "heads"), fail);
 
     struct damage dk, de, dh;
@@ -782,7 +771,7 @@ void audit_log_close(struct audit_log *log)
     if (log->keys.fd >= 0)
         close(log->keys.fd);
     audit_tree_free(log->tree);
-    free(log->offsets);
+    audit_index_free(log->index);
     free(log->queue.buf);
     free(log->queue.hashes);
     free(log->writing.buf);
@@ -828,27 +817,7 @@ kms_err audit_log_head(struct audit_log *log, uint8_t **out, size_t *out_len)
 
 kms_err audit_log_read(struct audit_log *log, uint64_t seq, uint8_t **out, size_t *out_len)
 {
-    *out = NULL;
-    pthread_mutex_lock(&log->lock);
-    bool have = seq < log->n_offsets;
-    off_t off = have ? log->offsets[seq] : 0;
-    pthread_mutex_unlock(&log->lock);
-    KMS_ENSURE(have, KMS_ERR_NOT_FOUND, "no event %llu", (unsigned long long)seq);
-    uint8_t head[FRAME_HEAD];
-    KMS_ENSURE(pread(log->events.fd, head, FRAME_HEAD, off) == FRAME_HEAD, KMS_ERR_IO,
-               "audit read: %s", strerror(errno));
-    size_t len = (size_t)get_be(head, 4);
-    KMS_ENSURE(len <= AUDIT_RECORD_MAX, KMS_ERR_IO, "audit record %llu is damaged",
-               (unsigned long long)seq);
-    uint8_t *p = malloc(len ? len : 1);
-    KMS_ENSURE(p != NULL, KMS_ERR_NOMEM, "out of memory");
-    if (pread(log->events.fd, p, len, off + FRAME_HEAD) != (ssize_t)len) {
-        free(p);
-        return kms_err_set(KMS_ERR_IO, "audit read: %s", strerror(errno));
-    }
-    *out = p;
-    *out_len = len;
-    return KMS_OK;
+    return audit_index_read(log->index, seq, out, out_len);
 }
 
 struct keys_collect {

@@ -40,22 +40,41 @@ void audit_node_hash(const audit_hash left, const audit_hash right, audit_hash o
 }
 
 /* levels[k] holds the hashes of the complete subtrees of 2^k leaves that
- * start at multiples of 2^k; level 0 is the leaf hashes. */
+ * start at multiples of 2^k; level 0 is the leaf hashes. n counts every
+ * such subtree so far; the array holds those from index `base` on. A full
+ * tree keeps base 0. A sparse tree forgets the levels below AUDIT_TREE_BLOCK
+ * once a block of 2^AUDIT_TREE_BLOCK_BITS leaves is complete, and reads the
+ * leaves of a block back through its reader when a proof needs them. */
 struct level {
     audit_hash *h;
-    uint64_t n, cap;
+    uint64_t n, cap, base;
 };
 
 struct audit_tree {
     pthread_rwlock_t lock;
     struct level levels[64];
+    audit_leaf_reader reader; /* NULL: a full tree */
+    void *reader_ctx;
+    /* The leaves of the last block read back (proofs walk neighbours). */
+    pthread_mutex_t cache_lock;
+    bool cache_valid;
+    uint64_t cache_block;
+    audit_hash cache[AUDIT_TREE_BLOCK];
 };
 
 kms_err audit_tree_new(struct audit_tree **out)
 {
+    return audit_tree_new_sparse(NULL, NULL, out);
+}
+
+kms_err audit_tree_new_sparse(audit_leaf_reader reader, void *ctx, struct audit_tree **out)
+{
     struct audit_tree *t = calloc(1, sizeof(*t));
     KMS_ENSURE(t != NULL, KMS_ERR_NOMEM, "out of memory");
     pthread_rwlock_init(&t->lock, NULL);
+    pthread_mutex_init(&t->cache_lock, NULL);
+    t->reader = reader;
+    t->reader_ctx = ctx;
     *out = t;
     return KMS_OK;
 }
@@ -67,20 +86,28 @@ void audit_tree_free(struct audit_tree *t)
     for (int k = 0; k < 64; k++)
         free(t->levels[k].h);
     pthread_rwlock_destroy(&t->lock);
+    pthread_mutex_destroy(&t->cache_lock);
     free(t);
 }
 
 static kms_err level_push(struct level *l, const audit_hash h)
 {
-    if (l->n == l->cap) {
+    uint64_t stored = l->n - l->base;
+    if (stored == l->cap) {
         uint64_t nc = l->cap ? l->cap * 2 : 1024;
         audit_hash *nh = realloc(l->h, nc * sizeof(audit_hash));
         KMS_ENSURE(nh != NULL, KMS_ERR_NOMEM, "out of memory for the audit tree");
         l->h = nh;
         l->cap = nc;
     }
-    memcpy(l->h[l->n++], h, AUDIT_HASH_LEN);
+    memcpy(l->h[stored], h, AUDIT_HASH_LEN);
+    l->n++;
     return KMS_OK;
+}
+
+static const uint8_t *stored(const struct level *l, uint64_t i)
+{
+    return l->h[i - l->base];
 }
 
 kms_err audit_tree_append(struct audit_tree *t, const audit_hash leaf_hash)
@@ -91,9 +118,14 @@ kms_err audit_tree_append(struct audit_tree *t, const audit_hash leaf_hash)
     for (int k = 0; rc == KMS_OK && k < 63 && t->levels[k].n % 2 == 0; k++) {
         audit_hash parent;
         uint64_t n = t->levels[k].n;
-        audit_node_hash(t->levels[k].h[n - 2], t->levels[k].h[n - 1], parent);
+        audit_node_hash(stored(&t->levels[k], n - 2), stored(&t->levels[k], n - 1), parent);
         rc = level_push(&t->levels[k + 1], parent);
     }
+    /* A block is complete: its lower levels can be read back from the log
+     * when needed, so they leave memory (the arrays keep their capacity). */
+    if (rc == KMS_OK && t->reader != NULL && t->levels[0].n % AUDIT_TREE_BLOCK == 0)
+        for (int k = 0; k < AUDIT_TREE_BLOCK_BITS; k++)
+            t->levels[k].base = t->levels[k].n;
     pthread_rwlock_unlock(&t->lock);
     return rc;
 }
@@ -122,25 +154,56 @@ static int log2u(uint64_t x)
     return k;
 }
 
+/* Hash of the complete subtree of 2^k leaves starting at leaf `start`
+ * (aligned): from memory, or from the leaves of its block, read back. */
+static kms_err subtree(struct audit_tree *t, int k, uint64_t start, audit_hash out)
+{
+    const struct level *l = &t->levels[k];
+    uint64_t idx = start >> k;
+    if (idx >= l->base) {
+        memcpy(out, stored(l, idx), AUDIT_HASH_LEN);
+        return KMS_OK;
+    }
+    uint64_t block = start / AUDIT_TREE_BLOCK;
+    pthread_mutex_lock(&t->cache_lock);
+    kms_err rc = KMS_OK;
+    if (!t->cache_valid || t->cache_block != block) {
+        t->cache_valid = false;
+        rc = t->reader(t->reader_ctx, block * AUDIT_TREE_BLOCK, AUDIT_TREE_BLOCK, t->cache);
+        t->cache_valid = rc == KMS_OK;
+        t->cache_block = block;
+    }
+    if (rc == KMS_OK) {
+        /* Fold the 2^k leaves pairwise, in place in a scratch copy. */
+        audit_hash scratch[AUDIT_TREE_BLOCK];
+        uint64_t n = 1ULL << k, off = start % AUDIT_TREE_BLOCK;
+        memcpy(scratch, t->cache[off], n * AUDIT_HASH_LEN);
+        for (; n > 1; n /= 2)
+            for (uint64_t i = 0; i < n / 2; i++)
+                audit_node_hash(scratch[2 * i], scratch[2 * i + 1], scratch[i]);
+        memcpy(out, scratch[0], AUDIT_HASH_LEN);
+    }
+    pthread_mutex_unlock(&t->cache_lock);
+    return rc;
+}
+
 /* MTH of leaves [start, start+size); start is aligned to the size's split
  * structure, which holds for every range the RFC algorithms ask for. Caller
  * holds the lock. */
-static void mth(struct audit_tree *t, uint64_t start, uint64_t size, audit_hash out)
+static kms_err mth(struct audit_tree *t, uint64_t start, uint64_t size, audit_hash out)
 {
     if (size == 0) {
         SHA256(NULL, 0, out);
-        return;
+        return KMS_OK;
     }
-    if ((size & (size - 1)) == 0 && start % size == 0) {
-        int k = log2u(size);
-        memcpy(out, t->levels[k].h[start >> k], AUDIT_HASH_LEN);
-        return;
-    }
+    if ((size & (size - 1)) == 0 && start % size == 0)
+        return subtree(t, log2u(size), start, out);
     uint64_t k = split_point(size);
     audit_hash l, r;
-    mth(t, start, k, l);
-    mth(t, start + k, size - k, r);
+    KMS_GUARD(mth(t, start, k, l));
+    KMS_GUARD(mth(t, start + k, size - k, r));
     audit_node_hash(l, r, out);
+    return KMS_OK;
 }
 
 kms_err audit_tree_root(struct audit_tree *t, uint64_t size, audit_hash out)
@@ -151,25 +214,24 @@ kms_err audit_tree_root(struct audit_tree *t, uint64_t size, audit_hash out)
         rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT, "tree has %llu leaves, not %llu",
                          (unsigned long long)t->levels[0].n, (unsigned long long)size);
     else
-        mth(t, 0, size, out);
+        rc = mth(t, 0, size, out);
     pthread_rwlock_unlock(&t->lock);
     return rc;
 }
 
 /* PATH(m, D[start:start+n]) of RFC 9162 2.1.3.1, appended to out. */
-static void path(struct audit_tree *t, uint64_t m, uint64_t start, uint64_t n, audit_hash *out,
-                 size_t *len)
+static kms_err path(struct audit_tree *t, uint64_t m, uint64_t start, uint64_t n,
+                    audit_hash *out, size_t *len)
 {
     if (n <= 1)
-        return;
+        return KMS_OK;
     uint64_t k = split_point(n);
     if (m < k) {
-        path(t, m, start, k, out, len);
-        mth(t, start + k, n - k, out[(*len)++]);
-    } else {
-        path(t, m - k, start + k, n - k, out, len);
-        mth(t, start, k, out[(*len)++]);
+        KMS_GUARD(path(t, m, start, k, out, len));
+        return mth(t, start + k, n - k, out[(*len)++]);
     }
+    KMS_GUARD(path(t, m - k, start + k, n - k, out, len));
+    return mth(t, start, k, out[(*len)++]);
 }
 
 kms_err audit_tree_inclusion(struct audit_tree *t, uint64_t index, uint64_t size,
@@ -182,28 +244,24 @@ kms_err audit_tree_inclusion(struct audit_tree *t, uint64_t index, uint64_t size
         rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT, "no leaf %llu in a tree of %llu",
                          (unsigned long long)index, (unsigned long long)size);
     else
-        path(t, index, 0, size, out, out_n);
+        rc = path(t, index, 0, size, out, out_n);
     pthread_rwlock_unlock(&t->lock);
     return rc;
 }
 
 /* SUBPROOF(m, D[start:start+n], b) of RFC 9162 2.1.4.1. */
-static void subproof(struct audit_tree *t, uint64_t m, uint64_t start, uint64_t n, bool b,
-                     audit_hash *out, size_t *len)
+static kms_err subproof(struct audit_tree *t, uint64_t m, uint64_t start, uint64_t n, bool b,
+                        audit_hash *out, size_t *len)
 {
-    if (m == n) {
-        if (!b)
-            mth(t, start, n, out[(*len)++]);
-        return;
-    }
+    if (m == n)
+        return b ? KMS_OK : mth(t, start, n, out[(*len)++]);
     uint64_t k = split_point(n);
     if (m <= k) {
-        subproof(t, m, start, k, b, out, len);
-        mth(t, start + k, n - k, out[(*len)++]);
-    } else {
-        subproof(t, m - k, start + k, n - k, false, out, len);
-        mth(t, start, k, out[(*len)++]);
+        KMS_GUARD(subproof(t, m, start, k, b, out, len));
+        return mth(t, start + k, n - k, out[(*len)++]);
     }
+    KMS_GUARD(subproof(t, m - k, start + k, n - k, false, out, len));
+    return mth(t, start, k, out[(*len)++]);
 }
 
 kms_err audit_tree_consistency(struct audit_tree *t, uint64_t m, uint64_t n,
@@ -216,7 +274,7 @@ kms_err audit_tree_consistency(struct audit_tree *t, uint64_t m, uint64_t n,
         rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT, "no consistency proof from %llu to %llu",
                          (unsigned long long)m, (unsigned long long)n);
     else
-        subproof(t, m, 0, n, true, out, out_n);
+        rc = subproof(t, m, 0, n, true, out, out_n);
     pthread_rwlock_unlock(&t->lock);
     return rc;
 }

@@ -7,8 +7,14 @@
  *   node hash = SHA-256(0x01 || left || right)
  *   the tree of n > 1 leaves splits at the largest power of two below n.
  *
- * struct audit_tree keeps every complete, aligned subtree hash (about 2n
- * hashes, 64 bytes per leaf), so roots and proofs cost O(log n) hashes.
+ * A full struct audit_tree keeps every complete, aligned subtree hash (about
+ * 2n hashes, 64 bytes per leaf), so roots and proofs cost O(log n) hashes.
+ * A sparse one (kmsd's logs, which grow for ever) keeps only the subtrees of
+ * at least AUDIT_TREE_BLOCK leaves, plus everything of the block being
+ * filled: 64 bytes per block, i.e. a quarter of a byte per leaf. When a root
+ * or proof needs a smaller subtree of an older block, the tree reads that
+ * block's leaf hashes back through a reader (the log's own records), one
+ * block at a time, with a one-block cache.
  * Thread-safety: appends and reads may run concurrently (internal rwlock).
  */
 #ifndef AUDIT_MERKLE_H
@@ -31,7 +37,16 @@ void audit_node_hash(const audit_hash left, const audit_hash right, audit_hash o
 
 struct audit_tree;
 
+#define AUDIT_TREE_BLOCK_BITS 8
+#define AUDIT_TREE_BLOCK (1u << AUDIT_TREE_BLOCK_BITS)
+
+/* Leaf hashes [start, start + n) of a sparse tree, n = AUDIT_TREE_BLOCK and
+ * start a multiple of it, from where the leaves are kept. Called with the
+ * tree's read lock held: it must not call back into the tree. */
+typedef kms_err (*audit_leaf_reader)(void *ctx, uint64_t start, uint64_t n, audit_hash *out);
+
 kms_err audit_tree_new(struct audit_tree **out);
+kms_err audit_tree_new_sparse(audit_leaf_reader reader, void *ctx, struct audit_tree **out);
 void audit_tree_free(struct audit_tree *t);
 kms_err audit_tree_append(struct audit_tree *t, const audit_hash leaf_hash);
 uint64_t audit_tree_size(struct audit_tree *t);
