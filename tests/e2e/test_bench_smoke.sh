@@ -9,5 +9,8 @@ echo "$out" | grep -q '^raw      2' && echo "ok 1 - bench_p11 measured raw PKCS#
     { echo "$out"; echo "not ok 1 - no raw figure"; exit 1; }
 echo "$out" | grep -q '^Encrypt (audit off)' && echo "ok 2 - kmsd over HTTP measured with audit on and off" ||
     { echo "$out"; echo "not ok 2 - no HTTP figures"; exit 1; }
+echo "$out" | grep -q '^CreateKey, sequential: plain .* with escrow at birth' &&
+    echo "ok 4 - key creation measured with and without escrow" ||
+    { echo "$out"; echo "not ok 4 - no key creation figures"; exit 1; }
 [ "$(echo "$out" | grep -c '^errors: 0$')" -eq 2 ] && echo "ok 3 - no errors in either stage" ||
     { echo "$out"; echo "not ok 3 - errors in the smoke run"; exit 1; }
