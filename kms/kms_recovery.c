@@ -33,6 +33,9 @@
 #include "proto/escrow.pb-c.h"
 
 #define MAX_SIG 80
+/* Open (pending or approved) recoveries per key: each costs a row and the
+ * officers' attention; more than this is a mistake or an attack. */
+#define MAX_OPEN_PER_KEY 8
 
 static int64_t now_s(void)
 {
@@ -321,6 +324,19 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
     KMS_ENSURE_GOTO(kms_service_token(call->svc, k.region) != NULL, done,
                     KMS_ERR_FAILED_PRECONDITION, "region %s is not served by this node",
                     k.region);
+    struct kms_recovery_record *open_rs = NULL;
+    size_t n_open = 0;
+    KMS_GUARD_GOTO(kms_store_recovery_list(kms_service_store(call->svc), k.tenant, k.key_id, true,
+                                           &open_rs, &n_open),
+                   done);
+    size_t live = 0;
+    for (size_t i = 0; i < n_open; i++)
+        live += open_rs[i].expires_at > now_s(); /* expired ones are not marked yet */
+    free(open_rs);
+    n_open = live;
+    KMS_ENSURE_GOTO(n_open < MAX_OPEN_PER_KEY, done, KMS_ERR_RESOURCE_EXHAUSTED,
+                    "key already has %zu open recoveries (at most %d): cancel one first", n_open,
+                    MAX_OPEN_PER_KEY);
 
     uint8_t raw[16];
     KMS_ENSURE_GOTO(RAND_bytes(raw, sizeof(raw)) == 1, done, KMS_ERR_INTERNAL,

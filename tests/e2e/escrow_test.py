@@ -395,6 +395,16 @@ def main():
     bad("approving a cancelled recovery",
         lambda: approve(cid, "bank-officer-3", sign("bank-officer-3", m.recovery.statement)),
         412, "failed_precondition")
+    # At most 8 open recoveries per key (one is cancelled above).
+    opened = [request(key_id=ext, mode=epb.EXPORT_WRAPPED, recipient="bank-legal-eu")[1]
+              for _ in range(8)]
+    check(all(not isinstance(o, dict) for o in opened), "8 open recoveries of one key are taken")
+    bad("a ninth open recovery of one key",
+        lambda: request(key_id=ext, mode=epb.EXPORT_WRAPPED, recipient="bank-legal-eu"),
+        429, "resource_exhausted", "at most 8")
+    for o in opened:
+        esc("CancelRecovery", epb.CancelRecoveryRequest(recovery_id=o.recovery.recovery_id),
+            epb.CancelRecoveryResponse, "bank-officer-1")
     bad("an unknown recovery id", lambda: get("0" * 32), 404, "not_found")
     bad("a malformed recovery id", lambda: get("../../etc"), 404, "not_found")
 
