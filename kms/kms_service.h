@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kms_config.h"
 #include "kms_error.h"
@@ -66,6 +67,17 @@ struct audit_log *kms_service_audit_default(struct kms_service *svc);
  * not be opened at start (damage inside signed history, a missing audit
  * key): such a region serves nothing until an operator intervenes. */
 kms_err kms_service_region_check(struct kms_service *svc, const char *region);
+
+/* The deep readiness check (/readyz): every configured token answers and
+ * has a logged-in session, every region's audit log is open and writable,
+ * the store answers a query. The first failure is returned with a detail
+ * for the operational log (never sent to clients). May block for as long as
+ * one HSM call and one store query take. */
+kms_err kms_service_check(struct kms_service *svc);
+
+/* Write the gauges of live state in Prometheus text format: token
+ * availability and session pool use, per region and token. */
+void kms_service_metrics(struct kms_service *svc, FILE *f);
 
 /* Label prefix of every HSM object the service creates; reconcile treats
  * objects with this prefix that the store does not know as orphans. */
