@@ -165,11 +165,13 @@ int main(int argc, char **argv)
             continue;
         }
         if (sig == SIGHUP) {
-            kms_log_info("kmsd", "SIGHUP: reloading policy%s", cfg->log_file ? ", reopening log" : "");
             notify("RELOADING=1\nSTATUS=reloading");
+            /* Reopen first, so that this reload's lines are in the new file. */
             if (cfg->log_file && kms_log_open_file(cfg->log_file) != KMS_OK)
                 kms_log_error("kmsd", "log file not reopened, still writing the old one: %s",
                               kms_err_detail());
+            kms_log_info("kmsd", "SIGHUP: reloading policy%s",
+                         cfg->log_file ? ", log file reopened" : "");
             kms_service_reload_policy(svc);
             notify("READY=1\nSTATUS=serving");
             continue;
