@@ -253,7 +253,7 @@ static void put_hist(FILE *f, const char *name, const char *labels, const struct
     /* +Inf equals _count by definition; use the buckets' own total so the
      * series stays monotonic within one scrape even while requests land. */
     fprintf(f, "%s_bucket{%s%sle=\"+Inf\"} %lu\n", name, labels, sep, cum);
-    fprintf(f, "%s_sum{%s} %.6f\n", name, labels,
+    fprintf(f, "%s_sum{%s} %.10g\n", name, labels,
             (double)atomic_load_explicit(&h->sum, memory_order_relaxed) * scale);
     fprintf(f, "%s_count{%s} %lu\n", name, labels, cum);
 }

@@ -403,541 +403,82 @@ static bool fault(enum fault_fn fn, CK_RV *out)
 }
 
 
-static CK_RV f_C_Initialize(void *init_args)
-{
-    CK_RV rv;
-    if (fault(F_C_Initialize, &rv))
-        return rv;
-    return real->C_Initialize(init_args);
-}
-
-static CK_RV f_C_Finalize(void *reserved)
-{
-    CK_RV rv;
-    if (fault(F_C_Finalize, &rv))
-        return rv;
-    return real->C_Finalize(reserved);
-}
-
-static CK_RV f_C_GetInfo(CK_INFO *info)
-{
-    CK_RV rv;
-    if (fault(F_C_GetInfo, &rv))
-        return rv;
-    return real->C_GetInfo(info);
-}
-
-static CK_RV f_C_GetSlotList(unsigned char token_present, CK_SLOT_ID *slot_list, unsigned long *count)
-{
-    CK_RV rv;
-    if (fault(F_C_GetSlotList, &rv))
-        return rv;
-    return real->C_GetSlotList(token_present, slot_list, count);
-}
-
-static CK_RV f_C_GetSlotInfo(CK_SLOT_ID slot_id, CK_SLOT_INFO *info)
-{
-    CK_RV rv;
-    if (fault(F_C_GetSlotInfo, &rv))
-        return rv;
-    return real->C_GetSlotInfo(slot_id, info);
-}
-
-static CK_RV f_C_GetTokenInfo(CK_SLOT_ID slot_id, CK_TOKEN_INFO *info)
-{
-    CK_RV rv;
-    if (fault(F_C_GetTokenInfo, &rv))
-        return rv;
-    return real->C_GetTokenInfo(slot_id, info);
-}
-
-static CK_RV f_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechanism_list, unsigned long *count)
-{
-    CK_RV rv;
-    if (fault(F_C_GetMechanismList, &rv))
-        return rv;
-    return real->C_GetMechanismList(slot_id, mechanism_list, count);
-}
-
-static CK_RV f_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info)
-{
-    CK_RV rv;
-    if (fault(F_C_GetMechanismInfo, &rv))
-        return rv;
-    return real->C_GetMechanismInfo(slot_id, type, info);
-}
-
-static CK_RV f_C_InitToken(CK_SLOT_ID slot_id, unsigned char *pin, unsigned long pin_len, unsigned char *label)
-{
-    CK_RV rv;
-    if (fault(F_C_InitToken, &rv))
-        return rv;
-    return real->C_InitToken(slot_id, pin, pin_len, label);
-}
-
-static CK_RV f_C_InitPIN(CK_SESSION_HANDLE session, unsigned char *pin, unsigned long pin_len)
-{
-    CK_RV rv;
-    if (fault(F_C_InitPIN, &rv))
-        return rv;
-    return real->C_InitPIN(session, pin, pin_len);
-}
-
-static CK_RV f_C_SetPIN(CK_SESSION_HANDLE session, unsigned char *old_pin, unsigned long old_len, unsigned char *new_pin, unsigned long new_len)
-{
-    CK_RV rv;
-    if (fault(F_C_SetPIN, &rv))
-        return rv;
-    return real->C_SetPIN(session, old_pin, old_len, new_pin, new_len);
-}
-
-static CK_RV f_C_OpenSession(CK_SLOT_ID slot_id, CK_FLAGS flags, void *application, CK_NOTIFY notify, CK_SESSION_HANDLE *session)
-{
-    CK_RV rv;
-    if (fault(F_C_OpenSession, &rv))
-        return rv;
-    return real->C_OpenSession(slot_id, flags, application, notify, session);
-}
-
-static CK_RV f_C_CloseSession(CK_SESSION_HANDLE session)
-{
-    CK_RV rv;
-    if (fault(F_C_CloseSession, &rv))
-        return rv;
-    return real->C_CloseSession(session);
-}
-
-static CK_RV f_C_CloseAllSessions(CK_SLOT_ID slot_id)
-{
-    CK_RV rv;
-    if (fault(F_C_CloseAllSessions, &rv))
-        return rv;
-    return real->C_CloseAllSessions(slot_id);
-}
-
-static CK_RV f_C_GetSessionInfo(CK_SESSION_HANDLE session, CK_SESSION_INFO *info)
-{
-    CK_RV rv;
-    if (fault(F_C_GetSessionInfo, &rv))
-        return rv;
-    return real->C_GetSessionInfo(session, info);
-}
-
-static CK_RV f_C_GetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long *operation_state_len)
-{
-    CK_RV rv;
-    if (fault(F_C_GetOperationState, &rv))
-        return rv;
-    return real->C_GetOperationState(session, operation_state, operation_state_len);
-}
-
-static CK_RV f_C_SetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long operation_state_len, CK_OBJECT_HANDLE encryption_key, CK_OBJECT_HANDLE authentiation_key)
-{
-    CK_RV rv;
-    if (fault(F_C_SetOperationState, &rv))
-        return rv;
-    return real->C_SetOperationState(session, operation_state, operation_state_len, encryption_key, authentiation_key);
-}
-
-static CK_RV f_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsigned char *pin, unsigned long pin_len)
-{
-    CK_RV rv;
-    if (fault(F_C_Login, &rv))
-        return rv;
-    return real->C_Login(session, user_type, pin, pin_len);
-}
-
-static CK_RV f_C_Logout(CK_SESSION_HANDLE session)
-{
-    CK_RV rv;
-    if (fault(F_C_Logout, &rv))
-        return rv;
-    return real->C_Logout(session);
-}
-
-static CK_RV f_C_CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *object)
-{
-    CK_RV rv;
-    if (fault(F_C_CreateObject, &rv))
-        return rv;
-    return real->C_CreateObject(session, templ, count, object);
-}
-
-static CK_RV f_C_CopyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *new_object)
-{
-    CK_RV rv;
-    if (fault(F_C_CopyObject, &rv))
-        return rv;
-    return real->C_CopyObject(session, object, templ, count, new_object);
-}
-
-static CK_RV f_C_DestroyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object)
-{
-    CK_RV rv;
-    if (fault(F_C_DestroyObject, &rv))
-        return rv;
-    return real->C_DestroyObject(session, object);
-}
-
-static CK_RV f_C_GetObjectSize(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, unsigned long *size)
-{
-    CK_RV rv;
-    if (fault(F_C_GetObjectSize, &rv))
-        return rv;
-    return real->C_GetObjectSize(session, object, size);
-}
-
-static CK_RV f_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count)
-{
-    CK_RV rv;
-    if (fault(F_C_GetAttributeValue, &rv))
-        return rv;
-    return real->C_GetAttributeValue(session, object, templ, count);
-}
-
-static CK_RV f_C_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count)
-{
-    CK_RV rv;
-    if (fault(F_C_SetAttributeValue, &rv))
-        return rv;
-    return real->C_SetAttributeValue(session, object, templ, count);
-}
-
-static CK_RV f_C_FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE *templ, unsigned long count)
-{
-    CK_RV rv;
-    if (fault(F_C_FindObjectsInit, &rv))
-        return rv;
-    return real->C_FindObjectsInit(session, templ, count);
-}
-
-static CK_RV f_C_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object, unsigned long max_object_count, unsigned long *object_count)
-{
-    CK_RV rv;
-    if (fault(F_C_FindObjects, &rv))
-        return rv;
-    return real->C_FindObjects(session, object, max_object_count, object_count);
-}
-
-static CK_RV f_C_FindObjectsFinal(CK_SESSION_HANDLE session)
-{
-    CK_RV rv;
-    if (fault(F_C_FindObjectsFinal, &rv))
-        return rv;
-    return real->C_FindObjectsFinal(session);
-}
-
-static CK_RV f_C_EncryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
-{
-    CK_RV rv;
-    if (fault(F_C_EncryptInit, &rv))
-        return rv;
-    return real->C_EncryptInit(session, mechanism, key);
-}
-
-static CK_RV f_C_Encrypt(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *encrypted_data, unsigned long *encrypted_data_len)
-{
-    CK_RV rv;
-    if (fault(F_C_Encrypt, &rv))
-        return rv;
-    return real->C_Encrypt(session, data, data_len, encrypted_data, encrypted_data_len);
-}
-
-static CK_RV f_C_EncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_EncryptUpdate, &rv))
-        return rv;
-    return real->C_EncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
-}
-
-static CK_RV f_C_EncryptFinal(CK_SESSION_HANDLE session, unsigned char *last_encrypted_part, unsigned long *last_encrypted_part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_EncryptFinal, &rv))
-        return rv;
-    return real->C_EncryptFinal(session, last_encrypted_part, last_encrypted_part_len);
-}
-
-static CK_RV f_C_DecryptInit(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
-{
-    CK_RV rv;
-    if (fault(F_C_DecryptInit, &rv))
-        return rv;
-    return real->C_DecryptInit(session, mechanism, key);
-}
-
-static CK_RV f_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_data, unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len)
-{
-    CK_RV rv;
-    if (fault(F_C_Decrypt, &rv))
-        return rv;
-    return real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
-}
-
-static CK_RV f_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_DecryptUpdate, &rv))
-        return rv;
-    return real->C_DecryptUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
-}
-
-static CK_RV f_C_DecryptFinal(CK_SESSION_HANDLE session, unsigned char *last_part, unsigned long *last_part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_DecryptFinal, &rv))
-        return rv;
-    return real->C_DecryptFinal(session, last_part, last_part_len);
-}
-
-static CK_RV f_C_DigestInit(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism)
-{
-    CK_RV rv;
-    if (fault(F_C_DigestInit, &rv))
-        return rv;
-    return real->C_DigestInit(session, mechanism);
-}
-
-static CK_RV f_C_Digest(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *digest, unsigned long *digest_len)
-{
-    CK_RV rv;
-    if (fault(F_C_Digest, &rv))
-        return rv;
-    return real->C_Digest(session, data, data_len, digest, digest_len);
-}
-
-static CK_RV f_C_DigestUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_DigestUpdate, &rv))
-        return rv;
-    return real->C_DigestUpdate(session, part, part_len);
-}
-
-static CK_RV f_C_DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key)
-{
-    CK_RV rv;
-    if (fault(F_C_DigestKey, &rv))
-        return rv;
-    return real->C_DigestKey(session, key);
-}
-
-static CK_RV f_C_DigestFinal(CK_SESSION_HANDLE session, unsigned char *digest, unsigned long *digest_len)
-{
-    CK_RV rv;
-    if (fault(F_C_DigestFinal, &rv))
-        return rv;
-    return real->C_DigestFinal(session, digest, digest_len);
-}
-
-static CK_RV f_C_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
-{
-    CK_RV rv;
-    if (fault(F_C_SignInit, &rv))
-        return rv;
-    return real->C_SignInit(session, mechanism, key);
-}
-
-static CK_RV f_C_Sign(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
-{
-    CK_RV rv;
-    if (fault(F_C_Sign, &rv))
-        return rv;
-    return real->C_Sign(session, data, data_len, signature, signature_len);
-}
-
-static CK_RV f_C_SignUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_SignUpdate, &rv))
-        return rv;
-    return real->C_SignUpdate(session, part, part_len);
-}
-
-static CK_RV f_C_SignFinal(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long *signature_len)
-{
-    CK_RV rv;
-    if (fault(F_C_SignFinal, &rv))
-        return rv;
-    return real->C_SignFinal(session, signature, signature_len);
-}
-
-static CK_RV f_C_SignRecoverInit(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
-{
-    CK_RV rv;
-    if (fault(F_C_SignRecoverInit, &rv))
-        return rv;
-    return real->C_SignRecoverInit(session, mechanism, key);
-}
-
-static CK_RV f_C_SignRecover(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
-{
-    CK_RV rv;
-    if (fault(F_C_SignRecover, &rv))
-        return rv;
-    return real->C_SignRecover(session, data, data_len, signature, signature_len);
-}
-
-static CK_RV f_C_VerifyInit(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
-{
-    CK_RV rv;
-    if (fault(F_C_VerifyInit, &rv))
-        return rv;
-    return real->C_VerifyInit(session, mechanism, key);
-}
-
-static CK_RV f_C_Verify(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long signature_len)
-{
-    CK_RV rv;
-    if (fault(F_C_Verify, &rv))
-        return rv;
-    return real->C_Verify(session, data, data_len, signature, signature_len);
-}
-
-static CK_RV f_C_VerifyUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_VerifyUpdate, &rv))
-        return rv;
-    return real->C_VerifyUpdate(session, part, part_len);
-}
-
-static CK_RV f_C_VerifyFinal(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len)
-{
-    CK_RV rv;
-    if (fault(F_C_VerifyFinal, &rv))
-        return rv;
-    return real->C_VerifyFinal(session, signature, signature_len);
-}
-
-static CK_RV f_C_VerifyRecoverInit(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
-{
-    CK_RV rv;
-    if (fault(F_C_VerifyRecoverInit, &rv))
-        return rv;
-    return real->C_VerifyRecoverInit(session, mechanism, key);
-}
-
-static CK_RV f_C_VerifyRecover(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len, unsigned char *data, unsigned long *data_len)
-{
-    CK_RV rv;
-    if (fault(F_C_VerifyRecover, &rv))
-        return rv;
-    return real->C_VerifyRecover(session, signature, signature_len, data, data_len);
-}
-
-static CK_RV f_C_DigestEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_DigestEncryptUpdate, &rv))
-        return rv;
-    return real->C_DigestEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
-}
-
-static CK_RV f_C_DecryptDigestUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_DecryptDigestUpdate, &rv))
-        return rv;
-    return real->C_DecryptDigestUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
-}
-
-static CK_RV f_C_SignEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_SignEncryptUpdate, &rv))
-        return rv;
-    return real->C_SignEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
-}
-
-static CK_RV f_C_DecryptVerifyUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
-{
-    CK_RV rv;
-    if (fault(F_C_DecryptVerifyUpdate, &rv))
-        return rv;
-    return real->C_DecryptVerifyUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
-}
-
-static CK_RV f_C_GenerateKey(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *key)
-{
-    CK_RV rv;
-    if (fault(F_C_GenerateKey, &rv))
-        return rv;
-    return real->C_GenerateKey(session, mechanism, templ, count, key);
-}
-
-static CK_RV f_C_GenerateKeyPair(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_ATTRIBUTE *public_key_template, unsigned long public_key_attribute_count, CK_ATTRIBUTE *private_key_template, unsigned long private_key_attribute_count, CK_OBJECT_HANDLE *public_key, CK_OBJECT_HANDLE *private_key)
-{
-    CK_RV rv;
-    if (fault(F_C_GenerateKeyPair, &rv))
-        return rv;
-    return real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count, private_key_template, private_key_attribute_count, public_key, private_key);
-}
-
-static CK_RV f_C_WrapKey(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key, unsigned char *wrapped_key, unsigned long *wrapped_key_len)
-{
-    CK_RV rv;
-    if (fault(F_C_WrapKey, &rv))
-        return rv;
-    return real->C_WrapKey(session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len);
-}
-
-static CK_RV f_C_UnwrapKey(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE unwrapping_key, unsigned char *wrapped_key, unsigned long wrapped_key_len, CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key)
-{
-    CK_RV rv;
-    if (fault(F_C_UnwrapKey, &rv))
-        return rv;
-    return real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ, attribute_count, key);
-}
-
-static CK_RV f_C_DeriveKey(CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key)
-{
-    CK_RV rv;
-    if (fault(F_C_DeriveKey, &rv))
-        return rv;
-    return real->C_DeriveKey(session, mechanism, base_key, templ, attribute_count, key);
-}
-
-static CK_RV f_C_SeedRandom(CK_SESSION_HANDLE session, unsigned char *seed, unsigned long seed_len)
-{
-    CK_RV rv;
-    if (fault(F_C_SeedRandom, &rv))
-        return rv;
-    return real->C_SeedRandom(session, seed, seed_len);
-}
-
-static CK_RV f_C_GenerateRandom(CK_SESSION_HANDLE session, unsigned char *random_data, unsigned long random_len)
-{
-    CK_RV rv;
-    if (fault(F_C_GenerateRandom, &rv))
-        return rv;
-    return real->C_GenerateRandom(session, random_data, random_len);
-}
-
-static CK_RV f_C_GetFunctionStatus(CK_SESSION_HANDLE session)
-{
-    CK_RV rv;
-    if (fault(F_C_GetFunctionStatus, &rv))
-        return rv;
-    return real->C_GetFunctionStatus(session);
-}
-
-static CK_RV f_C_CancelFunction(CK_SESSION_HANDLE session)
-{
-    CK_RV rv;
-    if (fault(F_C_CancelFunction, &rv))
-        return rv;
-    return real->C_CancelFunction(session);
-}
-
-static CK_RV f_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID *slot, void *reserved)
-{
-    CK_RV rv;
-    if (fault(F_C_WaitForSlotEvent, &rv))
-        return rv;
-    return real->C_WaitForSlotEvent(flags, slot, reserved);
-}
+/* One forwarding wrapper: the fault rules first, then the real module. */
+#define FWD(fn, params, args)                                                                  \
+    static CK_RV f_##fn params                                                                 \
+    {                                                                                          \
+        CK_RV rv;                                                                              \
+        if (fault(F_##fn, &rv))                                                                \
+            return rv;                                                                         \
+        return real->fn args;                                                                  \
+    }
+FWD(C_Initialize, (void *init_args), (init_args))
+FWD(C_Finalize, (void *reserved), (reserved))
+FWD(C_GetInfo, (CK_INFO *info), (info))
+FWD(C_GetSlotList, (unsigned char token_present, CK_SLOT_ID *slot_list, unsigned long *count), (token_present, slot_list, count))
+FWD(C_GetSlotInfo, (CK_SLOT_ID slot_id, CK_SLOT_INFO *info), (slot_id, info))
+FWD(C_GetTokenInfo, (CK_SLOT_ID slot_id, CK_TOKEN_INFO *info), (slot_id, info))
+FWD(C_GetMechanismList, (CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechanism_list, unsigned long *count), (slot_id, mechanism_list, count))
+FWD(C_GetMechanismInfo, (CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info), (slot_id, type, info))
+FWD(C_InitToken, (CK_SLOT_ID slot_id, unsigned char *pin, unsigned long pin_len, unsigned char *label), (slot_id, pin, pin_len, label))
+FWD(C_InitPIN, (CK_SESSION_HANDLE session, unsigned char *pin, unsigned long pin_len), (session, pin, pin_len))
+FWD(C_SetPIN, (CK_SESSION_HANDLE session, unsigned char *old_pin, unsigned long old_len, unsigned char *new_pin, unsigned long new_len), (session, old_pin, old_len, new_pin, new_len))
+FWD(C_OpenSession, (CK_SLOT_ID slot_id, CK_FLAGS flags, void *application, CK_NOTIFY notify, CK_SESSION_HANDLE *session), (slot_id, flags, application, notify, session))
+FWD(C_CloseSession, (CK_SESSION_HANDLE session), (session))
+FWD(C_CloseAllSessions, (CK_SLOT_ID slot_id), (slot_id))
+FWD(C_GetSessionInfo, (CK_SESSION_HANDLE session, CK_SESSION_INFO *info), (session, info))
+FWD(C_GetOperationState, (CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long *operation_state_len), (session, operation_state, operation_state_len))
+FWD(C_SetOperationState, (CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long operation_state_len, CK_OBJECT_HANDLE encryption_key, CK_OBJECT_HANDLE authentiation_key), (session, operation_state, operation_state_len, encryption_key, authentiation_key))
+FWD(C_Login, (CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsigned char *pin, unsigned long pin_len), (session, user_type, pin, pin_len))
+FWD(C_Logout, (CK_SESSION_HANDLE session), (session))
+FWD(C_CreateObject, (CK_SESSION_HANDLE session, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *object), (session, templ, count, object))
+FWD(C_CopyObject, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *new_object), (session, object, templ, count, new_object))
+FWD(C_DestroyObject, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object), (session, object))
+FWD(C_GetObjectSize, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, unsigned long *size), (session, object, size))
+FWD(C_GetAttributeValue, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count), (session, object, templ, count))
+FWD(C_SetAttributeValue, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count), (session, object, templ, count))
+FWD(C_FindObjectsInit, (CK_SESSION_HANDLE session, CK_ATTRIBUTE *templ, unsigned long count), (session, templ, count))
+FWD(C_FindObjects, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object, unsigned long max_object_count, unsigned long *object_count), (session, object, max_object_count, object_count))
+FWD(C_FindObjectsFinal, (CK_SESSION_HANDLE session), (session))
+FWD(C_EncryptInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD(C_Encrypt, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *encrypted_data, unsigned long *encrypted_data_len), (session, data, data_len, encrypted_data, encrypted_data_len))
+FWD(C_EncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
+FWD(C_EncryptFinal, (CK_SESSION_HANDLE session, unsigned char *last_encrypted_part, unsigned long *last_encrypted_part_len), (session, last_encrypted_part, last_encrypted_part_len))
+FWD(C_DecryptInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD(C_Decrypt, (CK_SESSION_HANDLE session, unsigned char *encrypted_data, unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len), (session, encrypted_data, encrypted_data_len, data, data_len))
+FWD(C_DecryptUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
+FWD(C_DecryptFinal, (CK_SESSION_HANDLE session, unsigned char *last_part, unsigned long *last_part_len), (session, last_part, last_part_len))
+FWD(C_DigestInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism), (session, mechanism))
+FWD(C_Digest, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *digest, unsigned long *digest_len), (session, data, data_len, digest, digest_len))
+FWD(C_DigestUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
+FWD(C_DigestKey, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key), (session, key))
+FWD(C_DigestFinal, (CK_SESSION_HANDLE session, unsigned char *digest, unsigned long *digest_len), (session, digest, digest_len))
+FWD(C_SignInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD(C_Sign, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len), (session, data, data_len, signature, signature_len))
+FWD(C_SignUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
+FWD(C_SignFinal, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long *signature_len), (session, signature, signature_len))
+FWD(C_SignRecoverInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD(C_SignRecover, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len), (session, data, data_len, signature, signature_len))
+FWD(C_VerifyInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD(C_Verify, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long signature_len), (session, data, data_len, signature, signature_len))
+FWD(C_VerifyUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
+FWD(C_VerifyFinal, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len), (session, signature, signature_len))
+FWD(C_VerifyRecoverInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD(C_VerifyRecover, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len, unsigned char *data, unsigned long *data_len), (session, signature, signature_len, data, data_len))
+FWD(C_DigestEncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
+FWD(C_DecryptDigestUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
+FWD(C_SignEncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
+FWD(C_DecryptVerifyUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
+FWD(C_GenerateKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *key), (session, mechanism, templ, count, key))
+FWD(C_GenerateKeyPair, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_ATTRIBUTE *public_key_template, unsigned long public_key_attribute_count, CK_ATTRIBUTE *private_key_template, unsigned long private_key_attribute_count, CK_OBJECT_HANDLE *public_key, CK_OBJECT_HANDLE *private_key), (session, mechanism, public_key_template, public_key_attribute_count, private_key_template, private_key_attribute_count, public_key, private_key))
+FWD(C_WrapKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key, unsigned char *wrapped_key, unsigned long *wrapped_key_len), (session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len))
+FWD(C_UnwrapKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE unwrapping_key, unsigned char *wrapped_key, unsigned long wrapped_key_len, CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key), (session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ, attribute_count, key))
+FWD(C_DeriveKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key), (session, mechanism, base_key, templ, attribute_count, key))
+FWD(C_SeedRandom, (CK_SESSION_HANDLE session, unsigned char *seed, unsigned long seed_len), (session, seed, seed_len))
+FWD(C_GenerateRandom, (CK_SESSION_HANDLE session, unsigned char *random_data, unsigned long random_len), (session, random_data, random_len))
+FWD(C_GetFunctionStatus, (CK_SESSION_HANDLE session), (session))
+FWD(C_CancelFunction, (CK_SESSION_HANDLE session), (session))
+FWD(C_WaitForSlotEvent, (CK_FLAGS flags, CK_SLOT_ID *slot, void *reserved), (flags, slot, reserved))
 
 static void install(void)
 {
