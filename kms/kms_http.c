@@ -242,8 +242,8 @@ static enum MHD_Result serve_metrics(struct kms_http *h, struct MHD_Connection *
         return send_text(c, st, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
     kms_metrics_render(f);
     kms_service_metrics(h->svc, f);
-    kms_metrics_gauge_family(f, "custos_http_inflight_requests",
-                             "Requests received and not yet completed.");
+    kms_metrics_family(f, "custos_http_inflight_requests", "gauge",
+                       "Requests received and not yet completed.");
     fprintf(f, "custos_http_inflight_requests %u\n", atomic_load(&h->inflight));
     if (fclose(f) != 0 || buf == NULL) {
         free(buf);

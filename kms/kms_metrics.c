@@ -355,9 +355,9 @@ void kms_metrics_render(FILE *f)
             atomic_load_explicit(&m.reloads_refused, memory_order_relaxed));
 }
 
-void kms_metrics_gauge_family(FILE *f, const char *name, const char *help)
+void kms_metrics_family(FILE *f, const char *name, const char *type, const char *help)
 {
-    family(f, name, "gauge", help);
+    family(f, name, type, help);
 }
 
 void kms_metrics_gauge(FILE *f, const char *name, const char *region, const char *token,

@@ -64,13 +64,14 @@ void kms_metrics_policy_reload(bool ok);
 
 /* Write every family kms_metrics owns to f. Gauges that depend on live
  * state (token availability, session pools) are written by their owners
- * with kms_metrics_gauge_family / kms_metrics_gauge after this. */
+ * with kms_metrics_family / kms_metrics_gauge after this. */
 void kms_metrics_render(FILE *f);
 
-/* "# HELP" and "# TYPE gauge" lines of a gauge family. */
-void kms_metrics_gauge_family(FILE *f, const char *name, const char *help);
+/* The "# HELP" and "# TYPE" lines of a family whose samples the caller
+ * writes; type is "gauge" or "counter". */
+void kms_metrics_family(FILE *f, const char *name, const char *type, const char *help);
 
-/* One gauge sample with labels `region` and `token` (escaped here) and an
+/* One sample (of a gauge, or of a counter kept elsewhere) with labels `region` and `token` (escaped here) and an
  * optional third label (NULL for none). */
 void kms_metrics_gauge(FILE *f, const char *name, const char *region, const char *token,
                        const char *label, const char *label_value, double value);

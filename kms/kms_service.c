@@ -166,21 +166,20 @@ void kms_service_metrics(struct kms_service *svc, FILE *f)
     for (size_t i = 0; i < svc->n_tokens; i++)                                              \
         kms_metrics_gauge(f, name, p11_token_region(svc->tokens[i]),                       \
                           p11_token_label(svc->tokens[i]), label, value, (double)(expr))
-    kms_metrics_gauge_family(f, "custos_token_available",
-                             "1 while the token answers, 0 after it reported removal or failure.");
+    kms_metrics_family(f, "custos_token_available", "gauge",
+                       "1 while the token answers, 0 after it reported removal or failure.");
     EACH_TOKEN("custos_token_available", NULL, NULL, p11_token_available(svc->tokens[i]));
-    kms_metrics_gauge_family(f, "custos_hsm_sessions",
-                             "Session pool: sessions open, idle, in use, and the pool's cap.");
+    kms_metrics_family(f, "custos_hsm_sessions", "gauge",
+                       "Session pool: sessions open, idle, in use, and the pool's cap.");
     EACH_TOKEN("custos_hsm_sessions", "state", "open", ps[i].open);
     EACH_TOKEN("custos_hsm_sessions", "state", "idle", ps[i].idle);
     EACH_TOKEN("custos_hsm_sessions", "state", "in_use", ps[i].open - ps[i].idle);
     EACH_TOKEN("custos_hsm_sessions", "state", "cap", ps[i].cap);
-    kms_metrics_gauge_family(f, "custos_hsm_sessions_replaced",
-                             "Sessions found broken and replaced since start (a counter kept by "
-                             "the pool, exposed as a gauge of its current value).");
-    EACH_TOKEN("custos_hsm_sessions_replaced", NULL, NULL, ps[i].replaced);
-    kms_metrics_gauge_family(f, "custos_region_audit_ok",
-                             "1 when the region's audit log is open and writable.");
+    kms_metrics_family(f, "custos_hsm_sessions_replaced_total", "counter",
+                       "Sessions found broken and replaced since start.");
+    EACH_TOKEN("custos_hsm_sessions_replaced_total", NULL, NULL, ps[i].replaced);
+    kms_metrics_family(f, "custos_region_audit_ok", "gauge",
+                       "1 when the region's audit log is open and writable.");
     for (size_t i = 0; i < svc->n_tokens; i++) {
         bool ok = !svc->audit_broken[i];
         if (svc->audit[i]) {
