@@ -209,12 +209,22 @@ static bool content_type_ok(const char *ct)
 
 /* ---- operational endpoints ------------------------------------------------- */
 
-static enum MHD_Result send_text(struct MHD_Connection *c, struct req_state *st, unsigned status,
-                                 const char *text)
+/* A static text reply, with one extra header when `header` is not NULL. */
+static enum MHD_Result send_text_h(struct MHD_Connection *c, struct req_state *st,
+                                   unsigned status, const char *text, const char *header,
+                                   const char *value)
 {
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (r && header)
+        MHD_add_response_header(r, header, value);
     return respond(c, st, status, r, "text/plain; charset=utf-8");
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *c, struct req_state *st, unsigned status,
+                                 const char *text)
+{
+    return send_text_h(c, st, status, text, NULL, NULL);
 }
 
 /* /metrics: only for an operator (bearer key or client certificate of a
@@ -227,7 +237,8 @@ static enum MHD_Result serve_metrics(struct kms_http *h, struct MHD_Connection *
     if (authenticate(h, c, st) != KMS_OK) {
         kms_log_info("http", "request %s /metrics: unauthenticated: %s", st->call.request_id,
                      kms_err_detail());
-        return send_text(c, st, MHD_HTTP_UNAUTHORIZED, "unauthenticated\n");
+        return send_text_h(c, st, MHD_HTTP_UNAUTHORIZED, "unauthenticated\n",
+                           MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     }
     if (pol_principal_role(st->call.who) != POL_ROLE_OPERATOR) {
         kms_log_info("http", "request %s /metrics: refused to %s (role %s, not operator)",
@@ -265,11 +276,8 @@ static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct re
     if (!livez && !readyz && !metrics)
         return false;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
-        struct MHD_Response *r = MHD_create_response_from_buffer(
-            strlen("use GET\n"), (void *)"use GET\n", MHD_RESPMEM_PERSISTENT);
-        if (r)
-            MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
-        *out = respond(c, st, MHD_HTTP_METHOD_NOT_ALLOWED, r, "text/plain; charset=utf-8");
+        *out = send_text_h(c, st, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET\n", MHD_HTTP_HEADER_ALLOW,
+                           "GET, HEAD");
         return true;
     }
     if (livez) {

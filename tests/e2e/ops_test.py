@@ -143,8 +143,9 @@ try:
     check(s != 200, "Twirp routes still refuse GET")
 
     # ---- metrics: credentials and format --------------------------------------
-    s, body, _ = get("/metrics")
-    check(s == 401 and "custos_" not in body, "/metrics without credentials: 401, no figures")
+    s, body, h = get("/metrics")
+    check(s == 401 and "custos_" not in body and h.get("WWW-Authenticate") == "Bearer",
+          "/metrics without credentials: 401 with WWW-Authenticate, no figures")
     s, body, _ = get("/metrics", "not-a-key")
     check(s == 401, "/metrics with an unknown key: 401")
     s, body, _ = get("/metrics", cred("demo-broker"))
