@@ -57,10 +57,12 @@ bool kms_health_ready(struct kms_health *h)
     bool ready = rc == KMS_OK;
     bool was = atomic_exchange(&h->ready, ready);
     if (ready != was || last == 0) {
+        /* Not "ready ...": tests/e2e/lib.sh waits for kmsd's start-up line
+         * by that prefix. */
         if (ready)
-            kms_log_info("health", "ready");
+            kms_log_info("health", "readiness: ready");
         else
-            kms_log_warn("health", "not ready: %s", kms_err_detail());
+            kms_log_warn("health", "readiness: NOT ready: %s", kms_err_detail());
     }
     uint64_t done = kms_metrics_now_ns();
     atomic_store(&h->checked_ns, done ? done : 1);
