@@ -188,8 +188,20 @@ void p11_token_pool_stats(struct p11_token *tok, struct p11_pool_stats *out)
 kms_err p11_token_check(struct p11_token *tok)
 {
     KMS_GUARD(p11_token_probe(tok));
-    CK_SESSION_HANDLE s;
-    KMS_GUARD(p11_session_take(tok, &s));
+    /* An idle session is checked; when every session is busy the token is
+     * evidently in use, and waiting for one would make a saturated node
+     * report itself unready (and flap behind a load balancer). With no
+     * session open at all, one is opened and logged in, as a request would. */
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    pthread_mutex_lock(&tok->lock);
+    bool idle = tok->n_idle > 0, busy = !idle && tok->n_open > 0;
+    if (idle)
+        s = tok->idle[--tok->n_idle];
+    pthread_mutex_unlock(&tok->lock);
+    if (busy)
+        return KMS_OK;
+    if (!idle)
+        KMS_GUARD(p11_session_take(tok, &s));
     CK_SESSION_INFO si;
     CK_RV rv = tok->fl->C_GetSessionInfo(s, &si);
     kms_err rc = p11_rv_err(rv, "C_GetSessionInfo", tok->label);
