@@ -139,8 +139,9 @@ try:
     check(get("/readyz", method="HEAD")[0] == 200, "/readyz answers HEAD")
     s, body, h = get("/readyz", method="POST")
     check(s == 405 and h.get("Allow") == "GET, HEAD", "/readyz refuses POST with 405 and Allow")
-    s, _, _ = get("/twirp/custos.v1.KeyService/Encrypt")
-    check(s != 200, "Twirp routes still refuse GET")
+    s, body, _ = get("/twirp/custos.v1.KeyService/Encrypt")
+    check(s == 404 and json.loads(body).get("code") == "bad_route",
+          "Twirp routes still refuse GET (bad_route)")
 
     # ---- metrics: credentials and format --------------------------------------
     s, body, h = get("/metrics")

@@ -82,4 +82,21 @@ chmod 0600 "$E2E_DIR/open.pin"
 t "mode 0600 passes --check-config" "$KMSD" --check-config --config "$E2E_DIR/bad-pinmode.json"
 bad pinenv "c['pkcs11']['tokens'][0]['pin'] = 'env:CUSTOS_TEST_UNSET_PIN'"
 t "an unset env: PIN source is refused by --check-config" refused "$E2E_DIR/bad-pinenv.json" "CUSTOS_TEST_UNSET_PIN"
+
+# ---- the fault shim on its own, through kmsctl hsm list ----------------------
+ctl="$CUSTOS_P11FAULT_CONTROL"
+: >"$ctl"
+t "the shim forwards everything when the control file is empty" sh -c \
+    '"$1" hsm list --module "$2" 2>&1 | grep -q custos-eu-west' - "$KMSCTL" "$shim"
+printf '* CKR_TOKEN_NOT_PRESENT\n' >"$ctl"
+t "'* CKR_TOKEN_NOT_PRESENT' fails the slot listing too (exit 1, the CKR named)" sh -c \
+    'out=$("$1" hsm list --module "$2" 2>&1); rc=$?; [ $rc -eq 1 ] &&
+     echo "$out" | grep -q CKR_TOKEN_NOT_PRESENT' - "$KMSCTL" "$shim"
+printf 'C_Bogus CKR_DEVICE_ERROR\nC_GetSlotList CKR_NOPE\nC_GetSlotList after=x CKR_DEVICE_ERROR\n' >"$ctl"
+out=$("$KMSCTL" hsm list --module "$shim" 2>&1 || echo FAILED)
+t "lines that do not parse are reported and ignored" sh -c \
+    'echo "$1" | grep -q "fault.ctl:1: unknown function; line ignored" &&
+     echo "$1" | grep -q "fault.ctl:2: bad word" && echo "$1" | grep -q "fault.ctl:3: bad word" &&
+     echo "$1" | grep -q custos-eu-west && ! echo "$1" | grep -q FAILED' - "$out"
+: >"$ctl"
 exit $fail
