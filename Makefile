@@ -9,7 +9,8 @@
 #   make bench-scale  throughput at 10 / 10,000 / 100,000 keys and RSS over 5 min
 #                   (SCALE_KEYS="10 10000 100000"; prepared tokens cached in build/bench-cache)
 #   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check)
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= : binaries, systemd unit, man pages,
+#                   example config (see docs/operations.md)
 #   make clean
 
 CC      ?= gcc
@@ -61,12 +62,24 @@ TEST_SRCS     := $(wildcard tests/unit/test_*.c)
 TEST_BINS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 BENCH_SRCS    := $(wildcard tests/bench/*.c)
 BENCH_BINS    := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+# The fault-injecting PKCS#11 shim (tests/p11fault, docs/development.md).
+P11FAULT      := $(BUILD)/lib/p11_fault.so
+
+# Install layout. The unit's paths follow PREFIX; configuration is always
+# under /etc/custos and state under /var/lib/custos (StateDirectory=).
+BINDIR  ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR  ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DATADIR ?= $(PREFIX)/share/custos
+DOCDIR  ?= $(PREFIX)/share/doc/custos
 
 .PHONY: all deps check check-asan test run bench bench-scale soak install clean
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
-all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
+all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(P11FAULT)
 
 deps:
 	@sh deploy/install-deps.sh
@@ -101,6 +114,11 @@ $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
+$(P11FAULT): tests/p11fault/p11_fault.c
+	@mkdir -p $(dir $@)
+	$(CC) -D_GNU_SOURCE -std=c17 $(OPT) $(WARN) $(shell pkg-config --cflags p11-kit-1) -fPIC \
+	    -shared -o $@ $< $(filter -fsanitize=%,$(LDHARDEN)) -ldl -pthread
+
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # `check` runs in a sub-make so that dependencies are installed before the
@@ -134,9 +152,21 @@ run: deps
 	@BUILD=$(BUILD) sh deploy/dev-run.sh
 
 install: $(BINS)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/custos
-	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 0755 deploy/dev-hsm.sh $(DESTDIR)$(PREFIX)/share/custos/
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DATADIR)/examples \
+	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR) \
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 0755 $(BUILD)/bin/kmsd $(DESTDIR)$(SBINDIR)/kmsd
+	install -m 0755 $(BUILD)/bin/kmsctl $(DESTDIR)$(BINDIR)/kmsctl
+	sed 's|@SBINDIR@|$(SBINDIR)|g' deploy/systemd/kmsd.service > $(DESTDIR)$(UNITDIR)/kmsd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/kmsd.service
+	install -m 0644 deploy/systemd/custos.sysusers $(DESTDIR)$(SYSUSERSDIR)/custos.conf
+	install -m 0644 docs/man/kmsctl.1 $(DESTDIR)$(MANDIR)/man1/kmsctl.1
+	install -m 0644 docs/man/kmsd.json.5 $(DESTDIR)$(MANDIR)/man5/kmsd.json.5
+	install -m 0644 docs/man/kmsd.8 $(DESTDIR)$(MANDIR)/man8/kmsd.8
+	install -m 0644 deploy/examples/production/kmsd.json deploy/examples/production/policy.json \
+	    $(DESTDIR)$(DATADIR)/examples/
+	install -m 0755 deploy/dev-hsm.sh $(DESTDIR)$(DATADIR)/
+	install -m 0644 docs/operations.md docs/configuration.md $(DESTDIR)$(DOCDIR)/
 
 clean:
 	rm -rf build

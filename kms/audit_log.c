@@ -21,6 +21,7 @@
 
 #include "audit_index.h"
 #include "kms_log.h"
+#include "kms_metrics.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 
@@ -72,6 +73,7 @@ struct audit_log {
     int64_t sign_key_since_ms;
 
     struct audit_log_stats stats;
+    int metrics_id; /* kms_metrics audit id, -1: not recorded */
 };
 
 static int64_t now_ms(void)
@@ -589,8 +591,12 @@ static void *writer_main(void *arg)
         bool written = false;
         if (w.n > 0) {
             rc = write_all(log->events.fd, w.buf, w.len);
-            if (rc == KMS_OK)
+            if (rc == KMS_OK) {
+                uint64_t t0 = kms_metrics_now_ns();
                 rc = sync_fd(log->events.fd, log->events.path);
+                if (rc == KMS_OK)
+                    kms_metrics_audit_batch(log->metrics_id, w.n, kms_metrics_now_ns() - t0);
+            }
             written = rc == KMS_OK;
             size_t pos = 0;
             for (size_t i = 0; rc == KMS_OK && i < w.n; i++) {
@@ -667,6 +673,7 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     snprintf(log->region, sizeof(log->region), "%s", region);
     log->tok = tok;
     log->cfg = *cfg;
+    log->metrics_id = kms_metrics_audit(region);
     log->events.fd = log->heads.fd = log->keys.fd = -1;
     pthread_mutex_init(&log->lock, NULL);
     pthread_cond_init(&log->work, NULL);

@@ -12,6 +12,8 @@
 
 #include <jansson.h>
 
+#include "kms_log.h"
+
 
 /* Refuse keys outside `allowed`, so that "max_body_byte" is an error and not
  * a silently ignored line. */
@@ -92,7 +94,8 @@ static kms_err get_bool(json_t *obj, const char *key, const char *where, bool *i
 static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
-                                      "limits", "deletion", "audit", "import", NULL};
+                                      "limits", "deletion", "audit", "import",
+                                      "log", "health", NULL};
     KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
     KMS_GUARD(check_keys(root, "", top));
 
@@ -173,7 +176,8 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
     json_t *lim = json_object_get(root, "limits");
     if (lim) {
         static const char *const k[] = {"max_body_bytes", "max_connections",
-                                        "connection_timeout_s", "threads", "thread_model", NULL};
+                                        "connection_timeout_s", "threads", "thread_model",
+                                        "drain_timeout_s", NULL};
         KMS_ENSURE(json_is_object(lim), KMS_ERR_CONFIG, "limits: must be an object");
         KMS_GUARD(check_keys(lim, "limits", k));
         unsigned long v = c->max_body_bytes;
@@ -188,6 +192,9 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         v = c->threads;
         KMS_GUARD(get_uint(lim, "threads", "limits", 0, 256, &v));
         c->threads = (unsigned)v;
+        v = c->drain_timeout_s;
+        KMS_GUARD(get_uint(lim, "drain_timeout_s", "limits", 1, 3600, &v));
+        c->drain_timeout_s = (unsigned)v;
         json_t *tm = json_object_get(lim, "thread_model");
         if (tm) {
             KMS_ENSURE(json_is_string(tm) && (strcmp(json_string_value(tm), "pool") == 0 ||
@@ -242,6 +249,30 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         KMS_ENSURE(c->audit_dir != NULL, KMS_ERR_NOMEM, "out of memory");
     }
 
+    json_t *log = json_object_get(root, "log");
+    if (log) {
+        static const char *const k[] = {"level", "file", NULL};
+        KMS_ENSURE(json_is_object(log), KMS_ERR_CONFIG, "log: must be an object");
+        KMS_GUARD(check_keys(log, "log", k));
+        json_t *lv = json_object_get(log, "level");
+        if (lv) {
+            int l = kms_log_level_parse(json_string_value(lv));
+            KMS_ENSURE(json_is_string(lv) && l >= 0, KMS_ERR_CONFIG,
+                       "log.level: must be \"debug\", \"info\", \"warn\" or \"error\"");
+            c->log_level = l;
+        }
+        KMS_GUARD(get_str(log, "file", "log", false, dir, true, &c->log_file));
+    }
+    json_t *health = json_object_get(root, "health");
+    if (health) {
+        static const char *const k[] = {"cache_ms", NULL};
+        KMS_ENSURE(json_is_object(health), KMS_ERR_CONFIG, "health: must be an object");
+        KMS_GUARD(check_keys(health, "health", k));
+        unsigned long v = c->health_cache_ms;
+        KMS_GUARD(get_uint(health, "cache_ms", "health", 0, 60000, &v));
+        c->health_cache_ms = (unsigned)v;
+    }
+
     json_t *imp = json_object_get(root, "import");
     if (imp) {
         static const char *const k[] = {"token_ttl_s", NULL};
@@ -293,6 +324,11 @@ kms_err kms_config_load(const char *path, struct kms_config **out)
     c->audit_head_every_ms = 10000;
     c->audit_key_max_age_s = 90 * 86400;
     c->import_token_ttl_s = 86400;
+    c->log_level = KMS_LOG_INFO;
+    /* A load balancer probing every second costs one deep check per two
+     * seconds; a removed token shows within that. */
+    c->health_cache_ms = 2000;
+    c->drain_timeout_s = 30;
 
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
@@ -335,5 +371,6 @@ void kms_config_free(struct kms_config *c)
     free(c->policy_path);
     free(c->store_path);
     free(c->audit_dir);
+    free(c->log_file);
     free(c);
 }

@@ -55,6 +55,11 @@ struct kms_config {
     unsigned audit_key_max_age_s;     /* rotate audit signing keys when older */
 
     unsigned import_token_ttl_s; /* BYOK: life of an import token and its wrapping key */
+
+    int log_level;          /* enum kms_log_level; $CUSTOS_LOG_LEVEL overrides it */
+    char *log_file;         /* NULL: stderr (journald); reopened on SIGHUP */
+    unsigned health_cache_ms; /* how long a /readyz deep check is reused */
+    unsigned drain_timeout_s; /* SIGTERM: longest wait for in-flight requests */
 };
 
 /* Load and validate. Errors name the file and the JSON path. Relative paths

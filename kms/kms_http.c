@@ -10,6 +10,7 @@
 #include "kms_http.h"
 
 #include <arpa/inet.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,9 @@
 #include <openssl/rand.h>
 
 #include "audit_event.h"
+#include "kms_health.h"
 #include "kms_log.h"
+#include "kms_metrics.h"
 #include "kms_secret.h"
 #include "kms_twirp.h"
 #include "pol_doc.h"
@@ -33,6 +36,9 @@ struct kms_http {
     struct kms_service *svc;
     const struct kms_config *cfg;
     char *tls_cert, *tls_key, *tls_ca; /* PEM text; MHD keeps pointers */
+    struct kms_health *health;
+    atomic_uint inflight;  /* requests between their headers and completion */
+    atomic_bool draining;  /* SIGTERM: no new connections, replies close theirs */
 };
 
 struct req_state {
@@ -42,6 +48,9 @@ struct req_state {
     uint8_t *body;
     size_t len, cap;
     bool too_large;
+    int op;      /* kms_metrics operation index */
+    uint64_t t0; /* monotonic ns at the first call */
+    struct kms_http *http;
     char correlation_id[KMS_HTTP_CORRELATION_MAX + 1];
 };
 
@@ -68,6 +77,8 @@ static enum MHD_Result respond(struct MHD_Connection *c, struct req_state *st, u
     MHD_add_response_header(r, "Content-Type", content_type);
     MHD_add_response_header(r, "X-Request-Id", st->call.request_id);
     MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (atomic_load_explicit(&st->http->draining, memory_order_relaxed))
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;
@@ -76,6 +87,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, struct req_state *st, u
 static enum MHD_Result send_error(struct MHD_Connection *c, struct req_state *st, kms_err err,
                                   const char *msg)
 {
+    kms_metrics_request(st->op, err, kms_metrics_now_ns() - st->t0);
     char *body = kms_twirp_error_body(err, msg);
     if (body == NULL)
         return MHD_NO;
@@ -99,6 +111,7 @@ static enum MHD_Result refuse(struct MHD_Connection *c, struct req_state *st, km
 static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st,
                                   struct kms_reply *reply)
 {
+    kms_metrics_request(st->op, KMS_OK, kms_metrics_now_ns() - st->t0);
     struct MHD_Response *r;
     if (reply->secret) {
         /* Plaintext or a data key: wiped when MHD is done with it. */
@@ -194,10 +207,102 @@ static bool content_type_ok(const char *ct)
     return strncasecmp(ct, "application/protobuf", n) == 0 && (ct[n] == '\0' || ct[n] == ';');
 }
 
+/* ---- operational endpoints ------------------------------------------------- */
+
+/* A static text reply, with one extra header when `header` is not NULL. */
+static enum MHD_Result send_text_h(struct MHD_Connection *c, struct req_state *st,
+                                   unsigned status, const char *text, const char *header,
+                                   const char *value)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (r && header)
+        MHD_add_response_header(r, header, value);
+    return respond(c, st, status, r, "text/plain; charset=utf-8");
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *c, struct req_state *st, unsigned status,
+                                 const char *text)
+{
+    return send_text_h(c, st, status, text, NULL, NULL);
+}
+
+/* /metrics: only for an operator (bearer key or client certificate of a
+ * principal whose role is operator): the figures say how busy each region
+ * is, which is nobody else's business. */
+static enum MHD_Result serve_metrics(struct kms_http *h, struct MHD_Connection *c,
+                                     struct req_state *st)
+{
+    st->call.policy = kms_service_policy(h->svc);
+    if (authenticate(h, c, st) != KMS_OK) {
+        kms_log_info("http", "request %s /metrics: unauthenticated: %s", st->call.request_id,
+                     kms_err_detail());
+        return send_text_h(c, st, MHD_HTTP_UNAUTHORIZED, "unauthenticated\n",
+                           MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    }
+    if (pol_principal_role(st->call.who) != POL_ROLE_OPERATOR) {
+        kms_log_info("http", "request %s /metrics: refused to %s (role %s, not operator)",
+                     st->call.request_id, pol_principal_id(st->call.who),
+                     pol_role_name(pol_principal_role(st->call.who)));
+        return send_text(c, st, MHD_HTTP_FORBIDDEN, "permission denied\n");
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (f == NULL)
+        return send_text(c, st, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+    kms_metrics_render(f);
+    kms_service_metrics(h->svc, f);
+    kms_metrics_family(f, "custos_http_inflight_requests", "gauge",
+                       "Requests received and not yet completed.");
+    fprintf(f, "custos_http_inflight_requests %u\n", atomic_load(&h->inflight));
+    if (fclose(f) != 0 || buf == NULL) {
+        free(buf);
+        return send_text(c, st, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+    if (r == NULL)
+        free(buf);
+    return respond(c, st, MHD_HTTP_OK, r, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/* /livez, /readyz, /metrics answer GET (and HEAD); everything else is Twirp.
+ * Returns false when url is none of them. */
+static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct req_state *st,
+                         const char *url, const char *method, enum MHD_Result *out)
+{
+    bool livez = strcmp(url, "/livez") == 0, readyz = strcmp(url, "/readyz") == 0;
+    bool metrics = strcmp(url, "/metrics") == 0;
+    if (!livez && !readyz && !metrics)
+        return false;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        *out = send_text_h(c, st, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET\n", MHD_HTTP_HEADER_ALLOW,
+                           "GET, HEAD");
+        return true;
+    }
+    if (livez) {
+        /* The process answers: that is all liveness means. The HSM, store
+         * or audit log being away is readiness, and restarting kmsd would
+         * not bring them back. */
+        *out = send_text(c, st, MHD_HTTP_OK, "ok\n");
+    } else if (readyz) {
+        bool ready = !atomic_load(&h->draining) && kms_health_ready(h->health);
+        *out = ready ? send_text(c, st, MHD_HTTP_OK, "ready\n")
+                     : send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
+    } else {
+        *out = serve_metrics(h, c, st);
+    }
+    return true;
+}
+
 static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
                                   struct req_state *st, const char *url, const char *method)
 {
+    enum MHD_Result ops;
+    if (ops_endpoint(h, c, st, url, method, &ops))
+        return ops;
     st->fn = kms_twirp_route(url, &st->method);
+    st->op = kms_metrics_op(st->method);
     if (strcmp(method, "POST") != 0)
         return send_error(c, st, KMS_ERR_BAD_ROUTE, "Twirp methods are called with POST");
     if (st->fn == NULL)
@@ -247,6 +352,10 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
             return MHD_NO;
         *con_cls = st;
         st->call.svc = h->svc;
+        st->http = h;
+        st->t0 = kms_metrics_now_ns();
+        st->op = -1;
+        atomic_fetch_add(&h->inflight, 1);
         uint8_t rid[16];
         RAND_bytes(rid, sizeof(rid));
         for (size_t i = 0; i < sizeof(rid); i++)
@@ -334,12 +443,13 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                               enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
+    struct kms_http *h = cls;
     (void)c;
     (void)toe;
     struct req_state *st = *con_cls;
     if (st == NULL)
         return;
+    atomic_fetch_sub(&h->inflight, 1);
     if (st->body) {
         OPENSSL_cleanse(st->body, st->cap);
         free(st->body);
@@ -387,6 +497,7 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
     h->svc = svc;
     h->cfg = kms_service_config(svc);
     const struct kms_config *cfg = h->cfg;
+    KMS_GUARD_GOTO(kms_health_new(svc, cfg->health_cache_ms, &h->health), fail);
 
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof(addr));
@@ -403,7 +514,8 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
      * commit block without holding up other connections, so batches grow
      * with concurrency; the pool model multiplexes connections on few
      * threads. make bench measures both. */
-    unsigned flags = MHD_USE_ERROR_LOG;
+    /* ITC lets MHD_quiesce_daemon stop the listening thread on SIGTERM. */
+    unsigned flags = MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (cfg->thread_per_connection)
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
     else
@@ -456,6 +568,23 @@ fail:
     return rc;
 }
 
+unsigned kms_http_drain(struct kms_http *h, unsigned timeout_s)
+{
+    if (h == NULL || h->daemon == NULL)
+        return 0;
+    atomic_store(&h->draining, true);
+    /* Close the listening socket: new connections are refused at once (a
+     * load balancer moves on), while accepted ones finish. */
+    MHD_socket ls = MHD_quiesce_daemon(h->daemon);
+    if (ls != MHD_INVALID_SOCKET)
+        close(ls);
+    uint64_t deadline = kms_metrics_now_ns() + (uint64_t)timeout_s * 1000000000u;
+    unsigned left;
+    while ((left = atomic_load(&h->inflight)) > 0 && kms_metrics_now_ns() < deadline)
+        usleep(10000);
+    return left;
+}
+
 void kms_http_stop(struct kms_http *h)
 {
     if (h == NULL)
@@ -468,5 +597,6 @@ void kms_http_stop(struct kms_http *h)
     }
     free(h->tls_cert);
     free(h->tls_ca);
+    kms_health_free(h->health);
     free(h);
 }

@@ -3,6 +3,8 @@
  */
 #include "kms_log.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -12,6 +14,7 @@
 #include <unistd.h>
 
 static atomic_int log_level = -1;
+static atomic_int log_fd = STDERR_FILENO;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -38,6 +41,29 @@ static int current_level(void)
         atomic_store(&log_level, lv);
     }
     return lv;
+}
+
+void kms_log_configure_level(enum kms_log_level level)
+{
+    int env = kms_log_level_parse(getenv("CUSTOS_LOG_LEVEL"));
+    atomic_store(&log_level, env >= 0 ? env : (int)level);
+}
+
+kms_err kms_log_open_file(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    KMS_ENSURE(fd >= 0, KMS_ERR_CONFIG, "log file %s: %s", path, strerror(errno));
+    int cur = atomic_load(&log_fd);
+    if (cur == STDERR_FILENO) {
+        atomic_store(&log_fd, fd);
+        return KMS_OK;
+    }
+    /* Swap the file under the same descriptor number. */
+    int r = dup3(fd, cur, O_CLOEXEC);
+    int e = errno;
+    close(fd);
+    KMS_ENSURE(r >= 0, KMS_ERR_IO, "log file %s: %s", path, strerror(e));
+    return KMS_OK;
 }
 
 /* Append s to out as JSON string content; returns new length. */
@@ -86,6 +112,6 @@ void kms_log(enum kms_log_level level, const char *component, const char *fmt, .
     memcpy(line + len, "\"}\n", 3);
     len += 3;
     /* One write per line so concurrent threads never interleave. */
-    ssize_t w = write(STDERR_FILENO, line, len);
+    ssize_t w = write(atomic_load(&log_fd), line, len);
     (void)w;
 }

@@ -8,12 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "audit_log.h"
 #include "kms_escrow.h"
 #include "kms_import.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
+#include "kms_metrics.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 #include "p11_module.h"
@@ -123,10 +125,12 @@ kms_err kms_service_reload_policy(struct kms_service *svc)
     struct pol_doc *doc = NULL;
     kms_err rc = pol_doc_load_file(svc->cfg->policy_path, &doc);
     if (rc != KMS_OK) {
+        kms_metrics_policy_reload(false);
         kms_log_error("policy", "%s: refused, keeping the current policy: %s",
                       svc->cfg->policy_path, kms_err_detail());
         return rc;
     }
+    kms_metrics_policy_reload(true);
     pthread_mutex_lock(&svc->policy_lock);
     struct pol_doc *old = svc->policy;
     svc->policy = doc;
@@ -135,6 +139,71 @@ kms_err kms_service_reload_policy(struct kms_service *svc)
     kms_log_info("policy", "loaded %s (sha256 %s)", svc->cfg->policy_path,
                  pol_doc_digest_hex(doc));
     return KMS_OK;
+}
+
+/* ---- health and metrics ---------------------------------------------------- */
+
+kms_err kms_service_check(struct kms_service *svc)
+{
+    for (size_t i = 0; i < svc->n_tokens; i++) {
+        const char *region = p11_token_region(svc->tokens[i]);
+        KMS_ENSURE(!svc->audit_broken[i], KMS_ERR_IO, "region %s: audit log not open", region);
+        kms_err rc = p11_token_check(svc->tokens[i]);
+        if (rc != KMS_OK) {
+            char d[400];
+            snprintf(d, sizeof(d), "%s", kms_err_detail());
+            return kms_err_set(rc, "region %s: %s", region, d);
+        }
+        if (svc->audit[i]) {
+            struct audit_log_stats st;
+            audit_log_stats(svc->audit[i], &st);
+            KMS_ENSURE(!st.failed, KMS_ERR_IO, "region %s: the audit log cannot be written",
+                       region);
+        }
+    }
+    /* The audit directory can lose its write permission or its file system
+     * under a running log that has nothing to write yet. */
+    KMS_ENSURE(!svc->cfg->audit_enabled || access(svc->cfg->audit_dir, W_OK) == 0, KMS_ERR_IO,
+               "audit directory %s is not writable: %s", svc->cfg->audit_dir, strerror(errno));
+    struct kms_store_info info;
+    KMS_GUARD(kms_store_info(svc->store, &info));
+    return KMS_OK;
+}
+
+void kms_service_metrics(struct kms_service *svc, FILE *f)
+{
+    struct p11_pool_stats ps[KMS_CONFIG_MAX_TOKENS];
+    for (size_t i = 0; i < svc->n_tokens; i++)
+        p11_token_pool_stats(svc->tokens[i], &ps[i]);
+#define EACH_TOKEN(name, label, value, expr)                                               \
+    for (size_t i = 0; i < svc->n_tokens; i++)                                              \
+        kms_metrics_gauge(f, name, p11_token_region(svc->tokens[i]),                       \
+                          p11_token_label(svc->tokens[i]), label, value, (double)(expr))
+    kms_metrics_family(f, "custos_token_available", "gauge",
+                       "1 while the token answers, 0 after it reported removal or failure.");
+    EACH_TOKEN("custos_token_available", NULL, NULL, p11_token_available(svc->tokens[i]));
+    kms_metrics_family(f, "custos_hsm_sessions", "gauge",
+                       "Session pool: sessions open, idle, in use, and the pool's cap.");
+    EACH_TOKEN("custos_hsm_sessions", "state", "open", ps[i].open);
+    EACH_TOKEN("custos_hsm_sessions", "state", "idle", ps[i].idle);
+    EACH_TOKEN("custos_hsm_sessions", "state", "in_use", ps[i].open - ps[i].idle);
+    EACH_TOKEN("custos_hsm_sessions", "state", "cap", ps[i].cap);
+    kms_metrics_family(f, "custos_hsm_sessions_replaced_total", "counter",
+                       "Sessions found broken and replaced since start.");
+    EACH_TOKEN("custos_hsm_sessions_replaced_total", NULL, NULL, ps[i].replaced);
+    kms_metrics_family(f, "custos_region_audit_ok", "gauge",
+                       "1 when the region's audit log is open and writable.");
+    for (size_t i = 0; i < svc->n_tokens; i++) {
+        bool ok = !svc->audit_broken[i];
+        if (svc->audit[i]) {
+            struct audit_log_stats st;
+            audit_log_stats(svc->audit[i], &st);
+            ok = ok && !st.failed;
+        }
+        kms_metrics_gauge(f, "custos_region_audit_ok", p11_token_region(svc->tokens[i]),
+                          p11_token_label(svc->tokens[i]), NULL, NULL, ok);
+    }
+#undef EACH_TOKEN
 }
 
 /* ---- reconcile ----------------------------------------------------------- */

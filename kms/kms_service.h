@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kms_config.h"
 #include "kms_error.h"
@@ -71,6 +72,17 @@ kms_err kms_service_region_check(struct kms_service *svc, const char *region);
  * region has none (kmsctl hsm init-region was not run). */
 struct p11_key_id;
 bool kms_service_escrow_key(struct kms_service *svc, const char *region, struct p11_key_id *out);
+
+/* The deep readiness check (/readyz): every configured token answers and
+ * has a logged-in session, every region's audit log is open and writable,
+ * the store answers a query. The first failure is returned with a detail
+ * for the operational log (never sent to clients). May block for as long as
+ * one HSM call and one store query take. */
+kms_err kms_service_check(struct kms_service *svc);
+
+/* Write the gauges of live state in Prometheus text format: token
+ * availability and session pool use, per region and token. */
+void kms_service_metrics(struct kms_service *svc, FILE *f);
 
 /* Label prefix of every HSM object the service creates; reconcile treats
  * objects with this prefix that the store does not know as orphans. */

@@ -5,19 +5,27 @@
  *
  * Config: --config, else $CUSTOS_CONFIG, else /etc/custos/kmsd.json.
  * Signals: SIGHUP reloads the policy (a bad document is refused and the old
- * one stays); SIGTERM and SIGINT stop accepting, finish in-flight requests
- * and exit 0.
+ * one stays) and reopens the log file; SIGTERM and SIGINT stop accepting,
+ * finish in-flight requests, flush the audit log and exit 0.
+ *
+ * Under systemd (Type=notify) it reports READY=1 once it listens,
+ * RELOADING=1/READY=1 around a reload, STOPPING=1 at shutdown, and pings
+ * WATCHDOG=1 at half of $WATCHDOG_USEC from the main loop.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kms_config.h"
 #include "kms_http.h"
 #include "kms_log.h"
+#include "kms_notify.h"
+#include "kms_secret.h"
 #include "kms_service.h"
 
 static void usage(FILE *f)
@@ -29,8 +37,18 @@ static void usage(FILE *f)
                "  --check-config    validate the configuration and policy, then exit\n"
                "  -h, --help        this text\n"
                "\n"
-               "signals: SIGHUP reloads the policy; SIGTERM/SIGINT shut down gracefully\n"
+               "signals: SIGHUP reloads the policy and reopens the log file;\n"
+               "         SIGTERM/SIGINT shut down gracefully\n"
+               "see kmsd(8), kmsd.json(5)\n"
                "exit codes: 0 clean shutdown or valid config, 1 start-up failure, 2 usage\n");
+}
+
+/* Failures to notify are logged, never fatal: systemd would notice the
+ * missing READY=1 or watchdog ping by itself. */
+static void notify(const char *state)
+{
+    if (kms_notify(state) != KMS_OK)
+        kms_log_warn("kmsd", "sd_notify: %s", kms_err_detail());
 }
 
 int main(int argc, char **argv)
@@ -86,16 +104,33 @@ int main(int argc, char **argv)
         kms_log_error("kmsd", "configuration: %s", kms_err_detail());
         return 1;
     }
+    kms_log_configure_level((enum kms_log_level)cfg->log_level);
     if (check_only) {
         struct pol_doc *doc = NULL;
         kms_err rc = pol_doc_load_file(cfg->policy_path, &doc);
         if (rc != KMS_OK)
             fprintf(stderr, "kmsd: policy %s: %s\n", cfg->policy_path, kms_err_detail());
-        else
+        /* PIN sources are read (and wiped at once) so that a missing file,
+         * a file readable by others or an unset variable shows here and
+         * not at the next restart. The HSM is not touched. */
+        for (size_t i = 0; rc == KMS_OK && i < cfg->n_tokens; i++) {
+            struct kms_secret pin = {0};
+            rc = kms_secret_read_source(cfg->tokens[i].pin_source, &pin);
+            kms_secret_wipe(&pin);
+            if (rc != KMS_OK)
+                fprintf(stderr, "kmsd: %s: pkcs11.tokens[%zu].pin: %s\n", path, i,
+                        kms_err_detail());
+        }
+        if (rc == KMS_OK)
             printf("kmsd: %s and policy %s are valid\n", path, cfg->policy_path);
         pol_doc_unref(doc);
         kms_config_free(cfg);
         return rc == KMS_OK ? 0 : 1;
+    }
+    if (cfg->log_file && kms_log_open_file(cfg->log_file) != KMS_OK) {
+        kms_log_error("kmsd", "configuration: log.file: %s", kms_err_detail());
+        kms_config_free(cfg);
+        return 1;
     }
 
     struct kms_service *svc = NULL;
@@ -110,23 +145,52 @@ int main(int argc, char **argv)
         goto done;
     }
     kms_log_info("kmsd", "ready (%s mode)", cfg->dev_mode ? "dev" : "production");
+    notify("READY=1\nSTATUS=serving");
 
+    /* The watchdog is pinged from this loop, at half the interval systemd
+     * gave: a main thread stuck anywhere gets kmsd restarted. */
+    uint64_t wd_usec = kms_notify_watchdog_usec();
+    if (wd_usec > 0)
+        kms_log_info("kmsd", "systemd watchdog every %" PRIu64 " ms", wd_usec / 1000);
     for (;;) {
         int sig = 0;
-        if (sigwait(&set, &sig) != 0)
+        if (wd_usec > 0) {
+            struct timespec ts = {(time_t)(wd_usec / 2 / 1000000),
+                                  (long)(wd_usec / 2 % 1000000) * 1000};
+            notify("WATCHDOG=1");
+            sig = sigtimedwait(&set, NULL, &ts);
+            if (sig < 0)
+                continue; /* EAGAIN: time for the next ping; EINTR */
+        } else if (sigwait(&set, &sig) != 0) {
             continue;
+        }
         if (sig == SIGHUP) {
-            kms_log_info("kmsd", "SIGHUP: reloading policy");
+            notify("RELOADING=1\nSTATUS=reloading");
+            /* Reopen first, so that this reload's lines are in the new file. */
+            if (cfg->log_file && kms_log_open_file(cfg->log_file) != KMS_OK)
+                kms_log_error("kmsd", "log file not reopened, still writing the old one: %s",
+                              kms_err_detail());
+            kms_log_info("kmsd", "SIGHUP: reloading policy%s",
+                         cfg->log_file ? ", log file reopened" : "");
             kms_service_reload_policy(svc);
+            notify("READY=1\nSTATUS=serving");
             continue;
         }
         kms_log_info("kmsd", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
         break;
     }
+    notify("STOPPING=1\nSTATUS=draining");
+    unsigned left = kms_http_drain(http, cfg->drain_timeout_s);
+    if (left > 0)
+        kms_log_warn("kmsd", "%u request(s) still in flight after %u s; closing their connections",
+                     left, cfg->drain_timeout_s);
+    else
+        kms_log_info("kmsd", "drained: no request in flight");
     status = 0;
 done:
     /* The HTTP front first: in-flight requests finish while the service
-     * they use still exists. */
+     * they use still exists. The service then closes the audit logs, which
+     * writes what is queued and signs a final head. */
     kms_http_stop(http);
     kms_service_free(svc);
     kms_config_free(cfg);

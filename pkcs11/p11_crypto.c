@@ -63,7 +63,8 @@ static kms_err do_gcm(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         /* SoftHSMv2 refuses a NULL input even of length 0. */
         static CK_BYTE empty[1];
         CK_BYTE *in = a->in_len ? (CK_BYTE *)a->in : empty;
-        rv = tok->fl->C_Encrypt(s, in, a->in_len, a->out, &out_len);
+        rv = P11_TIMED(tok, "C_Encrypt", "CKM_AES_GCM",
+                       tok->fl->C_Encrypt(s, in, a->in_len, a->out, &out_len));
         KMS_GUARD(p11_rv_err(rv, "C_Encrypt", tok->label));
     } else {
         /* SoftHSMv2 wants room for the whole input (tag included) before it
@@ -78,7 +79,8 @@ static kms_err do_gcm(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         rv = tok->fl->C_DecryptInit(s, &m, h);
         rc = p11_rv_err(rv, "C_DecryptInit", tok->label);
         if (rc == KMS_OK) {
-            rv = tok->fl->C_Decrypt(s, (CK_BYTE *)a->in, a->in_len, scratch, &out_len);
+            rv = P11_TIMED(tok, "C_Decrypt", "CKM_AES_GCM",
+                           tok->fl->C_Decrypt(s, (CK_BYTE *)a->in, a->in_len, scratch, &out_len));
             rc = p11_rv_err(p11_rv_auth_failure(tok, rv), "C_Decrypt", tok->label);
         }
         if (rc == KMS_OK && out_len > a->out_cap)
@@ -161,7 +163,8 @@ static kms_err do_wrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     }
     CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_ULONG len = a->out_cap;
-    CK_RV rv = tok->fl->C_WrapKey(s, &m, hw, ht, a->out, &len);
+    CK_RV rv = P11_TIMED(tok, "C_WrapKey", "CKM_AES_KEY_WRAP_PAD",
+                         tok->fl->C_WrapKey(s, &m, hw, ht, a->out, &len));
     KMS_GUARD(p11_rv_err(rv, "C_WrapKey", tok->label));
     a->out_len = len;
     return KMS_OK;
@@ -221,8 +224,9 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 
     struct p11_tmpl t;
     p11_tmpl_secret(&t, a->kind, a->flags, a->new_id, a->label, true);
-    CK_RV rv = tok->fl->C_UnwrapKey(s, &a->mech, hu, (CK_BYTE *)a->wrapped, a->wrapped_len, t.a,
-                                    t.n, &h);
+    CK_RV rv = P11_TIMED(tok, "C_UnwrapKey", p11_mech_name(a->mech.mechanism),
+                         tok->fl->C_UnwrapKey(s, &a->mech, hu, (CK_BYTE *)a->wrapped,
+                                              a->wrapped_len, t.a, t.n, &h));
     KMS_GUARD(p11_rv_err(p11_rv_auth_failure(tok, rv), "C_UnwrapKey", tok->label));
     rc = p11_key_verify(tok, s, h, a->kind, a->flags, false);
     if (rc != KMS_OK) {
@@ -362,7 +366,8 @@ static kms_err do_sign(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     CK_RV rv = tok->fl->C_SignInit(s, &m, h);
     KMS_GUARD(p11_rv_err(rv, "C_SignInit", tok->label));
     CK_ULONG len = a->out_len;
-    rv = tok->fl->C_Sign(s, (CK_BYTE *)a->data, a->len, a->out, &len);
+    rv = P11_TIMED(tok, "C_Sign", p11_mech_name(a->mech),
+                   tok->fl->C_Sign(s, (CK_BYTE *)a->data, a->len, a->out, &len));
     KMS_GUARD(p11_rv_err(rv, "C_Sign", tok->label));
     KMS_ENSURE(len == a->out_len, KMS_ERR_HSM, "token '%s' returned a %lu-byte signature, want %zu",
                tok->label, (unsigned long)len, a->out_len);

@@ -13,6 +13,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "kms_metrics.h"
 #include "p11_key.h"
 #include "p11_module.h"
 #include "p11_token.h"
@@ -75,9 +76,20 @@ struct p11_token {
     atomic_bool unavailable;
     atomic_bool pin_failed; /* a PIN error is never retried automatically */
     atomic_ulong sessions_replaced;
+    int metrics_id; /* kms_metrics token id; -1: not recorded */
 
     struct p11_handle_cache cache;
 };
+
+/* Time one HSM call for the metrics: one clock_gettime pair, a few relaxed
+ * atomic adds, no lock (kms_metrics.h). fn and mech are string literals. */
+#define P11_TIMED(tok, fn, mech, call)                                              \
+    ({                                                                              \
+        uint64_t p11_t0_ = kms_metrics_now_ns();                                    \
+        CK_RV p11_rv_ = (call);                                                     \
+        kms_metrics_hsm((tok)->metrics_id, (fn), (mech), kms_metrics_now_ns() - p11_t0_); \
+        p11_rv_;                                                                    \
+    })
 
 /* Lease a logged-in read/write session; waits up to a few seconds when all
  * `cap` sessions are in use. */

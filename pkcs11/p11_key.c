@@ -451,13 +451,15 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
         CK_MECHANISM m = {a->kind == P11_KEY_EC_P256_SIGN ? CKM_EC_KEY_PAIR_GEN
                                                           : CKM_RSA_PKCS_KEY_PAIR_GEN,
                           NULL, 0};
-        rv = tok->fl->C_GenerateKeyPair(s, &m, pub.a, pub.n, priv.a, priv.n, &hpub, &h);
+        rv = P11_TIMED(tok, "C_GenerateKeyPair", p11_mech_name(m.mechanism),
+                       tok->fl->C_GenerateKeyPair(s, &m, pub.a, pub.n, priv.a, priv.n, &hpub, &h));
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKeyPair", tok->label));
     } else {
         CK_MECHANISM m = {a->kind == P11_KEY_HMAC_SHA256 ? CKM_GENERIC_SECRET_KEY_GEN
                                                          : CKM_AES_KEY_GEN,
                           NULL, 0};
-        rv = tok->fl->C_GenerateKey(s, &m, priv.a, priv.n, &h);
+        rv = P11_TIMED(tok, "C_GenerateKey", p11_mech_name(m.mechanism),
+                       tok->fl->C_GenerateKey(s, &m, priv.a, priv.n, &h));
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKey", tok->label));
     }
     rc = p11_key_verify(tok, s, h, a->kind, a->flags, true);

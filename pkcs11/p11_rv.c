@@ -121,6 +121,23 @@ const char *p11_rv_name(CK_RV rv)
 /* How the service must react to a return value. Session-class errors mean the
  * session or a cached handle is no longer usable: the caller replaces the
  * session and retries once. Device-class errors mean the token is gone. */
+const char *p11_mech_name(CK_MECHANISM_TYPE m)
+{
+    switch (m) {
+    case CKM_AES_GCM: return "CKM_AES_GCM";
+    case CKM_AES_KEY_WRAP_PAD: return "CKM_AES_KEY_WRAP_PAD";
+    case CKM_RSA_PKCS_OAEP: return "CKM_RSA_PKCS_OAEP";
+    case CKM_RSA_AES_KEY_WRAP: return "CKM_RSA_AES_KEY_WRAP";
+    case CKM_SHA256_HMAC: return "CKM_SHA256_HMAC";
+    case CKM_ECDSA: return "CKM_ECDSA";
+    case CKM_AES_KEY_GEN: return "CKM_AES_KEY_GEN";
+    case CKM_GENERIC_SECRET_KEY_GEN: return "CKM_GENERIC_SECRET_KEY_GEN";
+    case CKM_EC_KEY_PAIR_GEN: return "CKM_EC_KEY_PAIR_GEN";
+    case CKM_RSA_PKCS_KEY_PAIR_GEN: return "CKM_RSA_PKCS_KEY_PAIR_GEN";
+    default: return "CKM_OTHER";
+    }
+}
+
 static kms_err p11_rv_class(CK_RV rv)
 {
     switch (rv) {

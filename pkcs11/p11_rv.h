@@ -11,6 +11,10 @@
 /* "CKR_PIN_INCORRECT" etc.; never NULL. */
 const char *p11_rv_name(CK_RV rv);
 
+/* "CKM_AES_GCM" etc. for the mechanisms kmsd uses, "CKM_OTHER" for any
+ * other; a string literal (metrics compare it by address). */
+const char *p11_mech_name(CK_MECHANISM_TYPE m);
+
 /* Map rv to a kms_err and record a detail naming the C_ function, the token
  * and the CKR_ name. Unexpected HSM failures are also logged. KMS_OK for
  * CKR_OK. */

@@ -37,7 +37,7 @@ static kms_err login_if_needed(struct p11_token *tok, CK_SESSION_HANDLE s)
 
     struct kms_secret pin = {0};
     KMS_GUARD(kms_secret_read_source(tok->pin_source, &pin));
-    rv = tok->fl->C_Login(s, CKU_USER, pin.data, pin.len);
+    rv = P11_TIMED(tok, "C_Login", "none", tok->fl->C_Login(s, CKU_USER, pin.data, pin.len));
     kms_secret_wipe(&pin);
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         return KMS_OK;
@@ -183,4 +183,32 @@ void p11_token_pool_stats(struct p11_token *tok, struct p11_pool_stats *out)
     out->idle = tok->n_idle;
     pthread_mutex_unlock(&tok->lock);
     out->replaced = atomic_load(&tok->sessions_replaced);
+}
+
+kms_err p11_token_check(struct p11_token *tok)
+{
+    KMS_GUARD(p11_token_probe(tok));
+    /* An idle session is checked; when every session is busy the token is
+     * evidently in use, and waiting for one would make a saturated node
+     * report itself unready (and flap behind a load balancer). With no
+     * session open at all, one is opened and logged in, as a request would. */
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    pthread_mutex_lock(&tok->lock);
+    bool idle = tok->n_idle > 0, busy = !idle && tok->n_open > 0;
+    if (idle)
+        s = tok->idle[--tok->n_idle];
+    pthread_mutex_unlock(&tok->lock);
+    if (busy)
+        return KMS_OK;
+    if (!idle)
+        KMS_GUARD(p11_session_take(tok, &s));
+    CK_SESSION_INFO si;
+    CK_RV rv = tok->fl->C_GetSessionInfo(s, &si);
+    kms_err rc = p11_rv_err(rv, "C_GetSessionInfo", tok->label);
+    if (rc == KMS_OK && si.state != CKS_RW_USER_FUNCTIONS && si.state != CKS_RO_USER_FUNCTIONS)
+        rc = kms_err_set(KMS_ERR_HSM_SESSION, "token '%s': session is not logged in", tok->label);
+    p11_session_give(tok, s, rc != KMS_OK);
+    if (rc == KMS_ERR_HSM_UNAVAILABLE)
+        atomic_store(&tok->unavailable, true);
+    return rc;
 }

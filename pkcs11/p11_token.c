@@ -207,6 +207,7 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     tok->mod = mod;
     tok->fl = p11_module_fl(mod);
     tok->oaep_sha256 = -1;
+    tok->metrics_id = -1;
     pthread_mutex_init(&tok->lock, NULL);
     pthread_cond_init(&tok->cond, NULL);
     snprintf(tok->region, sizeof(tok->region), "%s", cfg->region);
@@ -217,6 +218,7 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     CK_TOKEN_INFO ti;
     KMS_GUARD_GOTO(resolve_slot(mod, cfg->selector, &tok->slot, &ti), fail);
     p11_str_from_field(tok->label, sizeof(tok->label), ti.label, sizeof(ti.label));
+    tok->metrics_id = kms_metrics_token(tok->region, tok->label);
     p11_str_from_field(tok->serial, sizeof(tok->serial), ti.serialNumber,
                        sizeof(ti.serialNumber));
     p11_str_from_field(tok->manufacturer, sizeof(tok->manufacturer), ti.manufacturerID,

@@ -50,6 +50,12 @@ bool p11_token_available(const struct p11_token *tok);
  * checks); clears the unavailable mark when it is. */
 kms_err p11_token_probe(struct p11_token *tok);
 
+/* The readiness check: the token answers (p11_token_probe) and an idle
+ * pooled session is still logged in (a session found logged out is
+ * replaced). Never waits for a busy pool: every session in use counts as
+ * proof of life. */
+kms_err p11_token_check(struct p11_token *tok);
+
 /* Mechanism-level capabilities, read once at open. */
 enum p11_cap {
     P11_CAP_GEN_AES_256 = 0,     /* CKM_AES_KEY_GEN with 32-byte keys */

@@ -29,6 +29,10 @@ e2e_setup() {
 e2e_start() {
     cfg=${1:-$E2E_DIR/kmsd.json}
     # The log accumulates over restarts: wait for one more "ready" line.
+    # Create it first: kmsd's own redirection happens in the background
+    # child, and a count taken before that would be empty ("Illegal
+    # number"), ending the wait at once.
+    : >>"$E2E_DIR/kmsd.log"
     before=$(grep -c '"ready' "$E2E_DIR/kmsd.log" 2>/dev/null || true)
     before=${before:-0}
     "$KMSD" --config "$cfg" >>"$E2E_DIR/kmsd.log" 2>&1 &

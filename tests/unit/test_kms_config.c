@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "kms_config.h"
+#include "kms_log.h"
 #include "testenv.h"
 
 static char path[512];
@@ -140,6 +141,38 @@ START_TEST(import_token_ttl)
 }
 END_TEST
 
+START_TEST(operations_keys)
+{
+    struct kms_config *c = NULL;
+    ck_assert_int_eq(load("{" TOKENS "}", &c), KMS_OK);
+    ck_assert_int_eq(c->log_level, KMS_LOG_INFO);
+    ck_assert_ptr_null(c->log_file);
+    ck_assert_uint_eq(c->health_cache_ms, 2000);
+    ck_assert_uint_eq(c->drain_timeout_s, 30);
+    kms_config_free(c);
+    ck_assert_int_eq(load("{" TOKENS ", \"log\": {\"level\": \"debug\", \"file\": \"kmsd.log\"},"
+                          " \"health\": {\"cache_ms\": 0}, \"limits\": {\"drain_timeout_s\": 5}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_int_eq(c->log_level, KMS_LOG_DEBUG);
+    /* Relative, like every path: beside the configuration file. */
+    ck_assert_ptr_nonnull(strstr(c->log_file, "/kmsd.log"));
+    ck_assert_int_eq(c->log_file[0], '/');
+    ck_assert_uint_eq(c->health_cache_ms, 0);
+    ck_assert_uint_eq(c->drain_timeout_s, 5);
+    kms_config_free(c);
+    expect_error("{" TOKENS ", \"log\": {\"level\": \"loud\"}}", "log.level: must be");
+    expect_error("{" TOKENS ", \"log\": {\"level\": 3}}", "log.level: must be");
+    expect_error("{" TOKENS ", \"log\": {\"format\": \"text\"}}", "log.format: unknown key");
+    expect_error("{" TOKENS ", \"log\": {\"file\": \"\"}}", "log.file: must be a non-empty string");
+    expect_error("{" TOKENS ", \"health\": {\"cache_ms\": 60001}}",
+                 "health.cache_ms: must be an integer in 0..60000");
+    expect_error("{" TOKENS ", \"health\": []}", "health: must be an object");
+    expect_error("{" TOKENS ", \"limits\": {\"drain_timeout_s\": 0}}",
+                 "limits.drain_timeout_s: must be an integer in 1..3600");
+}
+END_TEST
+
 START_TEST(missing_file)
 {
     struct kms_config *c = (void *)1;
@@ -157,6 +190,7 @@ int main(void)
     tcase_add_test(tc, refusals_name_the_path);
     tcase_add_test(tc, dev_mode_and_tls);
     tcase_add_test(tc, import_token_ttl);
+    tcase_add_test(tc, operations_keys);
     tcase_add_test(tc, missing_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

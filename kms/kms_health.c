@@ -1,0 +1,71 @@
+/*
+ * kms_health.c - cached readiness.
+ */
+#include "kms_health.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "kms_log.h"
+#include "kms_metrics.h"
+
+struct kms_health {
+    struct kms_service *svc;
+    uint64_t cache_ns;
+    pthread_mutex_t check_lock; /* held while a deep check runs */
+    atomic_bool ready;
+    atomic_ulong checked_ns; /* monotonic time of the last check; 0: never */
+};
+
+kms_err kms_health_new(struct kms_service *svc, unsigned cache_ms, struct kms_health **out)
+{
+    struct kms_health *h = calloc(1, sizeof(*h));
+    KMS_ENSURE(h != NULL, KMS_ERR_NOMEM, "out of memory");
+    h->svc = svc;
+    h->cache_ns = (uint64_t)cache_ms * 1000000u;
+    pthread_mutex_init(&h->check_lock, NULL);
+    *out = h;
+    return KMS_OK;
+}
+
+void kms_health_free(struct kms_health *h)
+{
+    if (h == NULL)
+        return;
+    pthread_mutex_destroy(&h->check_lock);
+    free(h);
+}
+
+bool kms_health_ready(struct kms_health *h)
+{
+    uint64_t now = kms_metrics_now_ns();
+    uint64_t last = atomic_load(&h->checked_ns);
+    if (last != 0 && now - last < h->cache_ns)
+        return atomic_load(&h->ready);
+    /* The first check ever is waited for; later ones are run by whoever
+     * gets the lock while the rest take the previous answer. */
+    if (last == 0)
+        pthread_mutex_lock(&h->check_lock);
+    else if (pthread_mutex_trylock(&h->check_lock) != 0)
+        return atomic_load(&h->ready);
+    if (atomic_load(&h->checked_ns) != last) { /* someone checked meanwhile */
+        pthread_mutex_unlock(&h->check_lock);
+        return atomic_load(&h->ready);
+    }
+    kms_err rc = kms_service_check(h->svc);
+    bool ready = rc == KMS_OK;
+    bool was = atomic_exchange(&h->ready, ready);
+    if (ready != was || last == 0) {
+        /* Not "ready ...": tests/e2e/lib.sh waits for kmsd's start-up line
+         * by that prefix. */
+        if (ready)
+            kms_log_info("health", "readiness: ready");
+        else
+            kms_log_warn("health", "readiness: NOT ready: %s", kms_err_detail());
+    }
+    uint64_t done = kms_metrics_now_ns();
+    atomic_store(&h->checked_ns, done ? done : 1);
+    pthread_mutex_unlock(&h->check_lock);
+    return ready;
+}
