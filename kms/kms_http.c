@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 
 #include "audit_event.h"
+#include "kms_httpreq.h"
 #include "kms_log.h"
 #include "kms_secret.h"
 #include "kms_twirp.h"
@@ -172,12 +173,9 @@ static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c, struct
                                "a client certificate signed by the configured CA is required");
     }
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    KMS_ENSURE(auth != NULL, KMS_ERR_UNAUTHENTICATED, "missing credentials");
-    KMS_ENSURE(strncasecmp(auth, "Bearer ", 7) == 0, KMS_ERR_UNAUTHENTICATED,
-               "Authorization must use the Bearer scheme");
-    const char *key = auth + 7;
-    size_t n = strlen(key);
-    KMS_ENSURE(n >= 1 && n <= KMS_HTTP_BEARER_MAX, KMS_ERR_UNAUTHENTICATED, "invalid credentials");
+    const char *key;
+    size_t n;
+    KMS_GUARD(kms_httpreq_bearer(auth, &key, &n));
     kms_err rc = pol_doc_auth_api_key(st->call.policy, key, n, &st->call.who);
     if (rc != KMS_OK)
         return kms_err_set(KMS_ERR_UNAUTHENTICATED, "invalid credentials");
@@ -186,46 +184,27 @@ static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c, struct
 
 /* ---- the access handler ------------------------------------------------------- */
 
-static bool content_type_ok(const char *ct)
-{
-    if (ct == NULL)
-        return false;
-    size_t n = strlen("application/protobuf");
-    return strncasecmp(ct, "application/protobuf", n) == 0 && (ct[n] == '\0' || ct[n] == ';');
-}
-
 static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
                                   struct req_state *st, const char *url, const char *method)
 {
-    st->fn = kms_twirp_route(url, &st->method);
-    if (strcmp(method, "POST") != 0)
-        return send_error(c, st, KMS_ERR_BAD_ROUTE, "Twirp methods are called with POST");
-    if (st->fn == NULL)
-        return send_error(c, st, KMS_ERR_BAD_ROUTE, "no such method");
-    if (!content_type_ok(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type")))
-        return refuse(c, st, KMS_ERR_BAD_ROUTE,
-                      "unsupported Content-Type: use application/protobuf");
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-    if (cl != NULL) {
-        char *end = NULL;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (end == cl || *end != '\0' || v > h->cfg->max_body_bytes) {
-            char msg[96];
-            snprintf(msg, sizeof(msg), "request body larger than %zu bytes",
-                     h->cfg->max_body_bytes);
-            return refuse(c, st, KMS_ERR_TOO_LARGE, msg);
-        }
-    }
-    const char *corr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Correlation-Id");
-    if (corr != NULL) {
-        size_t n = strlen(corr);
-        bool printable = n >= 1 && n <= KMS_HTTP_CORRELATION_MAX;
-        for (size_t i = 0; printable && i < n; i++)
-            printable = corr[i] > 0x20 && corr[i] < 0x7f;
-        if (!printable)
-            return refuse(c, st, KMS_ERR_INVALID_ARGUMENT,
-                          "X-Correlation-Id must be 1..128 printable ASCII characters");
-        memcpy(st->correlation_id, corr, n + 1);
+    struct kms_httpreq_head head = {
+        .method = method,
+        .url = url,
+        .content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type"),
+        .content_length = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length"),
+        .correlation_id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Correlation-Id"),
+        .max_body = h->cfg->max_body_bytes,
+    };
+    struct kms_httpreq req;
+    kms_err_clear();
+    kms_err rc = kms_httpreq_check_head(&head, &req);
+    st->fn = req.fn;
+    st->method = req.method;
+    memcpy(st->correlation_id, req.correlation_id, sizeof(st->correlation_id));
+    if (rc != KMS_OK) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s", kms_err_detail());
+        return req.routed ? refuse(c, st, rc, msg) : send_error(c, st, rc, msg);
     }
     st->call.policy = kms_service_policy(h->svc);
     if (authenticate(h, c, st) != KMS_OK)

@@ -17,9 +17,7 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out);
 /* Stop accepting, finish in-flight requests, stop the threads. NULL ok. */
 void kms_http_stop(struct kms_http *http);
 
-/* Longest bearer key accepted; longer ones are refused unread. */
-#define KMS_HTTP_BEARER_MAX 512
-/* Longest X-Correlation-Id accepted. */
-#define KMS_HTTP_CORRELATION_MAX 128
+/* The header limits (KMS_HTTP_BEARER_MAX, KMS_HTTP_CORRELATION_MAX) and the
+ * checks made before a body is read are in kms_httpreq.h. */
 
 #endif
