@@ -333,6 +333,17 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     kms_log_warn("mhd", "%s", msg);
 }
 
+/* URLs are routed as they arrived, never percent-decoded: Twirp paths are
+ * [A-Za-z0-9./] only, and decoding let "/Encrypt%00" (a NUL that ends the C
+ * string) or "%45ncrypt" reach a route under another spelling. Anything
+ * encoded is simply no route (404 bad_route). We read no query arguments. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    return strlen(s);
+}
+
 static char *read_pem(const char *path)
 {
     FILE *f = fopen(path, "re");
@@ -412,7 +423,8 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
         /* Bounds the header block of one request (and MHD's read buffer). */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, 0, MHD_OPTION_STRICT_FOR_CLIENT, 1,
-        MHD_OPTION_NOTIFY_COMPLETED, request_completed, h, MHD_OPTION_ARRAY, tls_opts,
+        MHD_OPTION_NOTIFY_COMPLETED, request_completed, h, MHD_OPTION_UNESCAPE_CALLBACK,
+        no_unescape, NULL, MHD_OPTION_ARRAY, tls_opts,
         MHD_OPTION_END);
     KMS_ENSURE_GOTO(h->daemon != NULL, fail, KMS_ERR_CONFIG, "cannot listen on %s:%u",
                     cfg->listen_address, cfg->listen_port);

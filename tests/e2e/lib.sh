@@ -54,3 +54,12 @@ e2e_stop() {
     [ $rc -eq 0 ] || { echo "kmsd exited with $rc" >&2; tail -n 20 "$E2E_DIR/kmsd.log" >&2; }
     return $rc
 }
+
+# The key-template scan (tests/e2e/scan_templates.py): every object of this
+# installation's tokens against DESIGN.md's templates. Call it before
+# e2e_stop at the end of a test, so that the objects the test made are
+# checked. PINs are read from the pin files by the scanner, never argv.
+e2e_scan_tokens() {
+    SOFTHSM2_CONF="$E2E_DIR/hsm/softhsm2.conf" /usr/bin/python3 tests/e2e/scan_templates.py \
+        "$E2E_DIR/hsm" "${CUSTOS_TEST_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
+}
