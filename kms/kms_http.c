@@ -128,9 +128,13 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st
 
 /* The verified subject DN of the client certificate, RFC 4514 form
  * ("CN=demo-broker,O=Example"). Returns false when there is no certificate
- * or it does not verify against the configured client CA. */
-static bool client_cert_subject(struct MHD_Connection *c, char *out, size_t out_len)
+ * or it does not verify against the configured client CA; then *why says
+ * which, for the refusal and its audit event ("expired", "signer not
+ * found", ...; GnuTLS's wording; never the certificate's content). */
+static bool client_cert_subject(struct MHD_Connection *c, char *out, size_t out_len, char *why,
+                                size_t why_len)
 {
+    why[0] = '\0';
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION);
     if (ci == NULL || ci->tls_session == NULL)
@@ -143,8 +147,22 @@ static bool client_cert_subject(struct MHD_Connection *c, char *out, size_t out_
     /* The handshake only requested a certificate; verification status is
      * checked here, not assumed from a successful handshake. */
     unsigned int status = 0;
-    if (gnutls_certificate_verify_peers2(s, &status) != GNUTLS_E_SUCCESS || status != 0)
+    if (gnutls_certificate_verify_peers2(s, &status) != GNUTLS_E_SUCCESS) {
+        snprintf(why, why_len, "the client certificate could not be verified");
         return false;
+    }
+    if (status != 0) {
+        gnutls_datum_t txt = {NULL, 0};
+        if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &txt, 0) ==
+            GNUTLS_E_SUCCESS)
+            snprintf(why, why_len, "client certificate refused: %s", (const char *)txt.data);
+        else
+            snprintf(why, why_len, "client certificate refused");
+        gnutls_free(txt.data);
+        for (size_t k = strlen(why); k > 0 && why[k - 1] == ' '; k--)
+            why[k - 1] = '\0';
+        return false;
+    }
     gnutls_x509_crt_t crt;
     if (gnutls_x509_crt_init(&crt) != GNUTLS_E_SUCCESS)
         return false;
@@ -165,12 +183,14 @@ static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c, struct
 {
     const struct kms_config *cfg = h->cfg;
     if (cfg->tls_client_ca) {
-        char subject[1024];
-        if (client_cert_subject(c, subject, sizeof(subject)))
+        char subject[1024], why[256];
+        if (client_cert_subject(c, subject, sizeof(subject), why, sizeof(why)))
             return pol_doc_auth_cert_subject(st->call.policy, subject, &st->call.who);
         if (cfg->tls_require_client_cert)
-            return kms_err_set(KMS_ERR_UNAUTHENTICATED,
-                               "a client certificate signed by the configured CA is required");
+            return kms_err_set(KMS_ERR_UNAUTHENTICATED, "%s",
+                               why[0] ? why
+                                      : "a client certificate signed by the configured CA is "
+                                        "required");
     }
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     const char *key;
