@@ -8,7 +8,8 @@
 #   make bench      PKCS#11 layer benchmark against a bare PKCS#11 loop
 #   make bench-scale  throughput at 10 / 10,000 / 100,000 keys and RSS over 5 min
 #                   (SCALE_KEYS="10 10000 100000"; prepared tokens cached in build/bench-cache)
-#   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check)
+#   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check), and
+#                   the key create/rotate/import crash loop, 100 rounds (8 in make check)
 #   make fuzz       every libFuzzer target of tests/fuzz for FUZZ_SECONDS (default 60)
 #                   each (clang; build/fuzz); make check runs each for 3 seconds
 #   make fuzz-seeds regenerate the checked-in seed corpora (tests/fuzz/corpus)
@@ -179,6 +180,8 @@ soak: deps
 	@$(MAKE) --no-print-directory all
 	@CUSTOS_CRASH_ROUNDS=$${CUSTOS_CRASH_ROUNDS:-500} BUILD=$(BUILD) \
 	    sh tests/run-tests.sh --only test_audit_crash
+	@CUSTOS_KEY_CRASH_ROUNDS=$${CUSTOS_KEY_CRASH_ROUNDS:-100} BUILD=$(BUILD) \
+	    sh tests/run-tests.sh --only test_key_crash
 
 run: deps
 	@$(MAKE) --no-print-directory all

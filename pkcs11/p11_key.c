@@ -707,6 +707,68 @@ kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
     return KMS_OK;
 }
 
+/* Husks: key objects with neither CKA_ID nor CKA_LABEL. Every key Custos
+ * makes has both, set in the same C_GenerateKey / C_UnwrapKey template, so
+ * such an object is not a key of ours in any state: it is what SoftHSMv2
+ * leaves when the process dies inside object creation (the object file is
+ * written with default attributes — CKA_TOKEN false, CKA_SENSITIVE false,
+ * every usage true, no value — before the template is applied; found by
+ * tests/e2e/test_key_crash.sh and the template scan). */
+#define HUSKS_MAX 256
+
+struct husk_arg {
+    CK_OBJECT_HANDLE h[HUSKS_MAX];
+    size_t n;
+};
+
+static kms_err do_find_husks(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    struct husk_arg *a = varg;
+    a->n = 0;
+    CK_RV rv = tok->fl->C_FindObjectsInit(s, NULL, 0);
+    KMS_GUARD(p11_rv_err(rv, "C_FindObjectsInit", tok->label));
+    kms_err rc = KMS_OK;
+    for (;;) {
+        CK_OBJECT_HANDLE hs[64];
+        CK_ULONG n = 0;
+        rv = tok->fl->C_FindObjects(s, hs, 64, &n);
+        if ((rc = p11_rv_err(rv, "C_FindObjects", tok->label)) != KMS_OK || n == 0)
+            break;
+        for (CK_ULONG i = 0; i < n && a->n < HUSKS_MAX; i++) {
+            CK_OBJECT_CLASS cls = 0;
+            CK_ATTRIBUTE at[3] = {{CKA_CLASS, &cls, sizeof(cls)},
+                                  {CKA_ID, NULL, 0},
+                                  {CKA_LABEL, NULL, 0}};
+            if (tok->fl->C_GetAttributeValue(s, hs[i], at, 3) != CKR_OK)
+                continue;
+            bool key = cls == CKO_SECRET_KEY || cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY;
+            if (key && at[1].ulValueLen == 0 && at[2].ulValueLen == 0)
+                a->h[a->n++] = hs[i];
+        }
+    }
+    tok->fl->C_FindObjectsFinal(s);
+    if (rc != KMS_OK)
+        return rc;
+    /* Destroyed after the search is closed: no handle of the search is
+     * invalidated while it runs. */
+    for (size_t i = 0; i < a->n; i++) {
+        rv = tok->fl->C_DestroyObject(s, a->h[i]);
+        KMS_GUARD(p11_rv_err(rv, "C_DestroyObject", tok->label));
+    }
+    return KMS_OK;
+}
+
+kms_err p11_key_destroy_husks(struct p11_token *tok, size_t *out_n)
+{
+    struct husk_arg *a = calloc(1, sizeof(*a));
+    KMS_ENSURE(a != NULL, KMS_ERR_NOMEM, "out of memory");
+    kms_err rc = p11_with_session(tok, do_find_husks, a);
+    if (out_n)
+        *out_n = rc == KMS_OK ? a->n : 0;
+    free(a);
+    return rc;
+}
+
 struct label_arg {
     const struct p11_key_id *id;
     char *out;
