@@ -199,7 +199,8 @@ static void free_secret(uint8_t *p, size_t len)
 kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
                         struct kms_reply *reply)
 {
-    Custos__V1__EncryptRequest *req = kms_pbuf_unpack(&custos__v1__encrypt_request__descriptor, body, len);
+    Custos__V1__EncryptRequest *req =
+        kms_pbuf_unpack(&custos__v1__encrypt_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("EncryptRequest");
     uint8_t *blob = NULL;
@@ -260,7 +261,8 @@ static kms_err open_and_reply(struct kms_call *call, enum pol_op op,
 kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
                         struct kms_reply *reply)
 {
-    Custos__V1__DecryptRequest *req = kms_pbuf_unpack(&custos__v1__decrypt_request__descriptor, body, len);
+    Custos__V1__DecryptRequest *req =
+        kms_pbuf_unpack(&custos__v1__decrypt_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("DecryptRequest");
     kms_err rc = open_and_reply(call, POL_OP_DECRYPT, &req->ciphertext, req->key_id,
@@ -276,7 +278,8 @@ kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
 kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
                            struct kms_reply *reply)
 {
-    Custos__V1__ReEncryptRequest *req = kms_pbuf_unpack(&custos__v1__re_encrypt_request__descriptor, body, len);
+    Custos__V1__ReEncryptRequest *req =
+        kms_pbuf_unpack(&custos__v1__re_encrypt_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ReEncryptRequest");
     uint8_t *pt = NULL, *blob = NULL;

@@ -507,7 +507,8 @@ static kms_err index_versions(struct kms_call *call, const struct kms_key_record
 kms_err kms_rpc_blind_index(struct kms_call *call, const uint8_t *body, size_t len,
                             struct kms_reply *reply)
 {
-    Custos__V1__BlindIndexRequest *req = kms_pbuf_unpack(&custos__v1__blind_index_request__descriptor, body, len);
+    Custos__V1__BlindIndexRequest *req =
+        kms_pbuf_unpack(&custos__v1__blind_index_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("BlindIndexRequest");
     kms_err rc = KMS_OK;
