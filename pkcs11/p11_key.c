@@ -731,7 +731,8 @@ kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
  * leaves when the process dies inside object creation (the object file is
  * written with default attributes — CKA_TOKEN false, CKA_SENSITIVE false,
  * every usage true, no value — before the template is applied; found by
- * tests/e2e/test_key_crash.sh and the template scan). */
+ * tests/e2e/test_key_crash.sh and the template scan), or, killed earlier,
+ * an object with no readable attribute at all, not even CKA_CLASS. */
 #define HUSKS_MAX 256
 
 struct husk_arg {
@@ -743,12 +744,22 @@ static kms_err husk_one(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HA
                         void *varg)
 {
     struct husk_arg *a = varg;
+    if (a->n >= HUSKS_MAX)
+        return KMS_OK;
     CK_OBJECT_CLASS cls = 0;
-    CK_ATTRIBUTE at[3] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, NULL, 0}, {CKA_LABEL, NULL, 0}};
-    if (a->n >= HUSKS_MAX || tok->fl->C_GetAttributeValue(s, h, at, 3) != CKR_OK)
+    CK_ATTRIBUTE c = {CKA_CLASS, &cls, sizeof(cls)};
+    CK_RV rv = tok->fl->C_GetAttributeValue(s, h, &c, 1);
+    /* Every PKCS#11 object has a class: one whose class cannot be read is
+     * an object file with no attributes at all (the earliest crash point). */
+    if (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_ATTRIBUTE_TYPE_INVALID) {
+        a->h[a->n++] = h;
+        return KMS_OK;
+    }
+    CK_ATTRIBUTE at[2] = {{CKA_ID, NULL, 0}, {CKA_LABEL, NULL, 0}};
+    if (rv != CKR_OK || tok->fl->C_GetAttributeValue(s, h, at, 2) != CKR_OK)
         return KMS_OK;
     bool key = cls == CKO_SECRET_KEY || cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY;
-    if (key && at[1].ulValueLen == 0 && at[2].ulValueLen == 0)
+    if (key && at[0].ulValueLen == 0 && at[1].ulValueLen == 0)
         a->h[a->n++] = h;
     return KMS_OK;
 }

@@ -102,7 +102,13 @@ for slot in lib.getSlotList(tokenPresent=True):
     ntok += 1
     for o in s.findObjects():
         nobj += 1
-        cls = s.getAttributeValue(o, [P.CKA_CLASS])[0]
+        try:
+            cls = s.getAttributeValue(o, [P.CKA_CLASS])[0]
+        except P.PyKCS11Error as e:
+            # Every object has a class; reconcile destroys these husks.
+            violations.append(f"{label}: object {o.value()} has no readable CKA_CLASS ({e}): "
+                              f"an incomplete object left by a crash")
+            continue
         if cls not in (P.CKO_SECRET_KEY, P.CKO_PRIVATE_KEY, P.CKO_PUBLIC_KEY):
             continue
         a = attrs(s, o, BOOLS + [P.CKA_ID, P.CKA_LABEL])
