@@ -31,6 +31,11 @@ e2e_start() {
     # The log accumulates over restarts: wait for one more "ready" line.
     before=$(grep -c '"ready' "$E2E_DIR/kmsd.log" 2>/dev/null || true)
     before=${before:-0}
+    # The log must exist before the wait loop reads it: the background
+    # shell may not have opened it yet, and an empty count made the test
+    # ([: Illegal number) stop waiting before kmsd was ready (seen in
+    # test_fields: connection refused).
+    : >>"$E2E_DIR/kmsd.log"
     "$KMSD" --config "$cfg" >>"$E2E_DIR/kmsd.log" 2>&1 &
     E2E_PID=$!
     e2e_i=0
