@@ -294,7 +294,15 @@ print(f"# kmsd RSS before {rss0} kB, after {rss1} kB", flush=True)
 check(n1 > 0 and not e1, f"honest clients see no error during the attack ({e1[:3]})")
 # Generous: a tenfold p99 or 1 s, whichever is larger, is still "served".
 check(p99_1 < max(1000.0, 10 * p99_0), f"honest p99 under attack stays sane ({p99_1:.1f} ms)")
-check(rss1 - rss0 < 64 * 1024, f"kmsd RSS grows by less than 64 MiB ({(rss1 - rss0)} kB)")
+with open(f"/proc/{PID}/maps") as f:
+    asan = "libasan" in f.read()
+if asan:
+    # AddressSanitizer's quarantine keeps freed memory (256 MiB by default):
+    # RSS says nothing about kmsd's own bounds in that build.
+    check(True, f"kmsd RSS bound not checked under AddressSanitizer (grew {rss1 - rss0} kB) "
+                f"# SKIP")
+else:
+    check(rss1 - rss0 < 64 * 1024, f"kmsd RSS grows by less than 64 MiB ({rss1 - rss0} kB)")
 check(alive(), "kmsd is alive at the end")
 
 print(f"{count - failures} passed, {failures} failed")
