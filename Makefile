@@ -8,7 +8,12 @@
 #   make bench      PKCS#11 layer benchmark against a bare PKCS#11 loop
 #   make bench-scale  throughput at 10 / 10,000 / 100,000 keys and RSS over 5 min
 #                   (SCALE_KEYS="10 10000 100000"; prepared tokens cached in build/bench-cache)
-#   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check)
+#   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check), and
+#                   the key create/rotate/import crash loop, 100 rounds (8 in make check)
+#   make fuzz       every libFuzzer target of tests/fuzz for FUZZ_SECONDS (default 60)
+#                   each (clang; build/fuzz); make check runs each for 3 seconds
+#   make fuzz-seeds regenerate the checked-in seed corpora (tests/fuzz/corpus)
+#   make check-tsan the suite under ThreadSanitizer (build/tsan)
 #   make install    PREFIX=/usr/local DESTDIR= : binaries, systemd unit, man pages,
 #                   example config (see docs/operations.md)
 #   make clean
@@ -28,7 +33,18 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
         -Wmissing-prototypes -Wwrite-strings -Wvla -Wimplicit-fallthrough \
         -Wno-format-nonliteral
 
-ifeq ($(SAN),1)
+ifeq ($(SAN),fuzz)
+# libFuzzer targets (clang only): everything instrumented for coverage,
+# ASan + UBSan, no recovery; only the fuzz binaries link libFuzzer's main.
+OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+            -fno-sanitize-recover=all
+HARDEN   :=
+LDHARDEN := -fsanitize=fuzzer,address,undefined
+else ifeq ($(SAN),thread)
+OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=thread
+HARDEN   :=
+LDHARDEN := -fsanitize=thread
+else ifeq ($(SAN),1)
 OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
             -fno-sanitize-recover=all
 HARDEN   :=
@@ -75,7 +91,16 @@ SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 DATADIR ?= $(PREFIX)/share/custos
 DOCDIR  ?= $(PREFIX)/share/doc/custos
 
-.PHONY: all deps check check-asan test run bench bench-scale soak install clean
+# Every tests/fuzz/fuzz_*.c is a target: adding a parser's fuzzer is adding
+# the file (and its seeds in tests/fuzz/corpus/<name>/).
+FUZZ_SRCS     := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS     := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
+FUZZ_BUILD    ?= build/fuzz
+FUZZ_CC       ?= clang
+FUZZ_SECONDS  ?= 60
+
+.PHONY: all deps check check-asan check-tsan fuzz-bins-build test run bench bench-scale soak install clean \
+        fuzz fuzz-bins fuzz-seeds
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
@@ -110,6 +135,15 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(TEST_LIB_OBJS) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_LIB_OBJS) $(LIB) $(LDLIBS) $(CHECK_LIBS)
 
+$(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+# The seed generator is an ordinary program (no libFuzzer main).
+$(BUILD)/tools/fuzz_seedgen: $(BUILD)/obj/tests/fuzz/seedgen.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
@@ -124,13 +158,32 @@ $(P11FAULT): tests/p11fault/p11_fault.c
 # `check` runs in a sub-make so that dependencies are installed before the
 # pkg-config probes above are evaluated on a fresh machine.
 check: deps
+	@$(MAKE) --no-print-directory fuzz-bins-build
 	@$(MAKE) --no-print-directory test
 
+# tests/run-tests.sh runs the fuzz targets of $(FUZZ_BUILD) for a few
+# seconds each when they are built.
 test: all
-	@BUILD=$(BUILD) sh tests/run-tests.sh
+	@BUILD=$(BUILD) CUSTOS_FUZZ_BUILD=$(FUZZ_BUILD) sh tests/run-tests.sh
 
 check-asan: deps
+	@$(MAKE) --no-print-directory fuzz-bins-build
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 test
+
+check-tsan: deps
+	@$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread test
+
+fuzz-bins: $(FUZZ_BINS)
+
+fuzz-bins-build:
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) SAN=fuzz fuzz-bins
+
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-bins-build
+	@FUZZ_BUILD=$(FUZZ_BUILD) sh tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-seeds: $(BUILD)/tools/fuzz_seedgen
+	@sh tests/fuzz/make-seeds.sh $(BUILD)/tools/fuzz_seedgen
 
 bench: deps
 	@$(MAKE) --no-print-directory all
@@ -146,6 +199,8 @@ soak: deps
 	@$(MAKE) --no-print-directory all
 	@CUSTOS_CRASH_ROUNDS=$${CUSTOS_CRASH_ROUNDS:-500} BUILD=$(BUILD) \
 	    sh tests/run-tests.sh --only test_audit_crash
+	@CUSTOS_KEY_CRASH_ROUNDS=$${CUSTOS_KEY_CRASH_ROUNDS:-100} BUILD=$(BUILD) \
+	    sh tests/run-tests.sh --only test_key_crash
 
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -10,7 +10,9 @@ set -eu
 # Tests: check; Python's protobuf (a third-party client generated from the
 # .proto by protoc), PyKCS11 (inspecting tokens independently of our
 # pkcs11/), cryptography (verifying heads and ciphertexts independently);
-# opensc for pkcs11-tool; wrk, the HTTP load generator of make bench.
+# opensc for pkcs11-tool; wrk, the HTTP load generator of make bench;
+# clang and its compiler-rt (libFuzzer, sanitizers) for the fuzz targets of
+# tests/fuzz, which make check runs for a few seconds each.
 PKGS="
 build-essential pkg-config
 libp11-kit-dev libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
@@ -19,6 +21,7 @@ check libsubunit-dev
 softhsm2 opensc openssl sqlite3 curl
 python3-protobuf python3-pykcs11 python3-cryptography protobuf-compiler
 wrk procps util-linux
+clang libclang-rt-14-dev
 "
 
 missing=""

@@ -751,8 +751,13 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
         ev.detail = torn_detail[i];
         KMS_GUARD_GOTO(audit_log_append(log, &ev), fail);
     }
-    kms_log_info("audit", "region %s: %llu events, last head at %llu", region,
-                 (unsigned long long)log->durable_seq, (unsigned long long)log->head_size);
+    /* The writer runs from here on and updates both under the lock (found
+     * by make check-tsan: this read raced with make_head). */
+    pthread_mutex_lock(&log->lock);
+    unsigned long long durable = log->durable_seq, head_size = log->head_size;
+    pthread_mutex_unlock(&log->lock);
+    kms_log_info("audit", "region %s: %llu events, last head at %llu", region, durable,
+                 head_size);
     *out = log;
     return KMS_OK;
 fail:

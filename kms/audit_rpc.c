@@ -38,7 +38,7 @@ kms_err kms_rpc_get_signed_tree_head(struct kms_call *call, const uint8_t *body,
                                      struct kms_reply *reply)
 {
     Custos__V1__GetSignedTreeHeadRequest *req =
-        custos__v1__get_signed_tree_head_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__get_signed_tree_head_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("GetSignedTreeHeadRequest");
     struct audit_log *log = NULL;
@@ -91,7 +91,7 @@ kms_err kms_rpc_export_audit_log(struct kms_call *call, const uint8_t *body, siz
                                  struct kms_reply *reply)
 {
     Custos__V1__ExportAuditLogRequest *req =
-        custos__v1__export_audit_log_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__export_audit_log_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ExportAuditLogRequest");
     struct audit_log *log = NULL;
@@ -172,7 +172,7 @@ kms_err kms_rpc_get_audit_keys(struct kms_call *call, const uint8_t *body, size_
                                struct kms_reply *reply)
 {
     Custos__V1__GetAuditKeysRequest *req =
-        custos__v1__get_audit_keys_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__get_audit_keys_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("GetAuditKeysRequest");
     Custos__V1__AuditKey **all = NULL;

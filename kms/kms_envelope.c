@@ -195,7 +195,8 @@ static void free_secret(uint8_t *p, size_t len)
 kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
                         struct kms_reply *reply)
 {
-    Custos__V1__EncryptRequest *req = custos__v1__encrypt_request__unpack(NULL, len, body);
+    Custos__V1__EncryptRequest *req =
+        kms_pbuf_unpack(&custos__v1__encrypt_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("EncryptRequest");
     uint8_t *blob = NULL;
@@ -256,7 +257,8 @@ static kms_err open_and_reply(struct kms_call *call, enum pol_op op,
 kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
                         struct kms_reply *reply)
 {
-    Custos__V1__DecryptRequest *req = custos__v1__decrypt_request__unpack(NULL, len, body);
+    Custos__V1__DecryptRequest *req =
+        kms_pbuf_unpack(&custos__v1__decrypt_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("DecryptRequest");
     kms_err rc = open_and_reply(call, POL_OP_DECRYPT, &req->ciphertext, req->key_id,
@@ -272,7 +274,8 @@ kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
 kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
                            struct kms_reply *reply)
 {
-    Custos__V1__ReEncryptRequest *req = custos__v1__re_encrypt_request__unpack(NULL, len, body);
+    Custos__V1__ReEncryptRequest *req =
+        kms_pbuf_unpack(&custos__v1__re_encrypt_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ReEncryptRequest");
     uint8_t *pt = NULL, *blob = NULL;
@@ -313,7 +316,7 @@ kms_err kms_rpc_generate_data_key(struct kms_call *call, const uint8_t *body, si
                                   struct kms_reply *reply)
 {
     Custos__V1__GenerateDataKeyRequest *req =
-        custos__v1__generate_data_key_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__generate_data_key_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("GenerateDataKeyRequest");
     uint8_t dk[64];
@@ -354,7 +357,7 @@ kms_err kms_rpc_decrypt_data_key(struct kms_call *call, const uint8_t *body, siz
                                  struct kms_reply *reply)
 {
     Custos__V1__DecryptDataKeyRequest *req =
-        custos__v1__decrypt_data_key_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__decrypt_data_key_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("DecryptDataKeyRequest");
     kms_err rc = open_and_reply(call, POL_OP_DECRYPT_DATA_KEY, &req->ciphertext_blob, req->key_id,

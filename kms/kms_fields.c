@@ -223,7 +223,7 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_
                                struct kms_reply *reply)
 {
     Custos__V1__EncryptFieldsRequest *req =
-        custos__v1__encrypt_fields_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__encrypt_fields_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("EncryptFieldsRequest");
     kms_err rc = KMS_OK;
@@ -349,7 +349,7 @@ kms_err kms_rpc_decrypt_fields(struct kms_call *call, const uint8_t *body, size_
                                struct kms_reply *reply)
 {
     Custos__V1__DecryptFieldsRequest *req =
-        custos__v1__decrypt_fields_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__decrypt_fields_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("DecryptFieldsRequest");
     kms_err rc = KMS_OK;
@@ -503,7 +503,8 @@ static kms_err index_versions(struct kms_call *call, const struct kms_key_record
 kms_err kms_rpc_blind_index(struct kms_call *call, const uint8_t *body, size_t len,
                             struct kms_reply *reply)
 {
-    Custos__V1__BlindIndexRequest *req = custos__v1__blind_index_request__unpack(NULL, len, body);
+    Custos__V1__BlindIndexRequest *req =
+        kms_pbuf_unpack(&custos__v1__blind_index_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("BlindIndexRequest");
     kms_err rc = KMS_OK;

@@ -25,6 +25,7 @@
 
 #include "audit_event.h"
 #include "kms_health.h"
+#include "kms_httpreq.h"
 #include "kms_log.h"
 #include "kms_metrics.h"
 #include "kms_secret.h"
@@ -140,9 +141,13 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st
 
 /* The verified subject DN of the client certificate, RFC 4514 form
  * ("CN=demo-broker,O=Example"). Returns false when there is no certificate
- * or it does not verify against the configured client CA. */
-static bool client_cert_subject(struct MHD_Connection *c, char *out, size_t out_len)
+ * or it does not verify against the configured client CA; then *why says
+ * which, for the refusal and its audit event ("expired", "signer not
+ * found", ...; GnuTLS's wording; never the certificate's content). */
+static bool client_cert_subject(struct MHD_Connection *c, char *out, size_t out_len, char *why,
+                                size_t why_len)
 {
+    why[0] = '\0';
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION);
     if (ci == NULL || ci->tls_session == NULL)
@@ -155,8 +160,22 @@ static bool client_cert_subject(struct MHD_Connection *c, char *out, size_t out_
     /* The handshake only requested a certificate; verification status is
      * checked here, not assumed from a successful handshake. */
     unsigned int status = 0;
-    if (gnutls_certificate_verify_peers2(s, &status) != GNUTLS_E_SUCCESS || status != 0)
+    if (gnutls_certificate_verify_peers2(s, &status) != GNUTLS_E_SUCCESS) {
+        snprintf(why, why_len, "the client certificate could not be verified");
         return false;
+    }
+    if (status != 0) {
+        gnutls_datum_t txt = {NULL, 0};
+        if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &txt, 0) ==
+            GNUTLS_E_SUCCESS)
+            snprintf(why, why_len, "client certificate refused: %s", (const char *)txt.data);
+        else
+            snprintf(why, why_len, "client certificate refused");
+        gnutls_free(txt.data);
+        for (size_t k = strlen(why); k > 0 && why[k - 1] == ' '; k--)
+            why[k - 1] = '\0';
+        return false;
+    }
     gnutls_x509_crt_t crt;
     if (gnutls_x509_crt_init(&crt) != GNUTLS_E_SUCCESS)
         return false;
@@ -177,20 +196,19 @@ static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c, struct
 {
     const struct kms_config *cfg = h->cfg;
     if (cfg->tls_client_ca) {
-        char subject[1024];
-        if (client_cert_subject(c, subject, sizeof(subject)))
+        char subject[1024], why[256];
+        if (client_cert_subject(c, subject, sizeof(subject), why, sizeof(why)))
             return pol_doc_auth_cert_subject(st->call.policy, subject, &st->call.who);
         if (cfg->tls_require_client_cert)
-            return kms_err_set(KMS_ERR_UNAUTHENTICATED,
-                               "a client certificate signed by the configured CA is required");
+            return kms_err_set(KMS_ERR_UNAUTHENTICATED, "%s",
+                               why[0] ? why
+                                      : "a client certificate signed by the configured CA is "
+                                        "required");
     }
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    KMS_ENSURE(auth != NULL, KMS_ERR_UNAUTHENTICATED, "missing credentials");
-    KMS_ENSURE(strncasecmp(auth, "Bearer ", 7) == 0, KMS_ERR_UNAUTHENTICATED,
-               "Authorization must use the Bearer scheme");
-    const char *key = auth + 7;
-    size_t n = strlen(key);
-    KMS_ENSURE(n >= 1 && n <= KMS_HTTP_BEARER_MAX, KMS_ERR_UNAUTHENTICATED, "invalid credentials");
+    const char *key;
+    size_t n;
+    KMS_GUARD(kms_httpreq_bearer(auth, &key, &n));
     kms_err rc = pol_doc_auth_api_key(st->call.policy, key, n, &st->call.who);
     if (rc != KMS_OK)
         return kms_err_set(KMS_ERR_UNAUTHENTICATED, "invalid credentials");
@@ -198,14 +216,6 @@ static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c, struct
 }
 
 /* ---- the access handler ------------------------------------------------------- */
-
-static bool content_type_ok(const char *ct)
-{
-    if (ct == NULL)
-        return false;
-    size_t n = strlen("application/protobuf");
-    return strncasecmp(ct, "application/protobuf", n) == 0 && (ct[n] == '\0' || ct[n] == ';');
-}
 
 /* ---- operational endpoints ------------------------------------------------- */
 
@@ -301,36 +311,25 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
     enum MHD_Result ops;
     if (ops_endpoint(h, c, st, url, method, &ops))
         return ops;
-    st->fn = kms_twirp_route(url, &st->method);
+    struct kms_httpreq_head head = {
+        .method = method,
+        .url = url,
+        .content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type"),
+        .content_length = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length"),
+        .correlation_id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Correlation-Id"),
+        .max_body = h->cfg->max_body_bytes,
+    };
+    struct kms_httpreq req;
+    kms_err_clear();
+    kms_err rc = kms_httpreq_check_head(&head, &req);
+    st->fn = req.fn;
+    st->method = req.method;
     st->op = kms_metrics_op(st->method);
-    if (strcmp(method, "POST") != 0)
-        return send_error(c, st, KMS_ERR_BAD_ROUTE, "Twirp methods are called with POST");
-    if (st->fn == NULL)
-        return send_error(c, st, KMS_ERR_BAD_ROUTE, "no such method");
-    if (!content_type_ok(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type")))
-        return refuse(c, st, KMS_ERR_BAD_ROUTE,
-                      "unsupported Content-Type: use application/protobuf");
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-    if (cl != NULL) {
-        char *end = NULL;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (end == cl || *end != '\0' || v > h->cfg->max_body_bytes) {
-            char msg[96];
-            snprintf(msg, sizeof(msg), "request body larger than %zu bytes",
-                     h->cfg->max_body_bytes);
-            return refuse(c, st, KMS_ERR_TOO_LARGE, msg);
-        }
-    }
-    const char *corr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Correlation-Id");
-    if (corr != NULL) {
-        size_t n = strlen(corr);
-        bool printable = n >= 1 && n <= KMS_HTTP_CORRELATION_MAX;
-        for (size_t i = 0; printable && i < n; i++)
-            printable = corr[i] > 0x20 && corr[i] < 0x7f;
-        if (!printable)
-            return refuse(c, st, KMS_ERR_INVALID_ARGUMENT,
-                          "X-Correlation-Id must be 1..128 printable ASCII characters");
-        memcpy(st->correlation_id, corr, n + 1);
+    memcpy(st->correlation_id, req.correlation_id, sizeof(st->correlation_id));
+    if (rc != KMS_OK) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s", kms_err_detail());
+        return req.routed ? refuse(c, st, rc, msg) : send_error(c, st, rc, msg);
     }
     st->call.policy = kms_service_policy(h->svc);
     if (authenticate(h, c, st) != KMS_OK)
@@ -470,6 +469,17 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     kms_log_warn("mhd", "%s", msg);
 }
 
+/* URLs are routed as they arrived, never percent-decoded: Twirp paths are
+ * [A-Za-z0-9./] only, and decoding let "/Encrypt%00" (a NUL that ends the C
+ * string) or "%45ncrypt" reach a route under another spelling. Anything
+ * encoded is simply no route (404 bad_route). We read no query arguments. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    return strlen(s);
+}
+
 static char *read_pem(const char *path)
 {
     FILE *f = fopen(path, "re");
@@ -551,7 +561,8 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
         /* Bounds the header block of one request (and MHD's read buffer). */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, 0, MHD_OPTION_STRICT_FOR_CLIENT, 1,
-        MHD_OPTION_NOTIFY_COMPLETED, request_completed, h, MHD_OPTION_ARRAY, tls_opts,
+        MHD_OPTION_NOTIFY_COMPLETED, request_completed, h, MHD_OPTION_UNESCAPE_CALLBACK,
+        no_unescape, NULL, MHD_OPTION_ARRAY, tls_opts,
         MHD_OPTION_END);
     KMS_ENSURE_GOTO(h->daemon != NULL, fail, KMS_ERR_CONFIG, "cannot listen on %s:%u",
                     cfg->listen_address, cfg->listen_port);

@@ -24,9 +24,7 @@ unsigned kms_http_drain(struct kms_http *http, unsigned timeout_s);
 /* Stop accepting, finish in-flight requests, stop the threads. NULL ok. */
 void kms_http_stop(struct kms_http *http);
 
-/* Longest bearer key accepted; longer ones are refused unread. */
-#define KMS_HTTP_BEARER_MAX 512
-/* Longest X-Correlation-Id accepted. */
-#define KMS_HTTP_CORRELATION_MAX 128
+/* The header limits (KMS_HTTP_BEARER_MAX, KMS_HTTP_CORRELATION_MAX) and the
+ * checks made before a body is read are in kms_httpreq.h. */
 
 #endif

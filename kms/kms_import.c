@@ -283,7 +283,7 @@ kms_err kms_rpc_get_import_parameters(struct kms_call *call, const uint8_t *body
 {
     kms_err rc = KMS_OK;
     Custos__V1__GetImportParametersRequest *req =
-        custos__v1__get_import_parameters_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__get_import_parameters_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("GetImportParametersRequest");
     struct kms_store *st = kms_service_store(call->svc);
@@ -590,16 +590,23 @@ static kms_err do_import(struct import *x, bool new_version)
 /* The import token as presented, checked against the store: clear errors
  * for each way it can be unusable. Never trusts anything in the token but
  * its hash. */
+kms_err kms_import_token_parse(const uint8_t *token, size_t len,
+                               uint8_t out_id[KMS_IMPORT_TOKEN_ID_LEN])
+{
+    /* Only the length and the format byte can be checked without the
+     * store: the rest is 32 random bytes, known by their hash. */
+    KMS_ENSURE(token != NULL && len == KMS_IMPORT_TOKEN_LEN && token[0] == IMPORT_TOKEN_FORMAT,
+               KMS_ERR_INVALID_ARGUMENT, "%s", KMS_IMPORT_TOKEN_INVALID);
+    SHA256(token, len, out_id);
+    return KMS_OK;
+}
+
 static kms_err check_import_token(struct import *x, const ProtobufCBinaryData *token,
                                   int64_t now)
 {
-    static const char invalid[] =
-        "import token is not valid: it was not issued by this service (mistyped, forged, "
-        "or purged long after it expired)";
-    KMS_ENSURE(token->len == KMS_IMPORT_TOKEN_LEN && token->data[0] == IMPORT_TOKEN_FORMAT,
-               KMS_ERR_INVALID_ARGUMENT, "%s", invalid);
+    static const char invalid[] = KMS_IMPORT_TOKEN_INVALID;
     uint8_t id[KMS_IMPORT_TOKEN_ID_LEN];
-    SHA256(token->data, token->len, id);
+    KMS_GUARD(kms_import_token_parse(token->data, token->len, id));
     kms_err rc = kms_store_import_token_get(x->st, id, &x->itok);
     KMS_ENSURE(rc != KMS_ERR_NOT_FOUND, KMS_ERR_INVALID_ARGUMENT, "%s", invalid);
     KMS_GUARD(rc);
@@ -675,7 +682,7 @@ kms_err kms_rpc_import_key_material(struct kms_call *call, const uint8_t *body, 
 {
     kms_err rc = KMS_OK;
     Custos__V1__ImportKeyMaterialRequest *req =
-        custos__v1__import_key_material_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__import_key_material_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ImportKeyMaterialRequest");
     struct import x;

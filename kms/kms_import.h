@@ -35,6 +35,18 @@
 /* RSA-3072 OAEP block + RFC 5649 of a 256-bit key. */
 #define KMS_IMPORT_WRAPPED_LEN (384 + 40)
 
+/* The refusal of a token that is not one this service issued. */
+#define KMS_IMPORT_TOKEN_INVALID                                                            \
+    "import token is not valid: it was not issued by this service (mistyped, forged, or "   \
+    "purged long after it expired)"
+
+/* The untrusted import token of an ImportKeyMaterial request: its shape
+ * (length, format byte) and, into out_id, the id the store knows it by (its
+ * SHA-256; the store never holds the token itself). KMS_ERR_INVALID_ARGUMENT
+ * with KMS_IMPORT_TOKEN_INVALID otherwise. Pure: no store, no HSM. */
+kms_err kms_import_token_parse(const uint8_t *token, size_t len,
+                               uint8_t out_id[KMS_IMPORT_TOKEN_ID_LEN]);
+
 /*
  * Key check value of an AES_ENCRYPT key, computed inside the token:
  *   SHA-256( AES-256-GCM(key, IV = 12 zero bytes, AAD = "custos-kcv-v1",

@@ -195,7 +195,8 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
                            struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__CreateKeyRequest *req = custos__v1__create_key_request__unpack(NULL, len, body);
+    Custos__V1__CreateKeyRequest *req =
+        kms_pbuf_unpack(&custos__v1__create_key_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("CreateKeyRequest");
 
@@ -294,7 +295,8 @@ done:
 kms_err kms_rpc_describe_key(struct kms_call *call, const uint8_t *body, size_t len,
                              struct kms_reply *reply)
 {
-    Custos__V1__DescribeKeyRequest *req = custos__v1__describe_key_request__unpack(NULL, len, body);
+    Custos__V1__DescribeKeyRequest *req =
+        kms_pbuf_unpack(&custos__v1__describe_key_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("DescribeKeyRequest");
     struct kms_key_record k;
@@ -309,7 +311,8 @@ kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len
                           struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__ListKeysRequest *req = custos__v1__list_keys_request__unpack(NULL, len, body);
+    Custos__V1__ListKeysRequest *req =
+        kms_pbuf_unpack(&custos__v1__list_keys_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ListKeysRequest");
     struct kms_key_record *keys = NULL;
@@ -357,7 +360,8 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
                            struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__RotateKeyRequest *req = custos__v1__rotate_key_request__unpack(NULL, len, body);
+    Custos__V1__RotateKeyRequest *req =
+        kms_pbuf_unpack(&custos__v1__rotate_key_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("RotateKeyRequest");
     struct kms_key_record k;
@@ -429,7 +433,8 @@ static kms_err change_state(struct kms_call *call, const char *key_id, const str
 kms_err kms_rpc_enable_key(struct kms_call *call, const uint8_t *body, size_t len,
                            struct kms_reply *reply)
 {
-    Custos__V1__EnableKeyRequest *req = custos__v1__enable_key_request__unpack(NULL, len, body);
+    Custos__V1__EnableKeyRequest *req =
+        kms_pbuf_unpack(&custos__v1__enable_key_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("EnableKeyRequest");
     static const struct transition tr = {POL_OP_ENABLE_KEY, {KMS_KEY_DISABLED, KMS_KEY_ENABLED}, 1,
@@ -443,7 +448,8 @@ kms_err kms_rpc_enable_key(struct kms_call *call, const uint8_t *body, size_t le
 kms_err kms_rpc_disable_key(struct kms_call *call, const uint8_t *body, size_t len,
                             struct kms_reply *reply)
 {
-    Custos__V1__DisableKeyRequest *req = custos__v1__disable_key_request__unpack(NULL, len, body);
+    Custos__V1__DisableKeyRequest *req =
+        kms_pbuf_unpack(&custos__v1__disable_key_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("DisableKeyRequest");
     static const struct transition tr = {POL_OP_DISABLE_KEY, {KMS_KEY_ENABLED, KMS_KEY_ENABLED}, 1,
@@ -458,7 +464,7 @@ kms_err kms_rpc_schedule_key_deletion(struct kms_call *call, const uint8_t *body
                                       struct kms_reply *reply)
 {
     Custos__V1__ScheduleKeyDeletionRequest *req =
-        custos__v1__schedule_key_deletion_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__schedule_key_deletion_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ScheduleKeyDeletionRequest");
     const struct kms_config *cfg = kms_service_config(call->svc);
@@ -484,7 +490,7 @@ kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const uint8_t *body, 
                                     struct kms_reply *reply)
 {
     Custos__V1__CancelKeyDeletionRequest *req =
-        custos__v1__cancel_key_deletion_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__cancel_key_deletion_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("CancelKeyDeletionRequest");
     /* As in AWS KMS, a cancelled deletion leaves the key disabled: someone

@@ -25,6 +25,7 @@
 #include "kms_escrow.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
+#include "kms_pbuf.h"
 #include "kms_recovery_stmt.h"
 #include "kms_rpc.h"
 #include "p11_crypto.h"
@@ -270,7 +271,7 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
 {
     kms_err rc = KMS_OK;
     Custos__V1__RequestRecoveryRequest *req =
-        custos__v1__request_recovery_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__request_recovery_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("RequestRecoveryRequest");
     struct kms_escrow_record *blobs = NULL;
@@ -376,7 +377,8 @@ done:
 kms_err kms_rpc_get_recovery(struct kms_call *call, const uint8_t *body, size_t len,
                              struct kms_reply *reply)
 {
-    Custos__V1__GetRecoveryRequest *req = custos__v1__get_recovery_request__unpack(NULL, len, body);
+    Custos__V1__GetRecoveryRequest *req =
+        kms_pbuf_unpack(&custos__v1__get_recovery_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("GetRecoveryRequest");
     struct kms_recovery_record r;
@@ -393,7 +395,7 @@ kms_err kms_rpc_list_recoveries(struct kms_call *call, const uint8_t *body, size
                                 struct kms_reply *reply)
 {
     Custos__V1__ListRecoveriesRequest *req =
-        custos__v1__list_recoveries_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__list_recoveries_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ListRecoveriesRequest");
     kms_err rc = KMS_OK;
@@ -450,7 +452,7 @@ kms_err kms_rpc_approve_recovery(struct kms_call *call, const uint8_t *body, siz
                                  struct kms_reply *reply)
 {
     Custos__V1__ApproveRecoveryRequest *req =
-        custos__v1__approve_recovery_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__approve_recovery_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ApproveRecoveryRequest");
     struct kms_recovery_record r;
@@ -633,7 +635,7 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const uint8_t *body, siz
                                  struct kms_reply *reply)
 {
     Custos__V1__ExecuteRecoveryRequest *req =
-        custos__v1__execute_recovery_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__execute_recovery_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("ExecuteRecoveryRequest");
     struct kms_recovery_record r;
@@ -703,7 +705,7 @@ kms_err kms_rpc_cancel_recovery(struct kms_call *call, const uint8_t *body, size
                                 struct kms_reply *reply)
 {
     Custos__V1__CancelRecoveryRequest *req =
-        custos__v1__cancel_recovery_request__unpack(NULL, len, body);
+        kms_pbuf_unpack(&custos__v1__cancel_recovery_request__descriptor, body, len);
     if (req == NULL)
         return KMS_RPC_MALFORMED("CancelRecoveryRequest");
     struct kms_recovery_record r;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "kms_error.h"
+#include "kms_pbuf.h"
 #include "kms_service.h"
 #include "pol_doc.h"
 
@@ -108,7 +109,11 @@ void kms_rpc_audit_key(struct kms_call *call, const char *key_id, const char *re
 struct ProtobufCMessage;
 kms_err kms_rpc_pack(const struct ProtobufCMessage *m, struct kms_reply *reply);
 
-/* Malformed protobuf body. */
-#define KMS_RPC_MALFORMED(what) kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message", (what))
+/* Malformed protobuf body (or one over kms_pbuf's limits: the reason is
+ * appended). Request bodies are decoded with kms_pbuf_unpack, never with
+ * protobuf-c's unpack directly. */
+#define KMS_RPC_MALFORMED(what)                                                                \
+    kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message%s", (what),               \
+                kms_pbuf_last_refusal())
 
 #endif

@@ -283,6 +283,13 @@ static kms_err reconcile(struct kms_service *svc)
         size_t n_ids = 0;
         struct kms_hsm_id *known = NULL;
         size_t n_known = 0;
+        /* Objects a crash inside the HSM library left without attributes. */
+        size_t husks = 0;
+        KMS_GUARD(p11_key_destroy_husks(tok, &husks));
+        if (husks > 0)
+            kms_log_warn("reconcile", "token '%s': destroyed %zu incomplete key object(s) "
+                         "without CKA_ID or label (left by a crash during object creation)",
+                         p11_token_label(tok), husks);
         /* HSM first, store second: see kms_store.h. */
         KMS_GUARD(p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids));
         rc = kms_store_hsm_ids_for_token(svc->store, p11_token_label(tok), &known, &n_known);

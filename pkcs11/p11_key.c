@@ -677,35 +677,53 @@ static kms_err list_add(struct list_arg *a, const uint8_t *id)
     return KMS_OK;
 }
 
-static kms_err do_list(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+/* Call fn on every object the session sees, inside one C_FindObjects
+ * search; stops at the first error fn returns. fn must not create or
+ * destroy objects (the search is open). */
+static kms_err for_each_object(struct p11_token *tok, CK_SESSION_HANDLE s,
+                               kms_err (*fn)(struct p11_token *, CK_SESSION_HANDLE,
+                                             CK_OBJECT_HANDLE, void *),
+                               void *arg)
 {
-    struct list_arg *a = varg;
-    a->n = 0;
     CK_RV rv = tok->fl->C_FindObjectsInit(s, NULL, 0);
     KMS_GUARD(p11_rv_err(rv, "C_FindObjectsInit", tok->label));
     kms_err rc = KMS_OK;
-    size_t plen = strlen(a->prefix);
     for (;;) {
         CK_OBJECT_HANDLE hs[64];
         CK_ULONG n = 0;
         rv = tok->fl->C_FindObjects(s, hs, 64, &n);
         if ((rc = p11_rv_err(rv, "C_FindObjects", tok->label)) != KMS_OK || n == 0)
             break;
-        for (CK_ULONG i = 0; i < n && rc == KMS_OK; i++) {
-            char label[65] = {0};
-            uint8_t id[P11_KEY_ID_LEN];
-            CK_ATTRIBUTE at[2] = {{CKA_LABEL, label, sizeof(label) - 1},
-                                  {CKA_ID, id, sizeof(id)}};
-            if (tok->fl->C_GetAttributeValue(s, hs[i], at, 2) != CKR_OK)
-                continue; /* not a key of ours: no id or a longer label */
-            if (at[1].ulValueLen != P11_KEY_ID_LEN || at[0].ulValueLen < plen ||
-                memcmp(label, a->prefix, plen) != 0)
-                continue;
-            rc = list_add(a, id);
-        }
+        for (CK_ULONG i = 0; i < n && rc == KMS_OK; i++)
+            rc = fn(tok, s, hs[i], arg);
+        if (rc != KMS_OK)
+            break;
     }
     tok->fl->C_FindObjectsFinal(s);
     return rc;
+}
+
+static kms_err list_one(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                        void *varg)
+{
+    struct list_arg *a = varg;
+    char label[65] = {0};
+    uint8_t id[P11_KEY_ID_LEN];
+    CK_ATTRIBUTE at[2] = {{CKA_LABEL, label, sizeof(label) - 1}, {CKA_ID, id, sizeof(id)}};
+    if (tok->fl->C_GetAttributeValue(s, h, at, 2) != CKR_OK)
+        return KMS_OK; /* not a key of ours: no id or a longer label */
+    size_t plen = strlen(a->prefix);
+    if (at[1].ulValueLen != P11_KEY_ID_LEN || at[0].ulValueLen < plen ||
+        memcmp(label, a->prefix, plen) != 0)
+        return KMS_OK;
+    return list_add(a, id);
+}
+
+static kms_err do_list(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    struct list_arg *a = varg;
+    a->n = 0;
+    return for_each_object(tok, s, list_one, a);
 }
 
 static int cmp_id(const void *x, const void *y)
@@ -733,6 +751,70 @@ kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
     *out_ids = a.ids;
     *out_n = a.n;
     return KMS_OK;
+}
+
+/* Husks: key objects with neither CKA_ID nor CKA_LABEL. Every key Custos
+ * makes has both, set in the same C_GenerateKey / C_UnwrapKey template, so
+ * such an object is not a key of ours in any state: it is what SoftHSMv2
+ * leaves when the process dies inside object creation (the object file is
+ * written with default attributes — CKA_TOKEN false, CKA_SENSITIVE false,
+ * every usage true, no value — before the template is applied; found by
+ * tests/e2e/test_key_crash.sh and the template scan), or, killed earlier,
+ * an object with no readable attribute at all, not even CKA_CLASS. */
+#define HUSKS_MAX 256
+
+struct husk_arg {
+    CK_OBJECT_HANDLE h[HUSKS_MAX];
+    size_t n;
+};
+
+static kms_err husk_one(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                        void *varg)
+{
+    struct husk_arg *a = varg;
+    if (a->n >= HUSKS_MAX)
+        return KMS_OK;
+    CK_OBJECT_CLASS cls = 0;
+    CK_ATTRIBUTE c = {CKA_CLASS, &cls, sizeof(cls)};
+    CK_RV rv = tok->fl->C_GetAttributeValue(s, h, &c, 1);
+    /* Every PKCS#11 object has a class: one whose class cannot be read is
+     * an object file with no attributes at all (the earliest crash point). */
+    if (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_ATTRIBUTE_TYPE_INVALID) {
+        a->h[a->n++] = h;
+        return KMS_OK;
+    }
+    CK_ATTRIBUTE at[2] = {{CKA_ID, NULL, 0}, {CKA_LABEL, NULL, 0}};
+    if (rv != CKR_OK || tok->fl->C_GetAttributeValue(s, h, at, 2) != CKR_OK)
+        return KMS_OK;
+    bool key = cls == CKO_SECRET_KEY || cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY;
+    if (key && at[0].ulValueLen == 0 && at[1].ulValueLen == 0)
+        a->h[a->n++] = h;
+    return KMS_OK;
+}
+
+static kms_err do_find_husks(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    struct husk_arg *a = varg;
+    a->n = 0;
+    KMS_GUARD(for_each_object(tok, s, husk_one, a));
+    /* Destroyed after the search is closed: no handle of the search is
+     * invalidated while it runs. */
+    for (size_t i = 0; i < a->n; i++) {
+        CK_RV rv = tok->fl->C_DestroyObject(s, a->h[i]);
+        KMS_GUARD(p11_rv_err(rv, "C_DestroyObject", tok->label));
+    }
+    return KMS_OK;
+}
+
+kms_err p11_key_destroy_husks(struct p11_token *tok, size_t *out_n)
+{
+    struct husk_arg *a = calloc(1, sizeof(*a));
+    KMS_ENSURE(a != NULL, KMS_ERR_NOMEM, "out of memory");
+    kms_err rc = p11_with_session(tok, do_find_husks, a);
+    if (out_n)
+        *out_n = rc == KMS_OK ? a->n : 0;
+    free(a);
+    return rc;
 }
 
 struct label_arg {

@@ -130,4 +130,12 @@ kms_err p11_key_label(struct p11_token *tok, const struct p11_key_id *id, char o
 kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
                          struct p11_key_id **out_ids, size_t *out_n);
 
+/* Destroy key objects that have neither CKA_ID nor CKA_LABEL, and objects
+ * whose CKA_CLASS cannot be read: incomplete objects an HSM library left when
+ * its process died inside object creation (SoftHSMv2 does; every object of
+ * ours carries both). For reconcile at
+ * start, before serving: walks the token with C_FindObjects. At most 256
+ * per call; *out_n (may be NULL) gets how many were destroyed. */
+kms_err p11_key_destroy_husks(struct p11_token *tok, size_t *out_n);
+
 #endif

@@ -61,6 +61,25 @@ for t in "$BUILD"/tests/test_*; do
     fi
 done
 
+# Fuzz targets (built by make check into $CUSTOS_FUZZ_BUILD with clang), a
+# few seconds each on their seeds and regression inputs, so they cannot rot.
+fuzz_build=${CUSTOS_FUZZ_BUILD:-build/fuzz}
+fuzz_secs=${CUSTOS_FUZZ_SECONDS:-3}
+for t in "$fuzz_build"/fuzz/fuzz_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    [ -z "$only" ] || [ "$only" = "$name" ] || continue
+    out="$work/$name.out"
+    if FUZZ_BUILD="$fuzz_build" sh tests/fuzz/run-fuzz.sh "$fuzz_secs" "$name" >"$out" 2>&1; then
+        passed=$((passed + 1))
+        cat "$out"
+    else
+        failed=$((failed + 1))
+        bad="$bad $name"
+        cat "$out"
+    fi
+done
+
 for t in tests/e2e/test_*.sh; do
     [ -f "$t" ] || continue
     name=$(basename "$t" .sh)

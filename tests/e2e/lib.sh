@@ -35,6 +35,11 @@ e2e_start() {
     : >>"$E2E_DIR/kmsd.log"
     before=$(grep -c '"ready' "$E2E_DIR/kmsd.log" 2>/dev/null || true)
     before=${before:-0}
+    # The log must exist before the wait loop reads it: the background
+    # shell may not have opened it yet, and an empty count made the test
+    # ([: Illegal number) stop waiting before kmsd was ready (seen in
+    # test_fields: connection refused).
+    : >>"$E2E_DIR/kmsd.log"
     "$KMSD" --config "$cfg" >>"$E2E_DIR/kmsd.log" 2>&1 &
     E2E_PID=$!
     e2e_i=0
@@ -57,4 +62,13 @@ e2e_stop() {
     E2E_PID=
     [ $rc -eq 0 ] || { echo "kmsd exited with $rc" >&2; tail -n 20 "$E2E_DIR/kmsd.log" >&2; }
     return $rc
+}
+
+# The key-template scan (tests/e2e/scan_templates.py): every object of this
+# installation's tokens against DESIGN.md's templates. Call it before
+# e2e_stop at the end of a test, so that the objects the test made are
+# checked. PINs are read from the pin files by the scanner, never argv.
+e2e_scan_tokens() {
+    SOFTHSM2_CONF="$E2E_DIR/hsm/softhsm2.conf" /usr/bin/python3 tests/e2e/scan_templates.py \
+        "$E2E_DIR/hsm" "${CUSTOS_TEST_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 }

@@ -49,13 +49,29 @@ def token():
 
 
 def make_object(s, hsm_id, label):
+    # Made as kmsd makes a key version, every usage attribute explicit:
+    # SoftHSMv2 defaults WRAP/UNWRAP to true, and the template scan run at
+    # the end of the test would rightly flag the object E left in place.
     s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
                    (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_AES), (PyKCS11.CKA_VALUE_LEN, 32),
                    (PyKCS11.CKA_TOKEN, True), (PyKCS11.CKA_PRIVATE, True),
-                   (PyKCS11.CKA_SENSITIVE, True), (PyKCS11.CKA_ENCRYPT, True),
-                   (PyKCS11.CKA_DECRYPT, True), (PyKCS11.CKA_ID, tuple(hsm_id)),
+                   (PyKCS11.CKA_SENSITIVE, True), (PyKCS11.CKA_EXTRACTABLE, False),
+                   (PyKCS11.CKA_ENCRYPT, True), (PyKCS11.CKA_DECRYPT, True),
+                   (PyKCS11.CKA_WRAP, False), (PyKCS11.CKA_UNWRAP, False),
+                   (PyKCS11.CKA_SIGN, False), (PyKCS11.CKA_VERIFY, False),
+                   (PyKCS11.CKA_DERIVE, False), (PyKCS11.CKA_ID, tuple(hsm_id)),
                    (PyKCS11.CKA_LABEL, label)],
                   PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+
+
+def husks(s):
+    """Key objects with neither CKA_ID nor label: what SoftHSMv2 leaves when
+    killed inside object creation (test_key_crash.sh met one)."""
+    n = 0
+    for o in s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY)]):
+        oid, lab = s.getAttributeValue(o, [PyKCS11.CKA_ID, PyKCS11.CKA_LABEL])
+        n += not oid and not lab
+    return n
 
 
 def objects(s, hsm_id):
@@ -95,6 +111,15 @@ elif PHASE == "crash":
         v = 2 if n == "C" else 1
         k = state["live"] if n == "C" else keys[n]
         make_object(s, ids[n], f"custos:key:{k}:v{v}")
+    # F: a husk, as a kill -9 inside C_GenerateKey leaves it (no id, no label).
+    s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
+                   (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_AES), (PyKCS11.CKA_VALUE_LEN, 32),
+                   (PyKCS11.CKA_TOKEN, True), (PyKCS11.CKA_PRIVATE, True),
+                   (PyKCS11.CKA_SENSITIVE, True), (PyKCS11.CKA_EXTRACTABLE, False),
+                   (PyKCS11.CKA_ENCRYPT, False), (PyKCS11.CKA_DECRYPT, False),
+                   (PyKCS11.CKA_WRAP, False), (PyKCS11.CKA_UNWRAP, False)],
+                  PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN))
+    assert husks(s) == 1
     s.logout()
     state.update({"ids": {n: i.hex() for n, i in ids.items()}, "keys": keys})
     json.dump(state, open(STATE, "w"))
@@ -109,6 +134,7 @@ else:
     check(objects(s, ids["C"]) == 0, "a half-created version's HSM object is destroyed")
     check(objects(s, ids["D"]) == 0, "a destroyed key's leftover HSM object is destroyed")
     check(objects(s, ids["E"]) == 1, "an HSM object unknown to the store is left in place")
+    check(husks(s) == 0, "a key object without CKA_ID and label (a crash husk) is destroyed")
     s.logout()
     db = sqlite3.connect(f"{DIR}/kmsd.db")
     n_ab = db.execute("SELECT count(*) FROM keys WHERE key_id IN (?, ?)",
@@ -134,7 +160,8 @@ else:
     check(st == 200 and m.key.current_version == 3,
           "the next rotation takes version 3: a discarded number is never reused")
     log = open(f"{DIR}/kmsd.log").read()
-    check("removed half-created key" in log and "unknown to the store" in log,
+    check("removed half-created key" in log and "unknown to the store" in log and
+          "incomplete key object" in log,
           "reconcile reports what it did")
 
 print(f"{count - failures} passed, {failures} failed")

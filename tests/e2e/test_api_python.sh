@@ -13,6 +13,7 @@ protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto
 e2e_start
 trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
 PYTHONPATH="$E2E_DIR/py" /usr/bin/python3 tests/e2e/api_test.py "$E2E_DIR" "$E2E_PORT" "$E2E_PID"
+e2e_scan_tokens
 e2e_stop
 trap - EXIT
 # Nothing secret in the operational log.

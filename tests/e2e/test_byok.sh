@@ -194,6 +194,7 @@ set_config import '{"token_ttl_s": 2}'
 e2e_start
 trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
 PYTHONPATH="$E2E_DIR/py" "$PY" tests/e2e/byok_test.py "$E2E_DIR" "$E2E_PORT" "$E2E_PID" expiry
+e2e_scan_tokens
 e2e_stop
 trap - EXIT
 ! grep -q VIOLATION "$CUSTOS_P11SPY_LOG" || fail "no key material read after the restart either"

@@ -124,6 +124,8 @@ quorum 7200 3600
 quorum 60 60 'quorum.time_lock_s: must be below request_ttl_s'
 echo "ok - a time lock >= request_ttl_s is refused at reload, naming the field"
 quorum 86400 0
+# Restored, exported and escrowed keys, the escrow keys: all follow the templates.
+e2e_scan_tokens
 e2e_stop
 
 # ---- a failing escrow wrap creates nothing ----------------------------------------

@@ -108,6 +108,7 @@ e2e_stop
 $PY "$E2E_DIR" "$E2E_PORT" 0 crash
 e2e_start
 $PY "$E2E_DIR" "$E2E_PORT" "$E2E_PID" after
+e2e_scan_tokens
 e2e_stop
 trap - EXIT
 

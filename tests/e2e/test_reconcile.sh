@@ -16,5 +16,6 @@ e2e_stop
 /usr/bin/python3 tests/e2e/reconcile_test.py "$E2E_DIR" "$E2E_PORT" crash
 e2e_start
 /usr/bin/python3 tests/e2e/reconcile_test.py "$E2E_DIR" "$E2E_PORT" verify
+e2e_scan_tokens
 e2e_stop
 trap - EXIT

@@ -27,6 +27,13 @@ leaf broker ca "/O=Custos Dev/CN=demo-broker"
 leaf admin ca "/O=Custos Dev/CN=demo-admin"
 leaf stranger ca "/O=Custos Dev/CN=nobody"
 leaf rogue rogue-ca "/O=Custos Dev/CN=demo-broker"
+# Hostile client certificates, all with a subject the policy knows:
+# self-signed, expired (signed by the right CA), and a leaf whose issuer is
+# one of two intermediates that certify each other (a cycle, no path to the
+# CA).
+q req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/O=Custos Dev/CN=demo-broker" -keyout "$pki/selfsigned.key" -out "$pki/selfsigned.pem"
+/usr/bin/python3 tests/e2e/tls_certs.py "$pki"
 
 /usr/bin/python3 - "$E2E_DIR" <<'PY'
 import json, sys
@@ -46,6 +53,9 @@ trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
 PYTHONPATH="$E2E_DIR/py" /usr/bin/python3 tests/e2e/tls_test.py "$E2E_DIR" "$E2E_PORT" mtls
 e2e_stop
 e2e_start "$E2E_DIR/kmsd-tls.json"
+protoc --python_out="$E2E_DIR/py" -Iproto proto/audit.proto
+# tls mode also reads back the audit events of mtls mode's refusals.
 PYTHONPATH="$E2E_DIR/py" /usr/bin/python3 tests/e2e/tls_test.py "$E2E_DIR" "$E2E_PORT" tls
+e2e_scan_tokens
 e2e_stop
 trap - EXIT

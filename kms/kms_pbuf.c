@@ -1,0 +1,195 @@
+/*
+ * kms_pbuf.c - a wire walk before protobuf-c, and a counting allocator.
+ */
+#include "kms_pbuf.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Counts per field of one message instance live on the stack; no message
+ * of proto/ comes close to this many fields. */
+#define PBUF_MAX_FIELDS 64
+
+static _Thread_local char last_refusal[160];
+
+const char *kms_pbuf_last_refusal(void)
+{
+    return last_refusal;
+}
+
+struct cursor {
+    const uint8_t *p, *end;
+};
+
+static bool read_varint(struct cursor *c, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64 && c->p < c->end; shift += 7) {
+        uint8_t b = *c->p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if ((b & 0x80) == 0) {
+            *out = v;
+            return true;
+        }
+    }
+    return false; /* truncated, or longer than 10 bytes */
+}
+
+static bool skip(struct cursor *c, uint64_t n)
+{
+    if (n > (uint64_t)(c->end - c->p))
+        return false;
+    c->p += n;
+    return true;
+}
+
+static const ProtobufCFieldDescriptor *find_field(const ProtobufCMessageDescriptor *d,
+                                                  uint64_t id, size_t *out_index)
+{
+    for (size_t i = 0; i < d->n_fields; i++)
+        if (d->fields[i].id == id) {
+            *out_index = i;
+            return &d->fields[i];
+        }
+    return NULL;
+}
+
+/* Elements in a packed run of len bytes of a scalar of this type. */
+static uint64_t packed_count(ProtobufCType t, const uint8_t *p, size_t len)
+{
+    switch (t) {
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_SFIXED32:
+    case PROTOBUF_C_TYPE_FLOAT:
+        return len / 4;
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return len / 8;
+    default: {
+        uint64_t n = 0;
+        for (size_t i = 0; i < len; i++)
+            n += (p[i] & 0x80) == 0;
+        return n;
+    }
+    }
+}
+
+static kms_err refuse(const char *what, const ProtobufCMessageDescriptor *d)
+{
+    snprintf(last_refusal, sizeof(last_refusal), ": %s (in %s)", what, d->short_name);
+    return kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message%s", d->short_name,
+                       last_refusal);
+}
+
+static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
+                    unsigned depth)
+{
+    uint32_t counts[PBUF_MAX_FIELDS] = {0};
+    uint32_t unknown = 0;
+    if (d->n_fields > PBUF_MAX_FIELDS)
+        return refuse("message type has more fields than the decoder bounds", d);
+    struct cursor c = {data, data + len};
+    while (c.p < c.end) {
+        uint64_t tag, n;
+        if (!read_varint(&c, &tag))
+            return refuse("truncated field tag", d);
+        unsigned wire = (unsigned)(tag & 7);
+        uint64_t id = tag >> 3;
+        if (id == 0 || id > 0x1fffffff)
+            return refuse("invalid field number", d);
+        size_t fi = 0;
+        const ProtobufCFieldDescriptor *f = find_field(d, id, &fi);
+        const uint8_t *payload = NULL;
+        switch (wire) {
+        case 0:
+            if (!read_varint(&c, &n))
+                return refuse("truncated varint", d);
+            break;
+        case 1:
+            if (!skip(&c, 8))
+                return refuse("truncated 64-bit field", d);
+            break;
+        case 5:
+            if (!skip(&c, 4))
+                return refuse("truncated 32-bit field", d);
+            break;
+        case 2:
+            payload = NULL;
+            if (!read_varint(&c, &n))
+                return refuse("truncated length", d);
+            payload = c.p;
+            if (!skip(&c, n))
+                return refuse("length past the end of the body", d);
+            break;
+        default:
+            /* Groups (3, 4) are proto2 legacy protobuf-c does not decode;
+             * 6 and 7 do not exist. */
+            return refuse("unsupported wire type", d);
+        }
+        if (f == NULL) {
+            if (++unknown > KMS_PBUF_MAX_REPEATED)
+                return refuse("too many unknown fields", d);
+            continue;
+        }
+        uint64_t add = 1;
+        if (wire == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            if (depth + 1 > KMS_PBUF_MAX_DEPTH)
+                return refuse("messages nested too deep", d);
+            KMS_GUARD(walk(f->descriptor, payload, (size_t)n, depth + 1));
+        } else if (wire == 2 && f->label == PROTOBUF_C_LABEL_REPEATED &&
+                   f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_BYTES) {
+            add = packed_count(f->type, payload, (size_t)n);
+        }
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            if (add > KMS_PBUF_MAX_REPEATED - counts[fi])
+                return refuse("too many elements in a repeated field", d);
+            counts[fi] += (uint32_t)add;
+        }
+    }
+    return KMS_OK;
+}
+
+kms_err kms_pbuf_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
+{
+    last_refusal[0] = '\0';
+    if (len > 0 && data == NULL)
+        return refuse("no data", desc);
+    return walk(desc, data, len, 1);
+}
+
+struct budget {
+    size_t left;
+    bool over;
+};
+
+static void *budget_alloc(void *cls, size_t size)
+{
+    struct budget *b = cls;
+    /* Refuse before malloc: the point is that the process never holds it. */
+    if (size > b->left) {
+        b->over = true;
+        return NULL;
+    }
+    b->left -= size;
+    return malloc(size);
+}
+
+static void budget_free(void *cls, void *p)
+{
+    (void)cls;
+    free(p);
+}
+
+void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
+{
+    if (kms_pbuf_check(desc, data, len) != KMS_OK)
+        return NULL;
+    struct budget b = {KMS_PBUF_ALLOC_BUDGET(len), false};
+    ProtobufCAllocator a = {budget_alloc, budget_free, &b};
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, &a, len, data);
+    if (m == NULL && b.over)
+        refuse("decoding would allocate more than the body's budget", desc);
+    return m;
+}

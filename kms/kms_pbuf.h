@@ -1,0 +1,56 @@
+/*
+ * kms_pbuf.h - bounded decoding of untrusted protobuf bodies.
+ *
+ * protobuf-c decodes whatever it is given: a 4 MiB body of empty map
+ * entries or empty sub-messages becomes millions of small allocations (each
+ * ~40 bytes of struct for 2 bytes of wire), and a recursive schema could nest
+ * until the stack ends. Every request body is therefore decoded through
+ * kms_pbuf_unpack, which
+ *
+ *   1. walks the wire format against the descriptor first, allocating
+ *      nothing, and refuses nesting deeper than KMS_PBUF_MAX_DEPTH, more than
+ *      KMS_PBUF_MAX_REPEATED elements of one repeated field (packed or not)
+ *      or unknown fields in one message, and anything malformed at the wire
+ *      level (truncated varints or lengths, groups, wire types that do not
+ *      match the field);
+ *   2. then unpacks with an allocator that counts bytes and refuses any
+ *      allocation past KMS_PBUF_ALLOC_BUDGET(len) before calling malloc.
+ *
+ * The allocator is malloc/free underneath, so the message is freed as usual
+ * with <type>__free_unpacked(msg, NULL).
+ *
+ * Thread-safety: reentrant; the refusal reason is per thread.
+ */
+#ifndef KMS_PBUF_H
+#define KMS_PBUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "kms_error.h"
+
+/* The schema nests 3 deep today (ExportAuditLogResponse > AuditEntry >
+ * bytes); 8 leaves room without allowing a stack-eating recursion. */
+#define KMS_PBUF_MAX_DEPTH 8
+/* Per message instance: elements of one repeated field, and unknown fields.
+ * The largest legitimate list is a 64-pair encryption context. */
+#define KMS_PBUF_MAX_REPEATED 1024
+/* Bytes the decoder may allocate for a body of len bytes: the body's own
+ * size twice over (strings and bytes are copied) plus room for structs. */
+#define KMS_PBUF_ALLOC_BUDGET(len) ((size_t)(len) * 2 + (size_t)256 * 1024)
+
+/* Decode len bytes of data as a desc message, or return NULL (malformed or
+ * over a limit; kms_pbuf_last_refusal says which). */
+void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
+
+/* Only the wire walk of step 1: KMS_OK or KMS_ERR_MALFORMED with a detail. */
+kms_err kms_pbuf_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
+
+/* Why the last kms_pbuf_unpack of this thread refused, as ": <reason>", or
+ * "" when it did not (or protobuf-c itself refused). Static per-thread
+ * storage, valid until the next call on this thread. */
+const char *kms_pbuf_last_refusal(void);
+
+#endif

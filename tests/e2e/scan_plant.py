@@ -1,0 +1,47 @@
+"""Plant objects that break the key templates, one per rule, in a token made
+for the purpose, so that test_template_scan.sh can show that the scanner
+catches each (a scanner that finds nothing proves nothing by itself).
+
+Usage: scan_plant.py HSM_DIR REGION [MODULE]
+"""
+import os
+import sys
+
+import PyKCS11 as P
+
+HSM_DIR, REGION = sys.argv[1], sys.argv[2]
+MODULE = sys.argv[3] if len(sys.argv) > 3 else "/usr/lib/softhsm/libsofthsm2.so"
+
+lib = P.PyKCS11Lib()
+lib.load(MODULE)
+slot = next(s for s in lib.getSlotList(tokenPresent=True)
+            if lib.getTokenInfo(s).label.strip() == f"custos-{REGION}")
+with open(f"{HSM_DIR}/pins/{REGION}.pin") as f:
+    pin = f.read().strip()
+s = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+s.login(pin)
+
+
+def aes(label, over):
+    a = {P.CKA_CLASS: P.CKO_SECRET_KEY, P.CKA_KEY_TYPE: P.CKK_AES, P.CKA_VALUE_LEN: 32,
+         P.CKA_TOKEN: True, P.CKA_PRIVATE: True, P.CKA_SENSITIVE: True,
+         P.CKA_EXTRACTABLE: False, P.CKA_ENCRYPT: False, P.CKA_DECRYPT: False,
+         P.CKA_WRAP: False, P.CKA_UNWRAP: False, P.CKA_SIGN: False, P.CKA_VERIFY: False,
+         P.CKA_DERIVE: False, P.CKA_LABEL: label, P.CKA_ID: tuple(os.urandom(16))}
+    a.update(over)
+    s.generateKey(list(a.items()), P.Mechanism(P.CKM_AES_KEY_GEN))
+
+
+aes("plant:wrap-and-decrypt", {P.CKA_WRAP: True, P.CKA_DECRYPT: True})
+aes("plant:extractable", {P.CKA_ENCRYPT: True, P.CKA_DECRYPT: True, P.CKA_EXTRACTABLE: True})
+aes("plant:not-sensitive", {P.CKA_ENCRYPT: True, P.CKA_DECRYPT: True, P.CKA_SENSITIVE: False})
+aes("plant:unwrap-no-template", {P.CKA_WRAP: True, P.CKA_UNWRAP: True})
+# The escrow key's template (unwrap forces only CKA_SENSITIVE) is allowed for
+# the one key labelled custos:escrow:REGION, and for nothing else.
+escrow_like = {P.CKA_WRAP: True, P.CKA_UNWRAP: True,
+               P.CKA_UNWRAP_TEMPLATE: [(P.CKA_SENSITIVE, True)]}
+aes("plant:escrow-like", escrow_like)
+aes(f"custos:escrow:{REGION}", escrow_like)  # a second one: the dev setup made the first
+s.logout()
+s.closeSession()
+print("planted 6 objects")

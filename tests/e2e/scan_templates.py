@@ -1,0 +1,167 @@
+"""Key-template scan: every object of every token of an installation against
+DESIGN.md's key templates ("Keys in the HSM"), read independently of
+pkcs11/ through PyKCS11 (and ctypes for CKA_UNWRAP_TEMPLATE, which PyKCS11
+cannot read).
+
+Usage: scan_templates.py HSM_DIR [MODULE]      (e2e_scan_tokens in lib.sh)
+
+HSM_DIR is what deploy/dev-hsm.sh made: tokens labelled custos-REGION, user
+PINs in HSM_DIR/pins/REGION.pin (read here, never passed on a command line).
+
+A secret or private key violates the templates when it
+  - is not CKA_TOKEN+CKA_PRIVATE+CKA_SENSITIVE, or can derive;
+  - is CKA_EXTRACTABLE, unless escrow is pending for it: its CKA_ID (hex)
+    is listed in the file named by $CUSTOS_SCAN_ESCROW_PENDING (escrow
+    fills this in; without it no key may be extractable);
+  - can wrap or unwrap and also encrypt, decrypt or sign (key separation);
+  - can unwrap without a CKA_UNWRAP_TEMPLATE forcing CKA_SENSITIVE=true and
+    CKA_EXTRACTABLE=false on what it unwraps. One exception: the region's
+    escrow key (label custos:escrow:REGION, at most one per token) forces
+    only CKA_SENSITIVE=true, because an EXPORT_WRAPPED recovery needs one
+    extractable session copy of a recovered key (docs/escrow-recovery.md).
+A public key violates them when it can both wrap and encrypt.
+
+Prints "ok - ..." when every object conforms, else "not ok - ..." with one
+line per violation, and exits 1.
+"""
+import ctypes
+import glob
+import os
+import sys
+
+import PyKCS11 as P
+
+HSM_DIR = sys.argv[1]
+MODULE = sys.argv[2] if len(sys.argv) > 2 else "/usr/lib/softhsm/libsofthsm2.so"
+
+
+class Attr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_ulong), ("pValue", ctypes.c_void_p),
+                ("ulValueLen", ctypes.c_ulong)]
+
+
+# The same loaded module as PyKCS11's (dlopen returns the same handle), so
+# its session handles are valid here.
+clib = ctypes.CDLL(MODULE)
+clib.C_GetAttributeValue.argtypes = [ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(Attr),
+                                     ctypes.c_ulong]
+clib.C_GetAttributeValue.restype = ctypes.c_ulong
+
+
+def unwrap_template(session, obj):
+    """{CKA_x: bytes} of the object's CKA_UNWRAP_TEMPLATE, or None if absent."""
+    sh, oh = session.session.value(), obj.value()
+    a = Attr(P.CKA_UNWRAP_TEMPLATE, None, 0)
+    if clib.C_GetAttributeValue(sh, oh, ctypes.byref(a), 1) != 0 or a.ulValueLen == 0:
+        return None
+    n = a.ulValueLen // ctypes.sizeof(Attr)
+    inner = (Attr * n)()
+    a.pValue, a.ulValueLen = ctypes.cast(inner, ctypes.c_void_p), n * ctypes.sizeof(Attr)
+    if clib.C_GetAttributeValue(sh, oh, ctypes.byref(a), 1) != 0:  # types and lengths
+        return None
+    bufs = []
+    for x in inner:
+        b = ctypes.create_string_buffer(max(1, x.ulValueLen))
+        bufs.append(b)
+        x.pValue = ctypes.cast(b, ctypes.c_void_p)
+    if clib.C_GetAttributeValue(sh, oh, ctypes.byref(a), 1) != 0:
+        return None
+    return {x.type: bufs[i].raw[:x.ulValueLen] for i, x in enumerate(inner)}
+
+
+BOOLS = [P.CKA_TOKEN, P.CKA_PRIVATE, P.CKA_SENSITIVE, P.CKA_EXTRACTABLE, P.CKA_DERIVE,
+         P.CKA_ENCRYPT, P.CKA_DECRYPT, P.CKA_WRAP, P.CKA_UNWRAP, P.CKA_SIGN]
+
+
+def attrs(session, obj, types):
+    """Attribute values, None for those the object's class does not have."""
+    out = {}
+    for t in types:
+        try:
+            out[t] = session.getAttributeValue(obj, [t])[0]
+        except P.PyKCS11Error:
+            out[t] = None
+    return out
+
+
+pending = set()
+if os.environ.get("CUSTOS_SCAN_ESCROW_PENDING"):
+    with open(os.environ["CUSTOS_SCAN_ESCROW_PENDING"]) as f:
+        pending = {line.strip().lower() for line in f if line.strip()}
+
+lib = P.PyKCS11Lib()
+lib.load(MODULE)
+violations, nobj, ntok = [], 0, 0
+for slot in lib.getSlotList(tokenPresent=True):
+    label = lib.getTokenInfo(slot).label.strip()
+    region = label[len("custos-"):] if label.startswith("custos-") else None
+    pin_file = f"{HSM_DIR}/pins/{region}.pin" if region else None
+    if not pin_file or not os.path.exists(pin_file):
+        continue
+    with open(pin_file) as f:
+        pin = f.read().strip()
+    s = lib.openSession(slot)
+    s.login(pin)
+    ntok += 1
+    escrow_keys = 0
+    for o in s.findObjects():
+        nobj += 1
+        try:
+            cls = s.getAttributeValue(o, [P.CKA_CLASS])[0]
+        except P.PyKCS11Error as e:
+            # Every object has a class; reconcile destroys these husks.
+            violations.append(f"{label}: object {o.value()} has no readable CKA_CLASS ({e}): "
+                              f"an incomplete object left by a crash")
+            continue
+        if cls not in (P.CKO_SECRET_KEY, P.CKO_PRIVATE_KEY, P.CKO_PUBLIC_KEY):
+            continue
+        a = attrs(s, o, BOOLS + [P.CKA_ID, P.CKA_LABEL])
+        ident = bytes(a[P.CKA_ID] or b"").hex()
+        lbl = a[P.CKA_LABEL] or ""
+        if not isinstance(lbl, str):
+            lbl = bytes(lbl).decode(errors="replace")
+        name = f"{label}: {P.CKO[cls]} id={ident} label={lbl!r}"
+        bad = []
+        t = lambda k: a.get(k) is True
+        if cls == P.CKO_PUBLIC_KEY:
+            if t(P.CKA_WRAP) and t(P.CKA_ENCRYPT):
+                bad.append("public key can both wrap and encrypt")
+        else:
+            for k in (P.CKA_TOKEN, P.CKA_PRIVATE, P.CKA_SENSITIVE):
+                if not t(k):
+                    bad.append(f"{P.CKA[k]} is not true")
+            if t(P.CKA_DERIVE):
+                bad.append("CKA_DERIVE is true")
+            if t(P.CKA_EXTRACTABLE) and ident not in pending:
+                bad.append("CKA_EXTRACTABLE is true and no escrow is pending for it")
+            if (t(P.CKA_WRAP) or t(P.CKA_UNWRAP)) and \
+                    (t(P.CKA_ENCRYPT) or t(P.CKA_DECRYPT) or t(P.CKA_SIGN)):
+                bad.append("wraps/unwraps and also encrypts/decrypts/signs (no key separation)")
+            escrow_key = region is not None and lbl == f"custos:escrow:{region}"
+            if escrow_key:
+                escrow_keys += 1
+                if escrow_keys > 1:
+                    bad.append("a second escrow key for the region")
+            if t(P.CKA_UNWRAP):
+                tm = unwrap_template(s, o)
+                if tm is None:
+                    bad.append("can unwrap but has no CKA_UNWRAP_TEMPLATE")
+                else:
+                    if tm.get(P.CKA_SENSITIVE) != b"\x01":
+                        bad.append("CKA_UNWRAP_TEMPLATE does not force CKA_SENSITIVE=true")
+                    if tm.get(P.CKA_EXTRACTABLE) != b"\x00" and not escrow_key:
+                        bad.append("CKA_UNWRAP_TEMPLATE does not force CKA_EXTRACTABLE=false")
+        violations += [f"{name}: {b}" for b in bad]
+    s.logout()
+    s.closeSession()
+
+if ntok == 0:
+    print(f"not ok - template scan: no custos-* token with a pin file under {HSM_DIR}")
+    sys.exit(1)
+if violations:
+    print(f"not ok - template scan: {len(violations)} violation(s) in {nobj} objects, "
+          f"{ntok} tokens")
+    for v in violations:
+        print(f"#   {v}")
+    sys.exit(1)
+print(f"ok - template scan: {nobj} objects in {ntok} tokens follow the key templates")

@@ -1,0 +1,19 @@
+#!/bin/sh
+# Regenerate the checked-in seed corpora: tests/fuzz/corpus/<target>/.
+#   sh tests/fuzz/make-seeds.sh build/tools/fuzz_seedgen     (make fuzz-seeds)
+# Seeds come from the project's own encoders (seedgen.c) and, for the
+# policy loader, from the example policy. Regression inputs of
+# fixed findings live apart, in tests/fuzz/regress/<target>/, and are never
+# regenerated.
+set -eu
+seedgen=$1
+top=$(cd "$(dirname "$0")/../.." && pwd)
+out="$top/tests/fuzz/corpus"
+rm -rf "$out"
+mkdir -p "$out/fuzz_policy"
+"$seedgen" "$out"
+cp "$top/deploy/examples/policy.json" "$out/fuzz_policy/example.json"
+printf '{}' >"$out/fuzz_policy/empty.json"
+for d in "$out"/*/; do
+    echo "$(basename "$d"): $(ls "$d" | wc -l) seeds"
+done
