@@ -574,8 +574,14 @@ def expiry_phase():
           "the next GetImportParameters sweeps it: the expired wrapping key is destroyed")
     bad("the expired token, after the sweep", lambda: imp(kid, p.import_token, w), 412,
         "failed_precondition", "expired at")
-    s, p2 = params(kid)
-    s, r = imp(kid, p2.import_token, wrap(p2.public_key, key))
+    # A token lives 2 s from its issue, and making its RSA-3072 wrapping key
+    # can take most of that on a loaded machine: an attempt refused only as
+    # expired is retried with a new token (anything else fails the check).
+    for _ in range(5):
+        s, p2 = params(kid)
+        s, r = imp(kid, p2.import_token, wrap(p2.public_key, key))
+        if not (s == 412 and "expired" in r.get("msg", "")):
+            break
     check(s == 200 and r.key_version == 1, "a fresh token imports (within its 2 s)")
 
 
