@@ -55,7 +55,12 @@ HARDEN   := -D_FORTIFY_SOURCE=3 -fstack-protector-strong -fPIE
 LDHARDEN := -pie -Wl,-z,relro,-z,now
 endif
 
-CPPFLAGS += -D_GNU_SOURCE -Ikms -Ipkcs11 -Ipolicy -Itests/lib -I$(BUILD)/gen
+# kms/ is the service, one directory per part: http/ (front, routing, bounded
+# decoding, health, metrics), keys/ (key operations, BYOK, fields, escrow and
+# recovery), store/ (metadata store), audit/ (log, tree, verifier), ctl/
+# (kmsctl); its top level is what every part shares, and the two mains.
+KMS_DIRS := kms kms/http kms/keys kms/store kms/audit kms/ctl
+CPPFLAGS += -D_GNU_SOURCE $(addprefix -I,$(KMS_DIRS)) -Ipkcs11 -Ipolicy -Itests/lib -I$(BUILD)/gen
 CFLAGS   += -std=c17 $(OPT) $(WARN) $(HARDEN) $(PKG_CFLAGS) -pthread
 LDFLAGS  += $(LDHARDEN) -pthread
 LDLIBS   += $(PKG_LIBS) -ldl
@@ -65,7 +70,8 @@ PROTO_C   := $(patsubst proto/%.proto,$(BUILD)/gen/proto/%.pb-c.c,$(PROTOS))
 PROTO_H   := $(PROTO_C:.c=.h)
 
 MAINS    := $(wildcard kms/*_main.c)
-LIB_SRCS := $(wildcard pkcs11/*.c policy/*.c) $(filter-out $(MAINS),$(wildcard kms/*.c))
+LIB_SRCS := $(wildcard pkcs11/*.c policy/*.c) \
+            $(filter-out $(MAINS),$(foreach d,$(KMS_DIRS),$(wildcard $(d)/*.c)))
 LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS)) \
             $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
 LIB      := $(BUILD)/libcustos.a

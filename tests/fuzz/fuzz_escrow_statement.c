@@ -1,6 +1,6 @@
 /*
  * fuzz_escrow_statement - what an officer signs and what kmsd checks
- * (kms/kms_recovery_stmt.c): the free text a requester supplies, the
+ * (kms/keys/kms_recovery_stmt.c): the free text a requester supplies, the
  * canonical statement built from it, and the verification of an approval
  * signature over it.
  *

@@ -1,5 +1,5 @@
 /*
- * test_kms_recovery_stmt.c - the statement officers sign (kms/kms_recovery_stmt.c):
+ * test_kms_recovery_stmt.c - the statement officers sign (kms/keys/kms_recovery_stmt.c):
  * its exact bytes, that every field is bound (changing any one changes the
  * statement, so an approval cannot be moved to anything else), signature
  * verification with OpenSSL, and the refusal of free text that could forge a
