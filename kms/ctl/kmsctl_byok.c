@@ -179,15 +179,6 @@ static void hex(const uint8_t *p, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-static const char *iso8601(int64_t t, char buf[32])
-{
-    struct tm tm;
-    time_t tt = (time_t)t;
-    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, 32, "@%" PRId64, t);
-    return buf;
-}
-
 static int print_json(json_t *j)
 {
     if (j == NULL) {
@@ -488,7 +479,7 @@ static int do_import_params(struct kmsctl_rpc *rpc, const struct byok_args *a)
             json_object_set_new(o, "import_token_file", json_string(a->out_token));
         else
             json_object_set_new(o, "import_token", json_string(tok_b64));
-        json_object_set_new(o, "expires_at", json_string(iso8601(resp->expires_at, t)));
+        json_object_set_new(o, "expires_at", json_string(kmsctl_iso8601(resp->expires_at, t)));
         for (size_t i = 0; i < resp->n_wrapping_algorithms; i++)
             json_array_append_new(algs, json_string(alg_name((int)resp->wrapping_algorithms[i])));
         json_object_set_new(o, "wrapping_algorithms", algs);
@@ -503,7 +494,7 @@ static int do_import_params(struct kmsctl_rpc *rpc, const struct byok_args *a)
             printf("import_token: %s\n", a->out_token);
         else
             printf("import_token: %s\n", tok_b64);
-        printf("expires: %s\n", iso8601(resp->expires_at, t));
+        printf("expires: %s\n", kmsctl_iso8601(resp->expires_at, t));
         printf("wrapping_algorithms:");
         for (size_t i = 0; i < resp->n_wrapping_algorithms; i++)
             printf(" %s", alg_name((int)resp->wrapping_algorithms[i]));

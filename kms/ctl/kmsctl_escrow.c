@@ -28,6 +28,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "audit_verify_util.h"
 #include "kmsctl_rpc.h"
 #include "proto/escrow.pb-c.h"
 
@@ -98,52 +99,22 @@ static void usage(FILE *f)
 
 /* ---- local files ----------------------------------------------------------------- */
 
+/* The audit verifier's file helpers: bounded reads, and writes that are
+ * atomic (temporary file, rename) and durable. */
 static int read_file(const char *path, size_t max, uint8_t **out, size_t *out_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        return KMSCTL_EXIT_LOCAL;
-    }
-    uint8_t *buf = malloc(max + 1);
-    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
-    int err = ferror(f);
-    fclose(f);
-    if (buf == NULL || err || n > max || n == 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path,
-                buf == NULL ? "out of memory" : n > max ? "file too large" : "cannot read");
-        free(buf);
-        return KMSCTL_EXIT_LOCAL;
-    }
-    *out = buf;
-    *out_len = n;
-    return KMSCTL_EXIT_OK;
+    if (audit_file_read(path, max, out, out_len) == KMS_OK)
+        return KMSCTL_EXIT_OK;
+    fprintf(stderr, "kmsctl: %s\n", kms_err_detail());
+    return KMSCTL_EXIT_LOCAL;
 }
 
 static int write_file(const char *path, const uint8_t *data, size_t len)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        return KMSCTL_EXIT_LOCAL;
-    }
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            close(fd);
-            return KMSCTL_EXIT_LOCAL;
-        }
-        off += (size_t)w;
-    }
-    if (close(fd) != 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        return KMSCTL_EXIT_LOCAL;
-    }
-    return KMSCTL_EXIT_OK;
+    if (audit_file_write(path, data, len, 0600) == KMS_OK)
+        return KMSCTL_EXIT_OK;
+    fprintf(stderr, "kmsctl: %s\n", kms_err_detail());
+    return KMSCTL_EXIT_LOCAL;
 }
 
 /* ECDSA P-256 / SHA-256 over the statement with the officer's PEM key; the
@@ -190,23 +161,10 @@ static int sign_statement(const char *key_path, const uint8_t *stmt, size_t len,
 
 /* ---- printing ----------------------------------------------------------------------- */
 
-static const char *enum_name(const ProtobufCEnumDescriptor *d, int v)
-{
-    const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
-    return ev ? ev->name : "UNKNOWN";
-}
-
 static const char *when(int64_t t, char buf[32])
 {
-    struct tm tm;
-    time_t tt = (time_t)t;
-    if (t == 0)
-        return "-";
-    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, 32, "@%" PRId64, t);
-    return buf;
+    return t == 0 ? "-" : kmsctl_iso8601(t, buf);
 }
-
 static void field(const char *name, const char *value)
 {
     printf("%-19s ", name);
@@ -232,11 +190,11 @@ static void print_recovery(const Custos__V1__Recovery *r, int with_statement)
 {
     char t[32], buf[64];
     field("recovery_id:", r->recovery_id);
-    field("state:", enum_name(&custos__v1__recovery_state__descriptor, (int)r->state));
+    field("state:", kmsctl_enum_name(&custos__v1__recovery_state__descriptor, (int)r->state));
     field("key_id:", r->key_id);
     field("region:", r->region);
-    field("mode:", enum_name(&custos__v1__recovery_mode__descriptor, (int)r->mode));
-    field("justification:", enum_name(&custos__v1__justification__descriptor,
+    field("mode:", kmsctl_enum_name(&custos__v1__recovery_mode__descriptor, (int)r->mode));
+    field("justification:", kmsctl_enum_name(&custos__v1__justification__descriptor,
                                       (int)r->justification));
     field("case:", r->case_reference);
     field("requester:", r->requester);
@@ -377,8 +335,8 @@ static int do_list(struct kmsctl_rpc *rpc, const struct args *a)
         const Custos__V1__Recovery *r = resp->recoveries[i];
         char t[32];
         kmsctl_print_safe(stdout, r->recovery_id);
-        printf("  %-16s %-14s ", enum_name(&custos__v1__recovery_state__descriptor, (int)r->state),
-               enum_name(&custos__v1__recovery_mode__descriptor, (int)r->mode));
+        printf("  %-16s %-14s ", kmsctl_enum_name(&custos__v1__recovery_state__descriptor, (int)r->state),
+               kmsctl_enum_name(&custos__v1__recovery_mode__descriptor, (int)r->mode));
         kmsctl_print_safe(stdout, r->key_id);
         printf("  %s\n", when(r->created_at, t));
     }

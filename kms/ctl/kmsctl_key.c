@@ -132,21 +132,6 @@ static int parse_u32(const char *s, unsigned long min, unsigned long max, uint32
     return 1;
 }
 
-static const char *enum_name(const ProtobufCEnumDescriptor *d, int v)
-{
-    const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
-    return ev ? ev->name : "UNKNOWN";
-}
-
-static const char *iso8601(int64_t t, char buf[32])
-{
-    struct tm tm;
-    time_t tt = (time_t)t;
-    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, 32, "@%" PRId64, t);
-    return buf;
-}
-
 static void print_field(const char *name, const char *value)
 {
     printf("%s: ", name);
@@ -161,22 +146,22 @@ static void print_key_text(const Custos__V1__KeyMetadata *k)
     print_field("key_id", k->key_id);
     print_field("tenant", k->tenant);
     print_field("region", k->region);
-    print_field("state", enum_name(&custos__v1__key_state__descriptor, (int)k->state));
-    print_field("spec", enum_name(&custos__v1__key_spec__descriptor, (int)k->spec));
-    print_field("usage", enum_name(&custos__v1__key_usage__descriptor, (int)k->usage));
-    print_field("origin", enum_name(&custos__v1__key_origin__descriptor, (int)k->origin));
+    print_field("state", kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state));
+    print_field("spec", kmsctl_enum_name(&custos__v1__key_spec__descriptor, (int)k->spec));
+    print_field("usage", kmsctl_enum_name(&custos__v1__key_usage__descriptor, (int)k->usage));
+    print_field("origin", kmsctl_enum_name(&custos__v1__key_origin__descriptor, (int)k->origin));
     if (k->description && *k->description)
         print_field("description", k->description);
-    print_field("created", iso8601(k->created_at, t));
+    print_field("created", kmsctl_iso8601(k->created_at, t));
     if (k->deletion_at != 0)
-        print_field("deletion", iso8601(k->deletion_at, t));
+        print_field("deletion", kmsctl_iso8601(k->deletion_at, t));
     printf("current_version: %" PRIu32 "\n", k->current_version);
     printf("versions:\n");
     for (size_t i = 0; i < k->n_versions; i++) {
         const Custos__V1__KeyVersion *v = k->versions[i];
         printf("  %" PRIu32 "  ", v->version);
         kmsctl_print_safe(stdout, v->state);
-        printf("  %s\n", iso8601(v->created_at, t));
+        printf("  %s\n", kmsctl_iso8601(v->created_at, t));
     }
 }
 
@@ -206,24 +191,24 @@ static json_t *key_json(const Custos__V1__KeyMetadata *k)
     json_object_set_new(o, "tenant", jstr(k->tenant));
     json_object_set_new(o, "region", jstr(k->region));
     json_object_set_new(o, "state",
-                        jstr(enum_name(&custos__v1__key_state__descriptor, (int)k->state)));
+                        jstr(kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state)));
     json_object_set_new(o, "spec",
-                        jstr(enum_name(&custos__v1__key_spec__descriptor, (int)k->spec)));
+                        jstr(kmsctl_enum_name(&custos__v1__key_spec__descriptor, (int)k->spec)));
     json_object_set_new(o, "usage",
-                        jstr(enum_name(&custos__v1__key_usage__descriptor, (int)k->usage)));
+                        jstr(kmsctl_enum_name(&custos__v1__key_usage__descriptor, (int)k->usage)));
     json_object_set_new(o, "origin",
-                        jstr(enum_name(&custos__v1__key_origin__descriptor, (int)k->origin)));
+                        jstr(kmsctl_enum_name(&custos__v1__key_origin__descriptor, (int)k->origin)));
     json_object_set_new(o, "description", jstr(k->description));
-    json_object_set_new(o, "created_at", jstr(iso8601(k->created_at, t)));
+    json_object_set_new(o, "created_at", jstr(kmsctl_iso8601(k->created_at, t)));
     json_object_set_new(o, "deletion_at",
-                        k->deletion_at ? jstr(iso8601(k->deletion_at, t)) : json_null());
+                        k->deletion_at ? jstr(kmsctl_iso8601(k->deletion_at, t)) : json_null());
     json_object_set_new(o, "current_version", json_integer(k->current_version));
     for (size_t i = 0; i < k->n_versions; i++) {
         const Custos__V1__KeyVersion *v = k->versions[i];
         json_t *vo = json_object();
         json_object_set_new(vo, "version", json_integer(v->version));
         json_object_set_new(vo, "state", jstr(v->state));
-        json_object_set_new(vo, "created_at", jstr(iso8601(v->created_at, t)));
+        json_object_set_new(vo, "created_at", jstr(kmsctl_iso8601(v->created_at, t)));
         json_array_append_new(vs, vo);
     }
     json_object_set_new(o, "versions", vs);
@@ -330,13 +315,13 @@ static void print_list_row(const Custos__V1__KeyMetadata *k)
     snprintf(v, sizeof(v), "%" PRIu32, k->current_version);
     print_cell(k->key_id, 32);
     print_cell(k->region, 10);
-    print_cell(enum_name(&custos__v1__key_state__descriptor, (int)k->state), 16);
+    print_cell(kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state), 16);
     print_cell(v, 7);
     if (k->description && *k->description) {
-        print_cell(iso8601(k->created_at, t), 20);
+        print_cell(kmsctl_iso8601(k->created_at, t), 20);
         kmsctl_print_safe(stdout, k->description);
     } else {
-        fputs(iso8601(k->created_at, t), stdout); /* no trailing blanks */
+        fputs(kmsctl_iso8601(k->created_at, t), stdout); /* no trailing blanks */
     }
     putchar('\n');
 }

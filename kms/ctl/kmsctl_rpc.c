@@ -10,6 +10,9 @@
 #include "kmsctl_rpc.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <time.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -599,4 +602,19 @@ done:
     reply_wipe(&r);
     free(url);
     return ret;
+}
+
+const char *kmsctl_enum_name(const ProtobufCEnumDescriptor *d, int v)
+{
+    const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
+    return ev ? ev->name : "UNKNOWN";
+}
+
+const char *kmsctl_iso8601(int64_t t, char buf[32])
+{
+    struct tm tm;
+    time_t tt = (time_t)t;
+    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, 32, "@%" PRId64, t);
+    return buf;
 }

@@ -153,4 +153,11 @@ void kmsctl_kv_cleanup(struct kmsctl_kv *kv);
  * the server must not be able to drive the terminal. */
 void kmsctl_print_safe(FILE *f, const char *s);
 
+/* Name of an enum value from a reply ("ENABLED"), "UNKNOWN" if the server
+ * sent a value this build does not know. */
+const char *kmsctl_enum_name(const ProtobufCEnumDescriptor *d, int v);
+
+/* Unix seconds as UTC ISO 8601 into buf ("@<seconds>" if out of range). */
+const char *kmsctl_iso8601(int64_t t, char buf[32]);
+
 #endif

@@ -242,9 +242,10 @@ static kms_err pick_versions(const Custos__V1__RequestRecoveryRequest *req,
 }
 
 /* EXPORT_WRAPPED: the recipient must be registered in advance, by policy,
- * for the key's own region. */
+ * for the key's own region. sha_hex receives the SHA-256 of its DER public
+ * key; *out_der (may be NULL) the DER itself, freed with OPENSSL_free. */
 static kms_err pick_recipient(const struct pol_tenant *t, const char *id, const char *region,
-                              struct kms_recovery_record *r)
+                              char sha_hex[65], unsigned char **out_der, size_t *out_len)
 {
     KMS_ENSURE(id[0] != '\0', KMS_ERR_INVALID_ARGUMENT, "EXPORT_WRAPPED needs a recipient");
     const struct pol_recipient *rc = pol_tenant_recipient(t, id);
@@ -260,9 +261,13 @@ static kms_err pick_recipient(const struct pol_tenant *t, const char *id, const 
     KMS_ENSURE(len > 0, KMS_ERR_INTERNAL, "cannot encode the recipient key");
     uint8_t d[32];
     SHA256(der, (size_t)len, d);
-    OPENSSL_free(der);
-    snprintf(r->recipient, sizeof(r->recipient), "%s", id);
-    hex(d, sizeof(d), r->recipient_sha256);
+    hex(d, sizeof(d), sha_hex);
+    if (out_der) {
+        *out_der = der;
+        *out_len = (size_t)len;
+    } else {
+        OPENSSL_free(der);
+    }
     return KMS_OK;
 }
 
@@ -320,21 +325,18 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
     } else {
         KMS_ENSURE_GOTO(k.spec == KMS_KEY_SPEC_AES_256, done, KMS_ERR_FAILED_PRECONDITION,
                         "EXPORT_WRAPPED exports AES_256 keys; restore this key instead");
-        KMS_GUARD_GOTO(pick_recipient(t, req->recipient, k.region, &r), done);
+        KMS_GUARD_GOTO(pick_recipient(t, req->recipient, k.region, r.recipient_sha256, NULL,
+                                      NULL),
+                       done);
+        snprintf(r.recipient, sizeof(r.recipient), "%s", req->recipient);
     }
     KMS_ENSURE_GOTO(kms_service_token(call->svc, k.region) != NULL, done,
                     KMS_ERR_FAILED_PRECONDITION, "region %s is not served by this node",
                     k.region);
-    struct kms_recovery_record *open_rs = NULL;
     size_t n_open = 0;
-    KMS_GUARD_GOTO(kms_store_recovery_list(kms_service_store(call->svc), k.tenant, k.key_id, true,
-                                           &open_rs, &n_open),
+    KMS_GUARD_GOTO(kms_store_recovery_open_count(kms_service_store(call->svc), k.key_id, now_s(),
+                                                 &n_open),
                    done);
-    size_t live = 0;
-    for (size_t i = 0; i < n_open; i++)
-        live += open_rs[i].expires_at > now_s(); /* expired ones are not marked yet */
-    free(open_rs);
-    n_open = live;
     KMS_ENSURE_GOTO(n_open < MAX_OPEN_PER_KEY, done, KMS_ERR_RESOURCE_EXHAUSTED,
                     "key already has %zu open recoveries (at most %d): cancel one first", n_open,
                     MAX_OPEN_PER_KEY);
@@ -583,19 +585,17 @@ static kms_err export_wrapped(struct kms_call *call, struct p11_token *tok,
                               Custos__V1__ExecuteRecoveryResponse *resp)
 {
     const struct pol_tenant *t = pol_principal_tenant(call->who);
-    struct kms_recovery_record now_r = *r;
     /* The recipient the officers approved, and no other: its key must
      * still be the one whose hash they signed. */
-    KMS_GUARD(pick_recipient(t, r->recipient, r->region, &now_r));
-    KMS_ENSURE(strcmp(now_r.recipient_sha256, r->recipient_sha256) == 0,
-               KMS_ERR_FAILED_PRECONDITION,
-               "recipient %s has a different public key in the policy now than the one the "
-               "officers approved; request a new recovery",
-               r->recipient);
+    char sha_now[65];
     unsigned char *der = NULL;
-    int der_len = i2d_PUBKEY(pol_recipient_key(pol_tenant_recipient(t, r->recipient)), &der);
-    KMS_ENSURE(der_len > 0, KMS_ERR_INTERNAL, "cannot encode the recipient key");
+    size_t der_len = 0;
+    KMS_GUARD(pick_recipient(t, r->recipient, r->region, sha_now, &der, &der_len));
     kms_err rc = KMS_OK;
+    KMS_ENSURE_GOTO(strcmp(sha_now, r->recipient_sha256) == 0, done, KMS_ERR_FAILED_PRECONDITION,
+                    "recipient %s has a different public key in the policy now than the one the "
+                    "officers approved; request a new recovery",
+                    r->recipient);
     resp->wrapped = calloc(r->n_versions, sizeof(*resp->wrapped));
     KMS_ENSURE_GOTO(resp->wrapped != NULL, done, KMS_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < r->n_versions && rc == KMS_OK; i++) {
@@ -614,7 +614,7 @@ static kms_err export_wrapped(struct kms_call *call, struct p11_token *tok,
         memcpy(esc.b, b->escrow_hsm_id, sizeof(esc.b));
         size_t out_len = 0;
         enum p11_oaep_hash hash = P11_OAEP_SHA1;
-        rc = p11_escrow_export(tok, &esc, b->blob, b->blob_len, der, (size_t)der_len, buf,
+        rc = p11_escrow_export(tok, &esc, b->blob, b->blob_len, der, der_len, buf,
                                P11_EXPORT_MAX, &out_len, &hash);
         w->version = r->versions[i];
         w->wrapped_key.data = buf;

@@ -468,6 +468,10 @@ const char *kms_import_state_name(enum kms_import_state state);
 #define KMS_RECOVERY_NAME_MAX 64
 #define KMS_RECOVERY_LIST_MAX 100
 #define KMS_RECOVERY_SIG_MAX 80
+/* Escrow blobs listed for one key: up to 2 per version (AES, HMAC). A key
+ * with more escrowed versions than this half of it is refused a listing
+ * (and so a recovery) with RESOURCE_EXHAUSTED rather than read unbounded. */
+#define KMS_ESCROW_LIST_MAX 8192
 
 struct kms_escrow_record {
     char key_id[KMS_KEY_ID_SIZE];
@@ -524,6 +528,11 @@ kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_re
 /* Every blob of a key, by version then part (KMS_OK, NULL, 0 if none). */
 kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
                               struct kms_escrow_record **out, size_t *out_n);
+
+/* How many recoveries of key_id are open (PENDING_APPROVAL or APPROVED) and
+ * not yet expired at now. */
+kms_err kms_store_recovery_open_count(struct kms_store *store, const char *key_id, int64_t now,
+                                      size_t *out_n);
 
 /* Insert a new recovery (state PENDING_APPROVAL, no approvals). */
 kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_recovery_record *r);

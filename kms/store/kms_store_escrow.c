@@ -116,9 +116,8 @@ kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
     if (rc == KMS_OK) {
         store_bind_text(&b, 1, key_id);
         void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_escrow_record),
-                           2 * (size_t)KMS_RECOVERY_MAX_VERSIONS * 64, read_escrow, &arr, out_n,
-                           op);
+        rc = store_collect(&b, sizeof(struct kms_escrow_record), KMS_ESCROW_LIST_MAX,
+                           read_escrow, &arr, out_n, op);
         *out = arr;
         store_fin(&b);
     }
@@ -127,6 +126,36 @@ kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
 }
 
 /* ---- recoveries ------------------------------------------------------------------ */
+
+struct id_now {
+    const char *id;
+    int64_t now;
+};
+
+static void bind_id_now(struct store_bind *b, const void *varg)
+{
+    const struct id_now *a = varg;
+    store_bind_text(b, 1, a->id);
+    store_bind_int(b, 2, a->now);
+}
+
+kms_err kms_store_recovery_open_count(struct kms_store *store, const char *key_id, int64_t now,
+                                      size_t *out_n)
+{
+    static const char op[] = "count open recoveries";
+    *out_n = 0;
+    KMS_GUARD(store_check_key_id(key_id, op));
+    struct id_now a = {key_id, now};
+    int64_t n = 0;
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_query_int(c,
+                                 "SELECT count(*) FROM recoveries WHERE key_id = ?1 "
+                                 "AND state IN (1, 2) AND expires_at > ?2",
+                                 op, bind_id_now, &a, &n, NULL);
+    store_conn_give(c);
+    *out_n = (size_t)n;
+    return rc;
+}
 
 static void versions_text(const struct kms_recovery_record *r, char *buf, size_t size)
 {
@@ -377,19 +406,13 @@ kms_err kms_store_recovery_approve(struct kms_store *store, const char *recovery
     KMS_GUARD_GOTO(store_query_int(c, "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
                                    op, bind_text1, recovery_id, &count, NULL),
                    end);
-    if (count >= (int64_t)r.approvals_required) {
-        struct store_bind b;
-        KMS_GUARD_GOTO(store_prep(c,
-                                  "UPDATE recoveries SET state = 2, quorum_at = ?2, "
-                                  "executable_at = ?2 + time_lock_s WHERE recovery_id = ?1 "
-                                  "AND state = 1",
-                                  op, &b),
-                       end);
-        store_bind_text(&b, 1, recovery_id);
-        store_bind_int(&b, 2, now);
-        rc = store_run(&b, op);
-        store_fin(&b);
-    }
+    struct id_now quorum = {recovery_id, now};
+    if (count >= (int64_t)r.approvals_required)
+        rc = store_exec_one(c,
+                            "UPDATE recoveries SET state = 2, quorum_at = ?2, "
+                            "executable_at = ?2 + time_lock_s WHERE recovery_id = ?1 "
+                            "AND state = 1",
+                            op, bind_id_now, &quorum, NULL);
 end:
     rc = store_tx_end(c, rc, op);
 out:
@@ -494,15 +517,11 @@ kms_err kms_store_recovery_restore(struct kms_store *store, const char *recovery
     rc = store_run(&b, op);
     store_fin(&b);
     KMS_GUARD_GOTO(rc, end);
-    KMS_GUARD_GOTO(store_prep(c,
-                              "UPDATE recoveries SET state = 3, executed_at = ?2 "
-                              "WHERE recovery_id = ?1 AND state = 2",
-                              op, &b),
-                   end);
-    store_bind_text(&b, 1, recovery_id);
-    store_bind_int(&b, 2, now);
-    rc = store_run(&b, op);
-    store_fin(&b);
+    struct id_now done = {recovery_id, now};
+    rc = store_exec_one(c,
+                        "UPDATE recoveries SET state = 3, executed_at = ?2 "
+                        "WHERE recovery_id = ?1 AND state = 2",
+                        op, bind_id_now, &done, NULL);
 end:
     rc = store_tx_end(c, rc, op);
 out:

@@ -1649,6 +1649,11 @@ START_TEST(test_escrow_and_recovery)
     /* Expiry: a late approval is refused; finish is a compare-and-set. */
     recovery_of(&r, "00000000000000000000000000000002", id, 4000);
     ck_ok(kms_store_recovery_insert(store, &r));
+    size_t open_n = 9;
+    ck_ok(kms_store_recovery_open_count(store, id, 4050, &open_n));
+    ck_assert_uint_eq(open_n, 1); /* the executed one does not count */
+    ck_ok(kms_store_recovery_open_count(store, id, 4100, &open_n));
+    ck_assert_uint_eq(open_n, 0); /* nor an expired one, marked or not */
     ck_err(kms_store_recovery_approve(store, r.recovery_id, "o2", (const uint8_t *)"s", 1, 4100,
                                       &counted),
            KMS_ERR_FAILED_PRECONDITION);
