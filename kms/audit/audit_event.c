@@ -9,9 +9,13 @@
 #include "kms_service.h"
 #include "pol_doc.h"
 
-kms_err kms_audit_request(struct kms_call *call, const char *operation, kms_err outcome,
-                          const char *detail, const char *correlation_id)
+/* Build the event of a request and queue it in its region's log: waiting
+ * for it when fn is NULL, else handing fn the outcome. */
+static kms_err audit_request(struct kms_call *call, const char *operation, kms_err outcome,
+                             const char *detail, const char *correlation_id, audit_done_fn fn,
+                             void *arg, bool *queued)
 {
+    *queued = false;
     struct kms_service *svc = call->svc;
     const struct kms_audit_facts *f = &call->audit;
     /* The key's region if the request named one; else the caller's home
@@ -44,5 +48,23 @@ kms_err kms_audit_request(struct kms_call *call, const char *operation, kms_err 
     ev.correlation_id = correlation_id ? (char *)correlation_id : empty;
     ev.policy_sha256 = call->policy ? (char *)pol_doc_digest_hex(call->policy) : empty;
     ev.detail = detail ? (char *)detail : empty;
-    return audit_log_append(log, &ev);
+    if (fn == NULL)
+        return audit_log_append(log, &ev);
+    kms_err rc = audit_log_submit(log, &ev, fn, arg);
+    *queued = rc == KMS_OK;
+    return rc;
+}
+
+kms_err kms_audit_request(struct kms_call *call, const char *operation, kms_err outcome,
+                          const char *detail, const char *correlation_id)
+{
+    bool queued;
+    return audit_request(call, operation, outcome, detail, correlation_id, NULL, NULL, &queued);
+}
+
+kms_err kms_audit_request_submit(struct kms_call *call, const char *operation, kms_err outcome,
+                                 const char *detail, const char *correlation_id,
+                                 audit_done_fn fn, void *arg, bool *queued)
+{
+    return audit_request(call, operation, outcome, detail, correlation_id, fn, arg, queued);
 }

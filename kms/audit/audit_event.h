@@ -9,6 +9,7 @@
 #ifndef AUDIT_EVENT_H
 #define AUDIT_EVENT_H
 
+#include "audit_log.h"
 #include "kms_error.h"
 #include "kms_rpc.h"
 
@@ -16,5 +17,14 @@
  * detail: a non-secret note or NULL; correlation_id may be "" . */
 kms_err kms_audit_request(struct kms_call *call, const char *operation, kms_err outcome,
                           const char *detail, const char *correlation_id);
+
+/* The same without waiting, for a front that suspends the request: when
+ * *queued comes back true, fn(arg, durable) is called exactly once later
+ * (see audit_log_submit); when false, fn is never called and the return
+ * says whether the event needs no log (KMS_OK: audit off) or could not be
+ * queued (an error: fail closed). */
+kms_err kms_audit_request_submit(struct kms_call *call, const char *operation, kms_err outcome,
+                                 const char *detail, const char *correlation_id,
+                                 audit_done_fn fn, void *arg, bool *queued);
 
 #endif

@@ -33,10 +33,16 @@ struct file {
     off_t size; /* durable size: everything before it was fdatasync'ed */
 };
 
+struct waiter {
+    audit_done_fn fn; /* NULL: a synchronous appender, woken through `done` */
+    void *arg;
+};
+
 struct pending {
     uint8_t *buf;
     size_t len, cap;
     audit_hash *hashes;
+    struct waiter *waiters; /* parallel to hashes */
     size_t n, hcap;
 };
 
@@ -461,7 +467,8 @@ static kms_err on_event(struct audit_log *log, uint64_t index, off_t off, const 
     return audit_index_push(log->index, off);
 }
 
-static kms_err pending_add(struct pending *q, const uint8_t *rec, size_t len, const audit_hash h)
+static kms_err pending_add(struct pending *q, const uint8_t *rec, size_t len, const audit_hash h,
+                           struct waiter w)
 {
     if (q->len + len > q->cap) {
         size_t nc = q->cap ? q->cap * 2 : 65536;
@@ -477,23 +484,42 @@ static kms_err pending_add(struct pending *q, const uint8_t *rec, size_t len, co
         audit_hash *nh = realloc(q->hashes, nc * sizeof(audit_hash));
         KMS_ENSURE(nh != NULL, KMS_ERR_NOMEM, "out of memory");
         q->hashes = nh;
+        struct waiter *nw = realloc(q->waiters, nc * sizeof(*nw));
+        KMS_ENSURE(nw != NULL, KMS_ERR_NOMEM, "out of memory");
+        q->waiters = nw;
         q->hcap = nc;
     }
     memcpy(q->buf + q->len, rec, len);
     q->len += len;
+    q->waiters[q->n] = w;
     memcpy(q->hashes[q->n++], h, AUDIT_HASH_LEN);
     return KMS_OK;
 }
 
-kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
+/* Tell the asynchronous submitters of q's events whether they are durable. */
+static void pending_notify(const struct pending *q, bool durable)
+{
+    for (size_t i = 0; i < q->n; i++)
+        if (q->waiters[i].fn)
+            q->waiters[i].fn(q->waiters[i].arg, durable);
+}
+
+static void pending_free(struct pending *q)
+{
+    free(q->buf);
+    free(q->hashes);
+    free(q->waiters);
+}
+
+/* Queue ev for the writer with the lock held (and still held on return);
+ * on success *seq is its seq. */
+static kms_err queue_event(struct audit_log *log, Custos__V1__AuditEvent *ev, struct waiter w,
+                           uint64_t *seq)
 {
     uint8_t stack[4096];
-    pthread_mutex_lock(&log->lock);
-    if (log->failed || log->stopping) {
-        pthread_mutex_unlock(&log->lock);
+    if (log->failed || log->stopping)
         return kms_err_set(KMS_ERR_IO, "the audit log of region %s cannot be written",
                            log->region);
-    }
     /* The seq is assigned and the record queued under one lock, so the file
      * order is the seq order. */
     ev->seq = log->next_seq;
@@ -508,16 +534,37 @@ kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
         custos__v1__audit_event__pack(ev, rec + FRAME_HEAD);
         audit_hash h;
         frame(rec, rec + FRAME_HEAD, len, h);
-        rc = pending_add(&log->queue, rec, len + FRAME_HEAD, h);
+        rc = pending_add(&log->queue, rec, len + FRAME_HEAD, h, w);
     }
     if (rec != stack)
         free(rec);
+    if (rc != KMS_OK)
+        return rc;
+    *seq = log->next_seq++;
+    pthread_cond_signal(&log->work);
+    return KMS_OK;
+}
+
+kms_err audit_log_submit(struct audit_log *log, Custos__V1__AuditEvent *ev, audit_done_fn fn,
+                         void *arg)
+{
+    uint64_t seq;
+    pthread_mutex_lock(&log->lock);
+    kms_err rc = queue_event(log, ev, (struct waiter){fn, arg}, &seq);
+    pthread_mutex_unlock(&log->lock);
+    return rc;
+}
+
+kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
+{
+    uint64_t seq;
+    pthread_mutex_lock(&log->lock);
+    kms_err rc = queue_event(log, ev, (struct waiter){NULL, NULL}, &seq);
     if (rc != KMS_OK) {
         pthread_mutex_unlock(&log->lock);
         return rc;
     }
-    uint64_t seq = log->next_seq++, epoch = log->epoch;
-    pthread_cond_signal(&log->work);
+    uint64_t epoch = log->epoch;
     while (log->durable_seq <= seq && log->epoch == epoch)
         pthread_cond_wait(&log->done, &log->lock);
     bool ok = log->epoch == epoch && log->durable_seq > seq;
@@ -530,10 +577,11 @@ kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
 
 /* Called by the writer with the lock held after a failed write: everything
  * queued or being written is lost to its callers (they are told, through
- * the epoch), and the next recovery attempt cuts the file back to its last
- * durable size. */
+ * the epoch or their callback), and the next recovery attempt cuts the file
+ * back to its last durable size. */
 static void fail_batch(struct audit_log *log)
 {
+    pending_notify(&log->queue, false);
     if (!log->failed)
         kms_log_error("audit", "region %s: %s; failing closed", log->region, kms_err_detail());
     log->failed = true;
@@ -617,12 +665,18 @@ static void *writer_main(void *arg)
                 if (w.n > log->stats.max_batch)
                     log->stats.max_batch = w.n;
                 pthread_cond_broadcast(&log->done);
+                /* One wake per batch for the submitters; outside the lock,
+                 * where appends go on into the other queue. */
+                pthread_mutex_unlock(&log->lock);
+                pending_notify(&w, true);
+                pthread_mutex_lock(&log->lock);
             } else {
                 /* Durable on disk but not in the tree (out of memory): the
                  * next heads would sign a wrong root. Stop for good; a
                  * restart rebuilds the tree from the file. */
                 if (written)
                     log->broken = true;
+                pending_notify(&w, false);
                 fail_batch(log);
                 continue;
             }
@@ -784,10 +838,8 @@ void audit_log_close(struct audit_log *log)
         close(log->keys.fd);
     audit_tree_free(log->tree);
     audit_index_free(log->index);
-    free(log->queue.buf);
-    free(log->queue.hashes);
-    free(log->writing.buf);
-    free(log->writing.hashes);
+    pending_free(&log->queue);
+    pending_free(&log->writing);
     free(log->head);
     pthread_mutex_destroy(&log->lock);
     pthread_cond_destroy(&log->work);

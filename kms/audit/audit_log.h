@@ -60,6 +60,15 @@ const char *audit_log_region(const struct audit_log *log);
  * KMS_ERR_IO when the log cannot be written (fail closed). */
 kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev);
 
+/* Queue ev without waiting: fn(arg, durable) is called exactly once, on
+ * the writer thread, when the batch holding ev is durable (true) or lost
+ * (false). An error return means ev was not queued and fn is never called.
+ * fn must be quick and must not call into the log: it may run with the
+ * log's lock held (failures) or between batches (success). */
+typedef void (*audit_done_fn)(void *arg, bool durable);
+kms_err audit_log_submit(struct audit_log *log, Custos__V1__AuditEvent *ev, audit_done_fn fn,
+                         void *arg);
+
 /* The latest signed head, packed (a Custos__V1__SignedTreeHead). The caller
  * frees *out. KMS_ERR_UNAVAILABLE-ish (KMS_ERR_IO) if none was made yet. */
 kms_err audit_log_head(struct audit_log *log, uint8_t **out, size_t *out_len);

@@ -6,6 +6,12 @@
  * refused there (method, route, content type, declared length, credentials),
  * so an oversized or unauthenticated upload is never read; the middle calls
  * append body bytes up to the limit; the last dispatches to the handler.
+ *
+ * Every answer to a routed request waits for its audit event to be durable.
+ * With a thread per connection the thread waits; in the epoll pool the
+ * connection is suspended while the event waits for its group commit and
+ * resumed by the audit writer, so two workers keep many requests in flight
+ * and the writer wakes each worker once per batch, not each request.
  */
 #include "kms_http.h"
 
@@ -40,6 +46,17 @@ struct kms_http {
     struct kms_health *health;
     atomic_uint inflight;  /* requests between their headers and completion */
     atomic_bool draining;  /* SIGTERM: no new connections, replies close theirs */
+    bool suspend;          /* pool model with the audit log on: suspend while it commits */
+    atomic_uint audit_waits; /* suspended connections the audit writer will resume */
+};
+
+enum audit_wait { AUDIT_NONE, AUDIT_WAITING, AUDIT_DURABLE, AUDIT_LOST };
+
+/* What a request will answer once its audit event is durable. */
+struct answer {
+    kms_err err;           /* KMS_OK: reply */
+    struct kms_reply reply;
+    char msg[512];         /* for the client when err != KMS_OK */
 };
 
 struct req_state {
@@ -52,6 +69,9 @@ struct req_state {
     int op;      /* kms_metrics operation index */
     uint64_t t0; /* monotonic ns at the first call */
     struct kms_http *http;
+    struct MHD_Connection *conn;
+    atomic_int audit;      /* enum audit_wait */
+    struct answer ans;
     char correlation_id[KMS_HTTP_CORRELATION_MAX + 1];
 };
 
@@ -99,14 +119,79 @@ static enum MHD_Result send_error(struct MHD_Connection *c, struct req_state *st
     return respond(c, st, (unsigned)kms_err_http_status(err), r, "application/json");
 }
 
+static void drop_reply(struct kms_reply *reply)
+{
+    if (reply->data && reply->secret)
+        OPENSSL_cleanse(reply->data, reply->len);
+    free(reply->data);
+    reply->data = NULL;
+}
+
+static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st,
+                                  struct kms_reply *reply);
+
+static enum MHD_Result send_answer(struct MHD_Connection *c, struct req_state *st)
+{
+    if (st->ans.err == KMS_OK)
+        return send_reply(c, st, &st->ans.reply);
+    return send_error(c, st, st->ans.err, st->ans.msg);
+}
+
+/* Runs on the audit writer thread once per suspended request. */
+static void audit_done(void *arg, bool durable)
+{
+    struct req_state *st = arg;
+    struct kms_http *h = st->http;
+    struct MHD_Connection *c = st->conn;
+    atomic_store(&st->audit, durable ? AUDIT_DURABLE : AUDIT_LOST);
+    MHD_resume_connection(c);
+    /* Last: kms_http_stop waits for this count before stopping MHD. */
+    atomic_fetch_sub(&h->audit_waits, 1);
+}
+
+/* The event of a routed request goes first; st->ans is answered only once
+ * it is durable, else the answer is "unavailable" (fail closed). */
+static enum MHD_Result audited_answer(struct MHD_Connection *c, struct req_state *st,
+                                      kms_err outcome, const char *audit_detail)
+{
+    if (!st->http->suspend) {
+        if (kms_audit_request(&st->call, st->method, outcome, audit_detail, st->correlation_id) !=
+            KMS_OK) {
+            drop_reply(&st->ans.reply);
+            return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
+        }
+        return send_answer(c, st);
+    }
+    /* Suspended before the event is queued: the writer may resume the
+     * connection as soon as it is. */
+    atomic_store(&st->audit, AUDIT_WAITING);
+    atomic_fetch_add(&st->http->audit_waits, 1);
+    MHD_suspend_connection(c);
+    bool queued;
+    kms_err rc = kms_audit_request_submit(&st->call, st->method, outcome, audit_detail,
+                                          st->correlation_id, audit_done, st, &queued);
+    if (!queued)
+        audit_done(st, rc == KMS_OK);
+    return MHD_YES;
+}
+
+/* The call after a resume: answer what waited, or fail closed. */
+static enum MHD_Result resumed(struct MHD_Connection *c, struct req_state *st)
+{
+    if (atomic_load(&st->audit) == AUDIT_DURABLE)
+        return send_answer(c, st);
+    drop_reply(&st->ans.reply);
+    return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
+}
+
 /* Refuse a request that reached a route: the refusal is an audit event
  * first. If even that cannot be recorded, the answer is "unavailable". */
 static enum MHD_Result refuse(struct MHD_Connection *c, struct req_state *st, kms_err err,
                               const char *msg)
 {
-    if (kms_audit_request(&st->call, st->method, err, msg, st->correlation_id) != KMS_OK)
-        return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
-    return send_error(c, st, err, msg);
+    st->ans.err = err;
+    snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", msg);
+    return audited_answer(c, st, err, msg);
 }
 
 static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st,
@@ -120,6 +205,7 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st
         if (b == NULL) {
             OPENSSL_cleanse(reply->data, reply->len);
             free(reply->data);
+            reply->data = NULL;
             return send_error(c, st, KMS_ERR_NOMEM, "out of memory");
         }
         b->data = reply->data;
@@ -345,6 +431,10 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     (void)version;
     struct kms_http *h = cls;
     struct req_state *st = *con_cls;
+    if (st != NULL && atomic_load(&st->audit) != AUDIT_NONE) {
+        *upload_size = 0; /* a refusal before the body: the rest is not read */
+        return resumed(c, st);
+    }
     if (st == NULL) {
         st = calloc(1, sizeof(*st));
         if (st == NULL)
@@ -352,6 +442,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         *con_cls = st;
         st->call.svc = h->svc;
         st->http = h;
+        st->conn = c;
         st->t0 = kms_metrics_now_ns();
         st->op = -1;
         atomic_fetch_add(&h->inflight, 1);
@@ -400,11 +491,11 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         snprintf(msg, sizeof(msg), "request body larger than %zu bytes", h->cfg->max_body_bytes);
         return refuse(c, st, KMS_ERR_TOO_LARGE, msg);
     }
-    struct kms_reply reply = {NULL, 0, false};
+    struct kms_reply *reply = &st->ans.reply;
     kms_err_clear();
-    kms_err rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, &reply);
+    kms_err rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
     if (rc != KMS_OK) {
-        free(reply.data);
+        drop_reply(reply);
         /* Internal details go to the log and the audit event only; the
          * client gets the code. */
         char detail[512], audit_detail[700];
@@ -419,24 +510,16 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
             msg = kms_err_http_status(rc) == 503 ? "the HSM or store is unavailable; retry"
                                                  : "internal error";
         }
-        if (kms_audit_request(&st->call, st->method, rc, audit_detail, st->correlation_id) !=
-            KMS_OK)
-            return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
-        return send_error(c, st, rc, msg);
-    }
-    /* No success is acknowledged before its audit event is durable. */
-    if (kms_audit_request(&st->call, st->method, KMS_OK,
-                          st->call.audit.detail[0] ? st->call.audit.detail : NULL,
-                          st->correlation_id) != KMS_OK) {
-        if (reply.secret)
-            OPENSSL_cleanse(reply.data, reply.len);
-        free(reply.data);
-        return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
+        st->ans.err = rc;
+        snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", msg);
+        return audited_answer(c, st, rc, audit_detail);
     }
     kms_log_debug("http", "request %s %s by %s: ok%s%s", st->call.request_id, st->method,
                   pol_principal_id(st->call.who), st->correlation_id[0] ? ", correlation " : "",
                   st->correlation_id);
-    return send_reply(c, st, &reply);
+    /* No success is acknowledged before its audit event is durable. */
+    st->ans.err = KMS_OK;
+    return audited_answer(c, st, KMS_OK, st->call.audit.detail[0] ? st->call.audit.detail : NULL);
 }
 
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -449,6 +532,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (st == NULL)
         return;
     atomic_fetch_sub(&h->inflight, 1);
+    drop_reply(&st->ans.reply); /* a client gone before its answer was sent */
     if (st->body) {
         OPENSSL_cleanse(st->body, st->cap);
         free(st->body);
@@ -530,8 +614,13 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
     else
         flags |= MHD_USE_EPOLL_INTERNAL_THREAD;
-    struct MHD_OptionItem tls_opts[5];
+    h->suspend = !cfg->thread_per_connection && kms_service_audit_default(svc) != NULL;
+    if (h->suspend)
+        flags |= MHD_ALLOW_SUSPEND_RESUME;
+    struct MHD_OptionItem opts[6];
     size_t nt = 0;
+    if (!cfg->thread_per_connection)
+        opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
     if (cfg->tls_cert) {
         KMS_ENSURE_GOTO(MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES, fail, KMS_ERR_CONFIG,
                         "this libmicrohttpd has no TLS support");
@@ -539,30 +628,28 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
         h->tls_key = read_pem(cfg->tls_key);
         KMS_ENSURE_GOTO(h->tls_cert && h->tls_key, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
         flags |= MHD_USE_TLS;
-        tls_opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
-        tls_opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+        opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
+        opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
         if (cfg->tls_client_ca) {
             h->tls_ca = read_pem(cfg->tls_client_ca);
             KMS_ENSURE_GOTO(h->tls_ca, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
             /* Makes the server request a client certificate in the
              * handshake; whether one is required is decided per request. */
-            tls_opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, h->tls_ca};
+            opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, h->tls_ca};
         }
     }
-    tls_opts[nt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    opts[nt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)cfg->listen_port, NULL, NULL, access_handler, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE,
-        cfg->thread_per_connection ? 0u : threads,
-        MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         cfg->connection_timeout_s,
         /* Bounds the header block of one request (and MHD's read buffer). */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, 0, MHD_OPTION_STRICT_FOR_CLIENT, 1,
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, h, MHD_OPTION_UNESCAPE_CALLBACK,
-        no_unescape, NULL, MHD_OPTION_ARRAY, tls_opts,
+        no_unescape, NULL, MHD_OPTION_ARRAY, opts,
         MHD_OPTION_END);
     KMS_ENSURE_GOTO(h->daemon != NULL, fail, KMS_ERR_CONFIG, "cannot listen on %s:%u",
                     cfg->listen_address, cfg->listen_port);
@@ -600,6 +687,10 @@ void kms_http_stop(struct kms_http *h)
 {
     if (h == NULL)
         return;
+    /* A suspended connection must be resumed before MHD frees it; the audit
+     * writer resumes every one (durable or lost), so this ends. */
+    while (atomic_load(&h->audit_waits) > 0)
+        usleep(1000);
     if (h->daemon)
         MHD_stop_daemon(h->daemon);
     if (h->tls_key) {
