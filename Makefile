@@ -86,6 +86,8 @@ BENCH_SRCS    := $(wildcard tests/bench/*.c)
 BENCH_BINS    := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 # The fault-injecting PKCS#11 shim (tests/p11fault, docs/development.md).
 P11FAULT      := $(BUILD)/lib/p11_fault.so
+# The fsync/fdatasync failing LD_PRELOAD interposer (tests/fsfault).
+FSFAULT       := $(BUILD)/lib/fs_fault.so
 
 # Install layout. The unit's paths follow PREFIX; configuration is always
 # under /etc/custos and state under /var/lib/custos (StateDirectory=).
@@ -110,7 +112,7 @@ FUZZ_SECONDS  ?= 60
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
-all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(P11FAULT)
+all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(P11FAULT) $(FSFAULT)
 
 deps:
 	@sh deploy/install-deps.sh
@@ -158,6 +160,12 @@ $(P11FAULT): tests/p11fault/p11_fault.c
 	@mkdir -p $(dir $@)
 	$(CC) -D_GNU_SOURCE -std=c17 $(OPT) $(WARN) $(shell pkg-config --cflags p11-kit-1) -fPIC \
 	    -shared -o $@ $< $(filter -fsanitize=%,$(LDHARDEN)) -ldl -pthread
+
+# Not instrumented, even in the sanitizer builds: it is preloaded into an
+# instrumented kmsd and only forwards two calls.
+$(FSFAULT): tests/fsfault/fs_fault.c
+	@mkdir -p $(dir $@)
+	$(CC) -D_GNU_SOURCE -std=c17 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl -pthread
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
