@@ -9,7 +9,8 @@
 #   make bench-scale  throughput at 10 / 10,000 / 100,000 keys and RSS over 5 min
 #                   (SCALE_KEYS="10 10000 100000"; prepared tokens cached in build/bench-cache)
 #   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check), and
-#                   the key create/rotate/import crash loop, 100 rounds (8 in make check)
+#                   the key create/rotate/import/escrow + audit append crash loop,
+#                   100 rounds (8 in make check)
 #   make fuzz       every libFuzzer target of tests/fuzz for FUZZ_SECONDS (default 60)
 #                   each (clang; build/fuzz); make check runs each for 3 seconds
 #   make fuzz-seeds regenerate the checked-in seed corpora (tests/fuzz/corpus)
