@@ -26,6 +26,9 @@
 #include "p11_key.h"
 
 #define FRAME_HEAD AUDIT_FRAME_HEAD
+/* Failures remembered for waiters that slept through them (one is the
+ * common case; each failure is at least a recovery period apart). */
+#define AUDIT_FAIL_FLOORS 8
 
 struct file {
     int fd;
@@ -57,7 +60,12 @@ struct audit_log {
     struct pending queue, writing;
     uint64_t next_seq;    /* next seq to assign */
     uint64_t durable_seq; /* every seq below it is durable */
-    uint64_t epoch;       /* bumped by every failure: waiters of it fail */
+    uint64_t epoch;       /* bumped by every failure: waiters of it fail... */
+    /* ...unless their event was durable before it: durable_seq when epoch
+     * e ended is fail_floor[e % AUDIT_FAIL_FLOORS]. A failure of a head
+     * after its batch was synced must not refuse requests whose events are
+     * on disk (found by test_audit_eio: refused requests with events). */
+    uint64_t fail_floor[AUDIT_FAIL_FLOORS];
     int64_t next_recovery_ms;
     char fail_detail[256]; /* why the log failed, for the recovery event */
     bool failed;
@@ -531,7 +539,12 @@ kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
     }
     while (log->durable_seq <= seq && log->epoch == epoch)
         pthread_cond_wait(&log->done, &log->lock);
-    bool ok = log->epoch == epoch && log->durable_seq > seq;
+    /* Durable in our epoch, or below what was durable when it failed. A
+     * waiter that slept through more failures than are remembered is told
+     * the log failed: refused, never acknowledged without its event. */
+    bool ok = log->epoch == epoch ? log->durable_seq > seq
+                                  : log->epoch - epoch <= AUDIT_FAIL_FLOORS &&
+                                        seq < log->fail_floor[epoch % AUDIT_FAIL_FLOORS];
     pthread_mutex_unlock(&log->lock);
     if (!ok)
         return kms_err_set(KMS_ERR_IO, "the audit log of region %s cannot be written",
@@ -550,6 +563,7 @@ static void fail_batch(struct audit_log *log)
         snprintf(log->fail_detail, sizeof(log->fail_detail), "%s", kms_err_detail());
     }
     log->failed = true;
+    log->fail_floor[log->epoch % AUDIT_FAIL_FLOORS] = log->durable_seq;
     log->epoch++;
     /* Seqs from durable_seq on were never durable: they will be reused. */
     log->next_seq = log->durable_seq;

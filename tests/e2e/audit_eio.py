@@ -1,7 +1,12 @@
-"""See test_audit_eio.sh. Usage: audit_eio.py DIR PORT KEY
+"""See test_audit_eio.sh. Usage: audit_eio.py DIR PORT KEY [damage]
 
 kmsd runs with tests/fsfault/fs_fault.so preloaded and
-CUSTOS_FSFAULT_CONTROL set; this script writes the control file."""
+CUSTOS_FSFAULT_CONTROL set; this script writes the control file.
+
+damage: one fdatasync fails, and before the recovery runs a byte of the
+last durable event is changed on disk (as a write-back error can tear the
+block that holds it): the recovery's read-back must see it and keep the
+log failed until a restart, rather than serve on top of damaged history."""
 import os
 import sys
 import threading
@@ -36,6 +41,39 @@ def wait_log(text, since, seconds):
         time.sleep(0.05)
     return False
 
+
+if len(sys.argv) > 4 and sys.argv[4] == "damage":
+    broker = Client(PORT, f"{DIR}/credentials/demo-broker.key")
+
+    def encrypt():
+        return broker.call("KeyService", "Encrypt",
+                           kpb.EncryptRequest(key_id=KEY, plaintext=b"x"), kpb.EncryptResponse)[0]
+
+    check(encrypt() == 200, "damage: an event is durable")
+    time.sleep(0.3)  # idle: nothing queued, everything in the file is durable
+    path = f"{DIR}/audit/eu-west.events"
+    size = os.path.getsize(path)
+    since = len(open(LOG).read())
+    set_faults("fdatasync .events EIO count=1\n")
+    check(encrypt() == 503, "damage: the request whose fdatasync fails is refused")
+    # Recovery is at least a second away: change the last durable event's
+    # last byte (its page is the one the failed write-back shared).
+    with open(path, "r+b") as f:
+        f.seek(size - 1)
+        b = f.read(1)
+        f.seek(size - 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    set_faults("")
+    # Named either by the frame's own hash or by the tree's inclusion check.
+    found = wait_log("stays failed until kmsd is restarted", since, 10)
+    text = open(LOG).read()[since:]
+    check(found and ("no longer matches its hash" in text or
+                     "read back from the device is not the one acknowledged" in text),
+          "damage: the recovery reads the durable tail back, sees the damage and stays failed")
+    time.sleep(1.5)
+    check(encrypt() == 503 and "writable again" not in open(LOG).read()[since:],
+          "damage: requests are still refused: nothing is served on top of damaged history")
+    sys.exit(1 if failures else 0)
 
 results = []  # (status, code, request id) of every request
 lock = threading.Lock()

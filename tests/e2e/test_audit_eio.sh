@@ -6,7 +6,9 @@
 # event, the log recovers by cutting back to its durable size through a new
 # descriptor (never by syncing the failed one again) and says so in an
 # AuditLogRecovered event; acknowledged requests == their events on disk.
-# After a restart the log verifies offline.
+# After a restart the log verifies offline. Last, on a copy, a durable event
+# changed on disk before the recovery: the read-back sees it, the log stays
+# failed.
 set -eu
 . tests/e2e/lib.sh
 e2e_setup eio
@@ -50,3 +52,13 @@ if "$KMSCTL" audit verify --keys="$E2E_DIR/keys" "$E2E_DIR/eio.bin" >"$E2E_DIR/v
 else
     cat "$E2E_DIR/verify.out"; echo "not ok 91 - kmsctl audit verify"; exit 1
 fi
+
+# The read-back: damage the last durable event while the log is failed.
+e2e_start
+trap 'kill -9 $E2E_PID 2>/dev/null || true' EXIT
+rc=0
+/usr/bin/python3 tests/e2e/audit_eio.py "$E2E_DIR" "$E2E_PORT" "$key" damage || rc=1
+kill -9 "$E2E_PID"
+wait "$E2E_PID" 2>/dev/null || true
+trap - EXIT
+exit $rc
