@@ -616,8 +616,11 @@ static void install(void)
     shim.C_WaitForSlotEvent = f_C_WaitForSlotEvent;
 }
 
-/* The stats file: "NAME COUNT" per function called, then "total COUNT". */
-static void write_stats(const char *path)
+/* The stats file: "NAME COUNT" per function called, then "total COUNT".
+ * Serialised: the thread and the exit-time write share PATH.tmp. */
+static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void write_stats_locked(const char *path)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
@@ -636,6 +639,13 @@ static void write_stats(const char *path)
             atomic_load_explicit(&finds_by_id, memory_order_relaxed), total);
     if (fclose(f) == 0)
         rename(tmp, path);
+}
+
+static void write_stats(const char *path)
+{
+    pthread_mutex_lock(&stats_lock);
+    write_stats_locked(path);
+    pthread_mutex_unlock(&stats_lock);
 }
 
 static void *stats_main(void *arg)
