@@ -9,7 +9,8 @@
 #   make bench-scale  throughput at 10 / 10,000 / 100,000 keys and RSS over 5 min
 #                   (SCALE_KEYS="10 10000 100000"; prepared tokens cached in build/bench-cache)
 #   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check), and
-#                   the key create/rotate/import crash loop, 100 rounds (8 in make check)
+#                   the key create/rotate/import/escrow + audit append crash loop,
+#                   100 rounds (8 in make check)
 #   make fuzz       every libFuzzer target of tests/fuzz for FUZZ_SECONDS (default 60)
 #                   each (clang; build/fuzz); make check runs each for 3 seconds
 #   make fuzz-seeds regenerate the checked-in seed corpora (tests/fuzz/corpus)
@@ -86,6 +87,8 @@ BENCH_SRCS    := $(wildcard tests/bench/*.c)
 BENCH_BINS    := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 # The fault-injecting PKCS#11 shim (tests/p11fault, docs/development.md).
 P11FAULT      := $(BUILD)/lib/p11_fault.so
+# The fsync/fdatasync failing LD_PRELOAD interposer (tests/fsfault).
+FSFAULT       := $(BUILD)/lib/fs_fault.so
 
 # Install layout. The unit's paths follow PREFIX; configuration is always
 # under /etc/custos and state under /var/lib/custos (StateDirectory=).
@@ -110,7 +113,7 @@ FUZZ_SECONDS  ?= 60
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
-all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(P11FAULT)
+all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(P11FAULT) $(FSFAULT)
 
 deps:
 	@sh deploy/install-deps.sh
@@ -158,6 +161,12 @@ $(P11FAULT): tests/p11fault/p11_fault.c
 	@mkdir -p $(dir $@)
 	$(CC) -D_GNU_SOURCE -std=c17 $(OPT) $(WARN) $(shell pkg-config --cflags p11-kit-1) -fPIC \
 	    -shared -o $@ $< $(filter -fsanitize=%,$(LDHARDEN)) -ldl -pthread
+
+# Not instrumented, even in the sanitizer builds: it is preloaded into an
+# instrumented kmsd and only forwards two calls.
+$(FSFAULT): tests/fsfault/fs_fault.c
+	@mkdir -p $(dir $@)
+	$(CC) -D_GNU_SOURCE -std=c17 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl -pthread
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

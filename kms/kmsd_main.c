@@ -28,6 +28,10 @@
 #include "kms_secret.h"
 #include "kms_service.h"
 
+/* Exit status when a token refused its PIN at start: never restart on it
+ * (deploy/systemd/kmsd.service: RestartPreventExitStatus=3). */
+#define KMS_EXIT_PIN 3
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: kmsd [--config PATH] [--check-config]\n"
@@ -40,7 +44,8 @@ static void usage(FILE *f)
                "signals: SIGHUP reloads the policy and reopens the log file;\n"
                "         SIGTERM/SIGINT shut down gracefully\n"
                "see kmsd(8), kmsd.json(5)\n"
-               "exit codes: 0 clean shutdown or valid config, 1 start-up failure, 2 usage\n");
+               "exit codes: 0 clean shutdown or valid config, 1 start-up failure, 2 usage,\n"
+               "            3 a token refused its PIN (do not restart: fix the PIN source)\n");
 }
 
 /* Failures to notify are logged, never fatal: systemd would notice the
@@ -136,8 +141,18 @@ int main(int argc, char **argv)
     struct kms_service *svc = NULL;
     struct kms_http *http = NULL;
     int status = 1;
-    if (kms_service_start(cfg, &svc) != KMS_OK) {
+    kms_err src = kms_service_start(cfg, &svc);
+    if (src != KMS_OK) {
         kms_log_error("kmsd", "start-up failed: %s", kms_err_detail());
+        /* A wrong or locked PIN is not a transient failure: restarting
+         * would present the same PIN again, every RestartSec, and tokens
+         * lock a PIN after a few wrong tries. Exit 3 is listed in the
+         * unit's RestartPreventExitStatus=, so systemd does not retry. */
+        if (src == KMS_ERR_HSM_PIN) {
+            kms_log_error("kmsd", "a token refused its PIN: not retrying; fix the PIN source, "
+                                  "then start kmsd again");
+            status = KMS_EXIT_PIN;
+        }
         goto done;
     }
     if (kms_http_start(svc, &http) != KMS_OK) {

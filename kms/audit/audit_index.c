@@ -125,6 +125,11 @@ static kms_err locate(struct audit_index *ix, uint64_t seq, off_t *out)
     return KMS_OK;
 }
 
+kms_err audit_index_offset(struct audit_index *ix, uint64_t seq, off_t *out)
+{
+    return locate(ix, seq, out);
+}
+
 static void remember(struct audit_index *ix, uint64_t seq, off_t off)
 {
     pthread_mutex_lock(&ix->lock);

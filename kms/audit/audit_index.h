@@ -38,6 +38,10 @@ void audit_index_free(struct audit_index *ix);
  * record is durable). */
 kms_err audit_index_push(struct audit_index *ix, off_t off);
 
+/* Where the record of event seq starts in the file (walked from its
+ * block's offset, reading frame heads). KMS_ERR_NOT_FOUND if not indexed. */
+kms_err audit_index_offset(struct audit_index *ix, uint64_t seq, off_t *out);
+
 /* Events indexed so far. */
 uint64_t audit_index_count(struct audit_index *ix);
 

@@ -26,6 +26,9 @@
 #include "p11_key.h"
 
 #define FRAME_HEAD AUDIT_FRAME_HEAD
+/* Failures remembered for waiters that slept through them (one is the
+ * common case; each failure is at least a recovery period apart). */
+#define AUDIT_FAIL_FLOORS 8
 
 struct file {
     int fd;
@@ -63,8 +66,14 @@ struct audit_log {
     struct pending queue, writing;
     uint64_t next_seq;    /* next seq to assign */
     uint64_t durable_seq; /* every seq below it is durable */
-    uint64_t epoch;       /* bumped by every failure: waiters of it fail */
+    uint64_t epoch;       /* bumped by every failure: waiters of it fail... */
+    /* ...unless their event was durable before it: durable_seq when epoch
+     * e ended is fail_floor[e % AUDIT_FAIL_FLOORS]. A failure of a head
+     * after its batch was synced must not refuse requests whose events are
+     * on disk (found by test_audit_eio: refused requests with events). */
+    uint64_t fail_floor[AUDIT_FAIL_FLOORS];
     int64_t next_recovery_ms;
+    char fail_detail[256]; /* why the log failed, for the recovery event */
     bool failed;
     bool broken; /* durable events the tree could not take: never recovers */
     bool stopping;
@@ -511,17 +520,13 @@ static void pending_free(struct pending *q)
     free(q->waiters);
 }
 
-/* Queue ev for the writer with the lock held (and still held on return);
- * on success *seq is its seq. */
-static kms_err queue_event(struct audit_log *log, Custos__V1__AuditEvent *ev, struct waiter w,
-                           uint64_t *seq)
+/* Assign ev the next seq and queue its record; called with the lock held.
+ * The seq is assigned and the record queued under one lock, so the file
+ * order is the seq order. w is told the outcome when it has a callback. */
+static kms_err enqueue_locked(struct audit_log *log, Custos__V1__AuditEvent *ev, struct waiter w,
+                              uint64_t *out_seq)
 {
     uint8_t stack[4096];
-    if (log->failed || log->stopping)
-        return kms_err_set(KMS_ERR_IO, "the audit log of region %s cannot be written",
-                           log->region);
-    /* The seq is assigned and the record queued under one lock, so the file
-     * order is the seq order. */
     ev->seq = log->next_seq;
     ev->time_ms = now_ms();
     ev->region = log->region;
@@ -540,8 +545,16 @@ static kms_err queue_event(struct audit_log *log, Custos__V1__AuditEvent *ev, st
         free(rec);
     if (rc != KMS_OK)
         return rc;
-    *seq = log->next_seq++;
+    *out_seq = log->next_seq++;
     pthread_cond_signal(&log->work);
+    return KMS_OK;
+}
+
+static kms_err refuse_if_closed(struct audit_log *log)
+{
+    if (log->failed || log->stopping)
+        return kms_err_set(KMS_ERR_IO, "the audit log of region %s cannot be written",
+                           log->region);
     return KMS_OK;
 }
 
@@ -550,24 +563,32 @@ kms_err audit_log_submit(struct audit_log *log, Custos__V1__AuditEvent *ev, audi
 {
     uint64_t seq;
     pthread_mutex_lock(&log->lock);
-    kms_err rc = queue_event(log, ev, (struct waiter){fn, arg}, &seq);
+    kms_err rc = refuse_if_closed(log);
+    if (rc == KMS_OK)
+        rc = enqueue_locked(log, ev, (struct waiter){fn, arg}, &seq);
     pthread_mutex_unlock(&log->lock);
     return rc;
 }
 
 kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
 {
-    uint64_t seq;
     pthread_mutex_lock(&log->lock);
-    kms_err rc = queue_event(log, ev, (struct waiter){NULL, NULL}, &seq);
+    uint64_t seq = 0, epoch = log->epoch;
+    kms_err rc = refuse_if_closed(log);
+    if (rc == KMS_OK)
+        rc = enqueue_locked(log, ev, (struct waiter){NULL, NULL}, &seq);
     if (rc != KMS_OK) {
         pthread_mutex_unlock(&log->lock);
         return rc;
     }
-    uint64_t epoch = log->epoch;
     while (log->durable_seq <= seq && log->epoch == epoch)
         pthread_cond_wait(&log->done, &log->lock);
-    bool ok = log->epoch == epoch && log->durable_seq > seq;
+    /* Durable in our epoch, or below what was durable when it failed. A
+     * waiter that slept through more failures than are remembered is told
+     * the log failed: refused, never acknowledged without its event. */
+    bool ok = log->epoch == epoch ? log->durable_seq > seq
+                                  : log->epoch - epoch <= AUDIT_FAIL_FLOORS &&
+                                        seq < log->fail_floor[epoch % AUDIT_FAIL_FLOORS];
     pthread_mutex_unlock(&log->lock);
     if (!ok)
         return kms_err_set(KMS_ERR_IO, "the audit log of region %s cannot be written",
@@ -582,9 +603,12 @@ kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
 static void fail_batch(struct audit_log *log)
 {
     pending_notify(&log->queue, false);
-    if (!log->failed)
+    if (!log->failed) {
         kms_log_error("audit", "region %s: %s; failing closed", log->region, kms_err_detail());
+        snprintf(log->fail_detail, sizeof(log->fail_detail), "%s", kms_err_detail());
+    }
     log->failed = true;
+    log->fail_floor[log->epoch % AUDIT_FAIL_FLOORS] = log->durable_seq;
     log->epoch++;
     /* Seqs from durable_seq on were never durable: they will be reused. */
     log->next_seq = log->durable_seq;
@@ -593,19 +617,130 @@ static void fail_batch(struct audit_log *log)
     pthread_cond_broadcast(&log->done);
 }
 
-/* Leave the failed state: cut the file back to its durable size and make
- * that durable. Nothing written after the last successful fdatasync is
- * trusted or kept. */
+/* Cut f back to its durable size and make that durable through a new
+ * descriptor, which then takes the old one's number (dup2), so the index,
+ * which reads through that number, never sees a closed descriptor.
+ *
+ * Why not truncate and fsync the old descriptor, as this code once did:
+ * after a failed fsync/fdatasync, Linux marks the pages whose write-back
+ * failed clean (or drops them) and reports the error once per descriptor;
+ * a second fsync of the same descriptor then succeeds without writing
+ * them again (PostgreSQL's "fsyncgate", 2018). Retrying the sync proves
+ * nothing about what is on the device. The new descriptor starts with no
+ * error consumed, and what it syncs is only the truncation; whether the
+ * durable bytes that shared a page with the failed ones survived is then
+ * checked by reading them back from the device (verify_tail). */
+static kms_err reopen_at_durable(struct file *f, off_t *out_was)
+{
+    struct stat st;
+    KMS_ENSURE(fstat(f->fd, &st) == 0, KMS_ERR_IO, "%s: %s", f->path, strerror(errno));
+    *out_was = st.st_size;
+    KMS_ENSURE(ftruncate(f->fd, f->size) == 0, KMS_ERR_IO, "%s: cannot truncate at %lld: %s",
+               f->path, (long long)f->size, strerror(errno));
+    int nfd = open(f->path, O_RDWR | O_APPEND | O_CLOEXEC);
+    KMS_ENSURE(nfd >= 0, KMS_ERR_IO, "%s: cannot reopen: %s", f->path, strerror(errno));
+    kms_err rc = KMS_OK;
+    if (fsync(nfd) != 0)
+        rc = kms_err_set(KMS_ERR_IO, "%s: fsync after truncation: %s", f->path, strerror(errno));
+    else if (fstat(nfd, &st) != 0 || st.st_size != f->size)
+        rc = kms_err_set(KMS_ERR_IO, "%s: size %lld after truncation to %lld", f->path,
+                         (long long)st.st_size, (long long)f->size);
+    else if (dup2(nfd, f->fd) < 0)
+        rc = kms_err_set(KMS_ERR_IO, "%s: dup2: %s", f->path, strerror(errno));
+    close(nfd);
+    return rc;
+}
+
+/* Re-read from the device the durable events that share a page with the
+ * bytes whose write-back failed, and check each against the tree (an
+ * inclusion proof to the root of the durable events): a failed write-back
+ * may have torn a block holding acknowledged records, and the page cache
+ * would still show them intact. POSIX_FADV_DONTNEED drops the (clean)
+ * cached pages first, so the reads come from the device on Linux. */
+static kms_err verify_tail(struct audit_log *log, uint64_t n)
+{
+    if (n == 0)
+        return KMS_OK;
+    long page = sysconf(_SC_PAGESIZE);
+    off_t from = log->events.size - log->events.size % (page > 0 ? page : 4096);
+    (void)posix_fadvise(log->events.fd, from, 0, POSIX_FADV_DONTNEED);
+    uint64_t first = n - 1;
+    for (;;) {
+        off_t off = 0;
+        KMS_GUARD(audit_index_offset(log->index, first, &off));
+        if (off <= from || first == 0)
+            break;
+        first--;
+    }
+    audit_hash root;
+    KMS_GUARD(audit_tree_root(log->tree, n, root));
+    for (uint64_t seq = first; seq < n; seq++) {
+        audit_hash leaf, proof[AUDIT_PROOF_MAX];
+        size_t np = 0;
+        KMS_GUARD(audit_index_leaves(log->index, seq, 1, &leaf));
+        KMS_GUARD(audit_tree_inclusion(log->tree, seq, n, proof, &np));
+        KMS_ENSURE(audit_verify_inclusion(seq, n, leaf, proof, np, root), KMS_ERR_IO,
+                   "%s: event %llu read back from the device is not the one acknowledged",
+                   log->events.path, (unsigned long long)seq);
+    }
+    return KMS_OK;
+}
+
+/* Leave the failed state: cut every file back to its durable size through a
+ * new descriptor, check the durable tail of the events on the device, and
+ * record the recovery as an event. Nothing written after the last
+ * successful fdatasync is trusted or kept, and no sync is ever retried on
+ * data whose write-back failed. Called by the writer with the lock held;
+ * drops it for the I/O (appends are refused meanwhile: the log is failed,
+ * and only the writer touches the files). */
 static void try_recover(struct audit_log *log)
 {
     log->next_recovery_ms = now_ms() + 1000;
     if (log->broken)
         return;
-    if (ftruncate(log->events.fd, log->events.size) != 0 || fsync(log->events.fd) != 0)
+    uint64_t n = log->durable_seq;
+    pthread_mutex_unlock(&log->lock);
+    off_t was = 0, ignored = 0;
+    kms_err rc = reopen_at_durable(&log->events, &was);
+    if (rc == KMS_OK)
+        rc = reopen_at_durable(&log->heads, &ignored);
+    if (rc == KMS_OK)
+        rc = reopen_at_durable(&log->keys, &ignored);
+    kms_err vrc = rc == KMS_OK ? verify_tail(log, n) : KMS_OK;
+    pthread_mutex_lock(&log->lock);
+    if (rc != KMS_OK) {
+        kms_log_warn("audit", "region %s: audit log still failed: %s", log->region,
+                     kms_err_detail());
         return;
+    }
+    if (vrc != KMS_OK) {
+        /* Acknowledged history is damaged on the device: only a restart,
+         * which rescans every record and refuses damage under a signed
+         * head, may decide what to serve. */
+        log->broken = true;
+        kms_log_error("audit", "region %s: %s; the log stays failed until kmsd is restarted",
+                      log->region, kms_err_detail());
+        return;
+    }
     log->failed = false;
     kms_log_warn("audit", "region %s: audit log writable again at %llu events", log->region,
-                 (unsigned long long)log->durable_seq);
+                 (unsigned long long)n);
+    /* Auditors see the failure as a fact of the log, like a torn tail at
+     * start. Queued without waiting: the writer is the caller. */
+    char detail[512];
+    snprintf(detail, sizeof(detail),
+             "%s; %s cut back to %lld bytes (%llu events), %lld bytes of unacknowledged "
+             "events dropped; reopened, tail re-read from the device",
+             log->fail_detail, strrchr(log->events.path, '/') + 1, (long long)log->events.size,
+             (unsigned long long)n, (long long)(was - log->events.size));
+    Custos__V1__AuditEvent ev = CUSTOS__V1__AUDIT_EVENT__INIT;
+    ev.operation = (char *)"AuditLogRecovered";
+    ev.outcome = (char *)"ok";
+    ev.detail = detail;
+    uint64_t seq = 0;
+    if (enqueue_locked(log, &ev, (struct waiter){NULL, NULL}, &seq) != KMS_OK)
+        kms_log_warn("audit", "region %s: recovery event not queued: %s", log->region,
+                     kms_err_detail());
 }
 
 static void *writer_main(void *arg)

@@ -507,8 +507,13 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         if (kms_err_http_status(rc) >= 500) {
             kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
                           detail);
-            msg = kms_err_http_status(rc) == 503 ? "the HSM or store is unavailable; retry"
-                                                 : "internal error";
+            /* A refused PIN is 503 like a removed token, but retrying will
+             * not help (kmsd does not log in again until restarted), and
+             * the caller's operators must know that. */
+            msg = rc == KMS_ERR_HSM_PIN ? "the HSM refused kmsd's login (PIN); an operator "
+                                          "must act, retrying will not help"
+                  : kms_err_http_status(rc) == 503 ? "the HSM or store is unavailable; retry"
+                                                   : "internal error";
         }
         st->ans.err = rc;
         snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", msg);

@@ -10,10 +10,15 @@
  *   C_Login CKR_PIN_LOCKED
  *   C_EncryptInit delay_ms=50                      slow, but succeeds
  *   C_Sign CKR_GENERAL_ERROR delay_ms=20 count=3
+ *   C_Encrypt CKR_SESSION_HANDLE_INVALID close_all count=1   a token reset
  *
- * A line is FUNCTION [CKR_NAME|0xHEX] [after=N] [count=N] [delay_ms=N]:
- * the rule lets its first `after` matching calls through, then acts on the
- * next `count` (0 or absent: every one). `*` matches every function that
+ * A line is FUNCTION [CKR_NAME|0xHEX] [after=N] [count=N] [delay_ms=N]
+ * [close_all]: the rule lets its first `after` matching calls through, then
+ * acts on the next `count` (0 or absent: every one). close_all (only with a
+ * CKR_ value, only on functions whose first argument is a session) first
+ * closes every session of that session's slot in the real module, as a
+ * token reset does: the application is logged out, so whatever opens the
+ * next session must call C_Login again. `*` matches every function that
  * talks to a slot, token or session: all but C_Initialize, C_Finalize,
  * C_GetInfo and C_GetFunctionList, so a "removed" token also fails
  * C_GetSlotList and C_GetTokenInfo (what a re-probe asks) while the module
@@ -25,6 +30,18 @@
  * most every FAULT_CHECK_MS: an unchanged file costs a clock read per call.
  * Rewriting the file resets every rule's counters; an empty or missing file
  * means no faults.
+ *
+ * Call counters: every call of every function is counted (calls the shim
+ * fails included: what is counted is the attempt), and C_FindObjectsInit
+ * calls whose template holds CKA_ID are counted again under the name
+ * "C_FindObjectsInit+CKA_ID" (a key looked up again by its id). When
+ * $CUSTOS_P11FAULT_STATS names a file, a thread of the shim rewrites it
+ * (PATH.tmp, then rename: a reader never sees half a file) every
+ * FAULT_STATS_MS while anything changed, and once at exit, one "NAME COUNT" line per function
+ * called at least once, then "total COUNT". The counters run from the
+ * module's load and are never reset: a test reads them before and after
+ * what it measures and takes the difference, after waiting for two equal
+ * reads (kmsd idle, the file settled).
  *
  * Build: make builds $(BUILD)/lib/p11_fault.so (also in the ASan build).
  * The wrappers below the rule engine were generated from p11-kit's
@@ -48,6 +65,7 @@
 #define FAULT_CHECK_MS 10
 #define FAULT_LINE_MAX 256
 #define FAULT_DELAY_MAX_MS 60000
+#define FAULT_STATS_MS 20
 
 enum fault_fn {
     F_C_Initialize,
@@ -201,8 +219,13 @@ struct rule {
     CK_RV rv;
     unsigned long after, count;
     unsigned delay_ms;
+    bool close_all;
     atomic_ulong seen, fired;
 };
+
+/* Calls per function since load, and C_FindObjectsInit by CKA_ID. */
+static atomic_ulong calls[F_COUNT];
+static atomic_ulong finds_by_id;
 
 static struct {
     pthread_rwlock_t lock; /* readers: calls; writer: reload */
@@ -300,6 +323,8 @@ static bool parse_rule(char *line, struct rule *r, const char **why)
             r->count = v;
         else if (strncmp(tok, "delay_ms=", 9) == 0 && parse_num(tok + 9, FAULT_DELAY_MAX_MS, &v))
             r->delay_ms = (unsigned)v;
+        else if (strcmp(tok, "close_all") == 0)
+            r->close_all = true;
         else if (!r->fails && parse_rv(tok, &r->rv))
             r->fails = r->rv != CKR_OK;
         else {
@@ -309,6 +334,10 @@ static bool parse_rule(char *line, struct rule *r, const char **why)
     }
     if (!r->fails && r->delay_ms == 0) {
         *why = "neither a CKR_ value nor a delay";
+        return false;
+    }
+    if (r->close_all && !r->fails) {
+        *why = "close_all needs a CKR_ value";
         return false;
     }
     return true;
@@ -373,10 +402,13 @@ static void maybe_reload(void)
     pthread_rwlock_unlock(&ctl.lock);
 }
 
-/* True (with *out set) when this call of fn must fail. */
-static bool fault(enum fault_fn fn, CK_RV *out)
+/* True (with *out set) when this call of fn must fail. session: the call's
+ * session, or CK_INVALID_HANDLE when fn takes none (close_all needs it). */
+static bool fault_s(enum fault_fn fn, CK_SESSION_HANDLE session, CK_RV *out)
 {
+    atomic_fetch_add_explicit(&calls[fn], 1, memory_order_relaxed);
     maybe_reload();
+    bool close_all = false;
     bool library_level = fn == F_C_Initialize || fn == F_C_Finalize || fn == F_C_GetInfo;
     unsigned delay = 0;
     bool fails = false;
@@ -393,13 +425,24 @@ static bool fault(enum fault_fn fn, CK_RV *out)
         delay += r->delay_ms;
         if (r->fails) {
             fails = true;
+            close_all = r->close_all;
             *out = r->rv;
         }
     }
     pthread_rwlock_unlock(&ctl.lock);
     if (delay > 0)
         usleep((useconds_t)delay * 1000u);
+    if (close_all && session != CK_INVALID_HANDLE) {
+        CK_SESSION_INFO si;
+        if (real->C_GetSessionInfo(session, &si) == CKR_OK)
+            real->C_CloseAllSessions(si.slotID);
+    }
     return fails;
+}
+
+static bool fault(enum fault_fn fn, CK_RV *out)
+{
+    return fault_s(fn, CK_INVALID_HANDLE, out);
 }
 
 
@@ -412,6 +455,15 @@ static bool fault(enum fault_fn fn, CK_RV *out)
             return rv;                                                                         \
         return real->fn args;                                                                  \
     }
+/* The same for functions whose first argument is a session (close_all). */
+#define FWD_S(fn, params, args)                                                                \
+    static CK_RV f_##fn params                                                                 \
+    {                                                                                          \
+        CK_RV rv;                                                                              \
+        if (fault_s(F_##fn, session, &rv))                                                     \
+            return rv;                                                                         \
+        return real->fn args;                                                                  \
+    }
 FWD(C_Initialize, (void *init_args), (init_args))
 FWD(C_Finalize, (void *reserved), (reserved))
 FWD(C_GetInfo, (CK_INFO *info), (info))
@@ -421,63 +473,76 @@ FWD(C_GetTokenInfo, (CK_SLOT_ID slot_id, CK_TOKEN_INFO *info), (slot_id, info))
 FWD(C_GetMechanismList, (CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechanism_list, unsigned long *count), (slot_id, mechanism_list, count))
 FWD(C_GetMechanismInfo, (CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO *info), (slot_id, type, info))
 FWD(C_InitToken, (CK_SLOT_ID slot_id, unsigned char *pin, unsigned long pin_len, unsigned char *label), (slot_id, pin, pin_len, label))
-FWD(C_InitPIN, (CK_SESSION_HANDLE session, unsigned char *pin, unsigned long pin_len), (session, pin, pin_len))
-FWD(C_SetPIN, (CK_SESSION_HANDLE session, unsigned char *old_pin, unsigned long old_len, unsigned char *new_pin, unsigned long new_len), (session, old_pin, old_len, new_pin, new_len))
+FWD_S(C_InitPIN, (CK_SESSION_HANDLE session, unsigned char *pin, unsigned long pin_len), (session, pin, pin_len))
+FWD_S(C_SetPIN, (CK_SESSION_HANDLE session, unsigned char *old_pin, unsigned long old_len, unsigned char *new_pin, unsigned long new_len), (session, old_pin, old_len, new_pin, new_len))
 FWD(C_OpenSession, (CK_SLOT_ID slot_id, CK_FLAGS flags, void *application, CK_NOTIFY notify, CK_SESSION_HANDLE *session), (slot_id, flags, application, notify, session))
-FWD(C_CloseSession, (CK_SESSION_HANDLE session), (session))
+FWD_S(C_CloseSession, (CK_SESSION_HANDLE session), (session))
 FWD(C_CloseAllSessions, (CK_SLOT_ID slot_id), (slot_id))
-FWD(C_GetSessionInfo, (CK_SESSION_HANDLE session, CK_SESSION_INFO *info), (session, info))
-FWD(C_GetOperationState, (CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long *operation_state_len), (session, operation_state, operation_state_len))
-FWD(C_SetOperationState, (CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long operation_state_len, CK_OBJECT_HANDLE encryption_key, CK_OBJECT_HANDLE authentiation_key), (session, operation_state, operation_state_len, encryption_key, authentiation_key))
-FWD(C_Login, (CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsigned char *pin, unsigned long pin_len), (session, user_type, pin, pin_len))
-FWD(C_Logout, (CK_SESSION_HANDLE session), (session))
-FWD(C_CreateObject, (CK_SESSION_HANDLE session, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *object), (session, templ, count, object))
-FWD(C_CopyObject, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *new_object), (session, object, templ, count, new_object))
-FWD(C_DestroyObject, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object), (session, object))
-FWD(C_GetObjectSize, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, unsigned long *size), (session, object, size))
-FWD(C_GetAttributeValue, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count), (session, object, templ, count))
-FWD(C_SetAttributeValue, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count), (session, object, templ, count))
-FWD(C_FindObjectsInit, (CK_SESSION_HANDLE session, CK_ATTRIBUTE *templ, unsigned long count), (session, templ, count))
-FWD(C_FindObjects, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object, unsigned long max_object_count, unsigned long *object_count), (session, object, max_object_count, object_count))
-FWD(C_FindObjectsFinal, (CK_SESSION_HANDLE session), (session))
-FWD(C_EncryptInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
-FWD(C_Encrypt, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *encrypted_data, unsigned long *encrypted_data_len), (session, data, data_len, encrypted_data, encrypted_data_len))
-FWD(C_EncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
-FWD(C_EncryptFinal, (CK_SESSION_HANDLE session, unsigned char *last_encrypted_part, unsigned long *last_encrypted_part_len), (session, last_encrypted_part, last_encrypted_part_len))
-FWD(C_DecryptInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
-FWD(C_Decrypt, (CK_SESSION_HANDLE session, unsigned char *encrypted_data, unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len), (session, encrypted_data, encrypted_data_len, data, data_len))
-FWD(C_DecryptUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
-FWD(C_DecryptFinal, (CK_SESSION_HANDLE session, unsigned char *last_part, unsigned long *last_part_len), (session, last_part, last_part_len))
-FWD(C_DigestInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism), (session, mechanism))
-FWD(C_Digest, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *digest, unsigned long *digest_len), (session, data, data_len, digest, digest_len))
-FWD(C_DigestUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
-FWD(C_DigestKey, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key), (session, key))
-FWD(C_DigestFinal, (CK_SESSION_HANDLE session, unsigned char *digest, unsigned long *digest_len), (session, digest, digest_len))
-FWD(C_SignInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
-FWD(C_Sign, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len), (session, data, data_len, signature, signature_len))
-FWD(C_SignUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
-FWD(C_SignFinal, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long *signature_len), (session, signature, signature_len))
-FWD(C_SignRecoverInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
-FWD(C_SignRecover, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len), (session, data, data_len, signature, signature_len))
-FWD(C_VerifyInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
-FWD(C_Verify, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long signature_len), (session, data, data_len, signature, signature_len))
-FWD(C_VerifyUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
-FWD(C_VerifyFinal, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len), (session, signature, signature_len))
-FWD(C_VerifyRecoverInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
-FWD(C_VerifyRecover, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len, unsigned char *data, unsigned long *data_len), (session, signature, signature_len, data, data_len))
-FWD(C_DigestEncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
-FWD(C_DecryptDigestUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
-FWD(C_SignEncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
-FWD(C_DecryptVerifyUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
-FWD(C_GenerateKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *key), (session, mechanism, templ, count, key))
-FWD(C_GenerateKeyPair, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_ATTRIBUTE *public_key_template, unsigned long public_key_attribute_count, CK_ATTRIBUTE *private_key_template, unsigned long private_key_attribute_count, CK_OBJECT_HANDLE *public_key, CK_OBJECT_HANDLE *private_key), (session, mechanism, public_key_template, public_key_attribute_count, private_key_template, private_key_attribute_count, public_key, private_key))
-FWD(C_WrapKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key, unsigned char *wrapped_key, unsigned long *wrapped_key_len), (session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len))
-FWD(C_UnwrapKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE unwrapping_key, unsigned char *wrapped_key, unsigned long wrapped_key_len, CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key), (session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ, attribute_count, key))
-FWD(C_DeriveKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key), (session, mechanism, base_key, templ, attribute_count, key))
-FWD(C_SeedRandom, (CK_SESSION_HANDLE session, unsigned char *seed, unsigned long seed_len), (session, seed, seed_len))
-FWD(C_GenerateRandom, (CK_SESSION_HANDLE session, unsigned char *random_data, unsigned long random_len), (session, random_data, random_len))
-FWD(C_GetFunctionStatus, (CK_SESSION_HANDLE session), (session))
-FWD(C_CancelFunction, (CK_SESSION_HANDLE session), (session))
+FWD_S(C_GetSessionInfo, (CK_SESSION_HANDLE session, CK_SESSION_INFO *info), (session, info))
+FWD_S(C_GetOperationState, (CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long *operation_state_len), (session, operation_state, operation_state_len))
+FWD_S(C_SetOperationState, (CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long operation_state_len, CK_OBJECT_HANDLE encryption_key, CK_OBJECT_HANDLE authentiation_key), (session, operation_state, operation_state_len, encryption_key, authentiation_key))
+FWD_S(C_Login, (CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsigned char *pin, unsigned long pin_len), (session, user_type, pin, pin_len))
+FWD_S(C_Logout, (CK_SESSION_HANDLE session), (session))
+FWD_S(C_CreateObject, (CK_SESSION_HANDLE session, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *object), (session, templ, count, object))
+FWD_S(C_CopyObject, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *new_object), (session, object, templ, count, new_object))
+FWD_S(C_DestroyObject, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object), (session, object))
+FWD_S(C_GetObjectSize, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, unsigned long *size), (session, object, size))
+FWD_S(C_GetAttributeValue, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count), (session, object, templ, count))
+FWD_S(C_SetAttributeValue, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE *templ, unsigned long count), (session, object, templ, count))
+/* Counted apart when the template names CKA_ID: the lookup of a key by its
+ * id, what kmsd does after its handle cache was cleared. */
+static CK_RV f_C_FindObjectsInit(CK_SESSION_HANDLE session, CK_ATTRIBUTE *templ, unsigned long count)
+{
+    for (unsigned long i = 0; templ != NULL && i < count; i++)
+        if (templ[i].type == CKA_ID) {
+            atomic_fetch_add_explicit(&finds_by_id, 1, memory_order_relaxed);
+            break;
+        }
+    CK_RV rv;
+    if (fault_s(F_C_FindObjectsInit, session, &rv))
+        return rv;
+    return real->C_FindObjectsInit(session, templ, count);
+}
+FWD_S(C_FindObjects, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object, unsigned long max_object_count, unsigned long *object_count), (session, object, max_object_count, object_count))
+FWD_S(C_FindObjectsFinal, (CK_SESSION_HANDLE session), (session))
+FWD_S(C_EncryptInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD_S(C_Encrypt, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *encrypted_data, unsigned long *encrypted_data_len), (session, data, data_len, encrypted_data, encrypted_data_len))
+FWD_S(C_EncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
+FWD_S(C_EncryptFinal, (CK_SESSION_HANDLE session, unsigned char *last_encrypted_part, unsigned long *last_encrypted_part_len), (session, last_encrypted_part, last_encrypted_part_len))
+FWD_S(C_DecryptInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD_S(C_Decrypt, (CK_SESSION_HANDLE session, unsigned char *encrypted_data, unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len), (session, encrypted_data, encrypted_data_len, data, data_len))
+FWD_S(C_DecryptUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
+FWD_S(C_DecryptFinal, (CK_SESSION_HANDLE session, unsigned char *last_part, unsigned long *last_part_len), (session, last_part, last_part_len))
+FWD_S(C_DigestInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism), (session, mechanism))
+FWD_S(C_Digest, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *digest, unsigned long *digest_len), (session, data, data_len, digest, digest_len))
+FWD_S(C_DigestUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
+FWD_S(C_DigestKey, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key), (session, key))
+FWD_S(C_DigestFinal, (CK_SESSION_HANDLE session, unsigned char *digest, unsigned long *digest_len), (session, digest, digest_len))
+FWD_S(C_SignInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD_S(C_Sign, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len), (session, data, data_len, signature, signature_len))
+FWD_S(C_SignUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
+FWD_S(C_SignFinal, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long *signature_len), (session, signature, signature_len))
+FWD_S(C_SignRecoverInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD_S(C_SignRecover, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len), (session, data, data_len, signature, signature_len))
+FWD_S(C_VerifyInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD_S(C_Verify, (CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long signature_len), (session, data, data_len, signature, signature_len))
+FWD_S(C_VerifyUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len), (session, part, part_len))
+FWD_S(C_VerifyFinal, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len), (session, signature, signature_len))
+FWD_S(C_VerifyRecoverInit, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
+FWD_S(C_VerifyRecover, (CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len, unsigned char *data, unsigned long *data_len), (session, signature, signature_len, data, data_len))
+FWD_S(C_DigestEncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
+FWD_S(C_DecryptDigestUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
+FWD_S(C_SignEncryptUpdate, (CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len), (session, part, part_len, encrypted_part, encrypted_part_len))
+FWD_S(C_DecryptVerifyUpdate, (CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len), (session, encrypted_part, encrypted_part_len, part, part_len))
+FWD_S(C_GenerateKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *key), (session, mechanism, templ, count, key))
+FWD_S(C_GenerateKeyPair, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_ATTRIBUTE *public_key_template, unsigned long public_key_attribute_count, CK_ATTRIBUTE *private_key_template, unsigned long private_key_attribute_count, CK_OBJECT_HANDLE *public_key, CK_OBJECT_HANDLE *private_key), (session, mechanism, public_key_template, public_key_attribute_count, private_key_template, private_key_attribute_count, public_key, private_key))
+FWD_S(C_WrapKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key, unsigned char *wrapped_key, unsigned long *wrapped_key_len), (session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len))
+FWD_S(C_UnwrapKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE unwrapping_key, unsigned char *wrapped_key, unsigned long wrapped_key_len, CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key), (session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ, attribute_count, key))
+FWD_S(C_DeriveKey, (CK_SESSION_HANDLE session, CK_MECHANISM *mechanism, CK_OBJECT_HANDLE base_key, CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key), (session, mechanism, base_key, templ, attribute_count, key))
+FWD_S(C_SeedRandom, (CK_SESSION_HANDLE session, unsigned char *seed, unsigned long seed_len), (session, seed, seed_len))
+FWD_S(C_GenerateRandom, (CK_SESSION_HANDLE session, unsigned char *random_data, unsigned long random_len), (session, random_data, random_len))
+FWD_S(C_GetFunctionStatus, (CK_SESSION_HANDLE session), (session))
+FWD_S(C_CancelFunction, (CK_SESSION_HANDLE session), (session))
 FWD(C_WaitForSlotEvent, (CK_FLAGS flags, CK_SLOT_ID *slot, void *reserved), (flags, slot, reserved))
 
 static void install(void)
@@ -551,6 +616,80 @@ static void install(void)
     shim.C_WaitForSlotEvent = f_C_WaitForSlotEvent;
 }
 
+/* The stats file: "NAME COUNT" per function called, then "total COUNT".
+ * Serialised: the thread and the exit-time write share PATH.tmp. */
+static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void write_stats_locked(const char *path)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+        return;
+    FILE *f = fopen(tmp, "we");
+    if (f == NULL)
+        return;
+    unsigned long total = 0;
+    for (int i = 0; i < F_COUNT; i++) {
+        unsigned long n = atomic_load_explicit(&calls[i], memory_order_relaxed);
+        total += n;
+        if (n > 0)
+            fprintf(f, "%s %lu\n", fn_names[i], n);
+    }
+    fprintf(f, "C_FindObjectsInit+CKA_ID %lu\ntotal %lu\n",
+            atomic_load_explicit(&finds_by_id, memory_order_relaxed), total);
+    if (fclose(f) == 0)
+        rename(tmp, path);
+}
+
+static void write_stats(const char *path)
+{
+    pthread_mutex_lock(&stats_lock);
+    write_stats_locked(path);
+    pthread_mutex_unlock(&stats_lock);
+}
+
+static void *stats_main(void *arg)
+{
+    const char *path = arg;
+    unsigned long last = ~0UL;
+    for (;;) {
+        unsigned long total = atomic_load_explicit(&finds_by_id, memory_order_relaxed);
+        for (int i = 0; i < F_COUNT; i++)
+            total += atomic_load_explicit(&calls[i], memory_order_relaxed);
+        if (total != last) {
+            write_stats(path);
+            last = total;
+        }
+        usleep(FAULT_STATS_MS * 1000u);
+    }
+    return NULL;
+}
+
+/* One last write at exit, so a process that stops quickly (a start-up
+ * refused) still leaves its counts. */
+__attribute__((destructor)) static void stats_at_exit(void)
+{
+    const char *path = getenv("CUSTOS_P11FAULT_STATS");
+    if (path != NULL && *path != '\0' && real != NULL)
+        write_stats(path);
+}
+
+/* Started once, with the module: a detached thread that lives as long as
+ * the process (the shim is never unloaded while kmsd runs). */
+static void start_stats(void)
+{
+    const char *path = getenv("CUSTOS_P11FAULT_STATS");
+    if (path == NULL || *path == '\0')
+        return;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &a, stats_main, (void *)path) != 0)
+        fprintf(stderr, "p11_fault: cannot start the stats thread\n");
+    pthread_attr_destroy(&a);
+}
+
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
 {
     if (out == NULL)
@@ -571,6 +710,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
             shim = *real;
             shim.C_GetFunctionList = C_GetFunctionList;
             install();
+            start_stats();
         }
     }
     pthread_mutex_unlock(&init_lock);

@@ -190,9 +190,17 @@ START_TEST(failed_write_reports_lost_then_recovers)
     /* Exactly one more callback: refused submissions get none. */
     wait_callbacks(2 + queued);
     ck_assert_int_eq(atomic_load(&slots[52].durable), 1);
-    /* The lost batch's seqs were reused: the next durable event follows the
-     * last durable one. */
-    ck_assert_uint_eq(slots[52].seq, slots[0].seq + 1);
+    /* The lost batch's seqs were reused: after the last durable event comes
+     * the log's record of its own recovery, then the next one. */
+    ck_assert_uint_eq(slots[52].seq, slots[0].seq + 2);
+    uint8_t *leaf = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(audit_log_read(log, slots[0].seq + 1, &leaf, &len), KMS_OK);
+    Custos__V1__AuditEvent *ev = custos__v1__audit_event__unpack(NULL, len, leaf);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_str_eq(ev->operation, "AuditLogRecovered");
+    custos__v1__audit_event__free_unpacked(ev, NULL);
+    free(leaf);
     audit_log_close(log);
 }
 END_TEST
