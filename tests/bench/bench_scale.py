@@ -1,6 +1,6 @@
 """Scale and memory runs for make bench-scale.
 
-Usage: bench_scale.py BUILD CACHE_DIR KEYS... [--rss-seconds N]
+Usage: bench_scale.py BUILD CACHE_DIR KEYS... [--rss-seconds N] [--prepare-only]
 
 For each key count, an installation with that many keys (made once with
 bench_mkkeys and kept in CACHE_DIR/keys-N), kmsd with the audit log on,
@@ -28,6 +28,10 @@ if "--rss-seconds" in args:
     i = args.index("--rss-seconds")
     RSS_SECONDS = int(args[i + 1])
     del args[i:i + 2]
+# --prepare-only: build (or find) the cached installations and stop, so the
+# long bulk creation can run ahead of a quiet measurement.
+PREPARE_ONLY = "--prepare-only" in args
+args = [a for a in args if a != "--prepare-only"]
 COUNTS = [int(a) for a in args]
 SECONDS = int(os.environ.get("BENCH_HTTP_SECONDS", "5"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -172,6 +176,11 @@ def rss_kb(pid):
             return int(line.split()[1])
     return 0
 
+
+if PREPARE_ONLY:
+    for n in COUNTS:
+        print(f"keys-{n}: {prepare(n)}")
+    sys.exit(0)
 
 results = []
 for n in COUNTS:
