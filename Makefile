@@ -83,8 +83,10 @@ TEST_LIB_SRCS := $(wildcard tests/lib/*.c)
 TEST_LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(TEST_LIB_SRCS))
 TEST_SRCS     := $(wildcard tests/unit/test_*.c)
 TEST_BINS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
-BENCH_SRCS    := $(wildcard tests/bench/*.c)
+# loadgen is a standalone client (no libcustos): built into tools/.
+BENCH_SRCS    := $(filter-out tests/bench/loadgen.c,$(wildcard tests/bench/*.c))
 BENCH_BINS    := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+LOADGEN       := $(BUILD)/tools/loadgen
 # The fault-injecting PKCS#11 shim (tests/p11fault, docs/development.md).
 P11FAULT      := $(BUILD)/lib/p11_fault.so
 # The fsync/fdatasync failing LD_PRELOAD interposer (tests/fsfault).
@@ -113,7 +115,7 @@ FUZZ_SECONDS  ?= 60
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
-all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(P11FAULT) $(FSFAULT)
+all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(LOADGEN) $(P11FAULT) $(FSFAULT)
 
 deps:
 	@sh deploy/install-deps.sh
@@ -156,6 +158,12 @@ $(BUILD)/tools/fuzz_seedgen: $(BUILD)/obj/tests/fuzz/seedgen.o $(LIB)
 $(BUILD)/bench/%: $(BUILD)/obj/tests/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+# The HTTP load generator of the soak: a client only, linked with nothing
+# of ours (tests/bench/loadgen.c).
+$(LOADGEN): $(BUILD)/obj/tests/bench/loadgen.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $<
 
 $(P11FAULT): tests/p11fault/p11_fault.c
 	@mkdir -p $(dir $@)
