@@ -39,6 +39,7 @@ struct kms_config {
 
     size_t max_body_bytes;
     unsigned max_connections;
+    unsigned max_connections_per_ip; /* 0: unlimited; at most max_connections */
     unsigned connection_timeout_s;
     unsigned threads; /* pool model: workers; 0: one per core */
     bool thread_per_connection; /* else an epoll thread pool */

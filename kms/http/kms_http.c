@@ -652,7 +652,7 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
         cfg->connection_timeout_s,
         /* Bounds the header block of one request (and MHD's read buffer). */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, 0, MHD_OPTION_STRICT_FOR_CLIENT, 1,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip, MHD_OPTION_STRICT_FOR_CLIENT, 1,
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, h, MHD_OPTION_UNESCAPE_CALLBACK,
         no_unescape, NULL, MHD_OPTION_ARRAY, opts,
         MHD_OPTION_END);

@@ -173,6 +173,41 @@ START_TEST(operations_keys)
 }
 END_TEST
 
+START_TEST(per_ip_connection_limit)
+{
+    struct kms_config *c = NULL;
+    ck_assert_int_eq(load("{" TOKENS "}", &c), KMS_OK);
+    ck_assert_uint_eq(c->max_connections, 1024);
+    ck_assert_uint_eq(c->max_connections_per_ip, 64);
+    kms_config_free(c);
+    /* The bounds: 0 (no per-address limit) and exactly max_connections. */
+    ck_assert_int_eq(load("{" TOKENS ", \"limits\": {\"max_connections_per_ip\": 0}}", &c),
+                     KMS_OK);
+    ck_assert_uint_eq(c->max_connections_per_ip, 0);
+    kms_config_free(c);
+    ck_assert_int_eq(load("{" TOKENS ", \"limits\": {\"max_connections\": 100,"
+                          " \"max_connections_per_ip\": 100}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_uint_eq(c->max_connections_per_ip, 100);
+    kms_config_free(c);
+    /* Unset, the default follows a total cap below it down. */
+    ck_assert_int_eq(load("{" TOKENS ", \"limits\": {\"max_connections\": 16}}", &c), KMS_OK);
+    ck_assert_uint_eq(c->max_connections_per_ip, 16);
+    kms_config_free(c);
+    expect_error("{" TOKENS ", \"limits\": {\"max_connections\": 100,"
+                 " \"max_connections_per_ip\": 101}}",
+                 "limits.max_connections_per_ip: 101 is above limits.max_connections (100)");
+    /* Against the default total of 1024, too. */
+    expect_error("{" TOKENS ", \"limits\": {\"max_connections_per_ip\": 1025}}",
+                 "limits.max_connections_per_ip: 1025 is above limits.max_connections (1024)");
+    expect_error("{" TOKENS ", \"limits\": {\"max_connections_per_ip\": -1}}",
+                 "limits.max_connections_per_ip: must be an integer in 0..65536");
+    expect_error("{" TOKENS ", \"limits\": {\"max_connections_per_ip\": \"64\"}}",
+                 "limits.max_connections_per_ip: must be an integer");
+}
+END_TEST
+
 START_TEST(missing_file)
 {
     struct kms_config *c = (void *)1;
@@ -191,6 +226,7 @@ int main(void)
     tcase_add_test(tc, dev_mode_and_tls);
     tcase_add_test(tc, import_token_ttl);
     tcase_add_test(tc, operations_keys);
+    tcase_add_test(tc, per_ip_connection_limit);
     tcase_add_test(tc, missing_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
