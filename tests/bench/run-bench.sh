@@ -15,7 +15,7 @@ export SOFTHSM2_CONF="$work/hsm/softhsm2.conf"
 export CUSTOS_BENCH_HSM_DIR="$work/hsm"
 export CUSTOS_LOG_LEVEL=warn
 mkdir -p "$work/py" "$BUILD/bench"
-protoc --python_out="$work/py" -Iproto proto/key.proto
+protoc --python_out="$work/py" -Iproto proto/key.proto proto/fields.proto
 quick=
 if [ -n "${BENCH_QUICK:-}" ]; then quick=--quick; secs=1; runs=1; else secs=${BENCH_SECONDS:-2}; runs=${BENCH_RUNS:-5}; fi
 out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"

@@ -15,5 +15,9 @@ echo "$out" | grep -q '^bare HTTP + HSM call ' && echo "$out" | grep -q '^Encryp
 echo "$out" | grep -q '^CreateKey, sequential: plain .* with escrow at birth' &&
     echo "ok 4 - key creation measured with and without escrow" ||
     { echo "$out"; echo "not ok 4 - no key creation figures"; exit 1; }
+echo "$out" | grep -q '^EncryptFields, 8 fields (audit on) ' && echo "$out" | grep -q '^BlindIndex, 1 value (audit on) ' &&
+    echo "$out" | grep -Eq '^latency at half of peak, open loop .* p99 [0-9.]+ ms, p99.9 [0-9.]+ ms' &&
+    echo "ok 6 - metadata operations and the open-loop latency at half peak measured" ||
+    { echo "$out"; echo "not ok 6 - no metadata rows or no open-loop latency"; exit 1; }
 [ "$(echo "$out" | grep -c '^errors: 0$')" -eq 2 ] && echo "ok 3 - no errors in either stage" ||
     { echo "$out"; echo "not ok 3 - errors in the smoke run"; exit 1; }
