@@ -29,6 +29,7 @@ static struct kms_store *store;
 static struct p11_token *tok;
 static atomic_long remaining;
 static atomic_long failures;
+static atomic_long retries_left;
 static FILE *out;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -64,11 +65,15 @@ static void *worker(void *arg)
         if (kms_store_key_insert(store, &k, &v) != KMS_OK)
             goto fail;
         /* SoftHSMv2's file store now and then fails one of two concurrent
-         * object creations with CKR_GENERAL_ERROR; try once more. */
-        if (p11_key_generate(tok, P11_KEY_AES_ENCRYPT, 0, &hid, label) != KMS_OK &&
-            p11_key_generate(tok, P11_KEY_AES_ENCRYPT, 0, &hid, label) != KMS_OK) {
+         * object creations with CKR_GENERAL_ERROR (and a retry with the same
+         * CKA_ID may then be refused): drop the row and make the key again
+         * under fresh ids, within a budget. */
+        if (p11_key_generate(tok, P11_KEY_AES_ENCRYPT, 0, &hid, label) != KMS_OK) {
             kms_store_creating_discard(store, k.key_id, 1);
-            goto fail;
+            if (atomic_fetch_sub(&retries_left, 1) <= 0)
+                goto fail;
+            atomic_fetch_add(&remaining, 1);
+            continue;
         }
         if (kms_store_version_activate(store, k.key_id, 1) != KMS_OK)
             goto fail;
@@ -104,6 +109,7 @@ int main(int argc, char **argv)
     if (out == NULL)
         return 1;
     atomic_store(&remaining, count);
+    atomic_store(&retries_left, count / 50 + 16);
     pthread_t th[16];
     for (int i = 0; i < threads; i++)
         pthread_create(&th[i], NULL, worker, NULL);

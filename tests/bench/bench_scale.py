@@ -44,11 +44,19 @@ def sh(*a, **kw):
 
 def prepare(n):
     d = f"{CACHE}/keys-{n}"
-    if os.path.exists(f"{d}/ids.txt") and sum(1 for _ in open(f"{d}/ids.txt")) >= n:
+    ids = f"{d}/ids.txt"
+    made = sum(1 for _ in open(ids)) if os.path.exists(ids) else 0
+    if made >= n and not os.path.exists(f"{d}/chunk-base"):
         return d
-    sh("rm", "-rf", d)
-    sh("sh", "deploy/dev-setup.sh", d, "8700", env=dict(os.environ, BUILD=os.path.relpath(BUILD)),
-       stdout=subprocess.DEVNULL)
+    base = f"{d}/chunk-base"
+    # An interrupted build resumes: the base copy and the rows and ids of
+    # every finished key are kept, and the objects of the last chunk are
+    # moved in below (a key is in ids.txt only once its object exists).
+    resume = os.path.isdir(base) and made > 0
+    if not resume:
+        sh("rm", "-rf", d)
+        sh("sh", "deploy/dev-setup.sh", d, "8700",
+           env=dict(os.environ, BUILD=os.path.relpath(BUILD)), stdout=subprocess.DEVNULL)
     t = time.time()
     # SoftHSMv2's file store opens every object file of a token to create
     # one more (measured: ~265 ms per key at 10,000 objects), so n keys made
@@ -64,13 +72,20 @@ def prepare(n):
     for u in os.listdir(tokdir):
         if b"custos-eu-west" in open(f"{tokdir}/{u}/token.object", "rb").read():
             label_dir = u
-    base = f"{d}/chunk-base"
-    shutil.copytree(f"{tokdir}/{label_dir}", base)
+    if not resume:
+        shutil.copytree(f"{tokdir}/{label_dir}", base)
     before = set(os.listdir(base))
-    done = 0
+    cdir = f"{d}/chunk"
+
+    def move_new_objects():
+        if os.path.isdir(f"{cdir}/tokens/{label_dir}"):
+            for f in set(os.listdir(f"{cdir}/tokens/{label_dir}")) - before:
+                os.rename(f"{cdir}/tokens/{label_dir}/{f}", f"{tokdir}/{label_dir}/{f}")
+
+    move_new_objects()
+    done = sum(1 for _ in open(ids)) if os.path.exists(ids) else 0
     while done < n:
         k = min(CHUNK, n - done)
-        cdir = f"{d}/chunk"
         shutil.rmtree(cdir, ignore_errors=True)
         os.makedirs(f"{cdir}/tokens")
         shutil.copytree(base, f"{cdir}/tokens/{label_dir}")
@@ -78,11 +93,15 @@ def prepare(n):
             re.sub(r"^directories.tokendir = .*$", f"directories.tokendir = {cdir}/tokens/",
                    conf, flags=re.M))
         env = dict(os.environ, SOFTHSM2_CONF=f"{cdir}/softhsm2.conf", CUSTOS_LOG_LEVEL="warn")
-        sh(f"{BUILD}/bench/bench_mkkeys", f"{d}/kmsd.db", f"file:{d}/hsm/pins/eu-west.pin",
-           "custos-eu-west", str(k), "2", f"{d}/ids.txt", env=env)
-        for f in set(os.listdir(f"{cdir}/tokens/{label_dir}")) - before:
-            os.rename(f"{cdir}/tokens/{label_dir}/{f}", f"{tokdir}/{label_dir}/{f}")
-        done += k
+        rc = subprocess.run([f"{BUILD}/bench/bench_mkkeys", f"{d}/kmsd.db",
+                             f"file:{d}/hsm/pins/eu-west.pin", "custos-eu-west", str(k), "2",
+                             ids], env=env).returncode
+        # Whatever was made is kept, failed or not; a failed chunk's
+        # shortfall is made by the next one.
+        move_new_objects()
+        was, done = done, sum(1 for _ in open(ids))
+        if rc != 0 and done == was:
+            raise RuntimeError(f"bench_mkkeys made no key (exit {rc}); see above")
         print(f"# {done}/{n} keys, {time.time() - t:.0f} s", flush=True)
     shutil.rmtree(f"{d}/chunk", ignore_errors=True)
     shutil.rmtree(base)
