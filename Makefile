@@ -10,7 +10,10 @@
 #                   (SCALE_KEYS="10 10000 100000"; prepared tokens cached in build/bench-cache)
 #   make soak       the kill -9 audit crash loop, 500 rounds (50 in make check), and
 #                   the key create/rotate/import/escrow + audit append crash loop,
-#                   100 rounds (8 in make check)
+#                   100 rounds (8 in make check), then make soak-http
+#   make soak-http  kmsd at ~70% of its measured peak for SOAK_SECONDS (600) with 1%
+#                   hostile requests: no honest error, RSS/fds/sessions flat, audit
+#                   events == requests, the log verifies offline (tests/bench/soak.py)
 #   make fuzz       every libFuzzer target of tests/fuzz for FUZZ_SECONDS (default 60)
 #                   each (clang; build/fuzz); make check runs each for 3 seconds
 #   make fuzz-seeds regenerate the checked-in seed corpora (tests/fuzz/corpus)
@@ -110,7 +113,7 @@ FUZZ_BUILD    ?= build/fuzz
 FUZZ_CC       ?= clang
 FUZZ_SECONDS  ?= 60
 
-.PHONY: all deps check check-asan check-tsan fuzz-bins-build test run bench bench-scale soak install clean \
+.PHONY: all deps check check-asan check-tsan fuzz-bins-build test run bench bench-scale soak soak-http install clean \
         fuzz fuzz-bins fuzz-seeds
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
@@ -224,6 +227,11 @@ soak: deps
 	    sh tests/run-tests.sh --only test_audit_crash
 	@CUSTOS_KEY_CRASH_ROUNDS=$${CUSTOS_KEY_CRASH_ROUNDS:-100} BUILD=$(BUILD) \
 	    sh tests/run-tests.sh --only test_key_crash
+	@BUILD=$(BUILD) sh tests/bench/run-soak.sh
+
+soak-http: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) sh tests/bench/run-soak.sh
 
 run: deps
 	@$(MAKE) --no-print-directory all
