@@ -47,6 +47,10 @@ SAMPLE_S = float(os.environ.get("SOAK_SAMPLE_S", "10"))
 WARMUP_S = float(os.environ.get("SOAK_WARMUP_S", str(min(60, SECONDS // 5))))
 # RSS may grow this much after warm-up (see docs/hardening.md for why 16 MiB).
 RSS_BOUND_KB = int(os.environ.get("SOAK_RSS_BOUND_MIB", "16")) * 1024
+# Keeping the schedule is a property of the machine as much as of kmsd: the
+# soak asserts it, the short run in make check (shared cores, sanitizers)
+# only reports it (SOAK_KEEP_RATE=0).
+KEEP_RATE = os.environ.get("SOAK_KEEP_RATE", "1") != "0"
 PATH = "/twirp/custos.v1.KeyService/Encrypt"
 KMSCTL = f"{BUILD}/bin/kmsctl"
 LOADGEN = f"{BUILD}/tools/loadgen"
@@ -332,7 +336,8 @@ def main():
           f"no honest transport error ({res['transport_errors']})")
     check(set(status) == {200} and res["requests"] == res["sent"] and res["requests"] > 0,
           f"every honest request sent was answered 200 ({res['requests']} of {res['sent']})")
-    check(res["missed"] == 0, f"the offered rate was kept (missed sends {res['missed']})")
+    if KEEP_RATE:
+        check(res["missed"] == 0, f"the offered rate was kept (missed sends {res['missed']})")
     want = {"malformed_protobuf": 400, "bad_path": 404, "oversized_content_length": 400,
             "duplicate_content_length": 400, "bad_auth": 401}
     hostile_ok = all(v["status"] == {str(want[k]): v["sent"]} and v["errors"]["total"] == 0

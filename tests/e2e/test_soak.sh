@@ -8,5 +8,7 @@
 # soak.py's own.
 set -eu
 BUILD_DIR=${CUSTOS_TEST_BUILD:-$(pwd)/build}
-SOAK_SECONDS=${SOAK_SECONDS:-20} SOAK_RATE=${SOAK_RATE:-400} SOAK_PEAK_SECONDS=2 \
+# The schedule is reported, not asserted here (SOAK_KEEP_RATE=0): a timing
+# goal, and make check-asan on shared cores cannot promise it.
+SOAK_SECONDS=${SOAK_SECONDS:-20} SOAK_RATE=${SOAK_RATE:-400} SOAK_PEAK_SECONDS=2 SOAK_KEEP_RATE=0 \
     SOAK_SAMPLE_S=4 SOAK_WARMUP_S=4 BUILD="$BUILD_DIR" sh tests/bench/run-soak.sh
