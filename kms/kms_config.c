@@ -241,7 +241,7 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
     json_t *aud = json_object_get(root, "audit");
     if (aud) {
         static const char *const k[] = {"enabled", "dir", "head_every_events", "head_every_ms",
-                                        "key_max_age_s", NULL};
+                                        "key_max_age_s", "commit_delay_us", NULL};
         KMS_ENSURE(json_is_object(aud), KMS_ERR_CONFIG, "audit: must be an object");
         KMS_GUARD(check_keys(aud, "audit", k));
         KMS_GUARD(get_bool(aud, "enabled", "audit", &c->audit_enabled));
@@ -255,6 +255,9 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         v = c->audit_key_max_age_s;
         KMS_GUARD(get_uint(aud, "key_max_age_s", "audit", 1, 10 * 365 * 86400UL, &v));
         c->audit_key_max_age_s = (unsigned)v;
+        v = c->audit_commit_delay_us;
+        KMS_GUARD(get_uint(aud, "commit_delay_us", "audit", 0, 10000, &v));
+        c->audit_commit_delay_us = (unsigned)v;
     }
     /* An unaudited key service is only for measuring what audit costs. */
     KMS_ENSURE(c->audit_enabled || c->dev_mode, KMS_ERR_CONFIG,
@@ -345,6 +348,7 @@ kms_err kms_config_load(const char *path, struct kms_config **out)
     c->audit_head_every_events = 1000;
     c->audit_head_every_ms = 10000;
     c->audit_key_max_age_s = 90 * 86400;
+    c->audit_commit_delay_us = 200;
     c->import_token_ttl_s = 86400;
     c->log_level = KMS_LOG_INFO;
     /* A load balancer probing every second costs one deep check per two

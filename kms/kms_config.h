@@ -54,6 +54,7 @@ struct kms_config {
     unsigned audit_head_every_events;
     unsigned audit_head_every_ms;
     unsigned audit_key_max_age_s;     /* rotate audit signing keys when older */
+    unsigned audit_commit_delay_us;   /* group commit wait under concurrency */
 
     unsigned import_token_ttl_s; /* BYOK: life of an import token and its wrapping key */
 

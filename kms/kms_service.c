@@ -410,7 +410,8 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     }
     if (cfg->audit_enabled) {
         struct audit_log_config ac = {cfg->audit_head_every_events, cfg->audit_head_every_ms,
-                                      (int64_t)cfg->audit_key_max_age_s};
+                                      (int64_t)cfg->audit_key_max_age_s,
+                                      cfg->audit_commit_delay_us};
         size_t healthy = 0;
         for (size_t i = 0; i < svc->n_tokens; i++) {
             const char *region = p11_token_region(svc->tokens[i]);

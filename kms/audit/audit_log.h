@@ -44,6 +44,10 @@ struct audit_log_config {
     uint64_t head_every_events; /* >= 1 */
     unsigned head_every_ms;     /* >= 10 */
     int64_t key_max_age_s;      /* rotate the signing key when older */
+    /* Under concurrency (the last batch held more than one event) the
+     * writer waits this long before taking a batch, so that one fdatasync
+     * covers more events. 0: never wait. */
+    unsigned commit_delay_us;
 };
 
 struct audit_log;

@@ -62,7 +62,7 @@ static void teardown(void)
 
 static struct audit_log *open_log(void)
 {
-    struct audit_log_config cfg = {1000, 200, 0};
+    struct audit_log_config cfg = {1000, 200, 0, 0};
     struct audit_log *log = NULL;
     kms_err rc = audit_log_open(dir, "eu-west", env.eu, &cfg, &log);
     ck_assert_msg(rc == KMS_OK, "open: %s", kms_err_detail());

@@ -208,6 +208,23 @@ START_TEST(per_ip_connection_limit)
 }
 END_TEST
 
+START_TEST(audit_commit_delay)
+{
+    struct kms_config *c = NULL;
+    ck_assert_int_eq(load("{" TOKENS "}", &c), KMS_OK);
+    ck_assert_uint_eq(c->audit_commit_delay_us, 200);
+    kms_config_free(c);
+    ck_assert_int_eq(load("{" TOKENS ", \"audit\": {\"commit_delay_us\": 0}}", &c), KMS_OK);
+    ck_assert_uint_eq(c->audit_commit_delay_us, 0);
+    kms_config_free(c);
+    ck_assert_int_eq(load("{" TOKENS ", \"audit\": {\"commit_delay_us\": 10000}}", &c), KMS_OK);
+    ck_assert_uint_eq(c->audit_commit_delay_us, 10000);
+    kms_config_free(c);
+    expect_error("{" TOKENS ", \"audit\": {\"commit_delay_us\": 10001}}",
+                 "audit.commit_delay_us: must be an integer in 0..10000");
+}
+END_TEST
+
 START_TEST(missing_file)
 {
     struct kms_config *c = (void *)1;
@@ -227,6 +244,7 @@ int main(void)
     tcase_add_test(tc, import_token_ttl);
     tcase_add_test(tc, operations_keys);
     tcase_add_test(tc, per_ip_connection_limit);
+    tcase_add_test(tc, audit_commit_delay);
     tcase_add_test(tc, missing_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
