@@ -42,6 +42,9 @@ def write_config(name, mode, audit, thread_model):
         c.pop("deletion", None)
     c.setdefault("limits", {})["thread_model"] = thread_model
     c["limits"]["max_connections"] = 1024
+    # Every wrk connection comes from 127.0.0.1: BENCH_CONNECTIONS above the
+    # per-address default (64) would be refused, not measured.
+    c["limits"]["max_connections_per_ip"] = 0
     path = f"{WORK}/{name}.json"
     json.dump(c, open(path, "w"), indent=2)
     return path

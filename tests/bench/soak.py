@@ -51,6 +51,7 @@ RSS_BOUND_KB = int(os.environ.get("SOAK_RSS_BOUND_MIB", "16")) * 1024
 # soak asserts it, the short run in make check (shared cores, sanitizers)
 # only reports it (SOAK_KEEP_RATE=0).
 KEEP_RATE = os.environ.get("SOAK_KEEP_RATE", "1") != "0"
+KEPT = float(os.environ.get("SOAK_MIN_KEPT", "0.95"))
 PATH = "/twirp/custos.v1.KeyService/Encrypt"
 KMSCTL = f"{BUILD}/bin/kmsctl"
 LOADGEN = f"{BUILD}/tools/loadgen"
@@ -99,18 +100,22 @@ def write_config(name, audit_dir):
     return path
 
 
-def start(cfg):
+def start(cfg, wait_s=60):
+    """Start kmsd and wait for /livez; returns the seconds that took. A
+    start reads every record of the audit log first (docs/audit.md), so
+    after a long soak it takes a while: the caller says how long to wait."""
     global PROC
     env = dict(os.environ, SOFTHSM2_CONF=f"{WORK}/hsm/softhsm2.conf")
     env.pop("CUSTOS_LOG_LEVEL", None)
     log = open(LOG, "a")
+    t = time.monotonic()
     PROC = subprocess.Popen([f"{BUILD}/bin/kmsd", "--config", cfg], env=env, stdout=log,
                             stderr=log)
-    for _ in range(300):
+    while time.monotonic() - t < wait_s:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/livez", timeout=1) as r:
                 if r.status == 200:
-                    return
+                    return time.monotonic() - t
         except OSError:
             pass
         if PROC.poll() is not None:
@@ -159,10 +164,10 @@ def loadgen_args(seconds, rate=None, hostile=0, label=""):
 
 # ---- sampling ------------------------------------------------------------------------------
 
-def rss_kb(pid):
+def rss_kb(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return -1
 
@@ -183,6 +188,9 @@ def metrics():
             out["inflight"] = int(line.split()[1])
         elif line.startswith("custos_audit_batch_events_sum{"):
             out["audit_events"] += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("custos_audit_fsync_duration_seconds_bucket{region=\"eu-west\""):
+            le = line.split('le="')[1].split('"')[0]
+            out["fsync_le_" + le] = int(float(line.rsplit(" ", 1)[1]))
     return out
 
 
@@ -190,13 +198,14 @@ def sample(pid, t0, label=None):
     # Descriptors first: the metrics request's own connection is not counted.
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     rss = rss_kb(pid)
+    anon = rss_kb(pid, "RssAnon")  # the heap: what a leak grows
     m = metrics()
     t = time.monotonic() - t0
-    row = {"t": t, "label": label or f"{t:.0f}", "rss_kb": rss, "fds": fds,
+    row = {"t": t, "label": label or f"{t:.0f}", "rss_kb": rss, "anon_kb": anon, "fds": fds,
            "open": m["sessions_open"], "in_use": m["sessions_in_use"], "cap": m["sessions_cap"],
            "inflight": m["inflight"] - 1,  # less the metrics request itself
            "events": m["audit_events"]}
-    say(f"{row['label']:>8} {rss / 1024:9.1f} {fds:5d} {row['open']:5d} {row['in_use']:6d} "
+    say(f"{row['label']:>8} {rss / 1024:9.1f} {anon / 1024:9.1f} {fds:5d} {row['open']:5d} {row['in_use']:6d} "
         f"{row['cap']:4d} {row['inflight']:8d} {row['events']:12d}")
     return row
 
@@ -291,7 +300,7 @@ def main():
     cfg = write_config("soak", "audit-soak")
     start(cfg)
     pid = PROC.pid
-    say(f"{'t (s)':>8} {'RSS MiB':>9} {'fds':>5} {'sess':>5} {'in_use':>6} {'cap':>4} "
+    say(f"{'t (s)':>8} {'RSS MiB':>9} {'anon MiB':>9} {'fds':>5} {'sess':>5} {'in_use':>6} {'cap':>4} "
         f"{'inflight':>8} {'audit events':>12}")
     t0 = time.monotonic()
     before = sample(pid, t0, "before")
@@ -316,6 +325,12 @@ def main():
     time.sleep(2)  # kmsd closes the load's connections
     after = sample(pid, t0, "after")
     res = json.loads(out)
+    fs = {k[len("fsync_le_"):]: v for k, v in metrics().items() if k.startswith("fsync_le_")}
+    if fs:
+        total_fs = fs.get("+Inf", 0)
+        les = sorted((float(le), le) for le in fs if le != "+Inf")
+        say(f"# eu-west audit fdatasyncs: {total_fs}; slower than " + ", ".join(
+            f"{v * 1000:g} ms: {total_fs - fs[le]}" for v, le in les if 0.01 <= v <= 2.5))
     alive = PROC.poll() is None
     rc = stop()
     check(alive and rc == 0, f"kmsd served the whole soak and exited 0 on SIGTERM (rc {rc})")
@@ -336,8 +351,18 @@ def main():
           f"no honest transport error ({res['transport_errors']})")
     check(set(status) == {200} and res["requests"] == res["sent"] and res["requests"] > 0,
           f"every honest request sent was answered 200 ({res['requests']} of {res['sent']})")
+    # Sends left unsent at the end are requests queued behind a stall (their
+    # latency is already charged from their due time); kmsd must still have
+    # kept up with the offered rate on the whole. Only reported when
+    # SOAK_KEEP_RATE=0 (make check: a timing property of a shared machine).
+    due = res["sent"] + res["missed"]
+    kept = (f"answered {res['requests']} of {due} requests due "
+            f"({100 * res['requests'] / max(1, due):.1f} %, at least {100 * KEPT:.0f} %), "
+            f"{res['missed']} still queued at the end")
     if KEEP_RATE:
-        check(res["missed"] == 0, f"the offered rate was kept (missed sends {res['missed']})")
+        check(res["requests"] >= KEPT * due, f"kmsd kept up with the offered rate: {kept}")
+    else:
+        say(f"# offered rate (not asserted here): {kept}")
     want = {"malformed_protobuf": 400, "bad_path": 404, "oversized_content_length": 400,
             "duplicate_content_length": 400, "bad_auth": 401}
     hostile_ok = all(v["status"] == {str(want[k]): v["sent"]} and v["errors"]["total"] == 0
@@ -358,6 +383,10 @@ def main():
             f"{base / 1024:.1f} MiB, highest after {peak_rss / 1024:.1f} MiB, at the end "
             f"{rows[-1]['rss_kb'] / 1024:.1f} MiB, after the load {after['rss_kb'] / 1024:.1f} "
             f"MiB")
+        say(f"# of which anonymous (heap): before {before['anon_kb'] / 1024:.1f} MiB, after "
+            f"warm-up {warm[0]['anon_kb'] / 1024:.1f} MiB, at the end "
+            f"{rows[-1]['anon_kb'] / 1024:.1f} MiB, after the load "
+            f"{after['anon_kb'] / 1024:.1f} MiB")
         if asan:
             check(True, f"RSS bound not checked under AddressSanitizer (grew {growth} kB) # SKIP")
         else:
@@ -375,7 +404,8 @@ def main():
     # verify, count.
     outdir = f"{WORK}/soak-audit"
     os.makedirs(outdir, exist_ok=True)
-    start(cfg)
+    took = start(cfg, wait_s=max(60, SECONDS * 2))
+    say(f"# restart on the soak's log ({after['events']} events): serving after {took:.1f} s")
     try:
         env = dict(os.environ, CUSTOS_ADDR=f"http://127.0.0.1:{PORT}",
                    CUSTOS_API_KEY_FILE=cred("auditor"))
@@ -408,15 +438,17 @@ def main():
           f"({pages} pages of at most 10,000 entries, each with inclusion proofs)")
 
     # The accounting (docs/hardening.md): every request that reached a
-    # route is one event; bad_route requests reach none. libmicrohttpd
-    # 0.9.75 passes a request with two different Content-Lengths on to
-    # kmsd, which refuses its body as malformed: one event.
+    # route is one event, whatever its answer; a bad_route request reaches
+    # none. Two Content-Lengths and a 10 GiB one are refused on the Encrypt
+    # route from the headers (invalid_argument), a body that is not
+    # protobuf by the decoder (malformed), an unknown key by the credential
+    # check (unauthenticated).
     hs = lambda k, code: int(h[k]["status"].get(str(code), 0))  # noqa: E731
     expected = collections.Counter({
         ("Encrypt", "ok"): status.get(200, 0),
-        ("Encrypt", "malformed"): hs("malformed_protobuf", 400) +
-                                  hs("duplicate_content_length", 400),
-        ("Encrypt", "invalid_argument"): hs("oversized_content_length", 400),
+        ("Encrypt", "malformed"): hs("malformed_protobuf", 400),
+        ("Encrypt", "invalid_argument"): hs("oversized_content_length", 400) +
+                                         hs("duplicate_content_length", 400),
         ("Encrypt", "unauthenticated"): hs("bad_auth", 401),
     })
     exp_total = sum(expected.values())

@@ -20,6 +20,14 @@
 
 #define MAX_BODY 65536
 
+static unsigned header_count(char *const *names, size_t n, const char *want)
+{
+    unsigned c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += strcasecmp(names[i], want) == 0;
+    return c;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *header(char *const *names, char *const *values, size_t n, const char *want)
@@ -80,6 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .url = url,
         .content_type = header(names, values, nh, "Content-Type"),
         .content_length = header(names, values, nh, "Content-Length"),
+        .content_length_count = header_count(names, nh, "Content-Length"),
         .correlation_id = header(names, values, nh, "X-Correlation-Id"),
         .max_body = MAX_BODY,
     };
@@ -91,6 +100,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         goto done;
     }
     if (req.fn == NULL || req.request == NULL || req.method == NULL || strcmp(method, "POST") != 0)
+        abort();
+    /* Never accepted with two framings of the body. */
+    if (in.content_length_count > 1)
         abort();
     for (const char *p = req.correlation_id; *p; p++)
         if (*p <= 0x20 || *p >= 0x7f)
