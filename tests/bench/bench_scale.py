@@ -4,8 +4,8 @@ Usage: bench_scale.py BUILD CACHE_DIR KEYS... [--rss-seconds N] [--prepare-only]
 
 For each key count, an installation with that many keys (made once with
 bench_mkkeys and kept in CACHE_DIR/keys-N), kmsd with the audit log on,
-and wrk posting Encrypt for a random key each request (1000 keys sampled
-from the installation, or all when fewer). Then, on the largest
+and wrk posting Encrypt for a random key each request (SCALE_HIT, default
+1000, keys sampled from the installation, or all when fewer). Then, on the largest
 installation, RSS after 1 minute and after --rss-seconds (300) at peak.
 """
 import json
@@ -36,6 +36,9 @@ COUNTS = [int(a) for a in args]
 SECONDS = int(os.environ.get("BENCH_HTTP_SECONDS", "5"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 CHUNK = int(os.environ.get("SCALE_CHUNK", "1000"))
+# Distinct keys the load picks from (at random, per request): separates
+# "keys in the token" from "keys in use".
+HIT = int(os.environ.get("SCALE_HIT", "1000"))
 
 
 def sh(*a, **kw):
@@ -150,7 +153,7 @@ def bodies(d):
     import importlib
     kpb = importlib.import_module("key_pb2")
     ids = [l.strip() for l in open(f"{d}/ids.txt") if l.strip()]
-    sample = random.sample(ids, min(1000, len(ids)))
+    sample = random.sample(ids, min(HIT, len(ids)))
     blobs = [kpb.EncryptRequest(key_id=k, plaintext=b"m" * 256,
                                 encryption_context={"conversation": "c-1"}).SerializeToString()
              for k in sample]
