@@ -175,8 +175,9 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 
     json_t *lim = json_object_get(root, "limits");
     if (lim) {
-        static const char *const k[] = {"max_body_bytes", "max_connections",
-                                        "max_connections_per_ip", "connection_timeout_s", "threads", "thread_model",
+        static const char *const k[] = {"max_body_bytes",  "max_connections",
+                                        "max_connections_per_ip", "connection_timeout_s",
+                                        "threads",         "thread_model",
                                         "drain_timeout_s", NULL};
         KMS_ENSURE(json_is_object(lim), KMS_ERR_CONFIG, "limits: must be an object");
         KMS_GUARD(check_keys(lim, "limits", k));
