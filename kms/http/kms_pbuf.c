@@ -6,16 +6,28 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Counts per field of one message instance live on the stack; no message
  * of proto/ comes close to this many fields. */
 #define PBUF_MAX_FIELDS 64
 
 static _Thread_local char last_refusal[160];
+/* KMS_ERR_MALFORMED, or KMS_ERR_INVALID_ARGUMENT for a string field that
+ * is well-formed protobuf but not a string kmsd can carry. */
+static _Thread_local kms_err last_code;
 
 const char *kms_pbuf_last_refusal(void)
 {
     return last_refusal;
+}
+
+kms_err kms_pbuf_refused(const char *what)
+{
+    if (last_code == KMS_ERR_INVALID_ARGUMENT)
+        return kms_err_set(KMS_ERR_INVALID_ARGUMENT, "%s", last_refusal + 2); /* past ": " */
+    return kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message%s", what,
+                       last_refusal);
 }
 
 struct cursor {
@@ -78,13 +90,108 @@ static uint64_t packed_count(ProtobufCType t, const uint8_t *p, size_t len)
 
 static kms_err refuse(const char *what, const ProtobufCMessageDescriptor *d)
 {
+    last_code = KMS_ERR_MALFORMED;
     snprintf(last_refusal, sizeof(last_refusal), ": %s (in %s)", what, d->short_name);
     return kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message%s", d->short_name,
                        last_refusal);
 }
 
+/* Well-formed UTF-8 as Unicode defines it (Table 3-7): no overlong forms,
+ * no surrogates, nothing past U+10FFFF. NUL is checked apart. */
+static bool utf8_ok(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t b = p[i];
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k;
+        uint8_t lo = 0x80, hi = 0xbf; /* the range of the second byte */
+        if (b >= 0xc2 && b <= 0xdf) {
+            k = 2;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            k = 3;
+            lo = b == 0xe0 ? 0xa0 : 0x80;
+            hi = b == 0xed ? 0x9f : 0xbf;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            k = 4;
+            lo = b == 0xf0 ? 0x90 : 0x80;
+            hi = b == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return false;
+        }
+        if (k > n - i || p[i + 1] < lo || p[i + 1] > hi)
+            return false;
+        for (size_t j = 2; j < k; j++)
+            if ((p[i + j] & 0xc0) != 0x80)
+                return false;
+        i += k;
+    }
+    return true;
+}
+
+/* protobuf-c's map<K, V> is a repeated message "<Name>Entry" of key = 1,
+ * value = 2; its fields are named after the map, not "key"/"value". */
+static bool is_map_entry(const ProtobufCMessageDescriptor *d)
+{
+    size_t n = strlen(d->short_name);
+    return n > 5 && strcmp(d->short_name + n - 5, "Entry") == 0 && d->n_fields == 2 &&
+           strcmp(d->fields[0].name, "key") == 0 && strcmp(d->fields[1].name, "value") == 0;
+}
+
+/* The fields from the request down to a string field: trail[0..n-1]. */
+struct trail {
+    const ProtobufCFieldDescriptor *f[KMS_PBUF_MAX_DEPTH];
+    unsigned n;
+};
+
+/* "fields.name" quoted, or "encryption_context" (a map key) for a map
+ * entry's key. Names only: the value itself is never echoed. */
+static void trail_name(const struct trail *t, char *out, size_t outlen)
+{
+    size_t used = 1;
+    const char *suffix = "";
+    snprintf(out, outlen, "\"");
+    for (unsigned i = 0; i < t->n; i++) {
+        const ProtobufCFieldDescriptor *f = t->f[i];
+        if (i > 0 && t->f[i - 1]->type == PROTOBUF_C_TYPE_MESSAGE &&
+            is_map_entry(t->f[i - 1]->descriptor)) {
+            suffix = f->id == 1 ? " (a map key)" : " (a map value)";
+            continue;
+        }
+        int w = snprintf(out + used, outlen - used, "%s%s", used > 1 ? "." : "", f->name);
+        if (w < 0 || (size_t)w >= outlen - used)
+            break;
+        used += (size_t)w;
+    }
+    snprintf(out + used, outlen - used, "\"%s", suffix);
+}
+
+/* Every string field of every request, nested and map entries included,
+ * is refused here unless it is UTF-8 without NUL: protobuf-c hands
+ * handlers a char *, which would end at the first NUL and so carry
+ * another string than the caller sent ("alice\0mallory" as "alice"), and
+ * proto3 requires strings to be UTF-8. */
+static kms_err check_string(const struct trail *t, const uint8_t *p, size_t n)
+{
+    const char *why = NULL;
+    if (memchr(p, 0, n) != NULL)
+        why = "contains a NUL byte";
+    else if (!utf8_ok(p, n))
+        why = "is not valid UTF-8";
+    if (why == NULL)
+        return KMS_OK;
+    char name[112];
+    trail_name(t, name, sizeof(name));
+    last_code = KMS_ERR_INVALID_ARGUMENT;
+    snprintf(last_refusal, sizeof(last_refusal), ": field %s %s", name, why);
+    return kms_err_set(KMS_ERR_INVALID_ARGUMENT, "%s", last_refusal + 2);
+}
+
 static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
-                    unsigned depth)
+                    unsigned depth, struct trail *t)
 {
     uint32_t counts[PBUF_MAX_FIELDS] = {0};
     uint32_t unknown = 0;
@@ -137,7 +244,13 @@ static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, si
         if (wire == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE) {
             if (depth + 1 > KMS_PBUF_MAX_DEPTH)
                 return refuse("messages nested too deep", d);
-            KMS_GUARD(walk(f->descriptor, payload, (size_t)n, depth + 1));
+            t->f[depth - 1] = f;
+            t->n = depth;
+            KMS_GUARD(walk(f->descriptor, payload, (size_t)n, depth + 1, t));
+        } else if (wire == 2 && f->type == PROTOBUF_C_TYPE_STRING) {
+            t->f[depth - 1] = f;
+            t->n = depth;
+            KMS_GUARD(check_string(t, payload, (size_t)n));
         } else if (wire == 2 && f->label == PROTOBUF_C_LABEL_REPEATED &&
                    f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_BYTES) {
             add = packed_count(f->type, payload, (size_t)n);
@@ -154,9 +267,11 @@ static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, si
 kms_err kms_pbuf_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len)
 {
     last_refusal[0] = '\0';
+    last_code = KMS_OK;
     if (len > 0 && data == NULL)
         return refuse("no data", desc);
-    return walk(desc, data, len, 1);
+    struct trail t = {.n = 0};
+    return walk(desc, data, len, 1, &t);
 }
 
 struct budget {

@@ -12,7 +12,12 @@
  *      KMS_PBUF_MAX_REPEATED elements of one repeated field (packed or not)
  *      or unknown fields in one message, and anything malformed at the wire
  *      level (truncated varints or lengths, groups, wire types that do not
- *      match the field);
+ *      match the field); and refuses any string field, at any depth
+ *      (map keys and values, repeated strings, strings in nested
+ *      messages), that contains a NUL byte or is not valid UTF-8:
+ *      protobuf-c hands handlers a NUL-terminated char *, so such a string
+ *      would reach them cut short ("alice\0mallory" read as "alice"), and
+ *      proto3 requires strings to be UTF-8. Bytes fields may hold anything;
  *   2. then unpacks with an allocator that counts bytes and refuses any
  *      allocation past KMS_PBUF_ALLOC_BUDGET(len) before calling malloc.
  *
@@ -45,12 +50,21 @@
  * over a limit; kms_pbuf_last_refusal says which). */
 void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
-/* Only the wire walk of step 1: KMS_OK or KMS_ERR_MALFORMED with a detail. */
+/* Only the wire walk of step 1: KMS_OK, KMS_ERR_INVALID_ARGUMENT for a
+ * string field with a NUL byte or not UTF-8 (the detail names the field,
+ * never its value), or KMS_ERR_MALFORMED with a detail. */
 kms_err kms_pbuf_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Why the last kms_pbuf_unpack of this thread refused, as ": <reason>", or
  * "" when it did not (or protobuf-c itself refused). Static per-thread
  * storage, valid until the next call on this thread. */
 const char *kms_pbuf_last_refusal(void);
+
+/* The error a handler returns when kms_pbuf_unpack of a what message
+ * ("EncryptRequest") gave NULL on this thread, with its detail set:
+ * KMS_ERR_INVALID_ARGUMENT 'field "key_id" contains a NUL byte' for a
+ * refused string, else KMS_ERR_MALFORMED 'the body is not a valid what
+ * message: <reason>'. */
+kms_err kms_pbuf_refused(const char *what);
 
 #endif

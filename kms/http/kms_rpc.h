@@ -109,11 +109,10 @@ void kms_rpc_audit_key(struct kms_call *call, const char *key_id, const char *re
 struct ProtobufCMessage;
 kms_err kms_rpc_pack(const struct ProtobufCMessage *m, struct kms_reply *reply);
 
-/* Malformed protobuf body (or one over kms_pbuf's limits: the reason is
- * appended). Request bodies are decoded with kms_pbuf_unpack, never with
- * protobuf-c's unpack directly. */
-#define KMS_RPC_MALFORMED(what)                                                                \
-    kms_err_set(KMS_ERR_MALFORMED, "the body is not a valid %s message%s", (what),               \
-                kms_pbuf_last_refusal())
+/* A body kms_pbuf_unpack refused: malformed (or over kms_pbuf's limits:
+ * the reason is appended), or invalid_argument for a string field with a
+ * NUL byte or not UTF-8. Request bodies are decoded with kms_pbuf_unpack,
+ * never with protobuf-c's unpack directly. */
+#define KMS_RPC_MALFORMED(what) kms_pbuf_refused(what)
 
 #endif
