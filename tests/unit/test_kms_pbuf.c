@@ -4,11 +4,14 @@
  * reason before anything is allocated for the offending part.
  */
 #include <check.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kms_error.h"
 #include "kms_pbuf.h"
+#include "kms_twirp.h"
 #include "proto/audit.pb-c.h"
 #include "proto/fields.pb-c.h"
 #include "proto/key.pb-c.h"
@@ -182,12 +185,222 @@ START_TEST(wire_errors)
 }
 END_TEST
 
+/* ---- string fields: NUL bytes and UTF-8, every field of every route ------ */
+
+/* A string field and the fields leading to it from the request type,
+ * found by walking the descriptors of kms_twirp's route table. */
+struct spath {
+    const ProtobufCFieldDescriptor *f[KMS_PBUF_MAX_DEPTH];
+    unsigned n;
+};
+
+struct spaths {
+    struct spath p[256];
+    size_t n;
+};
+
+static void find_strings(const ProtobufCMessageDescriptor *d, struct spath *cur,
+                         struct spaths *out)
+{
+    for (size_t i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        cur->f[cur->n++] = f;
+        if (f->type == PROTOBUF_C_TYPE_STRING) {
+            ck_assert_uint_lt(out->n, sizeof(out->p) / sizeof(out->p[0]));
+            out->p[out->n++] = *cur;
+        } else if (f->type == PROTOBUF_C_TYPE_MESSAGE && cur->n < KMS_PBUF_MAX_DEPTH - 1) {
+            find_strings(f->descriptor, cur, out);
+        }
+        cur->n--;
+    }
+}
+
+/* The wire bytes of a request whose only field is the string at the end
+ * of path (each enclosing message holding just the next one). */
+static void put_path(struct wbuf *b, const struct spath *path, unsigned at, const void *value,
+                     size_t len)
+{
+    const ProtobufCFieldDescriptor *f = path->f[at];
+    put_varint(b, ((uint64_t)f->id << 3) | 2);
+    if (at + 1 == path->n) {
+        put_varint(b, len);
+        put(b, value, len);
+        return;
+    }
+    struct wbuf inner = {0};
+    put_path(&inner, path, at + 1, value, len);
+    put_varint(b, inner.len);
+    put(b, inner.p, inner.len);
+    free(inner.p);
+}
+
+/* The string at path in a decoded message (element 0 of repeated ones). */
+static const char *get_path(const ProtobufCMessage *m, const struct spath *path)
+{
+    const void *cur = m;
+    for (unsigned i = 0; i < path->n; i++) {
+        const ProtobufCFieldDescriptor *f = path->f[i];
+        const char *base = (const char *)cur + f->offset;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)((const char *)cur + f->quantifier_offset);
+            ck_assert_uint_eq(n, 1);
+            base = *(const char *const *)base; /* the array */
+        }
+        cur = *(const void *const *)base; /* the sub-message or the char * */
+        ck_assert_ptr_nonnull(cur);
+    }
+    return cur;
+}
+
+static void path_name(const struct spath *path, char *out, size_t len)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (unsigned i = 0; i < path->n && used < len; i++)
+        used += (size_t)snprintf(out + used, len - used, "%s%s", i ? "." : "",
+                                 path->f[i]->name);
+}
+
+/* Bad strings: an embedded NUL, and what is not UTF-8 (a stray
+ * continuation byte, 0xff, an overlong '/', a surrogate, past U+10FFFF, a
+ * sequence cut short). Each carries "mallory" so that an echo would show. */
+static const struct {
+    const char *bytes;
+    size_t len;
+    const char *why;
+} bad_strings[] = {
+    {"alice\0mallory", 13, "contains a NUL byte"},
+    {"\0", 1, "contains a NUL byte"},
+    {"mallory\0", 8, "contains a NUL byte"},
+    {"alice\x80mallory", 13, "is not valid UTF-8"},
+    {"alice\xffmallory", 13, "is not valid UTF-8"},
+    {"alice\xc0\xafmallory", 14, "is not valid UTF-8"},
+    {"alice\xed\xa0\x80mallory", 15, "is not valid UTF-8"},
+    {"alice\xf4\x90\x80\x80mallory", 16, "is not valid UTF-8"},
+    {"mallory\xe2\x82", 9, "is not valid UTF-8"},
+};
+
+/* Good strings, carried in full: ASCII, 2-, 3- and 4-byte UTF-8, the last
+ * code point, and the empty string. */
+static const char *const good_strings[] = {"alice", "ab", "caf\xc3\xa9", "\xe2\x82\xac 5",
+                                           "\xf0\x9f\x94\x91", "\xf4\x8f\xbf\xbf", ""};
+
+START_TEST(every_string_field_of_every_route)
+{
+    size_t total = 0, in_maps = 0, nested = 0;
+    for (size_t r = 0; r < kms_twirp_n_routes(); r++) {
+        char route[128];
+        const ProtobufCMessageDescriptor *d = kms_twirp_route_at(r, route, sizeof(route));
+        ck_assert_ptr_nonnull(d);
+        struct spath cur = {.n = 0};
+        struct spaths all = {.n = 0};
+        find_strings(d, &cur, &all);
+        ck_assert_msg(all.n > 0, "%s: no string field found", route);
+        for (size_t i = 0; i < all.n; i++) {
+            const struct spath *p = &all.p[i];
+            char name[160];
+            path_name(p, name, sizeof(name));
+            total++;
+            nested += p->n > 1;
+            in_maps += p->n > 1 && strcmp(p->f[p->n - 1]->name, "key") == 0;
+            for (size_t g = 0; g < sizeof(good_strings) / sizeof(good_strings[0]); g++) {
+                struct wbuf b = {0};
+                put_path(&b, p, 0, good_strings[g], strlen(good_strings[g]));
+                ProtobufCMessage *m = kms_pbuf_unpack(d, b.p, b.len);
+                ck_assert_msg(m != NULL, "%s %s: good string %zu refused%s", route, name, g,
+                              kms_pbuf_last_refusal());
+                ck_assert_str_eq(get_path(m, p), good_strings[g]);
+                protobuf_c_message_free_unpacked(m, NULL);
+                free(b.p);
+            }
+            for (size_t k = 0; k < sizeof(bad_strings) / sizeof(bad_strings[0]); k++) {
+                struct wbuf b = {0};
+                put_path(&b, p, 0, bad_strings[k].bytes, bad_strings[k].len);
+                ck_assert_int_eq(kms_pbuf_check(d, b.p, b.len), KMS_ERR_INVALID_ARGUMENT);
+                kms_err_clear();
+                ProtobufCMessage *m = kms_pbuf_unpack(d, b.p, b.len);
+                ck_assert_msg(m == NULL, "%s %s: bad string %zu accepted", route, name, k);
+                /* What a handler answers: invalid_argument naming the
+                 * field (the map's name for an entry's key or value),
+                 * never the value. */
+                kms_err rc = kms_pbuf_refused(d->short_name);
+                ck_assert_int_eq(rc, KMS_ERR_INVALID_ARGUMENT);
+                ck_assert_str_eq(kms_err_twirp_code(rc), "invalid_argument");
+                const char *msg = kms_err_detail();
+                char want[200];
+                const ProtobufCFieldDescriptor *leaf = p->f[p->n - 1];
+                bool map = p->n > 1 && (strcmp(leaf->name, "key") == 0 ||
+                                        strcmp(leaf->name, "value") == 0);
+                if (map) {
+                    char parent[160];
+                    struct spath up = *p;
+                    up.n--;
+                    path_name(&up, parent, sizeof(parent));
+                    snprintf(want, sizeof(want), "field \"%s\" (a map %s) %s", parent,
+                             leaf->name, bad_strings[k].why);
+                } else {
+                    snprintf(want, sizeof(want), "field \"%s\" %s", name, bad_strings[k].why);
+                }
+                ck_assert_str_eq(msg, want);
+                ck_assert_ptr_null(strstr(msg, "mallory"));
+                ck_assert_ptr_null(strstr(msg, "alice"));
+                free(b.p);
+            }
+        }
+    }
+    /* The walk saw the whole class: top-level, nested and map strings. */
+    ck_assert_uint_ge(total, 40);
+    ck_assert_uint_ge(nested, 8);
+    ck_assert_uint_ge(in_maps, 4);
+}
+END_TEST
+
+/* The concrete cases of the defect, byte for byte as a client sends them. */
+START_TEST(nul_cases_of_the_defect)
+{
+    /* EncryptRequest {key_id, plaintext, encryption_context {user: alice\0mallory}} */
+    static const uint8_t ctx[] = {0x0a, 0x02, 'i', 'd', 0x12, 0x01, 'x',  0x1a, 0x15,
+                                  0x0a, 0x04, 'u', 's', 'e', 'r', 0x12, 0x0d, 'a',
+                                  'l',  'i',  'c', 'e', 0,   'm', 'a',  'l',  'l',
+                                  'o',  'r',  'y'};
+    ck_assert_ptr_null(kms_pbuf_unpack(&custos__v1__encrypt_request__descriptor, ctx,
+                                       sizeof(ctx)));
+    ck_assert_int_eq(kms_pbuf_refused("EncryptRequest"), KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_str_eq(kms_err_detail(),
+                     "field \"encryption_context\" (a map value) contains a NUL byte");
+    /* CreateKeyRequest {region: "eu-west\0us-east"} */
+    static const uint8_t region[] = {0x0a, 0x0f, 'e', 'u', '-', 'w', 'e', 's', 't',
+                                     0,    'u',  's', '-', 'e', 'a', 's', 't'};
+    ck_assert_int_eq(kms_pbuf_check(&custos__v1__create_key_request__descriptor, region,
+                                    sizeof(region)),
+                     KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_str_eq(kms_pbuf_last_refusal(), ": field \"region\" contains a NUL byte");
+    /* Bytes fields are not strings: a NUL in a plaintext is data. */
+    static const uint8_t pt[] = {0x0a, 0x02, 'i', 'd', 0x12, 0x03, 0, 0xff, 0};
+    Custos__V1__EncryptRequest *m =
+        kms_pbuf_unpack(&custos__v1__encrypt_request__descriptor, pt, sizeof(pt));
+    ck_assert_ptr_nonnull(m);
+    ck_assert_uint_eq(m->plaintext.len, 3);
+    custos__v1__encrypt_request__free_unpacked(m, NULL);
+    /* A wire-level refusal stays malformed, with its reason. */
+    ck_assert_ptr_null(kms_pbuf_unpack(&custos__v1__describe_key_request__descriptor,
+                                       (const uint8_t *)"\x0a\x05" "ab", 4));
+    ck_assert_int_eq(kms_pbuf_refused("DescribeKeyRequest"), KMS_ERR_MALFORMED);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "not a valid DescribeKeyRequest message: "
+                                                   "length past the end"));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("kms_pbuf");
     TCase *tc = tcase_create("decode");
     tcase_add_test(tc, honest_messages_decode);
     tcase_add_test(tc, wire_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("strings");
+    tcase_add_test(tc, every_string_field_of_every_route);
+    tcase_add_test(tc, nul_cases_of_the_defect);
     suite_add_tcase(s, tc);
     tc = tcase_create("limits");
     tcase_add_test(tc, repeated_count_limit);
