@@ -6,15 +6,111 @@
  * kms_twirp's table order), then the body.
  * Properties: no crash, no leak (libFuzzer's LeakSanitizer); a decoded
  * message re-encodes and that encoding decodes again (what the service
- * accepts it can also describe back).
+ * accepts it can also describe back); and no accepted body has a string
+ * field, at any depth, with a NUL byte or bytes that are not UTF-8 (the
+ * handlers get char *: such a string would reach them as another string).
+ * The last is checked on the input's own bytes, by a reader of this file,
+ * not by the decoder's.
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kms_pbuf.h"
 #include "kms_twirp.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Code point by code point: shortest form, no surrogates, <= U+10FFFF. */
+static bool utf8_text(const uint8_t *p, size_t n)
+{
+    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    size_t i = 0;
+    while (i < n) {
+        uint8_t b = p[i];
+        uint32_t cp;
+        size_t k;
+        if (b < 0x80) {
+            cp = b;
+            k = 1;
+        } else if ((b & 0xe0) == 0xc0) {
+            cp = b & 0x1f;
+            k = 2;
+        } else if ((b & 0xf0) == 0xe0) {
+            cp = b & 0x0f;
+            k = 3;
+        } else if ((b & 0xf8) == 0xf0) {
+            cp = b & 0x07;
+            k = 4;
+        } else {
+            return false;
+        }
+        if (k > n - i)
+            return false;
+        for (size_t j = 1; j < k; j++) {
+            if ((p[i + j] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[i + j] & 0x3f);
+        }
+        if (cp < min[k] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += k;
+    }
+    return true;
+}
+
+static uint64_t varint(const uint8_t **p, const uint8_t *end)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*p >= end)
+            abort(); /* accepted, yet truncated */
+        uint8_t b = *(*p)++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if ((b & 0x80) == 0)
+            return v;
+    }
+    abort();
+}
+
+/* Every string field of an accepted body: UTF-8 without NUL. */
+static void strings_clean(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
+{
+    const uint8_t *end = p + n;
+    while (p < end) {
+        uint64_t tag = varint(&p, end);
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
+        uint64_t len = 0;
+        switch (tag & 7) {
+        case 0:
+            varint(&p, end);
+            continue;
+        case 1:
+            len = 8;
+            break;
+        case 5:
+            len = 4;
+            break;
+        case 2:
+            len = varint(&p, end);
+            break;
+        default:
+            abort(); /* accepted a wire type it refuses */
+        }
+        if (len > (uint64_t)(end - p))
+            abort();
+        if ((tag & 7) == 2 && f != NULL) {
+            if (f->type == PROTOBUF_C_TYPE_STRING &&
+                (memchr(p, 0, (size_t)len) != NULL || !utf8_text(p, (size_t)len)))
+                abort(); /* a string the handler would not see as sent */
+            if (f->type == PROTOBUF_C_TYPE_MESSAGE)
+                strings_clean(f->descriptor, p, (size_t)len);
+        }
+        p += len;
+    }
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -26,6 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ProtobufCMessage *m = kms_pbuf_unpack(d, data + 1, size - 1);
     if (m == NULL)
         return 0;
+    strings_clean(d, data + 1, size - 1);
     size_t n = protobuf_c_message_get_packed_size(m);
     uint8_t *buf = malloc(n ? n : 1);
     if (buf == NULL)
