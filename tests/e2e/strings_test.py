@@ -28,6 +28,7 @@ import importlib
 import json
 import os
 import sys
+import time
 
 from google.protobuf.descriptor import FieldDescriptor as FD
 
@@ -64,11 +65,15 @@ def api_key(who):
         return f.read().strip()
 
 
+CORR = {"id": None}  # when set, sent as X-Correlation-Id (to find the audit event)
+
+
 def post(service, method, body, who):
     conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
-    conn.request("POST", f"/twirp/{service}/{method}", body=body,
-                 headers={"Content-Type": "application/protobuf",
-                          "Authorization": "Bearer " + api_key(who)})
+    h = {"Content-Type": "application/protobuf", "Authorization": "Bearer " + api_key(who)}
+    if CORR["id"]:
+        h["X-Correlation-Id"] = CORR["id"]
+    conn.request("POST", f"/twirp/{service}/{method}", body=body, headers=h)
     r = conn.getresponse()
     data = r.read()
     conn.close()
@@ -283,8 +288,10 @@ KINDS = [
 
 # ---- the defect's concrete cases ----------------------------------------------------
 
+CORR["id"] = "strings-nul"
 s, r = call(KS, "Decrypt", kpb.DecryptRequest(ciphertext=CT, key_id=K, encryption_context={
     "user": "alice\0mallory", "conv": "42"}), "demo-broker")
+CORR["id"] = None
 check(s == 400 and r.get("code") == "invalid_argument" and
       r.get("msg") == 'field "encryption_context" (a map value) contains a NUL byte',
       f"a blob bound to {{user: alice}} does not decrypt under {{user: alice\\0mallory}} ({got(s, r)})")
@@ -372,6 +379,23 @@ check(methods_seen >= 27 and set(BASES) <= {m for s in SERVICES.values()
 after = snapshot()
 check(after == before, "nothing changed: every key's metadata, versions and state, "
                        "and every recovery, as before the walk")
+
+# The refusals are audit events that name the field, never the value.
+import audit_lib  # noqa: E402  (tests/e2e, next to this file)
+
+auditor = audit_lib.Client(PORT, f"{DIR}/credentials/auditor.key")
+ev, raw_events = None, []
+for _ in range(40):  # the signed head trails the log by up to a second
+    _, evs, raw_events = audit_lib.export_all(auditor, "eu-west")
+    ev = next((e for e in evs if e.correlation_id == "strings-nul"), None)
+    if ev is not None:
+        break
+    time.sleep(0.25)
+check(ev is not None and ev.operation == "Decrypt" and ev.outcome == "invalid_argument" and
+      'field "encryption_context" (a map value) contains a NUL byte' in ev.detail,
+      "the refused Decrypt is an audit event: invalid_argument, the field named")
+check(raw_events and not any(b"mallory" in r for r in raw_events),
+      "no audit event holds a refused string's value")
 
 print(f"# {count} checks, {failures} failed", flush=True)
 sys.exit(1 if failures else 0)

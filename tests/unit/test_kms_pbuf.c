@@ -388,6 +388,14 @@ START_TEST(nul_cases_of_the_defect)
     ck_assert_int_eq(kms_pbuf_refused("DescribeKeyRequest"), KMS_ERR_MALFORMED);
     ck_assert_ptr_nonnull(strstr(kms_err_detail(), "not a valid DescribeKeyRequest message: "
                                                    "length past the end"));
+    /* A refusal by protobuf-c itself (key_id sent as a varint) right after
+     * a string refusal is malformed, not the previous call's answer. */
+    ck_assert_ptr_null(kms_pbuf_unpack(&custos__v1__create_key_request__descriptor, region,
+                                       sizeof(region)));
+    ck_assert_ptr_null(kms_pbuf_unpack(&custos__v1__describe_key_request__descriptor,
+                                       (const uint8_t *)"\x08\x01", 2));
+    ck_assert_int_eq(kms_pbuf_refused("DescribeKeyRequest"), KMS_ERR_MALFORMED);
+    ck_assert_str_eq(kms_err_detail(), "the body is not a valid DescribeKeyRequest message");
 }
 END_TEST
 
