@@ -976,6 +976,27 @@ static void emit_map_key(struct out *o, const ProtobufCFieldDescriptor *kf, cons
         out_put(o, "\"", 1);
 }
 
+/* Whether map entry j of arr[n] has its key again in a later entry. */
+static bool map_key_later(const ProtobufCFieldDescriptor *f, const uint8_t *arr, size_t j,
+                          size_t n)
+{
+    const ProtobufCMessageDescriptor *ed = f->descriptor;
+    const ProtobufCFieldDescriptor *kf = &ed->fields[0];
+    const ProtobufCMessage *const *entries = (const ProtobufCMessage *const *)arr;
+    const uint8_t *kj = (const uint8_t *)entries[j] + kf->offset;
+    for (size_t l = j + 1; l < n; l++) {
+        const uint8_t *kl = (const uint8_t *)entries[l] + kf->offset;
+        if (kf->type == PROTOBUF_C_TYPE_STRING) {
+            const char *a = *(char *const *)kj, *b = *(char *const *)kl;
+            if (strcmp(a ? a : "", b ? b : "") == 0)
+                return true;
+        } else if (memcmp(kj, kl, elem_size(kf->type)) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void emit_message(struct out *o, const ProtobufCMessageDescriptor *d,
                          const ProtobufCMessage *m, unsigned depth)
 {
@@ -1007,10 +1028,16 @@ static void emit_message(struct out *o, const ProtobufCMessageDescriptor *d,
         const uint8_t *arr = *(const uint8_t *const *)member;
         bool map = is_map(f);
         out_put(o, map ? "{" : "[", 1);
+        bool first = true;
         for (size_t j = 0; j < n; j++) {
-            if (j)
-                out_put(o, ",", 1);
             const uint8_t *el = arr + j * elem_size(f->type);
+            /* A key repeated on the wire: the last entry wins (protobuf's
+             * rule), and a JSON object never holds a key twice. */
+            if (map && map_key_later(f, arr, j, n))
+                continue;
+            if (!first)
+                out_put(o, ",", 1);
+            first = false;
             if (map) {
                 const ProtobufCMessage *entry = *(ProtobufCMessage *const *)el;
                 const ProtobufCMessageDescriptor *ed = f->descriptor;

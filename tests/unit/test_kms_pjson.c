@@ -352,6 +352,25 @@ START_TEST(rendering)
     j = render(&e.base);
     ck_assert_str_eq(j, "{\"ciphertext\":\"+/+/AQ==\",\"key_id\":\"\",\"key_version\":4294967295}");
     free(j);
+    /* A map key repeated on the wire: the last entry wins, as protobuf
+     * decoders do, and the object holds the key once. */
+    Custos__V1__EncryptRequest__EncryptionContextEntry e1 =
+        CUSTOS__V1__ENCRYPT_REQUEST__ENCRYPTION_CONTEXT_ENTRY__INIT;
+    Custos__V1__EncryptRequest__EncryptionContextEntry e2 = e1, e3 = e1;
+    e1.key = (char *)"a";
+    e1.value = (char *)"first";
+    e2.key = (char *)"b";
+    e2.value = (char *)"x";
+    e3.key = (char *)"a";
+    e3.value = (char *)"last";
+    Custos__V1__EncryptRequest__EncryptionContextEntry *ents[] = {&e1, &e2, &e3};
+    Custos__V1__EncryptRequest er = CUSTOS__V1__ENCRYPT_REQUEST__INIT;
+    er.encryption_context = ents;
+    er.n_encryption_context = 3;
+    j = render(&er.base);
+    ck_assert_str_eq(j, "{\"key_id\":\"\",\"plaintext\":\"\",\"encryption_context\":{\"b\":\"x\","
+                        "\"a\":\"last\"}}");
+    free(j);
     /* An enum value newer than the schema: its number. */
     km.spec = 77;
     j = render(&r.base);
