@@ -241,6 +241,18 @@ else
     flunk "application/json; charset=utf-8: $status"
 fi
 
+# The curl example of README.md, run as it stands there (credentials
+# directory and key id of this installation).
+mkdir -p "$W/readme"
+sed -n '/<!-- json-example-begin -->/,/<!-- json-example-end -->/p' README.md |
+    sed '/^```/d; /^<!--/d' | sed "s|var/dev/credentials|$CRED|" >"$W/readme/example.sh"
+if (cd "$W/readme" && id=$kid sh ./example.sh) >"$W/body" 2>&1 &&
+    [ "$(jget 'd["key_id"], d["key_version"], len(d["ciphertext"]) > 40')" = "$kid 1 True" ]; then
+    pass "the curl example of README.md encrypts as written"
+else
+    flunk "the curl example of README.md encrypts as written"
+fi
+
 # ---- the audit log, exported over JSON -------------------------------------------------
 
 # The auditor's export is itself a JSON call; an event that is durable is in
