@@ -198,6 +198,16 @@ static void json_seeds(void)
         put("fuzz_pjson", name, &sel, 1, json, jn);
         snprintf(name, sizeof(name), "%s-empty.json", d->short_name);
         put("fuzz_pjson", name, &sel, 1, "{}", 2);
+        if (i < nr) {
+            char path[128], head[512];
+            kms_twirp_route_at(i, path, sizeof(path));
+            int hl = snprintf(head, sizeof(head),
+                              "POST %s HTTP/1.1\r\nHost: kms\r\nContent-Type: application/json\r\n"
+                              "Content-Length: %zu\r\nAuthorization: Bearer ck_fuzz\r\n\r\n",
+                              path, jn);
+            snprintf(name, sizeof(name), "%s-json-ok", d->short_name);
+            put("fuzz_http_request", name, head, (size_t)hl, json, jn);
+        }
         free(json);
         free(body);
         protobuf_c_message_free_unpacked(m, NULL);
