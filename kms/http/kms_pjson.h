@@ -25,7 +25,8 @@
  *     alphabet, with or without padding;
  *   - repeated fields as arrays, map<string, string> as objects, messages as
  *     objects, null as the field's default.
- * Unknown field names, a field given twice (also under both spellings),
+ * Unknown field names (Twirp's Go server discards them; here a misspelt
+ * encryption_context would silently mean none), a field given twice (also under both spellings),
  * duplicate object keys, wrong JSON types, trailing bytes after the object,
  * invalid UTF-8 are refused with KMS_ERR_MALFORMED and a message naming the
  * field (never its value: the detail goes to the log and the audit event).
