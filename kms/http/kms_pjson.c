@@ -228,7 +228,8 @@ static bool parse_dec(const char *s, size_t n, bool *neg, uint64_t *mag)
     for (; i < n; i++) {
         if (s[i] < '0' || s[i] > '9')
             return false;
-        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, (uint64_t)(s[i] - '0'), &v))
+        if (__builtin_mul_overflow(v, 10, &v) ||
+            __builtin_add_overflow(v, (uint64_t)(s[i] - '0'), &v))
             return false;
     }
     *mag = v;
@@ -477,7 +478,8 @@ static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const
         return rc;
     }
     default:
-        return enc_fail(e, KMS_ERR_INTERNAL, "field type %d has no JSON mapping here", (int)f->type);
+        return enc_fail(e, KMS_ERR_INTERNAL, "field type %d has no JSON mapping here",
+                        (int)f->type);
     }
 }
 
@@ -585,7 +587,8 @@ static kms_err enc_message(struct enc *e, const ProtobufCMessageDescriptor *d, c
         seen_as[i] = key;
         if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ||
             (f->label != PROTOBUF_C_LABEL_NONE && f->label != PROTOBUF_C_LABEL_REPEATED))
-            return enc_fail(e, KMS_ERR_INTERNAL, "oneof and proto2 fields have no JSON mapping here");
+            return enc_fail(e, KMS_ERR_INTERNAL,
+                            "oneof and proto2 fields have no JSON mapping here");
         if (!json_is_null(v)) /* null: the field's default, i.e. absent */
             KMS_GUARD(enc_field(e, f, v, out, depth));
         path_pop(e, mark);
