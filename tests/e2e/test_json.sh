@@ -3,7 +3,8 @@
 # line against a real kmsd: CreateKey, Encrypt, Decrypt, GenerateDataKey and
 # DecryptDataKey in application/json (both field name spellings, bytes as
 # base64, replies in JSON with Content-Type application/json), a ciphertext
-# made over JSON decrypting over protobuf (kmsctl) and the reverse, the
+# made over JSON decrypting over protobuf (kmsctl) and the reverse, one call
+# of each other service (FieldService, EscrowService, AuditService), the
 # refusals (bad credential 401, policy 403, malformed JSON naming the field,
 # a body over the limit, an unknown Content-Type) as Twirp JSON errors, and
 # the audit log (exported over JSON too) holding exactly one event per JSON
@@ -39,7 +40,7 @@ flunk() {
 
 # The Authorization header of a principal, in a 0600 file (printf is a
 # shell builtin: the key is never in any process's argv).
-for p in demo-admin demo-broker auditor; do
+for p in demo-admin demo-broker auditor officer-1; do
     (umask 077 && printf 'Authorization: Bearer %s\n' "$(cat "$CRED/$p.key")" >"$W/$p.auth")
 done
 (umask 077 && printf 'Authorization: Bearer ck_%s\n' "0000000000000000" >"$W/bogus.auth")
@@ -166,6 +167,40 @@ if [ "$status" = 200 ] && [ -n "$dk" ] && [ "$(jget 'd["plaintext"]')" = "$dk" ]
     pass "DecryptDataKey in JSON returns the same data key"
 else
     flunk "DecryptDataKey in JSON"
+fi
+
+# ---- the other services --------------------------------------------------------------
+
+jcall demo-admin KeyService/CreateKey '{"region":"eu-west","spec":"METADATA_AES_HMAC"}'
+mid=$(jget 'd["key"]["key_id"]' 2>/dev/null || echo none)
+msisdn64=$(printf '+14155550123' | base64 -w0)
+jcall demo-broker FieldService/EncryptFields "$(printf '{"keyId":"%s","encryptionContext":{"conv":"42"},"fields":[{"name":"msisdn","value":"%s","mode":"FIELD_MODE_DETERMINISTIC","canonicalizer":"CANONICALIZER_E164","indexLengthBits":64}]}' "$mid" "$msisdn64")"
+fct=
+if [ "$status" = 200 ] && [ "$(jget 'len(d["fields"]), len(d["fields"][0]["blind_index"])')" = "1 12" ]; then
+    fct=$(jget 'd["fields"][0]["ciphertext"]')
+    pass "FieldService EncryptFields in JSON (enums by name, a blind index of 64 bits)"
+else
+    flunk "FieldService EncryptFields in JSON: $status"
+fi
+jcall demo-broker FieldService/DecryptFields "$(printf '{"key_id":"%s","encryption_context":{"conv":"42"},"fields":[{"name":"msisdn","ciphertext":"%s"}]}' "$mid" "$fct")"
+if [ "$status" = 200 ] &&
+    [ "$(jget 'd["fields"][0]["value"], d["fields"][0]["mode"]')" = "$msisdn64 FIELD_MODE_DETERMINISTIC" ]
+then
+    pass "FieldService DecryptFields in JSON gives the value back"
+else
+    flunk "FieldService DecryptFields in JSON: $status"
+fi
+jcall officer-1 EscrowService/ListRecoveries '{"openOnly":true}'
+if [ "$status" = 200 ] && [ "$(jget 'd')" = "{'recoveries': []}" ]; then
+    pass "EscrowService ListRecoveries in JSON: an empty list is []"
+else
+    flunk "EscrowService ListRecoveries in JSON: $status"
+fi
+jcall auditor AuditService/GetSignedTreeHead '{"region":"eu-west"}'
+if [ "$status" = 200 ] && [ "$(jget 'type(d["head"]["tree_size"]).__name__, d["head"]["region"]')" = "str eu-west" ]; then
+    pass "AuditService GetSignedTreeHead in JSON (uint64 as a string)"
+else
+    flunk "AuditService GetSignedTreeHead in JSON: $status"
 fi
 
 # ---- refusals: the Twirp JSON errors, audited ---------------------------------------
