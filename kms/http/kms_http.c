@@ -34,6 +34,7 @@
 #include "kms_httpreq.h"
 #include "kms_log.h"
 #include "kms_metrics.h"
+#include "kms_pjson.h"
 #include "kms_secret.h"
 #include "kms_twirp.h"
 #include "pol_doc.h"
@@ -73,6 +74,8 @@ struct req_state {
     atomic_int audit;      /* enum audit_wait */
     struct answer ans;
     char correlation_id[KMS_HTTP_CORRELATION_MAX + 1];
+    bool json; /* application/json: the body is converted, the reply rendered */
+    const ProtobufCMessageDescriptor *request, *response;
 };
 
 /* ---- responses ----------------------------------------------------------- */
@@ -220,7 +223,7 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st
             free(reply->data);
     }
     reply->data = NULL;
-    return respond(c, st, MHD_HTTP_OK, r, "application/protobuf");
+    return respond(c, st, MHD_HTTP_OK, r, st->json ? "application/json" : "application/protobuf");
 }
 
 /* ---- authentication -------------------------------------------------------- */
@@ -298,6 +301,42 @@ static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c, struct
     kms_err rc = pol_doc_auth_api_key(st->call.policy, key, n, &st->call.who);
     if (rc != KMS_OK)
         return kms_err_set(KMS_ERR_UNAUTHENTICATED, "invalid credentials");
+    return KMS_OK;
+}
+
+/* ---- the JSON encoding ---------------------------------------------------------- */
+
+/* A JSON body becomes the protobuf wire bytes of the route's request, and
+ * from there on the request is a protobuf one: the same bounded decoder,
+ * handler and validation. The JSON text is wiped like any body. */
+static kms_err json_body(struct req_state *st, size_t max_body)
+{
+    uint8_t *wire;
+    size_t n;
+    KMS_GUARD(kms_pjson_to_wire(st->request, st->body ? st->body : (const uint8_t *)"", st->len,
+                                max_body, &wire, &n));
+    if (st->body) {
+        OPENSSL_cleanse(st->body, st->cap);
+        free(st->body);
+    }
+    st->body = wire;
+    st->len = st->cap = n;
+    return KMS_OK;
+}
+
+/* The handler's packed reply, rendered as JSON in its place; a secret
+ * reply's JSON is secret too (wiped after sending, send_reply). */
+static kms_err json_reply(struct req_state *st, struct kms_reply *reply)
+{
+    char *text;
+    size_t n;
+    KMS_GUARD(kms_pjson_from_wire(st->response, reply->data ? reply->data : (const uint8_t *)"",
+                                  reply->len, &text, &n));
+    bool secret = reply->secret;
+    drop_reply(reply);
+    reply->data = (uint8_t *)text;
+    reply->len = n;
+    reply->secret = secret;
     return KMS_OK;
 }
 
@@ -427,6 +466,9 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
     st->method = req.method;
     st->op = kms_metrics_op(st->method);
     memcpy(st->correlation_id, req.correlation_id, sizeof(st->correlation_id));
+    st->json = req.json;
+    st->request = req.request;
+    st->response = req.response;
     if (rc != KMS_OK) {
         char msg[160];
         snprintf(msg, sizeof(msg), "%s", kms_err_detail());
@@ -508,7 +550,15 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     }
     struct kms_reply *reply = &st->ans.reply;
     kms_err_clear();
+    kms_err jrc = st->json ? json_body(st, h->cfg->max_body_bytes) : KMS_OK;
+    if (jrc != KMS_OK) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", kms_err_detail());
+        return refuse(c, st, jrc, msg);
+    }
     kms_err rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
+    if (rc == KMS_OK && st->json)
+        rc = json_reply(st, reply);
     if (rc != KMS_OK) {
         drop_reply(reply);
         /* Internal details go to the log and the audit event only; the

@@ -17,6 +17,38 @@ static bool content_type_ok(const char *ct)
     return strncasecmp(ct, "application/protobuf", n) == 0 && (ct[n] == '\0' || ct[n] == ';');
 }
 
+/* Twirp's JSON encoding: "application/json", optionally with
+ * "; charset=utf-8" (RFC 8259 JSON is UTF-8; any other charset or
+ * parameter is refused rather than guessed at). */
+static bool content_type_json(const char *ct)
+{
+    static const char base[] = "application/json";
+    if (ct == NULL || strncasecmp(ct, base, sizeof(base) - 1) != 0)
+        return false;
+    const char *p = ct + sizeof(base) - 1;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '\0')
+        return true;
+    if (*p++ != ';')
+        return false;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (strncasecmp(p, "charset=", 8) != 0)
+        return false;
+    p += 8;
+    bool quoted = *p == '"';
+    p += quoted;
+    if (strncasecmp(p, "utf-8", 5) != 0)
+        return false;
+    p += 5;
+    if (quoted && *p++ != '"')
+        return false;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return *p == '\0';
+}
+
 kms_err kms_httpreq_check_body_len(size_t len, size_t max_body)
 {
     KMS_ENSURE(len <= max_body, KMS_ERR_TOO_LARGE, "request body larger than %zu bytes",
@@ -35,8 +67,10 @@ kms_err kms_httpreq_check_head(const struct kms_httpreq_head *in, struct kms_htt
     KMS_ENSURE(out->fn != NULL, KMS_ERR_BAD_ROUTE, "no such method");
     out->request = kms_twirp_route_request(in->url);
     out->routed = true;
-    KMS_ENSURE(content_type_ok(in->content_type), KMS_ERR_BAD_ROUTE,
-               "unsupported Content-Type: use application/protobuf");
+    out->response = kms_twirp_route_response(in->url);
+    out->json = content_type_json(in->content_type);
+    KMS_ENSURE(out->json || content_type_ok(in->content_type), KMS_ERR_BAD_ROUTE,
+               "unsupported Content-Type: use application/protobuf or application/json");
     /* Two Content-Length headers are a request-smuggling shape (RFC 9112
      * section 6.3: an unrecoverable framing error). libmicrohttpd 0.9.75
      * frames the body by the first one and would parse what the other one

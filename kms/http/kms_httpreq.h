@@ -38,6 +38,8 @@ struct kms_httpreq {
     kms_rpc_fn fn;                                /* the route's handler */
     const char *method;                           /* its name, pointing into url */
     const ProtobufCMessageDescriptor *request;    /* its request message type */
+    const ProtobufCMessageDescriptor *response;   /* its response message type */
+    bool json;                                    /* application/json: body and reply in JSON */
     bool routed;                                  /* a known route: refusals are audited */
     char correlation_id[KMS_HTTP_CORRELATION_MAX + 1]; /* "" when absent */
 };

@@ -23,51 +23,52 @@ struct route {
     const char *method;
     kms_rpc_fn fn;
     const ProtobufCMessageDescriptor *request;
+    /* The reply's type: a JSON request is answered in JSON, rendered from
+     * the handler's packed reply with it (kms_pjson). */
+    const ProtobufCMessageDescriptor *response;
 };
 
+#define ROUTE(method, fn, msg)                                                                    \
+    {(method), (fn), &custos__v1__##msg##_request__descriptor,                                  \
+     &custos__v1__##msg##_response__descriptor}
+
 static const struct route key_service[] = {
-    {"CreateKey", kms_rpc_create_key, &custos__v1__create_key_request__descriptor},
-    {"DescribeKey", kms_rpc_describe_key, &custos__v1__describe_key_request__descriptor},
-    {"ListKeys", kms_rpc_list_keys, &custos__v1__list_keys_request__descriptor},
-    {"RotateKey", kms_rpc_rotate_key, &custos__v1__rotate_key_request__descriptor},
-    {"EnableKey", kms_rpc_enable_key, &custos__v1__enable_key_request__descriptor},
-    {"DisableKey", kms_rpc_disable_key, &custos__v1__disable_key_request__descriptor},
-    {"ScheduleKeyDeletion", kms_rpc_schedule_key_deletion,
-     &custos__v1__schedule_key_deletion_request__descriptor},
-    {"CancelKeyDeletion", kms_rpc_cancel_key_deletion,
-     &custos__v1__cancel_key_deletion_request__descriptor},
-    {"Encrypt", kms_rpc_encrypt, &custos__v1__encrypt_request__descriptor},
-    {"Decrypt", kms_rpc_decrypt, &custos__v1__decrypt_request__descriptor},
-    {"ReEncrypt", kms_rpc_re_encrypt, &custos__v1__re_encrypt_request__descriptor},
-    {"GenerateDataKey", kms_rpc_generate_data_key,
-     &custos__v1__generate_data_key_request__descriptor},
-    {"DecryptDataKey", kms_rpc_decrypt_data_key, &custos__v1__decrypt_data_key_request__descriptor},
-    {"GetImportParameters", kms_rpc_get_import_parameters,
-     &custos__v1__get_import_parameters_request__descriptor},
-    {"ImportKeyMaterial", kms_rpc_import_key_material,
-     &custos__v1__import_key_material_request__descriptor},
+    ROUTE("CreateKey", kms_rpc_create_key, create_key),
+    ROUTE("DescribeKey", kms_rpc_describe_key, describe_key),
+    ROUTE("ListKeys", kms_rpc_list_keys, list_keys),
+    ROUTE("RotateKey", kms_rpc_rotate_key, rotate_key),
+    ROUTE("EnableKey", kms_rpc_enable_key, enable_key),
+    ROUTE("DisableKey", kms_rpc_disable_key, disable_key),
+    ROUTE("ScheduleKeyDeletion", kms_rpc_schedule_key_deletion, schedule_key_deletion),
+    ROUTE("CancelKeyDeletion", kms_rpc_cancel_key_deletion, cancel_key_deletion),
+    ROUTE("Encrypt", kms_rpc_encrypt, encrypt),
+    ROUTE("Decrypt", kms_rpc_decrypt, decrypt),
+    ROUTE("ReEncrypt", kms_rpc_re_encrypt, re_encrypt),
+    ROUTE("GenerateDataKey", kms_rpc_generate_data_key, generate_data_key),
+    ROUTE("DecryptDataKey", kms_rpc_decrypt_data_key, decrypt_data_key),
+    ROUTE("GetImportParameters", kms_rpc_get_import_parameters, get_import_parameters),
+    ROUTE("ImportKeyMaterial", kms_rpc_import_key_material, import_key_material),
 };
 
 static const struct route audit_service[] = {
-    {"GetSignedTreeHead", kms_rpc_get_signed_tree_head,
-     &custos__v1__get_signed_tree_head_request__descriptor},
-    {"ExportAuditLog", kms_rpc_export_audit_log, &custos__v1__export_audit_log_request__descriptor},
-    {"GetAuditKeys", kms_rpc_get_audit_keys, &custos__v1__get_audit_keys_request__descriptor},
+    ROUTE("GetSignedTreeHead", kms_rpc_get_signed_tree_head, get_signed_tree_head),
+    ROUTE("ExportAuditLog", kms_rpc_export_audit_log, export_audit_log),
+    ROUTE("GetAuditKeys", kms_rpc_get_audit_keys, get_audit_keys),
 };
 
 static const struct route field_service[] = {
-    {"EncryptFields", kms_rpc_encrypt_fields, &custos__v1__encrypt_fields_request__descriptor},
-    {"DecryptFields", kms_rpc_decrypt_fields, &custos__v1__decrypt_fields_request__descriptor},
-    {"BlindIndex", kms_rpc_blind_index, &custos__v1__blind_index_request__descriptor},
+    ROUTE("EncryptFields", kms_rpc_encrypt_fields, encrypt_fields),
+    ROUTE("DecryptFields", kms_rpc_decrypt_fields, decrypt_fields),
+    ROUTE("BlindIndex", kms_rpc_blind_index, blind_index),
 };
 
 static const struct route escrow_service[] = {
-    {"RequestRecovery", kms_rpc_request_recovery, &custos__v1__request_recovery_request__descriptor},
-    {"GetRecovery", kms_rpc_get_recovery, &custos__v1__get_recovery_request__descriptor},
-    {"ApproveRecovery", kms_rpc_approve_recovery, &custos__v1__approve_recovery_request__descriptor},
-    {"ExecuteRecovery", kms_rpc_execute_recovery, &custos__v1__execute_recovery_request__descriptor},
-    {"CancelRecovery", kms_rpc_cancel_recovery, &custos__v1__cancel_recovery_request__descriptor},
-    {"ListRecoveries", kms_rpc_list_recoveries, &custos__v1__list_recoveries_request__descriptor},
+    ROUTE("RequestRecovery", kms_rpc_request_recovery, request_recovery),
+    ROUTE("GetRecovery", kms_rpc_get_recovery, get_recovery),
+    ROUTE("ApproveRecovery", kms_rpc_approve_recovery, approve_recovery),
+    ROUTE("ExecuteRecovery", kms_rpc_execute_recovery, execute_recovery),
+    ROUTE("CancelRecovery", kms_rpc_cancel_recovery, cancel_recovery),
+    ROUTE("ListRecoveries", kms_rpc_list_recoveries, list_recoveries),
 };
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -131,12 +132,19 @@ const ProtobufCMessageDescriptor *kms_twirp_route_request(const char *path)
     return r ? r->request : NULL;
 }
 
+const ProtobufCMessageDescriptor *kms_twirp_route_response(const char *path)
+{
+    const char *method;
+    const struct route *r = route_of(path, &method);
+    return r ? r->response : NULL;
+}
+
 size_t kms_twirp_n_routes(void)
 {
     return N(key_service) + N(audit_service) + N(field_service) + N(escrow_service);
 }
 
-const ProtobufCMessageDescriptor *kms_twirp_route_at(size_t i, char *out_path, size_t out_len)
+static const struct route *route_at(size_t i, const char **out_service)
 {
     const struct route *r;
     const char *service;
@@ -155,9 +163,26 @@ const ProtobufCMessageDescriptor *kms_twirp_route_at(size_t i, char *out_path, s
     } else {
         return NULL;
     }
+    *out_service = service;
+    return r;
+}
+
+const ProtobufCMessageDescriptor *kms_twirp_route_at(size_t i, char *out_path, size_t out_len)
+{
+    const char *service;
+    const struct route *r = route_at(i, &service);
+    if (r == NULL)
+        return NULL;
     if (out_path)
         snprintf(out_path, out_len, "/twirp/%s/%s", service, r->method);
     return r->request;
+}
+
+const ProtobufCMessageDescriptor *kms_twirp_route_response_at(size_t i)
+{
+    const char *service;
+    const struct route *r = route_at(i, &service);
+    return r ? r->response : NULL;
 }
 
 char *kms_twirp_error_body(kms_err err, const char *msg)

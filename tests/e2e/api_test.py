@@ -326,8 +326,12 @@ s, _, _, data = raw("/twirp/custos.v1.KeyService/Encrypt", whole[:-10],
                     dict(auth, **{"Content-Type": "application/protobuf"}))
 check(s == 400 and json.loads(data)["code"] == "malformed", "truncated protobuf: malformed")
 s, _, _, data = raw("/twirp/custos.v1.KeyService/Encrypt", whole,
-                    dict(auth, **{"Content-Type": "application/json"}))
+                    dict(auth, **{"Content-Type": "text/plain"}))
 check(s == 404 and json.loads(data)["code"] == "bad_route", "wrong content type: bad_route")
+s, _, _, data = raw("/twirp/custos.v1.KeyService/Encrypt", whole,
+                    dict(auth, **{"Content-Type": "application/json"}))
+check(s == 400 and json.loads(data)["code"] == "malformed",
+      "protobuf bytes sent as application/json: malformed")
 s, _, _, data = raw("/twirp/custos.v1.KeyService/Encrypt", None, auth, method="GET")
 check(s == 404 and json.loads(data)["code"] == "bad_route", "GET: bad_route")
 for path in ("/twirp/custos.v1.KeyService/Nope", "/twirp/custos.v1.Other/Encrypt", "/",

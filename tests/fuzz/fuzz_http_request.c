@@ -2,7 +2,8 @@
  * fuzz_http_request - the HTTP front's request path as a function of the
  * request's headers and body: the checks made before the body is read
  * (kms_httpreq_check_head), the bearer shape (kms_httpreq_bearer), the body
- * limit, and the decoding of the body as the route's request message.
+ * limit, and the decoding of the body as the route's request message (a JSON
+ * body converted to wire bytes first, kms_pjson).
  *
  * Input: a raw HTTP/1.1 request, "METHOD URL\r\nName: value\r\n...\r\n\r\nbody".
  * libmicrohttpd does the framing in production; this harness splits lines
@@ -17,6 +18,7 @@
 
 #include "kms_httpreq.h"
 #include "kms_pbuf.h"
+#include "kms_pjson.h"
 
 #define MAX_BODY 65536
 
@@ -115,9 +117,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     if (kms_httpreq_check_body_len(body_len, MAX_BODY) != KMS_OK)
         goto done;
+    /* application/json: the body becomes wire bytes first, as in kms_http.c. */
+    uint8_t *wire = NULL;
+    size_t wire_len = 0;
+    if (req.json) {
+        if (req.response == NULL)
+            abort();
+        if (kms_pjson_to_wire(req.request, body, body_len, MAX_BODY, &wire, &wire_len) != KMS_OK)
+            goto done;
+        body = wire;
+        body_len = wire_len;
+    }
     ProtobufCMessage *m = kms_pbuf_unpack(req.request, body, body_len);
     if (m != NULL)
         protobuf_c_message_free_unpacked(m, NULL);
+    free(wire);
 done:
     free(head);
     return 0;

@@ -24,6 +24,7 @@
 #include "kms_blob.h"
 #include "kms_fieldblob.h"
 #include "kms_import.h"
+#include "kms_pjson.h"
 #include "kms_twirp.h"
 #include "proto/audit.pb-c.h"
 
@@ -175,6 +176,54 @@ static uint8_t *packed(const ProtobufCMessage *m, size_t *out_len)
     uint8_t *buf = xcalloc(1, *out_len);
     protobuf_c_message_pack(m, buf);
     return buf;
+}
+
+/* fuzz_pjson: every request and response type, every field set, as
+ * kms_pjson renders it, plus hand-written forms of the mapping. */
+static void json_seeds(void)
+{
+    size_t nr = kms_twirp_n_routes();
+    for (size_t i = 0; i < 2 * nr; i++) {
+        const ProtobufCMessageDescriptor *d =
+            i < nr ? kms_twirp_route_at(i, NULL, 0) : kms_twirp_route_response_at(i - nr);
+        uint8_t sel = (uint8_t)i;
+        char name[80];
+        ProtobufCMessage *m = filled(d, 1);
+        size_t n, jn;
+        uint8_t *body = packed(m, &n);
+        char *json;
+        if (kms_pjson_from_wire(d, body, n, &json, &jn) != KMS_OK)
+            die("kms_pjson_from_wire");
+        snprintf(name, sizeof(name), "%s-full.json", d->short_name);
+        put("fuzz_pjson", name, &sel, 1, json, jn);
+        snprintf(name, sizeof(name), "%s-empty.json", d->short_name);
+        put("fuzz_pjson", name, &sel, 1, "{}", 2);
+        if (i < nr) {
+            char path[128], head[512];
+            kms_twirp_route_at(i, path, sizeof(path));
+            int hl = snprintf(head, sizeof(head),
+                              "POST %s HTTP/1.1\r\nHost: kms\r\nContent-Type: application/json\r\n"
+                              "Content-Length: %zu\r\nAuthorization: Bearer ck_fuzz\r\n\r\n",
+                              path, jn);
+            snprintf(name, sizeof(name), "%s-json-ok", d->short_name);
+            put("fuzz_http_request", name, head, (size_t)hl, json, jn);
+        }
+        free(json);
+        free(body);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    static const struct {
+        uint8_t sel; /* 8: Encrypt; 1: DescribeKey; table order of kms_twirp.c */
+        const char *name, *json;
+    } hand[] = {
+        {8, "encrypt-camel.json",
+         "{\"keyId\":\"0123456789abcdef0123456789abcdef\",\"plaintext\":\"aGk\",\"encryptionContext\":{\"a\":\"b\"}}"},
+        {8, "encrypt-urlsafe-null.json", "{\"key_id\":null,\"plaintext\":\"-_-_AQ==\"}"},
+        {8, "encrypt-nul.json", "{\"key_id\":\"a\\u0000b\\ud83d\\udd11\"}"},
+        {1, "describe-dup.json", "{\"key_id\":\"a\",\"keyId\":\"b\"}"},
+    };
+    for (size_t i = 0; i < sizeof(hand) / sizeof(hand[0]); i++)
+        put("fuzz_pjson", hand[i].name, &hand[i].sel, 1, hand[i].json, strlen(hand[i].json));
 }
 
 static void requests(void)
@@ -367,6 +416,7 @@ int main(int argc, char **argv)
         die("usage: seedgen OUTDIR");
     outdir = argv[1];
     requests();
+    json_seeds();
     blobs();
     audit();
     escrow();
