@@ -227,6 +227,8 @@ static void blobs(void)
 {
     struct kms_blob_header h;
     memset(&h, 0, sizeof(h));
+    h.format = KMS_BLOB_VERSION;
+    h.kind = KMS_BLOB_KIND_DATA;
     snprintf(h.region, sizeof(h.region), "eu-west");
     memset(h.key_id, 0x11, sizeof(h.key_id));
     h.version = 3;
