@@ -180,7 +180,7 @@ def leave(key, blob):
     context."""
     r = blob[2]
     hl = 36 + r
-    return AESGCM(key).decrypt(blob[23 + r:hl], blob[hl:], blob[:hl] + b"\x00\x00")
+    return AESGCM(key).decrypt(blob[23 + r:35 + r], blob[hl:], blob[:hl] + b"\x00\x00")
 
 
 def recipient_unwrap(name, wrapped, algorithm):

@@ -11,9 +11,23 @@
 #   - a broker allowed in two regions cannot ReEncrypt across them until the
 #     tenant's cross_region_re_encrypt names the route; refusals are audited
 #     with their own rules.
+#   - docs/ciphertext-format.md's OpenSSL programs, run verbatim, decrypt its
+#     worked example.
 set -eu
 . tests/e2e/lib.sh
 e2e_setup blobkinds
+
+# ---- the page's programs, verbatim ----------------------------------------------
+doc="$E2E_DIR/doc"
+/usr/bin/python3 tests/e2e/byok_doc.py docs/ciphertext-format.md "$doc" >/dev/null
+if (cd "$doc" && sh -eu flow.sh) >"$doc/out" 2>"$doc/err"; then
+    [ "$(cat "$doc/out")" = "$(printf '+14155550123\n+14155550123')" ] ||
+        { cat "$doc/out"; echo "not ok - the page's programs print the example's plaintext"; exit 1; }
+    echo "ok - docs/ciphertext-format.md: its C and Python programs, run verbatim, decrypt the worked example with OpenSSL alone"
+else
+    cat "$doc/err"; echo "not ok - docs/ciphertext-format.md's programs run"; exit 1
+fi
+
 mkdir -p "$E2E_DIR/py"
 protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto proto/fields.proto proto/audit.proto
 e2e_start
