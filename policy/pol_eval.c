@@ -155,13 +155,18 @@ kms_err pol_decide(const struct pol_doc *doc, const struct pol_principal *p, enu
 kms_err pol_decide_untyped_open(const struct pol_doc *doc, const struct pol_principal *p,
                                 const struct pol_target *target, struct pol_decision *out)
 {
+    if (out == NULL)
+        return kms_err_set(KMS_ERR_USAGE, "pol_decide_untyped_open: NULL decision");
     struct pol_decision a;
     kms_err rc = pol_decide(doc, p, POL_OP_DECRYPT, target, &a);
     if (rc == KMS_OK)
         rc = pol_decide(doc, p, POL_OP_DECRYPT_DATA_KEY, target, out);
     else
         *out = a;
-    if (rc == KMS_OK || rc == KMS_ERR_USAGE || rc == KMS_ERR_NOT_FOUND)
+    /* Refusals that do not depend on which of the two operations is asked
+     * (tenant, role, residency) keep their rule; a grant that gives one
+     * operation but not the other is this rule's case. */
+    if (rc == KMS_OK || strcmp(out->rule, "grant") != 0)
         return rc;
     return deny(out, "ciphertext.format1", KMS_ERR_PERMISSION_DENIED);
 }

@@ -83,9 +83,10 @@ kms_err pol_decide(const struct pol_doc *doc, const struct pol_principal *princi
  * the output of Encrypt or of GenerateDataKey, so whoever opens one must be
  * allowed both Decrypt and DecryptDataKey on its key: otherwise a principal
  * granted only the data-key operations would read messages through
- * DecryptDataKey (or the reverse). target as for those operations. Refusal:
- * rule "ciphertext.format1", KMS_ERR_PERMISSION_DENIED (KMS_ERR_NOT_FOUND
- * for a key of another tenant, as pol_decide). */
+ * DecryptDataKey (or the reverse). target as for those operations. Refusal
+ * by a grant that gives one of the two but not the other: rule
+ * "ciphertext.format1", KMS_ERR_PERMISSION_DENIED; any other refusal
+ * (tenant, role, residency) as pol_decide gives it. */
 kms_err pol_decide_untyped_open(const struct pol_doc *doc, const struct pol_principal *principal,
                                 const struct pol_target *target, struct pol_decision *out);
 

@@ -84,8 +84,8 @@ kms_err kms_blob_write_header(const struct kms_blob_header *h, uint8_t *out, siz
 
 /* Parse a blob of format 2 or 1: header fields into *h, header length (=
  * start of the GCM ciphertext) into *out_header_len. An unknown kind byte is
- * refused here; whether the kind suits the operation is the caller's check. The body (ciphertext||tag) is what
- * follows; it must be at least a tag long. Every malformed input is
+ * refused here; whether the kind suits the operation is the caller's check.
+ * The body (ciphertext||tag) is what follows; it must be at least a tag long. Every malformed input is
  * KMS_ERR_BAD_CIPHERTEXT with a detail saying what was wrong. */
 kms_err kms_blob_parse(const uint8_t *blob, size_t len, struct kms_blob_header *h,
                        size_t *out_header_len);

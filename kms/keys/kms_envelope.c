@@ -78,8 +78,8 @@ static kms_err require_enabled(const struct kms_key_record *k)
  * (what made pt: the operation that will be allowed to open it). *out_blob
  * is malloc'd. */
 static kms_err seal(struct kms_call *call, const struct kms_key_record *k,
-                    enum kms_blob_kind kind, size_t n_ctx, void *const *ctx, const uint8_t *pt, size_t pt_len, uint8_t **out_blob,
-                    size_t *out_len, uint32_t *out_version)
+                    enum kms_blob_kind kind, size_t n_ctx, void *const *ctx, const uint8_t *pt,
+                    size_t pt_len, uint8_t **out_blob, size_t *out_len, uint32_t *out_version)
 {
     kms_err rc = KMS_OK;
     uint8_t aad[KMS_BLOB_HEADER_MAX + KMS_CTX_ENCODED_MAX];
@@ -191,7 +191,8 @@ static kms_err check_kind(struct kms_call *call, enum pol_op op, const struct lo
     kms_err rc = pol_decide_untyped_open(call->policy, call->who, &t, &d);
     if (rc != KMS_OK) {
         call->audit.rule = d.rule;
-        kms_log_info("policy", "request %s: %s of a ciphertext of unknown kind on key %s refused by rule %s",
+        kms_log_info("policy",
+                     "request %s: %s of a ciphertext of unknown kind on key %s refused by rule %s",
                      call->request_id, pol_op_name(op), o->key.key_id, d.rule);
     }
     return rc;
@@ -199,13 +200,11 @@ static kms_err check_kind(struct kms_call *call, enum pol_op op, const struct lo
 
 /* Authenticate and decrypt a located blob. *out_pt is malloc'd and must be
  * wiped. */
-static kms_err decrypt_blob(struct kms_call *call, const struct located *o,
-                            const ProtobufCBinaryData *blob, size_t n_ctx, void *const *ctx,
-                            uint8_t **out_pt, size_t *out_len)
+static kms_err decrypt_blob(const struct located *o, const ProtobufCBinaryData *blob,
+                            size_t n_ctx, void *const *ctx, uint8_t **out_pt, size_t *out_len)
 {
     size_t cl = 0;
     uint8_t aad[KMS_BLOB_HEADER_MAX + KMS_CTX_ENCODED_MAX];
-    (void)call;
     *out_pt = NULL;
     *out_len = 0;
     memcpy(aad, blob->data, o->hl);
@@ -285,7 +284,7 @@ static kms_err open_and_reply(struct kms_call *call, enum pol_op op,
     if (rc == KMS_OK)
         rc = check_kind(call, op, &o);
     if (rc == KMS_OK)
-        rc = decrypt_blob(call, &o, blob, n_ctx, ctx, &pt, &pt_len);
+        rc = decrypt_blob(&o, blob, n_ctx, ctx, &pt, &pt_len);
     if (rc == KMS_OK) {
         version = o.v.version;
         struct {
@@ -354,7 +353,7 @@ kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t le
         }
     }
     if (rc == KMS_OK)
-        rc = decrypt_blob(call, &src, &req->ciphertext, req->n_source_encryption_context,
+        rc = decrypt_blob(&src, &req->ciphertext, req->n_source_encryption_context,
                           (void *const *)req->source_encryption_context, &pt, &pt_len);
     /* The copy is of the same kind: ReEncrypt never turns a message into
      * something DecryptDataKey opens, nor the reverse. A blob of unknown

@@ -63,7 +63,8 @@ static int openssl_opens(const uint8_t *blob, size_t blob_len, size_t hl)
     int ok = EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, EX_KEY, iv) == 1 &&
              EVP_DecryptUpdate(c, NULL, &len, aad, (int)(hl + cl)) == 1 &&
              EVP_DecryptUpdate(c, pt, &len, blob + hl, (int)ct_len) == 1 &&
-             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, (void *)(blob + blob_len - 16)) == 1 &&
+             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, 16, (void *)(blob + blob_len - 16)) ==
+                 1 &&
              EVP_DecryptFinal_ex(c, pt + len, &fin) == 1;
     EVP_CIPHER_CTX_free(c);
     return ok && len == 12 && memcmp(pt, "+14155550123", 12) == 0;

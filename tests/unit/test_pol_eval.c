@@ -441,9 +441,17 @@ START_TEST(test_untyped_open)
     ck_assert_str_eq(d.rule, "tenant");
     d = untyped("acme-broker", "k1", "acme", "us-east");
     ck_assert_int_eq(d.err, KMS_ERR_PERMISSION_DENIED);
-    ck_assert_str_eq(d.rule, "ciphertext.format1");
+    ck_assert_str_eq(d.rule, "residency.home_region");
     d = untyped("acme-admin", "k1", "acme", "eu-west");
     ck_assert_int_eq(d.err, KMS_ERR_PERMISSION_DENIED);
+    ck_assert_str_eq(d.rule, "role");
+    /* acme-broker-x: no grant gives it anything on "orders". */
+    d = untyped("acme-broker-x", "orders", "acme", "eu-west");
+    ck_assert_str_eq(d.rule, "ciphertext.format1");
+    /* Misuse. */
+    struct pol_target t = {.key_id = "k1", .tenant = "acme", .region = "eu-west"};
+    ck_assert_int_eq(pol_decide_untyped_open(doc, pol_doc_principal(doc, "acme-broker"), &t, NULL),
+                     KMS_ERR_USAGE);
 }
 END_TEST
 
