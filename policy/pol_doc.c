@@ -133,6 +133,7 @@ static void doc_free(struct pol_doc *doc)
         free(t->grants);
         free(t->officers);
         free(t->regions);
+        free(t->re_encrypt_routes);
         for (size_t r = 0; r < t->n_recipients; r++)
             EVP_PKEY_free(t->recipients[r].key);
         free(t->recipients);
@@ -456,6 +457,15 @@ bool pol_tenant_region_allowed(const struct pol_tenant *t, const char *region)
 {
     for (size_t i = 0; region != NULL && i < t->n_regions; i++)
         if (strcmp(t->regions[i], region) == 0)
+            return true;
+    return false;
+}
+
+bool pol_tenant_re_encrypt_route(const struct pol_tenant *t, const char *from, const char *to)
+{
+    for (size_t i = 0; from != NULL && to != NULL && i < t->n_re_encrypt_routes; i++)
+        if (strcmp(t->re_encrypt_routes[i].from, from) == 0 &&
+            strcmp(t->re_encrypt_routes[i].to, to) == 0)
             return true;
     return false;
 }

@@ -39,6 +39,7 @@
 #define POL_MAX_REGIONS 32           /* in one allowed_regions list */
 #define POL_MAX_OFFICERS 64          /* in one quorum */
 #define POL_MAX_RECIPIENTS 16        /* recovery recipients per tenant */
+#define POL_MAX_RE_ENCRYPT_ROUTES 64 /* cross_region_re_encrypt entries per tenant */
 #define POL_MAX_RECOVERY_TTL_S 2592000 /* 30 days */
 #define POL_MAX_GRANT_PRINCIPALS 256 /* in one grant */
 #define POL_MAX_API_KEYS 4           /* per principal, for rotation */
@@ -185,6 +186,10 @@ bool pol_tenant_escrow_required(const struct pol_tenant *t);
 size_t pol_tenant_region_count(const struct pol_tenant *t);
 const char *pol_tenant_region(const struct pol_tenant *t, size_t i);
 bool pol_tenant_region_allowed(const struct pol_tenant *t, const char *region);
+/* Whether the tenant's cross_region_re_encrypt names the pair from -> to
+ * (directional). Same-region ReEncrypt needs no entry and is not asked
+ * about here: this answers false for from == to. */
+bool pol_tenant_re_encrypt_route(const struct pol_tenant *t, const char *from, const char *to);
 /* Recovery quorum: M approvals out of the N listed officers. M is 0 when the
  * tenant has no quorum, and then no recovery may proceed. */
 unsigned pol_tenant_quorum_approvals(const struct pol_tenant *t);

@@ -47,10 +47,19 @@ struct pol_recipient {
     EVP_PKEY *key; /* owned */
 };
 
+/* One allowed cross-region ReEncrypt: data of a key in `from` may be
+ * re-encrypted under a key in `to` (one direction only). */
+struct pol_region_route {
+    const char *from;
+    const char *to;
+};
+
 struct pol_tenant {
     const char *id;
     const char **regions;
     size_t n_regions;
+    struct pol_region_route *re_encrypt_routes; /* cross_region_re_encrypt */
+    size_t n_re_encrypt_routes;
     bool escrow_required;
     unsigned quorum_approvals; /* 0: no quorum */
     const struct pol_principal **officers;

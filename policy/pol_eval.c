@@ -151,3 +151,40 @@ kms_err pol_decide(const struct pol_doc *doc, const struct pol_principal *p, enu
         return check_grants(t, p, op, target->key_id, out);
     return decide(out, true, "role", KMS_OK);
 }
+
+kms_err pol_decide_untyped_open(const struct pol_doc *doc, const struct pol_principal *p,
+                                const struct pol_target *target, struct pol_decision *out)
+{
+    if (out == NULL)
+        return kms_err_set(KMS_ERR_USAGE, "pol_decide_untyped_open: NULL decision");
+    struct pol_decision a;
+    kms_err rc = pol_decide(doc, p, POL_OP_DECRYPT, target, &a);
+    if (rc == KMS_OK)
+        rc = pol_decide(doc, p, POL_OP_DECRYPT_DATA_KEY, target, out);
+    else
+        *out = a;
+    /* Refusals that do not depend on which of the two operations is asked
+     * (tenant, role, residency) keep their rule; a grant that gives one
+     * operation but not the other is this rule's case. */
+    if (rc == KMS_OK || strcmp(out->rule, "grant") != 0)
+        return rc;
+    return deny(out, "ciphertext.format1", KMS_ERR_PERMISSION_DENIED);
+}
+
+kms_err pol_decide_re_encrypt(const struct pol_doc *doc, const struct pol_principal *p,
+                              const char *src_region, const char *dst_region,
+                              struct pol_decision *out)
+{
+    if (out == NULL)
+        return kms_err_set(KMS_ERR_USAGE, "pol_decide_re_encrypt: NULL decision");
+    *out = (struct pol_decision){.allowed = false, .rule = "usage", .err = KMS_ERR_USAGE};
+    if (doc == NULL || p == NULL || src_region == NULL || dst_region == NULL)
+        return usage(out, "NULL argument");
+    if (!from_doc(doc, p))
+        return usage(out, "principal does not belong to this document");
+    if (strcmp(src_region, dst_region) == 0)
+        return decide(out, true, "residency.re_encrypt", KMS_OK);
+    if (p->tenant == NULL || !pol_tenant_re_encrypt_route(p->tenant, src_region, dst_region))
+        return deny(out, "residency.re_encrypt", KMS_ERR_PERMISSION_DENIED);
+    return decide(out, true, "residency.re_encrypt", KMS_OK);
+}

@@ -19,6 +19,15 @@
  *   "grant"                   the key is named by grants of its tenant and
  *                             none grants this principal this operation
  *
+ * Two further decisions refine one already allowed by pol_decide (below):
+ *
+ *   "ciphertext.format1"      Decrypt or DecryptDataKey of a ciphertext that
+ *                             does not say which of them it is for (format 1)
+ *                             without both operations on its key
+ *   "residency.re_encrypt"    ReEncrypt from a key of one region to a key of
+ *                             another that the tenant's
+ *                             cross_region_re_encrypt does not name
+ *
  * The tenant check on keys runs before the role check so that whatever
  * operation is tried, a key of another tenant answers exactly like a key that
  * does not exist. Callers must keep that true on their side: answer with the
@@ -69,5 +78,27 @@ struct pol_decision {
  * KMS_ERR_PERMISSION_DENIED. */
 kms_err pol_decide(const struct pol_doc *doc, const struct pol_principal *principal, enum pol_op op,
                    const struct pol_target *target, struct pol_decision *out);
+
+/* A ciphertext of unknown kind (format 1, docs/ciphertext-format.md) may be
+ * the output of Encrypt or of GenerateDataKey, so whoever opens one must be
+ * allowed both Decrypt and DecryptDataKey on its key: otherwise a principal
+ * granted only the data-key operations would read messages through
+ * DecryptDataKey (or the reverse). target as for those operations. Refusal
+ * by a grant that gives one of the two but not the other: rule
+ * "ciphertext.format1", KMS_ERR_PERMISSION_DENIED; any other refusal
+ * (tenant, role, residency) as pol_decide gives it. */
+kms_err pol_decide_untyped_open(const struct pol_doc *doc, const struct pol_principal *principal,
+                                const struct pol_target *target, struct pol_decision *out);
+
+/* ReEncrypt moves data from a key in src_region to a key in dst_region; both
+ * keys have already been decided by pol_decide (ReEncrypt on each). Within
+ * one region it is allowed; across regions only when the principal's tenant
+ * names the pair src_region -> dst_region in cross_region_re_encrypt. A
+ * broker allowed in both regions is not enough: residency is the tenant's
+ * decision about its data, not a broker's reach. Refusal: rule
+ * "residency.re_encrypt", KMS_ERR_PERMISSION_DENIED. */
+kms_err pol_decide_re_encrypt(const struct pol_doc *doc, const struct pol_principal *principal,
+                              const char *src_region, const char *dst_region,
+                              struct pol_decision *out);
 
 #endif

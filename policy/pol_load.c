@@ -393,8 +393,48 @@ static int cmp_grant(const void *a, const void *b)
 }
 
 static const char *const tenant_fields[] = {
-    "id",     "description", "allowed_regions", "escrow_required",
-    "quorum", "principals",  "grants",          "recovery_recipients", NULL};
+    "id",     "description", "allowed_regions", "escrow_required",        "quorum",
+    "principals", "grants",  "recovery_recipients", "cross_region_re_encrypt", NULL};
+
+static const char *const route_fields[] = {"from", "to", "description", NULL};
+
+/* cross_region_re_encrypt: the only way data encrypted in one region may be
+ * re-encrypted under a key of another (pol_decide_re_encrypt). Each entry
+ * is one direction between two of the tenant's own regions. */
+static kms_err load_routes(struct pol_tenant *t, const json_t *arr, const char *path)
+{
+    json_t *v;
+    size_t i;
+    char item[POL_PATH_LEN], fpath[POL_PATH_LEN];
+    const char *s;
+    t->re_encrypt_routes =
+        calloc(json_array_size(arr) ? json_array_size(arr) : 1, sizeof(*t->re_encrypt_routes));
+    KMS_ENSURE(t->re_encrypt_routes != NULL, KMS_ERR_NOMEM, "out of memory");
+    json_array_foreach(arr, i, v) {
+        struct pol_region_route *r = &t->re_encrypt_routes[i];
+        pol_path_index(item, path, i);
+        KMS_GUARD(pol_json_expect_object(v, item));
+        KMS_GUARD(pol_json_check_fields(v, item, route_fields));
+        KMS_GUARD(pol_json_string(v, item, "from", true, POL_STR_REGION, &r->from));
+        KMS_GUARD(pol_json_string(v, item, "to", true, POL_STR_REGION, &r->to));
+        KMS_GUARD(pol_json_string(v, item, "description", false, POL_STR_TEXT, &s));
+        pol_path_join(fpath, item, "from");
+        KMS_ENSURE(pol_tenant_region_allowed(t, r->from), KMS_ERR_CONFIG,
+                   "%s: region \"%s\" is not in the tenant's allowed_regions", fpath, r->from);
+        pol_path_join(fpath, item, "to");
+        KMS_ENSURE(pol_tenant_region_allowed(t, r->to), KMS_ERR_CONFIG,
+                   "%s: region \"%s\" is not in the tenant's allowed_regions", fpath, r->to);
+        KMS_ENSURE(strcmp(r->from, r->to) != 0, KMS_ERR_CONFIG,
+                   "%s: from and to are both \"%s\" (same-region ReEncrypt needs no entry)", item,
+                   r->from);
+        for (size_t j = 0; j < i; j++)
+            KMS_ENSURE(strcmp(t->re_encrypt_routes[j].from, r->from) != 0 ||
+                           strcmp(t->re_encrypt_routes[j].to, r->to) != 0,
+                       KMS_ERR_CONFIG, "%s: %s -> %s is listed twice", item, r->from, r->to);
+        t->n_re_encrypt_routes = i + 1;
+    }
+    return KMS_OK;
+}
 
 static const char *const recipient_fields[] = {"id", "region", "public_key_pem", "description",
                                                NULL};
@@ -451,6 +491,12 @@ static kms_err load_tenant(struct loader *ld, const json_t *obj, const char *pat
     KMS_GUARD(pol_json_field(obj, path, "escrow_required", true, &v));
     KMS_GUARD(pol_json_expect(v, JSON_TRUE, "a boolean", fpath));
     t->escrow_required = json_is_true(v);
+
+    KMS_GUARD(pol_json_array(obj, path, "cross_region_re_encrypt", false, 0,
+                             POL_MAX_RE_ENCRYPT_ROUTES, &v));
+    pol_path_join(fpath, path, "cross_region_re_encrypt");
+    if (v != NULL)
+        KMS_GUARD(load_routes(t, v, fpath));
 
     KMS_GUARD(pol_json_array(obj, path, "recovery_recipients", false, 0, POL_MAX_RECIPIENTS, &v));
     pol_path_join(fpath, path, "recovery_recipients");

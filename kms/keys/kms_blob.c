@@ -12,13 +12,36 @@ static bool region_char(uint8_t c)
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
 }
 
+static bool kind_known(unsigned k)
+{
+    return k == KMS_BLOB_KIND_LEGACY || k == KMS_BLOB_KIND_DATA || k == KMS_BLOB_KIND_DATA_KEY;
+}
+
+const char *kms_blob_kind_name(enum kms_blob_kind kind)
+{
+    switch (kind) {
+    case KMS_BLOB_KIND_LEGACY:
+        return "legacy";
+    case KMS_BLOB_KIND_DATA:
+        return "data";
+    case KMS_BLOB_KIND_DATA_KEY:
+        return "data key";
+    }
+    return "?";
+}
+
 kms_err kms_blob_write_header(const struct kms_blob_header *h, uint8_t *out, size_t *out_len)
 {
     size_t r = strlen(h->region);
     KMS_ENSURE(r >= 1 && r <= KMS_BLOB_REGION_MAX, KMS_ERR_USAGE, "region length %zu", r);
+    KMS_ENSURE(h->format == KMS_BLOB_VERSION || h->format == KMS_BLOB_VERSION_1, KMS_ERR_USAGE,
+               "blob format %u", h->format);
+    KMS_ENSURE(kind_known((unsigned)h->kind) &&
+                   (h->format == KMS_BLOB_VERSION || h->kind == KMS_BLOB_KIND_LEGACY),
+               KMS_ERR_USAGE, "blob kind %u in format %u", (unsigned)h->kind, h->format);
     size_t o = 0;
     out[o++] = KMS_BLOB_MAGIC;
-    out[o++] = KMS_BLOB_VERSION;
+    out[o++] = h->format;
     out[o++] = (uint8_t)r;
     memcpy(out + o, h->region, r);
     o += r;
@@ -30,6 +53,8 @@ kms_err kms_blob_write_header(const struct kms_blob_header *h, uint8_t *out, siz
     out[o++] = (uint8_t)h->version;
     memcpy(out + o, h->iv, KMS_BLOB_IV_LEN);
     o += KMS_BLOB_IV_LEN;
+    if (h->format == KMS_BLOB_VERSION)
+        out[o++] = (uint8_t)h->kind;
     *out_len = o;
     return KMS_OK;
 }
@@ -42,12 +67,14 @@ kms_err kms_blob_parse(const uint8_t *blob, size_t len, struct kms_blob_header *
                KMS_BLOB_MAX);
     KMS_ENSURE(blob[0] == KMS_BLOB_MAGIC, KMS_ERR_BAD_CIPHERTEXT,
                "not a Custos ciphertext (bad magic byte)");
-    KMS_ENSURE(blob[1] == KMS_BLOB_VERSION, KMS_ERR_BAD_CIPHERTEXT,
-               "unsupported ciphertext format version %u", blob[1]);
+    KMS_ENSURE(blob[1] == KMS_BLOB_VERSION || blob[1] == KMS_BLOB_VERSION_1,
+               KMS_ERR_BAD_CIPHERTEXT, "unsupported ciphertext format version %u", blob[1]);
     size_t r = blob[2];
     KMS_ENSURE(r >= 1 && r <= KMS_BLOB_REGION_MAX, KMS_ERR_BAD_CIPHERTEXT,
                "bad region length in ciphertext");
     size_t hl = 3 + r + KMS_BLOB_KEY_ID_LEN + 4 + KMS_BLOB_IV_LEN;
+    if (blob[1] == KMS_BLOB_VERSION)
+        hl += 1; /* the kind byte */
     KMS_ENSURE(len >= hl + KMS_BLOB_TAG_LEN, KMS_ERR_BAD_CIPHERTEXT, "ciphertext truncated");
     for (size_t i = 0; i < r; i++)
         KMS_ENSURE(region_char(blob[3 + i]), KMS_ERR_BAD_CIPHERTEXT,
@@ -61,6 +88,14 @@ kms_err kms_blob_parse(const uint8_t *blob, size_t len, struct kms_blob_header *
     KMS_ENSURE(h->version >= 1, KMS_ERR_BAD_CIPHERTEXT, "bad key version in ciphertext");
     p += 4;
     memcpy(h->iv, p, KMS_BLOB_IV_LEN);
+    p += KMS_BLOB_IV_LEN;
+    h->format = blob[1];
+    h->kind = KMS_BLOB_KIND_LEGACY;
+    if (h->format == KMS_BLOB_VERSION) {
+        KMS_ENSURE(kind_known(p[0]), KMS_ERR_BAD_CIPHERTEXT, "unknown kind %u in ciphertext",
+                   p[0]);
+        h->kind = (enum kms_blob_kind)p[0];
+    }
     *out_header_len = hl;
     return KMS_OK;
 }

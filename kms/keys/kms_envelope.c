@@ -74,10 +74,12 @@ static kms_err require_enabled(const struct kms_key_record *k)
     return KMS_OK;
 }
 
-/* Encrypt pt under the key's current version. *out_blob is malloc'd. */
-static kms_err seal(struct kms_call *call, const struct kms_key_record *k, size_t n_ctx,
-                    void *const *ctx, const uint8_t *pt, size_t pt_len, uint8_t **out_blob,
-                    size_t *out_len, uint32_t *out_version)
+/* Encrypt pt under the key's current version, as a blob of the given kind
+ * (what made pt: the operation that will be allowed to open it). *out_blob
+ * is malloc'd. */
+static kms_err seal(struct kms_call *call, const struct kms_key_record *k,
+                    enum kms_blob_kind kind, size_t n_ctx, void *const *ctx, const uint8_t *pt,
+                    size_t pt_len, uint8_t **out_blob, size_t *out_len, uint32_t *out_version)
 {
     kms_err rc = KMS_OK;
     uint8_t aad[KMS_BLOB_HEADER_MAX + KMS_CTX_ENCODED_MAX];
@@ -94,6 +96,8 @@ static kms_err seal(struct kms_call *call, const struct kms_key_record *k, size_
 
     struct kms_blob_header h;
     memset(&h, 0, sizeof(h));
+    h.format = KMS_BLOB_VERSION;
+    h.kind = kind;
     size_t rl = strlen(k->region);
     KMS_ENSURE(rl >= 1 && rl <= KMS_BLOB_REGION_MAX, KMS_ERR_INTERNAL, "bad region length");
     memcpy(h.region, k->region, rl + 1);
@@ -124,50 +128,94 @@ static kms_err seal(struct kms_call *call, const struct kms_key_record *k, size_
     return KMS_OK;
 }
 
-/* Authenticate and decrypt a blob. *out_pt is malloc'd and must be wiped;
- * *out_key receives the key it was made with. */
-static kms_err open_blob(struct kms_call *call, enum pol_op op, const ProtobufCBinaryData *blob,
-                         const char *expected_key_id, size_t n_ctx, void *const *ctx,
-                         struct kms_key_record *out_key, uint32_t *out_version, uint8_t **out_pt,
-                         size_t *out_len)
-{
+/* A blob whose key the caller may use for op, located but not yet opened. */
+struct located {
     struct kms_blob_header h;
-    size_t hl = 0, cl = 0;
-    uint8_t aad[KMS_BLOB_HEADER_MAX + KMS_CTX_ENCODED_MAX];
-    *out_pt = NULL;
-    *out_len = 0;
-    KMS_GUARD(kms_blob_parse(blob->data, blob->len, &h, &hl));
+    size_t hl;
+    struct kms_key_record key;
+    struct kms_version_record v;
+    struct p11_token *tok;
+};
+
+/* Parse a blob, authorize op on the key it names and find the key version
+ * and token that open it. */
+static kms_err locate_blob(struct kms_call *call, enum pol_op op, const ProtobufCBinaryData *blob,
+                           const char *expected_key_id, struct located *o)
+{
+    KMS_GUARD(kms_blob_parse(blob->data, blob->len, &o->h, &o->hl));
     char key_id[33];
-    kms_key_id_format(h.key_id, key_id);
-    call->audit.key_version = h.version;
+    kms_key_id_format(o->h.key_id, key_id);
+    call->audit.key_version = o->h.version;
     if (expected_key_id && *expected_key_id)
         KMS_ENSURE(strcmp(expected_key_id, key_id) == 0, KMS_ERR_INVALID_ARGUMENT,
                    "the ciphertext was not made with key_id %.32s", expected_key_id);
-    KMS_GUARD(kms_rpc_authorize_key(call, op, key_id, out_key));
-    KMS_GUARD(require_enabled(out_key));
+    KMS_GUARD(kms_rpc_authorize_key(call, op, key_id, &o->key));
+    KMS_GUARD(require_enabled(&o->key));
     /* The region is part of the key's identity: a blob that names another
      * region is not this key's, whatever its id says. */
-    KMS_ENSURE(strcmp(h.region, out_key->region) == 0, KMS_ERR_BAD_CIPHERTEXT,
+    KMS_ENSURE(strcmp(o->h.region, o->key.region) == 0, KMS_ERR_BAD_CIPHERTEXT,
                "ciphertext or encryption context does not match");
-    struct kms_version_record v;
-    kms_err rc = kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc), key_id, h.version, &v);
+    kms_err rc = kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc), key_id, o->h.version, &o->v);
     KMS_ENSURE(rc != KMS_ERR_NOT_FOUND, KMS_ERR_BAD_CIPHERTEXT,
                "ciphertext or encryption context does not match");
     KMS_GUARD(rc);
-    KMS_ENSURE(v.state == KMS_VERSION_ACTIVE, KMS_ERR_FAILED_PRECONDITION,
-               "key version %u is destroyed", v.version);
-    struct p11_token *tok;
-    KMS_GUARD(key_token(call, out_key, &tok));
+    KMS_ENSURE(o->v.state == KMS_VERSION_ACTIVE, KMS_ERR_FAILED_PRECONDITION,
+               "key version %u is destroyed", o->v.version);
+    KMS_GUARD(key_token(call, &o->key, &o->tok));
+    return KMS_OK;
+}
 
-    memcpy(aad, blob->data, hl);
-    KMS_GUARD(encode_context(n_ctx, ctx, aad + hl, &cl));
-    size_t body = blob->len - hl;
+/* Each operation opens only what it is for: Decrypt the output of Encrypt,
+ * DecryptDataKey the output of GenerateDataKey. Without this, a principal
+ * granted only the data-key operations reads messages through
+ * DecryptDataKey. The kind is in the authenticated header, so a blob whose
+ * kind byte was changed to pass here fails to decrypt. A blob of unknown
+ * kind (format 1, or ReEncrypt's copy of one) needs both operations.
+ * ReEncrypt opens every kind and keeps it. */
+static kms_err check_kind(struct kms_call *call, enum pol_op op, const struct located *o)
+{
+    if (op == POL_OP_RE_ENCRYPT)
+        return KMS_OK;
+    enum kms_blob_kind want = op == POL_OP_DECRYPT ? KMS_BLOB_KIND_DATA : KMS_BLOB_KIND_DATA_KEY;
+    if (o->h.kind == want)
+        return KMS_OK;
+    if (o->h.kind != KMS_BLOB_KIND_LEGACY) {
+        call->audit.rule = "ciphertext.kind";
+        return kms_err_set(KMS_ERR_INVALID_ARGUMENT,
+                           "this ciphertext was made by %s: open it with %s",
+                           o->h.kind == KMS_BLOB_KIND_DATA ? "Encrypt" : "GenerateDataKey",
+                           o->h.kind == KMS_BLOB_KIND_DATA ? "Decrypt" : "DecryptDataKey");
+    }
+    struct pol_target t = {o->key.key_id, o->key.tenant, o->key.region};
+    struct pol_decision d;
+    kms_err rc = pol_decide_untyped_open(call->policy, call->who, &t, &d);
+    if (rc != KMS_OK) {
+        call->audit.rule = d.rule;
+        kms_log_info("policy",
+                     "request %s: %s of a ciphertext of unknown kind on key %s refused by rule %s",
+                     call->request_id, pol_op_name(op), o->key.key_id, d.rule);
+    }
+    return rc;
+}
+
+/* Authenticate and decrypt a located blob. *out_pt is malloc'd and must be
+ * wiped. */
+static kms_err decrypt_blob(const struct located *o, const ProtobufCBinaryData *blob,
+                            size_t n_ctx, void *const *ctx, uint8_t **out_pt, size_t *out_len)
+{
+    size_t cl = 0;
+    uint8_t aad[KMS_BLOB_HEADER_MAX + KMS_CTX_ENCODED_MAX];
+    *out_pt = NULL;
+    *out_len = 0;
+    memcpy(aad, blob->data, o->hl);
+    KMS_GUARD(encode_context(n_ctx, ctx, aad + o->hl, &cl));
+    size_t body = blob->len - o->hl;
     uint8_t *pt = malloc(body ? body : 1);
     KMS_ENSURE(pt != NULL, KMS_ERR_NOMEM, "out of memory");
     struct p11_key_id hid;
-    memcpy(hid.b, v.hsm_id, 16);
-    rc = p11_gcm_decrypt(tok, &hid, h.iv, sizeof(h.iv), aad, hl + cl, blob->data + hl, body, pt,
-                         body, out_len);
+    memcpy(hid.b, o->v.hsm_id, 16);
+    kms_err rc = p11_gcm_decrypt(o->tok, &hid, o->h.iv, sizeof(o->h.iv), aad, o->hl + cl,
+                                 blob->data + o->hl, body, pt, body, out_len);
     if (rc != KMS_OK) {
         OPENSSL_cleanse(pt, body);
         free(pt);
@@ -178,7 +226,6 @@ static kms_err open_blob(struct kms_call *call, enum pol_op op, const ProtobufCB
         return rc;
     }
     *out_pt = pt;
-    *out_version = v.version;
     return KMS_OK;
 }
 
@@ -205,7 +252,8 @@ kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
     struct kms_key_record k;
     kms_err rc = kms_rpc_authorize_key(call, POL_OP_ENCRYPT, req->key_id, &k);
     if (rc == KMS_OK)
-        rc = seal(call, &k, req->n_encryption_context, (void *const *)req->encryption_context,
+        rc = seal(call, &k, KMS_BLOB_KIND_DATA, req->n_encryption_context,
+                  (void *const *)req->encryption_context,
                   req->plaintext.data, req->plaintext.len, &blob, &blob_len, &version);
     if (rc == KMS_OK) {
         Custos__V1__EncryptResponse resp = CUSTOS__V1__ENCRYPT_RESPONSE__INIT;
@@ -231,9 +279,14 @@ static kms_err open_and_reply(struct kms_call *call, enum pol_op op,
     uint8_t *pt = NULL;
     size_t pt_len = 0;
     uint32_t version = 0;
-    struct kms_key_record k;
-    kms_err rc = open_blob(call, op, blob, key_id, n_ctx, ctx, &k, &version, &pt, &pt_len);
+    struct located o;
+    kms_err rc = locate_blob(call, op, blob, key_id, &o);
+    if (rc == KMS_OK)
+        rc = check_kind(call, op, &o);
+    if (rc == KMS_OK)
+        rc = decrypt_blob(&o, blob, n_ctx, ctx, &pt, &pt_len);
     if (rc == KMS_OK) {
+        version = o.v.version;
         struct {
             ProtobufCMessage base;
             ProtobufCBinaryData plaintext;
@@ -246,7 +299,7 @@ static kms_err open_and_reply(struct kms_call *call, enum pol_op op,
         protobuf_c_message_init(desc, &resp);
         resp.plaintext.data = pt;
         resp.plaintext.len = pt_len;
-        resp.key_id = k.key_id;
+        resp.key_id = o.key.key_id;
         resp.key_version = version;
         rc = pack(&resp.base, reply, true);
     }
@@ -280,18 +333,33 @@ kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t le
         return KMS_RPC_MALFORMED("ReEncryptRequest");
     uint8_t *pt = NULL, *blob = NULL;
     size_t pt_len = 0, blob_len = 0;
-    uint32_t src_version = 0, dst_version = 0;
-    struct kms_key_record src, dst;
+    uint32_t dst_version = 0;
+    struct located src;
+    struct kms_key_record dst;
     /* Both keys are decided separately: the caller needs ReEncrypt on the
-     * source and on the destination. */
-    kms_err rc = open_blob(call, POL_OP_RE_ENCRYPT, &req->ciphertext, NULL,
-                           req->n_source_encryption_context,
-                           (void *const *)req->source_encryption_context, &src, &src_version, &pt,
-                           &pt_len);
+     * source and on the destination. Then residency: data leaves its region
+     * only where the tenant's policy names the route. All before the source
+     * is decrypted. */
+    kms_err rc = locate_blob(call, POL_OP_RE_ENCRYPT, &req->ciphertext, NULL, &src);
     if (rc == KMS_OK)
         rc = kms_rpc_authorize_key(call, POL_OP_RE_ENCRYPT, req->destination_key_id, &dst);
+    if (rc == KMS_OK) {
+        struct pol_decision d;
+        rc = pol_decide_re_encrypt(call->policy, call->who, src.key.region, dst.region, &d);
+        if (rc != KMS_OK) {
+            call->audit.rule = d.rule;
+            kms_log_info("policy", "request %s: ReEncrypt from %s to %s refused by rule %s",
+                         call->request_id, src.key.region, dst.region, d.rule);
+        }
+    }
     if (rc == KMS_OK)
-        rc = seal(call, &dst, req->n_destination_encryption_context,
+        rc = decrypt_blob(&src, &req->ciphertext, req->n_source_encryption_context,
+                          (void *const *)req->source_encryption_context, &pt, &pt_len);
+    /* The copy is of the same kind: ReEncrypt never turns a message into
+     * something DecryptDataKey opens, nor the reverse. A blob of unknown
+     * kind stays of unknown kind, now in the current format. */
+    if (rc == KMS_OK)
+        rc = seal(call, &dst, src.h.kind, req->n_destination_encryption_context,
                   (void *const *)req->destination_encryption_context, pt, pt_len, &blob,
                   &blob_len, &dst_version);
     free_secret(pt, pt_len);
@@ -299,8 +367,8 @@ kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t le
         Custos__V1__ReEncryptResponse resp = CUSTOS__V1__RE_ENCRYPT_RESPONSE__INIT;
         resp.ciphertext.data = blob;
         resp.ciphertext.len = blob_len;
-        resp.source_key_id = src.key_id;
-        resp.source_key_version = src_version;
+        resp.source_key_id = src.key.key_id;
+        resp.source_key_version = src.v.version;
         resp.key_id = dst.key_id;
         resp.key_version = dst_version;
         rc = pack(&resp.base, reply, false);
@@ -334,7 +402,7 @@ kms_err kms_rpc_generate_data_key(struct kms_call *call, const uint8_t *body, si
     KMS_GUARD_GOTO(key_token(call, &k, &tok), done);
     /* Data keys come from the HSM's RNG. */
     KMS_GUARD_GOTO(p11_random(tok, dk, n), done);
-    KMS_GUARD_GOTO(seal(call, &k, req->n_encryption_context,
+    KMS_GUARD_GOTO(seal(call, &k, KMS_BLOB_KIND_DATA_KEY, req->n_encryption_context,
                         (void *const *)req->encryption_context, dk, n, &blob, &blob_len,
                         &version),
                    done);

@@ -131,8 +131,9 @@ ctx = {"conversation": "c-1", "tenant": "demo"}
 pt = b"plaintext-sentinel: +14155550123"
 s, enc, _ = encrypt(k.key_id, pt, ctx)
 check(s == 200 and enc.key_version == 1 and enc.ciphertext[0] == 0xC5 and
-      enc.ciphertext[1] == 1 and enc.ciphertext[3:3 + enc.ciphertext[2]] == b"eu-west",
-      "Encrypt returns the public blob (magic, format version, region in the header)")
+      enc.ciphertext[1] == 2 and enc.ciphertext[3:3 + enc.ciphertext[2]] == b"eu-west" and
+      enc.ciphertext[35 + enc.ciphertext[2]] == 0x01,
+      "Encrypt returns the public blob (magic, format version 2, region, kind 'data' in the header)")
 check(pt not in enc.ciphertext, "the ciphertext does not contain the plaintext")
 s, dec, _ = decrypt(enc.ciphertext, ctx)
 check(s == 200 and dec.plaintext == pt and dec.key_id == k.key_id, "Decrypt round-trips")

@@ -149,8 +149,8 @@ def leave(key, blob, ctx):
     """Decrypt a Custos blob with the tenant's copy, the public format and
     OpenSSL (through the cryptography package) alone."""
     r = blob[2]
-    hl = 35 + r
-    return AESGCM(key).decrypt(blob[23 + r:hl], blob[hl:], blob[:hl] + canonical(ctx))
+    hl = 36 + r  # format 2: the kind byte ends the header
+    return AESGCM(key).decrypt(blob[23 + r:35 + r], blob[hl:], blob[:hl] + canonical(ctx))
 
 
 # ---- the HSM tokens, seen from outside kmsd --------------------------------------

@@ -176,10 +176,11 @@ def describe(key_id, who="bank-admin"):
 
 def leave(key, blob):
     """Decrypt a Custos blob with a key held outside, by the public format
-    (docs/ciphertext-format.md) and OpenSSL alone; no encryption context."""
+    (docs/ciphertext-format.md, format 2) and OpenSSL alone; no encryption
+    context."""
     r = blob[2]
-    hl = 35 + r
-    return AESGCM(key).decrypt(blob[23 + r:hl], blob[hl:], blob[:hl] + b"\x00\x00")
+    hl = 36 + r
+    return AESGCM(key).decrypt(blob[23 + r:35 + r], blob[hl:], blob[:hl] + b"\x00\x00")
 
 
 def recipient_unwrap(name, wrapped, algorithm):

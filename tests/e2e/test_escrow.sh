@@ -90,8 +90,8 @@ import sys
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 key, blob = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
 r = blob[2]
-hl = 35 + r
-assert AESGCM(key).decrypt(blob[23 + r:hl], blob[hl:], blob[:hl] + b"\0\0") == b"walkthrough-sentinel"
+hl = 36 + r  # format 2 (docs/ciphertext-format.md)
+assert AESGCM(key).decrypt(blob[23 + r:35 + r], blob[hl:], blob[:hl] + b"\0\0") == b"walkthrough-sentinel"
 PYEOF
 
 quorum() { # quorum TTL TIME_LOCK [PATTERN]: set the bank tenant's recovery timing,

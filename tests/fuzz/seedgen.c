@@ -276,6 +276,8 @@ static void blobs(void)
 {
     struct kms_blob_header h;
     memset(&h, 0, sizeof(h));
+    h.format = KMS_BLOB_VERSION;
+    h.kind = KMS_BLOB_KIND_DATA;
     snprintf(h.region, sizeof(h.region), "eu-west");
     memset(h.key_id, 0x11, sizeof(h.key_id));
     h.version = 3;
@@ -287,6 +289,13 @@ static void blobs(void)
     memset(body, 0x33, sizeof(body));
     put("fuzz_blob", "eu-west-v3", hdr, hl, body, sizeof(body));
     put("fuzz_blob", "header-only", hdr, hl, NULL, 0);
+    /* Format 1 (no kind byte), which Decrypt and ReEncrypt still read. */
+    h.format = KMS_BLOB_VERSION_1;
+    h.kind = KMS_BLOB_KIND_LEGACY;
+    if (kms_blob_write_header(&h, hdr, &hl) != KMS_OK)
+        die("kms_blob_write_header");
+    put("fuzz_blob", "format1-eu-west-v3", hdr, hl, body, sizeof(body));
+    put("fuzz_blob", "format1-header-only", hdr, hl, NULL, 0);
 
     uint8_t fh[KMS_FIELD_HEADER_LEN], iv[KMS_FIELD_IV_LEN];
     memset(iv, 0x44, sizeof(iv));

@@ -20,6 +20,14 @@ static void setup(void)
                           jq("{'id': 'acme-officer-4', 'role': 'officer', 'home_region': 'us-east',"
                              " 'cert_subject': 'CN=acme-officer-4,O=Acme'}"));
     set(d, "tenants[0].principals[7]", "public_key_pem", json_string(P256[4]));
+    /* "wraps": acme-broker may only make and unwrap data keys with it. */
+    json_array_append_new(at(d, "tenants[0].grants"),
+                          jq("{'key_id': 'wraps', 'principals': ['acme-broker', 'acme-broker-x'],"
+                             " 'operations': ['GenerateDataKey', 'DecryptDataKey']}"));
+    json_array_append_new(at(d, "tenants[0].grants"),
+                          jq("{'key_id': 'wraps', 'principals': ['acme-broker-x'],"
+                             " 'operations': ['Decrypt']}"));
+    set(d, "tenants[0]", "cross_region_re_encrypt", jq("[{'from': 'eu-west', 'to': 'us-east'}]"));
     kms_err rc = load(d, &doc);
     ck_assert_msg(rc == KMS_OK, "eval document: %s", kms_err_detail());
 }
@@ -390,6 +398,107 @@ START_TEST(test_concurrent)
 }
 END_TEST
 
+/* ---- ciphertexts of unknown kind -------------------------------------------------- */
+
+static struct pol_decision untyped(const char *who, const char *key_id, const char *tenant,
+                                   const char *region)
+{
+    const struct pol_principal *p = pol_doc_principal(doc, who);
+    ck_assert_msg(p != NULL, "no principal %s", who);
+    struct pol_target target = {.key_id = key_id, .tenant = tenant, .region = region};
+    struct pol_decision d;
+    kms_err rc = pol_decide_untyped_open(doc, p, &target, &d);
+    ck_assert_int_eq(rc, d.err);
+    ck_assert_int_eq(d.allowed, rc == KMS_OK);
+    return d;
+}
+
+/* A format 1 ciphertext may hold a message or a data key: opening it takes
+ * both Decrypt and DecryptDataKey, whichever of the two is asked for. */
+START_TEST(test_untyped_open)
+{
+    /* Role only (no grant names k1): a broker has both. */
+    struct pol_decision d = untyped("acme-broker", "k1", "acme", "eu-west");
+    ck_assert(d.allowed);
+    /* "orders": acme-broker has Decrypt but not DecryptDataKey. */
+    d = untyped("acme-broker", "orders", "acme", "eu-west");
+    ck_assert(!d.allowed);
+    ck_assert_str_eq(d.rule, "ciphertext.format1");
+    ck_assert_int_eq(d.err, KMS_ERR_PERMISSION_DENIED);
+    ck_assert_str_eq(kms_err_detail(), "permission denied");
+    /* "wraps": acme-broker has DecryptDataKey but not Decrypt (the bypass
+     * this rule closes); acme-broker-x has both through two grants. */
+    d = untyped("acme-broker", "wraps", "acme", "eu-west");
+    ck_assert(!d.allowed);
+    ck_assert_str_eq(d.rule, "ciphertext.format1");
+    d = untyped("acme-broker-x", "wraps", "acme", "eu-west");
+    ck_assert(d.allowed);
+    ck_assert_str_eq(d.rule, "grant");
+    /* The other rules still come first: another tenant's key is not found,
+     * a region outside the broker's is residency, a key admin has no role. */
+    d = untyped("globex-broker", "k1", "acme", "eu-west");
+    ck_assert_int_eq(d.err, KMS_ERR_NOT_FOUND);
+    ck_assert_str_eq(d.rule, "tenant");
+    d = untyped("acme-broker", "k1", "acme", "us-east");
+    ck_assert_int_eq(d.err, KMS_ERR_PERMISSION_DENIED);
+    ck_assert_str_eq(d.rule, "residency.home_region");
+    d = untyped("acme-admin", "k1", "acme", "eu-west");
+    ck_assert_int_eq(d.err, KMS_ERR_PERMISSION_DENIED);
+    ck_assert_str_eq(d.rule, "role");
+    /* acme-broker-x: no grant gives it anything on "orders". */
+    d = untyped("acme-broker-x", "orders", "acme", "eu-west");
+    ck_assert_str_eq(d.rule, "ciphertext.format1");
+    /* Misuse. */
+    struct pol_target t = {.key_id = "k1", .tenant = "acme", .region = "eu-west"};
+    ck_assert_int_eq(pol_decide_untyped_open(doc, pol_doc_principal(doc, "acme-broker"), &t, NULL),
+                     KMS_ERR_USAGE);
+}
+END_TEST
+
+/* ---- ReEncrypt across regions ---------------------------------------------------- */
+
+static struct pol_decision route(const char *who, const char *from, const char *to)
+{
+    const struct pol_principal *p = pol_doc_principal(doc, who);
+    ck_assert_msg(p != NULL, "no principal %s", who);
+    struct pol_decision d;
+    kms_err rc = pol_decide_re_encrypt(doc, p, from, to, &d);
+    ck_assert_int_eq(rc, d.err);
+    ck_assert_int_eq(d.allowed, rc == KMS_OK);
+    return d;
+}
+
+START_TEST(test_re_encrypt_route)
+{
+    /* Same region: always. */
+    ck_assert(route("acme-broker-x", "eu-west", "eu-west").allowed);
+    ck_assert(route("acme-broker-x", "us-east", "us-east").allowed);
+    ck_assert(route("globex-broker", "eu-west", "eu-west").allowed);
+    /* Across: only the direction the tenant names. */
+    struct pol_decision d = route("acme-broker-x", "eu-west", "us-east");
+    ck_assert(d.allowed);
+    ck_assert_str_eq(d.rule, "residency.re_encrypt");
+    d = route("acme-broker-x", "us-east", "eu-west");
+    ck_assert(!d.allowed);
+    ck_assert_str_eq(d.rule, "residency.re_encrypt");
+    ck_assert_int_eq(d.err, KMS_ERR_PERMISSION_DENIED);
+    ck_assert_str_eq(kms_err_detail(), "permission denied");
+    /* Another tenant's routes are not this one's: globex names none. */
+    d = route("globex-broker", "eu-west", "us-east");
+    ck_assert(!d.allowed);
+    ck_assert_str_eq(d.rule, "residency.re_encrypt");
+    /* A global principal has no tenant, hence no routes. */
+    ck_assert(!route("auditor", "eu-west", "us-east").allowed);
+    /* Misuse. */
+    const struct pol_principal *p = pol_doc_principal(doc, "acme-broker-x");
+    d = (struct pol_decision){0};
+    ck_assert_int_eq(pol_decide_re_encrypt(doc, p, NULL, "us-east", &d), KMS_ERR_USAGE);
+    ck_assert(!d.allowed);
+    ck_assert_int_eq(pol_decide_re_encrypt(doc, p, "eu-west", "us-east", NULL), KMS_ERR_USAGE);
+    ck_assert_int_eq(pol_decide_re_encrypt(NULL, p, "eu-west", "us-east", &d), KMS_ERR_USAGE);
+}
+END_TEST
+
 static Suite *pol_eval_suite(void)
 {
     Suite *s = suite_create("pol_eval");
@@ -408,6 +517,8 @@ static Suite *pol_eval_suite(void)
         {"audit", test_audit},
         {"rule_order", test_rule_order},
         {"usage", test_usage},
+        {"untyped_open", test_untyped_open},
+        {"re_encrypt_route", test_re_encrypt_route},
         {"concurrent", test_concurrent},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

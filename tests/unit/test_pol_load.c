@@ -779,6 +779,99 @@ START_TEST(test_load_file)
 }
 END_TEST
 
+/* ---- cross_region_re_encrypt --------------------------------------------- */
+
+START_TEST(test_re_encrypt_routes)
+{
+    /* Valid: both directions listed separately, with a description; the
+     * accessor answers per direction and never for a same-region pair. */
+    json_t *d = base();
+    set(d, "tenants[0]", "cross_region_re_encrypt",
+        jq("[{'from': 'eu-west', 'to': 'us-east', 'description': 'DR copy'}]"));
+    struct pol_doc *doc = NULL;
+    kms_err rc = load(d, &doc);
+    ck_assert_msg(rc == KMS_OK, "unexpected error: %s", kms_err_detail());
+    const struct pol_tenant *acme = pol_doc_tenant(doc, "acme");
+    const struct pol_tenant *globex = pol_doc_tenant(doc, "globex");
+    ck_assert(pol_tenant_re_encrypt_route(acme, "eu-west", "us-east"));
+    ck_assert(!pol_tenant_re_encrypt_route(acme, "us-east", "eu-west"));
+    ck_assert(!pol_tenant_re_encrypt_route(acme, "eu-west", "eu-west"));
+    ck_assert(!pol_tenant_re_encrypt_route(acme, NULL, "us-east"));
+    ck_assert(!pol_tenant_re_encrypt_route(globex, "eu-west", "us-east"));
+    pol_doc_unref(doc);
+
+    /* Absent and empty both mean: no cross-region ReEncrypt. */
+    doc = load_base();
+    ck_assert(!pol_tenant_re_encrypt_route(pol_doc_tenant(doc, "acme"), "eu-west", "us-east"));
+    pol_doc_unref(doc);
+    d = base();
+    set(d, "tenants[0]", "cross_region_re_encrypt", json_array());
+    expect_ok(d);
+
+    static const struct {
+        const char *value;
+        const char *msg;
+    } bad[] = {
+        {"'eu-west->us-east'",
+         "tenants[0].cross_region_re_encrypt: expected an array, got string"},
+        {"{'from': 'eu-west', 'to': 'us-east'}",
+         "tenants[0].cross_region_re_encrypt: expected an array, got object"},
+        {"['eu-west', 'us-east']",
+         "tenants[0].cross_region_re_encrypt[0]: expected an object, got string"},
+        {"[['eu-west', 'us-east']]",
+         "tenants[0].cross_region_re_encrypt[0]: expected an object, got array"},
+        {"[{'from': 'eu-west'}]",
+         "tenants[0].cross_region_re_encrypt[0].to: missing required field"},
+        {"[{'to': 'us-east'}]",
+         "tenants[0].cross_region_re_encrypt[0].from: missing required field"},
+        {"[{'from': 'eu-west', 'to': 'us-east', 'dest': 'us-east'}]",
+         "tenants[0].cross_region_re_encrypt[0].dest: unknown field"},
+        {"[{'from': 'eu-west', 'to': 7}]",
+         "tenants[0].cross_region_re_encrypt[0].to: expected a string, got integer"},
+        {"[{'from': 'eu-west', 'to': ''}]",
+         "tenants[0].cross_region_re_encrypt[0].to: must not be empty"},
+        {"[{'from': 'eu-west', 'to': 'US-East'}]",
+         "tenants[0].cross_region_re_encrypt[0].to: invalid region \"US-East\" (lowercase "
+         "letters, digits and '-'; starting with a letter, not ending with '-')"},
+        {"[{'from': '*', 'to': 'us-east'}]",
+         "tenants[0].cross_region_re_encrypt[0].from: invalid region \"*\" (lowercase "
+         "letters, digits and '-'; starting with a letter, not ending with '-')"},
+        {"[{'from': 'eu-west', 'to': 'ap-south'}]",
+         "tenants[0].cross_region_re_encrypt[0].to: region \"ap-south\" is not in the tenant's "
+         "allowed_regions"},
+        {"[{'from': 'ap-south', 'to': 'eu-west'}]",
+         "tenants[0].cross_region_re_encrypt[0].from: region \"ap-south\" is not in the "
+         "tenant's allowed_regions"},
+        {"[{'from': 'eu-west', 'to': 'eu-west'}]",
+         "tenants[0].cross_region_re_encrypt[0]: from and to are both \"eu-west\" (same-region "
+         "ReEncrypt needs no entry)"},
+        {"[{'from': 'eu-west', 'to': 'us-east'}, {'from': 'us-east', 'to': 'eu-west'},"
+         " {'from': 'eu-west', 'to': 'us-east'}]",
+         "tenants[0].cross_region_re_encrypt[2]: eu-west -> us-east is listed twice"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        d = base();
+        set(d, "tenants[0]", "cross_region_re_encrypt", jq(bad[i].value));
+        expect_error(d, bad[i].msg);
+    }
+
+    /* A route out of the tenant's regions is refused in a one-region tenant
+     * too: globex has only eu-west. */
+    d = base();
+    set(d, "tenants[1]", "cross_region_re_encrypt", jq("[{'from': 'eu-west', 'to': 'us-east'}]"));
+    expect_error(d, "tenants[1].cross_region_re_encrypt[0].to: region \"us-east\" is not in the "
+                    "tenant's allowed_regions");
+
+    /* The limit. */
+    d = base();
+    json_t *many = json_array();
+    for (int i = 0; i <= POL_MAX_RE_ENCRYPT_ROUTES; i++)
+        json_array_append_new(many, jq("{'from': 'eu-west', 'to': 'us-east'}"));
+    set(d, "tenants[0]", "cross_region_re_encrypt", many);
+    expect_error(d, "tenants[0].cross_region_re_encrypt: too many entries (65, at most 64)");
+}
+END_TEST
+
 static Suite *pol_load_suite(void)
 {
     Suite *s = suite_create("pol_load");
@@ -800,6 +893,7 @@ static Suite *pol_load_suite(void)
         {"quorum", test_quorum},
         {"recovery_settings", test_recovery_settings},
         {"grants", test_grants},
+        {"re_encrypt_routes", test_re_encrypt_routes},
         {"limits_size", test_limits_size},
         {"limits_counts", test_limits_counts},
         {"limits_strings", test_limits_strings},
