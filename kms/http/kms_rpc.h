@@ -93,6 +93,13 @@ struct kms_key_record;
 kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
                               struct kms_key_record *out_key);
 
+/* The same for an operation on the caller's own tenant (CreateKey in
+ * region, ListKeys and ListRecoveries with region NULL). A caller without a
+ * tenant (a global auditor or operator) is refused like any other, with
+ * PERMISSION_DENIED and the deciding rule in its audit event. Every handler
+ * of a tenant operation authorizes through here. */
+kms_err kms_rpc_authorize_tenant(struct kms_call *call, enum pol_op op, const char *region);
+
 /* The KeyMetadata (versions included) of a key, for handlers in other files
  * that reply with more than {key} (kms_import.c). Free it with
  * kms_rpc_key_metadata_free, never with protobuf-c. */

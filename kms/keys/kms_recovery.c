@@ -406,12 +406,7 @@ kms_err kms_rpc_list_recoveries(struct kms_call *call, const uint8_t *body, size
     struct recovery_msg *msgs = NULL;
     Custos__V1__Recovery **mp = NULL;
     const char *tenant = pol_principal_tenant_id(call->who);
-    struct pol_target t = {NULL, tenant, NULL};
-    struct pol_decision d;
-    rc = pol_decide(call->policy, call->who, POL_OP_LIST_RECOVERIES, &t, &d);
-    call->audit.rule = d.rule;
-    if (rc != KMS_OK)
-        goto done;
+    KMS_GUARD_GOTO(kms_rpc_authorize_tenant(call, POL_OP_LIST_RECOVERIES, NULL), done);
     if (req->key_id[0] != '\0') {
         uint8_t raw[16];
         KMS_GUARD_GOTO(kms_key_id_parse(req->key_id, raw), done);
