@@ -110,8 +110,9 @@ kms_err pol_decide(const struct pol_doc *doc, const struct pol_principal *p, enu
         if (t == NULL || strcmp(target->tenant, t->id) != 0)
             return deny(out, "tenant", KMS_ERR_NOT_FOUND);
     } else if (scope == POL_TARGET_TENANT) {
-        if (target->tenant == NULL)
-            return usage(out, "a tenant operation needs a tenant");
+        /* A NULL tenant is a caller without one (a global auditor or
+         * operator asking for "its" keys): a refusal by the rules below
+         * (role, then tenant), never a malformed call. */
         if (op == POL_OP_CREATE_KEY && target->region == NULL)
             return usage(out, "CreateKey needs a region");
     }

@@ -46,8 +46,10 @@
  * POL_TARGET_KEY:    key_id, tenant and region of the key (all required).
  *                    ReEncrypt is decided twice: for the source key and for
  *                    the destination key.
- * POL_TARGET_TENANT: tenant (required); region required for CreateKey,
- *                    NULL for "every region" when listing.
+ * POL_TARGET_TENANT: tenant: the caller's own, NULL for a caller without
+ *                    one (refused by "role" or "tenant", never "usage");
+ *                    region required for CreateKey, NULL for "every
+ *                    region" when listing.
  * POL_TARGET_REGION: region, NULL for every region; tenant NULL asks for the
  *                    whole log, which only a global auditor may read.
  * Fields that do not apply are ignored. */

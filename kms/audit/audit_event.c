@@ -48,6 +48,12 @@ static kms_err audit_request(struct kms_call *call, const char *operation, kms_e
     ev.correlation_id = correlation_id ? (char *)correlation_id : empty;
     ev.policy_sha256 = call->policy ? (char *)pol_doc_digest_hex(call->policy) : empty;
     ev.detail = detail ? (char *)detail : empty;
+    ev.recovery_id = (char *)f->recovery_id;
+    ev.statement = (char *)f->statement;
+    ev.statement_sha256 = (char *)f->statement_sha256;
+    ev.approval_signature.data = (uint8_t *)f->approval_signature;
+    ev.approval_signature.len = f->approval_signature_len;
+    ev.officer_key_sha256 = (char *)f->officer_key_sha256;
     if (fn == NULL)
         return audit_log_append(log, &ev);
     kms_err rc = audit_log_submit(log, &ev, fn, arg);

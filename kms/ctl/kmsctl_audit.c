@@ -131,6 +131,12 @@ static const struct verb verbs[] = {
      "                            has verified) to the newest head\n"
      "exit codes: 0 verified; 1 verification failed (the first failure is printed);\n"
      "            2 usage error; 4 a file could not be read or written\n"},
+    {"events", 0, 0, 0, "events BUNDLE...",
+     "Print the events of exported bundles, one JSON object per line, in the order\n"
+     "held (bytes as lowercase hex). Recovery evidence (recovery_id, statement,\n"
+     "statement_sha256, approval_signature, officer_key_sha256) appears on the\n"
+     "events that carry it: docs/escrow-recovery.md shows how openssl re-verifies\n"
+     "every approval from it. Offline; run `audit verify` on the bundles first.\n"},
 };
 
 struct args {
@@ -158,7 +164,8 @@ static void audit_usage(FILE *f)
                "Run 'kmsctl audit <command> --help' for a command's options.\n"
                "\n" KMSCTL_CONN_USAGE "(head, keys, export; ignored by sth-bytes and verify)\n"
                "\n" KMSCTL_EXIT_USAGE_TEXT
-               "verify: 1 means a check failed; sth-bytes and verify never use the network\n");
+               "verify: 1 means a check failed; sth-bytes, verify and events never use the\n"
+               "network\n");
 }
 
 static void verb_usage(FILE *f, const struct verb *v)
@@ -519,6 +526,78 @@ done:
     return ret;
 }
 
+/* ---- offline: events ------------------------------------------------------------------- */
+
+static json_t *event_json(uint64_t seq, const Custos__V1__AuditEvent *e)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "seq", json_integer((json_int_t)seq));
+    json_object_set_new(o, "time_ms", json_integer(e->time_ms));
+    const struct {
+        const char *name, *value;
+    } str[] = {
+        {"request_id", e->request_id},   {"principal", e->principal},
+        {"role", e->role},               {"tenant", e->tenant},
+        {"operation", e->operation},     {"key_id", e->key_id},
+        {"region", e->region},           {"token", e->token},
+        {"outcome", e->outcome},         {"rule", e->rule},
+        {"correlation_id", e->correlation_id}, {"policy_sha256", e->policy_sha256},
+        {"detail", e->detail},           {"recovery_id", e->recovery_id},
+        {"statement", e->statement},     {"statement_sha256", e->statement_sha256},
+        {"officer_key_sha256", e->officer_key_sha256},
+    };
+    for (size_t i = 0; i < sizeof(str) / sizeof(str[0]); i++)
+        json_object_set_new(o, str[i].name, jstr(str[i].value));
+    json_object_set_new(o, "key_version", json_integer(e->key_version));
+    char sig[2 * AUDIT_SIG_MAX + 1] = "";
+    if (e->approval_signature.len <= AUDIT_SIG_MAX)
+        audit_hex(e->approval_signature.data, e->approval_signature.len, sig);
+    json_object_set_new(o, "approval_signature", jstr(sig));
+    return o;
+}
+
+static int do_events(char **files, size_t nfiles)
+{
+    for (size_t f = 0; f < nfiles; f++) {
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        if (audit_file_read(files[f], AUDIT_BUNDLE_FILE_MAX, &buf, &len) != KMS_OK)
+            return local_error();
+        Custos__V1__ExportAuditLogResponse *b =
+            custos__v1__export_audit_log_response__unpack(NULL, len, buf);
+        free(buf);
+        if (b == NULL) {
+            fprintf(stderr, "kmsctl: %s: not an audit bundle (ExportAuditLogResponse)\n",
+                    files[f]);
+            return KMSCTL_EXIT_LOCAL;
+        }
+        int ret = KMSCTL_EXIT_OK;
+        for (size_t i = 0; i < b->n_entries && ret == KMSCTL_EXIT_OK; i++) {
+            const Custos__V1__AuditEntry *en = b->entries[i];
+            Custos__V1__AuditEvent *e =
+                custos__v1__audit_event__unpack(NULL, en->event.len, en->event.data);
+            if (e == NULL) {
+                fprintf(stderr, "kmsctl: %s: entry seq %" PRIu64 " is not an AuditEvent\n",
+                        files[f], en->seq);
+                ret = KMSCTL_EXIT_LOCAL;
+                break;
+            }
+            json_t *j = event_json(en->seq, e);
+            custos__v1__audit_event__free_unpacked(e, NULL);
+            if (json_dumpf(j, stdout, JSON_COMPACT | JSON_ENSURE_ASCII) != 0) {
+                fprintf(stderr, "kmsctl: cannot format JSON output\n");
+                ret = KMSCTL_EXIT_LOCAL;
+            }
+            putchar('\n');
+            json_decref(j);
+        }
+        custos__v1__export_audit_log_response__free_unpacked(b, NULL);
+        if (ret != KMSCTL_EXIT_OK)
+            return ret;
+    }
+    return KMSCTL_EXIT_OK;
+}
+
 /* ---- offline: verify -------------------------------------------------------------------- */
 
 static void print_verified(const struct audit_verify *v)
@@ -693,7 +772,8 @@ int kmsctl_audit_main(int argc, char **argv)
         return KMSCTL_EXIT_USAGE;
     }
     int is_verify = strcmp(name, "verify") == 0;
-    if (!is_verify && optind < argc) {
+    int is_events = strcmp(name, "events") == 0;
+    if (!is_verify && !is_events && optind < argc) {
         fprintf(stderr, "kmsctl audit %s: unexpected argument '%s'\n", name, argv[optind]);
         return KMSCTL_EXIT_USAGE;
     }
@@ -703,7 +783,7 @@ int kmsctl_audit_main(int argc, char **argv)
         missing = option_name(O_REGION + __builtin_ctz(lacking));
     else if (strcmp(name, "sth-bytes") == 0 && !a.out_bin && !a.out_sig)
         missing = "--out-bin or --out-sig";
-    else if (is_verify && optind >= argc)
+    else if ((is_verify || is_events) && optind >= argc)
         missing = "a BUNDLE";
     if (missing) {
         fprintf(stderr, "kmsctl audit %s: %s is required\n", name, missing);
@@ -726,6 +806,8 @@ int kmsctl_audit_main(int argc, char **argv)
     int ret;
     if (is_verify) {
         ret = do_verify(&a, argv + optind, (size_t)(argc - optind));
+    } else if (is_events) {
+        ret = do_events(argv + optind, (size_t)(argc - optind));
     } else if (strcmp(name, "sth-bytes") == 0) {
         ret = do_sth_bytes(&a);
     } else {

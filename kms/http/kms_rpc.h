@@ -23,6 +23,9 @@
 /* What the audit event of a request records beyond who and what: handlers
  * fill these as they learn them (kms_rpc_authorize_key fills key, region,
  * token and rule), and the front writes one event per request from them. */
+#define KMS_AUDIT_STATEMENT_MAX 2048
+#define KMS_AUDIT_SIGNATURE_MAX 80
+
 struct kms_audit_facts {
     char key_id[33];
     uint32_t key_version;
@@ -30,6 +33,18 @@ struct kms_audit_facts {
     char token[33];
     const char *rule; /* static string: the policy rule that decided */
     char detail[160]; /* non-secret note for a successful request (e.g. a recovery id) */
+    /* EscrowService: the recovery the request named (the id as probed when
+     * it was refused, at most 32 printable characters), and the evidence an
+     * auditor needs to re-verify approvals with openssl alone
+     * (docs/escrow-recovery.md): the canonical statement (RequestRecovery),
+     * its SHA-256 (hex), the officer's DER signature over it and the SHA-256
+     * of the officer's DER public key (ApproveRecovery). Empty when unset. */
+    char recovery_id[33];
+    char statement[KMS_AUDIT_STATEMENT_MAX];
+    char statement_sha256[65];
+    uint8_t approval_signature[KMS_AUDIT_SIGNATURE_MAX];
+    size_t approval_signature_len;
+    char officer_key_sha256[65];
 };
 
 struct kms_call {
@@ -92,6 +107,13 @@ kms_err kms_rpc_list_recoveries(struct kms_call *, const uint8_t *, size_t, stru
 struct kms_key_record;
 kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
                               struct kms_key_record *out_key);
+
+/* The same for an operation on the caller's own tenant (CreateKey in
+ * region, ListKeys and ListRecoveries with region NULL). A caller without a
+ * tenant (a global auditor or operator) is refused like any other, with
+ * PERMISSION_DENIED and the deciding rule in its audit event. Every handler
+ * of a tenant operation authorizes through here. */
+kms_err kms_rpc_authorize_tenant(struct kms_call *call, enum pol_op op, const char *region);
 
 /* The KeyMetadata (versions included) of a key, for handlers in other files
  * that reply with more than {key} (kms_import.c). Free it with

@@ -70,9 +70,10 @@ kms_err kms_import_kcv(struct p11_token *tok, const struct p11_key_id *key,
  * call; *out_n (may be NULL) gets how many were closed. Tokens of regions
  * this node does not serve are left for the node that does.
  *
- * Called at the start of every GetImportParameters and after every import.
- * The service's sweeper thread should call it too (kms_service_sweep), so
- * that wrapping keys go at expiry even when nobody imports.
+ * Called at the start of every GetImportParameters, after every import, and
+ * by the service's sweeper thread every deletion.sweep_interval_s
+ * (kms_service.c), so that wrapping keys go at expiry even when nobody
+ * imports.
  */
 kms_err kms_import_sweep(struct kms_service *svc, int64_t now, size_t limit, size_t *out_n);
 

@@ -64,6 +64,22 @@ kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char 
     return rc;
 }
 
+kms_err kms_rpc_authorize_tenant(struct kms_call *call, enum pol_op op, const char *region)
+{
+    /* The caller's own tenant is the only one a tenant operation may name;
+     * NULL for a global principal, which the policy refuses (role). */
+    struct pol_target t = {NULL, pol_principal_tenant_id(call->who), region};
+    struct pol_decision d;
+    kms_err rc = pol_decide(call->policy, call->who, op, &t, &d);
+    if (region)
+        kms_rpc_audit_key(call, NULL, region, NULL);
+    call->audit.rule = d.rule;
+    if (rc != KMS_OK)
+        kms_log_info("policy", "request %s: %s%s%s refused by rule %s", call->request_id,
+                     pol_op_name(op), region ? " in " : "", region ? region : "", d.rule);
+    return rc;
+}
+
 /* KeyMetadata borrows strings from the record; versions are allocated here
  * and released by metadata_release. */
 struct metadata {
@@ -201,8 +217,6 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
         return KMS_RPC_MALFORMED("CreateKeyRequest");
 
     const char *tenant = pol_principal_tenant_id(call->who);
-    struct pol_target t = {NULL, tenant, req->region};
-    struct pol_decision d;
     KMS_ENSURE_GOTO(req->region[0] != '\0', done, KMS_ERR_INVALID_ARGUMENT, "region is required");
     bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
     KMS_ENSURE_GOTO(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata, done,
@@ -221,14 +235,7 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
                     KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
                     KMS_DESCRIPTION_MAX);
-    rc = pol_decide(call->policy, call->who, POL_OP_CREATE_KEY, &t, &d);
-    kms_rpc_audit_key(call, NULL, req->region, NULL);
-    call->audit.rule = d.rule;
-    if (rc != KMS_OK) {
-        kms_log_info("policy", "request %s: CreateKey in %s refused by rule %s", call->request_id,
-                     req->region, d.rule);
-        goto done;
-    }
+    KMS_GUARD_GOTO(kms_rpc_authorize_tenant(call, POL_OP_CREATE_KEY, req->region), done);
     const struct pol_tenant *pt = pol_principal_tenant(call->who);
     bool escrow = pt != NULL && pol_tenant_escrow_required(pt);
     struct p11_token *tok = kms_service_token(call->svc, req->region);
@@ -322,12 +329,7 @@ kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len
     char next[KMS_PAGE_TOKEN_SIZE] = "";
 
     const char *tenant = pol_principal_tenant_id(call->who);
-    struct pol_target t = {NULL, tenant, NULL};
-    struct pol_decision d;
-    rc = pol_decide(call->policy, call->who, POL_OP_LIST_KEYS, &t, &d);
-    call->audit.rule = d.rule;
-    if (rc != KMS_OK)
-        goto done;
+    KMS_GUARD_GOTO(kms_rpc_authorize_tenant(call, POL_OP_LIST_KEYS, NULL), done);
     KMS_ENSURE_GOTO(req->page_size <= KMS_PAGE_SIZE_MAX, done, KMS_ERR_INVALID_ARGUMENT,
                     "page_size must be 1..%d", KMS_PAGE_SIZE_MAX);
     size_t page = req->page_size ? req->page_size : 100;

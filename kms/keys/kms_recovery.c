@@ -118,6 +118,63 @@ static void note(struct kms_call *call, const char *fmt, const char *id, const c
     snprintf(call->audit.detail, sizeof(call->audit.detail), fmt, id, extra ? extra : "");
 }
 
+_Static_assert(KMS_RECOVERY_STMT_MAX <= KMS_AUDIT_STATEMENT_MAX &&
+                   MAX_SIG <= KMS_AUDIT_SIGNATURE_MAX,
+               "the audit event holds a whole statement and signature");
+
+/* A refusal by a check of this file, after the policy let the call this
+ * far: the audit event names that check (docs/audit.md lists them) rather
+ * than the rule that allowed the call. The client's message is unchanged. */
+#define REFUSE_GOTO(rule_, cond, label, err, ...)                                                 \
+    do {                                                                                          \
+        if (!(cond)) {                                                                            \
+            call->audit.rule = (rule_);                                                           \
+            rc = kms_err_set((err), __VA_ARGS__);                                                 \
+            goto label;                                                                           \
+        }                                                                                         \
+    } while (0)
+
+/* The recovery id a request named, for its audit event: whatever the
+ * caller sent, bounded and printable (a probe with junk stays readable). */
+static void audit_recovery_id(struct kms_call *call, const char *id)
+{
+    size_t i = 0;
+    for (; id && id[i] && i < sizeof(call->audit.recovery_id) - 1; i++)
+        call->audit.recovery_id[i] = id[i] > 0x20 && id[i] < 0x7f ? id[i] : '?';
+    call->audit.recovery_id[i] = '\0';
+}
+
+/* The statement's SHA-256 in the audit event (and, for RequestRecovery,
+ * the statement itself): what every approval signs. */
+static void audit_statement(struct kms_call *call, const char *stmt, size_t len, bool whole)
+{
+    uint8_t d[32];
+    SHA256((const uint8_t *)stmt, len, d);
+    hex(d, sizeof(d), call->audit.statement_sha256);
+    if (whole)
+        snprintf(call->audit.statement, sizeof(call->audit.statement), "%s", stmt);
+}
+
+/* ApproveRecovery's evidence: the signature as sent and the fingerprint of
+ * the officer key it is checked with, so that `openssl pkeyutl -verify`
+ * repeats the check (docs/escrow-recovery.md). */
+static void audit_approval(struct kms_call *call, EVP_PKEY *officer, const uint8_t *sig,
+                           size_t sig_len)
+{
+    if (sig_len <= sizeof(call->audit.approval_signature)) {
+        memcpy(call->audit.approval_signature, sig, sig_len);
+        call->audit.approval_signature_len = sig_len;
+    }
+    unsigned char *der = NULL;
+    int len = officer ? i2d_PUBKEY(officer, &der) : -1;
+    if (len > 0) {
+        uint8_t d[32];
+        SHA256(der, (size_t)len, d);
+        hex(d, sizeof(d), call->audit.officer_key_sha256);
+    }
+    OPENSSL_free(der);
+}
+
 /* An open recovery past its expiry becomes EXPIRED, with its own event. */
 static kms_err refresh_expiry(struct kms_call *call, struct kms_recovery_record *r)
 {
@@ -142,15 +199,26 @@ static kms_err load(struct kms_call *call, enum pol_op op, const char *id,
                     struct kms_recovery_record *r, struct kms_key_record *k,
                     struct kms_recovery_approval **appr, size_t *n_appr)
 {
+    /* Auditors see which id was probed, whatever the answer. */
+    audit_recovery_id(call, id);
     kms_err rc = kms_store_recovery_get(kms_service_store(call->svc), id, r, appr, n_appr);
     const char *tenant = pol_principal_tenant_id(call->who);
-    if (rc == KMS_OK && (tenant == NULL || strcmp(tenant, r->tenant) != 0))
+    if (rc == KMS_OK && (tenant == NULL || strcmp(tenant, r->tenant) != 0)) {
+        /* As for a key: the caller gets exactly the answer for a missing
+         * recovery; the audit event names the recovery's key and the rule. */
+        kms_rpc_audit_key(call, r->key_id, r->region, NULL);
+        call->audit.rule = "tenant";
+        snprintf(call->audit.detail, sizeof(call->audit.detail), "recovery %s of another tenant",
+                 r->recovery_id);
+        kms_log_info("policy", "request %s: %s on recovery %s refused by rule tenant",
+                     call->request_id, pol_op_name(op), r->recovery_id);
         rc = kms_err_set(KMS_ERR_NOT_FOUND, "recovery not found");
-    if (rc == KMS_OK) {
+    } else if (rc == KMS_OK) {
         note(call, "recovery %s%s", r->recovery_id, NULL);
         rc = kms_rpc_authorize_key(call, op, r->key_id, k);
     } else if (rc == KMS_ERR_NOT_FOUND) {
-        snprintf(call->audit.detail, sizeof(call->audit.detail), "recovery not found");
+        snprintf(call->audit.detail, sizeof(call->audit.detail), "recovery %s does not exist",
+                 call->audit.recovery_id);
     }
     if (rc == KMS_OK)
         rc = refresh_expiry(call, r);
@@ -244,14 +312,19 @@ static kms_err pick_versions(const Custos__V1__RequestRecoveryRequest *req,
 /* EXPORT_WRAPPED: the recipient must be registered in advance, by policy,
  * for the key's own region. sha_hex receives the SHA-256 of its DER public
  * key; *out_der (may be NULL) the DER itself, freed with OPENSSL_free. */
-static kms_err pick_recipient(const struct pol_tenant *t, const char *id, const char *region,
-                              char sha_hex[65], unsigned char **out_der, size_t *out_len)
+static kms_err pick_recipient(struct kms_call *call, const struct pol_tenant *t, const char *id,
+                              const char *region, char sha_hex[65], unsigned char **out_der,
+                              size_t *out_len)
 {
     KMS_ENSURE(id[0] != '\0', KMS_ERR_INVALID_ARGUMENT, "EXPORT_WRAPPED needs a recipient");
     const struct pol_recipient *rc = pol_tenant_recipient(t, id);
+    if (rc == NULL)
+        call->audit.rule = "recipient";
     KMS_ENSURE(rc != NULL, KMS_ERR_PERMISSION_DENIED,
                "recipient is not registered in the tenant's policy (recovery_recipients); "
                "keys are exported only to recipients named in advance");
+    if (strcmp(pol_recipient_region(rc), region) != 0)
+        call->audit.rule = "residency.recipient_region";
     KMS_ENSURE(strcmp(pol_recipient_region(rc), region) == 0, KMS_ERR_PERMISSION_DENIED,
                "recipient %s is registered for region %s, the key lives in %s: a key never "
                "leaves its region",
@@ -307,8 +380,9 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
                     KMS_ERR_INVALID_ARGUMENT, "recipient longer than %d bytes",
                     KMS_RECOVERY_NAME_MAX);
     KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_REQUEST_RECOVERY, req->key_id, &k), done);
-    KMS_ENSURE_GOTO(req->target_region[0] == '\0' || strcmp(req->target_region, k.region) == 0,
-                    done, KMS_ERR_PERMISSION_DENIED,
+    REFUSE_GOTO("residency.key_region",
+                req->target_region[0] == '\0' || strcmp(req->target_region, k.region) == 0,
+                done, KMS_ERR_PERMISSION_DENIED,
                     "the key lives in region %s: a recovery never targets another region",
                     k.region);
     const struct pol_tenant *t = pol_principal_tenant(call->who);
@@ -316,7 +390,7 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
                    done);
     KMS_GUARD_GOTO(pick_versions(req, blobs, n_blobs, &r), done);
     if (req->mode == CUSTOS__V1__RECOVERY_MODE__RESTORE) {
-        KMS_ENSURE_GOTO(k.state == KMS_KEY_DESTROYED, done, KMS_ERR_FAILED_PRECONDITION,
+        REFUSE_GOTO("state", k.state == KMS_KEY_DESTROYED, done, KMS_ERR_FAILED_PRECONDITION,
                         "key is %s; RESTORE brings back a DESTROYED key (a deletion still "
                         "pending is cancelled by the key's administrators)",
                         kms_key_state_name(k.state));
@@ -325,7 +399,7 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
     } else {
         KMS_ENSURE_GOTO(k.spec == KMS_KEY_SPEC_AES_256, done, KMS_ERR_FAILED_PRECONDITION,
                         "EXPORT_WRAPPED exports AES_256 keys; restore this key instead");
-        KMS_GUARD_GOTO(pick_recipient(t, req->recipient, k.region, r.recipient_sha256, NULL,
+        KMS_GUARD_GOTO(pick_recipient(call, t, req->recipient, k.region, r.recipient_sha256, NULL,
                                       NULL),
                        done);
         snprintf(r.recipient, sizeof(r.recipient), "%s", req->recipient);
@@ -337,7 +411,7 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
     KMS_GUARD_GOTO(kms_store_recovery_open_count(kms_service_store(call->svc), k.key_id, now_s(),
                                                  &n_open),
                    done);
-    KMS_ENSURE_GOTO(n_open < MAX_OPEN_PER_KEY, done, KMS_ERR_RESOURCE_EXHAUSTED,
+    REFUSE_GOTO("limit", n_open < MAX_OPEN_PER_KEY, done, KMS_ERR_RESOURCE_EXHAUSTED,
                     "key already has %zu open recoveries (at most %d): cancel one first", n_open,
                     MAX_OPEN_PER_KEY);
 
@@ -363,6 +437,13 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
     r.expires_at = r.created_at + pol_tenant_recovery_ttl_s(t);
     KMS_GUARD_GOTO(kms_store_recovery_insert(kms_service_store(call->svc), &r), done);
     note(call, "recovery %s requested%s", r.recovery_id, NULL);
+    audit_recovery_id(call, r.recovery_id);
+    {
+        char stmt[KMS_RECOVERY_STMT_MAX];
+        size_t stmt_len = 0;
+        KMS_GUARD_GOTO(kms_recovery_statement(&r, stmt, sizeof(stmt), &stmt_len), done);
+        audit_statement(call, stmt, stmt_len, true);
+    }
     kms_log_info("escrow", "request %s: recovery %s of key %s (%s) requested by %s",
                  call->request_id, r.recovery_id, r.key_id, kms_recovery_mode_name(r.mode),
                  r.requester);
@@ -406,12 +487,7 @@ kms_err kms_rpc_list_recoveries(struct kms_call *call, const uint8_t *body, size
     struct recovery_msg *msgs = NULL;
     Custos__V1__Recovery **mp = NULL;
     const char *tenant = pol_principal_tenant_id(call->who);
-    struct pol_target t = {NULL, tenant, NULL};
-    struct pol_decision d;
-    rc = pol_decide(call->policy, call->who, POL_OP_LIST_RECOVERIES, &t, &d);
-    call->audit.rule = d.rule;
-    if (rc != KMS_OK)
-        goto done;
+    KMS_GUARD_GOTO(kms_rpc_authorize_tenant(call, POL_OP_LIST_RECOVERIES, NULL), done);
     if (req->key_id[0] != '\0') {
         uint8_t raw[16];
         KMS_GUARD_GOTO(kms_key_id_parse(req->key_id, raw), done);
@@ -468,19 +544,24 @@ kms_err kms_rpc_approve_recovery(struct kms_call *call, const uint8_t *body, siz
                     MAX_SIG);
     KMS_GUARD_GOTO(load(call, POL_OP_APPROVE_RECOVERY, req->recovery_id, &r, &k, NULL, NULL),
                    done);
-    KMS_ENSURE_GOTO(r.state != KMS_RECOVERY_EXPIRED, done, KMS_ERR_FAILED_PRECONDITION,
-                    "recovery expired at %" PRId64 "; its approvals are worthless", r.expires_at);
-    KMS_ENSURE_GOTO(r.state == KMS_RECOVERY_PENDING, done, KMS_ERR_FAILED_PRECONDITION,
-                    "recovery is %s; approvals are taken while it is PENDING_APPROVAL",
-                    kms_recovery_state_name(r.state));
-    /* Two people at least: the one who asks never approves. */
-    KMS_ENSURE_GOTO(strcmp(r.requester, pol_principal_id(call->who)) != 0, done,
-                    KMS_ERR_PERMISSION_DENIED,
-                    "you requested this recovery; the requester's approval does not count");
+    /* The evidence first: a refused approval is audited with it too. */
     KMS_GUARD_GOTO(kms_recovery_statement(&r, stmt, sizeof(stmt), &stmt_len), done);
+    audit_statement(call, stmt, stmt_len, false);
+    audit_approval(call, pol_principal_officer_key(call->who), req->signature.data,
+                   req->signature.len);
+    REFUSE_GOTO("expiry", r.state != KMS_RECOVERY_EXPIRED, done, KMS_ERR_FAILED_PRECONDITION,
+                "recovery expired at %" PRId64 "; its approvals are worthless", r.expires_at);
+    REFUSE_GOTO("state", r.state == KMS_RECOVERY_PENDING, done, KMS_ERR_FAILED_PRECONDITION,
+                "recovery is %s; approvals are taken while it is PENDING_APPROVAL",
+                kms_recovery_state_name(r.state));
+    /* Two people at least: the one who asks never approves. */
+    REFUSE_GOTO("requester", strcmp(r.requester, pol_principal_id(call->who)) != 0, done,
+                KMS_ERR_PERMISSION_DENIED,
+                "you requested this recovery; the requester's approval does not count");
     rc = kms_recovery_verify(pol_principal_officer_key(call->who), stmt, stmt_len,
                              req->signature.data, req->signature.len);
     if (rc != KMS_OK) {
+        call->audit.rule = "signature";
         note(call, "recovery %s: invalid approval signature%s", r.recovery_id, NULL);
         goto done;
     }
@@ -511,6 +592,8 @@ static kms_err quorum_still_holds(struct kms_call *call, const struct kms_recove
         if (p && pol_tenant_is_quorum_officer(t, p) && strcmp(appr[i].officer, r->requester) != 0)
             valid++;
     }
+    if (m == 0 || valid < m)
+        call->audit.rule = "quorum";
     KMS_ENSURE(m > 0 && valid >= m, KMS_ERR_FAILED_PRECONDITION,
                "only %u of the %u approvals the current policy requires are from officers "
                "still on the quorum",
@@ -590,9 +673,10 @@ static kms_err export_wrapped(struct kms_call *call, struct p11_token *tok,
     char sha_now[65];
     unsigned char *der = NULL;
     size_t der_len = 0;
-    KMS_GUARD(pick_recipient(t, r->recipient, r->region, sha_now, &der, &der_len));
+    KMS_GUARD(pick_recipient(call, t, r->recipient, r->region, sha_now, &der, &der_len));
     kms_err rc = KMS_OK;
-    KMS_ENSURE_GOTO(strcmp(sha_now, r->recipient_sha256) == 0, done, KMS_ERR_FAILED_PRECONDITION,
+    REFUSE_GOTO("recipient", strcmp(sha_now, r->recipient_sha256) == 0, done,
+                KMS_ERR_FAILED_PRECONDITION,
                     "recipient %s has a different public key in the policy now than the one the "
                     "officers approved; request a new recovery",
                     r->recipient);
@@ -649,12 +733,18 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const uint8_t *body, siz
     kms_err rc = KMS_OK;
     KMS_GUARD_GOTO(load(call, POL_OP_EXECUTE_RECOVERY, req->recovery_id, &r, &k, &appr, &n_appr),
                    done);
-    KMS_ENSURE_GOTO(r.state == KMS_RECOVERY_APPROVED, done, KMS_ERR_FAILED_PRECONDITION,
+    {
+        char stmt[KMS_RECOVERY_STMT_MAX];
+        size_t stmt_len = 0;
+        KMS_GUARD_GOTO(kms_recovery_statement(&r, stmt, sizeof(stmt), &stmt_len), done);
+        audit_statement(call, stmt, stmt_len, false);
+    }
+    REFUSE_GOTO("state", r.state == KMS_RECOVERY_APPROVED, done, KMS_ERR_FAILED_PRECONDITION,
                     "recovery is %s (%zu of %" PRIu32 " approvals); only an APPROVED recovery "
                     "can be executed",
                     kms_recovery_state_name(r.state), n_appr, r.approvals_required);
     int64_t now = now_s();
-    KMS_ENSURE_GOTO(now >= r.executable_at, done, KMS_ERR_FAILED_PRECONDITION,
+    REFUSE_GOTO("time_lock", now >= r.executable_at, done, KMS_ERR_FAILED_PRECONDITION,
                     "time lock: executable from %" PRId64 " (in %" PRId64 " s); the key's "
                     "administrators can see this recovery until then",
                     r.executable_at, r.executable_at - now);
@@ -716,7 +806,7 @@ kms_err kms_rpc_cancel_recovery(struct kms_call *call, const uint8_t *body, size
                     "reason must be up to %d bytes of UTF-8 without control characters",
                     KMS_RECOVERY_TEXT_MAX);
     KMS_GUARD_GOTO(load(call, POL_OP_CANCEL_RECOVERY, req->recovery_id, &r, &k, NULL, NULL), done);
-    KMS_ENSURE_GOTO(r.state == KMS_RECOVERY_PENDING || r.state == KMS_RECOVERY_APPROVED, done,
+    REFUSE_GOTO("state", r.state == KMS_RECOVERY_PENDING || r.state == KMS_RECOVERY_APPROVED, done,
                     KMS_ERR_FAILED_PRECONDITION, "recovery is %s; only an open one is cancelled",
                     kms_recovery_state_name(r.state));
     KMS_GUARD_GOTO(kms_store_recovery_finish(kms_service_store(call->svc), r.recovery_id, r.state,

@@ -86,8 +86,11 @@ START_TEST(test_role_matrix)
         bool global = pol_principal_tenant(p) == NULL;
         for (int o = 0; o < POL_OP__COUNT; o++) {
             enum pol_op op = (enum pol_op)o;
+            /* As the handlers ask: a key's own tenant; for tenant
+             * operations the caller's own, NULL for a global principal
+             * (which must be refused, never a "usage" error). */
             const char *tenant = global ? "acme" : pol_principal_tenant_id(p);
-            if (pol_op_target(op) == POL_TARGET_REGION && global)
+            if (pol_op_target(op) != POL_TARGET_KEY && global)
                 tenant = NULL;
             if (pol_op_target(op) == POL_TARGET_KEY && global)
                 NOT_FOUND(who[w], op, "k1", tenant, "eu-west");
@@ -104,6 +107,10 @@ START_TEST(test_role_matrix)
     DENY("acme-officer-1", POL_OP_DISABLE_KEY, "k1", "acme", "eu-west", "role");
     DENY("operator", POL_OP_GET_SIGNED_TREE_HEAD, NULL, NULL, "eu-west", "role");
     DENY("operator", POL_OP_LIST_KEYS, NULL, "acme", NULL, "role");
+    /* A global principal has no tenant to name: the role refuses it. */
+    DENY("auditor", POL_OP_CREATE_KEY, NULL, NULL, "eu-west", "role");
+    DENY("auditor", POL_OP_LIST_KEYS, NULL, NULL, NULL, "role");
+    DENY("operator", POL_OP_LIST_RECOVERIES, NULL, NULL, NULL, "role");
 }
 END_TEST
 
@@ -362,7 +369,8 @@ START_TEST(test_usage)
     expect_usage(doc, broker, POL_OP_ENCRYPT, &(struct pol_target){NULL, "acme", "eu-west"});
     expect_usage(doc, broker, POL_OP_ENCRYPT, &(struct pol_target){"k1", NULL, "eu-west"});
     expect_usage(doc, broker, POL_OP_ENCRYPT, &(struct pol_target){"k1", "acme", NULL});
-    expect_usage(doc, admin, POL_OP_LIST_KEYS, &(struct pol_target){NULL, NULL, NULL});
+    /* No tenant named for a tenant operation is a refusal, not misuse. */
+    DENY("acme-admin", POL_OP_LIST_KEYS, NULL, NULL, NULL, "tenant");
     expect_usage(doc, admin, POL_OP_CREATE_KEY, &(struct pol_target){NULL, "acme", NULL});
     /* Fields that do not apply are ignored. */
     ALLOW("acme-admin", POL_OP_CREATE_KEY, "ignored", "acme", "eu-west", "role");
