@@ -28,6 +28,9 @@ static kms_err region_log(struct kms_call *call, enum pol_op op, const char *reg
     if (out == NULL)
         return KMS_OK;
     KMS_ENSURE(region && *region, KMS_ERR_INVALID_ARGUMENT, "region is required");
+    /* A region whose log failed the start-up scan has heads nobody may
+     * rely on: unavailable (as for its keys), not "no such log". */
+    KMS_GUARD(kms_service_region_check(call->svc, region));
     *out = kms_service_audit_log(call->svc, region);
     KMS_ENSURE(*out != NULL, KMS_ERR_NOT_FOUND, "no audit log for region %.63s on this node",
                region);
