@@ -525,6 +525,44 @@ static kms_err check_token_key(struct audit_log *log)
     return KMS_OK;
 }
 
+/* A damaged last head record is cut off as a torn append, unless it is a
+ * whole head of this log: complete, decoding, naming this region, its root
+ * that of the events at its size. A crash leaves a short record or garbage
+ * (zeros, stale bytes) that does not decode so; a record like that whose
+ * check bytes do not match had bytes changed after it was written (its
+ * signature, say). Cutting it off would hide the edit. */
+static kms_err check_torn_head(struct audit_log *log, const struct damage *d)
+{
+    uint8_t fh[FRAME_HEAD];
+    struct stat st;
+    if (d->off < 0 || fstat(log->heads.fd, &st) != 0 ||
+        pread(log->heads.fd, fh, FRAME_HEAD, d->off) != FRAME_HEAD)
+        return KMS_OK;
+    size_t len = (size_t)get_be(fh, 4);
+    if (len == 0 || len > AUDIT_RECORD_MAX || st.st_size - d->off - FRAME_HEAD != (off_t)len)
+        return KMS_OK; /* short or impossible: torn */
+    uint8_t *p = malloc(len);
+    KMS_ENSURE(p != NULL, KMS_ERR_NOMEM, "out of memory");
+    Custos__V1__SignedTreeHead *sth = NULL;
+    if (pread(log->heads.fd, p, len, d->off + FRAME_HEAD) == (ssize_t)len)
+        sth = custos__v1__signed_tree_head__unpack(NULL, len, p);
+    free(p);
+    bool whole = false;
+    audit_hash root;
+    if (sth != NULL && sth->region != NULL && strcmp(sth->region, log->region) == 0 &&
+        sth->root_hash.len == 32 && sth->tree_size <= audit_tree_size(log->tree) &&
+        audit_tree_root(log->tree, sth->tree_size, root) == KMS_OK)
+        whole = memcmp(root, sth->root_hash.data, 32) == 0;
+    kms_err_clear();
+    if (sth != NULL)
+        custos__v1__signed_tree_head__free_unpacked(sth, NULL);
+    KMS_ENSURE(!whole, KMS_ERR_IO,
+               "%s: the last record (head %llu at offset %lld) is a whole head of this log but "
+               "its check bytes do not match: it was edited, not torn: the log was altered",
+               log->heads.path, (unsigned long long)d->index, (long long)d->off);
+    return KMS_OK;
+}
+
 /* Sign and persist a head for the current tree. Called by the writer only. */
 static kms_err make_head(struct audit_log *log)
 {
@@ -1026,6 +1064,7 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     KMS_ENSURE_GOTO(dh.off < 0 || dh.at_end, fail, KMS_ERR_IO,
                     "%s: record %llu at offset %lld is damaged", log->heads.path,
                     (unsigned long long)dh.index, (long long)dh.off);
+    KMS_GUARD_GOTO(check_torn_head(log, &dh), fail);
     KMS_GUARD_GOTO(verify_resume_head(log), fail);
     /* Only now, with every file read and checked, cut off what a crash left:
      * events after the last signed head that never became durable (a power

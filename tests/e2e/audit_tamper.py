@@ -5,6 +5,8 @@
   audit_tamper.py edit HEADS sig|root|size   change the newest head of a .heads file and
                                              frame the record again, so that its check bytes
                                              match (an edit, not a torn write)
+  audit_tamper.py edit HEADS sig-inplace     flip a signature byte, frame left as it is
+  audit_tamper.py edit HEADS torn            cut the last head short (a torn append)
   audit_tamper.py noleak US_EVENTS EU        us-east's log holds no event of eu-west
   audit_tamper.py refused DIR PORT EU US WHAT   eu-west is not served, us-east is
   audit_tamper.py served DIR PORT EU US         both regions serve
@@ -58,9 +60,23 @@ def main():
     cmd = sys.argv[1]
     if cmd == "edit":
         path, what = sys.argv[2], sys.argv[3]
-        recs = records(open(path, "rb").read())
+        data = open(path, "rb").read()
+        recs = records(data)
         h = apb.SignedTreeHead()
         h.ParseFromString(recs[-1])
+        if what == "sig-inplace":
+            # A byte of the signature flipped in the file, the frame left
+            # alone: its check bytes no longer match, as after a torn write,
+            # but the record is a whole head of this log.
+            at = len(data) - len(recs[-1]) + recs[-1].rindex(h.signature) + len(h.signature) - 1
+            b = bytearray(data)
+            b[at] ^= 0x01
+            open(path, "wb").write(bytes(b))
+            return 0
+        if what == "torn":
+            # A real torn append: the last head cut short.
+            open(path, "wb").write(data[:-7])
+            return 0
         if what == "sig":
             # The last byte of the DER signature is inside s: still DER, no
             # longer the HSM's signature.
@@ -134,7 +150,7 @@ def main():
         check(get(port, "/readyz?region=eu-west")[0] == 200, "restored: /readyz?region=eu-west 200")
         check(get(port, "/readyz?region=nowhere")[0] == 404, "/readyz?region=nowhere: 404")
         s, m, _ = encrypt(broker, eu)
-        check(s == 200, f"restored: Encrypt with the eu-west key serves again ({s} {m})")
+        check(s == 200, f"restored: Encrypt with the eu-west key serves again ({s} {m if s != 200 else ''})")
         s, m, _ = encrypt(broker_us, us)
         check(s == 200, f"restored: Encrypt with the us-east key serves ({s})")
         s, m, _ = auditor.call("AuditService", "GetSignedTreeHead",

@@ -3,7 +3,9 @@
 # start kmsd verifies the head it resumes from (its signature under the
 # region's audit key, its root and size against the events). Each edit —
 # the signature, the root hash, the tree size — re-framed so that the
-# record's check bytes match (an edit, not a torn write): kmsd starts, the
+# record's check bytes match (an edit, not a torn write), and the signature
+# flipped in place (check bytes wrong, but a whole head of this log: edited,
+# not torn): kmsd starts, the
 # log names the file and what failed, /readyz is 503 and names the region,
 # /readyz?region= tells the regions apart, requests for eu-west keys get
 # `unavailable`, us-east still serves. The file restored: served again.
@@ -28,7 +30,7 @@ e2e_stop
 HEADS="$E2E_DIR/audit/eu-west.heads"
 cp "$HEADS" "$W/eu-west.heads.good"
 
-for what in sig root size; do
+for what in sig root size sig-inplace; do
     cp "$W/eu-west.heads.good" "$HEADS"
     /usr/bin/python3 tests/e2e/audit_tamper.py edit "$HEADS" "$what"
     cp "$HEADS" "$W/eu-west.heads.$what"
@@ -39,6 +41,7 @@ for what in sig root size; do
     sig) want="eu-west.heads: the newest signed head (record .* does not verify: its signature is invalid under audit key" ;;
     root) want="eu-west.heads: head [0-9]* (size [0-9]*) does not match the events: the log was altered" ;;
     size) want="eu-west.heads: head [0-9]* (size [0-9]*) does not match the events: the log was altered" ;;
+    sig-inplace) want="eu-west.heads: the last record (head [0-9]* at offset [0-9]*) is a whole head of this log but its check bytes do not match: it was edited, not torn" ;;
     esac
     if grep "region eu-west is NOT SERVED" "$W/log.$what" | grep -q "$want"; then
         pass "$what: the log says region eu-west is NOT SERVED, naming the file and what failed"
@@ -56,6 +59,21 @@ for what in sig root size; do
 done
 
 tp noleak "$E2E_DIR/audit/us-east.events" "$EU"
+
+# A torn last head (a crash while it was appended) is still cut off: that
+# is recovery, not an alarm.
+cp "$W/eu-west.heads.good" "$HEADS"
+/usr/bin/python3 tests/e2e/audit_tamper.py edit "$HEADS" torn
+lines=$(wc -l <"$E2E_DIR/kmsd.log")
+e2e_start
+if tail -n +"$((lines + 1))" "$E2E_DIR/kmsd.log" | grep -q "torn tail of eu-west.heads truncated"; then
+    pass "torn: a head cut short is truncated as a torn tail and logged"
+else
+    flunk "torn: a head cut short is truncated as a torn tail and logged"
+fi
+tp served "$E2E_DIR" "$E2E_PORT" "$EU" "$US"
+e2e_stop
+
 cp "$W/eu-west.heads.good" "$HEADS"
 e2e_start
 tp served "$E2E_DIR" "$E2E_PORT" "$EU" "$US"
