@@ -329,9 +329,10 @@ static int known_size(const char *cmd, const struct args *a, uint64_t *out_size,
             *out_size = h->size;
             audit_state_verified(st, a->region, out_verified);
         } else {
-            fprintf(stderr, "kmsctl audit %s: %s keeps no head of region %s yet: "
-                            "nothing to compare with\n",
-                    cmd, a->known_state, a->region);
+            fprintf(stderr, "kmsctl audit %s: %s keeps no head of region %s yet: %s\n", cmd,
+                    a->known_state, a->region,
+                    strcmp(cmd, "export") == 0 ? "exporting without a consistency proof"
+                                               : "nothing to compare with");
         }
         audit_state_free(st);
     }
