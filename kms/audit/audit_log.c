@@ -307,7 +307,8 @@ static kms_err scan_key_add(struct audit_log *log, uint64_t index, const Custos_
         log->scan_last_key[0] ? audit_keyset_find(log->scan_keys, log->region, log->scan_last_key)
                               : NULL;
     if (prev != NULL && prev->not_after_ms == 0 && strcmp(prev->key_id, k->key_id) != 0) {
-        /* The same key again, its validity ended (audit_keyset_add). */
+        /* The previous key again, with the end of its validity: the set
+         * keeps its entry and fills that in (audit_keyset_add). */
         struct audit_key ended = *prev;
         ended.not_after_ms = k->not_before_ms;
         EVP_PKEY_up_ref(ended.pk);
@@ -527,10 +528,11 @@ static kms_err check_token_key(struct audit_log *log)
 
 /* A damaged last head record is cut off as a torn append, unless it is a
  * whole head of this log: complete, decoding, naming this region, its root
- * that of the events at its size. A crash leaves a short record or garbage
- * (zeros, stale bytes) that does not decode so; a record like that whose
- * check bytes do not match had bytes changed after it was written (its
- * signature, say). Cutting it off would hide the edit. */
+ * that of the events at its size, its key id (the last field, so a tail of
+ * zeros left by a crash spoils it) one of .keys. A crash leaves a short
+ * record or garbage (zeros, stale bytes) that does not decode so; a record
+ * like that whose check bytes do not match had bytes changed after it was
+ * written (its signature, say). Cutting it off would hide the edit. */
 static kms_err check_torn_head(struct audit_log *log, const struct damage *d)
 {
     uint8_t fh[FRAME_HEAD];
@@ -550,6 +552,8 @@ static kms_err check_torn_head(struct audit_log *log, const struct damage *d)
     bool whole = false;
     audit_hash root;
     if (sth != NULL && sth->region != NULL && strcmp(sth->region, log->region) == 0 &&
+        sth->key_id != NULL && audit_key_id_ok(sth->key_id) &&
+        audit_keyset_find(log->scan_keys, log->region, sth->key_id) != NULL &&
         sth->root_hash.len == 32 && sth->tree_size <= audit_tree_size(log->tree) &&
         audit_tree_root(log->tree, sth->tree_size, root) == KMS_OK)
         whole = memcmp(root, sth->root_hash.data, 32) == 0;
