@@ -228,6 +228,8 @@ kms_err kms_rpc_get_audit_keys(struct kms_call *call, const uint8_t *body, size_
         free(keys);
     }
     if (rc == KMS_OK && *req->region && n_all == 0)
+        rc = kms_service_region_check(call->svc, req->region);
+    if (rc == KMS_OK && *req->region && n_all == 0)
         rc = kms_err_set(KMS_ERR_NOT_FOUND, "no audit log for region %.63s on this node",
                          req->region);
     if (rc == KMS_OK) {

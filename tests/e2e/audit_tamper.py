@@ -142,6 +142,10 @@ def main():
         check(s == 503 and m.get("code") == "unavailable" and "region eu-west is not served"
               in m.get("msg", ""), f"{what}: GetSignedTreeHead eu-west: 503 unavailable, the unverified head is not "
               f"handed to auditors ({s} {m})")
+        s, m, _ = auditor.call("AuditService", "GetAuditKeys",
+                               apb.GetAuditKeysRequest(region="eu-west"), apb.GetAuditKeysResponse)
+        check(s == 503 and m.get("code") == "unavailable",
+              f"{what}: GetAuditKeys eu-west: 503 unavailable ({s} {m})")
         s, m, _ = encrypt(broker_us, us)
         check(s == 200, f"{what}: Encrypt with the us-east key still serves ({s})")
     elif cmd == "served":
