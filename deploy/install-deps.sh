@@ -13,6 +13,21 @@ set -eu
 # opensc for pkcs11-tool; wrk, the HTTP load generator of make bench;
 # clang and its compiler-rt (libFuzzer, sanitizers) for the fuzz targets of
 # tests/fuzz, which make check runs for a few seconds each.
+# Programs the tests and the docs' commands run that a minimal Debian 12
+# lacks (packages of priority "important" or lower; everything else they
+# call is Essential or "required": coreutils, grep, sed, findutils,
+# diffutils, util-linux, libc-bin): python3 (/usr/bin/python3 runs every
+# end-to-end helper; named, not left to python3-protobuf's dependency);
+# xxd (docs/audit.md's openssl example turns hex into bytes with xxd -r -p,
+# and tests/e2e/test_audit.sh runs it as written); man-db (man: test_install
+# renders the man pages with man --warnings); jq (docs/policy.md quotes a
+# PEM as a JSON string with it, docs/operations.md filters the JSON log);
+# mawk (awk in the tests: "required" priority, named so that a container
+# image trimmed below that still has it).
+# Not here: systemctl, systemd-sysusers, journalctl (docs/operations.md,
+# for the production host, which runs systemd; test_install calls
+# systemd-analyze only when it exists), podman (building the container,
+# optional), git (the benchmarks print the commit when there is one).
 PKGS="
 build-essential pkg-config
 libp11-kit-dev libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
@@ -22,6 +37,7 @@ softhsm2 opensc openssl sqlite3 curl
 python3-protobuf python3-pykcs11 python3-cryptography protobuf-compiler
 wrk procps util-linux
 clang libclang-rt-14-dev
+python3 xxd man-db jq mawk
 "
 
 missing=""

@@ -20,6 +20,7 @@
 #include <openssl/x509.h>
 
 #include "audit_index.h"
+#include "audit_keyset.h"
 #include "kms_log.h"
 #include "kms_metrics.h"
 #include "p11_crypto.h"
@@ -87,6 +88,15 @@ struct audit_log {
     int64_t head_time_ms;
     struct p11_key_id sign_key;
     int64_t sign_key_since_ms;
+
+    /* Only while audit_log_open scans: the public keys of .keys (with each
+     * key's validity ending where its successor's begins), and where the
+     * newest head record is, so that the head the log resumes from can be
+     * verified and named. */
+    struct audit_keyset *scan_keys;
+    char scan_last_key[AUDIT_KEY_ID_MAX + 1];
+    uint64_t head_index;
+    off_t head_off;
 
     struct audit_log_stats stats;
     int metrics_id; /* kms_metrics audit id, -1: not recorded */
@@ -279,6 +289,46 @@ struct key_scan {
     size_t n;
 };
 
+/* Keep key record index of .keys for the check of the newest head. The
+ * key before it (the previous record) is valid until this one begins. */
+static kms_err scan_key_add(struct audit_log *log, uint64_t index, const Custos__V1__AuditKey *k)
+{
+    KMS_ENSURE(k->region != NULL && strcmp(k->region, log->region) == 0, KMS_ERR_IO,
+               "%s: key record %llu is not a key of region %s", log->keys.path,
+               (unsigned long long)index, log->region);
+    EVP_PKEY *pk = NULL;
+    BIO *b = k->public_key_pem ? BIO_new_mem_buf(k->public_key_pem, -1) : NULL;
+    if (b != NULL)
+        pk = PEM_read_bio_PUBKEY(b, NULL, NULL, NULL);
+    BIO_free(b);
+    KMS_ENSURE(pk != NULL, KMS_ERR_IO, "%s: key record %llu: the public key does not decode",
+               log->keys.path, (unsigned long long)index);
+    const struct audit_key *prev =
+        log->scan_last_key[0] ? audit_keyset_find(log->scan_keys, log->region, log->scan_last_key)
+                              : NULL;
+    if (prev != NULL && prev->not_after_ms == 0 && strcmp(prev->key_id, k->key_id) != 0) {
+        /* The previous key again, with the end of its validity: the set
+         * keeps its entry and fills that in (audit_keyset_add). */
+        struct audit_key ended = *prev;
+        ended.not_after_ms = k->not_before_ms;
+        EVP_PKEY_up_ref(ended.pk);
+        if (audit_keyset_add(log->scan_keys, &ended) != KMS_OK) {
+            EVP_PKEY_free(pk);
+            return kms_err_set(KMS_ERR_IO, "%s: key record %llu: %s", log->keys.path,
+                               (unsigned long long)index, kms_err_detail());
+        }
+    }
+    struct audit_key ak = {.not_before_ms = k->not_before_ms, .pk = pk, .source = log->keys.path};
+    snprintf(ak.region, sizeof(ak.region), "%s", k->region);
+    snprintf(ak.key_id, sizeof(ak.key_id), "%s", k->key_id);
+    /* audit_keyset_add takes pk in every case. */
+    if (audit_keyset_add(log->scan_keys, &ak) != KMS_OK)
+        return kms_err_set(KMS_ERR_IO, "%s: key record %llu: %s", log->keys.path,
+                           (unsigned long long)index, kms_err_detail());
+    snprintf(log->scan_last_key, sizeof(log->scan_last_key), "%s", k->key_id);
+    return KMS_OK;
+}
+
 static kms_err on_key(struct audit_log *log, uint64_t index, off_t off, const uint8_t *p,
                       size_t len, const audit_hash h)
 {
@@ -299,10 +349,15 @@ static kms_err on_key(struct audit_log *log, uint64_t index, off_t off, const ui
         return kms_err_set(KMS_ERR_IO, "%s: key record %llu has a bad key id", log->keys.path,
                            (unsigned long long)index);
     }
-    memcpy(log->sign_key.b, id, 16);
-    log->sign_key_since_ms = k->not_before_ms;
+    kms_err rc = KMS_OK;
+    if (log->scan_keys != NULL)
+        rc = scan_key_add(log, index, k);
+    if (rc == KMS_OK) {
+        memcpy(log->sign_key.b, id, 16);
+        log->sign_key_since_ms = k->not_before_ms;
+    }
     custos__v1__audit_key__free_unpacked(k, NULL);
-    return KMS_OK;
+    return rc;
 }
 
 static kms_err new_sign_key(struct audit_log *log)
@@ -377,7 +432,6 @@ kms_err audit_log_rotate_key(struct audit_log *log)
 static kms_err on_head(struct audit_log *log, uint64_t index, off_t off, const uint8_t *p,
                        size_t len, const audit_hash h)
 {
-    (void)off;
     (void)h;
     Custos__V1__SignedTreeHead *sth = custos__v1__signed_tree_head__unpack(NULL, len, p);
     KMS_ENSURE(sth != NULL, KMS_ERR_IO, "%s: head %llu does not decode", log->heads.path,
@@ -400,9 +454,117 @@ static kms_err on_head(struct audit_log *log, uint64_t index, off_t off, const u
     log->head_len = len;
     log->head_size = sth->tree_size;
     log->head_time_ms = sth->timestamp_ms;
+    log->head_index = index;
+    log->head_off = off;
 done:
     custos__v1__signed_tree_head__free_unpacked(sth, NULL);
     return rc;
+}
+
+/* The head the log resumes from (the newest one the scan kept, whose root
+ * on_head already matched against the events) must verify under a key of
+ * this region listed in .keys and valid at its time: a head whose
+ * signature was changed on disk would otherwise be served to auditors and
+ * extended by every later head. Called by audit_log_open after the scan. */
+static kms_err verify_resume_head(struct audit_log *log)
+{
+    if (log->head == NULL)
+        return KMS_OK;
+    Custos__V1__SignedTreeHead *sth =
+        custos__v1__signed_tree_head__unpack(NULL, log->head_len, log->head);
+    KMS_ENSURE(sth != NULL, KMS_ERR_IO, "%s: head %llu does not decode", log->heads.path,
+               (unsigned long long)log->head_index);
+    kms_err rc = KMS_OK;
+    char what[700], t[40];
+    snprintf(what, sizeof(what), "%s: the newest signed head (record %llu at offset %lld, tree "
+             "size %llu)", log->heads.path, (unsigned long long)log->head_index,
+             (long long)log->head_off, (unsigned long long)sth->tree_size);
+    KMS_ENSURE_GOTO(sth->region != NULL && strcmp(sth->region, log->region) == 0, done,
+                    KMS_ERR_IO, "%s names another region: the log was altered", what);
+    const struct audit_key *k =
+        sth->key_id ? audit_keyset_find(log->scan_keys, log->region, sth->key_id) : NULL;
+    KMS_ENSURE_GOTO(k != NULL, done, KMS_ERR_IO,
+                    "%s is signed by key %.64s, which %s does not list: the log was altered", what,
+                    sth->key_id ? sth->key_id : "(none)", log->keys.path);
+    uint8_t sb[13 + 1 + 255 + 48];
+    size_t n = audit_head_signed_bytes(log->region, sth->tree_size, sth->timestamp_ms,
+                                       sth->root_hash.data, sb);
+    KMS_ENSURE_GOTO(audit_key_verify(k, sb, n, sth->signature.data, sth->signature.len), done,
+                    KMS_ERR_IO,
+                    "%s does not verify: its signature is invalid under audit key %s of %s: the "
+                    "log was altered",
+                    what, k->key_id, log->keys.path);
+    KMS_ENSURE_GOTO(sth->timestamp_ms >= k->not_before_ms &&
+                        (k->not_after_ms == 0 || sth->timestamp_ms < k->not_after_ms),
+                    done, KMS_ERR_IO,
+                    "%s is dated %s, outside the validity of its key %s: the log was altered",
+                    what, audit_iso_ms(sth->timestamp_ms, t), k->key_id);
+done:
+    custos__v1__signed_tree_head__free_unpacked(sth, NULL);
+    return rc;
+}
+
+/* The newest key of .keys must be the public half of the signing key in
+ * the token: otherwise .keys was replaced, and heads would be checked (by
+ * verify_resume_head, and by auditors) against keys the HSM never held. */
+static kms_err check_token_key(struct audit_log *log)
+{
+    const struct audit_key *k = audit_keyset_find(log->scan_keys, log->region, log->scan_last_key);
+    KMS_ENSURE(k != NULL, KMS_ERR_INTERNAL, "%s: no key kept by the scan", log->keys.path);
+    uint8_t *der = NULL;
+    size_t der_len = 0;
+    KMS_GUARD(p11_public_key_der(log->tok, &log->sign_key, &der, &der_len));
+    const uint8_t *p = der;
+    EVP_PKEY *pk = d2i_PUBKEY(NULL, &p, (long)der_len);
+    free(der);
+    bool same = pk != NULL && EVP_PKEY_eq(pk, k->pk) == 1;
+    EVP_PKEY_free(pk);
+    KMS_ENSURE(same, KMS_ERR_IO,
+               "%s: audit key %s is not the public half of the signing key in token '%s': the "
+               "keys file was altered",
+               log->keys.path, k->key_id, p11_token_label(log->tok));
+    return KMS_OK;
+}
+
+/* A damaged last head record is cut off as a torn append, unless it is a
+ * whole head of this log: complete, decoding, naming this region, its root
+ * that of the events at its size, its key id (the last field, so a tail of
+ * zeros left by a crash spoils it) one of .keys. A crash leaves a short
+ * record or garbage (zeros, stale bytes) that does not decode so; a record
+ * like that whose check bytes do not match had bytes changed after it was
+ * written (its signature, say). Cutting it off would hide the edit. */
+static kms_err check_torn_head(struct audit_log *log, const struct damage *d)
+{
+    uint8_t fh[FRAME_HEAD];
+    struct stat st;
+    if (d->off < 0 || fstat(log->heads.fd, &st) != 0 ||
+        pread(log->heads.fd, fh, FRAME_HEAD, d->off) != FRAME_HEAD)
+        return KMS_OK;
+    size_t len = (size_t)get_be(fh, 4);
+    if (len == 0 || len > AUDIT_RECORD_MAX || st.st_size - d->off - FRAME_HEAD != (off_t)len)
+        return KMS_OK; /* short or impossible: torn */
+    uint8_t *p = malloc(len);
+    KMS_ENSURE(p != NULL, KMS_ERR_NOMEM, "out of memory");
+    Custos__V1__SignedTreeHead *sth = NULL;
+    if (pread(log->heads.fd, p, len, d->off + FRAME_HEAD) == (ssize_t)len)
+        sth = custos__v1__signed_tree_head__unpack(NULL, len, p);
+    free(p);
+    bool whole = false;
+    audit_hash root;
+    if (sth != NULL && sth->region != NULL && strcmp(sth->region, log->region) == 0 &&
+        sth->key_id != NULL && audit_key_id_ok(sth->key_id) &&
+        audit_keyset_find(log->scan_keys, log->region, sth->key_id) != NULL &&
+        sth->root_hash.len == 32 && sth->tree_size <= audit_tree_size(log->tree) &&
+        audit_tree_root(log->tree, sth->tree_size, root) == KMS_OK)
+        whole = memcmp(root, sth->root_hash.data, 32) == 0;
+    kms_err_clear();
+    if (sth != NULL)
+        custos__v1__signed_tree_head__free_unpacked(sth, NULL);
+    KMS_ENSURE(!whole, KMS_ERR_IO,
+               "%s: the last record (head %llu at offset %lld) is a whole head of this log but "
+               "its check bytes do not match: it was edited, not torn: the log was altered",
+               log->heads.path, (unsigned long long)d->index, (long long)d->off);
+    return KMS_OK;
 }
 
 /* Sign and persist a head for the current tree. Called by the writer only. */
@@ -884,6 +1046,7 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     KMS_GUARD_GOTO(audit_index_new(log->events.fd, log->events.path, &log->index), fail);
     KMS_GUARD_GOTO(audit_tree_new_sparse(audit_index_leaves, log->index, &log->tree), fail);
     KMS_GUARD_GOTO(open_file(&log->heads, dir, region, "heads"), fail);
+    KMS_GUARD_GOTO(audit_keyset_new(&log->scan_keys), fail);
 
     struct damage dk, de, dh;
     KMS_GUARD_GOTO(scan(log, &log->keys, on_key, &dk), fail);
@@ -905,6 +1068,8 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     KMS_ENSURE_GOTO(dh.off < 0 || dh.at_end, fail, KMS_ERR_IO,
                     "%s: record %llu at offset %lld is damaged", log->heads.path,
                     (unsigned long long)dh.index, (long long)dh.off);
+    KMS_GUARD_GOTO(check_torn_head(log, &dh), fail);
+    KMS_GUARD_GOTO(verify_resume_head(log), fail);
     /* Only now, with every file read and checked, cut off what a crash left:
      * events after the last signed head that never became durable (a power
      * cut can tear a whole unsynced batch), a torn head, a torn key. */
@@ -932,7 +1097,10 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
         KMS_ENSURE_GOTO(exists, fail, KMS_ERR_CONFIG,
                         "region %s: the audit signing key is missing from token '%s'", region,
                         p11_token_label(tok));
+        KMS_GUARD_GOTO(check_token_key(log), fail);
     }
+    audit_keyset_free(log->scan_keys);
+    log->scan_keys = NULL;
     log->next_seq = log->durable_seq = audit_tree_size(log->tree);
     if (log->head == NULL)
         log->head_time_ms = 0;
@@ -983,6 +1151,7 @@ void audit_log_close(struct audit_log *log)
         close(log->heads.fd);
     if (log->keys.fd >= 0)
         close(log->keys.fd);
+    audit_keyset_free(log->scan_keys);
     audit_tree_free(log->tree);
     audit_index_free(log->index);
     pending_free(&log->queue);

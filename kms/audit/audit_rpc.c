@@ -28,9 +28,27 @@ static kms_err region_log(struct kms_call *call, enum pol_op op, const char *reg
     if (out == NULL)
         return KMS_OK;
     KMS_ENSURE(region && *region, KMS_ERR_INVALID_ARGUMENT, "region is required");
+    /* A region whose log failed the start-up scan has heads nobody may
+     * rely on: unavailable (as for its keys), not "no such log". */
+    KMS_GUARD(kms_service_region_check(call->svc, region));
     *out = kms_service_audit_log(call->svc, region);
     KMS_ENSURE(*out != NULL, KMS_ERR_NOT_FOUND, "no audit log for region %.63s on this node",
                region);
+    return KMS_OK;
+}
+
+/* The auditor's alarm: a head they hold (known_tree_size) is larger than
+ * the newest signed head here, so this log is shorter than one they have
+ * seen: rolled back (an old copy restored) or forked. failed_precondition,
+ * checked before anything else about the request, so that no other
+ * complaint (a start beyond the tree, say) hides it. */
+static kms_err rollback_check(const char *region, uint64_t known, uint64_t size)
+{
+    KMS_ENSURE(known <= size, KMS_ERR_FAILED_PRECONDITION,
+               "the log of region %.63s is shorter than a head you already hold: its newest "
+               "signed head has tree_size %llu, yours %llu (known_tree_size): it was rolled "
+               "back or forked",
+               region, (unsigned long long)size, (unsigned long long)known);
     return KMS_OK;
 }
 
@@ -52,6 +70,9 @@ kms_err kms_rpc_get_signed_tree_head(struct kms_call *call, const uint8_t *body,
             custos__v1__signed_tree_head__unpack(NULL, head_len, head);
         if (sth == NULL) {
             rc = kms_err_set(KMS_ERR_INTERNAL, "stored head does not decode");
+        } else if ((rc = rollback_check(req->region, req->known_tree_size, sth->tree_size)) !=
+                   KMS_OK) {
+            custos__v1__signed_tree_head__free_unpacked(sth, NULL);
         } else {
             Custos__V1__GetSignedTreeHeadResponse resp =
                 CUSTOS__V1__GET_SIGNED_TREE_HEAD_RESPONSE__INIT;
@@ -110,14 +131,13 @@ kms_err kms_rpc_export_audit_log(struct kms_call *call, const uint8_t *body, siz
     sth = custos__v1__signed_tree_head__unpack(NULL, head_len, head);
     KMS_ENSURE_GOTO(sth != NULL, done, KMS_ERR_INTERNAL, "stored head does not decode");
     uint64_t size = sth->tree_size;
+    /* First: an auditor resuming from a larger head (kmsctl --known-state
+     * starts where it verified, beyond this tree) must get the alarm, not
+     * "start is beyond the tree" (issue 14). */
+    KMS_GUARD_GOTO(rollback_check(req->region, req->known_tree_size, size), done);
     KMS_ENSURE_GOTO(req->start <= size, done, KMS_ERR_INVALID_ARGUMENT,
                     "start %llu is beyond the signed tree size %llu",
                     (unsigned long long)req->start, (unsigned long long)size);
-    /* A head the auditor holds that is larger than ours means this log was
-     * rolled back or forked: that is the auditor's alarm, not a bad request. */
-    KMS_ENSURE_GOTO(req->known_tree_size <= size, done, KMS_ERR_FAILED_PRECONDITION,
-                    "known_tree_size %llu is larger than the current signed tree (%llu)",
-                    (unsigned long long)req->known_tree_size, (unsigned long long)size);
     uint64_t want = req->count ? req->count : EXPORT_DEFAULT;
     n = (size_t)(size - req->start < want ? size - req->start : want);
     entries = calloc(n ? n : 1, sizeof(*entries));
@@ -207,6 +227,8 @@ kms_err kms_rpc_get_audit_keys(struct kms_call *call, const uint8_t *body, size_
         n_all += n;
         free(keys);
     }
+    if (rc == KMS_OK && *req->region && n_all == 0)
+        rc = kms_service_region_check(call->svc, req->region);
     if (rc == KMS_OK && *req->region && n_all == 0)
         rc = kms_err_set(KMS_ERR_NOT_FOUND, "no audit log for region %.63s on this node",
                          req->region);

@@ -71,13 +71,24 @@ struct verb {
     const char *help;
 };
 
+#define KNOWN_EXIT_TEXT                                                                    \
+    "exit code 5 (with --known-head or --known-state): the ALARM: R's log is shorter\n"   \
+    "than the head you hold: it was rolled back or forked (the server answered\n"        \
+    "failed_precondition). Keep your state and bundles; do not retry it away.\n"
+
 static const struct verb verbs[] = {
-    {"head", F(O_REGION) | F(O_OUT) | F(O_JSON), F(O_REGION), 1,
-     "head --region R [--out HEAD] [--json]",
+    {"head", F(O_REGION) | F(O_OUT) | F(O_JSON) | F(O_KNOWN_HEAD) | F(O_KNOWN_STATE),
+     F(O_REGION), 1,
+     "head --region R [--out HEAD] [--json] [--known-head HEAD | --known-state STATE]",
      "Fetch the latest signed tree head of region R (role auditor) and print it.\n"
      "  --region R                the region (required)\n"
      "  --out HEAD                also save it (a SignedTreeHead message; '-' = stdout)\n"
-     "  --json                    print a JSON object\n"},
+     "  --json                    print a JSON object\n"
+     "  --known-head HEAD         a head you hold (a head file or a bundle): exit 5 if\n"
+     "                            R's log is now shorter (rolled back or forked)\n"
+     "  --known-state STATE       the same, with region R's latest head in a verify\n"
+     "                            state file\n"
+     KNOWN_EXIT_TEXT},
     {"keys", F(O_REGION) | F(O_OUT_DIR) | F(O_JSON), 0, 1,
      "keys [--region R] [--out-dir DIR] [--json]",
      "Fetch the audit public keys (every region served, or R) with their validity.\n"
@@ -105,7 +116,8 @@ static const struct verb verbs[] = {
      "  --known-head HEAD         a head you hold (a head file or a bundle): the reply\n"
      "                            proves the new head extends it (consistency proof)\n"
      "  --known-state STATE       the same, with region R's latest head in a verify\n"
-     "                            state file\n"},
+     "                            state file\n"
+     KNOWN_EXIT_TEXT},
     {"sth-bytes", F(O_HEAD) | F(O_OUT_BIN) | F(O_OUT_SIG), F(O_HEAD), 0,
      "sth-bytes --head HEAD [--out-bin STH.BIN] [--out-sig STH.SIG]",
      "Write the exact bytes a head's signature covers, and the DER signature, so\n"
@@ -295,16 +307,75 @@ static json_t *head_json(const Custos__V1__SignedTreeHead *h)
 
 /* ---- online: head, keys, export ----------------------------------------------------- */
 
+/* The tree size of the head the auditor holds for a->region (--known-head,
+ * or the newest head of --known-state; 0: none) and, from the state, how
+ * far its entries were verified (*out_verified; 0 without a state). */
+static int known_size(const char *cmd, const struct args *a, uint64_t *out_size,
+                      uint64_t *out_verified)
+{
+    *out_size = *out_verified = 0;
+    if (a->known_head) {
+        Custos__V1__SignedTreeHead *h = NULL;
+        int ret = load_head(a->known_head, &h);
+        if (ret != KMSCTL_EXIT_OK)
+            return ret;
+        int same = strcmp(h->region, a->region) == 0;
+        *out_size = h->tree_size;
+        custos__v1__signed_tree_head__free_unpacked(h, NULL);
+        if (!same) {
+            fprintf(stderr, "kmsctl audit %s: %s is a head of another region\n", cmd,
+                    a->known_head);
+            return KMSCTL_EXIT_USAGE;
+        }
+    } else if (a->known_state) {
+        struct audit_state *st = NULL;
+        if (audit_state_load(a->known_state, &st) != KMS_OK)
+            return local_error();
+        const struct audit_head *h = audit_state_latest(st, a->region);
+        if (h) {
+            *out_size = h->size;
+            audit_state_verified(st, a->region, out_verified);
+        } else {
+            fprintf(stderr, "kmsctl audit %s: %s keeps no head of region %s yet: %s\n", cmd,
+                    a->known_state, a->region,
+                    strcmp(cmd, "export") == 0 ? "exporting without a consistency proof"
+                                               : "nothing to compare with");
+        }
+        audit_state_free(st);
+    }
+    return KMSCTL_EXIT_OK;
+}
+
+/* After a refused call that named a known head: the rollback alarm
+ * (failed_precondition) gets its own exit code and a line that says what
+ * it means, for auditors' scripts and eyes. */
+static int known_refused(struct kmsctl_rpc *rpc, const char *cmd, const struct args *a,
+                         uint64_t known, int ret)
+{
+    if (ret != KMSCTL_EXIT_REFUSED || known == 0 ||
+        strcmp(kmsctl_rpc_last_code(rpc), "failed_precondition") != 0)
+        return ret;
+    fprintf(stderr,
+            "kmsctl audit %s: ALARM: the log of region %s is shorter than the head you hold "
+            "(tree_size %" PRIu64 "): it was rolled back or forked\n",
+            cmd, a->region, known);
+    return KMSCTL_EXIT_ROLLBACK;
+}
+
 static int do_head(struct kmsctl_rpc *rpc, const struct args *a)
 {
     Custos__V1__GetSignedTreeHeadRequest req = CUSTOS__V1__GET_SIGNED_TREE_HEAD_REQUEST__INIT;
     Custos__V1__GetSignedTreeHeadResponse *resp = NULL;
+    uint64_t verified = 0;
     req.region = (char *)a->region;
-    int ret = kmsctl_rpc_call_service(rpc, AUDIT_SERVICE, "GetSignedTreeHead", &req.base,
-                                      &custos__v1__get_signed_tree_head_response__descriptor,
-                                      (ProtobufCMessage **)&resp, NULL, NULL);
+    int ret = known_size("head", a, &req.known_tree_size, &verified);
     if (ret != KMSCTL_EXIT_OK)
         return ret;
+    ret = kmsctl_rpc_call_service(rpc, AUDIT_SERVICE, "GetSignedTreeHead", &req.base,
+                                  &custos__v1__get_signed_tree_head_response__descriptor,
+                                  (ProtobufCMessage **)&resp, NULL, NULL);
+    if (ret != KMSCTL_EXIT_OK)
+        return known_refused(rpc, "head", a, req.known_tree_size, ret);
     if (!audit_verify_head_shape_ok(resp->head)) {
         fprintf(stderr, "kmsctl: the reply carries no well-formed signed head\n");
         ret = KMSCTL_EXIT_TRANSPORT;
@@ -429,41 +500,16 @@ static int do_export(struct kmsctl_rpc *rpc, const struct args *a)
     req.start = a->start;
     req.count = a->count ? a->count : EXPORT_MAX;
     req.inclusion_proofs = a->proofs != 0;
-    if (a->known_head) {
-        Custos__V1__SignedTreeHead *h = NULL;
-        if ((ret = load_head(a->known_head, &h)) != KMSCTL_EXIT_OK)
-            return ret;
-        int same = strcmp(h->region, a->region) == 0;
-        req.known_tree_size = h->tree_size;
-        custos__v1__signed_tree_head__free_unpacked(h, NULL);
-        if (!same) {
-            fprintf(stderr, "kmsctl audit export: %s is a head of another region\n",
-                    a->known_head);
-            return KMSCTL_EXIT_USAGE;
-        }
-    } else if (a->known_state) {
-        struct audit_state *st = NULL;
-        if (audit_state_load(a->known_state, &st) != KMS_OK)
-            return local_error();
-        const struct audit_head *h = audit_state_latest(st, a->region);
-        if (h) {
-            uint64_t to = 0;
-            audit_state_verified(st, a->region, &to);
-            req.known_tree_size = h->size;
-            if (!a->have_start)
-                req.start = to;
-        } else {
-            fprintf(stderr, "kmsctl audit export: %s keeps no head of region %s yet: "
-                            "exporting without a consistency proof\n",
-                    a->known_state, a->region);
-        }
-        audit_state_free(st);
-    }
+    uint64_t verified = 0;
+    if ((ret = known_size("export", a, &req.known_tree_size, &verified)) != KMSCTL_EXIT_OK)
+        return ret;
+    if (a->known_state && req.known_tree_size > 0 && !a->have_start)
+        req.start = verified;
     ret = kmsctl_rpc_call_service(rpc, AUDIT_SERVICE, "ExportAuditLog", &req.base,
                                   &custos__v1__export_audit_log_response__descriptor,
                                   (ProtobufCMessage **)&resp, &body, &body_len);
     if (ret != KMSCTL_EXIT_OK)
-        return ret;
+        return known_refused(rpc, "export", a, req.known_tree_size, ret);
     if (!audit_verify_head_shape_ok(resp->head)) {
         fprintf(stderr, "kmsctl: the reply carries no well-formed signed head\n");
         ret = KMSCTL_EXIT_TRANSPORT;
@@ -795,7 +841,8 @@ int kmsctl_audit_main(int argc, char **argv)
         return KMSCTL_EXIT_USAGE;
     }
     if (a.known_head && a.known_state) {
-        fprintf(stderr, "kmsctl audit export: --known-head and --known-state exclude each other\n");
+        fprintf(stderr, "kmsctl audit %s: --known-head and --known-state exclude each other\n",
+                name);
         return KMSCTL_EXIT_USAGE;
     }
     if (a.out && strcmp(a.out, "-") == 0 && a.json) {

@@ -42,6 +42,7 @@ struct kmsctl_rpc {
     char *url_base;             /* addr without trailing '/' */
     char errbuf[CURL_ERROR_SIZE];
     int global_init;
+    char last_code[40]; /* Twirp code of the last error reply, "" if none */
 };
 
 /* A growable reply buffer whose old copies are wiped when it grows. */
@@ -474,7 +475,7 @@ static const char *request_id(CURL *e)
 
 /* Print the error of a non-200 reply. Returns 1 for a Twirp error, 3 when the
  * body is not one (a proxy's HTML page, say). */
-static int report_error(CURL *e, long status, const struct reply *r)
+static int report_error(struct kmsctl_rpc *rpc, CURL *e, long status, const struct reply *r)
 {
     json_error_t jerr;
     json_t *root = r->len ? json_loadb((const char *)r->data, r->len, 0, &jerr) : NULL;
@@ -484,6 +485,7 @@ static int report_error(CURL *e, long status, const struct reply *r)
     int ret;
 
     if (code && *code) {
+        snprintf(rpc->last_code, sizeof(rpc->last_code), "%s", code);
         fputs("kmsctl: ", stderr);
         kmsctl_print_safe(stderr, code);
         fputs(": ", stderr);
@@ -510,6 +512,11 @@ static int transport_exit(CURLcode cc)
                    cc == CURLE_SSL_CRL_BADFILE
                ? KMSCTL_EXIT_LOCAL
                : KMSCTL_EXIT_TRANSPORT;
+}
+
+const char *kmsctl_rpc_last_code(const struct kmsctl_rpc *rpc)
+{
+    return rpc->last_code;
 }
 
 int kmsctl_rpc_call(struct kmsctl_rpc *rpc, const char *method, const ProtobufCMessage *req,
@@ -546,6 +553,7 @@ int kmsctl_rpc_call_service(struct kmsctl_rpc *rpc, const char *service, const c
     protobuf_c_message_pack(req, body);
 
     rpc->errbuf[0] = '\0';
+    rpc->last_code[0] = '\0';
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const char *)body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
@@ -563,7 +571,7 @@ int kmsctl_rpc_call_service(struct kmsctl_rpc *rpc, const char *service, const c
     long status = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
     if (status != 200) {
-        ret = report_error(e, status, &r);
+        ret = report_error(rpc, e, status, &r);
         goto done;
     }
     /* A 200 that is not protobuf is an intermediary's page, not kmsd. */

@@ -33,6 +33,11 @@ enum kmsctl_exit {
     KMSCTL_EXIT_USAGE = 2,     /* bad command line */
     KMSCTL_EXIT_TRANSPORT = 3, /* no connection, TLS failure, timeout, non-Twirp reply */
     KMSCTL_EXIT_LOCAL = 4,     /* a local file or secret could not be used */
+    /* kmsctl audit head/export with a known head: the server's log is
+     * shorter than a head the auditor holds (rolled back or forked); the
+     * server's answer was failed_precondition. An alarm, not a failure to
+     * retry. */
+    KMSCTL_EXIT_ROLLBACK = 5,
 };
 
 /* getopt_long values of the connection options (outside the char range so
@@ -120,6 +125,10 @@ int kmsctl_rpc_call_service(struct kmsctl_rpc *rpc, const char *service, const c
                             const ProtobufCMessage *req,
                             const ProtobufCMessageDescriptor *resp_desc,
                             ProtobufCMessage **out_resp, uint8_t **out_body, size_t *out_len);
+
+/* The Twirp code of the last call's error reply ("failed_precondition"),
+ * "" when the last call did not end in a Twirp error. */
+const char *kmsctl_rpc_last_code(const struct kmsctl_rpc *rpc);
 
 /* A map<string, string> field for a request: protobuf-c gives each map its
  * own entry message type, all shaped { key = 1; value = 2; }, so entries are

@@ -5,10 +5,15 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "audit_log.h"
+#include "kms_config.h"
 #include "kms_log.h"
 #include "kms_metrics.h"
+#include "p11_token.h"
 
 struct kms_health {
     struct kms_service *svc;
@@ -68,4 +73,52 @@ bool kms_health_ready(struct kms_health *h)
     atomic_store(&h->checked_ns, done ? done : 1);
     pthread_mutex_unlock(&h->check_lock);
     return ready;
+}
+
+int kms_health_region(struct kms_health *h, const char *region, char *why, size_t n)
+{
+    struct p11_token *tok = kms_service_token(h->svc, region);
+    if (tok == NULL)
+        return -1;
+    const struct kms_config *cfg = kms_service_config(h->svc);
+    if (kms_service_region_check(h->svc, region) != KMS_OK) {
+        snprintf(why, n, "region %s: not served: its audit log failed the start-up check "
+                 "(see the kmsd log)", region);
+        return 0;
+    }
+    struct audit_log *log = kms_service_audit_log(h->svc, region);
+    if (cfg->audit_enabled && log != NULL) {
+        struct audit_log_stats st;
+        audit_log_stats(log, &st);
+        if (st.failed) {
+            snprintf(why, n, "region %s: its audit log cannot be written", region);
+            return 0;
+        }
+    }
+    if (!p11_token_available(tok)) {
+        snprintf(why, n, "region %s: its HSM token is unavailable", region);
+        return 0;
+    }
+    return 1;
+}
+
+void kms_health_refused_regions(struct kms_health *h, char *buf, size_t n)
+{
+    const struct kms_config *cfg = kms_service_config(h->svc);
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < cfg->n_tokens && used < n; i++) {
+        const char *region = cfg->tokens[i].region;
+        if (kms_service_region_check(h->svc, region) == KMS_OK)
+            continue;
+        int w = snprintf(buf + used, n - used,
+                         "region %s: not served: its audit log failed the start-up check (see "
+                         "the kmsd log)\n",
+                         region);
+        if (w < 0 || (size_t)w >= n - used) {
+            buf[used] = '\0'; /* no half line */
+            break;
+        }
+        used += (size_t)w;
+    }
 }

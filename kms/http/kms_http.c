@@ -140,6 +140,22 @@ static enum MHD_Result send_answer(struct MHD_Connection *c, struct req_state *s
     return send_error(c, st, st->ans.err, st->ans.msg);
 }
 
+/* The client-safe message of a 503: a region refused at start (its audit
+ * log failed the start-up scan) is not a passing outage, and the caller's
+ * operators must know that retrying will not help. */
+static const char *unavailable_msg(const struct req_state *st, const char *dflt, char *buf,
+                                   size_t n)
+{
+    const char *region = st->call.audit.region;
+    if (region[0] == '\0' || kms_service_region_check(st->call.svc, region) == KMS_OK)
+        return dflt;
+    snprintf(buf, n,
+             "region %s is not served: its audit log failed the start-up check; an operator "
+             "must act, retrying will not help",
+             region);
+    return buf;
+}
+
 /* Runs on the audit writer thread once per suspended request. */
 static void audit_done(void *arg, bool durable)
 {
@@ -161,7 +177,10 @@ static enum MHD_Result audited_answer(struct MHD_Connection *c, struct req_state
         if (kms_audit_request(&st->call, st->method, outcome, audit_detail, st->correlation_id) !=
             KMS_OK) {
             drop_reply(&st->ans.reply);
-            return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
+            char m[200];
+            return send_error(c, st, KMS_ERR_IO,
+                              unavailable_msg(st, "the audit log is unavailable; retry", m,
+                                              sizeof(m)));
         }
         return send_answer(c, st);
     }
@@ -184,7 +203,9 @@ static enum MHD_Result resumed(struct MHD_Connection *c, struct req_state *st)
     if (atomic_load(&st->audit) == AUDIT_DURABLE)
         return send_answer(c, st);
     drop_reply(&st->ans.reply);
-    return send_error(c, st, KMS_ERR_IO, "the audit log is unavailable; retry");
+    char m[200];
+    return send_error(c, st, KMS_ERR_IO,
+                      unavailable_msg(st, "the audit log is unavailable; retry", m, sizeof(m)));
 }
 
 /* Refuse a request that reached a route: the refusal is an audit event
@@ -350,7 +371,7 @@ static enum MHD_Result send_text_h(struct MHD_Connection *c, struct req_state *s
                                    const char *value)
 {
     struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
     if (r && header)
         MHD_add_response_header(r, header, value);
     return respond(c, st, status, r, "text/plain; charset=utf-8");
@@ -401,6 +422,31 @@ static enum MHD_Result serve_metrics(struct kms_http *h, struct MHD_Connection *
     return respond(c, st, MHD_HTTP_OK, r, "text/plain; version=0.0.4; charset=utf-8");
 }
 
+/* /readyz: the whole node (a load balancer's check), or with ?region=R one
+ * region (kms_health_region). A 503 names the regions that are not served
+ * and why, in region-level terms only (unauthenticated). */
+static enum MHD_Result serve_readyz(struct kms_http *h, struct MHD_Connection *c,
+                                    struct req_state *st)
+{
+    const char *region = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "region");
+    bool draining = atomic_load(&h->draining);
+    char body[2048], why[320], lines[1536];
+    if (region != NULL) {
+        int r = kms_health_region(h->health, region, why, sizeof(why));
+        if (r < 0)
+            return send_text(c, st, MHD_HTTP_NOT_FOUND, "no such region on this node\n");
+        if (r > 0 && !draining)
+            return send_text(c, st, MHD_HTTP_OK, "ready\n");
+        snprintf(body, sizeof(body), "not ready\n%s\n", r > 0 ? "draining" : why);
+        return send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
+    }
+    if (!draining && kms_health_ready(h->health))
+        return send_text(c, st, MHD_HTTP_OK, "ready\n");
+    kms_health_refused_regions(h->health, lines, sizeof(lines));
+    snprintf(body, sizeof(body), "not ready\n%s", lines);
+    return send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
+}
+
 /* /livez, /readyz, /metrics answer GET (and HEAD); everything else is Twirp.
  * Returns false when url is none of them. */
 static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct req_state *st,
@@ -421,9 +467,7 @@ static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct re
          * not bring them back. */
         *out = send_text(c, st, MHD_HTTP_OK, "ok\n");
     } else if (readyz) {
-        bool ready = !atomic_load(&h->draining) && kms_health_ready(h->health);
-        *out = ready ? send_text(c, st, MHD_HTTP_OK, "ready\n")
-                     : send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
+        *out = serve_readyz(h, c, st);
     } else {
         *out = serve_metrics(h, c, st);
     }
@@ -563,7 +607,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         drop_reply(reply);
         /* Internal details go to the log and the audit event only; the
          * client gets the code. */
-        char detail[512], audit_detail[700];
+        char detail[512], audit_detail[700], m503[200];
         snprintf(detail, sizeof(detail), "%s", kms_err_detail());
         const char *msg = detail;
         /* What the handler noted (e.g. which recovery) comes first. */
@@ -577,8 +621,10 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
              * the caller's operators must know that. */
             msg = rc == KMS_ERR_HSM_PIN ? "the HSM refused kmsd's login (PIN); an operator "
                                           "must act, retrying will not help"
-                  : kms_err_http_status(rc) == 503 ? "the HSM or store is unavailable; retry"
-                                                   : "internal error";
+                  : kms_err_http_status(rc) == 503
+                      ? unavailable_msg(st, "the HSM or store is unavailable; retry", m503,
+                                        sizeof(m503))
+                      : "internal error";
         }
         st->ans.err = rc;
         snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", msg);

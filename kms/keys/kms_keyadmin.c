@@ -50,6 +50,10 @@ kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char 
         return kms_err_set(KMS_ERR_NOT_FOUND, "key not found");
     }
     KMS_GUARD(rc);
+    /* The facts first: the refusal of a region that is not served is an
+     * event of that region (so it is never written to another region's
+     * log), and the caller is told which region. */
+    kms_rpc_audit_key(call, out_key->key_id, out_key->region, out_key->token);
     KMS_GUARD(kms_service_region_check(call->svc, out_key->region));
     struct pol_target t = {out_key->key_id, out_key->tenant, out_key->region};
     struct pol_decision d;

@@ -267,11 +267,17 @@ def main():
     PORT = free_port()
     asan = "libasan" in subprocess.run(["ldd", f"{BUILD}/bin/kmsd"], capture_output=True,
                                        text=True).stdout
+    # The commit when this is a git checkout with git installed; a source
+    # tree on a machine without git (deploy/install-deps.sh does not
+    # install it) still runs the soak (make check runs it).
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or "-"
+    except OSError:
+        commit = "-"
     say(f"# kmsd HTTP soak: {SECONDS} s, {CONNS} connections, {HOSTILE} per mille hostile, "
         f"sampled every {SAMPLE_S:.0f} s, warm-up {WARMUP_S:.0f} s; "
-        f"{os.cpu_count()} cores; commit "
-        + subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip())
+        f"{os.cpu_count()} cores; commit {commit}")
 
     # 1. The peak, closed loop, on a kmsd of its own (own audit directory).
     start(write_config("soak-peak", "audit-peak"))
