@@ -220,7 +220,7 @@ def ops(d, port, out):
     # Refused before authentication: whether the event names a principal
     # is the server's business (None: not checked).
     expect(call("Encrypt", None, None, "demo-broker", body=body, principal=None,
-                headers={"Content-Type": "application/json"})[0], "bad_route",
+                headers={"Content-Type": "text/plain"})[0], "bad_route",
            "wrong Content-Type")
     expect(call("Encrypt", None, None, "demo-broker", body=b"\xff\xff\xff\xff\x0f")[0],
            "malformed", "garbage protobuf")
