@@ -38,7 +38,15 @@ struct kms_call {
     const struct pol_principal *who;
     char request_id[33];
     struct kms_audit_facts audit;
+    /* Who acts when no principal does (who == NULL): KMS_SYSTEM_ACTOR for
+     * what the service does on its own (automatic rotation); NULL for an
+     * unauthenticated request. */
+    const char *actor;
 };
+
+/* The principal named in the audit events of the service's own actions;
+ * their role is "system". */
+#define KMS_SYSTEM_ACTOR "custos:system"
 
 /* The packed response. secret=true when it carries plaintext or a data key:
  * the front wipes it after sending. */

@@ -210,6 +210,13 @@ kms_err kms_store_version_get(struct kms_store *store, const char *key_id, uint3
 kms_err kms_store_versions_list(struct kms_store *store, const char *key_id,
                                 struct kms_version_record **out, size_t *out_n);
 
+/* kms_store_key_get and kms_store_versions_list from one snapshot (one read
+ * transaction): for replies that must be consistent under concurrent
+ * rotations. */
+kms_err kms_store_key_snapshot(struct kms_store *store, const char *key_id,
+                               struct kms_key_record *out_key, struct kms_version_record **out,
+                               size_t *out_n);
+
 /*
  * Allocate the key's next version number (one above any ever allocated,
  * even discarded ones) and insert it in CREATING with hsm_id: step 1 of the
