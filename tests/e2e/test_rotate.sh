@@ -35,3 +35,7 @@ e2e_start "$E2E_DIR/kmsd-base.json"
 e2e_scan_tokens >/dev/null
 e2e_stop
 trap - EXIT
+
+# Last: it kills kmsd with SIGABRT.
+/usr/bin/python3 tests/e2e/rotate_test.py dump "$E2E_DIR" "$E2E_PORT" "$KMSD" \
+    "$E2E_DIR/kmsd-base.json"
