@@ -67,6 +67,8 @@ kms_err kms_rpc_create_key(struct kms_call *, const uint8_t *, size_t, struct km
 kms_err kms_rpc_describe_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
 kms_err kms_rpc_list_keys(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
 kms_err kms_rpc_rotate_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_update_key_rotation(struct kms_call *, const uint8_t *, size_t,
+                                    struct kms_reply *);
 kms_err kms_rpc_enable_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
 kms_err kms_rpc_disable_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
 kms_err kms_rpc_schedule_key_deletion(struct kms_call *, const uint8_t *, size_t,

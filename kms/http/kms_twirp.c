@@ -30,6 +30,8 @@ static const struct route key_service[] = {
     {"DescribeKey", kms_rpc_describe_key, &custos__v1__describe_key_request__descriptor},
     {"ListKeys", kms_rpc_list_keys, &custos__v1__list_keys_request__descriptor},
     {"RotateKey", kms_rpc_rotate_key, &custos__v1__rotate_key_request__descriptor},
+    {"UpdateKeyRotation", kms_rpc_update_key_rotation,
+     &custos__v1__update_key_rotation_request__descriptor},
     {"EnableKey", kms_rpc_enable_key, &custos__v1__enable_key_request__descriptor},
     {"DisableKey", kms_rpc_disable_key, &custos__v1__disable_key_request__descriptor},
     {"ScheduleKeyDeletion", kms_rpc_schedule_key_deletion,

@@ -18,6 +18,7 @@
 #include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_rotate.h"
+#include "kms_usage.h"
 #include "kms_rpc.h"
 #include "kms_store.h"
 #include "p11_crypto.h"
@@ -115,17 +116,49 @@ static kms_err metadata_fill(struct kms_call *call, struct kms_key_record *k,
     return KMS_OK;
 }
 
-/* The key and its versions from one store snapshot into md. */
+/* The key and its versions from one store snapshot into md, with what is
+ * kept beside them: each version's encryption count (kms_usage.h) and the
+ * key's rotation period. Counts only grow, so reading them after the
+ * snapshot never shows one below what the snapshot's moment had. */
 static kms_err metadata_snapshot(struct kms_call *call, const char *key_id,
                                  struct kms_key_record *k, struct metadata *md)
 {
     struct kms_version_record *vr = NULL;
     size_t n = 0;
     memset(md, 0, sizeof(*md));
-    KMS_GUARD(kms_store_key_snapshot(kms_service_store(call->svc), key_id, k, &vr, &n));
+    struct kms_store *st = kms_service_store(call->svc);
+    KMS_GUARD(kms_store_key_snapshot(st, key_id, k, &vr, &n));
     kms_err rc = metadata_fill(call, k, vr, n, md);
+    uint64_t period = 0;
+    if (rc == KMS_OK)
+        rc = kms_store_rotation_period_get(st, key_id, &period);
+    md->m.rotation_period_s = period;
+    for (size_t i = 0; rc == KMS_OK && i < n; i++) {
+        uint64_t c = 0;
+        rc = kms_usage_count(kms_service_usage(call->svc), key_id, vr[i].version, &c);
+        md->vs[i].encryptions = c;
+        if (period > 0 && k->state == KMS_KEY_ENABLED && k->origin == KMS_KEY_ORIGIN_HSM &&
+            vr[i].version == k->current_version)
+            md->m.next_rotation_at = vr[i].created_at + (int64_t)period;
+    }
     free(vr);
     return rc;
+}
+
+/* 0 (none) or rotation.min_period_s .. 10 years; never for a key whose
+ * material Custos cannot make. */
+static kms_err check_rotation_period(struct kms_call *call, uint64_t period, bool external)
+{
+    if (period == 0)
+        return KMS_OK;
+    const struct kms_config *cfg = kms_service_config(call->svc);
+    KMS_ENSURE(!external, KMS_ERR_FAILED_PRECONDITION,
+               "key has imported material (origin EXTERNAL): it cannot rotate automatically; "
+               "import new material with ImportKeyMaterial and new_version set");
+    KMS_ENSURE(period >= cfg->rotation_min_period_s && period <= KMS_ROTATION_PERIOD_MAX,
+               KMS_ERR_INVALID_ARGUMENT, "rotation_period_s must be 0 (none) or %u..%llu",
+               cfg->rotation_min_period_s, (unsigned long long)KMS_ROTATION_PERIOD_MAX);
+    return KMS_OK;
 }
 
 static void metadata_release(struct metadata *md)
@@ -189,6 +222,13 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
                     KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
                     KMS_DESCRIPTION_MAX);
+    rc = check_rotation_period(call, req->rotation_period_s,
+                               req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL);
+    if (rc == KMS_ERR_FAILED_PRECONDITION)
+        rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT, "rotation_period_s is for keys of origin HSM: "
+                                                   "Custos cannot make an EXTERNAL key's material");
+    if (rc != KMS_OK)
+        goto done;
     rc = pol_decide(call->policy, call->who, POL_OP_CREATE_KEY, &t, &d);
     kms_rpc_audit_key(call, NULL, req->region, NULL);
     call->audit.rule = d.rule;
@@ -246,6 +286,15 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
         v1.state = KMS_VERSION_CREATING;
         v1.created_at = k.created_at;
         KMS_GUARD_GOTO(kms_store_key_insert(st, &k, &v1), done);
+        /* Set while the key is still CREATING: a crash before activation
+         * discards the key and its period together. */
+        if (req->rotation_period_s > 0) {
+            rc = kms_store_rotation_period_set(st, k.key_id, req->rotation_period_s);
+            if (rc != KMS_OK) {
+                kms_store_creating_discard(st, k.key_id, 1);
+                goto done;
+            }
+        }
         KMS_GUARD_GOTO(kms_version_make(call->svc, call->request_id, tok, k.key_id, 1, v1.hsm_id,
                                         k.spec, escrow),
                        done);
@@ -377,6 +426,41 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
     metadata_release(&md);
 done:
     custos__v1__rotate_key_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+/* ---- UpdateKeyRotation -------------------------------------------------------------- */
+
+kms_err kms_rpc_update_key_rotation(struct kms_call *call, const uint8_t *body, size_t len,
+                                    struct kms_reply *reply)
+{
+    kms_err rc = KMS_OK;
+    Custos__V1__UpdateKeyRotationRequest *req =
+        kms_pbuf_unpack(&custos__v1__update_key_rotation_request__descriptor, body, len);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("UpdateKeyRotationRequest");
+    struct kms_key_record k;
+    /* The same grant as RotateKey: whoever may rotate a key may have the
+     * system rotate it. */
+    KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_ROTATE_KEY, req->key_id, &k), done);
+    KMS_ENSURE_GOTO(k.state == KMS_KEY_ENABLED || k.state == KMS_KEY_DISABLED ||
+                        k.state == KMS_KEY_PENDING_IMPORT,
+                    done, KMS_ERR_FAILED_PRECONDITION,
+                    "key is %s; a rotation period is set on ENABLED or DISABLED keys",
+                    kms_key_state_name(k.state));
+    KMS_GUARD_GOTO(check_rotation_period(call, req->rotation_period_s,
+                                         k.origin == KMS_KEY_ORIGIN_EXTERNAL),
+                   done);
+    KMS_GUARD_GOTO(kms_store_rotation_period_set(kms_service_store(call->svc), k.key_id,
+                                                 req->rotation_period_s),
+                   done);
+    snprintf(call->audit.detail, sizeof(call->audit.detail), "rotation_period_s=%llu",
+             (unsigned long long)req->rotation_period_s);
+    kms_log_info("keys", "request %s: key %s rotation period %llu s", call->request_id, k.key_id,
+                 (unsigned long long)req->rotation_period_s);
+    rc = reply_key(call, k.key_id, &custos__v1__update_key_rotation_response__descriptor, reply);
+done:
+    custos__v1__update_key_rotation_request__free_unpacked(req, NULL);
     return rc;
 }
 

@@ -21,6 +21,9 @@
 
 struct p11_token;
 
+/* The longest rotation period a key may carry: 10 years. */
+#define KMS_ROTATION_PERIOD_MAX (10ULL * 365 * 86400)
+
 /* The key's rotation lock (striped by key id; never held across two keys). */
 void kms_rotate_lock(const char *key_id);
 void kms_rotate_unlock(const char *key_id);
@@ -50,5 +53,11 @@ kms_err kms_version_add_make(struct kms_service *svc, const char *request_id,
  */
 kms_err kms_rotate_system(struct kms_service *svc, const char *key_id, uint32_t from_version,
                           const char *reason, uint32_t *out_version);
+
+/* The sweeper's part (docs/operations.md): rotate the keys whose rotation
+ * period has elapsed, and those whose current version's encryption count
+ * reached rotation.usage_rotate_at (a backstop for the inline rotation).
+ * *out_n gets how many were rotated. Failures are logged per key. */
+kms_err kms_rotate_sweep(struct kms_service *svc, int64_t now, size_t *out_n);
 
 #endif
