@@ -184,13 +184,49 @@ unlock:
     return rc;
 }
 
+/* Automatic rotations that failed wait before the next try, doubling up to
+ * an hour: each try that fails after allocating its number spends that
+ * number (docs/state.md), so a token that is down for an hour must not
+ * burn one per key per sweep. Only the sweeper touches this table. */
+#define BACKOFF_SLOTS 256
+#define BACKOFF_MAX_S 3600
+
+static struct backoff {
+    char key_id[KMS_KEY_ID_SIZE];
+    int64_t next_try;
+    unsigned failures;
+} backoff[BACKOFF_SLOTS];
+
+static struct backoff *backoff_find(const char *key_id, bool add, int64_t now)
+{
+    struct backoff *free_slot = NULL;
+    for (size_t i = 0; i < BACKOFF_SLOTS; i++) {
+        if (strcmp(backoff[i].key_id, key_id) == 0)
+            return &backoff[i];
+        if (free_slot == NULL && (backoff[i].key_id[0] == '\0' ||
+                                  backoff[i].next_try + BACKOFF_MAX_S < now))
+            free_slot = &backoff[i];
+    }
+    if (!add)
+        return NULL;
+    /* Full of recent failures: the first slot is reused; that key merely
+     * retries sooner. */
+    struct backoff *b = free_slot ? free_slot : &backoff[0];
+    memset(b, 0, sizeof(*b));
+    snprintf(b->key_id, sizeof(b->key_id), "%s", key_id);
+    return b;
+}
+
 /* Rotate each listed key (key_id, current version) on the system's behalf;
- * a failure is logged and left for the next sweep. */
+ * a failure is logged, and retried by a later sweep after the backoff. */
 static size_t rotate_rows(struct kms_service *svc, const struct kms_store_usage_row *rows,
-                          size_t n, bool period)
+                          size_t n, bool period, int64_t now)
 {
     size_t done = 0;
     for (size_t i = 0; i < n; i++) {
+        struct backoff *b = backoff_find(rows[i].key_id, false, now);
+        if (b != NULL && b->next_try > now)
+            continue;
         char reason[128];
         if (period)
             snprintf(reason, sizeof(reason), "rotation period elapsed for version %u",
@@ -202,7 +238,15 @@ static size_t rotate_rows(struct kms_service *svc, const struct kms_store_usage_
         kms_err rc = kms_rotate_system(svc, rows[i].key_id, rows[i].version, reason, NULL);
         if (rc == KMS_OK) {
             kms_usage_rotated(period);
+            if (b != NULL)
+                memset(b, 0, sizeof(*b));
             done++;
+        } else if (rc != KMS_ERR_FAILED_PRECONDITION) {
+            b = backoff_find(rows[i].key_id, true, now);
+            unsigned shift = b->failures < 12 ? b->failures : 12;
+            int64_t wait = (int64_t)kms_service_config(svc)->sweep_interval_s << shift;
+            b->next_try = now + (wait < BACKOFF_MAX_S ? wait : BACKOFF_MAX_S);
+            b->failures++;
         }
     }
     return done;
@@ -215,14 +259,14 @@ kms_err kms_rotate_sweep(struct kms_service *svc, int64_t now, size_t *out_n)
     size_t n = 0;
     *out_n = 0;
     KMS_GUARD(kms_store_rotation_due(st, now, 100, &rows, &n));
-    *out_n += rotate_rows(svc, rows, n, true);
+    *out_n += rotate_rows(svc, rows, n, true, now);
     free(rows);
     rows = NULL;
     /* The usage threshold is normally met inline, by the encryption that
      * reaches it (kms_usage_encrypt); this catches a rotation that failed
      * there, or a count that a crash left above the threshold. */
     KMS_GUARD(kms_store_usage_over(st, kms_service_config(svc)->usage_rotate_at, 100, &rows, &n));
-    *out_n += rotate_rows(svc, rows, n, false);
+    *out_n += rotate_rows(svc, rows, n, false, now);
     free(rows);
     return KMS_OK;
 }

@@ -2,6 +2,13 @@
 through the fault-injecting PKCS#11 shim in front of SoftHSMv2).
 
 Usage: rotate_test.py PHASE DIR PORT
+  usage       tiny rotation.usage_rotate_at: the encryption reaching it rotates the
+              key (audited as the system's), every GCM encryption counts, /metrics
+  usage_restart  the counts survive a clean restart exactly
+  hardlimit   rotation impossible: refused past rotation.usage_limit; the sweeper
+              rotates once the token is back
+  period      rotation periods: CreateKey, UpdateKeyRotation (kmsctl), the sweeper
+  dump        no core dumps (kills kmsd with SIGABRT)
   concurrent  16 concurrent RotateKey on one key, several rounds: each
               caller is told the version it made (all distinct, exactly the
               new ones), every reply is a dense snapshot ending with the
@@ -23,7 +30,8 @@ import key_pb2 as kpb
 PHASE, DIR, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
 CTL = os.environ.get("CUSTOS_P11FAULT_CONTROL", "")
 STATS = os.environ.get("CUSTOS_P11FAULT_STATS", "")
-BASE = {"concurrent": 0, "usage": 100, "hardlimit": 200, "period": 300, "dump": 400}[PHASE]
+BASE = {"concurrent": 0, "usage": 100, "usage_restart": 150, "hardlimit": 200, "period": 300,
+        "dump": 400}[PHASE]
 count = failures = 0
 
 
@@ -318,5 +326,255 @@ def phase_dump():
         check(True, "control # SKIP no core from a dumpable kmsd either")
 
 
-{"concurrent": phase_concurrent, "dump": phase_dump}[PHASE]()
+def metrics():
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": "Bearer " + cred("operator")})
+        r = conn.getresponse()
+        text = r.read().decode()
+    finally:
+        conn.close()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def audit_events():
+    import audit_pb2  # noqa: F401
+    from audit_lib import Client, export_all
+    _, events, _ = export_all(Client(PORT, f"{DIR}/credentials/auditor.key"), "eu-west")
+    return events
+
+
+def system_rotations(key_id):
+    return [e for e in audit_events() if e.operation == "RotateKey" and e.key_id == key_id and
+            e.principal == "custos:system"]
+
+
+def versions_of(key):
+    return {v.version: v for v in key.versions}
+
+
+def wait_for(pred, seconds=30):
+    """Poll pred until it is true or seconds pass (the sweeper runs every
+    second in these configurations); returns pred's last value."""
+    end = time.monotonic() + seconds
+    while True:
+        v = pred()
+        if v or time.monotonic() > end:
+            return v
+        time.sleep(0.2)
+
+
+def phase_usage():
+    """rotation.usage_rotate_at 10, usage_limit 20, usage_reserve_block 4,
+    deletion.sweep_interval_s 1 (test_rotate.sh)."""
+    import fields_pb2 as fpb
+    m0 = metrics()
+    key = create(description="usage threshold")
+    for i in range(9):
+        s, m = encrypt(key.key_id, b"count me %d" % i)
+        assert s == 200, (s, m)
+    k = describe(key.key_id)
+    check(k.current_version == 1 and versions_of(k)[1].encryptions == 9,
+          f"9 Encrypts: DescribeKey counts 9 encryptions under version 1 "
+          f"({versions_of(k)[1].encryptions})")
+    s, m = encrypt(key.key_id, b"the tenth")
+    tenth = m
+    check(s == 200 and m.key_version == 1,
+          f"the 10th Encrypt (reaching usage_rotate_at) is still made with version 1 ({s})")
+    k = describe(key.key_id)
+    check(k.current_version == 2 and dense(k) and versions_of(k)[1].encryptions == 10 and
+          versions_of(k)[2].encryptions == 0,
+          f"and the key has rotated to version 2 by itself (current {k.current_version}, "
+          f"v1 {versions_of(k)[1].encryptions}, "
+          f"v2 {versions_of(k)[2].encryptions if 2 in versions_of(k) else None})")
+    s, m = encrypt(key.key_id, b"after")
+    check(s == 200 and m.key_version == 2, "the next Encrypt uses version 2")
+    s, d = decrypt(tenth.ciphertext)
+    check(s == 200 and d.plaintext == b"the tenth", "version 1's ciphertexts still decrypt")
+    # The export reaches the last signed head (every 5 s here): wait for it.
+    ev = wait_for(lambda: system_rotations(key.key_id))
+    check(len(ev) == 1 and ev[0].role == "system" and ev[0].outcome == "ok" and
+          ev[0].key_version == 2 and "automatic rotation" in ev[0].detail and
+          "reached 10 encryptions" in ev[0].detail,
+          f"the rotation is audited: RotateKey by custos:system, role system, version 2, "
+          f"detail {[e.detail for e in ev]}")
+
+    # Every GCM encryption counts: GenerateDataKey, ReEncrypt, EncryptFields.
+    for _ in range(2):
+        s, m = rpc("GenerateDataKey", kpb.GenerateDataKeyRequest(key_id=key.key_id),
+                   kpb.GenerateDataKeyResponse, who="demo-broker")
+        assert s == 200, (s, m)
+    s, m = rpc("ReEncrypt", kpb.ReEncryptRequest(ciphertext=tenth.ciphertext,
+                                                 destination_key_id=key.key_id),
+               kpb.ReEncryptResponse, who="demo-broker")
+    check(s == 200 and m.key_version == 2, f"ReEncrypt into the key ({s})")
+    k = describe(key.key_id)
+    check(versions_of(k)[2].encryptions == 4,
+          f"Encrypt + 2 GenerateDataKey + ReEncrypt: version 2 counts 4 "
+          f"({versions_of(k)[2].encryptions})")
+    mkey = create(spec=kpb.METADATA_AES_HMAC, description="fields usage")
+    req = fpb.EncryptFieldsRequest(key_id=mkey.key_id, fields=[
+        fpb.PlaintextField(name="sender", value=b"+33600000001",
+                           mode=fpb.FIELD_MODE_RANDOMIZED),
+        fpb.PlaintextField(name="recipient", value=b"+33600000002",
+                           mode=fpb.FIELD_MODE_DETERMINISTIC),
+        fpb.PlaintextField(name="ts", value=b"1700000000", mode=fpb.FIELD_MODE_RANDOMIZED)])
+    s, m = rpc("EncryptFields", req, fpb.EncryptFieldsResponse, who="demo-broker",
+               service="FieldService")
+    k = describe(mkey.key_id)
+    check(s == 200 and versions_of(k)[1].encryptions == 3,
+          f"EncryptFields with 3 fields counts 3 under the metadata key "
+          f"({s}, {versions_of(k)[1].encryptions})")
+    m1 = metrics()
+    check(m1.get("custos_gcm_encryptions_total", 0) - m0.get("custos_gcm_encryptions_total", 0)
+          == 17 and m1.get('custos_key_rotations_automatic_total{reason="usage"}') == 1 and
+          m1.get('custos_key_version_encryptions_limit{kind="rotate_at"}') == 10 and
+          m1.get('custos_key_version_encryptions_limit{kind="limit"}') == 20 and
+          m1.get("custos_key_version_encryptions_max", 0) >= 10,
+          f"/metrics: 17 GCM encryptions counted (10 + 4 + 3), one automatic rotation (usage), the "
+          f"configured threshold and limit, the highest count "
+          f"({ {k: v for k, v in m1.items() if 'gcm' in k or 'encryptions' in k or 'automatic' in k} })")
+    return key.key_id
+
+
+def phase_usage_restart():
+    """After a clean restart (SIGTERM): unused reservations given back, the
+    counts exact."""
+    key_id = open(f"{DIR}/usage-key").read().strip()
+    k = describe(key_id)
+    check(versions_of(k)[1].encryptions == 10 and versions_of(k)[2].encryptions == 4,
+          f"after a clean restart DescribeKey still says 10 and 4 (reservations of 4 given "
+          f"back): {[(v.version, v.encryptions) for v in k.versions]}")
+
+
+def phase_hardlimit():
+    """Automatic rotation failing (every C_GenerateKey refused by the token):
+    encryptions go on under the old version up to usage_limit (20), then
+    are refused; once the token recovers, the sweeper rotates and
+    encryption resumes."""
+    key = create(description="hard limit")
+    set_faults("C_GenerateKey CKR_DEVICE_ERROR\n")
+    statuses = []
+    for i in range(20):
+        s, m = encrypt(key.key_id, b"under v1 %d" % i)
+        statuses.append(s if s != 200 else m.key_version)
+    check(statuses == [1] * 20,
+          f"with rotation impossible, 20 Encrypts succeed under version 1 ({statuses})")
+    s, m = encrypt(key.key_id, b"one too many")
+    check(s == 412 and isinstance(m, dict) and m.get("code") == "failed_precondition" and
+          "limit of 20" in m.get("msg", "") and "RotateKey" in m.get("msg", ""),
+          f"the 21st is refused: 412 failed_precondition naming the limit ({s} {m})")
+    s, m = rpc("GenerateDataKey", kpb.GenerateDataKeyRequest(key_id=key.key_id),
+               kpb.GenerateDataKeyResponse, who="demo-broker")
+    check(s == 412, f"and so is GenerateDataKey ({s})")
+    k = describe(key.key_id)
+    check(k.current_version == 1 and versions_of(k)[1].encryptions == 20,
+          f"the count stops at the limit: {versions_of(k)[1].encryptions}")
+    ev = wait_for(lambda: [e for e in audit_events() if e.key_id == key.key_id and
+                           e.operation == "Encrypt" and e.outcome == "failed_precondition"] and
+                  [e for e in audit_events() if e.key_id == key.key_id])
+    failed_auto = [e for e in ev if e.principal == "custos:system" and e.outcome != "ok"]
+    refused = [e for e in ev if e.operation == "Encrypt" and e.outcome == "failed_precondition"]
+    check(failed_auto and refused,
+          f"failed automatic rotations ({len(failed_auto)}) and the refusal ({len(refused)}) "
+          f"are audited")
+    set_faults("")
+    k = wait_for(lambda: (lambda k: k if k.current_version > 1 else None)(describe(key.key_id)))
+    vs = [v.version for v in k.versions] if k else []
+    check(bool(k) and vs == [1, k.current_version],
+          f"the token back, the sweeper rotates the key (versions {vs})")
+    s, m = encrypt(key.key_id, b"fresh")
+    check(s == 200 and k and m.key_version == k.current_version,
+          f"and Encrypt works again, with the new version ({s})")
+    # Each failed try spent its number (docs/state.md): the audit log names
+    # every one, and none of them is a version of the key.
+    ev = wait_for(lambda: (lambda ev: ev if any(e.outcome == "ok" for e in ev) else None)(
+        system_rotations(key.key_id))) or []
+    spent = sorted(e.key_version for e in ev if e.outcome != "ok" and e.key_version)
+    check(k and spent and set(spent) == set(range(2, k.current_version)),
+          f"the failed automatic rotations are audited with the numbers they spent "
+          f"({spent}, new version {k.current_version if k else '?'})")
+
+
+def phase_period():
+    """rotation.min_period_s 2 (dev mode), deletion.sweep_interval_s 1."""
+    import subprocess
+    kmsctl = sys.argv[4]
+    s, m = rpc("CreateKey", kpb.CreateKeyRequest(region="eu-west", spec=kpb.AES_256,
+                                                 usage=kpb.ENCRYPT_DECRYPT,
+                                                 rotation_period_s=1),
+               kpb.CreateKeyResponse)
+    check(s == 400 and m.get("code") == "invalid_argument" and "2.." in m.get("msg", ""),
+          f"a period below rotation.min_period_s is refused ({s} {m})")
+    s, m = rpc("CreateKey", kpb.CreateKeyRequest(region="eu-west", spec=kpb.AES_256,
+                                                 usage=kpb.ENCRYPT_DECRYPT,
+                                                 origin=kpb.EXTERNAL, rotation_period_s=60),
+               kpb.CreateKeyResponse)
+    check(s == 400 and m.get("code") == "invalid_argument",
+          f"an EXTERNAL (BYOK) key cannot carry a period ({s} {m})")
+    key = create(description="periodic", rotation_period_s=2)
+    check(key.rotation_period_s == 2 and key.next_rotation_at == key.versions[0].created_at + 2,
+          f"CreateKey with a period: DescribeKey-style reply shows it and the next rotation "
+          f"({key.rotation_period_s}, {key.next_rotation_at})")
+    k = wait_for(lambda: (lambda k: k if k.current_version >= 3 else None)(describe(key.key_id)))
+    check(bool(k) and dense(k), f"the sweeper rotates it every period (now at version "
+          f"{k.current_version if k else '?'}), versions dense")
+    ev = wait_for(lambda: (lambda ev: ev if len(ev) >= 2 else None)(system_rotations(key.key_id)))
+    ev = ev or []
+    check(len(ev) >= 2 and all(e.outcome == "ok" and e.role == "system" and
+                               "rotation period elapsed" in e.detail for e in ev),
+          f"each is audited as RotateKey by custos:system ({[e.detail for e in ev][:3]})")
+
+    # kmsctl: set and clear a period on an existing key; describe shows it.
+    env = dict(os.environ, CUSTOS_ADDR=f"http://127.0.0.1:{PORT}",
+               CUSTOS_API_KEY_FILE=f"{DIR}/credentials/demo-admin.key")
+    other = create(description="set later")
+    r = subprocess.run([kmsctl, "key", "set-rotation", other.key_id, "--rotation-period", "2s"],
+                       env=env, capture_output=True, text=True)
+    check(r.returncode == 0 and "rotation_period: 2 s" in r.stdout and
+          "next_rotation:" in r.stdout,
+          f"kmsctl key set-rotation --rotation-period 2s ({r.returncode} {r.stderr.strip()})")
+    k = wait_for(lambda: (lambda k: k if k.current_version >= 2 else None)(describe(other.key_id)))
+    check(bool(k), "the period set afterwards takes effect")
+    r = subprocess.run([kmsctl, "key", "set-rotation", other.key_id, "--rotation-period", "0"],
+                       env=env, capture_output=True, text=True)
+    check(r.returncode == 0 and "rotation_period" not in r.stdout,
+          f"kmsctl key set-rotation --rotation-period 0 clears it ({r.returncode})")
+    before = describe(other.key_id).current_version
+    time.sleep(4)  # four sweeps
+    after = describe(other.key_id)
+    check(after.current_version == before and after.rotation_period_s == 0 and
+          after.next_rotation_at == 0,
+          f"cleared: no more automatic rotations ({before} -> {after.current_version})")
+    r = subprocess.run([kmsctl, "key", "describe", key.key_id, "--json"], env=env,
+                       capture_output=True, text=True)
+    j = json.loads(r.stdout) if r.returncode == 0 else {}
+    check(j.get("rotation_period_s") == 2 and all("encryptions" in v for v in j.get("versions", [])),
+          "kmsctl key describe --json shows rotation_period_s and each version's encryptions")
+    # Another tenant's admin, and a broker, may not set it.
+    s, m = rpc("UpdateKeyRotation", kpb.UpdateKeyRotationRequest(key_id=key.key_id,
+                                                                 rotation_period_s=0),
+               kpb.UpdateKeyRotationResponse, who="other-admin")
+    s2, _ = rpc("UpdateKeyRotation", kpb.UpdateKeyRotationRequest(key_id=key.key_id,
+                                                                  rotation_period_s=0),
+                kpb.UpdateKeyRotationResponse, who="demo-broker")
+    check(s == 404 and s2 == 403, f"UpdateKeyRotation by another tenant's admin: 404; by a "
+          f"broker: 403 ({s}, {s2})")
+    s, m = rpc("UpdateKeyRotation", kpb.UpdateKeyRotationRequest(key_id=key.key_id,
+                                                                 rotation_period_s=10 ** 10),
+               kpb.UpdateKeyRotationResponse)
+    check(s == 400, f"a period over 10 years is refused ({s})")
+
+
+PHASES = {"concurrent": phase_concurrent, "dump": phase_dump, "usage": phase_usage,
+          "usage_restart": phase_usage_restart, "hardlimit": phase_hardlimit,
+          "period": phase_period}
+result = PHASES[PHASE]()
+if PHASE == "usage":
+    open(f"{DIR}/usage-key", "w").write(result)
 sys.exit(1 if failures else 0)

@@ -9,7 +9,7 @@ e2e_setup rotate
 shim="$BUILD_DIR/lib/p11_fault.so"
 [ -f "$shim" ] || { echo "not ok 1 - $shim not built"; exit 1; }
 mkdir -p "$E2E_DIR/py"
-protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto proto/audit.proto
+protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto proto/audit.proto proto/fields.proto
 export PYTHONPATH="$E2E_DIR/py:tests/e2e"
 export CUSTOS_P11FAULT_CONTROL="$E2E_DIR/fault.ctl"
 export CUSTOS_P11FAULT_STATS="$E2E_DIR/p11.stats"
@@ -32,6 +32,24 @@ trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
 cfg base 'pass'
 e2e_start "$E2E_DIR/kmsd-base.json"
 /usr/bin/python3 tests/e2e/rotate_test.py concurrent "$E2E_DIR" "$E2E_PORT"
+e2e_stop
+
+# GCM usage: a tiny threshold and limit (dev mode only), sweeps every second.
+cfg usage 'c["rotation"] = {"usage_rotate_at": 10, "usage_limit": 20, "usage_reserve_block": 4}
+c["deletion"]["sweep_interval_s"] = 1'
+e2e_start "$E2E_DIR/kmsd-usage.json"
+/usr/bin/python3 tests/e2e/rotate_test.py usage "$E2E_DIR" "$E2E_PORT"
+e2e_stop
+e2e_start "$E2E_DIR/kmsd-usage.json"
+/usr/bin/python3 tests/e2e/rotate_test.py usage_restart "$E2E_DIR" "$E2E_PORT"
+/usr/bin/python3 tests/e2e/rotate_test.py hardlimit "$E2E_DIR" "$E2E_PORT"
+e2e_stop
+
+# Rotation periods: rotation.min_period_s 2 (dev mode only).
+cfg period 'c["rotation"] = {"min_period_s": 2}
+c["deletion"]["sweep_interval_s"] = 1'
+e2e_start "$E2E_DIR/kmsd-period.json"
+/usr/bin/python3 tests/e2e/rotate_test.py period "$E2E_DIR" "$E2E_PORT" "$KMSCTL"
 e2e_scan_tokens >/dev/null
 e2e_stop
 trap - EXIT
