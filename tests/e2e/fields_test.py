@@ -657,7 +657,7 @@ elif PHASE == "crash":
     last = db.execute("SELECT last_version FROM keys WHERE key_id = ?", (st["K"],)).fetchone()[0]
     half_id = os.urandom(16)
     db.execute("UPDATE keys SET last_version = ? WHERE key_id = ?", (last + 1, st["K"]))
-    db.execute("INSERT INTO key_versions VALUES (?, ?, ?, 0, ?)",
+    db.execute("INSERT INTO key_versions (key_id, version, hsm_id, state, created_at) VALUES (?, ?, ?, 0, ?)",
                (st["K"], last + 1, half_id, now))
     # KX: the sweeper marked it DESTROYED, then crashed before the HSM.
     kx_id = db.execute("SELECT hsm_id FROM key_versions WHERE key_id = ?",
