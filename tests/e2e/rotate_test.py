@@ -119,6 +119,41 @@ def stats():
     raise RuntimeError("the shim's stats file does not settle")
 
 
+def forge_blobs(key_id, versions, region="eu-west"):
+    """(version, blob, plaintext) for each version: AES-256-GCM in the token
+    under the object labelled custos:key:<id>:v<N>, AAD = header || 00 00
+    (empty context)."""
+    import struct
+    import PyKCS11 as P
+    lib = P.PyKCS11Lib()
+    lib.load("/usr/lib/softhsm/libsofthsm2.so")
+    pin = open(f"{DIR}/hsm/pins/{region}.pin").read().strip()
+    slot = [sl for sl in lib.getSlotList(tokenPresent=True)
+            if lib.getTokenInfo(sl).label.strip() == f"custos-{region}"][0]
+    sess = lib.openSession(slot)
+    sess.login(pin)
+    out = []
+    try:
+        for v in versions:
+            objs = sess.findObjects([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                                     (P.CKA_KEY_TYPE, P.CKK_AES),
+                                     (P.CKA_LABEL, f"custos:key:{key_id}:v{v}")])
+            if len(objs) != 1:
+                out.append((v, b"", b"no object"))
+                continue
+            iv = os.urandom(12)
+            header = (bytes([0xC5, 0x01, len(region)]) + region.encode() +
+                      bytes.fromhex(key_id) + struct.pack(">I", v) + iv)
+            pt = f"made by version {v}".encode()
+            ct = bytes(sess.encrypt(objs[0], pt, P.AES_GCM_Mechanism(iv, header + b"\x00\x00",
+                                                                    128)))
+            out.append((v, header + ct, pt))
+    finally:
+        sess.logout()
+        sess.closeSession()
+    return out
+
+
 def dense(key):
     return [v.version for v in key.versions] == list(range(1, key.current_version + 1))
 
@@ -192,6 +227,18 @@ def phase_concurrent():
     s, m = decrypt(ct1[1].ciphertext)
     check(s == 200 and m.plaintext == b"made with v1" and m.key_version == 1,
           "a ciphertext of version 1 still decrypts after 48 rotations")
+
+    # Every version decrypts a ciphertext made with it: the test makes one
+    # per version itself, with that version's HSM object (found by its
+    # label, through PyKCS11 on the real module) and the documented blob
+    # format (docs/ciphertext-format.md), and kmsd must decrypt each.
+    bad = []
+    for v, blob, pt in forge_blobs(key.key_id, range(1, cur + 1)):
+        s, m = decrypt(blob)
+        if s != 200 or m.plaintext != pt or m.key_version != v:
+            bad.append((v, s))
+    check(not bad, f"each of versions 1..{cur} decrypts a ciphertext made with its own HSM "
+          f"object ({bad[:5]})")
 
     # A metadata key (two HSM objects per version) under the same race.
     mkey = create(spec=kpb.METADATA_AES_HMAC, description="metadata race")
