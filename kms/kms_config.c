@@ -95,7 +95,7 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
                                       "limits", "deletion", "audit", "import",
-                                      "log", "health", NULL};
+                                      "log", "health", "rotation", NULL};
     KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
     KMS_GUARD(check_keys(root, "", top));
 
@@ -239,6 +239,38 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         KMS_GUARD(get_uint(del, "sweep_interval_s", "deletion", 1, 86400, &v));
         c->sweep_interval_s = (unsigned)v;
     }
+    json_t *rot = json_object_get(root, "rotation");
+    if (rot) {
+        static const char *const k[] = {"usage_rotate_at", "usage_limit", "usage_reserve_block",
+                                        "min_period_s", NULL};
+        KMS_ENSURE(json_is_object(rot), KMS_ERR_CONFIG, "rotation: must be an object");
+        KMS_GUARD(check_keys(rot, "rotation", k));
+        unsigned long v = (unsigned long)c->usage_limit;
+        KMS_GUARD(get_uint(rot, "usage_limit", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
+        c->usage_limit = v;
+        v = (unsigned long)c->usage_rotate_at;
+        KMS_GUARD(get_uint(rot, "usage_rotate_at", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
+        c->usage_rotate_at = v;
+        v = c->usage_reserve_block;
+        KMS_GUARD(get_uint(rot, "usage_reserve_block", "rotation", 1, 1u << 20, &v));
+        c->usage_reserve_block = (unsigned)v;
+        v = c->rotation_min_period_s;
+        KMS_GUARD(get_uint(rot, "min_period_s", "rotation", 1, 10 * 365 * 86400UL, &v));
+        c->rotation_min_period_s = (unsigned)v;
+    }
+    /* Rotating before the limit leaves room for the requests in flight. */
+    KMS_ENSURE(c->usage_rotate_at <= c->usage_limit, KMS_ERR_CONFIG,
+               "rotation.usage_rotate_at: above rotation.usage_limit");
+    /* Tiny thresholds and periods are for tests: in production they would
+     * rotate keys on every burst. */
+    if (!c->dev_mode) {
+        KMS_ENSURE(c->usage_rotate_at >= KMS_USAGE_ROTATE_AT_MIN, KMS_ERR_CONFIG,
+                   "rotation.usage_rotate_at: at least %lu outside dev mode",
+                   (unsigned long)KMS_USAGE_ROTATE_AT_MIN);
+        KMS_ENSURE(c->rotation_min_period_s >= 86400, KMS_ERR_CONFIG,
+                   "rotation.min_period_s: at least 86400 (a day) outside dev mode");
+    }
+
     json_t *aud = json_object_get(root, "audit");
     if (aud) {
         static const char *const k[] = {"enabled", "dir", "head_every_events", "head_every_ms",
@@ -345,6 +377,12 @@ kms_err kms_config_load(const char *path, struct kms_config **out)
     c->deletion_min_days = 7;
     c->deletion_day_seconds = 86400;
     c->sweep_interval_s = 60;
+    /* AES-GCM with random 96-bit IVs: at most 2^32 encryptions per key
+     * version (NIST SP 800-38D 8.3); rotate at a quarter of that. */
+    c->usage_limit = KMS_USAGE_LIMIT_MAX;
+    c->usage_rotate_at = 1UL << 30;
+    c->usage_reserve_block = 16384;
+    c->rotation_min_period_s = 86400;
     c->audit_enabled = true;
     c->audit_head_every_events = 1000;
     c->audit_head_every_ms = 10000;

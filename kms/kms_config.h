@@ -7,6 +7,7 @@
 #define KMS_CONFIG_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #include "kms_error.h"
@@ -19,6 +20,11 @@ struct kms_config_token {
     char *pin_source; /* file:/path or env:NAME */
     size_t max_sessions;
 };
+
+/* The NIST bound for random 96-bit IVs, and the smallest automatic
+ * rotation threshold production accepts. */
+#define KMS_USAGE_LIMIT_MAX (1UL << 32)
+#define KMS_USAGE_ROTATE_AT_MIN (1UL << 20)
 
 struct kms_config {
     bool dev_mode; /* "mode": "dev" allows short deletion windows and plain HTTP off loopback is still refused */
@@ -48,6 +54,16 @@ struct kms_config {
     unsigned deletion_min_days;
     unsigned deletion_day_seconds; /* 86400; dev mode may shorten it for tests */
     unsigned sweep_interval_s;
+
+    /* GCM invocation limit per key version (docs/ciphertext-format.md):
+     * rotate automatically at usage_rotate_at encryptions, refuse past
+     * usage_limit; counts are reserved in the store usage_reserve_block at
+     * a time (kms_usage.h). rotation_min_period_s: the shortest rotation
+     * period a key may carry (a day; dev mode may go down to 1 s). */
+    uint64_t usage_rotate_at;
+    uint64_t usage_limit;
+    unsigned usage_reserve_block;
+    unsigned rotation_min_period_s;
 
     bool audit_enabled;               /* only dev mode may turn it off */
     char *audit_dir;                  /* one log per region in here */

@@ -16,6 +16,8 @@
 #include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_metrics.h"
+#include "kms_rotate.h"
+#include "kms_usage.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 #include "p11_module.h"
@@ -27,6 +29,7 @@ struct kms_service {
     size_t n_tokens;
     struct kms_store *store;
     struct kms_keycache *keycache;
+    struct kms_usage *usage; /* GCM encryption counts (kms_usage.h) */
     struct audit_log *audit[KMS_CONFIG_MAX_TOKENS]; /* by token index; NULL when off */
     /* A region whose audit log could not be opened (damage, missing key) is
      * not served at all; the others go on. */
@@ -105,6 +108,11 @@ struct kms_store *kms_service_store(struct kms_service *svc)
 struct kms_keycache *kms_service_keycache(struct kms_service *svc)
 {
     return svc->keycache;
+}
+
+struct kms_usage *kms_service_usage(struct kms_service *svc)
+{
+    return svc->usage;
 }
 
 const struct kms_config *kms_service_config(const struct kms_service *svc)
@@ -204,6 +212,7 @@ void kms_service_metrics(struct kms_service *svc, FILE *f)
                           p11_token_label(svc->tokens[i]), NULL, NULL, ok);
     }
 #undef EACH_TOKEN
+    kms_usage_metrics(svc->usage, f);
 }
 
 /* ---- reconcile ----------------------------------------------------------- */
@@ -365,6 +374,9 @@ static void *sweeper_main(void *arg)
          * at expiry, not at the next import that happens to sweep. */
         if (kms_import_sweep(svc, (int64_t)time(NULL), IMPORT_SWEEP_BATCH, NULL) != KMS_OK)
             kms_log_error("sweeper", "import token sweep failed: %s", kms_err_detail());
+        /* Automatic rotations: periods elapsed, usage thresholds reached. */
+        if (kms_rotate_sweep(svc, (int64_t)time(NULL), &n) != KMS_OK)
+            kms_log_error("sweeper", "rotation sweep failed: %s", kms_err_detail());
         pthread_mutex_lock(&svc->stop_lock);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
@@ -403,6 +415,9 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     /* One second bounds how long another node's change can go unseen here;
      * this node's own changes invalidate at once. */
     KMS_GUARD_GOTO(kms_keycache_new(100000, 1000, &svc->keycache), fail);
+    struct kms_usage_config uc = {cfg->usage_rotate_at, cfg->usage_limit,
+                                  cfg->usage_reserve_block};
+    KMS_GUARD_GOTO(kms_usage_new(svc->store, &uc, &svc->usage), fail);
     KMS_GUARD_GOTO(reconcile(svc), fail);
     for (size_t i = 0; i < svc->n_tokens; i++) {
         size_t n = 0;
@@ -487,6 +502,8 @@ void kms_service_free(struct kms_service *svc)
         audit_log_close(svc->audit[i]);
     }
     kms_keycache_free(svc->keycache);
+    /* Before the store: gives unused reservations back. */
+    kms_usage_free(svc->usage);
     kms_store_free(svc->store);
     for (size_t i = 0; i < svc->n_tokens; i++)
         p11_token_free(svc->tokens[i]);

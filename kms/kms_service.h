@@ -48,6 +48,8 @@ struct kms_store *kms_service_store(struct kms_service *svc);
  * changes a key's record must invalidate it there. */
 struct kms_keycache;
 struct kms_keycache *kms_service_keycache(struct kms_service *svc);
+/* GCM encryption counts per key version (kms_usage.h). */
+struct kms_usage *kms_service_usage(struct kms_service *svc);
 const struct kms_config *kms_service_config(const struct kms_service *svc);
 
 /* One pass of the deletion sweeper (the background thread calls it every

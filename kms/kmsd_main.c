@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "kms_config.h"
@@ -46,6 +48,38 @@ static void usage(FILE *f)
                "see kmsd(8), kmsd.json(5)\n"
                "exit codes: 0 clean shutdown or valid config, 1 start-up failure, 2 usage,\n"
                "            3 a token refused its PIN (do not restart: fix the PIN source)\n");
+}
+
+/* The environment switch that keeps kmsd dumpable, honoured in dev mode only
+ * (docs/hardening.md "Core dumps"). */
+#define KMS_DUMPABLE_ENV "CUSTOS_DEV_DUMPABLE"
+
+/*
+ * kmsd holds PINs and, per request, plaintext data keys: a core file or a
+ * ptrace by another process of the same user would carry them off. So no
+ * core file (RLIMIT_CORE 0, soft and hard: an unprivileged process cannot
+ * raise it again) and not dumpable (PR_SET_DUMPABLE 0: no core even through
+ * a core_pattern pipe, /proc/<pid>/mem and ptrace only for root). Called
+ * before any secret is read; -1 with errno on failure, which is fatal.
+ */
+static int no_core_dumps(void)
+{
+    struct rlimit zero = {0, 0};
+    if (setrlimit(RLIMIT_CORE, &zero) != 0)
+        return -1;
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+/* The kernel resets the flag when credentials change; a PKCS#11 module
+ * loaded since could have done that. Set it again and say so. */
+static void keep_no_core_dumps(void)
+{
+    if (prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0)
+        return;
+    kms_log_warn("kmsd", "the process became dumpable again (credentials changed?); "
+                         "turning core dumps off again");
+    if (no_core_dumps() != 0)
+        kms_log_error("kmsd", "cannot turn core dumps off: %s", strerror(errno));
 }
 
 /* Failures to notify are logged, never fatal: systemd would notice the
@@ -104,12 +138,31 @@ int main(int argc, char **argv)
      * closed), not kill the service. */
     signal(SIGXFSZ, SIG_IGN);
 
+    /* The configuration names PIN sources but holds no secret; everything
+     * after it may read one. */
     struct kms_config *cfg = NULL;
     if (kms_config_load(path, &cfg) != KMS_OK) {
         kms_log_error("kmsd", "configuration: %s", kms_err_detail());
         return 1;
     }
     kms_log_configure_level((enum kms_log_level)cfg->log_level);
+    const char *dumpable = getenv(KMS_DUMPABLE_ENV);
+    bool keep_dumpable = dumpable != NULL && strcmp(dumpable, "1") == 0;
+    if (keep_dumpable && cfg->dev_mode) {
+        kms_log_warn("kmsd", "%s=1 in dev mode: core dumps and ptrace stay ALLOWED; a core "
+                             "file may hold PINs and data keys", KMS_DUMPABLE_ENV);
+    } else {
+        if (keep_dumpable)
+            kms_log_warn("kmsd", "%s=1 is ignored outside dev mode: core dumps stay off",
+                         KMS_DUMPABLE_ENV);
+        keep_dumpable = false;
+        if (no_core_dumps() != 0) {
+            kms_log_error("kmsd", "cannot turn core dumps off (RLIMIT_CORE, PR_SET_DUMPABLE): %s",
+                          strerror(errno));
+            kms_config_free(cfg);
+            return 1;
+        }
+    }
     if (check_only) {
         struct pol_doc *doc = NULL;
         kms_err rc = pol_doc_load_file(cfg->policy_path, &doc);
@@ -159,6 +212,8 @@ int main(int argc, char **argv)
         kms_log_error("kmsd", "start-up failed: %s", kms_err_detail());
         goto done;
     }
+    if (!keep_dumpable)
+        keep_no_core_dumps();
     kms_log_info("kmsd", "ready (%s mode)", cfg->dev_mode ? "dev" : "production");
     notify("READY=1\nSTATUS=serving");
 
@@ -188,6 +243,8 @@ int main(int argc, char **argv)
             kms_log_info("kmsd", "SIGHUP: reloading policy%s",
                          cfg->log_file ? ", log file reopened" : "");
             kms_service_reload_policy(svc);
+            if (!keep_dumpable)
+                keep_no_core_dumps();
             notify("READY=1\nSTATUS=serving");
             continue;
         }

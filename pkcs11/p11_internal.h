@@ -79,7 +79,15 @@ struct p11_token {
     int metrics_id; /* kms_metrics token id; -1: not recorded */
 
     struct p11_handle_cache cache;
+
+    /* Serialises the retries of a key creation that failed transiently
+     * (p11_key_generate); first attempts never take it. */
+    pthread_mutex_t create_lock;
 };
+
+/* How many times p11_key_generate tries a creation that fails with a
+ * transient CK_RV (CKR_GENERAL_ERROR, CKR_FUNCTION_FAILED). */
+#define P11_CREATE_ATTEMPTS 4
 
 /* Time one HSM call for the metrics: one clock_gettime pair, a few relaxed
  * atomic adds, no lock (kms_metrics.h). fn and mech are string literals. */

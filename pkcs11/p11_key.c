@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kms_log.h"
 #include "p11_crypto.h"
@@ -410,7 +411,46 @@ struct gen_arg {
     unsigned flags;
     const struct p11_key_id *id;
     const char *label;
+    bool transient; /* out: the token failed the creation in a way worth retrying */
 };
+
+/* Object creation failures that say nothing about the request: SoftHSMv2's
+ * file store now and then fails one of two concurrent token object
+ * creations with CKR_GENERAL_ERROR (tests/bench/bench_mkkeys.c saw it under
+ * load, and so did concurrent RotateKey). CKR_FUNCTION_FAILED is the
+ * specification's "could not be performed, no detail". Device errors and
+ * removals are not here: those are the token's state, not a collision. */
+static bool create_rv_transient(CK_RV rv)
+{
+    return rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED;
+}
+
+/* After a transient failure the token may hold part of what it was asked to
+ * make (an object of this class and type under the id, or a pair's public
+ * half): remove exactly that, never the other secret key of a metadata
+ * version that shares the id. */
+static void undo_partial(struct p11_token *tok, CK_SESSION_HANDLE s, const struct gen_arg *a)
+{
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    p11_kind_object(a->kind, &cls, &type);
+    if (kind_is_pair(a->kind)) {
+        /* A pair never shares its id with anything else. */
+        p11_key_destroy_in(tok, s, a->id);
+        return;
+    }
+    CK_ATTRIBUTE t[] = {
+        {CKA_ID, (void *)a->id->b, P11_KEY_ID_LEN},
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &type, sizeof(type)},
+    };
+    CK_OBJECT_HANDLE found[4];
+    CK_ULONG n = 0;
+    if (find_objects(tok, s, t, 3, found, 4, &n) == KMS_OK)
+        for (CK_ULONG i = 0; i < n; i++)
+            tok->fl->C_DestroyObject(s, found[i]);
+    p11_cache_forget(&tok->cache, a->id->b);
+}
 
 void p11_key_destroy_in(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id)
 {
@@ -453,6 +493,7 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
                           NULL, 0};
         rv = P11_TIMED(tok, "C_GenerateKeyPair", p11_mech_name(m.mechanism),
                        tok->fl->C_GenerateKeyPair(s, &m, pub.a, pub.n, priv.a, priv.n, &hpub, &h));
+        a->transient = create_rv_transient(rv);
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKeyPair", tok->label));
     } else {
         CK_MECHANISM m = {a->kind == P11_KEY_HMAC_SHA256 ? CKM_GENERIC_SECRET_KEY_GEN
@@ -460,6 +501,7 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
                           NULL, 0};
         rv = P11_TIMED(tok, "C_GenerateKey", p11_mech_name(m.mechanism),
                        tok->fl->C_GenerateKey(s, &m, priv.a, priv.n, &h));
+        a->transient = create_rv_transient(rv);
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKey", tok->label));
     }
     rc = p11_key_verify(tok, s, h, a->kind, a->flags, true);
@@ -484,8 +526,36 @@ kms_err p11_key_generate(struct p11_token *tok, enum p11_key_kind kind, unsigned
                "only secret keys can be escrowed");
     KMS_ENSURE(label == NULL || strlen(label) <= 64, KMS_ERR_INVALID_ARGUMENT,
                "key label longer than 64 bytes");
-    struct gen_arg a = {kind, flags, id, label};
-    return p11_with_session(tok, do_generate, &a);
+    struct gen_arg a = {kind, flags, id, label, false};
+    kms_err rc = KMS_OK;
+    /* A transient creation failure is retried, after removing whatever the
+     * failed call left under the id; the retries run one at a time per
+     * token (create_lock), so two retrying creations do not collide again.
+     * The first attempt stays concurrent: most tokens never need this. */
+    for (int attempt = 1;; attempt++) {
+        a.transient = false;
+        if (attempt == 1) {
+            rc = p11_with_session(tok, do_generate, &a);
+        } else {
+            pthread_mutex_lock(&tok->create_lock);
+            rc = p11_with_session(tok, do_generate, &a);
+            pthread_mutex_unlock(&tok->create_lock);
+        }
+        if (rc == KMS_OK || !a.transient || attempt >= P11_CREATE_ATTEMPTS)
+            break;
+        kms_log_warn("pkcs11", "token '%s': %s creation failed transiently (attempt %d of %d); "
+                     "retrying", tok->label, p11_key_kind_name(kind), attempt,
+                     P11_CREATE_ATTEMPTS);
+        CK_SESSION_HANDLE s;
+        if (p11_session_take(tok, &s) == KMS_OK) {
+            undo_partial(tok, s, &a);
+            p11_session_give(tok, s, false);
+        }
+        /* A short pause lets the colliding writer finish. */
+        struct timespec pause = {0, 5000000L * attempt};
+        nanosleep(&pause, NULL);
+    }
+    return rc;
 }
 
 /* ---- lock, destroy, inspect ------------------------------------------------ */

@@ -209,6 +209,7 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     tok->oaep_sha256 = -1;
     tok->metrics_id = -1;
     pthread_mutex_init(&tok->lock, NULL);
+    pthread_mutex_init(&tok->create_lock, NULL);
     pthread_cond_init(&tok->cond, NULL);
     snprintf(tok->region, sizeof(tok->region), "%s", cfg->region);
     KMS_GUARD_GOTO(p11_cache_init(&tok->cache), fail);
@@ -288,6 +289,7 @@ void p11_token_free(struct p11_token *tok)
         p11_session_pool_drain(tok);
     p11_cache_cleanup(&tok->cache);
     pthread_mutex_destroy(&tok->lock);
+    pthread_mutex_destroy(&tok->create_lock);
     pthread_cond_destroy(&tok->cond);
     free(tok->idle);
     free(tok->mechs);

@@ -35,8 +35,12 @@ static kms_err audit_request(struct kms_call *call, const char *operation, kms_e
     Custos__V1__AuditEvent ev = CUSTOS__V1__AUDIT_EVENT__INIT;
     char *empty = (char *)"";
     ev.request_id = call->request_id;
-    ev.principal = call->who ? (char *)pol_principal_id(call->who) : empty;
-    ev.role = call->who ? (char *)pol_role_name(pol_principal_role(call->who)) : empty;
+    ev.principal = call->who      ? (char *)pol_principal_id(call->who)
+                   : call->actor ? (char *)call->actor
+                                 : empty;
+    ev.role = call->who      ? (char *)pol_role_name(pol_principal_role(call->who))
+              : call->actor ? (char *)"system"
+                            : empty;
     const char *tenant = call->who ? pol_principal_tenant_id(call->who) : NULL;
     ev.tenant = tenant ? (char *)tenant : empty;
     ev.operation = (char *)operation;

@@ -31,6 +31,7 @@ enum {
     O_PAGE_TOKEN,
     O_ALL,
     O_DAYS,
+    O_PERIOD,
     O_JSON,
     O_SPEC, /* create only; checked by hand, outside the F_ bits */
 };
@@ -44,6 +45,7 @@ enum {
 #define F_PAGE_TOKEN (1u << 4)
 #define F_ALL (1u << 5)
 #define F_DAYS (1u << 6)
+#define F_PERIOD (1u << 7)
 #define F_OUT 0 /* --json and -q: every verb */
 
 /* Guard against a server that hands back the same page forever. */
@@ -60,13 +62,16 @@ struct verb {
 
 static const struct verb verbs[] = {
     {"create", "CreateKey", &custos__v1__create_key_request__descriptor,
-     &custos__v1__create_key_response__descriptor, F_REGION | F_DESCRIPTION | F_ORIGIN, 0},
+     &custos__v1__create_key_response__descriptor,
+     F_REGION | F_DESCRIPTION | F_ORIGIN | F_PERIOD, 0},
     {"describe", "DescribeKey", &custos__v1__describe_key_request__descriptor,
      &custos__v1__describe_key_response__descriptor, F_OUT, 1},
     {"list", "ListKeys", &custos__v1__list_keys_request__descriptor,
      &custos__v1__list_keys_response__descriptor, F_PAGE_SIZE | F_PAGE_TOKEN | F_ALL, 0},
     {"rotate", "RotateKey", &custos__v1__rotate_key_request__descriptor,
      &custos__v1__rotate_key_response__descriptor, F_OUT, 1},
+    {"set-rotation", "UpdateKeyRotation", &custos__v1__update_key_rotation_request__descriptor,
+     &custos__v1__update_key_rotation_response__descriptor, F_PERIOD, 1},
     {"enable", "EnableKey", &custos__v1__enable_key_request__descriptor,
      &custos__v1__enable_key_response__descriptor, F_OUT, 1},
     {"disable", "DisableKey", &custos__v1__disable_key_request__descriptor,
@@ -82,7 +87,8 @@ struct key_args {
     const struct verb *verb;
     const char *key_id, *region, *description, *origin, *page_token, *spec;
     uint32_t page_size, days;
-    int all, json, quiet;
+    uint64_t period;
+    int all, json, quiet, has_period;
 };
 
 static void key_usage(FILE *f)
@@ -93,14 +99,18 @@ static void key_usage(FILE *f)
                "\n"
                "commands:\n"
                "  create --region R [--description D] [--origin hsm|external]\n"
-               "         [--spec aes-256|metadata]\n"
+               "         [--spec aes-256|metadata] [--rotation-period P]\n"
                "                            create a key in region R: aes-256 (default) for\n"
-               "                            encrypt/decrypt, metadata for kmsctl fields\n"
+               "                            encrypt/decrypt, metadata for kmsctl fields;\n"
+               "                            rotated automatically every P (seconds, or with\n"
+               "                            s, m, h, d: 90d)\n"
                "  describe KEY_ID           show a key\n"
                "  list [--page-size N] [--page-token T] [--all]\n"
                "                            list the tenant's keys, oldest first; N is 1..1000;\n"
                "                            --all follows every page\n"
                "  rotate KEY_ID             add a version that encrypts from now on\n"
+               "  set-rotation KEY_ID --rotation-period P\n"
+               "                            rotate automatically every P (0: never again)\n"
                "  enable KEY_ID             DISABLED -> ENABLED\n"
                "  disable KEY_ID            ENABLED -> DISABLED (no encrypt or decrypt)\n"
                "  schedule-deletion KEY_ID [--days N]\n"
@@ -132,6 +142,29 @@ static int parse_u32(const char *s, unsigned long min, unsigned long max, uint32
     return 1;
 }
 
+/* Seconds, or a number with one of s, m, h, d; at most 10 years. */
+static int parse_period(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    if (s[0] < '0' || s[0] > '9')
+        return 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    unsigned long long mul = 1;
+    if (*end == 'm')
+        mul = 60;
+    else if (*end == 'h')
+        mul = 3600;
+    else if (*end == 'd')
+        mul = 86400;
+    else if (*end != 's' && *end != '\0')
+        return 0;
+    if (errno || (*end && end[1]) || v > 10ULL * 365 * 86400 / mul)
+        return 0;
+    *out = v * mul;
+    return 1;
+}
+
 static void print_field(const char *name, const char *value)
 {
     printf("%s: ", name);
@@ -156,12 +189,20 @@ static void print_key_text(const Custos__V1__KeyMetadata *k)
     if (k->deletion_at != 0)
         print_field("deletion", kmsctl_iso8601(k->deletion_at, t));
     printf("current_version: %" PRIu32 "\n", k->current_version);
+    if (k->rotation_period_s > 0) {
+        printf("rotation_period: %" PRIu64 " s\n", k->rotation_period_s);
+        if (k->next_rotation_at > 0)
+            print_field("next_rotation", kmsctl_iso8601(k->next_rotation_at, t));
+    }
+    /* Encryptions per version: AES-GCM with random IVs allows 2^32 per
+     * version; the server rotates before (docs/ciphertext-format.md). */
     printf("versions:\n");
     for (size_t i = 0; i < k->n_versions; i++) {
         const Custos__V1__KeyVersion *v = k->versions[i];
         printf("  %" PRIu32 "  ", v->version);
         kmsctl_print_safe(stdout, v->state);
-        printf("  %s\n", kmsctl_iso8601(v->created_at, t));
+        printf("  %s  encryptions %" PRIu64 "\n", kmsctl_iso8601(v->created_at, t),
+               v->encryptions);
     }
 }
 
@@ -203,12 +244,17 @@ static json_t *key_json(const Custos__V1__KeyMetadata *k)
     json_object_set_new(o, "deletion_at",
                         k->deletion_at ? jstr(kmsctl_iso8601(k->deletion_at, t)) : json_null());
     json_object_set_new(o, "current_version", json_integer(k->current_version));
+    json_object_set_new(o, "rotation_period_s", json_integer((json_int_t)k->rotation_period_s));
+    json_object_set_new(o, "next_rotation_at", k->next_rotation_at
+                                                   ? jstr(kmsctl_iso8601(k->next_rotation_at, t))
+                                                   : json_null());
     for (size_t i = 0; i < k->n_versions; i++) {
         const Custos__V1__KeyVersion *v = k->versions[i];
         json_t *vo = json_object();
         json_object_set_new(vo, "version", json_integer(v->version));
         json_object_set_new(vo, "state", jstr(v->state));
         json_object_set_new(vo, "created_at", jstr(kmsctl_iso8601(v->created_at, t)));
+        json_object_set_new(vo, "encryptions", json_integer((json_int_t)v->encryptions));
         json_array_append_new(vs, vo);
     }
     json_object_set_new(o, "versions", vs);
@@ -266,6 +312,7 @@ static int do_create(struct kmsctl_rpc *rpc, const struct key_args *a)
     req.origin = a->origin && strcasecmp(a->origin, "external") == 0
                      ? CUSTOS__V1__KEY_ORIGIN__EXTERNAL
                      : CUSTOS__V1__KEY_ORIGIN__HSM;
+    req.rotation_period_s = a->period;
     ProtobufCMessage *resp = NULL;
     int ret = kmsctl_rpc_call(rpc, a->verb->method, &req.base, a->verb->resp, &resp);
     if (ret == KMSCTL_EXIT_OK)
@@ -292,6 +339,9 @@ static int do_one_key(struct kmsctl_rpc *rpc, const struct key_args *a)
     f = protobuf_c_message_descriptor_get_field_by_name(d, "pending_window_days");
     if (f)
         *(uint32_t *)((char *)req + f->offset) = a->days;
+    f = protobuf_c_message_descriptor_get_field_by_name(d, "rotation_period_s");
+    if (f)
+        *(uint64_t *)((char *)req + f->offset) = a->period;
     int ret = kmsctl_rpc_call(rpc, a->verb->method, req, a->verb->resp, &resp);
     if (ret == KMSCTL_EXIT_OK)
         ret = print_key(a, resp_key(resp));
@@ -421,6 +471,8 @@ static const char *option_name(int c)
         return "--page-token";
     case O_ALL:
         return "--all";
+    case O_PERIOD:
+        return "--rotation-period";
     default:
         return "--days";
     }
@@ -438,6 +490,7 @@ int kmsctl_key_main(int argc, char **argv)
         {"page-token", required_argument, NULL, O_PAGE_TOKEN},
         {"all", no_argument, NULL, O_ALL},
         {"days", required_argument, NULL, O_DAYS},
+        {"rotation-period", required_argument, NULL, O_PERIOD},
         {"json", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -498,6 +551,14 @@ int kmsctl_key_main(int argc, char **argv)
                 return KMSCTL_EXIT_USAGE;
             }
             break;
+        case O_PERIOD:
+            if (!parse_period(optarg, &a.period)) {
+                fprintf(stderr, "kmsctl key: --rotation-period must be seconds, or a number "
+                                "with s, m, h or d, at most 10 years\n");
+                return KMSCTL_EXIT_USAGE;
+            }
+            a.has_period = 1;
+            break;
         case O_JSON:
             a.json = 1;
             break;
@@ -511,7 +572,7 @@ int kmsctl_key_main(int argc, char **argv)
             bad_opt = 1;
             continue;
         }
-        if (c >= O_REGION && c <= O_DAYS)
+        if (c >= O_REGION && c <= O_PERIOD)
             seen |= 1u << (c - O_REGION);
     }
     if (bad_opt || optind >= argc) {
@@ -558,6 +619,10 @@ int kmsctl_key_main(int argc, char **argv)
     }
     if (a.all && a.page_token) {
         fprintf(stderr, "kmsctl key list: --all starts at the first page; drop --page-token\n");
+        return KMSCTL_EXIT_USAGE;
+    }
+    if (strcmp(name, "set-rotation") == 0 && !a.has_period) {
+        fprintf(stderr, "kmsctl key set-rotation: --rotation-period is required (0: none)\n");
         return KMSCTL_EXIT_USAGE;
     }
     if (strcmp(name, "create") == 0 && (a.region == NULL || *a.region == '\0')) {

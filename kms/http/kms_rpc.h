@@ -53,7 +53,15 @@ struct kms_call {
     const struct pol_principal *who;
     char request_id[33];
     struct kms_audit_facts audit;
+    /* Who acts when no principal does (who == NULL): KMS_SYSTEM_ACTOR for
+     * what the service does on its own (automatic rotation); NULL for an
+     * unauthenticated request. */
+    const char *actor;
 };
+
+/* The principal named in the audit events of the service's own actions;
+ * their role is "system". */
+#define KMS_SYSTEM_ACTOR "custos:system"
 
 /* The packed response. secret=true when it carries plaintext or a data key:
  * the front wipes it after sending. */
@@ -74,6 +82,8 @@ kms_err kms_rpc_create_key(struct kms_call *, const uint8_t *, size_t, struct km
 kms_err kms_rpc_describe_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
 kms_err kms_rpc_list_keys(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
 kms_err kms_rpc_rotate_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_update_key_rotation(struct kms_call *, const uint8_t *, size_t,
+                                    struct kms_reply *);
 kms_err kms_rpc_enable_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
 kms_err kms_rpc_disable_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
 kms_err kms_rpc_schedule_key_deletion(struct kms_call *, const uint8_t *, size_t,

@@ -37,6 +37,7 @@ static const struct route key_service[] = {
     ROUTE("DescribeKey", kms_rpc_describe_key, describe_key),
     ROUTE("ListKeys", kms_rpc_list_keys, list_keys),
     ROUTE("RotateKey", kms_rpc_rotate_key, rotate_key),
+    ROUTE("UpdateKeyRotation", kms_rpc_update_key_rotation, update_key_rotation),
     ROUTE("EnableKey", kms_rpc_enable_key, enable_key),
     ROUTE("DisableKey", kms_rpc_disable_key, disable_key),
     ROUTE("ScheduleKeyDeletion", kms_rpc_schedule_key_deletion, schedule_key_deletion),

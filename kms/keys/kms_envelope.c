@@ -17,6 +17,7 @@
 #include "kms_log.h"
 #include "kms_rpc.h"
 #include "kms_store.h"
+#include "kms_usage.h"
 #include "p11_crypto.h"
 #include "pol_eval.h"
 #include "proto/key.pb-c.h"
@@ -93,6 +94,7 @@ static kms_err seal(struct kms_call *call, const struct kms_key_record *k,
     struct kms_version_record v;
     KMS_GUARD(kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc), k->key_id, k->current_version,
                                     &v));
+    KMS_GUARD(kms_usage_encrypt(call->svc, k->key_id, v.version, 1)); /* GCM limit: kms_usage.h */
 
     struct kms_blob_header h;
     memset(&h, 0, sizeof(h));

@@ -22,6 +22,7 @@
 #include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_store.h"
+#include "kms_usage.h"
 #include "p11_crypto.h"
 #include "pol_eval.h"
 #include "proto/fields.pb-c.h"
@@ -287,6 +288,7 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_
 
     KMS_GUARD_GOTO(version_key(call, &k, tok, k.current_version, false, &fk), done);
     call->audit.key_version = fk.version;
+    KMS_GUARD_GOTO(kms_usage_encrypt(call->svc, k.key_id, fk.version, n), done); /* GCM limit */
     arena = malloc(arena_len);
     outs = calloc(n, sizeof(*outs));
     outp = calloc(n, sizeof(*outp));

@@ -17,6 +17,8 @@
 #include "kms_escrow.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
+#include "kms_rotate.h"
+#include "kms_usage.h"
 #include "kms_rpc.h"
 #include "kms_store.h"
 #include "p11_crypto.h"
@@ -92,9 +94,12 @@ struct metadata {
     Custos__V1__KeyVersion **vp;
 };
 
-static kms_err metadata_fill(struct kms_call *call, struct kms_key_record *k, bool versions,
-                             struct metadata *md)
+/* Fill md from k and, when vr is not NULL, its n versions (borrowed for
+ * the call only: the numbers are copied). */
+static kms_err metadata_fill(struct kms_call *call, struct kms_key_record *k,
+                             const struct kms_version_record *vr, size_t n, struct metadata *md)
 {
+    (void)call;
     custos__v1__key_metadata__init(&md->m);
     md->vs = NULL;
     md->vp = NULL;
@@ -113,17 +118,12 @@ static kms_err metadata_fill(struct kms_call *call, struct kms_key_record *k, bo
     md->m.created_at = k->created_at;
     md->m.deletion_at = k->deletion_at;
     md->m.current_version = k->current_version;
-    if (!versions)
+    if (vr == NULL)
         return KMS_OK;
-    struct kms_version_record *vr = NULL;
-    size_t n = 0;
-    KMS_GUARD(kms_store_versions_list(kms_service_store(call->svc), k->key_id, &vr, &n));
     md->vs = calloc(n ? n : 1, sizeof(*md->vs));
     md->vp = calloc(n ? n : 1, sizeof(*md->vp));
-    if (md->vs == NULL || md->vp == NULL) {
-        free(vr);
+    if (md->vs == NULL || md->vp == NULL)
         return kms_err_set(KMS_ERR_NOMEM, "out of memory");
-    }
     for (size_t i = 0; i < n; i++) {
         custos__v1__key_version__init(&md->vs[i]);
         md->vs[i].version = vr[i].version;
@@ -133,7 +133,51 @@ static kms_err metadata_fill(struct kms_call *call, struct kms_key_record *k, bo
     }
     md->m.n_versions = n;
     md->m.versions = md->vp;
+    return KMS_OK;
+}
+
+/* The key and its versions from one store snapshot into md, with what is
+ * kept beside them: each version's encryption count (kms_usage.h) and the
+ * key's rotation period. Counts only grow, so reading them after the
+ * snapshot never shows one below what the snapshot's moment had. */
+static kms_err metadata_snapshot(struct kms_call *call, const char *key_id,
+                                 struct kms_key_record *k, struct metadata *md)
+{
+    struct kms_version_record *vr = NULL;
+    size_t n = 0;
+    memset(md, 0, sizeof(*md));
+    struct kms_store *st = kms_service_store(call->svc);
+    KMS_GUARD(kms_store_key_snapshot(st, key_id, k, &vr, &n));
+    kms_err rc = metadata_fill(call, k, vr, n, md);
+    uint64_t period = 0;
+    if (rc == KMS_OK)
+        rc = kms_store_rotation_period_get(st, key_id, &period);
+    md->m.rotation_period_s = period;
+    for (size_t i = 0; rc == KMS_OK && i < n; i++) {
+        uint64_t c = 0;
+        rc = kms_usage_count(kms_service_usage(call->svc), key_id, vr[i].version, &c);
+        md->vs[i].encryptions = c;
+        if (period > 0 && k->state == KMS_KEY_ENABLED && k->origin == KMS_KEY_ORIGIN_HSM &&
+            vr[i].version == k->current_version)
+            md->m.next_rotation_at = vr[i].created_at + (int64_t)period;
+    }
     free(vr);
+    return rc;
+}
+
+/* 0 (none) or rotation.min_period_s .. 10 years; never for a key whose
+ * material Custos cannot make. */
+static kms_err check_rotation_period(struct kms_call *call, uint64_t period, bool external)
+{
+    if (period == 0)
+        return KMS_OK;
+    const struct kms_config *cfg = kms_service_config(call->svc);
+    KMS_ENSURE(!external, KMS_ERR_FAILED_PRECONDITION,
+               "key has imported material (origin EXTERNAL): it cannot rotate automatically; "
+               "import new material with ImportKeyMaterial and new_version set");
+    KMS_ENSURE(period >= cfg->rotation_min_period_s && period <= KMS_ROTATION_PERIOD_MAX,
+               KMS_ERR_INVALID_ARGUMENT, "rotation_period_s must be 0 (none) or %u..%llu",
+               cfg->rotation_min_period_s, (unsigned long long)KMS_ROTATION_PERIOD_MAX);
     return KMS_OK;
 }
 
@@ -149,9 +193,8 @@ static kms_err reply_key(struct kms_call *call, const char *key_id,
                          const ProtobufCMessageDescriptor *desc, struct kms_reply *reply)
 {
     struct kms_key_record k;
-    KMS_GUARD(kms_store_key_get(kms_service_store(call->svc), key_id, &k));
     struct metadata md;
-    kms_err rc = metadata_fill(call, &k, true, &md);
+    kms_err rc = metadata_snapshot(call, key_id, &k, &md);
     if (rc == KMS_OK) {
         /* Every *KeyResponse is {base; KeyMetadata *key}: build it through
          * the descriptor so one function serves them all. */
@@ -164,48 +207,6 @@ static kms_err reply_key(struct kms_call *call, const char *key_id,
         rc = kms_rpc_pack(&resp.base, reply);
     }
     metadata_release(&md);
-    return rc;
-}
-
-static void hsm_label(char out[80], const char *key_id, uint32_t version)
-{
-    snprintf(out, 80, KMS_HSM_LABEL_PREFIX "%s:v%u", key_id, version);
-}
-
-/* Make the HSM object(s) of a version whose CREATING row exists; on failure
- * discard the row so nothing is left behind. A METADATA version is two
- * objects under the one hsm_id, AES then HMAC (docs/pkcs11.md): destroying
- * the id removes whichever exist, so a failure between them leaves nothing. */
-static kms_err make_version(struct kms_call *call, struct p11_token *tok, const char *key_id,
-                            uint32_t version, const uint8_t hsm_id[16], enum kms_key_spec spec,
-                            bool escrow)
-{
-    struct kms_store *st = kms_service_store(call->svc);
-    struct p11_key_id id;
-    memcpy(id.b, hsm_id, 16);
-    char label[80];
-    hsm_label(label, key_id, version);
-    /* Escrow at birth: made extractable, wrapped under the region's escrow
-     * key, the blob stored, then locked, all before activation
-     * (kms_escrow.h). */
-    unsigned flags = escrow ? P11_KEY_ESCROWABLE : 0;
-    kms_err rc = p11_key_generate(tok, P11_KEY_AES_ENCRYPT, flags, &id, label);
-    if (rc == KMS_OK && spec == KMS_KEY_SPEC_METADATA)
-        rc = p11_key_generate(tok, P11_KEY_HMAC_SHA256, flags, &id, label);
-    if (rc == KMS_OK && escrow)
-        rc = kms_escrow_seal(call->svc, tok, key_id, version, &id, spec, true);
-    if (rc == KMS_OK)
-        rc = kms_store_version_activate(st, key_id, version);
-    kms_keycache_invalidate(kms_service_keycache(call->svc), key_id);
-    if (rc != KMS_OK) {
-        char detail[512];
-        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
-        p11_key_destroy(tok, &id);
-        kms_store_creating_discard(st, key_id, version);
-        kms_log_error("keys", "request %s: key %s v%u not created: %s", call->request_id, key_id,
-                      version, detail);
-        kms_err_set(rc, "%s", detail);
-    }
     return rc;
 }
 
@@ -239,6 +240,13 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
                     KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
                     KMS_DESCRIPTION_MAX);
+    rc = check_rotation_period(call, req->rotation_period_s,
+                               req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL);
+    if (rc == KMS_ERR_FAILED_PRECONDITION)
+        rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT, "rotation_period_s is for keys of origin HSM: "
+                                                   "Custos cannot make an EXTERNAL key's material");
+    if (rc != KMS_OK)
+        goto done;
     KMS_GUARD_GOTO(kms_rpc_authorize_tenant(call, POL_OP_CREATE_KEY, req->region), done);
     const struct pol_tenant *pt = pol_principal_tenant(call->who);
     bool escrow = pt != NULL && pol_tenant_escrow_required(pt);
@@ -289,7 +297,18 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
         v1.state = KMS_VERSION_CREATING;
         v1.created_at = k.created_at;
         KMS_GUARD_GOTO(kms_store_key_insert(st, &k, &v1), done);
-        KMS_GUARD_GOTO(make_version(call, tok, k.key_id, 1, v1.hsm_id, k.spec, escrow), done);
+        /* Set while the key is still CREATING: a crash before activation
+         * discards the key and its period together. */
+        if (req->rotation_period_s > 0) {
+            rc = kms_store_rotation_period_set(st, k.key_id, req->rotation_period_s);
+            if (rc != KMS_OK) {
+                kms_store_creating_discard(st, k.key_id, 1);
+                goto done;
+            }
+        }
+        KMS_GUARD_GOTO(kms_version_make(call->svc, call->request_id, tok, k.key_id, 1, v1.hsm_id,
+                                        k.spec, escrow),
+                       done);
     }
     kms_rpc_audit_key(call, k.key_id, k.region, k.token);
     call->audit.key_version = k.origin == KMS_KEY_ORIGIN_HSM ? 1 : 0;
@@ -344,7 +363,7 @@ kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len
     mp = calloc(n ? n : 1, sizeof(*mp));
     KMS_ENSURE_GOTO(mds && mp, done, KMS_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        metadata_fill(call, &keys[i], false, &mds[i]);
+        metadata_fill(call, &keys[i], NULL, 0, &mds[i]);
         mp[i] = &mds[i].m;
     }
     Custos__V1__ListKeysResponse resp = CUSTOS__V1__LIST_KEYS_RESPONSE__INIT;
@@ -388,19 +407,66 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
     bool escrow = k.escrow_required || (pt != NULL && pol_tenant_escrow_required(pt));
     if (escrow)
         KMS_GUARD_GOTO(kms_escrow_ready(call->svc, k.region), done);
-    struct p11_key_id hid;
+    /* One rotation of a key at a time, from allocating the number to
+     * reading the reply's snapshot: the caller is told the version it made,
+     * in a dense list that ends with it (kms_rotate.h). */
     uint32_t version = 0;
-    KMS_GUARD_GOTO(p11_key_id_new(tok, &hid), done);
-    KMS_GUARD_GOTO(kms_store_version_add(kms_service_store(call->svc), k.key_id, hid.b,
-                                         (int64_t)time(NULL), &version),
-                   done);
-    KMS_GUARD_GOTO(make_version(call, tok, k.key_id, version, hid.b, k.spec, escrow), done);
+    kms_rotate_lock(k.key_id);
+    rc = kms_version_add_make(call->svc, call->request_id, tok, &k, escrow, &version);
+    /* A number spent by a failed creation is named in the audit event. */
     call->audit.key_version = version;
-    kms_log_info("keys", "request %s: key %s rotated to version %u", call->request_id, k.key_id,
-                 version);
-    rc = reply_key(call, k.key_id, &custos__v1__rotate_key_response__descriptor, reply);
+    struct metadata md;
+    memset(&md, 0, sizeof(md));
+    struct kms_key_record now;
+    if (rc == KMS_OK)
+        rc = metadata_snapshot(call, k.key_id, &now, &md);
+    kms_rotate_unlock(k.key_id);
+    if (rc == KMS_OK) {
+        kms_log_info("keys", "request %s: key %s rotated to version %u", call->request_id,
+                     k.key_id, version);
+        Custos__V1__RotateKeyResponse resp = CUSTOS__V1__ROTATE_KEY_RESPONSE__INIT;
+        resp.key = &md.m;
+        resp.new_version = version;
+        rc = kms_rpc_pack(&resp.base, reply);
+    }
+    metadata_release(&md);
 done:
     custos__v1__rotate_key_request__free_unpacked(req, NULL);
+    return rc;
+}
+
+/* ---- UpdateKeyRotation -------------------------------------------------------------- */
+
+kms_err kms_rpc_update_key_rotation(struct kms_call *call, const uint8_t *body, size_t len,
+                                    struct kms_reply *reply)
+{
+    kms_err rc = KMS_OK;
+    Custos__V1__UpdateKeyRotationRequest *req =
+        kms_pbuf_unpack(&custos__v1__update_key_rotation_request__descriptor, body, len);
+    if (req == NULL)
+        return KMS_RPC_MALFORMED("UpdateKeyRotationRequest");
+    struct kms_key_record k;
+    /* The same grant as RotateKey: whoever may rotate a key may have the
+     * system rotate it. */
+    KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_ROTATE_KEY, req->key_id, &k), done);
+    KMS_ENSURE_GOTO(k.state == KMS_KEY_ENABLED || k.state == KMS_KEY_DISABLED ||
+                        k.state == KMS_KEY_PENDING_IMPORT,
+                    done, KMS_ERR_FAILED_PRECONDITION,
+                    "key is %s; a rotation period is set on ENABLED or DISABLED keys",
+                    kms_key_state_name(k.state));
+    KMS_GUARD_GOTO(check_rotation_period(call, req->rotation_period_s,
+                                         k.origin == KMS_KEY_ORIGIN_EXTERNAL),
+                   done);
+    KMS_GUARD_GOTO(kms_store_rotation_period_set(kms_service_store(call->svc), k.key_id,
+                                                 req->rotation_period_s),
+                   done);
+    snprintf(call->audit.detail, sizeof(call->audit.detail), "rotation_period_s=%llu",
+             (unsigned long long)req->rotation_period_s);
+    kms_log_info("keys", "request %s: key %s rotation period %llu s", call->request_id, k.key_id,
+                 (unsigned long long)req->rotation_period_s);
+    rc = reply_key(call, k.key_id, &custos__v1__update_key_rotation_response__descriptor, reply);
+done:
+    custos__v1__update_key_rotation_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -525,9 +591,7 @@ kms_err kms_rpc_key_metadata_new(struct kms_call *call, const char *key_id,
     *out = NULL;
     struct owned_metadata *o = calloc(1, sizeof(*o));
     KMS_ENSURE(o != NULL, KMS_ERR_NOMEM, "out of memory");
-    kms_err rc = kms_store_key_get(kms_service_store(call->svc), key_id, &o->k);
-    if (rc == KMS_OK)
-        rc = metadata_fill(call, &o->k, true, &o->md);
+    kms_err rc = metadata_snapshot(call, key_id, &o->k, &o->md);
     if (rc != KMS_OK) {
         metadata_release(&o->md);
         free(o);

@@ -64,7 +64,7 @@
 #include "kms_error.h"
 
 /* Highest schema version this code knows; see kms_store_schema.c. */
-#define KMS_STORE_SCHEMA_VERSION 3
+#define KMS_STORE_SCHEMA_VERSION 4
 
 /* Key ids are 16 random bytes in 32 lowercase hex chars, made by the caller. */
 #define KMS_KEY_ID_LEN 32
@@ -209,6 +209,13 @@ kms_err kms_store_version_get(struct kms_store *store, const char *key_id, uint3
  * A key with none (PENDING_IMPORT) gives KMS_OK, NULL, 0. */
 kms_err kms_store_versions_list(struct kms_store *store, const char *key_id,
                                 struct kms_version_record **out, size_t *out_n);
+
+/* kms_store_key_get and kms_store_versions_list from one snapshot (one read
+ * transaction): for replies that must be consistent under concurrent
+ * rotations. */
+kms_err kms_store_key_snapshot(struct kms_store *store, const char *key_id,
+                               struct kms_key_record *out_key, struct kms_version_record **out,
+                               size_t *out_n);
 
 /*
  * Allocate the key's next version number (one above any ever allocated,
@@ -578,5 +585,52 @@ const char *kms_recovery_state_name(enum kms_recovery_state state);
 /* Names of enum values for logs and errors ("ENABLED"); never NULL. */
 const char *kms_key_state_name(enum kms_key_state state);
 const char *kms_version_state_name(enum kms_version_state state);
+
+/* ---- GCM usage counts and rotation periods (kms_store_usage.c) ---------- */
+
+/*
+ * Add n to the encryption count reserved for an ACTIVE version of a visible
+ * key, durably (one commit), and return the new total. A DESTROYED or
+ * CREATING version, or a missing one: KMS_ERR_NOT_FOUND. The count is a
+ * reservation: kmsd reserves before it encrypts, so it never falls below the
+ * encryptions made.
+ */
+kms_err kms_store_usage_reserve(struct kms_store *store, const char *key_id, uint32_t version,
+                                uint64_t n, uint64_t *out_total);
+
+/* Give back n reserved but unused encryptions (a clean shutdown): the count
+ * goes down by n, never below 0. A missing version is KMS_OK. */
+kms_err kms_store_usage_release(struct kms_store *store, const char *key_id, uint32_t version,
+                                uint64_t n);
+
+/* The reserved count of a version (any state; 0 for CREATING ones). */
+kms_err kms_store_usage_get(struct kms_store *store, const char *key_id, uint32_t version,
+                            uint64_t *out);
+
+struct kms_store_usage_row {
+    char key_id[KMS_KEY_ID_SIZE];
+    uint32_t version;
+    uint64_t encryptions;
+};
+
+/* Up to max current versions of ENABLED keys of origin HSM whose reserved
+ * count is >= at: the sweeper's backstop for automatic rotation. */
+kms_err kms_store_usage_over(struct kms_store *store, uint64_t at, size_t max,
+                             struct kms_store_usage_row **out, size_t *out_n);
+
+/* Set a key's rotation period in seconds (0: none). Any state but DESTROYED
+ * (CREATING included, so CreateKey sets it before the key becomes visible). */
+kms_err kms_store_rotation_period_set(struct kms_store *store, const char *key_id,
+                                      uint64_t period_s);
+
+/* A visible key's rotation period (0: none). */
+kms_err kms_store_rotation_period_get(struct kms_store *store, const char *key_id,
+                                      uint64_t *out);
+
+/* Up to max ENABLED keys of origin HSM with a period whose current version
+ * was created at or before now - period: key_id and current version in the
+ * rows (encryptions unused). */
+kms_err kms_store_rotation_due(struct kms_store *store, int64_t now, size_t max,
+                               struct kms_store_usage_row **out, size_t *out_n);
 
 #endif

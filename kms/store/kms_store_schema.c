@@ -171,6 +171,18 @@ static const struct migration migrations[] = {
      "  approved_at INTEGER NOT NULL,"
      "  PRIMARY KEY (recovery_id, officer)"
      ") STRICT, WITHOUT ROWID;"},
+
+    {4, "key_versions.encryptions, keys.rotation_period_s (GCM usage, automatic rotation)",
+     /* encryptions is an upper bound of the GCM encryptions made under the
+      * version: kmsd reserves a block here before it uses it (kms_usage.h),
+      * so after a crash the count is over, never under. */
+     "ALTER TABLE key_versions ADD COLUMN encryptions INTEGER NOT NULL DEFAULT 0"
+     "  CHECK (encryptions >= 0);"
+     /* 0: no periodic rotation; else seconds between automatic rotations. */
+     "ALTER TABLE keys ADD COLUMN rotation_period_s INTEGER NOT NULL DEFAULT 0"
+     "  CHECK (rotation_period_s >= 0);"
+     /* The sweeper's question: which keys have a period at all. */
+     "CREATE INDEX keys_rotating ON keys (key_id) WHERE rotation_period_s > 0;"},
 };
 
 #define MIGRATION_COUNT (sizeof(migrations) / sizeof(migrations[0]))

@@ -110,6 +110,57 @@ out:
     return rc;
 }
 
+kms_err kms_store_key_snapshot(struct kms_store *store, const char *key_id,
+                               struct kms_key_record *out_key, struct kms_version_record **out,
+                               size_t *out_n)
+{
+    static const char op[] = "read key and versions";
+    struct store_bind b;
+    bool row = false;
+    void *arr = NULL;
+    size_t n = 0;
+
+    KMS_ENSURE(store != NULL && out_key != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    KMS_GUARD(store_check_key_id(key_id, op));
+
+    /* One read transaction: the key's current_version and its version list
+     * come from the same commit, so a reply never pairs one rotation's key
+     * row with another's versions. */
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_tx_begin(c, false, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_GET, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD_GOTO(store_step(&b, op, &row), end);
+    if (row)
+        rc = store_read_key(b.st, out_key, op);
+    else
+        rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
+    store_done(&b);
+    if (rc != KMS_OK)
+        goto end;
+    KMS_GUARD_GOTO(store_stmt(c, ST_VERSIONS_LIST, op, &b), end);
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD_GOTO(store_collect(&b, sizeof(struct kms_version_record), SIZE_MAX,
+                                 store_read_version, &arr, &n, op),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+    if (rc == KMS_OK) {
+        *out = arr;
+        *out_n = n;
+    } else {
+        free(arr);
+    }
+out:
+    store_conn_give(c);
+    return rc;
+}
+
 kms_err kms_store_version_add(struct kms_store *store, const char *key_id,
                               const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t created_at,
                               uint32_t *out_version)

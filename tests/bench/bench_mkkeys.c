@@ -65,9 +65,9 @@ static void *worker(void *arg)
         if (kms_store_key_insert(store, &k, &v) != KMS_OK)
             goto fail;
         /* SoftHSMv2's file store now and then fails one of two concurrent
-         * object creations with CKR_GENERAL_ERROR (and a retry with the same
-         * CKA_ID may then be refused): drop the row and make the key again
-         * under fresh ids, within a budget. */
+         * object creations with CKR_GENERAL_ERROR; p11_key_generate retries
+         * that itself (docs/pkcs11.md). Should it still fail: drop the row
+         * and make the key again under fresh ids, within a budget. */
         if (p11_key_generate(tok, P11_KEY_AES_ENCRYPT, 0, &hid, label) != KMS_OK) {
             kms_store_creating_discard(store, k.key_id, 1);
             if (atomic_fetch_sub(&retries_left, 1) <= 0)

@@ -25,6 +25,9 @@ import time
 import fields_pb2 as fpb
 import key_pb2 as kpb
 
+# Rows written behind kmsd name their columns: later schemas add some.
+VROW = "INSERT INTO key_versions (key_id, version, hsm_id, state, created_at) VALUES "
+
 DIR, PORT, PID, PHASE = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 STATE = f"{DIR}/fields-state.json"
 SENTINEL = "+19995550100"  # a value that must never appear in any log or file
@@ -657,7 +660,7 @@ elif PHASE == "crash":
     last = db.execute("SELECT last_version FROM keys WHERE key_id = ?", (st["K"],)).fetchone()[0]
     half_id = os.urandom(16)
     db.execute("UPDATE keys SET last_version = ? WHERE key_id = ?", (last + 1, st["K"]))
-    db.execute("INSERT INTO key_versions VALUES (?, ?, ?, 0, ?)",
+    db.execute(VROW + "(?, ?, ?, 0, ?)",
                (st["K"], last + 1, half_id, now))
     # KX: the sweeper marked it DESTROYED, then crashed before the HSM.
     kx_id = db.execute("SELECT hsm_id FROM key_versions WHERE key_id = ?",

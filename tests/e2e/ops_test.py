@@ -195,8 +195,10 @@ try:
                     "custos_audit_fsync_duration_seconds_count", region="eu-west") >= 1,
           "audit batch sizes and fsync latency move with the audited requests")
     names = {k for fam in f1.values() for _, l, _ in fam["samples"] for k in l}
+    # kind, reason: the GCM usage families (fixed values: rotate_at/limit,
+    # usage/period).
     check(names <= {"op", "outcome", "region", "token", "function", "mechanism", "le", "state",
-                    "result"} and key and key not in text1 and '"demo"' not in text1,
+                    "result", "kind", "reason"} and key and key not in text1 and '"demo"' not in text1,
           f"no tenant, principal or key id in any label ({sorted(names)})")
 
     # ---- the fault shim: a slow call shows in the HSM histogram ------------------

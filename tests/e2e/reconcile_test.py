@@ -12,6 +12,9 @@ import time
 import PyKCS11
 import key_pb2 as pb
 
+# Rows written behind kmsd name their columns: later schemas add some.
+VROW = "INSERT INTO key_versions (key_id, version, hsm_id, state, created_at) VALUES "
+
 DIR, PORT, PHASE = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 STATE = f"{DIR}/reconcile-state.json"
 count = failures = 0
@@ -93,17 +96,19 @@ elif PHASE == "crash":
     keys = {n: os.urandom(16).hex() for n in ("A", "B", "D", "E")}
     now = int(time.time())
     db = sqlite3.connect(f"{DIR}/kmsd.db")
-    row = "INSERT INTO keys VALUES (?, 'demo', 'eu-west', 'custos-eu-west', 1, 1, 1, ?, '', ?, ?, ?, ?, 0)"
+    row = ("INSERT INTO keys (key_id, tenant, region, token, spec, usage, origin, state, "
+           "description, created_at, deletion_at, current_version, last_version, "
+           "escrow_required) VALUES (?, 'demo', 'eu-west', 'custos-eu-west', 1, 1, 1, ?, '', ?, ?, ?, ?, 0)")
     # A, B: keys whose creation crashed (A after its HSM object was made).
     for n in ("A", "B"):
         db.execute(row, (keys[n], 0, now, 0, 0, 1))
-        db.execute("INSERT INTO key_versions VALUES (?, 1, ?, 0, ?)", (keys[n], ids[n], now))
+        db.execute(VROW + "(?, 1, ?, 0, ?)", (keys[n], ids[n], now))
     # C: a rotation of the live key that crashed after its HSM object.
     db.execute("UPDATE keys SET last_version = 2 WHERE key_id = ?", (state["live"],))
-    db.execute("INSERT INTO key_versions VALUES (?, 2, ?, 0, ?)", (state["live"], ids["C"], now))
+    db.execute(VROW + "(?, 2, ?, 0, ?)", (state["live"], ids["C"], now))
     # D: a key the sweeper marked DESTROYED before it could destroy the object.
     db.execute(row, (keys["D"], 5, now, now, 1, 1))
-    db.execute("INSERT INTO key_versions VALUES (?, 1, ?, 2, ?)", (keys["D"], ids["D"], now))
+    db.execute(VROW + "(?, 1, ?, 2, ?)", (keys["D"], ids["D"], now))
     db.commit()
     db.close()
     s = token()

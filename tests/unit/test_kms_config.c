@@ -225,6 +225,42 @@ START_TEST(audit_commit_delay)
 }
 END_TEST
 
+START_TEST(rotation_keys)
+{
+    struct kms_config *c = NULL;
+    /* Defaults: rotate at 2^30, refuse past 2^32 (random 96-bit IVs). */
+    ck_assert_int_eq(load("{" TOKENS "}", &c), KMS_OK);
+    ck_assert_uint_eq(c->usage_rotate_at, 1UL << 30);
+    ck_assert_uint_eq(c->usage_limit, 1UL << 32);
+    ck_assert_uint_eq(c->usage_reserve_block, 16384);
+    ck_assert_uint_eq(c->rotation_min_period_s, 86400);
+    kms_config_free(c);
+    /* Tiny thresholds and periods are for tests: dev mode only. */
+    ck_assert_int_eq(load("{\"mode\": \"dev\", " TOKENS ", \"rotation\": {\"usage_rotate_at\": 10,"
+                          " \"usage_limit\": 20, \"usage_reserve_block\": 4,"
+                          " \"min_period_s\": 2}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_uint_eq(c->usage_rotate_at, 10);
+    ck_assert_uint_eq(c->usage_limit, 20);
+    ck_assert_uint_eq(c->usage_reserve_block, 4);
+    ck_assert_uint_eq(c->rotation_min_period_s, 2);
+    kms_config_free(c);
+    expect_error("{" TOKENS ", \"rotation\": {\"usage_rotate_at\": 10}}",
+                 "rotation.usage_rotate_at: at least 1048576 outside dev mode");
+    expect_error("{" TOKENS ", \"rotation\": {\"min_period_s\": 3600}}",
+                 "rotation.min_period_s: at least 86400 (a day) outside dev mode");
+    expect_error("{" TOKENS ", \"rotation\": {\"usage_rotate_at\": 4294967296,"
+                 " \"usage_limit\": 2147483648}}",
+                 "rotation.usage_rotate_at: above rotation.usage_limit");
+    expect_error("{" TOKENS ", \"rotation\": {\"usage_limit\": 4294967297}}",
+                 "rotation.usage_limit: must be an integer in 1..4294967296");
+    expect_error("{" TOKENS ", \"rotation\": {\"usage_reserve_block\": 0}}",
+                 "rotation.usage_reserve_block");
+    expect_error("{" TOKENS ", \"rotation\": {\"period\": 1}}", "rotation.period: unknown key");
+}
+END_TEST
+
 START_TEST(missing_file)
 {
     struct kms_config *c = (void *)1;
@@ -245,6 +281,7 @@ int main(void)
     tcase_add_test(tc, operations_keys);
     tcase_add_test(tc, per_ip_connection_limit);
     tcase_add_test(tc, audit_commit_delay);
+    tcase_add_test(tc, rotation_keys);
     tcase_add_test(tc, missing_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

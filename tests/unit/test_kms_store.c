@@ -1520,6 +1520,9 @@ START_TEST(test_migration_1_to_2)
                                   "DROP TABLE recovery_approvals; DROP TABLE recoveries;"
                                   "DROP TABLE escrow_blobs;"
                                   "DROP TABLE key_check_values; DROP TABLE import_tokens;"
+                                  "DROP INDEX keys_rotating;"
+                                  "ALTER TABLE keys DROP COLUMN rotation_period_s;"
+                                  "ALTER TABLE key_versions DROP COLUMN encryptions;"
                                   "PRAGMA user_version = 1;",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
@@ -1537,6 +1540,9 @@ START_TEST(test_migration_1_to_2)
                                  "('import_tokens', 'key_check_values', 'escrow_blobs', "
                                  "'recoveries', 'recovery_approvals')"),
                      5);
+    /* Migration 4 on existing rows: counts and periods start at 0. */
+    ck_assert_int_eq(raw_int(db, "SELECT encryptions FROM key_versions"), 0);
+    ck_assert_int_eq(raw_int(db, "SELECT rotation_period_s FROM keys"), 0);
     sqlite3_close(db);
 }
 END_TEST
