@@ -171,6 +171,8 @@ def plausible(method, f):
         "DescribeKey": lambda: kpb.DescribeKeyRequest(key_id=k),
         "ListKeys": lambda: kpb.ListKeysRequest(page_size=10),
         "RotateKey": lambda: kpb.RotateKeyRequest(key_id=k),
+        "UpdateKeyRotation": lambda: kpb.UpdateKeyRotationRequest(key_id=k,
+                                                                  rotation_period_s=86400),
         "EnableKey": lambda: kpb.EnableKeyRequest(key_id=k),
         "DisableKey": lambda: kpb.DisableKeyRequest(key_id=f["dest"]),
         "ScheduleKeyDeletion": lambda: kpb.ScheduleKeyDeletionRequest(key_id=f["dest"],

@@ -96,7 +96,7 @@ else
 fi
 # Every field is listed under its proto name, defaults included (Twirp v7).
 if [ "$(jget '",".join(d["key"].keys())')" = \
-    "key_id,tenant,region,spec,usage,origin,state,description,created_at,deletion_at,current_version,versions" ]
+    "key_id,tenant,region,spec,usage,origin,state,description,created_at,deletion_at,current_version,versions,rotation_period_s,next_rotation_at" ]
 then
     pass "replies use the original field names and list every field"
 else
