@@ -146,12 +146,22 @@ static kms_err check_layout(const struct kms_httpreq_block *b)
                KMS_ERR_INVALID_ARGUMENT, "malformed request line");
     size_t mlen = strlen(b->method), ulen = strlen(b->url), vlen = strlen(b->version);
     size_t url = block_offset(b, b->url, ulen), ver = block_offset(b, b->version, vlen);
-    KMS_ENSURE(mlen < b->size && url == mlen + 1 && b->start[mlen] == '\0',
+    bool token = mlen > 0;
+    for (size_t k = 0; token && k < mlen; k++)
+        token = is_tchar((unsigned char)b->method[k]);
+    KMS_ENSURE(token && mlen < b->size && url == mlen + 1 && b->start[mlen] == '\0',
                KMS_ERR_INVALID_ARGUMENT,
                "malformed request line: method, one space, path, one space, version");
     KMS_ENSURE(ver != SIZE_MAX && ver == url + ulen + 1 && b->start[url + ulen] == '\0',
                KMS_ERR_INVALID_ARGUMENT,
                "the request target must be a path alone: no query string, no NUL byte");
+    /* Visible characters only: a control byte in the path (or a TAB
+     * that some proxies take for the separator) must not route. */
+    for (size_t k = 0; k < ver + vlen; k++) {
+        unsigned char ch = (unsigned char)b->start[k];
+        KMS_ENSURE(ch == '\0' || (ch > 0x20 && ch < 0x7f), KMS_ERR_INVALID_ARGUMENT,
+                   "a control character or non-ASCII byte in the request line");
+    }
     size_t pos = ver + vlen;
     char after[NAME_QUOTE_MAX + 32];
     snprintf(after, sizeof(after), "the request line");
