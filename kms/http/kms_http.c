@@ -461,11 +461,9 @@ static enum MHD_Result collect_field(void *cls, enum MHD_ValueKind kind, const c
  * nothing the client sent after these headers is ever parsed as a request:
  * libmicrohttpd would otherwise frame such a body by its own reading and
  * serve what follows. Returns true when the request was refused. */
-static bool framing_refused(struct kms_http *h, struct MHD_Connection *c, struct req_state *st,
-                            const char *url, const char *method, const char *version,
-                            enum MHD_Result *out)
+static bool framing_refused(struct MHD_Connection *c, struct req_state *st, const char *url,
+                            const char *method, const char *version, enum MHD_Result *out)
 {
-    (void)h;
     struct field_list fields;
     fields.n = 0;
     MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_field, &fields);
@@ -529,7 +527,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         for (size_t i = 0; i < sizeof(rid); i++)
             snprintf(st->call.request_id + 2 * i, 3, "%02x", rid[i]);
         enum MHD_Result framing;
-        if (framing_refused(h, c, st, url, method, version, &framing))
+        if (framing_refused(c, st, url, method, version, &framing))
             return framing;
         return first_call(h, c, st, url, method);
     }
