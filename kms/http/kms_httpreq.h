@@ -112,8 +112,9 @@ struct kms_httpreq_block {
  *  - Transfer-Encoding is exactly "chunked" (any case; no list, no
  *    parameter, no whitespace) and only in HTTP/1.1;
  *  - Content-Length is 1..19 ASCII digits.
- * Limit: one NUL byte placed directly before a bare LF is stored by
- * libmicrohttpd exactly like a CR before LF and cannot be told apart. */
+ * Limit: a NUL sent in place of the CR of a bare-LF line end is stored by
+ * libmicrohttpd exactly like that CR and cannot be told apart (it ends the
+ * line; nothing after it is hidden). */
 kms_err kms_httpreq_check_framing(const struct kms_httpreq_block *b);
 
 #endif
