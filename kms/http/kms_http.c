@@ -67,6 +67,7 @@ struct req_state {
     uint8_t *body;
     size_t len, cap;
     bool too_large;
+    bool close;  /* framing refused: nothing after this request is read */
     int op;      /* kms_metrics operation index */
     uint64_t t0; /* monotonic ns at the first call */
     struct kms_http *http;
@@ -101,7 +102,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, struct req_state *st, u
     MHD_add_response_header(r, "Content-Type", content_type);
     MHD_add_response_header(r, "X-Request-Id", st->call.request_id);
     MHD_add_response_header(r, "Cache-Control", "no-store");
-    if (atomic_load_explicit(&st->http->draining, memory_order_relaxed))
+    if (atomic_load_explicit(&st->http->draining, memory_order_relaxed) || st->close)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
@@ -422,13 +423,13 @@ static enum MHD_Result serve_metrics(struct kms_http *h, struct MHD_Connection *
     return respond(c, st, MHD_HTTP_OK, r, "text/plain; version=0.0.4; charset=utf-8");
 }
 
-/* /readyz: the whole node (a load balancer's check), or with ?region=R one
- * region (kms_health_region). A 503 names the regions that are not served
+/* /readyz: the whole node (a load balancer's check), or /readyz/R one region
+ * (kms_health_region): a path, not a query string, because no request
+ * target carries one (kms_httpreq_check_framing). A 503 names the regions that are not served
  * and why, in region-level terms only (unauthenticated). */
 static enum MHD_Result serve_readyz(struct kms_http *h, struct MHD_Connection *c,
-                                    struct req_state *st)
+                                    struct req_state *st, const char *region)
 {
-    const char *region = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "region");
     bool draining = atomic_load(&h->draining);
     char body[2048], why[320], lines[1536];
     if (region != NULL) {
@@ -452,7 +453,13 @@ static enum MHD_Result serve_readyz(struct kms_http *h, struct MHD_Connection *c
 static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct req_state *st,
                          const char *url, const char *method, enum MHD_Result *out)
 {
+    static const char readyz_region[] = "/readyz/";
     bool livez = strcmp(url, "/livez") == 0, readyz = strcmp(url, "/readyz") == 0;
+    const char *region = NULL;
+    if (strncmp(url, readyz_region, sizeof(readyz_region) - 1) == 0) {
+        readyz = true;
+        region = url + sizeof(readyz_region) - 1;
+    }
     bool metrics = strcmp(url, "/metrics") == 0;
     if (!livez && !readyz && !metrics)
         return false;
@@ -467,7 +474,7 @@ static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct re
          * not bring them back. */
         *out = send_text(c, st, MHD_HTTP_OK, "ok\n");
     } else if (readyz) {
-        *out = serve_readyz(h, c, st);
+        *out = serve_readyz(h, c, st, region);
     } else {
         *out = serve_metrics(h, c, st);
     }
@@ -524,12 +531,72 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
     return MHD_YES;
 }
 
+/* ---- framing and header hygiene ---------------------------------------------- */
+
+struct field_list {
+    struct kms_httpreq_field f[KMS_HTTP_MAX_FIELDS + 1]; /* one more: "too many" */
+    size_t n;
+};
+
+static enum MHD_Result collect_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    struct field_list *l = cls;
+    l->f[l->n++] = (struct kms_httpreq_field){key, key_size, value, value_size};
+    return l->n < sizeof(l->f) / sizeof(l->f[0]) ? MHD_YES : MHD_NO;
+}
+
+/* Before anything else reads a header: is the request what was sent, with
+ * one reading of where it ends (kms_httpreq_check_framing)? If not, one
+ * 400 (audited when it names a Twirp route) with Connection: close, so
+ * nothing the client sent after these headers is ever parsed as a request:
+ * libmicrohttpd would otherwise frame such a body by its own reading and
+ * serve what follows. Returns true when the request was refused. */
+static bool framing_refused(struct MHD_Connection *c, struct req_state *st, const char *url,
+                            const char *method, const char *version, enum MHD_Result *out)
+{
+    struct field_list fields;
+    fields.n = 0;
+    MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_field, &fields);
+    const union MHD_ConnectionInfo *hs =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    struct kms_httpreq_block block = {
+        .start = method,
+        .size = hs ? hs->header_size : 0,
+        .method = method,
+        .url = url,
+        .version = version,
+        .fields = fields.f,
+        .n_fields = fields.n,
+    };
+    kms_err_clear();
+    kms_err rc = kms_httpreq_check_framing(&block);
+    if (rc == KMS_OK)
+        return false;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "%s", kms_err_detail());
+    st->close = true;
+    const char *name = NULL;
+    kms_rpc_fn fn = strcmp(method, "POST") == 0 ? kms_twirp_route(url, &name) : NULL;
+    if (fn == NULL) {
+        *out = send_error(c, st, rc, msg);
+        return true;
+    }
+    /* A route: the refusal is an audit event, without the correlation id
+     * (the headers are what is in doubt). */
+    st->fn = fn;
+    st->method = name;
+    st->op = kms_metrics_op(name);
+    *out = refuse(c, st, rc, msg);
+    return true;
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_size,
                                       void **con_cls)
 {
-    (void)version;
     struct kms_http *h = cls;
     struct req_state *st = *con_cls;
     if (st != NULL && atomic_load(&st->audit) != AUDIT_NONE) {
@@ -551,6 +618,9 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         RAND_bytes(rid, sizeof(rid));
         for (size_t i = 0; i < sizeof(rid); i++)
             snprintf(st->call.request_id + 2 * i, 3, "%02x", rid[i]);
+        enum MHD_Result framing;
+        if (framing_refused(c, st, url, method, version, &framing))
+            return framing;
         return first_call(h, c, st, url, method);
     }
     if (*upload_size > 0) {

@@ -60,4 +60,63 @@ kms_err kms_httpreq_bearer(const char *auth, const char **out_key, size_t *out_l
  * handler (body refused as too large otherwise). */
 kms_err kms_httpreq_check_body_len(size_t len, size_t max_body);
 
+/* ---- framing and header hygiene ------------------------------------------
+ *
+ * Checked first, on every request (Twirp and operational endpoints alike),
+ * because a proxy in front of kmsd must read the request exactly as kmsd
+ * does: any doubt about where the request ends or what a header says is a
+ * 400 and the connection is closed (RFC 9112 sections 6.1 and 6.3).
+ */
+
+/* Most header fields accepted in one request. */
+#define KMS_HTTP_MAX_FIELDS 100
+
+/* One header field as libmicrohttpd reports it: pointers into the header
+ * block and the lengths libmicrohttpd gives (strlen of what it stored). */
+struct kms_httpreq_field {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+/* A request's header block as libmicrohttpd 0.9.75 holds it. It parses in
+ * place: the block is kept as received, with each separator (the two
+ * spaces of the request line, each ':', each CR and LF) overwritten by a
+ * NUL, and reports every string with strlen. A NUL sent inside a value
+ * therefore silently ends the value (`Bearer <key>\0junk` reads as
+ * `Bearer <key>`), and a folded line (obs-fold) is glued onto the NAME of
+ * the header before it in a copy outside the block. Neither is visible in
+ * the strings or lengths libmicrohttpd hands out; both are visible in the
+ * layout, which kms_httpreq_check_framing accounts for byte by byte. */
+struct kms_httpreq_block {
+    const char *start;   /* the request line's first byte (the method) */
+    size_t size;         /* bytes from start through the empty line ending the block */
+    const char *method;  /* NUL-terminated, as libmicrohttpd reports them */
+    const char *url;
+    const char *version;
+    const struct kms_httpreq_field *fields; /* in the order received */
+    size_t n_fields;     /* more than KMS_HTTP_MAX_FIELDS is refused */
+};
+
+/* The whole header block is what was received, and its framing has one
+ * reading; refused (KMS_ERR_INVALID_ARGUMENT, detail set for the client)
+ * otherwise:
+ *  - every byte of the block is accounted for: a request line of exactly
+ *    method SP path SP version (no query string, no NUL), header lines
+ *    "name:" OWS value ended by CRLF, then CRLF. A NUL anywhere, a bare
+ *    LF line end, or an obs-folded line is refused;
+ *  - header names are RFC 9110 tokens (no space before the colon);
+ *  - no value holds a control byte (0x00-0x1f except HTAB, 0x7f);
+ *  - Host, Authorization, Content-Type, Content-Length, Transfer-Encoding
+ *    and X-Correlation-Id appear at most once (equal copies included);
+ *  - Content-Length and Transfer-Encoding are never both present;
+ *  - Transfer-Encoding is exactly "chunked" (any case; no list, no
+ *    parameter, no whitespace) and only in HTTP/1.1;
+ *  - Content-Length is 1..19 ASCII digits.
+ * Limit: a NUL sent in place of the CR of a bare-LF line end is stored by
+ * libmicrohttpd exactly like that CR and cannot be told apart (it ends the
+ * line; nothing after it is hidden). */
+kms_err kms_httpreq_check_framing(const struct kms_httpreq_block *b);
+
 #endif

@@ -126,11 +126,11 @@ def main():
         s, body = get(port, "/readyz")
         check(s == 503 and "region eu-west: not served" in body and "us-east" not in body,
               f"{what}: /readyz 503 naming eu-west as not served ({s} {body!r})")
-        s, body = get(port, "/readyz?region=eu-west")
+        s, body = get(port, "/readyz/eu-west")
         check(s == 503 and "region eu-west: not served: its audit log failed the start-up check"
-              in body, f"{what}: /readyz?region=eu-west 503 with the reason ({s} {body!r})")
-        s, body = get(port, "/readyz?region=us-east")
-        check(s == 200 and body == "ready\n", f"{what}: /readyz?region=us-east 200 ({s} {body!r})")
+              in body, f"{what}: /readyz/eu-west 503 with the reason ({s} {body!r})")
+        s, body = get(port, "/readyz/us-east")
+        check(s == 200 and body == "ready\n", f"{what}: /readyz/us-east 200 ({s} {body!r})")
         s, m, _ = encrypt(broker, eu)
         check(s == 503 and m.get("code") == "unavailable" and "region eu-west is not served"
               in m.get("msg", "") and "retrying will not help" in m.get("msg", ""),
@@ -151,8 +151,8 @@ def main():
     elif cmd == "served":
         s, body = get(port, "/readyz")
         check(s == 200 and body == "ready\n", f"restored: /readyz 200 ({s} {body!r})")
-        check(get(port, "/readyz?region=eu-west")[0] == 200, "restored: /readyz?region=eu-west 200")
-        check(get(port, "/readyz?region=nowhere")[0] == 404, "/readyz?region=nowhere: 404")
+        check(get(port, "/readyz/eu-west")[0] == 200, "restored: /readyz/eu-west 200")
+        check(get(port, "/readyz/nowhere")[0] == 404, "/readyz/nowhere: 404")
         s, m, _ = encrypt(broker, eu)
         check(s == 200, f"restored: Encrypt with the eu-west key serves again ({s} {m if s != 200 else ''})")
         s, m, _ = encrypt(broker_us, us)

@@ -7,7 +7,7 @@
 # flipped in place (check bytes wrong, but a whole head of this log: edited,
 # not torn): kmsd starts, the
 # log names the file and what failed, /readyz is 503 and names the region,
-# /readyz?region= tells the regions apart, requests for eu-west keys get
+# /readyz/ tells the regions apart, requests for eu-west keys get
 # `unavailable`, us-east still serves. The file restored: served again.
 set -eu
 . tests/e2e/lib.sh

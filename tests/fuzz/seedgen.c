@@ -262,6 +262,21 @@ static void requests(void)
         "Content-Length: 5\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n",
         "POST /twirp/custos.v1.KeyService/Encrypt HTTP/1.1\r\nContent-Type: application/protobuf\r\n"
         "X-Correlation-Id: \xff\xfe\r\nAuthorization: Basic eDp5\r\n\r\n",
+        /* framing and header hygiene (kms_httpreq_check_framing) */
+        "POST /twirp/custos.v1.KeyService/Encrypt HTTP/1.1\r\nHost: kms\r\nContent-Type: "
+        "application/protobuf\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        "GET /livez HTTP/1.1\r\nHost: kms\r\n\r\n",
+        "POST /twirp/custos.v1.KeyService/Encrypt HTTP/1.1\r\nHost: kms\r\nContent-Type: "
+        "application/protobuf\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "POST /twirp/custos.v1.KeyService/Encrypt HTTP/1.1\r\nHost: kms\r\nContent-Type: "
+        "application/protobuf\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /twirp/custos.v1.KeyService/Encrypt HTTP/1.1\r\nHost: kms\r\nContent-Type: "
+        "application/protobuf\r\nAuthorization: Bearer ck_a\r\nAuthorization: Bearer ck_b\r\n"
+        "Content-Length: 0\r\n\r\n",
+        "POST /twirp/custos.v1.KeyService/Encrypt HTTP/1.1\r\nHost: kms\r\nX-Other: a\r\n "
+        "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+        "POST /twirp/custos.v1.KeyService/Encrypt HTTP/1.1\nHost: kms\nContent-Type: "
+        "application/protobuf\nTransfer-Encoding : chunked\nContent-Length: 0\n\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char name[32];
