@@ -34,6 +34,7 @@
 #include "kms_httpreq.h"
 #include "kms_log.h"
 #include "kms_metrics.h"
+#include "kms_restore.h"
 #include "kms_secret.h"
 #include "kms_twirp.h"
 #include "pol_doc.h"
@@ -383,8 +384,17 @@ static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct re
         *out = send_text(c, st, MHD_HTTP_OK, "ok\n");
     } else if (readyz) {
         bool ready = !atomic_load(&h->draining) && kms_health_ready(h->health);
-        *out = ready ? send_text(c, st, MHD_HTTP_OK, "ready\n")
-                     : send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
+        /* Safe mode is not ready: the node must not take a balancer's full
+         * traffic, but says why, and decrypts for whoever calls it. */
+        char body[400];
+        const char *safe = NULL;
+        if (ready && kms_service_safe_mode(h->svc, &safe)) {
+            snprintf(body, sizeof(body), "not ready: %s\n", safe);
+            *out = send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
+        } else {
+            *out = ready ? send_text(c, st, MHD_HTTP_OK, "ready\n")
+                         : send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
+        }
     } else {
         *out = serve_metrics(h, c, st);
     }
@@ -508,7 +518,16 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     }
     struct kms_reply *reply = &st->ans.reply;
     kms_err_clear();
-    kms_err rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
+    kms_err rc = KMS_OK;
+    const char *safe = NULL;
+    /* Safe mode (a restored store, kms_restore.h): only decrypt and read
+     * paths serve; the refusal is audited like any other. */
+    if (kms_service_safe_mode(h->svc, &safe) && kms_restore_refused_op(st->method))
+        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION, "kmsd is in safe mode after a restore: "
+                         "only decrypt and read operations are served until an operator "
+                         "reconciles (docs/operations.md)");
+    else
+        rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
     if (rc != KMS_OK) {
         drop_reply(reply);
         /* Internal details go to the log and the audit event only; the

@@ -1,0 +1,85 @@
+/*
+ * kms_store_epoch.h - what the store remembers about its own place in time,
+ * for telling a restored (older) store from the live one.
+ *
+ *   - a per-region watermark: the audit log size up to which every
+ *     acknowledged key event is known to be reflected in this store (a key
+ *     operation commits here before its audit event is written, so a size
+ *     read from a running log is always safe to record);
+ *   - HSM objects an operator confirmed as unknown to the store
+ *     (kmsd --reconcile --confirm), so they stop holding kmsd in safe mode;
+ *   - raw state lookups (CREATING included) and a version-number floor, so
+ *     that a number the token already uses is never handed out again.
+ *
+ * Everything lives in the `meta` table and existing columns: no schema
+ * change. Thread-safety as the rest of the store.
+ */
+#ifndef KMS_STORE_EPOCH_H
+#define KMS_STORE_EPOCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kms_error.h"
+#include "kms_store.h"
+
+/* Longest meta name and value this module reads or writes. */
+#define KMS_STORE_META_MAX 128
+
+/* The audit watermark of region: *out_found false (and *out 0) when this
+ * store never recorded one (a store older than this feature, or new). */
+kms_err kms_store_audit_mark_get(struct kms_store *store, const char *region, uint64_t *out,
+                                 bool *out_found);
+
+/* Record the watermark; never moves it backwards. */
+kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, uint64_t size);
+
+/* A key row in any state, CREATING included. */
+struct kms_store_key_raw {
+    enum kms_key_state state;
+    enum kms_key_spec spec;
+    enum kms_key_origin origin;
+    uint32_t last_version;
+    uint32_t current_version;
+    bool escrow_required;
+};
+
+/* *out_found false when there is no row. */
+kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
+                                struct kms_store_key_raw *out, bool *out_found);
+
+/* Restore reconcile, confirmed by an operator, one commit each:
+ *   - kms_store_key_force_state: set a key (not CREATING) to `state` as the
+ *     audit log last acknowledged it; from DESTROYED to ENABLED/DISABLED
+ *     the key's DESTROYED versions become ACTIVE again (a recovery the
+ *     store missed). deletion_at is kept for PENDING_DELETION, else 0.
+ *   - kms_store_version_reattach: an HSM object labelled as version
+ *     `version` of a known key, that the store lacks: inserted ACTIVE,
+ *     last_version and current_version raised to cover it.
+ * FAILED_PRECONDITION when the key is absent or CREATING. */
+kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
+                                  enum kms_key_state state);
+kms_err kms_store_version_reattach(struct kms_store *store, const char *key_id, uint32_t version,
+                                   const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t now);
+
+/* State of a version row in any state. *out_found false when there is none. */
+kms_err kms_store_version_state_any(struct kms_store *store, const char *key_id,
+                                    uint32_t version, enum kms_version_state *out_state,
+                                    bool *out_found);
+
+/* True when hsm_id names any version row (any state) of any key. */
+kms_err kms_store_hsm_id_known(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                               bool *out_known);
+
+/* Raise the key's last_version to at least `version` (never lowers it), so
+ * the next rotation takes a number above one an HSM object already uses. */
+kms_err kms_store_key_version_floor(struct kms_store *store, const char *key_id,
+                                    uint32_t version);
+
+/* An HSM object (by CKA_ID) an operator confirmed as unknown to this store. */
+kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                  int64_t now);
+kms_err kms_store_unknown_confirmed(struct kms_store *store,
+                                    const uint8_t hsm_id[KMS_HSM_ID_LEN], bool *out_confirmed);
+
+#endif
