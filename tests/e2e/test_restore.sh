@@ -1,0 +1,182 @@
+#!/bin/sh
+# Backups and restores that never destroy a key (issue 21), on real tokens:
+#
+# 1. Store older than the tokens and the audit log: a hot backup of the
+#    store, then a rotation, a new key, a cancelled deletion and an escrow
+#    recovery; the backup restored. Before: reconcile destroyed the
+#    recovered key's object, the sweeper destroyed the key whose deletion
+#    was cancelled, v2 ciphertexts failed and the next rotation reissued v2.
+#    Now: kmsd starts in SAFE MODE (log, /readyz, audited), destroys
+#    nothing, decrypts what the old store knows, refuses writes;
+#    `kmsd --reconcile` prints the plan and changes nothing; `--confirm`
+#    applies it (audited); then every acknowledged ciphertext decrypts,
+#    version numbers stay unique, nothing was destroyed.
+# 2. Tokens older than the store: SAFE MODE too (before: ready, and
+#    not_found everywhere), until the newer token is back.
+set -eu
+. tests/e2e/lib.sh
+e2e_setup restore
+CUSTOS_DEV_DAY_SECONDS=1 CUSTOS_DEV_MIN_DAYS=0 CUSTOS_DEV_SWEEP_S=1 CUSTOS_DEV_HEAD_MS=100 \
+    sh -c 'rm -f "$0/kmsd.json"; BUILD="$1" KMSCTL="$2" sh deploy/dev-setup.sh "$0" "$3" >/dev/null' \
+    "$E2E_DIR" "$BUILD_DIR" "$KMSCTL" "$E2E_PORT"
+mkdir -p "$E2E_DIR/py"
+protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto proto/audit.proto
+export PYTHONPATH="$E2E_DIR/py:tests/e2e"
+trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
+ok() { echo "ok - $1"; }
+fail() { echo "not ok - $1"; exit 1; }
+as() { who=$1; shift; CUSTOS_API_KEY_FILE="$E2E_DIR/credentials/$who.key" "$KMSCTL" "$@"; }
+objects() { /usr/bin/python3 tests/e2e/restore_tokens.py objects "$E2E_DIR"; }
+readyz() { curl -s "http://127.0.0.1:$E2E_PORT/readyz"; }
+W="$E2E_DIR/w"
+mkdir -p "$W"
+safe_lines() { grep -c 'SAFE MODE: the store' "$E2E_DIR/kmsd.log" || true; }
+wait_state() {
+    i=0
+    until as "$1" key describe "$2" | grep -q "^state: *$3"; do
+        i=$((i + 1)); [ $i -lt 100 ] || fail "key $2 did not become $3"; sleep 0.2
+    done
+}
+db_state() { sqlite3 "$E2E_DIR/kmsd.db" "SELECT state FROM keys WHERE key_id = '$1'"; }
+
+e2e_start
+# ---- before the backup --------------------------------------------------------------
+k1=$(as demo-admin key create --region eu-west -q)
+printf 'one-v1' | as demo-broker encrypt --key-id "$k1" >"$W/ct1"
+k2=$(as demo-admin key create --region eu-west -q)
+printf 'two' | as demo-broker encrypt --key-id "$k2" >"$W/ct2"
+as demo-admin key schedule-deletion "$k2" --days 4 >/dev/null
+kb=$(as bank-admin key create --region eu-west -q)
+printf 'bank' | as bank-broker encrypt --key-id "$kb" >"$W/ctb"
+as bank-admin key schedule-deletion "$kb" --days 1 >/dev/null
+wait_state bank-admin "$kb" DESTROYED
+# The hot backup the docs used to recommend.
+sqlite3 "$E2E_DIR/kmsd.db" ".backup '$W/store-backup.db'"
+# ---- after the backup ---------------------------------------------------------------
+as demo-admin key rotate "$k1" >/dev/null
+printf 'one-v2' | as demo-broker encrypt --key-id "$k1" >"$W/ct1v2"
+k3=$(as demo-admin key create --region eu-west -q)
+printf 'three' | as demo-broker encrypt --key-id "$k3" >"$W/ct3"
+as demo-admin key cancel-deletion "$k2" >/dev/null
+rid=$(as bank-officer-1 recovery request "$kb" --mode restore --state enabled \
+        --justification accidental-deletion --text "restore drill" --case DRILL-1 -q)
+for o in 2 3; do
+    as bank-officer-$o recovery approve "$rid" \
+        --officer-key "$E2E_DIR/credentials/bank-officer-$o.key.pem" >/dev/null 2>&1
+done
+as bank-officer-1 recovery execute "$rid" >/dev/null
+[ "$(as bank-broker decrypt --in "$W/ctb")" = bank ] || fail "recovery drill set-up"
+set -- $(objects)
+n_live=$1
+[ "$2" = 0 ] || fail "duplicate labels before the restore"
+e2e_stop
+
+# ---- drill 1: restore the store alone -------------------------------------------------
+mkdir -p "$W/live-store"
+mv "$E2E_DIR"/kmsd.db* "$W/live-store/"
+cp "$W/store-backup.db" "$E2E_DIR/kmsd.db"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" -gt "$sb" ] && ok "a store older than the audit log and tokens: SAFE MODE in the log" ||
+    fail "no safe mode: $(tail -n 5 "$E2E_DIR/kmsd.log")"
+r=$(readyz)
+case "$r" in *"SAFE MODE"*) ok "/readyz says not ready, and why ($r)" ;;
+    *) fail "/readyz: $r" ;; esac
+grep -q "finding: .*$k3" "$E2E_DIR/kmsd.log" && grep -q "finding: key $k2 is PENDING_DELETION" \
+    "$E2E_DIR/kmsd.log" && grep -q "finding: key $kb is DESTROYED" "$E2E_DIR/kmsd.log" &&
+    ok "the log names the findings: the unknown key, the cancelled deletion, the recovery" ||
+    fail "findings: $(grep finding "$E2E_DIR/kmsd.log")"
+sleep 5 # the restored store's deletion of k2 is due, the sweeper runs every second
+[ "$(objects)" = "$n_live 0" ] && ok "no HSM object destroyed ($n_live key objects)" ||
+    fail "objects after the restore: $(objects), were $n_live"
+[ "$(db_state "$k2")" = 4 ] && ok "the sweeper left the key whose deletion was cancelled" ||
+    fail "k2 state $(db_state "$k2")"
+[ "$(as demo-broker decrypt --in "$W/ct1")" = one-v1 ] &&
+    ok "safe mode decrypts what the restored store knows" || fail "decrypt v1 in safe mode"
+if out=$(as demo-admin key rotate "$k1" 2>&1); then fail "rotation in safe mode: $out"; fi
+case "$out" in *"safe mode"*) ok "safe mode refuses a rotation ($out)" ;;
+    *) fail "rotation refusal: $out" ;; esac
+if out=$(as demo-admin key create --region eu-west -q 2>&1); then fail "create in safe mode"; fi
+if out=$(printf x | as demo-broker encrypt --key-id "$k1" 2>&1); then fail "encrypt in safe mode"; fi
+ok "safe mode refuses key creation and encryption"
+/usr/bin/python3 tests/e2e/restore_tokens.py ops "$E2E_DIR" "$E2E_PORT" RestoreDetected &&
+    ok "the audit log records the detected restore" || fail "RestoreDetected not audited"
+e2e_stop
+
+"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile >"$W/plan.txt" 2>>"$E2E_DIR/kmsd.log" ||
+    fail "kmsd --reconcile: $(cat "$W/plan.txt")"
+grep -q "reattach: key $k1 version 2" "$W/plan.txt" &&
+    grep -q "rebuild: key $k2 -> DISABLED" "$W/plan.txt" &&
+    grep -q "rebuild: key $kb -> DISABLED" "$W/plan.txt" &&
+    grep -q "$k3" "$W/plan.txt" && ok "kmsd --reconcile prints the plan" ||
+    fail "plan: $(cat "$W/plan.txt")"
+[ "$(db_state "$k2")" = 4 ] && [ "$(db_state "$kb")" = 5 ] &&
+    ok "the plan alone changes nothing" || fail "the plan changed the store"
+"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile --confirm >"$W/apply.txt" 2>>"$E2E_DIR/kmsd.log" ||
+    fail "kmsd --reconcile --confirm: $(cat "$W/apply.txt")"
+grep -q "applied: key $k1 version 2 reattached" "$W/apply.txt" &&
+    ok "kmsd --reconcile --confirm applies it" || fail "apply: $(cat "$W/apply.txt")"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" = "$sb" ] && [ "$(readyz)" = ready ] &&
+    ok "after the confirmed reconcile kmsd starts normally and is ready" ||
+    fail "still safe: $(readyz)"
+[ "$(as demo-broker decrypt --in "$W/ct1")" = one-v1 ] &&
+    [ "$(as demo-broker decrypt --in "$W/ct1v2")" = one-v2 ] &&
+    ok "v1 and the reattached v2 ciphertexts decrypt" || fail "decrypt after reconcile"
+as demo-admin key describe "$k2" | grep -q '^state: *DISABLED' &&
+    [ "$(as demo-broker decrypt --in "$W/ct2" 2>&1 || true)" != two ] &&
+    as demo-admin key enable "$k2" >/dev/null &&
+    [ "$(as demo-broker decrypt --in "$W/ct2")" = two ] &&
+    ok "the key whose deletion was cancelled is DISABLED, as acknowledged, and decrypts once enabled" ||
+    fail "k2 after reconcile"
+as bank-admin key enable "$kb" >/dev/null && [ "$(as bank-broker decrypt --in "$W/ctb")" = bank ] &&
+    ok "the recovered key is back (DISABLED until re-enabled) and decrypts" ||
+    fail "kb after reconcile"
+v=$(as demo-admin key rotate "$k1" | sed -n 's/^current_version: *//p')
+[ "$v" = 3 ] && ok "the next rotation takes version 3, never v2 again" || fail "rotation gave $v"
+sleep 3
+set -- $(objects)
+[ "$1" = $((n_live + 1)) ] && [ "$2" = 0 ] &&
+    ok "no HSM object destroyed, one added, no (key, version) names two objects" ||
+    fail "objects: $*; were $n_live"
+/usr/bin/python3 tests/e2e/restore_tokens.py ops "$E2E_DIR" "$E2E_PORT" RestoreDetected \
+    RestoreConfirmed RestoreReconciled &&
+    ok "the audit log records the restore and the operator's reconcile" ||
+    fail "reconcile not audited"
+as auditor audit keys --out-dir "$W/keys" >/dev/null
+as auditor audit export --region eu-west --out "$W/all.bin" --proofs >/dev/null
+"$KMSCTL" audit verify --keys "$W/keys" "$W/all.bin" >/dev/null &&
+    ok "kmsctl audit verify accepts the whole log" || fail "audit verify"
+
+# ---- drill 2: tokens older than the store ---------------------------------------------
+e2e_stop
+cp -a "$E2E_DIR/hsm/tokens" "$W/tokens-old"
+e2e_start
+k5=$(as demo-admin key create --region eu-west -q)
+printf 'five' | as demo-broker encrypt --key-id "$k5" >"$W/ct5"
+e2e_stop
+mv "$E2E_DIR/hsm/tokens" "$W/tokens-live"
+cp -a "$W/tokens-old" "$E2E_DIR/hsm/tokens"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" -gt "$sb" ] && grep -q "token is older than the store" "$E2E_DIR/kmsd.log" &&
+    ok "a token older than the store: SAFE MODE, and the log says the token is older" ||
+    fail "old token not noticed"
+case "$(readyz)" in *"without HSM object"*) ok "/readyz names the missing objects" ;;
+    *) fail "/readyz: $(readyz)" ;; esac
+[ "$(as demo-broker decrypt --in "$W/ct1")" = one-v1 ] &&
+    ok "what the old token holds still decrypts" || fail "decrypt with the old token"
+if as demo-admin key rotate "$k5" >/dev/null 2>&1; then fail "rotation with an old token"; fi
+ok "no rotation hides the missing object"
+e2e_stop
+rm -rf "$E2E_DIR/hsm/tokens"
+mv "$W/tokens-live" "$E2E_DIR/hsm/tokens"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" = "$sb" ] && [ "$(readyz)" = ready ] &&
+    [ "$(as demo-broker decrypt --in "$W/ct5")" = five ] &&
+    ok "the newer token back: ready, and the newest key decrypts" || fail "after the token came back"
+e2e_scan_tokens
+e2e_stop
+trap - EXIT
