@@ -23,6 +23,9 @@ void kms_restore_report_release(struct kms_restore_report *r)
     free(r->fixes);
     r->fixes = NULL;
     r->n_fixes = 0;
+    free(r->births);
+    r->births = NULL;
+    r->n_births = 0;
 }
 
 size_t kms_restore_findings(const struct kms_restore_report *r)
@@ -116,6 +119,20 @@ static kms_err check_version_event(struct kms_store *store, const Custos__V1__Au
         r->store_behind++;
         note(r, "audit seq %" PRIu64 ": %s of key %s v%" PRIu32 " was acknowledged; the store "
              "has no such key", ev->seq, ev->operation, ev->key_id, ev->key_version);
+        if (strcmp(ev->operation, "CreateKey") == 0 && r->n_births < KMS_RESTORE_FIXES_MAX) {
+            if (r->births == NULL) {
+                r->births = calloc(KMS_RESTORE_FIXES_MAX, sizeof(*r->births));
+                KMS_ENSURE(r->births != NULL, KMS_ERR_NOMEM, "out of memory");
+            }
+            struct kms_restore_birth *b = &r->births[r->n_births++];
+            snprintf(b->key_id, sizeof(b->key_id), "%s", ev->key_id);
+            snprintf(b->tenant, sizeof(b->tenant), "%s", ev->tenant);
+            snprintf(b->region, sizeof(b->region), "%s", ev->region);
+            snprintf(b->token, sizeof(b->token), "%s", ev->token);
+            /* An EXTERNAL key is created empty (version 0 in its event). */
+            b->origin = ev->key_version == 0 ? KMS_KEY_ORIGIN_EXTERNAL : KMS_KEY_ORIGIN_HSM;
+            b->created_at = ev->time_ms / 1000 > 0 ? ev->time_ms / 1000 : 1;
+        }
         return KMS_OK;
     }
     if (ev->key_version == 0)
@@ -297,15 +314,30 @@ static kms_err unknown_object(struct kms_store *store, struct p11_token *tok,
     snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
     if (parsed)
         snprintf(f.key_id, sizeof(f.key_id), "%s", key_id);
+    const struct kms_restore_birth *birth = NULL;
+    for (size_t i = 0; parsed && !key_found && i < r->n_births && !birth; i++)
+        if (strcmp(r->births[i].key_id, key_id) == 0 &&
+            strcmp(r->births[i].token, p11_token_label(tok)) == 0)
+            birth = &r->births[i];
     if (key_found && k.state != KMS_KEY_CREATING && k.state != KMS_KEY_DESTROYED &&
         k.state != KMS_KEY_PENDING_IMPORT) {
         f.kind = KMS_FIX_REATTACH;
         note(r, "token '%s': object '%s' is version %" PRIu32 " of key %s, unknown to the store "
              "(last version %" PRIu32 "): the store is older than the token",
              p11_token_label(tok), label, version, key_id, k.last_version);
+    } else if (birth) {
+        /* Version 1 brings the key back; later versions follow it. */
+        f.kind = version == 1 ? KMS_FIX_REATTACH_KEY : KMS_FIX_REATTACH;
+        snprintf(f.tenant, sizeof(f.tenant), "%s", birth->tenant);
+        snprintf(f.region, sizeof(f.region), "%s", birth->region);
+        f.origin = birth->origin;
+        f.created_at = birth->created_at;
+        note(r, "token '%s': object '%s' is version %" PRIu32 " of key %s, which the audit log "
+             "saw created (tenant %s) and the store lacks: the store is older than the token",
+             p11_token_label(tok), label, version, key_id, birth->tenant);
     } else {
-        note(r, "token '%s': object '%s' belongs to no key the store knows: the store is older "
-             "than the token", p11_token_label(tok), label);
+        note(r, "token '%s': object '%s' belongs to no key the store or the audit log knows: "
+             "the store is older than the token", p11_token_label(tok), label);
     }
     return add_fix(r, &f);
 }
@@ -378,6 +410,11 @@ void kms_restore_print(const struct kms_restore_report *r, FILE *f)
             fprintf(f, "  reattach: key %s version %" PRIu32 " from token '%s' (ACTIVE; the "
                        "version number is never reissued)\n",
                     x->key_id, x->version, x->token);
+            break;
+        case KMS_FIX_REATTACH_KEY:
+            fprintf(f, "  reattach: key %s (tenant %s, region %s) with version 1 from token "
+                       "'%s', ENABLED; its escrow copy, if any, is not in this store\n",
+                    x->key_id, x->tenant, x->region, x->token);
             break;
         case KMS_FIX_UNKNOWN:
             fprintf(f, "  keep: object of key %s version %" PRIu32 " in token '%s' stays in "

@@ -41,6 +41,10 @@ enum kms_restore_fix_kind {
     KMS_FIX_REATTACH,  /* insert version `version` (hsm_id) of a known key */
     KMS_FIX_UNKNOWN,   /* an object no row names: keep it, confirm, raise the
                           key's version floor when the key is known */
+    KMS_FIX_REATTACH_KEY, /* version 1 of a key the store lacks but the audit
+                             log saw created: insert the key (tenant, region,
+                             origin from its CreateKey event; spec from the
+                             object), ENABLED */
 };
 
 struct kms_restore_fix {
@@ -50,6 +54,21 @@ struct kms_restore_fix {
     enum kms_key_state state;
     uint8_t hsm_id[KMS_HSM_ID_LEN];
     char token[KMS_TOKEN_LABEL_MAX + 1];
+    /* KMS_FIX_REATTACH_KEY: from the key's CreateKey event */
+    char tenant[KMS_TENANT_MAX + 1];
+    char region[KMS_REGION_MAX + 1];
+    enum kms_key_origin origin;
+    int64_t created_at;
+};
+
+/* A CreateKey the audit log acknowledged for a key the store lacks. */
+struct kms_restore_birth {
+    char key_id[KMS_KEY_ID_SIZE];
+    char tenant[KMS_TENANT_MAX + 1];
+    char region[KMS_REGION_MAX + 1];
+    char token[KMS_TOKEN_LABEL_MAX + 1];
+    enum kms_key_origin origin;
+    int64_t created_at;
 };
 
 struct kms_restore_report {
@@ -61,6 +80,8 @@ struct kms_restore_report {
     struct kms_restore_fix *fixes;
     size_t n_fixes;
     size_t fixes_dropped;
+    struct kms_restore_birth *births;
+    size_t n_births;
 };
 
 /* Free the report's fix list (the struct itself is the caller's). */

@@ -468,6 +468,29 @@ static void mark_audit(struct kms_service *svc)
     }
 }
 
+/* The spec of a key from its version's object(s): an AES key and a generic
+ * secret under one id are a METADATA version (docs/pkcs11.md). */
+static kms_err reattach_spec(struct p11_token *tok, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                             enum kms_key_spec *spec, enum kms_key_usage *usage)
+{
+    struct p11_key_id id;
+    struct p11_key_info info;
+    memcpy(id.b, hsm_id, sizeof(id.b));
+    bool aes = p11_key_info_kind(tok, &id, P11_KEY_AES_ENCRYPT, &info) == KMS_OK;
+    bool hmac = p11_key_info_kind(tok, &id, P11_KEY_HMAC_SHA256, &info) == KMS_OK;
+    bool any = aes || hmac || p11_key_info(tok, &id, &info) == KMS_OK;
+    kms_err_clear();
+    KMS_ENSURE(any, KMS_ERR_NOT_FOUND, "the object is gone from its token");
+    *spec = aes && hmac ? KMS_KEY_SPEC_METADATA
+            : aes       ? KMS_KEY_SPEC_AES_256
+            : hmac      ? KMS_KEY_SPEC_HMAC_256
+                        : KMS_KEY_SPEC_EC_P256;
+    *usage = *spec == KMS_KEY_SPEC_AES_256    ? KMS_KEY_USAGE_ENCRYPT_DECRYPT
+             : *spec == KMS_KEY_SPEC_METADATA ? KMS_KEY_USAGE_METADATA
+                                              : KMS_KEY_USAGE_SIGN_VERIFY;
+    return KMS_OK;
+}
+
 static kms_err apply_fix(struct kms_service *svc, const struct kms_restore_fix *x, FILE *out)
 {
     int64_t now = (int64_t)time(NULL);
@@ -487,6 +510,33 @@ static kms_err apply_fix(struct kms_service *svc, const struct kms_restore_fix *
         snprintf(detail, sizeof(detail), "restore reconcile: version reattached from token "
                  "'%s'", x->token);
         break;
+    case KMS_FIX_REATTACH_KEY: {
+        KMS_ENSURE(tok != NULL, KMS_ERR_FAILED_PRECONDITION, "token '%s' is not served here",
+                   x->token);
+        struct kms_key_record k = {0};
+        struct kms_version_record v1 = {0};
+        KMS_GUARD(reattach_spec(tok, x->hsm_id, &k.spec, &k.usage));
+        snprintf(k.key_id, sizeof(k.key_id), "%s", x->key_id);
+        snprintf(k.tenant, sizeof(k.tenant), "%s", x->tenant);
+        snprintf(k.region, sizeof(k.region), "%s", x->region);
+        snprintf(k.token, sizeof(k.token), "%s", x->token);
+        snprintf(k.description, sizeof(k.description), "reattached after a restore");
+        k.origin = x->origin;
+        k.state = KMS_KEY_CREATING;
+        k.created_at = x->created_at;
+        v1.version = 1;
+        v1.state = KMS_VERSION_CREATING;
+        v1.created_at = x->created_at;
+        memcpy(v1.hsm_id, x->hsm_id, sizeof(v1.hsm_id));
+        KMS_GUARD(kms_store_unknown_confirm(svc->store, x->hsm_id, now));
+        KMS_GUARD(kms_store_key_insert(svc->store, &k, &v1));
+        KMS_GUARD(kms_store_version_activate(svc->store, x->key_id, 1));
+        fprintf(out, "applied: key %s reattached (tenant %s), version 1 ENABLED\n", x->key_id,
+                x->tenant);
+        snprintf(detail, sizeof(detail), "restore reconcile: key reattached from token '%s' "
+                 "and its CreateKey event", x->token);
+        break;
+    }
     case KMS_FIX_UNKNOWN:
         KMS_GUARD(kms_store_unknown_confirm(svc->store, x->hsm_id, now));
         if (x->key_id[0] && x->version > 0)
@@ -545,13 +595,28 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
     }
     if (restore_mode == KMS_RESTORE_MODE_CONFIRM) {
         kms_restore_print(&r, out);
-        for (size_t i = 0; i < r.n_fixes && rc == KMS_OK; i++)
-            rc = apply_fix(svc, &r.fixes[i], out);
+        /* Keys before their later versions. A fix that cannot be applied
+         * is reported and skipped: the rest still helps. */
+        size_t failed = 0;
+        for (int pass = 0; pass < 2 && rc == KMS_OK; pass++)
+            for (size_t i = 0; i < r.n_fixes && rc == KMS_OK; i++) {
+                if ((r.fixes[i].kind == KMS_FIX_REATTACH_KEY) != (pass == 0))
+                    continue;
+                kms_err frc = apply_fix(svc, &r.fixes[i], out);
+                if (frc == KMS_ERR_NOMEM || frc == KMS_ERR_IO || frc == KMS_ERR_NOSPC) {
+                    rc = frc;
+                } else if (frc != KMS_OK) {
+                    failed++;
+                    fprintf(out, "not applied: key %s version %u: %s\n", r.fixes[i].key_id,
+                            r.fixes[i].version, kms_err_detail());
+                }
+            }
         if (rc != KMS_OK)
             goto done;
         char detail[160];
         snprintf(detail, sizeof(detail), "operator confirmed the restore reconcile: %zu "
-                 "finding(s), %zu change(s) applied", findings, r.n_fixes);
+                 "finding(s), %zu change(s) applied, %zu not applicable", findings,
+                 r.n_fixes - failed, failed);
         for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
             rc = service_event(svc, svc->tokens[i], "RestoreConfirmed", NULL, 0, detail);
         if (rc == KMS_OK)

@@ -108,7 +108,8 @@ e2e_stop
 grep -q "reattach: key $k1 version 2" "$W/plan.txt" &&
     grep -q "rebuild: key $k2 -> DISABLED" "$W/plan.txt" &&
     grep -q "rebuild: key $kb -> DISABLED" "$W/plan.txt" &&
-    grep -q "$k3" "$W/plan.txt" && ok "kmsd --reconcile prints the plan" ||
+    grep -q "reattach: key $k3 (tenant demo, region eu-west) with version 1" "$W/plan.txt" &&
+    ok "kmsd --reconcile prints the plan: rebuild, reattach the version and the key" ||
     fail "plan: $(cat "$W/plan.txt")"
 [ "$(db_state "$k2")" = 4 ] && [ "$(db_state "$kb")" = 5 ] &&
     ok "the plan alone changes nothing" || fail "the plan changed the store"
@@ -124,6 +125,10 @@ e2e_start
 [ "$(as demo-broker decrypt --in "$W/ct1")" = one-v1 ] &&
     [ "$(as demo-broker decrypt --in "$W/ct1v2")" = one-v2 ] &&
     ok "v1 and the reattached v2 ciphertexts decrypt" || fail "decrypt after reconcile"
+[ "$(as demo-broker decrypt --in "$W/ct3")" = three ] &&
+    as demo-admin key describe "$k3" | grep -q '^state: *ENABLED' &&
+    ok "the key created after the backup is reattached, ENABLED, and its ciphertext decrypts" ||
+    fail "k3 after reconcile: $(as demo-admin key describe "$k3" 2>&1)"
 as demo-admin key describe "$k2" | grep -q '^state: *DISABLED' &&
     [ "$(as demo-broker decrypt --in "$W/ct2" 2>&1 || true)" != two ] &&
     as demo-admin key enable "$k2" >/dev/null &&
