@@ -577,6 +577,26 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
         goto done;
     size_t findings = kms_restore_findings(&r);
     FILE *out = restore_out ? restore_out : stdout;
+    /* A store made by kmsctl backup says so: the first start on it is
+     * recorded, in the log and in every region's audit log. */
+    bool restored = false;
+    char of[KMS_STORE_META_MAX], at[KMS_STORE_META_MAX];
+    KMS_GUARD_GOTO(kms_store_backup_pending(svc->store, &restored, of, at), done);
+    if (restored && restore_mode == KMS_RESTORE_MODE_PLAN) {
+        fprintf(out, "this store is a restored backup of store %s taken at %s (unix time)\n",
+                of, at);
+    } else if (restored) {
+        char detail[2 * KMS_STORE_META_MAX + 64];
+        snprintf(detail, sizeof(detail), "store restored from a backup of store %s taken at %s",
+                 of, at);
+        kms_log_warn("restore", "%s (unix time)", detail);
+        for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
+            rc = service_event(svc, svc->tokens[i], "StoreRestored", NULL, 0, detail);
+        if (rc == KMS_OK)
+            rc = kms_store_backup_announced(svc->store, (int64_t)time(NULL));
+        if (rc != KMS_OK)
+            goto done;
+    }
     if (restore_mode == KMS_RESTORE_MODE_PLAN) {
         kms_restore_print(&r, out);
         struct kms_store_creating *creating = NULL;

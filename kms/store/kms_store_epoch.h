@@ -82,4 +82,26 @@ kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[
 kms_err kms_store_unknown_confirmed(struct kms_store *store,
                                     const uint8_t hsm_id[KMS_HSM_ID_LEN], bool *out_confirmed);
 
+/* ---- backups ---------------------------------------------------------------
+ *
+ * kms_store_snapshot: a consistent copy of the live store at src (another
+ * process, kmsd, may be writing it) into dst, which must not exist: one
+ * read transaction (VACUUM INTO), so the copy is one instant of the store,
+ * never a torn one; WAL contents included. The copy gets a fresh store_id
+ * and remembers the original's (backup_of) and when it was taken
+ * (backup_at), so a restored store can always be told from the original.
+ * out_store_id / out_backup_of: 33 bytes each (may be NULL).
+ */
+kms_err kms_store_snapshot(const char *src, const char *dst, int64_t now, char *out_store_id,
+                           char *out_backup_of);
+
+/* When this store is a restored backup that kmsd has not yet announced:
+ * *out_pending true with what it is a backup of and when it was taken.
+ * kms_store_backup_announced marks it announced (once, after the audit
+ * event is durable). */
+kms_err kms_store_backup_pending(struct kms_store *store, bool *out_pending,
+                                 char out_backup_of[KMS_STORE_META_MAX],
+                                 char out_backup_at[KMS_STORE_META_MAX]);
+kms_err kms_store_backup_announced(struct kms_store *store, int64_t now);
+
 #endif
