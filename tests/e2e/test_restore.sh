@@ -245,6 +245,13 @@ as auditor audit keys --out-dir "$W/keys3" >/dev/null
 as auditor audit export --region eu-west --out "$W/all3.bin" --proofs >/dev/null
 "$KMSCTL" audit verify --keys "$W/keys3" "$W/all3.bin" >/dev/null &&
     ok "kmsctl audit verify accepts the restored log" || fail "audit verify after restore"
+# A copied dev installation never opens the live tokens once set up again.
+cp -a "$E2E_DIR/hsm" "$W/hsm-copy"
+KMSCTL="$KMSCTL" sh deploy/dev-hsm.sh "$W/hsm-copy" eu-west us-east >/dev/null 2>&1
+copy=$(cd "$W/hsm-copy" && pwd)
+grep -qx "directories.tokendir = $copy/tokens/" "$W/hsm-copy/softhsm2.conf" &&
+    ok "deploy/dev-hsm.sh re-roots a copied softhsm2.conf to the copy's own tokens" ||
+    fail "copied conf: $(grep tokendir "$W/hsm-copy/softhsm2.conf")"
 e2e_scan_tokens
 e2e_stop
 trap - EXIT
