@@ -4,6 +4,7 @@
 #include "kms_service.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -152,6 +153,38 @@ kms_err kms_service_reload_policy(struct kms_service *svc)
 
 /* ---- health and metrics ---------------------------------------------------- */
 
+/* Room for one more write of AUDIT_RECORD_MAX bytes in dir: a probe file
+ * written and removed. The deep check runs one at a time (kms_health), so
+ * one probe name is enough. */
+static kms_err probe_room(const char *dir, const char *what)
+{
+    static const uint8_t zeros[AUDIT_RECORD_MAX];
+    char path[4096];
+    KMS_ENSURE((size_t)snprintf(path, sizeof(path), "%s/.custos-ready-probe", dir) <
+                   sizeof(path),
+               KMS_ERR_CONFIG, "%s: path too long", what);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    KMS_ENSURE(fd >= 0, KMS_ERR_IO, "%s %s is not writable: %s", what, dir, strerror(errno));
+    size_t done = 0;
+    int err = 0;
+    while (done < sizeof(zeros)) {
+        ssize_t n = write(fd, zeros + done, sizeof(zeros) - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            err = n < 0 ? errno : ENOSPC;
+            break;
+        }
+        done += (size_t)n;
+    }
+    close(fd);
+    unlink(path);
+    KMS_ENSURE(err == 0, err == ENOSPC ? KMS_ERR_NOSPC : KMS_ERR_IO,
+               "%s %s has no room for one more record (%s): the state disk is full",
+               what, dir, strerror(err));
+    return KMS_OK;
+}
+
 kms_err kms_service_check(struct kms_service *svc)
 {
     for (size_t i = 0; i < svc->n_tokens; i++) {
@@ -174,6 +207,20 @@ kms_err kms_service_check(struct kms_service *svc)
      * under a running log that has nothing to write yet. */
     KMS_ENSURE(!svc->cfg->audit_enabled || access(svc->cfg->audit_dir, W_OK) == 0, KMS_ERR_IO,
                "audit directory %s is not writable: %s", svc->cfg->audit_dir, strerror(errno));
+    /* A full disk (or a file-size limit) is invisible to an idle log and
+     * store: prove there is room for one more record of each. */
+    if (svc->cfg->audit_enabled)
+        KMS_GUARD(probe_room(svc->cfg->audit_dir, "audit directory"));
+    char store_dir[4096];
+    snprintf(store_dir, sizeof(store_dir), "%s", svc->cfg->store_path);
+    char *slash = strrchr(store_dir, '/');
+    if (slash == NULL)
+        snprintf(store_dir, sizeof(store_dir), ".");
+    else if (slash == store_dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    KMS_GUARD(probe_room(store_dir, "store directory"));
     struct kms_store_info info;
     KMS_GUARD(kms_store_info(svc->store, &info));
     return KMS_OK;

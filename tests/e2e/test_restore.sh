@@ -245,6 +245,31 @@ as auditor audit keys --out-dir "$W/keys3" >/dev/null
 as auditor audit export --region eu-west --out "$W/all3.bin" --proofs >/dev/null
 "$KMSCTL" audit verify --keys "$W/keys3" "$W/all3.bin" >/dev/null &&
     ok "kmsctl audit verify accepts the restored log" || fail "audit verify after restore"
+# ---- readiness tells the truth: a state disk without room -------------------------------
+# (a file-size limit on kmsd, as test_audit_diskfull does: writes fail as on a
+# full disk). Before: /readyz said ready while the idle audit log could not
+# take one more record.
+[ "$(readyz)" = ready ] || fail "not ready before the disk test: $(readyz)"
+sleep 1 # the last head is written: the audit log is idle from here on
+# The limit must let kmsd's own log (this test's evidence) grow: start it
+# afresh (kmsd appends) under a limit below one audit record (64 KiB).
+cp "$E2E_DIR/kmsd.log" "$W/kmsd.log.before-disk"
+: >"$E2E_DIR/kmsd.log"
+prlimit --pid="$E2E_PID" --fsize=60000:
+i=0
+until [ "$(readyz)" != ready ]; do
+    i=$((i + 1)); [ $i -lt 50 ] || break; sleep 0.2
+done
+[ "$(readyz)" != ready ] && grep -q "no room for one more record" "$E2E_DIR/kmsd.log" &&
+    ok "a state disk without room: not ready, and the log says why" ||
+    fail "still ready with no room: $(readyz)"
+prlimit --pid="$E2E_PID" --fsize=unlimited:
+i=0
+until [ "$(readyz)" = ready ]; do
+    i=$((i + 1)); [ $i -lt 50 ] || fail "not ready again after room returned: $(readyz)"; sleep 0.2
+done
+ok "room back: ready again without a restart"
+
 # A copied dev installation never opens the live tokens once set up again.
 cp -a "$E2E_DIR/hsm" "$W/hsm-copy"
 KMSCTL="$KMSCTL" sh deploy/dev-hsm.sh "$W/hsm-copy" eu-west us-east >/dev/null 2>&1
