@@ -387,7 +387,7 @@ kms_err kms_store_snapshot(const char *src, const char *dst, int64_t now, char *
     static const char op[] = "snapshot";
     sqlite3 *in = NULL, *out = NULL;
     sqlite3_stmt *st = NULL;
-    char id[KMS_STORE_META_MAX] = "", appid[32] = "", newid[KMS_STORE_META_MAX] = "";
+    char id[33] = "", appid[32] = "", newid[33] = "";
     kms_err rc = KMS_OK;
     KMS_ENSURE(src && dst, KMS_ERR_USAGE, "store: %s: NULL path", op);
     int s = sqlite3_open_v2(src, &in, SQLITE_OPEN_READONLY, NULL);
