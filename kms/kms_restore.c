@@ -143,6 +143,10 @@ static kms_err check_version_event(struct kms_store *store, const Custos__V1__Au
         r->store_behind++;
         note(r, "audit seq %" PRIu64 ": %s of key %s v%" PRIu32 " was acknowledged; the store "
              "has no such version", ev->seq, ev->operation, ev->key_id, ev->key_version);
+        /* Whether or not a token still has its object, the number is taken. */
+        struct kms_restore_fix f = {.kind = KMS_FIX_FLOOR, .version = ev->key_version};
+        snprintf(f.key_id, sizeof(f.key_id), "%s", ev->key_id);
+        KMS_GUARD(add_fix(r, &f));
     } else if (vs == KMS_VERSION_CREATING && k.origin == KMS_KEY_ORIGIN_EXTERNAL) {
         /* An import's check value is written at activation: reconcile
          * cannot finish it alone. */
@@ -410,6 +414,11 @@ void kms_restore_print(const struct kms_restore_report *r, FILE *f)
             fprintf(f, "  reattach: key %s version %" PRIu32 " from token '%s' (ACTIVE; the "
                        "version number is never reissued)\n",
                     x->key_id, x->version, x->token);
+            break;
+        case KMS_FIX_FLOOR:
+            fprintf(f, "  floor: key %s never reissues version %" PRIu32 " (acknowledged in the "
+                       "audit log)\n",
+                    x->key_id, x->version);
             break;
         case KMS_FIX_REATTACH_KEY:
             fprintf(f, "  reattach: key %s (tenant %s, region %s) with version 1 from token "

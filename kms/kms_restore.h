@@ -41,6 +41,9 @@ enum kms_restore_fix_kind {
     KMS_FIX_REATTACH,  /* insert version `version` (hsm_id) of a known key */
     KMS_FIX_UNKNOWN,   /* an object no row names: keep it, confirm, raise the
                           key's version floor when the key is known */
+    KMS_FIX_FLOOR,     /* the audit log acknowledged version `version` of a
+                          known key that neither the store nor the token has:
+                          raise the key's last_version so it is not reissued */
     KMS_FIX_REATTACH_KEY, /* version 1 of a key the store lacks but the audit
                              log saw created: insert the key (tenant, region,
                              origin from its CreateKey event; spec from the

@@ -557,6 +557,12 @@ static kms_err apply_fix(struct kms_service *svc, const struct kms_restore_fix *
         snprintf(detail, sizeof(detail), "restore reconcile: version reattached from token "
                  "'%s'", x->token);
         break;
+    case KMS_FIX_FLOOR:
+        KMS_GUARD(kms_store_key_version_floor(svc->store, x->key_id, x->version));
+        fprintf(out, "applied: key %s never reissues version %u\n", x->key_id, x->version);
+        snprintf(detail, sizeof(detail), "restore reconcile: version number kept taken (the "
+                 "audit log acknowledged it)");
+        break;
     case KMS_FIX_REATTACH_KEY: {
         KMS_ENSURE(tok != NULL, KMS_ERR_FAILED_PRECONDITION, "token '%s' is not served here",
                    x->token);
@@ -686,8 +692,12 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
                  r.n_fixes - failed, failed);
         for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
             rc = service_event(svc, svc->tokens[i], "RestoreConfirmed", NULL, 0, detail);
-        if (rc == KMS_OK)
-            mark_audit(svc);
+        /* The operator accepted the audit logs in place, even one older
+         * than the store's watermark. */
+        for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
+            if (svc->audit[i])
+                rc = kms_store_audit_mark_reset(svc->store, p11_token_region(svc->tokens[i]),
+                                                audit_tree_size(audit_log_tree(svc->audit[i])));
         fprintf(out, "%s; %s\n", detail,
                 r.token_behind ? "live versions without HSM objects remain: restore the token "
                                  "before serving"

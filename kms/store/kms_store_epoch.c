@@ -119,6 +119,17 @@ kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, ui
                      name, NULL, (int64_t)size, "record audit watermark");
 }
 
+kms_err kms_store_audit_mark_reset(struct kms_store *store, const char *region, uint64_t size)
+{
+    char name[KMS_STORE_META_MAX];
+    KMS_GUARD(mark_name(region, name));
+    KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
+    return write_one(store,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT)",
+                     name, NULL, (int64_t)size, "reset audit watermark");
+}
+
 kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
                                 struct kms_store_key_raw *out, bool *out_found)
 {

@@ -31,8 +31,11 @@
 kms_err kms_store_audit_mark_get(struct kms_store *store, const char *region, uint64_t *out,
                                  bool *out_found);
 
-/* Record the watermark; never moves it backwards. */
+/* Record the watermark; never moves it backwards... */
 kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, uint64_t size);
+/* ...except when an operator confirmed that the audit log in place is the
+ * one to go on with (it was restored older than the store). */
+kms_err kms_store_audit_mark_reset(struct kms_store *store, const char *region, uint64_t size);
 
 /* A key row in any state, CREATING included. */
 struct kms_store_key_raw {

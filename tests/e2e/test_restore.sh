@@ -17,6 +17,11 @@
 #    after it, everything restored as on a new machine: reconciled, every
 #    ciphertext acknowledged before the backup decrypts, nothing destroyed,
 #    no version number reissued, the audit log verifies and records it.
+# 4. Store and tokens restored together, older than the audit log: SAFE
+#    MODE; the acknowledged version number is never reissued.
+# 5. The audit log restored older than the store: SAFE MODE until the
+#    operator confirms going on with it.
+# And readiness with no room on the state disk.
 set -eu
 . tests/e2e/lib.sh
 e2e_setup restore
@@ -269,6 +274,67 @@ until [ "$(readyz)" = ready ]; do
     i=$((i + 1)); [ $i -lt 50 ] || fail "not ready again after room returned: $(readyz)"; sleep 0.2
 done
 ok "room back: ready again without a restart"
+
+# ---- drill 4: store and tokens restored together, older than the audit log ------------
+e2e_stop
+kr=$(sqlite3 "$E2E_DIR/kmsd.db" "SELECT key_id FROM keys WHERE state = 1 AND tenant = 'demo' LIMIT 1")
+rm -rf "$W/pair"
+mkdir -p "$W/pair"
+cp "$E2E_DIR/kmsd.db" "$W/pair/"
+cp -a "$E2E_DIR/hsm/tokens" "$W/pair/tokens"
+e2e_start
+printf 'pair-before' | as demo-broker encrypt --key-id "$kr" >"$W/ct-pair" ||
+    fail "encrypt for drill 4"
+vr=$(as demo-admin key rotate "$kr" | sed -n 's/^current_version: *//p')
+e2e_stop
+rm -f "$E2E_DIR"/kmsd.db*
+cp "$W/pair/kmsd.db" "$E2E_DIR/kmsd.db"
+rm -rf "$E2E_DIR/hsm/tokens"
+cp -a "$W/pair/tokens" "$E2E_DIR/hsm/tokens"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" -gt "$sb" ] && ok "store and tokens older than the audit log: SAFE MODE" ||
+    fail "both old not noticed"
+e2e_stop
+"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile >"$W/plan4.txt" 2>>"$E2E_DIR/kmsd.log"
+grep -q "floor: key $kr never reissues version $vr" "$W/plan4.txt" &&
+    ok "the plan keeps the acknowledged version number $vr taken" ||
+    fail "plan4: $(cat "$W/plan4.txt")"
+"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile --confirm >"$W/apply4.txt" 2>>"$E2E_DIR/kmsd.log" ||
+    fail "apply4: $(cat "$W/apply4.txt")"
+e2e_start
+v=$(as demo-admin key rotate "$kr" | sed -n 's/^current_version: *//p')
+[ "$v" = $((vr + 1)) ] && ok "the next rotation takes $v: version $vr is never reissued" ||
+    fail "rotation after both-old restore gave $v (acknowledged $vr before)"
+[ "$(as demo-broker decrypt --in "$W/ct-pair")" = pair-before ] &&
+    ok "a ciphertext acknowledged before the store and token copies decrypts" ||
+    fail "decrypt after drill 4"
+
+# ---- drill 5: the audit log restored older than the store and the tokens ---------------
+e2e_stop
+rm -rf "$E2E_DIR/audit"
+cp -a "$W/bk/audit" "$E2E_DIR/audit"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" -gt "$sb" ] && grep -q "the audit log is older than the store" "$E2E_DIR/kmsd.log" &&
+    ok "an audit log older than the store: SAFE MODE, and the log says so" ||
+    fail "old audit log not noticed"
+e2e_stop
+"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile --confirm >"$W/apply5.txt" 2>>"$E2E_DIR/kmsd.log" ||
+    fail "apply5: $(cat "$W/apply5.txt")"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" = "$sb" ] && [ "$(readyz)" = ready ] &&
+    [ "$(as demo-broker decrypt --in "$W/ct-pair")" = pair-before ] &&
+    ok "confirmed: the node goes on with the audit log in place, ready, decrypting" ||
+    fail "after drill 5: $(readyz)"
+as auditor audit keys --out-dir "$W/keys5" >/dev/null
+as auditor audit export --region eu-west --out "$W/all5.bin" --proofs >/dev/null
+"$KMSCTL" audit verify --keys "$W/keys5" "$W/all5.bin" >/dev/null &&
+    /usr/bin/python3 tests/e2e/restore_tokens.py ops "$E2E_DIR" "$E2E_PORT" RestoreDetected \
+        RestoreConfirmed &&
+    ok "the continued audit log verifies and records the detection and the confirmation" ||
+    fail "audit after drill 5"
 
 # A copied dev installation never opens the live tokens once set up again.
 cp -a "$E2E_DIR/hsm" "$W/hsm-copy"
