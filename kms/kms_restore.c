@@ -347,7 +347,8 @@ static kms_err unknown_object(struct kms_store *store, struct p11_token *tok,
 }
 
 kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
-                               struct kms_restore_report *r)
+                               struct kms_restore_report *r, struct p11_key_id **out_ids,
+                               size_t *out_n)
 {
     struct p11_key_id *ids = NULL;
     size_t n_ids = 0;
@@ -362,8 +363,7 @@ kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
         rc = kms_store_creating_list(store, &creating, &n_creating);
     if (rc != KMS_OK)
         goto done;
-    if (n_ids > 1)
-        qsort(ids, n_ids, sizeof(*ids), cmp_id);
+    /* p11_key_list_ids returns them sorted by memcmp and distinct. */
     for (size_t i = 0; i < n_ids && rc == KMS_OK; i++)
         if (!bsearch(ids[i].b, live, n_live, sizeof(*live), cmp_id))
             rc = unknown_object(store, tok, &ids[i], r);
@@ -383,6 +383,11 @@ kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
              "at least as new as the store", p11_token_label(tok), missing);
     }
 done:
+    if (rc == KMS_OK && out_ids) {
+        *out_ids = ids;
+        *out_n = n_ids;
+        ids = NULL;
+    }
     free(ids);
     free(live);
     free(creating);

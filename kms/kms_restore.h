@@ -98,9 +98,12 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
                                struct kms_restore_report *r, uint64_t *out_size);
 
 /* Compare the token's key objects with the store. CREATING versions are
- * reconcile's business and ignored here. */
+ * reconcile's business and ignored here. out_ids (may be NULL) receives the
+ * sorted CKA_IDs of the token's key objects for reconcile to reuse (one walk
+ * of a large token instead of two); the caller frees them. */
 kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
-                               struct kms_restore_report *r);
+                               struct kms_restore_report *r, struct p11_key_id **out_ids,
+                               size_t *out_n);
 
 /* Print the report as a plan, one line per finding and per fix. */
 void kms_restore_print(const struct kms_restore_report *r, FILE *f);

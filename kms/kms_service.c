@@ -46,6 +46,11 @@ struct kms_service {
      * read without a lock afterwards. */
     bool safe_mode;
     char safe_reason[300];
+    /* Each token's key objects as the restore check listed them at start,
+     * for reconcile to reuse; freed by reconcile. */
+    struct p11_key_id *listed[KMS_CONFIG_MAX_TOKENS];
+    size_t n_listed[KMS_CONFIG_MAX_TOKENS];
+    bool have_listed[KMS_CONFIG_MAX_TOKENS];
 
     pthread_t sweeper;
     bool sweeper_running;
@@ -396,6 +401,13 @@ static kms_err reconcile(struct kms_service *svc)
     size_t n = 0;
     KMS_GUARD(kms_store_creating_list(svc->store, &creating, &n));
     kms_err rc = KMS_OK;
+    /* Objects step 1 destroys: the token listing below may predate it. */
+    struct p11_key_id *gone = n ? calloc(n, sizeof(*gone)) : NULL;
+    size_t n_gone = 0;
+    if (n && gone == NULL) {
+        free(creating);
+        return kms_err_set(KMS_ERR_NOMEM, "out of memory");
+    }
     for (size_t i = 0; i < n && rc == KMS_OK; i++) {
         struct p11_token *tok = token_by_label(svc, creating[i].token);
         if (tok == NULL) {
@@ -434,6 +446,7 @@ static kms_err reconcile(struct kms_service *svc)
             rc = drc;
             break;
         }
+        gone[n_gone++] = id;
         rc = kms_store_creating_discard(svc->store, creating[i].key_id, creating[i].version);
         if (rc == KMS_OK) {
             kms_log_warn("reconcile", "removed half-created key %s version %u (HSM object %s)",
@@ -447,9 +460,12 @@ static kms_err reconcile(struct kms_service *svc)
         }
     }
     free(creating);
-    KMS_GUARD(rc);
+    if (rc != KMS_OK) {
+        free(gone);
+        return rc;
+    }
 
-    for (size_t t = 0; t < svc->n_tokens; t++) {
+    for (size_t t = 0; t < svc->n_tokens && rc == KMS_OK; t++) {
         struct p11_token *tok = svc->tokens[t];
         struct p11_key_id *ids = NULL;
         size_t n_ids = 0;
@@ -459,27 +475,44 @@ static kms_err reconcile(struct kms_service *svc)
          * never a key anyone was told about (every object of ours carries
          * CKA_ID and a label from its creation). */
         size_t husks = 0;
-        KMS_GUARD(p11_key_destroy_husks(tok, &husks));
+        rc = p11_key_destroy_husks(tok, &husks);
+        if (rc != KMS_OK)
+            break;
         if (husks > 0)
             kms_log_warn("reconcile", "token '%s': destroyed %zu incomplete key object(s) "
                          "without CKA_ID or label (left by a crash during object creation)",
                          p11_token_label(tok), husks);
-        /* HSM first, store second: see kms_store.h. */
-        KMS_GUARD(p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids));
-        rc = kms_store_hsm_ids_for_token(svc->store, p11_token_label(tok), &known, &n_known);
+        /* HSM first, store second: see kms_store.h. At start nothing runs
+         * concurrently (the store's flock, no listener yet), so the listing
+         * the restore check made is as good as a new one, less what step 1
+         * destroyed: one walk of a large token, not two. */
+        if (svc->have_listed[t]) {
+            ids = svc->listed[t];
+            n_ids = svc->n_listed[t];
+            svc->listed[t] = NULL;
+            svc->have_listed[t] = false;
+        } else {
+            rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
+        }
+        if (rc == KMS_OK)
+            rc = kms_store_hsm_ids_for_token(svc->store, p11_token_label(tok), &known, &n_known);
         for (size_t i = 0; rc == KMS_OK && i < n_ids; i++) {
             if (bsearch(ids[i].b, known, n_known, sizeof(*known), cmp_hsm_id))
                 continue;
-            reconcile_orphan(svc, tok, &ids[i]);
+            bool destroyed = false;
+            for (size_t j = 0; j < n_gone && !destroyed; j++)
+                destroyed = memcmp(gone[j].b, ids[i].b, sizeof(ids[i].b)) == 0;
+            if (!destroyed)
+                reconcile_orphan(svc, tok, &ids[i]);
         }
         free(ids);
         free(known);
-        KMS_GUARD(rc);
         /* Wrapping keys of import tokens interrupted by a crash. */
-        if (!svc->safe_mode)
-            KMS_GUARD(kms_import_reconcile(svc, tok, NULL));
+        if (rc == KMS_OK && !svc->safe_mode)
+            rc = kms_import_reconcile(svc, tok, NULL);
     }
-    return KMS_OK;
+    free(gone);
+    return rc;
 }
 
 /* ---- restore detection and safe mode ------------------------------------------ */
@@ -624,8 +657,11 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
     for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
         if (svc->audit[i])
             rc = kms_restore_audit_scan(svc->store, svc->audit[i], &r, &sizes[i]);
-    for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
-        rc = kms_restore_token_scan(svc->store, svc->tokens[i], &r);
+    for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++) {
+        rc = kms_restore_token_scan(svc->store, svc->tokens[i], &r, &svc->listed[i],
+                                    &svc->n_listed[i]);
+        svc->have_listed[i] = rc == KMS_OK;
+    }
     if (rc != KMS_OK)
         goto done;
     size_t findings = kms_restore_findings(&r);
@@ -913,6 +949,8 @@ void kms_service_free(struct kms_service *svc)
         }
         audit_log_close(svc->audit[i]);
     }
+    for (size_t i = 0; i < KMS_CONFIG_MAX_TOKENS; i++)
+        free(svc->listed[i]);
     kms_keycache_free(svc->keycache);
     kms_store_free(svc->store);
     for (size_t i = 0; i < svc->n_tokens; i++)
