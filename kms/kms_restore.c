@@ -371,10 +371,22 @@ kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
     for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
         if (bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
             continue;
-        bool is_creating = false;
+        bool is_creating = false, lost = false;
         for (size_t j = 0; j < n_creating && !is_creating; j++)
             is_creating = memcmp(creating[j].hsm_id, live[i].bytes, KMS_HSM_ID_LEN) == 0;
-        missing += !is_creating;
+        if (is_creating)
+            continue;
+        rc = kms_store_lost_confirmed(store, live[i].bytes, &lost);
+        if (rc != KMS_OK || lost)
+            continue;
+        missing++;
+        struct kms_restore_fix f = {.kind = KMS_FIX_LOST};
+        bool found = false;
+        memcpy(f.hsm_id, live[i].bytes, KMS_HSM_ID_LEN);
+        snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
+        rc = kms_store_version_by_hsm_id(store, live[i].bytes, f.key_id, &f.version, &found);
+        if (rc == KMS_OK)
+            rc = add_fix(r, &f);
     }
     if (missing > 0) {
         r->token_behind += missing;
@@ -420,6 +432,12 @@ void kms_restore_print(const struct kms_restore_report *r, FILE *f)
                        "version number is never reissued)\n",
                     x->key_id, x->version, x->token);
             break;
+        case KMS_FIX_LOST:
+            fprintf(f, "  lost: key %s version %" PRIu32 " has no object in token '%s'; "
+                       "confirming accepts it as lost (do so only when no newer token "
+                       "backup holds it; its ciphertexts will not decrypt)\n",
+                    x->key_id, x->version, x->token);
+            break;
         case KMS_FIX_FLOOR:
             fprintf(f, "  floor: key %s never reissues version %" PRIu32 " (acknowledged in the "
                        "audit log)\n",
@@ -440,8 +458,9 @@ void kms_restore_print(const struct kms_restore_report *r, FILE *f)
     if (r->fixes_dropped)
         fprintf(f, "  ... %zu more not listed (run again after applying)\n", r->fixes_dropped);
     if (r->token_behind)
-        fprintf(f, "  not fixable here: restore the token(s) from a newer backup; versions "
-                   "without objects stay as they are (nothing is deleted from the store)\n");
+        fprintf(f, "  a token older than the store: restore it from a newer backup and start "
+                   "again rather than confirming; nothing is deleted from the store either "
+                   "way\n");
 }
 
 /* ---- safe mode --------------------------------------------------------------------- */

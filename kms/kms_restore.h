@@ -44,6 +44,8 @@ enum kms_restore_fix_kind {
     KMS_FIX_FLOOR,     /* the audit log acknowledged version `version` of a
                           known key that neither the store nor the token has:
                           raise the key's last_version so it is not reissued */
+    KMS_FIX_LOST,      /* a live version whose object no token has: accept it
+                          as lost (only when no newer token backup exists) */
     KMS_FIX_REATTACH_KEY, /* version 1 of a key the store lacks but the audit
                              log saw created: insert the key (tenant, region,
                              origin from its CreateKey event; spec from the

@@ -590,6 +590,13 @@ static kms_err apply_fix(struct kms_service *svc, const struct kms_restore_fix *
         snprintf(detail, sizeof(detail), "restore reconcile: version reattached from token "
                  "'%s'", x->token);
         break;
+    case KMS_FIX_LOST:
+        KMS_GUARD(kms_store_lost_confirm(svc->store, x->hsm_id, now));
+        fprintf(out, "applied: key %s version %u accepted as lost from token '%s'\n",
+                x->key_id, x->version, x->token);
+        snprintf(detail, sizeof(detail), "restore reconcile: live version accepted as lost: "
+                 "its HSM object is in no token");
+        break;
     case KMS_FIX_FLOOR:
         KMS_GUARD(kms_store_key_version_floor(svc->store, x->key_id, x->version));
         fprintf(out, "applied: key %s never reissues version %u\n", x->key_id, x->version);
@@ -734,10 +741,7 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
             if (svc->audit[i])
                 rc = kms_store_audit_mark_reset(svc->store, p11_token_region(svc->tokens[i]),
                                                 audit_tree_size(audit_log_tree(svc->audit[i])));
-        fprintf(out, "%s; %s\n", detail,
-                r.token_behind ? "live versions without HSM objects remain: restore the token "
-                                 "before serving"
-                               : "start kmsd normally");
+        fprintf(out, "%s; start kmsd normally\n", detail);
         kms_log_warn("restore", "%s", detail);
         *out_exit = true;
         goto done;

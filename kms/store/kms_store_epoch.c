@@ -461,3 +461,51 @@ done:
     sqlite3_close(in);
     return rc;
 }
+
+kms_err kms_store_version_by_hsm_id(struct kms_store *store,
+                                    const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                    char out_key_id[KMS_KEY_ID_SIZE], uint32_t *out_version,
+                                    bool *out_found)
+{
+    static const char op[] = "find version by hsm_id";
+    *out_found = false;
+    struct store_conn *c = store_reader_take(store);
+    sqlite3_stmt *st = NULL;
+    kms_err rc = prep(c, "SELECT key_id, version FROM key_versions WHERE hsm_id = ?1", &st, op);
+    if (rc == KMS_OK) {
+        sqlite3_bind_blob(st, 1, hsm_id, KMS_HSM_ID_LEN, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            rc = store_col_text(st, 0, out_key_id, KMS_KEY_ID_SIZE, op);
+            if (rc == KMS_OK)
+                rc = store_col_u32(st, 1, out_version, op);
+            *out_found = rc == KMS_OK;
+        } else if (s != SQLITE_DONE) {
+            rc = store_sql_err(c->db, s, op);
+        }
+    }
+    sqlite3_finalize(st);
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_lost_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                               int64_t now)
+{
+    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX];
+    hex16(hsm_id, hex);
+    snprintf(name, sizeof(name), "lost_ok:%s", hex);
+    return write_one(store,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO NOTHING",
+                     name, NULL, now, "confirm lost HSM object");
+}
+
+kms_err kms_store_lost_confirmed(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                 bool *out_confirmed)
+{
+    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX], v[32];
+    hex16(hsm_id, hex);
+    snprintf(name, sizeof(name), "lost_ok:%s", hex);
+    return meta_get(store, name, v, sizeof(v), out_confirmed);
+}

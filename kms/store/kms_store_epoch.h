@@ -79,6 +79,19 @@ kms_err kms_store_hsm_id_known(struct kms_store *store, const uint8_t hsm_id[KMS
 kms_err kms_store_key_version_floor(struct kms_store *store, const char *key_id,
                                     uint32_t version);
 
+/* The key and version a hsm_id names (any state); *out_found false if none. */
+kms_err kms_store_version_by_hsm_id(struct kms_store *store,
+                                    const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                    char out_key_id[KMS_KEY_ID_SIZE], uint32_t *out_version,
+                                    bool *out_found);
+
+/* A live version whose HSM object an operator confirmed as lost (no newer
+ * token backup holds it): the restore check stops counting it. */
+kms_err kms_store_lost_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                               int64_t now);
+kms_err kms_store_lost_confirmed(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                 bool *out_confirmed);
+
 /* An HSM object (by CKA_ID) an operator confirmed as unknown to this store. */
 kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
                                   int64_t now);

@@ -21,6 +21,9 @@
 #    MODE; the acknowledged version number is never reissued.
 # 5. The audit log restored older than the store: SAFE MODE until the
 #    operator confirms going on with it.
+# 6. A backup taken while a deletion was pending, restored after the
+#    sweeper destroyed the key: safe mode, the plan offers to accept the
+#    version as lost, then the sweeper finishes the deletion.
 # And readiness with no room on the state disk.
 set -eu
 . tests/e2e/lib.sh
@@ -335,6 +338,34 @@ as auditor audit export --region eu-west --out "$W/all5.bin" --proofs >/dev/null
         RestoreConfirmed &&
     ok "the continued audit log verifies and records the detection and the confirmation" ||
     fail "audit after drill 5"
+
+# ---- drill 6: a backup taken while a deletion was pending, finished after it ------------
+kd=$(as demo-admin key create --region eu-west -q)
+as demo-admin key schedule-deletion "$kd" --days 3 >/dev/null
+"$KMSCTL" backup --config "$E2E_DIR/kmsd.json" --out "$W/bk6" >/dev/null || fail "backup 6"
+wait_state demo-admin "$kd" DESTROYED
+e2e_stop
+set -- $(objects)
+n6=$1
+rm -f "$E2E_DIR"/kmsd.db*
+cp "$W/bk6/kmsd.db" "$E2E_DIR/kmsd.db"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" -gt "$sb" ] && ok "a store from before a deletion finished: safe mode (the object is gone)" ||
+    fail "drill 6 not noticed"
+e2e_stop
+"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile >"$W/plan6.txt" 2>>"$E2E_DIR/kmsd.log"
+grep -q "lost: key $kd version 1 has no object" "$W/plan6.txt" &&
+    ok "the plan offers to accept the destroyed version as lost" || fail "plan6: $(cat "$W/plan6.txt")"
+"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile --confirm >"$W/apply6.txt" 2>>"$E2E_DIR/kmsd.log" ||
+    fail "apply6: $(cat "$W/apply6.txt")"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" = "$sb" ] && [ "$(readyz)" = ready ] && ok "confirmed: ready" ||
+    fail "after drill 6: $(readyz)"
+wait_state demo-admin "$kd" DESTROYED
+[ "$(objects)" = "$n6 0" ] && ok "the sweeper finishes the deletion the backup had pending; nothing else destroyed" ||
+    fail "objects after drill 6: $(objects), were $n6"
 
 # A copied dev installation never opens the live tokens once set up again.
 cp -a "$E2E_DIR/hsm" "$W/hsm-copy"
