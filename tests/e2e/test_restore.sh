@@ -24,6 +24,8 @@
 # 6. A backup taken while a deletion was pending, restored after the
 #    sweeper destroyed the key: safe mode, the plan offers to accept the
 #    version as lost, then the sweeper finishes the deletion.
+# 7. A token backup older than an audit key rotation: kmsd names the
+#    missing signing key; the documented steps bring the node back.
 # And readiness with no room on the state disk.
 set -eu
 . tests/e2e/lib.sh
@@ -366,6 +368,44 @@ e2e_start
 wait_state demo-admin "$kd" DESTROYED
 [ "$(objects)" = "$n6 0" ] && ok "the sweeper finishes the deletion the backup had pending; nothing else destroyed" ||
     fail "objects after drill 6: $(objects), were $n6"
+
+# ---- drill 7: a token backup older than an audit key rotation ---------------------------
+e2e_stop
+rm -rf "$W/tok7"
+cp -a "$E2E_DIR/hsm/tokens" "$W/tok7"
+cp "$E2E_DIR/kmsd.json" "$W/kmsd.json.keep"
+/usr/bin/python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["audit"]["key_max_age_s"] = 1; json.dump(c, open(sys.argv[1], "w"))' "$E2E_DIR/kmsd.json"
+sleep 1.5
+e2e_start # every region's signing key is older than 1 s: rotated at start
+e2e_stop
+cp "$W/kmsd.json.keep" "$E2E_DIR/kmsd.json"
+rm -rf "$E2E_DIR/hsm/tokens"
+cp -a "$W/tok7" "$E2E_DIR/hsm/tokens"
+if timeout 30 "$KMSD" --config "$E2E_DIR/kmsd.json" >>"$E2E_DIR/kmsd.log" 2>&1; then
+    fail "kmsd served with a token that lacks its audit signing keys"
+fi
+grep -q "the audit signing key is missing from token" "$E2E_DIR/kmsd.log" &&
+    ok "a token older than the audit key rotation: kmsd names the missing signing key" ||
+    fail "drill 7: $(tail -n 3 "$E2E_DIR/kmsd.log")"
+# The documented way on (docs/operations.md): archive the old logs, new logs.
+mv "$E2E_DIR/audit" "$W/audit-archive-7"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" -gt "$sb" ] && ok "new audit logs behind the store's watermark: safe mode until confirmed" ||
+    fail "drill 7: no safe mode"
+e2e_stop
+"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile --confirm >"$W/apply7.txt" 2>>"$E2E_DIR/kmsd.log" ||
+    fail "apply7: $(cat "$W/apply7.txt")"
+sb=$(safe_lines)
+e2e_start
+[ "$(safe_lines)" = "$sb" ] && [ "$(readyz)" = ready ] &&
+    [ "$(as demo-broker decrypt --in "$W/ct-pair")" = pair-before ] &&
+    ok "the runbook's steps bring the node back: ready, decrypting, nothing destroyed" ||
+    fail "after drill 7: $(readyz)"
+as auditor audit keys --out-dir "$W/keys7" >/dev/null
+as auditor audit export --region eu-west --out "$W/all7.bin" --proofs >/dev/null
+"$KMSCTL" audit verify --keys "$W/keys7" "$W/all7.bin" >/dev/null &&
+    ok "the new audit log verifies" || fail "audit verify after drill 7"
 
 # A copied dev installation never opens the live tokens once set up again.
 cp -a "$E2E_DIR/hsm" "$W/hsm-copy"
