@@ -324,9 +324,12 @@ static void reconcile_orphan(struct kms_service *svc, struct p11_token *tok,
     struct kms_key_record rec;
     if (key_id[0] && kms_store_key_get(svc->store, key_id, &rec) == KMS_OK &&
         rec.state == KMS_KEY_DESTROYED) {
-        if (svc->safe_mode) {
+        if (svc->safe_mode || !svc->cfg->audit_enabled) {
             kms_log_warn("reconcile", "token '%s': object '%s' of key %s, DESTROYED in the "
-                         "store, left in place (SAFE MODE)", p11_token_label(tok), label, key_id);
+                         "store, left in place (%s)", p11_token_label(tok), label, key_id,
+                         svc->safe_mode ? "SAFE MODE"
+                                        : "audit log off: nothing shows that no recovery "
+                                          "brought the key back");
             return;
         }
         kms_err drc = p11_key_destroy(tok, id);
@@ -749,9 +752,10 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
     if (findings > 0) {
         svc->safe_mode = true;
         snprintf(svc->safe_reason, sizeof(svc->safe_reason),
-                 "SAFE MODE: the store is older than the audit log or the tokens (%zu "
-                 "acknowledged change(s) missing, %zu live version(s) without HSM object, %zu "
-                 "HSM object(s) unknown); see the log, then kmsd --reconcile",
+                 "SAFE MODE: the store does not match the audit log and the tokens (%zu "
+                 "acknowledged change(s) missing from the store, %zu live version(s) without "
+                 "HSM object, %zu HSM object(s) unknown to the store); see the log, then "
+                 "kmsd --reconcile",
                  r.store_behind, r.token_behind, r.unknown);
         kms_log_error("restore", "%s", svc->safe_reason);
         for (size_t i = 0; i < r.n_lines; i++)
