@@ -264,6 +264,10 @@ void kms_service_metrics(struct kms_service *svc, FILE *f)
         kms_metrics_gauge(f, "custos_region_audit_ok", p11_token_region(svc->tokens[i]),
                           p11_token_label(svc->tokens[i]), NULL, NULL, ok);
     }
+    kms_metrics_family(f, "custos_safe_mode", "gauge",
+                       "1 while kmsd is in safe mode: its store does not match the audit log "
+                       "and the tokens (a restore); only decrypt and read operations serve.");
+    EACH_TOKEN("custos_safe_mode", NULL, NULL, svc->safe_mode);
 #undef EACH_TOKEN
 }
 

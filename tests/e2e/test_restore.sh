@@ -96,6 +96,9 @@ e2e_start
 r=$(readyz)
 case "$r" in *"SAFE MODE"*) ok "/readyz says not ready, and why ($r)" ;;
     *) fail "/readyz: $r" ;; esac
+curl -s -H "Authorization: Bearer $(cat "$E2E_DIR/credentials/operator.key")" \
+    "http://127.0.0.1:$E2E_PORT/metrics" | grep -q '^custos_safe_mode{region="eu-west",token="custos-eu-west"} 1' &&
+    ok "custos_safe_mode is 1 for the alert" || fail "safe mode metric"
 grep -q "finding: .*$k3" "$E2E_DIR/kmsd.log" && grep -q "finding: key $k2 is PENDING_DELETION" \
     "$E2E_DIR/kmsd.log" && grep -q "finding: key $kb is DESTROYED" "$E2E_DIR/kmsd.log" &&
     ok "the log names the findings: the unknown key, the cancelled deletion, the recovery" ||
@@ -134,6 +137,8 @@ grep -q "applied: key $k1 version 2 reattached" "$W/apply.txt" &&
 sb=$(safe_lines)
 e2e_start
 [ "$(safe_lines)" = "$sb" ] && [ "$(readyz)" = ready ] &&
+    curl -s -H "Authorization: Bearer $(cat "$E2E_DIR/credentials/operator.key")" \
+        "http://127.0.0.1:$E2E_PORT/metrics" | grep -q '^custos_safe_mode{region="eu-west",token="custos-eu-west"} 0' &&
     ok "after the confirmed reconcile kmsd starts normally and is ready" ||
     fail "still safe: $(readyz)"
 [ "$(as demo-broker decrypt --in "$W/ct1")" = one-v1 ] &&
