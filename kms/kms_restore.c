@@ -247,7 +247,10 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
                 continue;
             r->store_behind++;
             enum kms_key_state want = evs[i].want;
-            if (strcmp(evs[i].op, "ExecuteRecovery") == 0)
+            /* A recovered key comes back DISABLED, and a deletion is never
+             * re-scheduled by a rebuild (its date is not in the event):
+             * a human enables, or schedules again, on purpose. */
+            if (strcmp(evs[i].op, "ExecuteRecovery") == 0 || want == KMS_KEY_PENDING_DELETION)
                 want = KMS_KEY_DISABLED;
             note(r, "key %s is %s in the store, but the audit log acknowledged %s (seq %" PRIu64
                  ") after that: the store is older", evs[i].key_id, kms_key_state_name(k.state),
