@@ -60,6 +60,7 @@ printf 'one-v1' | as demo-broker encrypt --key-id "$k1" >"$W/ct1"
 k2=$(as demo-admin key create --region eu-west -q)
 printf 'two' | as demo-broker encrypt --key-id "$k2" >"$W/ct2"
 as demo-admin key schedule-deletion "$k2" --days 4 >/dev/null
+k4=$(as demo-admin key create --region eu-west -q)
 kb=$(as bank-admin key create --region eu-west -q)
 printf 'bank' | as bank-broker encrypt --key-id "$kb" >"$W/ctb"
 as bank-admin key schedule-deletion "$kb" --days 1 >/dev/null
@@ -72,6 +73,7 @@ printf 'one-v2' | as demo-broker encrypt --key-id "$k1" >"$W/ct1v2"
 k3=$(as demo-admin key create --region eu-west -q)
 printf 'three' | as demo-broker encrypt --key-id "$k3" >"$W/ct3"
 as demo-admin key cancel-deletion "$k2" >/dev/null
+as demo-admin key schedule-deletion "$k4" --days 1000 >/dev/null
 rid=$(as bank-officer-1 recovery request "$kb" --mode restore --state enabled \
         --justification accidental-deletion --text "restore drill" --case DRILL-1 -q)
 for o in 2 3; do
@@ -125,6 +127,7 @@ e2e_stop
 grep -q "reattach: key $k1 version 2" "$W/plan.txt" &&
     grep -q "rebuild: key $k2 -> DISABLED" "$W/plan.txt" &&
     grep -q "rebuild: key $kb -> DISABLED" "$W/plan.txt" &&
+    grep -q "rebuild: key $k4 -> DISABLED" "$W/plan.txt" &&
     grep -q "reattach: key $k3 (tenant demo, region eu-west) with version 1" "$W/plan.txt" &&
     ok "kmsd --reconcile prints the plan: rebuild, reattach the version and the key" ||
     fail "plan: $(cat "$W/plan.txt")"
@@ -157,6 +160,9 @@ as demo-admin key describe "$k2" | grep -q '^state: *DISABLED' &&
 as bank-admin key enable "$kb" >/dev/null && [ "$(as bank-broker decrypt --in "$W/ctb")" = bank ] &&
     ok "the recovered key is back (DISABLED until re-enabled) and decrypts" ||
     fail "kb after reconcile"
+as demo-admin key describe "$k4" | grep -q '^state: *DISABLED' &&
+    ok "a deletion scheduled after the backup is rebuilt as DISABLED, never re-scheduled" ||
+    fail "k4: $(as demo-admin key describe "$k4")"
 v=$(as demo-admin key rotate "$k1" | sed -n 's/^current_version: *//p')
 [ "$v" = 3 ] && ok "the next rotation takes version 3, never v2 again" || fail "rotation gave $v"
 sleep 3
