@@ -7,6 +7,8 @@
 # token labelled custos-REGION whose user and SO PINs are random and kept in
 # DIR/pins/REGION.pin and DIR/pins/REGION.so.pin (mode 0600). Never touches
 # /etc/softhsm or /var/lib/softhsm. Idempotent: existing tokens are kept.
+# Run again on a copied installation, it re-roots the copy's softhsm2.conf
+# to the copy's own tokens (never the live ones the copy was taken from).
 # Use the result with: export SOFTHSM2_CONF=DIR/softhsm2.conf
 set -eu
 
@@ -30,6 +32,16 @@ slots.removable = false
 slots.mechanisms = ALL
 library.reset_on_fork = false
 CONF
+fi
+# SoftHSMv2 reads directories.tokendir as an absolute path (a relative one
+# is taken from the process's working directory, not from this file). A
+# copied installation (a backup restored beside the live one) would keep
+# naming the live tokens: re-root the line to this directory's own tokens.
+tokendir=$(sed -n 's/^directories\.tokendir *= *//p' "$conf")
+if [ "${tokendir%/}" != "$dir/tokens" ]; then
+    sed "s|^directories\.tokendir *=.*|directories.tokendir = $dir/tokens/|" "$conf" >"$conf.new"
+    mv "$conf.new" "$conf"
+    echo "dev-hsm: $conf named token directory $tokendir; now $dir/tokens/ (its own)" >&2
 fi
 export SOFTHSM2_CONF="$conf"
 

@@ -4,6 +4,8 @@
 #include "kms_service.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "audit_log.h"
+#include "audit_merkle.h"
 #include "kms_escrow.h"
 #include "kms_import.h"
 #include "kms_keycache.h"
@@ -18,6 +21,8 @@
 #include "kms_metrics.h"
 #include "kms_rotate.h"
 #include "kms_usage.h"
+#include "kms_restore.h"
+#include "kms_store_epoch.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 #include "p11_module.h"
@@ -39,6 +44,16 @@ struct kms_service {
 
     pthread_mutex_t policy_lock; /* guards `policy` (the pointer, not the doc) */
     struct pol_doc *policy;
+
+    /* SAFE MODE (kms_restore.h): set once at start, before any request;
+     * read without a lock afterwards. */
+    bool safe_mode;
+    char safe_reason[300];
+    /* Each token's key objects as the restore check listed them at start,
+     * for reconcile to reuse; freed by reconcile. */
+    struct p11_key_id *listed[KMS_CONFIG_MAX_TOKENS];
+    size_t n_listed[KMS_CONFIG_MAX_TOKENS];
+    bool have_listed[KMS_CONFIG_MAX_TOKENS];
 
     pthread_t sweeper;
     bool sweeper_running;
@@ -151,6 +166,38 @@ kms_err kms_service_reload_policy(struct kms_service *svc)
 
 /* ---- health and metrics ---------------------------------------------------- */
 
+/* Room for one more write of AUDIT_RECORD_MAX bytes in dir: a probe file
+ * written and removed. The deep check runs one at a time (kms_health), so
+ * one probe name is enough. */
+static kms_err probe_room(const char *dir, const char *what)
+{
+    static const uint8_t zeros[AUDIT_RECORD_MAX];
+    char path[4096];
+    KMS_ENSURE((size_t)snprintf(path, sizeof(path), "%s/.custos-ready-probe", dir) <
+                   sizeof(path),
+               KMS_ERR_CONFIG, "%s: path too long", what);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    KMS_ENSURE(fd >= 0, KMS_ERR_IO, "%s %s is not writable: %s", what, dir, strerror(errno));
+    size_t done = 0;
+    int err = 0;
+    while (done < sizeof(zeros)) {
+        ssize_t n = write(fd, zeros + done, sizeof(zeros) - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            err = n < 0 ? errno : ENOSPC;
+            break;
+        }
+        done += (size_t)n;
+    }
+    close(fd);
+    unlink(path);
+    KMS_ENSURE(err == 0, err == ENOSPC ? KMS_ERR_NOSPC : KMS_ERR_IO,
+               "%s %s has no room for one more record (%s): the state disk is full",
+               what, dir, strerror(err));
+    return KMS_OK;
+}
+
 kms_err kms_service_check(struct kms_service *svc)
 {
     for (size_t i = 0; i < svc->n_tokens; i++) {
@@ -173,6 +220,20 @@ kms_err kms_service_check(struct kms_service *svc)
      * under a running log that has nothing to write yet. */
     KMS_ENSURE(!svc->cfg->audit_enabled || access(svc->cfg->audit_dir, W_OK) == 0, KMS_ERR_IO,
                "audit directory %s is not writable: %s", svc->cfg->audit_dir, strerror(errno));
+    /* A full disk (or a file-size limit) is invisible to an idle log and
+     * store: prove there is room for one more record of each. */
+    if (svc->cfg->audit_enabled)
+        KMS_GUARD(probe_room(svc->cfg->audit_dir, "audit directory"));
+    char store_dir[4096];
+    snprintf(store_dir, sizeof(store_dir), "%s", svc->cfg->store_path);
+    char *slash = strrchr(store_dir, '/');
+    if (slash == NULL)
+        snprintf(store_dir, sizeof(store_dir), ".");
+    else if (slash == store_dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    KMS_GUARD(probe_room(store_dir, "store directory"));
     struct kms_store_info info;
     KMS_GUARD(kms_store_info(svc->store, &info));
     return KMS_OK;
@@ -211,6 +272,10 @@ void kms_service_metrics(struct kms_service *svc, FILE *f)
         kms_metrics_gauge(f, "custos_region_audit_ok", p11_token_region(svc->tokens[i]),
                           p11_token_label(svc->tokens[i]), NULL, NULL, ok);
     }
+    kms_metrics_family(f, "custos_safe_mode", "gauge",
+                       "1 while kmsd is in safe mode: its store does not match the audit log "
+                       "and the tokens (a restore); only decrypt and read operations serve.");
+    EACH_TOKEN("custos_safe_mode", NULL, NULL, svc->safe_mode);
 #undef EACH_TOKEN
     kms_usage_metrics(svc->usage, f);
 }
@@ -222,11 +287,39 @@ static int cmp_hsm_id(const void *a, const void *b)
     return memcmp(a, b, KMS_HSM_ID_LEN);
 }
 
+/* A service event in the audit log of tok's region (reconcile, restore):
+ * durable before kmsd goes on. Audit off or region not served: the
+ * operational log is all there is. */
+static kms_err service_event(struct kms_service *svc, struct p11_token *tok, const char *op,
+                             const char *key_id, uint32_t version, const char *detail)
+{
+    struct audit_log *log = NULL;
+    for (size_t i = 0; i < svc->n_tokens; i++)
+        if (svc->tokens[i] == tok)
+            log = svc->audit[i];
+    if (log == NULL)
+        return KMS_OK;
+    Custos__V1__AuditEvent ev = CUSTOS__V1__AUDIT_EVENT__INIT;
+    ev.principal = (char *)"kmsd";
+    ev.role = (char *)"operator";
+    ev.operation = (char *)op;
+    ev.key_id = (char *)(key_id ? key_id : "");
+    ev.key_version = version;
+    ev.region = (char *)p11_token_region(tok);
+    ev.token = (char *)p11_token_label(tok);
+    ev.outcome = (char *)"ok";
+    ev.detail = (char *)(detail ? detail : "");
+    ev.policy_sha256 = (char *)pol_doc_digest_hex(svc->policy);
+    return audit_log_append(log, &ev);
+}
+
 /* An HSM object of ours that no live version names. It is destroyed only
  * when the store remembers its key as DESTROYED (the sweeper crashed between
- * the store and the HSM). An object the store has never heard of is left in
- * place and reported: starting on a restored old database must not destroy
- * keys created after the backup. */
+ * the store and the HSM), kmsd is not in safe mode, and the audit log was
+ * there to say that no recovery brought the key back after the store's
+ * copy (kms_restore_audit_scan). An object the store has never heard of is
+ * left in place and reported: starting on a restored old database must not
+ * destroy keys created after the backup. */
 static void reconcile_orphan(struct kms_service *svc, struct p11_token *tok,
                              const struct p11_key_id *id)
 {
@@ -244,6 +337,14 @@ static void reconcile_orphan(struct kms_service *svc, struct p11_token *tok,
     struct kms_key_record rec;
     if (key_id[0] && kms_store_key_get(svc->store, key_id, &rec) == KMS_OK &&
         rec.state == KMS_KEY_DESTROYED) {
+        if (svc->safe_mode || !svc->cfg->audit_enabled) {
+            kms_log_warn("reconcile", "token '%s': object '%s' of key %s, DESTROYED in the "
+                         "store, left in place (%s)", p11_token_label(tok), label, key_id,
+                         svc->safe_mode ? "SAFE MODE"
+                                        : "audit log off: nothing shows that no recovery "
+                                          "brought the key back");
+            return;
+        }
         kms_err drc = p11_key_destroy(tok, id);
         kms_log_warn("reconcile", "token '%s': destroyed leftover HSM object %s of destroyed key %s: %s",
                      p11_token_label(tok), hex, key_id, drc == KMS_OK ? "ok" : kms_err_detail());
@@ -254,15 +355,75 @@ static void reconcile_orphan(struct kms_service *svc, struct p11_token *tok,
                   p11_token_label(tok), hex, label);
 }
 
-/* A crash between "row in CREATING" and "row ACTIVE" leaves a version that
- * was never acknowledged: remove its HSM object, if any, and its row. Then
- * deal with HSM objects of ours that no live row names (orphans). */
+/* Is the CREATING version's HSM object complete: every object its spec
+ * needs exists under its id with this version's label, locked
+ * (non-extractable: escrow, when wanted, was sealed before the lock), and
+ * its escrow blob is stored when the key wants one? A key created by import
+ * is never complete here: its check value is written at activation. */
+static kms_err creating_complete(struct kms_service *svc, struct p11_token *tok,
+                                 const struct kms_store_creating *c, bool *out_exists,
+                                 bool *out_complete)
+{
+    struct p11_key_id id;
+    memcpy(id.b, c->hsm_id, sizeof(id.b));
+    *out_complete = false;
+    KMS_GUARD(p11_key_exists(tok, &id, out_exists));
+    if (!*out_exists)
+        return KMS_OK;
+    struct kms_store_key_raw k;
+    bool found = false;
+    KMS_GUARD(kms_store_key_state_any(svc->store, c->key_id, &k, &found));
+    if (!found || k.origin != KMS_KEY_ORIGIN_HSM)
+        return KMS_OK;
+    char label[65], want[80];
+    snprintf(want, sizeof(want), KMS_HSM_LABEL_PREFIX "%s:v%" PRIu32, c->key_id, c->version);
+    if (p11_key_label(tok, &id, label) != KMS_OK || strcmp(label, want) != 0)
+        return KMS_OK;
+    struct p11_key_info info;
+    bool ok = true;
+    if (k.spec == KMS_KEY_SPEC_AES_256 || k.spec == KMS_KEY_SPEC_METADATA)
+        ok = ok && p11_key_info_kind(tok, &id, P11_KEY_AES_ENCRYPT, &info) == KMS_OK &&
+             !info.extractable;
+    if (k.spec == KMS_KEY_SPEC_HMAC_256 || k.spec == KMS_KEY_SPEC_METADATA)
+        ok = ok && p11_key_info_kind(tok, &id, P11_KEY_HMAC_SHA256, &info) == KMS_OK &&
+             !info.extractable;
+    if (k.spec == KMS_KEY_SPEC_EC_P256)
+        ok = ok && p11_key_info(tok, &id, &info) == KMS_OK && !info.extractable;
+    kms_err_clear();
+    if (ok && k.escrow_required) {
+        struct kms_escrow_record *blobs = NULL;
+        size_t n = 0;
+        KMS_GUARD(kms_store_escrow_list(svc->store, c->key_id, &blobs, &n));
+        bool has = false;
+        for (size_t i = 0; i < n; i++)
+            has |= blobs[i].version == c->version;
+        free(blobs);
+        ok = has;
+    }
+    *out_complete = ok;
+    return KMS_OK;
+}
+
+/* A crash between "row in CREATING" and "row ACTIVE", or a store restored
+ * from a hot backup taken meanwhile, leaves a CREATING version. A complete
+ * HSM object may have been acknowledged (the backup case): the version is
+ * finished, never destroyed. An absent or incomplete object was never
+ * acknowledged (acknowledgement follows completion): the row goes, with
+ * the incomplete object, except in safe mode, where nothing is destroyed.
+ * Then deal with HSM objects of ours that no live row names (orphans). */
 static kms_err reconcile(struct kms_service *svc)
 {
     struct kms_store_creating *creating = NULL;
     size_t n = 0;
     KMS_GUARD(kms_store_creating_list(svc->store, &creating, &n));
     kms_err rc = KMS_OK;
+    /* Objects step 1 destroys: the token listing below may predate it. */
+    struct p11_key_id *gone = n ? calloc(n, sizeof(*gone)) : NULL;
+    size_t n_gone = 0;
+    if (n && gone == NULL) {
+        free(creating);
+        return kms_err_set(KMS_ERR_NOMEM, "out of memory");
+    }
     for (size_t i = 0; i < n && rc == KMS_OK; i++) {
         struct p11_token *tok = token_by_label(svc, creating[i].token);
         if (tok == NULL) {
@@ -270,50 +431,355 @@ static kms_err reconcile(struct kms_service *svc)
                          creating[i].key_id, creating[i].version, creating[i].token);
             continue;
         }
+        bool exists = false, complete = false;
+        rc = creating_complete(svc, tok, &creating[i], &exists, &complete);
+        if (rc != KMS_OK)
+            break;
+        char detail[160];
+        if (complete) {
+            rc = kms_store_version_activate(svc->store, creating[i].key_id, creating[i].version);
+            if (rc != KMS_OK)
+                break;
+            kms_log_warn("reconcile", "finished half-created key %s version %u: its HSM object "
+                         "is complete and may have been acknowledged",
+                         creating[i].key_id, creating[i].version);
+            snprintf(detail, sizeof(detail), "half-created version finished at start: its HSM "
+                     "object is complete");
+            rc = service_event(svc, tok, "ReconcileFinished", creating[i].key_id,
+                               creating[i].version, detail);
+            continue;
+        }
+        if (svc->safe_mode) {
+            kms_log_warn("reconcile", "key %s version %u is half-created (HSM object %s); left "
+                         "as it is (SAFE MODE)", creating[i].key_id, creating[i].version,
+                         exists ? "incomplete" : "absent");
+            continue;
+        }
         struct p11_key_id id;
         memcpy(id.b, creating[i].hsm_id, sizeof(id.b));
-        kms_err drc = p11_key_destroy(tok, &id);
+        kms_err drc = exists ? p11_key_destroy(tok, &id) : KMS_ERR_NOT_FOUND;
         if (drc != KMS_OK && drc != KMS_ERR_NOT_FOUND) {
             rc = drc;
             break;
         }
+        gone[n_gone++] = id;
         rc = kms_store_creating_discard(svc->store, creating[i].key_id, creating[i].version);
-        if (rc == KMS_OK)
+        if (rc == KMS_OK) {
             kms_log_warn("reconcile", "removed half-created key %s version %u (HSM object %s)",
                          creating[i].key_id, creating[i].version,
-                         drc == KMS_OK ? "destroyed" : "never made");
+                         drc == KMS_OK ? "incomplete, destroyed" : "never made");
+            snprintf(detail, sizeof(detail), "half-created version discarded at start: its HSM "
+                     "object was %s, so it was never acknowledged",
+                     drc == KMS_OK ? "incomplete" : "never made");
+            rc = service_event(svc, tok, "ReconcileDiscarded", creating[i].key_id,
+                               creating[i].version, detail);
+        }
     }
     free(creating);
-    KMS_GUARD(rc);
+    if (rc != KMS_OK) {
+        free(gone);
+        return rc;
+    }
 
-    for (size_t t = 0; t < svc->n_tokens; t++) {
+    for (size_t t = 0; t < svc->n_tokens && rc == KMS_OK; t++) {
         struct p11_token *tok = svc->tokens[t];
         struct p11_key_id *ids = NULL;
         size_t n_ids = 0;
         struct kms_hsm_id *known = NULL;
         size_t n_known = 0;
-        /* Objects a crash inside the HSM library left without attributes. */
+        /* Objects a crash inside the HSM library left without attributes:
+         * never a key anyone was told about (every object of ours carries
+         * CKA_ID and a label from its creation). */
         size_t husks = 0;
-        KMS_GUARD(p11_key_destroy_husks(tok, &husks));
+        rc = p11_key_destroy_husks(tok, &husks);
+        if (rc != KMS_OK)
+            break;
         if (husks > 0)
             kms_log_warn("reconcile", "token '%s': destroyed %zu incomplete key object(s) "
                          "without CKA_ID or label (left by a crash during object creation)",
                          p11_token_label(tok), husks);
-        /* HSM first, store second: see kms_store.h. */
-        KMS_GUARD(p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids));
-        rc = kms_store_hsm_ids_for_token(svc->store, p11_token_label(tok), &known, &n_known);
+        /* HSM first, store second: see kms_store.h. At start nothing runs
+         * concurrently (the store's flock, no listener yet), so the listing
+         * the restore check made is as good as a new one, less what step 1
+         * destroyed: one walk of a large token, not two. */
+        if (svc->have_listed[t]) {
+            ids = svc->listed[t];
+            n_ids = svc->n_listed[t];
+            svc->listed[t] = NULL;
+            svc->have_listed[t] = false;
+        } else {
+            rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
+        }
+        if (rc == KMS_OK)
+            rc = kms_store_hsm_ids_for_token(svc->store, p11_token_label(tok), &known, &n_known);
         for (size_t i = 0; rc == KMS_OK && i < n_ids; i++) {
             if (bsearch(ids[i].b, known, n_known, sizeof(*known), cmp_hsm_id))
                 continue;
-            reconcile_orphan(svc, tok, &ids[i]);
+            bool destroyed = false;
+            for (size_t j = 0; j < n_gone && !destroyed; j++)
+                destroyed = memcmp(gone[j].b, ids[i].b, sizeof(ids[i].b)) == 0;
+            if (!destroyed)
+                reconcile_orphan(svc, tok, &ids[i]);
         }
         free(ids);
         free(known);
-        KMS_GUARD(rc);
         /* Wrapping keys of import tokens interrupted by a crash. */
-        KMS_GUARD(kms_import_reconcile(svc, tok, NULL));
+        if (rc == KMS_OK && !svc->safe_mode)
+            rc = kms_import_reconcile(svc, tok, NULL);
     }
+    free(gone);
+    return rc;
+}
+
+/* ---- restore detection and safe mode ------------------------------------------ */
+
+static enum kms_restore_mode restore_mode = KMS_RESTORE_MODE_SERVE;
+static FILE *restore_out;
+
+void kms_service_set_restore_mode(enum kms_restore_mode mode, FILE *out)
+{
+    restore_mode = mode;
+    restore_out = out;
+}
+
+bool kms_service_safe_mode(const struct kms_service *svc, const char **out_reason)
+{
+    if (out_reason)
+        *out_reason = svc->safe_reason;
+    return svc->safe_mode;
+}
+
+/* Record, for every region, that the store reflects its audit log up to
+ * now: a key operation commits in the store before its event is queued,
+ * so every event below the current size is in the store. */
+static void mark_audit(struct kms_service *svc)
+{
+    for (size_t i = 0; i < svc->n_tokens; i++) {
+        if (svc->audit[i] == NULL)
+            continue;
+        uint64_t size = audit_tree_size(audit_log_tree(svc->audit[i]));
+        if (kms_store_audit_mark_set(svc->store, p11_token_region(svc->tokens[i]), size) != KMS_OK)
+            kms_log_warn("restore", "region %s: audit watermark not recorded: %s",
+                         p11_token_region(svc->tokens[i]), kms_err_detail());
+    }
+}
+
+/* The spec of a key from its version's object(s): an AES key and a generic
+ * secret under one id are a METADATA version (docs/pkcs11.md). */
+static kms_err reattach_spec(struct p11_token *tok, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                             enum kms_key_spec *spec, enum kms_key_usage *usage)
+{
+    struct p11_key_id id;
+    struct p11_key_info info;
+    memcpy(id.b, hsm_id, sizeof(id.b));
+    bool aes = p11_key_info_kind(tok, &id, P11_KEY_AES_ENCRYPT, &info) == KMS_OK;
+    bool hmac = p11_key_info_kind(tok, &id, P11_KEY_HMAC_SHA256, &info) == KMS_OK;
+    bool any = aes || hmac || p11_key_info(tok, &id, &info) == KMS_OK;
+    kms_err_clear();
+    KMS_ENSURE(any, KMS_ERR_NOT_FOUND, "the object is gone from its token");
+    *spec = aes && hmac ? KMS_KEY_SPEC_METADATA
+            : aes       ? KMS_KEY_SPEC_AES_256
+            : hmac      ? KMS_KEY_SPEC_HMAC_256
+                        : KMS_KEY_SPEC_EC_P256;
+    *usage = *spec == KMS_KEY_SPEC_AES_256    ? KMS_KEY_USAGE_ENCRYPT_DECRYPT
+             : *spec == KMS_KEY_SPEC_METADATA ? KMS_KEY_USAGE_METADATA
+                                              : KMS_KEY_USAGE_SIGN_VERIFY;
     return KMS_OK;
+}
+
+static kms_err apply_fix(struct kms_service *svc, const struct kms_restore_fix *x, FILE *out)
+{
+    int64_t now = (int64_t)time(NULL);
+    struct p11_token *tok = x->token[0] ? token_by_label(svc, x->token) : NULL;
+    char detail[160];
+    switch (x->kind) {
+    case KMS_FIX_STATE:
+        KMS_GUARD(kms_store_key_force_state(svc->store, x->key_id, x->state));
+        fprintf(out, "applied: key %s is %s again\n", x->key_id, kms_key_state_name(x->state));
+        snprintf(detail, sizeof(detail), "restore reconcile: state rebuilt to %s from the "
+                 "audit log", kms_key_state_name(x->state));
+        break;
+    case KMS_FIX_REATTACH:
+        KMS_GUARD(kms_store_unknown_confirm(svc->store, x->hsm_id, now));
+        KMS_GUARD(kms_store_version_reattach(svc->store, x->key_id, x->version, x->hsm_id, now));
+        fprintf(out, "applied: key %s version %u reattached\n", x->key_id, x->version);
+        snprintf(detail, sizeof(detail), "restore reconcile: version reattached from token "
+                 "'%s'", x->token);
+        break;
+    case KMS_FIX_LOST:
+        KMS_GUARD(kms_store_lost_confirm(svc->store, x->hsm_id, now));
+        fprintf(out, "applied: key %s version %u accepted as lost from token '%s'\n",
+                x->key_id, x->version, x->token);
+        snprintf(detail, sizeof(detail), "restore reconcile: live version accepted as lost: "
+                 "its HSM object is in no token");
+        break;
+    case KMS_FIX_FLOOR:
+        KMS_GUARD(kms_store_key_version_floor(svc->store, x->key_id, x->version));
+        fprintf(out, "applied: key %s never reissues version %u\n", x->key_id, x->version);
+        snprintf(detail, sizeof(detail), "restore reconcile: version number kept taken (the "
+                 "audit log acknowledged it)");
+        break;
+    case KMS_FIX_REATTACH_KEY: {
+        KMS_ENSURE(tok != NULL, KMS_ERR_FAILED_PRECONDITION, "token '%s' is not served here",
+                   x->token);
+        struct kms_key_record k = {0};
+        struct kms_version_record v1 = {0};
+        KMS_GUARD(reattach_spec(tok, x->hsm_id, &k.spec, &k.usage));
+        snprintf(k.key_id, sizeof(k.key_id), "%s", x->key_id);
+        snprintf(k.tenant, sizeof(k.tenant), "%s", x->tenant);
+        snprintf(k.region, sizeof(k.region), "%s", x->region);
+        snprintf(k.token, sizeof(k.token), "%s", x->token);
+        snprintf(k.description, sizeof(k.description), "reattached after a restore");
+        k.origin = x->origin;
+        k.state = KMS_KEY_CREATING;
+        k.created_at = x->created_at;
+        v1.version = 1;
+        v1.state = KMS_VERSION_CREATING;
+        v1.created_at = x->created_at;
+        memcpy(v1.hsm_id, x->hsm_id, sizeof(v1.hsm_id));
+        KMS_GUARD(kms_store_unknown_confirm(svc->store, x->hsm_id, now));
+        KMS_GUARD(kms_store_key_insert(svc->store, &k, &v1));
+        KMS_GUARD(kms_store_version_activate(svc->store, x->key_id, 1));
+        fprintf(out, "applied: key %s reattached (tenant %s), version 1 ENABLED\n", x->key_id,
+                x->tenant);
+        snprintf(detail, sizeof(detail), "restore reconcile: key reattached from token '%s' "
+                 "and its CreateKey event", x->token);
+        break;
+    }
+    case KMS_FIX_UNKNOWN:
+        KMS_GUARD(kms_store_unknown_confirm(svc->store, x->hsm_id, now));
+        if (x->key_id[0] && x->version > 0)
+            KMS_GUARD(kms_store_key_version_floor(svc->store, x->key_id, x->version));
+        fprintf(out, "applied: object of key %s version %u kept in token '%s', unattached\n",
+                x->key_id[0] ? x->key_id : "(unlabelled)", x->version, x->token);
+        snprintf(detail, sizeof(detail), "restore reconcile: HSM object unknown to the store "
+                 "kept in place, unattached");
+        break;
+    default:
+        return kms_err_set(KMS_ERR_INTERNAL, "unknown fix kind");
+    }
+    kms_keycache_invalidate(svc->keycache, x->key_id);
+    struct kms_key_record rec;
+    if (tok == NULL && kms_store_key_get(svc->store, x->key_id, &rec) == KMS_OK)
+        tok = token_by_label(svc, rec.token);
+    if (tok == NULL && svc->n_tokens > 0)
+        tok = svc->tokens[0];
+    return tok ? service_event(svc, tok, "RestoreReconciled", x->key_id, x->version, detail)
+               : KMS_OK;
+}
+
+/* Compare the store with the audit logs and the tokens before anything is
+ * destroyed; decide safe mode, print the plan, or apply it. *out_exit: the
+ * caller stops here (plan printed or applied). */
+static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
+{
+    struct kms_restore_report r = {0};
+    kms_err rc = KMS_OK;
+    *out_exit = false;
+    uint64_t sizes[KMS_CONFIG_MAX_TOKENS] = {0};
+    for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
+        if (svc->audit[i])
+            rc = kms_restore_audit_scan(svc->store, svc->audit[i], &r, &sizes[i]);
+    for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++) {
+        rc = kms_restore_token_scan(svc->store, svc->tokens[i], &r, &svc->listed[i],
+                                    &svc->n_listed[i]);
+        svc->have_listed[i] = rc == KMS_OK;
+    }
+    if (rc != KMS_OK)
+        goto done;
+    size_t findings = kms_restore_findings(&r);
+    FILE *out = restore_out ? restore_out : stdout;
+    /* A store made by kmsctl backup says so: the first start on it is
+     * recorded, in the log and in every region's audit log. */
+    bool restored = false;
+    char of[KMS_STORE_META_MAX], at[KMS_STORE_META_MAX];
+    KMS_GUARD_GOTO(kms_store_backup_pending(svc->store, &restored, of, at), done);
+    if (restored && restore_mode == KMS_RESTORE_MODE_PLAN) {
+        fprintf(out, "this store is a restored backup of store %s taken at %s (unix time)\n",
+                of, at);
+    } else if (restored) {
+        char detail[2 * KMS_STORE_META_MAX + 64];
+        snprintf(detail, sizeof(detail), "store restored from a backup of store %s taken at %s",
+                 of, at);
+        kms_log_warn("restore", "%s (unix time)", detail);
+        for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
+            rc = service_event(svc, svc->tokens[i], "StoreRestored", NULL, 0, detail);
+        if (rc == KMS_OK)
+            rc = kms_store_backup_announced(svc->store, (int64_t)time(NULL));
+        if (rc != KMS_OK)
+            goto done;
+    }
+    if (restore_mode == KMS_RESTORE_MODE_PLAN) {
+        kms_restore_print(&r, out);
+        struct kms_store_creating *creating = NULL;
+        size_t n = 0;
+        if (kms_store_creating_list(svc->store, &creating, &n) == KMS_OK)
+            for (size_t i = 0; i < n; i++)
+                fprintf(out, "  at start: key %s version %u is half-created: finished if its "
+                             "HSM object is complete, else discarded (never in safe mode)\n",
+                        creating[i].key_id, creating[i].version);
+        free(creating);
+        fprintf(out, findings ? "kmsd would start in SAFE MODE; apply with: kmsd --reconcile "
+                                "--confirm\n"
+                              : "the store agrees with the audit log and the tokens\n");
+        *out_exit = true;
+        goto done;
+    }
+    if (restore_mode == KMS_RESTORE_MODE_CONFIRM) {
+        kms_restore_print(&r, out);
+        /* Keys before their later versions. A fix that cannot be applied
+         * is reported and skipped: the rest still helps. */
+        size_t failed = 0;
+        for (int pass = 0; pass < 2 && rc == KMS_OK; pass++)
+            for (size_t i = 0; i < r.n_fixes && rc == KMS_OK; i++) {
+                if ((r.fixes[i].kind == KMS_FIX_REATTACH_KEY) != (pass == 0))
+                    continue;
+                kms_err frc = apply_fix(svc, &r.fixes[i], out);
+                if (frc == KMS_ERR_NOMEM || frc == KMS_ERR_IO || frc == KMS_ERR_NOSPC) {
+                    rc = frc;
+                } else if (frc != KMS_OK) {
+                    failed++;
+                    fprintf(out, "not applied: key %s version %u: %s\n", r.fixes[i].key_id,
+                            r.fixes[i].version, kms_err_detail());
+                }
+            }
+        if (rc != KMS_OK)
+            goto done;
+        char detail[160];
+        snprintf(detail, sizeof(detail), "operator confirmed the restore reconcile: %zu "
+                 "finding(s), %zu change(s) applied, %zu not applicable", findings,
+                 r.n_fixes - failed, failed);
+        for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
+            rc = service_event(svc, svc->tokens[i], "RestoreConfirmed", NULL, 0, detail);
+        /* The operator accepted the audit logs in place, even one older
+         * than the store's watermark. */
+        for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
+            if (svc->audit[i])
+                rc = kms_store_audit_mark_reset(svc->store, p11_token_region(svc->tokens[i]),
+                                                audit_tree_size(audit_log_tree(svc->audit[i])));
+        fprintf(out, "%s; start kmsd normally\n", detail);
+        kms_log_warn("restore", "%s", detail);
+        *out_exit = true;
+        goto done;
+    }
+    if (findings > 0) {
+        svc->safe_mode = true;
+        snprintf(svc->safe_reason, sizeof(svc->safe_reason),
+                 "SAFE MODE: the store does not match the audit log and the tokens (%zu "
+                 "acknowledged change(s) missing from the store, %zu live version(s) without "
+                 "HSM object, %zu HSM object(s) unknown to the store); see the log, then "
+                 "kmsd --reconcile",
+                 r.store_behind, r.token_behind, r.unknown);
+        kms_log_error("restore", "%s", svc->safe_reason);
+        for (size_t i = 0; i < r.n_lines; i++)
+            kms_log_error("restore", "finding: %s", r.lines[i]);
+        for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
+            rc = service_event(svc, svc->tokens[i], "RestoreDetected", NULL, 0,
+                               svc->safe_reason);
+    }
+done:
+    kms_restore_report_release(&r);
+    return rc;
 }
 
 /* ---- sweeper ---------------------------------------------------------------- */
@@ -327,6 +793,11 @@ kms_err kms_service_sweep(struct kms_service *svc, int64_t now, size_t *out_n)
     struct kms_key_record *due = NULL;
     size_t n = 0;
     *out_n = 0;
+    /* Safe mode: the store may be older than what tenants were told (a
+     * deletion cancelled after the backup is still due here). */
+    if (svc->safe_mode)
+        return KMS_OK;
+    mark_audit(svc);
     KMS_GUARD(kms_store_keys_due_for_deletion(svc->store, now, 100, &due, &n));
     kms_err rc = KMS_OK;
     for (size_t i = 0; i < n; i++) {
@@ -370,12 +841,16 @@ static void *sweeper_main(void *arg)
         size_t n = 0;
         if (kms_service_sweep(svc, (int64_t)time(NULL), &n) != KMS_OK)
             kms_log_error("sweeper", "sweep failed: %s", kms_err_detail());
+        /* In safe mode (a restored store) nothing is destroyed or made:
+         * neither expired wrapping keys nor automatic rotations. */
+        bool safe = kms_service_safe_mode(svc, NULL);
         /* Expired BYOK import tokens: their RSA wrapping keys leave the HSM
          * at expiry, not at the next import that happens to sweep. */
-        if (kms_import_sweep(svc, (int64_t)time(NULL), IMPORT_SWEEP_BATCH, NULL) != KMS_OK)
+        if (!safe &&
+            kms_import_sweep(svc, (int64_t)time(NULL), IMPORT_SWEEP_BATCH, NULL) != KMS_OK)
             kms_log_error("sweeper", "import token sweep failed: %s", kms_err_detail());
         /* Automatic rotations: periods elapsed, usage thresholds reached. */
-        if (kms_rotate_sweep(svc, (int64_t)time(NULL), &n) != KMS_OK)
+        if (!safe && kms_rotate_sweep(svc, (int64_t)time(NULL), &n) != KMS_OK)
             kms_log_error("sweeper", "rotation sweep failed: %s", kms_err_detail());
         pthread_mutex_lock(&svc->stop_lock);
         struct timespec until;
@@ -418,7 +893,6 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     struct kms_usage_config uc = {cfg->usage_rotate_at, cfg->usage_limit,
                                   cfg->usage_reserve_block};
     KMS_GUARD_GOTO(kms_usage_new(svc->store, &uc, &svc->usage), fail);
-    KMS_GUARD_GOTO(reconcile(svc), fail);
     for (size_t i = 0; i < svc->n_tokens; i++) {
         size_t n = 0;
         KMS_GUARD_GOTO(p11_token_warm_cache(svc->tokens[i], &n), fail);
@@ -459,7 +933,20 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     } else {
         kms_log_warn("service", "the audit log is OFF (dev mode): nothing is being recorded");
     }
+    /* Before anything is destroyed: is the store older than the audit log
+     * or the tokens (a restore)? Then reconcile destroys nothing. The audit
+     * logs are open first so that what reconcile does is recorded. */
+    bool stop_here = false;
+    KMS_GUARD_GOTO(detect_restore(svc, &stop_here), fail);
+    if (stop_here) {
+        *out = svc;
+        return KMS_OK;
+    }
+    KMS_GUARD_GOTO(reconcile(svc), fail);
+    if (!svc->safe_mode)
+        mark_audit(svc);
 
+    /* In safe mode the sweeper thread still runs but sweeps nothing. */
     KMS_ENSURE_GOTO(pthread_create(&svc->sweeper, NULL, sweeper_main, svc) == 0, fail,
                     KMS_ERR_INTERNAL, "cannot start the deletion sweeper");
     svc->sweeper_running = true;
@@ -501,6 +988,8 @@ void kms_service_free(struct kms_service *svc)
         }
         audit_log_close(svc->audit[i]);
     }
+    for (size_t i = 0; i < KMS_CONFIG_MAX_TOKENS; i++)
+        free(svc->listed[i]);
     kms_keycache_free(svc->keycache);
     /* Before the store: gives unused reservations back. */
     kms_usage_free(svc->usage);

@@ -86,6 +86,24 @@ kms_err kms_service_check(struct kms_service *svc);
  * availability and session pool use, per region and token. */
 void kms_service_metrics(struct kms_service *svc, FILE *f);
 
+/* Restore detection (kms_restore.h). kmsd --reconcile sets PLAN (print
+ * what would be reattached, rebuilt, kept, then stop) or CONFIRM (apply it,
+ * audited, then stop) before kms_service_start, which then returns without
+ * serving: the caller frees the service and exits. out: where the plan goes
+ * (NULL: stdout). */
+enum kms_restore_mode {
+    KMS_RESTORE_MODE_SERVE = 0,
+    KMS_RESTORE_MODE_PLAN,
+    KMS_RESTORE_MODE_CONFIRM,
+};
+void kms_service_set_restore_mode(enum kms_restore_mode mode, FILE *out);
+
+/* True when kmsd started in SAFE MODE: its store is older than the audit
+ * log or the tokens. Then no key is created, rotated, changed, swept or
+ * destroyed; decrypt and read paths serve. *out_reason (may be NULL): why,
+ * for /readyz and the log (no secrets). */
+bool kms_service_safe_mode(const struct kms_service *svc, const char **out_reason);
+
 /* Label prefix of every HSM object the service creates; reconcile treats
  * objects with this prefix that the store does not know as orphans. */
 #define KMS_HSM_LABEL_PREFIX "custos:key:"

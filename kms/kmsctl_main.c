@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kmsctl_audit.h"
+#include "kmsctl_backup.h"
 #include "kmsctl_byok.h"
 #include "kmsctl_crypto.h"
 #include "kmsctl_escrow.h"
@@ -31,6 +32,8 @@ static void usage(FILE *f)
             "  fields     field-level encryption and blind indexes (encrypt, decrypt,\n"
             "             blind-index) with a metadata key\n"
             "  audit      audit log: signed heads, keys, exports; offline verify\n"
+            "  backup     consistent backup of this node's store, audit logs and\n"
+            "             configuration while kmsd runs (no server call)\n"
             "  recovery   M-of-N recovery of escrowed keys: request, show, list, approve,\n"
             "             execute, cancel\n"
             "  officer    officer sign: sign a recovery statement offline\n"
@@ -77,6 +80,8 @@ int main(int argc, char **argv)
         return kmsctl_officer_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "audit") == 0)
         return kmsctl_audit_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "backup") == 0)
+        return kmsctl_backup_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "encrypt") == 0 || strcmp(argv[1], "decrypt") == 0 ||
         strcmp(argv[1], "re-encrypt") == 0 || strcmp(argv[1], "data-key") == 0)
         return kmsctl_crypto_main(argc - 1, argv + 1);

@@ -36,11 +36,16 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kmsd [--config PATH] [--check-config]\n"
+    fprintf(f, "usage: kmsd [--config PATH] [--check-config | --reconcile [--confirm]]\n"
                "\n"
                "  --config PATH     configuration file (default $CUSTOS_CONFIG or\n"
                "                    /etc/custos/kmsd.json); see docs/configuration.md\n"
                "  --check-config    validate the configuration and policy, then exit\n"
+               "  --reconcile       with kmsd stopped: compare the store with the audit\n"
+               "                    logs and the tokens, print the plan (what would be\n"
+               "                    rebuilt, reattached, kept), change nothing, exit\n"
+               "  --confirm         with --reconcile: apply that plan (audited), exit;\n"
+               "                    nothing is ever destroyed (docs/operations.md)\n"
                "  -h, --help        this text\n"
                "\n"
                "signals: SIGHUP reloads the policy and reopens the log file;\n"
@@ -95,13 +100,15 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", no_argument, NULL, 'k'},
+        {"reconcile", no_argument, NULL, 'r'},
+        {"confirm", no_argument, NULL, 'y'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *path = getenv("CUSTOS_CONFIG");
     if (path == NULL || *path == '\0')
         path = "/etc/custos/kmsd.json";
-    bool check_only = false;
+    bool check_only = false, reconcile = false, confirm = false;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -111,6 +118,12 @@ int main(int argc, char **argv)
         case 'k':
             check_only = true;
             break;
+        case 'r':
+            reconcile = true;
+            break;
+        case 'y':
+            confirm = true;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -119,7 +132,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind != argc) {
+    if (optind != argc || (confirm && !reconcile) || (reconcile && check_only)) {
         usage(stderr);
         return 2;
     }
@@ -194,6 +207,9 @@ int main(int argc, char **argv)
     struct kms_service *svc = NULL;
     struct kms_http *http = NULL;
     int status = 1;
+    if (reconcile)
+        kms_service_set_restore_mode(confirm ? KMS_RESTORE_MODE_CONFIRM : KMS_RESTORE_MODE_PLAN,
+                                     stdout);
     kms_err src = kms_service_start(cfg, &svc);
     if (src != KMS_OK) {
         kms_log_error("kmsd", "start-up failed: %s", kms_err_detail());
@@ -208,13 +224,22 @@ int main(int argc, char **argv)
         }
         goto done;
     }
+    if (reconcile) {
+        /* The plan was printed (or applied): nothing is served. */
+        status = 0;
+        goto done;
+    }
     if (kms_http_start(svc, &http) != KMS_OK) {
         kms_log_error("kmsd", "start-up failed: %s", kms_err_detail());
         goto done;
     }
     if (!keep_dumpable)
         keep_no_core_dumps();
-    kms_log_info("kmsd", "ready (%s mode)", cfg->dev_mode ? "dev" : "production");
+    const char *safe = NULL;
+    if (kms_service_safe_mode(svc, &safe))
+        kms_log_warn("kmsd", "ready (%s mode) in %s", cfg->dev_mode ? "dev" : "production", safe);
+    else
+        kms_log_info("kmsd", "ready (%s mode)", cfg->dev_mode ? "dev" : "production");
     notify("READY=1\nSTATUS=serving");
 
     /* The watchdog is pinged from this loop, at half the interval systemd

@@ -35,6 +35,7 @@
 #include "kms_log.h"
 #include "kms_metrics.h"
 #include "kms_pjson.h"
+#include "kms_restore.h"
 #include "kms_secret.h"
 #include "kms_twirp.h"
 #include "pol_doc.h"
@@ -436,13 +437,24 @@ static enum MHD_Result serve_readyz(struct kms_http *h, struct MHD_Connection *c
         int r = kms_health_region(h->health, region, why, sizeof(why));
         if (r < 0)
             return send_text(c, st, MHD_HTTP_NOT_FOUND, "no such region on this node\n");
-        if (r > 0 && !draining)
+        const char *safe = NULL;
+        bool safe_mode = kms_service_safe_mode(h->svc, &safe);
+        if (r > 0 && !draining && !safe_mode)
             return send_text(c, st, MHD_HTTP_OK, "ready\n");
-        snprintf(body, sizeof(body), "not ready\n%s\n", r > 0 ? "draining" : why);
+        snprintf(body, sizeof(body), "not ready\n%s\n",
+                 r == 0 ? why : draining ? "draining" : safe);
         return send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
     }
-    if (!draining && kms_health_ready(h->health))
+    /* Safe mode is not ready: the node must not take a balancer's full
+     * traffic, but says why, and decrypts for whoever calls it. */
+    const char *safe = NULL;
+    bool safe_mode = kms_service_safe_mode(h->svc, &safe);
+    if (!draining && !safe_mode && kms_health_ready(h->health))
         return send_text(c, st, MHD_HTTP_OK, "ready\n");
+    if (safe_mode) {
+        snprintf(body, sizeof(body), "not ready: %s\n", safe);
+        return send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
+    }
     kms_health_refused_regions(h->health, lines, sizeof(lines));
     snprintf(body, sizeof(body), "not ready\n%s", lines);
     return send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
@@ -670,7 +682,16 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         snprintf(msg, sizeof(msg), "%s", kms_err_detail());
         return refuse(c, st, jrc, msg);
     }
-    kms_err rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
+    kms_err rc = KMS_OK;
+    const char *safe = NULL;
+    /* Safe mode (a restored store, kms_restore.h): only decrypt and read
+     * paths serve; the refusal is audited like any other. */
+    if (kms_service_safe_mode(h->svc, &safe) && kms_restore_refused_op(st->method))
+        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION, "kmsd is in safe mode after a restore: "
+                         "only decrypt and read operations are served until an operator "
+                         "reconciles (docs/operations.md)");
+    else
+        rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
     if (rc == KMS_OK && st->json)
         rc = json_reply(st, reply);
     if (rc != KMS_OK) {

@@ -656,7 +656,10 @@ elif PHASE == "crash":
     st = json.load(open(STATE))
     now = int(time.time())
     db = sqlite3.connect(f"{DIR}/kmsd.db")
-    # A rotation of K that crashed after both HSM objects were made.
+    # A rotation of K that crashed after both HSM objects were made, before
+    # they were locked (escrow at birth seals, then locks): incomplete, so
+    # never acknowledged. (A complete half-made version is finished at
+    # start instead: test_reconcile.)
     last = db.execute("SELECT last_version FROM keys WHERE key_id = ?", (st["K"],)).fetchone()[0]
     half_id = os.urandom(16)
     db.execute("UPDATE keys SET last_version = ? WHERE key_id = ?", (last + 1, st["K"]))
@@ -673,7 +676,7 @@ elif PHASE == "crash":
     label = f"custos:key:{st['K']}:v{last + 1}"
     base = [(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_VALUE_LEN, 32), (P.CKA_TOKEN, True),
             (P.CKA_PRIVATE, True), (P.CKA_SENSITIVE, True), (P.CKA_ID, tuple(half_id)),
-            (P.CKA_LABEL, label)]
+            (P.CKA_LABEL, label), (P.CKA_EXTRACTABLE, True)]
     s.generateKey(base + [(P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_ENCRYPT, True)],
                   P.Mechanism(P.CKM_AES_KEY_GEN))
     s.generateKey(base + [(P.CKA_KEY_TYPE, P.CKK_GENERIC_SECRET), (P.CKA_SIGN, True)],

@@ -1,4 +1,5 @@
-"""Reconcile test phases (see test_reconcile.sh).
+"""Reconcile test phases (see test_reconcile.sh). Objects the store never
+knew (a restore) are tests/e2e/restore_test.py's.
 
 Usage: reconcile_test.py DIR PORT create|crash|verify
 """
@@ -51,14 +52,14 @@ def token():
     return s
 
 
-def make_object(s, hsm_id, label):
+def make_object(s, hsm_id, label, extractable=False):
     # Made as kmsd makes a key version, every usage attribute explicit:
     # SoftHSMv2 defaults WRAP/UNWRAP to true, and the template scan run at
     # the end of the test would rightly flag the object E left in place.
     s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
                    (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_AES), (PyKCS11.CKA_VALUE_LEN, 32),
                    (PyKCS11.CKA_TOKEN, True), (PyKCS11.CKA_PRIVATE, True),
-                   (PyKCS11.CKA_SENSITIVE, True), (PyKCS11.CKA_EXTRACTABLE, False),
+                   (PyKCS11.CKA_SENSITIVE, True), (PyKCS11.CKA_EXTRACTABLE, extractable),
                    (PyKCS11.CKA_ENCRYPT, True), (PyKCS11.CKA_DECRYPT, True),
                    (PyKCS11.CKA_WRAP, False), (PyKCS11.CKA_UNWRAP, False),
                    (PyKCS11.CKA_SIGN, False), (PyKCS11.CKA_VERIFY, False),
@@ -92,15 +93,17 @@ if PHASE == "create":
 
 elif PHASE == "crash":
     state = json.load(open(STATE))
-    ids = {n: os.urandom(16) for n in ("A", "B", "C", "D", "E")}
-    keys = {n: os.urandom(16).hex() for n in ("A", "B", "D", "E")}
+    ids = {n: os.urandom(16) for n in ("A", "B", "C", "D", "G")}
+    keys = {n: os.urandom(16).hex() for n in ("A", "B", "D", "G")}
     now = int(time.time())
     db = sqlite3.connect(f"{DIR}/kmsd.db")
     row = ("INSERT INTO keys (key_id, tenant, region, token, spec, usage, origin, state, "
            "description, created_at, deletion_at, current_version, last_version, "
            "escrow_required) VALUES (?, 'demo', 'eu-west', 'custos-eu-west', 1, 1, 1, ?, '', ?, ?, ?, ?, 0)")
-    # A, B: keys whose creation crashed (A after its HSM object was made).
-    for n in ("A", "B"):
+    # A, B, G: keys whose creation crashed: A after its HSM object was
+    # complete, B before it existed, G while it was still extractable
+    # (an escrowable key before its escrow copy was sealed).
+    for n in ("A", "B", "G"):
         db.execute(row, (keys[n], 0, now, 0, 0, 1))
         db.execute(VROW + "(?, 1, ?, 0, ?)", (keys[n], ids[n], now))
     # C: a rotation of the live key that crashed after its HSM object.
@@ -112,10 +115,10 @@ elif PHASE == "crash":
     db.commit()
     db.close()
     s = token()
-    for n in ("A", "C", "D", "E"):
+    for n in ("A", "C", "D", "G"):
         v = 2 if n == "C" else 1
         k = state["live"] if n == "C" else keys[n]
-        make_object(s, ids[n], f"custos:key:{k}:v{v}")
+        make_object(s, ids[n], f"custos:key:{k}:v{v}", extractable=(n == "G"))
     # F: a husk, as a kill -9 inside C_GenerateKey leaves it (no id, no label).
     s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
                    (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_AES), (PyKCS11.CKA_VALUE_LEN, 32),
@@ -135,39 +138,59 @@ else:
     ids = {n: bytes.fromhex(i) for n, i in state["ids"].items()}
     keys = state["keys"]
     s = token()
-    check(objects(s, ids["A"]) == 0, "a half-created key's HSM object is destroyed")
-    check(objects(s, ids["C"]) == 0, "a half-created version's HSM object is destroyed")
+    # Before this reconcile, A's and C's complete objects were destroyed:
+    # a store restored from a hot backup taken mid-creation lost live keys.
+    check(objects(s, ids["A"]) == 1, "a half-created key whose HSM object is complete keeps it")
+    check(objects(s, ids["C"]) == 1,
+          "a half-created version whose HSM object is complete keeps it")
+    check(objects(s, ids["G"]) == 0,
+          "an incomplete (still extractable) half-created key's object is destroyed")
     check(objects(s, ids["D"]) == 0, "a destroyed key's leftover HSM object is destroyed")
-    check(objects(s, ids["E"]) == 1, "an HSM object unknown to the store is left in place")
     check(husks(s) == 0, "a key object without CKA_ID and label (a crash husk) is destroyed")
     s.logout()
     db = sqlite3.connect(f"{DIR}/kmsd.db")
-    n_ab = db.execute("SELECT count(*) FROM keys WHERE key_id IN (?, ?)",
-                      (keys["A"], keys["B"])).fetchone()[0]
-    n_c = db.execute("SELECT count(*) FROM key_versions WHERE key_id = ? AND version = 2",
-                     (state["live"],)).fetchone()[0]
+    n_bg = db.execute("SELECT count(*) FROM keys WHERE key_id IN (?, ?)",
+                      (keys["B"], keys["G"])).fetchone()[0]
+    a_state = db.execute("SELECT state, current_version FROM keys WHERE key_id = ?",
+                         (keys["A"],)).fetchone()
+    c_state = db.execute("SELECT state FROM key_versions WHERE key_id = ? AND version = 2",
+                         (state["live"],)).fetchone()
+    creating = db.execute("SELECT count(*) FROM key_versions WHERE state = 0").fetchone()[0]
     db.close()
-    check(n_ab == 0, "half-created key rows are removed")
-    check(n_c == 0, "the half-created version row is removed")
-    for n in ("A", "B"):
+    check(n_bg == 0, "half-created key rows without a complete object are removed")
+    check(tuple(a_state) == (1, 1), f"the complete half-created key is finished: ENABLED at v1 "
+          f"({a_state})")
+    check(c_state is not None and c_state[0] == 1,
+          "the complete half-created version is finished: ACTIVE")
+    check(creating == 0, "no version is left CREATING")
+    for n in ("B", "G"):
         st, m = call("DescribeKey", pb.DescribeKeyRequest(key_id=keys[n]),
                      pb.DescribeKeyResponse, "demo-admin")
         check(st == 404, f"half-created key {n} is not visible")
+    st, m = call("DescribeKey", pb.DescribeKeyRequest(key_id=keys["A"]),
+                 pb.DescribeKeyResponse, "demo-admin")
+    check(st == 200 and m.key.state == pb.ENABLED, "the finished key A is visible and enabled")
+    st, e = call("Encrypt", pb.EncryptRequest(key_id=keys["A"], plaintext=b"finished"),
+                 pb.EncryptResponse, "demo-broker")
+    st2, d = call("Decrypt", pb.DecryptRequest(ciphertext=e.ciphertext if st == 200 else b""),
+                  pb.DecryptResponse, "demo-broker")
+    check(st == 200 and st2 == 200 and d.plaintext == b"finished",
+          "the finished key encrypts and decrypts with its original HSM object")
     st, m = call("DescribeKey", pb.DescribeKeyRequest(key_id=state["live"]),
                  pb.DescribeKeyResponse, "demo-admin")
-    check(st == 200 and m.key.current_version == 1 and m.key.state == pb.ENABLED,
-          "the live key survives, still at version 1")
+    check(st == 200 and m.key.current_version == 2 and m.key.state == pb.ENABLED,
+          "the live key survives, its finished version 2 current")
     st, d = call("Decrypt", pb.DecryptRequest(ciphertext=bytes.fromhex(state["ct"])),
                  pb.DecryptResponse, "demo-broker")
     check(st == 200 and d.plaintext == b"survivor", "and its acknowledged ciphertext decrypts")
     st, m = call("RotateKey", pb.RotateKeyRequest(key_id=state["live"]), pb.RotateKeyResponse,
                  "demo-admin")
     check(st == 200 and m.key.current_version == 3,
-          "the next rotation takes version 3: a discarded number is never reused")
+          "the next rotation takes version 3: a number is never reused")
     log = open(f"{DIR}/kmsd.log").read()
-    check("removed half-created key" in log and "unknown to the store" in log and
-          "incomplete key object" in log,
-          "reconcile reports what it did")
+    check("removed half-created key" in log and "finished half-created key" in log and
+          "incomplete key object" in log and "SAFE MODE" not in log,
+          "reconcile reports what it did, and a crash alone is no reason for safe mode")
 
 print(f"{count - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)

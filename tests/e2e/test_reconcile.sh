@@ -1,8 +1,9 @@
 #!/bin/sh
 # Crash states between the store and the token, made by hand while kmsd is
 # down, then reconciled at the next start: half-created keys and versions
-# vanish with their HSM objects, a destroyed key's leftover object goes,
-# an object the store never knew is kept and reported, live keys survive.
+# whose HSM object is complete are finished (never destroyed: they may have
+# been acknowledged), those without a complete object vanish with it, a
+# destroyed key's leftover object goes, live keys survive.
 set -eu
 . tests/e2e/lib.sh
 e2e_setup reconcile

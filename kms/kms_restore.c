@@ -1,0 +1,485 @@
+/*
+ * kms_restore.c - restore detection: the store and the tokens against the
+ * audit log and each other (kms_restore.h).
+ */
+#include "kms_restore.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit_log.h"
+#include "audit_merkle.h"
+#include "kms_log.h"
+#include "kms_service.h"
+#include "kms_store_epoch.h"
+#include "p11_token.h"
+#include "proto/audit.pb-c.h"
+
+void kms_restore_report_release(struct kms_restore_report *r)
+{
+    free(r->fixes);
+    r->fixes = NULL;
+    r->n_fixes = 0;
+    free(r->births);
+    r->births = NULL;
+    r->n_births = 0;
+}
+
+size_t kms_restore_findings(const struct kms_restore_report *r)
+{
+    return r->store_behind + r->token_behind + r->unknown;
+}
+
+__attribute__((format(printf, 2, 3))) static void note(struct kms_restore_report *r,
+                                                       const char *fmt, ...)
+{
+    if (r->n_lines >= KMS_RESTORE_LINES_MAX)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->lines[r->n_lines++], sizeof(r->lines[0]), fmt, ap);
+    va_end(ap);
+}
+
+static kms_err add_fix(struct kms_restore_report *r, const struct kms_restore_fix *f)
+{
+    if (r->n_fixes >= KMS_RESTORE_FIXES_MAX) {
+        r->fixes_dropped++;
+        return KMS_OK;
+    }
+    if (r->fixes == NULL) {
+        r->fixes = calloc(KMS_RESTORE_FIXES_MAX, sizeof(*r->fixes));
+        KMS_ENSURE(r->fixes != NULL, KMS_ERR_NOMEM, "out of memory");
+    }
+    r->fixes[r->n_fixes++] = *f;
+    return KMS_OK;
+}
+
+/* ---- the audit log ---------------------------------------------------------- */
+
+/* The state the last acknowledged event of its kind leaves a key in. */
+struct state_event {
+    char key_id[KMS_KEY_ID_SIZE];
+    uint64_t seq;
+    const char *op;
+    enum kms_key_state want; /* ENABLED, DISABLED or PENDING_DELETION */
+};
+
+static int cmp_state_event(const void *a, const void *b)
+{
+    const struct state_event *x = a, *y = b;
+    int c = strcmp(x->key_id, y->key_id);
+    if (c != 0)
+        return c;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static bool state_of_op(const Custos__V1__AuditEvent *ev, enum kms_key_state *out)
+{
+    const char *op = ev->operation;
+    if (strcmp(op, "EnableKey") == 0)
+        *out = KMS_KEY_ENABLED;
+    else if (strcmp(op, "DisableKey") == 0 || strcmp(op, "CancelKeyDeletion") == 0)
+        *out = KMS_KEY_DISABLED; /* a cancel leaves the key disabled */
+    else if (strcmp(op, "ScheduleKeyDeletion") == 0)
+        *out = KMS_KEY_PENDING_DELETION;
+    else if (strcmp(op, "ExecuteRecovery") == 0 && ev->detail && strstr(ev->detail, "(RESTORE)"))
+        *out = KMS_KEY_DISABLED; /* at least not DESTROYED; see below */
+    else
+        return false;
+    return true;
+}
+
+static bool is_version_op(const char *op)
+{
+    return strcmp(op, "CreateKey") == 0 || strcmp(op, "RotateKey") == 0 ||
+           strcmp(op, "ImportKeyMaterial") == 0;
+}
+
+/* Does the store's state reflect the last acknowledged state event? */
+static bool state_matches(const struct state_event *e, enum kms_key_state have)
+{
+    if (strcmp(e->op, "ExecuteRecovery") == 0)
+        return have == KMS_KEY_ENABLED || have == KMS_KEY_DISABLED;
+    if (e->want == KMS_KEY_PENDING_DELETION) /* the sweeper may have finished it */
+        return have == KMS_KEY_PENDING_DELETION || have == KMS_KEY_DESTROYED;
+    return have == e->want;
+}
+
+static kms_err check_version_event(struct kms_store *store, const Custos__V1__AuditEvent *ev,
+                                   struct kms_restore_report *r)
+{
+    struct kms_store_key_raw k;
+    bool found = false;
+    KMS_GUARD(kms_store_key_state_any(store, ev->key_id, &k, &found));
+    if (!found) {
+        r->store_behind++;
+        note(r, "audit seq %" PRIu64 ": %s of key %s v%" PRIu32 " was acknowledged; the store "
+             "has no such key", ev->seq, ev->operation, ev->key_id, ev->key_version);
+        if (strcmp(ev->operation, "CreateKey") == 0 && r->n_births < KMS_RESTORE_FIXES_MAX) {
+            if (r->births == NULL) {
+                r->births = calloc(KMS_RESTORE_FIXES_MAX, sizeof(*r->births));
+                KMS_ENSURE(r->births != NULL, KMS_ERR_NOMEM, "out of memory");
+            }
+            struct kms_restore_birth *b = &r->births[r->n_births++];
+            snprintf(b->key_id, sizeof(b->key_id), "%s", ev->key_id);
+            snprintf(b->tenant, sizeof(b->tenant), "%s", ev->tenant);
+            snprintf(b->region, sizeof(b->region), "%s", ev->region);
+            snprintf(b->token, sizeof(b->token), "%s", ev->token);
+            /* An EXTERNAL key is created empty (version 0 in its event). */
+            b->origin = ev->key_version == 0 ? KMS_KEY_ORIGIN_EXTERNAL : KMS_KEY_ORIGIN_HSM;
+            b->created_at = ev->time_ms / 1000 > 0 ? ev->time_ms / 1000 : 1;
+        }
+        return KMS_OK;
+    }
+    if (ev->key_version == 0)
+        return KMS_OK; /* an EXTERNAL key created empty: the key row is enough */
+    enum kms_version_state vs;
+    KMS_GUARD(kms_store_version_state_any(store, ev->key_id, ev->key_version, &vs, &found));
+    if (!found) {
+        r->store_behind++;
+        note(r, "audit seq %" PRIu64 ": %s of key %s v%" PRIu32 " was acknowledged; the store "
+             "has no such version", ev->seq, ev->operation, ev->key_id, ev->key_version);
+        /* Whether or not a token still has its object, the number is taken. */
+        struct kms_restore_fix f = {.kind = KMS_FIX_FLOOR, .version = ev->key_version};
+        snprintf(f.key_id, sizeof(f.key_id), "%s", ev->key_id);
+        KMS_GUARD(add_fix(r, &f));
+    } else if (vs == KMS_VERSION_CREATING && k.origin == KMS_KEY_ORIGIN_EXTERNAL) {
+        /* An import's check value is written at activation: reconcile
+         * cannot finish it alone. */
+        r->store_behind++;
+        note(r, "audit seq %" PRIu64 ": import of key %s v%" PRIu32 " was acknowledged; the "
+             "store still has it CREATING", ev->seq, ev->key_id, ev->key_version);
+    }
+    /* An HSM-made version still CREATING is finished by reconcile when its
+     * object is complete; one whose object is missing is the token's
+     * finding (kms_restore_token_scan). */
+    return KMS_OK;
+}
+
+kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
+                               struct kms_restore_report *r, uint64_t *out_size)
+{
+    const char *region = audit_log_region(log);
+    uint64_t from = 0, size = audit_tree_size(audit_log_tree(log));
+    bool marked = false;
+    KMS_GUARD(kms_store_audit_mark_get(store, region, &from, &marked));
+    *out_size = size;
+    if (from > size) {
+        /* The store has seen more of the log than exists: the audit log is
+         * the one that went back (or belongs elsewhere). */
+        r->store_behind++;
+        note(r, "region %s: the store has checked the audit log to %" PRIu64 " events, but the "
+             "log holds %" PRIu64 ": the audit log is older than the store", region, from, size);
+        return KMS_OK;
+    }
+    struct state_event *evs = NULL;
+    size_t n = 0, cap = 0;
+    kms_err rc = KMS_OK;
+    bool truncated = false;
+    for (uint64_t seq = from; seq < size && rc == KMS_OK; seq++) {
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        rc = audit_log_read(log, seq, &buf, &len);
+        if (rc != KMS_OK)
+            break;
+        Custos__V1__AuditEvent *ev = custos__v1__audit_event__unpack(NULL, len, buf);
+        free(buf);
+        if (ev == NULL) {
+            rc = kms_err_set(KMS_ERR_IO, "region %s: audit event %" PRIu64 " does not decode",
+                             region, seq);
+            break;
+        }
+        enum kms_key_state want;
+        if (strcmp(ev->outcome, "ok") != 0 || strlen(ev->key_id) != KMS_KEY_ID_LEN) {
+            /* refused or keyless: no promise to check */
+        } else if (is_version_op(ev->operation)) {
+            rc = check_version_event(store, ev, r);
+        } else if (state_of_op(ev, &want)) {
+            if (n == cap && cap < KMS_RESTORE_TRACK_MAX) {
+                size_t nc = cap ? cap * 2 : 256;
+                nc = nc > KMS_RESTORE_TRACK_MAX ? KMS_RESTORE_TRACK_MAX : nc;
+                struct state_event *ne = realloc(evs, nc * sizeof(*ne));
+                if (ne == NULL) {
+                    rc = kms_err_set(KMS_ERR_NOMEM, "out of memory");
+                } else {
+                    evs = ne;
+                    cap = nc;
+                }
+            }
+            if (rc == KMS_OK && n < cap) {
+                struct state_event *e = &evs[n++];
+                snprintf(e->key_id, sizeof(e->key_id), "%s", ev->key_id);
+                e->seq = seq;
+                e->want = want;
+                /* Static names: the event is freed below. */
+                e->op = strcmp(ev->operation, "ExecuteRecovery") == 0 ? "ExecuteRecovery"
+                        : strcmp(ev->operation, "EnableKey") == 0     ? "EnableKey"
+                        : strcmp(ev->operation, "DisableKey") == 0    ? "DisableKey"
+                        : strcmp(ev->operation, "CancelKeyDeletion") == 0
+                            ? "CancelKeyDeletion"
+                            : "ScheduleKeyDeletion";
+            } else if (rc == KMS_OK) {
+                truncated = true;
+            }
+        }
+        custos__v1__audit_event__free_unpacked(ev, NULL);
+    }
+    if (rc == KMS_OK && truncated) {
+        r->store_behind++;
+        note(r, "region %s: more than %d key state events since the store's watermark; not "
+             "all were compared", region, KMS_RESTORE_TRACK_MAX);
+    }
+    if (rc == KMS_OK && n > 0) {
+        qsort(evs, n, sizeof(*evs), cmp_state_event);
+        for (size_t i = 0; i < n && rc == KMS_OK; i++) {
+            if (i + 1 < n && strcmp(evs[i].key_id, evs[i + 1].key_id) == 0)
+                continue; /* only the last event of each key counts */
+            struct kms_store_key_raw k;
+            bool found = false;
+            rc = kms_store_key_state_any(store, evs[i].key_id, &k, &found);
+            if (rc != KMS_OK || !found)
+                continue; /* an unknown key was already reported by its creation */
+            if (state_matches(&evs[i], k.state))
+                continue;
+            r->store_behind++;
+            enum kms_key_state want = evs[i].want;
+            /* A recovered key comes back DISABLED, and a deletion is never
+             * re-scheduled by a rebuild (its date is not in the event):
+             * a human enables, or schedules again, on purpose. */
+            if (strcmp(evs[i].op, "ExecuteRecovery") == 0 || want == KMS_KEY_PENDING_DELETION)
+                want = KMS_KEY_DISABLED;
+            note(r, "key %s is %s in the store, but the audit log acknowledged %s (seq %" PRIu64
+                 ") after that: the store is older", evs[i].key_id, kms_key_state_name(k.state),
+                 evs[i].op, evs[i].seq);
+            struct kms_restore_fix f = {.kind = KMS_FIX_STATE, .state = want};
+            snprintf(f.key_id, sizeof(f.key_id), "%s", evs[i].key_id);
+            rc = add_fix(r, &f);
+        }
+    }
+    free(evs);
+    if (rc == KMS_OK && !marked && size > 0)
+        kms_log_info("restore", "region %s: the store had no audit watermark; checked all %" PRIu64
+                     " events", region, size);
+    return rc;
+}
+
+/* ---- the tokens -------------------------------------------------------------- */
+
+static int cmp_id(const void *a, const void *b)
+{
+    return memcmp(a, b, KMS_HSM_ID_LEN);
+}
+
+/* "custos:key:<key_id>:v<N>" -> key_id, N; false for anything else. */
+static bool parse_label(const char *label, char key_id[KMS_KEY_ID_SIZE], uint32_t *version)
+{
+    size_t pl = strlen(KMS_HSM_LABEL_PREFIX);
+    if (strncmp(label, KMS_HSM_LABEL_PREFIX, pl) != 0)
+        return false;
+    const char *k = label + pl;
+    if (strlen(k) < KMS_KEY_ID_LEN + 3 || k[KMS_KEY_ID_LEN] != ':' || k[KMS_KEY_ID_LEN + 1] != 'v')
+        return false;
+    for (size_t i = 0; i < KMS_KEY_ID_LEN; i++)
+        if (!((k[i] >= '0' && k[i] <= '9') || (k[i] >= 'a' && k[i] <= 'f')))
+            return false;
+    char *end = NULL;
+    unsigned long v = strtoul(k + KMS_KEY_ID_LEN + 2, &end, 10);
+    if (*end != '\0' || v == 0 || v > UINT32_MAX)
+        return false;
+    memcpy(key_id, k, KMS_KEY_ID_LEN);
+    key_id[KMS_KEY_ID_LEN] = '\0';
+    *version = (uint32_t)v;
+    return true;
+}
+
+static kms_err unknown_object(struct kms_store *store, struct p11_token *tok,
+                              const struct p11_key_id *id, struct kms_restore_report *r)
+{
+    bool known = false, confirmed = false;
+    KMS_GUARD(kms_store_hsm_id_known(store, id->b, &known));
+    if (known)
+        return KMS_OK; /* a DESTROYED version's leftover: reconcile's business */
+    KMS_GUARD(kms_store_unknown_confirmed(store, id->b, &confirmed));
+    if (confirmed)
+        return KMS_OK;
+    char label[65] = "", key_id[KMS_KEY_ID_SIZE] = "";
+    uint32_t version = 0;
+    if (p11_key_label(tok, id, label) != KMS_OK)
+        label[0] = '\0';
+    bool parsed = parse_label(label, key_id, &version);
+    struct kms_store_key_raw k;
+    bool key_found = false;
+    if (parsed)
+        KMS_GUARD(kms_store_key_state_any(store, key_id, &k, &key_found));
+    r->unknown++;
+    struct kms_restore_fix f = {.kind = KMS_FIX_UNKNOWN, .version = version};
+    memcpy(f.hsm_id, id->b, KMS_HSM_ID_LEN);
+    snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
+    if (parsed)
+        snprintf(f.key_id, sizeof(f.key_id), "%s", key_id);
+    const struct kms_restore_birth *birth = NULL;
+    for (size_t i = 0; parsed && !key_found && i < r->n_births && !birth; i++)
+        if (strcmp(r->births[i].key_id, key_id) == 0 &&
+            strcmp(r->births[i].token, p11_token_label(tok)) == 0)
+            birth = &r->births[i];
+    if (key_found && k.state != KMS_KEY_CREATING && k.state != KMS_KEY_DESTROYED &&
+        k.state != KMS_KEY_PENDING_IMPORT) {
+        f.kind = KMS_FIX_REATTACH;
+        note(r, "token '%s': object '%s' is version %" PRIu32 " of key %s, unknown to the store "
+             "(last version %" PRIu32 "): the store is older than the token",
+             p11_token_label(tok), label, version, key_id, k.last_version);
+    } else if (birth) {
+        /* Version 1 brings the key back; later versions follow it. */
+        f.kind = version == 1 ? KMS_FIX_REATTACH_KEY : KMS_FIX_REATTACH;
+        snprintf(f.tenant, sizeof(f.tenant), "%s", birth->tenant);
+        snprintf(f.region, sizeof(f.region), "%s", birth->region);
+        f.origin = birth->origin;
+        f.created_at = birth->created_at;
+        note(r, "token '%s': object '%s' is version %" PRIu32 " of key %s, which the audit log "
+             "saw created (tenant %s) and the store lacks: the store is older than the token",
+             p11_token_label(tok), label, version, key_id, birth->tenant);
+    } else {
+        note(r, "token '%s': object '%s' belongs to no key the store or the audit log knows: "
+             "the store is older than the token", p11_token_label(tok), label);
+    }
+    return add_fix(r, &f);
+}
+
+kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
+                               struct kms_restore_report *r, struct p11_key_id **out_ids,
+                               size_t *out_n)
+{
+    struct p11_key_id *ids = NULL;
+    size_t n_ids = 0;
+    struct kms_hsm_id *live = NULL;
+    size_t n_live = 0;
+    struct kms_store_creating *creating = NULL;
+    size_t n_creating = 0;
+    kms_err rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
+    if (rc == KMS_OK)
+        rc = kms_store_hsm_ids_for_token(store, p11_token_label(tok), &live, &n_live);
+    if (rc == KMS_OK)
+        rc = kms_store_creating_list(store, &creating, &n_creating);
+    if (rc != KMS_OK)
+        goto done;
+    /* p11_key_list_ids returns them sorted by memcmp and distinct. */
+    for (size_t i = 0; i < n_ids && rc == KMS_OK; i++)
+        if (!bsearch(ids[i].b, live, n_live, sizeof(*live), cmp_id))
+            rc = unknown_object(store, tok, &ids[i], r);
+    size_t missing = 0;
+    for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
+        if (bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
+            continue;
+        bool is_creating = false, lost = false;
+        for (size_t j = 0; j < n_creating && !is_creating; j++)
+            is_creating = memcmp(creating[j].hsm_id, live[i].bytes, KMS_HSM_ID_LEN) == 0;
+        if (is_creating)
+            continue;
+        rc = kms_store_lost_confirmed(store, live[i].bytes, &lost);
+        if (rc != KMS_OK || lost)
+            continue;
+        missing++;
+        struct kms_restore_fix f = {.kind = KMS_FIX_LOST};
+        bool found = false;
+        memcpy(f.hsm_id, live[i].bytes, KMS_HSM_ID_LEN);
+        snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
+        rc = kms_store_version_by_hsm_id(store, live[i].bytes, f.key_id, &f.version, &found);
+        if (rc == KMS_OK)
+            rc = add_fix(r, &f);
+    }
+    if (missing > 0) {
+        r->token_behind += missing;
+        note(r, "token '%s': %zu live key version(s) the store names have no HSM object: the "
+             "token is older than the store (or was replaced); restore the token from a backup "
+             "at least as new as the store", p11_token_label(tok), missing);
+    }
+done:
+    if (rc == KMS_OK && out_ids) {
+        *out_ids = ids;
+        *out_n = n_ids;
+        ids = NULL;
+    }
+    free(ids);
+    free(live);
+    free(creating);
+    return rc;
+}
+
+/* ---- the plan ------------------------------------------------------------------ */
+
+void kms_restore_print(const struct kms_restore_report *r, FILE *f)
+{
+    fprintf(f, "findings: %zu acknowledged change(s) missing from the store, %zu live "
+               "version(s) missing from the tokens, %zu HSM object(s) unknown to the store\n",
+            r->store_behind, r->token_behind, r->unknown);
+    for (size_t i = 0; i < r->n_lines; i++)
+        fprintf(f, "  finding: %s\n", r->lines[i]);
+    if (r->n_lines == KMS_RESTORE_LINES_MAX)
+        fprintf(f, "  ... (first %d findings shown)\n", KMS_RESTORE_LINES_MAX);
+    fprintf(f, "plan (applied only with --confirm; nothing is ever destroyed):\n");
+    if (r->n_fixes == 0)
+        fprintf(f, "  nothing to change in the store\n");
+    for (size_t i = 0; i < r->n_fixes; i++) {
+        const struct kms_restore_fix *x = &r->fixes[i];
+        switch (x->kind) {
+        case KMS_FIX_STATE:
+            fprintf(f, "  rebuild: key %s -> %s (the audit log's last acknowledged state)\n",
+                    x->key_id, kms_key_state_name(x->state));
+            break;
+        case KMS_FIX_REATTACH:
+            fprintf(f, "  reattach: key %s version %" PRIu32 " from token '%s' (ACTIVE; the "
+                       "version number is never reissued)\n",
+                    x->key_id, x->version, x->token);
+            break;
+        case KMS_FIX_LOST:
+            fprintf(f, "  lost: key %s version %" PRIu32 " has no object in token '%s'; "
+                       "confirming accepts it as lost (do so only when no newer token "
+                       "backup holds it; its ciphertexts will not decrypt)\n",
+                    x->key_id, x->version, x->token);
+            break;
+        case KMS_FIX_FLOOR:
+            fprintf(f, "  floor: key %s never reissues version %" PRIu32 " (acknowledged in the "
+                       "audit log)\n",
+                    x->key_id, x->version);
+            break;
+        case KMS_FIX_REATTACH_KEY:
+            fprintf(f, "  reattach: key %s (tenant %s, region %s) with version 1 from token "
+                       "'%s', ENABLED; its escrow copy, if any, is not in this store\n",
+                    x->key_id, x->tenant, x->region, x->token);
+            break;
+        case KMS_FIX_UNKNOWN:
+            fprintf(f, "  keep: object of key %s version %" PRIu32 " in token '%s' stays in "
+                       "place, unattached (the store has no row for its key)\n",
+                    x->key_id[0] ? x->key_id : "(unlabelled)", x->version, x->token);
+            break;
+        }
+    }
+    if (r->fixes_dropped)
+        fprintf(f, "  ... %zu more not listed (run again after applying)\n", r->fixes_dropped);
+    if (r->token_behind)
+        fprintf(f, "  a token older than the store: restore it from a newer backup and start "
+                   "again rather than confirming; nothing is deleted from the store either "
+                   "way\n");
+}
+
+/* ---- safe mode --------------------------------------------------------------------- */
+
+bool kms_restore_refused_op(const char *method)
+{
+    /* An allowlist, so that a method added later is refused in safe mode
+     * until someone decides it only reads: these change no key state and
+     * spend no encryption under a key version. */
+    static const char *const served[] = {
+        "Decrypt",         "DecryptDataKey",    "DecryptFields",  "BlindIndex",
+        "DescribeKey",     "ListKeys",          "GetRecovery",    "ListRecoveries",
+        "GetSignedTreeHead", "ExportAuditLog",  "GetAuditKeys",
+    };
+    for (size_t i = 0; method && i < sizeof(served) / sizeof(served[0]); i++)
+        if (strcmp(method, served[i]) == 0)
+            return false;
+    return true;
+}

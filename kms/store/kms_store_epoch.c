@@ -1,0 +1,511 @@
+/*
+ * kms_store_epoch.c - audit watermarks, raw state lookups and confirmed
+ * unknown objects for restore detection (kms_store_epoch.h).
+ *
+ * These run at start-up and in the sweeper, never on the request path, so
+ * each prepares its statement on the spot instead of adding to the cached
+ * statement table.
+ */
+#include "kms_store_epoch.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms_store_internal.h"
+
+/* Prepare sql on c; bind text/int parameters are the caller's. */
+static kms_err prep(struct store_conn *c, const char *sql, sqlite3_stmt **out, const char *op)
+{
+    int rc = sqlite3_prepare_v2(c->db, sql, -1, out, NULL);
+    if (rc != SQLITE_OK)
+        return store_sql_err(c->db, rc, op);
+    return KMS_OK;
+}
+
+static void hex16(const uint8_t id[KMS_HSM_ID_LEN], char out[2 * KMS_HSM_ID_LEN + 1])
+{
+    for (size_t i = 0; i < KMS_HSM_ID_LEN; i++)
+        snprintf(out + 2 * i, 3, "%02x", id[i]);
+}
+
+/* SELECT value FROM meta WHERE name = ?: *found false when absent. */
+static kms_err meta_get(struct kms_store *store, const char *name, char *out, size_t size,
+                        bool *found)
+{
+    static const char op[] = "read meta";
+    *found = false;
+    struct store_conn *c = store_reader_take(store);
+    sqlite3_stmt *st = NULL;
+    kms_err rc = prep(c, "SELECT value FROM meta WHERE name = ?1", &st, op);
+    if (rc == KMS_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            rc = store_col_text(st, 0, out, size, op);
+            *found = rc == KMS_OK;
+        } else if (s != SQLITE_DONE) {
+            rc = store_sql_err(c->db, s, op);
+        }
+    }
+    sqlite3_finalize(st);
+    store_conn_give(c);
+    return rc;
+}
+
+/* One write statement with up to two text and one integer parameter, in
+ * its own transaction. */
+static kms_err write_one(struct kms_store *store, const char *sql, const char *t1, const char *t2,
+                         int64_t i3, const char *op)
+{
+    struct store_conn *c = store_writer_take(store);
+    sqlite3_stmt *st = NULL;
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    rc = prep(c, sql, &st, op);
+    if (rc == KMS_OK) {
+        sqlite3_bind_text(st, 1, t1, -1, SQLITE_STATIC);
+        if (t2)
+            sqlite3_bind_text(st, 2, t2, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, i3);
+        int s = sqlite3_step(st);
+        if (s != SQLITE_DONE)
+            rc = store_sql_err(c->db, s, op);
+    }
+    sqlite3_finalize(st);
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+static kms_err mark_name(const char *region, char out[KMS_STORE_META_MAX])
+{
+    KMS_ENSURE(region != NULL && strlen(region) <= KMS_REGION_MAX, KMS_ERR_USAGE,
+               "store: audit watermark: bad region");
+    snprintf(out, KMS_STORE_META_MAX, "audit_mark:%s", region);
+    return KMS_OK;
+}
+
+kms_err kms_store_audit_mark_get(struct kms_store *store, const char *region, uint64_t *out,
+                                 bool *out_found)
+{
+    char name[KMS_STORE_META_MAX], v[32];
+    *out = 0;
+    KMS_GUARD(mark_name(region, name));
+    KMS_GUARD(meta_get(store, name, v, sizeof(v), out_found));
+    if (!*out_found)
+        return KMS_OK;
+    char *end = NULL;
+    unsigned long long n = strtoull(v, &end, 10);
+    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL,
+               "store: audit watermark of region %s is not a number", region);
+    *out = (uint64_t)n;
+    return KMS_OK;
+}
+
+kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, uint64_t size)
+{
+    char name[KMS_STORE_META_MAX];
+    KMS_GUARD(mark_name(region, name));
+    KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
+    /* Text compare would order "9" after "10": compare as integers. */
+    return write_one(store,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT) "
+                     "WHERE CAST(meta.value AS INTEGER) < ?3",
+                     name, NULL, (int64_t)size, "record audit watermark");
+}
+
+kms_err kms_store_audit_mark_reset(struct kms_store *store, const char *region, uint64_t size)
+{
+    char name[KMS_STORE_META_MAX];
+    KMS_GUARD(mark_name(region, name));
+    KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
+    return write_one(store,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT)",
+                     name, NULL, (int64_t)size, "reset audit watermark");
+}
+
+kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
+                                struct kms_store_key_raw *out, bool *out_found)
+{
+    static const char op[] = "read key state";
+    *out_found = false;
+    memset(out, 0, sizeof(*out));
+    struct store_conn *c = store_reader_take(store);
+    sqlite3_stmt *st = NULL;
+    kms_err rc = prep(c,
+                      "SELECT state, spec, origin, last_version, current_version, "
+                      "escrow_required FROM keys WHERE key_id = ?1",
+                      &st, op);
+    if (rc == KMS_OK) {
+        sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            int state = 0, spec = 0, origin = 0;
+            rc = store_col_enum(st, 0, KMS_KEY_CREATING, KMS_KEY_DESTROYED, &state, op);
+            if (rc == KMS_OK)
+                rc = store_col_enum(st, 1, KMS_KEY_SPEC_AES_256, KMS_KEY_SPEC_METADATA, &spec, op);
+            if (rc == KMS_OK)
+                rc = store_col_enum(st, 2, KMS_KEY_ORIGIN_HSM, KMS_KEY_ORIGIN_EXTERNAL, &origin,
+                                    op);
+            if (rc == KMS_OK)
+                rc = store_col_u32(st, 3, &out->last_version, op);
+            if (rc == KMS_OK)
+                rc = store_col_u32(st, 4, &out->current_version, op);
+            out->state = (enum kms_key_state)state;
+            out->spec = (enum kms_key_spec)spec;
+            out->origin = (enum kms_key_origin)origin;
+            out->escrow_required = sqlite3_column_int(st, 5) != 0;
+            *out_found = rc == KMS_OK;
+        } else if (s != SQLITE_DONE) {
+            rc = store_sql_err(c->db, s, op);
+        }
+    }
+    sqlite3_finalize(st);
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_version_state_any(struct kms_store *store, const char *key_id,
+                                    uint32_t version, enum kms_version_state *out_state,
+                                    bool *out_found)
+{
+    static const char op[] = "read version state";
+    *out_found = false;
+    struct store_conn *c = store_reader_take(store);
+    sqlite3_stmt *st = NULL;
+    kms_err rc =
+        prep(c, "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2", &st, op);
+    if (rc == KMS_OK) {
+        sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, version);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            int state = 0;
+            rc = store_col_enum(st, 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state, op);
+            *out_state = (enum kms_version_state)state;
+            *out_found = rc == KMS_OK;
+        } else if (s != SQLITE_DONE) {
+            rc = store_sql_err(c->db, s, op);
+        }
+    }
+    sqlite3_finalize(st);
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_hsm_id_known(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                               bool *out_known)
+{
+    static const char op[] = "look up hsm_id";
+    *out_known = false;
+    struct store_conn *c = store_reader_take(store);
+    sqlite3_stmt *st = NULL;
+    kms_err rc = prep(c, "SELECT 1 FROM key_versions WHERE hsm_id = ?1", &st, op);
+    if (rc == KMS_OK) {
+        sqlite3_bind_blob(st, 1, hsm_id, KMS_HSM_ID_LEN, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW)
+            *out_known = true;
+        else if (s != SQLITE_DONE)
+            rc = store_sql_err(c->db, s, op);
+    }
+    sqlite3_finalize(st);
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_key_version_floor(struct kms_store *store, const char *key_id,
+                                    uint32_t version)
+{
+    KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN, KMS_ERR_USAGE,
+               "store: version floor: bad key id");
+    return write_one(store,
+                     "UPDATE keys SET last_version = ?3 WHERE key_id = ?1 AND last_version < ?3",
+                     key_id, NULL, (int64_t)version, "raise last_version");
+}
+
+kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                  int64_t now)
+{
+    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX];
+    hex16(hsm_id, hex);
+    snprintf(name, sizeof(name), "unknown_ok:%s", hex);
+    return write_one(store,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO NOTHING",
+                     name, NULL, now, "confirm unknown HSM object");
+}
+
+kms_err kms_store_unknown_confirmed(struct kms_store *store,
+                                    const uint8_t hsm_id[KMS_HSM_ID_LEN], bool *out_confirmed)
+{
+    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX], v[32];
+    hex16(hsm_id, hex);
+    snprintf(name, sizeof(name), "unknown_ok:%s", hex);
+    return meta_get(store, name, v, sizeof(v), out_confirmed);
+}
+
+/* One statement inside the caller's transaction: ?1 text, ?2 and ?3
+ * integers, ?4 a 16-byte blob (each bound only when the SQL names it). */
+static kms_err step_in_tx(struct store_conn *c, const char *sql, const char *key_id, int64_t a,
+                          int64_t b, const uint8_t *blob, int *out_changes, const char *op)
+{
+    sqlite3_stmt *st = NULL;
+    KMS_GUARD(prep(c, sql, &st, op));
+    sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
+    if (sqlite3_bind_parameter_count(st) >= 2)
+        sqlite3_bind_int64(st, 2, a);
+    if (sqlite3_bind_parameter_count(st) >= 3)
+        sqlite3_bind_int64(st, 3, b);
+    if (blob && sqlite3_bind_parameter_count(st) >= 4)
+        sqlite3_bind_blob(st, 4, blob, KMS_HSM_ID_LEN, SQLITE_STATIC);
+    int s = sqlite3_step(st);
+    kms_err rc = s == SQLITE_DONE ? KMS_OK : store_sql_err(c->db, s, op);
+    sqlite3_finalize(st);
+    if (out_changes)
+        *out_changes = sqlite3_changes(c->db);
+    return rc;
+}
+
+kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
+                                  enum kms_key_state state)
+{
+    static const char op[] = "rebuild key state";
+    KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN, KMS_ERR_USAGE,
+               "store: %s: bad key id", op);
+    KMS_ENSURE(state == KMS_KEY_ENABLED || state == KMS_KEY_DISABLED ||
+                   state == KMS_KEY_PENDING_DELETION,
+               KMS_ERR_USAGE, "store: %s: state %s cannot be forced", op,
+               kms_key_state_name(state));
+    struct store_key_row row;
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
+    if (row.state == KMS_KEY_DESTROYED && state != KMS_KEY_PENDING_DELETION)
+        KMS_GUARD_GOTO(step_in_tx(c,
+                                  "UPDATE key_versions SET state = 1 "
+                                  "WHERE key_id = ?1 AND state = 2",
+                                  key_id, 0, 0, NULL, NULL, op),
+                       end);
+    /* ENABLED/DISABLED need a current version: the highest active one. */
+    KMS_GUARD_GOTO(step_in_tx(c,
+                              "UPDATE keys SET state = ?2, "
+                              "deletion_at = CASE WHEN ?2 = 4 THEN deletion_at ELSE 0 END, "
+                              "current_version = coalesce((SELECT max(version) FROM key_versions "
+                              "WHERE key_id = ?1 AND state = 1), current_version) "
+                              "WHERE key_id = ?1",
+                              key_id, (int64_t)state, 0, NULL, NULL, op),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_version_reattach(struct kms_store *store, const char *key_id, uint32_t version,
+                                   const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t now)
+{
+    static const char op[] = "reattach version";
+    KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN && version > 0, KMS_ERR_USAGE,
+               "store: %s: bad key id or version", op);
+    struct store_key_row row;
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
+    KMS_ENSURE_GOTO(row.state != KMS_KEY_DESTROYED && row.state != KMS_KEY_PENDING_IMPORT, end,
+                    KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
+                    kms_key_state_name(row.state));
+    KMS_GUARD_GOTO(step_in_tx(c,
+                              "INSERT INTO key_versions (key_id, version, hsm_id, state, "
+                              "created_at) VALUES (?1, ?2, ?4, 1, ?3)",
+                              key_id, version, now, hsm_id, NULL, op),
+                   end);
+    KMS_GUARD_GOTO(step_in_tx(c,
+                              "UPDATE keys SET last_version = max(last_version, ?2), "
+                              "current_version = max(current_version, ?2) WHERE key_id = ?1",
+                              key_id, version, 0, NULL, NULL, op),
+                   end);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+/* ---- backups ------------------------------------------------------------- */
+
+kms_err kms_store_backup_pending(struct kms_store *store, bool *out_pending,
+                                 char out_backup_of[KMS_STORE_META_MAX],
+                                 char out_backup_at[KMS_STORE_META_MAX])
+{
+    bool of = false, at = false, seen = false;
+    char v[32];
+    *out_pending = false;
+    KMS_GUARD(meta_get(store, "backup_of", out_backup_of, KMS_STORE_META_MAX, &of));
+    KMS_GUARD(meta_get(store, "backup_at", out_backup_at, KMS_STORE_META_MAX, &at));
+    KMS_GUARD(meta_get(store, "restore_announced", v, sizeof(v), &seen));
+    if (!at)
+        snprintf(out_backup_at, KMS_STORE_META_MAX, "?");
+    *out_pending = of && !seen;
+    return KMS_OK;
+}
+
+kms_err kms_store_backup_announced(struct kms_store *store, int64_t now)
+{
+    return write_one(store,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO NOTHING",
+                     "restore_announced", NULL, now, "record restore announced");
+}
+
+static kms_err exec_sql(sqlite3 *db, const char *sql, const char *op)
+{
+    int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? KMS_OK : store_sql_err(db, rc, op);
+}
+
+static kms_err text_of(sqlite3 *db, const char *sql, char *out, size_t size, const char *op)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return store_sql_err(db, rc, op);
+    kms_err r = KMS_OK;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        r = store_col_text(st, 0, out, size, op);
+    else
+        r = rc == SQLITE_DONE ? kms_err_set(KMS_ERR_CONFIG, "store: %s: no row", op)
+                              : store_sql_err(db, rc, op);
+    sqlite3_finalize(st);
+    return r;
+}
+
+kms_err kms_store_snapshot(const char *src, const char *dst, int64_t now, char *out_store_id,
+                           char *out_backup_of)
+{
+    static const char op[] = "snapshot";
+    sqlite3 *in = NULL, *out = NULL;
+    sqlite3_stmt *st = NULL;
+    char id[33] = "", appid[32] = "", newid[33] = "";
+    kms_err rc = KMS_OK;
+    KMS_ENSURE(src && dst, KMS_ERR_USAGE, "store: %s: NULL path", op);
+    int s = sqlite3_open_v2(src, &in, SQLITE_OPEN_READONLY, NULL);
+    if (s != SQLITE_OK) {
+        rc = kms_err_set(KMS_ERR_IO, "store: %s: cannot open %s: %s", op, src,
+                         in ? sqlite3_errmsg(in) : sqlite3_errstr(s));
+        goto done;
+    }
+    sqlite3_busy_timeout(in, STORE_BUSY_TIMEOUT_MS);
+    KMS_GUARD_GOTO(text_of(in, "PRAGMA application_id", appid, sizeof(appid), op), done);
+    KMS_ENSURE_GOTO(strcmp(appid, "1131770740") == 0, done, KMS_ERR_CONFIG,
+                    "store: %s: %s is not a Custos metadata store", op, src);
+    /* One read transaction: the copy is one instant of the store. */
+    s = sqlite3_prepare_v2(in, "VACUUM INTO ?1", -1, &st, NULL);
+    if (s != SQLITE_OK) {
+        rc = store_sql_err(in, s, op);
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, dst, -1, SQLITE_STATIC);
+    s = sqlite3_step(st);
+    if (s != SQLITE_DONE) {
+        rc = store_sql_err(in, s, op);
+        goto done;
+    }
+    s = sqlite3_open_v2(dst, &out, SQLITE_OPEN_READWRITE, NULL);
+    if (s != SQLITE_OK) {
+        rc = kms_err_set(KMS_ERR_IO, "store: %s: cannot open the copy %s", op, dst);
+        goto done;
+    }
+    KMS_GUARD_GOTO(text_of(out, "SELECT value FROM meta WHERE name = 'store_id'", id, sizeof(id),
+                           op),
+                   done);
+    /* The id goes into SQL text below: it must be the hex the schema made. */
+    for (const char *p = id; *p; p++)
+        KMS_ENSURE_GOTO((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'), done,
+                        KMS_ERR_CONFIG, "store: %s: store_id is not hex", op);
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "BEGIN IMMEDIATE;"
+             "INSERT OR REPLACE INTO meta (name, value) VALUES ('backup_of', '%s');"
+             "INSERT OR REPLACE INTO meta (name, value) VALUES ('backup_at', '%lld');"
+             "DELETE FROM meta WHERE name = 'restore_announced';"
+             "UPDATE meta SET value = lower(hex(randomblob(16))) WHERE name = 'store_id';"
+             "COMMIT;",
+             id, (long long)now);
+    KMS_GUARD_GOTO(exec_sql(out, sql, op), done);
+    KMS_GUARD_GOTO(text_of(out, "SELECT value FROM meta WHERE name = 'store_id'", newid,
+                           sizeof(newid), op),
+                   done);
+    KMS_GUARD_GOTO(text_of(out, "PRAGMA integrity_check", appid, sizeof(appid), op), done);
+    KMS_ENSURE_GOTO(strcmp(appid, "ok") == 0, done, KMS_ERR_IO,
+                    "store: %s: the copy fails its integrity check", op);
+    if (out_store_id)
+        snprintf(out_store_id, 33, "%s", newid);
+    if (out_backup_of)
+        snprintf(out_backup_of, 33, "%s", id);
+done:
+    sqlite3_finalize(st);
+    sqlite3_close(out);
+    sqlite3_close(in);
+    return rc;
+}
+
+kms_err kms_store_version_by_hsm_id(struct kms_store *store,
+                                    const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                    char out_key_id[KMS_KEY_ID_SIZE], uint32_t *out_version,
+                                    bool *out_found)
+{
+    static const char op[] = "find version by hsm_id";
+    *out_found = false;
+    struct store_conn *c = store_reader_take(store);
+    sqlite3_stmt *st = NULL;
+    kms_err rc = prep(c, "SELECT key_id, version FROM key_versions WHERE hsm_id = ?1", &st, op);
+    if (rc == KMS_OK) {
+        sqlite3_bind_blob(st, 1, hsm_id, KMS_HSM_ID_LEN, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            rc = store_col_text(st, 0, out_key_id, KMS_KEY_ID_SIZE, op);
+            if (rc == KMS_OK)
+                rc = store_col_u32(st, 1, out_version, op);
+            *out_found = rc == KMS_OK;
+        } else if (s != SQLITE_DONE) {
+            rc = store_sql_err(c->db, s, op);
+        }
+    }
+    sqlite3_finalize(st);
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err kms_store_lost_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                               int64_t now)
+{
+    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX];
+    hex16(hsm_id, hex);
+    snprintf(name, sizeof(name), "lost_ok:%s", hex);
+    return write_one(store,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO NOTHING",
+                     name, NULL, now, "confirm lost HSM object");
+}
+
+kms_err kms_store_lost_confirmed(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                 bool *out_confirmed)
+{
+    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX], v[32];
+    hex16(hsm_id, hex);
+    snprintf(name, sizeof(name), "lost_ok:%s", hex);
+    return meta_get(store, name, v, sizeof(v), out_confirmed);
+}

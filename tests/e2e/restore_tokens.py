@@ -1,0 +1,53 @@
+"""Token and audit facts for test_restore.sh, read with PyKCS11 and over
+the auditor's API, never through kmsd's own C code.
+
+restore_tokens.py objects DIR        print "N DUPS": the number of key objects
+                                     (custos:key:) in custos-eu-west and how
+                                     many labels (key, version) name more than
+                                     one object
+restore_tokens.py ops DIR PORT OP... exit 0 when the eu-west audit log holds
+                                     an event of each OP (waits for the head)
+"""
+import os
+import sys
+import time
+
+import PyKCS11
+
+MODE, DIR = sys.argv[1], sys.argv[2]
+
+if MODE == "objects":
+    lib = PyKCS11.PyKCS11Lib()
+    lib.load(os.environ.get("CUSTOS_TEST_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
+    labels = {}
+    for slot in lib.getSlotList(tokenPresent=True):
+        if lib.getTokenInfo(slot).label.strip() != "custos-eu-west":
+            continue
+        s = lib.openSession(slot)
+        s.login(open(f"{DIR}/hsm/pins/eu-west.pin").read().strip())
+        for o in s.findObjects([(PyKCS11.CKA_TOKEN, True)]):
+            lab, oid = s.getAttributeValue(o, [PyKCS11.CKA_LABEL, PyKCS11.CKA_ID])
+            lab = lab if isinstance(lab, str) else bytes(lab).decode(errors="replace")
+            if lab.startswith("custos:key:"):
+                labels.setdefault(lab, set()).add(bytes(oid).hex())
+        s.logout()
+        s.closeSession()
+    n = sum(len(v) for v in labels.values())
+    dups = sum(1 for v in labels.values() if len(v) > 1)
+    print(n, dups)
+    sys.exit(0)
+
+sys.path.insert(0, "tests/e2e")
+from audit_lib import Client, export_all  # noqa: E402
+
+PORT, OPS = int(sys.argv[3]), sys.argv[4:]
+auditor = Client(PORT, f"{DIR}/credentials/auditor.key")
+seen = set()
+for _ in range(60):
+    head, events, raw = export_all(auditor, "eu-west")
+    seen = {e.operation for e in events}
+    if all(op in seen for op in OPS):
+        sys.exit(0)
+    time.sleep(0.25)
+print("missing from the audit log:", [op for op in OPS if op not in seen], file=sys.stderr)
+sys.exit(1)
