@@ -407,13 +407,6 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
     KMS_ENSURE_GOTO(kms_service_token(call->svc, k.region) != NULL, done,
                     KMS_ERR_FAILED_PRECONDITION, "region %s is not served by this node",
                     k.region);
-    size_t n_open = 0;
-    KMS_GUARD_GOTO(kms_store_recovery_open_count(kms_service_store(call->svc), k.key_id, now_s(),
-                                                 &n_open),
-                   done);
-    REFUSE_GOTO("limit", n_open < MAX_OPEN_PER_KEY, done, KMS_ERR_RESOURCE_EXHAUSTED,
-                    "key already has %zu open recoveries (at most %d): cancel one first", n_open,
-                    MAX_OPEN_PER_KEY);
 
     uint8_t raw[16];
     KMS_ENSURE_GOTO(RAND_bytes(raw, sizeof(raw)) == 1, done, KMS_ERR_INTERNAL,
@@ -435,7 +428,14 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
     r.time_lock_s = pol_tenant_recovery_time_lock_s(t);
     r.created_at = now_s();
     r.expires_at = r.created_at + pol_tenant_recovery_ttl_s(t);
-    KMS_GUARD_GOTO(kms_store_recovery_insert(kms_service_store(call->svc), &r), done);
+    /* The limit is checked where the row is written, in one transaction:
+     * a count read here first would let concurrent requests all pass it. */
+    size_t n_open = 0;
+    rc = kms_store_recovery_insert(kms_service_store(call->svc), &r, MAX_OPEN_PER_KEY, &n_open);
+    if (rc == KMS_ERR_RESOURCE_EXHAUSTED)
+        call->audit.rule = "limit";
+    if (rc != KMS_OK)
+        goto done;
     note(call, "recovery %s requested%s", r.recovery_id, NULL);
     audit_recovery_id(call, r.recovery_id);
     {

@@ -536,13 +536,15 @@ kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_re
 kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
                               struct kms_escrow_record **out, size_t *out_n);
 
-/* How many recoveries of key_id are open (PENDING_APPROVAL or APPROVED) and
- * not yet expired at now. */
-kms_err kms_store_recovery_open_count(struct kms_store *store, const char *key_id, int64_t now,
-                                      size_t *out_n);
-
-/* Insert a new recovery (state PENDING_APPROVAL, no approvals). */
-kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_recovery_record *r);
+/* Insert a new recovery (state PENDING_APPROVAL, no approvals), unless its
+ * key already has max_open (>= 1) open ones: PENDING_APPROVAL or APPROVED
+ * and not expired at r->created_at. Then RESOURCE_EXHAUSTED and nothing is
+ * written. The count and the insert are one write transaction (BEGIN
+ * IMMEDIATE), so the limit holds for concurrent requests, and for several
+ * kmsd on one database as long as the backend's transaction orders them.
+ * *out_open: the open recoveries counted before this one. */
+kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_recovery_record *r,
+                                  size_t max_open, size_t *out_open);
 
 /* A recovery and the officers who approved it (oldest first; *out_appr may
  * be NULL when the caller does not want them). NOT_FOUND if absent. */

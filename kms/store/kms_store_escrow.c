@@ -139,24 +139,6 @@ static void bind_id_now(struct store_bind *b, const void *varg)
     store_bind_int(b, 2, a->now);
 }
 
-kms_err kms_store_recovery_open_count(struct kms_store *store, const char *key_id, int64_t now,
-                                      size_t *out_n)
-{
-    static const char op[] = "count open recoveries";
-    *out_n = 0;
-    KMS_GUARD(store_check_key_id(key_id, op));
-    struct id_now a = {key_id, now};
-    int64_t n = 0;
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_query_int(c,
-                                 "SELECT count(*) FROM recoveries WHERE key_id = ?1 "
-                                 "AND state IN (1, 2) AND expires_at > ?2",
-                                 op, bind_id_now, &a, &n, NULL);
-    store_conn_give(c);
-    *out_n = (size_t)n;
-    return rc;
-}
-
 static void versions_text(const struct kms_recovery_record *r, char *buf, size_t size)
 {
     size_t off = 0;
@@ -212,23 +194,44 @@ static void bind_recovery(struct store_bind *b, const void *varg)
     store_bind_text(b, 23, r->cancel_reason);
 }
 
-kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_recovery_record *r)
+kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_recovery_record *r,
+                                  size_t max_open, size_t *out_open)
 {
     static const char op[] = "insert recovery";
-    KMS_ENSURE(store != NULL && r != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_ENSURE(store != NULL && r != NULL && out_open != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out_open = 0;
+    KMS_ENSURE(max_open >= 1, KMS_ERR_USAGE, "store: %s: max_open must be positive", op);
     KMS_ENSURE(strlen(r->recovery_id) == KMS_RECOVERY_ID_LEN && r->n_versions >= 1 &&
                    r->n_versions <= KMS_RECOVERY_MAX_VERSIONS && r->state == KMS_RECOVERY_PENDING &&
                    r->approvals_required >= 1 && r->expires_at > r->created_at,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: malformed recovery", op);
+    KMS_GUARD(store_check_key_id(r->key_id, op));
     struct store_conn *c = store_writer_take(store);
     kms_err rc = store_tx_begin(c, true, op);
-    if (rc == KMS_OK)
-        rc = store_exec_one(c,
-                            "INSERT INTO recoveries (" RECOVERY_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, "
-                            "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-                            "?20, ?21, ?22, ?23)",
-                            op, bind_recovery, r, NULL);
+    if (rc != KMS_OK)
+        goto out;
+    /* The count and the insert in one write transaction: two requests that
+     * both counted 7 cannot both insert the 8th and the 9th. */
+    struct id_now a = {r->key_id, r->created_at};
+    int64_t open = 0;
+    KMS_GUARD_GOTO(store_query_int(c,
+                                   "SELECT count(*) FROM recoveries WHERE key_id = ?1 "
+                                   "AND state IN (1, 2) AND expires_at > ?2",
+                                   op, bind_id_now, &a, &open, NULL),
+                   end);
+    *out_open = (size_t)open;
+    KMS_ENSURE_GOTO((uint64_t)open < (uint64_t)max_open, end, KMS_ERR_RESOURCE_EXHAUSTED,
+                    "key already has %" PRId64 " open recoveries (at most %zu): cancel one first",
+                    open, max_open);
+    rc = store_exec_one(c,
+                        "INSERT INTO recoveries (" RECOVERY_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, "
+                        "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
+                        "?20, ?21, ?22, ?23)",
+                        op, bind_recovery, r, NULL);
+end:
     rc = store_tx_end(c, rc, op);
+out:
     store_conn_give(c);
     return rc;
 }

@@ -1609,9 +1609,11 @@ START_TEST(test_escrow_and_recovery)
     free(bl);
 
     struct kms_recovery_record r, got;
+    size_t open_n = 99;
     recovery_of(&r, "00000000000000000000000000000001", id, 3000);
-    ck_ok(kms_store_recovery_insert(store, &r));
-    ck_err(kms_store_recovery_insert(store, &r), KMS_ERR_ALREADY_EXISTS);
+    ck_ok(kms_store_recovery_insert(store, &r, 8, &open_n));
+    ck_assert_uint_eq(open_n, 0);
+    ck_err(kms_store_recovery_insert(store, &r, 8, &open_n), KMS_ERR_ALREADY_EXISTS);
     bool counted = false;
     ck_ok(kms_store_recovery_approve(store, r.recovery_id, "o2", (const uint8_t *)"sig2", 4, 3010,
                                      &counted));
@@ -1654,12 +1656,13 @@ START_TEST(test_escrow_and_recovery)
 
     /* Expiry: a late approval is refused; finish is a compare-and-set. */
     recovery_of(&r, "00000000000000000000000000000002", id, 4000);
-    ck_ok(kms_store_recovery_insert(store, &r));
-    size_t open_n = 9;
-    ck_ok(kms_store_recovery_open_count(store, id, 4050, &open_n));
-    ck_assert_uint_eq(open_n, 1); /* the executed one does not count */
-    ck_ok(kms_store_recovery_open_count(store, id, 4100, &open_n));
-    ck_assert_uint_eq(open_n, 0); /* nor an expired one, marked or not */
+    ck_ok(kms_store_recovery_insert(store, &r, 8, &open_n));
+    ck_assert_uint_eq(open_n, 0); /* the executed one does not count */
+    struct kms_recovery_record r3;
+    recovery_of(&r3, "00000000000000000000000000000003", id, 4050);
+    ck_err(kms_store_recovery_insert(store, &r3, 1, &open_n), KMS_ERR_RESOURCE_EXHAUSTED);
+    ck_assert_uint_eq(open_n, 1);
+    ck_err(kms_store_recovery_get(store, r3.recovery_id, &got, NULL, NULL), KMS_ERR_NOT_FOUND);
     ck_err(kms_store_recovery_approve(store, r.recovery_id, "o2", (const uint8_t *)"s", 1, 4100,
                                       &counted),
            KMS_ERR_FAILED_PRECONDITION);
@@ -1680,6 +1683,70 @@ START_TEST(test_escrow_and_recovery)
     ck_assert_uint_eq(n, 0);
     free(list);
     ck_err(kms_store_recovery_get(store, "../etc/passwd", &got, NULL, NULL), KMS_ERR_NOT_FOUND);
+    /* Nor does an expired one, marked or not. */
+    recovery_of(&r3, "00000000000000000000000000000003", id, 4100);
+    ck_ok(kms_store_recovery_insert(store, &r3, 1, &open_n));
+    ck_assert_uint_eq(open_n, 0);
+    ck_err(kms_store_recovery_insert(store, &r3, 0, &open_n), KMS_ERR_USAGE);
+}
+END_TEST
+
+/* At most max_open open recoveries per key, also when many threads insert
+ * at once: the count and the insert are one write transaction (a count
+ * read before the insert let every racer pass it). */
+#define RECOVERY_RACERS 16u
+#define RECOVERY_LIMIT 8u
+
+struct recovery_racer {
+    const char *key_id;
+    unsigned index, round;
+    pthread_barrier_t *start;
+    kms_err rc;
+};
+
+static void *recovery_racer(void *arg)
+{
+    struct recovery_racer *w = arg;
+    struct kms_recovery_record r;
+    char rid[KMS_RECOVERY_ID_LEN + 1];
+    snprintf(rid, sizeof(rid), "%016x%016x", w->round + 1, w->index + 1);
+    recovery_of(&r, rid, w->key_id, 5000 + w->round);
+    size_t open_n = 0;
+    pthread_barrier_wait(w->start);
+    w->rc = kms_store_recovery_insert(store, &r, RECOVERY_LIMIT, &open_n);
+    return NULL;
+}
+
+START_TEST(test_recovery_limit_race)
+{
+    char id[KMS_KEY_ID_SIZE];
+    open_store();
+    for (unsigned round = 0; round < 4; round++) {
+        create_enabled("acme", 40 + round, 1, 1000);
+        key_id_of(id, 40 + round, 1);
+        pthread_t t[RECOVERY_RACERS];
+        struct recovery_racer w[RECOVERY_RACERS];
+        pthread_barrier_t start;
+        ck_assert_int_eq(pthread_barrier_init(&start, NULL, RECOVERY_RACERS), 0);
+        for (unsigned i = 0; i < RECOVERY_RACERS; i++) {
+            w[i] = (struct recovery_racer){id, i, round, &start, KMS_OK};
+            ck_assert_int_eq(pthread_create(&t[i], NULL, recovery_racer, &w[i]), 0);
+        }
+        unsigned ok = 0, exhausted = 0;
+        for (unsigned i = 0; i < RECOVERY_RACERS; i++) {
+            pthread_join(t[i], NULL);
+            ok += w[i].rc == KMS_OK;
+            exhausted += w[i].rc == KMS_ERR_RESOURCE_EXHAUSTED;
+        }
+        pthread_barrier_destroy(&start);
+        ck_assert_uint_eq(ok, RECOVERY_LIMIT);
+        ck_assert_uint_eq(exhausted, RECOVERY_RACERS - RECOVERY_LIMIT);
+        struct kms_recovery_record *list = NULL;
+        size_t n = 0;
+        ck_ok(kms_store_recovery_list(store, "acme", id, true, &list, &n));
+        ck_assert_uint_eq(n, RECOVERY_LIMIT);
+        free(list);
+    }
 }
 END_TEST
 
@@ -1715,6 +1782,7 @@ static Suite *store_suite(void)
         {"import_token_sweeping", test_import_token_sweeping},
         {"migration_1_to_2", test_migration_1_to_2},
         {"escrow_and_recovery", test_escrow_and_recovery},
+        {"recovery_limit_race", test_recovery_limit_race},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
