@@ -6,8 +6,21 @@
 #include <string.h>
 
 #include "audit_log.h"
+#include "kms_log.h"
 #include "kms_service.h"
 #include "pol_doc.h"
+
+const char *kms_audit_region(const struct kms_call *call)
+{
+    struct kms_service *svc = call->svc;
+    const char *region = call->audit.region;
+    if (region[0] && kms_service_token(svc, region) != NULL)
+        return region;
+    region = call->who ? pol_principal_home_region(call->who) : NULL;
+    if (region && region[0] && kms_service_token(svc, region) != NULL)
+        return region;
+    return NULL;
+}
 
 /* Build the event of a request and queue it in its region's log: waiting
  * for it when fn is NULL, else handing fn the outcome. */
@@ -18,17 +31,26 @@ static kms_err audit_request(struct kms_call *call, const char *operation, kms_e
     *queued = false;
     struct kms_service *svc = call->svc;
     const struct kms_audit_facts *f = &call->audit;
-    /* The key's region if the request named one; else the caller's home
-     * region; else this node's first region. */
-    /* An event of a region whose log is out of order is never written
-     * elsewhere: the audit trail stays in its region, so the request fails. */
-    if (f->region[0] && kms_service_region_check(svc, f->region) != KMS_OK)
-        return KMS_ERR_HSM_UNAVAILABLE;
-    struct audit_log *log = kms_service_audit_log(svc, f->region[0] ? f->region : NULL);
-    if (log == NULL && call->who)
-        log = kms_service_audit_log(svc, pol_principal_home_region(call->who));
-    if (log == NULL)
-        log = kms_service_audit_default(svc);
+    const char *region = kms_audit_region(call);
+    /* The event of a region whose log was refused at start is never
+     * written elsewhere: the audit trail stays in its region, so the
+     * request fails, and the operational log is its only record. */
+    if (region && kms_service_region_check(svc, region) != KMS_OK) {
+        kms_log_warn("audit",
+                     "request %s %s by %s%s%s (would have been %s) refused unavailable and NOT "
+                     "AUDITED: its audit region %s is not served",
+                     call->request_id, operation,
+                     call->who ? pol_principal_id(call->who) : call->actor ? call->actor : "-",
+                     f->key_id[0] ? " on key " : "", f->key_id,
+                     outcome == KMS_OK ? "ok" : kms_err_twirp_code(outcome), region);
+        return kms_err_set(KMS_ERR_HSM_UNAVAILABLE,
+                           "region %s is not served: its audit log failed the start-up check",
+                           region);
+    }
+    /* The first region whose log is served: kms_service_audit_default
+     * skips a region refused at start. */
+    struct audit_log *log =
+        region ? kms_service_audit_log(svc, region) : kms_service_audit_default(svc);
     if (log == NULL)
         return KMS_OK; /* audit is off (dev mode only) */
 

@@ -148,8 +148,10 @@ static enum MHD_Result send_answer(struct MHD_Connection *c, struct req_state *s
 static const char *unavailable_msg(const struct req_state *st, const char *dflt, char *buf,
                                    size_t n)
 {
-    const char *region = st->call.audit.region;
-    if (region[0] == '\0' || kms_service_region_check(st->call.svc, region) == KMS_OK)
+    /* The region the request's event belongs to, not only a key's: a
+     * request without a key is refused for its caller's home region. */
+    const char *region = kms_audit_region(&st->call);
+    if (region == NULL || kms_service_region_check(st->call.svc, region) == KMS_OK)
         return dflt;
     snprintf(buf, n,
              "region %s is not served: its audit log failed the start-up check; an operator "

@@ -362,12 +362,26 @@ kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len
     mds = calloc(n ? n : 1, sizeof(*mds));
     mp = calloc(n ? n : 1, sizeof(*mp));
     KMS_ENSURE_GOTO(mds && mp, done, KMS_ERR_NOMEM, "out of memory");
+    /* Keys of a region not served (its audit log was refused at start) are
+     * left out, as DescribeKey of each is refused: what is known of them is
+     * that region's business, and its log cannot record this read. The
+     * page token still moves past them; the audit event says how many. */
+    size_t out = 0, hidden = 0;
     for (size_t i = 0; i < n; i++) {
-        metadata_fill(call, &keys[i], NULL, 0, &mds[i]);
-        mp[i] = &mds[i].m;
+        if (kms_service_region_check(call->svc, keys[i].region) != KMS_OK) {
+            hidden++;
+            continue;
+        }
+        metadata_fill(call, &keys[i], NULL, 0, &mds[out]);
+        mp[out] = &mds[out].m;
+        out++;
     }
+    kms_err_clear();
+    if (hidden)
+        snprintf(call->audit.detail, sizeof(call->audit.detail),
+                 "left out %zu key(s) of regions not served", hidden);
     Custos__V1__ListKeysResponse resp = CUSTOS__V1__LIST_KEYS_RESPONSE__INIT;
-    resp.n_keys = n;
+    resp.n_keys = out;
     resp.keys = mp;
     resp.next_page_token = next;
     rc = kms_rpc_pack(&resp.base, reply);

@@ -189,7 +189,14 @@ static kms_err refresh_expiry(struct kms_call *call, struct kms_recovery_record 
     r->state = KMS_RECOVERY_EXPIRED;
     char detail[96];
     snprintf(detail, sizeof(detail), "recovery %s expired", r->recovery_id);
-    KMS_GUARD(kms_audit_request(call, "RecoveryExpired", KMS_OK, detail, ""));
+    /* The event is the recovery's, in its key's region, whichever request
+     * noticed the expiry: ListRecoveries names no key, and its own event
+     * goes to the caller's home region. */
+    struct kms_call ev = *call;
+    memset(&ev.audit, 0, sizeof(ev.audit));
+    kms_rpc_audit_key(&ev, r->key_id, r->region, NULL);
+    audit_recovery_id(&ev, r->recovery_id);
+    KMS_GUARD(kms_audit_request(&ev, "RecoveryExpired", KMS_OK, detail, ""));
     kms_log_info("escrow", "recovery %s expired unexecuted", r->recovery_id);
     return KMS_OK;
 }
@@ -499,8 +506,16 @@ kms_err kms_rpc_list_recoveries(struct kms_call *call, const uint8_t *body, size
     msgs = calloc(n ? n : 1, sizeof(*msgs));
     mp = calloc(n ? n : 1, sizeof(*mp));
     KMS_ENSURE_GOTO(msgs && mp, done, KMS_ERR_NOMEM, "out of memory");
-    size_t out = 0;
+    size_t out = 0, hidden = 0;
     for (size_t i = 0; i < n; i++) {
+        /* Recoveries of keys in a region not served (its audit log was
+         * refused at start) are left out, as GetRecovery of each is
+         * refused: not read, not expired, not shown. */
+        if (kms_service_region_check(call->svc, rs[i].region) != KMS_OK) {
+            kms_err_clear();
+            hidden++;
+            continue;
+        }
         KMS_GUARD_GOTO(refresh_expiry(call, &rs[i]), done);
         if (req->open_only && rs[i].state != KMS_RECOVERY_PENDING &&
             rs[i].state != KMS_RECOVERY_APPROVED)
@@ -510,6 +525,9 @@ kms_err kms_rpc_list_recoveries(struct kms_call *call, const uint8_t *body, size
         mp[out] = &msgs[out].m;
         out++;
     }
+    if (hidden)
+        snprintf(call->audit.detail, sizeof(call->audit.detail),
+                 "left out %zu recovery(ies) of regions not served", hidden);
     Custos__V1__ListRecoveriesResponse resp = CUSTOS__V1__LIST_RECOVERIES_RESPONSE__INIT;
     resp.n_recoveries = out;
     resp.recoveries = mp;
