@@ -2,7 +2,8 @@
 
   recovery_limit.py DIR PORT race ROUNDS N   ROUNDS times: a fresh bank key, N concurrent
                                              RequestRecovery on it
-  recovery_limit.py DIR PORT pair            7 requests one after another, then 2 at once
+  recovery_limit.py DIR PORT pair TIMES      TIMES times: a fresh key, 7 requests one after
+                                             another, then 2 at once
 """
 import http.client
 import json
@@ -107,16 +108,18 @@ def main():
             check(got == LIMIT, f"round {r + 1}: ListRecoveries shows exactly {LIMIT} open "
                   f"({got})")
     elif cmd == "pair":
-        key_id = new_key(admin)
-        for i in range(LIMIT - 1):
-            s, err = post(port, officers[i % 3], request_body(key_id, i))
-            assert s == 200, (s, err)
-        res = concurrent(port, key_id, officers, 2, LIMIT - 1)
-        ok = sum(1 for s, _ in res if s == 200)
-        check(ok == 1 and sum(1 for x in res if exhausted(x)) == 1,
-              f"{LIMIT - 1} open, then 2 at once: one succeeds, one is refused ({res})")
-        got = open_recoveries(admin, key_id)
-        check(got == LIMIT, f"then exactly {LIMIT} are open ({got})")
+        for t in range(int(sys.argv[4])):
+            key_id = new_key(admin)
+            for i in range(LIMIT - 1):
+                s, err = post(port, officers[i % 3], request_body(key_id, i))
+                assert s == 200, (s, err)
+            res = concurrent(port, key_id, officers, 2, LIMIT - 1)
+            ok = sum(1 for s, _ in res if s == 200)
+            check(ok == 1 and sum(1 for x in res if exhausted(x)) == 1,
+                  f"pair {t + 1}: {LIMIT - 1} open, then 2 at once: one succeeds, one is "
+                  f"refused ({res})")
+            got = open_recoveries(admin, key_id)
+            check(got == LIMIT, f"pair {t + 1}: then exactly {LIMIT} are open ({got})")
     return 1 if failures else 0
 
 

@@ -14,9 +14,8 @@ export PYTHONPATH="$E2E_DIR/py:tests/e2e"
 failed=0
 e2e_start
 trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
-/usr/bin/python3 tests/e2e/recovery_limit.py "$E2E_DIR" "$E2E_PORT" race 4 40 || failed=$((failed + 1))
-/usr/bin/python3 tests/e2e/recovery_limit.py "$E2E_DIR" "$E2E_PORT" pair || failed=$((failed + 1))
-/usr/bin/python3 tests/e2e/recovery_limit.py "$E2E_DIR" "$E2E_PORT" pair || failed=$((failed + 1))
+/usr/bin/python3 tests/e2e/recovery_limit.py "$E2E_DIR" "$E2E_PORT" race 8 40 || failed=$((failed + 1))
+/usr/bin/python3 tests/e2e/recovery_limit.py "$E2E_DIR" "$E2E_PORT" pair 8 || failed=$((failed + 1))
 e2e_stop
 trap - EXIT
 if grep -q "ERROR: AddressSanitizer\|runtime error:" "$E2E_DIR/kmsd.log"; then
