@@ -4,6 +4,7 @@
 #include "kms_secret.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,4 +92,30 @@ kms_err kms_secret_read_source(const char *source, struct kms_secret *out)
     }
     /* The value is not echoed: a misconfigured source may be the secret itself. */
     return kms_err_set(KMS_ERR_CONFIG, "secret source must start with file: or env:");
+}
+
+/* max_align_t keeps the block behind the header aligned like malloc's. */
+union alloc_header {
+    size_t size;
+    max_align_t align;
+};
+
+void *kms_secret_alloc(size_t n)
+{
+    if (n > SIZE_MAX - sizeof(union alloc_header))
+        return NULL;
+    union alloc_header *h = malloc(sizeof(*h) + n);
+    if (h == NULL)
+        return NULL;
+    h->size = n;
+    return h + 1;
+}
+
+void kms_secret_free(void *p)
+{
+    if (p == NULL)
+        return;
+    union alloc_header *h = (union alloc_header *)p - 1;
+    OPENSSL_cleanse(p, h->size);
+    free(h);
 }

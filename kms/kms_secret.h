@@ -33,4 +33,12 @@ kms_err kms_secret_from(const void *data, size_t len, struct kms_secret *out);
 /* Wipe and free; safe on a zeroed or already-wiped secret. */
 void kms_secret_wipe(struct kms_secret *s);
 
+/* A malloc/free pair that wipes every block when it is freed (the size is
+ * kept in a header in front of the block). kmsd hands it to jansson
+ * (json_set_alloc_funcs) at start: a JSON request body's plaintext passes
+ * through jansson's lexer buffer and hashtable key copies, which jansson
+ * frees without wiping. */
+void *kms_secret_alloc(size_t n);
+void kms_secret_free(void *p);
+
 #endif

@@ -23,6 +23,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "kms_config.h"
 #include "kms_http.h"
 #include "kms_log.h"
@@ -97,6 +99,9 @@ static void notify(const char *state)
 
 int main(int argc, char **argv)
 {
+    /* Before anything parses JSON: request bodies in Twirp's JSON encoding
+     * carry plaintext through jansson's own buffers (kms_secret.h). */
+    json_set_alloc_funcs(kms_secret_alloc, kms_secret_free);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", no_argument, NULL, 'k'},
