@@ -21,6 +21,7 @@
 #include "kms_usage.h"
 #include "kms_rpc.h"
 #include "kms_store.h"
+#include "kms_text.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 #include "pol_eval.h"
@@ -240,6 +241,10 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
                     KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
                     KMS_DESCRIPTION_MAX);
+    KMS_ENSURE_GOTO(kms_text_ok(req->description, strlen(req->description)), done,
+                    KMS_ERR_INVALID_ARGUMENT,
+                    "description must be UTF-8 text without control, format (bidi, "
+                    "zero-width) or line separator characters");
     rc = check_rotation_period(call, req->rotation_period_s,
                                req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL);
     if (rc == KMS_ERR_FAILED_PRECONDITION)
