@@ -317,6 +317,18 @@ if (cd "$W/readme" && id=$kid sh ./example.sh) >"$W/body" 2>&1 &&
 else
     flunk "the curl example of README.md encrypts as written"
 fi
+# The examples show the start of a real blob: format 2 (c5 02), region
+# eu-west (07 "eu-west"): "xQIHZXUtd2Vzd", the 13 base64 characters those
+# 10 bytes fix (they showed
+# "AQEH...", which is no Custos blob).
+shown=$(sed -n 's/.*{"ciphertext":"\([A-Za-z0-9+\/]*\)\.\.\.".*/\1/p' README.md docs/api.md | sort -u)
+case $ct64 in
+"$shown"*)
+    [ -n "$shown" ] && [ "$(sed -n 's/.*{"ciphertext":"\([A-Za-z0-9+\/]*\)\.\.\.".*/\1/p' README.md docs/api.md | wc -l)" -eq 2 ] &&
+        pass "README.md and docs/api.md show the start of a real ciphertext ($shown...)" ||
+        flunk "the JSON examples' ciphertext: '$shown'" ;;
+*) flunk "the JSON examples show '$shown...', a real ciphertext starts ${ct64%"${ct64#??????????????}"}" ;;
+esac
 
 # ---- the audit log, exported over JSON -------------------------------------------------
 
