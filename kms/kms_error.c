@@ -3,7 +3,9 @@
  */
 #include "kms_error.h"
 
+#include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char err_detail[512];
 
@@ -86,4 +88,35 @@ const char *kms_err_detail(void)
 void kms_err_clear(void)
 {
     err_detail[0] = '\0';
+}
+
+const char *kms_err_client_msg(kms_err err, const char *detail)
+{
+    /* The prefixes lower layers put on their own details, and what marks
+     * PKCS#11 and token internals anywhere in one. */
+    static const char *const internal_prefix[] = {"store:", "p11", "pkcs11", "pol_", "sqlite"};
+    static const char *const internal_part[] = {"CKR_", "token '"};
+    bool internal = detail == NULL;
+    for (size_t i = 0; !internal && i < sizeof(internal_prefix) / sizeof(internal_prefix[0]); i++)
+        internal = strncmp(detail, internal_prefix[i], strlen(internal_prefix[i])) == 0;
+    for (size_t i = 0; !internal && i < sizeof(internal_part) / sizeof(internal_part[0]); i++)
+        internal = strstr(detail, internal_part[i]) != NULL;
+    if (!internal)
+        return detail;
+    switch (err) {
+    case KMS_ERR_INVALID_ARGUMENT:
+    case KMS_ERR_TOO_LARGE:
+    case KMS_ERR_BAD_CIPHERTEXT:
+        return "the request was refused as invalid; the operational log has the reason "
+               "under this reply's X-Request-Id";
+    case KMS_ERR_NOT_FOUND:
+        return "not found";
+    case KMS_ERR_FAILED_PRECONDITION:
+    case KMS_ERR_UNSUPPORTED:
+        return "the request cannot be served in the current state; the operational log has "
+               "the reason under this reply's X-Request-Id";
+    default:
+        return "the request was refused; the operational log has the reason under this "
+               "reply's X-Request-Id";
+    }
 }

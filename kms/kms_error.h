@@ -71,6 +71,15 @@ const char *kms_err_detail(void);
 /* Forget the detail of this thread. */
 void kms_err_clear(void);
 
+/* What a client is told of a refusal of code err (HTTP status < 500) whose
+ * detail is detail: the detail itself, unless it is an internal layer's
+ * (a "store: ..." check, a PKCS#11 return value or token label, a policy
+ * engine call), which names kmsd's insides and means nothing to a caller;
+ * then a fixed sentence for the code that points to the operational log.
+ * Handlers say what the caller did wrong themselves; this is the net for a
+ * lower layer's check that a handler did not repeat. Static storage. */
+const char *kms_err_client_msg(kms_err err, const char *detail);
+
 /* Guard macros: straight-line checks that return on failure. */
 #define KMS_GUARD(expr)                                                        \
     do {                                                                       \

@@ -156,7 +156,8 @@ void kmsctl_conn_hoist(int argc, char **argv)
     argv[1] = cmd;
 }
 
-/* Printable ASCII only: a correlation id goes into a header and a log. */
+/* Visible ASCII only (0x21-0x7e, as kmsd requires): a correlation id goes
+ * into a header, where spaces at either end are not part of the value, and a log. */
 static int correlation_id_ok(const char *s)
 {
     size_t n = strlen(s);
@@ -253,7 +254,7 @@ int kmsctl_rpc_open(const struct kmsctl_conn *c, struct kmsctl_rpc **out)
         return KMSCTL_EXIT_USAGE;
     }
     if (c->correlation_id && !correlation_id_ok(c->correlation_id)) {
-        fprintf(stderr, "kmsctl: --correlation-id must be 1..%d printable ASCII characters\n",
+        fprintf(stderr, "kmsctl: --correlation-id must be 1..%d visible ASCII characters (no space)\n",
                 MAX_CORRELATION_ID);
         return KMSCTL_EXIT_USAGE;
     }

@@ -69,7 +69,7 @@ enum {
     "  --cacert PATH             CA certificate(s) for kmsd's TLS cert, PEM [CUSTOS_CACERT]\n" \
     "  --cert PATH               client certificate for mutual TLS, PEM [CUSTOS_CLIENT_CERT]\n" \
     "  --key PATH                client private key, PEM [CUSTOS_CLIENT_KEY]\n"                \
-    "  --correlation-id ID       sent as X-Correlation-Id (<= 128 printable ASCII)\n"
+    "  --correlation-id ID       sent as X-Correlation-Id (<= 128 visible ASCII)\n"
 /* clang-format on */
 
 #define KMSCTL_EXIT_USAGE_TEXT                                                                     \

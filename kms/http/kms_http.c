@@ -702,7 +702,12 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
          * client gets the code. */
         char detail[512], audit_detail[700], m503[200];
         snprintf(detail, sizeof(detail), "%s", kms_err_detail());
-        const char *msg = detail;
+        /* A lower layer's own check (a "store: ..." detail) is logged,
+         * never shown: it names kmsd's insides (kms_err_client_msg). */
+        const char *msg = kms_err_client_msg(rc, detail);
+        if (msg != detail && kms_err_http_status(rc) < 500)
+            kms_log_info("http", "request %s %s refused: %s", st->call.request_id, st->method,
+                         detail);
         /* What the handler noted (e.g. which recovery) comes first. */
         snprintf(audit_detail, sizeof(audit_detail), "%s%s%s", st->call.audit.detail,
                  st->call.audit.detail[0] ? ": " : "", detail);

@@ -94,8 +94,11 @@ kms_err kms_httpreq_check_head(const struct kms_httpreq_head *in, struct kms_htt
         bool printable = n >= 1 && n <= KMS_HTTP_CORRELATION_MAX;
         for (size_t i = 0; printable && i < n; i++)
             printable = corr[i] > 0x20 && corr[i] < 0x7f;
+        /* Visible ASCII: HTTP strips spaces at a value's ends, so an id with
+         * spaces could not be audited exactly as the client holds it. */
         KMS_ENSURE(printable, KMS_ERR_INVALID_ARGUMENT,
-                   "X-Correlation-Id must be 1..128 printable ASCII characters");
+                   "X-Correlation-Id must be 1..128 visible ASCII characters "
+                   "(0x21-0x7e, no space)");
         memcpy(out->correlation_id, corr, n + 1);
     }
     return KMS_OK;

@@ -4,6 +4,7 @@
 #include "kms_pbuf.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,7 @@
  * of proto/ comes close to this many fields. */
 #define PBUF_MAX_FIELDS 64
 
-static _Thread_local char last_refusal[160];
+static _Thread_local char last_refusal[256];
 /* KMS_ERR_MALFORMED, or KMS_ERR_INVALID_ARGUMENT for a string field that
  * is well-formed protobuf but not a string kmsd can carry. */
 static _Thread_local kms_err last_code;
@@ -174,20 +175,62 @@ static void trail_name(const struct trail *t, char *out, size_t outlen)
  * handlers a char *, which would end at the first NUL and so carry
  * another string than the caller sent ("alice\0mallory" as "alice"), and
  * proto3 requires strings to be UTF-8. */
-static kms_err check_string(const struct trail *t, const uint8_t *p, size_t n)
+/* A well-formed field whose value kmsd refuses: invalid_argument naming the
+ * field at the end of t and why, never the value. */
+static kms_err refuse_field(const struct trail *t, const char *why)
 {
-    const char *why = NULL;
-    if (memchr(p, 0, n) != NULL)
-        why = "contains a NUL byte";
-    else if (!utf8_ok(p, n))
-        why = "is not valid UTF-8";
-    if (why == NULL)
-        return KMS_OK;
     char name[112];
     trail_name(t, name, sizeof(name));
     last_code = KMS_ERR_INVALID_ARGUMENT;
     snprintf(last_refusal, sizeof(last_refusal), ": field %s %s", name, why);
     return kms_err_set(KMS_ERR_INVALID_ARGUMENT, "%s", last_refusal + 2);
+}
+
+static kms_err check_string(const struct trail *t, const uint8_t *p, size_t n)
+{
+    if (memchr(p, 0, n) != NULL)
+        return refuse_field(t, "contains a NUL byte");
+    if (!utf8_ok(p, n))
+        return refuse_field(t, "is not valid UTF-8");
+    return KMS_OK;
+}
+
+/* Every enum field of every request (singular, repeated, packed, nested) is
+ * refused here unless its value is one its enum defines: proto3 decoders
+ * keep unknown values, protobuf-c hands them to handlers as they are, and
+ * a handler that tests only for the values it acts on would read an
+ * unknown one as "not X", i.e. as a default (origin 99 made an HSM key).
+ * The whole varint is compared, as protobuf's int32 encoding writes it
+ * (negative values sign-extended to 64 bits): protobuf-c keeps only the
+ * low 32 bits, so 2^40 would otherwise decode as 0. UNSPECIFIED (0) is a
+ * defined value and passes; what it means is each handler's rule. */
+static bool enum_defined(const ProtobufCEnumDescriptor *ed, uint64_t v)
+{
+    int64_t s = (int64_t)v;
+    if (s < INT32_MIN || s > INT32_MAX)
+        return false;
+    return protobuf_c_enum_descriptor_get_value(ed, (int)s) != NULL;
+}
+
+static kms_err check_enum(const struct trail *t, const ProtobufCFieldDescriptor *f,
+                          unsigned wire, uint64_t v, const uint8_t *packed, size_t len,
+                          const ProtobufCMessageDescriptor *d)
+{
+    const ProtobufCEnumDescriptor *ed = f->descriptor;
+    char why[96];
+    snprintf(why, sizeof(why), "is not a defined %s value", ed->short_name);
+    if (wire == 0)
+        return enum_defined(ed, v) ? KMS_OK : refuse_field(t, why);
+    /* A packed run (walk() sends only repeated fields here). */
+    struct cursor c = {packed, packed + len};
+    while (c.p < c.end) {
+        uint64_t e;
+        if (!read_varint(&c, &e))
+            return refuse("truncated varint in a packed field", d);
+        if (!enum_defined(ed, e))
+            return refuse_field(t, why);
+    }
+    return KMS_OK;
 }
 
 static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len,
@@ -199,7 +242,7 @@ static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, si
         return refuse("message type has more fields than the decoder bounds", d);
     struct cursor c = {data, data + len};
     while (c.p < c.end) {
-        uint64_t tag, n;
+        uint64_t tag, n = 0;
         if (!read_varint(&c, &tag))
             return refuse("truncated field tag", d);
         unsigned wire = (unsigned)(tag & 7);
@@ -251,6 +294,13 @@ static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, si
             t->f[depth - 1] = f;
             t->n = depth;
             KMS_GUARD(check_string(t, payload, (size_t)n));
+        } else if (f->type == PROTOBUF_C_TYPE_ENUM &&
+                   (wire == 0 || (wire == 2 && f->label == PROTOBUF_C_LABEL_REPEATED))) {
+            t->f[depth - 1] = f;
+            t->n = depth;
+            KMS_GUARD(check_enum(t, f, wire, n, payload, wire == 2 ? (size_t)n : 0, d));
+            if (wire == 2)
+                add = packed_count(f->type, payload, (size_t)n);
         } else if (wire == 2 && f->label == PROTOBUF_C_LABEL_REPEATED &&
                    f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_BYTES) {
             add = packed_count(f->type, payload, (size_t)n);

@@ -18,6 +18,10 @@
  *      protobuf-c hands handlers a NUL-terminated char *, so such a string
  *      would reach them cut short ("alice\0mallory" read as "alice"), and
  *      proto3 requires strings to be UTF-8. Bytes fields may hold anything;
+ *      and refuses any enum field, at any depth (singular, repeated,
+ *      packed), whose value its enum descriptor does not define, the
+ *      whole varint compared (protobuf-c would keep an unknown value, and
+ *      keep only the low 32 bits of a longer one);
  *   2. then unpacks with an allocator that counts bytes and refuses any
  *      allocation past KMS_PBUF_ALLOC_BUDGET(len) before calling malloc.
  *
@@ -51,8 +55,9 @@
 void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Only the wire walk of step 1: KMS_OK, KMS_ERR_INVALID_ARGUMENT for a
- * string field with a NUL byte or not UTF-8 (the detail names the field,
- * never its value), or KMS_ERR_MALFORMED with a detail. */
+ * string field with a NUL byte or not UTF-8, or an enum field with a value
+ * its enum does not define (the detail names the field, never its value),
+ * or KMS_ERR_MALFORMED with a detail. */
 kms_err kms_pbuf_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Why the last kms_pbuf_unpack of this thread refused, as ": <reason>", or

@@ -68,7 +68,11 @@ static bool buf_reserve(struct buf *b, size_t n, bool *over)
 
 /* ---- JSON -> wire ------------------------------------------------------------- */
 
+/* What a "\u0000" in an object key is parsed as (see unnul_keys). */
+#define KEY_NUL '\x01'
+
 struct enc {
+    bool nul_keys;  /* some object key held "\u0000", parsed as KEY_NUL */
     char path[192]; /* where in the message, for the error ("fields[2].mode") */
     char why[420];  /* the refusal, set once */
     kms_err err;
@@ -503,6 +507,10 @@ static kms_err enc_map(struct enc *e, const ProtobufCFieldDescriptor *f, const j
         json_t *k = json_stringn(key, klen);
         if (k == NULL)
             return enc_fail(e, KMS_ERR_NOMEM, "out of memory");
+        if (e->nul_keys) /* the NULs the client sent, back for the decoder to judge */
+            for (char *c = (char *)json_string_value(k); c < json_string_value(k) + klen; c++)
+                if (*c == KEY_NUL)
+                    *c = '\0';
         struct buf entry = {.max = out->max};
         kms_err rc = enc_value(e, &ed->fields[0], k, &entry, depth + 1, true);
         if (rc == KMS_OK)
@@ -635,6 +643,54 @@ static kms_err prescan(struct enc *e, const uint8_t *p, size_t n)
     return KMS_OK;
 }
 
+/* jansson 2.14 refuses a NUL in an object key ("NUL byte in object key not
+ * supported") even with JSON_ALLOW_NUL, which covers values only. So that a
+ * "\u0000" in a map key reaches the decoder like one in a map value (and is
+ * refused there as invalid_argument naming the map, the one rule for every
+ * encoding), each "\u0000" escape inside an object key is rewritten as
+ * "\u0001" (KEY_NUL) in a copy of the text, and enc_map turns KEY_NUL in a
+ * map key back into NUL. A body that holds such a key is refused whatever
+ * else it holds (a field name with a NUL is no field either), so the only
+ * side effect, a genuine U+0001 in another key of the same body read as
+ * NUL, changes no outcome. *out_copy stays NULL when no key holds one. */
+static kms_err unnul_keys(struct enc *e, const uint8_t *p, size_t n, uint8_t **out_copy)
+{
+    *out_copy = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '"')
+            continue;
+        bool has_nul = false;
+        size_t start = i;
+        for (i++; i < n && p[i] != '"'; i++)
+            if (p[i] == '\\') {
+                if (i + 5 < n && memcmp(p + i + 1, "u0000", 5) == 0)
+                    has_nul = true;
+                i++;
+            }
+        if (!has_nul)
+            continue;
+        size_t j = i + 1;
+        while (j < n && (p[j] == ' ' || p[j] == '\t' || p[j] == '\n' || p[j] == '\r'))
+            j++;
+        if (j >= n || p[j] != ':')
+            continue; /* a value: JSON_ALLOW_NUL carries it */
+        if (*out_copy == NULL) {
+            *out_copy = malloc(n);
+            if (*out_copy == NULL)
+                return enc_fail(e, KMS_ERR_NOMEM, "out of memory");
+            memcpy(*out_copy, p, n);
+        }
+        for (size_t k = start + 1; k < i; k++)
+            if (p[k] == '\\') {
+                if (k + 5 < i && memcmp(p + k + 1, "u0000", 5) == 0)
+                    (*out_copy)[k + 5] = '1';
+                k++;
+            }
+        e->nul_keys = true;
+    }
+    return KMS_OK;
+}
+
 /* The parsed tree held the request's strings (plaintext in base64, say):
  * wipe them before jansson frees them. */
 static void wipe_tree(json_t *v)
@@ -660,10 +716,14 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
     struct enc e = {.err = KMS_OK};
     struct buf w = {.max = max_wire};
     json_t *root = NULL;
+    uint8_t *copy = NULL;
     kms_err rc = prescan(&e, json, len);
+    if (rc == KMS_OK)
+        rc = unnul_keys(&e, json, len, &copy);
     if (rc == KMS_OK) {
         json_error_t jerr;
-        root = json_loadb((const char *)json, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+        root = json_loadb(copy ? (const char *)copy : (const char *)json, len,
+                          JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
         /* jansson's own text quotes the input near the error: it could be a
          * secret and the detail is logged, so only the position is told. */
         if (root == NULL && json_error_code(&jerr) == json_error_duplicate_key)
@@ -684,6 +744,10 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
     if (root) {
         wipe_tree(root);
         json_decref(root);
+    }
+    if (copy) { /* the body's text: plaintext in base64, say */
+        OPENSSL_cleanse(copy, len);
+        free(copy);
     }
     if (rc != KMS_OK) {
         buf_wipe_free(&w);

@@ -21,6 +21,7 @@
 #include "kms_usage.h"
 #include "kms_rpc.h"
 #include "kms_store.h"
+#include "kms_text.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 #include "pol_eval.h"
@@ -240,6 +241,10 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
                     KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
                     KMS_DESCRIPTION_MAX);
+    KMS_ENSURE_GOTO(kms_text_ok(req->description, strlen(req->description)), done,
+                    KMS_ERR_INVALID_ARGUMENT,
+                    "description must be UTF-8 text without control, format (bidi, "
+                    "zero-width) or line separator characters");
     rc = check_rotation_period(call, req->rotation_period_s,
                                req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL);
     if (rc == KMS_ERR_FAILED_PRECONDITION)
@@ -356,9 +361,16 @@ kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len
     KMS_ENSURE_GOTO(req->page_size <= KMS_PAGE_SIZE_MAX, done, KMS_ERR_INVALID_ARGUMENT,
                     "page_size must be 1..%d", KMS_PAGE_SIZE_MAX);
     size_t page = req->page_size ? req->page_size : 100;
-    KMS_GUARD_GOTO(kms_store_keys_list(kms_service_store(call->svc), tenant, req->page_token, page,
-                                       &keys, &n, next),
-                   done);
+    rc = kms_store_keys_list(kms_service_store(call->svc), tenant, req->page_token, page, &keys,
+                             &n, next);
+    /* The tenant and page size are checked above: what the store refuses
+     * as invalid here is the token, which only a client can get wrong. */
+    if (rc == KMS_ERR_INVALID_ARGUMENT)
+        rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT,
+                         "page_token is not one this server issued: pass the next_page_token "
+                         "of the previous ListKeys reply, or none for the first page");
+    if (rc != KMS_OK)
+        goto done;
     mds = calloc(n ? n : 1, sizeof(*mds));
     mp = calloc(n ? n : 1, sizeof(*mp));
     KMS_ENSURE_GOTO(mds && mp, done, KMS_ERR_NOMEM, "out of memory");

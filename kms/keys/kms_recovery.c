@@ -374,12 +374,13 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
                     "REGULATORY_EXAMINATION, DISASTER_RECOVERY, TENANT_EXIT");
     KMS_ENSURE_GOTO(kms_recovery_text_ok(req->justification_text, KMS_RECOVERY_TEXT_MAX), done,
                     KMS_ERR_INVALID_ARGUMENT,
-                    "justification_text must be 1..%d bytes of UTF-8 without control "
-                    "characters",
+                    "justification_text must be 1..%d bytes of UTF-8 without control, "
+                    "format (bidi, zero-width) or line separator characters",
                     KMS_RECOVERY_TEXT_MAX);
     KMS_ENSURE_GOTO(kms_recovery_text_ok(req->case_reference, KMS_RECOVERY_CASE_MAX), done,
                     KMS_ERR_INVALID_ARGUMENT,
-                    "case_reference must be 1..%d bytes of UTF-8 without control characters",
+                    "case_reference must be 1..%d bytes of UTF-8 without control, format "
+                    "(bidi, zero-width) or line separator characters",
                     KMS_RECOVERY_CASE_MAX);
     KMS_ENSURE_GOTO(req->restore_state >= 0 && req->restore_state <= 2, done,
                     KMS_ERR_INVALID_ARGUMENT, "restore_state must be DISABLED or ENABLED");
@@ -821,7 +822,8 @@ kms_err kms_rpc_cancel_recovery(struct kms_call *call, const uint8_t *body, size
     kms_err rc = KMS_OK;
     KMS_ENSURE_GOTO(req->reason[0] == '\0' || kms_recovery_text_ok(req->reason, KMS_RECOVERY_TEXT_MAX),
                     done, KMS_ERR_INVALID_ARGUMENT,
-                    "reason must be up to %d bytes of UTF-8 without control characters",
+                    "reason must be up to %d bytes of UTF-8 without control, format (bidi, "
+                    "zero-width) or line separator characters",
                     KMS_RECOVERY_TEXT_MAX);
     KMS_GUARD_GOTO(load(call, POL_OP_CANCEL_RECOVERY, req->recovery_id, &r, &k, NULL, NULL), done);
     REFUSE_GOTO("state", r.state == KMS_RECOVERY_PENDING || r.state == KMS_RECOVERY_APPROVED, done,

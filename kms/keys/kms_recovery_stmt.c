@@ -11,6 +11,8 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
+#include "kms_text.h"
+
 const char *kms_recovery_mode_name(int mode)
 {
     return mode == 1 ? "RESTORE" : mode == 2 ? "EXPORT_WRAPPED" : "UNSPECIFIED";
@@ -80,21 +82,5 @@ kms_err kms_recovery_verify(EVP_PKEY *officer, const char *stmt, size_t len, con
 bool kms_recovery_text_ok(const char *s, size_t max)
 {
     size_t len = strlen(s);
-    if (len < 1 || len > max)
-        return false;
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        unsigned c = *p;
-        size_t extra = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2
-                                    : (c & 0xf8) == 0xf0 ? 3 : 9;
-        if (extra == 9 || (c < 0x20 || c == 0x7f))
-            return false;
-        if (extra == 1 && c < 0xc2)
-            return false;
-        for (size_t i = 1; i <= extra; i++)
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-        p += extra + 1;
-    }
-    return true;
+    return len >= 1 && len <= max && kms_text_ok(s, len);
 }

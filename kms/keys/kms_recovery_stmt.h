@@ -20,8 +20,9 @@
  *   requester: <officer id>
  *   expires: <unix seconds>
  *
- * Free text is refused at request time if it holds a control character, so
- * no value can forge a line. Everything a recovery does is in the
+ * Free text is refused at request time if it holds a control, format or
+ * separator character (kms_text.h), so no value can forge a line or make
+ * what an approver sees differ from what is signed. Everything a recovery does is in the
  * statement, so a signature over it approves exactly that recovery, and
  * nothing else: not another request (the id differs), not after expiry.
  */
@@ -52,8 +53,8 @@ kms_err kms_recovery_statement(const struct kms_recovery_record *r, char *out, s
 kms_err kms_recovery_verify(EVP_PKEY *officer, const char *stmt, size_t len, const uint8_t *sig,
                             size_t sig_len);
 
-/* Text a requester supplies: 1..max bytes, valid UTF-8, no control
- * characters. */
+/* Text a requester supplies: 1..max bytes of kms_text_ok text (UTF-8
+ * without control, format or line/paragraph separator characters). */
 bool kms_recovery_text_ok(const char *s, size_t max);
 
 #endif

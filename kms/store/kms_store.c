@@ -22,6 +22,7 @@
 
 #include "kms_log.h"
 #include "kms_store_internal.h"
+#include "kms_text.h"
 
 /* Page tokens: "k1" + created_at in 16 hex digits + key_id of the last key
  * returned. Opaque to clients; the prefix lets the format change later. */
@@ -114,49 +115,6 @@ kms_err store_check_token(const char *token, size_t size, const char *op)
     return KMS_OK;
 }
 
-/* Well-formed UTF-8 (no overlong forms, surrogates or code points past
- * U+10FFFF) without C0/C1 controls or DEL: descriptions reach terminals and
- * log viewers, where control characters are an injection vector. */
-static bool is_clean_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        uint32_t cp;
-        size_t len;
-        if (c < 0x80) {
-            if (c < 0x20 || c == 0x7f)
-                return false;
-            i++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf) {
-            len = 2;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (n - i < len)
-            return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 static kms_err check_new_key(const struct kms_key_record *key,
                              const struct kms_version_record *v1, const char *op)
 {
@@ -168,7 +126,8 @@ static kms_err check_new_key(const struct kms_key_record *key,
     size_t dlen = strnlen(key->description, sizeof(key->description));
     KMS_ENSURE(dlen <= KMS_DESCRIPTION_MAX, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: description longer than %d bytes", op, KMS_DESCRIPTION_MAX);
-    KMS_ENSURE(is_clean_utf8((const unsigned char *)key->description, dlen),
+    /* Descriptions reach terminals and log viewers: kms_text.h's rule. */
+    KMS_ENSURE(kms_text_ok(key->description, dlen),
                KMS_ERR_INVALID_ARGUMENT,
                "store: %s: description is not UTF-8 text without control characters", op);
 

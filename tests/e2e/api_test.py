@@ -121,6 +121,16 @@ check(set([k.key_id] + more) <= set(seen) and len(seen) == len(set(seen)) and pa
 s, m, _ = call("ListKeys", pb.ListKeysRequest(page_token="garbage!"), pb.ListKeysResponse,
                "demo-admin")
 check(err_is((s, m, None), 400, "invalid_argument"), "ListKeys refuses a forged page token")
+# The refusal says what the caller got wrong, in the API's terms, and names
+# no internal layer (it used to be "store: list keys: malformed page token").
+check(s == 400 and m.get("msg", "").startswith("page_token is not one this server issued")
+      and "store" not in m.get("msg", ""),
+      "the forged page token's refusal is client-safe: " + repr(m.get("msg") if s != 200 else m))
+for tok in ["k1" + "0" * 48, "k1" + "f" * 48, "x" * 300]:
+    s, m, _ = call("ListKeys", pb.ListKeysRequest(page_token=tok), pb.ListKeysResponse,
+                   "demo-admin")
+    check(s == 400 and m.get("code") == "invalid_argument" and "store" not in m.get("msg", ""),
+          f"ListKeys page token of {len(tok)} bytes refused without internals")
 s, m, _ = call("ListKeys", pb.ListKeysRequest(), pb.ListKeysResponse, "other-admin")
 check(s == 200 and not (set(x.key_id for x in m.keys) & set(seen)),
       "another tenant's ListKeys shows none of demo's keys")

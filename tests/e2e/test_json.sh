@@ -243,6 +243,36 @@ if [ "$status" = 400 ] && jget 'd["msg"]' | grep -q 'field "key_id": given twice
 else
     flunk "one field under both spellings: $status"
 fi
+# A "\u0000" reaches the decoder wherever it is, a map key included
+# (jansson alone refuses a NUL in an object key as not JSON): the same
+# invalid_argument naming the field as over protobuf (docs/api.md).
+for where in key value; do
+    if [ $where = key ]; then ctx='{"a\u0000b":"v"}'; else ctx='{"a":"v\u0000w"}'; fi
+    jcall demo-broker KeyService/Encrypt "$(printf '{"key_id":"%s","plaintext":"eA==","encryption_context":%s}' "$kid" "$ctx")"
+    if [ "$status" = 400 ] && [ "$(jget 'd["code"]')" = invalid_argument ] &&
+        [ "$(jget 'd["msg"]')" = "field \"encryption_context\" (a map $where) contains a NUL byte" ]; then
+        pass "a \\u0000 in a JSON map $where: 400 invalid_argument naming the map"
+    else
+        flunk "a \\u0000 in a JSON map $where: $status $(cat "$W/body")"
+    fi
+done
+# An enum number its enum does not define is passed to the decoder, which
+# refuses it as over protobuf (origin 7 used to make an HSM key).
+jcall demo-admin KeyService/ListKeys '{"page_size":1000}'
+nkeys=$(jget 'len(d["keys"])')
+jcall demo-admin KeyService/CreateKey '{"region":"eu-west","spec":"AES_256","usage":"ENCRYPT_DECRYPT","origin":7}'
+if [ "$status" = 400 ] && [ "$(jget 'd["code"]')" = invalid_argument ] &&
+    [ "$(jget 'd["msg"]')" = 'field "origin" is not a defined KeyOrigin value' ]; then
+    pass "CreateKey in JSON with origin 7: 400 invalid_argument naming the field"
+else
+    flunk "CreateKey in JSON with origin 7: $status $(cat "$W/body")"
+fi
+jcall demo-admin KeyService/ListKeys '{"page_size":1000}'
+if [ "$(jget 'len(d["keys"])')" = "$nkeys" ]; then
+    pass "... and no key was created"
+else
+    flunk "a key was created by the refused CreateKey"
+fi
 # The handler's own validation applies to JSON requests unchanged.
 jcall demo-broker KeyService/GenerateDataKey "$(printf '{"key_id":"%s"}' "$kid")"
 jcall demo-broker KeyService/GenerateDataKey "$(printf '{"key_id":"%s","number_of_bytes":8}' "$kid")"
@@ -287,6 +317,18 @@ if (cd "$W/readme" && id=$kid sh ./example.sh) >"$W/body" 2>&1 &&
 else
     flunk "the curl example of README.md encrypts as written"
 fi
+# The examples show the start of a real blob: format 2 (c5 02), region
+# eu-west (07 "eu-west"): "xQIHZXUtd2Vzd", the 13 base64 characters those
+# 10 bytes fix (they showed
+# "AQEH...", which is no Custos blob).
+shown=$(sed -n 's/.*{"ciphertext":"\([A-Za-z0-9+\/]*\)\.\.\.".*/\1/p' README.md docs/api.md | sort -u)
+case $ct64 in
+"$shown"*)
+    [ -n "$shown" ] && [ "$(sed -n 's/.*{"ciphertext":"\([A-Za-z0-9+\/]*\)\.\.\.".*/\1/p' README.md docs/api.md | wc -l)" -eq 2 ] &&
+        pass "README.md and docs/api.md show the start of a real ciphertext ($shown...)" ||
+        flunk "the JSON examples' ciphertext: '$shown'" ;;
+*) flunk "the JSON examples show '$shown...', a real ciphertext starts ${ct64%"${ct64#??????????????}"}" ;;
+esac
 
 # ---- the audit log, exported over JSON -------------------------------------------------
 

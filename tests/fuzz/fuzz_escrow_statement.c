@@ -6,8 +6,9 @@
  *
  * Input: 1 byte (mode and justification), then justification text, case
  * reference and recipient separated by 0x00, then the signature bytes.
- * Properties: text the checker accepts has no control character and fits
- * its bound; a statement built from accepted text has exactly its 13 lines,
+ * Properties: text the checker accepts has no control character (C0, DEL,
+ * C1 such as NEL), no line or paragraph separator, no bidi control and no
+ * zero-width character, and fits its bound; a statement built from accepted text has exactly its 13 lines,
  * each "name: value" (no field can forge a line); a signature from the input
  * never verifies with a key it was not made with, and malformed DER is a
  * refusal, not a crash.
@@ -46,9 +47,25 @@ static void text_property(const char *s, size_t max)
     size_t n = strlen(s);
     if (n < 1 || n > max)
         abort();
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n; i++) {
+        if (u[i] < 0x20 || u[i] == 0x7f)
             abort();
+        /* C1 controls (NEL is C2 85): U+0080..U+009F */
+        if (u[i] == 0xc2 && i + 1 < n && u[i + 1] >= 0x80 && u[i + 1] <= 0x9f)
+            abort();
+        /* U+200B..U+200F, U+2028..U+202E, U+2060..U+206F: E2 80 8B-8F,
+         * E2 80 A8-AE, E2 81 A0-AF */
+        if (u[i] == 0xe2 && i + 2 < n &&
+            ((u[i + 1] == 0x80 && ((u[i + 2] >= 0x8b && u[i + 2] <= 0x8f) ||
+                                   (u[i + 2] >= 0xa8 && u[i + 2] <= 0xae))) ||
+             (u[i + 1] == 0x81 && u[i + 2] >= 0xa0 && u[i + 2] <= 0xaf)))
+            abort();
+        /* U+FEFF (EF BB BF), U+061C (D8 9C) */
+        if ((u[i] == 0xef && i + 2 < n && u[i + 1] == 0xbb && u[i + 2] == 0xbf) ||
+            (u[i] == 0xd8 && i + 1 < n && u[i + 1] == 0x9c))
+            abort();
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

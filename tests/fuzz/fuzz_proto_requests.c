@@ -8,9 +8,10 @@
  * message re-encodes and that encoding decodes again (what the service
  * accepts it can also describe back); and no accepted body has a string
  * field, at any depth, with a NUL byte or bytes that are not UTF-8 (the
- * handlers get char *: such a string would reach them as another string).
- * The last is checked on the input's own bytes, by a reader of this file,
- * not by the decoder's.
+ * handlers get char *: such a string would reach them as another string),
+ * nor an enum field, at any depth, whose value its enum does not define
+ * (a handler would read it as a default). These are checked on the input's
+ * own bytes, by a reader of this file, not by the decoder's.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -74,7 +75,18 @@ static uint64_t varint(const uint8_t **p, const uint8_t *end)
     abort();
 }
 
-/* Every string field of an accepted body: UTF-8 without NUL. */
+/* v, as the wire holds an int32 (sign-extended), is one of ed's values:
+ * a linear scan, not protobuf-c's lookup the decoder uses. */
+static bool enum_defined(const ProtobufCEnumDescriptor *ed, uint64_t v)
+{
+    for (unsigned i = 0; i < ed->n_values; i++)
+        if ((uint64_t)(int64_t)ed->values[i].value == v)
+            return true;
+    return false;
+}
+
+/* Every string field of an accepted body: UTF-8 without NUL; every enum
+ * field: a defined value. */
 static void strings_clean(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
 {
     const uint8_t *end = p + n;
@@ -84,9 +96,12 @@ static void strings_clean(const ProtobufCMessageDescriptor *d, const uint8_t *p,
             protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3));
         uint64_t len = 0;
         switch (tag & 7) {
-        case 0:
-            varint(&p, end);
+        case 0: {
+            uint64_t v = varint(&p, end);
+            if (f != NULL && f->type == PROTOBUF_C_TYPE_ENUM && !enum_defined(f->descriptor, v))
+                abort(); /* an enum value the handler would read as a default */
             continue;
+        }
         case 1:
             len = 8;
             break;
@@ -107,6 +122,10 @@ static void strings_clean(const ProtobufCMessageDescriptor *d, const uint8_t *p,
                 abort(); /* a string the handler would not see as sent */
             if (f->type == PROTOBUF_C_TYPE_MESSAGE)
                 strings_clean(f->descriptor, p, (size_t)len);
+            if (f->type == PROTOBUF_C_TYPE_ENUM) /* a packed run */
+                for (const uint8_t *q = p; q < p + len;)
+                    if (!enum_defined(f->descriptor, varint(&q, p + len)))
+                        abort();
         }
         p += len;
     }

@@ -355,6 +355,157 @@ START_TEST(every_string_field_of_every_route)
 }
 END_TEST
 
+/* ---- enum fields: only values their enum defines, every field of every route */
+
+static void find_enums(const ProtobufCMessageDescriptor *d, struct spath *cur, struct spaths *out)
+{
+    for (size_t i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        cur->f[cur->n++] = f;
+        if (f->type == PROTOBUF_C_TYPE_ENUM) {
+            ck_assert_uint_lt(out->n, sizeof(out->p) / sizeof(out->p[0]));
+            out->p[out->n++] = *cur;
+        } else if (f->type == PROTOBUF_C_TYPE_MESSAGE && cur->n < KMS_PBUF_MAX_DEPTH - 1) {
+            find_enums(f->descriptor, cur, out);
+        }
+        cur->n--;
+    }
+}
+
+/* A request whose only field is the enum at the end of path, = v. */
+static void put_enum_path(struct wbuf *b, const struct spath *path, unsigned at, uint64_t v)
+{
+    const ProtobufCFieldDescriptor *f = path->f[at];
+    if (at + 1 == path->n) {
+        put_varint(b, (uint64_t)f->id << 3);
+        put_varint(b, v);
+        return;
+    }
+    put_varint(b, ((uint64_t)f->id << 3) | 2);
+    struct wbuf inner = {0};
+    put_enum_path(&inner, path, at + 1, v);
+    put_varint(b, inner.len);
+    put(b, inner.p, inner.len);
+    free(inner.p);
+}
+
+/* The enum at path in a decoded message (element 0 of repeated ones). */
+static int get_enum_path(const ProtobufCMessage *m, const struct spath *path)
+{
+    const void *cur = m;
+    for (unsigned i = 0; i < path->n; i++) {
+        const ProtobufCFieldDescriptor *f = path->f[i];
+        const char *base = (const char *)cur + f->offset;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)((const char *)cur + f->quantifier_offset);
+            ck_assert_uint_eq(n, 1);
+            base = *(const char *const *)base;
+        }
+        if (i + 1 == path->n)
+            return *(const int *)base;
+        cur = *(const void *const *)base;
+        ck_assert_ptr_nonnull(cur);
+    }
+    return -1;
+}
+
+START_TEST(every_enum_field_of_every_route)
+{
+    size_t total = 0, nested = 0;
+    for (size_t r = 0; r < kms_twirp_n_routes(); r++) {
+        char route[128];
+        const ProtobufCMessageDescriptor *d = kms_twirp_route_at(r, route, sizeof(route));
+        ck_assert_ptr_nonnull(d);
+        struct spath cur = {.n = 0};
+        struct spaths all = {.n = 0};
+        find_enums(d, &cur, &all);
+        for (size_t i = 0; i < all.n; i++) {
+            const struct spath *p = &all.p[i];
+            const ProtobufCEnumDescriptor *ed = p->f[p->n - 1]->descriptor;
+            char name[160];
+            path_name(p, name, sizeof(name));
+            total++;
+            nested += p->n > 1;
+            /* Every defined value decodes, UNSPECIFIED (0) included. */
+            for (unsigned k = 0; k < ed->n_values; k++) {
+                struct wbuf b = {0};
+                put_enum_path(&b, p, 0, (uint64_t)(int64_t)ed->values[k].value);
+                ProtobufCMessage *m = kms_pbuf_unpack(d, b.p, b.len);
+                ck_assert_msg(m != NULL, "%s %s: defined value %s refused%s", route, name,
+                              ed->values[k].name, kms_pbuf_last_refusal());
+                ck_assert_int_eq(get_enum_path(m, p), ed->values[k].value);
+                protobuf_c_message_free_unpacked(m, NULL);
+                free(b.p);
+            }
+            /* Undefined: one past the largest, 99, 2^31-1, -1, and values
+             * whose low 32 bits are defined (2^40 is 0, 2^32+1 is 1). */
+            int maxv = 0;
+            for (unsigned k = 0; k < ed->n_values; k++)
+                if (ed->values[k].value > maxv)
+                    maxv = ed->values[k].value;
+            const uint64_t bad[] = {(uint64_t)maxv + 1, 99, 0x7fffffff, UINT64_MAX,
+                                    (uint64_t)1 << 40, ((uint64_t)1 << 32) + 1};
+            for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+                struct wbuf b = {0};
+                put_enum_path(&b, p, 0, bad[k]);
+                ck_assert_int_eq(kms_pbuf_check(d, b.p, b.len), KMS_ERR_INVALID_ARGUMENT);
+                kms_err_clear();
+                ProtobufCMessage *m = kms_pbuf_unpack(d, b.p, b.len);
+                ck_assert_msg(m == NULL, "%s %s: undefined value %zu accepted", route, name, k);
+                kms_err rc = kms_pbuf_refused(d->short_name);
+                ck_assert_int_eq(rc, KMS_ERR_INVALID_ARGUMENT);
+                ck_assert_str_eq(kms_err_twirp_code(rc), "invalid_argument");
+                char want[200];
+                snprintf(want, sizeof(want), "field \"%s\" is not a defined %s value", name,
+                         ed->short_name);
+                ck_assert_str_eq(kms_err_detail(), want);
+                free(b.p);
+            }
+        }
+    }
+    /* The walk saw the class: CreateKey's spec/usage/origin, the field
+     * modes inside EncryptFields' repeated messages, escrow's enums. */
+    ck_assert_uint_ge(total, 8);
+    ck_assert_uint_ge(nested, 1);
+}
+END_TEST
+
+/* The defect as reported: CreateKey origin=99 and origin=2^40. */
+START_TEST(enum_cases_of_the_defect)
+{
+    Custos__V1__CreateKeyRequest r = CUSTOS__V1__CREATE_KEY_REQUEST__INIT;
+    r.region = (char *)"eu-west";
+    r.spec = 1;
+    r.usage = 1;
+    r.origin = 99;
+    uint8_t buf[128];
+    size_t n = custos__v1__create_key_request__pack(&r, buf);
+    ck_assert_ptr_null(kms_pbuf_unpack(&custos__v1__create_key_request__descriptor, buf, n));
+    ck_assert_int_eq(kms_pbuf_refused("CreateKeyRequest"), KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_str_eq(kms_err_detail(), "field \"origin\" is not a defined KeyOrigin value");
+    /* origin as the varint 2^40, which protobuf-c alone reads as 0 */
+    r.origin = 0;
+    n = custos__v1__create_key_request__pack(&r, buf);
+    static const uint8_t big[] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x20};
+    const ProtobufCFieldDescriptor *of =
+        protobuf_c_message_descriptor_get_field_by_name(&custos__v1__create_key_request__descriptor,
+                                                        "origin");
+    ck_assert_ptr_nonnull(of);
+    buf[n++] = (uint8_t)(of->id << 3);
+    memcpy(buf + n, big, sizeof(big));
+    n += sizeof(big);
+    ck_assert_int_eq(kms_pbuf_check(&custos__v1__create_key_request__descriptor, buf, n),
+                     KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_str_eq(kms_pbuf_last_refusal(),
+                     ": field \"origin\" is not a defined KeyOrigin value");
+    Custos__V1__CreateKeyRequest *m = (Custos__V1__CreateKeyRequest *)protobuf_c_message_unpack(
+        &custos__v1__create_key_request__descriptor, NULL, n, buf);
+    ck_assert_ptr_nonnull(m); /* what protobuf-c alone made of it */
+    ck_assert_int_eq(m->origin, 0);
+    custos__v1__create_key_request__free_unpacked(m, NULL);
+}
+END_TEST
+
 /* The concrete cases of the defect, byte for byte as a client sends them. */
 START_TEST(nul_cases_of_the_defect)
 {
@@ -409,6 +560,10 @@ int main(void)
     tc = tcase_create("strings");
     tcase_add_test(tc, every_string_field_of_every_route);
     tcase_add_test(tc, nul_cases_of_the_defect);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("enums");
+    tcase_add_test(tc, every_enum_field_of_every_route);
+    tcase_add_test(tc, enum_cases_of_the_defect);
     suite_add_tcase(s, tc);
     tc = tcase_create("limits");
     tcase_add_test(tc, repeated_count_limit);

@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "kms_httpreq.h"
+#include "kms_pbuf.h"
 #include "kms_pjson.h"
 #include "kms_twirp.h"
 #include "proto/audit.pb-c.h"
@@ -481,6 +482,43 @@ START_TEST(bytes_and_strings)
                      KMS_OK);
     ck_assert_uint_eq(n, 7);
     ck_assert_int_eq(memcmp(w, "\x0a\x05" "ab\0cd", 7), 0);
+    free(w);
+    /* ... in a map key too (jansson itself refuses a NUL in any object
+     * key): the entry reaches the decoder with its NUL, which refuses it
+     * as invalid_argument naming the map, exactly as for a NUL in a map
+     * value or in a protobuf body. */
+    ck_assert_int_eq(to_wire(&custos__v1__encrypt_request__descriptor,
+                             "{\"encryption_context\" : {\"a\\u0000\" :\"v\"}}", &w, &n),
+                     KMS_OK);
+    ck_assert_uint_eq(n, 9);
+    ck_assert_int_eq(memcmp(w, "\x1a\x07\x0a\x02" "a\0" "\x12\x01" "v", 9), 0);
+    ck_assert_ptr_null(kms_pbuf_unpack(&custos__v1__encrypt_request__descriptor, w, n));
+    ck_assert_int_eq(kms_pbuf_refused("EncryptRequest"), KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_str_eq(kms_err_detail(), "field \"encryption_context\" (a map key) contains a NUL byte");
+    free(w);
+    /* Only the escape is rewritten: an escaped backslash then "u0000" is
+     * six plain characters, and a NUL in a value beside it stays a NUL. */
+    ck_assert_int_eq(to_wire(&custos__v1__encrypt_request__descriptor,
+                             "{\"encryption_context\":{\"a\\\\u0000\":\"\\u0000\"}}", &w, &n),
+                     KMS_OK);
+    ck_assert_uint_eq(n, 14);
+    ck_assert_int_eq(memcmp(w, "\x1a\x0c\x0a\x07" "a\\u0000" "\x12\x01" "\0", 14), 0);
+    free(w);
+    /* A NUL in a field name: no such field, the NUL shown as '?'. */
+    ck_assert_int_eq(to_wire(&custos__v1__encrypt_request__descriptor,
+                             "{\"key\\u0000id\":\"x\"}", &w, &n),
+                     KMS_ERR_MALFORMED);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "field \"key?id\": no such field"));
+    /* A numeric enum value its enum does not define passes through to the
+     * decoder, which refuses it like the same number in a protobuf body:
+     * one rule, one code (invalid_argument naming the field). */
+    ck_assert_int_eq(to_wire(&custos__v1__create_key_request__descriptor,
+                             "{\"region\":\"eu-west\",\"spec\":1,\"usage\":1,\"origin\":7}", &w,
+                             &n),
+                     KMS_OK);
+    ck_assert_ptr_null(kms_pbuf_unpack(&custos__v1__create_key_request__descriptor, w, n));
+    ck_assert_int_eq(kms_pbuf_refused("CreateKeyRequest"), KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_str_eq(kms_err_detail(), "field \"origin\" is not a defined KeyOrigin value");
     free(w);
     /* Escapes and non-ASCII arrive as UTF-8. */
     Custos__V1__CreateKeyRequest *c = decode(&custos__v1__create_key_request__descriptor,

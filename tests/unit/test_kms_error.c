@@ -1,0 +1,65 @@
+/*
+ * test_kms_error.c - what a client is told of a refusal (kms_err_client_msg):
+ * a handler's own detail as it is, a lower layer's ("store: ...", PKCS#11,
+ * token labels, the policy engine) replaced by a fixed sentence.
+ */
+#include <check.h>
+#include <string.h>
+
+#include "kms_error.h"
+
+START_TEST(internal_details_are_not_shown)
+{
+    static const char *const internal[] = {
+        "store: list keys: malformed page token",
+        "store: create key: description is not UTF-8 text without control characters",
+        "p11_key: something",
+        "pkcs11: module",
+        "pol_decide: NULL decision",
+        "sqlite: busy",
+        "C_Encrypt failed: CKR_DEVICE_ERROR",
+        "token 'custos-eu-west' refuses RSA-OAEP with SHA-256",
+    };
+    static const kms_err codes[] = {KMS_ERR_INVALID_ARGUMENT, KMS_ERR_NOT_FOUND,
+                                    KMS_ERR_FAILED_PRECONDITION, KMS_ERR_UNSUPPORTED,
+                                    KMS_ERR_PERMISSION_DENIED, KMS_ERR_ALREADY_EXISTS};
+    for (size_t i = 0; i < sizeof(internal) / sizeof(internal[0]); i++)
+        for (size_t c = 0; c < sizeof(codes) / sizeof(codes[0]); c++) {
+            const char *m = kms_err_client_msg(codes[c], internal[i]);
+            ck_assert_ptr_nonnull(m);
+            ck_assert_ptr_ne(m, internal[i]);
+            ck_assert_ptr_null(strstr(m, "store"));
+            ck_assert_ptr_null(strstr(m, "CKR_"));
+            ck_assert_ptr_null(strstr(m, "custos-eu-west"));
+        }
+    ck_assert_str_eq(kms_err_client_msg(KMS_ERR_NOT_FOUND, "store: get key: x"), "not found");
+}
+END_TEST
+
+START_TEST(handler_details_pass)
+{
+    static const char *const mine[] = {
+        "page_token is not one this server issued",
+        "field \"origin\" is not a defined KeyOrigin value",
+        "key not found",
+        "description longer than 256 bytes",
+        "key is DISABLED",
+    };
+    for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++)
+        ck_assert_ptr_eq(kms_err_client_msg(KMS_ERR_INVALID_ARGUMENT, mine[i]), mine[i]);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("kms_error");
+    TCase *tc = tcase_create("client_msg");
+    tcase_add_test(tc, internal_details_are_not_shown);
+    tcase_add_test(tc, handler_details_pass);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
