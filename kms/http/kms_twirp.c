@@ -194,7 +194,14 @@ char *kms_twirp_error_body(kms_err err, const char *msg)
         return NULL;
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    return s;
+    /* The caller frees with free(); kmsd gives jansson its own allocator
+     * (kms_secret_alloc), whose blocks only its own free may release. */
+    char *copy = s ? strdup(s) : NULL;
+    json_free_t jfree = NULL;
+    json_get_alloc_funcs(NULL, &jfree);
+    if (s)
+        jfree(s);
+    return copy;
 }
 
 kms_err kms_rpc_pack(const ProtobufCMessage *m, struct kms_reply *r)
