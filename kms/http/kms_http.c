@@ -349,6 +349,13 @@ static kms_err json_body(struct req_state *st, size_t max_body)
     return KMS_OK;
 }
 
+/* The answer (500 internal) when a handler succeeded and its reply could not
+ * be rendered (out of memory): the change is made and audited ok, so the
+ * client must look before it retries (docs/api.md, JSON). */
+static const char json_reply_lost_msg[] =
+    "the operation was applied, but its reply could not be rendered as JSON; do not retry "
+    "blindly: check its effect first (e.g. DescribeKey), a retry would apply it again";
+
 /* The handler's packed reply, rendered as JSON in its place; a secret
  * reply's JSON is secret too (wiped after sending, send_reply). */
 static kms_err json_reply(struct req_state *st, struct kms_reply *reply)
@@ -694,8 +701,22 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
                          "reconciles (docs/operations.md)");
     else
         rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
-    if (rc == KMS_OK && st->json)
-        rc = json_reply(st, reply);
+    if (rc == KMS_OK && st->json && json_reply(st, reply) != KMS_OK) {
+        /* The handler has committed its change (a new key version, a
+         * created key): the event says so, or a restore would not see it,
+         * and the client is told to look before it retries, which would
+         * change state again. Stored data cannot fail the rendering (an
+         * ill-formed string becomes U+FFFD); memory can. */
+        char audit_detail[700];
+        snprintf(audit_detail, sizeof(audit_detail), "%s%sreply could not be rendered as JSON: %s",
+                 st->call.audit.detail, st->call.audit.detail[0] ? ": " : "", kms_err_detail());
+        kms_log_error("http", "request %s %s by %s: applied, but %s", st->call.request_id,
+                      st->method, pol_principal_id(st->call.who), audit_detail);
+        drop_reply(reply);
+        st->ans.err = KMS_ERR_INTERNAL;
+        snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", json_reply_lost_msg);
+        return audited_answer(c, st, KMS_OK, audit_detail);
+    }
     if (rc != KMS_OK) {
         drop_reply(reply);
         /* Internal details go to the log and the audit event only; the

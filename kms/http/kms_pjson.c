@@ -829,60 +829,71 @@ static void out_fmt(struct out *o, const char *fmt, ...)
         out_put(o, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-/* RFC 3629 UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. */
-static bool utf8_valid(const uint8_t *s, size_t n)
+/* The length of the UTF-8 sequence at s[i] (RFC 3629: no overlong forms,
+ * no surrogates, nothing past U+10FFFF), or, when it is ill-formed, in
+ * *bad the length of its maximal subpart (Unicode 15, section 3.9, "U+FFFD
+ * substitution of maximal subparts": the bytes that could begin a
+ * well-formed sequence, or the one byte that cannot), which becomes one
+ * U+FFFD. That is the practice of WHATWG's decoder and Python's "replace". */
+static size_t utf8_seq(const uint8_t *s, size_t n, size_t i, bool *bad)
 {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t k;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            k = 1;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            k = 2;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            k = 3;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (n - i <= k)
-            return false;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + j] & 0x3f);
-        }
-        static const uint32_t min[4] = {0, 0x80, 0x800, 0x10000};
-        if (cp < min[k] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += k + 1;
+    uint8_t c = s[i];
+    size_t k;             /* bytes in a well-formed sequence with this lead */
+    uint8_t lo = 0x80, hi = 0xbf; /* the second byte's range (Table 3-7) */
+    *bad = false;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        k = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        k = 3;
+        if (c == 0xe0)
+            lo = 0xa0;
+        else if (c == 0xed)
+            hi = 0x9f; /* surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        k = 4;
+        if (c == 0xf0)
+            lo = 0x90;
+        else if (c == 0xf4)
+            hi = 0x8f; /* past U+10FFFF */
+    } else {
+        *bad = true; /* a continuation byte, C0/C1 (overlong) or F5..FF */
+        return 1;
     }
-    return true;
+    for (size_t j = 1; j < k; j++) {
+        uint8_t lo_j = j == 1 ? lo : 0x80, hi_j = j == 1 ? hi : 0xbf;
+        if (i + j >= n || s[i + j] < lo_j || s[i + j] > hi_j) {
+            *bad = true;
+            return j;
+        }
+    }
+    return k;
 }
 
+/* A string as a JSON string. Ill-formed UTF-8, which JSON cannot carry,
+ * becomes U+FFFD per maximal subpart rather than an error: a reply is
+ * rendered after the handler has changed state, and a string stored before
+ * kmsd refused non-UTF-8 ones (a key description) must not turn a
+ * committed RotateKey into a failure the client retries. The protobuf
+ * encoding still returns the bytes as stored (docs/api.md, JSON). */
 static void out_json_string(struct out *o, const char *s, size_t n)
 {
+    static const char fffd[] = "\xef\xbf\xbd";
+    const uint8_t *u = (const uint8_t *)s;
     if (o->err != KMS_OK)
         return;
-    if (!utf8_valid((const uint8_t *)s, n)) {
-        o->err = kms_err_set(KMS_ERR_INTERNAL,
-                             "the reply holds a string that is not UTF-8, which JSON cannot carry");
-        return;
-    }
     out_put(o, "\"", 1);
     size_t run = 0; /* bytes copied as they are, flushed before an escape */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
+    for (size_t i = 0; i < n;) {
+        unsigned char c = u[i];
         const char *esc = NULL;
-        char u[8];
-        if (c == '"')
+        char tmp[8];
+        bool bad;
+        size_t len = utf8_seq(u, n, i, &bad);
+        if (bad)
+            esc = fffd;
+        else if (c == '"')
             esc = "\\\"";
         else if (c == '\\')
             esc = "\\\\";
@@ -893,14 +904,15 @@ static void out_json_string(struct out *o, const char *s, size_t n)
         else if (c == '\t')
             esc = "\\t";
         else if (c < 0x20) {
-            snprintf(u, sizeof(u), "\\u%04x", c);
-            esc = u;
+            snprintf(tmp, sizeof(tmp), "\\u%04x", c);
+            esc = tmp;
         }
-        if (esc == NULL)
-            continue;
-        out_put(o, s + run, i - run);
-        out_str(o, esc);
-        run = i + 1;
+        if (esc != NULL) {
+            out_put(o, s + run, i - run);
+            out_str(o, esc);
+            run = i + len;
+        }
+        i += len;
     }
     out_put(o, s + run, n - run);
     out_put(o, "\"", 1);

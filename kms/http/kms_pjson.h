@@ -67,9 +67,12 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
 /* Render the wire bytes of a desc message (a handler's reply) as proto3
  * JSON: malloc'd, NUL-terminated text in *out, its length in *out_len. The
  * unpacked message and every buffer grown on the way are wiped; the caller
- * wipes *out when the reply is secret. A reply that does not decode, or
- * holds a string that is not UTF-8 (JSON cannot carry it), is
- * KMS_ERR_INTERNAL. */
+ * wipes *out when the reply is secret. Rendering runs after the handler has
+ * committed its change, so stored data never makes it fail: a string that
+ * is not UTF-8 (JSON cannot carry it) is rendered with U+FFFD for each
+ * maximal ill-formed subpart. What is left: out of memory (KMS_ERR_NOMEM),
+ * and bytes that are not a desc message or a schema JSON has no mapping
+ * for here (KMS_ERR_INTERNAL: a bug, or memory again inside protobuf-c). */
 kms_err kms_pjson_from_wire(const ProtobufCMessageDescriptor *desc, const uint8_t *wire,
                             size_t len, char **out, size_t *out_len);
 

@@ -35,6 +35,23 @@ static void *xmalloc(size_t n)
 
 static unsigned counter;
 
+/* Ill-formed UTF-8 of every kind, between well-formed text: a lone
+ * continuation byte, a lead byte followed by ASCII, a surrogate (ED A0 80),
+ * a truncated 4-byte sequence, an overlong form (C0 AF), a code point past
+ * U+10FFFF (F4 90 80 80), and a sequence cut off by the end of the string.
+ * FIXED is the same with U+FFFD for each maximal subpart (Unicode 3.9; what
+ * Python's bytes.decode("utf-8", "replace") gives). */
+#define BAD_UTF8                                                                                   \
+    "\xff \xc3\x28 \xed\xa0\x80 \xf0\x9f\x94 \xc0\xaf caf\xc3\xa9 \x80\xbf \xf4\x90\x80\x80 \"q\"\\ "   \
+    "\xe2\x82"
+#define FFFD "\xef\xbf\xbd"
+#define FIXED_UTF8                                                                                 \
+    FFFD " " FFFD "( " FFFD FFFD FFFD " " FFFD " " FFFD FFFD " caf\xc3\xa9 " FFFD FFFD " " FFFD FFFD   \
+        FFFD FFFD " \"q\"\\ " FFFD
+
+/* set_value's strings: BAD_UTF8 after the field name and counter. */
+static bool bad_utf8;
+
 static ProtobufCMessage *fill(const ProtobufCMessageDescriptor *d, unsigned depth);
 
 static bool field_is_map(const ProtobufCFieldDescriptor *f)
@@ -103,7 +120,11 @@ static void set_value(const ProtobufCFieldDescriptor *f, void *p, unsigned depth
     }
     case PROTOBUF_C_TYPE_STRING: {
         char *s = xmalloc(128);
-        snprintf(s, 128, "%s-%u \"q\" \\ \t\x01 caf\xc3\xa9 \xf0\x9f\x94\x91", f->name, k);
+        if (bad_utf8)
+            snprintf(s, 128, "%s-%u %s", f->name, k, BAD_UTF8);
+        else
+            snprintf(s, 128, "%s-%u \"q\" \\ \t\x01 caf\xc3\xa9 \xf0\x9f\x94\x91", f->name,
+                     k);
         *(char **)p = s;
         break;
     }
@@ -299,6 +320,129 @@ START_TEST(every_route_round_trips)
 }
 END_TEST
 
+/* Every string of m (singular, repeated, map key and value, at any depth)
+ * is in obj with BAD_UTF8 rendered as FIXED_UTF8. */
+static void expect_fixed(const char *have, const char *stored, const char *where)
+{
+    size_t n = strlen(stored), bn = strlen(BAD_UTF8);
+    ck_assert_msg(n > bn && strcmp(stored + n - bn, BAD_UTF8) == 0, "%s: not a bad string", where);
+    char want[256];
+    snprintf(want, sizeof(want), "%.*s%s", (int)(n - bn), stored, FIXED_UTF8);
+    ck_assert_msg(have != NULL && strcmp(have, want) == 0, "%s: rendered as \"%s\"", where,
+                  have ? have : "(not a string)");
+}
+
+static unsigned check_strings(const ProtobufCMessageDescriptor *d, const ProtobufCMessage *m,
+                              const json_t *obj)
+{
+    unsigned seen = 0;
+    ck_assert_msg(json_is_object(obj), "%s: not an object", d->name);
+    for (size_t i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const uint8_t *member = (const uint8_t *)m + f->offset;
+        const json_t *v = json_object_get(obj, f->name);
+        ck_assert_msg(v != NULL, "%s.%s missing", d->name, f->name);
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+            if (f->type == PROTOBUF_C_TYPE_STRING) {
+                expect_fixed(json_string_value(v), *(char *const *)member, f->name);
+                seen++;
+            } else {
+                seen += check_strings(f->descriptor, *(ProtobufCMessage *const *)member, v);
+            }
+            continue;
+        }
+        size_t n = *(const size_t *)((const uint8_t *)m + f->quantifier_offset);
+        void *const *arr = *(void *const *const *)member;
+        const ProtobufCMessageDescriptor *ed = f->descriptor;
+        if (field_is_map(f) && ed->n_fields == 2 && strcmp(ed->fields[0].name, "key") == 0 &&
+            strcmp(ed->fields[1].name, "value") == 0) { /* not AuditEntry */
+            const ProtobufCFieldDescriptor *kf = &ed->fields[0], *vf = &ed->fields[1];
+            ck_assert_msg(json_is_object(v), "%s: not a map", f->name);
+            /* The stored entries' keys as rendered, with U+FFFD. */
+            char(*keys)[256] = xmalloc(n * sizeof(*keys));
+            for (size_t j = 0; j < n; j++) {
+                const uint8_t *e = arr[j];
+                if (kf->type == PROTOBUF_C_TYPE_STRING) {
+                    const char *key = *(char *const *)(e + kf->offset);
+                    size_t kn = strlen(key) - strlen(BAD_UTF8);
+                    snprintf(keys[j], sizeof(keys[j]), "%.*s%s", (int)kn, key, FIXED_UTF8);
+                    expect_fixed(keys[j], key, f->name);
+                } else {
+                    ck_abort_msg("%s: a map key type this test does not know", f->name);
+                }
+            }
+            size_t distinct = 0;
+            for (size_t j = 0; j < n; j++) {
+                bool later = false;
+                for (size_t l = j + 1; l < n; l++)
+                    later = later || strcmp(keys[j], keys[l]) == 0;
+                if (later)
+                    continue;
+                distinct++;
+                const uint8_t *e = arr[j];
+                const json_t *ev = json_object_get(v, keys[j]);
+                ck_assert_msg(ev != NULL, "%s: key %s not rendered", f->name, keys[j]);
+                seen += kf->type == PROTOBUF_C_TYPE_STRING;
+                if (vf->type == PROTOBUF_C_TYPE_STRING) {
+                    expect_fixed(json_string_value(ev), *(char *const *)(e + vf->offset), f->name);
+                    seen++;
+                } else if (vf->type == PROTOBUF_C_TYPE_MESSAGE) {
+                    seen += check_strings(vf->descriptor,
+                                          *(ProtobufCMessage *const *)(e + vf->offset), ev);
+                }
+            }
+            ck_assert_uint_eq(json_object_size(v), distinct);
+            free(keys);
+            continue;
+        }
+        ck_assert_msg(json_is_array(v) && json_array_size(v) == n, "%s: not the array", f->name);
+        for (size_t j = 0; j < n; j++) {
+            if (f->type == PROTOBUF_C_TYPE_STRING) {
+                expect_fixed(json_string_value(json_array_get(v, j)), ((char *const *)arr)[j],
+                             f->name);
+                seen++;
+            } else {
+                seen += check_strings(f->descriptor, arr[j], json_array_get(v, j));
+            }
+        }
+    }
+    return seen;
+}
+
+/* Every route's reply (and request) with ill-formed UTF-8 in every string
+ * renders: valid JSON (jansson refuses invalid UTF-8 on load) with U+FFFD
+ * in place of each ill-formed subpart and nothing else changed. */
+START_TEST(invalid_utf8_rendered_as_fffd)
+{
+    size_t routes = kms_twirp_n_routes();
+    unsigned total = 0;
+    bad_utf8 = true;
+    for (size_t i = 0; i < routes; i++) {
+        char path[128];
+        const ProtobufCMessageDescriptor *ds[2] = {kms_twirp_route_at(i, path, sizeof(path)),
+                                                   kms_twirp_route_response_at(i)};
+        for (size_t k = 0; k < 2; k++) {
+            ProtobufCMessage *m = fill(ds[k], 0);
+            char *j = render(m);
+            json_error_t err;
+            json_t *tree = json_loads(j, 0, &err);
+            ck_assert_msg(tree != NULL, "%s: not valid JSON: %s", ds[k]->name, err.text);
+            total += check_strings(ds[k], m, tree);
+            json_decref(tree);
+            free(j);
+            protobuf_c_message_free_unpacked(m, NULL);
+        }
+    }
+    bad_utf8 = false;
+    /* Strings in every position were there to check: a map, a nested
+     * message's and a repeated one's (KeyMetadata.description in
+     * ListKeys). */
+    ck_assert_uint_gt(total, 50);
+}
+END_TEST
+
 START_TEST(empty_messages)
 {
     /* {} is the all-defaults message: zero wire bytes, still a buffer. */
@@ -377,19 +521,16 @@ START_TEST(rendering)
     j = render(&r.base);
     ck_assert_ptr_nonnull(strstr(j, "\"spec\":77"));
     free(j);
-    /* A string JSON cannot carry is an internal error, never invalid JSON. */
+    /* A string JSON cannot carry (a description stored before kmsd refused
+     * them) never fails the reply, which is rendered after the handler has
+     * committed: U+FFFD in its place, the rest as it was. */
     km.spec = CUSTOS__V1__KEY_SPEC__AES_256;
-    km.description = (char *)"bad \xc3\x28 utf-8";
-    size_t n, jn;
-    uint8_t *w = pack(&r.base, &n);
-    kms_err_clear();
-    ck_assert_int_eq(kms_pjson_from_wire(&custos__v1__describe_key_response__descriptor, w, n, &j,
-                                         &jn),
-                     KMS_ERR_INTERNAL);
-    ck_assert_ptr_null(j);
-    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "UTF-8"));
-    free(w);
-    /* Bytes that are not the message: internal error too. */
+    km.description = (char *)"bad \xc3\x28 utf-8 \xff\xfe";
+    j = render(&r.base);
+    ck_assert_ptr_nonnull(strstr(j, "\"description\":\"bad " FFFD "( utf-8 " FFFD FFFD "\","));
+    free(j);
+    size_t jn;
+    /* Bytes that are not the message: an internal error. */
     ck_assert_int_eq(kms_pjson_from_wire(&custos__v1__describe_key_response__descriptor,
                                          (const uint8_t *)"\x0a\x05x", 3, &j, &jn),
                      KMS_ERR_INTERNAL);
@@ -767,6 +908,7 @@ int main(void)
     tcase_add_test(tc, every_route_round_trips);
     tcase_add_test(tc, empty_messages);
     tcase_add_test(tc, rendering);
+    tcase_add_test(tc, invalid_utf8_rendered_as_fffd);
     suite_add_tcase(s, tc);
     tc = tcase_create("accepted");
     tcase_add_test(tc, both_spellings);
