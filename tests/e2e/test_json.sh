@@ -330,6 +330,73 @@ case $ct64 in
 *) flunk "the JSON examples show '$shown...', a real ciphertext starts ${ct64%"${ct64#??????????????}"}" ;;
 esac
 
+# ---- a stored string that is not UTF-8 ------------------------------------------------
+
+# A reply is rendered as JSON after the handler has committed its change: a
+# description stored before kmsd refused non-UTF-8 ones (planted here in
+# the store while kmsd is stopped) is rendered with U+FFFD and never fails
+# the call. Before, DescribeKey answered 500, and RotateKey 500 and an
+# audit event "internal" although the new version was made.
+BAD=ff20c328206a736f6e20eda080206f6c6420f09f94 # "\xff \xc3( json \xed\xa0\x80 old \xf0\x9f\x94"
+e2e_stop
+if /usr/bin/python3 - "$E2E_DIR/kmsd.db" "$kid" "$BAD" <<'EOF'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+# CAST keeps the bytes: a TEXT value that is not UTF-8, as an older kmsd
+# could store it.
+n = db.execute("UPDATE keys SET description = CAST(? AS TEXT) WHERE key_id = ?",
+               (bytes.fromhex(sys.argv[3]), sys.argv[2])).rowcount
+db.commit()
+d = db.execute("SELECT CAST(description AS BLOB) FROM keys WHERE key_id = ?", (sys.argv[2],)).fetchone()[0]
+sys.exit(0 if n == 1 and d == bytes.fromhex(sys.argv[3]) else 1)
+EOF
+then
+    pass "a description that is not UTF-8 planted in the store"
+else
+    flunk "planting a description that is not UTF-8 in the store"
+fi
+e2e_start
+# What the client must see: each ill-formed subpart as one U+FFFD.
+fixed="bytes.fromhex('$BAD').decode('utf-8', 'replace')"
+jcall demo-admin KeyService/DescribeKey "$(printf '{"key_id":"%s"}' "$kid")"
+if [ "$status" = 200 ] && ctype_json && [ "$(jget "d['key']['description'] == $fixed")" = True ] &&
+    [ "$(jget "d['key']['description'].count(chr(0xfffd))")" = 6 ]; then
+    pass "DescribeKey in JSON of a key whose description is not UTF-8: 200, U+FFFD in its place"
+else
+    flunk "DescribeKey in JSON of a key whose description is not UTF-8: $status"
+fi
+v0=$(jget 'd["key"]["current_version"]' 2>/dev/null || echo 0)
+jcall demo-admin KeyService/ListKeys '{"page_size":1000}'
+if [ "$status" = 200 ] &&
+    [ "$(jget "[k['description'] for k in d['keys'] if k['key_id'] == '$kid'] == [$fixed]")" = True ]; then
+    pass "ListKeys in JSON (the description in a repeated message): 200, U+FFFD"
+else
+    flunk "ListKeys in JSON with a description that is not UTF-8: $status"
+fi
+jcall demo-admin KeyService/RotateKey "$(printf '{"key_id":"%s"}' "$kid")"
+rot_rid=$rid
+if [ "$status" = 200 ] && [ "$(jget 'd["key"]["current_version"]')" = $((v0 + 1)) ] &&
+    [ "$(jget "d['key']['description'] == $fixed")" = True ]; then
+    pass "RotateKey in JSON of that key: 200 with the new version"
+else
+    flunk "RotateKey in JSON of a key whose description is not UTF-8: $status"
+fi
+# The protobuf encoding returns the bytes as stored (a string field's bytes
+# are on the wire verbatim).
+/usr/bin/python3 -c 'import sys; k = sys.argv[1].encode(); sys.stdout.buffer.write(b"\x0a" + bytes([len(k)]) + k)' \
+    "$kid" >"$W/describe.pb"
+status=$(curl -sS -o "$W/body.pb" -D "$W/headers" -w '%{http_code}' -X POST -H @"$W/demo-admin.auth" \
+    -H "Content-Type: application/protobuf" --data-binary @"$W/describe.pb" "$URL.KeyService/DescribeKey")
+rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$W/headers")
+echo "$rid DescribeKey ok demo-admin" >>"$W/requests.txt"
+if [ "$status" = 200 ] && /usr/bin/python3 -c 'import sys
+b = open(sys.argv[1], "rb").read(); bad = bytes.fromhex(sys.argv[2])
+sys.exit(0 if bad in b and "\ufffd".encode() not in b else 1)' "$W/body.pb" "$BAD"; then
+    pass "DescribeKey over protobuf still returns the description's bytes as stored"
+else
+    flunk "DescribeKey over protobuf of a key whose description is not UTF-8: $status"
+fi
+
 # ---- the audit log, exported over JSON -------------------------------------------------
 
 # The auditor's export is itself a JSON call; an event that is durable is in
@@ -338,7 +405,7 @@ i=0
 while :; do
     jcall auditor AuditService/ExportAuditLog '{"region":"eu-west","count":10000}'
     rc=0
-    PYTHONPATH="$E2E_DIR/py" /usr/bin/python3 - "$W/body" "$W/requests.txt" >"$W/audit.out" 2>&1 <<'EOF' || rc=$?
+    PYTHONPATH="$E2E_DIR/py" /usr/bin/python3 - "$W/body" "$W/requests.txt" "$rot_rid" >"$W/audit.out" 2>&1 <<'EOF' || rc=$?
 import base64, json, sys
 import audit_pb2 as apb
 d = json.load(open(sys.argv[1]))
@@ -379,6 +446,11 @@ else:
             if getattr(ev, f) != getattr(pb[0], f):
                 bad.append(f"Encrypt over JSON: {f} {getattr(ev, f)!r}, "
                            f"over protobuf {getattr(pb[0], f)!r}")
+# The RotateKey of the key whose description is not UTF-8 made its version:
+# its event says ok (a restore replays only ok events).
+rot = by_rid.get(sys.argv[3], [])
+if [(ev.operation, ev.outcome) for ev in rot] != [("RotateKey", "ok")]:
+    bad.append(f"the RotateKey of the non-UTF-8 key: events {[(ev.operation, ev.outcome) for ev in rot]}")
 if bad:
     print("\n".join(bad))
     sys.exit(1)
@@ -389,7 +461,7 @@ EOF
     sleep 0.2
 done
 if [ $rc -eq 0 ]; then
-    pass "every JSON request (successes and refusals) has exactly one audit event, as over protobuf"
+    pass "every JSON request (successes and refusals) has exactly one audit event, as over protobuf; the RotateKey of the non-UTF-8 key is audited ok"
 else
     cp "$W/audit.out" "$W/body"
     flunk "every JSON request has exactly one audit event"
