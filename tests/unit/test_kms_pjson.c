@@ -443,6 +443,95 @@ START_TEST(invalid_utf8_rendered_as_fffd)
 }
 END_TEST
 
+/* An independent reading of RFC 3629 (decode, then reject overlong forms,
+ * surrogates and anything past U+10FFFF), the oracle for the test below. */
+static bool utf8_ok(const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t k = s[i] < 0x80 ? 0 : (s[i] & 0xe0) == 0xc0 ? 1 : (s[i] & 0xf0) == 0xe0 ? 2
+                   : (s[i] & 0xf8) == 0xf0 ? 3 : 9;
+        if (k == 9 || i + k >= n + (k == 0))
+            return false;
+        uint32_t cp = k == 0 ? s[i] : s[i] & (0x3f >> k);
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + j] & 0x3f);
+        }
+        static const uint32_t min[4] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min[k] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += k + 1;
+    }
+    return true;
+}
+
+/* Every string of up to 3 bytes over the bytes where UTF-8's rules change
+ * (and of 4 bytes starting with a 4-byte lead) renders as JSON that jansson (which refuses invalid UTF-8) reads; a
+ * well-formed one comes back unchanged, an ill-formed one with U+FFFD and
+ * its well-formed ASCII kept. */
+START_TEST(every_short_string_renders)
+{
+    static const uint8_t alphabet[] = {0x22, 0x41, 0x5c, 0x7f, 0x80, 0x8f, 0x90, 0x9f,
+                                       0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xe1,
+                                       0xed, 0xef, 0xf0, 0xf1, 0xf4, 0xf5, 0xff};
+    const size_t na = sizeof(alphabet);
+    Custos__V1__KeyMetadata km = CUSTOS__V1__KEY_METADATA__INIT;
+    Custos__V1__DescribeKeyResponse r = CUSTOS__V1__DESCRIBE_KEY_RESPONSE__INIT;
+    r.key = &km;
+    unsigned valid = 0, invalid = 0;
+    for (size_t len = 1; len <= 4; len++) {
+        size_t total = 1;
+        for (size_t i = 0; i < len; i++)
+            total *= na;
+        for (size_t idx = 0; idx < total; idx++) {
+            uint8_t s[5];
+            size_t x = idx;
+            for (size_t i = 0; i < len; i++, x /= na)
+                s[i] = alphabet[x % na];
+            s[len] = 0;
+            /* 4 bytes: only after a 4-byte lead (the rest repeats shorter
+             * strings' cases, and the test stays quick under ASan). */
+            if (len == 4 && (s[0] != 0xf0 && s[0] != 0xf1 && s[0] != 0xf4))
+                continue;
+            km.description = (char *)s;
+            char *j = render(&r.base);
+            json_error_t err;
+            json_t *tree = json_loads(j, 0, &err);
+            ck_assert_msg(tree != NULL, "%02x %02x %02x %02x (%zu bytes): not JSON: %s", s[0],
+                          s[1], s[2], s[3], len, err.text);
+            const char *d = json_string_value(json_object_get(json_object_get(tree, "key"),
+                                                               "description"));
+            ck_assert_ptr_nonnull(d);
+            if (utf8_ok(s, len)) {
+                ck_assert_msg(strcmp(d, (const char *)s) == 0, "%02x %02x %02x %02x changed",
+                              s[0], s[1], s[2], s[3]);
+                valid++;
+            } else {
+                ck_assert_msg(strstr(d, FFFD) != NULL, "%02x %02x %02x %02x: no U+FFFD", s[0],
+                              s[1], s[2], s[3]);
+                /* At most one U+FFFD per byte; ASCII bytes all kept. */
+                size_t nf = 0, ascii = 0, dascii = 0;
+                for (const char *q = d; (q = strstr(q, FFFD)) != NULL; q += 3)
+                    nf++;
+                for (size_t i = 0; i < len; i++)
+                    ascii += s[i] < 0x80;
+                for (const char *q = d; *q; q++)
+                    dascii += (unsigned char)*q < 0x80;
+                ck_assert_uint_le(nf, len);
+                ck_assert_uint_eq(ascii, dascii);
+                invalid++;
+            }
+            json_decref(tree);
+            free(j);
+        }
+    }
+    /* Both kinds were there: 2- to 4-byte sequences among the valid. */
+    ck_assert_uint_gt(valid, 500);
+    ck_assert_uint_gt(invalid, 20000);
+}
+END_TEST
+
 START_TEST(empty_messages)
 {
     /* {} is the all-defaults message: zero wire bytes, still a buffer. */
@@ -909,6 +998,7 @@ int main(void)
     tcase_add_test(tc, empty_messages);
     tcase_add_test(tc, rendering);
     tcase_add_test(tc, invalid_utf8_rendered_as_fffd);
+    tcase_add_test(tc, every_short_string_renders);
     suite_add_tcase(s, tc);
     tc = tcase_create("accepted");
     tcase_add_test(tc, both_spellings);
