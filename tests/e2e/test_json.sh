@@ -9,6 +9,10 @@
 # a body over the limit, an unknown Content-Type) as Twirp JSON errors, and
 # the audit log (exported over JSON too) holding exactly one event per JSON
 # request, with the same fields as the event of the same call over protobuf.
+# A key description that is not UTF-8, planted in the store while kmsd is
+# stopped, is rendered with U+FFFD by JSON DescribeKey, ListKeys and
+# RotateKey (200, the rotation audited ok), and returned as stored over
+# protobuf.
 #
 # Credentials and plaintexts never go on curl's command line: the
 # Authorization header is read from a file (-H @file) and bodies from stdin.
