@@ -37,8 +37,9 @@ int kms_health_region(struct kms_health *h, const char *region, char *why, size_
 /* "region R: not served: ...\n" for every region refused at start (its
  * audit log failed the start-up scan), for the body of a 503 /readyz: a
  * region refused at start stays so until an operator restores its files
- * and restarts kmsd, so that is worth saying where they look first. ""
- * when none. */
+ * and restarts kmsd, so that is worth saying where they look first; and
+ * "region R: its HSM token 'L' is unavailable ...\n" for every token that
+ * does not answer (as of the last check). "" when none. */
 void kms_health_refused_regions(struct kms_health *h, char *buf, size_t n);
 
 #endif
