@@ -100,6 +100,12 @@ int kms_health_region(struct kms_health *h, const char *region, char *why, size_
                  p11_token_label(tok));
         return 0;
     }
+    size_t missing = kms_service_missing_objects(h->svc, region);
+    if (missing > 0) {
+        snprintf(why, n, "region %s: %zu live key version(s) have no object in HSM token '%s' "
+                 "(see the kmsd log)", region, missing, p11_token_label(tok));
+        return 0;
+    }
     return 1;
 }
 
@@ -124,6 +130,13 @@ void kms_health_refused_regions(struct kms_health *h, char *buf, size_t n)
                          "region %s: its HSM token '%s' is unavailable (re-probed on every "
                          "check; served again when it answers)\n",
                          region, p11_token_label(tok));
+        else if (tok != NULL && kms_service_missing_objects(h->svc, region) > 0)
+            /* A count, never key ids: this answer is unauthenticated. */
+            w = snprintf(buf + used, n - used,
+                         "region %s: %zu live key version(s) have no object in HSM token '%s' "
+                         "(see the kmsd log)\n",
+                         region, kms_service_missing_objects(h->svc, region),
+                         p11_token_label(tok));
         else
             continue;
         if (w < 0 || (size_t)w >= n - used) {
