@@ -777,8 +777,8 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
                              "HSM object is complete, else discarded (never in safe mode)\n",
                         creating[i].key_id, creating[i].version);
         free(creating);
-        fprintf(out, findings ? "kmsd would start in SAFE MODE; apply with: kmsd --reconcile "
-                                "--confirm\n"
+        fprintf(out, findings ? "kmsd would start in SAFE MODE; apply with: kmsctl reconcile "
+                                "--confirm (or kmsd --reconcile --confirm)\n"
                               : "the store agrees with the audit log and the tokens\n");
         *out_exit = true;
         goto done;
@@ -826,7 +826,7 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
                  "SAFE MODE: the store does not match the audit log and the tokens (%zu "
                  "acknowledged change(s) missing from the store, %zu live version(s) without "
                  "HSM object, %zu HSM object(s) unknown to the store); see the log, then "
-                 "kmsd --reconcile",
+                 "kmsctl reconcile",
                  r.store_behind, r.token_behind, r.unknown);
         kms_log_error("restore", "%s", svc->safe_reason);
         for (size_t i = 0; i < r.n_lines; i++)
