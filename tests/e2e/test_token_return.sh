@@ -37,6 +37,19 @@ for d in "$E2E_DIR"/hsm/tokens/*; do
 done
 [ -n "$tokdir" ] || fail "no eu-west token directory"
 
+# us-east works on throughout, while eu-west's module is re-initialised under
+# it: each of its requests must succeed.
+(
+    n=0
+    while [ ! -f "$W/stop-us" ]; do
+        printf 'us-load' | as demo-broker-us encrypt --key-id "$ku" >"$W/us-ct" 2>"$W/us-err" ||
+            { echo "us-east request $n failed: $(cat "$W/us-err")" >"$W/us-failed"; }
+        n=$((n + 1))
+    done
+    echo "$n" >"$W/us-count"
+) &
+us_load=$!
+
 # ---- the token goes away ----------------------------------------------------------
 mv "$tokdir" "$W/away"
 codes=
@@ -68,6 +81,11 @@ until [ "$(readyz)" = 200 ]; do
     sleep 0.25
 done
 ok "/readyz 200 once the token is back"
+touch "$W/stop-us"
+wait $us_load
+[ ! -f "$W/us-failed" ] && [ "$(cat "$W/us-count")" -gt 0 ] &&
+    ok "the other region served every one of its $(cat "$W/us-count") requests meanwhile" ||
+    fail "$(cat "$W/us-failed" 2>/dev/null || echo 'no us-east requests ran')"
 [ "$(as demo-broker decrypt --in "$W/ct-e")" = eu-text ] &&
     printf 'again' | as demo-broker encrypt --key-id "$ke" >"$W/ct-e2" &&
     [ "$(as demo-broker decrypt --in "$W/ct-e2")" = again ] &&
