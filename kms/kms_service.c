@@ -60,6 +60,8 @@ struct kms_service {
      * sweeper's last object check (kms_service_check_objects); written by
      * the sweeper thread, read by readiness. */
     _Atomic size_t missing[KMS_CONFIG_MAX_TOKENS];
+    /* p11_token_lookups_missed as of the last object check (sweeper only). */
+    unsigned long missed_seen[KMS_CONFIG_MAX_TOKENS];
 
     pthread_t sweeper;
     bool sweeper_running;
@@ -128,6 +130,7 @@ void kms_service_check_objects(struct kms_service *svc)
         struct p11_token *tok = svc->tokens[i];
         /* A token that does not answer is reported as that; its objects
          * are checked again when it is back. */
+        svc->missed_seen[i] = p11_token_lookups_missed(tok);
         if (!p11_token_available(tok) || svc->audit_broken[i])
             continue;
         struct kms_restore_missing m[MISSING_LOG_MAX];
@@ -890,10 +893,23 @@ kms_err kms_service_sweep(struct kms_service *svc, int64_t now, size_t *out_n)
     return rc;
 }
 
+/* How often a request's missed lookup may trigger an object check before
+ * the sweep interval is up: each one walks the tokens. */
+#define EARLY_CHECK_S 5
+
+static bool lookups_missed_since_check(struct kms_service *svc)
+{
+    for (size_t i = 0; i < svc->n_tokens; i++)
+        if (p11_token_lookups_missed(svc->tokens[i]) != svc->missed_seen[i])
+            return true;
+    return false;
+}
+
 static void *sweeper_main(void *arg)
 {
     struct kms_service *svc = arg;
     bool first = true;
+    time_t last_early = 0;
     pthread_mutex_lock(&svc->stop_lock);
     while (!svc->stopping) {
         pthread_mutex_unlock(&svc->stop_lock);
@@ -922,9 +938,28 @@ static void *sweeper_main(void *arg)
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += svc->cfg->sweep_interval_s;
-        while (!svc->stopping &&
-               pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock, &until) != ETIMEDOUT)
-            ;
+        /* Wait in slices of a second: a request that needed an object its
+         * token does not hold gets the object check run early (at most
+         * every EARLY_CHECK_S), not a sweep interval later. */
+        while (!svc->stopping) {
+            struct timespec slice;
+            clock_gettime(CLOCK_REALTIME, &slice);
+            if (slice.tv_sec >= until.tv_sec)
+                break;
+            slice.tv_sec++;
+            if (slice.tv_sec > until.tv_sec)
+                slice = until;
+            if (pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock, &slice) != ETIMEDOUT ||
+                svc->stopping)
+                continue;
+            time_t now = time(NULL);
+            if (lookups_missed_since_check(svc) && now - last_early >= EARLY_CHECK_S) {
+                last_early = now;
+                pthread_mutex_unlock(&svc->stop_lock);
+                kms_service_check_objects(svc);
+                pthread_mutex_lock(&svc->stop_lock);
+            }
+        }
     }
     pthread_mutex_unlock(&svc->stop_lock);
     return NULL;

@@ -101,7 +101,8 @@ void kms_service_set_restore_mode(enum kms_restore_mode mode, FILE *out);
 /* Check every answering token for live versions (per the store) whose
  * object it does not hold: one walk of the token's key objects each. Logs
  * each change (naming the keys, at most 20 per region) and keeps the count
- * for readiness. Run by the sweeper thread every sweep interval. */
+ * for readiness. Run by the sweeper thread every sweep interval, and early
+ * (at most every 5 s) after a key lookup found no object. */
 void kms_service_check_objects(struct kms_service *svc);
 
 /* The count of region's live versions without object, as of the last

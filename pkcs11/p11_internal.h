@@ -77,6 +77,7 @@ struct p11_token {
     atomic_bool unavailable;
     atomic_bool pin_failed; /* a PIN error is never retried automatically */
     atomic_ulong sessions_replaced;
+    atomic_ulong lookups_missed; /* p11_key_handle found no object */
     int metrics_id; /* kms_metrics token id; -1: not recorded */
     /* Set while the module is re-initialised (p11_module_recover): no new
      * lease and no probe starts, and the recovery waits until every lease

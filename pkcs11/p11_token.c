@@ -34,6 +34,11 @@ bool p11_token_available(const struct p11_token *tok)
     return !atomic_load(&tok->unavailable);
 }
 
+unsigned long p11_token_lookups_missed(const struct p11_token *tok)
+{
+    return atomic_load(&((struct p11_token *)tok)->lookups_missed);
+}
+
 /* ---- capabilities ---------------------------------------------------- */
 
 struct cap_row {

@@ -5,7 +5,8 @@
 #
 # Before: checked only at start; a running kmsd stayed ready and said nothing
 # until a request for that key failed.
-# Now: within one sweep interval (deletion.sweep_interval_s; 1 s here)
+# Now: within one sweep interval (deletion.sweep_interval_s; 1 s here), or
+# within seconds of a request that needed the missing object,
 # /readyz answers 503 with a count for the region and its token (no key ids:
 # it is unauthenticated), the log names the key and version, the region's
 # other keys keep serving; when the version stops being live (the key is
@@ -69,4 +70,32 @@ done
 grep -q "region eu-west: every live key version has its object in token 'custos-eu-west' again" \
     "$E2E_DIR/kmsd.log" && ok "ready again once no live version lacks its object; logged" ||
     fail "no recovery line"
+e2e_stop && ok "kmsd stops cleanly"
+
+# ---- a request finds the object missing: checked at once, not a sweep later --------
+# The sweep interval is an hour now; a Decrypt that needs the missing object
+# makes the sweeper check within seconds.
+/usr/bin/python3 - "$E2E_DIR/kmsd.json" <<'PY'
+import json, sys
+p = sys.argv[1]
+c = json.load(open(p))
+c["deletion"]["sweep_interval_s"] = 3600
+json.dump(c, open(p, "w"), indent=2)
+PY
+e2e_start
+kc=$(as demo-admin key create --region eu-west -q)
+printf 'c' | as demo-broker encrypt --key-id "$kc" >"$W/ct-c"
+[ "$(readyz)" = 200 ] || fail "not ready after the restart: $(cat "$W/rz")"
+[ "$(/usr/bin/python3 tests/e2e/token_objects.py delete "$E2E_DIR" eu-west "$kc")" = 1 ] ||
+    fail "the object was not deleted"
+if as demo-broker decrypt --in "$W/ct-c" >/dev/null 2>&1; then fail "decrypted without its object"; fi
+i=0
+until [ "$(readyz)" = 503 ]; do
+    i=$((i + 1)); [ $i -lt 120 ] || fail "/readyz still ready 30 s after a request missed the object"
+    sleep 0.25
+done
+grep -q "1 live key version(s) have no object in HSM token 'custos-eu-west'" "$W/rz" &&
+    grep -q "key $kc version 1 is live in the store but its object is not in token" "$E2E_DIR/kmsd.log" &&
+    ok "a request that needed the missing object: /readyz and the log say so long before the hour's sweep" ||
+    fail "after the request: $(cat "$W/rz")"
 e2e_stop && ok "kmsd stops cleanly"
