@@ -75,6 +75,7 @@ struct p11_token {
     size_t n_open;
     size_t cap;
     atomic_bool unavailable;
+    atomic_llong unavailable_since; /* CLOCK_MONOTONIC seconds of the last flip */
     atomic_bool pin_failed; /* a PIN error is never retried automatically */
     atomic_ulong sessions_replaced;
     atomic_ulong lookups_missed; /* p11_key_handle found no object */
@@ -124,7 +125,9 @@ void p11_session_pool_drain(struct p11_token *tok);
  * went away, even when it is back. The only remedy PKCS#11 offers short of
  * restarting the process is C_Finalize + C_Initialize, which ends every
  * session of every token of the module. p11_module_recover does that
- * safely: it freezes every token's pool, waits (bounded) until no lease is
+ * safely, once the token has not answered for P11_REINIT_MIN_S (a module
+ * that sees its token again by itself is given that long): it freezes
+ * every token's pool, waits (bounded) until no lease is
  * out and no probe runs, forgets the dead sessions without closing them (a
  * closed handle number may be reused by the new initialisation), clears
  * the handle caches, re-initialises, finds each token again by serial and
@@ -156,6 +159,9 @@ void p11_probe_end(struct p11_token *tok);
 /* Find the token again by serial after a re-initialisation (p11_token.c);
  * sets or clears its unavailable mark. */
 void p11_token_reresolve(struct p11_token *tok);
+/* Mark the token unavailable; on the change, note when and log it with the
+ * current error detail (p11_token.c). */
+void p11_token_mark_unavailable(struct p11_token *tok);
 
 kms_err p11_cache_init(struct p11_handle_cache *c);
 void p11_cache_cleanup(struct p11_handle_cache *c);

@@ -239,7 +239,7 @@ bool p11_module_recover(struct p11_module *mod, struct p11_token *trigger)
                 p11_token_reresolve(mod->toks[i]);
         } else {
             for (size_t i = 0; i < mod->n_toks; i++)
-                atomic_store(&mod->toks[i]->unavailable, true);
+                p11_token_mark_unavailable(mod->toks[i]);
         }
         bool back = rc == KMS_OK && !atomic_load(&trigger->unavailable);
         kms_log_info("pkcs11", "re-initialised %s to recover token '%s' (region %s): %s",

@@ -264,9 +264,8 @@ kms_err p11_with_session(struct p11_token *tok, p11_session_fn fn, void *arg)
                 rc = kms_err_set(KMS_ERR_HSM, "%s", first);
             }
         }
-        if (rc == KMS_ERR_HSM_UNAVAILABLE && !atomic_exchange(&tok->unavailable, true))
-            kms_log_error("pkcs11", "token '%s' (region %s) is unavailable: %s", tok->label,
-                          tok->region, kms_err_detail());
+        if (rc == KMS_ERR_HSM_UNAVAILABLE)
+            p11_token_mark_unavailable(tok);
         if (rc != KMS_ERR_HSM_SESSION || attempt > 0)
             return rc;
         kms_log_warn("pkcs11", "token '%s': session lost (%s); retrying once with a new session",
@@ -313,6 +312,6 @@ kms_err p11_token_check(struct p11_token *tok)
         rc = kms_err_set(KMS_ERR_HSM_SESSION, "token '%s': session is not logged in", tok->label);
     p11_session_give(tok, s, rc != KMS_OK);
     if (rc == KMS_ERR_HSM_UNAVAILABLE)
-        atomic_store(&tok->unavailable, true);
+        p11_token_mark_unavailable(tok);
     return rc;
 }

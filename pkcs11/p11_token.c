@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/uri.h>
@@ -330,11 +331,20 @@ static kms_err probe_once(struct p11_token *tok, bool *out_asked)
     return KMS_OK;
 }
 
-static void mark_unavailable(struct p11_token *tok)
+static long long mono_s(void)
 {
-    if (!atomic_exchange(&tok->unavailable, true))
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec;
+}
+
+void p11_token_mark_unavailable(struct p11_token *tok)
+{
+    if (!atomic_exchange(&tok->unavailable, true)) {
+        atomic_store(&tok->unavailable_since, mono_s());
         kms_log_error("pkcs11", "token '%s' (region %s) is unavailable: %s", tok->label,
                       tok->region, kms_err_detail());
+    }
 }
 
 static void mark_available(struct p11_token *tok)
@@ -349,19 +359,21 @@ kms_err p11_token_probe(struct p11_token *tok)
     bool asked;
     kms_err rc = probe_once(tok, &asked);
     if (rc != KMS_OK && asked) {
-        mark_unavailable(tok);
+        p11_token_mark_unavailable(tok);
         /* Some modules never see a token again once it failed (SoftHSMv2:
          * CKR_GENERAL_ERROR for good after its directory went away and came
-         * back); re-initialising the module is the remedy, spaced out. */
+         * back); re-initialising the module is the remedy, spaced out, and
+         * only once the module had P11_REINIT_MIN_S to see it by itself. */
         char why[400];
         snprintf(why, sizeof(why), "%s", kms_err_detail());
-        if (p11_module_recover(tok->mod, tok))
+        if (mono_s() - atomic_load(&tok->unavailable_since) >= P11_REINIT_MIN_S &&
+            p11_module_recover(tok->mod, tok))
             rc = probe_once(tok, &asked);
         if (rc != KMS_OK)
             kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "%s", why);
     }
     if (rc != KMS_OK) {
-        atomic_store(&tok->unavailable, true);
+        p11_token_mark_unavailable(tok);
         return rc;
     }
     mark_available(tok);
@@ -395,6 +407,6 @@ void p11_token_reresolve(struct p11_token *tok)
     } else {
         kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "token '%s' (serial %s) is not in any slot",
                     tok->label, tok->serial);
-        mark_unavailable(tok);
+        p11_token_mark_unavailable(tok);
     }
 }
