@@ -409,6 +409,49 @@ done:
     return rc;
 }
 
+kms_err kms_restore_token_missing(struct kms_store *store, struct p11_token *tok,
+                                  struct kms_restore_missing *out, size_t max, size_t *out_n)
+{
+    struct p11_key_id *ids = NULL;
+    size_t n_ids = 0, n_live = 0, n_creating = 0, missing = 0;
+    struct kms_hsm_id *live = NULL;
+    struct kms_store_creating *creating = NULL;
+    *out_n = 0;
+    /* Store first, token last: a version that became live before the store
+     * was read has had its object since before (objects are made under a
+     * CREATING row), so a creation running meanwhile is never counted. */
+    kms_err rc = kms_store_creating_list(store, &creating, &n_creating);
+    if (rc == KMS_OK)
+        rc = kms_store_hsm_ids_for_token(store, p11_token_label(tok), &live, &n_live);
+    if (rc == KMS_OK)
+        rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
+    for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
+        if (bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
+            continue;
+        bool is_creating = false, lost = false, found = false;
+        for (size_t j = 0; j < n_creating && !is_creating; j++)
+            is_creating = memcmp(creating[j].hsm_id, live[i].bytes, KMS_HSM_ID_LEN) == 0;
+        if (is_creating)
+            continue;
+        rc = kms_store_lost_confirmed(store, live[i].bytes, &lost);
+        if (rc != KMS_OK || lost)
+            continue;
+        if (missing < max) {
+            rc = kms_store_version_by_hsm_id(store, live[i].bytes, out[missing].key_id,
+                                             &out[missing].version, &found);
+            if (rc == KMS_OK && !found)
+                continue; /* gone from the store meanwhile */
+        }
+        missing++;
+    }
+    if (rc == KMS_OK)
+        *out_n = missing;
+    free(ids);
+    free(live);
+    free(creating);
+    return rc;
+}
+
 /* ---- the plan ------------------------------------------------------------------ */
 
 void kms_restore_print(const struct kms_restore_report *r, FILE *f)

@@ -107,6 +107,19 @@ kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
                                struct kms_restore_report *r, struct p11_key_id **out_ids,
                                size_t *out_n);
 
+/* A live version whose object its token does not hold. */
+struct kms_restore_missing {
+    char key_id[KMS_KEY_ID_SIZE];
+    uint32_t version;
+};
+
+/* The live versions the store names for tok whose object the token does not
+ * hold, while kmsd runs (CREATING versions and versions accepted as lost are
+ * left out). Costs one walk of the token's key objects (C_FindObjects) and
+ * three store reads. The first `max` are copied to out; *out_n counts all. */
+kms_err kms_restore_token_missing(struct kms_store *store, struct p11_token *tok,
+                                  struct kms_restore_missing *out, size_t max, size_t *out_n);
+
 /* Print the report as a plan, one line per finding and per fix. */
 void kms_restore_print(const struct kms_restore_report *r, FILE *f);
 

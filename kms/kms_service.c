@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -54,6 +55,13 @@ struct kms_service {
     struct p11_key_id *listed[KMS_CONFIG_MAX_TOKENS];
     size_t n_listed[KMS_CONFIG_MAX_TOKENS];
     bool have_listed[KMS_CONFIG_MAX_TOKENS];
+
+    /* Live versions whose object their token does not hold, as of the
+     * sweeper's last object check (kms_service_check_objects); written by
+     * the sweeper thread, read by readiness. */
+    _Atomic size_t missing[KMS_CONFIG_MAX_TOKENS];
+    /* p11_token_lookups_missed as of the last object check (sweeper only). */
+    unsigned long missed_seen[KMS_CONFIG_MAX_TOKENS];
 
     pthread_t sweeper;
     bool sweeper_running;
@@ -103,6 +111,55 @@ kms_err kms_service_region_check(struct kms_service *svc, const char *region)
                                "operational log)",
                                region);
     return KMS_OK;
+}
+
+size_t kms_service_missing_objects(struct kms_service *svc, const char *region)
+{
+    for (size_t i = 0; region && i < svc->n_tokens; i++)
+        if (strcmp(p11_token_region(svc->tokens[i]), region) == 0)
+            return atomic_load(&svc->missing[i]);
+    return 0;
+}
+
+/* Versions named in the log per check: the rest are counted. */
+#define MISSING_LOG_MAX 20
+
+void kms_service_check_objects(struct kms_service *svc)
+{
+    for (size_t i = 0; i < svc->n_tokens; i++) {
+        struct p11_token *tok = svc->tokens[i];
+        /* A token that does not answer is reported as that; its objects
+         * are checked again when it is back. */
+        svc->missed_seen[i] = p11_token_lookups_missed(tok);
+        if (!p11_token_available(tok) || svc->audit_broken[i])
+            continue;
+        struct kms_restore_missing m[MISSING_LOG_MAX];
+        size_t n = 0;
+        if (kms_restore_token_missing(svc->store, tok, m, MISSING_LOG_MAX, &n) != KMS_OK) {
+            kms_log_warn("service", "region %s: cannot check the token's key objects: %s",
+                         p11_token_region(tok), kms_err_detail());
+            continue;
+        }
+        size_t was = atomic_exchange(&svc->missing[i], n);
+        if (n == was)
+            continue;
+        if (n == 0) {
+            kms_log_info("service", "region %s: every live key version has its object in "
+                         "token '%s' again", p11_token_region(tok), p11_token_label(tok));
+            continue;
+        }
+        kms_log_error("service", "region %s: %zu live key version(s) have no object in token "
+                      "'%s': their ciphertexts cannot be decrypted; restore the objects from a "
+                      "token backup (docs/operations.md \"Backup and restore\")",
+                      p11_token_region(tok), n, p11_token_label(tok));
+        for (size_t j = 0; j < n && j < MISSING_LOG_MAX; j++)
+            kms_log_error("service", "region %s: key %s version %" PRIu32 " is live in the "
+                          "store but its object is not in token '%s'", p11_token_region(tok),
+                          m[j].key_id, m[j].version, p11_token_label(tok));
+        if (n > MISSING_LOG_MAX)
+            kms_log_error("service", "region %s: ... and %zu more", p11_token_region(tok),
+                          n - MISSING_LOG_MAX);
+    }
 }
 
 bool kms_service_escrow_key(struct kms_service *svc, const char *region, struct p11_key_id *out)
@@ -215,6 +272,10 @@ kms_err kms_service_check(struct kms_service *svc)
             KMS_ENSURE(!st.failed, KMS_ERR_IO, "region %s: the audit log cannot be written",
                        region);
         }
+        size_t missing = atomic_load(&svc->missing[i]);
+        KMS_ENSURE(missing == 0, KMS_ERR_HSM,
+                   "region %s: %zu live key version(s) have no object in token '%s'", region,
+                   missing, p11_token_label(svc->tokens[i]));
     }
     /* The audit directory can lose its write permission or its file system
      * under a running log that has nothing to write yet. */
@@ -719,8 +780,8 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
                              "HSM object is complete, else discarded (never in safe mode)\n",
                         creating[i].key_id, creating[i].version);
         free(creating);
-        fprintf(out, findings ? "kmsd would start in SAFE MODE; apply with: kmsd --reconcile "
-                                "--confirm\n"
+        fprintf(out, findings ? "kmsd would start in SAFE MODE; apply with: kmsctl reconcile "
+                                "--confirm (or kmsd --reconcile --confirm)\n"
                               : "the store agrees with the audit log and the tokens\n");
         *out_exit = true;
         goto done;
@@ -768,7 +829,7 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
                  "SAFE MODE: the store does not match the audit log and the tokens (%zu "
                  "acknowledged change(s) missing from the store, %zu live version(s) without "
                  "HSM object, %zu HSM object(s) unknown to the store); see the log, then "
-                 "kmsd --reconcile",
+                 "kmsctl reconcile",
                  r.store_behind, r.token_behind, r.unknown);
         kms_log_error("restore", "%s", svc->safe_reason);
         for (size_t i = 0; i < r.n_lines; i++)
@@ -832,12 +893,33 @@ kms_err kms_service_sweep(struct kms_service *svc, int64_t now, size_t *out_n)
     return rc;
 }
 
+/* How often a request's missed lookup may trigger an object check before
+ * the sweep interval is up: each one walks the tokens. */
+#define EARLY_CHECK_S 5
+
+static bool lookups_missed_since_check(struct kms_service *svc)
+{
+    for (size_t i = 0; i < svc->n_tokens; i++)
+        if (p11_token_lookups_missed(svc->tokens[i]) != svc->missed_seen[i])
+            return true;
+    return false;
+}
+
 static void *sweeper_main(void *arg)
 {
     struct kms_service *svc = arg;
+    bool first = true;
+    time_t last_early = 0;
     pthread_mutex_lock(&svc->stop_lock);
     while (!svc->stopping) {
         pthread_mutex_unlock(&svc->stop_lock);
+        /* Tokens missing objects the store says are live (an object deleted
+         * behind kmsd's back, a token swapped for an older copy): one walk
+         * of each token per sweep interval. The start-up check just did
+         * that walk, so the first round skips it. */
+        if (!first)
+            kms_service_check_objects(svc);
+        first = false;
         size_t n = 0;
         if (kms_service_sweep(svc, (int64_t)time(NULL), &n) != KMS_OK)
             kms_log_error("sweeper", "sweep failed: %s", kms_err_detail());
@@ -856,9 +938,28 @@ static void *sweeper_main(void *arg)
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += svc->cfg->sweep_interval_s;
-        while (!svc->stopping &&
-               pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock, &until) != ETIMEDOUT)
-            ;
+        /* Wait in slices of a second: a request that needed an object its
+         * token does not hold gets the object check run early (at most
+         * every EARLY_CHECK_S), not a sweep interval later. */
+        while (!svc->stopping) {
+            struct timespec slice;
+            clock_gettime(CLOCK_REALTIME, &slice);
+            if (slice.tv_sec >= until.tv_sec)
+                break;
+            slice.tv_sec++;
+            if (slice.tv_sec > until.tv_sec)
+                slice = until;
+            if (pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock, &slice) != ETIMEDOUT ||
+                svc->stopping)
+                continue;
+            time_t now = time(NULL);
+            if (lookups_missed_since_check(svc) && now - last_early >= EARLY_CHECK_S) {
+                last_early = now;
+                pthread_mutex_unlock(&svc->stop_lock);
+                kms_service_check_objects(svc);
+                pthread_mutex_lock(&svc->stop_lock);
+            }
+        }
     }
     pthread_mutex_unlock(&svc->stop_lock);
     return NULL;

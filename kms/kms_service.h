@@ -98,6 +98,17 @@ enum kms_restore_mode {
 };
 void kms_service_set_restore_mode(enum kms_restore_mode mode, FILE *out);
 
+/* Check every answering token for live versions (per the store) whose
+ * object it does not hold: one walk of the token's key objects each. Logs
+ * each change (naming the keys, at most 20 per region) and keeps the count
+ * for readiness. Run by the sweeper thread every sweep interval, and early
+ * (at most every 5 s) after a key lookup found no object. */
+void kms_service_check_objects(struct kms_service *svc);
+
+/* The count of region's live versions without object, as of the last
+ * kms_service_check_objects; 0 for an unknown region. */
+size_t kms_service_missing_objects(struct kms_service *svc, const char *region);
+
 /* True when kmsd started in SAFE MODE: its store is older than the audit
  * log or the tokens. Then no key is created, rotated, changed, swept or
  * destroyed; decrypt and read paths serve. *out_reason (may be NULL): why,

@@ -6,6 +6,7 @@
 
 #include "kmsctl_audit.h"
 #include "kmsctl_backup.h"
+#include "kmsctl_reconcile.h"
 #include "kmsctl_byok.h"
 #include "kmsctl_crypto.h"
 #include "kmsctl_escrow.h"
@@ -34,6 +35,8 @@ static void usage(FILE *f)
             "  audit      audit log: signed heads, keys, exports; offline verify\n"
             "  backup     consistent backup of this node's store, audit logs and\n"
             "             configuration while kmsd runs (no server call)\n"
+            "  reconcile  after a restore, with kmsd stopped: print the plan (reattach,\n"
+            "             rebuild; never destroy), apply it with --confirm (runs kmsd)\n"
             "  recovery   M-of-N recovery of escrowed keys: request, show, list, approve,\n"
             "             execute, cancel\n"
             "  officer    officer sign: sign a recovery statement offline\n"
@@ -82,6 +85,8 @@ int main(int argc, char **argv)
         return kmsctl_audit_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "backup") == 0)
         return kmsctl_backup_main(argc - 1, argv + 1);
+    if (strcmp(argv[1], "reconcile") == 0)
+        return kmsctl_reconcile_main(argc - 1, argv + 1);
     if (strcmp(argv[1], "encrypt") == 0 || strcmp(argv[1], "decrypt") == 0 ||
         strcmp(argv[1], "re-encrypt") == 0 || strcmp(argv[1], "data-key") == 0)
         return kmsctl_crypto_main(argc - 1, argv + 1);

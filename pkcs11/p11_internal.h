@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -74,9 +75,16 @@ struct p11_token {
     size_t n_open;
     size_t cap;
     atomic_bool unavailable;
+    atomic_llong unavailable_since; /* CLOCK_MONOTONIC seconds of the last flip */
     atomic_bool pin_failed; /* a PIN error is never retried automatically */
     atomic_ulong sessions_replaced;
+    atomic_ulong lookups_missed; /* p11_key_handle found no object */
     int metrics_id; /* kms_metrics token id; -1: not recorded */
+    /* Set while the module is re-initialised (p11_module_recover): no new
+     * lease and no probe starts, and the recovery waits until every lease
+     * is back (n_open == n_idle) and no probe runs (n_probing == 0). */
+    bool frozen;
+    size_t n_probing;
 
     struct p11_handle_cache cache;
 
@@ -109,6 +117,51 @@ void p11_session_give(struct p11_token *tok, CK_SESSION_HANDLE s, bool broken);
 
 /* Close every pooled session (token shutdown). */
 void p11_session_pool_drain(struct p11_token *tok);
+
+/* ---- module re-initialisation (p11_module.c, p11_session.c) ----
+ *
+ * Some modules never see a token again once it failed: SoftHSMv2 answers
+ * CKR_GENERAL_ERROR to C_GetTokenInfo for good after its token directory
+ * went away, even when it is back. The only remedy PKCS#11 offers short of
+ * restarting the process is C_Finalize + C_Initialize, which ends every
+ * session of every token of the module. p11_module_recover does that
+ * safely, once the token has not answered for P11_REINIT_MIN_S (a module
+ * that sees its token again by itself is given that long): it freezes
+ * every token's pool, waits (bounded) until no lease is
+ * out and no probe runs, forgets the dead sessions without closing them (a
+ * closed handle number may be reused by the new initialisation), clears
+ * the handle caches, re-initialises, finds each token again by serial and
+ * thaws. Attempts are spaced out (P11_REINIT_MIN_S doubling to
+ * P11_REINIT_MAX_S while the token stays away), since each one pauses the
+ * module's other tokens for a moment. Only a module kmsd initialised itself
+ * is re-initialised. */
+#define P11_REINIT_MIN_S 2
+#define P11_REINIT_MAX_S 30
+#define P11_REINIT_DRAIN_S 5
+
+void p11_module_add_token(struct p11_module *mod, struct p11_token *tok);
+void p11_module_remove_token(struct p11_module *mod, struct p11_token *tok);
+/* Re-initialise mod to bring `trigger` back; true when it ran (the caller
+ * then probes again). Called without any lease or pool lock held. */
+bool p11_module_recover(struct p11_module *mod, struct p11_token *trigger);
+/* Re-initialise the module's function list (C_Finalize if initialised,
+ * then C_Initialize); KMS_OK when initialised afterwards. */
+kms_err p11_module_reinit_library(struct p11_module *mod);
+
+/* Pool side of a recovery (p11_session.c). */
+void p11_pool_freeze(struct p11_token *tok);
+bool p11_pool_wait_drained(struct p11_token *tok, const struct timespec *deadline);
+void p11_pool_forget(struct p11_token *tok);
+void p11_pool_thaw(struct p11_token *tok);
+/* A probe that is not a lease: false while the pool is frozen. */
+bool p11_probe_begin(struct p11_token *tok);
+void p11_probe_end(struct p11_token *tok);
+/* Find the token again by serial after a re-initialisation (p11_token.c);
+ * sets or clears its unavailable mark. */
+void p11_token_reresolve(struct p11_token *tok);
+/* Mark the token unavailable; on the change, note when and log it with the
+ * current error detail (p11_token.c). */
+void p11_token_mark_unavailable(struct p11_token *tok);
 
 kms_err p11_cache_init(struct p11_handle_cache *c);
 void p11_cache_cleanup(struct p11_handle_cache *c);

@@ -341,7 +341,12 @@ kms_err p11_key_handle(struct p11_token *tok, CK_SESSION_HANDLE s, const struct 
     CK_OBJECT_HANDLE found[2];
     CK_ULONG n = 0;
     KMS_GUARD(find_objects(tok, s, t, type == P11_TYPE_ANY ? 2 : 3, found, 2, &n));
-    KMS_ENSURE(n > 0, KMS_ERR_NOT_FOUND, "no such key in token '%s'", tok->label);
+    if (n == 0) {
+        /* Counted for the service's object check: a request needed an
+         * object that is not there (p11_token_lookups_missed). */
+        atomic_fetch_add(&tok->lookups_missed, 1);
+        return kms_err_set(KMS_ERR_NOT_FOUND, "no such key in token '%s'", tok->label);
+    }
     /* Ids are random and 16 bytes, and p11_key_generate never makes two
      * objects of one class and type under one id: two mean someone else
      * wrote to this token. Refuse rather than pick one. */

@@ -4,8 +4,10 @@
 #include "p11_module.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kms_log.h"
 #include "p11_internal.h"
@@ -28,6 +30,17 @@ struct p11_module {
     CK_FUNCTION_LIST_PTR fl;
     char *path;
     bool owns_init; /* false when someone in the process initialised it first */
+    bool initialized; /* false after a re-initialisation whose C_Initialize failed */
+
+    /* The open tokens of this module, for p11_module_recover. reg_lock
+     * guards the list and is held for a whole recovery, so no token is freed
+     * under it; reinit_lock lets one recovery run at a time. */
+    pthread_mutex_t reg_lock;
+    pthread_mutex_t reinit_lock;
+    struct p11_token **toks;
+    size_t n_toks, cap_toks;
+    struct timespec next_reinit; /* CLOCK_MONOTONIC; zero: any time */
+    unsigned backoff_s;
 };
 
 CK_FUNCTION_LIST_PTR p11_module_fl(const struct p11_module *mod)
@@ -107,6 +120,10 @@ kms_err p11_module_load(const char *path, struct p11_module **out_mod)
         rc = p11_rv_err(rv, "C_Initialize", path);
         goto fail;
     }
+    mod->initialized = true;
+    mod->backoff_s = P11_REINIT_MIN_S;
+    pthread_mutex_init(&mod->reg_lock, NULL);
+    pthread_mutex_init(&mod->reinit_lock, NULL);
     *out_mod = mod;
     return KMS_OK;
 
@@ -122,13 +139,126 @@ void p11_module_free(struct p11_module *mod)
 {
     if (mod == NULL)
         return;
-    if (mod->owns_init)
+    if (mod->owns_init && mod->initialized)
         mod->fl->C_Finalize(NULL);
+    pthread_mutex_destroy(&mod->reg_lock);
+    pthread_mutex_destroy(&mod->reinit_lock);
+    free(mod->toks);
     /* SoftHSMv2 and others register atexit handlers and thread-local state;
      * unloading them while the process lives is a known source of crashes at
      * exit, so the library stays mapped. */
     free(mod->path);
     free(mod);
+}
+
+/* ---- recovery by re-initialisation (p11_internal.h) ---------------- */
+
+void p11_module_add_token(struct p11_module *mod, struct p11_token *tok)
+{
+    pthread_mutex_lock(&mod->reg_lock);
+    if (mod->n_toks == mod->cap_toks) {
+        size_t cap = mod->cap_toks ? mod->cap_toks * 2 : 4;
+        struct p11_token **t = realloc(mod->toks, cap * sizeof(*t));
+        if (t == NULL) {
+            /* Not fatal: the token is served, only never recovered by a
+             * re-initialisation (a restart still does). */
+            kms_log_warn("pkcs11", "token '%s': out of memory registering it for recovery",
+                         tok->label);
+            pthread_mutex_unlock(&mod->reg_lock);
+            return;
+        }
+        mod->toks = t;
+        mod->cap_toks = cap;
+    }
+    mod->toks[mod->n_toks++] = tok;
+    pthread_mutex_unlock(&mod->reg_lock);
+}
+
+void p11_module_remove_token(struct p11_module *mod, struct p11_token *tok)
+{
+    pthread_mutex_lock(&mod->reg_lock);
+    for (size_t i = 0; i < mod->n_toks; i++) {
+        if (mod->toks[i] == tok) {
+            mod->toks[i] = mod->toks[--mod->n_toks];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&mod->reg_lock);
+}
+
+kms_err p11_module_reinit_library(struct p11_module *mod)
+{
+    if (mod->initialized)
+        mod->fl->C_Finalize(NULL);
+    mod->initialized = false;
+    CK_C_INITIALIZE_ARGS args;
+    memset(&args, 0, sizeof(args));
+    args.flags = CKF_OS_LOCKING_OK;
+    CK_RV rv = mod->fl->C_Initialize(&args);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        return p11_rv_err(rv, "C_Initialize", mod->path);
+    mod->initialized = true;
+    return KMS_OK;
+}
+
+static bool ts_before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+bool p11_module_recover(struct p11_module *mod, struct p11_token *trigger)
+{
+    if (!mod->owns_init || pthread_mutex_trylock(&mod->reinit_lock) != 0)
+        return false;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (ts_before(&now, &mod->next_reinit)) {
+        pthread_mutex_unlock(&mod->reinit_lock);
+        return false;
+    }
+    pthread_mutex_lock(&mod->reg_lock);
+    for (size_t i = 0; i < mod->n_toks; i++)
+        p11_pool_freeze(mod->toks[i]);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += P11_REINIT_DRAIN_S;
+    bool drained = true;
+    for (size_t i = 0; i < mod->n_toks && drained; i++)
+        drained = p11_pool_wait_drained(mod->toks[i], &deadline);
+    bool ran = false;
+    if (!drained) {
+        kms_log_warn("pkcs11", "token '%s' (region %s) does not answer; re-initialising %s "
+                     "to recover it was put off: sessions stayed in use for %d s",
+                     trigger->label, trigger->region, mod->path, P11_REINIT_DRAIN_S);
+    } else {
+        for (size_t i = 0; i < mod->n_toks; i++)
+            p11_pool_forget(mod->toks[i]);
+        kms_err rc = p11_module_reinit_library(mod);
+        if (rc == KMS_OK) {
+            for (size_t i = 0; i < mod->n_toks; i++)
+                p11_token_reresolve(mod->toks[i]);
+        } else {
+            for (size_t i = 0; i < mod->n_toks; i++)
+                p11_token_mark_unavailable(mod->toks[i]);
+        }
+        bool back = rc == KMS_OK && !atomic_load(&trigger->unavailable);
+        kms_log_info("pkcs11", "re-initialised %s to recover token '%s' (region %s): %s",
+                     mod->path, trigger->label, trigger->region,
+                     back ? "the token answers again"
+                          : rc != KMS_OK ? "C_Initialize failed; will try again"
+                                         : "the token is still away; will try again");
+        ran = true;
+        mod->backoff_s = back ? P11_REINIT_MIN_S
+                              : (mod->backoff_s * 2 > P11_REINIT_MAX_S ? P11_REINIT_MAX_S
+                                                                       : mod->backoff_s * 2);
+    }
+    for (size_t i = 0; i < mod->n_toks; i++)
+        p11_pool_thaw(mod->toks[i]);
+    pthread_mutex_unlock(&mod->reg_lock);
+    clock_gettime(CLOCK_MONOTONIC, &mod->next_reinit);
+    mod->next_reinit.tv_sec += mod->backoff_s;
+    pthread_mutex_unlock(&mod->reinit_lock);
+    return ran;
 }
 
 static kms_err slot_list(struct p11_module *mod, CK_SLOT_ID **out, CK_ULONG *out_n)

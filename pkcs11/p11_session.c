@@ -73,6 +73,16 @@ kms_err p11_session_take(struct p11_token *tok, CK_SESSION_HANDLE *out)
 
     pthread_mutex_lock(&tok->lock);
     for (;;) {
+        if (tok->frozen) {
+            /* The module is being re-initialised (p11_module_recover):
+             * every session is about to end. Wait for the new ones. */
+            if (pthread_cond_timedwait(&tok->cond, &tok->lock, &deadline) == ETIMEDOUT) {
+                pthread_mutex_unlock(&tok->lock);
+                return kms_err_set(KMS_ERR_HSM_UNAVAILABLE,
+                                   "token '%s': its module is being re-initialised", tok->label);
+            }
+            continue;
+        }
         if (tok->n_idle > 0) {
             *out = tok->idle[--tok->n_idle];
             pthread_mutex_unlock(&tok->lock);
@@ -155,19 +165,107 @@ void p11_session_pool_drain(struct p11_token *tok)
     pthread_mutex_unlock(&tok->lock);
 }
 
+/* ---- recovery by re-initialisation (p11_internal.h) ---------------- */
+
+void p11_pool_freeze(struct p11_token *tok)
+{
+    pthread_mutex_lock(&tok->lock);
+    tok->frozen = true;
+    pthread_mutex_unlock(&tok->lock);
+}
+
+bool p11_pool_wait_drained(struct p11_token *tok, const struct timespec *deadline)
+{
+    pthread_mutex_lock(&tok->lock);
+    while (tok->n_open != tok->n_idle || tok->n_probing > 0) {
+        /* Returns signal one waiter, which may be a frozen taker: poll in
+         * short slices rather than rely on being the one woken. */
+        struct timespec slice;
+        clock_gettime(CLOCK_REALTIME, &slice);
+        slice.tv_nsec += 10000000L;
+        if (slice.tv_nsec >= 1000000000L) {
+            slice.tv_sec++;
+            slice.tv_nsec -= 1000000000L;
+        }
+        if (slice.tv_sec > deadline->tv_sec ||
+            (slice.tv_sec == deadline->tv_sec && slice.tv_nsec > deadline->tv_nsec)) {
+            bool done = tok->n_open == tok->n_idle && tok->n_probing == 0;
+            pthread_mutex_unlock(&tok->lock);
+            return done;
+        }
+        pthread_cond_timedwait(&tok->cond, &tok->lock, &slice);
+    }
+    pthread_mutex_unlock(&tok->lock);
+    return true;
+}
+
+void p11_pool_forget(struct p11_token *tok)
+{
+    /* No C_CloseSession: C_Finalize ends them all, and after C_Initialize a
+     * handle number may name someone's new session. */
+    pthread_mutex_lock(&tok->lock);
+    tok->n_open -= tok->n_idle;
+    tok->n_idle = 0;
+    pthread_mutex_unlock(&tok->lock);
+    p11_cache_clear(&tok->cache);
+}
+
+void p11_pool_thaw(struct p11_token *tok)
+{
+    pthread_mutex_lock(&tok->lock);
+    tok->frozen = false;
+    pthread_cond_broadcast(&tok->cond);
+    pthread_mutex_unlock(&tok->lock);
+}
+
+bool p11_probe_begin(struct p11_token *tok)
+{
+    pthread_mutex_lock(&tok->lock);
+    bool ok = !tok->frozen;
+    if (ok)
+        tok->n_probing++;
+    pthread_mutex_unlock(&tok->lock);
+    return ok;
+}
+
+void p11_probe_end(struct p11_token *tok)
+{
+    pthread_mutex_lock(&tok->lock);
+    tok->n_probing--;
+    pthread_cond_broadcast(&tok->cond);
+    pthread_mutex_unlock(&tok->lock);
+}
+
 kms_err p11_with_session(struct p11_token *tok, p11_session_fn fn, void *arg)
 {
     for (int attempt = 0;; attempt++) {
         CK_SESSION_HANDLE s;
-        KMS_GUARD(p11_session_take(tok, &s));
-        kms_err rc = fn(tok, s, arg);
-        bool broken = rc == KMS_ERR_HSM_SESSION || rc == KMS_ERR_HSM_UNAVAILABLE;
-        p11_session_give(tok, s, broken);
-        if (rc == KMS_ERR_HSM_UNAVAILABLE) {
-            atomic_store(&tok->unavailable, true);
-            kms_log_error("pkcs11", "token '%s' (region %s) is unavailable: %s", tok->label,
-                          tok->region, kms_err_detail());
+        kms_err rc = p11_session_take(tok, &s);
+        if (rc == KMS_OK) {
+            rc = fn(tok, s, arg);
+            bool broken = rc == KMS_ERR_HSM_SESSION || rc == KMS_ERR_HSM_UNAVAILABLE;
+            p11_session_give(tok, s, broken);
         }
+        /* An error PKCS#11 does not sort (CKR_GENERAL_ERROR, CKR_DEVICE_ERROR,
+         * ...) may be the token's or the request's. Ask the token: when it
+         * no longer answers C_GetTokenInfo the region is out of service
+         * (`unavailable`, and re-probed from then on); when it answers, the
+         * request failed (`internal`). A token whose directory went away
+         * answers CKR_OBJECT_HANDLE_INVALID, then CKR_GENERAL_ERROR to
+         * C_Login: this is where it is noticed. */
+        if (rc == KMS_ERR_HSM) {
+            char first[400];
+            snprintf(first, sizeof(first), "%s", kms_err_detail());
+            if (p11_token_probe(tok) != KMS_OK) {
+                char why[400];
+                snprintf(why, sizeof(why), "%s", kms_err_detail());
+                rc = kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "%s; %s", first, why);
+            } else {
+                rc = kms_err_set(KMS_ERR_HSM, "%s", first);
+            }
+        }
+        if (rc == KMS_ERR_HSM_UNAVAILABLE)
+            p11_token_mark_unavailable(tok);
         if (rc != KMS_ERR_HSM_SESSION || attempt > 0)
             return rc;
         kms_log_warn("pkcs11", "token '%s': session lost (%s); retrying once with a new session",
@@ -194,6 +292,11 @@ kms_err p11_token_check(struct p11_token *tok)
      * session open at all, one is opened and logged in, as a request would. */
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     pthread_mutex_lock(&tok->lock);
+    if (tok->frozen) {
+        pthread_mutex_unlock(&tok->lock);
+        return kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "token '%s': its module is being "
+                           "re-initialised", tok->label);
+    }
     bool idle = tok->n_idle > 0, busy = !idle && tok->n_open > 0;
     if (idle)
         s = tok->idle[--tok->n_idle];
@@ -209,6 +312,6 @@ kms_err p11_token_check(struct p11_token *tok)
         rc = kms_err_set(KMS_ERR_HSM_SESSION, "token '%s': session is not logged in", tok->label);
     p11_session_give(tok, s, rc != KMS_OK);
     if (rc == KMS_ERR_HSM_UNAVAILABLE)
-        atomic_store(&tok->unavailable, true);
+        p11_token_mark_unavailable(tok);
     return rc;
 }

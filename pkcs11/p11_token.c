@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/uri.h>
@@ -32,6 +33,11 @@ const char *p11_token_serial(const struct p11_token *tok)
 bool p11_token_available(const struct p11_token *tok)
 {
     return !atomic_load(&tok->unavailable);
+}
+
+unsigned long p11_token_lookups_missed(const struct p11_token *tok)
+{
+    return atomic_load(&((struct p11_token *)tok)->lookups_missed);
 }
 
 /* ---- capabilities ---------------------------------------------------- */
@@ -247,6 +253,7 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
 
     kms_log_info("pkcs11", "token '%s' (serial %s, %s) serves region %s with up to %zu sessions",
                  tok->label, tok->serial, tok->manufacturer, tok->region, tok->cap);
+    p11_module_add_token(mod, tok);
     *out = tok;
     return KMS_OK;
 fail:
@@ -285,6 +292,7 @@ void p11_token_free(struct p11_token *tok)
 {
     if (tok == NULL)
         return;
+    p11_module_remove_token(tok->mod, tok);
     if (tok->idle)
         p11_session_pool_drain(tok);
     p11_cache_cleanup(&tok->cache);
@@ -298,28 +306,107 @@ void p11_token_free(struct p11_token *tok)
     free(tok);
 }
 
-kms_err p11_token_probe(struct p11_token *tok)
+/* One C_GetTokenInfo: does the slot still hold our token? *out_asked is
+ * false when the pool was frozen by a recovery and nothing was asked. */
+static kms_err probe_once(struct p11_token *tok, bool *out_asked)
 {
+    *out_asked = p11_probe_begin(tok);
+    if (!*out_asked)
+        return kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "token '%s': its module is being "
+                           "re-initialised", tok->label);
     CK_TOKEN_INFO ti;
     CK_RV rv = tok->fl->C_GetTokenInfo(tok->slot, &ti);
+    p11_probe_end(tok);
     if (rv != CKR_OK) {
         kms_err rc = p11_rv_err(rv, "C_GetTokenInfo", tok->label);
         if (rc != KMS_ERR_HSM_UNAVAILABLE)
             rc = kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "token '%s' does not answer: %s",
                              tok->label, p11_rv_name(rv));
-        atomic_store(&tok->unavailable, true);
         return rc;
     }
     char serial[17];
     p11_str_from_field(serial, sizeof(serial), ti.serialNumber, sizeof(ti.serialNumber));
-    if (strcmp(serial, tok->serial) != 0) {
-        atomic_store(&tok->unavailable, true);
-        return kms_err_set(KMS_ERR_HSM_UNAVAILABLE,
-                           "slot of token '%s' now holds another token (serial %s)", tok->label,
-                           serial);
+    KMS_ENSURE(strcmp(serial, tok->serial) == 0, KMS_ERR_HSM_UNAVAILABLE,
+               "slot of token '%s' now holds another token (serial %s)", tok->label, serial);
+    return KMS_OK;
+}
+
+static long long mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec;
+}
+
+void p11_token_mark_unavailable(struct p11_token *tok)
+{
+    if (!atomic_exchange(&tok->unavailable, true)) {
+        atomic_store(&tok->unavailable_since, mono_s());
+        kms_log_error("pkcs11", "token '%s' (region %s) is unavailable: %s", tok->label,
+                      tok->region, kms_err_detail());
     }
+}
+
+static void mark_available(struct p11_token *tok)
+{
     if (atomic_exchange(&tok->unavailable, false))
         kms_log_info("pkcs11", "token '%s' (region %s) is available again", tok->label,
                      tok->region);
+}
+
+kms_err p11_token_probe(struct p11_token *tok)
+{
+    bool asked;
+    kms_err rc = probe_once(tok, &asked);
+    if (rc != KMS_OK && asked) {
+        p11_token_mark_unavailable(tok);
+        /* Some modules never see a token again once it failed (SoftHSMv2:
+         * CKR_GENERAL_ERROR for good after its directory went away and came
+         * back); re-initialising the module is the remedy, spaced out, and
+         * only once the module had P11_REINIT_MIN_S to see it by itself. */
+        char why[400];
+        snprintf(why, sizeof(why), "%s", kms_err_detail());
+        if (mono_s() - atomic_load(&tok->unavailable_since) >= P11_REINIT_MIN_S &&
+            p11_module_recover(tok->mod, tok))
+            rc = probe_once(tok, &asked);
+        if (rc != KMS_OK)
+            kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "%s", why);
+    }
+    if (rc != KMS_OK) {
+        p11_token_mark_unavailable(tok);
+        return rc;
+    }
+    mark_available(tok);
     return KMS_OK;
+}
+
+void p11_token_reresolve(struct p11_token *tok)
+{
+    CK_ULONG n = 0;
+    CK_SLOT_ID *slots = NULL;
+    bool found = false;
+    if (tok->fl->C_GetSlotList(CK_TRUE, NULL, &n) == CKR_OK && n > 0 &&
+        (slots = calloc(n, sizeof(*slots))) != NULL &&
+        tok->fl->C_GetSlotList(CK_TRUE, slots, &n) == CKR_OK) {
+        for (CK_ULONG i = 0; i < n && !found; i++) {
+            CK_TOKEN_INFO ti;
+            if (tok->fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+                continue;
+            char serial[17], label[33];
+            p11_str_from_field(serial, sizeof(serial), ti.serialNumber, sizeof(ti.serialNumber));
+            p11_str_from_field(label, sizeof(label), ti.label, sizeof(ti.label));
+            if (strcmp(serial, tok->serial) == 0 && strcmp(label, tok->label) == 0) {
+                tok->slot = slots[i]; /* modules may renumber slots */
+                found = true;
+            }
+        }
+    }
+    free(slots);
+    if (found) {
+        mark_available(tok);
+    } else {
+        kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "token '%s' (serial %s) is not in any slot",
+                    tok->label, tok->serial);
+        p11_token_mark_unavailable(tok);
+    }
 }

@@ -46,6 +46,10 @@ const char *p11_token_serial(const struct p11_token *tok);
 /* False after the token reported removal; p11_token_probe() re-checks. */
 bool p11_token_available(const struct p11_token *tok);
 
+/* How many key lookups by CKA_ID found no object since the token was opened
+ * (a request needed an object the token does not hold). Monotonic. */
+unsigned long p11_token_lookups_missed(const struct p11_token *tok);
+
 /* Ask the module whether the token is present and usable again (for health
  * checks); clears the unavailable mark when it is. */
 kms_err p11_token_probe(struct p11_token *tok);

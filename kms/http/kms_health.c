@@ -96,7 +96,14 @@ int kms_health_region(struct kms_health *h, const char *region, char *why, size_
         }
     }
     if (!p11_token_available(tok)) {
-        snprintf(why, n, "region %s: its HSM token is unavailable", region);
+        snprintf(why, n, "region %s: its HSM token '%s' is unavailable", region,
+                 p11_token_label(tok));
+        return 0;
+    }
+    size_t missing = kms_service_missing_objects(h->svc, region);
+    if (missing > 0) {
+        snprintf(why, n, "region %s: %zu live key version(s) have no object in HSM token '%s' "
+                 "(see the kmsd log)", region, missing, p11_token_label(tok));
         return 0;
     }
     return 1;
@@ -109,12 +116,29 @@ void kms_health_refused_regions(struct kms_health *h, char *buf, size_t n)
     buf[0] = '\0';
     for (size_t i = 0; i < cfg->n_tokens && used < n; i++) {
         const char *region = cfg->tokens[i].region;
-        if (kms_service_region_check(h->svc, region) == KMS_OK)
-            continue;
-        int w = snprintf(buf + used, n - used,
+        struct p11_token *tok = kms_service_token(h->svc, region);
+        int w;
+        if (kms_service_region_check(h->svc, region) != KMS_OK)
+            w = snprintf(buf + used, n - used,
                          "region %s: not served: its audit log failed the start-up check (see "
                          "the kmsd log)\n",
                          region);
+        else if (tok != NULL && !p11_token_available(tok))
+            /* The label is what the operator looks for in the HSM; it is in
+             * the configuration, not a secret. */
+            w = snprintf(buf + used, n - used,
+                         "region %s: its HSM token '%s' is unavailable (re-probed on every "
+                         "check; served again when it answers)\n",
+                         region, p11_token_label(tok));
+        else if (tok != NULL && kms_service_missing_objects(h->svc, region) > 0)
+            /* A count, never key ids: this answer is unauthenticated. */
+            w = snprintf(buf + used, n - used,
+                         "region %s: %zu live key version(s) have no object in HSM token '%s' "
+                         "(see the kmsd log)\n",
+                         region, kms_service_missing_objects(h->svc, region),
+                         p11_token_label(tok));
+        else
+            continue;
         if (w < 0 || (size_t)w >= n - used) {
             buf[used] = '\0'; /* no half line */
             break;

@@ -29,7 +29,8 @@ bool kms_health_ready(struct kms_health *h);
 
 /* One region's readiness, for GET /readyz?region=R: served here (its audit
  * log passed the start-up scan), its audit log writable, its token
- * answering. Cheap (no HSM call): flags the service keeps. Returns 1 when
+ * answering and holding every live version's object (as of the sweeper's
+ * last object check). Cheap (no HSM call): flags the service keeps. Returns 1 when
  * ready, 0 when not (why gets one line, "region R: ...", no paths or
  * secrets: the answer is unauthenticated), -1 when R is not configured. */
 int kms_health_region(struct kms_health *h, const char *region, char *why, size_t n);
@@ -37,8 +38,11 @@ int kms_health_region(struct kms_health *h, const char *region, char *why, size_
 /* "region R: not served: ...\n" for every region refused at start (its
  * audit log failed the start-up scan), for the body of a 503 /readyz: a
  * region refused at start stays so until an operator restores its files
- * and restarts kmsd, so that is worth saying where they look first. ""
- * when none. */
+ * and restarts kmsd, so that is worth saying where they look first; and
+ * "region R: its HSM token 'L' is unavailable ...\n" for every token that
+ * does not answer (as of the last check), and "region R: N live key
+ * version(s) have no object ...\n" (a count, never key ids) for every token
+ * missing objects. "" when none. */
 void kms_health_refused_regions(struct kms_health *h, char *buf, size_t n);
 
 #endif

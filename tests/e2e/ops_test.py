@@ -234,7 +234,10 @@ try:
     set_faults("* CKR_TOKEN_NOT_PRESENT\n")
     unready = wait_for(lambda: get("/readyz")[0] == 503, 10)
     s, body, _ = get("/readyz")
-    check(unready and body == "not ready\n", "/readyz: 503 'not ready' once the token is removed")
+    check(unready and body.startswith("not ready\n") and
+          "region eu-west: its HSM token 'custos-eu-west' is unavailable" in body,
+          f"/readyz: 503 'not ready', naming the region and its token, once the token is "
+          f"removed ({body!r})")
     check(get("/livez")[0] == 200, "/livez stays 200 while the token is away")
     s, e = rpc("Encrypt", pb.EncryptRequest(key_id=key, plaintext=b"x"), pb.EncryptResponse,
                "demo-broker")

@@ -14,7 +14,8 @@
 # 2. Tokens older than the store: SAFE MODE too (before: ready, and
 #    not_found everywhere), until the newer token is back.
 # 3. `kmsctl backup` while keys are created and rotated, the token copy
-#    after it, everything restored as on a new machine: reconciled, every
+#    after it, everything restored as on a new machine and reconciled with
+#    `kmsctl reconcile` (refused while kmsd runs or without a store): every
 #    ciphertext acknowledged before the backup decrypts, nothing destroyed,
 #    no version number reissued, the audit log verifies and records it.
 # 4. Store and tokens restored together, older than the audit log: SAFE
@@ -120,6 +121,13 @@ if out=$(printf x | as demo-broker encrypt --key-id "$k1" 2>&1); then fail "encr
 ok "safe mode refuses key creation and encryption"
 /usr/bin/python3 tests/e2e/restore_tokens.py ops "$E2E_DIR" "$E2E_PORT" RestoreDetected &&
     ok "the audit log records the detected restore" || fail "RestoreDetected not audited"
+if out=$("$KMSCTL" reconcile --config "$E2E_DIR/kmsd.json" --confirm 2>&1); then
+    fail "kmsctl reconcile while kmsd runs: $out"
+fi
+case "$out" in *"kmsd is running"*"stop it first"*)
+    [ "$(db_state "$k2")" = 4 ] && ok "kmsctl reconcile refuses while kmsd runs, changing nothing ($out)" ||
+        fail "kmsctl reconcile changed the store" ;;
+    *) fail "kmsctl reconcile while kmsd runs: $out" ;; esac
 e2e_stop
 
 "$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile >"$W/plan.txt" 2>>"$E2E_DIR/kmsd.log" ||
@@ -237,14 +245,28 @@ mkdir -p "$W/old-machine"
 mv "$E2E_DIR"/kmsd.db* "$E2E_DIR/audit" "$W/old-machine/"
 rm -rf "$E2E_DIR/hsm/tokens"
 cp -a "$W/bk/tokens" "$E2E_DIR/hsm/tokens"
+if out=$("$KMSCTL" reconcile --config "$E2E_DIR/kmsd.json" 2>&1); then fail "reconcile without a store"; fi
+case "$out" in *"restore it first"*) [ ! -e "$E2E_DIR/kmsd.db" ] &&
+    ok "kmsctl reconcile refuses a missing store, and creates none ($out)" || fail "a store appeared" ;;
+    *) fail "kmsctl reconcile without a store: $out" ;; esac
 cp "$W/bk/kmsd.db" "$E2E_DIR/kmsd.db"
 cp -a "$W/bk/audit" "$E2E_DIR/audit"
-"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile >"$W/plan3.txt" 2>>"$E2E_DIR/kmsd.log" ||
-    fail "plan: $(cat "$W/plan3.txt")"
+# The operator's command (the runbook's): kmsctl reconcile runs kmsd's
+# reconcile; the PINs stay in the files the configuration names.
+"$KMSCTL" reconcile --config "$E2E_DIR/kmsd.json" >"$W/plan3.txt" 2>>"$E2E_DIR/kmsd.log" ||
+    fail "kmsctl reconcile: $(cat "$W/plan3.txt")"
 grep -q "this store is a restored backup of store" "$W/plan3.txt" &&
-    ok "the plan says the store is a restored backup" || fail "plan3: $(head -3 "$W/plan3.txt")"
-"$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile --confirm >"$W/apply3.txt" 2>>"$E2E_DIR/kmsd.log" ||
-    fail "apply: $(cat "$W/apply3.txt")"
+    grep -q "kmsd would start in SAFE MODE" "$W/plan3.txt" &&
+    ok "kmsctl reconcile prints the plan: the store is a restored backup" ||
+    fail "plan3: $(head -3 "$W/plan3.txt")"
+e2e_start
+case "$(readyz)" in *"SAFE MODE"*) ok "the plan alone changed nothing: still safe mode" ;;
+    *) fail "not in safe mode after the plan: $(readyz)" ;; esac
+e2e_stop
+"$KMSCTL" reconcile --config "$E2E_DIR/kmsd.json" --confirm >"$W/apply3.txt" 2>>"$E2E_DIR/kmsd.log" ||
+    fail "kmsctl reconcile --confirm: $(cat "$W/apply3.txt")"
+grep -q "operator confirmed the restore reconcile" "$W/apply3.txt" &&
+    ok "kmsctl reconcile --confirm applies it" || fail "apply3: $(cat "$W/apply3.txt")"
 e2e_start
 [ "$(readyz)" = ready ] && ok "restored on a new machine and reconciled: ready" ||
     fail "not ready: $(readyz)"

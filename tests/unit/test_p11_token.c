@@ -3,6 +3,8 @@
  * the session pool, against the real SoftHSMv2 tokens of the test run.
  */
 #include <check.h>
+#include <dirent.h>
+#include <time.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -265,6 +267,89 @@ START_TEST(probe_available)
 }
 END_TEST
 
+/* The eu-west token directory moved away and back, as a restore does:
+ * SoftHSMv2 answers CKR_GENERAL_ERROR for that slot from then on, even when
+ * the directory is back; only re-initialising the module (p11_module_recover)
+ * brings it back. Paths kept here so the teardown can put it back whatever
+ * the test did. */
+static char tok_dir[1024], tok_away[1040];
+
+static void put_back(void)
+{
+    if (tok_away[0] && access(tok_away, F_OK) == 0)
+        rename(tok_away, tok_dir);
+    tok_away[0] = '\0';
+}
+
+static void teardown_put_back(void)
+{
+    put_back();
+    testenv_close(&env);
+}
+
+static bool find_token_dir(const char *label, char *out, size_t n)
+{
+    char tokens[512];
+    snprintf(tokens, sizeof(tokens), "%s/tokens", testenv_hsm_dir());
+    DIR *d = opendir(tokens);
+    if (d == NULL)
+        return false;
+    bool found = false;
+    struct dirent *e;
+    while (!found && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char obj[1024];
+        snprintf(obj, sizeof(obj), "%s/%s/token.object", tokens, e->d_name);
+        FILE *f = fopen(obj, "rb");
+        if (f == NULL)
+            continue;
+        char buf[4096];
+        size_t got = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        if (memmem(buf, got, label, strlen(label)) != NULL) {
+            if ((size_t)snprintf(out, n, "%s/%s", tokens, e->d_name) < n)
+                found = true;
+            continue;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+START_TEST(token_back_after_reinit)
+{
+    ck_assert(find_token_dir("custos-eu-west", tok_dir, sizeof(tok_dir)));
+    /* Out of the token directory: a fresh C_Initialize would find it there
+     * under any name. */
+    ck_assert((size_t)snprintf(tok_away, sizeof(tok_away), "%s/eu-west-token-away",
+                               testenv_work_dir()) < sizeof(tok_away));
+    uint8_t buf[8];
+    ck_assert_int_eq(p11_random(env.us, buf, sizeof(buf)), KMS_OK); /* a pooled us session */
+    ck_assert_int_eq(rename(tok_dir, tok_away), 0);
+    ck_assert_int_ne(p11_token_probe(env.eu), KMS_OK);
+    ck_assert(!p11_token_available(env.eu));
+    put_back();
+    /* Re-initialisation attempts are spaced out (P11_REINIT_MIN_S doubling):
+     * poll well past the first intervals. */
+    bool back = false;
+    for (int i = 0; i < 200 && !back; i++) {
+        back = p11_token_probe(env.eu) == KMS_OK;
+        if (!back) {
+            struct timespec ts = {0, 100000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    ck_assert_msg(back, "eu-west never answered again: %s", kms_err_detail());
+    ck_assert(p11_token_available(env.eu));
+    ck_assert_int_eq(p11_random(env.eu, buf, sizeof(buf)), KMS_OK);
+    /* The other token of the module lost its sessions to the
+     * re-initialisation and serves on with new ones. */
+    ck_assert_int_eq(p11_random(env.us, buf, sizeof(buf)), KMS_OK);
+    ck_assert(p11_token_available(env.us));
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("p11_token");
@@ -298,6 +383,12 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, pool_respects_cap);
     tcase_add_test(tc, probe_available);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("recovery");
+    tcase_add_checked_fixture(tc, setup, teardown_put_back);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, token_back_after_reinit);
     suite_add_tcase(s, tc);
     return s;
 }
