@@ -31,6 +31,7 @@
 #include "audit_state.h"
 #include "audit_verify.h"
 #include "audit_verify_util.h"
+#include "kmsctl_print.h"
 #include "kmsctl_rpc.h"
 #include "proto/audit.pb-c.h"
 
@@ -236,25 +237,6 @@ static int write_file(const char *path, const void *data, size_t len, mode_t mod
     return audit_file_write(path, data, len, mode) == KMS_OK ? KMSCTL_EXIT_OK : local_error();
 }
 
-static json_t *jstr(const char *s)
-{
-    char buf[1024];
-    json_t *j = json_string(s ? s : "");
-    return j ? j : json_string(audit_printable(s, buf, sizeof(buf)));
-}
-
-static int print_json(json_t *j)
-{
-    int rc = json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
-    putchar('\n');
-    json_decref(j);
-    if (rc != 0) {
-        fprintf(stderr, "kmsctl: cannot format JSON output\n");
-        return KMSCTL_EXIT_LOCAL;
-    }
-    return KMSCTL_EXIT_OK;
-}
-
 /* ---- heads ----------------------------------------------------------------------- */
 
 /* A head from a file: a SignedTreeHead (`audit head --out`) or a bundle. */
@@ -272,37 +254,6 @@ static int load_head(const char *path, Custos__V1__SignedTreeHead **out)
         return KMSCTL_EXIT_LOCAL;
     }
     return KMSCTL_EXIT_OK;
-}
-
-static void print_head_text(const Custos__V1__SignedTreeHead *h)
-{
-    char t[40], root[2 * AUDIT_HASH_LEN + 1], sig[2 * AUDIT_SIG_MAX + 1];
-    audit_hex(h->root_hash.data, h->root_hash.len <= AUDIT_HASH_LEN ? h->root_hash.len : 0, root);
-    audit_hex(h->signature.data, h->signature.len <= AUDIT_SIG_MAX ? h->signature.len : 0, sig);
-    fputs("region: ", stdout);
-    kmsctl_print_safe(stdout, h->region);
-    printf("\ntree_size: %" PRIu64 "\n", h->tree_size);
-    printf("timestamp: %s (%" PRId64 " ms)\n", audit_iso_ms(h->timestamp_ms, t), h->timestamp_ms);
-    printf("root_hash: %s\n", root);
-    fputs("key_id: ", stdout);
-    kmsctl_print_safe(stdout, h->key_id);
-    printf("\nsignature: %s\n", sig);
-}
-
-static json_t *head_json(const Custos__V1__SignedTreeHead *h)
-{
-    char t[40], root[2 * AUDIT_HASH_LEN + 1], sig[2 * AUDIT_SIG_MAX + 1];
-    audit_hex(h->root_hash.data, h->root_hash.len <= AUDIT_HASH_LEN ? h->root_hash.len : 0, root);
-    audit_hex(h->signature.data, h->signature.len <= AUDIT_SIG_MAX ? h->signature.len : 0, sig);
-    json_t *o = json_object();
-    json_object_set_new(o, "region", jstr(h->region));
-    json_object_set_new(o, "tree_size", json_integer((json_int_t)h->tree_size));
-    json_object_set_new(o, "timestamp_ms", json_integer(h->timestamp_ms));
-    json_object_set_new(o, "timestamp", jstr(audit_iso_ms(h->timestamp_ms, t)));
-    json_object_set_new(o, "root_hash", jstr(root));
-    json_object_set_new(o, "key_id", jstr(h->key_id));
-    json_object_set_new(o, "signature", jstr(sig));
-    return o;
 }
 
 /* ---- online: head, keys, export ----------------------------------------------------- */
@@ -398,9 +349,9 @@ static int do_head(struct kmsctl_rpc *rpc, const struct args *a)
             goto done; /* the head itself is the output */
     }
     if (a->json)
-        ret = print_json(head_json(resp->head));
+        ret = kmsctl_print_json(kmsctl_head_json(resp->head));
     else
-        print_head_text(resp->head);
+        kmsctl_print_head_text(resp->head);
 done:
     protobuf_c_message_free_unpacked(&resp->base, NULL);
     return ret;
@@ -456,13 +407,13 @@ static int do_keys(struct kmsctl_rpc *rpc, const struct args *a)
         if (ret == KMSCTL_EXIT_OK) {
             if (a->json) {
                 json_t *o = json_object();
-                json_object_set_new(o, "region", jstr(k->region));
-                json_object_set_new(o, "key_id", jstr(k->key_id));
+                json_object_set_new(o, "region", kmsctl_jstr_escaped(k->region));
+                json_object_set_new(o, "key_id", kmsctl_jstr_escaped(k->key_id));
                 json_object_set_new(o, "not_before_ms", json_integer(k->not_before_ms));
                 json_object_set_new(o, "not_after_ms", json_integer(k->not_after_ms));
-                json_object_set_new(o, "public_key_pem", jstr(k->public_key_pem));
+                json_object_set_new(o, "public_key_pem", kmsctl_jstr_escaped(k->public_key_pem));
                 if (path)
-                    json_object_set_new(o, "file", jstr(path));
+                    json_object_set_new(o, "file", kmsctl_jstr_escaped(path));
                 json_array_append_new(arr, o);
             } else if (a->out_dir) {
                 printf("%-10s  %-32s  %-24s  %-24s  %s\n", k->region, k->key_id,
@@ -480,7 +431,7 @@ static int do_keys(struct kmsctl_rpc *rpc, const struct args *a)
         }
     }
     if (a->json)
-        ret = print_json(arr);
+        ret = kmsctl_print_json(arr);
     else if (resp->n_keys == 0)
         fprintf(stderr, "no audit keys\n");
 done:
@@ -593,12 +544,12 @@ static json_t *event_json(uint64_t seq, const Custos__V1__AuditEvent *e)
         {"officer_key_sha256", e->officer_key_sha256},
     };
     for (size_t i = 0; i < sizeof(str) / sizeof(str[0]); i++)
-        json_object_set_new(o, str[i].name, jstr(str[i].value));
+        json_object_set_new(o, str[i].name, kmsctl_jstr_escaped(str[i].value));
     json_object_set_new(o, "key_version", json_integer(e->key_version));
     char sig[2 * AUDIT_SIG_MAX + 1] = "";
     if (e->approval_signature.len <= AUDIT_SIG_MAX)
         audit_hex(e->approval_signature.data, e->approval_signature.len, sig);
-    json_object_set_new(o, "approval_signature", jstr(sig));
+    json_object_set_new(o, "approval_signature", kmsctl_jstr_escaped(sig));
     return o;
 }
 

@@ -34,7 +34,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-#include "kmsctl_key.h"
+#include "kmsctl_print.h"
 #include "kmsctl_rpc.h"
 #include "proto/key.pb-c.h"
 
@@ -177,18 +177,6 @@ static void hex(const uint8_t *p, size_t n, char *out)
         out[2 * i + 1] = digits[p[i] & 15];
     }
     out[2 * n] = '\0';
-}
-
-static int print_json(json_t *j)
-{
-    if (j == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        return KMSCTL_EXIT_LOCAL;
-    }
-    int rc = json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
-    putchar('\n');
-    json_decref(j);
-    return rc == 0 ? KMSCTL_EXIT_OK : KMSCTL_EXIT_LOCAL;
 }
 
 /* An RSA-3072 public key from PEM or DER SubjectPublicKeyInfo bytes. */
@@ -483,7 +471,7 @@ static int do_import_params(struct kmsctl_rpc *rpc, const struct byok_args *a)
         for (size_t i = 0; i < resp->n_wrapping_algorithms; i++)
             json_array_append_new(algs, json_string(alg_name((int)resp->wrapping_algorithms[i])));
         json_object_set_new(o, "wrapping_algorithms", algs);
-        ret = print_json(o);
+        ret = kmsctl_print_json(o);
     } else {
         printf("key_id: ");
         kmsctl_print_safe(stdout, resp->key_id);
@@ -587,14 +575,14 @@ static int do_import(struct kmsctl_rpc *rpc, const struct byok_args *a)
     if (resp->key_check_value.len == 32)
         hex(resp->key_check_value.data, 32, kcv);
     if (a->json) {
-        json_t *o = kmsctl_key_to_json(resp->key);
+        json_t *o = kmsctl_key_json(resp->key);
         if (o) {
             json_object_set_new(o, "imported_version", json_integer(resp->key_version));
             json_object_set_new(o, "key_check_value", json_string(kcv));
         }
-        ret = print_json(o);
+        ret = kmsctl_print_json(o);
     } else {
-        kmsctl_key_print_text(resp->key);
+        kmsctl_print_key_text(resp->key);
         printf("imported_version: %" PRIu32 "\n", resp->key_version);
         printf("key_check_value: %s\n", kcv);
     }
@@ -604,38 +592,9 @@ done:
     return ret;
 }
 
-/* The command word of `kmsctl key ...`: the first argument that is neither
- * an option nor an option's value. */
-static const char *key_verb(int argc, char **argv)
+/* `kmsctl key import-params` and `kmsctl key import`: verb is which. */
+static int key_import_main(int argc, char **argv, const char *verb, int *out_rc)
 {
-    static const char *const with_value[] = {
-        "addr",      "api-key-file", "cacert",         "cert",      "key",
-        "correlation-id", "region",  "description",    "origin",    "page-size",
-        "page-token", "days",        "out-public-key", "out-token", "token",
-        "wrapped",   "algorithm",    "spec",           "usage",     NULL,
-    };
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i];
-        if (strcmp(s, "--") == 0)
-            return i + 1 < argc ? argv[i + 1] : NULL;
-        if (s[0] != '-' || s[1] == '\0')
-            return s;
-        if (s[1] != '-' || strchr(s, '='))
-            continue;
-        for (size_t k = 0; with_value[k]; k++)
-            if (strcmp(s + 2, with_value[k]) == 0) {
-                i++;
-                break;
-            }
-    }
-    return NULL;
-}
-
-int kmsctl_byok_key_dispatch(int argc, char **argv, int *out_rc)
-{
-    const char *verb = key_verb(argc, argv);
-    if (verb == NULL || (strcmp(verb, "import-params") != 0 && strcmp(verb, "import") != 0))
-        return 0;
     static const struct option opts[] = {
         KMSCTL_CONN_LONGOPTS,
         {"out-public-key", required_argument, NULL, O_OUT_PUBLIC_KEY},
@@ -740,4 +699,18 @@ int kmsctl_byok_key_dispatch(int argc, char **argv, int *out_rc)
     }
     *out_rc = ret;
     return 1;
+}
+
+int kmsctl_key_import_params_main(int argc, char **argv)
+{
+    int rc = KMSCTL_EXIT_USAGE;
+    key_import_main(argc, argv, "import-params", &rc);
+    return rc;
+}
+
+int kmsctl_key_import_main(int argc, char **argv)
+{
+    int rc = KMSCTL_EXIT_USAGE;
+    key_import_main(argc, argv, "import", &rc);
+    return rc;
 }

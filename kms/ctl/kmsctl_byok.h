@@ -10,9 +10,9 @@
 /* argv[0] is "byok". Returns the process exit code (enum kmsctl_exit). */
 int kmsctl_byok_main(int argc, char **argv);
 
-/* argv as given to `kmsctl key` (argv[0] is "key"). If its command word is
- * import-params or import, run that, store the exit code in *out_rc and
- * return 1; otherwise return 0 and touch nothing. */
-int kmsctl_byok_key_dispatch(int argc, char **argv, int *out_rc);
+/* Rows of the key group: argv as given to `kmsctl key` (argv[0] is "key",
+ * the verb word among the arguments). Return the process exit code. */
+int kmsctl_key_import_params_main(int argc, char **argv);
+int kmsctl_key_import_main(int argc, char **argv);
 
 #endif

@@ -28,6 +28,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kmsctl_print.h"
 #include "kmsctl_rpc.h"
 #include "proto/fields.pb-c.h"
 

@@ -18,7 +18,7 @@
 
 #include <jansson.h>
 
-#include "kmsctl_byok.h"
+#include "kmsctl_print.h"
 #include "kmsctl_rpc.h"
 #include "proto/key.pb-c.h"
 
@@ -165,115 +165,6 @@ static int parse_period(const char *s, uint64_t *out)
     return 1;
 }
 
-static void print_field(const char *name, const char *value)
-{
-    printf("%s: ", name);
-    kmsctl_print_safe(stdout, value);
-    putchar('\n');
-}
-
-/* The summary; its first line is "key_id: <id>" so scripts may sed it. */
-static void print_key_text(const Custos__V1__KeyMetadata *k)
-{
-    char t[32];
-    print_field("key_id", k->key_id);
-    print_field("tenant", k->tenant);
-    print_field("region", k->region);
-    print_field("state", kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state));
-    print_field("spec", kmsctl_enum_name(&custos__v1__key_spec__descriptor, (int)k->spec));
-    print_field("usage", kmsctl_enum_name(&custos__v1__key_usage__descriptor, (int)k->usage));
-    print_field("origin", kmsctl_enum_name(&custos__v1__key_origin__descriptor, (int)k->origin));
-    if (k->description && *k->description)
-        print_field("description", k->description);
-    print_field("created", kmsctl_iso8601(k->created_at, t));
-    if (k->deletion_at != 0)
-        print_field("deletion", kmsctl_iso8601(k->deletion_at, t));
-    printf("current_version: %" PRIu32 "\n", k->current_version);
-    if (k->rotation_period_s > 0) {
-        printf("rotation_period: %" PRIu64 " s\n", k->rotation_period_s);
-        if (k->next_rotation_at > 0)
-            print_field("next_rotation", kmsctl_iso8601(k->next_rotation_at, t));
-    }
-    /* Encryptions per version: AES-GCM with random IVs allows 2^32 per
-     * version; the server rotates before (docs/ciphertext-format.md). */
-    printf("versions:\n");
-    for (size_t i = 0; i < k->n_versions; i++) {
-        const Custos__V1__KeyVersion *v = k->versions[i];
-        printf("  %" PRIu32 "  ", v->version);
-        kmsctl_print_safe(stdout, v->state);
-        printf("  %s  encryptions %" PRIu64 "\n", kmsctl_iso8601(v->created_at, t),
-               v->encryptions);
-    }
-}
-
-/* json_string refuses invalid UTF-8; the server should never send it, but a
- * lossy ASCII copy beats dropping the field. */
-static json_t *jstr(const char *s)
-{
-    json_t *j = json_string(s ? s : "");
-    if (j || s == NULL)
-        return j;
-    char *c = strdup(s);
-    if (c == NULL)
-        return NULL;
-    for (char *p = c; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            *p = '?';
-    j = json_string(c);
-    free(c);
-    return j;
-}
-
-static json_t *key_json(const Custos__V1__KeyMetadata *k)
-{
-    char t[32];
-    json_t *o = json_object(), *vs = json_array();
-    json_object_set_new(o, "key_id", jstr(k->key_id));
-    json_object_set_new(o, "tenant", jstr(k->tenant));
-    json_object_set_new(o, "region", jstr(k->region));
-    json_object_set_new(o, "state",
-                        jstr(kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state)));
-    json_object_set_new(o, "spec",
-                        jstr(kmsctl_enum_name(&custos__v1__key_spec__descriptor, (int)k->spec)));
-    json_object_set_new(o, "usage",
-                        jstr(kmsctl_enum_name(&custos__v1__key_usage__descriptor, (int)k->usage)));
-    json_object_set_new(o, "origin",
-                        jstr(kmsctl_enum_name(&custos__v1__key_origin__descriptor, (int)k->origin)));
-    json_object_set_new(o, "description", jstr(k->description));
-    json_object_set_new(o, "created_at", jstr(kmsctl_iso8601(k->created_at, t)));
-    json_object_set_new(o, "deletion_at",
-                        k->deletion_at ? jstr(kmsctl_iso8601(k->deletion_at, t)) : json_null());
-    json_object_set_new(o, "current_version", json_integer(k->current_version));
-    json_object_set_new(o, "rotation_period_s", json_integer((json_int_t)k->rotation_period_s));
-    json_object_set_new(o, "next_rotation_at", k->next_rotation_at
-                                                   ? jstr(kmsctl_iso8601(k->next_rotation_at, t))
-                                                   : json_null());
-    for (size_t i = 0; i < k->n_versions; i++) {
-        const Custos__V1__KeyVersion *v = k->versions[i];
-        json_t *vo = json_object();
-        json_object_set_new(vo, "version", json_integer(v->version));
-        json_object_set_new(vo, "state", jstr(v->state));
-        json_object_set_new(vo, "created_at", jstr(kmsctl_iso8601(v->created_at, t)));
-        json_object_set_new(vo, "encryptions", json_integer((json_int_t)v->encryptions));
-        json_array_append_new(vs, vo);
-    }
-    json_object_set_new(o, "versions", vs);
-    return o;
-}
-
-static int print_json(json_t *j)
-{
-    /* ASCII-only output: safe on any terminal, still valid JSON. */
-    int rc = json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
-    putchar('\n');
-    json_decref(j);
-    if (rc != 0) {
-        fprintf(stderr, "kmsctl: cannot format JSON output\n");
-        return KMSCTL_EXIT_LOCAL;
-    }
-    return KMSCTL_EXIT_OK;
-}
-
 static int print_key(const struct key_args *a, const Custos__V1__KeyMetadata *k)
 {
     if (k == NULL) {
@@ -281,12 +172,12 @@ static int print_key(const struct key_args *a, const Custos__V1__KeyMetadata *k)
         return KMSCTL_EXIT_TRANSPORT;
     }
     if (a->json)
-        return print_json(key_json(k));
+        return kmsctl_print_json(kmsctl_key_json(k));
     if (a->quiet) {
         kmsctl_print_safe(stdout, k->key_id);
         putchar('\n');
     } else {
-        print_key_text(k);
+        kmsctl_print_key_text(k);
     }
     return KMSCTL_EXIT_OK;
 }
@@ -350,32 +241,6 @@ static int do_one_key(struct kmsctl_rpc *rpc, const struct key_args *a)
     return ret;
 }
 
-/* A table cell: escaped, then padded to width (ids and regions are ASCII)
- * and followed by the column gap. */
-static void print_cell(const char *s, int width)
-{
-    kmsctl_print_safe(stdout, s);
-    for (int n = (int)strlen(s); n < width + 2; n++)
-        putchar(' ');
-}
-
-static void print_list_row(const Custos__V1__KeyMetadata *k)
-{
-    char t[32], v[16];
-    snprintf(v, sizeof(v), "%" PRIu32, k->current_version);
-    print_cell(k->key_id, 32);
-    print_cell(k->region, 10);
-    print_cell(kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state), 16);
-    print_cell(v, 7);
-    if (k->description && *k->description) {
-        print_cell(kmsctl_iso8601(k->created_at, t), 20);
-        kmsctl_print_safe(stdout, k->description);
-    } else {
-        fputs(kmsctl_iso8601(k->created_at, t), stdout); /* no trailing blanks */
-    }
-    putchar('\n');
-}
-
 static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a)
 {
     json_t *keys = a->json ? json_array() : NULL;
@@ -398,16 +263,15 @@ static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a)
         if (ret != KMSCTL_EXIT_OK)
             goto done;
         if (!a->json && !a->quiet && total == 0 && resp->n_keys > 0)
-            printf("%-32s  %-10s  %-16s  %-7s  %-20s  %s\n", "KEY_ID", "REGION", "STATE", "VERSION",
-                   "CREATED", "DESCRIPTION");
+            kmsctl_print_key_header();
         for (size_t i = 0; i < resp->n_keys; i++) {
             if (a->json) {
-                json_array_append_new(keys, key_json(resp->keys[i]));
+                json_array_append_new(keys, kmsctl_key_json(resp->keys[i]));
             } else if (a->quiet) {
                 kmsctl_print_safe(stdout, resp->keys[i]->key_id);
                 putchar('\n');
             } else {
-                print_list_row(resp->keys[i]);
+                kmsctl_print_key_row(resp->keys[i]);
             }
         }
         total += resp->n_keys;
@@ -439,8 +303,8 @@ static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a)
         json_t *o = json_object();
         json_object_set_new(o, "keys", keys);
         keys = NULL;
-        json_object_set_new(o, "next_page_token", jstr(token));
-        ret = print_json(o);
+        json_object_set_new(o, "next_page_token", kmsctl_jstr(token));
+        ret = kmsctl_print_json(o);
     } else {
         if (total == 0 && !a->quiet)
             fprintf(stderr, "no keys\n");
@@ -500,11 +364,6 @@ int kmsctl_key_main(int argc, char **argv)
     struct key_args a = {0};
     unsigned seen = 0;
     int c, bad_opt = 0;
-    int byok_rc;
-
-    /* import-params and import have their own options (kmsctl_byok.c). */
-    if (kmsctl_byok_key_dispatch(argc, argv, &byok_rc))
-        return byok_rc;
 
     kmsctl_conn_init(&conn);
     optind = 1;
@@ -648,13 +507,3 @@ int kmsctl_key_main(int argc, char **argv)
     return ret;
 }
 
-/* For kmsctl_byok.c, whose replies carry a key too. */
-void kmsctl_key_print_text(const Custos__V1__KeyMetadata *k)
-{
-    print_key_text(k);
-}
-
-json_t *kmsctl_key_to_json(const Custos__V1__KeyMetadata *k)
-{
-    return key_json(k);
-}

@@ -26,6 +26,7 @@
 
 #include "kms_error.h"
 #include "kms_secret.h"
+#include "kmsctl_print.h"
 
 #define DEFAULT_ADDR "http://127.0.0.1:8700"
 #define KEY_SERVICE "custos.v1.KeyService"
@@ -436,34 +437,6 @@ void kmsctl_kv_cleanup(struct kmsctl_kv *kv)
     kv->n = 0;
 }
 
-void kmsctl_print_safe(FILE *f, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        /* Let well-formed UTF-8 through (descriptions may be in any
-         * language) but not C1 controls (U+0080..U+009F), which some
-         * terminals obey. */
-        size_t n = 0;
-        if (*p >= 0xc2 && *p <= 0xdf)
-            n = 2;
-        else if (*p >= 0xe0 && *p <= 0xef)
-            n = 3;
-        else if (*p >= 0xf0 && *p <= 0xf4)
-            n = 4;
-        size_t k = 1;
-        while (n && k < n && (p[k] & 0xc0) == 0x80)
-            k++;
-        if (n && k == n && !(p[0] == 0xc2 && p[1] < 0xa0)) {
-            fwrite(p, 1, n, f);
-            p += n;
-        } else if (*p >= 0x20 && *p < 0x7f) {
-            fputc(*p++, f);
-        } else {
-            fprintf(f, "\\x%02x", *p++);
-        }
-    }
-}
-
 /* The X-Request-Id of the last reply, or NULL. */
 static const char *request_id(CURL *e)
 {
@@ -612,17 +585,3 @@ done:
     return ret;
 }
 
-const char *kmsctl_enum_name(const ProtobufCEnumDescriptor *d, int v)
-{
-    const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
-    return ev ? ev->name : "UNKNOWN";
-}
-
-const char *kmsctl_iso8601(int64_t t, char buf[32])
-{
-    struct tm tm;
-    time_t tt = (time_t)t;
-    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, 32, "@%" PRId64, t);
-    return buf;
-}

@@ -26,19 +26,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
-/* Exit codes of every kmsctl command that talks to kmsd. */
-enum kmsctl_exit {
-    KMSCTL_EXIT_OK = 0,
-    KMSCTL_EXIT_REFUSED = 1,   /* the server answered with a Twirp error */
-    KMSCTL_EXIT_USAGE = 2,     /* bad command line */
-    KMSCTL_EXIT_TRANSPORT = 3, /* no connection, TLS failure, timeout, non-Twirp reply */
-    KMSCTL_EXIT_LOCAL = 4,     /* a local file or secret could not be used */
-    /* kmsctl audit head/export with a known head: the server's log is
-     * shorter than a head the auditor holds (rolled back or forked); the
-     * server's answer was failed_precondition. An alarm, not a failure to
-     * retry. */
-    KMSCTL_EXIT_ROLLBACK = 5,
-};
+#include "kmsctl.h"
 
 /* getopt_long values of the connection options (outside the char range so
  * they cannot clash with a command's short options). */
@@ -71,11 +59,6 @@ enum {
     "  --key PATH                client private key, PEM [CUSTOS_CLIENT_KEY]\n"                \
     "  --correlation-id ID       sent as X-Correlation-Id (<= 128 printable ASCII)\n"
 /* clang-format on */
-
-#define KMSCTL_EXIT_USAGE_TEXT                                                                     \
-    "exit codes: 0 success; 1 the server refused or failed the request;\n"                         \
-    "            2 usage error; 3 transport error (connect, TLS, timeout,\n"                       \
-    "            non-Twirp reply); 4 local file or secret error\n"
 
 /* Settings: pointers into argv or the environment, not owned. */
 struct kmsctl_conn {
@@ -157,16 +140,5 @@ ProtobufCMessage **kmsctl_kv_map(const struct kmsctl_kv *kv,
                                  const ProtobufCMessageDescriptor *entry_desc);
 
 void kmsctl_kv_cleanup(struct kmsctl_kv *kv);
-
-/* Write s to f with control and non-ASCII bytes escaped (\xNN): strings from
- * the server must not be able to drive the terminal. */
-void kmsctl_print_safe(FILE *f, const char *s);
-
-/* Name of an enum value from a reply ("ENABLED"), "UNKNOWN" if the server
- * sent a value this build does not know. */
-const char *kmsctl_enum_name(const ProtobufCEnumDescriptor *d, int v);
-
-/* Unix seconds as UTC ISO 8601 into buf ("@<seconds>" if out of range). */
-const char *kmsctl_iso8601(int64_t t, char buf[32]);
 
 #endif
