@@ -24,6 +24,7 @@
 #include "kmsctl_fields.h"
 #include "kmsctl_hsm.h"
 #include "kmsctl_key.h"
+#include "kmsctl_key_import.h"
 #include "kmsctl_rpc.h"
 
 static int index_main(int argc, char **argv);

@@ -128,6 +128,32 @@ int kmsctl_conn_option(struct kmsctl_conn *c, int opt, const char *arg)
     }
 }
 
+int kmsctl_flush_stdout(int ret)
+{
+    if (fflush(stdout) != 0 && ret == KMSCTL_EXIT_OK) {
+        fprintf(stderr, "kmsctl: cannot write output: %s\n", strerror(errno));
+        ret = KMSCTL_EXIT_LOCAL;
+    }
+    return ret;
+}
+
+void kmsctl_common_init(struct kmsctl_common *o)
+{
+    memset(o, 0, sizeof(*o));
+    kmsctl_conn_init(&o->conn);
+}
+
+int kmsctl_common_option(struct kmsctl_common *o, int opt, const char *arg)
+{
+    if (opt == KMSCTL_OPT_JSON)
+        o->json = 1;
+    else if (opt == 'q')
+        o->quiet = 1;
+    else
+        return kmsctl_conn_option(&o->conn, opt, arg);
+    return 1;
+}
+
 void kmsctl_conn_hoist(int argc, char **argv)
 {
     static const char *const names[] = {"--addr", "--api-key-file", "--cacert",

@@ -37,6 +37,7 @@ enum {
     KMSCTL_OPT_CERT,
     KMSCTL_OPT_KEY,
     KMSCTL_OPT_CORRELATION_ID,
+    KMSCTL_OPT_JSON, /* --json, in KMSCTL_OUT_LONGOPTS */
 };
 
 /* Spliced into a command's struct option array. */
@@ -48,6 +49,12 @@ enum {
     {"cert", required_argument, NULL, KMSCTL_OPT_CERT},                                        \
     {"key", required_argument, NULL, KMSCTL_OPT_KEY},                                          \
     {"correlation-id", required_argument, NULL, KMSCTL_OPT_CORRELATION_ID}
+
+/* The output options of commands that print records: --json (a JSON
+ * object) and -q/--quiet (ids only). */
+#define KMSCTL_OUT_LONGOPTS                                                                    \
+    {"json", no_argument, NULL, KMSCTL_OPT_JSON},                                              \
+    {"quiet", no_argument, NULL, 'q'}
 
 /* Usage lines for the options above, for each command's --help. */
 #define KMSCTL_CONN_USAGE                                                                      \
@@ -76,6 +83,20 @@ void kmsctl_conn_init(struct kmsctl_conn *c);
 /* If opt is one of KMSCTL_OPT_*, store arg in c and return 1; else 0. */
 int kmsctl_conn_option(struct kmsctl_conn *c, int opt, const char *arg);
 
+/* The options every command that talks to kmsd parses the same way:
+ * connection settings and, where the command takes them, --json and -q. */
+struct kmsctl_common {
+    struct kmsctl_conn conn;
+    int json, quiet;
+};
+
+/* kmsctl_conn_init, and no output option. */
+void kmsctl_common_init(struct kmsctl_common *o);
+
+/* If opt is a connection option, KMSCTL_OPT_JSON or 'q', record it in o and
+ * return 1; else 0 (the command's own option). */
+int kmsctl_common_option(struct kmsctl_common *o, int opt, const char *arg);
+
 /* main() helper: connection options written before the command word
  * ("kmsctl --addr X key list") are moved after it by rotating argv so the
  * command lands in argv[1]; the command then parses them with its own
@@ -84,6 +105,11 @@ int kmsctl_conn_option(struct kmsctl_conn *c, int opt, const char *arg);
 void kmsctl_conn_hoist(int argc, char **argv);
 
 struct kmsctl_rpc;
+
+/* The end of a command that printed to stdout: if stdout cannot be flushed
+ * (disk full, closed pipe), a command that had succeeded fails with exit 4
+ * and says so. Returns the exit code. */
+int kmsctl_flush_stdout(int ret);
 
 /* Validate settings, read the API key (wiped again by kmsctl_rpc_free) and
  * prepare an HTTP handle. Returns an exit code; *out is NULL on failure. */
