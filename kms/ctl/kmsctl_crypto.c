@@ -23,6 +23,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kmsctl_io.h"
 #include "kmsctl_rpc.h"
 #include "proto/key.pb-c.h"
 
@@ -43,22 +44,6 @@ enum {
 };
 #define F(o) (1u << ((o)-O_KEY_ID))
 #define F_IO (F(O_IN) | F(O_OUT) | F(O_BASE64_IN) | F(O_BASE64_OUT))
-
-/* An owned buffer that is wiped when freed. */
-struct sbuf {
-    uint8_t *data;
-    size_t len;
-};
-
-static void sbuf_wipe(struct sbuf *b)
-{
-    if (b->data) {
-        OPENSSL_cleanse(b->data, b->len);
-        free(b->data);
-    }
-    b->data = NULL;
-    b->len = 0;
-}
 
 struct args;
 struct cmd {
@@ -127,12 +112,12 @@ static void usage(FILE *f, const char *name)
 }
 
 /* Base64 with or without line breaks (EVP_Decode skips whitespace). */
-static int b64_decode(const struct sbuf *in, struct sbuf *out)
+static int b64_decode(const struct kmsctl_sbuf *in, struct kmsctl_sbuf *out)
 {
     EVP_ENCODE_CTX *e = EVP_ENCODE_CTX_new();
     int n = 0, fin = 0, ok = 0;
-    out->len = (in->len / 4 + 2) * 3; /* 3 bytes per 4 characters, rounded up */
-    out->data = malloc(out->len);
+    out->cap = (in->len / 4 + 2) * 3; /* 3 bytes per 4 characters, rounded up */
+    out->data = malloc(out->cap);
     if (e && out->data) {
         EVP_DecodeInit(e);
         ok = EVP_DecodeUpdate(e, out->data, &n, in->data, (int)in->len) >= 0 &&
@@ -140,7 +125,7 @@ static int b64_decode(const struct sbuf *in, struct sbuf *out)
     }
     EVP_ENCODE_CTX_free(e);
     if (!ok) {
-        sbuf_wipe(out); /* all of it: a failed decode may have written some */
+        kmsctl_sbuf_wipe(out); /* all of it: a failed decode may have written some */
         fprintf(stderr, "kmsctl: input is not valid base64\n");
         return 0;
     }
@@ -151,123 +136,47 @@ static int b64_decode(const struct sbuf *in, struct sbuf *out)
 /* Read all of path ('-' = stdin): what, at most max bytes after base64
  * decoding. Bigger input is refused here rather than by the server after
  * it has travelled. */
-static int read_input(const char *path, const char *what, int b64, size_t max, struct sbuf *out)
+static int read_input(const char *path, const char *what, int b64, size_t max,
+                      struct kmsctl_sbuf *out)
 {
     /* Base64 is 4/3 of the data plus line breaks; twice is ample. */
-    size_t cap = b64 ? 2 * max + 1024 : max;
-    struct sbuf raw = {malloc(cap + 1), 0};
-    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
-    int ret = KMSCTL_EXIT_LOCAL;
-
-    out->data = NULL;
-    out->len = 0;
-    if (fd < 0 || raw.data == NULL) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, fd < 0 ? strerror(errno) : "out of memory");
-        goto done;
-    }
-    /* The buffer length is cap+1 from here on, so sbuf_wipe clears it all. */
-    for (;;) {
-        ssize_t n = read(fd, raw.data + raw.len, cap + 1 - raw.len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            goto done;
+    struct kmsctl_sbuf raw;
+    int ret = kmsctl_io_read(path, b64 ? 2 * max + 1024 : max, &raw);
+    memset(out, 0, sizeof(*out));
+    if (ret == KMSCTL_EXIT_OK && b64) {
+        ret = b64_decode(&raw, out) ? KMSCTL_EXIT_OK : KMSCTL_EXIT_LOCAL;
+        if (ret == KMSCTL_EXIT_OK && out->len > max) {
+            kmsctl_sbuf_wipe(out);
+            ret = KMSCTL_IO_TOO_BIG;
         }
-        if (n == 0)
-            break;
-        raw.len += (size_t)n;
-        if (raw.len > cap)
-            break;
-    }
-    if (raw.len > cap) {
-        fprintf(stderr, "kmsctl: %s: %s larger than %zu bytes, the KeyService limit\n", path, what,
-                max);
-        goto done;
-    }
-    if (b64) {
-        if (!b64_decode(&raw, out))
-            goto done;
-        if (out->len > max) {
-            fprintf(stderr, "kmsctl: %s: %s larger than %zu bytes, the KeyService limit\n", path,
-                    what, max);
-            sbuf_wipe(out);
-            goto done;
-        }
-    } else {
+        kmsctl_sbuf_wipe(&raw);
+    } else if (ret == KMSCTL_EXIT_OK) {
         *out = raw;
-        raw.data = NULL;
     }
-    ret = KMSCTL_EXIT_OK;
-done:
-    if (raw.data)
-        raw.len = cap + 1;
-    sbuf_wipe(&raw);
-    if (fd > STDIN_FILENO)
-        close(fd);
+    if (ret == KMSCTL_IO_TOO_BIG) {
+        fprintf(stderr, "kmsctl: %s: %s larger than %zu bytes, the KeyService limit\n", path,
+                what, max);
+        ret = KMSCTL_EXIT_LOCAL;
+    }
     return ret;
-}
-
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return 0;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 1;
 }
 
 /* Write data to path ('-' = stdout), base64-encoded if b64. A secret output
  * (plaintext, a data key) gets mode 0600. */
 static int write_output(const char *path, const uint8_t *data, size_t len, int b64, int secret)
 {
-    struct sbuf enc = {0};
-    int to_stdout = strcmp(path, "-") == 0;
-    int fd = to_stdout ? STDOUT_FILENO
-                       : open(path, O_WRONLY | O_CREAT | O_CLOEXEC, secret ? 0600 : 0666);
-    int ret = KMSCTL_EXIT_LOCAL;
-    struct stat st;
-
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        goto done;
+    if (!b64)
+        return kmsctl_io_write(path, data, len, secret);
+    size_t n = 4 * ((len + 2) / 3);
+    struct kmsctl_sbuf enc = {malloc(n + 2), n + 1, n + 2};
+    if (enc.data == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        return KMSCTL_EXIT_LOCAL;
     }
-    if (!to_stdout && S_ISREG(st.st_mode)) {
-        /* Narrow an existing file before it holds the secret, then empty it. */
-        if ((secret && (st.st_mode & 077) && fchmod(fd, 0600) != 0) || ftruncate(fd, 0) != 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            goto done;
-        }
-    }
-    if (b64) {
-        size_t n = 4 * ((len + 2) / 3);
-        enc.data = malloc(n + 2);
-        if (enc.data == NULL) {
-            fprintf(stderr, "kmsctl: out of memory\n");
-            goto done;
-        }
-        enc.len = n + 2;
-        EVP_EncodeBlock(enc.data, data, (int)len);
-        enc.data[n] = '\n';
-        data = enc.data;
-        len = n + 1;
-    }
-    if (!write_all(fd, data, len)) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        goto done;
-    }
-    ret = KMSCTL_EXIT_OK;
-done:
-    sbuf_wipe(&enc);
-    if (!to_stdout && fd >= 0 && close(fd) != 0 && ret == KMSCTL_EXIT_OK) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        ret = KMSCTL_EXIT_LOCAL;
-    }
+    EVP_EncodeBlock(enc.data, data, (int)len);
+    enc.data[n] = '\n';
+    int ret = kmsctl_io_write(path, enc.data, enc.len, secret);
+    kmsctl_sbuf_wipe(&enc);
     return ret;
 }
 
@@ -283,7 +192,7 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct args *a)
 {
     Custos__V1__EncryptRequest req = CUSTOS__V1__ENCRYPT_REQUEST__INIT;
     Custos__V1__EncryptResponse *resp = NULL;
-    struct sbuf pt = {0};
+    struct kmsctl_sbuf pt = {0};
     ProtobufCMessage **ents = NULL;
     int ret = read_input(a->in, "plaintext", a->b64_in, MAX_PLAINTEXT, &pt);
     if (ret != KMSCTL_EXIT_OK)
@@ -306,7 +215,7 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct args *a)
 done:
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(ents, a->ctx.n);
-    sbuf_wipe(&pt);
+    kmsctl_sbuf_wipe(&pt);
     return ret;
 }
 
@@ -314,7 +223,7 @@ done:
  * in, plaintext out. Only the types differ. */
 static int run_decrypt_like(struct kmsctl_rpc *rpc, struct args *a, int data_key)
 {
-    struct sbuf ct = {0};
+    struct kmsctl_sbuf ct = {0};
     ProtobufCMessage **ents = NULL, *resp = NULL;
     ProtobufCBinaryData *pt = NULL;
     int ret = read_input(a->in, "ciphertext", a->b64_in, MAX_CIPHERTEXT, &ct);
@@ -358,7 +267,7 @@ static int run_decrypt_like(struct kmsctl_rpc *rpc, struct args *a, int data_key
 done:
     free_wiped(resp, pt);
     kmsctl_rpc_map_free(ents, a->ctx.n);
-    sbuf_wipe(&ct);
+    kmsctl_sbuf_wipe(&ct);
     return ret;
 }
 
@@ -376,7 +285,7 @@ static int run_reencrypt(struct kmsctl_rpc *rpc, struct args *a)
 {
     Custos__V1__ReEncryptRequest req = CUSTOS__V1__RE_ENCRYPT_REQUEST__INIT;
     Custos__V1__ReEncryptResponse *resp = NULL;
-    struct sbuf ct = {0};
+    struct kmsctl_sbuf ct = {0};
     ProtobufCMessage **src = NULL, **dst = NULL;
     int ret = read_input(a->in, "ciphertext", a->b64_in, MAX_CIPHERTEXT, &ct);
     if (ret != KMSCTL_EXIT_OK)
@@ -408,7 +317,7 @@ done:
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(src, a->src_ctx.n);
     kmsctl_rpc_map_free(dst, a->ctx.n);
-    sbuf_wipe(&ct);
+    kmsctl_sbuf_wipe(&ct);
     return ret;
 }
 

@@ -28,6 +28,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kmsctl_io.h"
 #include "kmsctl_print.h"
 #include "kmsctl_rpc.h"
 #include "proto/fields.pb-c.h"
@@ -112,93 +113,11 @@ static void usage(FILE *f)
 
 /* ---- local I/O -------------------------------------------------------------- */
 
-struct sbuf {
-    uint8_t *data;
-    size_t len, cap;
-};
-
-static void sbuf_wipe(struct sbuf *b)
+static int read_input(const char *path, struct kmsctl_sbuf *out)
 {
-    if (b->data) {
-        OPENSSL_cleanse(b->data, b->cap);
-        free(b->data);
-    }
-    memset(b, 0, sizeof(*b));
-}
-
-static int read_input(const char *path, struct sbuf *out)
-{
-    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
-    memset(out, 0, sizeof(*out));
-    if (fd < 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        return KMSCTL_EXIT_LOCAL;
-    }
-    out->cap = FIELDS_INPUT_MAX + 1;
-    out->data = malloc(out->cap);
-    int ret = KMSCTL_EXIT_LOCAL;
-    if (out->data == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    for (;;) {
-        ssize_t n = read(fd, out->data + out->len, out->cap - out->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            goto done;
-        }
-        if (n == 0)
-            break;
-        out->len += (size_t)n;
-        if (out->len == out->cap) {
-            fprintf(stderr, "kmsctl: %s: input larger than %u bytes\n", path, FIELDS_INPUT_MAX);
-            goto done;
-        }
-    }
-    ret = KMSCTL_EXIT_OK;
-done:
-    if (fd > STDIN_FILENO)
-        close(fd);
-    if (ret != KMSCTL_EXIT_OK)
-        sbuf_wipe(out);
-    return ret;
-}
-
-/* Write data to path ('-' = stdout); a secret output gets mode 0600, and an
- * existing file is narrowed before it is truncated. */
-static int write_output(const char *path, const char *data, size_t len, int secret)
-{
-    int to_stdout = strcmp(path, "-") == 0;
-    int fd = to_stdout ? STDOUT_FILENO
-                       : open(path, O_WRONLY | O_CREAT | O_CLOEXEC, secret ? 0600 : 0666);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        return KMSCTL_EXIT_LOCAL;
-    }
-    int ret = KMSCTL_EXIT_LOCAL;
-    if (!to_stdout && S_ISREG(st.st_mode) &&
-        ((secret && (st.st_mode & 077) && fchmod(fd, 0600) != 0) || ftruncate(fd, 0) != 0)) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        goto done;
-    }
-    while (len > 0) {
-        ssize_t w = write(fd, data, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            goto done;
-        }
-        data += w;
-        len -= (size_t)w;
-    }
-    ret = KMSCTL_EXIT_OK;
-done:
-    if (!to_stdout && close(fd) != 0 && ret == KMSCTL_EXIT_OK) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
+    int ret = kmsctl_io_read(path, FIELDS_INPUT_MAX, out);
+    if (ret == KMSCTL_IO_TOO_BIG) {
+        fprintf(stderr, "kmsctl: %s: input larger than %u bytes\n", path, FIELDS_INPUT_MAX);
         ret = KMSCTL_EXIT_LOCAL;
     }
     return ret;
@@ -222,7 +141,7 @@ static int write_json(const char *path, json_t *j, int secret)
     }
     line[n] = '\n';
     line[n + 1] = '\0';
-    int ret = write_output(path, line, n + 1, secret);
+    int ret = kmsctl_io_write(path, line, n + 1, secret);
     OPENSSL_cleanse(line, n + 1);
     free(line);
     return ret;
@@ -274,13 +193,13 @@ static const char *mode_name(Custos__V1__FieldMode m)
 
 static int run_encrypt(struct kmsctl_rpc *rpc, struct fargs *a)
 {
-    struct sbuf raw;
+    struct kmsctl_sbuf raw;
     int ret = read_input(a->in, &raw);
     if (ret != KMSCTL_EXIT_OK)
         return ret;
     json_error_t err;
     json_t *in = json_loadb((const char *)raw.data, raw.len, JSON_REJECT_DUPLICATES, &err);
-    sbuf_wipe(&raw);
+    kmsctl_sbuf_wipe(&raw);
     Custos__V1__PlaintextField *fs = NULL, **fp = NULL;
     ProtobufCMessage **ents = NULL;
     Custos__V1__EncryptFieldsResponse *resp = NULL;
@@ -390,13 +309,13 @@ done:
 
 static int run_decrypt(struct kmsctl_rpc *rpc, struct fargs *a)
 {
-    struct sbuf raw;
+    struct kmsctl_sbuf raw;
     int ret = read_input(a->in, &raw);
     if (ret != KMSCTL_EXIT_OK)
         return ret;
     json_error_t err;
     json_t *in = json_loadb((const char *)raw.data, raw.len, JSON_REJECT_DUPLICATES, &err);
-    sbuf_wipe(&raw);
+    kmsctl_sbuf_wipe(&raw);
     Custos__V1__EncryptedField *fs = NULL, **fp = NULL;
     ProtobufCMessage **ents = NULL;
     Custos__V1__DecryptFieldsResponse *resp = NULL;
@@ -507,7 +426,7 @@ done:
 
 static int run_blind_index(struct kmsctl_rpc *rpc, struct fargs *a)
 {
-    struct sbuf raw;
+    struct kmsctl_sbuf raw;
     int ret = read_input(a->in, &raw);
     if (ret != KMSCTL_EXIT_OK)
         return ret;
@@ -581,7 +500,7 @@ static int run_blind_index(struct kmsctl_rpc *rpc, struct fargs *a)
 done:
     json_decref(out);
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
-    sbuf_wipe(&raw);
+    kmsctl_sbuf_wipe(&raw);
     return ret;
 }
 
