@@ -396,128 +396,148 @@ static int check_args(const char *prog, struct args *a, unsigned seen)
     return 1;
 }
 
-int kmsctl_crypto_main(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        KMSCTL_CONN_LONGOPTS,
-        {"key-id", required_argument, NULL, O_KEY_ID},
-        {"in", required_argument, NULL, O_IN},
-        {"out", required_argument, NULL, O_OUT},
-        {"context", required_argument, NULL, O_CONTEXT},
-        {"source-context", required_argument, NULL, O_SOURCE_CONTEXT},
-        {"base64-in", no_argument, NULL, O_BASE64_IN},
-        {"base64-out", no_argument, NULL, O_BASE64_OUT},
-        {"bytes", required_argument, NULL, O_BYTES},
-        {"out-plaintext", required_argument, NULL, O_OUT_PLAINTEXT},
-        {"out-blob", required_argument, NULL, O_OUT_BLOB},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct kmsctl_conn conn;
-    struct args a = {.in = "-", .out = "-"};
-    char prog[64];
-    unsigned seen = 0;
-    int c, ret = KMSCTL_EXIT_USAGE, data_key = strcmp(argv[0], "data-key") == 0;
+static const struct option crypto_opts[] = {
+    KMSCTL_CONN_LONGOPTS,
+    {"key-id", required_argument, NULL, O_KEY_ID},
+    {"in", required_argument, NULL, O_IN},
+    {"out", required_argument, NULL, O_OUT},
+    {"context", required_argument, NULL, O_CONTEXT},
+    {"source-context", required_argument, NULL, O_SOURCE_CONTEXT},
+    {"base64-in", no_argument, NULL, O_BASE64_IN},
+    {"base64-out", no_argument, NULL, O_BASE64_OUT},
+    {"bytes", required_argument, NULL, O_BYTES},
+    {"out-plaintext", required_argument, NULL, O_OUT_PLAINTEXT},
+    {"out-blob", required_argument, NULL, O_OUT_BLOB},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
-    kmsctl_conn_init(&conn);
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (kmsctl_conn_option(&conn, c, optarg))
-            continue;
-        if (c >= O_KEY_ID && c <= O_OUT_BLOB)
-            seen |= F(c);
-        switch (c) {
-        case O_KEY_ID:
-            a.key_id = optarg;
-            break;
-        case O_IN:
-            a.in = optarg;
-            break;
-        case O_OUT:
-            a.out = optarg;
-            a.out_given = 1;
-            break;
-        case O_CONTEXT:
-        case O_SOURCE_CONTEXT:
-            if (!kmsctl_kv_add(c == O_CONTEXT ? &a.ctx : &a.src_ctx,
-                               c == O_CONTEXT ? "--context" : "--source-context", optarg))
-                goto done;
-            break;
-        case O_BASE64_IN:
-            a.b64_in = 1;
-            break;
-        case O_BASE64_OUT:
-            a.b64_out = 1;
-            break;
-        case O_BYTES: {
-            char *end = NULL;
-            errno = 0;
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (optarg[0] < '0' || optarg[0] > '9' || errno || *end || v < 16 || v > 64) {
-                fprintf(stderr, "kmsctl: --bytes must be 16..64\n");
-                goto done;
-            }
-            a.bytes = (uint32_t)v;
-            break;
+/* One of this command's own options (c in O_KEY_ID..O_OUT_BLOB): record
+ * it, or print why not and return 0. */
+static int crypto_option(struct args *a, int c, char *arg)
+{
+    switch (c) {
+    case O_KEY_ID:
+        a->key_id = arg;
+        break;
+    case O_IN:
+        a->in = arg;
+        break;
+    case O_OUT:
+        a->out = arg;
+        a->out_given = 1;
+        break;
+    case O_CONTEXT:
+    case O_SOURCE_CONTEXT:
+        return kmsctl_kv_add(c == O_CONTEXT ? &a->ctx : &a->src_ctx,
+                             c == O_CONTEXT ? "--context" : "--source-context", arg);
+    case O_BASE64_IN:
+        a->b64_in = 1;
+        break;
+    case O_BASE64_OUT:
+        a->b64_out = 1;
+        break;
+    case O_BYTES: {
+        char *end = NULL;
+        errno = 0;
+        unsigned long v = strtoul(arg, &end, 10);
+        if (arg[0] < '0' || arg[0] > '9' || errno || *end || v < 16 || v > 64) {
+            fprintf(stderr, "kmsctl: --bytes must be 16..64\n");
+            return 0;
         }
-        case O_OUT_PLAINTEXT:
-            a.out_plaintext = optarg;
-            break;
-        case O_OUT_BLOB:
-            a.out_blob = optarg;
-            break;
-        case 'h':
-            usage(stdout, argv[0]);
-            ret = KMSCTL_EXIT_OK;
-            goto done;
-        default:
-            usage(stderr, argv[0]);
-            goto done;
-        }
+        a->bytes = (uint32_t)v;
+        break;
     }
-    if (data_key) {
+    case O_OUT_PLAINTEXT:
+        a->out_plaintext = arg;
+        break;
+    default: /* O_OUT_BLOB */
+        a->out_blob = arg;
+        break;
+    }
+    return 1;
+}
+
+/* The command from argv[0] (and, for data-key, its verb word) into a->cmd
+ * and its name for messages into prog. Returns -1 to go on, or the exit
+ * code (help, usage error). */
+static int crypto_cmd(int argc, char **argv, struct args *a, char prog[64])
+{
+    if (strcmp(argv[0], "data-key") == 0) {
         const char *verb = optind < argc ? argv[optind++] : "";
         if (strcmp(verb, "help") == 0) {
             usage(stdout, argv[0]);
-            ret = KMSCTL_EXIT_OK;
-            goto done;
+            return KMSCTL_EXIT_OK;
         }
         if (strcmp(verb, "generate") == 0)
-            a.cmd = &cmds[3];
+            a->cmd = &cmds[3];
         else if (strcmp(verb, "decrypt") == 0)
-            a.cmd = &cmds[4];
+            a->cmd = &cmds[4];
         else {
             if (*verb)
                 fprintf(stderr, "kmsctl data-key: unknown command '%s'\n", verb);
             else
                 fprintf(stderr, "kmsctl data-key: generate or decrypt?\n");
             usage(stderr, argv[0]);
-            goto done;
+            return KMSCTL_EXIT_USAGE;
         }
-        snprintf(prog, sizeof(prog), "kmsctl data-key %s", verb);
+        snprintf(prog, 64, "kmsctl data-key %s", verb);
     } else {
         for (size_t i = 0; i < 3; i++)
             if (strcmp(argv[0], cmds[i].name) == 0)
-                a.cmd = &cmds[i];
-        snprintf(prog, sizeof(prog), "kmsctl %s", argv[0]);
+                a->cmd = &cmds[i];
+        snprintf(prog, 64, "kmsctl %s", argv[0]);
     }
-    if (a.cmd == NULL) { /* main() only dispatches the names above */
+    if (a->cmd == NULL) { /* the verb table only sends the names above */
         fprintf(stderr, "kmsctl: unknown command '%s'\n", argv[0]);
-        goto done;
+        return KMSCTL_EXIT_USAGE;
     }
     if (optind < argc) {
         fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
-        goto done;
+        return KMSCTL_EXIT_USAGE;
     }
-    if (!check_args(prog, &a, seen))
-        goto done;
+    return -1;
+}
 
-    struct kmsctl_rpc *rpc = NULL;
-    ret = kmsctl_rpc_open(&conn, &rpc);
-    if (ret == KMSCTL_EXIT_OK)
-        ret = a.cmd->run(rpc, &a);
-    kmsctl_rpc_free(rpc);
-done:
+/* Options, command, checks. Returns -1 to go on, or the exit code. */
+static int crypto_parse(int argc, char **argv, struct kmsctl_conn *conn, struct args *a,
+                        char prog[64])
+{
+    unsigned seen = 0;
+    int c;
+    kmsctl_conn_init(conn);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", crypto_opts, NULL)) != -1) {
+        if (kmsctl_conn_option(conn, c, optarg))
+            continue;
+        if (c >= O_KEY_ID && c <= O_OUT_BLOB) {
+            seen |= F(c);
+            if (!crypto_option(a, c, optarg))
+                return KMSCTL_EXIT_USAGE;
+            continue;
+        }
+        usage(c == 'h' ? stdout : stderr, argv[0]);
+        return c == 'h' ? KMSCTL_EXIT_OK : KMSCTL_EXIT_USAGE;
+    }
+    int ret = crypto_cmd(argc, argv, a, prog);
+    if (ret < 0 && !check_args(prog, a, seen))
+        ret = KMSCTL_EXIT_USAGE;
+    return ret;
+}
+
+int kmsctl_crypto_main(int argc, char **argv)
+{
+    struct kmsctl_conn conn;
+    struct args a = {.in = "-", .out = "-"};
+    char prog[64];
+    int ret = crypto_parse(argc, argv, &conn, &a, prog);
+    if (ret < 0) {
+        struct kmsctl_rpc *rpc = NULL;
+        ret = kmsctl_rpc_open(&conn, &rpc);
+        if (ret == KMSCTL_EXIT_OK)
+            ret = a.cmd->run(rpc, &a);
+        kmsctl_rpc_free(rpc);
+    }
     kmsctl_kv_cleanup(&a.ctx);
     kmsctl_kv_cleanup(&a.src_ctx);
     return ret;

@@ -63,6 +63,10 @@ struct fargs {
     int canon_one;
     uint32_t bits;
     int all_versions;
+    /* Parsing only: the --canon arguments as given, and F() bits seen. */
+    char *canon_arg[MAX_FIELDS];
+    size_t n_canon_arg;
+    unsigned seen;
 };
 
 static void usage(FILE *f)
@@ -535,154 +539,180 @@ static const char *opt_name(int bit)
     return names[bit];
 }
 
-int kmsctl_fields_main(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        KMSCTL_CONN_LONGOPTS,
-        {"key-id", required_argument, NULL, O_KEY_ID},
-        {"context", required_argument, NULL, O_CONTEXT},
-        {"deterministic", required_argument, NULL, O_DETERMINISTIC},
-        {"canon", required_argument, NULL, O_CANON},
-        {"in", required_argument, NULL, O_IN},
-        {"out", required_argument, NULL, O_OUT},
-        {"field", required_argument, NULL, O_FIELD},
-        {"bits", required_argument, NULL, O_BITS},
-        {"all-versions", no_argument, NULL, O_ALL_VERSIONS},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct kmsctl_conn conn;
-    struct fargs a = {.in = "-", .out = "-"};
-    unsigned seen = 0;
-    char *canon_arg[MAX_FIELDS];
-    size_t n_canon_arg = 0;
-    int c, ret = KMSCTL_EXIT_USAGE;
+static const struct option fields_opts[] = {
+    KMSCTL_CONN_LONGOPTS,
+    {"key-id", required_argument, NULL, O_KEY_ID},
+    {"context", required_argument, NULL, O_CONTEXT},
+    {"deterministic", required_argument, NULL, O_DETERMINISTIC},
+    {"canon", required_argument, NULL, O_CANON},
+    {"in", required_argument, NULL, O_IN},
+    {"out", required_argument, NULL, O_OUT},
+    {"field", required_argument, NULL, O_FIELD},
+    {"bits", required_argument, NULL, O_BITS},
+    {"all-versions", no_argument, NULL, O_ALL_VERSIONS},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
-    kmsctl_conn_init(&conn);
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (kmsctl_conn_option(&conn, c, optarg))
-            continue;
-        if (c >= O_KEY_ID && c <= O_ALL_VERSIONS)
-            seen |= F(c);
-        switch (c) {
-        case O_KEY_ID:
-            a.key_id = optarg;
-            break;
-        case O_CONTEXT:
-            if (!kmsctl_kv_add(&a.ctx, "--context", optarg))
-                goto done;
-            break;
-        case O_DETERMINISTIC:
-            if (!add_det(&a, optarg))
-                goto done;
-            break;
-        case O_CANON:
-            if (n_canon_arg == MAX_FIELDS) {
-                fprintf(stderr, "kmsctl fields: more than %d --canon options\n", MAX_FIELDS);
-                goto done;
-            }
-            canon_arg[n_canon_arg++] = optarg;
-            break;
-        case O_IN:
-            a.in = optarg;
-            break;
-        case O_OUT:
-            a.out = optarg;
-            break;
-        case O_FIELD:
-            a.field = optarg;
-            break;
-        case O_BITS: {
-            char *end = NULL;
-            errno = 0;
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (optarg[0] < '0' || optarg[0] > '9' || errno || *end || v < 8 || v > 256) {
-                fprintf(stderr, "kmsctl fields: --bits must be 8..256\n");
-                goto done;
-            }
-            a.bits = (uint32_t)v;
-            break;
+/* One of this command's own options (c in O_KEY_ID..O_ALL_VERSIONS):
+ * record it, or print why not and return 0. */
+static int fields_option(struct fargs *a, int c, char *arg)
+{
+    a->seen |= F(c);
+    switch (c) {
+    case O_KEY_ID:
+        a->key_id = arg;
+        return 1;
+    case O_CONTEXT:
+        return kmsctl_kv_add(&a->ctx, "--context", arg);
+    case O_DETERMINISTIC:
+        return add_det(a, arg);
+    case O_CANON:
+        if (a->n_canon_arg == MAX_FIELDS) {
+            fprintf(stderr, "kmsctl fields: more than %d --canon options\n", MAX_FIELDS);
+            return 0;
         }
-        case O_ALL_VERSIONS:
-            a.all_versions = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            ret = KMSCTL_EXIT_OK;
-            goto done;
-        default:
-            usage(stderr);
-            goto done;
+        a->canon_arg[a->n_canon_arg++] = arg;
+        return 1;
+    case O_IN:
+        a->in = arg;
+        return 1;
+    case O_OUT:
+        a->out = arg;
+        return 1;
+    case O_FIELD:
+        a->field = arg;
+        return 1;
+    case O_BITS: {
+        char *end = NULL;
+        errno = 0;
+        unsigned long v = strtoul(arg, &end, 10);
+        if (arg[0] < '0' || arg[0] > '9' || errno || *end || v < 8 || v > 256) {
+            fprintf(stderr, "kmsctl fields: --bits must be 8..256\n");
+            return 0;
         }
+        a->bits = (uint32_t)v;
+        return 1;
     }
-    a.verb = optind < argc ? argv[optind++] : "";
-    if (strcmp(a.verb, "help") == 0) {
+    default: /* O_ALL_VERSIONS */
+        a->all_versions = 1;
+        return 1;
+    }
+}
+
+typedef int fields_run_fn(struct kmsctl_rpc *, struct fargs *);
+
+/* The verb word: its function into *out_run and the options it takes into
+ * *out_allowed. Returns -1 to go on, or the exit code (help, usage error). */
+static int fields_verb(int argc, char **argv, struct fargs *a, fields_run_fn **out_run,
+                       unsigned *out_allowed)
+{
+    a->verb = optind < argc ? argv[optind++] : "";
+    if (strcmp(a->verb, "help") == 0) {
         usage(stdout);
-        ret = KMSCTL_EXIT_OK;
-        goto done;
+        return KMSCTL_EXIT_OK;
     }
-    unsigned allowed;
-    int (*run)(struct kmsctl_rpc *, struct fargs *);
-    if (strcmp(a.verb, "encrypt") == 0) {
-        allowed = F(O_KEY_ID) | F(O_CONTEXT) | F(O_DETERMINISTIC) | F(O_CANON) | F(O_IN) | F(O_OUT);
-        run = run_encrypt;
-    } else if (strcmp(a.verb, "decrypt") == 0) {
-        allowed = F(O_KEY_ID) | F(O_CONTEXT) | F(O_IN) | F(O_OUT);
-        run = run_decrypt;
-    } else if (strcmp(a.verb, "blind-index") == 0) {
-        allowed = F(O_KEY_ID) | F(O_CANON) | F(O_IN) | F(O_OUT) | F(O_FIELD) | F(O_BITS) |
-                  F(O_ALL_VERSIONS);
-        run = run_blind_index;
+    if (strcmp(a->verb, "encrypt") == 0) {
+        *out_allowed =
+            F(O_KEY_ID) | F(O_CONTEXT) | F(O_DETERMINISTIC) | F(O_CANON) | F(O_IN) | F(O_OUT);
+        *out_run = run_encrypt;
+    } else if (strcmp(a->verb, "decrypt") == 0) {
+        *out_allowed = F(O_KEY_ID) | F(O_CONTEXT) | F(O_IN) | F(O_OUT);
+        *out_run = run_decrypt;
+    } else if (strcmp(a->verb, "blind-index") == 0) {
+        *out_allowed = F(O_KEY_ID) | F(O_CANON) | F(O_IN) | F(O_OUT) | F(O_FIELD) | F(O_BITS) |
+                       F(O_ALL_VERSIONS);
+        *out_run = run_blind_index;
     } else {
-        if (*a.verb)
-            fprintf(stderr, "kmsctl fields: unknown command '%s'\n", a.verb);
+        if (*a->verb)
+            fprintf(stderr, "kmsctl fields: unknown command '%s'\n", a->verb);
         else
             fprintf(stderr, "kmsctl fields: encrypt, decrypt or blind-index?\n");
         usage(stderr);
-        goto done;
+        return KMSCTL_EXIT_USAGE;
     }
     if (optind < argc) {
         fprintf(stderr, "kmsctl fields %s: unexpected argument '%s' (values are read from "
-                        "--in, never from the command line)\n", a.verb, argv[optind]);
-        goto done;
+                        "--in, never from the command line)\n", a->verb, argv[optind]);
+        return KMSCTL_EXIT_USAGE;
     }
-    unsigned extra = seen & ~allowed;
+    return -1;
+}
+
+/* Checks that need the verb, and the --canon arguments turned into
+ * a->canon_one or a->canon; 0 after printing why not. */
+static int fields_check(struct fargs *a, fields_run_fn *run, unsigned allowed)
+{
+    unsigned extra = a->seen & ~allowed;
     if (extra) {
-        fprintf(stderr, "kmsctl fields %s: %s does not apply\n", a.verb,
+        fprintf(stderr, "kmsctl fields %s: %s does not apply\n", a->verb,
                 opt_name(__builtin_ctz(extra)));
-        goto done;
+        return 0;
     }
-    if (run != run_decrypt && (a.key_id == NULL || *a.key_id == '\0')) {
-        fprintf(stderr, "kmsctl fields %s: --key-id is required\n", a.verb);
-        goto done;
+    if (run != run_decrypt && (a->key_id == NULL || *a->key_id == '\0')) {
+        fprintf(stderr, "kmsctl fields %s: --key-id is required\n", a->verb);
+        return 0;
     }
     if (run == run_blind_index) {
-        if (a.field == NULL || *a.field == '\0' || n_canon_arg != 1 ||
-            (a.canon_one = parse_canon(canon_arg[0])) == 0) {
+        if (a->field == NULL || *a->field == '\0' || a->n_canon_arg != 1 ||
+            (a->canon_one = parse_canon(a->canon_arg[0])) == 0) {
             fprintf(stderr, "kmsctl fields blind-index: --field NAME and one --canon "
                             "raw|e164|email|email-ci are required\n");
-            goto done;
+            return 0;
         }
-    } else {
-        for (size_t i = 0; i < n_canon_arg; i++) {
-            char *eq = strchr(canon_arg[i], '=');
-            if (eq == NULL || parse_canon(eq + 1) == 0) {
-                fprintf(stderr, "kmsctl fields encrypt: --canon takes NAME=raw|e164|email|"
-                                "email-ci\n");
-                goto done;
-            }
-            if (!kmsctl_kv_add(&a.canon, "--canon", canon_arg[i]))
-                goto done;
-        }
+        return 1;
     }
+    for (size_t i = 0; i < a->n_canon_arg; i++) {
+        char *eq = strchr(a->canon_arg[i], '=');
+        if (eq == NULL || parse_canon(eq + 1) == 0) {
+            fprintf(stderr, "kmsctl fields encrypt: --canon takes NAME=raw|e164|email|"
+                            "email-ci\n");
+            return 0;
+        }
+        if (!kmsctl_kv_add(&a->canon, "--canon", a->canon_arg[i]))
+            return 0;
+    }
+    return 1;
+}
 
-    struct kmsctl_rpc *rpc = NULL;
-    ret = kmsctl_rpc_open(&conn, &rpc);
-    if (ret == KMSCTL_EXIT_OK)
-        ret = run(rpc, &a);
-    kmsctl_rpc_free(rpc);
-done:
+/* Options, verb, checks. Returns -1 to go on, or the exit code. */
+static int fields_parse(int argc, char **argv, struct kmsctl_conn *conn, struct fargs *a,
+                        fields_run_fn **out_run)
+{
+    unsigned allowed = 0;
+    int c;
+    kmsctl_conn_init(conn);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", fields_opts, NULL)) != -1) {
+        if (kmsctl_conn_option(conn, c, optarg))
+            continue;
+        if (c >= O_KEY_ID && c <= O_ALL_VERSIONS) {
+            if (!fields_option(a, c, optarg))
+                return KMSCTL_EXIT_USAGE;
+            continue;
+        }
+        usage(c == 'h' ? stdout : stderr);
+        return c == 'h' ? KMSCTL_EXIT_OK : KMSCTL_EXIT_USAGE;
+    }
+    int ret = fields_verb(argc, argv, a, out_run, &allowed);
+    if (ret < 0 && !fields_check(a, *out_run, allowed))
+        ret = KMSCTL_EXIT_USAGE;
+    return ret;
+}
+
+int kmsctl_fields_main(int argc, char **argv)
+{
+    struct kmsctl_conn conn;
+    struct fargs a = {.in = "-", .out = "-"};
+    fields_run_fn *run = NULL;
+    int ret = fields_parse(argc, argv, &conn, &a, &run);
+    if (ret < 0) {
+        struct kmsctl_rpc *rpc = NULL;
+        ret = kmsctl_rpc_open(&conn, &rpc);
+        if (ret == KMSCTL_EXIT_OK)
+            ret = run(rpc, &a);
+        kmsctl_rpc_free(rpc);
+    }
     kmsctl_kv_cleanup(&a.ctx);
     kmsctl_kv_cleanup(&a.canon);
     for (size_t i = 0; i < a.n_det; i++)
