@@ -195,7 +195,9 @@ static const char *mode_name(Custos__V1__FieldMode m)
 
 /* ---- encrypt ---------------------------------------------------------------- */
 
-static int run_encrypt(struct kmsctl_rpc *rpc, struct fargs *a)
+/* The input file as a JSON object into *out (the caller's to json_decref).
+ * Returns an exit code after its own message. */
+static int load_object(const struct fargs *a, json_t **out)
 {
     struct kmsctl_sbuf raw;
     int ret = read_input(a->in, &raw);
@@ -204,37 +206,108 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct fargs *a)
     json_error_t err;
     json_t *in = json_loadb((const char *)raw.data, raw.len, JSON_REJECT_DUPLICATES, &err);
     kmsctl_sbuf_wipe(&raw);
-    Custos__V1__PlaintextField *fs = NULL, **fp = NULL;
-    ProtobufCMessage **ents = NULL;
-    Custos__V1__EncryptFieldsResponse *resp = NULL;
-    json_t *out = NULL;
-    size_t n = in && json_is_object(in) ? json_object_size(in) : 0;
-    ret = KMSCTL_EXIT_LOCAL;
     if (in == NULL || !json_is_object(in)) {
         fprintf(stderr, "kmsctl: %s: not a JSON object%s%s\n", a->in, in ? "" : ": ",
                 in ? "" : err.text);
-        goto done;
+        json_decref(in);
+        return KMSCTL_EXIT_LOCAL;
     }
-    if (n < 1 || n > MAX_FIELDS) {
-        fprintf(stderr, "kmsctl: %s: 1..%d fields per call\n", a->in, MAX_FIELDS);
-        goto done;
-    }
-    /* Every name the options mention must be in the input: a typo would
-     * otherwise silently encrypt a field in the wrong mode. */
+    *out = in;
+    return KMSCTL_EXIT_OK;
+}
+
+/* Every name the options mention must be in the input: a typo would
+ * otherwise silently encrypt a field in the wrong mode. */
+static int encrypt_names_given(const struct fargs *a, json_t *in)
+{
     for (size_t i = 0; i < a->n_det; i++)
         if (json_object_get(in, a->det[i]) == NULL) {
             fprintf(stderr, "kmsctl fields encrypt: --deterministic names '%s', which the "
                             "input does not have\n", a->det[i]);
-            ret = KMSCTL_EXIT_USAGE;
-            goto done;
+            return KMSCTL_EXIT_USAGE;
         }
     for (size_t i = 0; i < a->canon.n; i++)
         if (json_object_get(in, a->canon.key[i]) == NULL) {
             fprintf(stderr, "kmsctl fields encrypt: --canon names '%s', which the input "
                             "does not have\n", a->canon.key[i]);
-            ret = KMSCTL_EXIT_USAGE;
+            return KMSCTL_EXIT_USAGE;
+        }
+    return KMSCTL_EXIT_OK;
+}
+
+/* {"key_id", "key_version", "fields": {name: base64 blob}} to --out. */
+static int encrypt_output(const struct fargs *a, const Custos__V1__EncryptFieldsResponse *resp)
+{
+    int ret = KMSCTL_EXIT_LOCAL;
+    json_t *fields = json_object(), *out = json_object();
+    if (fields == NULL || out == NULL) {
+        json_decref(fields);
+        fprintf(stderr, "kmsctl: out of memory\n");
+        goto done;
+    }
+    json_object_set_new(out, "key_id", json_string(resp->key_id));
+    json_object_set_new(out, "key_version", json_integer(resp->key_version));
+    json_object_set_new(out, "fields", fields);
+    for (size_t k = 0; k < resp->n_fields; k++) {
+        char *b = b64_encode(resp->fields[k]->ciphertext.data, resp->fields[k]->ciphertext.len);
+        if (b == NULL || json_object_set_new(fields, resp->fields[k]->name, json_string(b)) != 0) {
+            free(b);
+            fprintf(stderr, "kmsctl: cannot format JSON output\n");
             goto done;
         }
+        free(b);
+    }
+    ret = write_json(a->out, out, 0);
+done:
+    json_decref(out);
+    return ret;
+}
+
+/* The plaintext object to --out (created 0600). */
+static int decrypt_output(const struct fargs *a, const Custos__V1__DecryptFieldsResponse *resp)
+{
+    int ret = KMSCTL_EXIT_LOCAL;
+    json_t *out = json_object();
+    if (out == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        return ret;
+    }
+    for (size_t k = 0; k < resp->n_fields; k++) {
+        const Custos__V1__DecryptedField *f = resp->fields[k];
+        json_t *s = json_stringn((const char *)f->value.data, f->value.len);
+        if (s == NULL) {
+            fprintf(stderr, "kmsctl: field '");
+            kmsctl_print_safe(stderr, f->name);
+            fprintf(stderr, "' (%s, key version %u) is not UTF-8 text; use the API for binary "
+                            "values\n", mode_name(f->mode), f->key_version);
+            goto done;
+        }
+        json_object_set_new(out, f->name, s);
+    }
+    ret = write_json(a->out, out, 1);
+done:
+    json_decref(out);
+    return ret;
+}
+
+static int run_encrypt(struct kmsctl_rpc *rpc, struct fargs *a)
+{
+    json_t *in = NULL;
+    int ret = load_object(a, &in);
+    if (ret != KMSCTL_EXIT_OK)
+        return ret;
+    Custos__V1__PlaintextField *fs = NULL, **fp = NULL;
+    ProtobufCMessage **ents = NULL;
+    Custos__V1__EncryptFieldsResponse *resp = NULL;
+    size_t n = json_object_size(in);
+    ret = KMSCTL_EXIT_LOCAL;
+    if (n < 1 || n > MAX_FIELDS) {
+        fprintf(stderr, "kmsctl: %s: 1..%d fields per call\n", a->in, MAX_FIELDS);
+        goto done;
+    }
+    if ((ret = encrypt_names_given(a, in)) != KMSCTL_EXIT_OK)
+        goto done;
+    ret = KMSCTL_EXIT_LOCAL;
     fs = calloc(n, sizeof(*fs));
     fp = calloc(n, sizeof(*fp));
     ents = kmsctl_kv_map(&a->ctx, &custos__v1__encrypt_fields_request__encryption_context_entry__descriptor);
@@ -276,31 +349,9 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct fargs *a)
     ret = kmsctl_rpc_call_service(rpc, FIELD_SERVICE, "EncryptFields", &req.base,
                                   &custos__v1__encrypt_fields_response__descriptor,
                                   (ProtobufCMessage **)&resp, NULL, NULL);
-    if (ret != KMSCTL_EXIT_OK)
-        goto done;
-    ret = KMSCTL_EXIT_LOCAL;
-    json_t *fields = json_object();
-    out = json_object();
-    if (fields == NULL || out == NULL) {
-        json_decref(fields);
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    json_object_set_new(out, "key_id", json_string(resp->key_id));
-    json_object_set_new(out, "key_version", json_integer(resp->key_version));
-    json_object_set_new(out, "fields", fields);
-    for (size_t k = 0; k < resp->n_fields; k++) {
-        char *b = b64_encode(resp->fields[k]->ciphertext.data, resp->fields[k]->ciphertext.len);
-        if (b == NULL || json_object_set_new(fields, resp->fields[k]->name, json_string(b)) != 0) {
-            free(b);
-            fprintf(stderr, "kmsctl: cannot format JSON output\n");
-            goto done;
-        }
-        free(b);
-    }
-    ret = write_json(a->out, out, 0);
+    if (ret == KMSCTL_EXIT_OK)
+        ret = encrypt_output(a, resp);
 done:
-    json_decref(out);
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(ents, a->ctx.n);
     free(fs);
@@ -313,24 +364,15 @@ done:
 
 static int run_decrypt(struct kmsctl_rpc *rpc, struct fargs *a)
 {
-    struct kmsctl_sbuf raw;
-    int ret = read_input(a->in, &raw);
+    json_t *in = NULL;
+    int ret = load_object(a, &in);
     if (ret != KMSCTL_EXIT_OK)
         return ret;
-    json_error_t err;
-    json_t *in = json_loadb((const char *)raw.data, raw.len, JSON_REJECT_DUPLICATES, &err);
-    kmsctl_sbuf_wipe(&raw);
     Custos__V1__EncryptedField *fs = NULL, **fp = NULL;
     ProtobufCMessage **ents = NULL;
     Custos__V1__DecryptFieldsResponse *resp = NULL;
-    json_t *out = NULL;
     size_t n = 0, i = 0;
     ret = KMSCTL_EXIT_LOCAL;
-    if (in == NULL || !json_is_object(in)) {
-        fprintf(stderr, "kmsctl: %s: not a JSON object%s%s\n", a->in, in ? "" : ": ",
-                in ? "" : err.text);
-        goto done;
-    }
     /* The output of encrypt, or a bare map of blobs. */
     json_t *fields = json_object_get(in, "fields");
     const char *key_id = a->key_id;
@@ -390,29 +432,9 @@ static int run_decrypt(struct kmsctl_rpc *rpc, struct fargs *a)
     ret = kmsctl_rpc_call_service(rpc, FIELD_SERVICE, "DecryptFields", &req.base,
                                   &custos__v1__decrypt_fields_response__descriptor,
                                   (ProtobufCMessage **)&resp, NULL, NULL);
-    if (ret != KMSCTL_EXIT_OK)
-        goto done;
-    ret = KMSCTL_EXIT_LOCAL;
-    out = json_object();
-    if (out == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    for (size_t k = 0; k < resp->n_fields; k++) {
-        const Custos__V1__DecryptedField *f = resp->fields[k];
-        json_t *s = json_stringn((const char *)f->value.data, f->value.len);
-        if (s == NULL) {
-            fprintf(stderr, "kmsctl: field '");
-            kmsctl_print_safe(stderr, f->name);
-            fprintf(stderr, "' (%s, key version %u) is not UTF-8 text; use the API for binary "
-                            "values\n", mode_name(f->mode), f->key_version);
-            goto done;
-        }
-        json_object_set_new(out, f->name, s);
-    }
-    ret = write_json(a->out, out, 1);
+    if (ret == KMSCTL_EXIT_OK)
+        ret = decrypt_output(a, resp);
 done:
-    json_decref(out);
     if (resp)
         for (size_t k = 0; k < resp->n_fields; k++)
             OPENSSL_cleanse(resp->fields[k]->value.data, resp->fields[k]->value.len);
