@@ -36,7 +36,6 @@
 #include "kmsctl_rpc.h"
 #include "proto/audit.pb-c.h"
 
-
 enum {
     O_REGION = 0x2000,
     O_OUT,
