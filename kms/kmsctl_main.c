@@ -25,7 +25,7 @@
 #include "kmsctl_hsm.h"
 #include "kmsctl_key.h"
 #include "kmsctl_key_import.h"
-#include "kmsctl_rpc.h"
+#include "kmsctl_opt.h"
 
 static int index_main(int argc, char **argv);
 
