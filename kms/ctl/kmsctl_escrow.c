@@ -61,7 +61,8 @@ struct args {
     const char *verb, *id, *mode, *justification, *text, *case_ref, *versions, *state,
         *recipient, *officer_key, *signature, *out_dir, *reason, *key_id, *statement_out, *in,
         *out;
-    int open_only, quiet;
+    int open_only;
+    struct kmsctl_common o; /* connection, -q */
 };
 
 static void usage(FILE *f)
@@ -239,7 +240,7 @@ static int do_request(struct kmsctl_rpc *rpc, const struct args *a)
                                      &custos__v1__request_recovery_response__descriptor,
                                      (ProtobufCMessage **)&resp, NULL, NULL);
     if (rc == KMSCTL_EXIT_OK && resp->recovery) {
-        if (a->quiet) {
+        if (a->o.quiet) {
             kmsctl_print_safe(stdout, resp->recovery->recovery_id);
             putchar('\n');
         } else {
@@ -391,7 +392,7 @@ static int do_cancel(struct kmsctl_rpc *rpc, const struct args *a)
 
 /* ---- entry points --------------------------------------------------------------------- */
 
-static int parse(int argc, char **argv, struct kmsctl_conn *conn, struct args *a)
+static int parse(int argc, char **argv, struct args *a)
 {
     static const struct option opts[] = {
         KMSCTL_CONN_LONGOPTS,
@@ -436,15 +437,13 @@ static int parse(int argc, char **argv, struct kmsctl_conn *conn, struct args *a
     optind = 2;
     int c;
     while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
-        if (kmsctl_conn_option(conn, c, optarg))
+        if (kmsctl_common_option(&a->o, c, optarg))
             continue;
         if (c == 'h') {
             usage(stdout);
             return -1;
         }
-        if (c == 'q') {
-            a->quiet = 1;
-        } else if (c == O_OPEN) {
+        if (c == O_OPEN) {
             a->open_only = 1;
         } else if (c >= O_MODE && c <= O_OUT && slot[c - O_MODE]) {
             *slot[c - O_MODE] = optarg;
@@ -464,14 +463,13 @@ static int parse(int argc, char **argv, struct kmsctl_conn *conn, struct args *a
 
 int kmsctl_officer_main(int argc, char **argv)
 {
-    struct kmsctl_conn conn;
     struct args a = {0};
-    kmsctl_conn_init(&conn);
+    kmsctl_common_init(&a.o);
     if (argc < 2 || strcmp(argv[1], "sign") != 0) {
         usage(argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
         return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 0 : KMSCTL_EXIT_USAGE;
     }
-    int rc = parse(argc, argv, &conn, &a);
+    int rc = parse(argc, argv, &a);
     if (rc != KMSCTL_EXIT_OK)
         return rc < 0 ? 0 : rc;
     if (!a.officer_key || !a.in || a.id) {
@@ -516,10 +514,9 @@ int kmsctl_recovery_main(int argc, char **argv)
         fprintf(stderr, "kmsctl recovery: unknown command '%s'\n", argv[1]);
         return KMSCTL_EXIT_USAGE;
     }
-    struct kmsctl_conn conn;
     struct args a = {0};
-    kmsctl_conn_init(&conn);
-    int rc = parse(argc, argv, &conn, &a);
+    kmsctl_common_init(&a.o);
+    int rc = parse(argc, argv, &a);
     if (rc != KMSCTL_EXIT_OK)
         return rc < 0 ? 0 : rc;
     if (verbs[v].needs_id != (a.id != NULL)) {
@@ -528,7 +525,7 @@ int kmsctl_recovery_main(int argc, char **argv)
         return KMSCTL_EXIT_USAGE;
     }
     struct kmsctl_rpc *rpc = NULL;
-    rc = kmsctl_rpc_open(&conn, &rpc);
+    rc = kmsctl_rpc_open(&a.o.conn, &rpc);
     if (rc == KMSCTL_EXIT_OK)
         rc = verbs[v].fn(rpc, &a);
     kmsctl_rpc_free(rpc);
