@@ -1,9 +1,10 @@
 /*
- * kmsctl_byok.c - bring your own key from the command line.
+ * kmsctl_byok.c - bring your own key, the tenant's side of it:
  *
- *   kmsctl key import-params KEY_ID --out-public-key pub.pem [--out-token F]
- *   kmsctl key import KEY_ID --token F --wrapped F [--algorithm A] [--new-version]
  *   kmsctl byok wrap --public-key pub.pem --key key.bin --algorithm A --out F
+ *
+ * and the small-file and wrapping-key helpers that `kmsctl key import-params`
+ * and `kmsctl key import` (kmsctl_key_import.c) use too.
  *
  * `byok wrap` runs on the tenant's machine and talks to no server: it is the
  * `openssl pkeyutl` + `openssl enc -id-aes256-wrap-pad` of docs/byok.md in
@@ -34,33 +35,19 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-#include "kmsctl_key.h"
 #include "kmsctl_rpc.h"
 #include "proto/key.pb-c.h"
 
-#define TENANT_KEY_LEN 32
-#define OAEP_LEN 384 /* RSA-3072 */
-#define KWP_LEN 40   /* RFC 5649 of 32 bytes */
-#define WRAPPED_LEN (OAEP_LEN + KWP_LEN)
-#define IMPORT_TOKEN_LEN 33
-#define MAX_SMALL_FILE 4096
-
 enum {
-    O_OUT_PUBLIC_KEY = 0x3000,
-    O_OUT_TOKEN,
-    O_TOKEN,
-    O_WRAPPED,
-    O_ALGORITHM,
-    O_NEW_VERSION,
-    O_JSON,
+    O_ALGORITHM = 0x3000,
     O_PUBLIC_KEY,
     O_TENANT_KEY,
     O_OUT,
 };
 
-/* ---- small helpers ------------------------------------------------------------ */
+/* ---- helpers, shared with kmsctl_key_import.c ------------------------------ */
 
-static int parse_algorithm(const char *s, Custos__V1__WrappingAlgorithm *out)
+int kmsctl_byok_parse_algorithm(const char *s, Custos__V1__WrappingAlgorithm *out)
 {
     if (strcasecmp(s, "RSA_AES_KEY_WRAP_SHA_256") == 0) {
         *out = CUSTOS__V1__WRAPPING_ALGORITHM__RSA_AES_KEY_WRAP_SHA_256;
@@ -73,7 +60,7 @@ static int parse_algorithm(const char *s, Custos__V1__WrappingAlgorithm *out)
     return 0;
 }
 
-static const char *alg_name(int a)
+const char *kmsctl_byok_alg_name(int a)
 {
     const ProtobufCEnumValue *v =
         protobuf_c_enum_descriptor_get_value(&custos__v1__wrapping_algorithm__descriptor, a);
@@ -81,7 +68,7 @@ static const char *alg_name(int a)
 }
 
 /* Read a whole regular file of at most max bytes into buf. */
-static int read_small_file(const char *path, const char *what, uint8_t *buf, size_t max,
+int kmsctl_byok_read_file(const char *path, const char *what, uint8_t *buf, size_t max,
                            size_t *out_len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -125,7 +112,7 @@ static int read_small_file(const char *path, const char *what, uint8_t *buf, siz
 
 /* Create or replace path with data; mode applies to a new file, and an
  * existing one is narrowed to it first. */
-static int write_file(const char *path, const char *what, const uint8_t *data, size_t len,
+int kmsctl_byok_write_file(const char *path, const char *what, const uint8_t *data, size_t len,
                       mode_t mode)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode);
@@ -161,38 +148,8 @@ static int write_file(const char *path, const char *what, const uint8_t *data, s
     return KMSCTL_EXIT_OK;
 }
 
-static char *b64(const uint8_t *p, size_t n)
-{
-    char *s = malloc(4 * ((n + 2) / 3) + 1);
-    if (s)
-        EVP_EncodeBlock((unsigned char *)s, p, (int)n);
-    return s;
-}
-
-static void hex(const uint8_t *p, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[p[i] >> 4];
-        out[2 * i + 1] = digits[p[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int print_json(json_t *j)
-{
-    if (j == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        return KMSCTL_EXIT_LOCAL;
-    }
-    int rc = json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
-    putchar('\n');
-    json_decref(j);
-    return rc == 0 ? KMSCTL_EXIT_OK : KMSCTL_EXIT_LOCAL;
-}
-
 /* An RSA-3072 public key from PEM or DER SubjectPublicKeyInfo bytes. */
-static EVP_PKEY *load_wrapping_key(const uint8_t *data, size_t len, const char *path)
+EVP_PKEY *kmsctl_byok_load_wrapping_key(const uint8_t *data, size_t len, const char *path)
 {
     EVP_PKEY *pk = NULL;
     BIO *bio = BIO_new_mem_buf(data, (int)len);
@@ -268,7 +225,7 @@ static int do_wrap(const char *pub_path, const char *key_path, Custos__V1__Wrapp
     if (stat(key_path, &st) == 0 && (st.st_mode & 077))
         fprintf(stderr, "kmsctl: warning: %s is readable by group or others (chmod 600 it)\n",
                 key_path);
-    if (read_small_file(key_path, "key", sec->scratch, TENANT_KEY_LEN, &key_len) !=
+    if (kmsctl_byok_read_file(key_path, "key", sec->scratch, TENANT_KEY_LEN, &key_len) !=
         KMSCTL_EXIT_OK)
         goto done;
     if (key_len != TENANT_KEY_LEN) {
@@ -278,13 +235,13 @@ static int do_wrap(const char *pub_path, const char *key_path, Custos__V1__Wrapp
         goto done;
     }
     memcpy(sec->key, sec->scratch, TENANT_KEY_LEN);
-    if (read_small_file(pub_path, "public key", pub, MAX_SMALL_FILE, &pub_len) != KMSCTL_EXIT_OK)
+    if (kmsctl_byok_read_file(pub_path, "public key", pub, MAX_SMALL_FILE, &pub_len) != KMSCTL_EXIT_OK)
         goto done;
     if (pub_len > MAX_SMALL_FILE) {
         fprintf(stderr, "kmsctl: public key %s: too large\n", pub_path);
         goto done;
     }
-    if ((pk = load_wrapping_key(pub, pub_len, pub_path)) == NULL)
+    if ((pk = kmsctl_byok_load_wrapping_key(pub, pub_len, pub_path)) == NULL)
         goto done;
     if (RAND_priv_bytes(sec->ephemeral, sizeof(sec->ephemeral)) != 1) {
         fprintf(stderr, "kmsctl: random number generator failed\n");
@@ -318,7 +275,7 @@ static int do_wrap(const char *pub_path, const char *key_path, Custos__V1__Wrapp
         fprintf(stderr, "kmsctl: AES key wrap failed\n");
         goto done;
     }
-    ret = write_file(out_path, "output", out, sizeof(out), 0644);
+    ret = kmsctl_byok_write_file(out_path, "output", out, sizeof(out), 0644);
 done:
     EVP_CIPHER_CTX_free(cctx); /* frees, and wipes, the key schedule */
     EVP_PKEY_CTX_free(pctx);
@@ -383,361 +340,10 @@ int kmsctl_byok_main(int argc, char **argv)
                         "required\n");
         return KMSCTL_EXIT_USAGE;
     }
-    if (!parse_algorithm(alg_s, &alg)) {
+    if (!kmsctl_byok_parse_algorithm(alg_s, &alg)) {
         fprintf(stderr, "kmsctl byok wrap: --algorithm must be RSA_AES_KEY_WRAP_SHA_256 or "
                         "RSA_AES_KEY_WRAP_SHA_1\n");
         return KMSCTL_EXIT_USAGE;
     }
     return do_wrap(pub, key, alg, out);
-}
-
-/* ---- kmsctl key import-params / import ------------------------------------------------ */
-
-static void key_byok_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: kmsctl key import-params KEY_ID --out-public-key PUB.pem [--out-token FILE]\n"
-            "                                [--json]\n"
-            "       kmsctl key import KEY_ID --token FILE --wrapped FILE [--algorithm ALG]\n"
-            "                         [--new-version] [--json]\n"
-            "\n"
-            "Bring your own key (role key-admin; docs/byok.md). The key was created with\n"
-            "`kmsctl key create --origin external`.\n"
-            "\n"
-            "import-params   get a wrapping public key (RSA-3072, made in the HSM of the key's\n"
-            "                region) and a one-use import token that expires (24 h by default)\n"
-            "  --out-public-key FILE  write the public key there, PEM\n"
-            "  --out-token FILE       write the import token there (raw, mode 0600); without\n"
-            "                         it the token is printed in base64\n"
-            "import          import the material wrapped for that public key\n"
-            "  --token FILE           the import token (raw, or base64 text)\n"
-            "  --wrapped FILE         424 bytes: `kmsctl byok wrap` output, or the OAEP block\n"
-            "                         followed by the RFC 5649 blob (docs/byok.md)\n"
-            "  --algorithm ALG        RSA_AES_KEY_WRAP_SHA_256 or RSA_AES_KEY_WRAP_SHA_1\n"
-            "                         (default: the first that import-params listed)\n"
-            "  --new-version          the material is new: make it a new version of the key\n"
-            "                         (how an imported key rotates)\n"
-            "  --json                 print a JSON object\n"
-            "  -h, --help             this text\n"
-            "\n" KMSCTL_CONN_USAGE "\n" KMSCTL_EXIT_USAGE_TEXT);
-}
-
-struct byok_args {
-    const char *verb, *key_id, *out_pub, *out_token, *token, *wrapped;
-    Custos__V1__WrappingAlgorithm alg;
-    int new_version, json;
-};
-
-static int do_import_params(struct kmsctl_rpc *rpc, const struct byok_args *a)
-{
-    Custos__V1__GetImportParametersRequest req = CUSTOS__V1__GET_IMPORT_PARAMETERS_REQUEST__INIT;
-    Custos__V1__GetImportParametersResponse *resp = NULL;
-    EVP_PKEY *pk = NULL;
-    BIO *bio = NULL;
-    char *pem = NULL, *tok_b64 = NULL;
-    long pem_len = 0;
-    char t[32];
-    req.key_id = (char *)a->key_id;
-    int ret = kmsctl_rpc_call(rpc, "GetImportParameters", &req.base,
-                              &custos__v1__get_import_parameters_response__descriptor,
-                              (ProtobufCMessage **)&resp);
-    if (ret != KMSCTL_EXIT_OK)
-        return ret;
-    ret = KMSCTL_EXIT_TRANSPORT;
-    if ((pk = load_wrapping_key(resp->public_key.data, resp->public_key.len,
-                                "server's public key")) == NULL ||
-        resp->import_token.len != IMPORT_TOKEN_LEN)
-        goto done;
-    ret = KMSCTL_EXIT_LOCAL;
-    bio = BIO_new(BIO_s_mem());
-    if (bio == NULL || PEM_write_bio_PUBKEY(bio, pk) != 1 ||
-        (pem_len = BIO_get_mem_data(bio, &pem)) <= 0) {
-        fprintf(stderr, "kmsctl: cannot encode the public key as PEM\n");
-        goto done;
-    }
-    if ((ret = write_file(a->out_pub, "public key", (const uint8_t *)pem, (size_t)pem_len,
-                          0644)) != KMSCTL_EXIT_OK)
-        goto done;
-    if (a->out_token) {
-        /* A capability: with a key admin's credentials it imports into this
-         * key until it is used or expires. */
-        if ((ret = write_file(a->out_token, "import token", resp->import_token.data,
-                              resp->import_token.len, 0600)) != KMSCTL_EXIT_OK)
-            goto done;
-    } else if ((tok_b64 = b64(resp->import_token.data, resp->import_token.len)) == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        ret = KMSCTL_EXIT_LOCAL;
-        goto done;
-    }
-    if (a->json) {
-        json_t *o = json_object(), *algs = json_array();
-        json_object_set_new(o, "key_id", json_string(resp->key_id));
-        json_object_set_new(o, "region", json_string(resp->region));
-        json_object_set_new(o, "public_key_file", json_string(a->out_pub));
-        json_object_set_new(o, "public_key_pem", json_stringn(pem, (size_t)pem_len));
-        if (a->out_token)
-            json_object_set_new(o, "import_token_file", json_string(a->out_token));
-        else
-            json_object_set_new(o, "import_token", json_string(tok_b64));
-        json_object_set_new(o, "expires_at", json_string(kmsctl_iso8601(resp->expires_at, t)));
-        for (size_t i = 0; i < resp->n_wrapping_algorithms; i++)
-            json_array_append_new(algs, json_string(alg_name((int)resp->wrapping_algorithms[i])));
-        json_object_set_new(o, "wrapping_algorithms", algs);
-        ret = print_json(o);
-    } else {
-        printf("key_id: ");
-        kmsctl_print_safe(stdout, resp->key_id);
-        printf("\nregion: ");
-        kmsctl_print_safe(stdout, resp->region);
-        printf("\npublic_key: %s (RSA-3072, PEM)\n", a->out_pub);
-        if (a->out_token)
-            printf("import_token: %s\n", a->out_token);
-        else
-            printf("import_token: %s\n", tok_b64);
-        printf("expires: %s\n", kmsctl_iso8601(resp->expires_at, t));
-        printf("wrapping_algorithms:");
-        for (size_t i = 0; i < resp->n_wrapping_algorithms; i++)
-            printf(" %s", alg_name((int)resp->wrapping_algorithms[i]));
-        putchar('\n');
-        ret = KMSCTL_EXIT_OK;
-    }
-done:
-    if (tok_b64) {
-        OPENSSL_cleanse(tok_b64, strlen(tok_b64));
-        free(tok_b64);
-    }
-    BIO_free(bio);
-    EVP_PKEY_free(pk);
-    if (resp && resp->import_token.data)
-        OPENSSL_cleanse(resp->import_token.data, resp->import_token.len);
-    protobuf_c_message_free_unpacked(&resp->base, NULL);
-    return ret;
-}
-
-/* An import token file: the 33 raw bytes, or their base64 (as printed by
- * import-params without --out-token). */
-static int read_token(const char *path, uint8_t out[IMPORT_TOKEN_LEN])
-{
-    uint8_t buf[MAX_SMALL_FILE + 1], dec[MAX_SMALL_FILE];
-    size_t n = 0;
-    int ret = read_small_file(path, "import token", buf, MAX_SMALL_FILE, &n);
-    if (ret != KMSCTL_EXIT_OK)
-        return ret;
-    ret = KMSCTL_EXIT_LOCAL;
-    if (n == IMPORT_TOKEN_LEN) {
-        memcpy(out, buf, IMPORT_TOKEN_LEN);
-        ret = KMSCTL_EXIT_OK;
-    } else if (n <= MAX_SMALL_FILE) {
-        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
-            n--;
-        /* 33 bytes are 44 base64 characters, no padding. */
-        if (n == 44 && EVP_DecodeBlock(dec, buf, (int)n) == 33) {
-            memcpy(out, dec, IMPORT_TOKEN_LEN);
-            ret = KMSCTL_EXIT_OK;
-        }
-    }
-    if (ret != KMSCTL_EXIT_OK)
-        fprintf(stderr, "kmsctl: import token %s: not an import token (%d raw bytes, or their "
-                        "base64)\n",
-                path, IMPORT_TOKEN_LEN);
-    OPENSSL_cleanse(buf, sizeof(buf));
-    OPENSSL_cleanse(dec, sizeof(dec));
-    return ret;
-}
-
-static int do_import(struct kmsctl_rpc *rpc, const struct byok_args *a)
-{
-    Custos__V1__ImportKeyMaterialRequest req = CUSTOS__V1__IMPORT_KEY_MATERIAL_REQUEST__INIT;
-    Custos__V1__ImportKeyMaterialResponse *resp = NULL;
-    uint8_t token[IMPORT_TOKEN_LEN], wrapped[WRAPPED_LEN + 1];
-    size_t wrapped_len = 0;
-    int ret = read_token(a->token, token);
-    if (ret != KMSCTL_EXIT_OK)
-        return ret;
-    ret = read_small_file(a->wrapped, "wrapped key", wrapped, WRAPPED_LEN, &wrapped_len);
-    if (ret != KMSCTL_EXIT_OK)
-        goto done;
-    if (wrapped_len != WRAPPED_LEN) {
-        fprintf(stderr,
-                "kmsctl: wrapped key %s: must be %d bytes (384-byte RSA-OAEP block, then the "
-                "40-byte RFC 5649 wrap of a 32-byte key), it has %s%zu\n",
-                a->wrapped, WRAPPED_LEN, wrapped_len > WRAPPED_LEN ? "more than " : "",
-                wrapped_len > WRAPPED_LEN ? (size_t)WRAPPED_LEN : wrapped_len);
-        ret = KMSCTL_EXIT_LOCAL;
-        goto done;
-    }
-    req.key_id = (char *)a->key_id;
-    req.import_token.data = token;
-    req.import_token.len = sizeof(token);
-    req.algorithm = a->alg;
-    req.wrapped_material.data = wrapped;
-    req.wrapped_material.len = wrapped_len;
-    req.new_version = a->new_version != 0;
-    ret = kmsctl_rpc_call(rpc, "ImportKeyMaterial", &req.base,
-                          &custos__v1__import_key_material_response__descriptor,
-                          (ProtobufCMessage **)&resp);
-    if (ret != KMSCTL_EXIT_OK)
-        goto done;
-    if (resp->key == NULL) {
-        fprintf(stderr, "kmsctl: reply carries no key\n");
-        ret = KMSCTL_EXIT_TRANSPORT;
-        goto done;
-    }
-    char kcv[2 * 32 + 1] = "";
-    if (resp->key_check_value.len == 32)
-        hex(resp->key_check_value.data, 32, kcv);
-    if (a->json) {
-        json_t *o = kmsctl_key_to_json(resp->key);
-        if (o) {
-            json_object_set_new(o, "imported_version", json_integer(resp->key_version));
-            json_object_set_new(o, "key_check_value", json_string(kcv));
-        }
-        ret = print_json(o);
-    } else {
-        kmsctl_key_print_text(resp->key);
-        printf("imported_version: %" PRIu32 "\n", resp->key_version);
-        printf("key_check_value: %s\n", kcv);
-    }
-done:
-    OPENSSL_cleanse(token, sizeof(token));
-    protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
-    return ret;
-}
-
-/* The command word of `kmsctl key ...`: the first argument that is neither
- * an option nor an option's value. */
-static const char *key_verb(int argc, char **argv)
-{
-    static const char *const with_value[] = {
-        "addr",      "api-key-file", "cacert",         "cert",      "key",
-        "correlation-id", "region",  "description",    "origin",    "page-size",
-        "page-token", "days",        "out-public-key", "out-token", "token",
-        "wrapped",   "algorithm",    "spec",           "usage",     NULL,
-    };
-    for (int i = 1; i < argc; i++) {
-        const char *s = argv[i];
-        if (strcmp(s, "--") == 0)
-            return i + 1 < argc ? argv[i + 1] : NULL;
-        if (s[0] != '-' || s[1] == '\0')
-            return s;
-        if (s[1] != '-' || strchr(s, '='))
-            continue;
-        for (size_t k = 0; with_value[k]; k++)
-            if (strcmp(s + 2, with_value[k]) == 0) {
-                i++;
-                break;
-            }
-    }
-    return NULL;
-}
-
-int kmsctl_byok_key_dispatch(int argc, char **argv, int *out_rc)
-{
-    const char *verb = key_verb(argc, argv);
-    if (verb == NULL || (strcmp(verb, "import-params") != 0 && strcmp(verb, "import") != 0))
-        return 0;
-    static const struct option opts[] = {
-        KMSCTL_CONN_LONGOPTS,
-        {"out-public-key", required_argument, NULL, O_OUT_PUBLIC_KEY},
-        {"out-token", required_argument, NULL, O_OUT_TOKEN},
-        {"token", required_argument, NULL, O_TOKEN},
-        {"wrapped", required_argument, NULL, O_WRAPPED},
-        {"algorithm", required_argument, NULL, O_ALGORITHM},
-        {"new-version", no_argument, NULL, O_NEW_VERSION},
-        {"json", no_argument, NULL, O_JSON},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct kmsctl_conn conn;
-    struct byok_args a = {0};
-    int c, params = strcmp(verb, "import-params") == 0;
-    *out_rc = KMSCTL_EXIT_USAGE;
-    kmsctl_conn_init(&conn);
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (kmsctl_conn_option(&conn, c, optarg))
-            continue;
-        switch (c) {
-        case O_OUT_PUBLIC_KEY:
-            a.out_pub = optarg;
-            break;
-        case O_OUT_TOKEN:
-            a.out_token = optarg;
-            break;
-        case O_TOKEN:
-            a.token = optarg;
-            break;
-        case O_WRAPPED:
-            a.wrapped = optarg;
-            break;
-        case O_ALGORITHM:
-            if (!parse_algorithm(optarg, &a.alg)) {
-                fprintf(stderr, "kmsctl key: --algorithm must be RSA_AES_KEY_WRAP_SHA_256 or "
-                                "RSA_AES_KEY_WRAP_SHA_1\n");
-                return 1;
-            }
-            break;
-        case O_NEW_VERSION:
-            a.new_version = 1;
-            break;
-        case O_JSON:
-            a.json = 1;
-            break;
-        case 'h':
-            key_byok_usage(stdout);
-            *out_rc = KMSCTL_EXIT_OK;
-            return 1;
-        default:
-            key_byok_usage(stderr);
-            return 1;
-        }
-    }
-    /* GNU getopt has moved the operands to the end: verb, then KEY_ID. */
-    if (optind >= argc || strcmp(argv[optind], verb) != 0) {
-        key_byok_usage(stderr);
-        return 1;
-    }
-    optind++;
-    if (optind >= argc || argv[optind][0] == '\0') {
-        fprintf(stderr, "kmsctl key %s: KEY_ID is required\n", verb);
-        return 1;
-    }
-    a.key_id = argv[optind++];
-    if (optind < argc) {
-        fprintf(stderr, "kmsctl key %s: unexpected argument '%s'\n", verb, argv[optind]);
-        return 1;
-    }
-    if (params) {
-        if (a.out_pub == NULL) {
-            fprintf(stderr, "kmsctl key import-params: --out-public-key is required\n");
-            return 1;
-        }
-        if (a.token || a.wrapped || a.alg || a.new_version) {
-            fprintf(stderr, "kmsctl key import-params: --token, --wrapped, --algorithm and "
-                            "--new-version belong to `key import`\n");
-            return 1;
-        }
-    } else {
-        if (a.token == NULL || a.wrapped == NULL) {
-            fprintf(stderr, "kmsctl key import: --token and --wrapped are required\n");
-            return 1;
-        }
-        if (a.out_pub || a.out_token) {
-            fprintf(stderr, "kmsctl key import: --out-public-key and --out-token belong to "
-                            "`key import-params`\n");
-            return 1;
-        }
-    }
-    struct kmsctl_rpc *rpc = NULL;
-    int ret = kmsctl_rpc_open(&conn, &rpc);
-    if (ret == KMSCTL_EXIT_OK) {
-        ret = params ? do_import_params(rpc, &a) : do_import(rpc, &a);
-        kmsctl_rpc_free(rpc);
-    }
-    if (fflush(stdout) != 0 && ret == KMSCTL_EXIT_OK) {
-        fprintf(stderr, "kmsctl: cannot write output: %s\n", strerror(errno));
-        ret = KMSCTL_EXIT_LOCAL;
-    }
-    *out_rc = ret;
-    return 1;
 }

@@ -23,6 +23,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kmsctl_io.h"
 #include "kmsctl_rpc.h"
 #include "proto/key.pb-c.h"
 
@@ -43,22 +44,6 @@ enum {
 };
 #define F(o) (1u << ((o)-O_KEY_ID))
 #define F_IO (F(O_IN) | F(O_OUT) | F(O_BASE64_IN) | F(O_BASE64_OUT))
-
-/* An owned buffer that is wiped when freed. */
-struct sbuf {
-    uint8_t *data;
-    size_t len;
-};
-
-static void sbuf_wipe(struct sbuf *b)
-{
-    if (b->data) {
-        OPENSSL_cleanse(b->data, b->len);
-        free(b->data);
-    }
-    b->data = NULL;
-    b->len = 0;
-}
 
 struct args;
 struct cmd {
@@ -127,12 +112,12 @@ static void usage(FILE *f, const char *name)
 }
 
 /* Base64 with or without line breaks (EVP_Decode skips whitespace). */
-static int b64_decode(const struct sbuf *in, struct sbuf *out)
+static int b64_decode(const struct kmsctl_sbuf *in, struct kmsctl_sbuf *out)
 {
     EVP_ENCODE_CTX *e = EVP_ENCODE_CTX_new();
     int n = 0, fin = 0, ok = 0;
-    out->len = (in->len / 4 + 2) * 3; /* 3 bytes per 4 characters, rounded up */
-    out->data = malloc(out->len);
+    out->cap = (in->len / 4 + 2) * 3; /* 3 bytes per 4 characters, rounded up */
+    out->data = malloc(out->cap);
     if (e && out->data) {
         EVP_DecodeInit(e);
         ok = EVP_DecodeUpdate(e, out->data, &n, in->data, (int)in->len) >= 0 &&
@@ -140,7 +125,7 @@ static int b64_decode(const struct sbuf *in, struct sbuf *out)
     }
     EVP_ENCODE_CTX_free(e);
     if (!ok) {
-        sbuf_wipe(out); /* all of it: a failed decode may have written some */
+        kmsctl_sbuf_wipe(out); /* all of it: a failed decode may have written some */
         fprintf(stderr, "kmsctl: input is not valid base64\n");
         return 0;
     }
@@ -151,123 +136,47 @@ static int b64_decode(const struct sbuf *in, struct sbuf *out)
 /* Read all of path ('-' = stdin): what, at most max bytes after base64
  * decoding. Bigger input is refused here rather than by the server after
  * it has travelled. */
-static int read_input(const char *path, const char *what, int b64, size_t max, struct sbuf *out)
+static int read_input(const char *path, const char *what, int b64, size_t max,
+                      struct kmsctl_sbuf *out)
 {
     /* Base64 is 4/3 of the data plus line breaks; twice is ample. */
-    size_t cap = b64 ? 2 * max + 1024 : max;
-    struct sbuf raw = {malloc(cap + 1), 0};
-    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
-    int ret = KMSCTL_EXIT_LOCAL;
-
-    out->data = NULL;
-    out->len = 0;
-    if (fd < 0 || raw.data == NULL) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, fd < 0 ? strerror(errno) : "out of memory");
-        goto done;
-    }
-    /* The buffer length is cap+1 from here on, so sbuf_wipe clears it all. */
-    for (;;) {
-        ssize_t n = read(fd, raw.data + raw.len, cap + 1 - raw.len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            goto done;
+    struct kmsctl_sbuf raw;
+    int ret = kmsctl_io_read(path, b64 ? 2 * max + 1024 : max, &raw);
+    memset(out, 0, sizeof(*out));
+    if (ret == KMSCTL_EXIT_OK && b64) {
+        ret = b64_decode(&raw, out) ? KMSCTL_EXIT_OK : KMSCTL_EXIT_LOCAL;
+        if (ret == KMSCTL_EXIT_OK && out->len > max) {
+            kmsctl_sbuf_wipe(out);
+            ret = KMSCTL_IO_TOO_BIG;
         }
-        if (n == 0)
-            break;
-        raw.len += (size_t)n;
-        if (raw.len > cap)
-            break;
-    }
-    if (raw.len > cap) {
-        fprintf(stderr, "kmsctl: %s: %s larger than %zu bytes, the KeyService limit\n", path, what,
-                max);
-        goto done;
-    }
-    if (b64) {
-        if (!b64_decode(&raw, out))
-            goto done;
-        if (out->len > max) {
-            fprintf(stderr, "kmsctl: %s: %s larger than %zu bytes, the KeyService limit\n", path,
-                    what, max);
-            sbuf_wipe(out);
-            goto done;
-        }
-    } else {
+        kmsctl_sbuf_wipe(&raw);
+    } else if (ret == KMSCTL_EXIT_OK) {
         *out = raw;
-        raw.data = NULL;
     }
-    ret = KMSCTL_EXIT_OK;
-done:
-    if (raw.data)
-        raw.len = cap + 1;
-    sbuf_wipe(&raw);
-    if (fd > STDIN_FILENO)
-        close(fd);
+    if (ret == KMSCTL_IO_TOO_BIG) {
+        fprintf(stderr, "kmsctl: %s: %s larger than %zu bytes, the KeyService limit\n", path,
+                what, max);
+        ret = KMSCTL_EXIT_LOCAL;
+    }
     return ret;
-}
-
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return 0;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 1;
 }
 
 /* Write data to path ('-' = stdout), base64-encoded if b64. A secret output
  * (plaintext, a data key) gets mode 0600. */
 static int write_output(const char *path, const uint8_t *data, size_t len, int b64, int secret)
 {
-    struct sbuf enc = {0};
-    int to_stdout = strcmp(path, "-") == 0;
-    int fd = to_stdout ? STDOUT_FILENO
-                       : open(path, O_WRONLY | O_CREAT | O_CLOEXEC, secret ? 0600 : 0666);
-    int ret = KMSCTL_EXIT_LOCAL;
-    struct stat st;
-
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        goto done;
+    if (!b64)
+        return kmsctl_io_write(path, data, len, secret);
+    size_t n = 4 * ((len + 2) / 3);
+    struct kmsctl_sbuf enc = {malloc(n + 2), n + 1, n + 2};
+    if (enc.data == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        return KMSCTL_EXIT_LOCAL;
     }
-    if (!to_stdout && S_ISREG(st.st_mode)) {
-        /* Narrow an existing file before it holds the secret, then empty it. */
-        if ((secret && (st.st_mode & 077) && fchmod(fd, 0600) != 0) || ftruncate(fd, 0) != 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            goto done;
-        }
-    }
-    if (b64) {
-        size_t n = 4 * ((len + 2) / 3);
-        enc.data = malloc(n + 2);
-        if (enc.data == NULL) {
-            fprintf(stderr, "kmsctl: out of memory\n");
-            goto done;
-        }
-        enc.len = n + 2;
-        EVP_EncodeBlock(enc.data, data, (int)len);
-        enc.data[n] = '\n';
-        data = enc.data;
-        len = n + 1;
-    }
-    if (!write_all(fd, data, len)) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        goto done;
-    }
-    ret = KMSCTL_EXIT_OK;
-done:
-    sbuf_wipe(&enc);
-    if (!to_stdout && fd >= 0 && close(fd) != 0 && ret == KMSCTL_EXIT_OK) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        ret = KMSCTL_EXIT_LOCAL;
-    }
+    EVP_EncodeBlock(enc.data, data, (int)len);
+    enc.data[n] = '\n';
+    int ret = kmsctl_io_write(path, enc.data, enc.len, secret);
+    kmsctl_sbuf_wipe(&enc);
     return ret;
 }
 
@@ -283,7 +192,7 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct args *a)
 {
     Custos__V1__EncryptRequest req = CUSTOS__V1__ENCRYPT_REQUEST__INIT;
     Custos__V1__EncryptResponse *resp = NULL;
-    struct sbuf pt = {0};
+    struct kmsctl_sbuf pt = {0};
     ProtobufCMessage **ents = NULL;
     int ret = read_input(a->in, "plaintext", a->b64_in, MAX_PLAINTEXT, &pt);
     if (ret != KMSCTL_EXIT_OK)
@@ -306,7 +215,7 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct args *a)
 done:
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(ents, a->ctx.n);
-    sbuf_wipe(&pt);
+    kmsctl_sbuf_wipe(&pt);
     return ret;
 }
 
@@ -314,7 +223,7 @@ done:
  * in, plaintext out. Only the types differ. */
 static int run_decrypt_like(struct kmsctl_rpc *rpc, struct args *a, int data_key)
 {
-    struct sbuf ct = {0};
+    struct kmsctl_sbuf ct = {0};
     ProtobufCMessage **ents = NULL, *resp = NULL;
     ProtobufCBinaryData *pt = NULL;
     int ret = read_input(a->in, "ciphertext", a->b64_in, MAX_CIPHERTEXT, &ct);
@@ -358,7 +267,7 @@ static int run_decrypt_like(struct kmsctl_rpc *rpc, struct args *a, int data_key
 done:
     free_wiped(resp, pt);
     kmsctl_rpc_map_free(ents, a->ctx.n);
-    sbuf_wipe(&ct);
+    kmsctl_sbuf_wipe(&ct);
     return ret;
 }
 
@@ -376,7 +285,7 @@ static int run_reencrypt(struct kmsctl_rpc *rpc, struct args *a)
 {
     Custos__V1__ReEncryptRequest req = CUSTOS__V1__RE_ENCRYPT_REQUEST__INIT;
     Custos__V1__ReEncryptResponse *resp = NULL;
-    struct sbuf ct = {0};
+    struct kmsctl_sbuf ct = {0};
     ProtobufCMessage **src = NULL, **dst = NULL;
     int ret = read_input(a->in, "ciphertext", a->b64_in, MAX_CIPHERTEXT, &ct);
     if (ret != KMSCTL_EXIT_OK)
@@ -408,7 +317,7 @@ done:
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(src, a->src_ctx.n);
     kmsctl_rpc_map_free(dst, a->ctx.n);
-    sbuf_wipe(&ct);
+    kmsctl_sbuf_wipe(&ct);
     return ret;
 }
 
@@ -487,128 +396,148 @@ static int check_args(const char *prog, struct args *a, unsigned seen)
     return 1;
 }
 
-int kmsctl_crypto_main(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        KMSCTL_CONN_LONGOPTS,
-        {"key-id", required_argument, NULL, O_KEY_ID},
-        {"in", required_argument, NULL, O_IN},
-        {"out", required_argument, NULL, O_OUT},
-        {"context", required_argument, NULL, O_CONTEXT},
-        {"source-context", required_argument, NULL, O_SOURCE_CONTEXT},
-        {"base64-in", no_argument, NULL, O_BASE64_IN},
-        {"base64-out", no_argument, NULL, O_BASE64_OUT},
-        {"bytes", required_argument, NULL, O_BYTES},
-        {"out-plaintext", required_argument, NULL, O_OUT_PLAINTEXT},
-        {"out-blob", required_argument, NULL, O_OUT_BLOB},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct kmsctl_conn conn;
-    struct args a = {.in = "-", .out = "-"};
-    char prog[64];
-    unsigned seen = 0;
-    int c, ret = KMSCTL_EXIT_USAGE, data_key = strcmp(argv[0], "data-key") == 0;
+static const struct option crypto_opts[] = {
+    KMSCTL_CONN_LONGOPTS,
+    {"key-id", required_argument, NULL, O_KEY_ID},
+    {"in", required_argument, NULL, O_IN},
+    {"out", required_argument, NULL, O_OUT},
+    {"context", required_argument, NULL, O_CONTEXT},
+    {"source-context", required_argument, NULL, O_SOURCE_CONTEXT},
+    {"base64-in", no_argument, NULL, O_BASE64_IN},
+    {"base64-out", no_argument, NULL, O_BASE64_OUT},
+    {"bytes", required_argument, NULL, O_BYTES},
+    {"out-plaintext", required_argument, NULL, O_OUT_PLAINTEXT},
+    {"out-blob", required_argument, NULL, O_OUT_BLOB},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
-    kmsctl_conn_init(&conn);
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (kmsctl_conn_option(&conn, c, optarg))
-            continue;
-        if (c >= O_KEY_ID && c <= O_OUT_BLOB)
-            seen |= F(c);
-        switch (c) {
-        case O_KEY_ID:
-            a.key_id = optarg;
-            break;
-        case O_IN:
-            a.in = optarg;
-            break;
-        case O_OUT:
-            a.out = optarg;
-            a.out_given = 1;
-            break;
-        case O_CONTEXT:
-        case O_SOURCE_CONTEXT:
-            if (!kmsctl_kv_add(c == O_CONTEXT ? &a.ctx : &a.src_ctx,
-                               c == O_CONTEXT ? "--context" : "--source-context", optarg))
-                goto done;
-            break;
-        case O_BASE64_IN:
-            a.b64_in = 1;
-            break;
-        case O_BASE64_OUT:
-            a.b64_out = 1;
-            break;
-        case O_BYTES: {
-            char *end = NULL;
-            errno = 0;
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (optarg[0] < '0' || optarg[0] > '9' || errno || *end || v < 16 || v > 64) {
-                fprintf(stderr, "kmsctl: --bytes must be 16..64\n");
-                goto done;
-            }
-            a.bytes = (uint32_t)v;
-            break;
+/* One of this command's own options (c in O_KEY_ID..O_OUT_BLOB): record
+ * it, or print why not and return 0. */
+static int crypto_option(struct args *a, int c, char *arg)
+{
+    switch (c) {
+    case O_KEY_ID:
+        a->key_id = arg;
+        break;
+    case O_IN:
+        a->in = arg;
+        break;
+    case O_OUT:
+        a->out = arg;
+        a->out_given = 1;
+        break;
+    case O_CONTEXT:
+    case O_SOURCE_CONTEXT:
+        return kmsctl_kv_add(c == O_CONTEXT ? &a->ctx : &a->src_ctx,
+                             c == O_CONTEXT ? "--context" : "--source-context", arg);
+    case O_BASE64_IN:
+        a->b64_in = 1;
+        break;
+    case O_BASE64_OUT:
+        a->b64_out = 1;
+        break;
+    case O_BYTES: {
+        char *end = NULL;
+        errno = 0;
+        unsigned long v = strtoul(arg, &end, 10);
+        if (arg[0] < '0' || arg[0] > '9' || errno || *end || v < 16 || v > 64) {
+            fprintf(stderr, "kmsctl: --bytes must be 16..64\n");
+            return 0;
         }
-        case O_OUT_PLAINTEXT:
-            a.out_plaintext = optarg;
-            break;
-        case O_OUT_BLOB:
-            a.out_blob = optarg;
-            break;
-        case 'h':
-            usage(stdout, argv[0]);
-            ret = KMSCTL_EXIT_OK;
-            goto done;
-        default:
-            usage(stderr, argv[0]);
-            goto done;
-        }
+        a->bytes = (uint32_t)v;
+        break;
     }
-    if (data_key) {
+    case O_OUT_PLAINTEXT:
+        a->out_plaintext = arg;
+        break;
+    default: /* O_OUT_BLOB */
+        a->out_blob = arg;
+        break;
+    }
+    return 1;
+}
+
+/* The command from argv[0] (and, for data-key, its verb word) into a->cmd
+ * and its name for messages into prog. Returns -1 to go on, or the exit
+ * code (help, usage error). */
+static int crypto_cmd(int argc, char **argv, struct args *a, char prog[64])
+{
+    if (strcmp(argv[0], "data-key") == 0) {
         const char *verb = optind < argc ? argv[optind++] : "";
         if (strcmp(verb, "help") == 0) {
             usage(stdout, argv[0]);
-            ret = KMSCTL_EXIT_OK;
-            goto done;
+            return KMSCTL_EXIT_OK;
         }
         if (strcmp(verb, "generate") == 0)
-            a.cmd = &cmds[3];
+            a->cmd = &cmds[3];
         else if (strcmp(verb, "decrypt") == 0)
-            a.cmd = &cmds[4];
+            a->cmd = &cmds[4];
         else {
             if (*verb)
                 fprintf(stderr, "kmsctl data-key: unknown command '%s'\n", verb);
             else
                 fprintf(stderr, "kmsctl data-key: generate or decrypt?\n");
             usage(stderr, argv[0]);
-            goto done;
+            return KMSCTL_EXIT_USAGE;
         }
-        snprintf(prog, sizeof(prog), "kmsctl data-key %s", verb);
+        snprintf(prog, 64, "kmsctl data-key %s", verb);
     } else {
         for (size_t i = 0; i < 3; i++)
             if (strcmp(argv[0], cmds[i].name) == 0)
-                a.cmd = &cmds[i];
-        snprintf(prog, sizeof(prog), "kmsctl %s", argv[0]);
+                a->cmd = &cmds[i];
+        snprintf(prog, 64, "kmsctl %s", argv[0]);
     }
-    if (a.cmd == NULL) { /* main() only dispatches the names above */
+    if (a->cmd == NULL) { /* the verb table only sends the names above */
         fprintf(stderr, "kmsctl: unknown command '%s'\n", argv[0]);
-        goto done;
+        return KMSCTL_EXIT_USAGE;
     }
     if (optind < argc) {
         fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
-        goto done;
+        return KMSCTL_EXIT_USAGE;
     }
-    if (!check_args(prog, &a, seen))
-        goto done;
+    return -1;
+}
 
-    struct kmsctl_rpc *rpc = NULL;
-    ret = kmsctl_rpc_open(&conn, &rpc);
-    if (ret == KMSCTL_EXIT_OK)
-        ret = a.cmd->run(rpc, &a);
-    kmsctl_rpc_free(rpc);
-done:
+/* Options, command, checks. Returns -1 to go on, or the exit code. */
+static int crypto_parse(int argc, char **argv, struct kmsctl_conn *conn, struct args *a,
+                        char prog[64])
+{
+    unsigned seen = 0;
+    int c;
+    kmsctl_conn_init(conn);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", crypto_opts, NULL)) != -1) {
+        if (kmsctl_conn_option(conn, c, optarg))
+            continue;
+        if (c >= O_KEY_ID && c <= O_OUT_BLOB) {
+            seen |= F(c);
+            if (!crypto_option(a, c, optarg))
+                return KMSCTL_EXIT_USAGE;
+            continue;
+        }
+        usage(c == 'h' ? stdout : stderr, argv[0]);
+        return c == 'h' ? KMSCTL_EXIT_OK : KMSCTL_EXIT_USAGE;
+    }
+    int ret = crypto_cmd(argc, argv, a, prog);
+    if (ret < 0 && !check_args(prog, a, seen))
+        ret = KMSCTL_EXIT_USAGE;
+    return ret;
+}
+
+int kmsctl_crypto_main(int argc, char **argv)
+{
+    struct kmsctl_conn conn;
+    struct args a = {.in = "-", .out = "-"};
+    char prog[64];
+    int ret = crypto_parse(argc, argv, &conn, &a, prog);
+    if (ret < 0) {
+        struct kmsctl_rpc *rpc = NULL;
+        ret = kmsctl_rpc_open(&conn, &rpc);
+        if (ret == KMSCTL_EXIT_OK)
+            ret = a.cmd->run(rpc, &a);
+        kmsctl_rpc_free(rpc);
+    }
     kmsctl_kv_cleanup(&a.ctx);
     kmsctl_kv_cleanup(&a.src_ctx);
     return ret;

@@ -29,6 +29,7 @@
 #include <openssl/pem.h>
 
 #include "audit_verify_util.h"
+#include "kmsctl_print.h"
 #include "kmsctl_rpc.h"
 #include "proto/escrow.pb-c.h"
 
@@ -60,7 +61,8 @@ struct args {
     const char *verb, *id, *mode, *justification, *text, *case_ref, *versions, *state,
         *recipient, *officer_key, *signature, *out_dir, *reason, *key_id, *statement_out, *in,
         *out;
-    int open_only, quiet;
+    int open_only;
+    struct kmsctl_common o; /* connection, -q */
 };
 
 static void usage(FILE *f)
@@ -161,63 +163,6 @@ static int sign_statement(const char *key_path, const uint8_t *stmt, size_t len,
 
 /* ---- printing ----------------------------------------------------------------------- */
 
-static const char *when(int64_t t, char buf[32])
-{
-    return t == 0 ? "-" : kmsctl_iso8601(t, buf);
-}
-static void field(const char *name, const char *value)
-{
-    printf("%-19s ", name);
-    kmsctl_print_safe(stdout, value);
-    putchar('\n');
-}
-
-/* Multi-line text from the server, each line escaped on its own. */
-static void print_lines(FILE *f, const char *s)
-{
-    while (s && *s) {
-        const char *nl = strchr(s, '\n');
-        size_t n = nl ? (size_t)(nl - s) : strlen(s);
-        char line[1024];
-        snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), s);
-        kmsctl_print_safe(f, line);
-        fputc('\n', f);
-        s += n + (nl ? 1 : 0);
-    }
-}
-
-static void print_recovery(const Custos__V1__Recovery *r, int with_statement)
-{
-    char t[32], buf[64];
-    field("recovery_id:", r->recovery_id);
-    field("state:", kmsctl_enum_name(&custos__v1__recovery_state__descriptor, (int)r->state));
-    field("key_id:", r->key_id);
-    field("region:", r->region);
-    field("mode:", kmsctl_enum_name(&custos__v1__recovery_mode__descriptor, (int)r->mode));
-    field("justification:", kmsctl_enum_name(&custos__v1__justification__descriptor,
-                                      (int)r->justification));
-    field("case:", r->case_reference);
-    field("requester:", r->requester);
-    snprintf(buf, sizeof(buf), "%zu of %" PRIu32, r->n_approvals, r->approvals_required);
-    field("approvals:", buf);
-    for (size_t i = 0; i < r->n_approvals; i++) {
-        printf("  ");
-        kmsctl_print_safe(stdout, r->approvals[i]->officer);
-        printf("  %s\n", when(r->approvals[i]->approved_at, t));
-    }
-    field("expires:", when(r->expires_at, t));
-    if (r->executable_at)
-        field("executable_from:", when(r->executable_at, t));
-    if (r->executed_at)
-        field("executed:", when(r->executed_at, t));
-    if (r->cancelled_by && *r->cancelled_by)
-        field("cancelled_by:", r->cancelled_by);
-    if (with_statement) {
-        printf("statement (what approvers sign):\n");
-        print_lines(stdout, r->statement);
-    }
-}
-
 /* ---- verbs ---------------------------------------------------------------------------- */
 
 static int get(struct kmsctl_rpc *rpc, const char *id, Custos__V1__GetRecoveryResponse **out)
@@ -295,11 +240,11 @@ static int do_request(struct kmsctl_rpc *rpc, const struct args *a)
                                      &custos__v1__request_recovery_response__descriptor,
                                      (ProtobufCMessage **)&resp, NULL, NULL);
     if (rc == KMSCTL_EXIT_OK && resp->recovery) {
-        if (a->quiet) {
+        if (a->o.quiet) {
             kmsctl_print_safe(stdout, resp->recovery->recovery_id);
             putchar('\n');
         } else {
-            print_recovery(resp->recovery, 1);
+            kmsctl_print_recovery(resp->recovery, 1);
         }
     }
     if (resp)
@@ -312,7 +257,7 @@ static int do_show(struct kmsctl_rpc *rpc, const struct args *a)
     Custos__V1__GetRecoveryResponse *resp = NULL;
     int rc = get(rpc, a->id, &resp);
     if (rc == KMSCTL_EXIT_OK && resp->recovery) {
-        print_recovery(resp->recovery, a->statement_out == NULL);
+        kmsctl_print_recovery(resp->recovery, a->statement_out == NULL);
         if (a->statement_out)
             rc = write_file(a->statement_out, (const uint8_t *)resp->recovery->statement,
                             strlen(resp->recovery->statement));
@@ -338,7 +283,7 @@ static int do_list(struct kmsctl_rpc *rpc, const struct args *a)
         printf("  %-16s %-14s ", kmsctl_enum_name(&custos__v1__recovery_state__descriptor, (int)r->state),
                kmsctl_enum_name(&custos__v1__recovery_mode__descriptor, (int)r->mode));
         kmsctl_print_safe(stdout, r->key_id);
-        printf("  %s\n", when(r->created_at, t));
+        printf("  %s\n", kmsctl_when(r->created_at, t));
     }
     if (resp)
         protobuf_c_message_free_unpacked(&resp->base, NULL);
@@ -367,7 +312,7 @@ static int do_approve(struct kmsctl_rpc *rpc, const struct args *a)
         if (rc == KMSCTL_EXIT_OK && g->recovery) {
             /* The officer sees what they approve before it is signed. */
             fprintf(stderr, "signing this statement:\n");
-            print_lines(stderr, g->recovery->statement);
+            kmsctl_print_lines(stderr, g->recovery->statement);
             rc = sign_statement(a->officer_key, (const uint8_t *)g->recovery->statement,
                                 strlen(g->recovery->statement), sig, &sig_len);
         }
@@ -387,7 +332,7 @@ static int do_approve(struct kmsctl_rpc *rpc, const struct args *a)
     if (rc == KMSCTL_EXIT_OK && resp->recovery) {
         if (!resp->counted)
             printf("(you had already approved: counted once)\n");
-        print_recovery(resp->recovery, 0);
+        kmsctl_print_recovery(resp->recovery, 0);
     }
     if (resp)
         protobuf_c_message_free_unpacked(&resp->base, NULL);
@@ -403,7 +348,7 @@ static int do_execute(struct kmsctl_rpc *rpc, const struct args *a)
                                      &custos__v1__execute_recovery_response__descriptor,
                                      (ProtobufCMessage **)&resp, NULL, NULL);
     if (rc == KMSCTL_EXIT_OK && resp->recovery) {
-        print_recovery(resp->recovery, 0);
+        kmsctl_print_recovery(resp->recovery, 0);
         if (resp->key_state && *resp->key_state)
             printf("key is %s again, current version %" PRIu32 "\n", resp->key_state,
                    resp->current_version);
@@ -439,7 +384,7 @@ static int do_cancel(struct kmsctl_rpc *rpc, const struct args *a)
                                      &custos__v1__cancel_recovery_response__descriptor,
                                      (ProtobufCMessage **)&resp, NULL, NULL);
     if (rc == KMSCTL_EXIT_OK && resp->recovery)
-        print_recovery(resp->recovery, 0);
+        kmsctl_print_recovery(resp->recovery, 0);
     if (resp)
         protobuf_c_message_free_unpacked(&resp->base, NULL);
     return rc;
@@ -447,7 +392,7 @@ static int do_cancel(struct kmsctl_rpc *rpc, const struct args *a)
 
 /* ---- entry points --------------------------------------------------------------------- */
 
-static int parse(int argc, char **argv, struct kmsctl_conn *conn, struct args *a)
+static int parse(int argc, char **argv, struct args *a)
 {
     static const struct option opts[] = {
         KMSCTL_CONN_LONGOPTS,
@@ -492,15 +437,13 @@ static int parse(int argc, char **argv, struct kmsctl_conn *conn, struct args *a
     optind = 2;
     int c;
     while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
-        if (kmsctl_conn_option(conn, c, optarg))
+        if (kmsctl_common_option(&a->o, c, optarg))
             continue;
         if (c == 'h') {
             usage(stdout);
             return -1;
         }
-        if (c == 'q') {
-            a->quiet = 1;
-        } else if (c == O_OPEN) {
+        if (c == O_OPEN) {
             a->open_only = 1;
         } else if (c >= O_MODE && c <= O_OUT && slot[c - O_MODE]) {
             *slot[c - O_MODE] = optarg;
@@ -520,14 +463,13 @@ static int parse(int argc, char **argv, struct kmsctl_conn *conn, struct args *a
 
 int kmsctl_officer_main(int argc, char **argv)
 {
-    struct kmsctl_conn conn;
     struct args a = {0};
-    kmsctl_conn_init(&conn);
+    kmsctl_common_init(&a.o);
     if (argc < 2 || strcmp(argv[1], "sign") != 0) {
         usage(argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
         return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 0 : KMSCTL_EXIT_USAGE;
     }
-    int rc = parse(argc, argv, &conn, &a);
+    int rc = parse(argc, argv, &a);
     if (rc != KMSCTL_EXIT_OK)
         return rc < 0 ? 0 : rc;
     if (!a.officer_key || !a.in || a.id) {
@@ -572,10 +514,9 @@ int kmsctl_recovery_main(int argc, char **argv)
         fprintf(stderr, "kmsctl recovery: unknown command '%s'\n", argv[1]);
         return KMSCTL_EXIT_USAGE;
     }
-    struct kmsctl_conn conn;
     struct args a = {0};
-    kmsctl_conn_init(&conn);
-    int rc = parse(argc, argv, &conn, &a);
+    kmsctl_common_init(&a.o);
+    int rc = parse(argc, argv, &a);
     if (rc != KMSCTL_EXIT_OK)
         return rc < 0 ? 0 : rc;
     if (verbs[v].needs_id != (a.id != NULL)) {
@@ -584,7 +525,7 @@ int kmsctl_recovery_main(int argc, char **argv)
         return KMSCTL_EXIT_USAGE;
     }
     struct kmsctl_rpc *rpc = NULL;
-    rc = kmsctl_rpc_open(&conn, &rpc);
+    rc = kmsctl_rpc_open(&a.o.conn, &rpc);
     if (rc == KMSCTL_EXIT_OK)
         rc = verbs[v].fn(rpc, &a);
     kmsctl_rpc_free(rpc);

@@ -1,5 +1,6 @@
 /*
- * kmsctl_fields.c - `kmsctl fields encrypt|decrypt|blind-index`.
+ * kmsctl_fields.c - `kmsctl fields encrypt|decrypt|blind-index`: help and
+ * option parsing; the commands themselves are in kmsctl_fields_run.c.
  *
  *   encrypt      JSON object {"name": "value", ...} in; {"key_id": ...,
  *                "key_version": N, "fields": {"name": "<base64 blob>"}} out.
@@ -28,13 +29,9 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kmsctl_fields_run.h"
 #include "kmsctl_rpc.h"
 #include "proto/fields.pb-c.h"
-
-#define FIELD_SERVICE "custos.v1.FieldService"
-#define MAX_FIELDS 32
-/* JSON of 32 values of 4 KiB, escaped (a \u escape is 6 bytes per input byte). */
-#define FIELDS_INPUT_MAX (1u << 20)
 
 enum {
     O_KEY_ID = 0x4000,
@@ -49,19 +46,6 @@ enum {
 };
 #define F(o) (1u << ((o)-O_KEY_ID))
 
-struct fargs {
-    const char *verb;
-    const char *key_id, *in, *out, *field;
-    struct kmsctl_kv ctx;
-    /* encrypt: names to encrypt deterministically, and NAME=KIND pairs;
-     * blind-index: the one canonicalizer. */
-    char *det[MAX_FIELDS];
-    size_t n_det;
-    struct kmsctl_kv canon;
-    int canon_one;
-    uint32_t bits;
-    int all_versions;
-};
 
 static void usage(FILE *f)
 {
@@ -109,484 +93,9 @@ static void usage(FILE *f)
             "\n" KMSCTL_CONN_USAGE "\n" KMSCTL_EXIT_USAGE_TEXT);
 }
 
-/* ---- local I/O -------------------------------------------------------------- */
-
-struct sbuf {
-    uint8_t *data;
-    size_t len, cap;
-};
-
-static void sbuf_wipe(struct sbuf *b)
-{
-    if (b->data) {
-        OPENSSL_cleanse(b->data, b->cap);
-        free(b->data);
-    }
-    memset(b, 0, sizeof(*b));
-}
-
-static int read_input(const char *path, struct sbuf *out)
-{
-    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
-    memset(out, 0, sizeof(*out));
-    if (fd < 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        return KMSCTL_EXIT_LOCAL;
-    }
-    out->cap = FIELDS_INPUT_MAX + 1;
-    out->data = malloc(out->cap);
-    int ret = KMSCTL_EXIT_LOCAL;
-    if (out->data == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    for (;;) {
-        ssize_t n = read(fd, out->data + out->len, out->cap - out->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            goto done;
-        }
-        if (n == 0)
-            break;
-        out->len += (size_t)n;
-        if (out->len == out->cap) {
-            fprintf(stderr, "kmsctl: %s: input larger than %u bytes\n", path, FIELDS_INPUT_MAX);
-            goto done;
-        }
-    }
-    ret = KMSCTL_EXIT_OK;
-done:
-    if (fd > STDIN_FILENO)
-        close(fd);
-    if (ret != KMSCTL_EXIT_OK)
-        sbuf_wipe(out);
-    return ret;
-}
-
-/* Write data to path ('-' = stdout); a secret output gets mode 0600, and an
- * existing file is narrowed before it is truncated. */
-static int write_output(const char *path, const char *data, size_t len, int secret)
-{
-    int to_stdout = strcmp(path, "-") == 0;
-    int fd = to_stdout ? STDOUT_FILENO
-                       : open(path, O_WRONLY | O_CREAT | O_CLOEXEC, secret ? 0600 : 0666);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        return KMSCTL_EXIT_LOCAL;
-    }
-    int ret = KMSCTL_EXIT_LOCAL;
-    if (!to_stdout && S_ISREG(st.st_mode) &&
-        ((secret && (st.st_mode & 077) && fchmod(fd, 0600) != 0) || ftruncate(fd, 0) != 0)) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        goto done;
-    }
-    while (len > 0) {
-        ssize_t w = write(fd, data, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-            goto done;
-        }
-        data += w;
-        len -= (size_t)w;
-    }
-    ret = KMSCTL_EXIT_OK;
-done:
-    if (!to_stdout && close(fd) != 0 && ret == KMSCTL_EXIT_OK) {
-        fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
-        ret = KMSCTL_EXIT_LOCAL;
-    }
-    return ret;
-}
-
-/* Dump j (ASCII only, so any terminal is safe) and write it. */
-static int write_json(const char *path, json_t *j, int secret)
-{
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_ENSURE_ASCII);
-    if (s == NULL) {
-        fprintf(stderr, "kmsctl: cannot format JSON output\n");
-        return KMSCTL_EXIT_LOCAL;
-    }
-    size_t n = strlen(s);
-    char *line = realloc(s, n + 2);
-    if (line == NULL) {
-        OPENSSL_cleanse(s, n);
-        free(s);
-        fprintf(stderr, "kmsctl: out of memory\n");
-        return KMSCTL_EXIT_LOCAL;
-    }
-    line[n] = '\n';
-    line[n + 1] = '\0';
-    int ret = write_output(path, line, n + 1, secret);
-    OPENSSL_cleanse(line, n + 1);
-    free(line);
-    return ret;
-}
-
-static char *b64_encode(const uint8_t *p, size_t n)
-{
-    char *s = malloc(4 * ((n + 2) / 3) + 1);
-    if (s)
-        EVP_EncodeBlock((unsigned char *)s, p, (int)n);
-    return s;
-}
-
-/* Strict base64 (no whitespace); NULL when it is not. */
-static uint8_t *b64_decode(const char *s, size_t *out_len)
-{
-    size_t n = strlen(s);
-    if (n % 4 != 0)
-        return NULL;
-    uint8_t *p = malloc(n / 4 * 3 + 1);
-    if (p == NULL)
-        return NULL;
-    int m = n ? EVP_DecodeBlock(p, (const unsigned char *)s, (int)n) : 0;
-    if (m < 0) {
-        free(p);
-        return NULL;
-    }
-    size_t pad = n >= 1 && s[n - 1] == '=' ? (n >= 2 && s[n - 2] == '=' ? 2 : 1) : 0;
-    *out_len = (size_t)m - pad;
-    return p;
-}
-
-static const char *canon_names[] = {"", "raw", "e164", "email", "email-ci"};
-
-static int parse_canon(const char *s)
-{
-    for (int i = 1; i <= 4; i++)
-        if (strcmp(s, canon_names[i]) == 0)
-            return i;
-    return 0;
-}
-
-static const char *mode_name(Custos__V1__FieldMode m)
-{
-    return m == CUSTOS__V1__FIELD_MODE__FIELD_MODE_DETERMINISTIC ? "deterministic" : "randomized";
-}
-
-/* ---- encrypt ---------------------------------------------------------------- */
-
-static int run_encrypt(struct kmsctl_rpc *rpc, struct fargs *a)
-{
-    struct sbuf raw;
-    int ret = read_input(a->in, &raw);
-    if (ret != KMSCTL_EXIT_OK)
-        return ret;
-    json_error_t err;
-    json_t *in = json_loadb((const char *)raw.data, raw.len, JSON_REJECT_DUPLICATES, &err);
-    sbuf_wipe(&raw);
-    Custos__V1__PlaintextField *fs = NULL, **fp = NULL;
-    ProtobufCMessage **ents = NULL;
-    Custos__V1__EncryptFieldsResponse *resp = NULL;
-    json_t *out = NULL;
-    size_t n = in && json_is_object(in) ? json_object_size(in) : 0;
-    ret = KMSCTL_EXIT_LOCAL;
-    if (in == NULL || !json_is_object(in)) {
-        fprintf(stderr, "kmsctl: %s: not a JSON object%s%s\n", a->in, in ? "" : ": ",
-                in ? "" : err.text);
-        goto done;
-    }
-    if (n < 1 || n > MAX_FIELDS) {
-        fprintf(stderr, "kmsctl: %s: 1..%d fields per call\n", a->in, MAX_FIELDS);
-        goto done;
-    }
-    /* Every name the options mention must be in the input: a typo would
-     * otherwise silently encrypt a field in the wrong mode. */
-    for (size_t i = 0; i < a->n_det; i++)
-        if (json_object_get(in, a->det[i]) == NULL) {
-            fprintf(stderr, "kmsctl fields encrypt: --deterministic names '%s', which the "
-                            "input does not have\n", a->det[i]);
-            ret = KMSCTL_EXIT_USAGE;
-            goto done;
-        }
-    for (size_t i = 0; i < a->canon.n; i++)
-        if (json_object_get(in, a->canon.key[i]) == NULL) {
-            fprintf(stderr, "kmsctl fields encrypt: --canon names '%s', which the input "
-                            "does not have\n", a->canon.key[i]);
-            ret = KMSCTL_EXIT_USAGE;
-            goto done;
-        }
-    fs = calloc(n, sizeof(*fs));
-    fp = calloc(n, sizeof(*fp));
-    ents = kmsctl_kv_map(&a->ctx, &custos__v1__encrypt_fields_request__encryption_context_entry__descriptor);
-    if (fs == NULL || fp == NULL || ents == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    const char *name;
-    json_t *v;
-    size_t i = 0;
-    json_object_foreach(in, name, v)
-    {
-        if (!json_is_string(v)) {
-            fprintf(stderr, "kmsctl: %s: field '", a->in);
-            kmsctl_print_safe(stderr, name);
-            fprintf(stderr, "': the value must be a string\n");
-            goto done;
-        }
-        custos__v1__plaintext_field__init(&fs[i]);
-        fs[i].name = (char *)name;
-        fs[i].value.data = (uint8_t *)json_string_value(v);
-        fs[i].value.len = json_string_length(v);
-        fs[i].mode = CUSTOS__V1__FIELD_MODE__FIELD_MODE_RANDOMIZED;
-        for (size_t d = 0; d < a->n_det; d++)
-            if (strcmp(a->det[d], name) == 0)
-                fs[i].mode = CUSTOS__V1__FIELD_MODE__FIELD_MODE_DETERMINISTIC;
-        for (size_t c = 0; c < a->canon.n; c++)
-            if (strcmp(a->canon.key[c], name) == 0)
-                fs[i].canonicalizer = (Custos__V1__Canonicalizer)parse_canon(a->canon.value[c]);
-        fp[i] = &fs[i];
-        i++;
-    }
-    Custos__V1__EncryptFieldsRequest req = CUSTOS__V1__ENCRYPT_FIELDS_REQUEST__INIT;
-    req.key_id = (char *)a->key_id;
-    req.n_encryption_context = a->ctx.n;
-    req.encryption_context = (Custos__V1__EncryptFieldsRequest__EncryptionContextEntry **)ents;
-    req.n_fields = n;
-    req.fields = fp;
-    ret = kmsctl_rpc_call_service(rpc, FIELD_SERVICE, "EncryptFields", &req.base,
-                                  &custos__v1__encrypt_fields_response__descriptor,
-                                  (ProtobufCMessage **)&resp, NULL, NULL);
-    if (ret != KMSCTL_EXIT_OK)
-        goto done;
-    ret = KMSCTL_EXIT_LOCAL;
-    json_t *fields = json_object();
-    out = json_object();
-    if (fields == NULL || out == NULL) {
-        json_decref(fields);
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    json_object_set_new(out, "key_id", json_string(resp->key_id));
-    json_object_set_new(out, "key_version", json_integer(resp->key_version));
-    json_object_set_new(out, "fields", fields);
-    for (size_t k = 0; k < resp->n_fields; k++) {
-        char *b = b64_encode(resp->fields[k]->ciphertext.data, resp->fields[k]->ciphertext.len);
-        if (b == NULL || json_object_set_new(fields, resp->fields[k]->name, json_string(b)) != 0) {
-            free(b);
-            fprintf(stderr, "kmsctl: cannot format JSON output\n");
-            goto done;
-        }
-        free(b);
-    }
-    ret = write_json(a->out, out, 0);
-done:
-    json_decref(out);
-    protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
-    kmsctl_rpc_map_free(ents, a->ctx.n);
-    free(fs);
-    free(fp);
-    json_decref(in);
-    return ret;
-}
-
-/* ---- decrypt ---------------------------------------------------------------- */
-
-static int run_decrypt(struct kmsctl_rpc *rpc, struct fargs *a)
-{
-    struct sbuf raw;
-    int ret = read_input(a->in, &raw);
-    if (ret != KMSCTL_EXIT_OK)
-        return ret;
-    json_error_t err;
-    json_t *in = json_loadb((const char *)raw.data, raw.len, JSON_REJECT_DUPLICATES, &err);
-    sbuf_wipe(&raw);
-    Custos__V1__EncryptedField *fs = NULL, **fp = NULL;
-    ProtobufCMessage **ents = NULL;
-    Custos__V1__DecryptFieldsResponse *resp = NULL;
-    json_t *out = NULL;
-    size_t n = 0, i = 0;
-    ret = KMSCTL_EXIT_LOCAL;
-    if (in == NULL || !json_is_object(in)) {
-        fprintf(stderr, "kmsctl: %s: not a JSON object%s%s\n", a->in, in ? "" : ": ",
-                in ? "" : err.text);
-        goto done;
-    }
-    /* The output of encrypt, or a bare map of blobs. */
-    json_t *fields = json_object_get(in, "fields");
-    const char *key_id = a->key_id;
-    if (fields && json_is_object(fields)) {
-        const char *in_key = json_string_value(json_object_get(in, "key_id"));
-        if (key_id == NULL)
-            key_id = in_key;
-        else if (in_key && strcmp(in_key, key_id) != 0) {
-            fprintf(stderr, "kmsctl fields decrypt: the input was made with another key than "
-                            "--key-id\n");
-            ret = KMSCTL_EXIT_USAGE;
-            goto done;
-        }
-    } else {
-        fields = in;
-    }
-    if (key_id == NULL || *key_id == '\0') {
-        fprintf(stderr, "kmsctl fields decrypt: --key-id is required (the input names no key)\n");
-        ret = KMSCTL_EXIT_USAGE;
-        goto done;
-    }
-    n = json_object_size(fields);
-    if (n < 1 || n > MAX_FIELDS) {
-        fprintf(stderr, "kmsctl: %s: 1..%d fields per call\n", a->in, MAX_FIELDS);
-        goto done;
-    }
-    fs = calloc(n, sizeof(*fs));
-    fp = calloc(n, sizeof(*fp));
-    ents = kmsctl_kv_map(&a->ctx, &custos__v1__decrypt_fields_request__encryption_context_entry__descriptor);
-    if (fs == NULL || fp == NULL || ents == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    const char *name;
-    json_t *v;
-    json_object_foreach(fields, name, v)
-    {
-        custos__v1__encrypted_field__init(&fs[i]);
-        fs[i].name = (char *)name;
-        fp[i] = &fs[i];
-        const char *s = json_string_value(v);
-        if (s == NULL || (fs[i].ciphertext.data = b64_decode(s, &fs[i].ciphertext.len)) == NULL) {
-            fprintf(stderr, "kmsctl: %s: field '", a->in);
-            kmsctl_print_safe(stderr, name);
-            fprintf(stderr, "': not a base64 string\n");
-            i++;
-            goto done;
-        }
-        i++;
-    }
-    Custos__V1__DecryptFieldsRequest req = CUSTOS__V1__DECRYPT_FIELDS_REQUEST__INIT;
-    req.key_id = (char *)key_id;
-    req.n_encryption_context = a->ctx.n;
-    req.encryption_context = (Custos__V1__DecryptFieldsRequest__EncryptionContextEntry **)ents;
-    req.n_fields = n;
-    req.fields = fp;
-    ret = kmsctl_rpc_call_service(rpc, FIELD_SERVICE, "DecryptFields", &req.base,
-                                  &custos__v1__decrypt_fields_response__descriptor,
-                                  (ProtobufCMessage **)&resp, NULL, NULL);
-    if (ret != KMSCTL_EXIT_OK)
-        goto done;
-    ret = KMSCTL_EXIT_LOCAL;
-    out = json_object();
-    if (out == NULL) {
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    for (size_t k = 0; k < resp->n_fields; k++) {
-        const Custos__V1__DecryptedField *f = resp->fields[k];
-        json_t *s = json_stringn((const char *)f->value.data, f->value.len);
-        if (s == NULL) {
-            fprintf(stderr, "kmsctl: field '");
-            kmsctl_print_safe(stderr, f->name);
-            fprintf(stderr, "' (%s, key version %u) is not UTF-8 text; use the API for binary "
-                            "values\n", mode_name(f->mode), f->key_version);
-            goto done;
-        }
-        json_object_set_new(out, f->name, s);
-    }
-    ret = write_json(a->out, out, 1);
-done:
-    json_decref(out);
-    if (resp)
-        for (size_t k = 0; k < resp->n_fields; k++)
-            OPENSSL_cleanse(resp->fields[k]->value.data, resp->fields[k]->value.len);
-    protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
-    kmsctl_rpc_map_free(ents, a->ctx.n);
-    for (size_t k = 0; fs && k < i; k++)
-        free(fs[k].ciphertext.data);
-    free(fs);
-    free(fp);
-    json_decref(in);
-    return ret;
-}
-
-/* ---- blind-index ------------------------------------------------------------- */
-
-static int run_blind_index(struct kmsctl_rpc *rpc, struct fargs *a)
-{
-    struct sbuf raw;
-    int ret = read_input(a->in, &raw);
-    if (ret != KMSCTL_EXIT_OK)
-        return ret;
-    ProtobufCBinaryData vals[MAX_FIELDS];
-    size_t n = 0;
-    Custos__V1__BlindIndexResponse *resp = NULL;
-    json_t *out = NULL;
-    ret = KMSCTL_EXIT_LOCAL;
-    /* Lines of the buffer, in place: values point into it. */
-    for (size_t start = 0; start < raw.len;) {
-        uint8_t *nl = memchr(raw.data + start, '\n', raw.len - start);
-        size_t end = nl ? (size_t)(nl - raw.data) : raw.len, e = end;
-        if (e > start && raw.data[e - 1] == '\r')
-            e--;
-        if (e > start) {
-            if (n == MAX_FIELDS) {
-                fprintf(stderr, "kmsctl: %s: more than %d values\n", a->in, MAX_FIELDS);
-                goto done;
-            }
-            vals[n].data = raw.data + start;
-            vals[n].len = e - start;
-            n++;
-        }
-        start = end + 1;
-    }
-    if (n == 0) {
-        fprintf(stderr, "kmsctl: %s: no values (one per line)\n", a->in);
-        goto done;
-    }
-    Custos__V1__BlindIndexRequest req = CUSTOS__V1__BLIND_INDEX_REQUEST__INIT;
-    req.key_id = (char *)a->key_id;
-    req.field = (char *)a->field;
-    req.canonicalizer = (Custos__V1__Canonicalizer)a->canon_one;
-    req.n_values = n;
-    req.values = vals;
-    req.length_bits = a->bits;
-    req.all_versions = a->all_versions;
-    ret = kmsctl_rpc_call_service(rpc, FIELD_SERVICE, "BlindIndex", &req.base,
-                                  &custos__v1__blind_index_response__descriptor,
-                                  (ProtobufCMessage **)&resp, NULL, NULL);
-    if (ret != KMSCTL_EXIT_OK)
-        goto done;
-    ret = KMSCTL_EXIT_LOCAL;
-    json_t *versions = json_array();
-    out = json_object();
-    if (versions == NULL || out == NULL) {
-        json_decref(versions);
-        fprintf(stderr, "kmsctl: out of memory\n");
-        goto done;
-    }
-    json_object_set_new(out, "key_id", json_string(resp->key_id));
-    json_object_set_new(out, "field", json_string(a->field));
-    json_object_set_new(out, "length_bits", json_integer(resp->length_bits));
-    json_object_set_new(out, "versions", versions);
-    for (size_t v = 0; v < resp->n_versions; v++) {
-        const Custos__V1__VersionIndexes *vi = resp->versions[v];
-        json_t *o = json_object(), *list = json_array();
-        json_object_set_new(o, "key_version", json_integer(vi->key_version));
-        json_object_set_new(o, "indexes", list);
-        json_array_append_new(versions, o);
-        for (size_t k = 0; k < vi->n_indexes; k++) {
-            char hex[65];
-            size_t len = vi->indexes[k].len > 32 ? 32 : vi->indexes[k].len;
-            for (size_t b = 0; b < len; b++)
-                snprintf(hex + 2 * b, 3, "%02x", vi->indexes[k].data[b]);
-            hex[2 * len] = '\0';
-            json_array_append_new(list, json_string(hex));
-        }
-    }
-    ret = write_json(a->out, out, 0);
-done:
-    json_decref(out);
-    protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
-    sbuf_wipe(&raw);
-    return ret;
-}
-
 /* ---- options ------------------------------------------------------------------ */
 
-static int add_det(struct fargs *a, const char *arg)
+static int add_det(struct kmsctl_fields_args *a, const char *arg)
 {
     char *copy = strdup(arg), *save = NULL;
     if (copy == NULL)
@@ -615,154 +124,180 @@ static const char *opt_name(int bit)
     return names[bit];
 }
 
-int kmsctl_fields_main(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        KMSCTL_CONN_LONGOPTS,
-        {"key-id", required_argument, NULL, O_KEY_ID},
-        {"context", required_argument, NULL, O_CONTEXT},
-        {"deterministic", required_argument, NULL, O_DETERMINISTIC},
-        {"canon", required_argument, NULL, O_CANON},
-        {"in", required_argument, NULL, O_IN},
-        {"out", required_argument, NULL, O_OUT},
-        {"field", required_argument, NULL, O_FIELD},
-        {"bits", required_argument, NULL, O_BITS},
-        {"all-versions", no_argument, NULL, O_ALL_VERSIONS},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct kmsctl_conn conn;
-    struct fargs a = {.in = "-", .out = "-"};
-    unsigned seen = 0;
-    char *canon_arg[MAX_FIELDS];
-    size_t n_canon_arg = 0;
-    int c, ret = KMSCTL_EXIT_USAGE;
+static const struct option fields_opts[] = {
+    KMSCTL_CONN_LONGOPTS,
+    {"key-id", required_argument, NULL, O_KEY_ID},
+    {"context", required_argument, NULL, O_CONTEXT},
+    {"deterministic", required_argument, NULL, O_DETERMINISTIC},
+    {"canon", required_argument, NULL, O_CANON},
+    {"in", required_argument, NULL, O_IN},
+    {"out", required_argument, NULL, O_OUT},
+    {"field", required_argument, NULL, O_FIELD},
+    {"bits", required_argument, NULL, O_BITS},
+    {"all-versions", no_argument, NULL, O_ALL_VERSIONS},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
-    kmsctl_conn_init(&conn);
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (kmsctl_conn_option(&conn, c, optarg))
-            continue;
-        if (c >= O_KEY_ID && c <= O_ALL_VERSIONS)
-            seen |= F(c);
-        switch (c) {
-        case O_KEY_ID:
-            a.key_id = optarg;
-            break;
-        case O_CONTEXT:
-            if (!kmsctl_kv_add(&a.ctx, "--context", optarg))
-                goto done;
-            break;
-        case O_DETERMINISTIC:
-            if (!add_det(&a, optarg))
-                goto done;
-            break;
-        case O_CANON:
-            if (n_canon_arg == MAX_FIELDS) {
-                fprintf(stderr, "kmsctl fields: more than %d --canon options\n", MAX_FIELDS);
-                goto done;
-            }
-            canon_arg[n_canon_arg++] = optarg;
-            break;
-        case O_IN:
-            a.in = optarg;
-            break;
-        case O_OUT:
-            a.out = optarg;
-            break;
-        case O_FIELD:
-            a.field = optarg;
-            break;
-        case O_BITS: {
-            char *end = NULL;
-            errno = 0;
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (optarg[0] < '0' || optarg[0] > '9' || errno || *end || v < 8 || v > 256) {
-                fprintf(stderr, "kmsctl fields: --bits must be 8..256\n");
-                goto done;
-            }
-            a.bits = (uint32_t)v;
-            break;
+/* One of this command's own options (c in O_KEY_ID..O_ALL_VERSIONS):
+ * record it, or print why not and return 0. */
+static int fields_option(struct kmsctl_fields_args *a, int c, char *arg)
+{
+    a->seen |= F(c);
+    switch (c) {
+    case O_KEY_ID:
+        a->key_id = arg;
+        return 1;
+    case O_CONTEXT:
+        return kmsctl_kv_add(&a->ctx, "--context", arg);
+    case O_DETERMINISTIC:
+        return add_det(a, arg);
+    case O_CANON:
+        if (a->n_canon_arg == MAX_FIELDS) {
+            fprintf(stderr, "kmsctl fields: more than %d --canon options\n", MAX_FIELDS);
+            return 0;
         }
-        case O_ALL_VERSIONS:
-            a.all_versions = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            ret = KMSCTL_EXIT_OK;
-            goto done;
-        default:
-            usage(stderr);
-            goto done;
+        a->canon_arg[a->n_canon_arg++] = arg;
+        return 1;
+    case O_IN:
+        a->in = arg;
+        return 1;
+    case O_OUT:
+        a->out = arg;
+        return 1;
+    case O_FIELD:
+        a->field = arg;
+        return 1;
+    case O_BITS: {
+        char *end = NULL;
+        errno = 0;
+        unsigned long v = strtoul(arg, &end, 10);
+        if (arg[0] < '0' || arg[0] > '9' || errno || *end || v < 8 || v > 256) {
+            fprintf(stderr, "kmsctl fields: --bits must be 8..256\n");
+            return 0;
         }
+        a->bits = (uint32_t)v;
+        return 1;
     }
-    a.verb = optind < argc ? argv[optind++] : "";
-    if (strcmp(a.verb, "help") == 0) {
+    default: /* O_ALL_VERSIONS */
+        a->all_versions = 1;
+        return 1;
+    }
+}
+
+typedef int fields_run_fn(struct kmsctl_rpc *, struct kmsctl_fields_args *);
+
+/* The verb word: its function into *out_run and the options it takes into
+ * *out_allowed. Returns -1 to go on, or the exit code (help, usage error). */
+static int fields_verb(int argc, char **argv, struct kmsctl_fields_args *a, fields_run_fn **out_run,
+                       unsigned *out_allowed)
+{
+    a->verb = optind < argc ? argv[optind++] : "";
+    if (strcmp(a->verb, "help") == 0) {
         usage(stdout);
-        ret = KMSCTL_EXIT_OK;
-        goto done;
+        return KMSCTL_EXIT_OK;
     }
-    unsigned allowed;
-    int (*run)(struct kmsctl_rpc *, struct fargs *);
-    if (strcmp(a.verb, "encrypt") == 0) {
-        allowed = F(O_KEY_ID) | F(O_CONTEXT) | F(O_DETERMINISTIC) | F(O_CANON) | F(O_IN) | F(O_OUT);
-        run = run_encrypt;
-    } else if (strcmp(a.verb, "decrypt") == 0) {
-        allowed = F(O_KEY_ID) | F(O_CONTEXT) | F(O_IN) | F(O_OUT);
-        run = run_decrypt;
-    } else if (strcmp(a.verb, "blind-index") == 0) {
-        allowed = F(O_KEY_ID) | F(O_CANON) | F(O_IN) | F(O_OUT) | F(O_FIELD) | F(O_BITS) |
-                  F(O_ALL_VERSIONS);
-        run = run_blind_index;
+    if (strcmp(a->verb, "encrypt") == 0) {
+        *out_allowed =
+            F(O_KEY_ID) | F(O_CONTEXT) | F(O_DETERMINISTIC) | F(O_CANON) | F(O_IN) | F(O_OUT);
+        *out_run = kmsctl_fields_encrypt;
+    } else if (strcmp(a->verb, "decrypt") == 0) {
+        *out_allowed = F(O_KEY_ID) | F(O_CONTEXT) | F(O_IN) | F(O_OUT);
+        *out_run = kmsctl_fields_decrypt;
+    } else if (strcmp(a->verb, "blind-index") == 0) {
+        *out_allowed = F(O_KEY_ID) | F(O_CANON) | F(O_IN) | F(O_OUT) | F(O_FIELD) | F(O_BITS) |
+                       F(O_ALL_VERSIONS);
+        *out_run = kmsctl_fields_blind_index;
     } else {
-        if (*a.verb)
-            fprintf(stderr, "kmsctl fields: unknown command '%s'\n", a.verb);
+        if (*a->verb)
+            fprintf(stderr, "kmsctl fields: unknown command '%s'\n", a->verb);
         else
             fprintf(stderr, "kmsctl fields: encrypt, decrypt or blind-index?\n");
         usage(stderr);
-        goto done;
+        return KMSCTL_EXIT_USAGE;
     }
     if (optind < argc) {
         fprintf(stderr, "kmsctl fields %s: unexpected argument '%s' (values are read from "
-                        "--in, never from the command line)\n", a.verb, argv[optind]);
-        goto done;
+                        "--in, never from the command line)\n", a->verb, argv[optind]);
+        return KMSCTL_EXIT_USAGE;
     }
-    unsigned extra = seen & ~allowed;
+    return -1;
+}
+
+/* Checks that need the verb, and the --canon arguments turned into
+ * a->canon_one or a->canon; 0 after printing why not. */
+static int fields_check(struct kmsctl_fields_args *a, fields_run_fn *run, unsigned allowed)
+{
+    unsigned extra = a->seen & ~allowed;
     if (extra) {
-        fprintf(stderr, "kmsctl fields %s: %s does not apply\n", a.verb,
+        fprintf(stderr, "kmsctl fields %s: %s does not apply\n", a->verb,
                 opt_name(__builtin_ctz(extra)));
-        goto done;
+        return 0;
     }
-    if (run != run_decrypt && (a.key_id == NULL || *a.key_id == '\0')) {
-        fprintf(stderr, "kmsctl fields %s: --key-id is required\n", a.verb);
-        goto done;
+    if (run != kmsctl_fields_decrypt && (a->key_id == NULL || *a->key_id == '\0')) {
+        fprintf(stderr, "kmsctl fields %s: --key-id is required\n", a->verb);
+        return 0;
     }
-    if (run == run_blind_index) {
-        if (a.field == NULL || *a.field == '\0' || n_canon_arg != 1 ||
-            (a.canon_one = parse_canon(canon_arg[0])) == 0) {
+    if (run == kmsctl_fields_blind_index) {
+        if (a->field == NULL || *a->field == '\0' || a->n_canon_arg != 1 ||
+            (a->canon_one = kmsctl_fields_parse_canon(a->canon_arg[0])) == 0) {
             fprintf(stderr, "kmsctl fields blind-index: --field NAME and one --canon "
                             "raw|e164|email|email-ci are required\n");
-            goto done;
+            return 0;
         }
-    } else {
-        for (size_t i = 0; i < n_canon_arg; i++) {
-            char *eq = strchr(canon_arg[i], '=');
-            if (eq == NULL || parse_canon(eq + 1) == 0) {
-                fprintf(stderr, "kmsctl fields encrypt: --canon takes NAME=raw|e164|email|"
-                                "email-ci\n");
-                goto done;
-            }
-            if (!kmsctl_kv_add(&a.canon, "--canon", canon_arg[i]))
-                goto done;
-        }
+        return 1;
     }
+    for (size_t i = 0; i < a->n_canon_arg; i++) {
+        char *eq = strchr(a->canon_arg[i], '=');
+        if (eq == NULL || kmsctl_fields_parse_canon(eq + 1) == 0) {
+            fprintf(stderr, "kmsctl fields encrypt: --canon takes NAME=raw|e164|email|"
+                            "email-ci\n");
+            return 0;
+        }
+        if (!kmsctl_kv_add(&a->canon, "--canon", a->canon_arg[i]))
+            return 0;
+    }
+    return 1;
+}
 
-    struct kmsctl_rpc *rpc = NULL;
-    ret = kmsctl_rpc_open(&conn, &rpc);
-    if (ret == KMSCTL_EXIT_OK)
-        ret = run(rpc, &a);
-    kmsctl_rpc_free(rpc);
-done:
+/* Options, verb, checks. Returns -1 to go on, or the exit code. */
+static int fields_parse(int argc, char **argv, struct kmsctl_conn *conn, struct kmsctl_fields_args *a,
+                        fields_run_fn **out_run)
+{
+    unsigned allowed = 0;
+    int c;
+    kmsctl_conn_init(conn);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", fields_opts, NULL)) != -1) {
+        if (kmsctl_conn_option(conn, c, optarg))
+            continue;
+        if (c >= O_KEY_ID && c <= O_ALL_VERSIONS) {
+            if (!fields_option(a, c, optarg))
+                return KMSCTL_EXIT_USAGE;
+            continue;
+        }
+        usage(c == 'h' ? stdout : stderr);
+        return c == 'h' ? KMSCTL_EXIT_OK : KMSCTL_EXIT_USAGE;
+    }
+    int ret = fields_verb(argc, argv, a, out_run, &allowed);
+    if (ret < 0 && !fields_check(a, *out_run, allowed))
+        ret = KMSCTL_EXIT_USAGE;
+    return ret;
+}
+
+int kmsctl_fields_main(int argc, char **argv)
+{
+    struct kmsctl_conn conn;
+    struct kmsctl_fields_args a = {.in = "-", .out = "-"};
+    fields_run_fn *run = NULL;
+    int ret = fields_parse(argc, argv, &conn, &a, &run);
+    if (ret < 0) {
+        struct kmsctl_rpc *rpc = NULL;
+        ret = kmsctl_rpc_open(&conn, &rpc);
+        if (ret == KMSCTL_EXIT_OK)
+            ret = run(rpc, &a);
+        kmsctl_rpc_free(rpc);
+    }
     kmsctl_kv_cleanup(&a.ctx);
     kmsctl_kv_cleanup(&a.canon);
     for (size_t i = 0; i < a.n_det; i++)

@@ -18,7 +18,7 @@
 
 #include <jansson.h>
 
-#include "kmsctl_byok.h"
+#include "kmsctl_print.h"
 #include "kmsctl_rpc.h"
 #include "proto/key.pb-c.h"
 
@@ -32,7 +32,6 @@ enum {
     O_ALL,
     O_DAYS,
     O_PERIOD,
-    O_JSON,
     O_SPEC, /* create only; checked by hand, outside the F_ bits */
 };
 
@@ -51,7 +50,13 @@ enum {
 /* Guard against a server that hands back the same page forever. */
 #define MAX_PAGES 100000
 
+struct key_args;
+static int do_create(struct kmsctl_rpc *rpc, const struct key_args *a);
+static int do_one_key(struct kmsctl_rpc *rpc, const struct key_args *a);
+static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a);
+
 struct verb {
+    int (*run)(struct kmsctl_rpc *rpc, const struct key_args *a);
     const char *name;
     const char *method;
     const ProtobufCMessageDescriptor *req;
@@ -61,25 +66,27 @@ struct verb {
 };
 
 static const struct verb verbs[] = {
-    {"create", "CreateKey", &custos__v1__create_key_request__descriptor,
+    {do_create, "create", "CreateKey", &custos__v1__create_key_request__descriptor,
      &custos__v1__create_key_response__descriptor,
      F_REGION | F_DESCRIPTION | F_ORIGIN | F_PERIOD, 0},
-    {"describe", "DescribeKey", &custos__v1__describe_key_request__descriptor,
+    {do_one_key, "describe", "DescribeKey", &custos__v1__describe_key_request__descriptor,
      &custos__v1__describe_key_response__descriptor, F_OUT, 1},
-    {"list", "ListKeys", &custos__v1__list_keys_request__descriptor,
+    {do_list, "list", "ListKeys", &custos__v1__list_keys_request__descriptor,
      &custos__v1__list_keys_response__descriptor, F_PAGE_SIZE | F_PAGE_TOKEN | F_ALL, 0},
-    {"rotate", "RotateKey", &custos__v1__rotate_key_request__descriptor,
+    {do_one_key, "rotate", "RotateKey", &custos__v1__rotate_key_request__descriptor,
      &custos__v1__rotate_key_response__descriptor, F_OUT, 1},
-    {"set-rotation", "UpdateKeyRotation", &custos__v1__update_key_rotation_request__descriptor,
+    {do_one_key, "set-rotation", "UpdateKeyRotation",
+     &custos__v1__update_key_rotation_request__descriptor,
      &custos__v1__update_key_rotation_response__descriptor, F_PERIOD, 1},
-    {"enable", "EnableKey", &custos__v1__enable_key_request__descriptor,
+    {do_one_key, "enable", "EnableKey", &custos__v1__enable_key_request__descriptor,
      &custos__v1__enable_key_response__descriptor, F_OUT, 1},
-    {"disable", "DisableKey", &custos__v1__disable_key_request__descriptor,
+    {do_one_key, "disable", "DisableKey", &custos__v1__disable_key_request__descriptor,
      &custos__v1__disable_key_response__descriptor, F_OUT, 1},
-    {"schedule-deletion", "ScheduleKeyDeletion",
+    {do_one_key, "schedule-deletion", "ScheduleKeyDeletion",
      &custos__v1__schedule_key_deletion_request__descriptor,
      &custos__v1__schedule_key_deletion_response__descriptor, F_DAYS, 1},
-    {"cancel-deletion", "CancelKeyDeletion", &custos__v1__cancel_key_deletion_request__descriptor,
+    {do_one_key, "cancel-deletion", "CancelKeyDeletion",
+     &custos__v1__cancel_key_deletion_request__descriptor,
      &custos__v1__cancel_key_deletion_response__descriptor, F_OUT, 1},
 };
 
@@ -88,7 +95,9 @@ struct key_args {
     const char *key_id, *region, *description, *origin, *page_token, *spec;
     uint32_t page_size, days;
     uint64_t period;
-    int all, json, quiet, has_period;
+    int all, has_period;
+    struct kmsctl_common o; /* connection, --json, -q */
+    unsigned seen;          /* F_ bits of the options given */
 };
 
 static void key_usage(FILE *f)
@@ -165,128 +174,19 @@ static int parse_period(const char *s, uint64_t *out)
     return 1;
 }
 
-static void print_field(const char *name, const char *value)
-{
-    printf("%s: ", name);
-    kmsctl_print_safe(stdout, value);
-    putchar('\n');
-}
-
-/* The summary; its first line is "key_id: <id>" so scripts may sed it. */
-static void print_key_text(const Custos__V1__KeyMetadata *k)
-{
-    char t[32];
-    print_field("key_id", k->key_id);
-    print_field("tenant", k->tenant);
-    print_field("region", k->region);
-    print_field("state", kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state));
-    print_field("spec", kmsctl_enum_name(&custos__v1__key_spec__descriptor, (int)k->spec));
-    print_field("usage", kmsctl_enum_name(&custos__v1__key_usage__descriptor, (int)k->usage));
-    print_field("origin", kmsctl_enum_name(&custos__v1__key_origin__descriptor, (int)k->origin));
-    if (k->description && *k->description)
-        print_field("description", k->description);
-    print_field("created", kmsctl_iso8601(k->created_at, t));
-    if (k->deletion_at != 0)
-        print_field("deletion", kmsctl_iso8601(k->deletion_at, t));
-    printf("current_version: %" PRIu32 "\n", k->current_version);
-    if (k->rotation_period_s > 0) {
-        printf("rotation_period: %" PRIu64 " s\n", k->rotation_period_s);
-        if (k->next_rotation_at > 0)
-            print_field("next_rotation", kmsctl_iso8601(k->next_rotation_at, t));
-    }
-    /* Encryptions per version: AES-GCM with random IVs allows 2^32 per
-     * version; the server rotates before (docs/ciphertext-format.md). */
-    printf("versions:\n");
-    for (size_t i = 0; i < k->n_versions; i++) {
-        const Custos__V1__KeyVersion *v = k->versions[i];
-        printf("  %" PRIu32 "  ", v->version);
-        kmsctl_print_safe(stdout, v->state);
-        printf("  %s  encryptions %" PRIu64 "\n", kmsctl_iso8601(v->created_at, t),
-               v->encryptions);
-    }
-}
-
-/* json_string refuses invalid UTF-8; the server should never send it, but a
- * lossy ASCII copy beats dropping the field. */
-static json_t *jstr(const char *s)
-{
-    json_t *j = json_string(s ? s : "");
-    if (j || s == NULL)
-        return j;
-    char *c = strdup(s);
-    if (c == NULL)
-        return NULL;
-    for (char *p = c; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            *p = '?';
-    j = json_string(c);
-    free(c);
-    return j;
-}
-
-static json_t *key_json(const Custos__V1__KeyMetadata *k)
-{
-    char t[32];
-    json_t *o = json_object(), *vs = json_array();
-    json_object_set_new(o, "key_id", jstr(k->key_id));
-    json_object_set_new(o, "tenant", jstr(k->tenant));
-    json_object_set_new(o, "region", jstr(k->region));
-    json_object_set_new(o, "state",
-                        jstr(kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state)));
-    json_object_set_new(o, "spec",
-                        jstr(kmsctl_enum_name(&custos__v1__key_spec__descriptor, (int)k->spec)));
-    json_object_set_new(o, "usage",
-                        jstr(kmsctl_enum_name(&custos__v1__key_usage__descriptor, (int)k->usage)));
-    json_object_set_new(o, "origin",
-                        jstr(kmsctl_enum_name(&custos__v1__key_origin__descriptor, (int)k->origin)));
-    json_object_set_new(o, "description", jstr(k->description));
-    json_object_set_new(o, "created_at", jstr(kmsctl_iso8601(k->created_at, t)));
-    json_object_set_new(o, "deletion_at",
-                        k->deletion_at ? jstr(kmsctl_iso8601(k->deletion_at, t)) : json_null());
-    json_object_set_new(o, "current_version", json_integer(k->current_version));
-    json_object_set_new(o, "rotation_period_s", json_integer((json_int_t)k->rotation_period_s));
-    json_object_set_new(o, "next_rotation_at", k->next_rotation_at
-                                                   ? jstr(kmsctl_iso8601(k->next_rotation_at, t))
-                                                   : json_null());
-    for (size_t i = 0; i < k->n_versions; i++) {
-        const Custos__V1__KeyVersion *v = k->versions[i];
-        json_t *vo = json_object();
-        json_object_set_new(vo, "version", json_integer(v->version));
-        json_object_set_new(vo, "state", jstr(v->state));
-        json_object_set_new(vo, "created_at", jstr(kmsctl_iso8601(v->created_at, t)));
-        json_object_set_new(vo, "encryptions", json_integer((json_int_t)v->encryptions));
-        json_array_append_new(vs, vo);
-    }
-    json_object_set_new(o, "versions", vs);
-    return o;
-}
-
-static int print_json(json_t *j)
-{
-    /* ASCII-only output: safe on any terminal, still valid JSON. */
-    int rc = json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
-    putchar('\n');
-    json_decref(j);
-    if (rc != 0) {
-        fprintf(stderr, "kmsctl: cannot format JSON output\n");
-        return KMSCTL_EXIT_LOCAL;
-    }
-    return KMSCTL_EXIT_OK;
-}
-
 static int print_key(const struct key_args *a, const Custos__V1__KeyMetadata *k)
 {
     if (k == NULL) {
         fprintf(stderr, "kmsctl: reply carries no key\n");
         return KMSCTL_EXIT_TRANSPORT;
     }
-    if (a->json)
-        return print_json(key_json(k));
-    if (a->quiet) {
+    if (a->o.json)
+        return kmsctl_print_json(kmsctl_key_json(k));
+    if (a->o.quiet) {
         kmsctl_print_safe(stdout, k->key_id);
         putchar('\n');
     } else {
-        print_key_text(k);
+        kmsctl_print_key_text(k);
     }
     return KMSCTL_EXIT_OK;
 }
@@ -350,40 +250,14 @@ static int do_one_key(struct kmsctl_rpc *rpc, const struct key_args *a)
     return ret;
 }
 
-/* A table cell: escaped, then padded to width (ids and regions are ASCII)
- * and followed by the column gap. */
-static void print_cell(const char *s, int width)
-{
-    kmsctl_print_safe(stdout, s);
-    for (int n = (int)strlen(s); n < width + 2; n++)
-        putchar(' ');
-}
-
-static void print_list_row(const Custos__V1__KeyMetadata *k)
-{
-    char t[32], v[16];
-    snprintf(v, sizeof(v), "%" PRIu32, k->current_version);
-    print_cell(k->key_id, 32);
-    print_cell(k->region, 10);
-    print_cell(kmsctl_enum_name(&custos__v1__key_state__descriptor, (int)k->state), 16);
-    print_cell(v, 7);
-    if (k->description && *k->description) {
-        print_cell(kmsctl_iso8601(k->created_at, t), 20);
-        kmsctl_print_safe(stdout, k->description);
-    } else {
-        fputs(kmsctl_iso8601(k->created_at, t), stdout); /* no trailing blanks */
-    }
-    putchar('\n');
-}
-
 static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a)
 {
-    json_t *keys = a->json ? json_array() : NULL;
+    json_t *keys = a->o.json ? json_array() : NULL;
     char *token = strdup(a->page_token ? a->page_token : "");
     size_t total = 0;
     int ret = KMSCTL_EXIT_OK;
 
-    if (token == NULL || (a->json && keys == NULL)) {
+    if (token == NULL || (a->o.json && keys == NULL)) {
         fprintf(stderr, "kmsctl: out of memory\n");
         ret = KMSCTL_EXIT_LOCAL;
         goto done;
@@ -397,17 +271,16 @@ static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a)
                               (ProtobufCMessage **)&resp);
         if (ret != KMSCTL_EXIT_OK)
             goto done;
-        if (!a->json && !a->quiet && total == 0 && resp->n_keys > 0)
-            printf("%-32s  %-10s  %-16s  %-7s  %-20s  %s\n", "KEY_ID", "REGION", "STATE", "VERSION",
-                   "CREATED", "DESCRIPTION");
+        if (!a->o.json && !a->o.quiet && total == 0 && resp->n_keys > 0)
+            kmsctl_print_key_header();
         for (size_t i = 0; i < resp->n_keys; i++) {
-            if (a->json) {
-                json_array_append_new(keys, key_json(resp->keys[i]));
-            } else if (a->quiet) {
+            if (a->o.json) {
+                json_array_append_new(keys, kmsctl_key_json(resp->keys[i]));
+            } else if (a->o.quiet) {
                 kmsctl_print_safe(stdout, resp->keys[i]->key_id);
                 putchar('\n');
             } else {
-                print_list_row(resp->keys[i]);
+                kmsctl_print_key_row(resp->keys[i]);
             }
         }
         total += resp->n_keys;
@@ -435,14 +308,14 @@ static int do_list(struct kmsctl_rpc *rpc, const struct key_args *a)
     }
     if (ret != KMSCTL_EXIT_OK)
         goto done;
-    if (a->json) {
+    if (a->o.json) {
         json_t *o = json_object();
         json_object_set_new(o, "keys", keys);
         keys = NULL;
-        json_object_set_new(o, "next_page_token", jstr(token));
-        ret = print_json(o);
+        json_object_set_new(o, "next_page_token", kmsctl_jstr(token));
+        ret = kmsctl_print_json(o);
     } else {
-        if (total == 0 && !a->quiet)
+        if (total == 0 && !a->o.quiet)
             fprintf(stderr, "no keys\n");
         if (*token) {
             fputs("kmsctl: more keys: run again with --page-token ", stderr);
@@ -478,102 +351,99 @@ static const char *option_name(int c)
     }
 }
 
-int kmsctl_key_main(int argc, char **argv)
+static const struct option key_opts[] = {
+    KMSCTL_CONN_LONGOPTS,
+    KMSCTL_OUT_LONGOPTS,
+    {"region", required_argument, NULL, O_REGION},
+    {"description", required_argument, NULL, O_DESCRIPTION},
+    {"origin", required_argument, NULL, O_ORIGIN},
+    {"spec", required_argument, NULL, O_SPEC},
+    {"page-size", required_argument, NULL, O_PAGE_SIZE},
+    {"page-token", required_argument, NULL, O_PAGE_TOKEN},
+    {"all", no_argument, NULL, O_ALL},
+    {"days", required_argument, NULL, O_DAYS},
+    {"rotation-period", required_argument, NULL, O_PERIOD},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/* One of this command's own options: record it, or print why not and
+ * return 0. */
+static int key_option(struct key_args *a, int c, const char *arg)
 {
-    static const struct option opts[] = {
-        KMSCTL_CONN_LONGOPTS,
-        {"region", required_argument, NULL, O_REGION},
-        {"description", required_argument, NULL, O_DESCRIPTION},
-        {"origin", required_argument, NULL, O_ORIGIN},
-        {"spec", required_argument, NULL, O_SPEC},
-        {"page-size", required_argument, NULL, O_PAGE_SIZE},
-        {"page-token", required_argument, NULL, O_PAGE_TOKEN},
-        {"all", no_argument, NULL, O_ALL},
-        {"days", required_argument, NULL, O_DAYS},
-        {"rotation-period", required_argument, NULL, O_PERIOD},
-        {"json", no_argument, NULL, O_JSON},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct kmsctl_conn conn;
-    struct key_args a = {0};
-    unsigned seen = 0;
+    switch (c) {
+    case O_REGION:
+        a->region = arg;
+        break;
+    case O_SPEC:
+        a->spec = arg;
+        if (strcasecmp(arg, "aes-256") != 0 && strcasecmp(arg, "metadata") != 0) {
+            fprintf(stderr, "kmsctl key: --spec must be aes-256 or metadata\n");
+            return 0;
+        }
+        return 1;
+    case O_DESCRIPTION:
+        a->description = arg;
+        break;
+    case O_ORIGIN:
+        a->origin = arg;
+        if (strcasecmp(arg, "hsm") != 0 && strcasecmp(arg, "external") != 0) {
+            fprintf(stderr, "kmsctl key: --origin must be hsm or external\n");
+            return 0;
+        }
+        break;
+    case O_PAGE_SIZE:
+        if (!parse_u32(arg, 1, 1000, &a->page_size)) {
+            fprintf(stderr, "kmsctl key: --page-size must be 1..1000\n");
+            return 0;
+        }
+        break;
+    case O_PAGE_TOKEN:
+        a->page_token = arg;
+        break;
+    case O_ALL:
+        a->all = 1;
+        break;
+    case O_DAYS:
+        if (!parse_u32(arg, 1, UINT32_MAX, &a->days)) {
+            fprintf(stderr, "kmsctl key: --days must be a positive number of days\n");
+            return 0;
+        }
+        break;
+    default: /* O_PERIOD */
+        if (!parse_period(arg, &a->period)) {
+            fprintf(stderr, "kmsctl key: --rotation-period must be seconds, or a number "
+                            "with s, m, h or d, at most 10 years\n");
+            return 0;
+        }
+        a->has_period = 1;
+        break;
+    }
+    a->seen |= 1u << (c - O_REGION);
+    return 1;
+}
+
+/* The options, then the verb word and KEY_ID. Returns -1 to go on, or the
+ * exit code (help, usage error). */
+static int key_parse(int argc, char **argv, struct key_args *a)
+{
     int c, bad_opt = 0;
-    int byok_rc;
-
-    /* import-params and import have their own options (kmsctl_byok.c). */
-    if (kmsctl_byok_key_dispatch(argc, argv, &byok_rc))
-        return byok_rc;
-
-    kmsctl_conn_init(&conn);
+    kmsctl_common_init(&a->o);
     optind = 1;
     /* GNU getopt permutes, so options may sit before or after the verb. */
-    while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
-        if (kmsctl_conn_option(&conn, c, optarg))
+    while ((c = getopt_long(argc, argv, "qh", key_opts, NULL)) != -1) {
+        if (kmsctl_common_option(&a->o, c, optarg))
             continue;
-        switch (c) {
-        case O_REGION:
-            a.region = optarg;
-            break;
-        case O_SPEC:
-            a.spec = optarg;
-            if (strcasecmp(optarg, "aes-256") != 0 && strcasecmp(optarg, "metadata") != 0) {
-                fprintf(stderr, "kmsctl key: --spec must be aes-256 or metadata\n");
-                return KMSCTL_EXIT_USAGE;
-            }
-            continue;
-        case O_DESCRIPTION:
-            a.description = optarg;
-            break;
-        case O_ORIGIN:
-            a.origin = optarg;
-            if (strcasecmp(optarg, "hsm") != 0 && strcasecmp(optarg, "external") != 0) {
-                fprintf(stderr, "kmsctl key: --origin must be hsm or external\n");
-                return KMSCTL_EXIT_USAGE;
-            }
-            break;
-        case O_PAGE_SIZE:
-            if (!parse_u32(optarg, 1, 1000, &a.page_size)) {
-                fprintf(stderr, "kmsctl key: --page-size must be 1..1000\n");
-                return KMSCTL_EXIT_USAGE;
-            }
-            break;
-        case O_PAGE_TOKEN:
-            a.page_token = optarg;
-            break;
-        case O_ALL:
-            a.all = 1;
-            break;
-        case O_DAYS:
-            if (!parse_u32(optarg, 1, UINT32_MAX, &a.days)) {
-                fprintf(stderr, "kmsctl key: --days must be a positive number of days\n");
-                return KMSCTL_EXIT_USAGE;
-            }
-            break;
-        case O_PERIOD:
-            if (!parse_period(optarg, &a.period)) {
-                fprintf(stderr, "kmsctl key: --rotation-period must be seconds, or a number "
-                                "with s, m, h or d, at most 10 years\n");
-                return KMSCTL_EXIT_USAGE;
-            }
-            a.has_period = 1;
-            break;
-        case O_JSON:
-            a.json = 1;
-            break;
-        case 'q':
-            a.quiet = 1;
-            break;
-        case 'h':
+        if (c == 'h') {
             key_usage(stdout);
             return KMSCTL_EXIT_OK;
-        default:
+        }
+        if (c < O_REGION || c > O_SPEC) {
             bad_opt = 1;
             continue;
         }
-        if (c >= O_REGION && c <= O_PERIOD)
-            seen |= 1u << (c - O_REGION);
+        if (!key_option(a, c, optarg))
+            return KMSCTL_EXIT_USAGE;
     }
     if (bad_opt || optind >= argc) {
         key_usage(stderr);
@@ -586,75 +456,72 @@ int kmsctl_key_main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
         if (strcmp(name, verbs[i].name) == 0)
-            a.verb = &verbs[i];
-    if (a.verb == NULL) {
+            a->verb = &verbs[i];
+    if (a->verb == NULL) {
         fprintf(stderr, "kmsctl key: unknown command '%s'\n", name);
         key_usage(stderr);
         return KMSCTL_EXIT_USAGE;
     }
-    if (a.verb->needs_id) {
+    if (a->verb->needs_id) {
         if (optind >= argc || argv[optind][0] == '\0') {
             fprintf(stderr, "kmsctl key %s: KEY_ID is required\n", name);
             return KMSCTL_EXIT_USAGE;
         }
-        a.key_id = argv[optind++];
+        a->key_id = argv[optind++];
     }
     if (optind < argc) {
         fprintf(stderr, "kmsctl key %s: unexpected argument '%s'\n", name, argv[optind]);
         return KMSCTL_EXIT_USAGE;
     }
-    unsigned extra = seen & ~a.verb->opts;
+    return -1;
+}
+
+/* Checks that need the verb; 0 after printing why not. */
+static int key_check(const struct key_args *a)
+{
+    const char *name = a->verb->name;
+    unsigned extra = a->seen & ~a->verb->opts;
     if (extra) {
         int bit = __builtin_ctz(extra);
         fprintf(stderr, "kmsctl key %s: %s does not apply\n", name, option_name(O_REGION + bit));
-        return KMSCTL_EXIT_USAGE;
+        return 0;
     }
-    if (a.json && a.quiet) {
+    if (a->o.json && a->o.quiet) {
         fprintf(stderr, "kmsctl key %s: --json and --quiet exclude each other\n", name);
-        return KMSCTL_EXIT_USAGE;
+        return 0;
     }
-    if (a.spec && strcmp(name, "create") != 0) {
+    if (a->spec && strcmp(name, "create") != 0) {
         fprintf(stderr, "kmsctl key %s: --spec does not apply\n", name);
-        return KMSCTL_EXIT_USAGE;
+        return 0;
     }
-    if (a.all && a.page_token) {
+    if (a->all && a->page_token) {
         fprintf(stderr, "kmsctl key list: --all starts at the first page; drop --page-token\n");
-        return KMSCTL_EXIT_USAGE;
+        return 0;
     }
-    if (strcmp(name, "set-rotation") == 0 && !a.has_period) {
+    if (strcmp(name, "set-rotation") == 0 && !a->has_period) {
         fprintf(stderr, "kmsctl key set-rotation: --rotation-period is required (0: none)\n");
-        return KMSCTL_EXIT_USAGE;
+        return 0;
     }
-    if (strcmp(name, "create") == 0 && (a.region == NULL || *a.region == '\0')) {
+    if (strcmp(name, "create") == 0 && (a->region == NULL || *a->region == '\0')) {
         fprintf(stderr, "kmsctl key create: --region is required\n");
-        return KMSCTL_EXIT_USAGE;
+        return 0;
     }
+    return 1;
+}
 
+int kmsctl_key_main(int argc, char **argv)
+{
+    struct key_args a = {0};
+    int ret = key_parse(argc, argv, &a);
+    if (ret >= 0)
+        return ret;
+    if (!key_check(&a))
+        return KMSCTL_EXIT_USAGE;
     struct kmsctl_rpc *rpc = NULL;
-    int ret = kmsctl_rpc_open(&conn, &rpc);
+    ret = kmsctl_rpc_open(&a.o.conn, &rpc);
     if (ret != KMSCTL_EXIT_OK)
         return ret;
-    if (strcmp(name, "create") == 0)
-        ret = do_create(rpc, &a);
-    else if (strcmp(name, "list") == 0)
-        ret = do_list(rpc, &a);
-    else
-        ret = do_one_key(rpc, &a);
+    ret = a.verb->run(rpc, &a);
     kmsctl_rpc_free(rpc);
-    if (fflush(stdout) != 0 && ret == KMSCTL_EXIT_OK) {
-        fprintf(stderr, "kmsctl: cannot write output: %s\n", strerror(errno));
-        ret = KMSCTL_EXIT_LOCAL;
-    }
-    return ret;
-}
-
-/* For kmsctl_byok.c, whose replies carry a key too. */
-void kmsctl_key_print_text(const Custos__V1__KeyMetadata *k)
-{
-    print_key_text(k);
-}
-
-json_t *kmsctl_key_to_json(const Custos__V1__KeyMetadata *k)
-{
-    return key_json(k);
+    return kmsctl_flush_stdout(ret);
 }

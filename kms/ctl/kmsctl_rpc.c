@@ -1,6 +1,6 @@
 /*
  * kmsctl_rpc.c - Twirp over libcurl for kmsctl, and the request plumbing the
- * commands share (connection options, map<string, string> fields).
+ * commands share (map<string, string> fields, K=V pairs).
  *
  * One CURL easy handle per process, reused so that `key list --all` keeps
  * its connection. Request and reply bodies may hold plaintext or data keys,
@@ -26,8 +26,8 @@
 
 #include "kms_error.h"
 #include "kms_secret.h"
+#include "kmsctl_print.h"
 
-#define DEFAULT_ADDR "http://127.0.0.1:8700"
 #define KEY_SERVICE "custos.v1.KeyService"
 #define CONNECT_TIMEOUT_S 5L
 #define TOTAL_TIMEOUT_S 30L
@@ -88,72 +88,6 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     memcpy(r->data + r->len, ptr, n);
     r->len += n;
     return n;
-}
-
-void kmsctl_conn_init(struct kmsctl_conn *c)
-{
-    const char *a = getenv("CUSTOS_ADDR");
-    memset(c, 0, sizeof(*c));
-    c->addr = a && *a ? a : DEFAULT_ADDR;
-    c->api_key_file = getenv("CUSTOS_API_KEY_FILE");
-    c->cacert = getenv("CUSTOS_CACERT");
-    c->cert = getenv("CUSTOS_CLIENT_CERT");
-    c->key = getenv("CUSTOS_CLIENT_KEY");
-}
-
-int kmsctl_conn_option(struct kmsctl_conn *c, int opt, const char *arg)
-{
-    switch (opt) {
-    case KMSCTL_OPT_ADDR:
-        c->addr = arg;
-        return 1;
-    case KMSCTL_OPT_API_KEY_FILE:
-        c->api_key_file = arg;
-        return 1;
-    case KMSCTL_OPT_CACERT:
-        c->cacert = arg;
-        return 1;
-    case KMSCTL_OPT_CERT:
-        c->cert = arg;
-        return 1;
-    case KMSCTL_OPT_KEY:
-        c->key = arg;
-        return 1;
-    case KMSCTL_OPT_CORRELATION_ID:
-        c->correlation_id = arg;
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-void kmsctl_conn_hoist(int argc, char **argv)
-{
-    static const char *const names[] = {"--addr", "--api-key-file", "--cacert",
-                                        "--cert", "--key",          "--correlation-id"};
-    int i = 1;
-    while (i < argc && argv[i][0] == '-') {
-        int step = 0;
-        for (size_t k = 0; k < sizeof(names) / sizeof(names[0]) && !step; k++) {
-            size_t n = strlen(names[k]);
-            if (strncmp(argv[i], names[k], n) != 0)
-                continue;
-            if (argv[i][n] == '=')
-                step = 1;
-            else if (argv[i][n] == '\0')
-                step = 2;
-        }
-        if (step == 0 || i + step > argc)
-            return; /* not ours: main() reports it as an unknown command */
-        i += step;
-    }
-    if (i == 1 || i >= argc)
-        return;
-    /* Rotate argv[1..i] right by one: the command word moves to argv[1],
-     * the options keep their order behind it. */
-    char *cmd = argv[i];
-    memmove(&argv[2], &argv[1], (size_t)(i - 1) * sizeof(argv[0]));
-    argv[1] = cmd;
 }
 
 /* Visible ASCII only (0x21-0x7e, as kmsd requires): a correlation id goes
@@ -437,34 +371,6 @@ void kmsctl_kv_cleanup(struct kmsctl_kv *kv)
     kv->n = 0;
 }
 
-void kmsctl_print_safe(FILE *f, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        /* Let well-formed UTF-8 through (descriptions may be in any
-         * language) but not C1 controls (U+0080..U+009F), which some
-         * terminals obey. */
-        size_t n = 0;
-        if (*p >= 0xc2 && *p <= 0xdf)
-            n = 2;
-        else if (*p >= 0xe0 && *p <= 0xef)
-            n = 3;
-        else if (*p >= 0xf0 && *p <= 0xf4)
-            n = 4;
-        size_t k = 1;
-        while (n && k < n && (p[k] & 0xc0) == 0x80)
-            k++;
-        if (n && k == n && !(p[0] == 0xc2 && p[1] < 0xa0)) {
-            fwrite(p, 1, n, f);
-            p += n;
-        } else if (*p >= 0x20 && *p < 0x7f) {
-            fputc(*p++, f);
-        } else {
-            fprintf(f, "\\x%02x", *p++);
-        }
-    }
-}
-
 /* The X-Request-Id of the last reply, or NULL. */
 static const char *request_id(CURL *e)
 {
@@ -613,17 +519,3 @@ done:
     return ret;
 }
 
-const char *kmsctl_enum_name(const ProtobufCEnumDescriptor *d, int v)
-{
-    const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
-    return ev ? ev->name : "UNKNOWN";
-}
-
-const char *kmsctl_iso8601(int64_t t, char buf[32])
-{
-    struct tm tm;
-    time_t tt = (time_t)t;
-    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, 32, "@%" PRId64, t);
-    return buf;
-}

@@ -1,16 +1,9 @@
 /*
- * kmsctl_rpc.h - the kmsctl Twirp client: connection settings, one call
- * function, error decoding. Used by every kmsctl command that talks to kmsd.
- *
- * Connection settings come from options shared by every such command (the
- * KMSCTL_CONN_LONGOPTS table below) over environment variables over defaults:
- *   --addr URL            CUSTOS_ADDR          default http://127.0.0.1:8700
- *   --api-key-file PATH   CUSTOS_API_KEY_FILE  bearer key, file of mode 0600
- *   --cacert PATH         CUSTOS_CACERT        CA bundle that signs kmsd's cert
- *   --cert PATH           CUSTOS_CLIENT_CERT   client certificate (mTLS), PEM
- *   --key PATH            CUSTOS_CLIENT_KEY    its private key, PEM
- *   --correlation-id ID   (none)               sent as X-Correlation-Id
- * The API key is never taken from argv, where ps(1) and shell history see it.
+ * kmsctl_rpc.h - the kmsctl Twirp client: one call function, error
+ * decoding, and the request plumbing (map fields, K=V pairs). Used by every
+ * kmsctl command that talks to kmsd; the connection settings it opens with
+ * come from kmsctl_opt.h. The API key is never taken from argv, where ps(1)
+ * and shell history see it.
  *
  * Every function that can fail prints its own one-line message to stderr and
  * returns a process exit code (enum kmsctl_exit), so commands just pass the
@@ -26,79 +19,8 @@
 
 #include <protobuf-c/protobuf-c.h>
 
-/* Exit codes of every kmsctl command that talks to kmsd. */
-enum kmsctl_exit {
-    KMSCTL_EXIT_OK = 0,
-    KMSCTL_EXIT_REFUSED = 1,   /* the server answered with a Twirp error */
-    KMSCTL_EXIT_USAGE = 2,     /* bad command line */
-    KMSCTL_EXIT_TRANSPORT = 3, /* no connection, TLS failure, timeout, non-Twirp reply */
-    KMSCTL_EXIT_LOCAL = 4,     /* a local file or secret could not be used */
-    /* kmsctl audit head/export with a known head: the server's log is
-     * shorter than a head the auditor holds (rolled back or forked); the
-     * server's answer was failed_precondition. An alarm, not a failure to
-     * retry. */
-    KMSCTL_EXIT_ROLLBACK = 5,
-};
-
-/* getopt_long values of the connection options (outside the char range so
- * they cannot clash with a command's short options). */
-enum {
-    KMSCTL_OPT_ADDR = 0x1000,
-    KMSCTL_OPT_API_KEY_FILE,
-    KMSCTL_OPT_CACERT,
-    KMSCTL_OPT_CERT,
-    KMSCTL_OPT_KEY,
-    KMSCTL_OPT_CORRELATION_ID,
-};
-
-/* Spliced into a command's struct option array. */
-/* clang-format off */
-#define KMSCTL_CONN_LONGOPTS                                                                   \
-    {"addr", required_argument, NULL, KMSCTL_OPT_ADDR},                                        \
-    {"api-key-file", required_argument, NULL, KMSCTL_OPT_API_KEY_FILE},                        \
-    {"cacert", required_argument, NULL, KMSCTL_OPT_CACERT},                                    \
-    {"cert", required_argument, NULL, KMSCTL_OPT_CERT},                                        \
-    {"key", required_argument, NULL, KMSCTL_OPT_KEY},                                          \
-    {"correlation-id", required_argument, NULL, KMSCTL_OPT_CORRELATION_ID}
-
-/* Usage lines for the options above, for each command's --help. */
-#define KMSCTL_CONN_USAGE                                                                      \
-    "connection options (also accepted before the command; env vars in brackets):\n"          \
-    "  --addr URL                kmsd base URL [CUSTOS_ADDR] (default http://127.0.0.1:8700)\n" \
-    "  --api-key-file PATH       bearer API key, file of mode 0600 [CUSTOS_API_KEY_FILE]\n"    \
-    "  --cacert PATH             CA certificate(s) for kmsd's TLS cert, PEM [CUSTOS_CACERT]\n" \
-    "  --cert PATH               client certificate for mutual TLS, PEM [CUSTOS_CLIENT_CERT]\n" \
-    "  --key PATH                client private key, PEM [CUSTOS_CLIENT_KEY]\n"                \
-    "  --correlation-id ID       sent as X-Correlation-Id (<= 128 visible ASCII)\n"
-/* clang-format on */
-
-#define KMSCTL_EXIT_USAGE_TEXT                                                                     \
-    "exit codes: 0 success; 1 the server refused or failed the request;\n"                         \
-    "            2 usage error; 3 transport error (connect, TLS, timeout,\n"                       \
-    "            non-Twirp reply); 4 local file or secret error\n"
-
-/* Settings: pointers into argv or the environment, not owned. */
-struct kmsctl_conn {
-    const char *addr;
-    const char *api_key_file;
-    const char *cacert;
-    const char *cert;
-    const char *key;
-    const char *correlation_id;
-};
-
-/* Fill c from the environment and defaults. */
-void kmsctl_conn_init(struct kmsctl_conn *c);
-
-/* If opt is one of KMSCTL_OPT_*, store arg in c and return 1; else 0. */
-int kmsctl_conn_option(struct kmsctl_conn *c, int opt, const char *arg);
-
-/* main() helper: connection options written before the command word
- * ("kmsctl --addr X key list") are moved after it by rotating argv so the
- * command lands in argv[1]; the command then parses them with its own
- * options. Only the exact spellings of KMSCTL_CONN_LONGOPTS ("--addr X" or
- * "--addr=X") are recognised there. */
-void kmsctl_conn_hoist(int argc, char **argv);
+#include "kmsctl.h"
+#include "kmsctl_opt.h"
 
 struct kmsctl_rpc;
 
@@ -157,16 +79,5 @@ ProtobufCMessage **kmsctl_kv_map(const struct kmsctl_kv *kv,
                                  const ProtobufCMessageDescriptor *entry_desc);
 
 void kmsctl_kv_cleanup(struct kmsctl_kv *kv);
-
-/* Write s to f with control and non-ASCII bytes escaped (\xNN): strings from
- * the server must not be able to drive the terminal. */
-void kmsctl_print_safe(FILE *f, const char *s);
-
-/* Name of an enum value from a reply ("ENABLED"), "UNKNOWN" if the server
- * sent a value this build does not know. */
-const char *kmsctl_enum_name(const ProtobufCEnumDescriptor *d, int v);
-
-/* Unix seconds as UTC ISO 8601 into buf ("@<seconds>" if out of range). */
-const char *kmsctl_iso8601(int64_t t, char buf[32]);
 
 #endif
