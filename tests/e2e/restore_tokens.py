@@ -5,6 +5,10 @@ restore_tokens.py objects DIR        print "N DUPS": the number of key objects
                                      (custos:key:) in custos-eu-west and how
                                      many labels (key, version) name more than
                                      one object
+restore_tokens.py husk DIR plant|count  plant a secret key object with neither
+                                     CKA_ID nor CKA_LABEL in custos-eu-west
+                                     (not one kmsd made), or print how many
+                                     such objects it holds
 restore_tokens.py ops DIR PORT OP... exit 0 when the eu-west audit log holds
                                      an event of each OP (waits for the head)
 """
@@ -35,6 +39,32 @@ if MODE == "objects":
     n = sum(len(v) for v in labels.values())
     dups = sum(1 for v in labels.values() if len(v) > 1)
     print(n, dups)
+    sys.exit(0)
+
+if MODE == "husk":
+    lib = PyKCS11.PyKCS11Lib()
+    lib.load(os.environ.get("CUSTOS_TEST_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
+    for slot in lib.getSlotList(tokenPresent=True):
+        if lib.getTokenInfo(slot).label.strip() != "custos-eu-west":
+            continue
+        s = lib.openSession(slot, PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
+        s.login(open(f"{DIR}/hsm/pins/eu-west.pin").read().strip())
+        if sys.argv[3] == "plant":
+            # Another application's key, made without id or label.
+            s.generateKey([(PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
+                           (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_AES),
+                           (PyKCS11.CKA_VALUE_LEN, 32), (PyKCS11.CKA_TOKEN, True),
+                           (PyKCS11.CKA_PRIVATE, True), (PyKCS11.CKA_ENCRYPT, True)],
+                          PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_GEN, None))
+        else:
+            n = 0
+            for o in s.findObjects([(PyKCS11.CKA_TOKEN, True),
+                                    (PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY)]):
+                lab, oid = s.getAttributeValue(o, [PyKCS11.CKA_LABEL, PyKCS11.CKA_ID])
+                n += not lab and not oid
+            print(n)
+        s.logout()
+        s.closeSession()
     sys.exit(0)
 
 sys.path.insert(0, "tests/e2e")
