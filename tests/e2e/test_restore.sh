@@ -246,6 +246,21 @@ e2e_start
 /usr/bin/python3 tests/e2e/restore_load.py load "$E2E_DIR" "$E2E_PORT" &
 load=$!
 sleep 1.5
+# Backups in a loop while events and heads are written: each copy of the
+# audit logs must open as kmsd opens it. Before, the files were copied in
+# directory order, so a copied .heads could name events the copied .events
+# lacked (the region not served after a restore).
+i=0
+while [ $i -lt 6 ]; do
+    "$KMSCTL" backup --config "$E2E_DIR/kmsd.json" --out "$W/bkloop$i" >"$W/bkloop$i.out" ||
+        fail "kmsctl backup $i under load: $(cat "$W/bkloop$i.out")"
+    grep -q "audit log of region eu-west: .*checked" "$W/bkloop$i.out" ||
+        fail "backup $i did not check its audit copy: $(cat "$W/bkloop$i.out")"
+    out=$(/usr/bin/python3 tests/e2e/restore_tokens.py auditcopy "$W/bkloop$i/audit") ||
+        fail "backup $i: the audit copy would not open: $out"
+    i=$((i + 1))
+done
+ok "6 backups under audit load: each audit copy checked by kmsctl and opens (heads within events, keys listed)"
 t0=$(date +%s.%N)
 "$KMSCTL" backup --config "$E2E_DIR/kmsd.json" --out "$W/bk" >"$W/bk.out" ||
     fail "kmsctl backup: $(cat "$W/bk.out")"
