@@ -54,6 +54,9 @@ struct kms_service {
     struct p11_key_id *listed[KMS_CONFIG_MAX_TOKENS];
     size_t n_listed[KMS_CONFIG_MAX_TOKENS];
     bool have_listed[KMS_CONFIG_MAX_TOKENS];
+    /* The audit logs' encrypting events are in the store's counts (added at
+     * start): a clean stop may then move the encryption-count watermark. */
+    bool enc_counted;
 
     pthread_t sweeper;
     bool sweeper_running;
@@ -571,6 +574,11 @@ static void mark_audit(struct kms_service *svc)
         if (kms_store_audit_mark_set(svc->store, p11_token_region(svc->tokens[i]), size) != KMS_OK)
             kms_log_warn("restore", "region %s: audit watermark not recorded: %s",
                          p11_token_region(svc->tokens[i]), kms_err_detail());
+        /* An encryption is reserved in the store before its event is
+         * written: the store's counts cover every event below size. */
+        if (kms_store_enc_mark_set(svc->store, p11_token_region(svc->tokens[i]), size) != KMS_OK)
+            kms_log_warn("restore", "region %s: encryption-count watermark not recorded: %s",
+                         p11_token_region(svc->tokens[i]), kms_err_detail());
     }
 }
 
@@ -795,6 +803,7 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
             rc = kms_store_enc_mark_set(svc->store, p11_token_region(svc->tokens[i]), sizes[i]);
     if (rc != KMS_OK)
         goto done;
+    svc->enc_counted = true;
     if (restore_mode == KMS_RESTORE_MODE_CONFIRM) {
         kms_restore_print(&r, out);
         /* Keys before their later versions. A fix that cannot be applied
@@ -1047,8 +1056,10 @@ void kms_service_free(struct kms_service *svc)
         pthread_mutex_unlock(&svc->stop_lock);
         pthread_join(svc->sweeper, NULL);
     }
+    uint64_t sizes[KMS_CONFIG_MAX_TOKENS] = {0};
     for (size_t i = 0; i < svc->n_tokens; i++) {
         if (svc->audit[i]) {
+            sizes[i] = audit_tree_size(audit_log_tree(svc->audit[i]));
             struct audit_log_stats st;
             audit_log_stats(svc->audit[i], &st);
             kms_log_info("audit", "region %s: %llu events in %llu batches (largest %llu), %llu heads",
@@ -1063,6 +1074,14 @@ void kms_service_free(struct kms_service *svc)
     kms_keycache_free(svc->keycache);
     /* Before the store: gives unused reservations back. */
     kms_usage_free(svc->usage);
+    /* A clean stop leaves exact counts covering every encrypting event
+     * written: the next start adds none of them again (docs/state.md). */
+    for (size_t i = 0; svc->store && i < svc->n_tokens; i++)
+        if (svc->audit[i] != NULL && svc->enc_counted &&
+            kms_store_enc_mark_set(svc->store, p11_token_region(svc->tokens[i]), sizes[i]) !=
+                KMS_OK)
+            kms_log_warn("restore", "region %s: encryption-count watermark not recorded: %s",
+                         p11_token_region(svc->tokens[i]), kms_err_detail());
     kms_store_free(svc->store);
     for (size_t i = 0; i < svc->n_tokens; i++)
         p11_token_free(svc->tokens[i]);
