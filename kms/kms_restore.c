@@ -77,8 +77,9 @@ const struct kms_restore_enc *kms_restore_enc_find(const struct kms_restore_repo
     return e->key_id[0] ? e : NULL;
 }
 
-/* Count n encryptions under (key_id, version); false when the table is
- * full (KMS_RESTORE_TRACK_MAX versions): the caller reports it. */
+/* Count n encryptions under (key_id, version); *out_full when the table
+ * already holds KMS_RESTORE_TRACK_MAX other versions: the caller reports it
+ * as a finding (an uncounted version must not pass for a counted one). */
 static kms_err enc_add(struct kms_restore_report *r, const char *key_id, uint32_t version,
                        uint64_t n, bool counted, bool *out_full)
 {
