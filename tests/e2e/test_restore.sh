@@ -71,6 +71,7 @@ wait_state bank-admin "$kb" DESTROYED
 sqlite3 "$E2E_DIR/kmsd.db" ".backup '$W/store-backup.db'"
 # ---- after the backup ---------------------------------------------------------------
 as demo-admin key rotate "$k1" >/dev/null
+t_rot=$(date +%s)
 printf 'one-v2' | as demo-broker encrypt --key-id "$k1" >"$W/ct1v2"
 k3=$(as demo-admin key create --region eu-west -q)
 printf 'three' | as demo-broker encrypt --key-id "$k3" >"$W/ct3"
@@ -164,6 +165,10 @@ grep -q "key object(s) without CKA_ID or label" "$W/plan.txt" &&
     fail "kmsd --reconcile --confirm: $(cat "$W/apply.txt")"
 grep -q "applied: key $k1 version 2 reattached" "$W/apply.txt" &&
     ok "kmsd --reconcile --confirm applies it" || fail "apply: $(cat "$W/apply.txt")"
+c2=$(sqlite3 "$E2E_DIR/kmsd.db" "SELECT created_at FROM key_versions WHERE key_id = '$k1' AND version = 2")
+[ -n "$c2" ] && [ "$c2" -le "$t_rot" ] &&
+    ok "the reattached version is dated by its RotateKey event, not the reconcile (its rotation period runs on)" ||
+    fail "k1 v2 created_at $c2, rotated by $t_rot"
 sb=$(safe_lines)
 e2e_start
 [ "$(safe_lines)" = "$sb" ] && [ "$(readyz)" = ready ] &&
