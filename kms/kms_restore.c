@@ -12,6 +12,7 @@
 
 #include "audit_log.h"
 #include "audit_merkle.h"
+#include "kms_fieldblob.h"
 #include "kms_log.h"
 #include "kms_service.h"
 #include "kms_store_epoch.h"
@@ -26,6 +27,91 @@ void kms_restore_report_release(struct kms_restore_report *r)
     free(r->births);
     r->births = NULL;
     r->n_births = 0;
+    free(r->vtimes);
+    r->vtimes = NULL;
+    r->n_vtimes = 0;
+    free(r->enc);
+    r->enc = NULL;
+    r->n_enc = r->cap_enc = 0;
+}
+
+/* ---- encryption counts ---------------------------------------------------- */
+
+uint64_t kms_restore_event_encryptions(const char *operation)
+{
+    /* Every site that counts a GCM encryption (kms_usage_encrypt): seal()
+     * for Encrypt, GenerateDataKey and ReEncrypt (one each, under the
+     * version the event names), EncryptFields (one per field, at most
+     * KMS_FIELDS_MAX). */
+    if (strcmp(operation, "Encrypt") == 0 || strcmp(operation, "GenerateDataKey") == 0 ||
+        strcmp(operation, "ReEncrypt") == 0)
+        return 1;
+    if (strcmp(operation, "EncryptFields") == 0)
+        return KMS_FIELDS_MAX;
+    return 0;
+}
+
+static uint64_t enc_hash(const char *key_id, uint32_t version)
+{
+    uint64_t h = 1469598103934665603ull ^ version; /* FNV-1a */
+    for (const char *p = key_id; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return h;
+}
+
+static struct kms_restore_enc *enc_slot(struct kms_restore_enc *t, size_t cap, const char *key_id,
+                                        uint32_t version)
+{
+    for (size_t i = enc_hash(key_id, version) & (cap - 1);; i = (i + 1) & (cap - 1))
+        if (t[i].key_id[0] == '\0' ||
+            (t[i].version == version && strcmp(t[i].key_id, key_id) == 0))
+            return &t[i];
+}
+
+const struct kms_restore_enc *kms_restore_enc_find(const struct kms_restore_report *r,
+                                                   const char *key_id, uint32_t version)
+{
+    if (r->cap_enc == 0)
+        return NULL;
+    const struct kms_restore_enc *e = enc_slot(r->enc, r->cap_enc, key_id, version);
+    return e->key_id[0] ? e : NULL;
+}
+
+/* Count n encryptions under (key_id, version); *out_full when the table
+ * already holds KMS_RESTORE_TRACK_MAX other versions: the caller reports it
+ * as a finding (an uncounted version must not pass for a counted one). */
+static kms_err enc_add(struct kms_restore_report *r, const char *key_id, uint32_t version,
+                       uint64_t n, bool counted, bool *out_full)
+{
+    *out_full = false;
+    if (r->cap_enc == 0 || (r->n_enc + 1) * 2 > r->cap_enc) {
+        size_t nc = r->cap_enc ? r->cap_enc * 2 : 1024;
+        if (r->n_enc >= KMS_RESTORE_TRACK_MAX) {
+            if (!kms_restore_enc_find(r, key_id, version)) {
+                *out_full = true;
+                return KMS_OK;
+            }
+        } else {
+            struct kms_restore_enc *t = calloc(nc, sizeof(*t));
+            KMS_ENSURE(t != NULL, KMS_ERR_NOMEM, "out of memory");
+            for (size_t i = 0; i < r->cap_enc; i++)
+                if (r->enc[i].key_id[0])
+                    *enc_slot(t, nc, r->enc[i].key_id, r->enc[i].version) = r->enc[i];
+            free(r->enc);
+            r->enc = t;
+            r->cap_enc = nc;
+        }
+    }
+    struct kms_restore_enc *e = enc_slot(r->enc, r->cap_enc, key_id, version);
+    if (e->key_id[0] == '\0') {
+        snprintf(e->key_id, sizeof(e->key_id), "%s", key_id);
+        e->version = version;
+        r->n_enc++;
+    }
+    e->since_mark += n;
+    if (!counted)
+        e->since_count += n;
+    return KMS_OK;
 }
 
 size_t kms_restore_findings(const struct kms_restore_report *r)
@@ -109,6 +195,22 @@ static bool state_matches(const struct state_event *e, enum kms_key_state have)
     return have == e->want;
 }
 
+/* When a version the store lacks was made, for its reattachment. */
+static kms_err note_vtime(struct kms_restore_report *r, const Custos__V1__AuditEvent *ev)
+{
+    if (ev->key_version == 0 || r->n_vtimes >= KMS_RESTORE_FIXES_MAX)
+        return KMS_OK;
+    if (r->vtimes == NULL) {
+        r->vtimes = calloc(KMS_RESTORE_FIXES_MAX, sizeof(*r->vtimes));
+        KMS_ENSURE(r->vtimes != NULL, KMS_ERR_NOMEM, "out of memory");
+    }
+    struct kms_restore_vtime *t = &r->vtimes[r->n_vtimes++];
+    snprintf(t->key_id, sizeof(t->key_id), "%s", ev->key_id);
+    t->version = ev->key_version;
+    t->created_at = ev->time_ms / 1000 > 0 ? ev->time_ms / 1000 : 1;
+    return KMS_OK;
+}
+
 static kms_err check_version_event(struct kms_store *store, const Custos__V1__AuditEvent *ev,
                                    struct kms_restore_report *r)
 {
@@ -132,8 +234,9 @@ static kms_err check_version_event(struct kms_store *store, const Custos__V1__Au
             /* An EXTERNAL key is created empty (version 0 in its event). */
             b->origin = ev->key_version == 0 ? KMS_KEY_ORIGIN_EXTERNAL : KMS_KEY_ORIGIN_HSM;
             b->created_at = ev->time_ms / 1000 > 0 ? ev->time_ms / 1000 : 1;
+            b->state = KMS_KEY_ENABLED; /* until a later state event says otherwise */
         }
-        return KMS_OK;
+        return note_vtime(r, ev);
     }
     if (ev->key_version == 0)
         return KMS_OK; /* an EXTERNAL key created empty: the key row is enough */
@@ -147,6 +250,7 @@ static kms_err check_version_event(struct kms_store *store, const Custos__V1__Au
         struct kms_restore_fix f = {.kind = KMS_FIX_FLOOR, .version = ev->key_version};
         snprintf(f.key_id, sizeof(f.key_id), "%s", ev->key_id);
         KMS_GUARD(add_fix(r, &f));
+        KMS_GUARD(note_vtime(r, ev));
     } else if (vs == KMS_VERSION_CREATING && k.origin == KMS_KEY_ORIGIN_EXTERNAL) {
         /* An import's check value is written at activation: reconcile
          * cannot finish it alone. */
@@ -161,7 +265,8 @@ static kms_err check_version_event(struct kms_store *store, const Custos__V1__Au
 }
 
 kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
-                               struct kms_restore_report *r, uint64_t *out_size)
+                               struct kms_restore_report *r, uint64_t enc_from,
+                               uint64_t *out_size)
 {
     const char *region = audit_log_region(log);
     uint64_t from = 0, size = audit_tree_size(audit_log_tree(log));
@@ -179,7 +284,7 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
     struct state_event *evs = NULL;
     size_t n = 0, cap = 0;
     kms_err rc = KMS_OK;
-    bool truncated = false;
+    bool truncated = false, enc_full = false;
     for (uint64_t seq = from; seq < size && rc == KMS_OK; seq++) {
         uint8_t *buf = NULL;
         size_t len = 0;
@@ -194,7 +299,17 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
             break;
         }
         enum kms_key_state want;
-        if (strcmp(ev->outcome, "ok") != 0 || strlen(ev->key_id) != KMS_KEY_ID_LEN) {
+        uint64_t spent = kms_restore_event_encryptions(ev->operation);
+        /* Any outcome: a request refused after its reservation may have
+         * encrypted; counting too many is allowed, too few is not. */
+        if (spent > 0 && ev->key_version > 0 && strlen(ev->key_id) == KMS_KEY_ID_LEN) {
+            bool full = false;
+            rc = enc_add(r, ev->key_id, ev->key_version, spent, seq < enc_from, &full);
+            enc_full |= full;
+        }
+        if (rc != KMS_OK) {
+            /* out of memory: reported below */
+        } else if (strcmp(ev->outcome, "ok") != 0 || strlen(ev->key_id) != KMS_KEY_ID_LEN) {
             /* refused or keyless: no promise to check */
         } else if (is_version_op(ev->operation)) {
             rc = check_version_event(store, ev, r);
@@ -228,6 +343,11 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
         }
         custos__v1__audit_event__free_unpacked(ev, NULL);
     }
+    if (rc == KMS_OK && enc_full) {
+        r->store_behind++;
+        note(r, "region %s: encryptions under more than %d key versions since the store's "
+             "watermark; not all were counted", region, KMS_RESTORE_TRACK_MAX);
+    }
     if (rc == KMS_OK && truncated) {
         r->store_behind++;
         note(r, "region %s: more than %d key state events since the store's watermark; not "
@@ -241,8 +361,20 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
             struct kms_store_key_raw k;
             bool found = false;
             rc = kms_store_key_state_any(store, evs[i].key_id, &k, &found);
-            if (rc != KMS_OK || !found)
-                continue; /* an unknown key was already reported by its creation */
+            if (rc == KMS_OK && !found) {
+                /* An unknown key was already reported by its creation; its
+                 * reattachment must not undo a later disable or deletion
+                 * (rebuilt as DISABLED, as for a known key). */
+                for (size_t b = 0; b < r->n_births; b++)
+                    if (strcmp(r->births[b].key_id, evs[i].key_id) == 0)
+                        r->births[b].state = evs[i].want == KMS_KEY_ENABLED &&
+                                                     strcmp(evs[i].op, "ExecuteRecovery") != 0
+                                                 ? KMS_KEY_ENABLED
+                                                 : KMS_KEY_DISABLED;
+                continue;
+            }
+            if (rc != KMS_OK)
+                continue;
             if (state_matches(&evs[i], k.state))
                 continue;
             r->store_behind++;
@@ -326,6 +458,11 @@ static kms_err unknown_object(struct kms_store *store, struct p11_token *tok,
         if (strcmp(r->births[i].key_id, key_id) == 0 &&
             strcmp(r->births[i].token, p11_token_label(tok)) == 0)
             birth = &r->births[i];
+    for (size_t i = 0; parsed && i < r->n_vtimes; i++)
+        if (r->vtimes[i].version == version && strcmp(r->vtimes[i].key_id, key_id) == 0)
+            f.created_at = r->vtimes[i].created_at;
+    const struct kms_restore_enc *spent = parsed ? kms_restore_enc_find(r, key_id, version) : NULL;
+    f.encryptions = spent ? spent->since_mark : 0;
     if (key_found && k.state != KMS_KEY_CREATING && k.state != KMS_KEY_DESTROYED &&
         k.state != KMS_KEY_PENDING_IMPORT) {
         f.kind = KMS_FIX_REATTACH;
@@ -338,7 +475,9 @@ static kms_err unknown_object(struct kms_store *store, struct p11_token *tok,
         snprintf(f.tenant, sizeof(f.tenant), "%s", birth->tenant);
         snprintf(f.region, sizeof(f.region), "%s", birth->region);
         f.origin = birth->origin;
-        f.created_at = birth->created_at;
+        f.state = birth->state;
+        if (version == 1 || f.created_at == 0)
+            f.created_at = birth->created_at;
         note(r, "token '%s': object '%s' is version %" PRIu32 " of key %s, which the audit log "
              "saw created (tenant %s) and the store lacks: the store is older than the token",
              p11_token_label(tok), label, version, key_id, birth->tenant);
@@ -491,8 +630,11 @@ void kms_restore_print(const struct kms_restore_report *r, FILE *f)
             break;
         case KMS_FIX_REATTACH_KEY:
             fprintf(f, "  reattach: key %s (tenant %s, region %s) with version 1 from token "
-                       "'%s', ENABLED; its escrow copy, if any, is not in this store\n",
-                    x->key_id, x->tenant, x->region, x->token);
+                       "'%s', %s%s; its escrow copy, if any, is not in this store\n",
+                    x->key_id, x->tenant, x->region, x->token, kms_key_state_name(x->state),
+                    x->state == KMS_KEY_ENABLED ? ""
+                                                : " (the audit log's last acknowledged state "
+                                                  "event disabled it or scheduled its deletion)");
             break;
         case KMS_FIX_UNKNOWN:
             fprintf(f, "  keep: object of key %s version %" PRIu32 " in token '%s' stays in "

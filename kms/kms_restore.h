@@ -49,7 +49,9 @@ enum kms_restore_fix_kind {
     KMS_FIX_REATTACH_KEY, /* version 1 of a key the store lacks but the audit
                              log saw created: insert the key (tenant, region,
                              origin from its CreateKey event; spec from the
-                             object), ENABLED */
+                             object), in `state`: ENABLED, or DISABLED when
+                             the log's last state event for it disabled it or
+                             scheduled its deletion */
 };
 
 struct kms_restore_fix {
@@ -63,10 +65,12 @@ struct kms_restore_fix {
     char tenant[KMS_TENANT_MAX + 1];
     char region[KMS_REGION_MAX + 1];
     enum kms_key_origin origin;
-    int64_t created_at;
+    int64_t created_at; /* REATTACH(_KEY): the creating event's time, 0 unknown */
+    uint64_t encryptions; /* REATTACH(_KEY): encrypting events the log has for it */
 };
 
-/* A CreateKey the audit log acknowledged for a key the store lacks. */
+/* A CreateKey the audit log acknowledged for a key the store lacks, and the
+ * state its last acknowledged state event left it in (ENABLED when none). */
 struct kms_restore_birth {
     char key_id[KMS_KEY_ID_SIZE];
     char tenant[KMS_TENANT_MAX + 1];
@@ -74,6 +78,25 @@ struct kms_restore_birth {
     char token[KMS_TOKEN_LABEL_MAX + 1];
     enum kms_key_origin origin;
     int64_t created_at;
+    enum kms_key_state state;
+};
+
+/* A version-making event (CreateKey, RotateKey, ImportKeyMaterial) for a
+ * version the store lacks: when it was made. */
+struct kms_restore_vtime {
+    char key_id[KMS_KEY_ID_SIZE];
+    uint32_t version;
+    int64_t created_at;
+};
+
+/* Encrypting events of one key version after the store's audit watermark:
+ * `since_mark` all of them, `since_count` those after the encryption-count
+ * watermark too (not yet added to the store's count). */
+struct kms_restore_enc {
+    char key_id[KMS_KEY_ID_SIZE];
+    uint32_t version;
+    uint64_t since_mark;
+    uint64_t since_count;
 };
 
 struct kms_restore_report {
@@ -87,7 +110,22 @@ struct kms_restore_report {
     size_t fixes_dropped;
     struct kms_restore_birth *births;
     size_t n_births;
+    struct kms_restore_vtime *vtimes;
+    size_t n_vtimes;
+    /* Open-addressed table (cap slots, a power of two; key_id "" = free). */
+    struct kms_restore_enc *enc;
+    size_t n_enc, cap_enc;
 };
+
+/* Encryptions an audit event spends under (key_id, key_version): 1 for
+ * Encrypt, GenerateDataKey, ReEncrypt; for EncryptFields the per-request
+ * maximum (the event does not record how many fields), so the count is
+ * never below the encryptions made; 0 for any other event. */
+uint64_t kms_restore_event_encryptions(const char *operation);
+
+/* The tally of (key_id, version), or NULL. */
+const struct kms_restore_enc *kms_restore_enc_find(const struct kms_restore_report *r,
+                                                   const char *key_id, uint32_t version);
 
 /* Free the report's fix list (the struct itself is the caller's). */
 void kms_restore_report_release(struct kms_restore_report *r);
@@ -95,9 +133,12 @@ void kms_restore_report_release(struct kms_restore_report *r);
 size_t kms_restore_findings(const struct kms_restore_report *r);
 
 /* Scan region's audit log from the store's watermark to its end;
- * *out_size receives the log size scanned to. */
+ * *out_size receives the log size scanned to. Encrypting events are
+ * tallied per key version (r->enc); those at or after enc_from are the
+ * ones not yet added to the store's counts. */
 kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
-                               struct kms_restore_report *r, uint64_t *out_size);
+                               struct kms_restore_report *r, uint64_t enc_from,
+                               uint64_t *out_size);
 
 /* Compare the token's key objects with the store. CREATING versions are
  * reconcile's business and ignored here. out_ids (may be NULL) receives the

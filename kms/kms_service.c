@@ -55,6 +55,9 @@ struct kms_service {
     struct p11_key_id *listed[KMS_CONFIG_MAX_TOKENS];
     size_t n_listed[KMS_CONFIG_MAX_TOKENS];
     bool have_listed[KMS_CONFIG_MAX_TOKENS];
+    /* The audit logs' encrypting events are in the store's counts (added at
+     * start): a clean stop may then move the encryption-count watermark. */
+    bool enc_counted;
 
     /* Live versions whose object their token does not hold, as of the
      * sweeper's last object check (kms_service_check_objects); written by
@@ -552,7 +555,17 @@ static kms_err reconcile(struct kms_service *svc)
          * never a key anyone was told about (every object of ours carries
          * CKA_ID and a label from its creation). */
         size_t husks = 0;
-        rc = p11_key_destroy_husks(tok, &husks);
+        if (svc->safe_mode) {
+            /* Safe mode destroys nothing: the store may be too old to
+             * tell what the token's objects are. */
+            rc = p11_key_count_husks(tok, &husks);
+            if (rc == KMS_OK && husks > 0)
+                kms_log_warn("reconcile", "token '%s': %zu key object(s) without CKA_ID or "
+                             "label left in place (SAFE MODE)", p11_token_label(tok), husks);
+            husks = 0;
+        } else {
+            rc = p11_key_destroy_husks(tok, &husks);
+        }
         if (rc != KMS_OK)
             break;
         if (husks > 0)
@@ -622,6 +635,11 @@ static void mark_audit(struct kms_service *svc)
         if (kms_store_audit_mark_set(svc->store, p11_token_region(svc->tokens[i]), size) != KMS_OK)
             kms_log_warn("restore", "region %s: audit watermark not recorded: %s",
                          p11_token_region(svc->tokens[i]), kms_err_detail());
+        /* An encryption is reserved in the store before its event is
+         * written: the store's counts cover every event below size. */
+        if (kms_store_enc_mark_set(svc->store, p11_token_region(svc->tokens[i]), size) != KMS_OK)
+            kms_log_warn("restore", "region %s: encryption-count watermark not recorded: %s",
+                         p11_token_region(svc->tokens[i]), kms_err_detail());
     }
 }
 
@@ -654,15 +672,43 @@ static kms_err apply_fix(struct kms_service *svc, const struct kms_restore_fix *
     struct p11_token *tok = x->token[0] ? token_by_label(svc, x->token) : NULL;
     char detail[160];
     switch (x->kind) {
-    case KMS_FIX_STATE:
-        KMS_GUARD(kms_store_key_force_state(svc->store, x->key_id, x->state));
+    case KMS_FIX_STATE: {
+        /* A DESTROYED key recovered after the backup: only the versions
+         * whose objects its token holds come back (the token scan's list). */
+        struct kms_key_record rec;
+        struct kms_hsm_id *present = NULL;
+        size_t n_present = 0;
+        if (kms_store_key_get(svc->store, x->key_id, &rec) == KMS_OK) {
+            for (size_t t = 0; t < svc->n_tokens; t++) {
+                if (!svc->have_listed[t] ||
+                    strcmp(p11_token_label(svc->tokens[t]), rec.token) != 0)
+                    continue;
+                present = calloc(svc->n_listed[t] ? svc->n_listed[t] : 1, sizeof(*present));
+                KMS_ENSURE(present != NULL, KMS_ERR_NOMEM, "out of memory");
+                for (size_t i = 0; i < svc->n_listed[t]; i++)
+                    memcpy(present[i].bytes, svc->listed[t][i].b, sizeof(present[i].bytes));
+                n_present = svc->n_listed[t];
+                break;
+            }
+        }
+        kms_err_clear();
+        kms_err src = kms_store_key_force_state(svc->store, x->key_id, x->state, present,
+                                                n_present);
+        free(present);
+        KMS_GUARD(src);
         fprintf(out, "applied: key %s is %s again\n", x->key_id, kms_key_state_name(x->state));
         snprintf(detail, sizeof(detail), "restore reconcile: state rebuilt to %s from the "
                  "audit log", kms_key_state_name(x->state));
         break;
+    }
     case KMS_FIX_REATTACH:
         KMS_GUARD(kms_store_unknown_confirm(svc->store, x->hsm_id, now));
-        KMS_GUARD(kms_store_version_reattach(svc->store, x->key_id, x->version, x->hsm_id, now));
+        /* Created when its event says (its rotation period runs from then);
+         * its count at least the encryptions the audit log saw under it. */
+        KMS_GUARD(kms_store_version_reattach(svc->store, x->key_id, x->version, x->hsm_id,
+                                             x->created_at > 0 ? x->created_at : now));
+        KMS_GUARD(kms_store_usage_bound(svc->store, x->key_id, x->version, x->encryptions,
+                                        false));
         fprintf(out, "applied: key %s version %u reattached\n", x->key_id, x->version);
         snprintf(detail, sizeof(detail), "restore reconcile: version reattached from token "
                  "'%s'", x->token);
@@ -701,8 +747,13 @@ static kms_err apply_fix(struct kms_service *svc, const struct kms_restore_fix *
         KMS_GUARD(kms_store_unknown_confirm(svc->store, x->hsm_id, now));
         KMS_GUARD(kms_store_key_insert(svc->store, &k, &v1));
         KMS_GUARD(kms_store_version_activate(svc->store, x->key_id, 1));
-        fprintf(out, "applied: key %s reattached (tenant %s), version 1 ENABLED\n", x->key_id,
-                x->tenant);
+        KMS_GUARD(kms_store_usage_bound(svc->store, x->key_id, 1, x->encryptions, false));
+        /* A disable or deletion acknowledged after its creation is not
+         * undone by bringing it back (a deletion rebuilt as DISABLED). */
+        if (x->state != KMS_KEY_ENABLED)
+            KMS_GUARD(kms_store_key_force_state(svc->store, x->key_id, x->state, NULL, 0));
+        fprintf(out, "applied: key %s reattached (tenant %s), version 1 %s\n", x->key_id,
+                x->tenant, kms_key_state_name(x->state));
         snprintf(detail, sizeof(detail), "restore reconcile: key reattached from token '%s' "
                  "and its CreateKey event", x->token);
         break;
@@ -738,9 +789,14 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
     kms_err rc = KMS_OK;
     *out_exit = false;
     uint64_t sizes[KMS_CONFIG_MAX_TOKENS] = {0};
-    for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
-        if (svc->audit[i])
-            rc = kms_restore_audit_scan(svc->store, svc->audit[i], &r, &sizes[i]);
+    for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++) {
+        if (svc->audit[i] == NULL)
+            continue;
+        uint64_t enc_from = 0;
+        rc = kms_store_enc_mark_get(svc->store, p11_token_region(svc->tokens[i]), &enc_from);
+        if (rc == KMS_OK)
+            rc = kms_restore_audit_scan(svc->store, svc->audit[i], &r, enc_from, &sizes[i]);
+    }
     for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++) {
         rc = kms_restore_token_scan(svc->store, svc->tokens[i], &r, &svc->listed[i],
                                     &svc->n_listed[i]);
@@ -780,12 +836,35 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
                              "HSM object is complete, else discarded (never in safe mode)\n",
                         creating[i].key_id, creating[i].version);
         free(creating);
+        for (size_t i = 0; i < svc->n_tokens; i++) {
+            size_t husks = 0;
+            if (p11_key_count_husks(svc->tokens[i], &husks) == KMS_OK && husks > 0)
+                fprintf(out, "  at start: token '%s' has %zu key object(s) without CKA_ID or "
+                             "label: destroyed as crash leftovers (never in safe mode)\n",
+                        p11_token_label(svc->tokens[i]), husks);
+        }
+        kms_err_clear();
         fprintf(out, findings ? "kmsd would start in SAFE MODE; apply with: kmsctl reconcile "
                                 "--confirm (or kmsd --reconcile --confirm)\n"
                               : "the store agrees with the audit log and the tokens\n");
         *out_exit = true;
         goto done;
     }
+    /* GCM counts live in the store alone: one restored (or behind its
+     * watermark after a crash) would let a version pass the random-IV
+     * limit. Every encrypting event after the store's watermark not yet
+     * counted adds to its version's count, whether or not anything else
+     * is found (docs/state.md "Encryption counts"). */
+    for (size_t i = 0; i < r.cap_enc && rc == KMS_OK; i++)
+        if (r.enc[i].key_id[0] && r.enc[i].since_count > 0)
+            rc = kms_store_usage_bound(svc->store, r.enc[i].key_id, r.enc[i].version,
+                                       r.enc[i].since_count, true);
+    for (size_t i = 0; i < svc->n_tokens && rc == KMS_OK; i++)
+        if (svc->audit[i])
+            rc = kms_store_enc_mark_set(svc->store, p11_token_region(svc->tokens[i]), sizes[i]);
+    if (rc != KMS_OK)
+        goto done;
+    svc->enc_counted = true;
     if (restore_mode == KMS_RESTORE_MODE_CONFIRM) {
         kms_restore_print(&r, out);
         /* Keys before their later versions. A fix that cannot be applied
@@ -1078,8 +1157,10 @@ void kms_service_free(struct kms_service *svc)
         pthread_mutex_unlock(&svc->stop_lock);
         pthread_join(svc->sweeper, NULL);
     }
+    uint64_t sizes[KMS_CONFIG_MAX_TOKENS] = {0};
     for (size_t i = 0; i < svc->n_tokens; i++) {
         if (svc->audit[i]) {
+            sizes[i] = audit_tree_size(audit_log_tree(svc->audit[i]));
             struct audit_log_stats st;
             audit_log_stats(svc->audit[i], &st);
             kms_log_info("audit", "region %s: %llu events in %llu batches (largest %llu), %llu heads",
@@ -1094,6 +1175,14 @@ void kms_service_free(struct kms_service *svc)
     kms_keycache_free(svc->keycache);
     /* Before the store: gives unused reservations back. */
     kms_usage_free(svc->usage);
+    /* A clean stop leaves exact counts covering every encrypting event
+     * written: the next start adds none of them again (docs/state.md). */
+    for (size_t i = 0; svc->store && i < svc->n_tokens; i++)
+        if (svc->audit[i] != NULL && svc->enc_counted &&
+            kms_store_enc_mark_set(svc->store, p11_token_region(svc->tokens[i]), sizes[i]) !=
+                KMS_OK)
+            kms_log_warn("restore", "region %s: encryption-count watermark not recorded: %s",
+                         p11_token_region(svc->tokens[i]), kms_err_detail());
     kms_store_free(svc->store);
     for (size_t i = 0; i < svc->n_tokens; i++)
         p11_token_free(svc->tokens[i]);

@@ -841,6 +841,7 @@ kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
 struct husk_arg {
     CK_OBJECT_HANDLE h[HUSKS_MAX];
     size_t n;
+    bool count_only;
 };
 
 static kms_err husk_one(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
@@ -872,6 +873,8 @@ static kms_err do_find_husks(struct p11_token *tok, CK_SESSION_HANDLE s, void *v
     struct husk_arg *a = varg;
     a->n = 0;
     KMS_GUARD(for_each_object(tok, s, husk_one, a));
+    if (a->count_only)
+        return KMS_OK;
     /* Destroyed after the search is closed: no handle of the search is
      * invalidated while it runs. */
     for (size_t i = 0; i < a->n; i++) {
@@ -879,6 +882,17 @@ static kms_err do_find_husks(struct p11_token *tok, CK_SESSION_HANDLE s, void *v
         KMS_GUARD(p11_rv_err(rv, "C_DestroyObject", tok->label));
     }
     return KMS_OK;
+}
+
+kms_err p11_key_count_husks(struct p11_token *tok, size_t *out_n)
+{
+    struct husk_arg *a = calloc(1, sizeof(*a));
+    KMS_ENSURE(a != NULL, KMS_ERR_NOMEM, "out of memory");
+    a->count_only = true;
+    kms_err rc = p11_with_session(tok, do_find_husks, a);
+    *out_n = rc == KMS_OK ? a->n : 0;
+    free(a);
+    return rc;
 }
 
 kms_err p11_key_destroy_husks(struct p11_token *tok, size_t *out_n)

@@ -137,5 +137,8 @@ kms_err p11_key_list_ids(struct p11_token *tok, const char *label_prefix,
  * start, before serving: walks the token with C_FindObjects. At most 256
  * per call; *out_n (may be NULL) gets how many were destroyed. */
 kms_err p11_key_destroy_husks(struct p11_token *tok, size_t *out_n);
+/* The same objects, counted (at most 256), none destroyed: safe mode and
+ * the restore plan. */
+kms_err p11_key_count_husks(struct p11_token *tok, size_t *out_n);
 
 #endif

@@ -274,10 +274,12 @@ static kms_err cut(struct file *f, const struct damage *d)
     return KMS_OK;
 }
 
-static kms_err open_file(struct file *f, const char *dir, const char *region, const char *ext)
+static kms_err open_file(struct file *f, const char *dir, const char *region, const char *ext,
+                         bool read_only)
 {
     snprintf(f->path, sizeof(f->path), "%s/%s.%s", dir, region, ext);
-    f->fd = open(f->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    f->fd = read_only ? open(f->path, O_RDONLY | O_CLOEXEC)
+                      : open(f->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     KMS_ENSURE(f->fd >= 0, KMS_ERR_IO, "%s: %s", f->path, strerror(errno));
     return KMS_OK;
 }
@@ -1023,6 +1025,43 @@ static void *writer_main(void *arg)
 
 /* ---- open / close ------------------------------------------------------------------------ */
 
+/* Open region's three files (read-only: nothing created, nothing cut) and
+ * run the start-up scan: every record framed and checked, key records of
+ * this region, events in order, heads against the events before them, the
+ * newest head signed by a key .keys lists. The damage found at the ends is
+ * left in dk, de, dh for the caller (audit_log_open cuts it). */
+static kms_err load(struct audit_log *log, const char *dir, const char *region, bool read_only,
+                    struct damage *dk, struct damage *de, struct damage *dh)
+{
+    kms_err rc = KMS_OK;
+    KMS_GUARD(open_file(&log->keys, dir, region, "keys", read_only));
+    KMS_GUARD(open_file(&log->events, dir, region, "events", read_only));
+    KMS_GUARD(audit_index_new(log->events.fd, log->events.path, &log->index));
+    KMS_GUARD(audit_tree_new_sparse(audit_index_leaves, log->index, &log->tree));
+    KMS_GUARD(open_file(&log->heads, dir, region, "heads", read_only));
+    KMS_GUARD(audit_keyset_new(&log->scan_keys));
+    KMS_GUARD(scan(log, &log->keys, on_key, dk));
+    /* A damaged key record anywhere but at the very end is not a crash. */
+    KMS_ENSURE(dk->off < 0 || dk->at_end, KMS_ERR_IO, "%s: record %llu at offset %lld is damaged",
+               log->keys.path, (unsigned long long)dk->index, (long long)dk->off);
+    KMS_GUARD(scan(log, &log->events, on_event, de));
+    /* Heads are checked against the events read so far: one that covers a
+     * damaged event proves the damage is in acknowledged, signed history. */
+    rc = scan(log, &log->heads, on_head, dh);
+    if (rc != KMS_OK && de->off >= 0)
+        rc = kms_err_set(KMS_ERR_IO,
+                         "%s: record %llu at offset %lld is damaged and signed heads cover it: "
+                         "the log was altered",
+                         log->events.path, (unsigned long long)de->index, (long long)de->off);
+    if (rc != KMS_OK)
+        return rc;
+    KMS_ENSURE(dh->off < 0 || dh->at_end, KMS_ERR_IO, "%s: record %llu at offset %lld is damaged",
+               log->heads.path, (unsigned long long)dh->index, (long long)dh->off);
+    KMS_GUARD(check_torn_head(log, dh));
+    KMS_GUARD(verify_resume_head(log));
+    return rc;
+}
+
 kms_err audit_log_open(const char *dir, const char *region, struct p11_token *tok,
                        const struct audit_log_config *cfg, struct audit_log **out)
 {
@@ -1041,35 +1080,8 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     pthread_mutex_init(&log->lock, NULL);
     pthread_cond_init(&log->work, NULL);
     pthread_cond_init(&log->done, NULL);
-    KMS_GUARD_GOTO(open_file(&log->keys, dir, region, "keys"), fail);
-    KMS_GUARD_GOTO(open_file(&log->events, dir, region, "events"), fail);
-    KMS_GUARD_GOTO(audit_index_new(log->events.fd, log->events.path, &log->index), fail);
-    KMS_GUARD_GOTO(audit_tree_new_sparse(audit_index_leaves, log->index, &log->tree), fail);
-    KMS_GUARD_GOTO(open_file(&log->heads, dir, region, "heads"), fail);
-    KMS_GUARD_GOTO(audit_keyset_new(&log->scan_keys), fail);
-
     struct damage dk, de, dh;
-    KMS_GUARD_GOTO(scan(log, &log->keys, on_key, &dk), fail);
-    /* A damaged key record anywhere but at the very end is not a crash. */
-    KMS_ENSURE_GOTO(dk.off < 0 || dk.at_end, fail, KMS_ERR_IO,
-                    "%s: record %llu at offset %lld is damaged", log->keys.path,
-                    (unsigned long long)dk.index, (long long)dk.off);
-    KMS_GUARD_GOTO(scan(log, &log->events, on_event, &de), fail);
-    /* Heads are checked against the events read so far: one that covers a
-     * damaged event proves the damage is in acknowledged, signed history. */
-    rc = scan(log, &log->heads, on_head, &dh);
-    if (rc != KMS_OK && de.off >= 0)
-        rc = kms_err_set(KMS_ERR_IO,
-                         "%s: record %llu at offset %lld is damaged and signed heads cover it: "
-                         "the log was altered",
-                         log->events.path, (unsigned long long)de.index, (long long)de.off);
-    if (rc != KMS_OK)
-        goto fail;
-    KMS_ENSURE_GOTO(dh.off < 0 || dh.at_end, fail, KMS_ERR_IO,
-                    "%s: record %llu at offset %lld is damaged", log->heads.path,
-                    (unsigned long long)dh.index, (long long)dh.off);
-    KMS_GUARD_GOTO(check_torn_head(log, &dh), fail);
-    KMS_GUARD_GOTO(verify_resume_head(log), fail);
+    KMS_GUARD_GOTO(load(log, dir, region, false, &dk, &de, &dh), fail);
     /* Only now, with every file read and checked, cut off what a crash left:
      * events after the last signed head that never became durable (a power
      * cut can tear a whole unsynced batch), a torn head, a torn key. */
@@ -1130,6 +1142,27 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
     *out = log;
     return KMS_OK;
 fail:
+    audit_log_close(log);
+    return rc;
+}
+
+kms_err audit_log_check_files(const char *dir, const char *region, uint64_t *out_events,
+                              uint64_t *out_signed)
+{
+    KMS_ENSURE(strlen(region) < 64, KMS_ERR_CONFIG, "region name too long");
+    struct audit_log *log = calloc(1, sizeof(*log));
+    KMS_ENSURE(log != NULL, KMS_ERR_NOMEM, "out of memory");
+    snprintf(log->region, sizeof(log->region), "%s", region);
+    log->events.fd = log->heads.fd = log->keys.fd = -1;
+    pthread_mutex_init(&log->lock, NULL);
+    pthread_cond_init(&log->work, NULL);
+    pthread_cond_init(&log->done, NULL);
+    struct damage dk, de, dh;
+    kms_err rc = load(log, dir, region, true, &dk, &de, &dh);
+    if (rc == KMS_OK) {
+        *out_events = audit_tree_size(log->tree);
+        *out_signed = log->head_size;
+    }
     audit_log_close(log);
     return rc;
 }

@@ -55,6 +55,14 @@ struct audit_log;
 kms_err audit_log_open(const char *dir, const char *region, struct p11_token *tok,
                        const struct audit_log_config *cfg, struct audit_log **out);
 
+/* The start-up scan of audit_log_open, read-only, on region's files in
+ * dir (a backup's copy): KMS_OK when a kmsd would open them (a torn last
+ * record, which it would cut, included); *out_events the events, and
+ * *out_signed the tree size of the newest signed head. Needs no token and
+ * changes nothing. */
+kms_err audit_log_check_files(const char *dir, const char *region, uint64_t *out_events,
+                              uint64_t *out_signed);
+
 /* Write what is queued, make a final head, stop the writer. NULL ok. */
 void audit_log_close(struct audit_log *log);
 

@@ -23,6 +23,7 @@
 
 #include <openssl/evp.h>
 
+#include "audit_log.h"
 #include "kms_config.h"
 #include "kms_error.h"
 #include "kms_store_epoch.h"
@@ -42,7 +43,9 @@ static void backup_usage(FILE *f)
             "     single instant, never a torn copy; the copy gets a fresh store_id and\n"
             "     remembers the original's (backup_of) and the time (backup_at);\n"
             "  2. then the audit logs (append-only: the copy covers everything the\n"
-            "     store copy knows, and perhaps more, which a restore reattaches);\n"
+            "     store copy knows, and perhaps more, which a restore reattaches),\n"
+            "     per region heads, then keys, then events; the copy is then opened\n"
+            "     read-only with kmsd's start-up checks before success is reported;\n"
             "  3. the configuration file and the policy it names;\n"
             "  4. MANIFEST: every file with its SHA-256 and size.\n"
             "Then back up the HSM tokens (vendor backup; SoftHSMv2 in dev: its token\n"
@@ -119,6 +122,27 @@ static kms_err manifest_add(FILE *m, const char *src, const char *dir, const cha
     return KMS_OK;
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool has_ext(const char *name, const char *ext, size_t *out_base)
+{
+    size_t n = strlen(name), e = strlen(ext);
+    if (n <= e + 1 || name[n - e - 1] != '.' || strcmp(name + n - e, ext) != 0)
+        return false;
+    *out_base = n - e - 1;
+    return true;
+}
+
+/* kmsd appends to a region's three files while they are copied. Each is
+ * copied after the ones it must cover, as kmsd's start-up scan reads them:
+ * .heads first (every head it holds was signed after its events were
+ * durable and by a key already in .keys), then .keys (every key that signed
+ * one of those heads), then .events (every event those heads cover). A
+ * later write only adds records the copy does not need; a torn last record
+ * is what the scan cuts. Other files (archives) follow. */
 static kms_err backup_audit(FILE *m, const char *audit_dir, const char *out, size_t *out_n)
 {
     char sub[PATH_MAX];
@@ -128,25 +152,72 @@ static kms_err backup_audit(FILE *m, const char *audit_dir, const char *out, siz
     KMS_ENSURE(d != NULL, KMS_ERR_IO, "audit directory %s: %s", audit_dir, strerror(errno));
     kms_err rc = KMS_OK;
     struct dirent *e;
+    char **names = calloc(BACKUP_FILES_MAX, sizeof(*names));
+    size_t n = 0;
     *out_n = 0;
+    if (names == NULL) {
+        closedir(d);
+        return kms_err_set(KMS_ERR_NOMEM, "out of memory");
+    }
     while (rc == KMS_OK && (e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.')
             continue;
-        char src[PATH_MAX], rel[PATH_MAX];
+        char src[PATH_MAX];
         struct stat st;
         if ((size_t)snprintf(src, sizeof(src), "%s/%s", audit_dir, e->d_name) >= sizeof(src) ||
             lstat(src, &st) != 0 || !S_ISREG(st.st_mode))
             continue;
-        if (*out_n >= BACKUP_FILES_MAX) {
+        if (n >= BACKUP_FILES_MAX) {
             rc = kms_err_set(KMS_ERR_TOO_LARGE, "more than %d files in %s", BACKUP_FILES_MAX,
                              audit_dir);
             break;
         }
-        snprintf(rel, sizeof(rel), "audit/%s", e->d_name);
-        rc = manifest_add(m, src, out, rel);
-        (*out_n)++;
+        names[n] = strdup(e->d_name);
+        if (names[n++] == NULL)
+            rc = kms_err_set(KMS_ERR_NOMEM, "out of memory");
     }
     closedir(d);
+    if (rc == KMS_OK)
+        qsort(names, n, sizeof(*names), cmp_name);
+    /* Pass 0: heads, 1: keys, 2: events, 3: anything else. A region's three
+     * passes run one after the other over all regions: every region's heads
+     * are copied before any region's keys, which keeps the order per region. */
+    static const char *const exts[3] = {"heads", "keys", "events"};
+    for (int pass = 0; pass < 4 && rc == KMS_OK; pass++)
+        for (size_t i = 0; i < n && rc == KMS_OK; i++) {
+            size_t base = 0;
+            int kind = 3;
+            for (int k = 0; k < 3 && kind == 3; k++)
+                if (has_ext(names[i], exts[k], &base))
+                    kind = k;
+            if (kind != pass)
+                continue;
+            char src[PATH_MAX], rel[PATH_MAX];
+            snprintf(src, sizeof(src), "%s/%s", audit_dir, names[i]);
+            snprintf(rel, sizeof(rel), "audit/%s", names[i]);
+            rc = manifest_add(m, src, out, rel);
+            (*out_n)++;
+        }
+    /* The copy must open as kmsd would open it: the same start-up scan, on
+     * the copy, read-only (no token needed, nothing changed). */
+    for (size_t i = 0; i < n && rc == KMS_OK; i++) {
+        size_t base = 0;
+        if (!has_ext(names[i], "events", &base) || base >= 64)
+            continue;
+        char region[64];
+        uint64_t events = 0, signed_size = 0;
+        snprintf(region, sizeof(region), "%.*s", (int)base, names[i]);
+        rc = audit_log_check_files(sub, region, &events, &signed_size);
+        if (rc != KMS_OK)
+            rc = kms_err_set(rc, "the copied audit log of region %s would not open: %s", region,
+                             kms_err_detail());
+        else
+            printf("audit log of region %s: %" PRIu64 " events, signed to %" PRIu64
+                   ", checked\n", region, events, signed_size);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
     return rc;
 }
 

@@ -273,8 +273,68 @@ static kms_err step_in_tx(struct store_conn *c, const char *sql, const char *key
     return rc;
 }
 
+/* The encryption-count watermark of a region (see kms_store_epoch.h). */
+kms_err kms_store_enc_mark_get(struct kms_store *store, const char *region, uint64_t *out)
+{
+    char name[KMS_STORE_META_MAX], v[32];
+    bool found = false;
+    *out = 0;
+    KMS_ENSURE(region != NULL && strlen(region) <= KMS_REGION_MAX, KMS_ERR_USAGE,
+               "store: encryption-count watermark: bad region");
+    snprintf(name, sizeof(name), "enc_mark:%s", region);
+    KMS_GUARD(meta_get(store, name, v, sizeof(v), &found));
+    if (!found)
+        return KMS_OK;
+    char *end = NULL;
+    unsigned long long n = strtoull(v, &end, 10);
+    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL,
+               "store: encryption-count watermark of region %s is not a number", region);
+    *out = (uint64_t)n;
+    return KMS_OK;
+}
+
+kms_err kms_store_enc_mark_set(struct kms_store *store, const char *region, uint64_t size)
+{
+    char name[KMS_STORE_META_MAX];
+    KMS_ENSURE(region != NULL && strlen(region) <= KMS_REGION_MAX, KMS_ERR_USAGE,
+               "store: encryption-count watermark: bad region");
+    KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: encryption-count watermark out of range");
+    snprintf(name, sizeof(name), "enc_mark:%s", region);
+    /* Set, not raised: an audit log restored older than it is the one
+     * counted from now on (its events were counted, if ever, before). */
+    return write_one(store,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT)",
+                     name, NULL, (int64_t)size, "record encryption-count watermark");
+}
+
+kms_err kms_store_usage_bound(struct kms_store *store, const char *key_id, uint32_t version,
+                              uint64_t n, bool add)
+{
+    static const char op[] = "raise encryptions";
+    KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN && version > 0, KMS_ERR_USAGE,
+               "store: %s: bad key id or version", op);
+    int64_t v = n > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)n;
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc == KMS_OK) {
+        /* Saturating: a count never wraps below what it was. */
+        rc = step_in_tx(c,
+                        add ? "UPDATE key_versions SET encryptions = CASE WHEN encryptions > "
+                              "9223372036854775807 - ?3 THEN 9223372036854775807 ELSE "
+                              "encryptions + ?3 END WHERE key_id = ?1 AND version = ?2"
+                            : "UPDATE key_versions SET encryptions = max(encryptions, ?3) "
+                              "WHERE key_id = ?1 AND version = ?2",
+                        key_id, version, v, NULL, NULL, op);
+        rc = store_tx_end(c, rc, op);
+    }
+    store_conn_give(c);
+    return rc;
+}
+
 kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
-                                  enum kms_key_state state)
+                                  enum kms_key_state state, const struct kms_hsm_id *present,
+                                  size_t n_present)
 {
     static const char op[] = "rebuild key state";
     KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN, KMS_ERR_USAGE,
@@ -289,11 +349,16 @@ kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
     if (rc != KMS_OK)
         goto out;
     KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    if (row.state == KMS_KEY_DESTROYED && state != KMS_KEY_PENDING_DELETION)
+    /* Only versions whose objects a token still holds come back: a
+     * destroyed version with no object would be an ACTIVE row that can
+     * neither decrypt nor be told apart from a lost token. */
+    for (size_t i = 0; row.state == KMS_KEY_DESTROYED && state != KMS_KEY_PENDING_DELETION &&
+                       i < n_present;
+         i++)
         KMS_GUARD_GOTO(step_in_tx(c,
                                   "UPDATE key_versions SET state = 1 "
-                                  "WHERE key_id = ?1 AND state = 2",
-                                  key_id, 0, 0, NULL, NULL, op),
+                                  "WHERE key_id = ?1 AND state = 2 AND hsm_id = ?4",
+                                  key_id, 0, 0, present[i].bytes, NULL, op),
                        end);
     /* ENABLED/DISABLED need a current version: the highest active one. */
     KMS_GUARD_GOTO(step_in_tx(c,

@@ -54,16 +54,32 @@ kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
 /* Restore reconcile, confirmed by an operator, one commit each:
  *   - kms_store_key_force_state: set a key (not CREATING) to `state` as the
  *     audit log last acknowledged it; from DESTROYED to ENABLED/DISABLED
- *     the key's DESTROYED versions become ACTIVE again (a recovery the
- *     store missed). deletion_at is kept for PENDING_DELETION, else 0.
+ *     the key's DESTROYED versions whose HSM object is in `present` (the
+ *     token scan's listing) become ACTIVE again (a recovery the store
+ *     missed); the others stay DESTROYED. deletion_at is kept for
+ *     PENDING_DELETION, else 0.
  *   - kms_store_version_reattach: an HSM object labelled as version
  *     `version` of a known key, that the store lacks: inserted ACTIVE,
- *     last_version and current_version raised to cover it.
+ *     created at `created_at` (its creating event's time, so that its
+ *     rotation period does not restart), last_version and current_version
+ *     raised to cover it.
  * FAILED_PRECONDITION when the key is absent or CREATING. */
 kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
-                                  enum kms_key_state state);
+                                  enum kms_key_state state, const struct kms_hsm_id *present,
+                                  size_t n_present);
 kms_err kms_store_version_reattach(struct kms_store *store, const char *key_id, uint32_t version,
-                                   const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t now);
+                                   const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t created_at);
+
+/* GCM encryption counts rebuilt from the audit log (docs/state.md):
+ *   - the encryption-count watermark of a region: the audit log size up to
+ *     which encrypting events were already added to the store's counts (0
+ *     when never recorded);
+ *   - kms_store_usage_bound: add n to a version's count (add) or raise it to
+ *     at least n (!add); a missing version is KMS_OK (nothing to bound). */
+kms_err kms_store_enc_mark_get(struct kms_store *store, const char *region, uint64_t *out);
+kms_err kms_store_enc_mark_set(struct kms_store *store, const char *region, uint64_t size);
+kms_err kms_store_usage_bound(struct kms_store *store, const char *key_id, uint32_t version,
+                              uint64_t n, bool add);
 
 /* State of a version row in any state. *out_found false when there is none. */
 kms_err kms_store_version_state_any(struct kms_store *store, const char *key_id,

@@ -27,6 +27,8 @@
 #    version as lost, then the sweeper finishes the deletion.
 # 7. A token backup older than an audit key rotation: kmsd names the
 #    missing signing key; the documented steps bring the node back.
+# 8. A store restored after encryptions: each version's GCM count is
+#    rebuilt from the audit log, never below what was spent.
 # And readiness with no room on the state disk.
 set -eu
 . tests/e2e/lib.sh
@@ -70,11 +72,21 @@ wait_state bank-admin "$kb" DESTROYED
 sqlite3 "$E2E_DIR/kmsd.db" ".backup '$W/store-backup.db'"
 # ---- after the backup ---------------------------------------------------------------
 as demo-admin key rotate "$k1" >/dev/null
+t_rot=$(date +%s)
 printf 'one-v2' | as demo-broker encrypt --key-id "$k1" >"$W/ct1v2"
 k3=$(as demo-admin key create --region eu-west -q)
 printf 'three' | as demo-broker encrypt --key-id "$k3" >"$W/ct3"
 as demo-admin key cancel-deletion "$k2" >/dev/null
 as demo-admin key schedule-deletion "$k4" --days 1000 >/dev/null
+# Keys born after the backup and then disabled, or rotated and scheduled for
+# deletion: before, the reconcile brought them back ENABLED.
+k6=$(as demo-admin key create --region eu-west -q)
+printf 'six' | as demo-broker encrypt --key-id "$k6" >"$W/ct6"
+as demo-admin key disable "$k6" >/dev/null
+k7=$(as demo-admin key create --region eu-west -q)
+as demo-admin key rotate "$k7" >/dev/null
+printf 'seven-v2' | as demo-broker encrypt --key-id "$k7" >"$W/ct7"
+as demo-admin key schedule-deletion "$k7" --days 1000 >/dev/null
 rid=$(as bank-officer-1 recovery request "$kb" --mode restore --state enabled \
         --justification accidental-deletion --text "restore drill" --case DRILL-1 -q)
 for o in 2 3; do
@@ -92,6 +104,10 @@ e2e_stop
 mkdir -p "$W/live-store"
 mv "$E2E_DIR"/kmsd.db* "$W/live-store/"
 cp "$W/store-backup.db" "$E2E_DIR/kmsd.db"
+# A key object with neither CKA_ID nor label that kmsd did not make.
+/usr/bin/python3 tests/e2e/restore_tokens.py husk "$E2E_DIR" plant
+[ "$(/usr/bin/python3 tests/e2e/restore_tokens.py husk "$E2E_DIR" count)" = 1 ] ||
+    fail "husk not planted"
 sb=$(safe_lines)
 e2e_start
 [ "$(safe_lines)" -gt "$sb" ] && ok "a store older than the audit log and tokens: SAFE MODE in the log" ||
@@ -106,6 +122,9 @@ grep -q "finding: .*$k3" "$E2E_DIR/kmsd.log" && grep -q "finding: key $k2 is PEN
     "$E2E_DIR/kmsd.log" && grep -q "finding: key $kb is DESTROYED" "$E2E_DIR/kmsd.log" &&
     ok "the log names the findings: the unknown key, the cancelled deletion, the recovery" ||
     fail "findings: $(grep finding "$E2E_DIR/kmsd.log")"
+[ "$(/usr/bin/python3 tests/e2e/restore_tokens.py husk "$E2E_DIR" count)" = 1 ] &&
+    ok "safe mode leaves a key object without CKA_ID or label in place" ||
+    fail "safe mode destroyed an unlabelled object"
 sleep 5 # the restored store's deletion of k2 is due, the sweeper runs every second
 [ "$(objects)" = "$n_live 0" ] && ok "no HSM object destroyed ($n_live key objects)" ||
     fail "objects after the restore: $(objects), were $n_live"
@@ -139,12 +158,25 @@ grep -q "reattach: key $k1 version 2" "$W/plan.txt" &&
     grep -q "reattach: key $k3 (tenant demo, region eu-west) with version 1" "$W/plan.txt" &&
     ok "kmsd --reconcile prints the plan: rebuild, reattach the version and the key" ||
     fail "plan: $(cat "$W/plan.txt")"
+grep -q "reattach: key $k6 (tenant demo, region eu-west) with version 1 from token '[^']*', DISABLED" \
+    "$W/plan.txt" &&
+    grep -q "reattach: key $k7 (tenant demo, region eu-west) with version 1 from token '[^']*', DISABLED" \
+        "$W/plan.txt" && grep -q "reattach: key $k7 version 2" "$W/plan.txt" &&
+    ok "the plan reattaches keys disabled or scheduled for deletion after the backup as DISABLED" ||
+    fail "plan for k6/k7: $(grep -e "$k6" -e "$k7" "$W/plan.txt")"
+grep -q "key object(s) without CKA_ID or label" "$W/plan.txt" &&
+    ok "the plan lists the unlabelled object a normal start would destroy" ||
+    fail "plan: no husk line"
 [ "$(db_state "$k2")" = 4 ] && [ "$(db_state "$kb")" = 5 ] &&
     ok "the plan alone changes nothing" || fail "the plan changed the store"
 "$KMSD" --config "$E2E_DIR/kmsd.json" --reconcile --confirm >"$W/apply.txt" 2>>"$E2E_DIR/kmsd.log" ||
     fail "kmsd --reconcile --confirm: $(cat "$W/apply.txt")"
 grep -q "applied: key $k1 version 2 reattached" "$W/apply.txt" &&
     ok "kmsd --reconcile --confirm applies it" || fail "apply: $(cat "$W/apply.txt")"
+c2=$(sqlite3 "$E2E_DIR/kmsd.db" "SELECT created_at FROM key_versions WHERE key_id = '$k1' AND version = 2")
+[ -n "$c2" ] && [ "$c2" -le "$t_rot" ] &&
+    ok "the reattached version is dated by its RotateKey event, not the reconcile (its rotation period runs on)" ||
+    fail "k1 v2 created_at $c2, rotated by $t_rot"
 sb=$(safe_lines)
 e2e_start
 [ "$(safe_lines)" = "$sb" ] && [ "$(readyz)" = ready ] &&
@@ -168,6 +200,13 @@ as demo-admin key describe "$k2" | grep -q '^state: *DISABLED' &&
 as bank-admin key enable "$kb" >/dev/null && [ "$(as bank-broker decrypt --in "$W/ctb")" = bank ] &&
     ok "the recovered key is back (DISABLED until re-enabled) and decrypts" ||
     fail "kb after reconcile"
+as demo-admin key describe "$k6" | grep -q '^state: *DISABLED' &&
+    as demo-admin key describe "$k7" | grep -q '^state: *DISABLED' &&
+    as demo-admin key describe "$k7" | grep -q '^current_version: *2' &&
+    ok "keys disabled or scheduled for deletion after the backup come back DISABLED, rotations kept" ||
+    fail "k6/k7: $(as demo-admin key describe "$k6"; as demo-admin key describe "$k7")"
+as demo-admin key enable "$k7" >/dev/null && [ "$(as demo-broker decrypt --in "$W/ct7")" = seven-v2 ] &&
+    ok "the reattached rotation of a reattached key decrypts once enabled" || fail "k7 v2 decrypt"
 as demo-admin key describe "$k4" | grep -q '^state: *DISABLED' &&
     ok "a deletion scheduled after the backup is rebuilt as DISABLED, never re-scheduled" ||
     fail "k4: $(as demo-admin key describe "$k4")"
@@ -220,6 +259,21 @@ e2e_start
 /usr/bin/python3 tests/e2e/restore_load.py load "$E2E_DIR" "$E2E_PORT" &
 load=$!
 sleep 1.5
+# Backups in a loop while events and heads are written: each copy of the
+# audit logs must open as kmsd opens it. Before, the files were copied in
+# directory order, so a copied .heads could name events the copied .events
+# lacked (the region not served after a restore).
+i=0
+while [ $i -lt 6 ]; do
+    "$KMSCTL" backup --config "$E2E_DIR/kmsd.json" --out "$W/bkloop$i" >"$W/bkloop$i.out" ||
+        fail "kmsctl backup $i under load: $(cat "$W/bkloop$i.out")"
+    grep -q "audit log of region eu-west: .*checked" "$W/bkloop$i.out" ||
+        fail "backup $i did not check its audit copy: $(cat "$W/bkloop$i.out")"
+    out=$(/usr/bin/python3 tests/e2e/restore_tokens.py auditcopy "$W/bkloop$i/audit") ||
+        fail "backup $i: the audit copy would not open: $out"
+    i=$((i + 1))
+done
+ok "6 backups under audit load: each audit copy checked by kmsctl and opens (heads within events, keys listed)"
 t0=$(date +%s.%N)
 "$KMSCTL" backup --config "$E2E_DIR/kmsd.json" --out "$W/bk" >"$W/bk.out" ||
     fail "kmsctl backup: $(cat "$W/bk.out")"
@@ -439,6 +493,39 @@ as auditor audit keys --out-dir "$W/keys7" >/dev/null
 as auditor audit export --region eu-west --out "$W/all7.bin" --proofs >/dev/null
 "$KMSCTL" audit verify --keys "$W/keys7" "$W/all7.bin" >/dev/null &&
     ok "the new audit log verifies" || fail "audit verify after drill 7"
+
+# ---- drill 8: GCM encryption counts never go back with a restored store ---------------
+# Before: only encryptions after the backup, so no finding and no safe mode,
+# and each version's count restarted from the backup's value (the 2^32
+# random-IV limit could be passed unnoticed).
+enc_v1() { as demo-admin key describe "$1" | sed -n 's/^  1  .*encryptions \([0-9]*\)$/\1/p'; }
+kc=$(as demo-admin key create --region eu-west -q)
+printf 'c0' | as demo-broker encrypt --key-id "$kc" >/dev/null
+e2e_stop # a clean stop gives back reserved, unused encryptions
+sqlite3 "$E2E_DIR/kmsd.db" ".backup '$W/store8.db'"
+e2e_start
+e0=$(enc_v1 "$kc")
+i=0
+while [ $i -lt 20 ]; do
+    printf 'c%s' $i | as demo-broker encrypt --key-id "$kc" >/dev/null || fail "encrypt $i"
+    i=$((i + 1))
+done
+e1=$(enc_v1 "$kc")
+[ -n "$e0" ] && [ "$e1" -ge $((e0 + 20)) ] || fail "counts before the restore: $e0 then $e1"
+e2e_stop
+rm -f "$E2E_DIR"/kmsd.db*
+cp "$W/store8.db" "$E2E_DIR/kmsd.db"
+sb=$(safe_lines)
+e2e_start
+e2=$(enc_v1 "$kc")
+[ "$(safe_lines)" = "$sb" ] && [ "$e2" -ge "$e1" ] && [ "$e2" -ge $((e0 + 20)) ] &&
+    ok "a restored store's encryption count is rebuilt from the audit log ($e0 at the backup, $e1 before, $e2 after)" ||
+    fail "encryption count after the restore: $e2, was $e1 (backup $e0)"
+e2e_stop
+e2e_start
+e3=$(enc_v1 "$kc")
+[ "$e3" -ge "$e2" ] && [ "$e3" -le $((e2 + 1024)) ] &&
+    ok "a restart counts the audit log's encryptions once ($e3)" || fail "count after restart: $e3, was $e2"
 
 # A copied dev installation never opens the live tokens once set up again.
 cp -a "$E2E_DIR/hsm" "$W/hsm-copy"

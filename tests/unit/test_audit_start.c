@@ -284,6 +284,36 @@ START_TEST(keys_file_not_the_tokens_key_refused)
 }
 END_TEST
 
+/* kmsctl backup's check of its copy: the start-up scan, read-only. A copy
+ * whose .heads names events its .events lacks (what copying .events before
+ * .heads while kmsd appends made) is refused and left as it was; no file
+ * is created for a region that has none. */
+START_TEST(check_files_is_the_start_scan_read_only)
+{
+    make_log();
+    uint64_t events = 0, signed_size = 0;
+    ck_assert_msg(audit_log_check_files(dir, "eu-west", &events, &signed_size) == KMS_OK,
+                  "check: %s", kms_err_detail());
+    ck_assert_uint_ge(events, 5);
+    ck_assert_uint_eq(signed_size, events);
+    size_t n = 0;
+    uint8_t *e = slurp(path_of("events"), &n);
+    spit(path_of("events"), e, last_record(e, n)); /* the last event not copied */
+    free(e);
+    size_t n1 = 0, n2 = 0;
+    uint8_t *before = slurp(path_of("events"), &n1);
+    ck_assert_int_eq(audit_log_check_files(dir, "eu-west", &events, &signed_size), KMS_ERR_IO);
+    uint8_t *after = slurp(path_of("events"), &n2);
+    ck_assert(n1 == n2 && memcmp(before, after, n1) == 0);
+    free(before);
+    free(after);
+    ck_assert_int_ne(audit_log_check_files(dir, "us-east", &events, &signed_size), KMS_OK);
+    char p[600];
+    snprintf(p, sizeof(p), "%s/us-east.events", dir);
+    ck_assert_int_ne(access(p, F_OK), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("audit_start");
@@ -296,6 +326,7 @@ static Suite *suite(void)
     tcase_add_test(tc, signature_flipped_in_place_is_not_a_torn_tail);
     tcase_add_test(tc, head_cut_short_is_a_torn_tail);
     tcase_add_test(tc, keys_file_not_the_tokens_key_refused);
+    tcase_add_test(tc, check_files_is_the_start_scan_read_only);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -180,7 +180,9 @@ START_TEST(force_state_rebuilds_from_the_audit_log)
      * recovered afterwards. */
     ck_ok(kms_store_key_set_state(store, KEY, KMS_KEY_ENABLED, KMS_KEY_PENDING_DELETION, 10));
     ck_ok(kms_store_key_mark_destroyed(store, KEY, 20, NULL, NULL));
-    ck_ok(kms_store_key_force_state(store, KEY, KMS_KEY_DISABLED));
+    struct kms_hsm_id present[1];
+    hsm(present[0].bytes, 1);
+    ck_ok(kms_store_key_force_state(store, KEY, KMS_KEY_DISABLED, present, 1));
     struct kms_key_record k;
     ck_ok(kms_store_key_get(store, KEY, &k));
     ck_assert_int_eq(k.state, KMS_KEY_DISABLED);
@@ -189,7 +191,68 @@ START_TEST(force_state_rebuilds_from_the_audit_log)
     struct kms_version_record v;
     ck_ok(kms_store_version_get(store, KEY, 1, &v));
     ck_assert_int_eq(v.state, KMS_VERSION_ACTIVE);
-    ck_assert_int_eq(kms_store_key_force_state(store, KEY, KMS_KEY_DESTROYED), KMS_ERR_USAGE);
+    ck_assert_int_eq(kms_store_key_force_state(store, KEY, KMS_KEY_DESTROYED, NULL, 0),
+                     KMS_ERR_USAGE);
+}
+END_TEST
+
+/* A recovery brings back only the versions whose objects a token still
+ * holds: before, every DESTROYED version became ACTIVE, also one whose
+ * object was gone (an ACTIVE row that could never decrypt). */
+START_TEST(force_state_revives_only_present_versions)
+{
+    enabled_key();
+    uint8_t id2[KMS_HSM_ID_LEN];
+    hsm(id2, 2);
+    ck_ok(kms_store_version_reattach(store, KEY, 2, id2, 1500));
+    ck_ok(kms_store_key_set_state(store, KEY, KMS_KEY_ENABLED, KMS_KEY_PENDING_DELETION, 10));
+    ck_ok(kms_store_key_mark_destroyed(store, KEY, 20, NULL, NULL));
+    struct kms_hsm_id present[1];
+    hsm(present[0].bytes, 1); /* v1's object survived; v2's did not */
+    ck_ok(kms_store_key_force_state(store, KEY, KMS_KEY_DISABLED, present, 1));
+    struct kms_version_record v;
+    ck_ok(kms_store_version_get(store, KEY, 1, &v));
+    ck_assert_int_eq(v.state, KMS_VERSION_ACTIVE);
+    enum kms_version_state vs;
+    bool found = false;
+    ck_ok(kms_store_version_state_any(store, KEY, 2, &vs, &found));
+    ck_assert(found);
+    ck_assert_int_eq(vs, KMS_VERSION_DESTROYED);
+    struct kms_key_record k;
+    ck_ok(kms_store_key_get(store, KEY, &k));
+    ck_assert_int_eq(k.state, KMS_KEY_DISABLED);
+    ck_assert_uint_eq(k.current_version, 1);
+}
+END_TEST
+
+/* Encryption counts rebuilt from the audit log: added, or raised to a
+ * bound, never lowered, never wrapped; the watermark per region. */
+START_TEST(encryption_counts_bounded)
+{
+    enabled_key();
+    uint64_t n = 0, total = 0;
+    ck_ok(kms_store_usage_reserve(store, KEY, 1, 100, &total));
+    ck_ok(kms_store_usage_bound(store, KEY, 1, 7, true));
+    ck_ok(kms_store_usage_get(store, KEY, 1, &n));
+    ck_assert_uint_eq(n, 107);
+    ck_ok(kms_store_usage_bound(store, KEY, 1, 50, false));
+    ck_ok(kms_store_usage_get(store, KEY, 1, &n));
+    ck_assert_uint_eq(n, 107);
+    ck_ok(kms_store_usage_bound(store, KEY, 1, 500, false));
+    ck_ok(kms_store_usage_get(store, KEY, 1, &n));
+    ck_assert_uint_eq(n, 500);
+    ck_ok(kms_store_usage_bound(store, KEY, 1, UINT64_MAX, true));
+    ck_ok(kms_store_usage_get(store, KEY, 1, &n));
+    ck_assert_uint_eq(n, (uint64_t)INT64_MAX);
+    ck_ok(kms_store_usage_bound(store, KEY, 9, 5, true)); /* no such version: nothing */
+    uint64_t m = 9;
+    ck_ok(kms_store_enc_mark_get(store, "eu-west", &m));
+    ck_assert_uint_eq(m, 0);
+    ck_ok(kms_store_enc_mark_set(store, "eu-west", 42));
+    ck_ok(kms_store_enc_mark_get(store, "eu-west", &m));
+    ck_assert_uint_eq(m, 42);
+    ck_ok(kms_store_enc_mark_get(store, "us-east", &m));
+    ck_assert_uint_eq(m, 0);
 }
 END_TEST
 
@@ -259,6 +322,8 @@ static Suite *epoch_suite(void)
     tcase_add_test(tc, raw_states_include_creating);
     tcase_add_test(tc, reattach_and_floor_never_reissue);
     tcase_add_test(tc, force_state_rebuilds_from_the_audit_log);
+    tcase_add_test(tc, force_state_revives_only_present_versions);
+    tcase_add_test(tc, encryption_counts_bounded);
     tcase_add_test(tc, unknown_objects_confirmed);
     tcase_add_test(tc, snapshot_is_a_new_store_naming_the_old);
     suite_add_tcase(s, tc);
