@@ -116,7 +116,7 @@ static kms_err enc_add(struct kms_restore_report *r, const char *key_id, uint32_
 
 size_t kms_restore_findings(const struct kms_restore_report *r)
 {
-    return r->store_behind + r->token_behind + r->unknown;
+    return r->store_behind + r->token_behind + r->unknown + r->audit_behind;
 }
 
 __attribute__((format(printf, 2, 3))) static void note(struct kms_restore_report *r,
@@ -276,7 +276,7 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
     if (from > size) {
         /* The store has seen more of the log than exists: the audit log is
          * the one that went back (or belongs elsewhere). */
-        r->store_behind++;
+        r->audit_behind++;
         note(r, "region %s: the store has checked the audit log to %" PRIu64 " events, but the "
              "log holds %" PRIu64 ": the audit log is older than the store", region, from, size);
         return KMS_OK;
@@ -596,8 +596,9 @@ kms_err kms_restore_token_missing(struct kms_store *store, struct p11_token *tok
 void kms_restore_print(const struct kms_restore_report *r, FILE *f)
 {
     fprintf(f, "findings: %zu acknowledged change(s) missing from the store, %zu live "
-               "version(s) missing from the tokens, %zu HSM object(s) unknown to the store\n",
-            r->store_behind, r->token_behind, r->unknown);
+               "version(s) missing from the tokens, %zu HSM object(s) unknown to the store, "
+               "%zu audit log(s) older than the store\n",
+            r->store_behind, r->token_behind, r->unknown, r->audit_behind);
     for (size_t i = 0; i < r->n_lines; i++)
         fprintf(f, "  finding: %s\n", r->lines[i]);
     if (r->n_lines == KMS_RESTORE_LINES_MAX)

@@ -103,6 +103,7 @@ struct kms_restore_report {
     size_t store_behind; /* acknowledged changes the store lacks */
     size_t token_behind; /* live versions without their HSM object */
     size_t unknown;      /* HSM objects the store does not know */
+    size_t audit_behind; /* regions whose audit log is older than the store */
     char lines[KMS_RESTORE_LINES_MAX][200];
     size_t n_lines;
     struct kms_restore_fix *fixes;

@@ -49,7 +49,7 @@ struct kms_service {
     /* SAFE MODE (kms_restore.h): set once at start, before any request;
      * read without a lock afterwards. */
     bool safe_mode;
-    char safe_reason[300];
+    char safe_reason[400];
     /* Each token's key objects as the restore check listed them at start,
      * for reconcile to reuse; freed by reconcile. */
     struct p11_key_id *listed[KMS_CONFIG_MAX_TOKENS];
@@ -907,9 +907,9 @@ static kms_err detect_restore(struct kms_service *svc, bool *out_exit)
         snprintf(svc->safe_reason, sizeof(svc->safe_reason),
                  "SAFE MODE: the store does not match the audit log and the tokens (%zu "
                  "acknowledged change(s) missing from the store, %zu live version(s) without "
-                 "HSM object, %zu HSM object(s) unknown to the store); see the log, then "
-                 "kmsctl reconcile",
-                 r.store_behind, r.token_behind, r.unknown);
+                 "HSM object, %zu HSM object(s) unknown to the store, %zu audit log(s) older "
+                 "than the store); see the log, then kmsctl reconcile",
+                 r.store_behind, r.token_behind, r.unknown, r.audit_behind);
         kms_log_error("restore", "%s", svc->safe_reason);
         for (size_t i = 0; i < r.n_lines; i++)
             kms_log_error("restore", "finding: %s", r.lines[i]);

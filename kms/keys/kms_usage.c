@@ -155,12 +155,23 @@ kms_err kms_usage_take(struct kms_usage *u, const char *key_id, uint32_t version
     pthread_mutex_lock(&s->lock);
     struct entry *e = NULL;
     KMS_GUARD_GOTO(entry_get(u, s, h, key_id, version, &e), done);
-    if (n > u->cfg.limit || e->used > u->cfg.limit - n) {
+    if (n > u->cfg.limit) {
+        /* No version could ever take this request: rotating would not help. */
+        atomic_fetch_add_explicit(&u->refused, n, memory_order_relaxed);
+        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION,
+                         "this request needs %llu AES-GCM encryptions, more than a key "
+                         "version's limit of %llu; send fewer fields per request",
+                         (unsigned long long)n, (unsigned long long)u->cfg.limit);
+        goto done;
+    }
+    if (e->used > u->cfg.limit - n) {
         atomic_fetch_add_explicit(&u->refused, n, memory_order_relaxed);
         rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION,
                          "key version %u has reached its limit of %llu AES-GCM encryptions "
-                         "(random IVs); rotate the key (RotateKey) and encrypt again",
-                         version, (unsigned long long)u->cfg.limit);
+                         "(random IVs; %llu left, this request needs %llu); rotate the key "
+                         "(RotateKey) and encrypt again",
+                         version, (unsigned long long)u->cfg.limit,
+                         (unsigned long long)(u->cfg.limit - e->used), (unsigned long long)n);
         goto done;
     }
     if (e->used + n > e->reserved) {

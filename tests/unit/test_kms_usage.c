@@ -280,13 +280,18 @@ START_TEST(test_limit_and_rotate_once)
     ck_err(kms_usage_take(u, id, 1, 1, &rot), KMS_ERR_FAILED_PRECONDITION);
     ck_assert(!rot);
     ck_assert_msg(strstr(kms_err_detail(), "limit of 30") != NULL, "%s", kms_err_detail());
+    /* A request larger than any version's limit is told so, not told to
+     * rotate (rotating would not help). */
+    ck_err(kms_usage_take(u, id, 1, 31, &rot), KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_msg(strstr(kms_err_detail(), "more than a key version's limit of 30") != NULL,
+                  "%s", kms_err_detail());
     ck_assert_uint_le(stored(id, 1), 30);
     uint64_t c = 0;
     ck_ok(kms_usage_count(u, id, 1, &c));
     ck_assert_uint_eq(c, 30);
     struct kms_usage_stats st;
     kms_usage_stats(u, &st);
-    ck_assert_uint_eq(st.refused, 1);
+    ck_assert_uint_eq(st.refused, 1 + 31);
     ck_assert_uint_eq(st.max_count, 30);
     kms_usage_free(u);
 
