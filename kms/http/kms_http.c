@@ -502,16 +502,6 @@ static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct re
     return true;
 }
 
-static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind, const char *key,
-                                            const char *value)
-{
-    (void)kind;
-    (void)value;
-    if (key != NULL && strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
-        (*(unsigned *)cls)++;
-    return MHD_YES;
-}
-
 static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
                                   struct req_state *st, const char *url, const char *method)
 {
@@ -523,14 +513,9 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
         .url = url,
         .content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type"),
         .content_length = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length"),
-        .content_length_count = 0,
         .correlation_id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Correlation-Id"),
         .max_body = h->cfg->max_body_bytes,
     };
-    /* MHD looks up the first of several headers only; the check needs
-     * them all. */
-    MHD_get_connection_values(c, MHD_HEADER_KIND, count_content_length,
-                              &head.content_length_count);
     struct kms_httpreq req;
     kms_err_clear();
     kms_err rc = kms_httpreq_check_head(&head, &req);

@@ -28,7 +28,6 @@ struct kms_httpreq_head {
     const char *url;
     const char *content_type;
     const char *content_length;
-    unsigned content_length_count; /* Content-Length headers received (0 or 1 is sound) */
     const char *correlation_id;
     size_t max_body; /* the configured body limit */
 };
