@@ -82,7 +82,7 @@ t "the installed kmsd accepts the example configuration and policy (--check-conf
 # docs/configuration.md.
 keys=$(/usr/bin/python3 - <<'PY'
 import re
-src = open("kms/kms_config.c").read()
+src = open("kms/service/kms_config.c").read()
 body = src[src.index("static kms_err parse("):]
 out = set()
 for m in re.finditer(r'static const char \*const (\w+)\[\] = \{(.*?)\};', body, re.S):

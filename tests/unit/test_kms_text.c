@@ -1,5 +1,5 @@
 /*
- * test_kms_text.c - the free-text rule (kms/kms_text.c) shared by a
+ * test_kms_text.c - the free-text rule (kms/base/kms_text.c) shared by a
  * recovery's justification text, case reference and cancel reason and a
  * key's description: every code point of Cc, Cf (Unicode 15.1), Zl and Zp is
  * refused wherever it sits in the text, its neighbours are carried, and
