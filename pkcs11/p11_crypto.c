@@ -18,19 +18,26 @@
 #include "p11_internal.h"
 #include "p11_rv.h"
 
-/* ---- AES-GCM --------------------------------------------------------------- */
+/* ---- random ---------------------------------------------------------------- */
 
-/* SoftHSMv2 reports a failed GCM tag check and a failed OAEP or RFC 5649
- * integrity check as CKR_GENERAL_ERROR, where the specification says
- * CKR_ENCRYPTED_DATA_INVALID / CKR_WRAPPED_KEY_INVALID. For that module, and
- * only on the data-processing call (after a successful ...Init), read it as
- * the authentication failure it is; other modules keep their own codes. */
-static CK_RV p11_rv_auth_failure(const struct p11_token *tok, CK_RV rv)
+struct random_arg {
+    uint8_t *buf;
+    size_t len;
+};
+
+static kms_err do_random(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
-    if (rv == CKR_GENERAL_ERROR && strncmp(tok->manufacturer, "SoftHSM", 7) == 0)
-        return CKR_ENCRYPTED_DATA_INVALID;
-    return rv;
+    struct random_arg *a = varg;
+    return P11_CALL(tok, C_GenerateRandom, P11_NO_MECH, s, a->buf, a->len);
 }
+
+kms_err p11_random(struct p11_token *tok, uint8_t *buf, size_t len)
+{
+    struct random_arg a = {buf, len};
+    return p11_with_session(tok, do_random, &a);
+}
+
+/* ---- AES-GCM --------------------------------------------------------------- */
 
 struct gcm_arg {
     const struct p11_key_id *key;
@@ -58,13 +65,12 @@ static kms_err do_gcm(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     CK_ULONG out_len = a->out_cap;
     CK_RV rv;
     if (a->encrypt) {
-        rv = tok->fl->C_EncryptInit(s, &m, h);
+        rv = P11_RV(tok, C_EncryptInit, CKM_AES_GCM, s, &m, h);
         KMS_GUARD(p11_rv_err(rv, "C_EncryptInit", tok->label));
         /* SoftHSMv2 refuses a NULL input even of length 0. */
         static CK_BYTE empty[1];
         CK_BYTE *in = a->in_len ? (CK_BYTE *)a->in : empty;
-        rv = P11_TIMED(tok, "C_Encrypt", "CKM_AES_GCM",
-                       tok->fl->C_Encrypt(s, in, a->in_len, a->out, &out_len));
+        rv = P11_RV(tok, C_Encrypt, CKM_AES_GCM, s, in, a->in_len, a->out, &out_len);
         KMS_GUARD(p11_rv_err(rv, "C_Encrypt", tok->label));
     } else {
         /* SoftHSMv2 wants room for the whole input (tag included) before it
@@ -76,11 +82,11 @@ static kms_err do_gcm(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         KMS_ENSURE(scratch != NULL, KMS_ERR_NOMEM, "out of memory");
         out_len = a->in_len;
         kms_err rc;
-        rv = tok->fl->C_DecryptInit(s, &m, h);
+        rv = P11_RV(tok, C_DecryptInit, CKM_AES_GCM, s, &m, h);
         rc = p11_rv_err(rv, "C_DecryptInit", tok->label);
         if (rc == KMS_OK) {
-            rv = P11_TIMED(tok, "C_Decrypt", "CKM_AES_GCM",
-                           tok->fl->C_Decrypt(s, (CK_BYTE *)a->in, a->in_len, scratch, &out_len));
+            rv = P11_RV(tok, C_Decrypt, CKM_AES_GCM, s, (CK_BYTE *)a->in, a->in_len, scratch,
+                        &out_len);
             rc = p11_rv_err(p11_rv_auth_failure(tok, rv), "C_Decrypt", tok->label);
         }
         if (rc == KMS_OK && out_len > a->out_cap)
@@ -163,8 +169,7 @@ static kms_err do_wrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     }
     CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_ULONG len = a->out_cap;
-    CK_RV rv = P11_TIMED(tok, "C_WrapKey", "CKM_AES_KEY_WRAP_PAD",
-                         tok->fl->C_WrapKey(s, &m, hw, ht, a->out, &len));
+    CK_RV rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hw, ht, a->out, &len);
     KMS_GUARD(p11_rv_err(rv, "C_WrapKey", tok->label));
     a->out_len = len;
     return KMS_OK;
@@ -224,14 +229,13 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 
     struct p11_tmpl t;
     p11_tmpl_secret(&t, a->kind, a->flags, a->new_id, a->label, true);
-    CK_RV rv = P11_TIMED(tok, "C_UnwrapKey", p11_mech_name(a->mech.mechanism),
-                         tok->fl->C_UnwrapKey(s, &a->mech, hu, (CK_BYTE *)a->wrapped,
-                                              a->wrapped_len, t.a, t.n, &h));
+    CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu,
+                      (CK_BYTE *)a->wrapped, a->wrapped_len, t.a, t.n, &h);
     KMS_GUARD(p11_rv_err(p11_rv_auth_failure(tok, rv), "C_UnwrapKey", tok->label));
     rc = p11_key_verify(tok, s, h, a->kind, a->flags, false);
     if (rc != KMS_OK) {
         kms_log_error("pkcs11", "%s; destroying the unwrapped key", kms_err_detail());
-        tok->fl->C_DestroyObject(s, h);
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
         return rc;
     }
     p11_cache_put(&tok->cache, a->new_id->b, new_cls, new_type, h);
@@ -363,11 +367,10 @@ static kms_err do_sign(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     CK_OBJECT_HANDLE h;
     KMS_GUARD(p11_key_handle(tok, s, a->key, a->cls, a->type, &h));
     CK_MECHANISM m = {a->mech, NULL, 0};
-    CK_RV rv = tok->fl->C_SignInit(s, &m, h);
+    CK_RV rv = P11_RV(tok, C_SignInit, a->mech, s, &m, h);
     KMS_GUARD(p11_rv_err(rv, "C_SignInit", tok->label));
     CK_ULONG len = a->out_len;
-    rv = P11_TIMED(tok, "C_Sign", p11_mech_name(a->mech),
-                   tok->fl->C_Sign(s, (CK_BYTE *)a->data, a->len, a->out, &len));
+    rv = P11_RV(tok, C_Sign, a->mech, s, (CK_BYTE *)a->data, a->len, a->out, &len);
     KMS_GUARD(p11_rv_err(rv, "C_Sign", tok->label));
     KMS_ENSURE(len == a->out_len, KMS_ERR_HSM, "token '%s' returned a %lu-byte signature, want %zu",
                tok->label, (unsigned long)len, a->out_len);
@@ -435,17 +438,17 @@ static kms_err do_pub(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     CK_OBJECT_HANDLE h;
     KMS_GUARD(p11_key_handle(tok, s, p->key, CKO_PUBLIC_KEY, P11_TYPE_ANY, &h));
     CK_ATTRIBUTE at = {CKA_KEY_TYPE, &p->type, sizeof(p->type)};
-    CK_RV rv = tok->fl->C_GetAttributeValue(s, h, &at, 1);
+    CK_RV rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, &at, 1);
     KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_KEY_TYPE)", tok->label));
     if (p->type == CKK_EC) {
         CK_ATTRIBUTE pt = {CKA_EC_POINT, p->a, sizeof(p->a)};
-        rv = tok->fl->C_GetAttributeValue(s, h, &pt, 1);
+        rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, &pt, 1);
         KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_EC_POINT)", tok->label));
         p->a_len = pt.ulValueLen;
     } else if (p->type == CKK_RSA) {
         CK_ATTRIBUTE ats[2] = {{CKA_MODULUS, p->a, sizeof(p->a)},
                                {CKA_PUBLIC_EXPONENT, p->b, sizeof(p->b)}};
-        rv = tok->fl->C_GetAttributeValue(s, h, ats, 2);
+        rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, ats, 2);
         KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_MODULUS)", tok->label));
         p->a_len = ats[0].ulValueLen;
         p->b_len = ats[1].ulValueLen;

@@ -17,6 +17,8 @@
 #include "kms_metrics.h"
 #include "p11_key.h"
 #include "p11_module.h"
+#include "p11_pool.h"
+#include "p11_rv.h"
 #include "p11_token.h"
 
 CK_FUNCTION_LIST_PTR p11_module_fl(const struct p11_module *mod);
@@ -53,6 +55,8 @@ struct p11_handle_cache {
 
 struct p11_token {
     struct p11_module *mod;
+    /* The module's functions: called only through P11_CALL / P11_RV below
+     * (tests and benchmarks may call them raw). */
     CK_FUNCTION_LIST_PTR fl;
     CK_SLOT_ID slot;
     char region[P11_REGION_MAX + 1];
@@ -66,25 +70,14 @@ struct p11_token {
     size_t n_mechs;
     int oaep_sha256; /* -1 unknown, 0 refused by token, 1 accepted */
 
-    /* Session pool. Sessions are leased with p11_session_take and returned
-     * with p11_session_give; `lock` guards everything below it. */
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    CK_SESSION_HANDLE *idle;
-    size_t n_idle;
-    size_t n_open;
-    size_t cap;
+    /* The token's sessions, leased with p11_session_take/give (p11_pool.h
+     * has the pool's own lock; the token never reaches inside it). */
+    struct p11_pool *pool;
     atomic_bool unavailable;
     atomic_llong unavailable_since; /* CLOCK_MONOTONIC seconds of the last flip */
     atomic_bool pin_failed; /* a PIN error is never retried automatically */
-    atomic_ulong sessions_replaced;
     atomic_ulong lookups_missed; /* p11_key_handle found no object */
     int metrics_id; /* kms_metrics token id; -1: not recorded */
-    /* Set while the module is re-initialised (p11_module_recover): no new
-     * lease and no probe starts, and the recovery waits until every lease
-     * is back (n_open == n_idle) and no probe runs (n_probing == 0). */
-    bool frozen;
-    size_t n_probing;
 
     struct p11_handle_cache cache;
 
@@ -97,26 +90,103 @@ struct p11_token {
  * transient CK_RV (CKR_GENERAL_ERROR, CKR_FUNCTION_FAILED). */
 #define P11_CREATE_ATTEMPTS 4
 
-/* Time one HSM call for the metrics: one clock_gettime pair, a few relaxed
- * atomic adds, no lock (kms_metrics.h). fn and mech are string literals. */
-#define P11_TIMED(tok, fn, mech, call)                                              \
-    ({                                                                              \
-        uint64_t p11_t0_ = kms_metrics_now_ns();                                    \
-        CK_RV p11_rv_ = (call);                                                     \
-        kms_metrics_hsm((tok)->metrics_id, (fn), (mech), kms_metrics_now_ns() - p11_t0_); \
-        p11_rv_;                                                                    \
+/* ---- every call into the module (p11_call.c) ----------------------------
+ *
+ * pkcs11/ calls the module's function list only through these macros, as
+ * pkcs11-provider calls it only through its generated interface wrappers:
+ * each call is timed into the HSM call histogram (kms_metrics_hsm, per
+ * token, function and mechanism) and its CK_RV is mapped by p11_rv_err,
+ * the one table of p11_rv.c (session errors -> KMS_ERR_HSM_SESSION, which
+ * p11_with_session answers by replacing the session and retrying once;
+ * removal -> KMS_ERR_HSM_UNAVAILABLE; PIN errors, bad ciphertext, ...).
+ *
+ *   P11_CALL(tok, C_Encrypt, CKM_AES_GCM, s, in, n, out, &len)  -> kms_err
+ *   P11_RV(tok, C_Login, P11_NO_MECH, s, CKU_USER, pin, n)      -> CK_RV
+ *   P11_MOD_RV(mod, C_GetSlotList, CK_TRUE, NULL, &n)           -> CK_RV
+ *
+ * P11_RV is for the callers that must look at the CK_RV first (a login
+ * already done, a transient creation failure, a module quirk) or that
+ * ignore a failure on purpose (closing, best-effort cleanup): they map it
+ * with p11_rv_err themselves, or not at all. P11_MOD_RV serves calls made
+ * before a token exists (loading, slot lists, token initialisation): they
+ * belong to no token's metrics. Function and mechanism labels come from
+ * one table each (p11_fn_name, p11_mech_name), so every series has one
+ * address pair, as kms_metrics_hsm requires. Cost: two clock reads and a
+ * few relaxed atomic adds per call, no lock. */
+
+/* A call with no mechanism ("none" in the metrics). */
+#define P11_NO_MECH ((CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION)
+
+/* The members of CK_FUNCTION_LIST (PKCS#11 2.40), in its order. */
+#define P11_FUNCTIONS(X)                                                                      \
+    X(C_Initialize) X(C_Finalize) X(C_GetInfo) X(C_GetFunctionList) X(C_GetSlotList)          \
+    X(C_GetSlotInfo) X(C_GetTokenInfo) X(C_GetMechanismList) X(C_GetMechanismInfo)            \
+    X(C_InitToken) X(C_InitPIN) X(C_SetPIN) X(C_OpenSession) X(C_CloseSession)                \
+    X(C_CloseAllSessions) X(C_GetSessionInfo) X(C_GetOperationState) X(C_SetOperationState)   \
+    X(C_Login) X(C_Logout) X(C_CreateObject) X(C_CopyObject) X(C_DestroyObject)               \
+    X(C_GetObjectSize) X(C_GetAttributeValue) X(C_SetAttributeValue) X(C_FindObjectsInit)     \
+    X(C_FindObjects) X(C_FindObjectsFinal) X(C_EncryptInit) X(C_Encrypt) X(C_EncryptUpdate)   \
+    X(C_EncryptFinal) X(C_DecryptInit) X(C_Decrypt) X(C_DecryptUpdate) X(C_DecryptFinal)      \
+    X(C_DigestInit) X(C_Digest) X(C_DigestUpdate) X(C_DigestKey) X(C_DigestFinal)             \
+    X(C_SignInit) X(C_Sign) X(C_SignUpdate) X(C_SignFinal) X(C_SignRecoverInit)               \
+    X(C_SignRecover) X(C_VerifyInit) X(C_Verify) X(C_VerifyUpdate) X(C_VerifyFinal)           \
+    X(C_VerifyRecoverInit) X(C_VerifyRecover) X(C_DigestEncryptUpdate)                        \
+    X(C_DecryptDigestUpdate) X(C_SignEncryptUpdate) X(C_DecryptVerifyUpdate) X(C_GenerateKey) \
+    X(C_GenerateKeyPair) X(C_WrapKey) X(C_UnwrapKey) X(C_DeriveKey) X(C_SeedRandom)           \
+    X(C_GenerateRandom) X(C_GetFunctionStatus) X(C_CancelFunction) X(C_WaitForSlotEvent)
+
+#define P11_FN_ENUM_(f) P11_FN_##f,
+enum p11_fn { P11_FUNCTIONS(P11_FN_ENUM_) P11_FN_COUNT };
+#undef P11_FN_ENUM_
+
+/* "C_Encrypt" etc.: one static string per function, for the metrics. */
+const char *p11_fn_name(enum p11_fn fn);
+
+/* Record one call of fn started at t0 (kms_metrics_now_ns) for metrics
+ * token metrics_id (nothing when it is negative). */
+void p11_call_record(int metrics_id, enum p11_fn fn, CK_MECHANISM_TYPE mech, uint64_t t0);
+
+#define P11_RV_AT_(fl_, mid_, fn_, mech_, ...)                                                \
+    ({                                                                                        \
+        uint64_t p11_t0_ = kms_metrics_now_ns();                                              \
+        CK_RV p11_rv_ = (fl_)->fn_(__VA_ARGS__);                                              \
+        p11_call_record((mid_), P11_FN_##fn_, (mech_), p11_t0_);                              \
+        p11_rv_;                                                                              \
+    })
+#define P11_RV(tok, fn, mech, ...) P11_RV_AT_((tok)->fl, (tok)->metrics_id, fn, mech, __VA_ARGS__)
+#define P11_CALL(tok, fn, mech, ...)                                                          \
+    p11_rv_err(P11_RV(tok, fn, mech, __VA_ARGS__), #fn, (tok)->label)
+#define P11_MOD_RV(mod, fn, ...) P11_RV_AT_(p11_module_fl(mod), -1, fn, P11_NO_MECH, __VA_ARGS__)
+
+/* Older spelling, kept for code written against it: time `call` (a raw
+ * (tok)->fl->C_... expression) under fn and mech, given as strings; they
+ * are matched to the tables above, so the series stay the same ones. New
+ * code uses P11_RV / P11_CALL. */
+void p11_call_record_named(int metrics_id, const char *fn, const char *mech, uint64_t t0);
+#define P11_TIMED(tok, fn, mech, call)                                                        \
+    ({                                                                                        \
+        uint64_t p11_t0_ = kms_metrics_now_ns();                                              \
+        CK_RV p11_rv_ = (call);                                                               \
+        p11_call_record_named((tok)->metrics_id, (fn), (mech), p11_t0_);                      \
+        p11_rv_;                                                                              \
     })
 
-/* Lease a logged-in read/write session; waits up to a few seconds when all
- * `cap` sessions are in use. */
+/* SoftHSMv2 reports a failed GCM tag check and a failed OAEP or RFC 5649
+ * integrity check as CKR_GENERAL_ERROR, where the specification says
+ * CKR_ENCRYPTED_DATA_INVALID / CKR_WRAPPED_KEY_INVALID. For that module,
+ * and only on the data-processing call (after a successful ...Init), read
+ * it as the authentication failure it is; other modules keep their codes. */
+CK_RV p11_rv_auth_failure(const struct p11_token *tok, CK_RV rv);
+
+/* ---- leases (p11_session.c) ----
+ * Lease a logged-in read/write session from the token's pool; probes the
+ * token first when it is marked unavailable; waits up to a few seconds
+ * when all sessions are in use. */
 kms_err p11_session_take(struct p11_token *tok, CK_SESSION_HANDLE *out);
 
 /* Return a lease. broken=true closes the session, drops idle sessions that no
  * longer answer and clears the handle cache, so the next take is fresh. */
 void p11_session_give(struct p11_token *tok, CK_SESSION_HANDLE s, bool broken);
-
-/* Close every pooled session (token shutdown). */
-void p11_session_pool_drain(struct p11_token *tok);
 
 /* ---- module re-initialisation (p11_module.c, p11_session.c) ----
  *
@@ -148,14 +218,10 @@ bool p11_module_recover(struct p11_module *mod, struct p11_token *trigger);
  * then C_Initialize); KMS_OK when initialised afterwards. */
 kms_err p11_module_reinit_library(struct p11_module *mod);
 
-/* Pool side of a recovery (p11_session.c). */
-void p11_pool_freeze(struct p11_token *tok);
-bool p11_pool_wait_drained(struct p11_token *tok, const struct timespec *deadline);
-void p11_pool_forget(struct p11_token *tok);
-void p11_pool_thaw(struct p11_token *tok);
-/* A probe that is not a lease: false while the pool is frozen. */
-bool p11_probe_begin(struct p11_token *tok);
-void p11_probe_end(struct p11_token *tok);
+/* Token side of a recovery (p11_token.c): drop the pool's idle sessions
+ * without closing them and clear the handle cache. The freeze, the wait
+ * and the thaw act on tok->pool directly (p11_pool.h). */
+void p11_token_forget_sessions(struct p11_token *tok);
 /* Find the token again by serial after a re-initialisation (p11_token.c);
  * sets or clears its unavailable mark. */
 void p11_token_reresolve(struct p11_token *tok);
@@ -192,6 +258,24 @@ kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
  * half for pairs, with P11_TYPE_ANY). */
 void p11_kind_object(enum p11_key_kind kind, CK_OBJECT_CLASS *out_cls, CK_KEY_TYPE *out_type);
 
+/* Is kind a key pair (EC, RSA)? */
+bool p11_kind_is_pair(enum p11_key_kind kind);
+
+/* ---- walking the token (p11_key_find.c) ---- */
+
+/* One C_FindObjectsInit / C_FindObjects (at most max) / C_FindObjectsFinal
+ * with this template. */
+kms_err p11_find_objects(struct p11_token *tok, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl,
+                         CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max, CK_ULONG *out_n);
+
+/* Call fn on every object the session sees, inside one C_FindObjects
+ * search; stops at the first error fn returns. fn must not create or
+ * destroy objects (the search is open). */
+typedef kms_err (*p11_object_fn)(struct p11_token *tok, CK_SESSION_HANDLE s,
+                                 CK_OBJECT_HANDLE h, void *arg);
+kms_err p11_for_each_object(struct p11_token *tok, CK_SESSION_HANDLE s, p11_object_fn fn,
+                            void *arg);
+
 /* Run fn with a leased session, replacing the session and retrying once when
  * fn reports KMS_ERR_HSM_SESSION; marks the token unavailable on
  * KMS_ERR_HSM_UNAVAILABLE. */
@@ -199,7 +283,7 @@ typedef kms_err (*p11_session_fn)(struct p11_token *tok, CK_SESSION_HANDLE s, vo
 kms_err p11_with_session(struct p11_token *tok, p11_session_fn fn, void *arg);
 
 
-/* ---- templates (p11_key.c) ---- */
+/* ---- templates (p11_key_kind.c) ---- */
 
 #define P11_TMPL_MAX 32
 
@@ -220,6 +304,11 @@ struct p11_tmpl {
 void p11_tmpl_secret(struct p11_tmpl *t, enum p11_key_kind kind, unsigned flags,
                      const struct p11_key_id *id, const char *label, bool for_unwrap);
 
+/* Template of the public half of a pair; *bits receives CKA_MODULUS_BITS
+ * storage for RSA (keep it alive while the template is used). */
+void p11_tmpl_public(struct p11_tmpl *t, enum p11_key_kind kind, const struct p11_key_id *id,
+                     const char *label, CK_ULONG *bits);
+
 /* Read the attributes of a freshly made object back and compare them with its
  * kind's template. `generated` is false for unwrapped keys, which the
  * specification marks as neither always-sensitive nor never-extractable. */
@@ -227,7 +316,7 @@ kms_err p11_key_verify(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HAN
                        enum p11_key_kind kind, unsigned flags, bool generated);
 
 /* Destroy every object with this id in session s, and drop it from the
- * cache. Used to undo a half-made key. */
+ * cache. Used to undo a half-made key (p11_key.c). */
 void p11_key_destroy_in(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id);
 
 #endif

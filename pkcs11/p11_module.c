@@ -11,7 +11,6 @@
 
 #include "kms_log.h"
 #include "p11_internal.h"
-#include "p11_rv.h"
 
 /* PKCS#11 3.0 interface discovery. p11-kit 0.24's header predates 3.0, so the
  * two types are spelled out here exactly as the 3.0 specification has them.
@@ -107,7 +106,10 @@ kms_err p11_module_load(const char *path, struct p11_module **out_mod)
     CK_C_INITIALIZE_ARGS args;
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
-    CK_RV rv = mod->fl->C_Initialize(&args);
+    /* Through the wrapper like every other call, though no token exists yet
+     * to time it for. C_GetInterface / C_GetFunctionList above cannot be:
+     * they are how the function list is found. */
+    CK_RV rv = P11_MOD_RV(mod, C_Initialize, &args);
     if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         /* Another part of the process owns the initialisation; share it and
          * leave C_Finalize to its owner. */
@@ -140,7 +142,7 @@ void p11_module_free(struct p11_module *mod)
     if (mod == NULL)
         return;
     if (mod->owns_init && mod->initialized)
-        mod->fl->C_Finalize(NULL);
+        P11_MOD_RV(mod, C_Finalize, NULL);
     pthread_mutex_destroy(&mod->reg_lock);
     pthread_mutex_destroy(&mod->reinit_lock);
     free(mod->toks);
@@ -189,12 +191,12 @@ void p11_module_remove_token(struct p11_module *mod, struct p11_token *tok)
 kms_err p11_module_reinit_library(struct p11_module *mod)
 {
     if (mod->initialized)
-        mod->fl->C_Finalize(NULL);
+        P11_MOD_RV(mod, C_Finalize, NULL);
     mod->initialized = false;
     CK_C_INITIALIZE_ARGS args;
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
-    CK_RV rv = mod->fl->C_Initialize(&args);
+    CK_RV rv = P11_MOD_RV(mod, C_Initialize, &args);
     if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
         return p11_rv_err(rv, "C_Initialize", mod->path);
     mod->initialized = true;
@@ -218,13 +220,13 @@ bool p11_module_recover(struct p11_module *mod, struct p11_token *trigger)
     }
     pthread_mutex_lock(&mod->reg_lock);
     for (size_t i = 0; i < mod->n_toks; i++)
-        p11_pool_freeze(mod->toks[i]);
+        p11_pool_freeze(mod->toks[i]->pool);
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += P11_REINIT_DRAIN_S;
     bool drained = true;
     for (size_t i = 0; i < mod->n_toks && drained; i++)
-        drained = p11_pool_wait_drained(mod->toks[i], &deadline);
+        drained = p11_pool_wait_drained(mod->toks[i]->pool, &deadline);
     bool ran = false;
     if (!drained) {
         kms_log_warn("pkcs11", "token '%s' (region %s) does not answer; re-initialising %s "
@@ -232,7 +234,7 @@ bool p11_module_recover(struct p11_module *mod, struct p11_token *trigger)
                      trigger->label, trigger->region, mod->path, P11_REINIT_DRAIN_S);
     } else {
         for (size_t i = 0; i < mod->n_toks; i++)
-            p11_pool_forget(mod->toks[i]);
+            p11_token_forget_sessions(mod->toks[i]);
         kms_err rc = p11_module_reinit_library(mod);
         if (rc == KMS_OK) {
             for (size_t i = 0; i < mod->n_toks; i++)
@@ -253,7 +255,7 @@ bool p11_module_recover(struct p11_module *mod, struct p11_token *trigger)
                                                                        : mod->backoff_s * 2);
     }
     for (size_t i = 0; i < mod->n_toks; i++)
-        p11_pool_thaw(mod->toks[i]);
+        p11_pool_thaw(mod->toks[i]->pool);
     pthread_mutex_unlock(&mod->reg_lock);
     clock_gettime(CLOCK_MONOTONIC, &mod->next_reinit);
     mod->next_reinit.tv_sec += mod->backoff_s;
@@ -266,13 +268,13 @@ static kms_err slot_list(struct p11_module *mod, CK_SLOT_ID **out, CK_ULONG *out
     CK_ULONG n = 0;
     *out = NULL;
     *out_n = 0;
-    CK_RV rv = mod->fl->C_GetSlotList(CK_TRUE, NULL, &n);
+    CK_RV rv = P11_MOD_RV(mod, C_GetSlotList, CK_TRUE, NULL, &n);
     KMS_GUARD(p11_rv_err(rv, "C_GetSlotList", mod->path));
     if (n == 0)
         return KMS_OK;
     CK_SLOT_ID *slots = calloc(n, sizeof(*slots));
     KMS_ENSURE(slots != NULL, KMS_ERR_NOMEM, "out of memory");
-    rv = mod->fl->C_GetSlotList(CK_TRUE, slots, &n);
+    rv = P11_MOD_RV(mod, C_GetSlotList, CK_TRUE, slots, &n);
     if (rv != CKR_OK) {
         free(slots);
         return p11_rv_err(rv, "C_GetSlotList", mod->path);
@@ -294,7 +296,7 @@ static kms_err find_label(struct p11_module *mod, const char *label, CK_SLOT_ID 
     KMS_GUARD(slot_list(mod, &slots, &n));
     for (CK_ULONG i = 0; i < n; i++) {
         CK_TOKEN_INFO ti;
-        if (mod->fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+        if (P11_MOD_RV(mod, C_GetTokenInfo, slots[i], &ti) != CKR_OK)
             continue;
         if (!(ti.flags & CKF_TOKEN_INITIALIZED)) {
             if (!*out_free_found) {
@@ -318,7 +320,6 @@ kms_err p11_module_init_token(struct p11_module *mod, const char *label,
                               const struct kms_secret *so_pin,
                               const struct kms_secret *user_pin)
 {
-    CK_FUNCTION_LIST_PTR fl = mod->fl;
     CK_SLOT_ID slot = 0, free_slot = 0;
     bool have_free = false;
     KMS_ENSURE(label != NULL && *label && strlen(label) <= 32, KMS_ERR_INVALID_ARGUMENT,
@@ -332,7 +333,7 @@ kms_err p11_module_init_token(struct p11_module *mod, const char *label,
     CK_UTF8CHAR padded[32];
     memset(padded, ' ', sizeof(padded));
     memcpy(padded, label, strlen(label));
-    CK_RV rv = fl->C_InitToken(free_slot, so_pin->data, so_pin->len, padded);
+    CK_RV rv = P11_MOD_RV(mod, C_InitToken, free_slot, so_pin->data, so_pin->len, padded);
     KMS_GUARD(p11_rv_err(rv, "C_InitToken", label));
 
     /* Some modules (SoftHSMv2) renumber slots after C_InitToken. */
@@ -341,17 +342,17 @@ kms_err p11_module_init_token(struct p11_module *mod, const char *label,
     KMS_GUARD(find_label(mod, label, &slot, &ignored, &ignored_slot));
 
     CK_SESSION_HANDLE s;
-    rv = fl->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    rv = P11_MOD_RV(mod, C_OpenSession, slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
     KMS_GUARD(p11_rv_err(rv, "C_OpenSession", label));
-    rv = fl->C_Login(s, CKU_SO, so_pin->data, so_pin->len);
+    rv = P11_MOD_RV(mod, C_Login, s, CKU_SO, so_pin->data, so_pin->len);
     if (rv == CKR_OK) {
-        rv = fl->C_InitPIN(s, user_pin->data, user_pin->len);
+        rv = P11_MOD_RV(mod, C_InitPIN, s, user_pin->data, user_pin->len);
         rc = p11_rv_err(rv, "C_InitPIN", label);
-        fl->C_Logout(s);
+        P11_MOD_RV(mod, C_Logout, s);
     } else {
         rc = p11_rv_err(rv, "C_Login(SO)", label);
     }
-    fl->C_CloseSession(s);
+    P11_MOD_RV(mod, C_CloseSession, s);
     return rc;
 }
 
@@ -362,7 +363,7 @@ kms_err p11_module_list_tokens(struct p11_module *mod, FILE *out)
     KMS_GUARD(slot_list(mod, &slots, &n));
     for (CK_ULONG i = 0; i < n; i++) {
         CK_TOKEN_INFO ti;
-        if (mod->fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+        if (P11_MOD_RV(mod, C_GetTokenInfo, slots[i], &ti) != CKR_OK)
             continue;
         char label[33], serial[17], model[17], manuf[33];
         p11_str_from_field(label, sizeof(label), ti.label, sizeof(ti.label));

@@ -6,6 +6,8 @@
  */
 #include "p11_rv.h"
 
+#include <string.h>
+
 #include "kms_log.h"
 
 struct rv_name {
@@ -118,26 +120,57 @@ const char *p11_rv_name(CK_RV rv)
     return rv >= CKR_VENDOR_DEFINED ? "CKR_VENDOR_DEFINED" : "CKR_UNKNOWN";
 }
 
+/* Mechanism names for messages and metrics: one static string each, so
+ * that kms_metrics_hsm (which compares by address) sees one series per
+ * mechanism whichever file made the call. */
+static const struct {
+    CK_MECHANISM_TYPE m;
+    const char *name;
+} mech_names[] = {
+    {CKM_AES_GCM, "CKM_AES_GCM"},
+    {CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
+    {CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
+    {CKM_RSA_AES_KEY_WRAP, "CKM_RSA_AES_KEY_WRAP"},
+    {CKM_SHA256_HMAC, "CKM_SHA256_HMAC"},
+    {CKM_ECDSA, "CKM_ECDSA"},
+    {CKM_ECDSA_SHA256, "CKM_ECDSA_SHA256"},
+    {CKM_RSA_PKCS, "CKM_RSA_PKCS"},
+    {CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS"},
+    {CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS"},
+    {CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS"},
+    {CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"},
+    {CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN"},
+    {CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"},
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"},
+    {(CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION, "none"},
+};
+#define N_MECH_NAMES (sizeof(mech_names) / sizeof(mech_names[0]))
+static const char mech_other[] = "CKM_OTHER";
+
+const char *p11_mech_name(CK_MECHANISM_TYPE m)
+{
+    for (size_t i = 0; i < N_MECH_NAMES; i++)
+        if (mech_names[i].m == m)
+            return mech_names[i].name;
+    return mech_other;
+}
+
+const char *p11_mech_canonical(const char *name)
+{
+    for (size_t i = 0; i < N_MECH_NAMES; i++)
+        if (strcmp(mech_names[i].name, name) == 0)
+            return mech_names[i].name;
+    return strcmp(name, mech_other) == 0 ? mech_other : name;
+}
+
+bool p11_rv_transient(CK_RV rv)
+{
+    return rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED;
+}
+
 /* How the service must react to a return value. Session-class errors mean the
  * session or a cached handle is no longer usable: the caller replaces the
  * session and retries once. Device-class errors mean the token is gone. */
-const char *p11_mech_name(CK_MECHANISM_TYPE m)
-{
-    switch (m) {
-    case CKM_AES_GCM: return "CKM_AES_GCM";
-    case CKM_AES_KEY_WRAP_PAD: return "CKM_AES_KEY_WRAP_PAD";
-    case CKM_RSA_PKCS_OAEP: return "CKM_RSA_PKCS_OAEP";
-    case CKM_RSA_AES_KEY_WRAP: return "CKM_RSA_AES_KEY_WRAP";
-    case CKM_SHA256_HMAC: return "CKM_SHA256_HMAC";
-    case CKM_ECDSA: return "CKM_ECDSA";
-    case CKM_AES_KEY_GEN: return "CKM_AES_KEY_GEN";
-    case CKM_GENERIC_SECRET_KEY_GEN: return "CKM_GENERIC_SECRET_KEY_GEN";
-    case CKM_EC_KEY_PAIR_GEN: return "CKM_EC_KEY_PAIR_GEN";
-    case CKM_RSA_PKCS_KEY_PAIR_GEN: return "CKM_RSA_PKCS_KEY_PAIR_GEN";
-    default: return "CKM_OTHER";
-    }
-}
-
 static kms_err p11_rv_class(CK_RV rv)
 {
     switch (rv) {

@@ -4,6 +4,8 @@
 #ifndef P11_RV_H
 #define P11_RV_H
 
+#include <stdbool.h>
+
 #include <p11-kit/pkcs11.h>
 
 #include "kms_error.h"
@@ -11,9 +13,23 @@
 /* "CKR_PIN_INCORRECT" etc.; never NULL. */
 const char *p11_rv_name(CK_RV rv);
 
-/* "CKM_AES_GCM" etc. for the mechanisms kmsd uses, "CKM_OTHER" for any
- * other; a string literal (metrics compare it by address). */
+/* "CKM_AES_GCM" etc. for the mechanisms kmsd uses, "none" for
+ * P11_NO_MECH, "CKM_OTHER" for any other; a static string, the same
+ * address on every call (metrics compare it by address). */
 const char *p11_mech_name(CK_MECHANISM_TYPE m);
+
+/* The static string p11_mech_name returns for this name; name itself when
+ * the table does not know it. */
+const char *p11_mech_canonical(const char *name);
+
+/* A failure that says nothing about the request and is worth one more try
+ * of an object creation: SoftHSMv2's file store now and then fails one of
+ * two concurrent token object creations with CKR_GENERAL_ERROR
+ * (tests/bench/bench_mkkeys.c saw it under load, and so did concurrent
+ * RotateKey); CKR_FUNCTION_FAILED is the specification's "could not be
+ * performed, no detail". Device errors and removals are not here: those
+ * are the token's state, not a collision. */
+bool p11_rv_transient(CK_RV rv);
 
 /* Map rv to a kms_err and record a detail naming the C_ function, the token
  * and the CKR_ name. Unexpected HSM failures are also logged. KMS_OK for

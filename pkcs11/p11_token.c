@@ -1,5 +1,14 @@
 /*
- * p11_token.c - resolving configured tokens, reading their capabilities.
+ * p11_token.c - one configured token: resolving its selector, reading its
+ * capabilities, logging in, owning its session pool (p11_pool.c, to which
+ * it hands the operations that open, close and check its sessions),
+ * noticing when it goes away and comes back, and the readiness check.
+ *
+ * PKCS#11 login state belongs to the application, not to a session: one
+ * C_Login serves every session of the token, and closing the last session
+ * logs the application out. So each newly opened session is asked for its
+ * state and logged in only when it is public. The PIN is read from its source
+ * for each login and wiped at once; it is never kept in memory.
  */
 #include "p11_token.h"
 
@@ -12,8 +21,8 @@
 #include <p11-kit/uri.h>
 
 #include "kms_log.h"
+#include "kms_secret.h"
 #include "p11_internal.h"
-#include "p11_rv.h"
 
 const char *p11_token_region(const struct p11_token *tok)
 {
@@ -100,15 +109,14 @@ bool p11_token_has(const struct p11_token *tok, enum p11_cap cap)
 static kms_err read_mechanisms(struct p11_token *tok)
 {
     CK_ULONG n = 0;
-    CK_RV rv = tok->fl->C_GetMechanismList(tok->slot, NULL, &n);
-    KMS_GUARD(p11_rv_err(rv, "C_GetMechanismList", tok->label));
+    KMS_GUARD(P11_CALL(tok, C_GetMechanismList, P11_NO_MECH, tok->slot, NULL, &n));
     tok->mechs = calloc(n ? n : 1, sizeof(*tok->mechs));
     tok->mech_info = calloc(n ? n : 1, sizeof(*tok->mech_info));
     KMS_ENSURE(tok->mechs && tok->mech_info, KMS_ERR_NOMEM, "out of memory");
-    rv = tok->fl->C_GetMechanismList(tok->slot, tok->mechs, &n);
-    KMS_GUARD(p11_rv_err(rv, "C_GetMechanismList", tok->label));
+    KMS_GUARD(P11_CALL(tok, C_GetMechanismList, P11_NO_MECH, tok->slot, tok->mechs, &n));
     for (CK_ULONG i = 0; i < n; i++) {
-        rv = tok->fl->C_GetMechanismInfo(tok->slot, tok->mechs[i], &tok->mech_info[i]);
+        CK_RV rv = P11_RV(tok, C_GetMechanismInfo, P11_NO_MECH, tok->slot, tok->mechs[i],
+                          &tok->mech_info[i]);
         if (rv != CKR_OK)
             memset(&tok->mech_info[i], 0, sizeof(tok->mech_info[i]));
     }
@@ -155,22 +163,22 @@ static kms_err selector_matches(const char *selector, const CK_TOKEN_INFO *ti, b
 static kms_err resolve_slot(struct p11_module *mod, const char *selector, CK_SLOT_ID *out_slot,
                             CK_TOKEN_INFO *out_ti)
 {
-    CK_FUNCTION_LIST_PTR fl = p11_module_fl(mod);
     CK_ULONG n = 0;
     kms_err rc = KMS_OK;
     CK_SLOT_ID *slots = NULL;
     size_t matches = 0;
 
-    CK_RV rv = fl->C_GetSlotList(CK_TRUE, NULL, &n);
+    CK_RV rv = P11_MOD_RV(mod, C_GetSlotList, CK_TRUE, NULL, &n);
     KMS_GUARD(p11_rv_err(rv, "C_GetSlotList", p11_module_path(mod)));
     slots = calloc(n ? n : 1, sizeof(*slots));
     KMS_ENSURE(slots != NULL, KMS_ERR_NOMEM, "out of memory");
-    rv = fl->C_GetSlotList(CK_TRUE, slots, &n);
+    rv = P11_MOD_RV(mod, C_GetSlotList, CK_TRUE, slots, &n);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_GetSlotList", p11_module_path(mod)), done);
 
     for (CK_ULONG i = 0; i < n; i++) {
         CK_TOKEN_INFO ti;
-        if (fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
+        if (P11_MOD_RV(mod, C_GetTokenInfo, slots[i], &ti) != CKR_OK ||
+            !(ti.flags & CKF_TOKEN_INITIALIZED))
             continue;
         bool m = false;
         KMS_GUARD_GOTO(selector_matches(selector, &ti, &m), done);
@@ -190,6 +198,68 @@ done:
     free(slots);
     return rc;
 }
+
+/* ---- the token's sessions: what its pool calls --------------------------- */
+
+static bool logged_in(const CK_SESSION_INFO *si)
+{
+    return si->state == CKS_RW_USER_FUNCTIONS || si->state == CKS_RO_USER_FUNCTIONS;
+}
+
+static kms_err login_if_needed(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    CK_SESSION_INFO si;
+    KMS_GUARD(P11_CALL(tok, C_GetSessionInfo, P11_NO_MECH, s, &si));
+    if (logged_in(&si))
+        return KMS_OK;
+
+    /* A wrong PIN is never retried on its own: tokens lock after a few tries,
+     * and a locked production HSM is an outage. An operator fixes the PIN
+     * and reloads. */
+    KMS_ENSURE(!atomic_load(&tok->pin_failed), KMS_ERR_HSM_PIN,
+               "token '%s': login disabled after a PIN error; fix the PIN source and restart",
+               tok->label);
+
+    struct kms_secret pin = {0};
+    KMS_GUARD(kms_secret_read_source(tok->pin_source, &pin));
+    CK_RV rv = P11_RV(tok, C_Login, P11_NO_MECH, s, CKU_USER, pin.data, pin.len);
+    kms_secret_wipe(&pin);
+    if (rv == CKR_USER_ALREADY_LOGGED_IN)
+        return KMS_OK;
+    kms_err rc = p11_rv_err(rv, "C_Login", tok->label);
+    if (rc == KMS_ERR_HSM_PIN)
+        atomic_store(&tok->pin_failed, true);
+    return rc;
+}
+
+static kms_err session_open(void *ctx, CK_SESSION_HANDLE *out)
+{
+    struct p11_token *tok = ctx;
+    KMS_GUARD(P11_CALL(tok, C_OpenSession, P11_NO_MECH, tok->slot,
+                       CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, out));
+    kms_err rc = login_if_needed(tok, *out);
+    if (rc != KMS_OK)
+        P11_RV(tok, C_CloseSession, P11_NO_MECH, *out);
+    return rc;
+}
+
+static void session_close(void *ctx, CK_SESSION_HANDLE s)
+{
+    struct p11_token *tok = ctx;
+    /* Ignore the result: the session may already be gone. */
+    P11_RV(tok, C_CloseSession, P11_NO_MECH, s);
+}
+
+static bool session_alive(void *ctx, CK_SESSION_HANDLE s, bool *out_exists)
+{
+    struct p11_token *tok = ctx;
+    CK_SESSION_INFO si;
+    CK_RV rv = P11_RV(tok, C_GetSessionInfo, P11_NO_MECH, s, &si);
+    *out_exists = rv == CKR_OK;
+    return rv == CKR_OK && logged_in(&si);
+}
+
+static const struct p11_pool_ops session_ops = {session_open, session_close, session_alive};
 
 static size_t default_sessions(void)
 {
@@ -214,9 +284,7 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     tok->fl = p11_module_fl(mod);
     tok->oaep_sha256 = -1;
     tok->metrics_id = -1;
-    pthread_mutex_init(&tok->lock, NULL);
     pthread_mutex_init(&tok->create_lock, NULL);
-    pthread_cond_init(&tok->cond, NULL);
     snprintf(tok->region, sizeof(tok->region), "%s", cfg->region);
     KMS_GUARD_GOTO(p11_cache_init(&tok->cache), fail);
     tok->pin_source = strdup(cfg->pin_source ? cfg->pin_source : "");
@@ -231,28 +299,26 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     p11_str_from_field(tok->manufacturer, sizeof(tok->manufacturer), ti.manufacturerID,
                        sizeof(ti.manufacturerID));
 
-    tok->cap = cfg->max_sessions ? cfg->max_sessions : default_sessions();
+    size_t cap = cfg->max_sessions ? cfg->max_sessions : default_sessions();
     /* 0 means "effectively infinite" and ~0 "unknown" in PKCS#11. */
     CK_ULONG limits[2] = {ti.ulMaxSessionCount, ti.ulMaxRwSessionCount};
     for (int i = 0; i < 2; i++)
         if (limits[i] != CK_EFFECTIVELY_INFINITE && limits[i] != CK_UNAVAILABLE_INFORMATION &&
-            limits[i] < tok->cap)
-            tok->cap = limits[i];
-    KMS_ENSURE_GOTO(tok->cap > 0, fail, KMS_ERR_CONFIG, "token '%s' allows no sessions",
-                    tok->label);
-    tok->idle = calloc(tok->cap, sizeof(*tok->idle));
-    KMS_ENSURE_GOTO(tok->idle != NULL, fail, KMS_ERR_NOMEM, "out of memory");
+            limits[i] < cap)
+            cap = limits[i];
+    KMS_ENSURE_GOTO(cap > 0, fail, KMS_ERR_CONFIG, "token '%s' allows no sessions", tok->label);
+    KMS_GUARD_GOTO(p11_pool_new(cap, &session_ops, tok, tok->label, &tok->pool), fail);
 
     KMS_GUARD_GOTO(read_mechanisms(tok), fail);
 
     /* Log in now, so that a wrong PIN or a missing PIN file stops the start
      * instead of the first request. */
     CK_SESSION_HANDLE s;
-    KMS_GUARD_GOTO(p11_session_take(tok, &s), fail);
-    p11_session_give(tok, s, false);
+    KMS_GUARD_GOTO(p11_pool_take(tok->pool, &s), fail);
+    p11_pool_give(tok->pool, s, false);
 
     kms_log_info("pkcs11", "token '%s' (serial %s, %s) serves region %s with up to %zu sessions",
-                 tok->label, tok->serial, tok->manufacturer, tok->region, tok->cap);
+                 tok->label, tok->serial, tok->manufacturer, tok->region, cap);
     p11_module_add_token(mod, tok);
     *out = tok;
     return KMS_OK;
@@ -293,13 +359,9 @@ void p11_token_free(struct p11_token *tok)
     if (tok == NULL)
         return;
     p11_module_remove_token(tok->mod, tok);
-    if (tok->idle)
-        p11_session_pool_drain(tok);
+    p11_pool_free(tok->pool); /* closes the idle sessions, which logs out */
     p11_cache_cleanup(&tok->cache);
-    pthread_mutex_destroy(&tok->lock);
     pthread_mutex_destroy(&tok->create_lock);
-    pthread_cond_destroy(&tok->cond);
-    free(tok->idle);
     free(tok->mechs);
     free(tok->mech_info);
     free(tok->pin_source);
@@ -310,13 +372,13 @@ void p11_token_free(struct p11_token *tok)
  * false when the pool was frozen by a recovery and nothing was asked. */
 static kms_err probe_once(struct p11_token *tok, bool *out_asked)
 {
-    *out_asked = p11_probe_begin(tok);
+    *out_asked = p11_pool_probe_begin(tok->pool);
     if (!*out_asked)
         return kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "token '%s': its module is being "
                            "re-initialised", tok->label);
     CK_TOKEN_INFO ti;
-    CK_RV rv = tok->fl->C_GetTokenInfo(tok->slot, &ti);
-    p11_probe_end(tok);
+    CK_RV rv = P11_RV(tok, C_GetTokenInfo, P11_NO_MECH, tok->slot, &ti);
+    p11_pool_probe_end(tok->pool);
     if (rv != CKR_OK) {
         kms_err rc = p11_rv_err(rv, "C_GetTokenInfo", tok->label);
         if (rc != KMS_ERR_HSM_UNAVAILABLE)
@@ -385,12 +447,12 @@ void p11_token_reresolve(struct p11_token *tok)
     CK_ULONG n = 0;
     CK_SLOT_ID *slots = NULL;
     bool found = false;
-    if (tok->fl->C_GetSlotList(CK_TRUE, NULL, &n) == CKR_OK && n > 0 &&
+    if (P11_RV(tok, C_GetSlotList, P11_NO_MECH, CK_TRUE, NULL, &n) == CKR_OK && n > 0 &&
         (slots = calloc(n, sizeof(*slots))) != NULL &&
-        tok->fl->C_GetSlotList(CK_TRUE, slots, &n) == CKR_OK) {
+        P11_RV(tok, C_GetSlotList, P11_NO_MECH, CK_TRUE, slots, &n) == CKR_OK) {
         for (CK_ULONG i = 0; i < n && !found; i++) {
             CK_TOKEN_INFO ti;
-            if (tok->fl->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+            if (P11_RV(tok, C_GetTokenInfo, P11_NO_MECH, slots[i], &ti) != CKR_OK)
                 continue;
             char serial[17], label[33];
             p11_str_from_field(serial, sizeof(serial), ti.serialNumber, sizeof(ti.serialNumber));
@@ -409,4 +471,87 @@ void p11_token_reresolve(struct p11_token *tok)
                     tok->label, tok->serial);
         p11_token_mark_unavailable(tok);
     }
+}
+
+void p11_token_forget_sessions(struct p11_token *tok)
+{
+    p11_pool_forget(tok->pool);
+    p11_cache_clear(&tok->cache);
+}
+
+/* ---- health and statistics --------------------------------------------- */
+
+void p11_token_pool_stats(struct p11_token *tok, struct p11_pool_stats *out)
+{
+    struct p11_pool_counts c;
+    p11_pool_counts(tok->pool, &c);
+    out->cap = c.cap;
+    out->open = c.open;
+    out->idle = c.idle;
+    out->replaced = c.replaced;
+}
+
+kms_err p11_token_check(struct p11_token *tok)
+{
+    KMS_GUARD(p11_token_probe(tok));
+    /* An idle session is checked; when every session is busy the token is
+     * evidently in use, and waiting for one would make a saturated node
+     * report itself unready (and flap behind a load balancer). With no
+     * session open at all, one is opened and logged in, as a request would. */
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    bool busy = false;
+    kms_err rc = p11_pool_take_idle(tok->pool, &s, &busy);
+    if (rc == KMS_ERR_NOT_FOUND) {
+        if (busy)
+            return KMS_OK;
+        rc = p11_pool_take(tok->pool, &s);
+    }
+    KMS_GUARD(rc);
+    CK_SESSION_INFO si;
+    rc = P11_CALL(tok, C_GetSessionInfo, P11_NO_MECH, s, &si);
+    if (rc == KMS_OK && !logged_in(&si))
+        rc = kms_err_set(KMS_ERR_HSM_SESSION, "token '%s': session is not logged in", tok->label);
+    /* A broken session: its handles may be stale too (p11_session_give). */
+    if (rc != KMS_OK)
+        p11_cache_clear(&tok->cache);
+    p11_pool_give(tok->pool, s, rc != KMS_OK);
+    if (rc == KMS_ERR_HSM_UNAVAILABLE)
+        p11_token_mark_unavailable(tok);
+    return rc;
+}
+
+/* One pass over the token that fills the handle cache with every key
+ * object, so that even the first request for a key finds its handle without
+ * C_FindObjects (whose cost grows with the number of objects in the token). */
+static kms_err warm_one(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, void *varg)
+{
+    size_t *count = varg;
+    uint8_t id[P11_KEY_ID_LEN];
+    CK_OBJECT_CLASS cls = 0;
+    CK_KEY_TYPE type = 0;
+    CK_ATTRIBUTE at[3] = {{CKA_ID, id, sizeof(id)},
+                          {CKA_CLASS, &cls, sizeof(cls)},
+                          {CKA_KEY_TYPE, &type, sizeof(type)}};
+    if (P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, at, 3) != CKR_OK ||
+        at[0].ulValueLen != P11_KEY_ID_LEN)
+        return KMS_OK; /* not a key object of ours */
+    if (cls != CKO_SECRET_KEY)
+        type = P11_TYPE_ANY;
+    p11_cache_put(&tok->cache, id, cls, type, h);
+    (*count)++;
+    return KMS_OK;
+}
+
+static kms_err do_warm(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    return p11_for_each_object(tok, s, warm_one, varg);
+}
+
+kms_err p11_token_warm_cache(struct p11_token *tok, size_t *out_count)
+{
+    size_t n = 0;
+    kms_err rc = p11_with_session(tok, do_warm, &n);
+    if (out_count)
+        *out_count = n;
+    return rc;
 }
