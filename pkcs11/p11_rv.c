@@ -128,6 +128,7 @@ static const struct {
     const char *name;
 } mech_names[] = {
     {CKM_AES_GCM, "CKM_AES_GCM"},
+    {(CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION, "none"},
     {CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
     {CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
     {CKM_RSA_AES_KEY_WRAP, "CKM_RSA_AES_KEY_WRAP"},
@@ -142,7 +143,6 @@ static const struct {
     {CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN"},
     {CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"},
     {CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"},
-    {(CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION, "none"},
 };
 #define N_MECH_NAMES (sizeof(mech_names) / sizeof(mech_names[0]))
 static const char mech_other[] = "CKM_OTHER";

@@ -1,0 +1,269 @@
+/*
+ * test_p11_call.c - the one C_ call wrapper (P11_CALL / P11_RV,
+ * pkcs11/p11_call.c): every call is counted in the HSM call histogram under
+ * its function and mechanism, failures included, and its CK_RV is mapped by
+ * the p11_rv.c table with the retry and quirk handling around it. Faults
+ * come from the fault-injecting shim ($CUSTOS_TEST_BUILD/lib/p11_fault.so,
+ * docs/development.md) in front of the test run's SoftHSMv2 tokens.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kms_error.h"
+#include "kms_log.h"
+#include "kms_metrics.h"
+#include "p11_crypto.h"
+#include "p11_internal.h"
+#include "testenv.h"
+
+static struct p11_module *mod;
+static struct p11_token *tok;
+static struct p11_key_id key;
+static char ctl[600];
+
+/* Replace the shim's control file (rename: the shim never sees half a
+ * file, and a new inode is noticed at once) and give the shim its check
+ * interval (10 ms) to notice. */
+static void faults(const char *rules)
+{
+    char tmp[620];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", ctl);
+    FILE *f = fopen(tmp, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(rules, f);
+    fclose(f);
+    ck_assert_int_eq(rename(tmp, ctl), 0);
+    struct timespec pause = {0, 50 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+}
+
+static void load_shim(void)
+{
+    const char *build = getenv("CUSTOS_TEST_BUILD");
+    ck_assert_ptr_nonnull(build);
+    char shim[600];
+    snprintf(shim, sizeof(shim), "%s/lib/p11_fault.so", build);
+    snprintf(ctl, sizeof(ctl), "%s/p11call-%d.ctl", testenv_work_dir(), (int)getpid());
+    setenv("CUSTOS_P11FAULT_CONTROL", ctl, 1);
+    setenv("CUSTOS_P11FAULT_MODULE", testenv_module_path(), 1);
+    faults("");
+    kms_log_set_level(KMS_LOG_ERROR);
+    kms_err rc = p11_module_load(shim, &mod);
+    ck_assert_msg(rc == KMS_OK, "%s", kms_err_detail());
+}
+
+static kms_err open_eu(void)
+{
+    char pin[512];
+    struct p11_token_config cfg = {"eu-west", "custos-eu-west",
+                                   testenv_pin_source("eu-west", pin, sizeof(pin)), 0};
+    return p11_tokens_open(mod, &cfg, 1, &tok);
+}
+
+static void setup(void)
+{
+    load_shim();
+    ck_assert_msg(open_eu() == KMS_OK, "%s", kms_err_detail());
+    ck_assert_int_eq(p11_key_id_new(tok, &key), KMS_OK);
+    /* A token object: a session object dies with the session that made
+     * it, and these tests make the pool close sessions. */
+    ck_assert_int_eq(p11_key_generate(tok, P11_KEY_AES_ENCRYPT, 0, &key, NULL), KMS_OK);
+}
+
+static void teardown(void)
+{
+    faults("");
+    if (tok != NULL)
+        p11_key_destroy(tok, &key);
+    p11_token_free(tok);
+    tok = NULL;
+    p11_module_free(mod);
+    mod = NULL;
+    unlink(ctl);
+}
+
+static void setup_no_token(void)
+{
+    load_shim();
+    tok = NULL;
+}
+
+/* The count of custos_hsm_call_duration_seconds for the eu-west token. */
+static unsigned long calls(const char *fn, const char *mech)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_ptr_nonnull(f);
+    kms_metrics_render(f);
+    fclose(f);
+    char needle[256];
+    snprintf(needle, sizeof(needle),
+             "custos_hsm_call_duration_seconds_count{region=\"eu-west\",token=\"custos-eu-west\","
+             "function=\"%s\",mechanism=\"%s\"} ",
+             fn, mech);
+    const char *p = strstr(buf, needle);
+    unsigned long n = p ? strtoul(p + strlen(needle), NULL, 10) : 0;
+    free(buf);
+    return n;
+}
+
+static kms_err encrypt(void)
+{
+    uint8_t iv[P11_GCM_IV_LEN] = {0}, out[64];
+    size_t out_len;
+    return p11_gcm_encrypt(tok, &key, iv, sizeof(iv), NULL, 0, (const uint8_t *)"hello", 5, out,
+                           sizeof(out), &out_len);
+}
+
+START_TEST(every_call_is_timed)
+{
+    /* Before the wrapper only the data calls were: now the set-up calls of
+     * an operation and the session housekeeping are counted too. */
+    unsigned long init0 = calls("C_EncryptInit", "CKM_AES_GCM");
+    unsigned long enc0 = calls("C_Encrypt", "CKM_AES_GCM");
+    ck_assert_int_eq(encrypt(), KMS_OK);
+    ck_assert_uint_eq(calls("C_EncryptInit", "CKM_AES_GCM"), init0 + 1);
+    ck_assert_uint_eq(calls("C_Encrypt", "CKM_AES_GCM"), enc0 + 1);
+    ck_assert_uint_ge(calls("C_OpenSession", "none"), 1);
+    ck_assert_uint_ge(calls("C_GetSessionInfo", "none"), 1);
+    ck_assert_uint_ge(calls("C_GenerateKey", "CKM_AES_KEY_GEN"), 1);
+    ck_assert_uint_ge(calls("C_GenerateRandom", "none"), 1);
+}
+END_TEST
+
+START_TEST(device_error_maps_to_internal_and_is_counted)
+{
+    unsigned long enc0 = calls("C_Encrypt", "CKM_AES_GCM");
+    faults("C_Encrypt CKR_DEVICE_ERROR count=1\n");
+    ck_assert_int_eq(encrypt(), KMS_ERR_HSM);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "C_Encrypt"));
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "CKR_DEVICE_ERROR"));
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "custos-eu-west"));
+    /* The failed call is in the histogram; the token answered the probe. */
+    ck_assert_uint_eq(calls("C_Encrypt", "CKM_AES_GCM"), enc0 + 1);
+    ck_assert(p11_token_available(tok));
+    ck_assert_int_eq(encrypt(), KMS_OK);
+    ck_assert_uint_eq(calls("C_Encrypt", "CKM_AES_GCM"), enc0 + 2);
+}
+END_TEST
+
+START_TEST(lost_session_is_replaced_and_retried_once)
+{
+    struct p11_pool_stats before, after;
+    p11_token_pool_stats(tok, &before);
+    unsigned long enc0 = calls("C_Encrypt", "CKM_AES_GCM");
+    faults("C_Encrypt CKR_SESSION_HANDLE_INVALID count=1\n");
+    ck_assert_int_eq(encrypt(), KMS_OK);
+    ck_assert_uint_eq(calls("C_Encrypt", "CKM_AES_GCM"), enc0 + 2);
+    p11_token_pool_stats(tok, &after);
+    ck_assert_uint_eq(after.replaced, before.replaced + 1);
+    /* Twice in a row: the retry is once, and the session class shows. */
+    faults("C_Encrypt CKR_SESSION_HANDLE_INVALID count=2\n");
+    ck_assert_int_eq(encrypt(), KMS_ERR_HSM_SESSION);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "CKR_SESSION_HANDLE_INVALID"));
+}
+END_TEST
+
+START_TEST(removed_token_is_unavailable_then_back)
+{
+    faults("C_Encrypt CKR_DEVICE_REMOVED count=1\n");
+    ck_assert_int_eq(encrypt(), KMS_ERR_HSM_UNAVAILABLE);
+    ck_assert(!p11_token_available(tok));
+    faults("");
+    /* The next lease probes the token again and finds it. */
+    ck_assert_int_eq(encrypt(), KMS_OK);
+    ck_assert(p11_token_available(tok));
+}
+END_TEST
+
+START_TEST(softhsm_general_error_on_decrypt_is_bad_ciphertext)
+{
+    uint8_t iv[P11_GCM_IV_LEN] = {0}, ct[64], pt[64];
+    size_t ct_len, pt_len;
+    ck_assert_int_eq(p11_gcm_encrypt(tok, &key, iv, sizeof(iv), NULL, 0,
+                                     (const uint8_t *)"hello", 5, ct, sizeof(ct), &ct_len),
+                     KMS_OK);
+    unsigned long dec0 = calls("C_Decrypt", "CKM_AES_GCM");
+    /* What SoftHSMv2 answers to a tag that does not verify. */
+    faults("C_Decrypt CKR_GENERAL_ERROR count=1\n");
+    ck_assert_int_eq(p11_gcm_decrypt(tok, &key, iv, sizeof(iv), NULL, 0, ct, ct_len, pt,
+                                     sizeof(pt), &pt_len),
+                     KMS_ERR_BAD_CIPHERTEXT);
+    ck_assert_uint_eq(pt_len, 0);
+    ck_assert_uint_eq(calls("C_Decrypt", "CKM_AES_GCM"), dec0 + 1);
+    /* On the ...Init call the same code is no tag failure. */
+    faults("C_DecryptInit CKR_GENERAL_ERROR count=1\n");
+    ck_assert_int_eq(p11_gcm_decrypt(tok, &key, iv, sizeof(iv), NULL, 0, ct, ct_len, pt,
+                                     sizeof(pt), &pt_len),
+                     KMS_ERR_HSM);
+    faults("");
+    ck_assert_int_eq(p11_gcm_decrypt(tok, &key, iv, sizeof(iv), NULL, 0, ct, ct_len, pt,
+                                     sizeof(pt), &pt_len),
+                     KMS_OK);
+    ck_assert_uint_eq(pt_len, 5);
+}
+END_TEST
+
+START_TEST(transient_creation_failure_is_retried)
+{
+    unsigned long gen0 = calls("C_GenerateKey", "CKM_AES_KEY_GEN");
+    faults("C_GenerateKey CKR_GENERAL_ERROR count=1\n");
+    struct p11_key_id k2;
+    ck_assert_int_eq(p11_key_id_new(tok, &k2), KMS_OK);
+    ck_assert_int_eq(p11_key_generate(tok, P11_KEY_AES_ENCRYPT, P11_KEY_EPHEMERAL, &k2, NULL),
+                     KMS_OK);
+    ck_assert_uint_eq(calls("C_GenerateKey", "CKM_AES_KEY_GEN"), gen0 + 2);
+    /* A failure that is not transient is not retried. */
+    faults("C_GenerateKey 0xd1 count=1\n"); /* CKR_TEMPLATE_INCONSISTENT */
+    struct p11_key_id k3;
+    ck_assert_int_eq(p11_key_id_new(tok, &k3), KMS_OK);
+    ck_assert_int_ne(p11_key_generate(tok, P11_KEY_AES_ENCRYPT, P11_KEY_EPHEMERAL, &k3, NULL),
+                     KMS_OK);
+    ck_assert_uint_eq(calls("C_GenerateKey", "CKM_AES_KEY_GEN"), gen0 + 3);
+}
+END_TEST
+
+START_TEST(pin_error_maps_to_pin_and_is_not_retried)
+{
+    faults("C_Login CKR_PIN_LOCKED\n");
+    ck_assert_int_eq(open_eu(), KMS_ERR_HSM_PIN);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "C_Login"));
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "CKR_PIN_LOCKED"));
+    ck_assert_ptr_null(tok);
+    ck_assert_uint_eq(calls("C_Login", "none"), 1);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("p11_call");
+    TCase *tc = tcase_create("wrapper");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, every_call_is_timed);
+    tcase_add_test(tc, device_error_maps_to_internal_and_is_counted);
+    tcase_add_test(tc, lost_session_is_replaced_and_retried_once);
+    tcase_add_test(tc, removed_token_is_unavailable_then_back);
+    tcase_add_test(tc, softhsm_general_error_on_decrypt_is_bad_ciphertext);
+    tcase_add_test(tc, transient_creation_failure_is_retried);
+    suite_add_tcase(s, tc);
+    TCase *tl = tcase_create("login");
+    tcase_add_checked_fixture(tl, setup_no_token, teardown);
+    tcase_add_test(tl, pin_error_maps_to_pin_and_is_not_retried);
+    suite_add_tcase(s, tl);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
