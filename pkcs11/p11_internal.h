@@ -188,7 +188,7 @@ kms_err p11_session_take(struct p11_token *tok, CK_SESSION_HANDLE *out);
  * longer answer and clears the handle cache, so the next take is fresh. */
 void p11_session_give(struct p11_token *tok, CK_SESSION_HANDLE s, bool broken);
 
-/* ---- module re-initialisation (p11_module.c, p11_session.c) ----
+/* ---- module re-initialisation (p11_module.c, p11_pool.c, p11_token.c) ----
  *
  * Some modules never see a token again once it failed: SoftHSMv2 answers
  * CKR_GENERAL_ERROR to C_GetTokenInfo for good after its token directory

@@ -2,7 +2,7 @@
  * p11_key.h - key objects in a token: kinds, templates, identity, lifecycle.
  *
  * Every key is one of a few kinds, and every kind has exactly one template,
- * built in p11_key.c; callers never pass raw attributes. Templates are
+ * built in p11_key_kind.c; callers never pass raw attributes. Templates are
  * defensive: CKA_TOKEN, CKA_PRIVATE and CKA_SENSITIVE are true, every usage
  * attribute is set explicitly (SoftHSMv2 defaults unspecified
  * ENCRYPT/DECRYPT/WRAP/UNWRAP to true), and a key that can wrap or unwrap can
