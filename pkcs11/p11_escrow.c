@@ -83,7 +83,8 @@ static kms_err do_export(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         {CKA_VERIFY, &no, sizeof(no)},
         {CKA_DERIVE, &no, sizeof(no)},
     };
-    CK_RV rv = P11_RV(tok, C_CreateObject, P11_NO_MECH, s, pub_t, sizeof(pub_t) / sizeof(pub_t[0]), &pub);
+    CK_RV rv = P11_RV(tok, C_CreateObject, P11_NO_MECH, s, pub_t,
+                      sizeof(pub_t) / sizeof(pub_t[0]), &pub);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_CreateObject(recipient key)", tok->label), done);
 
     /* The recovered key: a session object that exists only to be wrapped
@@ -98,8 +99,8 @@ static kms_err do_export(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         NO_USE(&no),
     };
     CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    rv = P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &kwp, hesc, (CK_BYTE *)a->blob, a->blob_len, key_t,
-                              sizeof(key_t) / sizeof(key_t[0]), &key);
+    rv = P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &kwp, hesc, (CK_BYTE *)a->blob,
+                a->blob_len, key_t, sizeof(key_t) / sizeof(key_t[0]), &key);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_UnwrapKey(escrow blob)", tok->label), done);
 
     CK_ATTRIBUTE eph_t[] = {
@@ -113,13 +114,15 @@ static kms_err do_export(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         NO_USE(&yes),
     };
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
-    rv = P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, eph_t, sizeof(eph_t) / sizeof(eph_t[0]), &eph);
+    rv = P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, eph_t,
+                sizeof(eph_t) / sizeof(eph_t[0]), &eph);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_GenerateKey(ephemeral AES)", tok->label), done);
 
     CK_ULONG oaep_len = 0;
     KMS_GUARD_GOTO(oaep_wrap(tok, s, pub, eph, a, &oaep_len), done);
     CK_ULONG kwp_len = a->out_cap - oaep_len;
-    rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &kwp, eph, key, a->out + oaep_len, &kwp_len);
+    rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &kwp, eph, key, a->out + oaep_len,
+                &kwp_len);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_WrapKey(AES-KWP)", tok->label), done);
     KMS_ENSURE_GOTO(kwp_len == 40, done, KMS_ERR_HSM,
                     "token '%s' wrapped a 256-bit key into %lu bytes, want 40", tok->label,
