@@ -340,8 +340,9 @@ START_TEST(concurrent_borrowers_never_share_a_session)
     struct p11_pool *p = spy_pool(&sp, 3);
     pthread_t th[BORROWERS];
     struct borrower bs[BORROWERS];
+    for (int i = 0; i < BORROWERS; i++)
+        held[i] = CK_INVALID_HANDLE; /* before any borrower reads it */
     for (int i = 0; i < BORROWERS; i++) {
-        held[i] = CK_INVALID_HANDLE;
         bs[i] = (struct borrower){p, i};
         ck_assert_int_eq(pthread_create(&th[i], NULL, borrow_loop, &bs[i]), 0);
     }
