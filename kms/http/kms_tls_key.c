@@ -162,7 +162,7 @@ static kms_err check_match(struct kms_tls_key *k, gnutls_sign_algorithm_t algo)
     grc = gnutls_pubkey_verify_hash2(k->pcerts[0].pubkey, algo, 0, &hash, &sig);
     gnutls_free(sig.data);
     KMS_ENSURE(grc >= 0, KMS_ERR_CONFIG,
-               "tls.key_uri '%s' does not match tls.cert: a %s signature made by the key in the "
+               "tls.key_uri '%s' does not match tls.cert: a signature (%s) made by the key in the "
                "token does not verify under the certificate's public key",
                k->uri, gnutls_sign_get_name(algo));
     return KMS_OK;
