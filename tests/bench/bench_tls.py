@@ -10,7 +10,9 @@ kmsd is started with each and `openssl s_time -new` clients (TLS 1.3, full
 handshakes, no resumption) run against it: 1 client, then 4 at once.
 Handshakes/s = completed connections / wall-clock seconds of the clients.
 Prints one row per key, place and concurrency: median over the runs and
-min-max; runs alternate between the two places (see main).
+min-max, and kmsd's CPU time per handshake (user + system of the whole
+process, summed over the runs), which a busy machine distorts less than
+the rate; runs alternate between the two places (see main).
 """
 import json
 import os
@@ -99,8 +101,16 @@ def stop(proc):
     proc.wait(timeout=60)
 
 
-def measure(port, clients):
-    """Handshakes/s of `clients` concurrent s_time loops."""
+def cpu_seconds(pid):
+    """User + system CPU time of the whole process (every thread) so far."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(proc, port, clients):
+    """(handshakes/s, handshakes, kmsd CPU seconds) of `clients` concurrent
+    s_time loops."""
+    c0 = cpu_seconds(proc.pid)
     t0 = time.monotonic()
     ps = [subprocess.Popen(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
                             "-tls1_3", "-time", str(SECONDS)],
@@ -111,7 +121,8 @@ def measure(port, clients):
         out, _ = p.communicate(timeout=SECONDS + 60)
         m = re.search(r"(\d+) connections in [\d.]+s", out)
         total += int(m.group(1)) if m else 0
-    return total / (time.monotonic() - t0)
+    wall = time.monotonic() - t0
+    return total / wall, total, cpu_seconds(proc.pid) - c0
 
 
 def main():
@@ -131,22 +142,31 @@ def main():
                 try:
                     for clients in (1, 4):
                         rates.setdefault((kind, where, clients), []).append(
-                            measure(port, clients))
+                            measure(proc, port, clients))
                 finally:
                     stop(proc)
-    rows = [(k[0], k[1], k[2], statistics.median(v), min(v), max(v)) for k, v in rates.items()]
+    rows = []
+    for k, v in rates.items():
+        r = [x[0] for x in v]
+        hs, cpu = sum(x[1] for x in v), sum(x[2] for x in v)
+        rows.append((*k, statistics.median(r), min(r), max(r), 1e6 * cpu / hs if hs else 0))
     print(f"kmsd TLS 1.3 full handshakes (openssl s_time -new), {RUNS} runs x {SECONDS} s, "
-          f"median (min-max)")
-    print(f"{'key':10} {'where':9} {'clients':>7} {'handshakes/s':>13} {'min-max':>13}")
-    med = {}
-    for kind, where, clients, m, lo, hi in rows:
+          f"median (min-max); kmsd CPU per handshake over all runs (HSM included: SoftHSMv2 "
+          f"runs in kmsd's process)")
+    print(f"{'key':10} {'where':9} {'clients':>7} {'handshakes/s':>13} {'min-max':>13} "
+          f"{'kmsd CPU us/handshake':>22}")
+    med, cpu = {}, {}
+    for kind, where, clients, m, lo, hi, us in rows:
         med[(kind, where, clients)] = m
-        print(f"{kind:10} {where:9} {clients:7} {m:13.0f} {f'{lo:.0f}-{hi:.0f}':>13}")
+        cpu[(kind, where, clients)] = us
+        print(f"{kind:10} {where:9} {clients:7} {m:13.0f} {f'{lo:.0f}-{hi:.0f}':>13} {us:22.0f}")
     for kind in ("ec-p256", "rsa-3072"):
         for clients in (1, 4):
             f, h = med[(kind, "key file", clients)], med[(kind, "HSM key", clients)]
-            if f > 0:
-                print(f"{kind} HSM key / key file, {clients} client(s): {h / f:.2f}")
+            cf, ch = cpu[(kind, "key file", clients)], cpu[(kind, "HSM key", clients)]
+            if f > 0 and cf > 0:
+                print(f"{kind} HSM key / key file, {clients} client(s): handshakes/s "
+                      f"{h / f:.2f}, kmsd CPU per handshake {ch / cf:.2f}")
 
 
 if __name__ == "__main__":
