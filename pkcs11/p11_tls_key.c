@@ -4,12 +4,12 @@
  */
 #include "p11_tls_key.h"
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
 #include <p11-kit/uri.h>
 
 #include "kms_log.h"
@@ -31,7 +31,12 @@ struct p11_tls_key {
     uint8_t id[ID_MAX];
     size_t id_len;    /* 0: not part of the search */
     bool has_label, has_id;
-    _Atomic CK_OBJECT_HANDLE handle; /* CK_INVALID_HANDLE: find before use */
+    /* The private key's handle lives in the token's handle cache under
+     * this derived id (a hash of label and id, so it names no object of
+     * ours), because that cache is what the pool clears whenever handles
+     * may have gone stale: a broken session, a module re-initialisation,
+     * after which an old handle number may name another object. */
+    uint8_t cache_id[P11_KEY_ID_LEN];
 };
 
 /* ---- finding the key ------------------------------------------------------- */
@@ -166,6 +171,20 @@ static kms_err parse_uri(const char *text, struct p11_tls_key *k, P11KitUri **ou
                    fail);
     KMS_ENSURE_GOTO(k->has_label || k->has_id, fail, KMS_ERR_CONFIG,
                     "tls.key_uri '%s': names no object (add object=<label> or id=<bytes>)", text);
+    /* SHA-256("custos:tls-key" || len || label || len || id), truncated. */
+    uint8_t md[32], lens[2] = {(uint8_t)k->label_len, (uint8_t)k->id_len};
+    static const char tag[] = "custos:tls-key";
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(ctx, tag, sizeof(tag)) == 1 &&
+              EVP_DigestUpdate(ctx, &lens[0], 1) == 1 &&
+              EVP_DigestUpdate(ctx, k->label, k->label_len) == 1 &&
+              EVP_DigestUpdate(ctx, &lens[1], 1) == 1 &&
+              EVP_DigestUpdate(ctx, k->id, k->id_len) == 1 &&
+              EVP_DigestFinal_ex(ctx, md, NULL) == 1;
+    EVP_MD_CTX_free(ctx);
+    KMS_ENSURE_GOTO(ok, fail, KMS_ERR_INTERNAL, "SHA-256 failed");
+    memcpy(k->cache_id, md, sizeof(k->cache_id));
     *out = uri;
     return KMS_OK;
 fail:
@@ -179,7 +198,6 @@ kms_err p11_tls_key_open(struct p11_token *const *tokens, size_t n, const char *
     *out = NULL;
     struct p11_tls_key *k = calloc(1, sizeof(*k));
     KMS_ENSURE(k != NULL, KMS_ERR_NOMEM, "out of memory");
-    atomic_init(&k->handle, CK_INVALID_HANDLE);
     P11KitUri *uri = NULL;
     kms_err rc;
     KMS_GUARD_GOTO(parse_uri(text, k, &uri), fail);
@@ -222,7 +240,7 @@ kms_err p11_tls_key_open(struct p11_token *const *tokens, size_t n, const char *
         rc = kms_err_set(KMS_ERR_CONFIG, "tls.key_uri '%s': %s", text, kms_err_detail());
     if (rc != KMS_OK)
         goto fail;
-    atomic_store(&k->handle, h);
+    p11_cache_put(&k->tok->cache, k->cache_id, CKO_PRIVATE_KEY, P11_TYPE_ANY, h);
     p11_kit_uri_free(uri);
     *out = k;
     return KMS_OK;
@@ -326,14 +344,14 @@ static kms_err do_sign(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct sign_arg *a = varg;
     struct p11_tls_key *k = a->key;
-    CK_OBJECT_HANDLE h = atomic_load(&k->handle);
-    if (h == CK_INVALID_HANDLE) {
+    CK_OBJECT_HANDLE h;
+    if (!p11_cache_get(&tok->cache, k->cache_id, CKO_PRIVATE_KEY, P11_TYPE_ANY, &h)) {
         struct find_arg fa = {.key = k};
         KMS_GUARD(do_find(tok, s, &fa));
         KMS_ENSURE(fa.count == 1, KMS_ERR_HSM, "TLS key: token '%s' now holds %lu matching keys",
                    tok->label, (unsigned long)fa.count);
         h = fa.first;
-        atomic_store(&k->handle, h);
+        p11_cache_put(&tok->cache, k->cache_id, CKO_PRIVATE_KEY, P11_TYPE_ANY, h);
     }
     CK_RV rv = P11_TIMED(tok, "C_SignInit", p11_mech_name(a->mech.mechanism),
                          tok->fl->C_SignInit(s, &a->mech, h));
@@ -343,7 +361,7 @@ static kms_err do_sign(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     /* A stale handle (after a module re-initialisation): find it again on
      * the retry p11_with_session makes for KMS_ERR_HSM_SESSION. */
     if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID)
-        atomic_store(&k->handle, CK_INVALID_HANDLE);
+        p11_cache_forget(&tok->cache, k->cache_id);
     return p11_rv_err(rv, "C_Sign", tok->label);
 }
 

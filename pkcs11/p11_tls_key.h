@@ -8,9 +8,10 @@
  * = CKA_LABEL, id = CKA_ID) the private key. The PIN is the token's own
  * (its "pin" setting): a URI carrying pin-value or pin-source is refused.
  * The key is not one of Custos's tenant keys (it has no 16-byte Custos id
- * and no "custos:key:" label), so nothing here goes through the key handle
- * cache; the private key's handle is found once and found again when the
- * token says it is stale.
+ * and no "custos:key:" label): it is found by C_FindObjects on its label
+ * and id, once; its handle is then kept in the token's handle cache under
+ * a derived id, so it is found again whenever the pool drops cached
+ * handles (a lost session, a module re-initialisation).
  *
  * Signing takes what a TLS library hands its external keys: ECDSA over a
  * digest (the token returns r||s, the caller gets DER), RSASSA-PSS over a

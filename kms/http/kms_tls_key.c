@@ -86,11 +86,18 @@ static int key_sign_hash(gnutls_privkey_t pk, gnutls_sign_algorithm_t algo, void
     enum p11_tls_hash h;
     if (algo == GNUTLS_SIGN_RSA_RAW) {
         /* PKCS#1 v1.5: a DigestInfo (19-byte header + digest); which hash
-         * it holds is told by its length and checked in p11_tls_key_sign. */
+         * it holds is told by its length and checked in p11_tls_key_sign.
+         * Anything else (TLS 1.0/1.1's MD5+SHA-1) is refused quietly: a
+         * client choosing an old protocol is not an HSM problem. */
         sig = P11_TLS_SIG_RSA_PKCS1;
-        h = hash->size == 19 + 32   ? P11_TLS_SHA256
-            : hash->size == 19 + 48 ? P11_TLS_SHA384
-                                    : P11_TLS_SHA512;
+        if (hash->size == 19 + 32)
+            h = P11_TLS_SHA256;
+        else if (hash->size == 19 + 48)
+            h = P11_TLS_SHA384;
+        else if (hash->size == 19 + 64)
+            h = P11_TLS_SHA512;
+        else
+            return GNUTLS_E_UNSUPPORTED_SIGNATURE_ALGORITHM;
     } else {
         gnutls_pk_algorithm_t spk = gnutls_sign_get_pk_algorithm(algo);
         if (!key_can(k, algo) || !sig_hash(gnutls_sign_get_hash_algorithm(algo), &h))

@@ -2,7 +2,8 @@
  * test_p11_tls_key.c - kmsd's TLS key in a token: found by RFC 7512 URI
  * among the open tokens; ECDSA signatures come out as DER that OpenSSL
  * parses and the token verifies; RSA-PSS and PKCS#1 v1.5 signatures verify
- * in the token; inputs that are not a digest (or DigestInfo) of the named
+ * in the token; a key replaced under the same label is found again (stale
+ * handle), as after the pool drops its cached handles; inputs that are not a digest (or DigestInfo) of the named
  * hash, and algorithms the key cannot make, are refused; URIs that name no
  * key, two keys, a public key, or carry a PIN are refused without echoing
  * the PIN.
@@ -101,15 +102,30 @@ static void teardown(void)
 
 struct verify_arg {
     CK_MECHANISM mech;
-    CK_OBJECT_HANDLE pub;
+    const struct gen_arg *key;
     const uint8_t *data, *sig;
     size_t data_len, sig_len;
 };
 
+/* Verify with the public half, found by label and id in this session:
+ * handles do not outlive the pool's sessions (SoftHSMv2 renumbers them
+ * when a slot's last session closes, as after a replaced session). */
 static kms_err do_verify(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct verify_arg *a = varg;
-    CK_RV rv = tok->fl->C_VerifyInit(s, &a->mech, a->pub);
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_ATTRIBUTE t[3] = {{CKA_CLASS, &cls, sizeof(cls)},
+                         {CKA_LABEL, (void *)a->key->label, strlen(a->key->label)},
+                         {CKA_ID, (void *)a->key->id, sizeof(a->key->id)}};
+    CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+    if (tok->fl->C_FindObjectsInit(s, t, 3) == CKR_OK) {
+        tok->fl->C_FindObjects(s, &pub, 1, &n);
+        tok->fl->C_FindObjectsFinal(s);
+    }
+    if (n != 1)
+        return kms_err_set(KMS_ERR_NOT_FOUND, "public key not found");
+    CK_RV rv = tok->fl->C_VerifyInit(s, &a->mech, pub);
     if (rv == CKR_OK)
         rv = tok->fl->C_Verify(s, (CK_BYTE_PTR)a->data, a->data_len, (CK_BYTE_PTR)a->sig,
                                a->sig_len);
@@ -162,8 +178,30 @@ START_TEST(ecdsa_der_verifies)
         ck_assert_int_eq(BN_bn2binpad(ECDSA_SIG_get0_r(es), rs, 32), 32);
         ck_assert_int_eq(BN_bn2binpad(ECDSA_SIG_get0_s(es), rs + 32, 32), 32);
         ECDSA_SIG_free(es);
-        struct verify_arg v = {{CKM_ECDSA, NULL, 0}, g.pub, d, rs, 32, 64};
+        struct verify_arg v = {{CKM_ECDSA, NULL, 0}, &g, d, rs, 32, 64};
         ck_assert_int_eq(p11_with_session(env.eu, do_verify, &v), KMS_OK);
+    }
+    /* The pair replaced under the same label and id (the old handle now
+     * names nothing): the stale handle is dropped, the new key found and
+     * used, its signature verifying under the new public key. */
+    p11_with_session(env.eu, do_destroy, NULL);
+    struct gen_arg g2 = gen(env.eu, false, 1);
+    for (int i = 0; i < 2; i++) {
+        uint8_t d[32] = {(uint8_t)i}, sig[P11_TLS_SIG_MAX], rs[64];
+        size_t n = sizeof(sig);
+        ck_assert_msg(p11_tls_key_sign(k, P11_TLS_SIG_ECDSA, P11_TLS_SHA256, d, 32, sig, &n) ==
+                          KMS_OK,
+                      "%s", kms_err_detail());
+        const uint8_t *p = sig;
+        ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)n);
+        ck_assert_ptr_nonnull(es);
+        BN_bn2binpad(ECDSA_SIG_get0_r(es), rs, 32);
+        BN_bn2binpad(ECDSA_SIG_get0_s(es), rs + 32, 32);
+        ECDSA_SIG_free(es);
+        struct verify_arg v = {{CKM_ECDSA, NULL, 0}, &g2, d, rs, 32, 64};
+        ck_assert_msg(p11_with_session(env.eu, do_verify, &v) == KMS_OK, "round %d", i);
+        /* Second round: after the pool dropped every cached handle. */
+        p11_cache_clear(&env.eu->cache);
     }
     /* SHA-384 digests are signed too (TLS 1.2 may ask for them). */
     uint8_t d48[48] = {1}, sig[P11_TLS_SIG_MAX];
@@ -197,7 +235,7 @@ START_TEST(rsa_pss_and_pkcs1_verify)
                      KMS_OK);
     ck_assert_uint_eq(n, 256);
     CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
-    struct verify_arg v = {{CKM_RSA_PKCS_PSS, &pss, sizeof(pss)}, g.pub, d, sig, 32, n};
+    struct verify_arg v = {{CKM_RSA_PKCS_PSS, &pss, sizeof(pss)}, &g, d, sig, 32, n};
     ck_assert_int_eq(p11_with_session(env.us, do_verify, &v), KMS_OK);
 
     uint8_t di[51] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
@@ -206,7 +244,7 @@ START_TEST(rsa_pss_and_pkcs1_verify)
     n = sizeof(sig);
     ck_assert_int_eq(p11_tls_key_sign(k, P11_TLS_SIG_RSA_PKCS1, P11_TLS_SHA256, di, 51, sig, &n),
                      KMS_OK);
-    struct verify_arg v1 = {{CKM_RSA_PKCS, NULL, 0}, g.pub, di, sig, 51, n};
+    struct verify_arg v1 = {{CKM_RSA_PKCS, NULL, 0}, &g, di, sig, 51, n};
     ck_assert_int_eq(p11_with_session(env.us, do_verify, &v1), KMS_OK);
 
     /* A DigestInfo of another hash (SHA-1's OID), or one of the right
