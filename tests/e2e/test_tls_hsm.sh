@@ -5,7 +5,8 @@
 # curl --cacert and openssl s_client complete TLS 1.3 and TLS 1.2
 # handshakes (RSA: PSS, and PKCS#1 v1.5 when the client offers only that;
 # SHA-1 only is refused) and a Twirp call answers; a burst of concurrent
-# handshakes all succeed. Under strace, no file kmsd opens holds a private
+# handshakes all succeed; with mutual TLS a client certificate still
+# authenticates and its absence is refused. Under strace, no file kmsd opens holds a private
 # key (and the same scan does find the key file of a file-key kmsd). kmsd
 # refuses to start, naming the cause, when the certificate does not match
 # the key (another key, another key type), when the URI names no object,
@@ -194,6 +195,29 @@ if handshake_ok -tls1_2 RSA -sigalgs RSA+SHA1; then
     flunk "rsa: a client offering only SHA-1 signatures is refused" "$W/s_client"
 else pass "rsa: a client offering only SHA-1 signatures is refused"; fi
 e2e_stop && pass "rsa: kmsd stops cleanly" || flunk "rsa: kmsd stops cleanly" "$E2E_DIR/kmsd.log"
+
+# ---- mutual TLS with the key in the HSM ------------------------------------------
+# The server still asks for and verifies client certificates: a client
+# certificate of demo-admin (signed by the test CA) authenticates, none is
+# refused.
+q req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/O=Custos Dev/CN=demo-admin" \
+    -keyout "$pki/admin.key" -out "$pki/admin.csr"
+printf 'extendedKeyUsage=clientAuth\n' >"$pki/admin.ext"
+q x509 -req -in "$pki/admin.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 2 -extfile "$pki/admin.ext" -out "$pki/admin.pem"
+cfg mtls "{\"cert\": \"pki/hsm-ec.pem\", \"key_uri\": \"$ec_uri\", \"client_ca\": \"pki/ca.pem\", \"require_client_cert\": true}"
+e2e_start "$E2E_DIR/kmsd-mtls.json"
+mcall() { # extra curl arguments...
+    printf '{}' | curl -sS -o "$W/body" -w '%{http_code}' --cacert "$pki/ca.pem" "$@" -X POST \
+        -H 'Content-Type: application/json' --data-binary @- \
+        "$URL/twirp/custos.v1.KeyService/ListKeys" || true
+}
+status=$(mcall --cert "$pki/admin.pem" --key "$pki/admin.key")
+check "mtls: a client certificate authenticates over the HSM-keyed TLS (got $status)" \
+    test "$status" = 200
+status=$(mcall)
+check "mtls: no client certificate is refused with 401 (got $status)" test "$status" = 401
+e2e_stop && pass "mtls: kmsd stops cleanly" || flunk "mtls: kmsd stops cleanly" "$E2E_DIR/kmsd.log"
 
 # ---- refusals at start --------------------------------------------------------
 # refuses NAME TLS-JSON MESSAGE: kmsd exits non-zero and its log says MESSAGE.
