@@ -21,6 +21,7 @@
 
 #include "kms_config.h"
 #include "kms_log.h"
+#include "kms_metrics.h"
 #include "p11_tls_key.h"
 
 /* Longest certificate chain accepted in tls.cert. */
@@ -32,6 +33,8 @@ struct kms_tls_key {
     unsigned n_pcerts;
     gnutls_privkey_t privkey;
     char uri[P11_TLS_URI_MAX + 1];
+    _Atomic uint64_t last_warn_ns; /* monotonic; 0: never warned */
+    atomic_ulong failures;         /* signatures failed since the last warning */
 };
 
 /* The open key (see the header: MHD's callback has no context). */
@@ -113,9 +116,20 @@ static int key_sign_hash(gnutls_privkey_t pk, gnutls_sign_algorithm_t algo, void
     size_t n = sizeof(out);
     kms_err rc = p11_tls_key_sign(k->p11, sig, h, hash->data, hash->size, out, &n);
     if (rc != KMS_OK) {
-        kms_log_warn("http", "TLS handshake: the key %s did not sign (%s): %s", k->uri,
-                     gnutls_sign_get_name(algo) ? gnutls_sign_get_name(algo) : "?",
-                     kms_err_detail());
+        /* One line per 10 s at most: while the token is away every client
+         * retry fails here, and the token's own state is logged by pkcs11/. */
+        uint64_t now = kms_metrics_now_ns();
+        uint64_t last = atomic_load(&k->last_warn_ns);
+        unsigned long missed = atomic_fetch_add(&k->failures, 1) + 1;
+        if ((last == 0 || now - last >= 10ull * 1000000000u) &&
+            atomic_compare_exchange_strong(&k->last_warn_ns, &last, now)) {
+            atomic_store(&k->failures, 0);
+            kms_log_warn("http",
+                         "TLS handshake: the key %s did not sign (%s): %s (%lu failed since the "
+                         "last such line)",
+                         k->uri, gnutls_sign_get_name(algo) ? gnutls_sign_get_name(algo) : "?",
+                         kms_err_detail(), missed);
+        }
         return GNUTLS_E_PK_SIGN_FAILED;
     }
     signature->data = gnutls_malloc(n);

@@ -6,7 +6,10 @@
 # handshakes (RSA: PSS, and PKCS#1 v1.5 when the client offers only that;
 # SHA-1 only is refused) and a Twirp call answers; a burst of concurrent
 # handshakes all succeed; with mutual TLS a client certificate still
-# authenticates and its absence is refused. Under strace, no file kmsd opens holds a private
+# authenticates and its absence is refused. Through the fault-injecting
+# PKCS#11 shim: a token reset during a handshake is survived (the key is
+# found again), failing signatures fail only those handshakes (one log
+# line). Under strace, no file kmsd opens holds a private
 # key (and the same scan does find the key file of a file-key kmsd). kmsd
 # refuses to start, naming the cause, when the certificate does not match
 # the key (another key, another key type), when the URI names no object,
@@ -218,6 +221,51 @@ check "mtls: a client certificate authenticates over the HSM-keyed TLS (got $sta
 status=$(mcall)
 check "mtls: no client certificate is refused with 401 (got $status)" test "$status" = 401
 e2e_stop && pass "mtls: kmsd stops cleanly" || flunk "mtls: kmsd stops cleanly" "$E2E_DIR/kmsd.log"
+
+# ---- HSM faults during handshakes (tests/p11fault) -----------------------------
+# A token reset (every session closed, logged out; SoftHSMv2 then numbers
+# its objects anew) before a handshake's C_SignInit: kmsd replaces the
+# session, finds the key again and the handshake completes. Then three
+# failing C_Sign calls: those handshakes fail, kmsd stays up, says so in
+# one log line (not one per handshake), and the next handshake succeeds.
+shim="$BUILD_DIR/lib/p11_fault.so"
+export CUSTOS_P11FAULT_CONTROL="$W/fault.ctl"
+export CUSTOS_P11FAULT_MODULE=/usr/lib/softhsm/libsofthsm2.so
+: >"$CUSTOS_P11FAULT_CONTROL"
+/usr/bin/python3 - "$E2E_DIR" "$shim" "$ec_uri" <<'PY'
+import json, sys
+d, shim, uri = sys.argv[1:]
+c = json.load(open(f"{d}/kmsd.json"))
+c["pkcs11"]["module"] = shim
+c["tls"] = {"cert": "pki/hsm-ec.pem", "key_uri": uri}
+# No signed head while faults are armed: only handshakes call C_Sign here.
+c["audit"]["head_every_ms"] = 3600000
+c["audit"]["head_every_events"] = 1000000
+json.dump(c, open(f"{d}/kmsd-faults.json", "w"), indent=2)
+PY
+e2e_start "$E2E_DIR/kmsd-faults.json"
+livez() { curl -sS -o /dev/null -w '%{http_code}' --cacert "$pki/ca.pem" "$URL/livez" 2>/dev/null || true; }
+check "faults: a handshake through the fault shim, no fault armed ($(livez))" test "$(livez)" = 200
+echo 'C_SignInit CKR_SESSION_HANDLE_INVALID close_all count=1' >"$CUSTOS_P11FAULT_CONTROL"
+sleep 0.3 # the shim re-reads its control file at most every FAULT_CHECK_MS
+code=$(livez)
+check "faults: after a token reset mid-handshake the key is found again and the handshake completes ($code)" \
+    test "$code" = 200
+check "faults: ... and the reset was really injected (kmsd replaced the session)" \
+    grep -q 'session lost' "$E2E_DIR/kmsd.log"
+warned=$(grep -c 'did not sign' "$E2E_DIR/kmsd.log" || true)
+echo 'C_Sign CKR_DEVICE_ERROR count=3' >"$CUSTOS_P11FAULT_CONTROL"
+sleep 0.3
+codes="$(livez) $(livez) $(livez)"
+check "faults: three handshakes whose C_Sign fails get no connection (got $codes)" \
+    test "$codes" = "000 000 000"
+check "faults: kmsd stays up and the next handshake succeeds" test "$(livez)" = 200
+check "faults: one warning for the three failures, not one per handshake" \
+    test "$(grep -c 'did not sign' "$E2E_DIR/kmsd.log")" = $((warned + 1))
+: >"$CUSTOS_P11FAULT_CONTROL"
+sleep 0.3
+e2e_stop && pass "faults: kmsd stops cleanly" || flunk "faults: kmsd stops cleanly" "$E2E_DIR/kmsd.log"
+unset CUSTOS_P11FAULT_CONTROL CUSTOS_P11FAULT_MODULE
 
 # ---- refusals at start --------------------------------------------------------
 # refuses NAME TLS-JSON MESSAGE: kmsd exits non-zero and its log says MESSAGE.
