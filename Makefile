@@ -292,6 +292,7 @@ install: $(BINS)
 	install -m 0644 deploy/examples/production/kmsd.json deploy/examples/production/policy.json \
 	    $(DESTDIR)$(DATADIR)/examples/
 	install -m 0755 deploy/dev-hsm.sh $(DESTDIR)$(DATADIR)/
+	install -m 0755 deploy/tls-hsm-key.py $(DESTDIR)$(DATADIR)/
 	install -m 0644 docs/operations.md docs/configuration.md $(DESTDIR)$(DOCDIR)/
 
 clean:

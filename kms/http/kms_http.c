@@ -37,6 +37,7 @@
 #include "kms_pjson.h"
 #include "kms_restore.h"
 #include "kms_secret.h"
+#include "kms_tls_key.h"
 #include "kms_twirp.h"
 #include "pol_doc.h"
 
@@ -45,6 +46,7 @@ struct kms_http {
     struct kms_service *svc;
     const struct kms_config *cfg;
     char *tls_cert, *tls_key, *tls_ca; /* PEM text; MHD keeps pointers */
+    struct kms_tls_key *tls_hsm_key;   /* tls.key_uri: the key is in a token */
     struct kms_health *health;
     atomic_uint inflight;  /* requests between their headers and completion */
     atomic_bool draining;  /* SIGTERM: no new connections, replies close theirs */
@@ -845,11 +847,20 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
         KMS_ENSURE_GOTO(MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES, fail, KMS_ERR_CONFIG,
                         "this libmicrohttpd has no TLS support");
         h->tls_cert = read_pem(cfg->tls_cert);
-        h->tls_key = read_pem(cfg->tls_key);
-        KMS_ENSURE_GOTO(h->tls_cert && h->tls_key, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
+        KMS_ENSURE_GOTO(h->tls_cert, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
         flags |= MHD_USE_TLS;
-        opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
-        opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+        if (cfg->tls_key_uri) {
+            KMS_GUARD_GOTO(kms_tls_key_open(h->svc, h->tls_cert, cfg->tls_key_uri,
+                                            &h->tls_hsm_key),
+                           fail);
+            opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
+                                                 (void *)kms_tls_key_retrieve};
+        } else {
+            h->tls_key = read_pem(cfg->tls_key);
+            KMS_ENSURE_GOTO(h->tls_key, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
+            opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
+            opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+        }
         if (cfg->tls_client_ca) {
             h->tls_ca = read_pem(cfg->tls_client_ca);
             KMS_ENSURE_GOTO(h->tls_ca, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
@@ -920,6 +931,7 @@ void kms_http_stop(struct kms_http *h)
         OPENSSL_cleanse(h->tls_key, strlen(h->tls_key));
         free(h->tls_key);
     }
+    kms_tls_key_free(h->tls_hsm_key); /* after MHD_stop_daemon: no handshake is running */
     free(h->tls_cert);
     free(h->tls_ca);
     kms_health_free(h->health);

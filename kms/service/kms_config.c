@@ -123,11 +123,18 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 
     json_t *tls = json_object_get(root, "tls");
     if (tls) {
-        static const char *const k[] = {"cert", "key", "client_ca", "require_client_cert", NULL};
+        static const char *const k[] = {"cert", "key", "key_uri", "client_ca",
+                                        "require_client_cert", NULL};
         KMS_ENSURE(json_is_object(tls), KMS_ERR_CONFIG, "tls: must be an object");
         KMS_GUARD(check_keys(tls, "tls", k));
         KMS_GUARD(get_str(tls, "cert", "tls", true, dir, true, &c->tls_cert));
-        KMS_GUARD(get_str(tls, "key", "tls", true, dir, true, &c->tls_key));
+        KMS_GUARD(get_str(tls, "key", "tls", false, dir, true, &c->tls_key));
+        /* The private key is a file or a key in a token, never both. */
+        KMS_GUARD(get_str(tls, "key_uri", "tls", false, dir, false, &c->tls_key_uri));
+        KMS_ENSURE((c->tls_key != NULL) != (c->tls_key_uri != NULL), KMS_ERR_CONFIG,
+                   "tls: needs exactly one of key (a PEM file) and key_uri (a pkcs11: URI)");
+        KMS_ENSURE(c->tls_key_uri == NULL || strncmp(c->tls_key_uri, "pkcs11:", 7) == 0,
+                   KMS_ERR_CONFIG, "tls.key_uri: must be a pkcs11: URI (RFC 7512)");
         KMS_GUARD(get_str(tls, "client_ca", "tls", false, dir, true, &c->tls_client_ca));
         c->tls_require_client_cert = c->tls_client_ca != NULL;
         KMS_GUARD(get_bool(tls, "require_client_cert", "tls", &c->tls_require_client_cert));
@@ -426,6 +433,7 @@ void kms_config_free(struct kms_config *c)
     free(c->listen_address);
     free(c->tls_cert);
     free(c->tls_key);
+    free(c->tls_key_uri);
     free(c->tls_client_ca);
     free(c->pkcs11_module);
     for (size_t i = 0; i < c->n_tokens; i++) {

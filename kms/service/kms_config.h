@@ -32,7 +32,8 @@ struct kms_config {
     unsigned listen_port;
 
     char *tls_cert;      /* PEM; TLS is on when set */
-    char *tls_key;
+    char *tls_key;       /* PEM file; or, instead: */
+    char *tls_key_uri;   /* pkcs11: URI of a private key in a configured token (kms_tls_key.h) */
     char *tls_client_ca; /* PEM; client certificates are verified against it */
     bool tls_require_client_cert;
 

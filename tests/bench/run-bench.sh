@@ -5,6 +5,8 @@
 #      with the audit log on, Encrypt with it off, latency at half of peak
 # The table goes to stdout and to $BUILD/bench/results-<time>.txt.
 # BENCH_QUICK=1 makes a few-second smoke run (used by make check).
+# Between 1 and 2: TLS handshakes/s of kmsd with its key in the HSM (tls.key_uri)
+# against kmsd with a key file (bench_tls.py).
 set -eu
 BUILD=${BUILD:-build}
 top=$(pwd)
@@ -24,6 +26,8 @@ out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
     "$BUILD/bench/bench_p11" "$secs" "$runs" | tee "$work/p11.txt"
     raw1=$(awk '$1 == "raw" && $2 == 1 {print $3}' "$work/p11.txt")
     raw2=$(awk '$1 == "raw" && $2 == 2 {print $3}' "$work/p11.txt")
+    echo
+    /usr/bin/python3 tests/bench/bench_tls.py "$work" "$top/$BUILD" $quick
     echo
     /usr/bin/python3 tests/bench/bench_http.py "$work" "$top/$BUILD" "$raw1" "$raw2" $quick
 } | tee "$out"

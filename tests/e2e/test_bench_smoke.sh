@@ -9,6 +9,11 @@ echo "$out" | grep -Eq '^raw +2 ' && echo "ok 1 - bench_p11 measured raw PKCS#11
     { echo "$out"; echo "not ok 1 - no raw figure"; exit 1; }
 echo "$out" | grep -q '^Encrypt (audit off)' && echo "ok 2 - kmsd over HTTP measured with audit on and off" ||
     { echo "$out"; echo "not ok 2 - no HTTP figures"; exit 1; }
+echo "$out" | grep -Eq '^ec-p256 +HSM key +1 +[1-9][0-9]* ' &&
+    echo "$out" | grep -Eq '^rsa-3072 +HSM key +1 +[1-9][0-9]* ' &&
+    echo "$out" | grep -Eq '^ec-p256 +key file +1 +[1-9][0-9]* ' &&
+    echo "ok 8 - TLS handshakes/s measured with the key in the HSM and in a file" ||
+    { echo "$out"; echo "not ok 8 - no TLS handshake figures"; exit 1; }
 echo "$out" | grep -q '^bare HTTP + HSM call ' && echo "$out" | grep -q '^Encrypt (audit on, per-connection) ' &&
     echo "ok 5 - the bare HTTP ceiling and the other thread model measured" ||
     { echo "$out"; echo "not ok 5 - no ceiling or thread model figures"; exit 1; }

@@ -86,7 +86,13 @@ START_TEST(refusals_name_the_path)
                  "{\"region\": \"a\", \"token\": \"u\", \"pin\": \"env:P\"}]},"
                  " \"policy\": \"p\", \"store\": \"s\"}",
                  "pkcs11.tokens[1].region: region \"a\" already has a token");
-    expect_error("{" TOKENS ", \"tls\": {\"cert\": \"c\"}}", "tls.key: required");
+    expect_error("{" TOKENS ", \"tls\": {\"cert\": \"c\"}}",
+                 "tls: needs exactly one of key (a PEM file) and key_uri");
+    expect_error("{" TOKENS ", \"tls\": {\"cert\": \"c\", \"key\": \"k\", "
+                 "\"key_uri\": \"pkcs11:object=x\"}}",
+                 "tls: needs exactly one of key (a PEM file) and key_uri");
+    expect_error("{" TOKENS ", \"tls\": {\"cert\": \"c\", \"key_uri\": \"/etc/k.pem\"}}",
+                 "tls.key_uri: must be a pkcs11: URI");
     expect_error("{" TOKENS ", \"tls\": {\"cert\": \"c\", \"key\": \"k\", \"require_client_cert\": true}}",
                  "needs tls.client_ca");
     expect_error("{" TOKENS ", \"policy\": \"a\", \"policy\": \"b\"}", "duplicate");
@@ -112,6 +118,15 @@ START_TEST(dev_mode_and_tls)
     ck_assert_str_eq(c->tls_cert, "/c.pem");
     /* A client CA implies requiring client certificates unless said otherwise. */
     ck_assert(c->tls_require_client_cert);
+    kms_config_free(c);
+    /* The private key in a token: the URI is kept as written (not a path). */
+    ck_assert_int_eq(load("{" TOKENS ", \"listen\": {\"address\": \"0.0.0.0\", \"port\": 443},"
+                          " \"tls\": {\"cert\": \"/c.pem\", "
+                          "\"key_uri\": \"pkcs11:token=t;object=kmsd-tls\"}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_str_eq(c->tls_key_uri, "pkcs11:token=t;object=kmsd-tls");
+    ck_assert_ptr_null(c->tls_key);
     kms_config_free(c);
 }
 END_TEST
