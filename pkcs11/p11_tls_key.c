@@ -58,12 +58,12 @@ static kms_err do_find(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         t[n++] = (CK_ATTRIBUTE){CKA_LABEL, k->label, k->label_len};
     if (k->has_id)
         t[n++] = (CK_ATTRIBUTE){CKA_ID, k->id, k->id_len};
-    CK_RV rv = tok->fl->C_FindObjectsInit(s, t, n);
+    CK_RV rv = P11_RV(tok, C_FindObjectsInit, P11_NO_MECH, s, t, n);
     KMS_GUARD(p11_rv_err(rv, "C_FindObjectsInit", tok->label));
     CK_OBJECT_HANDLE hs[2];
     CK_ULONG got = 0;
-    rv = tok->fl->C_FindObjects(s, hs, 2, &got);
-    tok->fl->C_FindObjectsFinal(s);
+    rv = P11_RV(tok, C_FindObjects, P11_NO_MECH, s, hs, 2, &got);
+    (void)P11_RV(tok, C_FindObjectsFinal, P11_NO_MECH, s);
     KMS_GUARD(p11_rv_err(rv, "C_FindObjects", tok->label));
     a->count = got;
     a->first = got > 0 ? hs[0] : CK_INVALID_HANDLE;
@@ -86,14 +86,13 @@ static kms_err do_describe(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
     CK_KEY_TYPE type = 0;
     CK_BBOOL sign = CK_FALSE;
     CK_ATTRIBUTE t[2] = {{CKA_KEY_TYPE, &type, sizeof(type)}, {CKA_SIGN, &sign, sizeof(sign)}};
-    KMS_GUARD(p11_rv_err(tok->fl->C_GetAttributeValue(s, a->h, t, 2), "C_GetAttributeValue",
-                         tok->label));
+    KMS_GUARD(P11_CALL(tok, C_GetAttributeValue, P11_NO_MECH, s, a->h, t, 2));
     KMS_ENSURE(sign == CK_TRUE, KMS_ERR_CONFIG,
                "the key is not allowed to sign (CKA_SIGN is false)");
     if (type == CKK_EC) {
         uint8_t params[64];
         CK_ATTRIBUTE p = {CKA_EC_PARAMS, params, sizeof(params)};
-        CK_RV rv = tok->fl->C_GetAttributeValue(s, a->h, &p, 1);
+        CK_RV rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, a->h, &p, 1);
         KMS_ENSURE(rv == CKR_OK && p.ulValueLen == sizeof(p256_params) &&
                        memcmp(params, p256_params, sizeof(p256_params)) == 0,
                    KMS_ERR_CONFIG, "the key is an EC key on a curve other than P-256");
@@ -106,7 +105,7 @@ static kms_err do_describe(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
     /* CKA_MODULUS is public, and readable on the private half too. */
     uint8_t mod[P11_TLS_SIG_MAX + 1];
     CK_ATTRIBUTE m = {CKA_MODULUS, mod, sizeof(mod)};
-    CK_RV rv = tok->fl->C_GetAttributeValue(s, a->h, &m, 1);
+    CK_RV rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, a->h, &m, 1);
     KMS_ENSURE(rv == CKR_OK, KMS_ERR_CONFIG,
                "the RSA key's modulus cannot be read (%s) or is longer than 8192 bits",
                p11_rv_name(rv));
@@ -210,8 +209,7 @@ kms_err p11_tls_key_open(struct p11_token *const *tokens, size_t n, const char *
         if (tok == NULL)
             continue;
         CK_TOKEN_INFO ti;
-        CK_RV rv = tok->fl->C_GetTokenInfo(tok->slot, &ti);
-        KMS_GUARD_GOTO(p11_rv_err(rv, "C_GetTokenInfo", tok->label), fail);
+        KMS_GUARD_GOTO(P11_CALL(tok, C_GetTokenInfo, P11_NO_MECH, tok->slot, &ti), fail);
         size_t used = strlen(seen);
         snprintf(seen + used, sizeof(seen) - used, "%s%s", used ? ", " : "", tok->label);
         if (p11_kit_uri_match_token_info(uri, &ti) != 1)
@@ -353,11 +351,10 @@ static kms_err do_sign(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         h = fa.first;
         p11_cache_put(&tok->cache, k->cache_id, CKO_PRIVATE_KEY, P11_TYPE_ANY, h);
     }
-    CK_RV rv = P11_TIMED(tok, "C_SignInit", p11_mech_name(a->mech.mechanism),
-                         tok->fl->C_SignInit(s, &a->mech, h));
+    CK_RV rv = P11_RV(tok, C_SignInit, a->mech.mechanism, s, &a->mech, h);
     if (rv == CKR_OK)
-        rv = P11_TIMED(tok, "C_Sign", p11_mech_name(a->mech.mechanism),
-                       tok->fl->C_Sign(s, (CK_BYTE_PTR)a->in, a->in_len, a->out, &a->out_len));
+        rv = P11_RV(tok, C_Sign, a->mech.mechanism, s, (CK_BYTE_PTR)a->in, a->in_len, a->out,
+                    &a->out_len);
     /* A stale handle (after a module re-initialisation): find it again on
      * the retry p11_with_session makes for KMS_ERR_HSM_SESSION. */
     if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID)
