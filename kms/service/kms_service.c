@@ -451,13 +451,15 @@ static kms_err creating_complete(struct kms_service *svc, struct p11_token *tok,
     if (k.spec == KMS_KEY_SPEC_HMAC_256 || k.spec == KMS_KEY_SPEC_METADATA)
         ok = ok && p11_key_info_kind(tok, &id, P11_KEY_HMAC_SHA256, &info) == KMS_OK &&
              !info.extractable;
-    if (k.spec == KMS_KEY_SPEC_EC_P256)
+    if (kms_key_spec_is_pair(k.spec))
         ok = ok && p11_key_info(tok, &id, &info) == KMS_OK && !info.extractable;
     kms_err_clear();
     if (ok && k.escrow_required) {
         struct kms_escrow_record *blobs = NULL;
         size_t n = 0;
-        KMS_GUARD(kms_store_escrow_list(svc->store, c->key_id, &blobs, &n));
+        KMS_GUARD((kms_key_spec_is_pair(k.spec) ? kms_store_escrow_pair_list
+                                                : kms_store_escrow_list)(svc->store, c->key_id,
+                                                                         &blobs, &n));
         bool has = false;
         for (size_t i = 0; i < n; i++)
             has |= blobs[i].version == c->version;

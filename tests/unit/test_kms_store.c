@@ -1054,7 +1054,7 @@ START_TEST(test_bounds)
     REFUSED(k.key_id[0] = 'A');
     REFUSED(k.key_id[31] = '\0');
     REFUSED(k.spec = 0);
-    REFUSED(k.spec = 5);
+    REFUSED(k.spec = KMS_KEY_SPEC_LAST + 1);
     REFUSED(k.usage = 4);
     REFUSED(k.origin = 3);
     REFUSED(k.state = KMS_KEY_ENABLED);
@@ -1517,6 +1517,7 @@ START_TEST(test_migration_1_to_2)
     /* Turn the file back into a schema-1 store. */
     sqlite3 *db = raw_open();
     ck_assert_int_eq(sqlite3_exec(db,
+                                  "DROP TABLE escrow_pairs;"
                                   "DROP TABLE recovery_approvals; DROP TABLE recoveries;"
                                   "DROP TABLE escrow_blobs;"
                                   "DROP TABLE key_check_values; DROP TABLE import_tokens;"
@@ -1538,8 +1539,8 @@ START_TEST(test_migration_1_to_2)
     db = raw_open();
     ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN "
                                  "('import_tokens', 'key_check_values', 'escrow_blobs', "
-                                 "'recoveries', 'recovery_approvals')"),
-                     5);
+                                 "'recoveries', 'recovery_approvals', 'escrow_pairs')"),
+                     6);
     /* Migration 4 on existing rows: counts and periods start at 0. */
     ck_assert_int_eq(raw_int(db, "SELECT encryptions FROM key_versions"), 0);
     ck_assert_int_eq(raw_int(db, "SELECT rotation_period_s FROM keys"), 0);
