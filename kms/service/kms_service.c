@@ -24,6 +24,7 @@
 #include "kms_usage.h"
 #include "kms_restore.h"
 #include "kms_store_epoch.h"
+#include "p11_asym.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 #include "p11_module.h"
@@ -662,6 +663,14 @@ static kms_err reattach_spec(struct p11_token *tok, const uint8_t hsm_id[KMS_HSM
             : aes       ? KMS_KEY_SPEC_AES_256
             : hmac      ? KMS_KEY_SPEC_HMAC_256
                         : KMS_KEY_SPEC_EC_P256;
+    /* A pair: its size tells an RSA signing key from a P-256 one. */
+    struct p11_asym_info ai;
+    if (*spec == KMS_KEY_SPEC_EC_P256 && p11_asym_info(tok, &id, &ai) == KMS_OK)
+        *spec = ai.bits == 2048   ? KMS_KEY_SPEC_RSA_2048
+                : ai.bits == 3072 ? KMS_KEY_SPEC_RSA_3072
+                : ai.bits == 4096 ? KMS_KEY_SPEC_RSA_4096
+                                  : KMS_KEY_SPEC_EC_P256;
+    kms_err_clear();
     *usage = *spec == KMS_KEY_SPEC_AES_256    ? KMS_KEY_USAGE_ENCRYPT_DECRYPT
              : *spec == KMS_KEY_SPEC_METADATA ? KMS_KEY_USAGE_METADATA
                                               : KMS_KEY_USAGE_SIGN_VERIFY;
