@@ -23,20 +23,6 @@ void p11_call_record(int metrics_id, enum p11_fn fn, CK_MECHANISM_TYPE mech, uin
     kms_metrics_hsm(metrics_id, p11_fn_name(fn), p11_mech_name(mech), kms_metrics_now_ns() - t0);
 }
 
-void p11_call_record_named(int metrics_id, const char *fn, const char *mech, uint64_t t0)
-{
-    if (metrics_id < 0)
-        return;
-    /* The canonical strings, so that a series is never split in two by a
-     * literal that another object file holds at another address. */
-    for (size_t i = 0; i < P11_FN_COUNT; i++)
-        if (strcmp(fn_names[i], fn) == 0) {
-            fn = fn_names[i];
-            break;
-        }
-    kms_metrics_hsm(metrics_id, fn, p11_mech_canonical(mech), kms_metrics_now_ns() - t0);
-}
-
 CK_RV p11_rv_auth_failure(const struct p11_token *tok, CK_RV rv)
 {
     if (rv == CKR_GENERAL_ERROR && strncmp(tok->manufacturer, "SoftHSM", 7) == 0)

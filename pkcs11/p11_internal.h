@@ -158,19 +158,6 @@ void p11_call_record(int metrics_id, enum p11_fn fn, CK_MECHANISM_TYPE mech, uin
     p11_rv_err(P11_RV(tok, fn, mech, __VA_ARGS__), #fn, (tok)->label)
 #define P11_MOD_RV(mod, fn, ...) P11_RV_AT_(p11_module_fl(mod), -1, fn, P11_NO_MECH, __VA_ARGS__)
 
-/* Older spelling, kept for code written against it: time `call` (a raw
- * (tok)->fl->C_... expression) under fn and mech, given as strings; they
- * are matched to the tables above, so the series stay the same ones. New
- * code uses P11_RV / P11_CALL. */
-void p11_call_record_named(int metrics_id, const char *fn, const char *mech, uint64_t t0);
-#define P11_TIMED(tok, fn, mech, call)                                                        \
-    ({                                                                                        \
-        uint64_t p11_t0_ = kms_metrics_now_ns();                                              \
-        CK_RV p11_rv_ = (call);                                                               \
-        p11_call_record_named((tok)->metrics_id, (fn), (mech), p11_t0_);                      \
-        p11_rv_;                                                                              \
-    })
-
 /* SoftHSMv2 reports a failed GCM tag check and a failed OAEP or RFC 5649
  * integrity check as CKR_GENERAL_ERROR, where the specification says
  * CKR_ENCRYPTED_DATA_INVALID / CKR_WRAPPED_KEY_INVALID. For that module,

@@ -155,14 +155,6 @@ const char *p11_mech_name(CK_MECHANISM_TYPE m)
     return mech_other;
 }
 
-const char *p11_mech_canonical(const char *name)
-{
-    for (size_t i = 0; i < N_MECH_NAMES; i++)
-        if (strcmp(mech_names[i].name, name) == 0)
-            return mech_names[i].name;
-    return strcmp(name, mech_other) == 0 ? mech_other : name;
-}
-
 bool p11_rv_transient(CK_RV rv)
 {
     return rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED;

@@ -18,10 +18,6 @@ const char *p11_rv_name(CK_RV rv);
  * address on every call (metrics compare it by address). */
 const char *p11_mech_name(CK_MECHANISM_TYPE m);
 
-/* The static string p11_mech_name returns for this name; name itself when
- * the table does not know it. */
-const char *p11_mech_canonical(const char *name);
-
 /* A failure that says nothing about the request and is worth one more try
  * of an object creation: SoftHSMv2's file store now and then fails one of
  * two concurrent token object creations with CKR_GENERAL_ERROR
