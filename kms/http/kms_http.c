@@ -63,7 +63,7 @@ struct answer {
 
 struct req_state {
     struct kms_call call;
-    kms_rpc_fn fn;
+    const struct kms_route *route;
     const char *method;
     uint8_t *body;
     size_t len, cap;
@@ -519,7 +519,7 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
     struct kms_httpreq req;
     kms_err_clear();
     kms_err rc = kms_httpreq_check_head(&head, &req);
-    st->fn = req.fn;
+    st->route = req.route;
     st->method = req.method;
     st->op = kms_metrics_op(st->method);
     memcpy(st->correlation_id, req.correlation_id, sizeof(st->correlation_id));
@@ -584,14 +584,15 @@ static bool framing_refused(struct MHD_Connection *c, struct req_state *st, cons
     snprintf(msg, sizeof(msg), "%s", kms_err_detail());
     st->close = true;
     const char *name = NULL;
-    kms_rpc_fn fn = strcmp(method, "POST") == 0 ? kms_twirp_route(url, &name) : NULL;
-    if (fn == NULL) {
+    const struct kms_route *route =
+        strcmp(method, "POST") == 0 ? kms_twirp_route(url, &name) : NULL;
+    if (route == NULL) {
         *out = send_error(c, st, rc, msg);
         return true;
     }
     /* A route: the refusal is an audit event, without the correlation id
      * (the headers are what is in doubt). */
-    st->fn = fn;
+    st->route = route;
     st->method = name;
     st->op = kms_metrics_op(name);
     *out = refuse(c, st, rc, msg);
@@ -685,7 +686,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
                          "only decrypt and read operations are served until an operator "
                          "reconciles (docs/operations.md)");
     else
-        rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
+        rc = kms_twirp_dispatch(st->route, &st->call, st->body, st->len, reply);
     if (rc == KMS_OK && st->json && json_reply(st, reply) != KMS_OK) {
         /* The handler has committed its change (a new key version, a
          * created key): the event says so, or a restore would not see it,

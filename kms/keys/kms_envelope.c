@@ -4,7 +4,8 @@
  * this file builds the public blob around it (kms_blob.h).
  *
  * Plaintext and data keys pass through here only in buffers that are wiped
- * before they are freed; the request message that carried them is wiped too.
+ * before they are freed; the request message that carried them is the
+ * front's, which wipes it when it frees it (kms_call.h).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -12,10 +13,11 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "kms_envelope.h"
+
 #include "kms_blob.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
-#include "kms_rpc.h"
 #include "kms_store.h"
 #include "kms_usage.h"
 #include "p11_crypto.h"
@@ -41,18 +43,6 @@ static kms_err encode_context(size_t n, void *const *entries, uint8_t *out, size
         pairs[i].value = e->value;
     }
     return kms_ctx_encode(pairs, n, out, out_len);
-}
-
-static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r, bool secret)
-{
-    r->secret = secret;
-    return kms_rpc_pack(m, r);
-}
-
-static void wipe_bytes(ProtobufCBinaryData *b)
-{
-    if (b->data)
-        OPENSSL_cleanse(b->data, b->len);
 }
 
 static kms_err key_token(struct kms_call *call, const struct kms_key_record *k,
@@ -241,13 +231,9 @@ static void free_secret(uint8_t *p, size_t len)
 
 /* ---- Encrypt / Decrypt ---------------------------------------------------- */
 
-kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
-                        struct kms_reply *reply)
+kms_err kms_rpc_encrypt(struct kms_call *call, const ProtobufCMessage *msg, struct kms_reply *reply)
 {
-    Custos__V1__EncryptRequest *req =
-        kms_pbuf_unpack(&custos__v1__encrypt_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("EncryptRequest");
+    const Custos__V1__EncryptRequest *req = (const void *)msg;
     uint8_t *blob = NULL;
     size_t blob_len = 0;
     uint32_t version = 0;
@@ -263,11 +249,9 @@ kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
         resp.ciphertext.len = blob_len;
         resp.key_id = k.key_id;
         resp.key_version = version;
-        rc = pack(&resp.base, reply, false);
+        rc = kms_rpc_pack(&resp.base, reply);
     }
     free(blob);
-    wipe_bytes(&req->plaintext);
-    custos__v1__encrypt_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -303,36 +287,28 @@ static kms_err open_and_reply(struct kms_call *call, enum pol_op op,
         resp.plaintext.len = pt_len;
         resp.key_id = o.key.key_id;
         resp.key_version = version;
-        rc = pack(&resp.base, reply, true);
+        rc = kms_rpc_pack_secret(&resp.base, reply);
     }
     free_secret(pt, pt_len);
     return rc;
 }
 
-kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
-                        struct kms_reply *reply)
+kms_err kms_rpc_decrypt(struct kms_call *call, const ProtobufCMessage *msg, struct kms_reply *reply)
 {
-    Custos__V1__DecryptRequest *req =
-        kms_pbuf_unpack(&custos__v1__decrypt_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DecryptRequest");
+    const Custos__V1__DecryptRequest *req = (const void *)msg;
     kms_err rc = open_and_reply(call, POL_OP_DECRYPT, &req->ciphertext, req->key_id,
                                 req->n_encryption_context,
                                 (void *const *)req->encryption_context,
                                 &custos__v1__decrypt_response__descriptor, reply);
-    custos__v1__decrypt_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- ReEncrypt --------------------------------------------------------------- */
 
-kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_re_encrypt(struct kms_call *call, const ProtobufCMessage *msg,
                            struct kms_reply *reply)
 {
-    Custos__V1__ReEncryptRequest *req =
-        kms_pbuf_unpack(&custos__v1__re_encrypt_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ReEncryptRequest");
+    const Custos__V1__ReEncryptRequest *req = (const void *)msg;
     uint8_t *pt = NULL, *blob = NULL;
     size_t pt_len = 0, blob_len = 0;
     uint32_t dst_version = 0;
@@ -373,22 +349,18 @@ kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t le
         resp.source_key_version = src.v.version;
         resp.key_id = dst.key_id;
         resp.key_version = dst_version;
-        rc = pack(&resp.base, reply, false);
+        rc = kms_rpc_pack(&resp.base, reply);
     }
     free(blob);
-    custos__v1__re_encrypt_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- data keys ---------------------------------------------------------------- */
 
-kms_err kms_rpc_generate_data_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_generate_data_key(struct kms_call *call, const ProtobufCMessage *msg,
                                   struct kms_reply *reply)
 {
-    Custos__V1__GenerateDataKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__generate_data_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("GenerateDataKeyRequest");
+    const Custos__V1__GenerateDataKeyRequest *req = (const void *)msg;
     uint8_t dk[64];
     uint8_t *blob = NULL;
     size_t blob_len = 0;
@@ -415,25 +387,20 @@ kms_err kms_rpc_generate_data_key(struct kms_call *call, const uint8_t *body, si
     resp.ciphertext_blob.len = blob_len;
     resp.key_id = k.key_id;
     resp.key_version = version;
-    rc = pack(&resp.base, reply, true);
+    rc = kms_rpc_pack_secret(&resp.base, reply);
 done:
     OPENSSL_cleanse(dk, sizeof(dk));
     free(blob);
-    custos__v1__generate_data_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_decrypt_data_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_decrypt_data_key(struct kms_call *call, const ProtobufCMessage *msg,
                                  struct kms_reply *reply)
 {
-    Custos__V1__DecryptDataKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__decrypt_data_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DecryptDataKeyRequest");
+    const Custos__V1__DecryptDataKeyRequest *req = (const void *)msg;
     kms_err rc = open_and_reply(call, POL_OP_DECRYPT_DATA_KEY, &req->ciphertext_blob, req->key_id,
                                 req->n_encryption_context,
                                 (void *const *)req->encryption_context,
                                 &custos__v1__decrypt_data_key_response__descriptor, reply);
-    custos__v1__decrypt_data_key_request__free_unpacked(req, NULL);
     return rc;
 }

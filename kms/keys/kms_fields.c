@@ -4,8 +4,8 @@
  * are in kms_fieldblob.h and docs/metadata.md.
  *
  * Plaintext values and canonical values pass through here only in buffers
- * that are wiped before they are freed, and the request message that
- * carried them is wiped too. Requests are checked whole (counts, names,
+ * that are wiped before they are freed; the request message that carried
+ * them is wiped by the front when it frees it (kms_call.h). Requests are checked whole (counts, names,
  * modes, sizes, canonical forms) before the first HSM call, so a bad field
  * costs no HSM work and a refused request changes nothing.
  */
@@ -144,18 +144,6 @@ static kms_err encode_context(size_t n, void *const *entries, uint8_t *out, size
     return kms_ctx_encode(pairs, n, out, out_len);
 }
 
-static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r, bool secret)
-{
-    r->secret = secret;
-    return kms_rpc_pack(m, r);
-}
-
-static void wipe_bytes(ProtobufCBinaryData *b)
-{
-    if (b->data)
-        OPENSSL_cleanse(b->data, b->len);
-}
-
 static void free_secret(uint8_t *p, size_t len)
 {
     if (p) {
@@ -220,13 +208,10 @@ static kms_err check_count(size_t n, const char *what)
 
 /* ---- EncryptFields --------------------------------------------------------------- */
 
-kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *msg,
                                struct kms_reply *reply)
 {
-    Custos__V1__EncryptFieldsRequest *req =
-        kms_pbuf_unpack(&custos__v1__encrypt_fields_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("EncryptFieldsRequest");
+    const Custos__V1__EncryptFieldsRequest *req = (const void *)msg;
     kms_err rc = KMS_OK;
     struct kms_key_record k;
     struct p11_token *tok = NULL;
@@ -332,28 +317,22 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_
     resp.key_version = fk.version;
     resp.n_fields = n;
     resp.fields = outp;
-    rc = pack(&resp.base, reply, false);
+    rc = kms_rpc_pack(&resp.base, reply);
 done:
     free(outs);
     free(outp);
     free(arena);
     free_secret(canon, total);
     free(canon_len);
-    for (size_t i = 0; i < req->n_fields; i++)
-        wipe_bytes(&req->fields[i]->value);
-    custos__v1__encrypt_fields_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- DecryptFields --------------------------------------------------------------- */
 
-kms_err kms_rpc_decrypt_fields(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_decrypt_fields(struct kms_call *call, const ProtobufCMessage *msg,
                                struct kms_reply *reply)
 {
-    Custos__V1__DecryptFieldsRequest *req =
-        kms_pbuf_unpack(&custos__v1__decrypt_fields_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DecryptFieldsRequest");
+    const Custos__V1__DecryptFieldsRequest *req = (const void *)msg;
     kms_err rc = KMS_OK;
     struct kms_key_record k;
     struct p11_token *tok = NULL;
@@ -436,13 +415,12 @@ kms_err kms_rpc_decrypt_fields(struct kms_call *call, const uint8_t *body, size_
     resp.key_id = k.key_id;
     resp.n_fields = n;
     resp.fields = outp;
-    rc = pack(&resp.base, reply, true);
+    rc = kms_rpc_pack_secret(&resp.base, reply);
 done:
     free(outs);
     free(outp);
     free_secret(arena, arena_len);
     free(ver_of);
-    custos__v1__decrypt_fields_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -502,13 +480,10 @@ static kms_err index_versions(struct kms_call *call, const struct kms_key_record
     return KMS_OK;
 }
 
-kms_err kms_rpc_blind_index(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_blind_index(struct kms_call *call, const ProtobufCMessage *msg,
                             struct kms_reply *reply)
 {
-    Custos__V1__BlindIndexRequest *req =
-        kms_pbuf_unpack(&custos__v1__blind_index_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("BlindIndexRequest");
+    const Custos__V1__BlindIndexRequest *req = (const void *)msg;
     kms_err rc = KMS_OK;
     struct kms_key_record k;
     struct p11_token *tok = NULL;
@@ -586,7 +561,7 @@ kms_err kms_rpc_blind_index(struct kms_call *call, const uint8_t *body, size_t l
     resp.length_bits = bits;
     resp.n_versions = n_vers;
     resp.versions = voutp;
-    rc = pack(&resp.base, reply, false);
+    rc = kms_rpc_pack(&resp.base, reply);
 done:
     free(vouts);
     free(voutp);
@@ -595,8 +570,5 @@ done:
     free(vers);
     free_secret(canon, total);
     free(canon_len);
-    for (size_t i = 0; i < req->n_values; i++)
-        wipe_bytes(&req->values[i]);
-    custos__v1__blind_index_request__free_unpacked(req, NULL);
     return rc;
 }

@@ -44,9 +44,9 @@
 #include <openssl/sha.h>
 
 #include "kms_escrow.h"
+#include "kms_keyadmin.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
-#include "kms_rpc.h"
 #include "p11_crypto.h"
 #include "pol_eval.h"
 #include "proto/key.pb-c.h"
@@ -156,12 +156,6 @@ static void wrapping_label(char out[80], const char *key_id)
 static void version_label(char out[80], const char *key_id, uint32_t version)
 {
     snprintf(out, 80, KMS_HSM_LABEL_PREFIX "%s:v%" PRIu32, key_id, version);
-}
-
-static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r, bool secret)
-{
-    r->secret = secret;
-    return kms_rpc_pack(m, r);
 }
 
 /* ---- cleanup ------------------------------------------------------------------------ */
@@ -278,14 +272,11 @@ kms_err kms_import_reconcile(struct kms_service *svc, struct p11_token *tok, siz
 
 /* ---- GetImportParameters ------------------------------------------------------------ */
 
-kms_err kms_rpc_get_import_parameters(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_get_import_parameters(struct kms_call *call, const ProtobufCMessage *msg,
                                       struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__GetImportParametersRequest *req =
-        kms_pbuf_unpack(&custos__v1__get_import_parameters_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("GetImportParametersRequest");
+    const Custos__V1__GetImportParametersRequest *req = (const void *)msg;
     struct kms_store *st = kms_service_store(call->svc);
     uint8_t secret[KMS_IMPORT_TOKEN_LEN];
     uint8_t *spki = NULL;
@@ -360,7 +351,7 @@ kms_err kms_rpc_get_import_parameters(struct kms_call *call, const uint8_t *body
     resp.n_wrapping_algorithms = n_algs;
     resp.wrapping_algorithms = algs;
     /* secret: the reply carries the import token; it is wiped after sending. */
-    rc = pack(&resp.base, reply, true);
+    rc = kms_rpc_pack_secret(&resp.base, reply);
     if (rc == KMS_OK)
         kms_log_info("import", "request %s: key %s: import token issued, expires at %" PRId64,
                      call->request_id, k.key_id, t.expires_at);
@@ -378,7 +369,6 @@ done:
     }
     OPENSSL_cleanse(secret, sizeof(secret));
     free(spki);
-    custos__v1__get_import_parameters_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -677,14 +667,11 @@ static kms_err choose_algorithm(struct import *x, Custos__V1__WrappingAlgorithm 
     return KMS_OK;
 }
 
-kms_err kms_rpc_import_key_material(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_import_key_material(struct kms_call *call, const ProtobufCMessage *msg,
                                     struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__ImportKeyMaterialRequest *req =
-        kms_pbuf_unpack(&custos__v1__import_key_material_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ImportKeyMaterialRequest");
+    const Custos__V1__ImportKeyMaterialRequest *req = (const void *)msg;
     struct import x;
     memset(&x, 0, sizeof(x));
     x.call = call;
@@ -733,7 +720,7 @@ kms_err kms_rpc_import_key_material(struct kms_call *call, const uint8_t *body, 
     resp.key_version = x.version;
     resp.key_check_value.data = x.kcv;
     resp.key_check_value.len = sizeof(x.kcv);
-    rc = pack(&resp.base, reply, false);
+    rc = kms_rpc_pack(&resp.base, reply);
 done:;
     struct detail d;
     detail_save(&d);
@@ -770,6 +757,5 @@ done:;
     kms_rpc_key_metadata_free(md);
     if (req->import_token.data)
         OPENSSL_cleanse(req->import_token.data, req->import_token.len);
-    custos__v1__import_key_material_request__free_unpacked(req, NULL);
     return rc;
 }

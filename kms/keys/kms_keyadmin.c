@@ -6,6 +6,8 @@
  * (kms_store.h): intent row, HSM object, activation. A failure after the
  * intent row removes the row again, so a refused request changes nothing.
  */
+#include "kms_keyadmin.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,73 +21,12 @@
 #include "kms_log.h"
 #include "kms_rotate.h"
 #include "kms_usage.h"
-#include "kms_rpc.h"
 #include "kms_store.h"
 #include "kms_text.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 #include "pol_eval.h"
 #include "proto/key.pb-c.h"
-
-/* ---- shared helpers ------------------------------------------------------ */
-
-void kms_rpc_audit_key(struct kms_call *call, const char *key_id, const char *region,
-                       const char *token)
-{
-    if (key_id)
-        snprintf(call->audit.key_id, sizeof(call->audit.key_id), "%s", key_id);
-    if (region)
-        snprintf(call->audit.region, sizeof(call->audit.region), "%s", region);
-    if (token)
-        snprintf(call->audit.token, sizeof(call->audit.token), "%s", token);
-}
-
-kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
-                              struct kms_key_record *out_key)
-{
-    uint8_t raw[16];
-    KMS_GUARD(kms_key_id_parse(key_id, raw));
-    kms_err rc = kms_keycache_key(kms_service_keycache(call->svc), kms_service_store(call->svc),
-                                  key_id, out_key);
-    if (rc == KMS_ERR_NOT_FOUND) {
-        /* Auditors see which ids were probed; the caller learns nothing. */
-        kms_rpc_audit_key(call, key_id, NULL, NULL);
-        return kms_err_set(KMS_ERR_NOT_FOUND, "key not found");
-    }
-    KMS_GUARD(rc);
-    /* The facts first: the refusal of a region that is not served is an
-     * event of that region (so it is never written to another region's
-     * log), and the caller is told which region. */
-    kms_rpc_audit_key(call, out_key->key_id, out_key->region, out_key->token);
-    KMS_GUARD(kms_service_region_check(call->svc, out_key->region));
-    struct pol_target t = {out_key->key_id, out_key->tenant, out_key->region};
-    struct pol_decision d;
-    rc = pol_decide(call->policy, call->who, op, &t, &d);
-    /* The audit event names the key even when the tenant rule refused it:
-     * the auditor may see what the caller may not. */
-    kms_rpc_audit_key(call, out_key->key_id, out_key->region, out_key->token);
-    call->audit.rule = d.rule;
-    if (rc != KMS_OK)
-        kms_log_info("policy", "request %s: %s on key %s refused by rule %s", call->request_id,
-                     pol_op_name(op), key_id, d.rule);
-    return rc;
-}
-
-kms_err kms_rpc_authorize_tenant(struct kms_call *call, enum pol_op op, const char *region)
-{
-    /* The caller's own tenant is the only one a tenant operation may name;
-     * NULL for a global principal, which the policy refuses (role). */
-    struct pol_target t = {NULL, pol_principal_tenant_id(call->who), region};
-    struct pol_decision d;
-    kms_err rc = pol_decide(call->policy, call->who, op, &t, &d);
-    if (region)
-        kms_rpc_audit_key(call, NULL, region, NULL);
-    call->audit.rule = d.rule;
-    if (rc != KMS_OK)
-        kms_log_info("policy", "request %s: %s%s%s refused by rule %s", call->request_id,
-                     pol_op_name(op), region ? " in " : "", region ? region : "", d.rule);
-    return rc;
-}
 
 /* KeyMetadata borrows strings from the record; versions are allocated here
  * and released by metadata_release. */
@@ -213,14 +154,11 @@ static kms_err reply_key(struct kms_call *call, const char *key_id,
 
 /* ---- CreateKey ---------------------------------------------------------------- */
 
-kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
                            struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__CreateKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__create_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("CreateKeyRequest");
+    const Custos__V1__CreateKeyRequest *req = (const void *)msg;
 
     const char *tenant = pol_principal_tenant_id(call->who);
     KMS_ENSURE_GOTO(req->region[0] != '\0', done, KMS_ERR_INVALID_ARGUMENT, "region is required");
@@ -321,35 +259,27 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
                  k.key_id, k.region, k.tenant);
     rc = reply_key(call, k.key_id, &custos__v1__create_key_response__descriptor, reply);
 done:
-    custos__v1__create_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- DescribeKey, ListKeys ------------------------------------------------------- */
 
-kms_err kms_rpc_describe_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_describe_key(struct kms_call *call, const ProtobufCMessage *msg,
                              struct kms_reply *reply)
 {
-    Custos__V1__DescribeKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__describe_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DescribeKeyRequest");
+    const Custos__V1__DescribeKeyRequest *req = (const void *)msg;
     struct kms_key_record k;
     kms_err rc = kms_rpc_authorize_key(call, POL_OP_DESCRIBE_KEY, req->key_id, &k);
     if (rc == KMS_OK)
         rc = reply_key(call, k.key_id, &custos__v1__describe_key_response__descriptor, reply);
-    custos__v1__describe_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_list_keys(struct kms_call *call, const ProtobufCMessage *msg,
                           struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__ListKeysRequest *req =
-        kms_pbuf_unpack(&custos__v1__list_keys_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ListKeysRequest");
+    const Custos__V1__ListKeysRequest *req = (const void *)msg;
     struct kms_key_record *keys = NULL;
     size_t n = 0;
     struct metadata *mds = NULL;
@@ -401,20 +331,16 @@ done:
     free(mds);
     free(mp);
     free(keys);
-    custos__v1__list_keys_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- RotateKey -------------------------------------------------------------------- */
 
-kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_rotate_key(struct kms_call *call, const ProtobufCMessage *msg,
                            struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__RotateKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__rotate_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("RotateKeyRequest");
+    const Custos__V1__RotateKeyRequest *req = (const void *)msg;
     struct kms_key_record k;
     KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_ROTATE_KEY, req->key_id, &k), done);
     KMS_ENSURE_GOTO(k.state == KMS_KEY_ENABLED, done, KMS_ERR_FAILED_PRECONDITION,
@@ -457,20 +383,16 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
     }
     metadata_release(&md);
 done:
-    custos__v1__rotate_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- UpdateKeyRotation -------------------------------------------------------------- */
 
-kms_err kms_rpc_update_key_rotation(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_update_key_rotation(struct kms_call *call, const ProtobufCMessage *msg,
                                     struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__UpdateKeyRotationRequest *req =
-        kms_pbuf_unpack(&custos__v1__update_key_rotation_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("UpdateKeyRotationRequest");
+    const Custos__V1__UpdateKeyRotationRequest *req = (const void *)msg;
     struct kms_key_record k;
     /* The same grant as RotateKey: whoever may rotate a key may have the
      * system rotate it. */
@@ -492,7 +414,6 @@ kms_err kms_rpc_update_key_rotation(struct kms_call *call, const uint8_t *body, 
                  (unsigned long long)req->rotation_period_s);
     rc = reply_key(call, k.key_id, &custos__v1__update_key_rotation_response__descriptor, reply);
 done:
-    custos__v1__update_key_rotation_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -528,43 +449,32 @@ static kms_err change_state(struct kms_call *call, const char *key_id, const str
     return reply_key(call, k.key_id, tr->resp, reply);
 }
 
-kms_err kms_rpc_enable_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_enable_key(struct kms_call *call, const ProtobufCMessage *msg,
                            struct kms_reply *reply)
 {
-    Custos__V1__EnableKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__enable_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("EnableKeyRequest");
+    const Custos__V1__EnableKeyRequest *req = (const void *)msg;
     static const struct transition tr = {POL_OP_ENABLE_KEY, {KMS_KEY_DISABLED, KMS_KEY_ENABLED}, 1,
                                          KMS_KEY_ENABLED,
                                          &custos__v1__enable_key_response__descriptor};
     kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
-    custos__v1__enable_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_disable_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_disable_key(struct kms_call *call, const ProtobufCMessage *msg,
                             struct kms_reply *reply)
 {
-    Custos__V1__DisableKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__disable_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DisableKeyRequest");
+    const Custos__V1__DisableKeyRequest *req = (const void *)msg;
     static const struct transition tr = {POL_OP_DISABLE_KEY, {KMS_KEY_ENABLED, KMS_KEY_ENABLED}, 1,
                                          KMS_KEY_DISABLED,
                                          &custos__v1__disable_key_response__descriptor};
     kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
-    custos__v1__disable_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_schedule_key_deletion(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_schedule_key_deletion(struct kms_call *call, const ProtobufCMessage *msg,
                                       struct kms_reply *reply)
 {
-    Custos__V1__ScheduleKeyDeletionRequest *req =
-        kms_pbuf_unpack(&custos__v1__schedule_key_deletion_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ScheduleKeyDeletionRequest");
+    const Custos__V1__ScheduleKeyDeletionRequest *req = (const void *)msg;
     const struct kms_config *cfg = kms_service_config(call->svc);
     kms_err rc = KMS_OK;
     unsigned days = req->pending_window_days ? req->pending_window_days
@@ -580,17 +490,13 @@ kms_err kms_rpc_schedule_key_deletion(struct kms_call *call, const uint8_t *body
     int64_t at = (int64_t)time(NULL) + (int64_t)days * cfg->deletion_day_seconds;
     rc = change_state(call, req->key_id, &tr, at, reply);
 done:
-    custos__v1__schedule_key_deletion_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const ProtobufCMessage *msg,
                                     struct kms_reply *reply)
 {
-    Custos__V1__CancelKeyDeletionRequest *req =
-        kms_pbuf_unpack(&custos__v1__cancel_key_deletion_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("CancelKeyDeletionRequest");
+    const Custos__V1__CancelKeyDeletionRequest *req = (const void *)msg;
     /* As in AWS KMS, a cancelled deletion leaves the key disabled: someone
      * meant to delete it, so a human re-enables it on purpose. */
     static const struct transition tr = {POL_OP_CANCEL_KEY_DELETION,
@@ -599,7 +505,6 @@ kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const uint8_t *body, 
                                          KMS_KEY_DISABLED,
                                          &custos__v1__cancel_key_deletion_response__descriptor};
     kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
-    custos__v1__cancel_key_deletion_request__free_unpacked(req, NULL);
     return rc;
 }
 

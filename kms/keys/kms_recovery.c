@@ -9,6 +9,8 @@
  * meets an expired open recovery moves it to EXPIRED and writes a
  * RecoveryExpired audit event next to its own.
  */
+#include "kms_recovery.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +29,6 @@
 #include "kms_log.h"
 #include "kms_pbuf.h"
 #include "kms_recovery_stmt.h"
-#include "kms_rpc.h"
 #include "p11_crypto.h"
 #include "p11_escrow.h"
 #include "pol_eval.h"
@@ -351,14 +352,11 @@ static kms_err pick_recipient(struct kms_call *call, const struct pol_tenant *t,
     return KMS_OK;
 }
 
-kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_request_recovery(struct kms_call *call, const ProtobufCMessage *msg,
                                  struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__RequestRecoveryRequest *req =
-        kms_pbuf_unpack(&custos__v1__request_recovery_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("RequestRecoveryRequest");
+    const Custos__V1__RequestRecoveryRequest *req = (const void *)msg;
     struct kms_escrow_record *blobs = NULL;
     size_t n_blobs = 0;
     struct kms_recovery_record r;
@@ -459,36 +457,28 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
                         false, reply);
 done:
     free(blobs);
-    custos__v1__request_recovery_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- GetRecovery, ListRecoveries ------------------------------------------------------- */
 
-kms_err kms_rpc_get_recovery(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_get_recovery(struct kms_call *call, const ProtobufCMessage *msg,
                              struct kms_reply *reply)
 {
-    Custos__V1__GetRecoveryRequest *req =
-        kms_pbuf_unpack(&custos__v1__get_recovery_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("GetRecoveryRequest");
+    const Custos__V1__GetRecoveryRequest *req = (const void *)msg;
     struct kms_recovery_record r;
     struct kms_key_record k;
     kms_err rc = load(call, POL_OP_GET_RECOVERY, req->recovery_id, &r, &k, NULL, NULL);
     if (rc == KMS_OK)
         rc = reply_recovery(call, r.recovery_id, &custos__v1__get_recovery_response__descriptor,
                             false, reply);
-    custos__v1__get_recovery_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_list_recoveries(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_list_recoveries(struct kms_call *call, const ProtobufCMessage *msg,
                                 struct kms_reply *reply)
 {
-    Custos__V1__ListRecoveriesRequest *req =
-        kms_pbuf_unpack(&custos__v1__list_recoveries_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ListRecoveriesRequest");
+    const Custos__V1__ListRecoveriesRequest *req = (const void *)msg;
     kms_err rc = KMS_OK;
     struct kms_recovery_record *rs = NULL;
     size_t n = 0;
@@ -539,19 +529,15 @@ done:
     free(msgs);
     free(mp);
     free(rs);
-    custos__v1__list_recoveries_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- ApproveRecovery -------------------------------------------------------------------- */
 
-kms_err kms_rpc_approve_recovery(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_approve_recovery(struct kms_call *call, const ProtobufCMessage *msg,
                                  struct kms_reply *reply)
 {
-    Custos__V1__ApproveRecoveryRequest *req =
-        kms_pbuf_unpack(&custos__v1__approve_recovery_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ApproveRecoveryRequest");
+    const Custos__V1__ApproveRecoveryRequest *req = (const void *)msg;
     struct kms_recovery_record r;
     struct kms_key_record k;
     bool counted = false;
@@ -593,7 +579,6 @@ kms_err kms_rpc_approve_recovery(struct kms_call *call, const uint8_t *body, siz
     rc = reply_recovery(call, r.recovery_id, &custos__v1__approve_recovery_response__descriptor,
                         counted, reply);
 done:
-    custos__v1__approve_recovery_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -734,13 +719,10 @@ done:
     return rc;
 }
 
-kms_err kms_rpc_execute_recovery(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *msg,
                                  struct kms_reply *reply)
 {
-    Custos__V1__ExecuteRecoveryRequest *req =
-        kms_pbuf_unpack(&custos__v1__execute_recovery_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ExecuteRecoveryRequest");
+    const Custos__V1__ExecuteRecoveryRequest *req = (const void *)msg;
     struct kms_recovery_record r;
     struct kms_key_record k;
     struct kms_recovery_approval *appr = NULL;
@@ -804,19 +786,15 @@ done:
     recovery_msg_release(&rm);
     free(appr);
     free(blobs);
-    custos__v1__execute_recovery_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- CancelRecovery --------------------------------------------------------------------- */
 
-kms_err kms_rpc_cancel_recovery(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_cancel_recovery(struct kms_call *call, const ProtobufCMessage *msg,
                                 struct kms_reply *reply)
 {
-    Custos__V1__CancelRecoveryRequest *req =
-        kms_pbuf_unpack(&custos__v1__cancel_recovery_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("CancelRecoveryRequest");
+    const Custos__V1__CancelRecoveryRequest *req = (const void *)msg;
     struct kms_recovery_record r;
     struct kms_key_record k;
     kms_err rc = KMS_OK;
@@ -837,6 +815,5 @@ kms_err kms_rpc_cancel_recovery(struct kms_call *call, const uint8_t *body, size
     rc = reply_recovery(call, r.recovery_id, &custos__v1__cancel_recovery_response__descriptor,
                         false, reply);
 done:
-    custos__v1__cancel_recovery_request__free_unpacked(req, NULL);
     return rc;
 }
