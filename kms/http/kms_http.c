@@ -121,7 +121,7 @@ static enum MHD_Result send_error(struct MHD_Connection *c, struct req_state *st
                  st->method ? st->method : "-", kms_err_twirp_code(err), msg);
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
-    return respond(c, st, (unsigned)kms_err_http_status(err), r, "application/json");
+    return respond(c, st, (unsigned)kms_twirp_http_status(err), r, "application/json");
 }
 
 static void drop_reply(struct kms_reply *reply)
@@ -712,13 +712,13 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         /* A lower layer's own check (a "store: ..." detail) is logged,
          * never shown: it names kmsd's insides (kms_err_client_msg). */
         const char *msg = kms_err_client_msg(rc, detail);
-        if (msg != detail && kms_err_http_status(rc) < 500)
+        if (msg != detail && kms_twirp_http_status(rc) < 500)
             kms_log_info("http", "request %s %s refused: %s", st->call.request_id, st->method,
                          detail);
         /* What the handler noted (e.g. which recovery) comes first. */
         snprintf(audit_detail, sizeof(audit_detail), "%s%s%s", st->call.audit.detail,
                  st->call.audit.detail[0] ? ": " : "", detail);
-        if (kms_err_http_status(rc) >= 500) {
+        if (kms_twirp_http_status(rc) >= 500) {
             kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
                           detail);
             /* A refused PIN is 503 like a removed token, but retrying will
@@ -726,7 +726,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
              * the caller's operators must know that. */
             msg = rc == KMS_ERR_HSM_PIN ? "the HSM refused kmsd's login (PIN); an operator "
                                           "must act, retrying will not help"
-                  : kms_err_http_status(rc) == 503
+                  : kms_twirp_http_status(rc) == 503
                       ? unavailable_msg(st, "the HSM or store is unavailable; retry", m503,
                                         sizeof(m503))
                       : "internal error";

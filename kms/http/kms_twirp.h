@@ -39,6 +39,10 @@ const ProtobufCMessageDescriptor *kms_twirp_route_response_at(size_t i);
 /* Row i itself, NULL past the end. */
 const struct kms_route *kms_twirp_route_row(size_t i);
 
+/* The HTTP status of err's Twirp error code (kms_err_twirp_code): Twirp
+ * v7's table (invalid_argument 400, not_found 404, ...; 200 for KMS_OK). */
+int kms_twirp_http_status(kms_err err);
+
 /* {"code": "...", "msg": "..."} for err; malloc'd, NULL on OOM. */
 char *kms_twirp_error_body(kms_err err, const char *msg);
 

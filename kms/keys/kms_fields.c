@@ -19,7 +19,7 @@
 #include <openssl/rand.h>
 
 #include "kms_blob.h"
-#include "kms_keycache.h"
+#include "kms_keyuse.h"
 #include "kms_log.h"
 #include "kms_store.h"
 #include "kms_usage.h"
@@ -124,34 +124,6 @@ kms_err kms_field_blind_index(const struct kms_field_key *k, enum kms_canon cano
 
 /* ---- request plumbing ------------------------------------------------------------ */
 
-/* Every map<string,string> entry that protoc-c generates has this layout. */
-struct map_entry {
-    ProtobufCMessage base;
-    char *key;
-    char *value;
-};
-
-static kms_err encode_context(size_t n, void *const *entries, uint8_t *out, size_t *out_len)
-{
-    KMS_ENSURE(n <= KMS_CTX_MAX_PAIRS, KMS_ERR_INVALID_ARGUMENT,
-               "encryption context has %zu pairs (at most %d)", n, KMS_CTX_MAX_PAIRS);
-    struct kms_ctx_pair pairs[KMS_CTX_MAX_PAIRS];
-    for (size_t i = 0; i < n; i++) {
-        const struct map_entry *e = entries[i];
-        pairs[i].key = e->key;
-        pairs[i].value = e->value;
-    }
-    return kms_ctx_encode(pairs, n, out, out_len);
-}
-
-static void free_secret(uint8_t *p, size_t len)
-{
-    if (p) {
-        OPENSSL_cleanse(p, len);
-        free(p);
-    }
-}
-
 /* Prefix the current error detail with the index of the field or value it
  * concerns (never its content). */
 static kms_err at_index(kms_err rc, const char *what, size_t i)
@@ -171,10 +143,7 @@ static kms_err metadata_key(struct kms_call *call, enum pol_op op, const char *k
                "key %s is not a METADATA_AES_HMAC key", k->key_id);
     KMS_ENSURE(k->state == KMS_KEY_ENABLED, KMS_ERR_FAILED_PRECONDITION, "key is %s",
                kms_key_state_name(k->state));
-    *out_tok = kms_service_token(call->svc, k->region);
-    KMS_ENSURE(*out_tok != NULL, KMS_ERR_FAILED_PRECONDITION,
-               "region %s is not served by this node", k->region);
-    return KMS_OK;
+    return kms_keyuse_token(call, k, out_tok);
 }
 
 /* A version of k as an HSM key. from_blob: the version number came from a
@@ -184,15 +153,7 @@ static kms_err version_key(struct kms_call *call, const struct kms_key_record *k
                            struct kms_field_key *out)
 {
     struct kms_version_record v;
-    /* Through the key cache, as KeyService does: no store query per call. */
-    kms_err rc = kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc),
-                                      k->key_id, version, &v);
-    if (rc == KMS_ERR_NOT_FOUND && from_blob)
-        return kms_err_set(KMS_ERR_BAD_CIPHERTEXT,
-                           "ciphertext or encryption context does not match");
-    KMS_GUARD(rc);
-    KMS_ENSURE(v.state == KMS_VERSION_ACTIVE, KMS_ERR_FAILED_PRECONDITION,
-               "key version %u is destroyed", v.version);
+    KMS_GUARD(kms_keyuse_version(call, k->key_id, version, from_blob, &v));
     out->tok = tok;
     memcpy(out->hsm_id.b, v.hsm_id, sizeof(out->hsm_id.b));
     out->version = v.version;
@@ -224,7 +185,7 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
 
     KMS_GUARD_GOTO(metadata_key(call, POL_OP_ENCRYPT_FIELDS, req->key_id, &k, &tok), done);
     KMS_GUARD_GOTO(check_count(n, "fields"), done);
-    KMS_GUARD_GOTO(encode_context(req->n_encryption_context,
+    KMS_GUARD_GOTO(kms_keyuse_context(req->n_encryption_context,
                                   (void *const *)req->encryption_context, ctx, &ctx_len),
                    done);
     /* Check every field, and canonicalise where asked, before any HSM work.
@@ -322,7 +283,7 @@ done:
     free(outs);
     free(outp);
     free(arena);
-    free_secret(canon, total);
+    kms_keyuse_free_secret(canon, total);
     free(canon_len);
     return rc;
 }
@@ -347,7 +308,7 @@ kms_err kms_rpc_decrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
 
     KMS_GUARD_GOTO(metadata_key(call, POL_OP_DECRYPT_FIELDS, req->key_id, &k, &tok), done);
     KMS_GUARD_GOTO(check_count(n, "fields"), done);
-    KMS_GUARD_GOTO(encode_context(req->n_encryption_context,
+    KMS_GUARD_GOTO(kms_keyuse_context(req->n_encryption_context,
                                   (void *const *)req->encryption_context, ctx, &ctx_len),
                    done);
     ver_of = calloc(n, sizeof(*ver_of));
@@ -419,7 +380,7 @@ kms_err kms_rpc_decrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
 done:
     free(outs);
     free(outp);
-    free_secret(arena, arena_len);
+    kms_keyuse_free_secret(arena, arena_len);
     free(ver_of);
     return rc;
 }
@@ -568,7 +529,7 @@ done:
     free(blobs);
     free(idx);
     free(vers);
-    free_secret(canon, total);
+    kms_keyuse_free_secret(canon, total);
     free(canon_len);
     return rc;
 }

@@ -46,6 +46,7 @@
 #include "kms_escrow.h"
 #include "kms_keyadmin.h"
 #include "kms_keycache.h"
+#include "kms_keyuse.h"
 #include "kms_log.h"
 #include "p11_crypto.h"
 #include "pol_eval.h"
@@ -119,19 +120,6 @@ static kms_err check_importable(struct kms_call *call, const struct kms_key_reco
     const struct pol_tenant *pt = pol_principal_tenant(call->who);
     if (k->escrow_required || (pt != NULL && pol_tenant_escrow_required(pt)))
         KMS_GUARD(kms_escrow_ready(call->svc, k->region));
-    return KMS_OK;
-}
-
-/* The token of the key's region, which must be the one the key lives in. */
-static kms_err key_token(struct kms_call *call, const struct kms_key_record *k,
-                         struct p11_token **out)
-{
-    *out = kms_service_token(call->svc, k->region);
-    KMS_ENSURE(*out != NULL, KMS_ERR_FAILED_PRECONDITION, "region %s is not served by this node",
-               k->region);
-    KMS_ENSURE(strcmp(p11_token_label(*out), k->token) == 0, KMS_ERR_FAILED_PRECONDITION,
-               "region %s is served by token '%s', but the key lives in token '%s'", k->region,
-               p11_token_label(*out), k->token);
     return KMS_OK;
 }
 
@@ -291,7 +279,7 @@ kms_err kms_rpc_get_import_parameters(struct kms_call *call, const ProtobufCMess
     KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_GET_IMPORT_PARAMETERS, req->key_id, &k),
                    done);
     KMS_GUARD_GOTO(check_importable(call, &k, false), done);
-    KMS_GUARD_GOTO(key_token(call, &k, &tok), done);
+    KMS_GUARD_GOTO(kms_keyuse_token(call, &k, &tok), done);
     /* Refuse a token that cannot do the import before making anything. */
     KMS_GUARD_GOTO(p11_key_kind_supported(tok, P11_KEY_RSA3072_UNWRAP), done);
     if (!p11_token_has(tok, P11_CAP_RSA_AES_KEY_WRAP))
@@ -682,7 +670,7 @@ kms_err kms_rpc_import_key_material(struct kms_call *call, const ProtobufCMessag
     KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_IMPORT_KEY_MATERIAL, req->key_id, &x.key),
                    done);
     KMS_GUARD_GOTO(check_importable(call, &x.key, req->new_version), done);
-    KMS_GUARD_GOTO(key_token(call, &x.key, &x.tok), done);
+    KMS_GUARD_GOTO(kms_keyuse_token(call, &x.key, &x.tok), done);
     int64_t now = (int64_t)time(NULL);
     KMS_GUARD_GOTO(check_import_token(&x, &req->import_token, now), done);
     KMS_ENSURE_GOTO(req->wrapped_material.len == KMS_IMPORT_WRAPPED_LEN, done,
