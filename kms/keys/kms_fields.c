@@ -5,9 +5,10 @@
  *
  * Plaintext values and canonical values pass through here only in buffers
  * that are wiped before they are freed; the request message that carried
- * them is wiped by the front when it frees it (kms_call.h). Requests are checked whole (counts, names,
- * modes, sizes, canonical forms) before the first HSM call, so a bad field
- * costs no HSM work and a refused request changes nothing.
+ * them is wiped by the front when it frees it (kms_call.h). Requests are
+ * checked whole (counts, names, modes, sizes, canonical forms) before the
+ * first HSM call, so a bad field costs no HSM work and a refused request
+ * changes nothing.
  */
 #include "kms_fields.h"
 
@@ -169,6 +170,34 @@ static kms_err check_count(size_t n, const char *what)
 
 /* ---- EncryptFields --------------------------------------------------------------- */
 
+/* Check every field of an EncryptFields request before any HSM work, and
+ * add up the values' lengths into *out_total. */
+static kms_err check_plaintext_fields(const Custos__V1__EncryptFieldsRequest *req,
+                                      size_t *out_total)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < req->n_fields; i++) {
+        const Custos__V1__PlaintextField *f = req->fields[i];
+        if (kms_field_name_check(f->name, strlen(f->name)) != KMS_OK)
+            return at_index(KMS_ERR_INVALID_ARGUMENT, "field", i);
+        KMS_ENSURE(f->mode == CUSTOS__V1__FIELD_MODE__FIELD_MODE_RANDOMIZED ||
+                       f->mode == CUSTOS__V1__FIELD_MODE__FIELD_MODE_DETERMINISTIC,
+                   KMS_ERR_INVALID_ARGUMENT, "field %zu: mode must be RANDOMIZED or DETERMINISTIC",
+                   i);
+        KMS_ENSURE(f->canonicalizer == 0 || kms_canon_valid((int)f->canonicalizer),
+                   KMS_ERR_INVALID_ARGUMENT, "field %zu: unknown canonicalizer", i);
+        KMS_ENSURE(f->value.len <= KMS_FIELD_VALUE_MAX, KMS_ERR_INVALID_ARGUMENT,
+                   "field %zu: value longer than %d bytes", i, KMS_FIELD_VALUE_MAX);
+        KMS_ENSURE(f->index_length_bits == 0 || (f->index_length_bits >= KMS_INDEX_BITS_MIN &&
+                                                 f->index_length_bits <= KMS_INDEX_BITS_MAX),
+                   KMS_ERR_INVALID_ARGUMENT, "field %zu: index_length_bits must be 0 or %d..%d", i,
+                   KMS_INDEX_BITS_MIN, KMS_INDEX_BITS_MAX);
+        total += f->value.len;
+    }
+    *out_total = total;
+    return KMS_OK;
+}
+
 kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *msg,
                                struct kms_reply *reply)
 {
@@ -190,28 +219,7 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
                    done);
     /* Check every field, and canonicalise where asked, before any HSM work.
      * Canonical forms are never longer than their input. */
-    for (size_t i = 0; i < n; i++) {
-        const Custos__V1__PlaintextField *f = req->fields[i];
-        if (kms_field_name_check(f->name, strlen(f->name)) != KMS_OK) {
-            rc = at_index(KMS_ERR_INVALID_ARGUMENT, "field", i);
-            goto done;
-        }
-        KMS_ENSURE_GOTO(f->mode == CUSTOS__V1__FIELD_MODE__FIELD_MODE_RANDOMIZED ||
-                            f->mode == CUSTOS__V1__FIELD_MODE__FIELD_MODE_DETERMINISTIC,
-                        done, KMS_ERR_INVALID_ARGUMENT,
-                        "field %zu: mode must be RANDOMIZED or DETERMINISTIC", i);
-        KMS_ENSURE_GOTO(f->canonicalizer == 0 || kms_canon_valid((int)f->canonicalizer), done,
-                        KMS_ERR_INVALID_ARGUMENT, "field %zu: unknown canonicalizer", i);
-        KMS_ENSURE_GOTO(f->value.len <= KMS_FIELD_VALUE_MAX, done, KMS_ERR_INVALID_ARGUMENT,
-                        "field %zu: value longer than %d bytes", i, KMS_FIELD_VALUE_MAX);
-        KMS_ENSURE_GOTO(f->index_length_bits == 0 ||
-                            (f->index_length_bits >= KMS_INDEX_BITS_MIN &&
-                             f->index_length_bits <= KMS_INDEX_BITS_MAX),
-                        done, KMS_ERR_INVALID_ARGUMENT,
-                        "field %zu: index_length_bits must be 0 or %d..%d", i, KMS_INDEX_BITS_MIN,
-                        KMS_INDEX_BITS_MAX);
-        total += f->value.len;
-    }
+    KMS_GUARD_GOTO(check_plaintext_fields(req, &total), done);
     KMS_ENSURE_GOTO(total <= KMS_FIELDS_TOTAL_MAX, done, KMS_ERR_INVALID_ARGUMENT,
                     "values longer than %d bytes in all", KMS_FIELDS_TOTAL_MAX);
     canon = malloc(total ? total : 1);

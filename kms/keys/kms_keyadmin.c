@@ -154,6 +154,39 @@ static kms_err reply_key(struct kms_call *call, const char *key_id,
 
 /* ---- CreateKey ---------------------------------------------------------------- */
 
+/* A CreateKey request's own fields, before the policy is asked. */
+static kms_err check_create_request(struct kms_call *call,
+                                    const Custos__V1__CreateKeyRequest *req)
+{
+    KMS_ENSURE(req->region[0] != '\0', KMS_ERR_INVALID_ARGUMENT, "region is required");
+    bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
+    KMS_ENSURE(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata, KMS_ERR_INVALID_ARGUMENT,
+               "spec must be AES_256 or METADATA_AES_HMAC");
+    KMS_ENSURE(metadata ? req->usage == CUSTOS__V1__KEY_USAGE__METADATA_FIELDS ||
+                              req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
+                        : req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT,
+               KMS_ERR_INVALID_ARGUMENT,
+               "usage must be ENCRYPT_DECRYPT for AES_256, METADATA_FIELDS for "
+               "METADATA_AES_HMAC");
+    /* A metadata key is two HSM objects per version; BYOK imports one. */
+    KMS_ENSURE(!metadata || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL,
+               KMS_ERR_INVALID_ARGUMENT,
+               "METADATA_AES_HMAC keys are generated in the HSM; origin EXTERNAL is for "
+               "AES_256 keys");
+    KMS_ENSURE(strlen(req->description) <= KMS_DESCRIPTION_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "description longer than %d bytes", KMS_DESCRIPTION_MAX);
+    KMS_ENSURE(kms_text_ok(req->description, strlen(req->description)),
+               KMS_ERR_INVALID_ARGUMENT,
+               "description must be UTF-8 text without control, format (bidi, "
+               "zero-width) or line separator characters");
+    kms_err rc = check_rotation_period(call, req->rotation_period_s,
+                                       req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL);
+    if (rc == KMS_ERR_FAILED_PRECONDITION)
+        rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT, "rotation_period_s is for keys of origin HSM: "
+                                                   "Custos cannot make an EXTERNAL key's material");
+    return rc;
+}
+
 kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
                            struct kms_reply *reply)
 {
@@ -161,35 +194,8 @@ kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
     const Custos__V1__CreateKeyRequest *req = (const void *)msg;
 
     const char *tenant = pol_principal_tenant_id(call->who);
-    KMS_ENSURE_GOTO(req->region[0] != '\0', done, KMS_ERR_INVALID_ARGUMENT, "region is required");
+    KMS_GUARD_GOTO(check_create_request(call, req), done);
     bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
-    KMS_ENSURE_GOTO(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata, done,
-                    KMS_ERR_INVALID_ARGUMENT, "spec must be AES_256 or METADATA_AES_HMAC");
-    KMS_ENSURE_GOTO(metadata ? req->usage == CUSTOS__V1__KEY_USAGE__METADATA_FIELDS ||
-                                   req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
-                             : req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT,
-                    done, KMS_ERR_INVALID_ARGUMENT,
-                    "usage must be ENCRYPT_DECRYPT for AES_256, METADATA_FIELDS for "
-                    "METADATA_AES_HMAC");
-    /* A metadata key is two HSM objects per version; BYOK imports one. */
-    KMS_ENSURE_GOTO(!metadata || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL, done,
-                    KMS_ERR_INVALID_ARGUMENT,
-                    "METADATA_AES_HMAC keys are generated in the HSM; origin EXTERNAL is for "
-                    "AES_256 keys");
-    KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
-                    KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
-                    KMS_DESCRIPTION_MAX);
-    KMS_ENSURE_GOTO(kms_text_ok(req->description, strlen(req->description)), done,
-                    KMS_ERR_INVALID_ARGUMENT,
-                    "description must be UTF-8 text without control, format (bidi, "
-                    "zero-width) or line separator characters");
-    rc = check_rotation_period(call, req->rotation_period_s,
-                               req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL);
-    if (rc == KMS_ERR_FAILED_PRECONDITION)
-        rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT, "rotation_period_s is for keys of origin HSM: "
-                                                   "Custos cannot make an EXTERNAL key's material");
-    if (rc != KMS_OK)
-        goto done;
     KMS_GUARD_GOTO(kms_rpc_authorize_tenant(call, POL_OP_CREATE_KEY, req->region), done);
     const struct pol_tenant *pt = pol_principal_tenant(call->who);
     bool escrow = pt != NULL && pol_tenant_escrow_required(pt);

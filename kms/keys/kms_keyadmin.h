@@ -14,11 +14,14 @@ kms_err kms_rpc_create_key(struct kms_call *, const ProtobufCMessage *, struct k
 kms_err kms_rpc_describe_key(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
 kms_err kms_rpc_list_keys(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
 kms_err kms_rpc_rotate_key(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
-kms_err kms_rpc_update_key_rotation(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
+kms_err kms_rpc_update_key_rotation(struct kms_call *, const ProtobufCMessage *,
+                                    struct kms_reply *);
 kms_err kms_rpc_enable_key(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
 kms_err kms_rpc_disable_key(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
-kms_err kms_rpc_schedule_key_deletion(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
-kms_err kms_rpc_cancel_key_deletion(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
+kms_err kms_rpc_schedule_key_deletion(struct kms_call *, const ProtobufCMessage *,
+                                      struct kms_reply *);
+kms_err kms_rpc_cancel_key_deletion(struct kms_call *, const ProtobufCMessage *,
+                                    struct kms_reply *);
 
 /* The KeyMetadata (versions included) of a key, for handlers in other files
  * that reply with more than {key} (kms_import.c). Free it with
