@@ -232,7 +232,7 @@ kms_err kms_import_reconcile(struct kms_service *svc, struct p11_token *tok, siz
     kms_err rc = kms_store_import_hsm_ids_for_token(kms_service_store(svc), p11_token_label(tok),
                                                     &known, &n_known);
     for (size_t i = 0; rc == KMS_OK && i < n_ids; i++) {
-        if (bsearch(ids[i].b, known, n_known, sizeof(*known), cmp_hsm_id))
+        if (n_known > 0 && bsearch(ids[i].b, known, n_known, sizeof(*known), cmp_hsm_id))
             continue;
         /* A wrapping key has no tenant material; one no token names can
          * never be used again, so destroying it is always safe. */
