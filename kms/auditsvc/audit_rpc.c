@@ -52,13 +52,10 @@ static kms_err rollback_check(const char *region, uint64_t known, uint64_t size)
     return KMS_OK;
 }
 
-kms_err kms_rpc_get_signed_tree_head(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_get_signed_tree_head(struct kms_call *call, const ProtobufCMessage *msg,
                                      struct kms_reply *reply)
 {
-    Custos__V1__GetSignedTreeHeadRequest *req =
-        kms_pbuf_unpack(&custos__v1__get_signed_tree_head_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("GetSignedTreeHeadRequest");
+    const Custos__V1__GetSignedTreeHeadRequest *req = (const void *)msg;
     struct audit_log *log = NULL;
     uint8_t *head = NULL;
     size_t head_len = 0;
@@ -82,7 +79,6 @@ kms_err kms_rpc_get_signed_tree_head(struct kms_call *call, const uint8_t *body,
         }
     }
     free(head);
-    custos__v1__get_signed_tree_head_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -108,13 +104,10 @@ static void proof_free(ProtobufCBinaryData *p, size_t n)
     free(p);
 }
 
-kms_err kms_rpc_export_audit_log(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_export_audit_log(struct kms_call *call, const ProtobufCMessage *msg,
                                  struct kms_reply *reply)
 {
-    Custos__V1__ExportAuditLogRequest *req =
-        kms_pbuf_unpack(&custos__v1__export_audit_log_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ExportAuditLogRequest");
+    const Custos__V1__ExportAuditLogRequest *req = (const void *)msg;
     struct audit_log *log = NULL;
     uint8_t *head = NULL;
     size_t head_len = 0, n = 0;
@@ -184,17 +177,13 @@ done:
     if (sth)
         custos__v1__signed_tree_head__free_unpacked(sth, NULL);
     free(head);
-    custos__v1__export_audit_log_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_get_audit_keys(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_get_audit_keys(struct kms_call *call, const ProtobufCMessage *msg,
                                struct kms_reply *reply)
 {
-    Custos__V1__GetAuditKeysRequest *req =
-        kms_pbuf_unpack(&custos__v1__get_audit_keys_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("GetAuditKeysRequest");
+    const Custos__V1__GetAuditKeysRequest *req = (const void *)msg;
     Custos__V1__AuditKey **all = NULL;
     size_t n_all = 0;
     kms_err rc = region_log(call, POL_OP_GET_AUDIT_KEYS, req->region, NULL);
@@ -239,6 +228,5 @@ kms_err kms_rpc_get_audit_keys(struct kms_call *call, const uint8_t *body, size_
         rc = kms_rpc_pack(&resp.base, reply);
     }
     audit_log_keys_free(all, n_all);
-    custos__v1__get_audit_keys_request__free_unpacked(req, NULL);
     return rc;
 }

@@ -4,11 +4,11 @@
 #ifndef AUDIT_RPC_H
 #define AUDIT_RPC_H
 
-#include "kms_rpc.h"
+#include "kms_call.h"
 
-kms_err kms_rpc_get_signed_tree_head(struct kms_call *, const uint8_t *, size_t,
+kms_err kms_rpc_get_signed_tree_head(struct kms_call *, const ProtobufCMessage *,
                                      struct kms_reply *);
-kms_err kms_rpc_export_audit_log(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
-kms_err kms_rpc_get_audit_keys(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_export_audit_log(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
+kms_err kms_rpc_get_audit_keys(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
 
 #endif

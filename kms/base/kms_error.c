@@ -1,5 +1,5 @@
 /*
- * kms_error.c - names, Twirp mapping and per-thread details of kms_err.
+ * kms_error.c - names, error code names and per-thread details of kms_err.
  */
 #include "kms_error.h"
 
@@ -12,37 +12,38 @@ static _Thread_local char err_detail[512];
 struct err_row {
     kms_err err;
     const char *name;
-    const char *twirp;
-    int status;
+    const char *code;
 };
 
-/* The one table from project errors to Twirp codes and HTTP statuses. HSM
+/* The one table from project errors to the error code names a caller, the
+ * audit log and the metrics see (the API's, which are Twirp's). HSM
  * failures are "internal" unless the token is gone, which is "unavailable":
- * a load balancer may send the request to another node. */
+ * a load balancer may send the request to another node. The HTTP status of
+ * each code is the front's business (kms/http/kms_twirp.c). */
 static const struct err_row err_table[] = {
-    {KMS_OK, "KMS_OK", "ok", 200},
-    {KMS_ERR_USAGE, "KMS_ERR_USAGE", "internal", 500},
-    {KMS_ERR_INVALID_ARGUMENT, "KMS_ERR_INVALID_ARGUMENT", "invalid_argument", 400},
-    {KMS_ERR_TOO_LARGE, "KMS_ERR_TOO_LARGE", "invalid_argument", 400},
-    {KMS_ERR_NOT_FOUND, "KMS_ERR_NOT_FOUND", "not_found", 404},
-    {KMS_ERR_ALREADY_EXISTS, "KMS_ERR_ALREADY_EXISTS", "already_exists", 409},
-    {KMS_ERR_FAILED_PRECONDITION, "KMS_ERR_FAILED_PRECONDITION", "failed_precondition", 412},
-    {KMS_ERR_BAD_CIPHERTEXT, "KMS_ERR_BAD_CIPHERTEXT", "invalid_argument", 400},
-    {KMS_ERR_UNSUPPORTED, "KMS_ERR_UNSUPPORTED", "failed_precondition", 412},
-    {KMS_ERR_MALFORMED, "KMS_ERR_MALFORMED", "malformed", 400},
-    {KMS_ERR_BAD_ROUTE, "KMS_ERR_BAD_ROUTE", "bad_route", 404},
-    {KMS_ERR_UNAUTHENTICATED, "KMS_ERR_UNAUTHENTICATED", "unauthenticated", 401},
-    {KMS_ERR_PERMISSION_DENIED, "KMS_ERR_PERMISSION_DENIED", "permission_denied", 403},
-    {KMS_ERR_RESOURCE_EXHAUSTED, "KMS_ERR_RESOURCE_EXHAUSTED", "resource_exhausted", 429},
-    {KMS_ERR_HSM, "KMS_ERR_HSM", "internal", 500},
-    {KMS_ERR_HSM_UNAVAILABLE, "KMS_ERR_HSM_UNAVAILABLE", "unavailable", 503},
-    {KMS_ERR_HSM_SESSION, "KMS_ERR_HSM_SESSION", "unavailable", 503},
-    {KMS_ERR_HSM_PIN, "KMS_ERR_HSM_PIN", "unavailable", 503},
-    {KMS_ERR_IO, "KMS_ERR_IO", "unavailable", 503},
-    {KMS_ERR_NOSPC, "KMS_ERR_NOSPC", "unavailable", 503},
-    {KMS_ERR_CONFIG, "KMS_ERR_CONFIG", "internal", 500},
-    {KMS_ERR_NOMEM, "KMS_ERR_NOMEM", "resource_exhausted", 429},
-    {KMS_ERR_INTERNAL, "KMS_ERR_INTERNAL", "internal", 500},
+    {KMS_OK, "KMS_OK", "ok"},
+    {KMS_ERR_USAGE, "KMS_ERR_USAGE", "internal"},
+    {KMS_ERR_INVALID_ARGUMENT, "KMS_ERR_INVALID_ARGUMENT", "invalid_argument"},
+    {KMS_ERR_TOO_LARGE, "KMS_ERR_TOO_LARGE", "invalid_argument"},
+    {KMS_ERR_NOT_FOUND, "KMS_ERR_NOT_FOUND", "not_found"},
+    {KMS_ERR_ALREADY_EXISTS, "KMS_ERR_ALREADY_EXISTS", "already_exists"},
+    {KMS_ERR_FAILED_PRECONDITION, "KMS_ERR_FAILED_PRECONDITION", "failed_precondition"},
+    {KMS_ERR_BAD_CIPHERTEXT, "KMS_ERR_BAD_CIPHERTEXT", "invalid_argument"},
+    {KMS_ERR_UNSUPPORTED, "KMS_ERR_UNSUPPORTED", "failed_precondition"},
+    {KMS_ERR_MALFORMED, "KMS_ERR_MALFORMED", "malformed"},
+    {KMS_ERR_BAD_ROUTE, "KMS_ERR_BAD_ROUTE", "bad_route"},
+    {KMS_ERR_UNAUTHENTICATED, "KMS_ERR_UNAUTHENTICATED", "unauthenticated"},
+    {KMS_ERR_PERMISSION_DENIED, "KMS_ERR_PERMISSION_DENIED", "permission_denied"},
+    {KMS_ERR_RESOURCE_EXHAUSTED, "KMS_ERR_RESOURCE_EXHAUSTED", "resource_exhausted"},
+    {KMS_ERR_HSM, "KMS_ERR_HSM", "internal"},
+    {KMS_ERR_HSM_UNAVAILABLE, "KMS_ERR_HSM_UNAVAILABLE", "unavailable"},
+    {KMS_ERR_HSM_SESSION, "KMS_ERR_HSM_SESSION", "unavailable"},
+    {KMS_ERR_HSM_PIN, "KMS_ERR_HSM_PIN", "unavailable"},
+    {KMS_ERR_IO, "KMS_ERR_IO", "unavailable"},
+    {KMS_ERR_NOSPC, "KMS_ERR_NOSPC", "unavailable"},
+    {KMS_ERR_CONFIG, "KMS_ERR_CONFIG", "internal"},
+    {KMS_ERR_NOMEM, "KMS_ERR_NOMEM", "resource_exhausted"},
+    {KMS_ERR_INTERNAL, "KMS_ERR_INTERNAL", "internal"},
 };
 
 static const struct err_row *err_row(kms_err err)
@@ -62,13 +63,7 @@ const char *kms_strerror(kms_err err)
 const char *kms_err_twirp_code(kms_err err)
 {
     const struct err_row *r = err_row(err);
-    return r ? r->twirp : "internal";
-}
-
-int kms_err_http_status(kms_err err)
-{
-    const struct err_row *r = err_row(err);
-    return r ? r->status : 500;
+    return r ? r->code : "internal";
 }
 
 kms_err kms_err_set(kms_err err, const char *fmt, ...)

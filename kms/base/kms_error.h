@@ -1,8 +1,10 @@
 /*
  * kms_error.h - the one error type of Custos.
  *
- * Every fallible function returns a kms_err. Codes are grouped by kind so the
- * HTTP layer maps them to Twirp codes in one table (kms_err_twirp_code). A
+ * Every fallible function returns a kms_err. Codes are grouped by kind, and
+ * one table names the error code of each (kms_err_twirp_code), which the
+ * fronts, the audit log and the metrics share; the HTTP status of a code is
+ * the HTTP front's (kms_twirp_http_status in kms/http/kms_twirp.h). A
  * human-readable detail for the most recent error of the calling thread is
  * kept in thread-local storage: kms_err_set() records it, kms_err_detail()
  * reads it. Details never contain secrets: callers must not format PINs, key
@@ -54,11 +56,9 @@ typedef enum kms_err {
 /* Static name of a code ("KMS_ERR_NOT_FOUND"). Never NULL. */
 const char *kms_strerror(kms_err err);
 
-/* Twirp error code string for err ("not_found"). */
+/* The error code name of err ("not_found"): the API's code names, which
+ * are Twirp's; the audit log's `outcome` and the metrics' label too. */
 const char *kms_err_twirp_code(kms_err err);
-
-/* HTTP status that goes with kms_err_twirp_code(err). */
-int kms_err_http_status(kms_err err);
 
 /* Record a detail for the calling thread and return err unchanged, so that
  * `return kms_err_set(KMS_ERR_X, "...")` reads naturally. */

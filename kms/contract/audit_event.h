@@ -13,7 +13,7 @@
 
 #include "audit_log.h"
 #include "kms_error.h"
-#include "kms_rpc.h"
+#include "kms_call.h"
 
 /* The region whose log holds the event of this request as it stands
  * (docs/audit.md, "Which log"): the region of the key (or of the audit

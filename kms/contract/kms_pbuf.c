@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 /* Counts per field of one message instance live on the stack; no message
  * of proto/ comes close to this many fields. */
 #define PBUF_MAX_FIELDS 64
@@ -357,4 +359,68 @@ void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *dat
     if (m == NULL && b.over)
         refuse("decoding would allocate more than the body's budget", desc);
     return m;
+}
+
+/* One member of a message: a string, bytes or sub-message at p. */
+static void wipe_member(const ProtobufCFieldDescriptor *f, void *p)
+{
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_STRING: {
+        char *str = *(char **)p;
+        /* protobuf-c points unset strings at its static "" (length 0:
+         * nothing is written to it). */
+        if (str != NULL)
+            OPENSSL_cleanse(str, strlen(str));
+        break;
+    }
+    case PROTOBUF_C_TYPE_BYTES: {
+        ProtobufCBinaryData *b = p;
+        if (b->data != NULL)
+            OPENSSL_cleanse(b->data, b->len);
+        break;
+    }
+    case PROTOBUF_C_TYPE_MESSAGE:
+        if (*(ProtobufCMessage **)p != NULL)
+            kms_pbuf_wipe(*(ProtobufCMessage **)p);
+        break;
+    default:
+        break;
+    }
+}
+
+void kms_pbuf_wipe(ProtobufCMessage *m)
+{
+    if (m == NULL)
+        return;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_BYTES &&
+            f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        uint8_t *member = (uint8_t *)m + f->offset;
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            /* Only the member the case names holds a pointer of its type. */
+            if (*(const uint32_t *)((const uint8_t *)m + f->quantifier_offset) != f->id)
+                continue;
+        }
+        if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+            wipe_member(f, member);
+            continue;
+        }
+        size_t n = *(const size_t *)((const uint8_t *)m + f->quantifier_offset);
+        uint8_t *arr = *(uint8_t **)member;
+        size_t el = f->type == PROTOBUF_C_TYPE_BYTES ? sizeof(ProtobufCBinaryData)
+                                                     : sizeof(void *);
+        for (size_t j = 0; arr != NULL && j < n; j++)
+            wipe_member(f, arr + j * el);
+    }
+}
+
+void kms_pbuf_free_wiped(ProtobufCMessage *m)
+{
+    if (m == NULL)
+        return;
+    kms_pbuf_wipe(m);
+    protobuf_c_message_free_unpacked(m, NULL);
 }

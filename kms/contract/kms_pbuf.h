@@ -25,8 +25,9 @@
  *   2. then unpacks with an allocator that counts bytes and refuses any
  *      allocation past KMS_PBUF_ALLOC_BUDGET(len) before calling malloc.
  *
- * The allocator is malloc/free underneath, so the message is freed as usual
- * with <type>__free_unpacked(msg, NULL).
+ * The allocator is malloc/free underneath, so the message may be freed as
+ * usual with <type>__free_unpacked(msg, NULL); a request is freed with
+ * kms_pbuf_free_wiped, which wipes it first.
  *
  * Thread-safety: reentrant; the refusal reason is per thread.
  */
@@ -71,5 +72,17 @@ const char *kms_pbuf_last_refusal(void);
  * refused string, else KMS_ERR_MALFORMED 'the body is not a valid what
  * message: <reason>'. */
 kms_err kms_pbuf_refused(const char *what);
+
+/* Wipe (OPENSSL_cleanse) every string and bytes field of m, at any depth:
+ * singular, repeated, in nested messages and map entries, the set member
+ * of a oneof. Lengths and counts are kept, so the message can still be
+ * freed. Walks m's own descriptor; m must be a decoded message (strings
+ * NUL-terminated, depth bounded by kms_pbuf_unpack). */
+void kms_pbuf_wipe(ProtobufCMessage *m);
+
+/* kms_pbuf_wipe, then free m (malloc'd, as kms_pbuf_unpack makes it).
+ * NULL is a no-op. The fronts free every request through here, once, so
+ * that no handler has to remember which fields held a secret. */
+void kms_pbuf_free_wiped(ProtobufCMessage *m);
 
 #endif

@@ -65,7 +65,7 @@ struct answer {
 
 struct req_state {
     struct kms_call call;
-    kms_rpc_fn fn;
+    const struct kms_route *route;
     const char *method;
     uint8_t *body;
     size_t len, cap;
@@ -123,7 +123,7 @@ static enum MHD_Result send_error(struct MHD_Connection *c, struct req_state *st
                  st->method ? st->method : "-", kms_err_twirp_code(err), msg);
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
-    return respond(c, st, (unsigned)kms_err_http_status(err), r, "application/json");
+    return respond(c, st, (unsigned)kms_twirp_http_status(err), r, "application/json");
 }
 
 static void drop_reply(struct kms_reply *reply)
@@ -521,7 +521,7 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
     struct kms_httpreq req;
     kms_err_clear();
     kms_err rc = kms_httpreq_check_head(&head, &req);
-    st->fn = req.fn;
+    st->route = req.route;
     st->method = req.method;
     st->op = kms_metrics_op(st->method);
     memcpy(st->correlation_id, req.correlation_id, sizeof(st->correlation_id));
@@ -586,14 +586,15 @@ static bool framing_refused(struct MHD_Connection *c, struct req_state *st, cons
     snprintf(msg, sizeof(msg), "%s", kms_err_detail());
     st->close = true;
     const char *name = NULL;
-    kms_rpc_fn fn = strcmp(method, "POST") == 0 ? kms_twirp_route(url, &name) : NULL;
-    if (fn == NULL) {
+    const struct kms_route *route =
+        strcmp(method, "POST") == 0 ? kms_twirp_route(url, &name) : NULL;
+    if (route == NULL) {
         *out = send_error(c, st, rc, msg);
         return true;
     }
     /* A route: the refusal is an audit event, without the correlation id
      * (the headers are what is in doubt). */
-    st->fn = fn;
+    st->route = route;
     st->method = name;
     st->op = kms_metrics_op(name);
     *out = refuse(c, st, rc, msg);
@@ -687,7 +688,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
                          "only decrypt and read operations are served until an operator "
                          "reconciles (docs/operations.md)");
     else
-        rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
+        rc = kms_twirp_dispatch(st->route, &st->call, st->body, st->len, reply);
     if (rc == KMS_OK && st->json && json_reply(st, reply) != KMS_OK) {
         /* The handler has committed its change (a new key version, a
          * created key): the event says so, or a restore would not see it,
@@ -713,13 +714,13 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         /* A lower layer's own check (a "store: ..." detail) is logged,
          * never shown: it names kmsd's insides (kms_err_client_msg). */
         const char *msg = kms_err_client_msg(rc, detail);
-        if (msg != detail && kms_err_http_status(rc) < 500)
+        if (msg != detail && kms_twirp_http_status(rc) < 500)
             kms_log_info("http", "request %s %s refused: %s", st->call.request_id, st->method,
                          detail);
         /* What the handler noted (e.g. which recovery) comes first. */
         snprintf(audit_detail, sizeof(audit_detail), "%s%s%s", st->call.audit.detail,
                  st->call.audit.detail[0] ? ": " : "", detail);
-        if (kms_err_http_status(rc) >= 500) {
+        if (kms_twirp_http_status(rc) >= 500) {
             kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
                           detail);
             /* A refused PIN is 503 like a removed token, but retrying will
@@ -727,7 +728,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
              * the caller's operators must know that. */
             msg = rc == KMS_ERR_HSM_PIN ? "the HSM refused kmsd's login (PIN); an operator "
                                           "must act, retrying will not help"
-                  : kms_err_http_status(rc) == 503
+                  : kms_twirp_http_status(rc) == 503
                       ? unavailable_msg(st, "the HSM or store is unavailable; retry", m503,
                                         sizeof(m503))
                       : "internal error";

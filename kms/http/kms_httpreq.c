@@ -61,15 +61,15 @@ kms_err kms_httpreq_check_body_len(size_t len, size_t max_body)
 kms_err kms_httpreq_check_head(const struct kms_httpreq_head *in, struct kms_httpreq *out)
 {
     memset(out, 0, sizeof(*out));
-    out->fn = kms_twirp_route(in->url, &out->method);
+    out->route = kms_twirp_route(in->url, &out->method);
     /* Refusals before a route is known are not audited: there is no
      * operation, and an unauthenticated scanner must not fill the log. */
     KMS_ENSURE(strcmp(in->method, "POST") == 0, KMS_ERR_BAD_ROUTE,
                "Twirp methods are called with POST");
-    KMS_ENSURE(out->fn != NULL, KMS_ERR_BAD_ROUTE, "no such method");
-    out->request = kms_twirp_route_request(in->url);
+    KMS_ENSURE(out->route != NULL, KMS_ERR_BAD_ROUTE, "no such method");
+    out->request = out->route->request;
     out->routed = true;
-    out->response = kms_twirp_route_response(in->url);
+    out->response = out->route->response;
     out->json = content_type_json(in->content_type);
     KMS_ENSURE(out->json || content_type_ok(in->content_type), KMS_ERR_BAD_ROUTE,
                "unsupported Content-Type: use application/protobuf or application/json");

@@ -15,7 +15,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "kms_error.h"
-#include "kms_rpc.h"
+#include "kms_call.h"
 
 /* Longest bearer key accepted; longer ones are refused unread. */
 #define KMS_HTTP_BEARER_MAX 512
@@ -34,7 +34,7 @@ struct kms_httpreq_head {
 
 /* What kms_httpreq_check_head found. */
 struct kms_httpreq {
-    kms_rpc_fn fn;                                /* the route's handler */
+    const struct kms_route *route;                /* the route's row */
     const char *method;                           /* its name, pointing into url */
     const ProtobufCMessageDescriptor *request;    /* its request message type */
     const ProtobufCMessageDescriptor *response;   /* its response message type */

@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "kms_error.h"
+#include "kms_keyid.h"
 
 #define KMS_BLOB_MAGIC 0xC5
 #define KMS_BLOB_VERSION 0x02 /* the format written */
@@ -101,9 +102,5 @@ struct kms_ctx_pair {
  * out (>= KMS_CTX_ENCODED_MAX). KMS_ERR_INVALID_ARGUMENT names the bad pair
  * by index, never by content. */
 kms_err kms_ctx_encode(const struct kms_ctx_pair *pairs, size_t n, uint8_t *out, size_t *out_len);
-
-/* Key ids: 32 lowercase hex <-> 16 bytes. */
-kms_err kms_key_id_parse(const char *hex, uint8_t out[16]);
-void kms_key_id_format(const uint8_t id[16], char out[33]);
 
 #endif

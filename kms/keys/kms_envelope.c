@@ -4,7 +4,8 @@
  * this file builds the public blob around it (kms_blob.h).
  *
  * Plaintext and data keys pass through here only in buffers that are wiped
- * before they are freed; the request message that carried them is wiped too.
+ * before they are freed; the request message that carried them is the
+ * front's, which wipes it when it frees it (kms_call.h).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -12,57 +13,16 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "kms_envelope.h"
+
 #include "kms_blob.h"
-#include "kms_keycache.h"
+#include "kms_keyuse.h"
 #include "kms_log.h"
-#include "kms_rpc.h"
 #include "kms_store.h"
 #include "kms_usage.h"
 #include "p11_crypto.h"
 #include "pol_eval.h"
 #include "proto/key.pb-c.h"
-
-/* Every map<string,string> entry that protoc-c generates has this layout;
- * the context code reads them through it. */
-struct map_entry {
-    ProtobufCMessage base;
-    char *key;
-    char *value;
-};
-
-static kms_err encode_context(size_t n, void *const *entries, uint8_t *out, size_t *out_len)
-{
-    KMS_ENSURE(n <= KMS_CTX_MAX_PAIRS, KMS_ERR_INVALID_ARGUMENT,
-               "encryption context has %zu pairs (at most %d)", n, KMS_CTX_MAX_PAIRS);
-    struct kms_ctx_pair pairs[KMS_CTX_MAX_PAIRS];
-    for (size_t i = 0; i < n; i++) {
-        const struct map_entry *e = entries[i];
-        pairs[i].key = e->key;
-        pairs[i].value = e->value;
-    }
-    return kms_ctx_encode(pairs, n, out, out_len);
-}
-
-static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r, bool secret)
-{
-    r->secret = secret;
-    return kms_rpc_pack(m, r);
-}
-
-static void wipe_bytes(ProtobufCBinaryData *b)
-{
-    if (b->data)
-        OPENSSL_cleanse(b->data, b->len);
-}
-
-static kms_err key_token(struct kms_call *call, const struct kms_key_record *k,
-                         struct p11_token **out)
-{
-    *out = kms_service_token(call->svc, k->region);
-    KMS_ENSURE(*out != NULL, KMS_ERR_FAILED_PRECONDITION, "region %s is not served by this node",
-               k->region);
-    return KMS_OK;
-}
 
 static kms_err require_enabled(const struct kms_key_record *k)
 {
@@ -92,10 +52,9 @@ static kms_err seal(struct kms_call *call, const struct kms_key_record *k,
                "plaintext longer than %d bytes", KMS_PLAINTEXT_MAX);
     KMS_GUARD(require_enabled(k));
     struct p11_token *tok;
-    KMS_GUARD(key_token(call, k, &tok));
+    KMS_GUARD(kms_keyuse_token(call, k, &tok));
     struct kms_version_record v;
-    KMS_GUARD(kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc), k->key_id, k->current_version,
-                                    &v));
+    KMS_GUARD(kms_keyuse_version(call, k->key_id, k->current_version, false, &v));
     KMS_GUARD(kms_usage_encrypt(call->svc, k->key_id, v.version, 1)); /* GCM limit: kms_usage.h */
 
     struct kms_blob_header h;
@@ -111,7 +70,7 @@ static kms_err seal(struct kms_call *call, const struct kms_key_record *k,
      * 2^32 messages per key version applies (docs/ciphertext-format.md). */
     KMS_ENSURE(RAND_bytes(h.iv, sizeof(h.iv)) == 1, KMS_ERR_INTERNAL, "RNG failure");
     KMS_GUARD(kms_blob_write_header(&h, aad, &hl));
-    KMS_GUARD(encode_context(n_ctx, ctx, aad + hl, &cl));
+    KMS_GUARD(kms_keyuse_context(n_ctx, ctx, aad + hl, &cl));
 
     size_t cap = hl + pt_len + KMS_BLOB_TAG_LEN;
     uint8_t *blob = malloc(cap);
@@ -159,13 +118,8 @@ static kms_err locate_blob(struct kms_call *call, enum pol_op op, const Protobuf
      * region is not this key's, whatever its id says. */
     KMS_ENSURE(strcmp(o->h.region, o->key.region) == 0, KMS_ERR_BAD_CIPHERTEXT,
                "ciphertext or encryption context does not match");
-    kms_err rc = kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc), key_id, o->h.version, &o->v);
-    KMS_ENSURE(rc != KMS_ERR_NOT_FOUND, KMS_ERR_BAD_CIPHERTEXT,
-               "ciphertext or encryption context does not match");
-    KMS_GUARD(rc);
-    KMS_ENSURE(o->v.state == KMS_VERSION_ACTIVE, KMS_ERR_FAILED_PRECONDITION,
-               "key version %u is destroyed", o->v.version);
-    KMS_GUARD(key_token(call, &o->key, &o->tok));
+    KMS_GUARD(kms_keyuse_version(call, key_id, o->h.version, true, &o->v));
+    KMS_GUARD(kms_keyuse_token(call, &o->key, &o->tok));
     return KMS_OK;
 }
 
@@ -212,7 +166,7 @@ static kms_err decrypt_blob(const struct located *o, const ProtobufCBinaryData *
     *out_pt = NULL;
     *out_len = 0;
     memcpy(aad, blob->data, o->hl);
-    KMS_GUARD(encode_context(n_ctx, ctx, aad + o->hl, &cl));
+    KMS_GUARD(kms_keyuse_context(n_ctx, ctx, aad + o->hl, &cl));
     size_t body = blob->len - o->hl;
     uint8_t *pt = malloc(body ? body : 1);
     KMS_ENSURE(pt != NULL, KMS_ERR_NOMEM, "out of memory");
@@ -233,23 +187,11 @@ static kms_err decrypt_blob(const struct located *o, const ProtobufCBinaryData *
     return KMS_OK;
 }
 
-static void free_secret(uint8_t *p, size_t len)
-{
-    if (p) {
-        OPENSSL_cleanse(p, len);
-        free(p);
-    }
-}
-
 /* ---- Encrypt / Decrypt ---------------------------------------------------- */
 
-kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
-                        struct kms_reply *reply)
+kms_err kms_rpc_encrypt(struct kms_call *call, const ProtobufCMessage *msg, struct kms_reply *reply)
 {
-    Custos__V1__EncryptRequest *req =
-        kms_pbuf_unpack(&custos__v1__encrypt_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("EncryptRequest");
+    const Custos__V1__EncryptRequest *req = (const void *)msg;
     uint8_t *blob = NULL;
     size_t blob_len = 0;
     uint32_t version = 0;
@@ -265,11 +207,9 @@ kms_err kms_rpc_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
         resp.ciphertext.len = blob_len;
         resp.key_id = k.key_id;
         resp.key_version = version;
-        rc = pack(&resp.base, reply, false);
+        rc = kms_rpc_pack(&resp.base, reply);
     }
     free(blob);
-    wipe_bytes(&req->plaintext);
-    custos__v1__encrypt_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -305,36 +245,28 @@ static kms_err open_and_reply(struct kms_call *call, enum pol_op op,
         resp.plaintext.len = pt_len;
         resp.key_id = o.key.key_id;
         resp.key_version = version;
-        rc = pack(&resp.base, reply, true);
+        rc = kms_rpc_pack_secret(&resp.base, reply);
     }
-    free_secret(pt, pt_len);
+    kms_keyuse_free_secret(pt, pt_len);
     return rc;
 }
 
-kms_err kms_rpc_decrypt(struct kms_call *call, const uint8_t *body, size_t len,
-                        struct kms_reply *reply)
+kms_err kms_rpc_decrypt(struct kms_call *call, const ProtobufCMessage *msg, struct kms_reply *reply)
 {
-    Custos__V1__DecryptRequest *req =
-        kms_pbuf_unpack(&custos__v1__decrypt_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DecryptRequest");
+    const Custos__V1__DecryptRequest *req = (const void *)msg;
     kms_err rc = open_and_reply(call, POL_OP_DECRYPT, &req->ciphertext, req->key_id,
                                 req->n_encryption_context,
                                 (void *const *)req->encryption_context,
                                 &custos__v1__decrypt_response__descriptor, reply);
-    custos__v1__decrypt_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- ReEncrypt --------------------------------------------------------------- */
 
-kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_re_encrypt(struct kms_call *call, const ProtobufCMessage *msg,
                            struct kms_reply *reply)
 {
-    Custos__V1__ReEncryptRequest *req =
-        kms_pbuf_unpack(&custos__v1__re_encrypt_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ReEncryptRequest");
+    const Custos__V1__ReEncryptRequest *req = (const void *)msg;
     uint8_t *pt = NULL, *blob = NULL;
     size_t pt_len = 0, blob_len = 0;
     uint32_t dst_version = 0;
@@ -366,7 +298,7 @@ kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t le
         rc = seal(call, &dst, src.h.kind, req->n_destination_encryption_context,
                   (void *const *)req->destination_encryption_context, pt, pt_len, &blob,
                   &blob_len, &dst_version);
-    free_secret(pt, pt_len);
+    kms_keyuse_free_secret(pt, pt_len);
     if (rc == KMS_OK) {
         Custos__V1__ReEncryptResponse resp = CUSTOS__V1__RE_ENCRYPT_RESPONSE__INIT;
         resp.ciphertext.data = blob;
@@ -375,22 +307,18 @@ kms_err kms_rpc_re_encrypt(struct kms_call *call, const uint8_t *body, size_t le
         resp.source_key_version = src.v.version;
         resp.key_id = dst.key_id;
         resp.key_version = dst_version;
-        rc = pack(&resp.base, reply, false);
+        rc = kms_rpc_pack(&resp.base, reply);
     }
     free(blob);
-    custos__v1__re_encrypt_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- data keys ---------------------------------------------------------------- */
 
-kms_err kms_rpc_generate_data_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_generate_data_key(struct kms_call *call, const ProtobufCMessage *msg,
                                   struct kms_reply *reply)
 {
-    Custos__V1__GenerateDataKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__generate_data_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("GenerateDataKeyRequest");
+    const Custos__V1__GenerateDataKeyRequest *req = (const void *)msg;
     uint8_t dk[64];
     uint8_t *blob = NULL;
     size_t blob_len = 0;
@@ -403,7 +331,7 @@ kms_err kms_rpc_generate_data_key(struct kms_call *call, const uint8_t *body, si
                     "number_of_bytes must be 16..64");
     KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_GENERATE_DATA_KEY, req->key_id, &k), done);
     KMS_GUARD_GOTO(require_enabled(&k), done);
-    KMS_GUARD_GOTO(key_token(call, &k, &tok), done);
+    KMS_GUARD_GOTO(kms_keyuse_token(call, &k, &tok), done);
     /* Data keys come from the HSM's RNG. */
     KMS_GUARD_GOTO(p11_random(tok, dk, n), done);
     KMS_GUARD_GOTO(seal(call, &k, KMS_BLOB_KIND_DATA_KEY, req->n_encryption_context,
@@ -417,25 +345,20 @@ kms_err kms_rpc_generate_data_key(struct kms_call *call, const uint8_t *body, si
     resp.ciphertext_blob.len = blob_len;
     resp.key_id = k.key_id;
     resp.key_version = version;
-    rc = pack(&resp.base, reply, true);
+    rc = kms_rpc_pack_secret(&resp.base, reply);
 done:
     OPENSSL_cleanse(dk, sizeof(dk));
     free(blob);
-    custos__v1__generate_data_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_decrypt_data_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_decrypt_data_key(struct kms_call *call, const ProtobufCMessage *msg,
                                  struct kms_reply *reply)
 {
-    Custos__V1__DecryptDataKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__decrypt_data_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DecryptDataKeyRequest");
+    const Custos__V1__DecryptDataKeyRequest *req = (const void *)msg;
     kms_err rc = open_and_reply(call, POL_OP_DECRYPT_DATA_KEY, &req->ciphertext_blob, req->key_id,
                                 req->n_encryption_context,
                                 (void *const *)req->encryption_context,
                                 &custos__v1__decrypt_data_key_response__descriptor, reply);
-    custos__v1__decrypt_data_key_request__free_unpacked(req, NULL);
     return rc;
 }

@@ -4,10 +4,11 @@
  * are in kms_fieldblob.h and docs/metadata.md.
  *
  * Plaintext values and canonical values pass through here only in buffers
- * that are wiped before they are freed, and the request message that
- * carried them is wiped too. Requests are checked whole (counts, names,
- * modes, sizes, canonical forms) before the first HSM call, so a bad field
- * costs no HSM work and a refused request changes nothing.
+ * that are wiped before they are freed; the request message that carried
+ * them is wiped by the front when it frees it (kms_call.h). Requests are
+ * checked whole (counts, names, modes, sizes, canonical forms) before the
+ * first HSM call, so a bad field costs no HSM work and a refused request
+ * changes nothing.
  */
 #include "kms_fields.h"
 
@@ -19,7 +20,7 @@
 #include <openssl/rand.h>
 
 #include "kms_blob.h"
-#include "kms_keycache.h"
+#include "kms_keyuse.h"
 #include "kms_log.h"
 #include "kms_store.h"
 #include "kms_usage.h"
@@ -124,46 +125,6 @@ kms_err kms_field_blind_index(const struct kms_field_key *k, enum kms_canon cano
 
 /* ---- request plumbing ------------------------------------------------------------ */
 
-/* Every map<string,string> entry that protoc-c generates has this layout. */
-struct map_entry {
-    ProtobufCMessage base;
-    char *key;
-    char *value;
-};
-
-static kms_err encode_context(size_t n, void *const *entries, uint8_t *out, size_t *out_len)
-{
-    KMS_ENSURE(n <= KMS_CTX_MAX_PAIRS, KMS_ERR_INVALID_ARGUMENT,
-               "encryption context has %zu pairs (at most %d)", n, KMS_CTX_MAX_PAIRS);
-    struct kms_ctx_pair pairs[KMS_CTX_MAX_PAIRS];
-    for (size_t i = 0; i < n; i++) {
-        const struct map_entry *e = entries[i];
-        pairs[i].key = e->key;
-        pairs[i].value = e->value;
-    }
-    return kms_ctx_encode(pairs, n, out, out_len);
-}
-
-static kms_err pack(const ProtobufCMessage *m, struct kms_reply *r, bool secret)
-{
-    r->secret = secret;
-    return kms_rpc_pack(m, r);
-}
-
-static void wipe_bytes(ProtobufCBinaryData *b)
-{
-    if (b->data)
-        OPENSSL_cleanse(b->data, b->len);
-}
-
-static void free_secret(uint8_t *p, size_t len)
-{
-    if (p) {
-        OPENSSL_cleanse(p, len);
-        free(p);
-    }
-}
-
 /* Prefix the current error detail with the index of the field or value it
  * concerns (never its content). */
 static kms_err at_index(kms_err rc, const char *what, size_t i)
@@ -183,10 +144,7 @@ static kms_err metadata_key(struct kms_call *call, enum pol_op op, const char *k
                "key %s is not a METADATA_AES_HMAC key", k->key_id);
     KMS_ENSURE(k->state == KMS_KEY_ENABLED, KMS_ERR_FAILED_PRECONDITION, "key is %s",
                kms_key_state_name(k->state));
-    *out_tok = kms_service_token(call->svc, k->region);
-    KMS_ENSURE(*out_tok != NULL, KMS_ERR_FAILED_PRECONDITION,
-               "region %s is not served by this node", k->region);
-    return KMS_OK;
+    return kms_keyuse_token(call, k, out_tok);
 }
 
 /* A version of k as an HSM key. from_blob: the version number came from a
@@ -196,15 +154,7 @@ static kms_err version_key(struct kms_call *call, const struct kms_key_record *k
                            struct kms_field_key *out)
 {
     struct kms_version_record v;
-    /* Through the key cache, as KeyService does: no store query per call. */
-    kms_err rc = kms_keycache_version(kms_service_keycache(call->svc), kms_service_store(call->svc),
-                                      k->key_id, version, &v);
-    if (rc == KMS_ERR_NOT_FOUND && from_blob)
-        return kms_err_set(KMS_ERR_BAD_CIPHERTEXT,
-                           "ciphertext or encryption context does not match");
-    KMS_GUARD(rc);
-    KMS_ENSURE(v.state == KMS_VERSION_ACTIVE, KMS_ERR_FAILED_PRECONDITION,
-               "key version %u is destroyed", v.version);
+    KMS_GUARD(kms_keyuse_version(call, k->key_id, version, from_blob, &v));
     out->tok = tok;
     memcpy(out->hsm_id.b, v.hsm_id, sizeof(out->hsm_id.b));
     out->version = v.version;
@@ -220,13 +170,38 @@ static kms_err check_count(size_t n, const char *what)
 
 /* ---- EncryptFields --------------------------------------------------------------- */
 
-kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_t len,
+/* Check every field of an EncryptFields request before any HSM work, and
+ * add up the values' lengths into *out_total. */
+static kms_err check_plaintext_fields(const Custos__V1__EncryptFieldsRequest *req,
+                                      size_t *out_total)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < req->n_fields; i++) {
+        const Custos__V1__PlaintextField *f = req->fields[i];
+        if (kms_field_name_check(f->name, strlen(f->name)) != KMS_OK)
+            return at_index(KMS_ERR_INVALID_ARGUMENT, "field", i);
+        KMS_ENSURE(f->mode == CUSTOS__V1__FIELD_MODE__FIELD_MODE_RANDOMIZED ||
+                       f->mode == CUSTOS__V1__FIELD_MODE__FIELD_MODE_DETERMINISTIC,
+                   KMS_ERR_INVALID_ARGUMENT, "field %zu: mode must be RANDOMIZED or DETERMINISTIC",
+                   i);
+        KMS_ENSURE(f->canonicalizer == 0 || kms_canon_valid((int)f->canonicalizer),
+                   KMS_ERR_INVALID_ARGUMENT, "field %zu: unknown canonicalizer", i);
+        KMS_ENSURE(f->value.len <= KMS_FIELD_VALUE_MAX, KMS_ERR_INVALID_ARGUMENT,
+                   "field %zu: value longer than %d bytes", i, KMS_FIELD_VALUE_MAX);
+        KMS_ENSURE(f->index_length_bits == 0 || (f->index_length_bits >= KMS_INDEX_BITS_MIN &&
+                                                 f->index_length_bits <= KMS_INDEX_BITS_MAX),
+                   KMS_ERR_INVALID_ARGUMENT, "field %zu: index_length_bits must be 0 or %d..%d", i,
+                   KMS_INDEX_BITS_MIN, KMS_INDEX_BITS_MAX);
+        total += f->value.len;
+    }
+    *out_total = total;
+    return KMS_OK;
+}
+
+kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *msg,
                                struct kms_reply *reply)
 {
-    Custos__V1__EncryptFieldsRequest *req =
-        kms_pbuf_unpack(&custos__v1__encrypt_fields_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("EncryptFieldsRequest");
+    const Custos__V1__EncryptFieldsRequest *req = (const void *)msg;
     kms_err rc = KMS_OK;
     struct kms_key_record k;
     struct p11_token *tok = NULL;
@@ -239,33 +214,12 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_
 
     KMS_GUARD_GOTO(metadata_key(call, POL_OP_ENCRYPT_FIELDS, req->key_id, &k, &tok), done);
     KMS_GUARD_GOTO(check_count(n, "fields"), done);
-    KMS_GUARD_GOTO(encode_context(req->n_encryption_context,
+    KMS_GUARD_GOTO(kms_keyuse_context(req->n_encryption_context,
                                   (void *const *)req->encryption_context, ctx, &ctx_len),
                    done);
     /* Check every field, and canonicalise where asked, before any HSM work.
      * Canonical forms are never longer than their input. */
-    for (size_t i = 0; i < n; i++) {
-        const Custos__V1__PlaintextField *f = req->fields[i];
-        if (kms_field_name_check(f->name, strlen(f->name)) != KMS_OK) {
-            rc = at_index(KMS_ERR_INVALID_ARGUMENT, "field", i);
-            goto done;
-        }
-        KMS_ENSURE_GOTO(f->mode == CUSTOS__V1__FIELD_MODE__FIELD_MODE_RANDOMIZED ||
-                            f->mode == CUSTOS__V1__FIELD_MODE__FIELD_MODE_DETERMINISTIC,
-                        done, KMS_ERR_INVALID_ARGUMENT,
-                        "field %zu: mode must be RANDOMIZED or DETERMINISTIC", i);
-        KMS_ENSURE_GOTO(f->canonicalizer == 0 || kms_canon_valid((int)f->canonicalizer), done,
-                        KMS_ERR_INVALID_ARGUMENT, "field %zu: unknown canonicalizer", i);
-        KMS_ENSURE_GOTO(f->value.len <= KMS_FIELD_VALUE_MAX, done, KMS_ERR_INVALID_ARGUMENT,
-                        "field %zu: value longer than %d bytes", i, KMS_FIELD_VALUE_MAX);
-        KMS_ENSURE_GOTO(f->index_length_bits == 0 ||
-                            (f->index_length_bits >= KMS_INDEX_BITS_MIN &&
-                             f->index_length_bits <= KMS_INDEX_BITS_MAX),
-                        done, KMS_ERR_INVALID_ARGUMENT,
-                        "field %zu: index_length_bits must be 0 or %d..%d", i, KMS_INDEX_BITS_MIN,
-                        KMS_INDEX_BITS_MAX);
-        total += f->value.len;
-    }
+    KMS_GUARD_GOTO(check_plaintext_fields(req, &total), done);
     KMS_ENSURE_GOTO(total <= KMS_FIELDS_TOTAL_MAX, done, KMS_ERR_INVALID_ARGUMENT,
                     "values longer than %d bytes in all", KMS_FIELDS_TOTAL_MAX);
     canon = malloc(total ? total : 1);
@@ -332,28 +286,22 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const uint8_t *body, size_
     resp.key_version = fk.version;
     resp.n_fields = n;
     resp.fields = outp;
-    rc = pack(&resp.base, reply, false);
+    rc = kms_rpc_pack(&resp.base, reply);
 done:
     free(outs);
     free(outp);
     free(arena);
-    free_secret(canon, total);
+    kms_keyuse_free_secret(canon, total);
     free(canon_len);
-    for (size_t i = 0; i < req->n_fields; i++)
-        wipe_bytes(&req->fields[i]->value);
-    custos__v1__encrypt_fields_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- DecryptFields --------------------------------------------------------------- */
 
-kms_err kms_rpc_decrypt_fields(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_decrypt_fields(struct kms_call *call, const ProtobufCMessage *msg,
                                struct kms_reply *reply)
 {
-    Custos__V1__DecryptFieldsRequest *req =
-        kms_pbuf_unpack(&custos__v1__decrypt_fields_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DecryptFieldsRequest");
+    const Custos__V1__DecryptFieldsRequest *req = (const void *)msg;
     kms_err rc = KMS_OK;
     struct kms_key_record k;
     struct p11_token *tok = NULL;
@@ -368,7 +316,7 @@ kms_err kms_rpc_decrypt_fields(struct kms_call *call, const uint8_t *body, size_
 
     KMS_GUARD_GOTO(metadata_key(call, POL_OP_DECRYPT_FIELDS, req->key_id, &k, &tok), done);
     KMS_GUARD_GOTO(check_count(n, "fields"), done);
-    KMS_GUARD_GOTO(encode_context(req->n_encryption_context,
+    KMS_GUARD_GOTO(kms_keyuse_context(req->n_encryption_context,
                                   (void *const *)req->encryption_context, ctx, &ctx_len),
                    done);
     ver_of = calloc(n, sizeof(*ver_of));
@@ -436,13 +384,12 @@ kms_err kms_rpc_decrypt_fields(struct kms_call *call, const uint8_t *body, size_
     resp.key_id = k.key_id;
     resp.n_fields = n;
     resp.fields = outp;
-    rc = pack(&resp.base, reply, true);
+    rc = kms_rpc_pack_secret(&resp.base, reply);
 done:
     free(outs);
     free(outp);
-    free_secret(arena, arena_len);
+    kms_keyuse_free_secret(arena, arena_len);
     free(ver_of);
-    custos__v1__decrypt_fields_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -502,13 +449,10 @@ static kms_err index_versions(struct kms_call *call, const struct kms_key_record
     return KMS_OK;
 }
 
-kms_err kms_rpc_blind_index(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_blind_index(struct kms_call *call, const ProtobufCMessage *msg,
                             struct kms_reply *reply)
 {
-    Custos__V1__BlindIndexRequest *req =
-        kms_pbuf_unpack(&custos__v1__blind_index_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("BlindIndexRequest");
+    const Custos__V1__BlindIndexRequest *req = (const void *)msg;
     kms_err rc = KMS_OK;
     struct kms_key_record k;
     struct p11_token *tok = NULL;
@@ -586,17 +530,14 @@ kms_err kms_rpc_blind_index(struct kms_call *call, const uint8_t *body, size_t l
     resp.length_bits = bits;
     resp.n_versions = n_vers;
     resp.versions = voutp;
-    rc = pack(&resp.base, reply, false);
+    rc = kms_rpc_pack(&resp.base, reply);
 done:
     free(vouts);
     free(voutp);
     free(blobs);
     free(idx);
     free(vers);
-    free_secret(canon, total);
+    kms_keyuse_free_secret(canon, total);
     free(canon_len);
-    for (size_t i = 0; i < req->n_values; i++)
-        wipe_bytes(&req->values[i]);
-    custos__v1__blind_index_request__free_unpacked(req, NULL);
     return rc;
 }

@@ -31,13 +31,13 @@
 #include "kms_canon.h"
 #include "kms_error.h"
 #include "kms_fieldblob.h"
-#include "kms_rpc.h"
+#include "kms_call.h"
 #include "p11_key.h"
 
 /* The handlers. */
-kms_err kms_rpc_encrypt_fields(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
-kms_err kms_rpc_decrypt_fields(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
-kms_err kms_rpc_blind_index(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_encrypt_fields(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
+kms_err kms_rpc_decrypt_fields(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
+kms_err kms_rpc_blind_index(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
 
 /* One version of a metadata key, in its token. Borrowed pointers. */
 struct kms_field_key {

@@ -1,8 +1,7 @@
 /*
- * kms_import.h - BYOK import: what lives beside the two RPCs
- * (kms_rpc_get_import_parameters, kms_rpc_import_key_material in
- * kms_rpc.h): the key check value, and the cleanup of import tokens and
- * their wrapping keys. docs/byok.md is the tenant's and operator's view.
+ * kms_import.h - BYOK import: the two RPCs (GetImportParameters,
+ * ImportKeyMaterial), the key check value, and the cleanup of import
+ * tokens and their wrapping keys. docs/byok.md is the tenant's and operator's view.
  *
  * Thread-safety: every function may be called from any thread.
  */
@@ -12,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kms_call.h"
 #include "kms_error.h"
 #include "kms_service.h"
 #include "kms_store.h"
@@ -20,6 +20,12 @@
 /* CKA_LABEL of wrapping key pairs. Deliberately not KMS_HSM_LABEL_PREFIX:
  * reconcile must never take a wrapping key for a key version. */
 #define KMS_IMPORT_LABEL_PREFIX "custos:import:"
+
+/* The handlers, registered in kms/http/kms_twirp.c. */
+kms_err kms_rpc_get_import_parameters(struct kms_call *, const ProtobufCMessage *,
+                                      struct kms_reply *);
+kms_err kms_rpc_import_key_material(struct kms_call *, const ProtobufCMessage *,
+                                    struct kms_reply *);
 
 /* Import tokens: 1 format byte + 32 random bytes. */
 #define KMS_IMPORT_TOKEN_LEN 33

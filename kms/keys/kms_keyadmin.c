@@ -6,6 +6,8 @@
  * (kms_store.h): intent row, HSM object, activation. A failure after the
  * intent row removes the row again, so a refused request changes nothing.
  */
+#include "kms_keyadmin.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +21,6 @@
 #include "kms_log.h"
 #include "kms_rotate.h"
 #include "kms_usage.h"
-#include "kms_rpc.h"
 #include "kms_sign.h"
 #include "kms_store.h"
 #include "kms_text.h"
@@ -27,66 +28,6 @@
 #include "p11_key.h"
 #include "pol_eval.h"
 #include "proto/key.pb-c.h"
-
-/* ---- shared helpers ------------------------------------------------------ */
-
-void kms_rpc_audit_key(struct kms_call *call, const char *key_id, const char *region,
-                       const char *token)
-{
-    if (key_id)
-        snprintf(call->audit.key_id, sizeof(call->audit.key_id), "%s", key_id);
-    if (region)
-        snprintf(call->audit.region, sizeof(call->audit.region), "%s", region);
-    if (token)
-        snprintf(call->audit.token, sizeof(call->audit.token), "%s", token);
-}
-
-kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char *key_id,
-                              struct kms_key_record *out_key)
-{
-    uint8_t raw[16];
-    KMS_GUARD(kms_key_id_parse(key_id, raw));
-    kms_err rc = kms_keycache_key(kms_service_keycache(call->svc), kms_service_store(call->svc),
-                                  key_id, out_key);
-    if (rc == KMS_ERR_NOT_FOUND) {
-        /* Auditors see which ids were probed; the caller learns nothing. */
-        kms_rpc_audit_key(call, key_id, NULL, NULL);
-        return kms_err_set(KMS_ERR_NOT_FOUND, "key not found");
-    }
-    KMS_GUARD(rc);
-    /* The facts first: the refusal of a region that is not served is an
-     * event of that region (so it is never written to another region's
-     * log), and the caller is told which region. */
-    kms_rpc_audit_key(call, out_key->key_id, out_key->region, out_key->token);
-    KMS_GUARD(kms_service_region_check(call->svc, out_key->region));
-    struct pol_target t = {out_key->key_id, out_key->tenant, out_key->region};
-    struct pol_decision d;
-    rc = pol_decide(call->policy, call->who, op, &t, &d);
-    /* The audit event names the key even when the tenant rule refused it:
-     * the auditor may see what the caller may not. */
-    kms_rpc_audit_key(call, out_key->key_id, out_key->region, out_key->token);
-    call->audit.rule = d.rule;
-    if (rc != KMS_OK)
-        kms_log_info("policy", "request %s: %s on key %s refused by rule %s", call->request_id,
-                     pol_op_name(op), key_id, d.rule);
-    return rc;
-}
-
-kms_err kms_rpc_authorize_tenant(struct kms_call *call, enum pol_op op, const char *region)
-{
-    /* The caller's own tenant is the only one a tenant operation may name;
-     * NULL for a global principal, which the policy refuses (role). */
-    struct pol_target t = {NULL, pol_principal_tenant_id(call->who), region};
-    struct pol_decision d;
-    kms_err rc = pol_decide(call->policy, call->who, op, &t, &d);
-    if (region)
-        kms_rpc_audit_key(call, NULL, region, NULL);
-    call->audit.rule = d.rule;
-    if (rc != KMS_OK)
-        kms_log_info("policy", "request %s: %s%s%s refused by rule %s", call->request_id,
-                     pol_op_name(op), region ? " in " : "", region ? region : "", d.rule);
-    return rc;
-}
 
 /* KeyMetadata borrows strings from the record; versions are allocated here
  * and released by metadata_release. */
@@ -212,54 +153,59 @@ static kms_err reply_key(struct kms_call *call, const char *key_id,
 
 /* ---- CreateKey ---------------------------------------------------------------- */
 
-kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t len,
-                           struct kms_reply *reply)
+/* A CreateKey request's own fields, before the policy is asked. */
+static kms_err check_create_request(struct kms_call *call,
+                                    const Custos__V1__CreateKeyRequest *req)
 {
-    kms_err rc = KMS_OK;
-    Custos__V1__CreateKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__create_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("CreateKeyRequest");
-
-    const char *tenant = pol_principal_tenant_id(call->who);
-    KMS_ENSURE_GOTO(req->region[0] != '\0', done, KMS_ERR_INVALID_ARGUMENT, "region is required");
+    KMS_ENSURE(req->region[0] != '\0', KMS_ERR_INVALID_ARGUMENT, "region is required");
     bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
-    /* Signing key pairs (kms_sign.h): pair_spec is their store spec. */
-    enum kms_key_spec pair_spec = KMS_KEY_SPEC_AES_256;
+    /* Signing key pairs (kms_sign.h). */
+    enum kms_key_spec pair_spec;
     bool pair = kms_sign_spec_from_proto(req->spec, &pair_spec);
-    KMS_ENSURE_GOTO(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata || pair, done,
-                    KMS_ERR_INVALID_ARGUMENT,
-                    "spec must be AES_256, METADATA_AES_HMAC, EC_P256, RSA_2048, RSA_3072 or "
-                    "RSA_4096");
-    KMS_ENSURE_GOTO(pair       ? req->usage == CUSTOS__V1__KEY_USAGE__SIGN_VERIFY
-                    : metadata ? req->usage == CUSTOS__V1__KEY_USAGE__METADATA_FIELDS ||
-                                     req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
-                               : req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT,
-                    done, KMS_ERR_INVALID_ARGUMENT,
-                    "usage must be ENCRYPT_DECRYPT for AES_256, METADATA_FIELDS for "
-                    "METADATA_AES_HMAC, SIGN_VERIFY for EC_P256 and RSA_*");
-    KMS_ENSURE_GOTO(!pair || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL, done,
-                    KMS_ERR_INVALID_ARGUMENT,
-                    "signing keys are generated in the HSM; origin EXTERNAL is for AES_256 keys");
+    KMS_ENSURE(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata || pair,
+               KMS_ERR_INVALID_ARGUMENT,
+               "spec must be AES_256, METADATA_AES_HMAC, EC_P256, RSA_2048, RSA_3072 or "
+               "RSA_4096");
+    KMS_ENSURE(pair       ? req->usage == CUSTOS__V1__KEY_USAGE__SIGN_VERIFY
+               : metadata ? req->usage == CUSTOS__V1__KEY_USAGE__METADATA_FIELDS ||
+                                req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
+                          : req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT,
+               KMS_ERR_INVALID_ARGUMENT,
+               "usage must be ENCRYPT_DECRYPT for AES_256, METADATA_FIELDS for "
+               "METADATA_AES_HMAC, SIGN_VERIFY for EC_P256 and RSA_*");
+    KMS_ENSURE(!pair || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL,
+               KMS_ERR_INVALID_ARGUMENT,
+               "signing keys are generated in the HSM; origin EXTERNAL is for AES_256 keys");
     /* A metadata key is two HSM objects per version; BYOK imports one. */
-    KMS_ENSURE_GOTO(!metadata || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL, done,
-                    KMS_ERR_INVALID_ARGUMENT,
-                    "METADATA_AES_HMAC keys are generated in the HSM; origin EXTERNAL is for "
-                    "AES_256 keys");
-    KMS_ENSURE_GOTO(strlen(req->description) <= KMS_DESCRIPTION_MAX, done,
-                    KMS_ERR_INVALID_ARGUMENT, "description longer than %d bytes",
-                    KMS_DESCRIPTION_MAX);
-    KMS_ENSURE_GOTO(kms_text_ok(req->description, strlen(req->description)), done,
-                    KMS_ERR_INVALID_ARGUMENT,
-                    "description must be UTF-8 text without control, format (bidi, "
-                    "zero-width) or line separator characters");
-    rc = check_rotation_period(call, req->rotation_period_s,
-                               req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL);
+    KMS_ENSURE(!metadata || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL,
+               KMS_ERR_INVALID_ARGUMENT,
+               "METADATA_AES_HMAC keys are generated in the HSM; origin EXTERNAL is for "
+               "AES_256 keys");
+    KMS_ENSURE(strlen(req->description) <= KMS_DESCRIPTION_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "description longer than %d bytes", KMS_DESCRIPTION_MAX);
+    KMS_ENSURE(kms_text_ok(req->description, strlen(req->description)),
+               KMS_ERR_INVALID_ARGUMENT,
+               "description must be UTF-8 text without control, format (bidi, "
+               "zero-width) or line separator characters");
+    kms_err rc = check_rotation_period(call, req->rotation_period_s,
+                                       req->origin == CUSTOS__V1__KEY_ORIGIN__EXTERNAL);
     if (rc == KMS_ERR_FAILED_PRECONDITION)
         rc = kms_err_set(KMS_ERR_INVALID_ARGUMENT, "rotation_period_s is for keys of origin HSM: "
                                                    "Custos cannot make an EXTERNAL key's material");
-    if (rc != KMS_OK)
-        goto done;
+    return rc;
+}
+
+kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
+                           struct kms_reply *reply)
+{
+    kms_err rc = KMS_OK;
+    const Custos__V1__CreateKeyRequest *req = (const void *)msg;
+
+    const char *tenant = pol_principal_tenant_id(call->who);
+    KMS_GUARD_GOTO(check_create_request(call, req), done);
+    bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
+    enum kms_key_spec pair_spec = KMS_KEY_SPEC_AES_256;
+    bool pair = kms_sign_spec_from_proto(req->spec, &pair_spec);
     KMS_GUARD_GOTO(kms_rpc_authorize_tenant(call, POL_OP_CREATE_KEY, req->region), done);
     const struct pol_tenant *pt = pol_principal_tenant(call->who);
     bool escrow = pt != NULL && pol_tenant_escrow_required(pt);
@@ -271,7 +217,8 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     if (escrow)
         KMS_GUARD_GOTO(kms_escrow_ready(call->svc, req->region), done);
     KMS_GUARD_GOTO(kms_service_region_check(call->svc, req->region), done);
-    rc = pair ? kms_sign_supported(tok, pair_spec) : p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
+    rc = pair ? kms_sign_supported(tok, pair_spec)
+              : p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
     if (rc == KMS_OK && metadata)
         rc = p11_key_kind_supported(tok, P11_KEY_HMAC_SHA256);
     if (rc != KMS_OK)
@@ -331,35 +278,27 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
                  k.key_id, k.region, k.tenant);
     rc = reply_key(call, k.key_id, &custos__v1__create_key_response__descriptor, reply);
 done:
-    custos__v1__create_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- DescribeKey, ListKeys ------------------------------------------------------- */
 
-kms_err kms_rpc_describe_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_describe_key(struct kms_call *call, const ProtobufCMessage *msg,
                              struct kms_reply *reply)
 {
-    Custos__V1__DescribeKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__describe_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DescribeKeyRequest");
+    const Custos__V1__DescribeKeyRequest *req = (const void *)msg;
     struct kms_key_record k;
     kms_err rc = kms_rpc_authorize_key(call, POL_OP_DESCRIBE_KEY, req->key_id, &k);
     if (rc == KMS_OK)
         rc = reply_key(call, k.key_id, &custos__v1__describe_key_response__descriptor, reply);
-    custos__v1__describe_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_list_keys(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_list_keys(struct kms_call *call, const ProtobufCMessage *msg,
                           struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__ListKeysRequest *req =
-        kms_pbuf_unpack(&custos__v1__list_keys_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ListKeysRequest");
+    const Custos__V1__ListKeysRequest *req = (const void *)msg;
     struct kms_key_record *keys = NULL;
     size_t n = 0;
     struct metadata *mds = NULL;
@@ -411,20 +350,16 @@ done:
     free(mds);
     free(mp);
     free(keys);
-    custos__v1__list_keys_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- RotateKey -------------------------------------------------------------------- */
 
-kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_rotate_key(struct kms_call *call, const ProtobufCMessage *msg,
                            struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__RotateKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__rotate_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("RotateKeyRequest");
+    const Custos__V1__RotateKeyRequest *req = (const void *)msg;
     struct kms_key_record k;
     KMS_GUARD_GOTO(kms_rpc_authorize_key(call, POL_OP_ROTATE_KEY, req->key_id, &k), done);
     KMS_ENSURE_GOTO(k.state == KMS_KEY_ENABLED, done, KMS_ERR_FAILED_PRECONDITION,
@@ -467,20 +402,16 @@ kms_err kms_rpc_rotate_key(struct kms_call *call, const uint8_t *body, size_t le
     }
     metadata_release(&md);
 done:
-    custos__v1__rotate_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- UpdateKeyRotation -------------------------------------------------------------- */
 
-kms_err kms_rpc_update_key_rotation(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_update_key_rotation(struct kms_call *call, const ProtobufCMessage *msg,
                                     struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__UpdateKeyRotationRequest *req =
-        kms_pbuf_unpack(&custos__v1__update_key_rotation_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("UpdateKeyRotationRequest");
+    const Custos__V1__UpdateKeyRotationRequest *req = (const void *)msg;
     struct kms_key_record k;
     /* The same grant as RotateKey: whoever may rotate a key may have the
      * system rotate it. */
@@ -502,7 +433,6 @@ kms_err kms_rpc_update_key_rotation(struct kms_call *call, const uint8_t *body, 
                  (unsigned long long)req->rotation_period_s);
     rc = reply_key(call, k.key_id, &custos__v1__update_key_rotation_response__descriptor, reply);
 done:
-    custos__v1__update_key_rotation_request__free_unpacked(req, NULL);
     return rc;
 }
 
@@ -538,43 +468,32 @@ static kms_err change_state(struct kms_call *call, const char *key_id, const str
     return reply_key(call, k.key_id, tr->resp, reply);
 }
 
-kms_err kms_rpc_enable_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_enable_key(struct kms_call *call, const ProtobufCMessage *msg,
                            struct kms_reply *reply)
 {
-    Custos__V1__EnableKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__enable_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("EnableKeyRequest");
+    const Custos__V1__EnableKeyRequest *req = (const void *)msg;
     static const struct transition tr = {POL_OP_ENABLE_KEY, {KMS_KEY_DISABLED, KMS_KEY_ENABLED}, 1,
                                          KMS_KEY_ENABLED,
                                          &custos__v1__enable_key_response__descriptor};
     kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
-    custos__v1__enable_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_disable_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_disable_key(struct kms_call *call, const ProtobufCMessage *msg,
                             struct kms_reply *reply)
 {
-    Custos__V1__DisableKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__disable_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("DisableKeyRequest");
+    const Custos__V1__DisableKeyRequest *req = (const void *)msg;
     static const struct transition tr = {POL_OP_DISABLE_KEY, {KMS_KEY_ENABLED, KMS_KEY_ENABLED}, 1,
                                          KMS_KEY_DISABLED,
                                          &custos__v1__disable_key_response__descriptor};
     kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
-    custos__v1__disable_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_schedule_key_deletion(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_schedule_key_deletion(struct kms_call *call, const ProtobufCMessage *msg,
                                       struct kms_reply *reply)
 {
-    Custos__V1__ScheduleKeyDeletionRequest *req =
-        kms_pbuf_unpack(&custos__v1__schedule_key_deletion_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("ScheduleKeyDeletionRequest");
+    const Custos__V1__ScheduleKeyDeletionRequest *req = (const void *)msg;
     const struct kms_config *cfg = kms_service_config(call->svc);
     kms_err rc = KMS_OK;
     unsigned days = req->pending_window_days ? req->pending_window_days
@@ -590,17 +509,13 @@ kms_err kms_rpc_schedule_key_deletion(struct kms_call *call, const uint8_t *body
     int64_t at = (int64_t)time(NULL) + (int64_t)days * cfg->deletion_day_seconds;
     rc = change_state(call, req->key_id, &tr, at, reply);
 done:
-    custos__v1__schedule_key_deletion_request__free_unpacked(req, NULL);
     return rc;
 }
 
-kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const ProtobufCMessage *msg,
                                     struct kms_reply *reply)
 {
-    Custos__V1__CancelKeyDeletionRequest *req =
-        kms_pbuf_unpack(&custos__v1__cancel_key_deletion_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("CancelKeyDeletionRequest");
+    const Custos__V1__CancelKeyDeletionRequest *req = (const void *)msg;
     /* As in AWS KMS, a cancelled deletion leaves the key disabled: someone
      * meant to delete it, so a human re-enables it on purpose. */
     static const struct transition tr = {POL_OP_CANCEL_KEY_DELETION,
@@ -609,7 +524,6 @@ kms_err kms_rpc_cancel_key_deletion(struct kms_call *call, const uint8_t *body, 
                                          KMS_KEY_DISABLED,
                                          &custos__v1__cancel_key_deletion_response__descriptor};
     kms_err rc = change_state(call, req->key_id, &tr, 0, reply);
-    custos__v1__cancel_key_deletion_request__free_unpacked(req, NULL);
     return rc;
 }
 

@@ -15,7 +15,7 @@
 #include "kms_escrow.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
-#include "kms_rpc.h"
+#include "kms_call.h"
 #include "kms_sign.h"
 #include "kms_usage.h"
 #include "p11_key.h"

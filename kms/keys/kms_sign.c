@@ -286,16 +286,13 @@ static void audit_note(struct kms_call *call, int alg, int type, size_t msg_len,
 
 /* ---- GetPublicKey ---------------------------------------------------------------------- */
 
-kms_err kms_rpc_get_public_key(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_get_public_key(struct kms_call *call, const ProtobufCMessage *msg,
                                struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
     uint8_t *der = NULL;
     size_t der_len = 0;
-    Custos__V1__GetPublicKeyRequest *req =
-        kms_pbuf_unpack(&custos__v1__get_public_key_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("GetPublicKeyRequest");
+    const Custos__V1__GetPublicKeyRequest *req = (const void *)msg;
     struct kms_key_record k;
     struct p11_token *tok;
     KMS_GUARD_GOTO(signing_key(call, POL_OP_GET_PUBLIC_KEY, req->key_id, &k, &tok), done);
@@ -326,20 +323,16 @@ kms_err kms_rpc_get_public_key(struct kms_call *call, const uint8_t *body, size_
     rc = kms_rpc_pack(&resp.base, reply);
 done:
     OPENSSL_free(der);
-    custos__v1__get_public_key_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- Sign -------------------------------------------------------------------------------- */
 
-kms_err kms_rpc_sign(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_sign(struct kms_call *call, const ProtobufCMessage *msg,
                      struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__SignRequest *req =
-        kms_pbuf_unpack(&custos__v1__sign_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("SignRequest");
+    const Custos__V1__SignRequest *req = (const void *)msg;
     struct kms_key_record k;
     struct p11_token *tok;
     KMS_GUARD_GOTO(signing_key(call, POL_OP_SIGN, req->key_id, &k, &tok), done);
@@ -372,20 +365,16 @@ kms_err kms_rpc_sign(struct kms_call *call, const uint8_t *body, size_t len,
     resp.algorithm = req->algorithm;
     rc = kms_rpc_pack(&resp.base, reply);
 done:
-    custos__v1__sign_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- Verify ------------------------------------------------------------------------------ */
 
-kms_err kms_rpc_verify(struct kms_call *call, const uint8_t *body, size_t len,
+kms_err kms_rpc_verify(struct kms_call *call, const ProtobufCMessage *msg,
                        struct kms_reply *reply)
 {
     kms_err rc = KMS_OK;
-    Custos__V1__VerifyRequest *req =
-        kms_pbuf_unpack(&custos__v1__verify_request__descriptor, body, len);
-    if (req == NULL)
-        return KMS_RPC_MALFORMED("VerifyRequest");
+    const Custos__V1__VerifyRequest *req = (const void *)msg;
     struct kms_key_record k;
     struct p11_token *tok;
     KMS_GUARD_GOTO(signing_key(call, POL_OP_VERIFY, req->key_id, &k, &tok), done);
@@ -424,6 +413,5 @@ kms_err kms_rpc_verify(struct kms_call *call, const uint8_t *body, size_t len,
     resp.algorithm = req->algorithm;
     rc = kms_rpc_pack(&resp.base, reply);
 done:
-    custos__v1__verify_request__free_unpacked(req, NULL);
     return rc;
 }

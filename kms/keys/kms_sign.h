@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #include "kms_error.h"
-#include "kms_rpc.h"
+#include "kms_call.h"
 #include "kms_store.h"
 #include "p11_asym.h"
 #include "p11_key.h"
@@ -62,8 +62,8 @@ kms_err kms_sign_escrow_restore(struct kms_service *svc, struct p11_token *tok,
                                 const struct p11_key_id *id, const char *label);
 
 /* The handlers. */
-kms_err kms_rpc_get_public_key(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
-kms_err kms_rpc_sign(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
-kms_err kms_rpc_verify(struct kms_call *, const uint8_t *, size_t, struct kms_reply *);
+kms_err kms_rpc_get_public_key(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
+kms_err kms_rpc_sign(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
+kms_err kms_rpc_verify(struct kms_call *, const ProtobufCMessage *, struct kms_reply *);
 
 #endif

@@ -232,11 +232,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct kms_httpreq req;
     if (kms_httpreq_check_head(&in, &req) != KMS_OK) {
         /* Refused before a route: never audited, never routed. */
-        if (!req.routed && req.fn != NULL && strcmp(method, "POST") == 0)
+        if (!req.routed && req.route != NULL && strcmp(method, "POST") == 0)
             abort();
         goto done;
     }
-    if (req.fn == NULL || req.request == NULL || req.method == NULL || strcmp(method, "POST") != 0)
+    if (req.route == NULL || req.request == NULL || req.method == NULL ||
+        strcmp(method, "POST") != 0)
         abort();
     /* Never accepted with two framings of the body. */
     if (header_count(f, nf, "Content-Length") > 1)

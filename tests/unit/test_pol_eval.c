@@ -8,6 +8,7 @@
  */
 #include <pthread.h>
 
+#include "kms_twirp.h"
 #include "pol_eval.h"
 #include "pol_fixture.h"
 
@@ -152,14 +153,14 @@ START_TEST(test_not_found_is_indistinguishable)
     ck_assert_int_eq(d.err, KMS_ERR_NOT_FOUND);
     ck_assert_str_eq(kms_err_detail(), "key not found");
     ck_assert_str_eq(kms_err_twirp_code(d.err), "not_found");
-    ck_assert_int_eq(kms_err_http_status(d.err), 404);
+    ck_assert_int_eq(kms_twirp_http_status(d.err), 404);
     ck_assert_ptr_null(d.grant_sid);
 
     d = decide("acme-admin", POL_OP_ENCRYPT, "k1", "acme", "eu-west");
     ck_assert_int_eq(d.err, KMS_ERR_PERMISSION_DENIED);
     ck_assert_str_eq(kms_err_detail(), "permission denied");
     ck_assert_str_eq(kms_err_twirp_code(d.err), "permission_denied");
-    ck_assert_int_eq(kms_err_http_status(d.err), 403);
+    ck_assert_int_eq(kms_twirp_http_status(d.err), 403);
 }
 END_TEST
 
