@@ -29,8 +29,10 @@
 #include "kms_http.h"
 #include "kms_log.h"
 #include "kms_notify.h"
+#include "kms_reconcile.h"
 #include "kms_secret.h"
 #include "kms_service.h"
+#include "kms_sweeper.h"
 
 /* Exit status when a token refused its PIN at start: never restart on it
  * (deploy/systemd/kmsd.service: RestartPreventExitStatus=3). */
@@ -210,12 +212,23 @@ int main(int argc, char **argv)
     }
 
     struct kms_service *svc = NULL;
+    struct kms_sweeper *sweeper = NULL;
     struct kms_http *http = NULL;
     int status = 1;
-    if (reconcile)
-        kms_service_set_restore_mode(confirm ? KMS_RESTORE_MODE_CONFIRM : KMS_RESTORE_MODE_PLAN,
-                                     stdout);
+    bool stop_here = false;
+    /* The registry first; then, before anything serves, restore detection
+     * and reconcile (kmsd --reconcile stops after its plan); then the
+     * background sweeper, then the front. */
     kms_err src = kms_service_start(cfg, &svc);
+    if (src == KMS_OK)
+        src = kms_reconcile_start(svc,
+                                  !reconcile ? KMS_RESTORE_MODE_SERVE
+                                  : confirm  ? KMS_RESTORE_MODE_CONFIRM
+                                             : KMS_RESTORE_MODE_PLAN,
+                                  stdout, &stop_here);
+    /* In safe mode the sweeper still runs but sweeps nothing. */
+    if (src == KMS_OK && !stop_here)
+        src = kms_sweeper_start(svc, &sweeper);
     if (src != KMS_OK) {
         kms_log_error("kmsd", "start-up failed: %s", kms_err_detail());
         /* A wrong or locked PIN is not a transient failure: restarting
@@ -294,6 +307,7 @@ done:
      * they use still exists. The service then closes the audit logs, which
      * writes what is queued and signs a final head. */
     kms_http_stop(http);
+    kms_sweeper_stop(sweeper);
     kms_service_free(svc);
     kms_config_free(cfg);
     kms_log_info("kmsd", "stopped");
