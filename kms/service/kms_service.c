@@ -35,7 +35,7 @@ struct kms_service {
     size_t n_tokens;
     struct kms_store *store;
     struct kms_keycache *keycache;
-    struct kms_usage *usage; /* GCM encryption counts (kms_usage.h) */
+    struct kms_usage *usage; /* GCM encryption counts (kms_usage_count.h) */
     struct audit_log *audit[KMS_CONFIG_MAX_TOKENS]; /* by token index; NULL when off */
     /* A region whose audit log could not be opened (damage, missing key) is
      * not served at all; the others go on. */
