@@ -245,7 +245,7 @@ static kms_err reconcile_token(struct kms_reconcile_ctx *c, size_t t,
         rc = kms_store_hsm_ids_for_token(kms_service_store(svc), p11_token_label(tok), &known,
                                          &n_known);
     for (size_t i = 0; rc == KMS_OK && i < n_ids; i++) {
-        if (bsearch(ids[i].b, known, n_known, sizeof(*known), cmp_hsm_id))
+        if (n_known > 0 && bsearch(ids[i].b, known, n_known, sizeof(*known), cmp_hsm_id))
             continue;
         bool destroyed = false;
         for (size_t j = 0; j < n_gone && !destroyed; j++)

@@ -123,11 +123,11 @@ kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
         goto done;
     /* p11_key_list_ids returns them sorted by memcmp and distinct. */
     for (size_t i = 0; i < n_ids && rc == KMS_OK; i++)
-        if (!bsearch(ids[i].b, live, n_live, sizeof(*live), cmp_id))
+        if (n_live == 0 || !bsearch(ids[i].b, live, n_live, sizeof(*live), cmp_id))
             rc = unknown_object(store, tok, &ids[i], r);
     size_t missing = 0;
     for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        if (bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
+        if (n_ids > 0 && bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
             continue;
         bool is_creating = false, lost = false;
         for (size_t j = 0; j < n_creating && !is_creating; j++)
@@ -181,7 +181,7 @@ kms_err kms_restore_token_missing(struct kms_store *store, struct p11_token *tok
     if (rc == KMS_OK)
         rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
     for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        if (bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
+        if (n_ids > 0 && bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
             continue;
         bool is_creating = false, lost = false, found = false;
         for (size_t j = 0; j < n_creating && !is_creating; j++)

@@ -434,6 +434,34 @@ START_TEST(object_check_feeds_readiness)
 }
 END_TEST
 
+/* A key object of ours that the store does not know (a store restored from
+ * before the key): the start goes into SAFE MODE, and reconcile leaves the
+ * object in place. */
+START_TEST(unknown_object_starts_safe_mode)
+{
+    start_serving();
+    char key[KMS_KEY_ID_SIZE];
+    struct p11_key_id obj;
+    make_key(key, &obj, 0);
+    kms_service_free(svc);
+    svc = NULL;
+    static const char *const files[] = {"kmsd.db", "kmsd.db-wal", "kmsd.db-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        char p[700];
+        path_in(p, sizeof(p), files[i]);
+        unlink(p);
+    }
+    start();
+    bool stop = true;
+    ck_assert_int_eq(kms_reconcile_start(svc, KMS_RESTORE_MODE_SERVE, NULL, &stop), KMS_OK);
+    ck_assert(!stop);
+    const char *why = NULL;
+    ck_assert(kms_service_safe_mode(svc, &why));
+    ck_assert_msg(strstr(why, "1 HSM object(s) unknown to the store") != NULL, "%s", why);
+    ck_assert(object_exists(&obj));
+}
+END_TEST
+
 /* The sweeper thread starts and stops cleanly around a running service. */
 START_TEST(sweeper_thread_start_stop)
 {
@@ -466,6 +494,7 @@ static Suite *suite(void)
     tcase_add_test(t, sweeper_safe_mode_does_nothing);
     tcase_add_test(t, object_check_feeds_readiness);
     tcase_add_test(t, sweeper_thread_start_stop);
+    tcase_add_test(t, unknown_object_starts_safe_mode);
     suite_add_tcase(s, t);
     return s;
 }
