@@ -31,8 +31,9 @@ struct kms_service;
 
 /* Load the policy and the module, open and log in to every token, open the
  * store, the key cache and the usage counts, warm each token's handle
- * cache, find each region's escrow key, open the audit logs. Nothing is
- * changed in the store or the tokens. cfg must outlive the service. */
+ * cache, find each region's escrow key, open the audit logs. No key, version
+ * or HSM object is changed here (that is kms_reconcile_start's, after it).
+ * cfg must outlive the service. */
 kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out);
 
 /* Close audit logs, usage counts, store, tokens and module (the sweeper must
