@@ -84,10 +84,6 @@ L_http     := $(L_keys) kms/auditsvc kms/http
 L_ctl      := $(L_audit) kms/service kms/ctl
 L_main     := $(L_http) kms/ctl
 L_tests    := $(L_main) tests/lib
-# Transitional, issue 15: service/ still starts key-layer code and kmsctl hsm
-# still reaches the escrow-key lookup in keys/. Each line goes with its fix.
-L_service  += kms/contract kms/keys
-L_ctl      += policy kms/contract kms/keys
 
 KMS_DIRS := kms kms/base kms/service kms/contract kms/keys kms/auditsvc kms/http \
             kms/store kms/audit kms/ctl

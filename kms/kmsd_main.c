@@ -29,8 +29,10 @@
 #include "kms_http.h"
 #include "kms_log.h"
 #include "kms_notify.h"
+#include "kms_reconcile.h"
 #include "kms_secret.h"
 #include "kms_service.h"
+#include "kms_sweeper.h"
 
 /* Exit status when a token refused its PIN at start: never restart on it
  * (deploy/systemd/kmsd.service: RestartPreventExitStatus=3). */
@@ -89,6 +91,30 @@ static void keep_no_core_dumps(void)
         kms_log_error("kmsd", "cannot turn core dumps off: %s", strerror(errno));
 }
 
+/* Core dumps off, unless KMS_DUMPABLE_ENV=1 in dev mode (*out_keep).
+ * -1 when they cannot be turned off: fatal. */
+static int core_dumps_off(const struct kms_config *cfg, bool *out_keep)
+{
+    const char *dumpable = getenv(KMS_DUMPABLE_ENV);
+    bool keep_dumpable = dumpable != NULL && strcmp(dumpable, "1") == 0;
+    *out_keep = false;
+    if (keep_dumpable && cfg->dev_mode) {
+        kms_log_warn("kmsd", "%s=1 in dev mode: core dumps and ptrace stay ALLOWED; a core "
+                             "file may hold PINs and data keys", KMS_DUMPABLE_ENV);
+        *out_keep = true;
+        return 0;
+    }
+    if (keep_dumpable)
+        kms_log_warn("kmsd", "%s=1 is ignored outside dev mode: core dumps stay off",
+                     KMS_DUMPABLE_ENV);
+    if (no_core_dumps() != 0) {
+        kms_log_error("kmsd", "cannot turn core dumps off (RLIMIT_CORE, PR_SET_DUMPABLE): %s",
+                      strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 /* Failures to notify are logged, never fatal: systemd would notice the
  * missing READY=1 or watchdog ping by itself. */
 static void notify(const char *state)
@@ -97,11 +123,15 @@ static void notify(const char *state)
         kms_log_warn("kmsd", "sd_notify: %s", kms_err_detail());
 }
 
-int main(int argc, char **argv)
+/* What the command line asks for. */
+struct kmsd_args {
+    const char *path;
+    bool check_only, reconcile, confirm;
+};
+
+/* -1: go on; else the exit status (help printed, or a usage error). */
+static int parse_args(int argc, char **argv, struct kmsd_args *a)
 {
-    /* Before anything parses JSON: request bodies in Twirp's JSON encoding
-     * carry plaintext through jansson's own buffers (kms_secret.h). */
-    json_set_alloc_funcs(kms_secret_alloc, kms_secret_free);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", no_argument, NULL, 'k'},
@@ -110,24 +140,23 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *path = getenv("CUSTOS_CONFIG");
-    if (path == NULL || *path == '\0')
-        path = "/etc/custos/kmsd.json";
-    bool check_only = false, reconcile = false, confirm = false;
+    a->path = getenv("CUSTOS_CONFIG");
+    if (a->path == NULL || *a->path == '\0')
+        a->path = "/etc/custos/kmsd.json";
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
-            path = optarg;
+            a->path = optarg;
             break;
         case 'k':
-            check_only = true;
+            a->check_only = true;
             break;
         case 'r':
-            reconcile = true;
+            a->reconcile = true;
             break;
         case 'y':
-            confirm = true;
+            a->confirm = true;
             break;
         case 'h':
             usage(stdout);
@@ -137,10 +166,121 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind != argc || (confirm && !reconcile) || (reconcile && check_only)) {
+    if (optind != argc || (a->confirm && !a->reconcile) || (a->reconcile && a->check_only)) {
         usage(stderr);
         return 2;
     }
+    return -1;
+}
+
+/* --check-config: the policy parses and every PIN source is readable. */
+static int check_config(const struct kms_config *cfg, const char *path)
+{
+    struct pol_doc *doc = NULL;
+    kms_err rc = pol_doc_load_file(cfg->policy_path, &doc);
+    if (rc != KMS_OK)
+        fprintf(stderr, "kmsd: policy %s: %s\n", cfg->policy_path, kms_err_detail());
+    /* PIN sources are read (and wiped at once) so that a missing file,
+     * a file readable by others or an unset variable shows here and
+     * not at the next restart. The HSM is not touched. */
+    for (size_t i = 0; rc == KMS_OK && i < cfg->n_tokens; i++) {
+        struct kms_secret pin = {0};
+        rc = kms_secret_read_source(cfg->tokens[i].pin_source, &pin);
+        kms_secret_wipe(&pin);
+        if (rc != KMS_OK)
+            fprintf(stderr, "kmsd: %s: pkcs11.tokens[%zu].pin: %s\n", path, i,
+                    kms_err_detail());
+    }
+    if (rc == KMS_OK)
+        printf("kmsd: %s and policy %s are valid\n", path, cfg->policy_path);
+    pol_doc_unref(doc);
+    return rc == KMS_OK ? 0 : 1;
+}
+
+/* The registry first; then, before anything serves, restore detection
+ * and reconcile (kmsd --reconcile stops after its plan: *out_stop); then
+ * the background sweeper. In safe mode the sweeper still runs but sweeps
+ * nothing. -1: go on; else the exit status. */
+static int start(const struct kms_config *cfg, const struct kmsd_args *a,
+                 struct kms_service **svc, struct kms_sweeper **sweeper)
+{
+    bool stop_here = false;
+    kms_err src = kms_service_start(cfg, svc);
+    if (src == KMS_OK)
+        src = kms_reconcile_start(*svc,
+                                  !a->reconcile ? KMS_RESTORE_MODE_SERVE
+                                  : a->confirm  ? KMS_RESTORE_MODE_CONFIRM
+                                                : KMS_RESTORE_MODE_PLAN,
+                                  stdout, &stop_here);
+    if (src == KMS_OK && !stop_here)
+        src = kms_sweeper_start(*svc, sweeper);
+    if (src != KMS_OK) {
+        kms_log_error("kmsd", "start-up failed: %s", kms_err_detail());
+        /* A wrong or locked PIN is not a transient failure: restarting
+         * would present the same PIN again, every RestartSec, and tokens
+         * lock a PIN after a few wrong tries. Exit 3 is listed in the
+         * unit's RestartPreventExitStatus=, so systemd does not retry. */
+        if (src == KMS_ERR_HSM_PIN) {
+            kms_log_error("kmsd", "a token refused its PIN: not retrying; fix the PIN source, "
+                                  "then start kmsd again");
+            return KMS_EXIT_PIN;
+        }
+        return 1;
+    }
+    /* The plan was printed (or applied): nothing is served. */
+    return stop_here ? 0 : -1;
+}
+
+/* Serve until SIGTERM or SIGINT; SIGHUP reloads the policy and reopens the
+ * log file. The watchdog is pinged from this loop, at half the interval
+ * systemd gave: a main thread stuck anywhere gets kmsd restarted. */
+static void serve(const struct kms_config *cfg, struct kms_service *svc, const sigset_t *set,
+                  bool keep_dumpable)
+{
+    uint64_t wd_usec = kms_notify_watchdog_usec();
+    if (wd_usec > 0)
+        kms_log_info("kmsd", "systemd watchdog every %" PRIu64 " ms", wd_usec / 1000);
+    for (;;) {
+        int sig = 0;
+        if (wd_usec > 0) {
+            struct timespec ts = {(time_t)(wd_usec / 2 / 1000000),
+                                  (long)(wd_usec / 2 % 1000000) * 1000};
+            notify("WATCHDOG=1");
+            sig = sigtimedwait(set, NULL, &ts);
+            if (sig < 0)
+                continue; /* EAGAIN: time for the next ping; EINTR */
+        } else if (sigwait(set, &sig) != 0) {
+            continue;
+        }
+        if (sig == SIGHUP) {
+            notify("RELOADING=1\nSTATUS=reloading");
+            /* Reopen first, so that this reload's lines are in the new file. */
+            if (cfg->log_file && kms_log_open_file(cfg->log_file) != KMS_OK)
+                kms_log_error("kmsd", "log file not reopened, still writing the old one: %s",
+                              kms_err_detail());
+            kms_log_info("kmsd", "SIGHUP: reloading policy%s",
+                         cfg->log_file ? ", log file reopened" : "");
+            kms_service_reload_policy(svc);
+            if (!keep_dumpable)
+                keep_no_core_dumps();
+            notify("READY=1\nSTATUS=serving");
+            continue;
+        }
+        kms_log_info("kmsd", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        break;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    /* Before anything parses JSON: request bodies in Twirp's JSON encoding
+     * carry plaintext through jansson's own buffers (kms_secret.h). */
+    json_set_alloc_funcs(kms_secret_alloc, kms_secret_free);
+    struct kmsd_args a = {0};
+    int st = parse_args(argc, argv, &a);
+    if (st >= 0)
+        return st;
+    const char *path = a.path;
 
     /* Block the signals before any thread starts so that every thread
      * inherits the mask and only sigwait below sees them. SIGPIPE is
@@ -164,44 +304,15 @@ int main(int argc, char **argv)
         return 1;
     }
     kms_log_configure_level((enum kms_log_level)cfg->log_level);
-    const char *dumpable = getenv(KMS_DUMPABLE_ENV);
-    bool keep_dumpable = dumpable != NULL && strcmp(dumpable, "1") == 0;
-    if (keep_dumpable && cfg->dev_mode) {
-        kms_log_warn("kmsd", "%s=1 in dev mode: core dumps and ptrace stay ALLOWED; a core "
-                             "file may hold PINs and data keys", KMS_DUMPABLE_ENV);
-    } else {
-        if (keep_dumpable)
-            kms_log_warn("kmsd", "%s=1 is ignored outside dev mode: core dumps stay off",
-                         KMS_DUMPABLE_ENV);
-        keep_dumpable = false;
-        if (no_core_dumps() != 0) {
-            kms_log_error("kmsd", "cannot turn core dumps off (RLIMIT_CORE, PR_SET_DUMPABLE): %s",
-                          strerror(errno));
-            kms_config_free(cfg);
-            return 1;
-        }
-    }
-    if (check_only) {
-        struct pol_doc *doc = NULL;
-        kms_err rc = pol_doc_load_file(cfg->policy_path, &doc);
-        if (rc != KMS_OK)
-            fprintf(stderr, "kmsd: policy %s: %s\n", cfg->policy_path, kms_err_detail());
-        /* PIN sources are read (and wiped at once) so that a missing file,
-         * a file readable by others or an unset variable shows here and
-         * not at the next restart. The HSM is not touched. */
-        for (size_t i = 0; rc == KMS_OK && i < cfg->n_tokens; i++) {
-            struct kms_secret pin = {0};
-            rc = kms_secret_read_source(cfg->tokens[i].pin_source, &pin);
-            kms_secret_wipe(&pin);
-            if (rc != KMS_OK)
-                fprintf(stderr, "kmsd: %s: pkcs11.tokens[%zu].pin: %s\n", path, i,
-                        kms_err_detail());
-        }
-        if (rc == KMS_OK)
-            printf("kmsd: %s and policy %s are valid\n", path, cfg->policy_path);
-        pol_doc_unref(doc);
+    bool keep_dumpable = false;
+    if (core_dumps_off(cfg, &keep_dumpable) != 0) {
         kms_config_free(cfg);
-        return rc == KMS_OK ? 0 : 1;
+        return 1;
+    }
+    if (a.check_only) {
+        int rc = check_config(cfg, path);
+        kms_config_free(cfg);
+        return rc;
     }
     if (cfg->log_file && kms_log_open_file(cfg->log_file) != KMS_OK) {
         kms_log_error("kmsd", "configuration: log.file: %s", kms_err_detail());
@@ -210,30 +321,12 @@ int main(int argc, char **argv)
     }
 
     struct kms_service *svc = NULL;
+    struct kms_sweeper *sweeper = NULL;
     struct kms_http *http = NULL;
-    int status = 1;
-    if (reconcile)
-        kms_service_set_restore_mode(confirm ? KMS_RESTORE_MODE_CONFIRM : KMS_RESTORE_MODE_PLAN,
-                                     stdout);
-    kms_err src = kms_service_start(cfg, &svc);
-    if (src != KMS_OK) {
-        kms_log_error("kmsd", "start-up failed: %s", kms_err_detail());
-        /* A wrong or locked PIN is not a transient failure: restarting
-         * would present the same PIN again, every RestartSec, and tokens
-         * lock a PIN after a few wrong tries. Exit 3 is listed in the
-         * unit's RestartPreventExitStatus=, so systemd does not retry. */
-        if (src == KMS_ERR_HSM_PIN) {
-            kms_log_error("kmsd", "a token refused its PIN: not retrying; fix the PIN source, "
-                                  "then start kmsd again");
-            status = KMS_EXIT_PIN;
-        }
+    int status = start(cfg, &a, &svc, &sweeper);
+    if (status >= 0)
         goto done;
-    }
-    if (reconcile) {
-        /* The plan was printed (or applied): nothing is served. */
-        status = 0;
-        goto done;
-    }
+    status = 1;
     if (kms_http_start(svc, &http) != KMS_OK) {
         kms_log_error("kmsd", "start-up failed: %s", kms_err_detail());
         goto done;
@@ -247,40 +340,7 @@ int main(int argc, char **argv)
         kms_log_info("kmsd", "ready (%s mode)", cfg->dev_mode ? "dev" : "production");
     notify("READY=1\nSTATUS=serving");
 
-    /* The watchdog is pinged from this loop, at half the interval systemd
-     * gave: a main thread stuck anywhere gets kmsd restarted. */
-    uint64_t wd_usec = kms_notify_watchdog_usec();
-    if (wd_usec > 0)
-        kms_log_info("kmsd", "systemd watchdog every %" PRIu64 " ms", wd_usec / 1000);
-    for (;;) {
-        int sig = 0;
-        if (wd_usec > 0) {
-            struct timespec ts = {(time_t)(wd_usec / 2 / 1000000),
-                                  (long)(wd_usec / 2 % 1000000) * 1000};
-            notify("WATCHDOG=1");
-            sig = sigtimedwait(&set, NULL, &ts);
-            if (sig < 0)
-                continue; /* EAGAIN: time for the next ping; EINTR */
-        } else if (sigwait(&set, &sig) != 0) {
-            continue;
-        }
-        if (sig == SIGHUP) {
-            notify("RELOADING=1\nSTATUS=reloading");
-            /* Reopen first, so that this reload's lines are in the new file. */
-            if (cfg->log_file && kms_log_open_file(cfg->log_file) != KMS_OK)
-                kms_log_error("kmsd", "log file not reopened, still writing the old one: %s",
-                              kms_err_detail());
-            kms_log_info("kmsd", "SIGHUP: reloading policy%s",
-                         cfg->log_file ? ", log file reopened" : "");
-            kms_service_reload_policy(svc);
-            if (!keep_dumpable)
-                keep_no_core_dumps();
-            notify("READY=1\nSTATUS=serving");
-            continue;
-        }
-        kms_log_info("kmsd", "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-        break;
-    }
+    serve(cfg, svc, &set, keep_dumpable);
     notify("STOPPING=1\nSTATUS=draining");
     unsigned left = kms_http_drain(http, cfg->drain_timeout_s);
     if (left > 0)
@@ -294,6 +354,7 @@ done:
      * they use still exists. The service then closes the audit logs, which
      * writes what is queued and signs a final head. */
     kms_http_stop(http);
+    kms_sweeper_stop(sweeper);
     kms_service_free(svc);
     kms_config_free(cfg);
     kms_log_info("kmsd", "stopped");

@@ -13,7 +13,7 @@
 
 #include "kms_error.h"
 #include "kms_secret.h"
-#include "kms_escrow.h"
+#include "p11_escrow_key.h"
 #include "p11_module.h"
 #include "p11_token.h"
 
@@ -66,7 +66,7 @@ static int init_region(const char *module, const char *selector, const char *reg
         rc = p11_tokens_open(mod, &tc, 1, &tok);
     }
     if (rc == KMS_OK)
-        rc = kms_escrow_key_init(tok, &id, &created);
+        rc = p11_escrow_key_init(tok, &id, &created);
     if (rc == KMS_OK) {
         char hex[33];
         p11_key_id_hex(&id, hex);

@@ -24,17 +24,10 @@
 #include "kms_store.h"
 #include "p11_key.h"
 
-/* CKA_LABEL of a region's escrow key: this prefix + the region. */
-#define KMS_ESCROW_LABEL_PREFIX "custos:escrow:"
-
-/* Find the escrow key of the token's region by its label. *out_found false
- * when there is none (the region was never initialised). Walks the token:
- * for start-up and operator commands, not the request path. */
-kms_err kms_escrow_key_find(struct p11_token *tok, struct p11_key_id *out_id, bool *out_found);
-
-/* Create the region's escrow key if it has none (kmsctl hsm init-region).
- * *out_created says whether one was made. */
-kms_err kms_escrow_key_init(struct p11_token *tok, struct p11_key_id *out_id, bool *out_created);
+/* The region's escrow key itself (its label, finding it at start, creating
+ * it in kmsctl hsm init-region) is PKCS#11 plus a label convention:
+ * p11_escrow_key.h. The service holds the one found at start
+ * (kms_service_escrow_key). */
 
 /* Step 2 above for version `version` of key_id, whose objects carry CKA_ID
  * obj: one object for AES_256, two (AES, HMAC) for METADATA. With

@@ -1,8 +1,9 @@
 /*
- * kms_restore.c - restore detection: the store and the tokens against the
- * audit log and each other (kms_restore.h).
+ * kms_restore.c - restore detection: the report, and the store against the
+ * audit logs (kms_restore.h); the tokens' side is kms_restore_token.c.
  */
 #include "kms_restore.h"
+#include "kms_restore_internal.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -119,8 +120,7 @@ size_t kms_restore_findings(const struct kms_restore_report *r)
     return r->store_behind + r->token_behind + r->unknown + r->audit_behind;
 }
 
-__attribute__((format(printf, 2, 3))) static void note(struct kms_restore_report *r,
-                                                       const char *fmt, ...)
+void kms_restore_note(struct kms_restore_report *r, const char *fmt, ...)
 {
     if (r->n_lines >= KMS_RESTORE_LINES_MAX)
         return;
@@ -130,7 +130,7 @@ __attribute__((format(printf, 2, 3))) static void note(struct kms_restore_report
     va_end(ap);
 }
 
-static kms_err add_fix(struct kms_restore_report *r, const struct kms_restore_fix *f)
+kms_err kms_restore_add_fix(struct kms_restore_report *r, const struct kms_restore_fix *f)
 {
     if (r->n_fixes >= KMS_RESTORE_FIXES_MAX) {
         r->fixes_dropped++;
@@ -219,7 +219,7 @@ static kms_err check_version_event(struct kms_store *store, const Custos__V1__Au
     KMS_GUARD(kms_store_key_state_any(store, ev->key_id, &k, &found));
     if (!found) {
         r->store_behind++;
-        note(r, "audit seq %" PRIu64 ": %s of key %s v%" PRIu32 " was acknowledged; the store "
+        kms_restore_note(r, "audit seq %" PRIu64 ": %s of key %s v%" PRIu32 " was acknowledged; the store "
              "has no such key", ev->seq, ev->operation, ev->key_id, ev->key_version);
         if (strcmp(ev->operation, "CreateKey") == 0 && r->n_births < KMS_RESTORE_FIXES_MAX) {
             if (r->births == NULL) {
@@ -244,24 +244,108 @@ static kms_err check_version_event(struct kms_store *store, const Custos__V1__Au
     KMS_GUARD(kms_store_version_state_any(store, ev->key_id, ev->key_version, &vs, &found));
     if (!found) {
         r->store_behind++;
-        note(r, "audit seq %" PRIu64 ": %s of key %s v%" PRIu32 " was acknowledged; the store "
+        kms_restore_note(r, "audit seq %" PRIu64 ": %s of key %s v%" PRIu32 " was acknowledged; the store "
              "has no such version", ev->seq, ev->operation, ev->key_id, ev->key_version);
         /* Whether or not a token still has its object, the number is taken. */
         struct kms_restore_fix f = {.kind = KMS_FIX_FLOOR, .version = ev->key_version};
         snprintf(f.key_id, sizeof(f.key_id), "%s", ev->key_id);
-        KMS_GUARD(add_fix(r, &f));
+        KMS_GUARD(kms_restore_add_fix(r, &f));
         KMS_GUARD(note_vtime(r, ev));
     } else if (vs == KMS_VERSION_CREATING && k.origin == KMS_KEY_ORIGIN_EXTERNAL) {
         /* An import's check value is written at activation: reconcile
          * cannot finish it alone. */
         r->store_behind++;
-        note(r, "audit seq %" PRIu64 ": import of key %s v%" PRIu32 " was acknowledged; the "
+        kms_restore_note(r, "audit seq %" PRIu64 ": import of key %s v%" PRIu32 " was acknowledged; the "
              "store still has it CREATING", ev->seq, ev->key_id, ev->key_version);
     }
     /* An HSM-made version still CREATING is finished by reconcile when its
      * object is complete; one whose object is missing is the token's
      * finding (kms_restore_token_scan). */
     return KMS_OK;
+}
+
+/* State events since the store's watermark, at most KMS_RESTORE_TRACK_MAX
+ * (truncated: more were seen). */
+struct state_track {
+    struct state_event *evs;
+    size_t n, cap;
+    bool truncated;
+};
+
+static kms_err track_state(struct state_track *st, const Custos__V1__AuditEvent *ev,
+                           uint64_t seq, enum kms_key_state want)
+{
+    if (st->n == st->cap && st->cap < KMS_RESTORE_TRACK_MAX) {
+        size_t nc = st->cap ? st->cap * 2 : 256;
+        nc = nc > KMS_RESTORE_TRACK_MAX ? KMS_RESTORE_TRACK_MAX : nc;
+        struct state_event *ne = realloc(st->evs, nc * sizeof(*ne));
+        KMS_ENSURE(ne != NULL, KMS_ERR_NOMEM, "out of memory");
+        st->evs = ne;
+        st->cap = nc;
+    }
+    if (st->n >= st->cap) {
+        st->truncated = true;
+        return KMS_OK;
+    }
+    struct state_event *e = &st->evs[st->n++];
+    snprintf(e->key_id, sizeof(e->key_id), "%s", ev->key_id);
+    e->seq = seq;
+    e->want = want;
+    /* Static names: the event is freed by the caller. */
+    e->op = strcmp(ev->operation, "ExecuteRecovery") == 0 ? "ExecuteRecovery"
+            : strcmp(ev->operation, "EnableKey") == 0     ? "EnableKey"
+            : strcmp(ev->operation, "DisableKey") == 0    ? "DisableKey"
+            : strcmp(ev->operation, "CancelKeyDeletion") == 0
+                ? "CancelKeyDeletion"
+                : "ScheduleKeyDeletion";
+    return KMS_OK;
+}
+
+/* The last acknowledged state event of each key against the store's
+ * state: a store that is behind gets a KMS_FIX_STATE; a key the store does
+ * not know only adjusts the state its reattachment will have. */
+static kms_err compare_states(struct kms_store *store, struct kms_restore_report *r,
+                              struct state_event *evs, size_t n)
+{
+    kms_err rc = KMS_OK;
+    qsort(evs, n, sizeof(*evs), cmp_state_event);
+    for (size_t i = 0; i < n && rc == KMS_OK; i++) {
+        if (i + 1 < n && strcmp(evs[i].key_id, evs[i + 1].key_id) == 0)
+            continue; /* only the last event of each key counts */
+        struct kms_store_key_raw k;
+        bool found = false;
+        rc = kms_store_key_state_any(store, evs[i].key_id, &k, &found);
+        if (rc == KMS_OK && !found) {
+            /* An unknown key was already reported by its creation; its
+             * reattachment must not undo a later disable or deletion
+             * (rebuilt as DISABLED, as for a known key). */
+            for (size_t b = 0; b < r->n_births; b++)
+                if (strcmp(r->births[b].key_id, evs[i].key_id) == 0)
+                    r->births[b].state = evs[i].want == KMS_KEY_ENABLED &&
+                                                 strcmp(evs[i].op, "ExecuteRecovery") != 0
+                                             ? KMS_KEY_ENABLED
+                                             : KMS_KEY_DISABLED;
+            continue;
+        }
+        if (rc != KMS_OK)
+            continue;
+        if (state_matches(&evs[i], k.state))
+            continue;
+        r->store_behind++;
+        enum kms_key_state want = evs[i].want;
+        /* A recovered key comes back DISABLED, and a deletion is never
+         * re-scheduled by a rebuild (its date is not in the event):
+         * a human enables, or schedules again, on purpose. */
+        if (strcmp(evs[i].op, "ExecuteRecovery") == 0 || want == KMS_KEY_PENDING_DELETION)
+            want = KMS_KEY_DISABLED;
+        kms_restore_note(r, "key %s is %s in the store, but the audit log acknowledged %s (seq %" PRIu64
+             ") after that: the store is older", evs[i].key_id, kms_key_state_name(k.state),
+             evs[i].op, evs[i].seq);
+        struct kms_restore_fix f = {.kind = KMS_FIX_STATE, .state = want};
+        snprintf(f.key_id, sizeof(f.key_id), "%s", evs[i].key_id);
+        rc = kms_restore_add_fix(r, &f);
+    }
+    return rc;
 }
 
 kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
@@ -277,14 +361,13 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
         /* The store has seen more of the log than exists: the audit log is
          * the one that went back (or belongs elsewhere). */
         r->audit_behind++;
-        note(r, "region %s: the store has checked the audit log to %" PRIu64 " events, but the "
+        kms_restore_note(r, "region %s: the store has checked the audit log to %" PRIu64 " events, but the "
              "log holds %" PRIu64 ": the audit log is older than the store", region, from, size);
         return KMS_OK;
     }
-    struct state_event *evs = NULL;
-    size_t n = 0, cap = 0;
+    struct state_track st = {0};
     kms_err rc = KMS_OK;
-    bool truncated = false, enc_full = false;
+    bool enc_full = false;
     for (uint64_t seq = from; seq < size && rc == KMS_OK; seq++) {
         uint8_t *buf = NULL;
         size_t len = 0;
@@ -314,285 +397,28 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
         } else if (is_version_op(ev->operation)) {
             rc = check_version_event(store, ev, r);
         } else if (state_of_op(ev, &want)) {
-            if (n == cap && cap < KMS_RESTORE_TRACK_MAX) {
-                size_t nc = cap ? cap * 2 : 256;
-                nc = nc > KMS_RESTORE_TRACK_MAX ? KMS_RESTORE_TRACK_MAX : nc;
-                struct state_event *ne = realloc(evs, nc * sizeof(*ne));
-                if (ne == NULL) {
-                    rc = kms_err_set(KMS_ERR_NOMEM, "out of memory");
-                } else {
-                    evs = ne;
-                    cap = nc;
-                }
-            }
-            if (rc == KMS_OK && n < cap) {
-                struct state_event *e = &evs[n++];
-                snprintf(e->key_id, sizeof(e->key_id), "%s", ev->key_id);
-                e->seq = seq;
-                e->want = want;
-                /* Static names: the event is freed below. */
-                e->op = strcmp(ev->operation, "ExecuteRecovery") == 0 ? "ExecuteRecovery"
-                        : strcmp(ev->operation, "EnableKey") == 0     ? "EnableKey"
-                        : strcmp(ev->operation, "DisableKey") == 0    ? "DisableKey"
-                        : strcmp(ev->operation, "CancelKeyDeletion") == 0
-                            ? "CancelKeyDeletion"
-                            : "ScheduleKeyDeletion";
-            } else if (rc == KMS_OK) {
-                truncated = true;
-            }
+            rc = track_state(&st, ev, seq, want);
         }
         custos__v1__audit_event__free_unpacked(ev, NULL);
     }
     if (rc == KMS_OK && enc_full) {
         r->store_behind++;
-        note(r, "region %s: encryptions under more than %d key versions since the store's "
+        kms_restore_note(r, "region %s: encryptions under more than %d key versions since the store's "
              "watermark; not all were counted", region, KMS_RESTORE_TRACK_MAX);
     }
-    if (rc == KMS_OK && truncated) {
+    if (rc == KMS_OK && st.truncated) {
         r->store_behind++;
-        note(r, "region %s: more than %d key state events since the store's watermark; not "
+        kms_restore_note(r, "region %s: more than %d key state events since the store's watermark; not "
              "all were compared", region, KMS_RESTORE_TRACK_MAX);
     }
-    if (rc == KMS_OK && n > 0) {
-        qsort(evs, n, sizeof(*evs), cmp_state_event);
-        for (size_t i = 0; i < n && rc == KMS_OK; i++) {
-            if (i + 1 < n && strcmp(evs[i].key_id, evs[i + 1].key_id) == 0)
-                continue; /* only the last event of each key counts */
-            struct kms_store_key_raw k;
-            bool found = false;
-            rc = kms_store_key_state_any(store, evs[i].key_id, &k, &found);
-            if (rc == KMS_OK && !found) {
-                /* An unknown key was already reported by its creation; its
-                 * reattachment must not undo a later disable or deletion
-                 * (rebuilt as DISABLED, as for a known key). */
-                for (size_t b = 0; b < r->n_births; b++)
-                    if (strcmp(r->births[b].key_id, evs[i].key_id) == 0)
-                        r->births[b].state = evs[i].want == KMS_KEY_ENABLED &&
-                                                     strcmp(evs[i].op, "ExecuteRecovery") != 0
-                                                 ? KMS_KEY_ENABLED
-                                                 : KMS_KEY_DISABLED;
-                continue;
-            }
-            if (rc != KMS_OK)
-                continue;
-            if (state_matches(&evs[i], k.state))
-                continue;
-            r->store_behind++;
-            enum kms_key_state want = evs[i].want;
-            /* A recovered key comes back DISABLED, and a deletion is never
-             * re-scheduled by a rebuild (its date is not in the event):
-             * a human enables, or schedules again, on purpose. */
-            if (strcmp(evs[i].op, "ExecuteRecovery") == 0 || want == KMS_KEY_PENDING_DELETION)
-                want = KMS_KEY_DISABLED;
-            note(r, "key %s is %s in the store, but the audit log acknowledged %s (seq %" PRIu64
-                 ") after that: the store is older", evs[i].key_id, kms_key_state_name(k.state),
-                 evs[i].op, evs[i].seq);
-            struct kms_restore_fix f = {.kind = KMS_FIX_STATE, .state = want};
-            snprintf(f.key_id, sizeof(f.key_id), "%s", evs[i].key_id);
-            rc = add_fix(r, &f);
-        }
-    }
-    free(evs);
+    if (rc == KMS_OK && st.n > 0)
+        rc = compare_states(store, r, st.evs, st.n);
+    free(st.evs);
     if (rc == KMS_OK && !marked && size > 0)
         kms_log_info("restore", "region %s: the store had no audit watermark; checked all %" PRIu64
                      " events", region, size);
     return rc;
 }
-
-/* ---- the tokens -------------------------------------------------------------- */
-
-static int cmp_id(const void *a, const void *b)
-{
-    return memcmp(a, b, KMS_HSM_ID_LEN);
-}
-
-/* "custos:key:<key_id>:v<N>" -> key_id, N; false for anything else. */
-static bool parse_label(const char *label, char key_id[KMS_KEY_ID_SIZE], uint32_t *version)
-{
-    size_t pl = strlen(KMS_HSM_LABEL_PREFIX);
-    if (strncmp(label, KMS_HSM_LABEL_PREFIX, pl) != 0)
-        return false;
-    const char *k = label + pl;
-    if (strlen(k) < KMS_KEY_ID_LEN + 3 || k[KMS_KEY_ID_LEN] != ':' || k[KMS_KEY_ID_LEN + 1] != 'v')
-        return false;
-    for (size_t i = 0; i < KMS_KEY_ID_LEN; i++)
-        if (!((k[i] >= '0' && k[i] <= '9') || (k[i] >= 'a' && k[i] <= 'f')))
-            return false;
-    char *end = NULL;
-    unsigned long v = strtoul(k + KMS_KEY_ID_LEN + 2, &end, 10);
-    if (*end != '\0' || v == 0 || v > UINT32_MAX)
-        return false;
-    memcpy(key_id, k, KMS_KEY_ID_LEN);
-    key_id[KMS_KEY_ID_LEN] = '\0';
-    *version = (uint32_t)v;
-    return true;
-}
-
-static kms_err unknown_object(struct kms_store *store, struct p11_token *tok,
-                              const struct p11_key_id *id, struct kms_restore_report *r)
-{
-    bool known = false, confirmed = false;
-    KMS_GUARD(kms_store_hsm_id_known(store, id->b, &known));
-    if (known)
-        return KMS_OK; /* a DESTROYED version's leftover: reconcile's business */
-    KMS_GUARD(kms_store_unknown_confirmed(store, id->b, &confirmed));
-    if (confirmed)
-        return KMS_OK;
-    char label[65] = "", key_id[KMS_KEY_ID_SIZE] = "";
-    uint32_t version = 0;
-    if (p11_key_label(tok, id, label) != KMS_OK)
-        label[0] = '\0';
-    bool parsed = parse_label(label, key_id, &version);
-    struct kms_store_key_raw k;
-    bool key_found = false;
-    if (parsed)
-        KMS_GUARD(kms_store_key_state_any(store, key_id, &k, &key_found));
-    r->unknown++;
-    struct kms_restore_fix f = {.kind = KMS_FIX_UNKNOWN, .version = version};
-    memcpy(f.hsm_id, id->b, KMS_HSM_ID_LEN);
-    snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
-    if (parsed)
-        snprintf(f.key_id, sizeof(f.key_id), "%s", key_id);
-    const struct kms_restore_birth *birth = NULL;
-    for (size_t i = 0; parsed && !key_found && i < r->n_births && !birth; i++)
-        if (strcmp(r->births[i].key_id, key_id) == 0 &&
-            strcmp(r->births[i].token, p11_token_label(tok)) == 0)
-            birth = &r->births[i];
-    for (size_t i = 0; parsed && i < r->n_vtimes; i++)
-        if (r->vtimes[i].version == version && strcmp(r->vtimes[i].key_id, key_id) == 0)
-            f.created_at = r->vtimes[i].created_at;
-    const struct kms_restore_enc *spent = parsed ? kms_restore_enc_find(r, key_id, version) : NULL;
-    f.encryptions = spent ? spent->since_mark : 0;
-    if (key_found && k.state != KMS_KEY_CREATING && k.state != KMS_KEY_DESTROYED &&
-        k.state != KMS_KEY_PENDING_IMPORT) {
-        f.kind = KMS_FIX_REATTACH;
-        note(r, "token '%s': object '%s' is version %" PRIu32 " of key %s, unknown to the store "
-             "(last version %" PRIu32 "): the store is older than the token",
-             p11_token_label(tok), label, version, key_id, k.last_version);
-    } else if (birth) {
-        /* Version 1 brings the key back; later versions follow it. */
-        f.kind = version == 1 ? KMS_FIX_REATTACH_KEY : KMS_FIX_REATTACH;
-        snprintf(f.tenant, sizeof(f.tenant), "%s", birth->tenant);
-        snprintf(f.region, sizeof(f.region), "%s", birth->region);
-        f.origin = birth->origin;
-        f.state = birth->state;
-        if (version == 1 || f.created_at == 0)
-            f.created_at = birth->created_at;
-        note(r, "token '%s': object '%s' is version %" PRIu32 " of key %s, which the audit log "
-             "saw created (tenant %s) and the store lacks: the store is older than the token",
-             p11_token_label(tok), label, version, key_id, birth->tenant);
-    } else {
-        note(r, "token '%s': object '%s' belongs to no key the store or the audit log knows: "
-             "the store is older than the token", p11_token_label(tok), label);
-    }
-    return add_fix(r, &f);
-}
-
-kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
-                               struct kms_restore_report *r, struct p11_key_id **out_ids,
-                               size_t *out_n)
-{
-    struct p11_key_id *ids = NULL;
-    size_t n_ids = 0;
-    struct kms_hsm_id *live = NULL;
-    size_t n_live = 0;
-    struct kms_store_creating *creating = NULL;
-    size_t n_creating = 0;
-    kms_err rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
-    if (rc == KMS_OK)
-        rc = kms_store_hsm_ids_for_token(store, p11_token_label(tok), &live, &n_live);
-    if (rc == KMS_OK)
-        rc = kms_store_creating_list(store, &creating, &n_creating);
-    if (rc != KMS_OK)
-        goto done;
-    /* p11_key_list_ids returns them sorted by memcmp and distinct. */
-    for (size_t i = 0; i < n_ids && rc == KMS_OK; i++)
-        /* n == 0: the array may be NULL, which bsearch must not get. */
-        if (n_live == 0 || !bsearch(ids[i].b, live, n_live, sizeof(*live), cmp_id))
-            rc = unknown_object(store, tok, &ids[i], r);
-    size_t missing = 0;
-    for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        if (n_ids > 0 && bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
-            continue;
-        bool is_creating = false, lost = false;
-        for (size_t j = 0; j < n_creating && !is_creating; j++)
-            is_creating = memcmp(creating[j].hsm_id, live[i].bytes, KMS_HSM_ID_LEN) == 0;
-        if (is_creating)
-            continue;
-        rc = kms_store_lost_confirmed(store, live[i].bytes, &lost);
-        if (rc != KMS_OK || lost)
-            continue;
-        missing++;
-        struct kms_restore_fix f = {.kind = KMS_FIX_LOST};
-        bool found = false;
-        memcpy(f.hsm_id, live[i].bytes, KMS_HSM_ID_LEN);
-        snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
-        rc = kms_store_version_by_hsm_id(store, live[i].bytes, f.key_id, &f.version, &found);
-        if (rc == KMS_OK)
-            rc = add_fix(r, &f);
-    }
-    if (missing > 0) {
-        r->token_behind += missing;
-        note(r, "token '%s': %zu live key version(s) the store names have no HSM object: the "
-             "token is older than the store (or was replaced); restore the token from a backup "
-             "at least as new as the store", p11_token_label(tok), missing);
-    }
-done:
-    if (rc == KMS_OK && out_ids) {
-        *out_ids = ids;
-        *out_n = n_ids;
-        ids = NULL;
-    }
-    free(ids);
-    free(live);
-    free(creating);
-    return rc;
-}
-
-kms_err kms_restore_token_missing(struct kms_store *store, struct p11_token *tok,
-                                  struct kms_restore_missing *out, size_t max, size_t *out_n)
-{
-    struct p11_key_id *ids = NULL;
-    size_t n_ids = 0, n_live = 0, n_creating = 0, missing = 0;
-    struct kms_hsm_id *live = NULL;
-    struct kms_store_creating *creating = NULL;
-    *out_n = 0;
-    /* Store first, token last: a version that became live before the store
-     * was read has had its object since before (objects are made under a
-     * CREATING row), so a creation running meanwhile is never counted. */
-    kms_err rc = kms_store_creating_list(store, &creating, &n_creating);
-    if (rc == KMS_OK)
-        rc = kms_store_hsm_ids_for_token(store, p11_token_label(tok), &live, &n_live);
-    if (rc == KMS_OK)
-        rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
-    for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        if (n_ids > 0 && bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
-            continue;
-        bool is_creating = false, lost = false, found = false;
-        for (size_t j = 0; j < n_creating && !is_creating; j++)
-            is_creating = memcmp(creating[j].hsm_id, live[i].bytes, KMS_HSM_ID_LEN) == 0;
-        if (is_creating)
-            continue;
-        rc = kms_store_lost_confirmed(store, live[i].bytes, &lost);
-        if (rc != KMS_OK || lost)
-            continue;
-        if (missing < max) {
-            rc = kms_store_version_by_hsm_id(store, live[i].bytes, out[missing].key_id,
-                                             &out[missing].version, &found);
-            if (rc == KMS_OK && !found)
-                continue; /* gone from the store meanwhile */
-        }
-        missing++;
-    }
-    if (rc == KMS_OK)
-        *out_n = missing;
-    free(ids);
-    free(live);
-    free(creating);
-    return rc;
-}
-
-/* ---- the plan ------------------------------------------------------------------ */
 
 void kms_restore_print(const struct kms_restore_report *r, FILE *f)
 {

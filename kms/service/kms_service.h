@@ -1,7 +1,13 @@
 /*
- * kms_service.h - the running service: configuration, HSM tokens by region,
- * the metadata store, the current policy document, and the background
- * deletion sweeper. One per kmsd process.
+ * kms_service.h - the registry of the running service: configuration, HSM
+ * tokens by region, the metadata store, the key cache, the GCM usage
+ * counts, the current policy document, the audit logs, the escrow keys, and
+ * the state the key layer records here (safe mode, missing objects). One
+ * per kmsd process.
+ *
+ * It starts nothing of the key layer: kmsd_main runs restore detection and
+ * reconcile (kms_reconcile.h) after kms_service_start, then starts the
+ * background sweeper (kms_sweeper.h), and stops it before kms_service_free.
  *
  * Thread-safety: everything here may be called from any HTTP worker thread.
  * The policy document is swapped atomically under a mutex on reload; each
@@ -23,13 +29,15 @@
 
 struct kms_service;
 
-/* Load the module, open and log in to every token, open the store, load the
- * policy, reconcile the store with the tokens (removing half-created keys
- * and orphan HSM objects), and start the sweeper. cfg must outlive the
- * service. */
+/* Load the policy and the module, open and log in to every token, open the
+ * store, the key cache and the usage counts, warm each token's handle
+ * cache, find each region's escrow key, open the audit logs. No key, version
+ * or HSM object is changed here (that is kms_reconcile_start's, after it).
+ * cfg must outlive the service. */
 kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out);
 
-/* Stop the sweeper, close tokens, store and module. NULL is a no-op. */
+/* Close audit logs, usage counts, store, tokens and module (the sweeper must
+ * be stopped first). NULL is a no-op. */
 void kms_service_free(struct kms_service *svc);
 
 /* Re-read the policy file. A bad document is refused (error returned and
@@ -48,14 +56,16 @@ struct kms_store *kms_service_store(struct kms_service *svc);
  * changes a key's record must invalidate it there. */
 struct kms_keycache;
 struct kms_keycache *kms_service_keycache(struct kms_service *svc);
-/* GCM encryption counts per key version (kms_usage.h). */
+/* GCM encryption counts per key version (kms_usage_count.h). */
 struct kms_usage *kms_service_usage(struct kms_service *svc);
 const struct kms_config *kms_service_config(const struct kms_service *svc);
 
-/* One pass of the deletion sweeper (the background thread calls it every
- * sweep_interval_s): destroys keys whose waiting period is over. Returns the
- * number of keys destroyed in *out_n. */
-kms_err kms_service_sweep(struct kms_service *svc, int64_t now, size_t *out_n);
+/* The served tokens in configuration order: i < kms_service_n_tokens. */
+size_t kms_service_n_tokens(const struct kms_service *svc);
+struct p11_token *kms_service_token_at(struct kms_service *svc, size_t i);
+
+/* The served token with this label, or NULL. */
+struct p11_token *kms_service_token_by_label(struct kms_service *svc, const char *label);
 
 /* The audit log of a region served here, or NULL (audit off, or not
  * served). kms_service_audit_default() is the log for events that name no
@@ -86,34 +96,27 @@ kms_err kms_service_check(struct kms_service *svc);
  * availability and session pool use, per region and token. */
 void kms_service_metrics(struct kms_service *svc, FILE *f);
 
-/* Restore detection (kms_restore.h). kmsd --reconcile sets PLAN (print
- * what would be reattached, rebuilt, kept, then stop) or CONFIRM (apply it,
- * audited, then stop) before kms_service_start, which then returns without
- * serving: the caller frees the service and exits. out: where the plan goes
- * (NULL: stdout). */
-enum kms_restore_mode {
-    KMS_RESTORE_MODE_SERVE = 0,
-    KMS_RESTORE_MODE_PLAN,
-    KMS_RESTORE_MODE_CONFIRM,
-};
-void kms_service_set_restore_mode(enum kms_restore_mode mode, FILE *out);
-
-/* Check every answering token for live versions (per the store) whose
- * object it does not hold: one walk of the token's key objects each. Logs
- * each change (naming the keys, at most 20 per region) and keeps the count
- * for readiness. Run by the sweeper thread every sweep interval, and early
- * (at most every 5 s) after a key lookup found no object. */
-void kms_service_check_objects(struct kms_service *svc);
-
 /* The count of region's live versions without object, as of the last
- * kms_service_check_objects; 0 for an unknown region. */
+ * object check (kms_sweeper_check_objects); 0 for an unknown region.
+ * The setter records a new count and returns the one it replaces. */
 size_t kms_service_missing_objects(struct kms_service *svc, const char *region);
+size_t kms_service_set_missing_objects(struct kms_service *svc, const char *region, size_t n);
 
 /* True when kmsd started in SAFE MODE: its store is older than the audit
  * log or the tokens. Then no key is created, rotated, changed, swept or
  * destroyed; decrypt and read paths serve. *out_reason (may be NULL): why,
  * for /readyz and the log (no secrets). */
 bool kms_service_safe_mode(const struct kms_service *svc, const char **out_reason);
+
+/* Enter safe mode with the reason given (copied, cut at 399 bytes). Only
+ * at start, before any request or the sweeper runs (kms_reconcile_start):
+ * the flag is read without a lock afterwards. */
+void kms_service_set_safe_mode(struct kms_service *svc, const char *reason);
+
+/* The audit logs' encrypting events are now in the store's counts (restore
+ * detection added them at start): kms_service_free may then move each
+ * region's encryption-count watermark to its log's size. */
+void kms_service_set_enc_counted(struct kms_service *svc);
 
 /* Label prefix of every HSM object the service creates; reconcile treats
  * objects with this prefix that the store does not know as orphans. */
