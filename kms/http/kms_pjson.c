@@ -15,6 +15,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kms_utf8.h"
+
 /* Per-message "seen" flags live on the stack; kms_pbuf has the same bound. */
 #define PJSON_MAX_FIELDS 64
 
@@ -829,48 +831,6 @@ static void out_fmt(struct out *o, const char *fmt, ...)
         out_put(o, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-/* The length of the UTF-8 sequence at s[i] (RFC 3629: no overlong forms,
- * no surrogates, nothing past U+10FFFF), or, when it is ill-formed, in
- * *bad the length of its maximal subpart (Unicode 15, section 3.9, "U+FFFD
- * substitution of maximal subparts": the bytes that could begin a
- * well-formed sequence, or the one byte that cannot), which becomes one
- * U+FFFD. That is the practice of WHATWG's decoder and Python's "replace". */
-static size_t utf8_seq(const uint8_t *s, size_t n, size_t i, bool *bad)
-{
-    uint8_t c = s[i];
-    size_t k;             /* bytes in a well-formed sequence with this lead */
-    uint8_t lo = 0x80, hi = 0xbf; /* the second byte's range (Table 3-7) */
-    *bad = false;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        k = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        k = 3;
-        if (c == 0xe0)
-            lo = 0xa0;
-        else if (c == 0xed)
-            hi = 0x9f; /* surrogates */
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        k = 4;
-        if (c == 0xf0)
-            lo = 0x90;
-        else if (c == 0xf4)
-            hi = 0x8f; /* past U+10FFFF */
-    } else {
-        *bad = true; /* a continuation byte, C0/C1 (overlong) or F5..FF */
-        return 1;
-    }
-    for (size_t j = 1; j < k; j++) {
-        uint8_t lo_j = j == 1 ? lo : 0x80, hi_j = j == 1 ? hi : 0xbf;
-        if (i + j >= n || s[i + j] < lo_j || s[i + j] > hi_j) {
-            *bad = true;
-            return j;
-        }
-    }
-    return k;
-}
-
 /* A string as a JSON string. Ill-formed UTF-8, which JSON cannot carry,
  * becomes U+FFFD per maximal subpart rather than an error: a reply is
  * rendered after the handler has changed state, and a string stored before
@@ -889,10 +849,10 @@ static void out_json_string(struct out *o, const char *s, size_t n)
         unsigned char c = u[i];
         const char *esc = NULL;
         char tmp[8];
-        bool bad;
-        size_t len = utf8_seq(u, n, i, &bad);
-        if (bad)
-            esc = fffd;
+        uint32_t cp;
+        size_t len = kms_utf8_next(u + i, n - i, &cp);
+        if (cp == KMS_UTF8_BAD)
+            esc = fffd; /* one per maximal subpart (kms_utf8.h) */
         else if (c == '"')
             esc = "\\\"";
         else if (c == '\\')
