@@ -30,6 +30,7 @@
 #include <openssl/rand.h>
 
 #include "audit_event.h"
+#include "kms_buf.h"
 #include "kms_health.h"
 #include "kms_httpreq.h"
 #include "kms_log.h"
@@ -65,8 +66,9 @@ struct req_state {
     struct kms_call call;
     kms_rpc_fn fn;
     const char *method;
-    uint8_t *body;
-    size_t len, cap;
+    const uint8_t *body; /* what the handler decodes: in's bytes once complete */
+    size_t len;
+    struct kms_buf in; /* the body as received (JSON: converted), wiped on free */
     bool too_large;
     bool close;  /* framing refused: nothing after this request is read */
     int op;      /* kms_metrics operation index */
@@ -338,14 +340,9 @@ static kms_err json_body(struct req_state *st, size_t max_body)
 {
     uint8_t *wire;
     size_t n;
-    KMS_GUARD(kms_pjson_to_wire(st->request, st->body ? st->body : (const uint8_t *)"", st->len,
-                                max_body, &wire, &n));
-    if (st->body) {
-        OPENSSL_cleanse(st->body, st->cap);
-        free(st->body);
-    }
-    st->body = wire;
-    st->len = st->cap = n;
+    KMS_GUARD(kms_pjson_to_wire(st->request, st->in.data ? st->in.data : (const uint8_t *)"",
+                                st->in.len, max_body, &wire, &n));
+    kms_buf_adopt(&st->in, wire, n);
     return KMS_OK;
 }
 
@@ -619,6 +616,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         st->conn = c;
         st->t0 = kms_metrics_now_ns();
         st->op = -1;
+        kms_buf_init(&st->in, h->cfg->max_body_bytes);
         atomic_fetch_add(&h->inflight, 1);
         uint8_t rid[16];
         RAND_bytes(rid, sizeof(rid));
@@ -634,34 +632,14 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         *upload_size = 0;
         if (st->too_large)
             return MHD_YES;
-        if (n > h->cfg->max_body_bytes - st->len) {
+        kms_err arc = kms_buf_append(&st->in, upload_data, n);
+        if (arc == KMS_ERR_TOO_LARGE) {
             /* Chunked bodies have no length up front: stop storing at the
              * limit and refuse at the end. */
             st->too_large = true;
             return MHD_YES;
         }
-        if (st->len + n > st->cap) {
-            size_t nc = st->cap ? st->cap : 4096;
-            while (nc < st->len + n)
-                nc *= 2;
-            if (nc > h->cfg->max_body_bytes)
-                nc = h->cfg->max_body_bytes;
-            uint8_t *nb = malloc(nc);
-            if (nb == NULL)
-                return MHD_NO;
-            /* Copy and wipe rather than realloc: the old buffer may hold
-             * plaintext. */
-            if (st->body) {
-                memcpy(nb, st->body, st->len);
-                OPENSSL_cleanse(st->body, st->cap);
-                free(st->body);
-            }
-            st->body = nb;
-            st->cap = nc;
-        }
-        memcpy(st->body + st->len, upload_data, n);
-        st->len += n;
-        return MHD_YES;
+        return arc == KMS_OK ? MHD_YES : MHD_NO;
     }
     if (st->too_large) {
         char msg[96];
@@ -676,6 +654,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         snprintf(msg, sizeof(msg), "%s", kms_err_detail());
         return refuse(c, st, jrc, msg);
     }
+    st->body = st->in.data;
+    st->len = st->in.len;
     kms_err rc = KMS_OK;
     const char *safe = NULL;
     /* Safe mode (a restored store, kms_restore.h): only decrypt and read
@@ -753,10 +733,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
         return;
     atomic_fetch_sub(&h->inflight, 1);
     drop_reply(&st->ans.reply); /* a client gone before its answer was sent */
-    if (st->body) {
-        OPENSSL_cleanse(st->body, st->cap);
-        free(st->body);
-    }
+    kms_buf_wipe(&st->in);
     pol_doc_unref(st->call.policy);
     free(st);
     *con_cls = NULL;

@@ -15,58 +15,11 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kms_buf.h"
 #include "kms_utf8.h"
 
 /* Per-message "seen" flags live on the stack; kms_pbuf has the same bound. */
 #define PJSON_MAX_FIELDS 64
-
-/* ---- a growing buffer that never leaves a copy behind ------------------------- */
-
-struct buf {
-    uint8_t *p;
-    size_t len, cap, max;
-};
-
-static void buf_wipe_free(struct buf *b)
-{
-    if (b->p) {
-        OPENSSL_cleanse(b->p, b->cap);
-        free(b->p);
-    }
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
-/* Room for n more bytes. Grows by copy and wipe, never realloc: the old
- * block may hold plaintext. false: over b->max or out of memory (which
- * one: *over). */
-static bool buf_reserve(struct buf *b, size_t n, bool *over)
-{
-    size_t need;
-    *over = false;
-    if (__builtin_add_overflow(b->len, n, &need) || need > b->max) {
-        *over = true;
-        return false;
-    }
-    if (need <= b->cap)
-        return true;
-    size_t nc = b->cap ? b->cap : 256;
-    while (nc < need)
-        nc = nc > SIZE_MAX / 2 ? need : nc * 2;
-    if (nc > b->max)
-        nc = b->max;
-    uint8_t *np = malloc(nc);
-    if (np == NULL)
-        return false;
-    if (b->p) {
-        memcpy(np, b->p, b->len);
-        OPENSSL_cleanse(b->p, b->cap);
-        free(b->p);
-    }
-    b->p = np;
-    b->cap = nc;
-    return true;
-}
 
 /* ---- JSON -> wire ------------------------------------------------------------- */
 
@@ -119,19 +72,17 @@ static void path_pop(struct enc *e, size_t n)
     e->path[n] = '\0';
 }
 
-static kms_err put(struct enc *e, struct buf *b, const void *src, size_t n)
+static kms_err put(struct enc *e, struct kms_buf *b, const void *src, size_t n)
 {
-    bool over;
-    if (!buf_reserve(b, n, &over))
-        return over ? enc_fail(e, KMS_ERR_TOO_LARGE, "request body larger than %zu bytes", b->max)
-                    : enc_fail(e, KMS_ERR_NOMEM, "out of memory");
-    if (n)
-        memcpy(b->p + b->len, src, n);
-    b->len += n;
+    kms_err rc = kms_buf_append(b, src, n);
+    if (rc == KMS_ERR_TOO_LARGE)
+        return enc_fail(e, rc, "request body larger than %zu bytes", b->max);
+    if (rc != KMS_OK)
+        return enc_fail(e, KMS_ERR_NOMEM, "out of memory");
     return KMS_OK;
 }
 
-static kms_err put_varint(struct enc *e, struct buf *b, uint64_t v)
+static kms_err put_varint(struct enc *e, struct kms_buf *b, uint64_t v)
 {
     uint8_t tmp[10];
     size_t n = 0;
@@ -145,7 +96,7 @@ static kms_err put_varint(struct enc *e, struct buf *b, uint64_t v)
     return put(e, b, tmp, n);
 }
 
-static kms_err put_fixed(struct enc *e, struct buf *b, uint64_t v, size_t n)
+static kms_err put_fixed(struct enc *e, struct kms_buf *b, uint64_t v, size_t n)
 {
     uint8_t tmp[8];
     for (size_t i = 0; i < n; i++)
@@ -155,12 +106,12 @@ static kms_err put_fixed(struct enc *e, struct buf *b, uint64_t v, size_t n)
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
-static kms_err put_tag(struct enc *e, struct buf *b, uint32_t id, unsigned wt)
+static kms_err put_tag(struct enc *e, struct kms_buf *b, uint32_t id, unsigned wt)
 {
     return put_varint(e, b, ((uint64_t)id << 3) | wt);
 }
 
-static kms_err put_len(struct enc *e, struct buf *b, uint32_t id, const void *p, size_t n)
+static kms_err put_len(struct enc *e, struct kms_buf *b, uint32_t id, const void *p, size_t n)
 {
     KMS_GUARD(put_tag(e, b, id, WT_LEN));
     KMS_GUARD(put_varint(e, b, n));
@@ -359,12 +310,12 @@ static bool b64_decode(const char *s, size_t n, uint8_t *out, size_t *out_len)
 }
 
 static kms_err enc_message(struct enc *e, const ProtobufCMessageDescriptor *d, const json_t *obj,
-                           struct buf *out, unsigned depth);
+                           struct kms_buf *out, unsigned depth);
 
 /* One value of field f (an element when f is repeated). keep_default: emit
  * it even when it is the type's default (array elements, map entries). */
 static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
-                         struct buf *out, unsigned depth, bool keep_default)
+                         struct kms_buf *out, unsigned depth, bool keep_default)
 {
     int64_t s;
     uint64_t u;
@@ -476,11 +427,12 @@ static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const
     case PROTOBUF_C_TYPE_MESSAGE: {
         if (depth + 1 > KMS_PBUF_MAX_DEPTH)
             return ENC_BAD(e, "messages nested deeper than %d", KMS_PBUF_MAX_DEPTH);
-        struct buf sub = {.max = out->max};
+        struct kms_buf sub;
+        kms_buf_init(&sub, out->max);
         kms_err rc = enc_message(e, f->descriptor, v, &sub, depth + 1);
         if (rc == KMS_OK)
-            rc = put_len(e, out, f->id, sub.p, sub.len);
-        buf_wipe_free(&sub);
+            rc = put_len(e, out, f->id, sub.data, sub.len);
+        kms_buf_wipe(&sub);
         return rc;
     }
     default:
@@ -490,7 +442,7 @@ static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const
 }
 
 static kms_err enc_map(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
-                       struct buf *out, unsigned depth)
+                       struct kms_buf *out, unsigned depth)
 {
     if (!json_is_object(v))
         return ENC_BAD(e, "expected an object (a map)");
@@ -513,13 +465,14 @@ static kms_err enc_map(struct enc *e, const ProtobufCFieldDescriptor *f, const j
             for (char *c = (char *)json_string_value(k); c < json_string_value(k) + klen; c++)
                 if (*c == KEY_NUL)
                     *c = '\0';
-        struct buf entry = {.max = out->max};
+        struct kms_buf entry;
+        kms_buf_init(&entry, out->max);
         kms_err rc = enc_value(e, &ed->fields[0], k, &entry, depth + 1, true);
         if (rc == KMS_OK)
             rc = enc_value(e, &ed->fields[1], val, &entry, depth + 1, true);
         if (rc == KMS_OK)
-            rc = put_len(e, out, f->id, entry.p, entry.len);
-        buf_wipe_free(&entry);
+            rc = put_len(e, out, f->id, entry.data, entry.len);
+        kms_buf_wipe(&entry);
         json_decref(k);
         if (rc != KMS_OK)
             return rc;
@@ -528,7 +481,7 @@ static kms_err enc_map(struct enc *e, const ProtobufCFieldDescriptor *f, const j
 }
 
 static kms_err enc_field(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
-                         struct buf *out, unsigned depth)
+                         struct kms_buf *out, unsigned depth)
 {
     if (f->label == PROTOBUF_C_LABEL_REPEATED) {
         if (is_map(f))
@@ -565,7 +518,7 @@ static void safe_key(const char *key, size_t klen, char *out, size_t out_len)
 }
 
 static kms_err enc_message(struct enc *e, const ProtobufCMessageDescriptor *d, const json_t *obj,
-                           struct buf *out, unsigned depth)
+                           struct kms_buf *out, unsigned depth)
 {
     if (!json_is_object(obj))
         return ENC_BAD(e, "expected an object (a %s message)", d->short_name);
@@ -716,7 +669,8 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
     *out = NULL;
     *out_len = 0;
     struct enc e = {.err = KMS_OK};
-    struct buf w = {.max = max_wire};
+    struct kms_buf w;
+    kms_buf_init(&w, max_wire);
     json_t *root = NULL;
     uint8_t *copy = NULL;
     kms_err rc = prescan(&e, json, len);
@@ -736,13 +690,9 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
         else
             rc = enc_message(&e, desc, root, &w, 1);
     }
-    if (rc == KMS_OK && w.p == NULL) {
-        /* An empty message is zero bytes, still a buffer to hand over. */
-        w.p = malloc(1);
-        w.cap = 1;
-        if (w.p == NULL)
-            rc = enc_fail(&e, KMS_ERR_NOMEM, "out of memory");
-    }
+    /* An empty message is zero bytes, still a buffer to hand over. */
+    if (rc == KMS_OK && (*out = kms_buf_take(&w, out_len)) == NULL)
+        rc = enc_fail(&e, KMS_ERR_NOMEM, "out of memory");
     if (root) {
         wipe_tree(root);
         json_decref(root);
@@ -752,14 +702,12 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
         free(copy);
     }
     if (rc != KMS_OK) {
-        buf_wipe_free(&w);
+        kms_buf_wipe(&w);
         if (rc == KMS_ERR_MALFORMED)
             return kms_err_set(rc, "the body is not a valid JSON %s message: %s", desc->short_name,
                                e.why);
         return kms_err_set(rc, "%s", e.why);
     }
-    *out = w.p;
-    *out_len = w.len;
     return KMS_OK;
 }
 
@@ -796,21 +744,16 @@ static void wipe_free(void *ud, void *q)
 static ProtobufCAllocator wiping_allocator = {wipe_alloc, wipe_free, NULL};
 
 struct out {
-    struct buf b;
+    struct kms_buf b;
     kms_err err; /* the first failure; later writes are ignored */
 };
 
 static void out_put(struct out *o, const void *src, size_t n)
 {
-    bool over;
     if (o->err != KMS_OK || n == 0)
         return;
-    if (!buf_reserve(&o->b, n, &over)) {
+    if (kms_buf_append(&o->b, src, n) != KMS_OK)
         o->err = kms_err_set(KMS_ERR_NOMEM, "out of memory");
-        return;
-    }
-    memcpy(o->b.p + o->b.len, src, n);
-    o->b.len += n;
 }
 
 static void out_str(struct out *o, const char *s)
@@ -880,7 +823,6 @@ static void out_json_string(struct out *o, const char *s, size_t n)
 
 static void out_base64(struct out *o, const uint8_t *p, size_t n)
 {
-    bool over;
     if (o->err != KMS_OK)
         return;
     if (n > (SIZE_MAX - 8) / 4 * 3) {
@@ -888,11 +830,11 @@ static void out_base64(struct out *o, const uint8_t *p, size_t n)
         return;
     }
     size_t m = (n + 2) / 3 * 4;
-    if (!buf_reserve(&o->b, m + 3, &over)) {
+    if (kms_buf_reserve(&o->b, m + 3) != KMS_OK) {
         o->err = kms_err_set(KMS_ERR_NOMEM, "out of memory");
         return;
     }
-    uint8_t *dst = o->b.p + o->b.len;
+    uint8_t *dst = o->b.data + o->b.len;
     dst[0] = '"';
     /* EVP_EncodeBlock: standard alphabet, padded, no line breaks; it writes
      * a NUL after the text, overwritten by the closing quote. The input
@@ -904,7 +846,7 @@ static void out_base64(struct out *o, const uint8_t *p, size_t n)
         done += chunk;
     }
     dst[w++] = '"';
-    o->b.len += w;
+    kms_buf_commit(&o->b, w);
 }
 
 static void emit_message(struct out *o, const ProtobufCMessageDescriptor *d,
@@ -1102,15 +1044,16 @@ kms_err kms_pjson_from_wire(const ProtobufCMessageDescriptor *desc, const uint8_
      * than kms_pbuf's request limits allow (an audit export). */
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, &wiping_allocator, len, wire);
     KMS_ENSURE(m != NULL, KMS_ERR_INTERNAL, "the reply does not decode as %s", desc->short_name);
-    struct out o = {.b = {.max = SIZE_MAX}, .err = KMS_OK};
+    struct out o = {.err = KMS_OK};
+    kms_buf_init(&o.b, SIZE_MAX);
     emit_message(&o, desc, m, 1);
     out_put(&o, "", 1); /* the NUL, not counted */
     protobuf_c_message_free_unpacked(m, &wiping_allocator);
     if (o.err != KMS_OK) {
-        buf_wipe_free(&o.b);
+        kms_buf_wipe(&o.b);
         return o.err;
     }
-    *out = (char *)o.b.p;
+    *out = (char *)o.b.data;
     *out_len = o.b.len - 1;
     return KMS_OK;
 }
