@@ -595,6 +595,44 @@ static bool framing_refused(struct MHD_Connection *c, struct req_state *st, cons
     return true;
 }
 
+/* The handler refused or failed with rc: the client is told what it may
+ * know (kms_err_client_msg; 5xx details only in the log), the audit event
+ * gets the whole detail, after what the handler noted. */
+static enum MHD_Result failed_answer(struct MHD_Connection *c, struct req_state *st, kms_err rc,
+                                     struct kms_reply *reply)
+{
+    drop_reply(reply);
+    /* Internal details go to the log and the audit event only; the
+     * client gets the code. */
+    char detail[512], audit_detail[700], m503[200];
+    snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+    /* A lower layer's own check (a "store: ..." detail) is logged,
+     * never shown: it names kmsd's insides (kms_err_client_msg). */
+    const char *msg = kms_err_client_msg(rc, detail);
+    if (msg != detail && kms_err_http_status(rc) < 500)
+        kms_log_info("http", "request %s %s refused: %s", st->call.request_id, st->method,
+                     detail);
+    /* What the handler noted (e.g. which recovery) comes first. */
+    snprintf(audit_detail, sizeof(audit_detail), "%s%s%s", st->call.audit.detail,
+             st->call.audit.detail[0] ? ": " : "", detail);
+    if (kms_err_http_status(rc) >= 500) {
+        kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
+                      detail);
+        /* A refused PIN is 503 like a removed token, but retrying will
+         * not help (kmsd does not log in again until restarted), and
+         * the caller's operators must know that. */
+        msg = rc == KMS_ERR_HSM_PIN ? "the HSM refused kmsd's login (PIN); an operator "
+                                      "must act, retrying will not help"
+              : kms_err_http_status(rc) == 503
+                  ? unavailable_msg(st, "the HSM or store is unavailable; retry", m503,
+                                    sizeof(m503))
+                  : "internal error";
+    }
+    st->ans.err = rc;
+    snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", msg);
+    return audited_answer(c, st, rc, audit_detail);
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_size,
@@ -682,38 +720,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", json_reply_lost_msg);
         return audited_answer(c, st, KMS_OK, audit_detail);
     }
-    if (rc != KMS_OK) {
-        drop_reply(reply);
-        /* Internal details go to the log and the audit event only; the
-         * client gets the code. */
-        char detail[512], audit_detail[700], m503[200];
-        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
-        /* A lower layer's own check (a "store: ..." detail) is logged,
-         * never shown: it names kmsd's insides (kms_err_client_msg). */
-        const char *msg = kms_err_client_msg(rc, detail);
-        if (msg != detail && kms_err_http_status(rc) < 500)
-            kms_log_info("http", "request %s %s refused: %s", st->call.request_id, st->method,
-                         detail);
-        /* What the handler noted (e.g. which recovery) comes first. */
-        snprintf(audit_detail, sizeof(audit_detail), "%s%s%s", st->call.audit.detail,
-                 st->call.audit.detail[0] ? ": " : "", detail);
-        if (kms_err_http_status(rc) >= 500) {
-            kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
-                          detail);
-            /* A refused PIN is 503 like a removed token, but retrying will
-             * not help (kmsd does not log in again until restarted), and
-             * the caller's operators must know that. */
-            msg = rc == KMS_ERR_HSM_PIN ? "the HSM refused kmsd's login (PIN); an operator "
-                                          "must act, retrying will not help"
-                  : kms_err_http_status(rc) == 503
-                      ? unavailable_msg(st, "the HSM or store is unavailable; retry", m503,
-                                        sizeof(m503))
-                      : "internal error";
-        }
-        st->ans.err = rc;
-        snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", msg);
-        return audited_answer(c, st, rc, audit_detail);
-    }
+    if (rc != KMS_OK)
+        return failed_answer(c, st, rc, reply);
     kms_log_debug("http", "request %s %s by %s: ok%s%s", st->call.request_id, st->method,
                   pol_principal_id(st->call.who), st->correlation_id[0] ? ", correlation " : "",
                   st->correlation_id);
