@@ -2,14 +2,13 @@
  * kms_pbuf.c - a wire walk before protobuf-c, and a counting allocator.
  */
 #include "kms_pbuf.h"
+#include "kms_utf8.h" /* strings: the one UTF-8 rule */
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "kms_utf8.h"
 
 /* Counts per field of one message instance live on the stack; no message
  * of proto/ comes close to this many fields. */

@@ -33,6 +33,7 @@
 #include "kms_http_auth.h"
 #include "kms_http_frame.h"
 #include "kms_http_ops.h"
+#include "kms_http_secret.h"
 #include "kms_http_internal.h"
 #include "kms_httpreq.h"
 #include "kms_log.h"
@@ -73,19 +74,6 @@ struct req_state {
 };
 
 /* ---- responses ----------------------------------------------------------- */
-
-struct secret_buf {
-    uint8_t *data;
-    size_t len;
-};
-
-static void free_secret_buf(void *cls)
-{
-    struct secret_buf *b = cls;
-    OPENSSL_cleanse(b->data, b->len);
-    free(b->data);
-    free(b);
-}
 
 static enum MHD_Result respond(struct MHD_Connection *c, struct req_state *st, unsigned status,
                             struct MHD_Response *r, const char *content_type)
@@ -221,19 +209,10 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st
     struct MHD_Response *r;
     if (reply->secret) {
         /* Plaintext or a data key: wiped when MHD is done with it. */
-        struct secret_buf *b = malloc(sizeof(*b));
-        if (b == NULL) {
-            OPENSSL_cleanse(reply->data, reply->len);
-            free(reply->data);
-            reply->data = NULL;
-            return send_error(c, st, KMS_ERR_NOMEM, "out of memory");
-        }
-        b->data = reply->data;
-        b->len = reply->len;
-        r = MHD_create_response_from_buffer_with_free_callback_cls(reply->len, reply->data,
-                                                                   free_secret_buf, b);
-        if (r == NULL)
-            free_secret_buf(b);
+        kms_err rc = kms_http_secret_response(reply->data, reply->len, &r);
+        reply->data = NULL;
+        if (rc != KMS_OK)
+            return send_error(c, st, rc, "out of memory");
     } else {
         r = MHD_create_response_from_buffer(reply->len, reply->data, MHD_RESPMEM_MUST_FREE);
         if (r == NULL)
@@ -442,42 +421,61 @@ static bool framing_refused(struct MHD_Connection *c, struct req_state *st, cons
     return true;
 }
 
-/* The handler refused or failed with rc: the client is told what it may
- * know (kms_err_client_msg; 5xx details only in the log), the audit event
- * gets the whole detail, after what the handler noted. */
-static enum MHD_Result failed_answer(struct MHD_Connection *c, struct req_state *st, kms_err rc,
-                                     struct kms_reply *reply)
+/* A request's state at its first call: a random request id, the body
+ * buffer within the configured limit, counted in flight until completed. */
+static struct req_state *new_request(struct kms_http *h, struct MHD_Connection *c)
 {
-    drop_reply(reply);
-    /* Internal details go to the log and the audit event only; the
-     * client gets the code. */
-    char detail[512], audit_detail[700], m503[200];
-    snprintf(detail, sizeof(detail), "%s", kms_err_detail());
-    /* A lower layer's own check (a "store: ..." detail) is logged,
-     * never shown: it names kmsd's insides (kms_err_client_msg). */
-    const char *msg = kms_err_client_msg(rc, detail);
-    if (msg != detail && kms_err_http_status(rc) < 500)
-        kms_log_info("http", "request %s %s refused: %s", st->call.request_id, st->method,
-                     detail);
-    /* What the handler noted (e.g. which recovery) comes first. */
-    snprintf(audit_detail, sizeof(audit_detail), "%s%s%s", st->call.audit.detail,
-             st->call.audit.detail[0] ? ": " : "", detail);
-    if (kms_err_http_status(rc) >= 500) {
-        kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
-                      detail);
-        /* A refused PIN is 503 like a removed token, but retrying will
-         * not help (kmsd does not log in again until restarted), and
-         * the caller's operators must know that. */
-        msg = rc == KMS_ERR_HSM_PIN ? "the HSM refused kmsd's login (PIN); an operator "
-                                      "must act, retrying will not help"
-              : kms_err_http_status(rc) == 503
-                  ? unavailable_msg(st, "the HSM or store is unavailable; retry", m503,
-                                    sizeof(m503))
-                  : "internal error";
+    struct req_state *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return NULL;
+    st->call.svc = h->svc;
+    st->http = h;
+    st->conn = c;
+    st->t0 = kms_metrics_now_ns();
+    st->op = -1;
+    kms_buf_init(&st->in, h->cfg->max_body_bytes);
+    atomic_fetch_add(&h->inflight, 1);
+    uint8_t rid[16];
+    RAND_bytes(rid, sizeof(rid));
+    for (size_t i = 0; i < sizeof(rid); i++)
+        snprintf(st->call.request_id + 2 * i, 3, "%02x", rid[i]);
+    return st;
+}
+
+/* Body bytes of a middle call, kept up to the limit. */
+static enum MHD_Result take_upload(struct req_state *st, const char *data, size_t *upload_size)
+{
+    size_t n = *upload_size;
+    *upload_size = 0;
+    if (st->too_large)
+        return MHD_YES;
+    kms_err rc = kms_buf_append(&st->in, data, n);
+    if (rc == KMS_ERR_TOO_LARGE) {
+        /* Chunked bodies have no length up front: stop storing at the
+         * limit and refuse at the end. */
+        st->too_large = true;
+        return MHD_YES;
     }
-    st->ans.err = rc;
-    snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", msg);
-    return audited_answer(c, st, rc, audit_detail);
+    return rc == KMS_OK ? MHD_YES : MHD_NO;
+}
+
+/* The handler has committed its change (a new key version, a created key)
+ * but its reply could not be rendered as JSON: the event says so, or a
+ * restore would not see it, and the client is told to look before it
+ * retries, which would change state again. Stored data cannot fail the
+ * rendering (an ill-formed string becomes U+FFFD); memory can. */
+static enum MHD_Result json_reply_lost(struct MHD_Connection *c, struct req_state *st,
+                                       struct kms_reply *reply)
+{
+    char audit_detail[700];
+    snprintf(audit_detail, sizeof(audit_detail), "%s%sreply could not be rendered as JSON: %s",
+             st->call.audit.detail, st->call.audit.detail[0] ? ": " : "", kms_err_detail());
+    kms_log_error("http", "request %s %s by %s: applied, but %s", st->call.request_id,
+                  st->method, pol_principal_id(st->call.who), audit_detail);
+    drop_reply(reply);
+    st->ans.err = KMS_ERR_INTERNAL;
+    snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", json_reply_lost_msg);
+    return audited_answer(c, st, KMS_OK, audit_detail);
 }
 
 enum MHD_Result kms_http_access(void *cls, struct MHD_Connection *c, const char *url,
@@ -491,40 +489,15 @@ enum MHD_Result kms_http_access(void *cls, struct MHD_Connection *c, const char 
         return resumed(c, st);
     }
     if (st == NULL) {
-        st = calloc(1, sizeof(*st));
-        if (st == NULL)
+        if ((st = *con_cls = new_request(h, c)) == NULL)
             return MHD_NO;
-        *con_cls = st;
-        st->call.svc = h->svc;
-        st->http = h;
-        st->conn = c;
-        st->t0 = kms_metrics_now_ns();
-        st->op = -1;
-        kms_buf_init(&st->in, h->cfg->max_body_bytes);
-        atomic_fetch_add(&h->inflight, 1);
-        uint8_t rid[16];
-        RAND_bytes(rid, sizeof(rid));
-        for (size_t i = 0; i < sizeof(rid); i++)
-            snprintf(st->call.request_id + 2 * i, 3, "%02x", rid[i]);
         enum MHD_Result framing;
         if (framing_refused(c, st, url, method, version, &framing))
             return framing;
         return first_call(h, c, st, url, method);
     }
-    if (*upload_size > 0) {
-        size_t n = *upload_size;
-        *upload_size = 0;
-        if (st->too_large)
-            return MHD_YES;
-        kms_err arc = kms_buf_append(&st->in, upload_data, n);
-        if (arc == KMS_ERR_TOO_LARGE) {
-            /* Chunked bodies have no length up front: stop storing at the
-             * limit and refuse at the end. */
-            st->too_large = true;
-            return MHD_YES;
-        }
-        return arc == KMS_OK ? MHD_YES : MHD_NO;
-    }
+    if (*upload_size > 0)
+        return take_upload(st, upload_data, upload_size);
     if (st->too_large) {
         char msg[96];
         snprintf(msg, sizeof(msg), "request body larger than %zu bytes", h->cfg->max_body_bytes);
@@ -551,23 +524,40 @@ enum MHD_Result kms_http_access(void *cls, struct MHD_Connection *c, const char 
     else
         rc = st->fn(&st->call, st->body ? st->body : (const uint8_t *)"", st->len, reply);
     if (rc == KMS_OK && st->json && json_reply(st, reply) != KMS_OK) {
-        /* The handler has committed its change (a new key version, a
-         * created key): the event says so, or a restore would not see it,
-         * and the client is told to look before it retries, which would
-         * change state again. Stored data cannot fail the rendering (an
-         * ill-formed string becomes U+FFFD); memory can. */
-        char audit_detail[700];
-        snprintf(audit_detail, sizeof(audit_detail), "%s%sreply could not be rendered as JSON: %s",
-                 st->call.audit.detail, st->call.audit.detail[0] ? ": " : "", kms_err_detail());
-        kms_log_error("http", "request %s %s by %s: applied, but %s", st->call.request_id,
-                      st->method, pol_principal_id(st->call.who), audit_detail);
-        drop_reply(reply);
-        st->ans.err = KMS_ERR_INTERNAL;
-        snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", json_reply_lost_msg);
-        return audited_answer(c, st, KMS_OK, audit_detail);
+        return json_reply_lost(c, st, reply);
     }
-    if (rc != KMS_OK)
-        return failed_answer(c, st, rc, reply);
+    if (rc != KMS_OK) {
+        drop_reply(reply);
+        /* Internal details go to the log and the audit event only; the
+         * client gets the code. */
+        char detail[512], audit_detail[700], m503[200];
+        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+        /* A lower layer's own check (a "store: ..." detail) is logged,
+         * never shown: it names kmsd's insides (kms_err_client_msg). */
+        const char *msg = kms_err_client_msg(rc, detail);
+        if (msg != detail && kms_err_http_status(rc) < 500)
+            kms_log_info("http", "request %s %s refused: %s", st->call.request_id, st->method,
+                         detail);
+        /* What the handler noted (e.g. which recovery) comes first. */
+        snprintf(audit_detail, sizeof(audit_detail), "%s%s%s", st->call.audit.detail,
+                 st->call.audit.detail[0] ? ": " : "", detail);
+        if (kms_err_http_status(rc) >= 500) {
+            kms_log_error("http", "request %s %s failed: %s", st->call.request_id, st->method,
+                          detail);
+            /* A refused PIN is 503 like a removed token, but retrying will
+             * not help (kmsd does not log in again until restarted), and
+             * the caller's operators must know that. */
+            msg = rc == KMS_ERR_HSM_PIN ? "the HSM refused kmsd's login (PIN); an operator "
+                                          "must act, retrying will not help"
+                  : kms_err_http_status(rc) == 503
+                      ? unavailable_msg(st, "the HSM or store is unavailable; retry", m503,
+                                        sizeof(m503))
+                      : "internal error";
+        }
+        st->ans.err = rc;
+        snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", msg);
+        return audited_answer(c, st, rc, audit_detail);
+    }
     kms_log_debug("http", "request %s %s by %s: ok%s%s", st->call.request_id, st->method,
                   pol_principal_id(st->call.who), st->correlation_id[0] ? ", correlation " : "",
                   st->correlation_id);
