@@ -87,7 +87,10 @@ L_tests    := $(L_main) tests/lib
 
 KMS_DIRS := kms kms/base kms/service kms/contract kms/keys kms/auditsvc kms/http \
             kms/store kms/audit kms/ctl
-LAYER_INC = $(L_tests)
+# No default: a folder without a line here compiles with no include path of
+# ours and fails, rather than inheriting the tests' (tests/lib is L_tests only).
+LAYER_INC :=
+$(BUILD)/obj/tests/%.o:        LAYER_INC = $(L_tests)
 $(BUILD)/obj/kms/base/%.o:     LAYER_INC = $(L_base)
 $(BUILD)/obj/pkcs11/%.o:       LAYER_INC = $(L_pkcs11)
 $(BUILD)/obj/policy/%.o:       LAYER_INC = $(L_policy)

@@ -6,7 +6,7 @@
  * error, because a typo that silently dropped a restriction would weaken the
  * policy without anyone noticing. Every error names the JSON path of the
  * offending value. Strings are borrowed from the JSON tree, which the
- * document keeps.
+ * document keeps. Principals are read by pol_load_principal.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,224 +26,7 @@
 #include "pol_doc.h"
 #include "pol_doc_internal.h"
 #include "pol_json.h"
-
-struct loader {
-    struct pol_doc *doc;
-    size_t next_principal;
-};
-
-static bool list_has(const char *const *list, size_t n, const char *s)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(list[i], s) == 0)
-            return true;
-    return false;
-}
-
-/* ---- principals ---------------------------------------------------------- */
-
-static int hex_nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-static kms_err add_api_key(struct pol_doc *doc, const struct pol_principal *p, const json_t *v,
-                           const char *path, long slot)
-{
-    KMS_GUARD(pol_json_expect(v, JSON_STRING, "a string", path));
-    const char *hex = json_string_value(v);
-    KMS_ENSURE(json_string_length(v) == 2 * POL_SHA256_LEN, KMS_ERR_CONFIG,
-               "%s: expected 64 hex digits (the SHA-256 of the API key)", path);
-    struct pol_cred *cred = &doc->creds[doc->n_creds];
-    for (size_t i = 0; i < POL_SHA256_LEN; i++) {
-        int hi = hex_nibble(hex[2 * i]), lo = hex_nibble(hex[2 * i + 1]);
-        KMS_ENSURE(hi >= 0 && lo >= 0, KMS_ERR_CONFIG,
-                   "%s: expected 64 hex digits (the SHA-256 of the API key)", path);
-        cred->sha256[i] = (uint8_t)(hi << 4 | lo);
-    }
-    cred->principal = p;
-    cred->slot = slot;
-    cred->seq = doc->n_creds++;
-    return KMS_OK;
-}
-
-static kms_err load_api_keys(struct pol_doc *doc, const struct pol_principal *p, const json_t *v,
-                             const char *path)
-{
-    char item[POL_PATH_LEN];
-    if (!json_is_array(v))
-        return add_api_key(doc, p, v, path, -1);
-    size_t n = json_array_size(v);
-    KMS_ENSURE(n > 0, KMS_ERR_CONFIG, "%s: must not be empty", path);
-    KMS_ENSURE(n <= POL_MAX_API_KEYS, KMS_ERR_CONFIG, "%s: too many entries (%zu, at most %d)",
-               path, n, POL_MAX_API_KEYS);
-    for (size_t i = 0; i < n; i++) {
-        pol_path_index(item, path, i);
-        KMS_GUARD(add_api_key(doc, p, json_array_get(v, i), item, (long)i));
-    }
-    return KMS_OK;
-}
-
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-    (void)buf, (void)size, (void)rwflag, (void)u;
-    return -1;
-}
-
-/* One PEM public key, alone: an ECDSA P-256 key (officers) or an RSA key of
- * 2048..4096 bits (recovery recipients). */
-static kms_err parse_public_key(const char *pem, const char *path, bool rsa, EVP_PKEY **out)
-{
-    kms_err rc = KMS_OK;
-    char group[64];
-    size_t group_len = 0;
-    EVP_PKEY *pkey = NULL;
-    BIO *bio = NULL;
-    const char *begin = pem + strspn(pem, " \t\r\n");
-
-    /* PEM readers skip blocks with other labels: insist the text *is* one
-     * public key, not a certificate or private key followed by one. Never
-     * quote the text: a private key pasted by mistake must not reach a log. */
-    KMS_ENSURE_GOTO(strncmp(begin, "-----BEGIN PUBLIC KEY-----", 26) == 0, done, KMS_ERR_CONFIG,
-                    "%s: expected a PEM public key (-----BEGIN PUBLIC KEY-----)", path);
-    bio = BIO_new_mem_buf(begin, -1);
-    KMS_ENSURE_GOTO(bio != NULL, done, KMS_ERR_NOMEM, "out of memory");
-    pkey = PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
-    KMS_ENSURE_GOTO(pkey != NULL, done, KMS_ERR_CONFIG, "%s: not a valid PEM public key", path);
-    char *rest = NULL;
-    long rest_len = BIO_get_mem_data(bio, &rest);
-    for (long i = 0; i < rest_len; i++)
-        KMS_ENSURE_GOTO(rest[i] == ' ' || rest[i] == '\t' || rest[i] == '\r' || rest[i] == '\n',
-                        done, KMS_ERR_CONFIG, "%s: unexpected data after the public key", path);
-    if (rsa) {
-        int bits = EVP_PKEY_get_bits(pkey);
-        KMS_ENSURE_GOTO(EVP_PKEY_is_a(pkey, "RSA") && bits >= 2048 && bits <= 4096, done,
-                        KMS_ERR_CONFIG, "%s: recipients need an RSA key of 2048..4096 bits", path);
-        *out = pkey;
-        pkey = NULL;
-        goto done;
-    }
-    KMS_ENSURE_GOTO(EVP_PKEY_is_a(pkey, "EC"), done, KMS_ERR_CONFIG,
-                    "%s: %s key; officers need an ECDSA P-256 key", path,
-                    EVP_PKEY_get0_type_name(pkey) ? EVP_PKEY_get0_type_name(pkey) : "non-EC");
-    KMS_ENSURE_GOTO(EVP_PKEY_get_group_name(pkey, group, sizeof(group), &group_len) == 1, done,
-                    KMS_ERR_CONFIG, "%s: EC key without a named curve; officers need P-256", path);
-    KMS_ENSURE_GOTO(strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0, done,
-                    KMS_ERR_CONFIG, "%s: curve %s; officers need an ECDSA P-256 key", path, group);
-    *out = pkey;
-    pkey = NULL;
-done:
-    BIO_free(bio);
-    EVP_PKEY_free(pkey);
-    if (rc != KMS_OK)
-        ERR_clear_error();
-    return rc;
-}
-
-static const char *const principal_fields[] = {"id",           "description",     "role",
-                                               "home_region",  "allowed_regions", "api_key_sha256",
-                                               "cert_subject", "public_key_pem",  NULL};
-
-/* t is NULL for a global principal. */
-static kms_err load_principal(struct loader *ld, const struct pol_tenant *t, const json_t *obj,
-                              const char *path, struct pol_principal *p)
-{
-    const char *s;
-    json_t *v;
-    char fpath[POL_PATH_LEN], c[POL_CLIP_LEN];
-
-    KMS_GUARD(pol_json_expect_object(obj, path));
-    KMS_GUARD(pol_json_check_fields(obj, path, principal_fields));
-    KMS_GUARD(pol_json_string(obj, path, "id", true, POL_STR_ID, &p->id));
-    KMS_GUARD(pol_json_string(obj, path, "description", false, POL_STR_TEXT, &s));
-
-    pol_path_join(fpath, path, "role");
-    KMS_GUARD(pol_json_field(obj, path, "role", true, &v));
-    KMS_GUARD(pol_json_expect(v, JSON_STRING, "a string", fpath));
-    KMS_ENSURE(pol_role_from_name(json_string_value(v), &p->role), KMS_ERR_CONFIG,
-               "%s: unknown role \"%s\"", fpath, pol_json_clip(json_string_value(v), c));
-    KMS_ENSURE(t != NULL || p->role == POL_ROLE_AUDITOR || p->role == POL_ROLE_OPERATOR,
-               KMS_ERR_CONFIG,
-               "%s: role %s needs a tenant (define the principal under tenants[].principals)",
-               fpath, pol_role_name(p->role));
-
-    pol_path_join(fpath, path, "home_region");
-    KMS_GUARD(pol_json_string(obj, path, "home_region", true, POL_STR_REGION, &p->home_region));
-    KMS_ENSURE(t == NULL || list_has(t->regions, t->n_regions, p->home_region), KMS_ERR_CONFIG,
-               "%s: region \"%s\" is not in the tenant's allowed_regions", fpath, p->home_region);
-
-    KMS_GUARD(pol_json_string_list(obj, path, "allowed_regions", false, POL_STR_REGION,
-                                   POL_MAX_REGIONS, &p->regions, &p->n_regions));
-    pol_path_join(fpath, path, "allowed_regions");
-    /* Brokers use keys, auditors read logs: both are bound to their home
-     * region unless allowed_regions names more. */
-    KMS_ENSURE(p->regions == NULL || p->role == POL_ROLE_BROKER || p->role == POL_ROLE_AUDITOR,
-               KMS_ERR_CONFIG,
-               "%s: only brokers and auditors are bound to their home region; role %s takes no "
-               "allowed_regions",
-               fpath, pol_role_name(p->role));
-    for (size_t i = 0; t != NULL && i < p->n_regions; i++)
-        KMS_ENSURE(list_has(t->regions, t->n_regions, p->regions[i]), KMS_ERR_CONFIG,
-                   "%s[%zu]: region \"%s\" is not in the tenant's allowed_regions", fpath, i,
-                   p->regions[i]);
-
-    KMS_GUARD(pol_json_field(obj, path, "api_key_sha256", false, &v));
-    pol_path_join(fpath, path, "api_key_sha256");
-    if (v != NULL)
-        KMS_GUARD(load_api_keys(ld->doc, p, v, fpath));
-    KMS_GUARD(pol_json_string(obj, path, "cert_subject", false, POL_STR_SUBJECT, &p->cert_subject));
-    KMS_ENSURE(v != NULL || p->cert_subject != NULL, KMS_ERR_CONFIG,
-               "%s: no credential (needs api_key_sha256 or cert_subject)", path);
-
-    pol_path_join(fpath, path, "public_key_pem");
-    KMS_GUARD(pol_json_string(obj, path, "public_key_pem", p->role == POL_ROLE_OFFICER, POL_STR_PEM,
-                              &p->officer_pem));
-    if (p->role != POL_ROLE_OFFICER)
-        KMS_ENSURE(p->officer_pem == NULL, KMS_ERR_CONFIG, "%s: only officers carry a public key",
-                   fpath);
-    else
-        KMS_GUARD(parse_public_key(p->officer_pem, fpath, false, &p->officer_key));
-    return KMS_OK;
-}
-
-static kms_err load_principals(struct loader *ld, const struct pol_tenant *t, const json_t *arr,
-                               const char *path, long tenant_index)
-{
-    char item[POL_PATH_LEN];
-    size_t i;
-    json_t *v;
-    json_array_foreach(arr, i, v) {
-        struct pol_principal *p = &ld->doc->principals[ld->next_principal++];
-        p->tenant = t;
-        p->tenant_index = tenant_index;
-        p->index = i;
-        pol_path_index(item, path, i);
-        KMS_GUARD(load_principal(ld, t, v, item, p));
-    }
-    return KMS_OK;
-}
-
-/* A principal of tenant t named by the string at path, for quorums and grants. */
-static kms_err resolve_principal(const struct pol_doc *doc, const struct pol_tenant *t,
-                                 const json_t *v, const char *path,
-                                 const struct pol_principal **out)
-{
-    const char *id;
-    char c[POL_CLIP_LEN];
-    KMS_GUARD(pol_json_check_string(v, path, POL_STR_ID, &id));
-    *out = pol_doc_principal(doc, id);
-    KMS_ENSURE(*out != NULL, KMS_ERR_CONFIG, "%s: unknown principal \"%s\"", path,
-               pol_json_clip(id, c));
-    KMS_ENSURE((*out)->tenant == t, KMS_ERR_CONFIG, "%s: principal \"%s\" is not in tenant \"%s\"",
-               path, id, t->id);
-    return KMS_OK;
-}
+#include "pol_load_principal.h"
 
 /* ---- tenants ------------------------------------------------------------- */
 
@@ -286,7 +69,7 @@ static kms_err load_quorum(struct pol_doc *doc, struct pol_tenant *t, const json
     json_array_foreach(arr, i, v) {
         const struct pol_principal *p;
         pol_path_index(item, fpath, i);
-        KMS_GUARD(resolve_principal(doc, t, v, item, &p));
+        KMS_GUARD(pol_load_resolve_principal(doc, t, v, item, &p));
         KMS_ENSURE(p->role == POL_ROLE_OFFICER, KMS_ERR_CONFIG,
                    "%s: principal \"%s\" has role %s, not officer", item, p->id,
                    pol_role_name(p->role));
@@ -356,7 +139,7 @@ static kms_err load_grant(struct pol_doc *doc, struct pol_tenant *t, const json_
     json_array_foreach(arr, i, v) {
         const struct pol_principal *p;
         pol_path_index(item, fpath, i);
-        KMS_GUARD(resolve_principal(doc, t, v, item, &p));
+        KMS_GUARD(pol_load_resolve_principal(doc, t, v, item, &p));
         for (size_t j = 0; j < g->n_principals; j++)
             KMS_ENSURE(g->principals[j] != p, KMS_ERR_CONFIG, "%s: \"%s\" is listed twice", item,
                        p->id);
@@ -466,7 +249,7 @@ static kms_err load_recipients(struct pol_tenant *t, const json_t *arr, const ch
             KMS_ENSURE(strcmp(t->recipients[j].id, r->id) != 0, KMS_ERR_CONFIG,
                        "%s.id: duplicate recipient \"%s\"", item, r->id);
         pol_path_join(fpath, item, "public_key_pem");
-        KMS_GUARD(parse_public_key(pem, fpath, true, &r->key));
+        KMS_GUARD(pol_load_public_key(pem, fpath, true, &r->key));
         t->n_recipients = i + 1;
     }
     return KMS_OK;
@@ -474,7 +257,7 @@ static kms_err load_recipients(struct pol_tenant *t, const json_t *arr, const ch
 
 /* Pass 1: everything but the quorum and the grants, which name principals
  * and so wait until every principal of the document is known. */
-static kms_err load_tenant(struct loader *ld, const json_t *obj, const char *path,
+static kms_err load_tenant(struct pol_loader *ld, const json_t *obj, const char *path,
                            struct pol_tenant *t)
 {
     json_t *v;
@@ -506,7 +289,7 @@ static kms_err load_tenant(struct loader *ld, const json_t *obj, const char *pat
     KMS_GUARD(pol_json_array(obj, path, "principals", false, 0, POL_MAX_PRINCIPALS, &v));
     pol_path_join(fpath, path, "principals");
     if (v != NULL)
-        KMS_GUARD(load_principals(ld, t, v, fpath, (long)t->index));
+        KMS_GUARD(pol_load_principals(ld, t, v, fpath, (long)t->index));
     return KMS_OK;
 }
 
@@ -579,7 +362,7 @@ static kms_err allocate(struct pol_doc *doc, const json_t *tenants, const json_t
 
 static const char *const doc_fields[] = {"version", "description", "tenants", "principals", NULL};
 
-static kms_err load_root(struct loader *ld, const json_t *root)
+static kms_err load_root(struct pol_loader *ld, const json_t *root)
 {
     struct pol_doc *doc = ld->doc;
     json_t *v, *tenants, *globals;
@@ -604,7 +387,7 @@ static kms_err load_root(struct loader *ld, const json_t *root)
         KMS_GUARD(load_tenant(ld, json_array_get(tenants, i), item, &doc->tenants[i]));
     }
     if (globals != NULL)
-        KMS_GUARD(load_principals(ld, NULL, globals, "principals", -1));
+        KMS_GUARD(pol_load_principals(ld, NULL, globals, "principals", -1));
     KMS_GUARD(pol_doc_index(doc));
     for (size_t i = 0; i < doc->n_tenants; i++) {
         pol_path_index(item, "tenants", i);
@@ -628,7 +411,7 @@ kms_err pol_doc_load_buffer(const void *json, size_t len, struct pol_doc **out_d
                POL_MAX_DOC_BYTES);
     struct pol_doc *doc = pol_doc_alloc();
     KMS_ENSURE(doc != NULL, KMS_ERR_NOMEM, "out of memory");
-    struct loader ld = {.doc = doc};
+    struct pol_loader ld = {.doc = doc};
 
     KMS_ENSURE_GOTO(EVP_Digest(json, len, md, &md_len, EVP_sha256(), NULL) == 1, done,
                     KMS_ERR_INTERNAL, "SHA-256 failed");

@@ -3,6 +3,8 @@
  */
 #include "kms_text.h"
 
+#include "kms_utf8.h"
+
 /* General category Cf, Unicode 15.1 (DerivedGeneralCategory.txt), plus Zl
  * and Zp; sorted, inclusive. Cc is tested apart. U+2065 (unassigned, in the
  * middle of the invisible operators) is refused with its neighbours. */
@@ -28,38 +30,13 @@ bool kms_text_cp_refused(uint32_t cp)
 
 bool kms_text_ok(const char *s, size_t n)
 {
-    const unsigned char *p = (const unsigned char *)s;
+    const uint8_t *p = (const uint8_t *)s;
     size_t i = 0;
     while (i < n) {
-        unsigned char c = p[i];
         uint32_t cp;
-        size_t len;
-        if (c < 0x80) {
-            len = 1;
-            cp = c;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            len = 2;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
+        i += kms_utf8_next(p + i, n - i, &cp);
+        if (cp == KMS_UTF8_BAD || kms_text_cp_refused(cp))
             return false;
-        }
-        if (n - i < len)
-            return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff) || kms_text_cp_refused(cp))
-            return false;
-        i += len;
     }
     return true;
 }

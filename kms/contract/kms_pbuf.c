@@ -2,6 +2,7 @@
  * kms_pbuf.c - a wire walk before protobuf-c, and a counting allocator.
  */
 #include "kms_pbuf.h"
+#include "kms_utf8.h" /* strings: the one UTF-8 rule */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -99,42 +100,6 @@ static kms_err refuse(const char *what, const ProtobufCMessageDescriptor *d)
                        last_refusal);
 }
 
-/* Well-formed UTF-8 as Unicode defines it (Table 3-7): no overlong forms,
- * no surrogates, nothing past U+10FFFF. NUL is checked apart. */
-static bool utf8_ok(const uint8_t *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t b = p[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t k;
-        uint8_t lo = 0x80, hi = 0xbf; /* the range of the second byte */
-        if (b >= 0xc2 && b <= 0xdf) {
-            k = 2;
-        } else if (b >= 0xe0 && b <= 0xef) {
-            k = 3;
-            lo = b == 0xe0 ? 0xa0 : 0x80;
-            hi = b == 0xed ? 0x9f : 0xbf;
-        } else if (b >= 0xf0 && b <= 0xf4) {
-            k = 4;
-            lo = b == 0xf0 ? 0x90 : 0x80;
-            hi = b == 0xf4 ? 0x8f : 0xbf;
-        } else {
-            return false;
-        }
-        if (k > n - i || p[i + 1] < lo || p[i + 1] > hi)
-            return false;
-        for (size_t j = 2; j < k; j++)
-            if ((p[i + j] & 0xc0) != 0x80)
-                return false;
-        i += k;
-    }
-    return true;
-}
-
 /* protobuf-c's map<K, V> is a repeated message "<Name>Entry" of key = 1,
  * value = 2; its fields are named after the map, not "key"/"value". */
 static bool is_map_entry(const ProtobufCMessageDescriptor *d)
@@ -192,7 +157,7 @@ static kms_err check_string(const struct trail *t, const uint8_t *p, size_t n)
 {
     if (memchr(p, 0, n) != NULL)
         return refuse_field(t, "contains a NUL byte");
-    if (!utf8_ok(p, n))
+    if (!kms_utf8_valid(p, n))
         return refuse_field(t, "is not valid UTF-8");
     return KMS_OK;
 }

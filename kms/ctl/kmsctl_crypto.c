@@ -112,24 +112,24 @@ static void usage(FILE *f, const char *name)
 }
 
 /* Base64 with or without line breaks (EVP_Decode skips whitespace). */
-static int b64_decode(const struct kmsctl_sbuf *in, struct kmsctl_sbuf *out)
+static int b64_decode(const struct kms_buf *in, struct kms_buf *out)
 {
     EVP_ENCODE_CTX *e = EVP_ENCODE_CTX_new();
     int n = 0, fin = 0, ok = 0;
-    out->cap = (in->len / 4 + 2) * 3; /* 3 bytes per 4 characters, rounded up */
-    out->data = malloc(out->cap);
-    if (e && out->data) {
+    size_t cap = (in->len / 4 + 2) * 3; /* 3 bytes per 4 characters, rounded up */
+    kms_buf_init(out, cap);
+    if (e && kms_buf_reserve(out, cap) == KMS_OK) {
         EVP_DecodeInit(e);
         ok = EVP_DecodeUpdate(e, out->data, &n, in->data, (int)in->len) >= 0 &&
              EVP_DecodeFinal(e, out->data + n, &fin) >= 0;
     }
     EVP_ENCODE_CTX_free(e);
     if (!ok) {
-        kmsctl_sbuf_wipe(out); /* all of it: a failed decode may have written some */
+        kms_buf_wipe(out); /* all of it: a failed decode may have written some */
         fprintf(stderr, "kmsctl: input is not valid base64\n");
         return 0;
     }
-    out->len = (size_t)n + (size_t)fin;
+    kms_buf_commit(out, (size_t)n + (size_t)fin);
     return 1;
 }
 
@@ -137,19 +137,19 @@ static int b64_decode(const struct kmsctl_sbuf *in, struct kmsctl_sbuf *out)
  * decoding. Bigger input is refused here rather than by the server after
  * it has travelled. */
 static int read_input(const char *path, const char *what, int b64, size_t max,
-                      struct kmsctl_sbuf *out)
+                      struct kms_buf *out)
 {
     /* Base64 is 4/3 of the data plus line breaks; twice is ample. */
-    struct kmsctl_sbuf raw;
+    struct kms_buf raw;
     int ret = kmsctl_io_read(path, b64 ? 2 * max + 1024 : max, &raw);
     memset(out, 0, sizeof(*out));
     if (ret == KMSCTL_EXIT_OK && b64) {
         ret = b64_decode(&raw, out) ? KMSCTL_EXIT_OK : KMSCTL_EXIT_LOCAL;
         if (ret == KMSCTL_EXIT_OK && out->len > max) {
-            kmsctl_sbuf_wipe(out);
+            kms_buf_wipe(out);
             ret = KMSCTL_IO_TOO_BIG;
         }
-        kmsctl_sbuf_wipe(&raw);
+        kms_buf_wipe(&raw);
     } else if (ret == KMSCTL_EXIT_OK) {
         *out = raw;
     }
@@ -168,15 +168,17 @@ static int write_output(const char *path, const uint8_t *data, size_t len, int b
     if (!b64)
         return kmsctl_io_write(path, data, len, secret);
     size_t n = 4 * ((len + 2) / 3);
-    struct kmsctl_sbuf enc = {malloc(n + 2), n + 1, n + 2};
-    if (enc.data == NULL) {
+    struct kms_buf enc;
+    kms_buf_init(&enc, n + 2);
+    if (kms_buf_reserve(&enc, n + 2) != KMS_OK) {
         fprintf(stderr, "kmsctl: out of memory\n");
         return KMSCTL_EXIT_LOCAL;
     }
-    EVP_EncodeBlock(enc.data, data, (int)len);
+    EVP_EncodeBlock(enc.data, data, (int)len); /* n characters and a NUL */
     enc.data[n] = '\n';
+    kms_buf_commit(&enc, n + 1);
     int ret = kmsctl_io_write(path, enc.data, enc.len, secret);
-    kmsctl_sbuf_wipe(&enc);
+    kms_buf_wipe(&enc);
     return ret;
 }
 
@@ -192,7 +194,7 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct args *a)
 {
     Custos__V1__EncryptRequest req = CUSTOS__V1__ENCRYPT_REQUEST__INIT;
     Custos__V1__EncryptResponse *resp = NULL;
-    struct kmsctl_sbuf pt = {0};
+    struct kms_buf pt = {0};
     ProtobufCMessage **ents = NULL;
     int ret = read_input(a->in, "plaintext", a->b64_in, MAX_PLAINTEXT, &pt);
     if (ret != KMSCTL_EXIT_OK)
@@ -215,7 +217,7 @@ static int run_encrypt(struct kmsctl_rpc *rpc, struct args *a)
 done:
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(ents, a->ctx.n);
-    kmsctl_sbuf_wipe(&pt);
+    kms_buf_wipe(&pt);
     return ret;
 }
 
@@ -223,7 +225,7 @@ done:
  * in, plaintext out. Only the types differ. */
 static int run_decrypt_like(struct kmsctl_rpc *rpc, struct args *a, int data_key)
 {
-    struct kmsctl_sbuf ct = {0};
+    struct kms_buf ct = {0};
     ProtobufCMessage **ents = NULL, *resp = NULL;
     ProtobufCBinaryData *pt = NULL;
     int ret = read_input(a->in, "ciphertext", a->b64_in, MAX_CIPHERTEXT, &ct);
@@ -267,7 +269,7 @@ static int run_decrypt_like(struct kmsctl_rpc *rpc, struct args *a, int data_key
 done:
     free_wiped(resp, pt);
     kmsctl_rpc_map_free(ents, a->ctx.n);
-    kmsctl_sbuf_wipe(&ct);
+    kms_buf_wipe(&ct);
     return ret;
 }
 
@@ -285,7 +287,7 @@ static int run_reencrypt(struct kmsctl_rpc *rpc, struct args *a)
 {
     Custos__V1__ReEncryptRequest req = CUSTOS__V1__RE_ENCRYPT_REQUEST__INIT;
     Custos__V1__ReEncryptResponse *resp = NULL;
-    struct kmsctl_sbuf ct = {0};
+    struct kms_buf ct = {0};
     ProtobufCMessage **src = NULL, **dst = NULL;
     int ret = read_input(a->in, "ciphertext", a->b64_in, MAX_CIPHERTEXT, &ct);
     if (ret != KMSCTL_EXIT_OK)
@@ -317,7 +319,7 @@ done:
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
     kmsctl_rpc_map_free(src, a->src_ctx.n);
     kmsctl_rpc_map_free(dst, a->ctx.n);
-    kmsctl_sbuf_wipe(&ct);
+    kms_buf_wipe(&ct);
     return ret;
 }
 

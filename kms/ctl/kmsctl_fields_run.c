@@ -22,7 +22,7 @@
 
 /* ---- local I/O -------------------------------------------------------------- */
 
-static int read_input(const char *path, struct kmsctl_sbuf *out)
+static int read_input(const char *path, struct kms_buf *out)
 {
     int ret = kmsctl_io_read(path, FIELDS_INPUT_MAX, out);
     if (ret == KMSCTL_IO_TOO_BIG) {
@@ -104,13 +104,13 @@ static const char *mode_name(Custos__V1__FieldMode m)
  * Returns an exit code after its own message. */
 static int load_object(const struct kmsctl_fields_args *a, json_t **out)
 {
-    struct kmsctl_sbuf raw;
+    struct kms_buf raw;
     int ret = read_input(a->in, &raw);
     if (ret != KMSCTL_EXIT_OK)
         return ret;
     json_error_t err;
     json_t *in = json_loadb((const char *)raw.data, raw.len, JSON_REJECT_DUPLICATES, &err);
-    kmsctl_sbuf_wipe(&raw);
+    kms_buf_wipe(&raw);
     if (in == NULL || !json_is_object(in)) {
         fprintf(stderr, "kmsctl: %s: not a JSON object%s%s\n", a->in, in ? "" : ": ",
                 in ? "" : err.text);
@@ -357,7 +357,7 @@ done:
 
 int kmsctl_fields_blind_index(struct kmsctl_rpc *rpc, struct kmsctl_fields_args *a)
 {
-    struct kmsctl_sbuf raw;
+    struct kms_buf raw;
     int ret = read_input(a->in, &raw);
     if (ret != KMSCTL_EXIT_OK)
         return ret;
@@ -431,6 +431,6 @@ int kmsctl_fields_blind_index(struct kmsctl_rpc *rpc, struct kmsctl_fields_args 
 done:
     json_decref(out);
     protobuf_c_message_free_unpacked((ProtobufCMessage *)resp, NULL);
-    kmsctl_sbuf_wipe(&raw);
+    kms_buf_wipe(&raw);
     return ret;
 }

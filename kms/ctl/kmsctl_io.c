@@ -16,28 +16,17 @@
 
 #include "kmsctl.h"
 
-void kmsctl_sbuf_wipe(struct kmsctl_sbuf *b)
-{
-    if (b->data) {
-        OPENSSL_cleanse(b->data, b->cap);
-        free(b->data);
-    }
-    memset(b, 0, sizeof(*b));
-}
-
-int kmsctl_io_read(const char *path, size_t max, struct kmsctl_sbuf *out)
+int kmsctl_io_read(const char *path, size_t max, struct kms_buf *out)
 {
     int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
     int ret = KMSCTL_EXIT_LOCAL;
-    memset(out, 0, sizeof(*out));
+    /* One byte of room past max tells "too long" from "exactly max". */
+    kms_buf_init(out, max + 1);
     if (fd < 0) {
         fprintf(stderr, "kmsctl: %s: %s\n", path, strerror(errno));
         return KMSCTL_EXIT_LOCAL;
     }
-    /* One byte of room past max tells "too long" from "exactly max". */
-    out->cap = max + 1;
-    out->data = malloc(out->cap);
-    if (out->data == NULL) {
+    if (kms_buf_reserve(out, max + 1) != KMS_OK) {
         fprintf(stderr, "kmsctl: %s: out of memory\n", path);
         goto done;
     }
@@ -51,7 +40,7 @@ int kmsctl_io_read(const char *path, size_t max, struct kmsctl_sbuf *out)
         }
         if (n == 0)
             break;
-        out->len += (size_t)n;
+        kms_buf_commit(out, (size_t)n);
         if (out->len == out->cap) {
             ret = KMSCTL_IO_TOO_BIG;
             goto done;
@@ -62,7 +51,7 @@ done:
     if (fd > STDIN_FILENO)
         close(fd);
     if (ret != KMSCTL_EXIT_OK)
-        kmsctl_sbuf_wipe(out);
+        kms_buf_wipe(out);
     return ret;
 }
 

@@ -11,6 +11,7 @@
 
 #include "audit_merkle.h"
 #include "audit_verify_util.h"
+#include "kms_utf8.h"
 #include "kmsctl.h"
 #include "proto/audit.pb-c.h"
 #include "proto/escrow.pb-c.h"
@@ -20,29 +21,25 @@
 
 void kmsctl_print_safe(FILE *f, const char *s)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
+    const uint8_t *p = (const uint8_t *)s;
+    size_t left = strlen(s);
+    while (left > 0) {
         /* Let well-formed UTF-8 through (descriptions may be in any
          * language) but not C1 controls (U+0080..U+009F), which some
-         * terminals obey. */
-        size_t n = 0;
-        if (*p >= 0xc2 && *p <= 0xdf)
-            n = 2;
-        else if (*p >= 0xe0 && *p <= 0xef)
-            n = 3;
-        else if (*p >= 0xf0 && *p <= 0xf4)
-            n = 4;
-        size_t k = 1;
-        while (n && k < n && (p[k] & 0xc0) == 0x80)
-            k++;
-        if (n && k == n && !(p[0] == 0xc2 && p[1] < 0xa0)) {
+         * terminals obey; anything else byte by byte. */
+        uint32_t cp;
+        size_t n = kms_utf8_next(p, left, &cp);
+        if (cp != KMS_UTF8_BAD && cp >= 0xa0) {
             fwrite(p, 1, n, f);
-            p += n;
-        } else if (*p >= 0x20 && *p < 0x7f) {
-            fputc(*p++, f);
         } else {
-            fprintf(f, "\\x%02x", *p++);
+            n = 1;
+            if (*p >= 0x20 && *p < 0x7f)
+                fputc(*p, f);
+            else
+                fprintf(f, "\\x%02x", *p);
         }
+        p += n;
+        left -= n;
     }
 }
 

@@ -24,6 +24,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "kms_buf.h"
 #include "kms_error.h"
 #include "kms_secret.h"
 #include "kmsctl_print.h"
@@ -45,49 +46,20 @@ struct kmsctl_rpc {
     char last_code[40]; /* Twirp code of the last error reply, "" if none */
 };
 
-/* A growable reply buffer whose old copies are wiped when it grows. */
+/* The reply as it arrives: grown by copy-and-wipe, capped at MAX_REPLY. */
 struct reply {
-    uint8_t *data;
-    size_t len, cap;
+    struct kms_buf buf;
     int too_big;
 };
-
-static void reply_wipe(struct reply *r)
-{
-    if (r->data) {
-        OPENSSL_cleanse(r->data, r->cap);
-        free(r->data);
-    }
-    r->data = NULL;
-    r->len = r->cap = 0;
-}
 
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct reply *r = userdata;
     size_t n = size * nmemb; /* curl guarantees size == 1 */
-    if (n > MAX_REPLY - r->len) {
+    kms_err rc = kms_buf_append(&r->buf, ptr, n);
+    if (rc == KMS_ERR_TOO_LARGE)
         r->too_big = 1;
-        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
-    }
-    if (r->len + n > r->cap) {
-        size_t cap = r->cap ? r->cap : 4096;
-        while (cap < r->len + n)
-            cap *= 2;
-        uint8_t *p = malloc(cap);
-        if (p == NULL)
-            return 0;
-        if (r->data) {
-            memcpy(p, r->data, r->len);
-            OPENSSL_cleanse(r->data, r->cap);
-            free(r->data);
-        }
-        r->data = p;
-        r->cap = cap;
-    }
-    memcpy(r->data + r->len, ptr, n);
-    r->len += n;
-    return n;
+    return rc == KMS_OK ? n : 0; /* 0 aborts the transfer with CURLE_WRITE_ERROR */
 }
 
 /* Visible ASCII only (0x21-0x7e, as kmsd requires): a correlation id goes
@@ -385,7 +357,7 @@ static const char *request_id(CURL *e)
 static int report_error(struct kmsctl_rpc *rpc, CURL *e, long status, const struct reply *r)
 {
     json_error_t jerr;
-    json_t *root = r->len ? json_loadb((const char *)r->data, r->len, 0, &jerr) : NULL;
+    json_t *root = r->buf.len ? json_loadb((const char *)r->buf.data, r->buf.len, 0, &jerr) : NULL;
     const char *code = json_string_value(json_object_get(root, "code"));
     const char *msg = json_string_value(json_object_get(root, "msg"));
     const char *rid = request_id(e);
@@ -437,12 +409,13 @@ int kmsctl_rpc_call_service(struct kmsctl_rpc *rpc, const char *service, const c
                             const ProtobufCMessageDescriptor *resp_desc,
                             ProtobufCMessage **out_resp, uint8_t **out_body, size_t *out_len)
 {
-    struct reply r = {0};
+    struct reply r = {.too_big = 0};
     uint8_t *body = NULL;
     char *url = NULL;
     int ret = KMSCTL_EXIT_TRANSPORT;
     CURL *e = rpc->curl;
 
+    kms_buf_init(&r.buf, MAX_REPLY);
     *out_resp = NULL;
     if (out_body) {
         *out_body = NULL;
@@ -488,14 +461,14 @@ int kmsctl_rpc_call_service(struct kmsctl_rpc *rpc, const char *service, const c
         fprintf(stderr, "kmsctl: %s: reply is not application/protobuf\n", rpc->url_base);
         goto done;
     }
-    *out_resp = protobuf_c_message_unpack(resp_desc, NULL, r.len, r.data);
+    *out_resp = protobuf_c_message_unpack(resp_desc, NULL, r.buf.len, r.buf.data);
     if (*out_resp == NULL) {
         fprintf(stderr, "kmsctl: %s: malformed %s reply\n", rpc->url_base, method);
         goto done;
     }
     if (out_body) {
         /* The caller keeps the bytes exactly as received (audit bundles). */
-        *out_body = malloc(r.len ? r.len : 1);
+        *out_body = malloc(r.buf.len ? r.buf.len : 1);
         if (*out_body == NULL) {
             fprintf(stderr, "kmsctl: out of memory\n");
             protobuf_c_message_free_unpacked(*out_resp, NULL);
@@ -503,8 +476,8 @@ int kmsctl_rpc_call_service(struct kmsctl_rpc *rpc, const char *service, const c
             ret = KMSCTL_EXIT_LOCAL;
             goto done;
         }
-        memcpy(*out_body, r.data, r.len);
-        *out_len = r.len;
+        memcpy(*out_body, r.buf.data, r.buf.len);
+        *out_len = r.buf.len;
     }
     ret = KMSCTL_EXIT_OK;
 done:
@@ -514,7 +487,7 @@ done:
         OPENSSL_cleanse(body, n);
         free(body);
     }
-    reply_wipe(&r);
+    kms_buf_wipe(&r.buf);
     free(url);
     return ret;
 }

@@ -23,14 +23,18 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include <gnutls/gnutls.h>
-#include <gnutls/x509.h>
 #include <microhttpd.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "audit_event.h"
+#include "kms_buf.h"
 #include "kms_health.h"
+#include "kms_http_auth.h"
+#include "kms_http_frame.h"
+#include "kms_http_ops.h"
+#include "kms_http_secret.h"
+#include "kms_http_internal.h"
 #include "kms_httpreq.h"
 #include "kms_log.h"
 #include "kms_metrics.h"
@@ -40,19 +44,6 @@
 #include "kms_tls_key.h"
 #include "kms_twirp.h"
 #include "pol_doc.h"
-
-struct kms_http {
-    struct MHD_Daemon *daemon;
-    struct kms_service *svc;
-    const struct kms_config *cfg;
-    char *tls_cert, *tls_key, *tls_ca; /* PEM text; MHD keeps pointers */
-    struct kms_tls_key *tls_hsm_key;   /* tls.key_uri: the key is in a token */
-    struct kms_health *health;
-    atomic_uint inflight;  /* requests between their headers and completion */
-    atomic_bool draining;  /* SIGTERM: no new connections, replies close theirs */
-    bool suspend;          /* pool model with the audit log on: suspend while it commits */
-    atomic_uint audit_waits; /* suspended connections the audit writer will resume */
-};
 
 enum audit_wait { AUDIT_NONE, AUDIT_WAITING, AUDIT_DURABLE, AUDIT_LOST };
 
@@ -67,8 +58,9 @@ struct req_state {
     struct kms_call call;
     const struct kms_route *route;
     const char *method;
-    uint8_t *body;
-    size_t len, cap;
+    const uint8_t *body; /* what the handler decodes: in's bytes once complete */
+    size_t len;
+    struct kms_buf in; /* the body as received (JSON: converted), wiped on free */
     bool too_large;
     bool close;  /* framing refused: nothing after this request is read */
     int op;      /* kms_metrics operation index */
@@ -83,19 +75,6 @@ struct req_state {
 };
 
 /* ---- responses ----------------------------------------------------------- */
-
-struct secret_buf {
-    uint8_t *data;
-    size_t len;
-};
-
-static void free_secret_buf(void *cls)
-{
-    struct secret_buf *b = cls;
-    OPENSSL_cleanse(b->data, b->len);
-    free(b->data);
-    free(b);
-}
 
 static enum MHD_Result respond(struct MHD_Connection *c, struct req_state *st, unsigned status,
                             struct MHD_Response *r, const char *content_type)
@@ -231,19 +210,10 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st
     struct MHD_Response *r;
     if (reply->secret) {
         /* Plaintext or a data key: wiped when MHD is done with it. */
-        struct secret_buf *b = malloc(sizeof(*b));
-        if (b == NULL) {
-            OPENSSL_cleanse(reply->data, reply->len);
-            free(reply->data);
-            reply->data = NULL;
-            return send_error(c, st, KMS_ERR_NOMEM, "out of memory");
-        }
-        b->data = reply->data;
-        b->len = reply->len;
-        r = MHD_create_response_from_buffer_with_free_callback_cls(reply->len, reply->data,
-                                                                   free_secret_buf, b);
-        if (r == NULL)
-            free_secret_buf(b);
+        kms_err rc = kms_http_secret_response(reply->data, reply->len, &r);
+        reply->data = NULL;
+        if (rc != KMS_OK)
+            return send_error(c, st, rc, "out of memory");
     } else {
         r = MHD_create_response_from_buffer(reply->len, reply->data, MHD_RESPMEM_MUST_FREE);
         if (r == NULL)
@@ -255,80 +225,9 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct req_state *st
 
 /* ---- authentication -------------------------------------------------------- */
 
-/* The verified subject DN of the client certificate, RFC 4514 form
- * ("CN=demo-broker,O=Example"). Returns false when there is no certificate
- * or it does not verify against the configured client CA; then *why says
- * which, for the refusal and its audit event ("expired", "signer not
- * found", ...; GnuTLS's wording; never the certificate's content). */
-static bool client_cert_subject(struct MHD_Connection *c, char *out, size_t out_len, char *why,
-                                size_t why_len)
-{
-    why[0] = '\0';
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION);
-    if (ci == NULL || ci->tls_session == NULL)
-        return false;
-    gnutls_session_t s = (gnutls_session_t)ci->tls_session;
-    unsigned int n = 0;
-    const gnutls_datum_t *chain = gnutls_certificate_get_peers(s, &n);
-    if (chain == NULL || n == 0)
-        return false;
-    /* The handshake only requested a certificate; verification status is
-     * checked here, not assumed from a successful handshake. */
-    unsigned int status = 0;
-    if (gnutls_certificate_verify_peers2(s, &status) != GNUTLS_E_SUCCESS) {
-        snprintf(why, why_len, "the client certificate could not be verified");
-        return false;
-    }
-    if (status != 0) {
-        gnutls_datum_t txt = {NULL, 0};
-        if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &txt, 0) ==
-            GNUTLS_E_SUCCESS)
-            snprintf(why, why_len, "client certificate refused: %s", (const char *)txt.data);
-        else
-            snprintf(why, why_len, "client certificate refused");
-        gnutls_free(txt.data);
-        for (size_t k = strlen(why); k > 0 && why[k - 1] == ' '; k--)
-            why[k - 1] = '\0';
-        return false;
-    }
-    gnutls_x509_crt_t crt;
-    if (gnutls_x509_crt_init(&crt) != GNUTLS_E_SUCCESS)
-        return false;
-    bool ok = false;
-    gnutls_datum_t dn = {NULL, 0};
-    if (gnutls_x509_crt_import(crt, &chain[0], GNUTLS_X509_FMT_DER) == GNUTLS_E_SUCCESS &&
-        gnutls_x509_crt_get_dn3(crt, &dn, 0) == GNUTLS_E_SUCCESS && dn.size < out_len) {
-        memcpy(out, dn.data, dn.size);
-        out[dn.size] = '\0';
-        ok = true;
-    }
-    gnutls_free(dn.data);
-    gnutls_x509_crt_deinit(crt);
-    return ok;
-}
-
 static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c, struct req_state *st)
 {
-    const struct kms_config *cfg = h->cfg;
-    if (cfg->tls_client_ca) {
-        char subject[1024], why[256];
-        if (client_cert_subject(c, subject, sizeof(subject), why, sizeof(why)))
-            return pol_doc_auth_cert_subject(st->call.policy, subject, &st->call.who);
-        if (cfg->tls_require_client_cert)
-            return kms_err_set(KMS_ERR_UNAUTHENTICATED, "%s",
-                               why[0] ? why
-                                      : "a client certificate signed by the configured CA is "
-                                        "required");
-    }
-    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    const char *key;
-    size_t n;
-    KMS_GUARD(kms_httpreq_bearer(auth, &key, &n));
-    kms_err rc = pol_doc_auth_api_key(st->call.policy, key, n, &st->call.who);
-    if (rc != KMS_OK)
-        return kms_err_set(KMS_ERR_UNAUTHENTICATED, "invalid credentials");
-    return KMS_OK;
+    return kms_http_authenticate(h->cfg, c, st->call.policy, &st->call.who);
 }
 
 /* ---- the JSON encoding ---------------------------------------------------------- */
@@ -340,14 +239,9 @@ static kms_err json_body(struct req_state *st, size_t max_body)
 {
     uint8_t *wire;
     size_t n;
-    KMS_GUARD(kms_pjson_to_wire(st->request, st->body ? st->body : (const uint8_t *)"", st->len,
-                                max_body, &wire, &n));
-    if (st->body) {
-        OPENSSL_cleanse(st->body, st->cap);
-        free(st->body);
-    }
-    st->body = wire;
-    st->len = st->cap = n;
+    KMS_GUARD(kms_pjson_to_wire(st->request, st->in.data ? st->in.data : (const uint8_t *)"",
+                                st->in.len, max_body, &wire, &n));
+    kms_buf_adopt(&st->in, wire, n);
     return KMS_OK;
 }
 
@@ -373,8 +267,6 @@ static kms_err json_reply(struct req_state *st, struct kms_reply *reply)
     reply->secret = secret;
     return KMS_OK;
 }
-
-/* ---- the access handler ------------------------------------------------------- */
 
 /* ---- operational endpoints ------------------------------------------------- */
 
@@ -417,58 +309,22 @@ static enum MHD_Result serve_metrics(struct kms_http *h, struct MHD_Connection *
     }
     char *buf = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (f == NULL)
+    if (kms_http_ops_metrics(h->svc, atomic_load(&h->inflight), &buf, &len) != KMS_OK)
         return send_text(c, st, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
-    kms_metrics_render(f);
-    kms_service_metrics(h->svc, f);
-    kms_metrics_family(f, "custos_http_inflight_requests", "gauge",
-                       "Requests received and not yet completed.");
-    fprintf(f, "custos_http_inflight_requests %u\n", atomic_load(&h->inflight));
-    if (fclose(f) != 0 || buf == NULL) {
-        free(buf);
-        return send_text(c, st, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
-    }
     struct MHD_Response *r = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
     if (r == NULL)
         free(buf);
     return respond(c, st, MHD_HTTP_OK, r, "text/plain; version=0.0.4; charset=utf-8");
 }
 
-/* /readyz: the whole node (a load balancer's check), or /readyz/R one region
- * (kms_health_region): a path, not a query string, because no request
- * target carries one (kms_httpreq_check_framing). A 503 names the regions that are not served
- * and why, in region-level terms only (unauthenticated). */
+/* /readyz, /readyz/R: kms_http_ops_readyz (unauthenticated). */
 static enum MHD_Result serve_readyz(struct kms_http *h, struct MHD_Connection *c,
                                     struct req_state *st, const char *region)
 {
-    bool draining = atomic_load(&h->draining);
-    char body[2048], why[320], lines[1536];
-    if (region != NULL) {
-        int r = kms_health_region(h->health, region, why, sizeof(why));
-        if (r < 0)
-            return send_text(c, st, MHD_HTTP_NOT_FOUND, "no such region on this node\n");
-        const char *safe = NULL;
-        bool safe_mode = kms_service_safe_mode(h->svc, &safe);
-        if (r > 0 && !draining && !safe_mode)
-            return send_text(c, st, MHD_HTTP_OK, "ready\n");
-        snprintf(body, sizeof(body), "not ready\n%s\n",
-                 r == 0 ? why : draining ? "draining" : safe);
-        return send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
-    }
-    /* Safe mode is not ready: the node must not take a balancer's full
-     * traffic, but says why, and decrypts for whoever calls it. */
-    const char *safe = NULL;
-    bool safe_mode = kms_service_safe_mode(h->svc, &safe);
-    if (!draining && !safe_mode && kms_health_ready(h->health))
-        return send_text(c, st, MHD_HTTP_OK, "ready\n");
-    if (safe_mode) {
-        snprintf(body, sizeof(body), "not ready: %s\n", safe);
-        return send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
-    }
-    kms_health_refused_regions(h->health, lines, sizeof(lines));
-    snprintf(body, sizeof(body), "not ready\n%s", lines);
-    return send_text(c, st, MHD_HTTP_SERVICE_UNAVAILABLE, body);
+    char body[2048];
+    unsigned status = kms_http_ops_readyz(h->health, h->svc, region, atomic_load(&h->draining),
+                                          body, sizeof(body));
+    return send_text(c, st, status, body);
 }
 
 /* /livez, /readyz, /metrics answer GET (and HEAD); everything else is Twirp.
@@ -476,27 +332,21 @@ static enum MHD_Result serve_readyz(struct kms_http *h, struct MHD_Connection *c
 static bool ops_endpoint(struct kms_http *h, struct MHD_Connection *c, struct req_state *st,
                          const char *url, const char *method, enum MHD_Result *out)
 {
-    static const char readyz_region[] = "/readyz/";
-    bool livez = strcmp(url, "/livez") == 0, readyz = strcmp(url, "/readyz") == 0;
     const char *region = NULL;
-    if (strncmp(url, readyz_region, sizeof(readyz_region) - 1) == 0) {
-        readyz = true;
-        region = url + sizeof(readyz_region) - 1;
-    }
-    bool metrics = strcmp(url, "/metrics") == 0;
-    if (!livez && !readyz && !metrics)
+    enum kms_http_op op = kms_http_ops_route(url, &region);
+    if (op == KMS_HTTP_OP_NONE)
         return false;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
         *out = send_text_h(c, st, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET\n", MHD_HTTP_HEADER_ALLOW,
                            "GET, HEAD");
         return true;
     }
-    if (livez) {
+    if (op == KMS_HTTP_OP_LIVEZ) {
         /* The process answers: that is all liveness means. The HSM, store
          * or audit log being away is readiness, and restarting kmsd would
          * not bring them back. */
         *out = send_text(c, st, MHD_HTTP_OK, "ok\n");
-    } else if (readyz) {
+    } else if (op == KMS_HTTP_OP_READYZ) {
         *out = serve_readyz(h, c, st, region);
     } else {
         *out = serve_metrics(h, c, st);
@@ -541,20 +391,6 @@ static enum MHD_Result first_call(struct kms_http *h, struct MHD_Connection *c,
 
 /* ---- framing and header hygiene ---------------------------------------------- */
 
-struct field_list {
-    struct kms_httpreq_field f[KMS_HTTP_MAX_FIELDS + 1]; /* one more: "too many" */
-    size_t n;
-};
-
-static enum MHD_Result collect_field(void *cls, enum MHD_ValueKind kind, const char *key,
-                                     size_t key_size, const char *value, size_t value_size)
-{
-    (void)kind;
-    struct field_list *l = cls;
-    l->f[l->n++] = (struct kms_httpreq_field){key, key_size, value, value_size};
-    return l->n < sizeof(l->f) / sizeof(l->f[0]) ? MHD_YES : MHD_NO;
-}
-
 /* Before anything else reads a header: is the request what was sent, with
  * one reading of where it ends (kms_httpreq_check_framing)? If not, one
  * 400 (audited when it names a Twirp route) with Connection: close, so
@@ -564,22 +400,8 @@ static enum MHD_Result collect_field(void *cls, enum MHD_ValueKind kind, const c
 static bool framing_refused(struct MHD_Connection *c, struct req_state *st, const char *url,
                             const char *method, const char *version, enum MHD_Result *out)
 {
-    struct field_list fields;
-    fields.n = 0;
-    MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_field, &fields);
-    const union MHD_ConnectionInfo *hs =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
-    struct kms_httpreq_block block = {
-        .start = method,
-        .size = hs ? hs->header_size : 0,
-        .method = method,
-        .url = url,
-        .version = version,
-        .fields = fields.f,
-        .n_fields = fields.n,
-    };
     kms_err_clear();
-    kms_err rc = kms_httpreq_check_framing(&block);
+    kms_err rc = kms_http_check_framing(c, url, method, version);
     if (rc == KMS_OK)
         return false;
     char msg[160];
@@ -601,10 +423,66 @@ static bool framing_refused(struct MHD_Connection *c, struct req_state *st, cons
     return true;
 }
 
-static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const char *url,
-                                      const char *method, const char *version,
-                                      const char *upload_data, size_t *upload_size,
-                                      void **con_cls)
+/* A request's state at its first call: a random request id, the body
+ * buffer within the configured limit, counted in flight until completed. */
+static struct req_state *new_request(struct kms_http *h, struct MHD_Connection *c)
+{
+    struct req_state *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return NULL;
+    st->call.svc = h->svc;
+    st->http = h;
+    st->conn = c;
+    st->t0 = kms_metrics_now_ns();
+    st->op = -1;
+    kms_buf_init(&st->in, h->cfg->max_body_bytes);
+    atomic_fetch_add(&h->inflight, 1);
+    uint8_t rid[16];
+    RAND_bytes(rid, sizeof(rid));
+    for (size_t i = 0; i < sizeof(rid); i++)
+        snprintf(st->call.request_id + 2 * i, 3, "%02x", rid[i]);
+    return st;
+}
+
+/* Body bytes of a middle call, kept up to the limit. */
+static enum MHD_Result take_upload(struct req_state *st, const char *data, size_t *upload_size)
+{
+    size_t n = *upload_size;
+    *upload_size = 0;
+    if (st->too_large)
+        return MHD_YES;
+    kms_err rc = kms_buf_append(&st->in, data, n);
+    if (rc == KMS_ERR_TOO_LARGE) {
+        /* Chunked bodies have no length up front: stop storing at the
+         * limit and refuse at the end. */
+        st->too_large = true;
+        return MHD_YES;
+    }
+    return rc == KMS_OK ? MHD_YES : MHD_NO;
+}
+
+/* The handler has committed its change (a new key version, a created key)
+ * but its reply could not be rendered as JSON: the event says so, or a
+ * restore would not see it, and the client is told to look before it
+ * retries, which would change state again. Stored data cannot fail the
+ * rendering (an ill-formed string becomes U+FFFD); memory can. */
+static enum MHD_Result json_reply_lost(struct MHD_Connection *c, struct req_state *st,
+                                       struct kms_reply *reply)
+{
+    char audit_detail[700];
+    snprintf(audit_detail, sizeof(audit_detail), "%s%sreply could not be rendered as JSON: %s",
+             st->call.audit.detail, st->call.audit.detail[0] ? ": " : "", kms_err_detail());
+    kms_log_error("http", "request %s %s by %s: applied, but %s", st->call.request_id,
+                  st->method, pol_principal_id(st->call.who), audit_detail);
+    drop_reply(reply);
+    st->ans.err = KMS_ERR_INTERNAL;
+    snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", json_reply_lost_msg);
+    return audited_answer(c, st, KMS_OK, audit_detail);
+}
+
+enum MHD_Result kms_http_access(void *cls, struct MHD_Connection *c, const char *url,
+                                const char *method, const char *version, const char *upload_data,
+                                size_t *upload_size, void **con_cls)
 {
     struct kms_http *h = cls;
     struct req_state *st = *con_cls;
@@ -613,59 +491,15 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         return resumed(c, st);
     }
     if (st == NULL) {
-        st = calloc(1, sizeof(*st));
-        if (st == NULL)
+        if ((st = *con_cls = new_request(h, c)) == NULL)
             return MHD_NO;
-        *con_cls = st;
-        st->call.svc = h->svc;
-        st->http = h;
-        st->conn = c;
-        st->t0 = kms_metrics_now_ns();
-        st->op = -1;
-        atomic_fetch_add(&h->inflight, 1);
-        uint8_t rid[16];
-        RAND_bytes(rid, sizeof(rid));
-        for (size_t i = 0; i < sizeof(rid); i++)
-            snprintf(st->call.request_id + 2 * i, 3, "%02x", rid[i]);
         enum MHD_Result framing;
         if (framing_refused(c, st, url, method, version, &framing))
             return framing;
         return first_call(h, c, st, url, method);
     }
-    if (*upload_size > 0) {
-        size_t n = *upload_size;
-        *upload_size = 0;
-        if (st->too_large)
-            return MHD_YES;
-        if (n > h->cfg->max_body_bytes - st->len) {
-            /* Chunked bodies have no length up front: stop storing at the
-             * limit and refuse at the end. */
-            st->too_large = true;
-            return MHD_YES;
-        }
-        if (st->len + n > st->cap) {
-            size_t nc = st->cap ? st->cap : 4096;
-            while (nc < st->len + n)
-                nc *= 2;
-            if (nc > h->cfg->max_body_bytes)
-                nc = h->cfg->max_body_bytes;
-            uint8_t *nb = malloc(nc);
-            if (nb == NULL)
-                return MHD_NO;
-            /* Copy and wipe rather than realloc: the old buffer may hold
-             * plaintext. */
-            if (st->body) {
-                memcpy(nb, st->body, st->len);
-                OPENSSL_cleanse(st->body, st->cap);
-                free(st->body);
-            }
-            st->body = nb;
-            st->cap = nc;
-        }
-        memcpy(st->body + st->len, upload_data, n);
-        st->len += n;
-        return MHD_YES;
-    }
+    if (*upload_size > 0)
+        return take_upload(st, upload_data, upload_size);
     if (st->too_large) {
         char msg[96];
         snprintf(msg, sizeof(msg), "request body larger than %zu bytes", h->cfg->max_body_bytes);
@@ -679,6 +513,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
         snprintf(msg, sizeof(msg), "%s", kms_err_detail());
         return refuse(c, st, jrc, msg);
     }
+    st->body = st->in.data;
+    st->len = st->in.len;
     kms_err rc = KMS_OK;
     const char *safe = NULL;
     /* Safe mode (a restored store, kms_restore.h): only decrypt and read
@@ -690,20 +526,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     else
         rc = kms_twirp_dispatch(st->route, &st->call, st->body, st->len, reply);
     if (rc == KMS_OK && st->json && json_reply(st, reply) != KMS_OK) {
-        /* The handler has committed its change (a new key version, a
-         * created key): the event says so, or a restore would not see it,
-         * and the client is told to look before it retries, which would
-         * change state again. Stored data cannot fail the rendering (an
-         * ill-formed string becomes U+FFFD); memory can. */
-        char audit_detail[700];
-        snprintf(audit_detail, sizeof(audit_detail), "%s%sreply could not be rendered as JSON: %s",
-                 st->call.audit.detail, st->call.audit.detail[0] ? ": " : "", kms_err_detail());
-        kms_log_error("http", "request %s %s by %s: applied, but %s", st->call.request_id,
-                      st->method, pol_principal_id(st->call.who), audit_detail);
-        drop_reply(reply);
-        st->ans.err = KMS_ERR_INTERNAL;
-        snprintf(st->ans.msg, sizeof(st->ans.msg), "%s", json_reply_lost_msg);
-        return audited_answer(c, st, KMS_OK, audit_detail);
+        return json_reply_lost(c, st, reply);
     }
     if (rc != KMS_OK) {
         drop_reply(reply);
@@ -745,8 +568,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     return audited_answer(c, st, KMS_OK, st->call.audit.detail[0] ? st->call.audit.detail : NULL);
 }
 
-static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
-                              enum MHD_RequestTerminationCode toe)
+void kms_http_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                        enum MHD_RequestTerminationCode toe)
 {
     struct kms_http *h = cls;
     (void)c;
@@ -756,185 +579,8 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
         return;
     atomic_fetch_sub(&h->inflight, 1);
     drop_reply(&st->ans.reply); /* a client gone before its answer was sent */
-    if (st->body) {
-        OPENSSL_cleanse(st->body, st->cap);
-        free(st->body);
-    }
+    kms_buf_wipe(&st->in);
     pol_doc_unref(st->call.policy);
     free(st);
     *con_cls = NULL;
-}
-
-static void mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    (void)cls;
-    char msg[512];
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    size_t n = strlen(msg);
-    while (n > 0 && msg[n - 1] == '\n')
-        msg[--n] = '\0';
-    kms_log_warn("mhd", "%s", msg);
-}
-
-/* URLs are routed as they arrived, never percent-decoded: Twirp paths are
- * [A-Za-z0-9./] only, and decoding let "/Encrypt%00" (a NUL that ends the C
- * string) or "%45ncrypt" reach a route under another spelling. Anything
- * encoded is simply no route (404 bad_route). We read no query arguments. */
-static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
-{
-    (void)cls;
-    (void)c;
-    return strlen(s);
-}
-
-static char *read_pem(const char *path)
-{
-    FILE *f = fopen(path, "re");
-    if (f == NULL) {
-        kms_err_set(KMS_ERR_CONFIG, "%s: cannot open", path);
-        return NULL;
-    }
-    char *buf = calloc(1, 65537);
-    size_t n = buf ? fread(buf, 1, 65536, f) : 0;
-    fclose(f);
-    if (buf == NULL || n == 0 || n == 65536) {
-        free(buf);
-        kms_err_set(KMS_ERR_CONFIG, "%s: empty or larger than 64 KiB", path);
-        return NULL;
-    }
-    return buf;
-}
-
-kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
-{
-    kms_err rc = KMS_OK;
-    *out = NULL;
-    struct kms_http *h = calloc(1, sizeof(*h));
-    KMS_ENSURE(h != NULL, KMS_ERR_NOMEM, "out of memory");
-    h->svc = svc;
-    h->cfg = kms_service_config(svc);
-    const struct kms_config *cfg = h->cfg;
-    KMS_GUARD_GOTO(kms_health_new(svc, cfg->health_cache_ms, &h->health), fail);
-
-    struct sockaddr_in addr;
-    memset(&addr, 0, sizeof(addr));
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons((uint16_t)cfg->listen_port);
-    inet_pton(AF_INET, cfg->listen_address, &addr.sin_addr);
-
-    unsigned threads = cfg->threads;
-    if (threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (unsigned)n : 1;
-    }
-    /* Per-connection threads let requests that wait for the audit group
-     * commit block without holding up other connections, so batches grow
-     * with concurrency; the pool model multiplexes connections on few
-     * threads. make bench measures both. */
-    /* ITC lets MHD_quiesce_daemon stop the listening thread on SIGTERM. */
-    unsigned flags = MHD_USE_ERROR_LOG | MHD_USE_ITC;
-    if (cfg->thread_per_connection)
-        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
-    else
-        flags |= MHD_USE_EPOLL_INTERNAL_THREAD;
-    h->suspend = !cfg->thread_per_connection && kms_service_audit_default(svc) != NULL;
-    if (h->suspend)
-        flags |= MHD_ALLOW_SUSPEND_RESUME;
-    struct MHD_OptionItem opts[6];
-    size_t nt = 0;
-    if (!cfg->thread_per_connection)
-        opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
-    if (cfg->tls_cert) {
-        KMS_ENSURE_GOTO(MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES, fail, KMS_ERR_CONFIG,
-                        "this libmicrohttpd has no TLS support");
-        h->tls_cert = read_pem(cfg->tls_cert);
-        KMS_ENSURE_GOTO(h->tls_cert, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
-        flags |= MHD_USE_TLS;
-        if (cfg->tls_key_uri) {
-            KMS_GUARD_GOTO(kms_tls_key_open(h->svc, h->tls_cert, cfg->tls_key_uri,
-                                            &h->tls_hsm_key),
-                           fail);
-            opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
-                                                 (void *)kms_tls_key_retrieve};
-        } else {
-            h->tls_key = read_pem(cfg->tls_key);
-            KMS_ENSURE_GOTO(h->tls_key, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
-            opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
-            opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
-        }
-        if (cfg->tls_client_ca) {
-            h->tls_ca = read_pem(cfg->tls_client_ca);
-            KMS_ENSURE_GOTO(h->tls_ca, fail, KMS_ERR_CONFIG, "%s", kms_err_detail());
-            /* Makes the server request a client certificate in the
-             * handshake; whether one is required is decided per request. */
-            opts[nt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, h->tls_ca};
-        }
-    }
-    opts[nt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
-
-    h->daemon = MHD_start_daemon(
-        flags, (uint16_t)cfg->listen_port, NULL, NULL, access_handler, h,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s,
-        /* Bounds the header block of one request (and MHD's read buffer). */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip,
-        MHD_OPTION_STRICT_FOR_CLIENT, 1,
-        MHD_OPTION_NOTIFY_COMPLETED, request_completed, h,
-        MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
-        MHD_OPTION_ARRAY, opts,
-        MHD_OPTION_END);
-    KMS_ENSURE_GOTO(h->daemon != NULL, fail, KMS_ERR_CONFIG, "cannot listen on %s:%u",
-                    cfg->listen_address, cfg->listen_port);
-    kms_log_info("http", "listening on %s://%s:%u with %s%s", cfg->tls_cert ? "https" : "http",
-                 cfg->listen_address, cfg->listen_port,
-                 cfg->thread_per_connection ? "a thread per connection" : "an epoll thread pool",
-                 cfg->tls_client_ca ? (cfg->tls_require_client_cert ? ", client certificates required"
-                                                                     : ", client certificates accepted")
-                                    : "");
-    *out = h;
-    return KMS_OK;
-fail:
-    kms_http_stop(h);
-    return rc;
-}
-
-unsigned kms_http_drain(struct kms_http *h, unsigned timeout_s)
-{
-    if (h == NULL || h->daemon == NULL)
-        return 0;
-    atomic_store(&h->draining, true);
-    /* Close the listening socket: new connections are refused at once (a
-     * load balancer moves on), while accepted ones finish. */
-    MHD_socket ls = MHD_quiesce_daemon(h->daemon);
-    if (ls != MHD_INVALID_SOCKET)
-        close(ls);
-    uint64_t deadline = kms_metrics_now_ns() + (uint64_t)timeout_s * 1000000000u;
-    unsigned left;
-    while ((left = atomic_load(&h->inflight)) > 0 && kms_metrics_now_ns() < deadline)
-        usleep(10000);
-    return left;
-}
-
-void kms_http_stop(struct kms_http *h)
-{
-    if (h == NULL)
-        return;
-    /* A suspended connection must be resumed before MHD frees it; the audit
-     * writer resumes every one (durable or lost), so this ends. */
-    while (atomic_load(&h->audit_waits) > 0)
-        usleep(1000);
-    if (h->daemon)
-        MHD_stop_daemon(h->daemon);
-    if (h->tls_key) {
-        OPENSSL_cleanse(h->tls_key, strlen(h->tls_key));
-        free(h->tls_key);
-    }
-    kms_tls_key_free(h->tls_hsm_key); /* after MHD_stop_daemon: no handshake is running */
-    free(h->tls_cert);
-    free(h->tls_ca);
-    kms_health_free(h->health);
-    free(h);
 }

@@ -1,5 +1,6 @@
 /*
- * kms_pjson.c - proto3 JSON <-> protobuf wire, driven by descriptors.
+ * kms_pjson.c - proto3 JSON -> protobuf wire, driven by descriptors
+ * (kms_pjson.h; the other direction is kms_pjson_render.c).
  */
 #include "kms_pjson.h"
 
@@ -15,64 +16,16 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kms_buf.h"
+#include "kms_pjson_lex.h"
+
 /* Per-message "seen" flags live on the stack; kms_pbuf has the same bound. */
 #define PJSON_MAX_FIELDS 64
 
-/* ---- a growing buffer that never leaves a copy behind ------------------------- */
-
-struct buf {
-    uint8_t *p;
-    size_t len, cap, max;
-};
-
-static void buf_wipe_free(struct buf *b)
-{
-    if (b->p) {
-        OPENSSL_cleanse(b->p, b->cap);
-        free(b->p);
-    }
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
-/* Room for n more bytes. Grows by copy and wipe, never realloc: the old
- * block may hold plaintext. false: over b->max or out of memory (which
- * one: *over). */
-static bool buf_reserve(struct buf *b, size_t n, bool *over)
-{
-    size_t need;
-    *over = false;
-    if (__builtin_add_overflow(b->len, n, &need) || need > b->max) {
-        *over = true;
-        return false;
-    }
-    if (need <= b->cap)
-        return true;
-    size_t nc = b->cap ? b->cap : 256;
-    while (nc < need)
-        nc = nc > SIZE_MAX / 2 ? need : nc * 2;
-    if (nc > b->max)
-        nc = b->max;
-    uint8_t *np = malloc(nc);
-    if (np == NULL)
-        return false;
-    if (b->p) {
-        memcpy(np, b->p, b->len);
-        OPENSSL_cleanse(b->p, b->cap);
-        free(b->p);
-    }
-    b->p = np;
-    b->cap = nc;
-    return true;
-}
-
 /* ---- JSON -> wire ------------------------------------------------------------- */
 
-/* What a "\u0000" in an object key is parsed as (see unnul_keys). */
-#define KEY_NUL '\x01'
-
 struct enc {
-    bool nul_keys;  /* some object key held "\u0000", parsed as KEY_NUL */
+    bool nul_keys;  /* some object key held "\u0000", parsed as KMS_PJSON_KEY_NUL */
     char path[192]; /* where in the message, for the error ("fields[2].mode") */
     char why[420];  /* the refusal, set once */
     kms_err err;
@@ -117,19 +70,17 @@ static void path_pop(struct enc *e, size_t n)
     e->path[n] = '\0';
 }
 
-static kms_err put(struct enc *e, struct buf *b, const void *src, size_t n)
+static kms_err put(struct enc *e, struct kms_buf *b, const void *src, size_t n)
 {
-    bool over;
-    if (!buf_reserve(b, n, &over))
-        return over ? enc_fail(e, KMS_ERR_TOO_LARGE, "request body larger than %zu bytes", b->max)
-                    : enc_fail(e, KMS_ERR_NOMEM, "out of memory");
-    if (n)
-        memcpy(b->p + b->len, src, n);
-    b->len += n;
+    kms_err rc = kms_buf_append(b, src, n);
+    if (rc == KMS_ERR_TOO_LARGE)
+        return enc_fail(e, rc, "request body larger than %zu bytes", b->max);
+    if (rc != KMS_OK)
+        return enc_fail(e, KMS_ERR_NOMEM, "out of memory");
     return KMS_OK;
 }
 
-static kms_err put_varint(struct enc *e, struct buf *b, uint64_t v)
+static kms_err put_varint(struct enc *e, struct kms_buf *b, uint64_t v)
 {
     uint8_t tmp[10];
     size_t n = 0;
@@ -143,7 +94,7 @@ static kms_err put_varint(struct enc *e, struct buf *b, uint64_t v)
     return put(e, b, tmp, n);
 }
 
-static kms_err put_fixed(struct enc *e, struct buf *b, uint64_t v, size_t n)
+static kms_err put_fixed(struct enc *e, struct kms_buf *b, uint64_t v, size_t n)
 {
     uint8_t tmp[8];
     for (size_t i = 0; i < n; i++)
@@ -153,91 +104,16 @@ static kms_err put_fixed(struct enc *e, struct buf *b, uint64_t v, size_t n)
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
-static kms_err put_tag(struct enc *e, struct buf *b, uint32_t id, unsigned wt)
+static kms_err put_tag(struct enc *e, struct kms_buf *b, uint32_t id, unsigned wt)
 {
     return put_varint(e, b, ((uint64_t)id << 3) | wt);
 }
 
-static kms_err put_len(struct enc *e, struct buf *b, uint32_t id, const void *p, size_t n)
+static kms_err put_len(struct enc *e, struct kms_buf *b, uint32_t id, const void *p, size_t n)
 {
     KMS_GUARD(put_tag(e, b, id, WT_LEN));
     KMS_GUARD(put_varint(e, b, n));
     return put(e, b, p, n);
-}
-
-/* protoc's json_name: underscores dropped, the letter after one upper-cased. */
-static bool json_name_eq(const char *proto_name, const char *key, size_t klen)
-{
-    size_t j = 0;
-    bool up = false;
-    for (const char *c = proto_name; *c; c++) {
-        if (*c == '_') {
-            up = true;
-            continue;
-        }
-        char want = up && *c >= 'a' && *c <= 'z' ? (char)(*c - 'a' + 'A') : *c;
-        up = false;
-        if (j >= klen || key[j] != want)
-            return false;
-        j++;
-    }
-    return j == klen;
-}
-
-static bool name_eq(const char *name, const char *key, size_t klen)
-{
-    return strlen(name) == klen && memcmp(name, key, klen) == 0;
-}
-
-/* protoc turns map<K, V> name = N into `repeated NameEntry name = N` whose
- * type has key = 1 and value = 2; protobuf-c keeps no map_entry option, so
- * the shape is recognised by that construction. */
-static bool is_map(const ProtobufCFieldDescriptor *f)
-{
-    if (f->label != PROTOBUF_C_LABEL_REPEATED || f->type != PROTOBUF_C_TYPE_MESSAGE)
-        return false;
-    const ProtobufCMessageDescriptor *d = f->descriptor;
-    if (d->n_fields != 2 || d->fields[0].id != 1 || d->fields[1].id != 2 ||
-        strcmp(d->fields[0].name, "key") != 0 || strcmp(d->fields[1].name, "value") != 0)
-        return false;
-    /* "encryption_context" -> "EncryptionContextEntry" */
-    char want[160];
-    size_t j = 0;
-    bool up = true;
-    for (const char *c = f->name; *c && j + 6 < sizeof(want); c++) {
-        if (*c == '_') {
-            up = true;
-            continue;
-        }
-        want[j++] = up && *c >= 'a' && *c <= 'z' ? (char)(*c - 'a' + 'A') : *c;
-        up = false;
-    }
-    memcpy(want + j, "Entry", 6);
-    return strcmp(d->short_name, want) == 0;
-}
-
-/* A decimal integer in a string: optional '-', digits, nothing else. */
-static bool parse_dec(const char *s, size_t n, bool *neg, uint64_t *mag)
-{
-    size_t i = 0;
-    *neg = false;
-    *mag = 0;
-    if (n > 0 && s[0] == '-') {
-        *neg = true;
-        i = 1;
-    }
-    if (i == n || n - i > 20)
-        return false;
-    uint64_t v = 0;
-    for (; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        if (__builtin_mul_overflow(v, 10, &v) ||
-            __builtin_add_overflow(v, (uint64_t)(s[i] - '0'), &v))
-            return false;
-    }
-    *mag = v;
-    return true;
 }
 
 /* An integer in [min, max] (signed) from a JSON number or decimal string. */
@@ -263,7 +139,7 @@ static kms_err get_int(struct enc *e, const json_t *v, int64_t min, int64_t max,
     if (json_is_string(v)) {
         bool neg;
         uint64_t mag;
-        if (!parse_dec(json_string_value(v), json_string_length(v), &neg, &mag))
+        if (!kms_pjson_parse_dec(json_string_value(v), json_string_length(v), &neg, &mag))
             return ENC_BAD(e, "not a decimal integer");
         int64_t x;
         if (neg) {
@@ -288,7 +164,7 @@ static kms_err get_uint(struct enc *e, const json_t *v, uint64_t max, uint64_t *
     if (json_is_string(v)) {
         bool neg;
         uint64_t mag;
-        if (!parse_dec(json_string_value(v), json_string_length(v), &neg, &mag))
+        if (!kms_pjson_parse_dec(json_string_value(v), json_string_length(v), &neg, &mag))
             return ENC_BAD(e, "not a decimal integer");
         if ((neg && mag != 0) || mag > max)
             return ENC_BAD(e, "integer out of range");
@@ -303,66 +179,13 @@ static kms_err get_uint(struct enc *e, const json_t *v, uint64_t max, uint64_t *
     return KMS_OK;
 }
 
-static int b64_value(unsigned char c, bool *std, bool *url)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+' || c == '/') {
-        *std = true;
-        return c == '+' ? 62 : 63;
-    }
-    if (c == '-' || c == '_') {
-        *url = true;
-        return c == '-' ? 62 : 63;
-    }
-    return -1;
-}
-
-/* Standard or URL-safe base64 (not both in one value), padding optional
- * but complete when present. Decodes into out (room for 3 * n / 4 + 3). */
-static bool b64_decode(const char *s, size_t n, uint8_t *out, size_t *out_len)
-{
-    size_t pad = 0;
-    while (n > 0 && s[n - 1] == '=' && pad < 2) {
-        n--;
-        pad++;
-    }
-    if (pad && (n + pad) % 4 != 0)
-        return false;
-    if (n % 4 == 1)
-        return false;
-    bool std = false, url = false;
-    uint32_t acc = 0;
-    unsigned bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value((unsigned char)s[i], &std, &url);
-        if (v < 0)
-            return false;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (uint8_t)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    *out_len = o;
-    OPENSSL_cleanse(&acc, sizeof(acc));
-    return !(std && url);
-}
-
 static kms_err enc_message(struct enc *e, const ProtobufCMessageDescriptor *d, const json_t *obj,
-                           struct buf *out, unsigned depth);
+                           struct kms_buf *out, unsigned depth);
 
-/* One value of field f (an element when f is repeated). keep_default: emit
- * it even when it is the type's default (array elements, map entries). */
-static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
-                         struct buf *out, unsigned depth, bool keep_default)
+/* The eight integer types: decimal strings or numbers in, varint, zigzag
+ * or fixed-width out. */
+static kms_err enc_integer(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
+                           struct kms_buf *out, bool keep_default)
 {
     int64_t s;
     uint64_t u;
@@ -417,6 +240,91 @@ static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const
         }
         KMS_GUARD(put_tag(e, out, f->id, WT_VARINT));
         return put_varint(e, out, u);
+    default:
+        return enc_fail(e, KMS_ERR_INTERNAL, "field type %d is not an integer", (int)f->type);
+    }
+}
+
+/* An enum by value name, or by number. */
+static kms_err enc_enum(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
+                        struct kms_buf *out, bool keep_default)
+{
+    int64_t s;
+    const ProtobufCEnumDescriptor *ed = f->descriptor;
+    if (json_is_string(v)) {
+        const char *name = json_string_value(v);
+        const ProtobufCEnumValue *ev = NULL;
+        if (strlen(name) == json_string_length(v))
+            ev = protobuf_c_enum_descriptor_get_value_by_name(ed, name);
+        if (ev == NULL)
+            return ENC_BAD(e, "not a value name of %s", ed->short_name);
+        s = ev->value;
+    } else if (json_is_number(v)) {
+        KMS_GUARD(get_int(e, v, INT32_MIN, INT32_MAX, &s));
+    } else {
+        return ENC_BAD(e, "expected a %s value name or number", ed->short_name);
+    }
+    if (s == 0 && !keep_default)
+        return KMS_OK;
+    KMS_GUARD(put_tag(e, out, f->id, WT_VARINT));
+    return put_varint(e, out, (uint64_t)s);
+}
+
+/* Bytes from standard or URL-safe base64; the decoded copy is wiped. */
+static kms_err enc_bytes(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
+                         struct kms_buf *out, bool keep_default)
+{
+    if (!json_is_string(v))
+        return ENC_BAD(e, "expected a base64 string");
+    size_t n = json_string_length(v);
+    if (n == 0 && !keep_default)
+        return KMS_OK;
+    uint8_t *tmp = malloc(n / 4 * 3 + 3);
+    if (tmp == NULL)
+        return enc_fail(e, KMS_ERR_NOMEM, "out of memory");
+    size_t m = 0;
+    kms_err rc = KMS_OK;
+    if (!kms_pjson_b64_decode(json_string_value(v), n, tmp, &m))
+        rc = ENC_BAD(e, "not base64");
+    else
+        rc = put_len(e, out, f->id, tmp, m);
+    OPENSSL_cleanse(tmp, n / 4 * 3 + 3);
+    free(tmp);
+    return rc;
+}
+
+/* A nested message, encoded apart for its length prefix, the copy wiped. */
+static kms_err enc_submessage(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
+                              struct kms_buf *out, unsigned depth)
+{
+    if (depth + 1 > KMS_PBUF_MAX_DEPTH)
+        return ENC_BAD(e, "messages nested deeper than %d", KMS_PBUF_MAX_DEPTH);
+    struct kms_buf sub;
+    kms_buf_init(&sub, out->max);
+    kms_err rc = enc_message(e, f->descriptor, v, &sub, depth + 1);
+    if (rc == KMS_OK)
+        rc = put_len(e, out, f->id, sub.data, sub.len);
+    kms_buf_wipe(&sub);
+    return rc;
+}
+
+/* One value of field f (an element when f is repeated). keep_default: emit
+ * it even when it is the type's default (array elements, map entries). */
+static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
+                         struct kms_buf *out, unsigned depth, bool keep_default)
+{
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32:
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+        return enc_integer(e, f, v, out, keep_default);
     case PROTOBUF_C_TYPE_BOOL:
         if (!json_is_boolean(v))
             return ENC_BAD(e, "expected true or false");
@@ -424,26 +332,8 @@ static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const
             return KMS_OK;
         KMS_GUARD(put_tag(e, out, f->id, WT_VARINT));
         return put_varint(e, out, json_is_true(v) ? 1 : 0);
-    case PROTOBUF_C_TYPE_ENUM: {
-        const ProtobufCEnumDescriptor *ed = f->descriptor;
-        if (json_is_string(v)) {
-            const char *name = json_string_value(v);
-            const ProtobufCEnumValue *ev = NULL;
-            if (strlen(name) == json_string_length(v))
-                ev = protobuf_c_enum_descriptor_get_value_by_name(ed, name);
-            if (ev == NULL)
-                return ENC_BAD(e, "not a value name of %s", ed->short_name);
-            s = ev->value;
-        } else if (json_is_number(v)) {
-            KMS_GUARD(get_int(e, v, INT32_MIN, INT32_MAX, &s));
-        } else {
-            return ENC_BAD(e, "expected a %s value name or number", ed->short_name);
-        }
-        if (s == 0 && !keep_default)
-            return KMS_OK;
-        KMS_GUARD(put_tag(e, out, f->id, WT_VARINT));
-        return put_varint(e, out, (uint64_t)s);
-    }
+    case PROTOBUF_C_TYPE_ENUM:
+        return enc_enum(e, f, v, out, keep_default);
     case PROTOBUF_C_TYPE_STRING:
         if (!json_is_string(v))
             return ENC_BAD(e, "expected a string");
@@ -452,35 +342,10 @@ static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const
         if (json_string_length(v) == 0 && !keep_default)
             return KMS_OK;
         return put_len(e, out, f->id, json_string_value(v), json_string_length(v));
-    case PROTOBUF_C_TYPE_BYTES: {
-        if (!json_is_string(v))
-            return ENC_BAD(e, "expected a base64 string");
-        size_t n = json_string_length(v);
-        if (n == 0 && !keep_default)
-            return KMS_OK;
-        uint8_t *tmp = malloc(n / 4 * 3 + 3);
-        if (tmp == NULL)
-            return enc_fail(e, KMS_ERR_NOMEM, "out of memory");
-        size_t m = 0;
-        kms_err rc = KMS_OK;
-        if (!b64_decode(json_string_value(v), n, tmp, &m))
-            rc = ENC_BAD(e, "not base64");
-        else
-            rc = put_len(e, out, f->id, tmp, m);
-        OPENSSL_cleanse(tmp, n / 4 * 3 + 3);
-        free(tmp);
-        return rc;
-    }
-    case PROTOBUF_C_TYPE_MESSAGE: {
-        if (depth + 1 > KMS_PBUF_MAX_DEPTH)
-            return ENC_BAD(e, "messages nested deeper than %d", KMS_PBUF_MAX_DEPTH);
-        struct buf sub = {.max = out->max};
-        kms_err rc = enc_message(e, f->descriptor, v, &sub, depth + 1);
-        if (rc == KMS_OK)
-            rc = put_len(e, out, f->id, sub.p, sub.len);
-        buf_wipe_free(&sub);
-        return rc;
-    }
+    case PROTOBUF_C_TYPE_BYTES:
+        return enc_bytes(e, f, v, out, keep_default);
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return enc_submessage(e, f, v, out, depth);
     default:
         return enc_fail(e, KMS_ERR_INTERNAL, "field type %d has no JSON mapping here",
                         (int)f->type);
@@ -488,7 +353,7 @@ static kms_err enc_value(struct enc *e, const ProtobufCFieldDescriptor *f, const
 }
 
 static kms_err enc_map(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
-                       struct buf *out, unsigned depth)
+                       struct kms_buf *out, unsigned depth)
 {
     if (!json_is_object(v))
         return ENC_BAD(e, "expected an object (a map)");
@@ -509,15 +374,16 @@ static kms_err enc_map(struct enc *e, const ProtobufCFieldDescriptor *f, const j
             return enc_fail(e, KMS_ERR_NOMEM, "out of memory");
         if (e->nul_keys) /* the NULs the client sent, back for the decoder to judge */
             for (char *c = (char *)json_string_value(k); c < json_string_value(k) + klen; c++)
-                if (*c == KEY_NUL)
+                if (*c == KMS_PJSON_KEY_NUL)
                     *c = '\0';
-        struct buf entry = {.max = out->max};
+        struct kms_buf entry;
+        kms_buf_init(&entry, out->max);
         kms_err rc = enc_value(e, &ed->fields[0], k, &entry, depth + 1, true);
         if (rc == KMS_OK)
             rc = enc_value(e, &ed->fields[1], val, &entry, depth + 1, true);
         if (rc == KMS_OK)
-            rc = put_len(e, out, f->id, entry.p, entry.len);
-        buf_wipe_free(&entry);
+            rc = put_len(e, out, f->id, entry.data, entry.len);
+        kms_buf_wipe(&entry);
         json_decref(k);
         if (rc != KMS_OK)
             return rc;
@@ -526,10 +392,10 @@ static kms_err enc_map(struct enc *e, const ProtobufCFieldDescriptor *f, const j
 }
 
 static kms_err enc_field(struct enc *e, const ProtobufCFieldDescriptor *f, const json_t *v,
-                         struct buf *out, unsigned depth)
+                         struct kms_buf *out, unsigned depth)
 {
     if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-        if (is_map(f))
+        if (kms_pjson_is_map(f))
             return enc_map(e, f, v, out, depth);
         if (!json_is_array(v))
             return ENC_BAD(e, "expected an array");
@@ -563,7 +429,7 @@ static void safe_key(const char *key, size_t klen, char *out, size_t out_len)
 }
 
 static kms_err enc_message(struct enc *e, const ProtobufCMessageDescriptor *d, const json_t *obj,
-                           struct buf *out, unsigned depth)
+                           struct kms_buf *out, unsigned depth)
 {
     if (!json_is_object(obj))
         return ENC_BAD(e, "expected an object (a %s message)", d->short_name);
@@ -578,7 +444,7 @@ static kms_err enc_message(struct enc *e, const ProtobufCMessageDescriptor *d, c
         const ProtobufCFieldDescriptor *f = NULL;
         size_t i;
         for (i = 0; i < d->n_fields && f == NULL; i++)
-            if (name_eq(d->fields[i].name, key, klen) || json_name_eq(d->fields[i].name, key, klen))
+            if (kms_pjson_name_is(d->fields[i].name, key, klen))
                 f = &d->fields[i];
         if (f == NULL) {
             char shown[48];
@@ -600,93 +466,6 @@ static kms_err enc_message(struct enc *e, const ProtobufCMessageDescriptor *d, c
         if (!json_is_null(v)) /* null: the field's default, i.e. absent */
             KMS_GUARD(enc_field(e, f, v, out, depth));
         path_pop(e, mark);
-    }
-    return KMS_OK;
-}
-
-/* Depth and token count of the text before jansson builds a tree: what it
- * allocates is then bounded whatever the body. Strings are skipped (an
- * escaped quote does not end one); whether the text is JSON at all is
- * jansson's to say. */
-static kms_err prescan(struct enc *e, const uint8_t *p, size_t n)
-{
-    size_t depth = 0, tokens = 0;
-    for (size_t i = 0; i < n; i++) {
-        switch (p[i]) {
-        case '"':
-            for (i++; i < n && p[i] != '"'; i++)
-                if (p[i] == '\\')
-                    i++;
-            tokens++;
-            break;
-        case '{':
-        case '[':
-            if (++depth > KMS_PJSON_MAX_DEPTH)
-                return ENC_BAD(e, "JSON nested deeper than %d", KMS_PJSON_MAX_DEPTH);
-            tokens++;
-            break;
-        case '}':
-        case ']':
-            if (depth > 0)
-                depth--;
-            break;
-        case ',':
-        case ':':
-            tokens++;
-            break;
-        default:
-            break;
-        }
-        if (tokens > KMS_PJSON_MAX_TOKENS)
-            return ENC_BAD(e, "more than %d JSON values", KMS_PJSON_MAX_TOKENS);
-    }
-    return KMS_OK;
-}
-
-/* jansson 2.14 refuses a NUL in an object key ("NUL byte in object key not
- * supported") even with JSON_ALLOW_NUL, which covers values only. So that a
- * "\u0000" in a map key reaches the decoder like one in a map value (and is
- * refused there as invalid_argument naming the map, the one rule for every
- * encoding), each "\u0000" escape inside an object key is rewritten as
- * "\u0001" (KEY_NUL) in a copy of the text, and enc_map turns KEY_NUL in a
- * map key back into NUL. A body that holds such a key is refused whatever
- * else it holds (a field name with a NUL is no field either), so the only
- * side effect, a genuine U+0001 in another key of the same body read as
- * NUL, changes no outcome. *out_copy stays NULL when no key holds one. */
-static kms_err unnul_keys(struct enc *e, const uint8_t *p, size_t n, uint8_t **out_copy)
-{
-    *out_copy = NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] != '"')
-            continue;
-        bool has_nul = false;
-        size_t start = i;
-        for (i++; i < n && p[i] != '"'; i++)
-            if (p[i] == '\\') {
-                if (i + 5 < n && memcmp(p + i + 1, "u0000", 5) == 0)
-                    has_nul = true;
-                i++;
-            }
-        if (!has_nul)
-            continue;
-        size_t j = i + 1;
-        while (j < n && (p[j] == ' ' || p[j] == '\t' || p[j] == '\n' || p[j] == '\r'))
-            j++;
-        if (j >= n || p[j] != ':')
-            continue; /* a value: JSON_ALLOW_NUL carries it */
-        if (*out_copy == NULL) {
-            *out_copy = malloc(n);
-            if (*out_copy == NULL)
-                return enc_fail(e, KMS_ERR_NOMEM, "out of memory");
-            memcpy(*out_copy, p, n);
-        }
-        for (size_t k = start + 1; k < i; k++)
-            if (p[k] == '\\') {
-                if (k + 5 < i && memcmp(p + k + 1, "u0000", 5) == 0)
-                    (*out_copy)[k + 5] = '1';
-                k++;
-            }
-        e->nul_keys = true;
     }
     return KMS_OK;
 }
@@ -714,12 +493,24 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
     *out = NULL;
     *out_len = 0;
     struct enc e = {.err = KMS_OK};
-    struct buf w = {.max = max_wire};
+    struct kms_buf w;
+    kms_buf_init(&w, max_wire);
     json_t *root = NULL;
     uint8_t *copy = NULL;
-    kms_err rc = prescan(&e, json, len);
-    if (rc == KMS_OK)
-        rc = unnul_keys(&e, json, len, &copy);
+    kms_err rc = KMS_OK;
+    switch (kms_pjson_prescan(json, len)) {
+    case KMS_PJSON_SCAN_TOO_DEEP:
+        rc = ENC_BAD(&e, "JSON nested deeper than %d", KMS_PJSON_MAX_DEPTH);
+        break;
+    case KMS_PJSON_SCAN_TOO_MANY:
+        rc = ENC_BAD(&e, "more than %d JSON values", KMS_PJSON_MAX_TOKENS);
+        break;
+    case KMS_PJSON_SCAN_OK:
+        if (kms_pjson_unnul_keys(json, len, &copy) != KMS_OK)
+            rc = enc_fail(&e, KMS_ERR_NOMEM, "out of memory");
+        e.nul_keys = copy != NULL;
+        break;
+    }
     if (rc == KMS_OK) {
         json_error_t jerr;
         root = json_loadb(copy ? (const char *)copy : (const char *)json, len,
@@ -734,13 +525,9 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
         else
             rc = enc_message(&e, desc, root, &w, 1);
     }
-    if (rc == KMS_OK && w.p == NULL) {
-        /* An empty message is zero bytes, still a buffer to hand over. */
-        w.p = malloc(1);
-        w.cap = 1;
-        if (w.p == NULL)
-            rc = enc_fail(&e, KMS_ERR_NOMEM, "out of memory");
-    }
+    /* An empty message is zero bytes, still a buffer to hand over. */
+    if (rc == KMS_OK && (*out = kms_buf_take(&w, out_len)) == NULL)
+        rc = enc_fail(&e, KMS_ERR_NOMEM, "out of memory");
     if (root) {
         wipe_tree(root);
         json_decref(root);
@@ -750,407 +537,11 @@ kms_err kms_pjson_to_wire(const ProtobufCMessageDescriptor *desc, const uint8_t 
         free(copy);
     }
     if (rc != KMS_OK) {
-        buf_wipe_free(&w);
+        kms_buf_wipe(&w);
         if (rc == KMS_ERR_MALFORMED)
             return kms_err_set(rc, "the body is not a valid JSON %s message: %s", desc->short_name,
                                e.why);
         return kms_err_set(rc, "%s", e.why);
     }
-    *out = w.p;
-    *out_len = w.len;
-    return KMS_OK;
-}
-
-/* ---- wire -> JSON ------------------------------------------------------------- */
-
-/* protobuf-c's allocations for the unpacked reply, wiped on free: the reply
- * may carry plaintext or a data key. The size sits in front of the block. */
-#define HDR 16
-
-static void *wipe_alloc(void *ud, size_t n)
-{
-    (void)ud;
-    if (n > SIZE_MAX - HDR)
-        return NULL;
-    uint8_t *p = malloc(n + HDR);
-    if (p == NULL)
-        return NULL;
-    memcpy(p, &n, sizeof(n));
-    return p + HDR;
-}
-
-static void wipe_free(void *ud, void *q)
-{
-    (void)ud;
-    if (q == NULL)
-        return;
-    uint8_t *p = (uint8_t *)q - HDR;
-    size_t n;
-    memcpy(&n, p, sizeof(n));
-    OPENSSL_cleanse(p, n + HDR);
-    free(p);
-}
-
-static ProtobufCAllocator wiping_allocator = {wipe_alloc, wipe_free, NULL};
-
-struct out {
-    struct buf b;
-    kms_err err; /* the first failure; later writes are ignored */
-};
-
-static void out_put(struct out *o, const void *src, size_t n)
-{
-    bool over;
-    if (o->err != KMS_OK || n == 0)
-        return;
-    if (!buf_reserve(&o->b, n, &over)) {
-        o->err = kms_err_set(KMS_ERR_NOMEM, "out of memory");
-        return;
-    }
-    memcpy(o->b.p + o->b.len, src, n);
-    o->b.len += n;
-}
-
-static void out_str(struct out *o, const char *s)
-{
-    out_put(o, s, strlen(s));
-}
-
-static void out_fmt(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void out_fmt(struct out *o, const char *fmt, ...)
-{
-    char tmp[48];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        out_put(o, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-}
-
-/* The length of the UTF-8 sequence at s[i] (RFC 3629: no overlong forms,
- * no surrogates, nothing past U+10FFFF), or, when it is ill-formed, in
- * *bad the length of its maximal subpart (Unicode 15, section 3.9, "U+FFFD
- * substitution of maximal subparts": the bytes that could begin a
- * well-formed sequence, or the one byte that cannot), which becomes one
- * U+FFFD. That is the practice of WHATWG's decoder and Python's "replace". */
-static size_t utf8_seq(const uint8_t *s, size_t n, size_t i, bool *bad)
-{
-    uint8_t c = s[i];
-    size_t k;             /* bytes in a well-formed sequence with this lead */
-    uint8_t lo = 0x80, hi = 0xbf; /* the second byte's range (Table 3-7) */
-    *bad = false;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        k = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        k = 3;
-        if (c == 0xe0)
-            lo = 0xa0;
-        else if (c == 0xed)
-            hi = 0x9f; /* surrogates */
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        k = 4;
-        if (c == 0xf0)
-            lo = 0x90;
-        else if (c == 0xf4)
-            hi = 0x8f; /* past U+10FFFF */
-    } else {
-        *bad = true; /* a continuation byte, C0/C1 (overlong) or F5..FF */
-        return 1;
-    }
-    for (size_t j = 1; j < k; j++) {
-        uint8_t lo_j = j == 1 ? lo : 0x80, hi_j = j == 1 ? hi : 0xbf;
-        if (i + j >= n || s[i + j] < lo_j || s[i + j] > hi_j) {
-            *bad = true;
-            return j;
-        }
-    }
-    return k;
-}
-
-/* A string as a JSON string. Ill-formed UTF-8, which JSON cannot carry,
- * becomes U+FFFD per maximal subpart rather than an error: a reply is
- * rendered after the handler has changed state, and a string stored before
- * kmsd refused non-UTF-8 ones (a key description) must not turn a
- * committed RotateKey into a failure the client retries. The protobuf
- * encoding still returns the bytes as stored (docs/api.md, JSON). */
-static void out_json_string(struct out *o, const char *s, size_t n)
-{
-    static const char fffd[] = "\xef\xbf\xbd";
-    const uint8_t *u = (const uint8_t *)s;
-    if (o->err != KMS_OK)
-        return;
-    out_put(o, "\"", 1);
-    size_t run = 0; /* bytes copied as they are, flushed before an escape */
-    for (size_t i = 0; i < n;) {
-        unsigned char c = u[i];
-        const char *esc = NULL;
-        char tmp[8];
-        bool bad;
-        size_t len = utf8_seq(u, n, i, &bad);
-        if (bad)
-            esc = fffd;
-        else if (c == '"')
-            esc = "\\\"";
-        else if (c == '\\')
-            esc = "\\\\";
-        else if (c == '\n')
-            esc = "\\n";
-        else if (c == '\r')
-            esc = "\\r";
-        else if (c == '\t')
-            esc = "\\t";
-        else if (c < 0x20) {
-            snprintf(tmp, sizeof(tmp), "\\u%04x", c);
-            esc = tmp;
-        }
-        if (esc != NULL) {
-            out_put(o, s + run, i - run);
-            out_str(o, esc);
-            run = i + len;
-        }
-        i += len;
-    }
-    out_put(o, s + run, n - run);
-    out_put(o, "\"", 1);
-}
-
-static void out_base64(struct out *o, const uint8_t *p, size_t n)
-{
-    bool over;
-    if (o->err != KMS_OK)
-        return;
-    if (n > (SIZE_MAX - 8) / 4 * 3) {
-        o->err = kms_err_set(KMS_ERR_NOMEM, "out of memory");
-        return;
-    }
-    size_t m = (n + 2) / 3 * 4;
-    if (!buf_reserve(&o->b, m + 3, &over)) {
-        o->err = kms_err_set(KMS_ERR_NOMEM, "out of memory");
-        return;
-    }
-    uint8_t *dst = o->b.p + o->b.len;
-    dst[0] = '"';
-    /* EVP_EncodeBlock: standard alphabet, padded, no line breaks; it writes
-     * a NUL after the text, overwritten by the closing quote. The input
-     * length is an int. */
-    size_t done = 0, w = 1;
-    while (done < n) {
-        size_t chunk = n - done > (size_t)3 * 1024 * 1024 ? (size_t)3 * 1024 * 1024 : n - done;
-        w += (size_t)EVP_EncodeBlock(dst + w, p + done, (int)chunk);
-        done += chunk;
-    }
-    dst[w++] = '"';
-    o->b.len += w;
-}
-
-static void emit_message(struct out *o, const ProtobufCMessageDescriptor *d,
-                         const ProtobufCMessage *m, unsigned depth);
-
-/* One value of field f at p (a member, or an element of a repeated one). */
-static void emit_value(struct out *o, const ProtobufCFieldDescriptor *f, const void *p,
-                       unsigned depth)
-{
-    switch (f->type) {
-    case PROTOBUF_C_TYPE_INT32:
-    case PROTOBUF_C_TYPE_SINT32:
-    case PROTOBUF_C_TYPE_SFIXED32:
-        out_fmt(o, "%" PRId32, *(const int32_t *)p);
-        break;
-    case PROTOBUF_C_TYPE_UINT32:
-    case PROTOBUF_C_TYPE_FIXED32:
-        out_fmt(o, "%" PRIu32, *(const uint32_t *)p);
-        break;
-    case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64:
-        out_fmt(o, "\"%" PRId64 "\"", *(const int64_t *)p);
-        break;
-    case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64:
-        out_fmt(o, "\"%" PRIu64 "\"", *(const uint64_t *)p);
-        break;
-    case PROTOBUF_C_TYPE_BOOL:
-        out_str(o, *(const protobuf_c_boolean *)p ? "true" : "false");
-        break;
-    case PROTOBUF_C_TYPE_ENUM: {
-        int v = *(const int *)p;
-        const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(f->descriptor, v);
-        if (ev)
-            out_json_string(o, ev->name, strlen(ev->name));
-        else
-            out_fmt(o, "%d", v); /* a value newer than this schema: its number */
-        break;
-    }
-    case PROTOBUF_C_TYPE_STRING: {
-        const char *s = *(char *const *)p;
-        out_json_string(o, s ? s : "", s ? strlen(s) : 0);
-        break;
-    }
-    case PROTOBUF_C_TYPE_BYTES: {
-        const ProtobufCBinaryData *b = p;
-        out_base64(o, b->data, b->len);
-        break;
-    }
-    case PROTOBUF_C_TYPE_MESSAGE: {
-        const ProtobufCMessage *sm = *(ProtobufCMessage *const *)p;
-        if (sm)
-            emit_message(o, f->descriptor, sm, depth + 1);
-        else
-            out_str(o, "null");
-        break;
-    }
-    default:
-        if (o->err == KMS_OK)
-            o->err = kms_err_set(KMS_ERR_INTERNAL, "field type %d has no JSON mapping here",
-                                 (int)f->type);
-        break;
-    }
-}
-
-static size_t elem_size(ProtobufCType t)
-{
-    switch (t) {
-    case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64:
-    case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64:
-        return 8;
-    case PROTOBUF_C_TYPE_BOOL:
-        return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_ENUM:
-        return sizeof(int);
-    case PROTOBUF_C_TYPE_STRING:
-        return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES:
-        return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE:
-        return sizeof(ProtobufCMessage *);
-    default:
-        return 4;
-    }
-}
-
-/* A map key as a JSON object key: always a string. */
-static void emit_map_key(struct out *o, const ProtobufCFieldDescriptor *kf, const void *p)
-{
-    if (kf->type == PROTOBUF_C_TYPE_STRING) {
-        emit_value(o, kf, p, 0);
-        return;
-    }
-    if (kf->type == PROTOBUF_C_TYPE_BOOL) {
-        out_str(o, *(const protobuf_c_boolean *)p ? "\"true\"" : "\"false\"");
-        return;
-    }
-    /* Integers: 64-bit ones are quoted already, 32-bit ones are not. */
-    bool wide = elem_size(kf->type) == 8;
-    if (!wide)
-        out_put(o, "\"", 1);
-    emit_value(o, kf, p, 0);
-    if (!wide)
-        out_put(o, "\"", 1);
-}
-
-/* Whether map entry j of arr[n] has its key again in a later entry. */
-static bool map_key_later(const ProtobufCFieldDescriptor *f, const uint8_t *arr, size_t j,
-                          size_t n)
-{
-    const ProtobufCMessageDescriptor *ed = f->descriptor;
-    const ProtobufCFieldDescriptor *kf = &ed->fields[0];
-    const ProtobufCMessage *const *entries = (const ProtobufCMessage *const *)arr;
-    const uint8_t *kj = (const uint8_t *)entries[j] + kf->offset;
-    for (size_t l = j + 1; l < n; l++) {
-        const uint8_t *kl = (const uint8_t *)entries[l] + kf->offset;
-        if (kf->type == PROTOBUF_C_TYPE_STRING) {
-            const char *a = *(char *const *)kj, *b = *(char *const *)kl;
-            if (strcmp(a ? a : "", b ? b : "") == 0)
-                return true;
-        } else if (memcmp(kj, kl, elem_size(kf->type)) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
-static void emit_message(struct out *o, const ProtobufCMessageDescriptor *d,
-                         const ProtobufCMessage *m, unsigned depth)
-{
-    if (depth > KMS_PBUF_MAX_DEPTH) {
-        if (o->err == KMS_OK)
-            o->err = kms_err_set(KMS_ERR_INTERNAL, "the reply nests deeper than %d",
-                                 KMS_PBUF_MAX_DEPTH);
-        return;
-    }
-    out_put(o, "{", 1);
-    for (size_t i = 0; i < d->n_fields && o->err == KMS_OK; i++) {
-        const ProtobufCFieldDescriptor *f = &d->fields[i];
-        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ||
-            (f->label != PROTOBUF_C_LABEL_NONE && f->label != PROTOBUF_C_LABEL_REPEATED)) {
-            o->err = kms_err_set(KMS_ERR_INTERNAL,
-                                 "oneof and proto2 fields have no JSON mapping here");
-            break;
-        }
-        if (i)
-            out_put(o, ",", 1);
-        out_json_string(o, f->name, strlen(f->name));
-        out_put(o, ":", 1);
-        const uint8_t *member = (const uint8_t *)m + f->offset;
-        if (f->label != PROTOBUF_C_LABEL_REPEATED) {
-            emit_value(o, f, member, depth);
-            continue;
-        }
-        size_t n = *(const size_t *)((const uint8_t *)m + f->quantifier_offset);
-        const uint8_t *arr = *(const uint8_t *const *)member;
-        bool map = is_map(f);
-        out_put(o, map ? "{" : "[", 1);
-        bool first = true;
-        for (size_t j = 0; j < n; j++) {
-            const uint8_t *el = arr + j * elem_size(f->type);
-            /* A key repeated on the wire: the last entry wins (protobuf's
-             * rule), and a JSON object never holds a key twice. */
-            if (map && map_key_later(f, arr, j, n))
-                continue;
-            if (!first)
-                out_put(o, ",", 1);
-            first = false;
-            if (map) {
-                const ProtobufCMessage *entry = *(ProtobufCMessage *const *)el;
-                const ProtobufCMessageDescriptor *ed = f->descriptor;
-                emit_map_key(o, &ed->fields[0], (const uint8_t *)entry + ed->fields[0].offset);
-                out_put(o, ":", 1);
-                emit_value(o, &ed->fields[1], (const uint8_t *)entry + ed->fields[1].offset,
-                           depth + 1);
-            } else {
-                emit_value(o, f, el, depth);
-            }
-        }
-        out_put(o, map ? "}" : "]", 1);
-    }
-    out_put(o, "}", 1);
-}
-
-kms_err kms_pjson_from_wire(const ProtobufCMessageDescriptor *desc, const uint8_t *wire,
-                            size_t len, char **out, size_t *out_len)
-{
-    *out = NULL;
-    *out_len = 0;
-    /* The handler's own packed reply: trusted bytes, and possibly larger
-     * than kms_pbuf's request limits allow (an audit export). */
-    ProtobufCMessage *m = protobuf_c_message_unpack(desc, &wiping_allocator, len, wire);
-    KMS_ENSURE(m != NULL, KMS_ERR_INTERNAL, "the reply does not decode as %s", desc->short_name);
-    struct out o = {.b = {.max = SIZE_MAX}, .err = KMS_OK};
-    emit_message(&o, desc, m, 1);
-    out_put(&o, "", 1); /* the NUL, not counted */
-    protobuf_c_message_free_unpacked(m, &wiping_allocator);
-    if (o.err != KMS_OK) {
-        buf_wipe_free(&o.b);
-        return o.err;
-    }
-    *out = (char *)o.b.p;
-    *out_len = o.b.len - 1;
     return KMS_OK;
 }

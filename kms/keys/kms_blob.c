@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kms_utf8.h"
+
 static bool region_char(uint8_t c)
 {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
@@ -100,47 +102,6 @@ kms_err kms_blob_parse(const uint8_t *blob, size_t len, struct kms_blob_header *
     return KMS_OK;
 }
 
-/* Strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF, and no
- * NUL (protobuf strings may carry one; C strings would silently cut it). */
-static bool utf8_ok(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t extra;
-        uint32_t cp;
-        if (c == 0)
-            return false;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            extra = 1;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            extra = 2;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            extra = 3;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (i + extra >= n)
-            return false;
-        for (size_t k = 1; k <= extra; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + k] & 0x3F);
-        }
-        if ((extra == 1 && cp < 0x80) || (extra == 2 && cp < 0x800) ||
-            (extra == 3 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += extra + 1;
-    }
-    return true;
-}
-
 static int cmp_pair(const void *a, const void *b)
 {
     const struct kms_ctx_pair *x = *(const struct kms_ctx_pair *const *)a;
@@ -163,7 +124,8 @@ kms_err kms_ctx_encode(const struct kms_ctx_pair *pairs, size_t n, uint8_t *out,
         KMS_ENSURE(vl <= KMS_CTX_VALUE_MAX, KMS_ERR_INVALID_ARGUMENT,
                    "encryption context pair %zu: value longer than %d bytes", i,
                    KMS_CTX_VALUE_MAX);
-        KMS_ENSURE(utf8_ok((const uint8_t *)k, kl) && utf8_ok((const uint8_t *)v, vl),
+        KMS_ENSURE(kms_utf8_valid_nonul((const uint8_t *)k, kl) &&
+                       kms_utf8_valid_nonul((const uint8_t *)v, vl),
                    KMS_ERR_INVALID_ARGUMENT, "encryption context pair %zu: not valid UTF-8", i);
         total += kl + vl;
         sorted[i] = &pairs[i];

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "kms_utf8.h"
+
 const char *kms_canon_name(enum kms_canon c)
 {
     switch (c) {
@@ -28,45 +30,6 @@ const char *kms_canon_name(enum kms_canon c)
 bool kms_canon_valid(int c)
 {
     return c >= KMS_CANON_RAW && c <= KMS_CANON_EMAIL_CI;
-}
-
-bool kms_canon_utf8_ok(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t extra;
-        uint32_t cp;
-        if (c == 0)
-            return false;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            extra = 1;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            extra = 2;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            extra = 3;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (extra >= n - i)
-            return false;
-        for (size_t k = 1; k <= extra; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + k] & 0x3F);
-        }
-        if ((extra == 1 && cp < 0x80) || (extra == 2 && cp < 0x800) ||
-            (extra == 3 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += extra + 1;
-    }
-    return true;
 }
 
 static bool is_space(uint8_t c)
@@ -243,7 +206,7 @@ static kms_err canon_email(const uint8_t *p, size_t len, bool fold_local, uint8_
         memcpy(out, local, ll);
         cl = ll;
     }
-    KMS_ENSURE(kms_canon_utf8_ok(out, cl), KMS_ERR_INVALID_ARGUMENT,
+    KMS_ENSURE(kms_utf8_valid_nonul(out, cl), KMS_ERR_INVALID_ARGUMENT,
                "not an email address: the local part is not valid UTF-8");
     if (fold_local) {
         for (size_t i = 0; i < cl; i++) {

@@ -75,8 +75,4 @@ bool kms_canon_valid(int c);
 kms_err kms_canon_apply(enum kms_canon c, const uint8_t *in, size_t len, uint8_t *out,
                         size_t out_cap, size_t *out_len);
 
-/* Strict UTF-8 (no overlongs, surrogates, code points above U+10FFFF or
- * NUL). */
-bool kms_canon_utf8_ok(const uint8_t *s, size_t n);
-
 #endif

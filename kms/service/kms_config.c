@@ -91,14 +91,9 @@ static kms_err get_bool(json_t *obj, const char *key, const char *where, bool *i
     return KMS_OK;
 }
 
-static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
+/* "mode", "listen" and "tls": where kmsd listens and how. */
+static kms_err parse_front(json_t *root, const char *dir, struct kms_config *c)
 {
-    static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
-                                      "limits", "deletion", "audit", "import",
-                                      "log", "health", "rotation", NULL};
-    KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
-    KMS_GUARD(check_keys(root, "", top));
-
     json_t *mode = json_object_get(root, "mode");
     if (mode) {
         KMS_ENSURE(json_is_string(mode) && (strcmp(json_string_value(mode), "dev") == 0 ||
@@ -145,7 +140,12 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
      * may only listen on loopback (a TLS-terminating sidecar in front). */
     KMS_ENSURE(c->tls_cert || (ntohl(a4.s_addr) >> 24) == 127, KMS_ERR_CONFIG,
                "listen.address: plain HTTP is only allowed on loopback; configure tls");
+    return KMS_OK;
+}
 
+/* "pkcs11": the module and one token per region. */
+static kms_err parse_pkcs11(json_t *root, const char *dir, struct kms_config *c)
+{
     json_t *p11 = json_object_get(root, "pkcs11");
     KMS_ENSURE(json_is_object(p11), KMS_ERR_CONFIG, "pkcs11: required object");
     static const char *const pk[] = {"module", "tokens", NULL};
@@ -176,10 +176,12 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
             KMS_ENSURE(strcmp(c->tokens[j].region, ct->region) != 0, KMS_ERR_CONFIG,
                        "%s.region: region \"%s\" already has a token", where, ct->region);
     }
+    return KMS_OK;
+}
 
-    KMS_GUARD(get_str(root, "policy", "", true, dir, true, &c->policy_path));
-    KMS_GUARD(get_str(root, "store", "", true, dir, true, &c->store_path));
-
+/* "limits": request, connection and thread bounds. */
+static kms_err parse_limits(json_t *root, struct kms_config *c)
+{
     json_t *lim = json_object_get(root, "limits");
     if (lim) {
         static const char *const k[] = {"max_body_bytes",  "max_connections",
@@ -226,7 +228,12 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
             c->thread_per_connection = strcmp(json_string_value(tm), "per-connection") == 0;
         }
     }
+    return KMS_OK;
+}
 
+/* "deletion": scheduled deletion windows and the sweeper. */
+static kms_err parse_deletion(json_t *root, struct kms_config *c)
+{
     json_t *del = json_object_get(root, "deletion");
     if (del) {
         static const char *const k[] = {"default_days", "min_days", "day_seconds",
@@ -246,6 +253,12 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         KMS_GUARD(get_uint(del, "sweep_interval_s", "deletion", 1, 86400, &v));
         c->sweep_interval_s = (unsigned)v;
     }
+    return KMS_OK;
+}
+
+/* "rotation": usage limits and periods, checked against each other. */
+static kms_err parse_rotation(json_t *root, struct kms_config *c)
+{
     json_t *rot = json_object_get(root, "rotation");
     if (rot) {
         static const char *const k[] = {"usage_rotate_at", "usage_limit", "usage_reserve_block",
@@ -277,7 +290,12 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         KMS_ENSURE(c->rotation_min_period_s >= 86400, KMS_ERR_CONFIG,
                    "rotation.min_period_s: at least 86400 (a day) outside dev mode");
     }
+    return KMS_OK;
+}
 
+/* "audit": the audit log, on unless in dev mode. */
+static kms_err parse_audit(json_t *root, const char *dir, struct kms_config *c)
+{
     json_t *aud = json_object_get(root, "audit");
     if (aud) {
         static const char *const k[] = {"enabled", "dir", "head_every_events", "head_every_ms",
@@ -306,7 +324,12 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         c->audit_dir = resolve(dir, "audit");
         KMS_ENSURE(c->audit_dir != NULL, KMS_ERR_NOMEM, "out of memory");
     }
+    return KMS_OK;
+}
 
+/* "log" and "health". */
+static kms_err parse_log_health(json_t *root, const char *dir, struct kms_config *c)
+{
     json_t *log = json_object_get(root, "log");
     if (log) {
         static const char *const k[] = {"level", "file", NULL};
@@ -330,7 +353,12 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
         KMS_GUARD(get_uint(health, "cache_ms", "health", 0, 60000, &v));
         c->health_cache_ms = (unsigned)v;
     }
+    return KMS_OK;
+}
 
+/* "import": BYOK import tokens. */
+static kms_err parse_import(json_t *root, struct kms_config *c)
+{
     json_t *imp = json_object_get(root, "import");
     if (imp) {
         static const char *const k[] = {"token_ttl_s", NULL};
@@ -344,6 +372,27 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
      * used or expires; a minute is the least a human can work with. */
     KMS_ENSURE(c->import_token_ttl_s >= 60 || c->dev_mode, KMS_ERR_CONFIG,
                "import.token_ttl_s: at least 60 outside dev mode");
+    return KMS_OK;
+}
+
+static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
+{
+    static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
+                                      "limits", "deletion", "audit", "import",
+                                      "log", "health", "rotation", NULL};
+    KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
+    KMS_GUARD(check_keys(root, "", top));
+
+    KMS_GUARD(parse_front(root, dir, c));
+    KMS_GUARD(parse_pkcs11(root, dir, c));
+    KMS_GUARD(get_str(root, "policy", "", true, dir, true, &c->policy_path));
+    KMS_GUARD(get_str(root, "store", "", true, dir, true, &c->store_path));
+    KMS_GUARD(parse_limits(root, c));
+    KMS_GUARD(parse_deletion(root, c));
+    KMS_GUARD(parse_rotation(root, c));
+    KMS_GUARD(parse_audit(root, dir, c));
+    KMS_GUARD(parse_log_health(root, dir, c));
+    KMS_GUARD(parse_import(root, c));
 
     /* A deletion window is the tenant's last chance to notice a mistake:
      * production keeps AWS's floor of 7 days. */

@@ -1,6 +1,7 @@
 /*
  * kms_store_import.c - BYOK in the store: import tokens (issue, claim,
- * release, commit, retire, close, purge) and key check values.
+ * release, commit) and key check values; kms_store_import_sweep.c retires,
+ * closes and purges them.
  *
  * The contract is in kms_store.h. Statements here are prepared per call
  * rather than cached with the store's hot statements: imports are rare (a
@@ -14,9 +15,6 @@
 #include <string.h>
 
 #include "kms_store_internal.h"
-
-#define TOKEN_COLS                                                                             \
-    "token_id, key_id, token, hsm_id, state, end_reason, failures, created_at, expires_at"
 
 const char *kms_import_state_name(enum kms_import_state state)
 {
@@ -43,7 +41,7 @@ static kms_err check_token_id(const uint8_t *token_id, const char *op)
 
 /* ---- rows ---------------------------------------------------------------------- */
 
-static kms_err read_token(sqlite3_stmt *st, void *elem, const char *op)
+kms_err store_import_read_token(sqlite3_stmt *st, void *elem, const char *op)
 {
     struct kms_import_token_record *t = elem;
     int state = 0, end = 0;
@@ -76,13 +74,13 @@ static kms_err token_row_get(struct store_conn *c, const uint8_t *token_id,
 {
     struct store_bind b;
     bool row = false;
-    KMS_GUARD(store_prep(c, "SELECT " TOKEN_COLS " FROM import_tokens WHERE token_id = ?1", op, &b));
+    KMS_GUARD(store_prep(c, "SELECT " STORE_IMPORT_TOKEN_COLS " FROM import_tokens WHERE token_id = ?1", op, &b));
     bind_token_id(&b, token_id);
     kms_err rc = store_step(&b, op, &row);
     if (rc == KMS_OK && !row)
         rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: no such import token", op);
     if (rc == KMS_OK)
-        rc = read_token(b.st, out, op);
+        rc = store_import_read_token(b.st, out, op);
     store_fin(&b);
     return rc;
 }
@@ -192,7 +190,7 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
                     "store: %s: key %s already has %" PRId64 " unexpired import tokens", op,
                     t->key_id, live);
     KMS_GUARD_GOTO(store_exec_one(c,
-                            "INSERT INTO import_tokens (" TOKEN_COLS ") "
+                            "INSERT INTO import_tokens (" STORE_IMPORT_TOKEN_COLS ") "
                             "VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5, ?6)",
                             op, bind_insert, t, NULL),
                    end);
@@ -204,9 +202,9 @@ out:
 }
 
 /* One compare-and-set in its own transaction. */
-static kms_err cas_tx(struct kms_store *store, const uint8_t *token_id,
-                      enum kms_import_state from, enum kms_import_state to,
-                      enum kms_import_end end_reason, bool keep_end, const char *op)
+kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
+                             enum kms_import_state from, enum kms_import_state to,
+                             enum kms_import_end end_reason, bool keep_end, const char *op)
 {
     struct kms_import_token_record t;
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
@@ -229,7 +227,7 @@ out:
 kms_err kms_store_import_token_issue(struct kms_store *store,
                                      const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
 {
-    return cas_tx(store, token_id, KMS_IMPORT_CREATING, KMS_IMPORT_ISSUED, KMS_IMPORT_END_NONE,
+    return store_import_cas_tx(store, token_id, KMS_IMPORT_CREATING, KMS_IMPORT_ISSUED, KMS_IMPORT_END_NONE,
                   false, "issue import token");
 }
 
@@ -346,6 +344,31 @@ static void bind_kcv(struct store_bind *b, const void *varg)
         store_bind_blob(b, 3, a->kcv, KMS_KCV_LEN);
 }
 
+/* Record the KCV of ka's version, or check the one recorded: the same
+ * version never takes other material. In the caller's write transaction. */
+static kms_err record_kcv(struct store_conn *c, const struct kcv_arg *ka, const char *op)
+{
+    struct store_bind b;
+    bool have = false;
+    KMS_GUARD(store_prep(c, "SELECT kcv FROM key_check_values WHERE key_id = ?1 AND version = ?2",
+                         op, &b));
+    bind_kcv(&b, &(struct kcv_arg){ka->key_id, ka->version, NULL});
+    kms_err rc = store_step(&b, op, &have);
+    if (rc == KMS_OK && have &&
+        (sqlite3_column_bytes(b.st, 0) != KMS_KCV_LEN ||
+         memcmp(sqlite3_column_blob(b.st, 0), ka->kcv, KMS_KCV_LEN) != 0))
+        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION,
+                         "store: %s: key %s version %" PRIu32 " holds other material", op,
+                         ka->key_id, ka->version);
+    store_fin(&b);
+    if (rc != KMS_OK || have)
+        return rc;
+    return store_exec_one(c,
+                          "INSERT INTO key_check_values (key_id, version, kcv) "
+                          "VALUES (?1, ?2, ?3)",
+                          op, bind_kcv, ka, NULL);
+}
+
 kms_err kms_store_import_commit(struct kms_store *store,
                                 const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
                                 const char *key_id, uint32_t version,
@@ -408,30 +431,9 @@ kms_err kms_store_import_commit(struct kms_store *store,
         KMS_ENSURE_GOTO(n == 0, end, KMS_ERR_FAILED_PRECONDITION,
                         "store: %s: key %s received its material meanwhile", op, key_id);
     }
-    /* Record the KCV, or check the one recorded. */
-    struct store_bind b;
-    bool have = false;
-    KMS_GUARD_GOTO(store_prep(c, "SELECT kcv FROM key_check_values WHERE key_id = ?1 AND version = ?2",
-                        op, &b),
-                   end);
-    bind_kcv(&b, &(struct kcv_arg){key_id, version, NULL});
-    rc = store_step(&b, op, &have);
-    if (rc == KMS_OK && have &&
-        (sqlite3_column_bytes(b.st, 0) != KMS_KCV_LEN ||
-         memcmp(sqlite3_column_blob(b.st, 0), kcv, KMS_KCV_LEN) != 0))
-        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION,
-                         "store: %s: key %s version %" PRIu32 " holds other material", op,
-                         key_id, version);
-    store_fin(&b);
-    if (rc != KMS_OK)
-        goto end;
-    if (!have)
-        KMS_GUARD_GOTO(store_exec_one(c,
-                                "INSERT INTO key_check_values (key_id, version, kcv) "
-                                "VALUES (?1, ?2, ?3)",
-                                op, bind_kcv, &ka, NULL),
-                       end);
+    KMS_GUARD_GOTO(record_kcv(c, &ka, op), end);
 
+    struct store_bind b;
     if (vstate == KMS_VERSION_CREATING) {
         KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_SET_ACTIVE, op, &b), end);
         store_bind_text(&b, 1, key_id);
@@ -501,130 +503,6 @@ end:
         free(arr);
     }
 out:
-    store_conn_give(c);
-    return rc;
-}
-
-/* ---- sweeping ------------------------------------------------------------------------- */
-
-struct due_arg {
-    int64_t now, grace;
-    size_t limit;
-};
-
-static void bind_due(struct store_bind *b, const void *varg)
-{
-    const struct due_arg *a = varg;
-    store_bind_int(b, 1, a->now);
-    store_bind_int(b, 2, a->grace);
-    store_bind_int(b, 3, (int64_t)a->limit);
-}
-
-kms_err kms_store_import_tokens_due(struct kms_store *store, int64_t now, int64_t grace_s,
-                                    size_t limit, struct kms_import_token_record **out,
-                                    size_t *out_n)
-{
-    static const char op[] = "list import tokens due";
-    struct store_bind b;
-    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
-               "store: %s: NULL argument", op);
-    *out = NULL;
-    *out_n = 0;
-    KMS_ENSURE(limit >= 1 && limit <= KMS_PAGE_SIZE_MAX, KMS_ERR_INVALID_ARGUMENT,
-               "store: %s: limit must be 1..%d", op, KMS_PAGE_SIZE_MAX);
-    KMS_ENSURE(grace_s >= 0, KMS_ERR_INVALID_ARGUMENT, "store: %s: negative grace", op);
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_prep(c,
-                      "SELECT " TOKEN_COLS " FROM import_tokens WHERE state <> 4 AND ("
-                      "  state = 3"
-                      "  OR (state = 1 AND expires_at <= ?1)"
-                      "  OR (state = 2 AND expires_at + ?2 <= ?1)"
-                      "  OR (state = 0 AND created_at + ?2 <= ?1))"
-                      " ORDER BY expires_at, token_id LIMIT ?3",
-                      op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        bind_due(&b, &(struct due_arg){now, grace_s, limit});
-        rc = store_collect(&b, sizeof(struct kms_import_token_record), limit, read_token, &arr,
-                           out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
-    return rc;
-}
-
-kms_err kms_store_import_token_retire(struct kms_store *store,
-                                      const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
-                                      enum kms_import_state expected, enum kms_import_end end)
-{
-    static const char op[] = "retire import token";
-    KMS_ENSURE(expected == KMS_IMPORT_CREATING || expected == KMS_IMPORT_ISSUED ||
-                   expected == KMS_IMPORT_CLAIMED,
-               KMS_ERR_USAGE, "store: %s: only a live token can be retired", op);
-    KMS_ENSURE(end != KMS_IMPORT_END_NONE && end != KMS_IMPORT_END_USED, KMS_ERR_USAGE,
-               "store: %s: retiring needs a reason other than use", op);
-    return cas_tx(store, token_id, expected, KMS_IMPORT_SPENT, end, false, op);
-}
-
-kms_err kms_store_import_token_close(struct kms_store *store,
-                                     const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
-{
-    return cas_tx(store, token_id, KMS_IMPORT_SPENT, KMS_IMPORT_CLOSED, KMS_IMPORT_END_NONE,
-                  true, "close import token");
-}
-
-static void bind_before(struct store_bind *b, const void *arg)
-{
-    store_bind_int(b, 1, *(const int64_t *)arg);
-}
-
-kms_err kms_store_import_tokens_purge(struct kms_store *store, int64_t before, size_t *out_n)
-{
-    static const char op[] = "purge import tokens";
-    int changed = 0;
-    if (out_n)
-        *out_n = 0;
-    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_exec_one(c, "DELETE FROM import_tokens WHERE state = 4 AND expires_at < ?1",
-                            op, bind_before, &before, &changed),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-    if (rc == KMS_OK && out_n)
-        *out_n = (size_t)changed;
-out:
-    store_conn_give(c);
-    return rc;
-}
-
-kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *token,
-                                           struct kms_hsm_id **out, size_t *out_n)
-{
-    static const char op[] = "list wrapping key ids of token";
-    struct store_bind b;
-    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
-               "store: %s: NULL argument", op);
-    *out = NULL;
-    *out_n = 0;
-    KMS_GUARD(store_check_token(token, KMS_TOKEN_LABEL_MAX + 1, op));
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_prep(c,
-                      "SELECT hsm_id FROM import_tokens WHERE token = ?1 AND state <> 4 "
-                      "ORDER BY hsm_id",
-                      op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        store_bind_text(&b, 1, token);
-        rc = store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &arr,
-                           out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
     store_conn_give(c);
     return rc;
 }

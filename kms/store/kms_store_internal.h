@@ -189,4 +189,14 @@ kms_err store_exec_one(struct store_conn *c, const char *sql, const char *op, st
 kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, store_binder bind,
                         const void *arg, int64_t *out, bool *out_row);
 
+/* Import tokens, shared by kms_store_import.c and kms_store_import_sweep.c:
+ * the columns store_import_read_token reads (a store_collect reader), and
+ * one compare-and-set of a token's state in its own write transaction. */
+#define STORE_IMPORT_TOKEN_COLS                                                                \
+    "token_id, key_id, token, hsm_id, state, end_reason, failures, created_at, expires_at"
+kms_err store_import_read_token(sqlite3_stmt *st, void *elem, const char *op);
+kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
+                            enum kms_import_state from, enum kms_import_state to,
+                            enum kms_import_end end_reason, bool keep_end, const char *op);
+
 #endif
