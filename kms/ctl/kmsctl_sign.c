@@ -160,13 +160,12 @@ static char *b64(const uint8_t *p, size_t n)
 
 /* The message of sign/verify: RAW from --in, or DIGEST from --digest. The
  * buffer is wiped when freed (a message may be sensitive). */
-static int load_message(const struct sign_args *a, struct kmsctl_sbuf *buf,
+static int load_message(const struct sign_args *a, struct kms_buf *buf,
                         ProtobufCBinaryData *msg, Custos__V1__MessageType *type)
 {
     if (a->digest) {
-        buf->data = malloc(32);
-        buf->cap = 32;
-        if (buf->data == NULL) {
+        kms_buf_init(buf, 32);
+        if (kms_buf_reserve(buf, 32) != KMS_OK) {
             fprintf(stderr, "kmsctl: out of memory\n");
             return KMSCTL_EXIT_LOCAL;
         }
@@ -175,7 +174,7 @@ static int load_message(const struct sign_args *a, struct kmsctl_sbuf *buf,
                     a->verb);
             return KMSCTL_EXIT_USAGE;
         }
-        buf->len = 32;
+        kms_buf_commit(buf, 32);
         *type = CUSTOS__V1__MESSAGE_TYPE__DIGEST;
     } else {
         int ret = kmsctl_io_read(a->in, MESSAGE_MAX, buf);
@@ -257,7 +256,7 @@ done:
 
 static int do_sign(struct kmsctl_rpc *rpc, const struct sign_args *a)
 {
-    struct kmsctl_sbuf buf = {0};
+    struct kms_buf buf = {0};
     Custos__V1__SignRequest req = CUSTOS__V1__SIGN_REQUEST__INIT;
     Custos__V1__SignResponse *resp = NULL;
     char *text = NULL;
@@ -302,7 +301,7 @@ static int do_sign(struct kmsctl_rpc *rpc, const struct sign_args *a)
     }
 done:
     free(text);
-    kmsctl_sbuf_wipe(&buf);
+    kms_buf_wipe(&buf);
     if (resp)
         protobuf_c_message_free_unpacked(&resp->base, NULL);
     return ret;
@@ -311,7 +310,7 @@ done:
 /* The signature file: raw bytes, or base64 text of them. */
 static int load_signature(const char *path, uint8_t *out, size_t *out_len)
 {
-    struct kmsctl_sbuf f = {0};
+    struct kms_buf f = {0};
     int ret = kmsctl_io_read(path, SIGNATURE_FILE_MAX, &f);
     if (ret == KMSCTL_IO_TOO_BIG) {
         fprintf(stderr, "kmsctl key verify: %s is not a signature (over %d bytes)\n", path,
@@ -335,7 +334,7 @@ static int load_signature(const char *path, uint8_t *out, size_t *out_len)
         size_t pad = (f.data[n - 1] == '=') + (n > 1 && f.data[n - 2] == '=');
         if (m < 0 || (size_t)m < pad || (size_t)m - pad > SIGNATURE_MAX) {
             fprintf(stderr, "kmsctl key verify: %s: bad base64\n", path);
-            kmsctl_sbuf_wipe(&f);
+            kms_buf_wipe(&f);
             return KMSCTL_EXIT_USAGE;
         }
         *out_len = (size_t)m - pad;
@@ -344,13 +343,13 @@ static int load_signature(const char *path, uint8_t *out, size_t *out_len)
         if (f.len == 0 || f.len > SIGNATURE_MAX) {
             fprintf(stderr, "kmsctl key verify: %s: a signature is 1..%d bytes\n", path,
                     SIGNATURE_MAX);
-            kmsctl_sbuf_wipe(&f);
+            kms_buf_wipe(&f);
             return KMSCTL_EXIT_USAGE;
         }
         memcpy(out, f.data, f.len);
         *out_len = f.len;
     }
-    kmsctl_sbuf_wipe(&f);
+    kms_buf_wipe(&f);
     return KMSCTL_EXIT_OK;
 }
 
@@ -373,7 +372,7 @@ static int current_version(struct kmsctl_rpc *rpc, const char *key_id, uint32_t 
 
 static int do_verify(struct kmsctl_rpc *rpc, const struct sign_args *a)
 {
-    struct kmsctl_sbuf buf = {0};
+    struct kms_buf buf = {0};
     uint8_t sig[SIGNATURE_MAX];
     size_t sig_len = 0;
     Custos__V1__VerifyRequest req = CUSTOS__V1__VERIFY_REQUEST__INIT;
@@ -407,7 +406,7 @@ static int do_verify(struct kmsctl_rpc *rpc, const struct sign_args *a)
     if (ret == KMSCTL_EXIT_OK && !resp->valid)
         ret = KMSCTL_EXIT_REFUSED;
 done:
-    kmsctl_sbuf_wipe(&buf);
+    kms_buf_wipe(&buf);
     if (resp)
         protobuf_c_message_free_unpacked(&resp->base, NULL);
     return ret;
