@@ -306,4 +306,10 @@ kms_err p11_key_verify(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HAN
  * cache. Used to undo a half-made key (p11_key.c). */
 void p11_key_destroy_in(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id);
 
+/* Zero *o, then read the usage and protection flags of object h into it
+ * (p11_key_find.c); one a class does not have reads as false. The key type
+ * and length are the caller's to read. */
+void p11_key_read_flags(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                        struct p11_key_info *o);
+
 #endif
