@@ -57,17 +57,7 @@ static kms_err do_lock(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     const struct p11_key_id *id = varg;
     CK_OBJECT_HANDLE h;
     KMS_GUARD(p11_key_handle(tok, s, id, CKO_PRIVATE_KEY, P11_TYPE_ANY, &h));
-    CK_BBOOL no = CK_FALSE;
-    CK_ATTRIBUTE a = {CKA_EXTRACTABLE, &no, sizeof(no)};
-    CK_RV rv = P11_RV(tok, C_SetAttributeValue, P11_NO_MECH, s, h, &a, 1);
-    KMS_GUARD(p11_rv_err(rv, "C_SetAttributeValue(CKA_EXTRACTABLE)", tok->label));
-    CK_BBOOL now = CK_TRUE;
-    a.pValue = &now;
-    rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, &a, 1);
-    KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_EXTRACTABLE)", tok->label));
-    KMS_ENSURE(now == CK_FALSE, KMS_ERR_HSM, "token '%s' did not lock the private key",
-               tok->label);
-    return KMS_OK;
+    return p11_key_lock_in(tok, s, h, "private key");
 }
 
 kms_err p11_asym_lock(struct p11_token *tok, const struct p11_key_id *id)

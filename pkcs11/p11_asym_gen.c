@@ -5,8 +5,8 @@
  */
 #include "p11_asym_internal.h"
 
+#include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "kms_log.h"
 #include "p11_rv.h"
@@ -63,6 +63,13 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
     return KMS_OK;
 }
 
+/* An id names at most one pair and nothing else. */
+static void undo_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    const struct gen_arg *a = varg;
+    p11_key_destroy_in(tok, s, a->id);
+}
+
 kms_err p11_asym_generate(struct p11_token *tok, enum p11_asym_kind kind,
                           const struct p11_key_id *id, const char *label, bool escrow_wrappable)
 {
@@ -70,34 +77,12 @@ kms_err p11_asym_generate(struct p11_token *tok, enum p11_asym_kind kind,
     KMS_ENSURE(label == NULL || strlen(label) <= 64, KMS_ERR_INVALID_ARGUMENT,
                "key label longer than 64 bytes");
     struct gen_arg a = {kind, id, label, escrow_wrappable, false};
-    kms_err rc = KMS_OK;
     /* As p11_key_generate: a transient creation failure (SoftHSMv2's file
      * store under concurrent creation) is retried after removing what the
      * failed call left under the id; retries are serialised per token. */
-    for (int attempt = 1;; attempt++) {
-        a.transient = false;
-        if (attempt == 1) {
-            rc = p11_with_session(tok, do_generate, &a);
-        } else {
-            pthread_mutex_lock(&tok->create_lock);
-            rc = p11_with_session(tok, do_generate, &a);
-            pthread_mutex_unlock(&tok->create_lock);
-        }
-        if (rc == KMS_OK || !a.transient || attempt >= P11_CREATE_ATTEMPTS)
-            break;
-        kms_log_warn("pkcs11", "token '%s': %s pair creation failed transiently (attempt %d of "
-                     "%d); retrying", tok->label, p11_asym_kind_name(kind), attempt,
-                     P11_CREATE_ATTEMPTS);
-        CK_SESSION_HANDLE s;
-        if (p11_session_take(tok, &s) == KMS_OK) {
-            /* An id names at most one pair and nothing else. */
-            p11_key_destroy_in(tok, s, id);
-            p11_session_give(tok, s, false);
-        }
-        struct timespec pause = {0, 5000000L * attempt};
-        nanosleep(&pause, NULL);
-    }
-    return rc;
+    char what[48];
+    snprintf(what, sizeof(what), "%s pair", p11_asym_kind_name(kind));
+    return p11_create_retrying(tok, do_generate, undo_generate, &a, &a.transient, what);
 }
 
 /* ---- inspection -------------------------------------------------------------------- */
