@@ -306,4 +306,24 @@ kms_err p11_key_verify(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HAN
  * cache. Used to undo a half-made key (p11_key.c). */
 void p11_key_destroy_in(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id);
 
+/* CKA_EXTRACTABLE of object h to false, read back (p11_key.c); `what`
+ * names the object in the error ("key", "private key"). */
+kms_err p11_key_lock_in(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                        const char *what);
+
+/* Run create in a leased session (p11_with_session); when it fails and has
+ * set *transient (CKR_GENERAL_ERROR / CKR_FUNCTION_FAILED of the creating
+ * call), undo what it left in a fresh session and try again, up to
+ * P11_CREATE_ATTEMPTS in all, the retries serialised by tok->create_lock
+ * (p11_key.c). `what` names the key in the warning logged per retry. */
+kms_err p11_create_retrying(struct p11_token *tok, p11_session_fn create,
+                            void (*undo)(struct p11_token *, CK_SESSION_HANDLE, void *),
+                            void *arg, bool *transient, const char *what);
+
+/* Zero *o, then read the usage and protection flags of object h into it
+ * (p11_key_find.c); one a class does not have reads as false. The key type
+ * and length are the caller's to read. */
+void p11_key_read_flags(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                        struct p11_key_info *o);
+
 #endif

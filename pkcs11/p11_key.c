@@ -135,6 +135,11 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
     return KMS_OK;
 }
 
+static void undo_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    undo_partial(tok, s, varg);
+}
+
 kms_err p11_key_generate(struct p11_token *tok, enum p11_key_kind kind, unsigned flags,
                          const struct p11_key_id *id, const char *label)
 {
@@ -144,28 +149,35 @@ kms_err p11_key_generate(struct p11_token *tok, enum p11_key_kind kind, unsigned
     KMS_ENSURE(label == NULL || strlen(label) <= 64, KMS_ERR_INVALID_ARGUMENT,
                "key label longer than 64 bytes");
     struct gen_arg a = {kind, flags, id, label, false};
+    return p11_create_retrying(tok, do_generate, undo_generate, &a, &a.transient,
+                               p11_key_kind_name(kind));
+}
+
+kms_err p11_create_retrying(struct p11_token *tok, p11_session_fn create,
+                            void (*undo)(struct p11_token *, CK_SESSION_HANDLE, void *),
+                            void *arg, bool *transient, const char *what)
+{
     kms_err rc = KMS_OK;
     /* A transient creation failure is retried, after removing whatever the
      * failed call left under the id; the retries run one at a time per
      * token (create_lock), so two retrying creations do not collide again.
      * The first attempt stays concurrent: most tokens never need this. */
     for (int attempt = 1;; attempt++) {
-        a.transient = false;
+        *transient = false;
         if (attempt == 1) {
-            rc = p11_with_session(tok, do_generate, &a);
+            rc = p11_with_session(tok, create, arg);
         } else {
             pthread_mutex_lock(&tok->create_lock);
-            rc = p11_with_session(tok, do_generate, &a);
+            rc = p11_with_session(tok, create, arg);
             pthread_mutex_unlock(&tok->create_lock);
         }
-        if (rc == KMS_OK || !a.transient || attempt >= P11_CREATE_ATTEMPTS)
+        if (rc == KMS_OK || !*transient || attempt >= P11_CREATE_ATTEMPTS)
             break;
         kms_log_warn("pkcs11", "token '%s': %s creation failed transiently (attempt %d of %d); "
-                     "retrying", tok->label, p11_key_kind_name(kind), attempt,
-                     P11_CREATE_ATTEMPTS);
+                     "retrying", tok->label, what, attempt, P11_CREATE_ATTEMPTS);
         CK_SESSION_HANDLE s;
         if (p11_session_take(tok, &s) == KMS_OK) {
-            undo_partial(tok, s, &a);
+            undo(tok, s, arg);
             p11_session_give(tok, s, false);
         }
         /* A short pause lets the colliding writer finish. */
@@ -194,6 +206,12 @@ static kms_err do_lock(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         p11_kind_object(la->kind, &cls, &type);
         KMS_GUARD(p11_key_handle(tok, s, la->id, cls, type, &h));
     }
+    return p11_key_lock_in(tok, s, h, "key");
+}
+
+kms_err p11_key_lock_in(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                        const char *what)
+{
     CK_ATTRIBUTE a = {CKA_EXTRACTABLE, &no, sizeof(no)};
     CK_RV rv = P11_RV(tok, C_SetAttributeValue, P11_NO_MECH, s, h, &a, 1);
     KMS_GUARD(p11_rv_err(rv, "C_SetAttributeValue(CKA_EXTRACTABLE)", tok->label));
@@ -201,7 +219,7 @@ static kms_err do_lock(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     a.pValue = &now;
     rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, &a, 1);
     KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_EXTRACTABLE)", tok->label));
-    KMS_ENSURE(now == CK_FALSE, KMS_ERR_HSM, "token '%s' did not lock the key", tok->label);
+    KMS_ENSURE(now == CK_FALSE, KMS_ERR_HSM, "token '%s' did not lock the %s", tok->label, what);
     return KMS_OK;
 }
 

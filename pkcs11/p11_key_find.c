@@ -98,6 +98,33 @@ kms_err p11_key_exists(struct p11_token *tok, const struct p11_key_id *id, bool 
     return KMS_OK;
 }
 
+void p11_key_read_flags(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
+                        struct p11_key_info *o)
+{
+    memset(o, 0, sizeof(*o));
+    struct {
+        CK_ATTRIBUTE_TYPE type;
+        bool *dst;
+    } flags[] = {
+        {CKA_TOKEN, &o->token},          {CKA_PRIVATE, &o->priv},
+        {CKA_SENSITIVE, &o->sensitive},  {CKA_EXTRACTABLE, &o->extractable},
+        {CKA_ALWAYS_SENSITIVE, &o->always_sensitive},
+        {CKA_NEVER_EXTRACTABLE, &o->never_extractable},
+        {CKA_MODIFIABLE, &o->modifiable}, {CKA_ENCRYPT, &o->encrypt},
+        {CKA_DECRYPT, &o->decrypt},      {CKA_WRAP, &o->wrap},
+        {CKA_UNWRAP, &o->unwrap},        {CKA_SIGN, &o->sign},
+        {CKA_VERIFY, &o->verify},        {CKA_DERIVE, &o->derive},
+    };
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+        CK_BBOOL v = CK_FALSE;
+        CK_ATTRIBUTE at = {flags[i].type, &v, sizeof(v)};
+        /* Attributes a class does not have (CKA_ENCRYPT on a private key)
+         * read as false. */
+        if (P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, &at, 1) == CKR_OK)
+            *flags[i].dst = v == CK_TRUE;
+    }
+}
+
 struct info_arg {
     const struct p11_key_id *id;
     struct p11_key_info *out;
@@ -122,28 +149,7 @@ static kms_err do_info(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     KMS_GUARD(rc);
 
     struct p11_key_info *o = a->out;
-    memset(o, 0, sizeof(*o));
-    struct {
-        CK_ATTRIBUTE_TYPE type;
-        bool *dst;
-    } flags[] = {
-        {CKA_TOKEN, &o->token},          {CKA_PRIVATE, &o->priv},
-        {CKA_SENSITIVE, &o->sensitive},  {CKA_EXTRACTABLE, &o->extractable},
-        {CKA_ALWAYS_SENSITIVE, &o->always_sensitive},
-        {CKA_NEVER_EXTRACTABLE, &o->never_extractable},
-        {CKA_MODIFIABLE, &o->modifiable}, {CKA_ENCRYPT, &o->encrypt},
-        {CKA_DECRYPT, &o->decrypt},      {CKA_WRAP, &o->wrap},
-        {CKA_UNWRAP, &o->unwrap},        {CKA_SIGN, &o->sign},
-        {CKA_VERIFY, &o->verify},        {CKA_DERIVE, &o->derive},
-    };
-    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
-        CK_BBOOL v = CK_FALSE;
-        CK_ATTRIBUTE at = {flags[i].type, &v, sizeof(v)};
-        /* Attributes a class does not have (CKA_ENCRYPT on a private key)
-         * read as false. */
-        if (P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, &at, 1) == CKR_OK)
-            *flags[i].dst = v == CK_TRUE;
-    }
+    p11_key_read_flags(tok, s, h, o);
     CK_KEY_TYPE kt = 0;
     CK_ULONG vl = 0;
     CK_ATTRIBUTE at = {CKA_KEY_TYPE, &kt, sizeof(kt)};

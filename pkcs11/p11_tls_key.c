@@ -13,6 +13,7 @@
 #include <p11-kit/uri.h>
 
 #include "kms_log.h"
+#include "p11_crypto.h"
 #include "p11_internal.h"
 #include "p11_rv.h"
 
@@ -298,35 +299,13 @@ static const uint8_t *digest_info_prefix(enum p11_tls_hash h)
     return NULL;
 }
 
-/* One INTEGER of an ECDSA-Sig-Value: minimal, positive. */
-static size_t der_int(uint8_t *out, const uint8_t *v, size_t n)
-{
-    while (n > 1 && v[0] == 0) {
-        v++;
-        n--;
-    }
-    size_t pad = (v[0] & 0x80) ? 1 : 0;
-    out[0] = 0x02;
-    out[1] = (uint8_t)(n + pad);
-    out[2] = 0;
-    memcpy(out + 2 + pad, v, n);
-    return 2 + pad + n;
-}
-
-/* PKCS#11 ECDSA gives r||s; X.509 and TLS want SEQUENCE { r, s }. For
- * P-256 the sequence is at most 72 bytes, so short-form lengths do. */
+/* PKCS#11 ECDSA gives r||s; X.509 and TLS want SEQUENCE { r, s }, at most
+ * 72 bytes for P-256 (p11_ecdsa_raw_to_der, shared with p11_asym). */
 static kms_err ecdsa_to_der(const uint8_t *rs, size_t rs_len, uint8_t *out, size_t *out_len)
 {
     KMS_ENSURE(rs_len == 64, KMS_ERR_HSM, "CKM_ECDSA returned %zu bytes, not 64", rs_len);
     KMS_ENSURE(*out_len >= 72, KMS_ERR_USAGE, "signature buffer too small");
-    uint8_t body[70];
-    size_t n = der_int(body, rs, 32);
-    n += der_int(body + n, rs + 32, 32);
-    out[0] = 0x30;
-    out[1] = (uint8_t)n;
-    memcpy(out + 2, body, n);
-    *out_len = n + 2;
-    return KMS_OK;
+    return p11_ecdsa_raw_to_der(rs, out, *out_len, out_len);
 }
 
 struct sign_arg {

@@ -16,6 +16,7 @@
 #include "kms_error.h"
 #include "kms_log.h"
 #include "kms_metrics.h"
+#include "p11_asym.h"
 #include "p11_crypto.h"
 #include "p11_internal.h"
 #include "testenv.h"
@@ -228,6 +229,39 @@ START_TEST(transient_creation_failure_is_retried)
 }
 END_TEST
 
+/* Signing pairs share p11_key_generate's retry (p11_create_retrying): a
+ * transient C_GenerateKeyPair failure is retried and the pair that results
+ * is complete and the only one under the id; a failure that is not
+ * transient is not retried. */
+START_TEST(transient_pair_creation_failure_is_retried)
+{
+    unsigned long gen0 = calls("C_GenerateKeyPair", "CKM_EC_KEY_PAIR_GEN");
+    faults("C_GenerateKeyPair CKR_GENERAL_ERROR count=1\n");
+    struct p11_key_id k2;
+    ck_assert_int_eq(p11_key_id_new(tok, &k2), KMS_OK);
+    kms_err rc = p11_asym_generate(tok, P11_ASYM_EC_P256, &k2, NULL, false);
+    ck_assert_msg(rc == KMS_OK, "%s", kms_err_detail());
+    ck_assert_uint_eq(calls("C_GenerateKeyPair", "CKM_EC_KEY_PAIR_GEN"), gen0 + 2);
+    uint8_t digest[32] = {1}, sig[P11_ASYM_SIG_MAX];
+    size_t sig_len = sizeof(sig);
+    bool valid = false;
+    ck_assert_int_eq(p11_asym_sign_digest(tok, &k2, P11_SIG_ECDSA_SHA256, digest, 32, sig,
+                                          &sig_len),
+                     KMS_OK);
+    ck_assert_int_eq(p11_asym_verify_digest(tok, &k2, P11_SIG_ECDSA_SHA256, digest, 32, sig,
+                                            sig_len, &valid),
+                     KMS_OK);
+    ck_assert(valid);
+    ck_assert_int_eq(p11_key_destroy(tok, &k2), KMS_OK);
+
+    faults("C_GenerateKeyPair 0xd1 count=1\n"); /* CKR_TEMPLATE_INCONSISTENT */
+    struct p11_key_id k3;
+    ck_assert_int_eq(p11_key_id_new(tok, &k3), KMS_OK);
+    ck_assert_int_ne(p11_asym_generate(tok, P11_ASYM_EC_P256, &k3, NULL, false), KMS_OK);
+    ck_assert_uint_eq(calls("C_GenerateKeyPair", "CKM_EC_KEY_PAIR_GEN"), gen0 + 3);
+}
+END_TEST
+
 START_TEST(pin_error_maps_to_pin_and_is_not_retried)
 {
     faults("C_Login CKR_PIN_LOCKED\n");
@@ -251,6 +285,7 @@ static Suite *suite(void)
     tcase_add_test(tc, removed_token_is_unavailable_then_back);
     tcase_add_test(tc, softhsm_general_error_on_decrypt_is_bad_ciphertext);
     tcase_add_test(tc, transient_creation_failure_is_retried);
+    tcase_add_test(tc, transient_pair_creation_failure_is_retried);
     suite_add_tcase(s, tc);
     TCase *tl = tcase_create("login");
     tcase_add_checked_fixture(tl, setup_no_token, teardown);
