@@ -18,25 +18,6 @@
 #include "p11_internal.h"
 #include "p11_rv.h"
 
-/* ---- random ---------------------------------------------------------------- */
-
-struct random_arg {
-    uint8_t *buf;
-    size_t len;
-};
-
-static kms_err do_random(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
-{
-    struct random_arg *a = varg;
-    return P11_CALL(tok, C_GenerateRandom, P11_NO_MECH, s, a->buf, a->len);
-}
-
-kms_err p11_random(struct p11_token *tok, uint8_t *buf, size_t len)
-{
-    struct random_arg a = {buf, len};
-    return p11_with_session(tok, do_random, &a);
-}
-
 /* ---- AES-GCM --------------------------------------------------------------- */
 
 struct gcm_arg {

@@ -15,14 +15,12 @@
 
 #include "kms_error.h"
 #include "p11_key.h"
+#include "p11_token.h" /* p11_random */
 
 #define P11_GCM_IV_LEN 12
 #define P11_GCM_TAG_LEN 16
 /* Upper bound on one GCM message; the service's own limits are lower. */
 #define P11_GCM_MAX_INPUT (1u << 24)
-
-/* Random bytes from the token's RNG. */
-kms_err p11_random(struct p11_token *tok, uint8_t *buf, size_t len);
 
 /* AES-256-GCM encrypt with a P11_KEY_AES_ENCRYPT key. iv must be 12 bytes;
  * callers that want the HSM to choose pass a buffer filled by p11_random.

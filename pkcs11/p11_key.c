@@ -11,7 +11,6 @@
 #include <time.h>
 
 #include "kms_log.h"
-#include "p11_crypto.h"
 #include "p11_internal.h"
 
 static CK_BBOOL no = CK_FALSE;

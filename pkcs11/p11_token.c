@@ -555,3 +555,22 @@ kms_err p11_token_warm_cache(struct p11_token *tok, size_t *out_count)
         *out_count = n;
     return rc;
 }
+
+/* ---- random ---------------------------------------------------------------- */
+
+struct random_arg {
+    uint8_t *buf;
+    size_t len;
+};
+
+static kms_err do_random(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    struct random_arg *a = varg;
+    return P11_CALL(tok, C_GenerateRandom, P11_NO_MECH, s, a->buf, a->len);
+}
+
+kms_err p11_random(struct p11_token *tok, uint8_t *buf, size_t len)
+{
+    struct random_arg a = {buf, len};
+    return p11_with_session(tok, do_random, &a);
+}

@@ -89,4 +89,7 @@ struct p11_pool_stats {
 };
 void p11_token_pool_stats(struct p11_token *tok, struct p11_pool_stats *out);
 
+/* Random bytes from the token's RNG. */
+kms_err p11_random(struct p11_token *tok, uint8_t *buf, size_t len);
+
 #endif

@@ -16,7 +16,16 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "kms_error.h"
-#include "kms_pjson.h"
+#include "kms_pbuf.h"
+
+/* JSON nesting accepted before jansson builds a tree: a message level is at
+ * most two JSON levels (an array of objects), plus the top object. */
+#define KMS_PJSON_MAX_DEPTH (2 * KMS_PBUF_MAX_DEPTH + 1)
+/* Structural tokens (strings, brackets, commas, colons) of one body: bounds
+ * the tree jansson allocates (a few hundred bytes per value at most) far
+ * below what a body of the size limit of "[{},{},...]" would build. The
+ * largest legitimate request (1024 fields of EncryptFields) needs ~20k. */
+#define KMS_PJSON_MAX_TOKENS 65536
 
 /* true if key[0..klen-1] names the field proto_name: its proto name
  * ("key_id") or protoc's json_name ("keyId"). */

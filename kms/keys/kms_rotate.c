@@ -17,7 +17,7 @@
 #include "kms_log.h"
 #include "kms_call.h"
 #include "kms_sign.h"
-#include "kms_usage.h"
+#include "kms_usage_count.h"
 #include "p11_key.h"
 #include "pol_doc.h"
 
