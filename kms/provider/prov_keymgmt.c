@@ -1,0 +1,361 @@
+/*
+ * prov_keymgmt.c - KEYMGMT for EC and RSA key references (prov.h).
+ *
+ * A key object is a reference to a Custos key version plus its public key,
+ * decoded from GetPublicKey's SPKI in the child library context (so by the
+ * default provider). Everything public is answered from that public key:
+ * parameters (group, n/e, bits, security bits, signature size, default
+ * digest), export, comparison. The private half stays in kmsd: export of
+ * private parts fails, import takes public parts only, and `has` reports a
+ * private half only for a reference (so OpenSSL treats it as a private key
+ * and sends signing here).
+ *
+ * Failing export when the private key is selected is also what routes
+ * signing to this provider: OpenSSL 3.0 first tries the application's
+ * preferred SIGNATURE implementation (the default provider's) and exports
+ * the key to it with every part selected; that export must fail for
+ * OpenSSL to fall back to this provider's signature (crypto/evp/m_sigver.c).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/core_object.h>
+#include <openssl/params.h>
+#include <openssl/x509.h>
+
+#include "prov.h"
+
+struct prov_key *prov_key_new(struct prov_ctx *ctx, enum prov_key_type type)
+{
+    struct prov_key *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return NULL;
+    k->magic = PROV_KEY_MAGIC;
+    k->refs = 1;
+    k->ctx = ctx;
+    k->type = type;
+    return k;
+}
+
+struct prov_key *prov_key_ref(struct prov_key *k)
+{
+    __atomic_add_fetch(&k->refs, 1, __ATOMIC_RELAXED);
+    return k;
+}
+
+void prov_key_free(struct prov_key *k)
+{
+    if (k == NULL || __atomic_sub_fetch(&k->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    EVP_PKEY_free(k->pub);
+    k->magic = 0;
+    free(k);
+}
+
+static const char *type_name(enum prov_key_type t)
+{
+    return t == PROV_KEY_EC ? "EC" : "RSA";
+}
+
+int prov_key_set_spki(struct prov_key *k, const unsigned char *spki, size_t len)
+{
+    const unsigned char *p = spki;
+    EVP_PKEY *pk = d2i_PUBKEY_ex(NULL, &p, (long)len, k->ctx->libctx, PROV_PEER_PROPQ);
+    if (pk == NULL || p != spki + len) {
+        EVP_PKEY_free(pk);
+        PROV_RAISE(k->ctx, PROV_R_BAD_REPLY,
+                   "kmsd's public key does not decode (is the default provider loaded?)");
+        return 0;
+    }
+    if (!EVP_PKEY_is_a(pk, type_name(k->type))) {
+        EVP_PKEY_free(pk);
+        PROV_RAISE(k->ctx, PROV_R_BAD_REPLY, "kmsd's public key is not an %s key",
+                   type_name(k->type));
+        return 0;
+    }
+    if (k->type == PROV_KEY_EC) {
+        char group[64];
+        if (!EVP_PKEY_get_utf8_string_param(pk, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
+                                            NULL) ||
+            strcmp(group, "prime256v1") != 0) {
+            EVP_PKEY_free(pk);
+            PROV_RAISE(k->ctx, PROV_R_UNSUPPORTED, "only P-256 EC keys are supported");
+            return 0;
+        }
+    }
+    EVP_PKEY_free(k->pub);
+    k->pub = pk;
+    return 1;
+}
+
+size_t prov_key_max_sig(const struct prov_key *k)
+{
+    int n = k->pub ? EVP_PKEY_get_size(k->pub) : 0;
+    return n > 0 ? (size_t)n : 0;
+}
+
+static struct prov_key *as_key(void *keydata)
+{
+    struct prov_key *k = keydata;
+    return k && k->magic == PROV_KEY_MAGIC ? k : NULL;
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+static void *ec_new(void *provctx)
+{
+    return prov_key_new(provctx, PROV_KEY_EC);
+}
+
+static void *rsa_new(void *provctx)
+{
+    return prov_key_new(provctx, PROV_KEY_RSA);
+}
+
+static void km_free(void *keydata)
+{
+    prov_key_free(as_key(keydata));
+}
+
+/* A reference made by our STORE loader (prov_store.c): the bytes are a
+ * pointer to a key object that the loader keeps alive during this call. */
+static void *load_common(const void *reference, size_t size, enum prov_key_type type)
+{
+    struct prov_key *k;
+    if (reference == NULL || size != sizeof(k))
+        return NULL;
+    memcpy(&k, reference, sizeof(k));
+    k = as_key(k);
+    if (k == NULL || k->type != type || !k->is_ref)
+        return NULL;
+    return prov_key_ref(k);
+}
+
+static void *ec_load(const void *reference, size_t size)
+{
+    return load_common(reference, size, PROV_KEY_EC);
+}
+
+static void *rsa_load(const void *reference, size_t size)
+{
+    return load_common(reference, size, PROV_KEY_RSA);
+}
+
+/* Objects are immutable once made: a duplicate is another reference. The
+ * private half of a reference is the reference itself, so dup keeps it. */
+static void *km_dup(const void *keydata, int selection)
+{
+    struct prov_key *k = as_key((void *)keydata);
+    (void)selection;
+    return k ? prov_key_ref(k) : NULL;
+}
+
+/* ---- queries ----------------------------------------------------------- */
+
+static int km_has(const void *keydata, int selection)
+{
+    const struct prov_key *k = as_key((void *)keydata);
+    if (k == NULL)
+        return 0;
+    if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) && !k->is_ref)
+        return 0;
+    if ((selection & (OSSL_KEYMGMT_SELECT_PUBLIC_KEY | OSSL_KEYMGMT_SELECT_PRIVATE_KEY |
+                      OSSL_KEYMGMT_SELECT_ALL_PARAMETERS)) &&
+        k->pub == NULL)
+        return 0;
+    return 1;
+}
+
+static int km_match(const void *a, const void *b, int selection)
+{
+    const struct prov_key *ka = as_key((void *)a), *kb = as_key((void *)b);
+    if (ka == NULL || kb == NULL || ka->type != kb->type || ka->pub == NULL || kb->pub == NULL)
+        return 0;
+    /* Two references name the same private half only when they name the
+     * same key version. */
+    if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) && ka->is_ref && kb->is_ref &&
+        (strcmp(ka->key_id, kb->key_id) != 0 || ka->version != kb->version))
+        return 0;
+    return EVP_PKEY_eq(ka->pub, kb->pub) == 1;
+}
+
+static const char *ec_query_operation_name(int operation_id)
+{
+    return operation_id == OSSL_OP_SIGNATURE ? "ECDSA" : NULL;
+}
+
+static const OSSL_PARAM ec_gettable[] = {
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_BITS, NULL),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_SECURITY_BITS, NULL),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_MAX_SIZE, NULL),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_DEFAULT_DIGEST, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, NULL, 0),
+    OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_PUB_KEY, NULL, 0),
+    OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, NULL, 0),
+    OSSL_PARAM_END,
+};
+
+static const OSSL_PARAM rsa_gettable[] = {
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_BITS, NULL),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_SECURITY_BITS, NULL),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_MAX_SIZE, NULL),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_DEFAULT_DIGEST, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_N, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, NULL, 0),
+    OSSL_PARAM_END,
+};
+
+static const OSSL_PARAM *ec_gettable_params(void *provctx)
+{
+    (void)provctx;
+    return ec_gettable;
+}
+
+static const OSSL_PARAM *rsa_gettable_params(void *provctx)
+{
+    (void)provctx;
+    return rsa_gettable;
+}
+
+/* Only public parameters are asked of the public key: a request naming a
+ * private parameter gets nothing for it. */
+static int is_private_param(const char *key)
+{
+    static const char *const priv[] = {
+        OSSL_PKEY_PARAM_PRIV_KEY,       OSSL_PKEY_PARAM_RSA_D,          OSSL_PKEY_PARAM_RSA_FACTOR1,
+        OSSL_PKEY_PARAM_RSA_FACTOR2,    OSSL_PKEY_PARAM_RSA_EXPONENT1,  OSSL_PKEY_PARAM_RSA_EXPONENT2,
+        OSSL_PKEY_PARAM_RSA_COEFFICIENT1,
+    };
+    for (size_t i = 0; i < sizeof(priv) / sizeof(priv[0]); i++)
+        if (strcmp(key, priv[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int km_get_params(void *keydata, OSSL_PARAM params[])
+{
+    struct prov_key *k = as_key(keydata);
+    if (k == NULL || k->pub == NULL)
+        return 0;
+    for (OSSL_PARAM *p = params; p->key != NULL; p++) {
+        if (is_private_param(p->key))
+            continue;
+        OSSL_PARAM one[2] = {*p, OSSL_PARAM_END};
+        /* The public key's own provider answers what it knows; a parameter
+         * it does not know stays unset, as with any keymgmt. */
+        if (!EVP_PKEY_get_params(k->pub, one))
+            return 0;
+        p->return_size = one[0].return_size;
+    }
+    return 1;
+}
+
+/* ---- import and export (public parts only) ---------------------------- */
+
+static const OSSL_PARAM ec_public_types[] = {
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, NULL, 0),
+    OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_PUB_KEY, NULL, 0),
+    OSSL_PARAM_END,
+};
+
+static const OSSL_PARAM rsa_public_types[] = {
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_N, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, NULL, 0),
+    OSSL_PARAM_END,
+};
+
+static const OSSL_PARAM *ec_io_types(int selection)
+{
+    return (selection & (OSSL_KEYMGMT_SELECT_PUBLIC_KEY | OSSL_KEYMGMT_SELECT_DOMAIN_PARAMETERS))
+               ? ec_public_types
+               : NULL;
+}
+
+static const OSSL_PARAM *rsa_io_types(int selection)
+{
+    return (selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY) ? rsa_public_types : NULL;
+}
+
+/* Import builds a public-only object: the public parameters are copied into
+ * a key of the child context's provider; private parameters are never read.
+ * OpenSSL imports a certificate's public key here to compare it with a
+ * reference (X509_check_private_key, SSL_CTX_use_PrivateKey). */
+static int km_import(void *keydata, int selection, const OSSL_PARAM params[])
+{
+    struct prov_key *k = as_key(keydata);
+    const OSSL_PARAM *types;
+    OSSL_PARAM sub[3];
+    size_t n = 0;
+    EVP_PKEY_CTX *pctx = NULL;
+    EVP_PKEY *pk = NULL;
+    int ok = 0;
+
+    if (k == NULL || k->is_ref || !(selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY))
+        return 0;
+    types = k->type == PROV_KEY_EC ? ec_public_types : rsa_public_types;
+    for (const OSSL_PARAM *t = types; t->key != NULL && n < 2; t++) {
+        const OSSL_PARAM *p = OSSL_PARAM_locate_const(params, t->key);
+        if (p == NULL)
+            return 0;
+        sub[n++] = *p;
+    }
+    sub[n] = OSSL_PARAM_construct_end();
+    pctx = EVP_PKEY_CTX_new_from_name(k->ctx->libctx, type_name(k->type), PROV_PEER_PROPQ);
+    if (pctx == NULL || EVP_PKEY_fromdata_init(pctx) <= 0 ||
+        EVP_PKEY_fromdata(pctx, &pk, EVP_PKEY_PUBLIC_KEY, sub) <= 0)
+        goto done;
+    EVP_PKEY_free(k->pub);
+    k->pub = pk;
+    pk = NULL;
+    ok = 1;
+done:
+    EVP_PKEY_free(pk);
+    EVP_PKEY_CTX_free(pctx);
+    return ok;
+}
+
+static int km_export(void *keydata, int selection, OSSL_CALLBACK *cb, void *cbarg)
+{
+    struct prov_key *k = as_key(keydata);
+    if (k == NULL || k->pub == NULL)
+        return 0;
+    /* Never: there is no private key here to give. Failing (rather than
+     * exporting the public half alone) keeps OpenSSL from mistaking the
+     * copy for a usable private key in another provider. */
+    if (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY)
+        return 0;
+    return EVP_PKEY_export(k->pub, selection, cb, cbarg);
+}
+
+#define KEYMGMT_COMMON                                                                   \
+    {OSSL_FUNC_KEYMGMT_FREE, (void (*)(void))km_free},                                    \
+        {OSSL_FUNC_KEYMGMT_DUP, (void (*)(void))km_dup},                                  \
+        {OSSL_FUNC_KEYMGMT_HAS, (void (*)(void))km_has},                                  \
+        {OSSL_FUNC_KEYMGMT_MATCH, (void (*)(void))km_match},                              \
+        {OSSL_FUNC_KEYMGMT_GET_PARAMS, (void (*)(void))km_get_params},                    \
+        {OSSL_FUNC_KEYMGMT_IMPORT, (void (*)(void))km_import},                            \
+        {OSSL_FUNC_KEYMGMT_EXPORT, (void (*)(void))km_export}
+
+const OSSL_DISPATCH prov_ec_keymgmt_functions[] = {
+    {OSSL_FUNC_KEYMGMT_NEW, (void (*)(void))ec_new},
+    {OSSL_FUNC_KEYMGMT_LOAD, (void (*)(void))ec_load},
+    {OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, (void (*)(void))ec_gettable_params},
+    {OSSL_FUNC_KEYMGMT_IMPORT_TYPES, (void (*)(void))ec_io_types},
+    {OSSL_FUNC_KEYMGMT_EXPORT_TYPES, (void (*)(void))ec_io_types},
+    {OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, (void (*)(void))ec_query_operation_name},
+    KEYMGMT_COMMON,
+    {0, NULL},
+};
+
+const OSSL_DISPATCH prov_rsa_keymgmt_functions[] = {
+    {OSSL_FUNC_KEYMGMT_NEW, (void (*)(void))rsa_new},
+    {OSSL_FUNC_KEYMGMT_LOAD, (void (*)(void))rsa_load},
+    {OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, (void (*)(void))rsa_gettable_params},
+    {OSSL_FUNC_KEYMGMT_IMPORT_TYPES, (void (*)(void))rsa_io_types},
+    {OSSL_FUNC_KEYMGMT_EXPORT_TYPES, (void (*)(void))rsa_io_types},
+    KEYMGMT_COMMON,
+    {0, NULL},
+};
