@@ -73,9 +73,14 @@ enum prov_key_type { PROV_KEY_EC = 1, PROV_KEY_RSA = 2 };
 #define PROV_ALG_RSA_PKCS1_SHA256 (1u << 3)
 
 /* A key object: either a reference to a Custos key version (from the STORE
- * loader, `has` a private half that stays in kmsd) or a bare public key
- * imported by OpenSSL for comparison (X509_check_private_key). Reference
- * counted: the STORE loader hands one reference to keymgmt's load. */
+ * loader, `has` a private half that stays in kmsd), or a *plain* key: one
+ * that OpenSSL imported or generated here because this provider's "EC" or
+ * "RSA" key manager was the one it fetched (a certificate's public key, an
+ * ephemeral ECDHE key, the application's own key file). A plain key is the
+ * application's, not Custos's: it is held as a key of the child context
+ * (`pub`, then with its private half) and every operation on it is passed
+ * through unchanged. Reference counted: the STORE loader hands one reference
+ * to keymgmt's load. */
 struct prov_key {
     uint32_t magic;
     int refs; /* atomic */
@@ -85,7 +90,9 @@ struct prov_key {
     char key_id[33];  /* lower-case hex, when is_ref */
     uint32_t version; /* the version kmsd resolved, when is_ref */
     uint32_t algs;    /* PROV_ALG_* the key signs with */
-    EVP_PKEY *pub;    /* public half, decoded in ctx->libctx (never ours) */
+    EVP_PKEY *pub;    /* public half, decoded in ctx->libctx (never ours);
+                       * for a plain key, the whole key */
+    int has_private;  /* plain key with a private half */
 };
 
 #define PROV_KEY_MAGIC 0x43535459u /* "CSTY" */

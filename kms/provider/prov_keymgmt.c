@@ -142,13 +142,26 @@ static void *rsa_load(const void *reference, size_t size)
     return load_common(reference, size, PROV_KEY_RSA);
 }
 
-/* Objects are immutable once made: a duplicate is another reference. The
- * private half of a reference is the reference itself, so dup keeps it. */
+/* A reference is immutable once made: a duplicate is another reference
+ * (the private half of a reference is the reference itself). A plain key
+ * may be changed by set_params (an ECDHE peer's public point), so it is
+ * copied. */
 static void *km_dup(const void *keydata, int selection)
 {
-    struct prov_key *k = as_key((void *)keydata);
+    struct prov_key *k = as_key((void *)keydata), *d;
     (void)selection;
-    return k ? prov_key_ref(k) : NULL;
+    if (k == NULL)
+        return NULL;
+    if (k->is_ref || k->pub == NULL)
+        return prov_key_ref(k);
+    if ((d = prov_key_new(k->ctx, k->type)) == NULL)
+        return NULL;
+    if ((d->pub = EVP_PKEY_dup(k->pub)) == NULL) {
+        prov_key_free(d);
+        return NULL;
+    }
+    d->has_private = k->has_private;
+    return d;
 }
 
 /* ---- queries ----------------------------------------------------------- */
@@ -158,7 +171,7 @@ static int km_has(const void *keydata, int selection)
     const struct prov_key *k = as_key((void *)keydata);
     if (k == NULL)
         return 0;
-    if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) && !k->is_ref)
+    if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) && !k->is_ref && !k->has_private)
         return 0;
     if ((selection & (OSSL_KEYMGMT_SELECT_PUBLIC_KEY | OSSL_KEYMGMT_SELECT_PRIVATE_KEY |
                       OSSL_KEYMGMT_SELECT_ALL_PARAMETERS)) &&
@@ -182,7 +195,10 @@ static int km_match(const void *a, const void *b, int selection)
 
 static const char *ec_query_operation_name(int operation_id)
 {
-    return operation_id == OSSL_OP_SIGNATURE ? "ECDSA" : NULL;
+    /* Key exchange is the child context's (plain keys only: ECDHE). */
+    return operation_id == OSSL_OP_SIGNATURE ? "ECDSA"
+           : operation_id == OSSL_OP_KEYEXCH ? "ECDH"
+                                             : NULL;
 }
 
 static const OSSL_PARAM ec_gettable[] = {
@@ -220,95 +236,227 @@ static const OSSL_PARAM *rsa_gettable_params(void *provctx)
     return rsa_gettable;
 }
 
-/* Only public parameters are asked of the public key: a request naming a
- * private parameter gets nothing for it. */
-static int is_private_param(const char *key)
-{
-    static const char *const priv[] = {
-        OSSL_PKEY_PARAM_PRIV_KEY,       OSSL_PKEY_PARAM_RSA_D,          OSSL_PKEY_PARAM_RSA_FACTOR1,
-        OSSL_PKEY_PARAM_RSA_FACTOR2,    OSSL_PKEY_PARAM_RSA_EXPONENT1,  OSSL_PKEY_PARAM_RSA_EXPONENT2,
-        OSSL_PKEY_PARAM_RSA_COEFFICIENT1,
-    };
-    for (size_t i = 0; i < sizeof(priv) / sizeof(priv[0]); i++)
-        if (strcmp(key, priv[i]) == 0)
-            return 1;
-    return 0;
-}
-
 static int km_get_params(void *keydata, OSSL_PARAM params[])
 {
     struct prov_key *k = as_key(keydata);
     if (k == NULL || k->pub == NULL)
         return 0;
-    for (OSSL_PARAM *p = params; p->key != NULL; p++) {
-        if (is_private_param(p->key))
-            continue;
-        OSSL_PARAM one[2] = {*p, OSSL_PARAM_END};
-        /* The public key's own provider answers what it knows; a parameter
-         * it does not know stays unset, as with any keymgmt. */
-        if (!EVP_PKEY_get_params(k->pub, one))
-            return 0;
-        p->return_size = one[0].return_size;
+    /* The child context's provider answers what it knows (a reference's
+     * `pub` holds no private parameter to give); a parameter it does not
+     * know stays unset, as with any keymgmt. */
+    return EVP_PKEY_get_params(k->pub, params);
+}
+
+static const OSSL_PARAM settable[] = {
+    OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, NULL, 0),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_EC_INCLUDE_PUBLIC, NULL),
+    OSSL_PARAM_END,
+};
+
+static const OSSL_PARAM *km_settable_params(void *provctx)
+{
+    (void)provctx;
+    return settable;
+}
+
+/* Plain keys only: a reference's public key is kmsd's and stays as it is. */
+static int km_set_params(void *keydata, const OSSL_PARAM params[])
+{
+    struct prov_key *k = as_key(keydata);
+    if (k == NULL || k->is_ref)
+        return 0;
+    if (k->pub == NULL) {
+        /* A new key given its public point (libssl's ECDHE peer key is made
+         * by copying parameters first, which needs a key). */
+        return 0;
     }
-    return 1;
+    return EVP_PKEY_set_params(k->pub, (OSSL_PARAM *)params);
 }
 
 /* ---- import and export (public parts only) ---------------------------- */
 
-static const OSSL_PARAM ec_public_types[] = {
+/* What import and export carry: a reference exports its public parts; a
+ * plain key carries whatever the child context's key manager does. */
+static const OSSL_PARAM ec_io[] = {
     OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, NULL, 0),
     OSSL_PARAM_octet_string(OSSL_PKEY_PARAM_PUB_KEY, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_PRIV_KEY, NULL, 0),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_USE_COFACTOR_ECDH, NULL),
+    OSSL_PARAM_int(OSSL_PKEY_PARAM_EC_INCLUDE_PUBLIC, NULL),
     OSSL_PARAM_END,
 };
 
-static const OSSL_PARAM rsa_public_types[] = {
+static const OSSL_PARAM rsa_io[] = {
     OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_N, NULL, 0),
     OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_D, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_FACTOR1, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_FACTOR2, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_EXPONENT1, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_EXPONENT2, NULL, 0),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_COEFFICIENT1, NULL, 0),
     OSSL_PARAM_END,
 };
 
 static const OSSL_PARAM *ec_io_types(int selection)
 {
-    return (selection & (OSSL_KEYMGMT_SELECT_PUBLIC_KEY | OSSL_KEYMGMT_SELECT_DOMAIN_PARAMETERS))
-               ? ec_public_types
-               : NULL;
+    (void)selection;
+    return ec_io;
 }
 
 static const OSSL_PARAM *rsa_io_types(int selection)
 {
-    return (selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY) ? rsa_public_types : NULL;
+    (void)selection;
+    return rsa_io;
 }
 
-/* Import builds a public-only object: the public parameters are copied into
- * a key of the child context's provider; private parameters are never read.
- * OpenSSL imports a certificate's public key here to compare it with a
- * reference (X509_check_private_key, SSL_CTX_use_PrivateKey). */
+/* ---- generation (plain keys: ephemeral ECDHE keys, genpkey) ------------ */
+
+/* Custos keys are made with kmsctl or CreateKey, never here; generation is
+ * passed to the child context so that an application that fetched this key
+ * manager for an unrelated key (libssl's ECDHE key share) still works. */
+struct prov_gen {
+    struct prov_ctx *ctx;
+    enum prov_key_type type;
+    int selection;
+    EVP_PKEY_CTX *pctx;
+};
+
+static void gen_cleanup(void *vg)
+{
+    struct prov_gen *g = vg;
+    if (g == NULL)
+        return;
+    EVP_PKEY_CTX_free(g->pctx);
+    free(g);
+}
+
+static void *gen_init(void *provctx, int selection, const OSSL_PARAM params[],
+                      enum prov_key_type type)
+{
+    struct prov_ctx *ctx = provctx;
+    struct prov_gen *g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    g->ctx = ctx;
+    g->type = type;
+    g->selection = selection;
+    g->pctx = EVP_PKEY_CTX_new_from_name(ctx->libctx, type_name(type), PROV_PEER_PROPQ);
+    int ok = g->pctx != NULL &&
+             ((selection & OSSL_KEYMGMT_SELECT_KEYPAIR) ? EVP_PKEY_keygen_init(g->pctx)
+                                                         : EVP_PKEY_paramgen_init(g->pctx)) > 0 &&
+             (params == NULL || EVP_PKEY_CTX_set_params(g->pctx, params) > 0);
+    if (!ok) {
+        gen_cleanup(g);
+        return NULL;
+    }
+    return g;
+}
+
+static void *ec_gen_init(void *provctx, int selection, const OSSL_PARAM params[])
+{
+    return gen_init(provctx, selection, params, PROV_KEY_EC);
+}
+
+static void *rsa_gen_init(void *provctx, int selection, const OSSL_PARAM params[])
+{
+    return gen_init(provctx, selection, params, PROV_KEY_RSA);
+}
+
+static int gen_set_params(void *vg, const OSSL_PARAM params[])
+{
+    struct prov_gen *g = vg;
+    return EVP_PKEY_CTX_set_params(g->pctx, params) > 0;
+}
+
+static const OSSL_PARAM ec_gen_settable[] = {
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_ENCODING, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, NULL, 0),
+    OSSL_PARAM_END,
+};
+
+static const OSSL_PARAM rsa_gen_settable[] = {
+    OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_BITS, NULL),
+    OSSL_PARAM_size_t(OSSL_PKEY_PARAM_RSA_PRIMES, NULL),
+    OSSL_PARAM_BN(OSSL_PKEY_PARAM_RSA_E, NULL, 0),
+    OSSL_PARAM_END,
+};
+
+static const OSSL_PARAM *ec_gen_settable_params(void *vg, void *provctx)
+{
+    (void)vg;
+    (void)provctx;
+    return ec_gen_settable;
+}
+
+static const OSSL_PARAM *rsa_gen_settable_params(void *vg, void *provctx)
+{
+    (void)vg;
+    (void)provctx;
+    return rsa_gen_settable;
+}
+
+/* An EC group given as a template key (libssl: EVP_PKEY_keygen from the
+ * group's parameters). */
+static int gen_set_template(void *vg, void *templ)
+{
+    struct prov_gen *g = vg;
+    struct prov_key *t = as_key(templ);
+    char group[64];
+    if (t == NULL || t->pub == NULL || g->type != PROV_KEY_EC)
+        return 0;
+    if (!EVP_PKEY_get_utf8_string_param(t->pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
+                                        NULL))
+        return 0;
+    OSSL_PARAM p[2] = {OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0),
+                       OSSL_PARAM_END};
+    return EVP_PKEY_CTX_set_params(g->pctx, p) > 0;
+}
+
+static void *gen(void *vg, OSSL_CALLBACK *cb, void *cbarg)
+{
+    struct prov_gen *g = vg;
+    struct prov_key *k;
+    EVP_PKEY *pk = NULL;
+    (void)cb;
+    (void)cbarg;
+    if (EVP_PKEY_generate(g->pctx, &pk) <= 0)
+        return NULL;
+    if ((k = prov_key_new(g->ctx, g->type)) == NULL) {
+        EVP_PKEY_free(pk);
+        return NULL;
+    }
+    k->pub = pk;
+    k->has_private = (g->selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) != 0;
+    return k;
+}
+
+/* Import makes a plain key (never a reference) in the child context from
+ * the parameters as given: a certificate's public key that OpenSSL compares
+ * with a reference (X509_check_private_key, SSL_CTX_use_PrivateKey), or any
+ * key the application hands this key manager. A reference cannot be
+ * imported into: its material is in kmsd. */
 static int km_import(void *keydata, int selection, const OSSL_PARAM params[])
 {
     struct prov_key *k = as_key(keydata);
-    const OSSL_PARAM *types;
-    OSSL_PARAM sub[3];
-    size_t n = 0;
     EVP_PKEY_CTX *pctx = NULL;
     EVP_PKEY *pk = NULL;
     int ok = 0;
 
-    if (k == NULL || k->is_ref || !(selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY))
+    if (k == NULL || k->is_ref)
         return 0;
-    types = k->type == PROV_KEY_EC ? ec_public_types : rsa_public_types;
-    for (const OSSL_PARAM *t = types; t->key != NULL && n < 2; t++) {
-        const OSSL_PARAM *p = OSSL_PARAM_locate_const(params, t->key);
-        if (p == NULL)
-            return 0;
-        sub[n++] = *p;
-    }
-    sub[n] = OSSL_PARAM_construct_end();
     pctx = EVP_PKEY_CTX_new_from_name(k->ctx->libctx, type_name(k->type), PROV_PEER_PROPQ);
     if (pctx == NULL || EVP_PKEY_fromdata_init(pctx) <= 0 ||
-        EVP_PKEY_fromdata(pctx, &pk, EVP_PKEY_PUBLIC_KEY, sub) <= 0)
+        EVP_PKEY_fromdata(pctx, &pk, selection, (OSSL_PARAM *)params) <= 0)
         goto done;
     EVP_PKEY_free(k->pub);
     k->pub = pk;
+    k->has_private = (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) != 0;
     pk = NULL;
     ok = 1;
 done:
@@ -322,10 +470,10 @@ static int km_export(void *keydata, int selection, OSSL_CALLBACK *cb, void *cbar
     struct prov_key *k = as_key(keydata);
     if (k == NULL || k->pub == NULL)
         return 0;
-    /* Never: there is no private key here to give. Failing (rather than
-     * exporting the public half alone) keeps OpenSSL from mistaking the
-     * copy for a usable private key in another provider. */
-    if (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY)
+    /* Never for a reference: there is no private key here to give. Failing
+     * (rather than exporting the public half alone) keeps OpenSSL from
+     * mistaking the copy for a usable private key in another provider. */
+    if (k->is_ref && (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY))
         return 0;
     return EVP_PKEY_export(k->pub, selection, cb, cbarg);
 }
@@ -337,11 +485,19 @@ static int km_export(void *keydata, int selection, OSSL_CALLBACK *cb, void *cbar
         {OSSL_FUNC_KEYMGMT_MATCH, (void (*)(void))km_match},                              \
         {OSSL_FUNC_KEYMGMT_GET_PARAMS, (void (*)(void))km_get_params},                    \
         {OSSL_FUNC_KEYMGMT_IMPORT, (void (*)(void))km_import},                            \
-        {OSSL_FUNC_KEYMGMT_EXPORT, (void (*)(void))km_export}
+        {OSSL_FUNC_KEYMGMT_EXPORT, (void (*)(void))km_export},                            \
+        {OSSL_FUNC_KEYMGMT_SET_PARAMS, (void (*)(void))km_set_params},                    \
+        {OSSL_FUNC_KEYMGMT_SETTABLE_PARAMS, (void (*)(void))km_settable_params},          \
+        {OSSL_FUNC_KEYMGMT_GEN_SET_PARAMS, (void (*)(void))gen_set_params},               \
+        {OSSL_FUNC_KEYMGMT_GEN_SET_TEMPLATE, (void (*)(void))gen_set_template},           \
+        {OSSL_FUNC_KEYMGMT_GEN, (void (*)(void))gen},                                     \
+        {OSSL_FUNC_KEYMGMT_GEN_CLEANUP, (void (*)(void))gen_cleanup}
 
 const OSSL_DISPATCH prov_ec_keymgmt_functions[] = {
     {OSSL_FUNC_KEYMGMT_NEW, (void (*)(void))ec_new},
     {OSSL_FUNC_KEYMGMT_LOAD, (void (*)(void))ec_load},
+    {OSSL_FUNC_KEYMGMT_GEN_INIT, (void (*)(void))ec_gen_init},
+    {OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, (void (*)(void))ec_gen_settable_params},
     {OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, (void (*)(void))ec_gettable_params},
     {OSSL_FUNC_KEYMGMT_IMPORT_TYPES, (void (*)(void))ec_io_types},
     {OSSL_FUNC_KEYMGMT_EXPORT_TYPES, (void (*)(void))ec_io_types},
@@ -353,6 +509,8 @@ const OSSL_DISPATCH prov_ec_keymgmt_functions[] = {
 const OSSL_DISPATCH prov_rsa_keymgmt_functions[] = {
     {OSSL_FUNC_KEYMGMT_NEW, (void (*)(void))rsa_new},
     {OSSL_FUNC_KEYMGMT_LOAD, (void (*)(void))rsa_load},
+    {OSSL_FUNC_KEYMGMT_GEN_INIT, (void (*)(void))rsa_gen_init},
+    {OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, (void (*)(void))rsa_gen_settable_params},
     {OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, (void (*)(void))rsa_gettable_params},
     {OSSL_FUNC_KEYMGMT_IMPORT_TYPES, (void (*)(void))rsa_io_types},
     {OSSL_FUNC_KEYMGMT_EXPORT_TYPES, (void (*)(void))rsa_io_types},

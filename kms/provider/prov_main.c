@@ -102,6 +102,45 @@ static const OSSL_ALGORITHM *query(void *provctx, int operation_id, int *no_cach
     }
 }
 
+/* TLS groups. libssl uses a group only when the "EC" key manager it fetches
+ * comes from the provider that declared the group; with this provider
+ * loaded that fetch may return ours (it passes generation and key exchange
+ * through to the child context, prov_keymgmt.c), so the NIST curves are
+ * declared here too, exactly as the default provider declares them, or
+ * loading custos would switch off ECDHE on P-256/384/521. */
+#define TLS_GROUP(name, internal, id, bits)                                                    \
+    {OSSL_PARAM_utf8_string(OSSL_CAPABILITY_TLS_GROUP_NAME, (void *)(name), sizeof(name)),   \
+     OSSL_PARAM_utf8_string(OSSL_CAPABILITY_TLS_GROUP_NAME_INTERNAL, (void *)(internal),      \
+                            sizeof(internal)),                                               \
+     OSSL_PARAM_utf8_string(OSSL_CAPABILITY_TLS_GROUP_ALG, (void *)"EC", sizeof("EC")),       \
+     OSSL_PARAM_uint(OSSL_CAPABILITY_TLS_GROUP_ID, (unsigned int *)&group_ids[id]),           \
+     OSSL_PARAM_uint(OSSL_CAPABILITY_TLS_GROUP_SECURITY_BITS, (unsigned int *)&group_bits[bits]), \
+     OSSL_PARAM_int(OSSL_CAPABILITY_TLS_GROUP_MIN_TLS, (int *)&tls_min),                     \
+     OSSL_PARAM_int(OSSL_CAPABILITY_TLS_GROUP_MAX_TLS, (int *)&tls_max),                     \
+     OSSL_PARAM_int(OSSL_CAPABILITY_TLS_GROUP_MIN_DTLS, (int *)&dtls_min),                   \
+     OSSL_PARAM_int(OSSL_CAPABILITY_TLS_GROUP_MAX_DTLS, (int *)&dtls_max),                   \
+     OSSL_PARAM_END}
+
+static const unsigned int group_ids[] = {23, 24, 25};
+static const unsigned int group_bits[] = {128, 192, 256};
+static const int tls_min = 0x0301, tls_max = 0, dtls_min = 0xFEFF, dtls_max = 0;
+static const OSSL_PARAM tls_groups[][10] = {
+    TLS_GROUP("secp256r1", "prime256v1", 0, 0), TLS_GROUP("P-256", "prime256v1", 0, 0),
+    TLS_GROUP("secp384r1", "secp384r1", 1, 1),  TLS_GROUP("P-384", "secp384r1", 1, 1),
+    TLS_GROUP("secp521r1", "secp521r1", 2, 2),  TLS_GROUP("P-521", "secp521r1", 2, 2),
+};
+
+static int get_capabilities(void *provctx, const char *capability, OSSL_CALLBACK *cb, void *arg)
+{
+    (void)provctx;
+    if (strcmp(capability, "TLS-GROUP") != 0)
+        return 0;
+    for (size_t i = 0; i < sizeof(tls_groups) / sizeof(tls_groups[0]); i++)
+        if (!cb(tls_groups[i], arg))
+            return 0;
+    return 1;
+}
+
 static const OSSL_ITEM *get_reason_strings(void *provctx)
 {
     (void)provctx;
@@ -157,6 +196,7 @@ static const OSSL_DISPATCH provider_functions[] = {
     {OSSL_FUNC_PROVIDER_GET_PARAMS, (void (*)(void))get_params},
     {OSSL_FUNC_PROVIDER_QUERY_OPERATION, (void (*)(void))query},
     {OSSL_FUNC_PROVIDER_GET_REASON_STRINGS, (void (*)(void))get_reason_strings},
+    {OSSL_FUNC_PROVIDER_GET_CAPABILITIES, (void (*)(void))get_capabilities},
     {0, NULL},
 };
 

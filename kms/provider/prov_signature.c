@@ -6,8 +6,11 @@
  * returns its signature (ECDSA as DER). The digest-sign entry points hash
  * locally with the SHA-256 of the child library context (the default
  * provider), so only 32 bytes travel, whatever the message size.
- * Verification is local, with the public key, in the child context: it
- * needs no round trip and no grant.
+ * Everything else is passed through to the child context (the default
+ * provider) unchanged: verification (with the public key: no round trip,
+ * no grant), and signing with a *plain* key, one the application's own key
+ * file put in this provider's key manager (prov.h). The restrictions below
+ * apply to signing with a Custos key only.
  *
  * Custos signs with SHA-256 only, and PSS only with MGF1-SHA-256 and a salt
  * as long as the digest (what TLS 1.3 uses); any other choice is refused
@@ -38,7 +41,30 @@ struct prov_sig {
     EVP_MD *md;    /* digest-sign: SHA-256 of the child context */
     EVP_MD_CTX *mdctx;
     int is_ec;
+    /* Pass-through (verification, plain keys): the child context's
+     * operation, one of the two. */
+    EVP_PKEY_CTX *inner;
+    EVP_MD_CTX *inner_md;
 };
+
+/* Signing with a Custos key is ours; everything else is passed through. */
+static int custos_sign(const struct prov_sig *s)
+{
+    return s->op == 1 && s->key != NULL && s->key->is_ref;
+}
+
+static EVP_PKEY_CTX *inner_pctx(const struct prov_sig *s)
+{
+    return s->inner ? s->inner : s->inner_md ? EVP_MD_CTX_get_pkey_ctx(s->inner_md) : NULL;
+}
+
+static void inner_reset(struct prov_sig *s)
+{
+    EVP_PKEY_CTX_free(s->inner);
+    EVP_MD_CTX_free(s->inner_md);
+    s->inner = NULL;
+    s->inner_md = NULL;
+}
 
 static void *sig_newctx(struct prov_ctx *ctx, int is_ec)
 {
@@ -72,6 +98,7 @@ static void sig_freectx(void *vs)
     prov_key_free(s->key);
     EVP_MD_CTX_free(s->mdctx);
     EVP_MD_free(s->md);
+    inner_reset(s);
     free(s);
 }
 
@@ -84,6 +111,14 @@ static void *sig_dupctx(void *vs)
     d->key = NULL;
     d->md = NULL;
     d->mdctx = NULL;
+    d->inner = NULL;
+    d->inner_md = NULL;
+    if ((s->inner && (d->inner = EVP_PKEY_CTX_dup(s->inner)) == NULL) ||
+        (s->inner_md && ((d->inner_md = EVP_MD_CTX_new()) == NULL ||
+                         !EVP_MD_CTX_copy_ex(d->inner_md, s->inner_md)))) {
+        sig_freectx(d);
+        return NULL;
+    }
     if (s->key)
         d->key = prov_key_ref(s->key);
     if (s->md && EVP_MD_up_ref(s->md))
@@ -116,12 +151,13 @@ static int sig_init(void *vs, void *provkey, const OSSL_PARAM params[], int op)
 {
     struct prov_sig *s = vs;
     struct prov_key *k = provkey;
+    (void)params;
     if (k == NULL || k->magic != PROV_KEY_MAGIC ||
         (k->type == PROV_KEY_EC) != (s->is_ec != 0) || k->pub == NULL) {
         PROV_RAISE(s->ctx, PROV_R_INTERNAL, "not a custos key object of this type");
         return 0;
     }
-    if (op == OP_SIGN && !k->is_ref) {
+    if (op == OP_SIGN && !k->is_ref && !k->has_private) {
         PROV_RAISE(s->ctx, PROV_R_NO_KEY_REFERENCE,
                    "this key is a public key only: open a custos:key=... URI to sign");
         return 0;
@@ -129,17 +165,32 @@ static int sig_init(void *vs, void *provkey, const OSSL_PARAM params[], int op)
     prov_key_free(s->key);
     s->key = prov_key_ref(k);
     s->op = op;
-    return sig_set_ctx_params(s, params);
+    inner_reset(s);
+    return 1;
+}
+
+static int sig_init_plain(void *vs, void *provkey, const OSSL_PARAM params[], int op)
+{
+    struct prov_sig *s = vs;
+    if (!sig_init(vs, provkey, params, op))
+        return 0;
+    if (custos_sign(s))
+        return sig_set_ctx_params(s, params);
+    s->inner = EVP_PKEY_CTX_new_from_pkey(s->ctx->libctx, s->key->pub, PROV_PEER_PROPQ);
+    if (s->inner == NULL)
+        return 0;
+    return (op == OP_SIGN ? EVP_PKEY_sign_init_ex(s->inner, params)
+                          : EVP_PKEY_verify_init_ex(s->inner, params)) > 0;
 }
 
 static int sign_init(void *vs, void *provkey, const OSSL_PARAM params[])
 {
-    return sig_init(vs, provkey, params, OP_SIGN);
+    return sig_init_plain(vs, provkey, params, OP_SIGN);
 }
 
 static int verify_init(void *vs, void *provkey, const OSSL_PARAM params[])
 {
-    return sig_init(vs, provkey, params, OP_VERIFY);
+    return sig_init_plain(vs, provkey, params, OP_VERIFY);
 }
 
 static uint32_t wanted_alg(const struct prov_sig *s)
@@ -205,45 +256,21 @@ static int sign_digest(struct prov_sig *s, unsigned char *sig, size_t *siglen, s
     return ok;
 }
 
-/* Verify with the public key in the child context (the default provider). */
-static int verify_digest(struct prov_sig *s, const unsigned char *sig, size_t siglen,
-                         const unsigned char *dgst, size_t dlen)
-{
-    EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_pkey(s->ctx->libctx, s->key->pub, PROV_PEER_PROPQ);
-    EVP_MD *md = NULL;
-    int ok = 0;
-    if (pctx == NULL || EVP_PKEY_verify_init(pctx) <= 0)
-        goto done;
-    if (s->md_set || !s->is_ec) {
-        md = EVP_MD_fetch(s->ctx->libctx, "SHA2-256", PROV_PEER_PROPQ);
-        if (md == NULL || EVP_PKEY_CTX_set_signature_md(pctx, md) <= 0)
-            goto done;
-    }
-    if (!s->is_ec) {
-        if (EVP_PKEY_CTX_set_rsa_padding(pctx, s->pad) <= 0)
-            goto done;
-        if (s->pad == RSA_PKCS1_PSS_PADDING &&
-            (EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, SHA256_LEN) <= 0 ||
-             EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) <= 0))
-            goto done;
-    }
-    ok = EVP_PKEY_verify(pctx, sig, siglen, dgst, dlen) == 1;
-done:
-    EVP_MD_free(md);
-    EVP_PKEY_CTX_free(pctx);
-    return ok;
-}
-
 static int sign(void *vs, unsigned char *sig, size_t *siglen, size_t sigsize,
                 const unsigned char *tbs, size_t tbslen)
 {
-    return sign_digest(vs, sig, siglen, sigsize, tbs, tbslen);
+    struct prov_sig *s = vs;
+    if (custos_sign(s))
+        return sign_digest(s, sig, siglen, sigsize, tbs, tbslen);
+    *siglen = sigsize;
+    return s->inner != NULL && EVP_PKEY_sign(s->inner, sig, siglen, tbs, tbslen) > 0;
 }
 
 static int verify(void *vs, const unsigned char *sig, size_t siglen, const unsigned char *tbs,
                   size_t tbslen)
 {
-    return verify_digest(vs, sig, siglen, tbs, tbslen);
+    struct prov_sig *s = vs;
+    return s->inner != NULL && EVP_PKEY_verify(s->inner, sig, siglen, tbs, tbslen) > 0;
 }
 
 /* ---- digest sign / verify ---------------------------------------------- */
@@ -254,6 +281,15 @@ static int dsig_init(void *vs, const char *mdname, void *provkey, const OSSL_PAR
     struct prov_sig *s = vs;
     if (!sig_init(vs, provkey, NULL, op))
         return 0;
+    if (!custos_sign(s)) {
+        if ((s->inner_md = EVP_MD_CTX_new()) == NULL)
+            return 0;
+        return (op == OP_SIGN
+                    ? EVP_DigestSignInit_ex(s->inner_md, NULL, mdname, s->ctx->libctx,
+                                            PROV_PEER_PROPQ, s->key->pub, params)
+                    : EVP_DigestVerifyInit_ex(s->inner_md, NULL, mdname, s->ctx->libctx,
+                                              PROV_PEER_PROPQ, s->key->pub, params)) > 0;
+    }
     if (!set_digest(s, mdname && *mdname ? mdname : "SHA2-256"))
         return 0;
     EVP_MD_free(s->md);
@@ -285,6 +321,9 @@ static int digest_verify_init(void *vs, const char *mdname, void *provkey,
 static int digest_update(void *vs, const unsigned char *data, size_t len)
 {
     struct prov_sig *s = vs;
+    if (s->inner_md)
+        return (s->op == OP_SIGN ? EVP_DigestSignUpdate(s->inner_md, data, len)
+                                 : EVP_DigestVerifyUpdate(s->inner_md, data, len)) > 0;
     return s->mdctx != NULL && EVP_DigestUpdate(s->mdctx, data, len);
 }
 
@@ -293,6 +332,11 @@ static int digest_sign_final(void *vs, unsigned char *sig, size_t *siglen, size_
     struct prov_sig *s = vs;
     unsigned char d[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
+    if (s->inner_md) {
+        if (sig != NULL)
+            *siglen = sigsize;
+        return EVP_DigestSignFinal(s->inner_md, sig, siglen) > 0;
+    }
     if (sig == NULL)
         return sign_digest(s, NULL, siglen, 0, NULL, 0);
     if (s->mdctx == NULL || !EVP_DigestFinal_ex(s->mdctx, d, &dlen))
@@ -304,6 +348,11 @@ static int digest_sign(void *vs, unsigned char *sig, size_t *siglen, size_t sigs
                        const unsigned char *tbs, size_t tbslen)
 {
     struct prov_sig *s = vs;
+    if (s->inner_md) {
+        if (sig != NULL)
+            *siglen = sigsize;
+        return EVP_DigestSign(s->inner_md, sig, siglen, tbs, tbslen) > 0;
+    }
     if (sig == NULL)
         return sign_digest(s, NULL, siglen, 0, NULL, 0);
     if (!digest_update(s, tbs, tbslen))
@@ -314,11 +363,7 @@ static int digest_sign(void *vs, unsigned char *sig, size_t *siglen, size_t sigs
 static int digest_verify_final(void *vs, const unsigned char *sig, size_t siglen)
 {
     struct prov_sig *s = vs;
-    unsigned char d[EVP_MAX_MD_SIZE];
-    unsigned int dlen = 0;
-    if (s->mdctx == NULL || !EVP_DigestFinal_ex(s->mdctx, d, &dlen))
-        return 0;
-    return verify_digest(s, sig, siglen, d, dlen);
+    return s->inner_md != NULL && EVP_DigestVerifyFinal(s->inner_md, sig, siglen) > 0;
 }
 
 /* ---- parameters -------------------------------------------------------- */
@@ -340,6 +385,10 @@ static int sig_get_ctx_params(void *vs, OSSL_PARAM params[])
 {
     struct prov_sig *s = vs;
     OSSL_PARAM *p;
+    if (!custos_sign(s)) {
+        EVP_PKEY_CTX *in = inner_pctx(s);
+        return in != NULL && EVP_PKEY_CTX_get_params(in, params) > 0;
+    }
     if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_ALGORITHM_ID)) != NULL) {
         const unsigned char *aid = s->is_ec                       ? aid_ecdsa_sha256
                                    : s->pad == RSA_PKCS1_PSS_PADDING ? aid_rsa_pss_sha256
@@ -432,8 +481,12 @@ static int sig_set_ctx_params(void *vs, const OSSL_PARAM params[])
 {
     struct prov_sig *s = vs;
     const OSSL_PARAM *p;
-    if (params == NULL)
+    if (params == NULL || params->key == NULL)
         return 1;
+    if (!custos_sign(s)) {
+        EVP_PKEY_CTX *in = inner_pctx(s);
+        return in != NULL && EVP_PKEY_CTX_set_params(in, params) > 0;
+    }
     if ((p = OSSL_PARAM_locate_const(params, OSSL_SIGNATURE_PARAM_DIGEST)) != NULL) {
         const char *name = NULL;
         if (!OSSL_PARAM_get_utf8_string_ptr(p, &name) || !set_digest(s, name))
