@@ -26,6 +26,7 @@
 #include "kmsctl_hsm.h"
 #include "kmsctl_key.h"
 #include "kmsctl_key_import.h"
+#include "kmsctl_sign.h"
 #include "kmsctl_opt.h"
 
 static int index_main(int argc, char **argv);
@@ -46,6 +47,9 @@ static const struct kmsctl_verb verbs[] = {
     {"key", "cancel-deletion", kmsctl_key_main, NULL},
     {"key", "import-params", kmsctl_key_import_params_main, NULL},
     {"key", "import", kmsctl_key_import_main, NULL},
+    {"key", "public-key", kmsctl_sign_main, NULL},
+    {"key", "sign", kmsctl_sign_main, NULL},
+    {"key", "verify", kmsctl_sign_main, NULL},
     {"encrypt", NULL, kmsctl_crypto_main, "encrypt up to 64 KiB under a key"},
     {"decrypt", NULL, kmsctl_crypto_main, "decrypt a ciphertext blob"},
     {"re-encrypt", NULL, kmsctl_crypto_main, "decrypt and encrypt under another key inside kmsd"},
@@ -171,7 +175,8 @@ static const char *verb_word(int argc, char **argv)
         "addr",       "api-key-file", "cacert",         "cert",      "key",
         "correlation-id", "region",   "description",    "origin",    "page-size",
         "page-token", "days",         "out-public-key", "out-token", "token",
-        "wrapped",    "algorithm",    "spec",           "usage",     NULL,
+        "wrapped",    "algorithm",    "spec",           "usage",     "version",
+        "in",         "digest",       "alg",            "out",       "signature", NULL,
     };
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];

@@ -130,6 +130,8 @@ const char *p11_mech_name(CK_MECHANISM_TYPE m)
     case CKM_RSA_AES_KEY_WRAP: return "CKM_RSA_AES_KEY_WRAP";
     case CKM_SHA256_HMAC: return "CKM_SHA256_HMAC";
     case CKM_ECDSA: return "CKM_ECDSA";
+    case CKM_RSA_PKCS_PSS: return "CKM_RSA_PKCS_PSS";
+    case CKM_RSA_PKCS: return "CKM_RSA_PKCS";
     case CKM_AES_KEY_GEN: return "CKM_AES_KEY_GEN";
     case CKM_GENERIC_SECRET_KEY_GEN: return "CKM_GENERIC_SECRET_KEY_GEN";
     case CKM_EC_KEY_PAIR_GEN: return "CKM_EC_KEY_PAIR_GEN";

@@ -54,6 +54,9 @@ static const struct op_row op_table[POL_OP__COUNT] = {
     [POL_OP_GET_SIGNED_TREE_HEAD] = {"GetSignedTreeHead", POL_ROLE_AUDITOR, POL_TARGET_REGION},
     [POL_OP_EXPORT_AUDIT_LOG] = {"ExportAuditLog", POL_ROLE_AUDITOR, POL_TARGET_REGION},
     [POL_OP_GET_AUDIT_KEYS] = {"GetAuditKeys", POL_ROLE_AUDITOR, POL_TARGET_REGION},
+    [POL_OP_GET_PUBLIC_KEY] = {"GetPublicKey", POL_ROLE_BROKER, POL_TARGET_KEY},
+    [POL_OP_SIGN] = {"Sign", POL_ROLE_BROKER, POL_TARGET_KEY},
+    [POL_OP_VERIFY] = {"Verify", POL_ROLE_BROKER, POL_TARGET_KEY},
 };
 
 const char *pol_role_name(enum pol_role role)
@@ -101,6 +104,10 @@ bool pol_role_allows(enum pol_role role, enum pol_op op)
     /* A tenant's key administrators may watch recoveries of their keys
      * (during a time lock, that is their chance to object). */
     if (role == POL_ROLE_KEY_ADMIN && (op == POL_OP_LIST_RECOVERIES || op == POL_OP_GET_RECOVERY))
+        return true;
+    /* ... and read the public key of a signing key they manage (to have a
+     * certificate issued for it). */
+    if (role == POL_ROLE_KEY_ADMIN && op == POL_OP_GET_PUBLIC_KEY)
         return true;
     return op_table[op].role == role;
 }

@@ -96,6 +96,11 @@ enum pol_op {
     POL_OP_GET_SIGNED_TREE_HEAD,
     POL_OP_EXPORT_AUDIT_LOG,
     POL_OP_GET_AUDIT_KEYS,
+    /* broker: asymmetric signing keys (docs/signing.md); GetPublicKey is
+     * also allowed to key-admin (pol_role_allows) */
+    POL_OP_GET_PUBLIC_KEY,
+    POL_OP_SIGN,
+    POL_OP_VERIFY,
     POL_OP__COUNT
 };
 

@@ -108,9 +108,11 @@ static void key_usage(FILE *f)
                "\n"
                "commands:\n"
                "  create --region R [--description D] [--origin hsm|external]\n"
-               "         [--spec aes-256|metadata] [--rotation-period P]\n"
+               "         [--spec aes-256|metadata|ec-p256|rsa-2048|rsa-3072|rsa-4096]\n"
+               "         [--rotation-period P]\n"
                "                            create a key in region R: aes-256 (default) for\n"
-               "                            encrypt/decrypt, metadata for kmsctl fields;\n"
+               "                            encrypt/decrypt, metadata for kmsctl fields, a\n"
+               "                            key pair for sign/verify (docs/signing.md);\n"
                "                            rotated automatically every P (seconds, or with\n"
                "                            s, m, h, d: 90d)\n"
                "  describe KEY_ID           show a key\n"
@@ -128,7 +130,11 @@ static void key_usage(FILE *f)
                "  import-params KEY_ID --out-public-key F [--out-token F]\n"
                "                            BYOK: a wrapping public key and an import token\n"
                "  import KEY_ID --token F --wrapped F [--algorithm A] [--new-version]\n"
-               "                            BYOK: import wrapped key material (docs/byok.md)\n"
+               "                            BYOK: import wrapped key material (docs/byok.md)\n"               "  public-key KEY_ID [--version N] [--pem] [--out F]\n"
+               "  sign KEY_ID --alg A (--in F | --digest HEX) [--version N] [--out F]\n"
+               "  verify KEY_ID --alg A (--in F | --digest HEX) --signature F [--version N]\n"
+               "                            signing keys (role broker): see\n"
+               "                            `kmsctl key sign --help`\n"
                "\n"
                "output options:\n"
                "  --json                    print a JSON object (list: {\"keys\": [...],\n"
@@ -207,6 +213,19 @@ static int do_create(struct kmsctl_rpc *rpc, const struct key_args *a)
     req.spec = metadata ? CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC : CUSTOS__V1__KEY_SPEC__AES_256;
     req.usage = metadata ? CUSTOS__V1__KEY_USAGE__METADATA_FIELDS
                          : CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
+    /* Signing keys (docs/signing.md). */
+    static const struct {
+        const char *name;
+        Custos__V1__KeySpec spec;
+    } pairs[] = {{"ec-p256", CUSTOS__V1__KEY_SPEC__EC_P256},
+                 {"rsa-2048", CUSTOS__V1__KEY_SPEC__RSA_2048},
+                 {"rsa-3072", CUSTOS__V1__KEY_SPEC__RSA_3072},
+                 {"rsa-4096", CUSTOS__V1__KEY_SPEC__RSA_4096}};
+    for (size_t i = 0; a->spec && i < sizeof(pairs) / sizeof(pairs[0]); i++)
+        if (strcasecmp(a->spec, pairs[i].name) == 0) {
+            req.spec = pairs[i].spec;
+            req.usage = CUSTOS__V1__KEY_USAGE__SIGN_VERIFY;
+        }
     if (a->description)
         req.description = (char *)a->description;
     req.origin = a->origin && strcasecmp(a->origin, "external") == 0
@@ -377,8 +396,11 @@ static int key_option(struct key_args *a, int c, const char *arg)
         break;
     case O_SPEC:
         a->spec = arg;
-        if (strcasecmp(arg, "aes-256") != 0 && strcasecmp(arg, "metadata") != 0) {
-            fprintf(stderr, "kmsctl key: --spec must be aes-256 or metadata\n");
+        if (strcasecmp(arg, "aes-256") != 0 && strcasecmp(arg, "metadata") != 0 &&
+            strcasecmp(arg, "ec-p256") != 0 && strcasecmp(arg, "rsa-2048") != 0 &&
+            strcasecmp(arg, "rsa-3072") != 0 && strcasecmp(arg, "rsa-4096") != 0) {
+            fprintf(stderr, "kmsctl key: --spec must be aes-256, metadata, ec-p256, rsa-2048, "
+                            "rsa-3072 or rsa-4096\n");
             return 0;
         }
         return 1;

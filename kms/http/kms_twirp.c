@@ -12,6 +12,7 @@
 
 #include "audit_rpc.h"
 #include "kms_fields.h"
+#include "kms_sign.h"
 #include "proto/audit.pb-c.h"
 #include "proto/escrow.pb-c.h"
 #include "proto/fields.pb-c.h"
@@ -49,6 +50,9 @@ static const struct route key_service[] = {
     ROUTE("DecryptDataKey", kms_rpc_decrypt_data_key, decrypt_data_key),
     ROUTE("GetImportParameters", kms_rpc_get_import_parameters, get_import_parameters),
     ROUTE("ImportKeyMaterial", kms_rpc_import_key_material, import_key_material),
+    ROUTE("GetPublicKey", kms_rpc_get_public_key, get_public_key),
+    ROUTE("Sign", kms_rpc_sign, sign),
+    ROUTE("Verify", kms_rpc_verify, verify),
 };
 
 static const struct route audit_service[] = {

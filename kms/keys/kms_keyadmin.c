@@ -20,6 +20,7 @@
 #include "kms_rotate.h"
 #include "kms_usage.h"
 #include "kms_rpc.h"
+#include "kms_sign.h"
 #include "kms_store.h"
 #include "kms_text.h"
 #include "p11_crypto.h"
@@ -107,10 +108,8 @@ static kms_err metadata_fill(struct kms_call *call, struct kms_key_record *k,
     md->m.key_id = k->key_id;
     md->m.tenant = k->tenant;
     md->m.region = k->region;
-    md->m.spec = k->spec == KMS_KEY_SPEC_METADATA ? CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC
-                                                  : CUSTOS__V1__KEY_SPEC__AES_256;
-    md->m.usage = k->usage == KMS_KEY_USAGE_METADATA ? CUSTOS__V1__KEY_USAGE__METADATA_FIELDS
-                                                     : CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
+    md->m.spec = (Custos__V1__KeySpec)kms_sign_spec_to_proto(k->spec);
+    md->m.usage = (Custos__V1__KeyUsage)kms_sign_usage_to_proto(k->usage);
     md->m.origin = k->origin == KMS_KEY_ORIGIN_EXTERNAL ? CUSTOS__V1__KEY_ORIGIN__EXTERNAL
                                                         : CUSTOS__V1__KEY_ORIGIN__HSM;
     /* The proto enum uses the store's numbers on purpose. */
@@ -225,14 +224,23 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     const char *tenant = pol_principal_tenant_id(call->who);
     KMS_ENSURE_GOTO(req->region[0] != '\0', done, KMS_ERR_INVALID_ARGUMENT, "region is required");
     bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
-    KMS_ENSURE_GOTO(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata, done,
-                    KMS_ERR_INVALID_ARGUMENT, "spec must be AES_256 or METADATA_AES_HMAC");
-    KMS_ENSURE_GOTO(metadata ? req->usage == CUSTOS__V1__KEY_USAGE__METADATA_FIELDS ||
-                                   req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
-                             : req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT,
+    /* Signing key pairs (kms_sign.h): pair_spec is their store spec. */
+    enum kms_key_spec pair_spec = KMS_KEY_SPEC_AES_256;
+    bool pair = kms_sign_spec_from_proto(req->spec, &pair_spec);
+    KMS_ENSURE_GOTO(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata || pair, done,
+                    KMS_ERR_INVALID_ARGUMENT,
+                    "spec must be AES_256, METADATA_AES_HMAC, EC_P256, RSA_2048, RSA_3072 or "
+                    "RSA_4096");
+    KMS_ENSURE_GOTO(pair       ? req->usage == CUSTOS__V1__KEY_USAGE__SIGN_VERIFY
+                    : metadata ? req->usage == CUSTOS__V1__KEY_USAGE__METADATA_FIELDS ||
+                                     req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
+                               : req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT,
                     done, KMS_ERR_INVALID_ARGUMENT,
                     "usage must be ENCRYPT_DECRYPT for AES_256, METADATA_FIELDS for "
-                    "METADATA_AES_HMAC");
+                    "METADATA_AES_HMAC, SIGN_VERIFY for EC_P256 and RSA_*");
+    KMS_ENSURE_GOTO(!pair || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL, done,
+                    KMS_ERR_INVALID_ARGUMENT,
+                    "signing keys are generated in the HSM; origin EXTERNAL is for AES_256 keys");
     /* A metadata key is two HSM objects per version; BYOK imports one. */
     KMS_ENSURE_GOTO(!metadata || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL, done,
                     KMS_ERR_INVALID_ARGUMENT,
@@ -263,7 +271,7 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     if (escrow)
         KMS_GUARD_GOTO(kms_escrow_ready(call->svc, req->region), done);
     KMS_GUARD_GOTO(kms_service_region_check(call->svc, req->region), done);
-    rc = p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
+    rc = pair ? kms_sign_supported(tok, pair_spec) : p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
     if (rc == KMS_OK && metadata)
         rc = p11_key_kind_supported(tok, P11_KEY_HMAC_SHA256);
     if (rc != KMS_OK)
@@ -279,8 +287,10 @@ kms_err kms_rpc_create_key(struct kms_call *call, const uint8_t *body, size_t le
     snprintf(k.region, sizeof(k.region), "%s", req->region);
     snprintf(k.token, sizeof(k.token), "%s", p11_token_label(tok));
     snprintf(k.description, sizeof(k.description), "%s", req->description);
-    k.spec = metadata ? KMS_KEY_SPEC_METADATA : KMS_KEY_SPEC_AES_256;
-    k.usage = metadata ? KMS_KEY_USAGE_METADATA : KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+    k.spec = pair ? pair_spec : metadata ? KMS_KEY_SPEC_METADATA : KMS_KEY_SPEC_AES_256;
+    k.usage = pair       ? KMS_KEY_USAGE_SIGN_VERIFY
+              : metadata ? KMS_KEY_USAGE_METADATA
+                         : KMS_KEY_USAGE_ENCRYPT_DECRYPT;
     k.created_at = (int64_t)time(NULL);
     k.escrow_required = escrow;
     struct kms_store *st = kms_service_store(call->svc);

@@ -28,6 +28,7 @@
 #include "kms_pbuf.h"
 #include "kms_recovery_stmt.h"
 #include "kms_rpc.h"
+#include "kms_sign.h"
 #include "p11_crypto.h"
 #include "p11_escrow.h"
 #include "pol_eval.h"
@@ -282,6 +283,17 @@ static int cmp_u32(const void *a, const void *b)
 
 /* The versions to recover: those asked (each must have an escrow blob), or
  * every escrowed one. */
+/* The escrowed versions of a key: signing keys keep theirs in their own
+ * table (kms_store.h, schema 5). */
+static kms_err escrow_list(struct kms_call *call, const struct kms_key_record *k,
+                           struct kms_escrow_record **out, size_t *out_n)
+{
+    struct kms_store *st = kms_service_store(call->svc);
+    if (kms_key_spec_is_pair(k->spec))
+        return kms_store_escrow_pair_list(st, k->key_id, out, out_n);
+    return kms_store_escrow_list(st, k->key_id, out, out_n);
+}
+
 static kms_err pick_versions(const Custos__V1__RequestRecoveryRequest *req,
                              const struct kms_escrow_record *blobs, size_t n_blobs,
                              struct kms_recovery_record *r)
@@ -394,8 +406,7 @@ kms_err kms_rpc_request_recovery(struct kms_call *call, const uint8_t *body, siz
                     "the key lives in region %s: a recovery never targets another region",
                     k.region);
     const struct pol_tenant *t = pol_principal_tenant(call->who);
-    KMS_GUARD_GOTO(kms_store_escrow_list(kms_service_store(call->svc), k.key_id, &blobs, &n_blobs),
-                   done);
+    KMS_GUARD_GOTO(escrow_list(call, &k, &blobs, &n_blobs), done);
     KMS_GUARD_GOTO(pick_versions(req, blobs, n_blobs, &r), done);
     if (req->mode == CUSTOS__V1__RECOVERY_MODE__RESTORE) {
         REFUSE_GOTO("state", k.state == KMS_KEY_DESTROYED, done, KMS_ERR_FAILED_PRECONDITION,
@@ -662,8 +673,10 @@ static kms_err restore(struct kms_call *call, struct p11_token *tok,
                             KMS_ERR_FAILED_PRECONDITION,
                             "escrow blob of version %" PRIu32 " was made in token '%s', not '%s'",
                             r->versions[i], blobs[j].token, p11_token_label(tok));
-            rc = p11_kwp_unwrap(tok, &esc, blobs[j].blob, blobs[j].blob_len,
-                                part_kind(blobs[j].part), 0, &id, label);
+            rc = blobs[j].part == KMS_ESCROW_PART_PAIR
+                     ? kms_sign_escrow_restore(call->svc, tok, &blobs[j], &id, label)
+                     : p11_kwp_unwrap(tok, &esc, blobs[j].blob, blobs[j].blob_len,
+                                      part_kind(blobs[j].part), 0, &id, label);
         }
     }
     if (rc == KMS_OK)
@@ -771,8 +784,7 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const uint8_t *body, siz
     struct p11_token *tok = kms_service_token(call->svc, r.region);
     KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
                     "region %s is not served by this node", r.region);
-    KMS_GUARD_GOTO(kms_store_escrow_list(kms_service_store(call->svc), r.key_id, &blobs, &n_blobs),
-                   done);
+    KMS_GUARD_GOTO(escrow_list(call, &k, &blobs, &n_blobs), done);
     if (r.mode == CUSTOS__V1__RECOVERY_MODE__RESTORE) {
         KMS_GUARD_GOTO(restore(call, tok, &r, blobs, n_blobs), done);
         struct kms_key_record now_k;

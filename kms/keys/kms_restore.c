@@ -663,6 +663,9 @@ bool kms_restore_refused_op(const char *method)
         "Decrypt",         "DecryptDataKey",    "DecryptFields",  "BlindIndex",
         "DescribeKey",     "ListKeys",          "GetRecovery",    "ListRecoveries",
         "GetSignedTreeHead", "ExportAuditLog",  "GetAuditKeys",
+        /* Not Sign: a signature is a new statement made with the key,
+         * like an encryption, under a store that may be stale. */
+        "GetPublicKey",    "Verify",
     };
     for (size_t i = 0; method && i < sizeof(served) / sizeof(served[0]); i++)
         if (strcmp(method, served[i]) == 0)

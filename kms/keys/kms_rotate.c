@@ -16,6 +16,7 @@
 #include "kms_keycache.h"
 #include "kms_log.h"
 #include "kms_rpc.h"
+#include "kms_sign.h"
 #include "kms_usage.h"
 #include "p11_key.h"
 #include "pol_doc.h"
@@ -68,10 +69,14 @@ kms_err kms_version_make(struct kms_service *svc, const char *request_id, struct
      * key, the blob stored, then locked, all before activation
      * (kms_escrow.h). */
     unsigned flags = escrow ? P11_KEY_ESCROWABLE : 0;
-    kms_err rc = p11_key_generate(tok, P11_KEY_AES_ENCRYPT, flags, &id, label);
+    /* A signing key's version is one pair, escrowed (when asked) by
+     * kms_sign_version_make itself. */
+    bool pair = kms_key_spec_is_pair(spec);
+    kms_err rc = pair ? kms_sign_version_make(svc, tok, key_id, version, &id, spec, label, escrow)
+                      : p11_key_generate(tok, P11_KEY_AES_ENCRYPT, flags, &id, label);
     if (rc == KMS_OK && spec == KMS_KEY_SPEC_METADATA)
         rc = p11_key_generate(tok, P11_KEY_HMAC_SHA256, flags, &id, label);
-    if (rc == KMS_OK && escrow)
+    if (rc == KMS_OK && escrow && !pair)
         rc = kms_escrow_seal(svc, tok, key_id, version, &id, spec, true);
     if (rc == KMS_OK)
         rc = kms_store_version_activate(st, key_id, version);

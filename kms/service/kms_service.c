@@ -24,6 +24,7 @@
 #include "kms_usage.h"
 #include "kms_restore.h"
 #include "kms_store_epoch.h"
+#include "p11_asym.h"
 #include "p11_crypto.h"
 #include "p11_key.h"
 #include "p11_module.h"
@@ -451,13 +452,15 @@ static kms_err creating_complete(struct kms_service *svc, struct p11_token *tok,
     if (k.spec == KMS_KEY_SPEC_HMAC_256 || k.spec == KMS_KEY_SPEC_METADATA)
         ok = ok && p11_key_info_kind(tok, &id, P11_KEY_HMAC_SHA256, &info) == KMS_OK &&
              !info.extractable;
-    if (k.spec == KMS_KEY_SPEC_EC_P256)
+    if (kms_key_spec_is_pair(k.spec))
         ok = ok && p11_key_info(tok, &id, &info) == KMS_OK && !info.extractable;
     kms_err_clear();
     if (ok && k.escrow_required) {
         struct kms_escrow_record *blobs = NULL;
         size_t n = 0;
-        KMS_GUARD(kms_store_escrow_list(svc->store, c->key_id, &blobs, &n));
+        KMS_GUARD((kms_key_spec_is_pair(k.spec) ? kms_store_escrow_pair_list
+                                                : kms_store_escrow_list)(svc->store, c->key_id,
+                                                                         &blobs, &n));
         bool has = false;
         for (size_t i = 0; i < n; i++)
             has |= blobs[i].version == c->version;
@@ -660,6 +663,14 @@ static kms_err reattach_spec(struct p11_token *tok, const uint8_t hsm_id[KMS_HSM
             : aes       ? KMS_KEY_SPEC_AES_256
             : hmac      ? KMS_KEY_SPEC_HMAC_256
                         : KMS_KEY_SPEC_EC_P256;
+    /* A pair: its size tells an RSA signing key from a P-256 one. */
+    struct p11_asym_info ai;
+    if (*spec == KMS_KEY_SPEC_EC_P256 && p11_asym_info(tok, &id, &ai) == KMS_OK)
+        *spec = ai.bits == 2048   ? KMS_KEY_SPEC_RSA_2048
+                : ai.bits == 3072 ? KMS_KEY_SPEC_RSA_3072
+                : ai.bits == 4096 ? KMS_KEY_SPEC_RSA_4096
+                                  : KMS_KEY_SPEC_EC_P256;
+    kms_err_clear();
     *usage = *spec == KMS_KEY_SPEC_AES_256    ? KMS_KEY_USAGE_ENCRYPT_DECRYPT
              : *spec == KMS_KEY_SPEC_METADATA ? KMS_KEY_USAGE_METADATA
                                               : KMS_KEY_USAGE_SIGN_VERIFY;

@@ -131,7 +131,7 @@ static kms_err check_new_key(const struct kms_key_record *key,
                KMS_ERR_INVALID_ARGUMENT,
                "store: %s: description is not UTF-8 text without control characters", op);
 
-    KMS_ENSURE(key->spec >= KMS_KEY_SPEC_AES_256 && key->spec <= KMS_KEY_SPEC_METADATA,
+    KMS_ENSURE(key->spec >= KMS_KEY_SPEC_AES_256 && key->spec <= KMS_KEY_SPEC_LAST,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: unknown key spec %d", op, (int)key->spec);
     KMS_ENSURE(key->usage >= KMS_KEY_USAGE_ENCRYPT_DECRYPT &&
                    key->usage <= KMS_KEY_USAGE_METADATA,

@@ -64,7 +64,7 @@
 #include "kms_error.h"
 
 /* Highest schema version this code knows; see kms_store_schema.c. */
-#define KMS_STORE_SCHEMA_VERSION 4
+#define KMS_STORE_SCHEMA_VERSION 5
 
 /* Key ids are 16 random bytes in 32 lowercase hex chars, made by the caller. */
 #define KMS_KEY_ID_LEN 32
@@ -91,7 +91,19 @@ enum kms_key_spec {
     KMS_KEY_SPEC_HMAC_256 = 2,
     KMS_KEY_SPEC_EC_P256 = 3,
     KMS_KEY_SPEC_METADATA = 4,
+    /* Signing key pairs (usage SIGN_VERIFY; EC_P256 above is the fourth). */
+    KMS_KEY_SPEC_RSA_2048 = 5,
+    KMS_KEY_SPEC_RSA_3072 = 6,
+    KMS_KEY_SPEC_RSA_4096 = 7,
 };
+#define KMS_KEY_SPEC_LAST KMS_KEY_SPEC_RSA_4096
+
+/* A key pair (EC_P256, RSA_*): each version is one private and one public
+ * object under one CKA_ID. */
+static inline bool kms_key_spec_is_pair(enum kms_key_spec s)
+{
+    return s == KMS_KEY_SPEC_EC_P256 || (s >= KMS_KEY_SPEC_RSA_2048 && s <= KMS_KEY_SPEC_RSA_4096);
+}
 
 enum kms_key_usage {
     KMS_KEY_USAGE_ENCRYPT_DECRYPT = 1,
@@ -535,6 +547,45 @@ kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_re
 /* Every blob of a key, by version then part (KMS_OK, NULL, 0 if none). */
 kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
                               struct kms_escrow_record **out, size_t *out_n);
+
+/* ---- escrow of signing key pairs (kms_store_escrow_pair.c, schema 5) ----
+ *
+ * The same protocol as escrow_blobs (put while the version is CREATING,
+ * then lock, then activate), one row per version: the wrapped private key
+ * and the version's public key (SPKI), which a RESTORE needs to make the
+ * public half again. */
+#define KMS_ESCROW_PAIR_BLOB_MAX 4096
+#define KMS_ESCROW_PAIR_SPKI_MAX 1024
+/* kms_escrow_record.part of the entries kms_store_escrow_pair_list makes:
+ * never stored in escrow_blobs. */
+#define KMS_ESCROW_PART_PAIR 2
+
+struct kms_escrow_pair_record {
+    char key_id[KMS_KEY_ID_SIZE];
+    uint32_t version;
+    char token[KMS_TOKEN_LABEL_MAX + 1];
+    uint8_t escrow_hsm_id[KMS_HSM_ID_LEN];
+    uint8_t blob[KMS_ESCROW_PAIR_BLOB_MAX];
+    size_t blob_len;
+    uint8_t public_key[KMS_ESCROW_PAIR_SPKI_MAX];
+    size_t public_key_len;
+    int64_t created_at;
+};
+
+/* Store a pair's blob for a version that is CREATING (FAILED_PRECONDITION
+ * otherwise). */
+kms_err kms_store_escrow_pair_put(struct kms_store *store, const struct kms_escrow_pair_record *r);
+
+/* One version's row; KMS_ERR_NOT_FOUND when it has none. */
+kms_err kms_store_escrow_pair_get(struct kms_store *store, const char *key_id, uint32_t version,
+                                  struct kms_escrow_pair_record *out);
+
+/* Every escrowed version of a pair key, in the shape kms_store_escrow_list
+ * gives (by version; part KMS_ESCROW_PART_PAIR, blob_len 0: the blob itself
+ * is read with kms_store_escrow_pair_get), so recovery and reconcile treat
+ * both kinds alike. */
+kms_err kms_store_escrow_pair_list(struct kms_store *store, const char *key_id,
+                                   struct kms_escrow_record **out, size_t *out_n);
 
 /* Insert a new recovery (state PENDING_APPROVAL, no approvals), unless its
  * key already has max_open (>= 1) open ones: PENDING_APPROVAL or APPROVED

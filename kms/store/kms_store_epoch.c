@@ -149,7 +149,7 @@ kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
             int state = 0, spec = 0, origin = 0;
             rc = store_col_enum(st, 0, KMS_KEY_CREATING, KMS_KEY_DESTROYED, &state, op);
             if (rc == KMS_OK)
-                rc = store_col_enum(st, 1, KMS_KEY_SPEC_AES_256, KMS_KEY_SPEC_METADATA, &spec, op);
+                rc = store_col_enum(st, 1, KMS_KEY_SPEC_AES_256, KMS_KEY_SPEC_LAST, &spec, op);
             if (rc == KMS_OK)
                 rc = store_col_enum(st, 2, KMS_KEY_ORIGIN_HSM, KMS_KEY_ORIGIN_EXTERNAL, &origin,
                                     op);

@@ -183,6 +183,27 @@ static const struct migration migrations[] = {
      "  CHECK (rotation_period_s >= 0);"
      /* The sweeper's question: which keys have a period at all. */
      "CREATE INDEX keys_rotating ON keys (key_id) WHERE rotation_period_s > 0;"},
+
+    {5, "escrow_pairs (escrow of signing key pairs)",
+     /* One row per escrowed version of a signing key (EC_P256, RSA_*): the
+      * private key's PKCS#8 wrapped under the region's escrow key (RFC 5649,
+      * up to ~2.4 KB for RSA-4096) and the version's public key (SPKI DER),
+      * which a restore needs to make the public half again. A table of its
+      * own: escrow_blobs' CHECKs fit 32-byte secret keys, and SQLite cannot
+      * change a CHECK without a table copy. Blobs outlive the key's
+      * destruction, as in escrow_blobs. */
+     "CREATE TABLE escrow_pairs ("
+     "  key_id        TEXT    NOT NULL,"
+     "  version       INTEGER NOT NULL,"
+     "  token         TEXT    NOT NULL,"
+     "  escrow_hsm_id BLOB    NOT NULL CHECK (length(escrow_hsm_id) = 16),"
+     "  blob          BLOB    NOT NULL CHECK (length(blob) BETWEEN 16 AND 4096),"
+     "  public_key    BLOB    NOT NULL CHECK (length(public_key) BETWEEN 1 AND 1024),"
+     "  created_at    INTEGER NOT NULL,"
+     "  PRIMARY KEY (key_id, version),"
+     "  FOREIGN KEY (key_id, version) REFERENCES key_versions (key_id, version)"
+     "    ON DELETE CASCADE"
+     ") STRICT, WITHOUT ROWID;"},
 };
 
 #define MIGRATION_COUNT (sizeof(migrations) / sizeof(migrations[0]))

@@ -3,6 +3,8 @@
 #   1. the raw PKCS#11 baseline and the pkcs11/ layer (bench_p11), 1 and 2 threads
 #   2. kmsd over HTTP with wrk: Encrypt, Decrypt, GenerateDataKey, DecryptDataKey
 #      with the audit log on, Encrypt with it off, latency at half of peak
+#   3. signing keys: raw C_Sign and the layer (bench_sign_p11), ECDSA P-256 and
+#      RSA-3072 PSS, then Sign over HTTP against them (bench_sign.py)
 # The table goes to stdout and to $BUILD/bench/results-<time>.txt.
 # BENCH_QUICK=1 makes a few-second smoke run (used by make check).
 set -eu
@@ -26,5 +28,10 @@ out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
     raw2=$(awk '$1 == "raw" && $2 == 2 {print $3}' "$work/p11.txt")
     echo
     /usr/bin/python3 tests/bench/bench_http.py "$work" "$top/$BUILD" "$raw1" "$raw2" $quick
+    # Signing keys (issue 16): raw C_Sign, then Sign over HTTP against it.
+    echo
+    "$BUILD/bench/bench_sign_p11" "$secs" "$runs" | tee "$work/sign_p11.txt"
+    echo
+    /usr/bin/python3 tests/bench/bench_sign.py "$work" "$top/$BUILD" "$work/sign_p11.txt" $quick
 } | tee "$out"
 echo "saved to $out"

@@ -125,6 +125,8 @@ def fixtures():
     f["dest"] = new()
     f["meta"] = new(kpb.METADATA_AES_HMAC, kpb.METADATA_FIELDS)
     f["ext"] = new(origin=kpb.EXTERNAL)
+    # A signing key of the escrow tenant: escrowed at birth (docs/signing.md).
+    f["sign"] = new(kpb.EC_P256, kpb.SIGN_VERIFY)
     f["ct"] = must(KS, "Encrypt", kpb.EncryptRequest(key_id=f["key"], plaintext=b"roles"), broker,
                    kpb.EncryptResponse).ciphertext
     f["dk"] = must(KS, "GenerateDataKey", kpb.GenerateDataKeyRequest(key_id=f["key"],
@@ -191,6 +193,11 @@ def plausible(method, f):
         "DecryptFields": lambda: fpb.DecryptFieldsRequest(key_id=f["meta"], fields=f["fields"]),
         "BlindIndex": lambda: fpb.BlindIndexRequest(key_id=f["meta"], field="msisdn",
                                                     values=[b"+4412"]),
+        "GetPublicKey": lambda: kpb.GetPublicKeyRequest(key_id=f["sign"]),
+        "Sign": lambda: kpb.SignRequest(key_id=f["sign"], message=b"roles",
+                                        algorithm=kpb.ECDSA_SHA_256),
+        "Verify": lambda: kpb.VerifyRequest(key_id=f["sign"], version=1, message=b"roles",
+                                            algorithm=kpb.ECDSA_SHA_256, signature=b"\x30\x00"),
         "GetSignedTreeHead": lambda: apb.GetSignedTreeHeadRequest(region="eu-west"),
         "ExportAuditLog": lambda: apb.ExportAuditLogRequest(region="eu-west", count=1),
         "GetAuditKeys": lambda: apb.GetAuditKeysRequest(region="eu-west"),

@@ -19,5 +19,9 @@ echo "$out" | grep -q '^EncryptFields, 8 fields (audit on) ' && echo "$out" | gr
     echo "$out" | grep -Eq '^latency at half of peak, open loop .* p99 [0-9.]+ ms, p99.9 [0-9.]+ ms' &&
     echo "ok 6 - metadata operations and the open-loop latency at half peak measured" ||
     { echo "$out"; echo "not ok 6 - no metadata rows or no open-loop latency"; exit 1; }
-[ "$(echo "$out" | grep -c '^errors: 0$')" -eq 2 ] && echo "ok 3 - no errors in either stage" ||
+echo "$out" | grep -Eq '^sign ecdsa-p256 +raw +2 ' && echo "$out" | grep -Eq '^sign rsa3072-pss +layer +2 ' &&
+    echo "$out" | grep -q '^Sign ECDSA P-256 (audit on) ' && echo "$out" | grep -q '^Sign RSA-3072 PSS (audit on) ' &&
+    echo "ok 7 - Sign over HTTP measured beside the raw C_Sign rate (ECDSA P-256, RSA-3072)" ||
+    { echo "$out"; echo "not ok 7 - no signing rows"; exit 1; }
+[ "$(echo "$out" | grep -c '^errors: 0$')" -eq 4 ] && echo "ok 3 - no errors in any stage" ||
     { echo "$out"; echo "not ok 3 - errors in the smoke run"; exit 1; }

@@ -1054,7 +1054,7 @@ START_TEST(test_bounds)
     REFUSED(k.key_id[0] = 'A');
     REFUSED(k.key_id[31] = '\0');
     REFUSED(k.spec = 0);
-    REFUSED(k.spec = 5);
+    REFUSED(k.spec = KMS_KEY_SPEC_LAST + 1);
     REFUSED(k.usage = 4);
     REFUSED(k.origin = 3);
     REFUSED(k.state = KMS_KEY_ENABLED);
@@ -1517,6 +1517,7 @@ START_TEST(test_migration_1_to_2)
     /* Turn the file back into a schema-1 store. */
     sqlite3 *db = raw_open();
     ck_assert_int_eq(sqlite3_exec(db,
+                                  "DROP TABLE escrow_pairs;"
                                   "DROP TABLE recovery_approvals; DROP TABLE recoveries;"
                                   "DROP TABLE escrow_blobs;"
                                   "DROP TABLE key_check_values; DROP TABLE import_tokens;"
@@ -1538,8 +1539,8 @@ START_TEST(test_migration_1_to_2)
     db = raw_open();
     ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN "
                                  "('import_tokens', 'key_check_values', 'escrow_blobs', "
-                                 "'recoveries', 'recovery_approvals')"),
-                     5);
+                                 "'recoveries', 'recovery_approvals', 'escrow_pairs')"),
+                     6);
     /* Migration 4 on existing rows: counts and periods start at 0. */
     ck_assert_int_eq(raw_int(db, "SELECT encryptions FROM key_versions"), 0);
     ck_assert_int_eq(raw_int(db, "SELECT rotation_period_s FROM keys"), 0);
@@ -1574,6 +1575,86 @@ static void recovery_of(struct kms_recovery_record *r, const char *id, const cha
     r->created_at = now;
     r->expires_at = now + 100;
 }
+
+/* Escrow of signing key pairs (schema 5): written only while the version is
+ * CREATING, bounded, listed in escrow_blobs' shape (part
+ * KMS_ESCROW_PART_PAIR, blob read separately), discarded with a CREATING
+ * version, kept after destruction. */
+START_TEST(test_escrow_pairs)
+{
+    char id[KMS_KEY_ID_SIZE];
+    uint8_t h[KMS_HSM_ID_LEN];
+    uint32_t ver = 0;
+    open_store();
+    create_enabled("acme", 31, 1, 1000);
+    key_id_of(id, 31, 1);
+    struct kms_escrow_pair_record *p = calloc(1, sizeof(*p)), *got = calloc(1, sizeof(*got));
+    ck_assert(p && got);
+    snprintf(p->key_id, sizeof(p->key_id), "%s", id);
+    p->version = 1;
+    snprintf(p->token, sizeof(p->token), "custos eu-west");
+    memset(p->escrow_hsm_id, 3, sizeof(p->escrow_hsm_id));
+    memset(p->blob, 7, 2400);
+    p->blob_len = 2400;
+    memset(p->public_key, 9, 550);
+    p->public_key_len = 550;
+    p->created_at = 1100;
+    /* Version 1 is ACTIVE: too late for its escrow. */
+    ck_err(kms_store_escrow_pair_put(store, p), KMS_ERR_FAILED_PRECONDITION);
+    hsm_id_of(h, 31, 1, 2);
+    ck_ok(kms_store_version_add(store, id, h, 1100, &ver));
+    p->version = ver;
+    size_t bl = p->blob_len, pl = p->public_key_len;
+    p->blob_len = 15;
+    ck_err(kms_store_escrow_pair_put(store, p), KMS_ERR_INVALID_ARGUMENT);
+    p->blob_len = KMS_ESCROW_PAIR_BLOB_MAX + 1;
+    ck_err(kms_store_escrow_pair_put(store, p), KMS_ERR_INVALID_ARGUMENT);
+    p->blob_len = bl;
+    p->public_key_len = 0;
+    ck_err(kms_store_escrow_pair_put(store, p), KMS_ERR_INVALID_ARGUMENT);
+    p->public_key_len = KMS_ESCROW_PAIR_SPKI_MAX + 1;
+    ck_err(kms_store_escrow_pair_put(store, p), KMS_ERR_INVALID_ARGUMENT);
+    p->public_key_len = pl;
+    ck_err(kms_store_escrow_pair_get(store, id, ver, got), KMS_ERR_NOT_FOUND);
+    ck_ok(kms_store_escrow_pair_put(store, p));
+    ck_err(kms_store_escrow_pair_put(store, p), KMS_ERR_ALREADY_EXISTS);
+    ck_ok(kms_store_escrow_pair_get(store, id, ver, got));
+    ck_assert_uint_eq(got->blob_len, 2400);
+    ck_assert_mem_eq(got->blob, p->blob, 2400);
+    ck_assert_uint_eq(got->public_key_len, 550);
+    ck_assert_mem_eq(got->public_key, p->public_key, 550);
+    ck_assert_mem_eq(got->escrow_hsm_id, p->escrow_hsm_id, KMS_HSM_ID_LEN);
+    ck_assert_str_eq(got->token, "custos eu-west");
+    ck_ok(kms_store_version_activate(store, id, ver));
+
+    /* A CREATING version discarded takes its escrow row with it. */
+    uint32_t v3 = 0;
+    hsm_id_of(h, 31, 1, 3);
+    ck_ok(kms_store_version_add(store, id, h, 1200, &v3));
+    p->version = v3;
+    ck_ok(kms_store_escrow_pair_put(store, p));
+    ck_ok(kms_store_creating_discard(store, id, v3));
+    ck_err(kms_store_escrow_pair_get(store, id, v3, got), KMS_ERR_NOT_FOUND);
+
+    struct kms_escrow_record *list = NULL;
+    size_t n = 0;
+    ck_ok(kms_store_key_set_state(store, id, KMS_KEY_ENABLED, KMS_KEY_PENDING_DELETION, 2000));
+    ck_ok(kms_store_key_mark_destroyed(store, id, 2000, NULL, NULL));
+    ck_ok(kms_store_escrow_pair_list(store, id, &list, &n));
+    ck_assert_uint_eq(n, 1); /* kept after destruction */
+    ck_assert_uint_eq(list[0].version, ver);
+    ck_assert_int_eq(list[0].part, KMS_ESCROW_PART_PAIR);
+    ck_assert_uint_eq(list[0].blob_len, 0);
+    ck_assert_mem_eq(list[0].escrow_hsm_id, p->escrow_hsm_id, KMS_HSM_ID_LEN);
+    free(list);
+    /* The AES escrow table knows nothing of it. */
+    ck_ok(kms_store_escrow_list(store, id, &list, &n));
+    ck_assert_uint_eq(n, 0);
+    free(list);
+    free(p);
+    free(got);
+}
+END_TEST
 
 START_TEST(test_escrow_and_recovery)
 {
@@ -1782,6 +1863,7 @@ static Suite *store_suite(void)
         {"import_token_sweeping", test_import_token_sweeping},
         {"migration_1_to_2", test_migration_1_to_2},
         {"escrow_and_recovery", test_escrow_and_recovery},
+        {"escrow_pairs", test_escrow_pairs},
         {"recovery_limit_race", test_recovery_limit_race},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -1,0 +1,146 @@
+/*
+ * kms_store_escrow_pair.c - escrow rows of signing key pairs (schema 5;
+ * the contract is in kms_store.h). Rare operations: statements are
+ * prepared per call, as for escrow_blobs.
+ */
+#include "kms_store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms_store_internal.h"
+
+#define PAIR_COLS "key_id, version, token, escrow_hsm_id, blob, public_key, created_at"
+
+static void bind_pair(struct store_bind *b, const void *varg)
+{
+    const struct kms_escrow_pair_record *r = varg;
+    store_bind_text(b, 1, r->key_id);
+    store_bind_int(b, 2, r->version);
+    store_bind_text(b, 3, r->token);
+    store_bind_blob(b, 4, r->escrow_hsm_id, KMS_HSM_ID_LEN);
+    store_bind_blob(b, 5, r->blob, (int)r->blob_len);
+    store_bind_blob(b, 6, r->public_key, (int)r->public_key_len);
+    store_bind_int(b, 7, r->created_at);
+}
+
+kms_err kms_store_escrow_pair_put(struct kms_store *store, const struct kms_escrow_pair_record *r)
+{
+    static const char op[] = "store escrow of a key pair";
+    KMS_ENSURE(store != NULL && r != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(r->key_id, op));
+    KMS_ENSURE(r->blob_len >= 16 && r->blob_len <= KMS_ESCROW_PAIR_BLOB_MAX &&
+                   r->public_key_len >= 1 && r->public_key_len <= KMS_ESCROW_PAIR_SPKI_MAX,
+               KMS_ERR_INVALID_ARGUMENT, "store: %s: bad blob or public key length", op);
+    struct store_conn *c = store_writer_take(store);
+    kms_err rc = store_tx_begin(c, true, op);
+    if (rc != KMS_OK)
+        goto out;
+    enum kms_version_state vs = KMS_VERSION_ACTIVE;
+    KMS_GUARD_GOTO(store_version_state_get(c, r->key_id, r->version, &vs, op), end);
+    KMS_ENSURE_GOTO(vs == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
+                    "store: %s: key %s version %" PRIu32 " is not being created", op, r->key_id,
+                    r->version);
+    rc = store_exec_one(c, "INSERT INTO escrow_pairs (" PAIR_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, "
+                           "?6, ?7)",
+                        op, bind_pair, r, NULL);
+end:
+    rc = store_tx_end(c, rc, op);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+static kms_err col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t min, size_t max,
+                        size_t *out_len, const char *op)
+{
+    const void *v = sqlite3_column_blob(st, col);
+    int len = sqlite3_column_bytes(st, col);
+    KMS_ENSURE(v != NULL && len >= (int)min && (size_t)len <= max, KMS_ERR_INTERNAL,
+               "store: %s: stored escrow of a key pair has a bad length", op);
+    if (dst)
+        memcpy(dst, v, (size_t)len);
+    *out_len = (size_t)len;
+    return KMS_OK;
+}
+
+kms_err kms_store_escrow_pair_get(struct kms_store *store, const char *key_id, uint32_t version,
+                                  struct kms_escrow_pair_record *out)
+{
+    static const char op[] = "get escrow of a key pair";
+    KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(key_id, op));
+    memset(out, 0, sizeof(*out));
+    struct store_conn *c = store_reader_take(store);
+    struct store_bind b;
+    bool row = false;
+    kms_err rc = store_prep(c, "SELECT " PAIR_COLS " FROM escrow_pairs WHERE key_id = ?1 AND "
+                               "version = ?2", op, &b);
+    if (rc != KMS_OK)
+        goto out;
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    rc = store_step(&b, op, &row);
+    if (rc == KMS_OK && !row)
+        rc = kms_err_set(KMS_ERR_NOT_FOUND, "key %s version %" PRIu32 " has no escrow", key_id,
+                         version);
+    if (rc == KMS_OK) {
+        rc = store_col_text(b.st, 0, out->key_id, sizeof(out->key_id), op);
+        if (rc == KMS_OK)
+            rc = store_col_u32(b.st, 1, &out->version, op);
+        if (rc == KMS_OK)
+            rc = store_col_text(b.st, 2, out->token, sizeof(out->token), op);
+        if (rc == KMS_OK)
+            rc = store_col_hsm_id(b.st, 3, out->escrow_hsm_id, op);
+        if (rc == KMS_OK)
+            rc = col_blob(b.st, 4, out->blob, 16, KMS_ESCROW_PAIR_BLOB_MAX, &out->blob_len, op);
+        if (rc == KMS_OK)
+            rc = col_blob(b.st, 5, out->public_key, 1, KMS_ESCROW_PAIR_SPKI_MAX,
+                          &out->public_key_len, op);
+        out->created_at = sqlite3_column_int64(b.st, 6);
+    }
+    store_fin(&b);
+out:
+    store_conn_give(c);
+    return rc;
+}
+
+static kms_err read_pair_entry(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_escrow_record *r = elem;
+    memset(r, 0, sizeof(*r));
+    KMS_GUARD(store_col_text(st, 0, r->key_id, sizeof(r->key_id), op));
+    KMS_GUARD(store_col_u32(st, 1, &r->version, op));
+    KMS_GUARD(store_col_text(st, 2, r->token, sizeof(r->token), op));
+    KMS_GUARD(store_col_hsm_id(st, 3, r->escrow_hsm_id, op));
+    r->part = KMS_ESCROW_PART_PAIR;
+    r->blob_len = 0;
+    r->created_at = sqlite3_column_int64(st, 4);
+    return KMS_OK;
+}
+
+kms_err kms_store_escrow_pair_list(struct kms_store *store, const char *key_id,
+                                   struct kms_escrow_record **out, size_t *out_n)
+{
+    static const char op[] = "list escrow of a key pair";
+    *out = NULL;
+    *out_n = 0;
+    KMS_GUARD(store_check_key_id(key_id, op));
+    struct store_conn *c = store_reader_take(store);
+    struct store_bind b;
+    kms_err rc = store_prep(c, "SELECT key_id, version, token, escrow_hsm_id, created_at FROM "
+                               "escrow_pairs WHERE key_id = ?1 ORDER BY version",
+                            op, &b);
+    if (rc == KMS_OK) {
+        store_bind_text(&b, 1, key_id);
+        void *arr = NULL;
+        rc = store_collect(&b, sizeof(struct kms_escrow_record), KMS_ESCROW_LIST_MAX,
+                           read_pair_entry, &arr, out_n, op);
+        *out = arr;
+        store_fin(&b);
+    }
+    store_conn_give(c);
+    return rc;
+}
