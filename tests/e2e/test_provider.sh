@@ -19,7 +19,8 @@ mkdir -p "$E2E_DIR/py"
 protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto proto/audit.proto
 export PYTHONPATH="$E2E_DIR/py:tests/e2e"
 e2e_start
-trap 'e2e_stop >/dev/null 2>&1 || true' EXIT
+sp=
+trap '[ -z "$sp" ] || kill "$sp" 2>/dev/null; e2e_stop >/dev/null 2>&1 || true' EXIT
 
 ok() { echo "ok - $1"; }
 fail() { echo "not ok - $1"; exit 1; }
@@ -114,18 +115,20 @@ for spec in ec-p256 rsa-3072; do
 
     for v in tls1_3 tls1_2; do
         port=$(free_port)
+        srv="$W/srv-$spec-$v.log"
+        # -naccept 2: s_client, then curl; it exits after them.
         # shellcheck disable=SC2086
-        (sleep 8 | ossl s_server $P -key "$uri" -cert "$W/$spec.crt" -accept "127.0.0.1:$port" \
-            -naccept 2 -$v -www >"$W/srv.log" 2>&1) &
+        ossl s_server $P -key "$uri" -cert "$W/$spec.crt" -accept "127.0.0.1:$port" \
+            -naccept 2 -$v -www </dev/null >"$srv" 2>&1 &
         sp=$!
         i=0
-        until grep -q ACCEPT "$W/srv.log" 2>/dev/null; do
-            i=$((i + 1)); [ $i -lt 100 ] || fail "$spec $v: s_server did not start: $(cat "$W/srv.log")"
+        until grep -q ACCEPT "$srv" 2>/dev/null; do
+            i=$((i + 1)); [ $i -lt 100 ] || fail "$spec $v: s_server did not start: $(cat "$srv")"
             sleep 0.1
         done
         printf 'GET / HTTP/1.0\r\n\r\n' | openssl s_client -connect "127.0.0.1:$port" -$v \
             -CAfile "$W/$spec.crt" -verify_return_error -servername localhost \
-            >"$W/cli.log" 2>&1 || fail "$spec $v: s_client handshake: $(tail -5 "$W/cli.log"; cat "$W/srv.log")"
+            >"$W/cli.log" 2>&1 || fail "$spec $v: s_client handshake: $(tail -5 "$W/cli.log"; cat "$srv")"
         want=$(echo $v | sed 's/tls1_/TLSv1./')
         grep -q "^New, $want, Cipher is" "$W/cli.log" || fail "$spec $v: s_client did not negotiate $want: $(grep -E "New,|rror" "$W/cli.log")"
         grep -q 'Verify return code: 0' "$W/cli.log" || fail "$spec $v: s_client verification"
@@ -133,7 +136,8 @@ for spec in ec-p256 rsa-3072; do
         curl -sS --cacert "$W/$spec.crt" --tlsv$cv --tls-max $cv -o "$W/curl.out" \
             "https://127.0.0.1:$port/" 2>"$W/curl.err" || fail "$spec $v: curl: $(cat "$W/curl.err")"
         grep -q "$want" "$W/curl.out" || fail "$spec $v: s_server's page does not say $want"
-        wait $sp || true
+        wait "$sp" || fail "$spec $v: s_server exited with an error: $(cat "$srv")"
+        sp=
         ok "$spec: s_server -key $uri completes $want handshakes with s_client and curl --cacert"
     done
 done
