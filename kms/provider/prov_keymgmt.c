@@ -1,20 +1,28 @@
 /*
- * prov_keymgmt.c - KEYMGMT for EC and RSA key references (prov.h).
+ * prov_keymgmt.c - KEYMGMT for EC and RSA (prov.h): Custos key references
+ * and plain keys passed through.
  *
- * A key object is a reference to a Custos key version plus its public key,
- * decoded from GetPublicKey's SPKI in the child library context (so by the
- * default provider). Everything public is answered from that public key:
+ * A reference is a Custos key version plus its public key, decoded from
+ * GetPublicKey's SPKI in the child library context (so by the default
+ * provider). Everything public is answered from that public key:
  * parameters (group, n/e, bits, security bits, signature size, default
- * digest), export, comparison. The private half stays in kmsd: export of
- * private parts fails, import takes public parts only, and `has` reports a
- * private half only for a reference (so OpenSSL treats it as a private key
- * and sends signing here).
+ * digest), export, comparison. The private half stays in kmsd: exporting a
+ * reference with the private key selected fails, nothing can be imported
+ * into a reference, and `has` reports a private half (so OpenSSL treats it
+ * as a private key and sends signing here).
  *
- * Failing export when the private key is selected is also what routes
- * signing to this provider: OpenSSL 3.0 first tries the application's
- * preferred SIGNATURE implementation (the default provider's) and exports
- * the key to it with every part selected; that export must fail for
- * OpenSSL to fall back to this provider's signature (crypto/evp/m_sigver.c).
+ * Failing that export is also what routes signing to this provider: OpenSSL
+ * 3.0 first tries the application's preferred SIGNATURE implementation (the
+ * default provider's) and exports the key to it with every part selected;
+ * the export must fail for OpenSSL to fall back to this provider's
+ * signature (crypto/evp/m_sigver.c).
+ *
+ * OpenSSL may also fetch these key managers for keys that are not Custos's
+ * (whichever provider's "EC" comes first): a certificate's public key, a
+ * key file, an ECDHE key share. Those *plain* keys are held whole in the
+ * child context and passed through: import, export, generation and
+ * parameters behave as the default provider's would, so loading custos
+ * changes nothing for them.
  */
 #include <stdlib.h>
 #include <string.h>
