@@ -37,6 +37,17 @@ START_TEST(test_vocabulary)
     ck_assert(!pol_role_allows(POL_ROLE_BROKER, POL_OP_CREATE_KEY));
     ck_assert(!pol_role_allows(POL_ROLE_KEY_ADMIN, POL_OP_ENCRYPT));
     ck_assert(!pol_role_allows(POL_ROLE_BROKER, (enum pol_op)POL_OP__COUNT));
+    /* Signing keys: broker operations; a key-admin may read a public key
+     * (to have a certificate issued) but never sign or verify. */
+    ck_assert_str_eq(pol_op_name(POL_OP_SIGN), "Sign");
+    ck_assert_int_eq(pol_op_role(POL_OP_GET_PUBLIC_KEY), POL_ROLE_BROKER);
+    ck_assert_int_eq(pol_op_target(POL_OP_VERIFY), POL_TARGET_KEY);
+    ck_assert(pol_role_allows(POL_ROLE_BROKER, POL_OP_SIGN));
+    ck_assert(pol_role_allows(POL_ROLE_KEY_ADMIN, POL_OP_GET_PUBLIC_KEY));
+    ck_assert(!pol_role_allows(POL_ROLE_KEY_ADMIN, POL_OP_SIGN));
+    ck_assert(!pol_role_allows(POL_ROLE_KEY_ADMIN, POL_OP_VERIFY));
+    ck_assert(!pol_role_allows(POL_ROLE_OFFICER, POL_OP_GET_PUBLIC_KEY));
+    ck_assert(!pol_role_allows(POL_ROLE_AUDITOR, POL_OP_SIGN));
     /* Names are exact: no case folding, no prefixes. */
     ck_assert(!pol_role_from_name("Broker", &role));
     ck_assert(!pol_role_from_name("keyadmin", &role));
