@@ -61,6 +61,14 @@ for spec in ec-p256 rsa-3072; do
     cmp -s "$W/$spec.pub.pem" "$W/$spec.spki.pem" ||
         fail "$spec: pkey -pubout differs from GetPublicKey's SPKI"
     ok "$spec: openssl pkey -in $uri -pubout equals GetPublicKey's SPKI"
+    # The private half is nowhere in this process: exporting it fails.
+    # shellcheck disable=SC2086
+    if ossl pkey $P -in "$uri" -out "$W/$spec.priv.pem" 2>/dev/null; then
+        fail "$spec: openssl pkey wrote a private key for $uri"
+    fi
+    ! grep -q 'PRIVATE KEY' "$W/$spec.priv.pem" 2>/dev/null ||
+        fail "$spec: a private key PEM came out"
+    ok "$spec: openssl pkey -in $uri (private key output) fails: nothing to export"
 
     before=$(signs "$key")
     n=0
