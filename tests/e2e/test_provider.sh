@@ -192,6 +192,31 @@ fi
 grep -q 'bad custos URI' "$W/err" && ok "custos:key=...;version=0 is a bad custos URI" ||
     fail "version=0: $(cat "$W/err")"
 
+# ---- local configuration mistakes: refused before anything is sent -----------
+cp "$E2E_DIR/credentials/demo-broker.key" "$W/open.key"
+chmod 644 "$W/open.key"
+if CUSTOS_API_KEY_FILE="$W/open.key" ossl pkey $P -in "custos:key=$key" -pubout \
+        >/dev/null 2>"$W/err"; then
+    fail "an API key file of mode 0644 was used"
+fi
+grep -q 'custos provider configuration.*mode 0644 is too open' "$W/err" ||
+    fail "API key mode: $(cat "$W/err")"
+cp "$W/ec-p256.crt" "$W/client.pem"
+printf 'not a key\n' >"$W/client.key"
+chmod 644 "$W/client.key"
+if CUSTOS_CLIENT_CERT="$W/client.pem" CUSTOS_CLIENT_KEY="$W/client.key" \
+        ossl pkey $P -in "custos:key=$key" -pubout >/dev/null 2>"$W/err"; then
+    fail "a client key of mode 0644 was used"
+fi
+grep -q 'client key .*too open' "$W/err" || fail "client key mode: $(cat "$W/err")"
+if CUSTOS_CLIENT_CERT="$W/client.pem" ossl pkey $P -in "custos:key=$key" -pubout \
+        >/dev/null 2>"$W/err"; then
+    fail "a client certificate without its key was accepted"
+fi
+grep -q 'client certificate and client key go together' "$W/err" ||
+    fail "cert without key: $(cat "$W/err")"
+ok "an API key or client key readable by others, or a client certificate without its key: a configuration error naming the file"
+
 # ---- version pinning --------------------------------------------------------
 as demo-admin key rotate "$key" >/dev/null
 ossl dgst $P -sha256 -sign "custos:key=$key;version=1" -out "$W/v1sig" "$W/msg" ||
