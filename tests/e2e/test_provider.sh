@@ -262,4 +262,49 @@ else
     fail "test_provider against kmsd"
 fi
 e2e_stop
+
+# ---- https with a client certificate only (mutual TLS, no API key) ---------
+pki="$E2E_DIR/pki"
+mkdir -p "$pki"
+q() { openssl "$@" >/dev/null 2>&1; }
+q req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/O=Custos Test/CN=ca" -keyout "$pki/ca.key" -out "$pki/ca.pem"
+leaf() { # name subject ext
+    q req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "$2" \
+        -keyout "$pki/$1.key" -out "$pki/$1.csr"
+    printf '%s\n' "$3" >"$pki/$1.ext"
+    q x509 -req -in "$pki/$1.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
+        -days 2 -extfile "$pki/$1.ext" -out "$pki/$1.pem"
+}
+leaf server "/CN=127.0.0.1" "subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+leaf broker "/O=Custos Dev/CN=demo-broker" "extendedKeyUsage=clientAuth"
+chmod 600 "$pki/broker.key"
+/usr/bin/python3 - "$E2E_DIR" <<'PY'
+import json, sys
+d = sys.argv[1]
+c = json.load(open(f"{d}/kmsd.json"))
+c["tls"] = {"cert": "pki/server.pem", "key": "pki/server.key", "client_ca": "pki/ca.pem",
+            "require_client_cert": True}
+json.dump(c, open(f"{d}/kmsd-mtls.json", "w"), indent=2)
+PY
+e2e_start "$E2E_DIR/kmsd-mtls.json"
+if env -u CUSTOS_API_KEY_FILE CUSTOS_ADDR="https://127.0.0.1:$E2E_PORT" CUSTOS_CACERT="$pki/ca.pem" \
+        CUSTOS_CLIENT_CERT="$pki/broker.pem" CUSTOS_CLIENT_KEY="$pki/broker.key" \
+        sh -c 'asan=$1; shift; if [ -n "$asan" ]; then LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0 "$@"; else "$@"; fi' \
+        _ "$asan" openssl dgst -provider custos -provider default -sha256 \
+        -sign "custos:key=$key;version=1" -out "$W/mtlssig" "$W/msg" 2>"$W/err" &&
+        openssl dgst -sha256 -verify "$W/ec-p256.spki.pem" -signature "$W/mtlssig" "$W/msg" >/dev/null; then
+    ok "over https with a client certificate and no API key (mutual TLS): the signature verifies"
+else
+    fail "mutual TLS: $(cat "$W/err")"
+fi
+# shellcheck disable=SC2086
+if (unset CUSTOS_API_KEY_FILE; export CUSTOS_ADDR="https://127.0.0.1:$E2E_PORT"
+        ossl pkey $P -in "custos:key=$key" -pubout >/dev/null 2>"$W/err"); then
+    fail "kmsd's certificate accepted without its CA"
+fi
+grep -q 'cannot reach kmsd' "$W/err" && ok "kmsd's certificate from an unknown CA: cannot reach kmsd" ||
+    fail "unknown CA: $(cat "$W/err")"
+e2e_stop
 trap - EXIT
