@@ -121,6 +121,7 @@ for spec in ec-p256 rsa-3072; do
         fail "$spec: the certificate's key is not the Custos key"
     ok "$spec: req -new -x509 -key $uri makes a certificate that verifies and holds the key"
 
+    tls_before=$(signs "$key")
     for v in tls1_3 tls1_2; do
         port=$(free_port)
         srv="$W/srv-$spec-$v.log"
@@ -148,6 +149,15 @@ for spec in ec-p256 rsa-3072; do
         sp=
         ok "$spec: s_server -key $uri completes $want handshakes with s_client and curl --cacert"
     done
+    # Four full handshakes, four signatures made by kmsd (one event each).
+    i=0
+    tls_after=$(signs "$key")
+    while [ "$tls_after" -lt $((tls_before + 4)) ] && [ $i -lt 50 ]; do
+        sleep 0.2; i=$((i + 1)); tls_after=$(signs "$key")
+    done
+    [ "$tls_after" -eq $((tls_before + 4)) ] ||
+        fail "$spec: 4 handshakes made $((tls_after - tls_before)) Sign events"
+    ok "$spec: each of the 4 handshakes signed through kmsd: 4 Sign events"
 done
 key=$key_ec_p256
 
