@@ -448,25 +448,26 @@ static int set_pad(struct prov_sig *s, const OSSL_PARAM *p)
     return 1;
 }
 
-/* PSS salt: the digest length (32) only. "auto" and "max" are accepted for
- * signing as meaning 32 (TLS and the openssl CLI's default); verification
- * here checks a 32-byte salt. */
+/* PSS salt: the digest length (32) only. "auto" (OpenSSL's default when
+ * nothing is said, which would mean the maximum for signing) is taken as
+ * 32; an explicit "max" or any other length is refused, since a verifier
+ * told so would reject a 32-byte salt. */
 static int set_saltlen(struct prov_sig *s, const OSSL_PARAM *p)
 {
     int len = 0;
     if (p->data_type == OSSL_PARAM_UTF8_STRING) {
         const char *v = p->data;
         if (strcmp(v, OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST) == 0 ||
-            strcmp(v, OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO) == 0 ||
-            strcmp(v, OSSL_PKEY_RSA_PSS_SALT_LEN_MAX) == 0)
+            strcmp(v, OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO) == 0)
             len = SHA256_LEN;
+        else if (strcmp(v, OSSL_PKEY_RSA_PSS_SALT_LEN_MAX) == 0)
+            len = RSA_PSS_SALTLEN_MAX;
         else
             len = atoi(v);
     } else if (!OSSL_PARAM_get_int(p, &len)) {
         return 0;
     }
-    if (len == RSA_PSS_SALTLEN_DIGEST || len == RSA_PSS_SALTLEN_AUTO ||
-        len == RSA_PSS_SALTLEN_MAX)
+    if (len == RSA_PSS_SALTLEN_DIGEST || len == RSA_PSS_SALTLEN_AUTO)
         len = SHA256_LEN;
     if (len != SHA256_LEN) {
         PROV_RAISE(s->ctx, PROV_R_UNSUPPORTED,

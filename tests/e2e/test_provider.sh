@@ -102,6 +102,23 @@ for spec in ec-p256 rsa-3072; do
         n=$((n + 2))
         ok "$spec $mode: dgst -sha256 -sign and pkeyutl -sign with $uri verify with the default provider (and not for another message)"
     done
+    # What Custos cannot sign is refused in the client; the exact count of
+    # Sign events below also shows these sent nothing.
+    # shellcheck disable=SC2086
+    if ossl dgst $P -sha384 -sign "$uri" -out "$W/x" "$W/msg" 2>"$W/err"; then
+        fail "$spec: signed with SHA-384"
+    fi
+    grep -q 'not supported by custos keys.*SHA-256 only' "$W/err" || fail "$spec sha384: $(cat "$W/err")"
+    if [ "$spec" = rsa-3072 ]; then
+        # shellcheck disable=SC2086
+        if ossl dgst $P -sha256 -sign "$uri" -sigopt rsa_padding_mode:pss \
+                -sigopt rsa_pss_saltlen:max -out "$W/x" "$W/msg" 2>"$W/err"; then
+            fail "$spec: signed PSS with the maximum salt"
+        fi
+        grep -q 'not supported by custos keys.*32-byte salt' "$W/err" ||
+            fail "$spec saltlen max: $(cat "$W/err")"
+    fi
+    ok "$spec: SHA-384 (and for RSA a PSS salt other than 32 bytes) refused locally: not supported by custos keys"
     # Each Sign is one audit event: durable before the reply, exported once
     # a signed head covers it.
     i=0
