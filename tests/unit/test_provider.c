@@ -10,11 +10,12 @@
  * tests/e2e/test_provider.sh, which runs this binary against its own kmsd):
  * EVP_DigestSign verified by the default provider, the key on an SSL_CTX
  * with a certificate made by X509_sign with the same key, and signing again
- * in a forked child and then in the parent.
+ * in a forked child and then in the parent, four threads signing at once.
  */
 #include <check.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -325,6 +326,34 @@ static void body_fork(EVP_PKEY *pk, int rsa)
     ck_assert_msg(sign_and_verify(pk, 0), "parent, after fork");
 }
 
+/* Four threads sign at once: each takes its own pooled connection. */
+static void *sign_thread(void *pk)
+{
+    int ok = 1;
+    for (int i = 0; i < 3; i++)
+        ok &= sign_and_verify(pk, 0);
+    return ok ? pk : NULL;
+}
+
+static void body_threads(EVP_PKEY *pk, int rsa)
+{
+    pthread_t t[4];
+    (void)rsa;
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, sign_thread, pk), 0);
+    for (int i = 0; i < 4; i++) {
+        void *r = NULL;
+        ck_assert_int_eq(pthread_join(t[i], &r), 0);
+        ck_assert_msg(r == pk, "thread %d: a signature failed", i);
+    }
+}
+
+START_TEST(threads_ec)
+{
+    with_key("CUSTOS_PROVIDER_TEST_EC", body_threads);
+}
+END_TEST
+
 START_TEST(fork_ec)
 {
     with_key("CUSTOS_PROVIDER_TEST_EC", body_fork);
@@ -349,6 +378,7 @@ int main(void)
         tcase_add_test(tc, ssl_ctx_ec);
         tcase_add_test(tc, ssl_ctx_rsa);
         tcase_add_test(tc, fork_ec);
+        tcase_add_test(tc, threads_ec);
         suite_add_tcase(s, tc);
     } else {
         printf("test_provider: kmsd cases run from tests/e2e/test_provider.sh\n");
