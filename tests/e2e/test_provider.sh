@@ -29,11 +29,12 @@ mkdir -p "$W"
 MOD_DIR="$BUILD_DIR/lib/ossl-modules"
 [ -f "$MOD_DIR/custos.so" ] || fail "$MOD_DIR/custos.so not built"
 export OPENSSL_MODULES="$MOD_DIR"
-# Under SAN=1 the module is instrumented (the check binary needs it so) and
-# the stock openssl CLI is not: preload the module's own libasan into the
-# CLI so the module's code is checked there too. LeakSanitizer stays off
-# for the CLI, whose own exit-time allocations are not ours to judge.
-asan=$(ldd "$MOD_DIR/custos.so" | awk '/libasan/ {print $3}')
+# Under SAN=1 (SAN=thread) the module is instrumented (the check binary
+# needs it so) and the stock openssl CLI is not: preload the module's own
+# sanitizer runtime into the CLI so the module's code is checked there too.
+# LeakSanitizer stays off for the CLI, whose own exit-time allocations are
+# not ours to judge.
+asan=$(ldd "$MOD_DIR/custos.so" | awk '/lib(asan|tsan)\.so/ {print $3; exit}')
 ossl() {
     if [ -n "$asan" ]; then
         LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0 openssl "$@"
