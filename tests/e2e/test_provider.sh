@@ -283,7 +283,7 @@ ok "configured by an openssl.cnf provider section (custos-addr, api-key-file) in
 # ---- the check binary's kmsd cases ------------------------------------------------
 if CUSTOS_PROVIDER_TEST_EC="custos:key=$key" CUSTOS_PROVIDER_TEST_RSA="custos:key=$key_rsa_3072" \
         CUSTOS_TEST_BUILD="$BUILD_DIR" "$BUILD_DIR/tests/test_provider" >"$W/unit.out" 2>&1 &&
-        grep -q '^100%: Checks: 9, Failures: 0, Errors: 0' "$W/unit.out"; then
+        grep -q '^100%: Checks: 10, Failures: 0, Errors: 0' "$W/unit.out"; then
     ok "test_provider against kmsd: EVP_DigestSign, SSL_CTX with an X509_sign'd certificate, signing after fork(), four threads at once"
 else
     cat "$W/unit.out"

@@ -23,7 +23,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/kdf.h>
 #include <openssl/evp.h>
 #include <openssl/provider.h>
 #include <openssl/ssl.h>
@@ -178,6 +180,45 @@ START_TEST(plain_keys_pass_through)
     EVP_PKEY_free(keys[0]);
     EVP_PKEY_free(keys[1]);
     unload();
+}
+END_TEST
+
+/* Alone in a library context, custos offers no digest, cipher, MAC, RNG,
+ * key exchange or KDF: it cannot take over unrelated operations. */
+START_TEST(registers_nothing_else)
+{
+    const char *build = getenv("CUSTOS_TEST_BUILD");
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/lib/ossl-modules", build ? build : "build");
+    OSSL_LIB_CTX *lc = OSSL_LIB_CTX_new();
+    ck_assert_int_eq(OSSL_PROVIDER_set_default_search_path(lc, dir), 1);
+    OSSL_PROVIDER *p = OSSL_PROVIDER_load(lc, "custos");
+    ck_assert_ptr_nonnull(p);
+    ERR_set_mark();
+    EVP_MD *md = EVP_MD_fetch(lc, "SHA2-256", NULL);
+    EVP_CIPHER *c = EVP_CIPHER_fetch(lc, "AES-256-GCM", NULL);
+    EVP_MAC *mac = EVP_MAC_fetch(lc, "HMAC", NULL);
+    EVP_RAND *r = EVP_RAND_fetch(lc, "CTR-DRBG", NULL);
+    EVP_KEYEXCH *kx = EVP_KEYEXCH_fetch(lc, "ECDH", NULL);
+    EVP_KDF *kdf = EVP_KDF_fetch(lc, "HKDF", NULL);
+    EVP_SIGNATURE *sig = EVP_SIGNATURE_fetch(lc, "ECDSA", NULL);
+    ERR_pop_to_mark();
+    ck_assert_ptr_null(md);
+    ck_assert_ptr_null(c);
+    ck_assert_ptr_null(mac);
+    ck_assert_ptr_null(r);
+    ck_assert_ptr_null(kx);
+    ck_assert_ptr_null(kdf);
+    ck_assert_ptr_nonnull(sig); /* what it does offer */
+    EVP_SIGNATURE_free(sig);
+    EVP_MD_free(md);
+    EVP_CIPHER_free(c);
+    EVP_MAC_free(mac);
+    EVP_RAND_free(r);
+    EVP_KEYEXCH_free(kx);
+    EVP_KDF_free(kdf);
+    OSSL_PROVIDER_unload(p);
+    OSSL_LIB_CTX_free(lc);
 }
 END_TEST
 
@@ -367,6 +408,7 @@ int main(void)
     tcase_add_test(tc, init_without_address);
     tcase_add_test(tc, bad_uris_no_network);
     tcase_add_test(tc, plain_keys_pass_through);
+    tcase_add_test(tc, registers_nothing_else);
     suite_add_tcase(s, tc);
     /* The kmsd cases run when tests/e2e/test_provider.sh runs this binary
      * against its kmsd; run-tests.sh's own pass covers the rest. */
