@@ -275,11 +275,11 @@ static int km_set_params(void *keydata, const OSSL_PARAM params[])
     struct prov_key *k = as_key(keydata);
     if (k == NULL || k->is_ref)
         return 0;
-    if (k->pub == NULL) {
-        /* A new key given its public point (libssl's ECDHE peer key is made
-         * by copying parameters first, which needs a key). */
+    /* A bare new key has nothing to set on: it gets its content by import
+     * or generation (libssl's ECDHE peer key is generated from the group's
+     * parameters first, then given its public point here). */
+    if (k->pub == NULL)
         return 0;
-    }
     return EVP_PKEY_set_params(k->pub, (OSSL_PARAM *)params);
 }
 
