@@ -84,6 +84,8 @@ L_http     := $(L_keys) kms/auditsvc kms/http
 L_ctl      := $(L_audit) kms/service kms/ctl
 L_main     := $(L_http) kms/ctl
 L_tests    := $(L_main) tests/lib
+# The OpenSSL provider module is a client: base and itself, nothing else.
+L_provider := $(L_base) kms/provider
 
 KMS_DIRS := kms kms/base kms/service kms/contract kms/keys kms/auditsvc kms/http \
             kms/store kms/audit kms/ctl
@@ -113,6 +115,16 @@ PROTO_C   := $(patsubst proto/%.proto,$(BUILD)/gen/proto/%.pb-c.c,$(PROTOS))
 PROTO_H   := $(PROTO_C:.c=.h)
 
 MAINS    := $(wildcard kms/*_main.c)
+
+# The `custos` OpenSSL provider module (docs/openssl-provider.md): its own
+# position-independent objects (-fPIC, not libcustos's -fPIE), the two base
+# files it needs and the generated protobuf code, linked into one .so that
+# exports OSSL_provider_init only.
+PROVIDER      := $(BUILD)/lib/ossl-modules/custos.so
+PROV_SRCS     := $(wildcard kms/provider/*.c) kms/base/kms_error.c kms/base/kms_secret.c
+PROV_OBJS     := $(patsubst %.c,$(BUILD)/pic/%.o,$(PROV_SRCS)) $(BUILD)/pic/gen/proto/key.pb-c.o
+PIC_CFLAGS     = $(filter-out -fPIE,$(CFLAGS)) -fPIC -fvisibility=hidden
+PROV_LIBS     := $(shell pkg-config --libs libcurl libprotobuf-c jansson libcrypto 2>/dev/null)
 LIB_SRCS := $(wildcard pkcs11/*.c policy/*.c) \
             $(filter-out $(MAINS),$(foreach d,$(KMS_DIRS),$(wildcard $(d)/*.c)))
 LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS)) \
@@ -157,7 +169,7 @@ FUZZ_SECONDS  ?= 60
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
-all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(LOADGEN) $(P11FAULT) $(FSFAULT)
+all: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(LOADGEN) $(P11FAULT) $(FSFAULT) $(PROVIDER)
 
 deps:
 	@sh deploy/install-deps.sh
@@ -174,6 +186,23 @@ $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 $(BUILD)/obj/%.o: %.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(addprefix -I,$(LAYER_INC)) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/pic/gen/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(filter-out -Wmissing-prototypes,$(PIC_CFLAGS)) -Wno-unused-parameter -c -o $@ $<
+
+$(BUILD)/pic/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(addprefix -I,$(L_provider)) $(PIC_CFLAGS) -MMD -MP -c -o $@ $<
+
+# Under SAN=1 the module is instrumented like everything else: the check
+# binary that loads it is. The stock openssl CLI is not, so the e2e test
+# runs it with the module's libasan preloaded (tests/e2e/test_provider.sh).
+$(PROVIDER): $(PROV_OBJS) kms/provider/custos.map
+	@mkdir -p $(dir $@)
+	$(CC) -shared -o $@ $(PROV_OBJS) -Wl,--version-script=kms/provider/custos.map \
+	    -Wl,--no-undefined -Wl,-z,relro,-z,now $(filter -fsanitize=%,$(LDHARDEN)) \
+	    $(PROV_LIBS) -pthread
 
 $(LIB): $(LIB_OBJS)
 	@mkdir -p $(dir $@)
@@ -218,7 +247,7 @@ $(FSFAULT): tests/fsfault/fs_fault.c
 	@mkdir -p $(dir $@)
 	$(CC) -D_GNU_SOURCE -std=c17 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl -pthread
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/pic -name '*.d' 2>/dev/null)
 
 # `check` runs in a sub-make so that dependencies are installed before the
 # pkg-config probes above are evaluated on a fresh machine.
@@ -276,7 +305,7 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) sh deploy/dev-run.sh
 
-install: $(BINS)
+install: $(BINS) $(PROVIDER)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DATADIR)/examples \
 	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR) \
 	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
@@ -292,7 +321,13 @@ install: $(BINS)
 	    $(DESTDIR)$(DATADIR)/examples/
 	install -m 0755 deploy/dev-hsm.sh $(DESTDIR)$(DATADIR)/
 	install -m 0755 deploy/tls-hsm-key.py $(DESTDIR)$(DATADIR)/
-	install -m 0644 docs/operations.md docs/configuration.md $(DESTDIR)$(DOCDIR)/
+	install -m 0644 docs/operations.md docs/configuration.md docs/openssl-provider.md \
+	    $(DESTDIR)$(DOCDIR)/
+	# OpenSSL's modules directory, as libcrypto reports it (OPENSSL_MODULES
+	# overrides it at run time; docs/openssl-provider.md).
+	md=$$(pkg-config --variable=modulesdir libcrypto 2>/dev/null || \
+	      openssl version -m | sed 's/^MODULESDIR: "\(.*\)"$$/\1/'); \
+	    install -d "$(DESTDIR)$$md" && install -m 0644 $(PROVIDER) "$(DESTDIR)$$md/custos.so"
 
 clean:
 	rm -rf build

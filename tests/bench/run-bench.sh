@@ -5,6 +5,8 @@
 #      with the audit log on, Encrypt with it off, latency at half of peak
 #   3. signing keys: raw C_Sign and the layer (bench_sign_p11), ECDSA P-256 and
 #      RSA-3072 PSS, then Sign over HTTP against them (bench_sign.py)
+#   4. TLS handshakes/s of openssl s_server with a custos: key (the OpenSSL
+#      provider) and with a key file (bench_tls_provider.sh)
 # The table goes to stdout and to $BUILD/bench/results-<time>.txt.
 # BENCH_QUICK=1 makes a few-second smoke run (used by make check).
 # Between 1 and 2: TLS handshakes/s of kmsd with its key in the HSM (tls.key_uri)
@@ -37,5 +39,9 @@ out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
     "$BUILD/bench/bench_sign_p11" "$secs" "$runs" | tee "$work/sign_p11.txt"
     echo
     /usr/bin/python3 tests/bench/bench_sign.py "$work" "$top/$BUILD" "$work/sign_p11.txt" $quick
+    # The custos OpenSSL provider: s_server handshakes with a custos: key
+    # against the same server with a key file.
+    echo
+    sh tests/bench/bench_tls_provider.sh "$work" "$top/$BUILD" "$secs"
 } | tee "$out"
 echo "saved to $out"

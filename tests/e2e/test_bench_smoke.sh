@@ -28,5 +28,9 @@ echo "$out" | grep -Eq '^sign ecdsa-p256 +raw +2 ' && echo "$out" | grep -Eq '^s
     echo "$out" | grep -q '^Sign ECDSA P-256 (audit on) ' && echo "$out" | grep -q '^Sign RSA-3072 PSS (audit on) ' &&
     echo "ok 7 - Sign over HTTP measured beside the raw C_Sign rate (ECDSA P-256, RSA-3072)" ||
     { echo "$out"; echo "not ok 7 - no signing rows"; exit 1; }
+echo "$out" | grep -Eq '^tls ec-p256 +custos key +[0-9]+/s +key file +[0-9]+/s' &&
+    echo "$out" | grep -Eq '^tls rsa-3072 +custos key +[0-9]+/s +key file +[0-9]+/s' &&
+    echo "ok 8 - TLS handshakes with a custos: key and with a key file measured" ||
+    { echo "$out"; echo "not ok 8 - no TLS provider rows"; exit 1; }
 [ "$(echo "$out" | grep -c '^errors: 0$')" -eq 4 ] && echo "ok 3 - no errors in any stage" ||
     { echo "$out"; echo "not ok 3 - errors in the smoke run"; exit 1; }

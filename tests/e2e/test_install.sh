@@ -26,7 +26,11 @@ usr/lib/sysusers.d/custos.conf usr/share/man/man8/kmsd.8 usr/share/man/man1/kmsc
 usr/share/man/man5/kmsd.json.5 usr/share/custos/examples/kmsd.json
 usr/share/custos/examples/policy.json usr/share/doc/custos/operations.md
 usr/share/doc/custos/configuration.md usr/share/custos/dev-hsm.sh
-usr/share/custos/tls-hsm-key.py"
+usr/share/custos/tls-hsm-key.py usr/share/doc/custos/openssl-provider.md"
+# The OpenSSL provider goes into OpenSSL's own modules directory (under
+# DESTDIR), wherever PREFIX points (docs/openssl-provider.md).
+moddir=$(pkg-config --variable=modulesdir libcrypto)
+want="$want ${moddir#/}/custos.so"
 missing=
 for f in $want; do [ -f "$R/$f" ] || missing="$missing $f"; done
 t "every expected file is installed${missing:+ (missing:$missing)}" [ -z "$missing" ]
