@@ -14,7 +14,7 @@
  *
  * Custos signs with SHA-256 only, and PSS only with MGF1-SHA-256 and a salt
  * as long as the digest (what TLS 1.3 uses); any other choice is refused
- * when it is set, not when kmsd is asked.
+ * when it is set, not when kmsd is asked (prov_sigparams.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -26,26 +26,7 @@
 #include "proto/key.pb-c.h"
 #include "prov.h"
 #include "prov_client.h"
-
-#define SHA256_LEN 32
-
-enum { OP_SIGN = 1, OP_VERIFY = 2 };
-
-struct prov_sig {
-    struct prov_ctx *ctx;
-    struct prov_key *key;
-    int op;
-    int pad;       /* RSA_PKCS1_PADDING or RSA_PKCS1_PSS_PADDING (RSA only) */
-    int md_set;    /* SHA-256 was named (or implied by a digest-sign init) */
-    int saltlen;   /* RSA_PSS_SALTLEN_DIGEST, or 32 */
-    EVP_MD *md;    /* digest-sign: SHA-256 of the child context */
-    EVP_MD_CTX *mdctx;
-    int is_ec;
-    /* Pass-through (verification, plain keys): the child context's
-     * operation, one of the two. */
-    EVP_PKEY_CTX *inner;
-    EVP_MD_CTX *inner_md;
-};
+#include "prov_sigparams.h"
 
 /* Signing with a Custos key is ours; everything else is passed through. */
 static int custos_sign(const struct prov_sig *s)
@@ -131,20 +112,6 @@ static void *sig_dupctx(void *vs)
     return d;
 }
 
-/* Accept SHA-256 under any of its names; anything else is refused. */
-static int set_digest(struct prov_sig *s, const char *name)
-{
-    EVP_MD *md = EVP_MD_fetch(s->ctx->libctx, name, PROV_PEER_PROPQ);
-    int ok = md != NULL && EVP_MD_is_a(md, "SHA2-256");
-    EVP_MD_free(md);
-    if (!ok) {
-        PROV_RAISE(s->ctx, PROV_R_UNSUPPORTED, "Custos keys sign with SHA-256 only, not %s", name);
-        return 0;
-    }
-    s->md_set = 1;
-    return 1;
-}
-
 static int sig_set_ctx_params(void *vs, const OSSL_PARAM params[]);
 
 static int sig_init(void *vs, void *provkey, const OSSL_PARAM params[], int op)
@@ -193,14 +160,6 @@ static int verify_init(void *vs, void *provkey, const OSSL_PARAM params[])
     return sig_init_plain(vs, provkey, params, OP_VERIFY);
 }
 
-static uint32_t wanted_alg(const struct prov_sig *s)
-{
-    if (s->is_ec)
-        return CUSTOS__V1__SIGNING_ALGORITHM__ECDSA_SHA_256;
-    return s->pad == RSA_PKCS1_PSS_PADDING ? CUSTOS__V1__SIGNING_ALGORITHM__RSASSA_PSS_SHA_256
-                                           : CUSTOS__V1__SIGNING_ALGORITHM__RSASSA_PKCS1_V1_5_SHA_256;
-}
-
 /* Sign a SHA-256 digest through kmsd. */
 static int sign_digest(struct prov_sig *s, unsigned char *sig, size_t *siglen, size_t sigsize,
                        const unsigned char *dgst, size_t dlen)
@@ -228,7 +187,7 @@ static int sign_digest(struct prov_sig *s, unsigned char *sig, size_t *siglen, s
                    "custos key");
         return 0;
     }
-    if (s->key->algs && !(s->key->algs & (1u << wanted_alg(s)))) {
+    if (s->key->algs && !(s->key->algs & (1u << prov_sigparams_algorithm(s)))) {
         PROV_RAISE(s->ctx, PROV_R_UNSUPPORTED, "kmsd does not offer this algorithm for the key");
         return 0;
     }
@@ -239,7 +198,7 @@ static int sign_digest(struct prov_sig *s, unsigned char *sig, size_t *siglen, s
     req.message.data = (uint8_t *)dgst;
     req.message.len = dlen;
     req.message_type = CUSTOS__V1__MESSAGE_TYPE__DIGEST;
-    req.algorithm = wanted_alg(s);
+    req.algorithm = prov_sigparams_algorithm(s);
     if (!prov_client_call(s->ctx, "Sign", &req.base, &custos__v1__sign_response__descriptor,
                           (ProtobufCMessage **)&resp))
         return 0;
@@ -290,7 +249,7 @@ static int dsig_init(void *vs, const char *mdname, void *provkey, const OSSL_PAR
                     : EVP_DigestVerifyInit_ex(s->inner_md, NULL, mdname, s->ctx->libctx,
                                               PROV_PEER_PROPQ, s->key->pub, params)) > 0;
     }
-    if (!set_digest(s, mdname && *mdname ? mdname : "SHA2-256"))
+    if (!prov_sigparams_set_digest(s, mdname && *mdname ? mdname : "SHA2-256"))
         return 0;
     EVP_MD_free(s->md);
     s->md = EVP_MD_fetch(s->ctx->libctx, "SHA2-256", PROV_PEER_PROPQ);
@@ -366,215 +325,56 @@ static int digest_verify_final(void *vs, const unsigned char *sig, size_t siglen
     return s->inner_md != NULL && EVP_DigestVerifyFinal(s->inner_md, sig, siglen) > 0;
 }
 
-/* ---- parameters -------------------------------------------------------- */
-
-/* DER AlgorithmIdentifiers for X.509 (RFC 5758, RFC 4055). */
-static const unsigned char aid_ecdsa_sha256[] = {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48,
-                                                 0xce, 0x3d, 0x04, 0x03, 0x02};
-static const unsigned char aid_rsa_sha256[] = {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
-                                               0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00};
-/* RSASSA-PSS, hash SHA-256, MGF1 with SHA-256, salt length 32, trailer 1. */
-static const unsigned char aid_rsa_pss_sha256[] = {
-    0x30, 0x41, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a, 0x30,
-    0x34, 0xa0, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04,
-    0x02, 0x01, 0x05, 0x00, 0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
-    0xf7, 0x0d, 0x01, 0x01, 0x08, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65,
-    0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0xa2, 0x03, 0x02, 0x01, 0x20};
+/* ---- parameters (prov_sigparams.c) ------------------------------------- */
 
 static int sig_get_ctx_params(void *vs, OSSL_PARAM params[])
 {
     struct prov_sig *s = vs;
-    OSSL_PARAM *p;
     if (!custos_sign(s)) {
         EVP_PKEY_CTX *in = inner_pctx(s);
         return in != NULL && EVP_PKEY_CTX_get_params(in, params) > 0;
     }
-    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_ALGORITHM_ID)) != NULL) {
-        const unsigned char *aid = s->is_ec                       ? aid_ecdsa_sha256
-                                   : s->pad == RSA_PKCS1_PSS_PADDING ? aid_rsa_pss_sha256
-                                                                    : aid_rsa_sha256;
-        size_t n = s->is_ec                       ? sizeof(aid_ecdsa_sha256)
-                   : s->pad == RSA_PKCS1_PSS_PADDING ? sizeof(aid_rsa_pss_sha256)
-                                                    : sizeof(aid_rsa_sha256);
-        if (!OSSL_PARAM_set_octet_string(p, aid, n))
-            return 0;
-    }
-    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_DIGEST)) != NULL &&
-        !OSSL_PARAM_set_utf8_string(p, "SHA2-256"))
-        return 0;
-    if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_DIGEST_SIZE)) != NULL &&
-        !OSSL_PARAM_set_size_t(p, SHA256_LEN))
-        return 0;
-    if (!s->is_ec) {
-        if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_PAD_MODE)) != NULL) {
-            int ok = p->data_type == OSSL_PARAM_INTEGER
-                         ? OSSL_PARAM_set_int(p, s->pad)
-                         : OSSL_PARAM_set_utf8_string(
-                               p, s->pad == RSA_PKCS1_PSS_PADDING ? OSSL_PKEY_RSA_PAD_MODE_PSS
-                                                                  : OSSL_PKEY_RSA_PAD_MODE_PKCSV15);
-            if (!ok)
-                return 0;
-        }
-        if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_PSS_SALTLEN)) != NULL) {
-            int ok = p->data_type == OSSL_PARAM_INTEGER ? OSSL_PARAM_set_int(p, SHA256_LEN)
-                                                        : OSSL_PARAM_set_utf8_string(p, "32");
-            if (!ok)
-                return 0;
-        }
-        if ((p = OSSL_PARAM_locate(params, OSSL_SIGNATURE_PARAM_MGF1_DIGEST)) != NULL &&
-            !OSSL_PARAM_set_utf8_string(p, "SHA2-256"))
-            return 0;
-    }
-    return 1;
-}
-
-static int set_pad(struct prov_sig *s, const OSSL_PARAM *p)
-{
-    int pad = 0;
-    if (p->data_type == OSSL_PARAM_UTF8_STRING) {
-        const char *v = p->data;
-        if (strcmp(v, OSSL_PKEY_RSA_PAD_MODE_PKCSV15) == 0)
-            pad = RSA_PKCS1_PADDING;
-        else if (strcmp(v, OSSL_PKEY_RSA_PAD_MODE_PSS) == 0)
-            pad = RSA_PKCS1_PSS_PADDING;
-    } else if (!OSSL_PARAM_get_int(p, &pad)) {
-        return 0;
-    }
-    if (pad != RSA_PKCS1_PADDING && pad != RSA_PKCS1_PSS_PADDING) {
-        PROV_RAISE(s->ctx, PROV_R_UNSUPPORTED, "Custos RSA keys sign with PKCS#1 v1.5 or PSS only");
-        return 0;
-    }
-    s->pad = pad;
-    return 1;
-}
-
-/* PSS salt: the digest length (32) only. "auto" (OpenSSL's default when
- * nothing is said, which would mean the maximum for signing) is taken as
- * 32; an explicit "max" or any other length is refused, since a verifier
- * told so would reject a 32-byte salt. */
-static int set_saltlen(struct prov_sig *s, const OSSL_PARAM *p)
-{
-    int len = 0;
-    if (p->data_type == OSSL_PARAM_UTF8_STRING) {
-        const char *v = p->data;
-        if (strcmp(v, OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST) == 0 ||
-            strcmp(v, OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO) == 0)
-            len = SHA256_LEN;
-        else if (strcmp(v, OSSL_PKEY_RSA_PSS_SALT_LEN_MAX) == 0)
-            len = RSA_PSS_SALTLEN_MAX;
-        else
-            len = atoi(v);
-    } else if (!OSSL_PARAM_get_int(p, &len)) {
-        return 0;
-    }
-    if (len == RSA_PSS_SALTLEN_DIGEST || len == RSA_PSS_SALTLEN_AUTO)
-        len = SHA256_LEN;
-    if (len != SHA256_LEN) {
-        PROV_RAISE(s->ctx, PROV_R_UNSUPPORTED,
-                   "Custos PSS signatures use a 32-byte salt (the digest length)");
-        return 0;
-    }
-    s->saltlen = len;
-    return 1;
+    return prov_sigparams_get(s, params);
 }
 
 static int sig_set_ctx_params(void *vs, const OSSL_PARAM params[])
 {
     struct prov_sig *s = vs;
-    const OSSL_PARAM *p;
     if (params == NULL || params->key == NULL)
         return 1;
     if (!custos_sign(s)) {
         EVP_PKEY_CTX *in = inner_pctx(s);
         return in != NULL && EVP_PKEY_CTX_set_params(in, params) > 0;
     }
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_SIGNATURE_PARAM_DIGEST)) != NULL) {
-        const char *name = NULL;
-        if (!OSSL_PARAM_get_utf8_string_ptr(p, &name) || !set_digest(s, name))
-            return 0;
-    }
-    if (s->is_ec)
-        return 1;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_SIGNATURE_PARAM_PAD_MODE)) != NULL &&
-        !set_pad(s, p))
-        return 0;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_SIGNATURE_PARAM_PSS_SALTLEN)) != NULL &&
-        !set_saltlen(s, p))
-        return 0;
-    if ((p = OSSL_PARAM_locate_const(params, OSSL_SIGNATURE_PARAM_MGF1_DIGEST)) != NULL) {
-        const char *name = NULL;
-        EVP_MD *md = NULL;
-        int ok = OSSL_PARAM_get_utf8_string_ptr(p, &name) &&
-                 (md = EVP_MD_fetch(s->ctx->libctx, name, PROV_PEER_PROPQ)) != NULL &&
-                 EVP_MD_is_a(md, "SHA2-256");
-        EVP_MD_free(md);
-        if (!ok) {
-            PROV_RAISE(s->ctx, PROV_R_UNSUPPORTED, "Custos PSS signatures use MGF1 with SHA-256");
-            return 0;
-        }
-    }
-    return 1;
+    return prov_sigparams_set(s, params);
 }
-
-static const OSSL_PARAM ec_settable[] = {
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, NULL, 0),
-    OSSL_PARAM_END,
-};
-
-static const OSSL_PARAM rsa_settable[] = {
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PROPERTIES, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_PROPERTIES, NULL, 0),
-    OSSL_PARAM_END,
-};
-
-static const OSSL_PARAM ec_gettable[] = {
-    OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, NULL, 0),
-    OSSL_PARAM_size_t(OSSL_SIGNATURE_PARAM_DIGEST_SIZE, NULL),
-    OSSL_PARAM_END,
-};
-
-static const OSSL_PARAM rsa_gettable[] = {
-    OSSL_PARAM_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, NULL, 0),
-    OSSL_PARAM_size_t(OSSL_SIGNATURE_PARAM_DIGEST_SIZE, NULL),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, NULL, 0),
-    OSSL_PARAM_utf8_string(OSSL_SIGNATURE_PARAM_MGF1_DIGEST, NULL, 0),
-    OSSL_PARAM_END,
-};
 
 static const OSSL_PARAM *ec_settable_ctx_params(void *vs, void *provctx)
 {
     (void)vs;
     (void)provctx;
-    return ec_settable;
+    return prov_sigparams_settable(1);
 }
 
 static const OSSL_PARAM *rsa_settable_ctx_params(void *vs, void *provctx)
 {
     (void)vs;
     (void)provctx;
-    return rsa_settable;
+    return prov_sigparams_settable(0);
 }
 
 static const OSSL_PARAM *ec_gettable_ctx_params(void *vs, void *provctx)
 {
     (void)vs;
     (void)provctx;
-    return ec_gettable;
+    return prov_sigparams_gettable(1);
 }
 
 static const OSSL_PARAM *rsa_gettable_ctx_params(void *vs, void *provctx)
 {
     (void)vs;
     (void)provctx;
-    return rsa_gettable;
+    return prov_sigparams_gettable(0);
 }
 
 #define SIGNATURE_COMMON                                                                   \
