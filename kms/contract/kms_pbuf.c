@@ -43,13 +43,17 @@ static bool read_varint(struct cursor *c, uint64_t *out)
     uint64_t v = 0;
     for (unsigned shift = 0; shift < 64 && c->p < c->end; shift += 7) {
         uint8_t b = *c->p++;
+        /* The 10th byte holds bit 63 only: more would be a value past 64
+         * bits, which protobuf-c (and a shift) would silently drop. */
+        if (shift == 63 && (b & 0x7e) != 0)
+            return false;
         v |= (uint64_t)(b & 0x7f) << shift;
         if ((b & 0x80) == 0) {
             *out = v;
             return true;
         }
     }
-    return false; /* truncated, or longer than 10 bytes */
+    return false; /* truncated, longer than 10 bytes, or past 64 bits */
 }
 
 static bool skip(struct cursor *c, uint64_t n)
@@ -162,39 +166,68 @@ static kms_err check_string(const struct trail *t, const uint8_t *p, size_t n)
     return KMS_OK;
 }
 
-/* Every enum field of every request (singular, repeated, packed, nested) is
- * refused here unless its value is one its enum defines: proto3 decoders
- * keep unknown values, protobuf-c hands them to handlers as they are, and
- * a handler that tests only for the values it acts on would read an
- * unknown one as "not X", i.e. as a default (origin 99 made an HSM key).
- * The whole varint is compared, as protobuf's int32 encoding writes it
- * (negative values sign-extended to 64 bits): protobuf-c keeps only the
- * low 32 bits, so 2^40 would otherwise decode as 0. UNSPECIFIED (0) is a
- * defined value and passes; what it means is each handler's rule. */
-static bool enum_defined(const ProtobufCEnumDescriptor *ed, uint64_t v)
+/* Every varint field of a 32-bit type of every request (singular,
+ * repeated, packed, nested, map values) is refused here unless the whole
+ * varint as sent is a value of the field's type: protobuf-c keeps only the
+ * low 32 bits, so a uint32 version sent as 2^32+1 would otherwise be acted
+ * on (and audited) as version 1, and an enum origin 2^40 as 0.
+ *   - uint32, and sint32 (zigzag, so its wire value is the 32-bit
+ *     pattern): at most 0xFFFFFFFF.
+ *   - int32 and enums: protobuf writes negatives sign-extended to 64 bits
+ *     (10 bytes), so exactly INT32_MIN..INT32_MAX read as an int64.
+ *   - enums also only a value the enum defines: proto3 decoders keep
+ *     unknown values, protobuf-c hands them to handlers as they are, and a
+ *     handler that tests only for the values it acts on would read an
+ *     unknown one as "not X", i.e. as a default (origin 99 made an HSM
+ *     key). UNSPECIFIED (0) is defined and passes; what it means is each
+ *     handler's rule.
+ * 64-bit types fit any varint read_varint() accepts; fixed32/sfixed32
+ * travel as exactly 4 bytes and bool as any varint (non-zero is true). */
+static bool is_checked_varint(ProtobufCType t)
 {
-    int64_t s = (int64_t)v;
-    if (s < INT32_MIN || s > INT32_MAX)
-        return false;
-    return protobuf_c_enum_descriptor_get_value(ed, (int)s) != NULL;
+    return t == PROTOBUF_C_TYPE_ENUM || t == PROTOBUF_C_TYPE_INT32 ||
+           t == PROTOBUF_C_TYPE_UINT32 || t == PROTOBUF_C_TYPE_SINT32;
 }
 
-static kms_err check_enum(const struct trail *t, const ProtobufCFieldDescriptor *f,
-                          unsigned wire, uint64_t v, const uint8_t *packed, size_t len,
-                          const ProtobufCMessageDescriptor *d)
+static bool varint_fits(const ProtobufCFieldDescriptor *f, uint64_t v)
 {
-    const ProtobufCEnumDescriptor *ed = f->descriptor;
+    int64_t s = (int64_t)v;
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_SINT32:
+        return v <= UINT32_MAX;
+    case PROTOBUF_C_TYPE_INT32:
+        return s >= INT32_MIN && s <= INT32_MAX;
+    case PROTOBUF_C_TYPE_ENUM:
+        return s >= INT32_MIN && s <= INT32_MAX &&
+               protobuf_c_enum_descriptor_get_value(f->descriptor, (int)s) != NULL;
+    default:
+        return true;
+    }
+}
+
+static kms_err check_varint(const struct trail *t, const ProtobufCFieldDescriptor *f,
+                            unsigned wire, uint64_t v, const uint8_t *packed, size_t len,
+                            const ProtobufCMessageDescriptor *d)
+{
     char why[96];
-    snprintf(why, sizeof(why), "is not a defined %s value", ed->short_name);
+    if (f->type == PROTOBUF_C_TYPE_ENUM)
+        snprintf(why, sizeof(why), "is not a defined %s value",
+                 ((const ProtobufCEnumDescriptor *)f->descriptor)->short_name);
+    else
+        snprintf(why, sizeof(why), "is out of range for %s",
+                 f->type == PROTOBUF_C_TYPE_UINT32  ? "a uint32"
+                 : f->type == PROTOBUF_C_TYPE_INT32 ? "an int32"
+                                                    : "a sint32");
     if (wire == 0)
-        return enum_defined(ed, v) ? KMS_OK : refuse_field(t, why);
+        return varint_fits(f, v) ? KMS_OK : refuse_field(t, why);
     /* A packed run (walk() sends only repeated fields here). */
     struct cursor c = {packed, packed + len};
     while (c.p < c.end) {
         uint64_t e;
         if (!read_varint(&c, &e))
             return refuse("truncated varint in a packed field", d);
-        if (!enum_defined(ed, e))
+        if (!varint_fits(f, e))
             return refuse_field(t, why);
     }
     return KMS_OK;
@@ -261,11 +294,11 @@ static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, si
             t->f[depth - 1] = f;
             t->n = depth;
             KMS_GUARD(check_string(t, payload, (size_t)n));
-        } else if (f->type == PROTOBUF_C_TYPE_ENUM &&
+        } else if (is_checked_varint(f->type) &&
                    (wire == 0 || (wire == 2 && f->label == PROTOBUF_C_LABEL_REPEATED))) {
             t->f[depth - 1] = f;
             t->n = depth;
-            KMS_GUARD(check_enum(t, f, wire, n, payload, wire == 2 ? (size_t)n : 0, d));
+            KMS_GUARD(check_varint(t, f, wire, n, payload, wire == 2 ? (size_t)n : 0, d));
             if (wire == 2)
                 add = packed_count(f->type, payload, (size_t)n);
         } else if (wire == 2 && f->label == PROTOBUF_C_LABEL_REPEATED &&

@@ -21,7 +21,11 @@
  *      and refuses any enum field, at any depth (singular, repeated,
  *      packed), whose value its enum descriptor does not define, the
  *      whole varint compared (protobuf-c would keep an unknown value, and
- *      keep only the low 32 bits of a longer one);
+ *      keep only the low 32 bits of a longer one); and any uint32, int32
+ *      or sint32 field, at any depth (map values and packed runs
+ *      included), whose whole varint is not a value of its type (2^32+1
+ *      as a uint32 would otherwise be read as 1); and any varint with
+ *      bits past the 64th;
  *   2. then unpacks with an allocator that counts bytes and refuses any
  *      allocation past KMS_PBUF_ALLOC_BUDGET(len) before calling malloc.
  *

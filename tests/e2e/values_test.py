@@ -264,6 +264,104 @@ check(methods_seen >= 27 and fields_seen >= 8 and set(BASES) <= {
       f"the walk covered every method ({methods_seen}) and enum field ({fields_seen})")
 check(snapshot() == before, "nothing changed: every key and every recovery as before the walk")
 
+# ---- 1b. 32-bit integers: the whole varint must fit ---------------------------------------
+# protobuf-c keeps the low 32 bits of a uint32 varint: Sign with version
+# 2^32+1 signed with (and audited) version 1, and GenerateDataKey with
+# number_of_bytes 2^32+32 made a 32-byte key. JSON refuses the same number
+# ("integer out of range"); protobuf must refuse it too, naming the field.
+
+TOO_BIG = (1 << 32) + 1
+SK = must(call(KS, "CreateKey", kpb.CreateKeyRequest(region="eu-west", spec=kpb.EC_P256,
+                                                     usage=kpb.SIGN_VERIFY),
+               "demo-admin"), "a signing key").key.key_id
+BASES_U32 = dict(BASES)
+BASES_U32.update({
+    "Sign": kpb.SignRequest(key_id=SK, message=b"u32", algorithm=kpb.ECDSA_SHA_256),
+    "Verify": kpb.VerifyRequest(key_id=SK, message=b"u32", algorithm=kpb.ECDSA_SHA_256,
+                                signature=b"\x30\x06\x02\x01\x01\x02\x01\x01"),
+    "GetPublicKey": kpb.GetPublicKeyRequest(key_id=SK),
+    "GenerateDataKey": kpb.GenerateDataKeyRequest(key_id=K),
+    "Encrypt": kpb.EncryptRequest(key_id=K, plaintext=b"p"),
+})
+
+
+def u32_paths(desc, prefix=(), depth=0):
+    for f in desc.fields:
+        p = prefix + (f,)
+        if f.type == FD.TYPE_UINT32:
+            yield p
+        elif f.type == FD.TYPE_MESSAGE and depth < 6:
+            yield from u32_paths(f.message_type, p, depth + 1)
+
+
+def wire_at(path, v):
+    """The wire bytes of the field at path = v (varint), each enclosing
+    message holding just the next one; appended to a body, protobuf merges
+    it into (or, repeated, adds it to) what is there."""
+    out = varint(path[-1].number << 3) + varint(v)
+    for f in reversed(path[:-1]):
+        out = varint(f.number << 3 | 2) + varint(len(out)) + out
+    return out
+
+
+def json_at(d, path, v):
+    f = path[0]
+    if len(path) == 1:
+        d[f.name] = [v] if f.label == FD.LABEL_REPEATED else v
+        return
+    if f.label == FD.LABEL_REPEATED:
+        lst = d.setdefault(f.name, [])
+        if not lst:
+            lst.append({})
+        json_at(lst[0], path[1:], v)
+    else:
+        json_at(d.setdefault(f.name, {}), path[1:], v)
+
+
+before = snapshot()
+methods_seen = fields_seen = nested_seen = 0
+for svc in SERVICES.values():
+    for m in svc.methods:
+        methods_seen += 1
+        base = BASES_U32.get(m.name, cls_of(m.input_type)())
+        who = who_for(svc, m.name)
+        for path in u32_paths(m.input_type):
+            fields_seen += 1
+            nested_seen += len(path) > 1
+            want = f'field "{name_of(path)}" is out of range for a uint32'
+            for v in (TOO_BIG, 1 << 32, 1 << 63):
+                s, data = post(svc.full_name, m.name, base.SerializeToString() + wire_at(path, v),
+                               who)
+                err = json.loads(data) if s != 200 else {}
+                good = (s == 400 and err.get("code") == "invalid_argument" and
+                        err.get("msg") == want)
+                check(good, f"{m.name} in protobuf with {name_of(path)} = {v}: 400 "
+                            f"invalid_argument '{want}'" +
+                      ("" if good else f" (got {s} {err or 'a reply'})"))
+            d = json_format.MessageToDict(base, preserving_proto_field_name=True)
+            json_at(d, path, TOO_BIG)
+            s, data = post(svc.full_name, m.name, json.dumps(d).encode(), who,
+                           "application/json")
+            err = json.loads(data) if s != 200 else {}
+            good = s == 400 and err.get("code") in ("malformed", "invalid_argument") and \
+                path[-1].name in err.get("msg", "")
+            check(good, f"{m.name} in JSON with {name_of(path)} = {TOO_BIG}: 400 naming the field" +
+                  ("" if good else f" (got {s} {err or 'a reply'})"))
+check(methods_seen >= 27 and fields_seen >= 10 and nested_seen >= 1,
+      f"the walk covered every method ({methods_seen}) and uint32 field ({fields_seen}, "
+      f"{nested_seen} nested)")
+check(snapshot() == before, "nothing changed: every key and every recovery as before the uint32 walk")
+
+# In range, the same requests still work: 0xFFFFFFFF is a (missing) version,
+# not a refusal, and version 1 signs.
+s, r = call(KS, "GetPublicKey", kpb.GetPublicKeyRequest(key_id=SK, version=0xFFFFFFFF),
+            "demo-broker")
+check(s == 404 and r.get("code") == "not_found",
+      f"GetPublicKey version 0xFFFFFFFF: 404 not_found, decoded in full ({s} {r})")
+s, r = call(KS, "Sign", kpb.SignRequest(key_id=SK, version=1, message=b"u32",
+                                        algorithm=kpb.ECDSA_SHA_256), "demo-broker")
+check(s == 200 and r.version == 1, f"Sign version 1: 200 ({s})")
+
 # ---- 2. free text -------------------------------------------------------------------------
 
 BAD_TEXT = {
