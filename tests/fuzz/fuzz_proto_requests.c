@@ -10,7 +10,9 @@
  * field, at any depth, with a NUL byte or bytes that are not UTF-8 (the
  * handlers get char *: such a string would reach them as another string),
  * nor an enum field, at any depth, whose value its enum does not define
- * (a handler would read it as a default). These are checked on the input's
+ * (a handler would read it as a default), nor a uint32/sint32/int32 field
+ * whose whole varint is not a value of its type (protobuf-c would keep its
+ * low 32 bits: version 2^32+1 read as 1). These are checked on the input's
  * own bytes, by a reader of this file, not by the decoder's.
  */
 #include <stdbool.h>
@@ -68,6 +70,8 @@ static uint64_t varint(const uint8_t **p, const uint8_t *end)
         if (*p >= end)
             abort(); /* accepted, yet truncated */
         uint8_t b = *(*p)++;
+        if (shift == 63 && b > 1)
+            abort(); /* accepted bits past the 64th */
         v |= (uint64_t)(b & 0x7f) << shift;
         if ((b & 0x80) == 0)
             return v;
@@ -85,8 +89,24 @@ static bool enum_defined(const ProtobufCEnumDescriptor *ed, uint64_t v)
     return false;
 }
 
+/* v, the whole varint, is a value of f's type (enums: a defined one). */
+static bool varint_ok(const ProtobufCFieldDescriptor *f, uint64_t v)
+{
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_ENUM:
+        return enum_defined(f->descriptor, v);
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_SINT32:
+        return (v >> 32) == 0;
+    case PROTOBUF_C_TYPE_INT32:
+        return (v >> 31) == 0 || (v >> 31) == (UINT64_MAX >> 31);
+    default:
+        return true;
+    }
+}
+
 /* Every string field of an accepted body: UTF-8 without NUL; every enum
- * field: a defined value. */
+ * field: a defined value; every 32-bit integer field: a value of its type. */
 static void strings_clean(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
 {
     const uint8_t *end = p + n;
@@ -98,8 +118,8 @@ static void strings_clean(const ProtobufCMessageDescriptor *d, const uint8_t *p,
         switch (tag & 7) {
         case 0: {
             uint64_t v = varint(&p, end);
-            if (f != NULL && f->type == PROTOBUF_C_TYPE_ENUM && !enum_defined(f->descriptor, v))
-                abort(); /* an enum value the handler would read as a default */
+            if (f != NULL && !varint_ok(f, v))
+                abort(); /* a value the handler would read as another */
             continue;
         }
         case 1:
@@ -122,9 +142,11 @@ static void strings_clean(const ProtobufCMessageDescriptor *d, const uint8_t *p,
                 abort(); /* a string the handler would not see as sent */
             if (f->type == PROTOBUF_C_TYPE_MESSAGE)
                 strings_clean(f->descriptor, p, (size_t)len);
-            if (f->type == PROTOBUF_C_TYPE_ENUM) /* a packed run */
+            if (f->type == PROTOBUF_C_TYPE_ENUM || f->type == PROTOBUF_C_TYPE_UINT32 ||
+                f->type == PROTOBUF_C_TYPE_SINT32 ||
+                f->type == PROTOBUF_C_TYPE_INT32) /* a packed run */
                 for (const uint8_t *q = p; q < p + len;)
-                    if (!enum_defined(f->descriptor, varint(&q, p + len)))
+                    if (!varint_ok(f, varint(&q, p + len)))
                         abort();
         }
         p += len;
