@@ -670,8 +670,9 @@ START_TEST(uint32_cases_of_the_defect)
 }
 END_TEST
 
-/* int32 and sint32: no request of proto/ has one today, so a hand-made
- * descriptor (what the walk reads of it: fields, ids, types, labels). */
+/* int32, sint32 and maps of uint32: no request of proto/ has one today, so
+ * hand-made descriptors (what the walk reads of them: fields, ids, types,
+ * labels, sub-message descriptors). */
 static const ProtobufCFieldDescriptor i32_fields[] = {
     {.name = "i", .id = 1, .label = PROTOBUF_C_LABEL_NONE, .type = PROTOBUF_C_TYPE_INT32},
     {.name = "z", .id = 2, .label = PROTOBUF_C_LABEL_NONE, .type = PROTOBUF_C_TYPE_SINT32},
@@ -685,6 +686,45 @@ static const ProtobufCMessageDescriptor i32_desc = {
     .n_fields = 4,
     .fields = i32_fields,
 };
+/* map<string, uint32> counts = 1 inside a nested message: Outer { Ints
+ * ints = 1; map<string, uint32> counts = 2; }. */
+static const ProtobufCFieldDescriptor entry_fields[] = {
+    {.name = "key", .id = 1, .label = PROTOBUF_C_LABEL_NONE, .type = PROTOBUF_C_TYPE_STRING},
+    {.name = "value", .id = 2, .label = PROTOBUF_C_LABEL_NONE, .type = PROTOBUF_C_TYPE_UINT32},
+};
+static const ProtobufCMessageDescriptor entry_desc = {
+    .magic = PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+    .name = "test.Outer.CountsEntry",
+    .short_name = "CountsEntry",
+    .n_fields = 2,
+    .fields = entry_fields,
+};
+static const ProtobufCFieldDescriptor outer_fields[] = {
+    {.name = "ints", .id = 1, .label = PROTOBUF_C_LABEL_NONE, .type = PROTOBUF_C_TYPE_MESSAGE,
+     .descriptor = &i32_desc},
+    {.name = "counts", .id = 2, .label = PROTOBUF_C_LABEL_REPEATED,
+     .type = PROTOBUF_C_TYPE_MESSAGE, .descriptor = &entry_desc},
+};
+static const ProtobufCMessageDescriptor outer_desc = {
+    .magic = PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+    .name = "test.Outer",
+    .short_name = "Outer",
+    .n_fields = 2,
+    .fields = outer_fields,
+};
+
+/* Outer with one sub-message field `id` holding `inner`. */
+static kms_err check_outer(unsigned id, const struct wbuf *inner)
+{
+    struct wbuf b = {0};
+    put_varint(&b, ((uint64_t)id << 3) | 2);
+    put_varint(&b, inner->len);
+    put(&b, inner->p, inner->len);
+    kms_err rc = kms_pbuf_check(&outer_desc, b.p, b.len);
+    kms_err_clear();
+    free(b.p);
+    return rc;
+}
 
 static kms_err check_one(unsigned id, uint64_t v)
 {
@@ -697,7 +737,7 @@ static kms_err check_one(unsigned id, uint64_t v)
     return rc;
 }
 
-START_TEST(int32_and_sint32_ranges)
+START_TEST(int32_sint32_and_map_values)
 {
     /* int32: negatives come sign-extended (10 bytes); exactly the int32
      * range read as an int64 is accepted. */
@@ -742,6 +782,32 @@ START_TEST(int32_and_sint32_ranges)
     /* fixed32 is exactly 4 bytes on the wire: nothing to overflow. */
     static const uint8_t fx[] = {0x25, 0xff, 0xff, 0xff, 0xff};
     ck_assert_int_eq(kms_pbuf_check(&i32_desc, fx, sizeof(fx)), KMS_OK);
+
+    /* Nested: Outer.ints.i, named by its path. */
+    for (int k = 0; k < 2; k++) {
+        struct wbuf in = {0};
+        put_varint(&in, 1 << 3);
+        put_varint(&in, k == 0 ? (uint64_t)INT32_MIN : (uint64_t)1 << 31);
+        ck_assert_int_eq(check_outer(1, &in), k == 0 ? KMS_OK : KMS_ERR_INVALID_ARGUMENT);
+        if (k == 1)
+            ck_assert_str_eq(kms_pbuf_last_refusal(),
+                             ": field \"ints.i\" is out of range for an int32");
+        free(in.p);
+    }
+    /* A map value: {"a": 0xFFFFFFFF} decodes, {"a": 2^32+1} does not. */
+    for (int k = 0; k < 2; k++) {
+        struct wbuf in = {0};
+        put_varint(&in, (1 << 3) | 2);
+        put_varint(&in, 1);
+        put(&in, "a", 1);
+        put_varint(&in, 2 << 3);
+        put_varint(&in, k == 0 ? 0xffffffff : ((uint64_t)1 << 32) + 1);
+        ck_assert_int_eq(check_outer(2, &in), k == 0 ? KMS_OK : KMS_ERR_INVALID_ARGUMENT);
+        if (k == 1)
+            ck_assert_str_eq(kms_pbuf_last_refusal(),
+                             ": field \"counts\" (a map value) is out of range for a uint32");
+        free(in.p);
+    }
 }
 END_TEST
 
@@ -807,7 +873,7 @@ int main(void)
     tc = tcase_create("integers");
     tcase_add_test(tc, every_uint32_field_of_every_route);
     tcase_add_test(tc, uint32_cases_of_the_defect);
-    tcase_add_test(tc, int32_and_sint32_ranges);
+    tcase_add_test(tc, int32_sint32_and_map_values);
     suite_add_tcase(s, tc);
     tc = tcase_create("limits");
     tcase_add_test(tc, repeated_count_limit);
