@@ -205,6 +205,7 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *
     KMS_GUARD_GOTO(kms_store_recovery_get(kms_service_store(call->svc), req->recovery_id, &r,
                                           &appr, &n_appr),
                    done);
+    KMS_GUARD_GOTO(kms_recovery_refresh_expiry(call, &r), done);
     KMS_GUARD_GOTO(kms_store_key_get(kms_service_store(call->svc), r.key_id, &k), done);
     {
         char stmt[KMS_RECOVERY_STMT_MAX];
