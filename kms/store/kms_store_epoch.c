@@ -54,6 +54,23 @@ static kms_err meta_get(struct kms_store *store, const char *name, char *out, si
     return rc;
 }
 
+/* A region's watermark (what names it) stored as decimal text under name;
+ * *out stays 0 and *found false when absent. */
+static kms_err meta_get_u64(struct kms_store *store, const char *name, const char *what,
+                            const char *region, uint64_t *out, bool *found)
+{
+    char v[32];
+    KMS_GUARD(meta_get(store, name, v, sizeof(v), found));
+    if (!*found)
+        return KMS_OK;
+    char *end = NULL;
+    unsigned long long n = strtoull(v, &end, 10);
+    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL,
+               "store: %s of region %s is not a number", what, region);
+    *out = (uint64_t)n;
+    return KMS_OK;
+}
+
 /* One write statement with up to two text and one integer parameter, in
  * its own transaction. */
 static kms_err write_one(struct kms_store *store, const char *sql, const char *t1, const char *t2,
@@ -92,18 +109,10 @@ static kms_err mark_name(const char *region, char out[KMS_STORE_META_MAX])
 kms_err kms_store_audit_mark_get(struct kms_store *store, const char *region, uint64_t *out,
                                  bool *out_found)
 {
-    char name[KMS_STORE_META_MAX], v[32];
+    char name[KMS_STORE_META_MAX];
     *out = 0;
     KMS_GUARD(mark_name(region, name));
-    KMS_GUARD(meta_get(store, name, v, sizeof(v), out_found));
-    if (!*out_found)
-        return KMS_OK;
-    char *end = NULL;
-    unsigned long long n = strtoull(v, &end, 10);
-    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL,
-               "store: audit watermark of region %s is not a number", region);
-    *out = (uint64_t)n;
-    return KMS_OK;
+    return meta_get_u64(store, name, "audit watermark", region, out, out_found);
 }
 
 kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, uint64_t size)
@@ -276,21 +285,13 @@ static kms_err step_in_tx(struct store_conn *c, const char *sql, const char *key
 /* The encryption-count watermark of a region (see kms_store_epoch.h). */
 kms_err kms_store_enc_mark_get(struct kms_store *store, const char *region, uint64_t *out)
 {
-    char name[KMS_STORE_META_MAX], v[32];
+    char name[KMS_STORE_META_MAX];
     bool found = false;
     *out = 0;
     KMS_ENSURE(region != NULL && strlen(region) <= KMS_REGION_MAX, KMS_ERR_USAGE,
                "store: encryption-count watermark: bad region");
     snprintf(name, sizeof(name), "enc_mark:%s", region);
-    KMS_GUARD(meta_get(store, name, v, sizeof(v), &found));
-    if (!found)
-        return KMS_OK;
-    char *end = NULL;
-    unsigned long long n = strtoull(v, &end, 10);
-    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL,
-               "store: encryption-count watermark of region %s is not a number", region);
-    *out = (uint64_t)n;
-    return KMS_OK;
+    return meta_get_u64(store, name, "encryption-count watermark", region, out, &found);
 }
 
 kms_err kms_store_enc_mark_set(struct kms_store *store, const char *region, uint64_t size)

@@ -124,11 +124,6 @@ struct key_live_arg {
     int64_t now;
 };
 
-static void bind_key_id(struct store_bind *b, const void *arg)
-{
-    store_bind_text(b, 1, arg);
-}
-
 static void bind_key_live(struct store_bind *b, const void *varg)
 {
     const struct key_live_arg *a = varg;
@@ -171,7 +166,7 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
     if (rc != KMS_OK)
         goto out;
     KMS_GUARD_GOTO(store_key_row_get(c, t->key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op, bind_key_id,
+    KMS_GUARD_GOTO(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op, store_bind_text1,
                              t->key_id, &origin, &found),
                    end);
     KMS_ENSURE_GOTO(origin == KMS_KEY_ORIGIN_EXTERNAL, end, KMS_ERR_FAILED_PRECONDITION,
@@ -466,43 +461,43 @@ static kms_err read_kcv(sqlite3_stmt *st, void *elem, const char *op)
     return KMS_OK;
 }
 
+struct kcvs_arg {
+    const char *key_id;
+    void *arr;
+    size_t n;
+};
+
+/* The key must be visible in the same snapshot as its check values. */
+static kms_err kcv_tx(struct store_conn *c, void *varg, const char *op)
+{
+    struct kcvs_arg *a = varg;
+    struct store_key_row row = {0};
+    KMS_GUARD(store_key_row_get(c, a->key_id, false, &row, op));
+    return store_prep_collect(c,
+                              "SELECT c.version, c.kcv FROM key_check_values c JOIN key_versions "
+                              "v USING (key_id, version) WHERE c.key_id = ?1 AND v.state = 1 "
+                              "ORDER BY c.version",
+                              op, store_bind_text1, a->key_id, sizeof(struct kms_kcv_record),
+                              SIZE_MAX, read_kcv, &a->arr, &a->n);
+}
+
 kms_err kms_store_key_check_values(struct kms_store *store, const char *key_id,
                                    struct kms_kcv_record **out, size_t *out_n)
 {
     static const char op[] = "list key check values";
-    struct store_key_row row = {0};
-    struct store_bind b = {0};
-    void *arr = NULL;
-    size_t n = 0;
+    struct kcvs_arg a = {key_id, NULL, 0};
 
     KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_tx_begin(c, false, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(store_prep(c,
-                        "SELECT c.version, c.kcv FROM key_check_values c JOIN key_versions v "
-                        "USING (key_id, version) WHERE c.key_id = ?1 AND v.state = 1 "
-                        "ORDER BY c.version",
-                        op, &b),
-                   end);
-    store_bind_text(&b, 1, key_id);
-    rc = store_collect(&b, sizeof(struct kms_kcv_record), SIZE_MAX, read_kcv, &arr, &n, op);
-    store_fin(&b);
-end:
-    rc = store_tx_end(c, rc, op);
-    if (rc == KMS_OK) {
-        *out = arr;
-        *out_n = n;
-    } else {
-        free(arr);
+    kms_err rc = store_tx_run(store, false, kcv_tx, &a, op);
+    if (rc != KMS_OK) {
+        free(a.arr);
+        return rc;
     }
-out:
-    store_conn_give(c);
-    return rc;
+    *out = a.arr;
+    *out_n = a.n;
+    return KMS_OK;
 }

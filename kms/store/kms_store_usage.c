@@ -145,6 +145,14 @@ static kms_err read_usage_row(sqlite3_stmt *st, void *elem, const char *op)
     return KMS_OK;
 }
 
+/* ?1 and ?2 of the sweeper's queries: a threshold and LIMIT. */
+static void bind_p1_max(struct store_bind *b, const void *varg)
+{
+    const int64_t *a = varg;
+    store_bind_int(b, 1, a[0]);
+    store_bind_int(b, 2, a[1]);
+}
+
 static kms_err query_rows(struct kms_store *store, const char *sql, int64_t p1, size_t max,
                           struct kms_store_usage_row **out, size_t *out_n, const char *op)
 {
@@ -152,19 +160,12 @@ static kms_err query_rows(struct kms_store *store, const char *sql, int64_t p1, 
                "store: %s: NULL argument", op);
     *out = NULL;
     *out_n = 0;
-    struct store_bind b;
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_prep(c, sql, op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        store_bind_int(&b, 1, p1);
-        store_bind_int(&b, 2, (int64_t)max);
-        rc = store_collect(&b, sizeof(struct kms_store_usage_row), max, read_usage_row, &arr,
-                           out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    const int64_t a[2] = {p1, (int64_t)max};
+    void *arr = NULL;
+    kms_err rc = store_list_query(store, sql, op, bind_p1_max, a,
+                                  sizeof(struct kms_store_usage_row), max, read_usage_row, &arr,
+                                  out_n);
+    *out = arr;
     return rc;
 }
 
