@@ -197,28 +197,22 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     KMS_GUARD(p11_key_handle(tok, s, a->unwrapping, a->unwrapping_cls,
                              a->unwrapping_cls == CKO_SECRET_KEY ? CKK_AES : P11_TYPE_ANY, &hu));
 
-    CK_OBJECT_HANDLE existing;
-    CK_OBJECT_CLASS new_cls;
-    CK_KEY_TYPE new_type;
-    p11_kind_object(a->kind, &new_cls, &new_type);
-    kms_err rc = p11_key_handle(tok, s, a->new_id, new_cls, new_type, &existing);
-    if (rc == KMS_OK)
-        return kms_err_set(KMS_ERR_ALREADY_EXISTS, "key id already exists in token '%s'",
-                           tok->label);
-    if (rc != KMS_ERR_NOT_FOUND)
-        return rc;
+    KMS_GUARD(p11_key_refuse_existing(tok, s, a->new_id, a->kind));
 
     struct p11_tmpl t;
     p11_tmpl_secret(&t, a->kind, a->flags, a->new_id, a->label, true);
     CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu,
                       (CK_BYTE *)a->wrapped, a->wrapped_len, t.a, t.n, &h);
     KMS_GUARD(p11_rv_err(p11_rv_auth_failure(tok, rv), "C_UnwrapKey", tok->label));
-    rc = p11_key_verify(tok, s, h, a->kind, a->flags, false);
+    kms_err rc = p11_key_verify(tok, s, h, a->kind, a->flags, false);
     if (rc != KMS_OK) {
         kms_log_error("pkcs11", "%s; destroying the unwrapped key", kms_err_detail());
         P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
         return rc;
     }
+    CK_OBJECT_CLASS new_cls;
+    CK_KEY_TYPE new_type;
+    p11_kind_object(a->kind, &new_cls, &new_type);
     p11_cache_put(&tok->cache, a->new_id->b, new_cls, new_type, h);
     return KMS_OK;
 }

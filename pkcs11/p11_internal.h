@@ -241,6 +241,13 @@ kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
                               const struct p11_key_id *id, CK_OBJECT_HANDLE *out,
                               CK_KEY_TYPE *out_type);
 
+/* KMS_ERR_ALREADY_EXISTS if the token holds an object of the class and
+ * type kind makes under id. Secret keys of different types may share an id
+ * (a metadata version's AES and HMAC keys); two AES keys, or two pairs,
+ * never do. */
+kms_err p11_key_refuse_existing(struct p11_token *tok, CK_SESSION_HANDLE s,
+                                const struct p11_key_id *id, enum p11_key_kind kind);
+
 /* Class and lookup type of the object a kind's template makes (the private
  * half for pairs, with P11_TYPE_ANY). */
 void p11_kind_object(enum p11_key_kind kind, CK_OBJECT_CLASS *out_cls, CK_KEY_TYPE *out_type);

@@ -88,19 +88,7 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
     CK_ULONG bits = 0;
     CK_RV rv;
 
-    /* Refuse a second object of this class and type under an existing id.
-     * Secret keys of different types may share one (a metadata version's AES
-     * and HMAC keys); two AES keys, or two pairs, never do. */
-    CK_OBJECT_HANDLE existing;
-    CK_OBJECT_CLASS cls;
-    CK_KEY_TYPE type;
-    p11_kind_object(a->kind, &cls, &type);
-    kms_err rc = p11_key_handle(tok, s, a->id, cls, type, &existing);
-    if (rc == KMS_OK)
-        return kms_err_set(KMS_ERR_ALREADY_EXISTS, "key id already exists in token '%s'",
-                           tok->label);
-    if (rc != KMS_ERR_NOT_FOUND)
-        return rc;
+    KMS_GUARD(p11_key_refuse_existing(tok, s, a->id, a->kind));
 
     p11_tmpl_secret(&priv, a->kind, a->flags, a->id, a->label, false);
     if (p11_kind_is_pair(a->kind)) {
@@ -120,7 +108,7 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
         a->transient = p11_rv_transient(rv);
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKey", tok->label));
     }
-    rc = p11_key_verify(tok, s, h, a->kind, a->flags, true);
+    kms_err rc = p11_key_verify(tok, s, h, a->kind, a->flags, true);
     if (rc != KMS_OK) {
         kms_log_error("pkcs11", "%s; destroying the new key", kms_err_detail());
         P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
@@ -128,6 +116,9 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
             P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpub);
         return rc;
     }
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    p11_kind_object(a->kind, &cls, &type);
     p11_cache_put(&tok->cache, a->id->b, cls, type, h);
     if (hpub != CK_INVALID_HANDLE)
         p11_cache_put(&tok->cache, a->id->b, CKO_PUBLIC_KEY, P11_TYPE_ANY, hpub);
