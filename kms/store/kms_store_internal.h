@@ -178,6 +178,13 @@ kms_err store_version_state_get(struct store_conn *c, const char *key_id, uint32
                                 enum kms_version_state *out, const char *op);
 kms_err store_check_token(const char *token, size_t size, const char *op);
 
+/* ---- kms_store_versions.c ---- */
+
+/* Make a version ACTIVE and the key's current version (the create
+ * protocol's last step), inside the caller's write transaction. */
+kms_err store_version_make_active(struct store_conn *c, const char *key_id, uint32_t version,
+                                  const char *op);
+
 /* Statements prepared per call, for rare operations (imports, escrow,
  * recoveries) whose HSM work dwarfs a prepare. store_fin finalizes. */
 typedef void (*store_binder)(struct store_bind *b, const void *arg);

@@ -191,13 +191,27 @@ out:
     return rc;
 }
 
+kms_err store_version_make_active(struct store_conn *c, const char *key_id, uint32_t version,
+                                  const char *op)
+{
+    struct store_bind b;
+    KMS_GUARD(store_stmt(c, ST_VERSION_SET_ACTIVE, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD(store_run(&b, op));
+
+    KMS_GUARD(store_stmt(c, ST_KEY_ACTIVATE, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    return store_run(&b, op);
+}
+
 kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
                                    uint32_t version)
 {
     static const char op[] = "activate key version";
     struct store_key_row row = {0};
     enum kms_version_state vstate = KMS_VERSION_CREATING;
-    struct store_bind b;
 
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
@@ -217,15 +231,7 @@ kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
     if (vstate == KMS_VERSION_ACTIVE)
         goto end;
 
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_SET_ACTIVE, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_ACTIVATE, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
+    KMS_GUARD_GOTO(store_version_make_active(c, key_id, version, op), end);
 end:
     rc = store_tx_end(c, rc, op);
 out:
