@@ -477,3 +477,9 @@ void kms_config_free(struct kms_config *c)
     free(c->log_file);
     free(c);
 }
+
+const char *kms_config_default_path(void)
+{
+    const char *p = getenv("CUSTOS_CONFIG");
+    return p != NULL && *p != '\0' ? p : "/etc/custos/kmsd.json";
+}
