@@ -135,25 +135,25 @@ struct wrap_arg {
     size_t out_cap, out_len;
 };
 
+kms_err p11_kwp_wrap_in(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE hw,
+                        CK_OBJECT_HANDLE target, const char *fn, uint8_t *out, size_t out_cap,
+                        size_t *out_len)
+{
+    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_ULONG len = out_cap;
+    CK_RV rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hw, target, out, &len);
+    KMS_GUARD(p11_rv_err(rv, fn, tok->label));
+    *out_len = len;
+    return KMS_OK;
+}
+
 static kms_err do_wrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct wrap_arg *a = varg;
     CK_OBJECT_HANDLE hw, ht;
     KMS_GUARD(p11_key_handle(tok, s, a->wrapping, CKO_SECRET_KEY, CKK_AES, &hw));
-    if (a->target_kind == 0) {
-        KMS_GUARD(p11_key_handle_secret(tok, s, a->target, &ht, NULL));
-    } else {
-        CK_OBJECT_CLASS cls;
-        CK_KEY_TYPE type;
-        p11_kind_object(a->target_kind, &cls, &type);
-        KMS_GUARD(p11_key_handle(tok, s, a->target, cls, type, &ht));
-    }
-    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    CK_ULONG len = a->out_cap;
-    CK_RV rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hw, ht, a->out, &len);
-    KMS_GUARD(p11_rv_err(rv, "C_WrapKey", tok->label));
-    a->out_len = len;
-    return KMS_OK;
+    KMS_GUARD(p11_key_handle_kind(tok, s, a->target, a->target_kind, &ht));
+    return p11_kwp_wrap_in(tok, s, hw, ht, "C_WrapKey", a->out, a->out_cap, &a->out_len);
 }
 
 static kms_err kwp_wrap(struct p11_token *tok, const struct p11_key_id *wrapping,

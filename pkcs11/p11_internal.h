@@ -241,6 +241,18 @@ kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
                               const struct p11_key_id *id, CK_OBJECT_HANDLE *out,
                               CK_KEY_TYPE *out_type);
 
+/* The object of kind under id; kind 0 means the id's secret key as
+ * p11_key_handle_secret picks it. */
+kms_err p11_key_handle_kind(struct p11_token *tok, CK_SESSION_HANDLE s,
+                            const struct p11_key_id *id, enum p11_key_kind kind,
+                            CK_OBJECT_HANDLE *out);
+
+/* C_WrapKey of target under the AES key hw with CKM_AES_KEY_WRAP_PAD
+ * (RFC 5649) into out (out_cap bytes); fn names the call in errors. */
+kms_err p11_kwp_wrap_in(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE hw,
+                        CK_OBJECT_HANDLE target, const char *fn, uint8_t *out, size_t out_cap,
+                        size_t *out_len);
+
 /* KMS_ERR_ALREADY_EXISTS if the token holds an object of the class and
  * type kind makes under id. Secret keys of different types may share an id
  * (a metadata version's AES and HMAC keys); two AES keys, or two pairs,

@@ -188,14 +188,7 @@ static kms_err do_lock(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     const struct lock_arg *la = varg;
     CK_OBJECT_HANDLE h;
-    if (la->kind == 0) {
-        KMS_GUARD(p11_key_handle_secret(tok, s, la->id, &h, NULL));
-    } else {
-        CK_OBJECT_CLASS cls;
-        CK_KEY_TYPE type;
-        p11_kind_object(la->kind, &cls, &type);
-        KMS_GUARD(p11_key_handle(tok, s, la->id, cls, type, &h));
-    }
+    KMS_GUARD(p11_key_handle_kind(tok, s, la->id, la->kind, &h));
     return p11_key_lock_in(tok, s, h, "key");
 }
 

@@ -69,6 +69,18 @@ kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
     }
     return rc;
 }
+kms_err p11_key_handle_kind(struct p11_token *tok, CK_SESSION_HANDLE s,
+                            const struct p11_key_id *id, enum p11_key_kind kind,
+                            CK_OBJECT_HANDLE *out)
+{
+    if (kind == 0)
+        return p11_key_handle_secret(tok, s, id, out, NULL);
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    p11_kind_object(kind, &cls, &type);
+    return p11_key_handle(tok, s, id, cls, type, out);
+}
+
 kms_err p11_key_refuse_existing(struct p11_token *tok, CK_SESSION_HANDLE s,
                                 const struct p11_key_id *id, enum p11_key_kind kind)
 {
