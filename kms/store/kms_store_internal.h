@@ -215,6 +215,10 @@ kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *
 kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op,
                            store_binder bind, const void *arg, size_t elem, size_t max,
                            store_row_reader read, void **out, size_t *out_n);
+/* At most one row of a per-call query on a reader of its own, decoded by
+ * read into elem; *out_found false (and KMS_OK) when there is none. */
+kms_err store_query_row(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+                        const void *arg, store_row_reader read, void *elem, bool *out_found);
 kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, store_binder bind,
                          const void *arg, size_t elem, size_t max, store_row_reader read,
                          void **out, size_t *out_n);

@@ -470,3 +470,24 @@ kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, s
     store_conn_give(c);
     return rc;
 }
+
+kms_err store_query_row(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+                        const void *arg, store_row_reader read, void *elem, bool *out_found)
+{
+    struct store_bind b;
+    bool row = false;
+    *out_found = false;
+    struct store_conn *c = store_reader_take(s);
+    kms_err rc = store_prep(c, sql, op, &b);
+    if (rc == KMS_OK) {
+        bind(&b, arg);
+        rc = store_step(&b, op, &row);
+        if (rc == KMS_OK && row) {
+            rc = read(b.st, elem, op);
+            *out_found = rc == KMS_OK;
+        }
+        store_fin(&b);
+    }
+    store_conn_give(c);
+    return rc;
+}
