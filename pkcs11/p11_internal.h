@@ -243,9 +243,8 @@ kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
 
 /* The object of kind under id; kind 0 means the id's secret key as
  * p11_key_handle_secret picks it. */
-kms_err p11_key_handle_kind(struct p11_token *tok, CK_SESSION_HANDLE s,
-                            const struct p11_key_id *id, enum p11_key_kind kind,
-                            CK_OBJECT_HANDLE *out);
+kms_err p11_key_handle_kind(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
+                            enum p11_key_kind kind, CK_OBJECT_HANDLE *out);
 
 /* C_WrapKey of target under the AES key hw with CKM_AES_KEY_WRAP_PAD
  * (RFC 5649) into out (out_cap bytes); fn names the call in errors. */

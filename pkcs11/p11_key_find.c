@@ -69,9 +69,8 @@ kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
     }
     return rc;
 }
-kms_err p11_key_handle_kind(struct p11_token *tok, CK_SESSION_HANDLE s,
-                            const struct p11_key_id *id, enum p11_key_kind kind,
-                            CK_OBJECT_HANDLE *out)
+kms_err p11_key_handle_kind(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
+                            enum p11_key_kind kind, CK_OBJECT_HANDLE *out)
 {
     if (kind == 0)
         return p11_key_handle_secret(tok, s, id, out, NULL);
@@ -97,8 +96,7 @@ kms_err p11_key_refuse_existing(struct p11_token *tok, CK_SESSION_HANDLE s,
 
 /* The first object (of any class) with CKA_ID id, if there is one. */
 static kms_err find_first_by_id(struct p11_token *tok, CK_SESSION_HANDLE s,
-                                const struct p11_key_id *id, CK_OBJECT_HANDLE *out,
-                                bool *out_found)
+                                const struct p11_key_id *id, CK_OBJECT_HANDLE *out, bool *out_found)
 {
     CK_ATTRIBUTE t = {CKA_ID, (void *)id->b, P11_KEY_ID_LEN};
     CK_OBJECT_HANDLE found[1];

@@ -266,8 +266,8 @@ static kms_err load_tenant(struct pol_loader *ld, const json_t *obj, const char 
     KMS_GUARD(pol_json_string(obj, path, "description", false, POL_STR_TEXT, &s));
     KMS_GUARD(pol_json_string_list(obj, path, "allowed_regions", true, POL_STR_REGION,
                                    POL_MAX_REGIONS, &t->regions, &t->n_regions));
-    KMS_GUARD(pol_json_member(obj, path, "escrow_required", true, JSON_TRUE, "a boolean", fpath,
-                              &v));
+    KMS_GUARD(
+        pol_json_member(obj, path, "escrow_required", true, JSON_TRUE, "a boolean", fpath, &v));
     t->escrow_required = json_is_true(v);
 
     KMS_GUARD(pol_json_array(obj, path, "cross_region_re_encrypt", false, 0,

@@ -267,8 +267,8 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
     Custos__V1__EncryptedField *outs = NULL, **outp = NULL;
 
     KMS_GUARD_GOTO(fields_request(call, POL_OP_ENCRYPT_FIELDS, req->key_id, n,
-                                  req->n_encryption_context,
-                                  (void *const *)req->encryption_context, &k, &tok, ctx, &ctx_len),
+                                  req->n_encryption_context, (void *const *)req->encryption_context,
+                                  &k, &tok, ctx, &ctx_len),
                    done);
     /* Check every field, and canonicalise where asked, before any HSM work. */
     KMS_GUARD_GOTO(check_plaintext_fields(req, &total), done);
@@ -304,8 +304,9 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
         if (f->index_length_bits) {
             /* Exactly BlindIndex's answer for this field, in the same trip. */
             size_t il = 0;
-            rc = kms_field_blind_index(&fk, field_canon(f), f->name, strlen(f->name), canon + in_off,
-                                       canon_len[i], f->index_length_bits, arena + out_off, &il);
+            rc =
+                kms_field_blind_index(&fk, field_canon(f), f->name, strlen(f->name), canon + in_off,
+                                      canon_len[i], f->index_length_bits, arena + out_off, &il);
             if (rc != KMS_OK) {
                 rc = at_index(rc, "field", i);
                 goto done;
@@ -350,8 +351,8 @@ kms_err kms_rpc_decrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
     uint32_t *ver_of = NULL;
 
     KMS_GUARD_GOTO(fields_request(call, POL_OP_DECRYPT_FIELDS, req->key_id, n,
-                                  req->n_encryption_context,
-                                  (void *const *)req->encryption_context, &k, &tok, ctx, &ctx_len),
+                                  req->n_encryption_context, (void *const *)req->encryption_context,
+                                  &k, &tok, ctx, &ctx_len),
                    done);
     ver_of = calloc(n, sizeof(*ver_of));
     KMS_ENSURE_GOTO(ver_of != NULL, done, KMS_ERR_NOMEM, "out of memory");

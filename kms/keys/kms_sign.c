@@ -361,9 +361,7 @@ static kms_err sign_step_version(struct kms_call *call, int algorithm, uint32_t 
     return KMS_OK;
 }
 
-
-kms_err kms_rpc_sign(struct kms_call *call, const ProtobufCMessage *msg,
-                     struct kms_reply *reply)
+kms_err kms_rpc_sign(struct kms_call *call, const ProtobufCMessage *msg, struct kms_reply *reply)
 {
     const Custos__V1__SignRequest *req = (const void *)msg;
     struct sign_step st;
@@ -374,8 +372,8 @@ kms_err kms_rpc_sign(struct kms_call *call, const ProtobufCMessage *msg,
     KMS_GUARD(sign_step_version(call, req->algorithm, req->version, &st));
     uint8_t sig[P11_ASYM_SIG_MAX];
     size_t sig_len = sizeof(sig);
-    KMS_GUARD(p11_asym_sign_digest(st.tok, &st.id, st.alg, st.digest, sizeof(st.digest), sig,
-                                   &sig_len));
+    KMS_GUARD(
+        p11_asym_sign_digest(st.tok, &st.id, st.alg, st.digest, sizeof(st.digest), sig, &sig_len));
     char extra[32];
     snprintf(extra, sizeof(extra), " sig_len=%zu", sig_len);
     audit_note(call, req->algorithm, req->message_type, req->message.len, st.digest, extra);

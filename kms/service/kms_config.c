@@ -137,8 +137,8 @@ static kms_err parse_front(json_t *root, const char *dir, struct kms_config *c)
     KMS_ENSURE(inet_pton(AF_INET, c->listen_address, &a4) == 1, KMS_ERR_CONFIG,
                "listen.address: must be an IPv4 address");
 
-    static const char *const tls_keys[] = {"cert", "key", "key_uri", "client_ca",
-                                        "require_client_cert", NULL};
+    static const char *const tls_keys[] = {
+        "cert", "key", "key_uri", "client_ca", "require_client_cert", NULL};
     json_t *tls = NULL;
     KMS_GUARD(get_section(root, "tls", tls_keys, &tls));
     if (tls) {
@@ -202,10 +202,9 @@ static kms_err parse_pkcs11(json_t *root, const char *dir, struct kms_config *c)
 /* "limits": request, connection and thread bounds. */
 static kms_err parse_limits(json_t *root, struct kms_config *c)
 {
-    static const char *const lim_keys[] = {"max_body_bytes",  "max_connections",
-                                        "max_connections_per_ip", "connection_timeout_s",
-                                        "threads",         "thread_model",
-                                        "drain_timeout_s", NULL};
+    static const char *const lim_keys[] = {
+        "max_body_bytes", "max_connections", "max_connections_per_ip", "connection_timeout_s",
+        "threads",        "thread_model",    "drain_timeout_s",        NULL};
     json_t *lim = NULL;
     KMS_GUARD(get_section(root, "limits", lim_keys, &lim));
     if (lim) {
@@ -228,7 +227,8 @@ static kms_err parse_limits(json_t *root, struct kms_config *c)
             /* The default follows a smaller total cap down. */
             c->max_connections_per_ip = c->max_connections;
         }
-        KMS_GUARD(get_unsigned(lim, "connection_timeout_s", "limits", 1, 3600, &c->connection_timeout_s));
+        KMS_GUARD(
+            get_unsigned(lim, "connection_timeout_s", "limits", 1, 3600, &c->connection_timeout_s));
         KMS_GUARD(get_unsigned(lim, "threads", "limits", 0, 256, &c->threads));
         KMS_GUARD(get_unsigned(lim, "drain_timeout_s", "limits", 1, 3600, &c->drain_timeout_s));
         json_t *tm = json_object_get(lim, "thread_model");
@@ -246,14 +246,16 @@ static kms_err parse_limits(json_t *root, struct kms_config *c)
 static kms_err parse_deletion(json_t *root, struct kms_config *c)
 {
     static const char *const del_keys[] = {"default_days", "min_days", "day_seconds",
-                                        "sweep_interval_s", NULL};
+                                           "sweep_interval_s", NULL};
     json_t *del = NULL;
     KMS_GUARD(get_section(root, "deletion", del_keys, &del));
     if (del) {
-        KMS_GUARD(get_unsigned(del, "default_days", "deletion", 0, 3650, &c->deletion_default_days));
+        KMS_GUARD(
+            get_unsigned(del, "default_days", "deletion", 0, 3650, &c->deletion_default_days));
         KMS_GUARD(get_unsigned(del, "min_days", "deletion", 0, 3650, &c->deletion_min_days));
         KMS_GUARD(get_unsigned(del, "day_seconds", "deletion", 1, 86400, &c->deletion_day_seconds));
-        KMS_GUARD(get_unsigned(del, "sweep_interval_s", "deletion", 1, 86400, &c->sweep_interval_s));
+        KMS_GUARD(
+            get_unsigned(del, "sweep_interval_s", "deletion", 1, 86400, &c->sweep_interval_s));
     }
     return KMS_OK;
 }
@@ -262,7 +264,7 @@ static kms_err parse_deletion(json_t *root, struct kms_config *c)
 static kms_err parse_rotation(json_t *root, struct kms_config *c)
 {
     static const char *const rot_keys[] = {"usage_rotate_at", "usage_limit", "usage_reserve_block",
-                                        "min_period_s", NULL};
+                                           "min_period_s", NULL};
     json_t *rot = NULL;
     KMS_GUARD(get_section(root, "rotation", rot_keys, &rot));
     if (rot) {
@@ -272,8 +274,10 @@ static kms_err parse_rotation(json_t *root, struct kms_config *c)
         v = (unsigned long)c->usage_rotate_at;
         KMS_GUARD(get_uint(rot, "usage_rotate_at", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
         c->usage_rotate_at = v;
-        KMS_GUARD(get_unsigned(rot, "usage_reserve_block", "rotation", 1, 1u << 20, &c->usage_reserve_block));
-        KMS_GUARD(get_unsigned(rot, "min_period_s", "rotation", 1, 10 * 365 * 86400UL, &c->rotation_min_period_s));
+        KMS_GUARD(get_unsigned(rot, "usage_reserve_block", "rotation", 1, 1u << 20,
+                               &c->usage_reserve_block));
+        KMS_GUARD(get_unsigned(rot, "min_period_s", "rotation", 1, 10 * 365 * 86400UL,
+                               &c->rotation_min_period_s));
     }
     /* Rotating before the limit leaves room for the requests in flight. */
     KMS_ENSURE(c->usage_rotate_at <= c->usage_limit, KMS_ERR_CONFIG,
@@ -293,17 +297,22 @@ static kms_err parse_rotation(json_t *root, struct kms_config *c)
 /* "audit": the audit log, on unless in dev mode. */
 static kms_err parse_audit(json_t *root, const char *dir, struct kms_config *c)
 {
-    static const char *const aud_keys[] = {"enabled", "dir", "head_every_events", "head_every_ms",
-                                        "key_max_age_s", "commit_delay_us", NULL};
+    static const char *const aud_keys[] = {
+        "enabled",         "dir", "head_every_events", "head_every_ms", "key_max_age_s",
+        "commit_delay_us", NULL};
     json_t *aud = NULL;
     KMS_GUARD(get_section(root, "audit", aud_keys, &aud));
     if (aud) {
         KMS_GUARD(get_bool(aud, "enabled", "audit", &c->audit_enabled));
         KMS_GUARD(get_str(aud, "dir", "audit", false, dir, true, &c->audit_dir));
-        KMS_GUARD(get_unsigned(aud, "head_every_events", "audit", 1, 1000000, &c->audit_head_every_events));
-        KMS_GUARD(get_unsigned(aud, "head_every_ms", "audit", 10, 86400000, &c->audit_head_every_ms));
-        KMS_GUARD(get_unsigned(aud, "key_max_age_s", "audit", 1, 10 * 365 * 86400UL, &c->audit_key_max_age_s));
-        KMS_GUARD(get_unsigned(aud, "commit_delay_us", "audit", 0, 10000, &c->audit_commit_delay_us));
+        KMS_GUARD(get_unsigned(aud, "head_every_events", "audit", 1, 1000000,
+                               &c->audit_head_every_events));
+        KMS_GUARD(
+            get_unsigned(aud, "head_every_ms", "audit", 10, 86400000, &c->audit_head_every_ms));
+        KMS_GUARD(get_unsigned(aud, "key_max_age_s", "audit", 1, 10 * 365 * 86400UL,
+                               &c->audit_key_max_age_s));
+        KMS_GUARD(
+            get_unsigned(aud, "commit_delay_us", "audit", 0, 10000, &c->audit_commit_delay_us));
     }
     /* An unaudited key service is only for measuring what audit costs. */
     KMS_ENSURE(c->audit_enabled || c->dev_mode, KMS_ERR_CONFIG,

@@ -66,8 +66,8 @@ static kms_err meta_get_u64(struct kms_store *store, const char *name, const cha
         return KMS_OK;
     char *end = NULL;
     unsigned long long n = strtoull(v, &end, 10);
-    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL,
-               "store: %s of region %s is not a number", what, region);
+    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL, "store: %s of region %s is not a number",
+               what, region);
     *out = (uint64_t)n;
     return KMS_OK;
 }
@@ -196,9 +196,9 @@ kms_err kms_store_version_state_any(struct kms_store *store, const char *key_id,
                                     bool *out_found)
 {
     struct key_version a = {key_id, version};
-    return store_query_row(store, "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
-                           "read version state", bind_key_version, &a, read_version_state,
-                           out_state, out_found);
+    return store_query_row(
+        store, "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
+        "read version state", bind_key_version, &a, read_version_state, out_state, out_found);
 }
 
 static kms_err read_nothing(sqlite3_stmt *st, void *elem, const char *op)
@@ -532,8 +532,8 @@ kms_err kms_store_version_by_hsm_id(struct kms_store *store,
 {
     struct key_id_version_out o = {out_key_id, out_version};
     return store_query_row(store, "SELECT key_id, version FROM key_versions WHERE hsm_id = ?1",
-                           "find version by hsm_id", bind_hsm_id_blob, hsm_id,
-                           read_key_id_version, &o, out_found);
+                           "find version by hsm_id", bind_hsm_id_blob, hsm_id, read_key_id_version,
+                           &o, out_found);
 }
 
 kms_err kms_store_lost_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],

@@ -321,8 +321,9 @@ kms_err kms_store_recovery_get(struct kms_store *store, const char *recovery_id,
         rc = store_prep_collect(c,
                                 "SELECT officer, approved_at FROM recovery_approvals "
                                 "WHERE recovery_id = ?1 ORDER BY approved_at, officer",
-                                op, store_bind_text1, recovery_id, sizeof(struct kms_recovery_approval),
-                                1024, read_approval, &arr, out_n_appr);
+                                op, store_bind_text1, recovery_id,
+                                sizeof(struct kms_recovery_approval), 1024, read_approval, &arr,
+                                out_n_appr);
         *out_appr = arr;
     }
 end:
@@ -406,7 +407,8 @@ kms_err kms_store_recovery_approve(struct kms_store *store, const char *recovery
                    end);
     *out_counted = changed == 1;
     int64_t count = 0;
-    KMS_GUARD_GOTO(store_query_int(c, "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
+    KMS_GUARD_GOTO(store_query_int(c,
+                                   "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
                                    op, store_bind_text1, recovery_id, &count, NULL),
                    end);
     struct id_now quorum = {recovery_id, now};

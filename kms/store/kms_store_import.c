@@ -166,8 +166,8 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
     if (rc != KMS_OK)
         goto out;
     KMS_GUARD_GOTO(store_key_row_get(c, t->key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op, store_bind_text1,
-                             t->key_id, &origin, &found),
+    KMS_GUARD_GOTO(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op,
+                                   store_bind_text1, t->key_id, &origin, &found),
                    end);
     KMS_ENSURE_GOTO(origin == KMS_KEY_ORIGIN_EXTERNAL, end, KMS_ERR_FAILED_PRECONDITION,
                     "store: %s: key %s does not take imported material", op, t->key_id);

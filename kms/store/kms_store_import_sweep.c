@@ -121,8 +121,8 @@ kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *
     kms_err rc = store_list_query(store,
                                   "SELECT hsm_id FROM import_tokens WHERE token = ?1 AND "
                                   "state <> 4 ORDER BY hsm_id",
-                                  op, store_bind_text1, token, sizeof(struct kms_hsm_id),
-                                  SIZE_MAX, store_read_hsm_id, &arr, out_n);
+                                  op, store_bind_text1, token, sizeof(struct kms_hsm_id), SIZE_MAX,
+                                  store_read_hsm_id, &arr, out_n);
     *out = arr;
     return rc;
 }

@@ -212,9 +212,9 @@ kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *
 /* Prepare sql, bind through `bind` (may be NULL), and store_collect up to
  * max rows into a new array (NULL if none); store_list_query does it on a
  * reader of its own. */
-kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op,
-                           store_binder bind, const void *arg, size_t elem, size_t max,
-                           store_row_reader read, void **out, size_t *out_n);
+kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op, store_binder bind,
+                           const void *arg, size_t elem, size_t max, store_row_reader read,
+                           void **out, size_t *out_n);
 /* At most one row of a per-call query on a reader of its own, decoded by
  * read into elem; *out_found false (and KMS_OK) when there is none. */
 kms_err store_query_row(struct kms_store *s, const char *sql, const char *op, store_binder bind,

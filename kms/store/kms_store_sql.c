@@ -434,9 +434,7 @@ kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, s
     return rc;
 }
 
-
-kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg,
-                     const char *op)
+kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg, const char *op)
 {
     struct store_conn *c = write ? store_writer_take(s) : store_reader_take(s);
     kms_err rc = store_tx_begin(c, write, op);
@@ -446,9 +444,9 @@ kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *
     return rc;
 }
 
-kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op,
-                           store_binder bind, const void *arg, size_t elem, size_t max,
-                           store_row_reader read, void **out, size_t *out_n)
+kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op, store_binder bind,
+                           const void *arg, size_t elem, size_t max, store_row_reader read,
+                           void **out, size_t *out_n)
 {
     struct store_bind b;
     *out = NULL;

@@ -170,9 +170,9 @@ static kms_err query_rows(struct kms_store *store, const char *sql, int64_t p1, 
     *out_n = 0;
     const int64_t a[2] = {p1, (int64_t)max};
     void *arr = NULL;
-    kms_err rc = store_list_query(store, sql, op, bind_p1_max, a,
-                                  sizeof(struct kms_store_usage_row), max, read_usage_row, &arr,
-                                  out_n);
+    kms_err rc =
+        store_list_query(store, sql, op, bind_p1_max, a, sizeof(struct kms_store_usage_row), max,
+                         read_usage_row, &arr, out_n);
     *out = arr;
     return rc;
 }
@@ -231,7 +231,8 @@ kms_err kms_store_rotation_period_get(struct kms_store *store, const char *key_i
     KMS_GUARD(store_check_key_id(key_id, op));
     struct kv_arg a = {key_id, 0, 0};
     bool row = false;
-    KMS_GUARD(read_count(store, "SELECT rotation_period_s FROM keys WHERE key_id = ?1 AND state <> 0",
+    KMS_GUARD(read_count(store,
+                         "SELECT rotation_period_s FROM keys WHERE key_id = ?1 AND state <> 0",
                          bind_k, &a, out, &row, op));
     KMS_ENSURE(row, KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
     return KMS_OK;
