@@ -171,18 +171,6 @@ kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
                            out_found);
 }
 
-struct key_version {
-    const char *key_id;
-    uint32_t version;
-};
-
-static void bind_key_version(struct store_bind *b, const void *varg)
-{
-    const struct key_version *a = varg;
-    store_bind_text(b, 1, a->key_id);
-    store_bind_int(b, 2, a->version);
-}
-
 static kms_err read_version_state(sqlite3_stmt *st, void *elem, const char *op)
 {
     int state = 0;
@@ -195,10 +183,10 @@ kms_err kms_store_version_state_any(struct kms_store *store, const char *key_id,
                                     uint32_t version, enum kms_version_state *out_state,
                                     bool *out_found)
 {
-    struct key_version a = {key_id, version};
+    struct store_text_int a = {key_id, version};
     return store_query_row(
         store, "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
-        "read version state", bind_key_version, &a, read_version_state, out_state, out_found);
+        "read version state", store_bind_text_int, &a, read_version_state, out_state, out_found);
 }
 
 static kms_err read_nothing(sqlite3_stmt *st, void *elem, const char *op)
@@ -224,25 +212,45 @@ kms_err kms_store_key_version_floor(struct kms_store *store, const char *key_id,
                      key_id, NULL, (int64_t)version, "raise last_version");
 }
 
-kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
-                                  int64_t now)
+/* An operator's confirmation about one HSM object: the meta row
+ * "<prefix>:<hex hsm_id>", set once (at now) and never changed. */
+static void hsm_mark_name(const char *prefix, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                          char name[KMS_STORE_META_MAX])
 {
-    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX];
+    char hex[2 * KMS_HSM_ID_LEN + 1];
     hex16(hsm_id, hex);
-    snprintf(name, sizeof(name), "unknown_ok:%s", hex);
+    snprintf(name, KMS_STORE_META_MAX, "%s:%s", prefix, hex);
+}
+
+static kms_err hsm_mark_set(struct kms_store *store, const char *prefix,
+                            const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t now, const char *op)
+{
+    char name[KMS_STORE_META_MAX];
+    hsm_mark_name(prefix, hsm_id, name);
     return write_one(store,
                      "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
                      "ON CONFLICT (name) DO NOTHING",
-                     name, NULL, now, "confirm unknown HSM object");
+                     name, NULL, now, op);
+}
+
+static kms_err hsm_mark_get(struct kms_store *store, const char *prefix,
+                            const uint8_t hsm_id[KMS_HSM_ID_LEN], bool *out_set)
+{
+    char name[KMS_STORE_META_MAX], v[32];
+    hsm_mark_name(prefix, hsm_id, name);
+    return meta_get(store, name, v, sizeof(v), out_set);
+}
+
+kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                  int64_t now)
+{
+    return hsm_mark_set(store, "unknown_ok", hsm_id, now, "confirm unknown HSM object");
 }
 
 kms_err kms_store_unknown_confirmed(struct kms_store *store,
                                     const uint8_t hsm_id[KMS_HSM_ID_LEN], bool *out_confirmed)
 {
-    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX], v[32];
-    hex16(hsm_id, hex);
-    snprintf(name, sizeof(name), "unknown_ok:%s", hex);
-    return meta_get(store, name, v, sizeof(v), out_confirmed);
+    return hsm_mark_get(store, "unknown_ok", hsm_id, out_confirmed);
 }
 
 /* One statement inside the caller's transaction: ?1 text, ?2 and ?3
@@ -539,20 +547,11 @@ kms_err kms_store_version_by_hsm_id(struct kms_store *store,
 kms_err kms_store_lost_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
                                int64_t now)
 {
-    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX];
-    hex16(hsm_id, hex);
-    snprintf(name, sizeof(name), "lost_ok:%s", hex);
-    return write_one(store,
-                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
-                     "ON CONFLICT (name) DO NOTHING",
-                     name, NULL, now, "confirm lost HSM object");
+    return hsm_mark_set(store, "lost_ok", hsm_id, now, "confirm lost HSM object");
 }
 
 kms_err kms_store_lost_confirmed(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
                                  bool *out_confirmed)
 {
-    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX], v[32];
-    hex16(hsm_id, hex);
-    snprintf(name, sizeof(name), "lost_ok:%s", hex);
-    return meta_get(store, name, v, sizeof(v), out_confirmed);
+    return hsm_mark_get(store, "lost_ok", hsm_id, out_confirmed);
 }

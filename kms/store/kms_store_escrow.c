@@ -130,18 +130,6 @@ kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
 
 /* ---- recoveries ------------------------------------------------------------------ */
 
-struct id_now {
-    const char *id;
-    int64_t now;
-};
-
-static void bind_id_now(struct store_bind *b, const void *varg)
-{
-    const struct id_now *a = varg;
-    store_bind_text(b, 1, a->id);
-    store_bind_int(b, 2, a->now);
-}
-
 static void versions_text(const struct kms_recovery_record *r, char *buf, size_t size)
 {
     size_t off = 0;
@@ -216,12 +204,12 @@ kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_reco
         goto out;
     /* The count and the insert in one write transaction: two requests that
      * both counted 7 cannot both insert the 8th and the 9th. */
-    struct id_now a = {r->key_id, r->created_at};
+    struct store_text_int a = {r->key_id, r->created_at};
     int64_t open = 0;
     KMS_GUARD_GOTO(store_query_int(c,
                                    "SELECT count(*) FROM recoveries WHERE key_id = ?1 "
                                    "AND state IN (1, 2) AND expires_at > ?2",
-                                   op, bind_id_now, &a, &open, NULL),
+                                   op, store_bind_text_int, &a, &open, NULL),
                    end);
     *out_open = (size_t)open;
     KMS_ENSURE_GOTO((uint64_t)open < (uint64_t)max_open, end, KMS_ERR_RESOURCE_EXHAUSTED,
@@ -411,13 +399,13 @@ kms_err kms_store_recovery_approve(struct kms_store *store, const char *recovery
                                    "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
                                    op, store_bind_text1, recovery_id, &count, NULL),
                    end);
-    struct id_now quorum = {recovery_id, now};
+    struct store_text_int quorum = {recovery_id, now};
     if (count >= (int64_t)r.approvals_required)
         rc = store_exec_one(c,
                             "UPDATE recoveries SET state = 2, quorum_at = ?2, "
                             "executable_at = ?2 + time_lock_s WHERE recovery_id = ?1 "
                             "AND state = 1",
-                            op, bind_id_now, &quorum, NULL);
+                            op, store_bind_text_int, &quorum, NULL);
 end:
     rc = store_tx_end(c, rc, op);
 out:
@@ -522,11 +510,11 @@ kms_err kms_store_recovery_restore(struct kms_store *store, const char *recovery
     rc = store_run(&b, op);
     store_fin(&b);
     KMS_GUARD_GOTO(rc, end);
-    struct id_now done = {recovery_id, now};
+    struct store_text_int done = {recovery_id, now};
     rc = store_exec_one(c,
                         "UPDATE recoveries SET state = 3, executed_at = ?2 "
                         "WHERE recovery_id = ?1 AND state = 2",
-                        op, bind_id_now, &done, NULL);
+                        op, store_bind_text_int, &done, NULL);
 end:
     rc = store_tx_end(c, rc, op);
 out:

@@ -119,18 +119,6 @@ static kms_err token_cas(struct store_conn *c, const uint8_t *token_id, enum kms
 
 /* ---- issue ------------------------------------------------------------------------ */
 
-struct key_live_arg {
-    const char *key_id;
-    int64_t now;
-};
-
-static void bind_key_live(struct store_bind *b, const void *varg)
-{
-    const struct key_live_arg *a = varg;
-    store_bind_text(b, 1, a->key_id);
-    store_bind_int(b, 2, a->now);
-}
-
 static void bind_insert(struct store_bind *b, const void *varg)
 {
     const struct kms_import_token_record *t = varg;
@@ -175,11 +163,11 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
                         row.state == KMS_KEY_DISABLED,
                     end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, t->key_id,
                     kms_key_state_name(row.state));
-    struct key_live_arg la = {t->key_id, now};
+    struct store_text_int la = {t->key_id, now};
     KMS_GUARD_GOTO(store_query_int(c,
                              "SELECT count(*) FROM import_tokens WHERE key_id = ?1 "
                              "AND state IN (0, 1, 2) AND expires_at > ?2",
-                             op, bind_key_live, &la, &live, NULL),
+                             op, store_bind_text_int, &la, &live, NULL),
                    end);
     KMS_ENSURE_GOTO((uint64_t)live < (uint64_t)max_live, end, KMS_ERR_RESOURCE_EXHAUSTED,
                     "store: %s: key %s already has %" PRId64 " unexpired import tokens", op,

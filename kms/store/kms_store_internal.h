@@ -193,6 +193,12 @@ void store_fin(struct store_bind *b);
 void store_bind_blob(struct store_bind *b, int i, const uint8_t *v, int len);
 /* A store_binder for statements whose one parameter ?1 is the text arg. */
 void store_bind_text1(struct store_bind *b, const void *arg);
+/* A store_binder for ?1 text and ?2 integer: arg is a store_text_int. */
+struct store_text_int {
+    const char *text;
+    int64_t i;
+};
+void store_bind_text_int(struct store_bind *b, const void *arg);
 /* Prepare, bind through `bind`, run to completion; *out_changes (may be
  * NULL) gets the rows changed. */
 kms_err store_exec_one(struct store_conn *c, const char *sql, const char *op, store_binder bind,

@@ -401,6 +401,13 @@ void store_bind_text1(struct store_bind *b, const void *arg)
     store_bind_text(b, 1, arg);
 }
 
+void store_bind_text_int(struct store_bind *b, const void *arg)
+{
+    const struct store_text_int *a = arg;
+    store_bind_text(b, 1, a->text);
+    store_bind_int(b, 2, a->i);
+}
+
 /* Prepare, bind through `bind`, run to completion; *out_changes (may be
  * NULL) gets the rows changed. */
 
