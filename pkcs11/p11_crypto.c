@@ -204,17 +204,8 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu,
                       (CK_BYTE *)a->wrapped, a->wrapped_len, t.a, t.n, &h);
     KMS_GUARD(p11_rv_err(p11_rv_auth_failure(tok, rv), "C_UnwrapKey", tok->label));
-    kms_err rc = p11_key_verify(tok, s, h, a->kind, a->flags, false);
-    if (rc != KMS_OK) {
-        kms_log_error("pkcs11", "%s; destroying the unwrapped key", kms_err_detail());
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
-        return rc;
-    }
-    CK_OBJECT_CLASS new_cls;
-    CK_KEY_TYPE new_type;
-    p11_kind_object(a->kind, &new_cls, &new_type);
-    p11_cache_put(&tok->cache, a->new_id->b, new_cls, new_type, h);
-    return KMS_OK;
+    return p11_key_admit(tok, s, a->new_id, a->kind, a->flags, false, h, CK_INVALID_HANDLE,
+                         "unwrapped key");
 }
 
 static kms_err check_unwrap_target(enum p11_key_kind kind)

@@ -320,6 +320,14 @@ void p11_tmpl_public(struct p11_tmpl *t, enum p11_key_kind kind, const struct p1
 kms_err p11_key_verify(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
                        enum p11_key_kind kind, unsigned flags, bool generated);
 
+/* Keep a freshly made object h (and the public half hpub of a pair, or
+ * CK_INVALID_HANDLE) if p11_key_verify passes: cache it under id. If not,
+ * log, destroy both, and return the verification's error; what names the
+ * object in the log ("new key"). In p11_key.c. */
+kms_err p11_key_admit(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
+                      enum p11_key_kind kind, unsigned flags, bool generated, CK_OBJECT_HANDLE h,
+                      CK_OBJECT_HANDLE hpub, const char *what);
+
 /* Destroy every object with this id in session s, and drop it from the
  * cache. Used to undo a half-made key (p11_key.c). */
 void p11_key_destroy_in(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id);
