@@ -116,28 +116,32 @@ kms_err kms_store_audit_mark_get(struct kms_store *store, const char *region, ui
     return meta_get_u64(store, name, "audit watermark", region, out, out_found);
 }
 
-kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, uint64_t size)
+/* Write a region's audit watermark with sql (?1 the name, ?3 the size). */
+static kms_err audit_mark_write(struct kms_store *store, const char *region, uint64_t size,
+                                const char *sql, const char *op)
 {
     char name[KMS_STORE_META_MAX];
     KMS_GUARD(mark_name(region, name));
     KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
+    return write_one(store, sql, name, NULL, (int64_t)size, op);
+}
+
+kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, uint64_t size)
+{
     /* Text compare would order "9" after "10": compare as integers. */
-    return write_one(store,
-                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
-                     "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT) "
-                     "WHERE CAST(meta.value AS INTEGER) < ?3",
-                     name, NULL, (int64_t)size, "record audit watermark");
+    return audit_mark_write(store, region, size,
+                            "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                            "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT) "
+                            "WHERE CAST(meta.value AS INTEGER) < ?3",
+                            "record audit watermark");
 }
 
 kms_err kms_store_audit_mark_reset(struct kms_store *store, const char *region, uint64_t size)
 {
-    char name[KMS_STORE_META_MAX];
-    KMS_GUARD(mark_name(region, name));
-    KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
-    return write_one(store,
-                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
-                     "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT)",
-                     name, NULL, (int64_t)size, "reset audit watermark");
+    return audit_mark_write(store, region, size,
+                            "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                            "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT)",
+                            "reset audit watermark");
 }
 
 static kms_err read_key_raw(sqlite3_stmt *st, void *elem, const char *op)
