@@ -312,28 +312,31 @@ out:
     return rc;
 }
 
+kms_err store_key_get_row(struct store_conn *c, const char *key_id, struct kms_key_record *out,
+                          const char *op)
+{
+    struct store_bind b;
+    bool row = false;
+
+    KMS_GUARD(store_stmt(c, ST_KEY_GET, op, &b));
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD(store_step(&b, op, &row));
+    kms_err rc = row ? store_read_key(b.st, out, op)
+                     : kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
+    store_done(&b);
+    return rc;
+}
+
 kms_err kms_store_key_get(struct kms_store *store, const char *key_id,
                           struct kms_key_record *out)
 {
     static const char op[] = "get key";
-    struct store_bind b;
-    bool row = false;
 
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
 
     struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_stmt(c, ST_KEY_GET, op, &b);
-    if (rc != KMS_OK)
-        goto out;
-    store_bind_text(&b, 1, key_id);
-    KMS_GUARD_GOTO(store_step(&b, op, &row), out);
-    if (row)
-        rc = store_read_key(b.st, out, op);
-    else
-        rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
-    store_done(&b);
-out:
+    kms_err rc = store_key_get_row(c, key_id, out, op);
     store_conn_give(c);
     return rc;
 }

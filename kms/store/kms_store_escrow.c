@@ -37,11 +37,6 @@ const char *kms_recovery_state_name(enum kms_recovery_state state)
     return "UNKNOWN";
 }
 
-static void bind_text1(struct store_bind *b, const void *arg)
-{
-    store_bind_text(b, 1, arg);
-}
-
 /* ---- escrow blobs ------------------------------------------------------------- */
 
 static void bind_escrow(struct store_bind *b, const void *varg)
@@ -56,6 +51,32 @@ static void bind_escrow(struct store_bind *b, const void *varg)
     store_bind_int(b, 7, r->created_at);
 }
 
+struct escrow_insert_arg {
+    const char *key_id;
+    uint32_t version;
+    const char *sql;
+    store_binder bind;
+    const void *row;
+};
+
+static kms_err escrow_insert_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct escrow_insert_arg *a = varg;
+    enum kms_version_state vs = KMS_VERSION_ACTIVE;
+    KMS_GUARD(store_version_state_get(c, a->key_id, a->version, &vs, op));
+    KMS_ENSURE(vs == KMS_VERSION_CREATING, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s version %" PRIu32 " is not being created", op, a->key_id,
+               a->version);
+    return store_exec_one(c, a->sql, op, a->bind, a->row, NULL);
+}
+
+kms_err store_escrow_insert(struct kms_store *store, const char *key_id, uint32_t version,
+                            const char *sql, store_binder bind, const void *row, const char *op)
+{
+    struct escrow_insert_arg a = {key_id, version, sql, bind, row};
+    return store_tx_run(store, true, escrow_insert_tx, &a, op);
+}
+
 kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_record *r)
 {
     static const char op[] = "store escrow blob";
@@ -63,22 +84,10 @@ kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_re
     KMS_GUARD(store_check_key_id(r->key_id, op));
     KMS_ENSURE(r->blob_len >= 1 && r->blob_len <= KMS_ESCROW_BLOB_MAX && (r->part == 0 || r->part == 1),
                KMS_ERR_INVALID_ARGUMENT, "store: %s: bad blob length or part", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    enum kms_version_state vs = KMS_VERSION_ACTIVE;
-    KMS_GUARD_GOTO(store_version_state_get(c, r->key_id, r->version, &vs, op), end);
-    KMS_ENSURE_GOTO(vs == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s version %" PRIu32 " is not being created", op, r->key_id,
-                    r->version);
-    rc = store_exec_one(c, "INSERT INTO escrow_blobs (" ESCROW_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        op, bind_escrow, r, NULL);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    return store_escrow_insert(store, r->key_id, r->version,
+                               "INSERT INTO escrow_blobs (" ESCROW_COLS ") VALUES (?1, ?2, ?3, "
+                               "?4, ?5, ?6, ?7)",
+                               bind_escrow, r, op);
 }
 
 static kms_err read_escrow(sqlite3_stmt *st, void *elem, const char *op)
@@ -109,35 +118,17 @@ kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
-    struct store_conn *c = store_reader_take(store);
-    struct store_bind b;
-    kms_err rc = store_prep(c, "SELECT " ESCROW_COLS " FROM escrow_blobs WHERE key_id = ?1 "
-                               "ORDER BY version, part", op, &b);
-    if (rc == KMS_OK) {
-        store_bind_text(&b, 1, key_id);
-        void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_escrow_record), KMS_ESCROW_LIST_MAX,
-                           read_escrow, &arr, out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    void *arr = NULL;
+    kms_err rc = store_list_query(store,
+                                  "SELECT " ESCROW_COLS " FROM escrow_blobs WHERE key_id = ?1 "
+                                  "ORDER BY version, part",
+                                  op, store_bind_text1, key_id, sizeof(struct kms_escrow_record),
+                                  KMS_ESCROW_LIST_MAX, read_escrow, &arr, out_n);
+    *out = arr;
     return rc;
 }
 
 /* ---- recoveries ------------------------------------------------------------------ */
-
-struct id_now {
-    const char *id;
-    int64_t now;
-};
-
-static void bind_id_now(struct store_bind *b, const void *varg)
-{
-    const struct id_now *a = varg;
-    store_bind_text(b, 1, a->id);
-    store_bind_int(b, 2, a->now);
-}
 
 static void versions_text(const struct kms_recovery_record *r, char *buf, size_t size)
 {
@@ -213,12 +204,12 @@ kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_reco
         goto out;
     /* The count and the insert in one write transaction: two requests that
      * both counted 7 cannot both insert the 8th and the 9th. */
-    struct id_now a = {r->key_id, r->created_at};
+    struct store_text_int a = {r->key_id, r->created_at};
     int64_t open = 0;
     KMS_GUARD_GOTO(store_query_int(c,
                                    "SELECT count(*) FROM recoveries WHERE key_id = ?1 "
                                    "AND state IN (1, 2) AND expires_at > ?2",
-                                   op, bind_id_now, &a, &open, NULL),
+                                   op, store_bind_text_int, &a, &open, NULL),
                    end);
     *out_open = (size_t)open;
     KMS_ENSURE_GOTO((uint64_t)open < (uint64_t)max_open, end, KMS_ERR_RESOURCE_EXHAUSTED,
@@ -314,18 +305,14 @@ kms_err kms_store_recovery_get(struct kms_store *store, const char *recovery_id,
         goto out;
     KMS_GUARD_GOTO(recovery_row_get(c, recovery_id, out, op), end);
     if (out_appr) {
-        struct store_bind b;
-        KMS_GUARD_GOTO(store_prep(c,
-                                  "SELECT officer, approved_at FROM recovery_approvals "
-                                  "WHERE recovery_id = ?1 ORDER BY approved_at, officer",
-                                  op, &b),
-                       end);
-        store_bind_text(&b, 1, recovery_id);
         void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_recovery_approval), 1024, read_approval, &arr,
-                           out_n_appr, op);
+        rc = store_prep_collect(c,
+                                "SELECT officer, approved_at FROM recovery_approvals "
+                                "WHERE recovery_id = ?1 ORDER BY approved_at, officer",
+                                op, store_bind_text1, recovery_id,
+                                sizeof(struct kms_recovery_approval), 1024, read_approval, &arr,
+                                out_n_appr);
         *out_appr = arr;
-        store_fin(&b);
     }
 end:
     rc = store_tx_end(c, rc, op);
@@ -334,30 +321,32 @@ out:
     return rc;
 }
 
+struct list_arg {
+    const char *tenant, *key_id;
+    bool open_only;
+};
+
+static void bind_list(struct store_bind *b, const void *varg)
+{
+    const struct list_arg *a = varg;
+    store_bind_text(b, 1, a->tenant);
+    store_bind_text(b, 2, a->key_id);
+    store_bind_int(b, 3, a->open_only ? 1 : 0);
+}
+
 kms_err kms_store_recovery_list(struct kms_store *store, const char *tenant, const char *key_id,
                                 bool open_only, struct kms_recovery_record **out, size_t *out_n)
 {
     static const char op[] = "list recoveries";
-    *out = NULL;
-    *out_n = 0;
-    struct store_conn *c = store_reader_take(store);
-    struct store_bind b;
-    kms_err rc = store_prep(c,
-                            "SELECT " RECOVERY_COLS " FROM recoveries WHERE tenant = ?1 "
-                            "AND (?2 = '' OR key_id = ?2) AND (?3 = 0 OR state IN (1, 2)) "
-                            "ORDER BY created_at DESC, recovery_id LIMIT 100",
-                            op, &b);
-    if (rc == KMS_OK) {
-        store_bind_text(&b, 1, tenant);
-        store_bind_text(&b, 2, key_id ? key_id : "");
-        store_bind_int(&b, 3, open_only ? 1 : 0);
-        void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_recovery_record), KMS_RECOVERY_LIST_MAX,
-                           read_recovery, &arr, out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    struct list_arg a = {tenant, key_id ? key_id : "", open_only};
+    void *arr = NULL;
+    kms_err rc = store_list_query(store,
+                                  "SELECT " RECOVERY_COLS " FROM recoveries WHERE tenant = ?1 "
+                                  "AND (?2 = '' OR key_id = ?2) AND (?3 = 0 OR state IN (1, 2)) "
+                                  "ORDER BY created_at DESC, recovery_id LIMIT 100",
+                                  op, bind_list, &a, sizeof(struct kms_recovery_record),
+                                  KMS_RECOVERY_LIST_MAX, read_recovery, &arr, out_n);
+    *out = arr;
     return rc;
 }
 
@@ -406,16 +395,17 @@ kms_err kms_store_recovery_approve(struct kms_store *store, const char *recovery
                    end);
     *out_counted = changed == 1;
     int64_t count = 0;
-    KMS_GUARD_GOTO(store_query_int(c, "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
-                                   op, bind_text1, recovery_id, &count, NULL),
+    KMS_GUARD_GOTO(store_query_int(c,
+                                   "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
+                                   op, store_bind_text1, recovery_id, &count, NULL),
                    end);
-    struct id_now quorum = {recovery_id, now};
+    struct store_text_int quorum = {recovery_id, now};
     if (count >= (int64_t)r.approvals_required)
         rc = store_exec_one(c,
                             "UPDATE recoveries SET state = 2, quorum_at = ?2, "
                             "executable_at = ?2 + time_lock_s WHERE recovery_id = ?1 "
                             "AND state = 1",
-                            op, bind_id_now, &quorum, NULL);
+                            op, store_bind_text_int, &quorum, NULL);
 end:
     rc = store_tx_end(c, rc, op);
 out:
@@ -520,11 +510,11 @@ kms_err kms_store_recovery_restore(struct kms_store *store, const char *recovery
     rc = store_run(&b, op);
     store_fin(&b);
     KMS_GUARD_GOTO(rc, end);
-    struct id_now done = {recovery_id, now};
+    struct store_text_int done = {recovery_id, now};
     rc = store_exec_one(c,
                         "UPDATE recoveries SET state = 3, executed_at = ?2 "
                         "WHERE recovery_id = ?1 AND state = 2",
-                        op, bind_id_now, &done, NULL);
+                        op, store_bind_text_int, &done, NULL);
 end:
     rc = store_tx_end(c, rc, op);
 out:

@@ -34,23 +34,10 @@ kms_err kms_store_escrow_pair_put(struct kms_store *store, const struct kms_escr
     KMS_ENSURE(r->blob_len >= 16 && r->blob_len <= KMS_ESCROW_PAIR_BLOB_MAX &&
                    r->public_key_len >= 1 && r->public_key_len <= KMS_ESCROW_PAIR_SPKI_MAX,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: bad blob or public key length", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    enum kms_version_state vs = KMS_VERSION_ACTIVE;
-    KMS_GUARD_GOTO(store_version_state_get(c, r->key_id, r->version, &vs, op), end);
-    KMS_ENSURE_GOTO(vs == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s version %" PRIu32 " is not being created", op, r->key_id,
-                    r->version);
-    rc = store_exec_one(c, "INSERT INTO escrow_pairs (" PAIR_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, "
-                           "?6, ?7)",
-                        op, bind_pair, r, NULL);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    return store_escrow_insert(store, r->key_id, r->version,
+                               "INSERT INTO escrow_pairs (" PAIR_COLS ") VALUES (?1, ?2, ?3, ?4, "
+                               "?5, ?6, ?7)",
+                               bind_pair, r, op);
 }
 
 static kms_err col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t min, size_t max,
@@ -128,19 +115,12 @@ kms_err kms_store_escrow_pair_list(struct kms_store *store, const char *key_id,
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
-    struct store_conn *c = store_reader_take(store);
-    struct store_bind b;
-    kms_err rc = store_prep(c, "SELECT key_id, version, token, escrow_hsm_id, created_at FROM "
-                               "escrow_pairs WHERE key_id = ?1 ORDER BY version",
-                            op, &b);
-    if (rc == KMS_OK) {
-        store_bind_text(&b, 1, key_id);
-        void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_escrow_record), KMS_ESCROW_LIST_MAX,
-                           read_pair_entry, &arr, out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    void *arr = NULL;
+    kms_err rc = store_list_query(store,
+                                  "SELECT key_id, version, token, escrow_hsm_id, created_at FROM "
+                                  "escrow_pairs WHERE key_id = ?1 ORDER BY version",
+                                  op, store_bind_text1, key_id, sizeof(struct kms_escrow_record),
+                                  KMS_ESCROW_LIST_MAX, read_pair_entry, &arr, out_n);
+    *out = arr;
     return rc;
 }

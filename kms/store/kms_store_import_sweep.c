@@ -112,25 +112,17 @@ kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *
                                            struct kms_hsm_id **out, size_t *out_n)
 {
     static const char op[] = "list wrapping key ids of token";
-    struct store_bind b;
     KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_token(token, KMS_TOKEN_LABEL_MAX + 1, op));
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_prep(c,
-                      "SELECT hsm_id FROM import_tokens WHERE token = ?1 AND state <> 4 "
-                      "ORDER BY hsm_id",
-                      op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        store_bind_text(&b, 1, token);
-        rc = store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &arr,
-                           out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    void *arr = NULL;
+    kms_err rc = store_list_query(store,
+                                  "SELECT hsm_id FROM import_tokens WHERE token = ?1 AND "
+                                  "state <> 4 ORDER BY hsm_id",
+                                  op, store_bind_text1, token, sizeof(struct kms_hsm_id), SIZE_MAX,
+                                  store_read_hsm_id, &arr, out_n);
+    *out = arr;
     return rc;
 }
