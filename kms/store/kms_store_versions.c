@@ -139,14 +139,49 @@ kms_err kms_store_key_snapshot(struct kms_store *store, const char *key_id,
     return versions_read(store, key_id, out_key, out, out_n, op);
 }
 
+struct version_add_arg {
+    const char *key_id;
+    const uint8_t *hsm_id;
+    int64_t created_at;
+    uint32_t version;
+};
+
+static kms_err version_add_tx(struct store_conn *c, void *varg, const char *op)
+{
+    struct version_add_arg *a = varg;
+    const char *key_id = a->key_id;
+    struct store_key_row row = {0};
+    struct store_bind b;
+
+    KMS_GUARD(store_key_row_get(c, key_id, false, &row, op));
+    /* A key pending deletion or destroyed must not grow new HSM objects:
+     * the sweeper would not know to destroy them. */
+    KMS_ENSURE(row.state == KMS_KEY_ENABLED || row.state == KMS_KEY_DISABLED ||
+                   row.state == KMS_KEY_PENDING_IMPORT,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s; cannot add a version", op,
+               key_id, kms_key_state_name(row.state));
+    KMS_ENSURE(row.last_version < UINT32_MAX, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s has no version numbers left", op, key_id);
+    a->version = row.last_version + 1;
+
+    KMS_GUARD(store_stmt(c, ST_KEY_SET_LAST_VERSION, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, a->version);
+    KMS_GUARD(store_run(&b, op));
+
+    KMS_GUARD(store_stmt(c, ST_VERSION_INSERT, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, a->version);
+    store_bind_hsm_id(&b, 3, a->hsm_id);
+    store_bind_int(&b, 4, a->created_at);
+    return store_run(&b, op);
+}
+
 kms_err kms_store_version_add(struct kms_store *store, const char *key_id,
                               const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t created_at,
                               uint32_t *out_version)
 {
     static const char op[] = "add key version";
-    struct store_key_row row = {0};
-    struct store_bind b;
-    uint32_t version = 0;
 
     KMS_ENSURE(store != NULL && hsm_id != NULL && out_version != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
@@ -155,39 +190,10 @@ kms_err kms_store_version_add(struct kms_store *store, const char *key_id,
     KMS_ENSURE(created_at > 0, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: created_at must be positive", op);
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    /* A key pending deletion or destroyed must not grow new HSM objects:
-     * the sweeper would not know to destroy them. */
-    KMS_ENSURE_GOTO(row.state == KMS_KEY_ENABLED || row.state == KMS_KEY_DISABLED ||
-                        row.state == KMS_KEY_PENDING_IMPORT,
-                    end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s is %s; cannot add a version", op, key_id,
-                    kms_key_state_name(row.state));
-    KMS_ENSURE_GOTO(row.last_version < UINT32_MAX, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s has no version numbers left", op, key_id);
-    version = row.last_version + 1;
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_SET_LAST_VERSION, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_INSERT, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    store_bind_hsm_id(&b, 3, hsm_id);
-    store_bind_int(&b, 4, created_at);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-end:
-    rc = store_tx_end(c, rc, op);
+    struct version_add_arg a = {key_id, hsm_id, created_at, 0};
+    kms_err rc = store_tx_run(store, true, version_add_tx, &a, op);
     if (rc == KMS_OK)
-        *out_version = version;
-out:
-    store_conn_give(c);
+        *out_version = a.version;
     return rc;
 }
 
@@ -206,37 +212,37 @@ kms_err store_version_make_active(struct store_conn *c, const char *key_id, uint
     return store_run(&b, op);
 }
 
+static kms_err version_activate_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct store_text_int *a = varg;
+    const char *key_id = a->text;
+    uint32_t version = (uint32_t)a->i;
+    struct store_key_row row = {0};
+    enum kms_version_state vstate = KMS_VERSION_CREATING;
+
+    KMS_GUARD(store_key_row_get(c, key_id, true, &row, op));
+    KMS_ENSURE(row.state != KMS_KEY_DESTROYED, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s is DESTROYED", op, key_id);
+    KMS_GUARD(store_version_state_get(c, key_id, version, &vstate, op));
+    KMS_ENSURE(vstate != KMS_VERSION_DESTROYED, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s version %" PRIu32 " is DESTROYED", op, key_id, version);
+    /* Already ACTIVE: the commit that made it so also updated the key. */
+    if (vstate == KMS_VERSION_ACTIVE)
+        return KMS_OK;
+    return store_version_make_active(c, key_id, version, op);
+}
+
 kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
                                    uint32_t version)
 {
     static const char op[] = "activate key version";
-    struct store_key_row row = {0};
-    enum kms_version_state vstate = KMS_VERSION_CREATING;
 
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_GUARD(check_version(version, op));
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, true, &row, op), end);
-    KMS_ENSURE_GOTO(row.state != KMS_KEY_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s is DESTROYED", op, key_id);
-    KMS_GUARD_GOTO(store_version_state_get(c, key_id, version, &vstate, op), end);
-    KMS_ENSURE_GOTO(vstate != KMS_VERSION_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s version %" PRIu32 " is DESTROYED", op, key_id, version);
-    /* Already ACTIVE: the commit that made it so also updated the key. */
-    if (vstate == KMS_VERSION_ACTIVE)
-        goto end;
-
-    KMS_GUARD_GOTO(store_version_make_active(c, key_id, version, op), end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct store_text_int a = {key_id, version};
+    return store_tx_run(store, true, version_activate_tx, &a, op);
 }
 
 /* ---- reconcile ---------------------------------------------------------- */
@@ -276,41 +282,42 @@ kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creati
     return rc;
 }
 
+static kms_err creating_discard_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct store_text_int *a = varg;
+    const char *key_id = a->text;
+    uint32_t version = (uint32_t)a->i;
+    enum kms_version_state vstate = KMS_VERSION_CREATING;
+    struct store_bind b;
+
+    KMS_GUARD(store_version_state_get(c, key_id, version, &vstate, op));
+    KMS_ENSURE(vstate == KMS_VERSION_CREATING, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s version %" PRIu32 " is %s, not CREATING", op, key_id, version,
+               kms_version_state_name(vstate));
+
+    KMS_GUARD(store_stmt(c, ST_VERSION_DELETE_CREATING, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD(store_run(&b, op));
+
+    /* Removes the key only if it is CREATING and this was its last version;
+     * the version number stays spent either way (keys.last_version). */
+    KMS_GUARD(store_stmt(c, ST_KEY_DELETE_CREATING, op, &b));
+    store_bind_text(&b, 1, key_id);
+    return store_run(&b, op);
+}
+
 kms_err kms_store_creating_discard(struct kms_store *store, const char *key_id,
                                    uint32_t version)
 {
     static const char op[] = "discard creating version";
-    enum kms_version_state vstate = KMS_VERSION_CREATING;
-    struct store_bind b;
 
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_GUARD(check_version(version, op));
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_version_state_get(c, key_id, version, &vstate, op), end);
-    KMS_ENSURE_GOTO(vstate == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s version %" PRIu32 " is %s, not CREATING", op, key_id,
-                    version, kms_version_state_name(vstate));
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_DELETE_CREATING, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-
-    /* Removes the key only if it is CREATING and this was its last version;
-     * the version number stays spent either way (keys.last_version). */
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_DELETE_CREATING, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct store_text_int a = {key_id, version};
+    return store_tx_run(store, true, creating_discard_tx, &a, op);
 }
 
 kms_err kms_store_hsm_ids_for_token(struct kms_store *store, const char *token,
