@@ -130,14 +130,48 @@ static void bind_insert(struct store_bind *b, const void *varg)
     store_bind_int(b, 6, t->expires_at);
 }
 
+struct token_insert_arg {
+    const struct kms_import_token_record *t;
+    size_t max_live;
+    int64_t now;
+};
+
+static kms_err token_insert_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct token_insert_arg *a = varg;
+    const struct kms_import_token_record *t = a->t;
+    struct store_key_row row = {0};
+    int64_t origin = 0, live = 0;
+    bool found = false;
+
+    KMS_GUARD(store_key_row_get(c, t->key_id, false, &row, op));
+    KMS_GUARD(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op,
+                              store_bind_text1, t->key_id, &origin, &found));
+    KMS_ENSURE(origin == KMS_KEY_ORIGIN_EXTERNAL, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s does not take imported material", op, t->key_id);
+    KMS_ENSURE(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
+                   row.state == KMS_KEY_DISABLED,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, t->key_id,
+               kms_key_state_name(row.state));
+    struct store_text_int la = {t->key_id, a->now};
+    KMS_GUARD(store_query_int(c,
+                              "SELECT count(*) FROM import_tokens WHERE key_id = ?1 "
+                              "AND state IN (0, 1, 2) AND expires_at > ?2",
+                              op, store_bind_text_int, &la, &live, NULL));
+    KMS_ENSURE((uint64_t)live < (uint64_t)a->max_live, KMS_ERR_RESOURCE_EXHAUSTED,
+               "store: %s: key %s already has %" PRId64 " unexpired import tokens", op,
+               t->key_id, live);
+    return store_exec_one(c,
+                          "INSERT INTO import_tokens (" STORE_IMPORT_TOKEN_COLS ") "
+                          "VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5, ?6)",
+                          op, bind_insert, t, NULL);
+}
+
 kms_err kms_store_import_token_insert(struct kms_store *store,
                                       const struct kms_import_token_record *t, size_t max_live,
                                       int64_t now)
 {
     static const char op[] = "insert import token";
-    struct store_key_row row = {0};
-    int64_t origin = 0, live = 0;
-    bool found = false;
 
     KMS_ENSURE(store != NULL && t != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(t->key_id, op));
@@ -149,39 +183,8 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
                "store: %s: expires_at must follow created_at", op);
     KMS_ENSURE(max_live >= 1, KMS_ERR_USAGE, "store: %s: max_live must be positive", op);
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, t->key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op,
-                                   store_bind_text1, t->key_id, &origin, &found),
-                   end);
-    KMS_ENSURE_GOTO(origin == KMS_KEY_ORIGIN_EXTERNAL, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s does not take imported material", op, t->key_id);
-    KMS_ENSURE_GOTO(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
-                        row.state == KMS_KEY_DISABLED,
-                    end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, t->key_id,
-                    kms_key_state_name(row.state));
-    struct store_text_int la = {t->key_id, now};
-    KMS_GUARD_GOTO(store_query_int(c,
-                             "SELECT count(*) FROM import_tokens WHERE key_id = ?1 "
-                             "AND state IN (0, 1, 2) AND expires_at > ?2",
-                             op, store_bind_text_int, &la, &live, NULL),
-                   end);
-    KMS_ENSURE_GOTO((uint64_t)live < (uint64_t)max_live, end, KMS_ERR_RESOURCE_EXHAUSTED,
-                    "store: %s: key %s already has %" PRId64 " unexpired import tokens", op,
-                    t->key_id, live);
-    KMS_GUARD_GOTO(store_exec_one(c,
-                            "INSERT INTO import_tokens (" STORE_IMPORT_TOKEN_COLS ") "
-                            "VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5, ?6)",
-                            op, bind_insert, t, NULL),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct token_insert_arg a = {t, max_live, now};
+    return store_tx_run(store, true, token_insert_tx, &a, op);
 }
 
 /* A token's move from one state to the next, decided from its row by a
@@ -252,27 +255,23 @@ kms_err kms_store_import_token_issue(struct kms_store *store,
                   false, "issue import token");
 }
 
+static kms_err token_discard_tx(struct store_conn *c, void *token_id, const char *op)
+{
+    int changed = 0;
+    KMS_GUARD(store_exec_one(c, "DELETE FROM import_tokens WHERE token_id = ?1 AND state = 0",
+                             op, bind_token_id, token_id, &changed));
+    KMS_ENSURE(changed == 1, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: import token is not CREATING", op);
+    return KMS_OK;
+}
+
 kms_err kms_store_import_token_discard(struct kms_store *store,
                                        const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
 {
     static const char op[] = "discard import token";
-    int changed = 0;
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_token_id(token_id, op));
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_exec_one(c, "DELETE FROM import_tokens WHERE token_id = ?1 AND state = 0", op,
-                            bind_token_id, token_id, &changed),
-                   end);
-    KMS_ENSURE_GOTO(changed == 1, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: import token is not CREATING", op);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    return store_tx_run(store, true, token_discard_tx, (void *)token_id, op);
 }
 
 kms_err kms_store_import_token_get(struct kms_store *store,
@@ -398,80 +397,83 @@ static kms_err record_kcv(struct store_conn *c, const struct kcv_arg *ka, const 
                           op, bind_kcv, ka, NULL);
 }
 
+struct import_commit_arg {
+    const uint8_t *token_id;
+    const char *key_id;
+    uint32_t version;
+    const uint8_t *kcv;
+    bool first;
+};
+
+static kms_err import_commit_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct import_commit_arg *a = varg;
+    const char *key_id = a->key_id;
+    uint32_t version = a->version;
+    struct kms_import_token_record t;
+    struct store_key_row row = {0};
+    struct kcv_arg ka = {key_id, version, a->kcv};
+    int64_t vstate = 0, n = 0;
+    bool found = false;
+
+    KMS_GUARD(token_row_get(c, a->token_id, &t, op));
+    KMS_ENSURE(strcmp(t.key_id, key_id) == 0, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: import token belongs to another key", op);
+    KMS_GUARD(store_key_row_get(c, key_id, false, &row, op));
+    KMS_ENSURE(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
+                   row.state == KMS_KEY_DISABLED,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
+               kms_key_state_name(row.state));
+    KMS_GUARD(store_query_int(c,
+                              "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
+                              op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &vstate,
+                              &found));
+    KMS_ENSURE(found, KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32, op,
+               key_id, version);
+    KMS_ENSURE(vstate == KMS_VERSION_CREATING || vstate == KMS_VERSION_ACTIVE,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s version %" PRIu32 " is %s", op,
+               key_id, version, kms_version_state_name((enum kms_version_state)vstate));
+
+    /* The same material must not become two versions, and two first
+     * imports that raced must not both win. */
+    KMS_GUARD(store_query_int(c,
+                              "SELECT count(*) FROM key_check_values c JOIN key_versions v "
+                              "USING (key_id, version) WHERE c.key_id = ?1 AND c.version <> ?2 "
+                              "AND v.state = 1 AND c.kcv = ?3",
+                              op, bind_kcv, &ka, &n, NULL));
+    KMS_ENSURE(n == 0, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s already has this material as another version", op, key_id);
+    if (a->first) {
+        KMS_GUARD(store_query_int(c,
+                                  "SELECT count(*) FROM key_versions WHERE key_id = ?1 "
+                                  "AND version <> ?2 AND state = 1",
+                                  op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &n,
+                                  NULL));
+        KMS_ENSURE(n == 0, KMS_ERR_FAILED_PRECONDITION,
+                   "store: %s: key %s received its material meanwhile", op, key_id);
+    }
+    KMS_GUARD(record_kcv(c, &ka, op));
+
+    if (vstate == KMS_VERSION_CREATING)
+        KMS_GUARD(store_version_make_active(c, key_id, version, op));
+    return token_cas(c, a->token_id, KMS_IMPORT_CLAIMED, KMS_IMPORT_SPENT, KMS_IMPORT_END_USED,
+                     t.failures, op);
+}
+
 kms_err kms_store_import_commit(struct kms_store *store,
                                 const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
                                 const char *key_id, uint32_t version,
                                 const uint8_t kcv[KMS_KCV_LEN], bool first)
 {
     static const char op[] = "commit import";
-    struct kms_import_token_record t;
-    struct store_key_row row = {0};
-    struct kcv_arg ka = {key_id, version, kcv};
-    int64_t vstate = 0, n = 0;
-    bool found = false;
 
     KMS_ENSURE(store != NULL && kcv != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_token_id(token_id, op));
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_ENSURE(version >= 1, KMS_ERR_INVALID_ARGUMENT, "store: %s: versions start at 1", op);
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
-    KMS_ENSURE_GOTO(strcmp(t.key_id, key_id) == 0, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: import token belongs to another key", op);
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_ENSURE_GOTO(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
-                        row.state == KMS_KEY_DISABLED,
-                    end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
-                    kms_key_state_name(row.state));
-    KMS_GUARD_GOTO(store_query_int(c,
-                             "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
-                             op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &vstate,
-                             &found),
-                   end);
-    KMS_ENSURE_GOTO(found, end, KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32,
-                    op, key_id, version);
-    KMS_ENSURE_GOTO(vstate == KMS_VERSION_CREATING || vstate == KMS_VERSION_ACTIVE, end,
-                    KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s version %" PRIu32 " is %s",
-                    op, key_id, version,
-                    kms_version_state_name((enum kms_version_state)vstate));
-
-    /* The same material must not become two versions, and two first
-     * imports that raced must not both win. */
-    KMS_GUARD_GOTO(store_query_int(c,
-                             "SELECT count(*) FROM key_check_values c JOIN key_versions v "
-                             "USING (key_id, version) WHERE c.key_id = ?1 AND c.version <> ?2 "
-                             "AND v.state = 1 AND c.kcv = ?3",
-                             op, bind_kcv, &ka, &n, NULL),
-                   end);
-    KMS_ENSURE_GOTO(n == 0, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s already has this material as another version", op,
-                    key_id);
-    if (first) {
-        KMS_GUARD_GOTO(store_query_int(c,
-                                 "SELECT count(*) FROM key_versions WHERE key_id = ?1 "
-                                 "AND version <> ?2 AND state = 1",
-                                 op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &n,
-                                 NULL),
-                       end);
-        KMS_ENSURE_GOTO(n == 0, end, KMS_ERR_FAILED_PRECONDITION,
-                        "store: %s: key %s received its material meanwhile", op, key_id);
-    }
-    KMS_GUARD_GOTO(record_kcv(c, &ka, op), end);
-
-    if (vstate == KMS_VERSION_CREATING)
-        KMS_GUARD_GOTO(store_version_make_active(c, key_id, version, op), end);
-    KMS_GUARD_GOTO(token_cas(c, token_id, KMS_IMPORT_CLAIMED, KMS_IMPORT_SPENT,
-                             KMS_IMPORT_END_USED, t.failures, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct import_commit_arg a = {token_id, key_id, version, kcv, first};
+    return store_tx_run(store, true, import_commit_tx, &a, op);
 }
 
 static kms_err read_kcv(sqlite3_stmt *st, void *elem, const char *op)
