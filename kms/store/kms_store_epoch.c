@@ -74,29 +74,34 @@ static kms_err meta_get_u64(struct kms_store *store, const char *name, const cha
 
 /* One write statement with up to two text and one integer parameter, in
  * its own transaction. */
-static kms_err write_one(struct kms_store *store, const char *sql, const char *t1, const char *t2,
-                         int64_t i3, const char *op)
+struct write_one_arg {
+    const char *sql, *t1, *t2;
+    int64_t i3;
+};
+
+static kms_err write_one_tx(struct store_conn *c, void *varg, const char *op)
 {
-    struct store_conn *c = store_writer_take(store);
+    const struct write_one_arg *a = varg;
     sqlite3_stmt *st = NULL;
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    rc = prep(c, sql, &st, op);
+    kms_err rc = prep(c, a->sql, &st, op);
     if (rc == KMS_OK) {
-        sqlite3_bind_text(st, 1, t1, -1, SQLITE_STATIC);
-        if (t2)
-            sqlite3_bind_text(st, 2, t2, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, i3);
+        sqlite3_bind_text(st, 1, a->t1, -1, SQLITE_STATIC);
+        if (a->t2)
+            sqlite3_bind_text(st, 2, a->t2, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, a->i3);
         int s = sqlite3_step(st);
         if (s != SQLITE_DONE)
             rc = store_sql_err(c->db, s, op);
     }
     sqlite3_finalize(st);
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
     return rc;
+}
+
+static kms_err write_one(struct kms_store *store, const char *sql, const char *t1, const char *t2,
+                         int64_t i3, const char *op)
+{
+    struct write_one_arg a = {sql, t1, t2, i3};
+    return store_tx_run(store, true, write_one_tx, &a, op);
 }
 
 static kms_err mark_name(const char *region, char out[KMS_STORE_META_MAX])
@@ -306,6 +311,26 @@ kms_err kms_store_enc_mark_set(struct kms_store *store, const char *region, uint
                      name, NULL, (int64_t)size, "record encryption-count watermark");
 }
 
+struct usage_bound_arg {
+    const char *key_id;
+    uint32_t version;
+    int64_t n;
+    bool add;
+};
+
+static kms_err usage_bound_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct usage_bound_arg *a = varg;
+    /* Saturating: a count never wraps below what it was. */
+    return step_in_tx(c,
+                      a->add ? "UPDATE key_versions SET encryptions = CASE WHEN encryptions > "
+                               "9223372036854775807 - ?3 THEN 9223372036854775807 ELSE "
+                               "encryptions + ?3 END WHERE key_id = ?1 AND version = ?2"
+                             : "UPDATE key_versions SET encryptions = max(encryptions, ?3) "
+                               "WHERE key_id = ?1 AND version = ?2",
+                      a->key_id, a->version, a->n, NULL, NULL, op);
+}
+
 kms_err kms_store_usage_bound(struct kms_store *store, const char *key_id, uint32_t version,
                               uint64_t n, bool add)
 {
@@ -313,21 +338,40 @@ kms_err kms_store_usage_bound(struct kms_store *store, const char *key_id, uint3
     KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN && version > 0, KMS_ERR_USAGE,
                "store: %s: bad key id or version", op);
     int64_t v = n > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)n;
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc == KMS_OK) {
-        /* Saturating: a count never wraps below what it was. */
-        rc = step_in_tx(c,
-                        add ? "UPDATE key_versions SET encryptions = CASE WHEN encryptions > "
-                              "9223372036854775807 - ?3 THEN 9223372036854775807 ELSE "
-                              "encryptions + ?3 END WHERE key_id = ?1 AND version = ?2"
-                            : "UPDATE key_versions SET encryptions = max(encryptions, ?3) "
-                              "WHERE key_id = ?1 AND version = ?2",
-                        key_id, version, v, NULL, NULL, op);
-        rc = store_tx_end(c, rc, op);
-    }
-    store_conn_give(c);
-    return rc;
+    struct usage_bound_arg a = {key_id, version, v, add};
+    return store_tx_run(store, true, usage_bound_tx, &a, op);
+}
+
+struct force_state_arg {
+    const char *key_id;
+    enum kms_key_state state;
+    const struct kms_hsm_id *present;
+    size_t n_present;
+};
+
+static kms_err force_state_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct force_state_arg *a = varg;
+    struct store_key_row row;
+    KMS_GUARD(store_key_row_get(c, a->key_id, false, &row, op));
+    /* Only versions whose objects a token still holds come back: a
+     * destroyed version with no object would be an ACTIVE row that can
+     * neither decrypt nor be told apart from a lost token. */
+    for (size_t i = 0; row.state == KMS_KEY_DESTROYED && a->state != KMS_KEY_PENDING_DELETION &&
+                       i < a->n_present;
+         i++)
+        KMS_GUARD(step_in_tx(c,
+                             "UPDATE key_versions SET state = 1 "
+                             "WHERE key_id = ?1 AND state = 2 AND hsm_id = ?4",
+                             a->key_id, 0, 0, a->present[i].bytes, NULL, op));
+    /* ENABLED/DISABLED need a current version: the highest active one. */
+    return step_in_tx(c,
+                      "UPDATE keys SET state = ?2, "
+                      "deletion_at = CASE WHEN ?2 = 4 THEN deletion_at ELSE 0 END, "
+                      "current_version = coalesce((SELECT max(version) FROM key_versions "
+                      "WHERE key_id = ?1 AND state = 1), current_version) "
+                      "WHERE key_id = ?1",
+                      a->key_id, (int64_t)a->state, 0, NULL, NULL, op);
 }
 
 kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
@@ -341,37 +385,33 @@ kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
                    state == KMS_KEY_PENDING_DELETION,
                KMS_ERR_USAGE, "store: %s: state %s cannot be forced", op,
                kms_key_state_name(state));
+    struct force_state_arg a = {key_id, state, present, n_present};
+    return store_tx_run(store, true, force_state_tx, &a, op);
+}
+
+struct reattach_arg {
+    const char *key_id;
+    uint32_t version;
+    const uint8_t *hsm_id;
+    int64_t now;
+};
+
+static kms_err reattach_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct reattach_arg *a = varg;
     struct store_key_row row;
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    /* Only versions whose objects a token still holds come back: a
-     * destroyed version with no object would be an ACTIVE row that can
-     * neither decrypt nor be told apart from a lost token. */
-    for (size_t i = 0; row.state == KMS_KEY_DESTROYED && state != KMS_KEY_PENDING_DELETION &&
-                       i < n_present;
-         i++)
-        KMS_GUARD_GOTO(step_in_tx(c,
-                                  "UPDATE key_versions SET state = 1 "
-                                  "WHERE key_id = ?1 AND state = 2 AND hsm_id = ?4",
-                                  key_id, 0, 0, present[i].bytes, NULL, op),
-                       end);
-    /* ENABLED/DISABLED need a current version: the highest active one. */
-    KMS_GUARD_GOTO(step_in_tx(c,
-                              "UPDATE keys SET state = ?2, "
-                              "deletion_at = CASE WHEN ?2 = 4 THEN deletion_at ELSE 0 END, "
-                              "current_version = coalesce((SELECT max(version) FROM key_versions "
-                              "WHERE key_id = ?1 AND state = 1), current_version) "
-                              "WHERE key_id = ?1",
-                              key_id, (int64_t)state, 0, NULL, NULL, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    KMS_GUARD(store_key_row_get(c, a->key_id, false, &row, op));
+    KMS_ENSURE(row.state != KMS_KEY_DESTROYED && row.state != KMS_KEY_PENDING_IMPORT,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, a->key_id,
+               kms_key_state_name(row.state));
+    KMS_GUARD(step_in_tx(c,
+                         "INSERT INTO key_versions (key_id, version, hsm_id, state, "
+                         "created_at) VALUES (?1, ?2, ?4, 1, ?3)",
+                         a->key_id, a->version, a->now, a->hsm_id, NULL, op));
+    return step_in_tx(c,
+                      "UPDATE keys SET last_version = max(last_version, ?2), "
+                      "current_version = max(current_version, ?2) WHERE key_id = ?1",
+                      a->key_id, a->version, 0, NULL, NULL, op);
 }
 
 kms_err kms_store_version_reattach(struct kms_store *store, const char *key_id, uint32_t version,
@@ -380,30 +420,8 @@ kms_err kms_store_version_reattach(struct kms_store *store, const char *key_id, 
     static const char op[] = "reattach version";
     KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN && version > 0, KMS_ERR_USAGE,
                "store: %s: bad key id or version", op);
-    struct store_key_row row;
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_ENSURE_GOTO(row.state != KMS_KEY_DESTROYED && row.state != KMS_KEY_PENDING_IMPORT, end,
-                    KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
-                    kms_key_state_name(row.state));
-    KMS_GUARD_GOTO(step_in_tx(c,
-                              "INSERT INTO key_versions (key_id, version, hsm_id, state, "
-                              "created_at) VALUES (?1, ?2, ?4, 1, ?3)",
-                              key_id, version, now, hsm_id, NULL, op),
-                   end);
-    KMS_GUARD_GOTO(step_in_tx(c,
-                              "UPDATE keys SET last_version = max(last_version, ?2), "
-                              "current_version = max(current_version, ?2) WHERE key_id = ?1",
-                              key_id, version, 0, NULL, NULL, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct reattach_arg a = {key_id, version, hsm_id, now};
+    return store_tx_run(store, true, reattach_tx, &a, op);
 }
 
 /* ---- backups ------------------------------------------------------------- */
