@@ -65,6 +65,34 @@ static kms_err read_count(struct kms_store *store, const char *sql, store_binder
     return rc;
 }
 
+struct reserve_arg {
+    struct kv_arg kv;
+    int64_t total;
+};
+
+static kms_err usage_reserve_tx(struct store_conn *c, void *varg, const char *op)
+{
+    struct reserve_arg *ra = varg;
+    const struct kv_arg *a = &ra->kv;
+    int changes = 0;
+    bool row = false;
+    /* Only a live version of a visible key counts: a destroyed one never
+     * encrypts again. */
+    KMS_GUARD(store_exec_one(c,
+                             "UPDATE key_versions SET encryptions = encryptions + ?3 "
+                             "WHERE key_id = ?1 AND version = ?2 AND state = 1 "
+                             "AND encryptions <= 4611686018427387903 - ?3",
+                             op, bind_kvn, a, &changes));
+    KMS_ENSURE(changes == 1, KMS_ERR_NOT_FOUND,
+               "store: %s: key %s has no active version %" PRIu32, op, a->key_id, a->version);
+    KMS_GUARD(store_query_int(c,
+                              "SELECT encryptions FROM key_versions "
+                              "WHERE key_id = ?1 AND version = ?2",
+                              op, bind_kv, a, &ra->total, &row));
+    KMS_ENSURE(row && ra->total >= 0, KMS_ERR_INTERNAL, "store: %s: row vanished", op);
+    return KMS_OK;
+}
+
 kms_err kms_store_usage_reserve(struct kms_store *store, const char *key_id, uint32_t version,
                                 uint64_t n, uint64_t *out_total)
 {
@@ -73,37 +101,10 @@ kms_err kms_store_usage_reserve(struct kms_store *store, const char *key_id, uin
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_ENSURE(version >= 1 && n >= 1 && n <= USAGE_MAX, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: bad version or count", op);
-    struct kv_arg a = {key_id, version, (int64_t)n};
-    int changes = 0;
-    int64_t total = 0;
-    bool row = false;
-
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    /* Only a live version of a visible key counts: a destroyed one never
-     * encrypts again. */
-    KMS_GUARD_GOTO(store_exec_one(c,
-                                  "UPDATE key_versions SET encryptions = encryptions + ?3 "
-                                  "WHERE key_id = ?1 AND version = ?2 AND state = 1 "
-                                  "AND encryptions <= 4611686018427387903 - ?3",
-                                  op, bind_kvn, &a, &changes),
-                   end);
-    KMS_ENSURE_GOTO(changes == 1, end, KMS_ERR_NOT_FOUND,
-                    "store: %s: key %s has no active version %" PRIu32, op, key_id, version);
-    KMS_GUARD_GOTO(store_query_int(c,
-                                   "SELECT encryptions FROM key_versions "
-                                   "WHERE key_id = ?1 AND version = ?2",
-                                   op, bind_kv, &a, &total, &row),
-                   end);
-    KMS_ENSURE_GOTO(row && total >= 0, end, KMS_ERR_INTERNAL, "store: %s: row vanished", op);
-end:
-    rc = store_tx_end(c, rc, op);
+    struct reserve_arg a = {{key_id, version, (int64_t)n}, 0};
+    kms_err rc = store_tx_run(store, true, usage_reserve_tx, &a, op);
     if (rc == KMS_OK)
-        *out_total = (uint64_t)total;
-out:
-    store_conn_give(c);
+        *out_total = (uint64_t)a.total;
     return rc;
 }
 
