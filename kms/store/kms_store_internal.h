@@ -136,14 +136,6 @@ typedef kms_err (*store_row_reader)(sqlite3_stmt *st, void *elem, const char *op
 kms_err store_collect(struct store_bind *b, size_t elem, size_t max, store_row_reader read,
                       void **out, size_t *out_n, const char *op);
 
-/* Writes use BEGIN IMMEDIATE: the write lock is taken before anything is
- * read, so what a transaction checks is still true when it writes. */
-kms_err store_tx_begin(struct store_conn *c, bool write, const char *op);
-
-/* Commit if rc is KMS_OK, else (or if the commit fails) roll back. With
- * synchronous=FULL a KMS_OK commit is on disk. Returns the outcome. */
-kms_err store_tx_end(struct store_conn *c, kms_err rc, const char *op);
-
 kms_err store_col_text(sqlite3_stmt *st, int col, char *dst, size_t size, const char *op);
 kms_err store_col_hsm_id(sqlite3_stmt *st, int col, uint8_t dst[KMS_HSM_ID_LEN],
                          const char *op);
@@ -208,9 +200,12 @@ kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, s
                         const void *arg, int64_t *out, bool *out_row);
 
 /* Run body in one transaction on a leased connection: the writer with BEGIN
- * IMMEDIATE when write, else a reader. Commits if body returns KMS_OK, else
- * rolls back; returns the outcome. Results the body leaves in arg are
- * valid only if this returns KMS_OK. */
+ * IMMEDIATE when write (the write lock is taken before anything is read, so
+ * what a transaction checks is still true when it writes), else a reader.
+ * Commits if body returns KMS_OK, else (or if the commit fails) rolls back;
+ * with synchronous=FULL a KMS_OK commit is on disk. Returns the outcome.
+ * Every store transaction goes through here. Results the body leaves in
+ * arg are valid only if this returns KMS_OK. */
 typedef kms_err (*store_tx_body)(struct store_conn *c, void *arg, const char *op);
 kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg,
                      const char *op);

@@ -235,12 +235,15 @@ static kms_err run_stmt(struct store_conn *c, enum store_stmt_id id, const char 
     return store_run(&b, op);
 }
 
-kms_err store_tx_begin(struct store_conn *c, bool write, const char *op)
+/* Writes use BEGIN IMMEDIATE: the write lock is taken before anything is
+ * read, so what a transaction checks is still true when it writes. */
+static kms_err store_tx_begin(struct store_conn *c, bool write, const char *op)
 {
     return run_stmt(c, write ? ST_BEGIN_IMMEDIATE : ST_BEGIN, op);
 }
 
-kms_err store_tx_end(struct store_conn *c, kms_err rc, const char *op)
+/* Commit if rc is KMS_OK, else (or if the commit fails) roll back. */
+static kms_err store_tx_end(struct store_conn *c, kms_err rc, const char *op)
 {
     if (rc == KMS_OK)
         rc = run_stmt(c, ST_COMMIT, op);
