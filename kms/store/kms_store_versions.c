@@ -232,17 +232,23 @@ static kms_err version_activate_tx(struct store_conn *c, void *varg, const char 
     return store_version_make_active(c, key_id, version, op);
 }
 
-kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
-                                   uint32_t version)
+/* Check the arguments of a write to one key version and run body on them
+ * (a store_text_int) in one write transaction. */
+static kms_err version_write(struct kms_store *store, const char *key_id, uint32_t version,
+                             store_tx_body body, const char *op)
 {
-    static const char op[] = "activate key version";
-
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_GUARD(check_version(version, op));
 
     struct store_text_int a = {key_id, version};
-    return store_tx_run(store, true, version_activate_tx, &a, op);
+    return store_tx_run(store, true, body, &a, op);
+}
+
+kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
+                                   uint32_t version)
+{
+    return version_write(store, key_id, version, version_activate_tx, "activate key version");
 }
 
 /* ---- reconcile ---------------------------------------------------------- */
@@ -310,14 +316,8 @@ static kms_err creating_discard_tx(struct store_conn *c, void *varg, const char 
 kms_err kms_store_creating_discard(struct kms_store *store, const char *key_id,
                                    uint32_t version)
 {
-    static const char op[] = "discard creating version";
-
-    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    KMS_GUARD(store_check_key_id(key_id, op));
-    KMS_GUARD(check_version(version, op));
-
-    struct store_text_int a = {key_id, version};
-    return store_tx_run(store, true, creating_discard_tx, &a, op);
+    return version_write(store, key_id, version, creating_discard_tx,
+                         "discard creating version");
 }
 
 kms_err kms_store_hsm_ids_for_token(struct kms_store *store, const char *token,
