@@ -60,6 +60,22 @@ const char *kms_strerror(kms_err err)
     return r ? r->name : "KMS_ERR_UNKNOWN";
 }
 
+const char *const kms_twirp_codes[KMS_TWIRP_CODE_COUNT] = {
+    "canceled",          "unknown",         "invalid_argument",   "malformed",
+    "deadline_exceeded", "not_found",       "bad_route",          "already_exists",
+    "permission_denied", "unauthenticated", "resource_exhausted", "failed_precondition",
+    "aborted",           "out_of_range",    "unimplemented",      "internal",
+    "unavailable",       "dataloss",
+};
+
+int kms_twirp_code_index(const char *code)
+{
+    for (int i = 0; code != NULL && i < KMS_TWIRP_CODE_COUNT; i++)
+        if (strcmp(kms_twirp_codes[i], code) == 0)
+            return i;
+    return -1;
+}
+
 const char *kms_err_twirp_code(kms_err err)
 {
     const struct err_row *r = err_row(err);

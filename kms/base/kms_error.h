@@ -60,6 +60,15 @@ const char *kms_strerror(kms_err err);
  * are Twirp's; the audit log's `outcome` and the metrics' label too. */
 const char *kms_err_twirp_code(kms_err err);
 
+/* Twirp v7's error codes, in the protocol's order ("canceled" first,
+ * "dataloss" last): the one list the metrics' labels, the front's HTTP
+ * status table and the OpenSSL provider's reasons are indexed by. */
+#define KMS_TWIRP_CODE_COUNT 18
+extern const char *const kms_twirp_codes[KMS_TWIRP_CODE_COUNT];
+
+/* Index of code in kms_twirp_codes, or -1. */
+int kms_twirp_code_index(const char *code);
+
 /* Record a detail for the calling thread and return err unchanged, so that
  * `return kms_err_set(KMS_ERR_X, "...")` reads naturally. */
 kms_err kms_err_set(kms_err err, const char *fmt, ...)

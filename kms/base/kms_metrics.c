@@ -29,14 +29,14 @@ struct hist {
     atomic_ulong sum; /* microseconds, or events for batch sizes */
 };
 
-/* Twirp codes in the order they are printed; index 0 is success. */
-static const char *const outcomes[] = {
-    "ok",          "canceled",         "unknown",     "invalid_argument", "malformed",
-    "deadline_exceeded", "not_found",  "bad_route",   "already_exists",   "permission_denied",
-    "unauthenticated", "resource_exhausted", "failed_precondition", "aborted", "out_of_range",
-    "unimplemented", "internal",       "unavailable", "data_loss",
-};
-#define N_OUTCOMES (sizeof(outcomes) / sizeof(outcomes[0]))
+/* Outcomes in the order they are printed: 0 is success, i > 0 is Twirp
+ * code i - 1 (kms_twirp_codes). */
+#define N_OUTCOMES (1 + KMS_TWIRP_CODE_COUNT)
+
+static const char *outcome_name(size_t i)
+{
+    return i == 0 ? "ok" : kms_twirp_codes[i - 1];
+}
 
 #define OP_NAME_MAX 64
 struct op_slot {
@@ -121,11 +121,8 @@ static size_t outcome_index(kms_err rc)
 {
     if (rc == KMS_OK)
         return 0;
-    const char *code = kms_err_twirp_code(rc);
-    for (size_t i = 1; i < N_OUTCOMES; i++)
-        if (strcmp(outcomes[i], code) == 0)
-            return i;
-    return 2; /* "unknown" */
+    int i = kms_twirp_code_index(kms_err_twirp_code(rc));
+    return i >= 0 ? (size_t)i + 1 : 2; /* 2: "unknown" */
 }
 
 void kms_metrics_request(int op, kms_err rc, uint64_t ns)
@@ -296,7 +293,7 @@ void kms_metrics_render(FILE *f)
             if (c == 0)
                 continue;
             fprintf(f, "custos_requests_total{%s} %lu\n",
-                    labels(lb, sizeof(lb), "op", op, "outcome", outcomes[o], NULL, NULL, NULL,
+                    labels(lb, sizeof(lb), "op", op, "outcome", outcome_name(o), NULL, NULL, NULL,
                             NULL),
                     c);
         }
@@ -312,7 +309,7 @@ void kms_metrics_render(FILE *f)
             if (atomic_load_explicit(&h->count, memory_order_relaxed) == 0)
                 continue;
             put_hist(f, "custos_request_duration_seconds",
-                     labels(lb, sizeof(lb), "op", op, "outcome", outcomes[o], NULL, NULL, NULL,
+                     labels(lb, sizeof(lb), "op", op, "outcome", outcome_name(o), NULL, NULL, NULL,
                              NULL),
                      h, time_bounds_us, TIME_BUCKETS, 1e-6);
         }

@@ -161,38 +161,22 @@ kms_err kms_twirp_dispatch(const struct kms_route *r, struct kms_call *call, con
 
 /* Twirp v7's HTTP status of each error code (the protocol's table, so it
  * lives with the protocol; the kms_err -> code table is the base's). */
-static const struct {
-    const char *code;
-    int status;
-} twirp_status[] = {
-    {"ok", 200},
-    {"canceled", 408},
-    {"unknown", 500},
-    {"invalid_argument", 400},
-    {"malformed", 400},
-    {"deadline_exceeded", 408},
-    {"not_found", 404},
-    {"bad_route", 404},
-    {"already_exists", 409},
-    {"permission_denied", 403},
-    {"unauthenticated", 401},
-    {"resource_exhausted", 429},
-    {"failed_precondition", 412},
-    {"aborted", 409},
-    {"out_of_range", 400},
-    {"unimplemented", 501},
-    {"internal", 500},
-    {"unavailable", 503},
-    {"dataloss", 500},
+/* Indexed like kms_twirp_codes: canceled, unknown, invalid_argument,
+ * malformed, deadline_exceeded, not_found, bad_route, already_exists,
+ * permission_denied, unauthenticated, resource_exhausted,
+ * failed_precondition, aborted, out_of_range, unimplemented, internal,
+ * unavailable, dataloss. */
+static const int twirp_status[KMS_TWIRP_CODE_COUNT] = {
+    408, 500, 400, 400, 408, 404, 404, 409, 403,
+    401, 429, 412, 409, 400, 501, 500, 503, 500,
 };
 
 int kms_twirp_http_status(kms_err err)
 {
-    const char *code = kms_err_twirp_code(err);
-    for (size_t i = 0; i < sizeof(twirp_status) / sizeof(twirp_status[0]); i++)
-        if (strcmp(twirp_status[i].code, code) == 0)
-            return twirp_status[i].status;
-    return 500;
+    if (err == KMS_OK)
+        return 200;
+    int i = kms_twirp_code_index(kms_err_twirp_code(err));
+    return i >= 0 ? twirp_status[i] : 500;
 }
 
 char *kms_twirp_error_body(kms_err err, const char *msg)

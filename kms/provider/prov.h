@@ -50,11 +50,8 @@ enum prov_reason {
     PROV_R_UNSUPPORTED,
     PROV_R_NO_KEY_REFERENCE,
     PROV_R_INTERNAL,
-    PROV_R_TWIRP_FIRST = 100, /* + index into prov_twirp_codes */
+    PROV_R_TWIRP_FIRST = 100, /* + index into kms_twirp_codes (kms_error.h) */
 };
-
-extern const char *const prov_twirp_codes[];
-extern const size_t prov_twirp_code_count;
 
 /* Raise an error on OpenSSL's queue through the core (ERR_raise_data's
  * provider-side equivalent). */

@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "kms_error.h"
 #include "kms_secret.h"
 
 #define KEY_SERVICE "custos.v1.KeyService"
@@ -356,13 +357,10 @@ static void raise_twirp_error(struct prov_ctx *ctx, CURL *e, const char *method,
     if (curl_easy_header(e, "X-Request-Id", 0, CURLH_HEADER, -1, &h) == CURLHE_OK && h->value)
         safe_copy(rid, sizeof(rid), h->value);
     safe_copy(m, sizeof(m), msg ? msg : "");
-    int reason = 0;
-    for (size_t i = 0; code && i < prov_twirp_code_count; i++)
-        if (strcmp(code, prov_twirp_codes[i]) == 0)
-            reason = PROV_R_TWIRP_FIRST + (int)i;
-    if (reason)
-        PROV_RAISE(ctx, reason, "kmsd refused %s: %s: %s (request id %s)", method,
-                   prov_twirp_codes[reason - PROV_R_TWIRP_FIRST], m, rid);
+    int i = kms_twirp_code_index(code);
+    if (i >= 0)
+        PROV_RAISE(ctx, PROV_R_TWIRP_FIRST + i, "kmsd refused %s: %s: %s (request id %s)",
+                   method, kms_twirp_codes[i], m, rid);
     else
         PROV_RAISE(ctx, PROV_R_BAD_REPLY,
                    "kmsd %s: HTTP %ld reply that is not a Twirp error (request id %s)", method,

@@ -21,20 +21,12 @@
 #include <openssl/params.h>
 
 #include "prov.h"
+#include "kms_error.h"
 #include "prov_client.h"
-
-const char *const prov_twirp_codes[] = {
-    "canceled",          "unknown",           "invalid_argument", "malformed",
-    "deadline_exceeded", "not_found",         "bad_route",        "already_exists",
-    "permission_denied", "unauthenticated",   "resource_exhausted", "failed_precondition",
-    "aborted",           "out_of_range",      "unimplemented",    "internal",
-    "unavailable",       "dataloss",
-};
-const size_t prov_twirp_code_count = sizeof(prov_twirp_codes) / sizeof(prov_twirp_codes[0]);
 
 /* Reason strings: ours, then one per Twirp code (filled at first init). */
 #define N_OWN 7
-static OSSL_ITEM reason_strings[N_OWN + sizeof(prov_twirp_codes) / sizeof(prov_twirp_codes[0]) + 1] = {
+static OSSL_ITEM reason_strings[N_OWN + KMS_TWIRP_CODE_COUNT + 1] = {
     {PROV_R_BAD_URI, (void *)"bad custos URI"},
     {PROV_R_CONFIG, (void *)"custos provider configuration"},
     {PROV_R_TRANSPORT, (void *)"cannot reach kmsd"},
@@ -46,9 +38,9 @@ static OSSL_ITEM reason_strings[N_OWN + sizeof(prov_twirp_codes) / sizeof(prov_t
 
 static void fill_reasons(void)
 {
-    for (size_t i = 0; i < prov_twirp_code_count; i++) {
+    for (size_t i = 0; i < KMS_TWIRP_CODE_COUNT; i++) {
         reason_strings[N_OWN + i].id = (unsigned int)(PROV_R_TWIRP_FIRST + (int)i);
-        reason_strings[N_OWN + i].ptr = (void *)prov_twirp_codes[i];
+        reason_strings[N_OWN + i].ptr = (void *)kms_twirp_codes[i];
     }
 }
 

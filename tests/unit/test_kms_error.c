@@ -50,12 +50,31 @@ START_TEST(handler_details_pass)
 }
 END_TEST
 
+/* Every error's code is one of Twirp's, and the list is Twirp v7's: the
+ * metrics' labels, the HTTP status table and the provider index it. */
+START_TEST(every_code_is_twirps)
+{
+    ck_assert_str_eq(kms_err_twirp_code(KMS_OK), "ok");
+    for (int e = 1; e <= 700; e++) {
+        const char *code = kms_err_twirp_code((kms_err)e);
+        ck_assert_msg(kms_twirp_code_index(code) >= 0, "error %d -> unlisted code %s", e, code);
+    }
+    ck_assert_int_eq(kms_twirp_code_index("dataloss"), KMS_TWIRP_CODE_COUNT - 1);
+    ck_assert_int_eq(kms_twirp_code_index("canceled"), 0);
+    ck_assert_int_eq(kms_twirp_code_index("data_loss"), -1);
+    ck_assert_int_eq(kms_twirp_code_index(NULL), -1);
+    for (int i = 0; i < KMS_TWIRP_CODE_COUNT; i++)
+        ck_assert_int_eq(kms_twirp_code_index(kms_twirp_codes[i]), i);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("kms_error");
     TCase *tc = tcase_create("client_msg");
     tcase_add_test(tc, internal_details_are_not_shown);
     tcase_add_test(tc, handler_details_pass);
+    tcase_add_test(tc, every_code_is_twirps);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -68,6 +68,26 @@ START_TEST(request_lands_in_its_bucket)
 }
 END_TEST
 
+/* Each error is counted under its own code, the one the API answers. */
+START_TEST(outcome_label_is_the_api_code)
+{
+    int op = kms_metrics_op("Outcomes");
+    for (int e = 1; e <= 700; e++)
+        if (strcmp(kms_strerror((kms_err)e), "KMS_ERR_UNKNOWN") != 0)
+            kms_metrics_request(op, (kms_err)e, 1000);
+    char *t = render();
+    for (int e = 1; e <= 700; e++) {
+        if (strcmp(kms_strerror((kms_err)e), "KMS_ERR_UNKNOWN") == 0)
+            continue;
+        char line[160];
+        snprintf(line, sizeof(line), "custos_requests_total{op=\"Outcomes\",outcome=\"%s\"} ",
+                 kms_err_twirp_code((kms_err)e));
+        has(t, line);
+    }
+    free(t);
+}
+END_TEST
+
 START_TEST(bucket_bounds_are_inclusive)
 {
     int op = kms_metrics_op("Decrypt");
@@ -189,6 +209,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("requests");
     tcase_add_test(tc, request_lands_in_its_bucket);
     tcase_add_test(tc, bucket_bounds_are_inclusive);
+    tcase_add_test(tc, outcome_label_is_the_api_code);
     tcase_add_test(tc, ops_beyond_the_limit_fold_into_other);
     suite_add_tcase(s, tc);
 
