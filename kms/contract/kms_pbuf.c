@@ -360,6 +360,30 @@ void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *dat
 }
 
 /* One member of a message: a string, bytes or sub-message at p. */
+size_t kms_pbuf_elem_size(ProtobufCType t)
+{
+    switch (t) {
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+        return 8;
+    case PROTOBUF_C_TYPE_BOOL:
+        return sizeof(protobuf_c_boolean);
+    case PROTOBUF_C_TYPE_ENUM:
+        return sizeof(int);
+    case PROTOBUF_C_TYPE_STRING:
+        return sizeof(char *);
+    case PROTOBUF_C_TYPE_BYTES:
+        return sizeof(ProtobufCBinaryData);
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return sizeof(ProtobufCMessage *);
+    default:
+        return 4;
+    }
+}
+
 static void wipe_member(const ProtobufCFieldDescriptor *f, void *p)
 {
     switch (f->type) {
@@ -408,8 +432,7 @@ void kms_pbuf_wipe(ProtobufCMessage *m)
         }
         size_t n = *(const size_t *)((const uint8_t *)m + f->quantifier_offset);
         uint8_t *arr = *(uint8_t **)member;
-        size_t el = f->type == PROTOBUF_C_TYPE_BYTES ? sizeof(ProtobufCBinaryData)
-                                                     : sizeof(void *);
+        size_t el = kms_pbuf_elem_size(f->type);
         for (size_t j = 0; arr != NULL && j < n; j++)
             wipe_member(f, arr + j * el);
     }

@@ -77,6 +77,10 @@ const char *kms_pbuf_last_refusal(void);
  * message: <reason>'. */
 kms_err kms_pbuf_refused(const char *what);
 
+/* The size of one element of a repeated field of type t, as protobuf-c
+ * lays its arrays out. */
+size_t kms_pbuf_elem_size(ProtobufCType t);
+
 /* Wipe (OPENSSL_cleanse) every string and bytes field of m, at any depth:
  * singular, repeated, in nested messages and map entries, the set member
  * of a oneof. Lengths and counts are kept, so the message can still be

@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 
 #include "kms_buf.h"
+#include "kms_pbuf.h"
 #include "kms_pjson_lex.h"
 #include "kms_utf8.h"
 
@@ -220,30 +221,6 @@ static void emit_value(struct out *o, const ProtobufCFieldDescriptor *f, const v
     }
 }
 
-static size_t elem_size(ProtobufCType t)
-{
-    switch (t) {
-    case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64:
-    case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64:
-        return 8;
-    case PROTOBUF_C_TYPE_BOOL:
-        return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_ENUM:
-        return sizeof(int);
-    case PROTOBUF_C_TYPE_STRING:
-        return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES:
-        return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE:
-        return sizeof(ProtobufCMessage *);
-    default:
-        return 4;
-    }
-}
-
 /* A map key as a JSON object key: always a string. */
 static void emit_map_key(struct out *o, const ProtobufCFieldDescriptor *kf, const void *p)
 {
@@ -256,7 +233,7 @@ static void emit_map_key(struct out *o, const ProtobufCFieldDescriptor *kf, cons
         return;
     }
     /* Integers: 64-bit ones are quoted already, 32-bit ones are not. */
-    bool wide = elem_size(kf->type) == 8;
+    bool wide = kms_pbuf_elem_size(kf->type) == 8;
     if (!wide)
         out_put(o, "\"", 1);
     emit_value(o, kf, p, 0);
@@ -278,7 +255,7 @@ static bool map_key_later(const ProtobufCFieldDescriptor *f, const uint8_t *arr,
             const char *a = *(char *const *)kj, *b = *(char *const *)kl;
             if (strcmp(a ? a : "", b ? b : "") == 0)
                 return true;
-        } else if (memcmp(kj, kl, elem_size(kf->type)) == 0) {
+        } else if (memcmp(kj, kl, kms_pbuf_elem_size(kf->type)) == 0) {
             return true;
         }
     }
@@ -318,7 +295,7 @@ static void emit_message(struct out *o, const ProtobufCMessageDescriptor *d,
         out_put(o, map ? "{" : "[", 1);
         bool first = true;
         for (size_t j = 0; j < n; j++) {
-            const uint8_t *el = arr + j * elem_size(f->type);
+            const uint8_t *el = arr + j * kms_pbuf_elem_size(f->type);
             /* A key repeated on the wire: the last entry wins (protobuf's
              * rule), and a JSON object never holds a key twice. */
             if (map && map_key_later(f, arr, j, n))

@@ -60,30 +60,6 @@ static bool field_is_map(const ProtobufCFieldDescriptor *f)
            strstr(((const ProtobufCMessageDescriptor *)f->descriptor)->short_name, "Entry") != NULL;
 }
 
-static size_t elem_size(ProtobufCType t)
-{
-    switch (t) {
-    case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64:
-    case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64:
-        return 8;
-    case PROTOBUF_C_TYPE_BOOL:
-        return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_ENUM:
-        return sizeof(int);
-    case PROTOBUF_C_TYPE_STRING:
-        return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES:
-        return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE:
-        return sizeof(ProtobufCMessage *);
-    default:
-        return 4;
-    }
-}
-
 /* A non-default value of f's type at p; values vary with a counter so that
  * elements differ (map keys must). Extremes where a type has them: uint64
  * max, negative int64, strings with escapes and non-ASCII, bytes of every
@@ -155,9 +131,9 @@ static ProtobufCMessage *fill(const ProtobufCMessageDescriptor *d, unsigned dept
         ck_assert_msg(!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF), "%s.%s: oneof", d->name, f->name);
         if (f->label == PROTOBUF_C_LABEL_REPEATED) {
             size_t n = 2;
-            uint8_t *arr = xmalloc(n * elem_size(f->type));
+            uint8_t *arr = xmalloc(n * kms_pbuf_elem_size(f->type));
             for (size_t j = 0; j < n; j++)
-                set_value(f, arr + j * elem_size(f->type), depth);
+                set_value(f, arr + j * kms_pbuf_elem_size(f->type), depth);
             *(size_t *)((uint8_t *)m + f->quantifier_offset) = n;
             *(uint8_t **)member = arr;
         } else {
