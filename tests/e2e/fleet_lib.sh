@@ -15,6 +15,7 @@
 #   fleet_node_addr K          http://127.0.0.1:<node K's port>
 #   fleet_requests K OP [OUTCOME]   node K's custos_requests_total{op,outcome}
 #   fleet_clone_state FROM TO  both stopped: TO gets FROM's store and audit log
+#   fleet_key_everywhere REGION  prints the id of a key every node knows (see below)
 #
 # Every wait is bounded (FLEET_WAIT_S, 60 s) and fails with haproxy's view.
 
@@ -147,4 +148,22 @@ fleet_clone_state() { # FROM TO
     for fc_f in kmsd.db kmsd.db-wal kmsd.db-shm; do
         [ ! -f "$fc_from/$fc_f" ] || cp -a "$fc_from/$fc_f" "$fc_to/$fc_f"
     done
+}
+
+# fleet_key_everywhere REGION: make one AES key (demo-admin, through node 1
+# alone) and give every node the store that knows it; prints its id.
+# FLEET-PG: with the shared store this becomes one CreateKey through the
+# balancer, all nodes up.
+fleet_key_everywhere() {
+    fk_k=2
+    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_node_stop $fk_k >&2; fk_k=$((fk_k + 1)); done
+    fk_id=$(CUSTOS_ADDR=$(fleet_node_addr 1) CUSTOS_API_KEY_FILE="$FLEET_DIR/credentials/demo-admin.key" \
+        "$BUILD_DIR/bin/kmsctl" key create --region "$1" -q) || return 1
+    fleet_node_stop 1 >&2
+    fk_k=2
+    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_clone_state 1 $fk_k; fk_k=$((fk_k + 1)); done
+    fk_k=1
+    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_node_start $fk_k >/dev/null || return 1; fk_k=$((fk_k + 1)); done
+    fleet_wait_up "$FLEET_NODES" >&2 || return 1
+    echo "$fk_id"
 }

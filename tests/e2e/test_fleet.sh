@@ -29,20 +29,13 @@ fleet_start
 t "fleet.sh start: PostgreSQL, three nodes and haproxy; haproxy sees 3 nodes UP" fleet_n_up 3
 t "fleet.sh status: every part runs" sh -c 'sh deploy/fleet.sh status "$1" >"$1/status.out"' _ "$FLEET_DIR"
 
-# One key for every node. FLEET-PG: once the store is on PostgreSQL, create
-# it through the balancer with all three nodes up and drop the stop/clone/
-# start below: the test then also shows a key made on one node served by
+# One key that every node knows (fleet_key_everywhere). FLEET-PG: once the
+# store is on PostgreSQL, it is created through the balancer with all three
+# nodes up, and the test then also shows a key made on one node served by
 # the others at once.
-fleet_node_stop 2
-fleet_node_stop 3
 admin="$FLEET_DIR/credentials/demo-admin.key"
 broker="$FLEET_DIR/credentials/demo-broker.key"
-key=$(CUSTOS_ADDR=$(fleet_node_addr 1) CUSTOS_API_KEY_FILE="$admin" "$KMSCTL" key create --region eu-west -q)
-fleet_node_stop 1
-fleet_clone_state 1 2
-fleet_clone_state 1 3
-for k in 1 2 3; do fleet_node_start $k >/dev/null; done
-fleet_wait_up 3
+key=$(fleet_key_everywhere eu-west)
 
 # ---- the balancer spreads requests --------------------------------------------
 enc() { # one Encrypt through the balancer with kmsctl (a new connection each)
