@@ -234,15 +234,12 @@ haproxy_config() {
         cat <<EOF
 # Made by deploy/fleet.sh at every start; docs/fleet.md explains each line.
 global
-    log stderr format raw local0 notice
     stats socket $dir/haproxy.sock mode 600 level admin
     maxconn 4096
 $user
 
 defaults
     mode http
-    log global
-    option dontlognull
     timeout connect 1s
     timeout client 60s
     timeout server 60s
@@ -320,6 +317,9 @@ fleet_start() {
     build=$(cd "$build" 2>/dev/null && pwd) || { echo "fleet: build directory ${BUILD:-build} missing (run make)" >&2; exit 1; }
     [ -x "$build/bin/kmsd" ] && [ -x "$build/bin/kmsctl" ] || { echo "fleet: $build/bin/kmsd not built (run make)" >&2; exit 1; }
     command -v haproxy >/dev/null || { echo "fleet: haproxy not installed (deploy/install-deps.sh)" >&2; exit 1; }
+    # Parents as any mkdir makes them (PostgreSQL may need to pass through);
+    # the fleet's own directory closed to others but for that.
+    (umask 022 && mkdir -p "$(dirname "$dir")")
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     if [ ! -f "$dir/fleet.env" ]; then
@@ -345,10 +345,13 @@ fleet_start() {
         while [ "$d" != / ]; do
             case "$(stat -c %A "$d")" in
             ?????????[xt]) ;;
-            *) if [ "$d" = "$dir" ]; then chmod o+x "$d"; else
+            *) # Search only (o+x, not o+r): nothing in it becomes listable
+               # or readable. Done by itself for the fleet's directory and
+               # its parents inside this tree (var/ made 0700 by make run).
+               case "$d/" in "$dir/" | "$(pwd)"/?*) chmod o+x "$d" ;; *)
                    echo "fleet: PostgreSQL runs as custos-pg and cannot reach $dir/pg ($d is not searchable by others): chmod o+x $d, or choose another DIR" >&2
-                   exit 1
-               fi ;;
+                   exit 1 ;;
+               esac ;;
             esac
             d=$(dirname "$d")
         done
@@ -379,6 +382,8 @@ fleet_start() {
 
     rel=$dir
     case "$dir" in "$(pwd)"/*) rel=${dir#"$(pwd)"/} ;; esac
+    relb=$build
+    case "$build" in "$(pwd)"/*) relb=${build#"$(pwd)"/} ;; esac
     cat <<EOF
 
 Custos fleet: $nodes kmsd node(s) behind haproxy
@@ -392,7 +397,7 @@ Try:
   printf 'Authorization: Bearer %s\n' "\$(cat $rel/credentials/demo-admin.key)" > admin.auth
   echo '{}' | curl -sS -H @admin.auth -H 'Content-Type: application/json' --data-binary @- \\
       \$CUSTOS_ADDR/twirp/custos.v1.KeyService/ListKeys
-  CUSTOS_API_KEY_FILE=$rel/credentials/demo-admin.key $build/bin/kmsctl key list
+  CUSTOS_API_KEY_FILE=$rel/credentials/demo-admin.key $relb/bin/kmsctl key list
   sh deploy/fleet.sh status $rel      # each node's /readyz and haproxy's view
 Stop it all: make fleet-stop  (or sh deploy/fleet.sh stop $rel)
 Until the store is on PostgreSQL each node has its own store: a key created

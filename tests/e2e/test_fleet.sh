@@ -110,6 +110,9 @@ failed=$(grep -cv '^200$' "$load" || true)
 failed_after=$(tail -n +$((down_at + 1)) "$load" | grep -cv '^200$' || true)
 echo "# kill -9 node2 after request $killed_at; haproxy saw it DOWN after request $down_at;" \
     "$total requests, $failed failed ($failed_after after DOWN); codes: $(sort "$load" | uniq -c | tr -s ' \n' ' ')"
+# haproxy's own count: connection retries and redispatches of the backend.
+echo "# haproxy: $(sh deploy/fleet.sh haproxy "$FLEET_DIR" "show stat" |
+    awk -F, '$1 == "kmsd" && $2 == "BACKEND" { print $16 " retries, " $17 " redispatches" }')"
 t "haproxy took the killed node out of rotation" fleet_is 2 DOWN
 t "at most the one request in flight on the killed node failed ($failed of $total)" [ "$failed" -le 1 ]
 t "no request failed once haproxy saw node2 down ($failed_after)" [ "$failed_after" -eq 0 ]
