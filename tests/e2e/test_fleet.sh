@@ -147,4 +147,10 @@ for p in $pids; do fleet_dead "$p" || left="$left $p"; done
 t "no process of the fleet is left (pids$left)" [ -z "$left" ]
 t "no PostgreSQL postmaster.pid, no node pid file left" \
     sh -c '! ls "$1"/pg/data/postmaster.pid "$1"/node*/kmsd.pid "$1"/haproxy.pid 2>/dev/null | grep -q .' _ "$FLEET_DIR"
+# Each node's last run ended with kmsd's own "stopped" line (a clean exit
+# after SIGTERM), and no node ever reported a sanitizer error (ASan build).
+clean_exit() { tail -n 3 "$FLEET_DIR/node$1/kmsd.log" | grep -q '"msg":"stopped"'; }
+for k in 1 2 3; do t "node$k stopped cleanly on SIGTERM (its log ends with \"stopped\")" clean_exit $k; done
+t "no sanitizer report in any node's log" \
+    sh -c '! grep -l "AddressSanitizer\|LeakSanitizer\|runtime error:" "$1"/node*/kmsd.log' _ "$FLEET_DIR"
 exit $fail
