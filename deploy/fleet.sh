@@ -380,6 +380,8 @@ fleet_start() {
     done
     haproxy_start || { echo "fleet: stopping what started" >&2; fleet_stop >&2 || true; exit 1; }
 
+    # FLEET-PG: the last two lines of this greeting ("Until the store is on
+    # PostgreSQL ...") go once the nodes share the PostgreSQL store.
     rel=$dir
     case "$dir" in "$(pwd)"/*) rel=${dir#"$(pwd)"/} ;; esac
     relb=$build
