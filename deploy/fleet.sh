@@ -182,6 +182,10 @@ node_start() {
             { [ "$code" = 503 ] && curl -s -m 2 "http://127.0.0.1:$((port + n))/readyz" | grep -q 'SAFE MODE'; }; then
             echo "fleet: node $n did not become ready (/readyz: $code); its log, $nd/kmsd.log, ends:" >&2
             tail -n 15 "$nd/kmsd.log" >&2
+            # FLEET-PG: this hint goes with the per-node stores.
+            [ "$code" != 503 ] || echo "fleet: in SAFE MODE: until the store is on PostgreSQL, a node restarted after" \
+                "another node created keys in the shared token starts so (docs/fleet.md); to start over:" \
+                "$0 stop $dir && rm -rf $dir" >&2
             return 1
         fi
         sleep 0.1
