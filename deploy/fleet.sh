@@ -236,7 +236,8 @@ haproxy_config() {
     group haproxy"
     {
         cat <<EOF
-# Made by deploy/fleet.sh at every start; docs/fleet.md explains each line.
+# Made by deploy/fleet.sh at every start (docs/fleet.md, "The load balancer"
+# and "The local fleet").
 global
     stats socket $dir/haproxy.sock mode 600 level admin
     maxconn 4096

@@ -28,6 +28,17 @@ t() { # description, then a command that must succeed
 fleet_start
 t "fleet.sh start: PostgreSQL, three nodes and haproxy; haproxy sees 3 nodes UP" fleet_n_up 3
 t "fleet.sh status: every part runs" sh -c 'sh deploy/fleet.sh status "$1" >"$1/status.out"' _ "$FLEET_DIR"
+refused() { # expected text, then fleet.sh's arguments: exits non-zero saying it
+    rf_want=$1
+    shift
+    rf_out=$(BUILD="$BUILD_DIR" sh deploy/fleet.sh "$@" 2>&1) && return 1
+    echo "$rf_out" | grep -qF -- "$rf_want" || { echo "# fleet.sh said: $rf_out"; return 1; }
+}
+t "a second start of a running fleet is refused, nothing started twice" \
+    refused "already runs" start "$FLEET_DIR"
+t "node-start of a node that runs is refused" refused "already runs" node-start "$FLEET_DIR" 1
+t "node-start of a node the fleet does not have is refused" refused "no node 7" node-start "$FLEET_DIR" 7
+t "the fleet still runs, 3 nodes UP" fleet_n_up 3
 
 # One key that every node knows (fleet_key_everywhere). FLEET-PG: once the
 # store is on PostgreSQL, it is created through the balancer with all three
