@@ -52,13 +52,20 @@ load_env() {
     nodes=$(sed -n 's/^nodes=//p' "$dir/fleet.env")
     port=$(sed -n 's/^port=//p' "$dir/fleet.env")
     build=$(sed -n 's/^build=//p' "$dir/fleet.env")
+    # The PostgreSQL settings fleet_node_config will hand to kmsd (FLEET-PG).
+    # shellcheck disable=SC2034
     pg_host="$dir/pg/socket"
+    # shellcheck disable=SC2034
     pg_port=5432
+    # shellcheck disable=SC2034
     pg_user=custos
     if [ -f "$dir/pg/env" ]; then
+        # shellcheck disable=SC2034
         pg_port=$(sed -n 's/^PGPORT=//p' "$dir/pg/env")
+        # shellcheck disable=SC2034
         pg_user=$(sed -n 's/^PGUSER=//p' "$dir/pg/env")
     fi
+    # shellcheck disable=SC2034
     pg_password="$dir/pg/password"
 }
 
@@ -320,7 +327,10 @@ pg_alive() {
 fleet_start() {
     build=${BUILD:-build}
     build=$(cd "$build" 2>/dev/null && pwd) || { echo "fleet: build directory ${BUILD:-build} missing (run make)" >&2; exit 1; }
-    [ -x "$build/bin/kmsd" ] && [ -x "$build/bin/kmsctl" ] || { echo "fleet: $build/bin/kmsd not built (run make)" >&2; exit 1; }
+    if [ ! -x "$build/bin/kmsd" ] || [ ! -x "$build/bin/kmsctl" ]; then
+        echo "fleet: $build/bin/kmsd not built (run make)" >&2
+        exit 1
+    fi
     command -v haproxy >/dev/null || { echo "fleet: haproxy not installed (deploy/install-deps.sh)" >&2; exit 1; }
     # Parents as any mkdir makes them (PostgreSQL may need to pass through);
     # the fleet's own directory closed to others but for that.
@@ -332,7 +342,10 @@ fleet_start() {
         port=${CUSTOS_FLEET_PORT:-8700}
         case "$nodes" in [1-9]) ;; *) echo "fleet: CUSTOS_FLEET_NODES must be 1..9" >&2; exit 2 ;; esac
         case "$port" in '' | *[!0-9]*) echo "fleet: CUSTOS_FLEET_PORT must be a port number" >&2; exit 2 ;; esac
-        [ "$port" -ge 1024 ] && [ $((port + nodes)) -le 65535 ] || { echo "fleet: CUSTOS_FLEET_PORT out of range" >&2; exit 2; }
+        if [ "$port" -lt 1024 ] || [ $((port + nodes)) -gt 65535 ]; then
+            echo "fleet: CUSTOS_FLEET_PORT out of range (1024..65535, nodes above it)" >&2
+            exit 2
+        fi
         printf 'nodes=%s\nport=%s\nbuild=%s\n' "$nodes" "$port" "$build" >"$dir/fleet.env"
     fi
     load_env
