@@ -165,7 +165,7 @@ FUZZ_CC       ?= clang
 FUZZ_SECONDS  ?= 60
 
 .PHONY: all deps check check-asan check-tsan fuzz-bins-build test run bench bench-scale soak soak-http install clean \
-        fuzz fuzz-bins fuzz-seeds
+        fuzz fuzz-bins fuzz-seeds fleet fleet-stop
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
 
@@ -304,6 +304,17 @@ soak-http: deps
 run: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) sh deploy/dev-run.sh
+
+# A local fleet (docs/fleet.md): PostgreSQL, three kmsd nodes sharing one
+# SoftHSMv2 token directory, haproxy in front on 127.0.0.1:8700. It runs in
+# the background until make fleet-stop; state is kept in $(FLEET_DIR).
+FLEET_DIR ?= var/fleet
+fleet: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) sh deploy/fleet.sh start $(FLEET_DIR)
+
+fleet-stop:
+	@sh deploy/fleet.sh stop $(FLEET_DIR)
 
 install: $(BINS) $(PROVIDER)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DATADIR)/examples \

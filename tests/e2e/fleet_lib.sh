@@ -1,0 +1,169 @@
+# Shared by the fleet end-to-end tests and tests/bench/bench_fleet.sh: a
+# fleet of our own (deploy/fleet.sh: PostgreSQL, N kmsd nodes on one shared
+# SoftHSMv2 token directory, haproxy in front) in a temp directory.
+#
+#   . tests/e2e/fleet_lib.sh
+#   fleet_setup NAME [NODES]   temp dir $FLEET_DIR, free ports; $FLEET_ADDR is
+#                              the balancer; removes it all on exit (trap)
+#   fleet_start                deploy/fleet.sh start, then haproxy sees NODES up
+#   fleet_stop                 deploy/fleet.sh stop (fails if a process is left)
+#   fleet_view                 haproxy's view: "nodeK STATUS" lines
+#   fleet_wait_up N            until haproxy sees exactly N nodes UP
+#   fleet_wait_status K S      until haproxy reports nodeK with status S (DOWN, UP)
+#   fleet_kill9 K              kill -9 node K (a crash)
+#   fleet_node_start K, fleet_node_stop K   deploy/fleet.sh node-start / node-stop
+#   fleet_node_addr K          http://127.0.0.1:<node K's port>
+#   fleet_requests K OP [OUTCOME]   node K's custos_requests_total{op,outcome}
+#   fleet_clone_state FROM TO  both stopped: TO gets FROM's store and audit log
+#   fleet_key_everywhere REGION  prints the id of a key every node knows (see below)
+#
+# Every wait is bounded (FLEET_WAIT_S, 60 s) and fails with haproxy's view.
+
+BUILD_DIR=${CUSTOS_TEST_BUILD:-$(pwd)/build}
+FLEET_WAIT_S=${FLEET_WAIT_S:-60}
+FLEET_DIR=
+
+fleet_free_base() { # N: a port P with P..P+N all free on 127.0.0.1
+    /usr/bin/python3 - "$1" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+for _ in range(200):
+    base = random.randrange(20000, 60000 - n)
+    socks = []
+    try:
+        for p in range(base, base + n + 1):
+            s = socket.socket()
+            s.bind(("127.0.0.1", p))
+            socks.append(s)
+    except OSError:
+        continue
+    finally:
+        for s in socks:
+            s.close()
+    print(base)
+    sys.exit(0)
+sys.exit("no free port range")
+PY
+}
+
+fleet_cleanup() {
+    if [ -n "$FLEET_DIR" ] && [ -d "$FLEET_DIR" ]; then
+        [ ! -f "$FLEET_DIR/fleet.env" ] || sh deploy/fleet.sh stop "$FLEET_DIR" >/dev/null 2>&1 || true
+        rm -rf "$FLEET_DIR"
+    fi
+}
+
+fleet_setup() {
+    FLEET_NODES=${2:-3}
+    # Not under $CUSTOS_TEST_WORK: that is 0700, and PostgreSQL runs as
+    # custos-pg when the suite runs as root; it must reach its directory.
+    FLEET_DIR=$(mktemp -d "/tmp/custos-fleet-$1.XXXXXX")
+    chmod 711 "$FLEET_DIR"
+    trap fleet_cleanup EXIT
+    trap 'exit 1' INT TERM
+    FLEET_PORT=$(fleet_free_base "$FLEET_NODES")
+    FLEET_ADDR="http://127.0.0.1:$FLEET_PORT"
+    export FLEET_DIR FLEET_PORT FLEET_ADDR
+}
+
+fleet_start() {
+    BUILD="$BUILD_DIR" CUSTOS_FLEET_NODES="$FLEET_NODES" CUSTOS_FLEET_PORT="$FLEET_PORT" \
+        sh deploy/fleet.sh start "$FLEET_DIR" >"$FLEET_DIR/start.out" 2>&1 || {
+        cat "$FLEET_DIR/start.out" >&2
+        return 1
+    }
+    fleet_wait_up "$FLEET_NODES"
+}
+
+fleet_stop() {
+    sh deploy/fleet.sh stop "$FLEET_DIR"
+}
+
+fleet_view() {
+    sh deploy/fleet.sh haproxy "$FLEET_DIR" "show stat" |
+        awk -F, '$1 == "kmsd" && $2 ~ /^node/ { print $2, $18 }'
+}
+
+fleet_wait() { # description, then a command that must come true
+    fw_what=$1
+    shift
+    fw_i=0
+    until "$@"; do
+        fw_i=$((fw_i + 1))
+        if [ $fw_i -gt $((FLEET_WAIT_S * 10)) ]; then
+            echo "# fleet: waited ${FLEET_WAIT_S}s for $fw_what; haproxy sees:" >&2
+            fleet_view | sed 's/^/#   /' >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+fleet_n_up() { [ "$(fleet_view | awk '$2 == "UP"' | wc -l)" -eq "$1" ]; }
+fleet_is() { fleet_view | grep -qx "node$1 $2"; }
+
+fleet_wait_up() { fleet_wait "$1 node(s) UP" fleet_n_up "$1"; }
+fleet_wait_status() { fleet_wait "node$1 $2" fleet_is "$1" "$2"; }
+
+fleet_node_port() { echo $((FLEET_PORT + $1)); }
+fleet_node_addr() { echo "http://127.0.0.1:$((FLEET_PORT + $1))"; }
+
+fleet_kill9() {
+    fk_pid=$(cat "$FLEET_DIR/node$1/kmsd.pid")
+    kill -KILL "$fk_pid"
+    # Reaped by init (deploy/fleet.sh started it); gone once /proc says so.
+    fleet_wait "node$1 (pid $fk_pid) to die" fleet_dead "$fk_pid"
+}
+fleet_dead() { ! kill -0 "$1" 2>/dev/null || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+fleet_node_start() { BUILD="$BUILD_DIR" sh deploy/fleet.sh node-start "$FLEET_DIR" "$1"; }
+fleet_node_stop() { sh deploy/fleet.sh node-stop "$FLEET_DIR" "$1"; }
+
+# The operator's bearer key in a header file (never on a command line).
+fleet_auth_file() { # PRINCIPAL: path of a header file for curl -H @file
+    fa="$FLEET_DIR/$1.auth"
+    [ -f "$fa" ] || printf 'Authorization: Bearer %s\n' "$(cat "$FLEET_DIR/credentials/$1.key")" >"$fa"
+    echo "$fa"
+}
+
+fleet_requests() { # K OP [OUTCOME]: node K's custos_requests_total{op=OP,outcome=OUTCOME}
+    curl -sS -m 10 -H @"$(fleet_auth_file operator)" "$(fleet_node_addr "$1")/metrics" |
+        awk -v want="custos_requests_total{op=\"$2\",outcome=\"${3:-ok}\"}" \
+            '$1 == want { n = $2 } END { print n + 0 }'
+}
+
+# Until the store is on PostgreSQL every node has its own SQLite store, so
+# a key made through one node is unknown to the others, and a node that
+# restarts while the shared token holds keys its store does not know
+# starts in safe mode. A test that needs a key on every node makes it
+# through one node and copies that node's store and audit log to the
+# others, all of them stopped.
+# FLEET-PG: with the shared store this goes away: a key created through
+# the balancer is usable through every node at once.
+fleet_clone_state() { # FROM TO
+    fc_from="$FLEET_DIR/node$1"
+    fc_to="$FLEET_DIR/node$2"
+    rm -rf "$fc_to/audit" "$fc_to"/kmsd.db "$fc_to"/kmsd.db-wal "$fc_to"/kmsd.db-shm
+    cp -a "$fc_from/audit" "$fc_to/audit"
+    for fc_f in kmsd.db kmsd.db-wal kmsd.db-shm; do
+        [ ! -f "$fc_from/$fc_f" ] || cp -a "$fc_from/$fc_f" "$fc_to/$fc_f"
+    done
+}
+
+# fleet_key_everywhere REGION: make one AES key (demo-admin, through node 1
+# alone) and give every node the store that knows it; prints its id.
+# FLEET-PG: with the shared store this becomes one CreateKey through the
+# balancer, all nodes up.
+fleet_key_everywhere() {
+    fk_k=2
+    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_node_stop $fk_k >&2; fk_k=$((fk_k + 1)); done
+    fk_id=$(CUSTOS_ADDR=$(fleet_node_addr 1) CUSTOS_API_KEY_FILE="$FLEET_DIR/credentials/demo-admin.key" \
+        "$BUILD_DIR/bin/kmsctl" key create --region "$1" -q) || return 1
+    fleet_node_stop 1 >&2
+    fk_k=2
+    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_clone_state 1 $fk_k; fk_k=$((fk_k + 1)); done
+    fk_k=1
+    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_node_start $fk_k >/dev/null || return 1; fk_k=$((fk_k + 1)); done
+    fleet_wait_up "$FLEET_NODES" >&2 || return 1
+    echo "$fk_id"
+}
