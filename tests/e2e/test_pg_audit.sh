@@ -1,0 +1,239 @@
+#!/bin/sh
+# One audit tree per region across two kmsd nodes, in PostgreSQL
+# (docs/audit.md, "The audit log on PostgreSQL"): two nodes share the
+# region logs (a throw-away PostgreSQL cluster of deploy/pg-scratch.sh) and
+# one SoftHSMv2 token directory (standing in for a network HSM); each keeps
+# its own SQLite metadata store (the PostgreSQL store is another branch's
+# work), so each node encrypts with a key it created. Requests go to both;
+# the sequencer node is killed with SIGKILL; the other takes over (the time
+# is measured and printed) and the requests go on; `kmsctl audit export
+# --pg` straight from the database and the offline `kmsctl audit verify`
+# accept the log; every acknowledged request is in it exactly once and
+# nothing else is.
+#
+# Prints "ok N - ..." per check; exits 1 if any check failed.
+set -eu
+. tests/e2e/lib.sh
+CUSTOS_DEV_HEAD_MS=200 e2e_setup pgaudit
+W="$E2E_DIR/t"
+mkdir -p "$W"
+K="$KMSCTL"
+CRED="$E2E_DIR/credentials"
+n=0
+failed=0
+pass() { n=$((n + 1)); echo "ok $n - $1"; }
+flunk() {
+    n=$((n + 1))
+    echo "not ok $n - $1"
+    failed=$((failed + 1))
+    [ $# -lt 2 ] || sed 's/^/#   /' "$2"
+}
+
+# Our own cluster (not one another test may share): under /tmp, where the
+# unprivileged server user can reach it.
+PG=$(mktemp -d /tmp/custos-e2e-pgaudit.XXXXXX)
+chmod 755 "$PG"
+PID_A=
+PID_B=
+cleanup() {
+    for p in $PID_A $PID_B; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in $PID_A $PID_B; do wait "$p" 2>/dev/null || true; done
+    sh deploy/pg-scratch.sh stop "$PG" >/dev/null 2>&1 || true
+    rm -rf "$PG"
+}
+trap cleanup EXIT
+sh deploy/pg-scratch.sh start "$PG" custos_eu custos_us >/dev/null
+PGCONN_EU="host=$PG/socket dbname=custos_eu user=custos"
+PGCONN_US="host=$PG/socket dbname=custos_us user=custos"
+
+# Two node configurations from the dev one: their own port, store and
+# (unused) audit directory; the same token directory; the region logs in
+# their region's database (residency), sequencer poll 200 ms.
+PORT_A=$(e2e_free_port)
+PORT_B=$(e2e_free_port)
+for node in a b; do
+    port=$PORT_A
+    [ $node = a ] || port=$PORT_B
+    /usr/bin/python3 - "$E2E_DIR/kmsd.json" "$E2E_DIR/kmsd-$node.json" "$port" "$node" \
+        "$PGCONN_EU" "$PGCONN_US" "$PG/password" <<'PYEOF'
+import json, sys
+src, dst, port, node, eu, us, pw = sys.argv[1:]
+c = json.load(open(src))
+c["listen"]["port"] = int(port)
+c["store"] = f"kmsd-{node}.db"
+c["audit"]["dir"] = f"audit-{node}"
+c["audit"]["sequencer_poll_ms"] = 200
+c["audit"]["postgresql"] = {
+    "eu-west": {"conninfo": eu, "password": "file:" + pw},
+    "us-east": {"conninfo": us, "password": "file:" + pw},
+}
+json.dump(c, open(dst, "w"), indent=2)
+PYEOF
+done
+
+# start_node NODE: start kmsd NODE and wait until it is ready.
+start_node() {
+    log="$E2E_DIR/kmsd-$1.log"
+    : >"$log"
+    "$KMSD" --config "$E2E_DIR/kmsd-$1.json" >>"$log" 2>&1 &
+    pid=$!
+    i=0
+    while ! grep -q '"ready' "$log"; do
+        i=$((i + 1))
+        if [ $i -gt 300 ] || ! kill -0 "$pid" 2>/dev/null; then
+            echo "kmsd $1 did not start:" >&2
+            cat "$log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    eval "PID_$(echo "$1" | tr ab AB)=$pid"
+}
+start_node a
+start_node b
+grep -q 'region eu-west: this node is the audit sequencer' "$E2E_DIR/kmsd-a.log" &&
+    ! grep -q 'region eu-west: this node is the audit sequencer' "$E2E_DIR/kmsd-b.log" &&
+    pass "node a (first up) sequences eu-west, node b does not" ||
+    flunk "node a (first up) sequences eu-west, node b does not" "$E2E_DIR/kmsd-b.log"
+
+for p in demo-admin demo-broker; do
+    (umask 077 && printf 'Authorization: Bearer %s\n' "$(cat "$CRED/$p.key")" >"$W/$p.auth")
+done
+
+# call NODE WHO Service/Method JSON: every answer received is an
+# acknowledged request (a refusal is audited too); its request id goes to
+# $W/acked.txt. A request without an answer is not counted.
+: >"$W/acked.txt"
+call() {
+    port=$PORT_A
+    [ "$1" = a ] || port=$PORT_B
+    printf '%s' "$4" >"$W/req.json"
+    status=$(curl -sS -o "$W/body" -D "$W/headers" -w '%{http_code}' -X POST \
+        -H @"$W/$2.auth" -H "Content-Type: application/json" --data-binary @"$W/req.json" \
+        "http://127.0.0.1:$port/twirp/custos.v1.$3") || status=000
+    rid=$(sed -n 's/^[Xx]-[Rr]equest-[Ii]d: *\([0-9a-f]*\).*/\1/p' "$W/headers" 2>/dev/null)
+    [ -z "$rid" ] || echo "$rid $1 $3 $status" >>"$W/acked.txt"
+}
+key_id() {
+    /usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"]["key_id"])' \
+        "$W/body"
+}
+
+# encrypt_n NODE KEY N: N encryptions through NODE; prints how many got 200.
+encrypt_n() {
+    ok=0
+    i=0
+    while [ $i -lt "$3" ]; do
+        call "$1" demo-broker KeyService/Encrypt \
+            "$(printf '{"keyId":"%s","plaintext":"%s"}' "$2" "$(printf 'pg-%s-%s' "$1" $i | base64)")"
+        [ "$status" != 200 ] || ok=$((ok + 1))
+        i=$((i + 1))
+    done
+    echo $ok
+}
+
+call a demo-admin KeyService/CreateKey '{"region":"eu-west","spec":"AES_256","usage":"ENCRYPT_DECRYPT"}'
+[ "$status" = 200 ] && KA=$(key_id) || { cat "$W/body"; KA=; }
+call b demo-admin KeyService/CreateKey '{"region":"eu-west","spec":"AES_256","usage":"ENCRYPT_DECRYPT"}'
+[ "$status" = 200 ] && KB=$(key_id) || { cat "$W/body"; KB=; }
+oa=$(encrypt_n a "$KA" 15)
+ob=$(encrypt_n b "$KB" 15)
+[ -n "$KA" ] && [ -n "$KB" ] && [ "$oa" = 15 ] && [ "$ob" = 15 ] &&
+    pass "both nodes create keys and encrypt, their events committed in PostgreSQL" ||
+    flunk "both nodes create keys and encrypt (a: $oa/15, b: $ob/15)" "$W/body"
+
+# kill -9 the sequencer: its lock session ends with it.
+t0=$(date +%s%3N)
+kill -KILL "$PID_A"
+wait "$PID_A" 2>/dev/null || true
+PID_A=
+i=0
+while ! grep -q 'region eu-west: this node is the audit sequencer' "$E2E_DIR/kmsd-b.log"; do
+    i=$((i + 1))
+    [ $i -lt 600 ] || break
+    sleep 0.01
+done
+t1=$(date +%s%3N)
+if grep -q 'region eu-west: this node is the audit sequencer' "$E2E_DIR/kmsd-b.log"; then
+    echo "# takeover: node b became eu-west's sequencer $((t1 - t0)) ms after node a was killed (poll 200 ms)"
+    pass "node b takes over as sequencer after node a is killed"
+else
+    flunk "node b takes over as sequencer after node a is killed" "$E2E_DIR/kmsd-b.log"
+fi
+ob2=$(encrypt_n b "$KB" 15)
+[ "$ob2" = 15 ] && pass "node b goes on answering (15/15 encryptions after the kill)" ||
+    flunk "node b goes on answering ($ob2/15)" "$W/body"
+
+# The auditor's side, straight from the database (no kmsd asked).
+acked=$(wc -l <"$W/acked.txt")
+want_eu=$(grep -c . "$W/acked.txt")
+i=0
+while :; do
+    rm -f "$W/eu.bin"
+    "$K" audit export --pg "$PGCONN_EU" --pg-password "file:$PG/password" --region eu-west \
+        --out "$W/eu.bin" >"$W/export.out" 2>&1 || true
+    size=$(sed -n 's/.*head tree_size \([0-9]*\) .*/\1/p' "$W/export.out")
+    [ "${size:-0}" -lt "$want_eu" ] || break
+    i=$((i + 1))
+    [ $i -lt 100 ] || break
+    sleep 0.1
+done
+[ "${size:-0}" -ge "$want_eu" ] && pass "kmsctl audit export --pg: a head covers all $want_eu events" ||
+    flunk "kmsctl audit export --pg: a head covers all $want_eu events (got ${size:-none})" "$W/export.out"
+if "$K" audit keys --pg "$PGCONN_EU" --pg-password "$PG/password" --region eu-west \
+    --out-dir "$W/keys" >"$W/keys.out" 2>&1; then
+    pass "kmsctl audit keys --pg writes the region's keys from the database"
+else
+    flunk "kmsctl audit keys --pg" "$W/keys.out"
+fi
+if "$K" audit verify --keys "$W/keys" "$W/eu.bin" >"$W/verify.out" 2>&1; then
+    pass "kmsctl audit verify (offline, unchanged) accepts the export"
+else
+    flunk "kmsctl audit verify accepts the export" "$W/verify.out"
+fi
+# us-east's log is in its own database and holds none of these events.
+"$K" audit export --pg "$PGCONN_US" --pg-password "file:$PG/password" --region us-east \
+    --out "$W/us.bin" >"$W/us.out" 2>&1 || true
+
+# Every acknowledged request exactly once; no other event.
+"$K" audit events "$W/eu.bin" >"$W/events.jsonl" 2>"$W/events.err" || true
+if /usr/bin/python3 - "$W/acked.txt" "$W/events.jsonl" >"$W/count.out" 2>&1 <<'PYEOF'; then
+import collections, json, sys
+acked = [l.split()[0] for l in open(sys.argv[1]) if l.strip()]
+evs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+rids = collections.Counter(e.get("request_id", "") for e in evs)
+seqs = [int(e.get("seq", 0)) for e in evs]
+assert seqs == list(range(len(evs))), "seqs are not 0..n-1"
+missing = [r for r in acked if rids[r] != 1]
+assert not missing, f"acknowledged requests not exactly once: {missing[:5]}"
+extra = [r for r in rids if r not in set(acked)]
+assert not extra, f"events of no acknowledged request: {extra[:5]}"
+assert len(evs) == len(acked), f"{len(evs)} events, {len(acked)} acknowledged requests"
+print(f"{len(evs)} events == {len(acked)} acknowledged requests")
+PYEOF
+    pass "event count == acknowledged requests ($(cat "$W/count.out")), each exactly once"
+else
+    flunk "event count == acknowledged requests, each exactly once" "$W/count.out"
+fi
+
+# Node a comes back: it follows, it does not take the role back while b
+# holds it, and both serve the same head.
+start_node a
+sleep 1
+if [ "$(grep -c 'region eu-west: this node is the audit sequencer' "$E2E_DIR/kmsd-a.log")" = 0 ]; then
+    pass "restarted node a follows; node b stays the sequencer"
+else
+    flunk "restarted node a follows; node b stays the sequencer" "$E2E_DIR/kmsd-a.log"
+fi
+kill -TERM "$PID_A" "$PID_B"
+rc_a=0
+rc_b=0
+wait "$PID_A" || rc_a=$?
+wait "$PID_B" || rc_b=$?
+PID_A=
+PID_B=
+[ $rc_a = 0 ] && [ $rc_b = 0 ] && pass "both nodes stop cleanly" ||
+    flunk "both nodes stop cleanly (a $rc_a, b $rc_b)" "$E2E_DIR/kmsd-b.log"
+
+echo "# $acked acknowledged requests"
+[ $failed -eq 0 ] || exit 1
