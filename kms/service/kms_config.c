@@ -322,8 +322,11 @@ static kms_err parse_audit_pg(json_t *pgs, const char *dir, struct kms_config *c
         KMS_GUARD(get_str(v, "conninfo", where, true, dir, false, &p->conninfo));
         KMS_GUARD(get_str(v, "password", where, false, dir, true, &p->password_source));
         struct kms_pg_target t = {p->conninfo, p->password_source};
-        if (kms_pg_target_check(&t) != KMS_OK)
-            return kms_err_set(KMS_ERR_CONFIG, "%s: %s", where, kms_err_detail());
+        if (kms_pg_target_check(&t) != KMS_OK) {
+            char why[300]; /* kms_err_set overwrites the detail it would read */
+            snprintf(why, sizeof(why), "%s", kms_err_detail());
+            return kms_err_set(KMS_ERR_CONFIG, "%s: %s", where, why);
+        }
     }
     return KMS_OK;
 }
