@@ -118,9 +118,9 @@ static kms_err insert_batch(struct audit_log *log, const struct pending *w)
             o += sprintf(sql + o, "%s($1,$%zu)", j ? "," : "", j + 2);
         }
         PGresult *r = NULL;
-        KMS_GUARD_GOTO(audit_pg_exec(pg->wconn, "audit append", sql, (int)k + 1, vals, lens, fmts,
-                                     0, &r),
-                       done);
+        KMS_GUARD_GOTO(
+            audit_pg_exec(pg->wconn, "audit append", sql, (int)k + 1, vals, lens, fmts, 0, &r),
+            done);
         PQclear(r);
         i += k;
     }
@@ -257,8 +257,7 @@ static kms_err load_sign_key(struct audit_log *log, PGconn *c)
                             " ORDER BY not_before_ms DESC, key_id DESC LIMIT 1",
                             1, v, NULL, NULL, 1, &r));
     kms_err rc = KMS_OK;
-    KMS_ENSURE_GOTO(PQntuples(r) == 1, done, KMS_ERR_IO, "region %s has no audit key",
-                    log->region);
+    KMS_ENSURE_GOTO(PQntuples(r) == 1, done, KMS_ERR_IO, "region %s has no audit key", log->region);
     const char *hex = PQgetvalue(r, 0, 0);
     struct p11_key_id id;
     bool ok = strlen(hex) == 32;
@@ -267,8 +266,8 @@ static kms_err load_sign_key(struct audit_log *log, PGconn *c)
         ok = sscanf(hex + 2 * i, "%2x", &b) == 1;
         id.b[i] = (uint8_t)b;
     }
-    KMS_ENSURE_GOTO(ok, done, KMS_ERR_IO, "region %s: audit key id %.40s is malformed",
-                    log->region, hex);
+    KMS_ENSURE_GOTO(ok, done, KMS_ERR_IO, "region %s: audit key id %.40s is malformed", log->region,
+                    hex);
     bool exists = false;
     KMS_GUARD_GOTO(p11_key_exists(log->tok, &id, &exists), done);
     KMS_ENSURE_GOTO(exists, done, KMS_ERR_CONFIG,
@@ -344,8 +343,8 @@ static kms_err become_sequencer(struct audit_log *log, int pid)
     while (more && audit_tree_size(pg->stree) < size)
         KMS_GUARD_GOTO(read_leaves(log, pg->sconn, pg->stree, &more), done);
     KMS_ENSURE_GOTO(audit_tree_size(pg->stree) == size, done, KMS_ERR_IO,
-                    "region %s: the tree has %" PRIu64 " sequenced events, the tree row says %"
-                    PRIu64 ": the database was altered",
+                    "region %s: the tree has %" PRIu64
+                    " sequenced events, the tree row says %" PRIu64 ": the database was altered",
                     log->region, audit_tree_size(pg->stree), size);
     if (size > 0) {
         audit_hash root;
@@ -367,7 +366,8 @@ static kms_err become_sequencer(struct audit_log *log, int pid)
     KMS_GUARD_GOTO(load_sign_key(log, pg->sconn), done);
     pg->holder = true;
     set_seq(log, true, pid);
-    kms_log_info("audit", "region %s: this node is the audit sequencer (epoch %" PRId64
+    kms_log_info("audit",
+                 "region %s: this node is the audit sequencer (epoch %" PRId64
                  ", tree size %" PRIu64 ")",
                  log->region, pg->epoch, size);
 done:
@@ -469,10 +469,10 @@ static kms_err sequence_round(struct audit_log *log, bool stopping)
     nrows = PQntuples(r);
     uint64_t size = old + (uint64_t)nrows;
     int64_t now = now_ms();
-    bool head_due = !pg->have_head ||
-                    (size > pg->s_head_size &&
-                     (size - pg->s_head_size >= log->cfg.head_every_events ||
-                      now >= pg->s_head_time + (int64_t)log->cfg.head_every_ms || stopping));
+    bool head_due =
+        !pg->have_head || (size > pg->s_head_size &&
+                           (size - pg->s_head_size >= log->cfg.head_every_events ||
+                            now >= pg->s_head_time + (int64_t)log->cfg.head_every_ms || stopping));
     if (nrows == 0 && !head_due)
         goto done;
     rows = calloc(nrows ? (size_t)nrows : 1, sizeof(*rows));
@@ -738,16 +738,16 @@ static kms_err ensure_key(struct audit_log *log, PGconn *c)
     const char *v[1] = {key};
     PGresult *r = NULL;
     KMS_GUARD(audit_pg_cmd(c, "audit key", "BEGIN"));
-    kms_err rc = audit_pg_exec(c, "audit key",
-                               "SELECT pg_advisory_xact_lock(1129529685, hashtext($1))", 1, v,
-                               NULL, NULL, 0, &r);
+    kms_err rc =
+        audit_pg_exec(c, "audit key", "SELECT pg_advisory_xact_lock(1129529685, hashtext($1))", 1,
+                      v, NULL, NULL, 0, &r);
     PQclear(r);
     r = NULL;
     const char *rv[1] = {log->region};
     if (rc == KMS_OK)
         rc = audit_pg_exec(c, "audit key",
-                           "SELECT count(*) FROM custos_audit_keys WHERE region = $1", 1, rv,
-                           NULL, NULL, 0, &r);
+                           "SELECT count(*) FROM custos_audit_keys WHERE region = $1", 1, rv, NULL,
+                           NULL, 0, &r);
     if (rc == KMS_OK && atoll(PQgetvalue(r, 0, 0)) == 0) {
         struct p11_key_id id;
         int64_t t = 0;
@@ -845,7 +845,8 @@ kms_err audit_log_open_pg(const struct kms_pg_target *t, const char *region, str
     KMS_ENSURE_GOTO(pthread_create(&pg->seq_thread, NULL, pg_sequencer_main, log) == 0, fail,
                     KMS_ERR_INTERNAL, "cannot start the audit sequencer");
     pg->seq_running = true;
-    kms_log_info("audit", "region %s: audit log in PostgreSQL (database %s), %" PRIu64
+    kms_log_info("audit",
+                 "region %s: audit log in PostgreSQL (database %s), %" PRIu64
                  " sequenced events, sequencer poll %u ms",
                  region, PQdb(pg->rconn) ? PQdb(pg->rconn) : "?", audit_tree_size(log->tree),
                  poll_ms);
@@ -911,8 +912,7 @@ kms_err audit_pg_read(struct audit_log *log, uint64_t seq, uint8_t **out, size_t
     KMS_GUARD(rc);
     if (PQntuples(r) != 1) {
         PQclear(r);
-        return kms_err_set(KMS_ERR_IO, "region %s: event %" PRIu64 " is missing", log->region,
-                           seq);
+        return kms_err_set(KMS_ERR_IO, "region %s: event %" PRIu64 " is missing", log->region, seq);
     }
     size_t len = (size_t)PQgetlength(r, 0, 0);
     /* The bytes must still be the leaf the tree holds (the tree was built
@@ -925,7 +925,8 @@ kms_err audit_pg_read(struct audit_log *log, uint64_t seq, uint8_t **out, size_t
     if (rc == KMS_OK)
         rc = audit_tree_root(log->tree, n, root);
     if (rc == KMS_OK && !audit_verify_inclusion(seq, n, h, proof, np, root))
-        rc = kms_err_set(KMS_ERR_IO, "region %s: event %" PRIu64 " in the database is not the "
+        rc = kms_err_set(KMS_ERR_IO,
+                         "region %s: event %" PRIu64 " in the database is not the "
                          "leaf that was sequenced: the database was altered",
                          log->region, seq);
     if (rc == KMS_OK) {

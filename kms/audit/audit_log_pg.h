@@ -74,8 +74,8 @@ kms_err audit_pg_schema(PGconn *c);
  * size (the rollback alarm), KMS_ERR_INVALID_ARGUMENT for a start beyond
  * it, KMS_ERR_NOT_FOUND before the first head, KMS_ERR_IO when the leaves
  * do not match the head (the database was altered). *out: caller frees. */
-kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t count,
-                        bool proofs, uint64_t known, uint8_t **out, size_t *out_len);
+kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t count, bool proofs,
+                        uint64_t known, uint8_t **out, size_t *out_len);
 
 /* The keys of region ("" or NULL: every region in the database), oldest
  * first per region, not_after_ms filled from the successor; free with

@@ -103,8 +103,7 @@ static const char schema_sql[] =
 kms_err audit_pg_schema(PGconn *c)
 {
     KMS_GUARD(audit_pg_cmd(c, "audit schema", "BEGIN"));
-    kms_err rc = audit_pg_cmd(c, "audit schema",
-                              "SELECT pg_advisory_xact_lock(1129529685, 0)");
+    kms_err rc = audit_pg_cmd(c, "audit schema", "SELECT pg_advisory_xact_lock(1129529685, 0)");
     if (rc == KMS_OK)
         rc = audit_pg_cmd(c, "audit schema", schema_sql);
     if (rc == KMS_OK)
@@ -134,8 +133,8 @@ static void proof_free(ProtobufCBinaryData *p, size_t n)
     free(p);
 }
 
-kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t count,
-                        bool proofs, uint64_t known, uint8_t **out, size_t *out_len)
+kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t count, bool proofs,
+                        uint64_t known, uint8_t **out, size_t *out_len)
 {
     kms_err rc = KMS_OK;
     PGresult *hr = NULL, *lr = NULL;
@@ -147,11 +146,11 @@ kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t 
     size_t n = 0;
     bool in_tx = false;
     *out = NULL;
-    KMS_ENSURE(count >= 1 && count <= EXPORT_MAX, KMS_ERR_INVALID_ARGUMENT,
-               "count must be 1..%d", EXPORT_MAX);
+    KMS_ENSURE(count >= 1 && count <= EXPORT_MAX, KMS_ERR_INVALID_ARGUMENT, "count must be 1..%d",
+               EXPORT_MAX);
     /* One snapshot: the head and the leaves it covers are read together. */
-    KMS_GUARD_GOTO(audit_pg_cmd(c, "audit export", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
-                   done);
+    KMS_GUARD_GOTO(
+        audit_pg_cmd(c, "audit export", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"), done);
     in_tx = true;
     const char *v1[1] = {region};
     KMS_GUARD_GOTO(audit_pg_exec(c, "audit export: head",
@@ -159,14 +158,13 @@ kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t 
                                  " ORDER BY tree_size DESC LIMIT 1",
                                  1, v1, NULL, NULL, 1, &hr),
                    done);
-    KMS_ENSURE_GOTO(PQntuples(hr) == 1, done, KMS_ERR_NOT_FOUND,
-                    "region %s has no signed head yet", region);
+    KMS_ENSURE_GOTO(PQntuples(hr) == 1, done, KMS_ERR_NOT_FOUND, "region %s has no signed head yet",
+                    region);
     sth = custos__v1__signed_tree_head__unpack(NULL, (size_t)PQgetlength(hr, 0, 0),
                                                (const uint8_t *)PQgetvalue(hr, 0, 0));
     KMS_ENSURE_GOTO(sth != NULL && sth->root_hash.len == 32 && sth->region != NULL &&
                         strcmp(sth->region, region) == 0,
-                    done, KMS_ERR_IO, "region %s: the newest stored head does not decode",
-                    region);
+                    done, KMS_ERR_IO, "region %s: the newest stored head does not decode", region);
     uint64_t size = sth->tree_size;
     KMS_ENSURE_GOTO(known <= size, done, KMS_ERR_FAILED_PRECONDITION,
                     "the log of region %s is shorter than a head you already hold: its newest "
@@ -218,9 +216,9 @@ kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t 
             audit_hash p[AUDIT_PROOF_MAX];
             size_t np = 0;
             KMS_GUARD_GOTO(audit_tree_inclusion(tree, seq, size, p, &np), done);
-            KMS_GUARD_GOTO(proof_field(p, np, &entries[i].n_inclusion_proof,
-                                       &entries[i].inclusion_proof),
-                           done);
+            KMS_GUARD_GOTO(
+                proof_field(p, np, &entries[i].n_inclusion_proof, &entries[i].inclusion_proof),
+                done);
         }
     }
     if (known > 0 && known < size) {

@@ -127,8 +127,7 @@ done:
 }
 
 /* Print or write the keys of resp (from kmsd or from PostgreSQL). */
-static int keys_out(const Custos__V1__GetAuditKeysResponse *resp,
-                    const struct kmsctl_audit_args *a)
+static int keys_out(const Custos__V1__GetAuditKeysResponse *resp, const struct kmsctl_audit_args *a)
 {
     int ret = KMSCTL_EXIT_OK;
     /* Names become file names and header lines: refuse anything odd before

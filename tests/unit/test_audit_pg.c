@@ -165,8 +165,8 @@ static Custos__V1__ExportAuditLogResponse *export_verified(const char *region, u
     ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
     ck_assert_int_eq(PQntuples(r), 0);
     PQclear(r);
-    r = PQexecParams(c, "SELECT head FROM custos_audit_heads WHERE region = $1", 1, NULL, rv,
-                     NULL, NULL, 1);
+    r = PQexecParams(c, "SELECT head FROM custos_audit_heads WHERE region = $1", 1, NULL, rv, NULL,
+                     NULL, 1);
     ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
     struct audit_tree *t = NULL;
     ck_assert_int_eq(audit_tree_new(&t), KMS_OK);
@@ -325,16 +325,17 @@ START_TEST(deposed_sequencer_is_fenced)
     PGresult *r = PQexec(c, sql);
     ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
     PQclear(r);
-    long long epoch_before = sql_int(c, "SELECT epoch FROM custos_audit_tree WHERE region = $1",
-                                     region);
+    long long epoch_before =
+        sql_int(c, "SELECT epoch FROM custos_audit_tree WHERE region = $1", region);
     /* B takes over at its next poll; then stalls before ordering more. */
     wait_sequencer(b);
     audit_log_pg_pause(b, true);
     ck_assert_int_gt(sql_int(c, "SELECT epoch FROM custos_audit_tree WHERE region = $1", region),
                      epoch_before);
     append(a, "f-5"); /* committed, not yet ordered */
-    ck_assert_int_eq(sql_int(c, "SELECT count(*) FROM custos_audit_events"
-                                " WHERE region = $1 AND seq IS NULL",
+    ck_assert_int_eq(sql_int(c,
+                             "SELECT count(*) FROM custos_audit_events"
+                             " WHERE region = $1 AND seq IS NULL",
                              region),
                      1);
 
@@ -346,15 +347,15 @@ START_TEST(deposed_sequencer_is_fenced)
     ck_assert_int_eq(rc, KMS_ERR_FAILED_PRECONDITION);
     ck_assert_msg(strstr(kms_err_detail(), "deposed") != NULL, "%s", kms_err_detail());
     ck_assert(!audit_log_is_sequencer(a));
-    ck_assert_int_eq(sql_int(c, "SELECT size FROM custos_audit_tree WHERE region = $1", region),
-                     5);
-    ck_assert_int_eq(sql_int(c, "SELECT count(*) FROM custos_audit_events"
-                                " WHERE region = $1 AND seq IS NULL",
+    ck_assert_int_eq(sql_int(c, "SELECT size FROM custos_audit_tree WHERE region = $1", region), 5);
+    ck_assert_int_eq(sql_int(c,
+                             "SELECT count(*) FROM custos_audit_events"
+                             " WHERE region = $1 AND seq IS NULL",
                              region),
                      1);
-    ck_assert_int_eq(sql_int(c, "SELECT count(*) FROM custos_audit_heads WHERE region = $1",
-                             region),
-                     heads_before);
+    ck_assert_int_eq(
+        sql_int(c, "SELECT count(*) FROM custos_audit_heads WHERE region = $1", region),
+        heads_before);
     /* A sequenced row is frozen, whoever tries. */
     r = PQexec(c, "UPDATE custos_audit_events SET event = '\\x00' WHERE seq = 0");
     ck_assert_int_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
@@ -466,8 +467,7 @@ int main(void)
         fprintf(stderr, "test_audit_pg: cannot start PostgreSQL (deploy/pg-scratch.sh)\n");
         return 1;
     }
-    snprintf(conninfo, sizeof(conninfo), "host=%s/socket dbname=custos_audit user=custos",
-             pgdir);
+    snprintf(conninfo, sizeof(conninfo), "host=%s/socket dbname=custos_audit user=custos", pgdir);
     snprintf(password, sizeof(password), "file:%s/password", pgdir);
     SRunner *sr = srunner_create(suite());
     srunner_run_all(sr, CK_NORMAL);
