@@ -216,6 +216,20 @@ else
     flunk "event count == acknowledged requests, each exactly once" "$W/count.out"
 fi
 
+# Through kmsd too: node b's AuditService serves the same tree. Its export
+# (an audited call itself, so after the count) and the one from the
+# database verify together: same entries, heads that extend each other.
+CUSTOS_API_KEY_FILE="$CRED/auditor.key" "$K" --addr "http://127.0.0.1:$PORT_B" audit export \
+    --region eu-west --out "$W/eu-http.bin" >"$W/http.out" 2>&1 || true
+sleep 0.5
+"$K" audit export --pg "$PGCONN_EU" --pg-password "file:$PG/password" --region eu-west \
+    --out "$W/eu2.bin" >>"$W/http.out" 2>&1 || true
+if "$K" audit verify --keys "$W/keys" "$W/eu-http.bin" "$W/eu2.bin" "$W/eu.bin" >>"$W/http.out" 2>&1; then
+    pass "node b's ExportAuditLog and the exports from the database verify together"
+else
+    flunk "node b's ExportAuditLog and the exports from the database verify together" "$W/http.out"
+fi
+
 # Node a comes back: it follows, it does not take the role back while b
 # holds it, and both serve the same head.
 start_node a
