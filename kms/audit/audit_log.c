@@ -314,7 +314,7 @@ void audit_log_stats(struct audit_log *log, struct audit_log_stats *out)
 {
     pthread_mutex_lock(&log->lock);
     *out = log->stats;
-    out->failed = log->failed;
+    out->failed = log->failed || log->pg_unreachable;
     pthread_mutex_unlock(&log->lock);
 }
 

@@ -105,7 +105,8 @@ struct audit_log_stats {
     uint64_t batches;  /* fdatasync calls for events */
     uint64_t max_batch;
     uint64_t heads;
-    bool failed;
+    bool failed; /* appends fail now; PostgreSQL: or the database was
+                  * unreachable at the last poll (readiness) */
 };
 void audit_log_stats(struct audit_log *log, struct audit_log_stats *out);
 

@@ -97,6 +97,10 @@ struct audit_log {
     char fail_detail[256]; /* why the log failed, for the recovery event */
     bool failed;
     bool broken; /* durable events the tree could not take: never recovers */
+    /* PostgreSQL: the follower could not reach the database at its last
+     * poll. Reported as failed by audit_log_stats (readiness) even when
+     * no append has failed yet; appends are still tried. */
+    bool pg_unreachable;
     bool stopping;
     pthread_t writer;
     bool writer_running;

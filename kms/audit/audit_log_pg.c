@@ -679,11 +679,17 @@ static void poll_once(struct audit_log *log, bool stopping)
             break;
         }
     }
+    kms_err frc = KMS_ERR_IO;
     if (pg->sconn != NULL && !kms_pg_broken(pg->sconn)) {
-        kms_err frc = follow(log);
+        frc = follow(log);
         if (rc == KMS_OK)
             rc = frc;
     }
+    /* Readiness sees an unreachable database within a poll, before an
+     * append has to fail on it. */
+    pthread_mutex_lock(&log->lock);
+    log->pg_unreachable = frc != KMS_OK && (pg->sconn == NULL || kms_pg_broken(pg->sconn));
+    pthread_mutex_unlock(&log->lock);
     if (rc != KMS_OK) {
         if (pg->sconn != NULL && kms_pg_broken(pg->sconn) && pg->holder)
             drop_leadership(log, "connection lost");

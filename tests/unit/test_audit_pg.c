@@ -416,13 +416,21 @@ START_TEST(fails_closed_and_recovers)
     const char *region = "pg-down";
     struct audit_log *a = open_log(region, 1000);
     append(a, "d-0");
+    struct audit_log_stats st;
+    audit_log_stats(a, &st);
+    ck_assert(!st.failed);
     ck_assert_int_eq(pg_scratch("stop"), 0);
+    /* Readiness notices before any append fails (the follower's poll). */
+    for (int i = 0; i < 500 && !st.failed; i++) {
+        usleep(10000);
+        audit_log_stats(a, &st);
+    }
+    ck_assert_msg(st.failed, "an unreachable database is not reported");
     Custos__V1__AuditEvent ev = CUSTOS__V1__AUDIT_EVENT__INIT;
     ev.operation = (char *)"Encrypt";
     ev.outcome = (char *)"ok";
     ev.detail = (char *)"refused";
     ck_assert_int_eq(audit_log_append(a, &ev), KMS_ERR_IO);
-    struct audit_log_stats st;
     audit_log_stats(a, &st);
     ck_assert(st.failed);
     ck_assert_int_eq(audit_log_append(a, &ev), KMS_ERR_IO);
@@ -435,6 +443,11 @@ START_TEST(fails_closed_and_recovers)
             usleep(50000);
     }
     ck_assert_msg(rc == KMS_OK, "no recovery: %s", kms_err_detail());
+    for (int i = 0; i < 500 && st.failed; i++) {
+        usleep(10000);
+        audit_log_stats(a, &st);
+    }
+    ck_assert(!st.failed);
     Custos__V1__ExportAuditLogResponse *resp = export_verified(region, 2);
     assert_each_once(resp, "d-", 2);
     custos__v1__export_audit_log_response__free_unpacked(resp, NULL);
