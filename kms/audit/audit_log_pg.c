@@ -628,8 +628,10 @@ static kms_err follow(struct audit_log *log)
         const uint8_t *p = (const uint8_t *)PQgetvalue(r, 0, 0);
         Custos__V1__SignedTreeHead *sth = custos__v1__signed_tree_head__unpack(NULL, len, p);
         audit_hash root;
-        KMS_ENSURE_GOTO(sth != NULL && sth->root_hash.len == 32 && sth->tree_size <= size, done,
-                        KMS_ERR_IO, "region %s: a stored head does not decode", log->region);
+        KMS_ENSURE_GOTO(sth != NULL && sth->root_hash.len == 32 && sth->tree_size <= size &&
+                            sth->region != NULL && strcmp(sth->region, log->region) == 0,
+                        done, KMS_ERR_IO, "region %s: a stored head does not decode as its own",
+                        log->region);
         KMS_GUARD_GOTO(audit_tree_root(log->tree, sth->tree_size, root), done);
         KMS_ENSURE_GOTO(memcmp(root, sth->root_hash.data, 32) == 0, done, KMS_ERR_IO,
                         "region %s: the head of tree size %" PRIu64 " does not match the events: "
