@@ -248,6 +248,24 @@ fi
 "$K" audit export --pg "$PGCONN_US" --pg-password "file:$PG/password" --region us-east \
     --out "$W/us.bin" >"$W/us.out" 2>&1 || true
 
+# kmsctl --pg refuses a password in the connection string (usage, exit 2,
+# the password not echoed), and a wrong password is a transport error (3).
+rc=0
+"$K" audit export --pg "$PGCONN_EU password=hunter2-sentinel" --region eu-west \
+    --out "$W/x.bin" >"$W/pgerr.out" 2>&1 || rc=$?
+printf 'wrong-password' >"$W/wrong.pass"
+chmod 600 "$W/wrong.pass"
+rc2=0
+"$K" audit export --pg "$PGCONN_EU" --pg-password "$W/wrong.pass" --region eu-west \
+    --out "$W/x.bin" >>"$W/pgerr.out" 2>&1 || rc2=$?
+rc3=0
+"$K" audit keys --pg-password "$W/wrong.pass" >>"$W/pgerr.out" 2>&1 || rc3=$?
+if [ $rc = 2 ] && [ $rc2 = 3 ] && [ $rc3 = 2 ] && ! grep -q hunter2 "$W/pgerr.out" && [ ! -e "$W/x.bin" ]; then
+    pass "kmsctl --pg: a password in CONNINFO is refused unechoed (2), a wrong one fails (3), --pg-password needs --pg (2)"
+else
+    flunk "kmsctl --pg error paths (exit $rc, $rc2, $rc3)" "$W/pgerr.out"
+fi
+
 # Every acknowledged request exactly once; no other event.
 "$K" audit events "$W/eu.bin" >"$W/events.jsonl" 2>"$W/events.err" || true
 if /usr/bin/python3 - "$W/acked.txt" "$W/events.jsonl" 3 >"$W/count.out" 2>&1 <<'PYEOF'; then
