@@ -404,6 +404,23 @@ START_TEST(takeover_after_close)
     Custos__V1__ExportAuditLogResponse *resp = export_verified(region, 20);
     assert_each_once(resp, "t-", 20);
     custos__v1__export_audit_log_response__free_unpacked(resp, NULL);
+    /* The export from the database keeps ExportAuditLog's answers: the
+     * rollback alarm for a larger known head, a start beyond the tree. */
+    PGconn *c = sql_conn();
+    uint8_t *bundle = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(audit_pg_export(c, region, 0, 100, false, 25, &bundle, &len),
+                     KMS_ERR_FAILED_PRECONDITION);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "rolled back or forked"));
+    ck_assert_ptr_null(bundle);
+    ck_assert_int_eq(audit_pg_export(c, region, 21, 100, false, 0, &bundle, &len),
+                     KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(audit_pg_export(c, region, 0, 10001, false, 0, &bundle, &len),
+                     KMS_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(audit_pg_export(c, "pg-nowhere", 0, 100, false, 0, &bundle, &len),
+                     KMS_ERR_NOT_FOUND);
+    ck_assert_ptr_null(bundle);
+    PQfinish(c);
     audit_log_close(b);
 }
 END_TEST
