@@ -176,6 +176,8 @@ void audit_log_close(struct audit_log *log)
 {
     if (log == NULL)
         return;
+    if (log->pg != NULL)
+        audit_pg_close(log); /* stops its threads; the rest is freed below */
     if (log->writer_running) {
         pthread_mutex_lock(&log->lock);
         log->stopping = true;
@@ -235,6 +237,8 @@ kms_err audit_log_head(struct audit_log *log, uint8_t **out, size_t *out_len)
 
 kms_err audit_log_read(struct audit_log *log, uint64_t seq, uint8_t **out, size_t *out_len)
 {
+    if (log->pg != NULL)
+        return audit_pg_read(log, seq, out, out_len);
     return audit_index_read(log->index, seq, out, out_len);
 }
 
@@ -247,6 +251,8 @@ kms_err audit_log_keys(struct audit_log *log, Custos__V1__AuditKey ***out, size_
 {
     *out = NULL;
     *out_n = 0;
+    if (log->pg != NULL)
+        return audit_pg_log_keys(log, out, out_n);
     struct keys_collect c = {NULL, 0, 0};
     off_t off = 0;
     kms_err rc = KMS_OK;
@@ -308,7 +314,7 @@ void audit_log_stats(struct audit_log *log, struct audit_log_stats *out)
 {
     pthread_mutex_lock(&log->lock);
     *out = log->stats;
-    out->failed = log->failed;
+    out->failed = log->failed || log->pg_unreachable;
     pthread_mutex_unlock(&log->lock);
 }
 

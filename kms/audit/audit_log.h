@@ -21,6 +21,10 @@
  * and a new fdatasync of that succeeded. A failed fdatasync is never treated
  * as if it had worked.
  *
+ * A region's log may instead live in PostgreSQL, shared by several nodes
+ * (audit_log_open_pg, audit_log_pg.h); every function below keeps its
+ * contract there, with the differences noted.
+ *
  * Tree heads are made every head_every_events events or head_every_ms,
  * whichever comes first, signed by the region's ECDSA P-256 audit key in its
  * HSM token over SHA-256 of the bytes of audit_head_signed_bytes().
@@ -69,7 +73,9 @@ void audit_log_close(struct audit_log *log);
 const char *audit_log_region(const struct audit_log *log);
 
 /* Queue ev (seq and time_ms are set here) and wait until it is durable.
- * KMS_ERR_IO when the log cannot be written (fail closed). */
+ * KMS_ERR_IO when the log cannot be written (fail closed).
+ * PostgreSQL (audit_log_pg.h): durable means committed; time_ms is set
+ * here and seq left 0, the sequencer assigns it after the commit. */
 kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev);
 
 /* Queue ev without waiting: fn(arg, durable) is called exactly once, on
@@ -97,7 +103,9 @@ struct audit_tree *audit_log_tree(struct audit_log *log);
 kms_err audit_log_keys(struct audit_log *log, Custos__V1__AuditKey ***out, size_t *out_n);
 void audit_log_keys_free(Custos__V1__AuditKey **keys, size_t n);
 
-/* Make a new signing key now (operator rotation; also done by age). */
+/* Make a new signing key now (operator rotation; also done by age).
+ * PostgreSQL: refused (KMS_ERR_FAILED_PRECONDITION); the sequencer
+ * rotates by age. */
 kms_err audit_log_rotate_key(struct audit_log *log);
 
 struct audit_log_stats {
@@ -105,7 +113,8 @@ struct audit_log_stats {
     uint64_t batches;  /* fdatasync calls for events */
     uint64_t max_batch;
     uint64_t heads;
-    bool failed;
+    bool failed; /* appends fail now; PostgreSQL: or the database was
+                  * unreachable at the last poll (readiness) */
 };
 void audit_log_stats(struct audit_log *log, struct audit_log_stats *out);
 

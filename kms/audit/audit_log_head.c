@@ -84,11 +84,13 @@ kms_err audit_log_on_key(struct audit_log *log, uint64_t index, off_t off, const
     return rc;
 }
 
-kms_err audit_log_new_sign_key(struct audit_log *log)
+kms_err audit_log_gen_key(struct audit_log *log, struct p11_key_id *out_id, int64_t *out_t,
+                          uint8_t **out_rec, size_t *out_len)
 {
     struct p11_key_id id;
     char label[80], hex[33];
     int64_t t = now_ms();
+    *out_rec = NULL;
     KMS_GUARD(p11_key_id_new(log->tok, &id));
     snprintf(label, sizeof(label), "custos:audit:%s:%lld", log->region, (long long)t);
     KMS_GUARD(p11_key_generate(log->tok, P11_KEY_EC_P256_SIGN, 0, &id, label));
@@ -124,8 +126,8 @@ kms_err audit_log_new_sign_key(struct audit_log *log)
             rc = kms_err_set(KMS_ERR_NOMEM, "out of memory");
         } else {
             custos__v1__audit_key__pack(&k, buf);
-            rc = audit_logfile_append(log, &log->keys, buf, n);
-            free(buf);
+            *out_rec = buf;
+            *out_len = n;
         }
     }
     free(pem);
@@ -133,6 +135,26 @@ kms_err audit_log_new_sign_key(struct audit_log *log)
         p11_key_destroy(log->tok, &id);
         return rc;
     }
+    *out_id = id;
+    *out_t = t;
+    return KMS_OK;
+}
+
+kms_err audit_log_new_sign_key(struct audit_log *log)
+{
+    struct p11_key_id id;
+    int64_t t = 0;
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    char hex[33];
+    KMS_GUARD(audit_log_gen_key(log, &id, &t, &buf, &n));
+    kms_err rc = audit_logfile_append(log, &log->keys, buf, n);
+    free(buf);
+    if (rc != KMS_OK) {
+        p11_key_destroy(log->tok, &id);
+        return rc;
+    }
+    p11_key_id_hex(&id, hex);
     /* The old private key signs nothing any more; kept, it could sign heads
      * dated inside its old validity. Its public half lives on in .keys. */
     bool rotating = log->sign_key_since_ms != 0;
@@ -148,6 +170,10 @@ kms_err audit_log_new_sign_key(struct audit_log *log)
 
 kms_err audit_log_rotate_key(struct audit_log *log)
 {
+    /* In PostgreSQL only the sequencer may add a key (fenced like a head). */
+    KMS_ENSURE(log->pg == NULL, KMS_ERR_FAILED_PRECONDITION,
+               "region %s: the audit log is in PostgreSQL: its sequencer rotates the key by "
+               "age (key_max_age_s)", log->region);
     return audit_log_new_sign_key(log);
 }
 
@@ -291,6 +317,35 @@ kms_err audit_log_check_torn_head(struct audit_log *log, const struct damage *d)
     return KMS_OK;
 }
 
+kms_err audit_log_sign_head(struct audit_log *log, uint64_t size, const audit_hash root, int64_t t,
+                            uint8_t **out, size_t *out_len)
+{
+    uint8_t signed_bytes[13 + 1 + 255 + 48], digest[32], raw[64], der[80];
+    size_t sl = audit_head_signed_bytes(log->region, size, t, root, signed_bytes), der_len = 0;
+    SHA256(signed_bytes, sl, digest);
+    KMS_GUARD(p11_ecdsa_sign(log->tok, &log->sign_key, digest, raw));
+    KMS_GUARD(p11_ecdsa_raw_to_der(raw, der, sizeof(der), &der_len));
+
+    char hex[33];
+    p11_key_id_hex(&log->sign_key, hex);
+    Custos__V1__SignedTreeHead sth = CUSTOS__V1__SIGNED_TREE_HEAD__INIT;
+    sth.region = log->region;
+    sth.tree_size = size;
+    sth.root_hash.data = (uint8_t *)root;
+    sth.root_hash.len = 32;
+    sth.timestamp_ms = t;
+    sth.signature.data = der;
+    sth.signature.len = der_len;
+    sth.key_id = hex;
+    size_t n = custos__v1__signed_tree_head__get_packed_size(&sth);
+    uint8_t *buf = malloc(n);
+    KMS_ENSURE(buf != NULL, KMS_ERR_NOMEM, "out of memory");
+    custos__v1__signed_tree_head__pack(&sth, buf);
+    *out = buf;
+    *out_len = n;
+    return KMS_OK;
+}
+
 /* Sign and persist a head for the current tree. Called by the writer only. */
 kms_err audit_log_make_head(struct audit_log *log)
 {
@@ -310,27 +365,9 @@ kms_err audit_log_make_head(struct audit_log *log)
     /* Never date a head before the key that signs it. */
     if (t < log->sign_key_since_ms)
         t = log->sign_key_since_ms;
-    uint8_t signed_bytes[13 + 1 + 255 + 48], digest[32], raw[64], der[80];
-    size_t sl = audit_head_signed_bytes(log->region, size, t, root, signed_bytes), der_len = 0;
-    SHA256(signed_bytes, sl, digest);
-    KMS_GUARD(p11_ecdsa_sign(log->tok, &log->sign_key, digest, raw));
-    KMS_GUARD(p11_ecdsa_raw_to_der(raw, der, sizeof(der), &der_len));
-
-    char hex[33];
-    p11_key_id_hex(&log->sign_key, hex);
-    Custos__V1__SignedTreeHead sth = CUSTOS__V1__SIGNED_TREE_HEAD__INIT;
-    sth.region = log->region;
-    sth.tree_size = size;
-    sth.root_hash.data = root;
-    sth.root_hash.len = 32;
-    sth.timestamp_ms = t;
-    sth.signature.data = der;
-    sth.signature.len = der_len;
-    sth.key_id = hex;
-    size_t n = custos__v1__signed_tree_head__get_packed_size(&sth);
-    uint8_t *buf = malloc(n);
-    KMS_ENSURE(buf != NULL, KMS_ERR_NOMEM, "out of memory");
-    custos__v1__signed_tree_head__pack(&sth, buf);
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    KMS_GUARD(audit_log_sign_head(log, size, root, t, &buf, &n));
     kms_err rc = audit_logfile_append(log, &log->heads, buf, n);
     if (rc != KMS_OK) {
         free(buf);

@@ -7,6 +7,8 @@
  *   audit_log_file.c    records: framing, appending, scanning, cutting
  *   audit_log_head.c    signing keys and signed tree heads
  *   audit_log_writer.c  the queue, group commit, failure and recovery
+ *   audit_log_pg.c      the PostgreSQL backend: writer, sequencer, follower
+ *                       (audit_log_pg.h)
  */
 #ifndef AUDIT_LOG_INTERNAL_H
 #define AUDIT_LOG_INTERNAL_H
@@ -59,8 +61,16 @@ struct pending {
     size_t n, hcap;
 };
 
+struct audit_pg; /* audit_log_pg.c */
+
 struct audit_log {
     char region[64];
+    /* NULL: the files backend. Otherwise the log lives in PostgreSQL, the
+     * files below are unused (fd -1), `tree` is the sequenced tree as this
+     * node last read it, `head` the newest head at or below its size, and
+     * next_seq/durable_seq count this node's appends (tickets), not seqs:
+     * the sequencer assigns seqs after the commit. */
+    struct audit_pg *pg;
     struct p11_token *tok;
     struct audit_log_config cfg;
     struct file events, heads, keys;
@@ -87,6 +97,10 @@ struct audit_log {
     char fail_detail[256]; /* why the log failed, for the recovery event */
     bool failed;
     bool broken; /* durable events the tree could not take: never recovers */
+    /* PostgreSQL: the follower could not reach the database at its last
+     * poll. Reported as failed by audit_log_stats (readiness) even when
+     * no append has failed yet; appends are still tried. */
+    bool pg_unreachable;
     bool stopping;
     pthread_t writer;
     bool writer_running;
@@ -204,12 +218,37 @@ kms_err audit_log_check_torn_head(struct audit_log *log, const struct damage *d)
 /* Sign and persist a head for the current tree. Called by the writer only. */
 kms_err audit_log_make_head(struct audit_log *log);
 
+/* A new signing key in the token: *out_id, its not_before *out_t and its
+ * packed AuditKey record (*out_rec, caller frees). Persisting the record
+ * is the caller's (files or PostgreSQL); if that fails it destroys the
+ * key. */
+kms_err audit_log_gen_key(struct audit_log *log, struct p11_key_id *out_id, int64_t *out_t,
+                          uint8_t **out_rec, size_t *out_len);
+
+/* A packed SignedTreeHead of (size, root, t), signed with log->sign_key
+ * (caller frees *out). Persists nothing. */
+kms_err audit_log_sign_head(struct audit_log *log, uint64_t size, const audit_hash root, int64_t t,
+                            uint8_t **out, size_t *out_len);
+
 /* ---- audit_log_writer.c: the writer ---- */
 
 kms_err audit_log_on_event(struct audit_log *log, uint64_t index, off_t off, const uint8_t *p,
                            size_t len, const audit_hash h);
 
 void audit_pending_free(struct pending *q);
+
+/* Tell the asynchronous submitters of q's events whether they are durable. */
+void audit_pending_notify(const struct pending *q, bool durable);
+
+/* Called by a writer with the lock held after a failed batch: everything
+ * queued fails, the log refuses appends until the writer recovers it. */
+void audit_log_fail_batch(struct audit_log *log);
+
+/* ---- audit_log_pg.c: the PostgreSQL backend (log->pg != NULL) ---- */
+
+void audit_pg_close(struct audit_log *log);
+kms_err audit_pg_read(struct audit_log *log, uint64_t seq, uint8_t **out, size_t *out_len);
+kms_err audit_pg_log_keys(struct audit_log *log, Custos__V1__AuditKey ***out, size_t *out_n);
 
 void *audit_log_writer_main(void *arg);
 

@@ -50,8 +50,7 @@ static kms_err pending_add(struct pending *q, const uint8_t *rec, size_t len, co
     return KMS_OK;
 }
 
-/* Tell the asynchronous submitters of q's events whether they are durable. */
-static void pending_notify(const struct pending *q, bool durable)
+void audit_pending_notify(const struct pending *q, bool durable)
 {
     for (size_t i = 0; i < q->n; i++)
         if (q->waiters[i].fn)
@@ -72,7 +71,8 @@ static kms_err enqueue_locked(struct audit_log *log, Custos__V1__AuditEvent *ev,
                               uint64_t *out_seq)
 {
     uint8_t stack[4096];
-    ev->seq = log->next_seq;
+    /* PostgreSQL: the sequencer sets the seq when it orders the event. */
+    ev->seq = log->pg != NULL ? 0 : log->next_seq;
     ev->time_ms = now_ms();
     ev->region = log->region;
     size_t len = custos__v1__audit_event__get_packed_size(ev);
@@ -145,9 +145,9 @@ kms_err audit_log_append(struct audit_log *log, Custos__V1__AuditEvent *ev)
  * queued or being written is lost to its callers (they are told, through
  * the epoch or their callback), and the next recovery attempt cuts the file
  * back to its last durable size. */
-static void fail_batch(struct audit_log *log)
+void audit_log_fail_batch(struct audit_log *log)
 {
-    pending_notify(&log->queue, false);
+    audit_pending_notify(&log->queue, false);
     if (!log->failed) {
         kms_log_error("audit", "region %s: %s; failing closed", log->region, kms_err_detail());
         snprintf(log->fail_detail, sizeof(log->fail_detail), "%s", kms_err_detail());
@@ -330,7 +330,7 @@ static void head_if_due(struct audit_log *log, bool stop)
             kms_log_error("audit", "region %s: no signed head: %s", log->region,
                           kms_err_detail());
             if (hrc == KMS_ERR_IO || hrc == KMS_ERR_NOSPC)
-                fail_batch(log);
+                audit_log_fail_batch(log);
             else /* an HSM hiccup: try again after a period, do not spin */
                 log->head_time_ms = now_ms();
         }
@@ -394,7 +394,7 @@ void *audit_log_writer_main(void *arg)
                 /* One wake per batch for the submitters; outside the lock,
                  * where appends go on into the other queue. */
                 pthread_mutex_unlock(&log->lock);
-                pending_notify(&w, true);
+                audit_pending_notify(&w, true);
                 pthread_mutex_lock(&log->lock);
             } else {
                 /* Durable on disk but not in the tree (out of memory): the
@@ -402,8 +402,8 @@ void *audit_log_writer_main(void *arg)
                  * restart rebuilds the tree from the file. */
                 if (written)
                     log->broken = true;
-                pending_notify(&w, false);
-                fail_batch(log);
+                audit_pending_notify(&w, false);
+                audit_log_fail_batch(log);
                 continue;
             }
         }

@@ -52,7 +52,9 @@ enum {
     O_KEYS,
     O_STATE,
     O_PARTIAL,
-    O_LAST = O_PARTIAL,
+    O_PG,
+    O_PG_PASSWORD,
+    O_LAST = O_PG_PASSWORD,
 };
 
 #define IX(o) ((o) - O_REGION)
@@ -66,6 +68,14 @@ struct verb {
     const char *synopsis;
     const char *help;
 };
+
+#define PG_TEXT                                                                            \
+    "  --pg CONNINFO             read region R's log straight from its PostgreSQL\n"       \
+    "                            database (libpq keywords or a postgresql:// URL, no\n"     \
+    "                            password) instead of asking kmsd: for a fleet whose\n"     \
+    "                            log is in PostgreSQL (docs/audit.md); the same output\n"  \
+    "  --pg-password SOURCE      the database password: file:/path (or a path) or\n"      \
+    "                            env:NAME, never on the command line\n"
 
 #define KNOWN_EXIT_TEXT                                                                    \
     "exit code 5 (with --known-head or --known-state): the ALARM: R's log is shorter\n"   \
@@ -85,21 +95,22 @@ static const struct verb verbs[] = {
      "  --known-state STATE       the same, with region R's latest head in a verify\n"
      "                            state file\n"
      KNOWN_EXIT_TEXT},
-    {"keys", F(O_REGION) | F(O_OUT_DIR) | F(O_JSON), 0, 1,
-     "keys [--region R] [--out-dir DIR] [--json]",
+    {"keys", F(O_REGION) | F(O_OUT_DIR) | F(O_JSON) | F(O_PG) | F(O_PG_PASSWORD), 0, 1,
+     "keys [--region R] [--out-dir DIR] [--json] [--pg CONNINFO [--pg-password SOURCE]]",
      "Fetch the audit public keys (every region served, or R) with their validity.\n"
      "Without --out-dir, print each key as a PEM block preceded by Custos-Audit-*\n"
      "header lines (region, key id, validity), the form `verify --keys` reads and\n"
      "`openssl` accepts as it is.\n"
      "  --region R                only region R's keys\n"
      "  --out-dir DIR             write DIR/<region>-<key_id>.pem per key and list them\n"
-     "  --json                    print a JSON array instead\n"},
+     "  --json                    print a JSON array instead\n" PG_TEXT},
     {"export",
      F(O_REGION) | F(O_OUT) | F(O_START) | F(O_COUNT) | F(O_PROOFS) | F(O_KNOWN_HEAD) |
-         F(O_KNOWN_STATE),
+         F(O_KNOWN_STATE) | F(O_PG) | F(O_PG_PASSWORD),
      F(O_REGION) | F(O_OUT), 1,
      "export --region R --out BUNDLE [--start N] [--count M] [--proofs]\n"
-     "                            [--known-head HEAD | --known-state STATE]",
+     "                            [--known-head HEAD | --known-state STATE]\n"
+     "                            [--pg CONNINFO [--pg-password SOURCE]]",
      "Export entries [N, N+M) of region R's log under its latest signed head and save\n"
      "the reply (an ExportAuditLogResponse) exactly as received: the bundle.\n"
      "  --region R                the region (required)\n"
@@ -113,6 +124,7 @@ static const struct verb verbs[] = {
      "                            proves the new head extends it (consistency proof)\n"
      "  --known-state STATE       the same, with region R's latest head in a verify\n"
      "                            state file\n"
+     PG_TEXT
      KNOWN_EXIT_TEXT},
     {"sth-bytes", F(O_HEAD) | F(O_OUT_BIN) | F(O_OUT_SIG), F(O_HEAD), 0,
      "sth-bytes --head HEAD [--out-bin STH.BIN] [--out-sig STH.SIG]",
@@ -200,6 +212,8 @@ static const struct option audit_opts[] = {
     {"keys", required_argument, NULL, O_KEYS},
     {"state", required_argument, NULL, O_STATE},
     {"partial", no_argument, NULL, O_PARTIAL},
+    {"pg", required_argument, NULL, O_PG},
+    {"pg-password", required_argument, NULL, O_PG_PASSWORD},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -228,7 +242,8 @@ static int audit_option(struct args *a, int c, const char *arg)
         [IX(O_OUT_DIR)] = &a->v.out_dir,      [IX(O_KNOWN_HEAD)] = &a->v.known_head,
         [IX(O_KNOWN_STATE)] = &a->v.known_state, [IX(O_HEAD)] = &a->v.head,
         [IX(O_OUT_BIN)] = &a->v.out_bin,      [IX(O_OUT_SIG)] = &a->v.out_sig,
-        [IX(O_STATE)] = &a->v.state,
+        [IX(O_STATE)] = &a->v.state,          [IX(O_PG)] = &a->v.pg,
+        [IX(O_PG_PASSWORD)] = &a->v.pg_password,
     };
     int *flag[IX(O_LAST) + 1] = {
         [IX(O_JSON)] = &a->v.json, [IX(O_PROOFS)] = &a->v.proofs, [IX(O_PARTIAL)] = &a->v.partial,
@@ -336,6 +351,10 @@ static int audit_check(const struct args *a, int n_files, char **files)
     }
     if ((a->v.region && !audit_region_ok(a->v.region))) {
         fprintf(stderr, "kmsctl audit %s: --region: not a region name\n", name);
+        return 0;
+    }
+    if (a->v.pg_password && !a->v.pg) {
+        fprintf(stderr, "kmsctl audit %s: --pg-password needs --pg\n", name);
         return 0;
     }
     if (a->v.known_head && a->v.known_state) {

@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 
+#include "audit_log_pg.h"
 #include "audit_state.h"
 #include "audit_verify.h"
 #include "audit_verify_util.h"
@@ -125,16 +126,10 @@ done:
     return ret;
 }
 
-static int do_keys(struct kmsctl_rpc *rpc, const struct kmsctl_audit_args *a)
+/* Print or write the keys of resp (from kmsd or from PostgreSQL). */
+static int keys_out(const Custos__V1__GetAuditKeysResponse *resp, const struct kmsctl_audit_args *a)
 {
-    Custos__V1__GetAuditKeysRequest req = CUSTOS__V1__GET_AUDIT_KEYS_REQUEST__INIT;
-    Custos__V1__GetAuditKeysResponse *resp = NULL;
-    req.region = (char *)(a->region ? a->region : "");
-    int ret = kmsctl_rpc_call_service(rpc, AUDIT_SERVICE, "GetAuditKeys", &req.base,
-                                      &custos__v1__get_audit_keys_response__descriptor,
-                                      (ProtobufCMessage **)&resp, NULL, NULL);
-    if (ret != KMSCTL_EXIT_OK)
-        return ret;
+    int ret = KMSCTL_EXIT_OK;
     /* Names become file names and header lines: refuse anything odd before
      * writing a single file. */
     for (size_t i = 0; i < resp->n_keys; i++) {
@@ -203,9 +198,27 @@ static int do_keys(struct kmsctl_rpc *rpc, const struct kmsctl_audit_args *a)
     else if (resp->n_keys == 0)
         fprintf(stderr, "no audit keys\n");
 done:
+    return ret;
+}
+
+static int do_keys(struct kmsctl_rpc *rpc, const struct kmsctl_audit_args *a)
+{
+    Custos__V1__GetAuditKeysRequest req = CUSTOS__V1__GET_AUDIT_KEYS_REQUEST__INIT;
+    Custos__V1__GetAuditKeysResponse *resp = NULL;
+    req.region = (char *)(a->region ? a->region : "");
+    int ret = kmsctl_rpc_call_service(rpc, AUDIT_SERVICE, "GetAuditKeys", &req.base,
+                                      &custos__v1__get_audit_keys_response__descriptor,
+                                      (ProtobufCMessage **)&resp, NULL, NULL);
+    if (ret != KMSCTL_EXIT_OK)
+        return ret;
+    ret = keys_out(resp, a);
     protobuf_c_message_free_unpacked(&resp->base, NULL);
     return ret;
 }
+
+static int export_out(const struct kmsctl_audit_args *a,
+                      const Custos__V1__ExportAuditLogResponse *resp, const uint8_t *body,
+                      size_t body_len, uint64_t start);
 
 static int do_export(struct kmsctl_rpc *rpc, const struct kmsctl_audit_args *a)
 {
@@ -229,6 +242,18 @@ static int do_export(struct kmsctl_rpc *rpc, const struct kmsctl_audit_args *a)
                                   (ProtobufCMessage **)&resp, &body, &body_len);
     if (ret != KMSCTL_EXIT_OK)
         return known_refused(rpc, "export", a, req.known_tree_size, ret);
+    ret = export_out(a, resp, body, body_len, req.start);
+    free(body);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return ret;
+}
+
+/* Save the bundle (body, which decodes as resp) and print its summary. */
+static int export_out(const struct kmsctl_audit_args *a,
+                      const Custos__V1__ExportAuditLogResponse *resp, const uint8_t *body,
+                      size_t body_len, uint64_t start)
+{
+    int ret = KMSCTL_EXIT_OK;
     if (!audit_verify_head_shape_ok(resp->head)) {
         fprintf(stderr, "kmsctl: the reply carries no well-formed signed head\n");
         ret = KMSCTL_EXIT_TRANSPORT;
@@ -253,19 +278,114 @@ static int do_export(struct kmsctl_rpc *rpc, const struct kmsctl_audit_args *a)
     if (resp->known_tree_size > 0)
         fprintf(f, ", consistency proof from tree_size %" PRIu64, resp->known_tree_size);
     fputc('\n', f);
-    uint64_t end = resp->n_entries ? resp->entries[resp->n_entries - 1]->seq + 1 : req.start;
+    uint64_t end = resp->n_entries ? resp->entries[resp->n_entries - 1]->seq + 1 : start;
     if (end < h->tree_size)
         fprintf(f, "more entries under this head: continue with --start %" PRIu64 "\n", end);
 done:
-    free(body);
-    protobuf_c_message_free_unpacked(&resp->base, NULL);
     return ret;
+}
+
+/* ---- from PostgreSQL: keys and export without kmsd ---------------------------------- */
+
+/* A kms_err of the PostgreSQL read side as kmsctl's exit codes. */
+static int pg_exit(const char *cmd, kms_err rc)
+{
+    fprintf(stderr, "kmsctl audit %s: %s\n", cmd, kms_err_detail());
+    switch (rc) {
+    case KMS_ERR_CONFIG:
+        return KMSCTL_EXIT_USAGE;
+    case KMS_ERR_IO:
+    case KMS_ERR_NOSPC:
+        return KMSCTL_EXIT_TRANSPORT;
+    case KMS_ERR_NOMEM:
+        return KMSCTL_EXIT_LOCAL;
+    default:
+        return KMSCTL_EXIT_REFUSED;
+    }
+}
+
+static int pg_open(const char *cmd, const struct kmsctl_audit_args *a, PGconn **out)
+{
+    char src[4200];
+    const char *pw = a->pg_password;
+    /* A bare path is a password file. */
+    if (pw != NULL && strncmp(pw, "file:", 5) != 0 && strncmp(pw, "env:", 4) != 0) {
+        snprintf(src, sizeof(src), "file:%s", pw);
+        pw = src;
+    }
+    struct kms_pg_target t = {a->pg, pw};
+    kms_err rc = kms_pg_connect(&t, "kmsctl", out);
+    return rc == KMS_OK ? KMSCTL_EXIT_OK : pg_exit(cmd, rc);
+}
+
+static int pg_keys(PGconn *c, const struct kmsctl_audit_args *a)
+{
+    Custos__V1__GetAuditKeysResponse resp = CUSTOS__V1__GET_AUDIT_KEYS_RESPONSE__INIT;
+    kms_err rc = audit_pg_keys(c, a->region, &resp.keys, &resp.n_keys);
+    if (rc != KMS_OK)
+        return pg_exit("keys", rc);
+    int ret = keys_out(&resp, a);
+    audit_log_keys_free(resp.keys, resp.n_keys);
+    return ret;
+}
+
+static int pg_export(PGconn *c, const struct kmsctl_audit_args *a)
+{
+    uint64_t known = 0, verified = 0, start = a->start;
+    int ret = known_size("export", a, &known, &verified);
+    if (ret != KMSCTL_EXIT_OK)
+        return ret;
+    if (a->known_state && known > 0 && !a->have_start)
+        start = verified;
+    uint8_t *body = NULL;
+    size_t len = 0;
+    kms_err rc = audit_pg_export(c, a->region, start, a->count ? a->count : KMSCTL_AUDIT_EXPORT_MAX,
+                                 a->proofs != 0, known, &body, &len);
+    if (rc != KMS_OK) {
+        ret = pg_exit("export", rc);
+        if (rc == KMS_ERR_FAILED_PRECONDITION && known > 0) {
+            fprintf(stderr,
+                    "kmsctl audit export: ALARM: the log of region %s is shorter than the head "
+                    "you hold (tree_size %" PRIu64 "): it was rolled back or forked\n",
+                    a->region, known);
+            ret = KMSCTL_EXIT_ROLLBACK;
+        }
+        return ret;
+    }
+    Custos__V1__ExportAuditLogResponse *resp =
+        custos__v1__export_audit_log_response__unpack(NULL, len, body);
+    if (resp == NULL) {
+        free(body);
+        fprintf(stderr, "kmsctl: out of memory\n");
+        return KMSCTL_EXIT_LOCAL;
+    }
+    ret = export_out(a, resp, body, len, start);
+    custos__v1__export_audit_log_response__free_unpacked(resp, NULL);
+    free(body);
+    return ret;
+}
+
+static int audit_pg(const char *verb, const struct kmsctl_audit_args *a)
+{
+    if (strcmp(verb, "head") == 0) {
+        fprintf(stderr, "kmsctl audit head: --pg does not apply (export holds the head)\n");
+        return KMSCTL_EXIT_USAGE;
+    }
+    PGconn *c = NULL;
+    int ret = pg_open(verb, a, &c);
+    if (ret != KMSCTL_EXIT_OK)
+        return ret;
+    ret = strcmp(verb, "keys") == 0 ? pg_keys(c, a) : pg_export(c, a);
+    PQfinish(c);
+    return kmsctl_flush_stdout(ret);
 }
 
 /* head, keys or export over one connection. */
 int kmsctl_audit_online(const struct kmsctl_conn *conn, const char *verb,
                         const struct kmsctl_audit_args *a)
 {
+    if (a->pg != NULL)
+        return audit_pg(verb, a);
     struct kmsctl_rpc *rpc = NULL;
     int ret = kmsctl_rpc_open(conn, &rpc);
     if (ret != KMSCTL_EXIT_OK)

@@ -17,6 +17,9 @@
 struct kmsctl_audit_args {
     const char *region, *out, *out_dir, *known_head, *known_state, *head, *out_bin, *out_sig,
         *state;
+    /* --pg / --pg-password: read the region's log straight from its
+     * PostgreSQL database (keys, export) instead of asking kmsd. */
+    const char *pg, *pg_password;
     const char *keys[64];
     size_t n_keys;
     uint64_t start;
@@ -24,7 +27,8 @@ struct kmsctl_audit_args {
     int json, proofs, partial, have_start;
 };
 
-/* Run verb ("head", "keys" or "export") over a connection made from conn.
+/* Run verb ("head", "keys" or "export") over a connection made from conn
+ * (keys and export: from PostgreSQL when a->pg is set).
  * Returns the process exit code (enum kmsctl_exit; 5 for the rollback
  * alarm). */
 int kmsctl_audit_online(const struct kmsctl_conn *conn, const char *verb,

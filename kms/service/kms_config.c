@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "kms_log.h"
+#include "kms_pgconn.h"
 
 
 /* Refuse keys outside `allowed`, so that "max_body_byte" is an error and not
@@ -294,12 +295,57 @@ static kms_err parse_rotation(json_t *root, struct kms_config *c)
     return KMS_OK;
 }
 
+/* "audit.postgresql": {"<region>": {"conninfo": ..., "password": ...}}.
+ * Each region must be one of the configured tokens' (residency: the log of
+ * a region lives in that region's database). */
+static kms_err parse_audit_pg(json_t *pgs, const char *dir, struct kms_config *c)
+{
+    static const char *const pg_keys[] = {"conninfo", "password", NULL};
+    KMS_ENSURE(json_is_object(pgs), KMS_ERR_CONFIG, "audit.postgresql: must be an object");
+    const char *region;
+    json_t *v;
+    json_object_foreach(pgs, region, v)
+    {
+        char where[160];
+        snprintf(where, sizeof(where), "audit.postgresql.%.64s", region);
+        KMS_ENSURE(json_is_object(v), KMS_ERR_CONFIG, "%s: must be an object", where);
+        KMS_GUARD(check_keys(v, where, pg_keys));
+        bool known = false;
+        for (size_t i = 0; i < c->n_tokens; i++)
+            known |= strcmp(c->tokens[i].region, region) == 0;
+        KMS_ENSURE(known, KMS_ERR_CONFIG, "%s: no token serves this region", where);
+        KMS_ENSURE(c->n_audit_pg < KMS_CONFIG_MAX_TOKENS, KMS_ERR_CONFIG,
+                   "audit.postgresql: too many regions");
+        struct kms_config_audit_pg *p = &c->audit_pg[c->n_audit_pg++];
+        p->region = strdup(region);
+        KMS_ENSURE(p->region != NULL, KMS_ERR_NOMEM, "out of memory");
+        KMS_GUARD(get_str(v, "conninfo", where, true, dir, false, &p->conninfo));
+        KMS_GUARD(get_str(v, "password", where, false, dir, true, &p->password_source));
+        struct kms_pg_target t = {p->conninfo, p->password_source};
+        if (kms_pg_target_check(&t) != KMS_OK) {
+            char why[300]; /* kms_err_set overwrites the detail it would read */
+            snprintf(why, sizeof(why), "%s", kms_err_detail());
+            return kms_err_set(KMS_ERR_CONFIG, "%s: %s", where, why);
+        }
+    }
+    return KMS_OK;
+}
+
+const struct kms_config_audit_pg *kms_config_audit_pg(const struct kms_config *cfg,
+                                                      const char *region)
+{
+    for (size_t i = 0; i < cfg->n_audit_pg; i++)
+        if (strcmp(cfg->audit_pg[i].region, region) == 0)
+            return &cfg->audit_pg[i];
+    return NULL;
+}
+
 /* "audit": the audit log, on unless in dev mode. */
 static kms_err parse_audit(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const aud_keys[] = {
         "enabled",         "dir", "head_every_events", "head_every_ms", "key_max_age_s",
-        "commit_delay_us", NULL};
+        "commit_delay_us", "postgresql", "sequencer_poll_ms", NULL};
     json_t *aud = NULL;
     KMS_GUARD(get_section(root, "audit", aud_keys, &aud));
     if (aud) {
@@ -313,6 +359,11 @@ static kms_err parse_audit(json_t *root, const char *dir, struct kms_config *c)
                                &c->audit_key_max_age_s));
         KMS_GUARD(
             get_unsigned(aud, "commit_delay_us", "audit", 0, 10000, &c->audit_commit_delay_us));
+        KMS_GUARD(get_unsigned(aud, "sequencer_poll_ms", "audit", 10, 60000,
+                               &c->audit_pg_poll_ms));
+        json_t *pgs = json_object_get(aud, "postgresql");
+        if (pgs != NULL)
+            KMS_GUARD(parse_audit_pg(pgs, dir, c));
     }
     /* An unaudited key service is only for measuring what audit costs. */
     KMS_ENSURE(c->audit_enabled || c->dev_mode, KMS_ERR_CONFIG,
@@ -434,6 +485,7 @@ kms_err kms_config_load(const char *path, struct kms_config **out)
     c->audit_head_every_ms = 10000;
     c->audit_key_max_age_s = 90 * 86400;
     c->audit_commit_delay_us = 200;
+    c->audit_pg_poll_ms = 200;
     c->import_token_ttl_s = 86400;
     c->log_level = KMS_LOG_INFO;
     /* A load balancer probing every second costs one deep check per two
@@ -483,6 +535,11 @@ void kms_config_free(struct kms_config *c)
     free(c->policy_path);
     free(c->store_path);
     free(c->audit_dir);
+    for (size_t i = 0; i < c->n_audit_pg; i++) {
+        free(c->audit_pg[i].region);
+        free(c->audit_pg[i].conninfo);
+        free(c->audit_pg[i].password_source);
+    }
     free(c->log_file);
     free(c);
 }

@@ -21,6 +21,14 @@ struct kms_config_token {
     size_t max_sessions;
 };
 
+/* A region whose audit log lives in PostgreSQL ("audit.postgresql"):
+ * nodes of a fleet share it, one of them sequences it (docs/audit.md). */
+struct kms_config_audit_pg {
+    char *region;
+    char *conninfo;        /* libpq keywords or URL, no password */
+    char *password_source; /* "file:/path" or "env:NAME"; NULL: none */
+};
+
 /* The NIST bound for random 96-bit IVs, and the smallest automatic
  * rotation threshold production accepts. */
 #define KMS_USAGE_LIMIT_MAX (1UL << 32)
@@ -72,6 +80,10 @@ struct kms_config {
     unsigned audit_head_every_ms;
     unsigned audit_key_max_age_s;     /* rotate audit signing keys when older */
     unsigned audit_commit_delay_us;   /* group commit wait under concurrency */
+    /* Regions whose log is in PostgreSQL; the others use audit_dir. */
+    struct kms_config_audit_pg audit_pg[KMS_CONFIG_MAX_TOKENS];
+    size_t n_audit_pg;
+    unsigned audit_pg_poll_ms; /* sequencer election and follow interval */
 
     unsigned import_token_ttl_s; /* BYOK: life of an import token and its wrapping key */
 
@@ -89,5 +101,9 @@ kms_err kms_config_load(const char *path, struct kms_config **out);
  * and not empty, else /etc/custos/kmsd.json. */
 const char *kms_config_default_path(void);
 void kms_config_free(struct kms_config *cfg);
+
+/* The PostgreSQL target of region's audit log, or NULL: its files. */
+const struct kms_config_audit_pg *kms_config_audit_pg(const struct kms_config *cfg,
+                                                      const char *region);
 
 #endif

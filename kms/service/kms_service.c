@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "audit_log.h"
+#include "audit_log_pg.h"
 #include "audit_merkle.h"
 #include "kms_keycache.h"
 #include "kms_log.h"
@@ -264,11 +265,14 @@ kms_err kms_service_check(struct kms_service *svc)
     }
     /* The audit directory can lose its write permission or its file system
      * under a running log that has nothing to write yet. */
-    KMS_ENSURE(!svc->cfg->audit_enabled || access(svc->cfg->audit_dir, W_OK) == 0, KMS_ERR_IO,
+    /* (Only when a region keeps its log in files: a fleet whose logs are
+     * all in PostgreSQL has no audit directory.) */
+    bool audit_files = svc->cfg->audit_enabled && svc->cfg->n_audit_pg < svc->n_tokens;
+    KMS_ENSURE(!audit_files || access(svc->cfg->audit_dir, W_OK) == 0, KMS_ERR_IO,
                "audit directory %s is not writable: %s", svc->cfg->audit_dir, strerror(errno));
     /* A full disk (or a file-size limit) is invisible to an idle log and
      * store: prove there is room for one more record of each. */
-    if (svc->cfg->audit_enabled)
+    if (audit_files)
         KMS_GUARD(probe_room(svc->cfg->audit_dir, "audit directory"));
     char store_dir[4096];
     snprintf(store_dir, sizeof(store_dir), "%s", svc->cfg->store_path);
@@ -374,8 +378,16 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
         size_t healthy = 0;
         for (size_t i = 0; i < svc->n_tokens; i++) {
             const char *region = p11_token_region(svc->tokens[i]);
-            kms_err arc = audit_log_open(cfg->audit_dir, region, svc->tokens[i], &ac,
-                                         &svc->audit[i]);
+            const struct kms_config_audit_pg *apg = kms_config_audit_pg(cfg, region);
+            kms_err arc;
+            if (apg != NULL) {
+                struct kms_pg_target t = {apg->conninfo, apg->password_source};
+                arc = audit_log_open_pg(&t, region, svc->tokens[i], &ac, cfg->audit_pg_poll_ms,
+                                        &svc->audit[i]);
+            } else {
+                arc = audit_log_open(cfg->audit_dir, region, svc->tokens[i], &ac,
+                                     &svc->audit[i]);
+            }
             if (arc == KMS_OK) {
                 healthy++;
                 continue;

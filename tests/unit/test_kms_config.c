@@ -240,6 +240,47 @@ START_TEST(audit_commit_delay)
 }
 END_TEST
 
+/* audit.postgresql: per region, a connection string without a password
+ * and a password source resolved like every path; residency: only a
+ * region of the tokens; the poll interval bounded. */
+START_TEST(audit_postgresql)
+{
+    struct kms_config *c = NULL;
+    ck_assert_int_eq(load("{" TOKENS "}", &c), KMS_OK);
+    ck_assert_uint_eq(c->n_audit_pg, 0);
+    ck_assert_ptr_null(kms_config_audit_pg(c, "eu-west"));
+    ck_assert_uint_eq(c->audit_pg_poll_ms, 200);
+    kms_config_free(c);
+    ck_assert_int_eq(load("{" TOKENS ", \"audit\": {\"sequencer_poll_ms\": 50, \"postgresql\":"
+                          " {\"eu-west\": {\"conninfo\": \"host=/run/pg dbname=custos_eu\","
+                          " \"password\": \"file:pg-eu.pass\"}}}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_uint_eq(c->audit_pg_poll_ms, 50);
+    const struct kms_config_audit_pg *p = kms_config_audit_pg(c, "eu-west");
+    ck_assert_ptr_nonnull(p);
+    ck_assert_str_eq(p->conninfo, "host=/run/pg dbname=custos_eu");
+    char want[600];
+    snprintf(want, sizeof(want), "file:%s/pg-eu.pass", testenv_work_dir());
+    ck_assert_str_eq(p->password_source, want);
+    ck_assert_ptr_null(kms_config_audit_pg(c, "us-east"));
+    kms_config_free(c);
+    expect_error("{" TOKENS ", \"audit\": {\"postgresql\": {\"us-east\": {\"conninfo\":"
+                 " \"dbname=x\"}}}}",
+                 "audit.postgresql.us-east: no token serves this region");
+    expect_error("{" TOKENS ", \"audit\": {\"postgresql\": {\"eu-west\": {\"conninfo\":"
+                 " \"dbname=x password=hunter2\"}}}}",
+                 "audit.postgresql.eu-west: postgresql: the connection string holds a password");
+    expect_error("{" TOKENS ", \"audit\": {\"postgresql\": {\"eu-west\": {}}}}",
+                 "audit.postgresql.eu-west.conninfo: required");
+    expect_error("{" TOKENS ", \"audit\": {\"postgresql\": {\"eu-west\": {\"conninfo\":"
+                 " \"dbname=x\", \"pasword\": \"file:/p\"}}}}",
+                 "audit.postgresql.eu-west.pasword: unknown key");
+    expect_error("{" TOKENS ", \"audit\": {\"sequencer_poll_ms\": 5}}",
+                 "audit.sequencer_poll_ms");
+}
+END_TEST
+
 START_TEST(rotation_keys)
 {
     struct kms_config *c = NULL;
@@ -296,6 +337,7 @@ int main(void)
     tcase_add_test(tc, operations_keys);
     tcase_add_test(tc, per_ip_connection_limit);
     tcase_add_test(tc, audit_commit_delay);
+    tcase_add_test(tc, audit_postgresql);
     tcase_add_test(tc, rotation_keys);
     tcase_add_test(tc, missing_file);
     suite_add_tcase(s, tc);
