@@ -57,6 +57,9 @@ static const struct op_row op_table[POL_OP__COUNT] = {
     [POL_OP_GET_PUBLIC_KEY] = {"GetPublicKey", POL_ROLE_BROKER, POL_TARGET_KEY},
     [POL_OP_SIGN] = {"Sign", POL_ROLE_BROKER, POL_TARGET_KEY},
     [POL_OP_VERIFY] = {"Verify", POL_ROLE_BROKER, POL_TARGET_KEY},
+    [POL_OP_MINT_LINK_TOKEN] = {"MintLinkToken", POL_ROLE_BROKER, POL_TARGET_KEY},
+    [POL_OP_REDEEM_LINK_TOKEN] = {"RedeemLinkToken", POL_ROLE_BROKER, POL_TARGET_KEY},
+    [POL_OP_REVOKE_LINK_TOKENS] = {"RevokeLinkTokens", POL_ROLE_BROKER, POL_TARGET_KEY},
 };
 
 const char *pol_role_name(enum pol_role role)

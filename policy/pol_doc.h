@@ -101,6 +101,10 @@ enum pol_op {
     POL_OP_GET_PUBLIC_KEY,
     POL_OP_SIGN,
     POL_OP_VERIFY,
+    /* broker: link tokens (docs/link-tokens.md) */
+    POL_OP_MINT_LINK_TOKEN,
+    POL_OP_REDEEM_LINK_TOKEN,
+    POL_OP_REVOKE_LINK_TOKENS,
     POL_OP__COUNT
 };
 
