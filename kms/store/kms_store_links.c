@@ -209,7 +209,8 @@ static kms_err rate_step(struct store_conn *c, const struct kms_link_attempt *a,
     KMS_GUARD(store_prep(c, "SELECT window_start, attempts FROM link_recipients "
                             "WHERE key_id = ?1 AND recipient = ?2",
                          op, &b));
-    bind_rate(&b, &r);
+    store_bind_text(&b, 1, r.key_id);
+    store_bind_blob(&b, 2, r.recipient, KMS_LINK_RECIPIENT_LEN);
     bool row = false;
     kms_err rc = store_step(&b, op, &row);
     if (rc == KMS_OK && row) {

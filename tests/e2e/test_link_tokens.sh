@@ -23,6 +23,8 @@ c["link_tokens"] = {"min_ttl_s": 60, "max_ttl_s": 900, "default_ttl_s": 300,
                     "max_attempts": 3, "recipient_limit": 150, "recipient_window_s": 900,
                     "clock_skew_s": 30, "keep_expired_s": 3600,
                     "test_clock_file": "link_clock"}
+# 100 concurrent connections from this one address (the race below).
+c["limits"]["max_connections_per_ip"] = 128
 json.dump(c, open(p, "w"), indent=2)
 PY
 mkdir -p "$E2E_DIR/py"
