@@ -88,8 +88,8 @@ static kms_err binding_from(const char *phone, const ProtobufCBinaryData *device
                "phone: 1..%d bytes required", KMS_LINKS_PHONE_INPUT_MAX);
     uint8_t canon[KMS_LINKS_PHONE_INPUT_MAX];
     size_t clen = 0;
-    kms_err rc = kms_canon_apply(KMS_CANON_E164, (const uint8_t *)phone, plen, canon,
-                                 sizeof(canon), &clen);
+    kms_err rc =
+        kms_canon_apply(KMS_CANON_E164, (const uint8_t *)phone, plen, canon, sizeof(canon), &clen);
     if (rc == KMS_OK && clen >= sizeof(out->phone))
         rc = KMS_ERR_INVALID_ARGUMENT;
     if (rc == KMS_OK) {
@@ -101,9 +101,8 @@ static kms_err binding_from(const char *phone, const ProtobufCBinaryData *device
     if (rc != KMS_OK)
         return kms_err_set(KMS_ERR_INVALID_ARGUMENT,
                            "phone: not an E.164 number (a '+', the country code, 7..15 digits)");
-    KMS_ENSURE(device->len >= 1 && device->len <= KMS_LINKS_DEVICE_MAX,
-               KMS_ERR_INVALID_ARGUMENT, "device_value: 1..%d bytes required",
-               KMS_LINKS_DEVICE_MAX);
+    KMS_ENSURE(device->len >= 1 && device->len <= KMS_LINKS_DEVICE_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "device_value: 1..%d bytes required", KMS_LINKS_DEVICE_MAX);
     SHA256(device->data, device->len, out->device_sha256);
     KMS_ENSURE(charset_ok(purpose, 1, KMS_LINK_PURPOSE_MAX, "._:-", false),
                KMS_ERR_INVALID_ARGUMENT, "purpose: 1..%d bytes of [a-z0-9._:-]",
@@ -180,9 +179,9 @@ kms_err kms_rpc_mint_link_token(struct kms_call *call, const ProtobufCMessage *m
                     "random number generator failed");
     int64_t now = kms_links_now(call->svc);
     t.expires_at = now + ttl;
-    struct kms_linkmac m = {k.tenant, k.key_id,  k.region,      v.version,       t.id,
-                            t.expires_at, req->purpose, bd.phone, bd.device_sha256,
-                            req->message_ref};
+    struct kms_linkmac m = {
+        k.tenant,     k.key_id,     k.region, v.version,        t.id,
+        t.expires_at, req->purpose, bd.phone, bd.device_sha256, req->message_ref};
     struct p11_key_id hk;
     memcpy(hk.b, v.hsm_id, sizeof(hk.b));
     KMS_GUARD_GOTO(hsm_tags(tok, &hk, &m, row.recipient, t.mac), done);
@@ -270,7 +269,7 @@ kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage 
     if (rc != KMS_OK)
         goto done;
 
-    struct kms_linkmac m = {k.tenant,     k.key_id,     k.region, t.key_version,   t.id,
+    struct kms_linkmac m = {k.tenant,     k.key_id,     k.region, t.key_version,    t.id,
                             t.expires_at, req->purpose, bd.phone, bd.device_sha256, NULL};
     /* The message reference is the row's; the MAC of a forged token fails
      * whatever it is, and the row is read in the store transaction. The
@@ -349,8 +348,8 @@ kms_err kms_rpc_revoke_link_tokens(struct kms_call *call, const ProtobufCMessage
         KMS_ENSURE_GOTO(ids != NULL, done, KMS_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < req->n_token_ids; i++)
             KMS_ENSURE_GOTO(kms_linktoken_id_parse(req->token_ids[i], ids[i]), done,
-                            KMS_ERR_INVALID_ARGUMENT,
-                            "token_ids %zu: not 24 lowercase hex digits", i);
+                            KMS_ERR_INVALID_ARGUMENT, "token_ids %zu: not 24 lowercase hex digits",
+                            i);
         KMS_GUARD_GOTO(kms_store_link_revoke(kms_service_store(call->svc), k.key_id,
                                              (const uint8_t(*)[KMS_LINK_ID_LEN])ids,
                                              req->n_token_ids, NULL, &revoked),
@@ -367,8 +366,8 @@ kms_err kms_rpc_revoke_link_tokens(struct kms_call *call, const ProtobufCMessage
                        done);
     }
     if (call->audit.detail[0] == '\0')
-        snprintf(call->audit.detail, sizeof(call->audit.detail),
-                 "%" PRIu32 " link tokens revoked", revoked);
+        snprintf(call->audit.detail, sizeof(call->audit.detail), "%" PRIu32 " link tokens revoked",
+                 revoked);
     Custos__V1__RevokeLinkTokensResponse resp = CUSTOS__V1__REVOKE_LINK_TOKENS_RESPONSE__INIT;
     resp.revoked = revoked;
     rc = kms_rpc_pack(&resp.base, reply);

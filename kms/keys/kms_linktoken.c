@@ -152,8 +152,7 @@ kms_err kms_linktoken_mac_input(const struct kms_linkmac *m, uint8_t *out, size_
     return KMS_OK;
 }
 
-kms_err kms_linktoken_recipient_input(const char *phone, uint8_t *out, size_t cap,
-                                      size_t *out_len)
+kms_err kms_linktoken_recipient_input(const char *phone, uint8_t *out, size_t cap, size_t *out_len)
 {
     static const char domain[] = "custos.link-recipient.v1";
     *out_len = 0;

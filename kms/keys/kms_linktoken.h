@@ -44,8 +44,7 @@ struct kms_linktoken {
 kms_err kms_linktoken_raw(const struct kms_linktoken *t, uint8_t out[KMS_LINKTOKEN_RAW_LEN]);
 
 /* The 48 characters (and a NUL) of t. */
-kms_err kms_linktoken_encode(const struct kms_linktoken *t,
-                             char out[KMS_LINKTOKEN_TEXT_LEN + 1]);
+kms_err kms_linktoken_encode(const struct kms_linktoken *t, char out[KMS_LINKTOKEN_TEXT_LEN + 1]);
 
 /* Parse exactly len bytes of text: 48 base64url characters of a format-1
  * token with a version >= 1. Anything else is KMS_ERR_INVALID_ARGUMENT
@@ -82,8 +81,7 @@ kms_err kms_linktoken_mac_input(const struct kms_linkmac *m, uint8_t *out, size_
 /* The blind index input of a recipient: "custos.link-recipient.v1" 0x00
  * and the canonical phone. A different domain from the MAC's, so an index
  * never equals a token's MAC. */
-kms_err kms_linktoken_recipient_input(const char *phone, uint8_t *out, size_t cap,
-                                      size_t *out_len);
+kms_err kms_linktoken_recipient_input(const char *phone, uint8_t *out, size_t cap, size_t *out_len);
 
 /* Token ids as 24 lowercase hex digits, and back (exactly that form). */
 void kms_linktoken_id_hex(const uint8_t id[KMS_LINKTOKEN_ID_LEN],

@@ -13,8 +13,8 @@
 
 #include "kms_store_internal.h"
 
-#define LINK_COLS                                                                                 \
-    "key_id, token_id, version, region, tenant, expires_at, created_at, state, attempts, "       \
+#define LINK_COLS                                                                                  \
+    "key_id, token_id, version, region, tenant, expires_at, created_at, state, attempts, "         \
     "max_attempts, recipient, token_hash, purpose, message_ref"
 
 const char *kms_link_verdict_name(enum kms_link_verdict v)
@@ -161,8 +161,9 @@ static kms_err row_get(struct store_conn *c, const struct key_tok *kt, struct km
 {
     struct store_bind b;
     *out_found = false;
-    KMS_GUARD(store_prep(c, "SELECT " LINK_COLS " FROM link_tokens "
-                            "WHERE key_id = ?1 AND token_id = ?2",
+    KMS_GUARD(store_prep(c,
+                         "SELECT " LINK_COLS " FROM link_tokens "
+                         "WHERE key_id = ?1 AND token_id = ?2",
                          op, &b));
     bind_key_tok(&b, kt);
     bool row = false;
@@ -206,8 +207,9 @@ static kms_err rate_step(struct store_conn *c, const struct kms_link_attempt *a,
 {
     struct rate_arg r = {a->key_id, a->recipient, a->now, 1};
     struct store_bind b;
-    KMS_GUARD(store_prep(c, "SELECT window_start, attempts FROM link_recipients "
-                            "WHERE key_id = ?1 AND recipient = ?2",
+    KMS_GUARD(store_prep(c,
+                         "SELECT window_start, attempts FROM link_recipients "
+                         "WHERE key_id = ?1 AND recipient = ?2",
                          op, &b));
     store_bind_text(&b, 1, r.key_id);
     store_bind_blob(&b, 2, r.recipient, KMS_LINK_RECIPIENT_LEN);
@@ -302,9 +304,9 @@ static kms_err redeem_tx(struct store_conn *c, void *varg, const char *op)
         break;
     }
     enum kms_link_verdict v = judge(a, &ra->row);
-    enum kms_link_state next = v == KMS_LINK_ACCEPTED                          ? KMS_LINK_USED
+    enum kms_link_state next = v == KMS_LINK_ACCEPTED                         ? KMS_LINK_USED
                                : ra->row.attempts + 1 >= ra->row.max_attempts ? KMS_LINK_VOID
-                                                                                : KMS_LINK_LIVE;
+                                                                              : KMS_LINK_LIVE;
     /* The compare-and-set: the row must still be live with the attempts
      * this transaction read. SQLite's BEGIN IMMEDIATE already orders
      * writers; the WHERE keeps it true on a store whose transactions are
@@ -389,8 +391,7 @@ kms_err kms_store_link_revoke(struct kms_store *store, const char *key_id,
                               const char *message_ref, uint32_t *out_revoked)
 {
     static const char op[] = "revoke link tokens";
-    KMS_ENSURE(store != NULL && out_revoked != NULL, KMS_ERR_USAGE, "store: %s: NULL argument",
-               op);
+    KMS_ENSURE(store != NULL && out_revoked != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_ENSURE(ids != NULL ? n >= 1 && n <= 1000
                            : message_ref && message_ref[0] &&
@@ -440,8 +441,8 @@ kms_err kms_store_link_get(struct kms_store *store, const char *key_id,
                            bool *out_found)
 {
     static const char op[] = "read link token";
-    KMS_ENSURE(store && token_id && out && out_found, KMS_ERR_USAGE,
-               "store: %s: NULL argument", op);
+    KMS_ENSURE(store && token_id && out && out_found, KMS_ERR_USAGE, "store: %s: NULL argument",
+               op);
     KMS_GUARD(store_check_key_id(key_id, op));
     struct key_tok kt = {key_id, token_id};
     return store_query_row(store,

@@ -20,11 +20,11 @@ static char workroot[4096], tmpdir[4200], dbpath[4300];
 static struct kms_store *store;
 static const char KEY[] = "0000000100c0ffee0000000000000001";
 
-#define ck_ok(expr)                                                                            \
-    do {                                                                                       \
-        kms_err ck_rc_ = (expr);                                                               \
-        ck_assert_msg(ck_rc_ == KMS_OK, "%s: %s: %s", #expr, kms_strerror(ck_rc_),              \
-                      kms_err_detail());                                                       \
+#define ck_ok(expr)                                                                                \
+    do {                                                                                           \
+        kms_err ck_rc_ = (expr);                                                                   \
+        ck_assert_msg(ck_rc_ == KMS_OK, "%s: %s: %s", #expr, kms_strerror(ck_rc_),                 \
+                      kms_err_detail());                                                           \
     } while (0)
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
