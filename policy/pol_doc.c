@@ -513,6 +513,16 @@ unsigned pol_tenant_recovery_time_lock_s(const struct pol_tenant *t)
     return t->recovery_time_lock_s;
 }
 
+unsigned pol_tenant_link_min_ttl_s(const struct pol_tenant *t)
+{
+    return t->link_min_ttl_s;
+}
+
+unsigned pol_tenant_link_max_ttl_s(const struct pol_tenant *t)
+{
+    return t->link_max_ttl_s;
+}
+
 const struct pol_recipient *pol_tenant_recipient(const struct pol_tenant *t, const char *id)
 {
     for (size_t i = 0; id != NULL && i < t->n_recipients; i++)

@@ -142,6 +142,26 @@ static void note(struct kms_call *call, const char *fmt, const char *a, const ch
 
 /* ---- MintLinkToken --------------------------------------------------------------- */
 
+/* The life a token may have: the service's bounds, narrowed by the
+ * tenant's own (policy link_tokens). */
+static kms_err ttl_bounds(struct kms_call *call, const struct kms_config *cfg, uint32_t *out_lo,
+                          uint32_t *out_hi)
+{
+    uint32_t lo = cfg->link_min_ttl_s, hi = cfg->link_max_ttl_s;
+    const struct pol_tenant *t = pol_principal_tenant(call->who);
+    if (t != NULL && pol_tenant_link_min_ttl_s(t) > lo)
+        lo = pol_tenant_link_min_ttl_s(t);
+    if (t != NULL && pol_tenant_link_max_ttl_s(t) != 0 && pol_tenant_link_max_ttl_s(t) < hi)
+        hi = pol_tenant_link_max_ttl_s(t);
+    KMS_ENSURE(lo <= hi, KMS_ERR_FAILED_PRECONDITION,
+               "the tenant's link_tokens bounds (policy) lie outside this service's "
+               "%u..%u seconds",
+               cfg->link_min_ttl_s, cfg->link_max_ttl_s);
+    *out_lo = lo;
+    *out_hi = hi;
+    return KMS_OK;
+}
+
 kms_err kms_rpc_mint_link_token(struct kms_call *call, const ProtobufCMessage *msg,
                                 struct kms_reply *reply)
 {
@@ -160,10 +180,15 @@ kms_err kms_rpc_mint_link_token(struct kms_call *call, const ProtobufCMessage *m
                         charset_ok(req->message_ref, 1, KMS_LINK_REF_MAX, "._:/-", true),
                     done, KMS_ERR_INVALID_ARGUMENT, "message_ref: 0..%d bytes of [A-Za-z0-9._:/-]",
                     KMS_LINK_REF_MAX);
-    uint32_t ttl = req->ttl_s ? req->ttl_s : cfg->link_default_ttl_s;
-    KMS_ENSURE_GOTO(ttl >= cfg->link_min_ttl_s && ttl <= cfg->link_max_ttl_s, done,
-                    KMS_ERR_INVALID_ARGUMENT, "ttl_s: %u..%u seconds (0: %u)", cfg->link_min_ttl_s,
-                    cfg->link_max_ttl_s, cfg->link_default_ttl_s);
+    uint32_t lo = 0, hi = 0;
+    KMS_GUARD_GOTO(ttl_bounds(call, cfg, &lo, &hi), done);
+    /* The default, held inside the bounds in force. */
+    uint32_t def = cfg->link_default_ttl_s < lo   ? lo
+                   : cfg->link_default_ttl_s > hi ? hi
+                                                  : cfg->link_default_ttl_s;
+    uint32_t ttl = req->ttl_s ? req->ttl_s : def;
+    KMS_ENSURE_GOTO(ttl >= lo && ttl <= hi, done, KMS_ERR_INVALID_ARGUMENT,
+                    "ttl_s: %u..%u seconds (0: %u)", lo, hi, def);
     KMS_ENSURE_GOTO(k.current_version <= KMS_LINKTOKEN_VERSION_MAX, done,
                     KMS_ERR_FAILED_PRECONDITION,
                     "key %s is past version %d, the last a link token can name", k.key_id,

@@ -339,6 +339,8 @@ def main():
                 t["grants"].append(
                     {"sid": "links-redeem-us", "key_id": G, "principals": ["demo-broker-us"],
                      "operations": ["RedeemLinkToken", "RevokeLinkTokens"]})
+                # The tenant's own, narrower bounds on a token's life.
+                t["link_tokens"] = {"min_ttl_s": 120, "max_ttl_s": 240}
                 for pr in t["principals"]:
                     if pr["id"] == "demo-broker-us":
                         pr["allowed_regions"] = ["eu-west"]
@@ -347,6 +349,13 @@ def main():
     reload_policy(grant)
     _, tgm, _ = mint(G, PU, DU)
     check(bool(tgm.token), "a grant of MintLinkToken lets demo-broker mint")
+    check(abs(tgm.expires_at - (int(time.time()) + 240)) <= 5,
+          "the default life (300 s) held to the tenant's max_ttl_s (240)")
+    s, m, _ = mint(G, PU, DU, ttl=100)
+    check(s == 400 and "120..240" in m.get("msg", ""),
+          f"ttl_s below the tenant's min_ttl_s (120), inside the service's: 400 [{m}]")
+    s, m, _ = mint(G, PU, DU, ttl=600)
+    check(s == 400, "ttl_s above the tenant's max_ttl_s: 400")
     s, m, _ = redeem(G, tgm.token, PU, DU)
     check(s == 403 and m.get("msg") != REFUSED, "... but not redeem (grant)")
     s, m, _ = redeem(G, tgm.token, PU, DU, who="demo-broker-us")
@@ -376,9 +385,9 @@ def main():
 
     # ---- the sweep ----------------------------------------------------------------------------
     PS, DS = phone(116), device("sweep")
-    _, ts, _ = mint(K, PS, DS, ttl=60)
+    _, ts, _ = mint(K, PS, DS, ttl=120)
     n_before = db.execute("SELECT count(*) FROM link_tokens").fetchone()[0]
-    set_clock(60 + 3600 + 5)
+    set_clock(120 + 3600 + 5)
     gone = False
     for _ in range(100):
         row = db.execute("SELECT count(*) FROM link_tokens WHERE token_id = ?",
