@@ -269,6 +269,8 @@ kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage 
     struct p11_token *tok = NULL;
     struct binding bd;
     memset(&bd, 0, sizeof(bd));
+    /* The token's bytes: a bearer secret until this redemption is done. */
+    uint8_t raw[KMS_LINKTOKEN_RAW_LEN] = {0};
     kms_err rc = KMS_OK;
 
     KMS_GUARD_GOTO(link_key(call, POL_OP_REDEEM_LINK_TOKEN, req->key_id, &k, &tok), done);
@@ -277,7 +279,6 @@ kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage 
     KMS_GUARD_GOTO(binding_from(req->phone, &req->device_value, req->purpose, &bd), done);
 
     struct kms_linktoken t;
-    uint8_t raw[KMS_LINKTOKEN_RAW_LEN];
     if (kms_linktoken_decode(req->token, strlen(req->token), &t, raw) != KMS_OK) {
         rc = refuse(call, "-", "malformed");
         goto done;
@@ -327,12 +328,11 @@ kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage 
     enum kms_link_verdict verdict = KMS_LINK_UNKNOWN;
     struct kms_link_record row;
     KMS_GUARD_GOTO(kms_store_link_redeem(kms_service_store(call->svc), &a, &verdict, &row), done);
-    OPENSSL_cleanse(raw, sizeof(raw));
     if (verdict != KMS_LINK_ACCEPTED) {
         rc = refuse(call, idhex, kms_link_verdict_name(verdict));
         goto done;
     }
-    note(call, "link token %s redeemed%s", idhex, "");
+    snprintf(call->audit.detail, sizeof(call->audit.detail), "link token %s redeemed", idhex);
     Custos__V1__RedeemLinkTokenResponse resp = CUSTOS__V1__REDEEM_LINK_TOKEN_RESPONSE__INIT;
     resp.token_id = idhex;
     resp.key_version = t.key_version;
@@ -341,6 +341,7 @@ kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage 
     rc = kms_rpc_pack(&resp.base, reply);
 done:
     OPENSSL_cleanse(&bd, sizeof(bd));
+    OPENSSL_cleanse(raw, sizeof(raw));
     return rc;
 }
 
