@@ -92,6 +92,28 @@ done
 [ $found -eq 0 ] || fail "phone numbers, device values or tokens were written"
 ok "no phone number, device value or token ($n needles) in kmsd.log, the store or the audit log"
 
+# ---- a token minted before a restart redeems after it, once ----------------------------
+tok3=$(as demo-broker link mint "$key" --phone '+14155550199' --device-file "$E2E_DIR/dev.bin" \
+    --purpose view-message | sed -n 's/^token: //p')
+printf '%s' "$tok3" >"$E2E_DIR/tok.txt"
+echo "$tok3" >>"$E2E_DIR/needles"
 e2e_scan_tokens
 e2e_stop
+e2e_start
+as demo-broker link redeem "$key" --token-file "$E2E_DIR/tok.txt" --phone '+14155550199' \
+    --device-file "$E2E_DIR/dev.bin" --purpose view-message >/dev/null ||
+    fail "a token minted before the restart does not redeem after it"
+if as demo-broker link redeem "$key" --token-file "$E2E_DIR/tok.txt" --phone '+14155550199' \
+    --device-file "$E2E_DIR/dev.bin" --purpose view-message >/dev/null 2>&1; then
+    fail "a token redeemed twice across a restart"
+fi
+ok "a token minted before a kmsd restart redeems after it, once"
+e2e_stop
+found=0
+for f in "$E2E_DIR"/kmsd.log "$E2E_DIR"/kmsd.db* "$E2E_DIR"/audit/*; do
+    [ -f "$f" ] || continue
+    grep -a -F -q -f "$E2E_DIR/needles" "$f" && found=1
+done
+[ $found -eq 0 ] || fail "personal data or a token written after the restart"
+ok "still nothing personal after the restart"
 trap - EXIT
