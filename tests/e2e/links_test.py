@@ -19,6 +19,10 @@ import sys
 import threading
 import time
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import escrow_pb2 as epb
 import key_pb2 as kpb
 import links_pb2 as lpb
 from audit_lib import Client, export_all
@@ -382,6 +386,38 @@ def main():
     _, tbk, _ = mint(bk, PB, DB, who="bank-broker")
     check(redeem(bk, tbk.token, PB, DB, who="bank-broker")[0] == 200,
           "the escrowed link key mints and redeems")
+    # Destroyed, then restored by M-of-N officers from its escrow blob: a
+    # token minted before the destruction redeems with the restored key.
+    _, tkeep, _ = mint(bk, PB, DB, ttl=900, who="bank-broker")
+    must("ScheduleKeyDeletion", kpb.ScheduleKeyDeletionRequest(key_id=bk, pending_window_days=1),
+         kpb.ScheduleKeyDeletionResponse, "bank-admin", "KeyService")
+    for _ in range(200):
+        d = must("DescribeKey", kpb.DescribeKeyRequest(key_id=bk), kpb.DescribeKeyResponse,
+                 "bank-admin", "KeyService").key
+        if d.state == kpb.DESTROYED:
+            break
+        time.sleep(0.2)
+    check(d.state == kpb.DESTROYED, "the escrowed link key is destroyed after its waiting period")
+    s, m, _ = redeem(bk, tkeep.token, PB, DB, who="bank-broker")
+    check(s == 412, f"redeeming with a DESTROYED key: failed_precondition ({s})")
+    rec = must("RequestRecovery", epb.RequestRecoveryRequest(
+        key_id=bk, mode=epb.RESTORE, restore_state=epb.RESTORE_ENABLED,
+        justification=epb.ACCIDENTAL_DELETION, justification_text="link key deleted",
+        case_reference="LINK-1"), epb.RequestRecoveryResponse, "bank-officer-1",
+        "EscrowService").recovery
+    for who in ("bank-officer-2", "bank-officer-3"):
+        okey = serialization.load_pem_private_key(
+            open(f"{DIR}/credentials/{who}.key.pem", "rb").read(), None)
+        sig = okey.sign(rec.statement.encode(), ec.ECDSA(hashes.SHA256()))
+        must("ApproveRecovery", epb.ApproveRecoveryRequest(recovery_id=rec.recovery_id,
+                                                           signature=sig),
+             epb.ApproveRecoveryResponse, who, "EscrowService")
+    s, ex, _ = call("ExecuteRecovery", epb.ExecuteRecoveryRequest(recovery_id=rec.recovery_id),
+                    epb.ExecuteRecoveryResponse, "bank-officer-1", "EscrowService")
+    check(s == 200 and ex.key_state == "ENABLED",
+          f"M-of-N RESTORE of the link key: ENABLED again ({s} {ex if s != 200 else ''})")
+    check(redeem(bk, tkeep.token, PB, DB, who="bank-broker")[0] == 200,
+          "a token minted before the destruction redeems with the restored HMAC key")
 
     # ---- the sweep ----------------------------------------------------------------------------
     PS, DS = phone(116), device("sweep")

@@ -3,13 +3,15 @@
 # links_test.py (round trip, every refusal's one answer and its own audit
 # reason, 100 concurrent redemptions of one token, expiry on the test clock,
 # the attempt limit, the per-recipient rate limit, rotation, residency,
-# roles and grants, revocation, escrow, the sweep); then nothing personal
+# roles and grants, revocation, escrow and its M-of-N restore, the sweep); then nothing personal
 # (phone number, device value, token) in the audit log, the store or
 # kmsd's log; the key-template scan of the HSM objects; kmsctl's verbs.
 set -eu
 . tests/e2e/lib.sh
 e2e_setup links
-CUSTOS_DEV_SWEEP_S=1 CUSTOS_DEV_HEAD_MS=100 \
+# Deletion "days" of one second, so that an escrowed link key can be
+# destroyed and restored by its officers within the test.
+CUSTOS_DEV_DAY_SECONDS=1 CUSTOS_DEV_MIN_DAYS=0 CUSTOS_DEV_SWEEP_S=1 CUSTOS_DEV_HEAD_MS=100 \
     sh -c 'rm -f "$0/kmsd.json"; BUILD="$1" KMSCTL="$2" sh deploy/dev-setup.sh "$0" "$3" >/dev/null' \
     "$E2E_DIR" "$BUILD_DIR" "$KMSCTL" "$E2E_PORT"
 # The link clock tests move (dev mode only), small limits so that the test
