@@ -3,9 +3,10 @@
 # links_test.py (round trip, every refusal's one answer and its own audit
 # reason, 100 concurrent redemptions of one token, expiry on the test clock,
 # the attempt limit, the per-recipient rate limit, rotation, residency,
-# roles and grants, revocation, escrow and its M-of-N restore, the sweep); then nothing personal
-# (phone number, device value, token) in the audit log, the store or
-# kmsd's log; the key-template scan of the HSM objects; kmsctl's verbs.
+# roles and grants, revocation, escrow and its M-of-N restore, the sweep);
+# then nothing personal (phone number, device value, token) in the audit
+# log, the store or kmsd's log; the key-template scan of the HSM objects;
+# kmsctl's verbs; a token that survives a restart, once.
 set -eu
 . tests/e2e/lib.sh
 e2e_setup links
