@@ -23,6 +23,7 @@
 #include "kmsctl_crypto.h"
 #include "kmsctl_escrow.h"
 #include "kmsctl_fields.h"
+#include "kmsctl_link.h"
 #include "kmsctl_hsm.h"
 #include "kmsctl_key.h"
 #include "kmsctl_key_import.h"
@@ -61,6 +62,9 @@ static const struct kmsctl_verb verbs[] = {
      "field-level encryption and blind indexes with a metadata key"},
     {"fields", "decrypt", kmsctl_fields_main, NULL},
     {"fields", "blind-index", kmsctl_fields_main, NULL},
+    {"link", "mint", kmsctl_link_main, "SMS-fallback link tokens: mint, redeem, revoke"},
+    {"link", "redeem", kmsctl_link_main, NULL},
+    {"link", "revoke", kmsctl_link_main, NULL},
     {"audit", "head", kmsctl_audit_main, "audit log: signed heads, keys, exports; offline verify"},
     {"audit", "keys", kmsctl_audit_main, NULL},
     {"audit", "export", kmsctl_audit_main, NULL},

@@ -57,6 +57,9 @@ static const struct op_row op_table[POL_OP__COUNT] = {
     [POL_OP_GET_PUBLIC_KEY] = {"GetPublicKey", POL_ROLE_BROKER, POL_TARGET_KEY},
     [POL_OP_SIGN] = {"Sign", POL_ROLE_BROKER, POL_TARGET_KEY},
     [POL_OP_VERIFY] = {"Verify", POL_ROLE_BROKER, POL_TARGET_KEY},
+    [POL_OP_MINT_LINK_TOKEN] = {"MintLinkToken", POL_ROLE_BROKER, POL_TARGET_KEY},
+    [POL_OP_REDEEM_LINK_TOKEN] = {"RedeemLinkToken", POL_ROLE_BROKER, POL_TARGET_KEY},
+    [POL_OP_REVOKE_LINK_TOKENS] = {"RevokeLinkTokens", POL_ROLE_BROKER, POL_TARGET_KEY},
 };
 
 const char *pol_role_name(enum pol_role role)
@@ -508,6 +511,16 @@ unsigned pol_tenant_recovery_ttl_s(const struct pol_tenant *t)
 unsigned pol_tenant_recovery_time_lock_s(const struct pol_tenant *t)
 {
     return t->recovery_time_lock_s;
+}
+
+unsigned pol_tenant_link_min_ttl_s(const struct pol_tenant *t)
+{
+    return t->link_min_ttl_s;
+}
+
+unsigned pol_tenant_link_max_ttl_s(const struct pol_tenant *t)
+{
+    return t->link_max_ttl_s;
 }
 
 const struct pol_recipient *pol_tenant_recipient(const struct pol_tenant *t, const char *id)

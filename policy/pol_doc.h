@@ -101,6 +101,10 @@ enum pol_op {
     POL_OP_GET_PUBLIC_KEY,
     POL_OP_SIGN,
     POL_OP_VERIFY,
+    /* broker: link tokens (docs/link-tokens.md) */
+    POL_OP_MINT_LINK_TOKEN,
+    POL_OP_REDEEM_LINK_TOKEN,
+    POL_OP_REVOKE_LINK_TOKENS,
     POL_OP__COUNT
 };
 
@@ -206,6 +210,11 @@ bool pol_tenant_is_quorum_officer(const struct pol_tenant *t, const struct pol_p
  * becomes executable (quorum.time_lock_s, default 0; < request_ttl_s). */
 unsigned pol_tenant_recovery_ttl_s(const struct pol_tenant *t);
 unsigned pol_tenant_recovery_time_lock_s(const struct pol_tenant *t);
+/* The tenant's own bounds on a link token's life (link_tokens.min_ttl_s,
+ * max_ttl_s; docs/link-tokens.md), inside the service's; 0 where the
+ * tenant sets none. */
+unsigned pol_tenant_link_min_ttl_s(const struct pol_tenant *t);
+unsigned pol_tenant_link_max_ttl_s(const struct pol_tenant *t);
 
 /* Recipients of EXPORT_WRAPPED recoveries, registered per tenant and region
  * in advance: an RSA public key (2048..4096 bits). NULL if the tenant has

@@ -66,6 +66,7 @@ struct pol_tenant {
     size_t n_officers;
     unsigned recovery_ttl_s;
     unsigned recovery_time_lock_s;
+    unsigned link_min_ttl_s, link_max_ttl_s; /* link_tokens; 0: the service's */
     struct pol_recipient *recipients;
     size_t n_recipients;
     struct pol_grant *grants; /* sorted by key_id, then document order */

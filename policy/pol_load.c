@@ -173,7 +173,24 @@ static int cmp_grant(const void *a, const void *b)
 
 static const char *const tenant_fields[] = {
     "id",     "description", "allowed_regions", "escrow_required",        "quorum",
-    "principals", "grants",  "recovery_recipients", "cross_region_re_encrypt", NULL};
+    "principals", "grants",  "recovery_recipients", "cross_region_re_encrypt", "link_tokens",
+    NULL};
+
+static const char *const link_fields[] = {"min_ttl_s", "max_ttl_s", NULL};
+
+/* link_tokens: the tenant's bounds on a link token's life, narrowing the
+ * service's (kmsd.json link_tokens), never widening them. */
+static kms_err load_link_bounds(struct pol_tenant *t, const json_t *obj, const char *path)
+{
+    KMS_GUARD(pol_json_check_fields(obj, path, link_fields));
+    KMS_GUARD(opt_uint(obj, path, "min_ttl_s", 1, 86400, 0, &t->link_min_ttl_s));
+    KMS_GUARD(opt_uint(obj, path, "max_ttl_s", 1, 86400, 0, &t->link_max_ttl_s));
+    KMS_ENSURE(t->link_min_ttl_s == 0 || t->link_max_ttl_s == 0 ||
+                   t->link_min_ttl_s <= t->link_max_ttl_s,
+               KMS_ERR_CONFIG, "%s: min_ttl_s (%u) is above max_ttl_s (%u)", path,
+               t->link_min_ttl_s, t->link_max_ttl_s);
+    return KMS_OK;
+}
 
 static const char *const route_fields[] = {"from", "to", "description", NULL};
 
@@ -269,6 +286,11 @@ static kms_err load_tenant(struct pol_loader *ld, const json_t *obj, const char 
     KMS_GUARD(
         pol_json_member(obj, path, "escrow_required", true, JSON_TRUE, "a boolean", fpath, &v));
     t->escrow_required = json_is_true(v);
+
+    KMS_GUARD(
+        pol_json_member(obj, path, "link_tokens", false, JSON_OBJECT, "an object", fpath, &v));
+    if (v != NULL)
+        KMS_GUARD(load_link_bounds(t, v, fpath));
 
     KMS_GUARD(pol_json_array(obj, path, "cross_region_re_encrypt", false, 0,
                              POL_MAX_RE_ENCRYPT_ROUTES, &v));

@@ -108,11 +108,12 @@ static void key_usage(FILE *f)
                "\n"
                "commands:\n"
                "  create --region R [--description D] [--origin hsm|external]\n"
-               "         [--spec aes-256|metadata|ec-p256|rsa-2048|rsa-3072|rsa-4096]\n"
+               "         [--spec aes-256|metadata|ec-p256|rsa-2048|rsa-3072|rsa-4096|link-token]\n"
                "         [--rotation-period P]\n"
                "                            create a key in region R: aes-256 (default) for\n"
                "                            encrypt/decrypt, metadata for kmsctl fields, a\n"
-               "                            key pair for sign/verify (docs/signing.md);\n"
+               "                            key pair for sign/verify (docs/signing.md),\n"
+               "                            link-token for kmsctl link (docs/link-tokens.md);\n"
                "                            rotated automatically every P (seconds, or with\n"
                "                            s, m, h, d: 90d)\n"
                "  describe KEY_ID           show a key\n"
@@ -226,6 +227,11 @@ static int do_create(struct kmsctl_rpc *rpc, const struct key_args *a)
             req.spec = pairs[i].spec;
             req.usage = CUSTOS__V1__KEY_USAGE__SIGN_VERIFY;
         }
+    /* Link tokens (docs/link-tokens.md). */
+    if (a->spec && strcasecmp(a->spec, "link-token") == 0) {
+        req.spec = CUSTOS__V1__KEY_SPEC__LINK_TOKEN_HMAC;
+        req.usage = CUSTOS__V1__KEY_USAGE__LINK_TOKEN;
+    }
     if (a->description)
         req.description = (char *)a->description;
     req.origin = a->origin && strcasecmp(a->origin, "external") == 0
@@ -398,9 +404,10 @@ static int key_option(struct key_args *a, int c, const char *arg)
         a->spec = arg;
         if (strcasecmp(arg, "aes-256") != 0 && strcasecmp(arg, "metadata") != 0 &&
             strcasecmp(arg, "ec-p256") != 0 && strcasecmp(arg, "rsa-2048") != 0 &&
-            strcasecmp(arg, "rsa-3072") != 0 && strcasecmp(arg, "rsa-4096") != 0) {
+            strcasecmp(arg, "rsa-3072") != 0 && strcasecmp(arg, "rsa-4096") != 0 &&
+            strcasecmp(arg, "link-token") != 0) {
             fprintf(stderr, "kmsctl key: --spec must be aes-256, metadata, ec-p256, rsa-2048, "
-                            "rsa-3072 or rsa-4096\n");
+                            "rsa-3072, rsa-4096 or link-token\n");
             return 0;
         }
         return 1;

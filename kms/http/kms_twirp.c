@@ -16,6 +16,7 @@
 #include "kms_fields.h"
 #include "kms_import.h"
 #include "kms_keyadmin.h"
+#include "kms_links.h"
 #include "kms_pbuf.h"
 #include "kms_recovery.h"
 #include "kms_sign.h"
@@ -23,6 +24,7 @@
 #include "proto/escrow.pb-c.h"
 #include "proto/fields.pb-c.h"
 #include "proto/key.pb-c.h"
+#include "proto/links.pb-c.h"
 
 /* The route table: one row per RPC, {service, method, request type,
  * response type, handler} (struct kms_route, kms_call.h). The front
@@ -75,6 +77,10 @@ static const struct kms_route routes[] = {
     ROUTE("KeyService", "GetPublicKey", kms_rpc_get_public_key, get_public_key),
     ROUTE("KeyService", "Sign", kms_rpc_sign, sign),
     ROUTE("KeyService", "Verify", kms_rpc_verify, verify),
+    /* LinkService: kms_links.h */
+    ROUTE("LinkService", "MintLinkToken", kms_rpc_mint_link_token, mint_link_token),
+    ROUTE("LinkService", "RedeemLinkToken", kms_rpc_redeem_link_token, redeem_link_token),
+    ROUTE("LinkService", "RevokeLinkTokens", kms_rpc_revoke_link_tokens, revoke_link_tokens),
 };
 
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))

@@ -30,8 +30,9 @@ static kms_err require_enabled(const struct kms_key_record *k)
      * half serves FieldService's field blobs only (kms_fields.c). */
     KMS_ENSURE(k->usage == KMS_KEY_USAGE_ENCRYPT_DECRYPT, KMS_ERR_INVALID_ARGUMENT,
                "key %s is not an ENCRYPT_DECRYPT key (%s)", k->key_id,
-               k->usage == KMS_KEY_USAGE_SIGN_VERIFY ? "a signing key: use Sign and Verify"
-                                                     : "use FieldService");
+               k->usage == KMS_KEY_USAGE_SIGN_VERIFY   ? "a signing key: use Sign and Verify"
+               : k->usage == KMS_KEY_USAGE_LINK_TOKEN ? "a link-token key: use LinkService"
+                                                      : "use FieldService");
     KMS_ENSURE(k->state == KMS_KEY_ENABLED, KMS_ERR_FAILED_PRECONDITION,
                "key is %s", kms_key_state_name(k->state));
     return KMS_OK;

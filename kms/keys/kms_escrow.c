@@ -32,9 +32,12 @@ kms_err kms_escrow_seal(struct kms_service *svc, struct p11_token *tok, const ch
     KMS_GUARD(kms_escrow_ready(svc, p11_token_region(tok)));
     kms_service_escrow_key(svc, p11_token_region(tok), &escrow);
     enum p11_key_kind parts[2] = {P11_KEY_AES_ENCRYPT, P11_KEY_HMAC_SHA256};
-    size_t n_parts = spec == KMS_KEY_SPEC_METADATA ? 2 : 1;
+    /* Part numbers are the index in parts[] (the recovery restores part 1
+     * as the HMAC key): a link-token version's one key is part 1. */
+    size_t first = spec == KMS_KEY_SPEC_HMAC_256 ? 1 : 0;
+    size_t n_parts = spec == KMS_KEY_SPEC_METADATA || spec == KMS_KEY_SPEC_HMAC_256 ? 2 : 1;
     kms_err rc = KMS_OK;
-    for (size_t i = 0; i < n_parts && rc == KMS_OK && store_blob; i++) {
+    for (size_t i = first; i < n_parts && rc == KMS_OK && store_blob; i++) {
         struct kms_escrow_record r;
         memset(&r, 0, sizeof(r));
         snprintf(r.key_id, sizeof(r.key_id), "%s", key_id);
@@ -52,7 +55,7 @@ kms_err kms_escrow_seal(struct kms_service *svc, struct p11_token *tok, const ch
     }
     /* Locked only once every blob is durable: a crash in between leaves a
      * CREATING version, discarded at start. */
-    for (size_t i = 0; i < n_parts && rc == KMS_OK; i++)
+    for (size_t i = first; i < n_parts && rc == KMS_OK; i++)
         rc = p11_key_lock_kind(tok, obj, parts[i]);
     return rc;
 }

@@ -159,20 +159,28 @@ static kms_err check_create_request(struct kms_call *call,
 {
     KMS_ENSURE(req->region[0] != '\0', KMS_ERR_INVALID_ARGUMENT, "region is required");
     bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
+    bool link = req->spec == CUSTOS__V1__KEY_SPEC__LINK_TOKEN_HMAC;
     /* Signing key pairs (kms_sign.h). */
     enum kms_key_spec pair_spec;
     bool pair = kms_sign_spec_from_proto(req->spec, &pair_spec);
-    KMS_ENSURE(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata || pair,
+    KMS_ENSURE(req->spec == CUSTOS__V1__KEY_SPEC__AES_256 || metadata || pair || link,
                KMS_ERR_INVALID_ARGUMENT,
-               "spec must be AES_256, METADATA_AES_HMAC, EC_P256, RSA_2048, RSA_3072 or "
-               "RSA_4096");
+               "spec must be AES_256, METADATA_AES_HMAC, EC_P256, RSA_2048, RSA_3072, "
+               "RSA_4096 or LINK_TOKEN_HMAC");
     KMS_ENSURE(pair       ? req->usage == CUSTOS__V1__KEY_USAGE__SIGN_VERIFY
                : metadata ? req->usage == CUSTOS__V1__KEY_USAGE__METADATA_FIELDS ||
                                 req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
+               : link     ? req->usage == CUSTOS__V1__KEY_USAGE__LINK_TOKEN ||
+                            req->usage == CUSTOS__V1__KEY_USAGE__KEY_USAGE_UNSPECIFIED
                           : req->usage == CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT,
                KMS_ERR_INVALID_ARGUMENT,
                "usage must be ENCRYPT_DECRYPT for AES_256, METADATA_FIELDS for "
-               "METADATA_AES_HMAC, SIGN_VERIFY for EC_P256 and RSA_*");
+               "METADATA_AES_HMAC, SIGN_VERIFY for EC_P256 and RSA_*, LINK_TOKEN for "
+               "LINK_TOKEN_HMAC");
+    KMS_ENSURE(!link || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL,
+               KMS_ERR_INVALID_ARGUMENT,
+               "LINK_TOKEN_HMAC keys are generated in the HSM; origin EXTERNAL is for AES_256 "
+               "keys");
     KMS_ENSURE(!pair || req->origin != CUSTOS__V1__KEY_ORIGIN__EXTERNAL,
                KMS_ERR_INVALID_ARGUMENT,
                "signing keys are generated in the HSM; origin EXTERNAL is for AES_256 keys");
@@ -204,6 +212,7 @@ kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
     const char *tenant = pol_principal_tenant_id(call->who);
     KMS_GUARD_GOTO(check_create_request(call, req), done);
     bool metadata = req->spec == CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
+    bool link = req->spec == CUSTOS__V1__KEY_SPEC__LINK_TOKEN_HMAC;
     enum kms_key_spec pair_spec = KMS_KEY_SPEC_AES_256;
     bool pair = kms_sign_spec_from_proto(req->spec, &pair_spec);
     KMS_GUARD_GOTO(kms_rpc_authorize_tenant(call, POL_OP_CREATE_KEY, req->region), done);
@@ -217,8 +226,9 @@ kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
     if (escrow)
         KMS_GUARD_GOTO(kms_escrow_ready(call->svc, req->region), done);
     KMS_GUARD_GOTO(kms_service_region_check(call->svc, req->region), done);
-    rc = pair ? kms_sign_supported(tok, pair_spec)
-              : p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
+    rc = pair   ? kms_sign_supported(tok, pair_spec)
+         : link ? p11_key_kind_supported(tok, P11_KEY_HMAC_SHA256)
+                : p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
     if (rc == KMS_OK && metadata)
         rc = p11_key_kind_supported(tok, P11_KEY_HMAC_SHA256);
     if (rc != KMS_OK)
@@ -234,9 +244,13 @@ kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
     snprintf(k.region, sizeof(k.region), "%s", req->region);
     snprintf(k.token, sizeof(k.token), "%s", p11_token_label(tok));
     snprintf(k.description, sizeof(k.description), "%s", req->description);
-    k.spec = pair ? pair_spec : metadata ? KMS_KEY_SPEC_METADATA : KMS_KEY_SPEC_AES_256;
+    k.spec = pair       ? pair_spec
+             : metadata ? KMS_KEY_SPEC_METADATA
+             : link     ? KMS_KEY_SPEC_HMAC_256
+                        : KMS_KEY_SPEC_AES_256;
     k.usage = pair       ? KMS_KEY_USAGE_SIGN_VERIFY
               : metadata ? KMS_KEY_USAGE_METADATA
+              : link     ? KMS_KEY_USAGE_LINK_TOKEN
                          : KMS_KEY_USAGE_ENCRYPT_DECRYPT;
     k.created_at = (int64_t)time(NULL);
     k.escrow_required = escrow;

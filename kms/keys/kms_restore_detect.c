@@ -52,6 +52,7 @@ static kms_err reattach_spec(struct p11_token *tok, const uint8_t hsm_id[KMS_HSM
     kms_err_clear();
     *usage = *spec == KMS_KEY_SPEC_AES_256    ? KMS_KEY_USAGE_ENCRYPT_DECRYPT
              : *spec == KMS_KEY_SPEC_METADATA ? KMS_KEY_USAGE_METADATA
+             : *spec == KMS_KEY_SPEC_HMAC_256 ? KMS_KEY_USAGE_LINK_TOKEN
                                               : KMS_KEY_USAGE_SIGN_VERIFY;
     return KMS_OK;
 }

@@ -72,8 +72,11 @@ kms_err kms_version_make(struct kms_service *svc, const char *request_id, struct
     /* A signing key's version is one pair, escrowed (when asked) by
      * kms_sign_version_make itself. */
     bool pair = kms_key_spec_is_pair(spec);
+    /* A link-token (HMAC_256) version is one generic secret, no AES key. */
     kms_err rc = pair ? kms_sign_version_make(svc, tok, key_id, version, &id, spec, label, escrow)
-                      : p11_key_generate(tok, P11_KEY_AES_ENCRYPT, flags, &id, label);
+                 : spec == KMS_KEY_SPEC_HMAC_256
+                     ? p11_key_generate(tok, P11_KEY_HMAC_SHA256, flags, &id, label)
+                     : p11_key_generate(tok, P11_KEY_AES_ENCRYPT, flags, &id, label);
     if (rc == KMS_OK && spec == KMS_KEY_SPEC_METADATA)
         rc = p11_key_generate(tok, P11_KEY_HMAC_SHA256, flags, &id, label);
     if (rc == KMS_OK && escrow && !pair)

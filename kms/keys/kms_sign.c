@@ -45,6 +45,8 @@ int kms_sign_spec_to_proto(enum kms_key_spec spec)
     switch (spec) {
     case KMS_KEY_SPEC_METADATA:
         return CUSTOS__V1__KEY_SPEC__METADATA_AES_HMAC;
+    case KMS_KEY_SPEC_HMAC_256:
+        return CUSTOS__V1__KEY_SPEC__LINK_TOKEN_HMAC;
     case KMS_KEY_SPEC_EC_P256:
         return CUSTOS__V1__KEY_SPEC__EC_P256;
     case KMS_KEY_SPEC_RSA_2048:
@@ -65,6 +67,8 @@ int kms_sign_usage_to_proto(enum kms_key_usage usage)
         return CUSTOS__V1__KEY_USAGE__METADATA_FIELDS;
     case KMS_KEY_USAGE_SIGN_VERIFY:
         return CUSTOS__V1__KEY_USAGE__SIGN_VERIFY;
+    case KMS_KEY_USAGE_LINK_TOKEN:
+        return CUSTOS__V1__KEY_USAGE__LINK_TOKEN;
     default:
         return CUSTOS__V1__KEY_USAGE__ENCRYPT_DECRYPT;
     }

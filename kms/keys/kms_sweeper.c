@@ -14,6 +14,7 @@
 #include "kms_config.h"
 #include "kms_import.h"
 #include "kms_keycache.h"
+#include "kms_links.h"
 #include "kms_log.h"
 #include "kms_reconcile.h"
 #include "kms_restore.h"
@@ -152,6 +153,9 @@ void kms_sweeper_round(struct kms_service *svc, int64_t now)
      * at expiry, not at the next import that happens to sweep. */
     if (kms_import_sweep(svc, now, IMPORT_SWEEP_BATCH, NULL) != KMS_OK)
         kms_log_error("sweeper", "import token sweep failed: %s", kms_err_detail());
+    /* Link token rows some time past their expiry. */
+    if (kms_links_sweep(svc, now, &n) != KMS_OK)
+        kms_log_error("sweeper", "link token sweep failed: %s", kms_err_detail());
     /* Automatic rotations: periods elapsed, usage thresholds reached. */
     if (kms_rotate_sweep(svc, now, &n) != KMS_OK)
         kms_log_error("sweeper", "rotation sweep failed: %s", kms_err_detail());

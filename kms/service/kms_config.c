@@ -416,11 +416,42 @@ static kms_err parse_import(json_t *root, struct kms_config *c)
     return KMS_OK;
 }
 
+/* "link_tokens": link token bounds (docs/link-tokens.md). */
+static kms_err parse_links(json_t *root, const char *dir, struct kms_config *c)
+{
+    static const char *const keys[] = {"min_ttl_s",         "max_ttl_s",          "default_ttl_s",
+                                       "max_attempts",      "recipient_limit",    "recipient_window_s",
+                                       "clock_skew_s",      "keep_expired_s",     "test_clock_file",
+                                       NULL};
+    json_t *s = NULL;
+    KMS_GUARD(get_section(root, "link_tokens", keys, &s));
+    if (s) {
+        const char *w = "link_tokens";
+        KMS_GUARD(get_unsigned(s, "min_ttl_s", w, 1, 86400, &c->link_min_ttl_s));
+        KMS_GUARD(get_unsigned(s, "max_ttl_s", w, 1, 86400, &c->link_max_ttl_s));
+        KMS_GUARD(get_unsigned(s, "default_ttl_s", w, 1, 86400, &c->link_default_ttl_s));
+        KMS_GUARD(get_unsigned(s, "max_attempts", w, 1, 100, &c->link_max_attempts));
+        KMS_GUARD(get_unsigned(s, "recipient_limit", w, 1, 100000, &c->link_recipient_limit));
+        KMS_GUARD(get_unsigned(s, "recipient_window_s", w, 1, 86400,
+                               &c->link_recipient_window_s));
+        KMS_GUARD(get_unsigned(s, "clock_skew_s", w, 0, 300, &c->link_skew_s));
+        KMS_GUARD(get_unsigned(s, "keep_expired_s", w, 0, 30 * 86400, &c->link_keep_expired_s));
+        KMS_GUARD(get_str(s, "test_clock_file", w, false, dir, true, &c->link_test_clock_file));
+    }
+    KMS_ENSURE(c->link_min_ttl_s <= c->link_default_ttl_s &&
+                   c->link_default_ttl_s <= c->link_max_ttl_s,
+               KMS_ERR_CONFIG, "link_tokens: needs min_ttl_s <= default_ttl_s <= max_ttl_s");
+    /* A clock tests can move has no place in production. */
+    KMS_ENSURE(c->link_test_clock_file == NULL || c->dev_mode, KMS_ERR_CONFIG,
+               "link_tokens.test_clock_file: only in dev mode");
+    return KMS_OK;
+}
+
 static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
                                       "limits", "deletion", "audit", "import",
-                                      "log", "health", "rotation", NULL};
+                                      "log", "health", "rotation", "link_tokens", NULL};
     KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
     KMS_GUARD(check_keys(root, "", top));
 
@@ -434,6 +465,7 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
     KMS_GUARD(parse_audit(root, dir, c));
     KMS_GUARD(parse_log_health(root, dir, c));
     KMS_GUARD(parse_import(root, c));
+    KMS_GUARD(parse_links(root, dir, c));
 
     /* A deletion window is the tenant's last chance to notice a mistake:
      * production keeps AWS's floor of 7 days. */
@@ -487,6 +519,16 @@ kms_err kms_config_load(const char *path, struct kms_config **out)
     c->audit_commit_delay_us = 200;
     c->audit_pg_poll_ms = 200;
     c->import_token_ttl_s = 86400;
+    /* Link tokens: an SMS is read within minutes; 5..15 minutes is the
+     * usual window, 10 by default. */
+    c->link_min_ttl_s = 60;
+    c->link_max_ttl_s = 900;
+    c->link_default_ttl_s = 600;
+    c->link_max_attempts = 5;
+    c->link_recipient_limit = 20;
+    c->link_recipient_window_s = 900;
+    c->link_skew_s = 30;
+    c->link_keep_expired_s = 86400;
     c->log_level = KMS_LOG_INFO;
     /* A load balancer probing every second costs one deep check per two
      * seconds; a removed token shows within that. */
@@ -541,6 +583,7 @@ void kms_config_free(struct kms_config *c)
         free(c->audit_pg[i].password_source);
     }
     free(c->log_file);
+    free(c->link_test_clock_file);
     free(c);
 }
 

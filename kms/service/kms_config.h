@@ -87,6 +87,18 @@ struct kms_config {
 
     unsigned import_token_ttl_s; /* BYOK: life of an import token and its wrapping key */
 
+    /* "link_tokens" (docs/link-tokens.md): the bounds a minted token's life
+     * must keep, attempts per token, redemption attempts per recipient per
+     * window, the clock skew redemption allows, and how long an expired
+     * row is kept (its refusals stay "expired", not "unknown") before the
+     * sweeper deletes it. test_clock_file: dev mode only, a file holding
+     * seconds added to the clock link tokens read (tests move time). */
+    unsigned link_min_ttl_s, link_max_ttl_s, link_default_ttl_s;
+    unsigned link_max_attempts;
+    unsigned link_recipient_limit, link_recipient_window_s;
+    unsigned link_skew_s, link_keep_expired_s;
+    char *link_test_clock_file;
+
     int log_level;          /* enum kms_log_level; $CUSTOS_LOG_LEVEL overrides it */
     char *log_file;         /* NULL: stderr (journald); reopened on SIGHUP */
     unsigned health_cache_ms; /* how long a /readyz deep check is reused */

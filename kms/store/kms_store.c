@@ -134,7 +134,7 @@ static kms_err check_new_key(const struct kms_key_record *key,
     KMS_ENSURE(key->spec >= KMS_KEY_SPEC_AES_256 && key->spec <= KMS_KEY_SPEC_LAST,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: unknown key spec %d", op, (int)key->spec);
     KMS_ENSURE(key->usage >= KMS_KEY_USAGE_ENCRYPT_DECRYPT &&
-                   key->usage <= KMS_KEY_USAGE_METADATA,
+                   key->usage <= KMS_KEY_USAGE_LAST,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: unknown key usage %d", op, (int)key->usage);
     KMS_ENSURE(key->origin == KMS_KEY_ORIGIN_HSM || key->origin == KMS_KEY_ORIGIN_EXTERNAL,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: unknown key origin %d", op,

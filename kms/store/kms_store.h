@@ -64,7 +64,7 @@
 #include "kms_error.h"
 
 /* Highest schema version this code knows; see kms_store_schema.c. */
-#define KMS_STORE_SCHEMA_VERSION 5
+#define KMS_STORE_SCHEMA_VERSION 6
 
 /* Key ids are 16 random bytes in 32 lowercase hex chars, made by the caller. */
 #define KMS_KEY_ID_LEN 32
@@ -109,7 +109,10 @@ enum kms_key_usage {
     KMS_KEY_USAGE_ENCRYPT_DECRYPT = 1,
     KMS_KEY_USAGE_SIGN_VERIFY = 2,
     KMS_KEY_USAGE_METADATA = 3,
+    /* Link tokens (spec HMAC_256, kms_store_links.h). */
+    KMS_KEY_USAGE_LINK_TOKEN = 4,
 };
+#define KMS_KEY_USAGE_LAST KMS_KEY_USAGE_LINK_TOKEN
 
 enum kms_key_origin {
     KMS_KEY_ORIGIN_HSM = 1,

@@ -204,6 +204,41 @@ static const struct migration migrations[] = {
      "  FOREIGN KEY (key_id, version) REFERENCES key_versions (key_id, version)"
      "    ON DELETE CASCADE"
      ") STRICT, WITHOUT ROWID;"},
+
+    {6, "link_tokens, link_recipients (SMS-fallback link tokens)",
+     /* One row per minted link token (docs/link-tokens.md). Nothing personal:
+      * the recipient is a truncated HMAC made in the HSM (a blind index),
+      * the token itself only as SHA-256. Redemption is a compare-and-set on
+      * state (0 live, 1 used, 2 revoked, 3 void: attempts exhausted).
+      * Rows are swept some time after they expire. */
+     "CREATE TABLE link_tokens ("
+     "  key_id      TEXT    NOT NULL,"
+     "  token_id    BLOB    NOT NULL CHECK (length(token_id) = 12),"
+     "  version     INTEGER NOT NULL CHECK (version >= 1),"
+     "  region      TEXT    NOT NULL,"
+     "  tenant      TEXT    NOT NULL,"
+     "  expires_at  INTEGER NOT NULL,"
+     "  created_at  INTEGER NOT NULL,"
+     "  state       INTEGER NOT NULL DEFAULT 0 CHECK (state BETWEEN 0 AND 3),"
+     "  attempts    INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),"
+     "  max_attempts INTEGER NOT NULL CHECK (max_attempts >= 1),"
+     "  recipient   BLOB    NOT NULL CHECK (length(recipient) = 16),"
+     "  token_hash  BLOB    NOT NULL CHECK (length(token_hash) = 32),"
+     "  purpose     TEXT    NOT NULL,"
+     "  message_ref TEXT    NOT NULL DEFAULT '',"
+     "  PRIMARY KEY (key_id, token_id),"
+     "  FOREIGN KEY (key_id) REFERENCES keys (key_id) ON DELETE CASCADE"
+     ") STRICT, WITHOUT ROWID;"
+     "CREATE INDEX link_tokens_expiry ON link_tokens (expires_at);"
+     "CREATE INDEX link_tokens_ref ON link_tokens (key_id, message_ref) WHERE message_ref <> '';"
+     /* Redemption attempts per recipient (blind index) in a fixed window. */
+     "CREATE TABLE link_recipients ("
+     "  key_id       TEXT    NOT NULL,"
+     "  recipient    BLOB    NOT NULL CHECK (length(recipient) = 16),"
+     "  window_start INTEGER NOT NULL,"
+     "  attempts     INTEGER NOT NULL CHECK (attempts >= 0),"
+     "  PRIMARY KEY (key_id, recipient)"
+     ") STRICT, WITHOUT ROWID;"},
 };
 
 #define MIGRATION_COUNT (sizeof(migrations) / sizeof(migrations[0]))

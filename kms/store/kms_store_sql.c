@@ -311,7 +311,7 @@ kms_err store_read_key(sqlite3_stmt *st, void *elem, const char *op)
     KMS_GUARD(store_col_text(st, 2, k->region, sizeof(k->region), op));
     KMS_GUARD(store_col_text(st, 3, k->token, sizeof(k->token), op));
     KMS_GUARD(store_col_enum(st, 4, KMS_KEY_SPEC_AES_256, KMS_KEY_SPEC_LAST, &spec, op));
-    KMS_GUARD(store_col_enum(st, 5, KMS_KEY_USAGE_ENCRYPT_DECRYPT, KMS_KEY_USAGE_METADATA,
+    KMS_GUARD(store_col_enum(st, 5, KMS_KEY_USAGE_ENCRYPT_DECRYPT, KMS_KEY_USAGE_LAST,
                              &usage, op));
     KMS_GUARD(store_col_enum(st, 6, KMS_KEY_ORIGIN_HSM, KMS_KEY_ORIGIN_EXTERNAL, &origin, op));
     KMS_GUARD(store_col_enum(st, 7, KMS_KEY_CREATING, KMS_KEY_DESTROYED, &state, op));

@@ -5,7 +5,9 @@
 #      with the audit log on, Encrypt with it off, latency at half of peak
 #   3. signing keys: raw C_Sign and the layer (bench_sign_p11), ECDSA P-256 and
 #      RSA-3072 PSS, then Sign over HTTP against them (bench_sign.py)
-#   4. TLS handshakes/s of openssl s_server with a custos: key (the OpenSSL
+#   4. link tokens: raw C_Sign(CKM_SHA256_HMAC) and the layer (bench_links_p11),
+#      then MintLinkToken and RedeemLinkToken over HTTP against it (bench_links.py)
+#   5. TLS handshakes/s of openssl s_server with a custos: key (the OpenSSL
 #      provider) and with a key file (bench_tls_provider.sh)
 # The table goes to stdout and to $BUILD/bench/results-<time>.txt.
 # BENCH_QUICK=1 makes a few-second smoke run (used by make check).
@@ -21,7 +23,7 @@ export SOFTHSM2_CONF="$work/hsm/softhsm2.conf"
 export CUSTOS_BENCH_HSM_DIR="$work/hsm"
 export CUSTOS_LOG_LEVEL=warn
 mkdir -p "$work/py" "$BUILD/bench"
-protoc --python_out="$work/py" -Iproto proto/key.proto proto/fields.proto
+protoc --python_out="$work/py" -Iproto proto/key.proto proto/fields.proto proto/links.proto
 quick=
 if [ -n "${BENCH_QUICK:-}" ]; then quick=--quick; secs=1; runs=1; else secs=${BENCH_SECONDS:-2}; runs=${BENCH_RUNS:-5}; fi
 out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
@@ -39,6 +41,12 @@ out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
     "$BUILD/bench/bench_sign_p11" "$secs" "$runs" | tee "$work/sign_p11.txt"
     echo
     /usr/bin/python3 tests/bench/bench_sign.py "$work" "$top/$BUILD" "$work/sign_p11.txt" $quick
+    # Link tokens (issue 19): the raw HSM HMAC, then Mint and Redeem over
+    # HTTP against it.
+    echo
+    "$BUILD/bench/bench_links_p11" "$secs" "$runs" | tee "$work/links_p11.txt"
+    echo
+    /usr/bin/python3 tests/bench/bench_links.py "$work" "$top/$BUILD" "$work/links_p11.txt" $quick
     # The custos OpenSSL provider: s_server handshakes with a custos: key
     # against the same server with a key file.
     echo

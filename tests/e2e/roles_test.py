@@ -35,6 +35,7 @@ import audit_pb2 as apb
 import escrow_pb2 as epb
 import fields_pb2 as fpb
 import key_pb2 as kpb
+import links_pb2 as lpb
 from audit_lib import Client, export_all
 
 DIR, PORT = sys.argv[1], int(sys.argv[2])
@@ -127,6 +128,11 @@ def fixtures():
     f["ext"] = new(origin=kpb.EXTERNAL)
     # A signing key of the escrow tenant: escrowed at birth (docs/signing.md).
     f["sign"] = new(kpb.EC_P256, kpb.SIGN_VERIFY)
+    # A link-token key of the escrow tenant, and a token the broker redeems.
+    f["link"] = new(kpb.LINK_TOKEN_HMAC, kpb.LINK_TOKEN)
+    f["ltok"] = must("custos.v1.LinkService", "MintLinkToken", lpb.MintLinkTokenRequest(
+        key_id=f["link"], phone="+447700900999", device_value=b"roles", purpose="roles"),
+        broker, lpb.MintLinkTokenResponse).token
     f["ct"] = must(KS, "Encrypt", kpb.EncryptRequest(key_id=f["key"], plaintext=b"roles"), broker,
                    kpb.EncryptResponse).ciphertext
     f["dk"] = must(KS, "GenerateDataKey", kpb.GenerateDataKeyRequest(key_id=f["key"],
@@ -198,6 +204,13 @@ def plausible(method, f):
                                         algorithm=kpb.ECDSA_SHA_256),
         "Verify": lambda: kpb.VerifyRequest(key_id=f["sign"], version=1, message=b"roles",
                                             algorithm=kpb.ECDSA_SHA_256, signature=b"\x30\x00"),
+        "MintLinkToken": lambda: lpb.MintLinkTokenRequest(
+            key_id=f["link"], phone="+447700900999", device_value=b"roles", purpose="roles"),
+        "RedeemLinkToken": lambda: lpb.RedeemLinkTokenRequest(
+            key_id=f["link"], token=f["ltok"], phone="+447700900999", device_value=b"roles",
+            purpose="roles"),
+        "RevokeLinkTokens": lambda: lpb.RevokeLinkTokensRequest(key_id=f["link"],
+                                                                message_ref="roles"),
         "GetSignedTreeHead": lambda: apb.GetSignedTreeHeadRequest(region="eu-west"),
         "ExportAuditLog": lambda: apb.ExportAuditLogRequest(region="eu-west", count=1),
         "GetAuditKeys": lambda: apb.GetAuditKeysRequest(region="eu-west"),
@@ -225,7 +238,7 @@ LAST = ["ImportKeyMaterial", "ApproveRecovery", "ExecuteRecovery", "CancelRecove
 
 def routes():
     out = []
-    for mod in (kpb, fpb, epb, apb):
+    for mod in (kpb, fpb, epb, apb, lpb):
         for svc in mod.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
                 out.append((svc.full_name, m.name, m.input_type.full_name))

@@ -32,5 +32,9 @@ echo "$out" | grep -Eq '^tls ec-p256 +custos key +[0-9]+/s +key file +[0-9]+/s' 
     echo "$out" | grep -Eq '^tls rsa-3072 +custos key +[0-9]+/s +key file +[0-9]+/s' &&
     echo "ok 8 - TLS handshakes with a custos: key and with a key file measured" ||
     { echo "$out"; echo "not ok 8 - no TLS provider rows"; exit 1; }
-[ "$(echo "$out" | grep -c '^errors: 0$')" -eq 4 ] && echo "ok 3 - no errors in any stage" ||
+echo "$out" | grep -Eq '^hmac raw +2 ' && echo "$out" | grep -Eq '^MintLinkToken \(audit on\) +[1-9][0-9]* ' &&
+    echo "$out" | grep -Eq '^RedeemLinkToken \(audit on\) +[1-9][0-9]* ' &&
+    echo "ok 9 - MintLinkToken and RedeemLinkToken over HTTP measured beside the raw HSM HMAC" ||
+    { echo "$out"; echo "not ok 9 - no link token rows"; exit 1; }
+[ "$(echo "$out" | grep -c '^errors: 0$')" -eq 6 ] && echo "ok 3 - no errors in any stage" ||
     { echo "$out"; echo "not ok 3 - errors in the smoke run"; exit 1; }

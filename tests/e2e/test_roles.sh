@@ -10,7 +10,7 @@ CUSTOS_DEV_HEAD_MS=100 \
     "$E2E_DIR" "$BUILD_DIR" "$KMSCTL" "$E2E_PORT"
 mkdir -p "$E2E_DIR/py"
 protoc --python_out="$E2E_DIR/py" -Iproto proto/key.proto proto/audit.proto proto/escrow.proto \
-    proto/fields.proto
+    proto/fields.proto proto/links.proto
 export PYTHONPATH="$E2E_DIR/py:tests/e2e"
 e2e_start
 trap 'e2e_stop >/dev/null 2>&1 || true' EXIT

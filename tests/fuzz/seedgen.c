@@ -24,6 +24,7 @@
 #include "kms_blob.h"
 #include "kms_fieldblob.h"
 #include "kms_import.h"
+#include "kms_linktoken.h"
 #include "kms_pjson.h"
 #include "kms_twirp.h"
 #include "proto/audit.pb-c.h"
@@ -326,6 +327,17 @@ static void blobs(void)
     tok[0] = 0x02;
     put("fuzz_import_token", "wrong-format", tok, sizeof(tok), NULL, 0);
     put("fuzz_import_token", "short", tok, 10, NULL, 0);
+
+    /* Link tokens: a valid one, and the same with a padding character. */
+    struct kms_linktoken lt = {.key_version = 1, .expires_at = 1796000000};
+    memset(lt.id, 0xa1, sizeof(lt.id));
+    memset(lt.mac, 0x3c, sizeof(lt.mac));
+    char text[KMS_LINKTOKEN_TEXT_LEN + 1];
+    if (kms_linktoken_encode(&lt, text) != KMS_OK)
+        die("kms_linktoken_encode");
+    put("fuzz_linktoken", "valid", (const uint8_t *)text, KMS_LINKTOKEN_TEXT_LEN, NULL, 0);
+    text[KMS_LINKTOKEN_TEXT_LEN - 1] = '=';
+    put("fuzz_linktoken", "padding", (const uint8_t *)text, KMS_LINKTOKEN_TEXT_LEN, NULL, 0);
 }
 
 /* ---- audit bundles ---------------------------------------------------------------------- */

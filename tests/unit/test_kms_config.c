@@ -156,6 +156,43 @@ START_TEST(import_token_ttl)
 }
 END_TEST
 
+/* link_tokens (docs/link-tokens.md): defaults, values read back, bounds,
+ * and the test clock refused outside dev mode. */
+START_TEST(link_token_keys)
+{
+    struct kms_config *c = NULL;
+    ck_assert_int_eq(load("{" TOKENS "}", &c), KMS_OK);
+    ck_assert_uint_eq(c->link_min_ttl_s, 60);
+    ck_assert_uint_eq(c->link_max_ttl_s, 900);
+    ck_assert_uint_eq(c->link_default_ttl_s, 600);
+    ck_assert_uint_eq(c->link_max_attempts, 5);
+    ck_assert_uint_eq(c->link_skew_s, 30);
+    ck_assert_ptr_null(c->link_test_clock_file);
+    kms_config_free(c);
+    ck_assert_int_eq(load("{" TOKENS ", \"link_tokens\": {\"max_attempts\": 3, "
+                          "\"recipient_limit\": 7, \"recipient_window_s\": 60}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_uint_eq(c->link_max_attempts, 3);
+    ck_assert_uint_eq(c->link_recipient_limit, 7);
+    ck_assert_uint_eq(c->link_recipient_window_s, 60);
+    kms_config_free(c);
+    ck_assert_int_eq(
+        load("{\"mode\": \"dev\", " TOKENS ", \"link_tokens\": {\"test_clock_file\": \"clk\"}}",
+             &c),
+        KMS_OK);
+    ck_assert_ptr_nonnull(c->link_test_clock_file);
+    kms_config_free(c);
+    expect_error("{" TOKENS ", \"link_tokens\": {\"test_clock_file\": \"clk\"}}",
+                 "link_tokens.test_clock_file: only in dev mode");
+    expect_error("{" TOKENS ", \"link_tokens\": {\"min_ttl_s\": 700}}",
+                 "link_tokens: needs min_ttl_s <= default_ttl_s <= max_ttl_s");
+    expect_error("{" TOKENS ", \"link_tokens\": {\"max_attempts\": 0}}",
+                 "link_tokens.max_attempts: must be an integer in 1..100");
+    expect_error("{" TOKENS ", \"link_tokens\": {\"ttl\": 60}}", "link_tokens.ttl: unknown key");
+}
+END_TEST
+
 START_TEST(operations_keys)
 {
     struct kms_config *c = NULL;
@@ -339,6 +376,7 @@ int main(void)
     tcase_add_test(tc, audit_commit_delay);
     tcase_add_test(tc, audit_postgresql);
     tcase_add_test(tc, rotation_keys);
+    tcase_add_test(tc, link_token_keys);
     tcase_add_test(tc, missing_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -1055,7 +1055,7 @@ START_TEST(test_bounds)
     REFUSED(k.key_id[31] = '\0');
     REFUSED(k.spec = 0);
     REFUSED(k.spec = KMS_KEY_SPEC_LAST + 1);
-    REFUSED(k.usage = 4);
+    REFUSED(k.usage = KMS_KEY_USAGE_LAST + 1);
     REFUSED(k.origin = 3);
     REFUSED(k.state = KMS_KEY_ENABLED);
     REFUSED(k.state = KMS_KEY_PENDING_IMPORT); /* HSM origin, and v1 given */
@@ -1517,6 +1517,7 @@ START_TEST(test_migration_1_to_2)
     /* Turn the file back into a schema-1 store. */
     sqlite3 *db = raw_open();
     ck_assert_int_eq(sqlite3_exec(db,
+                                  "DROP TABLE link_recipients; DROP TABLE link_tokens;"
                                   "DROP TABLE escrow_pairs;"
                                   "DROP TABLE recovery_approvals; DROP TABLE recoveries;"
                                   "DROP TABLE escrow_blobs;"

@@ -544,6 +544,41 @@ START_TEST(test_recovery_settings)
 }
 END_TEST
 
+/* A tenant's link token bounds (docs/link-tokens.md): read back, 0 when
+ * absent, each refused out of range, min above max refused. */
+START_TEST(test_link_token_bounds)
+{
+    struct pol_doc *doc = NULL;
+    json_t *d = base();
+    ck_assert_int_eq(load(d, &doc), KMS_OK);
+    const struct pol_tenant *t = pol_doc_tenant(doc, "acme");
+    ck_assert_uint_eq(pol_tenant_link_min_ttl_s(t), 0);
+    ck_assert_uint_eq(pol_tenant_link_max_ttl_s(t), 0);
+    pol_doc_unref(doc);
+
+    d = base();
+    set(d, "tenants[0]", "link_tokens", json_pack("{s:i, s:i}", "min_ttl_s", 300, "max_ttl_s", 600));
+    ck_assert_int_eq(load(d, &doc), KMS_OK);
+    t = pol_doc_tenant(doc, "acme");
+    ck_assert_uint_eq(pol_tenant_link_min_ttl_s(t), 300);
+    ck_assert_uint_eq(pol_tenant_link_max_ttl_s(t), 600);
+    pol_doc_unref(doc);
+
+    d = base();
+    set(d, "tenants[0]", "link_tokens", json_pack("{s:i, s:i}", "min_ttl_s", 601, "max_ttl_s", 600));
+    expect_error(d, "tenants[0].link_tokens: min_ttl_s (601) is above max_ttl_s (600)");
+    d = base();
+    set(d, "tenants[0]", "link_tokens", json_pack("{s:i}", "max_ttl_s", 0));
+    expect_error(d, "tenants[0].link_tokens.max_ttl_s: must be 1..86400");
+    d = base();
+    set(d, "tenants[0]", "link_tokens", json_pack("{s:i}", "ttl_s", 60));
+    expect_error(d, "tenants[0].link_tokens.ttl_s: unknown field");
+    d = base();
+    set(d, "tenants[0]", "link_tokens", json_integer(60));
+    expect_error(d, "tenants[0].link_tokens: expected an object, got integer");
+}
+END_TEST
+
 /* ---- grants -------------------------------------------------------------- */
 
 START_TEST(test_grants)
@@ -892,6 +927,7 @@ static Suite *pol_load_suite(void)
         {"officer_keys", test_officer_keys},
         {"quorum", test_quorum},
         {"recovery_settings", test_recovery_settings},
+        {"link_token_bounds", test_link_token_bounds},
         {"grants", test_grants},
         {"re_encrypt_routes", test_re_encrypt_routes},
         {"limits_size", test_limits_size},
