@@ -69,7 +69,8 @@ endif
 #   contract  what a handler is: call, reply, audit facts, packing, authorization
 #   keys      KeyService, FieldService, EscrowService handlers and key lifecycle
 #   auditsvc  AuditService handlers
-#   xks       the AWS KMS external key store proxy API: SigV4, its handlers
+#   xks       the AWS KMS external key store proxy API (SigV4, endpoints, wire rules,
+#             handlers): above keys, whose key layer (kms_keyuse, kms_usage) it uses
 #   http      the front: framing, decoding, route table, health, metrics page
 #   ctl       kmsctl (client side; reads logs/stores offline, never handlers)
 L_base     := kms/base
@@ -81,7 +82,7 @@ L_service  := $(L_audit) policy kms/service
 L_contract := $(L_service) kms/contract
 L_keys     := $(L_contract) kms/keys
 L_auditsvc := $(L_contract) kms/auditsvc
-L_xks      := $(L_contract) kms/xks
+L_xks      := $(L_keys) kms/xks
 L_http     := $(L_keys) kms/auditsvc kms/xks kms/http
 L_ctl      := $(L_audit) kms/service kms/ctl
 L_main     := $(L_http) kms/ctl

@@ -234,8 +234,8 @@ static int start(const struct kms_config *cfg, const struct kmsd_args *a,
 /* Serve until SIGTERM or SIGINT; SIGHUP reloads the policy and reopens the
  * log file. The watchdog is pinged from this loop, at half the interval
  * systemd gave: a main thread stuck anywhere gets kmsd restarted. */
-static void serve(const struct kms_config *cfg, struct kms_service *svc, const sigset_t *set,
-                  bool keep_dumpable)
+static void serve(const struct kms_config *cfg, struct kms_service *svc, struct kms_http *http,
+                  const sigset_t *set, bool keep_dumpable)
 {
     uint64_t wd_usec = kms_notify_watchdog_usec();
     if (wd_usec > 0)
@@ -261,6 +261,7 @@ static void serve(const struct kms_config *cfg, struct kms_service *svc, const s
             kms_log_info("kmsd", "SIGHUP: reloading policy%s",
                          cfg->log_file ? ", log file reopened" : "");
             kms_service_reload_policy(svc);
+            kms_http_reload(http);
             if (!keep_dumpable)
                 keep_no_core_dumps();
             notify("READY=1\nSTATUS=serving");
@@ -340,7 +341,7 @@ int main(int argc, char **argv)
         kms_log_info("kmsd", "ready (%s mode)", cfg->dev_mode ? "dev" : "production");
     notify("READY=1\nSTATUS=serving");
 
-    serve(cfg, svc, &set, keep_dumpable);
+    serve(cfg, svc, http, &set, keep_dumpable);
     notify("STOPPING=1\nSTATUS=draining");
     unsigned left = kms_http_drain(http, cfg->drain_timeout_s);
     if (left > 0)

@@ -13,6 +13,7 @@
 
 #include "kms_health.h"
 #include "kms_http.h"
+#include "xks_config.h"
 
 struct kms_http {
     struct MHD_Daemon *daemon;
@@ -25,6 +26,7 @@ struct kms_http {
     atomic_bool draining;  /* SIGTERM: no new connections, replies close theirs */
     bool suspend;          /* pool model with the audit log on: suspend while it commits */
     atomic_uint audit_waits; /* suspended connections the audit writer will resume */
+    struct xks_config_holder *xks; /* NULL: the XKS proxy API is off (docs/xks.md) */
 };
 
 /* libmicrohttpd's access handler: a request's headers, body and dispatch

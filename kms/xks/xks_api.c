@@ -31,6 +31,22 @@ static const struct {
     [XKS_E_INTERNAL] = {"InternalException", 500},
 };
 
+/* json_dumps of o as a plain malloc'd string (jansson's own blocks go back
+ * to its allocator: kmsd gives jansson a wiping one, kms_secret_alloc, whose
+ * blocks free() must not see). NULL when o is NULL or memory runs out. */
+static char *dump(json_t *o)
+{
+    char *j = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *out = j ? strdup(j) : NULL;
+    if (j != NULL) {
+        json_free_t jfree;
+        json_get_alloc_funcs(NULL, &jfree);
+        jfree(j);
+    }
+    json_decref(o);
+    return out;
+}
+
 const char *xks_error_name(enum xks_error e)
 {
     return (unsigned)e < XKS_E_COUNT ? errors[e].name : errors[XKS_E_INTERNAL].name;
@@ -48,10 +64,7 @@ char *xks_error_body(enum xks_error e, const char *message)
     for (const char *s = message ? message : ""; *s && n < sizeof(msg) - 1; s++)
         msg[n++] = (*s >= 0x20 && *s <= 0x7e) ? *s : '?';
     msg[n] = '\0';
-    json_t *o = json_pack("{s:s, s:s}", "errorName", xks_error_name(e), "errorMessage", msg);
-    char *out = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return out;
+    return dump(json_pack("{s:s, s:s}", "errorName", xks_error_name(e), "errorMessage", msg));
 }
 
 /* ---- paths ---- */
@@ -226,9 +239,7 @@ char *xks_metadata_body(unsigned usage_bits, bool enabled)
         json_array_append_new(use, json_string("DECRYPT"));
     json_t *o = json_pack("{s:s, s:o, s:s}", "keySpec", "AES_256", "keyUsage", use, "keyStatus",
                           enabled ? "ENABLED" : "DISABLED");
-    char *out = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return out;
+    return dump(o);
 }
 
 char *xks_encrypt_body(const uint8_t *ct, size_t ct_len, const uint8_t *md, size_t md_len,
@@ -246,9 +257,7 @@ char *xks_encrypt_body(const uint8_t *ct, size_t ct_len, const uint8_t *md, size
         json_object_set_new(o, "ciphertextMetadata", json_string(s_md));
     if (o != NULL && s_cdiv != NULL)
         json_object_set_new(o, "ciphertextDataIntegrityValue", json_string(s_cdiv));
-    if (o != NULL)
-        out = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
+    out = dump(o);
     free(s_ct);
     free(s_iv);
     free(s_tag);
@@ -288,7 +297,5 @@ char *xks_health_body(const char *vendor, const char *model, size_t n_tokens,
     json_t *o = json_pack("{s:i, s:s, s:s, s:s, s:o}", "xksProxyFleetSize", 1, "xksProxyVendor",
                           vendor, "xksProxyModel", model, "ekmVendor", vendor,
                           "ekmFleetDetails", fleet);
-    char *out = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return out;
+    return dump(o);
 }

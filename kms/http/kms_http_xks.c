@@ -1,0 +1,319 @@
+/*
+ * kms_http_xks.c - the XKS proxy API front (kms_http_xks.h).
+ *
+ * Every answer, success or refusal, is one audit event first (actor
+ * "xks:<tenant>:<access key id>" once the signature verified, else
+ * "xks:unauthenticated"; the kmsRequestId as its correlation id; the
+ * kmsOperation, AWS principal ARN and KMS key ARN in its detail). The event
+ * is written synchronously (kms_audit_request): the XKS path does not use
+ * the Twirp path's suspended group commit yet (docs/xks-status.md).
+ */
+#include "kms_http_xks.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "audit_event.h"
+#include "kms_buf.h"
+#include "kms_http_secret.h"
+#include "kms_log.h"
+#include "kms_service.h"
+#include "p11_token.h"
+#include "xks_api.h"
+#include "xks_config.h"
+#include "xks_ops.h"
+#include "xks_sigv4.h"
+
+struct kms_http_xks {
+    struct xks_path path;
+    char prefix[XKS_PATH_MAX + 1];
+    char url[XKS_PATH_MAX + 1];
+    struct kms_buf in;
+    bool too_large;
+    bool answered; /* refused at the first call */
+    char actor[200];
+};
+
+static const char *const op_names[] = {
+    [XKS_OP_NONE] = "XksInvalidPath", [XKS_OP_METADATA] = "XksGetKeyMetadata",
+    [XKS_OP_ENCRYPT] = "XksEncrypt",  [XKS_OP_DECRYPT] = "XksDecrypt",
+    [XKS_OP_HEALTH] = "XksGetHealthStatus",
+};
+
+bool kms_http_xks_claims(const char *url)
+{
+    struct xks_path p;
+    return xks_path_parse(url, &p);
+}
+
+/* The kms_err an XKS error is audited as. */
+static kms_err audit_code(enum xks_error e)
+{
+    switch (e) {
+    case XKS_E_AUTH_FAILED:
+        return KMS_ERR_UNAUTHENTICATED;
+    case XKS_E_ACCESS_DENIED:
+    case XKS_E_INVALID_KEY_USAGE:
+        return KMS_ERR_PERMISSION_DENIED;
+    case XKS_E_KEY_NOT_FOUND:
+        return KMS_ERR_NOT_FOUND;
+    case XKS_E_INVALID_URI_PATH:
+        return KMS_ERR_BAD_ROUTE;
+    case XKS_E_INVALID_STATE:
+        return KMS_ERR_FAILED_PRECONDITION;
+    case XKS_E_INVALID_CIPHERTEXT:
+        return KMS_ERR_BAD_CIPHERTEXT;
+    case XKS_E_THROTTLING:
+        return KMS_ERR_RESOURCE_EXHAUSTED;
+    case XKS_E_UNSUPPORTED:
+        return KMS_ERR_TOO_LARGE;
+    case XKS_E_DEPENDENCY_TIMEOUT:
+        return KMS_ERR_HSM_UNAVAILABLE;
+    case XKS_E_INTERNAL:
+        return KMS_ERR_INTERNAL;
+    default:
+        return KMS_ERR_INVALID_ARGUMENT;
+    }
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, struct kms_call *call,
+                                 unsigned status, char *body, size_t len, bool secret,
+                                 const char *allow)
+{
+    struct MHD_Response *r = NULL;
+    if (body == NULL)
+        return MHD_NO;
+    if (secret) {
+        /* the decrypted plaintext: wiped when MHD is done with it; the
+         * block passes to the response either way */
+        if (kms_http_secret_response((uint8_t *)body, len, &r) != KMS_OK)
+            return MHD_NO;
+    } else {
+        r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+        if (r == NULL) {
+            free(body);
+            return MHD_NO;
+        }
+    }
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "X-Request-Id", call->request_id);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (allow != NULL)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* The audit event, then the answer; the event failing fails the request. */
+static enum MHD_Result answer(struct MHD_Connection *c, struct kms_call *call,
+                              struct kms_http_xks *x, const struct xks_request *req, bool ok,
+                              enum xks_error e, const char *msg, struct xks_reply *reply)
+{
+    char detail[900];
+    snprintf(detail, sizeof(detail), "kmsOperation=%.64s principal=%.300s keyArn=%.300s%s%.200s",
+             req ? req->kms_operation : "", req ? req->principal_arn : "",
+             req ? req->key_arn : "", ok ? "" : ": ", ok ? "" : msg);
+    call->actor = x->actor;
+    const char *op = op_names[x->path.op];
+    kms_err outcome = ok ? KMS_OK : audit_code(e);
+    if (kms_audit_request(call, op, outcome, detail, req ? req->kms_request_id : "") != KMS_OK) {
+        kms_log_error("xks", "request %s %s: audit log unavailable: %s", call->request_id, op,
+                      kms_err_detail());
+        if (reply != NULL)
+            xks_reply_free(reply);
+        ok = false;
+        e = XKS_E_DEPENDENCY_TIMEOUT;
+        msg = "the audit log is unavailable; retry";
+    }
+    if (ok) {
+        enum MHD_Result rr = send_json(c, call, 200, reply->body, reply->len, reply->secret, NULL);
+        reply->body = NULL;
+        return rr;
+    }
+    kms_log_info("xks", "request %s %s: %s: %s", call->request_id, op, xks_error_name(e), msg);
+    char *body = xks_error_body(e, msg);
+    return send_json(c, call, (unsigned)xks_error_status(e), body, body ? strlen(body) : 0, false,
+                     NULL);
+}
+
+static enum MHD_Result refuse_early(struct MHD_Connection *c, struct kms_call *call,
+                                    struct kms_http_xks *x, unsigned status, enum xks_error e,
+                                    const char *msg, const char *allow)
+{
+    x->answered = true;
+    call->actor = x->actor;
+    if (kms_audit_request(call, op_names[x->path.op], audit_code(e), msg, "") != KMS_OK)
+        return MHD_NO;
+    char *body = xks_error_body(e, msg);
+    return send_json(c, call, status, body, body ? strlen(body) : 0, false, allow);
+}
+
+enum MHD_Result kms_http_xks_first(struct kms_http *h, struct MHD_Connection *c,
+                                   struct kms_call *call, const char *url, const char *method,
+                                   struct kms_http_xks **out)
+{
+    (void)h;
+    struct kms_http_xks *x = calloc(1, sizeof(*x));
+    if ((*out = x) == NULL)
+        return MHD_NO;
+    kms_buf_init(&x->in, KMS_HTTP_XKS_BODY_MAX);
+    snprintf(x->actor, sizeof(x->actor), "xks:unauthenticated");
+    xks_path_parse(url, &x->path);
+    if (strcmp(method, "POST") != 0)
+        return refuse_early(c, call, x, 405, XKS_E_VALIDATION, "use POST", "POST");
+    if (x->path.op == XKS_OP_NONE || strlen(url) > XKS_PATH_MAX)
+        return refuse_early(c, call, x, 404, XKS_E_INVALID_URI_PATH, "no such XKS path", NULL);
+    snprintf(x->url, sizeof(x->url), "%s", url);
+    snprintf(x->prefix, sizeof(x->prefix), "%.*s", (int)x->path.prefix_len, url);
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+    if (cl != NULL && strtoull(cl, NULL, 10) > KMS_HTTP_XKS_BODY_MAX)
+        return refuse_early(c, call, x, 501, XKS_E_UNSUPPORTED, "request body too large", NULL);
+    return MHD_YES;
+}
+
+/* ---- SigV4 ---- */
+
+struct hdr_find {
+    const char *name;
+    const char *value;
+    int count;
+};
+
+static enum MHD_Result hdr_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    (void)kind;
+    struct hdr_find *f = cls;
+    if (strcasecmp(key, f->name) == 0) {
+        f->count++;
+        f->value = value;
+    }
+    return MHD_YES;
+}
+
+/* A header's value, NULL when absent or sent more than once. */
+static const char *header_once(void *ctx, const char *name)
+{
+    struct hdr_find f = {name, NULL, 0};
+    MHD_get_connection_values(ctx, MHD_HEADER_KIND, hdr_iter, &f);
+    return f.count == 1 ? f.value : NULL;
+}
+
+static kms_err authenticate(struct MHD_Connection *c, struct kms_http_xks *x,
+                            const struct xks_endpoint *ep)
+{
+    xks_sigv4_auth auth;
+    KMS_GUARD(xks_sigv4_parse(header_once(c, "authorization"), &auth));
+    const uint8_t *secret;
+    size_t secret_len;
+    if (!xks_endpoint_secret(ep, auth.access_key, &secret, &secret_len))
+        return kms_err_set(KMS_ERR_UNAUTHENTICATED, "signature: unknown access key id");
+    xks_sigv4_req req = {"POST", x->url, "", header_once, c, x->in.data, x->in.len};
+    KMS_GUARD(xks_sigv4_verify(&req, &auth, "kms-xks-proxy", secret, secret_len, time(NULL)));
+    snprintf(x->actor, sizeof(x->actor), "xks:%s:%s", xks_endpoint_tenant(ep), auth.access_key);
+    return KMS_OK;
+}
+
+/* ---- health ---- */
+
+static kms_err health(struct kms_http *h, struct xks_reply *reply)
+{
+    size_t n = kms_service_n_tokens(h->svc);
+    if (n > 10)
+        n = 10;
+    const char *ids[10], *models[10], *st[10];
+    char idbuf[10][160];
+    bool ready = kms_health_ready(h->health); /* cached deep check, kms_health.h */
+    for (size_t i = 0; i < n; i++) {
+        struct p11_token *t = kms_service_token_at(h->svc, i);
+        snprintf(idbuf[i], sizeof(idbuf[i]), "%s/%s", p11_token_region(t), p11_token_label(t));
+        ids[i] = idbuf[i];
+        models[i] = "PKCS#11 token";
+        st[i] = ready && p11_token_available(t) ? "ACTIVE" : "UNAVAILABLE";
+    }
+    if (!ready) {
+        reply->err = XKS_E_DEPENDENCY_TIMEOUT;
+        return kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "the HSM or store is not ready");
+    }
+    reply->body = xks_health_body("Custos", "Custos kmsd XKS proxy", n, ids, models, st);
+    if (reply->body == NULL) {
+        reply->err = XKS_E_INTERNAL;
+        return kms_err_set(KMS_ERR_NOMEM, "out of memory");
+    }
+    reply->len = strlen(reply->body);
+    return KMS_OK;
+}
+
+/* The whole body is here: authenticate, parse, run, audit, answer. */
+static enum MHD_Result complete(struct kms_http *h, struct MHD_Connection *c,
+                                struct kms_call *call, struct kms_http_xks *x)
+{
+    struct xks_request req;
+    struct xks_reply reply = {0};
+    enum xks_error e = XKS_E_INTERNAL;
+    bool parsed = false, ok = false;
+    char msg[300] = "";
+    const struct xks_config *cfg = h->xks ? xks_config_holder_acquire(h->xks) : NULL;
+    const struct xks_endpoint *ep =
+        cfg ? xks_config_endpoint(cfg, x->prefix, strlen(x->prefix)) : NULL;
+    memset(&req, 0, sizeof(req));
+    kms_err_clear();
+    if (ep == NULL) {
+        e = XKS_E_INVALID_URI_PATH;
+        snprintf(msg, sizeof(msg), "no XKS endpoint at this path");
+    } else if (x->too_large) {
+        e = XKS_E_UNSUPPORTED;
+        snprintf(msg, sizeof(msg), "request body too large");
+    } else if (authenticate(c, x, ep) != KMS_OK) {
+        e = XKS_E_AUTH_FAILED;
+        snprintf(msg, sizeof(msg), "%s", kms_err_detail());
+    } else if (xks_request_parse(x->path.op, x->in.data, x->in.len, &req, &e) != KMS_OK) {
+        snprintf(msg, sizeof(msg), "%s", kms_err_detail());
+    } else {
+        parsed = true;
+        kms_err rc = x->path.op == XKS_OP_HEALTH
+                         ? health(h, &reply)
+                         : xks_ops_run(call, ep, x->path.key_id, &req, &reply);
+        ok = rc == KMS_OK;
+        e = reply.err;
+        snprintf(msg, sizeof(msg), "%s", ok ? "" : kms_err_detail());
+    }
+    enum MHD_Result r = answer(c, call, x, parsed ? &req : NULL, ok, e, msg, &reply);
+    xks_reply_free(&reply);
+    xks_request_wipe(&req);
+    if (cfg != NULL)
+        xks_config_holder_release(h->xks, cfg);
+    return r;
+}
+
+enum MHD_Result kms_http_xks_next(struct kms_http *h, struct MHD_Connection *c,
+                                  struct kms_call *call, struct kms_http_xks *x,
+                                  const char *upload_data, size_t *upload_size)
+{
+    if (x->answered) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        if (!x->too_large && kms_buf_append(&x->in, upload_data, *upload_size) != KMS_OK)
+            x->too_large = true;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    x->answered = true;
+    return complete(h, c, call, x);
+}
+
+void kms_http_xks_free(struct kms_http_xks *x)
+{
+    if (x == NULL)
+        return;
+    kms_buf_wipe(&x->in);
+    free(x);
+}

@@ -1,0 +1,215 @@
+#!/usr/bin/python3
+"""xks_test.py - the XKS proxy API of a running kmsd, signed with botocore.
+
+  xks_test.py PORT STATE_JSON
+
+STATE_JSON names the keys (enc_dec, enc_only, dec_only, none, disabled,
+other_tenant, missing) and the credentials (prefix, ak1/sk1, ak2/sk2).
+Prints "ok N - ..." / "not ok N - ..." lines; exits 1 on any failure.
+Plaintexts and secrets never go to argv or the output.
+"""
+import base64
+import hashlib
+import json
+import sys
+import urllib.error
+import urllib.request
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+PORT = int(sys.argv[1])
+S = json.load(open(sys.argv[2]))
+BASE = "http://127.0.0.1:%d" % PORT
+n = 0
+failed = 0
+
+
+def check(what, cond, info=""):
+    global n, failed
+    n += 1
+    if cond:
+        print("ok %d - %s" % (n, what))
+    else:
+        failed += 1
+        print("not ok %d - %s %s" % (n, what, info))
+
+
+def meta(op="Encrypt", rid="rid-1"):
+    return {"awsPrincipalArn": "arn:aws:iam::123456789012:user/Alice",
+            "kmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/abcd-1234",
+            "kmsOperation": op, "kmsRequestId": rid}
+
+
+def call(path, body, ak=None, sk=None, method="POST", sign=True, region="eu-west-1",
+         service="kms-xks-proxy", raw=None, headers=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = AWSRequest(method=method, url=BASE + path, data=data,
+                     headers={"Content-Type": "application/json", **(headers or {})})
+    if sign:
+        SigV4Auth(Credentials(ak or S["ak1"], sk or S["sk1"]), service, region).add_auth(req)
+    p = req.prepare()
+    r = urllib.request.Request(p.url, data=p.body if method != "GET" else None,
+                               method=method, headers=dict(p.headers))
+    try:
+        with urllib.request.urlopen(r) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        txt = e.read()
+        try:
+            return e.code, json.loads(txt)
+        except ValueError:
+            return e.code, {"raw": txt.decode(errors="replace")}
+
+
+def kp(key, op):
+    return "%s/kms/xks/v1/keys/%s/%s" % (S["prefix"], key, op)
+
+
+def is_err(res, status, name):
+    return res[0] == status and res[1].get("errorName") == name
+
+
+b64 = lambda b: base64.b64encode(b).decode()
+
+# --- round trip with AAD and CDIV --------------------------------------------
+pt = b"a 32-byte data key for the test!"
+aad = b"project=nile,department=marketing"
+st, enc = call(kp(S["enc_dec"], "encrypt"),
+               {"requestMetadata": meta(), "plaintext": b64(pt), "encryptionAlgorithm": "AES_GCM",
+                "additionalAuthenticatedData": b64(aad),
+                "ciphertextDataIntegrityValueAlgorithm": "SHA_256"})
+check("encrypt answers 200 with the spec's fields", st == 200 and
+      all(k in enc for k in ("ciphertext", "initializationVector", "authenticationTag",
+                             "ciphertextMetadata", "ciphertextDataIntegrityValue")), str(enc))
+if st == 200:
+    ct = base64.b64decode(enc["ciphertext"])
+    iv = base64.b64decode(enc["initializationVector"])
+    tag = base64.b64decode(enc["authenticationTag"])
+    md = base64.b64decode(enc["ciphertextMetadata"])
+    check("ciphertext as long as the plaintext, 12-byte IV, 16-byte tag, metadata <= 20 bytes",
+          len(ct) == len(pt) and len(iv) == 12 and len(tag) == 16 and len(md) <= 20)
+    want = hashlib.sha256(aad + md + iv + ct + tag).digest()
+    check("CDIV is SHA-256(aad || metadata || iv || ciphertext || tag), computed independently",
+          base64.b64decode(enc["ciphertextDataIntegrityValue"]) == want)
+    dec_body = {"requestMetadata": meta("Decrypt"), "encryptionAlgorithm": "AES_GCM",
+                "ciphertext": enc["ciphertext"], "ciphertextMetadata": enc["ciphertextMetadata"],
+                "initializationVector": enc["initializationVector"],
+                "authenticationTag": enc["authenticationTag"],
+                "additionalAuthenticatedData": b64(aad)}
+    st, dec = call(kp(S["enc_dec"], "decrypt"), dec_body)
+    check("decrypt gives the plaintext back", st == 200 and
+          base64.b64decode(dec.get("plaintext", "")) == pt)
+    for field, val, why in [
+            ("additionalAuthenticatedData", b64(b"project=nile,department=sales"), "other AAD"),
+            ("additionalAuthenticatedData", None, "AAD dropped"),
+            ("ciphertextMetadata", b64(md[:-1] + bytes([md[-1] ^ 1])), "metadata altered"),
+            ("ciphertextMetadata", None, "metadata dropped"),
+            ("ciphertext", b64(bytes([ct[0] ^ 1]) + ct[1:]), "ciphertext bit flipped"),
+            ("authenticationTag", b64(bytes([tag[0] ^ 1]) + tag[1:]), "tag altered"),
+            ("initializationVector", b64(bytes([iv[0] ^ 1]) + iv[1:]), "IV altered")]:
+        b = dict(dec_body)
+        if val is None:
+            del b[field]
+        else:
+            b[field] = val
+        res = call(kp(S["enc_dec"], "decrypt"), b)
+        check("decrypt with %s: InvalidCiphertextException 400" % why,
+              is_err(res, 400, "InvalidCiphertextException"), str(res))
+    # the spec's confusion case: metadata passed as AAD and no metadata
+    b = dict(dec_body)
+    b["additionalAuthenticatedData"] = enc["ciphertextMetadata"]
+    del b["ciphertextMetadata"]
+    check("metadata moved into the AAD does not decrypt",
+          is_err(call(kp(S["enc_dec"], "decrypt"), b), 400, "InvalidCiphertextException"))
+    # the other key of the same tenant does not open it
+    st, _ = call(kp(S["dec_only"], "decrypt"), dec_body)
+    check("another key does not decrypt it", st == 400)
+
+# --- metadata, usage restrictions, state ----------------------------------------
+st, m = call(kp(S["enc_dec"], "metadata"), {"requestMetadata": meta("DescribeKey")})
+check("metadata: AES_256, ENCRYPT+DECRYPT, ENABLED",
+      st == 200 and m == {"keySpec": "AES_256", "keyUsage": ["ENCRYPT", "DECRYPT"],
+                          "keyStatus": "ENABLED"}, str(m))
+st, m = call(kp(S["enc_only"], "metadata"), {"requestMetadata": meta("DescribeKey")})
+check("metadata of an encrypt-only key lists ENCRYPT only", st == 200 and m["keyUsage"] == ["ENCRYPT"])
+st, m = call(kp(S["disabled"], "metadata"), {"requestMetadata": meta("DescribeKey")})
+check("metadata of a disabled Custos key: keyStatus DISABLED", st == 200 and m["keyStatus"] == "DISABLED")
+encb = {"requestMetadata": meta(), "plaintext": b64(b"x"), "encryptionAlgorithm": "AES_GCM"}
+decb = {"requestMetadata": meta("Decrypt"), "encryptionAlgorithm": "AES_GCM",
+        "ciphertext": b64(b"x"), "ciphertextMetadata": b64(b"\x01\x00\x00\x00\x01"),
+        "initializationVector": b64(b"\x00" * 12), "authenticationTag": b64(b"\x00" * 16)}
+for key, op, body in [("dec_only", "encrypt", encb), ("none", "encrypt", encb),
+                      ("enc_only", "decrypt", decb), ("none", "decrypt", decb)]:
+    check("%s on a key without that usage (%s): InvalidKeyUsageException" % (op, key),
+          is_err(call(kp(S[key], op), body), 400, "InvalidKeyUsageException"))
+check("encrypt-only key encrypts", call(kp(S["enc_only"], "encrypt"), encb)[0] == 200)
+check("encrypt under a disabled key: InvalidStateException",
+      is_err(call(kp(S["disabled"], "encrypt"), encb), 400, "InvalidStateException"))
+for key in ("missing", "other_tenant", "unexposed"):
+    check("%s key: KeyNotFoundException 404" % key,
+          is_err(call(kp(S[key], "metadata"), {"requestMetadata": meta("DescribeKey")}), 404,
+                 "KeyNotFoundException"))
+
+# --- validation, paths, methods --------------------------------------------------
+check("missing plaintext: ValidationException",
+      is_err(call(kp(S["enc_dec"], "encrypt"), {"requestMetadata": meta(),
+                                                "encryptionAlgorithm": "AES_GCM"}),
+             400, "ValidationException"))
+check("encryptionAlgorithm AES_CBC: ValidationException",
+      is_err(call(kp(S["enc_dec"], "encrypt"), dict(encb, encryptionAlgorithm="AES_CBC")),
+             400, "ValidationException"))
+check("hostile JSON (duplicate member): ValidationException",
+      is_err(call(kp(S["enc_dec"], "encrypt"), None,
+                  raw=b'{"plaintext":"eA==","plaintext":"eA=="}'), 400, "ValidationException"))
+check("plaintext of 4301 bytes: UnsupportedOperationException 501",
+      is_err(call(kp(S["enc_dec"], "encrypt"), dict(encb, plaintext=b64(b"a" * 4301))), 501,
+             "UnsupportedOperationException"))
+check("4300-byte plaintext accepted",
+      call(kp(S["enc_dec"], "encrypt"), dict(encb, plaintext=b64(b"a" * 4300)))[0] == 200)
+check("unknown operation path: InvalidUriPathException 404",
+      is_err(call("%s/kms/xks/v1/keys/%s/sign" % (S["prefix"], S["enc_dec"]), encb), 404,
+             "InvalidUriPathException"))
+check("unknown prefix: InvalidUriPathException 404",
+      is_err(call("/nobody/kms/xks/v1/health", {"requestMetadata": meta("KmsHealthCheck")}), 404,
+             "InvalidUriPathException"))
+st, _ = call(kp(S["enc_dec"], "metadata"), None, method="GET", raw=b"")
+check("GET on an XKS path: 405", st == 405)
+
+# --- authentication ---------------------------------------------------------------
+hb = {"requestMetadata": {"kmsRequestId": "h-1", "kmsOperation": "KmsHealthCheck"}}
+st, h = call(S["prefix"] + "/kms/xks/v1/health", hb)
+check("health (credential set 1): 200 with fleet fields",
+      st == 200 and h.get("xksProxyFleetSize", 0) >= 1 and h.get("ekmFleetDetails") and
+      h["ekmFleetDetails"][0]["healthStatus"] in ("ACTIVE", "DEGRADED", "UNAVAILABLE"), str(h))
+check("health with credential set 2: 200",
+      call(S["prefix"] + "/kms/xks/v1/health", hb, S["ak2"], S["sk2"])[0] == 200)
+check("wrong secret: AuthenticationFailedException 401",
+      is_err(call(S["prefix"] + "/kms/xks/v1/health", hb, S["ak1"], S["sk2"]), 401,
+             "AuthenticationFailedException"))
+check("unknown access key: 401",
+      is_err(call(S["prefix"] + "/kms/xks/v1/health", hb, "AKIAUNKNOWNKEY234567", S["sk1"]),
+             401, "AuthenticationFailedException"))
+check("unsigned request: 401",
+      is_err(call(S["prefix"] + "/kms/xks/v1/health", hb, sign=False), 401,
+             "AuthenticationFailedException"))
+check("signed for another service: 401",
+      is_err(call(S["prefix"] + "/kms/xks/v1/health", hb, service="kms"), 401,
+             "AuthenticationFailedException"))
+check("other tenant's credentials on this prefix: 401",
+      is_err(call(S["prefix"] + "/kms/xks/v1/health", hb, S["other_ak"], S["other_sk"]), 401,
+             "AuthenticationFailedException"))
+# a request signed 10 minutes ago (replayed): botocore signs "now", so sign
+# with a fixed old date by hand through the same class
+import datetime
+from unittest import mock
+old = datetime.datetime.utcnow() - datetime.timedelta(minutes=10)
+with mock.patch("botocore.auth.datetime") as dt:
+    dt.datetime.utcnow.return_value = old
+    dt.datetime.strftime = datetime.datetime.strftime
+    res = call(S["prefix"] + "/kms/xks/v1/health", hb)
+check("signature dated 10 minutes ago: 401", is_err(res, 401, "AuthenticationFailedException"),
+      str(res))
+
+sys.exit(1 if failed else 0)
