@@ -4,8 +4,8 @@
  *   kmsd [--config PATH] [--check-config]
  *
  * Config: --config, else $CUSTOS_CONFIG, else /etc/custos/kmsd.json.
- * Signals: SIGHUP reloads the policy (a bad document is refused and the old
- * one stays) and reopens the log file; SIGTERM and SIGINT stop accepting,
+ * Signals: SIGHUP reloads the policy and the XKS endpoints file (a bad
+ * document is refused and the old one stays) and reopens the log file; SIGTERM and SIGINT stop accepting,
  * finish in-flight requests, flush the audit log and exit 0.
  *
  * Under systemd (Type=notify) it reports READY=1 once it listens,
@@ -52,7 +52,7 @@ static void usage(FILE *f)
                "                    nothing is ever destroyed (docs/operations.md)\n"
                "  -h, --help        this text\n"
                "\n"
-               "signals: SIGHUP reloads the policy and reopens the log file;\n"
+               "signals: SIGHUP reloads the policy and the XKS endpoints, reopens the log file;\n"
                "         SIGTERM/SIGINT shut down gracefully\n"
                "see kmsd(8), kmsd.json(5)\n"
                "exit codes: 0 clean shutdown or valid config, 1 start-up failure, 2 usage,\n"
