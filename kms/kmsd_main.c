@@ -5,8 +5,9 @@
  *
  * Config: --config, else $CUSTOS_CONFIG, else /etc/custos/kmsd.json.
  * Signals: SIGHUP reloads the policy and the XKS endpoints file (a bad
- * document is refused and the old one stays) and reopens the log file; SIGTERM and SIGINT stop accepting,
- * finish in-flight requests, flush the audit log and exit 0.
+ * document is refused and the old one stays) and reopens the log file;
+ * SIGTERM and SIGINT stop accepting, finish in-flight requests, flush the
+ * audit log and exit 0.
  *
  * Under systemd (Type=notify) it reports READY=1 once it listens,
  * RELOADING=1/READY=1 around a reload, STOPPING=1 at shutdown, and pings
