@@ -14,6 +14,7 @@
 #include "kms_health.h"
 #include "kms_http.h"
 #include "xks_config.h"
+#include "xks_health.h"
 
 struct kms_http {
     struct MHD_Daemon *daemon;
@@ -27,6 +28,7 @@ struct kms_http {
     bool suspend;          /* pool model with the audit log on: suspend while it commits */
     atomic_uint audit_waits; /* suspended connections the audit writer will resume */
     struct xks_config_holder *xks; /* NULL: the XKS proxy API is off (docs/xks.md) */
+    struct xks_health *xks_health; /* its deep check, when on */
 };
 
 /* libmicrohttpd's access handler: a request's headers, body and dispatch

@@ -71,8 +71,10 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
     h->cfg = kms_service_config(svc);
     const struct kms_config *cfg = h->cfg;
     KMS_GUARD_GOTO(kms_health_new(svc, cfg->health_cache_ms, &h->health), fail);
-    if (cfg->xks_config_path != NULL)
+    if (cfg->xks_config_path != NULL) {
         KMS_GUARD_GOTO(xks_config_holder_open(cfg->xks_config_path, &h->xks), fail);
+        KMS_GUARD_GOTO(xks_health_new(svc, &h->xks_health), fail);
+    }
 
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof(addr));
@@ -195,6 +197,7 @@ void kms_http_stop(struct kms_http *h)
     free(h->tls_ca);
     kms_health_free(h->health);
     xks_config_holder_free(h->xks);
+    xks_health_free(h->xks_health);
     free(h);
 }
 

@@ -23,7 +23,6 @@
 #include "kms_http_secret.h"
 #include "kms_log.h"
 #include "kms_service.h"
-#include "p11_token.h"
 #include "xks_api.h"
 #include "xks_config.h"
 #include "xks_ops.h"
@@ -224,24 +223,20 @@ static kms_err authenticate(struct MHD_Connection *c, struct kms_http_xks *x,
 
 static kms_err health(struct kms_http *h, struct xks_reply *reply)
 {
-    size_t n = kms_service_n_tokens(h->svc);
-    if (n > 10)
-        n = 10;
-    const char *ids[10], *models[10], *st[10];
-    char idbuf[10][160];
-    bool ready = kms_health_ready(h->health); /* cached deep check, kms_health.h */
-    for (size_t i = 0; i < n; i++) {
-        struct p11_token *t = kms_service_token_at(h->svc, i);
-        snprintf(idbuf[i], sizeof(idbuf[i]), "%s/%s", p11_token_region(t), p11_token_label(t));
-        ids[i] = idbuf[i];
-        models[i] = "PKCS#11 token";
-        st[i] = ready && p11_token_available(t) ? "ACTIVE" : "UNAVAILABLE";
+    struct xks_health_result r;
+    xks_health_get(h->xks_health, &r); /* a real GCM round trip per token, cached */
+    const char *ids[XKS_HEALTH_MAX_TOKENS], *models[XKS_HEALTH_MAX_TOKENS],
+        *st[XKS_HEALTH_MAX_TOKENS];
+    for (size_t i = 0; i < r.n; i++) {
+        ids[i] = r.id[i];
+        models[i] = r.model[i];
+        st[i] = r.status[i] == XKS_TOKEN_ACTIVE ? "ACTIVE" : "UNAVAILABLE";
     }
-    if (!ready) {
+    if (r.active == 0) {
         reply->err = XKS_E_DEPENDENCY_TIMEOUT;
-        return kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "the HSM or store is not ready");
+        return kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "no HSM token passed its health check");
     }
-    reply->body = xks_health_body("Custos", "Custos kmsd XKS proxy", n, ids, models, st);
+    reply->body = xks_health_body("Custos", "Custos kmsd XKS proxy", r.n, ids, models, st);
     if (reply->body == NULL) {
         reply->err = XKS_E_INTERNAL;
         return kms_err_set(KMS_ERR_NOMEM, "out of memory");

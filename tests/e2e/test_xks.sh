@@ -165,6 +165,14 @@ else
     flunk "a secret in kmsd's log"
 fi
 
+# the health checks' test keys were session objects: nothing left behind,
+# and every object on the tokens still matches DESIGN.md's templates
+if e2e_scan_tokens >"$W/scan.out" 2>&1; then
+    pass "token objects match the templates after the XKS calls (no test key left)"
+else
+    sed 's/^/#   /' "$W/scan.out"
+    flunk "token template scan"
+fi
 e2e_stop
 trap - EXIT
 [ "$failed" -eq 0 ] || exit 1
