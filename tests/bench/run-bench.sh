@@ -5,6 +5,7 @@
 #      with the audit log on, Encrypt with it off, latency at half of peak
 #   3. signing keys: raw C_Sign and the layer (bench_sign_p11), ECDSA P-256 and
 #      RSA-3072 PSS, then Sign over HTTP against them (bench_sign.py)
+#   2b. the XKS proxy API: XksEncrypt/XksDecrypt peak and at ~1,800 calls/s (bench_xks.py)
 #   4. TLS handshakes/s of openssl s_server with a custos: key (the OpenSSL
 #      provider) and with a key file (bench_tls_provider.sh)
 # The table goes to stdout and to $BUILD/bench/results-<time>.txt.
@@ -34,6 +35,9 @@ out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
     /usr/bin/python3 tests/bench/bench_tls.py "$work" "$top/$BUILD" $quick
     echo
     /usr/bin/python3 tests/bench/bench_http.py "$work" "$top/$BUILD" "$raw1" "$raw2" $quick
+    # The XKS proxy API (issue 18): encrypt/decrypt as AWS KMS calls them.
+    echo
+    /usr/bin/python3 tests/bench/bench_xks.py "$work" "$top/$BUILD" "$raw1" $quick
     # Signing keys (issue 16): raw C_Sign, then Sign over HTTP against it.
     echo
     "$BUILD/bench/bench_sign_p11" "$secs" "$runs" | tee "$work/sign_p11.txt"
