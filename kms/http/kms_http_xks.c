@@ -10,6 +10,7 @@
  */
 #include "kms_http_xks.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,14 +29,24 @@
 #include "xks_ops.h"
 #include "xks_sigv4.h"
 
+enum xks_audit { XKS_AUDIT_NONE, XKS_AUDIT_WAITING, XKS_AUDIT_DURABLE, XKS_AUDIT_LOST };
+
 struct kms_http_xks {
     struct xks_path path;
     char prefix[XKS_PATH_MAX + 1];
     char url[XKS_PATH_MAX + 1];
     struct kms_buf in;
     bool too_large;
-    bool answered; /* refused at the first call */
+    bool answered; /* refused at the first call, or answer() ran */
     char actor[200];
+    /* the answer held while its audit event is committed */
+    atomic_int audit; /* enum xks_audit */
+    struct kms_http *http;
+    struct MHD_Connection *conn;
+    unsigned status;
+    char *body;
+    size_t len;
+    bool secret;
 };
 
 static const char *const op_names[] = {
@@ -109,10 +120,60 @@ static enum MHD_Result send_json(struct MHD_Connection *c, struct kms_call *call
     return ret;
 }
 
-/* The audit event, then the answer; the event failing fails the request. */
-static enum MHD_Result answer(struct MHD_Connection *c, struct kms_call *call,
-                              struct kms_http_xks *x, const struct xks_request *req, bool ok,
-                              enum xks_error e, const char *msg, struct xks_reply *reply)
+/* The answer that waits for its audit event. */
+static void hold(struct kms_http_xks *x, unsigned status, char *body, size_t len, bool secret)
+{
+    x->status = status;
+    x->body = body;
+    x->len = len;
+    x->secret = secret;
+}
+
+static void drop_held(struct kms_http_xks *x)
+{
+    if (x->body != NULL && x->secret)
+        OPENSSL_cleanse(x->body, x->len);
+    free(x->body);
+    x->body = NULL;
+}
+
+static enum MHD_Result send_held(struct MHD_Connection *c, struct kms_call *call,
+                                 struct kms_http_xks *x)
+{
+    char *body = x->body;
+    x->body = NULL;
+    return send_json(c, call, x->status, body, x->len, x->secret, NULL);
+}
+
+/* The event could not be made durable: nothing is answered but 503. */
+static enum MHD_Result send_audit_lost(struct MHD_Connection *c, struct kms_call *call,
+                                       struct kms_http_xks *x)
+{
+    kms_log_error("xks", "request %s %s: audit log unavailable", call->request_id,
+                  op_names[x->path.op]);
+    drop_held(x);
+    char *body = xks_error_body(XKS_E_DEPENDENCY_TIMEOUT, "the audit log is unavailable; retry");
+    return send_json(c, call, 503, body, body ? strlen(body) : 0, false, NULL);
+}
+
+/* Runs on the audit writer thread once per suspended request. */
+static void audit_done(void *arg, bool durable)
+{
+    struct kms_http_xks *x = arg;
+    struct kms_http *h = x->http;
+    atomic_store(&x->audit, durable ? XKS_AUDIT_DURABLE : XKS_AUDIT_LOST);
+    MHD_resume_connection(x->conn);
+    atomic_fetch_sub(&h->audit_waits, 1); /* last: kms_http_stop waits for it */
+}
+
+/* The audit event, then the answer; the event failing fails the request.
+ * In the epoll pool the connection is suspended while the event waits for
+ * its group commit (as kms_http.c does for Twirp), so a worker is never
+ * blocked on fdatasync. */
+static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
+                              struct kms_call *call, struct kms_http_xks *x,
+                              const struct xks_request *req, bool ok, enum xks_error e,
+                              const char *msg, struct xks_reply *reply)
 {
     char detail[900];
     snprintf(detail, sizeof(detail), "kmsOperation=%.64s principal=%.300s keyArn=%.300s%s%.200s",
@@ -121,24 +182,33 @@ static enum MHD_Result answer(struct MHD_Connection *c, struct kms_call *call,
     call->actor = x->actor;
     const char *op = op_names[x->path.op];
     kms_err outcome = ok ? KMS_OK : audit_code(e);
-    if (kms_audit_request(call, op, outcome, detail, req ? req->kms_request_id : "") != KMS_OK) {
-        kms_log_error("xks", "request %s %s: audit log unavailable: %s", call->request_id, op,
-                      kms_err_detail());
-        if (reply != NULL)
-            xks_reply_free(reply);
-        ok = false;
-        e = XKS_E_DEPENDENCY_TIMEOUT;
-        msg = "the audit log is unavailable; retry";
-    }
     if (ok) {
-        enum MHD_Result rr = send_json(c, call, 200, reply->body, reply->len, reply->secret, NULL);
+        hold(x, 200, reply->body, reply->len, reply->secret);
         reply->body = NULL;
-        return rr;
+    } else {
+        kms_log_info("xks", "request %s %s: %s: %s", call->request_id, op, xks_error_name(e),
+                     msg);
+        char *body = xks_error_body(e, msg);
+        if (body == NULL)
+            return MHD_NO;
+        hold(x, (unsigned)xks_error_status(e), body, strlen(body), false);
     }
-    kms_log_info("xks", "request %s %s: %s: %s", call->request_id, op, xks_error_name(e), msg);
-    char *body = xks_error_body(e, msg);
-    return send_json(c, call, (unsigned)xks_error_status(e), body, body ? strlen(body) : 0, false,
-                     NULL);
+    const char *corr = req ? req->kms_request_id : "";
+    if (!h->suspend) {
+        if (kms_audit_request(call, op, outcome, detail, corr) != KMS_OK)
+            return send_audit_lost(c, call, x);
+        return send_held(c, call, x);
+    }
+    x->http = h;
+    x->conn = c;
+    atomic_store(&x->audit, XKS_AUDIT_WAITING);
+    atomic_fetch_add(&h->audit_waits, 1);
+    MHD_suspend_connection(c);
+    bool queued;
+    kms_err rc = kms_audit_request_submit(call, op, outcome, detail, corr, audit_done, x, &queued);
+    if (!queued)
+        audit_done(x, rc == KMS_OK);
+    return MHD_YES;
 }
 
 static enum MHD_Result refuse_early(struct MHD_Connection *c, struct kms_call *call,
@@ -279,7 +349,7 @@ static enum MHD_Result complete(struct kms_http *h, struct MHD_Connection *c,
         e = reply.err;
         snprintf(msg, sizeof(msg), "%s", ok ? "" : kms_err_detail());
     }
-    enum MHD_Result r = answer(c, call, x, parsed ? &req : NULL, ok, e, msg, &reply);
+    enum MHD_Result r = answer(h, c, call, x, parsed ? &req : NULL, ok, e, msg, &reply);
     xks_reply_free(&reply);
     xks_request_wipe(&req);
     if (cfg != NULL)
@@ -291,6 +361,13 @@ enum MHD_Result kms_http_xks_next(struct kms_http *h, struct MHD_Connection *c,
                                   struct kms_call *call, struct kms_http_xks *x,
                                   const char *upload_data, size_t *upload_size)
 {
+    int audit = atomic_load(&x->audit);
+    if (audit == XKS_AUDIT_DURABLE || audit == XKS_AUDIT_LOST) {
+        /* resumed by the audit writer */
+        *upload_size = 0;
+        atomic_store(&x->audit, XKS_AUDIT_NONE);
+        return audit == XKS_AUDIT_DURABLE ? send_held(c, call, x) : send_audit_lost(c, call, x);
+    }
     if (x->answered) {
         *upload_size = 0;
         return MHD_YES;
@@ -310,5 +387,6 @@ void kms_http_xks_free(struct kms_http_xks *x)
     if (x == NULL)
         return;
     kms_buf_wipe(&x->in);
+    drop_held(x); /* a client gone before its answer was sent */
     free(x);
 }
