@@ -14,7 +14,7 @@
 # never argv. Prints "ok N - ..."; exits 1 if any check failed.
 set -eu
 . tests/e2e/lib.sh
-e2e_setup xks
+CUSTOS_DEV_HEAD_MS=200 e2e_setup xks
 W="$E2E_DIR/xks"
 mkdir -p "$W"
 chmod 700 "$W"
@@ -79,7 +79,7 @@ print(json.dumps({"prefix": "/demo-xks", "ak1": "$AK1", "sk1": r("sk1"), "ak2": 
                   "missing": "0123456789abcdef0123456789abcdef"}))
 EOF
 )
-if /usr/bin/python3 tests/e2e/xks_test.py "$E2E_PORT" "$W/state.json" >"$W/py.out" 2>&1; then
+if /usr/bin/python3 tests/e2e/xks_test.py "$E2E_PORT" "$W/state.json" "$W/calls.txt" >"$W/py.out" 2>&1; then
     pass "botocore-signed XKS suite ($(grep -c '^ok' "$W/py.out") checks)"
 else
     sed 's/^/#   /' "$W/py.out"
@@ -89,8 +89,12 @@ fi
 # curl --aws-sigv4, as operators test proxies (spec, Appendix D)
 xcurl() { # xcurl AK SKFILE PATH BODYFILE -> $W/out, prints the status
     printf 'user = "%s:%s"\n' "$1" "$(cat "$2")" |
-        curl -sS -o "$W/out" -w '%{http_code}' -K - --aws-sigv4 "aws:amz:eu-west-1:kms-xks-proxy" \
+        curl -sS -o "$W/out" -D "$W/hdr" -w '%{http_code}' -K - \
+            --aws-sigv4 "aws:amz:eu-west-1:kms-xks-proxy" \
             -H "Content-Type: application/json" --data-binary @"$4" "http://127.0.0.1:$E2E_PORT$3"
+    rid=$(tr -d '\r' <"$W/hdr" | awk 'tolower($1) == "x-request-id:" {print $2}')
+    kid=$(sed -n 's/.*"kmsRequestId": *"\([^"]*\)".*/\1/p' "$4" | head -n 1)
+    echo "$rid $kid" >>"$W/calls.txt"
 }
 cat >"$W/enc.json" <<EOF
 {"requestMetadata": {"awsPrincipalArn": "arn:aws:iam::123456789012:user/Bob",
@@ -163,6 +167,52 @@ if ! grep -q "$(cat "$W/sk2")" "$E2E_DIR/kmsd.log"; then
     pass "no XKS secret in kmsd's log"
 else
     flunk "a secret in kmsd's log"
+fi
+
+# exactly one audit event per XKS call: every call's X-Request-Id is in
+# exactly one event (operation Xks*, its kmsRequestId as correlation id
+# once the body was authenticated), and no Xks event belongs to another
+# request
+mkdir -p "$W/py"
+protoc --python_out="$W/py" -Iproto proto/audit.proto proto/key.proto
+if PYTHONPATH="$W/py:tests/e2e" /usr/bin/python3 - "$E2E_PORT" "$E2E_DIR/credentials/auditor.key" \
+    "$W/calls.txt" >"$W/audit.out" 2>&1 <<'EOF'
+import sys, time
+from audit_lib import Client, export_all
+port, key, calls = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+want = {}
+for line in open(calls):
+    rid, _, kid = line.strip().partition(" ")
+    want[rid] = kid
+c = Client(port, key)
+for _ in range(50):
+    evs = []
+    for region in ("eu-west", "us-east"):
+        evs += [e for e in export_all(c, region)[1] if e.operation.startswith("Xks")]
+    seen = {}
+    for e in evs:
+        seen.setdefault(e.request_id, []).append(e)
+    if all(r in seen for r in want):
+        break
+    time.sleep(0.2)
+missing = [r for r in want if r not in seen]
+twice = [r for r, l in seen.items() if len(l) != 1]
+extra = [r for r in seen if r not in want]
+# a request refused before its body was authenticated and parsed has no
+# correlation id (untrusted text stays out of the log); every other has it
+badcorr = [r for r, k in want.items() if r in seen and seen[r][0].correlation_id != k and
+           (seen[r][0].outcome == "ok" or seen[r][0].correlation_id != "")]
+okcount = sum(1 for e in evs if e.outcome == "ok" and e.correlation_id)
+print(len(want), "calls;", len(evs), "Xks events;", okcount, "ok with their kmsRequestId")
+print("missing", missing[:3], "twice", twice[:3], "extra", extra[:3], "bad corr", badcorr[:3])
+sys.exit(0 if len(want) > 40 and okcount > 10 and not (missing or twice or extra or badcorr)
+         else 1)
+EOF
+then
+    pass "exactly one audit event per XKS call ($(head -n 1 "$W/audit.out")), kmsRequestId as correlation id"
+else
+    sed 's/^/#   /' "$W/audit.out"
+    flunk "one audit event per XKS call"
 fi
 
 # the health checks' test keys were session objects: nothing left behind,

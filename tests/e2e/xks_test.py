@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """xks_test.py - the XKS proxy API of a running kmsd, signed with botocore.
 
-  xks_test.py PORT STATE_JSON
+  xks_test.py PORT STATE_JSON CALLS_LOG
 
 STATE_JSON names the keys (enc_dec, enc_only, dec_only, none, disabled,
 other_tenant, missing) and the credentials (prefix, ak1/sk1, ak2/sk2).
@@ -22,6 +22,8 @@ from botocore.credentials import Credentials
 PORT = int(sys.argv[1])
 S = json.load(open(sys.argv[2]))
 BASE = "http://127.0.0.1:%d" % PORT
+# every call's X-Request-Id and kmsRequestId, for the audit check of test_xks.sh
+LOG = open(sys.argv[3], "a")
 n = 0
 failed = 0
 
@@ -52,10 +54,13 @@ def call(path, body, ak=None, sk=None, method="POST", sign=True, region="eu-west
     p = req.prepare()
     r = urllib.request.Request(p.url, data=p.body if method != "GET" else None,
                                method=method, headers=dict(p.headers))
+    rid = body.get("requestMetadata", {}).get("kmsRequestId", "") if isinstance(body, dict) else ""
     try:
         with urllib.request.urlopen(r) as resp:
+            LOG.write("%s %s\n" % (resp.headers.get("X-Request-Id"), rid))
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as e:
+        LOG.write("%s %s\n" % (e.headers.get("X-Request-Id"), rid))
         txt = e.read()
         try:
             return e.code, json.loads(txt)
