@@ -73,7 +73,7 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
     KMS_GUARD_GOTO(kms_health_new(svc, cfg->health_cache_ms, &h->health), fail);
     if (cfg->xks_config_path != NULL) {
         KMS_GUARD_GOTO(xks_config_holder_open(cfg->xks_config_path, &h->xks), fail);
-        KMS_GUARD_GOTO(xks_health_new(svc, &h->xks_health), fail);
+        KMS_GUARD_GOTO(xks_health_new(svc, cfg->health_cache_ms, &h->xks_health), fail);
     }
 
     struct sockaddr_in addr;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
@@ -22,15 +23,26 @@ struct xks_health {
     pthread_mutex_t mu;   /* guards last, when, have */
     pthread_mutex_t run;  /* held by the one caller running a check */
     struct xks_health_result last;
-    time_t when;
+    uint64_t when_ns; /* CLOCK_MONOTONIC of the last check */
+    uint64_t max_age_ns;
     bool have;
 };
 
-kms_err xks_health_new(struct kms_service *svc, struct xks_health **out)
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+kms_err xks_health_new(struct kms_service *svc, unsigned max_age_ms, struct xks_health **out)
 {
     struct xks_health *h = calloc(1, sizeof(*h));
     KMS_ENSURE(h != NULL, KMS_ERR_NOMEM, "out of memory");
     h->svc = svc;
+    if (max_age_ms > XKS_HEALTH_MAX_AGE_MS)
+        max_age_ms = XKS_HEALTH_MAX_AGE_MS;
+    h->max_age_ns = (uint64_t)max_age_ms * 1000000u;
     pthread_mutex_init(&h->mu, NULL);
     pthread_mutex_init(&h->run, NULL);
     *out = h;
@@ -95,9 +107,9 @@ static void run_check(struct xks_health *h, struct xks_health_result *r)
 
 void xks_health_get(struct xks_health *h, struct xks_health_result *out)
 {
-    time_t now = time(NULL);
+    uint64_t now = now_ns();
     pthread_mutex_lock(&h->mu);
-    bool fresh = h->have && now - h->when < XKS_HEALTH_MAX_AGE_S && now >= h->when;
+    bool fresh = h->have && now - h->when_ns < h->max_age_ns;
     bool have = h->have;
     if (fresh || have)
         *out = h->last;
@@ -105,14 +117,14 @@ void xks_health_get(struct xks_health *h, struct xks_health_result *out)
     if (fresh)
         return;
     /* Stale: one caller refreshes; the others answer the previous result
-     * (at most XKS_HEALTH_MAX_AGE_S plus one check old), or wait for the
+     * (at most max_age plus one check old), or wait for the
      * first result there is. */
     if (have && pthread_mutex_trylock(&h->run) != 0)
         return;
     if (!have)
         pthread_mutex_lock(&h->run);
     pthread_mutex_lock(&h->mu);
-    bool done = h->have && time(NULL) - h->when < XKS_HEALTH_MAX_AGE_S;
+    bool done = h->have && now_ns() - h->when_ns < h->max_age_ns;
     if (done)
         *out = h->last;
     pthread_mutex_unlock(&h->mu);
@@ -121,7 +133,7 @@ void xks_health_get(struct xks_health *h, struct xks_health_result *out)
         run_check(h, &r);
         pthread_mutex_lock(&h->mu);
         h->last = r;
-        h->when = time(NULL);
+        h->when_ns = now_ns();
         h->have = true;
         *out = r;
         pthread_mutex_unlock(&h->mu);

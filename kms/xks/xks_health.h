@@ -3,8 +3,8 @@
  * a real AES-256-GCM round trip in the HSM on a test key that belongs to no
  * tenant (a session object generated for the check and destroyed after it,
  * so it never appears among the token's keys or in a tenant's audit log),
- * cached so that the answer is at most XKS_HEALTH_MAX_AGE_S old (the spec's
- * one minute) and a burst of health calls costs one check.
+ * cached so that the answer is at most max_age_ms old (the spec allows one
+ * minute) and a burst of health calls costs one check.
  *
  * Thread-safe: while one caller runs the check, the others get the previous
  * result (or wait for the first one).
@@ -17,9 +17,10 @@
 #include "kms_error.h"
 #include "kms_service.h"
 
-/* A result older than this is refreshed before answering (well under the
- * spec's one minute, so the answer is never older than a minute). */
-#define XKS_HEALTH_MAX_AGE_S 30
+/* A result older than max_age_ms (kmsd's health.cache_ms, at most this)
+ * is refreshed before answering: well under the spec's one minute, so the
+ * answer is never older than a minute. */
+#define XKS_HEALTH_MAX_AGE_MS 30000
 #define XKS_HEALTH_MAX_TOKENS 10 /* the spec's ekmFleetDetails limit */
 
 enum xks_token_health { XKS_TOKEN_ACTIVE, XKS_TOKEN_UNAVAILABLE };
@@ -34,7 +35,7 @@ struct xks_health_result {
 
 struct xks_health;
 
-kms_err xks_health_new(struct kms_service *svc, struct xks_health **out);
+kms_err xks_health_new(struct kms_service *svc, unsigned max_age_ms, struct xks_health **out);
 void xks_health_free(struct xks_health *h);
 
 /* The current result (refreshed first when stale) into *out. */

@@ -215,6 +215,45 @@ else
     flunk "one audit event per XKS call"
 fi
 
+# health when the HSM fails: the same tokens through the fault-injecting
+# PKCS#11 shim (tests/p11fault), health.cache_ms 0 so each call checks
+e2e_stop
+endpoints "$C2" # a good file again (the last reload left a broken one)
+/usr/bin/python3 - "$E2E_DIR" "$BUILD_DIR/lib/p11_fault.so" <<'EOF'
+import json, sys
+d, shim = sys.argv[1], sys.argv[2]
+c = json.load(open(f"{d}/kmsd.json"))
+c["pkcs11"]["module"] = shim
+c["health"] = {"cache_ms": 0}
+json.dump(c, open(f"{d}/kmsd-fault.json", "w"), indent=2)
+EOF
+export CUSTOS_P11FAULT_CONTROL="$W/fault.ctl"
+export CUSTOS_P11FAULT_MODULE=/usr/lib/softhsm/libsofthsm2.so
+: >"$CUSTOS_P11FAULT_CONTROL"
+e2e_start "$E2E_DIR/kmsd-fault.json"
+st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/health" "$W/h.json")
+[ "$st" = 200 ] && pass "health through the fault shim, no fault: 200" || flunk "health, no fault: $st"
+echo "C_GenerateKey CKR_DEVICE_ERROR" >"$CUSTOS_P11FAULT_CONTROL"
+i=0
+while st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/health" "$W/h.json") && [ "$st" = 200 ] &&
+    [ $i -lt 50 ]; do
+    sleep 0.1
+    i=$((i + 1))
+done
+if [ "$st" = 503 ] && grep -q '"errorName":"DependencyTimeoutException"' "$W/out"; then
+    pass "no token can run the test key's round trip: 503 DependencyTimeoutException"
+else
+    flunk "health with a failing HSM: $st $(cat "$W/out")"
+fi
+: >"$CUSTOS_P11FAULT_CONTROL"
+i=0
+while st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/health" "$W/h.json") && [ "$st" != 200 ] &&
+    [ $i -lt 50 ]; do
+    sleep 0.1
+    i=$((i + 1))
+done
+[ "$st" = 200 ] && pass "the HSM back: health 200 again" || flunk "health after the fault: $st"
+
 # the health checks' test keys were session objects: nothing left behind,
 # and every object on the tokens still matches DESIGN.md's templates
 if e2e_scan_tokens >"$W/scan.out" 2>&1; then
