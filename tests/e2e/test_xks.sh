@@ -115,12 +115,25 @@ json.dump({"requestMetadata": {"awsPrincipalArn": "arn:aws:iam::123456789012:use
            "authenticationTag": e["authenticationTag"]}, open(sys.argv[2], "w"))
 EOF
 [ "$st" = 200 ] && pass "curl --aws-sigv4 encrypt (credential set 2): 200" || flunk "curl encrypt: $st"
+cp "$W/out" "$W/out.enc"
 st=$(xcurl "$AK1" "$W/sk1" "/demo-xks/kms/xks/v1/keys/$K_ED/decrypt" "$W/dec.json")
 if [ "$st" = 200 ] && grep -q '"plaintext":"SGVsbG8gV29ybGQh"' "$W/out"; then
     pass "curl --aws-sigv4 decrypt (credential set 1) gives the plaintext"
 else
     flunk "curl decrypt: $st"
 fi
+
+# a Custos key rotation: the old ciphertext still decrypts (its metadata
+# names version 1), new encryptions carry version 2
+grep -q '"ciphertextMetadata":"AQAAAAE="' "$W/out.enc" && pass "ciphertextMetadata names key version 1 (0x01 + version)" ||
+    flunk "metadata of version 1: $(cat "$W/out.enc")"
+"$KMSCTL" key rotate "$K_ED" $ADM >/dev/null
+st=$(xcurl "$AK1" "$W/sk1" "/demo-xks/kms/xks/v1/keys/$K_ED/decrypt" "$W/dec.json")
+[ "$st" = 200 ] && grep -q '"plaintext":"SGVsbG8gV29ybGQh"' "$W/out" &&
+    pass "after RotateKey the version-1 ciphertext still decrypts" || flunk "decrypt after rotate: $st"
+st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/encrypt" "$W/enc.json")
+[ "$st" = 200 ] && grep -q '"ciphertextMetadata":"AQAAAAI="' "$W/out" &&
+    pass "after RotateKey encrypt uses version 2" || flunk "encrypt after rotate: $st $(cat "$W/out")"
 
 # every call is an audit event with its kmsRequestId
 if grep -rqa "curl-request-7f3a" "$E2E_DIR/audit" && grep -rqa "curl-request-7f3b" "$E2E_DIR/audit"; then
