@@ -409,6 +409,10 @@ static bool framing_refused(struct MHD_Connection *c, struct req_state *st, cons
     char msg[160];
     snprintf(msg, sizeof(msg), "%s", kms_err_detail());
     st->close = true;
+    if (kms_http_xks_claims(url)) { /* the XKS API's error shape, audited */
+        *out = kms_http_xks_refuse_framing(c, &st->call, url, msg, &st->xks);
+        return true;
+    }
     const char *name = NULL;
     const struct kms_route *route =
         strcmp(method, "POST") == 0 ? kms_twirp_route(url, &name) : NULL;

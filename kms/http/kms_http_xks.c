@@ -38,6 +38,7 @@ struct kms_http_xks {
     struct kms_buf in;
     bool too_large;
     bool answered; /* refused at the first call, or answer() ran */
+    bool close;    /* framing refused: Connection: close */
     char actor[200];
     /* the answer held while its audit event is committed */
     atomic_int audit; /* enum xks_audit */
@@ -93,7 +94,7 @@ static kms_err audit_code(enum xks_error e)
 
 static enum MHD_Result send_json(struct MHD_Connection *c, struct kms_call *call,
                                  unsigned status, char *body, size_t len, bool secret,
-                                 const char *allow)
+                                 const char *allow, bool close)
 {
     struct MHD_Response *r = NULL;
     if (body == NULL)
@@ -115,6 +116,8 @@ static enum MHD_Result send_json(struct MHD_Connection *c, struct kms_call *call
     MHD_add_response_header(r, "Cache-Control", "no-store");
     if (allow != NULL)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    if (close) /* framing in doubt: nothing after this request is read */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;
@@ -142,7 +145,7 @@ static enum MHD_Result send_held(struct MHD_Connection *c, struct kms_call *call
 {
     char *body = x->body;
     x->body = NULL;
-    return send_json(c, call, x->status, body, x->len, x->secret, NULL);
+    return send_json(c, call, x->status, body, x->len, x->secret, NULL, false);
 }
 
 /* The event could not be made durable: nothing is answered but 503. */
@@ -153,7 +156,7 @@ static enum MHD_Result send_audit_lost(struct MHD_Connection *c, struct kms_call
                   op_names[x->path.op]);
     drop_held(x);
     char *body = xks_error_body(XKS_E_DEPENDENCY_TIMEOUT, "the audit log is unavailable; retry");
-    return send_json(c, call, 503, body, body ? strlen(body) : 0, false, NULL);
+    return send_json(c, call, 503, body, body ? strlen(body) : 0, false, NULL, false);
 }
 
 /* Runs on the audit writer thread once per suspended request. */
@@ -220,7 +223,21 @@ static enum MHD_Result refuse_early(struct MHD_Connection *c, struct kms_call *c
     if (kms_audit_request(call, op_names[x->path.op], audit_code(e), msg, "") != KMS_OK)
         return MHD_NO;
     char *body = xks_error_body(e, msg);
-    return send_json(c, call, status, body, body ? strlen(body) : 0, false, allow);
+    return send_json(c, call, status, body, body ? strlen(body) : 0, false, allow, x->close);
+}
+
+enum MHD_Result kms_http_xks_refuse_framing(struct MHD_Connection *c, struct kms_call *call,
+                                            const char *url, const char *msg,
+                                            struct kms_http_xks **out)
+{
+    struct kms_http_xks *x = calloc(1, sizeof(*x));
+    if ((*out = x) == NULL)
+        return MHD_NO;
+    kms_buf_init(&x->in, KMS_HTTP_XKS_BODY_MAX);
+    snprintf(x->actor, sizeof(x->actor), "xks:unauthenticated");
+    xks_path_parse(url, &x->path);
+    x->close = true;
+    return refuse_early(c, call, x, 400, XKS_E_VALIDATION, msg, NULL);
 }
 
 enum MHD_Result kms_http_xks_first(struct kms_http *h, struct MHD_Connection *c,

@@ -39,6 +39,12 @@ enum MHD_Result kms_http_xks_next(struct kms_http *h, struct MHD_Connection *c,
                                   struct kms_call *call, struct kms_http_xks *x,
                                   const char *upload_data, size_t *upload_size);
 
+/* A request to the XKS API whose framing kms_http.c refused (msg): 400
+ * ValidationException with Connection: close, audited. */
+enum MHD_Result kms_http_xks_refuse_framing(struct MHD_Connection *c, struct kms_call *call,
+                                            const char *url, const char *msg,
+                                            struct kms_http_xks **out);
+
 void kms_http_xks_free(struct kms_http_xks *x);
 
 #endif

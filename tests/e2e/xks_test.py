@@ -221,4 +221,67 @@ with mock.patch("botocore.auth.datetime") as dt:
 check("signature dated 10 minutes ago: 401", is_err(res, 401, "AuthenticationFailedException"),
       str(res))
 
+# --- hostile requests on a raw socket -------------------------------------------------
+import socket
+
+
+def raw(head_lines, body, path):
+    """Send a request as given (header lines as a list), return (status, body)."""
+    s = socket.create_connection(("127.0.0.1", PORT), timeout=30)
+    req = ("POST %s HTTP/1.1\r\n" % path + "".join(l + "\r\n" for l in head_lines) +
+           "Content-Length: %d\r\n\r\n" % len(body)).encode() + body
+    s.sendall(req)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1]) if head else 0
+    n = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            n = int(v)
+        if k.strip().lower() == b"x-request-id":
+            try:
+                kid = json.loads(body)["requestMetadata"]["kmsRequestId"]
+            except (ValueError, KeyError, TypeError):
+                kid = ""
+            LOG.write("%s %s\n" % (v.strip().decode(), kid))
+    while len(rest) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    s.close()
+    try:
+        return status, json.loads(rest or b"{}")
+    except ValueError:
+        return status, {}
+
+
+hpath = S["prefix"] + "/kms/xks/v1/health"
+hbody = json.dumps(hb).encode()
+sreq = AWSRequest(method="POST", url=BASE + hpath, data=hbody,
+                  headers={"Content-Type": "application/json"})
+SigV4Auth(Credentials(S["ak1"], S["sk1"]), "kms-xks-proxy", "eu-west-1").add_auth(sreq)
+H = ["Host: 127.0.0.1:%d" % PORT] + ["%s: %s" % (k, v) for k, v in sreq.headers.items()]
+check("the signed request sent raw: 200", raw(H, hbody, hpath)[0] == 200)
+dup_date = H + ["X-Amz-Date: %s" % sreq.headers["X-Amz-Date"]]
+check("a signed header (X-Amz-Date) sent twice: 401",
+      is_err(raw(dup_date, hbody, hpath), 401, "AuthenticationFailedException"))
+dup_auth = H + ["Authorization: %s" % sreq.headers["Authorization"]]
+res = raw(dup_auth, hbody, hpath)
+check("Authorization sent twice: refused by the front's framing check, 400 ValidationException",
+      is_err(res, 400, "ValidationException"), str(res))
+check("the signed body with one byte changed: 401",
+      is_err(raw(H, hbody.replace(b"h-1", b"h-2"), hpath), 401, "AuthenticationFailedException"))
+check("the signed request on a percent-encoded path: refused",
+      raw(H, hbody, hpath.replace("health", "%68ealth"))[0] in (401, 404))
+big = b"{" + b" " * (70 * 1024) + b"}"
+check("a body over 64 KiB: UnsupportedOperationException 501",
+      is_err(raw(H, big, hpath), 501, "UnsupportedOperationException"))
+
 sys.exit(1 if failed else 0)
