@@ -63,7 +63,7 @@ static kms_err audit_request(struct kms_call *call, const char *operation, kms_e
     ev.role = call->who      ? (char *)pol_role_name(pol_principal_role(call->who))
               : call->actor ? (char *)"system"
                             : empty;
-    const char *tenant = call->who ? pol_principal_tenant_id(call->who) : NULL;
+    const char *tenant = call->who ? pol_principal_tenant_id(call->who) : call->tenant;
     ev.tenant = tenant ? (char *)tenant : empty;
     ev.operation = (char *)operation;
     ev.key_id = (char *)f->key_id;

@@ -67,6 +67,9 @@ struct kms_call {
      * what the service does on its own (automatic rotation); NULL for an
      * unauthenticated request. */
     const char *actor;
+    /* The tenant an actor acts for (an XKS endpoint's, kms_http_xks.c), for
+     * the audit event; NULL when none. A principal's own tenant wins. */
+    const char *tenant;
 };
 
 /* The principal named in the audit events of the service's own actions;

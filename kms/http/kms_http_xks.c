@@ -40,6 +40,7 @@ struct kms_http_xks {
     bool answered; /* refused at the first call, or answer() ran */
     bool close;    /* framing refused: Connection: close */
     char actor[200];
+    char tenant[129]; /* the endpoint's, once the signature verified */
     /* the answer held while its audit event is committed */
     atomic_int audit; /* enum xks_audit */
     struct kms_http *http;
@@ -183,6 +184,7 @@ static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
              req ? req->kms_operation : "", req ? req->principal_arn : "",
              req ? req->key_arn : "", ok ? "" : ": ", ok ? "" : msg);
     call->actor = x->actor;
+    call->tenant = x->tenant[0] ? x->tenant : NULL;
     const char *op = op_names[x->path.op];
     kms_err outcome = ok ? KMS_OK : audit_code(e);
     if (ok) {
@@ -303,6 +305,7 @@ static kms_err authenticate(struct MHD_Connection *c, struct kms_http_xks *x,
     xks_sigv4_req req = {"POST", x->url, "", header_once, c, x->in.data, x->in.len};
     KMS_GUARD(xks_sigv4_verify(&req, &auth, "kms-xks-proxy", secret, secret_len, time(NULL)));
     snprintf(x->actor, sizeof(x->actor), "xks:%s:%s", xks_endpoint_tenant(ep), auth.access_key);
+    snprintf(x->tenant, sizeof(x->tenant), "%s", xks_endpoint_tenant(ep));
     return KMS_OK;
 }
 

@@ -216,13 +216,17 @@ extra = [r for r in seen if r not in want]
 badcorr = [r for r, k in want.items() if r in seen and seen[r][0].correlation_id != k and
            (seen[r][0].outcome == "ok" or seen[r][0].correlation_id != "")]
 okcount = sum(1 for e in evs if e.outcome == "ok" and e.correlation_id)
+# an authenticated call's event names its endpoint's tenant and credential
+badwho = [e.request_id for e in evs if e.outcome == "ok" and
+          (e.tenant != "demo" or not e.principal.startswith("xks:demo:AKIA"))]
 print(len(want), "calls;", len(evs), "Xks events;", okcount, "ok with their kmsRequestId")
-print("missing", missing[:3], "twice", twice[:3], "extra", extra[:3], "bad corr", badcorr[:3])
-sys.exit(0 if len(want) > 40 and okcount > 10 and not (missing or twice or extra or badcorr)
-         else 1)
+print("missing", missing[:3], "twice", twice[:3], "extra", extra[:3], "bad corr", badcorr[:3],
+      "bad tenant/principal", badwho[:3])
+sys.exit(0 if len(want) > 40 and okcount > 10 and
+         not (missing or twice or extra or badcorr or badwho) else 1)
 EOF
 then
-    pass "exactly one audit event per XKS call ($(head -n 1 "$W/audit.out")), kmsRequestId as correlation id"
+    pass "exactly one audit event per XKS call ($(head -n 1 "$W/audit.out")), kmsRequestId as correlation id, tenant and xks:<tenant>:<access key> as principal"
 else
     sed 's/^/#   /' "$W/audit.out"
     flunk "one audit event per XKS call"
