@@ -124,6 +124,20 @@ static enum MHD_Result send_json(struct MHD_Connection *c, struct kms_call *call
     return ret;
 }
 
+/* At most cap-1 bytes of s into out, cut on a UTF-8 character boundary: the
+ * event's strings must stay valid UTF-8 for every protobuf reader. */
+static void utf8_cut(const char *s, char *out, size_t cap)
+{
+    size_t n = strlen(s);
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+            n--;
+    }
+    memcpy(out, s, n);
+    out[n] = '\0';
+}
+
 /* The answer that waits for its audit event. */
 static void hold(struct kms_http_xks *x, unsigned status, char *body, size_t len, bool secret)
 {
@@ -179,10 +193,11 @@ static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
                               const struct xks_request *req, bool ok, enum xks_error e,
                               const char *msg, struct xks_reply *reply)
 {
-    char detail[900];
-    snprintf(detail, sizeof(detail), "kmsOperation=%.64s principal=%.300s keyArn=%.300s%s%.200s",
-             req ? req->kms_operation : "", req ? req->principal_arn : "",
-             req ? req->key_arn : "", ok ? "" : ": ", ok ? "" : msg);
+    char detail[900], pa[301], ka[301];
+    utf8_cut(req ? req->principal_arn : "", pa, sizeof(pa));
+    utf8_cut(req ? req->key_arn : "", ka, sizeof(ka));
+    snprintf(detail, sizeof(detail), "kmsOperation=%s principal=%s keyArn=%s%s%.200s",
+             req ? req->kms_operation : "", pa, ka, ok ? "" : ": ", ok ? "" : msg);
     call->actor = x->actor;
     call->tenant = x->tenant[0] ? x->tenant : NULL;
     const char *op = op_names[x->path.op];

@@ -48,7 +48,7 @@ char *xks_error_body(enum xks_error e, const char *message);
 #define XKS_AAD_MAX 8192      /* additionalAuthenticatedData bytes */
 #define XKS_MD_MAX 20         /* ciphertextMetadata bytes */
 #define XKS_ARN_MAX 2048      /* awsPrincipalArn, kmsKeyArn */
-#define XKS_META_FIELD_MAX 256 /* kmsRequestId, kmsOperation, kmsViaService, VPC ids */
+#define XKS_META_FIELD_MAX 128 /* bytes of kmsRequestId (the audit correlation id), kmsOperation, kmsViaService */
 #define XKS_KEY_ID_MAX 128    /* externalKeyId */
 #define XKS_PATH_MAX 256      /* the whole path */
 

@@ -171,6 +171,15 @@ check("hostile JSON (duplicate member): ValidationException",
 check("plaintext of 4301 bytes: UnsupportedOperationException 501",
       is_err(call(kp(S["enc_dec"], "encrypt"), dict(encb, plaintext=b64(b"a" * 4301))), 501,
              "UnsupportedOperationException"))
+check("a kmsRequestId over 128 bytes: ValidationException",
+      is_err(call(kp(S["enc_dec"], "encrypt"),
+                  dict(encb, requestMetadata=meta(rid="r" * 129))), 400, "ValidationException"))
+# a non-ASCII ARN longer than the 300 bytes the event keeps: cut on a
+# character boundary (the export in test_xks.sh parses every event)
+m2 = meta(rid="utf8-arn")
+m2["awsPrincipalArn"] = "arn:aws:iam::123456789012:user/" + "\u00e9" * 200
+check("an encrypt with a 430-byte non-ASCII principal ARN: 200",
+      call(kp(S["enc_dec"], "encrypt"), dict(encb, requestMetadata=m2))[0] == 200)
 check("4300-byte plaintext accepted",
       call(kp(S["enc_dec"], "encrypt"), dict(encb, plaintext=b64(b"a" * 4300)))[0] == 200)
 check("unknown operation path: InvalidUriPathException 404",
