@@ -193,7 +193,7 @@ static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
                               const struct xks_request *req, bool ok, enum xks_error e,
                               const char *msg, struct xks_reply *reply)
 {
-    char detail[900], pa[301], ka[301];
+    char detail[1024], pa[301], ka[301];
     utf8_cut(req ? req->principal_arn : "", pa, sizeof(pa));
     utf8_cut(req ? req->key_arn : "", ka, sizeof(ka));
     snprintf(detail, sizeof(detail), "kmsOperation=%s principal=%s keyArn=%s%s%.200s",
