@@ -141,9 +141,7 @@ static int parse_args(int argc, char **argv, struct kmsd_args *a)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    a->path = getenv("CUSTOS_CONFIG");
-    if (a->path == NULL || *a->path == '\0')
-        a->path = "/etc/custos/kmsd.json";
+    a->path = kms_config_default_path();
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {

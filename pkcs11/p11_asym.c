@@ -149,15 +149,13 @@ static void add_bool(struct p11_asym_tmpl *t, CK_ATTRIBUTE_TYPE type, bool v)
     p11_asym_tmpl_add(t, type, v ? &yes : &no, sizeof(CK_BBOOL));
 }
 
-/* Private half: sensitive, CKA_SIGN only; every other usage attribute
- * explicit (SoftHSMv2 defaults unspecified ones to true). Extractable and
- * modifiable only for one escrow wrap and the lock that follows it. */
-void p11_asym_tmpl_private(struct p11_asym_tmpl *t, enum p11_asym_kind kind,
-                           const struct p11_key_id *id, const char *label, bool escrow,
-                           enum p11_asym_tmpl_use use)
+/* What both halves start with: class, type, id, label (if any), a token
+ * object, private exactly when it is the private half. */
+static void tmpl_start(struct p11_asym_tmpl *t, CK_OBJECT_CLASS cls, enum p11_asym_kind kind,
+                       const struct p11_key_id *id, const char *label)
 {
     memset(t, 0, sizeof(*t));
-    t->cls = CKO_PRIVATE_KEY;
+    t->cls = cls;
     t->type = p11_asym_kind_is_ec(kind) ? CKK_EC : CKK_RSA;
     p11_asym_tmpl_add(t, CKA_CLASS, &t->cls, sizeof(t->cls));
     p11_asym_tmpl_add(t, CKA_KEY_TYPE, &t->type, sizeof(t->type));
@@ -165,7 +163,17 @@ void p11_asym_tmpl_private(struct p11_asym_tmpl *t, enum p11_asym_kind kind,
     if (label)
         p11_asym_tmpl_add(t, CKA_LABEL, (void *)label, strlen(label));
     add_bool(t, CKA_TOKEN, true);
-    add_bool(t, CKA_PRIVATE, true);
+    add_bool(t, CKA_PRIVATE, cls == CKO_PRIVATE_KEY);
+}
+
+/* Private half: sensitive, CKA_SIGN only; every other usage attribute
+ * explicit (SoftHSMv2 defaults unspecified ones to true). Extractable and
+ * modifiable only for one escrow wrap and the lock that follows it. */
+void p11_asym_tmpl_private(struct p11_asym_tmpl *t, enum p11_asym_kind kind,
+                           const struct p11_key_id *id, const char *label, bool escrow,
+                           enum p11_asym_tmpl_use use)
+{
+    tmpl_start(t, CKO_PRIVATE_KEY, kind, id, label);
     add_bool(t, CKA_SENSITIVE, true);
     add_bool(t, CKA_EXTRACTABLE, escrow);
     /* SoftHSMv2 takes CKA_COPYABLE as read-only in C_UnwrapKey templates. */
@@ -187,16 +195,7 @@ void p11_asym_tmpl_public(struct p11_asym_tmpl *t, enum p11_asym_kind kind,
                           const struct p11_key_id *id, const char *label,
                           enum p11_asym_tmpl_use use)
 {
-    memset(t, 0, sizeof(*t));
-    t->cls = CKO_PUBLIC_KEY;
-    t->type = p11_asym_kind_is_ec(kind) ? CKK_EC : CKK_RSA;
-    p11_asym_tmpl_add(t, CKA_CLASS, &t->cls, sizeof(t->cls));
-    p11_asym_tmpl_add(t, CKA_KEY_TYPE, &t->type, sizeof(t->type));
-    p11_asym_tmpl_add(t, CKA_ID, (void *)id->b, P11_KEY_ID_LEN);
-    if (label)
-        p11_asym_tmpl_add(t, CKA_LABEL, (void *)label, strlen(label));
-    add_bool(t, CKA_TOKEN, true);
-    add_bool(t, CKA_PRIVATE, false);
+    tmpl_start(t, CKO_PUBLIC_KEY, kind, id, label);
     add_bool(t, CKA_COPYABLE, false);
     add_bool(t, CKA_ENCRYPT, false);
     add_bool(t, CKA_WRAP, false);

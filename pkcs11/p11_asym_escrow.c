@@ -29,12 +29,7 @@ static kms_err do_wrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     CK_OBJECT_HANDLE hesc, hpriv;
     KMS_GUARD(p11_key_handle(tok, s, a->escrow, CKO_SECRET_KEY, CKK_AES, &hesc));
     KMS_GUARD(p11_key_handle(tok, s, a->id, CKO_PRIVATE_KEY, P11_TYPE_ANY, &hpriv));
-    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    CK_ULONG len = a->cap;
-    CK_RV rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hesc, hpriv, a->out, &len);
-    KMS_GUARD(p11_rv_err(rv, "C_WrapKey(private key)", tok->label));
-    a->len = len;
-    return KMS_OK;
+    return p11_kwp_wrap_in(tok, s, hesc, hpriv, "C_WrapKey(private key)", a->out, a->cap, &a->len);
 }
 
 kms_err p11_asym_escrow_wrap(struct p11_token *tok, const struct p11_key_id *escrow,

@@ -135,25 +135,25 @@ struct wrap_arg {
     size_t out_cap, out_len;
 };
 
+kms_err p11_kwp_wrap_in(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE hw,
+                        CK_OBJECT_HANDLE target, const char *fn, uint8_t *out, size_t out_cap,
+                        size_t *out_len)
+{
+    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_ULONG len = out_cap;
+    CK_RV rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hw, target, out, &len);
+    KMS_GUARD(p11_rv_err(rv, fn, tok->label));
+    *out_len = len;
+    return KMS_OK;
+}
+
 static kms_err do_wrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct wrap_arg *a = varg;
     CK_OBJECT_HANDLE hw, ht;
     KMS_GUARD(p11_key_handle(tok, s, a->wrapping, CKO_SECRET_KEY, CKK_AES, &hw));
-    if (a->target_kind == 0) {
-        KMS_GUARD(p11_key_handle_secret(tok, s, a->target, &ht, NULL));
-    } else {
-        CK_OBJECT_CLASS cls;
-        CK_KEY_TYPE type;
-        p11_kind_object(a->target_kind, &cls, &type);
-        KMS_GUARD(p11_key_handle(tok, s, a->target, cls, type, &ht));
-    }
-    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    CK_ULONG len = a->out_cap;
-    CK_RV rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hw, ht, a->out, &len);
-    KMS_GUARD(p11_rv_err(rv, "C_WrapKey", tok->label));
-    a->out_len = len;
-    return KMS_OK;
+    KMS_GUARD(p11_key_handle_kind(tok, s, a->target, a->target_kind, &ht));
+    return p11_kwp_wrap_in(tok, s, hw, ht, "C_WrapKey", a->out, a->out_cap, &a->out_len);
 }
 
 static kms_err kwp_wrap(struct p11_token *tok, const struct p11_key_id *wrapping,
@@ -197,30 +197,15 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     KMS_GUARD(p11_key_handle(tok, s, a->unwrapping, a->unwrapping_cls,
                              a->unwrapping_cls == CKO_SECRET_KEY ? CKK_AES : P11_TYPE_ANY, &hu));
 
-    CK_OBJECT_HANDLE existing;
-    CK_OBJECT_CLASS new_cls;
-    CK_KEY_TYPE new_type;
-    p11_kind_object(a->kind, &new_cls, &new_type);
-    kms_err rc = p11_key_handle(tok, s, a->new_id, new_cls, new_type, &existing);
-    if (rc == KMS_OK)
-        return kms_err_set(KMS_ERR_ALREADY_EXISTS, "key id already exists in token '%s'",
-                           tok->label);
-    if (rc != KMS_ERR_NOT_FOUND)
-        return rc;
+    KMS_GUARD(p11_key_refuse_existing(tok, s, a->new_id, a->kind));
 
     struct p11_tmpl t;
     p11_tmpl_secret(&t, a->kind, a->flags, a->new_id, a->label, true);
     CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu,
                       (CK_BYTE *)a->wrapped, a->wrapped_len, t.a, t.n, &h);
     KMS_GUARD(p11_rv_err(p11_rv_auth_failure(tok, rv), "C_UnwrapKey", tok->label));
-    rc = p11_key_verify(tok, s, h, a->kind, a->flags, false);
-    if (rc != KMS_OK) {
-        kms_log_error("pkcs11", "%s; destroying the unwrapped key", kms_err_detail());
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
-        return rc;
-    }
-    p11_cache_put(&tok->cache, a->new_id->b, new_cls, new_type, h);
-    return KMS_OK;
+    return p11_key_admit(tok, s, a->new_id, a->kind, a->flags, false, h, CK_INVALID_HANDLE,
+                         "unwrapped key");
 }
 
 static kms_err check_unwrap_target(enum p11_key_kind kind)

@@ -241,6 +241,24 @@ kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
                               const struct p11_key_id *id, CK_OBJECT_HANDLE *out,
                               CK_KEY_TYPE *out_type);
 
+/* The object of kind under id; kind 0 means the id's secret key as
+ * p11_key_handle_secret picks it. */
+kms_err p11_key_handle_kind(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
+                            enum p11_key_kind kind, CK_OBJECT_HANDLE *out);
+
+/* C_WrapKey of target under the AES key hw with CKM_AES_KEY_WRAP_PAD
+ * (RFC 5649) into out (out_cap bytes); fn names the call in errors. */
+kms_err p11_kwp_wrap_in(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE hw,
+                        CK_OBJECT_HANDLE target, const char *fn, uint8_t *out, size_t out_cap,
+                        size_t *out_len);
+
+/* KMS_ERR_ALREADY_EXISTS if the token holds an object of the class and
+ * type kind makes under id. Secret keys of different types may share an id
+ * (a metadata version's AES and HMAC keys); two AES keys, or two pairs,
+ * never do. */
+kms_err p11_key_refuse_existing(struct p11_token *tok, CK_SESSION_HANDLE s,
+                                const struct p11_key_id *id, enum p11_key_kind kind);
+
 /* Class and lookup type of the object a kind's template makes (the private
  * half for pairs, with P11_TYPE_ANY). */
 void p11_kind_object(enum p11_key_kind kind, CK_OBJECT_CLASS *out_cls, CK_KEY_TYPE *out_type);
@@ -301,6 +319,14 @@ void p11_tmpl_public(struct p11_tmpl *t, enum p11_key_kind kind, const struct p1
  * specification marks as neither always-sensitive nor never-extractable. */
 kms_err p11_key_verify(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
                        enum p11_key_kind kind, unsigned flags, bool generated);
+
+/* Keep a freshly made object h (and the public half hpub of a pair, or
+ * CK_INVALID_HANDLE) if p11_key_verify passes: cache it under id. If not,
+ * log, destroy both, and return the verification's error; what names the
+ * object in the log ("new key"). In p11_key.c. */
+kms_err p11_key_admit(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
+                      enum p11_key_kind kind, unsigned flags, bool generated, CK_OBJECT_HANDLE h,
+                      CK_OBJECT_HANDLE hpub, const char *what);
 
 /* Destroy every object with this id in session s, and drop it from the
  * cache. Used to undo a half-made key (p11_key.c). */

@@ -80,6 +80,27 @@ void p11_key_destroy_in(struct p11_token *tok, CK_SESSION_HANDLE s, const struct
     p11_cache_forget(&tok->cache, id->b);
 }
 
+kms_err p11_key_admit(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
+                      enum p11_key_kind kind, unsigned flags, bool generated, CK_OBJECT_HANDLE h,
+                      CK_OBJECT_HANDLE hpub, const char *what)
+{
+    kms_err rc = p11_key_verify(tok, s, h, kind, flags, generated);
+    if (rc != KMS_OK) {
+        kms_log_error("pkcs11", "%s; destroying the %s", kms_err_detail(), what);
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
+        if (hpub != CK_INVALID_HANDLE)
+            P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpub);
+        return rc;
+    }
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    p11_kind_object(kind, &cls, &type);
+    p11_cache_put(&tok->cache, id->b, cls, type, h);
+    if (hpub != CK_INVALID_HANDLE)
+        p11_cache_put(&tok->cache, id->b, CKO_PUBLIC_KEY, P11_TYPE_ANY, hpub);
+    return KMS_OK;
+}
+
 static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct gen_arg *a = varg;
@@ -88,19 +109,7 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
     CK_ULONG bits = 0;
     CK_RV rv;
 
-    /* Refuse a second object of this class and type under an existing id.
-     * Secret keys of different types may share one (a metadata version's AES
-     * and HMAC keys); two AES keys, or two pairs, never do. */
-    CK_OBJECT_HANDLE existing;
-    CK_OBJECT_CLASS cls;
-    CK_KEY_TYPE type;
-    p11_kind_object(a->kind, &cls, &type);
-    kms_err rc = p11_key_handle(tok, s, a->id, cls, type, &existing);
-    if (rc == KMS_OK)
-        return kms_err_set(KMS_ERR_ALREADY_EXISTS, "key id already exists in token '%s'",
-                           tok->label);
-    if (rc != KMS_ERR_NOT_FOUND)
-        return rc;
+    KMS_GUARD(p11_key_refuse_existing(tok, s, a->id, a->kind));
 
     p11_tmpl_secret(&priv, a->kind, a->flags, a->id, a->label, false);
     if (p11_kind_is_pair(a->kind)) {
@@ -120,18 +129,7 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
         a->transient = p11_rv_transient(rv);
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKey", tok->label));
     }
-    rc = p11_key_verify(tok, s, h, a->kind, a->flags, true);
-    if (rc != KMS_OK) {
-        kms_log_error("pkcs11", "%s; destroying the new key", kms_err_detail());
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
-        if (hpub != CK_INVALID_HANDLE)
-            P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpub);
-        return rc;
-    }
-    p11_cache_put(&tok->cache, a->id->b, cls, type, h);
-    if (hpub != CK_INVALID_HANDLE)
-        p11_cache_put(&tok->cache, a->id->b, CKO_PUBLIC_KEY, P11_TYPE_ANY, hpub);
-    return KMS_OK;
+    return p11_key_admit(tok, s, a->id, a->kind, a->flags, true, h, hpub, "new key");
 }
 
 static void undo_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
@@ -197,14 +195,7 @@ static kms_err do_lock(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     const struct lock_arg *la = varg;
     CK_OBJECT_HANDLE h;
-    if (la->kind == 0) {
-        KMS_GUARD(p11_key_handle_secret(tok, s, la->id, &h, NULL));
-    } else {
-        CK_OBJECT_CLASS cls;
-        CK_KEY_TYPE type;
-        p11_kind_object(la->kind, &cls, &type);
-        KMS_GUARD(p11_key_handle(tok, s, la->id, cls, type, &h));
-    }
+    KMS_GUARD(p11_key_handle_kind(tok, s, la->id, la->kind, &h));
     return p11_key_lock_in(tok, s, h, "key");
 }
 

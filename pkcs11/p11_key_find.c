@@ -69,6 +69,45 @@ kms_err p11_key_handle_secret(struct p11_token *tok, CK_SESSION_HANDLE s,
     }
     return rc;
 }
+kms_err p11_key_handle_kind(struct p11_token *tok, CK_SESSION_HANDLE s, const struct p11_key_id *id,
+                            enum p11_key_kind kind, CK_OBJECT_HANDLE *out)
+{
+    if (kind == 0)
+        return p11_key_handle_secret(tok, s, id, out, NULL);
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    p11_kind_object(kind, &cls, &type);
+    return p11_key_handle(tok, s, id, cls, type, out);
+}
+
+kms_err p11_key_refuse_existing(struct p11_token *tok, CK_SESSION_HANDLE s,
+                                const struct p11_key_id *id, enum p11_key_kind kind)
+{
+    CK_OBJECT_HANDLE existing;
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    p11_kind_object(kind, &cls, &type);
+    kms_err rc = p11_key_handle(tok, s, id, cls, type, &existing);
+    if (rc == KMS_OK)
+        return kms_err_set(KMS_ERR_ALREADY_EXISTS, "key id already exists in token '%s'",
+                           tok->label);
+    return rc == KMS_ERR_NOT_FOUND ? KMS_OK : rc;
+}
+
+/* The first object (of any class) with CKA_ID id, if there is one. */
+static kms_err find_first_by_id(struct p11_token *tok, CK_SESSION_HANDLE s,
+                                const struct p11_key_id *id, CK_OBJECT_HANDLE *out, bool *out_found)
+{
+    CK_ATTRIBUTE t = {CKA_ID, (void *)id->b, P11_KEY_ID_LEN};
+    CK_OBJECT_HANDLE found[1];
+    CK_ULONG n = 0;
+    KMS_GUARD(p11_find_objects(tok, s, &t, 1, found, 1, &n));
+    *out_found = n > 0;
+    if (n > 0)
+        *out = found[0];
+    return KMS_OK;
+}
+
 struct exists_arg {
     const struct p11_key_id *id;
     bool exists;
@@ -77,11 +116,8 @@ struct exists_arg {
 static kms_err do_exists(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct exists_arg *a = varg;
-    CK_ATTRIBUTE t = {CKA_ID, (void *)a->id->b, P11_KEY_ID_LEN};
-    CK_OBJECT_HANDLE found[1];
-    CK_ULONG n = 0;
-    KMS_GUARD(p11_find_objects(tok, s, &t, 1, found, 1, &n));
-    a->exists = n > 0;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    KMS_GUARD(find_first_by_id(tok, s, a->id, &h, &a->exists));
     /* Gone (destroyed behind our back, by another process or an operator):
      * drop any cached handle, or a later create under the same id would be
      * refused as a duplicate by the cache. */
@@ -357,13 +393,12 @@ struct label_arg {
 static kms_err do_label(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 {
     struct label_arg *a = varg;
-    CK_ATTRIBUTE t = {CKA_ID, (void *)a->id->b, P11_KEY_ID_LEN};
-    CK_OBJECT_HANDLE found[1];
-    CK_ULONG n = 0;
-    KMS_GUARD(p11_find_objects(tok, s, &t, 1, found, 1, &n));
-    KMS_ENSURE(n > 0, KMS_ERR_NOT_FOUND, "no such key in token '%s'", tok->label);
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    bool found = false;
+    KMS_GUARD(find_first_by_id(tok, s, a->id, &h, &found));
+    KMS_ENSURE(found, KMS_ERR_NOT_FOUND, "no such key in token '%s'", tok->label);
     CK_ATTRIBUTE at = {CKA_LABEL, a->out, 64};
-    CK_RV rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, found[0], &at, 1);
+    CK_RV rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, h, &at, 1);
     KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_LABEL)", tok->label));
     a->out[at.ulValueLen <= 64 ? at.ulValueLen : 0] = '\0';
     return KMS_OK;

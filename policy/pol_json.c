@@ -115,15 +115,23 @@ kms_err pol_json_field(const json_t *obj, const char *base, const char *name, bo
     return KMS_OK;
 }
 
-kms_err pol_json_array(const json_t *obj, const char *base, const char *name, bool required,
-                       size_t min, size_t max, json_t **out)
+kms_err pol_json_member(const json_t *obj, const char *base, const char *name, bool required,
+                        json_type type, const char *what, char path[POL_PATH_LEN], json_t **out)
 {
-    char path[POL_PATH_LEN];
     pol_path_join(path, base, name);
     KMS_GUARD(pol_json_field(obj, base, name, required, out));
     if (*out == NULL)
         return KMS_OK;
-    KMS_GUARD(pol_json_expect(*out, JSON_ARRAY, "an array", path));
+    return pol_json_expect(*out, type, what, path);
+}
+
+kms_err pol_json_array(const json_t *obj, const char *base, const char *name, bool required,
+                       size_t min, size_t max, json_t **out)
+{
+    char path[POL_PATH_LEN];
+    KMS_GUARD(pol_json_member(obj, base, name, required, JSON_ARRAY, "an array", path, out));
+    if (*out == NULL)
+        return KMS_OK;
     size_t n = json_array_size(*out);
     KMS_ENSURE(n >= min, KMS_ERR_CONFIG, "%s: must not be empty", path);
     KMS_ENSURE(n <= max, KMS_ERR_CONFIG, "%s: too many entries (%zu, at most %zu)", path, n, max);
@@ -222,11 +230,8 @@ kms_err pol_json_string(const json_t *obj, const char *base, const char *name, b
     json_t *v;
     char path[POL_PATH_LEN];
     *out = NULL;
-    KMS_GUARD(pol_json_field(obj, base, name, required, &v));
-    if (v == NULL)
-        return KMS_OK;
-    pol_path_join(path, base, name);
-    return pol_json_check_string(v, path, kind, out);
+    KMS_GUARD(pol_json_member(obj, base, name, required, JSON_STRING, "a string", path, &v));
+    return v == NULL ? KMS_OK : pol_json_check_string(v, path, kind, out);
 }
 
 /* A non-empty array of distinct strings of one kind, copied into a new

@@ -53,6 +53,11 @@ kms_err pol_json_check_fields(const json_t *obj, const char *base, const char *c
 kms_err pol_json_field(const json_t *obj, const char *base, const char *name, bool required,
                        json_t **out);
 
+/* The same, with its path joined into path, and (when present) of type
+ * (what names it in the error: "an integer"; JSON_TRUE means a boolean). */
+kms_err pol_json_member(const json_t *obj, const char *base, const char *name, bool required,
+                        json_type type, const char *what, char path[POL_PATH_LEN], json_t **out);
+
 /* The same, and it must be an array of min..max entries. */
 kms_err pol_json_array(const json_t *obj, const char *base, const char *name, bool required,
                        size_t min, size_t max, json_t **out);

@@ -39,12 +39,10 @@ static kms_err opt_uint(const json_t *obj, const char *path, const char *name, j
 {
     json_t *v;
     char fpath[POL_PATH_LEN];
-    KMS_GUARD(pol_json_field(obj, path, name, false, &v));
+    KMS_GUARD(pol_json_member(obj, path, name, false, JSON_INTEGER, "an integer", fpath, &v));
     *out = def;
     if (v == NULL)
         return KMS_OK;
-    pol_path_join(fpath, path, name);
-    KMS_GUARD(pol_json_expect(v, JSON_INTEGER, "an integer", fpath));
     json_int_t x = json_integer_value(v);
     KMS_ENSURE(x >= lo && x <= hi, KMS_ERR_CONFIG, "%s: must be %lld..%lld", fpath,
                (long long)lo, (long long)hi);
@@ -83,9 +81,7 @@ static kms_err load_quorum(struct pol_doc *doc, struct pol_tenant *t, const json
         t->officers[t->n_officers++] = p;
     }
 
-    pol_path_join(fpath, path, "approvals");
-    KMS_GUARD(pol_json_field(obj, path, "approvals", true, &v));
-    KMS_GUARD(pol_json_expect(v, JSON_INTEGER, "an integer", fpath));
+    KMS_GUARD(pol_json_member(obj, path, "approvals", true, JSON_INTEGER, "an integer", fpath, &v));
     json_int_t m = json_integer_value(v);
     KMS_ENSURE(m >= 1, KMS_ERR_CONFIG, "%s: must be at least 1", fpath);
     KMS_ENSURE((size_t)m <= t->n_officers, KMS_ERR_CONFIG,
@@ -270,9 +266,8 @@ static kms_err load_tenant(struct pol_loader *ld, const json_t *obj, const char 
     KMS_GUARD(pol_json_string(obj, path, "description", false, POL_STR_TEXT, &s));
     KMS_GUARD(pol_json_string_list(obj, path, "allowed_regions", true, POL_STR_REGION,
                                    POL_MAX_REGIONS, &t->regions, &t->n_regions));
-    pol_path_join(fpath, path, "escrow_required");
-    KMS_GUARD(pol_json_field(obj, path, "escrow_required", true, &v));
-    KMS_GUARD(pol_json_expect(v, JSON_TRUE, "a boolean", fpath));
+    KMS_GUARD(
+        pol_json_member(obj, path, "escrow_required", true, JSON_TRUE, "a boolean", fpath, &v));
     t->escrow_required = json_is_true(v);
 
     KMS_GUARD(pol_json_array(obj, path, "cross_region_re_encrypt", false, 0,

@@ -80,6 +80,9 @@ static kms_err audit_request(struct kms_call *call, const char *operation, kms_e
     ev.approval_signature.data = (uint8_t *)f->approval_signature;
     ev.approval_signature.len = f->approval_signature_len;
     ev.officer_key_sha256 = (char *)f->officer_key_sha256;
+    /* Only beside the rule it explains: a check after the policy (e.g.
+     * rule "state") decided this request, not the grant. */
+    ev.grant_sid = f->rule && strcmp(f->rule, "grant") == 0 ? (char *)f->grant_sid : empty;
     if (fn == NULL)
         return audit_log_append(log, &ev);
     kms_err rc = audit_log_submit(log, &ev, fn, arg);

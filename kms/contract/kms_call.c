@@ -64,6 +64,10 @@ kms_err kms_rpc_authorize_key(struct kms_call *call, enum pol_op op, const char 
      * the auditor may see what the caller may not. */
     kms_rpc_audit_key(call, out_key->key_id, out_key->region, out_key->token);
     call->audit.rule = d.rule;
+    /* Which grant allowed it (docs/policy.md): follows the rule, so a later
+     * decision of the same request (ReEncrypt's destination) replaces it. */
+    snprintf(call->audit.grant_sid, sizeof(call->audit.grant_sid), "%s",
+             rc == KMS_OK && d.grant_sid ? d.grant_sid : "");
     if (rc != KMS_OK)
         kms_log_info("policy", "request %s: %s on key %s refused by rule %s", call->request_id,
                      pol_op_name(op), key_id, d.rule);

@@ -42,6 +42,9 @@ struct kms_audit_facts {
     char region[64];
     char token[33];
     const char *rule; /* static string: the policy rule that decided */
+    /* The sid of the grant that allowed the request (rule "grant"), copied
+     * from the policy document of the last key decision; "" otherwise. */
+    char grant_sid[POL_MAX_ID_LEN + 1];
     char detail[160]; /* non-secret note for a successful request (e.g. a recovery id) */
     /* EscrowService: the recovery the request named (the id as probed when
      * it was refused, at most 32 printable characters), and the evidence an

@@ -105,7 +105,7 @@ static json_t *event_json(uint64_t seq, const Custos__V1__AuditEvent *e)
         {"correlation_id", e->correlation_id}, {"policy_sha256", e->policy_sha256},
         {"detail", e->detail},           {"recovery_id", e->recovery_id},
         {"statement", e->statement},     {"statement_sha256", e->statement_sha256},
-        {"officer_key_sha256", e->officer_key_sha256},
+        {"officer_key_sha256", e->officer_key_sha256}, {"grant_sid", e->grant_sid},
     };
     for (size_t i = 0; i < sizeof(str) / sizeof(str[0]); i++)
         json_object_set_new(o, str[i].name, kmsctl_jstr_escaped(str[i].value));

@@ -281,9 +281,7 @@ int kmsctl_backup_main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config = getenv("CUSTOS_CONFIG"), *out = NULL;
-    if (config == NULL || *config == '\0')
-        config = "/etc/custos/kmsd.json";
+    const char *config = kms_config_default_path(), *out = NULL;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {

@@ -104,9 +104,7 @@ int kmsctl_reconcile_main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config = getenv("CUSTOS_CONFIG"), *kmsd_given = NULL;
-    if (config == NULL || *config == '\0')
-        config = "/etc/custos/kmsd.json";
+    const char *config = kms_config_default_path(), *kmsd_given = NULL;
     bool confirm = false;
     optind = 1;
     int c;

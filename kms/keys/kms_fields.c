@@ -168,7 +168,61 @@ static kms_err check_count(size_t n, const char *what)
     return KMS_OK;
 }
 
+/* EncryptFields and DecryptFields: the key, the number of fields, and the
+ * encryption context encoded into ctx. */
+static kms_err fields_request(struct kms_call *call, enum pol_op op, const char *key_id, size_t n,
+                              size_t n_ctx, void *const *ctx_pairs, struct kms_key_record *k,
+                              struct p11_token **out_tok, uint8_t ctx[KMS_CTX_ENCODED_MAX],
+                              size_t *ctx_len)
+{
+    KMS_GUARD(metadata_key(call, op, key_id, k, out_tok));
+    KMS_GUARD(check_count(n, "fields"));
+    return kms_keyuse_context(n_ctx, ctx_pairs, ctx, ctx_len);
+}
+
+/* Value i of a request and the canonicalizer it is put through. */
+typedef void (*canon_input_fn)(const void *req, size_t i, const ProtobufCBinaryData **out_value,
+                               enum kms_canon *out_canon);
+
+/* Canonicalise the n values of req (total bytes in all) back to back into
+ * *out (malloc'd, total bytes: canonical forms are never longer than their
+ * input), with the length of each in (*out_len)[i]. The caller frees both,
+ * whatever this returns; what names a value in errors. */
+static kms_err canon_values(const void *req, canon_input_fn input, size_t n, size_t total,
+                            const char *what, uint8_t **out, size_t **out_len)
+{
+    KMS_ENSURE(total <= KMS_FIELDS_TOTAL_MAX, KMS_ERR_INVALID_ARGUMENT,
+               "values longer than %d bytes in all", KMS_FIELDS_TOTAL_MAX);
+    *out = malloc(total ? total : 1);
+    *out_len = calloc(n, sizeof(**out_len));
+    KMS_ENSURE(*out && *out_len, KMS_ERR_NOMEM, "out of memory");
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        const ProtobufCBinaryData *v = NULL;
+        enum kms_canon c = KMS_CANON_RAW;
+        input(req, i, &v, &c);
+        kms_err rc = kms_canon_apply(c, v->data, v->len, *out + off, total - off, &(*out_len)[i]);
+        if (rc != KMS_OK)
+            return at_index(rc, what, i);
+        off += (*out_len)[i];
+    }
+    return KMS_OK;
+}
+
 /* ---- EncryptFields --------------------------------------------------------------- */
+
+static enum kms_canon field_canon(const Custos__V1__PlaintextField *f)
+{
+    return f->canonicalizer ? (enum kms_canon)f->canonicalizer : KMS_CANON_RAW;
+}
+
+static void plaintext_field_input(const void *varg, size_t i, const ProtobufCBinaryData **out_value,
+                                  enum kms_canon *out_canon)
+{
+    const Custos__V1__EncryptFieldsRequest *req = varg;
+    *out_value = &req->fields[i]->value;
+    *out_canon = field_canon(req->fields[i]);
+}
 
 /* Check every field of an EncryptFields request before any HSM work, and
  * add up the values' lengths into *out_total. */
@@ -212,33 +266,16 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
     size_t *canon_len = NULL;
     Custos__V1__EncryptedField *outs = NULL, **outp = NULL;
 
-    KMS_GUARD_GOTO(metadata_key(call, POL_OP_ENCRYPT_FIELDS, req->key_id, &k, &tok), done);
-    KMS_GUARD_GOTO(check_count(n, "fields"), done);
-    KMS_GUARD_GOTO(kms_keyuse_context(req->n_encryption_context,
-                                  (void *const *)req->encryption_context, ctx, &ctx_len),
+    KMS_GUARD_GOTO(fields_request(call, POL_OP_ENCRYPT_FIELDS, req->key_id, n,
+                                  req->n_encryption_context, (void *const *)req->encryption_context,
+                                  &k, &tok, ctx, &ctx_len),
                    done);
-    /* Check every field, and canonicalise where asked, before any HSM work.
-     * Canonical forms are never longer than their input. */
+    /* Check every field, and canonicalise where asked, before any HSM work. */
     KMS_GUARD_GOTO(check_plaintext_fields(req, &total), done);
-    KMS_ENSURE_GOTO(total <= KMS_FIELDS_TOTAL_MAX, done, KMS_ERR_INVALID_ARGUMENT,
-                    "values longer than %d bytes in all", KMS_FIELDS_TOTAL_MAX);
-    canon = malloc(total ? total : 1);
-    canon_len = calloc(n, sizeof(*canon_len));
-    KMS_ENSURE_GOTO(canon && canon_len, done, KMS_ERR_NOMEM, "out of memory");
-    size_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        const Custos__V1__PlaintextField *f = req->fields[i];
-        enum kms_canon c = f->canonicalizer ? (enum kms_canon)f->canonicalizer : KMS_CANON_RAW;
-        rc = kms_canon_apply(c, f->value.data, f->value.len, canon + off, total - off,
-                             &canon_len[i]);
-        if (rc != KMS_OK) {
-            rc = at_index(rc, "field", i);
-            goto done;
-        }
-        off += canon_len[i];
-        /* The blob, and room for a blind index. */
+    KMS_GUARD_GOTO(canon_values(req, plaintext_field_input, n, total, "field", &canon, &canon_len),
+                   done);
+    for (size_t i = 0; i < n; i++) /* the blob, and room for a blind index */
         arena_len += canon_len[i] + KMS_FIELD_OVERHEAD + 32;
-    }
 
     KMS_GUARD_GOTO(version_key(call, &k, tok, k.current_version, false, &fk), done);
     call->audit.key_version = fk.version;
@@ -266,11 +303,10 @@ kms_err kms_rpc_encrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
         out_off += bl;
         if (f->index_length_bits) {
             /* Exactly BlindIndex's answer for this field, in the same trip. */
-            enum kms_canon c = f->canonicalizer ? (enum kms_canon)f->canonicalizer
-                                                : KMS_CANON_RAW;
             size_t il = 0;
-            rc = kms_field_blind_index(&fk, c, f->name, strlen(f->name), canon + in_off,
-                                       canon_len[i], f->index_length_bits, arena + out_off, &il);
+            rc =
+                kms_field_blind_index(&fk, field_canon(f), f->name, strlen(f->name), canon + in_off,
+                                      canon_len[i], f->index_length_bits, arena + out_off, &il);
             if (rc != KMS_OK) {
                 rc = at_index(rc, "field", i);
                 goto done;
@@ -314,10 +350,9 @@ kms_err kms_rpc_decrypt_fields(struct kms_call *call, const ProtobufCMessage *ms
     size_t n_vers = 0;
     uint32_t *ver_of = NULL;
 
-    KMS_GUARD_GOTO(metadata_key(call, POL_OP_DECRYPT_FIELDS, req->key_id, &k, &tok), done);
-    KMS_GUARD_GOTO(check_count(n, "fields"), done);
-    KMS_GUARD_GOTO(kms_keyuse_context(req->n_encryption_context,
-                                  (void *const *)req->encryption_context, ctx, &ctx_len),
+    KMS_GUARD_GOTO(fields_request(call, POL_OP_DECRYPT_FIELDS, req->key_id, n,
+                                  req->n_encryption_context, (void *const *)req->encryption_context,
+                                  &k, &tok, ctx, &ctx_len),
                    done);
     ver_of = calloc(n, sizeof(*ver_of));
     KMS_ENSURE_GOTO(ver_of != NULL, done, KMS_ERR_NOMEM, "out of memory");
@@ -449,6 +484,14 @@ static kms_err index_versions(struct kms_call *call, const struct kms_key_record
     return KMS_OK;
 }
 
+static void index_value_input(const void *varg, size_t i, const ProtobufCBinaryData **out_value,
+                              enum kms_canon *out_canon)
+{
+    const Custos__V1__BlindIndexRequest *req = varg;
+    *out_value = &req->values[i];
+    *out_canon = (enum kms_canon)req->canonicalizer;
+}
+
 kms_err kms_rpc_blind_index(struct kms_call *call, const ProtobufCMessage *msg,
                             struct kms_reply *reply)
 {
@@ -478,21 +521,9 @@ kms_err kms_rpc_blind_index(struct kms_call *call, const ProtobufCMessage *msg,
                         "value %zu: longer than %d bytes", i, KMS_FIELD_VALUE_MAX);
         total += req->values[i].len;
     }
-    KMS_ENSURE_GOTO(total <= KMS_FIELDS_TOTAL_MAX, done, KMS_ERR_INVALID_ARGUMENT,
-                    "values longer than %d bytes in all", KMS_FIELDS_TOTAL_MAX);
-    canon = malloc(total ? total : 1);
-    canon_len = calloc(n, sizeof(*canon_len));
-    KMS_ENSURE_GOTO(canon && canon_len, done, KMS_ERR_NOMEM, "out of memory");
+    KMS_GUARD_GOTO(canon_values(req, index_value_input, n, total, "value", &canon, &canon_len),
+                   done);
     size_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        rc = kms_canon_apply((enum kms_canon)req->canonicalizer, req->values[i].data,
-                             req->values[i].len, canon + off, total - off, &canon_len[i]);
-        if (rc != KMS_OK) {
-            rc = at_index(rc, "value", i);
-            goto done;
-        }
-        off += canon_len[i];
-    }
 
     KMS_GUARD_GOTO(index_versions(call, &k, tok, req->all_versions, &vers, &n_vers), done);
     call->audit.key_version = vers[n_vers - 1].version;

@@ -30,6 +30,7 @@
 #include "pol_eval.h"
 #include "proto/escrow.pb-c.h"
 #include "kms_recovery_internal.h"
+#include "kms_rotate.h"
 #include "kms_sign.h"
 
 /* ---- ExecuteRecovery ------------------------------------------------------------------ */
@@ -185,9 +186,27 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *
     struct kms_recovery_msg rm = {0};
     Custos__V1__ExecuteRecoveryResponse resp = CUSTOS__V1__EXECUTE_RECOVERY_RESPONSE__INIT;
     kms_err rc = KMS_OK;
+    char locked_key[KMS_KEY_ID_SIZE] = "";
     KMS_GUARD_GOTO(
         kms_recovery_load(call, POL_OP_EXECUTE_RECOVERY, req->recovery_id, &r, &k, &appr, &n_appr),
         done);
+    /* Executions of one key are serialized by the key's rotation lock, and
+     * everything decided below is read again under it: two executions (one
+     * recovery sent twice, or two recoveries of one key) must never both
+     * pass the state checks, or the loser would unwrap under the winner's
+     * CKA_ID and its rollback destroy the winner's objects. The lock is
+     * held until the store's commit, so the loser sees EXECUTED (or the
+     * key no longer DESTROYED) and is refused before it touches the HSM. */
+    snprintf(locked_key, sizeof(locked_key), "%s", r.key_id);
+    kms_rotate_lock(locked_key);
+    free(appr);
+    appr = NULL;
+    n_appr = 0;
+    KMS_GUARD_GOTO(kms_store_recovery_get(kms_service_store(call->svc), req->recovery_id, &r,
+                                          &appr, &n_appr),
+                   done);
+    KMS_GUARD_GOTO(kms_recovery_refresh_expiry(call, &r), done);
+    KMS_GUARD_GOTO(kms_store_key_get(kms_service_store(call->svc), r.key_id, &k), done);
     {
         char stmt[KMS_RECOVERY_STMT_MAX];
         size_t stmt_len = 0;
@@ -205,6 +224,11 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *
                              "administrators can see this recovery until then",
                              r.executable_at, r.executable_at - now);
     KMS_GUARD_GOTO(quorum_still_holds(call, &r, appr, n_appr), done);
+    if (r.mode == CUSTOS__V1__RECOVERY_MODE__RESTORE)
+        KMS_RECOVERY_REFUSE_GOTO("state", k.state == KMS_KEY_DESTROYED, done,
+                                 KMS_ERR_FAILED_PRECONDITION,
+                                 "key is %s; RESTORE brings back a DESTROYED key",
+                                 kms_key_state_name(k.state));
     struct p11_token *tok = kms_service_token(call->svc, r.region);
     KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
                     "region %s is not served by this node", r.region);
@@ -233,6 +257,8 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *
     resp.recovery = &rm.m;
     rc = kms_rpc_pack(&resp.base, reply);
 done:
+    if (locked_key[0] != '\0')
+        kms_rotate_unlock(locked_key);
     for (size_t i = 0; i < resp.n_wrapped; i++) {
         OPENSSL_cleanse(resp.wrapped[i] + 1, P11_EXPORT_MAX);
         free(resp.wrapped[i]);

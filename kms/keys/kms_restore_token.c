@@ -104,6 +104,26 @@ static kms_err unknown_object(struct kms_store *store, struct p11_token *tok,
     return kms_restore_add_fix(r, &f);
 }
 
+/* Is the object of a live version (hsm_id) gone from the token: not among
+ * its ids (sorted), not still being created, and not already confirmed as
+ * lost by an operator? */
+static kms_err live_object_gone(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                const struct p11_key_id *ids, size_t n_ids,
+                                const struct kms_store_creating *creating, size_t n_creating,
+                                bool *out_gone)
+{
+    bool lost = false;
+    *out_gone = false;
+    if (n_ids > 0 && bsearch(hsm_id, ids, n_ids, sizeof(*ids), cmp_id))
+        return KMS_OK;
+    for (size_t j = 0; j < n_creating; j++)
+        if (memcmp(creating[j].hsm_id, hsm_id, KMS_HSM_ID_LEN) == 0)
+            return KMS_OK;
+    KMS_GUARD(kms_store_lost_confirmed(store, hsm_id, &lost));
+    *out_gone = !lost;
+    return KMS_OK;
+}
+
 kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
                                struct kms_restore_report *r, struct p11_key_id **out_ids,
                                size_t *out_n)
@@ -127,15 +147,9 @@ kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
             rc = unknown_object(store, tok, &ids[i], r);
     size_t missing = 0;
     for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        if (n_ids > 0 && bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
-            continue;
-        bool is_creating = false, lost = false;
-        for (size_t j = 0; j < n_creating && !is_creating; j++)
-            is_creating = memcmp(creating[j].hsm_id, live[i].bytes, KMS_HSM_ID_LEN) == 0;
-        if (is_creating)
-            continue;
-        rc = kms_store_lost_confirmed(store, live[i].bytes, &lost);
-        if (rc != KMS_OK || lost)
+        bool gone = false;
+        rc = live_object_gone(store, live[i].bytes, ids, n_ids, creating, n_creating, &gone);
+        if (rc != KMS_OK || !gone)
             continue;
         missing++;
         struct kms_restore_fix f = {.kind = KMS_FIX_LOST};
@@ -181,15 +195,9 @@ kms_err kms_restore_token_missing(struct kms_store *store, struct p11_token *tok
     if (rc == KMS_OK)
         rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
     for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        if (n_ids > 0 && bsearch(live[i].bytes, ids, n_ids, sizeof(*ids), cmp_id))
-            continue;
-        bool is_creating = false, lost = false, found = false;
-        for (size_t j = 0; j < n_creating && !is_creating; j++)
-            is_creating = memcmp(creating[j].hsm_id, live[i].bytes, KMS_HSM_ID_LEN) == 0;
-        if (is_creating)
-            continue;
-        rc = kms_store_lost_confirmed(store, live[i].bytes, &lost);
-        if (rc != KMS_OK || lost)
+        bool gone = false, found = false;
+        rc = live_object_gone(store, live[i].bytes, ids, n_ids, creating, n_creating, &gone);
+        if (rc != KMS_OK || !gone)
             continue;
         if (missing < max) {
             rc = kms_store_version_by_hsm_id(store, live[i].bytes, out[missing].key_id,

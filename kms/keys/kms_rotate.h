@@ -24,7 +24,10 @@ struct p11_token;
 /* The longest rotation period a key may carry: 10 years. */
 #define KMS_ROTATION_PERIOD_MAX (10ULL * 365 * 86400)
 
-/* The key's rotation lock (striped by key id; never held across two keys). */
+/* The key's rotation lock (striped by key id; never held across two keys).
+ * Also held by ExecuteRecovery from its checks to its commit, and by the
+ * sweeper from marking a key DESTROYED to destroying its objects, so a
+ * RESTORE never interleaves with another RESTORE or with the destruction. */
 void kms_rotate_lock(const char *key_id);
 void kms_rotate_unlock(const char *key_id);
 

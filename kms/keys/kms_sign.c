@@ -326,46 +326,65 @@ done:
     return rc;
 }
 
-/* ---- Sign -------------------------------------------------------------------------------- */
+/* ---- Sign and Verify --------------------------------------------------------------------- */
 
-kms_err kms_rpc_sign(struct kms_call *call, const ProtobufCMessage *msg,
-                     struct kms_reply *reply)
-{
-    kms_err rc = KMS_OK;
-    const Custos__V1__SignRequest *req = (const void *)msg;
+/* What Sign and Verify both establish before the HSM signs or verifies. */
+struct sign_step {
     struct kms_key_record k;
     struct p11_token *tok;
-    KMS_GUARD_GOTO(signing_key(call, POL_OP_SIGN, req->key_id, &k, &tok), done);
     uint8_t digest[32];
-    /* What was asked is noted before any refusal below, so that the event
-     * of a refused Sign says what it would have signed. */
-    KMS_GUARD_GOTO(message_digest(&req->message, req->message_type, digest), done);
-    audit_note(call, req->algorithm, req->message_type, req->message.len, digest, NULL);
-    KMS_ENSURE_GOTO(k.state == KMS_KEY_ENABLED, done, KMS_ERR_FAILED_PRECONDITION,
-                    "key is %s; only an ENABLED key signs", kms_key_state_name(k.state));
     enum p11_sig_alg alg;
-    KMS_GUARD_GOTO(pick_alg(&k, req->algorithm, &alg), done);
     struct kms_version_record v;
-    KMS_GUARD_GOTO(pick_version(call, &k, req->version, &v), done);
     struct p11_key_id id;
-    memcpy(id.b, v.hsm_id, sizeof(id.b));
+};
+
+/* The key (for op) and the message's digest. What was asked is noted in
+ * the audit event before any refusal, so that the event of a refused call
+ * says what it would have signed or verified. */
+static kms_err sign_step_key(struct kms_call *call, enum pol_op op, const char *key_id,
+                             const ProtobufCBinaryData *message, int type, int algorithm,
+                             struct sign_step *st)
+{
+    KMS_GUARD(signing_key(call, op, key_id, &st->k, &st->tok));
+    KMS_GUARD(message_digest(message, type, st->digest));
+    audit_note(call, algorithm, type, message->len, st->digest, NULL);
+    return KMS_OK;
+}
+
+/* The algorithm, and the version whose HSM object does the work. */
+static kms_err sign_step_version(struct kms_call *call, int algorithm, uint32_t version,
+                                 struct sign_step *st)
+{
+    KMS_GUARD(pick_alg(&st->k, algorithm, &st->alg));
+    KMS_GUARD(pick_version(call, &st->k, version, &st->v));
+    memcpy(st->id.b, st->v.hsm_id, sizeof(st->id.b));
+    return KMS_OK;
+}
+
+kms_err kms_rpc_sign(struct kms_call *call, const ProtobufCMessage *msg, struct kms_reply *reply)
+{
+    const Custos__V1__SignRequest *req = (const void *)msg;
+    struct sign_step st;
+    KMS_GUARD(sign_step_key(call, POL_OP_SIGN, req->key_id, &req->message, req->message_type,
+                            req->algorithm, &st));
+    KMS_ENSURE(st.k.state == KMS_KEY_ENABLED, KMS_ERR_FAILED_PRECONDITION,
+               "key is %s; only an ENABLED key signs", kms_key_state_name(st.k.state));
+    KMS_GUARD(sign_step_version(call, req->algorithm, req->version, &st));
     uint8_t sig[P11_ASYM_SIG_MAX];
     size_t sig_len = sizeof(sig);
-    KMS_GUARD_GOTO(p11_asym_sign_digest(tok, &id, alg, digest, sizeof(digest), sig, &sig_len),
-                   done);
+    KMS_GUARD(
+        p11_asym_sign_digest(st.tok, &st.id, st.alg, st.digest, sizeof(st.digest), sig, &sig_len));
     char extra[32];
     snprintf(extra, sizeof(extra), " sig_len=%zu", sig_len);
-    audit_note(call, req->algorithm, req->message_type, req->message.len, digest, extra);
+    audit_note(call, req->algorithm, req->message_type, req->message.len, st.digest, extra);
 
     Custos__V1__SignResponse resp = CUSTOS__V1__SIGN_RESPONSE__INIT;
-    resp.key_id = k.key_id;
-    resp.version = v.version;
+    resp.key_id = st.k.key_id;
+    resp.version = st.v.version;
     resp.signature.data = sig;
     resp.signature.len = sig_len;
     resp.algorithm = req->algorithm;
-    rc = kms_rpc_pack(&resp.base, reply);
-done:
-    return rc;
+    return kms_rpc_pack(&resp.base, reply);
 }
 
 /* ---- Verify ------------------------------------------------------------------------------ */
@@ -373,45 +392,33 @@ done:
 kms_err kms_rpc_verify(struct kms_call *call, const ProtobufCMessage *msg,
                        struct kms_reply *reply)
 {
-    kms_err rc = KMS_OK;
     const Custos__V1__VerifyRequest *req = (const void *)msg;
-    struct kms_key_record k;
-    struct p11_token *tok;
-    KMS_GUARD_GOTO(signing_key(call, POL_OP_VERIFY, req->key_id, &k, &tok), done);
-    uint8_t digest[32];
-    KMS_GUARD_GOTO(message_digest(&req->message, req->message_type, digest), done);
-    audit_note(call, req->algorithm, req->message_type, req->message.len, digest, NULL);
-    KMS_ENSURE_GOTO(k.state == KMS_KEY_ENABLED, done, KMS_ERR_FAILED_PRECONDITION,
-                    "key is %s; only an ENABLED key verifies (GetPublicKey works in any state "
-                    "and lets anyone verify with OpenSSL)",
-                    kms_key_state_name(k.state));
+    struct sign_step st;
+    KMS_GUARD(sign_step_key(call, POL_OP_VERIFY, req->key_id, &req->message, req->message_type,
+                            req->algorithm, &st));
+    KMS_ENSURE(st.k.state == KMS_KEY_ENABLED, KMS_ERR_FAILED_PRECONDITION,
+               "key is %s; only an ENABLED key verifies (GetPublicKey works in any state "
+               "and lets anyone verify with OpenSSL)",
+               kms_key_state_name(st.k.state));
     /* A signature belongs to one key pair: the caller says which. */
-    KMS_ENSURE_GOTO(req->version != 0, done, KMS_ERR_INVALID_ARGUMENT,
-                    "version is required in Verify (SignResponse.version names it)");
-    KMS_ENSURE_GOTO(req->signature.len >= 1 && req->signature.len <= KMS_SIGN_SIGNATURE_MAX,
-                    done, KMS_ERR_INVALID_ARGUMENT, "signature must be 1..%d bytes, got %zu",
-                    KMS_SIGN_SIGNATURE_MAX, req->signature.len);
-    enum p11_sig_alg alg;
-    KMS_GUARD_GOTO(pick_alg(&k, req->algorithm, &alg), done);
-    struct kms_version_record v;
-    KMS_GUARD_GOTO(pick_version(call, &k, req->version, &v), done);
-    struct p11_key_id id;
-    memcpy(id.b, v.hsm_id, sizeof(id.b));
+    KMS_ENSURE(req->version != 0, KMS_ERR_INVALID_ARGUMENT,
+               "version is required in Verify (SignResponse.version names it)");
+    KMS_ENSURE(req->signature.len >= 1 && req->signature.len <= KMS_SIGN_SIGNATURE_MAX,
+               KMS_ERR_INVALID_ARGUMENT, "signature must be 1..%d bytes, got %zu",
+               KMS_SIGN_SIGNATURE_MAX, req->signature.len);
+    KMS_GUARD(sign_step_version(call, req->algorithm, req->version, &st));
     bool valid = false;
-    KMS_GUARD_GOTO(p11_asym_verify_digest(tok, &id, alg, digest, sizeof(digest),
-                                          req->signature.data, req->signature.len, &valid),
-                   done);
+    KMS_GUARD(p11_asym_verify_digest(st.tok, &st.id, st.alg, st.digest, sizeof(st.digest),
+                                     req->signature.data, req->signature.len, &valid));
     char extra[40];
     snprintf(extra, sizeof(extra), " sig_len=%zu valid=%s", req->signature.len,
              valid ? "true" : "false");
-    audit_note(call, req->algorithm, req->message_type, req->message.len, digest, extra);
+    audit_note(call, req->algorithm, req->message_type, req->message.len, st.digest, extra);
 
     Custos__V1__VerifyResponse resp = CUSTOS__V1__VERIFY_RESPONSE__INIT;
-    resp.key_id = k.key_id;
-    resp.version = v.version;
+    resp.key_id = st.k.key_id;
+    resp.version = st.v.version;
     resp.valid = valid;
     resp.algorithm = req->algorithm;
-    rc = kms_rpc_pack(&resp.base, reply);
-done:
-    return rc;
+    return kms_rpc_pack(&resp.base, reply);
 }

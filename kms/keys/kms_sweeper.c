@@ -105,11 +105,18 @@ kms_err kms_sweeper_delete_due(struct kms_service *svc, int64_t now, size_t *out
         /* Store first: once DESTROYED, no request can reach the key, and a
          * crash before the HSM objects go leaves orphans that reconcile
          * removes at the next start. */
+        /* Under the key's rotation lock until its objects are gone: a
+         * RESTORE of the key (kms_recovery_exec.c) takes the same lock, so
+         * it never unwraps between the mark and the destroys below. */
+        kms_rotate_lock(due[i].key_id);
         kms_err mrc = kms_store_key_mark_destroyed(kms_service_store(svc), due[i].key_id, now, &ids, &n_ids);
         kms_keycache_invalidate(kms_service_keycache(svc), due[i].key_id);
-        if (mrc == KMS_ERR_FAILED_PRECONDITION)
+        if (mrc == KMS_ERR_FAILED_PRECONDITION) {
+            kms_rotate_unlock(due[i].key_id);
             continue; /* cancelled meanwhile */
+        }
         if (mrc != KMS_OK) {
+            kms_rotate_unlock(due[i].key_id);
             rc = mrc;
             break;
         }
@@ -122,6 +129,7 @@ kms_err kms_sweeper_delete_due(struct kms_service *svc, int64_t now, size_t *out
                 kms_log_error("sweeper", "key %s: HSM object not destroyed (%s); reconcile will retry at start",
                               due[i].key_id, kms_err_detail());
         }
+        kms_rotate_unlock(due[i].key_id);
         free(ids);
         kms_log_info("sweeper", "key %s destroyed at the end of its waiting period",
                      due[i].key_id);

@@ -81,6 +81,28 @@ static kms_err get_uint(json_t *obj, const char *key, const char *where, unsigne
     return KMS_OK;
 }
 
+/* get_uint into an unsigned setting, which keeps its default if absent. */
+static kms_err get_unsigned(json_t *obj, const char *key, const char *where, unsigned long min,
+                            unsigned long max, unsigned *inout)
+{
+    unsigned long v = *inout;
+    KMS_GUARD(get_uint(obj, key, where, min, max, &v));
+    *inout = (unsigned)v;
+    return KMS_OK;
+}
+
+/* The section root.name in *out (NULL if absent), checked to be an object
+ * with no keys but those in k (NULL-terminated). */
+static kms_err get_section(json_t *root, const char *name, const char *const *k, json_t **out)
+{
+    json_t *s = json_object_get(root, name);
+    *out = s;
+    if (s == NULL)
+        return KMS_OK;
+    KMS_ENSURE(json_is_object(s), KMS_ERR_CONFIG, "%s: must be an object", name);
+    return check_keys(s, name, k);
+}
+
 static kms_err get_bool(json_t *obj, const char *key, const char *where, bool *inout)
 {
     json_t *v = json_object_get(obj, key);
@@ -102,11 +124,10 @@ static kms_err parse_front(json_t *root, const char *dir, struct kms_config *c)
         c->dev_mode = strcmp(json_string_value(mode), "dev") == 0;
     }
 
-    json_t *listen = json_object_get(root, "listen");
+    static const char *const listen_keys[] = {"address", "port", NULL};
+    json_t *listen = NULL;
+    KMS_GUARD(get_section(root, "listen", listen_keys, &listen));
     if (listen) {
-        static const char *const k[] = {"address", "port", NULL};
-        KMS_ENSURE(json_is_object(listen), KMS_ERR_CONFIG, "listen: must be an object");
-        KMS_GUARD(check_keys(listen, "listen", k));
         KMS_GUARD(get_str(listen, "address", "listen", false, dir, false, &c->listen_address));
         unsigned long port = c->listen_port;
         KMS_GUARD(get_uint(listen, "port", "listen", 1, 65535, &port));
@@ -116,12 +137,11 @@ static kms_err parse_front(json_t *root, const char *dir, struct kms_config *c)
     KMS_ENSURE(inet_pton(AF_INET, c->listen_address, &a4) == 1, KMS_ERR_CONFIG,
                "listen.address: must be an IPv4 address");
 
-    json_t *tls = json_object_get(root, "tls");
+    static const char *const tls_keys[] = {
+        "cert", "key", "key_uri", "client_ca", "require_client_cert", NULL};
+    json_t *tls = NULL;
+    KMS_GUARD(get_section(root, "tls", tls_keys, &tls));
     if (tls) {
-        static const char *const k[] = {"cert", "key", "key_uri", "client_ca",
-                                        "require_client_cert", NULL};
-        KMS_ENSURE(json_is_object(tls), KMS_ERR_CONFIG, "tls: must be an object");
-        KMS_GUARD(check_keys(tls, "tls", k));
         KMS_GUARD(get_str(tls, "cert", "tls", true, dir, true, &c->tls_cert));
         KMS_GUARD(get_str(tls, "key", "tls", false, dir, true, &c->tls_key));
         /* The private key is a file or a key in a token, never both. */
@@ -182,20 +202,16 @@ static kms_err parse_pkcs11(json_t *root, const char *dir, struct kms_config *c)
 /* "limits": request, connection and thread bounds. */
 static kms_err parse_limits(json_t *root, struct kms_config *c)
 {
-    json_t *lim = json_object_get(root, "limits");
+    static const char *const lim_keys[] = {
+        "max_body_bytes", "max_connections", "max_connections_per_ip", "connection_timeout_s",
+        "threads",        "thread_model",    "drain_timeout_s",        NULL};
+    json_t *lim = NULL;
+    KMS_GUARD(get_section(root, "limits", lim_keys, &lim));
     if (lim) {
-        static const char *const k[] = {"max_body_bytes",  "max_connections",
-                                        "max_connections_per_ip", "connection_timeout_s",
-                                        "threads",         "thread_model",
-                                        "drain_timeout_s", NULL};
-        KMS_ENSURE(json_is_object(lim), KMS_ERR_CONFIG, "limits: must be an object");
-        KMS_GUARD(check_keys(lim, "limits", k));
         unsigned long v = c->max_body_bytes;
         KMS_GUARD(get_uint(lim, "max_body_bytes", "limits", 1024, 16 * 1024 * 1024, &v));
         c->max_body_bytes = v;
-        v = c->max_connections;
-        KMS_GUARD(get_uint(lim, "max_connections", "limits", 1, 65536, &v));
-        c->max_connections = (unsigned)v;
+        KMS_GUARD(get_unsigned(lim, "max_connections", "limits", 1, 65536, &c->max_connections));
         json_t *per_ip = json_object_get(lim, "max_connections_per_ip");
         if (per_ip) {
             v = 0;
@@ -211,15 +227,10 @@ static kms_err parse_limits(json_t *root, struct kms_config *c)
             /* The default follows a smaller total cap down. */
             c->max_connections_per_ip = c->max_connections;
         }
-        v = c->connection_timeout_s;
-        KMS_GUARD(get_uint(lim, "connection_timeout_s", "limits", 1, 3600, &v));
-        c->connection_timeout_s = (unsigned)v;
-        v = c->threads;
-        KMS_GUARD(get_uint(lim, "threads", "limits", 0, 256, &v));
-        c->threads = (unsigned)v;
-        v = c->drain_timeout_s;
-        KMS_GUARD(get_uint(lim, "drain_timeout_s", "limits", 1, 3600, &v));
-        c->drain_timeout_s = (unsigned)v;
+        KMS_GUARD(
+            get_unsigned(lim, "connection_timeout_s", "limits", 1, 3600, &c->connection_timeout_s));
+        KMS_GUARD(get_unsigned(lim, "threads", "limits", 0, 256, &c->threads));
+        KMS_GUARD(get_unsigned(lim, "drain_timeout_s", "limits", 1, 3600, &c->drain_timeout_s));
         json_t *tm = json_object_get(lim, "thread_model");
         if (tm) {
             KMS_ENSURE(json_is_string(tm) && (strcmp(json_string_value(tm), "pool") == 0 ||
@@ -234,24 +245,17 @@ static kms_err parse_limits(json_t *root, struct kms_config *c)
 /* "deletion": scheduled deletion windows and the sweeper. */
 static kms_err parse_deletion(json_t *root, struct kms_config *c)
 {
-    json_t *del = json_object_get(root, "deletion");
+    static const char *const del_keys[] = {"default_days", "min_days", "day_seconds",
+                                           "sweep_interval_s", NULL};
+    json_t *del = NULL;
+    KMS_GUARD(get_section(root, "deletion", del_keys, &del));
     if (del) {
-        static const char *const k[] = {"default_days", "min_days", "day_seconds",
-                                        "sweep_interval_s", NULL};
-        KMS_ENSURE(json_is_object(del), KMS_ERR_CONFIG, "deletion: must be an object");
-        KMS_GUARD(check_keys(del, "deletion", k));
-        unsigned long v = c->deletion_default_days;
-        KMS_GUARD(get_uint(del, "default_days", "deletion", 0, 3650, &v));
-        c->deletion_default_days = (unsigned)v;
-        v = c->deletion_min_days;
-        KMS_GUARD(get_uint(del, "min_days", "deletion", 0, 3650, &v));
-        c->deletion_min_days = (unsigned)v;
-        v = c->deletion_day_seconds;
-        KMS_GUARD(get_uint(del, "day_seconds", "deletion", 1, 86400, &v));
-        c->deletion_day_seconds = (unsigned)v;
-        v = c->sweep_interval_s;
-        KMS_GUARD(get_uint(del, "sweep_interval_s", "deletion", 1, 86400, &v));
-        c->sweep_interval_s = (unsigned)v;
+        KMS_GUARD(
+            get_unsigned(del, "default_days", "deletion", 0, 3650, &c->deletion_default_days));
+        KMS_GUARD(get_unsigned(del, "min_days", "deletion", 0, 3650, &c->deletion_min_days));
+        KMS_GUARD(get_unsigned(del, "day_seconds", "deletion", 1, 86400, &c->deletion_day_seconds));
+        KMS_GUARD(
+            get_unsigned(del, "sweep_interval_s", "deletion", 1, 86400, &c->sweep_interval_s));
     }
     return KMS_OK;
 }
@@ -259,24 +263,21 @@ static kms_err parse_deletion(json_t *root, struct kms_config *c)
 /* "rotation": usage limits and periods, checked against each other. */
 static kms_err parse_rotation(json_t *root, struct kms_config *c)
 {
-    json_t *rot = json_object_get(root, "rotation");
+    static const char *const rot_keys[] = {"usage_rotate_at", "usage_limit", "usage_reserve_block",
+                                           "min_period_s", NULL};
+    json_t *rot = NULL;
+    KMS_GUARD(get_section(root, "rotation", rot_keys, &rot));
     if (rot) {
-        static const char *const k[] = {"usage_rotate_at", "usage_limit", "usage_reserve_block",
-                                        "min_period_s", NULL};
-        KMS_ENSURE(json_is_object(rot), KMS_ERR_CONFIG, "rotation: must be an object");
-        KMS_GUARD(check_keys(rot, "rotation", k));
         unsigned long v = (unsigned long)c->usage_limit;
         KMS_GUARD(get_uint(rot, "usage_limit", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
         c->usage_limit = v;
         v = (unsigned long)c->usage_rotate_at;
         KMS_GUARD(get_uint(rot, "usage_rotate_at", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
         c->usage_rotate_at = v;
-        v = c->usage_reserve_block;
-        KMS_GUARD(get_uint(rot, "usage_reserve_block", "rotation", 1, 1u << 20, &v));
-        c->usage_reserve_block = (unsigned)v;
-        v = c->rotation_min_period_s;
-        KMS_GUARD(get_uint(rot, "min_period_s", "rotation", 1, 10 * 365 * 86400UL, &v));
-        c->rotation_min_period_s = (unsigned)v;
+        KMS_GUARD(get_unsigned(rot, "usage_reserve_block", "rotation", 1, 1u << 20,
+                               &c->usage_reserve_block));
+        KMS_GUARD(get_unsigned(rot, "min_period_s", "rotation", 1, 10 * 365 * 86400UL,
+                               &c->rotation_min_period_s));
     }
     /* Rotating before the limit leaves room for the requests in flight. */
     KMS_ENSURE(c->usage_rotate_at <= c->usage_limit, KMS_ERR_CONFIG,
@@ -296,26 +297,22 @@ static kms_err parse_rotation(json_t *root, struct kms_config *c)
 /* "audit": the audit log, on unless in dev mode. */
 static kms_err parse_audit(json_t *root, const char *dir, struct kms_config *c)
 {
-    json_t *aud = json_object_get(root, "audit");
+    static const char *const aud_keys[] = {
+        "enabled",         "dir", "head_every_events", "head_every_ms", "key_max_age_s",
+        "commit_delay_us", NULL};
+    json_t *aud = NULL;
+    KMS_GUARD(get_section(root, "audit", aud_keys, &aud));
     if (aud) {
-        static const char *const k[] = {"enabled", "dir", "head_every_events", "head_every_ms",
-                                        "key_max_age_s", "commit_delay_us", NULL};
-        KMS_ENSURE(json_is_object(aud), KMS_ERR_CONFIG, "audit: must be an object");
-        KMS_GUARD(check_keys(aud, "audit", k));
         KMS_GUARD(get_bool(aud, "enabled", "audit", &c->audit_enabled));
         KMS_GUARD(get_str(aud, "dir", "audit", false, dir, true, &c->audit_dir));
-        unsigned long v = c->audit_head_every_events;
-        KMS_GUARD(get_uint(aud, "head_every_events", "audit", 1, 1000000, &v));
-        c->audit_head_every_events = (unsigned)v;
-        v = c->audit_head_every_ms;
-        KMS_GUARD(get_uint(aud, "head_every_ms", "audit", 10, 86400000, &v));
-        c->audit_head_every_ms = (unsigned)v;
-        v = c->audit_key_max_age_s;
-        KMS_GUARD(get_uint(aud, "key_max_age_s", "audit", 1, 10 * 365 * 86400UL, &v));
-        c->audit_key_max_age_s = (unsigned)v;
-        v = c->audit_commit_delay_us;
-        KMS_GUARD(get_uint(aud, "commit_delay_us", "audit", 0, 10000, &v));
-        c->audit_commit_delay_us = (unsigned)v;
+        KMS_GUARD(get_unsigned(aud, "head_every_events", "audit", 1, 1000000,
+                               &c->audit_head_every_events));
+        KMS_GUARD(
+            get_unsigned(aud, "head_every_ms", "audit", 10, 86400000, &c->audit_head_every_ms));
+        KMS_GUARD(get_unsigned(aud, "key_max_age_s", "audit", 1, 10 * 365 * 86400UL,
+                               &c->audit_key_max_age_s));
+        KMS_GUARD(
+            get_unsigned(aud, "commit_delay_us", "audit", 0, 10000, &c->audit_commit_delay_us));
     }
     /* An unaudited key service is only for measuring what audit costs. */
     KMS_ENSURE(c->audit_enabled || c->dev_mode, KMS_ERR_CONFIG,
@@ -330,11 +327,10 @@ static kms_err parse_audit(json_t *root, const char *dir, struct kms_config *c)
 /* "log" and "health". */
 static kms_err parse_log_health(json_t *root, const char *dir, struct kms_config *c)
 {
-    json_t *log = json_object_get(root, "log");
+    static const char *const log_keys[] = {"level", "file", NULL};
+    json_t *log = NULL;
+    KMS_GUARD(get_section(root, "log", log_keys, &log));
     if (log) {
-        static const char *const k[] = {"level", "file", NULL};
-        KMS_ENSURE(json_is_object(log), KMS_ERR_CONFIG, "log: must be an object");
-        KMS_GUARD(check_keys(log, "log", k));
         json_t *lv = json_object_get(log, "level");
         if (lv) {
             int l = kms_log_level_parse(json_string_value(lv));
@@ -344,14 +340,11 @@ static kms_err parse_log_health(json_t *root, const char *dir, struct kms_config
         }
         KMS_GUARD(get_str(log, "file", "log", false, dir, true, &c->log_file));
     }
-    json_t *health = json_object_get(root, "health");
+    static const char *const health_keys[] = {"cache_ms", NULL};
+    json_t *health = NULL;
+    KMS_GUARD(get_section(root, "health", health_keys, &health));
     if (health) {
-        static const char *const k[] = {"cache_ms", NULL};
-        KMS_ENSURE(json_is_object(health), KMS_ERR_CONFIG, "health: must be an object");
-        KMS_GUARD(check_keys(health, "health", k));
-        unsigned long v = c->health_cache_ms;
-        KMS_GUARD(get_uint(health, "cache_ms", "health", 0, 60000, &v));
-        c->health_cache_ms = (unsigned)v;
+        KMS_GUARD(get_unsigned(health, "cache_ms", "health", 0, 60000, &c->health_cache_ms));
     }
     return KMS_OK;
 }
@@ -359,14 +352,11 @@ static kms_err parse_log_health(json_t *root, const char *dir, struct kms_config
 /* "import": BYOK import tokens. */
 static kms_err parse_import(json_t *root, struct kms_config *c)
 {
-    json_t *imp = json_object_get(root, "import");
+    static const char *const imp_keys[] = {"token_ttl_s", NULL};
+    json_t *imp = NULL;
+    KMS_GUARD(get_section(root, "import", imp_keys, &imp));
     if (imp) {
-        static const char *const k[] = {"token_ttl_s", NULL};
-        KMS_ENSURE(json_is_object(imp), KMS_ERR_CONFIG, "import: must be an object");
-        KMS_GUARD(check_keys(imp, "import", k));
-        unsigned long v = c->import_token_ttl_s;
-        KMS_GUARD(get_uint(imp, "token_ttl_s", "import", 1, 7 * 86400, &v));
-        c->import_token_ttl_s = (unsigned)v;
+        KMS_GUARD(get_unsigned(imp, "token_ttl_s", "import", 1, 7 * 86400, &c->import_token_ttl_s));
     }
     /* Every import token holds an RSA-3072 key pair in the HSM until it is
      * used or expires; a minute is the least a human can work with. */
@@ -497,4 +487,10 @@ void kms_config_free(struct kms_config *c)
     free(c->audit_dir);
     free(c->log_file);
     free(c);
+}
+
+const char *kms_config_default_path(void)
+{
+    const char *p = getenv("CUSTOS_CONFIG");
+    return p != NULL && *p != '\0' ? p : "/etc/custos/kmsd.json";
 }

@@ -85,6 +85,10 @@ struct kms_config {
 /* Load and validate. Errors name the file and the JSON path. Relative paths
  * inside the file are taken relative to the file's directory. */
 kms_err kms_config_load(const char *path, struct kms_config **out);
+
+/* The configuration file when no --config names one: $CUSTOS_CONFIG if set
+ * and not empty, else /etc/custos/kmsd.json. */
+const char *kms_config_default_path(void);
 void kms_config_free(struct kms_config *cfg);
 
 #endif

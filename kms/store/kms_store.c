@@ -270,20 +270,19 @@ kms_err kms_store_info(struct kms_store *store, struct kms_store_info *out)
 
 /* ---- keys --------------------------------------------------------------- */
 
-kms_err kms_store_key_insert(struct kms_store *store, const struct kms_key_record *key,
-                             const struct kms_version_record *v1)
+struct key_insert_arg {
+    const struct kms_key_record *key;
+    const struct kms_version_record *v1;
+};
+
+static kms_err key_insert_tx(struct store_conn *c, void *varg, const char *op)
 {
-    static const char op[] = "insert key";
+    const struct key_insert_arg *a = varg;
+    const struct kms_key_record *key = a->key;
+    const struct kms_version_record *v1 = a->v1;
     struct store_bind b;
 
-    KMS_ENSURE(store != NULL && key != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    KMS_GUARD(check_new_key(key, v1, op));
-
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_INSERT, op, &b), end);
+    KMS_GUARD(store_stmt(c, ST_KEY_INSERT, op, &b));
     store_bind_text(&b, 1, key->key_id);
     store_bind_text(&b, 2, key->tenant);
     store_bind_text(&b, 3, key->region);
@@ -296,19 +295,41 @@ kms_err kms_store_key_insert(struct kms_store *store, const struct kms_key_recor
     store_bind_int(&b, 10, key->created_at);
     store_bind_int(&b, 11, v1 != NULL ? 1 : 0); /* last_version */
     store_bind_int(&b, 12, key->escrow_required ? 1 : 0);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-    if (v1 != NULL) {
-        KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_INSERT, op, &b), end);
-        store_bind_text(&b, 1, key->key_id);
-        store_bind_int(&b, 2, 1);
-        store_bind_hsm_id(&b, 3, v1->hsm_id);
-        store_bind_int(&b, 4, v1->created_at);
-        KMS_GUARD_GOTO(store_run(&b, op), end);
-    }
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
+    KMS_GUARD(store_run(&b, op));
+    if (v1 == NULL)
+        return KMS_OK;
+    KMS_GUARD(store_stmt(c, ST_VERSION_INSERT, op, &b));
+    store_bind_text(&b, 1, key->key_id);
+    store_bind_int(&b, 2, 1);
+    store_bind_hsm_id(&b, 3, v1->hsm_id);
+    store_bind_int(&b, 4, v1->created_at);
+    return store_run(&b, op);
+}
+
+kms_err kms_store_key_insert(struct kms_store *store, const struct kms_key_record *key,
+                             const struct kms_version_record *v1)
+{
+    static const char op[] = "insert key";
+
+    KMS_ENSURE(store != NULL && key != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_new_key(key, v1, op));
+
+    struct key_insert_arg a = {key, v1};
+    return store_tx_run(store, true, key_insert_tx, &a, op);
+}
+
+kms_err store_key_get_row(struct store_conn *c, const char *key_id, struct kms_key_record *out,
+                          const char *op)
+{
+    struct store_bind b;
+    bool row = false;
+
+    KMS_GUARD(store_stmt(c, ST_KEY_GET, op, &b));
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD(store_step(&b, op, &row));
+    kms_err rc = row ? store_read_key(b.st, out, op)
+                     : kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
+    store_done(&b);
     return rc;
 }
 
@@ -316,24 +337,12 @@ kms_err kms_store_key_get(struct kms_store *store, const char *key_id,
                           struct kms_key_record *out)
 {
     static const char op[] = "get key";
-    struct store_bind b;
-    bool row = false;
 
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
 
     struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_stmt(c, ST_KEY_GET, op, &b);
-    if (rc != KMS_OK)
-        goto out;
-    store_bind_text(&b, 1, key_id);
-    KMS_GUARD_GOTO(store_step(&b, op, &row), out);
-    if (row)
-        rc = store_read_key(b.st, out, op);
-    else
-        rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
-    store_done(&b);
-out:
+    kms_err rc = store_key_get_row(c, key_id, out, op);
     store_conn_give(c);
     return rc;
 }
@@ -344,13 +353,47 @@ static bool settable_state(enum kms_key_state s)
            s == KMS_KEY_PENDING_DELETION;
 }
 
+struct set_state_arg {
+    const char *key_id;
+    enum kms_key_state expected, new_state;
+    int64_t deletion_at;
+};
+
+static kms_err set_state_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct set_state_arg *a = varg;
+    const char *key_id = a->key_id;
+    struct store_key_row row = {0};
+    struct store_bind b;
+
+    KMS_GUARD(store_key_row_get(c, key_id, false, &row, op));
+    KMS_ENSURE(row.state == a->expected, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s is %s, not %s", op, key_id, kms_key_state_name(row.state),
+               kms_key_state_name(a->expected));
+    if (a->new_state == KMS_KEY_ENABLED || a->new_state == KMS_KEY_DISABLED)
+        KMS_ENSURE(row.current_version > 0, KMS_ERR_FAILED_PRECONDITION,
+                   "store: %s: key %s has no key material yet", op, key_id);
+    if (a->new_state == KMS_KEY_PENDING_IMPORT)
+        KMS_ENSURE(row.current_version == 0, KMS_ERR_FAILED_PRECONDITION,
+                   "store: %s: key %s already has key material", op, key_id);
+
+    KMS_GUARD(store_stmt(c, ST_KEY_SET_STATE, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, a->new_state);
+    store_bind_int(&b, 3, a->deletion_at);
+    store_bind_int(&b, 4, a->expected);
+    KMS_GUARD(store_run(&b, op));
+    /* The state was checked above in this transaction; a miss is a bug. */
+    KMS_ENSURE(sqlite3_changes(c->db) == 1, KMS_ERR_INTERNAL,
+               "store: %s: compare-and-set matched no row", op);
+    return KMS_OK;
+}
+
 kms_err kms_store_key_set_state(struct kms_store *store, const char *key_id,
                                 enum kms_key_state expected, enum kms_key_state new_state,
                                 int64_t deletion_at)
 {
     static const char op[] = "set key state";
-    struct store_key_row row = {0};
-    struct store_bind b;
 
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
@@ -366,35 +409,8 @@ kms_err kms_store_key_set_state(struct kms_store *store, const char *key_id,
         KMS_ENSURE(deletion_at == 0, KMS_ERR_INVALID_ARGUMENT,
                    "store: %s: only PENDING_DELETION has a deletion date", op);
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_ENSURE_GOTO(row.state == expected, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s is %s, not %s", op, key_id,
-                    kms_key_state_name(row.state), kms_key_state_name(expected));
-    if (new_state == KMS_KEY_ENABLED || new_state == KMS_KEY_DISABLED)
-        KMS_ENSURE_GOTO(row.current_version > 0, end, KMS_ERR_FAILED_PRECONDITION,
-                        "store: %s: key %s has no key material yet", op, key_id);
-    if (new_state == KMS_KEY_PENDING_IMPORT)
-        KMS_ENSURE_GOTO(row.current_version == 0, end, KMS_ERR_FAILED_PRECONDITION,
-                        "store: %s: key %s already has key material", op, key_id);
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_SET_STATE, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, new_state);
-    store_bind_int(&b, 3, deletion_at);
-    store_bind_int(&b, 4, expected);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-    /* The state was checked above in this transaction; a miss is a bug. */
-    KMS_ENSURE_GOTO(sqlite3_changes(c->db) == 1, end, KMS_ERR_INTERNAL,
-                    "store: %s: compare-and-set matched no row", op);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct set_state_arg a = {key_id, expected, new_state, deletion_at};
+    return store_tx_run(store, true, set_state_tx, &a, op);
 }
 
 /* The (created_at, key_id) of the last key a page token points past. */
@@ -493,14 +509,51 @@ kms_err kms_store_keys_due_for_deletion(struct kms_store *store, int64_t now, si
     return rc;
 }
 
+struct mark_destroyed_arg {
+    const char *key_id;
+    int64_t now;
+    bool want_ids;
+    void *ids;
+    size_t n;
+};
+
+static kms_err mark_destroyed_tx(struct store_conn *c, void *varg, const char *op)
+{
+    struct mark_destroyed_arg *a = varg;
+    const char *key_id = a->key_id;
+    struct store_key_row row = {0};
+    struct store_bind b;
+
+    KMS_GUARD(store_key_row_get(c, key_id, false, &row, op));
+    KMS_ENSURE(row.state == KMS_KEY_PENDING_DELETION, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s is %s, not PENDING_DELETION", op, key_id,
+               kms_key_state_name(row.state));
+    KMS_ENSURE(row.deletion_at <= a->now, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s is not due for deletion yet", op, key_id);
+
+    KMS_GUARD(store_stmt(c, ST_KEY_SET_DESTROYED, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, a->now);
+    KMS_GUARD(store_run(&b, op));
+    KMS_ENSURE(sqlite3_changes(c->db) == 1, KMS_ERR_INTERNAL,
+               "store: %s: compare-and-set matched no row", op);
+
+    KMS_GUARD(store_stmt(c, ST_VERSIONS_SET_DESTROYED, op, &b));
+    store_bind_text(&b, 1, key_id);
+    KMS_GUARD(store_run(&b, op));
+
+    if (!a->want_ids)
+        return KMS_OK;
+    KMS_GUARD(store_stmt(c, ST_KEY_HSM_IDS, op, &b));
+    store_bind_text(&b, 1, key_id);
+    return store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &a->ids,
+                         &a->n, op);
+}
+
 kms_err kms_store_key_mark_destroyed(struct kms_store *store, const char *key_id, int64_t now,
                                      struct kms_hsm_id **out_ids, size_t *out_n)
 {
     static const char op[] = "mark key destroyed";
-    struct store_key_row row = {0};
-    struct store_bind b;
-    void *ids = NULL;
-    size_t n = 0;
 
     KMS_ENSURE(store != NULL && (out_ids == NULL || out_n != NULL), KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
@@ -510,46 +563,15 @@ kms_err kms_store_key_mark_destroyed(struct kms_store *store, const char *key_id
     }
     KMS_GUARD(store_check_key_id(key_id, op));
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_ENSURE_GOTO(row.state == KMS_KEY_PENDING_DELETION, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s is %s, not PENDING_DELETION", op, key_id,
-                    kms_key_state_name(row.state));
-    KMS_ENSURE_GOTO(row.deletion_at <= now, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s is not due for deletion yet", op, key_id);
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_SET_DESTROYED, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, now);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-    KMS_ENSURE_GOTO(sqlite3_changes(c->db) == 1, end, KMS_ERR_INTERNAL,
-                    "store: %s: compare-and-set matched no row", op);
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSIONS_SET_DESTROYED, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-
-    if (out_ids != NULL) {
-        KMS_GUARD_GOTO(store_stmt(c, ST_KEY_HSM_IDS, op, &b), end);
-        store_bind_text(&b, 1, key_id);
-        KMS_GUARD_GOTO(store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX,
-                                     store_read_hsm_id, &ids, &n, op),
-                       end);
-    }
-end:
-    rc = store_tx_end(c, rc, op);
+    struct mark_destroyed_arg a = {key_id, now, out_ids != NULL, NULL, 0};
+    kms_err rc = store_tx_run(store, true, mark_destroyed_tx, &a, op);
     /* The ids go out only once the commit is durable: destroying the HSM
      * objects of a key the store still calls alive would lose the key. */
     if (rc == KMS_OK && out_ids != NULL) {
-        *out_ids = ids;
-        *out_n = n;
+        *out_ids = a.ids;
+        *out_n = a.n;
     } else {
-        free(ids);
+        free(a.ids);
     }
-out:
-    store_conn_give(c);
     return rc;
 }

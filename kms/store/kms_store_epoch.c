@@ -30,55 +30,78 @@ static void hex16(const uint8_t id[KMS_HSM_ID_LEN], char out[2 * KMS_HSM_ID_LEN 
         snprintf(out + 2 * i, 3, "%02x", id[i]);
 }
 
+struct text_out {
+    char *out;
+    size_t size;
+};
+
+static kms_err read_text0(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct text_out *t = elem;
+    return store_col_text(st, 0, t->out, t->size, op);
+}
+
+static void bind_hsm_id_blob(struct store_bind *b, const void *arg)
+{
+    store_bind_blob(b, 1, arg, KMS_HSM_ID_LEN);
+}
+
 /* SELECT value FROM meta WHERE name = ?: *found false when absent. */
 static kms_err meta_get(struct kms_store *store, const char *name, char *out, size_t size,
                         bool *found)
 {
-    static const char op[] = "read meta";
-    *found = false;
-    struct store_conn *c = store_reader_take(store);
-    sqlite3_stmt *st = NULL;
-    kms_err rc = prep(c, "SELECT value FROM meta WHERE name = ?1", &st, op);
-    if (rc == KMS_OK) {
-        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW) {
-            rc = store_col_text(st, 0, out, size, op);
-            *found = rc == KMS_OK;
-        } else if (s != SQLITE_DONE) {
-            rc = store_sql_err(c->db, s, op);
-        }
-    }
-    sqlite3_finalize(st);
-    store_conn_give(c);
-    return rc;
+    struct text_out t = {out, size};
+    return store_query_row(store, "SELECT value FROM meta WHERE name = ?1", "read meta",
+                           store_bind_text1, name, read_text0, &t, found);
+}
+
+/* A region's watermark (what names it) stored as decimal text under name;
+ * *out stays 0 and *found false when absent. */
+static kms_err meta_get_u64(struct kms_store *store, const char *name, const char *what,
+                            const char *region, uint64_t *out, bool *found)
+{
+    char v[32];
+    KMS_GUARD(meta_get(store, name, v, sizeof(v), found));
+    if (!*found)
+        return KMS_OK;
+    char *end = NULL;
+    unsigned long long n = strtoull(v, &end, 10);
+    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL, "store: %s of region %s is not a number",
+               what, region);
+    *out = (uint64_t)n;
+    return KMS_OK;
 }
 
 /* One write statement with up to two text and one integer parameter, in
  * its own transaction. */
-static kms_err write_one(struct kms_store *store, const char *sql, const char *t1, const char *t2,
-                         int64_t i3, const char *op)
+struct write_one_arg {
+    const char *sql, *t1, *t2;
+    int64_t i3;
+};
+
+static kms_err write_one_tx(struct store_conn *c, void *varg, const char *op)
 {
-    struct store_conn *c = store_writer_take(store);
+    const struct write_one_arg *a = varg;
     sqlite3_stmt *st = NULL;
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    rc = prep(c, sql, &st, op);
+    kms_err rc = prep(c, a->sql, &st, op);
     if (rc == KMS_OK) {
-        sqlite3_bind_text(st, 1, t1, -1, SQLITE_STATIC);
-        if (t2)
-            sqlite3_bind_text(st, 2, t2, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, i3);
+        sqlite3_bind_text(st, 1, a->t1, -1, SQLITE_STATIC);
+        if (a->t2)
+            sqlite3_bind_text(st, 2, a->t2, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, a->i3);
         int s = sqlite3_step(st);
         if (s != SQLITE_DONE)
             rc = store_sql_err(c->db, s, op);
     }
     sqlite3_finalize(st);
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
     return rc;
+}
+
+static kms_err write_one(struct kms_store *store, const char *sql, const char *t1, const char *t2,
+                         int64_t i3, const char *op)
+{
+    struct write_one_arg a = {sql, t1, t2, i3};
+    return store_tx_run(store, true, write_one_tx, &a, op);
 }
 
 static kms_err mark_name(const char *region, char out[KMS_STORE_META_MAX])
@@ -92,82 +115,76 @@ static kms_err mark_name(const char *region, char out[KMS_STORE_META_MAX])
 kms_err kms_store_audit_mark_get(struct kms_store *store, const char *region, uint64_t *out,
                                  bool *out_found)
 {
-    char name[KMS_STORE_META_MAX], v[32];
+    char name[KMS_STORE_META_MAX];
     *out = 0;
     KMS_GUARD(mark_name(region, name));
-    KMS_GUARD(meta_get(store, name, v, sizeof(v), out_found));
-    if (!*out_found)
-        return KMS_OK;
-    char *end = NULL;
-    unsigned long long n = strtoull(v, &end, 10);
-    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL,
-               "store: audit watermark of region %s is not a number", region);
-    *out = (uint64_t)n;
-    return KMS_OK;
+    return meta_get_u64(store, name, "audit watermark", region, out, out_found);
+}
+
+/* Write a region's audit watermark with sql (?1 the name, ?3 the size). */
+static kms_err audit_mark_write(struct kms_store *store, const char *region, uint64_t size,
+                                const char *sql, const char *op)
+{
+    char name[KMS_STORE_META_MAX];
+    KMS_GUARD(mark_name(region, name));
+    KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
+    return write_one(store, sql, name, NULL, (int64_t)size, op);
 }
 
 kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, uint64_t size)
 {
-    char name[KMS_STORE_META_MAX];
-    KMS_GUARD(mark_name(region, name));
-    KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
     /* Text compare would order "9" after "10": compare as integers. */
-    return write_one(store,
-                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
-                     "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT) "
-                     "WHERE CAST(meta.value AS INTEGER) < ?3",
-                     name, NULL, (int64_t)size, "record audit watermark");
+    return audit_mark_write(store, region, size,
+                            "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                            "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT) "
+                            "WHERE CAST(meta.value AS INTEGER) < ?3",
+                            "record audit watermark");
 }
 
 kms_err kms_store_audit_mark_reset(struct kms_store *store, const char *region, uint64_t size)
 {
-    char name[KMS_STORE_META_MAX];
-    KMS_GUARD(mark_name(region, name));
-    KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
-    return write_one(store,
-                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
-                     "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT)",
-                     name, NULL, (int64_t)size, "reset audit watermark");
+    return audit_mark_write(store, region, size,
+                            "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                            "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT)",
+                            "reset audit watermark");
+}
+
+static kms_err read_key_raw(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_store_key_raw *out = elem;
+    int state = 0, spec = 0, origin = 0;
+    kms_err rc = store_col_enum(st, 0, KMS_KEY_CREATING, KMS_KEY_DESTROYED, &state, op);
+    if (rc == KMS_OK)
+        rc = store_col_enum(st, 1, KMS_KEY_SPEC_AES_256, KMS_KEY_SPEC_LAST, &spec, op);
+    if (rc == KMS_OK)
+        rc = store_col_enum(st, 2, KMS_KEY_ORIGIN_HSM, KMS_KEY_ORIGIN_EXTERNAL, &origin, op);
+    if (rc == KMS_OK)
+        rc = store_col_u32(st, 3, &out->last_version, op);
+    if (rc == KMS_OK)
+        rc = store_col_u32(st, 4, &out->current_version, op);
+    out->state = (enum kms_key_state)state;
+    out->spec = (enum kms_key_spec)spec;
+    out->origin = (enum kms_key_origin)origin;
+    out->escrow_required = sqlite3_column_int(st, 5) != 0;
+    return rc;
 }
 
 kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
                                 struct kms_store_key_raw *out, bool *out_found)
 {
-    static const char op[] = "read key state";
-    *out_found = false;
     memset(out, 0, sizeof(*out));
-    struct store_conn *c = store_reader_take(store);
-    sqlite3_stmt *st = NULL;
-    kms_err rc = prep(c,
-                      "SELECT state, spec, origin, last_version, current_version, "
-                      "escrow_required FROM keys WHERE key_id = ?1",
-                      &st, op);
-    if (rc == KMS_OK) {
-        sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW) {
-            int state = 0, spec = 0, origin = 0;
-            rc = store_col_enum(st, 0, KMS_KEY_CREATING, KMS_KEY_DESTROYED, &state, op);
-            if (rc == KMS_OK)
-                rc = store_col_enum(st, 1, KMS_KEY_SPEC_AES_256, KMS_KEY_SPEC_LAST, &spec, op);
-            if (rc == KMS_OK)
-                rc = store_col_enum(st, 2, KMS_KEY_ORIGIN_HSM, KMS_KEY_ORIGIN_EXTERNAL, &origin,
-                                    op);
-            if (rc == KMS_OK)
-                rc = store_col_u32(st, 3, &out->last_version, op);
-            if (rc == KMS_OK)
-                rc = store_col_u32(st, 4, &out->current_version, op);
-            out->state = (enum kms_key_state)state;
-            out->spec = (enum kms_key_spec)spec;
-            out->origin = (enum kms_key_origin)origin;
-            out->escrow_required = sqlite3_column_int(st, 5) != 0;
-            *out_found = rc == KMS_OK;
-        } else if (s != SQLITE_DONE) {
-            rc = store_sql_err(c->db, s, op);
-        }
-    }
-    sqlite3_finalize(st);
-    store_conn_give(c);
+    return store_query_row(store,
+                           "SELECT state, spec, origin, last_version, current_version, "
+                           "escrow_required FROM keys WHERE key_id = ?1",
+                           "read key state", store_bind_text1, key_id, read_key_raw, out,
+                           out_found);
+}
+
+static kms_err read_version_state(sqlite3_stmt *st, void *elem, const char *op)
+{
+    int state = 0;
+    kms_err rc = store_col_enum(st, 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state, op);
+    *(enum kms_version_state *)elem = (enum kms_version_state)state;
     return rc;
 }
 
@@ -175,49 +192,23 @@ kms_err kms_store_version_state_any(struct kms_store *store, const char *key_id,
                                     uint32_t version, enum kms_version_state *out_state,
                                     bool *out_found)
 {
-    static const char op[] = "read version state";
-    *out_found = false;
-    struct store_conn *c = store_reader_take(store);
-    sqlite3_stmt *st = NULL;
-    kms_err rc =
-        prep(c, "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2", &st, op);
-    if (rc == KMS_OK) {
-        sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, version);
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW) {
-            int state = 0;
-            rc = store_col_enum(st, 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state, op);
-            *out_state = (enum kms_version_state)state;
-            *out_found = rc == KMS_OK;
-        } else if (s != SQLITE_DONE) {
-            rc = store_sql_err(c->db, s, op);
-        }
-    }
-    sqlite3_finalize(st);
-    store_conn_give(c);
-    return rc;
+    struct store_text_int a = {key_id, version};
+    return store_query_row(
+        store, "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
+        "read version state", store_bind_text_int, &a, read_version_state, out_state, out_found);
+}
+
+static kms_err read_nothing(sqlite3_stmt *st, void *elem, const char *op)
+{
+    (void)st, (void)elem, (void)op;
+    return KMS_OK;
 }
 
 kms_err kms_store_hsm_id_known(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
                                bool *out_known)
 {
-    static const char op[] = "look up hsm_id";
-    *out_known = false;
-    struct store_conn *c = store_reader_take(store);
-    sqlite3_stmt *st = NULL;
-    kms_err rc = prep(c, "SELECT 1 FROM key_versions WHERE hsm_id = ?1", &st, op);
-    if (rc == KMS_OK) {
-        sqlite3_bind_blob(st, 1, hsm_id, KMS_HSM_ID_LEN, SQLITE_STATIC);
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW)
-            *out_known = true;
-        else if (s != SQLITE_DONE)
-            rc = store_sql_err(c->db, s, op);
-    }
-    sqlite3_finalize(st);
-    store_conn_give(c);
-    return rc;
+    return store_query_row(store, "SELECT 1 FROM key_versions WHERE hsm_id = ?1", "look up hsm_id",
+                           bind_hsm_id_blob, hsm_id, read_nothing, NULL, out_known);
 }
 
 kms_err kms_store_key_version_floor(struct kms_store *store, const char *key_id,
@@ -230,25 +221,45 @@ kms_err kms_store_key_version_floor(struct kms_store *store, const char *key_id,
                      key_id, NULL, (int64_t)version, "raise last_version");
 }
 
-kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
-                                  int64_t now)
+/* An operator's confirmation about one HSM object: the meta row
+ * "<prefix>:<hex hsm_id>", set once (at now) and never changed. */
+static void hsm_mark_name(const char *prefix, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                          char name[KMS_STORE_META_MAX])
 {
-    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX];
+    char hex[2 * KMS_HSM_ID_LEN + 1];
     hex16(hsm_id, hex);
-    snprintf(name, sizeof(name), "unknown_ok:%s", hex);
+    snprintf(name, KMS_STORE_META_MAX, "%s:%s", prefix, hex);
+}
+
+static kms_err hsm_mark_set(struct kms_store *store, const char *prefix,
+                            const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t now, const char *op)
+{
+    char name[KMS_STORE_META_MAX];
+    hsm_mark_name(prefix, hsm_id, name);
     return write_one(store,
                      "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
                      "ON CONFLICT (name) DO NOTHING",
-                     name, NULL, now, "confirm unknown HSM object");
+                     name, NULL, now, op);
+}
+
+static kms_err hsm_mark_get(struct kms_store *store, const char *prefix,
+                            const uint8_t hsm_id[KMS_HSM_ID_LEN], bool *out_set)
+{
+    char name[KMS_STORE_META_MAX], v[32];
+    hsm_mark_name(prefix, hsm_id, name);
+    return meta_get(store, name, v, sizeof(v), out_set);
+}
+
+kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
+                                  int64_t now)
+{
+    return hsm_mark_set(store, "unknown_ok", hsm_id, now, "confirm unknown HSM object");
 }
 
 kms_err kms_store_unknown_confirmed(struct kms_store *store,
                                     const uint8_t hsm_id[KMS_HSM_ID_LEN], bool *out_confirmed)
 {
-    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX], v[32];
-    hex16(hsm_id, hex);
-    snprintf(name, sizeof(name), "unknown_ok:%s", hex);
-    return meta_get(store, name, v, sizeof(v), out_confirmed);
+    return hsm_mark_get(store, "unknown_ok", hsm_id, out_confirmed);
 }
 
 /* One statement inside the caller's transaction: ?1 text, ?2 and ?3
@@ -276,21 +287,13 @@ static kms_err step_in_tx(struct store_conn *c, const char *sql, const char *key
 /* The encryption-count watermark of a region (see kms_store_epoch.h). */
 kms_err kms_store_enc_mark_get(struct kms_store *store, const char *region, uint64_t *out)
 {
-    char name[KMS_STORE_META_MAX], v[32];
+    char name[KMS_STORE_META_MAX];
     bool found = false;
     *out = 0;
     KMS_ENSURE(region != NULL && strlen(region) <= KMS_REGION_MAX, KMS_ERR_USAGE,
                "store: encryption-count watermark: bad region");
     snprintf(name, sizeof(name), "enc_mark:%s", region);
-    KMS_GUARD(meta_get(store, name, v, sizeof(v), &found));
-    if (!found)
-        return KMS_OK;
-    char *end = NULL;
-    unsigned long long n = strtoull(v, &end, 10);
-    KMS_ENSURE(end != v && *end == '\0', KMS_ERR_INTERNAL,
-               "store: encryption-count watermark of region %s is not a number", region);
-    *out = (uint64_t)n;
-    return KMS_OK;
+    return meta_get_u64(store, name, "encryption-count watermark", region, out, &found);
 }
 
 kms_err kms_store_enc_mark_set(struct kms_store *store, const char *region, uint64_t size)
@@ -308,6 +311,26 @@ kms_err kms_store_enc_mark_set(struct kms_store *store, const char *region, uint
                      name, NULL, (int64_t)size, "record encryption-count watermark");
 }
 
+struct usage_bound_arg {
+    const char *key_id;
+    uint32_t version;
+    int64_t n;
+    bool add;
+};
+
+static kms_err usage_bound_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct usage_bound_arg *a = varg;
+    /* Saturating: a count never wraps below what it was. */
+    return step_in_tx(c,
+                      a->add ? "UPDATE key_versions SET encryptions = CASE WHEN encryptions > "
+                               "9223372036854775807 - ?3 THEN 9223372036854775807 ELSE "
+                               "encryptions + ?3 END WHERE key_id = ?1 AND version = ?2"
+                             : "UPDATE key_versions SET encryptions = max(encryptions, ?3) "
+                               "WHERE key_id = ?1 AND version = ?2",
+                      a->key_id, a->version, a->n, NULL, NULL, op);
+}
+
 kms_err kms_store_usage_bound(struct kms_store *store, const char *key_id, uint32_t version,
                               uint64_t n, bool add)
 {
@@ -315,21 +338,40 @@ kms_err kms_store_usage_bound(struct kms_store *store, const char *key_id, uint3
     KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN && version > 0, KMS_ERR_USAGE,
                "store: %s: bad key id or version", op);
     int64_t v = n > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)n;
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc == KMS_OK) {
-        /* Saturating: a count never wraps below what it was. */
-        rc = step_in_tx(c,
-                        add ? "UPDATE key_versions SET encryptions = CASE WHEN encryptions > "
-                              "9223372036854775807 - ?3 THEN 9223372036854775807 ELSE "
-                              "encryptions + ?3 END WHERE key_id = ?1 AND version = ?2"
-                            : "UPDATE key_versions SET encryptions = max(encryptions, ?3) "
-                              "WHERE key_id = ?1 AND version = ?2",
-                        key_id, version, v, NULL, NULL, op);
-        rc = store_tx_end(c, rc, op);
-    }
-    store_conn_give(c);
-    return rc;
+    struct usage_bound_arg a = {key_id, version, v, add};
+    return store_tx_run(store, true, usage_bound_tx, &a, op);
+}
+
+struct force_state_arg {
+    const char *key_id;
+    enum kms_key_state state;
+    const struct kms_hsm_id *present;
+    size_t n_present;
+};
+
+static kms_err force_state_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct force_state_arg *a = varg;
+    struct store_key_row row;
+    KMS_GUARD(store_key_row_get(c, a->key_id, false, &row, op));
+    /* Only versions whose objects a token still holds come back: a
+     * destroyed version with no object would be an ACTIVE row that can
+     * neither decrypt nor be told apart from a lost token. */
+    for (size_t i = 0; row.state == KMS_KEY_DESTROYED && a->state != KMS_KEY_PENDING_DELETION &&
+                       i < a->n_present;
+         i++)
+        KMS_GUARD(step_in_tx(c,
+                             "UPDATE key_versions SET state = 1 "
+                             "WHERE key_id = ?1 AND state = 2 AND hsm_id = ?4",
+                             a->key_id, 0, 0, a->present[i].bytes, NULL, op));
+    /* ENABLED/DISABLED need a current version: the highest active one. */
+    return step_in_tx(c,
+                      "UPDATE keys SET state = ?2, "
+                      "deletion_at = CASE WHEN ?2 = 4 THEN deletion_at ELSE 0 END, "
+                      "current_version = coalesce((SELECT max(version) FROM key_versions "
+                      "WHERE key_id = ?1 AND state = 1), current_version) "
+                      "WHERE key_id = ?1",
+                      a->key_id, (int64_t)a->state, 0, NULL, NULL, op);
 }
 
 kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
@@ -343,37 +385,33 @@ kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
                    state == KMS_KEY_PENDING_DELETION,
                KMS_ERR_USAGE, "store: %s: state %s cannot be forced", op,
                kms_key_state_name(state));
+    struct force_state_arg a = {key_id, state, present, n_present};
+    return store_tx_run(store, true, force_state_tx, &a, op);
+}
+
+struct reattach_arg {
+    const char *key_id;
+    uint32_t version;
+    const uint8_t *hsm_id;
+    int64_t now;
+};
+
+static kms_err reattach_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct reattach_arg *a = varg;
     struct store_key_row row;
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    /* Only versions whose objects a token still holds come back: a
-     * destroyed version with no object would be an ACTIVE row that can
-     * neither decrypt nor be told apart from a lost token. */
-    for (size_t i = 0; row.state == KMS_KEY_DESTROYED && state != KMS_KEY_PENDING_DELETION &&
-                       i < n_present;
-         i++)
-        KMS_GUARD_GOTO(step_in_tx(c,
-                                  "UPDATE key_versions SET state = 1 "
-                                  "WHERE key_id = ?1 AND state = 2 AND hsm_id = ?4",
-                                  key_id, 0, 0, present[i].bytes, NULL, op),
-                       end);
-    /* ENABLED/DISABLED need a current version: the highest active one. */
-    KMS_GUARD_GOTO(step_in_tx(c,
-                              "UPDATE keys SET state = ?2, "
-                              "deletion_at = CASE WHEN ?2 = 4 THEN deletion_at ELSE 0 END, "
-                              "current_version = coalesce((SELECT max(version) FROM key_versions "
-                              "WHERE key_id = ?1 AND state = 1), current_version) "
-                              "WHERE key_id = ?1",
-                              key_id, (int64_t)state, 0, NULL, NULL, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    KMS_GUARD(store_key_row_get(c, a->key_id, false, &row, op));
+    KMS_ENSURE(row.state != KMS_KEY_DESTROYED && row.state != KMS_KEY_PENDING_IMPORT,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, a->key_id,
+               kms_key_state_name(row.state));
+    KMS_GUARD(step_in_tx(c,
+                         "INSERT INTO key_versions (key_id, version, hsm_id, state, "
+                         "created_at) VALUES (?1, ?2, ?4, 1, ?3)",
+                         a->key_id, a->version, a->now, a->hsm_id, NULL, op));
+    return step_in_tx(c,
+                      "UPDATE keys SET last_version = max(last_version, ?2), "
+                      "current_version = max(current_version, ?2) WHERE key_id = ?1",
+                      a->key_id, a->version, 0, NULL, NULL, op);
 }
 
 kms_err kms_store_version_reattach(struct kms_store *store, const char *key_id, uint32_t version,
@@ -382,30 +420,8 @@ kms_err kms_store_version_reattach(struct kms_store *store, const char *key_id, 
     static const char op[] = "reattach version";
     KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN && version > 0, KMS_ERR_USAGE,
                "store: %s: bad key id or version", op);
-    struct store_key_row row;
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_ENSURE_GOTO(row.state != KMS_KEY_DESTROYED && row.state != KMS_KEY_PENDING_IMPORT, end,
-                    KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
-                    kms_key_state_name(row.state));
-    KMS_GUARD_GOTO(step_in_tx(c,
-                              "INSERT INTO key_versions (key_id, version, hsm_id, state, "
-                              "created_at) VALUES (?1, ?2, ?4, 1, ?3)",
-                              key_id, version, now, hsm_id, NULL, op),
-                   end);
-    KMS_GUARD_GOTO(step_in_tx(c,
-                              "UPDATE keys SET last_version = max(last_version, ?2), "
-                              "current_version = max(current_version, ?2) WHERE key_id = ?1",
-                              key_id, version, 0, NULL, NULL, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct reattach_arg a = {key_id, version, hsm_id, now};
+    return store_tx_run(store, true, reattach_tx, &a, op);
 }
 
 /* ---- backups ------------------------------------------------------------- */
@@ -527,50 +543,37 @@ done:
     return rc;
 }
 
+struct key_id_version_out {
+    char *key_id;
+    uint32_t *version;
+};
+
+static kms_err read_key_id_version(sqlite3_stmt *st, void *elem, const char *op)
+{
+    const struct key_id_version_out *o = elem;
+    KMS_GUARD(store_col_text(st, 0, o->key_id, KMS_KEY_ID_SIZE, op));
+    return store_col_u32(st, 1, o->version, op);
+}
+
 kms_err kms_store_version_by_hsm_id(struct kms_store *store,
                                     const uint8_t hsm_id[KMS_HSM_ID_LEN],
                                     char out_key_id[KMS_KEY_ID_SIZE], uint32_t *out_version,
                                     bool *out_found)
 {
-    static const char op[] = "find version by hsm_id";
-    *out_found = false;
-    struct store_conn *c = store_reader_take(store);
-    sqlite3_stmt *st = NULL;
-    kms_err rc = prep(c, "SELECT key_id, version FROM key_versions WHERE hsm_id = ?1", &st, op);
-    if (rc == KMS_OK) {
-        sqlite3_bind_blob(st, 1, hsm_id, KMS_HSM_ID_LEN, SQLITE_STATIC);
-        int s = sqlite3_step(st);
-        if (s == SQLITE_ROW) {
-            rc = store_col_text(st, 0, out_key_id, KMS_KEY_ID_SIZE, op);
-            if (rc == KMS_OK)
-                rc = store_col_u32(st, 1, out_version, op);
-            *out_found = rc == KMS_OK;
-        } else if (s != SQLITE_DONE) {
-            rc = store_sql_err(c->db, s, op);
-        }
-    }
-    sqlite3_finalize(st);
-    store_conn_give(c);
-    return rc;
+    struct key_id_version_out o = {out_key_id, out_version};
+    return store_query_row(store, "SELECT key_id, version FROM key_versions WHERE hsm_id = ?1",
+                           "find version by hsm_id", bind_hsm_id_blob, hsm_id, read_key_id_version,
+                           &o, out_found);
 }
 
 kms_err kms_store_lost_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
                                int64_t now)
 {
-    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX];
-    hex16(hsm_id, hex);
-    snprintf(name, sizeof(name), "lost_ok:%s", hex);
-    return write_one(store,
-                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
-                     "ON CONFLICT (name) DO NOTHING",
-                     name, NULL, now, "confirm lost HSM object");
+    return hsm_mark_set(store, "lost_ok", hsm_id, now, "confirm lost HSM object");
 }
 
 kms_err kms_store_lost_confirmed(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
                                  bool *out_confirmed)
 {
-    char hex[2 * KMS_HSM_ID_LEN + 1], name[KMS_STORE_META_MAX], v[32];
-    hex16(hsm_id, hex);
-    snprintf(name, sizeof(name), "lost_ok:%s", hex);
-    return meta_get(store, name, v, sizeof(v), out_confirmed);
+    return hsm_mark_get(store, "lost_ok", hsm_id, out_confirmed);
 }

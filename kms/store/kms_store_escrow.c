@@ -37,11 +37,6 @@ const char *kms_recovery_state_name(enum kms_recovery_state state)
     return "UNKNOWN";
 }
 
-static void bind_text1(struct store_bind *b, const void *arg)
-{
-    store_bind_text(b, 1, arg);
-}
-
 /* ---- escrow blobs ------------------------------------------------------------- */
 
 static void bind_escrow(struct store_bind *b, const void *varg)
@@ -56,6 +51,32 @@ static void bind_escrow(struct store_bind *b, const void *varg)
     store_bind_int(b, 7, r->created_at);
 }
 
+struct escrow_insert_arg {
+    const char *key_id;
+    uint32_t version;
+    const char *sql;
+    store_binder bind;
+    const void *row;
+};
+
+static kms_err escrow_insert_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct escrow_insert_arg *a = varg;
+    enum kms_version_state vs = KMS_VERSION_ACTIVE;
+    KMS_GUARD(store_version_state_get(c, a->key_id, a->version, &vs, op));
+    KMS_ENSURE(vs == KMS_VERSION_CREATING, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s version %" PRIu32 " is not being created", op, a->key_id,
+               a->version);
+    return store_exec_one(c, a->sql, op, a->bind, a->row, NULL);
+}
+
+kms_err store_escrow_insert(struct kms_store *store, const char *key_id, uint32_t version,
+                            const char *sql, store_binder bind, const void *row, const char *op)
+{
+    struct escrow_insert_arg a = {key_id, version, sql, bind, row};
+    return store_tx_run(store, true, escrow_insert_tx, &a, op);
+}
+
 kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_record *r)
 {
     static const char op[] = "store escrow blob";
@@ -63,22 +84,10 @@ kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_re
     KMS_GUARD(store_check_key_id(r->key_id, op));
     KMS_ENSURE(r->blob_len >= 1 && r->blob_len <= KMS_ESCROW_BLOB_MAX && (r->part == 0 || r->part == 1),
                KMS_ERR_INVALID_ARGUMENT, "store: %s: bad blob length or part", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    enum kms_version_state vs = KMS_VERSION_ACTIVE;
-    KMS_GUARD_GOTO(store_version_state_get(c, r->key_id, r->version, &vs, op), end);
-    KMS_ENSURE_GOTO(vs == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s version %" PRIu32 " is not being created", op, r->key_id,
-                    r->version);
-    rc = store_exec_one(c, "INSERT INTO escrow_blobs (" ESCROW_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        op, bind_escrow, r, NULL);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    return store_escrow_insert(store, r->key_id, r->version,
+                               "INSERT INTO escrow_blobs (" ESCROW_COLS ") VALUES (?1, ?2, ?3, "
+                               "?4, ?5, ?6, ?7)",
+                               bind_escrow, r, op);
 }
 
 static kms_err read_escrow(sqlite3_stmt *st, void *elem, const char *op)
@@ -109,35 +118,17 @@ kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
-    struct store_conn *c = store_reader_take(store);
-    struct store_bind b;
-    kms_err rc = store_prep(c, "SELECT " ESCROW_COLS " FROM escrow_blobs WHERE key_id = ?1 "
-                               "ORDER BY version, part", op, &b);
-    if (rc == KMS_OK) {
-        store_bind_text(&b, 1, key_id);
-        void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_escrow_record), KMS_ESCROW_LIST_MAX,
-                           read_escrow, &arr, out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    void *arr = NULL;
+    kms_err rc = store_list_query(store,
+                                  "SELECT " ESCROW_COLS " FROM escrow_blobs WHERE key_id = ?1 "
+                                  "ORDER BY version, part",
+                                  op, store_bind_text1, key_id, sizeof(struct kms_escrow_record),
+                                  KMS_ESCROW_LIST_MAX, read_escrow, &arr, out_n);
+    *out = arr;
     return rc;
 }
 
 /* ---- recoveries ------------------------------------------------------------------ */
-
-struct id_now {
-    const char *id;
-    int64_t now;
-};
-
-static void bind_id_now(struct store_bind *b, const void *varg)
-{
-    const struct id_now *a = varg;
-    store_bind_text(b, 1, a->id);
-    store_bind_int(b, 2, a->now);
-}
 
 static void versions_text(const struct kms_recovery_record *r, char *buf, size_t size)
 {
@@ -194,6 +185,35 @@ static void bind_recovery(struct store_bind *b, const void *varg)
     store_bind_text(b, 23, r->cancel_reason);
 }
 
+struct recovery_insert_arg {
+    const struct kms_recovery_record *r;
+    size_t max_open;
+    size_t *out_open;
+};
+
+static kms_err recovery_insert_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct recovery_insert_arg *ia = varg;
+    const struct kms_recovery_record *r = ia->r;
+    /* The count and the insert in one write transaction: two requests that
+     * both counted 7 cannot both insert the 8th and the 9th. */
+    struct store_text_int a = {r->key_id, r->created_at};
+    int64_t open = 0;
+    KMS_GUARD(store_query_int(c,
+                              "SELECT count(*) FROM recoveries WHERE key_id = ?1 "
+                              "AND state IN (1, 2) AND expires_at > ?2",
+                              op, store_bind_text_int, &a, &open, NULL));
+    *ia->out_open = (size_t)open;
+    KMS_ENSURE((uint64_t)open < (uint64_t)ia->max_open, KMS_ERR_RESOURCE_EXHAUSTED,
+               "key already has %" PRId64 " open recoveries (at most %zu): cancel one first",
+               open, ia->max_open);
+    return store_exec_one(c,
+                          "INSERT INTO recoveries (" RECOVERY_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, "
+                          "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
+                          "?20, ?21, ?22, ?23)",
+                          op, bind_recovery, r, NULL);
+}
+
 kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_recovery_record *r,
                                   size_t max_open, size_t *out_open)
 {
@@ -207,33 +227,8 @@ kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_reco
                    r->approvals_required >= 1 && r->expires_at > r->created_at,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: malformed recovery", op);
     KMS_GUARD(store_check_key_id(r->key_id, op));
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    /* The count and the insert in one write transaction: two requests that
-     * both counted 7 cannot both insert the 8th and the 9th. */
-    struct id_now a = {r->key_id, r->created_at};
-    int64_t open = 0;
-    KMS_GUARD_GOTO(store_query_int(c,
-                                   "SELECT count(*) FROM recoveries WHERE key_id = ?1 "
-                                   "AND state IN (1, 2) AND expires_at > ?2",
-                                   op, bind_id_now, &a, &open, NULL),
-                   end);
-    *out_open = (size_t)open;
-    KMS_ENSURE_GOTO((uint64_t)open < (uint64_t)max_open, end, KMS_ERR_RESOURCE_EXHAUSTED,
-                    "key already has %" PRId64 " open recoveries (at most %zu): cancel one first",
-                    open, max_open);
-    rc = store_exec_one(c,
-                        "INSERT INTO recoveries (" RECOVERY_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, "
-                        "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-                        "?20, ?21, ?22, ?23)",
-                        op, bind_recovery, r, NULL);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct recovery_insert_arg a = {r, max_open, out_open};
+    return store_tx_run(store, true, recovery_insert_tx, &a, op);
 }
 
 static kms_err read_recovery(sqlite3_stmt *st, void *elem, const char *op)
@@ -296,6 +291,30 @@ static kms_err read_approval(sqlite3_stmt *st, void *elem, const char *op)
     return KMS_OK;
 }
 
+struct recovery_get_arg {
+    const char *recovery_id;
+    struct kms_recovery_record *out;
+    struct kms_recovery_approval **out_appr;
+    size_t *out_n_appr;
+};
+
+static kms_err recovery_get_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct recovery_get_arg *a = varg;
+    KMS_GUARD(recovery_row_get(c, a->recovery_id, a->out, op));
+    if (a->out_appr == NULL)
+        return KMS_OK;
+    void *arr = NULL;
+    kms_err rc = store_prep_collect(c,
+                                    "SELECT officer, approved_at FROM recovery_approvals "
+                                    "WHERE recovery_id = ?1 ORDER BY approved_at, officer",
+                                    op, store_bind_text1, a->recovery_id,
+                                    sizeof(struct kms_recovery_approval), 1024, read_approval,
+                                    &arr, a->out_n_appr);
+    *a->out_appr = arr;
+    return rc;
+}
+
 kms_err kms_store_recovery_get(struct kms_store *store, const char *recovery_id,
                                struct kms_recovery_record *out,
                                struct kms_recovery_approval **out_appr, size_t *out_n_appr)
@@ -308,56 +327,36 @@ kms_err kms_store_recovery_get(struct kms_store *store, const char *recovery_id,
     KMS_ENSURE(recovery_id != NULL && strlen(recovery_id) == KMS_RECOVERY_ID_LEN &&
                    strspn(recovery_id, "0123456789abcdef") == KMS_RECOVERY_ID_LEN,
                KMS_ERR_NOT_FOUND, "recovery not found");
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_tx_begin(c, false, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(recovery_row_get(c, recovery_id, out, op), end);
-    if (out_appr) {
-        struct store_bind b;
-        KMS_GUARD_GOTO(store_prep(c,
-                                  "SELECT officer, approved_at FROM recovery_approvals "
-                                  "WHERE recovery_id = ?1 ORDER BY approved_at, officer",
-                                  op, &b),
-                       end);
-        store_bind_text(&b, 1, recovery_id);
-        void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_recovery_approval), 1024, read_approval, &arr,
-                           out_n_appr, op);
-        *out_appr = arr;
-        store_fin(&b);
-    }
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct recovery_get_arg a = {recovery_id, out, out_appr, out_n_appr};
+    return store_tx_run(store, false, recovery_get_tx, &a, op);
+}
+
+struct list_arg {
+    const char *tenant, *key_id;
+    bool open_only;
+};
+
+static void bind_list(struct store_bind *b, const void *varg)
+{
+    const struct list_arg *a = varg;
+    store_bind_text(b, 1, a->tenant);
+    store_bind_text(b, 2, a->key_id);
+    store_bind_int(b, 3, a->open_only ? 1 : 0);
 }
 
 kms_err kms_store_recovery_list(struct kms_store *store, const char *tenant, const char *key_id,
                                 bool open_only, struct kms_recovery_record **out, size_t *out_n)
 {
     static const char op[] = "list recoveries";
-    *out = NULL;
-    *out_n = 0;
-    struct store_conn *c = store_reader_take(store);
-    struct store_bind b;
-    kms_err rc = store_prep(c,
-                            "SELECT " RECOVERY_COLS " FROM recoveries WHERE tenant = ?1 "
-                            "AND (?2 = '' OR key_id = ?2) AND (?3 = 0 OR state IN (1, 2)) "
-                            "ORDER BY created_at DESC, recovery_id LIMIT 100",
-                            op, &b);
-    if (rc == KMS_OK) {
-        store_bind_text(&b, 1, tenant);
-        store_bind_text(&b, 2, key_id ? key_id : "");
-        store_bind_int(&b, 3, open_only ? 1 : 0);
-        void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_recovery_record), KMS_RECOVERY_LIST_MAX,
-                           read_recovery, &arr, out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    struct list_arg a = {tenant, key_id ? key_id : "", open_only};
+    void *arr = NULL;
+    kms_err rc = store_list_query(store,
+                                  "SELECT " RECOVERY_COLS " FROM recoveries WHERE tenant = ?1 "
+                                  "AND (?2 = '' OR key_id = ?2) AND (?3 = 0 OR state IN (1, 2)) "
+                                  "ORDER BY created_at DESC, recovery_id LIMIT 100",
+                                  op, bind_list, &a, sizeof(struct kms_recovery_record),
+                                  KMS_RECOVERY_LIST_MAX, read_recovery, &arr, out_n);
+    *out = arr;
     return rc;
 }
 
@@ -377,49 +376,53 @@ static void bind_approve(struct store_bind *b, const void *varg)
     store_bind_int(b, 4, a->now);
 }
 
+struct recovery_approve_arg {
+    struct approve_arg row;
+    bool *out_counted;
+};
+
+static kms_err recovery_approve_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct recovery_approve_arg *ra = varg;
+    const char *recovery_id = ra->row.id;
+    int64_t now = ra->row.now;
+    struct kms_recovery_record r;
+    KMS_GUARD(recovery_row_get(c, recovery_id, &r, op));
+    KMS_ENSURE(r.state == KMS_RECOVERY_PENDING && now < r.expires_at,
+               KMS_ERR_FAILED_PRECONDITION, "recovery is %s; approvals are taken only while "
+               "it is PENDING_APPROVAL and not expired",
+               now >= r.expires_at && r.state == KMS_RECOVERY_PENDING
+                   ? "expired"
+                   : kms_recovery_state_name(r.state));
+    int changed = 0;
+    KMS_GUARD(store_exec_one(c,
+                             "INSERT OR IGNORE INTO recovery_approvals (recovery_id, officer, "
+                             "signature, approved_at) VALUES (?1, ?2, ?3, ?4)",
+                             op, bind_approve, &ra->row, &changed));
+    *ra->out_counted = changed == 1;
+    int64_t count = 0;
+    KMS_GUARD(store_query_int(c, "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
+                              op, store_bind_text1, recovery_id, &count, NULL));
+    struct store_text_int quorum = {recovery_id, now};
+    if (count < (int64_t)r.approvals_required)
+        return KMS_OK;
+    return store_exec_one(c,
+                          "UPDATE recoveries SET state = 2, quorum_at = ?2, "
+                          "executable_at = ?2 + time_lock_s WHERE recovery_id = ?1 "
+                          "AND state = 1",
+                          op, store_bind_text_int, &quorum, NULL);
+}
+
 kms_err kms_store_recovery_approve(struct kms_store *store, const char *recovery_id,
                                    const char *officer, const uint8_t *sig, size_t sig_len,
                                    int64_t now, bool *out_counted)
 {
     static const char op[] = "approve recovery";
-    struct kms_recovery_record r;
     *out_counted = false;
     KMS_ENSURE(sig_len >= 1 && sig_len <= KMS_RECOVERY_SIG_MAX, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: signature length", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(recovery_row_get(c, recovery_id, &r, op), end);
-    KMS_ENSURE_GOTO(r.state == KMS_RECOVERY_PENDING && now < r.expires_at, end,
-                    KMS_ERR_FAILED_PRECONDITION, "recovery is %s; approvals are taken only while "
-                    "it is PENDING_APPROVAL and not expired",
-                    now >= r.expires_at && r.state == KMS_RECOVERY_PENDING
-                        ? "expired"
-                        : kms_recovery_state_name(r.state));
-    struct approve_arg a = {recovery_id, officer, sig, sig_len, now};
-    int changed = 0;
-    KMS_GUARD_GOTO(store_exec_one(c,
-                                  "INSERT OR IGNORE INTO recovery_approvals (recovery_id, officer, "
-                                  "signature, approved_at) VALUES (?1, ?2, ?3, ?4)",
-                                  op, bind_approve, &a, &changed),
-                   end);
-    *out_counted = changed == 1;
-    int64_t count = 0;
-    KMS_GUARD_GOTO(store_query_int(c, "SELECT count(*) FROM recovery_approvals WHERE recovery_id = ?1",
-                                   op, bind_text1, recovery_id, &count, NULL),
-                   end);
-    struct id_now quorum = {recovery_id, now};
-    if (count >= (int64_t)r.approvals_required)
-        rc = store_exec_one(c,
-                            "UPDATE recoveries SET state = 2, quorum_at = ?2, "
-                            "executable_at = ?2 + time_lock_s WHERE recovery_id = ?1 "
-                            "AND state = 1",
-                            op, bind_id_now, &quorum, NULL);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
+    struct recovery_approve_arg a = {{recovery_id, officer, sig, sig_len, now}, out_counted};
+    kms_err rc = store_tx_run(store, true, recovery_approve_tx, &a, op);
     if (rc != KMS_OK)
         *out_counted = false;
     return rc;
@@ -443,6 +446,21 @@ static void bind_finish(struct store_bind *b, const void *varg)
     store_bind_text(b, 6, a->reason ? a->reason : "");
 }
 
+static kms_err recovery_finish_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct finish_arg *a = varg;
+    int changed = 0;
+    KMS_GUARD(store_exec_one(c,
+                             "UPDATE recoveries SET state = ?3, "
+                             "executed_at = CASE WHEN ?3 = 3 THEN ?4 ELSE executed_at END, "
+                             "cancelled_by = ?5, cancel_reason = ?6 "
+                             "WHERE recovery_id = ?1 AND state = ?2",
+                             op, bind_finish, a, &changed));
+    KMS_ENSURE(changed == 1, KMS_ERR_FAILED_PRECONDITION, "recovery is no longer %s",
+               kms_recovery_state_name((enum kms_recovery_state)a->expected));
+    return KMS_OK;
+}
+
 kms_err kms_store_recovery_finish(struct kms_store *store, const char *recovery_id,
                                   enum kms_recovery_state expected,
                                   enum kms_recovery_state new_state, int64_t now, const char *by,
@@ -453,81 +471,69 @@ kms_err kms_store_recovery_finish(struct kms_store *store, const char *recovery_
                    new_state == KMS_RECOVERY_EXECUTED,
                KMS_ERR_USAGE, "store: %s: bad target state", op);
     struct finish_arg a = {recovery_id, expected, new_state, now, by, reason};
-    int changed = 0;
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc == KMS_OK)
-        rc = store_exec_one(c,
-                            "UPDATE recoveries SET state = ?3, "
-                            "executed_at = CASE WHEN ?3 = 3 THEN ?4 ELSE executed_at END, "
-                            "cancelled_by = ?5, cancel_reason = ?6 "
-                            "WHERE recovery_id = ?1 AND state = ?2",
-                            op, bind_finish, &a, &changed);
-    if (rc == KMS_OK && changed != 1)
-        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION, "recovery is no longer %s",
-                         kms_recovery_state_name(expected));
-    rc = store_tx_end(c, rc, op);
-    store_conn_give(c);
-    return rc;
+    return store_tx_run(store, true, recovery_finish_tx, &a, op);
+}
+
+struct recovery_restore_arg {
+    const char *recovery_id;
+    int64_t now;
+    enum kms_key_state key_state;
+};
+
+static kms_err recovery_restore_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct recovery_restore_arg *a = varg;
+    struct kms_recovery_record r;
+    struct store_key_row row = {0};
+    kms_err rc;
+    KMS_GUARD(recovery_row_get(c, a->recovery_id, &r, op));
+    KMS_ENSURE(r.state == KMS_RECOVERY_APPROVED, KMS_ERR_FAILED_PRECONDITION,
+               "recovery is %s, not APPROVED", kms_recovery_state_name(r.state));
+    KMS_GUARD(store_key_row_get(c, r.key_id, false, &row, op));
+    KMS_ENSURE(row.state == KMS_KEY_DESTROYED, KMS_ERR_FAILED_PRECONDITION,
+               "key is %s; RESTORE brings back a DESTROYED key", kms_key_state_name(row.state));
+    uint32_t highest = 0;
+    for (size_t i = 0; i < r.n_versions; i++) {
+        struct store_bind b;
+        KMS_GUARD(store_prep(c,
+                             "UPDATE key_versions SET state = 1 WHERE key_id = ?1 AND "
+                             "version = ?2 AND state = 2",
+                             op, &b));
+        store_bind_text(&b, 1, r.key_id);
+        store_bind_int(&b, 2, r.versions[i]);
+        rc = store_run(&b, op);
+        int changed = sqlite3_changes(c->db);
+        store_fin(&b);
+        KMS_GUARD(rc);
+        KMS_ENSURE(changed == 1, KMS_ERR_FAILED_PRECONDITION,
+                   "key version %" PRIu32 " is not DESTROYED", r.versions[i]);
+        if (r.versions[i] > highest)
+            highest = r.versions[i];
+    }
+    struct store_bind b;
+    KMS_GUARD(store_prep(c,
+                         "UPDATE keys SET state = ?2, deletion_at = 0, current_version = ?3 "
+                         "WHERE key_id = ?1 AND state = 5",
+                         op, &b));
+    store_bind_text(&b, 1, r.key_id);
+    store_bind_int(&b, 2, a->key_state);
+    store_bind_int(&b, 3, highest);
+    rc = store_run(&b, op);
+    store_fin(&b);
+    KMS_GUARD(rc);
+    struct store_text_int done = {a->recovery_id, a->now};
+    return store_exec_one(c,
+                          "UPDATE recoveries SET state = 3, executed_at = ?2 "
+                          "WHERE recovery_id = ?1 AND state = 2",
+                          op, store_bind_text_int, &done, NULL);
 }
 
 kms_err kms_store_recovery_restore(struct kms_store *store, const char *recovery_id, int64_t now,
                                    enum kms_key_state key_state)
 {
     static const char op[] = "restore key";
-    struct kms_recovery_record r;
-    struct store_key_row row = {0};
     KMS_ENSURE(key_state == KMS_KEY_ENABLED || key_state == KMS_KEY_DISABLED, KMS_ERR_USAGE,
                "store: %s: bad key state", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(recovery_row_get(c, recovery_id, &r, op), end);
-    KMS_ENSURE_GOTO(r.state == KMS_RECOVERY_APPROVED, end, KMS_ERR_FAILED_PRECONDITION,
-                    "recovery is %s, not APPROVED", kms_recovery_state_name(r.state));
-    KMS_GUARD_GOTO(store_key_row_get(c, r.key_id, false, &row, op), end);
-    KMS_ENSURE_GOTO(row.state == KMS_KEY_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
-                    "key is %s; RESTORE brings back a DESTROYED key", kms_key_state_name(row.state));
-    uint32_t highest = 0;
-    for (size_t i = 0; i < r.n_versions; i++) {
-        struct store_bind b;
-        KMS_GUARD_GOTO(store_prep(c,
-                                  "UPDATE key_versions SET state = 1 WHERE key_id = ?1 AND "
-                                  "version = ?2 AND state = 2",
-                                  op, &b),
-                       end);
-        store_bind_text(&b, 1, r.key_id);
-        store_bind_int(&b, 2, r.versions[i]);
-        rc = store_run(&b, op);
-        int changed = sqlite3_changes(c->db);
-        store_fin(&b);
-        KMS_GUARD_GOTO(rc, end);
-        KMS_ENSURE_GOTO(changed == 1, end, KMS_ERR_FAILED_PRECONDITION,
-                        "key version %" PRIu32 " is not DESTROYED", r.versions[i]);
-        if (r.versions[i] > highest)
-            highest = r.versions[i];
-    }
-    struct store_bind b;
-    KMS_GUARD_GOTO(store_prep(c,
-                              "UPDATE keys SET state = ?2, deletion_at = 0, current_version = ?3 "
-                              "WHERE key_id = ?1 AND state = 5",
-                              op, &b),
-                   end);
-    store_bind_text(&b, 1, r.key_id);
-    store_bind_int(&b, 2, key_state);
-    store_bind_int(&b, 3, highest);
-    rc = store_run(&b, op);
-    store_fin(&b);
-    KMS_GUARD_GOTO(rc, end);
-    struct id_now done = {recovery_id, now};
-    rc = store_exec_one(c,
-                        "UPDATE recoveries SET state = 3, executed_at = ?2 "
-                        "WHERE recovery_id = ?1 AND state = 2",
-                        op, bind_id_now, &done, NULL);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct recovery_restore_arg a = {recovery_id, now, key_state};
+    return store_tx_run(store, true, recovery_restore_tx, &a, op);
 }

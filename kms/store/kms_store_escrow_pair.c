@@ -34,23 +34,10 @@ kms_err kms_store_escrow_pair_put(struct kms_store *store, const struct kms_escr
     KMS_ENSURE(r->blob_len >= 16 && r->blob_len <= KMS_ESCROW_PAIR_BLOB_MAX &&
                    r->public_key_len >= 1 && r->public_key_len <= KMS_ESCROW_PAIR_SPKI_MAX,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: bad blob or public key length", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    enum kms_version_state vs = KMS_VERSION_ACTIVE;
-    KMS_GUARD_GOTO(store_version_state_get(c, r->key_id, r->version, &vs, op), end);
-    KMS_ENSURE_GOTO(vs == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s version %" PRIu32 " is not being created", op, r->key_id,
-                    r->version);
-    rc = store_exec_one(c, "INSERT INTO escrow_pairs (" PAIR_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, "
-                           "?6, ?7)",
-                        op, bind_pair, r, NULL);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    return store_escrow_insert(store, r->key_id, r->version,
+                               "INSERT INTO escrow_pairs (" PAIR_COLS ") VALUES (?1, ?2, ?3, ?4, "
+                               "?5, ?6, ?7)",
+                               bind_pair, r, op);
 }
 
 static kms_err col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t min, size_t max,
@@ -66,6 +53,20 @@ static kms_err col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t min, siz
     return KMS_OK;
 }
 
+static kms_err read_pair(sqlite3_stmt *st, void *elem, const char *op)
+{
+    struct kms_escrow_pair_record *out = elem;
+    KMS_GUARD(store_col_text(st, 0, out->key_id, sizeof(out->key_id), op));
+    KMS_GUARD(store_col_u32(st, 1, &out->version, op));
+    KMS_GUARD(store_col_text(st, 2, out->token, sizeof(out->token), op));
+    KMS_GUARD(store_col_hsm_id(st, 3, out->escrow_hsm_id, op));
+    KMS_GUARD(col_blob(st, 4, out->blob, 16, KMS_ESCROW_PAIR_BLOB_MAX, &out->blob_len, op));
+    KMS_GUARD(col_blob(st, 5, out->public_key, 1, KMS_ESCROW_PAIR_SPKI_MAX,
+                       &out->public_key_len, op));
+    out->created_at = sqlite3_column_int64(st, 6);
+    return KMS_OK;
+}
+
 kms_err kms_store_escrow_pair_get(struct kms_store *store, const char *key_id, uint32_t version,
                                   struct kms_escrow_pair_record *out)
 {
@@ -73,38 +74,15 @@ kms_err kms_store_escrow_pair_get(struct kms_store *store, const char *key_id, u
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     memset(out, 0, sizeof(*out));
-    struct store_conn *c = store_reader_take(store);
-    struct store_bind b;
-    bool row = false;
-    kms_err rc = store_prep(c, "SELECT " PAIR_COLS " FROM escrow_pairs WHERE key_id = ?1 AND "
-                               "version = ?2", op, &b);
-    if (rc != KMS_OK)
-        goto out;
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    rc = store_step(&b, op, &row);
-    if (rc == KMS_OK && !row)
-        rc = kms_err_set(KMS_ERR_NOT_FOUND, "key %s version %" PRIu32 " has no escrow", key_id,
-                         version);
-    if (rc == KMS_OK) {
-        rc = store_col_text(b.st, 0, out->key_id, sizeof(out->key_id), op);
-        if (rc == KMS_OK)
-            rc = store_col_u32(b.st, 1, &out->version, op);
-        if (rc == KMS_OK)
-            rc = store_col_text(b.st, 2, out->token, sizeof(out->token), op);
-        if (rc == KMS_OK)
-            rc = store_col_hsm_id(b.st, 3, out->escrow_hsm_id, op);
-        if (rc == KMS_OK)
-            rc = col_blob(b.st, 4, out->blob, 16, KMS_ESCROW_PAIR_BLOB_MAX, &out->blob_len, op);
-        if (rc == KMS_OK)
-            rc = col_blob(b.st, 5, out->public_key, 1, KMS_ESCROW_PAIR_SPKI_MAX,
-                          &out->public_key_len, op);
-        out->created_at = sqlite3_column_int64(b.st, 6);
-    }
-    store_fin(&b);
-out:
-    store_conn_give(c);
-    return rc;
+    struct store_text_int a = {key_id, version};
+    bool found = false;
+    KMS_GUARD(store_query_row(store,
+                              "SELECT " PAIR_COLS " FROM escrow_pairs WHERE key_id = ?1 AND "
+                              "version = ?2",
+                              op, store_bind_text_int, &a, read_pair, out, &found));
+    KMS_ENSURE(found, KMS_ERR_NOT_FOUND, "key %s version %" PRIu32 " has no escrow", key_id,
+               version);
+    return KMS_OK;
 }
 
 static kms_err read_pair_entry(sqlite3_stmt *st, void *elem, const char *op)
@@ -128,19 +106,12 @@ kms_err kms_store_escrow_pair_list(struct kms_store *store, const char *key_id,
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
-    struct store_conn *c = store_reader_take(store);
-    struct store_bind b;
-    kms_err rc = store_prep(c, "SELECT key_id, version, token, escrow_hsm_id, created_at FROM "
-                               "escrow_pairs WHERE key_id = ?1 ORDER BY version",
-                            op, &b);
-    if (rc == KMS_OK) {
-        store_bind_text(&b, 1, key_id);
-        void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_escrow_record), KMS_ESCROW_LIST_MAX,
-                           read_pair_entry, &arr, out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    void *arr = NULL;
+    kms_err rc = store_list_query(store,
+                                  "SELECT key_id, version, token, escrow_hsm_id, created_at FROM "
+                                  "escrow_pairs WHERE key_id = ?1 ORDER BY version",
+                                  op, store_bind_text1, key_id, sizeof(struct kms_escrow_record),
+                                  KMS_ESCROW_LIST_MAX, read_pair_entry, &arr, out_n);
+    *out = arr;
     return rc;
 }

@@ -119,23 +119,6 @@ static kms_err token_cas(struct store_conn *c, const uint8_t *token_id, enum kms
 
 /* ---- issue ------------------------------------------------------------------------ */
 
-struct key_live_arg {
-    const char *key_id;
-    int64_t now;
-};
-
-static void bind_key_id(struct store_bind *b, const void *arg)
-{
-    store_bind_text(b, 1, arg);
-}
-
-static void bind_key_live(struct store_bind *b, const void *varg)
-{
-    const struct key_live_arg *a = varg;
-    store_bind_text(b, 1, a->key_id);
-    store_bind_int(b, 2, a->now);
-}
-
 static void bind_insert(struct store_bind *b, const void *varg)
 {
     const struct kms_import_token_record *t = varg;
@@ -147,14 +130,48 @@ static void bind_insert(struct store_bind *b, const void *varg)
     store_bind_int(b, 6, t->expires_at);
 }
 
+struct token_insert_arg {
+    const struct kms_import_token_record *t;
+    size_t max_live;
+    int64_t now;
+};
+
+static kms_err token_insert_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct token_insert_arg *a = varg;
+    const struct kms_import_token_record *t = a->t;
+    struct store_key_row row = {0};
+    int64_t origin = 0, live = 0;
+    bool found = false;
+
+    KMS_GUARD(store_key_row_get(c, t->key_id, false, &row, op));
+    KMS_GUARD(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op,
+                              store_bind_text1, t->key_id, &origin, &found));
+    KMS_ENSURE(origin == KMS_KEY_ORIGIN_EXTERNAL, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s does not take imported material", op, t->key_id);
+    KMS_ENSURE(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
+                   row.state == KMS_KEY_DISABLED,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, t->key_id,
+               kms_key_state_name(row.state));
+    struct store_text_int la = {t->key_id, a->now};
+    KMS_GUARD(store_query_int(c,
+                              "SELECT count(*) FROM import_tokens WHERE key_id = ?1 "
+                              "AND state IN (0, 1, 2) AND expires_at > ?2",
+                              op, store_bind_text_int, &la, &live, NULL));
+    KMS_ENSURE((uint64_t)live < (uint64_t)a->max_live, KMS_ERR_RESOURCE_EXHAUSTED,
+               "store: %s: key %s already has %" PRId64 " unexpired import tokens", op,
+               t->key_id, live);
+    return store_exec_one(c,
+                          "INSERT INTO import_tokens (" STORE_IMPORT_TOKEN_COLS ") "
+                          "VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5, ?6)",
+                          op, bind_insert, t, NULL);
+}
+
 kms_err kms_store_import_token_insert(struct kms_store *store,
                                       const struct kms_import_token_record *t, size_t max_live,
                                       int64_t now)
 {
     static const char op[] = "insert import token";
-    struct store_key_row row = {0};
-    int64_t origin = 0, live = 0;
-    bool found = false;
 
     KMS_ENSURE(store != NULL && t != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(t->key_id, op));
@@ -166,62 +183,69 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
                "store: %s: expires_at must follow created_at", op);
     KMS_ENSURE(max_live >= 1, KMS_ERR_USAGE, "store: %s: max_live must be positive", op);
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, t->key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(store_query_int(c, "SELECT origin FROM keys WHERE key_id = ?1", op, bind_key_id,
-                             t->key_id, &origin, &found),
-                   end);
-    KMS_ENSURE_GOTO(origin == KMS_KEY_ORIGIN_EXTERNAL, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s does not take imported material", op, t->key_id);
-    KMS_ENSURE_GOTO(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
-                        row.state == KMS_KEY_DISABLED,
-                    end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, t->key_id,
-                    kms_key_state_name(row.state));
-    struct key_live_arg la = {t->key_id, now};
-    KMS_GUARD_GOTO(store_query_int(c,
-                             "SELECT count(*) FROM import_tokens WHERE key_id = ?1 "
-                             "AND state IN (0, 1, 2) AND expires_at > ?2",
-                             op, bind_key_live, &la, &live, NULL),
-                   end);
-    KMS_ENSURE_GOTO((uint64_t)live < (uint64_t)max_live, end, KMS_ERR_RESOURCE_EXHAUSTED,
-                    "store: %s: key %s already has %" PRId64 " unexpired import tokens", op,
-                    t->key_id, live);
-    KMS_GUARD_GOTO(store_exec_one(c,
-                            "INSERT INTO import_tokens (" STORE_IMPORT_TOKEN_COLS ") "
-                            "VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5, ?6)",
-                            op, bind_insert, t, NULL),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct token_insert_arg a = {t, max_live, now};
+    return store_tx_run(store, true, token_insert_tx, &a, op);
+}
+
+/* A token's move from one state to the next, decided from its row by a
+ * token_decide function (which may refuse it). */
+struct token_move {
+    enum kms_import_state from, to;
+    enum kms_import_end end;
+    uint32_t failures;
+};
+typedef kms_err (*token_decide)(const struct kms_import_token_record *t, void *arg,
+                                struct token_move *out, const char *op);
+
+struct token_step_arg {
+    const uint8_t *token_id;
+    token_decide decide;
+    void *arg;
+};
+
+static kms_err token_step_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct token_step_arg *a = varg;
+    struct kms_import_token_record t;
+    KMS_GUARD(token_row_get(c, a->token_id, &t, op));
+    struct token_move m = {t.state, t.state, t.end, t.failures};
+    KMS_GUARD(a->decide(&t, a->arg, &m, op));
+    return token_cas(c, a->token_id, m.from, m.to, m.end, m.failures, op);
+}
+
+/* Read a token's row, decide its move and make it (a compare-and-set), in
+ * one write transaction. */
+static kms_err token_step(struct kms_store *store, const uint8_t *token_id, token_decide decide,
+                          void *arg, const char *op)
+{
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_token_id(token_id, op));
+    struct token_step_arg a = {token_id, decide, arg};
+    return store_tx_run(store, true, token_step_tx, &a, op);
+}
+
+struct cas_arg {
+    enum kms_import_state from, to;
+    enum kms_import_end end_reason;
+    bool keep_end;
+};
+
+static kms_err decide_cas(const struct kms_import_token_record *t, void *varg,
+                          struct token_move *out, const char *op)
+{
+    const struct cas_arg *a = varg;
+    (void)op;
+    *out = (struct token_move){a->from, a->to, a->keep_end ? t->end : a->end_reason, t->failures};
+    return KMS_OK;
 }
 
 /* One compare-and-set in its own transaction. */
 kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
-                             enum kms_import_state from, enum kms_import_state to,
-                             enum kms_import_end end_reason, bool keep_end, const char *op)
+                            enum kms_import_state from, enum kms_import_state to,
+                            enum kms_import_end end_reason, bool keep_end, const char *op)
 {
-    struct kms_import_token_record t;
-    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    KMS_GUARD(check_token_id(token_id, op));
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
-    KMS_GUARD_GOTO(token_cas(c, token_id, from, to, keep_end ? t.end : end_reason, t.failures,
-                             op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct cas_arg a = {from, to, end_reason, keep_end};
+    return token_step(store, token_id, decide_cas, &a, op);
 }
 
 kms_err kms_store_import_token_issue(struct kms_store *store,
@@ -231,27 +255,23 @@ kms_err kms_store_import_token_issue(struct kms_store *store,
                   false, "issue import token");
 }
 
+static kms_err token_discard_tx(struct store_conn *c, void *token_id, const char *op)
+{
+    int changed = 0;
+    KMS_GUARD(store_exec_one(c, "DELETE FROM import_tokens WHERE token_id = ?1 AND state = 0",
+                             op, bind_token_id, token_id, &changed));
+    KMS_ENSURE(changed == 1, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: import token is not CREATING", op);
+    return KMS_OK;
+}
+
 kms_err kms_store_import_token_discard(struct kms_store *store,
                                        const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
 {
     static const char op[] = "discard import token";
-    int changed = 0;
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_token_id(token_id, op));
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_exec_one(c, "DELETE FROM import_tokens WHERE token_id = ?1 AND state = 0", op,
-                            bind_token_id, token_id, &changed),
-                   end);
-    KMS_ENSURE_GOTO(changed == 1, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: import token is not CREATING", op);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    return store_tx_run(store, true, token_discard_tx, (void *)token_id, op);
 }
 
 kms_err kms_store_import_token_get(struct kms_store *store,
@@ -269,32 +289,55 @@ kms_err kms_store_import_token_get(struct kms_store *store,
 
 /* ---- use ------------------------------------------------------------------------------ */
 
+struct claim_arg {
+    const char *key_id;
+    int64_t now;
+};
+
+static kms_err decide_claim(const struct kms_import_token_record *t, void *varg,
+                            struct token_move *out, const char *op)
+{
+    const struct claim_arg *a = varg;
+    KMS_ENSURE(strcmp(t->key_id, a->key_id) == 0, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: import token belongs to another key", op);
+    KMS_ENSURE(t->expires_at > a->now, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: import token expired", op);
+    out->from = KMS_IMPORT_ISSUED;
+    out->to = KMS_IMPORT_CLAIMED;
+    return KMS_OK;
+}
+
 kms_err kms_store_import_token_claim(struct kms_store *store,
                                      const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
                                      const char *key_id, int64_t now)
 {
     static const char op[] = "claim import token";
-    struct kms_import_token_record t;
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_token_id(token_id, op));
     KMS_GUARD(store_check_key_id(key_id, op));
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
-    KMS_ENSURE_GOTO(strcmp(t.key_id, key_id) == 0, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: import token belongs to another key", op);
-    KMS_ENSURE_GOTO(t.expires_at > now, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: import token expired", op);
-    KMS_GUARD_GOTO(token_cas(c, token_id, KMS_IMPORT_ISSUED, KMS_IMPORT_CLAIMED, t.end,
-                             t.failures, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct claim_arg a = {key_id, now};
+    return token_step(store, token_id, decide_claim, &a, op);
+}
+
+struct release_arg {
+    bool failed;
+    uint32_t max_failures;
+    bool burnt; /* out */
+};
+
+/* Back to ISSUED, one failure more if failed; SPENT once failures reach
+ * max_failures. */
+static kms_err decide_release(const struct kms_import_token_record *t, void *varg,
+                              struct token_move *out, const char *op)
+{
+    struct release_arg *a = varg;
+    (void)op;
+    out->failures = t->failures + (a->failed && t->failures < UINT32_MAX ? 1 : 0);
+    a->burnt = out->failures >= a->max_failures;
+    out->from = KMS_IMPORT_CLAIMED;
+    out->to = a->burnt ? KMS_IMPORT_SPENT : KMS_IMPORT_ISSUED;
+    out->end = a->burnt ? KMS_IMPORT_END_FAILURES : t->end;
+    return KMS_OK;
 }
 
 kms_err kms_store_import_token_release(struct kms_store *store,
@@ -302,30 +345,15 @@ kms_err kms_store_import_token_release(struct kms_store *store,
                                        bool failed, uint32_t max_failures, bool *out_burnt)
 {
     static const char op[] = "release import token";
-    struct kms_import_token_record t;
-    bool burnt = false;
     if (out_burnt)
         *out_burnt = false;
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_token_id(token_id, op));
     KMS_ENSURE(max_failures >= 1, KMS_ERR_USAGE, "store: %s: max_failures must be positive", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
-    uint32_t failures = t.failures + (failed && t.failures < UINT32_MAX ? 1 : 0);
-    burnt = failures >= max_failures;
-    KMS_GUARD_GOTO(token_cas(c, token_id, KMS_IMPORT_CLAIMED,
-                             burnt ? KMS_IMPORT_SPENT : KMS_IMPORT_ISSUED,
-                             burnt ? KMS_IMPORT_END_FAILURES : t.end, failures, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
+    struct release_arg a = {failed, max_failures, false};
+    kms_err rc = token_step(store, token_id, decide_release, &a, op);
     if (rc == KMS_OK && out_burnt)
-        *out_burnt = burnt;
-out:
-    store_conn_give(c);
+        *out_burnt = a.burnt;
     return rc;
 }
 
@@ -369,89 +397,83 @@ static kms_err record_kcv(struct store_conn *c, const struct kcv_arg *ka, const 
                           op, bind_kcv, ka, NULL);
 }
 
+struct import_commit_arg {
+    const uint8_t *token_id;
+    const char *key_id;
+    uint32_t version;
+    const uint8_t *kcv;
+    bool first;
+};
+
+static kms_err import_commit_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct import_commit_arg *a = varg;
+    const char *key_id = a->key_id;
+    uint32_t version = a->version;
+    struct kms_import_token_record t;
+    struct store_key_row row = {0};
+    struct kcv_arg ka = {key_id, version, a->kcv};
+    int64_t vstate = 0, n = 0;
+    bool found = false;
+
+    KMS_GUARD(token_row_get(c, a->token_id, &t, op));
+    KMS_ENSURE(strcmp(t.key_id, key_id) == 0, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: import token belongs to another key", op);
+    KMS_GUARD(store_key_row_get(c, key_id, false, &row, op));
+    KMS_ENSURE(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
+                   row.state == KMS_KEY_DISABLED,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
+               kms_key_state_name(row.state));
+    KMS_GUARD(store_query_int(c,
+                              "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
+                              op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &vstate,
+                              &found));
+    KMS_ENSURE(found, KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32, op,
+               key_id, version);
+    KMS_ENSURE(vstate == KMS_VERSION_CREATING || vstate == KMS_VERSION_ACTIVE,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s version %" PRIu32 " is %s", op,
+               key_id, version, kms_version_state_name((enum kms_version_state)vstate));
+
+    /* The same material must not become two versions, and two first
+     * imports that raced must not both win. */
+    KMS_GUARD(store_query_int(c,
+                              "SELECT count(*) FROM key_check_values c JOIN key_versions v "
+                              "USING (key_id, version) WHERE c.key_id = ?1 AND c.version <> ?2 "
+                              "AND v.state = 1 AND c.kcv = ?3",
+                              op, bind_kcv, &ka, &n, NULL));
+    KMS_ENSURE(n == 0, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s already has this material as another version", op, key_id);
+    if (a->first) {
+        KMS_GUARD(store_query_int(c,
+                                  "SELECT count(*) FROM key_versions WHERE key_id = ?1 "
+                                  "AND version <> ?2 AND state = 1",
+                                  op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &n,
+                                  NULL));
+        KMS_ENSURE(n == 0, KMS_ERR_FAILED_PRECONDITION,
+                   "store: %s: key %s received its material meanwhile", op, key_id);
+    }
+    KMS_GUARD(record_kcv(c, &ka, op));
+
+    if (vstate == KMS_VERSION_CREATING)
+        KMS_GUARD(store_version_make_active(c, key_id, version, op));
+    return token_cas(c, a->token_id, KMS_IMPORT_CLAIMED, KMS_IMPORT_SPENT, KMS_IMPORT_END_USED,
+                     t.failures, op);
+}
+
 kms_err kms_store_import_commit(struct kms_store *store,
                                 const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN],
                                 const char *key_id, uint32_t version,
                                 const uint8_t kcv[KMS_KCV_LEN], bool first)
 {
     static const char op[] = "commit import";
-    struct kms_import_token_record t;
-    struct store_key_row row = {0};
-    struct kcv_arg ka = {key_id, version, kcv};
-    int64_t vstate = 0, n = 0;
-    bool found = false;
 
     KMS_ENSURE(store != NULL && kcv != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_token_id(token_id, op));
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_ENSURE(version >= 1, KMS_ERR_INVALID_ARGUMENT, "store: %s: versions start at 1", op);
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(token_row_get(c, token_id, &t, op), end);
-    KMS_ENSURE_GOTO(strcmp(t.key_id, key_id) == 0, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: import token belongs to another key", op);
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_ENSURE_GOTO(row.state == KMS_KEY_PENDING_IMPORT || row.state == KMS_KEY_ENABLED ||
-                        row.state == KMS_KEY_DISABLED,
-                    end, KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s", op, key_id,
-                    kms_key_state_name(row.state));
-    KMS_GUARD_GOTO(store_query_int(c,
-                             "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
-                             op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &vstate,
-                             &found),
-                   end);
-    KMS_ENSURE_GOTO(found, end, KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32,
-                    op, key_id, version);
-    KMS_ENSURE_GOTO(vstate == KMS_VERSION_CREATING || vstate == KMS_VERSION_ACTIVE, end,
-                    KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s version %" PRIu32 " is %s",
-                    op, key_id, version,
-                    kms_version_state_name((enum kms_version_state)vstate));
-
-    /* The same material must not become two versions, and two first
-     * imports that raced must not both win. */
-    KMS_GUARD_GOTO(store_query_int(c,
-                             "SELECT count(*) FROM key_check_values c JOIN key_versions v "
-                             "USING (key_id, version) WHERE c.key_id = ?1 AND c.version <> ?2 "
-                             "AND v.state = 1 AND c.kcv = ?3",
-                             op, bind_kcv, &ka, &n, NULL),
-                   end);
-    KMS_ENSURE_GOTO(n == 0, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s already has this material as another version", op,
-                    key_id);
-    if (first) {
-        KMS_GUARD_GOTO(store_query_int(c,
-                                 "SELECT count(*) FROM key_versions WHERE key_id = ?1 "
-                                 "AND version <> ?2 AND state = 1",
-                                 op, bind_kcv, &(struct kcv_arg){key_id, version, NULL}, &n,
-                                 NULL),
-                       end);
-        KMS_ENSURE_GOTO(n == 0, end, KMS_ERR_FAILED_PRECONDITION,
-                        "store: %s: key %s received its material meanwhile", op, key_id);
-    }
-    KMS_GUARD_GOTO(record_kcv(c, &ka, op), end);
-
-    struct store_bind b;
-    if (vstate == KMS_VERSION_CREATING) {
-        KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_SET_ACTIVE, op, &b), end);
-        store_bind_text(&b, 1, key_id);
-        store_bind_int(&b, 2, version);
-        KMS_GUARD_GOTO(store_run(&b, op), end);
-        KMS_GUARD_GOTO(store_stmt(c, ST_KEY_ACTIVATE, op, &b), end);
-        store_bind_text(&b, 1, key_id);
-        store_bind_int(&b, 2, version);
-        KMS_GUARD_GOTO(store_run(&b, op), end);
-    }
-    KMS_GUARD_GOTO(token_cas(c, token_id, KMS_IMPORT_CLAIMED, KMS_IMPORT_SPENT,
-                             KMS_IMPORT_END_USED, t.failures, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    struct import_commit_arg a = {token_id, key_id, version, kcv, first};
+    return store_tx_run(store, true, import_commit_tx, &a, op);
 }
 
 static kms_err read_kcv(sqlite3_stmt *st, void *elem, const char *op)
@@ -466,43 +488,43 @@ static kms_err read_kcv(sqlite3_stmt *st, void *elem, const char *op)
     return KMS_OK;
 }
 
+struct kcvs_arg {
+    const char *key_id;
+    void *arr;
+    size_t n;
+};
+
+/* The key must be visible in the same snapshot as its check values. */
+static kms_err kcv_tx(struct store_conn *c, void *varg, const char *op)
+{
+    struct kcvs_arg *a = varg;
+    struct store_key_row row = {0};
+    KMS_GUARD(store_key_row_get(c, a->key_id, false, &row, op));
+    return store_prep_collect(c,
+                              "SELECT c.version, c.kcv FROM key_check_values c JOIN key_versions "
+                              "v USING (key_id, version) WHERE c.key_id = ?1 AND v.state = 1 "
+                              "ORDER BY c.version",
+                              op, store_bind_text1, a->key_id, sizeof(struct kms_kcv_record),
+                              SIZE_MAX, read_kcv, &a->arr, &a->n);
+}
+
 kms_err kms_store_key_check_values(struct kms_store *store, const char *key_id,
                                    struct kms_kcv_record **out, size_t *out_n)
 {
     static const char op[] = "list key check values";
-    struct store_key_row row = {0};
-    struct store_bind b = {0};
-    void *arr = NULL;
-    size_t n = 0;
+    struct kcvs_arg a = {key_id, NULL, 0};
 
     KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_tx_begin(c, false, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(store_prep(c,
-                        "SELECT c.version, c.kcv FROM key_check_values c JOIN key_versions v "
-                        "USING (key_id, version) WHERE c.key_id = ?1 AND v.state = 1 "
-                        "ORDER BY c.version",
-                        op, &b),
-                   end);
-    store_bind_text(&b, 1, key_id);
-    rc = store_collect(&b, sizeof(struct kms_kcv_record), SIZE_MAX, read_kcv, &arr, &n, op);
-    store_fin(&b);
-end:
-    rc = store_tx_end(c, rc, op);
-    if (rc == KMS_OK) {
-        *out = arr;
-        *out_n = n;
-    } else {
-        free(arr);
+    kms_err rc = store_tx_run(store, false, kcv_tx, &a, op);
+    if (rc != KMS_OK) {
+        free(a.arr);
+        return rc;
     }
-out:
-    store_conn_give(c);
-    return rc;
+    *out = a.arr;
+    *out_n = a.n;
+    return KMS_OK;
 }

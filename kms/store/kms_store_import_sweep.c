@@ -85,26 +85,28 @@ static void bind_before(struct store_bind *b, const void *arg)
     store_bind_int(b, 1, *(const int64_t *)arg);
 }
 
+struct purge_arg {
+    int64_t before;
+    int changed;
+};
+
+static kms_err purge_tx(struct store_conn *c, void *varg, const char *op)
+{
+    struct purge_arg *a = varg;
+    return store_exec_one(c, "DELETE FROM import_tokens WHERE state = 4 AND expires_at < ?1", op,
+                          bind_before, &a->before, &a->changed);
+}
+
 kms_err kms_store_import_tokens_purge(struct kms_store *store, int64_t before, size_t *out_n)
 {
     static const char op[] = "purge import tokens";
-    int changed = 0;
     if (out_n)
         *out_n = 0;
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_exec_one(c, "DELETE FROM import_tokens WHERE state = 4 AND expires_at < ?1",
-                            op, bind_before, &before, &changed),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
+    struct purge_arg a = {before, 0};
+    kms_err rc = store_tx_run(store, true, purge_tx, &a, op);
     if (rc == KMS_OK && out_n)
-        *out_n = (size_t)changed;
-out:
-    store_conn_give(c);
+        *out_n = (size_t)a.changed;
     return rc;
 }
 
@@ -112,25 +114,17 @@ kms_err kms_store_import_hsm_ids_for_token(struct kms_store *store, const char *
                                            struct kms_hsm_id **out, size_t *out_n)
 {
     static const char op[] = "list wrapping key ids of token";
-    struct store_bind b;
     KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_token(token, KMS_TOKEN_LABEL_MAX + 1, op));
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_prep(c,
-                      "SELECT hsm_id FROM import_tokens WHERE token = ?1 AND state <> 4 "
-                      "ORDER BY hsm_id",
-                      op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        store_bind_text(&b, 1, token);
-        rc = store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &arr,
-                           out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    void *arr = NULL;
+    kms_err rc = store_list_query(store,
+                                  "SELECT hsm_id FROM import_tokens WHERE token = ?1 AND "
+                                  "state <> 4 ORDER BY hsm_id",
+                                  op, store_bind_text1, token, sizeof(struct kms_hsm_id), SIZE_MAX,
+                                  store_read_hsm_id, &arr, out_n);
+    *out = arr;
     return rc;
 }

@@ -136,14 +136,6 @@ typedef kms_err (*store_row_reader)(sqlite3_stmt *st, void *elem, const char *op
 kms_err store_collect(struct store_bind *b, size_t elem, size_t max, store_row_reader read,
                       void **out, size_t *out_n, const char *op);
 
-/* Writes use BEGIN IMMEDIATE: the write lock is taken before anything is
- * read, so what a transaction checks is still true when it writes. */
-kms_err store_tx_begin(struct store_conn *c, bool write, const char *op);
-
-/* Commit if rc is KMS_OK, else (or if the commit fails) roll back. With
- * synchronous=FULL a KMS_OK commit is on disk. Returns the outcome. */
-kms_err store_tx_end(struct store_conn *c, kms_err rc, const char *op);
-
 kms_err store_col_text(sqlite3_stmt *st, int col, char *dst, size_t size, const char *op);
 kms_err store_col_hsm_id(sqlite3_stmt *st, int col, uint8_t dst[KMS_HSM_ID_LEN],
                          const char *op);
@@ -170,10 +162,20 @@ kms_err store_key_row_get(struct store_conn *c, const char *key_id, bool creatin
 /* ---- kms_store.c ---- */
 
 kms_err store_check_key_id(const char *key_id, const char *op);
+/* The record of a visible key (ST_KEY_GET), or KMS_ERR_NOT_FOUND. */
+kms_err store_key_get_row(struct store_conn *c, const char *key_id, struct kms_key_record *out,
+                          const char *op);
 /* The state of one version, CREATING included, or KMS_ERR_NOT_FOUND. */
 kms_err store_version_state_get(struct store_conn *c, const char *key_id, uint32_t version,
                                 enum kms_version_state *out, const char *op);
 kms_err store_check_token(const char *token, size_t size, const char *op);
+
+/* ---- kms_store_versions.c ---- */
+
+/* Make a version ACTIVE and the key's current version (the create
+ * protocol's last step), inside the caller's write transaction. */
+kms_err store_version_make_active(struct store_conn *c, const char *key_id, uint32_t version,
+                                  const char *op);
 
 /* Statements prepared per call, for rare operations (imports, escrow,
  * recoveries) whose HSM work dwarfs a prepare. store_fin finalizes. */
@@ -181,6 +183,14 @@ typedef void (*store_binder)(struct store_bind *b, const void *arg);
 kms_err store_prep(struct store_conn *c, const char *sql, const char *op, struct store_bind *out);
 void store_fin(struct store_bind *b);
 void store_bind_blob(struct store_bind *b, int i, const uint8_t *v, int len);
+/* A store_binder for statements whose one parameter ?1 is the text arg. */
+void store_bind_text1(struct store_bind *b, const void *arg);
+/* A store_binder for ?1 text and ?2 integer: arg is a store_text_int. */
+struct store_text_int {
+    const char *text;
+    int64_t i;
+};
+void store_bind_text_int(struct store_bind *b, const void *arg);
 /* Prepare, bind through `bind`, run to completion; *out_changes (may be
  * NULL) gets the rows changed. */
 kms_err store_exec_one(struct store_conn *c, const char *sql, const char *op, store_binder bind,
@@ -188,6 +198,31 @@ kms_err store_exec_one(struct store_conn *c, const char *sql, const char *op, st
 /* A one-row, one-integer query; *out_row false when there is no row. */
 kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, store_binder bind,
                         const void *arg, int64_t *out, bool *out_row);
+
+/* Run body in one transaction on a leased connection: the writer with BEGIN
+ * IMMEDIATE when write (the write lock is taken before anything is read, so
+ * what a transaction checks is still true when it writes), else a reader.
+ * Commits if body returns KMS_OK, else (or if the commit fails) rolls back;
+ * with synchronous=FULL a KMS_OK commit is on disk. Returns the outcome.
+ * Every store transaction goes through here. Results the body leaves in
+ * arg are valid only if this returns KMS_OK. */
+typedef kms_err (*store_tx_body)(struct store_conn *c, void *arg, const char *op);
+kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg,
+                     const char *op);
+
+/* Prepare sql, bind through `bind` (may be NULL), and store_collect up to
+ * max rows into a new array (NULL if none); store_list_query does it on a
+ * reader of its own. */
+kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op, store_binder bind,
+                           const void *arg, size_t elem, size_t max, store_row_reader read,
+                           void **out, size_t *out_n);
+/* At most one row of a per-call query on a reader of its own, decoded by
+ * read into elem; *out_found false (and KMS_OK) when there is none. */
+kms_err store_query_row(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+                        const void *arg, store_row_reader read, void *elem, bool *out_found);
+kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+                         const void *arg, size_t elem, size_t max, store_row_reader read,
+                         void **out, size_t *out_n);
 
 /* Import tokens, shared by kms_store_import.c and kms_store_import_sweep.c:
  * the columns store_import_read_token reads (a store_collect reader), and
@@ -198,5 +233,11 @@ kms_err store_import_read_token(sqlite3_stmt *st, void *elem, const char *op);
 kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
                             enum kms_import_state from, enum kms_import_state to,
                             enum kms_import_end end_reason, bool keep_end, const char *op);
+
+/* Escrow rows (escrow_blobs, escrow_pairs) are written only while their key
+ * version is CREATING: check that and run the insert sql, bound through
+ * `bind` from row, in one write transaction. In kms_store_escrow.c. */
+kms_err store_escrow_insert(struct kms_store *store, const char *key_id, uint32_t version,
+                            const char *sql, store_binder bind, const void *row, const char *op);
 
 #endif

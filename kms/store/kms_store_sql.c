@@ -235,12 +235,15 @@ static kms_err run_stmt(struct store_conn *c, enum store_stmt_id id, const char 
     return store_run(&b, op);
 }
 
-kms_err store_tx_begin(struct store_conn *c, bool write, const char *op)
+/* Writes use BEGIN IMMEDIATE: the write lock is taken before anything is
+ * read, so what a transaction checks is still true when it writes. */
+static kms_err store_tx_begin(struct store_conn *c, bool write, const char *op)
 {
     return run_stmt(c, write ? ST_BEGIN_IMMEDIATE : ST_BEGIN, op);
 }
 
-kms_err store_tx_end(struct store_conn *c, kms_err rc, const char *op)
+/* Commit if rc is KMS_OK, else (or if the commit fails) roll back. */
+static kms_err store_tx_end(struct store_conn *c, kms_err rc, const char *op)
 {
     if (rc == KMS_OK)
         rc = run_stmt(c, ST_COMMIT, op);
@@ -396,6 +399,18 @@ void store_bind_blob(struct store_bind *b, int i, const uint8_t *v, int len)
         b->rc = sqlite3_bind_blob(b->st, i, v, len, SQLITE_STATIC);
 }
 
+void store_bind_text1(struct store_bind *b, const void *arg)
+{
+    store_bind_text(b, 1, arg);
+}
+
+void store_bind_text_int(struct store_bind *b, const void *arg)
+{
+    const struct store_text_int *a = arg;
+    store_bind_text(b, 1, a->text);
+    store_bind_int(b, 2, a->i);
+}
+
 /* Prepare, bind through `bind`, run to completion; *out_changes (may be
  * NULL) gets the rows changed. */
 
@@ -429,3 +444,58 @@ kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, s
     return rc;
 }
 
+kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg, const char *op)
+{
+    struct store_conn *c = write ? store_writer_take(s) : store_reader_take(s);
+    kms_err rc = store_tx_begin(c, write, op);
+    if (rc == KMS_OK)
+        rc = store_tx_end(c, body(c, arg, op), op);
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op, store_binder bind,
+                           const void *arg, size_t elem, size_t max, store_row_reader read,
+                           void **out, size_t *out_n)
+{
+    struct store_bind b;
+    *out = NULL;
+    *out_n = 0;
+    KMS_GUARD(store_prep(c, sql, op, &b));
+    if (bind != NULL)
+        bind(&b, arg);
+    kms_err rc = store_collect(&b, elem, max, read, out, out_n, op);
+    store_fin(&b);
+    return rc;
+}
+
+kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+                         const void *arg, size_t elem, size_t max, store_row_reader read,
+                         void **out, size_t *out_n)
+{
+    struct store_conn *c = store_reader_take(s);
+    kms_err rc = store_prep_collect(c, sql, op, bind, arg, elem, max, read, out, out_n);
+    store_conn_give(c);
+    return rc;
+}
+
+kms_err store_query_row(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+                        const void *arg, store_row_reader read, void *elem, bool *out_found)
+{
+    struct store_bind b;
+    bool row = false;
+    *out_found = false;
+    struct store_conn *c = store_reader_take(s);
+    kms_err rc = store_prep(c, sql, op, &b);
+    if (rc == KMS_OK) {
+        bind(&b, arg);
+        rc = store_step(&b, op, &row);
+        if (rc == KMS_OK && row) {
+            rc = read(b.st, elem, op);
+            *out_found = rc == KMS_OK;
+        }
+        store_fin(&b);
+    }
+    store_conn_give(c);
+    return rc;
+}

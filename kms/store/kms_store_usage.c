@@ -51,6 +51,48 @@ static void bind_k(struct store_bind *b, const void *varg)
     store_bind_text(b, 1, a->key_id);
 }
 
+/* A count or period (never negative; 0 if it were) from a one-row query on
+ * a reader; *out_row false when there is no row. */
+static kms_err read_count(struct kms_store *store, const char *sql, store_binder bind,
+                          const struct kv_arg *a, uint64_t *out, bool *out_row, const char *op)
+{
+    int64_t v = 0;
+    struct store_conn *c = store_reader_take(store);
+    kms_err rc = store_query_int(c, sql, op, bind, a, &v, out_row);
+    store_conn_give(c);
+    if (rc == KMS_OK && *out_row)
+        *out = v > 0 ? (uint64_t)v : 0;
+    return rc;
+}
+
+struct reserve_arg {
+    struct kv_arg kv;
+    int64_t total;
+};
+
+static kms_err usage_reserve_tx(struct store_conn *c, void *varg, const char *op)
+{
+    struct reserve_arg *ra = varg;
+    const struct kv_arg *a = &ra->kv;
+    int changes = 0;
+    bool row = false;
+    /* Only a live version of a visible key counts: a destroyed one never
+     * encrypts again. */
+    KMS_GUARD(store_exec_one(c,
+                             "UPDATE key_versions SET encryptions = encryptions + ?3 "
+                             "WHERE key_id = ?1 AND version = ?2 AND state = 1 "
+                             "AND encryptions <= 4611686018427387903 - ?3",
+                             op, bind_kvn, a, &changes));
+    KMS_ENSURE(changes == 1, KMS_ERR_NOT_FOUND,
+               "store: %s: key %s has no active version %" PRIu32, op, a->key_id, a->version);
+    KMS_GUARD(store_query_int(c,
+                              "SELECT encryptions FROM key_versions "
+                              "WHERE key_id = ?1 AND version = ?2",
+                              op, bind_kv, a, &ra->total, &row));
+    KMS_ENSURE(row && ra->total >= 0, KMS_ERR_INTERNAL, "store: %s: row vanished", op);
+    return KMS_OK;
+}
+
 kms_err kms_store_usage_reserve(struct kms_store *store, const char *key_id, uint32_t version,
                                 uint64_t n, uint64_t *out_total)
 {
@@ -59,37 +101,10 @@ kms_err kms_store_usage_reserve(struct kms_store *store, const char *key_id, uin
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_ENSURE(version >= 1 && n >= 1 && n <= USAGE_MAX, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: bad version or count", op);
-    struct kv_arg a = {key_id, version, (int64_t)n};
-    int changes = 0;
-    int64_t total = 0;
-    bool row = false;
-
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    /* Only a live version of a visible key counts: a destroyed one never
-     * encrypts again. */
-    KMS_GUARD_GOTO(store_exec_one(c,
-                                  "UPDATE key_versions SET encryptions = encryptions + ?3 "
-                                  "WHERE key_id = ?1 AND version = ?2 AND state = 1 "
-                                  "AND encryptions <= 4611686018427387903 - ?3",
-                                  op, bind_kvn, &a, &changes),
-                   end);
-    KMS_ENSURE_GOTO(changes == 1, end, KMS_ERR_NOT_FOUND,
-                    "store: %s: key %s has no active version %" PRIu32, op, key_id, version);
-    KMS_GUARD_GOTO(store_query_int(c,
-                                   "SELECT encryptions FROM key_versions "
-                                   "WHERE key_id = ?1 AND version = ?2",
-                                   op, bind_kv, &a, &total, &row),
-                   end);
-    KMS_ENSURE_GOTO(row && total >= 0, end, KMS_ERR_INTERNAL, "store: %s: row vanished", op);
-end:
-    rc = store_tx_end(c, rc, op);
+    struct reserve_arg a = {{key_id, version, (int64_t)n}, 0};
+    kms_err rc = store_tx_run(store, true, usage_reserve_tx, &a, op);
     if (rc == KMS_OK)
-        *out_total = (uint64_t)total;
-out:
-    store_conn_give(c);
+        *out_total = (uint64_t)a.total;
     return rc;
 }
 
@@ -119,18 +134,12 @@ kms_err kms_store_usage_get(struct kms_store *store, const char *key_id, uint32_
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     struct kv_arg a = {key_id, version, 0};
-    int64_t v = 0;
     bool row = false;
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_query_int(c,
-                                 "SELECT encryptions FROM key_versions "
-                                 "WHERE key_id = ?1 AND version = ?2",
-                                 op, bind_kv, &a, &v, &row);
-    store_conn_give(c);
-    KMS_GUARD(rc);
+    KMS_GUARD(read_count(store,
+                         "SELECT encryptions FROM key_versions WHERE key_id = ?1 AND version = ?2",
+                         bind_kv, &a, out, &row, op));
     KMS_ENSURE(row, KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32, op, key_id,
                version);
-    *out = v > 0 ? (uint64_t)v : 0;
     return KMS_OK;
 }
 
@@ -145,6 +154,14 @@ static kms_err read_usage_row(sqlite3_stmt *st, void *elem, const char *op)
     return KMS_OK;
 }
 
+/* ?1 and ?2 of the sweeper's queries: a threshold and LIMIT. */
+static void bind_p1_max(struct store_bind *b, const void *varg)
+{
+    const int64_t *a = varg;
+    store_bind_int(b, 1, a[0]);
+    store_bind_int(b, 2, a[1]);
+}
+
 static kms_err query_rows(struct kms_store *store, const char *sql, int64_t p1, size_t max,
                           struct kms_store_usage_row **out, size_t *out_n, const char *op)
 {
@@ -152,19 +169,12 @@ static kms_err query_rows(struct kms_store *store, const char *sql, int64_t p1, 
                "store: %s: NULL argument", op);
     *out = NULL;
     *out_n = 0;
-    struct store_bind b;
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_prep(c, sql, op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        store_bind_int(&b, 1, p1);
-        store_bind_int(&b, 2, (int64_t)max);
-        rc = store_collect(&b, sizeof(struct kms_store_usage_row), max, read_usage_row, &arr,
-                           out_n, op);
-        *out = arr;
-        store_fin(&b);
-    }
-    store_conn_give(c);
+    const int64_t a[2] = {p1, (int64_t)max};
+    void *arr = NULL;
+    kms_err rc =
+        store_list_query(store, sql, op, bind_p1_max, a, sizeof(struct kms_store_usage_row), max,
+                         read_usage_row, &arr, out_n);
+    *out = arr;
     return rc;
 }
 
@@ -221,16 +231,10 @@ kms_err kms_store_rotation_period_get(struct kms_store *store, const char *key_i
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     struct kv_arg a = {key_id, 0, 0};
-    int64_t v = 0;
     bool row = false;
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_query_int(c,
-                                 "SELECT rotation_period_s FROM keys "
-                                 "WHERE key_id = ?1 AND state <> 0",
-                                 op, bind_k, &a, &v, &row);
-    store_conn_give(c);
-    KMS_GUARD(rc);
+    KMS_GUARD(read_count(store,
+                         "SELECT rotation_period_s FROM keys WHERE key_id = ?1 AND state <> 0",
+                         bind_k, &a, out, &row, op));
     KMS_ENSURE(row, KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
-    *out = v > 0 ? (uint64_t)v : 0;
     return KMS_OK;
 }

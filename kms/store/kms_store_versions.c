@@ -41,73 +41,90 @@ done:
     return rc;
 }
 
+static kms_err version_get_row(struct store_conn *c, const char *key_id, uint32_t version,
+                               struct kms_version_record *out, const char *op)
+{
+    struct store_bind b;
+    bool row = false;
+
+    KMS_GUARD(store_stmt(c, ST_VERSION_GET, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD(store_step(&b, op, &row));
+    kms_err rc = row ? store_read_version(b.st, out, op)
+                     : kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32,
+                                   op, key_id, version);
+    store_done(&b);
+    return rc;
+}
+
 kms_err kms_store_version_get(struct kms_store *store, const char *key_id, uint32_t version,
                               struct kms_version_record *out)
 {
     static const char op[] = "get key version";
-    struct store_bind b;
-    bool row = false;
 
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_GUARD(check_version(version, op));
 
     struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_stmt(c, ST_VERSION_GET, op, &b);
-    if (rc != KMS_OK)
-        goto out;
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_step(&b, op, &row), out);
-    if (row)
-        rc = store_read_version(b.st, out, op);
-    else
-        rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32, op,
-                         key_id, version);
-    store_done(&b);
-out:
+    kms_err rc = version_get_row(c, key_id, version, out, op);
     store_conn_give(c);
     return rc;
 }
 
-kms_err kms_store_versions_list(struct kms_store *store, const char *key_id,
-                                struct kms_version_record **out, size_t *out_n)
+/* A key's versions read in one transaction with the key itself: the key
+ * record (into key) or, with key NULL, only that the key is visible. */
+struct versions_arg {
+    const char *key_id;
+    struct kms_key_record *key;
+    void *arr;
+    size_t n;
+};
+
+static kms_err versions_tx(struct store_conn *c, void *varg, const char *op)
 {
-    static const char op[] = "list key versions";
+    struct versions_arg *a = varg;
     struct store_key_row row = {0};
     struct store_bind b;
-    void *arr = NULL;
-    size_t n = 0;
+
+    if (a->key != NULL)
+        KMS_GUARD(store_key_get_row(c, a->key_id, a->key, op));
+    else
+        KMS_GUARD(store_key_row_get(c, a->key_id, false, &row, op));
+    KMS_GUARD(store_stmt(c, ST_VERSIONS_LIST, op, &b));
+    store_bind_text(&b, 1, a->key_id);
+    return store_collect(&b, sizeof(struct kms_version_record), SIZE_MAX, store_read_version,
+                         &a->arr, &a->n, op);
+}
+
+static kms_err versions_read(struct kms_store *store, const char *key_id,
+                             struct kms_key_record *out_key, struct kms_version_record **out,
+                             size_t *out_n, const char *op)
+{
+    struct versions_arg a = {key_id, out_key, NULL, 0};
 
     KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
+    kms_err rc = store_tx_run(store, false, versions_tx, &a, op);
+    if (rc != KMS_OK) {
+        free(a.arr);
+        return rc;
+    }
+    *out = a.arr;
+    *out_n = a.n;
+    return KMS_OK;
+}
 
+kms_err kms_store_versions_list(struct kms_store *store, const char *key_id,
+                                struct kms_version_record **out, size_t *out_n)
+{
     /* One read transaction, so that "the key is visible" and "these are its
      * versions" come from the same snapshot. */
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_tx_begin(c, false, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSIONS_LIST, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    KMS_GUARD_GOTO(store_collect(&b, sizeof(struct kms_version_record), SIZE_MAX,
-                                 store_read_version, &arr, &n, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-    if (rc == KMS_OK) {
-        *out = arr;
-        *out_n = n;
-    } else {
-        free(arr);
-    }
-out:
-    store_conn_give(c);
-    return rc;
+    return versions_read(store, key_id, NULL, out, out_n, "list key versions");
 }
 
 kms_err kms_store_key_snapshot(struct kms_store *store, const char *key_id,
@@ -115,50 +132,49 @@ kms_err kms_store_key_snapshot(struct kms_store *store, const char *key_id,
                                size_t *out_n)
 {
     static const char op[] = "read key and versions";
-    struct store_bind b;
-    bool row = false;
-    void *arr = NULL;
-    size_t n = 0;
-
-    KMS_ENSURE(store != NULL && out_key != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
-               "store: %s: NULL argument", op);
-    *out = NULL;
-    *out_n = 0;
-    KMS_GUARD(store_check_key_id(key_id, op));
-
+    KMS_ENSURE(out_key != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     /* One read transaction: the key's current_version and its version list
      * come from the same commit, so a reply never pairs one rotation's key
      * row with another's versions. */
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_tx_begin(c, false, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_GET, op, &b), end);
+    return versions_read(store, key_id, out_key, out, out_n, op);
+}
+
+struct version_add_arg {
+    const char *key_id;
+    const uint8_t *hsm_id;
+    int64_t created_at;
+    uint32_t version;
+};
+
+static kms_err version_add_tx(struct store_conn *c, void *varg, const char *op)
+{
+    struct version_add_arg *a = varg;
+    const char *key_id = a->key_id;
+    struct store_key_row row = {0};
+    struct store_bind b;
+
+    KMS_GUARD(store_key_row_get(c, key_id, false, &row, op));
+    /* A key pending deletion or destroyed must not grow new HSM objects:
+     * the sweeper would not know to destroy them. */
+    KMS_ENSURE(row.state == KMS_KEY_ENABLED || row.state == KMS_KEY_DISABLED ||
+                   row.state == KMS_KEY_PENDING_IMPORT,
+               KMS_ERR_FAILED_PRECONDITION, "store: %s: key %s is %s; cannot add a version", op,
+               key_id, kms_key_state_name(row.state));
+    KMS_ENSURE(row.last_version < UINT32_MAX, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s has no version numbers left", op, key_id);
+    a->version = row.last_version + 1;
+
+    KMS_GUARD(store_stmt(c, ST_KEY_SET_LAST_VERSION, op, &b));
     store_bind_text(&b, 1, key_id);
-    KMS_GUARD_GOTO(store_step(&b, op, &row), end);
-    if (row)
-        rc = store_read_key(b.st, out_key, op);
-    else
-        rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
-    store_done(&b);
-    if (rc != KMS_OK)
-        goto end;
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSIONS_LIST, op, &b), end);
+    store_bind_int(&b, 2, a->version);
+    KMS_GUARD(store_run(&b, op));
+
+    KMS_GUARD(store_stmt(c, ST_VERSION_INSERT, op, &b));
     store_bind_text(&b, 1, key_id);
-    KMS_GUARD_GOTO(store_collect(&b, sizeof(struct kms_version_record), SIZE_MAX,
-                                 store_read_version, &arr, &n, op),
-                   end);
-end:
-    rc = store_tx_end(c, rc, op);
-    if (rc == KMS_OK) {
-        *out = arr;
-        *out_n = n;
-    } else {
-        free(arr);
-    }
-out:
-    store_conn_give(c);
-    return rc;
+    store_bind_int(&b, 2, a->version);
+    store_bind_hsm_id(&b, 3, a->hsm_id);
+    store_bind_int(&b, 4, a->created_at);
+    return store_run(&b, op);
 }
 
 kms_err kms_store_version_add(struct kms_store *store, const char *key_id,
@@ -166,9 +182,6 @@ kms_err kms_store_version_add(struct kms_store *store, const char *key_id,
                               uint32_t *out_version)
 {
     static const char op[] = "add key version";
-    struct store_key_row row = {0};
-    struct store_bind b;
-    uint32_t version = 0;
 
     KMS_ENSURE(store != NULL && hsm_id != NULL && out_version != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
@@ -177,82 +190,65 @@ kms_err kms_store_version_add(struct kms_store *store, const char *key_id,
     KMS_ENSURE(created_at > 0, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: created_at must be positive", op);
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, false, &row, op), end);
-    /* A key pending deletion or destroyed must not grow new HSM objects:
-     * the sweeper would not know to destroy them. */
-    KMS_ENSURE_GOTO(row.state == KMS_KEY_ENABLED || row.state == KMS_KEY_DISABLED ||
-                        row.state == KMS_KEY_PENDING_IMPORT,
-                    end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s is %s; cannot add a version", op, key_id,
-                    kms_key_state_name(row.state));
-    KMS_ENSURE_GOTO(row.last_version < UINT32_MAX, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s has no version numbers left", op, key_id);
-    version = row.last_version + 1;
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_SET_LAST_VERSION, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_INSERT, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    store_bind_hsm_id(&b, 3, hsm_id);
-    store_bind_int(&b, 4, created_at);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-end:
-    rc = store_tx_end(c, rc, op);
+    struct version_add_arg a = {key_id, hsm_id, created_at, 0};
+    kms_err rc = store_tx_run(store, true, version_add_tx, &a, op);
     if (rc == KMS_OK)
-        *out_version = version;
-out:
-    store_conn_give(c);
+        *out_version = a.version;
     return rc;
+}
+
+kms_err store_version_make_active(struct store_conn *c, const char *key_id, uint32_t version,
+                                  const char *op)
+{
+    struct store_bind b;
+    KMS_GUARD(store_stmt(c, ST_VERSION_SET_ACTIVE, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    KMS_GUARD(store_run(&b, op));
+
+    KMS_GUARD(store_stmt(c, ST_KEY_ACTIVATE, op, &b));
+    store_bind_text(&b, 1, key_id);
+    store_bind_int(&b, 2, version);
+    return store_run(&b, op);
+}
+
+static kms_err version_activate_tx(struct store_conn *c, void *varg, const char *op)
+{
+    const struct store_text_int *a = varg;
+    const char *key_id = a->text;
+    uint32_t version = (uint32_t)a->i;
+    struct store_key_row row = {0};
+    enum kms_version_state vstate = KMS_VERSION_CREATING;
+
+    KMS_GUARD(store_key_row_get(c, key_id, true, &row, op));
+    KMS_ENSURE(row.state != KMS_KEY_DESTROYED, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s is DESTROYED", op, key_id);
+    KMS_GUARD(store_version_state_get(c, key_id, version, &vstate, op));
+    KMS_ENSURE(vstate != KMS_VERSION_DESTROYED, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s version %" PRIu32 " is DESTROYED", op, key_id, version);
+    /* Already ACTIVE: the commit that made it so also updated the key. */
+    if (vstate == KMS_VERSION_ACTIVE)
+        return KMS_OK;
+    return store_version_make_active(c, key_id, version, op);
+}
+
+/* Check the arguments of a write to one key version and run body on them
+ * (a store_text_int) in one write transaction. */
+static kms_err version_write(struct kms_store *store, const char *key_id, uint32_t version,
+                             store_tx_body body, const char *op)
+{
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(store_check_key_id(key_id, op));
+    KMS_GUARD(check_version(version, op));
+
+    struct store_text_int a = {key_id, version};
+    return store_tx_run(store, true, body, &a, op);
 }
 
 kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
                                    uint32_t version)
 {
-    static const char op[] = "activate key version";
-    struct store_key_row row = {0};
-    enum kms_version_state vstate = KMS_VERSION_CREATING;
-    struct store_bind b;
-
-    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    KMS_GUARD(store_check_key_id(key_id, op));
-    KMS_GUARD(check_version(version, op));
-
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_key_row_get(c, key_id, true, &row, op), end);
-    KMS_ENSURE_GOTO(row.state != KMS_KEY_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s is DESTROYED", op, key_id);
-    KMS_GUARD_GOTO(store_version_state_get(c, key_id, version, &vstate, op), end);
-    KMS_ENSURE_GOTO(vstate != KMS_VERSION_DESTROYED, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s version %" PRIu32 " is DESTROYED", op, key_id, version);
-    /* Already ACTIVE: the commit that made it so also updated the key. */
-    if (vstate == KMS_VERSION_ACTIVE)
-        goto end;
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_SET_ACTIVE, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_ACTIVATE, op, &b), end);
-    store_bind_text(&b, 1, key_id);
-    store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    return version_write(store, key_id, version, version_activate_tx, "activate key version");
 }
 
 /* ---- reconcile ---------------------------------------------------------- */
@@ -292,41 +288,36 @@ kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creati
     return rc;
 }
 
-kms_err kms_store_creating_discard(struct kms_store *store, const char *key_id,
-                                   uint32_t version)
+static kms_err creating_discard_tx(struct store_conn *c, void *varg, const char *op)
 {
-    static const char op[] = "discard creating version";
+    const struct store_text_int *a = varg;
+    const char *key_id = a->text;
+    uint32_t version = (uint32_t)a->i;
     enum kms_version_state vstate = KMS_VERSION_CREATING;
     struct store_bind b;
 
-    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    KMS_GUARD(store_check_key_id(key_id, op));
-    KMS_GUARD(check_version(version, op));
+    KMS_GUARD(store_version_state_get(c, key_id, version, &vstate, op));
+    KMS_ENSURE(vstate == KMS_VERSION_CREATING, KMS_ERR_FAILED_PRECONDITION,
+               "store: %s: key %s version %" PRIu32 " is %s, not CREATING", op, key_id, version,
+               kms_version_state_name(vstate));
 
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_tx_begin(c, true, op);
-    if (rc != KMS_OK)
-        goto out;
-    KMS_GUARD_GOTO(store_version_state_get(c, key_id, version, &vstate, op), end);
-    KMS_ENSURE_GOTO(vstate == KMS_VERSION_CREATING, end, KMS_ERR_FAILED_PRECONDITION,
-                    "store: %s: key %s version %" PRIu32 " is %s, not CREATING", op, key_id,
-                    version, kms_version_state_name(vstate));
-
-    KMS_GUARD_GOTO(store_stmt(c, ST_VERSION_DELETE_CREATING, op, &b), end);
+    KMS_GUARD(store_stmt(c, ST_VERSION_DELETE_CREATING, op, &b));
     store_bind_text(&b, 1, key_id);
     store_bind_int(&b, 2, version);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
+    KMS_GUARD(store_run(&b, op));
 
     /* Removes the key only if it is CREATING and this was its last version;
      * the version number stays spent either way (keys.last_version). */
-    KMS_GUARD_GOTO(store_stmt(c, ST_KEY_DELETE_CREATING, op, &b), end);
+    KMS_GUARD(store_stmt(c, ST_KEY_DELETE_CREATING, op, &b));
     store_bind_text(&b, 1, key_id);
-    KMS_GUARD_GOTO(store_run(&b, op), end);
-end:
-    rc = store_tx_end(c, rc, op);
-out:
-    store_conn_give(c);
-    return rc;
+    return store_run(&b, op);
+}
+
+kms_err kms_store_creating_discard(struct kms_store *store, const char *key_id,
+                                   uint32_t version)
+{
+    return version_write(store, key_id, version, creating_discard_tx,
+                         "discard creating version");
 }
 
 kms_err kms_store_hsm_ids_for_token(struct kms_store *store, const char *token,

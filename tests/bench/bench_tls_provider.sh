@@ -33,6 +33,18 @@ done
 export CUSTOS_ADDR="http://127.0.0.1:$port" OPENSSL_MODULES="$build/lib/ossl-modules"
 export CUSTOS_API_KEY_FILE="$work/credentials/demo-broker.key"
 P="-provider custos -provider default"
+# In the sanitizer builds the module is instrumented and the stock CLI is
+# not: preload the module's own sanitizer runtime into the CLI, as
+# tests/e2e/test_provider.sh does (leak checking off: the CLI's exit-time
+# allocations are not ours to judge).
+san_rt=$(ldd "$build/lib/ossl-modules/custos.so" | awk '/lib(asan|tsan)\.so/ {print $3; exit}')
+openssl() {
+    if [ -n "$san_rt" ]; then
+        LD_PRELOAD="$san_rt" ASAN_OPTIONS=detect_leaks=0 command openssl "$@"
+    else
+        command openssl "$@"
+    fi
+}
 
 # rate KEY CERT -> handshakes per second (s_time -new: a full handshake per
 # connection; TLS 1.3, the client's default groups).

@@ -358,11 +358,19 @@ def main():
                     {"sid": "sign-test-public-only", "key_id": gk.key_id,
                      "principals": ["demo-broker"], "operations": ["GetPublicKey", "Verify"]})
     reload_policy(grant)
-    check(refused(sign(gk.key_id, b"x", ES), 403, "permission_denied"),
+    denied = sign(gk.key_id, b"x", ES)
+    check(refused(denied, 403, "permission_denied"),
           "a grant naming the key without Sign: 403 permission_denied")
-    check(call("GetPublicKey", kpb.GetPublicKeyRequest(key_id=gk.key_id),
-               kpb.GetPublicKeyResponse, "demo-broker")[0] == 200,
-          "... while the granted GetPublicKey works")
+    granted = call("GetPublicKey", kpb.GetPublicKeyRequest(key_id=gk.key_id),
+                   kpb.GetPublicKeyResponse, "demo-broker")
+    check(granted[0] == 200, "... while the granted GetPublicKey works")
+    gpub = granted[1].public_key if granted[0] == 200 else b""
+    by_role = sign(ek, b"by role", ES)
+    check(by_role[0] == 200, "a Sign on a key without grants is allowed by the role")
+    # sid of the grant that allowed a request: in the event (docs/policy.md)
+    grant_rids = {denied[2]: ("Sign", "permission_denied", "grant", ""),
+                  granted[2]: ("GetPublicKey", "ok", "grant", "sign-test-public-only"),
+                  by_role[2]: ("Sign", "ok", "role", "")}
 
     # ---- audit ----------------------------------------------------------------------------
     auditor = Client(PORT, f"{DIR}/credentials/auditor.key")
@@ -390,6 +398,18 @@ def main():
     check(not any(m[3] in blob for m in sentinels.values()) and
           not any(sg in blob for sg in sig_bytes),
           "no event carries a message or a signature")
+    gev = {}
+    for _ in range(60):
+        _, events, _ = export_all(auditor, "eu-west")
+        gev = {e.request_id: e for e in events if e.request_id in grant_rids}
+        if len(gev) == len(grant_rids):
+            break
+        time.sleep(0.3)
+    got = {rid: (e.operation, e.outcome, e.rule, e.grant_sid) for rid, e in gev.items()}
+    check(got == grant_rids,
+          "the event of a request a grant allowed names the grant's sid in grant_sid; a "
+          f"grant's refusal and a role's allowance leave it empty ({got})")
+    check(gpub != b"", "the granted GetPublicKey answered a public key")
     deny = [e for e in found.get(sign_rids[-1], [])]
     check(deny and deny[0].outcome == "failed_precondition" and deny[0].rule,
           "the refused Sign (disabled key) is an event with its outcome")

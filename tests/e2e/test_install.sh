@@ -16,7 +16,7 @@ nok() { i=$((i + 1)); echo "not ok $i - $1"; fail=1; }
 t() { d=$1; shift; if "$@"; then ok "$d"; else nok "$d"; fi; }
 
 san=
-case "$BUILD_DIR" in */asan) san=1 ;; esac
+case "$BUILD_DIR" in */asan) san=1 ;; */tsan) san=thread ;; esac
 if make --no-print-directory -s install BUILD="$BUILD_DIR" SAN="$san" DESTDIR="$work/root" \
     PREFIX=/usr >"$work/make.out" 2>&1; then ok "make install DESTDIR=<empty dir> PREFIX=/usr"
 else nok "make install failed"; cat "$work/make.out"; exit 1; fi
