@@ -24,6 +24,11 @@ set -eu
 # PEM as a JSON string with it, docs/operations.md filters the JSON log);
 # mawk (awk in the tests: "required" priority, named so that a container
 # image trimmed below that still has it).
+# libpq-dev and postgresql-15: the PostgreSQL store of a fleet; the tests
+# start a scratch cluster with deploy/pg-scratch.sh (initdb/pg_ctl in a temp
+# directory, as an unprivileged user). haproxy: the fleet's load balancer
+# (make fleet). libnss3 and libnss3-tools: NSS's softoken, the second PKCS#11
+# implementation the suite runs on, and certutil to create its database.
 # Not here: systemctl, systemd-sysusers, journalctl (docs/operations.md,
 # for the production host, which runs systemd; test_install calls
 # systemd-analyze only when it exists), podman (building the container,
@@ -34,6 +39,7 @@ libp11-kit-dev libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
 libjansson-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev libgnutls28-dev
 check libsubunit-dev
 softhsm2 opensc openssl sqlite3 curl
+libpq-dev postgresql-15 haproxy libnss3 libnss3-tools
 python3-protobuf python3-pykcs11 python3-cryptography python3-botocore protobuf-compiler
 wrk procps util-linux strace
 clang libclang-rt-14-dev
