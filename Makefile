@@ -28,7 +28,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 SAN     ?=
 
-PKGS := p11-kit-1 libmicrohttpd libprotobuf-c jansson sqlite3 libcurl openssl gnutls
+PKGS := p11-kit-1 libmicrohttpd libprotobuf-c jansson sqlite3 libpq libcurl openssl gnutls
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
