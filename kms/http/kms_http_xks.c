@@ -335,7 +335,7 @@ static kms_err health(struct kms_http *h, struct xks_reply *reply)
     for (size_t i = 0; i < r.n; i++) {
         ids[i] = r.id[i];
         models[i] = r.model[i];
-        st[i] = r.status[i] == XKS_TOKEN_ACTIVE ? "ACTIVE" : "UNAVAILABLE";
+        st[i] = xks_token_health_name(r.status[i]);
     }
     if (r.active == 0) {
         reply->err = XKS_E_DEPENDENCY_TIMEOUT;

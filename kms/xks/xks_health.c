@@ -84,6 +84,11 @@ kms_err xks_health_check_token(struct p11_token *tok)
     return rc;
 }
 
+const char *xks_token_health_name(enum xks_token_health s)
+{
+    return s == XKS_TOKEN_ACTIVE ? "ACTIVE" : s == XKS_TOKEN_DEGRADED ? "DEGRADED" : "UNAVAILABLE";
+}
+
 static void run_check(struct xks_health *h, struct xks_health_result *r)
 {
     memset(r, 0, sizeof(*r));
@@ -94,14 +99,24 @@ static void run_check(struct xks_health *h, struct xks_health_result *r)
         snprintf(r->id[k], sizeof(r->id[k]), "%s/%s", p11_token_region(t), p11_token_label(t));
         snprintf(r->model[k], sizeof(r->model[k]), "PKCS#11 token, serial %s",
                  p11_token_serial(t));
+        uint64_t t0 = now_ns();
         kms_err rc = p11_token_available(t) ? xks_health_check_token(t)
                                             : kms_err_set(KMS_ERR_HSM_UNAVAILABLE, "unavailable");
-        r->status[k] = rc == KMS_OK ? XKS_TOKEN_ACTIVE : XKS_TOKEN_UNAVAILABLE;
-        if (rc == KMS_OK)
-            r->active++;
-        else
+        uint64_t ms = (now_ns() - t0) / 1000000u;
+        if (rc != KMS_OK) {
+            r->status[k] = XKS_TOKEN_UNAVAILABLE;
             kms_log_warn("xks", "health: token %s failed its test key round trip: %s",
                          r->id[k], kms_err_detail());
+        } else if (ms >= XKS_HEALTH_SLOW_MS) {
+            r->status[k] = XKS_TOKEN_DEGRADED;
+            r->active++;
+            r->degraded++;
+            kms_log_warn("xks", "health: token %s is slow: its test key round trip took %llu ms",
+                         r->id[k], (unsigned long long)ms);
+        } else {
+            r->status[k] = XKS_TOKEN_ACTIVE;
+            r->active++;
+        }
     }
 }
 

@@ -23,15 +23,28 @@
 #define XKS_HEALTH_MAX_AGE_MS 30000
 #define XKS_HEALTH_MAX_TOKENS 10 /* the spec's ekmFleetDetails limit */
 
-enum xks_token_health { XKS_TOKEN_ACTIVE, XKS_TOKEN_UNAVAILABLE };
+/* A token whose round trip passes but takes this long is DEGRADED (the
+ * spec: "unhealthy but can still serve traffic"): AWS KMS gives a whole
+ * call 250 ms, network and TLS included, so an HSM this slow puts calls
+ * at risk of timing out. */
+#define XKS_HEALTH_SLOW_MS 100
+
+/* Per token, as the spec's ekmFleetDetails[].healthStatus: ACTIVE (the
+ * round trip passed in time), DEGRADED (passed, slowly), UNAVAILABLE
+ * (failed: this token's keys cannot be served). */
+enum xks_token_health { XKS_TOKEN_ACTIVE, XKS_TOKEN_DEGRADED, XKS_TOKEN_UNAVAILABLE };
 
 struct xks_health_result {
     size_t n;
     char id[XKS_HEALTH_MAX_TOKENS][160];    /* "region/label" */
     char model[XKS_HEALTH_MAX_TOKENS][96];  /* "SoftHSM project token (PKCS#11)" */
     enum xks_token_health status[XKS_HEALTH_MAX_TOKENS];
-    size_t active;
+    size_t active;   /* ACTIVE or DEGRADED: tokens that serve */
+    size_t degraded; /* of which DEGRADED */
 };
+
+/* The spec's name of a token status. */
+const char *xks_token_health_name(enum xks_token_health s);
 
 struct xks_health;
 

@@ -271,6 +271,42 @@ while st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/health" "$W/h.json") && [
 done
 [ "$st" = 200 ] && pass "the HSM back: health 200 again" || flunk "health after the fault: $st"
 
+# one token of two failing, then one slow: the answer stays 200 (the other
+# token serves), with each token's own status (spec: ekmFleetDetails)
+statuses() { /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(" ".join(sorted(e["id"]+"="+e["healthStatus"] for e in d["ekmFleetDetails"])))' "$W/out"; }
+health_until() { # health_until WANT: poll until the statuses are WANT (the shim re-reads its file)
+    i=0
+    while st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/health" "$W/h.json") &&
+        [ "$st:$(statuses 2>/dev/null)" != "200:$1" ] && [ $i -lt 50 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
+echo "C_GenerateKey CKR_DEVICE_ERROR token=custos-us-east" >"$CUSTOS_P11FAULT_CONTROL"
+want="eu-west/custos-eu-west=ACTIVE us-east/custos-us-east=UNAVAILABLE"
+health_until "$want"
+if [ "$st" = 200 ] && [ "$(statuses)" = "$want" ]; then
+    pass "one token of two fails its round trip: 200, that token UNAVAILABLE, the other ACTIVE"
+else
+    flunk "health with one failing token: $st $(cat "$W/out")"
+fi
+st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/encrypt" "$W/enc.json")
+[ "$st" = 200 ] && pass "meanwhile a key of the healthy token (eu-west) still encrypts" ||
+    flunk "encrypt on the healthy token: $st $(cat "$W/out")"
+echo "C_EncryptInit delay_ms=150 token=custos-us-east" >"$CUSTOS_P11FAULT_CONTROL"
+want="eu-west/custos-eu-west=ACTIVE us-east/custos-us-east=DEGRADED"
+health_until "$want"
+if [ "$st" = 200 ] && [ "$(statuses)" = "$want" ]; then
+    pass "a token whose round trip takes >= 100 ms (150 ms injected) is DEGRADED, the answer 200"
+else
+    flunk "health with one slow token: $st $(cat "$W/out")"
+fi
+: >"$CUSTOS_P11FAULT_CONTROL"
+want="eu-west/custos-eu-west=ACTIVE us-east/custos-us-east=ACTIVE"
+health_until "$want"
+[ "$st" = 200 ] && [ "$(statuses)" = "$want" ] && pass "faults cleared: both tokens ACTIVE" ||
+    flunk "health after the faults: $st $(cat "$W/out")"
+
 # the health checks' test keys were session objects: nothing left behind,
 # and every object on the tokens still matches DESIGN.md's templates
 if e2e_scan_tokens >"$W/scan.out" 2>&1; then
