@@ -3,10 +3,11 @@
  *
  * Every answer, success or refusal, is one audit event first (actor
  * "xks:<tenant>:<access key id>" once the signature verified, else
- * "xks:unauthenticated"; the kmsRequestId as its correlation id; the
- * kmsOperation, AWS principal ARN and KMS key ARN in its detail). The event
- * is written synchronously (kms_audit_request): the XKS path does not use
- * the Twirp path's suspended group commit yet (docs/xks-status.md).
+ * "xks:unauthenticated"; the kmsRequestId as its correlation id and the
+ * whole requestMetadata in the event's `xks` field, once the signature
+ * verified; the refusal's reason in its detail). In the epoll pool the
+ * connection is suspended while the event waits for its group commit;
+ * thread-per-connection writes it synchronously (answer()).
  */
 #include "kms_http_xks.h"
 
@@ -41,6 +42,7 @@ struct kms_http_xks {
     bool close;    /* framing refused: Connection: close */
     char actor[200];
     char tenant[129]; /* the endpoint's, once the signature verified */
+    struct kms_xks_metadata md; /* call->xks: borrows the request's strings */
     /* the answer held while its audit event is committed */
     atomic_int audit; /* enum xks_audit */
     struct kms_http *http;
@@ -124,20 +126,6 @@ static enum MHD_Result send_json(struct MHD_Connection *c, struct kms_call *call
     return ret;
 }
 
-/* At most cap-1 bytes of s into out, cut on a UTF-8 character boundary: the
- * event's strings must stay valid UTF-8 for every protobuf reader. */
-static void utf8_cut(const char *s, char *out, size_t cap)
-{
-    size_t n = strlen(s);
-    if (n >= cap) {
-        n = cap - 1;
-        while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
-            n--;
-    }
-    memcpy(out, s, n);
-    out[n] = '\0';
-}
-
 /* The answer that waits for its audit event. */
 static void hold(struct kms_http_xks *x, unsigned status, char *body, size_t len, bool secret)
 {
@@ -193,11 +181,17 @@ static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
                               const struct xks_request *req, bool ok, enum xks_error e,
                               const char *msg, struct xks_reply *reply)
 {
-    char detail[1024], pa[301], ka[301];
-    utf8_cut(req ? req->principal_arn : "", pa, sizeof(pa));
-    utf8_cut(req ? req->key_arn : "", ka, sizeof(ka));
-    snprintf(detail, sizeof(detail), "kmsOperation=%s principal=%s keyArn=%s%s%.200s",
-             req ? req->kms_operation : "", pa, ka, ok ? "" : ": ", ok ? "" : msg);
+    /* The requestMetadata goes whole into the event's own field (once the
+     * signature verified: req is NULL before); the detail keeps the
+     * refusal's reason. */
+    const char *detail = ok ? NULL : msg;
+    if (req != NULL) {
+        x->md = (struct kms_xks_metadata){req->kms_request_id, req->kms_operation,
+                                          req->principal_arn,  req->key_arn,
+                                          req->via_service,    req->source_vpc,
+                                          req->source_vpce};
+        call->xks = &x->md;
+    }
     call->actor = x->actor;
     call->tenant = x->tenant[0] ? x->tenant : NULL;
     const char *op = op_names[x->path.op];
@@ -215,7 +209,9 @@ static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
     }
     const char *corr = req ? req->kms_request_id : "";
     if (!h->suspend) {
-        if (kms_audit_request(call, op, outcome, detail, corr) != KMS_OK)
+        kms_err arc = kms_audit_request(call, op, outcome, detail, corr);
+        call->xks = NULL; /* borrowed from req, which ends with complete() */
+        if (arc != KMS_OK)
             return send_audit_lost(c, call, x);
         return send_held(c, call, x);
     }
@@ -226,6 +222,7 @@ static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
     MHD_suspend_connection(c);
     bool queued;
     kms_err rc = kms_audit_request_submit(call, op, outcome, detail, corr, audit_done, x, &queued);
+    call->xks = NULL; /* packed into the queued event; req ends with complete() */
     if (!queued)
         audit_done(x, rc == KMS_OK);
     return MHD_YES;

@@ -48,7 +48,7 @@ char *xks_error_body(enum xks_error e, const char *message);
 #define XKS_AAD_MAX 8192      /* additionalAuthenticatedData bytes */
 #define XKS_MD_MAX 20         /* ciphertextMetadata bytes */
 #define XKS_ARN_MAX 2048      /* awsPrincipalArn, kmsKeyArn */
-#define XKS_META_FIELD_MAX 128 /* bytes of kmsRequestId (the audit correlation id), kmsOperation, kmsViaService */
+#define XKS_META_FIELD_MAX 128 /* bytes of kmsRequestId (the audit correlation id), kmsOperation, kmsViaService, awsSourceVpc(e) */
 #define XKS_KEY_ID_MAX 128    /* externalKeyId */
 #define XKS_PATH_MAX 256      /* the whole path */
 
@@ -75,6 +75,8 @@ struct xks_request {
     char kms_operation[XKS_META_FIELD_MAX + 1];
     char kms_request_id[XKS_META_FIELD_MAX + 1];
     char via_service[XKS_META_FIELD_MAX + 1];
+    char source_vpc[XKS_META_FIELD_MAX + 1];  /* awsSourceVpc */
+    char source_vpce[XKS_META_FIELD_MAX + 1]; /* awsSourceVpce */
     /* decoded fields; plaintext is wiped by xks_request_wipe */
     uint8_t *plaintext;
     size_t plaintext_len;

@@ -93,6 +93,8 @@ static kms_err take_metadata(json_t *root, struct xks_request *r, enum xks_error
     KMS_GUARD(take_str(m, "awsPrincipalArn", true, r->principal_arn, sizeof(r->principal_arn),
                        err));
     KMS_GUARD(take_str(m, "kmsKeyArn", crypto, r->key_arn, sizeof(r->key_arn), err));
+    KMS_GUARD(take_str(m, "awsSourceVpc", false, r->source_vpc, sizeof(r->source_vpc), err));
+    KMS_GUARD(take_str(m, "awsSourceVpce", false, r->source_vpce, sizeof(r->source_vpce), err));
     return take_str(m, "kmsViaService", false, r->via_service, sizeof(r->via_service), err);
 }
 

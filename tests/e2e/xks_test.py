@@ -174,12 +174,20 @@ check("plaintext of 4301 bytes: UnsupportedOperationException 501",
 check("a kmsRequestId over 128 bytes: ValidationException",
       is_err(call(kp(S["enc_dec"], "encrypt"),
                   dict(encb, requestMetadata=meta(rid="r" * 129))), 400, "ValidationException"))
-# a non-ASCII ARN longer than the 300 bytes the event keeps: cut on a
-# character boundary (the export in test_xks.sh parses every event)
+# a non-ASCII principal ARN of the spec's 2048 bytes and every optional
+# member: the event keeps them whole in its xks field (test_xks.sh's
+# export parses every event and compares)
 m2 = meta(rid="utf8-arn")
-m2["awsPrincipalArn"] = "arn:aws:iam::123456789012:user/" + "\u00e9" * 200
-check("an encrypt with a 430-byte non-ASCII principal ARN: 200",
+m2["awsPrincipalArn"] = "arn:aws:iam::123456789012:user/" + "\u00e9" * 1008 + "x"
+m2.update(kmsViaService="ebs", awsSourceVpc="vpc-0123456789abcdef0",
+          awsSourceVpce="vpce-0fedcba9876543210")
+check("an encrypt with a 2048-byte non-ASCII principal ARN, VPC and via service: 200",
+      len(m2["awsPrincipalArn"].encode()) == 2048 and
       call(kp(S["enc_dec"], "encrypt"), dict(encb, requestMetadata=m2))[0] == 200)
+check("an awsSourceVpc over 128 bytes: ValidationException",
+      is_err(call(kp(S["enc_dec"], "encrypt"),
+                  dict(encb, requestMetadata=dict(meta(), awsSourceVpc="v" * 129))), 400,
+             "ValidationException"))
 check("4300-byte plaintext accepted",
       call(kp(S["enc_dec"], "encrypt"), dict(encb, plaintext=b64(b"a" * 4300)))[0] == 200)
 check("unknown operation path: InvalidUriPathException 404",
