@@ -24,6 +24,7 @@
 #include "kms_buf.h"
 #include "kms_http_secret.h"
 #include "kms_log.h"
+#include "kms_metrics.h"
 #include "kms_service.h"
 #include "xks_api.h"
 #include "xks_config.h"
@@ -43,6 +44,11 @@ struct kms_http_xks {
     char actor[200];
     char tenant[129]; /* the endpoint's, once the signature verified */
     struct kms_xks_metadata md; /* call->xks: borrows the request's strings */
+    /* /metrics: custos_requests_total{op="Xks...", outcome=...} and its
+     * latency, counted when the answer is queued */
+    int mop;
+    uint64_t t0;
+    kms_err outcome;
     /* the answer held while its audit event is committed */
     atomic_int audit; /* enum xks_audit */
     struct kms_http *http;
@@ -143,9 +149,19 @@ static void drop_held(struct kms_http_xks *x)
     x->body = NULL;
 }
 
+/* One finished XKS call in /metrics: the operation and the outcome its
+ * audit event names (the Twirp code of audit_code(), docs/xks.md). */
+static void count(struct kms_http_xks *x, kms_err outcome)
+{
+    if (x->mop < 0)
+        x->mop = kms_metrics_op(op_names[x->path.op]);
+    kms_metrics_request(x->mop, outcome, kms_metrics_now_ns() - x->t0);
+}
+
 static enum MHD_Result send_held(struct MHD_Connection *c, struct kms_call *call,
                                  struct kms_http_xks *x)
 {
+    count(x, x->outcome);
     char *body = x->body;
     x->body = NULL;
     return send_json(c, call, x->status, body, x->len, x->secret, NULL, false);
@@ -157,6 +173,7 @@ static enum MHD_Result send_audit_lost(struct MHD_Connection *c, struct kms_call
 {
     kms_log_error("xks", "request %s %s: audit log unavailable", call->request_id,
                   op_names[x->path.op]);
+    count(x, KMS_ERR_HSM_UNAVAILABLE);
     drop_held(x);
     char *body = xks_error_body(XKS_E_DEPENDENCY_TIMEOUT, "the audit log is unavailable; retry");
     return send_json(c, call, 503, body, body ? strlen(body) : 0, false, NULL, false);
@@ -196,6 +213,7 @@ static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
     call->tenant = x->tenant[0] ? x->tenant : NULL;
     const char *op = op_names[x->path.op];
     kms_err outcome = ok ? KMS_OK : audit_code(e);
+    x->outcome = outcome;
     if (ok) {
         hold(x, 200, reply->body, reply->len, reply->secret);
         reply->body = NULL;
@@ -236,6 +254,7 @@ static enum MHD_Result refuse_early(struct MHD_Connection *c, struct kms_call *c
     call->actor = x->actor;
     if (kms_audit_request(call, op_names[x->path.op], audit_code(e), msg, "") != KMS_OK)
         return MHD_NO;
+    count(x, audit_code(e));
     char *body = xks_error_body(e, msg);
     return send_json(c, call, status, body, body ? strlen(body) : 0, false, allow, x->close);
 }
@@ -248,6 +267,8 @@ enum MHD_Result kms_http_xks_refuse_framing(struct MHD_Connection *c, struct kms
     if ((*out = x) == NULL)
         return MHD_NO;
     kms_buf_init(&x->in, KMS_HTTP_XKS_BODY_MAX);
+    x->mop = -1;
+    x->t0 = kms_metrics_now_ns();
     snprintf(x->actor, sizeof(x->actor), "xks:unauthenticated");
     xks_path_parse(url, &x->path);
     x->close = true;
@@ -263,6 +284,8 @@ enum MHD_Result kms_http_xks_first(struct kms_http *h, struct MHD_Connection *c,
     if ((*out = x) == NULL)
         return MHD_NO;
     kms_buf_init(&x->in, KMS_HTTP_XKS_BODY_MAX);
+    x->mop = -1;
+    x->t0 = kms_metrics_now_ns();
     snprintf(x->actor, sizeof(x->actor), "xks:unauthenticated");
     xks_path_parse(url, &x->path);
     if (strcmp(method, "POST") != 0)

@@ -189,8 +189,9 @@ fi
 mkdir -p "$W/py"
 protoc --python_out="$W/py" -Iproto proto/audit.proto proto/key.proto
 if PYTHONPATH="$W/py:tests/e2e" /usr/bin/python3 - "$E2E_PORT" "$E2E_DIR/credentials/auditor.key" \
-    "$W/calls.txt" >"$W/audit.out" 2>&1 <<'EOF'
-import sys, time
+    "$W/calls.txt" "$E2E_DIR/credentials/operator.key" >"$W/audit.out" 2>&1 <<'EOF'
+import collections, http.client, sys, time
+import promtext
 from audit_lib import Client, export_all
 port, key, calls = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 want = {}
@@ -234,14 +235,24 @@ fullok = len(full) == 1 and (full[0].xks.aws_principal_arn, full[0].xks.kms_key_
     full[0].xks.aws_source_vpce, full[0].detail) == (
     arn, "arn:aws:kms:eu-west-1:123456789012:key/abcd-1234", "Encrypt", "ebs",
     "vpc-0123456789abcdef0", "vpce-0fedcba9876543210", "")
+# /metrics counts every XKS call once, by operation and outcome: the same
+# (op, outcome) pairs, with the same counts, as the audit events
+c2 = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+c2.request("GET", "/metrics", headers={"Authorization": "Bearer " + open(sys.argv[4]).read().strip()})
+fam = promtext.parse(c2.getresponse().read().decode())["custos_requests_total"]
+counted = {(l["op"], l["outcome"]): int(v) for _, l, v in fam["samples"]
+           if l["op"].startswith("Xks") and v > 0}
+audited = collections.Counter((e.operation, e.outcome) for e in evs)
+metricsok = counted == dict(audited) and len(counted) >= 6
 print(len(want), "calls;", len(evs), "Xks events;", okcount, "ok with their kmsRequestId")
 print("missing", missing[:3], "twice", twice[:3], "extra", extra[:3], "bad corr", badcorr[:3],
       "bad tenant/principal", badwho[:3], "bad xks field", badxks[:3], "full metadata", fullok)
-sys.exit(0 if len(want) > 40 and okcount > 10 and fullok and
+print("metrics", sorted(counted.items()), "audited", sorted(audited.items()))
+sys.exit(0 if len(want) > 40 and okcount > 10 and fullok and metricsok and
          not (missing or twice or extra or badcorr or badwho or badxks) else 1)
 EOF
 then
-    pass "exactly one audit event per XKS call ($(head -n 1 "$W/audit.out")), kmsRequestId as correlation id, tenant and xks:<tenant>:<access key> as principal, the whole requestMetadata (2048-byte ARN, VPC, via service) in the event's xks field once authenticated"
+    pass "exactly one audit event per XKS call ($(head -n 1 "$W/audit.out")), kmsRequestId as correlation id, tenant and xks:<tenant>:<access key> as principal, the whole requestMetadata (2048-byte ARN, VPC, via service) in the event's xks field once authenticated; /metrics counts each (operation, outcome) as often as the log"
 else
     sed 's/^/#   /' "$W/audit.out"
     flunk "one audit event per XKS call"
