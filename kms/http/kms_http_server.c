@@ -74,6 +74,7 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
     if (cfg->xks_config_path != NULL) {
         KMS_GUARD_GOTO(xks_config_holder_open(cfg->xks_config_path, &h->xks), fail);
         KMS_GUARD_GOTO(xks_health_new(svc, cfg->health_cache_ms, &h->xks_health), fail);
+        KMS_GUARD_GOTO(xks_replay_new(XKS_REPLAY_SLOTS, &h->xks_replay), fail);
     }
 
     struct sockaddr_in addr;
@@ -198,6 +199,7 @@ void kms_http_stop(struct kms_http *h)
     kms_health_free(h->health);
     xks_config_holder_free(h->xks);
     xks_health_free(h->xks_health);
+    xks_replay_free(h->xks_replay);
     free(h);
 }
 

@@ -328,17 +328,51 @@ static const char *header_once(void *ctx, const char *name)
     return f.count == 1 ? f.value : NULL;
 }
 
-static kms_err authenticate(struct MHD_Connection *c, struct kms_http_xks *x,
-                            const struct xks_endpoint *ep)
+/* A Decrypt's signature is recorded once (xks_replay.h): the same signed
+ * request again within its validity is refused. */
+static kms_err check_replay(struct kms_http *h, const struct xks_sigv4_auth *auth,
+                            const xks_sigv4_req *req, time_t now)
+{
+    uint8_t sig[32];
+    for (size_t i = 0; i < sizeof(sig); i++) {
+        unsigned v;
+        if (sscanf(auth->signature + 2 * i, "%2x", &v) != 1)
+            return kms_err_set(KMS_ERR_UNAUTHENTICATED, "signature: malformed");
+        sig[i] = (uint8_t)v;
+    }
+    /* Valid until 5 minutes after its own time: later the time check
+     * refuses it anyway. */
+    time_t expires = xks_sigv4_request_time(req) + XKS_SIGV4_MAX_SKEW_SECONDS + 1;
+    return xks_replay_check(h->xks_replay, sig, expires, now);
+}
+
+static kms_err authenticate(struct kms_http *h, struct MHD_Connection *c,
+                            struct kms_http_xks *x, const struct xks_endpoint *ep,
+                            enum xks_error *e)
 {
     xks_sigv4_auth auth;
+    *e = XKS_E_AUTH_FAILED;
     KMS_GUARD(xks_sigv4_parse(header_once(c, "authorization"), &auth));
     const uint8_t *secret;
     size_t secret_len;
     if (!xks_endpoint_secret(ep, auth.access_key, &secret, &secret_len))
         return kms_err_set(KMS_ERR_UNAUTHENTICATED, "signature: unknown access key id");
     xks_sigv4_req req = {"POST", x->url, "", header_once, c, x->in.data, x->in.len};
-    KMS_GUARD(xks_sigv4_verify(&req, &auth, "kms-xks-proxy", secret, secret_len, time(NULL)));
+    time_t now = time(NULL);
+    KMS_GUARD(xks_sigv4_verify(&req, &auth, "kms-xks-proxy", secret, secret_len, now));
+    /* The credential belongs to one external key store, which lives in one
+     * AWS region: a scope naming another is not this store's request. */
+    const char *pin = xks_endpoint_aws_region(ep);
+    if (pin != NULL && strcmp(auth.region, pin) != 0)
+        return kms_err_set(KMS_ERR_UNAUTHENTICATED,
+                           "signature: the credential scope's region is not this endpoint's "
+                           "AWS region");
+    if (x->path.op == XKS_OP_DECRYPT && xks_endpoint_replay_check(ep)) {
+        kms_err rc = check_replay(h, &auth, &req, now);
+        if (rc == KMS_ERR_RESOURCE_EXHAUSTED)
+            *e = XKS_E_THROTTLING;
+        KMS_GUARD(rc);
+    }
     snprintf(x->actor, sizeof(x->actor), "xks:%s:%s", xks_endpoint_tenant(ep), auth.access_key);
     snprintf(x->tenant, sizeof(x->tenant), "%s", xks_endpoint_tenant(ep));
     return KMS_OK;
@@ -390,8 +424,7 @@ static enum MHD_Result complete(struct kms_http *h, struct MHD_Connection *c,
     } else if (x->too_large) {
         e = XKS_E_UNSUPPORTED;
         snprintf(msg, sizeof(msg), "request body too large");
-    } else if (authenticate(c, x, ep) != KMS_OK) {
-        e = XKS_E_AUTH_FAILED;
+    } else if (authenticate(h, c, x, ep, &e) != KMS_OK) {
         snprintf(msg, sizeof(msg), "%s", kms_err_detail());
     } else if (xks_request_parse(x->path.op, x->in.data, x->in.len, &req, &e) != KMS_OK) {
         snprintf(msg, sizeof(msg), "%s", kms_err_detail());

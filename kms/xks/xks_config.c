@@ -4,6 +4,7 @@
 #include "xks_config.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,9 @@ struct xks_endpoint {
     size_t ncreds;
     struct xks_key *keys;
     size_t nkeys;
+    char aws_region[XKS_AWS_REGION_MAX + 1]; /* "" = any scope region */
+    char region[XKS_REGION_MAX + 1];         /* "" = keys of any region */
+    bool replay_check;
 };
 
 struct xks_config {
@@ -146,18 +150,41 @@ static kms_err load_keys(json_t *jk, size_t i, struct xks_endpoint *ep)
     return KMS_OK;
 }
 
+/* An AWS region name as AWS writes them ("eu-west-1", "us-gov-west-1",
+ * "ap-southeast-3"): lowercase letters, digits and '-', starting with a
+ * letter, ending with a digit. */
+static bool aws_region_ok(const char *r)
+{
+    size_t n = strlen(r);
+    return n >= 4 && n <= (size_t)XKS_AWS_REGION_MAX && chars_in(r, LOWER DIGIT "-") &&
+           strchr(LOWER, r[0]) != NULL && strchr(DIGIT, r[n - 1]) != NULL &&
+           strstr(r, "--") == NULL;
+}
+
 static kms_err load_endpoint(json_t *je, size_t i, struct xks_endpoint *ep)
 {
-    const char *prefix = NULL, *tenant = NULL;
-    json_t *creds = NULL, *keys = NULL, *comment = NULL;
-    KMS_ENSURE(json_unpack(je, "{s:s, s:s, s:o, s:o, s?o}", "uri_prefix", &prefix, "tenant",
-                           &tenant, "credentials", &creds, "keys", &keys, "comment",
-                           &comment) == 0 &&
-                   json_object_size(je) == 4 + (comment != NULL),
+    const char *prefix = NULL, *tenant = NULL, *aws_region = NULL, *region = NULL;
+    json_t *creds = NULL, *keys = NULL, *comment = NULL, *replay = NULL;
+    KMS_ENSURE(json_unpack(je, "{s:s, s:s, s:o, s:o, s?o, s?s, s?s, s?o}", "uri_prefix", &prefix,
+                           "tenant", &tenant, "credentials", &creds, "keys", &keys, "comment",
+                           &comment, "aws_region", &aws_region, "region", &region,
+                           "replay_check", &replay) == 0 &&
+                   json_object_size(je) == 4u + (comment != NULL) + (aws_region != NULL) +
+                                               (region != NULL) + (replay != NULL),
                KMS_ERR_CONFIG,
                "xks: endpoints[%zu]: needs exactly uri_prefix, tenant, credentials, keys "
-               "(and an optional comment)",
+               "(and optional comment, aws_region, region, replay_check)",
                i);
+    KMS_ENSURE(aws_region == NULL || aws_region_ok(aws_region), KMS_ERR_CONFIG,
+               "xks: endpoints[%zu].aws_region: an AWS region name such as eu-west-1", i);
+    KMS_ENSURE(region == NULL || (region[0] != '\0' && strlen(region) <= (size_t)XKS_REGION_MAX),
+               KMS_ERR_CONFIG, "xks: endpoints[%zu].region: 1-%d characters (a Custos region)",
+               i, XKS_REGION_MAX);
+    KMS_ENSURE(replay == NULL || json_is_boolean(replay), KMS_ERR_CONFIG,
+               "xks: endpoints[%zu].replay_check: true or false", i);
+    snprintf(ep->aws_region, sizeof(ep->aws_region), "%s", aws_region ? aws_region : "");
+    snprintf(ep->region, sizeof(ep->region), "%s", region ? region : "");
+    ep->replay_check = replay == NULL || json_is_true(replay);
     KMS_GUARD(check_prefix(prefix, i));
     memcpy(ep->prefix, prefix, strlen(prefix) + 1);
     KMS_ENSURE(tenant[0] != '\0' && strlen(tenant) <= XKS_TENANT_MAX, KMS_ERR_CONFIG,
@@ -249,6 +276,21 @@ const char *xks_endpoint_tenant(const struct xks_endpoint *ep)
 const char *xks_endpoint_prefix(const struct xks_endpoint *ep)
 {
     return ep->prefix;
+}
+
+const char *xks_endpoint_aws_region(const struct xks_endpoint *ep)
+{
+    return ep->aws_region[0] ? ep->aws_region : NULL;
+}
+
+const char *xks_endpoint_region(const struct xks_endpoint *ep)
+{
+    return ep->region[0] ? ep->region : NULL;
+}
+
+bool xks_endpoint_replay_check(const struct xks_endpoint *ep)
+{
+    return ep->replay_check;
 }
 
 bool xks_endpoint_secret(const struct xks_endpoint *ep, const char *access_key_id,

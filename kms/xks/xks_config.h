@@ -11,8 +11,16 @@
  *   {"endpoints": [{
  *      "uri_prefix": "/acme", "tenant": "acme",
  *      "credentials": [{"access_key_id": "AKIA...", "secret": "file:/etc/custos/xks/acme-1"}],
- *      "keys": {"<custos key id>": ["ENCRYPT", "DECRYPT"]}}]}
+ *      "keys": {"<custos key id>": ["ENCRYPT", "DECRYPT"]},
+ *      "aws_region": "eu-west-1", "region": "eu-west"}]}
  *
+ * Optional per endpoint: "aws_region", the AWS region of the external key
+ * store (a request signed for another region's scope is refused as not
+ * authenticated); "region", the Custos region whose keys it serves (a key
+ * of another region is refused AccessDeniedException: residency);
+ * "replay_check" (default true; false only for load tests that replay one
+ * pre-signed request): a Decrypt whose signature was already seen is
+ * refused (xks_replay.h).
  * SigV4 needs the secret itself (kmsd recomputes an HMAC with it), so unlike
  * a bearer API key it cannot be stored as a hash: the file names a secret
  * *source* ("file:/path" of mode 0600/0400, or "env:NAME", as PINs are,
@@ -34,6 +42,8 @@
 #define XKS_MAX_CREDS 2      /* per endpoint: the current and the next */
 #define XKS_MAX_KEYS 1024    /* per endpoint */
 #define XKS_URI_PATH_MAX 128 /* spec: XksProxyUriPath = prefix + "/kms/xks/v1" */
+#define XKS_AWS_REGION_MAX 32
+#define XKS_REGION_MAX 63 /* a Custos region name */
 
 /* The usage bits of an exposed key (an empty list is allowed: metadata is
  * answered and encrypt/decrypt are refused with InvalidKeyUsageException). */
@@ -55,6 +65,10 @@ const struct xks_endpoint *xks_config_endpoint(const struct xks_config *c, const
 
 const char *xks_endpoint_tenant(const struct xks_endpoint *ep);
 const char *xks_endpoint_prefix(const struct xks_endpoint *ep);
+/* The endpoint's pins, NULL when unset (any region). */
+const char *xks_endpoint_aws_region(const struct xks_endpoint *ep);
+const char *xks_endpoint_region(const struct xks_endpoint *ep);
+bool xks_endpoint_replay_check(const struct xks_endpoint *ep);
 
 /* The secret of the endpoint's credential with this access key id; false
  * when the endpoint has no such credential. The secret stays owned by the

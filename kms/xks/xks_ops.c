@@ -71,6 +71,12 @@ static kms_err find_key(struct kms_call *call, const struct xks_endpoint *ep,
     if (rc != KMS_OK)
         return fail_from(reply, rc);
     kms_rpc_audit_key(call, key_id, k->region, k->token);
+    /* Residency: an endpoint pinned to a Custos region never serves a key
+     * of another, whatever the endpoints file exposes. */
+    const char *pin = xks_endpoint_region(ep);
+    if (pin != NULL && strcmp(k->region, pin) != 0)
+        return fail(reply, XKS_E_ACCESS_DENIED, KMS_ERR_PERMISSION_DENIED,
+                    "this external key is not in the endpoint's region");
     if (k->spec != KMS_KEY_SPEC_AES_256 || k->usage != KMS_KEY_USAGE_ENCRYPT_DECRYPT ||
         k->state == KMS_KEY_CREATING || k->state == KMS_KEY_DESTROYED)
         return fail(reply, XKS_E_KEY_NOT_FOUND, KMS_ERR_NOT_FOUND, "no such external key");

@@ -390,6 +390,11 @@ static time_t parse_amz_date(const char *s)
     return timegm(&tm);
 }
 
+time_t xks_sigv4_request_time(const xks_sigv4_req *req)
+{
+    return parse_amz_date(req->header(req->header_ctx, "x-amz-date"));
+}
+
 kms_err xks_sigv4_verify(const xks_sigv4_req *req, const xks_sigv4_auth *auth,
                          const char *service, const uint8_t *secret, size_t secret_len,
                          time_t now)

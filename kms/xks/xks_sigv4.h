@@ -65,6 +65,10 @@ kms_err xks_sigv4_verify(const xks_sigv4_req *req, const xks_sigv4_auth *auth,
                          const char *service, const uint8_t *secret, size_t secret_len,
                          time_t now);
 
+/* The request's x-amz-date in seconds since the epoch; -1 when absent or
+ * malformed (a verified request has a good one). */
+time_t xks_sigv4_request_time(const xks_sigv4_req *req);
+
 /* Sign (for tests and tools): the hex signature of req for the given scope
  * and signed header list, at amz_date (YYYYMMDDTHHMMSSZ). out: 65 bytes. */
 kms_err xks_sigv4_sign(const xks_sigv4_req *req, const char *signed_headers,

@@ -42,6 +42,7 @@ K_N=$(mk "$ADM")
 K_X=$(mk "$ADM")
 K_U=$(mk "$ADM")
 K_O=$(mk "$OADM")
+K_US=$("$KMSCTL" key create --region us-east -q $ADM)
 "$KMSCTL" key disable "$K_X" $ADM >/dev/null
 e2e_stop
 
@@ -49,8 +50,10 @@ endpoints() { # endpoints CREDS_JSON
     cat >"$W/xks.json" <<EOF
 {"endpoints": [
  {"uri_prefix": "/demo-xks", "tenant": "demo", "credentials": [$1],
+  "aws_region": "eu-west-1", "region": "eu-west",
   "keys": {"$K_ED": ["ENCRYPT", "DECRYPT"], "$K_E": ["ENCRYPT"], "$K_D": ["DECRYPT"],
-           "$K_N": [], "$K_X": ["ENCRYPT", "DECRYPT"], "$K_O": ["ENCRYPT", "DECRYPT"]}},
+           "$K_N": [], "$K_X": ["ENCRYPT", "DECRYPT"], "$K_O": ["ENCRYPT", "DECRYPT"],
+           "$K_US": ["ENCRYPT", "DECRYPT"]}},
  {"uri_prefix": "/other-xks", "tenant": "other",
   "credentials": [{"access_key_id": "$AKO", "secret": "file:$W/sko"}],
   "keys": {"$K_O": ["ENCRYPT", "DECRYPT"]}}]}
@@ -75,7 +78,7 @@ r = lambda f: open(w + "/" + f).read().strip()
 print(json.dumps({"prefix": "/demo-xks", "ak1": "$AK1", "sk1": r("sk1"), "ak2": "$AK2",
                   "sk2": r("sk2"), "other_ak": "$AKO", "other_sk": r("sko"),
                   "enc_dec": "$K_ED", "enc_only": "$K_E", "dec_only": "$K_D", "none": "$K_N",
-                  "disabled": "$K_X", "other_tenant": "$K_O", "unexposed": "$K_U",
+                  "disabled": "$K_X", "other_tenant": "$K_O", "unexposed": "$K_U", "us_east": "$K_US",
                   "missing": "0123456789abcdef0123456789abcdef"}))
 EOF
 )
@@ -124,11 +127,14 @@ else
 fi
 
 # a Custos key rotation: the old ciphertext still decrypts (its metadata
-# names version 1), new encryptions carry version 2
+# names version 1), new encryptions carry version 2. The decrypt after it is
+# another KMS request (another kmsRequestId): the same bytes signed within
+# the same second would be the same signed request, refused as a replay.
+sed 's/curl-request-7f3b/curl-request-7f3c/' "$W/dec.json" >"$W/dec2.json"
 grep -q '"ciphertextMetadata":"AQAAAAE="' "$W/out.enc" && pass "ciphertextMetadata names key version 1 (0x01 + version)" ||
     flunk "metadata of version 1: $(cat "$W/out.enc")"
 "$KMSCTL" key rotate "$K_ED" $ADM >/dev/null
-st=$(xcurl "$AK1" "$W/sk1" "/demo-xks/kms/xks/v1/keys/$K_ED/decrypt" "$W/dec.json")
+st=$(xcurl "$AK1" "$W/sk1" "/demo-xks/kms/xks/v1/keys/$K_ED/decrypt" "$W/dec2.json")
 [ "$st" = 200 ] && grep -q '"plaintext":"SGVsbG8gV29ybGQh"' "$W/out" &&
     pass "after RotateKey the version-1 ciphertext still decrypts" || flunk "decrypt after rotate: $st"
 st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/encrypt" "$W/enc.json")
@@ -364,7 +370,8 @@ if [ "$st" = 503 ] && grep -q '"errorName":"DependencyTimeoutException"' "$W/out
 else
     flunk "encrypt with a failing audit log: $st $(cat "$W/out")"
 fi
-st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/decrypt" "$W/dec.json")
+sed 's/curl-request-7f3b/curl-request-7f3d/' "$W/dec.json" >"$W/dec3.json"
+st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/decrypt" "$W/dec3.json")
 if [ "$st" = 503 ] && grep -q '"errorName":"DependencyTimeoutException"' "$W/out" &&
     ! grep -q plaintext "$W/out"; then
     pass "audit log not writable: decrypt refused 503 DependencyTimeoutException, no plaintext"

@@ -44,14 +44,22 @@ def meta(op="Encrypt", rid="rid-1"):
             "kmsOperation": op, "kmsRequestId": rid}
 
 
+def signed(path, body, region="eu-west-1"):
+    """A request signed once (to send the very same bytes twice)."""
+    req = AWSRequest(method="POST", url=BASE + path, data=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(S["ak1"], S["sk1"]), "kms-xks-proxy", region).add_auth(req)
+    return req.prepare()
+
+
 def call(path, body, ak=None, sk=None, method="POST", sign=True, region="eu-west-1",
-         service="kms-xks-proxy", raw=None, headers=None):
+         service="kms-xks-proxy", raw=None, headers=None, pre=None):
     data = raw if raw is not None else json.dumps(body).encode()
     req = AWSRequest(method=method, url=BASE + path, data=data,
                      headers={"Content-Type": "application/json", **(headers or {})})
     if sign:
         SigV4Auth(Credentials(ak or S["ak1"], sk or S["sk1"]), service, region).add_auth(req)
-    p = req.prepare()
+    p = pre or req.prepare()
     r = urllib.request.Request(p.url, data=p.body if method != "GET" else None,
                                method=method, headers=dict(p.headers))
     rid = body.get("requestMetadata", {}).get("kmsRequestId", "") if isinstance(body, dict) else ""
@@ -278,6 +286,43 @@ def raw(head_lines, body, path):
     except ValueError:
         return status, {}
 
+
+# --- replays and regions ------------------------------------------------------
+# the very same signed Decrypt twice: the second is a replay (its plaintext
+# would go to whoever captured the request), refused as not authenticated
+st, e1 = call(kp(S["enc_dec"], "encrypt"), {"requestMetadata": meta(rid="replay-enc"),
+                                           "plaintext": b64(pt), "encryptionAlgorithm": "AES_GCM"})
+db = {"requestMetadata": meta("Decrypt", rid="replay-dec"), "encryptionAlgorithm": "AES_GCM",
+      "ciphertext": e1.get("ciphertext"), "ciphertextMetadata": e1.get("ciphertextMetadata"),
+      "initializationVector": e1.get("initializationVector"),
+      "authenticationTag": e1.get("authenticationTag")}
+pd = signed(kp(S["enc_dec"], "decrypt"), db)
+r1 = call(kp(S["enc_dec"], "decrypt"), db, pre=pd)
+check("a signed Decrypt sent once: 200 with the plaintext",
+      r1[0] == 200 and base64.b64decode(r1[1].get("plaintext", "")) == pt, str(r1))
+r2 = call(kp(S["enc_dec"], "decrypt"), db, pre=pd)
+check("the same signed Decrypt again: 401 AuthenticationFailedException, no plaintext",
+      is_err(r2, 401, "AuthenticationFailedException") and "plaintext" not in r2[1], str(r2))
+check("the same Decrypt signed anew (a new x-amz-date or request id) is served",
+      call(kp(S["enc_dec"], "decrypt"), dict(db, requestMetadata=meta("Decrypt", rid="replay-dec2")))[0] == 200)
+# Encrypt and health repeated byte for byte (the spec's Appendix D does so)
+pe = signed(kp(S["enc_dec"], "encrypt"), {"requestMetadata": meta(rid="again-enc"),
+                                          "plaintext": b64(pt), "encryptionAlgorithm": "AES_GCM"})
+check("the same signed Encrypt twice: 200 both times (nothing to gain by replaying it)",
+      call(kp(S["enc_dec"], "encrypt"), {"requestMetadata": meta(rid="again-enc")}, pre=pe)[0] == 200
+      and call(kp(S["enc_dec"], "encrypt"), {"requestMetadata": meta(rid="again-enc")}, pre=pe)[0] == 200)
+# the endpoint is pinned to AWS region eu-west-1 and Custos region eu-west
+check("signed for another AWS region's scope (us-east-1): 401 AuthenticationFailedException",
+      is_err(call(S["prefix"] + "/kms/xks/v1/health",
+                  {"requestMetadata": meta("KmsHealthCheck", rid="other-region")},
+                  region="us-east-1"), 401, "AuthenticationFailedException"))
+encb2 = {"requestMetadata": meta(rid="us-east-key"), "plaintext": b64(pt),
+         "encryptionAlgorithm": "AES_GCM"}
+check("encrypt with an exposed key of another Custos region (us-east): 403 AccessDeniedException",
+      is_err(call(kp(S["us_east"], "encrypt"), encb2), 403, "AccessDeniedException"))
+check("its metadata too: 403 AccessDeniedException",
+      is_err(call(kp(S["us_east"], "metadata"), {"requestMetadata": meta("DescribeKey", rid="us-md")}),
+             403, "AccessDeniedException"))
 
 hpath = S["prefix"] + "/kms/xks/v1/health"
 hbody = json.dumps(hb).encode()

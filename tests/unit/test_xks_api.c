@@ -4,7 +4,9 @@
  * the error table, paths, strict Base64, the AAD layout with lengths, the
  * CDIV of Appendix C's worked example, Custos's ciphertextMetadata, and
  * request bodies (the spec's own examples parse; each missing or bad field
- * is refused with the spec's error name; sizes at and over the limits).
+ * is refused with the spec's error name; sizes at and over the limits);
+ * and the seen-signature cache behind the Decrypt replay check
+ * (xks_replay.c).
  */
 #include <check.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 
 #include "xks_api.h"
 #include "xks_config.h"
+#include "xks_replay.h"
 
 START_TEST(error_table_is_the_specs)
 {
@@ -408,6 +411,44 @@ START_TEST(response_bodies)
 }
 END_TEST
 
+START_TEST(replay_cache)
+{
+    struct xks_replay *r;
+    ck_assert_int_eq(xks_replay_new(100, &r), KMS_ERR_INTERNAL); /* not a power of two */
+    ck_assert_int_eq(xks_replay_new(XKS_REPLAY_SHARDS * XKS_REPLAY_PROBE, &r), KMS_OK);
+    uint8_t sig[32];
+    for (size_t i = 0; i < sizeof(sig); i++)
+        sig[i] = (uint8_t)(i * 37 + 1);
+    time_t now = 1700000000;
+    /* first sight, then the replay while it is valid, then served again
+     * once expired (the time check refuses such a request anyway) */
+    ck_assert_int_eq(xks_replay_check(r, sig, now + 300, now), KMS_OK);
+    ck_assert_int_eq(xks_replay_check(r, sig, now + 300, now + 299), KMS_ERR_UNAUTHENTICATED);
+    ck_assert_int_eq(xks_replay_check(r, sig, now + 900, now + 300), KMS_OK);
+    ck_assert_int_eq(xks_replay_check(r, sig, now + 900, now + 301), KMS_ERR_UNAUTHENTICATED);
+    /* another signature is another request */
+    uint8_t other[32];
+    memcpy(other, sig, sizeof(other));
+    other[20] ^= 1; /* inside the 16 bytes kept (8..23); 0..7 pick the slot */
+    ck_assert_int_eq(xks_replay_check(r, other, now + 900, now + 301), KMS_OK);
+    /* a full probe window (signatures sharing their home slot) fails
+     * closed, never lets a signature through unrecorded */
+    for (unsigned i = 2; i < XKS_REPLAY_PROBE; i++) {
+        other[20] = (uint8_t)(i + 10); /* 12..41: never sig[20] (229), other[20] (228) */
+        ck_assert_int_eq(xks_replay_check(r, other, now + 900, now + 301), KMS_OK);
+    }
+    other[20] = 250;
+    ck_assert_int_eq(xks_replay_check(r, other, now + 900, now + 301), KMS_ERR_RESOURCE_EXHAUSTED);
+    /* the live ones are all still refused as replays */
+    ck_assert_int_eq(xks_replay_check(r, sig, now + 900, now + 302), KMS_ERR_UNAUTHENTICATED);
+    /* once they expire the window is reused */
+    ck_assert_int_eq(xks_replay_check(r, other, now + 2000, now + 900), KMS_OK);
+    ck_assert_int_eq(xks_replay_check(r, other, now + 2000, now + 901), KMS_ERR_UNAUTHENTICATED);
+    xks_replay_free(r);
+    xks_replay_free(NULL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("xks_api");
@@ -421,6 +462,7 @@ int main(void)
     tcase_add_loop_test(tc, bad_fields_refused, 0, (int)(sizeof(refused) / sizeof(refused[0])));
     tcase_add_test(tc, sizes_at_and_over_the_limits);
     tcase_add_test(tc, response_bodies);
+    tcase_add_test(tc, replay_cache);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

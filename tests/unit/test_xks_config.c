@@ -81,7 +81,8 @@ static const char *good =
     "  \"credentials\": [{\"access_key_id\": \"AKIAACMEFIRST2345672\", \"secret\": \"file:%D/a\"},"
     "                   {\"access_key_id\": \"AKIAACMESECOND234567\", \"secret\": \"file:%D/b\"}],"
     "  \"keys\": {\"" KEY1 "\": [\"ENCRYPT\", \"DECRYPT\"], \"" KEY2 "\": []}},"
-    " {\"uri_prefix\": \"\", \"tenant\": \"globex\","
+    " {\"uri_prefix\": \"\", \"tenant\": \"globex\", \"aws_region\": \"us-gov-west-1\","
+    "  \"region\": \"us-east\", \"replay_check\": false,"
     "  \"credentials\": [{\"access_key_id\": \"AKIAGLOBEXAAAAAAAAAA\", \"secret\": \"file:%D/c\"}],"
     "  \"keys\": {\"" KEY2 "\": [\"DECRYPT\"]}}]}";
 
@@ -116,6 +117,13 @@ START_TEST(good_file_answers)
     ck_assert(xks_endpoint_key(g, KEY2, &u));
     ck_assert_uint_eq(u, XKS_USE_DECRYPT);
     ck_assert(!xks_endpoint_key(g, KEY1, &u));
+    /* the optional pins: unset means any region and the replay check on */
+    ck_assert_ptr_null(xks_endpoint_aws_region(ep));
+    ck_assert_ptr_null(xks_endpoint_region(ep));
+    ck_assert(xks_endpoint_replay_check(ep));
+    ck_assert_str_eq(xks_endpoint_aws_region(g), "us-gov-west-1");
+    ck_assert_str_eq(xks_endpoint_region(g), "us-east");
+    ck_assert(!xks_endpoint_replay_check(g));
     xks_config_free(c);
 }
 END_TEST
@@ -123,6 +131,10 @@ END_TEST
 #define EP(prefix, creds, keys)                                                                \
     "{\"endpoints\": [{\"uri_prefix\": \"" prefix "\", \"tenant\": \"t\", \"credentials\": [" creds \
     "], \"keys\": {" keys "}}]}"
+/* one good endpoint with one more member */
+#define EPX(member)                                                                            \
+    "{\"endpoints\": [{\"uri_prefix\": \"/a\", \"tenant\": \"t\", \"credentials\": [" CRED_A     \
+    "], \"keys\": {}, " member "}]}"
 #define CRED_A "{\"access_key_id\": \"AKIAACMEFIRST2345672\", \"secret\": \"file:%D/a\"}"
 #define CRED_B "{\"access_key_id\": \"AKIAACMESECOND234567\", \"secret\": \"file:%D/b\"}"
 #define CRED_C "{\"access_key_id\": \"AKIAGLOBEXAAAAAAAAAA\", \"secret\": \"file:%D/c\"}"
@@ -182,6 +194,11 @@ static const struct {
      "], \"keys\": {}}, {\"uri_prefix\": \"/b\", \"tenant\": \"u\", \"credentials\": [" CRED_A
      "], \"keys\": {}}]}",
      "already used"},
+    {"aws_region in capitals", EPX("\"aws_region\": \"EU-WEST-1\""), "aws_region"},
+    {"aws_region without its number", EPX("\"aws_region\": \"eu-west\""), "aws_region"},
+    {"aws_region not a string", EPX("\"aws_region\": 1"), "exactly"},
+    {"empty region", EPX("\"region\": \"\""), "region"},
+    {"replay_check not a boolean", EPX("\"replay_check\": \"no\""), "replay_check"},
     {"no tenant",
      "{\"endpoints\": [{\"uri_prefix\": \"/a\", \"credentials\": [" CRED_A "], \"keys\": {}}]}",
      "exactly"},
