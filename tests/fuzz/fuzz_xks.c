@@ -81,6 +81,7 @@ static void config(const uint8_t *data, size_t size)
     fclose(f);
     struct xks_config *c = NULL;
     kms_err rc = xks_config_load(path, &c);
+    unlink(path); /* nothing left in /tmp after a run */
     if (rc != KMS_OK) {
         if ((rc != KMS_ERR_CONFIG && rc != KMS_ERR_NOMEM) || c != NULL)
             abort();
