@@ -9,10 +9,12 @@ signed once with botocore (SigV4, kms-xks-proxy) and replayed by wrk: a
 signature is valid for 5 minutes (docs/xks.md), longer than each run.
 Rows: peak throughput (wrk, closed loop, BENCH_CONNECTIONS connections)
 with p50/p99, then the rate AWS KMS allows a region by default (1,800
-calls/s) offered open loop by tools/loadgen -R (latency counted from each
-request's due time, so a stall is charged to the requests queued behind
-it), with p50/p99/p99.9. AWS times a call out
-after 250 ms.
+calls/s; --quick: at most half the peak) offered open loop by
+tools/loadgen -R (latency counted from each request's due time, so a
+stall is charged to the requests queued behind it), with p50/p99/p99.9.
+AWS times a call out after 250 ms. The endpoint turns the Decrypt replay
+check off (replay_check: false): the one signed request is sent again and
+again on purpose.
 """
 import base64
 import json
@@ -206,9 +208,13 @@ def main():
             print(f"{name + ' peak':<26}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
                   f"{r['p999']:>10.2f}{r['max']:>9.2f}{r['errors']:>8}")
             bad += r["errors"]
-            # AWS KMS's default quota for a region: 1,800 calls/s, open loop
-            r = fixed_rate(name + "-1800", path, req, 1800)
-            print(f"{name + ' at 1800/s':<26}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+            # AWS KMS's default quota for a region: 1,800 calls/s, open loop.
+            # The quick smoke run (make check, also under ASan on a shared
+            # machine) checks the pipeline, not the speed: it offers at most
+            # half the peak it just measured, so it never misses requests.
+            rate = 1800 if not QUICK else max(1, min(1800, int(r["rps"] / 2)))
+            r = fixed_rate(f"{name}-{rate}", path, req, rate)
+            print(f"{name + f' at {rate}/s':<26}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
                   f"{r['p999']:>10.2f}{r['max']:>9.2f}{r['errors']:>8}")
             bad += r["errors"]
         print("AWS KMS times an XKS call out after 250 ms")

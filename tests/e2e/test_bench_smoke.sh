@@ -33,7 +33,7 @@ echo "$out" | grep -Eq '^tls ec-p256 +custos key +[0-9]+/s +key file +[0-9]+/s' 
     echo "ok 8 - TLS handshakes with a custos: key and with a key file measured" ||
     { echo "$out"; echo "not ok 8 - no TLS provider rows"; exit 1; }
 echo "$out" | grep -Eq '^XksEncrypt peak +[1-9][0-9]* ' && echo "$out" | grep -Eq '^XksDecrypt peak +[1-9][0-9]* ' &&
-    echo "$out" | grep -Eq '^XksEncrypt at 1800/s +[1-9][0-9]* ' &&
+    echo "$out" | grep -Eq '^XksEncrypt at [1-9][0-9]*/s +[1-9][0-9]* ' &&
     [ "$(echo "$out" | awk '/^Xks(En|De)crypt/ && $NF != 0' | wc -l)" -eq 0 ] &&
     echo "ok 9 - XKS encrypt/decrypt measured (peak and paced), without errors" ||
     { echo "$out"; echo "not ok 9 - no XKS rows, or XKS errors"; exit 1; }
