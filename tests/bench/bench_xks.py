@@ -149,6 +149,9 @@ def fixed_rate(name, path, req, rate, conns=32):
     lat = r["latency_ms"]
     bad = (sum(v for k, v in r["status"].items() if k != "200") +
            sum(r["transport_errors"].values()) + r["missed"])
+    if bad:  # say what they were: a refusal, the network, or the generator late
+        print(f"# {name}: status {r['status']}, transport {r['transport_errors']}, "
+              f"missed {r['missed']}")
     return {"rps": r["throughput"], "p50": lat["p50"], "p99": lat["p99"], "p999": lat["p999"],
             "max": lat["max"], "errors": bad}
 
