@@ -147,9 +147,14 @@ def fixed_rate(name, path, req, rate, conns=32):
                          capture_output=True, text=True)
     r = json.loads(out.stdout)
     lat = r["latency_ms"]
-    bad = (sum(v for k, v in r["status"].items() if k != "200") +
-           sum(r["transport_errors"].values()) + r["missed"])
-    if bad:  # say what they were: a refusal, the network, or the generator late
+    failed = (sum(v for k, v in r["status"].items() if k != "200") +
+              sum(r["transport_errors"].values()))
+    # missed: requests that fell due but could not be sent (every connection
+    # busy): the rate was not kept. An error of the full run, where keeping
+    # 1,800/s is the point; in the quick smoke run (a second or two on a
+    # shared machine) only said, as its check is that every call succeeds.
+    bad = failed + (0 if QUICK else r["missed"])
+    if failed or r["missed"]:  # say what they were
         print(f"# {name}: status {r['status']}, transport {r['transport_errors']}, "
               f"missed {r['missed']}")
     return {"rps": r["throughput"], "p50": lat["p50"], "p99": lat["p99"], "p999": lat["p999"],
