@@ -387,6 +387,31 @@ while st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/encrypt" "$W/e
 done
 [ "$st" = 200 ] && pass "the disk back: encrypt 200 again" || flunk "after the audit fault: $st $(cat "$W/out")"
 e2e_stop
+
+# the same in the thread-per-connection model, where the XKS front writes
+# its event synchronously instead of suspending the connection
+/usr/bin/python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c.setdefault("limits", {})["thread_model"]="per-connection"; json.dump(c, open(sys.argv[2], "w"), indent=2)' \
+    "$E2E_DIR/kmsd.json" "$E2E_DIR/kmsd-pc.json"
+: >"$CUSTOS_FSFAULT_CONTROL"
+e2e_start "$E2E_DIR/kmsd-pc.json"
+sed 's/curl-request-7f3b/curl-request-7f3e/' "$W/dec.json" >"$W/dec4.json"
+st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/encrypt" "$W/enc.json")
+st2=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/decrypt" "$W/dec4.json")
+if [ "$st" = 200 ] && [ "$st2" = 200 ] && grep -q '"plaintext":"SGVsbG8gV29ybGQh"' "$W/out"; then
+    pass "thread per connection: encrypt and decrypt 200"
+else
+    flunk "thread per connection: encrypt $st, decrypt $st2 $(cat "$W/out")"
+fi
+echo "fdatasync .events EIO" >"$CUSTOS_FSFAULT_CONTROL"
+st=$(xcurl "$AK2" "$W/sk2" "/demo-xks/kms/xks/v1/keys/$K_ED/encrypt" "$W/enc.json")
+if [ "$st" = 503 ] && grep -q '"errorName":"DependencyTimeoutException"' "$W/out" &&
+    ! grep -q ciphertext "$W/out"; then
+    pass "thread per connection, audit log not writable: 503 DependencyTimeoutException, no ciphertext"
+else
+    flunk "thread per connection with a failing audit log: $st $(cat "$W/out")"
+fi
+: >"$CUSTOS_FSFAULT_CONTROL"
+e2e_stop
 KMSD=$real_kmsd
 trap - EXIT
 [ "$failed" -eq 0 ] || exit 1
