@@ -69,6 +69,8 @@ endif
 #   contract  what a handler is: call, reply, audit facts, packing, authorization
 #   keys      KeyService, FieldService, EscrowService handlers and key lifecycle
 #   auditsvc  AuditService handlers
+#   xks       the AWS KMS external key store proxy API (SigV4, endpoints, wire rules,
+#             handlers): above keys, whose key layer (kms_keyuse, kms_usage) it uses
 #   http      the front: framing, decoding, route table, health, metrics page
 #   ctl       kmsctl (client side; reads logs/stores offline, never handlers)
 L_base     := kms/base
@@ -80,14 +82,15 @@ L_service  := $(L_audit) policy kms/service
 L_contract := $(L_service) kms/contract
 L_keys     := $(L_contract) kms/keys
 L_auditsvc := $(L_contract) kms/auditsvc
-L_http     := $(L_keys) kms/auditsvc kms/http
+L_xks      := $(L_keys) kms/xks
+L_http     := $(L_keys) kms/auditsvc kms/xks kms/http
 L_ctl      := $(L_audit) kms/service kms/ctl
 L_main     := $(L_http) kms/ctl
 L_tests    := $(L_main) tests/lib
 # The OpenSSL provider module is a client: base and itself, nothing else.
 L_provider := $(L_base) kms/provider
 
-KMS_DIRS := kms kms/base kms/service kms/contract kms/keys kms/auditsvc kms/http \
+KMS_DIRS := kms kms/base kms/service kms/contract kms/keys kms/auditsvc kms/xks kms/http \
             kms/store kms/audit kms/ctl
 # No default: a folder without a line here compiles with no include path of
 # ours and fails, rather than inheriting the tests' (tests/lib is L_tests only).
@@ -102,6 +105,7 @@ $(BUILD)/obj/kms/service/%.o:  LAYER_INC = $(L_service)
 $(BUILD)/obj/kms/contract/%.o: LAYER_INC = $(L_contract)
 $(BUILD)/obj/kms/keys/%.o:     LAYER_INC = $(L_keys)
 $(BUILD)/obj/kms/auditsvc/%.o: LAYER_INC = $(L_auditsvc)
+$(BUILD)/obj/kms/xks/%.o:      LAYER_INC = $(L_xks)
 $(BUILD)/obj/kms/http/%.o:     LAYER_INC = $(L_http)
 $(BUILD)/obj/kms/ctl/%.o:      LAYER_INC = $(L_ctl)
 $(BUILD)/obj/kms/%_main.o:     LAYER_INC = $(L_main)

@@ -40,7 +40,7 @@ libjansson-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev libgnutls28-dev
 check libsubunit-dev
 softhsm2 opensc openssl sqlite3 curl
 libpq-dev postgresql-15 haproxy libnss3 libnss3-tools
-python3-protobuf python3-pykcs11 python3-cryptography protobuf-compiler
+python3-protobuf python3-pykcs11 python3-cryptography python3-botocore protobuf-compiler
 wrk procps util-linux strace
 clang libclang-rt-14-dev
 python3 xxd man-db jq mawk

@@ -4,9 +4,10 @@
  *   kmsd [--config PATH] [--check-config]
  *
  * Config: --config, else $CUSTOS_CONFIG, else /etc/custos/kmsd.json.
- * Signals: SIGHUP reloads the policy (a bad document is refused and the old
- * one stays) and reopens the log file; SIGTERM and SIGINT stop accepting,
- * finish in-flight requests, flush the audit log and exit 0.
+ * Signals: SIGHUP reloads the policy and the XKS endpoints file (a bad
+ * document is refused and the old one stays) and reopens the log file;
+ * SIGTERM and SIGINT stop accepting, finish in-flight requests, flush the
+ * audit log and exit 0.
  *
  * Under systemd (Type=notify) it reports READY=1 once it listens,
  * RELOADING=1/READY=1 around a reload, STOPPING=1 at shutdown, and pings
@@ -52,7 +53,7 @@ static void usage(FILE *f)
                "                    nothing is ever destroyed (docs/operations.md)\n"
                "  -h, --help        this text\n"
                "\n"
-               "signals: SIGHUP reloads the policy and reopens the log file;\n"
+               "signals: SIGHUP reloads the policy and the XKS endpoints, reopens the log file;\n"
                "         SIGTERM/SIGINT shut down gracefully\n"
                "see kmsd(8), kmsd.json(5)\n"
                "exit codes: 0 clean shutdown or valid config, 1 start-up failure, 2 usage,\n"
@@ -232,8 +233,8 @@ static int start(const struct kms_config *cfg, const struct kmsd_args *a,
 /* Serve until SIGTERM or SIGINT; SIGHUP reloads the policy and reopens the
  * log file. The watchdog is pinged from this loop, at half the interval
  * systemd gave: a main thread stuck anywhere gets kmsd restarted. */
-static void serve(const struct kms_config *cfg, struct kms_service *svc, const sigset_t *set,
-                  bool keep_dumpable)
+static void serve(const struct kms_config *cfg, struct kms_service *svc, struct kms_http *http,
+                  const sigset_t *set, bool keep_dumpable)
 {
     uint64_t wd_usec = kms_notify_watchdog_usec();
     if (wd_usec > 0)
@@ -259,6 +260,7 @@ static void serve(const struct kms_config *cfg, struct kms_service *svc, const s
             kms_log_info("kmsd", "SIGHUP: reloading policy%s",
                          cfg->log_file ? ", log file reopened" : "");
             kms_service_reload_policy(svc);
+            kms_http_reload(http);
             if (!keep_dumpable)
                 keep_no_core_dumps();
             notify("READY=1\nSTATUS=serving");
@@ -338,7 +340,7 @@ int main(int argc, char **argv)
         kms_log_info("kmsd", "ready (%s mode)", cfg->dev_mode ? "dev" : "production");
     notify("READY=1\nSTATUS=serving");
 
-    serve(cfg, svc, &set, keep_dumpable);
+    serve(cfg, svc, http, &set, keep_dumpable);
     notify("STOPPING=1\nSTATUS=draining");
     unsigned left = kms_http_drain(http, cfg->drain_timeout_s);
     if (left > 0)

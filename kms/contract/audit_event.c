@@ -63,7 +63,7 @@ static kms_err audit_request(struct kms_call *call, const char *operation, kms_e
     ev.role = call->who      ? (char *)pol_role_name(pol_principal_role(call->who))
               : call->actor ? (char *)"system"
                             : empty;
-    const char *tenant = call->who ? pol_principal_tenant_id(call->who) : NULL;
+    const char *tenant = call->who ? pol_principal_tenant_id(call->who) : call->tenant;
     ev.tenant = tenant ? (char *)tenant : empty;
     ev.operation = (char *)operation;
     ev.key_id = (char *)f->key_id;
@@ -83,6 +83,18 @@ static kms_err audit_request(struct kms_call *call, const char *operation, kms_e
     /* Only beside the rule it explains: a check after the policy (e.g.
      * rule "state") decided this request, not the grant. */
     ev.grant_sid = f->rule && strcmp(f->rule, "grant") == 0 ? (char *)f->grant_sid : empty;
+    Custos__V1__XksRequestMetadata xks = CUSTOS__V1__XKS_REQUEST_METADATA__INIT;
+    if (call->xks != NULL) {
+        const struct kms_xks_metadata *m = call->xks;
+        xks.kms_request_id = (char *)m->kms_request_id;
+        xks.kms_operation = (char *)m->kms_operation;
+        xks.aws_principal_arn = (char *)m->aws_principal_arn;
+        xks.kms_key_arn = (char *)m->kms_key_arn;
+        xks.kms_via_service = (char *)m->kms_via_service;
+        xks.aws_source_vpc = (char *)m->aws_source_vpc;
+        xks.aws_source_vpce = (char *)m->aws_source_vpce;
+        ev.xks = &xks;
+    }
     if (fn == NULL)
         return audit_log_append(log, &ev);
     kms_err rc = audit_log_submit(log, &ev, fn, arg);

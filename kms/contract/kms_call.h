@@ -60,6 +60,13 @@ struct kms_audit_facts {
     char officer_key_sha256[65];
 };
 
+/* The requestMetadata of an XKS call (kms_http_xks.c), for the event's
+ * `xks` field: borrowed strings, "" when absent. */
+struct kms_xks_metadata {
+    const char *kms_request_id, *kms_operation, *aws_principal_arn, *kms_key_arn,
+        *kms_via_service, *aws_source_vpc, *aws_source_vpce;
+};
+
 struct kms_call {
     struct kms_service *svc;
     struct pol_doc *policy;
@@ -70,6 +77,11 @@ struct kms_call {
      * what the service does on its own (automatic rotation); NULL for an
      * unauthenticated request. */
     const char *actor;
+    /* The tenant an actor acts for (an XKS endpoint's, kms_http_xks.c), for
+     * the audit event; NULL when none. A principal's own tenant wins. */
+    const char *tenant;
+    /* An XKS call's authenticated requestMetadata; NULL otherwise. */
+    const struct kms_xks_metadata *xks;
 };
 
 /* The principal named in the audit events of the service's own actions;

@@ -114,6 +114,18 @@ static json_t *event_json(uint64_t seq, const Custos__V1__AuditEvent *e)
     if (e->approval_signature.len <= AUDIT_SIG_MAX)
         audit_hex(e->approval_signature.data, e->approval_signature.len, sig);
     json_object_set_new(o, "approval_signature", kmsctl_jstr_escaped(sig));
+    if (e->xks != NULL) { /* an XKS call's requestMetadata (docs/xks.md) */
+        const Custos__V1__XksRequestMetadata *x = e->xks;
+        json_t *m = json_object();
+        json_object_set_new(m, "kms_request_id", kmsctl_jstr_escaped(x->kms_request_id));
+        json_object_set_new(m, "kms_operation", kmsctl_jstr_escaped(x->kms_operation));
+        json_object_set_new(m, "aws_principal_arn", kmsctl_jstr_escaped(x->aws_principal_arn));
+        json_object_set_new(m, "kms_key_arn", kmsctl_jstr_escaped(x->kms_key_arn));
+        json_object_set_new(m, "kms_via_service", kmsctl_jstr_escaped(x->kms_via_service));
+        json_object_set_new(m, "aws_source_vpc", kmsctl_jstr_escaped(x->aws_source_vpc));
+        json_object_set_new(m, "aws_source_vpce", kmsctl_jstr_escaped(x->aws_source_vpce));
+        json_object_set_new(o, "xks", m);
+    }
     return o;
 }
 

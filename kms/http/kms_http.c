@@ -34,6 +34,7 @@
 #include "kms_http_frame.h"
 #include "kms_http_ops.h"
 #include "kms_http_secret.h"
+#include "kms_http_xks.h"
 #include "kms_http_internal.h"
 #include "kms_httpreq.h"
 #include "kms_log.h"
@@ -72,6 +73,7 @@ struct req_state {
     char correlation_id[KMS_HTTP_CORRELATION_MAX + 1];
     bool json; /* application/json: the body is converted, the reply rendered */
     const ProtobufCMessageDescriptor *request, *response;
+    struct kms_http_xks *xks; /* the XKS proxy API's request (kms_http_xks.h) */
 };
 
 /* ---- responses ----------------------------------------------------------- */
@@ -407,6 +409,10 @@ static bool framing_refused(struct MHD_Connection *c, struct req_state *st, cons
     char msg[160];
     snprintf(msg, sizeof(msg), "%s", kms_err_detail());
     st->close = true;
+    if (kms_http_xks_claims(url)) { /* the XKS API's error shape, audited */
+        *out = kms_http_xks_refuse_framing(c, &st->call, url, msg, &st->xks);
+        return true;
+    }
     const char *name = NULL;
     const struct kms_route *route =
         strcmp(method, "POST") == 0 ? kms_twirp_route(url, &name) : NULL;
@@ -496,8 +502,12 @@ enum MHD_Result kms_http_access(void *cls, struct MHD_Connection *c, const char 
         enum MHD_Result framing;
         if (framing_refused(c, st, url, method, version, &framing))
             return framing;
+        if (kms_http_xks_claims(url))
+            return kms_http_xks_first(h, c, &st->call, url, method, &st->xks);
         return first_call(h, c, st, url, method);
     }
+    if (st->xks != NULL)
+        return kms_http_xks_next(h, c, &st->call, st->xks, upload_data, upload_size);
     if (*upload_size > 0)
         return take_upload(st, upload_data, upload_size);
     if (st->too_large) {
@@ -580,6 +590,7 @@ void kms_http_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     atomic_fetch_sub(&h->inflight, 1);
     drop_reply(&st->ans.reply); /* a client gone before its answer was sent */
     kms_buf_wipe(&st->in);
+    kms_http_xks_free(st->xks);
     pol_doc_unref(st->call.policy);
     free(st);
     *con_cls = NULL;

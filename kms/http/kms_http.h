@@ -15,6 +15,10 @@ struct kms_http;
 /* Start listening as the service's configuration says. */
 kms_err kms_http_start(struct kms_service *svc, struct kms_http **out);
 
+/* SIGHUP: reload what the front owns (the XKS endpoints file, when
+ * configured); a file that does not load is logged and the old one stays. */
+void kms_http_reload(struct kms_http *h);
+
 /* Graceful stop, step one: stop accepting connections, mark replies
  * "Connection: close", and wait up to timeout_s for every request already
  * received to complete (its reply sent). Returns how many were still in

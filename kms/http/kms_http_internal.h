@@ -13,6 +13,9 @@
 
 #include "kms_health.h"
 #include "kms_http.h"
+#include "xks_config.h"
+#include "xks_health.h"
+#include "xks_replay.h"
 
 struct kms_http {
     struct MHD_Daemon *daemon;
@@ -25,6 +28,9 @@ struct kms_http {
     atomic_bool draining;  /* SIGTERM: no new connections, replies close theirs */
     bool suspend;          /* pool model with the audit log on: suspend while it commits */
     atomic_uint audit_waits; /* suspended connections the audit writer will resume */
+    struct xks_config_holder *xks; /* NULL: the XKS proxy API is off (docs/xks.md) */
+    struct xks_health *xks_health; /* its deep check, when on */
+    struct xks_replay *xks_replay; /* Decrypt signatures already served, when on */
 };
 
 /* libmicrohttpd's access handler: a request's headers, body and dispatch

@@ -71,6 +71,11 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
     h->cfg = kms_service_config(svc);
     const struct kms_config *cfg = h->cfg;
     KMS_GUARD_GOTO(kms_health_new(svc, cfg->health_cache_ms, &h->health), fail);
+    if (cfg->xks_config_path != NULL) {
+        KMS_GUARD_GOTO(xks_config_holder_open(cfg->xks_config_path, &h->xks), fail);
+        KMS_GUARD_GOTO(xks_health_new(svc, cfg->health_cache_ms, &h->xks_health), fail);
+        KMS_GUARD_GOTO(xks_replay_new(XKS_REPLAY_SLOTS, &h->xks_replay), fail);
+    }
 
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof(addr));
@@ -192,5 +197,19 @@ void kms_http_stop(struct kms_http *h)
     free(h->tls_cert);
     free(h->tls_ca);
     kms_health_free(h->health);
+    xks_config_holder_free(h->xks);
+    xks_health_free(h->xks_health);
+    xks_replay_free(h->xks_replay);
     free(h);
+}
+
+void kms_http_reload(struct kms_http *h)
+{
+    if (h == NULL || h->xks == NULL)
+        return;
+    if (xks_config_holder_reload(h->xks) != KMS_OK)
+        kms_log_error("kmsd", "XKS endpoints not reloaded, the previous ones stay: %s",
+                      kms_err_detail());
+    else
+        kms_log_info("kmsd", "SIGHUP: XKS endpoints reloaded");
 }

@@ -451,7 +451,7 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
                                       "limits", "deletion", "audit", "import",
-                                      "log", "health", "rotation", "link_tokens", NULL};
+                                      "log", "health", "rotation", "link_tokens", "xks", NULL};
     KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
     KMS_GUARD(check_keys(root, "", top));
 
@@ -459,6 +459,7 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
     KMS_GUARD(parse_pkcs11(root, dir, c));
     KMS_GUARD(get_str(root, "policy", "", true, dir, true, &c->policy_path));
     KMS_GUARD(get_str(root, "store", "", true, dir, true, &c->store_path));
+    KMS_GUARD(get_str(root, "xks", "", false, dir, true, &c->xks_config_path));
     KMS_GUARD(parse_limits(root, c));
     KMS_GUARD(parse_deletion(root, c));
     KMS_GUARD(parse_rotation(root, c));
@@ -575,6 +576,7 @@ void kms_config_free(struct kms_config *c)
         free(c->tokens[i].pin_source);
     }
     free(c->policy_path);
+    free(c->xks_config_path);
     free(c->store_path);
     free(c->audit_dir);
     for (size_t i = 0; i < c->n_audit_pg; i++) {

@@ -50,6 +50,7 @@ struct kms_config {
     size_t n_tokens;
 
     char *policy_path;
+    char *xks_config_path; /* "xks": the XKS endpoints file; NULL: XKS off (docs/xks.md) */
     char *store_path;
 
     size_t max_body_bytes;

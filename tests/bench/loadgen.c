@@ -4,6 +4,9 @@
  * keep-alive connections, each posting the same protobuf body.
  *
  *   loadgen --port P --path /twirp/... --body FILE --key-file FILE
+ *   loadgen --port P --path PATH --body FILE --head-file FILE (header lines
+ *           sent instead of Content-Type and Authorization: a pre-signed
+ *           SigV4 request, tests/bench/bench_xks.py)
  *           [--host 127.0.0.1] [-c CONNS] [-d SECONDS] [-R RATE]
  *           [--hostile PERMILLE] [--timeout SECONDS] [--label TEXT]
  *
@@ -133,7 +136,7 @@ struct shape_stats {
 };
 
 static struct {
-    const char *host, *path, *body_file, *key_file, *label;
+    const char *host, *path, *body_file, *key_file, *head_file, *label;
     unsigned port, conns, seconds, hostile_permille, timeout_s;
     double rate; /* 0: closed loop */
 } opt = {.host = "127.0.0.1", .conns = 16, .seconds = 10, .timeout_s = 30, .label = ""};
@@ -554,14 +557,21 @@ static char *read_file(const char *path, size_t max, size_t *out_len)
     return b;
 }
 
+/* --head-file: header lines sent instead of Content-Type and Authorization
+ * (e.g. a SigV4-signed XKS request: tests/bench/bench_xks.py). */
+static char *head_lines;
+
 static char *build(const char *path, const char *auth, const char *extra, const char *body,
                    size_t body_len, bool with_len, size_t *out_len)
 {
     char head[8192];
-    int n = snprintf(head, sizeof(head),
-                     "POST %s HTTP/1.1\r\nHost: %s:%u\r\nContent-Type: application/protobuf\r\n"
-                     "Authorization: Bearer %s\r\n%s",
-                     path, opt.host, opt.port, auth, extra);
+    int n = head_lines != NULL
+                ? snprintf(head, sizeof(head), "POST %s HTTP/1.1\r\nHost: %s:%u\r\n%s%s", path,
+                           opt.host, opt.port, head_lines, extra)
+                : snprintf(head, sizeof(head),
+                           "POST %s HTTP/1.1\r\nHost: %s:%u\r\nContent-Type: "
+                           "application/protobuf\r\nAuthorization: Bearer %s\r\n%s",
+                           path, opt.host, opt.port, auth, extra);
     if (n < 0 || (size_t)n >= sizeof(head))
         die("request head too long");
     if (with_len) {
@@ -588,8 +598,8 @@ static char *build(const char *path, const char *auth, const char *extra, const 
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen --port P --path PATH --body FILE --key-file FILE [--host H]\n"
-            "               [-c CONNS] [-d SECONDS] [-R RATE] [--hostile PERMILLE]\n"
+            "usage: loadgen --port P --path PATH --body FILE (--key-file FILE | --head-file FILE)\n"
+            "               [--host H] [-c CONNS] [-d SECONDS] [-R RATE] [--hostile PERMILLE]\n"
             "               [--timeout SECONDS] [--label TEXT]\n");
     exit(2);
 }
@@ -611,7 +621,7 @@ static void parse_args(int argc, char **argv)
         {"path", required_argument, NULL, 'P'},     {"body", required_argument, NULL, 'b'},
         {"key-file", required_argument, NULL, 'k'}, {"hostile", required_argument, NULL, 'H'},
         {"label", required_argument, NULL, 'l'},    {"timeout", required_argument, NULL, 't'},
-        {NULL, 0, NULL, 0}};
+        {"head-file", required_argument, NULL, 'F'}, {NULL, 0, NULL, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "c:d:R:", lo, NULL)) != -1) {
         switch (ch) {
@@ -620,6 +630,7 @@ static void parse_args(int argc, char **argv)
         case 'P': opt.path = optarg; break;
         case 'b': opt.body_file = optarg; break;
         case 'k': opt.key_file = optarg; break;
+        case 'F': opt.head_file = optarg; break;
         case 'H': opt.hostile_permille = (unsigned)num(optarg, 0, 500); break;
         case 'l': opt.label = optarg; break;
         case 't': opt.timeout_s = (unsigned)num(optarg, 1, 3600); break;
@@ -629,7 +640,8 @@ static void parse_args(int argc, char **argv)
         default: usage();
         }
     }
-    if (optind != argc || opt.port == 0 || !opt.path || !opt.body_file || !opt.key_file)
+    if (optind != argc || opt.port == 0 || !opt.path || !opt.body_file ||
+        !(opt.key_file || opt.head_file))
         usage();
     for (const char *s = opt.label; *s; s++)
         if (*s == '"' || *s == '\\' || (unsigned char)*s < 0x20)
@@ -642,7 +654,14 @@ static void setup_requests(void)
     char *body = read_file(opt.body_file, 16 * 1024 * 1024, &body_len);
     if (body == NULL)
         die("cannot read --body (missing or over 16 MiB)");
-    char *key = read_file(opt.key_file, 4096, &key_len);
+    if (opt.head_file != NULL) {
+        size_t hl;
+        head_lines = read_file(opt.head_file, 6144, &hl);
+        if (head_lines == NULL || hl < 2 || memcmp(head_lines + hl - 2, "\r\n", 2) != 0)
+            die("--head-file: header lines, each ending in CRLF, at most 6 KiB");
+    }
+    char *key = opt.key_file ? read_file(opt.key_file, 4096, &key_len) : strdup("unused");
+    key_len = opt.key_file ? key_len : 6;
     if (key == NULL)
         die("cannot read --key-file");
     while (key_len && (key[key_len - 1] == '\n' || key[key_len - 1] == '\r' ||
@@ -683,6 +702,10 @@ static void wipe_requests(void)
     for (int i = 0; i < SHAPE_COUNT; i++) {
         explicit_bzero(hostile_req[i], hostile_len[i]);
         free(hostile_req[i]);
+    }
+    if (head_lines != NULL) {
+        explicit_bzero(head_lines, strlen(head_lines));
+        free(head_lines);
     }
 }
 

@@ -3,6 +3,7 @@
 #   1. the raw PKCS#11 baseline and the pkcs11/ layer (bench_p11), 1 and 2 threads
 #   2. kmsd over HTTP with wrk: Encrypt, Decrypt, GenerateDataKey, DecryptDataKey
 #      with the audit log on, Encrypt with it off, latency at half of peak
+#   2b. the XKS proxy API: XksEncrypt/XksDecrypt peak and at ~1,800 calls/s (bench_xks.py)
 #   3. signing keys: raw C_Sign and the layer (bench_sign_p11), ECDSA P-256 and
 #      RSA-3072 PSS, then Sign over HTTP against them (bench_sign.py)
 #   4. link tokens: raw C_Sign(CKM_SHA256_HMAC) and the layer (bench_links_p11),
@@ -36,6 +37,9 @@ out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
     /usr/bin/python3 tests/bench/bench_tls.py "$work" "$top/$BUILD" $quick
     echo
     /usr/bin/python3 tests/bench/bench_http.py "$work" "$top/$BUILD" "$raw1" "$raw2" $quick
+    # The XKS proxy API (issue 18): encrypt/decrypt as AWS KMS calls them.
+    echo
+    /usr/bin/python3 tests/bench/bench_xks.py "$work" "$top/$BUILD" "$raw1" $quick
     # Signing keys (issue 16): raw C_Sign, then Sign over HTTP against it.
     echo
     "$BUILD/bench/bench_sign_p11" "$secs" "$runs" | tee "$work/sign_p11.txt"

@@ -36,5 +36,10 @@ echo "$out" | grep -Eq '^hmac raw +2 ' && echo "$out" | grep -Eq '^MintLinkToken
     echo "$out" | grep -Eq '^RedeemLinkToken \(audit on\) +[1-9][0-9]* ' &&
     echo "ok 9 - MintLinkToken and RedeemLinkToken over HTTP measured beside the raw HSM HMAC" ||
     { echo "$out"; echo "not ok 9 - no link token rows"; exit 1; }
+echo "$out" | grep -Eq '^XksEncrypt peak +[1-9][0-9]* ' && echo "$out" | grep -Eq '^XksDecrypt peak +[1-9][0-9]* ' &&
+    echo "$out" | grep -Eq '^XksEncrypt at [1-9][0-9]*/s +[1-9][0-9]* ' &&
+    [ "$(echo "$out" | awk '/^Xks(En|De)crypt/ && $NF != 0' | wc -l)" -eq 0 ] &&
+    echo "ok 10 - XKS encrypt/decrypt measured (peak and paced), without errors" ||
+    { echo "$out"; echo "not ok 10 - no XKS rows, or XKS errors"; exit 1; }
 [ "$(echo "$out" | grep -c '^errors: 0$')" -eq 6 ] && echo "ok 3 - no errors in any stage" ||
     { echo "$out"; echo "not ok 3 - errors in the smoke run"; exit 1; }

@@ -49,7 +49,7 @@ def layer_path(folder):
 
 LAYER_OF = {"kms/base": "base", "pkcs11": "pkcs11", "policy": "policy", "kms/store": "store",
             "kms/audit": "audit", "kms/service": "service", "kms/contract": "contract",
-            "kms/keys": "keys", "kms/auditsvc": "auditsvc", "kms/http": "http",
+            "kms/keys": "keys", "kms/auditsvc": "auditsvc", "kms/xks": "xks", "kms/http": "http",
             "kms/ctl": "ctl", "kms/provider": "provider", "kms": "main"}
 paths = {d: layer_path(l) for d, l in LAYER_OF.items()}
 report(all(paths.values()), "every folder has a layer include path in the Makefile",

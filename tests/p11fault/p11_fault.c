@@ -11,9 +11,13 @@
  *   C_EncryptInit delay_ms=50                      slow, but succeeds
  *   C_Sign CKR_GENERAL_ERROR delay_ms=20 count=3
  *   C_Encrypt CKR_SESSION_HANDLE_INVALID close_all count=1   a token reset
+ *   C_GenerateKey CKR_DEVICE_ERROR token=custos-us-east   one token of several fails
  *
  * A line is FUNCTION [CKR_NAME|0xHEX] [after=N] [count=N] [delay_ms=N]
- * [close_all]: the rule lets its first `after` matching calls through, then
+ * [close_all] [token=LABEL]: token= limits the rule to calls on a session of
+ * the token with that label (functions without a session never match it;
+ * the label is read from the real module per matching call, which only
+ * tests pay); the rule lets its first `after` matching calls through, then
  * acts on the next `count` (0 or absent: every one). close_all (only with a
  * CKR_ value, only on functions whose first argument is a session) first
  * closes every session of that session's slot in the real module, as a
@@ -220,6 +224,7 @@ struct rule {
     unsigned long after, count;
     unsigned delay_ms;
     bool close_all;
+    char token[33]; /* token=LABEL: only sessions of this token; "" = any */
     atomic_ulong seen, fired;
 };
 
@@ -325,10 +330,12 @@ static bool parse_rule(char *line, struct rule *r, const char **why)
             r->delay_ms = (unsigned)v;
         else if (strcmp(tok, "close_all") == 0)
             r->close_all = true;
+        else if (strncmp(tok, "token=", 6) == 0 && tok[6] != '\0' && strlen(tok + 6) < 33)
+            memcpy(r->token, tok + 6, strlen(tok + 6) + 1);
         else if (!r->fails && parse_rv(tok, &r->rv))
             r->fails = r->rv != CKR_OK;
         else {
-            *why = "bad word (want CKR_NAME, 0xHEX, after=, count=, delay_ms=)";
+            *why = "bad word (want CKR_NAME, 0xHEX, after=, count=, delay_ms=, token=)";
             return false;
         }
     }
@@ -402,6 +409,24 @@ static void maybe_reload(void)
     pthread_rwlock_unlock(&ctl.lock);
 }
 
+/* Whether session belongs to the token labelled label (blank-padded in
+ * CK_TOKEN_INFO). Asks the real module: only rules with token= pay. */
+static bool session_on_token(CK_SESSION_HANDLE session, const char *label)
+{
+    CK_SESSION_INFO si;
+    CK_TOKEN_INFO ti;
+    if (session == CK_INVALID_HANDLE || real->C_GetSessionInfo(session, &si) != CKR_OK ||
+        real->C_GetTokenInfo(si.slotID, &ti) != CKR_OK)
+        return false;
+    size_t n = strlen(label);
+    if (n > sizeof(ti.label) || memcmp(ti.label, label, n) != 0)
+        return false;
+    for (size_t i = n; i < sizeof(ti.label); i++)
+        if (ti.label[i] != ' ')
+            return false;
+    return true;
+}
+
 /* True (with *out set) when this call of fn must fail. session: the call's
  * session, or CK_INVALID_HANDLE when fn takes none (close_all needs it). */
 static bool fault_s(enum fault_fn fn, CK_SESSION_HANDLE session, CK_RV *out)
@@ -416,6 +441,8 @@ static bool fault_s(enum fault_fn fn, CK_SESSION_HANDLE session, CK_RV *out)
     for (size_t i = 0; i < ctl.n && !fails; i++) {
         struct rule *r = &ctl.rules[i];
         if (!(r->fn == (int)fn || (r->fn == -1 && !library_level)))
+            continue;
+        if (r->token[0] && !session_on_token(session, r->token))
             continue;
         unsigned long n = atomic_fetch_add(&r->seen, 1) + 1;
         if (n <= r->after)
