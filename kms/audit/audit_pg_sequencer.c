@@ -118,6 +118,20 @@ static kms_err try_elect(struct audit_log *log)
     return rc;
 }
 
+/* One round; a holder whose round failed gives up the role (the error,
+ * kept, says why). */
+static kms_err round_or_step_down(struct audit_log *log, bool stopping)
+{
+    kms_err rc = audit_pg_sequence_round(log, stopping);
+    if (rc != KMS_OK) {
+        char why[300];
+        snprintf(why, sizeof(why), "%s", kms_err_detail());
+        audit_pg_drop_leadership(log, why);
+        kms_err_set(rc, "%s", why);
+    }
+    return rc;
+}
+
 /* Elect, sequence, follow: one poll. */
 static void poll_once(struct audit_log *log, bool stopping)
 {
@@ -134,15 +148,9 @@ static void poll_once(struct audit_log *log, bool stopping)
     /* Drain what is committed: a full round asks for another at once. */
     for (int i = 0; rc == KMS_OK && pg->holder && i < 100; i++) {
         uint64_t before = audit_tree_size(pg->stree);
-        rc = audit_pg_sequence_round(log, stopping);
-        if (rc != KMS_OK) {
-            char why[300];
-            snprintf(why, sizeof(why), "%s", kms_err_detail());
-            audit_pg_drop_leadership(log, why);
-            kms_err_set(rc, "%s", why);
-        } else if (audit_tree_size(pg->stree) - before < AUDIT_PG_SEQ_BATCH) {
+        rc = round_or_step_down(log, stopping);
+        if (rc == KMS_OK && audit_tree_size(pg->stree) - before < AUDIT_PG_SEQ_BATCH)
             break;
-        }
     }
     kms_err frc = KMS_ERR_IO;
     if (pg->sconn != NULL && !kms_pg_broken(pg->sconn)) {
@@ -238,12 +246,5 @@ kms_err audit_log_pg_round(struct audit_log *log)
     struct audit_pg *pg = log->pg;
     KMS_ENSURE(pg != NULL && pg->holder, KMS_ERR_FAILED_PRECONDITION,
                "not the sequencer (as far as this node knows)");
-    kms_err rc = audit_pg_sequence_round(log, false);
-    if (rc != KMS_OK) {
-        char why[300];
-        snprintf(why, sizeof(why), "%s", kms_err_detail());
-        audit_pg_drop_leadership(log, why);
-        kms_err_set(rc, "%s", why);
-    }
-    return rc;
+    return round_or_step_down(log, false);
 }
