@@ -67,6 +67,19 @@ static kms_err load(struct audit_log *log, const char *dir, const char *region, 
     return rc;
 }
 
+void audit_log_init(struct audit_log *log, const char *region, struct p11_token *tok,
+                    const struct audit_log_config *cfg)
+{
+    snprintf(log->region, sizeof(log->region), "%s", region);
+    log->tok = tok;
+    log->cfg = *cfg;
+    log->metrics_id = kms_metrics_audit(region);
+    log->events.fd = log->heads.fd = log->keys.fd = -1;
+    pthread_mutex_init(&log->lock, NULL);
+    pthread_cond_init(&log->work, NULL);
+    pthread_cond_init(&log->done, NULL);
+}
+
 kms_err audit_log_open(const char *dir, const char *region, struct p11_token *tok,
                        const struct audit_log_config *cfg, struct audit_log **out)
 {
@@ -77,14 +90,7 @@ kms_err audit_log_open(const char *dir, const char *region, struct p11_token *to
         return kms_err_set(KMS_ERR_CONFIG, "audit directory %s: %s", dir, strerror(errno));
     struct audit_log *log = calloc(1, sizeof(*log));
     KMS_ENSURE(log != NULL, KMS_ERR_NOMEM, "out of memory");
-    snprintf(log->region, sizeof(log->region), "%s", region);
-    log->tok = tok;
-    log->cfg = *cfg;
-    log->metrics_id = kms_metrics_audit(region);
-    log->events.fd = log->heads.fd = log->keys.fd = -1;
-    pthread_mutex_init(&log->lock, NULL);
-    pthread_cond_init(&log->work, NULL);
-    pthread_cond_init(&log->done, NULL);
+    audit_log_init(log, region, tok, cfg);
     struct damage dk, de, dh;
     KMS_GUARD_GOTO(load(log, dir, region, false, &dk, &de, &dh), fail);
     /* Only now, with every file read and checked, cut off what a crash left:

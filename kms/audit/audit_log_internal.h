@@ -1,14 +1,14 @@
 /*
  * audit_log_internal.h - what the files of the audit log share: the log's
  * struct and the functions one part calls in another. Not for use outside
- * audit_log*.c (the contract is audit_log.h).
+ * the log's files listed here (the contract is audit_log.h).
  *
  *   audit_log.c         open (the start-up scan and repair), close, readers
  *   audit_log_file.c    records: framing, appending, scanning, cutting
  *   audit_log_head.c    signing keys and signed tree heads
  *   audit_log_writer.c  the queue, group commit, failure and recovery
- *   audit_log_pg.c      the PostgreSQL backend: writer, sequencer, follower
- *                       (audit_log_pg.h)
+ *   audit_log_pg.c      the PostgreSQL backend (audit_log_pg.h), with the
+ *   audit_pg_*.c        files audit_log_pg_internal.h lists
  */
 #ifndef AUDIT_LOG_INTERNAL_H
 #define AUDIT_LOG_INTERNAL_H
@@ -61,7 +61,7 @@ struct pending {
     size_t n, hcap;
 };
 
-struct audit_pg; /* audit_log_pg.c */
+struct audit_pg; /* audit_log_pg_internal.h */
 
 struct audit_log {
     char region[64];
@@ -158,6 +158,13 @@ struct damage {
     bool at_end; /* the damaged record is the file's last: a torn append */
 };
 
+/* ---- audit_log.c ---- */
+
+/* Fill a zeroed log's common part (region, token, config, metrics, lock
+ * and conditions; no files open), for either backend. */
+void audit_log_init(struct audit_log *log, const char *region, struct p11_token *tok,
+                    const struct audit_log_config *cfg);
+
 /* ---- audit_log_file.c: records ---- */
 
 /* Read every record of f up to the first damaged one (which it reports and
@@ -243,6 +250,15 @@ void audit_pending_notify(const struct pending *q, bool durable);
 /* Called by a writer with the lock held after a failed batch: everything
  * queued fails, the log refuses appends until the writer recovers it. */
 void audit_log_fail_batch(struct audit_log *log);
+
+/* The steps of a batch both writers (files, PostgreSQL) take, with the
+ * lock held: the group-commit wait (drops the lock while it sleeps);
+ * taking the queue (*out_end: next_seq, durable once the batch is); and,
+ * once the batch is durable, the stats and the wake of its waiters (drops
+ * the lock while it notifies). */
+void audit_log_group_wait(struct audit_log *log);
+struct pending audit_log_take_queue(struct audit_log *log, uint64_t *out_end);
+void audit_log_batch_durable(struct audit_log *log, const struct pending *w, uint64_t end);
 
 /* ---- audit_log_pg.c: the PostgreSQL backend (log->pg != NULL) ---- */
 

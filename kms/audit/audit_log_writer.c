@@ -340,6 +340,47 @@ static void head_if_due(struct audit_log *log, bool stop)
     }
 }
 
+/* Group commit with a short wait when others are committing too: fewer,
+ * larger commits (fdatasyncs, PostgreSQL transactions), each costing a
+ * flush and a wake of every waiter. A lone request (last batch of one)
+ * never waits. */
+void audit_log_group_wait(struct audit_log *log)
+{
+    if (log->cfg.commit_delay_us > 0 && log->last_batch > 1 && log->queue.n > 0 && !log->stopping) {
+        struct timespec d = {0, (long)log->cfg.commit_delay_us * 1000};
+        pthread_mutex_unlock(&log->lock);
+        nanosleep(&d, NULL);
+        pthread_mutex_lock(&log->lock);
+    }
+}
+
+/* Swap the queue out; appends continue into the empty one. */
+struct pending audit_log_take_queue(struct audit_log *log, uint64_t *out_end)
+{
+    struct pending w = log->queue;
+    log->queue = log->writing;
+    log->queue.len = log->queue.n = 0;
+    log->writing = w;
+    *out_end = log->next_seq;
+    return w;
+}
+
+void audit_log_batch_durable(struct audit_log *log, const struct pending *w, uint64_t end)
+{
+    log->durable_seq = end;
+    log->stats.events += w->n;
+    log->stats.batches++;
+    log->last_batch = w->n;
+    if (w->n > log->stats.max_batch)
+        log->stats.max_batch = w->n;
+    pthread_cond_broadcast(&log->done);
+    /* One wake per batch for the submitters; outside the lock, where
+     * appends go on into the other queue. */
+    pthread_mutex_unlock(&log->lock);
+    audit_pending_notify(w, true);
+    pthread_mutex_lock(&log->lock);
+}
+
 void *audit_log_writer_main(void *arg)
 {
     struct audit_log *log = arg;
@@ -358,22 +399,9 @@ void *audit_log_writer_main(void *arg)
                 break;
             continue;
         }
-        /* Group commit with a short wait when others are committing too:
-         * fewer, larger fdatasyncs, each costing kernel time and a wake of
-         * every waiter. A lone request (last batch of one) never waits. */
-        if (log->cfg.commit_delay_us > 0 && log->last_batch > 1 && log->queue.n > 0 &&
-            !log->stopping) {
-            struct timespec d = {0, (long)log->cfg.commit_delay_us * 1000};
-            pthread_mutex_unlock(&log->lock);
-            nanosleep(&d, NULL);
-            pthread_mutex_lock(&log->lock);
-        }
-        /* Swap the queue out; appends continue into the empty one. */
-        struct pending w = log->queue;
-        log->queue = log->writing;
-        log->queue.len = log->queue.n = 0;
-        log->writing = w;
-        uint64_t end = log->next_seq;
+        audit_log_group_wait(log);
+        uint64_t end = 0;
+        struct pending w = audit_log_take_queue(log, &end);
         bool stop = log->stopping;
         pthread_mutex_unlock(&log->lock);
 
@@ -384,18 +412,7 @@ void *audit_log_writer_main(void *arg)
         if (w.n > 0) {
             if (rc == KMS_OK) {
                 log->events.size += (off_t)w.len;
-                log->durable_seq = end;
-                log->stats.events += w.n;
-                log->stats.batches++;
-                log->last_batch = w.n;
-                if (w.n > log->stats.max_batch)
-                    log->stats.max_batch = w.n;
-                pthread_cond_broadcast(&log->done);
-                /* One wake per batch for the submitters; outside the lock,
-                 * where appends go on into the other queue. */
-                pthread_mutex_unlock(&log->lock);
-                audit_pending_notify(&w, true);
-                pthread_mutex_lock(&log->lock);
+                audit_log_batch_durable(log, &w, end);
             } else {
                 /* Durable on disk but not in the tree (out of memory): the
                  * next heads would sign a wrong root. Stop for good; a

@@ -1,7 +1,9 @@
 /*
  * audit_pg_internal.h - what the PostgreSQL files of the audit log share
- * (audit_pg_read.c, audit_log_pg.c): running a statement, reading binary
- * columns. Not for use outside kms/audit (the contract is audit_log_pg.h).
+ * (defined in audit_pg_db.c; used by audit_pg_read.c, which kmsctl links
+ * without a log, and by the backend's files, audit_log_pg_internal.h):
+ * running a statement, reading binary columns. Not for use outside
+ * kms/audit (the contract is audit_log_pg.h).
  */
 #ifndef AUDIT_PG_INTERNAL_H
 #define AUDIT_PG_INTERNAL_H

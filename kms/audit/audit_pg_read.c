@@ -1,6 +1,7 @@
 /*
  * audit_pg_read.c - the read side of an audit log in PostgreSQL
- * (audit_log_pg.h): the schema, exports and keys, for kmsd and kmsctl.
+ * (audit_log_pg.h): exports and keys, straight from the database, for
+ * kmsctl (and kmsd's readers of keys).
  */
 #include "audit_log_pg.h"
 
@@ -14,103 +15,6 @@
 #include "kms_log.h"
 
 #define EXPORT_MAX 10000
-
-kms_err audit_pg_exec(PGconn *c, const char *op, const char *sql, int n, const char *const *vals,
-                      const int *lens, const int *fmts, int bin, PGresult **out)
-{
-    *out = NULL;
-    PGresult *r = c != NULL ? PQexecParams(c, sql, n, NULL, vals, lens, fmts, bin) : NULL;
-    ExecStatusType st = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        kms_err rc = kms_pg_result_err(c, r, op);
-        PQclear(r);
-        return rc;
-    }
-    *out = r;
-    return KMS_OK;
-}
-
-kms_err audit_pg_cmd(PGconn *c, const char *op, const char *sql)
-{
-    /* PQexec: the schema is several statements in one string. */
-    PGresult *r = c != NULL ? PQexec(c, sql) : NULL;
-    ExecStatusType st = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    kms_err rc = KMS_OK;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        rc = kms_pg_result_err(c, r, op);
-    PQclear(r);
-    return rc;
-}
-
-int64_t audit_pg_i64(const PGresult *r, int row, int col)
-{
-    if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 8)
-        return 0;
-    const uint8_t *p = (const uint8_t *)PQgetvalue(r, row, col);
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return (int64_t)v;
-}
-
-/* Sequenced rows are the leaves of the tree: never changed, never deleted.
- * Heads and keys are append-only. The triggers keep a mistaken UPDATE or
- * DELETE (a maintenance script, say) from rewriting signed history; they
- * do not stop a superuser, which is what auditors' exports are for. */
-static const char schema_sql[] =
-    "CREATE TABLE IF NOT EXISTS custos_audit_events ("
-    " region text NOT NULL,"
-    " id bigint GENERATED ALWAYS AS IDENTITY,"
-    " seq bigint,"
-    " event bytea NOT NULL,"
-    " PRIMARY KEY (region, id),"
-    " UNIQUE (region, seq));"
-    "CREATE INDEX IF NOT EXISTS custos_audit_events_unsequenced"
-    " ON custos_audit_events (region, id) WHERE seq IS NULL;"
-    "CREATE TABLE IF NOT EXISTS custos_audit_tree ("
-    " region text PRIMARY KEY,"
-    " size bigint NOT NULL DEFAULT 0,"
-    " root bytea,"
-    " epoch bigint NOT NULL DEFAULT 0,"
-    " holder text);"
-    "CREATE TABLE IF NOT EXISTS custos_audit_heads ("
-    " region text NOT NULL,"
-    " tree_size bigint NOT NULL,"
-    " timestamp_ms bigint NOT NULL,"
-    " head bytea NOT NULL,"
-    " PRIMARY KEY (region, tree_size));"
-    "CREATE TABLE IF NOT EXISTS custos_audit_keys ("
-    " region text NOT NULL,"
-    " key_id text NOT NULL,"
-    " not_before_ms bigint NOT NULL,"
-    " record bytea NOT NULL,"
-    " PRIMARY KEY (region, key_id));"
-    "CREATE OR REPLACE FUNCTION custos_audit_frozen() RETURNS trigger LANGUAGE plpgsql AS $$"
-    " BEGIN"
-    "  IF TG_TABLE_NAME <> 'custos_audit_events' OR TG_OP = 'DELETE' OR OLD.seq IS NOT NULL THEN"
-    "   RAISE EXCEPTION 'custos: audit history is append-only (% on %)', TG_OP, TG_TABLE_NAME"
-    "    USING ERRCODE = '55000';"
-    "  END IF;"
-    "  RETURN NEW;"
-    " END $$;"
-    "CREATE OR REPLACE TRIGGER custos_audit_events_frozen BEFORE UPDATE OR DELETE"
-    " ON custos_audit_events FOR EACH ROW EXECUTE FUNCTION custos_audit_frozen();"
-    "CREATE OR REPLACE TRIGGER custos_audit_heads_frozen BEFORE UPDATE OR DELETE"
-    " ON custos_audit_heads FOR EACH ROW EXECUTE FUNCTION custos_audit_frozen();"
-    "CREATE OR REPLACE TRIGGER custos_audit_keys_frozen BEFORE UPDATE OR DELETE"
-    " ON custos_audit_keys FOR EACH ROW EXECUTE FUNCTION custos_audit_frozen();";
-
-kms_err audit_pg_schema(PGconn *c)
-{
-    KMS_GUARD(audit_pg_cmd(c, "audit schema", "BEGIN"));
-    kms_err rc = audit_pg_cmd(c, "audit schema", "SELECT pg_advisory_xact_lock(1129529685, 0)");
-    if (rc == KMS_OK)
-        rc = audit_pg_cmd(c, "audit schema", schema_sql);
-    if (rc == KMS_OK)
-        return audit_pg_cmd(c, "audit schema", "COMMIT");
-    PQclear(PQexec(c, "ROLLBACK"));
-    return rc;
-}
 
 static kms_err proof_field(const audit_hash *p, size_t n, size_t *out_n, ProtobufCBinaryData **out)
 {
@@ -133,11 +37,114 @@ static void proof_free(ProtobufCBinaryData *p, size_t n)
     free(p);
 }
 
+/* The newest signed head of region, decoded and checked as its own, and
+ * the refusals that depend on it alone: the rollback alarm (known beyond
+ * it) and a start beyond it. *out: caller frees. */
+static kms_err read_newest_head(PGconn *c, const char *region, uint64_t start, uint64_t known,
+                                Custos__V1__SignedTreeHead **out)
+{
+    kms_err rc = KMS_OK;
+    PGresult *hr = NULL;
+    Custos__V1__SignedTreeHead *sth = NULL;
+    const char *v1[1] = {region};
+    KMS_GUARD(audit_pg_exec(c, "audit export: head",
+                            "SELECT head FROM custos_audit_heads WHERE region = $1"
+                            " ORDER BY tree_size DESC LIMIT 1",
+                            1, v1, NULL, NULL, 1, &hr));
+    KMS_ENSURE_GOTO(PQntuples(hr) == 1, done, KMS_ERR_NOT_FOUND, "region %s has no signed head yet",
+                    region);
+    /* protobuf-c copies the bytes it unpacks: sth outlives hr. */
+    sth = custos__v1__signed_tree_head__unpack(NULL, (size_t)PQgetlength(hr, 0, 0),
+                                               (const uint8_t *)PQgetvalue(hr, 0, 0));
+    KMS_ENSURE_GOTO(sth != NULL && sth->root_hash.len == 32 && sth->region != NULL &&
+                        strcmp(sth->region, region) == 0,
+                    done, KMS_ERR_IO, "region %s: the newest stored head does not decode", region);
+    uint64_t size = sth->tree_size;
+    KMS_ENSURE_GOTO(known <= size, done, KMS_ERR_FAILED_PRECONDITION,
+                    "the log of region %s is shorter than a head you already hold: its newest "
+                    "signed head has tree_size %" PRIu64 ", yours %" PRIu64
+                    " (known_tree_size): it was rolled back or forked",
+                    region, size, known);
+    KMS_ENSURE_GOTO(start <= size, done, KMS_ERR_INVALID_ARGUMENT,
+                    "start %" PRIu64 " is beyond the signed tree size %" PRIu64, start, size);
+    *out = sth;
+    sth = NULL;
+done:
+    if (sth)
+        custos__v1__signed_tree_head__free_unpacked(sth, NULL);
+    PQclear(hr);
+    return rc;
+}
+
+/* Every leaf below the head's size (*out_lr: the rows, which the entries
+ * point into) as a tree (*out_tree), whose root must be the head's: a
+ * changed, missing or extra row is refused. The caller frees both, also
+ * on error. */
+static kms_err read_tree(PGconn *c, const char *region, const Custos__V1__SignedTreeHead *sth,
+                         PGresult **out_lr, struct audit_tree **out_tree)
+{
+    uint64_t size = sth->tree_size;
+    char sz[24];
+    snprintf(sz, sizeof(sz), "%" PRIu64, size);
+    const char *v2[2] = {region, sz};
+    KMS_GUARD(audit_pg_exec(c, "audit export: leaves",
+                            "SELECT seq, event FROM custos_audit_events WHERE region = $1"
+                            " AND seq IS NOT NULL AND seq < $2::bigint ORDER BY seq",
+                            2, v2, NULL, NULL, 1, out_lr));
+    const PGresult *lr = *out_lr;
+    KMS_ENSURE((uint64_t)PQntuples(lr) == size, KMS_ERR_IO,
+               "region %s: %d sequenced events below the head's tree size %" PRIu64
+               ": the database was altered",
+               region, PQntuples(lr), size);
+    KMS_GUARD(audit_tree_new(out_tree));
+    for (uint64_t i = 0; i < size; i++) {
+        KMS_ENSURE((uint64_t)audit_pg_i64(lr, (int)i, 0) == i, KMS_ERR_IO,
+                   "region %s: event seq %" PRIu64 " is missing: the database was altered", region,
+                   i);
+        audit_hash h;
+        audit_leaf_hash((const uint8_t *)PQgetvalue(lr, (int)i, 1),
+                        (size_t)PQgetlength(lr, (int)i, 1), h);
+        KMS_GUARD(audit_tree_append(*out_tree, h));
+    }
+    audit_hash root;
+    KMS_GUARD(audit_tree_root(*out_tree, size, root));
+    KMS_ENSURE(memcmp(root, sth->root_hash.data, 32) == 0, KMS_ERR_IO,
+               "region %s: the events do not give the root of the newest head (tree_size "
+               "%" PRIu64 "): the database was altered",
+               region, size);
+    return KMS_OK;
+}
+
+/* entries[0, n) := leaves [start, start + n) of lr (pointing into its
+ * rows), with inclusion proofs in the tree of size when asked; ep[i] points
+ * at entries[i]. Proofs made before a failure are the caller's to free. */
+static kms_err fill_entries(const PGresult *lr, struct audit_tree *tree, uint64_t size,
+                            uint64_t start, size_t n, bool proofs, Custos__V1__AuditEntry *entries,
+                            Custos__V1__AuditEntry **ep)
+{
+    for (size_t i = 0; i < n; i++) {
+        custos__v1__audit_entry__init(&entries[i]);
+        ep[i] = &entries[i];
+        uint64_t seq = start + i;
+        entries[i].seq = seq;
+        entries[i].event.data = (uint8_t *)PQgetvalue(lr, (int)seq, 1);
+        entries[i].event.len = (size_t)PQgetlength(lr, (int)seq, 1);
+        if (proofs) {
+            audit_hash p[AUDIT_PROOF_MAX];
+            size_t np = 0;
+            KMS_GUARD(audit_tree_inclusion(tree, seq, size, p, &np));
+            KMS_GUARD(
+                proof_field(p, np, &entries[i].n_inclusion_proof, &entries[i].inclusion_proof));
+        }
+    }
+    return KMS_OK;
+}
+
 kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t count, bool proofs,
                         uint64_t known, uint8_t **out, size_t *out_len)
 {
     kms_err rc = KMS_OK;
-    PGresult *hr = NULL, *lr = NULL;
+    PGresult *lr = NULL;
     Custos__V1__SignedTreeHead *sth = NULL;
     struct audit_tree *tree = NULL;
     Custos__V1__AuditEntry *entries = NULL;
@@ -152,75 +159,14 @@ kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t 
     KMS_GUARD_GOTO(
         audit_pg_cmd(c, "audit export", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"), done);
     in_tx = true;
-    const char *v1[1] = {region};
-    KMS_GUARD_GOTO(audit_pg_exec(c, "audit export: head",
-                                 "SELECT head FROM custos_audit_heads WHERE region = $1"
-                                 " ORDER BY tree_size DESC LIMIT 1",
-                                 1, v1, NULL, NULL, 1, &hr),
-                   done);
-    KMS_ENSURE_GOTO(PQntuples(hr) == 1, done, KMS_ERR_NOT_FOUND, "region %s has no signed head yet",
-                    region);
-    sth = custos__v1__signed_tree_head__unpack(NULL, (size_t)PQgetlength(hr, 0, 0),
-                                               (const uint8_t *)PQgetvalue(hr, 0, 0));
-    KMS_ENSURE_GOTO(sth != NULL && sth->root_hash.len == 32 && sth->region != NULL &&
-                        strcmp(sth->region, region) == 0,
-                    done, KMS_ERR_IO, "region %s: the newest stored head does not decode", region);
+    KMS_GUARD_GOTO(read_newest_head(c, region, start, known, &sth), done);
     uint64_t size = sth->tree_size;
-    KMS_ENSURE_GOTO(known <= size, done, KMS_ERR_FAILED_PRECONDITION,
-                    "the log of region %s is shorter than a head you already hold: its newest "
-                    "signed head has tree_size %" PRIu64 ", yours %" PRIu64
-                    " (known_tree_size): it was rolled back or forked",
-                    region, size, known);
-    KMS_ENSURE_GOTO(start <= size, done, KMS_ERR_INVALID_ARGUMENT,
-                    "start %" PRIu64 " is beyond the signed tree size %" PRIu64, start, size);
-    char sz[24];
-    snprintf(sz, sizeof(sz), "%" PRIu64, size);
-    const char *v2[2] = {region, sz};
-    KMS_GUARD_GOTO(audit_pg_exec(c, "audit export: leaves",
-                                 "SELECT seq, event FROM custos_audit_events WHERE region = $1"
-                                 " AND seq IS NOT NULL AND seq < $2::bigint ORDER BY seq",
-                                 2, v2, NULL, NULL, 1, &lr),
-                   done);
-    KMS_ENSURE_GOTO((uint64_t)PQntuples(lr) == size, done, KMS_ERR_IO,
-                    "region %s: %d sequenced events below the head's tree size %" PRIu64
-                    ": the database was altered",
-                    region, PQntuples(lr), size);
-    KMS_GUARD_GOTO(audit_tree_new(&tree), done);
-    for (uint64_t i = 0; i < size; i++) {
-        KMS_ENSURE_GOTO((uint64_t)audit_pg_i64(lr, (int)i, 0) == i, done, KMS_ERR_IO,
-                        "region %s: event seq %" PRIu64 " is missing: the database was altered",
-                        region, i);
-        audit_hash h;
-        audit_leaf_hash((const uint8_t *)PQgetvalue(lr, (int)i, 1),
-                        (size_t)PQgetlength(lr, (int)i, 1), h);
-        KMS_GUARD_GOTO(audit_tree_append(tree, h), done);
-    }
-    audit_hash root;
-    KMS_GUARD_GOTO(audit_tree_root(tree, size, root), done);
-    KMS_ENSURE_GOTO(memcmp(root, sth->root_hash.data, 32) == 0, done, KMS_ERR_IO,
-                    "region %s: the events do not give the root of the newest head (tree_size "
-                    "%" PRIu64 "): the database was altered",
-                    region, size);
+    KMS_GUARD_GOTO(read_tree(c, region, sth, &lr, &tree), done);
     n = (size_t)(size - start < count ? size - start : count);
     entries = calloc(n ? n : 1, sizeof(*entries));
     ep = calloc(n ? n : 1, sizeof(*ep));
     KMS_ENSURE_GOTO(entries && ep, done, KMS_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        custos__v1__audit_entry__init(&entries[i]);
-        ep[i] = &entries[i];
-        uint64_t seq = start + i;
-        entries[i].seq = seq;
-        entries[i].event.data = (uint8_t *)PQgetvalue(lr, (int)seq, 1);
-        entries[i].event.len = (size_t)PQgetlength(lr, (int)seq, 1);
-        if (proofs) {
-            audit_hash p[AUDIT_PROOF_MAX];
-            size_t np = 0;
-            KMS_GUARD_GOTO(audit_tree_inclusion(tree, seq, size, p, &np), done);
-            KMS_GUARD_GOTO(
-                proof_field(p, np, &entries[i].n_inclusion_proof, &entries[i].inclusion_proof),
-                done);
-        }
-    }
+    KMS_GUARD_GOTO(fill_entries(lr, tree, size, start, n, proofs, entries, ep), done);
     if (known > 0 && known < size) {
         audit_hash p[AUDIT_PROOF_MAX];
         size_t np = 0;
@@ -247,7 +193,6 @@ done:
     audit_tree_free(tree);
     if (sth)
         custos__v1__signed_tree_head__free_unpacked(sth, NULL);
-    PQclear(hr);
     PQclear(lr);
     return rc;
 }

@@ -4,9 +4,10 @@
  * tree, every event exactly once, heads that verify offline; the fence
  * that keeps a deposed sequencer from extending the tree; takeover when
  * the sequencer goes; failing closed while PostgreSQL is down and coming
- * back by itself. Real PostgreSQL (a throw-away cluster of
- * deploy/pg-scratch.sh, started and removed here), the real SoftHSMv2 token
- * (the region's signing key), the real offline verifier.
+ * back by itself; the signing key rotated inside a round. Real
+ * PostgreSQL (a throw-away cluster of deploy/pg-scratch.sh, started and
+ * removed here), the real SoftHSMv2 token (the region's signing key), the
+ * real offline verifier.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -24,6 +25,7 @@
 #include "audit_verify.h"
 #include "kms_error.h"
 #include "kms_pgconn.h"
+#include "p11_key.h"
 #include "testenv.h"
 
 static struct testenv env;
@@ -472,6 +474,61 @@ START_TEST(fails_closed_and_recovers)
 }
 END_TEST
 
+/* The sequencer rotates the region's signing key by age inside its round:
+ * the new key's row and the first head it signs commit together, the old
+ * private key is then destroyed from the token, and the whole log (heads
+ * under either key) still verifies offline with the keys of the database. */
+START_TEST(key_rotated_in_the_round)
+{
+    const char *region = "pg-rotate";
+    struct audit_log_config cfg = {1, 200, 1, 0};
+    struct audit_log *a = NULL;
+    ck_assert_msg(audit_log_open_pg(&target, region, env.eu, &cfg, 50, &a) == KMS_OK, "%s",
+                  kms_err_detail());
+    wait_sequencer(a);
+    append(a, "k-0");
+    wait_tree(a, 1);
+    PGconn *c = sql_conn();
+    Custos__V1__AuditKey **keys = NULL;
+    size_t nk = 0;
+    ck_assert_int_eq(audit_pg_keys(c, region, &keys, &nk), KMS_OK);
+    ck_assert_uint_eq(nk, 1);
+    struct p11_key_id old_id;
+    ck_assert_uint_eq(strlen(keys[0]->key_id), 32);
+    for (int i = 0; i < 16; i++) {
+        unsigned b = 0;
+        ck_assert_int_eq(sscanf(keys[0]->key_id + 2 * i, "%2x", &b), 1);
+        old_id.b[i] = (uint8_t)b;
+    }
+    audit_log_keys_free(keys, nk);
+    bool exists = false;
+    ck_assert_int_eq(p11_key_exists(env.eu, &old_id, &exists), KMS_OK);
+    ck_assert(exists);
+
+    usleep(1200 * 1000); /* the key is now older than key_max_age_s */
+    append(a, "k-1");
+    const char *count_keys = "SELECT count(*) FROM custos_audit_keys WHERE region = $1";
+    for (int i = 0; i < 2000 && sql_int(c, count_keys, region) < 2; i++)
+        usleep(10000);
+    ck_assert_int_eq(sql_int(c, count_keys, region), 2);
+    wait_tree(a, 2);
+    Custos__V1__ExportAuditLogResponse *resp = export_verified(region, 2);
+    assert_each_once(resp, "k-", 2);
+    ck_assert_str_ne(resp->head->key_id, "");
+    ck_assert_int_eq(audit_pg_keys(c, region, &keys, &nk), KMS_OK);
+    ck_assert_uint_eq(nk, 2);
+    /* The newest head is signed by the new key, which is the current one. */
+    ck_assert_str_eq(resp->head->key_id, keys[1]->key_id);
+    ck_assert_int_eq(keys[0]->not_after_ms, keys[1]->not_before_ms);
+    audit_log_keys_free(keys, nk);
+    custos__v1__export_audit_log_response__free_unpacked(resp, NULL);
+    ck_assert_int_eq(p11_key_exists(env.eu, &old_id, &exists), KMS_OK);
+    ck_assert_msg(!exists, "the rotated-out private key is still in the token");
+    PQfinish(c);
+    audit_log_close(a);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("audit_pg");
@@ -482,6 +539,7 @@ static Suite *suite(void)
     tcase_add_test(tc, deposed_sequencer_is_fenced);
     tcase_add_test(tc, takeover_after_close);
     tcase_add_test(tc, fails_closed_and_recovers);
+    tcase_add_test(tc, key_rotated_in_the_round);
     suite_add_tcase(s, tc);
     return s;
 }
