@@ -190,6 +190,25 @@ struct kms_store;
  */
 kms_err kms_store_open(const char *path, struct kms_store **out);
 
+/*
+ * Open the store in a PostgreSQL database (docs/fleet.md): conninfo is a
+ * libpq connection string or URL without a password, password_source
+ * "file:/path" (or NULL). Applies pending migrations in one transaction
+ * under an advisory lock, so nodes that start together migrate once. No
+ * process lock: several kmsd share the database. Write transactions are
+ * SERIALIZABLE and run again (a bounded number of times) when PostgreSQL
+ * fails one for a concurrent one; a broken connection is replaced on its
+ * next use; while the server is away calls fail with KMS_ERR_IO after at
+ * most the connect timeout or STORE statement timeout (never hang).
+ * KMS_ERR_CONFIG for a bad target or a database that is not a Custos store
+ * or is newer than this build; KMS_ERR_IO when the server is unreachable.
+ */
+kms_err kms_store_open_pg(const char *conninfo, const char *password_source,
+                          struct kms_store **out);
+
+/* True when store is on PostgreSQL (shared by several processes). */
+bool kms_store_is_pg(const struct kms_store *store);
+
 /* Close every connection and release the lock. NULL is a no-op. */
 void kms_store_free(struct kms_store *store);
 

@@ -32,7 +32,7 @@ kms_err store_version_state_get(struct store_conn *c, const char *key_id, uint32
     KMS_GUARD(store_step(&b, op, &row));
     KMS_ENSURE_GOTO(row, done, KMS_ERR_NOT_FOUND,
                     "store: %s: key %s has no version %" PRIu32, op, key_id, version);
-    KMS_GUARD_GOTO(store_col_enum(b.st, 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state,
+    KMS_GUARD_GOTO(store_col_enum(store_row_of(&b), 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state,
                                   op),
                    done);
     *out = (enum kms_version_state)state;
@@ -51,7 +51,7 @@ static kms_err version_get_row(struct store_conn *c, const char *key_id, uint32_
     store_bind_text(&b, 1, key_id);
     store_bind_int(&b, 2, version);
     KMS_GUARD(store_step(&b, op, &row));
-    kms_err rc = row ? store_read_version(b.st, out, op)
+    kms_err rc = row ? store_read_version(store_row_of(&b), out, op)
                      : kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32,
                                    op, key_id, version);
     store_done(&b);
@@ -253,7 +253,7 @@ kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
 
 /* ---- reconcile ---------------------------------------------------------- */
 
-static kms_err read_creating(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_creating(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_store_creating *r = elem;
     memset(r, 0, sizeof(*r));
@@ -261,7 +261,7 @@ static kms_err read_creating(sqlite3_stmt *st, void *elem, const char *op)
     KMS_GUARD(store_col_text(st, 1, r->token, sizeof(r->token), op));
     KMS_GUARD(store_col_u32(st, 2, &r->version, op));
     KMS_GUARD(store_col_hsm_id(st, 3, r->hsm_id, op));
-    r->key_creating = sqlite3_column_int(st, 4) == KMS_KEY_CREATING;
+    r->key_creating = store_col_int64(st, 4) == KMS_KEY_CREATING;
     return KMS_OK;
 }
 
