@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "kms_log.h"
+#include "kms_pgconn.h"
 
 
 /* Refuse keys outside `allowed`, so that "max_body_byte" is an error and not
@@ -365,6 +366,48 @@ static kms_err parse_import(json_t *root, struct kms_config *c)
     return KMS_OK;
 }
 
+/*
+ * "store": a path (the SQLite file, the default backend), or an object:
+ *   {"backend": "sqlite", "path": "..."}
+ *   {"backend": "postgresql", "conninfo": "host=... dbname=...",
+ *    "password": "file:/etc/custos/pg-password"}
+ * The password never sits in the connection string (refused there): it
+ * comes from its source when kmsd connects.
+ */
+static kms_err parse_store(json_t *root, const char *dir, struct kms_config *c)
+{
+    json_t *v = json_object_get(root, "store");
+    KMS_ENSURE(v != NULL, KMS_ERR_CONFIG, ".store: required");
+    if (!json_is_object(v))
+        return get_str(root, "store", "", true, dir, true, &c->store_path);
+    static const char *const keys[] = {"backend", "path", "conninfo", "password", NULL};
+    KMS_GUARD(check_keys(v, "store", keys));
+    char *backend = NULL;
+    KMS_GUARD(get_str(v, "backend", "store", false, dir, false, &backend));
+    bool pg = backend != NULL && strcmp(backend, "postgresql") == 0;
+    bool known = backend == NULL || pg || strcmp(backend, "sqlite") == 0;
+    free(backend);
+    KMS_ENSURE(known, KMS_ERR_CONFIG, "store.backend: must be \"sqlite\" or \"postgresql\"");
+    if (!pg) {
+        KMS_ENSURE(json_object_get(v, "conninfo") == NULL && json_object_get(v, "password") == NULL,
+                   KMS_ERR_CONFIG, "store: conninfo and password are for the postgresql backend");
+        return get_str(v, "path", "store", true, dir, true, &c->store_path);
+    }
+    KMS_ENSURE(json_object_get(v, "path") == NULL, KMS_ERR_CONFIG,
+               "store.path: the postgresql backend has no file (conninfo names the database)");
+    KMS_GUARD(get_str(v, "conninfo", "store", true, dir, false, &c->store_pg_conninfo));
+    KMS_GUARD(get_str(v, "password", "store", false, dir, true, &c->store_pg_password));
+    if (c->store_pg_password != NULL)
+        KMS_ENSURE(strncmp(c->store_pg_password, "file:", 5) == 0 ||
+                       strncmp(c->store_pg_password, "env:", 4) == 0,
+                   KMS_ERR_CONFIG, "store.password: a source, \"file:/path\" (or \"env:NAME\")");
+    struct kms_pg_target t = {c->store_pg_conninfo, c->store_pg_password};
+    kms_err rc = kms_pg_target_check(&t);
+    if (rc != KMS_OK)
+        return kms_err_set(rc, "store.conninfo: %s", kms_err_detail());
+    return KMS_OK;
+}
+
 static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
@@ -376,7 +419,7 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
     KMS_GUARD(parse_front(root, dir, c));
     KMS_GUARD(parse_pkcs11(root, dir, c));
     KMS_GUARD(get_str(root, "policy", "", true, dir, true, &c->policy_path));
-    KMS_GUARD(get_str(root, "store", "", true, dir, true, &c->store_path));
+    KMS_GUARD(parse_store(root, dir, c));
     KMS_GUARD(parse_limits(root, c));
     KMS_GUARD(parse_deletion(root, c));
     KMS_GUARD(parse_rotation(root, c));
@@ -482,6 +525,8 @@ void kms_config_free(struct kms_config *c)
     }
     free(c->policy_path);
     free(c->store_path);
+    free(c->store_pg_conninfo);
+    free(c->store_pg_password);
     free(c->audit_dir);
     free(c->log_file);
     free(c);

@@ -42,7 +42,9 @@ struct kms_config {
     size_t n_tokens;
 
     char *policy_path;
-    char *store_path;
+    char *store_path;         /* SQLite file; NULL when the store is on PostgreSQL */
+    char *store_pg_conninfo;  /* "store": {"backend": "postgresql", ...}: libpq string */
+    char *store_pg_password;  /* its password source ("file:/path"); may be NULL */
 
     size_t max_body_bytes;
     unsigned max_connections;

@@ -373,7 +373,7 @@ kms_err store_pg_open_writer(struct store_conn *c)
     return KMS_OK;
 }
 
-kms_err store_pg_schema_info(struct store_conn *c, struct kms_store_info *out)
+static kms_err schema_info_once(struct store_conn *c, struct kms_store_info *out)
 {
     int64_t v = 0;
     char sync[16];
@@ -391,4 +391,14 @@ kms_err store_pg_schema_info(struct store_conn *c, struct kms_store_info *out)
     out->busy_timeout_ms = STORE_PG_STATEMENT_TIMEOUT_MS;
     return pg_query_text(c, "SELECT value FROM meta WHERE name = 'store_id'", out->store_id,
                          sizeof(out->store_id), NULL, "read store id");
+}
+
+/* Read-only, so safe to send again on a new connection when the one it
+ * went out on had broken (the readiness check after a server restart). */
+kms_err store_pg_schema_info(struct store_conn *c, struct kms_store_info *out)
+{
+    kms_err rc = schema_info_once(c, out);
+    if (rc != KMS_OK && !c->pg_in_tx && kms_pg_broken(c->pg))
+        rc = schema_info_once(c, out);
+    return rc;
 }
