@@ -403,8 +403,11 @@ static kms_err parse_store(json_t *root, const char *dir, struct kms_config *c)
                    KMS_ERR_CONFIG, "store.password: a source, \"file:/path\" (or \"env:NAME\")");
     struct kms_pg_target t = {c->store_pg_conninfo, c->store_pg_password};
     kms_err rc = kms_pg_target_check(&t);
-    if (rc != KMS_OK)
-        return kms_err_set(rc, "store.conninfo: %s", kms_err_detail());
+    if (rc != KMS_OK) {
+        char detail[512];
+        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+        return kms_err_set(rc, "store.conninfo: %s", detail);
+    }
     return KMS_OK;
 }
 

@@ -167,8 +167,11 @@ kms_err store_pg_err(struct store_conn *c, const PGresult *res, const char *op)
     if (kms_pg_retryable(res))
         c->pg_retryable = true;
     kms_err err = kms_pg_result_err(c->pg, res, label);
-    if (state == NULL)
+    if (state == NULL) {
+        /* No SQLSTATE: the connection failed under the statement. */
+        kms_log_error("store", "%s", kms_err_detail());
         return err;
+    }
     /* Details can reach API clients: say what collided, not the server's
      * text with its constraint names and values. */
     if (err == KMS_ERR_ALREADY_EXISTS) {
@@ -181,8 +184,11 @@ kms_err store_pg_err(struct store_conn *c, const PGresult *res, const char *op)
      * cancelling: the database is unavailable, not the request wrong. */
     if (strcmp(state, "57014") == 0 || strcmp(state, "55P03") == 0 ||
         (strncmp(state, "53", 2) == 0 && strcmp(state, "53100") != 0) ||
-        strcmp(state, "25P03") == 0)
-        return kms_err_set(KMS_ERR_IO, "%s", kms_err_detail());
+        strcmp(state, "25P03") == 0) {
+        char detail[512];
+        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+        return kms_err_set(KMS_ERR_IO, "%s", detail);
+    }
     return err;
 }
 
@@ -209,8 +215,15 @@ kms_err store_pg_ensure(struct store_conn *c, const char *op)
     struct kms_pg_target t = {c->owner->conninfo, c->owner->password};
     PGconn *pg = NULL;
     kms_err err = kms_pg_connect(&t, "kmsd", &pg);
-    if (err != KMS_OK)
-        return kms_err_set(err, "store: %s: %s", op, kms_err_detail());
+    if (err != KMS_OK) {
+        /* The operator's first clue in an outage; the detail names the
+         * host and database, never the password. */
+        char detail[512];
+        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+        kms_err_set(err, "store: %s: %s", op, detail);
+        kms_log_error("store", "%s", kms_err_detail());
+        return err;
+    }
     c->pg = pg;
     /* Bounded waits (a stuck server or a lock another node holds fails the
      * call instead of hanging it), and a transaction a node abandoned

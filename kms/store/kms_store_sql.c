@@ -293,6 +293,11 @@ void store_done(struct store_bind *b)
 static kms_err pg_run(struct store_bind *b, const char *op)
 {
     struct store_conn *c = b->c;
+    /* A parameter the text skips (?1 and ?3 only) still needs a type:
+     * PostgreSQL cannot infer one for $2. Unbound ones are NULL, as in SQLite. */
+    for (int k = 0; k < b->nparams; k++)
+        if (b->types[k] == 0)
+            b->types[k] = PG_OID_TEXT;
     for (int attempt = 0;; attempt++) {
         if (!c->pg_in_tx)
             KMS_GUARD(store_pg_ensure(c, op));
