@@ -312,6 +312,8 @@ kms_err kms_store_key_mark_destroyed(struct kms_store *store, const char *key_id
 
 /* Reconcile: every CREATING version in the store, by key_id then version. A
  * CREATING key always has its CREATING version 1 in this list. */
+/* On PostgreSQL (several nodes), only rows created five minutes or more
+ * ago: a younger one may be a create another node is running. */
 kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creating **out,
                                 size_t *out_n);
 

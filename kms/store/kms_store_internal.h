@@ -82,6 +82,11 @@ enum store_stmt_id {
  * stuck database never hangs a request. */
 #define STORE_PG_STATEMENT_TIMEOUT_MS 10000
 
+/* PostgreSQL: reconcile takes a CREATING row for a crash's leftover only
+ * once it is this old (seconds by its created_at): younger ones may be a
+ * create another node is running (a create takes milliseconds to seconds). */
+#define STORE_PG_CREATING_GRACE_S 300
+
 /* A connection and its cached statements; mu guards all of it. */
 struct store_conn {
     pthread_mutex_t mu;

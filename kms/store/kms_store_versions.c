@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kms_store_internal.h"
 
@@ -265,6 +266,11 @@ static kms_err read_creating(const struct store_row *st, void *elem, const char 
     return KMS_OK;
 }
 
+static void bind_before_s(struct store_bind *b, const void *arg)
+{
+    store_bind_int(b, 1, *(const int64_t *)arg);
+}
+
 kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creating **out,
                                 size_t *out_n)
 {
@@ -276,6 +282,23 @@ kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creati
     *out = NULL;
     *out_n = 0;
 
+    /* On PostgreSQL other nodes share the store: a CREATING row may be a
+     * create another node is in the middle of, and reconciling it would
+     * destroy a key being born. Only rows older than any create takes are
+     * a crash's leftovers. On SQLite the file lock rules that out. */
+    if (store->pg) {
+        void *arr = NULL;
+        int64_t before = (int64_t)time(NULL) - STORE_PG_CREATING_GRACE_S;
+        kms_err rc = store_list_query(
+            store,
+            "SELECT v.key_id, k.token, v.version, v.hsm_id, k.state "
+            "FROM key_versions v JOIN keys k USING (key_id) "
+            "WHERE v.state = 0 AND v.created_at <= ?1 ORDER BY v.key_id, v.version",
+            op, bind_before_s, &before, sizeof(struct kms_store_creating), SIZE_MAX,
+            read_creating, &arr, out_n);
+        *out = arr;
+        return rc;
+    }
     struct store_conn *c = store_reader_take(store);
     kms_err rc = store_stmt(c, ST_CREATING_LIST, op, &b);
     if (rc == KMS_OK) {

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
@@ -432,6 +433,45 @@ START_TEST(test_broken_connections_replaced)
 }
 END_TEST
 
+/* A create in flight on another node is not a crash's leftover. */
+START_TEST(test_reconcile_spares_young_creates)
+{
+    struct kms_store *a = open_node();
+    struct kms_key_record k;
+    struct kms_version_record v;
+    for (unsigned n = 1; n <= 2; n++) {
+        memset(&k, 0, sizeof(k));
+        memset(&v, 0, sizeof(v));
+        key_id_of(k.key_id, 100 + n);
+        snprintf(k.tenant, sizeof(k.tenant), "acme");
+        snprintf(k.region, sizeof(k.region), "eu-west");
+        snprintf(k.token, sizeof(k.token), "custos eu-west");
+        k.spec = KMS_KEY_SPEC_AES_256;
+        k.usage = KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+        k.origin = KMS_KEY_ORIGIN_HSM;
+        k.state = KMS_KEY_CREATING;
+        /* Key 1 began just now (another node is creating it); key 2 an
+         * hour ago (its node crashed). */
+        k.created_at = n == 1 ? (int64_t)time(NULL) : (int64_t)time(NULL) - 3600;
+        v.version = 1;
+        v.state = KMS_VERSION_CREATING;
+        v.created_at = k.created_at;
+        memset(v.hsm_id, 0x6b, sizeof(v.hsm_id));
+        v.hsm_id[0] = (uint8_t)n;
+        ck_ok(kms_store_key_insert(a, &k, &v));
+    }
+    struct kms_store_creating *rows = NULL;
+    size_t nrows = 0;
+    ck_ok(kms_store_creating_list(a, &rows, &nrows));
+    ck_assert_uint_eq(nrows, 1);
+    char old[KMS_KEY_ID_SIZE];
+    key_id_of(old, 102);
+    ck_assert_str_eq(rows[0].key_id, old);
+    free(rows);
+    kms_store_free(a);
+}
+END_TEST
+
 START_TEST(test_no_cluster)
 {
     /* Placeholder when PostgreSQL is not installed: says so in the log. */
@@ -460,6 +500,7 @@ static Suite *pg_suite(void)
         {"nodes_migrate_together", test_nodes_migrate_together},
         {"open_refusals", test_open_refusals},
         {"broken_connections_replaced", test_broken_connections_replaced},
+        {"reconcile_spares_young_creates", test_reconcile_spares_young_creates},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
