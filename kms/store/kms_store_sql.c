@@ -754,11 +754,11 @@ kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, s
     return rc;
 }
 
-/* A pause of 1..2^attempt ms (at most 64), random so that two nodes that
+/* A pause of 1..2^attempt ms (at most 128), random so that two nodes that
  * collided do not collide again in step. */
 static void retry_pause(int attempt)
 {
-    unsigned cap = 1u << (attempt < 6 ? attempt : 6);
+    unsigned cap = 1u << (attempt < 7 ? attempt : 7);
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     unsigned ms = 1 + (unsigned)((uint64_t)now.tv_nsec * 2654435761u % cap);

@@ -1915,10 +1915,11 @@ static Suite *store_suite(void)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         if (cases[i].sqlite_only)
             continue;
-        char name[128];
-        snprintf(name, sizeof(name), "pg/%s", cases[i].name);
-        /* check keeps the name pointer: one that outlives the loop. */
-        TCase *tc = tcase_create(strdup(name));
+        /* check keeps the name pointer: one that outlives the suite. */
+        static char names[64][96];
+        _Static_assert(sizeof(cases) / sizeof(cases[0]) <= 64, "names[] holds every case");
+        snprintf(names[i], sizeof(names[i]), "pg/%s", cases[i].name);
+        TCase *tc = tcase_create(names[i]);
         tcase_add_checked_fixture(tc, setup_pg, teardown_pg);
         tcase_set_timeout(tc, 300);
         tcase_add_test(tc, cases[i].test);
