@@ -6,7 +6,9 @@
  * BEGIN IMMEDIATE ... COMMIT: the mutex orders this process's writers, the
  * IMMEDIATE lock orders us against anything else on the file (an operator's
  * sqlite3 shell, a backup), and whatever a write checks first is still true
- * when it writes. Reads run on read-only connections.
+ * when it writes. Reads run on read-only connections. On PostgreSQL the
+ * same holds per node, and SERIALIZABLE (kms_store_sql.c) gives it across
+ * nodes.
  */
 #include "kms_store.h"
 
@@ -574,6 +576,11 @@ static kms_err mark_destroyed_tx(struct store_conn *c, void *varg, const char *o
     const char *key_id = a->key_id;
     struct store_key_row row = {0};
     struct store_bind b;
+
+    /* A run PostgreSQL aborted may have collected ids already. */
+    free(a->ids);
+    a->ids = NULL;
+    a->n = 0;
 
     KMS_GUARD(store_key_row_get(c, key_id, false, &row, op));
     KMS_ENSURE(row.state == KMS_KEY_PENDING_DELETION, KMS_ERR_FAILED_PRECONDITION,

@@ -305,7 +305,9 @@ kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, s
  * Commits if body returns KMS_OK, else (or if the commit fails) rolls back;
  * with synchronous=FULL a KMS_OK commit is on disk. Returns the outcome.
  * Every store transaction goes through here. Results the body leaves in
- * arg are valid only if this returns KMS_OK. */
+ * arg are valid only if this returns KMS_OK. On PostgreSQL the body may
+ * run several times (SERIALIZABLE, STORE_PG_TX_ATTEMPTS): it must start
+ * from what arg held on entry and free what an earlier run left there. */
 typedef kms_err (*store_tx_body)(struct store_conn *c, void *arg, const char *op);
 kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg,
                      const char *op);

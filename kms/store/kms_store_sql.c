@@ -775,9 +775,11 @@ kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *
         rc = store_tx_begin(c, write, op);
         if (rc == KMS_OK)
             rc = store_tx_end(c, body(c, arg, op), op);
-        /* Only PostgreSQL fails a transaction for another's sake; the
-         * body runs again from its first read, on the new state. */
-        if (rc == KMS_OK || !is_pg(c) || !c->pg_retryable || attempt + 1 >= STORE_PG_TX_ATTEMPTS)
+        /* Only PostgreSQL fails a transaction for another's sake, and only
+         * a write one (a REPEATABLE READ READ ONLY snapshot never fails so);
+         * the body runs again from its first read, on the new state. */
+        if (rc == KMS_OK || !write || !is_pg(c) || !c->pg_retryable ||
+            attempt + 1 >= STORE_PG_TX_ATTEMPTS)
             break;
         retry_pause(attempt);
     }
