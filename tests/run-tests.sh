@@ -31,8 +31,15 @@ trap cleanup EXIT INT TERM
 # tests run on it too (one database per test case), and the e2e tests of
 # the PostgreSQL store use it. Its own directory under /tmp (not $work, which
 # is 0700): the server runs as an unprivileged user that must reach it.
-# CUSTOS_TEST_NO_PG=1 skips it.
-if [ -z "${CUSTOS_TEST_NO_PG:-}" ] && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+# CUSTOS_TEST_NO_PG=1 skips it; so does --only NAME for a test that does
+# not use it (only the store suites and tests named *pg* do).
+want_pg=1
+case "$only" in
+'' | *pg* | test_kms_store* | test_kms_usage) ;;
+*) want_pg= ;;
+esac
+if [ -n "$want_pg" ] && [ -z "${CUSTOS_TEST_NO_PG:-}" ] &&
+    ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     pgdir=$(mktemp -d /tmp/custos-pg.XXXXXX)
     # A port of its own: several runs may have clusters at once.
     CUSTOS_PG_PORT=$((20000 + $$ % 20000))

@@ -302,8 +302,11 @@ START_TEST(test_serialization_failure_retried)
     struct reserve_arg ra = {a, id, 0, KMS_ERR_INTERNAL};
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, reserve_thread, &ra), 0);
-    while (!someone_waits(other))
+    /* Bounded: a reservation that never waits has failed some other way. */
+    for (int i = 0; !someone_waits(other); i++) {
+        ck_assert_msg(i < 6000, "the reservation never waited for the row lock");
         usleep(10000);
+    }
     /* ...and fails with 40001 when it commits: the store runs it again. */
     testpg_exec(other, "COMMIT");
     pthread_join(t, NULL);
