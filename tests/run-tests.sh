@@ -16,8 +16,42 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 work=$(mktemp -d /tmp/custos-test.XXXXXX)
-cleanup() { rm -rf "$work"; }
+pgdir=
+cleanup() {
+    if [ -n "$pgdir" ]; then
+        sh deploy/pg-scratch.sh stop "$pgdir" >/dev/null 2>&1 ||
+            sh deploy/pg-scratch.sh kill "$pgdir" >/dev/null 2>&1
+        rm -rf "$pgdir"
+    fi
+    rm -rf "$work"
+}
 trap cleanup EXIT INT TERM
+
+# A throw-away PostgreSQL cluster when PostgreSQL is installed: the store
+# tests run on it too (one database per test case), and the e2e tests of
+# the PostgreSQL store use it. Its own directory under /tmp (not $work, which
+# is 0700): the server runs as an unprivileged user that must reach it.
+# CUSTOS_TEST_NO_PG=1 skips it; so does --only NAME for a test that does
+# not use it (only the store suites and tests named *pg* do).
+want_pg=1
+case "$only" in
+'' | *pg* | test_kms_store* | test_kms_usage) ;;
+*) want_pg= ;;
+esac
+if [ -n "$want_pg" ] && [ -z "${CUSTOS_TEST_NO_PG:-}" ] &&
+    ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    pgdir=$(mktemp -d /tmp/custos-pg.XXXXXX)
+    # A port of its own: several runs may have clusters at once.
+    CUSTOS_PG_PORT=$((20000 + $$ % 20000))
+    export CUSTOS_PG_PORT
+    if sh deploy/pg-scratch.sh start "$pgdir" >"$work/pg.log" 2>&1; then
+        export CUSTOS_TEST_PG_DIR="$pgdir"
+    else
+        cat "$work/pg.log" >&2
+        echo "run-tests: could not start the PostgreSQL test cluster" >&2
+        exit 1
+    fi
+fi
 
 # Throw-away tokens: two regions, the same way the dev setup makes them.
 if [ -x "$BUILD/bin/kmsctl" ]; then

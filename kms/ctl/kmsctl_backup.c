@@ -231,6 +231,12 @@ static int run_backup(const char *config, const char *out)
         fprintf(stderr, "kmsctl backup: %s: %s\n", config, kms_err_detail());
         return 1;
     }
+    if (cfg->store_path == NULL) {
+        fprintf(stderr, "kmsctl backup: the store is on PostgreSQL: back it up with "
+                        "PostgreSQL's own tools (pg_dump, base backups; docs/fleet.md)\n");
+        kms_config_free(cfg);
+        return 1;
+    }
     mode_t old = umask(077);
     if (mkdir(out, 0700) != 0) {
         fprintf(stderr, "kmsctl backup: %s: %s (the directory must not exist)\n", out,

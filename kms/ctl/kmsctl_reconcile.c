@@ -135,7 +135,8 @@ int kmsctl_reconcile_main(int argc, char **argv)
     struct kms_config *cfg = NULL;
     char kmsd[PATH_MAX];
     kms_err rc = kms_config_load(config, &cfg);
-    if (rc == KMS_OK)
+    /* A store on PostgreSQL has no file lock to probe (docs/fleet.md). */
+    if (rc == KMS_OK && cfg->store_path != NULL)
         rc = store_free(cfg->store_path);
     if (rc == KMS_OK)
         rc = find_kmsd(kmsd_given, kmsd, sizeof(kmsd));

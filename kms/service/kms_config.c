@@ -447,6 +447,51 @@ static kms_err parse_links(json_t *root, const char *dir, struct kms_config *c)
     return KMS_OK;
 }
 
+/*
+ * "store": a path (the SQLite file, the default backend), or an object:
+ *   {"backend": "sqlite", "path": "..."}
+ *   {"backend": "postgresql", "conninfo": "host=... dbname=...",
+ *    "password": "file:/etc/custos/pg-password"}
+ * The password never sits in the connection string (refused there): it
+ * comes from its source when kmsd connects.
+ */
+static kms_err parse_store(json_t *root, const char *dir, struct kms_config *c)
+{
+    json_t *v = json_object_get(root, "store");
+    KMS_ENSURE(v != NULL, KMS_ERR_CONFIG, ".store: required");
+    if (!json_is_object(v))
+        return get_str(root, "store", "", true, dir, true, &c->store_path);
+    static const char *const keys[] = {"backend", "path", "conninfo", "password", NULL};
+    KMS_GUARD(check_keys(v, "store", keys));
+    char *backend = NULL;
+    KMS_GUARD(get_str(v, "backend", "store", false, dir, false, &backend));
+    bool pg = backend != NULL && strcmp(backend, "postgresql") == 0;
+    bool known = backend == NULL || pg || strcmp(backend, "sqlite") == 0;
+    free(backend);
+    KMS_ENSURE(known, KMS_ERR_CONFIG, "store.backend: must be \"sqlite\" or \"postgresql\"");
+    if (!pg) {
+        KMS_ENSURE(json_object_get(v, "conninfo") == NULL && json_object_get(v, "password") == NULL,
+                   KMS_ERR_CONFIG, "store: conninfo and password are for the postgresql backend");
+        return get_str(v, "path", "store", true, dir, true, &c->store_path);
+    }
+    KMS_ENSURE(json_object_get(v, "path") == NULL, KMS_ERR_CONFIG,
+               "store.path: the postgresql backend has no file (conninfo names the database)");
+    KMS_GUARD(get_str(v, "conninfo", "store", true, dir, false, &c->store_pg_conninfo));
+    KMS_GUARD(get_str(v, "password", "store", false, dir, true, &c->store_pg_password));
+    if (c->store_pg_password != NULL)
+        KMS_ENSURE(strncmp(c->store_pg_password, "file:", 5) == 0 ||
+                       strncmp(c->store_pg_password, "env:", 4) == 0,
+                   KMS_ERR_CONFIG, "store.password: a source, \"file:/path\" (or \"env:NAME\")");
+    struct kms_pg_target t = {c->store_pg_conninfo, c->store_pg_password};
+    kms_err rc = kms_pg_target_check(&t);
+    if (rc != KMS_OK) {
+        char detail[512];
+        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
+        return kms_err_set(rc, "store.conninfo: %s", detail);
+    }
+    return KMS_OK;
+}
+
 static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const top[] = {"mode", "listen", "tls", "pkcs11", "policy", "store",
@@ -458,7 +503,7 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
     KMS_GUARD(parse_front(root, dir, c));
     KMS_GUARD(parse_pkcs11(root, dir, c));
     KMS_GUARD(get_str(root, "policy", "", true, dir, true, &c->policy_path));
-    KMS_GUARD(get_str(root, "store", "", true, dir, true, &c->store_path));
+    KMS_GUARD(parse_store(root, dir, c));
     KMS_GUARD(get_str(root, "xks", "", false, dir, true, &c->xks_config_path));
     KMS_GUARD(parse_limits(root, c));
     KMS_GUARD(parse_deletion(root, c));
@@ -578,6 +623,8 @@ void kms_config_free(struct kms_config *c)
     free(c->policy_path);
     free(c->xks_config_path);
     free(c->store_path);
+    free(c->store_pg_conninfo);
+    free(c->store_pg_password);
     free(c->audit_dir);
     for (size_t i = 0; i < c->n_audit_pg; i++) {
         free(c->audit_pg[i].region);

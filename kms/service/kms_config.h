@@ -51,7 +51,9 @@ struct kms_config {
 
     char *policy_path;
     char *xks_config_path; /* "xks": the XKS endpoints file; NULL: XKS off (docs/xks.md) */
-    char *store_path;
+    char *store_path;         /* SQLite file; NULL when the store is on PostgreSQL */
+    char *store_pg_conninfo;  /* "store": {"backend": "postgresql", ...}: libpq string */
+    char *store_pg_password;  /* its password source ("file:/path"); may be NULL */
 
     size_t max_body_bytes;
     unsigned max_connections;

@@ -274,16 +274,20 @@ kms_err kms_service_check(struct kms_service *svc)
      * store: prove there is room for one more record of each. */
     if (audit_files)
         KMS_GUARD(probe_room(svc->cfg->audit_dir, "audit directory"));
-    char store_dir[4096];
-    snprintf(store_dir, sizeof(store_dir), "%s", svc->cfg->store_path);
-    char *slash = strrchr(store_dir, '/');
-    if (slash == NULL)
-        snprintf(store_dir, sizeof(store_dir), ".");
-    else if (slash == store_dir)
-        slash[1] = '\0';
-    else
-        *slash = '\0';
-    KMS_GUARD(probe_room(store_dir, "store directory"));
+    /* On PostgreSQL there is no local file: kms_store_info below asks the
+     * server, so a database that is down makes the node not ready. */
+    if (svc->cfg->store_path != NULL) {
+        char store_dir[4096];
+        snprintf(store_dir, sizeof(store_dir), "%s", svc->cfg->store_path);
+        char *slash = strrchr(store_dir, '/');
+        if (slash == NULL)
+            snprintf(store_dir, sizeof(store_dir), ".");
+        else if (slash == store_dir)
+            slash[1] = '\0';
+        else
+            *slash = '\0';
+        KMS_GUARD(probe_room(store_dir, "store directory"));
+    }
     struct kms_store_info info;
     KMS_GUARD(kms_store_info(svc->store, &info));
     return KMS_OK;
@@ -352,7 +356,12 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
                                           cfg->tokens[i].max_sessions};
     KMS_GUARD_GOTO(p11_tokens_open(svc->mod, tc, cfg->n_tokens, svc->tokens), fail);
     svc->n_tokens = cfg->n_tokens;
-    KMS_GUARD_GOTO(kms_store_open(cfg->store_path, &svc->store), fail);
+    if (cfg->store_path != NULL)
+        KMS_GUARD_GOTO(kms_store_open(cfg->store_path, &svc->store), fail);
+    else
+        KMS_GUARD_GOTO(kms_store_open_pg(cfg->store_pg_conninfo, cfg->store_pg_password,
+                                         &svc->store),
+                       fail);
     /* One second bounds how long another node's change can go unseen here;
      * this node's own changes invalidate at once. */
     KMS_GUARD_GOTO(kms_keycache_new(100000, 1000, &svc->keycache), fail);
@@ -408,7 +417,8 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
         kms_log_warn("service", "the audit log is OFF (dev mode): nothing is being recorded");
     }
     kms_log_info("service", "policy %s (sha256 %s), store %s, %zu token(s)", cfg->policy_path,
-                 pol_doc_digest_hex(svc->policy), cfg->store_path, svc->n_tokens);
+                 pol_doc_digest_hex(svc->policy),
+                 cfg->store_path != NULL ? cfg->store_path : "on PostgreSQL", svc->n_tokens);
     *out = svc;
     return KMS_OK;
 

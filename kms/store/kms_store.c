@@ -6,7 +6,9 @@
  * BEGIN IMMEDIATE ... COMMIT: the mutex orders this process's writers, the
  * IMMEDIATE lock orders us against anything else on the file (an operator's
  * sqlite3 shell, a backup), and whatever a write checks first is still true
- * when it writes. Reads run on read-only connections.
+ * when it writes. Reads run on read-only connections. On PostgreSQL the
+ * same holds per node, and SERIALIZABLE (kms_store_sql.c) gives it across
+ * nodes.
  */
 #include "kms_store.h"
 
@@ -183,14 +185,21 @@ void kms_store_free(struct kms_store *store)
     if (store->lock_fd >= 0)
         close(store->lock_fd);
     free(store->path);
+    free(store->conninfo);
+    free(store->password);
     free(store);
 }
 
-static kms_err conn_init(struct store_conn *c, const char *path, bool writable)
+static kms_err conn_init(struct kms_store *s, struct store_conn *c, const char *path,
+                         bool writable)
 {
     KMS_ENSURE(pthread_mutex_init(&c->mu, NULL) == 0, KMS_ERR_INTERNAL,
                "store: cannot create a mutex");
     c->mu_ready = true;
+    c->owner = s;
+    c->writable = writable;
+    if (s->pg)
+        return writable ? store_pg_open_writer(c) : KMS_OK;
     return store_conn_open(path, writable, &c->db);
 }
 
@@ -244,9 +253,9 @@ kms_err kms_store_open(const char *path, struct kms_store **out)
     KMS_ENSURE_GOTO(s->path != NULL, fail, KMS_ERR_NOMEM, "store: out of memory");
     KMS_GUARD_GOTO(lock_file(s), fail);
     /* The writer first: it migrates the schema the readers will query. */
-    KMS_GUARD_GOTO(conn_init(&s->writer, path, true), fail);
+    KMS_GUARD_GOTO(conn_init(s, &s->writer, path, true), fail);
     for (int i = 0; i < STORE_READERS; i++)
-        KMS_GUARD_GOTO(conn_init(&s->readers[i], path, false), fail);
+        KMS_GUARD_GOTO(conn_init(s, &s->readers[i], path, false), fail);
 
     KMS_GUARD_GOTO(store_schema_info(s->writer.db, &info), fail);
     kms_log_info("store", "opened %s (schema %d, store id %s)", path, info.schema_version,
@@ -259,11 +268,55 @@ fail:
     return rc;
 }
 
+/* No file and no lock: many kmsd share the database, and what the lock
+ * buys on SQLite (one writer) SERIALIZABLE transactions buy here. Readers
+ * connect on first use, so an idle node holds one connection. */
+kms_err kms_store_open_pg(const char *conninfo, const char *password_source,
+                          struct kms_store **out)
+{
+    kms_err rc = KMS_OK;
+    struct kms_store *s = NULL;
+    struct kms_store_info info;
+
+    KMS_ENSURE(out != NULL && conninfo != NULL, KMS_ERR_USAGE, "store: open: NULL argument");
+    *out = NULL;
+    struct kms_pg_target t = {conninfo, password_source};
+    KMS_GUARD(kms_pg_target_check(&t));
+
+    s = calloc(1, sizeof(*s));
+    KMS_ENSURE(s != NULL, KMS_ERR_NOMEM, "store: out of memory");
+    s->pg = true;
+    s->lock_fd = -1;
+    s->conninfo = strdup(conninfo);
+    s->password = password_source != NULL ? strdup(password_source) : NULL;
+    KMS_ENSURE_GOTO(s->conninfo != NULL && (password_source == NULL || s->password != NULL),
+                    fail, KMS_ERR_NOMEM, "store: out of memory");
+    KMS_GUARD_GOTO(conn_init(s, &s->writer, NULL, true), fail);
+    for (int i = 0; i < STORE_READERS; i++)
+        KMS_GUARD_GOTO(conn_init(s, &s->readers[i], NULL, false), fail);
+
+    KMS_GUARD_GOTO(store_pg_schema_info(&s->writer, &info), fail);
+    kms_log_info("store", "opened PostgreSQL database %s (schema %d, store id %s)",
+                 PQdb(s->writer.pg) != NULL ? PQdb(s->writer.pg) : "?", info.schema_version,
+                 info.store_id);
+    *out = s;
+    return KMS_OK;
+
+fail:
+    kms_store_free(s);
+    return rc;
+}
+
+bool kms_store_is_pg(const struct kms_store *store)
+{
+    return store != NULL && store->pg;
+}
+
 kms_err kms_store_info(struct kms_store *store, struct kms_store_info *out)
 {
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: info: NULL argument");
     struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_schema_info(c->db, out);
+    kms_err rc = store->pg ? store_pg_schema_info(c, out) : store_schema_info(c->db, out);
     store_conn_give(c);
     return rc;
 }
@@ -327,7 +380,7 @@ kms_err store_key_get_row(struct store_conn *c, const char *key_id, struct kms_k
     KMS_GUARD(store_stmt(c, ST_KEY_GET, op, &b));
     store_bind_text(&b, 1, key_id);
     KMS_GUARD(store_step(&b, op, &row));
-    kms_err rc = row ? store_read_key(b.st, out, op)
+    kms_err rc = row ? store_read_key(store_row_of(&b), out, op)
                      : kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s not found", op, key_id);
     store_done(&b);
     return rc;
@@ -384,7 +437,7 @@ static kms_err set_state_tx(struct store_conn *c, void *varg, const char *op)
     store_bind_int(&b, 4, a->expected);
     KMS_GUARD(store_run(&b, op));
     /* The state was checked above in this transaction; a miss is a bug. */
-    KMS_ENSURE(sqlite3_changes(c->db) == 1, KMS_ERR_INTERNAL,
+    KMS_ENSURE(store_changes(c) == 1, KMS_ERR_INTERNAL,
                "store: %s: compare-and-set matched no row", op);
     return KMS_OK;
 }
@@ -524,6 +577,11 @@ static kms_err mark_destroyed_tx(struct store_conn *c, void *varg, const char *o
     struct store_key_row row = {0};
     struct store_bind b;
 
+    /* A run PostgreSQL aborted may have collected ids already. */
+    free(a->ids);
+    a->ids = NULL;
+    a->n = 0;
+
     KMS_GUARD(store_key_row_get(c, key_id, false, &row, op));
     KMS_ENSURE(row.state == KMS_KEY_PENDING_DELETION, KMS_ERR_FAILED_PRECONDITION,
                "store: %s: key %s is %s, not PENDING_DELETION", op, key_id,
@@ -535,7 +593,7 @@ static kms_err mark_destroyed_tx(struct store_conn *c, void *varg, const char *o
     store_bind_text(&b, 1, key_id);
     store_bind_int(&b, 2, a->now);
     KMS_GUARD(store_run(&b, op));
-    KMS_ENSURE(sqlite3_changes(c->db) == 1, KMS_ERR_INTERNAL,
+    KMS_ENSURE(store_changes(c) == 1, KMS_ERR_INTERNAL,
                "store: %s: compare-and-set matched no row", op);
 
     KMS_GUARD(store_stmt(c, ST_VERSIONS_SET_DESTROYED, op, &b));

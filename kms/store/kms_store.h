@@ -6,11 +6,12 @@
  * region and token, in which state, and which HSM object (by CKA_ID) carries
  * each version. docs/state.md is the operator's view of the same contract.
  *
- * Backend: one SQLite database file (WAL, synchronous=FULL, foreign keys on),
- * schema versioned by PRAGMA user_version and migrated at open. The interface
- * is written so that a PostgreSQL backend can implement it unchanged: no
- * SQLite type or rowid appears here, every multi-row change is one
- * transaction, and every read-modify-write is a compare-and-set.
+ * Backends: one SQLite database file (kms_store_open: WAL, synchronous=FULL,
+ * foreign keys on, schema versioned by PRAGMA user_version), or a PostgreSQL
+ * database shared by several kmsd (kms_store_open_pg; docs/fleet.md). Both
+ * implement everything below unchanged: no backend type or rowid appears
+ * here, every multi-row change is one transaction, and every
+ * read-modify-write is a compare-and-set or a serializable transaction.
  *
  * Crash-safety protocol (the caller's side; see docs/state.md):
  *   create a key or a version:
@@ -37,7 +38,8 @@
  * for a duplicate key_id or hsm_id; KMS_ERR_FAILED_PRECONDITION when the row
  * is not in the state the call requires; KMS_ERR_NOSPC when the disk is full;
  * KMS_ERR_IO for I/O errors, a corrupt file, or a database locked by another
- * process past the busy timeout; KMS_ERR_CONFIG at open for a database that is
+ * process past the busy timeout (PostgreSQL: the server unreachable, a
+ * statement or lock wait past its timeout, a conflict retried to the end); KMS_ERR_CONFIG at open for a database that is
  * not a Custos store, was written by a newer Custos, or is in use by another
  * process. Every error sets a detail naming the operation (kms_err_detail);
  * details never contain hsm_ids.
@@ -48,7 +50,10 @@
  * statements are cached); reads use a small pool of read-only connections,
  * each behind its own mutex, so reads do not wait for a write in progress
  * (WAL). A read sees every write that returned before the read began. The
- * store takes an exclusive lock on the database file: one process per store.
+ * SQLite store takes an exclusive lock on the database file: one process per
+ * store. The PostgreSQL store takes none: each process (node) has its own
+ * writer and readers, and SERIALIZABLE write transactions, retried when the
+ * server aborts one for another's sake, order them across nodes.
  *
  * Ownership: records are plain values copied out to the caller. Arrays
  * returned through out-parameters are allocated by the store and released by
@@ -193,6 +198,25 @@ struct kms_store;
  */
 kms_err kms_store_open(const char *path, struct kms_store **out);
 
+/*
+ * Open the store in a PostgreSQL database (docs/fleet.md): conninfo is a
+ * libpq connection string or URL without a password, password_source
+ * "file:/path" (or NULL). Applies pending migrations in one transaction
+ * under an advisory lock, so nodes that start together migrate once. No
+ * process lock: several kmsd share the database. Write transactions are
+ * SERIALIZABLE and run again (a bounded number of times) when PostgreSQL
+ * fails one for a concurrent one; a broken connection is replaced on its
+ * next use; while the server is away calls fail with KMS_ERR_IO after at
+ * most the connect timeout or STORE statement timeout (never hang).
+ * KMS_ERR_CONFIG for a bad target or a database that is not a Custos store
+ * or is newer than this build; KMS_ERR_IO when the server is unreachable.
+ */
+kms_err kms_store_open_pg(const char *conninfo, const char *password_source,
+                          struct kms_store **out);
+
+/* True when store is on PostgreSQL (shared by several processes). */
+bool kms_store_is_pg(const struct kms_store *store);
+
 /* Close every connection and release the lock. NULL is a no-op. */
 void kms_store_free(struct kms_store *store);
 
@@ -296,6 +320,8 @@ kms_err kms_store_key_mark_destroyed(struct kms_store *store, const char *key_id
 
 /* Reconcile: every CREATING version in the store, by key_id then version. A
  * CREATING key always has its CREATING version 1 in this list. */
+/* On PostgreSQL (several nodes), only rows created five minutes or more
+ * ago: a younger one may be a create another node is running. */
 kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creating **out,
                                 size_t *out_n);
 

@@ -15,15 +15,6 @@
 
 #include "kms_store_internal.h"
 
-/* Prepare sql on c; bind text/int parameters are the caller's. */
-static kms_err prep(struct store_conn *c, const char *sql, sqlite3_stmt **out, const char *op)
-{
-    int rc = sqlite3_prepare_v2(c->db, sql, -1, out, NULL);
-    if (rc != SQLITE_OK)
-        return store_sql_err(c->db, rc, op);
-    return KMS_OK;
-}
-
 static void hex16(const uint8_t id[KMS_HSM_ID_LEN], char out[2 * KMS_HSM_ID_LEN + 1])
 {
     for (size_t i = 0; i < KMS_HSM_ID_LEN; i++)
@@ -35,7 +26,7 @@ struct text_out {
     size_t size;
 };
 
-static kms_err read_text0(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_text0(const struct store_row *st, void *elem, const char *op)
 {
     struct text_out *t = elem;
     return store_col_text(st, 0, t->out, t->size, op);
@@ -82,18 +73,14 @@ struct write_one_arg {
 static kms_err write_one_tx(struct store_conn *c, void *varg, const char *op)
 {
     const struct write_one_arg *a = varg;
-    sqlite3_stmt *st = NULL;
-    kms_err rc = prep(c, a->sql, &st, op);
-    if (rc == KMS_OK) {
-        sqlite3_bind_text(st, 1, a->t1, -1, SQLITE_STATIC);
-        if (a->t2)
-            sqlite3_bind_text(st, 2, a->t2, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, a->i3);
-        int s = sqlite3_step(st);
-        if (s != SQLITE_DONE)
-            rc = store_sql_err(c->db, s, op);
-    }
-    sqlite3_finalize(st);
+    struct store_bind b;
+    KMS_GUARD(store_prep(c, a->sql, op, &b));
+    store_bind_text(&b, 1, a->t1);
+    if (a->t2)
+        store_bind_text(&b, 2, a->t2);
+    store_bind_int(&b, 3, a->i3);
+    kms_err rc = store_run(&b, op);
+    store_fin(&b);
     return rc;
 }
 
@@ -137,7 +124,7 @@ kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, ui
     return audit_mark_write(store, region, size,
                             "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
                             "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT) "
-                            "WHERE CAST(meta.value AS INTEGER) < ?3",
+                            "WHERE CAST(meta.value AS BIGINT) < ?3",
                             "record audit watermark");
 }
 
@@ -149,7 +136,7 @@ kms_err kms_store_audit_mark_reset(struct kms_store *store, const char *region, 
                             "reset audit watermark");
 }
 
-static kms_err read_key_raw(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_key_raw(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_store_key_raw *out = elem;
     int state = 0, spec = 0, origin = 0;
@@ -165,7 +152,7 @@ static kms_err read_key_raw(sqlite3_stmt *st, void *elem, const char *op)
     out->state = (enum kms_key_state)state;
     out->spec = (enum kms_key_spec)spec;
     out->origin = (enum kms_key_origin)origin;
-    out->escrow_required = sqlite3_column_int(st, 5) != 0;
+    out->escrow_required = store_col_int64(st, 5) != 0;
     return rc;
 }
 
@@ -180,7 +167,7 @@ kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
                            out_found);
 }
 
-static kms_err read_version_state(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_version_state(const struct store_row *st, void *elem, const char *op)
 {
     int state = 0;
     kms_err rc = store_col_enum(st, 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state, op);
@@ -198,7 +185,7 @@ kms_err kms_store_version_state_any(struct kms_store *store, const char *key_id,
         "read version state", store_bind_text_int, &a, read_version_state, out_state, out_found);
 }
 
-static kms_err read_nothing(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_nothing(const struct store_row *st, void *elem, const char *op)
 {
     (void)st, (void)elem, (void)op;
     return KMS_OK;
@@ -267,20 +254,20 @@ kms_err kms_store_unknown_confirmed(struct kms_store *store,
 static kms_err step_in_tx(struct store_conn *c, const char *sql, const char *key_id, int64_t a,
                           int64_t b, const uint8_t *blob, int *out_changes, const char *op)
 {
-    sqlite3_stmt *st = NULL;
-    KMS_GUARD(prep(c, sql, &st, op));
-    sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-    if (sqlite3_bind_parameter_count(st) >= 2)
-        sqlite3_bind_int64(st, 2, a);
-    if (sqlite3_bind_parameter_count(st) >= 3)
-        sqlite3_bind_int64(st, 3, b);
-    if (blob && sqlite3_bind_parameter_count(st) >= 4)
-        sqlite3_bind_blob(st, 4, blob, KMS_HSM_ID_LEN, SQLITE_STATIC);
-    int s = sqlite3_step(st);
-    kms_err rc = s == SQLITE_DONE ? KMS_OK : store_sql_err(c->db, s, op);
-    sqlite3_finalize(st);
+    struct store_bind st;
+    KMS_GUARD(store_prep(c, sql, op, &st));
+    int n = store_param_count(&st);
+    store_bind_text(&st, 1, key_id);
+    if (n >= 2)
+        store_bind_int(&st, 2, a);
+    if (n >= 3)
+        store_bind_int(&st, 3, b);
+    if (blob && n >= 4)
+        store_bind_hsm_id(&st, 4, blob);
+    kms_err rc = store_run(&st, op);
+    store_fin(&st);
     if (out_changes)
-        *out_changes = sqlite3_changes(c->db);
+        *out_changes = (int)store_changes(c);
     return rc;
 }
 
@@ -326,7 +313,8 @@ static kms_err usage_bound_tx(struct store_conn *c, void *varg, const char *op)
                       a->add ? "UPDATE key_versions SET encryptions = CASE WHEN encryptions > "
                                "9223372036854775807 - ?3 THEN 9223372036854775807 ELSE "
                                "encryptions + ?3 END WHERE key_id = ?1 AND version = ?2"
-                             : "UPDATE key_versions SET encryptions = max(encryptions, ?3) "
+                             : "UPDATE key_versions SET encryptions = CASE WHEN encryptions "
+                               "> ?3 THEN encryptions ELSE ?3 END "
                                "WHERE key_id = ?1 AND version = ?2",
                       a->key_id, a->version, a->n, NULL, NULL, op);
 }
@@ -409,8 +397,10 @@ static kms_err reattach_tx(struct store_conn *c, void *varg, const char *op)
                          "created_at) VALUES (?1, ?2, ?4, 1, ?3)",
                          a->key_id, a->version, a->now, a->hsm_id, NULL, op));
     return step_in_tx(c,
-                      "UPDATE keys SET last_version = max(last_version, ?2), "
-                      "current_version = max(current_version, ?2) WHERE key_id = ?1",
+                      "UPDATE keys SET last_version = CASE WHEN last_version > ?2 "
+                      "THEN last_version ELSE ?2 END, current_version = CASE WHEN "
+                      "current_version > ?2 THEN current_version ELSE ?2 END "
+                      "WHERE key_id = ?1",
                       a->key_id, a->version, 0, NULL, NULL, op);
 }
 
@@ -464,8 +454,14 @@ static kms_err text_of(sqlite3 *db, const char *sql, char *out, size_t size, con
         return store_sql_err(db, rc, op);
     kms_err r = KMS_OK;
     rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        r = store_col_text(st, 0, out, size, op);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        int n = sqlite3_column_bytes(st, 0);
+        if (t == NULL || n < 0 || (size_t)n >= size)
+            r = kms_err_set(KMS_ERR_INTERNAL, "store: %s: unexpected value", op);
+        else
+            memcpy(out, t, (size_t)n + 1);
+    }
     else
         r = rc == SQLITE_DONE ? kms_err_set(KMS_ERR_CONFIG, "store: %s: no row", op)
                               : store_sql_err(db, rc, op);
@@ -548,7 +544,7 @@ struct key_id_version_out {
     uint32_t *version;
 };
 
-static kms_err read_key_id_version(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_key_id_version(const struct store_row *st, void *elem, const char *op)
 {
     const struct key_id_version_out *o = elem;
     KMS_GUARD(store_col_text(st, 0, o->key_id, KMS_KEY_ID_SIZE, op));

@@ -90,7 +90,7 @@ kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_re
                                bind_escrow, r, op);
 }
 
-static kms_err read_escrow(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_escrow(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_escrow_record *r = elem;
     int part = 0;
@@ -101,13 +101,14 @@ static kms_err read_escrow(sqlite3_stmt *st, void *elem, const char *op)
     r->part = part;
     KMS_GUARD(store_col_text(st, 3, r->token, sizeof(r->token), op));
     KMS_GUARD(store_col_hsm_id(st, 4, r->escrow_hsm_id, op));
-    const void *blob = sqlite3_column_blob(st, 5);
-    int len = sqlite3_column_bytes(st, 5);
+    const uint8_t *blob = NULL;
+    size_t len = 0;
+    store_col_blob(st, 5, &blob, &len);
     KMS_ENSURE(blob != NULL && len >= 1 && len <= KMS_ESCROW_BLOB_MAX, KMS_ERR_INTERNAL,
                "store: %s: stored escrow blob has a bad length", op);
-    memcpy(r->blob, blob, (size_t)len);
-    r->blob_len = (size_t)len;
-    r->created_at = sqlite3_column_int64(st, 6);
+    memcpy(r->blob, blob, len);
+    r->blob_len = len;
+    r->created_at = store_col_int64(st, 6);
     return KMS_OK;
 }
 
@@ -162,9 +163,8 @@ static void bind_recovery(struct store_bind *b, const void *varg)
     store_bind_text(b, 2, r->tenant);
     store_bind_text(b, 3, r->key_id);
     store_bind_text(b, 4, r->region);
-    /* SQLITE_STATIC would keep a pointer to this stack buffer. */
-    if (b->rc == SQLITE_OK)
-        b->rc = sqlite3_bind_text(b->st, 5, versions, -1, SQLITE_TRANSIENT);
+    /* A static binding would keep a pointer to this stack buffer. */
+    store_bind_text_copy(b, 5, versions);
     store_bind_int(b, 6, r->mode);
     store_bind_int(b, 7, r->justification);
     store_bind_text(b, 8, r->justification_text);
@@ -231,7 +231,7 @@ kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_reco
     return store_tx_run(store, true, recovery_insert_tx, &a, op);
 }
 
-static kms_err read_recovery(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_recovery(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_recovery_record *r = elem;
     int state = 0;
@@ -243,11 +243,11 @@ static kms_err read_recovery(sqlite3_stmt *st, void *elem, const char *op)
     KMS_GUARD(store_col_text(st, 3, r->region, sizeof(r->region), op));
     KMS_GUARD(store_col_text(st, 4, versions, sizeof(versions), op));
     KMS_GUARD(parse_versions(versions, r, op));
-    r->mode = sqlite3_column_int(st, 5);
-    r->justification = sqlite3_column_int(st, 6);
+    r->mode = (int)store_col_int64(st, 5);
+    r->justification = (int)store_col_int64(st, 6);
     KMS_GUARD(store_col_text(st, 7, r->justification_text, sizeof(r->justification_text), op));
     KMS_GUARD(store_col_text(st, 8, r->case_reference, sizeof(r->case_reference), op));
-    r->restore_state = sqlite3_column_int(st, 9);
+    r->restore_state = (int)store_col_int64(st, 9);
     KMS_GUARD(store_col_text(st, 10, r->recipient, sizeof(r->recipient), op));
     KMS_GUARD(store_col_text(st, 11, r->recipient_sha256, sizeof(r->recipient_sha256), op));
     KMS_GUARD(store_col_text(st, 12, r->requester, sizeof(r->requester), op));
@@ -255,11 +255,11 @@ static kms_err read_recovery(sqlite3_stmt *st, void *elem, const char *op)
     r->state = (enum kms_recovery_state)state;
     KMS_GUARD(store_col_u32(st, 14, &r->approvals_required, op));
     KMS_GUARD(store_col_u32(st, 15, &r->time_lock_s, op));
-    r->created_at = sqlite3_column_int64(st, 16);
-    r->expires_at = sqlite3_column_int64(st, 17);
-    r->quorum_at = sqlite3_column_int64(st, 18);
-    r->executable_at = sqlite3_column_int64(st, 19);
-    r->executed_at = sqlite3_column_int64(st, 20);
+    r->created_at = store_col_int64(st, 16);
+    r->expires_at = store_col_int64(st, 17);
+    r->quorum_at = store_col_int64(st, 18);
+    r->executable_at = store_col_int64(st, 19);
+    r->executed_at = store_col_int64(st, 20);
     KMS_GUARD(store_col_text(st, 21, r->cancelled_by, sizeof(r->cancelled_by), op));
     KMS_GUARD(store_col_text(st, 22, r->cancel_reason, sizeof(r->cancel_reason), op));
     return KMS_OK;
@@ -277,17 +277,17 @@ static kms_err recovery_row_get(struct store_conn *c, const char *id,
     if (rc == KMS_OK && !row)
         rc = kms_err_set(KMS_ERR_NOT_FOUND, "recovery not found");
     if (rc == KMS_OK)
-        rc = read_recovery(b.st, out, op);
+        rc = read_recovery(store_row_of(&b), out, op);
     store_fin(&b);
     return rc;
 }
 
-static kms_err read_approval(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_approval(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_recovery_approval *a = elem;
     memset(a, 0, sizeof(*a));
     KMS_GUARD(store_col_text(st, 0, a->officer, sizeof(a->officer), op));
-    a->approved_at = sqlite3_column_int64(st, 1);
+    a->approved_at = store_col_int64(st, 1);
     return KMS_OK;
 }
 
@@ -396,8 +396,9 @@ static kms_err recovery_approve_tx(struct store_conn *c, void *varg, const char 
                    : kms_recovery_state_name(r.state));
     int changed = 0;
     KMS_GUARD(store_exec_one(c,
-                             "INSERT OR IGNORE INTO recovery_approvals (recovery_id, officer, "
-                             "signature, approved_at) VALUES (?1, ?2, ?3, ?4)",
+                             "INSERT INTO recovery_approvals (recovery_id, officer, "
+                             "signature, approved_at) VALUES (?1, ?2, ?3, ?4) "
+                             "ON CONFLICT DO NOTHING",
                              op, bind_approve, &ra->row, &changed));
     *ra->out_counted = changed == 1;
     int64_t count = 0;
@@ -502,7 +503,7 @@ static kms_err recovery_restore_tx(struct store_conn *c, void *varg, const char 
         store_bind_text(&b, 1, r.key_id);
         store_bind_int(&b, 2, r.versions[i]);
         rc = store_run(&b, op);
-        int changed = sqlite3_changes(c->db);
+        int changed = (int)store_changes(c);
         store_fin(&b);
         KMS_GUARD(rc);
         KMS_ENSURE(changed == 1, KMS_ERR_FAILED_PRECONDITION,

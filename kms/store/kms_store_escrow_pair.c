@@ -40,20 +40,21 @@ kms_err kms_store_escrow_pair_put(struct kms_store *store, const struct kms_escr
                                bind_pair, r, op);
 }
 
-static kms_err col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t min, size_t max,
-                        size_t *out_len, const char *op)
+static kms_err col_blob(const struct store_row *st, int col, uint8_t *dst, size_t min,
+                        size_t max, size_t *out_len, const char *op)
 {
-    const void *v = sqlite3_column_blob(st, col);
-    int len = sqlite3_column_bytes(st, col);
-    KMS_ENSURE(v != NULL && len >= (int)min && (size_t)len <= max, KMS_ERR_INTERNAL,
+    const uint8_t *v = NULL;
+    size_t len = 0;
+    store_col_blob(st, col, &v, &len);
+    KMS_ENSURE(v != NULL && len >= min && len <= max, KMS_ERR_INTERNAL,
                "store: %s: stored escrow of a key pair has a bad length", op);
     if (dst)
-        memcpy(dst, v, (size_t)len);
-    *out_len = (size_t)len;
+        memcpy(dst, v, len);
+    *out_len = len;
     return KMS_OK;
 }
 
-static kms_err read_pair(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_pair(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_escrow_pair_record *out = elem;
     KMS_GUARD(store_col_text(st, 0, out->key_id, sizeof(out->key_id), op));
@@ -63,7 +64,7 @@ static kms_err read_pair(sqlite3_stmt *st, void *elem, const char *op)
     KMS_GUARD(col_blob(st, 4, out->blob, 16, KMS_ESCROW_PAIR_BLOB_MAX, &out->blob_len, op));
     KMS_GUARD(col_blob(st, 5, out->public_key, 1, KMS_ESCROW_PAIR_SPKI_MAX,
                        &out->public_key_len, op));
-    out->created_at = sqlite3_column_int64(st, 6);
+    out->created_at = store_col_int64(st, 6);
     return KMS_OK;
 }
 
@@ -85,7 +86,7 @@ kms_err kms_store_escrow_pair_get(struct kms_store *store, const char *key_id, u
     return KMS_OK;
 }
 
-static kms_err read_pair_entry(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_pair_entry(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_escrow_record *r = elem;
     memset(r, 0, sizeof(*r));
@@ -95,7 +96,7 @@ static kms_err read_pair_entry(sqlite3_stmt *st, void *elem, const char *op)
     KMS_GUARD(store_col_hsm_id(st, 3, r->escrow_hsm_id, op));
     r->part = KMS_ESCROW_PART_PAIR;
     r->blob_len = 0;
-    r->created_at = sqlite3_column_int64(st, 4);
+    r->created_at = store_col_int64(st, 4);
     return KMS_OK;
 }
 

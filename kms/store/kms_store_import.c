@@ -41,13 +41,15 @@ static kms_err check_token_id(const uint8_t *token_id, const char *op)
 
 /* ---- rows ---------------------------------------------------------------------- */
 
-kms_err store_import_read_token(sqlite3_stmt *st, void *elem, const char *op)
+kms_err store_import_read_token(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_import_token_record *t = elem;
     int state = 0, end = 0;
     memset(t, 0, sizeof(*t));
-    const void *id = sqlite3_column_blob(st, 0);
-    KMS_ENSURE(id != NULL && sqlite3_column_bytes(st, 0) == KMS_IMPORT_TOKEN_ID_LEN,
+    const uint8_t *id = NULL;
+    size_t id_len = 0;
+    store_col_blob(st, 0, &id, &id_len);
+    KMS_ENSURE(id != NULL && id_len == KMS_IMPORT_TOKEN_ID_LEN,
                KMS_ERR_INTERNAL, "store: %s: stored token id has the wrong length", op);
     memcpy(t->token_id, id, KMS_IMPORT_TOKEN_ID_LEN);
     KMS_GUARD(store_col_text(st, 1, t->key_id, sizeof(t->key_id), op));
@@ -56,8 +58,8 @@ kms_err store_import_read_token(sqlite3_stmt *st, void *elem, const char *op)
     KMS_GUARD(store_col_enum(st, 4, KMS_IMPORT_CREATING, KMS_IMPORT_CLOSED, &state, op));
     KMS_GUARD(store_col_enum(st, 5, KMS_IMPORT_END_NONE, KMS_IMPORT_END_ABANDONED, &end, op));
     KMS_GUARD(store_col_u32(st, 6, &t->failures, op));
-    t->created_at = sqlite3_column_int64(st, 7);
-    t->expires_at = sqlite3_column_int64(st, 8);
+    t->created_at = store_col_int64(st, 7);
+    t->expires_at = store_col_int64(st, 8);
     t->state = (enum kms_import_state)state;
     t->end = (enum kms_import_end)end;
     return KMS_OK;
@@ -80,7 +82,7 @@ static kms_err token_row_get(struct store_conn *c, const uint8_t *token_id,
     if (rc == KMS_OK && !row)
         rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: no such import token", op);
     if (rc == KMS_OK)
-        rc = store_import_read_token(b.st, out, op);
+        rc = store_import_read_token(store_row_of(&b), out, op);
     store_fin(&b);
     return rc;
 }
@@ -382,9 +384,12 @@ static kms_err record_kcv(struct store_conn *c, const struct kcv_arg *ka, const 
                          op, &b));
     bind_kcv(&b, &(struct kcv_arg){ka->key_id, ka->version, NULL});
     kms_err rc = store_step(&b, op, &have);
+    const uint8_t *old = NULL;
+    size_t old_len = 0;
+    if (rc == KMS_OK && have)
+        store_col_blob(store_row_of(&b), 0, &old, &old_len);
     if (rc == KMS_OK && have &&
-        (sqlite3_column_bytes(b.st, 0) != KMS_KCV_LEN ||
-         memcmp(sqlite3_column_blob(b.st, 0), ka->kcv, KMS_KCV_LEN) != 0))
+        (old == NULL || old_len != KMS_KCV_LEN || memcmp(old, ka->kcv, KMS_KCV_LEN) != 0))
         rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION,
                          "store: %s: key %s version %" PRIu32 " holds other material", op,
                          ka->key_id, ka->version);
@@ -476,13 +481,15 @@ kms_err kms_store_import_commit(struct kms_store *store,
     return store_tx_run(store, true, import_commit_tx, &a, op);
 }
 
-static kms_err read_kcv(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_kcv(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_kcv_record *r = elem;
     memset(r, 0, sizeof(*r));
     KMS_GUARD(store_col_u32(st, 0, &r->version, op));
-    const void *v = sqlite3_column_blob(st, 1);
-    KMS_ENSURE(v != NULL && sqlite3_column_bytes(st, 1) == KMS_KCV_LEN, KMS_ERR_INTERNAL,
+    const uint8_t *v = NULL;
+    size_t len = 0;
+    store_col_blob(st, 1, &v, &len);
+    KMS_ENSURE(v != NULL && len == KMS_KCV_LEN, KMS_ERR_INTERNAL,
                "store: %s: stored key check value has the wrong length", op);
     memcpy(r->kcv, v, KMS_KCV_LEN);
     return KMS_OK;

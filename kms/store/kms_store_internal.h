@@ -5,8 +5,15 @@
  *   kms_store.c          open/free, validation, key operations
  *   kms_store_versions.c version operations and reconcile
  *   kms_store_import.c   BYOK import tokens and key check values
- *   kms_store_sql.c      connections, cached statements, transactions, rows
- *   kms_store_schema.c   connection settings, migrations, SQLite errors
+ *   kms_store_sql.c      connections, cached statements, transactions, rows,
+ *                        for both backends (SQLite, PostgreSQL)
+ *   kms_store_schema.c   SQLite connection settings, migrations, SQLite errors
+ *   kms_store_pg.c       PostgreSQL connections, migrations, errors
+ *
+ * The SQL the store files write is SQLite's numbered-parameter dialect kept
+ * to what PostgreSQL also accepts (?N becomes $N there); the few statements
+ * that differ (transaction begin, schema) are per backend. Row readers see
+ * an opaque struct store_row and read it through store_col_*.
  */
 #ifndef KMS_STORE_INTERNAL_H
 #define KMS_STORE_INTERNAL_H
@@ -17,9 +24,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "kms_error.h"
+#include "kms_pgconn.h"
 #include "kms_store.h"
 
 /* How long a connection waits for a lock held by another connection (a
@@ -60,17 +69,51 @@ enum store_stmt_id {
     ST_COUNT
 };
 
+/* Most parameters one statement takes (a recovery row has 23). */
+#define STORE_MAX_PARAMS 24
+
+/* PostgreSQL: a write transaction that failed on a serialization failure
+ * or a deadlock (another node touched the same rows) is run again, up to
+ * this many times in all, with a randomised pause between tries (1..2^n ms,
+ * at most 128): 16 nodes racing on one key's count all get through (the
+ * recovery cap race in test_kms_store loses one at 8 tries). */
+#define STORE_PG_TX_ATTEMPTS 16
+
+/* PostgreSQL: no statement (nor a wait for a row lock or the migration
+ * lock) runs longer than this; past it the call fails with KMS_ERR_IO, so a
+ * stuck database never hangs a request. */
+#define STORE_PG_STATEMENT_TIMEOUT_MS 10000
+
+/* PostgreSQL: reconcile takes a CREATING row for a crash's leftover only
+ * once it is this old (seconds by its created_at): younger ones may be a
+ * create another node is running (a create takes milliseconds to seconds). */
+#define STORE_PG_CREATING_GRACE_S 300
+
 /* A connection and its cached statements; mu guards all of it. */
 struct store_conn {
     pthread_mutex_t mu;
     bool mu_ready;
+    struct kms_store *owner;
+    bool writable;
+    /* SQLite */
     sqlite3 *db;
     sqlite3_stmt *stmt[ST_COUNT];
+    /* PostgreSQL: NULL until first use and after a break (reconnected on
+     * the next use); statement texts converted once ($N), per id. */
+    PGconn *pg;
+    char *pgsql[ST_COUNT];
+    int pgn[ST_COUNT];
+    bool pg_in_tx;      /* between BEGIN and COMMIT/ROLLBACK */
+    bool pg_retryable;  /* a statement failed with 40001/40P01 */
+    int64_t pg_changes; /* rows changed by the last statement */
 };
 
 struct kms_store {
-    char *path;
-    int lock_fd; /* holds the flock that keeps other processes out */
+    bool pg;          /* backend: PostgreSQL, else SQLite */
+    char *path;       /* SQLite file */
+    int lock_fd;      /* SQLite: holds the flock that keeps other processes out */
+    char *conninfo;   /* PostgreSQL target (no password) */
+    char *password;   /* PostgreSQL password source ("file:..."), may be NULL */
     struct store_conn writer;
     struct store_conn readers[STORE_READERS];
     atomic_uint next_reader;
@@ -93,6 +136,29 @@ kms_err store_conn_open(const char *path, bool writable, sqlite3 **out);
 /* Settings in force on db; the caller holds the connection's mutex. */
 kms_err store_schema_info(sqlite3 *db, struct kms_store_info *out);
 
+/* ---- kms_store_pg.c ---- */
+
+/* A failed PostgreSQL result (res may be NULL) as a kms_err with the
+ * detail "store: <op>: ..."; remembers on c whether it is retryable. */
+kms_err store_pg_err(struct store_conn *c, const PGresult *res, const char *op);
+
+/* Make c usable: connect when it has no connection or the one it had
+ * broke (the server restarted). KMS_ERR_IO when the server is away. */
+kms_err store_pg_ensure(struct store_conn *c, const char *op);
+
+/* Run sql (no parameters, may hold several statements) on c. */
+kms_err store_pg_exec(struct store_conn *c, const char *sql, const char *op);
+
+/* Connect the writer, check the database is a Custos store this build can
+ * use and apply pending migrations in one transaction under an advisory
+ * lock, so that nodes starting together migrate once. */
+kms_err store_pg_open_writer(struct store_conn *c);
+
+kms_err store_pg_schema_info(struct store_conn *c, struct kms_store_info *out);
+
+/* ?N -> $N (outside quotes); *out_nparams the highest N. Caller frees. */
+char *store_pg_sql(const char *sql, int *out_nparams);
+
 /* ---- kms_store_sql.c ---- */
 
 /* Lease a connection (locking its mutex); give it back when done. */
@@ -103,19 +169,46 @@ void store_conn_close(struct store_conn *c);
 
 /* A statement being bound and run. Binding failures accumulate in rc so a
  * statement is bound by a row of calls and checked once, by store_run,
- * store_step or store_collect. Text and blobs are bound without copying:
- * they must outlive the statement's use. */
+ * store_step or store_collect. Text and blobs are bound without copying
+ * (store_bind_text_copy excepted): they must outlive the statement's use. */
 struct store_bind {
     struct store_conn *c;
+    int rc; /* 0, else the first binding failure */
+    /* SQLite */
     sqlite3_stmt *st;
-    int rc;
+    /* PostgreSQL: parameters in text (numbers, text) or binary (bytea)
+     * format; results are read in binary. */
+    char *sql;
+    bool own_sql;
+    int nparams;
+    const char *vals[STORE_MAX_PARAMS];
+    int lens[STORE_MAX_PARAMS];
+    int fmts[STORE_MAX_PARAMS];
+    Oid types[STORE_MAX_PARAMS];
+    char nums[STORE_MAX_PARAMS][24];
+    char *copies[STORE_MAX_PARAMS];
+    PGresult *res;
+    int row, nrows;
 };
+
+/* The current row of a statement, for row readers. */
+struct store_row;
+static inline const struct store_row *store_row_of(const struct store_bind *b)
+{
+    return (const struct store_row *)b;
+}
 
 kms_err store_stmt(struct store_conn *c, enum store_stmt_id id, const char *op,
                    struct store_bind *out);
 void store_bind_text(struct store_bind *b, int i, const char *v);
 void store_bind_int(struct store_bind *b, int i, int64_t v);
 void store_bind_hsm_id(struct store_bind *b, int i, const uint8_t v[KMS_HSM_ID_LEN]);
+/* Text that need not outlive the call: copied. */
+void store_bind_text_copy(struct store_bind *b, int i, const char *v);
+/* Parameters the statement's text names (the highest ?N). */
+int store_param_count(const struct store_bind *b);
+/* Rows changed by the last statement run on c. */
+int64_t store_changes(const struct store_conn *c);
 
 /* Run to completion and reset. */
 kms_err store_run(struct store_bind *b, const char *op);
@@ -129,23 +222,30 @@ kms_err store_step(struct store_bind *b, const char *op, bool *out_row);
  * checkpoints, so every use ends here. */
 void store_done(struct store_bind *b);
 
-/* Decode the current row of st into elem. */
-typedef kms_err (*store_row_reader)(sqlite3_stmt *st, void *elem, const char *op);
+/* Decode the current row into elem. */
+typedef kms_err (*store_row_reader)(const struct store_row *r, void *elem, const char *op);
 
 /* Up to max rows into a new array (NULL if none); resets the statement. */
 kms_err store_collect(struct store_bind *b, size_t elem, size_t max, store_row_reader read,
                       void **out, size_t *out_n, const char *op);
 
-kms_err store_col_text(sqlite3_stmt *st, int col, char *dst, size_t size, const char *op);
-kms_err store_col_hsm_id(sqlite3_stmt *st, int col, uint8_t dst[KMS_HSM_ID_LEN],
+kms_err store_col_text(const struct store_row *r, int col, char *dst, size_t size,
+                       const char *op);
+kms_err store_col_hsm_id(const struct store_row *r, int col, uint8_t dst[KMS_HSM_ID_LEN],
                          const char *op);
-kms_err store_col_u32(sqlite3_stmt *st, int col, uint32_t *out, const char *op);
-kms_err store_col_enum(sqlite3_stmt *st, int col, int lo, int hi, int *out, const char *op);
+kms_err store_col_u32(const struct store_row *r, int col, uint32_t *out, const char *op);
+kms_err store_col_enum(const struct store_row *r, int col, int lo, int hi, int *out,
+                       const char *op);
+/* An integer column (0 for NULL). */
+int64_t store_col_int64(const struct store_row *r, int col);
+/* A blob column: *out points into the row (valid until the next step),
+ * NULL for NULL. */
+void store_col_blob(const struct store_row *r, int col, const uint8_t **out, size_t *out_len);
 
 /* Row readers for the column lists of ST_KEY_GET and ST_VERSION_GET. */
-kms_err store_read_key(sqlite3_stmt *st, void *elem, const char *op);
-kms_err store_read_version(sqlite3_stmt *st, void *elem, const char *op);
-kms_err store_read_hsm_id(sqlite3_stmt *st, void *elem, const char *op);
+kms_err store_read_key(const struct store_row *r, void *elem, const char *op);
+kms_err store_read_version(const struct store_row *r, void *elem, const char *op);
+kms_err store_read_hsm_id(const struct store_row *r, void *elem, const char *op);
 
 /* A key row as a transaction sees it, CREATING included. */
 struct store_key_row {
@@ -205,7 +305,9 @@ kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, s
  * Commits if body returns KMS_OK, else (or if the commit fails) rolls back;
  * with synchronous=FULL a KMS_OK commit is on disk. Returns the outcome.
  * Every store transaction goes through here. Results the body leaves in
- * arg are valid only if this returns KMS_OK. */
+ * arg are valid only if this returns KMS_OK. On PostgreSQL the body may
+ * run several times (SERIALIZABLE, STORE_PG_TX_ATTEMPTS): it must start
+ * from what arg held on entry and free what an earlier run left there. */
 typedef kms_err (*store_tx_body)(struct store_conn *c, void *arg, const char *op);
 kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg,
                      const char *op);
@@ -229,7 +331,7 @@ kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, s
  * one compare-and-set of a token's state in its own write transaction. */
 #define STORE_IMPORT_TOKEN_COLS                                                                \
     "token_id, key_id, token, hsm_id, state, end_reason, failures, created_at, expires_at"
-kms_err store_import_read_token(sqlite3_stmt *st, void *elem, const char *op);
+kms_err store_import_read_token(const struct store_row *r, void *elem, const char *op);
 kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
                             enum kms_import_state from, enum kms_import_state to,
                             enum kms_import_end end_reason, bool keep_end, const char *op);

@@ -120,7 +120,8 @@ kms_err kms_store_usage_release(struct kms_store *store, const char *key_id, uin
     struct kv_arg a = {key_id, version, (int64_t)n};
     struct store_conn *c = store_writer_take(store);
     kms_err rc = store_exec_one(c,
-                                "UPDATE key_versions SET encryptions = max(encryptions - ?3, 0) "
+                                "UPDATE key_versions SET encryptions = CASE WHEN encryptions > ?3 "
+                                "THEN encryptions - ?3 ELSE 0 END "
                                 "WHERE key_id = ?1 AND version = ?2",
                                 op, bind_kvn, &a, NULL);
     store_conn_give(c);
@@ -143,13 +144,13 @@ kms_err kms_store_usage_get(struct kms_store *store, const char *key_id, uint32_
     return KMS_OK;
 }
 
-static kms_err read_usage_row(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_usage_row(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_store_usage_row *r = elem;
     memset(r, 0, sizeof(*r));
     KMS_GUARD(store_col_text(st, 0, r->key_id, sizeof(r->key_id), op));
     KMS_GUARD(store_col_u32(st, 1, &r->version, op));
-    int64_t e = sqlite3_column_int64(st, 2);
+    int64_t e = store_col_int64(st, 2);
     r->encryptions = e > 0 ? (uint64_t)e : 0;
     return KMS_OK;
 }

@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kms_store_internal.h"
 
@@ -32,7 +33,7 @@ kms_err store_version_state_get(struct store_conn *c, const char *key_id, uint32
     KMS_GUARD(store_step(&b, op, &row));
     KMS_ENSURE_GOTO(row, done, KMS_ERR_NOT_FOUND,
                     "store: %s: key %s has no version %" PRIu32, op, key_id, version);
-    KMS_GUARD_GOTO(store_col_enum(b.st, 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state,
+    KMS_GUARD_GOTO(store_col_enum(store_row_of(&b), 0, KMS_VERSION_CREATING, KMS_VERSION_DESTROYED, &state,
                                   op),
                    done);
     *out = (enum kms_version_state)state;
@@ -51,7 +52,7 @@ static kms_err version_get_row(struct store_conn *c, const char *key_id, uint32_
     store_bind_text(&b, 1, key_id);
     store_bind_int(&b, 2, version);
     KMS_GUARD(store_step(&b, op, &row));
-    kms_err rc = row ? store_read_version(b.st, out, op)
+    kms_err rc = row ? store_read_version(store_row_of(&b), out, op)
                      : kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: key %s has no version %" PRIu32,
                                    op, key_id, version);
     store_done(&b);
@@ -253,7 +254,7 @@ kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
 
 /* ---- reconcile ---------------------------------------------------------- */
 
-static kms_err read_creating(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_creating(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_store_creating *r = elem;
     memset(r, 0, sizeof(*r));
@@ -261,8 +262,13 @@ static kms_err read_creating(sqlite3_stmt *st, void *elem, const char *op)
     KMS_GUARD(store_col_text(st, 1, r->token, sizeof(r->token), op));
     KMS_GUARD(store_col_u32(st, 2, &r->version, op));
     KMS_GUARD(store_col_hsm_id(st, 3, r->hsm_id, op));
-    r->key_creating = sqlite3_column_int(st, 4) == KMS_KEY_CREATING;
+    r->key_creating = store_col_int64(st, 4) == KMS_KEY_CREATING;
     return KMS_OK;
+}
+
+static void bind_before_s(struct store_bind *b, const void *arg)
+{
+    store_bind_int(b, 1, *(const int64_t *)arg);
 }
 
 kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creating **out,
@@ -276,6 +282,23 @@ kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creati
     *out = NULL;
     *out_n = 0;
 
+    /* On PostgreSQL other nodes share the store: a CREATING row may be a
+     * create another node is in the middle of, and reconciling it would
+     * destroy a key being born. Only rows older than any create takes are
+     * a crash's leftovers. On SQLite the file lock rules that out. */
+    if (store->pg) {
+        void *arr = NULL;
+        int64_t before = (int64_t)time(NULL) - STORE_PG_CREATING_GRACE_S;
+        kms_err rc = store_list_query(
+            store,
+            "SELECT v.key_id, k.token, v.version, v.hsm_id, k.state "
+            "FROM key_versions v JOIN keys k USING (key_id) "
+            "WHERE v.state = 0 AND v.created_at <= ?1 ORDER BY v.key_id, v.version",
+            op, bind_before_s, &before, sizeof(struct kms_store_creating), SIZE_MAX,
+            read_creating, &arr, out_n);
+        *out = arr;
+        return rc;
+    }
     struct store_conn *c = store_reader_take(store);
     kms_err rc = store_stmt(c, ST_CREATING_LIST, op, &b);
     if (rc == KMS_OK) {

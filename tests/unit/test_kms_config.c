@@ -354,6 +354,55 @@ START_TEST(rotation_keys)
 }
 END_TEST
 
+START_TEST(store_backends)
+{
+    struct kms_config *c = NULL;
+#define TOKENS_NO_STORE                                                                        \
+    "\"pkcs11\": {\"tokens\": [{\"region\": \"eu-west\", \"token\": \"custos-eu-west\","     \
+    " \"pin\": \"file:pins/eu.pin\"}]}, \"policy\": \"policy.json\""
+    /* The object form of the default backend is the plain path. */
+    ck_assert_int_eq(load("{" TOKENS_NO_STORE ", \"store\": {\"backend\": \"sqlite\", "
+                          "\"path\": \"/var/db\"}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_str_eq(c->store_path, "/var/db");
+    ck_assert_ptr_null(c->store_pg_conninfo);
+    kms_config_free(c);
+    /* PostgreSQL: a connection string and a password source, no file. */
+    ck_assert_int_eq(load("{" TOKENS_NO_STORE ", \"store\": {\"backend\": \"postgresql\", "
+                          "\"conninfo\": \"host=/run/postgresql dbname=custos_eu user=custos\", "
+                          "\"password\": \"file:/etc/custos/pg-password\"}}",
+                          &c),
+                     KMS_OK);
+    ck_assert_ptr_null(c->store_path);
+    ck_assert_str_eq(c->store_pg_conninfo, "host=/run/postgresql dbname=custos_eu user=custos");
+    ck_assert_str_eq(c->store_pg_password, "file:/etc/custos/pg-password");
+    kms_config_free(c);
+    /* A password inside the string is refused, and not echoed. */
+    expect_error("{" TOKENS_NO_STORE ", \"store\": {\"backend\": \"postgresql\", "
+                 "\"conninfo\": \"dbname=x password=hunter2\"}}",
+                 "password source");
+    ck_assert_ptr_null(strstr(kms_err_detail(), "hunter2"));
+    expect_error("{" TOKENS_NO_STORE ", \"store\": {\"backend\": \"postgresql\", "
+                 "\"conninfo\": \"postgresql://custos:hunter2@db/x\"}}",
+                 "password source");
+    ck_assert_ptr_null(strstr(kms_err_detail(), "hunter2"));
+    expect_error("{" TOKENS_NO_STORE ", \"store\": {\"backend\": \"mysql\"}}",
+                 "store.backend: must be");
+    expect_error("{" TOKENS_NO_STORE ", \"store\": {\"backend\": \"postgresql\", "
+                 "\"conninfo\": \"dbname=x\", \"path\": \"/var/db\"}}",
+                 "store.path");
+    expect_error("{" TOKENS_NO_STORE ", \"store\": {\"backend\": \"postgresql\"}}",
+                 "store.conninfo: required");
+    expect_error("{" TOKENS_NO_STORE ", \"store\": {\"path\": \"/var/db\", "
+                 "\"conninfo\": \"dbname=x\"}}",
+                 "for the postgresql backend");
+    expect_error("{" TOKENS_NO_STORE ", \"store\": {\"backend\": \"postgresql\", "
+                 "\"conninfo\": \"dbname=x\", \"user\": \"u\"}}",
+                 "store.user: unknown key");
+}
+END_TEST
+
 START_TEST(missing_file)
 {
     struct kms_config *c = (void *)1;
@@ -377,6 +426,7 @@ int main(void)
     tcase_add_test(tc, audit_postgresql);
     tcase_add_test(tc, rotation_keys);
     tcase_add_test(tc, link_token_keys);
+    tcase_add_test(tc, store_backends);
     tcase_add_test(tc, missing_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

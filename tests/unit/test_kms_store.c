@@ -1,6 +1,9 @@
 /*
  * test_kms_store.c - the metadata store against real SQLite files in a
- * temporary directory (under $CUSTOS_TEST_WORK when set), one per test.
+ * temporary directory (under $CUSTOS_TEST_WORK when set), one per test;
+ * and, when tests/run-tests.sh started a scratch PostgreSQL cluster
+ * ($CUSTOS_TEST_PG_DIR), every backend-neutral case again on PostgreSQL
+ * (TCases "pg/..."), one fresh database per test.
  */
 #include <check.h>
 #include <errno.h>
@@ -22,6 +25,7 @@
 #include "kms_error.h"
 #include "kms_log.h"
 #include "kms_store.h"
+#include "testpg.h"
 
 /* main() makes workroot and removes it after the run, so a failing test
  * (whose teardown check skips) leaves nothing behind either. */
@@ -29,6 +33,10 @@ static char workroot[4096];
 static char tmpdir[4200];
 static char dbpath[4300];
 static struct kms_store *store;
+/* PostgreSQL cases: the database of this test. */
+static bool pg_mode;
+static char pg_conninfo[1400];
+static char pg_db[64];
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -54,9 +62,23 @@ static void teardown(void)
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+static void setup_pg(void)
+{
+    setup();
+    pg_mode = true;
+    testpg_create(pg_conninfo, sizeof(pg_conninfo), pg_db, sizeof(pg_db));
+}
+
+static void teardown_pg(void)
+{
+    teardown();
+    testpg_drop(pg_db);
+}
+
 static void open_store(void)
 {
-    kms_err rc = kms_store_open(dbpath, &store);
+    kms_err rc = pg_mode ? kms_store_open_pg(pg_conninfo, testpg_password_source(), &store)
+                         : kms_store_open(dbpath, &store);
     ck_assert_msg(rc == KMS_OK, "open: %s: %s", kms_strerror(rc), kms_err_detail());
 }
 
@@ -197,6 +219,8 @@ START_TEST(test_open_creates_and_reopen_keeps)
     ck_assert_int_eq(k.state, KMS_KEY_ENABLED);
     ck_assert_uint_eq(k.current_version, 1);
 
+    if (pg_mode)
+        return;
     struct stat sb;
     ck_assert_int_eq(stat(dbpath, &sb), 0);
     ck_assert_uint_eq(sb.st_mode & 0777, 0600);
@@ -1784,6 +1808,7 @@ struct recovery_racer {
     unsigned index, round;
     pthread_barrier_t *start;
     kms_err rc;
+    struct kms_store *node; /* the store handle this racer uses */
 };
 
 static void *recovery_racer(void *arg)
@@ -1795,7 +1820,7 @@ static void *recovery_racer(void *arg)
     recovery_of(&r, rid, w->key_id, 5000 + w->round);
     size_t open_n = 0;
     pthread_barrier_wait(w->start);
-    w->rc = kms_store_recovery_insert(store, &r, RECOVERY_LIMIT, &open_n);
+    w->rc = kms_store_recovery_insert(w->node, &r, RECOVERY_LIMIT, &open_n);
     return NULL;
 }
 
@@ -1803,6 +1828,11 @@ START_TEST(test_recovery_limit_race)
 {
     char id[KMS_KEY_ID_SIZE];
     open_store();
+    /* On PostgreSQL half the racers go through a second handle: a second
+     * node, counting the open recoveries in its own transactions. */
+    struct kms_store *second = store;
+    if (pg_mode)
+        ck_ok(kms_store_open_pg(pg_conninfo, testpg_password_source(), &second));
     for (unsigned round = 0; round < 4; round++) {
         create_enabled("acme", 40 + round, 1, 1000);
         key_id_of(id, 40 + round, 1);
@@ -1811,7 +1841,7 @@ START_TEST(test_recovery_limit_race)
         pthread_barrier_t start;
         ck_assert_int_eq(pthread_barrier_init(&start, NULL, RECOVERY_RACERS), 0);
         for (unsigned i = 0; i < RECOVERY_RACERS; i++) {
-            w[i] = (struct recovery_racer){id, i, round, &start, KMS_OK};
+            w[i] = (struct recovery_racer){id, i, round, &start, KMS_OK, i % 2 ? second : store};
             ck_assert_int_eq(pthread_create(&t[i], NULL, recovery_racer, &w[i]), 0);
         }
         unsigned ok = 0, exhausted = 0;
@@ -1829,49 +1859,69 @@ START_TEST(test_recovery_limit_race)
         ck_assert_uint_eq(n, RECOVERY_LIMIT);
         free(list);
     }
+    if (second != store)
+        kms_store_free(second);
 }
 END_TEST
 
 static Suite *store_suite(void)
 {
     Suite *s = suite_create("kms_store");
+    /* sqlite_only: cases about the file (settings, lock, crash of the
+     * process, a full disk, migrating an old file by hand). */
     struct {
         const char *name;
         const TTest *test;
+        bool sqlite_only;
     } cases[] = {
-        {"open_creates_and_reopen_keeps", test_open_creates_and_reopen_keeps},
-        {"pragmas", test_pragmas},
-        {"open_refusals", test_open_refusals},
-        {"one_process_per_database", test_one_process_per_database},
-        {"insert_get", test_insert_get},
-        {"duplicates_change_nothing", test_duplicates_change_nothing},
-        {"creating_invisible", test_creating_invisible},
-        {"versions", test_versions},
-        {"state_cas", test_state_cas},
-        {"state_cas_race", test_state_cas_race},
-        {"paging", test_paging},
-        {"paging_exact_and_bad_tokens", test_paging_exact_and_bad_tokens},
-        {"due_for_deletion", test_due_for_deletion},
-        {"mark_destroyed", test_mark_destroyed},
-        {"reconcile", test_reconcile},
-        {"creating_survives_crash", test_creating_survives_crash},
-        {"disk_full", test_disk_full},
-        {"bounds", test_bounds},
-        {"concurrent_inserts", test_concurrent_inserts},
-        {"import_token_lifecycle", test_import_token_lifecycle},
-        {"import_token_refusals", test_import_token_refusals},
-        {"import_material_checks", test_import_material_checks},
-        {"import_token_sweeping", test_import_token_sweeping},
-        {"migration_1_to_2", test_migration_1_to_2},
-        {"escrow_and_recovery", test_escrow_and_recovery},
-        {"escrow_pairs", test_escrow_pairs},
-        {"recovery_limit_race", test_recovery_limit_race},
+        {"open_creates_and_reopen_keeps", test_open_creates_and_reopen_keeps, false},
+        {"pragmas", test_pragmas, true},
+        {"open_refusals", test_open_refusals, true},
+        {"one_process_per_database", test_one_process_per_database, true},
+        {"insert_get", test_insert_get, false},
+        {"duplicates_change_nothing", test_duplicates_change_nothing, false},
+        {"creating_invisible", test_creating_invisible, false},
+        {"versions", test_versions, false},
+        {"state_cas", test_state_cas, false},
+        {"state_cas_race", test_state_cas_race, false},
+        {"paging", test_paging, false},
+        {"paging_exact_and_bad_tokens", test_paging_exact_and_bad_tokens, false},
+        {"due_for_deletion", test_due_for_deletion, false},
+        {"mark_destroyed", test_mark_destroyed, false},
+        {"reconcile", test_reconcile, false},
+        {"creating_survives_crash", test_creating_survives_crash, true},
+        {"disk_full", test_disk_full, true},
+        {"bounds", test_bounds, false},
+        {"concurrent_inserts", test_concurrent_inserts, false},
+        {"import_token_lifecycle", test_import_token_lifecycle, false},
+        {"import_token_refusals", test_import_token_refusals, false},
+        {"import_material_checks", test_import_material_checks, false},
+        {"import_token_sweeping", test_import_token_sweeping, false},
+        {"migration_1_to_2", test_migration_1_to_2, true},
+        {"escrow_and_recovery", test_escrow_and_recovery, false},
+        {"escrow_pairs", test_escrow_pairs, false},
+        {"recovery_limit_race", test_recovery_limit_race, false},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
         tcase_add_checked_fixture(tc, setup, teardown);
         /* Every commit is an fsync (synchronous=FULL): the bulk tests take
          * seconds on a real disk, more under sanitizers. */
+        tcase_set_timeout(tc, 300);
+        tcase_add_test(tc, cases[i].test);
+        suite_add_tcase(s, tc);
+    }
+    if (!testpg_available())
+        return s;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (cases[i].sqlite_only)
+            continue;
+        /* check keeps the name pointer: one that outlives the suite. */
+        static char names[64][96];
+        _Static_assert(sizeof(cases) / sizeof(cases[0]) <= 64, "names[] holds every case");
+        snprintf(names[i], sizeof(names[i]), "pg/%s", cases[i].name);
+        TCase *tc = tcase_create(names[i]);
+        tcase_add_checked_fixture(tc, setup_pg, teardown_pg);
         tcase_set_timeout(tc, 300);
         tcase_add_test(tc, cases[i].test);
         suite_add_tcase(s, tc);

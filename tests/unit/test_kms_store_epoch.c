@@ -18,6 +18,7 @@
 #include "kms_log.h"
 #include "kms_store.h"
 #include "kms_store_epoch.h"
+#include "testpg.h"
 
 static char workroot[4096];
 static char tmpdir[4200];
@@ -53,6 +54,24 @@ static void teardown(void)
     kms_store_free(store);
     store = NULL;
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The same cases on PostgreSQL ($CUSTOS_TEST_PG_DIR), a database each. */
+static char pg_conninfo[1400];
+static char pg_db[64];
+
+static void setup_pg(void)
+{
+    kms_log_set_level(KMS_LOG_ERROR);
+    testpg_create(pg_conninfo, sizeof(pg_conninfo), pg_db, sizeof(pg_db));
+    ck_ok(kms_store_open_pg(pg_conninfo, testpg_password_source(), &store));
+}
+
+static void teardown_pg(void)
+{
+    kms_store_free(store);
+    store = NULL;
+    testpg_drop(pg_db);
 }
 
 static const char KEY[] = "00112233445566778899aabbccddeeff";
@@ -326,6 +345,19 @@ static Suite *epoch_suite(void)
     tcase_add_test(tc, encryption_counts_bounded);
     tcase_add_test(tc, unknown_objects_confirmed);
     tcase_add_test(tc, snapshot_is_a_new_store_naming_the_old);
+    suite_add_tcase(s, tc);
+    if (!testpg_available())
+        return s;
+    /* All but the snapshot, which copies a SQLite file. */
+    tc = tcase_create("pg/epoch");
+    tcase_add_checked_fixture(tc, setup_pg, teardown_pg);
+    tcase_add_test(tc, watermark_never_moves_back);
+    tcase_add_test(tc, raw_states_include_creating);
+    tcase_add_test(tc, reattach_and_floor_never_reissue);
+    tcase_add_test(tc, force_state_rebuilds_from_the_audit_log);
+    tcase_add_test(tc, force_state_revives_only_present_versions);
+    tcase_add_test(tc, encryption_counts_bounded);
+    tcase_add_test(tc, unknown_objects_confirmed);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -22,6 +22,7 @@
 #include "kms_log.h"
 #include "kms_store.h"
 #include "kms_usage.h"
+#include "testpg.h"
 
 static char workroot[4096];
 static char tmpdir[4200];
@@ -50,9 +51,20 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
                       kms_strerror(ck_rc_), kms_strerror(want), kms_err_detail());             \
     } while (0)
 
+/* PostgreSQL cases ("pg/..."): the database of this test. */
+static bool pg_mode;
+static char pg_conninfo[1400];
+static char pg_db[64];
+
+static kms_err open_any(struct kms_store **out)
+{
+    return pg_mode ? kms_store_open_pg(pg_conninfo, testpg_password_source(), out)
+                   : kms_store_open(dbpath, out);
+}
+
 static void open_store(void)
 {
-    ck_ok(kms_store_open(dbpath, &store));
+    ck_ok(open_any(&store));
 }
 
 static void reopen_store(void)
@@ -77,6 +89,19 @@ static void teardown(void)
     kms_store_free(store);
     store = NULL;
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void setup_pg(void)
+{
+    pg_mode = true;
+    testpg_create(pg_conninfo, sizeof(pg_conninfo), pg_db, sizeof(pg_db));
+    setup();
+}
+
+static void teardown_pg(void)
+{
+    teardown();
+    testpg_drop(pg_db);
 }
 
 /* An ENABLED key n with versions 1..versions, the current one created at
@@ -182,7 +207,7 @@ START_TEST(test_crash_never_undercounts)
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
             close(fd[0]);
-            if (kms_store_open(dbpath, &store) != KMS_OK)
+            if (open_any(&store) != KMS_OK)
                 _exit(1);
             struct kms_usage *u = NULL;
             struct kms_usage_config cfg = {1u << 30, 1u << 30, 16};
@@ -457,6 +482,18 @@ static Suite *usage_suite(void)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
         tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_set_timeout(tc, 300);
+        tcase_add_test(tc, cases[i].test);
+        suite_add_tcase(s, tc);
+    }
+    if (!testpg_available())
+        return s;
+    static char names[16][64];
+    _Static_assert(sizeof(cases) / sizeof(cases[0]) <= 16, "names[] holds every case");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(names[i], sizeof(names[i]), "pg/%s", cases[i].name);
+        TCase *tc = tcase_create(names[i]);
+        tcase_add_checked_fixture(tc, setup_pg, teardown_pg);
         tcase_set_timeout(tc, 300);
         tcase_add_test(tc, cases[i].test);
         suite_add_tcase(s, tc);
