@@ -111,16 +111,19 @@ kms_err kms_store_link_insert(struct kms_store *store, const struct kms_link_rec
     return store_tx_run(store, true, insert_tx, (void *)r, op);
 }
 
-static kms_err blob_col(sqlite3_stmt *st, int col, uint8_t *dst, size_t len, const char *op)
+static kms_err blob_col(const struct store_row *r, int col, uint8_t *dst, size_t len,
+                        const char *op)
 {
-    KMS_ENSURE(sqlite3_column_type(st, col) == SQLITE_BLOB &&
-                   (size_t)sqlite3_column_bytes(st, col) == len,
-               KMS_ERR_IO, "store: %s: column %d is not a %zu-byte blob", op, col, len);
-    memcpy(dst, sqlite3_column_blob(st, col), len);
+    const uint8_t *p = NULL;
+    size_t n = 0;
+    store_col_blob(r, col, &p, &n);
+    KMS_ENSURE(p != NULL && n == len, KMS_ERR_IO, "store: %s: column %d is not %zu bytes", op,
+               col, len);
+    memcpy(dst, p, len);
     return KMS_OK;
 }
 
-static kms_err read_link(sqlite3_stmt *st, void *elem, const char *op)
+static kms_err read_link(const struct store_row *st, void *elem, const char *op)
 {
     struct kms_link_record *r = elem;
     int state = 0;
@@ -130,8 +133,8 @@ static kms_err read_link(sqlite3_stmt *st, void *elem, const char *op)
     KMS_GUARD(store_col_u32(st, 2, &r->version, op));
     KMS_GUARD(store_col_text(st, 3, r->region, sizeof(r->region), op));
     KMS_GUARD(store_col_text(st, 4, r->tenant, sizeof(r->tenant), op));
-    r->expires_at = sqlite3_column_int64(st, 5);
-    r->created_at = sqlite3_column_int64(st, 6);
+    r->expires_at = store_col_int64(st, 5);
+    r->created_at = store_col_int64(st, 6);
     KMS_GUARD(store_col_enum(st, 7, KMS_LINK_LIVE, KMS_LINK_VOID, &state, op));
     r->state = (enum kms_link_state)state;
     KMS_GUARD(store_col_u32(st, 8, &r->attempts, op));
@@ -169,7 +172,7 @@ static kms_err row_get(struct store_conn *c, const struct key_tok *kt, struct km
     bool row = false;
     kms_err rc = store_step(&b, op, &row);
     if (rc == KMS_OK && row) {
-        rc = read_link(b.st, out, op);
+        rc = read_link(store_row_of(&b), out, op);
         *out_found = rc == KMS_OK;
     }
     store_fin(&b);
@@ -216,8 +219,8 @@ static kms_err rate_step(struct store_conn *c, const struct kms_link_attempt *a,
     bool row = false;
     kms_err rc = store_step(&b, op, &row);
     if (rc == KMS_OK && row) {
-        int64_t start = sqlite3_column_int64(b.st, 0);
-        int64_t n = sqlite3_column_int64(b.st, 1);
+        int64_t start = store_col_int64(store_row_of(&b), 0);
+        int64_t n = store_col_int64(store_row_of(&b), 1);
         /* A window that is over starts again at this attempt. */
         if (start > a->now - (int64_t)a->rate_window_s && n >= 0) {
             r.window_start = start;

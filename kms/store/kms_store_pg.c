@@ -152,6 +152,32 @@ static const struct pg_migration pg_migrations[] = {
         "  PRIMARY KEY (key_id, version),"
         "  FOREIGN KEY (key_id, version) REFERENCES key_versions (key_id, version)"
         "    ON DELETE CASCADE);"},
+    /* link tokens (docs/link-tokens.md): the same rows as SQLite's migration
+     * 6, nothing personal (a blind recipient index, the token as SHA-256). */
+    {6, "CREATE TABLE link_tokens ("
+        "  key_id       TEXT COLLATE \"C\" NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,"
+        "  token_id     BYTEA   NOT NULL CHECK (octet_length(token_id) = 12),"
+        "  version      BIGINT  NOT NULL CHECK (version >= 1),"
+        "  region       TEXT COLLATE \"C\" NOT NULL,"
+        "  tenant       TEXT COLLATE \"C\" NOT NULL,"
+        "  expires_at   BIGINT  NOT NULL,"
+        "  created_at   BIGINT  NOT NULL,"
+        "  state        BIGINT  NOT NULL DEFAULT 0 CHECK (state BETWEEN 0 AND 3),"
+        "  attempts     BIGINT  NOT NULL DEFAULT 0 CHECK (attempts >= 0),"
+        "  max_attempts BIGINT  NOT NULL CHECK (max_attempts >= 1),"
+        "  recipient    BYTEA   NOT NULL CHECK (octet_length(recipient) = 16),"
+        "  token_hash   BYTEA   NOT NULL CHECK (octet_length(token_hash) = 32),"
+        "  purpose      TEXT COLLATE \"C\" NOT NULL,"
+        "  message_ref  TEXT COLLATE \"C\" NOT NULL DEFAULT '',"
+        "  PRIMARY KEY (key_id, token_id));"
+        "CREATE INDEX link_tokens_expiry ON link_tokens (expires_at);"
+        "CREATE INDEX link_tokens_ref ON link_tokens (key_id, message_ref) WHERE message_ref <> '';"
+        "CREATE TABLE link_recipients ("
+        "  key_id       TEXT COLLATE \"C\" NOT NULL,"
+        "  recipient    BYTEA   NOT NULL CHECK (octet_length(recipient) = 16),"
+        "  window_start BIGINT  NOT NULL,"
+        "  attempts     BIGINT  NOT NULL CHECK (attempts >= 0),"
+        "  PRIMARY KEY (key_id, recipient));"},
 };
 
 #define PG_MIGRATION_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))
