@@ -79,13 +79,14 @@ static kms_err do_restore(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg
 
     struct p11_asym_tmpl priv, pub;
     p11_asym_tmpl_private(&priv, r->kind, r->id, r->label, false, P11_ASYM_FOR_UNWRAP);
-    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    CK_RV rv = P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hesc, (CK_BYTE *)r->blob,
+    CK_MECHANISM m = {tok->kwp_mech, NULL, 0};
+    p11_tmpl_fit(tok, s, priv.a, &priv.n);
+    CK_RV rv = P11_RV(tok, C_UnwrapKey, tok->kwp_mech, s, &m, hesc, (CK_BYTE *)r->blob,
                       r->blob_len, priv.a, priv.n, &hpriv);
     /* SoftHSMv2 answers a failed RFC 5649 integrity check with
      * CKR_GENERAL_ERROR (see p11_crypto.c); a blob for another key type
      * fails the PKCS#8 decoding the same way. */
-    if (rv == CKR_GENERAL_ERROR && strncmp(tok->manufacturer, "SoftHSM", 7) == 0)
+    if (rv == CKR_GENERAL_ERROR && tok->integrity_general)
         rv = CKR_WRAPPED_KEY_INVALID;
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_UnwrapKey(private key)", tok->label), fail);
     KMS_GUARD_GOTO(p11_asym_check_private(tok, s, hpriv, r->kind, false, false), fail);
@@ -101,6 +102,7 @@ static kms_err do_restore(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg
         p11_asym_tmpl_add(&pub, CKA_PUBLIC_EXPONENT, r->pv.b, r->pv.b_len);
     }
     pub.a[pub.n++] = last;
+    p11_tmpl_fit(tok, s, pub.a, &pub.n);
     rv = P11_RV(tok, C_CreateObject, P11_NO_MECH, s, pub.a, pub.n, &hpub);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_CreateObject(public key)", tok->label), fail);
     KMS_GUARD_GOTO(p11_asym_check_public(tok, s, hpub, r->kind), fail);

@@ -72,8 +72,9 @@ static const struct cap_row cap_rows[P11_CAP_COUNT] = {
                               "CKM_RSA_PKCS_KEY_PAIR_GEN (3072-bit)"},
     [P11_CAP_AES_GCM] = {CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT, 0, 0, false,
                          "CKM_AES_GCM encrypt/decrypt"},
-    [P11_CAP_AES_KWP] = {CKM_AES_KEY_WRAP_PAD, CKF_WRAP | CKF_UNWRAP, 0, 0, false,
-                         "CKM_AES_KEY_WRAP_PAD wrap/unwrap"},
+    /* The mechanism is the token's (tok->kwp_mech, p11_probe_kwp). */
+    [P11_CAP_AES_KWP] = {CKM_AES_KEY_WRAP_KWP, CKF_WRAP | CKF_UNWRAP, 0, 0, false,
+                         "RFC 5649 wrap/unwrap (CKM_AES_KEY_WRAP_KWP, or a _PAD that is RFC 5649)"},
     [P11_CAP_RSA_OAEP_UNWRAP] = {CKM_RSA_PKCS_OAEP, CKF_UNWRAP, 0, 0, false,
                                  "CKM_RSA_PKCS_OAEP unwrap"},
     [P11_CAP_RSA_AES_KEY_WRAP] = {CKM_RSA_AES_KEY_WRAP, CKF_UNWRAP, 0, 0, false,
@@ -88,10 +89,20 @@ const char *p11_cap_name(enum p11_cap cap)
     return (unsigned)cap < P11_CAP_COUNT ? cap_rows[cap].name : "unknown capability";
 }
 
+bool p11_token_mech_has(const struct p11_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS need)
+{
+    for (size_t i = 0; i < tok->n_mechs; i++)
+        if (tok->mechs[i] == mech)
+            return (tok->mech_info[i].flags & need) == need;
+    return false;
+}
+
 bool p11_token_has(const struct p11_token *tok, enum p11_cap cap)
 {
     if ((unsigned)cap >= P11_CAP_COUNT)
         return false;
+    if (cap == P11_CAP_AES_KWP)
+        return tok->kwp_mech != (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION;
     const struct cap_row *r = &cap_rows[cap];
     for (size_t i = 0; i < tok->n_mechs; i++) {
         if (tok->mechs[i] != r->mech)
@@ -283,6 +294,8 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     tok->mod = mod;
     tok->fl = p11_module_fl(mod);
     tok->oaep_sha256 = -1;
+    tok->kwp_mech = (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION;
+    atomic_init(&tok->copyable, -1);
     tok->metrics_id = -1;
     pthread_mutex_init(&tok->create_lock, NULL);
     snprintf(tok->region, sizeof(tok->region), "%s", cfg->region);
@@ -315,6 +328,8 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
      * instead of the first request. */
     CK_SESSION_HANDLE s;
     KMS_GUARD_GOTO(p11_pool_take(tok->pool, &s), fail);
+    p11_probe_integrity(tok, s);
+    p11_probe_kwp(tok, s);
     p11_pool_give(tok->pool, s, false);
 
     kms_log_info("pkcs11", "token '%s' (serial %s, %s) serves region %s with up to %zu sessions",

@@ -19,8 +19,26 @@ work=$(mktemp -d /tmp/custos-test.XXXXXX)
 cleanup() { rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 
+# CUSTOS_TEST_TOKEN=nss: the same tests on NSS's softoken, the second,
+# independent PKCS#11 implementation (docs/pkcs11.md, "NSS softoken"): two
+# databases made by deploy/dev-nss.sh, two slots of one module instance
+# named by the module's initialisation string.
+if [ "${CUSTOS_TEST_TOKEN:-softhsm}" = nss ]; then
+    if ! sh deploy/dev-nss.sh "$work/hsm" eu-west us-east >"$work/hsm.log" 2>&1; then
+        cat "$work/hsm.log" >&2
+        echo "run-tests: could not create NSS test tokens" >&2
+        exit 1
+    fi
+    export CUSTOS_TEST_HSM_DIR="$work/hsm"
+    export CUSTOS_TEST_MODULE=${CUSTOS_NSS_MODULE:-/usr/lib/x86_64-linux-gnu/libsoftokn3.so}
+    CUSTOS_TEST_MODULE_ARGS=$(cat "$work/hsm/module-args")
+    export CUSTOS_TEST_MODULE_ARGS
+    # kmsctl and the python helpers take the module from these.
+    export CUSTOS_PKCS11_MODULE="$CUSTOS_TEST_MODULE"
+    export CUSTOS_PKCS11_MODULE_ARGS="$CUSTOS_TEST_MODULE_ARGS"
+    unset SOFTHSM2_CONF
 # Throw-away tokens: two regions, the same way the dev setup makes them.
-if [ -x "$BUILD/bin/kmsctl" ]; then
+elif [ -x "$BUILD/bin/kmsctl" ]; then
     if ! KMSCTL="$BUILD/bin/kmsctl" sh deploy/dev-hsm.sh "$work/hsm" eu-west us-east >"$work/hsm.log" 2>&1; then
         cat "$work/hsm.log" >&2
         echo "run-tests: could not create test tokens" >&2

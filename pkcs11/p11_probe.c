@@ -1,0 +1,200 @@
+/*
+ * p11_probe.c - what a token does, found by asking it rather than by its
+ * name (docs/pkcs11.md, "Capabilities"): behaviours that C_GetMechanismInfo
+ * cannot tell, each probed once per token with throw-away objects.
+ *
+ * - How it reports a failed integrity check (a GCM tag, RFC 5649): PKCS#11
+ *   says CKR_ENCRYPTED_DATA_INVALID / CKR_WRAPPED_KEY_INVALID; SoftHSMv2
+ *   2.6.1 says CKR_GENERAL_ERROR. Probed at open with a session key.
+ * - Whether it keeps CKA_COPYABLE (PKCS#11 v2.40) on token objects: NSS's
+ *   softoken 3.87 does not know the attribute and fails the whole
+ *   C_GenerateKey with CKR_GENERAL_ERROR when it is in a token object's
+ *   template (it takes it on session objects). Probed before the first key
+ *   creation with one token AES key, destroyed at once; on such a token the
+ *   attribute is left out of templates (p11_tmpl_fit) and the log and
+ *   `kmsctl hsm check` say that keys there can be copied (C_CopyObject).
+ */
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "kms_log.h"
+#include "p11_internal.h"
+
+/* Serialises the CKA_COPYABLE probes (of every token: they are rare); not
+ * tok->create_lock, which a creation's retries may already hold. */
+static pthread_mutex_t probe_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static CK_BBOOL yes = CK_TRUE;
+static CK_BBOOL no = CK_FALSE;
+
+void p11_probe_integrity(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    tok->integrity_general = false;
+    if (!p11_token_has(tok, P11_CAP_GEN_AES_256) || !p11_token_has(tok, P11_CAP_AES_GCM))
+        return;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE type = CKK_AES;
+    CK_ULONG len = 32;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},      {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)},  {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},  {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_ENCRYPT, &no, sizeof(no)},      {CKA_DECRYPT, &yes, sizeof(yes)},
+    };
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, t, sizeof(t) / sizeof(t[0]), &h) !=
+        CKR_OK)
+        return;
+    uint8_t iv[12] = {0}, in[32] = {0}, out[32];
+    CK_GCM_PARAMS p = {iv, sizeof(iv), 96, NULL, 0, 128};
+    CK_MECHANISM m = {CKM_AES_GCM, &p, sizeof(p)};
+    if (P11_RV(tok, C_DecryptInit, CKM_AES_GCM, s, &m, h) == CKR_OK) {
+        CK_ULONG out_len = sizeof(out);
+        /* 16 bytes of data and a tag of zeros: the tag check fails. */
+        CK_RV rv = P11_RV(tok, C_Decrypt, CKM_AES_GCM, s, in, sizeof(in), out, &out_len);
+        tok->integrity_general = rv == CKR_GENERAL_ERROR;
+        OPENSSL_cleanse(out, sizeof(out));
+    }
+    P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
+}
+
+/* One token AES key with or without CKA_COPYABLE=false; destroyed at once. */
+static CK_RV try_token_key(struct p11_token *tok, CK_SESSION_HANDLE s, bool copyable_attr)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE type = CKK_AES;
+    CK_ULONG len = 32;
+    static const char label[] = "custos:probe";
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)},
+        {CKA_LABEL, (void *)label, sizeof(label) - 1},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_WRAP, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},
+        {CKA_COPYABLE, &no, sizeof(no)}, /* last: left out by n - 1 */
+    };
+    CK_ULONG n = sizeof(t) / sizeof(t[0]) - (copyable_attr ? 0 : 1);
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv = P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, t, n, &h);
+    if (rv == CKR_OK)
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
+    return rv;
+}
+
+bool p11_token_keeps_copyable(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    int known = atomic_load(&tok->copyable);
+    if (known >= 0)
+        return known == 1;
+    if (!p11_token_has(tok, P11_CAP_GEN_AES_256))
+        return true; /* nothing to probe with: keep the attribute */
+    pthread_mutex_lock(&probe_lock);
+    known = atomic_load(&tok->copyable);
+    if (known < 0) {
+        CK_RV with = try_token_key(tok, s, true);
+        if (with == CKR_OK) {
+            known = 1;
+        } else if (with == CKR_ATTRIBUTE_TYPE_INVALID) {
+            /* The answer PKCS#11 prescribes for an unknown attribute. */
+            known = 0;
+        } else if (try_token_key(tok, s, false) == CKR_OK) {
+            /* Without the attribute it works; with it, it fails again (not
+             * a one-off failure such as SoftHSMv2's concurrent creations):
+             * the token does not keep CKA_COPYABLE. */
+            known = try_token_key(tok, s, true) == CKR_OK ? 1 : 0;
+        }
+        if (known == 0)
+            kms_log_warn("pkcs11", "token '%s' (region %s) refuses CKA_COPYABLE on token "
+                         "objects (%s): its keys are made without it, so C_CopyObject by "
+                         "anyone holding the PIN is not prevented by the token",
+                         tok->label, tok->region, p11_rv_name(with));
+        if (known >= 0)
+            atomic_store(&tok->copyable, known);
+    }
+    pthread_mutex_unlock(&probe_lock);
+    return known != 0;
+}
+
+int p11_token_copyable_known(const struct p11_token *tok)
+{
+    return atomic_load(&((struct p11_token *)tok)->copyable);
+}
+
+void p11_tmpl_fit(struct p11_token *tok, CK_SESSION_HANDLE s, CK_ATTRIBUTE *a, CK_ULONG *n)
+{
+    bool has = false;
+    for (CK_ULONG i = 0; i < *n && !has; i++)
+        has = a[i].type == CKA_COPYABLE;
+    if (!has || p11_token_keeps_copyable(tok, s))
+        return;
+    CK_ULONG k = 0;
+    for (CK_ULONG i = 0; i < *n; i++)
+        if (a[i].type != CKA_COPYABLE)
+            a[k++] = a[i];
+    *n = k;
+}
+
+void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    tok->kwp_mech = (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION;
+    if (p11_token_mech_has(tok, CKM_AES_KEY_WRAP_KWP, CKF_WRAP | CKF_UNWRAP)) {
+        tok->kwp_mech = CKM_AES_KEY_WRAP_KWP;
+        return;
+    }
+    if (!p11_token_mech_has(tok, CKM_AES_KEY_WRAP_PAD, CKF_WRAP | CKF_UNWRAP) ||
+        !p11_token_has(tok, P11_CAP_GEN_AES_256))
+        return;
+    /* PKCS#11 3.0 defines CKM_AES_KEY_WRAP_PAD as RFC 3394 over PKCS#7
+     * padding (deprecated in 3.1), but some tokens (SoftHSMv2 2.6.1, see
+     * its issue 726) do RFC 5649 under it. The two tell themselves apart by
+     * length: a 32-byte key wraps to 40 bytes under RFC 5649 (8-byte
+     * integrity block, no padding needed) and to 48 under PKCS#7 (a whole
+     * block of padding first). Two session keys, destroyed at once. */
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE type = CKK_AES;
+    CK_ULONG len = 32;
+    CK_ATTRIBUTE kt[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_WRAP, &yes, sizeof(yes)},      {CKA_ENCRYPT, &no, sizeof(no)},
+    };
+    CK_ATTRIBUTE tt[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        {CKA_ENCRYPT, &no, sizeof(no)},
+    };
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE hk = CK_INVALID_HANDLE, ht = CK_INVALID_HANDLE;
+    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, sizeof(kt) / sizeof(kt[0]),
+               &hk) == CKR_OK &&
+        P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, tt, sizeof(tt) / sizeof(tt[0]),
+               &ht) == CKR_OK) {
+        uint8_t out[64];
+        CK_ULONG out_len = sizeof(out);
+        CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+        if (P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hk, ht, out, &out_len) ==
+                CKR_OK &&
+            out_len == 40)
+            tok->kwp_mech = CKM_AES_KEY_WRAP_PAD;
+        else
+            kms_log_warn("pkcs11", "token '%s': CKM_AES_KEY_WRAP_PAD is not RFC 5649 here "
+                         "(PKCS#7 + RFC 3394, as PKCS#11 3.0 defines it) and the token has no "
+                         "CKM_AES_KEY_WRAP_KWP: no RFC 5649 wrapping", tok->label);
+    }
+    if (ht != CK_INVALID_HANDLE)
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, ht);
+    if (hk != CK_INVALID_HANDLE)
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hk);
+}
