@@ -139,9 +139,19 @@ kms_err p11_kwp_wrap_in(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HA
                         CK_OBJECT_HANDLE target, const char *fn, uint8_t *out, size_t out_cap,
                         size_t *out_len)
 {
+    /* PKCS#11 makes C_WrapKey refuse a key whose CKA_EXTRACTABLE is false
+     * (CKR_KEY_UNEXTRACTABLE); NSS's softoken 3.87 wraps it anyway. The
+     * layer asks first, on every token, so "locked after escrow" and
+     * "non-extractable" hold whatever the token enforces. */
+    CK_BBOOL extractable = CK_FALSE;
+    CK_ATTRIBUTE ea = {CKA_EXTRACTABLE, &extractable, sizeof(extractable)};
+    CK_RV rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, target, &ea, 1);
+    KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_EXTRACTABLE)", tok->label));
+    if (extractable != CK_TRUE)
+        return p11_rv_err(CKR_KEY_UNEXTRACTABLE, fn, tok->label);
     CK_MECHANISM m = {tok->kwp_mech, NULL, 0};
     CK_ULONG len = out_cap;
-    CK_RV rv = P11_RV(tok, C_WrapKey, tok->kwp_mech, s, &m, hw, target, out, &len);
+    rv = P11_RV(tok, C_WrapKey, tok->kwp_mech, s, &m, hw, target, out, &len);
     KMS_GUARD(p11_rv_err(rv, fn, tok->label));
     *out_len = len;
     return KMS_OK;

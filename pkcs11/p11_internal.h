@@ -80,6 +80,7 @@ struct p11_token {
      * token objects (-1 not yet probed, 0 no, 1 yes). */
     bool integrity_general;
     atomic_int copyable;
+    atomic_int ids_shared; /* two secret keys under one CKA_ID stay two (-1 unknown) */
     /* The mechanism that does RFC 5649 here (p11_probe_kwp, at open):
      * CKM_AES_KEY_WRAP_KWP, the one PKCS#11 3.0 names, when the token has
      * it; else CKM_AES_KEY_WRAP_PAD when the token's PAD was found to be
@@ -195,6 +196,9 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s);
 /* Does the token keep CKA_COPYABLE on token objects? Probed once (one
  * throw-away token AES key, two or three when it refuses). */
 bool p11_token_keeps_copyable(struct p11_token *tok, CK_SESSION_HANDLE s);
+/* Does the token keep two secret keys (AES, generic) under one CKA_ID as
+ * two objects? Probed with copyable, once. */
+bool p11_token_shares_ids(struct p11_token *tok, CK_SESSION_HANDLE s);
 /* -1 not probed yet, 0 no, 1 yes. */
 int p11_token_copyable_known(const struct p11_token *tok);
 /* Fit a creation template of a token object to the token: leaves

@@ -91,15 +91,62 @@ static CK_RV try_token_key(struct p11_token *tok, CK_SESSION_HANDLE s, bool copy
     return rv;
 }
 
-bool p11_token_keeps_copyable(struct p11_token *tok, CK_SESSION_HANDLE s)
+/* Two token secret keys, AES and generic, under one fresh CKA_ID: does the
+ * token keep both? PKCS#11 makes every C_GenerateKey a new object and says
+ * nothing of CKA_ID being unique; NSS's softoken 3.87 looks the new key up
+ * by class and CKA_ID in its database and overwrites the first one (same
+ * handle back, the AES key gone). Everything found under the id is
+ * destroyed. -1 when the keys could not be made. */
+static int try_shared_id(struct p11_token *tok, CK_SESSION_HANDLE s)
 {
-    int known = atomic_load(&tok->copyable);
-    if (known >= 0)
-        return known == 1;
-    if (!p11_token_has(tok, P11_CAP_GEN_AES_256))
-        return true; /* nothing to probe with: keep the attribute */
+    uint8_t id[P11_KEY_ID_LEN];
+    if (P11_RV(tok, C_GenerateRandom, P11_NO_MECH, s, id, sizeof(id)) != CKR_OK)
+        return -1;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE types[2] = {CKK_AES, CKK_GENERIC_SECRET};
+    CK_MECHANISM_TYPE mechs[2] = {CKM_AES_KEY_GEN, CKM_GENERIC_SECRET_KEY_GEN};
+    CK_ULONG len = 32;
+    static const char label[] = "custos:probe";
+    int made = 0;
+    for (int i = 0; i < 2; i++) {
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof(cls)},    {CKA_KEY_TYPE, &types[i], sizeof(types[i])},
+            {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_ID, id, sizeof(id)},
+            {CKA_LABEL, (void *)label, sizeof(label) - 1}, {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &yes, sizeof(yes)},   {CKA_SENSITIVE, &yes, sizeof(yes)},
+            {CKA_EXTRACTABLE, &no, sizeof(no)}, {CKA_ENCRYPT, &no, sizeof(no)},
+            {CKA_DECRYPT, &no, sizeof(no)},     {CKA_SIGN, &no, sizeof(no)},
+        };
+        CK_MECHANISM m = {mechs[i], NULL, 0};
+        CK_OBJECT_HANDLE h;
+        if (P11_RV(tok, C_GenerateKey, mechs[i], s, &m, t, sizeof(t) / sizeof(t[0]), &h) ==
+            CKR_OK)
+            made++;
+    }
+    CK_ATTRIBUTE ft = {CKA_ID, id, sizeof(id)};
+    CK_OBJECT_HANDLE found[4];
+    CK_ULONG n = 0;
+    if (p11_find_objects(tok, s, &ft, 1, found, 4, &n) != KMS_OK)
+        n = 0;
+    for (CK_ULONG i = 0; i < n; i++)
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, found[i]);
+    if (made < 2)
+        return -1;
+    return n >= 2 ? 1 : 0;
+}
+
+/* The token-object probes, once per token (tok->copyable, tok->ids_shared). */
+static void probe_objects(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    if (atomic_load(&tok->copyable) >= 0 && atomic_load(&tok->ids_shared) >= 0)
+        return;
+    if (!p11_token_has(tok, P11_CAP_GEN_AES_256)) {
+        atomic_store(&tok->copyable, 1); /* nothing to probe with: keep the attribute */
+        atomic_store(&tok->ids_shared, 1);
+        return;
+    }
     pthread_mutex_lock(&probe_lock);
-    known = atomic_load(&tok->copyable);
+    int known = atomic_load(&tok->copyable);
     if (known < 0) {
         CK_RV with = try_token_key(tok, s, true);
         if (with == CKR_OK) {
@@ -121,8 +168,45 @@ bool p11_token_keeps_copyable(struct p11_token *tok, CK_SESSION_HANDLE s)
         if (known >= 0)
             atomic_store(&tok->copyable, known);
     }
+    if (atomic_load(&tok->ids_shared) < 0 && p11_token_has(tok, P11_CAP_GEN_SECRET_256)) {
+        int shared = try_shared_id(tok, s);
+        if (shared == 0)
+            kms_log_warn("pkcs11", "token '%s' (region %s) keeps one secret key per CKA_ID "
+                         "(a second one overwrites the first): METADATA_AES_HMAC keys are "
+                         "refused there", tok->label, tok->region);
+        if (shared >= 0)
+            atomic_store(&tok->ids_shared, shared);
+    }
     pthread_mutex_unlock(&probe_lock);
-    return known != 0;
+}
+
+bool p11_token_keeps_copyable(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    probe_objects(tok, s);
+    return atomic_load(&tok->copyable) != 0;
+}
+
+bool p11_token_shares_ids(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    probe_objects(tok, s);
+    return atomic_load(&tok->ids_shared) == 1;
+}
+
+static kms_err do_shared_id(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    *(bool *)varg = p11_token_shares_ids(tok, s);
+    return KMS_OK;
+}
+
+kms_err p11_key_shared_id_supported(struct p11_token *tok)
+{
+    bool shared = false;
+    KMS_GUARD(p11_with_session(tok, do_shared_id, &shared));
+    KMS_ENSURE(shared, KMS_ERR_UNSUPPORTED,
+               "token '%s' cannot keep an AES key and an HMAC key under one CKA_ID (a second "
+               "secret key replaces the first), which METADATA_AES_HMAC keys need",
+               tok->label);
+    return KMS_OK;
 }
 
 int p11_token_copyable_known(const struct p11_token *tok)

@@ -296,6 +296,7 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     tok->oaep_sha256 = -1;
     tok->kwp_mech = (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION;
     atomic_init(&tok->copyable, -1);
+    atomic_init(&tok->ids_shared, -1);
     tok->metrics_id = -1;
     pthread_mutex_init(&tok->create_lock, NULL);
     snprintf(tok->region, sizeof(tok->region), "%s", cfg->region);

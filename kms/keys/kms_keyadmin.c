@@ -221,6 +221,8 @@ kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
               : p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
     if (rc == KMS_OK && metadata)
         rc = p11_key_kind_supported(tok, P11_KEY_HMAC_SHA256);
+    if (rc == KMS_OK && metadata)
+        rc = p11_key_shared_id_supported(tok);
     if (rc != KMS_OK)
         goto done;
 
