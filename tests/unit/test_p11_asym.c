@@ -387,6 +387,20 @@ static void escrow_restore(enum p11_asym_kind kind)
     ck_assert_int_eq(p11_key_id_new(env.eu, &rid), KMS_OK);
     rc = p11_asym_restore(env.eu, &esc, blob, blob_len, kind, &rid, "custos:test-restored", spki,
                           spki_len);
+    if (testenv_is_nss()) {
+        /* NSS's softoken cannot restore a PKCS#8 private key as the template
+         * says (EC: CKR_TEMPLATE_INCOMPLETE, it wants the public value in a
+         * vendor attribute; RSA: CKA_DECRYPT comes back true). The restore
+         * fails closed and leaves nothing (docs/pkcs11.md). */
+        ck_assert_int_ne(rc, KMS_OK);
+        bool left = true;
+        ck_assert_int_eq(p11_key_exists(env.eu, &rid, &left), KMS_OK);
+        ck_assert(!left);
+        EVP_PKEY_free(pk);
+        free(spki);
+        free(blob);
+        return;
+    }
     ck_assert_msg(rc == KMS_OK, "restore: %s", kms_err_detail());
     /* Restored with the generation template, minus what an unwrap cannot
      * claim (always sensitive, never extractable). */

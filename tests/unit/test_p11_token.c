@@ -101,9 +101,20 @@ START_TEST(select_missing_ambiguous_duplicate)
     ck_assert_ptr_nonnull(strstr(kms_err_detail(), "no token matches 'no-such-token'"));
     ck_assert_ptr_null(t);
 
-    /* Both dev tokens share the model: a selector on it is ambiguous. */
-    ck_assert_int_eq(open_one(env.mod, "eu-west", "pkcs11:model=SoftHSM%20v2", pin, &t),
-                     KMS_ERR_CONFIG);
+    /* Both dev tokens share the manufacturer (whichever module runs the
+     * tests): a selector on it is ambiguous. */
+    char uri[128] = "pkcs11:manufacturer=";
+    size_t u = strlen(uri);
+    for (const char *m = env.eu->manufacturer; *m && u + 4 < sizeof(uri); m++) {
+        if (*m == ' ') {
+            memcpy(uri + u, "%20", 3);
+            u += 3;
+        } else {
+            uri[u++] = *m;
+        }
+    }
+    uri[u] = '\0';
+    ck_assert_int_eq(open_one(env.mod, "eu-west", uri, pin, &t), KMS_ERR_CONFIG);
     ck_assert_ptr_nonnull(strstr(kms_err_detail(), "ambiguous"));
 
     ck_assert_int_eq(open_one(env.mod, "eu-west", "pkcs11:token=%zz", pin, &t), KMS_ERR_CONFIG);
@@ -319,6 +330,10 @@ static bool find_token_dir(const char *label, char *out, size_t n)
 
 START_TEST(token_back_after_reinit)
 {
+    /* It moves SoftHSMv2's token directory away; an NSS database stays open
+     * in the module (docs/pkcs11.md, "Differences between the tokens"). */
+    if (testenv_is_nss())
+        return;
     ck_assert(find_token_dir("custos-eu-west", tok_dir, sizeof(tok_dir)));
     /* Out of the token directory: a fresh C_Initialize would find it there
      * under any name. */
