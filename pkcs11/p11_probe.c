@@ -282,3 +282,143 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
     if (hk != CK_INVALID_HANDLE)
         P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hk);
 }
+
+/* ---- the capability report (kmsctl hsm check) ---------------------------- */
+
+/* Does C_WrapKey refuse a key whose CKA_EXTRACTABLE is false, as PKCS#11
+ * says? Two session keys. -1: could not tell. */
+static int probe_wrap_extractable(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    if (tok->kwp_mech == (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION)
+        return -1;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE type = CKK_AES;
+    CK_ULONG len = 32;
+    CK_ATTRIBUTE wt[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_WRAP, &yes, sizeof(yes)},      {CKA_EXTRACTABLE, &no, sizeof(no)},
+    };
+    CK_ATTRIBUTE kt[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+    };
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE hw = CK_INVALID_HANDLE, hk = CK_INVALID_HANDLE;
+    int r = -1;
+    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, wt, 6, &hw) == CKR_OK &&
+        P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, 6, &hk) == CKR_OK) {
+        uint8_t out[64];
+        CK_ULONG out_len = sizeof(out);
+        CK_MECHANISM m = {tok->kwp_mech, NULL, 0};
+        CK_RV rv = P11_RV(tok, C_WrapKey, tok->kwp_mech, s, &m, hw, hk, out, &out_len);
+        OPENSSL_cleanse(out, sizeof(out));
+        r = rv == CKR_OK ? 0 : 1;
+    }
+    if (hk != CK_INVALID_HANDLE)
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hk);
+    if (hw != CK_INVALID_HANDLE)
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hw);
+    return r;
+}
+
+/* RSA-OAEP with SHA-256 and MGF1-SHA-256 in C_UnwrapKey, with a session
+ * RSA-2048 pair and an all-zero block: a token that takes the parameters
+ * fails on the data, one that does not fails on them. -1: could not tell. */
+static int probe_oaep_sha256(struct p11_token *tok, CK_SESSION_HANDLE s)
+{
+    if (!p11_token_mech_has(tok, CKM_RSA_PKCS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR) ||
+        !p11_token_mech_has(tok, CKM_RSA_PKCS_OAEP, CKF_UNWRAP))
+        return -1;
+    CK_ULONG bits = 2048;
+    CK_BYTE e[] = {1, 0, 1};
+    CK_ATTRIBUTE pub[] = {{CKA_TOKEN, &no, sizeof(no)},
+                          {CKA_MODULUS_BITS, &bits, sizeof(bits)},
+                          {CKA_PUBLIC_EXPONENT, e, sizeof(e)},
+                          {CKA_WRAP, &yes, sizeof(yes)}};
+    CK_ATTRIBUTE priv[] = {{CKA_TOKEN, &no, sizeof(no)},
+                           {CKA_SENSITIVE, &yes, sizeof(yes)},
+                           {CKA_UNWRAP, &yes, sizeof(yes)}};
+    CK_MECHANISM gen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
+    if (P11_RV(tok, C_GenerateKeyPair, CKM_RSA_PKCS_KEY_PAIR_GEN, s, &gen, pub, 4, priv, 3,
+               &hpub, &hpriv) != CKR_OK)
+        return -1;
+    CK_RSA_PKCS_OAEP_PARAMS p = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &p, sizeof(p)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE type = CKK_AES;
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_KEY_TYPE, &type, sizeof(type)},
+                        {CKA_TOKEN, &no, sizeof(no)}};
+    uint8_t zero[256] = {0};
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv = P11_RV(tok, C_UnwrapKey, CKM_RSA_PKCS_OAEP, s, &m, hpriv, zero, sizeof(zero), t,
+                      3, &h);
+    if (rv == CKR_OK)
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
+    P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpriv);
+    P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpub);
+    return rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
+                   rv == CKR_MECHANISM_INVALID
+               ? 0
+               : 1;
+}
+
+struct report_arg {
+    struct p11_cap_report *out;
+    size_t max, n;
+};
+
+static void row(struct report_arg *a, const char *name, bool ok, const char *value)
+{
+    if (a->n >= a->max)
+        return;
+    a->out[a->n].name = name;
+    a->out[a->n].ok = ok;
+    snprintf(a->out[a->n].value, sizeof(a->out[a->n].value), "%s", value);
+    a->n++;
+}
+
+static const char *tri(int v, const char *yes_s, const char *no_s)
+{
+    return v < 0 ? "unknown" : v ? yes_s : no_s;
+}
+
+static kms_err do_report(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
+{
+    struct report_arg *a = varg;
+    for (int c = 0; c < P11_CAP_COUNT; c++) {
+        bool has = p11_token_has(tok, (enum p11_cap)c);
+        row(a, p11_cap_name((enum p11_cap)c), has, has ? "yes" : "no");
+    }
+    row(a, "RFC 5649 wrap mechanism",
+        tok->kwp_mech != (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION,
+        tok->kwp_mech == (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION
+            ? "none"
+            : p11_mech_name(tok->kwp_mech));
+    int oaep = probe_oaep_sha256(tok, s);
+    row(a, "RSA-OAEP with SHA-256 (unwrap)", oaep == 1,
+        tri(oaep, "yes", "no: BYOK offers SHA-1"));
+    row(a, "failed GCM tag reported as", !tok->integrity_general,
+        tok->integrity_general ? "CKR_GENERAL_ERROR" : "the standard code");
+    probe_objects(tok, s);
+    int cp = atomic_load(&tok->copyable), ids = atomic_load(&tok->ids_shared);
+    row(a, "CKA_COPYABLE on token objects", cp == 1, tri(cp, "yes", "no: left out"));
+    row(a, "two secret keys under one CKA_ID", ids == 1,
+        tri(ids, "yes", "no: METADATA_AES_HMAC refused"));
+    int we = probe_wrap_extractable(tok, s);
+    row(a, "C_WrapKey refuses non-extractable", we == 1,
+        tri(we, "yes", "no: Custos checks first"));
+    return KMS_OK;
+}
+
+kms_err p11_token_report(struct p11_token *tok, struct p11_cap_report *out, size_t max,
+                         size_t *out_n)
+{
+    struct report_arg a = {out, max, 0};
+    kms_err rc = p11_with_session(tok, do_report, &a);
+    *out_n = a.n;
+    return rc;
+}

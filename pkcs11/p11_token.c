@@ -74,7 +74,7 @@ static const struct cap_row cap_rows[P11_CAP_COUNT] = {
                          "CKM_AES_GCM encrypt/decrypt"},
     /* The mechanism is the token's (tok->kwp_mech, p11_probe_kwp). */
     [P11_CAP_AES_KWP] = {CKM_AES_KEY_WRAP_KWP, CKF_WRAP | CKF_UNWRAP, 0, 0, false,
-                         "RFC 5649 wrap/unwrap (CKM_AES_KEY_WRAP_KWP, or a _PAD that is RFC 5649)"},
+                         "RFC 5649 wrap/unwrap"},
     [P11_CAP_RSA_OAEP_UNWRAP] = {CKM_RSA_PKCS_OAEP, CKF_UNWRAP, 0, 0, false,
                                  "CKM_RSA_PKCS_OAEP unwrap"},
     [P11_CAP_RSA_AES_KEY_WRAP] = {CKM_RSA_AES_KEY_WRAP, CKF_UNWRAP, 0, 0, false,
@@ -82,7 +82,18 @@ static const struct cap_row cap_rows[P11_CAP_COUNT] = {
     [P11_CAP_HMAC_SHA256] = {CKM_SHA256_HMAC, CKF_SIGN | CKF_VERIFY, 0, 0, false,
                              "CKM_SHA256_HMAC sign/verify"},
     [P11_CAP_ECDSA] = {CKM_ECDSA, CKF_SIGN, 0, 0, false, "CKM_ECDSA sign"},
+    [P11_CAP_RSA_PSS] = {CKM_RSA_PKCS_PSS, CKF_SIGN | CKF_VERIFY, 0, 0, false,
+                         "CKM_RSA_PKCS_PSS sign/verify"},
 };
+
+const char *p11_token_missing_core(const struct p11_token *tok)
+{
+    static const enum p11_cap core[] = {P11_CAP_GEN_AES_256, P11_CAP_AES_GCM};
+    for (size_t i = 0; i < sizeof(core) / sizeof(core[0]); i++)
+        if (!p11_token_has(tok, core[i]))
+            return p11_cap_name(core[i]);
+    return NULL;
+}
 
 const char *p11_cap_name(enum p11_cap cap)
 {

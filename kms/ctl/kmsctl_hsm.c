@@ -45,6 +45,9 @@ static void hsm_usage(FILE *f)
             "  init-token                   initialise a free slot's token and set its user PIN\n"
             "  init-region                  create the region's escrow key in its token (once;\n"
             "                               a no-op when it exists)\n"
+            "  check                        run the capability probes against a token (--label,\n"
+            "                               --pin-source) and print its row of the matrix of\n"
+            "                               docs/pkcs11.md; exit 1 when it cannot serve Encrypt\n"
             "\n"
             "options:\n"
             "  --module PATH                PKCS#11 module (default $CUSTOS_PKCS11_MODULE or\n"
@@ -91,6 +94,41 @@ static int init_region(const char *module, const char *margs, const char *select
         return 1;
     }
     return 0;
+}
+
+/* The token's row of the capability matrix (docs/pkcs11.md). The probes
+ * make throw-away session keys and, for the token-object rules, token keys
+ * labelled custos:probe that are destroyed at once. */
+static int check_token(const char *module, const char *margs, const char *selector,
+                       const char *pin_src)
+{
+    struct p11_module *mod = NULL;
+    struct p11_token *tok = NULL;
+    struct p11_cap_report rows[P11_REPORT_MAX];
+    size_t n = 0;
+    kms_err rc = p11_module_load_args(module, margs, &mod);
+    if (rc == KMS_OK) {
+        struct p11_token_config tc = {"check", selector, pin_src, 2};
+        rc = p11_tokens_open(mod, &tc, 1, &tok);
+    }
+    if (rc == KMS_OK)
+        rc = p11_token_report(tok, rows, P11_REPORT_MAX, &n);
+    const char *core = rc == KMS_OK ? p11_token_missing_core(tok) : NULL;
+    if (rc == KMS_OK) {
+        printf("token '%s' (serial %s) in %s\n", p11_token_label(tok), p11_token_serial(tok),
+               module);
+        for (size_t i = 0; i < n; i++)
+            printf("  %-44s %s%s\n", rows[i].name, rows[i].value, rows[i].ok ? "" : "  [!]");
+        if (core)
+            printf("this token cannot serve Custos: it lacks %s\n", core);
+    }
+    p11_token_free(tok);
+    p11_module_free(mod);
+    if (rc != KMS_OK) {
+        fprintf(stderr, "kmsctl hsm check: %s\n", kms_err_detail());
+        return 1;
+    }
+    return core ? 1 : 0;
 }
 
 int kmsctl_hsm_main(int argc, char **argv)
@@ -145,6 +183,13 @@ int kmsctl_hsm_main(int argc, char **argv)
             hsm_usage(stderr);
             return 2;
         }
+    }
+    if (strcmp(cmd, "check") == 0) {
+        if (!label || !pin_src) {
+            fprintf(stderr, "kmsctl hsm check: --label and --pin-source are required\n");
+            return 2;
+        }
+        return check_token(module, margs, label, pin_src);
     }
     if (strcmp(cmd, "init-region") == 0) {
         if (!label || !pin_src || !region) {

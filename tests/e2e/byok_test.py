@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 import key_pb2 as pb  # generated from proto/key.proto by the test script
 
 DIR, PORT, PID, PHASE = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+MODULE = os.environ.get("CUSTOS_TEST_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 count = 0
 failures = 0
 # Every tenant key and ephemeral key this test makes: none may ever appear
@@ -155,8 +155,11 @@ def leave(key, blob, ctx):
 
 # ---- the HSM tokens, seen from outside kmsd --------------------------------------
 
-lib = PyKCS11.PyKCS11Lib()
-lib.load(MODULE)
+# With the module's initialisation string, if it needs one (NSS).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p11_module  # noqa: E402
+
+lib = p11_module.pykcs11(MODULE)
 
 
 class Token:
