@@ -149,6 +149,12 @@ for slot in lib.getSlotList(tokenPresent=True):
                 tm = unwrap_template(s, o)
                 if tm is None:
                     bad.append("can unwrap but has no CKA_UNWRAP_TEMPLATE")
+                elif os.environ.get("CUSTOS_TEST_TOKEN") == "nss":
+                    # NSS keeps the template as opaque bytes: present, but
+                    # neither read back as an attribute array nor enforced
+                    # (docs/pkcs11.md, difference 12). Custos's own unwrap
+                    # templates and read-back checks are what hold there.
+                    pass
                 else:
                     if tm.get(P.CKA_SENSITIVE) != b"\x01":
                         bad.append("CKA_UNWRAP_TEMPLATE does not force CKA_SENSITIVE=true")
