@@ -30,7 +30,6 @@ for want in "plant:wrap-and-decrypt.*no key separation" \
             "plant:extractable.*CKA_EXTRACTABLE is true" \
             "plant:not-sensitive.*CKA_SENSITIVE is not true" \
             "plant:unwrap-no-template.*no CKA_UNWRAP_TEMPLATE" \
-            "plant:escrow-like.*does not force CKA_EXTRACTABLE=false" \
             "custos:escrow:eu-west.*a second escrow key"; do
     if echo "$out" | grep -q "$want"; then
         echo "ok - the scan reports $want"
@@ -38,11 +37,20 @@ for want in "plant:wrap-and-decrypt.*no key separation" \
         echo "not ok - the scan does not report $want"; exit 1
     fi
 done
+# NSS's softoken does not return CKA_UNWRAP_TEMPLATE as an attribute array
+# (docs/pkcs11.md, difference 12): its contents are checked on SoftHSMv2.
+if [ "${CUSTOS_TEST_TOKEN:-softhsm}" != nss ]; then
+    want="plant:escrow-like.*does not force CKA_EXTRACTABLE=false"
+    echo "$out" | grep -q "$want" || { echo "not ok - the scan does not report $want"; exit 1; }
+    echo "ok - the scan reports $want"
+fi
 # Escrow's exception: a key listed as escrow-pending may be extractable
 # (and only that key: the other planted violations are still reported).
 /usr/bin/python3 - "$E2E_DIR/hsm" >"$E2E_DIR/pending" <<'PY'
-import sys, PyKCS11 as P
-lib = P.PyKCS11Lib(); lib.load("/usr/lib/softhsm/libsofthsm2.so")
+import os, sys, PyKCS11 as P
+sys.path.insert(0, "tests/e2e")
+import p11_module
+lib = p11_module.pykcs11(os.environ.get("CUSTOS_TEST_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
 slot = next(s for s in lib.getSlotList(tokenPresent=True)
             if lib.getTokenInfo(s).label.strip() == "custos-eu-west")
 s = lib.openSession(slot); s.login(open(sys.argv[1] + "/pins/eu-west.pin").read().strip())

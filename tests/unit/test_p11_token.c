@@ -57,6 +57,35 @@ START_TEST(load_not_a_module)
 }
 END_TEST
 
+/* The initialisation string never carries a secret: names mentioning a PIN
+ * or password are refused at any nesting depth; quoted values are not names. */
+START_TEST(module_args_checked)
+{
+    ck_assert_int_eq(p11_module_args_check(NULL), KMS_OK);
+    ck_assert_int_eq(p11_module_args_check(""), KMS_OK);
+    ck_assert_int_eq(p11_module_args_check("configdir='sql:/var/lib/pins/x' flags=readOnly"),
+                     KMS_OK);
+    ck_assert_int_eq(
+        p11_module_args_check("tokens=<0x4=[configdir='sql:/a' tokenDescription='custos-a']>"),
+        KMS_OK);
+    ck_assert_int_eq(p11_module_args_check("configdir='sql:/a' pin=1234"), KMS_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "parameter 'pin'"));
+    ck_assert_ptr_null(strstr(kms_err_detail(), "1234"));
+    ck_assert_int_eq(p11_module_args_check("tokens=<0x4=[configdir='sql:/a' userPassword='x']>"),
+                     KMS_ERR_CONFIG);
+    ck_assert_int_eq(p11_module_args_check("SO-PIN=1"), KMS_ERR_CONFIG);
+    ck_assert_int_eq(p11_module_args_check("a=b\nc=d"), KMS_ERR_CONFIG);
+    char big[P11_MODULE_ARGS_MAX + 2];
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    ck_assert_int_eq(p11_module_args_check(big), KMS_ERR_CONFIG);
+    /* Refused before the library is even opened. */
+    struct p11_module *mod = (void *)1;
+    ck_assert_int_eq(p11_module_load_args("/nonexistent/lib.so", "pin=1", &mod), KMS_ERR_CONFIG);
+    ck_assert_ptr_null(mod);
+}
+END_TEST
+
 START_TEST(load_twice_shares_initialisation)
 {
     /* A second load of the same library in one process meets
@@ -372,6 +401,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, load_bad_path);
     tcase_add_test(tc, load_not_a_module);
+    tcase_add_test(tc, module_args_checked);
     tcase_add_test(tc, load_twice_shares_initialisation);
     suite_add_tcase(s, tc);
 
