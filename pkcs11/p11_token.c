@@ -308,6 +308,8 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     tok->kwp_mech = (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION;
     atomic_init(&tok->copyable, -1);
     atomic_init(&tok->ids_shared, -1);
+    for (size_t i = 0; i < sizeof(tok->asym_restore) / sizeof(tok->asym_restore[0]); i++)
+        atomic_init(&tok->asym_restore[i], -1);
     tok->metrics_id = -1;
     pthread_mutex_init(&tok->create_lock, NULL);
     snprintf(tok->region, sizeof(tok->region), "%s", cfg->region);

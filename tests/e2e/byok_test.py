@@ -294,9 +294,10 @@ def main_phase():
         "does not unwrap")
     bad("another region's import token", lambda: imp(kid, pus.import_token, w1), 400,
         "invalid_argument", "issued for another key")
-    bad("OAEP with SHA-256 where the token offers only SHA-1",
-        lambda: imp(kid, p1.import_token, wrap(p1.public_key, key1, hashes.SHA256), SHA256),
-        412, "failed_precondition", "cannot unwrap RSA_AES_KEY_WRAP_SHA_256")
+    if os.environ.get("CUSTOS_TEST_TOKEN") != "nss":  # NSS offers SHA-256 (checked above)
+        bad("OAEP with SHA-256 where the token offers only SHA-1",
+            lambda: imp(kid, p1.import_token, wrap(p1.public_key, key1, hashes.SHA256), SHA256),
+            412, "failed_precondition", "cannot unwrap RSA_AES_KEY_WRAP_SHA_256")
     bad("wrapped with OAEP SHA-256 but declared SHA-1",
         lambda: imp(kid, p1.import_token, wrap(p1.public_key, key1, hashes.SHA256), SHA1), 400,
         "invalid_argument", "does not unwrap")

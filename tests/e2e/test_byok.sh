@@ -132,7 +132,8 @@ kid=$("$KMSCTL" key create --region eu-west --origin external -q)
 "$KMSCTL" byok wrap --public-key "$w/pub.pem" --key "$w/key.bin" --algorithm RSA_AES_KEY_WRAP_SHA_1 \
     --out "$w/wrapped.bin" || fail "kmsctl byok wrap"
 [ "$(wc -c <"$w/wrapped.bin")" -eq 424 ] || fail "kmsctl byok wrap writes 424 bytes"
-"$KMSCTL" key import "$kid" --token "$w/token.b64" --wrapped "$w/wrapped.bin" --json >"$w/import.json" ||
+"$KMSCTL" key import "$kid" --token "$w/token.b64" --wrapped "$w/wrapped.bin" \
+    --algorithm RSA_AES_KEY_WRAP_SHA_1 --json >"$w/import.json" ||
     fail "kmsctl key import of kmsctl byok wrap's output"
 "$PY" - "$w/import.json" "$w/key.bin" <<'EOF' || fail "the imported key is the wrapped one"
 import hashlib, json, sys

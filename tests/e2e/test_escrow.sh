@@ -147,9 +147,11 @@ json.dump(c, open(sys.argv[1], "w"), indent=2)
 PYEOF
 objects() { # token objects of eu-west, counted with PyKCS11
     /usr/bin/python3 - "$E2E_DIR" <<'PYEOF'
-import sys, PyKCS11
+import os, sys, PyKCS11
 d = sys.argv[1]
-lib = PyKCS11.PyKCS11Lib(); lib.load("/usr/lib/softhsm/libsofthsm2.so")
+sys.path.insert(0, "tests/e2e")
+import p11_module
+lib = p11_module.pykcs11(os.environ.get("CUSTOS_TEST_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
 slot = [s for s in lib.getSlotList(tokenPresent=True)
         if lib.getTokenInfo(s).label.strip() == "custos-eu-west"][0]
 s = lib.openSession(slot); s.login(open(f"{d}/hsm/pins/eu-west.pin").read().strip())
