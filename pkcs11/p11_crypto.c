@@ -215,6 +215,15 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     p11_tmpl_fit(tok, s, t.a, &nt);
     CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu,
                       (CK_BYTE *)a->wrapped, a->wrapped_len, t.a, nt, &h);
+    /* A wrapped key of a length the key type cannot have (RFC 5649 pads
+     * 25..31 bytes to the 40 of a 256-bit key): NSS's softoken says so at
+     * once, as PKCS#11 lets it; the caller's data, not the token's fault. */
+    if (rv == CKR_KEY_SIZE_RANGE) {
+        p11_rv_err(rv, "C_UnwrapKey", tok->label); /* logged like any refusal */
+        return kms_err_set(KMS_ERR_INVALID_ARGUMENT,
+                           "the unwrapped key has a length an AES-256 key cannot have: not a "
+                           "256-bit AES key");
+    }
     KMS_GUARD(p11_rv_err(p11_rv_auth_failure(tok, rv), "C_UnwrapKey", tok->label));
     return p11_key_admit(tok, s, a->new_id, a->kind, a->flags, false, h, CK_INVALID_HANDLE,
                          "unwrapped key");

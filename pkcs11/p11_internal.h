@@ -84,9 +84,9 @@ struct p11_token {
     atomic_int asym_restore[4]; /* per p11_asym_kind: escrow restore works (-1 unknown) */
     /* The mechanism that does RFC 5649 here (p11_probe_kwp, at open):
      * CKM_AES_KEY_WRAP_KWP, the one PKCS#11 3.0 names, when the token has
-     * it; else CKM_AES_KEY_WRAP_PAD when the token's PAD was found to be
-     * RFC 5649 (SoftHSMv2 2.6.1), not the standard's PKCS#7-padded RFC 3394
-     * (NSS); CK_UNAVAILABLE_INFORMATION: neither. */
+     * it; else CKM_AES_KEY_WRAP_PAD when the token's PAD unwraps an RFC
+     * 5649 blob (SoftHSMv2 2.6.1), not the standard's PKCS#7-padded RFC
+     * 3394 (NSS); CK_UNAVAILABLE_INFORMATION: neither. */
     CK_MECHANISM_TYPE kwp_mech;
 
     /* The token's sessions, leased with p11_session_take/give (p11_pool.h

@@ -17,6 +17,8 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "kms_log.h"
 #include "p11_internal.h"
@@ -240,45 +242,54 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
         return;
     /* PKCS#11 3.0 defines CKM_AES_KEY_WRAP_PAD as RFC 3394 over PKCS#7
      * padding (deprecated in 3.1), but some tokens (SoftHSMv2 2.6.1, see
-     * its issue 726) do RFC 5649 under it. The two tell themselves apart by
-     * length: a 32-byte key wraps to 40 bytes under RFC 5649 (8-byte
-     * integrity block, no padding needed) and to 48 under PKCS#7 (a whole
-     * block of padding first). Two session keys, destroyed at once. */
+     * its issue 726) do RFC 5649 under it. Asked by unwrapping, not
+     * wrapping (an HSM's policy may refuse extractable keys, and no key
+     * material should leave it for a probe): a session KEK of a value made
+     * here, an RFC 5649 blob of a random 32-byte value made with OpenSSL,
+     * and C_UnwrapKey with _PAD into a session key. It unwraps only where
+     * _PAD is RFC 5649 (a PKCS#7 + RFC 3394 token reads a 40-byte blob as a
+     * 32-byte key with 8 bytes of padding that does not check). */
+    uint8_t kek[32], val[32], blob[40];
+    int blob_len = 0, fin = 0;
+    EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
+    bool made = cx != NULL && RAND_bytes(kek, sizeof(kek)) == 1 &&
+                RAND_bytes(val, sizeof(val)) == 1;
+    if (made) {
+        EVP_CIPHER_CTX_set_flags(cx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+        made = EVP_EncryptInit_ex(cx, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1 &&
+               EVP_EncryptUpdate(cx, blob, &blob_len, val, sizeof(val)) == 1 &&
+               EVP_EncryptFinal_ex(cx, blob + blob_len, &fin) == 1 && blob_len + fin == 40;
+    }
+    EVP_CIPHER_CTX_free(cx);
+    OPENSSL_cleanse(val, sizeof(val));
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE type = CKK_AES;
-    CK_ULONG len = 32;
     CK_ATTRIBUTE kt[] = {
         {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
-        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_WRAP, &yes, sizeof(yes)},      {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_VALUE, kek, sizeof(kek)},      {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_UNWRAP, &yes, sizeof(yes)},    {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_DECRYPT, &no, sizeof(no)},
     };
-    CK_ATTRIBUTE tt[] = {
+    CK_ATTRIBUTE ut[] = {
         {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
-        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_TOKEN, &no, sizeof(no)},       {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
     };
-    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
-    CK_OBJECT_HANDLE hk = CK_INVALID_HANDLE, ht = CK_INVALID_HANDLE;
-    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, sizeof(kt) / sizeof(kt[0]),
-               &hk) == CKR_OK &&
-        P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, tt, sizeof(tt) / sizeof(tt[0]),
-               &ht) == CKR_OK) {
-        uint8_t out[64];
-        CK_ULONG out_len = sizeof(out);
-        CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-        if (P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hk, ht, out, &out_len) ==
-                CKR_OK &&
-            out_len == 40)
-            tok->kwp_mech = CKM_AES_KEY_WRAP_PAD;
-        else
-            kms_log_warn("pkcs11", "token '%s': CKM_AES_KEY_WRAP_PAD is not RFC 5649 here "
-                         "(PKCS#7 + RFC 3394, as PKCS#11 3.0 defines it) and the token has no "
-                         "CKM_AES_KEY_WRAP_KWP: no RFC 5649 wrapping", tok->label);
-    }
-    if (ht != CK_INVALID_HANDLE)
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, ht);
+    CK_OBJECT_HANDLE hk = CK_INVALID_HANDLE, hu = CK_INVALID_HANDLE;
+    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    if (made &&
+        P11_RV(tok, C_CreateObject, P11_NO_MECH, s, kt, sizeof(kt) / sizeof(kt[0]), &hk) ==
+            CKR_OK &&
+        P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hk, blob, 40, ut,
+               sizeof(ut) / sizeof(ut[0]), &hu) == CKR_OK)
+        tok->kwp_mech = CKM_AES_KEY_WRAP_PAD;
+    else
+        kms_log_warn("pkcs11", "token '%s': CKM_AES_KEY_WRAP_PAD does not unwrap RFC 5649 here "
+                     "(PKCS#11 3.0 defines it as PKCS#7 + RFC 3394) and the token has no "
+                     "CKM_AES_KEY_WRAP_KWP: no RFC 5649 wrapping", tok->label);
+    OPENSSL_cleanse(kek, sizeof(kek));
+    if (hu != CK_INVALID_HANDLE)
+        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hu);
     if (hk != CK_INVALID_HANDLE)
         P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hk);
 }
