@@ -199,8 +199,10 @@ kms_err p11_asym_restore_supported(struct p11_token *tok, const struct p11_key_i
         KMS_GUARD(rc);
         kms_err_clear();
     }
+    /* Worded for the client (no token label: kms_err_client_msg keeps
+     * details that name one for the log). */
     KMS_ENSURE(known == 1, KMS_ERR_UNSUPPORTED,
-               "token '%s' cannot restore an escrowed %s private key, so it cannot keep the "
-               "escrow promise for one", tok->label, p11_asym_kind_name(kind));
+               "the HSM of region %s cannot restore an escrowed %s private key, so it cannot "
+               "keep the escrow promise for one", tok->region, p11_asym_kind_name(kind));
     return KMS_OK;
 }

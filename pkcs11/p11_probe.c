@@ -30,6 +30,23 @@ static pthread_mutex_t probe_lock = PTHREAD_MUTEX_INITIALIZER;
 static CK_BBOOL yes = CK_TRUE;
 static CK_BBOOL no = CK_FALSE;
 
+bool p11_token_mech_has(const struct p11_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS need)
+{
+    for (size_t i = 0; i < tok->n_mechs; i++)
+        if (tok->mechs[i] == mech)
+            return (tok->mech_info[i].flags & need) == need;
+    return false;
+}
+
+const char *p11_token_missing_core(const struct p11_token *tok)
+{
+    static const enum p11_cap core[] = {P11_CAP_GEN_AES_256, P11_CAP_AES_GCM};
+    for (size_t i = 0; i < sizeof(core) / sizeof(core[0]); i++)
+        if (!p11_token_has(tok, core[i]))
+            return p11_cap_name(core[i]);
+    return NULL;
+}
+
 void p11_probe_integrity(struct p11_token *tok, CK_SESSION_HANDLE s)
 {
     tok->integrity_general = false;
@@ -205,9 +222,9 @@ kms_err p11_key_shared_id_supported(struct p11_token *tok)
     bool shared = false;
     KMS_GUARD(p11_with_session(tok, do_shared_id, &shared));
     KMS_ENSURE(shared, KMS_ERR_UNSUPPORTED,
-               "token '%s' cannot keep an AES key and an HMAC key under one CKA_ID (a second "
-               "secret key replaces the first), which METADATA_AES_HMAC keys need",
-               tok->label);
+               "the HSM of region %s cannot keep an AES key and an HMAC key under one CKA_ID "
+               "(a second secret key replaces the first), which METADATA_AES_HMAC keys need",
+               tok->region);
     return KMS_OK;
 }
 

@@ -86,26 +86,10 @@ static const struct cap_row cap_rows[P11_CAP_COUNT] = {
                          "CKM_RSA_PKCS_PSS sign/verify"},
 };
 
-const char *p11_token_missing_core(const struct p11_token *tok)
-{
-    static const enum p11_cap core[] = {P11_CAP_GEN_AES_256, P11_CAP_AES_GCM};
-    for (size_t i = 0; i < sizeof(core) / sizeof(core[0]); i++)
-        if (!p11_token_has(tok, core[i]))
-            return p11_cap_name(core[i]);
-    return NULL;
-}
 
 const char *p11_cap_name(enum p11_cap cap)
 {
     return (unsigned)cap < P11_CAP_COUNT ? cap_rows[cap].name : "unknown capability";
-}
-
-bool p11_token_mech_has(const struct p11_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS need)
-{
-    for (size_t i = 0; i < tok->n_mechs; i++)
-        if (tok->mechs[i] == mech)
-            return (tok->mech_info[i].flags & need) == need;
-    return false;
 }
 
 bool p11_token_has(const struct p11_token *tok, enum p11_cap cap)

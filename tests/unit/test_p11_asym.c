@@ -383,6 +383,8 @@ START_TEST(restore_probe)
     ck_assert_int_eq(rc, testenv_is_nss() ? KMS_ERR_UNSUPPORTED : KMS_OK);
     if (rc != KMS_OK)
         ck_assert_ptr_nonnull(strstr(kms_err_detail(), "cannot restore an escrowed"));
+    if (rc != KMS_OK) /* a detail the client is shown, not hidden as internal */
+        ck_assert_str_eq(kms_err_client_msg(rc, kms_err_detail()), kms_err_detail());
     ck_assert_int_eq(count_objects(env.eu, &after), KMS_OK);
     ck_assert_uint_eq(after, before);
     /* Remembered: the second answer asks the token nothing. */
