@@ -82,8 +82,8 @@ static kms_err do_restore(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg
     p11_asym_tmpl_private(&priv, r->kind, r->id, r->label, false, P11_ASYM_FOR_UNWRAP);
     CK_MECHANISM m = {tok->kwp_mech, NULL, 0};
     p11_tmpl_fit(tok, s, priv.a, &priv.n);
-    CK_RV rv = P11_RV(tok, C_UnwrapKey, tok->kwp_mech, s, &m, hesc, (CK_BYTE *)r->blob,
-                      r->blob_len, priv.a, priv.n, &hpriv);
+    CK_RV rv = P11_RV(tok, C_UnwrapKey, tok->kwp_mech, s, &m, hesc, (CK_BYTE *)r->blob, r->blob_len,
+                      priv.a, priv.n, &hpriv);
     /* SoftHSMv2 answers a failed RFC 5649 integrity check with
      * CKR_GENERAL_ERROR (see p11_crypto.c); a blob for another key type
      * fails the PKCS#8 decoding the same way. */
@@ -184,7 +184,8 @@ kms_err p11_asym_restore_supported(struct p11_token *tok, const struct p11_key_i
             known = p11_asym_restore(tok, escrow, blob, blob_len, kind, &b, "custos:probe", spki,
                                      spki_len) == KMS_OK;
             if (!known)
-                kms_log_warn("pkcs11", "token '%s' cannot restore an escrowed %s private key "
+                kms_log_warn("pkcs11",
+                             "token '%s' cannot restore an escrowed %s private key "
                              "(%s): such keys are refused where escrow is required",
                              tok->label, p11_asym_kind_name(kind), kms_err_detail());
             atomic_store(&tok->asym_restore[kind], known);
@@ -203,6 +204,7 @@ kms_err p11_asym_restore_supported(struct p11_token *tok, const struct p11_key_i
      * details that name one for the log). */
     KMS_ENSURE(known == 1, KMS_ERR_UNSUPPORTED,
                "the HSM of region %s cannot restore an escrowed %s private key, so it cannot "
-               "keep the escrow promise for one", tok->region, p11_asym_kind_name(kind));
+               "keep the escrow promise for one",
+               tok->region, p11_asym_kind_name(kind));
     return KMS_OK;
 }

@@ -213,8 +213,8 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     p11_tmpl_secret(&t, a->kind, a->flags, a->new_id, a->label, true);
     CK_ULONG nt = t.n;
     p11_tmpl_fit(tok, s, t.a, &nt);
-    CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu,
-                      (CK_BYTE *)a->wrapped, a->wrapped_len, t.a, nt, &h);
+    CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu, (CK_BYTE *)a->wrapped,
+                      a->wrapped_len, t.a, nt, &h);
     /* A wrapped key of a length the key type cannot have (RFC 5649 pads
      * 25..31 bytes to the 40 of a 256-bit key): NSS's softoken says so at
      * once, as PKCS#11 lets it; the caller's data, not the token's fault. */
@@ -248,7 +248,8 @@ kms_err p11_kwp_unwrap(struct p11_token *tok, const struct p11_key_id *unwrappin
     KMS_ENSURE(wrapped_len == 40, KMS_ERR_BAD_CIPHERTEXT,
                "wrapped key must be 40 bytes (RFC 5649 of a 256-bit key), got %zu", wrapped_len);
     struct unwrap_arg a = {unwrapping, CKO_SECRET_KEY, {tok->kwp_mech, NULL, 0},
-                           wrapped, wrapped_len, kind, flags, new_id, label};
+                           wrapped,    wrapped_len,    kind,
+                           flags,      new_id,         label};
     return p11_with_session(tok, do_unwrap, &a);
 }
 

@@ -80,7 +80,7 @@ struct p11_token {
      * token objects (-1 not yet probed, 0 no, 1 yes). */
     bool integrity_general;
     atomic_int copyable;
-    atomic_int ids_shared; /* two secret keys under one CKA_ID stay two (-1 unknown) */
+    atomic_int ids_shared;      /* two secret keys under one CKA_ID stay two (-1 unknown) */
     atomic_int asym_restore[4]; /* per p11_asym_kind: escrow restore works (-1 unknown) */
     /* The mechanism that does RFC 5649 here (p11_probe_kwp, at open):
      * CKM_AES_KEY_WRAP_KWP, the one PKCS#11 3.0 names, when the token has

@@ -120,8 +120,8 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
         CK_ULONG npub = pub.n, npriv = priv.n;
         p11_tmpl_fit(tok, s, pub.a, &npub);
         p11_tmpl_fit(tok, s, priv.a, &npriv);
-        rv = P11_RV(tok, C_GenerateKeyPair, m.mechanism, s, &m, pub.a, npub, priv.a, npriv,
-                    &hpub, &h);
+        rv = P11_RV(tok, C_GenerateKeyPair, m.mechanism, s, &m, pub.a, npub, priv.a, npriv, &hpub,
+                    &h);
         a->transient = p11_rv_transient(rv);
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKeyPair", tok->label));
     } else {

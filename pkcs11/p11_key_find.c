@@ -96,7 +96,8 @@ kms_err p11_key_refuse_existing(struct p11_token *tok, CK_SESSION_HANDLE s,
         if (orc == KMS_OK)
             return kms_err_set(KMS_ERR_ALREADY_EXISTS,
                                "key id already holds a secret key in token '%s', which keeps "
-                               "one per CKA_ID", tok->label);
+                               "one per CKA_ID",
+                               tok->label);
         if (orc != KMS_ERR_NOT_FOUND)
             return orc;
     }

@@ -56,10 +56,10 @@ void p11_probe_integrity(struct p11_token *tok, CK_SESSION_HANDLE s)
     CK_KEY_TYPE type = CKK_AES;
     CK_ULONG len = 32;
     CK_ATTRIBUTE t[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},      {CKA_KEY_TYPE, &type, sizeof(type)},
-        {CKA_VALUE_LEN, &len, sizeof(len)},  {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},  {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_ENCRYPT, &no, sizeof(no)},      {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_ENCRYPT, &no, sizeof(no)},     {CKA_DECRYPT, &yes, sizeof(yes)},
     };
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
@@ -87,18 +87,12 @@ static CK_RV try_token_key(struct p11_token *tok, CK_SESSION_HANDLE s, bool copy
     CK_ULONG len = 32;
     static const char label[] = "custos:probe";
     CK_ATTRIBUTE t[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_KEY_TYPE, &type, sizeof(type)},
-        {CKA_VALUE_LEN, &len, sizeof(len)},
-        {CKA_LABEL, (void *)label, sizeof(label) - 1},
-        {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},
-        {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_ENCRYPT, &no, sizeof(no)},
-        {CKA_DECRYPT, &no, sizeof(no)},
-        {CKA_WRAP, &no, sizeof(no)},
-        {CKA_UNWRAP, &no, sizeof(no)},
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_LABEL, (void *)label, sizeof(label) - 1},
+        {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_ENCRYPT, &no, sizeof(no)},     {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_WRAP, &no, sizeof(no)},        {CKA_UNWRAP, &no, sizeof(no)},
         {CKA_COPYABLE, &no, sizeof(no)}, /* last: left out by n - 1 */
     };
     CK_ULONG n = sizeof(t) / sizeof(t[0]) - (copyable_attr ? 0 : 1);
@@ -129,17 +123,22 @@ static int try_shared_id(struct p11_token *tok, CK_SESSION_HANDLE s)
     int made = 0;
     for (int i = 0; i < 2; i++) {
         CK_ATTRIBUTE t[] = {
-            {CKA_CLASS, &cls, sizeof(cls)},    {CKA_KEY_TYPE, &types[i], sizeof(types[i])},
-            {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_ID, id, sizeof(id)},
-            {CKA_LABEL, (void *)label, sizeof(label) - 1}, {CKA_TOKEN, &yes, sizeof(yes)},
-            {CKA_PRIVATE, &yes, sizeof(yes)},   {CKA_SENSITIVE, &yes, sizeof(yes)},
-            {CKA_EXTRACTABLE, &no, sizeof(no)}, {CKA_ENCRYPT, &no, sizeof(no)},
-            {CKA_DECRYPT, &no, sizeof(no)},     {CKA_SIGN, &no, sizeof(no)},
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_KEY_TYPE, &types[i], sizeof(types[i])},
+            {CKA_VALUE_LEN, &len, sizeof(len)},
+            {CKA_ID, id, sizeof(id)},
+            {CKA_LABEL, (void *)label, sizeof(label) - 1},
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &yes, sizeof(yes)},
+            {CKA_SENSITIVE, &yes, sizeof(yes)},
+            {CKA_EXTRACTABLE, &no, sizeof(no)},
+            {CKA_ENCRYPT, &no, sizeof(no)},
+            {CKA_DECRYPT, &no, sizeof(no)},
+            {CKA_SIGN, &no, sizeof(no)},
         };
         CK_MECHANISM m = {mechs[i], NULL, 0};
         CK_OBJECT_HANDLE h;
-        if (P11_RV(tok, C_GenerateKey, mechs[i], s, &m, t, sizeof(t) / sizeof(t[0]), &h) ==
-            CKR_OK)
+        if (P11_RV(tok, C_GenerateKey, mechs[i], s, &m, t, sizeof(t) / sizeof(t[0]), &h) == CKR_OK)
             made++;
     }
     CK_ATTRIBUTE ft = {CKA_ID, id, sizeof(id)};
@@ -180,7 +179,8 @@ static void probe_objects(struct p11_token *tok, CK_SESSION_HANDLE s)
             known = try_token_key(tok, s, true) == CKR_OK ? 1 : 0;
         }
         if (known == 0)
-            kms_log_warn("pkcs11", "token '%s' (region %s) refuses CKA_COPYABLE on token "
+            kms_log_warn("pkcs11",
+                         "token '%s' (region %s) refuses CKA_COPYABLE on token "
                          "objects (%s): its keys are made without it, so C_CopyObject by "
                          "anyone holding the PIN is not prevented by the token",
                          tok->label, tok->region, p11_rv_name(with));
@@ -190,9 +190,11 @@ static void probe_objects(struct p11_token *tok, CK_SESSION_HANDLE s)
     if (atomic_load(&tok->ids_shared) < 0 && p11_token_has(tok, P11_CAP_GEN_SECRET_256)) {
         int shared = try_shared_id(tok, s);
         if (shared == 0)
-            kms_log_warn("pkcs11", "token '%s' (region %s) keeps one secret key per CKA_ID "
+            kms_log_warn("pkcs11",
+                         "token '%s' (region %s) keeps one secret key per CKA_ID "
                          "(a second one overwrites the first): METADATA_AES_HMAC keys are "
-                         "refused there", tok->label, tok->region);
+                         "refused there",
+                         tok->label, tok->region);
         if (shared >= 0)
             atomic_store(&tok->ids_shared, shared);
     }
@@ -269,8 +271,8 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
     uint8_t kek[32], val[32], blob[40];
     int blob_len = 0, fin = 0;
     EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
-    bool made = cx != NULL && RAND_bytes(kek, sizeof(kek)) == 1 &&
-                RAND_bytes(val, sizeof(val)) == 1;
+    bool made =
+        cx != NULL && RAND_bytes(kek, sizeof(kek)) == 1 && RAND_bytes(val, sizeof(val)) == 1;
     if (made) {
         EVP_CIPHER_CTX_set_flags(cx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
         made = EVP_EncryptInit_ex(cx, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1 &&
@@ -282,9 +284,9 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE type = CKK_AES;
     CK_ATTRIBUTE kt[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
-        {CKA_VALUE, kek, sizeof(kek)},      {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_UNWRAP, &yes, sizeof(yes)},    {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_CLASS, &cls, sizeof(cls)},  {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE, kek, sizeof(kek)},   {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_UNWRAP, &yes, sizeof(yes)}, {CKA_ENCRYPT, &no, sizeof(no)},
         {CKA_DECRYPT, &no, sizeof(no)},
     };
     CK_ATTRIBUTE ut[] = {
@@ -301,9 +303,11 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
                sizeof(ut) / sizeof(ut[0]), &hu) == CKR_OK)
         tok->kwp_mech = CKM_AES_KEY_WRAP_PAD;
     else
-        kms_log_warn("pkcs11", "token '%s': CKM_AES_KEY_WRAP_PAD does not unwrap RFC 5649 here "
+        kms_log_warn("pkcs11",
+                     "token '%s': CKM_AES_KEY_WRAP_PAD does not unwrap RFC 5649 here "
                      "(PKCS#11 3.0 defines it as PKCS#7 + RFC 3394) and the token has no "
-                     "CKM_AES_KEY_WRAP_KWP: no RFC 5649 wrapping", tok->label);
+                     "CKM_AES_KEY_WRAP_KWP: no RFC 5649 wrapping",
+                     tok->label);
     OPENSSL_cleanse(kek, sizeof(kek));
     if (hu != CK_INVALID_HANDLE)
         P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hu);
@@ -370,8 +374,8 @@ static int probe_oaep_sha256(struct p11_token *tok, CK_SESSION_HANDLE s)
                            {CKA_UNWRAP, &yes, sizeof(yes)}};
     CK_MECHANISM gen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
-    if (P11_RV(tok, C_GenerateKeyPair, CKM_RSA_PKCS_KEY_PAIR_GEN, s, &gen, pub, 4, priv, 3,
-               &hpub, &hpriv) != CKR_OK)
+    if (P11_RV(tok, C_GenerateKeyPair, CKM_RSA_PKCS_KEY_PAIR_GEN, s, &gen, pub, 4, priv, 3, &hpub,
+               &hpriv) != CKR_OK)
         return -1;
     CK_RSA_PKCS_OAEP_PARAMS p = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
     CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &p, sizeof(p)};
@@ -382,8 +386,8 @@ static int probe_oaep_sha256(struct p11_token *tok, CK_SESSION_HANDLE s)
                         {CKA_TOKEN, &no, sizeof(no)}};
     uint8_t zero[256] = {0};
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_RV rv = P11_RV(tok, C_UnwrapKey, CKM_RSA_PKCS_OAEP, s, &m, hpriv, zero, sizeof(zero), t,
-                      3, &h);
+    CK_RV rv =
+        P11_RV(tok, C_UnwrapKey, CKM_RSA_PKCS_OAEP, s, &m, hpriv, zero, sizeof(zero), t, 3, &h);
     if (rv == CKR_OK)
         P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
     P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpriv);
@@ -427,8 +431,7 @@ static kms_err do_report(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
             ? "none"
             : p11_mech_name(tok->kwp_mech));
     int oaep = probe_oaep_sha256(tok, s);
-    row(a, "RSA-OAEP with SHA-256 (unwrap)", oaep == 1,
-        tri(oaep, "yes", "no: BYOK offers SHA-1"));
+    row(a, "RSA-OAEP with SHA-256 (unwrap)", oaep == 1, tri(oaep, "yes", "no: BYOK offers SHA-1"));
     row(a, "failed GCM tag reported as", !tok->integrity_general,
         tok->integrity_general ? "CKR_GENERAL_ERROR" : "the standard code");
     probe_objects(tok, s);
@@ -437,8 +440,7 @@ static kms_err do_report(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     row(a, "two secret keys under one CKA_ID", ids == 1,
         tri(ids, "yes", "no: METADATA_AES_HMAC refused"));
     int we = probe_wrap_extractable(tok, s);
-    row(a, "C_WrapKey refuses non-extractable", we == 1,
-        tri(we, "yes", "no: Custos checks first"));
+    row(a, "C_WrapKey refuses non-extractable", we == 1, tri(we, "yes", "no: Custos checks first"));
     return KMS_OK;
 }
 

@@ -86,7 +86,6 @@ static const struct cap_row cap_rows[P11_CAP_COUNT] = {
                          "CKM_RSA_PKCS_PSS sign/verify"},
 };
 
-
 const char *p11_cap_name(enum p11_cap cap)
 {
     return (unsigned)cap < P11_CAP_COUNT ? cap_rows[cap].name : "unknown capability";

@@ -62,17 +62,17 @@ kms_err p11_token_check(struct p11_token *tok);
 
 /* Mechanism-level capabilities, read once at open. */
 enum p11_cap {
-    P11_CAP_GEN_AES_256 = 0,     /* CKM_AES_KEY_GEN with 32-byte keys */
-    P11_CAP_GEN_SECRET_256,      /* CKM_GENERIC_SECRET_KEY_GEN with 32 bytes */
-    P11_CAP_GEN_EC_P256,         /* CKM_EC_KEY_PAIR_GEN, 256-bit */
-    P11_CAP_GEN_RSA_3072,        /* CKM_RSA_PKCS_KEY_PAIR_GEN, 3072-bit */
-    P11_CAP_AES_GCM,             /* CKM_AES_GCM encrypt + decrypt */
-    P11_CAP_AES_KWP,             /* CKM_AES_KEY_WRAP_PAD wrap + unwrap */
-    P11_CAP_RSA_OAEP_UNWRAP,     /* CKM_RSA_PKCS_OAEP unwrap */
-    P11_CAP_RSA_AES_KEY_WRAP,    /* CKM_RSA_AES_KEY_WRAP unwrap (single step) */
-    P11_CAP_HMAC_SHA256,         /* CKM_SHA256_HMAC sign + verify */
-    P11_CAP_ECDSA,               /* CKM_ECDSA sign */
-    P11_CAP_RSA_PSS,             /* CKM_RSA_PKCS_PSS sign + verify (signing keys, TLS) */
+    P11_CAP_GEN_AES_256 = 0,  /* CKM_AES_KEY_GEN with 32-byte keys */
+    P11_CAP_GEN_SECRET_256,   /* CKM_GENERIC_SECRET_KEY_GEN with 32 bytes */
+    P11_CAP_GEN_EC_P256,      /* CKM_EC_KEY_PAIR_GEN, 256-bit */
+    P11_CAP_GEN_RSA_3072,     /* CKM_RSA_PKCS_KEY_PAIR_GEN, 3072-bit */
+    P11_CAP_AES_GCM,          /* CKM_AES_GCM encrypt + decrypt */
+    P11_CAP_AES_KWP,          /* CKM_AES_KEY_WRAP_PAD wrap + unwrap */
+    P11_CAP_RSA_OAEP_UNWRAP,  /* CKM_RSA_PKCS_OAEP unwrap */
+    P11_CAP_RSA_AES_KEY_WRAP, /* CKM_RSA_AES_KEY_WRAP unwrap (single step) */
+    P11_CAP_HMAC_SHA256,      /* CKM_SHA256_HMAC sign + verify */
+    P11_CAP_ECDSA,            /* CKM_ECDSA sign */
+    P11_CAP_RSA_PSS,          /* CKM_RSA_PKCS_PSS sign + verify (signing keys, TLS) */
     P11_CAP_COUNT
 };
 

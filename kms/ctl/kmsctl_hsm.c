@@ -67,8 +67,8 @@ static void hsm_usage(FILE *f)
 
 /* The region's escrow key: AES-256, wrap/unwrap only, made inside the
  * token (docs/escrow-recovery.md, "Key ceremony"). */
-static int init_region(const char *module, const char *margs, const char *selector, const char *region,
-                       const char *pin_src)
+static int init_region(const char *module, const char *margs, const char *selector,
+                       const char *region, const char *pin_src)
 {
     struct p11_module *mod = NULL;
     struct p11_token *tok = NULL;
@@ -143,8 +143,8 @@ int kmsctl_hsm_main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *module = default_module(), *margs = default_module_args(), *label = NULL, *so_src = NULL, *pin_src = NULL,
-               *region = NULL;
+    const char *module = default_module(), *margs = default_module_args(), *label = NULL,
+               *so_src = NULL, *pin_src = NULL, *region = NULL;
     if (argc < 2) {
         hsm_usage(stderr);
         return 2;

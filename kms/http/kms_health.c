@@ -140,8 +140,8 @@ void kms_health_refused_regions(struct kms_health *h, char *buf, size_t n)
                          region, p11_token_label(tok));
         else if (tok != NULL && p11_token_missing_core(tok) != NULL)
             w = snprintf(buf + used, n - used,
-                         "region %s: its HSM token '%s' lacks %s (see kmsctl hsm check)\n",
-                         region, p11_token_label(tok), p11_token_missing_core(tok));
+                         "region %s: its HSM token '%s' lacks %s (see kmsctl hsm check)\n", region,
+                         p11_token_label(tok), p11_token_missing_core(tok));
         else if (tok != NULL && kms_service_missing_objects(h->svc, region) > 0)
             /* A count, never key ids: this answer is unauthenticated. */
             w = snprintf(buf + used, n - used,

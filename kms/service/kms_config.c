@@ -15,7 +15,6 @@
 #include "kms_log.h"
 #include "p11_module.h"
 
-
 /* Refuse keys outside `allowed`, so that "max_body_byte" is an error and not
  * a silently ignored line. */
 static kms_err check_keys(json_t *obj, const char *where, const char *const *allowed)

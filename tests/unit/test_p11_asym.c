@@ -352,8 +352,7 @@ static struct p11_key_id escrow_key(void)
     return id;
 }
 
-static kms_err count_one(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
-                         void *arg)
+static kms_err count_one(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, void *arg)
 {
     (void)tok, (void)s, (void)h;
     (*(unsigned long *)arg)++;

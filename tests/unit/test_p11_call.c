@@ -195,9 +195,9 @@ START_TEST(softhsm_general_error_on_decrypt_is_bad_ciphertext)
      * only on a token found to answer so at open (p11_probe_integrity):
      * SoftHSMv2 is, NSS's softoken (CKR_ENCRYPTED_DATA_INVALID) is not. */
     faults("C_Decrypt CKR_GENERAL_ERROR count=1\n");
-    ck_assert_int_eq(p11_gcm_decrypt(tok, &key, iv, sizeof(iv), NULL, 0, ct, ct_len, pt,
-                                     sizeof(pt), &pt_len),
-                     tok->integrity_general ? KMS_ERR_BAD_CIPHERTEXT : KMS_ERR_HSM);
+    ck_assert_int_eq(
+        p11_gcm_decrypt(tok, &key, iv, sizeof(iv), NULL, 0, ct, ct_len, pt, sizeof(pt), &pt_len),
+        tok->integrity_general ? KMS_ERR_BAD_CIPHERTEXT : KMS_ERR_HSM);
     ck_assert(tok->integrity_general == !testenv_is_nss());
     ck_assert_uint_eq(pt_len, 0);
     ck_assert_uint_eq(calls("C_Decrypt", "CKM_AES_GCM"), dec0 + 1);

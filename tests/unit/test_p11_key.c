@@ -488,9 +488,9 @@ START_TEST(aes_and_hmac_share_an_id)
                          KMS_ERR_ALREADY_EXISTS);
         uint8_t iv[12] = {0}, pt[16] = {1}, ct[64];
         size_t ct_len = 0;
-        ck_assert_int_eq(p11_gcm_encrypt(env.eu, &id, iv, 12, NULL, 0, pt, sizeof(pt), ct,
-                                         sizeof(ct), &ct_len),
-                         KMS_OK);
+        ck_assert_int_eq(
+            p11_gcm_encrypt(env.eu, &id, iv, 12, NULL, 0, pt, sizeof(pt), ct, sizeof(ct), &ct_len),
+            KMS_OK);
         struct p11_key_info only;
         ck_assert_int_eq(p11_key_info(env.eu, &id, &only), KMS_OK);
         ck_assert_uint_eq(only.key_type, CKK_AES);
