@@ -17,7 +17,6 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "kms_log.h"
@@ -249,6 +248,41 @@ void p11_tmpl_fit(struct p11_token *tok, CK_SESSION_HANDLE s, CK_ATTRIBUTE *a, C
     *n = k;
 }
 
+/* RFC 5649 (RFC 3394's wrapping process with the alternative IV
+ * A65959A6 || 32) of 32 random bytes under the session key hk, computed
+ * with the token's CKM_AES_ECB one block at a time, into out. False when
+ * the token cannot (no ECB, a refused call). */
+static bool kwp_blob(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE hk,
+                     uint8_t out[40])
+{
+    if (!p11_token_mech_has(tok, CKM_AES_ECB, CKF_ENCRYPT))
+        return false;
+    uint8_t a[8] = {0xA6, 0x59, 0x59, 0xA6, 0, 0, 0, 32}, r[4][8];
+    if (RAND_bytes(&r[0][0], sizeof(r)) != 1)
+        return false;
+    CK_MECHANISM ecb = {CKM_AES_ECB, NULL, 0};
+    bool ok = true;
+    for (unsigned j = 0; j < 6 && ok; j++) {
+        for (unsigned i = 0; i < 4 && ok; i++) {
+            uint8_t b[16], e[16];
+            CK_ULONG e_len = sizeof(e);
+            memcpy(b, a, 8);
+            memcpy(b + 8, r[i], 8);
+            ok = P11_RV(tok, C_EncryptInit, CKM_AES_ECB, s, &ecb, hk) == CKR_OK &&
+                 P11_RV(tok, C_Encrypt, CKM_AES_ECB, s, b, sizeof(b), e, &e_len) == CKR_OK &&
+                 e_len == 16;
+            unsigned t = 4 * j + i + 1;
+            memcpy(a, e, 8);
+            a[7] ^= (uint8_t)t; /* t < 256 */
+            memcpy(r[i], e + 8, 8);
+        }
+    }
+    memcpy(out, a, 8);
+    memcpy(out + 8, r, sizeof(r));
+    OPENSSL_cleanse(r, sizeof(r));
+    return ok;
+}
+
 void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
 {
     tok->kwp_mech = (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION;
@@ -261,54 +295,42 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
         return;
     /* PKCS#11 3.0 defines CKM_AES_KEY_WRAP_PAD as RFC 3394 over PKCS#7
      * padding (deprecated in 3.1), but some tokens (SoftHSMv2 2.6.1, see
-     * its issue 726) do RFC 5649 under it. Asked by unwrapping, not
-     * wrapping (an HSM's policy may refuse extractable keys, and no key
-     * material should leave it for a probe): a session KEK of a value made
-     * here, an RFC 5649 blob of a random 32-byte value made with OpenSSL,
-     * and C_UnwrapKey with _PAD into a session key. It unwraps only where
-     * _PAD is RFC 5649 (a PKCS#7 + RFC 3394 token reads a 40-byte blob as a
-     * 32-byte key with 8 bytes of padding that does not check). */
-    uint8_t kek[32], val[32], blob[40];
-    int blob_len = 0, fin = 0;
-    EVP_CIPHER_CTX *cx = EVP_CIPHER_CTX_new();
-    bool made =
-        cx != NULL && RAND_bytes(kek, sizeof(kek)) == 1 && RAND_bytes(val, sizeof(val)) == 1;
-    if (made) {
-        EVP_CIPHER_CTX_set_flags(cx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
-        made = EVP_EncryptInit_ex(cx, EVP_aes_256_wrap_pad(), NULL, kek, NULL) == 1 &&
-               EVP_EncryptUpdate(cx, blob, &blob_len, val, sizeof(val)) == 1 &&
-               EVP_EncryptFinal_ex(cx, blob + blob_len, &fin) == 1 && blob_len + fin == 40;
-    }
-    EVP_CIPHER_CTX_free(cx);
-    OPENSSL_cleanse(val, sizeof(val));
+     * its issue 726) do RFC 5649 under it. Asked by unwrapping, not by
+     * wrapping (an HSM's policy may refuse extractable keys; no key
+     * material leaves the token for a probe): an RFC 5649 blob of a random
+     * 32-byte value is made under a session KEK with the token's own
+     * AES-ECB (kwp_blob), and C_UnwrapKey with _PAD takes it only where
+     * _PAD is RFC 5649 (a PKCS#7 + RFC 3394 token finds padding that does
+     * not check). */
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE type = CKK_AES;
+    CK_ULONG len = 32;
     CK_ATTRIBUTE kt[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},  {CKA_KEY_TYPE, &type, sizeof(type)},
-        {CKA_VALUE, kek, sizeof(kek)},   {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_UNWRAP, &yes, sizeof(yes)}, {CKA_ENCRYPT, &no, sizeof(no)},
-        {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_ENCRYPT, &yes, sizeof(yes)},   {CKA_UNWRAP, &yes, sizeof(yes)},
     };
     CK_ATTRIBUTE ut[] = {
         {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &type, sizeof(type)},
         {CKA_TOKEN, &no, sizeof(no)},       {CKA_SENSITIVE, &yes, sizeof(yes)},
         {CKA_EXTRACTABLE, &no, sizeof(no)},
     };
-    CK_OBJECT_HANDLE hk = CK_INVALID_HANDLE, hu = CK_INVALID_HANDLE;
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    if (made &&
-        P11_RV(tok, C_CreateObject, P11_NO_MECH, s, kt, sizeof(kt) / sizeof(kt[0]), &hk) ==
-            CKR_OK &&
-        P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hk, blob, 40, ut,
+    CK_OBJECT_HANDLE hk = CK_INVALID_HANDLE, hu = CK_INVALID_HANDLE;
+    uint8_t blob[40];
+    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, sizeof(kt) / sizeof(kt[0]),
+               &hk) == CKR_OK &&
+        kwp_blob(tok, s, hk, blob) &&
+        P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hk, blob, sizeof(blob), ut,
                sizeof(ut) / sizeof(ut[0]), &hu) == CKR_OK)
         tok->kwp_mech = CKM_AES_KEY_WRAP_PAD;
     else
-        kms_log_warn("pkcs11",
-                     "token '%s': CKM_AES_KEY_WRAP_PAD does not unwrap RFC 5649 here "
+        kms_log_warn("pkcs11", "token '%s': CKM_AES_KEY_WRAP_PAD does not unwrap RFC 5649 here "
                      "(PKCS#11 3.0 defines it as PKCS#7 + RFC 3394) and the token has no "
                      "CKM_AES_KEY_WRAP_KWP: no RFC 5649 wrapping",
                      tok->label);
-    OPENSSL_cleanse(kek, sizeof(kek));
     if (hu != CK_INVALID_HANDLE)
         P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hu);
     if (hk != CK_INVALID_HANDLE)

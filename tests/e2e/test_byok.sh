@@ -180,7 +180,8 @@ if grep -q VIOLATION "$CUSTOS_P11SPY_LOG"; then
     fail "no C_GetAttributeValue(CKA_VALUE) and no C_WrapKey reached the HSM"
 fi
 oaep=$(grep -c "C_UnwrapKey mechanism 0x9$" "$CUSTOS_P11SPY_LOG" || true)
-kwp=$(grep -c "C_UnwrapKey mechanism 0x210a$" "$CUSTOS_P11SPY_LOG" || true)
+# RFC 5649: CKM_AES_KEY_WRAP_PAD (SoftHSMv2) or CKM_AES_KEY_WRAP_KWP (NSS).
+kwp=$(grep -c "C_UnwrapKey mechanism 0x210[ab]$" "$CUSTOS_P11SPY_LOG" || true)
 [ "$oaep" -gt 10 ] && [ "$kwp" -gt 10 ] || fail "the spy saw the imports ($oaep OAEP, $kwp KWP unwraps)"
 ok "through a PKCS#11 spy: $oaep OAEP and $kwp RFC 5649 unwraps, no CKA_VALUE read, no C_WrapKey"
 # And in the source: no code names CKA_VALUE, only pkcs11/ talks PKCS#11, and

@@ -240,6 +240,15 @@ START_TEST(capabilities)
     /* SoftHSMv2 2.6.1 lacks the single-step RSA-AES key wrap. */
     ck_assert(!p11_token_has(env.eu, P11_CAP_RSA_AES_KEY_WRAP));
     ck_assert(!p11_token_has(env.eu, P11_CAP_COUNT));
+    /* RFC 5649 through the mechanism each token really does it with:
+     * NSS lists CKM_AES_KEY_WRAP_KWP; SoftHSMv2 does it under _PAD, which
+     * the probe found by unwrapping a blob made with the token's AES-ECB. */
+    ck_assert_uint_eq(env.eu->kwp_mech,
+                      testenv_is_nss() ? CKM_AES_KEY_WRAP_KWP : CKM_AES_KEY_WRAP_PAD);
+    /* A forged GCM tag: SoftHSMv2 says CKR_GENERAL_ERROR, NSS the standard. */
+    ck_assert(env.eu->integrity_general == !testenv_is_nss());
+    /* The core every region needs. */
+    ck_assert_ptr_null(p11_token_missing_core(env.eu));
 
     const enum p11_key_kind kinds[] = {P11_KEY_AES_ENCRYPT, P11_KEY_AES_WRAP,
                                        P11_KEY_AES_TRANSPORT, P11_KEY_HMAC_SHA256,
@@ -253,6 +262,7 @@ START_TEST(capabilities)
         if (env.eu->mechs[i] == CKM_AES_GCM)
             env.eu->mech_info[i].flags &= ~(CK_FLAGS)CKF_DECRYPT;
     ck_assert(!p11_token_has(env.eu, P11_CAP_AES_GCM));
+    ck_assert_str_eq(p11_token_missing_core(env.eu), "CKM_AES_GCM encrypt/decrypt");
     ck_assert_int_eq(p11_key_kind_supported(env.eu, P11_KEY_AES_ENCRYPT), KMS_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(kms_err_detail(), "CKM_AES_GCM"));
     /* ...and generation is refused before touching the token. */
