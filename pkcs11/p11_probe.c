@@ -13,6 +13,14 @@
  *   creation with one token AES key, destroyed at once; on such a token the
  *   attribute is left out of templates (p11_tmpl_fit) and the log and
  *   `kmsctl hsm check` say that keys there can be copied (C_CopyObject).
+ * - Whether two secret keys under one CKA_ID stay two objects (NSS: the
+ *   second overwrites the first), probed with the above.
+ * - Which mechanism does RFC 5649 (p11_probe_kwp, at open).
+ * - For kmsctl hsm check only: OAEP with SHA-256, and whether C_WrapKey
+ *   refuses a non-extractable key.
+ * Token probe objects are labelled custos:probe, usage-free, sensitive and
+ * non-extractable; a crash between making and destroying one leaves such
+ * an inert object (never a custos:key:, so reconcile ignores it).
  */
 #include <string.h>
 
