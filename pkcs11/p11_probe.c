@@ -328,14 +328,15 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
     CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_OBJECT_HANDLE hk = CK_INVALID_HANDLE, hu = CK_INVALID_HANDLE;
     uint8_t blob[40];
-    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, sizeof(kt) / sizeof(kt[0]),
-               &hk) == CKR_OK &&
+    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, sizeof(kt) / sizeof(kt[0]), &hk) ==
+            CKR_OK &&
         kwp_blob(tok, s, hk, blob) &&
         P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hk, blob, sizeof(blob), ut,
                sizeof(ut) / sizeof(ut[0]), &hu) == CKR_OK)
         tok->kwp_mech = CKM_AES_KEY_WRAP_PAD;
     else
-        kms_log_warn("pkcs11", "token '%s': CKM_AES_KEY_WRAP_PAD does not unwrap RFC 5649 here "
+        kms_log_warn("pkcs11",
+                     "token '%s': CKM_AES_KEY_WRAP_PAD does not unwrap RFC 5649 here "
                      "(PKCS#11 3.0 defines it as PKCS#7 + RFC 3394) and the token has no "
                      "CKM_AES_KEY_WRAP_KWP: no RFC 5649 wrapping",
                      tok->label);
