@@ -34,6 +34,10 @@
  * tok->create_lock, which a creation's retries may already hold. */
 static pthread_mutex_t probe_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* The probes' calls are not the service's: they stay out of the HSM call
+ * metrics (custos_hsm_call_duration_seconds counts what requests cost). */
+#define P11_PROBE_RV(tok, fn, mech, ...) P11_RV_AT_((tok)->fl, -1, fn, mech, __VA_ARGS__)
+
 static CK_BBOOL yes = CK_TRUE;
 static CK_BBOOL no = CK_FALSE;
 
@@ -70,20 +74,20 @@ void p11_probe_integrity(struct p11_token *tok, CK_SESSION_HANDLE s)
     };
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, t, sizeof(t) / sizeof(t[0]), &h) !=
+    if (P11_PROBE_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, t, sizeof(t) / sizeof(t[0]), &h) !=
         CKR_OK)
         return;
     uint8_t iv[12] = {0}, in[32] = {0}, out[32];
     CK_GCM_PARAMS p = {iv, sizeof(iv), 96, NULL, 0, 128};
     CK_MECHANISM m = {CKM_AES_GCM, &p, sizeof(p)};
-    if (P11_RV(tok, C_DecryptInit, CKM_AES_GCM, s, &m, h) == CKR_OK) {
+    if (P11_PROBE_RV(tok, C_DecryptInit, CKM_AES_GCM, s, &m, h) == CKR_OK) {
         CK_ULONG out_len = sizeof(out);
         /* 16 bytes of data and a tag of zeros: the tag check fails. */
-        CK_RV rv = P11_RV(tok, C_Decrypt, CKM_AES_GCM, s, in, sizeof(in), out, &out_len);
+        CK_RV rv = P11_PROBE_RV(tok, C_Decrypt, CKM_AES_GCM, s, in, sizeof(in), out, &out_len);
         tok->integrity_general = rv == CKR_GENERAL_ERROR;
         OPENSSL_cleanse(out, sizeof(out));
     }
-    P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
+    P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
 }
 
 /* One token AES key with or without CKA_COPYABLE=false; destroyed at once. */
@@ -105,9 +109,9 @@ static CK_RV try_token_key(struct p11_token *tok, CK_SESSION_HANDLE s, bool copy
     CK_ULONG n = sizeof(t) / sizeof(t[0]) - (copyable_attr ? 0 : 1);
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_RV rv = P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, t, n, &h);
+    CK_RV rv = P11_PROBE_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, t, n, &h);
     if (rv == CKR_OK)
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
+        P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
     return rv;
 }
 
@@ -120,7 +124,7 @@ static CK_RV try_token_key(struct p11_token *tok, CK_SESSION_HANDLE s, bool copy
 static int try_shared_id(struct p11_token *tok, CK_SESSION_HANDLE s)
 {
     uint8_t id[P11_KEY_ID_LEN];
-    if (P11_RV(tok, C_GenerateRandom, P11_NO_MECH, s, id, sizeof(id)) != CKR_OK)
+    if (P11_PROBE_RV(tok, C_GenerateRandom, P11_NO_MECH, s, id, sizeof(id)) != CKR_OK)
         return -1;
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE types[2] = {CKK_AES, CKK_GENERIC_SECRET};
@@ -145,16 +149,19 @@ static int try_shared_id(struct p11_token *tok, CK_SESSION_HANDLE s)
         };
         CK_MECHANISM m = {mechs[i], NULL, 0};
         CK_OBJECT_HANDLE h;
-        if (P11_RV(tok, C_GenerateKey, mechs[i], s, &m, t, sizeof(t) / sizeof(t[0]), &h) == CKR_OK)
+        if (P11_PROBE_RV(tok, C_GenerateKey, mechs[i], s, &m, t, sizeof(t) / sizeof(t[0]), &h) == CKR_OK)
             made++;
     }
     CK_ATTRIBUTE ft = {CKA_ID, id, sizeof(id)};
     CK_OBJECT_HANDLE found[4];
     CK_ULONG n = 0;
-    if (p11_find_objects(tok, s, &ft, 1, found, 4, &n) != KMS_OK)
-        n = 0;
+    if (P11_PROBE_RV(tok, C_FindObjectsInit, P11_NO_MECH, s, &ft, 1) == CKR_OK) {
+        if (P11_PROBE_RV(tok, C_FindObjects, P11_NO_MECH, s, found, 4, &n) != CKR_OK)
+            n = 0;
+        P11_PROBE_RV(tok, C_FindObjectsFinal, P11_NO_MECH, s);
+    }
     for (CK_ULONG i = 0; i < n; i++)
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, found[i]);
+        P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, found[i]);
     if (made < 2)
         return -1;
     return n >= 2 ? 1 : 0;
@@ -276,8 +283,8 @@ static bool kwp_blob(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
             CK_ULONG e_len = sizeof(e);
             memcpy(b, a, 8);
             memcpy(b + 8, r[i], 8);
-            ok = P11_RV(tok, C_EncryptInit, CKM_AES_ECB, s, &ecb, hk) == CKR_OK &&
-                 P11_RV(tok, C_Encrypt, CKM_AES_ECB, s, b, sizeof(b), e, &e_len) == CKR_OK &&
+            ok = P11_PROBE_RV(tok, C_EncryptInit, CKM_AES_ECB, s, &ecb, hk) == CKR_OK &&
+                 P11_PROBE_RV(tok, C_Encrypt, CKM_AES_ECB, s, b, sizeof(b), e, &e_len) == CKR_OK &&
                  e_len == 16;
             unsigned t = 4 * j + i + 1;
             memcpy(a, e, 8);
@@ -328,10 +335,10 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
     CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_OBJECT_HANDLE hk = CK_INVALID_HANDLE, hu = CK_INVALID_HANDLE;
     uint8_t blob[40];
-    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, sizeof(kt) / sizeof(kt[0]), &hk) ==
+    if (P11_PROBE_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, sizeof(kt) / sizeof(kt[0]), &hk) ==
             CKR_OK &&
         kwp_blob(tok, s, hk, blob) &&
-        P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hk, blob, sizeof(blob), ut,
+        P11_PROBE_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hk, blob, sizeof(blob), ut,
                sizeof(ut) / sizeof(ut[0]), &hu) == CKR_OK)
         tok->kwp_mech = CKM_AES_KEY_WRAP_PAD;
     else
@@ -341,9 +348,9 @@ void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s)
                      "CKM_AES_KEY_WRAP_KWP: no RFC 5649 wrapping",
                      tok->label);
     if (hu != CK_INVALID_HANDLE)
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hu);
+        P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, hu);
     if (hk != CK_INVALID_HANDLE)
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hk);
+        P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, hk);
 }
 
 /* ---- the capability report (kmsctl hsm check) ---------------------------- */
@@ -370,19 +377,19 @@ static int probe_wrap_extractable(struct p11_token *tok, CK_SESSION_HANDLE s)
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_OBJECT_HANDLE hw = CK_INVALID_HANDLE, hk = CK_INVALID_HANDLE;
     int r = -1;
-    if (P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, wt, 6, &hw) == CKR_OK &&
-        P11_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, 6, &hk) == CKR_OK) {
+    if (P11_PROBE_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, wt, 6, &hw) == CKR_OK &&
+        P11_PROBE_RV(tok, C_GenerateKey, CKM_AES_KEY_GEN, s, &gen, kt, 6, &hk) == CKR_OK) {
         uint8_t out[64];
         CK_ULONG out_len = sizeof(out);
         CK_MECHANISM m = {tok->kwp_mech, NULL, 0};
-        CK_RV rv = P11_RV(tok, C_WrapKey, tok->kwp_mech, s, &m, hw, hk, out, &out_len);
+        CK_RV rv = P11_PROBE_RV(tok, C_WrapKey, tok->kwp_mech, s, &m, hw, hk, out, &out_len);
         OPENSSL_cleanse(out, sizeof(out));
         r = rv == CKR_OK ? 0 : 1;
     }
     if (hk != CK_INVALID_HANDLE)
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hk);
+        P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, hk);
     if (hw != CK_INVALID_HANDLE)
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hw);
+        P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, hw);
     return r;
 }
 
@@ -405,7 +412,7 @@ static int probe_oaep_sha256(struct p11_token *tok, CK_SESSION_HANDLE s)
                            {CKA_UNWRAP, &yes, sizeof(yes)}};
     CK_MECHANISM gen = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
-    if (P11_RV(tok, C_GenerateKeyPair, CKM_RSA_PKCS_KEY_PAIR_GEN, s, &gen, pub, 4, priv, 3, &hpub,
+    if (P11_PROBE_RV(tok, C_GenerateKeyPair, CKM_RSA_PKCS_KEY_PAIR_GEN, s, &gen, pub, 4, priv, 3, &hpub,
                &hpriv) != CKR_OK)
         return -1;
     CK_RSA_PKCS_OAEP_PARAMS p = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
@@ -418,11 +425,11 @@ static int probe_oaep_sha256(struct p11_token *tok, CK_SESSION_HANDLE s)
     uint8_t zero[256] = {0};
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     CK_RV rv =
-        P11_RV(tok, C_UnwrapKey, CKM_RSA_PKCS_OAEP, s, &m, hpriv, zero, sizeof(zero), t, 3, &h);
+        P11_PROBE_RV(tok, C_UnwrapKey, CKM_RSA_PKCS_OAEP, s, &m, hpriv, zero, sizeof(zero), t, 3, &h);
     if (rv == CKR_OK)
-        P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
-    P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpriv);
-    P11_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpub);
+        P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, h);
+    P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpriv);
+    P11_PROBE_RV(tok, C_DestroyObject, P11_NO_MECH, s, hpub);
     return rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
                    rv == CKR_MECHANISM_INVALID
                ? 0
