@@ -2,7 +2,8 @@
 # both install their own dependencies first (deploy/install-deps.sh).
 #
 #   make            build kmsd, kmsctl and the tests into $(BUILD)
-#   make check      install deps, build, run every test
+#   make check      install deps, build, run every test (then make test-nss: the PKCS#11
+#                   tests and an e2e subset again on NSS softoken, docs/pkcs11.md)
 #   make check-asan the same suite under AddressSanitizer + UBSan (no recovery)
 #   make run        install deps, build, create dev tokens/config, start kmsd
 #   make bench      PKCS#11 layer benchmark against a bare PKCS#11 loop
@@ -168,7 +169,7 @@ FUZZ_BUILD    ?= build/fuzz
 FUZZ_CC       ?= clang
 FUZZ_SECONDS  ?= 60
 
-.PHONY: all deps check check-asan check-tsan fuzz-bins-build test run bench bench-scale soak soak-http install clean \
+.PHONY: all deps check check-asan check-tsan fuzz-bins-build test test-nss run bench bench-scale soak soak-http install clean \
         fuzz fuzz-bins fuzz-seeds fleet fleet-stop
 # Keep every intermediate (objects of mains and tests, generated code).
 .SECONDARY:
@@ -263,6 +264,12 @@ check: deps
 # seconds each when they are built.
 test: all
 	@BUILD=$(BUILD) CUSTOS_FUZZ_BUILD=$(FUZZ_BUILD) sh tests/run-tests.sh
+	@$(MAKE) --no-print-directory test-nss
+
+# The same PKCS#11 layer and a subset of the e2e suite on NSS's softoken, the
+# second PKCS#11 implementation (docs/pkcs11.md, "Testing on NSS").
+test-nss: all
+	@BUILD=$(BUILD) sh tests/run-tests.sh --nss
 
 check-asan: deps
 	@$(MAKE) --no-print-directory fuzz-bins-build

@@ -24,6 +24,9 @@
 # CUSTOS_DEV_HEAD_EVENTS / CUSTOS_DEV_HEAD_MS (signed head cadence, 1000 / 5000),
 # CUSTOS_DEV_RECOVERY_TTL_S / CUSTOS_DEV_TIME_LOCK_S (the bank tenant's
 # recovery request lifetime and time lock, 86400 / 0).
+# CUSTOS_TEST_TOKEN=nss: the tokens are NSS softoken databases
+# (deploy/dev-nss.sh) instead of SoftHSMv2's, and kmsd.json names
+# libsoftokn3.so with its module_args (docs/pkcs11.md, "NSS softoken").
 set -eu
 [ $# -ge 1 ] || { echo "usage: $0 DIR [PORT]" >&2; exit 2; }
 dir=$1
@@ -34,12 +37,22 @@ PY=/usr/bin/python3
 
 umask 077
 mkdir -p "$dir/credentials"
-KMSCTL="$KMSCTL" sh "$(dirname "$0")/dev-hsm.sh" "$dir/hsm" eu-west us-east >/dev/null
+module=/usr/lib/softhsm/libsofthsm2.so
+module_args=
+if [ "${CUSTOS_TEST_TOKEN:-softhsm}" = nss ]; then
+    sh "$(dirname "$0")/dev-nss.sh" "$dir/hsm" eu-west us-east >/dev/null
+    module=${CUSTOS_NSS_MODULE:-/usr/lib/x86_64-linux-gnu/libsoftokn3.so}
+    module_args=$(cat "$dir/hsm/module-args")
+else
+    KMSCTL="$KMSCTL" sh "$(dirname "$0")/dev-hsm.sh" "$dir/hsm" eu-west us-east >/dev/null
+fi
 dir=$(cd "$dir" && pwd)
+[ -z "$module_args" ] || module_args=$(cat "$dir/hsm/module-args")
 
 # Each region's escrow key (kmsctl hsm init-region is idempotent).
 for region in eu-west us-east; do
-    if ! out=$(SOFTHSM2_CONF="$dir/hsm/softhsm2.conf" "$KMSCTL" hsm init-region \
+    if ! out=$(SOFTHSM2_CONF="$dir/hsm/softhsm2.conf" CUSTOS_PKCS11_MODULE="$module" \
+            CUSTOS_PKCS11_MODULE_ARGS="$module_args" "$KMSCTL" hsm init-region \
             --label "custos-$region" --region "$region" \
             --pin-source "file:$dir/hsm/pins/$region.pin" 2>&1); then
         echo "$out" >&2
@@ -145,12 +158,16 @@ PYEOF
 fi
 
 if [ ! -f "$dir/kmsd.json" ]; then
+    # The NSS string holds paths, labels and quotes ('), never '"' or '\\'.
+    margs_line=
+    [ -z "$module_args" ] || margs_line="
+    \"module_args\": \"$module_args\","
     cat >"$dir/kmsd.json" <<EOF
 {
   "mode": "dev",
   "listen": { "address": "127.0.0.1", "port": $port },
   "pkcs11": {
-    "module": "/usr/lib/softhsm/libsofthsm2.so",
+    "module": "$module",$margs_line
     "tokens": [
       { "region": "eu-west", "token": "custos-eu-west", "pin": "file:hsm/pins/eu-west.pin" },
       { "region": "us-east", "token": "pkcs11:token=custos-us-east", "pin": "file:hsm/pins/us-east.pin" }

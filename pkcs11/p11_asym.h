@@ -135,6 +135,18 @@ kms_err p11_asym_restore(struct p11_token *tok, const struct p11_key_id *escrow,
                          const struct p11_key_id *id, const char *label, const uint8_t *spki,
                          size_t spki_len);
 
+/* KMS_OK when the token can restore an escrowed private key of kind:
+ * probed once per token and kind with the real path (an escrowable
+ * `custos:probe` pair, wrapped under escrow, restored under a second id,
+ * everything destroyed). KMS_ERR_UNSUPPORTED when the restore fails although
+ * the pair was made and wrapped: NSS's softoken 3.87 unwraps a PKCS#8 EC
+ * key only with a vendor attribute (CKR_TEMPLATE_INCOMPLETE) and sets
+ * CKA_DECRYPT on an unwrapped RSA key against the template. Any earlier
+ * failure is returned as it is and not remembered. Costs one key generation
+ * of the kind (seconds for RSA-4096 on a soft token) the first time. */
+kms_err p11_asym_restore_supported(struct p11_token *tok, const struct p11_key_id *escrow,
+                                   enum p11_asym_kind kind);
+
 /* Attributes of both halves read back, for checks and tests. */
 struct p11_asym_info {
     struct p11_key_info priv; /* sign set; encrypt/wrap/verify read false */

@@ -11,6 +11,7 @@
 
 #include <openssl/crypto.h>
 
+#include "kms_log.h"
 #include "p11_rv.h"
 
 /* The fixed digest a restored pair signs and verifies to prove that its
@@ -79,13 +80,14 @@ static kms_err do_restore(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg
 
     struct p11_asym_tmpl priv, pub;
     p11_asym_tmpl_private(&priv, r->kind, r->id, r->label, false, P11_ASYM_FOR_UNWRAP);
-    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    CK_RV rv = P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hesc, (CK_BYTE *)r->blob,
-                      r->blob_len, priv.a, priv.n, &hpriv);
+    CK_MECHANISM m = {tok->kwp_mech, NULL, 0};
+    p11_tmpl_fit(tok, s, priv.a, &priv.n);
+    CK_RV rv = P11_RV(tok, C_UnwrapKey, tok->kwp_mech, s, &m, hesc, (CK_BYTE *)r->blob, r->blob_len,
+                      priv.a, priv.n, &hpriv);
     /* SoftHSMv2 answers a failed RFC 5649 integrity check with
      * CKR_GENERAL_ERROR (see p11_crypto.c); a blob for another key type
      * fails the PKCS#8 decoding the same way. */
-    if (rv == CKR_GENERAL_ERROR && strncmp(tok->manufacturer, "SoftHSM", 7) == 0)
+    if (rv == CKR_GENERAL_ERROR && tok->integrity_general)
         rv = CKR_WRAPPED_KEY_INVALID;
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_UnwrapKey(private key)", tok->label), fail);
     KMS_GUARD_GOTO(p11_asym_check_private(tok, s, hpriv, r->kind, false, false), fail);
@@ -101,6 +103,7 @@ static kms_err do_restore(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg
         p11_asym_tmpl_add(&pub, CKA_PUBLIC_EXPONENT, r->pv.b, r->pv.b_len);
     }
     pub.a[pub.n++] = last;
+    p11_tmpl_fit(tok, s, pub.a, &pub.n);
     rv = P11_RV(tok, C_CreateObject, P11_NO_MECH, s, pub.a, pub.n, &hpub);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_CreateObject(public key)", tok->label), fail);
     KMS_GUARD_GOTO(p11_asym_check_public(tok, s, hpub, r->kind), fail);
@@ -153,4 +156,55 @@ kms_err p11_asym_restore(struct p11_token *tok, const struct p11_key_id *escrow,
         rc = p11_with_session(tok, do_restore, r);
     free(r);
     return rc;
+}
+
+kms_err p11_asym_restore_supported(struct p11_token *tok, const struct p11_key_id *escrow,
+                                   enum p11_asym_kind kind)
+{
+    KMS_ENSURE((unsigned)kind < sizeof(tok->asym_restore) / sizeof(tok->asym_restore[0]),
+               KMS_ERR_INVALID_ARGUMENT, "unknown key pair kind %d", (int)kind);
+    int known = atomic_load(&tok->asym_restore[kind]);
+    if (known < 0) {
+        struct p11_key_id a, b;
+        uint8_t *blob = malloc(P11_ASYM_ESCROW_MAX), *spki = NULL;
+        size_t blob_len = 0, spki_len = 0;
+        kms_err rc = blob != NULL ? KMS_OK : kms_err_set(KMS_ERR_NOMEM, "out of memory");
+        if (rc == KMS_OK)
+            rc = p11_key_id_new(tok, &a);
+        if (rc == KMS_OK)
+            rc = p11_key_id_new(tok, &b);
+        bool made = false;
+        if (rc == KMS_OK)
+            made = (rc = p11_asym_generate(tok, kind, &a, "custos:probe", true)) == KMS_OK;
+        if (rc == KMS_OK)
+            rc = p11_asym_public_spki(tok, &a, &spki, &spki_len);
+        if (rc == KMS_OK)
+            rc = p11_asym_escrow_wrap(tok, escrow, &a, blob, P11_ASYM_ESCROW_MAX, &blob_len);
+        if (rc == KMS_OK) {
+            known = p11_asym_restore(tok, escrow, blob, blob_len, kind, &b, "custos:probe", spki,
+                                     spki_len) == KMS_OK;
+            if (!known)
+                kms_log_warn("pkcs11",
+                             "token '%s' cannot restore an escrowed %s private key "
+                             "(%s): such keys are refused where escrow is required",
+                             tok->label, p11_asym_kind_name(kind), kms_err_detail());
+            atomic_store(&tok->asym_restore[kind], known);
+            p11_key_destroy(tok, &b);
+        }
+        if (made)
+            p11_key_destroy(tok, &a);
+        if (blob != NULL)
+            OPENSSL_cleanse(blob, P11_ASYM_ESCROW_MAX);
+        free(blob);
+        OPENSSL_free(spki);
+        KMS_GUARD(rc);
+        kms_err_clear();
+    }
+    /* Worded for the client (no token label: kms_err_client_msg keeps
+     * details that name one for the log). */
+    KMS_ENSURE(known == 1, KMS_ERR_UNSUPPORTED,
+               "the HSM of region %s cannot restore an escrowed %s private key, so it cannot "
+               "keep the escrow promise for one",
+               tok->region, p11_asym_kind_name(kind));
+    return KMS_OK;
 }

@@ -44,6 +44,8 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
     p11_asym_tmpl_public(&pub, a->kind, a->id, a->label, P11_ASYM_FOR_GENERATE);
     CK_MECHANISM m = {
         p11_asym_kind_is_ec(a->kind) ? CKM_EC_KEY_PAIR_GEN : CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    p11_tmpl_fit(tok, s, pub.a, &pub.n);
+    p11_tmpl_fit(tok, s, priv.a, &priv.n);
     CK_RV rv = P11_RV(tok, C_GenerateKeyPair, m.mechanism, s, &m, pub.a, pub.n, priv.a, priv.n,
                       &hpub, &hpriv);
     a->transient = rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED;

@@ -25,7 +25,7 @@ void p11_call_record(int metrics_id, enum p11_fn fn, CK_MECHANISM_TYPE mech, uin
 
 CK_RV p11_rv_auth_failure(const struct p11_token *tok, CK_RV rv)
 {
-    if (rv == CKR_GENERAL_ERROR && strncmp(tok->manufacturer, "SoftHSM", 7) == 0)
+    if (rv == CKR_GENERAL_ERROR && tok->integrity_general)
         return CKR_ENCRYPTED_DATA_INVALID;
     return rv;
 }

@@ -139,9 +139,19 @@ kms_err p11_kwp_wrap_in(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HA
                         CK_OBJECT_HANDLE target, const char *fn, uint8_t *out, size_t out_cap,
                         size_t *out_len)
 {
-    CK_MECHANISM m = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    /* PKCS#11 makes C_WrapKey refuse a key whose CKA_EXTRACTABLE is false
+     * (CKR_KEY_UNEXTRACTABLE); NSS's softoken 3.87 wraps it anyway. The
+     * layer asks first, on every token, so "locked after escrow" and
+     * "non-extractable" hold whatever the token enforces. */
+    CK_BBOOL extractable = CK_FALSE;
+    CK_ATTRIBUTE ea = {CKA_EXTRACTABLE, &extractable, sizeof(extractable)};
+    CK_RV rv = P11_RV(tok, C_GetAttributeValue, P11_NO_MECH, s, target, &ea, 1);
+    KMS_GUARD(p11_rv_err(rv, "C_GetAttributeValue(CKA_EXTRACTABLE)", tok->label));
+    if (extractable != CK_TRUE)
+        return p11_rv_err(CKR_KEY_UNEXTRACTABLE, fn, tok->label);
+    CK_MECHANISM m = {tok->kwp_mech, NULL, 0};
     CK_ULONG len = out_cap;
-    CK_RV rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &m, hw, target, out, &len);
+    rv = P11_RV(tok, C_WrapKey, tok->kwp_mech, s, &m, hw, target, out, &len);
     KMS_GUARD(p11_rv_err(rv, fn, tok->label));
     *out_len = len;
     return KMS_OK;
@@ -201,8 +211,19 @@ static kms_err do_unwrap(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
 
     struct p11_tmpl t;
     p11_tmpl_secret(&t, a->kind, a->flags, a->new_id, a->label, true);
-    CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu,
-                      (CK_BYTE *)a->wrapped, a->wrapped_len, t.a, t.n, &h);
+    CK_ULONG nt = t.n;
+    p11_tmpl_fit(tok, s, t.a, &nt);
+    CK_RV rv = P11_RV(tok, C_UnwrapKey, a->mech.mechanism, s, &a->mech, hu, (CK_BYTE *)a->wrapped,
+                      a->wrapped_len, t.a, nt, &h);
+    /* A wrapped key of a length the key type cannot have (RFC 5649 pads
+     * 25..31 bytes to the 40 of a 256-bit key): NSS's softoken says so at
+     * once, as PKCS#11 lets it; the caller's data, not the token's fault. */
+    if (rv == CKR_KEY_SIZE_RANGE) {
+        p11_rv_err(rv, "C_UnwrapKey", tok->label); /* logged like any refusal */
+        return kms_err_set(KMS_ERR_INVALID_ARGUMENT,
+                           "the unwrapped key has a length an AES-256 key cannot have: not a "
+                           "256-bit AES key");
+    }
     KMS_GUARD(p11_rv_err(p11_rv_auth_failure(tok, rv), "C_UnwrapKey", tok->label));
     return p11_key_admit(tok, s, a->new_id, a->kind, a->flags, false, h, CK_INVALID_HANDLE,
                          "unwrapped key");
@@ -226,8 +247,9 @@ kms_err p11_kwp_unwrap(struct p11_token *tok, const struct p11_key_id *unwrappin
      * 256-bit, and the token may not report CKA_VALUE_LEN after unwrap. */
     KMS_ENSURE(wrapped_len == 40, KMS_ERR_BAD_CIPHERTEXT,
                "wrapped key must be 40 bytes (RFC 5649 of a 256-bit key), got %zu", wrapped_len);
-    struct unwrap_arg a = {unwrapping, CKO_SECRET_KEY, {CKM_AES_KEY_WRAP_PAD, NULL, 0},
-                           wrapped, wrapped_len, kind, flags, new_id, label};
+    struct unwrap_arg a = {unwrapping, CKO_SECRET_KEY, {tok->kwp_mech, NULL, 0},
+                           wrapped,    wrapped_len,    kind,
+                           flags,      new_id,         label};
     return p11_with_session(tok, do_unwrap, &a);
 }
 

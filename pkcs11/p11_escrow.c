@@ -98,9 +98,9 @@ static kms_err do_export(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
         {CKA_EXTRACTABLE, &yes, sizeof(yes)},
         NO_USE(&no),
     };
-    CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    rv = P11_RV(tok, C_UnwrapKey, CKM_AES_KEY_WRAP_PAD, s, &kwp, hesc, (CK_BYTE *)a->blob,
-                a->blob_len, key_t, sizeof(key_t) / sizeof(key_t[0]), &key);
+    CK_MECHANISM kwp = {tok->kwp_mech, NULL, 0};
+    rv = P11_RV(tok, C_UnwrapKey, tok->kwp_mech, s, &kwp, hesc, (CK_BYTE *)a->blob, a->blob_len,
+                key_t, sizeof(key_t) / sizeof(key_t[0]), &key);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_UnwrapKey(escrow blob)", tok->label), done);
 
     CK_ATTRIBUTE eph_t[] = {
@@ -121,8 +121,7 @@ static kms_err do_export(struct p11_token *tok, CK_SESSION_HANDLE s, void *varg)
     CK_ULONG oaep_len = 0;
     KMS_GUARD_GOTO(oaep_wrap(tok, s, pub, eph, a, &oaep_len), done);
     CK_ULONG kwp_len = a->out_cap - oaep_len;
-    rv = P11_RV(tok, C_WrapKey, CKM_AES_KEY_WRAP_PAD, s, &kwp, eph, key, a->out + oaep_len,
-                &kwp_len);
+    rv = P11_RV(tok, C_WrapKey, tok->kwp_mech, s, &kwp, eph, key, a->out + oaep_len, &kwp_len);
     KMS_GUARD_GOTO(p11_rv_err(rv, "C_WrapKey(AES-KWP)", tok->label), done);
     KMS_ENSURE_GOTO(kwp_len == 40, done, KMS_ERR_HSM,
                     "token '%s' wrapped a 256-bit key into %lu bytes, want 40", tok->label,

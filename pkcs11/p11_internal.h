@@ -14,6 +14,11 @@
 
 #include <p11-kit/pkcs11.h>
 
+/* PKCS#11 3.0 mechanisms that p11-kit 0.24's header predates. */
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x0000210BUL /* RFC 5649 (3.0, section 2.14.3) */
+#endif
+
 #include "kms_metrics.h"
 #include "p11_key.h"
 #include "p11_module.h"
@@ -69,6 +74,20 @@ struct p11_token {
     CK_MECHANISM_INFO *mech_info;
     size_t n_mechs;
     int oaep_sha256; /* -1 unknown, 0 refused by token, 1 accepted */
+    /* Probed behaviours (p11_probe.c), not read from the token's name:
+     * integrity_general: a failed GCM tag / RFC 5649 check comes back as
+     * CKR_GENERAL_ERROR (set at open); copyable: CKA_COPYABLE is kept on
+     * token objects (-1 not yet probed, 0 no, 1 yes). */
+    bool integrity_general;
+    atomic_int copyable;
+    atomic_int ids_shared;      /* two secret keys under one CKA_ID stay two (-1 unknown) */
+    atomic_int asym_restore[4]; /* per p11_asym_kind: escrow restore works (-1 unknown) */
+    /* The mechanism that does RFC 5649 here (p11_probe_kwp, at open):
+     * CKM_AES_KEY_WRAP_KWP, the one PKCS#11 3.0 names, when the token has
+     * it; else CKM_AES_KEY_WRAP_PAD when the token's PAD unwraps an RFC
+     * 5649 blob (SoftHSMv2 2.6.1), not the standard's PKCS#7-padded RFC
+     * 3394 (NSS); CK_UNAVAILABLE_INFORMATION: neither. */
+    CK_MECHANISM_TYPE kwp_mech;
 
     /* The token's sessions, leased with p11_session_take/give (p11_pool.h
      * has the pool's own lock; the token never reaches inside it). */
@@ -160,10 +179,32 @@ void p11_call_record(int metrics_id, enum p11_fn fn, CK_MECHANISM_TYPE mech, uin
 
 /* SoftHSMv2 reports a failed GCM tag check and a failed OAEP or RFC 5649
  * integrity check as CKR_GENERAL_ERROR, where the specification says
- * CKR_ENCRYPTED_DATA_INVALID / CKR_WRAPPED_KEY_INVALID. For that module,
- * and only on the data-processing call (after a successful ...Init), read
- * it as the authentication failure it is; other modules keep their codes. */
+ * CKR_ENCRYPTED_DATA_INVALID / CKR_WRAPPED_KEY_INVALID. For a token found
+ * to do so at open (tok->integrity_general, p11_probe_integrity), and only
+ * on the data-processing call (after a successful ...Init), read it as the
+ * authentication failure it is; other tokens keep their codes. */
 CK_RV p11_rv_auth_failure(const struct p11_token *tok, CK_RV rv);
+
+/* Does the token list mech with every flag of need (C_GetMechanismInfo)? */
+bool p11_token_mech_has(const struct p11_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS need);
+
+/* ---- probes (p11_probe.c) ----
+ * How the token reports a failed integrity check, asked once in session s
+ * (logged in) with a session AES key; sets tok->integrity_general. */
+void p11_probe_integrity(struct p11_token *tok, CK_SESSION_HANDLE s);
+/* Choose tok->kwp_mech (see struct p11_token), in session s (logged in). */
+void p11_probe_kwp(struct p11_token *tok, CK_SESSION_HANDLE s);
+/* Does the token keep CKA_COPYABLE on token objects? Probed once (one
+ * throw-away token AES key, two or three when it refuses). */
+bool p11_token_keeps_copyable(struct p11_token *tok, CK_SESSION_HANDLE s);
+/* Does the token keep two secret keys (AES, generic) under one CKA_ID as
+ * two objects? Probed with copyable, once. */
+bool p11_token_shares_ids(struct p11_token *tok, CK_SESSION_HANDLE s);
+/* -1 not probed yet, 0 no, 1 yes. */
+int p11_token_copyable_known(const struct p11_token *tok);
+/* Fit a creation template of a token object to the token: leaves
+ * CKA_COPYABLE out where the token does not keep it. */
+void p11_tmpl_fit(struct p11_token *tok, CK_SESSION_HANDLE s, CK_ATTRIBUTE *a, CK_ULONG *n);
 
 /* ---- leases (p11_session.c) ----
  * Lease a logged-in read/write session from the token's pool; probes the

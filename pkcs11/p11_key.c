@@ -117,15 +117,20 @@ static kms_err do_generate(struct p11_token *tok, CK_SESSION_HANDLE s, void *var
         CK_MECHANISM m = {a->kind == P11_KEY_EC_P256_SIGN ? CKM_EC_KEY_PAIR_GEN
                                                           : CKM_RSA_PKCS_KEY_PAIR_GEN,
                           NULL, 0};
-        rv = P11_RV(tok, C_GenerateKeyPair, m.mechanism, s, &m, pub.a, pub.n, priv.a, priv.n,
-                    &hpub, &h);
+        CK_ULONG npub = pub.n, npriv = priv.n;
+        p11_tmpl_fit(tok, s, pub.a, &npub);
+        p11_tmpl_fit(tok, s, priv.a, &npriv);
+        rv = P11_RV(tok, C_GenerateKeyPair, m.mechanism, s, &m, pub.a, npub, priv.a, npriv, &hpub,
+                    &h);
         a->transient = p11_rv_transient(rv);
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKeyPair", tok->label));
     } else {
         CK_MECHANISM m = {a->kind == P11_KEY_HMAC_SHA256 ? CKM_GENERIC_SECRET_KEY_GEN
                                                          : CKM_AES_KEY_GEN,
                           NULL, 0};
-        rv = P11_RV(tok, C_GenerateKey, m.mechanism, s, &m, priv.a, priv.n, &h);
+        CK_ULONG npriv = priv.n;
+        p11_tmpl_fit(tok, s, priv.a, &npriv);
+        rv = P11_RV(tok, C_GenerateKey, m.mechanism, s, &m, priv.a, npriv, &h);
         a->transient = p11_rv_transient(rv);
         KMS_GUARD(p11_rv_err(rv, "C_GenerateKey", tok->label));
     }

@@ -71,6 +71,13 @@ const char *p11_key_kind_name(enum p11_key_kind kind);
  * state. */
 kms_err p11_key_kind_supported(const struct p11_token *tok, enum p11_key_kind kind);
 
+/* KMS_OK when the token keeps an AES key and a generic secret under one
+ * CKA_ID as two objects (a metadata key version, "Several objects under one
+ * id" in docs/pkcs11.md); KMS_ERR_UNSUPPORTED when a second secret key
+ * replaces the first (NSS's softoken). Probed once per token with throw-away
+ * token keys (p11_probe.c). */
+kms_err p11_key_shared_id_supported(struct p11_token *tok);
+
 /* Fresh random CKA_ID (from the token's RNG). */
 kms_err p11_key_id_new(struct p11_token *tok, struct p11_key_id *out_id);
 

@@ -87,6 +87,20 @@ kms_err p11_key_refuse_existing(struct p11_token *tok, CK_SESSION_HANDLE s,
     CK_OBJECT_CLASS cls;
     CK_KEY_TYPE type;
     p11_kind_object(kind, &cls, &type);
+    /* A token that keeps one secret key per CKA_ID would overwrite the
+     * one there (p11_probe.c): then any secret key under the id blocks. */
+    if (cls == CKO_SECRET_KEY && !p11_token_shares_ids(tok, s)) {
+        CK_OBJECT_HANDLE other;
+        CK_KEY_TYPE other_type = type == CKK_AES ? CKK_GENERIC_SECRET : CKK_AES;
+        kms_err orc = p11_key_handle(tok, s, id, cls, other_type, &other);
+        if (orc == KMS_OK)
+            return kms_err_set(KMS_ERR_ALREADY_EXISTS,
+                               "key id already holds a secret key in token '%s', which keeps "
+                               "one per CKA_ID",
+                               tok->label);
+        if (orc != KMS_ERR_NOT_FOUND)
+            return orc;
+    }
     kms_err rc = p11_key_handle(tok, s, id, cls, type, &existing);
     if (rc == KMS_OK)
         return kms_err_set(KMS_ERR_ALREADY_EXISTS, "key id already exists in token '%s'",

@@ -300,6 +300,11 @@ kms_err p11_key_verify(struct p11_token *tok, CK_SESSION_HANDLE s, CK_OBJECT_HAN
         /* SoftHSMv2 leaves CKA_VALUE_LEN at 0 on unwrapped keys; for those
          * the unwrap callers bound the length by the wrapped size instead. */
         bool unreported = !generated && len == 0;
+        /* A token that does report it (NSS's softoken) shows a wrapped key
+         * of the wrong length here: the caller's data, not the token's
+         * fault (p11_key_admit destroys the object). */
+        KMS_ENSURE(len == 32 || unreported || generated, KMS_ERR_INVALID_ARGUMENT,
+                   "the unwrapped key has %lu bytes: not a 256-bit AES key", (unsigned long)len);
         KMS_ENSURE(len == 32 || unreported, KMS_ERR_HSM,
                    "token '%s': %s key has %lu bytes, want 32", tok->label,
                    p11_key_kind_name(kind), (unsigned long)len);

@@ -3,10 +3,12 @@
  */
 #include "p11_module.h"
 
+#include <ctype.h>
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "kms_log.h"
@@ -28,6 +30,7 @@ struct p11_module {
     void *dl;
     CK_FUNCTION_LIST_PTR fl;
     char *path;
+    char *init_args; /* pReserved of C_Initialize; NULL: none */
     bool owns_init; /* false when someone in the process initialised it first */
     bool initialized; /* false after a re-initialisation whose C_Initialize failed */
 
@@ -50,6 +53,66 @@ CK_FUNCTION_LIST_PTR p11_module_fl(const struct p11_module *mod)
 const char *p11_module_path(const struct p11_module *mod)
 {
     return mod->path;
+}
+
+const char *p11_module_args(const struct p11_module *mod)
+{
+    return mod->init_args;
+}
+
+/* Does the parameter name s[0..n) mention a secret? */
+static bool secret_name(const char *s, size_t n)
+{
+    static const char *const words[] = {"pin", "pass", "secret"};
+    for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+        size_t wl = strlen(words[w]);
+        for (size_t i = 0; i + wl <= n; i++)
+            if (strncasecmp(s + i, words[w], wl) == 0)
+                return true;
+    }
+    return false;
+}
+
+kms_err p11_module_args_check(const char *a)
+{
+    if (a == NULL || *a == '\0')
+        return KMS_OK;
+    size_t len = strnlen(a, P11_MODULE_ARGS_MAX + 1);
+    KMS_ENSURE(len <= P11_MODULE_ARGS_MAX, KMS_ERR_CONFIG,
+               "PKCS#11 module arguments: longer than %d bytes", P11_MODULE_ARGS_MAX);
+    for (size_t i = 0; i < len; i++)
+        KMS_ENSURE(!iscntrl((unsigned char)a[i]), KMS_ERR_CONFIG,
+                   "PKCS#11 module arguments: control character at byte %zu", i);
+    /* Every "name=" of the string, at any nesting depth (NSS nests
+     * tokens=<0x4=[configdir=... ]>): the name is the run of letters,
+     * digits, '-' and '_' before '='. Quoted values are skipped, so a path
+     * that happens to contain "pin" is not a parameter name. */
+    char quote = 0;
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = a[i];
+        if (quote) {
+            if (ch == quote)
+                quote = 0;
+            start = i + 1;
+            continue;
+        }
+        if (ch == '\'' || ch == '"') {
+            quote = ch;
+            continue;
+        }
+        if (ch == '=') {
+            KMS_ENSURE(!secret_name(a + start, i - start), KMS_ERR_CONFIG,
+                       "PKCS#11 module arguments: parameter '%.*s' would put a secret in "
+                       "the configuration; give PINs through the token's pin source",
+                       (int)(i - start > 64 ? 64 : i - start), a + start);
+            start = i + 1;
+            continue;
+        }
+        if (!(isalnum((unsigned char)ch) || ch == '-' || ch == '_'))
+            start = i + 1;
+    }
+    return KMS_OK;
 }
 
 void p11_str_from_field(char *dst, size_t dst_len, const CK_UTF8CHAR *src, size_t src_len)
@@ -85,16 +148,34 @@ static kms_err resolve_function_list(struct p11_module *mod)
     return KMS_OK;
 }
 
+/* C_Initialize's arguments: OS locking, and the module's string if any. */
+static void init_args_fill(const struct p11_module *mod, CK_C_INITIALIZE_ARGS *args)
+{
+    memset(args, 0, sizeof(*args));
+    args->flags = CKF_OS_LOCKING_OK;
+    args->pReserved = mod->init_args;
+}
+
 kms_err p11_module_load(const char *path, struct p11_module **out_mod)
+{
+    return p11_module_load_args(path, NULL, out_mod);
+}
+
+kms_err p11_module_load_args(const char *path, const char *init_args, struct p11_module **out_mod)
 {
     kms_err rc = KMS_OK;
     *out_mod = NULL;
     KMS_ENSURE(path != NULL && *path, KMS_ERR_CONFIG, "no PKCS#11 module path configured");
+    KMS_GUARD(p11_module_args_check(init_args));
 
     struct p11_module *mod = calloc(1, sizeof(*mod));
     KMS_ENSURE(mod != NULL, KMS_ERR_NOMEM, "out of memory");
     mod->path = strdup(path);
     KMS_ENSURE_GOTO(mod->path != NULL, fail, KMS_ERR_NOMEM, "out of memory");
+    if (init_args != NULL && *init_args) {
+        mod->init_args = strdup(init_args);
+        KMS_ENSURE_GOTO(mod->init_args != NULL, fail, KMS_ERR_NOMEM, "out of memory");
+    }
 
     /* RTLD_LOCAL keeps the module's symbols (often a private OpenSSL) from
      * interposing on ours. */
@@ -104,8 +185,7 @@ kms_err p11_module_load(const char *path, struct p11_module **out_mod)
     KMS_GUARD_GOTO(resolve_function_list(mod), fail);
 
     CK_C_INITIALIZE_ARGS args;
-    memset(&args, 0, sizeof(args));
-    args.flags = CKF_OS_LOCKING_OK;
+    init_args_fill(mod, &args);
     /* Through the wrapper like every other call, though no token exists yet
      * to time it for. C_GetInterface / C_GetFunctionList above cannot be:
      * they are how the function list is found. */
@@ -120,6 +200,17 @@ kms_err p11_module_load(const char *path, struct p11_module **out_mod)
     }
     if (rv != CKR_OK) {
         rc = p11_rv_err(rv, "C_Initialize", path);
+        /* CKR_ARGUMENTS_BAD is what a module says to arguments it does not
+         * take (a string for another module), or NSS's softoken to none. */
+        if (rv == CKR_ARGUMENTS_BAD) {
+            char why[256];
+            snprintf(why, sizeof(why), "%s", kms_err_detail());
+            rc = kms_err_set(KMS_ERR_CONFIG, "%s; %s", why,
+                             mod->init_args ? "does this module take initialisation arguments "
+                                              "(pkcs11.module_args)?"
+                                            : "this module may need initialisation arguments "
+                                              "(pkcs11.module_args)");
+        }
         goto fail;
     }
     mod->initialized = true;
@@ -132,6 +223,7 @@ kms_err p11_module_load(const char *path, struct p11_module **out_mod)
 fail:
     if (mod->dl)
         dlclose(mod->dl);
+    free(mod->init_args);
     free(mod->path);
     free(mod);
     return rc;
@@ -149,6 +241,7 @@ void p11_module_free(struct p11_module *mod)
     /* SoftHSMv2 and others register atexit handlers and thread-local state;
      * unloading them while the process lives is a known source of crashes at
      * exit, so the library stays mapped. */
+    free(mod->init_args);
     free(mod->path);
     free(mod);
 }
@@ -194,8 +287,7 @@ kms_err p11_module_reinit_library(struct p11_module *mod)
         P11_MOD_RV(mod, C_Finalize, NULL);
     mod->initialized = false;
     CK_C_INITIALIZE_ARGS args;
-    memset(&args, 0, sizeof(args));
-    args.flags = CKF_OS_LOCKING_OK;
+    init_args_fill(mod, &args);
     CK_RV rv = P11_MOD_RV(mod, C_Initialize, &args);
     if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
         return p11_rv_err(rv, "C_Initialize", mod->path);

@@ -20,6 +20,28 @@
 struct p11_module;
 
 kms_err p11_module_load(const char *path, struct p11_module **out_mod);
+
+/* Longest module initialisation string accepted (bytes). */
+#define P11_MODULE_ARGS_MAX 4096
+
+/* As p11_module_load, with a module initialisation string: C_Initialize gets
+ * it in CK_C_INITIALIZE_ARGS.pReserved, as NSS's softoken needs its database
+ * directories and token descriptions ("configdir='sql:/var/lib/custos/nss'
+ * tokens=<0x4=[...]>"). PKCS#11 reserves pReserved (it "should be
+ * NULL_PTR"), so init_args NULL or "" passes NULL, and most modules answer
+ * CKR_ARGUMENTS_BAD to anything else. The string is configuration, logged
+ * and shown in errors, so it must not carry a secret: a parameter whose
+ * name mentions a PIN or password is refused (KMS_ERR_CONFIG). It is kept
+ * for re-initialisations (p11_module_recover). */
+kms_err p11_module_load_args(const char *path, const char *init_args, struct p11_module **out_mod);
+
+/* The initialisation string the module was loaded with, or NULL. */
+const char *p11_module_args(const struct p11_module *mod);
+
+/* Refuse an initialisation string that is too long, has control characters
+ * or names a secret parameter (a name containing "pin", "pass" or
+ * "secret", case-insensitive, before '='). For config validation too. */
+kms_err p11_module_args_check(const char *init_args);
 void p11_module_free(struct p11_module *mod);
 
 /* Path the module was loaded from. */

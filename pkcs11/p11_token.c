@@ -72,8 +72,9 @@ static const struct cap_row cap_rows[P11_CAP_COUNT] = {
                               "CKM_RSA_PKCS_KEY_PAIR_GEN (3072-bit)"},
     [P11_CAP_AES_GCM] = {CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT, 0, 0, false,
                          "CKM_AES_GCM encrypt/decrypt"},
-    [P11_CAP_AES_KWP] = {CKM_AES_KEY_WRAP_PAD, CKF_WRAP | CKF_UNWRAP, 0, 0, false,
-                         "CKM_AES_KEY_WRAP_PAD wrap/unwrap"},
+    /* The mechanism is the token's (tok->kwp_mech, p11_probe_kwp). */
+    [P11_CAP_AES_KWP] = {CKM_AES_KEY_WRAP_KWP, CKF_WRAP | CKF_UNWRAP, 0, 0, false,
+                         "RFC 5649 wrap/unwrap"},
     [P11_CAP_RSA_OAEP_UNWRAP] = {CKM_RSA_PKCS_OAEP, CKF_UNWRAP, 0, 0, false,
                                  "CKM_RSA_PKCS_OAEP unwrap"},
     [P11_CAP_RSA_AES_KEY_WRAP] = {CKM_RSA_AES_KEY_WRAP, CKF_UNWRAP, 0, 0, false,
@@ -81,6 +82,8 @@ static const struct cap_row cap_rows[P11_CAP_COUNT] = {
     [P11_CAP_HMAC_SHA256] = {CKM_SHA256_HMAC, CKF_SIGN | CKF_VERIFY, 0, 0, false,
                              "CKM_SHA256_HMAC sign/verify"},
     [P11_CAP_ECDSA] = {CKM_ECDSA, CKF_SIGN, 0, 0, false, "CKM_ECDSA sign"},
+    [P11_CAP_RSA_PSS] = {CKM_RSA_PKCS_PSS, CKF_SIGN | CKF_VERIFY, 0, 0, false,
+                         "CKM_RSA_PKCS_PSS sign/verify"},
 };
 
 const char *p11_cap_name(enum p11_cap cap)
@@ -92,6 +95,8 @@ bool p11_token_has(const struct p11_token *tok, enum p11_cap cap)
 {
     if ((unsigned)cap >= P11_CAP_COUNT)
         return false;
+    if (cap == P11_CAP_AES_KWP)
+        return tok->kwp_mech != (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION;
     const struct cap_row *r = &cap_rows[cap];
     for (size_t i = 0; i < tok->n_mechs; i++) {
         if (tok->mechs[i] != r->mech)
@@ -283,6 +288,11 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
     tok->mod = mod;
     tok->fl = p11_module_fl(mod);
     tok->oaep_sha256 = -1;
+    tok->kwp_mech = (CK_MECHANISM_TYPE)CK_UNAVAILABLE_INFORMATION;
+    atomic_init(&tok->copyable, -1);
+    atomic_init(&tok->ids_shared, -1);
+    for (size_t i = 0; i < sizeof(tok->asym_restore) / sizeof(tok->asym_restore[0]); i++)
+        atomic_init(&tok->asym_restore[i], -1);
     tok->metrics_id = -1;
     pthread_mutex_init(&tok->create_lock, NULL);
     snprintf(tok->region, sizeof(tok->region), "%s", cfg->region);
@@ -315,6 +325,8 @@ static kms_err token_open(struct p11_module *mod, const struct p11_token_config 
      * instead of the first request. */
     CK_SESSION_HANDLE s;
     KMS_GUARD_GOTO(p11_pool_take(tok->pool, &s), fail);
+    p11_probe_integrity(tok, s);
+    p11_probe_kwp(tok, s);
     p11_pool_give(tok->pool, s, false);
 
     kms_log_info("pkcs11", "token '%s' (serial %s, %s) serves region %s with up to %zu sessions",

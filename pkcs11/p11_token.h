@@ -62,16 +62,17 @@ kms_err p11_token_check(struct p11_token *tok);
 
 /* Mechanism-level capabilities, read once at open. */
 enum p11_cap {
-    P11_CAP_GEN_AES_256 = 0,     /* CKM_AES_KEY_GEN with 32-byte keys */
-    P11_CAP_GEN_SECRET_256,      /* CKM_GENERIC_SECRET_KEY_GEN with 32 bytes */
-    P11_CAP_GEN_EC_P256,         /* CKM_EC_KEY_PAIR_GEN, 256-bit */
-    P11_CAP_GEN_RSA_3072,        /* CKM_RSA_PKCS_KEY_PAIR_GEN, 3072-bit */
-    P11_CAP_AES_GCM,             /* CKM_AES_GCM encrypt + decrypt */
-    P11_CAP_AES_KWP,             /* CKM_AES_KEY_WRAP_PAD wrap + unwrap */
-    P11_CAP_RSA_OAEP_UNWRAP,     /* CKM_RSA_PKCS_OAEP unwrap */
-    P11_CAP_RSA_AES_KEY_WRAP,    /* CKM_RSA_AES_KEY_WRAP unwrap (single step) */
-    P11_CAP_HMAC_SHA256,         /* CKM_SHA256_HMAC sign + verify */
-    P11_CAP_ECDSA,               /* CKM_ECDSA sign */
+    P11_CAP_GEN_AES_256 = 0,  /* CKM_AES_KEY_GEN with 32-byte keys */
+    P11_CAP_GEN_SECRET_256,   /* CKM_GENERIC_SECRET_KEY_GEN with 32 bytes */
+    P11_CAP_GEN_EC_P256,      /* CKM_EC_KEY_PAIR_GEN, 256-bit */
+    P11_CAP_GEN_RSA_3072,     /* CKM_RSA_PKCS_KEY_PAIR_GEN, 3072-bit */
+    P11_CAP_AES_GCM,          /* CKM_AES_GCM encrypt + decrypt */
+    P11_CAP_AES_KWP,          /* CKM_AES_KEY_WRAP_PAD wrap + unwrap */
+    P11_CAP_RSA_OAEP_UNWRAP,  /* CKM_RSA_PKCS_OAEP unwrap */
+    P11_CAP_RSA_AES_KEY_WRAP, /* CKM_RSA_AES_KEY_WRAP unwrap (single step) */
+    P11_CAP_HMAC_SHA256,      /* CKM_SHA256_HMAC sign + verify */
+    P11_CAP_ECDSA,            /* CKM_ECDSA sign */
+    P11_CAP_RSA_PSS,          /* CKM_RSA_PKCS_PSS sign + verify (signing keys, TLS) */
     P11_CAP_COUNT
 };
 
@@ -79,6 +80,25 @@ bool p11_token_has(const struct p11_token *tok, enum p11_cap cap);
 
 /* Name of a capability for messages ("CKM_AES_GCM encrypt/decrypt"). */
 const char *p11_cap_name(enum p11_cap cap);
+
+/* The capability matrix row of a token (docs/pkcs11.md, "Capabilities"):
+ * every mechanism capability above, then what the probes found (the RFC 5649
+ * mechanism, OAEP with SHA-256, how a failed tag is reported, CKA_COPYABLE
+ * and two secret keys per CKA_ID on token objects, C_WrapKey refusing a
+ * non-extractable key). Runs the probes not run yet: throw-away session
+ * keys, and token keys that are destroyed at once. For kmsctl hsm check. */
+struct p11_cap_report {
+    const char *name;
+    char value[48];
+    bool ok; /* false: Custos refuses or works around something here */
+};
+#define P11_REPORT_MAX 24
+kms_err p11_token_report(struct p11_token *tok, struct p11_cap_report *out, size_t max,
+                         size_t *out_n);
+
+/* The first capability every region needs (AES-256 generation, AES-GCM)
+ * that the token lacks, or NULL: such a token cannot serve Encrypt. */
+const char *p11_token_missing_core(const struct p11_token *tok);
 
 /* Session pool statistics, for metrics and tests. */
 struct p11_pool_stats {

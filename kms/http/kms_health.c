@@ -100,6 +100,14 @@ int kms_health_region(struct kms_health *h, const char *region, char *why, size_
                  p11_token_label(tok));
         return 0;
     }
+    /* Capability detection: a token that cannot do AES-GCM serves nothing
+     * (kmsctl hsm check prints the whole matrix row). */
+    const char *lacks = p11_token_missing_core(tok);
+    if (lacks != NULL) {
+        snprintf(why, n, "region %s: its HSM token '%s' lacks %s", region, p11_token_label(tok),
+                 lacks);
+        return 0;
+    }
     size_t missing = kms_service_missing_objects(h->svc, region);
     if (missing > 0) {
         snprintf(why, n, "region %s: %zu live key version(s) have no object in HSM token '%s' "
@@ -130,6 +138,10 @@ void kms_health_refused_regions(struct kms_health *h, char *buf, size_t n)
                          "region %s: its HSM token '%s' is unavailable (re-probed on every "
                          "check; served again when it answers)\n",
                          region, p11_token_label(tok));
+        else if (tok != NULL && p11_token_missing_core(tok) != NULL)
+            w = snprintf(buf + used, n - used,
+                         "region %s: its HSM token '%s' lacks %s (see kmsctl hsm check)\n", region,
+                         p11_token_label(tok), p11_token_missing_core(tok));
         else if (tok != NULL && kms_service_missing_objects(h->svc, region) > 0)
             /* A count, never key ids: this answer is unauthenticated. */
             w = snprintf(buf + used, n - used,

@@ -231,6 +231,15 @@ kms_err kms_rpc_create_key(struct kms_call *call, const ProtobufCMessage *msg,
                 : p11_key_kind_supported(tok, P11_KEY_AES_ENCRYPT);
     if (rc == KMS_OK && metadata)
         rc = p11_key_kind_supported(tok, P11_KEY_HMAC_SHA256);
+    if (rc == KMS_OK && metadata)
+        rc = p11_key_shared_id_supported(tok);
+    /* An escrowed signing key that the token could never restore would
+     * break the escrow promise: refused before anything is made. */
+    if (rc == KMS_OK && pair && escrow) {
+        struct p11_key_id esc;
+        if (kms_service_escrow_key(call->svc, req->region, &esc))
+            rc = p11_asym_restore_supported(tok, &esc, kms_sign_kind(pair_spec));
+    }
     if (rc != KMS_OK)
         goto done;
 

@@ -14,6 +14,7 @@
 
 #include "kms_log.h"
 #include "kms_pgconn.h"
+#include "p11_module.h"
 
 
 /* Refuse keys outside `allowed`, so that "max_body_byte" is an error and not
@@ -169,9 +170,17 @@ static kms_err parse_pkcs11(json_t *root, const char *dir, struct kms_config *c)
 {
     json_t *p11 = json_object_get(root, "pkcs11");
     KMS_ENSURE(json_is_object(p11), KMS_ERR_CONFIG, "pkcs11: required object");
-    static const char *const pk[] = {"module", "tokens", NULL};
+    static const char *const pk[] = {"module", "module_args", "tokens", NULL};
     KMS_GUARD(check_keys(p11, "pkcs11", pk));
     KMS_GUARD(get_str(p11, "module", "pkcs11", false, dir, true, &c->pkcs11_module));
+    /* The module's initialisation string (NSS's softoken needs one);
+     * configuration, never a PIN: p11_module_args_check says why not. */
+    KMS_GUARD(get_str(p11, "module_args", "pkcs11", false, dir, false, &c->pkcs11_module_args));
+    if (p11_module_args_check(c->pkcs11_module_args) != KMS_OK) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s", kms_err_detail());
+        return kms_err_set(KMS_ERR_CONFIG, "pkcs11.module_args: %s", why);
+    }
     json_t *toks = json_object_get(p11, "tokens");
     KMS_ENSURE(json_is_array(toks) && json_array_size(toks) >= 1 &&
                    json_array_size(toks) <= KMS_CONFIG_MAX_TOKENS,
@@ -615,6 +624,7 @@ void kms_config_free(struct kms_config *c)
     free(c->tls_key_uri);
     free(c->tls_client_ca);
     free(c->pkcs11_module);
+    free(c->pkcs11_module_args);
     for (size_t i = 0; i < c->n_tokens; i++) {
         free(c->tokens[i].region);
         free(c->tokens[i].token);

@@ -46,6 +46,7 @@ struct kms_config {
     bool tls_require_client_cert;
 
     char *pkcs11_module;
+    char *pkcs11_module_args; /* C_Initialize pReserved (NSS softoken); NULL: none */
     struct kms_config_token tokens[KMS_CONFIG_MAX_TOKENS];
     size_t n_tokens;
 

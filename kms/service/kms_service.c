@@ -348,7 +348,8 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     pthread_mutex_init(&svc->policy_lock, NULL);
 
     KMS_GUARD_GOTO(pol_doc_load_file(cfg->policy_path, &svc->policy), fail_policy);
-    KMS_GUARD_GOTO(p11_module_load(cfg->pkcs11_module, &svc->mod), fail);
+    KMS_GUARD_GOTO(p11_module_load_args(cfg->pkcs11_module, cfg->pkcs11_module_args, &svc->mod),
+                   fail);
     struct p11_token_config tc[KMS_CONFIG_MAX_TOKENS];
     for (size_t i = 0; i < cfg->n_tokens; i++)
         tc[i] = (struct p11_token_config){cfg->tokens[i].region, cfg->tokens[i].token,

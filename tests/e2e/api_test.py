@@ -261,8 +261,10 @@ check(state == pb.DESTROYED, "the sweeper destroys the key when its waiting peri
 
 try:
     import PyKCS11
-    lib = PyKCS11.PyKCS11Lib()
-    lib.load("/usr/lib/softhsm/libsofthsm2.so")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import p11_module
+    lib = p11_module.pykcs11(os.environ.get("CUSTOS_TEST_MODULE",
+                                            "/usr/lib/softhsm/libsofthsm2.so"))
     slot = [x for x in lib.getSlotList(tokenPresent=True)
             if lib.getTokenInfo(x).label.strip() == "custos-eu-west"][0]
     sess = lib.openSession(slot)

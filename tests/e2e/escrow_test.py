@@ -80,8 +80,11 @@ def refused(res, status, code, fragment=""):
 
 # ---- the tokens, seen from outside kmsd -------------------------------------------
 
-lib = PyKCS11.PyKCS11Lib()
-lib.load("/usr/lib/softhsm/libsofthsm2.so")
+# With the module's initialisation string, if it needs one (NSS).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p11_module  # noqa: E402
+
+lib = p11_module.pykcs11(os.environ.get("CUSTOS_TEST_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
 
 
 class Token:

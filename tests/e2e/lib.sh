@@ -23,6 +23,12 @@ e2e_setup() {
     rm -rf "$E2E_DIR"
     BUILD="$BUILD_DIR" KMSCTL="$KMSCTL" sh deploy/dev-setup.sh "$E2E_DIR" "$E2E_PORT" >/dev/null
     export SOFTHSM2_CONF="$E2E_DIR/hsm/softhsm2.conf"
+    # NSS pass: this installation's own databases, for kmsctl and the
+    # python helpers (tests/e2e/p11_module.py).
+    if [ -f "$E2E_DIR/hsm/module-args" ]; then
+        CUSTOS_PKCS11_MODULE_ARGS=$(cat "$E2E_DIR/hsm/module-args")
+        export CUSTOS_PKCS11_MODULE_ARGS
+    fi
     export CUSTOS_ADDR="http://127.0.0.1:$E2E_PORT"
 }
 

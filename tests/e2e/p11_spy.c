@@ -82,6 +82,11 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
     pthread_mutex_lock(&init_lock);
     if (real == NULL) {
         const char *path = getenv("CUSTOS_P11SPY_MODULE");
+        /* Else the module under test (NSS's softoken in the NSS pass). */
+        if (path == NULL || *path == '\0')
+            path = getenv("CUSTOS_TEST_MODULE");
+        if (path != NULL && *path == '\0')
+            path = NULL;
         void *h = dlopen(path ? path : "/usr/lib/softhsm/libsofthsm2.so", RTLD_NOW | RTLD_LOCAL);
         CK_C_GetFunctionList get = h ? (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList") : NULL;
         if (get == NULL || get(&real) != CKR_OK || real == NULL) {

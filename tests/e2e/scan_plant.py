@@ -10,10 +10,13 @@ import sys
 import PyKCS11 as P
 
 HSM_DIR, REGION = sys.argv[1], sys.argv[2]
-MODULE = sys.argv[3] if len(sys.argv) > 3 else "/usr/lib/softhsm/libsofthsm2.so"
+MODULE = sys.argv[3] if len(sys.argv) > 3 else os.environ.get(
+    "CUSTOS_TEST_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 
-lib = P.PyKCS11Lib()
-lib.load(MODULE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import p11_module  # noqa: E402
+
+lib = p11_module.pykcs11(MODULE)
 slot = next(s for s in lib.getSlotList(tokenPresent=True)
             if lib.getTokenInfo(s).label.strip() == f"custos-{REGION}")
 with open(f"{HSM_DIR}/pins/{REGION}.pin") as f:

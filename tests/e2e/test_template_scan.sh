@@ -28,9 +28,7 @@ out=$(e2e_scan_tokens 2>&1) && { echo "not ok - the scan passed over planted vio
 echo "$out" | sed 's/^/# /'
 for want in "plant:wrap-and-decrypt.*no key separation" \
             "plant:extractable.*CKA_EXTRACTABLE is true" \
-            "plant:not-sensitive.*CKA_SENSITIVE is not true" \
             "plant:unwrap-no-template.*no CKA_UNWRAP_TEMPLATE" \
-            "plant:escrow-like.*does not force CKA_EXTRACTABLE=false" \
             "custos:escrow:eu-west.*a second escrow key"; do
     if echo "$out" | grep -q "$want"; then
         echo "ok - the scan reports $want"
@@ -38,11 +36,23 @@ for want in "plant:wrap-and-decrypt.*no key separation" \
         echo "not ok - the scan does not report $want"; exit 1
     fi
 done
+# NSS's softoken does not return CKA_UNWRAP_TEMPLATE as an attribute array,
+# and makes a private token key sensitive whatever its template says
+# (docs/pkcs11.md, differences 12 and 13): these two plants are SoftHSMv2's.
+if [ "${CUSTOS_TEST_TOKEN:-softhsm}" != nss ]; then
+    for want in "plant:not-sensitive.*CKA_SENSITIVE is not true" \
+                "plant:escrow-like.*does not force CKA_EXTRACTABLE=false"; do
+        echo "$out" | grep -q "$want" || { echo "not ok - the scan does not report $want"; exit 1; }
+        echo "ok - the scan reports $want"
+    done
+fi
 # Escrow's exception: a key listed as escrow-pending may be extractable
 # (and only that key: the other planted violations are still reported).
 /usr/bin/python3 - "$E2E_DIR/hsm" >"$E2E_DIR/pending" <<'PY'
-import sys, PyKCS11 as P
-lib = P.PyKCS11Lib(); lib.load("/usr/lib/softhsm/libsofthsm2.so")
+import os, sys, PyKCS11 as P
+sys.path.insert(0, "tests/e2e")
+import p11_module
+lib = p11_module.pykcs11(os.environ.get("CUSTOS_TEST_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
 slot = next(s for s in lib.getSlotList(tokenPresent=True)
             if lib.getTokenInfo(s).label.strip() == "custos-eu-west")
 s = lib.openSession(slot); s.login(open(sys.argv[1] + "/pins/eu-west.pin").read().strip())
@@ -50,7 +60,7 @@ o = s.findObjects([(P.CKA_LABEL, "plant:extractable")])[0]
 print(bytes(s.getAttributeValue(o, [P.CKA_ID])[0]).hex())
 PY
 out=$(CUSTOS_SCAN_ESCROW_PENDING="$E2E_DIR/pending" e2e_scan_tokens 2>&1) || true
-if echo "$out" | grep -q "plant:extractable" || ! echo "$out" | grep -q "plant:not-sensitive"; then
+if echo "$out" | grep -q "plant:extractable" || ! echo "$out" | grep -q "plant:wrap-and-decrypt"; then
     echo "not ok - an escrow-pending key is still reported, or the others are not"; exit 1
 fi
 echo "ok - an extractable key listed as escrow-pending is accepted, the rest still reported"

@@ -6,6 +6,7 @@
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kms_error.h"
 
@@ -13,6 +14,23 @@ const char *testenv_module_path(void)
 {
     const char *m = getenv("CUSTOS_TEST_MODULE");
     return m && *m ? m : "/usr/lib/softhsm/libsofthsm2.so";
+}
+
+const char *testenv_module_args(void)
+{
+    const char *a = getenv("CUSTOS_TEST_MODULE_ARGS");
+    return a && *a ? a : NULL;
+}
+
+kms_err testenv_module_load(struct p11_module **out)
+{
+    return p11_module_load_args(testenv_module_path(), testenv_module_args(), out);
+}
+
+bool testenv_is_nss(void)
+{
+    const char *t = getenv("CUSTOS_TEST_TOKEN");
+    return t != NULL && strcmp(t, "nss") == 0;
 }
 
 const char *testenv_hsm_dir(void)
@@ -39,7 +57,7 @@ void testenv_open(struct testenv *env)
     char eu_pin[512], us_pin[512];
     env->mod = NULL;
     env->eu = env->us = NULL;
-    kms_err rc = p11_module_load(testenv_module_path(), &env->mod);
+    kms_err rc = testenv_module_load(&env->mod);
     ck_assert_msg(rc == KMS_OK, "load: %s", kms_err_detail());
     struct p11_token_config cfg[2] = {
         {"eu-west", "custos-eu-west", testenv_pin_source("eu-west", eu_pin, sizeof(eu_pin)), 0},

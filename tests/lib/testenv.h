@@ -5,13 +5,26 @@
 #ifndef TESTENV_H
 #define TESTENV_H
 
+#include <stdbool.h>
 #include <stddef.h>
+
+#include "kms_error.h"
 
 #include "p11_module.h"
 #include "p11_token.h"
 
 /* Path of the module under test ($CUSTOS_TEST_MODULE). */
 const char *testenv_module_path(void);
+
+/* The module's initialisation string ($CUSTOS_TEST_MODULE_ARGS), or NULL. */
+const char *testenv_module_args(void);
+
+/* p11_module_load_args with the two above. */
+kms_err testenv_module_load(struct p11_module **out);
+
+/* Is the run on NSS's softoken ($CUSTOS_TEST_TOKEN=nss)? Only for tests
+ * that set up a token by hand (init-token) or assert what one module does. */
+bool testenv_is_nss(void);
 
 /* Directory holding softhsm2.conf and pins/ ($CUSTOS_TEST_HSM_DIR); aborts
  * the test if unset. */

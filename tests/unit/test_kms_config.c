@@ -62,6 +62,19 @@ START_TEST(minimal_with_defaults)
     snprintf(want, sizeof(want), "file:%s/pins/eu.pin", dir);
     ck_assert_str_eq(c->tokens[0].pin_source, want);
     ck_assert_str_eq(c->store_path, "/var/db");
+    ck_assert_ptr_null(c->pkcs11_module_args);
+    kms_config_free(c);
+
+    /* NSS's softoken string, kept verbatim (not taken as a path). */
+    ck_assert_int_eq(load("{\"pkcs11\": {\"module\": \"/usr/lib/x86_64-linux-gnu/libsoftokn3.so\","
+                          " \"module_args\": \"tokens=<0x4=[configdir='sql:/d' "
+                          "tokenDescription='custos-eu-west']>\", \"tokens\": [{\"region\": "
+                          "\"eu-west\", \"token\": \"custos-eu-west\", \"pin\": \"env:P\"}]},"
+                          " \"policy\": \"p\", \"store\": \"s\"}",
+                          &c),
+                     KMS_OK);
+    ck_assert_str_eq(c->pkcs11_module_args,
+                     "tokens=<0x4=[configdir='sql:/d' tokenDescription='custos-eu-west']>");
     kms_config_free(c);
 }
 END_TEST
@@ -97,6 +110,11 @@ START_TEST(refusals_name_the_path)
                  "needs tls.client_ca");
     expect_error("{" TOKENS ", \"policy\": \"a\", \"policy\": \"b\"}", "duplicate");
     expect_error("not json", ":1:");
+    /* The module's initialisation string is configuration: never a PIN. */
+    expect_error("{\"pkcs11\": {\"module_args\": \"configdir='sql:/x' userPin=1234\", "
+                 "\"tokens\": [{\"region\": \"a\", \"token\": \"t\", \"pin\": \"env:P\"}]},"
+                 " \"policy\": \"p\", \"store\": \"s\"}",
+                 "pkcs11.module_args: PKCS#11 module arguments: parameter 'userPin'");
 }
 END_TEST
 

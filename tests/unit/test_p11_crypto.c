@@ -231,19 +231,20 @@ START_TEST(oaep_then_kwp_unwrap_matches_host)
     host_gcm_decrypt(tenant_key, iv, (const uint8_t *)"aad", 3, ct, ct_len, back);
     ck_assert_mem_eq(back, pt, sizeof(pt));
 
-    /* The transport key cannot encrypt, and an RSA key refuses OAEP with
-     * SHA-256 on this token: the answer is "unsupported", and remembered. */
+    /* The transport key cannot encrypt. OAEP with SHA-256: SoftHSMv2 refuses
+     * the parameters ("unsupported", remembered), NSS's softoken takes them
+     * (then the SHA-1 block below fails as a bad ciphertext): whichever the
+     * probe says is what the unwrap does. */
     ck_assert_int_ne(p11_gcm_encrypt(env.eu, &transport, iv, 12, NULL, 0, pt, 16, ct, sizeof(ct),
                                      &ct_len),
                      KMS_OK);
     bool sha256 = true;
     ck_assert_int_eq(p11_oaep_sha256_supported(env.eu, &rsa, &sha256), KMS_OK);
-    ck_assert(!sha256);
     struct p11_key_id t256;
     ck_assert_int_eq(p11_key_id_new(env.eu, &t256), KMS_OK);
     ck_assert_int_eq(p11_oaep_unwrap(env.eu, &rsa, P11_OAEP_SHA256, oaep, oaep_len,
                                      P11_KEY_AES_TRANSPORT, P11_KEY_EPHEMERAL, &t256, NULL),
-                     KMS_ERR_UNSUPPORTED);
+                     sha256 ? KMS_ERR_BAD_CIPHERTEXT : KMS_ERR_UNSUPPORTED);
 
     /* A tampered OAEP block or KWP blob creates nothing. */
     struct p11_key_id nothing;
