@@ -8,7 +8,9 @@
 #      RSA-3072 PSS, then Sign over HTTP against them (bench_sign.py)
 #   4. link tokens: raw C_Sign(CKM_SHA256_HMAC) and the layer (bench_links_p11),
 #      then MintLinkToken and RedeemLinkToken over HTTP against it (bench_links.py)
-#   5. TLS handshakes/s of openssl s_server with a custos: key (the OpenSSL
+#   5. NSS softoken, the second PKCS#11 implementation: bench_p11 and Encrypt
+#      over HTTP on it (bench_http.py --encrypt-only)
+#   6. TLS handshakes/s of openssl s_server with a custos: key (the OpenSSL
 #      provider) and with a key file (bench_tls_provider.sh)
 # The table goes to stdout and to $BUILD/bench/results-<time>.txt.
 # BENCH_QUICK=1 makes a few-second smoke run (used by make check).
@@ -51,6 +53,22 @@ out="$BUILD/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
     "$BUILD/bench/bench_links_p11" "$secs" "$runs" | tee "$work/links_p11.txt"
     echo
     /usr/bin/python3 tests/bench/bench_links.py "$work" "$top/$BUILD" "$work/links_p11.txt" $quick
+    # The second PKCS#11 implementation (issue 20): NSS's softoken, its raw
+    # C_Encrypt and kmsd's Encrypt on it, in the same run as everything above.
+    echo
+    CUSTOS_TEST_TOKEN=nss BUILD="$BUILD" KMSCTL="$BUILD/bin/kmsctl" \
+        sh deploy/dev-setup.sh "$work/nss" 0 >/dev/null
+    CUSTOS_BENCH_HSM_DIR="$work/nss/hsm" \
+        CUSTOS_BENCH_MODULE=${CUSTOS_NSS_MODULE:-/usr/lib/x86_64-linux-gnu/libsoftokn3.so} \
+        CUSTOS_BENCH_MODULE_ARGS="$(cat "$work/nss/hsm/module-args")" \
+        "$BUILD/bench/bench_p11" "$secs" "$runs" | tee "$work/p11_nss.txt"
+    nraw1=$(awk '$1 == "raw" && $2 == 1 {print $3}' "$work/p11_nss.txt")
+    nraw2=$(awk '$1 == "raw" && $2 == 2 {print $3}' "$work/p11_nss.txt")
+    mkdir -p "$work/nss/py"
+    cp "$work"/py/*.py "$work/nss/py/"
+    echo
+    /usr/bin/python3 tests/bench/bench_http.py "$work/nss" "$top/$BUILD" "$nraw1" "$nraw2" $quick \
+        --encrypt-only "NSS softoken"
     # The custos OpenSSL provider: s_server handshakes with a custos: key
     # against the same server with a key file.
     echo

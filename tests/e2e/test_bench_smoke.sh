@@ -41,5 +41,9 @@ echo "$out" | grep -Eq '^XksEncrypt peak +[1-9][0-9]* ' && echo "$out" | grep -E
     [ "$(echo "$out" | awk '/^Xks(En|De)crypt/ && $NF != 0' | wc -l)" -eq 0 ] &&
     echo "ok 10 - XKS encrypt/decrypt measured (peak and paced), without errors" ||
     { echo "$out"; echo "not ok 10 - no XKS rows, or XKS errors"; exit 1; }
-[ "$(echo "$out" | grep -c '^errors: 0$')" -eq 6 ] && echo "ok 3 - no errors in any stage" ||
+echo "$out" | grep -Eq '^AES-256-GCM encrypt, 256 B, token key, NSS softoken' &&
+    echo "$out" | grep -Eq '^Encrypt \(audit on\), NSS softoken +[1-9][0-9]* req/s' &&
+    echo "ok 11 - NSS softoken: raw C_Encrypt and kmsd's Encrypt measured in the same run" ||
+    { echo "$out"; echo "not ok 11 - no NSS softoken rows"; exit 1; }
+[ "$(echo "$out" | grep -c '^errors: 0$')" -eq 8 ] && echo "ok 3 - no errors in any stage" ||
     { echo "$out"; echo "not ok 3 - errors in the smoke run"; exit 1; }
