@@ -20,8 +20,9 @@ elif [ "${1:-}" = "--nss" ]; then
     # import (byok), escrow and M-of-N recovery (escrow), audit signed heads
     # with key rotation (audit_rotation), the key-template scan over both
     # regions' objects (template_scan), link tokens' HMAC keys in the HSM
-    # (link_tokens). Metadata fields (METADATA_AES_HMAC) are refused on NSS, and a signing key's escrow restore fails closed
-    # there; both are unit-tested on NSS (test_p11_key, test_p11_asym).
+    # (link_tokens). Metadata fields (METADATA_AES_HMAC) are refused on NSS,
+    # and a signing key's escrow restore fails closed there; both are
+    # unit-tested on NSS (test_p11_key, test_p11_asym).
     NSS_SET=${CUSTOS_NSS_SET:-"test_p11_asym test_p11_call test_p11_crypto test_p11_escrow_key
         test_p11_key test_p11_pool test_p11_tls_key test_p11_token test_api_python test_byok
         test_escrow test_audit_rotation test_template_scan test_link_tokens"}
