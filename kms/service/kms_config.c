@@ -1,5 +1,8 @@
 /*
- * kms_config.c - parse and validate kmsd.json.
+ * kms_config.c - parse and validate kmsd.json: defaults, the top level, the
+ * older sections (front, limits, deletion, rotation, log, health) and the
+ * typed getters every section parser uses (kms_config_internal.h). The
+ * newer sections are parsed in kms_config_sections.c.
  */
 #include "kms_config.h"
 
@@ -12,14 +15,12 @@
 
 #include <jansson.h>
 
+#include "kms_config_internal.h"
 #include "kms_log.h"
-#include "kms_pgconn.h"
-#include "p11_module.h"
-
 
 /* Refuse keys outside `allowed`, so that "max_body_byte" is an error and not
  * a silently ignored line. */
-static kms_err check_keys(json_t *obj, const char *where, const char *const *allowed)
+kms_err config_check_keys(json_t *obj, const char *where, const char *const *allowed)
 {
     const char *k;
     json_t *v;
@@ -33,7 +34,7 @@ static kms_err check_keys(json_t *obj, const char *where, const char *const *all
     return KMS_OK;
 }
 
-static char *resolve(const char *base_dir, const char *p)
+char *config_resolve(const char *base_dir, const char *p)
 {
     if (p[0] == '/' || strncmp(p, "env:", 4) == 0)
         return strdup(p);
@@ -54,7 +55,7 @@ static char *resolve(const char *base_dir, const char *p)
     return r;
 }
 
-static kms_err get_str(json_t *obj, const char *key, const char *where, bool required,
+kms_err config_get_str(json_t *obj, const char *key, const char *where, bool required,
                        const char *base_dir, bool is_path, char **out)
 {
     json_t *v = json_object_get(obj, key);
@@ -65,12 +66,12 @@ static kms_err get_str(json_t *obj, const char *key, const char *where, bool req
     KMS_ENSURE(json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) < 4096,
                KMS_ERR_CONFIG, "%s.%s: must be a non-empty string", where, key);
     free(*out);
-    *out = is_path ? resolve(base_dir, json_string_value(v)) : strdup(json_string_value(v));
+    *out = is_path ? config_resolve(base_dir, json_string_value(v)) : strdup(json_string_value(v));
     KMS_ENSURE(*out != NULL, KMS_ERR_NOMEM, "out of memory");
     return KMS_OK;
 }
 
-static kms_err get_uint(json_t *obj, const char *key, const char *where, unsigned long min,
+kms_err config_get_uint(json_t *obj, const char *key, const char *where, unsigned long min,
                         unsigned long max, unsigned long *inout)
 {
     json_t *v = json_object_get(obj, key);
@@ -84,28 +85,28 @@ static kms_err get_uint(json_t *obj, const char *key, const char *where, unsigne
 }
 
 /* get_uint into an unsigned setting, which keeps its default if absent. */
-static kms_err get_unsigned(json_t *obj, const char *key, const char *where, unsigned long min,
+kms_err config_get_unsigned(json_t *obj, const char *key, const char *where, unsigned long min,
                             unsigned long max, unsigned *inout)
 {
     unsigned long v = *inout;
-    KMS_GUARD(get_uint(obj, key, where, min, max, &v));
+    KMS_GUARD(config_get_uint(obj, key, where, min, max, &v));
     *inout = (unsigned)v;
     return KMS_OK;
 }
 
 /* The section root.name in *out (NULL if absent), checked to be an object
  * with no keys but those in k (NULL-terminated). */
-static kms_err get_section(json_t *root, const char *name, const char *const *k, json_t **out)
+kms_err config_get_section(json_t *root, const char *name, const char *const *k, json_t **out)
 {
     json_t *s = json_object_get(root, name);
     *out = s;
     if (s == NULL)
         return KMS_OK;
     KMS_ENSURE(json_is_object(s), KMS_ERR_CONFIG, "%s: must be an object", name);
-    return check_keys(s, name, k);
+    return config_check_keys(s, name, k);
 }
 
-static kms_err get_bool(json_t *obj, const char *key, const char *where, bool *inout)
+kms_err config_get_bool(json_t *obj, const char *key, const char *where, bool *inout)
 {
     json_t *v = json_object_get(obj, key);
     if (v == NULL)
@@ -128,11 +129,12 @@ static kms_err parse_front(json_t *root, const char *dir, struct kms_config *c)
 
     static const char *const listen_keys[] = {"address", "port", NULL};
     json_t *listen = NULL;
-    KMS_GUARD(get_section(root, "listen", listen_keys, &listen));
+    KMS_GUARD(config_get_section(root, "listen", listen_keys, &listen));
     if (listen) {
-        KMS_GUARD(get_str(listen, "address", "listen", false, dir, false, &c->listen_address));
+        KMS_GUARD(
+            config_get_str(listen, "address", "listen", false, dir, false, &c->listen_address));
         unsigned long port = c->listen_port;
-        KMS_GUARD(get_uint(listen, "port", "listen", 1, 65535, &port));
+        KMS_GUARD(config_get_uint(listen, "port", "listen", 1, 65535, &port));
         c->listen_port = (unsigned)port;
     }
     struct in_addr a4;
@@ -142,19 +144,19 @@ static kms_err parse_front(json_t *root, const char *dir, struct kms_config *c)
     static const char *const tls_keys[] = {
         "cert", "key", "key_uri", "client_ca", "require_client_cert", NULL};
     json_t *tls = NULL;
-    KMS_GUARD(get_section(root, "tls", tls_keys, &tls));
+    KMS_GUARD(config_get_section(root, "tls", tls_keys, &tls));
     if (tls) {
-        KMS_GUARD(get_str(tls, "cert", "tls", true, dir, true, &c->tls_cert));
-        KMS_GUARD(get_str(tls, "key", "tls", false, dir, true, &c->tls_key));
+        KMS_GUARD(config_get_str(tls, "cert", "tls", true, dir, true, &c->tls_cert));
+        KMS_GUARD(config_get_str(tls, "key", "tls", false, dir, true, &c->tls_key));
         /* The private key is a file or a key in a token, never both. */
-        KMS_GUARD(get_str(tls, "key_uri", "tls", false, dir, false, &c->tls_key_uri));
+        KMS_GUARD(config_get_str(tls, "key_uri", "tls", false, dir, false, &c->tls_key_uri));
         KMS_ENSURE((c->tls_key != NULL) != (c->tls_key_uri != NULL), KMS_ERR_CONFIG,
                    "tls: needs exactly one of key (a PEM file) and key_uri (a pkcs11: URI)");
         KMS_ENSURE(c->tls_key_uri == NULL || strncmp(c->tls_key_uri, "pkcs11:", 7) == 0,
                    KMS_ERR_CONFIG, "tls.key_uri: must be a pkcs11: URI (RFC 7512)");
-        KMS_GUARD(get_str(tls, "client_ca", "tls", false, dir, true, &c->tls_client_ca));
+        KMS_GUARD(config_get_str(tls, "client_ca", "tls", false, dir, true, &c->tls_client_ca));
         c->tls_require_client_cert = c->tls_client_ca != NULL;
-        KMS_GUARD(get_bool(tls, "require_client_cert", "tls", &c->tls_require_client_cert));
+        KMS_GUARD(config_get_bool(tls, "require_client_cert", "tls", &c->tls_require_client_cert));
         KMS_ENSURE(!c->tls_require_client_cert || c->tls_client_ca, KMS_ERR_CONFIG,
                    "tls.require_client_cert: needs tls.client_ca");
     }
@@ -165,50 +167,6 @@ static kms_err parse_front(json_t *root, const char *dir, struct kms_config *c)
     return KMS_OK;
 }
 
-/* "pkcs11": the module and one token per region. */
-static kms_err parse_pkcs11(json_t *root, const char *dir, struct kms_config *c)
-{
-    json_t *p11 = json_object_get(root, "pkcs11");
-    KMS_ENSURE(json_is_object(p11), KMS_ERR_CONFIG, "pkcs11: required object");
-    static const char *const pk[] = {"module", "module_args", "tokens", NULL};
-    KMS_GUARD(check_keys(p11, "pkcs11", pk));
-    KMS_GUARD(get_str(p11, "module", "pkcs11", false, dir, true, &c->pkcs11_module));
-    /* The module's initialisation string (NSS's softoken needs one);
-     * configuration, never a PIN: p11_module_args_check says why not. */
-    KMS_GUARD(get_str(p11, "module_args", "pkcs11", false, dir, false, &c->pkcs11_module_args));
-    if (p11_module_args_check(c->pkcs11_module_args) != KMS_OK) {
-        char why[256];
-        snprintf(why, sizeof(why), "%s", kms_err_detail());
-        return kms_err_set(KMS_ERR_CONFIG, "pkcs11.module_args: %s", why);
-    }
-    json_t *toks = json_object_get(p11, "tokens");
-    KMS_ENSURE(json_is_array(toks) && json_array_size(toks) >= 1 &&
-                   json_array_size(toks) <= KMS_CONFIG_MAX_TOKENS,
-               KMS_ERR_CONFIG, "pkcs11.tokens: must be an array of 1..%d tokens",
-               KMS_CONFIG_MAX_TOKENS);
-    size_t i;
-    json_t *t;
-    json_array_foreach(toks, i, t)
-    {
-        char where[64];
-        snprintf(where, sizeof(where), "pkcs11.tokens[%zu]", i);
-        static const char *const tk[] = {"region", "token", "pin", "max_sessions", NULL};
-        KMS_ENSURE(json_is_object(t), KMS_ERR_CONFIG, "%s: must be an object", where);
-        KMS_GUARD(check_keys(t, where, tk));
-        struct kms_config_token *ct = &c->tokens[c->n_tokens++];
-        KMS_GUARD(get_str(t, "region", where, true, dir, false, &ct->region));
-        KMS_GUARD(get_str(t, "token", where, true, dir, false, &ct->token));
-        KMS_GUARD(get_str(t, "pin", where, true, dir, true, &ct->pin_source));
-        unsigned long ms = 0;
-        KMS_GUARD(get_uint(t, "max_sessions", where, 0, 1024, &ms));
-        ct->max_sessions = ms;
-        for (size_t j = 0; j + 1 < c->n_tokens; j++)
-            KMS_ENSURE(strcmp(c->tokens[j].region, ct->region) != 0, KMS_ERR_CONFIG,
-                       "%s.region: region \"%s\" already has a token", where, ct->region);
-    }
-    return KMS_OK;
-}
-
 /* "limits": request, connection and thread bounds. */
 static kms_err parse_limits(json_t *root, struct kms_config *c)
 {
@@ -216,16 +174,17 @@ static kms_err parse_limits(json_t *root, struct kms_config *c)
         "max_body_bytes", "max_connections", "max_connections_per_ip", "connection_timeout_s",
         "threads",        "thread_model",    "drain_timeout_s",        NULL};
     json_t *lim = NULL;
-    KMS_GUARD(get_section(root, "limits", lim_keys, &lim));
+    KMS_GUARD(config_get_section(root, "limits", lim_keys, &lim));
     if (lim) {
         unsigned long v = c->max_body_bytes;
-        KMS_GUARD(get_uint(lim, "max_body_bytes", "limits", 1024, 16 * 1024 * 1024, &v));
+        KMS_GUARD(config_get_uint(lim, "max_body_bytes", "limits", 1024, 16 * 1024 * 1024, &v));
         c->max_body_bytes = v;
-        KMS_GUARD(get_unsigned(lim, "max_connections", "limits", 1, 65536, &c->max_connections));
+        KMS_GUARD(
+            config_get_unsigned(lim, "max_connections", "limits", 1, 65536, &c->max_connections));
         json_t *per_ip = json_object_get(lim, "max_connections_per_ip");
         if (per_ip) {
             v = 0;
-            KMS_GUARD(get_uint(lim, "max_connections_per_ip", "limits", 0, 65536, &v));
+            KMS_GUARD(config_get_uint(lim, "max_connections_per_ip", "limits", 0, 65536, &v));
             /* A per-address cap above the total cap would never act; that is
              * a mistake in the file, not a setting. */
             KMS_ENSURE(v <= c->max_connections, KMS_ERR_CONFIG,
@@ -237,15 +196,17 @@ static kms_err parse_limits(json_t *root, struct kms_config *c)
             /* The default follows a smaller total cap down. */
             c->max_connections_per_ip = c->max_connections;
         }
+        KMS_GUARD(config_get_unsigned(lim, "connection_timeout_s", "limits", 1, 3600,
+                                      &c->connection_timeout_s));
+        KMS_GUARD(config_get_unsigned(lim, "threads", "limits", 0, 256, &c->threads));
         KMS_GUARD(
-            get_unsigned(lim, "connection_timeout_s", "limits", 1, 3600, &c->connection_timeout_s));
-        KMS_GUARD(get_unsigned(lim, "threads", "limits", 0, 256, &c->threads));
-        KMS_GUARD(get_unsigned(lim, "drain_timeout_s", "limits", 1, 3600, &c->drain_timeout_s));
+            config_get_unsigned(lim, "drain_timeout_s", "limits", 1, 3600, &c->drain_timeout_s));
         json_t *tm = json_object_get(lim, "thread_model");
         if (tm) {
             KMS_ENSURE(json_is_string(tm) && (strcmp(json_string_value(tm), "pool") == 0 ||
                                               strcmp(json_string_value(tm), "per-connection") == 0),
-                       KMS_ERR_CONFIG, "limits.thread_model: must be \"pool\" or \"per-connection\"");
+                       KMS_ERR_CONFIG,
+                       "limits.thread_model: must be \"pool\" or \"per-connection\"");
             c->thread_per_connection = strcmp(json_string_value(tm), "per-connection") == 0;
         }
     }
@@ -258,14 +219,15 @@ static kms_err parse_deletion(json_t *root, struct kms_config *c)
     static const char *const del_keys[] = {"default_days", "min_days", "day_seconds",
                                            "sweep_interval_s", NULL};
     json_t *del = NULL;
-    KMS_GUARD(get_section(root, "deletion", del_keys, &del));
+    KMS_GUARD(config_get_section(root, "deletion", del_keys, &del));
     if (del) {
-        KMS_GUARD(
-            get_unsigned(del, "default_days", "deletion", 0, 3650, &c->deletion_default_days));
-        KMS_GUARD(get_unsigned(del, "min_days", "deletion", 0, 3650, &c->deletion_min_days));
-        KMS_GUARD(get_unsigned(del, "day_seconds", "deletion", 1, 86400, &c->deletion_day_seconds));
-        KMS_GUARD(
-            get_unsigned(del, "sweep_interval_s", "deletion", 1, 86400, &c->sweep_interval_s));
+        KMS_GUARD(config_get_unsigned(del, "default_days", "deletion", 0, 3650,
+                                      &c->deletion_default_days));
+        KMS_GUARD(config_get_unsigned(del, "min_days", "deletion", 0, 3650, &c->deletion_min_days));
+        KMS_GUARD(config_get_unsigned(del, "day_seconds", "deletion", 1, 86400,
+                                      &c->deletion_day_seconds));
+        KMS_GUARD(config_get_unsigned(del, "sweep_interval_s", "deletion", 1, 86400,
+                                      &c->sweep_interval_s));
     }
     return KMS_OK;
 }
@@ -276,17 +238,17 @@ static kms_err parse_rotation(json_t *root, struct kms_config *c)
     static const char *const rot_keys[] = {"usage_rotate_at", "usage_limit", "usage_reserve_block",
                                            "min_period_s", NULL};
     json_t *rot = NULL;
-    KMS_GUARD(get_section(root, "rotation", rot_keys, &rot));
+    KMS_GUARD(config_get_section(root, "rotation", rot_keys, &rot));
     if (rot) {
         unsigned long v = (unsigned long)c->usage_limit;
-        KMS_GUARD(get_uint(rot, "usage_limit", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
+        KMS_GUARD(config_get_uint(rot, "usage_limit", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
         c->usage_limit = v;
         v = (unsigned long)c->usage_rotate_at;
-        KMS_GUARD(get_uint(rot, "usage_rotate_at", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
+        KMS_GUARD(config_get_uint(rot, "usage_rotate_at", "rotation", 1, KMS_USAGE_LIMIT_MAX, &v));
         c->usage_rotate_at = v;
-        KMS_GUARD(get_unsigned(rot, "usage_reserve_block", "rotation", 1, 1u << 20,
+        KMS_GUARD(config_get_unsigned(rot, "usage_reserve_block", "rotation", 1, 1u << 20,
                                &c->usage_reserve_block));
-        KMS_GUARD(get_unsigned(rot, "min_period_s", "rotation", 1, 10 * 365 * 86400UL,
+        KMS_GUARD(config_get_unsigned(rot, "min_period_s", "rotation", 1, 10 * 365 * 86400UL,
                                &c->rotation_min_period_s));
     }
     /* Rotating before the limit leaves room for the requests in flight. */
@@ -304,92 +266,12 @@ static kms_err parse_rotation(json_t *root, struct kms_config *c)
     return KMS_OK;
 }
 
-/* "audit.postgresql": {"<region>": {"conninfo": ..., "password": ...}}.
- * Each region must be one of the configured tokens' (residency: the log of
- * a region lives in that region's database). */
-static kms_err parse_audit_pg(json_t *pgs, const char *dir, struct kms_config *c)
-{
-    static const char *const pg_keys[] = {"conninfo", "password", NULL};
-    KMS_ENSURE(json_is_object(pgs), KMS_ERR_CONFIG, "audit.postgresql: must be an object");
-    const char *region;
-    json_t *v;
-    json_object_foreach(pgs, region, v)
-    {
-        char where[160];
-        snprintf(where, sizeof(where), "audit.postgresql.%.64s", region);
-        KMS_ENSURE(json_is_object(v), KMS_ERR_CONFIG, "%s: must be an object", where);
-        KMS_GUARD(check_keys(v, where, pg_keys));
-        bool known = false;
-        for (size_t i = 0; i < c->n_tokens; i++)
-            known |= strcmp(c->tokens[i].region, region) == 0;
-        KMS_ENSURE(known, KMS_ERR_CONFIG, "%s: no token serves this region", where);
-        KMS_ENSURE(c->n_audit_pg < KMS_CONFIG_MAX_TOKENS, KMS_ERR_CONFIG,
-                   "audit.postgresql: too many regions");
-        struct kms_config_audit_pg *p = &c->audit_pg[c->n_audit_pg++];
-        p->region = strdup(region);
-        KMS_ENSURE(p->region != NULL, KMS_ERR_NOMEM, "out of memory");
-        KMS_GUARD(get_str(v, "conninfo", where, true, dir, false, &p->conninfo));
-        KMS_GUARD(get_str(v, "password", where, false, dir, true, &p->password_source));
-        struct kms_pg_target t = {p->conninfo, p->password_source};
-        if (kms_pg_target_check(&t) != KMS_OK) {
-            char why[300]; /* kms_err_set overwrites the detail it would read */
-            snprintf(why, sizeof(why), "%s", kms_err_detail());
-            return kms_err_set(KMS_ERR_CONFIG, "%s: %s", where, why);
-        }
-    }
-    return KMS_OK;
-}
-
-const struct kms_config_audit_pg *kms_config_audit_pg(const struct kms_config *cfg,
-                                                      const char *region)
-{
-    for (size_t i = 0; i < cfg->n_audit_pg; i++)
-        if (strcmp(cfg->audit_pg[i].region, region) == 0)
-            return &cfg->audit_pg[i];
-    return NULL;
-}
-
-/* "audit": the audit log, on unless in dev mode. */
-static kms_err parse_audit(json_t *root, const char *dir, struct kms_config *c)
-{
-    static const char *const aud_keys[] = {
-        "enabled",         "dir", "head_every_events", "head_every_ms", "key_max_age_s",
-        "commit_delay_us", "postgresql", "sequencer_poll_ms", NULL};
-    json_t *aud = NULL;
-    KMS_GUARD(get_section(root, "audit", aud_keys, &aud));
-    if (aud) {
-        KMS_GUARD(get_bool(aud, "enabled", "audit", &c->audit_enabled));
-        KMS_GUARD(get_str(aud, "dir", "audit", false, dir, true, &c->audit_dir));
-        KMS_GUARD(get_unsigned(aud, "head_every_events", "audit", 1, 1000000,
-                               &c->audit_head_every_events));
-        KMS_GUARD(
-            get_unsigned(aud, "head_every_ms", "audit", 10, 86400000, &c->audit_head_every_ms));
-        KMS_GUARD(get_unsigned(aud, "key_max_age_s", "audit", 1, 10 * 365 * 86400UL,
-                               &c->audit_key_max_age_s));
-        KMS_GUARD(
-            get_unsigned(aud, "commit_delay_us", "audit", 0, 10000, &c->audit_commit_delay_us));
-        KMS_GUARD(get_unsigned(aud, "sequencer_poll_ms", "audit", 10, 60000,
-                               &c->audit_pg_poll_ms));
-        json_t *pgs = json_object_get(aud, "postgresql");
-        if (pgs != NULL)
-            KMS_GUARD(parse_audit_pg(pgs, dir, c));
-    }
-    /* An unaudited key service is only for measuring what audit costs. */
-    KMS_ENSURE(c->audit_enabled || c->dev_mode, KMS_ERR_CONFIG,
-               "audit.enabled: only dev mode may turn the audit log off");
-    if (c->audit_dir == NULL) {
-        c->audit_dir = resolve(dir, "audit");
-        KMS_ENSURE(c->audit_dir != NULL, KMS_ERR_NOMEM, "out of memory");
-    }
-    return KMS_OK;
-}
-
 /* "log" and "health". */
 static kms_err parse_log_health(json_t *root, const char *dir, struct kms_config *c)
 {
     static const char *const log_keys[] = {"level", "file", NULL};
     json_t *log = NULL;
-    KMS_GUARD(get_section(root, "log", log_keys, &log));
+    KMS_GUARD(config_get_section(root, "log", log_keys, &log));
     if (log) {
         json_t *lv = json_object_get(log, "level");
         if (lv) {
@@ -398,105 +280,13 @@ static kms_err parse_log_health(json_t *root, const char *dir, struct kms_config
                        "log.level: must be \"debug\", \"info\", \"warn\" or \"error\"");
             c->log_level = l;
         }
-        KMS_GUARD(get_str(log, "file", "log", false, dir, true, &c->log_file));
+        KMS_GUARD(config_get_str(log, "file", "log", false, dir, true, &c->log_file));
     }
     static const char *const health_keys[] = {"cache_ms", NULL};
     json_t *health = NULL;
-    KMS_GUARD(get_section(root, "health", health_keys, &health));
+    KMS_GUARD(config_get_section(root, "health", health_keys, &health));
     if (health) {
-        KMS_GUARD(get_unsigned(health, "cache_ms", "health", 0, 60000, &c->health_cache_ms));
-    }
-    return KMS_OK;
-}
-
-/* "import": BYOK import tokens. */
-static kms_err parse_import(json_t *root, struct kms_config *c)
-{
-    static const char *const imp_keys[] = {"token_ttl_s", NULL};
-    json_t *imp = NULL;
-    KMS_GUARD(get_section(root, "import", imp_keys, &imp));
-    if (imp) {
-        KMS_GUARD(get_unsigned(imp, "token_ttl_s", "import", 1, 7 * 86400, &c->import_token_ttl_s));
-    }
-    /* Every import token holds an RSA-3072 key pair in the HSM until it is
-     * used or expires; a minute is the least a human can work with. */
-    KMS_ENSURE(c->import_token_ttl_s >= 60 || c->dev_mode, KMS_ERR_CONFIG,
-               "import.token_ttl_s: at least 60 outside dev mode");
-    return KMS_OK;
-}
-
-/* "link_tokens": link token bounds (docs/link-tokens.md). */
-static kms_err parse_links(json_t *root, const char *dir, struct kms_config *c)
-{
-    static const char *const keys[] = {"min_ttl_s",         "max_ttl_s",          "default_ttl_s",
-                                       "max_attempts",      "recipient_limit",    "recipient_window_s",
-                                       "clock_skew_s",      "keep_expired_s",     "test_clock_file",
-                                       NULL};
-    json_t *s = NULL;
-    KMS_GUARD(get_section(root, "link_tokens", keys, &s));
-    if (s) {
-        const char *w = "link_tokens";
-        KMS_GUARD(get_unsigned(s, "min_ttl_s", w, 1, 86400, &c->link_min_ttl_s));
-        KMS_GUARD(get_unsigned(s, "max_ttl_s", w, 1, 86400, &c->link_max_ttl_s));
-        KMS_GUARD(get_unsigned(s, "default_ttl_s", w, 1, 86400, &c->link_default_ttl_s));
-        KMS_GUARD(get_unsigned(s, "max_attempts", w, 1, 100, &c->link_max_attempts));
-        KMS_GUARD(get_unsigned(s, "recipient_limit", w, 1, 100000, &c->link_recipient_limit));
-        KMS_GUARD(get_unsigned(s, "recipient_window_s", w, 1, 86400,
-                               &c->link_recipient_window_s));
-        KMS_GUARD(get_unsigned(s, "clock_skew_s", w, 0, 300, &c->link_skew_s));
-        KMS_GUARD(get_unsigned(s, "keep_expired_s", w, 0, 30 * 86400, &c->link_keep_expired_s));
-        KMS_GUARD(get_str(s, "test_clock_file", w, false, dir, true, &c->link_test_clock_file));
-    }
-    KMS_ENSURE(c->link_min_ttl_s <= c->link_default_ttl_s &&
-                   c->link_default_ttl_s <= c->link_max_ttl_s,
-               KMS_ERR_CONFIG, "link_tokens: needs min_ttl_s <= default_ttl_s <= max_ttl_s");
-    /* A clock tests can move has no place in production. */
-    KMS_ENSURE(c->link_test_clock_file == NULL || c->dev_mode, KMS_ERR_CONFIG,
-               "link_tokens.test_clock_file: only in dev mode");
-    return KMS_OK;
-}
-
-/*
- * "store": a path (the SQLite file, the default backend), or an object:
- *   {"backend": "sqlite", "path": "..."}
- *   {"backend": "postgresql", "conninfo": "host=... dbname=...",
- *    "password": "file:/etc/custos/pg-password"}
- * The password never sits in the connection string (refused there): it
- * comes from its source when kmsd connects.
- */
-static kms_err parse_store(json_t *root, const char *dir, struct kms_config *c)
-{
-    json_t *v = json_object_get(root, "store");
-    KMS_ENSURE(v != NULL, KMS_ERR_CONFIG, ".store: required");
-    if (!json_is_object(v))
-        return get_str(root, "store", "", true, dir, true, &c->store_path);
-    static const char *const keys[] = {"backend", "path", "conninfo", "password", NULL};
-    KMS_GUARD(check_keys(v, "store", keys));
-    char *backend = NULL;
-    KMS_GUARD(get_str(v, "backend", "store", false, dir, false, &backend));
-    bool pg = backend != NULL && strcmp(backend, "postgresql") == 0;
-    bool known = backend == NULL || pg || strcmp(backend, "sqlite") == 0;
-    free(backend);
-    KMS_ENSURE(known, KMS_ERR_CONFIG, "store.backend: must be \"sqlite\" or \"postgresql\"");
-    if (!pg) {
-        KMS_ENSURE(json_object_get(v, "conninfo") == NULL && json_object_get(v, "password") == NULL,
-                   KMS_ERR_CONFIG, "store: conninfo and password are for the postgresql backend");
-        return get_str(v, "path", "store", true, dir, true, &c->store_path);
-    }
-    KMS_ENSURE(json_object_get(v, "path") == NULL, KMS_ERR_CONFIG,
-               "store.path: the postgresql backend has no file (conninfo names the database)");
-    KMS_GUARD(get_str(v, "conninfo", "store", true, dir, false, &c->store_pg_conninfo));
-    KMS_GUARD(get_str(v, "password", "store", false, dir, true, &c->store_pg_password));
-    if (c->store_pg_password != NULL)
-        KMS_ENSURE(strncmp(c->store_pg_password, "file:", 5) == 0 ||
-                       strncmp(c->store_pg_password, "env:", 4) == 0,
-                   KMS_ERR_CONFIG, "store.password: a source, \"file:/path\" (or \"env:NAME\")");
-    struct kms_pg_target t = {c->store_pg_conninfo, c->store_pg_password};
-    kms_err rc = kms_pg_target_check(&t);
-    if (rc != KMS_OK) {
-        char detail[512];
-        snprintf(detail, sizeof(detail), "%s", kms_err_detail());
-        return kms_err_set(rc, "store.conninfo: %s", detail);
+        KMS_GUARD(config_get_unsigned(health, "cache_ms", "health", 0, 60000, &c->health_cache_ms));
     }
     return KMS_OK;
 }
@@ -507,20 +297,20 @@ static kms_err parse(json_t *root, const char *dir, struct kms_config *c)
                                       "limits", "deletion", "audit", "import",
                                       "log", "health", "rotation", "link_tokens", "xks", NULL};
     KMS_ENSURE(json_is_object(root), KMS_ERR_CONFIG, "top level must be an object");
-    KMS_GUARD(check_keys(root, "", top));
+    KMS_GUARD(config_check_keys(root, "", top));
 
     KMS_GUARD(parse_front(root, dir, c));
-    KMS_GUARD(parse_pkcs11(root, dir, c));
-    KMS_GUARD(get_str(root, "policy", "", true, dir, true, &c->policy_path));
-    KMS_GUARD(parse_store(root, dir, c));
-    KMS_GUARD(get_str(root, "xks", "", false, dir, true, &c->xks_config_path));
+    KMS_GUARD(config_parse_pkcs11(root, dir, c));
+    KMS_GUARD(config_get_str(root, "policy", "", true, dir, true, &c->policy_path));
+    KMS_GUARD(config_parse_store(root, dir, c));
+    KMS_GUARD(config_get_str(root, "xks", "", false, dir, true, &c->xks_config_path));
     KMS_GUARD(parse_limits(root, c));
     KMS_GUARD(parse_deletion(root, c));
     KMS_GUARD(parse_rotation(root, c));
-    KMS_GUARD(parse_audit(root, dir, c));
+    KMS_GUARD(config_parse_audit(root, dir, c));
     KMS_GUARD(parse_log_health(root, dir, c));
-    KMS_GUARD(parse_import(root, c));
-    KMS_GUARD(parse_links(root, dir, c));
+    KMS_GUARD(config_parse_import(root, c));
+    KMS_GUARD(config_parse_links(root, dir, c));
 
     /* A deletion window is the tenant's last chance to notice a mistake:
      * production keeps AWS's floor of 7 days. */

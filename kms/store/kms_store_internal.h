@@ -2,11 +2,14 @@
  * kms_store_internal.h - what the kms_store*.c files share. Nothing else
  * includes this: the store's interface is kms_store.h.
  *
- *   kms_store.c          open/free, validation, key operations
+ *   kms_store.c          validation, key operations
+ *   kms_store_open.c     open/free (SQLite file and lock, PostgreSQL)
  *   kms_store_versions.c version operations and reconcile
  *   kms_store_import.c   BYOK import tokens and key check values
- *   kms_store_sql.c      connections, cached statements, transactions, rows,
- *                        for both backends (SQLite, PostgreSQL)
+ *   kms_store_sql.c      running one statement on either backend (SQLite,
+ *                        PostgreSQL): connections, binding, stepping, columns
+ *   kms_store_stmts.c    the cached statements' SQL and their row readers
+ *   kms_store_tx.c       transactions and the one-call queries
  *   kms_store_schema.c   SQLite connection settings, migrations, SQLite errors
  *   kms_store_pg.c       PostgreSQL connections, migrations, errors
  *
@@ -39,7 +42,7 @@
  * is microseconds of CPU, and WAL readers do not block one another. */
 #define STORE_READERS 4
 
-/* Every statement the store runs; SQL text in kms_store_sql.c. Statements
+/* Every statement the store runs; SQL text in kms_store_stmts.c. Statements
  * are prepared once per connection, on first use. */
 enum store_stmt_id {
     ST_BEGIN,
@@ -159,6 +162,12 @@ kms_err store_pg_schema_info(struct store_conn *c, struct kms_store_info *out);
 /* ?N -> $N (outside quotes); *out_nparams the highest N. Caller frees. */
 char *store_pg_sql(const char *sql, int *out_nparams);
 
+/* Which backend c talks to. */
+static inline bool store_conn_is_pg(const struct store_conn *c)
+{
+    return c->owner != NULL && c->owner->pg;
+}
+
 /* ---- kms_store_sql.c ---- */
 
 /* Lease a connection (locking its mutex); give it back when done. */
@@ -242,6 +251,17 @@ int64_t store_col_int64(const struct store_row *r, int col);
  * NULL for NULL. */
 void store_col_blob(const struct store_row *r, int col, const uint8_t **out, size_t *out_len);
 
+/* Statements prepared per call, for rare operations (imports, escrow,
+ * recoveries) whose HSM work dwarfs a prepare. store_fin finalizes. */
+kms_err store_prep(struct store_conn *c, const char *sql, const char *op, struct store_bind *out);
+void store_fin(struct store_bind *b);
+void store_bind_blob(struct store_bind *b, int i, const uint8_t *v, int len);
+
+/* ---- kms_store_stmts.c ---- */
+
+/* The SQL text of a cached statement. */
+const char *store_stmt_text(enum store_stmt_id id);
+
 /* Row readers for the column lists of ST_KEY_GET and ST_VERSION_GET. */
 kms_err store_read_key(const struct store_row *r, void *elem, const char *op);
 kms_err store_read_version(const struct store_row *r, void *elem, const char *op);
@@ -277,12 +297,10 @@ kms_err store_check_token(const char *token, size_t size, const char *op);
 kms_err store_version_make_active(struct store_conn *c, const char *key_id, uint32_t version,
                                   const char *op);
 
-/* Statements prepared per call, for rare operations (imports, escrow,
- * recoveries) whose HSM work dwarfs a prepare. store_fin finalizes. */
+/* ---- kms_store_tx.c ---- */
+
+/* Binds a per-call statement's parameters from arg. */
 typedef void (*store_binder)(struct store_bind *b, const void *arg);
-kms_err store_prep(struct store_conn *c, const char *sql, const char *op, struct store_bind *out);
-void store_fin(struct store_bind *b);
-void store_bind_blob(struct store_bind *b, int i, const uint8_t *v, int len);
 /* A store_binder for statements whose one parameter ?1 is the text arg. */
 void store_bind_text1(struct store_bind *b, const void *arg);
 /* A store_binder for ?1 text and ?2 integer: arg is a store_text_int. */
@@ -325,6 +343,8 @@ kms_err store_query_row(struct kms_store *s, const char *sql, const char *op, st
 kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, store_binder bind,
                          const void *arg, size_t elem, size_t max, store_row_reader read,
                          void **out, size_t *out_n);
+
+/* ---- kms_store_import.c, kms_store_escrow.c ---- */
 
 /* Import tokens, shared by kms_store_import.c and kms_store_import_sweep.c:
  * the columns store_import_read_token reads (a store_collect reader), and

@@ -5,7 +5,7 @@
  *
  * Several kmsd processes share one database; nothing here assumes it is
  * alone. What SQLite gets from its one writer and the file lock, PostgreSQL
- * gets from SERIALIZABLE write transactions (kms_store_sql.c) and, for the
+ * gets from SERIALIZABLE write transactions (kms_store_tx.c) and, for the
  * migrations at open, from a transaction-scoped advisory lock.
  */
 #include "kms_store_internal.h"
