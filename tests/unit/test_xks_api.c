@@ -419,6 +419,15 @@ START_TEST(replay_cache)
     uint8_t sig[32];
     for (size_t i = 0; i < sizeof(sig); i++)
         sig[i] = (uint8_t)(i * 37 + 1);
+    /* the cache is empty when kmsd starts: a signature dated before that
+     * may have been served by the kmsd before; one of its own second not */
+    time_t t0 = time(NULL);
+    time_t started = xks_replay_started(r);
+    ck_assert(started >= t0 - 1 && started <= t0);
+    ck_assert_int_eq(xks_replay_check_time(r, started - 60), KMS_ERR_UNAUTHENTICATED);
+    ck_assert_int_eq(xks_replay_check_time(r, started - 1), KMS_ERR_UNAUTHENTICATED);
+    ck_assert_int_eq(xks_replay_check_time(r, started), KMS_OK);
+    ck_assert_int_eq(xks_replay_check_time(r, started + 1), KMS_OK);
     time_t now = 1700000000;
     /* first sight, then the replay while it is valid, then served again
      * once expired (the time check refuses such a request anyway) */
