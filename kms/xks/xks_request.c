@@ -30,9 +30,20 @@ static kms_err bad(enum xks_error *err, enum xks_error e, const char *field, con
                        "%s: %s", field, why);
 }
 
-/* A string member copied into out[cap]; absent is "" unless required. */
-static kms_err take_str(json_t *obj, const char *name, bool required, char *out, size_t cap,
-                        enum xks_error *err)
+/* Characters of s[0..n-1], valid UTF-8 (jansson checked it): the bytes
+ * that do not continue a sequence. */
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)s[i] & 0xc0) != 0x80;
+    return c;
+}
+
+/* A string member copied into out[cap]; absent is "" unless required.
+ * max_chars: the spec's bound in characters (0: cap's bytes alone). */
+static kms_err take_str_chars(json_t *obj, const char *name, bool required, char *out,
+                              size_t cap, size_t max_chars, enum xks_error *err)
 {
     json_t *v = json_object_get(obj, name);
     out[0] = '\0';
@@ -41,12 +52,18 @@ static kms_err take_str(json_t *obj, const char *name, bool required, char *out,
     if (!json_is_string(v))
         return bad(err, XKS_E_VALIDATION, name, "must be a string");
     size_t n = json_string_length(v);
-    if (n >= cap)
+    if (n >= cap || (max_chars > 0 && utf8_chars(json_string_value(v), n) > max_chars))
         return bad(err, XKS_E_VALIDATION, name, "too long");
     if (memchr(json_string_value(v), '\0', n) != NULL)
         return bad(err, XKS_E_VALIDATION, name, "holds a NUL character");
     memcpy(out, json_string_value(v), n + 1);
     return KMS_OK;
+}
+
+static kms_err take_str(json_t *obj, const char *name, bool required, char *out, size_t cap,
+                        enum xks_error *err)
+{
+    return take_str_chars(obj, name, required, out, cap, 0, err);
 }
 
 /* A Base64 member decoded into out[cap]; over cap: Unsupported (the value
@@ -90,9 +107,11 @@ static kms_err take_metadata(json_t *root, struct xks_request *r, enum xks_error
                        err));
     if (health)
         return KMS_OK;
-    KMS_GUARD(take_str(m, "awsPrincipalArn", true, r->principal_arn, sizeof(r->principal_arn),
-                       err));
-    KMS_GUARD(take_str(m, "kmsKeyArn", crypto, r->key_arn, sizeof(r->key_arn), err));
+    /* The spec counts ARNs in characters: up to 4 bytes each in UTF-8. */
+    KMS_GUARD(take_str_chars(m, "awsPrincipalArn", true, r->principal_arn,
+                             sizeof(r->principal_arn), XKS_ARN_MAX, err));
+    KMS_GUARD(take_str_chars(m, "kmsKeyArn", crypto, r->key_arn, sizeof(r->key_arn),
+                             XKS_ARN_MAX, err));
     KMS_GUARD(take_str(m, "awsSourceVpc", false, r->source_vpc, sizeof(r->source_vpc), err));
     KMS_GUARD(take_str(m, "awsSourceVpce", false, r->source_vpce, sizeof(r->source_vpce), err));
     return take_str(m, "kmsViaService", false, r->via_service, sizeof(r->via_service), err);

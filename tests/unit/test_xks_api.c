@@ -255,6 +255,48 @@ START_TEST(spec_examples_parse)
 }
 END_TEST
 
+/* The spec bounds ARNs in characters (2048), not bytes: 2048 characters of
+ * 1, 2 and 4 bytes pass whole, 2049 of any width are refused. */
+START_TEST(arn_limit_in_characters)
+{
+    static const char *const chars[] = {"a", "\xc3\xa9", "\xf0\x9d\x84\x9e"};
+    for (size_t c = 0; c < 3; c++) {
+        for (int field = 0; field < 2; field++) {
+            for (size_t n = XKS_ARN_MAX; n <= XKS_ARN_MAX + 1; n++) {
+                size_t w = strlen(chars[c]);
+                char *arn = malloc(n * w + 1), *body = malloc(n * w + 512);
+                ck_assert_ptr_nonnull(arn);
+                ck_assert_ptr_nonnull(body);
+                for (size_t i = 0; i < n; i++)
+                    memcpy(arn + i * w, chars[c], w);
+                arn[n * w] = '\0';
+                snprintf(body, n * w + 512,
+                         "{\"requestMetadata\": {\"awsPrincipalArn\": \"%s\", \"kmsKeyArn\": "
+                         "\"%s\", \"kmsOperation\": \"Encrypt\", \"kmsRequestId\": \"r\"}, "
+                         "\"plaintext\": \"AA==\", \"encryptionAlgorithm\": \"AES_GCM\"}",
+                         field == 0 ? arn : "arn:k", field == 1 ? arn : "arn:p");
+                struct xks_request r;
+                enum xks_error e = XKS_E_INTERNAL;
+                kms_err rc = parse(XKS_OP_ENCRYPT, body, &r, &e);
+                if (n == XKS_ARN_MAX) {
+                    ck_assert_msg(rc == KMS_OK, "%zu characters of %zu bytes: %s", n, w,
+                                  kms_err_detail());
+                    ck_assert_str_eq(field == 0 ? r.principal_arn : r.key_arn, arn);
+                    xks_request_wipe(&r);
+                } else {
+                    ck_assert_int_eq(rc, KMS_ERR_INVALID_ARGUMENT);
+                    ck_assert_int_eq(e, XKS_E_VALIDATION);
+                    ck_assert_str_eq(kms_err_detail(), field == 0 ? "awsPrincipalArn: too long"
+                                                                  : "kmsKeyArn: too long");
+                }
+                free(arn);
+                free(body);
+            }
+        }
+    }
+}
+END_TEST
+
 #define ENC(fields) "{" META ", \"encryptionAlgorithm\": \"AES_GCM\"" fields "}"
 #define DEC(fields)                                                                            \
     "{" META ", \"encryptionAlgorithm\": \"AES_GCM\", \"ciphertext\": \"ghxkK1txeDNn3q8Y\"" fields \
@@ -464,6 +506,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, error_table_is_the_specs);
     tcase_add_test(tc, paths);
+    tcase_add_test(tc, arn_limit_in_characters);
     tcase_add_test(tc, base64_strict);
     tcase_add_test(tc, cdiv_appendix_c);
     tcase_add_test(tc, aad_with_lengths_and_metadata);
