@@ -103,7 +103,8 @@ kms_err xks_request_parse(enum xks_op op, const uint8_t *body, size_t len,
 void xks_request_wipe(struct xks_request *r);
 
 /* Strict standard Base64 (RFC 4648 section 4, padded, no whitespace) into
- * out[cap]; false when malformed or longer than cap. */
+ * out[cap]; false when malformed or longer than cap. out NULL: only
+ * validate and count (*out_len). */
 bool xks_b64_decode(const char *in, uint8_t *out, size_t cap, size_t *out_len);
 
 /* ---- the cryptography around the HSM call ---- */

@@ -6,6 +6,7 @@
  */
 #include "xks_api.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,12 @@ static kms_err take_b64(json_t *obj, const char *name, bool required, uint8_t *o
     if (!xks_b64_decode(s, out, cap, len)) {
         if (over_is_unsupported && json_string_length(v) / 4 * 3 > cap)
             return bad(err, XKS_E_UNSUPPORTED, name, "larger than kmsd supports");
+        size_t need = 0;
+        if (xks_b64_decode(s, NULL, SIZE_MAX, &need)) { /* valid, only too long */
+            char why[64];
+            snprintf(why, sizeof(why), "longer than %zu bytes", cap);
+            return bad(err, XKS_E_VALIDATION, name, why);
+        }
         return bad(err, XKS_E_VALIDATION, name, "not valid Base64");
     }
     return KMS_OK;
@@ -167,6 +174,30 @@ static kms_err take_decrypt(json_t *root, struct xks_request *r, enum xks_error 
                     &r->ciphertext_len, NULL, err);
 }
 
+/* Why a body is not a JSON object, in words of our own: jansson's texts
+ * may quote the body. */
+static const char *body_fault(const json_t *root, const json_error_t *jerr)
+{
+    if (root != NULL)
+        return "not a JSON object";
+    switch (json_error_code(jerr)) {
+    case json_error_duplicate_key:
+        return "a member appears twice (JSON with a duplicate member)";
+    case json_error_invalid_utf8:
+        return "not valid UTF-8";
+    case json_error_null_character:
+    case json_error_null_byte_in_key:
+        return "a string holds an escaped NUL (\\u0000)";
+    case json_error_numeric_overflow:
+        return "a number out of range";
+    default:
+        /* jansson's text for a \uD800 with no pair: the escape only */
+        if (strncmp(jerr->text, "invalid Unicode", 15) == 0)
+            return "a \\u escape that is not a character (a lone surrogate)";
+        return "not valid JSON";
+    }
+}
+
 kms_err xks_request_parse(enum xks_op op, const uint8_t *body, size_t len,
                           struct xks_request *out, enum xks_error *err)
 {
@@ -180,7 +211,7 @@ kms_err xks_request_parse(enum xks_op op, const uint8_t *body, size_t len,
         /* A health check is never refused for its body (the spec lists no
          * ValidationException for it): it is audited without ids. */
         if (op != XKS_OP_HEALTH)
-            rc = bad(err, XKS_E_VALIDATION, "body", "not a JSON object");
+            rc = bad(err, XKS_E_VALIDATION, "body", body_fault(root, &jerr));
         goto out;
     }
     KMS_GUARD_GOTO(take_metadata(root, out, err), out);

@@ -309,8 +309,16 @@ static const struct {
     enum xks_error want;
     const char *field;
 } refused[] = {
-    {XKS_OP_ENCRYPT, "[]", XKS_E_VALIDATION, "body"},
-    {XKS_OP_ENCRYPT, "{\"plaintext\": \"AA==\", \"plaintext\": \"AA==\"}", XKS_E_VALIDATION, "body"},
+    {XKS_OP_ENCRYPT, "[]", XKS_E_VALIDATION, "body: not a JSON object"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": \"AA==\", \"plaintext\": \"AA==\"}", XKS_E_VALIDATION,
+     "body: a member appears twice"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": \"AA==\", \"\\u0070laintext\": \"AA==\"}", XKS_E_VALIDATION,
+     "body: a member appears twice"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": \"A\xff\"}", XKS_E_VALIDATION, "body: not valid UTF-8"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": \"\\ud800\"}", XKS_E_VALIDATION,
+     "body: a \\u escape that is not a character"},
+    {XKS_OP_ENCRYPT, "{\"n\": 1e999999}", XKS_E_VALIDATION, "body: a number out of range"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": ", XKS_E_VALIDATION, "body: not valid JSON"},
     {XKS_OP_ENCRYPT, "{\"plaintext\": \"AA==\", \"encryptionAlgorithm\": \"AES_GCM\"}",
      XKS_E_VALIDATION, "requestMetadata"},
     {XKS_OP_ENCRYPT, ENC(""), XKS_E_VALIDATION, "plaintext"},
@@ -336,7 +344,9 @@ static const struct {
          "\"vBxN2ncH1oEkR8WVXpmy\""),
      XKS_E_VALIDATION, "authenticationTag"},
     {XKS_OP_DECRYPT, DEC(IVTAG ", \"ciphertextMetadata\": \"AAAAAAAAAAAAAAAAAAAAAAAAAAAA\""),
-     XKS_E_VALIDATION, "ciphertextMetadata"},
+     XKS_E_VALIDATION, "ciphertextMetadata: longer than 20 bytes"},
+    {XKS_OP_DECRYPT, DEC(IVTAG ", \"ciphertextMetadata\": \"AAAA*AAA\""), XKS_E_VALIDATION,
+     "ciphertextMetadata: not valid Base64"},
     {XKS_OP_DECRYPT,
      "{" META ", \"encryptionAlgorithm\": \"AES_GCM\"" IVTAG "}", XKS_E_VALIDATION, "ciphertext"},
     {XKS_OP_METADATA, "{\"requestMetadata\": {\"kmsOperation\": \"x\", \"kmsRequestId\": \"y\"}}",
@@ -351,7 +361,7 @@ static const struct {
     {XKS_OP_METADATA,
      "{\"requestMetadata\": {\"awsPrincipalArn\": \"a\\u0000b\", \"kmsOperation\": \"x\", "
      "\"kmsRequestId\": \"y\"}}",
-     XKS_E_VALIDATION, "body"}, /* jansson refuses \u0000 itself */
+     XKS_E_VALIDATION, "body: a string holds an escaped NUL"}, /* jansson refuses \u0000 */
 };
 
 START_TEST(bad_fields_refused)
