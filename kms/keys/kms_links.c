@@ -266,6 +266,46 @@ static kms_err refuse(struct kms_call *call, const char *idhex, const char *reas
     return kms_err_set(KMS_ERR_PERMISSION_DENIED, KMS_LINKS_REFUSED);
 }
 
+/* Steps 1 and 2: the token's bytes and its key version into *t, *v.
+ * A refusal known here (the token does not parse, or names no ACTIVE
+ * version) is not answered at once: *early gets its reason and *t, *v the
+ * key's current version with the reserved all-zero token id (mint never
+ * makes it), so that the caller still does the work of every other
+ * refusal: both HSM MACs and the store transaction, which counts the
+ * attempt against the recipient and finds no row. Timing and the
+ * recipient's counter then do not tell these reasons from the others. */
+static kms_err token_step(struct kms_call *call, const struct kms_key_record *k,
+                          const char *token, struct kms_linktoken *t,
+                          uint8_t raw[KMS_LINKTOKEN_RAW_LEN],
+                          char idhex[2 * KMS_LINKTOKEN_ID_LEN + 1], struct kms_version_record *v,
+                          const char **early)
+{
+    memset(t, 0, sizeof(*t));
+    *early = NULL;
+    if (strcmp(token, KMS_PBUF_FLAW_NUL) == 0)
+        *early = "malformed (a NUL byte)";
+    else if (strcmp(token, KMS_PBUF_FLAW_UTF8) == 0)
+        *early = "malformed (not UTF-8)";
+    else if (kms_linktoken_decode(token, strlen(token), t, raw) != KMS_OK)
+        *early = "malformed";
+    if (*early == NULL) {
+        kms_linktoken_id_hex(t->id, idhex);
+        call->audit.key_version = t->key_version;
+        kms_err rc = kms_keyuse_version(call, k->key_id, t->key_version, true, v);
+        if (rc == KMS_ERR_BAD_CIPHERTEXT || rc == KMS_ERR_NOT_FOUND)
+            *early = "unknown_version";
+        else if (rc != KMS_OK)
+            return rc;
+    }
+    if (*early == NULL)
+        return KMS_OK;
+    KMS_GUARD(kms_keyuse_version(call, k->key_id, k->current_version, false, v));
+    memset(t, 0, sizeof(*t));
+    t->key_version = v->version;
+    OPENSSL_cleanse(raw, KMS_LINKTOKEN_RAW_LEN);
+    return KMS_OK;
+}
+
 kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage *msg,
                                   struct kms_reply *reply)
 {
@@ -284,40 +324,11 @@ kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage 
      * about the token. */
     KMS_GUARD_GOTO(binding_from(req->phone, &req->device_value, req->purpose, &bd), done);
 
-    /* A refusal known before the store (the token does not parse, or names
-     * no ACTIVE version) still does the work of every other refusal: both
-     * HSM MACs under the key's current version, with the reserved token id
-     * no token has, and the store transaction, which counts the attempt
-     * against the recipient and finds no row. Timing and the recipient's
-     * counter then do not tell these reasons from the others. */
     const char *early = NULL;
     char idhex[2 * KMS_LINKTOKEN_ID_LEN + 1] = "-";
     struct kms_linktoken t;
-    memset(&t, 0, sizeof(t));
-    if (strcmp(req->token, KMS_PBUF_FLAW_NUL) == 0)
-        early = "malformed (a NUL byte)";
-    else if (strcmp(req->token, KMS_PBUF_FLAW_UTF8) == 0)
-        early = "malformed (not UTF-8)";
-    else if (kms_linktoken_decode(req->token, strlen(req->token), &t, raw) != KMS_OK)
-        early = "malformed";
     struct kms_version_record v;
-    if (early == NULL) {
-        kms_linktoken_id_hex(t.id, idhex);
-        call->audit.key_version = t.key_version;
-        rc = kms_keyuse_version(call, k.key_id, t.key_version, true, &v);
-        if (rc == KMS_ERR_BAD_CIPHERTEXT || rc == KMS_ERR_NOT_FOUND) {
-            early = "unknown_version";
-            rc = KMS_OK;
-        }
-        if (rc != KMS_OK)
-            goto done;
-    }
-    if (early != NULL) {
-        KMS_GUARD_GOTO(kms_keyuse_version(call, k.key_id, k.current_version, false, &v), done);
-        memset(t.id, 0, sizeof(t.id)); /* the reserved id: mint never makes it */
-        t.key_version = v.version;
-        memset(raw, 0, sizeof(raw));
-    }
+    KMS_GUARD_GOTO(token_step(call, &k, req->token, &t, raw, idhex, &v, &early), done);
 
     struct kms_linkmac m = {k.tenant,     k.key_id,     k.region, t.key_version,    t.id,
                             t.expires_at, req->purpose, bd.phone, bd.device_sha256, NULL};
