@@ -69,7 +69,8 @@
 void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Only the wire walk of step 1: KMS_OK, KMS_ERR_INVALID_ARGUMENT for a
- * string field with a NUL byte or not UTF-8, or an enum field with a value
+ * string field (but an opaque one, above) with a NUL byte or not UTF-8,
+ * or an enum field with a value
  * its enum does not define (the detail names the field, never its value),
  * or KMS_ERR_MALFORMED with a detail. */
 kms_err kms_pbuf_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
