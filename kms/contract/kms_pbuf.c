@@ -21,6 +21,28 @@ static _Thread_local char last_refusal[256];
  * is well-formed protobuf but not a string kmsd can carry. */
 static _Thread_local kms_err last_code;
 
+/* Top-level string fields a handler judges itself (kms_pbuf.h): the link
+ * token, whose every refusal must look alike (docs/link-tokens.md). */
+static const struct {
+    const char *message, *field;
+} opaque_fields[] = {
+    {"custos.v1.RedeemLinkTokenRequest", "token"},
+};
+
+/* The opaque field of the last walk that was not a string kmsd can carry,
+ * and the marker its value becomes. */
+static _Thread_local const ProtobufCFieldDescriptor *flaw_field;
+static _Thread_local const char *flaw_marker;
+
+static bool is_opaque(const ProtobufCMessageDescriptor *d, const ProtobufCFieldDescriptor *f)
+{
+    for (size_t i = 0; i < sizeof(opaque_fields) / sizeof(opaque_fields[0]); i++)
+        if (strcmp(d->name, opaque_fields[i].message) == 0 &&
+            strcmp(f->name, opaque_fields[i].field) == 0)
+            return true;
+    return false;
+}
+
 const char *kms_pbuf_last_refusal(void)
 {
     return last_refusal;
@@ -290,6 +312,16 @@ static kms_err walk(const ProtobufCMessageDescriptor *d, const uint8_t *data, si
             t->f[depth - 1] = f;
             t->n = depth;
             KMS_GUARD(walk(f->descriptor, payload, (size_t)n, depth + 1, t));
+        } else if (wire == 2 && f->type == PROTOBUF_C_TYPE_STRING && depth == 1 &&
+                   is_opaque(d, f)) {
+            /* Not refused: the handler gets a marker instead (kms_pbuf_unpack). */
+            if (memchr(payload, 0, (size_t)n) != NULL)
+                flaw_marker = KMS_PBUF_FLAW_NUL;
+            else if (!kms_utf8_valid(payload, (size_t)n))
+                flaw_marker = KMS_PBUF_FLAW_UTF8;
+            else
+                flaw_marker = NULL; /* the last occurrence is the one decoded */
+            flaw_field = flaw_marker != NULL ? f : NULL;
         } else if (wire == 2 && f->type == PROTOBUF_C_TYPE_STRING) {
             t->f[depth - 1] = f;
             t->n = depth;
@@ -318,6 +350,8 @@ kms_err kms_pbuf_check(const ProtobufCMessageDescriptor *desc, const uint8_t *da
 {
     last_refusal[0] = '\0';
     last_code = KMS_OK;
+    flaw_field = NULL;
+    flaw_marker = NULL;
     if (len > 0 && data == NULL)
         return refuse("no data", desc);
     struct trail t = {.n = 0};
@@ -356,6 +390,22 @@ void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *dat
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, &a, len, data);
     if (m == NULL && b.over)
         refuse("decoding would allocate more than the body's budget", desc);
+    if (m != NULL && flaw_field != NULL) {
+        /* protobuf-c's copy would end at a NUL (another string than sent):
+         * the handler gets the marker, never a part of the value. */
+        char **s = (char **)(void *)((uint8_t *)m + flaw_field->offset);
+        char *marker = strdup(flaw_marker);
+        if (marker == NULL) {
+            kms_pbuf_free_wiped(m);
+            refuse("out of memory", desc);
+            return NULL;
+        }
+        if (*s != NULL && *s != (const char *)flaw_field->default_value) {
+            OPENSSL_cleanse(*s, strlen(*s));
+            free(*s);
+        }
+        *s = marker;
+    }
     return m;
 }
 

@@ -55,12 +55,22 @@
  * size twice over (strings and bytes are copied) plus room for structs. */
 #define KMS_PBUF_ALLOC_BUDGET(len) ((size_t)(len) * 2 + (size_t)256 * 1024)
 
+/* Opaque fields: a top-level string field whose handler answers every
+ * refusal of its value alike (RedeemLinkTokenRequest.token: a link token's
+ * refusals must not tell which part was wrong). A NUL byte or invalid
+ * UTF-8 in one is not refused by the decoder; the handler gets the string
+ * KMS_PBUF_FLAW_NUL or KMS_PBUF_FLAW_UTF8 instead. Both are invalid UTF-8,
+ * so no value the decoder lets through can equal them. */
+#define KMS_PBUF_FLAW_NUL "\xff"
+#define KMS_PBUF_FLAW_UTF8 "\xfe"
+
 /* Decode len bytes of data as a desc message, or return NULL (malformed or
  * over a limit; kms_pbuf_last_refusal says which). */
 void *kms_pbuf_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);
 
 /* Only the wire walk of step 1: KMS_OK, KMS_ERR_INVALID_ARGUMENT for a
- * string field with a NUL byte or not UTF-8, or an enum field with a value
+ * string field (but an opaque one, above) with a NUL byte or not UTF-8,
+ * or an enum field with a value
  * its enum does not define (the detail names the field, never its value),
  * or KMS_ERR_MALFORMED with a detail. */
 kms_err kms_pbuf_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len);

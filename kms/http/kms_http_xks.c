@@ -340,6 +340,8 @@ static kms_err check_replay(struct kms_http *h, const struct xks_sigv4_auth *aut
             return kms_err_set(KMS_ERR_UNAUTHENTICATED, "signature: malformed");
         sig[i] = (uint8_t)v;
     }
+    /* Signed before this kmsd started: its cache cannot know it. */
+    KMS_GUARD(xks_replay_check_time(h->xks_replay, xks_sigv4_request_time(req)));
     /* Valid until 5 minutes after its own time: later the time check
      * refuses it anyway. */
     time_t expires = xks_sigv4_request_time(req) + XKS_SIGV4_MAX_SKEW_SECONDS + 1;

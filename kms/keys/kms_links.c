@@ -19,6 +19,7 @@
 #include "kms_config.h"
 #include "kms_keyuse.h"
 #include "kms_linktoken.h"
+#include "kms_pbuf.h"
 #include "kms_store_links.h"
 #include "p11_crypto.h"
 #include "proto/links.pb-c.h"
@@ -200,8 +201,13 @@ kms_err kms_rpc_mint_link_token(struct kms_call *call, const ProtobufCMessage *m
     struct kms_linktoken t;
     memset(&t, 0, sizeof(t));
     t.key_version = v.version;
-    KMS_ENSURE_GOTO(RAND_bytes(t.id, sizeof(t.id)) == 1, done, KMS_ERR_INTERNAL,
-                    "random number generator failed");
+    /* The all-zero id is reserved for the refusals redeem decides before
+     * the store (it must find no row), so mint never makes it. */
+    static const uint8_t reserved_id[KMS_LINKTOKEN_ID_LEN];
+    do
+        KMS_ENSURE_GOTO(RAND_bytes(t.id, sizeof(t.id)) == 1, done, KMS_ERR_INTERNAL,
+                        "random number generator failed");
+    while (CRYPTO_memcmp(t.id, reserved_id, sizeof(t.id)) == 0);
     int64_t now = kms_links_now(call->svc);
     t.expires_at = now + ttl;
     struct kms_linkmac m = {
@@ -260,6 +266,46 @@ static kms_err refuse(struct kms_call *call, const char *idhex, const char *reas
     return kms_err_set(KMS_ERR_PERMISSION_DENIED, KMS_LINKS_REFUSED);
 }
 
+/* Steps 1 and 2: the token's bytes and its key version into *t, *v.
+ * A refusal known here (the token does not parse, or names no ACTIVE
+ * version) is not answered at once: *early gets its reason and *t, *v the
+ * key's current version with the reserved all-zero token id (mint never
+ * makes it), so that the caller still does the work of every other
+ * refusal: both HSM MACs and the store transaction, which counts the
+ * attempt against the recipient and finds no row. Timing and the
+ * recipient's counter then do not tell these reasons from the others. */
+static kms_err token_step(struct kms_call *call, const struct kms_key_record *k,
+                          const char *token, struct kms_linktoken *t,
+                          uint8_t raw[KMS_LINKTOKEN_RAW_LEN],
+                          char idhex[2 * KMS_LINKTOKEN_ID_LEN + 1], struct kms_version_record *v,
+                          const char **early)
+{
+    memset(t, 0, sizeof(*t));
+    *early = NULL;
+    if (strcmp(token, KMS_PBUF_FLAW_NUL) == 0)
+        *early = "malformed (a NUL byte)";
+    else if (strcmp(token, KMS_PBUF_FLAW_UTF8) == 0)
+        *early = "malformed (not UTF-8)";
+    else if (kms_linktoken_decode(token, strlen(token), t, raw) != KMS_OK)
+        *early = "malformed";
+    if (*early == NULL) {
+        kms_linktoken_id_hex(t->id, idhex);
+        call->audit.key_version = t->key_version;
+        kms_err rc = kms_keyuse_version(call, k->key_id, t->key_version, true, v);
+        if (rc == KMS_ERR_BAD_CIPHERTEXT || rc == KMS_ERR_NOT_FOUND)
+            *early = "unknown_version";
+        else if (rc != KMS_OK)
+            return rc;
+    }
+    if (*early == NULL)
+        return KMS_OK;
+    KMS_GUARD(kms_keyuse_version(call, k->key_id, k->current_version, false, v));
+    memset(t, 0, sizeof(*t));
+    t->key_version = v->version;
+    OPENSSL_cleanse(raw, KMS_LINKTOKEN_RAW_LEN);
+    return KMS_OK;
+}
+
 kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage *msg,
                                   struct kms_reply *reply)
 {
@@ -278,22 +324,11 @@ kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage 
      * about the token. */
     KMS_GUARD_GOTO(binding_from(req->phone, &req->device_value, req->purpose, &bd), done);
 
+    const char *early = NULL;
+    char idhex[2 * KMS_LINKTOKEN_ID_LEN + 1] = "-";
     struct kms_linktoken t;
-    if (kms_linktoken_decode(req->token, strlen(req->token), &t, raw) != KMS_OK) {
-        rc = refuse(call, "-", "malformed");
-        goto done;
-    }
-    char idhex[2 * KMS_LINKTOKEN_ID_LEN + 1];
-    kms_linktoken_id_hex(t.id, idhex);
-    call->audit.key_version = t.key_version;
     struct kms_version_record v;
-    rc = kms_keyuse_version(call, k.key_id, t.key_version, true, &v);
-    if (rc == KMS_ERR_BAD_CIPHERTEXT || rc == KMS_ERR_NOT_FOUND) {
-        rc = refuse(call, idhex, "unknown_version");
-        goto done;
-    }
-    if (rc != KMS_OK)
-        goto done;
+    KMS_GUARD_GOTO(token_step(call, &k, req->token, &t, raw, idhex, &v, &early), done);
 
     struct kms_linkmac m = {k.tenant,     k.key_id,     k.region, t.key_version,    t.id,
                             t.expires_at, req->purpose, bd.phone, bd.device_sha256, NULL};
@@ -328,6 +363,10 @@ kms_err kms_rpc_redeem_link_token(struct kms_call *call, const ProtobufCMessage 
     enum kms_link_verdict verdict = KMS_LINK_UNKNOWN;
     struct kms_link_record row;
     KMS_GUARD_GOTO(kms_store_link_redeem(kms_service_store(call->svc), &a, &verdict, &row), done);
+    if (early != NULL) { /* the reason of the first step that failed */
+        rc = refuse(call, idhex, early);
+        goto done;
+    }
     if (verdict != KMS_LINK_ACCEPTED) {
         rc = refuse(call, idhex, kms_link_verdict_name(verdict));
         goto done;

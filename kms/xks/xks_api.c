@@ -164,8 +164,9 @@ bool xks_b64_decode(const char *in, uint8_t *out, size_t cap, size_t *out_len)
         size_t take = 3 - (size_t)pad;
         if (o + take > cap)
             return false;
-        for (size_t k = 0; k < take; k++)
-            out[o++] = (uint8_t)(w >> (16 - 8 * k));
+        for (size_t k = 0; k < take; k++, o++)
+            if (out != NULL)
+                out[o] = (uint8_t)(w >> (16 - 8 * k));
     }
     *out_len = o;
     return true;

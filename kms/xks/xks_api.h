@@ -47,7 +47,8 @@ char *xks_error_body(enum xks_error e, const char *message);
 #define XKS_DATA_MAX 4300     /* plaintext / ciphertext bytes */
 #define XKS_AAD_MAX 8192      /* additionalAuthenticatedData bytes */
 #define XKS_MD_MAX 20         /* ciphertextMetadata bytes */
-#define XKS_ARN_MAX 2048      /* awsPrincipalArn, kmsKeyArn */
+#define XKS_ARN_MAX 2048      /* characters (code points) of awsPrincipalArn, kmsKeyArn */
+#define XKS_ARN_MAX_BYTES (4 * XKS_ARN_MAX) /* their UTF-8 bytes at most */
 #define XKS_META_FIELD_MAX 128 /* bytes of kmsRequestId (the audit correlation id), kmsOperation, kmsViaService, awsSourceVpc(e) */
 #define XKS_KEY_ID_MAX 128    /* externalKeyId */
 #define XKS_PATH_MAX 256      /* the whole path */
@@ -70,8 +71,8 @@ bool xks_path_parse(const char *url, struct xks_path *out);
 struct xks_request {
     enum xks_op op;
     /* requestMetadata (copies, NUL-terminated; "" when absent) */
-    char principal_arn[XKS_ARN_MAX + 1];
-    char key_arn[XKS_ARN_MAX + 1];
+    char principal_arn[XKS_ARN_MAX_BYTES + 1];
+    char key_arn[XKS_ARN_MAX_BYTES + 1];
     char kms_operation[XKS_META_FIELD_MAX + 1];
     char kms_request_id[XKS_META_FIELD_MAX + 1];
     char via_service[XKS_META_FIELD_MAX + 1];
@@ -102,7 +103,8 @@ kms_err xks_request_parse(enum xks_op op, const uint8_t *body, size_t len,
 void xks_request_wipe(struct xks_request *r);
 
 /* Strict standard Base64 (RFC 4648 section 4, padded, no whitespace) into
- * out[cap]; false when malformed or longer than cap. */
+ * out[cap]; false when malformed or longer than cap. out NULL: only
+ * validate and count (*out_len). */
 bool xks_b64_decode(const char *in, uint8_t *out, size_t cap, size_t *out_len);
 
 /* ---- the cryptography around the HSM call ---- */

@@ -99,9 +99,14 @@ static kms_err load_cred(json_t *jc, size_t i, size_t j, struct xks_cred *out)
                "xks: endpoints[%zu].credentials[%zu].access_key_id: 20-30 of A-Z 2-7", i, j);
     memcpy(out->access_key_id, ak, strlen(ak) + 1);
     kms_err rc = kms_secret_read_source(src, &out->secret);
-    if (rc != KMS_OK)
+    if (rc != KMS_OK) {
+        /* kms_err_detail() is the very buffer kms_err_set writes: formatting
+         * it into itself is undefined (it garbled the message), so copy it. */
+        char why[256];
+        snprintf(why, sizeof(why), "%s", kms_err_detail());
         return kms_err_set(KMS_ERR_CONFIG, "xks: endpoints[%zu].credentials[%zu].secret: %s", i,
-                           j, kms_err_detail());
+                           j, why);
+    }
     bool ok = out->secret.len >= 43 && out->secret.len <= 64;
     for (size_t k = 0; ok && k < out->secret.len; k++)
         ok = out->secret.data[k] != 0 &&

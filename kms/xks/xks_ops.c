@@ -194,6 +194,11 @@ static kms_err do_decrypt(struct kms_call *call, const struct kms_key_record *k,
         if (rc == KMS_ERR_NOT_FOUND || rc == KMS_ERR_INVALID_ARGUMENT)
             rc = KMS_ERR_BAD_CIPHERTEXT;
     }
+    /* The spec lets an IV be 12 or 16 bytes; Custos only ever makes 12-byte
+     * IVs, so any other length is a ciphertext that is not ours, not a
+     * request the HSM should be asked (it refuses with an internal error). */
+    if (rc == KMS_OK && req->iv_len != P11_GCM_IV_LEN)
+        rc = KMS_ERR_BAD_CIPHERTEXT;
     if (rc != KMS_OK)
         return fail_from(reply, rc);
     size_t in_len = req->ciphertext_len + 16, pt_len = 0;

@@ -25,6 +25,7 @@ struct shard {
 struct xks_replay {
     struct shard shards[XKS_REPLAY_SHARDS];
     unsigned per_shard; /* a power of two */
+    time_t started;     /* when this kmsd's cache began: it knows nothing older */
 };
 
 kms_err xks_replay_new(unsigned slots, struct xks_replay **out)
@@ -36,6 +37,7 @@ kms_err xks_replay_new(unsigned slots, struct xks_replay **out)
     struct xks_replay *r = calloc(1, sizeof(*r));
     KMS_ENSURE(r != NULL, KMS_ERR_NOMEM, "out of memory");
     r->per_shard = slots / XKS_REPLAY_SHARDS;
+    r->started = time(NULL);
     for (size_t i = 0; i < XKS_REPLAY_SHARDS; i++) {
         pthread_mutex_init(&r->shards[i].mu, NULL);
         r->shards[i].slots = calloc(r->per_shard, sizeof(struct entry));
@@ -46,6 +48,24 @@ kms_err xks_replay_new(unsigned slots, struct xks_replay **out)
     }
     *out = r;
     return KMS_OK;
+}
+
+kms_err xks_replay_check_time(const struct xks_replay *r, time_t signed_at)
+{
+    /* Strictly before: the kmsd before this one had stopped before this one
+     * began, so what it served in this cache's first second it served
+     * before the second began only if restarted within one second; refusing
+     * that second too would refuse every fresh Decrypt of it. */
+    if (signed_at < r->started)
+        return kms_err_set(KMS_ERR_UNAUTHENTICATED,
+                           "signature: dated before this kmsd started (a replay cannot be ruled "
+                           "out)");
+    return KMS_OK;
+}
+
+time_t xks_replay_started(const struct xks_replay *r)
+{
+    return r->started;
 }
 
 void xks_replay_free(struct xks_replay *r)

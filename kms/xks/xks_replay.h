@@ -48,4 +48,14 @@ void xks_replay_free(struct xks_replay *r);
 kms_err xks_replay_check(struct xks_replay *r, const uint8_t sig[32], time_t expires,
                          time_t now);
 
+/* The cache is empty when kmsd starts, so a Decrypt served by the kmsd
+ * before a restart would be served again. Refuse a signature dated before
+ * the second the cache was made (KMS_ERR_UNAUTHENTICATED): AWS KMS
+ * signs every call afresh, so it never sends one. A request dated in the
+ * future by a client clock ahead of kmsd's is not covered (docs/xks.md). */
+kms_err xks_replay_check_time(const struct xks_replay *r, time_t signed_at);
+
+/* The second the cache was made (for tests). */
+time_t xks_replay_started(const struct xks_replay *r);
+
 #endif

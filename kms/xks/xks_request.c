@@ -6,6 +6,7 @@
  */
 #include "xks_api.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,9 +31,20 @@ static kms_err bad(enum xks_error *err, enum xks_error e, const char *field, con
                        "%s: %s", field, why);
 }
 
-/* A string member copied into out[cap]; absent is "" unless required. */
-static kms_err take_str(json_t *obj, const char *name, bool required, char *out, size_t cap,
-                        enum xks_error *err)
+/* Characters of s[0..n-1], valid UTF-8 (jansson checked it): the bytes
+ * that do not continue a sequence. */
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)s[i] & 0xc0) != 0x80;
+    return c;
+}
+
+/* A string member copied into out[cap]; absent is "" unless required.
+ * max_chars: the spec's bound in characters (0: cap's bytes alone). */
+static kms_err take_str_chars(json_t *obj, const char *name, bool required, char *out,
+                              size_t cap, size_t max_chars, enum xks_error *err)
 {
     json_t *v = json_object_get(obj, name);
     out[0] = '\0';
@@ -41,12 +53,18 @@ static kms_err take_str(json_t *obj, const char *name, bool required, char *out,
     if (!json_is_string(v))
         return bad(err, XKS_E_VALIDATION, name, "must be a string");
     size_t n = json_string_length(v);
-    if (n >= cap)
+    if (n >= cap || (max_chars > 0 && utf8_chars(json_string_value(v), n) > max_chars))
         return bad(err, XKS_E_VALIDATION, name, "too long");
     if (memchr(json_string_value(v), '\0', n) != NULL)
         return bad(err, XKS_E_VALIDATION, name, "holds a NUL character");
     memcpy(out, json_string_value(v), n + 1);
     return KMS_OK;
+}
+
+static kms_err take_str(json_t *obj, const char *name, bool required, char *out, size_t cap,
+                        enum xks_error *err)
+{
+    return take_str_chars(obj, name, required, out, cap, 0, err);
 }
 
 /* A Base64 member decoded into out[cap]; over cap: Unsupported (the value
@@ -69,6 +87,12 @@ static kms_err take_b64(json_t *obj, const char *name, bool required, uint8_t *o
     if (!xks_b64_decode(s, out, cap, len)) {
         if (over_is_unsupported && json_string_length(v) / 4 * 3 > cap)
             return bad(err, XKS_E_UNSUPPORTED, name, "larger than kmsd supports");
+        size_t need = 0;
+        if (xks_b64_decode(s, NULL, SIZE_MAX, &need)) { /* valid, only too long */
+            char why[64];
+            snprintf(why, sizeof(why), "longer than %zu bytes", cap);
+            return bad(err, XKS_E_VALIDATION, name, why);
+        }
         return bad(err, XKS_E_VALIDATION, name, "not valid Base64");
     }
     return KMS_OK;
@@ -90,9 +114,11 @@ static kms_err take_metadata(json_t *root, struct xks_request *r, enum xks_error
                        err));
     if (health)
         return KMS_OK;
-    KMS_GUARD(take_str(m, "awsPrincipalArn", true, r->principal_arn, sizeof(r->principal_arn),
-                       err));
-    KMS_GUARD(take_str(m, "kmsKeyArn", crypto, r->key_arn, sizeof(r->key_arn), err));
+    /* The spec counts ARNs in characters: up to 4 bytes each in UTF-8. */
+    KMS_GUARD(take_str_chars(m, "awsPrincipalArn", true, r->principal_arn,
+                             sizeof(r->principal_arn), XKS_ARN_MAX, err));
+    KMS_GUARD(take_str_chars(m, "kmsKeyArn", crypto, r->key_arn, sizeof(r->key_arn),
+                             XKS_ARN_MAX, err));
     KMS_GUARD(take_str(m, "awsSourceVpc", false, r->source_vpc, sizeof(r->source_vpc), err));
     KMS_GUARD(take_str(m, "awsSourceVpce", false, r->source_vpce, sizeof(r->source_vpce), err));
     return take_str(m, "kmsViaService", false, r->via_service, sizeof(r->via_service), err);
@@ -148,6 +174,30 @@ static kms_err take_decrypt(json_t *root, struct xks_request *r, enum xks_error 
                     &r->ciphertext_len, NULL, err);
 }
 
+/* Why a body is not a JSON object, in words of our own: jansson's texts
+ * may quote the body. */
+static const char *body_fault(const json_t *root, const json_error_t *jerr)
+{
+    if (root != NULL)
+        return "not a JSON object";
+    switch (json_error_code(jerr)) {
+    case json_error_duplicate_key:
+        return "a member appears twice (JSON with a duplicate member)";
+    case json_error_invalid_utf8:
+        return "not valid UTF-8";
+    case json_error_null_character:
+    case json_error_null_byte_in_key:
+        return "a string holds an escaped NUL (\\u0000)";
+    case json_error_numeric_overflow:
+        return "a number out of range";
+    default:
+        /* jansson's text for a \uD800 with no pair: the escape only */
+        if (strncmp(jerr->text, "invalid Unicode", 15) == 0)
+            return "a \\u escape that is not a character (a lone surrogate)";
+        return "not valid JSON";
+    }
+}
+
 kms_err xks_request_parse(enum xks_op op, const uint8_t *body, size_t len,
                           struct xks_request *out, enum xks_error *err)
 {
@@ -161,7 +211,7 @@ kms_err xks_request_parse(enum xks_op op, const uint8_t *body, size_t len,
         /* A health check is never refused for its body (the spec lists no
          * ValidationException for it): it is audited without ids. */
         if (op != XKS_OP_HEALTH)
-            rc = bad(err, XKS_E_VALIDATION, "body", "not a JSON object");
+            rc = bad(err, XKS_E_VALIDATION, "body", body_fault(root, &jerr));
         goto out;
     }
     KMS_GUARD_GOTO(take_metadata(root, out, err), out);

@@ -293,6 +293,64 @@ def main():
     check(not any("phone" in c or "device" in c for c in cols),
           f"the store's link tables have no phone or device column ({cols})")
 
+    # ---- the token field's own flaws and early refusals ------------------------------------
+    # A token the decoder cannot carry as a string (a NUL byte, invalid
+    # UTF-8; protobuf and JSON) gets the same 403 as every other refusal,
+    # its audit reason malformed; the request's own fields stay 400. And a
+    # malformed token or one naming no version counts against the recipient
+    # like any other attempt (docs/link-tokens.md).
+    PF, DF = phone(120), device("flaws")
+    _, tf, _ = mint(K, PF, DF)
+    rcp = db.execute("SELECT recipient FROM link_tokens WHERE token_id = ?",
+                     (bytes.fromhex(tf.token_id),)).fetchone()[0]
+
+    def rcount():
+        r = db.execute("SELECT attempts FROM link_recipients WHERE key_id = ? AND recipient = ?",
+                       (K, rcp)).fetchone()
+        return r[0] if r else 0
+
+    class Raw:  # a RedeemLinkTokenRequest whose token is given as raw bytes
+        def __init__(self, tok):
+            self.tok = tok
+
+        def SerializeToString(self):
+            head = lpb.RedeemLinkTokenRequest(key_id=K, phone=PF, device_value=DF,
+                                              purpose="view-message").SerializeToString()
+            return head + b"\x12" + bytes([len(self.tok)]) + self.tok
+
+    before = rcount()
+    expect_refused(redeem(K, tf.token[:47] + "\0", PF, DF), "malformed (a NUL byte)",
+                   "47 characters and a NUL byte (protobuf)")
+    expect_refused(redeem(K, tf.token + "\0x", PF, DF), "malformed (a NUL byte)",
+                   "the whole token, a NUL and more (protobuf): not the token")
+    expect_refused(call("RedeemLinkToken", Raw(tf.token[:46].encode() + b"\xc3\x28"),
+                        lpb.RedeemLinkTokenResponse), "malformed (not UTF-8)",
+                   "a token with invalid UTF-8 (protobuf)")
+    import http.client as hc
+    jc = hc.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    jc.request("POST", "/twirp/custos.v1.LinkService/RedeemLinkToken",
+               json.dumps({"keyId": K, "token": tf.token[:47] + "\u0000", "phone": PF,
+                           "deviceValue": base64.b64encode(DF).decode(),
+                           "purpose": "view-message"}),
+               {"Content-Type": "application/json",
+                "Authorization": "Bearer " + open(f"{DIR}/credentials/demo-broker.key").read().strip()})
+    jr = jc.getresponse()
+    expect_refused((jr.status, json.loads(jr.read()), jr.getheader("X-Request-Id")),
+                   "malformed (a NUL byte)", "a token with an escaped NUL (JSON)")
+    vf = bytearray(b64d(tf.token))
+    vf[1:3] = b"\x00\x09"
+    expect_refused(redeem(K, b64e(bytes(vf)), PF, DF), "unknown_version",
+                   "a version the key lacks")
+    expect_refused(redeem(K, "x" * 47, PF, DF), "malformed", "47 characters")
+    check(rcount() == before + 6,
+          f"each of those 6 refusals counted against the recipient ({before} -> {rcount()})")
+    s, m, _ = redeem(K, tf.token, "+1", DF)
+    check(s == 400 and m.get("code") == "invalid_argument",
+          f"the request's own phone malformed: still 400 invalid_argument ({s})")
+    check(rcount() == before + 6, "... and not counted")
+    s, _, _ = redeem(K, tf.token, PF, DF)
+    check(s == 200, "the token itself still redeems afterwards")
+
     # ---- rotation: the old version still redeems -------------------------------------------
     PV, DV = phone(113), device("rot")
     _, old, _ = mint(K, PV, DV)

@@ -366,6 +366,17 @@ for svc in SERVICES.values():
                 s, data = post(svc.full_name, m.name, body, who)
                 want = f"field {field_name(path)} {why}"
                 err = json.loads(data) if s != 200 else {}
+                if m.name == "RedeemLinkToken" and field_name(path) == '"token"':
+                    # the one opaque field (kms_pbuf.h): the decoder lets it
+                    # through for the handler's one answer to every refused
+                    # token (links_test.py checks that 403 on a real key);
+                    # here the base request has no key, so the handler
+                    # refuses the request's own key_id first, never the token
+                    good = (s == 400 and "token" not in err.get("msg", "") and
+                            b"mallory" not in data)
+                    check(good, f"{m.name} with {kind} in the token: not refused by the decoder"
+                          + ("" if good else f" (got {s} {err or 'a reply'})"))
+                    continue
                 good = (s == 400 and err.get("code") == "invalid_argument" and
                         err.get("msg") == want and b"mallory" not in data)
                 check(good, f"{m.name} with {kind} in {field_name(path)}: 400 invalid_argument "

@@ -264,6 +264,23 @@ else
     flunk "one audit event per XKS call"
 fi
 
+# a restart empties the replay cache: a Decrypt signed and served before it
+# must not be served again after it (docs/xks.md "Replays")
+endpoints "$C2"
+rr() { /usr/bin/python3 tests/e2e/xks_restart_replay.py "$1" "$E2E_PORT" "$AK2" "$W/sk2" "$K_ED" "$W/replay.req"; }
+out=$(rr sign)
+[ "$out" = "200 - True" ] && pass "a signed Decrypt before the restart: 200 with the plaintext" ||
+    flunk "decrypt before the restart: $out"
+e2e_stop
+e2e_start
+out=$(rr send)
+[ "$out" = "401 AuthenticationFailedException False" ] &&
+    pass "the same signed Decrypt after a kmsd restart: 401, no plaintext (signed before kmsd started)" ||
+    flunk "replay after a restart: $out"
+out=$(rr fresh)
+[ "$out" = "200 - True" ] && pass "a Decrypt signed after the restart is served" ||
+    flunk "fresh decrypt after the restart: $out"
+
 # health when the HSM fails: the same tokens through the fault-injecting
 # PKCS#11 shim (tests/p11fault), health.cache_ms 0 so each call checks
 e2e_stop

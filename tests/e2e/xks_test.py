@@ -121,7 +121,9 @@ if st == 200:
             ("ciphertextMetadata", None, "metadata dropped"),
             ("ciphertext", b64(bytes([ct[0] ^ 1]) + ct[1:]), "ciphertext bit flipped"),
             ("authenticationTag", b64(bytes([tag[0] ^ 1]) + tag[1:]), "tag altered"),
-            ("initializationVector", b64(bytes([iv[0] ^ 1]) + iv[1:]), "IV altered")]:
+            ("initializationVector", b64(bytes([iv[0] ^ 1]) + iv[1:]), "IV altered"),
+            ("initializationVector", b64(iv + b"\0" * 4), "a 16-byte IV (spec shape, never Custos')"),
+            ("initializationVector", b64(iv + iv[:4]), "another 16-byte IV")]:
         b = dict(dec_body)
         if val is None:
             del b[field]
@@ -129,7 +131,8 @@ if st == 200:
             b[field] = val
         res = call(kp(S["enc_dec"], "decrypt"), b)
         check("decrypt with %s: InvalidCiphertextException 400" % why,
-              is_err(res, 400, "InvalidCiphertextException"), str(res))
+              is_err(res, 400, "InvalidCiphertextException") and
+              "GCM" not in res[1].get("errorMessage", ""), str(res))
     # the spec's confusion case: metadata passed as AAD and no metadata
     b = dict(dec_body)
     b["additionalAuthenticatedData"] = enc["ciphertextMetadata"]

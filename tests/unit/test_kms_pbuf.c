@@ -314,7 +314,23 @@ START_TEST(every_string_field_of_every_route)
                 protobuf_c_message_free_unpacked(m, NULL);
                 free(b.p);
             }
-            for (size_t k = 0; k < sizeof(bad_strings) / sizeof(bad_strings[0]); k++) {
+            /* The one opaque field (kms_pbuf.h): its handler gets a marker
+             * for the flaw, never a part of the value, and answers it. */
+            bool opaque = p->n == 1 &&
+                          strcmp(d->name, "custos.v1.RedeemLinkTokenRequest") == 0 &&
+                          strcmp(p->f[0]->name, "token") == 0;
+            for (size_t k = 0; opaque && k < sizeof(bad_strings) / sizeof(bad_strings[0]); k++) {
+                struct wbuf b = {0};
+                put_path(&b, p, 0, bad_strings[k].bytes, bad_strings[k].len);
+                ProtobufCMessage *m = kms_pbuf_unpack(d, b.p, b.len);
+                ck_assert_msg(m != NULL, "%s %s: opaque field refused", route, name);
+                ck_assert_str_eq(get_path(m, p), bad_strings[k].why[0] == 'c'
+                                                     ? KMS_PBUF_FLAW_NUL
+                                                     : KMS_PBUF_FLAW_UTF8);
+                kms_pbuf_free_wiped(m);
+                free(b.p);
+            }
+            for (size_t k = 0; !opaque && k < sizeof(bad_strings) / sizeof(bad_strings[0]); k++) {
                 struct wbuf b = {0};
                 put_path(&b, p, 0, bad_strings[k].bytes, bad_strings[k].len);
                 ck_assert_int_eq(kms_pbuf_check(d, b.p, b.len), KMS_ERR_INVALID_ARGUMENT);

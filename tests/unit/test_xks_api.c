@@ -255,6 +255,48 @@ START_TEST(spec_examples_parse)
 }
 END_TEST
 
+/* The spec bounds ARNs in characters (2048), not bytes: 2048 characters of
+ * 1, 2 and 4 bytes pass whole, 2049 of any width are refused. */
+START_TEST(arn_limit_in_characters)
+{
+    static const char *const chars[] = {"a", "\xc3\xa9", "\xf0\x9d\x84\x9e"};
+    for (size_t c = 0; c < 3; c++) {
+        for (int field = 0; field < 2; field++) {
+            for (size_t n = XKS_ARN_MAX; n <= XKS_ARN_MAX + 1; n++) {
+                size_t w = strlen(chars[c]);
+                char *arn = malloc(n * w + 1), *body = malloc(n * w + 512);
+                ck_assert_ptr_nonnull(arn);
+                ck_assert_ptr_nonnull(body);
+                for (size_t i = 0; i < n; i++)
+                    memcpy(arn + i * w, chars[c], w);
+                arn[n * w] = '\0';
+                snprintf(body, n * w + 512,
+                         "{\"requestMetadata\": {\"awsPrincipalArn\": \"%s\", \"kmsKeyArn\": "
+                         "\"%s\", \"kmsOperation\": \"Encrypt\", \"kmsRequestId\": \"r\"}, "
+                         "\"plaintext\": \"AA==\", \"encryptionAlgorithm\": \"AES_GCM\"}",
+                         field == 0 ? arn : "arn:k", field == 1 ? arn : "arn:p");
+                struct xks_request r;
+                enum xks_error e = XKS_E_INTERNAL;
+                kms_err rc = parse(XKS_OP_ENCRYPT, body, &r, &e);
+                if (n == XKS_ARN_MAX) {
+                    ck_assert_msg(rc == KMS_OK, "%zu characters of %zu bytes: %s", n, w,
+                                  kms_err_detail());
+                    ck_assert_str_eq(field == 0 ? r.principal_arn : r.key_arn, arn);
+                    xks_request_wipe(&r);
+                } else {
+                    ck_assert_int_eq(rc, KMS_ERR_INVALID_ARGUMENT);
+                    ck_assert_int_eq(e, XKS_E_VALIDATION);
+                    ck_assert_str_eq(kms_err_detail(), field == 0 ? "awsPrincipalArn: too long"
+                                                                  : "kmsKeyArn: too long");
+                }
+                free(arn);
+                free(body);
+            }
+        }
+    }
+}
+END_TEST
+
 #define ENC(fields) "{" META ", \"encryptionAlgorithm\": \"AES_GCM\"" fields "}"
 #define DEC(fields)                                                                            \
     "{" META ", \"encryptionAlgorithm\": \"AES_GCM\", \"ciphertext\": \"ghxkK1txeDNn3q8Y\"" fields \
@@ -267,8 +309,16 @@ static const struct {
     enum xks_error want;
     const char *field;
 } refused[] = {
-    {XKS_OP_ENCRYPT, "[]", XKS_E_VALIDATION, "body"},
-    {XKS_OP_ENCRYPT, "{\"plaintext\": \"AA==\", \"plaintext\": \"AA==\"}", XKS_E_VALIDATION, "body"},
+    {XKS_OP_ENCRYPT, "[]", XKS_E_VALIDATION, "body: not a JSON object"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": \"AA==\", \"plaintext\": \"AA==\"}", XKS_E_VALIDATION,
+     "body: a member appears twice"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": \"AA==\", \"\\u0070laintext\": \"AA==\"}", XKS_E_VALIDATION,
+     "body: a member appears twice"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": \"A\xff\"}", XKS_E_VALIDATION, "body: not valid UTF-8"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": \"\\ud800\"}", XKS_E_VALIDATION,
+     "body: a \\u escape that is not a character"},
+    {XKS_OP_ENCRYPT, "{\"n\": 1e999999}", XKS_E_VALIDATION, "body: a number out of range"},
+    {XKS_OP_ENCRYPT, "{\"plaintext\": ", XKS_E_VALIDATION, "body: not valid JSON"},
     {XKS_OP_ENCRYPT, "{\"plaintext\": \"AA==\", \"encryptionAlgorithm\": \"AES_GCM\"}",
      XKS_E_VALIDATION, "requestMetadata"},
     {XKS_OP_ENCRYPT, ENC(""), XKS_E_VALIDATION, "plaintext"},
@@ -294,7 +344,9 @@ static const struct {
          "\"vBxN2ncH1oEkR8WVXpmy\""),
      XKS_E_VALIDATION, "authenticationTag"},
     {XKS_OP_DECRYPT, DEC(IVTAG ", \"ciphertextMetadata\": \"AAAAAAAAAAAAAAAAAAAAAAAAAAAA\""),
-     XKS_E_VALIDATION, "ciphertextMetadata"},
+     XKS_E_VALIDATION, "ciphertextMetadata: longer than 20 bytes"},
+    {XKS_OP_DECRYPT, DEC(IVTAG ", \"ciphertextMetadata\": \"AAAA*AAA\""), XKS_E_VALIDATION,
+     "ciphertextMetadata: not valid Base64"},
     {XKS_OP_DECRYPT,
      "{" META ", \"encryptionAlgorithm\": \"AES_GCM\"" IVTAG "}", XKS_E_VALIDATION, "ciphertext"},
     {XKS_OP_METADATA, "{\"requestMetadata\": {\"kmsOperation\": \"x\", \"kmsRequestId\": \"y\"}}",
@@ -309,7 +361,7 @@ static const struct {
     {XKS_OP_METADATA,
      "{\"requestMetadata\": {\"awsPrincipalArn\": \"a\\u0000b\", \"kmsOperation\": \"x\", "
      "\"kmsRequestId\": \"y\"}}",
-     XKS_E_VALIDATION, "body"}, /* jansson refuses \u0000 itself */
+     XKS_E_VALIDATION, "body: a string holds an escaped NUL"}, /* jansson refuses \u0000 */
 };
 
 START_TEST(bad_fields_refused)
@@ -419,6 +471,15 @@ START_TEST(replay_cache)
     uint8_t sig[32];
     for (size_t i = 0; i < sizeof(sig); i++)
         sig[i] = (uint8_t)(i * 37 + 1);
+    /* the cache is empty when kmsd starts: a signature dated before that
+     * may have been served by the kmsd before; one of its own second not */
+    time_t t0 = time(NULL);
+    time_t started = xks_replay_started(r);
+    ck_assert(started >= t0 - 1 && started <= t0);
+    ck_assert_int_eq(xks_replay_check_time(r, started - 60), KMS_ERR_UNAUTHENTICATED);
+    ck_assert_int_eq(xks_replay_check_time(r, started - 1), KMS_ERR_UNAUTHENTICATED);
+    ck_assert_int_eq(xks_replay_check_time(r, started), KMS_OK);
+    ck_assert_int_eq(xks_replay_check_time(r, started + 1), KMS_OK);
     time_t now = 1700000000;
     /* first sight, then the replay while it is valid, then served again
      * once expired (the time check refuses such a request anyway) */
@@ -455,6 +516,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, error_table_is_the_specs);
     tcase_add_test(tc, paths);
+    tcase_add_test(tc, arn_limit_in_characters);
     tcase_add_test(tc, base64_strict);
     tcase_add_test(tc, cdiv_appendix_c);
     tcase_add_test(tc, aad_with_lengths_and_metadata);

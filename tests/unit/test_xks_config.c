@@ -218,6 +218,58 @@ START_TEST(bad_files_refused)
 }
 END_TEST
 
+/* The whole reason of a secret source's failure, after the JSON path once
+ * (the detail used to be formatted into itself: path doubled, reason cut,
+ * and an earlier error's text showing through). Two rounds, so the second
+ * starts with the first's detail still in the buffer. */
+START_TEST(secret_errors_read_whole)
+{
+    setenv("XKS_TEST_EMPTY_VAR", "", 1);
+    unsetenv("XKS_TEST_NO_SUCH_VAR");
+    char open_path[160], open_want[300], none_want[300];
+    snprintf(open_path, sizeof(open_path), "%s/open", dir);
+    snprintf(open_want, sizeof(open_want),
+             "xks: endpoints[0].credentials[0].secret: secret file %s: mode 0644 is too open "
+             "(want 0600 or 0400)",
+             open_path);
+    snprintf(none_want, sizeof(none_want),
+             "xks: endpoints[0].credentials[0].secret: secret file %s/none: No such file or "
+             "directory",
+             dir);
+    const struct {
+        const char *src, *want;
+    } cases[] = {
+        {"file:%D/open", open_want},
+        {"file:%D/none", none_want},
+        {SECRET_A, "xks: endpoints[0].credentials[0].secret: secret source must start with "
+                   "file: or env:"},
+        {"env:XKS_TEST_NO_SUCH_VAR", "xks: endpoints[0].credentials[0].secret: secret source "
+                                     "env:XKS_TEST_NO_SUCH_VAR: variable not set"},
+        {"env:XKS_TEST_EMPTY_VAR", "xks: endpoints[0].credentials[0].secret: secret source "
+                                   "env:XKS_TEST_EMPTY_VAR: variable not set"},
+        {"file:", "xks: endpoints[0].credentials[0].secret: secret file : No such file or "
+                  "directory"},
+    };
+    for (int round = 0; round < 2; round++) {
+        for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+            char cred[400], doc[1024];
+            snprintf(cred, sizeof(cred),
+                     "{\"access_key_id\": \"AKIAACMEFIRST2345672\", \"secret\": \"%s\"}",
+                     cases[k].src);
+            snprintf(doc, sizeof(doc),
+                     "{\"endpoints\": [{\"uri_prefix\": \"/a\", \"tenant\": \"t\", "
+                     "\"credentials\": [%s], \"keys\": {}}]}",
+                     cred);
+            write_cfg(doc);
+            struct xks_config *c = NULL;
+            ck_assert_int_eq(xks_config_load(cfg_path, &c), KMS_ERR_CONFIG);
+            ck_assert_str_eq(kms_err_detail(), cases[k].want);
+        }
+    }
+    unsetenv("XKS_TEST_EMPTY_VAR");
+}
+END_TEST
+
 START_TEST(holder_rotation_and_failed_reload)
 {
     write_cfg(EP("/r", CRED_A, ""));
@@ -271,6 +323,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, good_file_answers);
     tcase_add_loop_test(tc, bad_files_refused, 0, (int)(sizeof(bad) / sizeof(bad[0])));
+    tcase_add_test(tc, secret_errors_read_whole);
     tcase_add_test(tc, holder_rotation_and_failed_reload);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
