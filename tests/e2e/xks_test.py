@@ -217,9 +217,12 @@ check("health (credential set 1): 200 with the spec's fleet fields",
       st == 200 and h.get("xksProxyFleetSize", 0) >= 1 and
       all(h.get(k) for k in ("xksProxyVendor", "xksProxyModel", "ekmVendor")), str(h))
 fleet = h.get("ekmFleetDetails", [])
-check("health: one ekmFleetDetails entry per token, each ACTIVE after its test-key round trip",
+# ACTIVE, or DEGRADED when the round trip passed but took 100 ms or more
+# (a loaded 2-core CI machine under ASan); both mean the token served. The
+# DEGRADED threshold itself is checked with an injected delay in test_xks.sh.
+check("health: one ekmFleetDetails entry per token, each passing its test-key round trip",
       sorted(e["id"] for e in fleet) == ["eu-west/custos-eu-west", "us-east/custos-us-east"] and
-      all(e["healthStatus"] == "ACTIVE" and e["model"] for e in fleet), str(fleet))
+      all(e["healthStatus"] in ("ACTIVE", "DEGRADED") and e["model"] for e in fleet), str(fleet))
 check("health with credential set 2: 200",
       call(S["prefix"] + "/kms/xks/v1/health", hb, S["ak2"], S["sk2"])[0] == 200)
 check("wrong secret: AuthenticationFailedException 401",
