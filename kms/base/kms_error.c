@@ -84,10 +84,15 @@ const char *kms_err_twirp_code(kms_err err)
 
 kms_err kms_err_set(kms_err err, const char *fmt, ...)
 {
+    /* Formatted aside first: a caller may pass the current detail as an
+     * argument ("%s: %s", where, kms_err_detail()), and formatting a buffer
+     * into itself is undefined (it garbled messages before). */
+    char buf[sizeof(err_detail)];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
+    memcpy(err_detail, buf, sizeof(buf));
     return err;
 }
 

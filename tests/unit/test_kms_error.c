@@ -68,6 +68,18 @@ START_TEST(every_code_is_twirps)
 }
 END_TEST
 
+/* A detail may wrap the current one: "outer: <the detail before>". */
+START_TEST(detail_wraps_itself)
+{
+    kms_err_set(KMS_ERR_CONFIG, "secret source file:/x: mode 0644 is too open");
+    ck_assert_int_eq(kms_err_set(KMS_ERR_CONFIG, "endpoints[0].credentials[1].secret: %s",
+                                 kms_err_detail()),
+                     KMS_ERR_CONFIG);
+    ck_assert_str_eq(kms_err_detail(), "endpoints[0].credentials[1].secret: secret source "
+                                       "file:/x: mode 0644 is too open");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("kms_error");
@@ -75,6 +87,7 @@ int main(void)
     tcase_add_test(tc, internal_details_are_not_shown);
     tcase_add_test(tc, handler_details_pass);
     tcase_add_test(tc, every_code_is_twirps);
+    tcase_add_test(tc, detail_wraps_itself);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
