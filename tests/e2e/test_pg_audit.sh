@@ -48,8 +48,9 @@ cleanup() {
 }
 trap cleanup EXIT
 sh deploy/pg-scratch.sh start "$PG" custos_eu custos_us >/dev/null
-PGCONN_EU="host=$PG/socket dbname=custos_eu user=custos"
-PGCONN_US="host=$PG/socket dbname=custos_us user=custos"
+# pg-scratch.sh listens on $CUSTOS_PG_PORT when set (run-tests.sh sets it).
+PGCONN_EU="host=$PG/socket port=${CUSTOS_PG_PORT:-5432} dbname=custos_eu user=custos"
+PGCONN_US="host=$PG/socket port=${CUSTOS_PG_PORT:-5432} dbname=custos_us user=custos"
 
 # Two node configurations from the dev one: their own port, store and
 # (unused) audit directory; the same token directory; the region logs in

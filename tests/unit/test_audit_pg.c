@@ -555,7 +555,11 @@ int main(void)
         fprintf(stderr, "test_audit_pg: cannot start PostgreSQL (deploy/pg-scratch.sh)\n");
         return 1;
     }
-    snprintf(conninfo, sizeof(conninfo), "host=%s/socket dbname=custos_audit user=custos", pgdir);
+    /* pg-scratch.sh listens on $CUSTOS_PG_PORT when set (tests/run-tests.sh
+     * sets it for its own cluster), and the socket's name carries the port. */
+    const char *port = getenv("CUSTOS_PG_PORT");
+    snprintf(conninfo, sizeof(conninfo), "host=%s/socket port=%s dbname=custos_audit user=custos",
+             pgdir, port != NULL && *port != '\0' ? port : "5432");
     snprintf(password, sizeof(password), "file:%s/password", pgdir);
     SRunner *sr = srunner_create(suite());
     srunner_run_all(sr, CK_NORMAL);
