@@ -11,31 +11,11 @@
 #include <string.h>
 
 #include "audit_merkle.h"
+#include "audit_proof_pb.h"
 #include "audit_pg_internal.h"
 #include "kms_log.h"
 
 #define EXPORT_MAX 10000
-
-static kms_err proof_field(const audit_hash *p, size_t n, size_t *out_n, ProtobufCBinaryData **out)
-{
-    *out = calloc(n ? n : 1, sizeof(**out));
-    KMS_ENSURE(*out != NULL, KMS_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        (*out)[i].data = malloc(AUDIT_HASH_LEN);
-        KMS_ENSURE((*out)[i].data != NULL, KMS_ERR_NOMEM, "out of memory");
-        memcpy((*out)[i].data, p[i], AUDIT_HASH_LEN);
-        (*out)[i].len = AUDIT_HASH_LEN;
-    }
-    *out_n = n;
-    return KMS_OK;
-}
-
-static void proof_free(ProtobufCBinaryData *p, size_t n)
-{
-    for (size_t i = 0; p && i < n; i++)
-        free(p[i].data);
-    free(p);
-}
 
 /* The newest signed head of region, decoded and checked as its own, and
  * the refusals that depend on it alone: the rollback alarm (known beyond
@@ -134,7 +114,7 @@ static kms_err fill_entries(const PGresult *lr, struct audit_tree *tree, uint64_
             size_t np = 0;
             KMS_GUARD(audit_tree_inclusion(tree, seq, size, p, &np));
             KMS_GUARD(
-                proof_field(p, np, &entries[i].n_inclusion_proof, &entries[i].inclusion_proof));
+                audit_proof_pb(p, np, &entries[i].n_inclusion_proof, &entries[i].inclusion_proof));
         }
     }
     return KMS_OK;
@@ -171,7 +151,7 @@ kms_err audit_pg_export(PGconn *c, const char *region, uint64_t start, uint64_t 
         audit_hash p[AUDIT_PROOF_MAX];
         size_t np = 0;
         KMS_GUARD_GOTO(audit_tree_consistency(tree, known, size, p, &np), done);
-        KMS_GUARD_GOTO(proof_field(p, np, &resp.n_consistency_proof, &resp.consistency_proof),
+        KMS_GUARD_GOTO(audit_proof_pb(p, np, &resp.n_consistency_proof, &resp.consistency_proof),
                        done);
     }
     resp.head = sth;
@@ -186,8 +166,8 @@ done:
     if (in_tx)
         PQclear(PQexec(c, "COMMIT"));
     for (size_t i = 0; entries && i < n; i++)
-        proof_free(entries[i].inclusion_proof, entries[i].n_inclusion_proof);
-    proof_free(resp.consistency_proof, resp.n_consistency_proof);
+        audit_proof_pb_free(entries[i].inclusion_proof, entries[i].n_inclusion_proof);
+    audit_proof_pb_free(resp.consistency_proof, resp.n_consistency_proof);
     free(entries);
     free(ep);
     audit_tree_free(tree);

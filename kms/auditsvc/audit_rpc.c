@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "audit_log.h"
+#include "audit_proof_pb.h"
 #include "audit_rpc.h"
 #include "kms_log.h"
 #include "pol_eval.h"
@@ -82,28 +83,6 @@ kms_err kms_rpc_get_signed_tree_head(struct kms_call *call, const ProtobufCMessa
     return rc;
 }
 
-static kms_err proof_field(const audit_hash *p, size_t n, size_t *out_n,
-                           ProtobufCBinaryData **out)
-{
-    *out = calloc(n ? n : 1, sizeof(**out));
-    KMS_ENSURE(*out != NULL, KMS_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        (*out)[i].data = malloc(AUDIT_HASH_LEN);
-        KMS_ENSURE((*out)[i].data != NULL, KMS_ERR_NOMEM, "out of memory");
-        memcpy((*out)[i].data, p[i], AUDIT_HASH_LEN);
-        (*out)[i].len = AUDIT_HASH_LEN;
-    }
-    *out_n = n;
-    return KMS_OK;
-}
-
-static void proof_free(ProtobufCBinaryData *p, size_t n)
-{
-    for (size_t i = 0; p && i < n; i++)
-        free(p[i].data);
-    free(p);
-}
-
 kms_err kms_rpc_export_audit_log(struct kms_call *call, const ProtobufCMessage *msg,
                                  struct kms_reply *reply)
 {
@@ -147,7 +126,7 @@ kms_err kms_rpc_export_audit_log(struct kms_call *call, const ProtobufCMessage *
             audit_hash p[AUDIT_PROOF_MAX];
             size_t np = 0;
             KMS_GUARD_GOTO(audit_tree_inclusion(audit_log_tree(log), seq, size, p, &np), done);
-            KMS_GUARD_GOTO(proof_field(p, np, &entries[i].n_inclusion_proof,
+            KMS_GUARD_GOTO(audit_proof_pb(p, np, &entries[i].n_inclusion_proof,
                                        &entries[i].inclusion_proof),
                            done);
         }
@@ -158,7 +137,7 @@ kms_err kms_rpc_export_audit_log(struct kms_call *call, const ProtobufCMessage *
         KMS_GUARD_GOTO(audit_tree_consistency(audit_log_tree(log), req->known_tree_size, size, p,
                                               &np),
                        done);
-        KMS_GUARD_GOTO(proof_field(p, np, &resp.n_consistency_proof, &resp.consistency_proof),
+        KMS_GUARD_GOTO(audit_proof_pb(p, np, &resp.n_consistency_proof, &resp.consistency_proof),
                        done);
     }
     resp.head = sth;
@@ -169,9 +148,9 @@ kms_err kms_rpc_export_audit_log(struct kms_call *call, const ProtobufCMessage *
 done:
     for (size_t i = 0; entries && i < n; i++) {
         free(entries[i].event.data);
-        proof_free(entries[i].inclusion_proof, entries[i].n_inclusion_proof);
+        audit_proof_pb_free(entries[i].inclusion_proof, entries[i].n_inclusion_proof);
     }
-    proof_free(resp.consistency_proof, resp.n_consistency_proof);
+    audit_proof_pb_free(resp.consistency_proof, resp.n_consistency_proof);
     free(entries);
     free(ep);
     if (sth)
