@@ -9,6 +9,8 @@
 
 #include <openssl/crypto.h>
 
+#include "kms_b64.h"
+
 /* protoc's json_name: underscores dropped, the letter after one upper-cased. */
 static bool json_name_eq(const char *proto_name, const char *key, size_t klen)
 {
@@ -89,25 +91,6 @@ bool kms_pjson_parse_dec(const char *s, size_t n, bool *neg, uint64_t *mag)
     return true;
 }
 
-static int b64_value(unsigned char c, bool *std, bool *url)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+' || c == '/') {
-        *std = true;
-        return c == '+' ? 62 : 63;
-    }
-    if (c == '-' || c == '_') {
-        *url = true;
-        return c == '-' ? 62 : 63;
-    }
-    return -1;
-}
-
 /* Standard or URL-safe base64 (not both in one value), padding optional
  * but complete when present. Decodes into out (room for 3 * n / 4 + 3). */
 bool kms_pjson_b64_decode(const char *s, size_t n, uint8_t *out, size_t *out_len)
@@ -121,12 +104,12 @@ bool kms_pjson_b64_decode(const char *s, size_t n, uint8_t *out, size_t *out_len
         return false;
     if (n % 4 == 1)
         return false;
-    bool std = false, url = false;
+    unsigned used = 0;
     uint32_t acc = 0;
     unsigned bits = 0;
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
-        int v = b64_value((unsigned char)s[i], &std, &url);
+        int v = kms_b64_digit((unsigned char)s[i], KMS_B64_STD | KMS_B64_URL, &used);
         if (v < 0)
             return false;
         acc = (acc << 6) | (uint32_t)v;
@@ -139,7 +122,7 @@ bool kms_pjson_b64_decode(const char *s, size_t n, uint8_t *out, size_t *out_len
     }
     *out_len = o;
     OPENSSL_cleanse(&acc, sizeof(acc));
-    return !(std && url);
+    return used != (KMS_B64_STD | KMS_B64_URL);
 }
 
 /* Depth and token count of the text before jansson builds a tree: what it

@@ -6,22 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+#include "kms_b64.h"
 
-static int b64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
+static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 kms_err kms_linktoken_raw(const struct kms_linktoken *t, uint8_t out[KMS_LINKTOKEN_RAW_LEN])
 {
@@ -65,7 +52,7 @@ kms_err kms_linktoken_decode(const char *text, size_t len, struct kms_linktoken 
     for (size_t g = 0; g < KMS_LINKTOKEN_RAW_LEN / 3; g++) {
         uint32_t v = 0;
         for (int k = 0; k < 4; k++) {
-            int d = b64url_value((unsigned char)text[4 * g + (size_t)k]);
+            int d = kms_b64_digit((unsigned char)text[4 * g + (size_t)k], KMS_B64_URL, NULL);
             KMS_ENSURE(d >= 0, KMS_ERR_INVALID_ARGUMENT,
                        "link token: not base64url (RFC 4648 section 5, no padding)");
             v = v << 6 | (uint32_t)d;

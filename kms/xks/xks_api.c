@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "kms_b64.h"
 #include "xks_config.h"
 
 static const struct {
@@ -128,17 +129,6 @@ bool xks_path_parse(const char *url, struct xks_path *out)
 
 /* ---- Base64 ---- */
 
-static int b64v(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-}
-
 bool xks_b64_decode(const char *in, uint8_t *out, size_t cap, size_t *out_len)
 {
     size_t n = strlen(in), o = 0;
@@ -153,7 +143,7 @@ bool xks_b64_decode(const char *in, uint8_t *out, size_t cap, size_t *out_len)
                 v[j] = 0;
                 continue;
             }
-            if (pad > 0 || (v[j] = b64v(c)) < 0)
+            if (pad > 0 || (v[j] = kms_b64_digit((unsigned char)c, KMS_B64_STD, NULL)) < 0)
                 return false;
         }
         uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
