@@ -45,14 +45,24 @@ openssl() {
         command openssl "$@"
     fi
 }
+# The server runs in the background: a function there is a subshell whose
+# pid kill would stop without its openssl child (seen: s_server left
+# running after the bench). exec makes the server the pid that $! names.
+server() {
+    if [ -n "$san_rt" ]; then
+        LD_PRELOAD="$san_rt" ASAN_OPTIONS=detect_leaks=0 exec openssl "$@"
+    else
+        exec openssl "$@"
+    fi
+}
 
 # rate KEY CERT -> handshakes per second (s_time -new: a full handshake per
 # connection; TLS 1.3, the client's default groups).
 rate() {
     sport=$(free)
     # shellcheck disable=SC2086
-    openssl s_server $P -key "$1" -cert "$2" -accept "127.0.0.1:$sport" -quiet </dev/null \
-        >"$d/srv.log" 2>&1 &
+    (server s_server $P -key "$1" -cert "$2" -accept "127.0.0.1:$sport" -quiet </dev/null \
+        >"$d/srv.log" 2>&1) &
     sp=$!
     sleep 1
     n=$(openssl s_time -connect "127.0.0.1:$sport" -new -time "$secs" 2>/dev/null |
