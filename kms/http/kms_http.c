@@ -160,7 +160,7 @@ static void audit_done(void *arg, bool durable)
 static enum MHD_Result audited_answer(struct MHD_Connection *c, struct req_state *st,
                                       kms_err outcome, const char *audit_detail)
 {
-    if (!st->http->suspend) {
+    if (!kms_http_may_suspend(st->http)) {
         if (kms_audit_request(&st->call, st->method, outcome, audit_detail, st->correlation_id) !=
             KMS_OK) {
             drop_reply(&st->ans.reply);

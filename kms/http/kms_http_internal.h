@@ -33,6 +33,18 @@ struct kms_http {
     struct xks_replay *xks_replay; /* Decrypt signatures already served, when on */
 };
 
+/* Whether a request may wait for its audit event suspended. Not once
+ * draining: kms_http_drain saw nothing in flight, so kms_http_stop may
+ * already be stopping MHD, and a keep-alive connection's next request must
+ * not suspend then (libmicrohttpd aborts the process when it stops with a
+ * suspended connection). It commits its event on its own thread instead.
+ * Sequentially consistent with kms_http_drain's store and load: a request
+ * counted in flight after drain looked finds draining set here. */
+static inline bool kms_http_may_suspend(struct kms_http *h)
+{
+    return h->suspend && !atomic_load(&h->draining);
+}
+
 /* libmicrohttpd's access handler: a request's headers, body and dispatch
  * (kms_http.c). cls is the struct kms_http. */
 enum MHD_Result kms_http_access(void *cls, struct MHD_Connection *c, const char *url,

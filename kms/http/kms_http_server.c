@@ -61,6 +61,16 @@ static char *read_pem(const char *path)
     return buf;
 }
 
+/* libmicrohttpd's panic ends the process; say why in kmsd's own log first
+ * (its default prints to stderr without context). */
+static void mhd_panic(void *cls, const char *file, unsigned int line, const char *reason)
+{
+    (void)cls;
+    kms_log_error("http", "libmicrohttpd gave up at %s:%u: %s", file ? file : "?", line,
+                  reason ? reason : "?");
+    abort();
+}
+
 kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
 {
     kms_err rc = KMS_OK;
@@ -92,6 +102,7 @@ kms_err kms_http_start(struct kms_service *svc, struct kms_http **out)
      * commit block without holding up other connections, so batches grow
      * with concurrency; the pool model multiplexes connections on few
      * threads. make bench measures both. */
+    MHD_set_panic_func(mhd_panic, NULL);
     /* ITC lets MHD_quiesce_daemon stop the listening thread on SIGTERM. */
     unsigned flags = MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (cfg->thread_per_connection)

@@ -226,7 +226,7 @@ static enum MHD_Result answer(struct kms_http *h, struct MHD_Connection *c,
         hold(x, (unsigned)xks_error_status(e), body, strlen(body), false);
     }
     const char *corr = req ? req->kms_request_id : "";
-    if (!h->suspend) {
+    if (!kms_http_may_suspend(h)) {
         kms_err arc = kms_audit_request(call, op, outcome, detail, corr);
         call->xks = NULL; /* borrowed from req, which ends with complete() */
         if (arc != KMS_OK)

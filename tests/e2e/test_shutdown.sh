@@ -21,7 +21,12 @@ for round in 1 2 3; do
     wait "$E2E_PID" || rc=$?
     E2E_PID=
     if [ $rc -eq 0 ]; then echo "ok ${round}0 - kmsd exited 0 after SIGTERM under load"
-    else echo "not ok ${round}0 - kmsd exited $rc after SIGTERM"; fail=1; fi
+    else
+        echo "not ok ${round}0 - kmsd exited $rc after SIGTERM"; fail=1
+        # What ended it (a sanitizer report, libmicrohttpd giving up) is
+        # the end of its log: CI keeps only this output.
+        tail -n 40 "$E2E_DIR/kmsd.log" | sed 's/^/# /'
+    fi
     n=$(grep -c '"drained: no request in flight"' "$E2E_DIR/kmsd.log" || true)
     if [ "$n" -eq "$round" ]; then echo "ok ${round}1 - the log says every in-flight request finished"
     else echo "not ok ${round}1 - drained $n times in $round rounds"; fail=1; fi
