@@ -119,8 +119,10 @@ for t in "$BUILD"/tests/test_*; do
     [ -z "$only" ] || [ "$only" = "$name" ] || continue
     in_set "$name" || continue
     out="$work/$name.out"
+    t0=$(date +%s)
     "$t" >"$out" 2>&1
     rc=$?
+    secs=$(($(date +%s) - t0))
     summary=$(grep -E '^[0-9]+%: Checks:' "$out" | tail -n 1)
     c=$(echo "$summary" | sed -n 's/.*Checks: \([0-9]*\), Failures: \([0-9]*\), Errors: \([0-9]*\).*/\1 \2 \3/p')
     if [ -n "$c" ]; then
@@ -133,7 +135,7 @@ for t in "$BUILD"/tests/test_*; do
         bad="$bad $name"
         cat "$out"
     else
-        echo "$name: $summary"
+        echo "$name: $summary (${secs} s)"
     fi
 done
 
@@ -163,12 +165,15 @@ for t in tests/e2e/test_*.sh; do
     [ -z "$only" ] || [ "$only" = "$name" ] || continue
     in_set "$name" || continue
     out="$work/$name.out"
+    t0=$(date +%s)
     if sh "$t" >"$out" 2>&1; then
+        secs=$(($(date +%s) - t0))
         n=$(grep -c '^ok ' "$out")
         passed=$((passed + n))
         # One test asked for by name (make soak, a developer): its figures too.
         [ -z "$only" ] || cat "$out"
-        echo "$name: $n ok"
+        # The seconds keep CI's budget visible (README: both suites under 45 min).
+        echo "$name: $n ok (${secs} s)"
     else
         n=$(grep -c '^ok ' "$out")
         passed=$((passed + n))
