@@ -124,61 +124,7 @@ static kms_err live_object_gone(struct kms_store *store, const uint8_t hsm_id[KM
     return KMS_OK;
 }
 
-kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
-                               struct kms_restore_report *r, struct p11_key_id **out_ids,
-                               size_t *out_n)
-{
-    struct p11_key_id *ids = NULL;
-    size_t n_ids = 0;
-    struct kms_hsm_id *live = NULL;
-    size_t n_live = 0;
-    struct kms_store_creating *creating = NULL;
-    size_t n_creating = 0;
-    kms_err rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
-    if (rc == KMS_OK)
-        rc = kms_store_hsm_ids_for_token(store, p11_token_label(tok), &live, &n_live);
-    if (rc == KMS_OK)
-        rc = kms_store_creating_list(store, &creating, &n_creating);
-    if (rc != KMS_OK)
-        goto done;
-    /* p11_key_list_ids returns them sorted by memcmp and distinct. */
-    for (size_t i = 0; i < n_ids && rc == KMS_OK; i++)
-        if (n_live == 0 || !bsearch(ids[i].b, live, n_live, sizeof(*live), cmp_id))
-            rc = unknown_object(store, tok, &ids[i], r);
-    size_t missing = 0;
-    for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        bool gone = false;
-        rc = live_object_gone(store, live[i].bytes, ids, n_ids, creating, n_creating, &gone);
-        if (rc != KMS_OK || !gone)
-            continue;
-        missing++;
-        struct kms_restore_fix f = {.kind = KMS_FIX_LOST};
-        bool found = false;
-        memcpy(f.hsm_id, live[i].bytes, KMS_HSM_ID_LEN);
-        snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
-        rc = kms_store_version_by_hsm_id(store, live[i].bytes, f.key_id, &f.version, &found);
-        if (rc == KMS_OK)
-            rc = kms_restore_add_fix(r, &f);
-    }
-    if (missing > 0) {
-        r->token_behind += missing;
-        kms_restore_note(r, "token '%s': %zu live key version(s) the store names have no HSM object: the "
-             "token is older than the store (or was replaced); restore the token from a backup "
-             "at least as new as the store", p11_token_label(tok), missing);
-    }
-done:
-    if (rc == KMS_OK && out_ids) {
-        *out_ids = ids;
-        *out_n = n_ids;
-        ids = NULL;
-    }
-    free(ids);
-    free(live);
-    free(creating);
-    return rc;
-}
-
-/* A candidate of kms_restore_token_missing: is hsm_id the object of a
+/* A candidate of kms_restore_token_scan or _missing: is hsm_id the object of a
  * version that is live now and still has no object? A CREATING version
  * (kms_store_version_get: KMS_ERR_NOT_FOUND) is
  * a create in flight (on a shared store, possibly on another node) or one
@@ -216,6 +162,71 @@ static kms_err missing_confirm(struct kms_store *store, struct p11_token *tok,
     *out = m;
     *out_missing = true;
     return KMS_OK;
+}
+
+kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
+                               struct kms_restore_report *r, struct p11_key_id **out_ids,
+                               size_t *out_n)
+{
+    struct p11_key_id *ids = NULL;
+    size_t n_ids = 0;
+    struct kms_hsm_id *live = NULL;
+    size_t n_live = 0;
+    struct kms_store_creating *creating = NULL;
+    size_t n_creating = 0;
+    kms_err rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
+    if (rc == KMS_OK)
+        rc = kms_store_hsm_ids_for_token(store, p11_token_label(tok), &live, &n_live);
+    if (rc == KMS_OK)
+        rc = kms_store_creating_list(store, &creating, &n_creating);
+    if (rc != KMS_OK)
+        goto done;
+    /* p11_key_list_ids returns them sorted by memcmp and distinct. */
+    for (size_t i = 0; i < n_ids && rc == KMS_OK; i++)
+        if (n_live == 0 || !bsearch(ids[i].b, live, n_live, sizeof(*live), cmp_id))
+            rc = unknown_object(store, tok, &ids[i], r);
+    size_t missing = 0;
+    /* The token was listed before the store was read: on a shared store a
+     * version may have gone live on another node since (missing_confirm
+     * looks again), or be a create in flight there (CREATING). */
+    struct p11_key_id *again = NULL;
+    size_t n_again = 0;
+    bool listed_again = false;
+    for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
+        bool gone = false, is_missing = false;
+        struct kms_restore_missing m;
+        rc = live_object_gone(store, live[i].bytes, ids, n_ids, creating, n_creating, &gone);
+        if (rc != KMS_OK || !gone)
+            continue;
+        rc = missing_confirm(store, tok, live[i].bytes, &again, &n_again, &listed_again, &m,
+                             &is_missing);
+        if (rc != KMS_OK || !is_missing)
+            continue;
+        missing++;
+        struct kms_restore_fix f = {.kind = KMS_FIX_LOST};
+        memcpy(f.hsm_id, live[i].bytes, KMS_HSM_ID_LEN);
+        snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
+        snprintf(f.key_id, sizeof(f.key_id), "%s", m.key_id);
+        f.version = m.version;
+        rc = kms_restore_add_fix(r, &f);
+    }
+    free(again);
+    if (missing > 0) {
+        r->token_behind += missing;
+        kms_restore_note(r, "token '%s': %zu live key version(s) the store names have no HSM object: the "
+             "token is older than the store (or was replaced); restore the token from a backup "
+             "at least as new as the store", p11_token_label(tok), missing);
+    }
+done:
+    if (rc == KMS_OK && out_ids) {
+        *out_ids = ids;
+        *out_n = n_ids;
+        ids = NULL;
+    }
+    free(ids);
+    free(live);
+    free(creating);
+    return rc;
 }
 
 kms_err kms_restore_token_missing(struct kms_store *store, struct p11_token *tok,
