@@ -118,7 +118,13 @@ fleet_kill9() {
 }
 fleet_dead() { ! kill -0 "$1" 2>/dev/null || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
-fleet_node_start() { BUILD="$BUILD_DIR" sh deploy/fleet.sh node-start "$FLEET_DIR" "$1"; }
+fleet_node_start() { # the log's size first: fleet_sequencer reads this run's lines only
+    wc -c <"$FLEET_DIR/node$1/kmsd.log" >"$FLEET_DIR/node$1/log.offset"
+    BUILD="$BUILD_DIR" sh deploy/fleet.sh node-start "$FLEET_DIR" "$1"
+}
+fleet_node_log() { # K: node K's log since its last start by fleet_node_start
+    tail -c +$(($(cat "$FLEET_DIR/node$1/log.offset" 2>/dev/null || echo 0) + 1)) "$FLEET_DIR/node$1/kmsd.log"
+}
 fleet_node_stop() { sh deploy/fleet.sh node-stop "$FLEET_DIR" "$1"; }
 
 # The operator's bearer key in a header file (never on a command line).
@@ -157,14 +163,14 @@ fleet_conninfo() { # REGION: kmsctl --pg's connection string for the region's da
 }
 
 # fleet_sequencer REGION: the node (K) that is the region's audit sequencer
-# now: alive, and the last sequencer line of its log (one log across its
-# restarts) says it took the role; empty if none.
+# now: alive, and the last sequencer line of its current run's log says it
+# took the role (a node killed with -9 never logged losing it); empty if none.
 fleet_sequencer() {
     fs_k=1
     while [ $fs_k -le "$FLEET_NODES" ]; do
         fs_pid=$(cat "$FLEET_DIR/node$fs_k/kmsd.pid" 2>/dev/null || true)
         if [ -n "$fs_pid" ] && ! fleet_dead "$fs_pid" &&
-            grep -E "region $1: (this node is|no longer) the audit sequencer" "$FLEET_DIR/node$fs_k/kmsd.log" |
+            fleet_node_log $fs_k | grep -E "region $1: (this node is|no longer) the audit sequencer" |
             tail -n 1 | grep -q "this node is the audit sequencer"; then
             echo "$fs_k"
             return 0
@@ -173,5 +179,5 @@ fleet_sequencer() {
     done
 }
 fleet_seq_lines() { # K REGION: how many times node K took the region's sequencer role
-    grep -c "region $2: this node is the audit sequencer" "$FLEET_DIR/node$1/kmsd.log" || true
+    fleet_node_log "$1" | grep -c "region $2: this node is the audit sequencer" || true
 }
