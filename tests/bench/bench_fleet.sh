@@ -69,7 +69,8 @@ cpu_of() { # PID...
 busy() { # CPU seconds the whole machine was busy (every process), from /proc/stat
     awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat
 }
-pg_pids() { # the postmaster and its backends
+pg_pids() { # the postmaster and its backends (the nodes' connections persist,
+    # so the same backends at the start and the end of a measure)
     pm=$(head -n 1 "$FLEET_DIR/pg/data/postmaster.pid")
     echo "$pm $(pgrep -P "$pm" | tr '\n' ' ')"
 }
@@ -79,15 +80,17 @@ measure() { # LABEL URL: the median run by req/s, the spread (min..max req/s),
     : >"$FLEET_DIR/runs.txt"
     nodes_p=$(cat "$FLEET_DIR"/node*/kmsd.pid | tr '\n' ' ')
     hp=$(cat "$FLEET_DIR/haproxy.pid")
+    pgp=$(pg_pids)
     # shellcheck disable=SC2086
-    c0k=$(cpu_of $nodes_p); c0h=$(cpu_of $hp); c0p=$(cpu_of $(pg_pids)); c0m=$(busy); w0=$(date +%s%3N)
+    c0k=$(cpu_of $nodes_p); c0h=$(cpu_of $hp); c0p=$(cpu_of $pgp); c0m=$(busy); w0=$(date +%s%3N)
     while [ $r -lt "$runs" ]; do
         one_run "$2" >>"$FLEET_DIR/runs.txt"
         r=$((r + 1))
     done
     w1=$(date +%s%3N)
+    pgp=$(pg_pids)
     # shellcheck disable=SC2086
-    c1k=$(cpu_of $nodes_p); c1h=$(cpu_of $hp); c1p=$(cpu_of $(pg_pids)); c1m=$(busy)
+    c1k=$(cpu_of $nodes_p); c1h=$(cpu_of $hp); c1p=$(cpu_of $pgp); c1m=$(busy)
     spread=$(sort -n "$FLEET_DIR/runs.txt" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo ".." hi }')
     cpu=$(awk -v k0="$c0k" -v k1="$c1k" -v h0="$c0h" -v h1="$c1h" -v p0="$c0p" -v p1="$c1p" \
         -v m0="$c0m" -v m1="$c1m" -v w="$((w1 - w0))" 'BEGIN { printf "kmsd %.2f, haproxy %.2f, postgres %.2f; machine %.2f",

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Shared by the fleet end-to-end tests and tests/bench/bench_fleet.sh: a
 # fleet of our own (deploy/fleet.sh: PostgreSQL, N kmsd nodes on one shared
 # SoftHSMv2 token directory, haproxy in front) in a temp directory.

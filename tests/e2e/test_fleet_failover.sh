@@ -89,14 +89,11 @@ while [ $round -le 3 ]; do
     load_for 40
     # The sequencer.
     seq=$(fleet_sequencer eu-west)
-    b1=$(fleet_seq_lines 1 eu-west)
-    b2=$(fleet_seq_lines 2 eu-west)
-    b3=$(fleet_seq_lines 3 eu-west)
+    for k in 1 2 3; do fleet_seq_lines $k eu-west >"$W/seq_lines.$k"; done
     took() { # a node other than $seq took the role since the kill
         for k in 1 2 3; do
             [ "$k" != "$seq" ] || continue
-            eval "before=\$b$k"
-            [ "$(fleet_seq_lines $k eu-west)" -gt "$before" ] && { echo $k >"$W/new_seq"; return 0; }
+            [ "$(fleet_seq_lines $k eu-west)" -gt "$(cat "$W/seq_lines.$k")" ] && { echo $k >"$W/new_seq"; return 0; }
         done
         return 1
     }
