@@ -293,6 +293,8 @@ fuzz-seeds: $(BUILD)/tools/fuzz_seedgen
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) sh tests/bench/run-bench.sh
+	@# The fleet row (docs/fleet.md): haproxy, 1-3 nodes on PostgreSQL, audit commit latency.
+	@BUILD=$(BUILD) sh tests/bench/bench_fleet.sh | tee $(BUILD)/bench/fleet-$$(date -u +%Y%m%dT%H%M%SZ).txt
 
 bench-scale: deps
 	@$(MAKE) --no-print-directory all

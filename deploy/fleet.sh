@@ -15,6 +15,9 @@
 #   BUILD               build directory (build)
 #   CUSTOS_FLEET_NODES  number of kmsd nodes, 1..9 (3)
 #   CUSTOS_FLEET_PORT   the balancer's port (8700); node N listens on PORT+N
+#   CUSTOS_FLEET_SWEEP_S  deletion.sweep_interval_s of the nodes (kmsd's default,
+#                       60, when unset): the sweeper also checks each token's
+#                       objects against the store once per interval
 #
 # DIR holds:
 #   hsm/                the one SoftHSMv2 token directory every node uses
@@ -52,11 +55,13 @@ load_env() {
     nodes=$(sed -n 's/^nodes=//p' "$dir/fleet.env")
     port=$(sed -n 's/^port=//p' "$dir/fleet.env")
     build=$(sed -n 's/^build=//p' "$dir/fleet.env")
-    # The PostgreSQL settings fleet_node_config will hand to kmsd (FLEET-PG).
-    # shellcheck disable=SC2034
+    sweep=$(sed -n 's/^sweep=//p' "$dir/fleet.env")
+    # The PostgreSQL settings fleet_node_config hands to kmsd. The cluster
+    # listens on its Unix socket only; the port number just names the
+    # socket file, and is the balancer's port unless the cluster says
+    # otherwise (one fleet's cluster never collides with another's).
     pg_host="$dir/pg/socket"
-    # shellcheck disable=SC2034
-    pg_port=5432
+    pg_port=$port
     # shellcheck disable=SC2034
     pg_user=custos
     if [ -f "$dir/pg/env" ]; then
@@ -74,31 +79,52 @@ fleet_db() {
     echo "custos_$(echo "$1" | tr - _)"
 }
 
-# ---- FLEET-PG: node configuration ----------------------------------------------
-# Every node's kmsd.json is written by this one function, at every start, so
-# the PostgreSQL settings of the store and of the audit log are added here
-# and nowhere else. What it has at hand:
-#   $dir/nodeN    the node's own directory (its log, its pid)
-#   $pg_host      PostgreSQL's Unix socket directory ($dir/pg/socket)
-#   $pg_port      its port number (names the socket file)
-#   $pg_user      the role that owns the databases (custos)
-#   $pg_password  the file holding that role's password (0600)
-#   fleet_db R    the database of region R (custos_eu_west, custos_us_east)
+# ---- node configuration --------------------------------------------------------
+# Every node's kmsd.json is written by fleet_node_config, at every start;
+# the PostgreSQL settings come from the two functions below, the same on
+# every node: the nodes share the store and one audit log per region, and
+# each reads the role's password from $pg_password (file:..., never in a
+# string of kmsd.json, never on a command line).
+
+# fleet_conninfo R: libpq keywords for region R's database on the fleet's
+# cluster (its Unix socket; no password: that is the "password" source).
+fleet_conninfo() {
+    echo "host=$pg_host port=$pg_port dbname=$(fleet_db "$1") user=$pg_user"
+}
+
+# fleet_store_json: the metadata store, shared by every node.
+# FLEET-STORE: per-region form once kms/store has it
+# ("store": {"backend":"postgresql","regions":{"eu-west":{"conninfo":..,"password":..},...}}).
+# Until then the single-conninfo form, in the first region's database: both
+# regions' metadata in one database (docs/fleet.md, "Residency").
+fleet_store_json() {
+    # shellcheck disable=SC2086
+    set -- $REGIONS
+    echo "\"store\": { \"backend\": \"postgresql\", \"conninfo\": \"$(fleet_conninfo "$1")\", \"password\": \"file:$pg_password\" }"
+}
+
+# fleet_audit_json: the audit log, one Merkle tree per region in that
+# region's database, one elected sequencer per region (docs/audit.md). The
+# node's own audit directory stays empty; "dir" is still required.
+fleet_audit_json() {
+    fa=""
+    for r in $REGIONS; do
+        [ -z "$fa" ] || fa="$fa,
+"
+        fa="$fa      \"$r\": { \"conninfo\": \"$(fleet_conninfo "$r")\", \"password\": \"file:$pg_password\" }"
+    done
+    printf '"audit": { "dir": "%s", "head_every_events": 1000, "head_every_ms": 5000,\n' "$nd/audit"
+    printf '    "sequencer_poll_ms": 200,\n    "postgresql": {\n%s\n    } }' "$fa"
+}
+
 fleet_node_config() {
     n=$1
     nd="$dir/node$n"
-    # FLEET-PG: the store. Today's kmsd accepts only a SQLite file, which
-    # SQLite locks exclusively, so nodes cannot share one: each node has its
-    # own, and a key created through one node is unknown to the others. Here
-    # goes the PostgreSQL store, the same on every node: the connection
-    # ($pg_host, $pg_port, $pg_user, one database per region: fleet_db R)
-    # and the password source (file:$pg_password), never the password itself.
-    store_json="\"store\": \"$nd/kmsd.db\""
-    # FLEET-PG: the audit log. Today: files in the node's own directory, one
-    # Merkle tree per region per node. Here go the audit log's PostgreSQL
-    # settings (events committed in the region's database, one elected
-    # sequencer per region), the same on every node.
-    audit_json="\"audit\": { \"dir\": \"$nd/audit\", \"head_every_events\": 1000, \"head_every_ms\": 5000 }"
+    store_json=$(fleet_store_json)
+    audit_json=$(fleet_audit_json)
+    deletion_json=""
+    [ -z "$sweep" ] || deletion_json="
+  \"deletion\": { \"sweep_interval_s\": $sweep },"
     tokens=""
     for r in $REGIONS; do
         [ -z "$tokens" ] || tokens="$tokens,
@@ -119,7 +145,7 @@ $tokens
   },
   "policy": "$dir/policy.json",
   $store_json,
-  $audit_json,
+  $audit_json,$deletion_json
   "limits": { "max_connections": 512, "max_connections_per_ip": 0, "connection_timeout_s": 30,
               "drain_timeout_s": 10 },
   "health": { "cache_ms": 500 }
@@ -189,10 +215,8 @@ node_start() {
             { [ "$code" = 503 ] && curl -s -m 2 "http://127.0.0.1:$((port + n))/readyz" | grep -q 'SAFE MODE'; }; then
             echo "fleet: node $n did not become ready (/readyz: $code); its log, $nd/kmsd.log, ends:" >&2
             tail -n 15 "$nd/kmsd.log" >&2
-            # FLEET-PG: this hint goes with the per-node stores.
-            [ "$code" != 503 ] || echo "fleet: in SAFE MODE: until the store is on PostgreSQL, a node restarted after" \
-                "another node created keys in the shared token starts so (docs/fleet.md); to start over:" \
-                "$0 stop $dir && rm -rf $dir" >&2
+            [ "$code" != 503 ] || echo "fleet: in SAFE MODE: the shared token holds keys the store does not" \
+                "know, or the audit log is older than the store (docs/operations.md, \"Safe mode\")" >&2
             return 1
         fi
         sleep 0.1
@@ -346,7 +370,10 @@ fleet_start() {
             echo "fleet: CUSTOS_FLEET_PORT out of range (1024..65535, nodes above it)" >&2
             exit 2
         fi
-        printf 'nodes=%s\nport=%s\nbuild=%s\n' "$nodes" "$port" "$build" >"$dir/fleet.env"
+        sweep=${CUSTOS_FLEET_SWEEP_S:-}
+        case "$sweep" in '' | [1-9] | [1-9][0-9] | [1-9][0-9][0-9]) ;; *)
+            echo "fleet: CUSTOS_FLEET_SWEEP_S must be 1..999 seconds" >&2; exit 2 ;; esac
+        printf 'nodes=%s\nport=%s\nbuild=%s\nsweep=%s\n' "$nodes" "$port" "$build" "$sweep" >"$dir/fleet.env"
     fi
     load_env
     build=$(cd "${BUILD:-$build}" && pwd)
@@ -384,7 +411,7 @@ fleet_start() {
     # is used as it is: its databases were made by its start.
     if ! pg_alive; then
         # shellcheck disable=SC2086
-        sh "$here/pg-scratch.sh" start "$dir/pg" $dbs
+        CUSTOS_PG_PORT=$pg_port sh "$here/pg-scratch.sh" start "$dir/pg" $dbs
     fi
     echo "fleet: PostgreSQL on $dir/pg/socket, databases:$dbs"
     load_env
@@ -398,8 +425,6 @@ fleet_start() {
     done
     haproxy_start || { echo "fleet: stopping what started" >&2; fleet_stop >&2 || true; exit 1; }
 
-    # FLEET-PG: the last two lines of this greeting ("Until the store is on
-    # PostgreSQL ...") go once the nodes share the PostgreSQL store.
     rel=$dir
     case "$dir" in "$(pwd)"/*) rel=${dir#"$(pwd)"/} ;; esac
     relb=$build
@@ -419,9 +444,9 @@ Try:
       \$CUSTOS_ADDR/twirp/custos.v1.KeyService/ListKeys
   CUSTOS_API_KEY_FILE=$rel/credentials/demo-admin.key $relb/bin/kmsctl key list
   sh deploy/fleet.sh status $rel      # each node's /readyz and haproxy's view
+Every node shares the store and the audit log in PostgreSQL: a key created
+through the balancer is usable through every node at once.
 Stop it all: make fleet-stop  (or sh deploy/fleet.sh stop $rel)
-Until the store is on PostgreSQL each node has its own store: a key created
-through the balancer is known only to the node that made it (docs/fleet.md).
 EOF
 }
 

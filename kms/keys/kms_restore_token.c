@@ -124,6 +124,46 @@ static kms_err live_object_gone(struct kms_store *store, const uint8_t hsm_id[KM
     return KMS_OK;
 }
 
+/* A candidate of kms_restore_token_scan or _missing: is hsm_id the object of a
+ * version that is live now and still has no object? A CREATING version
+ * (kms_store_version_get: KMS_ERR_NOT_FOUND) is
+ * a create in flight (on a shared store, possibly on another node) or one
+ * that failed and could not discard its row: its object may rightly not
+ * exist. kms_store_creating_list names only the CREATING rows old enough
+ * to reconcile on PostgreSQL, so the version's own state decides here. A
+ * version live now may have been CREATING when the token was listed (its
+ * object made after the listing): its object is looked for once more. */
+static kms_err missing_confirm(struct kms_store *store, struct p11_token *tok,
+                               const uint8_t hsm_id[KMS_HSM_ID_LEN], struct p11_key_id **again,
+                               size_t *n_again, bool *listed_again,
+                               struct kms_restore_missing *out, bool *out_missing)
+{
+    struct kms_restore_missing m;
+    struct kms_version_record v;
+    bool found = false;
+    *out_missing = false;
+    KMS_GUARD(kms_store_version_by_hsm_id(store, hsm_id, m.key_id, &m.version, &found));
+    if (!found)
+        return KMS_OK; /* gone from the store meanwhile */
+    kms_err rc = kms_store_version_get(store, m.key_id, m.version, &v);
+    if (rc == KMS_ERR_NOT_FOUND) {
+        kms_err_clear();
+        return KMS_OK;
+    }
+    KMS_GUARD(rc);
+    if (v.state == KMS_VERSION_CREATING)
+        return KMS_OK;
+    if (!*listed_again) {
+        KMS_GUARD(p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, again, n_again));
+        *listed_again = true;
+    }
+    if (*n_again > 0 && bsearch(hsm_id, *again, *n_again, sizeof(**again), cmp_id))
+        return KMS_OK;
+    *out = m;
+    *out_missing = true;
+    return KMS_OK;
+}
+
 kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
                                struct kms_restore_report *r, struct p11_key_id **out_ids,
                                size_t *out_n)
@@ -146,20 +186,31 @@ kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
         if (n_live == 0 || !bsearch(ids[i].b, live, n_live, sizeof(*live), cmp_id))
             rc = unknown_object(store, tok, &ids[i], r);
     size_t missing = 0;
+    /* The token was listed before the store was read: on a shared store a
+     * version may have gone live on another node since (missing_confirm
+     * looks again), or be a create in flight there (CREATING). */
+    struct p11_key_id *again = NULL;
+    size_t n_again = 0;
+    bool listed_again = false;
     for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        bool gone = false;
+        bool gone = false, is_missing = false;
+        struct kms_restore_missing m;
         rc = live_object_gone(store, live[i].bytes, ids, n_ids, creating, n_creating, &gone);
         if (rc != KMS_OK || !gone)
             continue;
+        rc = missing_confirm(store, tok, live[i].bytes, &again, &n_again, &listed_again, &m,
+                             &is_missing);
+        if (rc != KMS_OK || !is_missing)
+            continue;
         missing++;
         struct kms_restore_fix f = {.kind = KMS_FIX_LOST};
-        bool found = false;
         memcpy(f.hsm_id, live[i].bytes, KMS_HSM_ID_LEN);
         snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
-        rc = kms_store_version_by_hsm_id(store, live[i].bytes, f.key_id, &f.version, &found);
-        if (rc == KMS_OK)
-            rc = kms_restore_add_fix(r, &f);
+        snprintf(f.key_id, sizeof(f.key_id), "%s", m.key_id);
+        f.version = m.version;
+        rc = kms_restore_add_fix(r, &f);
     }
+    free(again);
     if (missing > 0) {
         r->token_behind += missing;
         kms_restore_note(r, "token '%s': %zu live key version(s) the store names have no HSM object: the "
@@ -181,35 +232,40 @@ done:
 kms_err kms_restore_token_missing(struct kms_store *store, struct p11_token *tok,
                                   struct kms_restore_missing *out, size_t max, size_t *out_n)
 {
-    struct p11_key_id *ids = NULL;
-    size_t n_ids = 0, n_live = 0, n_creating = 0, missing = 0;
+    struct p11_key_id *ids = NULL, *again = NULL;
+    size_t n_ids = 0, n_again = 0, n_live = 0, n_creating = 0, missing = 0;
+    bool listed_again = false;
     struct kms_hsm_id *live = NULL;
     struct kms_store_creating *creating = NULL;
     *out_n = 0;
     /* Store first, token last: a version that became live before the store
      * was read has had its object since before (objects are made under a
-     * CREATING row), so a creation running meanwhile is never counted. */
+     * CREATING row), so a creation running meanwhile is never counted. The
+     * store's list of token objects names CREATING versions too: each
+     * candidate's state is checked (missing_confirm). */
     kms_err rc = kms_store_creating_list(store, &creating, &n_creating);
     if (rc == KMS_OK)
         rc = kms_store_hsm_ids_for_token(store, p11_token_label(tok), &live, &n_live);
     if (rc == KMS_OK)
         rc = p11_key_list_ids(tok, KMS_HSM_LABEL_PREFIX, &ids, &n_ids);
     for (size_t i = 0; i < n_live && rc == KMS_OK; i++) {
-        bool gone = false, found = false;
+        bool gone = false, is_missing = false;
+        struct kms_restore_missing m;
         rc = live_object_gone(store, live[i].bytes, ids, n_ids, creating, n_creating, &gone);
         if (rc != KMS_OK || !gone)
             continue;
-        if (missing < max) {
-            rc = kms_store_version_by_hsm_id(store, live[i].bytes, out[missing].key_id,
-                                             &out[missing].version, &found);
-            if (rc == KMS_OK && !found)
-                continue; /* gone from the store meanwhile */
-        }
+        rc = missing_confirm(store, tok, live[i].bytes, &again, &n_again, &listed_again, &m,
+                             &is_missing);
+        if (rc != KMS_OK || !is_missing)
+            continue;
+        if (missing < max)
+            out[missing] = m;
         missing++;
     }
     if (rc == KMS_OK)
         *out_n = missing;
     free(ids);
+    free(again);
     free(live);
     free(creating);
     return rc;

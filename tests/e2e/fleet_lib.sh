@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Shared by the fleet end-to-end tests and tests/bench/bench_fleet.sh: a
 # fleet of our own (deploy/fleet.sh: PostgreSQL, N kmsd nodes on one shared
 # SoftHSMv2 token directory, haproxy in front) in a temp directory.
@@ -14,8 +15,10 @@
 #   fleet_node_start K, fleet_node_stop K   deploy/fleet.sh node-start / node-stop
 #   fleet_node_addr K          http://127.0.0.1:<node K's port>
 #   fleet_requests K OP [OUTCOME]   node K's custos_requests_total{op,outcome}
-#   fleet_clone_state FROM TO  both stopped: TO gets FROM's store and audit log
-#   fleet_key_everywhere REGION  prints the id of a key every node knows (see below)
+#   fleet_create_key REGION    one key made through the balancer; prints its id
+#   fleet_psql DB SQL          a query on the fleet's PostgreSQL (role custos)
+#   fleet_conninfo REGION      the region database's conninfo (kmsctl --pg)
+#   fleet_sequencer REGION     the node that is the region's audit sequencer now
 #
 # Every wait is bounded (FLEET_WAIT_S, 60 s) and fails with haproxy's view.
 
@@ -116,7 +119,13 @@ fleet_kill9() {
 }
 fleet_dead() { ! kill -0 "$1" 2>/dev/null || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
-fleet_node_start() { BUILD="$BUILD_DIR" sh deploy/fleet.sh node-start "$FLEET_DIR" "$1"; }
+fleet_node_start() { # the log's size first: fleet_sequencer reads this run's lines only
+    wc -c <"$FLEET_DIR/node$1/kmsd.log" >"$FLEET_DIR/node$1/log.offset"
+    BUILD="$BUILD_DIR" sh deploy/fleet.sh node-start "$FLEET_DIR" "$1"
+}
+fleet_node_log() { # K: node K's log since its last start by fleet_node_start
+    tail -c +$(($(cat "$FLEET_DIR/node$1/log.offset" 2>/dev/null || echo 0) + 1)) "$FLEET_DIR/node$1/kmsd.log"
+}
 fleet_node_stop() { sh deploy/fleet.sh node-stop "$FLEET_DIR" "$1"; }
 
 # The operator's bearer key in a header file (never on a command line).
@@ -132,38 +141,44 @@ fleet_requests() { # K OP [OUTCOME]: node K's custos_requests_total{op=OP,outcom
             '$1 == want { n = $2 } END { print n + 0 }'
 }
 
-# Until the store is on PostgreSQL every node has its own SQLite store, so
-# a key made through one node is unknown to the others, and a node that
-# restarts while the shared token holds keys its store does not know
-# starts in safe mode. A test that needs a key on every node makes it
-# through one node and copies that node's store and audit log to the
-# others, all of them stopped.
-# FLEET-PG: with the shared store this goes away: a key created through
-# the balancer is usable through every node at once.
-fleet_clone_state() { # FROM TO
-    fc_from="$FLEET_DIR/node$1"
-    fc_to="$FLEET_DIR/node$2"
-    rm -rf "$fc_to/audit" "$fc_to"/kmsd.db "$fc_to"/kmsd.db-wal "$fc_to"/kmsd.db-shm
-    cp -a "$fc_from/audit" "$fc_to/audit"
-    for fc_f in kmsd.db kmsd.db-wal kmsd.db-shm; do
-        [ ! -f "$fc_from/$fc_f" ] || cp -a "$fc_from/$fc_f" "$fc_to/$fc_f"
-    done
+# fleet_create_key REGION: one AES key made through the balancer
+# (demo-admin); prints its id. Every node shares the store and the token,
+# so it is usable through every node at once.
+fleet_create_key() {
+    CUSTOS_ADDR=$FLEET_ADDR CUSTOS_API_KEY_FILE="$FLEET_DIR/credentials/demo-admin.key" \
+        "$BUILD_DIR/bin/kmsctl" key create --region "$1" -q
 }
 
-# fleet_key_everywhere REGION: make one AES key (demo-admin, through node 1
-# alone) and give every node the store that knows it; prints its id.
-# FLEET-PG: with the shared store this becomes one CreateKey through the
-# balancer, all nodes up.
-fleet_key_everywhere() {
-    fk_k=2
-    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_node_stop $fk_k >&2; fk_k=$((fk_k + 1)); done
-    fk_id=$(CUSTOS_ADDR=$(fleet_node_addr 1) CUSTOS_API_KEY_FILE="$FLEET_DIR/credentials/demo-admin.key" \
-        "$BUILD_DIR/bin/kmsctl" key create --region "$1" -q) || return 1
-    fleet_node_stop 1 >&2
-    fk_k=2
-    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_clone_state 1 $fk_k; fk_k=$((fk_k + 1)); done
-    fk_k=1
-    while [ $fk_k -le "$FLEET_NODES" ]; do fleet_node_start $fk_k >/dev/null || return 1; fk_k=$((fk_k + 1)); done
-    fleet_wait_up "$FLEET_NODES" >&2 || return 1
-    echo "$fk_id"
+# fleet_psql DB SQL: one query on the fleet's cluster as the role custos
+# (its password from the 0600 file, through PGPASSFILE, never argv);
+# unaligned, tuples only.
+fleet_psql() {
+    fp_pass="$FLEET_DIR/pgpass"
+    [ -f "$fp_pass" ] || (umask 077 && printf '*:*:*:*:%s\n' "$(cat "$FLEET_DIR/pg/password")" >"$fp_pass")
+    fp_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    PGPASSFILE="$fp_pass" "$fp_bin/psql" -X -qAt -v ON_ERROR_STOP=1 -h "$FLEET_DIR/pg/socket" \
+        -p "$(sed -n 's/^PGPORT=//p' "$FLEET_DIR/pg/env")" -U custos -d "$1" -c "$2"
+}
+fleet_conninfo() { # REGION: kmsctl --pg's connection string for the region's database
+    echo "host=$FLEET_DIR/pg/socket port=$(sed -n 's/^PGPORT=//p' "$FLEET_DIR/pg/env") dbname=custos_$(echo "$1" | tr - _) user=custos"
+}
+
+# fleet_sequencer REGION: the node (K) that is the region's audit sequencer
+# now: alive, and the last sequencer line of its current run's log says it
+# took the role (a node killed with -9 never logged losing it); empty if none.
+fleet_sequencer() {
+    fs_k=1
+    while [ $fs_k -le "$FLEET_NODES" ]; do
+        fs_pid=$(cat "$FLEET_DIR/node$fs_k/kmsd.pid" 2>/dev/null || true)
+        if [ -n "$fs_pid" ] && ! fleet_dead "$fs_pid" &&
+            fleet_node_log $fs_k | grep -E "region $1: (this node is|no longer) the audit sequencer" |
+            tail -n 1 | grep -q "this node is the audit sequencer"; then
+            echo "$fs_k"
+            return 0
+        fi
+        fs_k=$((fs_k + 1))
+    done
+}
+fleet_seq_lines() { # K REGION: how many times node K took the region's sequencer role
+    fleet_node_log "$1" | grep -c "region $2: this node is the audit sequencer" || true
 }

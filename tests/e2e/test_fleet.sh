@@ -2,6 +2,11 @@
 # The local fleet (deploy/fleet.sh, docs/fleet.md): PostgreSQL, three kmsd
 # nodes on one shared SoftHSMv2 token directory, haproxy in front with
 # /readyz health checks. Asserts, with the real haproxy, curl and kmsctl:
+#   - a key created through the balancer, and one created through node1
+#     alone, are used through the other nodes at once (one shared store);
+#   - the object check of every node counts a live key version without its
+#     HSM object, and never a CREATING one (a create in flight on another
+#     node, or one that failed and left its row): /readyz stays 200 for it;
 #   - the balancer spreads requests over the three nodes (each node's
 #     /metrics counts its share; the shares add up);
 #   - a ciphertext made through the balancer decrypts through every node
@@ -15,6 +20,9 @@ set -eu
 . tests/e2e/fleet_lib.sh
 KMSCTL="$BUILD_DIR/bin/kmsctl"
 fleet_setup test 3
+# Each node's sweeper checks the token's objects against the store every 2 s.
+CUSTOS_FLEET_SWEEP_S=2
+export CUSTOS_FLEET_SWEEP_S
 
 i=0
 fail=0
@@ -40,13 +48,58 @@ t "node-start of a node that runs is refused" refused "already runs" node-start 
 t "node-start of a node the fleet does not have is refused" refused "no node 7" node-start "$FLEET_DIR" 7
 t "the fleet still runs, 3 nodes UP" fleet_n_up 3
 
-# One key that every node knows (fleet_key_everywhere). FLEET-PG: once the
-# store is on PostgreSQL, it is created through the balancer with all three
-# nodes up, and the test then also shows a key made on one node served by
-# the others at once.
 admin="$FLEET_DIR/credentials/demo-admin.key"
 broker="$FLEET_DIR/credentials/demo-broker.key"
-key=$(fleet_key_everywhere eu-west)
+key=$(fleet_create_key eu-west)
+t "CreateKey through the balancer, all three nodes up" [ -n "$key" ]
+
+# ---- a key made through node A is used through node B at once -----------------
+across() { # a key created through node1 alone: Encrypt through node2 right after, Decrypt through node3
+    ka=$(CUSTOS_ADDR=$(fleet_node_addr 1) CUSTOS_API_KEY_FILE="$admin" "$KMSCTL" key create --region eu-west -q) || return 1
+    echo "across nodes" | CUSTOS_ADDR=$(fleet_node_addr 2) CUSTOS_API_KEY_FILE="$broker" \
+        "$KMSCTL" encrypt --key-id "$ka" >"$FLEET_DIR/ct.across" || return 1
+    out=$(CUSTOS_ADDR=$(fleet_node_addr 3) CUSTOS_API_KEY_FILE="$broker" \
+        "$KMSCTL" decrypt --in "$FLEET_DIR/ct.across") && [ "$out" = "across nodes" ]
+}
+t "a key created through node1 encrypts through node2 at once and decrypts through node3" across
+
+# ---- the object check: live versions without an object, never CREATING ones ----
+# Two rows written into the shared store as kmsd would: key A ENABLED with a
+# version whose object no token holds (an object lost: it must be reported),
+# key B CREATING with the same kind of version (a create in flight on some
+# node before C_GenerateKey returned, or one whose create failed while
+# PostgreSQL went away and whose row could not be discarded yet).
+fake_a=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+fake_b=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+fake_row() { # KEY_ID STATE CURRENT: a key row like $key's and its version 1
+    fleet_psql custos_eu_west "INSERT INTO keys (key_id, tenant, region, token, spec, usage, origin, state,
+        description, created_at, deletion_at, current_version, last_version, escrow_required)
+        SELECT '$1', tenant, region, token, spec, usage, origin, $2, '', extract(epoch from now())::bigint,
+        0, $3, 1, 0 FROM keys WHERE key_id = '$key';
+        INSERT INTO key_versions (key_id, version, hsm_id, state, created_at)
+        VALUES ('$1', 1, decode('$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')', 'hex'), $2,
+        extract(epoch from now())::bigint);"
+}
+fake_rows() { fake_row "$fake_a" 1 1 && fake_row "$fake_b" 0 0; }
+t "a lost object (ENABLED row) and a create in flight (CREATING row) written into the store" fake_rows
+readyz_all() { # TEXT: every node's /readyz body contains TEXT
+    for k in 1 2 3; do
+        curl -s -m 2 "$(fleet_node_addr $k)/readyz" | grep -qF -- "$1" || return 1
+    done
+}
+counted_one() { readyz_all "region eu-west: 1 live key version(s) have no object"; }
+if fleet_wait "every node's object check to report the lost object" counted_one; then
+    t "every node reports exactly one version without its object: the lost one, not the CREATING one" true
+else
+    for k in 1 2 3; do echo "# node$k /readyz: $(curl -s -m 2 "$(fleet_node_addr $k)/readyz" | tr '\n' ' ')"; done
+    t "every node reports exactly one version without its object: the lost one, not the CREATING one" false
+fi
+fleet_psql custos_eu_west "DELETE FROM keys WHERE key_id = '$fake_a'"
+ready_all() { readyz_all ready && ! readyz_all "not ready"; }
+t "the lost row removed (the CREATING one still there): every node ready again" \
+    fleet_wait "every node ready with a CREATING row in the store" ready_all
+t "haproxy sees the three nodes UP again" fleet_wait_up 3
+fleet_psql custos_eu_west "DELETE FROM keys WHERE key_id = '$fake_b'"
 
 # ---- the balancer spreads requests --------------------------------------------
 enc() { # one Encrypt through the balancer with kmsctl (a new connection each)
