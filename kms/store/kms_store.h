@@ -8,7 +8,9 @@
  *
  * Backends: one SQLite database file (kms_store_open: WAL, synchronous=FULL,
  * foreign keys on, schema versioned by PRAGMA user_version), or a PostgreSQL
- * database shared by several kmsd (kms_store_open_pg; docs/fleet.md). Both
+ * database shared by several kmsd (kms_store_open_pg; docs/fleet.md), or
+ * one PostgreSQL database per region (kms_store_open_pg_regions: each call
+ * routed to the database of its region or key, kms_store_route.c). All
  * implement everything below unchanged: no backend type or rowid appears
  * here, every multi-row change is one transaction, and every
  * read-modify-write is a compare-and-set or a serializable transaction.

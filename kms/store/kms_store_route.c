@@ -258,11 +258,12 @@ struct row_probe {
     const char *sql;
     store_binder bind;
     const void *arg;
+    struct store_db *found; /* out */
 };
 
 static kms_err row_probe_db(struct store_db *db, void *varg, const char *op)
 {
-    const struct row_probe *p = varg;
+    struct row_probe *p = varg;
     int64_t one = 0;
     bool found = false;
     struct store_conn *c = store_reader_take(db);
@@ -270,6 +271,8 @@ static kms_err row_probe_db(struct store_db *db, void *varg, const char *op)
     store_conn_give(c);
     if (rc == KMS_OK && !found)
         rc = kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: not found", op);
+    if (rc == KMS_OK)
+        p->found = db;
     return rc;
 }
 
@@ -281,19 +284,10 @@ kms_err store_route_row(struct kms_store *s, const char *sql, store_binder bind,
         *out = s->db[0];
         return KMS_OK;
     }
-    struct row_probe p = {sql, bind, arg};
-    for (size_t i = 0; i < s->n; i++) {
-        kms_err rc = store_db_ready(s->db[i], op);
-        if (rc == KMS_OK)
-            rc = row_probe_db(s->db[i], &p, op);
-        if (rc == KMS_OK) {
-            *out = s->db[i];
-            return KMS_OK;
-        }
-    }
-    /* Not found anywhere reachable: the first database answers, with its
-     * own detail (not found, or unavailable), through store_each_find. */
-    return store_each_find(s, row_probe_db, &p, op);
+    struct row_probe p = {sql, bind, arg, NULL};
+    KMS_GUARD(store_each_find(s, row_probe_db, &p, op));
+    *out = p.found;
+    return KMS_OK;
 }
 
 struct list_all {
