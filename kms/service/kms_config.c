@@ -426,6 +426,11 @@ void kms_config_free(struct kms_config *c)
     free(c->store_pg_conninfo);
     free(c->store_pg_password);
     free(c->audit_dir);
+    for (size_t i = 0; i < c->n_store_pg; i++) {
+        free(c->store_pg[i].region);
+        free(c->store_pg[i].conninfo);
+        free(c->store_pg[i].password_source);
+    }
     for (size_t i = 0; i < c->n_audit_pg; i++) {
         free(c->audit_pg[i].region);
         free(c->audit_pg[i].conninfo);

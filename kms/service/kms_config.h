@@ -55,6 +55,11 @@ struct kms_config {
     char *store_path;         /* SQLite file; NULL when the store is on PostgreSQL */
     char *store_pg_conninfo;  /* "store": {"backend": "postgresql", ...}: libpq string */
     char *store_pg_password;  /* its password source ("file:/path"); may be NULL */
+    /* "store": {"backend": "postgresql", "regions": {...}}: one database
+     * per region (residency), one entry per token region; n_store_pg 0
+     * when the store is SQLite or one conninfo for every region. */
+    struct kms_config_audit_pg store_pg[KMS_CONFIG_MAX_TOKENS];
+    size_t n_store_pg;
 
     size_t max_body_bytes;
     unsigned max_connections;

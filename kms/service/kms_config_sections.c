@@ -190,11 +190,80 @@ kms_err config_parse_links(json_t *root, const char *dir, struct kms_config *c)
     return KMS_OK;
 }
 
+/* A password source as the store and the audit log take it. */
+static kms_err check_password_source(const char *src, const char *where)
+{
+    KMS_ENSURE(src == NULL || strncmp(src, "file:", 5) == 0 || strncmp(src, "env:", 4) == 0,
+               KMS_ERR_CONFIG, "%s.password: a source, \"file:/path\" (or \"env:NAME\")",
+               where);
+    return KMS_OK;
+}
+
+/*
+ * "store.regions": {"<region>": {"conninfo": ..., "password": ...}}: each
+ * region's metadata in its own database. Exactly one entry per token
+ * region, each naming one, and no two naming the same database (host,
+ * port and dbname as libpq parses them): two regions in one database would
+ * put both regions' rows where either region's operators can read them.
+ */
+static kms_err parse_store_regions(json_t *regs, const char *dir, struct kms_config *c)
+{
+    static const char *const keys[] = {"conninfo", "password", NULL};
+    KMS_ENSURE(json_is_object(regs) && json_object_size(regs) > 0, KMS_ERR_CONFIG,
+               "store.regions: must be an object with one entry per region");
+    const char *region;
+    json_t *v;
+    json_object_foreach(regs, region, v)
+    {
+        char where[160];
+        snprintf(where, sizeof(where), "store.regions.%.64s", region);
+        KMS_ENSURE(json_is_object(v), KMS_ERR_CONFIG, "%s: must be an object", where);
+        KMS_GUARD(config_check_keys(v, where, keys));
+        bool known = false;
+        for (size_t i = 0; i < c->n_tokens; i++)
+            known |= strcmp(c->tokens[i].region, region) == 0;
+        KMS_ENSURE(known, KMS_ERR_CONFIG, "%s: no token serves this region", where);
+        KMS_ENSURE(c->n_store_pg < KMS_CONFIG_MAX_TOKENS, KMS_ERR_CONFIG,
+                   "store.regions: too many regions");
+        struct kms_config_audit_pg *p = &c->store_pg[c->n_store_pg++];
+        p->region = strdup(region);
+        KMS_ENSURE(p->region != NULL, KMS_ERR_NOMEM, "out of memory");
+        KMS_GUARD(config_get_str(v, "conninfo", where, true, dir, false, &p->conninfo));
+        KMS_GUARD(config_get_str(v, "password", where, false, dir, true, &p->password_source));
+        KMS_GUARD(check_password_source(p->password_source, where));
+        struct kms_pg_target t = {p->conninfo, p->password_source};
+        if (kms_pg_target_check(&t) != KMS_OK) {
+            char why[300]; /* kms_err_set overwrites the detail it would read */
+            snprintf(why, sizeof(why), "%s", kms_err_detail());
+            return kms_err_set(KMS_ERR_CONFIG, "%s.conninfo: %s", where, why);
+        }
+        for (size_t j = 0; j + 1 < c->n_store_pg; j++) {
+            bool same = false;
+            KMS_GUARD(kms_pg_same_database(c->store_pg[j].conninfo, p->conninfo, &same));
+            KMS_ENSURE(!same, KMS_ERR_CONFIG,
+                       "%s.conninfo: names the database of region %s (host, port and dbname); "
+                       "each region keeps its metadata in its own database",
+                       where, c->store_pg[j].region);
+        }
+    }
+    for (size_t i = 0; i < c->n_tokens; i++) {
+        bool listed = false;
+        for (size_t j = 0; j < c->n_store_pg; j++)
+            listed |= strcmp(c->store_pg[j].region, c->tokens[i].region) == 0;
+        KMS_ENSURE(listed, KMS_ERR_CONFIG,
+                   "store.regions: region \"%s\" (pkcs11.tokens) has no database", 
+                   c->tokens[i].region);
+    }
+    return KMS_OK;
+}
+
 /*
  * "store": a path (the SQLite file, the default backend), or an object:
  *   {"backend": "sqlite", "path": "..."}
  *   {"backend": "postgresql", "conninfo": "host=... dbname=...",
- *    "password": "file:/etc/custos/pg-password"}
+ *    "password": "file:/etc/custos/pg-password"}      (every region in one)
+ *   {"backend": "postgresql", "regions": {"<region>": {"conninfo": ...,
+ *    "password": ...}, ...}}                           (one per region)
  * The password never sits in the connection string (refused there): it
  * comes from its source when kmsd connects.
  */
@@ -204,7 +273,8 @@ kms_err config_parse_store(json_t *root, const char *dir, struct kms_config *c)
     KMS_ENSURE(v != NULL, KMS_ERR_CONFIG, ".store: required");
     if (!json_is_object(v))
         return config_get_str(root, "store", "", true, dir, true, &c->store_path);
-    static const char *const keys[] = {"backend", "path", "conninfo", "password", NULL};
+    static const char *const keys[] = {"backend", "path", "conninfo", "password", "regions",
+                                       NULL};
     KMS_GUARD(config_check_keys(v, "store", keys));
     char *backend = NULL;
     KMS_GUARD(config_get_str(v, "backend", "store", false, dir, false, &backend));
@@ -213,18 +283,27 @@ kms_err config_parse_store(json_t *root, const char *dir, struct kms_config *c)
     free(backend);
     KMS_ENSURE(known, KMS_ERR_CONFIG, "store.backend: must be \"sqlite\" or \"postgresql\"");
     if (!pg) {
-        KMS_ENSURE(json_object_get(v, "conninfo") == NULL && json_object_get(v, "password") == NULL,
-                   KMS_ERR_CONFIG, "store: conninfo and password are for the postgresql backend");
+        KMS_ENSURE(json_object_get(v, "conninfo") == NULL &&
+                       json_object_get(v, "password") == NULL &&
+                       json_object_get(v, "regions") == NULL,
+                   KMS_ERR_CONFIG,
+                   "store: conninfo, password and regions are for the postgresql backend");
         return config_get_str(v, "path", "store", true, dir, true, &c->store_path);
     }
     KMS_ENSURE(json_object_get(v, "path") == NULL, KMS_ERR_CONFIG,
                "store.path: the postgresql backend has no file (conninfo names the database)");
+    json_t *regs = json_object_get(v, "regions");
+    if (regs != NULL) {
+        KMS_ENSURE(json_object_get(v, "conninfo") == NULL &&
+                       json_object_get(v, "password") == NULL,
+                   KMS_ERR_CONFIG,
+                   "store: either conninfo (every region in one database) or regions (one "
+                   "database per region), not both");
+        return parse_store_regions(regs, dir, c);
+    }
     KMS_GUARD(config_get_str(v, "conninfo", "store", true, dir, false, &c->store_pg_conninfo));
     KMS_GUARD(config_get_str(v, "password", "store", false, dir, true, &c->store_pg_password));
-    if (c->store_pg_password != NULL)
-        KMS_ENSURE(strncmp(c->store_pg_password, "file:", 5) == 0 ||
-                       strncmp(c->store_pg_password, "env:", 4) == 0,
-                   KMS_ERR_CONFIG, "store.password: a source, \"file:/path\" (or \"env:NAME\")");
+    KMS_GUARD(check_password_source(c->store_pg_password, "store"));
     struct kms_pg_target t = {c->store_pg_conninfo, c->store_pg_password};
     kms_err rc = kms_pg_target_check(&t);
     if (rc != KMS_OK) {

@@ -357,9 +357,17 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
                                           cfg->tokens[i].max_sessions};
     KMS_GUARD_GOTO(p11_tokens_open(svc->mod, tc, cfg->n_tokens, svc->tokens), fail);
     svc->n_tokens = cfg->n_tokens;
-    if (cfg->store_path != NULL)
+    if (cfg->store_path != NULL) {
         KMS_GUARD_GOTO(kms_store_open(cfg->store_path, &svc->store), fail);
-    else
+    } else if (cfg->n_store_pg > 0) {
+        /* One database per region ("store.regions"): residency. */
+        struct kms_store_pg_region sr[KMS_CONFIG_MAX_TOKENS];
+        for (size_t i = 0; i < cfg->n_store_pg; i++)
+            sr[i] = (struct kms_store_pg_region){cfg->store_pg[i].region,
+                                                 cfg->store_pg[i].conninfo,
+                                                 cfg->store_pg[i].password_source};
+        KMS_GUARD_GOTO(kms_store_open_pg_regions(sr, cfg->n_store_pg, &svc->store), fail);
+    } else
         KMS_GUARD_GOTO(kms_store_open_pg(cfg->store_pg_conninfo, cfg->store_pg_password,
                                          &svc->store),
                        fail);

@@ -59,6 +59,51 @@ kms_err kms_pg_target_check(const struct kms_pg_target *t)
     return err;
 }
 
+/* The value of keyword in opts ("" when unset). */
+static const char *opt_val(const PQconninfoOption *opts, const char *keyword)
+{
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++)
+        if (strcmp(o->keyword, keyword) == 0)
+            return o->val != NULL ? o->val : "";
+    return "";
+}
+
+kms_err kms_pg_same_database(const char *a, const char *b, bool *out_same)
+{
+    PQconninfoOption *oa = PQconninfoParse(a, NULL);
+    PQconninfoOption *ob = b != NULL ? PQconninfoParse(b, NULL) : NULL;
+    *out_same = false;
+    if (oa == NULL || ob == NULL) {
+        PQconninfoFree(oa);
+        PQconninfoFree(ob);
+        return kms_err_set(KMS_ERR_CONFIG, "postgresql: connection string does not parse");
+    }
+    /* Unset values are compared as libpq fills them in: port 5432, the
+     * database named after the user. The host is compared as written:
+     * "localhost" and "127.0.0.1" are told apart (the operator names one
+     * server one way). */
+    const char *pa = opt_val(oa, "port"), *pb = opt_val(ob, "port");
+    const char *da = opt_val(oa, "dbname"), *db = opt_val(ob, "dbname");
+    if (da[0] == '\0')
+        da = opt_val(oa, "user");
+    if (db[0] == '\0')
+        db = opt_val(ob, "user");
+    *out_same = strcmp(opt_val(oa, "host"), opt_val(ob, "host")) == 0 &&
+                strcmp(opt_val(oa, "hostaddr"), opt_val(ob, "hostaddr")) == 0 &&
+                strcmp(pa[0] ? pa : "5432", pb[0] ? pb : "5432") == 0 && strcmp(da, db) == 0;
+    /* Neither may hold a password (kms_pg_target_check refuses that), but
+     * parsed option arrays are wiped like any other. */
+    for (PQconninfoOption *o = oa; o->keyword != NULL; o++)
+        if (strcmp(o->keyword, "password") == 0 && o->val != NULL)
+            OPENSSL_cleanse(o->val, strlen(o->val));
+    for (PQconninfoOption *o = ob; o->keyword != NULL; o++)
+        if (strcmp(o->keyword, "password") == 0 && o->val != NULL)
+            OPENSSL_cleanse(o->val, strlen(o->val));
+    PQconninfoFree(oa);
+    PQconninfoFree(ob);
+    return KMS_OK;
+}
+
 kms_err kms_pg_connect(const struct kms_pg_target *t, const char *app, PGconn **out)
 {
     *out = NULL;

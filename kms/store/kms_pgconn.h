@@ -53,6 +53,11 @@ kms_err kms_pg_connect(const struct kms_pg_target *t, const char *app, PGconn **
  */
 kms_err kms_pg_result_err(PGconn *c, const PGresult *res, const char *op);
 
+/* Whether two connection strings name the same database: host (and
+ * hostaddr), port and dbname as PQconninfoParse reads them. KMS_ERR_CONFIG
+ * when either does not parse. */
+kms_err kms_pg_same_database(const char *a, const char *b, bool *out_same);
+
 /* True when res failed in a way a repeated transaction may cure
  * (serialization failure or deadlock). */
 bool kms_pg_retryable(const PGresult *res);

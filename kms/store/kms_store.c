@@ -212,8 +212,14 @@ kms_err kms_store_key_insert(struct kms_store *store, const struct kms_key_recor
     KMS_ENSURE(store != NULL && key != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_new_key(key, v1, op));
 
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_region(store, key->region, &db, op));
+    /* A key id names one key across every region's database. */
+    KMS_GUARD(store_route_key_unique(store, key->key_id, db, op));
     struct key_insert_arg a = {key, v1};
-    return store_tx_run(store, true, key_insert_tx, &a, op);
+    KMS_GUARD(store_tx_run(db, true, key_insert_tx, &a, op));
+    store_route_remember(store, key->key_id, db);
+    return KMS_OK;
 }
 
 kms_err store_key_get_row(struct store_conn *c, const char *key_id, struct kms_key_record *out,
@@ -238,8 +244,10 @@ kms_err kms_store_key_get(struct kms_store *store, const char *key_id,
 
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
 
-    struct store_conn *c = store_reader_take(store);
+    struct store_conn *c = store_reader_take(db);
     kms_err rc = store_key_get_row(c, key_id, out, op);
     store_conn_give(c);
     return rc;
@@ -307,8 +315,10 @@ kms_err kms_store_key_set_state(struct kms_store *store, const char *key_id,
         KMS_ENSURE(deletion_at == 0, KMS_ERR_INVALID_ARGUMENT,
                    "store: %s: only PENDING_DELETION has a deletion date", op);
 
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
     struct set_state_arg a = {key_id, expected, new_state, deletion_at};
-    return store_tx_run(store, true, set_state_tx, &a, op);
+    return store_tx_run(db, true, set_state_tx, &a, op);
 }
 
 /* The (created_at, key_id) of the last key a page token points past. */
@@ -332,6 +342,66 @@ static kms_err page_token_parse(const char *tok, int64_t *created_at,
     return KMS_OK;
 }
 
+/* Order of ListKeys pages: (created_at, key_id), the same in every database. */
+static int key_page_cmp(const void *pa, const void *pb)
+{
+    const struct kms_key_record *a = pa, *b = pb;
+    if (a->created_at != b->created_at)
+        return a->created_at < b->created_at ? -1 : 1;
+    return strcmp(a->key_id, b->key_id);
+}
+
+/* Sweeper order: (deletion_at, key_id). */
+static int key_due_cmp(const void *pa, const void *pb)
+{
+    const struct kms_key_record *a = pa, *b = pb;
+    if (a->deletion_at != b->deletion_at)
+        return a->deletion_at < b->deletion_at ? -1 : 1;
+    return strcmp(a->key_id, b->key_id);
+}
+
+struct keys_list_arg {
+    const char *tenant;
+    int64_t after_created;
+    const char *after_id;
+    size_t limit;
+    void *arr; /* merged rows of every database so far */
+    size_t n;
+};
+
+/* Up to limit of one database's keys past the cursor, added to a->arr. */
+static kms_err keys_list_db(struct store_db *db, void *varg, const char *op)
+{
+    struct keys_list_arg *a = varg;
+    struct store_bind b;
+    void *part = NULL;
+    size_t n = 0;
+
+    struct store_conn *c = store_reader_take(db);
+    kms_err rc = store_stmt(c, ST_KEYS_LIST, op, &b);
+    if (rc == KMS_OK) {
+        store_bind_text(&b, 1, a->tenant);
+        store_bind_int(&b, 2, a->after_created);
+        store_bind_text(&b, 3, a->after_id);
+        store_bind_int(&b, 4, (int64_t)a->limit);
+        rc = store_collect(&b, sizeof(struct kms_key_record), a->limit, store_read_key, &part,
+                           &n, op);
+    }
+    store_conn_give(c);
+    if (rc == KMS_OK)
+        rc = store_concat(&a->arr, &a->n, part, n, sizeof(struct kms_key_record), op);
+    return rc;
+}
+
+/*
+ * With one database per region, each is asked for the page_size + 1 keys
+ * past the cursor and the answers are merged in (created_at, key_id)
+ * order, which is total (key ids are unique across regions): the first
+ * page_size of the merge are exactly the next page_size keys of all
+ * regions, and the cursor of the last names the same position in every
+ * database, so paging neither skips nor repeats a key. Every database must
+ * answer: a page that left a region out would skip its keys for good.
+ */
 kms_err kms_store_keys_list(struct kms_store *store, const char *tenant,
                             const char *page_token, size_t page_size,
                             struct kms_key_record **out, size_t *out_n,
@@ -340,9 +410,6 @@ kms_err kms_store_keys_list(struct kms_store *store, const char *tenant,
     static const char op[] = "list keys";
     int64_t after_created = 0; /* every created_at is > 0: (0, "") precedes all */
     char after_id[KMS_KEY_ID_SIZE] = "";
-    struct store_bind b;
-    void *arr = NULL;
-    size_t n = 0;
 
     KMS_ENSURE(store != NULL && out != NULL && out_n != NULL && next_token != NULL,
                KMS_ERR_USAGE, "store: %s: NULL argument", op);
@@ -355,36 +422,61 @@ kms_err kms_store_keys_list(struct kms_store *store, const char *tenant,
     if (page_token != NULL && page_token[0] != '\0')
         KMS_GUARD(page_token_parse(page_token, &after_created, after_id, op));
 
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_stmt(c, ST_KEYS_LIST, op, &b);
-    if (rc != KMS_OK)
-        goto out;
-    store_bind_text(&b, 1, tenant);
-    store_bind_int(&b, 2, after_created);
-    store_bind_text(&b, 3, after_id);
     /* One row more than asked tells whether another page follows. */
-    store_bind_int(&b, 4, (int64_t)page_size + 1);
-    KMS_GUARD_GOTO(store_collect(&b, sizeof(struct kms_key_record), page_size + 1,
-                                 store_read_key, &arr, &n, op),
-                   out);
+    struct keys_list_arg a = {tenant, after_created, after_id, page_size + 1, NULL, 0};
+    kms_err rc = store_each_db(store, true, keys_list_db, &a, op);
+    if (rc != KMS_OK) {
+        free(a.arr);
+        return rc;
+    }
+    if (store->n > 1 && a.n > 1)
+        qsort(a.arr, a.n, sizeof(struct kms_key_record), key_page_cmp);
+    size_t n = a.n;
     if (n > page_size) {
-        const struct kms_key_record *last = (struct kms_key_record *)arr + page_size - 1;
+        const struct kms_key_record *last = (struct kms_key_record *)a.arr + page_size - 1;
         snprintf(next_token, KMS_PAGE_TOKEN_SIZE, PAGE_TOKEN_PREFIX "%016" PRIx64 "%s",
                  (uint64_t)last->created_at, last->key_id);
         n = page_size;
     }
-    *out = arr;
+    *out = a.arr;
     *out_n = n;
-out:
+    return KMS_OK;
+}
+
+struct keys_due_arg {
+    int64_t now;
+    size_t limit;
+    void *arr;
+    size_t n;
+};
+
+static kms_err keys_due_db(struct store_db *db, void *varg, const char *op)
+{
+    struct keys_due_arg *a = varg;
+    struct store_bind b;
+    void *part = NULL;
+    size_t n = 0;
+
+    struct store_conn *c = store_reader_take(db);
+    kms_err rc = store_stmt(c, ST_KEYS_DUE, op, &b);
+    if (rc == KMS_OK) {
+        store_bind_int(&b, 1, a->now);
+        store_bind_int(&b, 2, (int64_t)a->limit);
+        rc = store_collect(&b, sizeof(struct kms_key_record), a->limit, store_read_key, &part,
+                           &n, op);
+    }
     store_conn_give(c);
+    if (rc == KMS_OK)
+        rc = store_concat(&a->arr, &a->n, part, n, sizeof(struct kms_key_record), op);
     return rc;
 }
 
+/* A region whose database is away is skipped: the others' due keys are
+ * still destroyed on time. */
 kms_err kms_store_keys_due_for_deletion(struct kms_store *store, int64_t now, size_t limit,
                                         struct kms_key_record **out, size_t *out_n)
 {
     static const char op[] = "list keys due for deletion";
-    struct store_bind b;
 
     KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
@@ -393,18 +485,17 @@ kms_err kms_store_keys_due_for_deletion(struct kms_store *store, int64_t now, si
     KMS_ENSURE(limit >= 1 && limit <= KMS_PAGE_SIZE_MAX, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: limit must be 1..%d", op, KMS_PAGE_SIZE_MAX);
 
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_stmt(c, ST_KEYS_DUE, op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        store_bind_int(&b, 1, now);
-        store_bind_int(&b, 2, (int64_t)limit);
-        rc = store_collect(&b, sizeof(struct kms_key_record), limit, store_read_key, &arr,
-                           out_n, op);
-        *out = arr;
+    struct keys_due_arg a = {now, limit, NULL, 0};
+    kms_err rc = store_each_db(store, false, keys_due_db, &a, op);
+    if (rc != KMS_OK) {
+        free(a.arr);
+        return rc;
     }
-    store_conn_give(c);
-    return rc;
+    if (store->n > 1 && a.n > 1)
+        qsort(a.arr, a.n, sizeof(struct kms_key_record), key_due_cmp);
+    *out = a.arr;
+    *out_n = a.n < limit ? a.n : limit;
+    return KMS_OK;
 }
 
 struct mark_destroyed_arg {
@@ -466,8 +557,10 @@ kms_err kms_store_key_mark_destroyed(struct kms_store *store, const char *key_id
     }
     KMS_GUARD(store_check_key_id(key_id, op));
 
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
     struct mark_destroyed_arg a = {key_id, now, out_ids != NULL, NULL, 0};
-    kms_err rc = store_tx_run(store, true, mark_destroyed_tx, &a, op);
+    kms_err rc = store_tx_run(db, true, mark_destroyed_tx, &a, op);
     /* The ids go out only once the commit is durable: destroying the HSM
      * objects of a key the store still calls alive would lose the key. */
     if (rc == KMS_OK && out_ids != NULL) {

@@ -8,7 +8,9 @@
  *
  * Backends: one SQLite database file (kms_store_open: WAL, synchronous=FULL,
  * foreign keys on, schema versioned by PRAGMA user_version), or a PostgreSQL
- * database shared by several kmsd (kms_store_open_pg; docs/fleet.md). Both
+ * database shared by several kmsd (kms_store_open_pg; docs/fleet.md), or
+ * one PostgreSQL database per region (kms_store_open_pg_regions: each call
+ * routed to the database of its region or key, kms_store_route.c). All
  * implement everything below unchanged: no backend type or rowid appears
  * here, every multi-row change is one transaction, and every
  * read-modify-write is a compare-and-set or a serializable transaction.
@@ -213,6 +215,40 @@ kms_err kms_store_open(const char *path, struct kms_store **out);
  */
 kms_err kms_store_open_pg(const char *conninfo, const char *password_source,
                           struct kms_store **out);
+
+/* Most regions one store spans, each in its own database. */
+#define KMS_STORE_REGIONS_MAX 16
+
+/* One region's PostgreSQL database (kms_store_open_pg_regions). */
+struct kms_store_pg_region {
+    const char *region;          /* as the keys' region column holds it */
+    const char *conninfo;        /* as for kms_store_open_pg */
+    const char *password_source; /* may be NULL */
+};
+
+/*
+ * Open a store that keeps each region's rows in that region's own
+ * PostgreSQL database (residency: docs/configuration.md, "store"). Each
+ * database is opened as kms_store_open_pg opens one. regions has 1..
+ * KMS_STORE_REGIONS_MAX entries with distinct region names and distinct
+ * databases (host, port and dbname as libpq parses them), else
+ * KMS_ERR_CONFIG.
+ *
+ * Routing, inside the store: a call that names a region (a new key's
+ * record, the audit and encryption marks) runs on that region's database;
+ * a call that names a key id runs where the key is (an in-memory map, else
+ * each database asked in turn); a call by another id (import token,
+ * recovery, hsm_id, link) asks each database until one has it; store-wide
+ * calls (lists, sweeps, reconcile, health) run on every database and merge
+ * (ListKeys pages across the databases in one (created_at, key_id) order).
+ * A region whose database is unreachable fails only the calls that need
+ * it, with KMS_ERR_IO; a database unreachable at open is connected and
+ * migrated on first use. Key ids must be unique across regions: they are
+ * 16 random bytes, and kms_store_key_insert refuses one another reachable
+ * region already holds (KMS_ERR_ALREADY_EXISTS).
+ */
+kms_err kms_store_open_pg_regions(const struct kms_store_pg_region *regions, size_t n,
+                                  struct kms_store **out);
 
 /* True when store is on PostgreSQL (shared by several processes). */
 bool kms_store_is_pg(const struct kms_store *store);

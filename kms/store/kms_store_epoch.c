@@ -38,7 +38,7 @@ static void bind_hsm_id_blob(struct store_bind *b, const void *arg)
 }
 
 /* SELECT value FROM meta WHERE name = ?: *found false when absent. */
-static kms_err meta_get(struct kms_store *store, const char *name, char *out, size_t size,
+static kms_err meta_get(struct store_db *store, const char *name, char *out, size_t size,
                         bool *found)
 {
     struct text_out t = {out, size};
@@ -48,7 +48,7 @@ static kms_err meta_get(struct kms_store *store, const char *name, char *out, si
 
 /* A region's watermark (what names it) stored as decimal text under name;
  * *out stays 0 and *found false when absent. */
-static kms_err meta_get_u64(struct kms_store *store, const char *name, const char *what,
+static kms_err meta_get_u64(struct store_db *store, const char *name, const char *what,
                             const char *region, uint64_t *out, bool *found)
 {
     char v[32];
@@ -84,7 +84,7 @@ static kms_err write_one_tx(struct store_conn *c, void *varg, const char *op)
     return rc;
 }
 
-static kms_err write_one(struct kms_store *store, const char *sql, const char *t1, const char *t2,
+static kms_err write_one(struct store_db *store, const char *sql, const char *t1, const char *t2,
                          int64_t i3, const char *op)
 {
     struct write_one_arg a = {sql, t1, t2, i3};
@@ -105,7 +105,9 @@ kms_err kms_store_audit_mark_get(struct kms_store *store, const char *region, ui
     char name[KMS_STORE_META_MAX];
     *out = 0;
     KMS_GUARD(mark_name(region, name));
-    return meta_get_u64(store, name, "audit watermark", region, out, out_found);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_region(store, region, &db, "read audit watermark"));
+    return meta_get_u64(db, name, "audit watermark", region, out, out_found);
 }
 
 /* Write a region's audit watermark with sql (?1 the name, ?3 the size). */
@@ -115,7 +117,9 @@ static kms_err audit_mark_write(struct kms_store *store, const char *region, uin
     char name[KMS_STORE_META_MAX];
     KMS_GUARD(mark_name(region, name));
     KMS_ENSURE(size <= INT64_MAX, KMS_ERR_USAGE, "store: audit watermark out of range");
-    return write_one(store, sql, name, NULL, (int64_t)size, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_region(store, region, &db, op));
+    return write_one(db, sql, name, NULL, (int64_t)size, op);
 }
 
 kms_err kms_store_audit_mark_set(struct kms_store *store, const char *region, uint64_t size)
@@ -160,7 +164,11 @@ kms_err kms_store_key_state_any(struct kms_store *store, const char *key_id,
                                 struct kms_store_key_raw *out, bool *out_found)
 {
     memset(out, 0, sizeof(*out));
-    return store_query_row(store,
+    *out_found = false;
+    struct store_db *db = NULL;
+    KMS_ENSURE(key_id != NULL, KMS_ERR_USAGE, "store: read key state: NULL key id");
+    KMS_GUARD(store_route_key_any(store, key_id, &db, "read key state"));
+    return store_query_row(db,
                            "SELECT state, spec, origin, last_version, current_version, "
                            "escrow_required FROM keys WHERE key_id = ?1",
                            "read key state", store_bind_text1, key_id, read_key_raw, out,
@@ -180,8 +188,12 @@ kms_err kms_store_version_state_any(struct kms_store *store, const char *key_id,
                                     bool *out_found)
 {
     struct store_text_int a = {key_id, version};
+    struct store_db *db = NULL;
+    *out_found = false;
+    KMS_ENSURE(key_id != NULL, KMS_ERR_USAGE, "store: read version state: NULL key id");
+    KMS_GUARD(store_route_key_any(store, key_id, &db, "read version state"));
     return store_query_row(
-        store, "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
+        db, "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
         "read version state", store_bind_text_int, &a, read_version_state, out_state, out_found);
 }
 
@@ -191,11 +203,41 @@ static kms_err read_nothing(const struct store_row *st, void *elem, const char *
     return KMS_OK;
 }
 
+/* A row found by hsm_id in any database: each asked until one has it. */
+struct hsm_find {
+    const char *sql;
+    store_row_reader read;
+    void *elem;
+    const uint8_t *hsm_id_arg;
+};
+
+static kms_err hsm_find_db(struct store_db *db, void *varg, const char *op)
+{
+    const struct hsm_find *f = varg;
+    bool found = false;
+    KMS_GUARD(store_query_row(db, f->sql, op, bind_hsm_id_blob, f->hsm_id_arg, f->read, f->elem,
+                              &found));
+    return found ? KMS_OK : kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: not found", op);
+}
+
+static kms_err hsm_find(struct kms_store *store, const char *sql, const uint8_t *hsm_id,
+                        store_row_reader read, void *elem, bool *out_found, const char *op)
+{
+    struct hsm_find f = {sql, read, elem, hsm_id};
+    *out_found = false;
+    kms_err rc = store_each_find(store, hsm_find_db, &f, op);
+    if (rc == KMS_ERR_NOT_FOUND)
+        return KMS_OK;
+    KMS_GUARD(rc);
+    *out_found = true;
+    return KMS_OK;
+}
+
 kms_err kms_store_hsm_id_known(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
                                bool *out_known)
 {
-    return store_query_row(store, "SELECT 1 FROM key_versions WHERE hsm_id = ?1", "look up hsm_id",
-                           bind_hsm_id_blob, hsm_id, read_nothing, NULL, out_known);
+    return hsm_find(store, "SELECT 1 FROM key_versions WHERE hsm_id = ?1", hsm_id, read_nothing,
+                    NULL, out_known, "look up hsm_id");
 }
 
 kms_err kms_store_key_version_floor(struct kms_store *store, const char *key_id,
@@ -203,7 +245,9 @@ kms_err kms_store_key_version_floor(struct kms_store *store, const char *key_id,
 {
     KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN, KMS_ERR_USAGE,
                "store: version floor: bad key id");
-    return write_one(store,
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key_any(store, key_id, &db, "raise last_version"));
+    return write_one(db,
                      "UPDATE keys SET last_version = ?3 WHERE key_id = ?1 AND last_version < ?3",
                      key_id, NULL, (int64_t)version, "raise last_version");
 }
@@ -218,23 +262,71 @@ static void hsm_mark_name(const char *prefix, const uint8_t hsm_id[KMS_HSM_ID_LE
     snprintf(name, KMS_STORE_META_MAX, "%s:%s", prefix, hex);
 }
 
+struct hsm_mark_arg {
+    const char *name;
+    int64_t now;
+};
+
+static kms_err hsm_mark_set_db(struct store_db *db, void *varg, const char *op)
+{
+    const struct hsm_mark_arg *a = varg;
+    return write_one(db,
+                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
+                     "ON CONFLICT (name) DO NOTHING",
+                     a->name, NULL, a->now, op);
+}
+
+/* The confirmation goes where the version of that hsm_id is; an object no
+ * database knows (an unknown one) has no region: every database gets it. */
 static kms_err hsm_mark_set(struct kms_store *store, const char *prefix,
                             const uint8_t hsm_id[KMS_HSM_ID_LEN], int64_t now, const char *op)
 {
     char name[KMS_STORE_META_MAX];
     hsm_mark_name(prefix, hsm_id, name);
-    return write_one(store,
-                     "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
-                     "ON CONFLICT (name) DO NOTHING",
-                     name, NULL, now, op);
+    struct hsm_mark_arg a = {name, now};
+    if (store->n == 1)
+        return hsm_mark_set_db(store->db[0], &a, op);
+    struct store_db *db = NULL;
+    kms_err rc = store_route_row(store, "SELECT 1 FROM key_versions WHERE hsm_id = ?1",
+                                 bind_hsm_id_blob, hsm_id, &db, op);
+    if (rc == KMS_ERR_NOT_FOUND)
+        return store_each_db(store, true, hsm_mark_set_db, &a, op);
+    KMS_GUARD(rc);
+    return hsm_mark_set_db(db, &a, op);
 }
 
+static kms_err read_any(const struct store_row *st, void *elem, const char *op)
+{
+    (void)st, (void)elem, (void)op;
+    return KMS_OK;
+}
+
+static void bind_name(struct store_bind *b, const void *arg)
+{
+    store_bind_text(b, 1, arg);
+}
+
+static kms_err hsm_mark_get_db(struct store_db *db, void *varg, const char *op)
+{
+    bool found = false;
+    KMS_GUARD(store_query_row(db, "SELECT 1 FROM meta WHERE name = ?1", op, bind_name, varg,
+                              read_any, NULL, &found));
+    return found ? KMS_OK : kms_err_set(KMS_ERR_NOT_FOUND, "store: %s: not found", op);
+}
+
+/* Confirmed when any database holds the confirmation. */
 static kms_err hsm_mark_get(struct kms_store *store, const char *prefix,
                             const uint8_t hsm_id[KMS_HSM_ID_LEN], bool *out_set)
 {
-    char name[KMS_STORE_META_MAX], v[32];
+    char name[KMS_STORE_META_MAX];
     hsm_mark_name(prefix, hsm_id, name);
-    return meta_get(store, name, v, sizeof(v), out_set);
+    *out_set = false;
+    kms_err rc = store_each_find(store, hsm_mark_get_db, name, "read confirmation");
+    if (rc == KMS_ERR_NOT_FOUND)
+        return KMS_OK;
+    KMS_GUARD(rc);
+    *out_set = true;
+    return KMS_OK;
 }
 
 kms_err kms_store_unknown_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],
@@ -280,7 +372,9 @@ kms_err kms_store_enc_mark_get(struct kms_store *store, const char *region, uint
     KMS_ENSURE(region != NULL && strlen(region) <= KMS_REGION_MAX, KMS_ERR_USAGE,
                "store: encryption-count watermark: bad region");
     snprintf(name, sizeof(name), "enc_mark:%s", region);
-    return meta_get_u64(store, name, "encryption-count watermark", region, out, &found);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_region(store, region, &db, "read encryption-count watermark"));
+    return meta_get_u64(db, name, "encryption-count watermark", region, out, &found);
 }
 
 kms_err kms_store_enc_mark_set(struct kms_store *store, const char *region, uint64_t size)
@@ -292,7 +386,9 @@ kms_err kms_store_enc_mark_set(struct kms_store *store, const char *region, uint
     snprintf(name, sizeof(name), "enc_mark:%s", region);
     /* Set, not raised: an audit log restored older than it is the one
      * counted from now on (its events were counted, if ever, before). */
-    return write_one(store,
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_region(store, region, &db, "record encryption-count watermark"));
+    return write_one(db,
                      "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
                      "ON CONFLICT (name) DO UPDATE SET value = CAST(?3 AS TEXT)",
                      name, NULL, (int64_t)size, "record encryption-count watermark");
@@ -327,7 +423,9 @@ kms_err kms_store_usage_bound(struct kms_store *store, const char *key_id, uint3
                "store: %s: bad key id or version", op);
     int64_t v = n > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)n;
     struct usage_bound_arg a = {key_id, version, v, add};
-    return store_tx_run(store, true, usage_bound_tx, &a, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key_any(store, key_id, &db, op));
+    return store_tx_run(db, true, usage_bound_tx, &a, op);
 }
 
 struct force_state_arg {
@@ -374,7 +472,9 @@ kms_err kms_store_key_force_state(struct kms_store *store, const char *key_id,
                KMS_ERR_USAGE, "store: %s: state %s cannot be forced", op,
                kms_key_state_name(state));
     struct force_state_arg a = {key_id, state, present, n_present};
-    return store_tx_run(store, true, force_state_tx, &a, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key_any(store, key_id, &db, op));
+    return store_tx_run(db, true, force_state_tx, &a, op);
 }
 
 struct reattach_arg {
@@ -411,18 +511,29 @@ kms_err kms_store_version_reattach(struct kms_store *store, const char *key_id, 
     KMS_ENSURE(key_id != NULL && strlen(key_id) == KMS_KEY_ID_LEN && version > 0, KMS_ERR_USAGE,
                "store: %s: bad key id or version", op);
     struct reattach_arg a = {key_id, version, hsm_id, now};
-    return store_tx_run(store, true, reattach_tx, &a, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key_any(store, key_id, &db, op));
+    return store_tx_run(db, true, reattach_tx, &a, op);
 }
 
 /* ---- backups ------------------------------------------------------------- */
 
-kms_err kms_store_backup_pending(struct kms_store *store, bool *out_pending,
-                                 char out_backup_of[KMS_STORE_META_MAX],
-                                 char out_backup_at[KMS_STORE_META_MAX])
+struct backup_arg {
+    bool *pending;
+    char *of, *at;
+};
+
+/* One database restored from a backup and not yet announced. */
+static kms_err backup_pending_db(struct store_db *store, void *varg, const char *op)
 {
+    struct backup_arg *a = varg;
     bool of = false, at = false, seen = false;
     char v[32];
-    *out_pending = false;
+    (void)op;
+    if (*a->pending)
+        return KMS_OK; /* the first one found is reported */
+    char *out_backup_of = a->of, *out_backup_at = a->at;
+    bool *out_pending = a->pending;
     KMS_GUARD(meta_get(store, "backup_of", out_backup_of, KMS_STORE_META_MAX, &of));
     KMS_GUARD(meta_get(store, "backup_at", out_backup_at, KMS_STORE_META_MAX, &at));
     KMS_GUARD(meta_get(store, "restore_announced", v, sizeof(v), &seen));
@@ -432,12 +543,26 @@ kms_err kms_store_backup_pending(struct kms_store *store, bool *out_pending,
     return KMS_OK;
 }
 
-kms_err kms_store_backup_announced(struct kms_store *store, int64_t now)
+kms_err kms_store_backup_pending(struct kms_store *store, bool *out_pending,
+                                 char out_backup_of[KMS_STORE_META_MAX],
+                                 char out_backup_at[KMS_STORE_META_MAX])
 {
-    return write_one(store,
+    *out_pending = false;
+    struct backup_arg a = {out_pending, out_backup_of, out_backup_at};
+    return store_each_db(store, true, backup_pending_db, &a, "read backup marks");
+}
+
+static kms_err backup_announced_db(struct store_db *db, void *varg, const char *op)
+{
+    return write_one(db,
                      "INSERT INTO meta (name, value) VALUES (?1, CAST(?3 AS TEXT)) "
                      "ON CONFLICT (name) DO NOTHING",
-                     "restore_announced", NULL, now, "record restore announced");
+                     "restore_announced", NULL, *(const int64_t *)varg, op);
+}
+
+kms_err kms_store_backup_announced(struct kms_store *store, int64_t now)
+{
+    return store_each_db(store, true, backup_announced_db, &now, "record restore announced");
 }
 
 static kms_err exec_sql(sqlite3 *db, const char *sql, const char *op)
@@ -557,9 +682,8 @@ kms_err kms_store_version_by_hsm_id(struct kms_store *store,
                                     bool *out_found)
 {
     struct key_id_version_out o = {out_key_id, out_version};
-    return store_query_row(store, "SELECT key_id, version FROM key_versions WHERE hsm_id = ?1",
-                           "find version by hsm_id", bind_hsm_id_blob, hsm_id, read_key_id_version,
-                           &o, out_found);
+    return hsm_find(store, "SELECT key_id, version FROM key_versions WHERE hsm_id = ?1", hsm_id,
+                    read_key_id_version, &o, out_found, "find version by hsm_id");
 }
 
 kms_err kms_store_lost_confirm(struct kms_store *store, const uint8_t hsm_id[KMS_HSM_ID_LEN],

@@ -73,8 +73,10 @@ static kms_err escrow_insert_tx(struct store_conn *c, void *varg, const char *op
 kms_err store_escrow_insert(struct kms_store *store, const char *key_id, uint32_t version,
                             const char *sql, store_binder bind, const void *row, const char *op)
 {
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
     struct escrow_insert_arg a = {key_id, version, sql, bind, row};
-    return store_tx_run(store, true, escrow_insert_tx, &a, op);
+    return store_tx_run(db, true, escrow_insert_tx, &a, op);
 }
 
 kms_err kms_store_escrow_put(struct kms_store *store, const struct kms_escrow_record *r)
@@ -119,8 +121,13 @@ kms_err kms_store_escrow_list(struct kms_store *store, const char *key_id,
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
+    struct store_db *db = NULL;
+    kms_err rc = store_route_key(store, key_id, &db, op);
+    if (rc == KMS_ERR_NOT_FOUND)
+        return KMS_OK; /* no key, no escrow copies (as one database answers) */
+    KMS_GUARD(rc);
     void *arr = NULL;
-    kms_err rc = store_list_query(store,
+    rc = store_list_query(db,
                                   "SELECT " ESCROW_COLS " FROM escrow_blobs WHERE key_id = ?1 "
                                   "ORDER BY version, part",
                                   op, store_bind_text1, key_id, sizeof(struct kms_escrow_record),
@@ -227,8 +234,10 @@ kms_err kms_store_recovery_insert(struct kms_store *store, const struct kms_reco
                    r->approvals_required >= 1 && r->expires_at > r->created_at,
                KMS_ERR_INVALID_ARGUMENT, "store: %s: malformed recovery", op);
     KMS_GUARD(store_check_key_id(r->key_id, op));
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, r->key_id, &db, op));
     struct recovery_insert_arg a = {r, max_open, out_open};
-    return store_tx_run(store, true, recovery_insert_tx, &a, op);
+    return store_tx_run(db, true, recovery_insert_tx, &a, op);
 }
 
 static kms_err read_recovery(const struct store_row *st, void *elem, const char *op)
@@ -315,6 +324,18 @@ static kms_err recovery_get_tx(struct store_conn *c, void *varg, const char *op)
     return rc;
 }
 
+/* The database holding a recovery (the one of its key). */
+static kms_err recovery_route(struct kms_store *store, const char *recovery_id,
+                              struct store_db **out, const char *op)
+{
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    kms_err rc = store_route_row(store, "SELECT 1 FROM recoveries WHERE recovery_id = ?1",
+                                 store_bind_text1, recovery_id, out, op);
+    if (rc == KMS_ERR_NOT_FOUND)
+        rc = kms_err_set(rc, "recovery not found");
+    return rc;
+}
+
 kms_err kms_store_recovery_get(struct kms_store *store, const char *recovery_id,
                                struct kms_recovery_record *out,
                                struct kms_recovery_approval **out_appr, size_t *out_n_appr)
@@ -327,8 +348,10 @@ kms_err kms_store_recovery_get(struct kms_store *store, const char *recovery_id,
     KMS_ENSURE(recovery_id != NULL && strlen(recovery_id) == KMS_RECOVERY_ID_LEN &&
                    strspn(recovery_id, "0123456789abcdef") == KMS_RECOVERY_ID_LEN,
                KMS_ERR_NOT_FOUND, "recovery not found");
+    struct store_db *db = NULL;
+    KMS_GUARD(recovery_route(store, recovery_id, &db, op));
     struct recovery_get_arg a = {recovery_id, out, out_appr, out_n_appr};
-    return store_tx_run(store, false, recovery_get_tx, &a, op);
+    return store_tx_run(db, false, recovery_get_tx, &a, op);
 }
 
 struct list_arg {
@@ -344,20 +367,54 @@ static void bind_list(struct store_bind *b, const void *varg)
     store_bind_int(b, 3, a->open_only ? 1 : 0);
 }
 
+/* The list's order: newest first, then by id. */
+static int recovery_list_cmp(const void *pa, const void *pb)
+{
+    const struct kms_recovery_record *a = pa, *b = pb;
+    if (a->created_at != b->created_at)
+        return a->created_at > b->created_at ? -1 : 1;
+    return strcmp(a->recovery_id, b->recovery_id);
+}
+
 kms_err kms_store_recovery_list(struct kms_store *store, const char *tenant, const char *key_id,
                                 bool open_only, struct kms_recovery_record **out, size_t *out_n)
 {
     static const char op[] = "list recoveries";
+    static const char sql[] = "SELECT " RECOVERY_COLS " FROM recoveries WHERE tenant = ?1 "
+                              "AND (?2 = '' OR key_id = ?2) AND (?3 = 0 OR state IN (1, 2)) "
+                              "ORDER BY created_at DESC, recovery_id LIMIT 100";
     struct list_arg a = {tenant, key_id ? key_id : "", open_only};
     void *arr = NULL;
-    kms_err rc = store_list_query(store,
-                                  "SELECT " RECOVERY_COLS " FROM recoveries WHERE tenant = ?1 "
-                                  "AND (?2 = '' OR key_id = ?2) AND (?3 = 0 OR state IN (1, 2)) "
-                                  "ORDER BY created_at DESC, recovery_id LIMIT 100",
-                                  op, bind_list, &a, sizeof(struct kms_recovery_record),
-                                  KMS_RECOVERY_LIST_MAX, read_recovery, &arr, out_n);
+    size_t n = 0;
+    kms_err rc;
+    *out = NULL;
+    *out_n = 0;
+    if (key_id != NULL && key_id[0] != '\0' && store->n > 1) {
+        /* One key's recoveries are in its region's database; a key that
+         * is nowhere has none. */
+        struct store_db *db = NULL;
+        rc = store_check_key_id(key_id, op);
+        if (rc == KMS_OK)
+            rc = store_route_key(store, key_id, &db, op);
+        if (rc == KMS_ERR_NOT_FOUND || rc == KMS_ERR_INVALID_ARGUMENT)
+            return KMS_OK;
+        KMS_GUARD(rc);
+        rc = store_list_query(db, sql, op, bind_list, &a, sizeof(struct kms_recovery_record),
+                              KMS_RECOVERY_LIST_MAX, read_recovery, &arr, &n);
+    } else {
+        rc = store_list_all(store, true, sql, op, bind_list, &a,
+                            sizeof(struct kms_recovery_record), KMS_RECOVERY_LIST_MAX,
+                            read_recovery, &arr, &n);
+        if (rc == KMS_OK && store->n > 1 && n > 1)
+            qsort(arr, n, sizeof(struct kms_recovery_record), recovery_list_cmp);
+    }
+    if (rc != KMS_OK) {
+        free(arr);
+        return rc;
+    }
     *out = arr;
-    return rc;
+    *out_n = n < KMS_RECOVERY_LIST_MAX ? n : KMS_RECOVERY_LIST_MAX;
+    return KMS_OK;
 }
 
 struct approve_arg {
@@ -422,8 +479,10 @@ kms_err kms_store_recovery_approve(struct kms_store *store, const char *recovery
     *out_counted = false;
     KMS_ENSURE(sig_len >= 1 && sig_len <= KMS_RECOVERY_SIG_MAX, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: signature length", op);
+    struct store_db *db = NULL;
+    KMS_GUARD(recovery_route(store, recovery_id, &db, op));
     struct recovery_approve_arg a = {{recovery_id, officer, sig, sig_len, now}, out_counted};
-    kms_err rc = store_tx_run(store, true, recovery_approve_tx, &a, op);
+    kms_err rc = store_tx_run(db, true, recovery_approve_tx, &a, op);
     if (rc != KMS_OK)
         *out_counted = false;
     return rc;
@@ -471,8 +530,10 @@ kms_err kms_store_recovery_finish(struct kms_store *store, const char *recovery_
     KMS_ENSURE(new_state == KMS_RECOVERY_CANCELLED || new_state == KMS_RECOVERY_EXPIRED ||
                    new_state == KMS_RECOVERY_EXECUTED,
                KMS_ERR_USAGE, "store: %s: bad target state", op);
+    struct store_db *db = NULL;
+    KMS_GUARD(recovery_route(store, recovery_id, &db, op));
     struct finish_arg a = {recovery_id, expected, new_state, now, by, reason};
-    return store_tx_run(store, true, recovery_finish_tx, &a, op);
+    return store_tx_run(db, true, recovery_finish_tx, &a, op);
 }
 
 struct recovery_restore_arg {
@@ -535,6 +596,8 @@ kms_err kms_store_recovery_restore(struct kms_store *store, const char *recovery
     static const char op[] = "restore key";
     KMS_ENSURE(key_state == KMS_KEY_ENABLED || key_state == KMS_KEY_DISABLED, KMS_ERR_USAGE,
                "store: %s: bad key state", op);
+    struct store_db *db = NULL;
+    KMS_GUARD(recovery_route(store, recovery_id, &db, op));
     struct recovery_restore_arg a = {recovery_id, now, key_state};
-    return store_tx_run(store, true, recovery_restore_tx, &a, op);
+    return store_tx_run(db, true, recovery_restore_tx, &a, op);
 }

@@ -77,7 +77,12 @@ kms_err kms_store_escrow_pair_get(struct kms_store *store, const char *key_id, u
     memset(out, 0, sizeof(*out));
     struct store_text_int a = {key_id, version};
     bool found = false;
-    KMS_GUARD(store_query_row(store,
+    struct store_db *db = NULL;
+    kms_err rc = store_route_key(store, key_id, &db, op);
+    KMS_ENSURE(rc != KMS_ERR_NOT_FOUND, KMS_ERR_NOT_FOUND,
+               "key %s version %" PRIu32 " has no escrow", key_id, version);
+    KMS_GUARD(rc);
+    KMS_GUARD(store_query_row(db,
                               "SELECT " PAIR_COLS " FROM escrow_pairs WHERE key_id = ?1 AND "
                               "version = ?2",
                               op, store_bind_text_int, &a, read_pair, out, &found));
@@ -107,8 +112,13 @@ kms_err kms_store_escrow_pair_list(struct kms_store *store, const char *key_id,
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
+    struct store_db *db = NULL;
+    kms_err rc = store_route_key(store, key_id, &db, op);
+    if (rc == KMS_ERR_NOT_FOUND)
+        return KMS_OK; /* no key, no escrow (as one database answers) */
+    KMS_GUARD(rc);
     void *arr = NULL;
-    kms_err rc = store_list_query(store,
+    rc = store_list_query(db,
                                   "SELECT key_id, version, token, escrow_hsm_id, created_at FROM "
                                   "escrow_pairs WHERE key_id = ?1 ORDER BY version",
                                   op, store_bind_text1, key_id, sizeof(struct kms_escrow_record),

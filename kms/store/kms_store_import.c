@@ -185,8 +185,10 @@ kms_err kms_store_import_token_insert(struct kms_store *store,
                "store: %s: expires_at must follow created_at", op);
     KMS_ENSURE(max_live >= 1, KMS_ERR_USAGE, "store: %s: max_live must be positive", op);
 
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, t->key_id, &db, op));
     struct token_insert_arg a = {t, max_live, now};
-    return store_tx_run(store, true, token_insert_tx, &a, op);
+    return store_tx_run(db, true, token_insert_tx, &a, op);
 }
 
 /* A token's move from one state to the next, decided from its row by a
@@ -217,11 +219,10 @@ static kms_err token_step_tx(struct store_conn *c, void *varg, const char *op)
 
 /* Read a token's row, decide its move and make it (a compare-and-set), in
  * one write transaction. */
-static kms_err token_step(struct kms_store *store, const uint8_t *token_id, token_decide decide,
+static kms_err token_step(struct store_db *store, const uint8_t *token_id, token_decide decide,
                           void *arg, const char *op)
 {
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    KMS_GUARD(check_token_id(token_id, op));
     struct token_step_arg a = {token_id, decide, arg};
     return store_tx_run(store, true, token_step_tx, &a, op);
 }
@@ -242,7 +243,7 @@ static kms_err decide_cas(const struct kms_import_token_record *t, void *varg,
 }
 
 /* One compare-and-set in its own transaction. */
-kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
+kms_err store_import_cas_tx(struct store_db *store, const uint8_t *token_id,
                             enum kms_import_state from, enum kms_import_state to,
                             enum kms_import_end end_reason, bool keep_end, const char *op)
 {
@@ -250,10 +251,26 @@ kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
     return token_step(store, token_id, decide_cas, &a, op);
 }
 
+kms_err store_import_route(struct kms_store *store, const uint8_t *token_id,
+                           struct store_db **out, const char *op)
+{
+    *out = NULL;
+    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
+    KMS_GUARD(check_token_id(token_id, op));
+    kms_err rc = store_route_row(store, "SELECT 1 FROM import_tokens WHERE token_id = ?1",
+                                 bind_token_id, token_id, out, op);
+    if (rc == KMS_ERR_NOT_FOUND)
+        rc = kms_err_set(rc, "store: %s: import token not found", op);
+    return rc;
+}
+
 kms_err kms_store_import_token_issue(struct kms_store *store,
                                      const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
 {
-    return store_import_cas_tx(store, token_id, KMS_IMPORT_CREATING, KMS_IMPORT_ISSUED, KMS_IMPORT_END_NONE,
+    static const char op[] = "issue import token";
+    struct store_db *db = NULL;
+    KMS_GUARD(store_import_route(store, token_id, &db, op));
+    return store_import_cas_tx(db, token_id, KMS_IMPORT_CREATING, KMS_IMPORT_ISSUED, KMS_IMPORT_END_NONE,
                   false, "issue import token");
 }
 
@@ -271,9 +288,9 @@ kms_err kms_store_import_token_discard(struct kms_store *store,
                                        const uint8_t token_id[KMS_IMPORT_TOKEN_ID_LEN])
 {
     static const char op[] = "discard import token";
-    KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    KMS_GUARD(check_token_id(token_id, op));
-    return store_tx_run(store, true, token_discard_tx, (void *)token_id, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_import_route(store, token_id, &db, op));
+    return store_tx_run(db, true, token_discard_tx, (void *)token_id, op);
 }
 
 kms_err kms_store_import_token_get(struct kms_store *store,
@@ -282,8 +299,9 @@ kms_err kms_store_import_token_get(struct kms_store *store,
 {
     static const char op[] = "get import token";
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
-    KMS_GUARD(check_token_id(token_id, op));
-    struct store_conn *c = store_reader_take(store);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_import_route(store, token_id, &db, op));
+    struct store_conn *c = store_reader_take(db);
     kms_err rc = token_row_get(c, token_id, out, op);
     store_conn_give(c);
     return rc;
@@ -317,8 +335,10 @@ kms_err kms_store_import_token_claim(struct kms_store *store,
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_token_id(token_id, op));
     KMS_GUARD(store_check_key_id(key_id, op));
+    struct store_db *db = NULL;
+    KMS_GUARD(store_import_route(store, token_id, &db, op));
     struct claim_arg a = {key_id, now};
-    return token_step(store, token_id, decide_claim, &a, op);
+    return token_step(db, token_id, decide_claim, &a, op);
 }
 
 struct release_arg {
@@ -352,8 +372,10 @@ kms_err kms_store_import_token_release(struct kms_store *store,
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_token_id(token_id, op));
     KMS_ENSURE(max_failures >= 1, KMS_ERR_USAGE, "store: %s: max_failures must be positive", op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_import_route(store, token_id, &db, op));
     struct release_arg a = {failed, max_failures, false};
-    kms_err rc = token_step(store, token_id, decide_release, &a, op);
+    kms_err rc = token_step(db, token_id, decide_release, &a, op);
     if (rc == KMS_OK && out_burnt)
         *out_burnt = a.burnt;
     return rc;
@@ -477,8 +499,10 @@ kms_err kms_store_import_commit(struct kms_store *store,
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_ENSURE(version >= 1, KMS_ERR_INVALID_ARGUMENT, "store: %s: versions start at 1", op);
 
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
     struct import_commit_arg a = {token_id, key_id, version, kcv, first};
-    return store_tx_run(store, true, import_commit_tx, &a, op);
+    return store_tx_run(db, true, import_commit_tx, &a, op);
 }
 
 static kms_err read_kcv(const struct store_row *st, void *elem, const char *op)
@@ -526,7 +550,9 @@ kms_err kms_store_key_check_values(struct kms_store *store, const char *key_id,
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
-    kms_err rc = store_tx_run(store, false, kcv_tx, &a, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
+    kms_err rc = store_tx_run(db, false, kcv_tx, &a, op);
     if (rc != KMS_OK) {
         free(a.arr);
         return rc;

@@ -4,6 +4,7 @@
  *
  *   kms_store.c          validation, key operations
  *   kms_store_open.c     open/free (SQLite file and lock, PostgreSQL)
+ *   kms_store_route.c    which database a call runs on (one per region)
  *   kms_store_versions.c version operations and reconcile
  *   kms_store_import.c   BYOK import tokens and key check values
  *   kms_store_sql.c      running one statement on either backend (SQLite,
@@ -96,7 +97,7 @@ enum store_stmt_id {
 struct store_conn {
     pthread_mutex_t mu;
     bool mu_ready;
-    struct kms_store *owner;
+    struct store_db *owner;
     bool writable;
     /* SQLite */
     sqlite3 *db;
@@ -111,15 +112,51 @@ struct store_conn {
     int64_t pg_changes; /* rows changed by the last statement */
 };
 
-struct kms_store {
+/* One database: the SQLite file, or one PostgreSQL database (of a region,
+ * or of every region when the store has one database). */
+struct store_db {
     bool pg;          /* backend: PostgreSQL, else SQLite */
     char *path;       /* SQLite file */
     int lock_fd;      /* SQLite: holds the flock that keeps other processes out */
     char *conninfo;   /* PostgreSQL target (no password) */
     char *password;   /* PostgreSQL password source ("file:..."), may be NULL */
+    char region[KMS_REGION_MAX + 1]; /* the region it holds; "" for all */
+    /* PostgreSQL regions: false until the writer has connected and checked
+     * (migrated) the database; a region unreachable at open is opened on
+     * its first use (store_db_ready). Guarded by the writer's mutex. */
+    atomic_bool ready;
     struct store_conn writer;
     struct store_conn readers[STORE_READERS];
     atomic_uint next_reader;
+};
+
+/* Most databases one store spans (one per region; kms_store.h). */
+#define STORE_DB_MAX KMS_STORE_REGIONS_MAX
+
+/* Slots of the key id -> database cache of a store with several databases
+ * (a power of two). A slot holds one key id; a collision only costs the
+ * next lookup of the evicted key a probe of each database. */
+#define STORE_KEYMAP_SLOTS 4096
+
+struct store_keymap_slot {
+    char key_id[KMS_KEY_ID_SIZE];
+    unsigned db;
+};
+
+/*
+ * The store: one database (SQLite, or PostgreSQL for every region), or one
+ * PostgreSQL database per region. Each region's rows live in its database
+ * and only there (residency); a public function picks its database through
+ * kms_store_route.c: by region when the call names one, by key id (the
+ * cache below, else a probe of each database) when it names a key, and
+ * every database for store-wide work (sweeps, reconcile, health).
+ */
+struct kms_store {
+    bool pg;
+    size_t n;                       /* databases, 1..STORE_DB_MAX */
+    struct store_db *db[STORE_DB_MAX];
+    pthread_mutex_t map_mu;         /* guards map (n > 1 only) */
+    struct store_keymap_slot *map;  /* NULL when n == 1 */
 };
 
 /* ---- kms_store_schema.c ---- */
@@ -171,8 +208,8 @@ static inline bool store_conn_is_pg(const struct store_conn *c)
 /* ---- kms_store_sql.c ---- */
 
 /* Lease a connection (locking its mutex); give it back when done. */
-struct store_conn *store_writer_take(struct kms_store *s);
-struct store_conn *store_reader_take(struct kms_store *s);
+struct store_conn *store_writer_take(struct store_db *s);
+struct store_conn *store_reader_take(struct store_db *s);
 void store_conn_give(struct store_conn *c);
 void store_conn_close(struct store_conn *c);
 
@@ -327,7 +364,7 @@ kms_err store_query_int(struct store_conn *c, const char *sql, const char *op, s
  * run several times (SERIALIZABLE, STORE_PG_TX_ATTEMPTS): it must start
  * from what arg held on entry and free what an earlier run left there. */
 typedef kms_err (*store_tx_body)(struct store_conn *c, void *arg, const char *op);
-kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg,
+kms_err store_tx_run(struct store_db *s, bool write, store_tx_body body, void *arg,
                      const char *op);
 
 /* Prepare sql, bind through `bind` (may be NULL), and store_collect up to
@@ -338,9 +375,9 @@ kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op
                            void **out, size_t *out_n);
 /* At most one row of a per-call query on a reader of its own, decoded by
  * read into elem; *out_found false (and KMS_OK) when there is none. */
-kms_err store_query_row(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+kms_err store_query_row(struct store_db *s, const char *sql, const char *op, store_binder bind,
                         const void *arg, store_row_reader read, void *elem, bool *out_found);
-kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+kms_err store_list_query(struct store_db *s, const char *sql, const char *op, store_binder bind,
                          const void *arg, size_t elem, size_t max, store_row_reader read,
                          void **out, size_t *out_n);
 
@@ -352,7 +389,10 @@ kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, s
 #define STORE_IMPORT_TOKEN_COLS                                                                \
     "token_id, key_id, token, hsm_id, state, end_reason, failures, created_at, expires_at"
 kms_err store_import_read_token(const struct store_row *r, void *elem, const char *op);
-kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
+/* The database holding the import token (KMS_ERR_NOT_FOUND: none). */
+kms_err store_import_route(struct kms_store *store, const uint8_t *token_id,
+                           struct store_db **out, const char *op);
+kms_err store_import_cas_tx(struct store_db *store, const uint8_t *token_id,
                             enum kms_import_state from, enum kms_import_state to,
                             enum kms_import_end end_reason, bool keep_end, const char *op);
 
@@ -361,5 +401,79 @@ kms_err store_import_cas_tx(struct kms_store *store, const uint8_t *token_id,
  * `bind` from row, in one write transaction. In kms_store_escrow.c. */
 kms_err store_escrow_insert(struct kms_store *store, const char *key_id, uint32_t version,
                             const char *sql, store_binder bind, const void *row, const char *op);
+
+/* ---- kms_store_open.c ---- */
+
+/* Connect a PostgreSQL database's writer, check and migrate the schema,
+ * and mark it ready; the caller holds the writer's mutex (or is alone). */
+kms_err store_db_pg_open(struct store_db *s);
+
+/* ---- kms_store_route.c ---- */
+
+/* The database of region. With one database, that one (whatever region);
+ * else KMS_ERR_FAILED_PRECONDITION when no database holds the region, and
+ * KMS_ERR_IO when the region's database is unreachable (store_db_ready).
+ * This is how a statement is run on one region's database: route, then
+ * store_tx_run / store_query_row / store_list_query on the result. */
+kms_err store_route_region(struct kms_store *s, const char *region, struct store_db **out,
+                           const char *op);
+
+/* The database that holds key_id (checked by the caller), CREATING rows
+ * included: the cache, else each database asked in turn. KMS_ERR_NOT_FOUND
+ * when none has it; KMS_ERR_IO when none has it and one could not be asked. */
+kms_err store_route_key(struct kms_store *s, const char *key_id, struct store_db **out,
+                        const char *op);
+
+/* As store_route_key, but a key no database holds gets a reachable
+ * database (any), which then answers as for a missing key: for calls whose
+ * answer on a missing key is not an error (a verdict, found = false). */
+kms_err store_route_key_any(struct kms_store *s, const char *key_id, struct store_db **out,
+                            const char *op);
+
+/* KMS_ERR_ALREADY_EXISTS when a database other than db holds key_id (ids
+ * are unique across regions). A database that cannot be asked is skipped
+ * (logged): ids are random, and one region's outage must not stop the
+ * others creating keys. */
+kms_err store_route_key_unique(struct kms_store *s, const char *key_id,
+                               const struct store_db *db, const char *op);
+
+/* Remember that key_id lives in db (after an insert there). */
+void store_route_remember(struct kms_store *s, const char *key_id, const struct store_db *db);
+
+/* A PostgreSQL region's database opened (connected, migrated) if it was
+ * not yet: KMS_ERR_IO while it is unreachable. KMS_OK at once otherwise. */
+kms_err store_db_ready(struct store_db *db, const char *op);
+
+/* Run fn on each database until one answers other than KMS_ERR_NOT_FOUND
+ * or KMS_ERR_IO (the row is there): that answer is returned. When none
+ * does, the first KMS_ERR_IO (a database that could not be asked may hold
+ * the row), else KMS_ERR_NOT_FOUND. For rows found by an id that is not a
+ * key id (import token, recovery, hsm_id); ids are unique across regions. */
+typedef kms_err (*store_db_fn)(struct store_db *db, void *arg, const char *op);
+kms_err store_each_find(struct kms_store *s, store_db_fn fn, void *arg, const char *op);
+
+/* Run fn on every database (store-wide work). all: stop at the first
+ * failure and return it (results must be complete: orphan detection);
+ * else a database that fails is logged and skipped, and the call fails
+ * only if every database did (sweeps: the rest still get their work). */
+kms_err store_each_db(struct kms_store *s, bool all, store_db_fn fn, void *arg, const char *op);
+
+/* The database holding the row sql finds: sql is a one-row query
+ * ("SELECT 1 FROM t WHERE id = ?1") bound through bind from arg. Errors as
+ * store_each_find's. With one database, that one without a query. */
+kms_err store_route_row(struct kms_store *s, const char *sql, store_binder bind, const void *arg,
+                        struct store_db **out, const char *op);
+
+/* store_list_query on every database (all: as for store_each_db), each
+ * database's rows (up to max each) appended in database order; the caller
+ * sorts and truncates what must be. */
+kms_err store_list_all(struct kms_store *s, bool all, const char *sql, const char *op,
+                       store_binder bind, const void *arg, size_t elem, size_t max,
+                       store_row_reader read, void **out, size_t *out_n);
+
+/* Append n elements of size elem from part to *acc (*acc_n of them);
+ * frees part. For merging what each database returned. */
+kms_err store_concat(void **acc, size_t *acc_n, void *part, size_t n, size_t elem,
+                     const char *op);
 
 #endif

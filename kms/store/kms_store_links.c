@@ -108,7 +108,9 @@ kms_err kms_store_link_insert(struct kms_store *store, const struct kms_link_rec
     static const char op[] = "insert link token";
     KMS_ENSURE(store != NULL && r != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(check_record(r, op));
-    return store_tx_run(store, true, insert_tx, (void *)r, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key_any(store, r->key_id, &db, op));
+    return store_tx_run(db, true, insert_tx, (void *)r, op);
 }
 
 static kms_err blob_col(const struct store_row *r, int col, uint8_t *dst, size_t len,
@@ -339,7 +341,9 @@ kms_err kms_store_link_redeem(struct kms_store *store, const struct kms_link_att
     memset(&ra, 0, sizeof(ra));
     ra.a = a;
     ra.verdict = KMS_LINK_UNKNOWN;
-    kms_err rc = store_tx_run(store, true, redeem_tx, &ra, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key_any(store, a->key_id, &db, op));
+    kms_err rc = store_tx_run(db, true, redeem_tx, &ra, op);
     if (rc == KMS_OK) {
         *out_verdict = ra.verdict;
         if (out_row)
@@ -401,7 +405,10 @@ kms_err kms_store_link_revoke(struct kms_store *store, const char *key_id,
                                  printable_ascii(message_ref, KMS_LINK_REF_MAX),
                KMS_ERR_INVALID_ARGUMENT, "store: %s: bad ids or message reference", op);
     struct revoke_arg r = {key_id, ids, n, message_ref, 0};
-    kms_err rc = store_tx_run(store, true, revoke_tx, &r, op);
+    struct store_db *db = NULL;
+    kms_err rc = store_route_key_any(store, key_id, &db, op);
+    if (rc == KMS_OK)
+        rc = store_tx_run(db, true, revoke_tx, &r, op);
     *out_revoked = rc == KMS_OK ? r.revoked : 0;
     return rc;
 }
@@ -427,13 +434,24 @@ static kms_err sweep_tx(struct store_conn *c, void *varg, const char *op)
                           bind_sweep, a, NULL);
 }
 
+static kms_err sweep_db(struct store_db *db, void *varg, const char *op)
+{
+    int64_t *total = varg;
+    int64_t a[3] = {total[0], total[1], 0};
+    KMS_GUARD(store_tx_run(db, true, sweep_tx, a, op));
+    total[2] += a[2];
+    return KMS_OK;
+}
+
+/* Each region's database is swept (up to max rows each); one that is away
+ * is skipped. */
 kms_err kms_store_link_sweep(struct kms_store *store, int64_t before, size_t max, size_t *out_n)
 {
     static const char op[] = "sweep link tokens";
     KMS_ENSURE(store != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_ENSURE(max >= 1 && max <= 100000, KMS_ERR_INVALID_ARGUMENT, "store: %s: bad limit", op);
     int64_t a[3] = {before, (int64_t)max, 0};
-    kms_err rc = store_tx_run(store, true, sweep_tx, a, op);
+    kms_err rc = store_each_db(store, false, sweep_db, a, op);
     if (out_n)
         *out_n = rc == KMS_OK ? (size_t)a[2] : 0;
     return rc;
@@ -448,7 +466,10 @@ kms_err kms_store_link_get(struct kms_store *store, const char *key_id,
                op);
     KMS_GUARD(store_check_key_id(key_id, op));
     struct key_tok kt = {key_id, token_id};
-    return store_query_row(store,
+    struct store_db *db = NULL;
+    *out_found = false;
+    KMS_GUARD(store_route_key_any(store, key_id, &db, op));
+    return store_query_row(db,
                            "SELECT " LINK_COLS " FROM link_tokens "
                            "WHERE key_id = ?1 AND token_id = ?2",
                            op, bind_key_tok, &kt, read_link, out, out_found);

@@ -16,24 +16,36 @@
 #include "kms_log.h"
 #include "kms_store_internal.h"
 
-void kms_store_free(struct kms_store *store)
+static void db_free(struct store_db *db)
 {
-    if (store == NULL)
+    if (db == NULL)
         return;
     /* Readers first: the last connection to close checkpoints the WAL into
      * the database and removes it, and that should be the writer. */
     for (int i = 0; i < STORE_READERS; i++)
-        store_conn_close(&store->readers[i]);
-    store_conn_close(&store->writer);
-    if (store->lock_fd >= 0)
-        close(store->lock_fd);
-    free(store->path);
-    free(store->conninfo);
-    free(store->password);
+        store_conn_close(&db->readers[i]);
+    store_conn_close(&db->writer);
+    if (db->lock_fd >= 0)
+        close(db->lock_fd);
+    free(db->path);
+    free(db->conninfo);
+    free(db->password);
+    free(db);
+}
+
+void kms_store_free(struct kms_store *store)
+{
+    if (store == NULL)
+        return;
+    for (size_t i = 0; i < store->n; i++)
+        db_free(store->db[i]);
+    if (store->map != NULL)
+        pthread_mutex_destroy(&store->map_mu);
+    free(store->map);
     free(store);
 }
 
-static kms_err conn_init(struct kms_store *s, struct store_conn *c, const char *path,
+static kms_err conn_init(struct store_db *s, struct store_conn *c, const char *path,
                          bool writable)
 {
     KMS_ENSURE(pthread_mutex_init(&c->mu, NULL) == 0, KMS_ERR_INTERNAL,
@@ -42,7 +54,7 @@ static kms_err conn_init(struct kms_store *s, struct store_conn *c, const char *
     c->owner = s;
     c->writable = writable;
     if (s->pg)
-        return writable ? store_pg_open_writer(c) : KMS_OK;
+        return KMS_OK; /* connected on first use; the writer by db_pg_open */
     return store_conn_open(path, writable, &c->db);
 }
 
@@ -55,7 +67,7 @@ static kms_err conn_init(struct kms_store *s, struct store_conn *c, const char *
  * cannot drop a lock SQLite holds. Creating the file here also gives it mode
  * 0600, which SQLite then copies to the -wal and -shm files.
  */
-static kms_err lock_file(struct kms_store *s)
+static kms_err lock_file(struct store_db *s)
 {
     struct stat sb;
 
@@ -75,10 +87,25 @@ static kms_err lock_file(struct kms_store *s)
     return KMS_OK;
 }
 
+/* A store of one database, taking db. */
+static kms_err store_of_one(struct store_db *db, struct kms_store **out)
+{
+    struct kms_store *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        db_free(db);
+        return kms_err_set(KMS_ERR_NOMEM, "store: out of memory");
+    }
+    s->pg = db->pg;
+    s->n = 1;
+    s->db[0] = db;
+    *out = s;
+    return KMS_OK;
+}
+
 kms_err kms_store_open(const char *path, struct kms_store **out)
 {
     kms_err rc = KMS_OK;
-    struct kms_store *s = NULL;
+    struct store_db *s = NULL;
     struct kms_store_info info;
 
     KMS_ENSURE(out != NULL && path != NULL, KMS_ERR_USAGE, "store: open: NULL argument");
@@ -103,12 +130,59 @@ kms_err kms_store_open(const char *path, struct kms_store **out)
     KMS_GUARD_GOTO(store_schema_info(s->writer.db, &info), fail);
     kms_log_info("store", "opened %s (schema %d, store id %s)", path, info.schema_version,
                  info.store_id);
+    atomic_store(&s->ready, true);
+    return store_of_one(s, out);
+
+fail:
+    db_free(s);
+    return rc;
+}
+
+/* A PostgreSQL database's handle, not yet connected. */
+static kms_err db_pg_new(const char *region, const char *conninfo, const char *password_source,
+                         struct store_db **out)
+{
+    kms_err rc = KMS_OK;
+    *out = NULL;
+    struct kms_pg_target t = {conninfo, password_source};
+    KMS_GUARD(kms_pg_target_check(&t));
+    KMS_ENSURE(region == NULL || (region[0] != '\0' && strlen(region) <= KMS_REGION_MAX),
+               KMS_ERR_CONFIG, "store: a region name is 1..%d bytes", KMS_REGION_MAX);
+
+    struct store_db *s = calloc(1, sizeof(*s));
+    KMS_ENSURE(s != NULL, KMS_ERR_NOMEM, "store: out of memory");
+    s->pg = true;
+    s->lock_fd = -1;
+    if (region != NULL)
+        snprintf(s->region, sizeof(s->region), "%s", region);
+    s->conninfo = strdup(conninfo);
+    s->password = password_source != NULL ? strdup(password_source) : NULL;
+    KMS_ENSURE_GOTO(s->conninfo != NULL && (password_source == NULL || s->password != NULL),
+                    fail, KMS_ERR_NOMEM, "store: out of memory");
+    KMS_GUARD_GOTO(conn_init(s, &s->writer, NULL, true), fail);
+    for (int i = 0; i < STORE_READERS; i++)
+        KMS_GUARD_GOTO(conn_init(s, &s->readers[i], NULL, false), fail);
     *out = s;
     return KMS_OK;
 
 fail:
-    kms_store_free(s);
+    db_free(s);
     return rc;
+}
+
+/* Connect the writer, check and migrate; the caller holds the writer's
+ * mutex (or is the only thread, at open). */
+kms_err store_db_pg_open(struct store_db *s)
+{
+    struct kms_store_info info;
+    KMS_GUARD(store_pg_open_writer(&s->writer));
+    KMS_GUARD(store_pg_schema_info(&s->writer, &info));
+    kms_log_info("store", "opened PostgreSQL database %s%s%s (schema %d, store id %s)",
+                 PQdb(s->writer.pg) != NULL ? PQdb(s->writer.pg) : "?",
+                 s->region[0] ? " for region " : "", s->region, info.schema_version,
+                 info.store_id);
+    atomic_store(&s->ready, true);
+    return KMS_OK;
 }
 
 /* No file and no lock: many kmsd share the database, and what the lock
@@ -117,34 +191,85 @@ fail:
 kms_err kms_store_open_pg(const char *conninfo, const char *password_source,
                           struct kms_store **out)
 {
-    kms_err rc = KMS_OK;
-    struct kms_store *s = NULL;
-    struct kms_store_info info;
+    struct store_db *s = NULL;
 
     KMS_ENSURE(out != NULL && conninfo != NULL, KMS_ERR_USAGE, "store: open: NULL argument");
     *out = NULL;
-    struct kms_pg_target t = {conninfo, password_source};
-    KMS_GUARD(kms_pg_target_check(&t));
+    KMS_GUARD(db_pg_new(NULL, conninfo, password_source, &s));
+    kms_err rc = store_db_pg_open(s);
+    if (rc != KMS_OK) {
+        db_free(s);
+        return rc;
+    }
+    return store_of_one(s, out);
+}
+
+kms_err kms_store_open_pg_regions(const struct kms_store_pg_region *regions, size_t n,
+                                  struct kms_store **out)
+{
+    kms_err rc = KMS_OK;
+    struct kms_store *s = NULL;
+    size_t opened = 0;
+
+    KMS_ENSURE(out != NULL && (regions != NULL || n == 0), KMS_ERR_USAGE,
+               "store: open: NULL argument");
+    *out = NULL;
+    KMS_ENSURE(n >= 1 && n <= KMS_STORE_REGIONS_MAX, KMS_ERR_CONFIG,
+               "store: 1..%d regions, not %zu", KMS_STORE_REGIONS_MAX, n);
+    for (size_t i = 0; i < n; i++) {
+        KMS_ENSURE(regions[i].region != NULL && regions[i].conninfo != NULL, KMS_ERR_USAGE,
+                   "store: open: NULL argument");
+        for (size_t j = 0; j < i; j++) {
+            KMS_ENSURE(strcmp(regions[i].region, regions[j].region) != 0, KMS_ERR_CONFIG,
+                       "store: region %.64s is listed twice", regions[i].region);
+            bool same = false;
+            KMS_GUARD(kms_pg_same_database(regions[i].conninfo, regions[j].conninfo, &same));
+            /* Two regions in one database would put both regions' rows
+             * where either region's operators can read them. */
+            KMS_ENSURE(!same, KMS_ERR_CONFIG,
+                       "store: regions %.64s and %.64s name the same database", regions[j].region,
+                       regions[i].region);
+        }
+    }
 
     s = calloc(1, sizeof(*s));
     KMS_ENSURE(s != NULL, KMS_ERR_NOMEM, "store: out of memory");
     s->pg = true;
-    s->lock_fd = -1;
-    s->conninfo = strdup(conninfo);
-    s->password = password_source != NULL ? strdup(password_source) : NULL;
-    KMS_ENSURE_GOTO(s->conninfo != NULL && (password_source == NULL || s->password != NULL),
-                    fail, KMS_ERR_NOMEM, "store: out of memory");
-    KMS_GUARD_GOTO(conn_init(s, &s->writer, NULL, true), fail);
-    for (int i = 0; i < STORE_READERS; i++)
-        KMS_GUARD_GOTO(conn_init(s, &s->readers[i], NULL, false), fail);
-
-    KMS_GUARD_GOTO(store_pg_schema_info(&s->writer, &info), fail);
-    kms_log_info("store", "opened PostgreSQL database %s (schema %d, store id %s)",
-                 PQdb(s->writer.pg) != NULL ? PQdb(s->writer.pg) : "?", info.schema_version,
-                 info.store_id);
+    s->map = calloc(STORE_KEYMAP_SLOTS, sizeof(*s->map));
+    KMS_ENSURE_GOTO(s->map != NULL, fail, KMS_ERR_NOMEM, "store: out of memory");
+    KMS_ENSURE_GOTO(pthread_mutex_init(&s->map_mu, NULL) == 0, fail_map, KMS_ERR_INTERNAL,
+                    "store: cannot create a mutex");
+    for (size_t i = 0; i < n; i++) {
+        KMS_GUARD_GOTO(
+            db_pg_new(regions[i].region, regions[i].conninfo, regions[i].password_source,
+                      &s->db[i]),
+            fail);
+        s->n = i + 1;
+    }
+    /* A region whose server is away does not keep the others from
+     * serving: it is opened on first use. Anything else (not a Custos
+     * store, newer than this build) is a configuration error. */
+    for (size_t i = 0; i < n; i++) {
+        rc = store_db_pg_open(s->db[i]);
+        if (rc == KMS_OK) {
+            opened++;
+            continue;
+        }
+        if (rc != KMS_ERR_IO)
+            goto fail;
+        kms_log_warn("store", "region %s: database unreachable (%s); its requests fail until "
+                     "it answers", s->db[i]->region, kms_err_detail());
+        store_conn_close(&s->db[i]->writer);
+        KMS_GUARD_GOTO(conn_init(s->db[i], &s->db[i]->writer, NULL, true), fail);
+        rc = KMS_OK;
+    }
+    KMS_ENSURE_GOTO(opened > 0, fail, KMS_ERR_IO, "store: no region's database is reachable");
     *out = s;
     return KMS_OK;
 
+fail_map:
+    free(s->map);
+    s->map = NULL;
 fail:
     kms_store_free(s);
     return rc;
@@ -155,11 +280,24 @@ bool kms_store_is_pg(const struct kms_store *store)
     return store != NULL && store->pg;
 }
 
+static kms_err info_one(struct store_db *db, void *arg, const char *op)
+{
+    (void)op;
+    struct store_conn *c = store_writer_take(db);
+    kms_err rc = db->pg ? store_pg_schema_info(c, arg) : store_schema_info(c->db, arg);
+    store_conn_give(c);
+    return rc;
+}
+
+/* Every database must answer: this is the health check. The info returned
+ * is the first database's. */
 kms_err kms_store_info(struct kms_store *store, struct kms_store_info *out)
 {
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: info: NULL argument");
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store->pg ? store_pg_schema_info(c, out) : store_schema_info(c->db, out);
-    store_conn_give(c);
-    return rc;
+    struct kms_store_info other;
+    for (size_t i = 0; i < store->n; i++) {
+        KMS_GUARD(store_db_ready(store->db[i], "info"));
+        KMS_GUARD(info_one(store->db[i], i == 0 ? out : &other, "info"));
+    }
+    return KMS_OK;
 }

@@ -18,14 +18,14 @@
 
 /* ---- connections -------------------------------------------------------- */
 
-struct store_conn *store_writer_take(struct kms_store *s)
+struct store_conn *store_writer_take(struct store_db *s)
 {
     pthread_mutex_lock(&s->writer.mu);
     return &s->writer;
 }
 
 /* Any idle reader; else wait on one picked round-robin, so waiters spread. */
-struct store_conn *store_reader_take(struct kms_store *s)
+struct store_conn *store_reader_take(struct store_db *s)
 {
     unsigned start = atomic_fetch_add_explicit(&s->next_reader, 1, memory_order_relaxed);
     for (unsigned i = 0; i < STORE_READERS; i++) {

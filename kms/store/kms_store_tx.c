@@ -151,7 +151,7 @@ static void retry_pause(int attempt)
     nanosleep(&ts, NULL);
 }
 
-kms_err store_tx_run(struct kms_store *s, bool write, store_tx_body body, void *arg, const char *op)
+kms_err store_tx_run(struct store_db *s, bool write, store_tx_body body, void *arg, const char *op)
 {
     struct store_conn *c = write ? store_writer_take(s) : store_reader_take(s);
     kms_err rc = KMS_OK;
@@ -187,7 +187,7 @@ kms_err store_prep_collect(struct store_conn *c, const char *sql, const char *op
     return rc;
 }
 
-kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+kms_err store_list_query(struct store_db *s, const char *sql, const char *op, store_binder bind,
                          const void *arg, size_t elem, size_t max, store_row_reader read,
                          void **out, size_t *out_n)
 {
@@ -197,7 +197,7 @@ kms_err store_list_query(struct kms_store *s, const char *sql, const char *op, s
     return rc;
 }
 
-kms_err store_query_row(struct kms_store *s, const char *sql, const char *op, store_binder bind,
+kms_err store_query_row(struct store_db *s, const char *sql, const char *op, store_binder bind,
                         const void *arg, store_row_reader read, void *elem, bool *out_found)
 {
     struct store_bind b;

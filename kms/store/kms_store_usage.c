@@ -57,8 +57,14 @@ static kms_err read_count(struct kms_store *store, const char *sql, store_binder
                           const struct kv_arg *a, uint64_t *out, bool *out_row, const char *op)
 {
     int64_t v = 0;
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_query_int(c, sql, op, bind, a, &v, out_row);
+    struct store_db *db = NULL;
+    *out_row = false;
+    kms_err rc = store_route_key(store, a->key_id, &db, op);
+    if (rc == KMS_ERR_NOT_FOUND)
+        return KMS_OK; /* no row, as one database answers */
+    KMS_GUARD(rc);
+    struct store_conn *c = store_reader_take(db);
+    rc = store_query_int(c, sql, op, bind, a, &v, out_row);
     store_conn_give(c);
     if (rc == KMS_OK && *out_row)
         *out = v > 0 ? (uint64_t)v : 0;
@@ -101,8 +107,13 @@ kms_err kms_store_usage_reserve(struct kms_store *store, const char *key_id, uin
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_ENSURE(version >= 1 && n >= 1 && n <= USAGE_MAX, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: bad version or count", op);
+    struct store_db *db = NULL;
+    kms_err rc = store_route_key(store, key_id, &db, op);
+    KMS_ENSURE(rc != KMS_ERR_NOT_FOUND, KMS_ERR_NOT_FOUND,
+               "store: %s: key %s has no active version %" PRIu32, op, key_id, version);
+    KMS_GUARD(rc);
     struct reserve_arg a = {{key_id, version, (int64_t)n}, 0};
-    kms_err rc = store_tx_run(store, true, usage_reserve_tx, &a, op);
+    rc = store_tx_run(db, true, usage_reserve_tx, &a, op);
     if (rc == KMS_OK)
         *out_total = (uint64_t)a.total;
     return rc;
@@ -118,8 +129,13 @@ kms_err kms_store_usage_release(struct kms_store *store, const char *key_id, uin
         return KMS_OK;
     KMS_ENSURE(n <= USAGE_MAX, KMS_ERR_INVALID_ARGUMENT, "store: %s: bad count", op);
     struct kv_arg a = {key_id, version, (int64_t)n};
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_exec_one(c,
+    struct store_db *db = NULL;
+    kms_err rc = store_route_key(store, key_id, &db, op);
+    if (rc == KMS_ERR_NOT_FOUND)
+        return KMS_OK; /* nothing to release */
+    KMS_GUARD(rc);
+    struct store_conn *c = store_writer_take(db);
+    rc = store_exec_one(c,
                                 "UPDATE key_versions SET encryptions = CASE WHEN encryptions > ?3 "
                                 "THEN encryptions - ?3 ELSE 0 END "
                                 "WHERE key_id = ?1 AND version = ?2",
@@ -163,6 +179,13 @@ static void bind_p1_max(struct store_bind *b, const void *varg)
     store_bind_int(b, 2, a[1]);
 }
 
+static int usage_row_cmp(const void *pa, const void *pb)
+{
+    const struct kms_store_usage_row *a = pa, *b = pb;
+    return strcmp(a->key_id, b->key_id);
+}
+
+/* Sweeper work: a region whose database is away is skipped. */
 static kms_err query_rows(struct kms_store *store, const char *sql, int64_t p1, size_t max,
                           struct kms_store_usage_row **out, size_t *out_n, const char *op)
 {
@@ -172,11 +195,14 @@ static kms_err query_rows(struct kms_store *store, const char *sql, int64_t p1, 
     *out_n = 0;
     const int64_t a[2] = {p1, (int64_t)max};
     void *arr = NULL;
-    kms_err rc =
-        store_list_query(store, sql, op, bind_p1_max, a, sizeof(struct kms_store_usage_row), max,
-                         read_usage_row, &arr, out_n);
+    size_t n = 0;
+    KMS_GUARD(store_list_all(store, false, sql, op, bind_p1_max, a,
+                             sizeof(struct kms_store_usage_row), max, read_usage_row, &arr, &n));
+    if (store->n > 1 && n > 1)
+        qsort(arr, n, sizeof(struct kms_store_usage_row), usage_row_cmp);
     *out = arr;
-    return rc;
+    *out_n = n < max ? n : max;
+    return KMS_OK;
 }
 
 kms_err kms_store_usage_over(struct kms_store *store, uint64_t at, size_t max,
@@ -214,8 +240,11 @@ kms_err kms_store_rotation_period_set(struct kms_store *store, const char *key_i
     KMS_ENSURE(period_s <= USAGE_MAX, KMS_ERR_INVALID_ARGUMENT, "store: %s: bad period", op);
     struct kv_arg a = {key_id, 0, (int64_t)period_s};
     int changes = 0;
-    struct store_conn *c = store_writer_take(store);
-    kms_err rc = store_exec_one(c,
+    struct store_db *db = NULL;
+    kms_err rc = store_route_key(store, key_id, &db, op);
+    KMS_GUARD(rc);
+    struct store_conn *c = store_writer_take(db);
+    rc = store_exec_one(c,
                                 "UPDATE keys SET rotation_period_s = ?2 "
                                 "WHERE key_id = ?1 AND state <> 5",
                                 op, bind_kn, &a, &changes);

@@ -67,8 +67,10 @@ kms_err kms_store_version_get(struct kms_store *store, const char *key_id, uint3
     KMS_ENSURE(store != NULL && out != NULL, KMS_ERR_USAGE, "store: %s: NULL argument", op);
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_GUARD(check_version(version, op));
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
 
-    struct store_conn *c = store_reader_take(store);
+    struct store_conn *c = store_reader_take(db);
     kms_err rc = version_get_row(c, key_id, version, out, op);
     store_conn_give(c);
     return rc;
@@ -110,7 +112,9 @@ static kms_err versions_read(struct kms_store *store, const char *key_id,
     *out = NULL;
     *out_n = 0;
     KMS_GUARD(store_check_key_id(key_id, op));
-    kms_err rc = store_tx_run(store, false, versions_tx, &a, op);
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
+    kms_err rc = store_tx_run(db, false, versions_tx, &a, op);
     if (rc != KMS_OK) {
         free(a.arr);
         return rc;
@@ -191,8 +195,10 @@ kms_err kms_store_version_add(struct kms_store *store, const char *key_id,
     KMS_ENSURE(created_at > 0, KMS_ERR_INVALID_ARGUMENT,
                "store: %s: created_at must be positive", op);
 
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
     struct version_add_arg a = {key_id, hsm_id, created_at, 0};
-    kms_err rc = store_tx_run(store, true, version_add_tx, &a, op);
+    kms_err rc = store_tx_run(db, true, version_add_tx, &a, op);
     if (rc == KMS_OK)
         *out_version = a.version;
     return rc;
@@ -242,8 +248,10 @@ static kms_err version_write(struct kms_store *store, const char *key_id, uint32
     KMS_GUARD(store_check_key_id(key_id, op));
     KMS_GUARD(check_version(version, op));
 
+    struct store_db *db = NULL;
+    KMS_GUARD(store_route_key(store, key_id, &db, op));
     struct store_text_int a = {key_id, version};
-    return store_tx_run(store, true, body, &a, op);
+    return store_tx_run(db, true, body, &a, op);
 }
 
 kms_err kms_store_version_activate(struct kms_store *store, const char *key_id,
@@ -271,44 +279,76 @@ static void bind_before_s(struct store_bind *b, const void *arg)
     store_bind_int(b, 1, *(const int64_t *)arg);
 }
 
-kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creating **out,
-                                size_t *out_n)
-{
-    static const char op[] = "list creating versions";
-    struct store_bind b;
+struct creating_arg {
+    void *arr;
+    size_t n;
+};
 
-    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
-               "store: %s: NULL argument", op);
-    *out = NULL;
-    *out_n = 0;
+static kms_err creating_list_db(struct store_db *db, void *varg, const char *op)
+{
+    struct creating_arg *a = varg;
+    void *part = NULL;
+    size_t n = 0;
+    kms_err rc;
 
     /* On PostgreSQL other nodes share the store: a CREATING row may be a
      * create another node is in the middle of, and reconciling it would
      * destroy a key being born. Only rows older than any create takes are
      * a crash's leftovers. On SQLite the file lock rules that out. */
-    if (store->pg) {
-        void *arr = NULL;
+    if (db->pg) {
         int64_t before = (int64_t)time(NULL) - STORE_PG_CREATING_GRACE_S;
-        kms_err rc = store_list_query(
-            store,
+        rc = store_list_query(
+            db,
             "SELECT v.key_id, k.token, v.version, v.hsm_id, k.state "
             "FROM key_versions v JOIN keys k USING (key_id) "
             "WHERE v.state = 0 AND v.created_at <= ?1 ORDER BY v.key_id, v.version",
             op, bind_before_s, &before, sizeof(struct kms_store_creating), SIZE_MAX,
-            read_creating, &arr, out_n);
-        *out = arr;
+            read_creating, &part, &n);
+    } else {
+        struct store_bind b;
+        struct store_conn *c = store_reader_take(db);
+        rc = store_stmt(c, ST_CREATING_LIST, op, &b);
+        if (rc == KMS_OK)
+            rc = store_collect(&b, sizeof(struct kms_store_creating), SIZE_MAX, read_creating,
+                               &part, &n, op);
+        store_conn_give(c);
+    }
+    if (rc == KMS_OK)
+        rc = store_concat(&a->arr, &a->n, part, n, sizeof(struct kms_store_creating), op);
+    return rc;
+}
+
+static int creating_cmp(const void *pa, const void *pb)
+{
+    const struct kms_store_creating *a = pa, *b = pb;
+    int c = strcmp(a->key_id, b->key_id);
+    if (c != 0)
+        return c;
+    return a->version < b->version ? -1 : a->version > b->version;
+}
+
+/* A region whose database is away is left out: its rows wait for the next
+ * reconcile, and nothing is destroyed for their absence. */
+kms_err kms_store_creating_list(struct kms_store *store, struct kms_store_creating **out,
+                                size_t *out_n)
+{
+    static const char op[] = "list creating versions";
+
+    KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
+               "store: %s: NULL argument", op);
+    *out = NULL;
+    *out_n = 0;
+    struct creating_arg a = {NULL, 0};
+    kms_err rc = store_each_db(store, false, creating_list_db, &a, op);
+    if (rc != KMS_OK) {
+        free(a.arr);
         return rc;
     }
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_stmt(c, ST_CREATING_LIST, op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        rc = store_collect(&b, sizeof(struct kms_store_creating), SIZE_MAX, read_creating,
-                           &arr, out_n, op);
-        *out = arr;
-    }
-    store_conn_give(c);
-    return rc;
+    if (store->n > 1 && a.n > 1)
+        qsort(a.arr, a.n, sizeof(struct kms_store_creating), creating_cmp);
+    *out = a.arr;
+    *out_n = a.n;
+    return KMS_OK;
 }
 
 static kms_err creating_discard_tx(struct store_conn *c, void *varg, const char *op)
@@ -343,11 +383,43 @@ kms_err kms_store_creating_discard(struct kms_store *store, const char *key_id,
                          "discard creating version");
 }
 
+struct hsm_ids_arg {
+    const char *token;
+    void *arr;
+    size_t n;
+};
+
+static kms_err hsm_ids_db(struct store_db *db, void *varg, const char *op)
+{
+    struct hsm_ids_arg *a = varg;
+    struct store_bind b;
+    void *part = NULL;
+    size_t n = 0;
+
+    struct store_conn *c = store_reader_take(db);
+    kms_err rc = store_stmt(c, ST_HSM_IDS_FOR_TOKEN, op, &b);
+    if (rc == KMS_OK) {
+        store_bind_text(&b, 1, a->token);
+        rc = store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &part,
+                           &n, op);
+    }
+    store_conn_give(c);
+    if (rc == KMS_OK)
+        rc = store_concat(&a->arr, &a->n, part, n, sizeof(struct kms_hsm_id), op);
+    return rc;
+}
+
+static int hsm_id_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, sizeof(struct kms_hsm_id));
+}
+
+/* Every database must answer: an HSM object is an orphan only if no
+ * region's database knows its CKA_ID, and one left unasked might. */
 kms_err kms_store_hsm_ids_for_token(struct kms_store *store, const char *token,
                                     struct kms_hsm_id **out, size_t *out_n)
 {
     static const char op[] = "list hsm ids of token";
-    struct store_bind b;
 
     KMS_ENSURE(store != NULL && out != NULL && out_n != NULL, KMS_ERR_USAGE,
                "store: %s: NULL argument", op);
@@ -355,15 +427,15 @@ kms_err kms_store_hsm_ids_for_token(struct kms_store *store, const char *token,
     *out_n = 0;
     KMS_GUARD(store_check_token(token, KMS_TOKEN_LABEL_MAX + 1, op));
 
-    struct store_conn *c = store_reader_take(store);
-    kms_err rc = store_stmt(c, ST_HSM_IDS_FOR_TOKEN, op, &b);
-    if (rc == KMS_OK) {
-        void *arr = NULL;
-        store_bind_text(&b, 1, token);
-        rc = store_collect(&b, sizeof(struct kms_hsm_id), SIZE_MAX, store_read_hsm_id, &arr,
-                           out_n, op);
-        *out = arr;
+    struct hsm_ids_arg a = {token, NULL, 0};
+    kms_err rc = store_each_db(store, true, hsm_ids_db, &a, op);
+    if (rc != KMS_OK) {
+        free(a.arr);
+        return rc;
     }
-    store_conn_give(c);
-    return rc;
+    if (store->n > 1 && a.n > 1)
+        qsort(a.arr, a.n, sizeof(struct kms_hsm_id), hsm_id_cmp);
+    *out = a.arr;
+    *out_n = a.n;
+    return KMS_OK;
 }

@@ -21,6 +21,7 @@
 #include "kms_log.h"
 #include "kms_pgconn.h"
 #include "kms_store.h"
+#include "kms_store_epoch.h"
 #include "testpg.h"
 
 static char conninfo[1400];
@@ -475,6 +476,332 @@ START_TEST(test_reconcile_spares_young_creates)
 }
 END_TEST
 
+/* ---- one database per region ------------------------------------------------ */
+
+static char conninfo2[1400];
+static char db2[64];
+
+static void setup_regions(void)
+{
+    setup();
+    testpg_create(conninfo2, sizeof(conninfo2), db2, sizeof(db2));
+}
+
+static void teardown_regions(void)
+{
+    teardown();
+    testpg_drop(db2);
+}
+
+static kms_err open_regions(struct kms_store **out)
+{
+    struct kms_store_pg_region r[2] = {
+        {"eu-west", conninfo, testpg_password_source()},
+        {"us-east", conninfo2, testpg_password_source()},
+    };
+    return kms_store_open_pg_regions(r, 2, out);
+}
+
+/* An ENABLED AES key n in region (version 1) created at created_at. */
+static void create_in(struct kms_store *s, const char *region, unsigned n, int64_t created_at,
+                      char id[KMS_KEY_ID_SIZE])
+{
+    struct kms_key_record k;
+    struct kms_version_record v;
+    memset(&k, 0, sizeof(k));
+    memset(&v, 0, sizeof(v));
+    key_id_of(k.key_id, n);
+    snprintf(k.tenant, sizeof(k.tenant), "acme");
+    snprintf(k.region, sizeof(k.region), "%s", region);
+    snprintf(k.token, sizeof(k.token), "custos %s", region);
+    k.spec = KMS_KEY_SPEC_AES_256;
+    k.usage = KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+    k.origin = KMS_KEY_ORIGIN_HSM;
+    k.state = KMS_KEY_CREATING;
+    k.created_at = created_at;
+    v.version = 1;
+    v.state = KMS_VERSION_CREATING;
+    v.created_at = created_at;
+    memset(v.hsm_id, 0x3c, sizeof(v.hsm_id));
+    memcpy(v.hsm_id, &n, sizeof(n));
+    ck_ok(kms_store_key_insert(s, &k, &v));
+    ck_ok(kms_store_version_activate(s, k.key_id, 1));
+    memcpy(id, k.key_id, KMS_KEY_ID_SIZE);
+}
+
+/* One integer a query returns in dbname, read directly (as psql would). */
+static long count_in(const char *dbname, const char *fmt, const char *arg)
+{
+    char sql[512];
+    snprintf(sql, sizeof(sql), fmt, arg);
+    PGconn *c = testpg_connect(dbname);
+    PGresult *r = PQexec(c, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQresultErrorMessage(r));
+    long n = atol(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    PQfinish(c);
+    return n;
+}
+
+/* Make a database refuse connections and end the ones it has (a region's
+ * database going away while kmsd runs), or take them again. */
+static void db_reachable(const char *dbname, bool yes)
+{
+    char sql[256];
+    PGconn *c = testpg_connect("postgres");
+    snprintf(sql, sizeof(sql), "ALTER DATABASE %s ALLOW_CONNECTIONS %s", dbname,
+             yes ? "true" : "false");
+    testpg_exec(c, sql);
+    if (!yes) {
+        snprintf(sql, sizeof(sql),
+                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'",
+                 dbname);
+        testpg_exec(c, sql);
+    }
+    PQfinish(c);
+}
+
+START_TEST(test_regions_rows_stay_in_their_database)
+{
+    struct kms_store *s = NULL;
+    char eu[KMS_KEY_ID_SIZE], us[KMS_KEY_ID_SIZE];
+    ck_ok(open_regions(&s));
+    create_in(s, "eu-west", 1, 1000, eu);
+    create_in(s, "us-east", 2, 1001, us);
+    uint8_t hsm2[KMS_HSM_ID_LEN];
+    memset(hsm2, 0x77, sizeof(hsm2));
+    uint32_t v = 0;
+    ck_ok(kms_store_version_add(s, us, hsm2, 1002, &v));
+    ck_ok(kms_store_version_activate(s, us, v));
+    uint64_t total = 0;
+    ck_ok(kms_store_usage_reserve(s, eu, 1, 5, &total));
+    ck_ok(kms_store_key_set_state(s, eu, KMS_KEY_ENABLED, KMS_KEY_DISABLED, 0));
+    ck_ok(kms_store_audit_mark_set(s, "eu-west", 11));
+    ck_ok(kms_store_audit_mark_set(s, "us-east", 22));
+
+    /* Each key's rows, and each region's watermark, in its database only. */
+    const char *keyq = "SELECT count(*) FROM keys WHERE key_id = '%s'";
+    const char *verq = "SELECT count(*) FROM key_versions WHERE key_id = '%s'";
+    const char *metaq = "SELECT count(*) FROM meta WHERE name = '%s'";
+    ck_assert_int_eq(count_in(db, keyq, eu), 1);
+    ck_assert_int_eq(count_in(db2, keyq, eu), 0);
+    ck_assert_int_eq(count_in(db, verq, eu), 1);
+    ck_assert_int_eq(count_in(db2, verq, eu), 0);
+    ck_assert_int_eq(count_in(db2, keyq, us), 1);
+    ck_assert_int_eq(count_in(db, keyq, us), 0);
+    ck_assert_int_eq(count_in(db2, verq, us), 2);
+    ck_assert_int_eq(count_in(db, verq, us), 0);
+    ck_assert_int_eq(count_in(db, metaq, "audit_mark:eu-west"), 1);
+    ck_assert_int_eq(count_in(db2, metaq, "audit_mark:eu-west"), 0);
+    ck_assert_int_eq(count_in(db2, metaq, "audit_mark:us-east"), 1);
+    ck_assert_int_eq(count_in(db, metaq, "audit_mark:us-east"), 0);
+    ck_assert_int_eq(count_in(db, "SELECT count(*) FROM key_versions WHERE encryptions = %s", "5"),
+                     1);
+    kms_store_free(s);
+
+    /* A node that has never seen the keys (a restart: no key map) finds
+     * each by asking the databases, and reads what the other wrote. */
+    ck_ok(open_regions(&s));
+    struct kms_key_record k;
+    ck_ok(kms_store_key_get(s, us, &k));
+    ck_assert_str_eq(k.region, "us-east");
+    ck_assert_uint_eq(k.current_version, 2);
+    ck_ok(kms_store_key_get(s, eu, &k));
+    ck_assert_int_eq(k.state, KMS_KEY_DISABLED);
+    uint64_t mark = 0;
+    bool found = false;
+    ck_ok(kms_store_audit_mark_get(s, "us-east", &mark, &found));
+    ck_assert(found);
+    ck_assert_uint_eq(mark, 22);
+    char missing[KMS_KEY_ID_SIZE];
+    key_id_of(missing, 99);
+    ck_err(kms_store_key_get(s, missing, &k), KMS_ERR_NOT_FOUND);
+    /* A key id names one key across regions: us-east cannot take eu's. */
+    struct kms_key_record dup;
+    memset(&dup, 0, sizeof(dup));
+    memcpy(dup.key_id, eu, KMS_KEY_ID_SIZE);
+    snprintf(dup.tenant, sizeof(dup.tenant), "acme");
+    snprintf(dup.region, sizeof(dup.region), "us-east");
+    snprintf(dup.token, sizeof(dup.token), "custos us-east");
+    dup.spec = KMS_KEY_SPEC_AES_256;
+    dup.usage = KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+    dup.origin = KMS_KEY_ORIGIN_EXTERNAL;
+    dup.state = KMS_KEY_PENDING_IMPORT;
+    dup.created_at = 5000;
+    ck_err(kms_store_key_insert(s, &dup, NULL), KMS_ERR_ALREADY_EXISTS);
+    ck_assert_int_eq(count_in(db2, keyq, eu), 0);
+    /* A region no database holds is refused, not put somewhere. */
+    snprintf(dup.region, sizeof(dup.region), "ap-south");
+    key_id_of(dup.key_id, 98);
+    ck_err(kms_store_key_insert(s, &dup, NULL), KMS_ERR_FAILED_PRECONDITION);
+    kms_store_free(s);
+}
+END_TEST
+
+START_TEST(test_regions_list_pages_across_databases)
+{
+    struct kms_store *s = NULL;
+    ck_ok(open_regions(&s));
+    /* Nine keys, regions interleaved, created_at with ties across regions:
+     * the listing order is (created_at, key_id) whatever the region. */
+    enum { N = 9 };
+    char ids[N][KMS_KEY_ID_SIZE];
+    for (unsigned i = 0; i < N; i++)
+        create_in(s, i % 3 == 0 ? "us-east" : "eu-west", 100 + i, 2000 + (int64_t)(i / 2),
+                  ids[i]);
+    for (size_t page = 1; page <= 4; page++) {
+        char tok[KMS_PAGE_TOKEN_SIZE] = "";
+        size_t seen = 0;
+        int64_t last_at = 0;
+        char last_id[KMS_KEY_ID_SIZE] = "";
+        for (int rounds = 0; rounds < N + 2; rounds++) {
+            struct kms_key_record *keys = NULL;
+            size_t n = 0;
+            char next[KMS_PAGE_TOKEN_SIZE];
+            ck_ok(kms_store_keys_list(s, "acme", tok, page, &keys, &n, next));
+            ck_assert_uint_le(n, page);
+            for (size_t j = 0; j < n; j++) {
+                /* Strictly increasing: nothing repeats, the order holds. */
+                ck_assert(keys[j].created_at > last_at ||
+                          (keys[j].created_at == last_at &&
+                           strcmp(keys[j].key_id, last_id) > 0));
+                last_at = keys[j].created_at;
+                snprintf(last_id, sizeof(last_id), "%s", keys[j].key_id);
+                seen++;
+            }
+            free(keys);
+            if (next[0] == '\0')
+                break;
+            snprintf(tok, sizeof(tok), "%s", next);
+        }
+        /* Nothing skipped: every key of both regions came, once. */
+        ck_assert_uint_eq(seen, N);
+    }
+    kms_store_free(s);
+}
+END_TEST
+
+START_TEST(test_regions_one_unreachable)
+{
+    struct kms_store *s = NULL;
+    char eu[KMS_KEY_ID_SIZE], us[KMS_KEY_ID_SIZE], eu2[KMS_KEY_ID_SIZE], missing[KMS_KEY_ID_SIZE];
+    struct kms_key_record k;
+    ck_ok(open_regions(&s));
+    create_in(s, "eu-west", 1, 1000, eu);
+    create_in(s, "us-east", 2, 1000, us);
+
+    db_reachable(db2, false);
+    /* eu-west serves on, a new key included (its uniqueness check skips
+     * the region it cannot ask); us-east's requests are unavailable. */
+    ck_ok(kms_store_key_get(s, eu, &k));
+    ck_ok(kms_store_key_set_state(s, eu, KMS_KEY_ENABLED, KMS_KEY_DISABLED, 0));
+    create_in(s, "eu-west", 3, 1001, eu2);
+    ck_err(kms_store_key_get(s, us, &k), KMS_ERR_IO);
+    ck_err(kms_store_key_set_state(s, us, KMS_KEY_ENABLED, KMS_KEY_DISABLED, 0), KMS_ERR_IO);
+    ck_err(kms_store_audit_mark_set(s, "us-east", 5), KMS_ERR_IO);
+    ck_ok(kms_store_audit_mark_set(s, "eu-west", 5));
+    /* A key no reachable database holds may be in the one away. */
+    key_id_of(missing, 77);
+    ck_err(kms_store_key_get(s, missing, &k), KMS_ERR_IO);
+    /* A complete listing needs every region; the sweeper's work does not. */
+    struct kms_key_record *keys = NULL;
+    size_t n = 0;
+    char next[KMS_PAGE_TOKEN_SIZE];
+    ck_err(kms_store_keys_list(s, "acme", NULL, 10, &keys, &n, next), KMS_ERR_IO);
+    ck_ok(kms_store_keys_due_for_deletion(s, 5000, 10, &keys, &n));
+    free(keys);
+    struct kms_store_info info;
+    ck_err(kms_store_info(s, &info), KMS_ERR_IO);
+
+    /* Back: the same handle reconnects and serves us-east again. */
+    db_reachable(db2, true);
+    ck_ok(kms_store_key_get(s, us, &k));
+    ck_ok(kms_store_key_set_state(s, us, KMS_KEY_ENABLED, KMS_KEY_DISABLED, 0));
+    ck_err(kms_store_key_get(s, missing, &k), KMS_ERR_NOT_FOUND);
+    ck_ok(kms_store_keys_list(s, "acme", NULL, 10, &keys, &n, next));
+    ck_assert_uint_eq(n, 3);
+    free(keys);
+    ck_ok(kms_store_info(s, &info));
+    kms_store_free(s);
+}
+END_TEST
+
+START_TEST(test_regions_unreachable_at_open)
+{
+    struct kms_store *s = NULL;
+    char eu[KMS_KEY_ID_SIZE], us[KMS_KEY_ID_SIZE];
+    struct kms_key_record k;
+    db_reachable(db2, false);
+    /* kmsd starts and serves eu-west; us-east's database, never opened
+     * yet, is migrated when it first answers. */
+    ck_ok(open_regions(&s));
+    create_in(s, "eu-west", 1, 1000, eu);
+    struct kms_key_record nk;
+    memset(&nk, 0, sizeof(nk));
+    key_id_of(nk.key_id, 2);
+    snprintf(nk.tenant, sizeof(nk.tenant), "acme");
+    snprintf(nk.region, sizeof(nk.region), "us-east");
+    snprintf(nk.token, sizeof(nk.token), "custos us-east");
+    nk.spec = KMS_KEY_SPEC_AES_256;
+    nk.usage = KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+    nk.origin = KMS_KEY_ORIGIN_EXTERNAL;
+    nk.state = KMS_KEY_PENDING_IMPORT;
+    nk.created_at = 1000;
+    ck_err(kms_store_key_insert(s, &nk, NULL), KMS_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(kms_err_detail(), "us-east"));
+    db_reachable(db2, true);
+    create_in(s, "us-east", 3, 1000, us);
+    ck_ok(kms_store_key_get(s, us, &k));
+    ck_assert_int_eq(count_in(db2, "SELECT count(*) FROM keys WHERE key_id = '%s'", us), 1);
+    ck_assert_int_eq(count_in(db2, "SELECT max(version) FROM custos_schema%s", ""),
+                     KMS_STORE_SCHEMA_VERSION);
+    kms_store_free(s);
+
+    /* Nothing reachable at all: kmsd cannot start. */
+    db_reachable(db, false);
+    db_reachable(db2, false);
+    ck_err(open_regions(&s), KMS_ERR_IO);
+    ck_assert_ptr_null(s);
+    db_reachable(db, true);
+    db_reachable(db2, true);
+}
+END_TEST
+
+START_TEST(test_regions_open_refusals)
+{
+    struct kms_store *s = NULL;
+    /* Two regions in one database would mix their rows. */
+    struct kms_store_pg_region same[2] = {
+        {"eu-west", conninfo, testpg_password_source()},
+        {"us-east", conninfo, testpg_password_source()},
+    };
+    ck_err(kms_store_open_pg_regions(same, 2, &s), KMS_ERR_CONFIG);
+    ck_assert_ptr_null(s);
+    struct kms_store_pg_region twice[2] = {
+        {"eu-west", conninfo, testpg_password_source()},
+        {"eu-west", "host=/nonexistent dbname=other", testpg_password_source()},
+    };
+    ck_err(kms_store_open_pg_regions(twice, 2, &s), KMS_ERR_CONFIG);
+    ck_err(kms_store_open_pg_regions(twice, 0, &s), KMS_ERR_CONFIG);
+
+    /* The same database however it is spelled; another one is another. */
+    bool yes = false;
+    ck_ok(kms_pg_same_database("host=/run/pg dbname=custos_eu",
+                               "dbname=custos_eu port=5432 host=/run/pg", &yes));
+    ck_assert(yes);
+    ck_ok(kms_pg_same_database("postgresql://db.internal/custos_eu",
+                               "host=db.internal dbname=custos_eu", &yes));
+    ck_assert(yes);
+    ck_ok(kms_pg_same_database("host=db.internal dbname=custos_eu",
+                               "host=db.internal dbname=custos_us", &yes));
+    ck_assert(!yes);
+    ck_ok(kms_pg_same_database("host=db.internal port=5433 dbname=custos_eu",
+                               "host=db.internal dbname=custos_eu", &yes));
+    ck_assert(!yes);
+    ck_err(kms_pg_same_database("host=", "dbname='unterminated", &yes), KMS_ERR_CONFIG);
+}
+END_TEST
+
 START_TEST(test_no_cluster)
 {
     /* Placeholder when PostgreSQL is not installed: says so in the log. */
@@ -504,7 +831,24 @@ static Suite *pg_suite(void)
         {"open_refusals", test_open_refusals},
         {"broken_connections_replaced", test_broken_connections_replaced},
         {"reconcile_spares_young_creates", test_reconcile_spares_young_creates},
+        {"regions_open_refusals", test_regions_open_refusals},
     };
+    struct {
+        const char *name;
+        const TTest *test;
+    } region_cases[] = {
+        {"regions_rows_stay_in_their_database", test_regions_rows_stay_in_their_database},
+        {"regions_list_pages_across_databases", test_regions_list_pages_across_databases},
+        {"regions_one_unreachable", test_regions_one_unreachable},
+        {"regions_unreachable_at_open", test_regions_unreachable_at_open},
+    };
+    for (size_t i = 0; i < sizeof(region_cases) / sizeof(region_cases[0]); i++) {
+        TCase *tc = tcase_create(region_cases[i].name);
+        tcase_add_checked_fixture(tc, setup_regions, teardown_regions);
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, region_cases[i].test);
+        suite_add_tcase(s, tc);
+    }
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
         tcase_add_checked_fixture(tc, setup, teardown);
