@@ -92,15 +92,18 @@ fleet_conninfo() {
     echo "host=$pg_host port=$pg_port dbname=$(fleet_db "$1") user=$pg_user"
 }
 
-# fleet_store_json: the metadata store, shared by every node.
-# FLEET-STORE: per-region form once kms/store has it
-# ("store": {"backend":"postgresql","regions":{"eu-west":{"conninfo":..,"password":..},...}}).
-# Until then the single-conninfo form, in the first region's database: both
-# regions' metadata in one database (docs/fleet.md, "Residency").
+# fleet_store_json: the metadata store, shared by every node: one database
+# per region (store.regions), the same one that holds the region's audit
+# log, so a region's keys and their trail stay in it (docs/fleet.md,
+# "Residency").
 fleet_store_json() {
-    # shellcheck disable=SC2086
-    set -- $REGIONS
-    echo "\"store\": { \"backend\": \"postgresql\", \"conninfo\": \"$(fleet_conninfo "$1")\", \"password\": \"file:$pg_password\" }"
+    fs=""
+    for r in $REGIONS; do
+        [ -z "$fs" ] || fs="$fs,
+"
+        fs="$fs      \"$r\": { \"conninfo\": \"$(fleet_conninfo "$r")\", \"password\": \"file:$pg_password\" }"
+    done
+    printf '"store": { "backend": "postgresql", "regions": {\n%s\n    } }' "$fs"
 }
 
 # fleet_audit_json: the audit log, one Merkle tree per region in that
