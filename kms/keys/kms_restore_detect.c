@@ -359,12 +359,56 @@ static kms_err enter_safe_mode(struct kms_reconcile_ctx *c, const struct kms_res
     return KMS_OK;
 }
 
+/* A shared (PostgreSQL) store: other nodes keep serving while this one
+ * starts, and what they do is seen half-done by the scans: a store change
+ * whose audit event is not sequenced yet (the store commits first), an
+ * object made after the token listing for a version activated before the
+ * store read. Those findings are gone a moment later; a store, log or
+ * token that is really behind is found by every scan. So a finding counts
+ * only when RESTORE_SCANS_SHARED scans, RESTORE_RESCAN_MS apart (well over
+ * a request's time from its store commit to its sequenced event, at the
+ * default audit.sequencer_poll_ms), all find something. */
+#define RESTORE_SCANS_SHARED 3
+#define RESTORE_RESCAN_MS 1000
+
+static void forget_listings(struct kms_reconcile_ctx *c)
+{
+    for (size_t i = 0; i < KMS_CONFIG_MAX_TOKENS; i++) {
+        free(c->listed[i]);
+        c->listed[i] = NULL;
+        c->n_listed[i] = 0;
+        c->have_listed[i] = false;
+    }
+}
+
+static kms_err scan_settled(struct kms_reconcile_ctx *c, struct kms_restore_report *r,
+                            uint64_t *sizes)
+{
+    kms_err rc = scan(c, r, sizes);
+    bool shared = kms_store_is_pg(kms_service_store(c->svc));
+    for (int i = 1; shared && rc == KMS_OK && kms_restore_findings(r) > 0 &&
+                    i < RESTORE_SCANS_SHARED;
+         i++) {
+        kms_log_info("restore", "shared store: %zu finding(s), scanning again in %d ms (other "
+                     "nodes may be in the middle of changes)",
+                     kms_restore_findings(r), RESTORE_RESCAN_MS);
+        struct timespec ts = {RESTORE_RESCAN_MS / 1000, (RESTORE_RESCAN_MS % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        kms_restore_report_release(r);
+        memset(r, 0, sizeof(*r));
+        forget_listings(c);
+        memset(sizes, 0, KMS_CONFIG_MAX_TOKENS * sizeof(*sizes));
+        rc = scan(c, r, sizes);
+    }
+    return rc;
+}
+
 kms_err kms_restore_detect(struct kms_reconcile_ctx *c, bool *out_exit)
 {
     struct kms_restore_report r = {0};
     uint64_t sizes[KMS_CONFIG_MAX_TOKENS] = {0};
     *out_exit = false;
-    kms_err rc = scan(c, &r, sizes);
+    kms_err rc = scan_settled(c, &r, sizes);
     size_t findings = kms_restore_findings(&r);
     if (rc == KMS_OK)
         rc = announce_backup(c);
