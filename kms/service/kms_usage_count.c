@@ -227,9 +227,16 @@ kms_err kms_usage_count(struct kms_usage *u, const char *key_id, uint32_t versio
             break;
         }
     pthread_mutex_unlock(&s->lock);
-    if (found)
+    if (found && !kms_store_is_pg(u->store))
         return KMS_OK;
-    return kms_store_usage_get(u->store, key_id, version, out);
+    /* Several nodes (a shared store): this process's count leaves out what
+     * other nodes encrypted since it last reserved; the store's
+     * reservation covers every node's (over by at most a block per node). */
+    uint64_t stored = 0;
+    KMS_GUARD(kms_store_usage_get(u->store, key_id, version, &stored));
+    if (!found || stored > *out)
+        *out = stored;
+    return KMS_OK;
 }
 
 void kms_usage_stats(struct kms_usage *u, struct kms_usage_stats *out)
