@@ -392,6 +392,8 @@ static kms_err scan_settled(struct kms_reconcile_ctx *c, struct kms_restore_repo
         kms_log_info("restore", "shared store: %zu finding(s), scanning again in %d ms (other "
                      "nodes may be in the middle of changes)",
                      kms_restore_findings(r), RESTORE_RESCAN_MS);
+        for (size_t j = 0; j < r->n_lines; j++)
+            kms_log_info("restore", "finding, to be confirmed: %s", r->lines[j]);
         struct timespec ts = {RESTORE_RESCAN_MS / 1000, (RESTORE_RESCAN_MS % 1000) * 1000000L};
         nanosleep(&ts, NULL);
         kms_restore_report_release(r);
