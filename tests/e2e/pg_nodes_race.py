@@ -341,6 +341,13 @@ def gcm(n):
 
 
 def main():
+    # Rotated by the sweepers every 2 s while the rest runs; checked by the
+    # shell script at the end.
+    rk = must("B", "demo-admin", "CreateKey", kpb.CreateKeyRequest(
+        region="eu-west", spec=kpb.AES_256, usage=kpb.ENCRYPT_DECRYPT, rotation_period_s=2),
+        kpb.CreateKeyResponse).key.key_id
+    with open(f"{DIR}/t/rotating_key.txt", "w") as f:
+        f.write(rk)
     for rnd in range(1, ROUNDS + 1):
         byok_round(rnd)
     recovered = []

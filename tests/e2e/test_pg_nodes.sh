@@ -69,6 +69,8 @@ c["audit"]["postgresql"] = {
     "us-east": {"conninfo": conn + "custos_nodes_us", "password": f"file:{pw}"},
 }
 c.setdefault("health", {})["cache_ms"] = 0
+# Automatic rotations every few seconds (dev mode allows a 1 s minimum).
+c.setdefault("rotation", {})["min_period_s"] = 1
 json.dump(c, open(f"{d}/kmsd-{node}.json", "w"), indent=2)
 PY
 done
@@ -161,6 +163,7 @@ else
 fi
 rescans=$(grep -c 'scanning again' "$E2E_DIR/kmsd-b.log" || true)
 echo "# node B's starts saw transient findings (scanned again) $rescans time(s)"
+grep -o 'finding, to be confirmed: [^"]*' "$E2E_DIR/kmsd-b.log" | head -n 3 | sed 's/^/#   /' || true
 if ! grep -q 'destroyed leftover\|removed half-created\|incomplete key object(s) without\|wrapping key .* unknown to the store: destroyed' "$E2E_DIR/kmsd-b.log"; then
     pass "node B's reconcile destroyed nothing of node A's work in progress"
 else
@@ -231,6 +234,54 @@ PY
     pass "$(cat "$W/count.out")"
 else
     flunk "one successful ExecuteRecovery event per recovered key" "$W/count.out"
+fi
+
+# ---- the sweeps: one node destroys each key, rotations happen once a period ----------
+# Every key destroyed by a sweeper (the recovery rounds' keys, and the one
+# scheduled for deletion in the invalidation phase once its window ends):
+# named in exactly one node's log.
+if /usr/bin/python3 - "$E2E_DIR/kmsd-a.log" "$E2E_DIR/kmsd-b.log" >"$W/destroy.out" 2>&1 <<'PY'; then
+import collections, json, sys
+by = collections.defaultdict(list)
+for node, path in (("a", sys.argv[1]), ("b", sys.argv[2])):
+    for line in open(path, errors="replace"):
+        if "destroyed at the end of its waiting period" not in line:
+            continue
+        msg = json.loads(line)["msg"]
+        by[msg.split()[1]].append(node)
+assert len(by) >= 3, f"only {len(by)} keys destroyed by a sweeper"
+twice = {k: v for k, v in by.items() if len(v) != 1}
+assert not twice, f"keys destroyed more than once: {twice}"
+print(f"{len(by)} keys destroyed by a sweeper, each by one node "
+      f"({dict(collections.Counter(v[0] for v in by.values()))})")
+PY
+    pass "$(cat "$W/destroy.out")"
+else
+    flunk "each key destroyed by one node's sweeper" "$W/destroy.out"
+fi
+# The key pg_nodes_race.py made with a 2 s rotation period: every version
+# made by one automatic rotation, at least a period after the one before
+# (two nodes rotating it for one period would make two versions at once).
+rk=$(cat "$W/rotating_key.txt" 2>/dev/null || echo none)
+call "$PORT_B" demo-admin KeyService/DescribeKey "{\"key_id\":\"$rk\"}"
+if /usr/bin/python3 - "$W/body" "$W/events.jsonl" "$rk" >"$W/rot.out" 2>&1 <<'PY'; then
+import json, sys
+k = json.load(open(sys.argv[1]))["key"]
+evs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+vs = sorted((int(v["version"]), int(v.get("created_at", v.get("createdAt", 0)))) for v in k["versions"])
+assert len(vs) >= 3, f"only {len(vs)} versions: {vs}"
+assert [v for v, _ in vs] == list(range(1, len(vs) + 1)), f"versions {vs}"
+gaps = [b[1] - a[1] for a, b in zip(vs, vs[1:])]
+assert min(gaps) >= 2, f"versions made less than a period apart: {vs}"
+rot = [e for e in evs if e.get("operation") == "RotateKey" and e.get("key_id") == sys.argv[3]
+       and e.get("outcome") == "ok"]
+assert all(e.get("principal") == "custos:system" for e in rot), rot
+print(f"{len(vs)} versions, {gaps} s apart (period 2 s); {len(rot)} system RotateKey "
+      f"events exported so far")
+PY
+    pass "automatic rotation with two nodes sweeping: $(cat "$W/rot.out")"
+else
+    flunk "automatic rotation with two nodes sweeping" "$W/rot.out"
 fi
 
 # ---- both nodes stop cleanly ------------------------------------------------------------
