@@ -166,7 +166,7 @@ END_TEST
 
 struct racer {
     struct kms_store *store;
-    char holder[16];
+    char holder[32];
     pthread_barrier_t *start;
     atomic_int *winners;
     kms_err rc;
