@@ -13,6 +13,7 @@
 #include "kms_log.h"
 #include "kms_service.h"
 #include "kms_store_epoch.h"
+#include "p11_key.h"
 #include "p11_token.h"
 
 /* ---- the tokens -------------------------------------------------------------- */
@@ -151,14 +152,30 @@ kms_err kms_restore_token_scan(struct kms_store *store, struct p11_token *tok,
         rc = live_object_gone(store, live[i].bytes, ids, n_ids, creating, n_creating, &gone);
         if (rc != KMS_OK || !gone)
             continue;
-        missing++;
         struct kms_restore_fix f = {.kind = KMS_FIX_LOST};
         bool found = false;
         memcpy(f.hsm_id, live[i].bytes, KMS_HSM_ID_LEN);
         snprintf(f.token, sizeof(f.token), "%s", p11_token_label(tok));
         rc = kms_store_version_by_hsm_id(store, live[i].bytes, f.key_id, &f.version, &found);
-        if (rc == KMS_OK)
-            rc = kms_restore_add_fix(r, &f);
+        if (rc != KMS_OK)
+            continue;
+        /* The token was listed before the store was read: another node's
+         * version made after the listing and activated before the read is
+         * not missing. Asked again, token first then store: a version
+         * still ACTIVE now whose object the token does not hold now is. */
+        struct p11_key_id pid;
+        bool exists = false;
+        enum kms_version_state vs = KMS_VERSION_ACTIVE;
+        memcpy(pid.b, live[i].bytes, sizeof(pid.b));
+        if (p11_key_exists(tok, &pid, &exists) != KMS_OK)
+            exists = false;
+        kms_err_clear();
+        if (!exists && found)
+            rc = kms_store_version_state_any(store, f.key_id, f.version, &vs, &found);
+        if (rc != KMS_OK || exists || (found && vs != KMS_VERSION_ACTIVE))
+            continue;
+        missing++;
+        rc = kms_restore_add_fix(r, &f);
     }
     if (missing > 0) {
         r->token_behind += missing;

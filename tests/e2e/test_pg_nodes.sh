@@ -291,6 +291,24 @@ stop_node a || rc_a=$?
 stop_node b || rc_b=$?
 [ $rc_a = 0 ] && [ $rc_b = 0 ] && pass "both nodes stop cleanly" ||
     flunk "both nodes stop cleanly (a $rc_a, b $rc_b)" "$E2E_DIR/kmsd-b.log"
+# ---- a store that is really behind is still found -------------------------------------
+# The rescans only forgive what goes away: a store put back (here by hand:
+# the disabled key ENABLED again, the audit watermark at 0, as in an old
+# copy) shows the same finding every scan, and node B starts in SAFE MODE.
+"$pgbin/psql" -q -d custos_nodes_store -v ON_ERROR_STOP=1 >"$W/psql.out" 2>&1 <<'SQL' || true
+UPDATE keys SET state = 1 WHERE key_id = (SELECT key_id FROM keys WHERE state = 2 LIMIT 1);
+UPDATE meta SET value = '0' WHERE name LIKE 'audit_mark:%';
+SQL
+: >"$E2E_DIR/kmsd-b.log"
+start_node b
+if grep -q 'ready (dev mode) in SAFE MODE' "$E2E_DIR/kmsd-b.log" &&
+    [ "$(grep -c 'scanning again' "$E2E_DIR/kmsd-b.log" || true)" = 2 ]; then
+    pass "a store put back (a key ENABLED that the log disabled): three scans agree, SAFE MODE"
+else
+    flunk "a store put back: SAFE MODE after three scans" "$E2E_DIR/kmsd-b.log"
+fi
+stop_node b || true
+
 if grep -q "ERROR: AddressSanitizer\|runtime error:" "$E2E_DIR/kmsd-a.log" "$E2E_DIR/kmsd-b.log"; then
     flunk "kmsd ran clean under the sanitizers" "$E2E_DIR/kmsd-a.log"
 fi
