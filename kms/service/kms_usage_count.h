@@ -61,7 +61,8 @@ kms_err kms_usage_take(struct kms_usage *u, const char *key_id, uint32_t version
 
 /* Encryptions counted for a version: the live count when this process has
  * counted any, else the store's reservation (an upper bound). On a shared
- * (PostgreSQL) store the higher of the two: other nodes count too. */
+ * (PostgreSQL) store the live count plus what other nodes reserved since
+ * this process last did: never below what all nodes encrypted. */
 kms_err kms_usage_count(struct kms_usage *u, const char *key_id, uint32_t version,
                         uint64_t *out);
 
