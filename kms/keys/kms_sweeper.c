@@ -158,7 +158,8 @@ kms_err kms_sweeper_delete_due(struct kms_service *svc, int64_t now, size_t *out
 /* With several nodes on one PostgreSQL store, one node sweeps at a time:
  * the one holding the store lease "sweeper", renewed each round and held
  * for a few intervals, so that a node that dies hands the sweeps over
- * within SWEEP_LEASE_ROUNDS intervals (at least SWEEP_LEASE_MIN_S). Every
+ * within SWEEP_LEASE_ROUNDS intervals (at least SWEEP_LEASE_MIN_S).
+ * A node that stops gives it back at once (kms_sweeper_stop). Every
  * transition a sweep makes is also a compare-and-set that one node wins
  * (docs/state.md "Several nodes"): the lease saves the losers' work and
  * their log lines, it is not what makes two sweeps safe. */
@@ -298,6 +299,12 @@ void kms_sweeper_stop(struct kms_sweeper *sw)
     pthread_cond_broadcast(&sw->stop_cond);
     pthread_mutex_unlock(&sw->stop_lock);
     pthread_join(sw->thread, NULL);
+    /* Hand the sweeps over now, not when the lease runs out. */
+    if (kms_store_is_pg(kms_service_store(sw->svc)) &&
+        kms_store_lease_release(kms_service_store(sw->svc), "sweeper", kms_lease_holder()) !=
+            KMS_OK)
+        kms_log_warn("sweeper", "sweeper lease not released (%s): another node sweeps once it "
+                     "expires", kms_err_detail());
     pthread_mutex_destroy(&sw->stop_lock);
     pthread_cond_destroy(&sw->stop_cond);
     free(sw);

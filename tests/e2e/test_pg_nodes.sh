@@ -284,10 +284,27 @@ else
     flunk "automatic rotation with two nodes sweeping" "$W/rot.out"
 fi
 
-# ---- both nodes stop cleanly ------------------------------------------------------------
+# ---- the sweeper lease changes hands --------------------------------------------------
+# Node A (the sweeping node so far) stops and gives the lease back; a key
+# scheduled for deletion through B is destroyed by B's sweeper.
 rc_a=0
 rc_b=0
 stop_node a || rc_a=$?
+call "$PORT_B" demo-admin KeyService/CreateKey '{"region":"eu-west","spec":"AES_256","usage":"ENCRYPT_DECRYPT"}'
+hk=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"]["key_id"])' "$W/body" 2>/dev/null || echo none)
+call "$PORT_B" demo-admin KeyService/ScheduleKeyDeletion "{\"key_id\":\"$hk\",\"pending_window_days\":1}"
+i=0
+while ! grep -q "key $hk destroyed at the end" "$E2E_DIR/kmsd-b.log" && [ $i -lt 150 ]; do
+    i=$((i + 1))
+    sleep 0.1
+done
+if grep -q "key $hk destroyed at the end" "$E2E_DIR/kmsd-b.log"; then
+    pass "node A stopped: node B's sweeper takes over and destroys a key due ($((i / 10)).$((i % 10)) s)"
+else
+    flunk "node A stopped: node B's sweeper takes over" "$E2E_DIR/kmsd-b.log"
+fi
+
+# ---- both nodes stop cleanly ------------------------------------------------------------
 stop_node b || rc_b=$?
 [ $rc_a = 0 ] && [ $rc_b = 0 ] && pass "both nodes stop cleanly" ||
     flunk "both nodes stop cleanly (a $rc_a, b $rc_b)" "$E2E_DIR/kmsd-b.log"
