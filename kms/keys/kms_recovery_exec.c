@@ -187,6 +187,7 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *
     Custos__V1__ExecuteRecoveryResponse resp = CUSTOS__V1__EXECUTE_RECOVERY_RESPONSE__INIT;
     kms_err rc = KMS_OK;
     char locked_key[KMS_KEY_ID_SIZE] = "";
+    bool leased = false;
     KMS_GUARD_GOTO(
         kms_recovery_load(call, POL_OP_EXECUTE_RECOVERY, req->recovery_id, &r, &k, &appr, &n_appr),
         done);
@@ -199,6 +200,19 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *
      * key no longer DESTROYED) and is refused before it touches the HSM. */
     snprintf(locked_key, sizeof(locked_key), "%s", r.key_id);
     kms_rotate_lock(locked_key);
+    /* The lock is per process: with several nodes the key's lease is what
+     * keeps an execution on another node (or its sweeper's destroys) out
+     * of this one's way. Held elsewhere: refused before anything is read
+     * or made; the client may send it again. */
+    {
+        bool won = false;
+        KMS_GUARD_GOTO(kms_key_lease_take(call->svc, locked_key, &won), done);
+        leased = won;
+        KMS_RECOVERY_REFUSE_GOTO("busy", won, done, KMS_ERR_FAILED_PRECONDITION,
+                                 "key %s is being changed by another kmsd node (a recovery "
+                                 "executing or a deletion); try again",
+                                 locked_key);
+    }
     free(appr);
     appr = NULL;
     n_appr = 0;
@@ -257,6 +271,8 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *
     resp.recovery = &rm.m;
     rc = kms_rpc_pack(&resp.base, reply);
 done:
+    if (leased)
+        kms_key_lease_give(call->svc, locked_key);
     if (locked_key[0] != '\0')
         kms_rotate_unlock(locked_key);
     for (size_t i = 0; i < resp.n_wrapped; i++) {

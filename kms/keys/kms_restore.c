@@ -348,6 +348,12 @@ static kms_err compare_states(struct kms_store *store, struct kms_restore_report
     return rc;
 }
 
+/* How long a node starting on a shared store waits for its copy of a
+ * region's log to reach the store's watermark: 100 polls of 50 ms, many
+ * times audit.sequencer_poll_ms. */
+#define RESTORE_AUDIT_CATCHUP_POLLS 100
+#define RESTORE_AUDIT_CATCHUP_MS 50
+
 kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
                                struct kms_restore_report *r, uint64_t enc_from,
                                uint64_t *out_size)
@@ -356,6 +362,16 @@ kms_err kms_restore_audit_scan(struct kms_store *store, struct audit_log *log,
     uint64_t from = 0, size = audit_tree_size(audit_log_tree(log));
     bool marked = false;
     KMS_GUARD(kms_store_audit_mark_get(store, region, &from, &marked));
+    /* Several nodes on one store (and one log per region in PostgreSQL):
+     * the watermark may have been set by a node whose copy of the log is a
+     * poll ahead of this one's; this node's copy follows the database by
+     * itself. Wait (bounded) for it before calling the log older. */
+    for (int i = 0; kms_store_is_pg(store) && from > size && i < RESTORE_AUDIT_CATCHUP_POLLS;
+         i++) {
+        struct timespec ts = {0, RESTORE_AUDIT_CATCHUP_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        size = audit_tree_size(audit_log_tree(log));
+    }
     *out_size = size;
     if (from > size) {
         /* The store has seen more of the log than exists: the audit log is

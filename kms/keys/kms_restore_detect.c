@@ -359,13 +359,133 @@ static kms_err enter_safe_mode(struct kms_reconcile_ctx *c, const struct kms_res
     return KMS_OK;
 }
 
+/* A shared (PostgreSQL) store: other nodes keep serving while this one
+ * starts, and what they do is seen half-done by the scans: a store change
+ * whose audit event is not sequenced yet (the store commits first), the
+ * store's audit watermark set by a node whose view of the log is a poll
+ * ahead of this one's. Such a finding is about one change in flight and is
+ * gone a moment later, while other nodes' next changes may show up as new
+ * ones; a store, log or token that is really behind shows the *same*
+ * finding every time. So on a shared store the scan is made
+ * RESTORE_SCANS_SHARED times, RESTORE_RESCAN_MS apart (well over a
+ * request's time from its store commit to its sequenced event at the
+ * default audit.sequencer_poll_ms), and the findings count only if one of
+ * them is in every scan: the same fix (kind, key, version, object), the
+ * same finding line, or an audit log behind the store each time. More than
+ * RESTORE_CONFIRM_MAX fixes in one scan is no change in flight: counted at
+ * once. */
+#define RESTORE_SCANS_SHARED 3
+#define RESTORE_RESCAN_MS 1000
+#define RESTORE_CONFIRM_MAX 256
+#define FINDING_ID_LEN 200
+
+static void forget_listings(struct kms_reconcile_ctx *c)
+{
+    for (size_t i = 0; i < KMS_CONFIG_MAX_TOKENS; i++) {
+        free(c->listed[i]);
+        c->listed[i] = NULL;
+        c->n_listed[i] = 0;
+        c->have_listed[i] = false;
+    }
+}
+
+/* What identifies each finding of r, into ids (n_fixes + n_lines + 1). */
+static size_t finding_ids(const struct kms_restore_report *r, char (*ids)[FINDING_ID_LEN])
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_fixes; i++) {
+        const struct kms_restore_fix *f = &r->fixes[i];
+        char hex[2 * KMS_HSM_ID_LEN + 1];
+        for (size_t j = 0; j < KMS_HSM_ID_LEN; j++)
+            snprintf(hex + 2 * j, 3, "%02x", f->hsm_id[j]);
+        snprintf(ids[n++], FINDING_ID_LEN, "fix %d %s v%u %s %s", (int)f->kind, f->key_id,
+                 f->version, hex, f->token);
+    }
+    for (size_t i = 0; i < r->n_lines; i++)
+        snprintf(ids[n++], FINDING_ID_LEN, "line %s", r->lines[i]);
+    if (r->audit_behind > 0)
+        snprintf(ids[n++], FINDING_ID_LEN, "audit log behind the store");
+    return n;
+}
+
+/* Keep in ids (n of them) only those r also has; the count kept. */
+static size_t keep_common(char (*ids)[FINDING_ID_LEN], size_t n,
+                          const struct kms_restore_report *r, char (*now)[FINDING_ID_LEN])
+{
+    size_t m = finding_ids(r, now), kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool both = false;
+        for (size_t j = 0; j < m && !both; j++)
+            both = strcmp(ids[i], now[j]) == 0;
+        if (both && kept != i)
+            memcpy(ids[kept], ids[i], FINDING_ID_LEN);
+        kept += both;
+    }
+    return kept;
+}
+
+/* Scan; on a shared store with findings, scan again until none is left or
+ * one has been in every scan. *out_confirmed: the findings of the last
+ * scan (r) count. */
+static kms_err scan_settled(struct kms_reconcile_ctx *c, struct kms_restore_report *r,
+                            uint64_t *sizes, bool *out_confirmed)
+{
+    kms_err rc = scan(c, r, sizes);
+    *out_confirmed = true;
+    if (rc != KMS_OK || !kms_store_is_pg(kms_service_store(c->svc)) ||
+        kms_restore_findings(r) == 0 || r->n_fixes > RESTORE_CONFIRM_MAX)
+        return rc;
+    size_t cap = RESTORE_CONFIRM_MAX + KMS_RESTORE_LINES_MAX + 1;
+    char(*ids)[FINDING_ID_LEN] = calloc(cap, FINDING_ID_LEN);
+    char(*now)[FINDING_ID_LEN] = calloc(cap, FINDING_ID_LEN);
+    if (ids == NULL || now == NULL) {
+        free(ids);
+        free(now);
+        return kms_err_set(KMS_ERR_NOMEM, "out of memory");
+    }
+    size_t n = finding_ids(r, ids);
+    for (int i = 1; i < RESTORE_SCANS_SHARED && n > 0; i++) {
+        kms_log_info("restore", "shared store: %zu finding(s), scanning again in %d ms (other "
+                     "nodes may be in the middle of changes)",
+                     kms_restore_findings(r), RESTORE_RESCAN_MS);
+        for (size_t j = 0; j < r->n_lines; j++)
+            kms_log_info("restore", "finding, to be confirmed: %s", r->lines[j]);
+        struct timespec ts = {RESTORE_RESCAN_MS / 1000, (RESTORE_RESCAN_MS % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        kms_restore_report_release(r);
+        memset(r, 0, sizeof(*r));
+        forget_listings(c);
+        memset(sizes, 0, KMS_CONFIG_MAX_TOKENS * sizeof(*sizes));
+        rc = scan(c, r, sizes);
+        if (rc != KMS_OK || kms_restore_findings(r) == 0)
+            break;
+        if (r->n_fixes > RESTORE_CONFIRM_MAX) {
+            n = 1;
+            break;
+        }
+        n = keep_common(ids, n, r, now);
+    }
+    if (rc == KMS_OK && kms_restore_findings(r) > 0 && n == 0) {
+        *out_confirmed = false;
+        kms_log_info("restore", "shared store: no finding was in every scan: changes of other "
+                     "nodes in flight, not a restore");
+    }
+    free(ids);
+    free(now);
+    return rc;
+}
+
 kms_err kms_restore_detect(struct kms_reconcile_ctx *c, bool *out_exit)
 {
     struct kms_restore_report r = {0};
     uint64_t sizes[KMS_CONFIG_MAX_TOKENS] = {0};
     *out_exit = false;
-    kms_err rc = scan(c, &r, sizes);
-    size_t findings = kms_restore_findings(&r);
+    bool confirmed = true;
+    kms_err rc = scan_settled(c, &r, sizes, &confirmed);
+    size_t findings = confirmed ? kms_restore_findings(&r) : 0;
+    /* Fixes for changes in flight must never be applied (--confirm). */
+    if (!confirmed)
+        r.n_fixes = 0;
     if (rc == KMS_OK)
         rc = announce_backup(c);
     if (rc == KMS_OK && c->mode == KMS_RESTORE_MODE_PLAN) {

@@ -13,6 +13,7 @@
 #include "kms_log.h"
 #include "kms_service.h"
 #include "kms_store_epoch.h"
+#include "p11_key.h"
 #include "p11_token.h"
 
 /* ---- the tokens -------------------------------------------------------------- */

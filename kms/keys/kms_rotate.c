@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -51,6 +52,57 @@ void kms_rotate_lock(const char *key_id)
 void kms_rotate_unlock(const char *key_id)
 {
     pthread_mutex_unlock(stripe_of(key_id));
+}
+
+/* Random per process: a pid reused after a restart must not inherit a
+ * dead process's leases. */
+static pthread_once_t holder_once = PTHREAD_ONCE_INIT;
+static char holder_name[KMS_STORE_LEASE_HOLDER_MAX + 1];
+
+static void holder_init(void)
+{
+    char host[32] = "";
+    uint8_t tag[4] = {0};
+    if (gethostname(host, sizeof(host) - 1) != 0)
+        snprintf(host, sizeof(host), "host");
+    for (char *p = host; *p; p++)
+        if (*p == ' ' || *p < 0x21 || *p > 0x7e)
+            *p = '_';
+    if (RAND_bytes(tag, sizeof(tag)) != 1)
+        memset(tag, 0, sizeof(tag));
+    snprintf(holder_name, sizeof(holder_name), "%s:%ld:%02x%02x%02x%02x", host[0] ? host : "host",
+             (long)getpid(), tag[0], tag[1], tag[2], tag[3]);
+}
+
+const char *kms_lease_holder(void)
+{
+    pthread_once(&holder_once, holder_init);
+    return holder_name;
+}
+
+kms_err kms_key_lease_take(struct kms_service *svc, const char *key_id, bool *out_won)
+{
+    struct kms_store *st = kms_service_store(svc);
+    *out_won = true;
+    if (!kms_store_is_pg(st))
+        return KMS_OK;
+    char name[KMS_KEY_ID_SIZE + 8];
+    snprintf(name, sizeof(name), "key:%s", key_id);
+    return kms_store_lease_take(st, name, kms_lease_holder(), (int64_t)time(NULL),
+                                KMS_KEY_LEASE_S, out_won);
+}
+
+void kms_key_lease_give(struct kms_service *svc, const char *key_id)
+{
+    struct kms_store *st = kms_service_store(svc);
+    if (!kms_store_is_pg(st))
+        return;
+    char name[KMS_KEY_ID_SIZE + 8];
+    snprintf(name, sizeof(name), "key:%s", key_id);
+    /* Not given back (the store is away): it expires by itself. */
+    if (kms_store_lease_release(st, name, kms_lease_holder()) != KMS_OK)
+        kms_log_warn("keys", "key %s: lease not released (%s); it expires in %d s", key_id,
+                     kms_err_detail(), KMS_KEY_LEASE_S);
 }
 
 /* A METADATA version is two objects under the one hsm_id, AES then HMAC
@@ -131,9 +183,20 @@ kms_err kms_rotate_system(struct kms_service *svc, const char *key_id, uint32_t 
     kms_err rc = KMS_OK;
     uint32_t version = 0;
     kms_rotate_lock(key_id);
+    /* Another node's sweeper or usage count may be rotating this key right
+     * now: the key's lease decides which one does, so it rotates once. */
+    bool leased = false;
+    rc = kms_key_lease_take(svc, key_id, &leased);
+    if (rc == KMS_OK && !leased)
+        rc = kms_err_set(KMS_ERR_FAILED_PRECONDITION,
+                         "key %s: no automatic rotation here: another node holds the key", key_id);
+    if (rc != KMS_OK) {
+        leased = false;
+        goto unlock;
+    }
     struct kms_key_record k;
     /* The store, not the key cache: the decision must see the latest
-     * rotation, which this lock orders. */
+     * rotation, which this lock (and the lease) orders. */
     rc = kms_store_key_get(kms_service_store(svc), key_id, &k);
     if (rc != KMS_OK)
         goto unlock;
@@ -145,8 +208,7 @@ kms_err kms_rotate_system(struct kms_service *svc, const char *key_id, uint32_t 
                          "key %s: no automatic rotation (state %s, origin %d, current version "
                          "%u)", key_id, kms_key_state_name(k.state), (int)k.origin,
                          k.current_version);
-        kms_rotate_unlock(key_id);
-        return rc;
+        goto unlock;
     }
     call.policy = kms_service_policy(svc);
     const struct pol_tenant *pt = call.policy ? pol_doc_tenant(call.policy, k.tenant) : NULL;
@@ -188,6 +250,8 @@ kms_err kms_rotate_system(struct kms_service *svc, const char *key_id, uint32_t 
         *out_version = version;
     pol_doc_unref(call.policy);
 unlock:
+    if (leased)
+        kms_key_lease_give(svc, key_id);
     kms_rotate_unlock(key_id);
     return rc;
 }

@@ -31,6 +31,25 @@ struct p11_token;
 void kms_rotate_lock(const char *key_id);
 void kms_rotate_unlock(const char *key_id);
 
+/*
+ * The key's lease across the nodes of a shared (PostgreSQL) store: the
+ * rotation lock is per process, so the paths that touch a key's HSM
+ * objects outside a request's own compare-and-set (a RESTORE, the
+ * sweeper's destroys after the mark, reconcile's destroy of a DESTROYED
+ * key's leftover, an automatic rotation) also take the store lease
+ * "key:<key_id>" (kms_store_lease_take), under the rotation lock, and give
+ * it back before unlocking. *out_won false: another node has it now; the
+ * caller does nothing to the key (docs/state.md "Several nodes"). On
+ * SQLite (one process) always won, nothing written. A node that dies
+ * holding it delays those paths for that key by KMS_KEY_LEASE_S at most.
+ */
+#define KMS_KEY_LEASE_S 120
+kms_err kms_key_lease_take(struct kms_service *svc, const char *key_id, bool *out_won);
+void kms_key_lease_give(struct kms_service *svc, const char *key_id);
+
+/* This process's name as a lease holder: host, pid, a random tag. */
+const char *kms_lease_holder(void);
+
 /* Make the HSM object(s) of a version whose CREATING row exists, escrow them
  * when asked, and activate the row; on failure destroy what was made and
  * discard the row, so nothing is left behind. request_id names the request

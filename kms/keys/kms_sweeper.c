@@ -109,12 +109,26 @@ kms_err kms_sweeper_delete_due(struct kms_service *svc, int64_t now, size_t *out
         /* Under the key's rotation lock until its objects are gone: a
          * RESTORE of the key (kms_recovery_exec.c) takes the same lock, so
          * it never unwraps between the mark and the destroys below. */
+        /* With several nodes, the key's lease too: the lock is per process,
+         * and a RESTORE on another node between the mark and the destroys
+         * would have its objects destroyed here. Held elsewhere: the next
+         * round (or that node's sweeper) deletes it. */
         kms_rotate_lock(due[i].key_id);
-        kms_err mrc = kms_store_key_mark_destroyed(kms_service_store(svc), due[i].key_id, now, &ids, &n_ids);
+        bool leased = false;
+        kms_err mrc = kms_key_lease_take(svc, due[i].key_id, &leased);
+        if (mrc == KMS_OK && !leased) {
+            kms_rotate_unlock(due[i].key_id);
+            continue;
+        }
+        if (mrc == KMS_OK)
+            mrc = kms_store_key_mark_destroyed(kms_service_store(svc), due[i].key_id, now, &ids,
+                                               &n_ids);
         kms_keycache_invalidate(kms_service_keycache(svc), due[i].key_id);
+        if (mrc != KMS_OK && leased)
+            kms_key_lease_give(svc, due[i].key_id);
         if (mrc == KMS_ERR_FAILED_PRECONDITION) {
             kms_rotate_unlock(due[i].key_id);
-            continue; /* cancelled meanwhile */
+            continue; /* cancelled meanwhile, or another node's sweeper was first */
         }
         if (mrc != KMS_OK) {
             kms_rotate_unlock(due[i].key_id);
@@ -130,6 +144,7 @@ kms_err kms_sweeper_delete_due(struct kms_service *svc, int64_t now, size_t *out
                 kms_log_error("sweeper", "key %s: HSM object not destroyed (%s); reconcile will retry at start",
                               due[i].key_id, kms_err_detail());
         }
+        kms_key_lease_give(svc, due[i].key_id);
         kms_rotate_unlock(due[i].key_id);
         free(ids);
         kms_log_info("sweeper", "key %s destroyed at the end of its waiting period",
@@ -140,9 +155,40 @@ kms_err kms_sweeper_delete_due(struct kms_service *svc, int64_t now, size_t *out
     return rc;
 }
 
+/* With several nodes on one PostgreSQL store, one node sweeps at a time:
+ * the one holding the store lease "sweeper", renewed each round and held
+ * for a few intervals, so that a node that dies hands the sweeps over
+ * within SWEEP_LEASE_ROUNDS intervals (at least SWEEP_LEASE_MIN_S).
+ * A node that stops gives it back at once (kms_sweeper_stop). Every
+ * transition a sweep makes is also a compare-and-set that one node wins
+ * (docs/state.md "Several nodes"): the lease saves the losers' work and
+ * their log lines, it is not what makes two sweeps safe. */
+#define SWEEP_LEASE_ROUNDS 3
+#define SWEEP_LEASE_MIN_S 30
+
+static bool sweep_lease(struct kms_service *svc, int64_t now)
+{
+    struct kms_store *st = kms_service_store(svc);
+    if (!kms_store_is_pg(st))
+        return true;
+    int64_t ttl = (int64_t)kms_service_config(svc)->sweep_interval_s * SWEEP_LEASE_ROUNDS;
+    if (ttl < SWEEP_LEASE_MIN_S)
+        ttl = SWEEP_LEASE_MIN_S;
+    if (ttl > KMS_STORE_LEASE_TTL_MAX)
+        ttl = KMS_STORE_LEASE_TTL_MAX;
+    bool won = false;
+    if (kms_store_lease_take(st, "sweeper", kms_lease_holder(), now, ttl, &won) != KMS_OK) {
+        kms_log_warn("sweeper", "sweep skipped: %s", kms_err_detail());
+        return false;
+    }
+    return won;
+}
+
 void kms_sweeper_round(struct kms_service *svc, int64_t now)
 {
     size_t n = 0;
+    if (!sweep_lease(svc, now))
+        return;
     if (kms_sweeper_delete_due(svc, now, &n) != KMS_OK)
         kms_log_error("sweeper", "sweep failed: %s", kms_err_detail());
     /* In safe mode (a restored store) nothing is destroyed or made:
@@ -253,6 +299,12 @@ void kms_sweeper_stop(struct kms_sweeper *sw)
     pthread_cond_broadcast(&sw->stop_cond);
     pthread_mutex_unlock(&sw->stop_lock);
     pthread_join(sw->thread, NULL);
+    /* Hand the sweeps over now, not when the lease runs out. */
+    if (kms_store_is_pg(kms_service_store(sw->svc)) &&
+        kms_store_lease_release(kms_service_store(sw->svc), "sweeper", kms_lease_holder()) !=
+            KMS_OK)
+        kms_log_warn("sweeper", "sweeper lease not released (%s): another node sweeps once it "
+                     "expires", kms_err_detail());
     pthread_mutex_destroy(&sw->stop_lock);
     pthread_cond_destroy(&sw->stop_cond);
     free(sw);

@@ -219,17 +219,28 @@ kms_err kms_usage_count(struct kms_usage *u, const char *key_id, uint32_t versio
     uint32_t h = hash(key_id, version);
     struct stripe *s = &u->stripes[h % USAGE_STRIPES];
     bool found = false;
+    uint64_t reserved = 0;
     pthread_mutex_lock(&s->lock);
     for (struct entry *e = s->buckets[(h / USAGE_STRIPES) % USAGE_BUCKETS]; e; e = e->next)
         if (e->version == version && strcmp(e->key_id, key_id) == 0) {
             *out = e->used;
+            reserved = e->reserved;
             found = true;
             break;
         }
     pthread_mutex_unlock(&s->lock);
-    if (found)
+    if (found && !kms_store_is_pg(u->store))
         return KMS_OK;
-    return kms_store_usage_get(u->store, key_id, version, out);
+    uint64_t stored = 0;
+    KMS_GUARD(kms_store_usage_get(u->store, key_id, version, &stored));
+    /* Several nodes (a shared store): what others reserved since this
+     * process's last reservation counts as used, as kms_usage_take
+     * counts it; otherwise a node would report only its own share. */
+    if (!found)
+        *out = stored;
+    else if (stored > reserved)
+        *out += stored - reserved;
+    return KMS_OK;
 }
 
 void kms_usage_stats(struct kms_usage *u, struct kms_usage_stats *out)

@@ -60,7 +60,9 @@ kms_err kms_usage_take(struct kms_usage *u, const char *key_id, uint32_t version
                        bool *out_rotate);
 
 /* Encryptions counted for a version: the live count when this process has
- * counted any, else the store's reservation (an upper bound). */
+ * counted any, else the store's reservation (an upper bound). On a shared
+ * (PostgreSQL) store the live count plus what other nodes reserved since
+ * this process last did: never below what all nodes encrypted. */
 kms_err kms_usage_count(struct kms_usage *u, const char *key_id, uint32_t version,
                         uint64_t *out);
 

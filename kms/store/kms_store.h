@@ -751,4 +751,24 @@ kms_err kms_store_rotation_period_get(struct kms_store *store, const char *key_i
 kms_err kms_store_rotation_due(struct kms_store *store, int64_t now, size_t max,
                                struct kms_store_usage_row **out, size_t *out_n);
 
+/* ---- Leases shared by the nodes of one store (kms_store_lease.c) -------- */
+
+/*
+ * A named lease: at most one holder at a time until it expires (ttl_s after
+ * now). Several kmsd on one PostgreSQL store use it so that one node, not
+ * each, does a piece of background work (a sweep of a region) or touches a
+ * key's HSM objects outside a request's own compare-and-set (a RESTORE, a
+ * deletion's destroys, an automatic rotation): docs/state.md "Several
+ * nodes". Taking is one write transaction: *out_won true when the lease was
+ * free, expired or already this holder's (then renewed); false when another
+ * holder has it. Works on SQLite too (one process: always won). name: 1..89
+ * characters; holder: 1..KMS_STORE_LEASE_HOLDER_MAX, no space. Release
+ * removes the lease only while holder still has it.
+ */
+#define KMS_STORE_LEASE_HOLDER_MAX 64
+#define KMS_STORE_LEASE_TTL_MAX 86400
+kms_err kms_store_lease_take(struct kms_store *store, const char *name, const char *holder,
+                             int64_t now, int64_t ttl_s, bool *out_won);
+kms_err kms_store_lease_release(struct kms_store *store, const char *name, const char *holder);
+
 #endif
