@@ -213,6 +213,122 @@ START_TEST(test_lease_race_one_winner)
 }
 END_TEST
 
+/* ---- one database per region (kms_store_open_pg_regions) ---- */
+
+static char conninfo2[1400];
+static char db2[64];
+
+static void setup_regions(void)
+{
+    setup_pg();
+    testpg_create(conninfo2, sizeof(conninfo2), db2, sizeof(db2));
+}
+
+static void teardown_regions(void)
+{
+    teardown_pg();
+    testpg_drop(db2);
+}
+
+/* A node serving both regions, or (one_region) only us-east. */
+static struct kms_store *open_node(bool one_region)
+{
+    struct kms_store_pg_region r[2] = {
+        {"eu-west", conninfo, testpg_password_source()},
+        {"us-east", conninfo2, testpg_password_source()},
+    };
+    struct kms_store *s = NULL;
+    if (one_region)
+        ck_ok(kms_store_open_pg_regions(&r[1], 1, &s));
+    else
+        ck_ok(kms_store_open_pg_regions(r, 2, &s));
+    return s;
+}
+
+/* Whether a plain handle on one database finds name held by someone else
+ * (it takes and gives back the lease when free). */
+static bool held_in(const char *ci, const char *name)
+{
+    struct kms_store *s = NULL;
+    bool won = false;
+    ck_ok(kms_store_open_pg(ci, testpg_password_source(), &s));
+    ck_ok(kms_store_lease_take(s, name, "probe", 2000, 60, &won));
+    if (won)
+        ck_ok(kms_store_lease_release(s, name, "probe"));
+    kms_store_free(s);
+    return !won;
+}
+
+/* A store-wide lease is held in every region's database: a node serving
+ * only one of the regions cannot take it while a two-region node holds
+ * it, and a node that loses one database gives back what it took. */
+START_TEST(test_lease_regions_store_wide)
+{
+    struct kms_store *a = open_node(false), *b = open_node(false), *c = open_node(true);
+    bool won = false;
+    ck_ok(kms_store_lease_take(a, "sweeper", "node-a", 2000, 60, &won));
+    ck_assert(won);
+    ck_assert(held_in(conninfo, "sweeper"));
+    ck_assert(held_in(conninfo2, "sweeper"));
+    ck_ok(kms_store_lease_take(b, "sweeper", "node-b", 2001, 60, &won));
+    ck_assert(!won);
+    ck_ok(kms_store_lease_take(c, "sweeper", "node-c", 2001, 60, &won));
+    ck_assert(!won);
+    ck_ok(kms_store_lease_release(a, "sweeper", "node-a"));
+    /* c (us-east only) takes it; b then wins eu-west but loses us-east,
+     * and must not keep eu-west. */
+    ck_ok(kms_store_lease_take(c, "sweeper", "node-c", 2002, 60, &won));
+    ck_assert(won);
+    ck_ok(kms_store_lease_take(b, "sweeper", "node-b", 2003, 60, &won));
+    ck_assert(!won);
+    ck_assert(!held_in(conninfo, "sweeper"));
+    ck_assert(held_in(conninfo2, "sweeper"));
+    kms_store_free(a);
+    kms_store_free(b);
+    kms_store_free(c);
+}
+END_TEST
+
+/* A key's lease lives in the key's own region database. */
+START_TEST(test_lease_regions_key)
+{
+    struct kms_store *a = open_node(false), *b = open_node(false);
+    struct kms_key_record k;
+    struct kms_version_record v;
+    memset(&k, 0, sizeof(k));
+    memset(&v, 0, sizeof(v));
+    snprintf(k.key_id, sizeof(k.key_id), "%032x", 0x1ea5e);
+    snprintf(k.tenant, sizeof(k.tenant), "acme");
+    snprintf(k.region, sizeof(k.region), "us-east");
+    snprintf(k.token, sizeof(k.token), "custos us-east");
+    k.spec = KMS_KEY_SPEC_AES_256;
+    k.usage = KMS_KEY_USAGE_ENCRYPT_DECRYPT;
+    k.origin = KMS_KEY_ORIGIN_HSM;
+    k.state = KMS_KEY_CREATING;
+    k.created_at = 100;
+    v.version = 1;
+    v.state = KMS_VERSION_CREATING;
+    v.created_at = 100;
+    memset(v.hsm_id, 0x5a, sizeof(v.hsm_id));
+    ck_ok(kms_store_key_insert(a, &k, &v));
+    char name[64];
+    snprintf(name, sizeof(name), "key:%s", k.key_id);
+    bool won = false;
+    ck_ok(kms_store_lease_take(a, name, "node-a", 3000, 60, &won));
+    ck_assert(won);
+    ck_assert(held_in(conninfo2, name));
+    ck_assert(!held_in(conninfo, name));
+    /* b has never seen the key: it finds it in us-east, and loses. */
+    ck_ok(kms_store_lease_take(b, name, "node-b", 3001, 60, &won));
+    ck_assert(!won);
+    ck_ok(kms_store_lease_release(a, name, "node-a"));
+    ck_ok(kms_store_lease_take(b, name, "node-b", 3002, 60, &won));
+    ck_assert(won);
+    kms_store_free(a);
+    kms_store_free(b);
+}
+END_TEST
+
 static Suite *lease_suite(void)
 {
     Suite *s = suite_create("kms_store_lease");
@@ -232,6 +348,12 @@ static Suite *lease_suite(void)
     tcase_add_test(tc, test_lease_bad_arguments);
     tcase_add_test(tc, test_lease_two_nodes);
     tcase_add_test(tc, test_lease_race_one_winner);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("regions");
+    tcase_add_checked_fixture(tc, setup_regions, teardown_regions);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_lease_regions_store_wide);
+    tcase_add_test(tc, test_lease_regions_key);
     suite_add_tcase(s, tc);
     return s;
 }
