@@ -481,7 +481,10 @@ END_TEST
 START_TEST(key_rotated_in_the_round)
 {
     const char *region = "pg-rotate";
-    struct audit_log_config cfg = {1, 200, 1, 0};
+    /* Old enough to rotate after 4 s: long enough that the key made at
+     * open is still the only one after the first event even in the ASan
+     * build on a loaded machine (1 s was not, in CI). */
+    struct audit_log_config cfg = {1, 200, 4, 0};
     struct audit_log *a = NULL;
     ck_assert_msg(audit_log_open_pg(&target, region, env.eu, &cfg, 50, &a) == KMS_OK, "%s",
                   kms_err_detail());
@@ -500,12 +503,21 @@ START_TEST(key_rotated_in_the_round)
         ck_assert_int_eq(sscanf(keys[0]->key_id + 2 * i, "%2x", &b), 1);
         old_id.b[i] = (uint8_t)b;
     }
+    int64_t born_ms = keys[0]->not_before_ms;
     audit_log_keys_free(keys, nk);
     bool exists = false;
     ck_assert_int_eq(p11_key_exists(env.eu, &old_id, &exists), KMS_OK);
     ck_assert(exists);
 
-    usleep(1200 * 1000); /* the key is now older than key_max_age_s */
+    /* Wait until the key is older than key_max_age_s (by its own row). */
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        if (now_ms > born_ms + cfg.key_max_age_s * 1000 + 200)
+            break;
+        usleep(50000);
+    }
     append(a, "k-1");
     const char *count_keys = "SELECT count(*) FROM custos_audit_keys WHERE region = $1";
     for (int i = 0; i < 2000 && sql_int(c, count_keys, region) < 2; i++)
