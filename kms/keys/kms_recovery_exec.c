@@ -173,6 +173,47 @@ done:
     return rc;
 }
 
+/* Under the key's lock and lease: read the recovery and the key again and
+ * check everything that allows the execution (approved, time lock passed,
+ * quorum still valid, a RESTORE's key still DESTROYED), so that of two
+ * executions only the first passes. The signed statement is audited. */
+static kms_err recheck_executable(struct kms_call *call, const char *recovery_id,
+                                  struct kms_recovery_record *r, struct kms_key_record *k,
+                                  struct kms_recovery_approval **appr, size_t *n_appr)
+{
+    kms_err rc = KMS_OK;
+    free(*appr);
+    *appr = NULL;
+    *n_appr = 0;
+    KMS_GUARD(kms_store_recovery_get(kms_service_store(call->svc), recovery_id, r, appr, n_appr));
+    KMS_GUARD(kms_recovery_refresh_expiry(call, r));
+    KMS_GUARD(kms_store_key_get(kms_service_store(call->svc), r->key_id, k));
+    {
+        char stmt[KMS_RECOVERY_STMT_MAX];
+        size_t stmt_len = 0;
+        KMS_GUARD(kms_recovery_statement(r, stmt, sizeof(stmt), &stmt_len));
+        kms_recovery_audit_statement(call, stmt, stmt_len, false);
+    }
+    KMS_RECOVERY_REFUSE_GOTO(
+        "state", r->state == KMS_RECOVERY_APPROVED, out, KMS_ERR_FAILED_PRECONDITION,
+        "recovery is %s (%zu of %" PRIu32 " approvals); only an APPROVED recovery "
+        "can be executed",
+        kms_recovery_state_name(r->state), *n_appr, r->approvals_required);
+    int64_t now = kms_recovery_now();
+    KMS_RECOVERY_REFUSE_GOTO("time_lock", now >= r->executable_at, out, KMS_ERR_FAILED_PRECONDITION,
+                             "time lock: executable from %" PRId64 " (in %" PRId64 " s); the key's "
+                             "administrators can see this recovery until then",
+                             r->executable_at, r->executable_at - now);
+    KMS_GUARD(quorum_still_holds(call, r, *appr, *n_appr));
+    if (r->mode == CUSTOS__V1__RECOVERY_MODE__RESTORE)
+        KMS_RECOVERY_REFUSE_GOTO("state", k->state == KMS_KEY_DESTROYED, out,
+                                 KMS_ERR_FAILED_PRECONDITION,
+                                 "key is %s; RESTORE brings back a DESTROYED key",
+                                 kms_key_state_name(k->state));
+out:
+    return rc;
+}
+
 kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *msg,
                                  struct kms_reply *reply)
 {
@@ -213,36 +254,7 @@ kms_err kms_rpc_execute_recovery(struct kms_call *call, const ProtobufCMessage *
                                  "executing or a deletion); try again",
                                  locked_key);
     }
-    free(appr);
-    appr = NULL;
-    n_appr = 0;
-    KMS_GUARD_GOTO(kms_store_recovery_get(kms_service_store(call->svc), req->recovery_id, &r,
-                                          &appr, &n_appr),
-                   done);
-    KMS_GUARD_GOTO(kms_recovery_refresh_expiry(call, &r), done);
-    KMS_GUARD_GOTO(kms_store_key_get(kms_service_store(call->svc), r.key_id, &k), done);
-    {
-        char stmt[KMS_RECOVERY_STMT_MAX];
-        size_t stmt_len = 0;
-        KMS_GUARD_GOTO(kms_recovery_statement(&r, stmt, sizeof(stmt), &stmt_len), done);
-        kms_recovery_audit_statement(call, stmt, stmt_len, false);
-    }
-    KMS_RECOVERY_REFUSE_GOTO(
-        "state", r.state == KMS_RECOVERY_APPROVED, done, KMS_ERR_FAILED_PRECONDITION,
-        "recovery is %s (%zu of %" PRIu32 " approvals); only an APPROVED recovery "
-        "can be executed",
-        kms_recovery_state_name(r.state), n_appr, r.approvals_required);
-    int64_t now = kms_recovery_now();
-    KMS_RECOVERY_REFUSE_GOTO("time_lock", now >= r.executable_at, done, KMS_ERR_FAILED_PRECONDITION,
-                             "time lock: executable from %" PRId64 " (in %" PRId64 " s); the key's "
-                             "administrators can see this recovery until then",
-                             r.executable_at, r.executable_at - now);
-    KMS_GUARD_GOTO(quorum_still_holds(call, &r, appr, n_appr), done);
-    if (r.mode == CUSTOS__V1__RECOVERY_MODE__RESTORE)
-        KMS_RECOVERY_REFUSE_GOTO("state", k.state == KMS_KEY_DESTROYED, done,
-                                 KMS_ERR_FAILED_PRECONDITION,
-                                 "key is %s; RESTORE brings back a DESTROYED key",
-                                 kms_key_state_name(k.state));
+    KMS_GUARD_GOTO(recheck_executable(call, req->recovery_id, &r, &k, &appr, &n_appr), done);
     struct p11_token *tok = kms_service_token(call->svc, r.region);
     KMS_ENSURE_GOTO(tok != NULL, done, KMS_ERR_FAILED_PRECONDITION,
                     "region %s is not served by this node", r.region);

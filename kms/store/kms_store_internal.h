@@ -408,6 +408,17 @@ kms_err store_escrow_insert(struct kms_store *store, const char *key_id, uint32_
  * and mark it ready; the caller holds the writer's mutex (or is alone). */
 kms_err store_db_pg_open(struct store_db *s);
 
+/* ---- kms_store_epoch.c (meta rows) ---- */
+
+/* SELECT value FROM meta WHERE name = ?: *found false when absent. */
+kms_err store_meta_get(struct store_db *store, const char *name, char *out, size_t size,
+                       bool *found);
+
+/* One write statement with up to two text parameters (?1, ?2; t2 may be
+ * NULL) and one integer (?3), in its own transaction. */
+kms_err store_write_one(struct store_db *store, const char *sql, const char *t1, const char *t2,
+                        int64_t i3, const char *op);
+
 /* ---- kms_store_route.c ---- */
 
 /* The database of region. With one database, that one (whatever region);
