@@ -3,15 +3,15 @@
 # (docs/audit.md, "The audit log on PostgreSQL"): two nodes share the
 # region logs (a throw-away PostgreSQL cluster of deploy/pg-scratch.sh) and
 # one SoftHSMv2 token directory (standing in for a network HSM); each keeps
-# its own SQLite metadata store (the PostgreSQL store is another branch's
-# work), so each node encrypts with a key it created. Requests go to both;
+# its own SQLite metadata store, so that the audit log is shown on its own
+# (the nodes sharing the store too: test_fleet_failover.sh, test_pg_nodes.sh),
+# and each node encrypts with a key it created. Requests go to both;
 # then three rounds: the sequencer node is killed with SIGKILL, the other
 # takes over (the time is measured and printed), requests go on through it,
 # the killed node restarts and follows. A node restarted with its own
 # SQLite store finds the other node's CreateKey in the shared log and starts
 # in safe mode (docs/operations.md: Decrypt still served, a RestoreDetected
-# event recorded) -- an artefact of per-node stores that a shared store
-# removes. At the end `kmsctl audit export --pg` straight from the database
+# event recorded), as it must: its store is older than the log. At the end `kmsctl audit export --pg` straight from the database
 # and the offline `kmsctl audit verify` accept the log; every acknowledged
 # request is in it exactly once, and nothing else but those RestoreDetected
 # events; node b's own ExportAuditLog verifies together with it.
