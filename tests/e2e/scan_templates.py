@@ -28,6 +28,7 @@ import ctypes
 import glob
 import os
 import sys
+import time
 
 import PyKCS11 as P
 
@@ -94,75 +95,96 @@ if os.environ.get("CUSTOS_SCAN_ESCROW_PENDING"):
         pending = {line.strip().lower() for line in f if line.strip()}
 
 lib = p11_module.pykcs11(MODULE)
-violations, nobj, ntok = [], 0, 0
-for slot in lib.getSlotList(tokenPresent=True):
-    label = lib.getTokenInfo(slot).label.strip()
-    region = label[len("custos-"):] if label.startswith("custos-") else None
-    pin_file = f"{HSM_DIR}/pins/{region}.pin" if region else None
-    if not pin_file or not os.path.exists(pin_file):
-        continue
-    with open(pin_file) as f:
-        pin = f.read().strip()
-    s = lib.openSession(slot)
-    s.login(pin)
-    ntok += 1
-    escrow_keys = 0
-    for o in s.findObjects():
-        nobj += 1
-        try:
-            cls = s.getAttributeValue(o, [P.CKA_CLASS])[0]
-        except P.PyKCS11Error as e:
-            # Every object has a class; reconcile destroys these husks.
-            violations.append(f"{label}: object {o.value()} has no readable CKA_CLASS ({e}): "
-                              f"an incomplete object left by a crash")
+
+
+def scan():
+    """One pass over every custos-* token: (violations, objects, tokens)."""
+    violations, nobj, ntok = [], 0, 0
+    for slot in lib.getSlotList(tokenPresent=True):
+        label = lib.getTokenInfo(slot).label.strip()
+        region = label[len("custos-"):] if label.startswith("custos-") else None
+        pin_file = f"{HSM_DIR}/pins/{region}.pin" if region else None
+        if not pin_file or not os.path.exists(pin_file):
             continue
-        if cls not in (P.CKO_SECRET_KEY, P.CKO_PRIVATE_KEY, P.CKO_PUBLIC_KEY):
-            continue
-        a = attrs(s, o, BOOLS + [P.CKA_ID, P.CKA_LABEL])
-        ident = bytes(a[P.CKA_ID] or b"").hex()
-        lbl = a[P.CKA_LABEL] or ""
-        if not isinstance(lbl, str):
-            lbl = bytes(lbl).decode(errors="replace")
-        name = f"{label}: {P.CKO[cls]} id={ident} label={lbl!r}"
-        bad = []
-        t = lambda k: a.get(k) is True
-        if cls == P.CKO_PUBLIC_KEY:
-            if t(P.CKA_WRAP) and t(P.CKA_ENCRYPT):
-                bad.append("public key can both wrap and encrypt")
-        else:
-            for k in (P.CKA_TOKEN, P.CKA_PRIVATE, P.CKA_SENSITIVE):
-                if not t(k):
-                    bad.append(f"{P.CKA[k]} is not true")
-            if t(P.CKA_DERIVE):
-                bad.append("CKA_DERIVE is true")
-            if t(P.CKA_EXTRACTABLE) and ident not in pending:
-                bad.append("CKA_EXTRACTABLE is true and no escrow is pending for it")
-            if (t(P.CKA_WRAP) or t(P.CKA_UNWRAP)) and \
-                    (t(P.CKA_ENCRYPT) or t(P.CKA_DECRYPT) or t(P.CKA_SIGN)):
-                bad.append("wraps/unwraps and also encrypts/decrypts/signs (no key separation)")
-            escrow_key = region is not None and lbl == f"custos:escrow:{region}"
-            if escrow_key:
-                escrow_keys += 1
-                if escrow_keys > 1:
-                    bad.append("a second escrow key for the region")
-            if t(P.CKA_UNWRAP):
-                tm = unwrap_template(s, o)
-                if tm is None:
-                    bad.append("can unwrap but has no CKA_UNWRAP_TEMPLATE")
-                elif os.environ.get("CUSTOS_TEST_TOKEN") == "nss":
-                    # NSS keeps the template as opaque bytes: present, but
-                    # neither read back as an attribute array nor enforced
-                    # (docs/pkcs11.md, difference 12). Custos's own unwrap
-                    # templates and read-back checks are what hold there.
-                    pass
-                else:
-                    if tm.get(P.CKA_SENSITIVE) != b"\x01":
-                        bad.append("CKA_UNWRAP_TEMPLATE does not force CKA_SENSITIVE=true")
-                    if tm.get(P.CKA_EXTRACTABLE) != b"\x00" and not escrow_key:
-                        bad.append("CKA_UNWRAP_TEMPLATE does not force CKA_EXTRACTABLE=false")
-        violations += [f"{name}: {b}" for b in bad]
-    s.logout()
-    s.closeSession()
+        with open(pin_file) as f:
+            pin = f.read().strip()
+        s = lib.openSession(slot)
+        s.login(pin)
+        ntok += 1
+        escrow_keys = 0
+        for o in s.findObjects():
+            nobj += 1
+            try:
+                cls = s.getAttributeValue(o, [P.CKA_CLASS])[0]
+            except P.PyKCS11Error as e:
+                # Every object has a class; reconcile destroys these husks.
+                violations.append(f"{label}: object {o.value()} has no readable CKA_CLASS ({e}): "
+                                  f"an incomplete object left by a crash")
+                continue
+            if cls not in (P.CKO_SECRET_KEY, P.CKO_PRIVATE_KEY, P.CKO_PUBLIC_KEY):
+                continue
+            a = attrs(s, o, BOOLS + [P.CKA_ID, P.CKA_LABEL])
+            ident = bytes(a[P.CKA_ID] or b"").hex()
+            lbl = a[P.CKA_LABEL] or ""
+            if not isinstance(lbl, str):
+                lbl = bytes(lbl).decode(errors="replace")
+            name = f"{label}: {P.CKO[cls]} id={ident} label={lbl!r}"
+            bad = []
+            t = lambda k: a.get(k) is True
+            if cls == P.CKO_PUBLIC_KEY:
+                if t(P.CKA_WRAP) and t(P.CKA_ENCRYPT):
+                    bad.append("public key can both wrap and encrypt")
+            else:
+                for k in (P.CKA_TOKEN, P.CKA_PRIVATE, P.CKA_SENSITIVE):
+                    if not t(k):
+                        bad.append(f"{P.CKA[k]} is not true")
+                if t(P.CKA_DERIVE):
+                    bad.append("CKA_DERIVE is true")
+                if t(P.CKA_EXTRACTABLE) and ident not in pending:
+                    bad.append("CKA_EXTRACTABLE is true and no escrow is pending for it")
+                if (t(P.CKA_WRAP) or t(P.CKA_UNWRAP)) and \
+                        (t(P.CKA_ENCRYPT) or t(P.CKA_DECRYPT) or t(P.CKA_SIGN)):
+                    bad.append("wraps/unwraps and also encrypts/decrypts/signs (no key separation)")
+                escrow_key = region is not None and lbl == f"custos:escrow:{region}"
+                if escrow_key:
+                    escrow_keys += 1
+                    if escrow_keys > 1:
+                        bad.append("a second escrow key for the region")
+                if t(P.CKA_UNWRAP):
+                    tm = unwrap_template(s, o)
+                    if tm is None:
+                        bad.append("can unwrap but has no CKA_UNWRAP_TEMPLATE")
+                    elif os.environ.get("CUSTOS_TEST_TOKEN") == "nss":
+                        # NSS keeps the template as opaque bytes: present, but
+                        # neither read back as an attribute array nor enforced
+                        # (docs/pkcs11.md, difference 12). Custos's own unwrap
+                        # templates and read-back checks are what hold there.
+                        pass
+                    else:
+                        if tm.get(P.CKA_SENSITIVE) != b"\x01":
+                            bad.append("CKA_UNWRAP_TEMPLATE does not force CKA_SENSITIVE=true")
+                        if tm.get(P.CKA_EXTRACTABLE) != b"\x00" and not escrow_key:
+                            bad.append("CKA_UNWRAP_TEMPLATE does not force CKA_EXTRACTABLE=false")
+            violations += [f"{name}: {b}" for b in bad]
+        s.logout()
+        s.closeSession()
+    return violations, nobj, ntok
+
+
+# SoftHSMv2 shows another process an object it is creating before all of
+# its attributes are written: a key kmsd is making at this instant can read
+# as a bare private key (no CKA_TOKEN, no label, the defaults). What the
+# templates govern is keys at rest, so a violation counts only when it is
+# still there in each of five more scans, half a second apart (a planted or
+# real bad key always is; a key being written is complete by then).
+violations, nobj, ntok = scan()
+for _ in range(5):
+    if not violations:
+        break
+    time.sleep(0.5)
+    again, nobj, ntok = scan()
+    violations = [v for v in violations if v in again]
+
 
 if ntok == 0:
     print(f"not ok - template scan: no custos-* token with a pin file under {HSM_DIR}")
