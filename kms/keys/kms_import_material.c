@@ -13,7 +13,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
@@ -53,6 +57,39 @@ static kms_err tenant_refusal(struct import *x, kms_err err, const char *msg)
 {
     x->tenant_fault = true;
     return kms_err_set(err, "%s", msg);
+}
+
+/* RSADP's first step (RFC 8017, 5.1.2): the OAEP block, read as a number,
+ * must be below the wrapping key's modulus, else it was made for another
+ * key. Checked here, before the token is claimed, because HSMs disagree
+ * on what they answer for it: SoftHSMv2 says the data is invalid, NSS's
+ * softoken a device error (a 500 for a tenant's mistake, found when the
+ * other key's modulus happened to be the larger one). */
+static kms_err check_oaep_range(struct import *x)
+{
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    EVP_PKEY *pk = NULL;
+    BIGNUM *n = NULL, *c = NULL;
+    KMS_GUARD(p11_public_key_der(x->tok, &x->rsa, &spki, &spki_len));
+    kms_err rc = KMS_OK;
+    const unsigned char *p = spki;
+    pk = d2i_PUBKEY(NULL, &p, (long)spki_len);
+    KMS_ENSURE_GOTO(pk != NULL && EVP_PKEY_get_bn_param(pk, OSSL_PKEY_PARAM_RSA_N, &n) == 1, done,
+                    KMS_ERR_INTERNAL, "the import token's wrapping key is not an RSA key");
+    c = BN_bin2bn(x->wrapped, 384, NULL);
+    KMS_ENSURE_GOTO(c != NULL, done, KMS_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if (BN_cmp(c, n) >= 0)
+        rc = tenant_refusal(x, KMS_ERR_BAD_CIPHERTEXT,
+                            "wrapped_material does not unwrap with this import token's wrapping "
+                            "key: its RSA-OAEP block is not below the key's modulus (wrapped "
+                            "with another wrapping key, or corrupted)");
+done:
+    BN_free(c);
+    BN_free(n);
+    EVP_PKEY_free(pk);
+    free(spki);
+    return rc;
 }
 
 /* Unwrap the tenant's material into a new object `id` of `kind` inside the
@@ -348,6 +385,7 @@ kms_err kms_rpc_import_key_material(struct kms_call *call, const ProtobufCMessag
                     KMS_IMPORT_WRAPPED_LEN, req->wrapped_material.len);
     x.wrapped = req->wrapped_material.data;
     KMS_GUARD_GOTO(choose_algorithm(&x, req->algorithm), done);
+    KMS_GUARD_GOTO(check_oaep_range(&x), done);
 
     /* 1. One import per token at a time, and only before it expires. */
     rc = kms_store_import_token_claim(x.st, x.itok.token_id, x.key.key_id, now);
