@@ -27,6 +27,7 @@
 #include <jansson.h>
 
 #include "kms_config.h"
+#include "kms_crash.h"
 #include "kms_http.h"
 #include "kms_log.h"
 #include "kms_notify.h"
@@ -295,6 +296,8 @@ int main(int argc, char **argv)
     /* A file-size limit must fail the write (EFBIG -> the audit log fails
      * closed), not kill the service. */
     signal(SIGXFSZ, SIG_IGN);
+    /* Core dumps go off below; a fault still leaves a backtrace in the log. */
+    kms_crash_install();
 
     /* The configuration names PIN sources but holds no secret; everything
      * after it may read one. */

@@ -16,6 +16,11 @@
 static atomic_int log_level = -1;
 static atomic_int log_fd = STDERR_FILENO;
 
+int kms_log_fd(void)
+{
+    return atomic_load(&log_fd);
+}
+
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 int kms_log_level_parse(const char *name)

@@ -35,6 +35,10 @@ void kms_log_configure_level(enum kms_log_level level);
  * closed one. Single caller (the main thread). */
 kms_err kms_log_open_file(const char *path);
 
+/* The descriptor lines go to (for kms_crash's handler, which cannot call
+ * kms_log). */
+int kms_log_fd(void);
+
 void kms_log(enum kms_log_level level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -61,7 +61,7 @@ static kms_err tenant_refusal(struct import *x, kms_err err, const char *msg)
 
 /* RSADP's first step (RFC 8017, 5.1.2): the OAEP block, read as a number,
  * must be below the wrapping key's modulus, else it was made for another
- * key. Checked here, before the token is claimed, because HSMs disagree
+ * key. Checked before the HSM unwraps, because HSMs disagree
  * on what they answer for it: SoftHSMv2 says the data is invalid, NSS's
  * softoken a device error (a 500 for a tenant's mistake, found when the
  * other key's modulus happened to be the larger one). */
@@ -384,8 +384,6 @@ kms_err kms_rpc_import_key_material(struct kms_call *call, const ProtobufCMessag
                     "got %zu",
                     KMS_IMPORT_WRAPPED_LEN, req->wrapped_material.len);
     x.wrapped = req->wrapped_material.data;
-    KMS_GUARD_GOTO(choose_algorithm(&x, req->algorithm), done);
-    KMS_GUARD_GOTO(check_oaep_range(&x), done);
 
     /* 1. One import per token at a time, and only before it expires. */
     rc = kms_store_import_token_claim(x.st, x.itok.token_id, x.key.key_id, now);
@@ -394,6 +392,11 @@ kms_err kms_rpc_import_key_material(struct kms_call *call, const ProtobufCMessag
     if (rc != KMS_OK)
         goto done;
     claimed = true;
+    /* Only now is the wrapping key ours to read: before the claim another
+     * node may be importing with this token and destroy the key under us
+     * (its loser then saw "not found" instead of the token's refusal). */
+    KMS_GUARD_GOTO(choose_algorithm(&x, req->algorithm), done);
+    KMS_GUARD_GOTO(check_oaep_range(&x), done);
     /* 2-3. Unwrap, check, make the version's object, commit. */
     KMS_GUARD_GOTO(do_import(&x, req->new_version), done);
     claimed = false; /* spent by the commit */

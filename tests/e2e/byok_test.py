@@ -282,13 +282,15 @@ def main_phase():
             lambda: imp(kid, p1.import_token, bytes(t)), 400, "invalid_argument",
             "does not unwrap")
     # An OAEP block not below the wrapping key's modulus (RFC 8017 RSADP,
-    # step 1) is refused before the HSM sees it: HSMs answer it
+    # step 1) is refused before the HSM unwraps it: HSMs answer it
     # differently (NSS's softoken with a device error), and wrapping under
     # another key makes one whenever that key's modulus is the larger.
+    # It counts as the material's fault: sent with kid2's token, so that
+    # kid's token stays below its 10 refusals for the import below.
     over = b"\xff" * 384 + w1[384:]
-    bad("an RSA-OAEP block not below the wrapping key's modulus", lambda: imp(kid, p1.import_token,
-                                                                       over),
-        400, "invalid_argument", "not below the key's modulus")
+    bad("an RSA-OAEP block not below the wrapping key's modulus",
+        lambda: imp(kid2, p2.import_token, over), 400, "invalid_argument",
+        "not below the key's modulus")
     bad("material wrapped with another key's wrapping key (same region)",
         lambda: imp(kid, p1.import_token, wrap(p2.public_key, key1)), 400, "invalid_argument",
         "does not unwrap")

@@ -306,8 +306,13 @@ fi
 
 # ---- both nodes stop cleanly ------------------------------------------------------------
 stop_node b || rc_b=$?
-[ $rc_a = 0 ] && [ $rc_b = 0 ] && pass "both nodes stop cleanly" ||
-    flunk "both nodes stop cleanly (a $rc_a, b $rc_b)" "$E2E_DIR/kmsd-b.log"
+if [ $rc_a = 0 ] && [ $rc_b = 0 ]; then
+    pass "both nodes stop cleanly"
+else
+    bad_log=$E2E_DIR/kmsd-b.log
+    [ $rc_a = 0 ] || bad_log=$E2E_DIR/kmsd-a.log
+    flunk "both nodes stop cleanly (a $rc_a, b $rc_b)" "$bad_log"
+fi
 # ---- a store that is really behind is still found -------------------------------------
 # The rescans only forgive what goes away: a store put back (here by hand:
 # the disabled key ENABLED again, the audit watermark at 0, as in an old
