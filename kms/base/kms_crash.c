@@ -25,6 +25,8 @@
 #endif
 #endif
 
+#ifndef KMS_CRASH_SANITIZED
+
 enum { MAX_FRAMES = 64 };
 
 static const struct {
@@ -130,7 +132,6 @@ static void on_fatal(int sig, siginfo_t *si, void *uctx)
 
 void kms_crash_install(void)
 {
-#ifndef KMS_CRASH_SANITIZED
     void *warm[1];
     (void)backtrace(warm, 1); /* loads libgcc_s now, not in the handler */
     struct sigaction sa;
@@ -140,5 +141,12 @@ void kms_crash_install(void)
     sigemptyset(&sa.sa_mask);
     for (size_t i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++)
         sigaction(fatal[i].sig, &sa, NULL);
-#endif
 }
+
+#else
+
+void kms_crash_install(void)
+{
+}
+
+#endif
