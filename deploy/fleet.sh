@@ -136,12 +136,16 @@ fleet_node_config() {
     done
     # Behind the balancer every connection comes from 127.0.0.1, so the
     # per-address limit is off here and haproxy bounds each node (maxconn).
+    # The nodes share one SoftHSMv2 token directory (the stand-in for a
+    # network HSM), where SoftHSMv2 is not safe to call from several threads
+    # of one process at once: serialize_calls (docs/pkcs11.md).
     cat >"$nd/kmsd.json.new" <<EOF
 {
   "mode": "dev",
   "listen": { "address": "127.0.0.1", "port": $((port + n)) },
   "pkcs11": {
     "module": "/usr/lib/softhsm/libsofthsm2.so",
+    "serialize_calls": true,
     "tokens": [
 $tokens
     ]

@@ -3,9 +3,35 @@
  * P11_RV in p11_internal.h): function names for the metrics, and the
  * module quirks that decide how a CK_RV is read.
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "p11_internal.h"
+
+/* Set once at start-up, before any thread calls a module; atomic only so
+ * that a test may flip it between phases without a data race. */
+static atomic_bool serialized;
+static pthread_mutex_t serial_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void p11_serialize_calls(bool on)
+{
+    atomic_store(&serialized, on);
+}
+
+bool p11_call_enter(void)
+{
+    if (!atomic_load_explicit(&serialized, memory_order_relaxed))
+        return false;
+    pthread_mutex_lock(&serial_lock);
+    return true;
+}
+
+void p11_call_leave(bool held)
+{
+    if (held)
+        pthread_mutex_unlock(&serial_lock);
+}
 
 #define P11_FN_NAME_(f) #f,
 static const char *const fn_names[P11_FN_COUNT] = {P11_FUNCTIONS(P11_FN_NAME_)};

@@ -165,11 +165,19 @@ const char *p11_fn_name(enum p11_fn fn);
  * token metrics_id (nothing when it is negative). */
 void p11_call_record(int metrics_id, enum p11_fn fn, CK_MECHANISM_TYPE mech, uint64_t t0);
 
+/* With p11_serialize_calls(true), one call into a module at a time
+ * (p11_call.c): taken before the clock starts, so the metrics time the
+ * module, not the wait. Returns whether it took the lock. */
+bool p11_call_enter(void);
+void p11_call_leave(bool held);
+
 #define P11_RV_AT_(fl_, mid_, fn_, mech_, ...)                                                \
     ({                                                                                        \
+        bool p11_held_ = p11_call_enter();                                                    \
         uint64_t p11_t0_ = kms_metrics_now_ns();                                              \
         CK_RV p11_rv_ = (fl_)->fn_(__VA_ARGS__);                                              \
         p11_call_record((mid_), P11_FN_##fn_, (mech_), p11_t0_);                              \
+        p11_call_leave(p11_held_);                                                            \
         p11_rv_;                                                                              \
     })
 #define P11_RV(tok, fn, mech, ...) P11_RV_AT_((tok)->fl, (tok)->metrics_id, fn, mech, __VA_ARGS__)

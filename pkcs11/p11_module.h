@@ -11,6 +11,7 @@
 #ifndef P11_MODULE_H
 #define P11_MODULE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -34,6 +35,16 @@ kms_err p11_module_load(const char *path, struct p11_module **out_mod);
  * name mentions a PIN or password is refused (KMS_ERR_CONFIG). It is kept
  * for re-initialisations (p11_module_recover). */
 kms_err p11_module_load_args(const char *path, const char *init_args, struct p11_module **out_mod);
+
+/* With on, every call into any loaded module waits for the one before it
+ * to return: for a module that is not safe to call from several threads
+ * at once although it says it is (CKF_OS_LOCKING_OK). SoftHSMv2 2.6's file
+ * object store is one when several processes share a token directory:
+ * a thread re-reading the directory after another process changed it
+ * races a thread destroying or reading an object in the same process
+ * (docs/pkcs11.md, "pkcs11.serialize_calls"). Set before any module is
+ * loaded; kmsd sets it from its configuration. */
+void p11_serialize_calls(bool on);
 
 /* The initialisation string the module was loaded with, or NULL. */
 const char *p11_module_args(const struct p11_module *mod);

@@ -47,6 +47,7 @@ struct kms_config {
 
     char *pkcs11_module;
     char *pkcs11_module_args; /* C_Initialize pReserved (NSS softoken); NULL: none */
+    bool pkcs11_serialize_calls; /* one module call at a time (p11_serialize_calls) */
     struct kms_config_token tokens[KMS_CONFIG_MAX_TOKENS];
     size_t n_tokens;
 

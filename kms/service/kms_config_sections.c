@@ -18,8 +18,9 @@ kms_err config_parse_pkcs11(json_t *root, const char *dir, struct kms_config *c)
 {
     json_t *p11 = json_object_get(root, "pkcs11");
     KMS_ENSURE(json_is_object(p11), KMS_ERR_CONFIG, "pkcs11: required object");
-    static const char *const pk[] = {"module", "module_args", "tokens", NULL};
+    static const char *const pk[] = {"module", "module_args", "serialize_calls", "tokens", NULL};
     KMS_GUARD(config_check_keys(p11, "pkcs11", pk));
+    KMS_GUARD(config_get_bool(p11, "serialize_calls", "pkcs11", &c->pkcs11_serialize_calls));
     KMS_GUARD(config_get_str(p11, "module", "pkcs11", false, dir, true, &c->pkcs11_module));
     /* The module's initialisation string (NSS's softoken needs one);
      * configuration, never a PIN: p11_module_args_check says why not. */

@@ -348,6 +348,9 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     pthread_mutex_init(&svc->policy_lock, NULL);
 
     KMS_GUARD_GOTO(pol_doc_load_file(cfg->policy_path, &svc->policy), fail_policy);
+    p11_serialize_calls(cfg->pkcs11_serialize_calls);
+    if (cfg->pkcs11_serialize_calls)
+        kms_log_info("pkcs11", "pkcs11.serialize_calls: one call into the module at a time");
     KMS_GUARD_GOTO(p11_module_load_args(cfg->pkcs11_module, cfg->pkcs11_module_args, &svc->mod),
                    fail);
     struct p11_token_config tc[KMS_CONFIG_MAX_TOKENS];

@@ -68,6 +68,9 @@ c = json.load(open(src))
 c["listen"]["port"] = int(port)
 c["store"] = f"kmsd-{node}.db"
 c["audit"]["dir"] = f"audit-{node}"
+# Nodes share one SoftHSMv2 token directory: one module call at a time
+# per process (docs/pkcs11.md, "pkcs11.serialize_calls").
+c["pkcs11"]["serialize_calls"] = True
 c["audit"]["sequencer_poll_ms"] = 200
 c["audit"]["postgresql"] = {
     "eu-west": {"conninfo": eu, "password": "file:" + pw},

@@ -60,6 +60,9 @@ d, node, port, host, pgport, pw = sys.argv[1:7]
 c = json.load(open(f"{d}/kmsd.json"))
 conn = f"host={host} port={pgport} user=custos dbname="
 c["listen"]["port"] = int(port)
+# Nodes share one SoftHSMv2 token directory: one module call at a time
+# per process (docs/pkcs11.md, "pkcs11.serialize_calls").
+c["pkcs11"]["serialize_calls"] = True
 c["store"] = {"backend": "postgresql", "conninfo": conn + "custos_nodes_store",
               "password": f"file:{pw}"}
 c["audit"]["dir"] = f"audit-{node}"

@@ -82,6 +82,9 @@ store = {"backend": "postgresql", "regions": regions}
 if variant == "both":
     store["conninfo"] = db(eu)["conninfo"]
 c["store"] = store
+# Nodes share one SoftHSMv2 token directory: one module call at a time
+# per process (docs/pkcs11.md, "pkcs11.serialize_calls").
+c["pkcs11"]["serialize_calls"] = True
 c.setdefault("health", {})["cache_ms"] = 0
 json.dump(c, open(f"{d}/kmsd-{name}.json", "w"), indent=2)
 PY

@@ -50,6 +50,9 @@ d, name, port, audit, host, pgport, pw = sys.argv[1:8]
 c = json.load(open(f"{d}/kmsd.json"))
 c["listen"]["port"] = int(port)
 c["audit"]["dir"] = audit
+# Nodes share one SoftHSMv2 token directory: one module call at a time
+# per process (docs/pkcs11.md, "pkcs11.serialize_calls").
+c["pkcs11"]["serialize_calls"] = True
 c["store"] = {"backend": "postgresql",
               "conninfo": f"host={host} port={pgport} user=custos dbname=custos_e2e_store",
               "password": f"file:{pw}"}

@@ -63,6 +63,16 @@ START_TEST(minimal_with_defaults)
     ck_assert_str_eq(c->tokens[0].pin_source, want);
     ck_assert_str_eq(c->store_path, "/var/db");
     ck_assert_ptr_null(c->pkcs11_module_args);
+    ck_assert(!c->pkcs11_serialize_calls);
+    kms_config_free(c);
+
+    /* One module call at a time, when asked (docs/pkcs11.md). */
+    ck_assert_int_eq(load("{\"pkcs11\": {\"serialize_calls\": true, \"tokens\": [{\"region\": "
+                          "\"eu-west\", \"token\": \"t\", \"pin\": \"env:P\"}]},"
+                          " \"policy\": \"p\", \"store\": \"s\"}",
+                          &c),
+                     KMS_OK);
+    ck_assert(c->pkcs11_serialize_calls);
     kms_config_free(c);
 
     /* NSS's softoken string, kept verbatim (not taken as a path). */
@@ -110,6 +120,9 @@ START_TEST(refusals_name_the_path)
                  "needs tls.client_ca");
     expect_error("{" TOKENS ", \"policy\": \"a\", \"policy\": \"b\"}", "duplicate");
     expect_error("not json", ":1:");
+    expect_error("{\"pkcs11\": {\"serialize_calls\": 1, \"tokens\": [{\"region\": \"a\", "
+                 "\"token\": \"t\", \"pin\": \"env:P\"}]}, \"policy\": \"p\", \"store\": \"s\"}",
+                 "pkcs11.serialize_calls: must be true or false");
     /* The module's initialisation string is configuration: never a PIN. */
     expect_error("{\"pkcs11\": {\"module_args\": \"configdir='sql:/x' userPin=1234\", "
                  "\"tokens\": [{\"region\": \"a\", \"token\": \"t\", \"pin\": \"env:P\"}]},"

@@ -4,9 +4,12 @@
  * its function and mechanism, failures included, and its CK_RV is mapped by
  * the p11_rv.c table with the retry and quirk handling around it. Faults
  * come from the fault-injecting shim ($CUSTOS_TEST_BUILD/lib/p11_fault.so,
- * docs/development.md) in front of the test run's SoftHSMv2 tokens.
+ * docs/development.md) in front of the test run's SoftHSMv2 tokens. With
+ * p11_serialize_calls(true), no two calls are inside a module at once.
  */
 #include <check.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +22,7 @@
 #include "p11_asym.h"
 #include "p11_crypto.h"
 #include "p11_internal.h"
+#include "p11_module.h"
 #include "testenv.h"
 
 static struct p11_module *mod;
@@ -277,6 +281,62 @@ START_TEST(pin_error_maps_to_pin_and_is_not_retried)
 }
 END_TEST
 
+/* ---- serialize_calls: a fake module that counts calls in flight ------------ */
+
+static atomic_int in_flight, max_in_flight;
+
+static CK_RV slow_random(CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG n)
+{
+    (void)s;
+    int now = atomic_fetch_add(&in_flight, 1) + 1;
+    int seen = atomic_load(&max_in_flight);
+    while (now > seen && !atomic_compare_exchange_weak(&max_in_flight, &seen, now))
+        ;
+    memset(out, 0, n);
+    struct timespec pause = {0, 2 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    atomic_fetch_sub(&in_flight, 1);
+    return CKR_OK;
+}
+
+static CK_FUNCTION_LIST fake = {.C_GenerateRandom = slow_random};
+
+static void *caller(void *arg)
+{
+    (void)arg;
+    CK_BYTE b[8];
+    for (int i = 0; i < 20; i++)
+        ck_assert_uint_eq(P11_RV_AT_(&fake, -1, C_GenerateRandom, P11_NO_MECH, 0, b, sizeof(b)),
+                          CKR_OK);
+    return NULL;
+}
+
+/* The most calls seen inside the module at once, 8 threads x 20 calls. */
+static int most_at_once(void)
+{
+    atomic_store(&in_flight, 0);
+    atomic_store(&max_in_flight, 0);
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, caller, NULL), 0);
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    return atomic_load(&max_in_flight);
+}
+
+START_TEST(serialize_calls_lets_one_call_in_at_a_time)
+{
+    /* The control first: without it, 8 threads calling a module that takes
+     * 2 ms per call do overlap (else the check below proves nothing). */
+    p11_serialize_calls(false);
+    ck_assert_int_gt(most_at_once(), 1);
+    p11_serialize_calls(true);
+    int most = most_at_once();
+    p11_serialize_calls(false);
+    ck_assert_int_eq(most, 1);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("p11_call");
@@ -295,6 +355,10 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tl, setup_no_token, teardown);
     tcase_add_test(tl, pin_error_maps_to_pin_and_is_not_retried);
     suite_add_tcase(s, tl);
+    TCase *ts = tcase_create("serialize");
+    tcase_set_timeout(ts, 60);
+    tcase_add_test(ts, serialize_calls_lets_one_call_in_at_a_time);
+    suite_add_tcase(s, ts);
     return s;
 }
 
