@@ -338,6 +338,25 @@ void kms_service_metrics(struct kms_service *svc, FILE *f)
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
+/* The module (one call at a time if configured so: docs/pkcs11.md) and
+ * one token per configured region. */
+static kms_err open_tokens(struct kms_service *svc)
+{
+    const struct kms_config *cfg = svc->cfg;
+    p11_serialize_calls(cfg->pkcs11_serialize_calls);
+    if (cfg->pkcs11_serialize_calls)
+        kms_log_info("pkcs11", "pkcs11.serialize_calls: one call into the module at a time");
+    KMS_GUARD(p11_module_load_args(cfg->pkcs11_module, cfg->pkcs11_module_args, &svc->mod));
+    struct p11_token_config tc[KMS_CONFIG_MAX_TOKENS];
+    for (size_t i = 0; i < cfg->n_tokens; i++)
+        tc[i] = (struct p11_token_config){cfg->tokens[i].region, cfg->tokens[i].token,
+                                          cfg->tokens[i].pin_source,
+                                          cfg->tokens[i].max_sessions};
+    KMS_GUARD(p11_tokens_open(svc->mod, tc, cfg->n_tokens, svc->tokens));
+    svc->n_tokens = cfg->n_tokens;
+    return KMS_OK;
+}
+
 kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out)
 {
     kms_err rc = KMS_OK;
@@ -348,18 +367,7 @@ kms_err kms_service_start(const struct kms_config *cfg, struct kms_service **out
     pthread_mutex_init(&svc->policy_lock, NULL);
 
     KMS_GUARD_GOTO(pol_doc_load_file(cfg->policy_path, &svc->policy), fail_policy);
-    p11_serialize_calls(cfg->pkcs11_serialize_calls);
-    if (cfg->pkcs11_serialize_calls)
-        kms_log_info("pkcs11", "pkcs11.serialize_calls: one call into the module at a time");
-    KMS_GUARD_GOTO(p11_module_load_args(cfg->pkcs11_module, cfg->pkcs11_module_args, &svc->mod),
-                   fail);
-    struct p11_token_config tc[KMS_CONFIG_MAX_TOKENS];
-    for (size_t i = 0; i < cfg->n_tokens; i++)
-        tc[i] = (struct p11_token_config){cfg->tokens[i].region, cfg->tokens[i].token,
-                                          cfg->tokens[i].pin_source,
-                                          cfg->tokens[i].max_sessions};
-    KMS_GUARD_GOTO(p11_tokens_open(svc->mod, tc, cfg->n_tokens, svc->tokens), fail);
-    svc->n_tokens = cfg->n_tokens;
+    KMS_GUARD_GOTO(open_tokens(svc), fail);
     if (cfg->store_path != NULL) {
         KMS_GUARD_GOTO(kms_store_open(cfg->store_path, &svc->store), fail);
     } else if (cfg->n_store_pg > 0) {
