@@ -398,10 +398,10 @@ def main():
     # The import races first, with no other process writing the token: in
     # one CI run a round's claiming node had its RSA-AES unwrap refused as
     # invalid while the rotating key below was being rotated by the other
-    # node's sweeper (token objects written by another process into the
-    # shared SoftHSMv2 directory), so nobody imported. Not reproduced since
-    # (nor with OAEP unwraps against a writing process outside kmsd); the
-    # token claim this checks is the store's, not the HSM's.
+    # node's sweeper, so nobody imported. That was SoftHSMv2 racing itself
+    # within one process after another process changed the shared token
+    # directory; the nodes now run with pkcs11.serialize_calls
+    # (docs/pkcs11.md). The token claim this checks is the store's.
     for rnd in range(1, ROUNDS + 1):
         byok_round(rnd)
     # Rotated by the sweepers every 2 s while the rest runs; checked by the
