@@ -190,7 +190,7 @@ for t in tests/e2e/test_*.sh; do
         find "$work" -name '*.log' -newer "$out.start" -type f 2>/dev/null | while read -r log; do
             grep -q '"level":"fatal"' "$log" || continue
             echo "# $log:"
-            grep -B 5 -A 40 '"level":"fatal"' "$log" | sed 's/^/#   /'
+            grep -B 5 -A 70 '"level":"fatal"' "$log" | sed 's/^/#   /'
         done
     fi
 done

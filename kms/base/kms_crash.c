@@ -1,10 +1,14 @@
 /*
  * kms_crash.c - fatal-signal handler: a log line and a backtrace, then death.
  *
- * Everything in the handler is async-signal-safe in practice: write(2),
- * clock_gettime, and glibc's backtrace() (made safe by calling it once at
- * install time, which loads libgcc_s outside the handler). The timestamp is
- * formatted by hand because gmtime_r takes glibc's time-zone lock.
+ * The handler keeps to write(2), clock_gettime, signal and raise, which
+ * POSIX lists as async-signal-safe, and glibc's backtrace(), which it does
+ * not: its first call loads libgcc_s (done at install time here), and the
+ * unwinder takes a lock, so a thread that faults inside the unwinder can
+ * hang here instead of dying. Accepted for the frames it gives every other
+ * time. The timestamp is formatted by hand because gmtime_r takes glibc's
+ * time-zone lock. There is no alternate signal stack: a stack overflow
+ * still kills the process (status unchanged) without the line.
  */
 #include "kms_crash.h"
 
@@ -105,10 +109,15 @@ static void put_ts(struct out *o)
 static void on_fatal(int sig, siginfo_t *si, void *uctx)
 {
     (void)uctx;
+    /* Every fatal signal back to its default first: a second fault in here
+     * (the unwinder on a corrupted stack) must end the process with its
+     * own status, not run this handler again and report a different one. */
     const char *name = "signal";
-    for (size_t i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++)
+    for (size_t i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++) {
+        signal(fatal[i].sig, SIG_DFL);
         if (fatal[i].sig == sig)
             name = fatal[i].name;
+    }
     struct out o = {.len = 0};
     put(&o, "{\"ts\":\"");
     put_ts(&o);
@@ -116,8 +125,17 @@ static void on_fatal(int sig, siginfo_t *si, void *uctx)
     put_uint(&o, (uint64_t)sig, 10, 1);
     put(&o, " (");
     put(&o, name);
-    put(&o, "), fault address 0x");
-    put_uint(&o, (uint64_t)(uintptr_t)(si ? si->si_addr : NULL), 16, 1);
+    put(&o, ")");
+    /* si_addr means something only for a fault the kernel raised
+     * (si_code > 0); from kill(2), raise or abort it overlaps the sender's
+     * pid and uid. */
+    if (si != NULL && si->si_code > 0) {
+        put(&o, ", fault address 0x");
+        put_uint(&o, (uint64_t)(uintptr_t)si->si_addr, 16, 1);
+    } else if (si != NULL) {
+        put(&o, ", sent by pid ");
+        put_uint(&o, (uint64_t)(si->si_pid > 0 ? si->si_pid : 0), 10, 1);
+    }
     put(&o, "; the faulting thread's frames follow\"}\n");
     int fd = kms_log_fd();
     ssize_t w = write(fd, o.buf, o.len);
@@ -125,8 +143,8 @@ static void on_fatal(int sig, siginfo_t *si, void *uctx)
     int n = backtrace(frames, MAX_FRAMES);
     backtrace_symbols_fd(frames, n, fd);
     (void)w;
-    /* SA_RESETHAND put the default action back and SA_NODEFER lets it
-     * land now: the process dies of `sig`, as it would have. */
+    /* The default action is back and SA_NODEFER lets it land now: the
+     * process dies of `sig`, as it would have. */
     raise(sig);
 }
 

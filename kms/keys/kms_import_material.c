@@ -338,10 +338,6 @@ static kms_err check_import_token(struct import *x, const ProtobufCBinaryData *t
 
 static kms_err choose_algorithm(struct import *x, Custos__V1__WrappingAlgorithm asked)
 {
-    KMS_ENSURE(asked == CUSTOS__V1__WRAPPING_ALGORITHM__WRAPPING_ALGORITHM_UNSPECIFIED ||
-                   asked == CUSTOS__V1__WRAPPING_ALGORITHM__RSA_AES_KEY_WRAP_SHA_256 ||
-                   asked == CUSTOS__V1__WRAPPING_ALGORITHM__RSA_AES_KEY_WRAP_SHA_1,
-               KMS_ERR_INVALID_ARGUMENT, "algorithm %d is not a wrapping algorithm", (int)asked);
     Custos__V1__WrappingAlgorithm algs[2];
     size_t n = 0;
     KMS_GUARD(kms_import_offered_algorithms(x->tok, &x->rsa, algs, &n));
@@ -384,6 +380,14 @@ kms_err kms_rpc_import_key_material(struct kms_call *call, const ProtobufCMessag
                     "got %zu",
                     KMS_IMPORT_WRAPPED_LEN, req->wrapped_material.len);
     x.wrapped = req->wrapped_material.data;
+    /* What the request alone decides is refused before the claim, so that
+     * it never holds the token against a good request. */
+    KMS_ENSURE_GOTO(req->algorithm ==
+                            CUSTOS__V1__WRAPPING_ALGORITHM__WRAPPING_ALGORITHM_UNSPECIFIED ||
+                        req->algorithm == CUSTOS__V1__WRAPPING_ALGORITHM__RSA_AES_KEY_WRAP_SHA_256 ||
+                        req->algorithm == CUSTOS__V1__WRAPPING_ALGORITHM__RSA_AES_KEY_WRAP_SHA_1,
+                    done, KMS_ERR_INVALID_ARGUMENT, "algorithm %d is not a wrapping algorithm",
+                    (int)req->algorithm);
 
     /* 1. One import per token at a time, and only before it expires. */
     rc = kms_store_import_token_claim(x.st, x.itok.token_id, x.key.key_id, now);

@@ -45,9 +45,10 @@ for sig in SEGV ABRT; do
 import json, sys
 m = json.loads(sys.stdin.read())
 assert m["component"] == "kmsd" and m["ts"].endswith("Z") and len(m["ts"]) == 24, m
-assert ("fatal signal %s (SIG%s)" % (sys.argv[1], sys.argv[2])) in m["msg"], m
-' "$num" "$sig" >/dev/null 2>&1 && r=0 || r=1
-    check $r "SIG$sig: one JSON line at level fatal names signal $num"
+assert ("fatal signal %s (SIG%s), sent by pid %s;" % tuple(sys.argv[1:4])) in m["msg"], m
+' "$num" "$sig" "$$" >/dev/null 2>&1 && r=0 || r=1
+    # Sent with kill(2): the sender's pid (this shell), not a fault address.
+    check $r "SIG$sig: one JSON line at level fatal names signal $num and its sender (pid $$)"
     # The frames: module+offset lines; the handler's own frame resolves to
     # on_fatal in kms_crash.c with addr2line on this binary.
     offs=$(sed -n 's/^[^ ]*kmsd(+\(0x[0-9a-f]*\)).*/\1/p' "$E2E_DIR/kmsd.log")
