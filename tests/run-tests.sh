@@ -187,10 +187,17 @@ for t in tests/e2e/test_*.sh; do
         # A kmsd that died of a fault said so in its log (kms/base/kms_crash.h);
         # CI keeps only this output, so the frames go here whatever the test
         # printed. Resolve them with addr2line -f -i -e kmsd OFFSET.
+        # The last warnings and errors too: a failure that is not a crash
+        # (a refused HSM call, a lost race) is usually named there.
         find "$work" -name '*.log' -newer "$out.start" -type f 2>/dev/null | while read -r log; do
-            grep -q '"level":"fatal"' "$log" || continue
-            echo "# $log:"
-            grep -B 5 -A 70 '"level":"fatal"' "$log" | sed 's/^/#   /'
+            if grep -q '"level":"fatal"' "$log"; then
+                echo "# $log:"
+                grep -B 5 -A 70 '"level":"fatal"' "$log" | sed 's/^/#   /'
+            fi
+            if grep -q '"level":"\(warn\|error\)"' "$log"; then
+                echo "# $log, its last warnings and errors:"
+                grep '"level":"\(warn\|error\)"' "$log" | tail -n 15 | cut -c 1-400 | sed 's/^/#   /'
+            fi
         done
     fi
 done

@@ -236,8 +236,8 @@ static kms_err reconcile_husks(struct kms_service *svc, struct p11_token *tok)
     /* With several nodes on one token, an object another node is creating
      * right now may be seen before its attributes are (SoftHSMv2 writes a
      * new object's file, then its attributes): a node starting must not
-     * take it for a crash's leftover. Reported only; docs/operations.md
-     * says how to remove them with the fleet stopped. */
+     * take it for a crash's leftover. Reported only (docs/operations.md,
+     * "Empty key objects": they hold nothing, so they may stay). */
     if (kms_service_safe_mode(svc, NULL) || kms_store_is_pg(kms_service_store(svc))) {
         /* Safe mode destroys nothing: the store may be too old to
          * tell what the token's objects are. */

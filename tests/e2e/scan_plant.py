@@ -45,6 +45,26 @@ escrow_like = {P.CKA_WRAP: True, P.CKA_UNWRAP: True,
                P.CKA_UNWRAP_TEMPLATE: [(P.CKA_SENSITIVE, True)]}
 aes("plant:escrow-like", escrow_like)
 aes(f"custos:escrow:{REGION}", escrow_like)  # a second one: the dev setup made the first
+n = 6
+if "softhsm" in MODULE:
+    # A key with neither id nor label but with key material is a key, and
+    # one that is not sensitive: the husk rule must not excuse it.
+    s.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES),
+                   (P.CKA_VALUE_LEN, 32), (P.CKA_TOKEN, True), (P.CKA_PRIVATE, True),
+                   (P.CKA_SENSITIVE, False), (P.CKA_ENCRYPT, True), (P.CKA_WRAP, False),
+                   (P.CKA_UNWRAP, False)], P.Mechanism(P.CKM_AES_KEY_GEN))
+    # A husk, made the way SoftHSMv2 makes them: a creation refused at the
+    # template step (CKA_LOCAL is read-only) after the object's file was
+    # written with default attributes. The call fails; the husk stays.
+    try:
+        s.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES),
+                       (P.CKA_VALUE_LEN, 32), (P.CKA_TOKEN, True), (P.CKA_LOCAL, True),
+                       (P.CKA_LABEL, "plant:husk"), (P.CKA_ID, (1, 2, 3))],
+                      P.Mechanism(P.CKM_AES_KEY_GEN))
+        sys.exit("scan_plant: SoftHSMv2 accepted a read-only CKA_LOCAL")
+    except P.PyKCS11Error as e:
+        assert e.value == P.CKR_ATTRIBUTE_READ_ONLY, e
+    n += 2
 s.logout()
 s.closeSession()
-print("planted 6 objects")
+print(f"planted {n} objects")

@@ -21,6 +21,21 @@ A secret or private key violates the templates when it
     extractable session copy of a recovered key (docs/escrow-recovery.md).
 A public key violates them when it can both wrap and encrypt.
 
+A key object that reads CKA_TOKEN false, with no CKA_ID, no label and no
+key material (a secret key whose CKA_VALUE_LEN is 0; a private or public
+key with neither a modulus nor EC parameters or point) is a husk, not a
+key. This scanner is a process of its own, so it sees no session object of
+anyone's: an object it finds is a file in the token directory, and one
+that says CKA_TOKEN false never received the template it was made with
+(every real token object, a nameless one included, reads CKA_TOKEN true;
+an unwrapped key also reads CKA_VALUE_LEN 0 on SoftHSMv2, so the CKA_TOKEN
+test is what keeps such a key checked). SoftHSMv2 leaves a husk on
+the token when a creation fails after it wrote the new object's file with
+default attributes (C_GenerateKey, C_UnwrapKey and C_CreateObject refused
+at the template step, or a retried transient failure; docs/pkcs11.md,
+"Husks"). It holds nothing to protect, so it is listed as "# husk: ..."
+and does not fail the scan; kmsd's reconcile destroys husks at start.
+
 Prints "ok - ..." when every object conforms, else "not ok - ..." with one
 line per violation, and exits 1.
 """
@@ -89,6 +104,15 @@ def attrs(session, obj, types):
     return out
 
 
+def holds_nothing(session, obj, cls):
+    """True when the key object carries no key material at all (a husk)."""
+    if cls == P.CKO_SECRET_KEY:
+        n = attrs(session, obj, [P.CKA_VALUE_LEN])[P.CKA_VALUE_LEN]
+        return n == 0
+    parts = attrs(session, obj, [P.CKA_MODULUS, P.CKA_EC_PARAMS, P.CKA_EC_POINT])
+    return all(not v for v in parts.values())
+
+
 pending = set()
 if os.environ.get("CUSTOS_SCAN_ESCROW_PENDING"):
     with open(os.environ["CUSTOS_SCAN_ESCROW_PENDING"]) as f:
@@ -98,8 +122,8 @@ lib = p11_module.pykcs11(MODULE)
 
 
 def scan():
-    """One pass over every custos-* token: (violations, objects, tokens)."""
-    violations, nobj, ntok = [], 0, 0
+    """One pass over every custos-* token: (violations, husks, objects, tokens)."""
+    violations, husks, nobj, ntok = [], [], 0, 0
     for slot in lib.getSlotList(tokenPresent=True):
         label = lib.getTokenInfo(slot).label.strip()
         region = label[len("custos-"):] if label.startswith("custos-") else None
@@ -129,6 +153,9 @@ def scan():
             if not isinstance(lbl, str):
                 lbl = bytes(lbl).decode(errors="replace")
             name = f"{label}: {P.CKO[cls]} id={ident} label={lbl!r}"
+            if a[P.CKA_TOKEN] is False and not ident and not lbl and holds_nothing(s, o, cls):
+                husks.append(f"{name}: no CKA_ID, no label, no key material")
+                continue
             bad = []
             t = lambda k: a.get(k) is True
             if cls == P.CKO_PUBLIC_KEY:
@@ -168,7 +195,7 @@ def scan():
             violations += [f"{name}: {b}" for b in bad]
         s.logout()
         s.closeSession()
-    return violations, nobj, ntok
+    return violations, husks, nobj, ntok
 
 
 # SoftHSMv2 shows another process an object it is creating before all of
@@ -177,13 +204,16 @@ def scan():
 # templates govern is keys at rest, so a violation counts only when it is
 # still there in each of five more scans, half a second apart (a planted or
 # real bad key always is; a key being written is complete by then).
-violations, nobj, ntok = scan()
+violations, husks, nobj, ntok = scan()
 for _ in range(5):
     if not violations:
         break
     time.sleep(0.5)
-    again, nobj, ntok = scan()
+    again, husks, nobj, ntok = scan()
     violations = [v for v in violations if v in again]
+
+for h in husks:
+    print(f"# husk: {h}")
 
 
 if ntok == 0:
