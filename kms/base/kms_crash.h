@@ -4,7 +4,8 @@
  * kmsd turns core dumps off (they would hold PINs and data keys), so a
  * SIGSEGV in production or CI would otherwise leave nothing but an exit
  * status. On SIGSEGV, SIGBUS, SIGILL, SIGFPE or SIGABRT the handler writes
- * one JSON line (level "fatal": the signal, the fault address) and then the
+ * one JSON line (level "fatal": the signal, and the fault address for a
+ * fault the kernel raised or the sender's pid for a signal sent) and then the
  * faulting thread's return addresses, one per line as "kmsd(+0x1234)[...]"
  * (glibc's backtrace_symbols_fd), to the operational log's descriptor, and
  * dies of the same signal: the exit status is unchanged. Addresses only:

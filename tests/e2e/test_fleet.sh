@@ -215,6 +215,12 @@ t "no PostgreSQL postmaster.pid, no node pid file left" \
 # after SIGTERM), and no node ever reported a sanitizer error (ASan build).
 clean_exit() { tail -n 3 "$FLEET_DIR/node$1/kmsd.log" | grep -q '"msg":"stopped"'; }
 for k in 1 2 3; do t "node$k stopped cleanly on SIGTERM (its log ends with \"stopped\")" clean_exit $k; done
+# The nodes share one SoftHSMv2 token directory, which that module cannot
+# take from several threads while another process writes it: fleet.sh
+# turns pkcs11.serialize_calls on, and each node says so when it starts.
+serialized() { grep -q '"msg":"pkcs11.serialize_calls: one call into the module at a time"' \
+                   "$FLEET_DIR/node$1/kmsd.log"; }
+for k in 1 2 3; do t "node$k runs with pkcs11.serialize_calls (its log says so)" serialized $k; done
 t "no sanitizer report in any node's log" \
     sh -c '! grep -l "AddressSanitizer\|LeakSanitizer\|runtime error:" "$1"/node*/kmsd.log' _ "$FLEET_DIR"
 exit $fail
