@@ -19,10 +19,18 @@
 #   fleet_psql DB SQL          a query on the fleet's PostgreSQL (role custos)
 #   fleet_conninfo REGION      the region database's conninfo (kmsctl --pg)
 #   fleet_sequencer REGION     the node that is the region's audit sequencer now
+#   t DESCRIPTION CMD...       one TAP check (tests/e2e/lib.sh)
+#   fleet_load_start KEY OUT   fleet_load.py through the balancer (keep-alive and
+#                              fresh connections, Encrypt with KEY, now and then
+#                              CreateKey), one JSON line per answer in OUT; stopped
+#                              by fleet_load_stop or, at the latest, the exit trap
+#   fleet_load_for N           until N more answers are in OUT (the load goes on)
 #
 # Every wait is bounded (FLEET_WAIT_S, 60 s) and fails with haproxy's view.
 
-BUILD_DIR=${CUSTOS_TEST_BUILD:-$(pwd)/build}
+. tests/e2e/lib.sh
+i=0
+fail=0
 FLEET_WAIT_S=${FLEET_WAIT_S:-60}
 FLEET_DIR=
 
@@ -50,6 +58,7 @@ PY
 }
 
 fleet_cleanup() {
+    fleet_load_stop now
     if [ -n "$FLEET_DIR" ] && [ -d "$FLEET_DIR" ]; then
         [ ! -f "$FLEET_DIR/fleet.env" ] || sh deploy/fleet.sh stop "$FLEET_DIR" >/dev/null 2>&1 || true
         rm -rf "$FLEET_DIR"
@@ -181,4 +190,32 @@ fleet_sequencer() {
 }
 fleet_seq_lines() { # K REGION: how many times node K took the region's sequencer role
     fleet_node_log "$1" | grep -c "region $2: this node is the audit sequencer" || true
+}
+
+
+FLEET_LOADER=
+FLEET_LOAD_OUT=
+fleet_load_start() { # KEY OUT
+    FLEET_LOAD_OUT=$2
+    : >"$FLEET_LOAD_OUT"
+    rm -f "$FLEET_DIR/load.stop"
+    /usr/bin/python3 tests/e2e/fleet_load.py "$FLEET_ADDR" "$FLEET_DIR/credentials/demo-broker.key" \
+        "$FLEET_DIR/credentials/demo-admin.key" "$1" "$FLEET_LOAD_OUT" "$FLEET_DIR/load.stop" \
+        --keepalive 2 --fresh 2 --create-every 40 --pause-ms 30 &
+    FLEET_LOADER=$!
+}
+
+fleet_load_stop() { # [now]: the clients finish their requests in flight, or (now) are killed
+    [ -n "$FLEET_LOADER" ] || return 0
+    touch "$FLEET_DIR/load.stop" 2>/dev/null || true
+    [ "${1:-}" != now ] || kill "$FLEET_LOADER" 2>/dev/null || true
+    wait "$FLEET_LOADER" 2>/dev/null || true
+    FLEET_LOADER=
+}
+
+fleet_answers() { wc -l <"$FLEET_LOAD_OUT"; }
+fleet_more_answers() { [ "$(fleet_answers)" -ge "$1" ]; }
+fleet_load_for() { # N: until N more answers arrived
+    fl_n=$(($(fleet_answers) + $1))
+    fleet_wait "$1 more answers" fleet_more_answers "$fl_n"
 }

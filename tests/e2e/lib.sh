@@ -70,6 +70,28 @@ e2e_stop() {
     return $rc
 }
 
+# t DESCRIPTION CMD...: one TAP check, "ok N - DESCRIPTION" when CMD
+# succeeds, else "not ok N - ..." and fail=1. N counts on from $i (set i
+# and fail before the first check).
+t() {
+    i=$((i + 1))
+    t_what=$1
+    shift
+    if "$@"; then echo "ok $i - $t_what"; else echo "not ok $i - $t_what"; fail=1; fi
+}
+
+# e2e_pg_client DIR: psql, createdb and dropdb on the scratch PostgreSQL
+# cluster tests/run-tests.sh started ($CUSTOS_TEST_PG_DIR): $pgbin, the
+# PG* variables, and the password in a 0600 passfile in DIR (never argv).
+e2e_pg_client() {
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    . "$CUSTOS_TEST_PG_DIR/env"
+    export PGHOST PGPORT PGUSER
+    (umask 077 && printf '*:*:*:custos:%s\n' "$(cat "$CUSTOS_TEST_PG_DIR/password")" >"$1/pgpass")
+    PGPASSFILE="$1/pgpass"
+    export PGPASSFILE
+}
+
 # The key-template scan (tests/e2e/scan_templates.py): every object of this
 # installation's tokens against DESIGN.md's templates. Call it before
 # e2e_stop at the end of a test, so that the objects the test made are

@@ -18,20 +18,10 @@
 #   - fleet.sh stop leaves no process behind.
 set -eu
 . tests/e2e/fleet_lib.sh
-KMSCTL="$BUILD_DIR/bin/kmsctl"
 fleet_setup test 3
 # Each node's sweeper checks the token's objects against the store every 2 s.
 CUSTOS_FLEET_SWEEP_S=2
 export CUSTOS_FLEET_SWEEP_S
-
-i=0
-fail=0
-t() { # description, then a command that must succeed
-    i=$((i + 1))
-    d=$1
-    shift
-    if "$@"; then echo "ok $i - $d"; else echo "not ok $i - $d"; fail=1; fi
-}
 
 fleet_start
 t "fleet.sh start: PostgreSQL, three nodes and haproxy; haproxy sees 3 nodes UP" fleet_n_up 3

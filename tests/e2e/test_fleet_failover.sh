@@ -22,28 +22,8 @@
 # 200 around each kill.
 set -eu
 . tests/e2e/fleet_lib.sh
-KMSCTL="$BUILD_DIR/bin/kmsctl"
 fleet_setup failover 3
 W=$FLEET_DIR/t
-i=0
-fail=0
-t() { # description, then a command that must succeed
-    i=$((i + 1))
-    d=$1
-    shift
-    if "$@"; then echo "ok $i - $d"; else echo "not ok $i - $d"; fail=1; fi
-}
-loader=
-stop_all() {
-    [ -z "$FLEET_DIR" ] || touch "$FLEET_DIR/load.stop" 2>/dev/null || true
-    if [ -n "$loader" ]; then
-        kill "$loader" 2>/dev/null || true
-        wait "$loader" 2>/dev/null || true
-    fi
-    fleet_cleanup
-}
-trap stop_all EXIT
-
 fleet_start
 mkdir -p "$W"
 cred=$FLEET_DIR/credentials
@@ -55,20 +35,9 @@ heads() { # append eu-west's signed heads (tree size, head) as PostgreSQL holds 
     fleet_psql custos_eu_west "SELECT tree_size || ' ' || encode(head, 'hex') FROM custos_audit_heads
         WHERE region = 'eu-west' ORDER BY tree_size" >>"$W/heads.txt"
 }
-answers() { wc -l <"$W/load.jsonl"; }
-more_answers() { [ "$(answers)" -ge "$1" ]; }
-load_for() { # N: until N more answers arrived (the load goes on meanwhile)
-    lf=$(($(answers) + $1))
-    fleet_wait "$1 more answers" more_answers "$lf"
-}
 
-: >"$W/load.jsonl"
-rm -f "$FLEET_DIR/load.stop"
-/usr/bin/python3 tests/e2e/fleet_load.py "$FLEET_ADDR" "$cred/demo-broker.key" "$cred/demo-admin.key" \
-    "$key" "$W/load.jsonl" "$FLEET_DIR/load.stop" --keepalive 2 --fresh 2 --create-every 40 \
-    --pause-ms 30 &
-loader=$!
-load_for 100
+fleet_load_start "$key" "$W/load.jsonl"
+fleet_load_for 100
 
 : >"$W/rounds.txt"
 round=1
@@ -83,10 +52,10 @@ while [ $round -le 3 ]; do
     victim=$((seq % 3 + 1))
     fleet_kill9 $victim
     fleet_wait_status $victim DOWN
-    load_for 40
+    fleet_load_for 40
     fleet_node_start $victim >/dev/null
     fleet_wait_status $victim UP
-    load_for 40
+    fleet_load_for 40
     # The sequencer.
     seq=$(fleet_sequencer eu-west)
     for k in 1 2 3; do fleet_seq_lines $k eu-west >"$W/seq_lines.$k"; done
@@ -107,7 +76,7 @@ while [ $round -le 3 ]; do
         t "round $round: another node became eu-west's sequencer after kill -9 of node $seq" false
     fi
     fleet_wait_status "$seq" DOWN
-    load_for 40
+    fleet_load_for 40
     fleet_node_start "$seq" >/dev/null
     fleet_wait_status "$seq" UP
     t2=$(date +%s%3N)
@@ -115,10 +84,8 @@ while [ $round -le 3 ]; do
     heads
     round=$((round + 1))
 done
-load_for 40
-touch "$FLEET_DIR/load.stop"
-wait "$loader" || true
-loader=
+fleet_load_for 40
+fleet_load_stop
 
 # The failover figures, from the clients' own records.
 /usr/bin/python3 - "$W/rounds.txt" "$W/load.jsonl" <<'PY'

@@ -17,28 +17,8 @@
 # Prints the figures: time to not-ready, time to ready again, answers.
 set -eu
 . tests/e2e/fleet_lib.sh
-KMSCTL="$BUILD_DIR/bin/kmsctl"
 fleet_setup outage 3
 W=$FLEET_DIR/t
-i=0
-fail=0
-t() { # description, then a command that must succeed
-    i=$((i + 1))
-    d=$1
-    shift
-    if "$@"; then echo "ok $i - $d"; else echo "not ok $i - $d"; fail=1; fi
-}
-loader=
-stop_all() {
-    [ -z "$FLEET_DIR" ] || touch "$FLEET_DIR/load.stop" 2>/dev/null || true
-    if [ -n "$loader" ]; then
-        kill "$loader" 2>/dev/null || true
-        wait "$loader" 2>/dev/null || true
-    fi
-    fleet_cleanup
-}
-trap stop_all EXIT
-
 fleet_start
 mkdir -p "$W"
 cred=$FLEET_DIR/credentials
@@ -46,22 +26,14 @@ key=$(fleet_create_key eu-west)
 t "a key created through the balancer" [ -n "$key" ]
 pids_before=$(cat "$FLEET_DIR"/node*/kmsd.pid | tr '\n' ' ')
 
-answers() { wc -l <"$W/load.jsonl"; }
-more_answers() { [ "$(answers)" -ge "$1" ]; }
-load_for() { lf=$(($(answers) + $1)); fleet_wait "$1 more answers" more_answers "$lf"; }
 readyz_all() { # CODE: every node's /readyz answers CODE
     for k in 1 2 3; do
         [ "$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$(fleet_node_addr $k)/readyz")" = "$1" ] || return 1
     done
 }
 
-: >"$W/load.jsonl"
-rm -f "$FLEET_DIR/load.stop"
-/usr/bin/python3 tests/e2e/fleet_load.py "$FLEET_ADDR" "$cred/demo-broker.key" "$cred/demo-admin.key" \
-    "$key" "$W/load.jsonl" "$FLEET_DIR/load.stop" --keepalive 2 --fresh 2 --create-every 40 \
-    --pause-ms 30 &
-loader=$!
-load_for 100
+fleet_load_start "$key" "$W/load.jsonl"
+fleet_load_for 100
 
 t0=$(date +%s%3N)
 sh deploy/pg-scratch.sh stop "$FLEET_DIR/pg"
@@ -69,8 +41,8 @@ t1=$(date +%s%3N)
 t "every node's /readyz turns 503 while PostgreSQL is down" fleet_wait "every node not ready" readyz_all 503
 t2=$(date +%s%3N)
 t "haproxy marks every node DOWN" fleet_wait "no node UP" fleet_n_up 0
-load_for 100 # the clients go on meanwhile: 503s
-n_down=$(answers)
+fleet_load_for 100 # the clients go on meanwhile: 503s
+n_down=$(fleet_answers)
 t3=$(date +%s%3N)
 CUSTOS_PG_PORT=$(sed -n 's/^PGPORT=//p' "$FLEET_DIR/pg/env") sh deploy/pg-scratch.sh start "$FLEET_DIR/pg"
 t4=$(date +%s%3N)
@@ -78,10 +50,8 @@ t "every node's /readyz is 200 again, by itself" fleet_wait "every node ready" r
 t5=$(date +%s%3N)
 t "haproxy sees the three nodes UP again" fleet_wait_up 3
 t "the same kmsd processes (no restart)" [ "$(cat "$FLEET_DIR"/node*/kmsd.pid | tr '\n' ' ')" = "$pids_before" ]
-load_for 150
-touch "$FLEET_DIR/load.stop"
-wait "$loader" || true
-loader=
+fleet_load_for 150
+fleet_load_stop
 
 /usr/bin/python3 - "$W/load.jsonl" "$t0" "$t3" "$t4" "$n_down" >"$W/figures.out" <<'PY'
 import collections, json, sys

@@ -28,12 +28,6 @@ PYTHONPATH="$E2E_DIR/py:tests/e2e" /usr/bin/python3 tests/e2e/ops_test.py "$E2E_
 
 # ---- configuration refusals -------------------------------------------------
 i=100
-t() { # description, then a command that must succeed
-    i=$((i + 1))
-    d=$1
-    shift
-    if "$@"; then echo "ok $i - $d"; else echo "not ok $i - $d"; fail=1; fi
-}
 fail=0
 bad() { # name python-edit: writes $E2E_DIR/bad-NAME.json from kmsd.json
     /usr/bin/python3 - "$E2E_DIR" "$1" "$2" <<'PY'

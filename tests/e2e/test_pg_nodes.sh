@@ -39,11 +39,7 @@ flunk() {
     [ $# -lt 2 ] || tail -n 30 "$2" | sed 's/^/#   /'
 }
 
-pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-. "$PGDIR/env"
-export PGHOST PGPORT PGUSER
-(umask 077 && printf '*:*:*:custos:%s\n' "$(cat "$PGDIR/password")" >"$W/pgpass")
-export PGPASSFILE="$W/pgpass"
+e2e_pg_client "$W"
 for db in custos_nodes_store custos_nodes_eu custos_nodes_us; do
     "$pgbin/dropdb" --if-exists "$db" 2>/dev/null || true
     "$pgbin/createdb" "$db"

@@ -35,12 +35,7 @@ flunk() {
     [ ! -f "$W/body" ] || sed 's/^/#   /' "$W/body"
 }
 
-# psql/createdb read the password from a 0600 passfile, never argv.
-pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-. "$PGDIR/env"
-export PGHOST PGPORT PGUSER
-(umask 077 && printf '*:*:*:custos:%s\n' "$(cat "$PGDIR/password")" >"$W/pgpass")
-export PGPASSFILE="$W/pgpass"
+e2e_pg_client "$W"
 EU_DB=custos_e2e_eu_$$
 US_DB=custos_e2e_us_$$
 "$pgbin/createdb" "$EU_DB"
@@ -234,4 +229,20 @@ else
 fi
 
 e2e_stop && pass "kmsd stops cleanly" || flunk "kmsd exit status"
+
+# ---- a region's database away at start: kmsd does not start -------------------------
+# docs/fleet.md: "kmsd needs every region's database to start" (the
+# start-up checks read each region's audit watermark). It must say which
+# database, and exit rather than serve half its regions.
+us_db false
+rc=0
+timeout 60 "$KMSD" --config "$E2E_DIR/kmsd-ok.json" >"$W/start-away.out" 2>&1 || rc=$?
+us_db true
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "$US_DB" "$W/start-away.out" &&
+    ! grep -q '"ready' "$W/start-away.out"; then
+    pass "us-east database away at start: kmsd exits ($rc), naming that database, never ready"
+else
+    sed 's/^/#   /' "$W/start-away.out" | tail -n 8
+    flunk "us-east database away at start (exit $rc)"
+fi
 [ "$failed" -eq 0 ]

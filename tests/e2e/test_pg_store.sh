@@ -34,12 +34,7 @@ flunk() {
     [ ! -f "$W/body" ] || sed 's/^/#   /' "$W/body"
 }
 
-# psql/createdb read the password from a 0600 passfile, never argv.
-pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-. "$PGDIR/env"
-export PGHOST PGPORT PGUSER
-(umask 077 && printf '*:*:*:custos:%s\n' "$(cat "$PGDIR/password")" >"$W/pgpass")
-export PGPASSFILE="$W/pgpass"
+e2e_pg_client "$W"
 "$pgbin/createdb" custos_e2e_store
 
 # cfg NAME PORT AUDITDIR: a kmsd config on PostgreSQL from dev-setup's.
